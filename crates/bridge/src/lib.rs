@@ -1,0 +1,1 @@
+//! The virtio-net device side. Filled in by the bridge work.

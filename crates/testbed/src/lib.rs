@@ -1,0 +1,1 @@
+//! Namespaces and a simulated guest for tests. Filled in by the testbed work.

@@ -1,0 +1,1 @@
+//! A safe TUN device. Filled in by the utun work.
