@@ -1,1 +1,13 @@
-//! Namespaces and a simulated guest for tests. Filled in by the testbed work.
+//! Test harness for hostnet (dev only, `publish = false`): Linux network-namespace topologies
+//! ([`netns`]), a simulated virtio-net guest driver over real guest memory bound to a TAP
+//! device ([`guest`]), and the `hostnet-lab attach` runner ([`attach`]).
+//!
+//! Nothing here touches the root network namespace: every link, address, route, sysctl, TUN
+//! and TAP lives in namespaces this crate creates (or that the caller names). Linux only at run
+//! time; the crate builds everywhere so the workspace checks for macOS stay green.
+//!
+//! MSRV: the workspace `rust-version` (1.95).
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod netns;
