@@ -10,4 +10,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod attach;
+#[cfg(target_os = "linux")]
+pub mod guest;
 pub mod netns;

@@ -1,0 +1,461 @@
+//! `hostnet-lab attach`: a simulated guest in one namespace, the bridge with its TUN in another.
+//!
+//! The command line is a contract (see `docs/hostnet-lab.md`):
+//!
+//! ```text
+//! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
+//!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
+//! ```
+//!
+//! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use nat::Protocol;
+
+#[cfg(target_os = "linux")]
+mod lab_bridge;
+#[cfg(target_os = "linux")]
+mod linux;
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invocation {
+    /// `--help`, `-h`, `help`, or `attach --help`: print [`USAGE`] and exit 0.
+    Help,
+    /// `attach ...`.
+    Attach(AttachArgs),
+}
+
+/// The options of `hostnet-lab attach`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttachArgs {
+    /// The guest namespace: the simulated guest's TAP `eth0` is created there.
+    pub guest_netns: String,
+    /// The host namespace for the TUN and `ip_forward`; `None`: the namespace the process runs
+    /// in (refused if that is the root namespace).
+    pub host_netns: Option<String>,
+    /// Guest MTU (TAP in G, the device's config space, the TUN).
+    pub mtu: u16,
+    /// Port forwards from the NAT's external address into the guest.
+    pub forwards: Vec<Forward>,
+    /// Upstream DNS server for the gateway's forwarder; `None`: the first nameserver of
+    /// `/etc/resolv.conf` (`/etc/netns/<H>/resolv.conf` when present).
+    pub dns_upstream: Option<SocketAddrV4>,
+    /// Name of the TUN in H (default [`DEFAULT_TUN_NAME`], a `%d` picks a free number).
+    pub tun_name: String,
+    /// A static guest address the bridge accepts as a source besides the DHCP lease
+    /// (`--static-guest-ip`, for guests configured without DHCP).
+    pub static_guest_ip: Option<Ipv4Addr>,
+}
+
+/// One `--forward proto:external:guest` rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Port on the NAT's external address.
+    pub external_port: u16,
+    /// The guest address; `None`: the first DHCP address ([`FIRST_GUEST_ADDR`]), which the only
+    /// guest gets.
+    pub guest_addr: Option<Ipv4Addr>,
+    /// Port in the guest.
+    pub guest_port: u16,
+}
+
+impl Forward {
+    /// Parses `tcp|udp:<external port>:<guest port>` (or `proto:ext:<guest ip>:<port>`).
+    ///
+    /// # Errors
+    /// Anything else, with the bad value in the message.
+    pub fn parse(s: &str) -> Result<Self, ArgError> {
+        let bad = |why: &str| ArgError(format!("bad --forward {s:?}: {why}"));
+        let parts: Vec<&str> = s.split(':').collect();
+        let (proto, ext, addr, port) = match parts.as_slice() {
+            [p, e, g] => (*p, *e, None, *g),
+            [p, e, a, g] => (*p, *e, Some(*a), *g),
+            _ => return Err(bad("expected tcp|udp:<external port>:<guest port>")),
+        };
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => return Err(bad("protocol must be tcp or udp")),
+        };
+        let port_of = |p: &str, what: &str| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad(&format!("{what} port must be 1..=65535"))),
+            Ok(n) => Ok(n),
+        };
+        let guest_addr = match addr {
+            None => None,
+            Some(a) => Some(
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| bad("guest address is not IPv4"))?,
+            ),
+        };
+        Ok(Self {
+            protocol,
+            external_port: port_of(ext, "external")?,
+            guest_addr,
+            guest_port: port_of(port, "guest")?,
+        })
+    }
+
+    /// The NAT rule for this forward.
+    #[must_use]
+    pub fn to_port_forward(&self) -> nat::PortForward {
+        nat::PortForward {
+            protocol: self.protocol,
+            external_port: self.external_port,
+            internal: SocketAddrV4::new(
+                self.guest_addr.unwrap_or(FIRST_GUEST_ADDR),
+                self.guest_port,
+            ),
+        }
+    }
+}
+
+/// A bad command line (printed as one line; exit status 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgError(pub String);
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+/// Parses the arguments after the program name.
+///
+/// # Errors
+/// Unknown subcommand or option, a missing or bad value, a repeated single option.
+pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
+    let mut it = args.iter().map(AsRef::as_ref);
+    match it.next() {
+        None => return Err(ArgError("missing subcommand (try --help)".into())),
+        Some("-h" | "--help" | "help") => return Ok(Invocation::Help),
+        Some("attach") => {}
+        Some(other) => {
+            return Err(ArgError(format!(
+                "unknown subcommand {other:?} (try --help)"
+            )));
+        }
+    }
+    let mut guest = None;
+    let mut host = None;
+    let mut mtu = None;
+    let mut dns = None;
+    let mut tun_name = None;
+    let mut static_ip = None;
+    let mut forwards = Vec::new();
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        if matches!(key, "-h" | "--help") {
+            return Ok(Invocation::Help);
+        }
+        let mut value = || match inline.clone() {
+            Some(v) => Ok(v),
+            None => it
+                .next()
+                .map(str::to_owned)
+                .ok_or_else(|| ArgError(format!("{key} needs a value"))),
+        };
+        match key {
+            "--guest-netns" => {
+                once(key, &guest)?;
+                guest = Some(netns_name(key, value()?)?);
+            }
+            "--host-netns" => {
+                once(key, &host)?;
+                host = Some(netns_name(key, value()?)?);
+            }
+            "--mtu" => {
+                once(key, &mtu)?;
+                let v = value()?;
+                let n = v
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (MIN_MTU..=MAX_MTU).contains(n))
+                    .ok_or_else(|| {
+                        ArgError(format!("bad --mtu {v:?}: must be {MIN_MTU}..={MAX_MTU}"))
+                    })?;
+                mtu = Some(n);
+            }
+            "--dns-upstream" => {
+                once(key, &dns)?;
+                dns = Some(parse_upstream(&value()?)?);
+            }
+            "--tun-name" => {
+                once(key, &tun_name)?;
+                let v = value()?;
+                if v.is_empty() || v.len() > 15 || v.contains(['/', ':', ' ']) {
+                    return Err(ArgError(format!("bad --tun-name {v:?}")));
+                }
+                tun_name = Some(v);
+            }
+            "--static-guest-ip" => {
+                once(key, &static_ip)?;
+                let v = value()?;
+                static_ip = Some(v.parse::<Ipv4Addr>().map_err(|_| {
+                    ArgError(format!("bad --static-guest-ip {v:?}: not an IPv4 address"))
+                })?);
+            }
+            "--forward" => forwards.push(Forward::parse(&value()?)?),
+            other => return Err(ArgError(format!("unknown option {other:?} (try --help)"))),
+        }
+    }
+    for (i, f) in forwards.iter().enumerate() {
+        if forwards
+            .iter()
+            .skip(i + 1)
+            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
+        {
+            return Err(ArgError(format!(
+                "--forward {:?} external port {} given twice",
+                f.protocol, f.external_port
+            )));
+        }
+    }
+    Ok(Invocation::Attach(AttachArgs {
+        guest_netns: guest.ok_or_else(|| ArgError("--guest-netns is required".into()))?,
+        host_netns: host,
+        mtu: mtu.unwrap_or(DEFAULT_MTU),
+        forwards,
+        dns_upstream: dns,
+        tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
+        static_guest_ip: static_ip,
+    }))
+}
+
+/// Parses `addr` or `addr:port` (port default 53).
+///
+/// # Errors
+/// Not an IPv4 address with an optional non-zero port.
+pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
+    let bad = || ArgError(format!("bad --dns-upstream {s:?}: expected <IPv4>[:port]"));
+    if let Ok(a) = s.parse::<Ipv4Addr>() {
+        return Ok(SocketAddrV4::new(a, 53));
+    }
+    match s.parse::<SocketAddrV4>() {
+        Ok(sa) if sa.port() != 0 => Ok(sa),
+        _ => Err(bad()),
+    }
+}
+
+/// The first IPv4 `nameserver` of a resolv.conf text, port 53.
+#[must_use]
+pub fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
+    resolv_conf.lines().find_map(|line| {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("nameserver") {
+            return None;
+        }
+        w.next()?
+            .parse::<Ipv4Addr>()
+            .ok()
+            .map(|a| SocketAddrV4::new(a, 53))
+    })
+}
+
+/// Runs `attach` until SIGINT/SIGTERM (Linux only).
+///
+/// # Errors
+/// A missing namespace, a device or bridge set-up failure, or a failure while running; the
+/// caller prints it as one line and exits with status 2.
+pub fn run(args: &AttachArgs) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::run(args)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = args;
+        anyhow::bail!("hostnet-lab attach needs Linux network namespaces")
+    }
+}
+
+/// Usage text for `--help`.
+pub const USAGE: &str = "\
+hostnet-lab: run hostnet's bridge for a simulated virtio-net guest between network namespaces
+
+USAGE:
+    hostnet-lab attach --guest-netns <G> [--host-netns <H>] [--mtu N]
+                       [--forward tcp|udp:<external port>:<guest port>]...
+                       [--dns-upstream <addr[:port]>] [--tun-name NAME]
+                       [--static-guest-ip <addr>]
+    hostnet-lab --help
+
+attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
+simulated virtio-net guest, and in H a TUN 100.64.0.1 peer 100.64.0.2 (the NAT's external
+address), turns on IPv4 forwarding in H only, prints one line
+    ready external=<IPv4> tun=<name> gateway=<IPv4>
+to stdout once traffic can flow, logs to stderr (RUST_LOG), and runs until SIGINT/SIGTERM,
+then removes TUN and TAP, prints stats to stderr and exits 0. Errors: one line, exit 2.
+
+OPTIONS:
+    --guest-netns <G>        namespace for the guest's TAP eth0 (required)
+    --host-netns <H>         namespace for the TUN (default: the current one; never the root)
+    --mtu <N>                guest MTU, 68..=65520 (default 1500)
+    --forward <P:E:G>        forward external port E (tcp|udp) to guest port G (repeatable);
+                             the guest is 192.168.64.2 (its first lease) unless P:E:<addr>:G
+    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: first
+                             nameserver of /etc/netns/<H>/resolv.conf or /etc/resolv.conf)
+    --tun-name <NAME>        TUN name in H (default hostnet%d)
+    --static-guest-ip <A>    also accept A as the guest's source address (no DHCP needed)
+
+Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
+";
+
+fn once<T>(key: &str, slot: &Option<T>) -> Result<(), ArgError> {
+    if slot.is_some() {
+        Err(ArgError(format!("{key} given twice")))
+    } else {
+        Ok(())
+    }
+}
+
+fn netns_name(key: &str, v: String) -> Result<String, ArgError> {
+    if v.is_empty() || v.contains(['/', '\0']) || v == "." || v == ".." {
+        return Err(ArgError(format!("bad {key} {v:?}: not a namespace name")));
+    }
+    Ok(v)
+}
+
+/// Default guest MTU.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Smallest accepted MTU (IPv4 minimum).
+pub const MIN_MTU: u16 = 68;
+/// Largest accepted MTU.
+pub const MAX_MTU: u16 = 65_520;
+/// Default TUN name pattern.
+pub const DEFAULT_TUN_NAME: &str = "hostnet%d";
+/// The address the only guest leases first (start of the DHCP pool).
+pub const FIRST_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+/// The TUN's host-side address in H.
+pub const HOST_TUN_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+/// The NAT's external address (the TUN's peer, routed into the TUN by H).
+pub const NAT_EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+/// The guest's gateway.
+pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attach(args: &[&str]) -> Result<AttachArgs, ArgError> {
+        let mut v = vec!["attach"];
+        v.extend_from_slice(args);
+        match parse_args(&v)? {
+            Invocation::Attach(a) => Ok(a),
+            Invocation::Help => Err(ArgError("help".into())),
+        }
+    }
+
+    #[test]
+    fn parses_the_contract_form() {
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--host-netns",
+            "h",
+            "--mtu",
+            "9000",
+            "--forward",
+            "tcp:8080:80",
+            "--forward=udp:5353:53",
+            "--dns-upstream",
+            "198.18.0.2:5300",
+        ])
+        .unwrap();
+        assert_eq!(a.guest_netns, "g");
+        assert_eq!(a.host_netns.as_deref(), Some("h"));
+        assert_eq!(a.mtu, 9000);
+        assert_eq!(a.dns_upstream, Some("198.18.0.2:5300".parse().unwrap()));
+        assert_eq!(a.forwards.len(), 2);
+        assert_eq!(
+            a.forwards[0].to_port_forward(),
+            nat::PortForward {
+                protocol: Protocol::Tcp,
+                external_port: 8080,
+                internal: "192.168.64.2:80".parse().unwrap(),
+            }
+        );
+        assert_eq!(a.forwards[1].protocol, Protocol::Udp);
+        assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let a = attach(&["--guest-netns", "g"]).unwrap();
+        assert_eq!(a.mtu, 1500);
+        assert_eq!(a.host_netns, None);
+        assert!(a.forwards.is_empty());
+        assert_eq!(a.dns_upstream, None);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_the_value() {
+        for bad in [
+            &["--host-netns", "h"][..],
+            &["--guest-netns"],
+            &["--guest-netns", "g", "--mtu", "67"],
+            &["--guest-netns", "g", "--mtu", "65521"],
+            &["--guest-netns", "g", "--mtu", "x"],
+            &["--guest-netns", "g", "--forward", "icmp:1:2"],
+            &["--guest-netns", "g", "--forward", "tcp:0:2"],
+            &["--guest-netns", "g", "--forward", "tcp:80"],
+            &["--guest-netns", "g", "--forward", "tcp:80:99999"],
+            &[
+                "--guest-netns",
+                "g",
+                "--forward",
+                "tcp:80:1",
+                "--forward",
+                "tcp:80:2",
+            ],
+            &["--guest-netns", "g", "--dns-upstream", "dns.example"],
+            &["--guest-netns", "g", "--bogus"],
+            &["--guest-netns", "g", "--guest-netns", "h"],
+            &["--guest-netns", "a/b"],
+        ] {
+            let e = attach(bad).expect_err(&format!("{bad:?} accepted"));
+            assert!(!e.0.contains('\n'), "{e}");
+        }
+        assert!(parse_args::<&str>(&[]).is_err());
+        assert!(parse_args(&["detach"]).is_err());
+    }
+
+    #[test]
+    fn help_is_recognised() {
+        assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
+        assert_eq!(
+            parse_args(&["attach", "--guest-netns", "g", "-h"]),
+            Ok(Invocation::Help)
+        );
+    }
+
+    #[test]
+    fn upstream_defaults_to_port_53() {
+        assert_eq!(
+            parse_upstream("198.18.0.2"),
+            Ok("198.18.0.2:53".parse().unwrap())
+        );
+        assert!(parse_upstream("198.18.0.2:0").is_err());
+    }
+
+    #[test]
+    fn first_ipv4_nameserver_wins() {
+        let conf = "# c\nsearch x\nnameserver fe80::1\nnameserver 10.0.0.53\nnameserver 1.1.1.1\n";
+        assert_eq!(
+            first_nameserver(conf),
+            Some("10.0.0.53:53".parse().unwrap())
+        );
+        assert_eq!(first_nameserver("search x\n"), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! The seam between `attach` and the `bridge` crate's API.
+
+use std::fmt::Write as _;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bridge::{Activation, Bridge, BridgeConfig, BridgeHandle, BridgeStats, DropCause};
+
+use super::AttachArgs;
+use crate::guest::{Kick, NetConfig, RX_QUEUE, SimGuest, TX_QUEUE};
+
+/// A configured bridge, before activation.
+pub(super) struct LabBridge {
+    bridge: Bridge,
+}
+
+impl LabBridge {
+    #[allow(
+        clippy::field_reassign_with_default,
+        reason = "BridgeConfig is non_exhaustive: no struct literal outside bridge"
+    )]
+    pub(super) fn new(args: &AttachArgs, dns: SocketAddrV4) -> anyhow::Result<Self> {
+        let mut cfg = BridgeConfig::default();
+        cfg.mtu = args.mtu;
+        cfg.dns_upstream = Some(dns);
+        cfg.static_guest_ip = args.static_guest_ip;
+        cfg.forwards = args.forwards.iter().map(|f| f.to_port_forward()).collect();
+        let bridge = Bridge::new(cfg).context("configuring the bridge")?;
+        Ok(Self { bridge })
+    }
+
+    /// The device's config space, as the driver reads it.
+    pub(super) fn net_config(&self) -> anyhow::Result<NetConfig> {
+        let mut space = [0u8; 12];
+        self.bridge.read_config(0, &mut space);
+        NetConfig::parse(&space).context("short config space")
+    }
+
+    pub(super) fn device_features(&self) -> u64 {
+        self.bridge.device_features()
+    }
+
+    pub(super) fn activate(
+        mut self,
+        guest: &SimGuest,
+        tun: utun::Tun,
+    ) -> anyhow::Result<LabHandle> {
+        let acked = self.bridge.ack_features(guest.acked_features());
+        anyhow::ensure!(
+            acked == guest.acked_features(),
+            "the bridge acknowledged {acked:#x}, the guest negotiated {:#x}",
+            guest.acked_features()
+        );
+        let irq = guest.interrupts();
+        let activation = Activation {
+            mem: Arc::new(guest.memory().clone()),
+            rx: guest.device_queue(RX_QUEUE)?,
+            tx: guest.device_queue(TX_QUEUE)?,
+            acked_features: acked,
+            interrupt: Arc::new(move |q| irq.signal(q)),
+        };
+        let handle = self
+            .bridge
+            .activate(activation, tun)
+            .context("activating the bridge")?;
+        Ok(LabHandle {
+            handle: Arc::new(handle),
+        })
+    }
+}
+
+/// A running bridge.
+pub(super) struct LabHandle {
+    handle: Arc<BridgeHandle>,
+}
+
+impl LabHandle {
+    /// The guest's doorbell (holds a reference to the handle until the driver stops).
+    pub(super) fn kicker(&self) -> Kick {
+        let h = Arc::clone(&self.handle);
+        Arc::new(move |q| {
+            if let Err(e) = h.kick(q) {
+                tracing::warn!(queue = q, "kick failed: {e}");
+            }
+        })
+    }
+
+    /// Why the bridge stopped on its own, if it did.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.handle
+            .error()
+            .map(|e| format!("the bridge failed: {:#}", anyhow::Error::from(ArcError(e))))
+    }
+
+    /// Stops the bridge (the guest's driver must have stopped, dropping its kicker) and
+    /// returns its statistics as one line.
+    pub(super) fn shutdown(self) -> anyhow::Result<String> {
+        let handle = Arc::try_unwrap(self.handle)
+            .map_err(|_| anyhow::anyhow!("the bridge handle is still shared"))?;
+        let stats = handle.shutdown().context("stopping the bridge")?;
+        Ok(format_stats(&stats))
+    }
+}
+
+/// `Arc<bridge::Error>` as an error with its source chain.
+#[derive(Debug)]
+struct ArcError(Arc<bridge::Error>);
+
+impl std::fmt::Display for ArcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+fn format_stats(s: &BridgeStats) -> String {
+    let b = &s.bridge;
+    let mut line = format!(
+        "bridge tx {} frames/{} B, rx {} frames/{} B, to host {}, from host {}, local replies {}, \
+         nat flows {}, nat out {} in {}, drops {}",
+        b.tx_frames,
+        b.tx_bytes,
+        b.rx_frames,
+        b.rx_bytes,
+        b.to_host,
+        b.from_host,
+        b.local_replies,
+        s.nat_flows,
+        s.nat.outbound_forwarded,
+        s.nat.inbound_forwarded,
+        b.total_drops(),
+    );
+    for cause in DropCause::ALL {
+        let n = b.drops_of(cause);
+        if n > 0 {
+            let _ = write!(line, " {cause:?}={n}");
+        }
+    }
+    line
+}

@@ -1,0 +1,222 @@
+//! The Linux runtime of `hostnet-lab attach`.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use utun::linux::netns;
+use utun::{Ipv4Dest, Tun};
+
+use super::{AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, first_nameserver};
+use crate::guest::{GuestConfig, Kick, SimGuest};
+
+pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .with_context(|| format!("installing the handler for signal {sig}"))?;
+    }
+    let guest_ns = open_netns(&args.guest_netns, "--guest-netns")?;
+    let host_ns = match &args.host_netns {
+        Some(h) => Some(open_netns(h, "--host-netns")?),
+        None => {
+            refuse_root_namespace()?;
+            None
+        }
+    };
+    let dns = match args.dns_upstream {
+        Some(d) => d,
+        None => upstream_from_resolv_conf(args.host_netns.as_deref())?,
+    };
+    tracing::info!(%dns, "dns upstream");
+
+    let bridge = super::lab_bridge::LabBridge::new(args, dns)?;
+    // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
+    let net = bridge.net_config()?;
+    if net.mtu != args.mtu {
+        bail!("the device reports MTU {}, asked for {}", net.mtu, args.mtu);
+    }
+    if !net.link_up() {
+        bail!("the device reports its link down");
+    }
+
+    // The host side: TUN in H, IPv4 forwarding in H only.
+    let mut tb = Tun::builder()
+        .name(args.tun_name.clone())
+        .mtu(u32::from(args.mtu))
+        .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL_ADDR))
+        .up(true)
+        .nonblocking(true);
+    if let Some(h) = &host_ns {
+        tb = tb.netns(h);
+    }
+    let tun = tb
+        .open()
+        .context("creating the TUN in the host namespace")?;
+    let tun_name = tun.name().to_owned();
+    enable_forwarding(host_ns.as_ref())?;
+
+    // The guest side: TAP eth0 in G, down, no address, MAC of the device, guest MTU.
+    let tap = Tun::builder()
+        .tap(true)
+        .name(TAP_NAME)
+        .mtu(u32::from(args.mtu))
+        .up(false)
+        .nonblocking(true)
+        .netns(&guest_ns)
+        .open()
+        .context("creating the TAP eth0 in the guest namespace")?;
+    // The driver's TX thread needs O_NONBLOCK on the TAP (say it again: cheap, and it does not
+    // depend on how the builder applies its option).
+    tap.set_nonblocking(true)
+        .context("making the TAP non-blocking")?;
+    set_tap_mac(&args.guest_netns, &net.mac_string())?;
+
+    let guest = SimGuest::new(GuestConfig::default(), bridge.device_features())?;
+    tracing::info!(
+        features = format_args!("{:#x}", guest.acked_features()),
+        "simulated guest negotiated"
+    );
+    let handle = bridge.activate(&guest, tun)?;
+    let kick: Kick = handle.kicker();
+    let tap = Arc::new(tap);
+    let running = guest.start(Arc::clone(&tap), kick)?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ready external={NAT_EXTERNAL_ADDR} tun={tun_name} gateway={GATEWAY_ADDR}"
+    )
+    .and_then(|()| out.flush())
+    .context("writing the ready line")?;
+    drop(out);
+    tracing::info!(tun = %tun_name, guest_netns = %args.guest_netns, "attached");
+
+    let mut failure = None;
+    while !stop.load(Ordering::Relaxed) {
+        if running.has_failed() {
+            failure = Some("the simulated guest's driver stopped".to_owned());
+            break;
+        }
+        if let Some(e) = handle.failure() {
+            failure = Some(e);
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let t = Instant::now();
+    tracing::info!("shutting down");
+    let guest_stats = running.stats().summary();
+    let guest_result = running.stop();
+    let bridge_stats = handle.shutdown();
+    drop(tap);
+    eprintln!("stats: {guest_stats}");
+    match &bridge_stats {
+        Ok(s) => eprintln!("stats: {s}"),
+        Err(e) => eprintln!("stats: bridge: {e:#}"),
+    }
+    tracing::info!(elapsed = ?t.elapsed(), "stopped");
+    if let Some(f) = failure {
+        bail!("{f}");
+    }
+    guest_result.context("simulated guest")?;
+    bridge_stats.map(drop)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn open_netns(name: &str, flag: &str) -> anyhow::Result<OwnedFd> {
+    netns::open(name).with_context(|| format!("{flag} {name:?}: no such network namespace"))
+}
+
+/// Without `--host-netns` the current namespace is H: make sure it is not the root one. It is
+/// accepted if it is a named namespace (`ip netns add`), or differs from PID 1's.
+fn refuse_root_namespace() -> anyhow::Result<()> {
+    let ours = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    let same = |m: &std::fs::Metadata| m.ino() == ours.ino() && m.dev() == ours.dev();
+    for dir in ["/run/netns", "/var/run/netns"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if std::fs::metadata(e.path()).is_ok_and(|m| same(&m)) {
+                return Ok(());
+            }
+        }
+    }
+    match std::fs::metadata("/proc/1/ns/net") {
+        Ok(init) if !same(&init) => Ok(()),
+        _ => bail!(
+            "refusing to use this (root or unnamed) network namespace as the host namespace: \
+             pass --host-netns or start with `ip netns exec <H>`"
+        ),
+    }
+}
+
+fn upstream_from_resolv_conf(host: Option<&str>) -> anyhow::Result<SocketAddrV4> {
+    let netns_conf = host.map(|h| PathBuf::from(format!("/etc/netns/{h}/resolv.conf")));
+    let path = netns_conf
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (or pass --dns-upstream)", path.display()))?;
+    first_nameserver(&text).with_context(|| {
+        format!(
+            "no IPv4 nameserver in {} (pass --dns-upstream)",
+            path.display()
+        )
+    })
+}
+
+fn enable_forwarding(host_ns: Option<&OwnedFd>) -> anyhow::Result<()> {
+    let write = || std::fs::write(IP_FORWARD, "1");
+    match host_ns {
+        Some(h) => netns::run_in(h.as_fd(), write)
+            .context("entering the host namespace")?
+            .context("enabling ip_forward in the host namespace"),
+        None => write().context("enabling ip_forward in the host namespace"),
+    }
+}
+
+fn set_tap_mac(guest_netns: &str, mac: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            guest_netns,
+            "link",
+            "set",
+            "dev",
+            TAP_NAME,
+            "address",
+            mac,
+        ])
+        .output()
+        .context("running ip to set the TAP's MAC")?;
+    if !out.status.success() {
+        bail!(
+            "setting the TAP's MAC to {mac}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+const TAP_NAME: &str = "eth0";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const POLL: Duration = Duration::from_millis(50);
