@@ -31,7 +31,10 @@ pub const IOC_WRITE: u32 = DIR_WRITE;
 /// At compile time (in const context) if `size` does not fit the size field.
 #[must_use]
 pub const fn ioc(dir: u32, group: u8, nr: u8, size: usize) -> Ioctl {
-    assert!(size <= SIZE_MAX, "ioctl argument too large for the size field");
+    assert!(
+        size <= SIZE_MAX,
+        "ioctl argument too large for the size field"
+    );
     let v = dir | ((size as u32) << SIZE_SHIFT) | ((group as u32) << 8) | (nr as u32);
     v as Ioctl
 }
@@ -83,6 +86,7 @@ const SIZE_MAX: usize = 0x1fff;
 const SIZE_SHIFT: u32 = 16;
 
 #[cfg(test)]
+#[allow(clippy::unnecessary_cast)] // `Ioctl` is c_int or c_ulong depending on the libc
 mod tests {
     use super::*;
 

@@ -4,8 +4,8 @@
 //! declarations only — no functions that touch the OS — one module per operating system, each
 //! mirroring a set of C headers:
 //!
-//! - [`linux`]: `linux/if_tun.h`, `linux/sockios.h`, `linux/if.h` (`/dev/net/tun`).
-//! - [`macos`]: `net/if_utun.h`, `sys/kern_control.h`, `sys/sockio.h`, `net/if.h`,
+//! - `linux`: `linux/if_tun.h`, `linux/sockios.h`, `linux/if.h` (`/dev/net/tun`).
+//! - `macos`: `net/if_utun.h`, `sys/kern_control.h`, `sys/sockio.h`, `net/if.h`,
 //!   `netinet6/in6_var.h` (the utun kernel control).
 //!
 //! What `libc` already declares is re-exported, and only what is missing is added.

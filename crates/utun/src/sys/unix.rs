@@ -1,0 +1,103 @@
+//! Small helpers shared by the Unix backends: errno conversion, fd flags, poll.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+/// Turns a `-1` return into the current `errno`.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Turns a negative `ssize_t` return into the current `errno`.
+pub(crate) fn cvt_size(ret: isize) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
+/// A new socket, close-on-exec, owned.
+pub(crate) fn socket(
+    domain: libc::c_int,
+    ty: libc::c_int,
+    proto: libc::c_int,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; no memory is passed.
+    let fd = cvt(unsafe { libc::socket(domain, ty, proto) })?;
+    // SAFETY: `fd` was just returned by socket(2), is open and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(fd.as_fd())?;
+    Ok(fd)
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no pointer argument; `fd` is a valid open descriptor.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let new = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if new != flags {
+        // SAFETY: F_SETFL takes an integer argument; `fd` is a valid open descriptor.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new) })?;
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable or `timeout` passes (`None`: forever). Returns whether it
+/// is readable (or has an error/hang-up pending, which the next read reports).
+pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let ms = match timeout {
+        None => -1,
+        Some(t) => libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX),
+    };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one initialised pollfd that lives across the call; nfds = 1.
+    let n = cvt(unsafe { libc::poll(&mut pfd, 1, ms) })?;
+    Ok(n > 0 && pfd.revents != 0)
+}
+
+fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFD takes an integer argument; `fd` is a valid open descriptor.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonblocking_flag_toggles_and_poll_times_out() -> io::Result<()> {
+        let s = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        set_nonblocking(s.as_fd(), true)?;
+        // SAFETY: F_GETFL takes no pointer argument; `s` is open.
+        let flags = cvt(unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) })?;
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        set_nonblocking(s.as_fd(), false)?;
+        // SAFETY: as above.
+        let flags = cvt(unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) })?;
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        assert!(!poll_readable(s.as_fd(), Some(Duration::from_millis(1)))?);
+        Ok(())
+    }
+
+    #[test]
+    fn cvt_maps_minus_one_to_errno() {
+        assert_eq!(cvt(3).ok(), Some(3));
+        assert_eq!(cvt_size(7).ok(), Some(7));
+        // SAFETY: closing an invalid descriptor only sets errno.
+        let r = cvt(unsafe { libc::close(-1) });
+        assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EBADF));
+    }
+}
