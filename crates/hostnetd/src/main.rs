@@ -1,2 +1,55 @@
-//! `hostnetd`: a vhost-user-net backend daemon (being built; see issue 7).
-fn main() {}
+//! `hostnetd`: a vhost-user-net backend daemon.
+//!
+//! It serves a vhost-user frontend (QEMU `-netdev vhost-user`, Cloud Hypervisor
+//! `--net vhost_user=true,socket=...`) on a unix socket with hostnet's device core: the guest's
+//! virtqueues are driven by `bridge`'s thread-free TX/RX paths, the gateway's services (ARP, DHCP,
+//! ping, DNS forwarder) answer locally, and everything else goes through the `nat` to a TUN device
+//! created in the network namespace the daemon runs in (host 100.64.0.1, peer 100.64.0.2 = the NAT's
+//! external address).
+//!
+//! One frontend at a time; when it disconnects the daemon serves the next one. SIGTERM/SIGINT stop
+//! it (the socket file is removed). vhost-user is a Linux protocol: on other systems the binary only
+//! says so. `hostnetd --help` lists the options.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+use std::process::ExitCode;
+
+mod args;
+#[cfg(target_os = "linux")]
+mod linux;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match args::parse_args(&argv) {
+        Err(e) => {
+            eprintln!("hostnetd: {e}");
+            ExitCode::from(2)
+        }
+        Ok(args::Invocation::Help) => {
+            print!("{}", args::USAGE);
+            ExitCode::SUCCESS
+        }
+        Ok(args::Invocation::Serve(a)) => serve(a),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn serve(args: args::Args) -> ExitCode {
+    match linux::run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hostnetd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn serve(args: args::Args) -> ExitCode {
+    eprintln!(
+        "hostnetd: vhost-user is Linux only; cannot serve {} on this system",
+        args.socket.display()
+    );
+    ExitCode::FAILURE
+}

@@ -1,0 +1,334 @@
+//! The command line (platform-free, so it is tested on every host).
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+
+use bridge::MacAddr;
+use nat::{PortForward, Protocol};
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Invocation {
+    /// Print the usage text.
+    Help,
+    /// Serve vhost-user on a socket.
+    Serve(Args),
+}
+
+/// The daemon's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Args {
+    /// The unix socket to listen on (created; an old socket file is replaced).
+    pub(crate) socket: PathBuf,
+    /// The guest MTU (config space and DHCP option).
+    pub(crate) mtu: u16,
+    /// The guest's MAC address (config space).
+    pub(crate) mac: MacAddr,
+    /// Port forwards from the NAT's external address into the guest.
+    pub(crate) forwards: Vec<PortForward>,
+    /// Upstream of the gateway's DNS forwarder; `None`: the first nameserver of /etc/resolv.conf.
+    pub(crate) dns_upstream: Option<SocketAddrV4>,
+    /// Name (pattern) of the TUN device.
+    pub(crate) tun_name: String,
+}
+
+/// A bad command line (printed as one line; exit status 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ArgError(pub(crate) String);
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+/// Parses the arguments after the program name.
+pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
+    let mut socket = None;
+    let mut mtu = None;
+    let mut mac = None;
+    let mut forwards: Vec<PortForward> = Vec::new();
+    let mut dns_upstream = None;
+    let mut tun_name = None;
+    let mut it = args.iter().map(AsRef::as_ref);
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        let mut value = || -> Result<String, ArgError> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ArgError(format!("{key} needs a value"))),
+            }
+        };
+        match key {
+            "-h" | "--help" => return Ok(Invocation::Help),
+            "--socket" => set_once(&mut socket, key, PathBuf::from(value()?))?,
+            "--mtu" => set_once(&mut mtu, key, parse_mtu(&value()?)?)?,
+            "--mac" => {
+                let v = value()?;
+                let m: MacAddr = v.parse().map_err(|_| {
+                    ArgError(format!("bad --mac {v:?}: expected xx:xx:xx:xx:xx:xx"))
+                })?;
+                if m.is_multicast() {
+                    return Err(ArgError(format!("bad --mac {v:?}: multicast address")));
+                }
+                set_once(&mut mac, key, m)?;
+            }
+            "--forward" => {
+                let f = parse_forward(&value()?)?;
+                if forwards
+                    .iter()
+                    .any(|o| o.protocol == f.protocol && o.external_port == f.external_port)
+                {
+                    return Err(ArgError(format!(
+                        "--forward external port {} ({:?}) given twice",
+                        f.external_port, f.protocol
+                    )));
+                }
+                forwards.push(f);
+            }
+            "--dns-upstream" => set_once(&mut dns_upstream, key, parse_upstream(&value()?)?)?,
+            "--tun-name" => {
+                let v = value()?;
+                if v.is_empty() || v.len() > MAX_IFNAME || v.contains(['/', ' ', '\0']) {
+                    return Err(ArgError(format!("bad --tun-name {v:?}")));
+                }
+                set_once(&mut tun_name, key, v)?;
+            }
+            other => return Err(ArgError(format!("unknown argument {other:?} (try --help)"))),
+        }
+    }
+    Ok(Invocation::Serve(Args {
+        socket: socket.ok_or_else(|| ArgError("--socket <path> is required".into()))?,
+        mtu: mtu.unwrap_or(DEFAULT_MTU),
+        mac: mac.unwrap_or(DEFAULT_MAC),
+        forwards,
+        dns_upstream,
+        tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
+    }))
+}
+
+/// Parses `tcp|udp:<external port>:<guest port>` or `tcp|udp:<external port>:<guest ip>:<guest port>`.
+pub(crate) fn parse_forward(s: &str) -> Result<PortForward, ArgError> {
+    let bad = |why: &str| ArgError(format!("bad --forward {s:?}: {why}"));
+    let parts: Vec<&str> = s.split(':').collect();
+    let (proto, ext, addr, port) = match parts.as_slice() {
+        [p, e, g] => (*p, *e, None, *g),
+        [p, e, a, g] => (*p, *e, Some(*a), *g),
+        _ => return Err(bad("expected tcp|udp:<external port>:<guest port>")),
+    };
+    let protocol = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        _ => return Err(bad("protocol must be tcp or udp")),
+    };
+    let port_of = |p: &str, what: &str| match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad(&format!("{what} port must be 1..=65535"))),
+        Ok(n) => Ok(n),
+    };
+    let guest = match addr {
+        None => FIRST_GUEST_ADDR,
+        Some(a) => a.parse().map_err(|_| bad("guest address is not IPv4"))?,
+    };
+    Ok(PortForward {
+        protocol,
+        external_port: port_of(ext, "external")?,
+        internal: SocketAddrV4::new(guest, port_of(port, "guest")?),
+    })
+}
+
+/// Parses `addr` or `addr:port` (port default 53).
+pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
+    if let Ok(a) = s.parse::<Ipv4Addr>() {
+        return Ok(SocketAddrV4::new(a, 53));
+    }
+    match s.parse::<SocketAddrV4>() {
+        Ok(sa) if sa.port() != 0 => Ok(sa),
+        _ => Err(ArgError(format!(
+            "bad --dns-upstream {s:?}: expected <IPv4>[:port]"
+        ))),
+    }
+}
+
+/// The first IPv4 `nameserver` of a resolv.conf text, port 53.
+pub(crate) fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
+    resolv_conf.lines().find_map(|line| {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("nameserver") {
+            return None;
+        }
+        w.next()?
+            .parse::<Ipv4Addr>()
+            .ok()
+            .map(|a| SocketAddrV4::new(a, 53))
+    })
+}
+
+fn parse_mtu(v: &str) -> Result<u16, ArgError> {
+    match v.parse::<u16>() {
+        Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => Ok(m),
+        _ => Err(ArgError(format!(
+            "bad --mtu {v:?}: must be {MIN_MTU}..={MAX_MTU}"
+        ))),
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, key: &str, v: T) -> Result<(), ArgError> {
+    if slot.is_some() {
+        return Err(ArgError(format!("{key} given twice")));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+/// Usage text for `--help`.
+pub(crate) const USAGE: &str = "\
+hostnetd: a vhost-user-net backend (hostnet's bridge, NAT and a TUN) for QEMU and Cloud Hypervisor
+
+USAGE:
+    hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
+             [--dns-upstream addr[:port]] [--tun-name NAME]
+
+Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
+-netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
+network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address), and
+prints `ready socket=<path> tun=<name> gateway=192.168.64.1` on stdout once listening. When the
+frontend disconnects it serves the next one. SIGTERM or SIGINT stops it. Logs go to stderr
+(RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
+namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
+
+OPTIONS:
+    --socket <path>          unix socket to listen on (required)
+    --mtu <N>                guest MTU, 68..=65520 (default 1500)
+    --mac <M>                guest MAC address (default 52:54:00:12:34:56)
+    --forward <P:E:G>        forward external port E (tcp|udp) on 100.64.0.2 to guest port G
+                             (P:E:IP:G for another guest address; repeatable)
+    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
+                             nameserver of /etc/resolv.conf)
+    --tun-name <NAME>        TUN device name, %d picks a free number (default hostnetd%d)
+    -h, --help               this text
+";
+
+/// Default guest MTU.
+pub(crate) const DEFAULT_MTU: u16 = 1500;
+const MIN_MTU: u16 = 68;
+const MAX_MTU: u16 = 65_520;
+/// Default guest MAC (QEMU's customary first NIC address).
+pub(crate) const DEFAULT_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+/// Default TUN name pattern.
+pub(crate) const DEFAULT_TUN_NAME: &str = "hostnetd%d";
+/// The address the first guest leases (start of the DHCP pool); the default target of `--forward`.
+pub(crate) const FIRST_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+const MAX_IFNAME: usize = 15;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Args, ArgError> {
+        match parse_args(args)? {
+            Invocation::Serve(a) => Ok(a),
+            Invocation::Help => Err(ArgError("help".into())),
+        }
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let a = serve(&[
+            "--socket",
+            "/tmp/s.sock",
+            "--mtu=9000",
+            "--mac",
+            "52:54:00:aa:bb:cc",
+            "--forward",
+            "tcp:8080:80",
+            "--forward=udp:5353:192.168.64.9:53",
+            "--dns-upstream",
+            "198.18.0.2:5353",
+            "--tun-name",
+            "vu%d",
+        ])
+        .unwrap();
+        assert_eq!(a.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(a.mtu, 9000);
+        assert_eq!(a.mac, MacAddr([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]));
+        assert_eq!(
+            a.forwards,
+            [
+                PortForward {
+                    protocol: Protocol::Tcp,
+                    external_port: 8080,
+                    internal: SocketAddrV4::new(FIRST_GUEST_ADDR, 80),
+                },
+                PortForward {
+                    protocol: Protocol::Udp,
+                    external_port: 5353,
+                    internal: "192.168.64.9:53".parse().unwrap(),
+                },
+            ]
+        );
+        assert_eq!(a.dns_upstream, Some("198.18.0.2:5353".parse().unwrap()));
+        assert_eq!(a.tun_name, "vu%d");
+    }
+
+    #[test]
+    fn defaults() {
+        let a = serve(&["--socket", "s"]).unwrap();
+        assert_eq!(
+            (a.mtu, a.mac, a.dns_upstream),
+            (DEFAULT_MTU, DEFAULT_MAC, None)
+        );
+        assert!(a.forwards.is_empty());
+        assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
+        assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
+    }
+
+    #[test]
+    fn refuses_bad_lines_with_the_bad_value() {
+        for bad in [
+            &[][..],
+            &["--socket"],
+            &["--socket", "a", "--socket", "b"],
+            &["--socket", "a", "--mtu", "67"],
+            &["--socket", "a", "--mtu", "70000"],
+            &["--socket", "a", "--mac", "01:00:5e:00:00:01"],
+            &["--socket", "a", "--mac", "nope"],
+            &["--socket", "a", "--forward", "icmp:1:2"],
+            &["--socket", "a", "--forward", "tcp:0:2"],
+            &["--socket", "a", "--forward", "tcp:80"],
+            &[
+                "--socket",
+                "a",
+                "--forward",
+                "tcp:1:2",
+                "--forward",
+                "tcp:1:3",
+            ],
+            &["--socket", "a", "--dns-upstream", "example.com"],
+            &["--socket", "a", "--dns-upstream", "1.2.3.4:0"],
+            &["--socket", "a", "--tun-name", "much-too-long-name"],
+            &["--socket", "a", "--bogus"],
+        ] {
+            assert!(parse_args(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = parse_args(&["--socket", "a", "--mtu", "12"]).unwrap_err();
+        assert!(e.0.contains("\"12\""), "{e}");
+    }
+
+    #[test]
+    fn nameserver_from_resolv_conf() {
+        let text = "# x\nsearch lan\nnameserver fe80::1\nnameserver 10.1.2.3\nnameserver 9.9.9.9\n";
+        assert_eq!(first_nameserver(text), Some("10.1.2.3:53".parse().unwrap()));
+        assert_eq!(first_nameserver("search lan\n"), None);
+        assert_eq!(parse_upstream("1.2.3.4"), Ok("1.2.3.4:53".parse().unwrap()));
+    }
+}

@@ -1,0 +1,231 @@
+//! The vhost-user side: [`NetBackend`] implements `vhost-user-backend`'s backend trait and drives the
+//! [`Dataplane`] from the worker thread's events (queue kicks, the TUN, a timer).
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+use utun::Tun;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackendMut, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::dataplane::{Dataplane, DataplaneConfig};
+
+/// Worker event id of the TUN's readiness (ids 0..=2 are the two queues and the exit event).
+pub(crate) const HOST_EVENT: u64 = 3;
+/// Worker event id of the housekeeping timer (NAT expiry).
+pub(crate) const TIMER_EVENT: u64 = 4;
+
+/// One frontend connection's device: the dataplane plus the vhost-user bookkeeping.
+pub(crate) struct NetBackend {
+    dp: Dataplane,
+    tun: Arc<Tun>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    timer: TimerFd,
+    shutdown: Option<ShutdownHandle>,
+    broken: bool,
+}
+
+impl std::fmt::Debug for NetBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetBackend")
+            .field("dp", &self.dp)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetBackend {
+    /// A fresh device for a new connection (new NAT table, new DHCP state).
+    pub(crate) fn new(
+        config: &DataplaneConfig,
+        tun: Arc<Tun>,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> anyhow::Result<Self> {
+        let mut timer = TimerFd::new()?;
+        timer.reset(TICK, Some(TICK))?;
+        Ok(Self {
+            dp: Dataplane::new(config)?,
+            tun,
+            mem,
+            timer,
+            shutdown: None,
+            broken: false,
+        })
+    }
+
+    /// The timer's descriptor, for the worker's epoll.
+    pub(crate) fn timer_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+
+    /// Lets the backend close the connection when the driver breaks the virtio protocol.
+    pub(crate) fn set_shutdown_handle(&mut self, handle: Option<ShutdownHandle>) {
+        self.shutdown = handle;
+    }
+
+    /// Logs the connection's counters.
+    pub(crate) fn log_stats(&self) {
+        self.dp.log_stats();
+    }
+
+    /// Runs one event; a queue the driver broke closes the connection (the daemon keeps running).
+    fn dispatch(&mut self, event: u64, vrings: &[VringRwLock]) -> Result<(), bridge::Error> {
+        let [rx, tx] = vrings else {
+            return Ok(());
+        };
+        let mem = self.mem.memory();
+        match event {
+            TX_EVENT => {
+                if !usable(tx) {
+                    return Ok(());
+                }
+                let mut txg = tx.get_mut();
+                let mut rxg = rx.get_mut();
+                let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
+                let n = self.dp.on_tx_kick(
+                    &*mem,
+                    txg.get_queue_mut(),
+                    rx_ok.then(|| rxg.get_queue_mut()),
+                    &*self.tun,
+                )?;
+                if n.tx {
+                    signal(&txg, "tx");
+                }
+                if n.rx {
+                    signal(&rxg, "rx");
+                }
+            }
+            RX_EVENT | HOST_EVENT => {
+                let mut rxg = rx.get_mut();
+                let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
+                let notify = if rx_ok {
+                    self.dp.on_rx_ready(
+                        &*mem,
+                        rxg.get_queue_mut(),
+                        &*self.tun,
+                        event == HOST_EVENT,
+                    )?
+                } else {
+                    self.dp.on_rx_unavailable();
+                    false
+                };
+                if notify {
+                    signal(&rxg, "rx");
+                }
+            }
+            TIMER_EVENT => {
+                let _ = self.timer.wait();
+                self.dp.on_tick();
+            }
+            other => debug!(event = other, "unknown worker event"),
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackendMut for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    /// The device's virtio features plus `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU needs it to enable
+    /// the rings; see [`super::proxy`] for the early `SET_VRING_ENABLE` it then sends).
+    fn features(&self) -> u64 {
+        self.dp.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        let acked = self.dp.ack_features(features);
+        debug!(
+            features = format_args!("{features:#x}"),
+            acked = format_args!("{acked:#x}"),
+            "features acked"
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&mut self) {
+        info!("device reset by the frontend");
+        self.dp.reset();
+        self.broken = false;
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        debug!(enabled, "event idx");
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0).min(MAX_CONFIG_READ)];
+        self.dp.read_config(u64::from(offset), &mut buf);
+        buf
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.mem = mem;
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        tracing::trace!(event = device_event, "worker event");
+        if self.broken {
+            return Ok(());
+        }
+        // Errors never leave this function: an error would end the worker thread for good.
+        if let Err(e) = self.dispatch(u64::from(device_event), vrings) {
+            warn!("the driver broke the virtio protocol ({e}); closing the connection");
+            self.broken = true;
+            if let Some(h) = &self.shutdown {
+                h.shutdown();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn usable(vring: &VringRwLock) -> bool {
+    let g = vring.get_ref();
+    g.get_queue().ready() && g.is_enabled()
+}
+
+fn signal(vring: &vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>, which: &str) {
+    if let Err(e) = vring.signal_used_queue() {
+        debug!(queue = which, "signalling the driver failed: {e}");
+    }
+}
+
+const NUM_QUEUES: usize = 2;
+const MAX_QUEUE_SIZE: usize = 1024;
+const RX_EVENT: u64 = 0;
+const TX_EVENT: u64 = 1;
+const MAX_CONFIG_READ: usize = 256;
+const TICK: Duration = Duration::from_secs(1);

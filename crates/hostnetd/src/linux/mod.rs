@@ -1,0 +1,327 @@
+//! The daemon on Linux: the TUN device, the listen loop (one frontend at a time), signals.
+
+mod backend;
+mod dataplane;
+mod proxy;
+
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use anyhow::{Context, Result, anyhow};
+use tracing::{info, warn};
+use utun::{Ipv4Dest, Tun, TunBuilder};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::args::{Args, first_nameserver};
+use backend::NetBackend;
+use dataplane::DataplaneConfig;
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub(crate) fn run(args: &Args) -> Result<()> {
+    init_tracing();
+    let dns_upstream = args.dns_upstream.or_else(|| {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|t| first_nameserver(&t))
+    });
+    let config = DataplaneConfig {
+        mac: args.mac,
+        mtu: args.mtu,
+        gateway: GATEWAY,
+        external: NAT_EXTERNAL,
+        forwards: args.forwards.clone(),
+        dns_upstream,
+    };
+    // Fail on a bad configuration before anything is created.
+    dataplane::Dataplane::new(&config).context("invalid configuration")?;
+
+    let tun = Arc::new(
+        TunBuilder::new()
+            .name(args.tun_name.clone())
+            .mtu(u32::from(args.mtu))
+            .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL))
+            .nonblocking(true)
+            .open()
+            .context("creating the TUN device")?,
+    );
+    // `TunBuilder::nonblocking` records the mode without setting O_NONBLOCK on Linux (utun at the
+    // time of writing); the host-link contract's `prepare` does set it. The worker must never block.
+    bridge::HostLink::prepare(&*tun).context("making the TUN non-blocking")?;
+    let listener = SocketGuard::bind(&args.socket)?;
+    let stop = Arc::new(Stop::new()?);
+    let _signals = spawn_signal_thread(stop.clone())?;
+
+    info!(
+        socket = %args.socket.display(),
+        tun = tun.name(),
+        mtu = args.mtu,
+        dns_upstream = ?dns_upstream,
+        forwards = args.forwards.len(),
+        "listening"
+    );
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "ready socket={} tun={} gateway={GATEWAY}",
+        args.socket.display(),
+        tun.name()
+    )?;
+    out.flush()?;
+    drop(out);
+
+    let mut n = 0u64;
+    while stop.wait_for_connection(&listener.listener)? {
+        n += 1;
+        let frontend = match listener.listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("accepting a frontend failed: {e}");
+                continue;
+            }
+        };
+        match serve_one(&config, &tun, frontend, &stop) {
+            Ok(()) => info!(
+                connection = n,
+                "frontend disconnected; waiting for the next one"
+            ),
+            Err(e) => warn!(connection = n, "connection closed: {e:#}"),
+        }
+    }
+    info!("stopping");
+    drop(listener); // unlinks the socket
+    Ok(())
+}
+
+/// Serves one frontend connection until it disconnects, breaks the protocol, or the daemon stops.
+///
+/// The frontend talks to a [`proxy::Relay`], which talks to the vhost-user-backend daemon over a
+/// private (abstract) unix socket.
+fn serve_one(
+    config: &DataplaneConfig,
+    tun: &Arc<Tun>,
+    frontend: UnixStream,
+    stop: &Stop,
+) -> Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let inner_name = format!(
+        "hostnetd-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let inner_addr = SocketAddr::from_abstract_name(inner_name.as_bytes())?;
+    let mut inner =
+        Listener::from(UnixListener::bind_addr(&inner_addr).context("binding the inner socket")?);
+    let to_daemon = UnixStream::connect_addr(&inner_addr).context("connecting the inner socket")?;
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = Arc::new(RwLock::new(NetBackend::new(
+        config,
+        tun.clone(),
+        mem.clone(),
+    )?));
+    let mut daemon = VhostUserDaemon::new("hostnetd".to_owned(), backend.clone(), mem)
+        .map_err(|e| anyhow!("creating the vhost-user daemon: {e}"))?;
+    {
+        let handlers = daemon.get_epoll_handlers();
+        let worker = handlers.first().context("the daemon has no worker")?;
+        let b = backend.read().unwrap_or_else(PoisonError::into_inner);
+        worker
+            .register_listener(
+                tun.as_raw_fd(),
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+                backend::HOST_EVENT,
+            )
+            .context("registering the TUN with the worker")?;
+        worker
+            .register_listener(b.timer_fd(), EventSet::IN, backend::TIMER_EVENT)
+            .context("registering the timer with the worker")?;
+    }
+    daemon
+        .start(&mut inner)
+        .map_err(|e| anyhow!("accepting the relay: {e}"))?;
+    drop(inner);
+    let relay = proxy::Relay::spawn(frontend, to_daemon).context("starting the relay")?;
+    let handle = daemon.shutdown_handle();
+    backend
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .set_shutdown_handle(handle.clone());
+    stop.set_connection(handle);
+    info!("frontend connected");
+    let result = daemon.wait();
+    stop.set_connection(None);
+    relay.join();
+    for worker in daemon.get_epoll_handlers() {
+        worker.send_exit_event();
+    }
+    backend
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .log_stats();
+    match result {
+        Ok(())
+        | Err(DaemonError::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => Ok(()),
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+/// The stop request (SIGTERM/SIGINT): wakes the listen loop and closes the current connection.
+struct Stop {
+    requested: AtomicBool,
+    wake: EventFd,
+    connection: Mutex<Option<ShutdownHandle>>,
+}
+
+impl std::fmt::Debug for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stop")
+            .field("requested", &self.requested)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stop {
+    fn new() -> io::Result<Self> {
+        Ok(Self {
+            requested: AtomicBool::new(false),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            connection: Mutex::new(None),
+        })
+    }
+
+    fn trigger(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+        if let Some(h) = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            h.shutdown();
+        }
+    }
+
+    fn set_connection(&self, handle: Option<ShutdownHandle>) {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *slot = handle;
+        // A stop requested while the connection was being set up.
+        if self.requested.load(Ordering::SeqCst)
+            && let Some(h) = slot.as_ref()
+        {
+            h.shutdown();
+        }
+    }
+
+    /// Blocks until the listener has a connection (`true`) or a stop was requested (`false`).
+    fn wait_for_connection(&self, listener: &UnixListener) -> io::Result<bool> {
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, LISTENER_EVENT),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            self.wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, WAKE_EVENT),
+        )?;
+        let mut events = [EpollEvent::default(); 2];
+        loop {
+            if self.requested.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if self.requested.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            if events.iter().take(n).any(|e| e.data() == LISTENER_EVENT) {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// The listening socket; its file is removed on drop.
+#[derive(Debug)]
+struct SocketGuard {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl SocketGuard {
+    fn bind(path: &Path) -> Result<Self> {
+        // A stale socket from an earlier run is replaced; any other file is not.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        }) {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn spawn_signal_thread(stop: Arc<Stop>) -> Result<std::thread::JoinHandle<()>> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!(signal = sig, "stop requested");
+                stop.trigger();
+            }
+        })
+        .context("spawning the signal thread")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
+/// The guest's gateway (ARP, DHCP, ping and DNS are answered here).
+pub(crate) const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+/// The TUN's own address (the host side of the point-to-point link).
+const HOST_TUN_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+/// The TUN's peer: the NAT's external address, which the host routes into the TUN.
+pub(crate) const NAT_EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+const LISTENER_EVENT: u64 = 0;
+const WAKE_EVENT: u64 = 1;

@@ -1,0 +1,479 @@
+//! A message-level relay between the frontend's connection and the vhost-user-backend daemon.
+//!
+//! Why: QEMU (7.2) sends `SET_VRING_ENABLE` when it resets the device, long before it sends
+//! `SET_FEATURES`. The `vhost` crate's request handler (0.18) refuses that message until
+//! `VHOST_USER_F_PROTOCOL_FEATURES` has been acked by `SET_FEATURES` and drops the connection, and
+//! without that feature QEMU cannot start the device at all ("unable to start vhost net: 22").
+//! The relay answers such an early `SET_VRING_ENABLE` itself (the rings stay disabled, which is
+//! their state anyway; QEMU enables them again after `SET_FEATURES`) and passes every other message,
+//! with its file descriptors, through unchanged.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use tracing::{debug, warn};
+
+/// The two relay threads of one connection.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    threads: [JoinHandle<()>; 2],
+}
+
+impl Relay {
+    /// Relays between `frontend` (the VMM) and `backend` (our end of the daemon's connection)
+    /// until either side closes; then both are shut down.
+    pub(crate) fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<Self> {
+        let to_frontend = Arc::new(Mutex::new(frontend.try_clone()?));
+        let f_read = frontend;
+        let b_write = backend.try_clone()?;
+        let b_read = backend;
+        let replies = to_frontend.clone();
+        let shut_b = b_write.try_clone()?;
+        let a = std::thread::Builder::new()
+            .name("vu-relay-in".to_owned())
+            .spawn(move || {
+                if let Err(e) = frontend_to_backend(&f_read, &b_write, &replies) {
+                    debug!("frontend side of the relay ended: {e}");
+                }
+                let _ = b_write.shutdown(Shutdown::Both);
+                let _ = f_read.shutdown(Shutdown::Both);
+            })?;
+        let b = std::thread::Builder::new()
+            .name("vu-relay-out".to_owned())
+            .spawn(move || {
+                if let Err(e) = backend_to_frontend(&b_read, &to_frontend) {
+                    debug!("backend side of the relay ended: {e}");
+                }
+                let _ = shut_b.shutdown(Shutdown::Both);
+                if let Ok(f) = to_frontend.lock() {
+                    let _ = f.shutdown(Shutdown::Both);
+                }
+            })?;
+        Ok(Self { threads: [a, b] })
+    }
+
+    /// Waits for both relay threads.
+    pub(crate) fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Header of a vhost-user message (little-endian `request`, `flags`, `size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    request: u32,
+    flags: u32,
+    size: u32,
+}
+
+impl Header {
+    fn parse(b: &[u8; HDR_LEN]) -> Self {
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Self {
+            request: word(0),
+            flags: word(4),
+            size: word(8),
+        }
+    }
+
+    fn to_bytes(self) -> [u8; HDR_LEN] {
+        let mut o = [0u8; HDR_LEN];
+        o[0..4].copy_from_slice(&self.request.to_le_bytes());
+        o[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        o[8..12].copy_from_slice(&self.size.to_le_bytes());
+        o
+    }
+}
+
+/// What the relay does with a request from the frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Forward,
+    /// Answer locally (an ack of 0 if the frontend asked for one), don't forward.
+    Absorb,
+}
+
+/// Tracks the protocol state the relay needs: whether `SET_FEATURES` was seen, and the ring
+/// enable states it absorbed before that (replayed to the daemon right after `SET_FEATURES`, since
+/// QEMU considers them sent and does not repeat them).
+#[derive(Debug, Default)]
+struct Filter {
+    features_set: bool,
+    absorbed: [Option<u32>; MAX_RINGS],
+}
+
+impl Filter {
+    fn on_request(&mut self, h: Header, body: &[u8]) -> Action {
+        match h.request {
+            SET_FEATURES => {
+                self.features_set = true;
+                Action::Forward
+            }
+            SET_VRING_ENABLE if !self.features_set => {
+                if let Some((index, num)) = vring_state(body)
+                    && let Some(slot) = usize::try_from(index)
+                        .ok()
+                        .and_then(|i| self.absorbed.get_mut(i))
+                {
+                    *slot = Some(num);
+                }
+                Action::Absorb
+            }
+            _ => Action::Forward,
+        }
+    }
+
+    /// The `SET_VRING_ENABLE` bodies to send after forwarding `h` (after `SET_FEATURES`: the
+    /// absorbed states, once).
+    fn replay_after(&mut self, h: Header) -> impl Iterator<Item = [u8; 8]> + '_ {
+        let replay = h.request == SET_FEATURES;
+        self.absorbed
+            .iter_mut()
+            .enumerate()
+            .filter(move |_| replay)
+            .filter_map(|(i, slot)| {
+                let num = slot.take()?;
+                let mut b = [0u8; 8];
+                b[..4].copy_from_slice(&u32::try_from(i).ok()?.to_le_bytes());
+                b[4..].copy_from_slice(&num.to_le_bytes());
+                Some(b)
+            })
+    }
+}
+
+/// `(index, num)` of a `VhostUserVringState` body.
+fn vring_state(body: &[u8]) -> Option<(u32, u32)> {
+    let b: &[u8; 8] = body.get(..8)?.try_into().ok()?;
+    Some((
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+    ))
+}
+
+fn frontend_to_backend(
+    front: &UnixStream,
+    back: &UnixStream,
+    replies: &Mutex<UnixStream>,
+) -> io::Result<()> {
+    let mut filter = Filter::default();
+    let mut payload = vec![0u8; MAX_PAYLOAD];
+    let mut fds: Vec<OwnedFd> = Vec::with_capacity(MAX_FDS);
+    loop {
+        fds.clear();
+        let Some(hdr_bytes) = recv_header(front, &mut fds)? else {
+            return Ok(());
+        };
+        let h = Header::parse(&hdr_bytes);
+        let size = usize::try_from(h.size).unwrap_or(usize::MAX);
+        let Some(body) = payload.get_mut(..size) else {
+            warn!(
+                request = h.request,
+                size = h.size,
+                "frontend sent an oversized message; closing the connection"
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "oversized message",
+            ));
+        };
+        read_exact(front, body)?;
+        tracing::trace!(
+            request = h.request,
+            flags = h.flags,
+            size = h.size,
+            fds = fds.len(),
+            "request"
+        );
+        match filter.on_request(h, body) {
+            Action::Forward => {
+                let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+                let mut space =
+                    [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed))
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "too many descriptors",
+                    ));
+                }
+                send_all(back, &hdr_bytes, body, &mut control)?;
+                for state in filter.replay_after(h) {
+                    debug!(?state, "replaying an absorbed SET_VRING_ENABLE");
+                    let enable = Header {
+                        request: SET_VRING_ENABLE,
+                        flags: VERSION,
+                        size: 8,
+                    };
+                    let mut none: [MaybeUninit<u8>; 0] = [];
+                    send_all(
+                        back,
+                        &enable.to_bytes(),
+                        &state,
+                        &mut SendAncillaryBuffer::new(&mut none),
+                    )?;
+                }
+            }
+            Action::Absorb => {
+                debug!(
+                    request = h.request,
+                    "absorbed SET_VRING_ENABLE sent before SET_FEATURES"
+                );
+                if h.flags & NEED_REPLY != 0 {
+                    let reply = Header {
+                        request: h.request,
+                        flags: VERSION | REPLY,
+                        size: 8,
+                    };
+                    let mut f = replies.lock().unwrap_or_else(PoisonError::into_inner);
+                    f.write_all(&reply.to_bytes())?;
+                    f.write_all(&0u64.to_le_bytes())?;
+                }
+            }
+        }
+    }
+}
+
+fn backend_to_frontend(back: &UnixStream, front: &Mutex<UnixStream>) -> io::Result<()> {
+    let mut payload = vec![0u8; MAX_PAYLOAD];
+    let mut r = back;
+    loop {
+        let mut hdr = [0u8; HDR_LEN];
+        match r.read_exact(&mut hdr) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let h = Header::parse(&hdr);
+        let size = usize::try_from(h.size).unwrap_or(usize::MAX);
+        let body = payload
+            .get_mut(..size)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "oversized reply"))?;
+        r.read_exact(body)?;
+        let mut f = front.lock().unwrap_or_else(PoisonError::into_inner);
+        f.write_all(&hdr)?;
+        f.write_all(body)?;
+    }
+}
+
+/// Receives a 12-byte header and the descriptors sent with it; `None` at end of stream.
+fn recv_header(sock: &UnixStream, fds: &mut Vec<OwnedFd>) -> io::Result<Option<[u8; HDR_LEN]>> {
+    let mut hdr = [0u8; HDR_LEN];
+    let mut got = 0;
+    while got < HDR_LEN {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let n = {
+            let mut iov = [IoSliceMut::new(&mut hdr[got..])];
+            match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+                Ok(m) => m.bytes,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = msg {
+                fds.extend(received);
+            }
+        }
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "truncated header",
+            ));
+        }
+        got += n;
+    }
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many descriptors",
+        ));
+    }
+    Ok(Some(hdr))
+}
+
+fn read_exact(mut sock: &UnixStream, buf: &mut [u8]) -> io::Result<()> {
+    sock.read_exact(buf)
+}
+
+/// Sends header + body (+ descriptors with the first bytes).
+fn send_all(
+    sock: &UnixStream,
+    hdr: &[u8],
+    body: &[u8],
+    control: &mut SendAncillaryBuffer<'_, '_, '_>,
+) -> io::Result<()> {
+    let total = hdr.len() + body.len();
+    let mut sent = loop {
+        let iov = [IoSlice::new(hdr), IoSlice::new(body)];
+        match rustix::net::sendmsg(sock, &iov, control, SendFlags::NOSIGNAL) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Whatever is left goes without descriptors.
+    let mut w = sock;
+    while sent < total {
+        let rest = if sent < hdr.len() {
+            w.write(&hdr[sent..])?
+        } else {
+            w.write(&body[sent - hdr.len()..])?
+        };
+        if rest == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "backend closed"));
+        }
+        sent += rest;
+    }
+    Ok(())
+}
+
+const HDR_LEN: usize = 12;
+/// Largest payload accepted (the vhost crate's own limit is 4096 plus a memory table).
+const MAX_PAYLOAD: usize = 0x1000 + 8 * 32 + 8;
+/// The most descriptors one message may carry (SET_MEM_TABLE: one per region, at most 8; we
+/// allow the vhost crate's limit of 32 so it can refuse them itself).
+const MAX_FDS: usize = 32;
+/// Rings whose early enable state is remembered (two per queue pair; one pair today).
+const MAX_RINGS: usize = 8;
+const SET_FEATURES: u32 = 2;
+const SET_VRING_ENABLE: u32 = 18;
+const VERSION: u32 = 0x1;
+const REPLY: u32 = 0x4;
+const NEED_REPLY: u32 = 0x8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_vring_enable_is_absorbed_later_ones_pass() {
+        let mut f = Filter::default();
+        let h = |request| Header {
+            request,
+            flags: VERSION,
+            size: 8,
+        };
+        let enable = |index: u32, num: u32| {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&index.to_le_bytes());
+            b[4..].copy_from_slice(&num.to_le_bytes());
+            b
+        };
+        assert_eq!(
+            f.on_request(h(SET_VRING_ENABLE), &enable(0, 1)),
+            Action::Absorb
+        );
+        assert_eq!(
+            f.on_request(h(SET_VRING_ENABLE), &enable(1, 0)),
+            Action::Absorb
+        );
+        assert_eq!(
+            f.on_request(h(SET_VRING_ENABLE), &enable(1, 1)),
+            Action::Absorb
+        );
+        assert_eq!(
+            f.on_request(h(SET_VRING_ENABLE), &enable(99, 1)),
+            Action::Absorb
+        );
+        assert_eq!(f.on_request(h(SET_VRING_ENABLE), &[1]), Action::Absorb);
+        assert_eq!(f.on_request(h(1), &[]), Action::Forward);
+        assert_eq!(f.replay_after(h(1)).count(), 0);
+        assert_eq!(f.on_request(h(SET_FEATURES), &[0; 8]), Action::Forward);
+        let replayed: Vec<_> = f.replay_after(h(SET_FEATURES)).collect();
+        assert_eq!(
+            replayed,
+            [enable(0, 1), enable(1, 1)],
+            "latest state per ring, in order"
+        );
+        assert_eq!(f.replay_after(h(SET_FEATURES)).count(), 0, "replayed once");
+        assert_eq!(
+            f.on_request(h(SET_VRING_ENABLE), &enable(0, 0)),
+            Action::Forward
+        );
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header {
+            request: 18,
+            flags: VERSION | NEED_REPLY,
+            size: 8,
+        };
+        assert_eq!(Header::parse(&h.to_bytes()), h);
+        assert_eq!(h.to_bytes()[..4], [18, 0, 0, 0]);
+    }
+
+    #[test]
+    fn relays_messages_with_descriptors_and_answers_early_enable() {
+        let (vmm, front) = UnixStream::pair().unwrap();
+        let (back, daemon) = UnixStream::pair().unwrap();
+        let relay = Relay::spawn(front, back).unwrap();
+        let mut vmm_w = vmm.try_clone().unwrap();
+        // Early SET_VRING_ENABLE with NEED_REPLY: answered by the relay with 0.
+        let early = Header {
+            request: SET_VRING_ENABLE,
+            flags: VERSION | NEED_REPLY,
+            size: 8,
+        };
+        vmm_w.write_all(&early.to_bytes()).unwrap();
+        vmm_w.write_all(&[0, 0, 0, 0, 1, 0, 0, 0]).unwrap();
+        let mut reply = [0u8; HDR_LEN + 8];
+        (&vmm).read_exact(&mut reply).unwrap();
+        let rh = Header::parse(reply[..HDR_LEN].try_into().unwrap());
+        assert_eq!(
+            (rh.request, rh.flags, rh.size),
+            (SET_VRING_ENABLE, VERSION | REPLY, 8)
+        );
+        assert_eq!(reply[HDR_LEN..], [0; 8]);
+        // A message with a descriptor reaches the daemon side with its descriptor.
+        let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
+        let msg = Header {
+            request: 5,
+            flags: VERSION,
+            size: 4,
+        };
+        let borrowed = [pipe_r.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        send_all(&vmm, &msg.to_bytes(), &[1, 2, 3, 4], &mut control).unwrap();
+        let mut fds = Vec::new();
+        let got = recv_header(&daemon, &mut fds).unwrap().unwrap();
+        assert_eq!(Header::parse(&got), msg);
+        assert_eq!(fds.len(), 1);
+        let mut body = [0u8; 4];
+        (&daemon).read_exact(&mut body).unwrap();
+        assert_eq!(body, [1, 2, 3, 4]);
+        // A reply from the daemon side reaches the VMM.
+        let r = Header {
+            request: 1,
+            flags: VERSION | REPLY,
+            size: 8,
+        };
+        (&daemon).write_all(&r.to_bytes()).unwrap();
+        (&daemon).write_all(&7u64.to_le_bytes()).unwrap();
+        let mut back_reply = [0u8; HDR_LEN + 8];
+        (&vmm).read_exact(&mut back_reply).unwrap();
+        assert_eq!(back_reply[HDR_LEN..], 7u64.to_le_bytes());
+        // The VMM hangs up: both relay threads end.
+        drop(vmm_w);
+        vmm.shutdown(Shutdown::Both).unwrap();
+        relay.join();
+    }
+}

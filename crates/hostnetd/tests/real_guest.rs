@@ -1,0 +1,713 @@
+//! A real Linux guest (Debian's kernel and its own virtio-net driver, booted by QEMU under TCG) against
+//! QEMU's built-in user networking (the reference) and against `hostnetd` over vhost-user.
+//!
+//! Needs root (network namespaces, a TUN), `qemu-system-x86_64`, busybox-static and dnsmasq, and the guest image
+//! built by `cargo xtask guest-image` (under `target/guest/`). Everything runs inside namespaces made here.
+#![cfg(target_os = "linux")]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use testbed::netns::{Netns, Process, veth};
+
+/// Reference: QEMU's slirp (`-netdev user`) inside a namespace; the HTTP server runs on that namespace's
+/// loopback, which the guest reaches as 10.0.2.2.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn guest_on_qemu_user_networking_gets_dhcp_ping_and_http() -> Result<()> {
+    let image = GuestImage::find()?;
+    let ns = Netns::new("qemu")?;
+    let blob = Blob::new(BLOB_SIZE)?;
+    let _httpd = ns.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "127.0.0.1:8080",
+        "-h",
+        blob.dir_str()?,
+    ])?;
+    let steps = format!(
+        "dhcp,ping:10.0.2.2,http:http://10.0.2.2:8080/{BLOB_NAME}:{}",
+        blob.sha256
+    );
+    let mut guest = Guest::boot(
+        &ns,
+        &image,
+        &[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+        &steps,
+    )?;
+    let results = guest.results(GUEST_TIMEOUT)?;
+    assert_ok(&results, "link")?;
+    let lease = assert_ok(&results, "dhcp")?;
+    assert!(lease.starts_with("10.0.2.15"), "slirp lease {lease:?}");
+    assert_ok(&results, "ping")?;
+    let http = assert_ok(&results, "http")?;
+    println!("slirp (-netdev user): guest download {}", rate_of(http)?);
+    Ok(())
+}
+
+/// The real thing: the guest's virtio-net is served by `hostnetd` over vhost-user; the guest gets a lease
+/// from our DHCP server, pings the gateway and a server on the simulated internet, downloads a file over HTTP
+/// (hash checked), resolves a name through the gateway's DNS forwarder and accepts a connection through a port
+/// forward. The same guest on `-netdev user` is run in the same test as the reference rate.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<()> {
+    let image = GuestImage::find()?;
+    let blob = Blob::new(BLOB_SIZE)?;
+    let world = World::new(&blob)?;
+
+    let sock = std::env::temp_dir().join(format!("hostnet-qemu-{}.sock", std::process::id()));
+    let mut daemon = Hostnetd::start(
+        &world.host,
+        &sock,
+        &[
+            "--forward",
+            &format!("tcp:{FORWARD_EXT_PORT}:{GUEST_LISTEN_PORT}"),
+            "--dns-upstream",
+            SERVER_ADDR,
+        ],
+    )?;
+    world.host.sysctl("net.ipv4.ip_forward", "1")?;
+
+    let steps = format!(
+        "dhcp,ping:{GATEWAY},ping:{SERVER_ADDR},http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha},dns:{DNS_NAME}:{SERVER_ADDR},listen:{GUEST_LISTEN_PORT}",
+        sha = blob.sha256
+    );
+    let mut guest = Guest::boot(&world.host, &image, &vhost_user_args(&sock), &steps)?;
+    guest.wait_for(
+        &format!("HOSTNET-READY listen {GUEST_LISTEN_PORT}"),
+        GUEST_TIMEOUT,
+    )?;
+    let token = format!("hello-from-s-{}", std::process::id());
+    let reply = connect_and_send(&world.server, NAT_EXTERNAL, FORWARD_EXT_PORT, &token)?;
+    assert!(
+        reply.contains(&format!("ack {token}")),
+        "port-forward reply {reply:?}"
+    );
+    let results = guest.results(GUEST_TIMEOUT)?;
+
+    let link = assert_ok(&results, "link")?;
+    assert!(link.contains("mtu=1500"), "link {link:?}");
+    let lease = assert_ok(&results, "dhcp")?;
+    assert!(lease.starts_with("192.168.64."), "lease {lease:?}");
+    assert!(
+        lease.contains(&format!("router={GATEWAY}")),
+        "lease {lease:?}"
+    );
+    assert!(lease.contains(&format!("dns={GATEWAY}")), "lease {lease:?}");
+    let pings = results.get("ping").map(Vec::as_slice).unwrap_or_default();
+    for target in [GATEWAY, SERVER_ADDR] {
+        assert!(
+            pings
+                .iter()
+                .any(|l| l.starts_with(&format!("ok {target} "))),
+            "ping {target}: {pings:?}"
+        );
+    }
+    let http = assert_ok(&results, "http")?;
+    let dns = assert_ok(&results, "dns")?;
+    assert!(dns.contains(SERVER_ADDR), "dns {dns:?}");
+    let listen = assert_ok(&results, "listen")?;
+    assert_eq!(
+        listen, token,
+        "what the guest received through the port forward"
+    );
+    let hostnetd_rate = rate_of(http)?;
+    drop(guest);
+
+    // Stops cleanly on SIGTERM (and removes its socket).
+    daemon.process.signal("TERM")?;
+    let status = daemon.process.wait_timeout(Duration::from_secs(10))?;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "hostnetd exit after SIGTERM: {status:?}"
+    );
+    assert!(!sock.exists(), "socket {} left behind", sock.display());
+
+    // Reference: the same guest and file over QEMU's slirp in the host namespace (the file served on its
+    // loopback).
+    let _httpd = world.host.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "127.0.0.1:8080",
+        "-h",
+        blob.dir_str()?,
+    ])?;
+    let steps = format!("dhcp,http:http://10.0.2.2:8080/{BLOB_NAME}:{}", blob.sha256);
+    let mut reference = Guest::boot(
+        &world.host,
+        &image,
+        &[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+        &steps,
+    )?;
+    let results = reference.results(GUEST_TIMEOUT)?;
+    let slirp_rate = rate_of(assert_ok(&results, "http")?)?;
+    println!(
+        "guest download of {} MiB: hostnetd {} | slirp {} | ratio hostnetd/slirp {:.2}",
+        BLOB_SIZE >> 20,
+        hostnetd_rate,
+        slirp_rate,
+        hostnetd_rate.kbit as f64 / slirp_rate.kbit.max(1) as f64
+    );
+    Ok(())
+}
+
+/// A frontend that disconnects is not the end: the daemon serves the next one.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn hostnetd_serves_a_second_guest_after_the_first_disconnects() -> Result<()> {
+    let image = GuestImage::find()?;
+    let host = Netns::new("qemu")?;
+    let sock = std::env::temp_dir().join(format!("hostnet-qemu-{}-2.sock", std::process::id()));
+    let _daemon = Hostnetd::start(&host, &sock, &[])?;
+    for round in 0..2 {
+        let mut guest = Guest::boot(
+            &host,
+            &image,
+            &vhost_user_args(&sock),
+            &format!("dhcp,ping:{GATEWAY}"),
+        )?;
+        let results = guest.results(GUEST_TIMEOUT)?;
+        assert_ok(&results, "dhcp").with_context(|| format!("round {round}"))?;
+        assert_ok(&results, "ping").with_context(|| format!("round {round}"))?;
+    }
+    Ok(())
+}
+
+/// A frontend that sends garbage, or a memory table that does not cover the rings, gets a closed
+/// connection; the daemon keeps serving (no guest needed).
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn hostnetd_survives_garbage_and_bad_memory_tables() -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use vhost::vhost_user::Frontend;
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+
+    let host = Netns::new("qemu")?;
+    let sock = std::env::temp_dir().join(format!("hostnet-qemu-{}-3.sock", std::process::id()));
+    let mut daemon = Hostnetd::start(&host, &sock, &[])?;
+
+    // 1. Garbage: an unknown request with an absurd size. The daemon hangs up.
+    let mut raw = UnixStream::connect(&sock)?;
+    raw.set_read_timeout(Some(Duration::from_secs(5)))?;
+    raw.write_all(&[
+        0xad, 0xde, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4,
+    ])?;
+    let mut buf = [0u8; 64];
+    match raw.read(&mut buf) {
+        Ok(0) => {}
+        // Closed with our unread bytes still queued: a reset, also a hang-up.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(n) => bail!("garbage got an answer: {:?}", &buf[..n]),
+        Err(e) => return Err(e).context("the daemon neither answered nor closed"),
+    }
+
+    // 2. A memory table that does not cover the ring addresses: refused, connection closed.
+    let frontend = Frontend::connect(&sock, 2).map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+    frontend
+        .set_owner()
+        .map_err(|e| anyhow::anyhow!("set_owner: {e}"))?;
+    let features = frontend
+        .get_features()
+        .map_err(|e| anyhow::anyhow!("get_features: {e}"))?;
+    for bit in [32, 29, 15, 30] {
+        assert_ne!(
+            features & (1 << bit),
+            0,
+            "feature bit {bit} offered in {features:#x}"
+        );
+    }
+    frontend
+        .set_features(features & ((1 << 32) | (1 << 30)))
+        .map_err(|e| anyhow::anyhow!("set_features: {e}"))?;
+    let mem_file = tempfile_of(1 << 20)?;
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: 1 << 20,
+        userspace_addr: 0x7000_0000,
+        mmap_offset: 0,
+        mmap_handle: mem_file.as_raw_fd(),
+    };
+    frontend
+        .set_mem_table(&[region])
+        .map_err(|e| anyhow::anyhow!("set_mem_table: {e}"))?;
+    frontend
+        .set_vring_num(0, 256)
+        .map_err(|e| anyhow::anyhow!("set_vring_num: {e}"))?;
+    let outside = VringConfigData {
+        queue_max_size: 256,
+        queue_size: 256,
+        flags: 0,
+        desc_table_addr: 0x9000_0000,
+        used_ring_addr: 0x9000_4000,
+        avail_ring_addr: 0x9000_2000,
+        log_addr: None,
+    };
+    let refused = frontend
+        .set_vring_addr(0, &outside)
+        .and_then(|()| frontend.get_features().map(drop));
+    assert!(
+        refused.is_err(),
+        "ring addresses outside guest memory were accepted"
+    );
+    drop(frontend);
+
+    // 3. The next frontend is served.
+    let next = Frontend::connect(&sock, 2).map_err(|e| anyhow::anyhow!("reconnect: {e}"))?;
+    next.set_owner()
+        .map_err(|e| anyhow::anyhow!("set_owner again: {e}"))?;
+    assert_eq!(
+        next.get_features().map_err(|e| anyhow::anyhow!("{e}"))?,
+        features
+    );
+    assert!(
+        daemon.process.child_mut().try_wait()?.is_none(),
+        "hostnetd exited"
+    );
+    Ok(())
+}
+
+/// A file of `size` zero bytes (unlinked at once), standing in for guest memory.
+fn tempfile_of(size: u64) -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("hostnet-qemu-mem-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    f.set_len(size)?;
+    Ok(f)
+}
+
+/// The guest image built by `cargo xtask guest-image`.
+#[derive(Debug)]
+struct GuestImage {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+}
+
+impl GuestImage {
+    /// The image under `target/guest/`, built first with `cargo xtask guest-image` if it is missing
+    /// (once per test process: the tests run in parallel).
+    fn find() -> Result<Self> {
+        static IMAGE: std::sync::OnceLock<Result<GuestImage, String>> = std::sync::OnceLock::new();
+        match IMAGE.get_or_init(|| Self::find_or_build().map_err(|e| format!("{e:#}"))) {
+            Ok(image) => Ok(Self {
+                kernel: image.kernel.clone(),
+                initramfs: image.initramfs.clone(),
+            }),
+            Err(e) => bail!("{e}"),
+        }
+    }
+
+    fn find_or_build() -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), PathBuf::from)
+            .join("guest");
+        let image = Self {
+            kernel: dir.join("vmlinux"),
+            initramfs: dir.join("initramfs.cpio"),
+        };
+        if !(image.kernel.is_file() && image.initramfs.is_file()) {
+            eprintln!(
+                "no guest image in {}: running `cargo xtask guest-image`",
+                dir.display()
+            );
+            let status = Command::new(env!("CARGO"))
+                .args(["run", "--quiet", "-p", "xtask", "--", "guest-image"])
+                .current_dir(&root)
+                .status()
+                .context("running cargo xtask guest-image")?;
+            ensure!(
+                status.success(),
+                "cargo xtask guest-image failed ({status})"
+            );
+        }
+        ensure!(
+            image.kernel.is_file() && image.initramfs.is_file(),
+            "no guest image in {}: run `cargo xtask guest-image`",
+            dir.display()
+        );
+        Ok(image)
+    }
+}
+
+/// A random file served over HTTP, with its SHA-256.
+#[derive(Debug)]
+struct Blob {
+    dir: PathBuf,
+    sha256: String,
+}
+
+impl Blob {
+    fn new(size: usize) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hostnet-qemu-www-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(BLOB_NAME);
+        let mut bytes = vec![0u8; size];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        std::fs::write(&path, &bytes)?;
+        let out = Command::new("sha256sum")
+            .arg(&path)
+            .output()
+            .context("running sha256sum")?;
+        ensure!(out.status.success(), "sha256sum failed");
+        let sha256 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .context("sha256sum printed nothing")?
+            .to_owned();
+        Ok(Self { dir, sha256 })
+    }
+
+    fn dir_str(&self) -> Result<&str> {
+        self.dir.to_str().context("temp dir is not UTF-8")
+    }
+}
+
+impl Drop for Blob {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Host namespace H (hostnetd, QEMU) and server namespace S (198.18.0.2: busybox httpd, dnsmasq).
+#[derive(Debug)]
+struct World {
+    // Processes first: they are killed before their namespaces go.
+    _httpd: Process,
+    _dnsmasq: Process,
+    host: Netns,
+    server: Netns,
+    pid_file: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+impl World {
+    fn new(blob: &Blob) -> Result<Self> {
+        let host = Netns::new("qemu-h")?;
+        let server = Netns::new("qemu-s")?;
+        veth(&host, "srv0", &server, "eth0")?;
+        host.add_addr("srv0", &format!("{HOST_SERVER_ADDR}/15"))?;
+        server.add_addr("eth0", &format!("{SERVER_ADDR}/15"))?;
+        server.add_route("default", HOST_SERVER_ADDR.parse()?)?;
+        let httpd = server.spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &format!("{SERVER_ADDR}:80"),
+            "-h",
+            blob.dir_str()?,
+        ])?;
+        let pid_file =
+            std::env::temp_dir().join(format!("hostnet-qemu-dnsmasq-{}.pid", std::process::id()));
+        let dnsmasq = server.spawn(&[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={SERVER_ADDR}"),
+            &format!("--address=/{DNS_NAME}/{SERVER_ADDR}"),
+            &format!("--pid-file={}", pid_file.display()),
+            "--user=root",
+        ])?;
+        Ok(Self {
+            _httpd: httpd,
+            _dnsmasq: dnsmasq,
+            host,
+            server,
+            pid_file,
+        })
+    }
+}
+
+/// `hostnetd` running in a namespace, started and killed by PID.
+#[derive(Debug)]
+struct Hostnetd {
+    process: Process,
+    sock: PathBuf,
+    _log: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Hostnetd {
+    fn drop(&mut self) {
+        // Politely first (it removes its socket), then the Process guard kills it by PID.
+        if self
+            .process
+            .child_mut()
+            .try_wait()
+            .is_ok_and(|s| s.is_none())
+        {
+            let _ = self.process.signal("TERM");
+            let _ = self.process.wait_timeout(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+impl Hostnetd {
+    fn start(ns: &Netns, sock: &Path, extra: &[&str]) -> Result<Self> {
+        let sock_str = sock.to_str().context("socket path is not UTF-8")?;
+        let mut argv = vec![env!("CARGO_BIN_EXE_hostnetd"), "--socket", sock_str];
+        argv.extend_from_slice(extra);
+        let mut cmd = ns.command(argv[0]);
+        cmd.args(&argv[1..])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut process = Process::spawn(&mut cmd).context("starting hostnetd")?;
+        let stderr = process.take_stderr().context("no stderr")?;
+        let log = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[hostnetd] {line}");
+            }
+        });
+        let stdout = process.take_stdout().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("hostnetd printed no readiness line within 10 s")?;
+        ensure!(
+            line.starts_with("ready socket="),
+            "unexpected first line {line:?}"
+        );
+        ensure!(
+            line.contains(&format!("gateway={GATEWAY}")),
+            "readiness line {line:?}"
+        );
+        Ok(Self {
+            process,
+            sock: sock.to_owned(),
+            _log: log,
+        })
+    }
+}
+
+fn vhost_user_args(sock: &Path) -> Vec<String> {
+    [
+        "-object",
+        "memory-backend-memfd,id=mem,size=256M,share=on",
+        "-numa",
+        "node,memdev=mem",
+        "-chardev",
+        &format!("socket,id=vu0,path={}", sock.display()),
+        "-netdev",
+        "vhost-user,id=n0,chardev=vu0",
+        "-device",
+        "virtio-net-pci,netdev=n0,vectors=0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// QEMU (TCG) booting the guest image; its serial console is read line by line.
+#[derive(Debug)]
+struct Guest {
+    _qemu: Process,
+    lines: Receiver<String>,
+    started: Instant,
+    results: HashMap<String, Vec<String>>,
+}
+
+impl Guest {
+    fn boot<S: AsRef<str>>(ns: &Netns, image: &GuestImage, net: &[S], steps: &str) -> Result<Self> {
+        let mut cmd = ns.command("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+            ])
+            .args(["-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initramfs)
+            .arg("-append")
+            .arg(format!("console=ttyS0 quiet panic=-1 hostnet.test={steps}"))
+            .args(net.iter().map(AsRef::as_ref))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut qemu = Process::spawn(&mut cmd).context("starting qemu-system-x86_64")?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = qemu.take_stdout().context("no stdout")?;
+        let stderr = qemu.take_stderr().context("no stderr")?;
+        let tx2 = tx.clone();
+        std::thread::spawn(move || forward_lines(stdout, &tx, ""));
+        std::thread::spawn(move || forward_lines(stderr, &tx2, "qemu: "));
+        Ok(Self {
+            _qemu: qemu,
+            lines: rx,
+            started: Instant::now(),
+            results: HashMap::new(),
+        })
+    }
+
+    /// Reads console lines until one contains `marker` (recording result markers on the way).
+    fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<()> {
+        let deadline = self.started + timeout;
+        loop {
+            let line = self.next_line(deadline)?;
+            if line.contains(marker) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads console lines until `HOSTNET-RESULT done`; returns the results by step.
+    fn results(&mut self, timeout: Duration) -> Result<HashMap<String, Vec<String>>> {
+        let deadline = self.started + timeout;
+        while !self.results.contains_key("done") {
+            self.next_line(deadline)?;
+        }
+        eprintln!(
+            "guest finished in {:.1} s",
+            self.started.elapsed().as_secs_f64()
+        );
+        Ok(std::mem::take(&mut self.results))
+    }
+
+    fn next_line(&mut self, deadline: Instant) -> Result<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match self.lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                bail!("guest timed out; results so far {:?}", self.results)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                bail!("QEMU exited early; results so far {:?}", self.results)
+            }
+        };
+        eprintln!("[guest] {line}");
+        if let Some(rest) = line.split("HOSTNET-RESULT ").nth(1) {
+            let (step, outcome) = rest.split_once(' ').unwrap_or((rest, ""));
+            self.results
+                .entry(step.to_owned())
+                .or_default()
+                .push(outcome.trim().to_owned());
+        }
+        Ok(line)
+    }
+}
+
+fn forward_lines(r: impl Read, tx: &mpsc::Sender<String>, prefix: &str) {
+    for line in BufReader::new(r).lines().map_while(Result::ok) {
+        if tx
+            .send(format!("{prefix}{}", line.trim_end_matches('\r')))
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// The text after `ok ` of the first result of `step`, or an error naming what the guest said.
+fn assert_ok<'a>(results: &'a HashMap<String, Vec<String>>, step: &str) -> Result<&'a str> {
+    let lines = results
+        .get(step)
+        .with_context(|| format!("no result for {step}: {results:?}"))?;
+    for l in lines {
+        if let Some(rest) = l.strip_prefix("ok") {
+            return Ok(rest.trim());
+        }
+    }
+    bail!("{step} failed: {lines:?}")
+}
+
+/// A guest-measured download rate.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    kbit: u64,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} Mbit/s", self.kbit as f64 / 1000.0)
+    }
+}
+
+fn rate_of(http: &str) -> Result<Rate> {
+    let kbit = http
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rate_kbit="))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no rate in {http:?}"))?;
+    Ok(Rate { kbit })
+}
+
+/// Connects from namespace `ns` to `addr:port` with busybox nc, sends `token` and returns what came back.
+fn connect_and_send(ns: &Netns, addr: &str, port: u16, token: &str) -> Result<String> {
+    let mut cmd = ns.command("timeout");
+    cmd.args(["10", "busybox", "nc", addr, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut nc = Process::spawn(&mut cmd).context("starting nc")?;
+    let mut stdin = nc.child_mut().stdin.take().context("no stdin")?;
+    writeln!(stdin, "{token}")?;
+    let mut out = String::new();
+    nc.take_stdout()
+        .context("no stdout")?
+        .read_to_string(&mut out)?;
+    drop(stdin);
+    Ok(out)
+}
+
+const BLOB_NAME: &str = "blob";
+const BLOB_SIZE: usize = 16 << 20;
+const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const GATEWAY: &str = "192.168.64.1";
+const HOST_SERVER_ADDR: &str = "198.18.0.1";
+const SERVER_ADDR: &str = "198.18.0.2";
+const NAT_EXTERNAL: &str = "100.64.0.2";
+const DNS_NAME: &str = "www.hostnet.test";
+const FORWARD_EXT_PORT: u16 = 8022;
+const GUEST_LISTEN_PORT: u16 = 5000;
