@@ -79,6 +79,11 @@ pub(crate) fn check_ip_complete(head: &[u8], got: usize, buf_len: usize) -> io::
     if got > buf_len {
         return truncated(Some(got));
     }
+    // A read that did not fill the buffer holds the whole packet, whatever its (possibly
+    // hostile) length field says: only a full buffer can hide a cut.
+    if got < buf_len {
+        return Ok(());
+    }
     match ip_total_len(head) {
         Some(len) if len > got => truncated(Some(len)),
         Some(_) => Ok(()),
@@ -99,6 +104,9 @@ pub(crate) fn check_frame_complete(frame: &[u8], got: usize, buf_len: usize) -> 
             buf_len,
         }
         .into());
+    }
+    if got < buf_len {
+        return Ok(());
     }
     let ethertype = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
     match (ethertype, frame.get(ETH_HEADER_LEN..)) {

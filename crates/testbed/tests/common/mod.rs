@@ -1,0 +1,692 @@
+//! Shared harness for the end-to-end tests: a [`Lab`] is the three-namespace world of
+//! [`testbed::netns::Topology`] plus a running `hostnet-lab attach` (driven only through its CLI
+//! contract) and the processes a test starts in the namespaces. Dropping a `Lab` (also while a
+//! test panics) kills every process by PID, then deletes the namespaces and the scratch folder.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use testbed::netns::{Netns, Process, Topology};
+
+/// The server namespace's address (the simulated internet).
+pub(crate) const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
+/// The host namespace's address towards the server.
+pub(crate) const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
+/// The gateway the bridge plays for the guest (contract default).
+pub(crate) const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+/// The host end of the TUN (contract default).
+pub(crate) const HOST_TUN: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+/// The NAT's external address (contract default).
+pub(crate) const EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+/// The TAP `attach` creates in the guest namespace.
+pub(crate) const GUEST_DEV: &str = "eth0";
+
+/// Which namespace of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ns {
+    /// The guest (the TAP `eth0`, DHCP clients, curl).
+    G,
+    /// The host (attach, the TUN).
+    H,
+    /// The server on 198.18.0.0/15.
+    S,
+}
+
+/// The running world of one test.
+#[derive(Debug)]
+pub(crate) struct Lab {
+    // Fields drop in declaration order: processes first, then `attach`, then the namespaces.
+    procs: Vec<Process>,
+    attach: Option<Attach>,
+    /// `/etc/netns/<H>` when this lab made it (removed on drop).
+    etc_netns: Option<PathBuf>,
+    topo: Topology,
+    /// Scratch folder of this lab (removed on drop).
+    pub(crate) dir: PathBuf,
+}
+
+/// What `hostnet-lab attach` announced on its `ready` line.
+#[derive(Debug)]
+pub(crate) struct Attach {
+    proc: Process,
+    /// The NAT external address.
+    pub(crate) external: Ipv4Addr,
+    /// The TUN's name in the host namespace.
+    pub(crate) tun: String,
+    /// The guest's gateway.
+    pub(crate) gateway: Ipv4Addr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr_path: PathBuf,
+}
+
+/// A DHCP lease as the client's hook script saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) mask: Ipv4Addr,
+    pub(crate) routers: Vec<Ipv4Addr>,
+    pub(crate) dns: Vec<Ipv4Addr>,
+    pub(crate) mtu: Option<u32>,
+    pub(crate) lease_secs: Option<u32>,
+    pub(crate) server_id: Option<Ipv4Addr>,
+}
+
+/// Summary of a `ping -q` run.
+#[derive(Debug)]
+pub(crate) struct PingStats {
+    pub(crate) transmitted: u32,
+    pub(crate) received: u32,
+    pub(crate) avg_ms: f64,
+}
+
+impl Lab {
+    /// Builds the topology and starts `attach` with `extra` args and `--dns-upstream <server>`,
+    /// waiting for its `ready` line.
+    pub(crate) fn start(tag: &str, extra: &[&str]) -> Self {
+        Self::start_with(tag, extra, None)
+    }
+
+    /// Like [`Lab::start`], but with `Some(text)` writes `text` as
+    /// `/etc/netns/<host namespace>/resolv.conf` (what `ip netns exec H` shows as
+    /// /etc/resolv.conf; removed on drop) and does not pass `--dns-upstream`.
+    pub(crate) fn start_with(tag: &str, extra: &[&str], resolv_conf: Option<&str>) -> Self {
+        let topo = Topology::new(tag).unwrap_or_else(|e| panic!("topology {tag}: {e:#}"));
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("hostnet-e2e-{}-{n}-{tag}", std::process::id()));
+        fs::create_dir_all(&dir).expect("scratch dir");
+        let mut lab = Self {
+            procs: Vec::new(),
+            attach: None,
+            etc_netns: None,
+            topo,
+            dir,
+        };
+        let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        match resolv_conf {
+            Some(text) => {
+                let etc = Path::new("/etc/netns").join(lab.topo.host.name());
+                lab.etc_netns = Some(etc.clone());
+                fs::create_dir_all(&etc).expect("creating /etc/netns/<H>");
+                fs::write(etc.join("resolv.conf"), text).expect("writing resolv.conf");
+            }
+            None => args.extend(["--dns-upstream".to_owned(), SERVER.to_string()]),
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let attach = lab.spawn_attach(&args);
+        lab.attach = Some(attach);
+        lab
+    }
+
+    /// Builds the lab and gets a lease with busybox udhcpc.
+    pub(crate) fn with_lease(tag: &str, extra: &[&str]) -> (Self, Lease) {
+        let mut lab = Self::start(tag, extra);
+        let lease = lab.udhcpc();
+        (lab, lease)
+    }
+
+    /// The namespace `which`.
+    pub(crate) fn ns(&self, which: Ns) -> &Netns {
+        match which {
+            Ns::G => &self.topo.guest,
+            Ns::H => &self.topo.host,
+            Ns::S => &self.topo.server,
+        }
+    }
+
+    /// The running attach (panics if it was already stopped).
+    pub(crate) fn attach(&self) -> &Attach {
+        self.attach.as_ref().expect("attach is running")
+    }
+
+    /// Takes the attach process out of the lab (to signal and wait for it).
+    pub(crate) fn take_attach(&mut self) -> Attach {
+        self.attach.take().expect("attach is running")
+    }
+
+    /// Whether attach is still running.
+    pub(crate) fn attach_alive(&mut self) -> bool {
+        self.attach
+            .as_mut()
+            .is_some_and(|a| matches!(a.proc.child_mut().try_wait(), Ok(None)))
+    }
+
+    /// Runs `argv` in `ns` under `timeout <secs>`; returns the raw output.
+    pub(crate) fn run(&self, which: Ns, secs: u32, argv: &[&str]) -> Output {
+        let ns = self.ns(which);
+        let mut cmd = ns.command("timeout");
+        cmd.args(["-k", "2", &secs.to_string()])
+            .args(argv)
+            .stdin(Stdio::null());
+        cmd.output()
+            .unwrap_or_else(|e| panic!("starting {argv:?} in {}: {e}", ns.name()))
+    }
+
+    /// Runs `argv` in `ns` under a timeout and returns stdout; panics (with stderr) on failure.
+    pub(crate) fn ok(&self, which: Ns, secs: u32, argv: &[&str]) -> String {
+        let ns = self.ns(which);
+        let out = self.run(which, secs, argv);
+        assert!(
+            out.status.success(),
+            "{argv:?} in {} failed ({}):\nstdout: {}\nstderr: {}",
+            ns.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a long-running `argv` in `ns`; it is killed when the lab drops. If `ready` is
+    /// given, waits (up to 10 s) for a stdout line starting with it and returns the process
+    /// index; later stdout lines are collected and readable with [`Lab::lines`].
+    pub(crate) fn spawn(&mut self, which: Ns, argv: &[&str], ready: Option<&str>) -> usize {
+        let mut proc = self
+            .ns(which)
+            .spawn(argv)
+            .unwrap_or_else(|e| panic!("spawning {argv:?}: {e:#}"));
+        if let Some(prefix) = ready {
+            let stdout = proc.take_stdout().expect("piped stdout");
+            let (tx, rx) = mpsc::channel();
+            // Keeps draining after `ready` so a chatty process never blocks or gets SIGPIPE.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) if line.starts_with(prefix) => break,
+                    Ok(_) => {}
+                    Err(e) => panic!("{argv:?} never printed {prefix:?}: {e}"),
+                }
+            }
+        } else {
+            // Nobody reads its pipes: send them nowhere.
+            drop(proc.take_stdout());
+        }
+        drop(proc.take_stderr());
+        self.procs.push(proc);
+        self.procs.len() - 1
+    }
+
+    /// Starts `argv` in `ns` and keeps it as a guard; its stdout/stderr go to files in the
+    /// scratch folder named `<name>.out` / `<name>.err`.
+    pub(crate) fn spawn_logged(&mut self, which: Ns, name: &str, argv: &[&str]) -> usize {
+        let out = fs::File::create(self.dir.join(format!("{name}.out"))).expect("log file");
+        let err = fs::File::create(self.dir.join(format!("{name}.err"))).expect("log file");
+        let (program, args) = argv.split_first().expect("non-empty argv");
+        let mut cmd = self.ns(which).command(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        let proc = Process::spawn(&mut cmd).unwrap_or_else(|e| panic!("spawning {argv:?}: {e}"));
+        self.procs.push(proc);
+        self.procs.len() - 1
+    }
+
+    /// The process started with [`Lab::spawn`] / [`Lab::spawn_logged`] at `index`.
+    pub(crate) fn proc(&mut self, index: usize) -> &mut Process {
+        &mut self.procs[index]
+    }
+
+    /// Gets a lease on the guest's TAP with busybox udhcpc (a hook script configures it).
+    pub(crate) fn udhcpc(&mut self) -> Lease {
+        let out = self.dir.join("lease-udhcpc");
+        let script = self.dir.join("udhcpc.sh");
+        write_script(&script, &udhcpc_script(&out));
+        let started = Instant::now();
+        let script_s = script.to_str().expect("utf-8 path");
+        let o = self.run(
+            Ns::G,
+            40,
+            &[
+                "busybox", "udhcpc", "-i", GUEST_DEV, "-f", "-q", "-n", "-t", "6", "-T", "2", "-A",
+                "1", "-O", "mtu", "-s", script_s,
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "udhcpc failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let lease = read_lease(&out).expect("udhcpc got a lease but the hook wrote nothing");
+        eprintln!("udhcpc lease in {:?}: {lease:?}", started.elapsed());
+        lease
+    }
+
+    /// Gets a lease with ISC dhclient (`-d -1`, own config, lease file and hook script in the
+    /// scratch folder); dhclient keeps running (as a lab process) until the lab drops.
+    pub(crate) fn dhclient(&mut self) -> Lease {
+        let out = self.dir.join("lease-dhclient");
+        let script = self.dir.join("dhclient.sh");
+        let conf = self.dir.join("dhclient.conf");
+        write_script(&script, &dhclient_script(&out));
+        fs::write(
+            &conf,
+            "timeout 30;\nretry 2;\nrequest subnet-mask, broadcast-address, routers, \
+             domain-name-servers, interface-mtu;\n",
+        )
+        .expect("dhclient.conf");
+        let s = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        let (conf, leases, pid, script_s) = (
+            s(&conf),
+            s(&self.dir.join("dhclient.leases")),
+            s(&self.dir.join("dhclient.pid")),
+            s(&script),
+        );
+        let started = Instant::now();
+        let guest = self.topo.guest.name().to_owned();
+        let argv = [
+            "dhclient", "-4", "-d", "-1", "-v", "-cf", &conf, "-lf", &leases, "-pf", &pid, "-sf",
+            &script_s, GUEST_DEV,
+        ];
+        let idx = self.spawn_logged(Ns::G, "dhclient", &argv);
+        let deadline = Instant::now() + Duration::from_secs(35);
+        loop {
+            if let Some(lease) = read_lease(&out) {
+                eprintln!("dhclient lease in {:?}: {lease:?}", started.elapsed());
+                return lease;
+            }
+            if let Ok(Some(status)) = self.proc(idx).child_mut().try_wait() {
+                panic!(
+                    "dhclient in {guest} exited ({status}) without a lease: {}",
+                    fs::read_to_string(self.dir.join("dhclient.err")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no dhclient lease within 35 s: {}",
+                fs::read_to_string(self.dir.join("dhclient.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ping -q -c <count>` from `ns` to `addr`; does not assert success.
+    pub(crate) fn ping(&self, ns: Ns, addr: Ipv4Addr, count: u32) -> PingStats {
+        let o = self.run(
+            ns,
+            count * 2 + 5,
+            &[
+                "ping",
+                "-q",
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                &addr.to_string(),
+            ],
+        );
+        parse_ping(&String::from_utf8_lossy(&o.stdout))
+    }
+
+    /// A file of `len` random bytes in the scratch folder (made with `head -c` from urandom).
+    pub(crate) fn random_file(&self, name: &str, len: u64) -> PathBuf {
+        let path = self.dir.join(name);
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "head -c {len} /dev/urandom > '{}'",
+                path.to_str().expect("utf-8 path")
+            ))
+            .status()
+            .expect("sh");
+        assert!(status.success(), "making {name}");
+        path
+    }
+
+    /// The stderr attach wrote so far.
+    pub(crate) fn attach_stderr(&self) -> String {
+        self.attach
+            .as_ref()
+            .map(|a| fs::read_to_string(&a.stderr_path).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn spawn_attach(&self, extra: &[&str]) -> Attach {
+        let stderr_path = self.dir.join("attach.err");
+        let err = fs::File::create(&stderr_path).expect("attach.err");
+        let mut cmd = self.topo.host.command(hostnet_lab());
+        cmd.args([
+            "attach",
+            "--guest-netns",
+            self.topo.guest.name(),
+            "--host-netns",
+            self.topo.host.name(),
+        ])
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(err);
+        let mut proc = Process::spawn(&mut cmd).expect("spawning hostnet-lab attach");
+        let stdout = proc.take_stdout().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let store = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut v) = store.lock() {
+                    v.push(line.clone());
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        let ready = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("ready ") => break line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = proc.wait_timeout(Duration::from_secs(2));
+                    panic!(
+                        "attach closed stdout without `ready` ({status:?}); stderr:\n{}",
+                        fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "attach not ready within 30 s; stderr:\n{}",
+                fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        };
+        let field = |k: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k))
+                .unwrap_or_else(|| panic!("ready line {ready:?} has no {k}"))
+                .to_owned()
+        };
+        let attach = Attach {
+            external: field("external=").parse().expect("external= is IPv4"),
+            tun: field("tun="),
+            gateway: field("gateway=").parse().expect("gateway= is IPv4"),
+            proc,
+            stdout: lines,
+            stderr_path,
+        };
+        eprintln!("attach ready in {:?}: {ready}", started.elapsed());
+        attach
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Stop attach first so its shutdown stats are part of what we print.
+            let stopped = self
+                .attach
+                .as_mut()
+                .map(|a| a.terminate(Duration::from_secs(3)));
+            let err = self.attach_stderr();
+            let tail: Vec<&str> = err.lines().rev().take(60).collect();
+            eprintln!(
+                "--- attach stderr (last {} lines; SIGTERM -> {stopped:?}) ---",
+                tail.len()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.procs.clear();
+        if let Some(a) = self.attach.take() {
+            let _ = a.proc.signal("TERM");
+            let mut a = a;
+            let _ = a.proc.wait_timeout(Duration::from_secs(3));
+        }
+        if let Some(etc) = self.etc_netns.take() {
+            let _ = fs::remove_dir_all(etc);
+        }
+        if std::env::var_os("HOSTNET_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Attach {
+    /// Sends SIGTERM and waits up to `limit`; returns the exit status (None: still running)
+    /// and how long it took.
+    pub(crate) fn terminate(
+        &mut self,
+        limit: Duration,
+    ) -> (Option<std::process::ExitStatus>, Duration) {
+        self.signal_and_wait("TERM", limit)
+    }
+
+    /// Sends `signal` (`"TERM"`, `"INT"`) and waits up to `limit`; returns the exit status
+    /// (None: still running) and how long it took.
+    pub(crate) fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        limit: Duration,
+    ) -> (Option<std::process::ExitStatus>, Duration) {
+        // Never panics (it also runs from `Drop` during a panic): an attach that is already
+        // gone shows up as its exit status, a failed wait as `None`.
+        let t = Instant::now();
+        if let Err(e) = self.proc.signal(signal) {
+            eprintln!("kill -{signal} attach: {e:#}");
+        }
+        let status = self.proc.wait_timeout(limit).ok().flatten();
+        (status, t.elapsed())
+    }
+
+    /// Everything attach printed to stdout so far (the `ready` line included).
+    pub(crate) fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Everything attach printed to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+/// Path of the `hostnet-lab` binary under test: `$HOSTNET_LAB` if set (e.g. a release build
+/// for measurements), else the one cargo built for this test run.
+pub(crate) fn hostnet_lab() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOSTNET_LAB") {
+        return PathBuf::from(p);
+    }
+    match option_env!("CARGO_BIN_EXE_hostnet-lab") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/hostnet-lab"),
+    }
+}
+
+/// Path of the `hostnet-e2e` helper binary.
+pub(crate) fn helper() -> &'static str {
+    env!("CARGO_BIN_EXE_hostnet-e2e")
+}
+
+/// Panics with the Debian package to install if one of `programs` is missing.
+pub(crate) fn require(programs: &[(&str, &str)]) {
+    for (program, package) in programs {
+        let found = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+        });
+        assert!(
+            found,
+            "`{program}` is missing: `apt-get install {package}` (tests install nothing themselves)"
+        );
+    }
+}
+
+/// Waits up to `secs` for the file at `path` to contain `needle`; returns its text.
+pub(crate) fn wait_file_contains(path: &Path, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path:?} does not contain {needle:?} after {secs} s: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// sha256 of a file, with sha256sum(1).
+pub(crate) fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success(), "sha256sum {path:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Parses `ping -q` output.
+pub(crate) fn parse_ping(out: &str) -> PingStats {
+    let mut stats = PingStats {
+        transmitted: 0,
+        received: 0,
+        avg_ms: f64::NAN,
+    };
+    for line in out.lines() {
+        if line.contains("packets transmitted") {
+            let nums: Vec<u32> = line
+                .split(',')
+                .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+                .collect();
+            stats.transmitted = nums.first().copied().unwrap_or(0);
+            stats.received = nums.get(1).copied().unwrap_or(0);
+        }
+        if let Some(rest) = line.split(" = ").nth(1)
+            && line.starts_with("rtt")
+        {
+            stats.avg_ms = rest
+                .split('/')
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+        }
+    }
+    stats
+}
+
+/// RX packet counter of `dev` in `ns`.
+pub(crate) fn rx_packets(ns: &Netns, dev: &str) -> u64 {
+    let out = ns
+        .exec(&[
+            "cat",
+            &format!("/sys/class/net/{dev}/statistics/rx_packets"),
+        ])
+        .expect("reading rx_packets");
+    out.trim().parse().expect("rx_packets is a number")
+}
+
+fn write_script(path: &Path, text: &str) {
+    fs::write(path, text).expect("writing hook script");
+    let status = Command::new("chmod")
+        .arg("0755")
+        .arg(path)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+}
+
+fn read_lease(path: &Path) -> Option<Lease> {
+    let text = fs::read_to_string(path).ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    let addrs = |k: &str| -> Vec<Ipv4Addr> {
+        get(k)
+            .split_whitespace()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    };
+    Some(Lease {
+        ip: get("ip").parse().ok()?,
+        mask: get("mask").parse().ok()?,
+        routers: addrs("router"),
+        dns: addrs("dns"),
+        mtu: get("mtu").parse().ok(),
+        lease_secs: get("lease").parse().ok(),
+        server_id: get("serverid").parse().ok(),
+    })
+}
+
+fn udhcpc_script(out: &Path) -> String {
+    let out = out.to_str().expect("utf-8 path");
+    format!(
+        r#"#!/bin/sh
+# udhcpc hook for the hostnet e2e tests: configures $interface and records the lease.
+OUT='{out}'
+case "$1" in
+  deconfig)
+    ip link set dev "$interface" up
+    ip -4 addr flush dev "$interface"
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$subnet" dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    {{ echo "ip=$ip"; echo "mask=$subnet"; echo "router=$router"; echo "dns=$dns"
+      echo "mtu=$mtu"; echo "lease=$lease"; echo "serverid=$serverid"; }} > "$OUT.tmp"
+    mv "$OUT.tmp" "$OUT"
+    ;;
+esac
+exit 0
+"#
+    )
+}
+
+fn dhclient_script(out: &Path) -> String {
+    let out = out.to_str().expect("utf-8 path");
+    format!(
+        r#"#!/bin/sh
+# dhclient hook for the hostnet e2e tests: configures $interface and records the lease.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+OUT='{out}'
+case "$reason" in
+  PREINIT)
+    ip link set dev "$interface" up
+    ;;
+  BOUND|RENEW|REBIND|REBOOT)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+    [ -n "$new_interface_mtu" ] && ip link set dev "$interface" mtu "$new_interface_mtu"
+    for r in $new_routers; do ip route replace default via "$r" dev "$interface"; break; done
+    {{ echo "ip=$new_ip_address"; echo "mask=$new_subnet_mask"; echo "router=$new_routers"
+      echo "dns=$new_domain_name_servers"; echo "mtu=$new_interface_mtu"
+      echo "lease=$new_dhcp_lease_time"; echo "serverid=$new_dhcp_server_identifier"; }} > "$OUT.tmp"
+    mv "$OUT.tmp" "$OUT"
+    ;;
+esac
+exit 0
+"#
+    )
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
