@@ -1,0 +1,256 @@
+//! virtio-net feature negotiation, configuration space and the `virtio_net_hdr`.
+
+use crate::wire::MacAddr;
+
+/// VIRTIO_NET_F_CSUM: the device handles packets with partial checksum (not offered yet).
+pub const VIRTIO_NET_F_CSUM: u32 = 0;
+/// VIRTIO_NET_F_GUEST_CSUM: the driver handles packets with partial checksum (not offered yet).
+pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
+/// VIRTIO_NET_F_MTU: the device reports a maximum MTU in the config space.
+pub const VIRTIO_NET_F_MTU: u32 = 3;
+/// VIRTIO_NET_F_MAC: the device has a MAC address in the config space.
+pub const VIRTIO_NET_F_MAC: u32 = 5;
+/// VIRTIO_NET_F_MRG_RXBUF: the driver can merge receive buffers.
+pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
+/// VIRTIO_NET_F_STATUS: the config space has a link status field.
+pub const VIRTIO_NET_F_STATUS: u32 = 16;
+/// VIRTIO_F_ANY_LAYOUT: header and frame may be split across descriptors in any way.
+pub const VIRTIO_F_ANY_LAYOUT: u32 = 27;
+/// VIRTIO_RING_F_INDIRECT_DESC: indirect descriptor tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// VIRTIO_RING_F_EVENT_IDX: used/avail event index notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+/// VIRTIO_F_VERSION_1: virtio 1.x (little-endian, 12-byte header).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// VIRTIO_NET_S_LINK_UP in the config space `status` field.
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+/// DEVICE_NEEDS_RESET in the device status register (the transport's register, set by the
+/// embedder when the bridge reports [`crate::Error::NeedsReset`]).
+pub const VIRTIO_CONFIG_S_NEEDS_RESET: u8 = 0x40;
+
+/// The RX queue index.
+pub const RX_QUEUE: u16 = 0;
+/// The TX queue index.
+pub const TX_QUEUE: u16 = 1;
+/// The value passed to the interrupt callback for a configuration-change interrupt (the
+/// device needs a reset).
+pub const CONFIG_INTERRUPT: u16 = u16::MAX;
+
+/// Size of the config space the device exposes: mac (6), status (2), max_virtqueue_pairs (2),
+/// mtu (2).
+pub const CONFIG_SPACE_SIZE: usize = 12;
+
+/// Length of `virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF negotiated).
+pub const VIRTIO_NET_HDR_LEN: usize = 12;
+/// Length of the legacy `virtio_net_hdr` (neither VERSION_1 nor MRG_RXBUF).
+pub const VIRTIO_NET_HDR_LEGACY_LEN: usize = 10;
+
+/// `virtio_net_hdr_v1`. The bridge writes flags 0 and gso_type NONE today; the fields are
+/// kept so that CSUM/TSO offloads can fill them later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtioNetHdr {
+    /// VIRTIO_NET_HDR_F_NEEDS_CSUM (1), DATA_VALID (2).
+    pub flags: u8,
+    /// VIRTIO_NET_HDR_GSO_*.
+    pub gso_type: u8,
+    /// Ethernet + IP + transport header length (GSO).
+    pub hdr_len: u16,
+    /// Segment size (GSO).
+    pub gso_size: u16,
+    /// Where checksumming starts (NEEDS_CSUM).
+    pub csum_start: u16,
+    /// Offset of the checksum field from `csum_start`.
+    pub csum_offset: u16,
+    /// Number of merged RX buffers (MRG_RXBUF; 1 otherwise).
+    pub num_buffers: u16,
+}
+
+impl VirtioNetHdr {
+    /// Parses the first 10 or 12 bytes (little-endian). `None` if `b` is shorter than 10.
+    pub fn parse(b: &[u8]) -> Option<Self> {
+        let b10 = b.get(..VIRTIO_NET_HDR_LEGACY_LEN)?;
+        let le = |i: usize| u16::from_le_bytes([b10[i], b10[i + 1]]);
+        let num_buffers = b
+            .get(10..12)
+            .map_or(0, |n| u16::from_le_bytes([n[0], n[1]]));
+        Some(VirtioNetHdr {
+            flags: b10[0],
+            gso_type: b10[1],
+            hdr_len: le(2),
+            gso_size: le(4),
+            csum_start: le(6),
+            csum_offset: le(8),
+            num_buffers,
+        })
+    }
+
+    /// The 12-byte little-endian encoding (use the first 10 bytes for the legacy header).
+    pub fn to_bytes(&self) -> [u8; VIRTIO_NET_HDR_LEN] {
+        let mut o = [0u8; VIRTIO_NET_HDR_LEN];
+        o[0] = self.flags;
+        o[1] = self.gso_type;
+        o[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        o[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        o[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        o[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        o[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
+        o
+    }
+}
+
+/// Feature negotiation and the config space of one virtio-net device.
+///
+/// The embedder's transport (PCI or MMIO, or vhost-user) calls [`Device::device_features`],
+/// [`Device::ack_features`] and [`Device::read_config`]; the data paths then use
+/// [`Device::header_len`] and [`Device::mrg_rxbuf`].
+#[derive(Clone, Debug)]
+pub struct Device {
+    mac: MacAddr,
+    mtu: u16,
+    acked: u64,
+}
+
+impl Device {
+    /// A device with MAC `mac` and MTU `mtu` (reported in the config space).
+    pub fn new(mac: MacAddr, mtu: u16) -> Self {
+        Device { mac, mtu, acked: 0 }
+    }
+
+    /// The features the device offers: VERSION_1, MAC, MTU, STATUS, MRG_RXBUF, EVENT_IDX,
+    /// INDIRECT_DESC and ANY_LAYOUT.
+    pub const fn device_features(&self) -> u64 {
+        OFFERED_FEATURES
+    }
+
+    /// Records the driver's accepted features; bits the device did not offer are ignored.
+    /// Returns the negotiated set.
+    pub fn ack_features(&mut self, features: u64) -> u64 {
+        self.acked = features & OFFERED_FEATURES;
+        self.acked
+    }
+
+    /// The negotiated features.
+    pub const fn acked_features(&self) -> u64 {
+        self.acked
+    }
+
+    /// Whether feature bit `bit` was negotiated.
+    pub const fn has(&self, bit: u32) -> bool {
+        bit < 64 && self.acked & (1 << bit) != 0
+    }
+
+    /// Length of the virtio-net header for the negotiated features (12 or 10).
+    pub const fn header_len(&self) -> usize {
+        header_len_for(self.acked)
+    }
+
+    /// Whether MRG_RXBUF was negotiated.
+    pub const fn mrg_rxbuf(&self) -> bool {
+        self.has(VIRTIO_NET_F_MRG_RXBUF)
+    }
+
+    /// Whether EVENT_IDX was negotiated.
+    pub const fn event_idx(&self) -> bool {
+        self.has(VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    /// The MAC address.
+    pub const fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// The MTU.
+    pub const fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    /// The whole config space (little-endian): mac, status = LINK_UP, max_virtqueue_pairs = 1,
+    /// mtu.
+    pub fn config_space(&self) -> [u8; CONFIG_SPACE_SIZE] {
+        let mut c = [0u8; CONFIG_SPACE_SIZE];
+        c[..6].copy_from_slice(&self.mac.0);
+        c[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
+        c
+    }
+
+    /// Reads `data.len()` bytes of config space at `offset`; bytes past the end read as zero.
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let cfg = self.config_space();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| cfg.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+}
+
+/// Header length for a feature set: 12 with VERSION_1 or MRG_RXBUF, else 10.
+pub const fn header_len_for(features: u64) -> usize {
+    if features & (1 << VIRTIO_F_VERSION_1) != 0 || features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0 {
+        VIRTIO_NET_HDR_LEN
+    } else {
+        VIRTIO_NET_HDR_LEGACY_LEN
+    }
+}
+
+/// Every feature bit the device offers.
+pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_NET_F_MAC
+    | 1 << VIRTIO_NET_F_MTU
+    | 1 << VIRTIO_NET_F_STATUS
+    | 1 << VIRTIO_NET_F_MRG_RXBUF
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    | 1 << VIRTIO_F_ANY_LAYOUT;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_and_config_space() {
+        let mut d = Device::new(MacAddr([0x52, 0x54, 0, 1, 2, 3]), 1500);
+        let f = d.device_features();
+        for bit in [32, 5, 3, 16, 15, 29] {
+            assert_ne!(f & (1 << bit), 0, "bit {bit} offered");
+        }
+        assert_eq!(f & 1, 0, "CSUM not offered yet");
+        assert_eq!(d.header_len(), 10);
+        let acked = d.ack_features(f | 1 | (1 << 40));
+        assert_eq!(acked, f, "unoffered bits are ignored");
+        assert!(d.mrg_rxbuf() && d.event_idx());
+        assert_eq!(d.header_len(), 12);
+        let c = d.config_space();
+        assert_eq!(c, [0x52, 0x54, 0, 1, 2, 3, 1, 0, 1, 0, 0xdc, 0x05]);
+        let mut part = [0xaau8; 4];
+        d.read_config(10, &mut part);
+        assert_eq!(part, [0xdc, 0x05, 0, 0]);
+        d.read_config(u64::MAX, &mut part);
+        assert_eq!(part, [0; 4]);
+    }
+
+    #[test]
+    fn header_roundtrip() {
+        let h = VirtioNetHdr {
+            flags: 1,
+            gso_type: 3,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 2,
+        };
+        let b = h.to_bytes();
+        assert_eq!(VirtioNetHdr::parse(&b), Some(h));
+        assert_eq!(VirtioNetHdr::parse(&b[..9]), None);
+        assert_eq!(
+            VirtioNetHdr::parse(&b[..10]).map(|h| h.num_buffers),
+            Some(0)
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! [`FrameBatch`]: a fixed set of preallocated frame buffers, filled and drained as a unit.
+//! Batches are what the pipeline's channels carry; they are reused, never reallocated.
+
+/// A batch of up to `capacity` frames, each in its own preallocated buffer of `buf_size`
+/// bytes. Frames are appended at the back and consumed from the front (a cursor), so a
+/// partly delivered batch keeps its remaining frames in order. A frame of length zero is a
+/// hole (a dropped packet) that consumers skip.
+#[derive(Debug)]
+pub struct FrameBatch {
+    slots: Vec<Slot>,
+    len: usize,
+    consumed: usize,
+    buf_size: usize,
+}
+
+#[derive(Debug)]
+struct Slot {
+    buf: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
+
+impl FrameBatch {
+    /// Allocates `capacity` buffers of `buf_size` bytes each (the only allocation a batch
+    /// ever makes).
+    pub fn new(capacity: usize, buf_size: usize) -> Self {
+        let slots = (0..capacity)
+            .map(|_| Slot {
+                buf: vec![0u8; buf_size].into_boxed_slice(),
+                start: 0,
+                len: 0,
+            })
+            .collect();
+        FrameBatch {
+            slots,
+            len: 0,
+            consumed: 0,
+            buf_size,
+        }
+    }
+
+    /// How many frames the batch holds at most.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The size of each buffer.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Number of frames appended since the last [`FrameBatch::clear`] (consumed ones and
+    /// holes included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no frame was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether every buffer is in use.
+    pub fn is_full(&self) -> bool {
+        self.len == self.slots.len()
+    }
+
+    /// Number of frames not yet consumed (holes included).
+    pub fn pending(&self) -> usize {
+        self.len - self.consumed
+    }
+
+    /// Forgets every frame; the buffers stay allocated.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.consumed = 0;
+    }
+
+    /// Copies `frame` into the next buffer. Returns `false` if the batch is full, the frame is
+    /// empty or longer than a buffer.
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        if frame.is_empty() {
+            return false;
+        }
+        match self.next_buf() {
+            Some(buf) if frame.len() <= buf.len() => {
+                buf[..frame.len()].copy_from_slice(frame);
+                self.commit(0, frame.len());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Frame `i` (empty for a hole).
+    pub fn frame(&self, i: usize) -> Option<&[u8]> {
+        let s = self.slots.get(..self.len)?.get(i)?;
+        s.buf.get(s.start..s.start + s.len)
+    }
+
+    /// Frame `i`, mutable.
+    pub fn frame_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        let s = self.slots.get_mut(..self.len)?.get_mut(i)?;
+        s.buf.get_mut(s.start..s.start + s.len)
+    }
+
+    /// Every appended frame, in order (holes are empty slices).
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.slots[..self.len]
+            .iter()
+            .map(|s| &s.buf[s.start..s.start + s.len])
+    }
+
+    /// Turns frame `i` into a hole.
+    pub fn drop_frame(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(..self.len).and_then(|s| s.get_mut(i)) {
+            s.len = 0;
+        }
+    }
+
+    /// The whole buffer of the next free slot, for writing a frame in place (then call
+    /// [`FrameBatch::commit`]).
+    pub fn next_buf(&mut self) -> Option<&mut [u8]> {
+        self.slots.get_mut(self.len).map(|s| &mut s.buf[..])
+    }
+
+    /// Appends the frame written into [`FrameBatch::next_buf`] at `start..start + len`
+    /// (clamped to the buffer).
+    pub fn commit(&mut self, start: usize, len: usize) {
+        if let Some(s) = self.slots.get_mut(self.len) {
+            let start = start.min(s.buf.len());
+            s.start = start;
+            s.len = len.min(s.buf.len() - start);
+            self.len += 1;
+        }
+    }
+
+    /// Re-frames slot `i` as `start..start + len` of its buffer (for prepending a header in
+    /// the headroom); clamped to the buffer.
+    pub fn set_bounds(&mut self, i: usize, start: usize, len: usize) {
+        if let Some(s) = self.slots.get_mut(..self.len).and_then(|s| s.get_mut(i)) {
+            let start = start.min(s.buf.len());
+            s.start = start;
+            s.len = len.min(s.buf.len() - start);
+        }
+    }
+
+    /// The whole buffer of appended slot `i` and its frame bounds.
+    pub fn slot_mut(&mut self, i: usize) -> Option<(&mut [u8], usize, usize)> {
+        let s = self.slots.get_mut(..self.len)?.get_mut(i)?;
+        Some((&mut s.buf[..], s.start, s.len))
+    }
+
+    /// The free buffers from offset `headroom` on, for a batched receive
+    /// (`recv_batch(bufs, lens)`), then [`FrameBatch::commit_received`].
+    pub fn free_bufs(&mut self, headroom: usize) -> impl Iterator<Item = &mut [u8]> {
+        self.slots[self.len..].iter_mut().map(move |s| {
+            let h = headroom.min(s.buf.len());
+            &mut s.buf[h..]
+        })
+    }
+
+    /// Appends `lens.len()` received frames that start at `headroom` in the next free slots.
+    pub fn commit_received(&mut self, headroom: usize, lens: &[usize]) {
+        for &l in lens {
+            self.commit(headroom, l);
+        }
+    }
+
+    /// Index of the first unconsumed frame.
+    pub fn cursor(&self) -> usize {
+        self.consumed
+    }
+
+    /// Marks `n` more frames as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.consumed = (self.consumed + n).min(self.len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_frame_consume_clear() {
+        let mut b = FrameBatch::new(2, 8);
+        assert!(b.push(b"abc"));
+        assert!(!b.push(b"123456789"), "longer than a buffer");
+        assert!(!b.push(b""), "empty");
+        assert!(b.push(b"12345678"));
+        assert!(b.is_full());
+        assert!(!b.push(b"x"));
+        assert_eq!(b.frame(0), Some(&b"abc"[..]));
+        assert_eq!(b.frame(2), None);
+        b.drop_frame(0);
+        assert_eq!(b.frame(0), Some(&b""[..]));
+        b.consume(1);
+        assert_eq!((b.pending(), b.cursor()), (1, 1));
+        b.consume(5);
+        assert_eq!(b.pending(), 0);
+        b.clear();
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn in_place_writes_with_headroom() {
+        let mut b = FrameBatch::new(3, 32);
+        for (i, buf) in b.free_bufs(14).enumerate() {
+            assert_eq!(buf.len(), 18);
+            buf[0] = i as u8 + 1;
+        }
+        b.commit_received(14, &[4, 100]);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.frame(0).unwrap(), &[1, 0, 0, 0]);
+        assert_eq!(b.frame(1).unwrap().len(), 18, "clamped to the buffer");
+        b.set_bounds(0, 0, 18);
+        assert_eq!(b.frame(0).unwrap()[14], 1);
+    }
+}

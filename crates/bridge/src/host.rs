@@ -1,0 +1,322 @@
+//! [`HostLink`]: where the bridge sends and receives IP packets (a TUN device, or the
+//! in-memory [`MemoryLink`] pair for tests and benches).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The host side of the bridge: whole IPv4 packets, in batches.
+///
+/// Both pipeline threads use one link through `&self` (the RX thread receives, the TX thread
+/// sends), hence `Send + Sync`.
+pub trait HostLink: Send + Sync {
+    /// Sends `packets` in order; returns how many the link took. The rest were not sent
+    /// (the link's queue is full) and are counted as dropped by the caller.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` means none could be sent right now (counted as drops); `InvalidInput` or
+    /// `InvalidData` means the first packet was refused (counted); any other error means the
+    /// link is gone and the pipeline stops.
+    fn send_batch(&self, packets: &[&[u8]]) -> io::Result<usize>;
+
+    /// Receives up to `min(bufs.len(), lens.len())` packets without blocking; `lens[i]` is
+    /// the length of the packet in `bufs[i]`. Returns 0 or `WouldBlock` when none is
+    /// queued.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock`/`Interrupted`: nothing now. `InvalidData`: one packet was lost (did not
+    /// fit). Anything else: the link is gone.
+    fn recv_batch(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize>;
+
+    /// A descriptor that polls readable when [`HostLink::recv_batch`] has packets (level
+    /// triggered). The threaded runner needs one; a foreign event loop may poll it too.
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>>;
+
+    /// Called once by the runner before use: puts the link in non-blocking mode.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    fn prepare(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: HostLink + ?Sized> HostLink for Arc<T> {
+    fn send_batch(&self, packets: &[&[u8]]) -> io::Result<usize> {
+        (**self).send_batch(packets)
+    }
+    fn recv_batch(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        (**self).recv_batch(bufs, lens)
+    }
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).readiness_fd()
+    }
+    fn prepare(&self) -> io::Result<()> {
+        (**self).prepare()
+    }
+}
+
+/// `utun::Tun` as a host link (feature `utun`): the descriptor is switched to non-blocking by
+/// [`HostLink::prepare`].
+#[cfg(feature = "utun")]
+impl HostLink for utun::Tun {
+    fn send_batch(&self, packets: &[&[u8]]) -> io::Result<usize> {
+        utun::Tun::send_batch(self, packets)
+    }
+    fn recv_batch(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        utun::Tun::recv_batch(self, bufs, lens)
+    }
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
+    }
+    fn prepare(&self) -> io::Result<()> {
+        self.set_nonblocking(true)
+    }
+}
+
+/// One end of an in-memory host link pair. What one end sends, the other receives. Each
+/// direction is a bounded queue of reused buffers (no allocation once warm); packets sent
+/// to a full queue are refused and counted. Each end has a readiness descriptor (one end of
+/// a non-blocking socket pair that holds a byte while packets are queued).
+#[derive(Debug)]
+pub struct MemoryLink {
+    rx: Arc<Pipe>,
+    tx: Arc<Pipe>,
+}
+
+#[derive(Debug)]
+struct Pipe {
+    inner: Mutex<PipeInner>,
+    ready_r: UnixStream,
+    ready_w: UnixStream,
+}
+
+#[derive(Debug)]
+struct PipeInner {
+    queue: VecDeque<Vec<u8>>,
+    free: Vec<Vec<u8>>,
+    capacity: usize,
+    refused: u64,
+    closed: bool,
+    /// Whether the readiness socket holds a byte; changes only on empty ↔ non-empty.
+    signaled: bool,
+}
+
+impl MemoryLink {
+    /// Two connected ends; each direction holds at most `capacity` packets.
+    ///
+    /// # Errors
+    ///
+    /// The eventfd could not be created (Linux).
+    pub fn pair(capacity: usize) -> io::Result<(MemoryLink, MemoryLink)> {
+        let a = Arc::new(Pipe::new(capacity)?);
+        let b = Arc::new(Pipe::new(capacity)?);
+        Ok((
+            MemoryLink {
+                rx: a.clone(),
+                tx: b.clone(),
+            },
+            MemoryLink { rx: b, tx: a },
+        ))
+    }
+
+    /// Sends one packet to the other end; `false` if its queue is full.
+    pub fn send(&self, packet: &[u8]) -> bool {
+        self.send_batch(&[packet]).map(|n| n == 1).unwrap_or(false)
+    }
+
+    /// Receives one packet, if any.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        let mut g = self.rx.lock();
+        let p = g.queue.pop_front();
+        self.rx.settle(&mut g);
+        p
+    }
+
+    /// Number of packets waiting at this end.
+    pub fn pending(&self) -> usize {
+        self.rx.lock().queue.len()
+    }
+
+    /// How many packets this end could not send because the other end's queue was full.
+    pub fn refused(&self) -> u64 {
+        self.tx.lock().refused
+    }
+
+    /// Makes both directions fail with `BrokenPipe` (simulates a deleted TUN device).
+    pub fn close(&self) {
+        for p in [&self.rx, &self.tx] {
+            let mut g = p.lock();
+            g.closed = true;
+            if !g.signaled {
+                g.signaled = true;
+                p.notify();
+            }
+        }
+    }
+}
+
+impl HostLink for MemoryLink {
+    fn send_batch(&self, packets: &[&[u8]]) -> io::Result<usize> {
+        let mut g = self.tx.lock();
+        if g.closed {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        let mut n = 0;
+        for p in packets {
+            if g.queue.len() >= g.capacity {
+                g.refused += (packets.len() - n) as u64;
+                break;
+            }
+            let mut buf = g.free.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(p);
+            g.queue.push_back(buf);
+            n += 1;
+        }
+        self.tx.settle(&mut g);
+        Ok(n)
+    }
+
+    fn recv_batch(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        let mut g = self.rx.lock();
+        if g.closed {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        let mut n = 0;
+        let mut truncated = false;
+        for (buf, len) in bufs.iter_mut().zip(lens.iter_mut()) {
+            let Some(p) = g.queue.pop_front() else { break };
+            if p.len() > buf.len() {
+                if n == 0 {
+                    // Lost, like a TUN device's truncated read.
+                    truncated = true;
+                    g.free.push(p);
+                } else {
+                    // Reported (and lost) by the next call.
+                    g.queue.push_front(p);
+                }
+                break;
+            }
+            buf[..p.len()].copy_from_slice(&p);
+            *len = p.len();
+            g.free.push(p);
+            n += 1;
+        }
+        self.rx.settle(&mut g);
+        drop(g);
+        if truncated && n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "packet larger than the buffer",
+            ));
+        }
+        Ok(n)
+    }
+
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.rx.ready_r.as_fd())
+    }
+}
+
+impl Pipe {
+    fn new(capacity: usize) -> io::Result<Self> {
+        let (ready_r, ready_w) = UnixStream::pair()?;
+        ready_r.set_nonblocking(true)?;
+        ready_w.set_nonblocking(true)?;
+        Ok(Pipe {
+            inner: Mutex::new(PipeInner {
+                queue: VecDeque::with_capacity(capacity),
+                free: Vec::new(),
+                capacity,
+                refused: 0,
+                closed: false,
+                signaled: false,
+            }),
+            ready_r,
+            ready_w,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PipeInner> {
+        // A poisoned lock only means a test thread panicked while holding it; the queue is
+        // still consistent (every operation leaves it valid).
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        // A full socket buffer already means "readable"; the error is irrelevant.
+        let _ = (&self.ready_w).write(&[1]);
+    }
+
+    fn clear_ready(&self) {
+        let mut sink = [0u8; 64];
+        // Only one byte is ever outstanding (see `settle`); the bound is belt and braces.
+        for _ in 0..16 {
+            match (&self.ready_r).read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// Makes the readiness socket match the queue (called with the lock held): a syscall
+    /// only when the queue turns empty or non-empty.
+    fn settle(&self, g: &mut PipeInner) {
+        let want = !g.queue.is_empty() || g.closed;
+        if want != g.signaled {
+            g.signaled = want;
+            if want {
+                self.notify();
+            } else {
+                self.clear_ready();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_link_pair_is_bounded_and_closable() {
+        let (a, b) = MemoryLink::pair(2).unwrap();
+        assert_eq!(a.send_batch(&[b"one", b"two", b"three"]).unwrap(), 2);
+        assert_eq!(a.refused(), 1);
+        assert_eq!(b.pending(), 2);
+        let mut x = [0u8; 8];
+        let mut y = [0u8; 2];
+        let mut lens = [0usize; 2];
+        {
+            let mut bufs: [&mut [u8]; 2] = [&mut x, &mut y];
+            assert_eq!(
+                b.recv_batch(&mut bufs, &mut lens).unwrap(),
+                1,
+                "second does not fit: batch ends"
+            );
+        }
+        assert_eq!(&x[..lens[0]], b"one");
+        {
+            let mut bufs: [&mut [u8]; 1] = [&mut y];
+            let e = b.recv_batch(&mut bufs, &mut lens).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        }
+        assert_eq!(b.pending(), 0);
+        assert!(b.send(b"back"));
+        assert_eq!(a.recv().as_deref(), Some(&b"back"[..]));
+        assert!(a.readiness_fd().is_some());
+        a.close();
+        assert_eq!(
+            b.send_batch(&[b"x"]).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! The RX path: writes frames into the guest's RX queue (queue 0).
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, GuestAddress, GuestMemory};
+
+use crate::Error;
+use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
+use crate::frame::FrameBatch;
+use crate::stats::{DropCause, Stats};
+use crate::{gmem, ring};
+
+/// What one [`RxPath::fill`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RxOutcome {
+    /// Frames written into guest buffers and published in the used ring.
+    pub delivered: usize,
+    /// Frames dropped (holes are not counted).
+    pub dropped: usize,
+    /// Whether the driver must be notified (EVENT_IDX honoured): call the RX interrupt.
+    pub notify: bool,
+    /// Whether the guest ran out of RX buffers with frames still pending in the batch: call
+    /// [`RxPath::arm`] and wait for the RX kick.
+    pub starved: bool,
+}
+
+/// Device side of the RX queue. Thread-free, like [`crate::TxPath`].
+///
+/// Each frame gets a virtio-net header (`num_buffers` set). Without MRG_RXBUF a frame goes
+/// into one chain; with it, into as many chains as it needs. When the available ring runs
+/// out in the middle of a frame, the chains taken for it are given back (the ring position
+/// is rewound) and the frame stays first in the batch. Hostile RX chains (wrong direction,
+/// out of bounds, loops) are returned with length 0, counted, and the frame is dropped.
+#[derive(Debug)]
+pub struct RxPath {
+    hdr_len: usize,
+    mrg: bool,
+    popped: Vec<(u16, u32)>,
+    used: ring::UsedBatch,
+}
+
+enum Delivery {
+    Delivered,
+    Starved,
+    Dropped(DropCause),
+}
+
+/// The available-ring window one `fill` call works in.
+struct Window {
+    /// Next available position to take.
+    next: u16,
+    /// Chains available from `next` on.
+    left: u16,
+    /// Heads read ahead from the available ring, starting at position `cache_base`.
+    cache: [u16; ring::HEAD_CHUNK],
+    cache_base: u16,
+    cache_len: u16,
+}
+
+impl Window {
+    /// The head at position `next` (which has `left > 0` chains behind it).
+    fn head<M: GuestMemory>(&mut self, mem: &M, queue: &Queue) -> Result<u16, Error> {
+        let off = self.next.wrapping_sub(self.cache_base);
+        if off < self.cache_len {
+            return Ok(self.cache[usize::from(off)]);
+        }
+        let n = usize::from(self.left).clamp(1, ring::HEAD_CHUNK);
+        ring::avail_heads(mem, queue, self.next, &mut self.cache[..n])?;
+        self.cache_base = self.next;
+        self.cache_len = n as u16;
+        Ok(self.cache[0])
+    }
+}
+
+impl RxPath {
+    /// An RX path for a virtio-net header of `hdr_len` bytes, merging buffers if `mrg_rxbuf`.
+    pub fn new(hdr_len: usize, mrg_rxbuf: bool) -> Self {
+        RxPath {
+            hdr_len: hdr_len.min(VIRTIO_NET_HDR_LEN),
+            mrg: mrg_rxbuf,
+            popped: Vec::new(),
+            used: ring::UsedBatch::default(),
+        }
+    }
+
+    /// Delivers the batch's pending frames (from its cursor on) until it is drained or the
+    /// guest has no more RX buffers. Consumed frames are marked with
+    /// [`FrameBatch::consume`]. The used index is published once, at the end.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Queue`] when the queue cannot be used (the device needs a reset) or the used
+    /// ring cannot be written.
+    pub fn fill<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        queue: &mut Queue,
+        frames: &mut FrameBatch,
+        stats: &mut Stats,
+    ) -> Result<RxOutcome, Error> {
+        let mut out = RxOutcome::default();
+        let mut w = Window {
+            next: queue.next_avail(),
+            left: 0,
+            cache: [0; ring::HEAD_CHUNK],
+            cache_base: 0,
+            cache_len: 0,
+        };
+        self.used.clear();
+        let result = self.fill_window(mem, queue, frames, &mut w, &mut out, stats);
+        // Whatever happened, publish what was written and keep the ring position.
+        queue.set_next_avail(w.next);
+        let (old, new) = self.used.flush(mem, queue)?;
+        out.notify = ring::needs_notification(mem, queue, old, new)?;
+        result.map(|()| out)
+    }
+
+    fn fill_window<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        queue: &Queue,
+        frames: &mut FrameBatch,
+        w: &mut Window,
+        out: &mut RxOutcome,
+        stats: &mut Stats,
+    ) -> Result<(), Error> {
+        w.left = ring::available_from(mem, queue, w.next)?;
+        while frames.pending() > 0 {
+            let i = frames.cursor();
+            let Some(frame) = frames.frame(i) else { break };
+            if frame.is_empty() {
+                frames.consume(1);
+                continue;
+            }
+            let len = frame.len();
+            match self.deliver(mem, queue, w, frame, stats)? {
+                Delivery::Delivered => {
+                    out.delivered += 1;
+                    stats.rx_frames += 1;
+                    stats.rx_bytes += len as u64;
+                    frames.consume(1);
+                }
+                Delivery::Dropped(cause) => {
+                    out.dropped += 1;
+                    stats.drop(cause);
+                    frames.consume(1);
+                }
+                Delivery::Starved => {
+                    // The driver may have added buffers since we looked.
+                    let now = ring::available_from(mem, queue, w.next)?;
+                    if now > w.left {
+                        w.left = now;
+                        continue;
+                    }
+                    out.starved = true;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the driver for a kick when it adds RX buffers (after [`RxOutcome::starved`]).
+    /// With EVENT_IDX the avail event is set to the driver's current available index, so the
+    /// next buffer it adds kicks. Returns `true` if buffers arrived meanwhile: call
+    /// [`RxPath::fill`] again instead of waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Queue`] when the rings cannot be accessed.
+    pub fn arm<M: GuestMemory>(&self, mem: &M, queue: &mut Queue) -> Result<bool, Error> {
+        let saved = queue.next_avail();
+        let avail = queue.avail_idx(mem, Ordering::Acquire)?.0;
+        queue.set_next_avail(avail);
+        let res = queue.enable_notification(mem);
+        queue.set_next_avail(saved);
+        // `true` only for buffers added since we looked: if the ring already held buffers we
+        // could not use (a frame larger than all of them together), we wait for new ones
+        // rather than spin.
+        Ok(res?)
+    }
+
+    fn deliver<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        queue: &Queue,
+        w: &mut Window,
+        frame: &[u8],
+        stats: &mut Stats,
+    ) -> Result<Delivery, Error> {
+        let start = w.next;
+        let start_left = w.left;
+        self.popped.clear();
+        let hdr = VirtioNetHdr {
+            num_buffers: 1,
+            ..VirtioNetHdr::default()
+        }
+        .to_bytes();
+        let hdr = &hdr[..self.hdr_len];
+        let total = self.hdr_len + frame.len();
+        let mut written = 0usize;
+        // Guest addresses of the two `num_buffers` bytes (header offsets 10 and 11).
+        let mut nb_addr: [Option<GuestAddress>; 2] = [None, None];
+        loop {
+            if w.left == 0 {
+                w.next = start;
+                w.left = start_left;
+                self.popped.clear();
+                return Ok(Delivery::Starved);
+            }
+            let head = w.head(mem, queue)?;
+            w.next = w.next.wrapping_add(1);
+            w.left -= 1;
+            let mut chain_written = 0u32;
+            let walked = ring::walk(mem, queue, head, |desc| {
+                if !desc.is_write_only() {
+                    return Err(DropCause::ChainWrongDirection);
+                }
+                let n = (desc.len as usize).min(total - written);
+                if n > 0 {
+                    write_piece(mem, desc.addr, hdr, frame, written, n, &mut nb_addr)?;
+                    written += n;
+                    chain_written += n as u32;
+                }
+                Ok(written < total)
+            });
+            self.popped.push((head, chain_written));
+            if let Err(cause) = walked {
+                // Give every chain of this frame back empty: the guest sees short packets and
+                // drops them. The bad chain is counted; the frame is lost.
+                stats.drop(cause);
+                for k in 0..self.popped.len() {
+                    let (h, _) = self.popped[k];
+                    self.put(queue, h, 0, stats);
+                }
+                return Ok(Delivery::Dropped(DropCause::RxNoFit));
+            }
+            if written == total {
+                break;
+            }
+            if !self.mrg || self.popped.len() >= usize::from(queue.size()) {
+                // The frame can never fit: one buffer is too small (no MRG_RXBUF), or all the
+                // ring's buffers together are. Keep the chains for the next frame.
+                w.next = start;
+                w.left = start_left;
+                self.popped.clear();
+                return Ok(Delivery::Dropped(DropCause::RxNoFit));
+            }
+        }
+        if self.popped.len() > 1 {
+            let nb = u16::try_from(self.popped.len())
+                .unwrap_or(u16::MAX)
+                .to_le_bytes();
+            for (addr, byte) in nb_addr.iter().zip(nb) {
+                if let Some(a) = addr {
+                    gmem::write(mem, *a, &[byte]).map_err(|()| {
+                        Error::GuestMemory(vm_memory::GuestMemoryError::InvalidGuestAddress(*a))
+                    })?;
+                }
+            }
+        }
+        for k in 0..self.popped.len() {
+            let (h, l) = self.popped[k];
+            self.put(queue, h, l, stats);
+        }
+        Ok(Delivery::Delivered)
+    }
+
+    /// Queues a used entry; a head outside the table is counted instead.
+    fn put(&mut self, queue: &Queue, head: u16, len: u32, stats: &mut Stats) {
+        if head >= queue.size() {
+            stats.drop(DropCause::ChainInvalid);
+        } else {
+            self.used.push(head, len);
+        }
+    }
+}
+
+/// Writes bytes `written..written + n` of (header ++ frame) at `addr`.
+fn write_piece<M: GuestMemory>(
+    mem: &M,
+    addr: GuestAddress,
+    hdr: &[u8],
+    frame: &[u8],
+    written: usize,
+    n: usize,
+    nb_addr: &mut [Option<GuestAddress>; 2],
+) -> Result<(), DropCause> {
+    let mut off = written;
+    let end = written + n;
+    let mut a = addr;
+    if off < hdr.len() {
+        let k = (hdr.len() - off).min(end - off);
+        crate::gmem::write(mem, a, &hdr[off..off + k]).map_err(|()| DropCause::ChainOutOfBounds)?;
+        for (slot, hoff) in nb_addr.iter_mut().zip([10usize, 11]) {
+            if hoff >= off && hoff < off + k {
+                *slot = a.checked_add((hoff - off) as u64);
+            }
+        }
+        off += k;
+        a = a.checked_add(k as u64).ok_or(DropCause::ChainOutOfBounds)?;
+    }
+    if off < end {
+        let f0 = off - hdr.len();
+        let f1 = end - hdr.len();
+        let src = frame.get(f0..f1).ok_or(DropCause::ChainInvalid)?;
+        crate::gmem::write(mem, a, src).map_err(|()| DropCause::ChainOutOfBounds)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Counters: packets, bytes and drops by cause.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the bridge dropped a frame, a packet or a descriptor chain. Each cause has a counter
+/// ([`Stats::drops`], indexed by [`DropCause::index`]). NAT drops are further split by
+/// [`nat::DropReason`] in [`nat::NatStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropCause {
+    /// A descriptor chain with an invalid head, a loop, more descriptors than the queue size,
+    /// or a broken indirect table.
+    ChainInvalid,
+    /// A descriptor pointing outside guest memory.
+    ChainOutOfBounds,
+    /// A device-writable descriptor in a TX chain, or a device-readable one in an RX chain.
+    ChainWrongDirection,
+    /// A TX chain shorter than the virtio-net header.
+    ShortHeader,
+    /// A frame shorter than an Ethernet header.
+    Runt,
+    /// A frame longer than the MTU allows (TX), or a packet from the host longer than the
+    /// guest MTU (RX; no ICMP fragmentation-needed is generated, see the crate docs).
+    TooBig,
+    /// A malformed ARP, IPv4 or DHCP message.
+    Malformed,
+    /// An IPv6 frame (not supported yet).
+    Ipv6,
+    /// Another EtherType.
+    EtherType,
+    /// Source MAC is not the guest's.
+    SpoofedMac,
+    /// Source IPv4 address is not the guest's lease or static address.
+    SpoofedIp,
+    /// Addressed to the gateway but not a service it offers (ARP, DHCP, ICMP echo, DNS).
+    GatewayUnsupported,
+    /// Broadcast, multicast or another address in the guest subnet (nothing is there).
+    NotRoutable,
+    /// ARP that the gateway does not answer (probes, requests for other addresses, replies).
+    ArpIgnored,
+    /// The NAT refused an outbound packet (see `NatStats::drops`).
+    NatOutbound,
+    /// The NAT refused an inbound packet (see `NatStats::drops`).
+    NatInbound,
+    /// The host link did not accept the packet (its queue was full).
+    HostFull,
+    /// No RX buffer can ever hold the frame (without MRG_RXBUF: the guest's buffers are too
+    /// small), or an RX chain was broken.
+    RxNoFit,
+    /// A gateway reply or hairpinned packet was dropped because the queue towards the RX side
+    /// was full.
+    LocalQueueFull,
+    /// DHCP pool exhausted, or a DHCP message the server ignores.
+    Dhcp,
+}
+
+impl DropCause {
+    /// Number of causes.
+    pub const COUNT: usize = 20;
+    /// Every cause, in index order.
+    pub const ALL: [DropCause; DropCause::COUNT] = [
+        DropCause::ChainInvalid,
+        DropCause::ChainOutOfBounds,
+        DropCause::ChainWrongDirection,
+        DropCause::ShortHeader,
+        DropCause::Runt,
+        DropCause::TooBig,
+        DropCause::Malformed,
+        DropCause::Ipv6,
+        DropCause::EtherType,
+        DropCause::SpoofedMac,
+        DropCause::SpoofedIp,
+        DropCause::GatewayUnsupported,
+        DropCause::NotRoutable,
+        DropCause::ArpIgnored,
+        DropCause::NatOutbound,
+        DropCause::NatInbound,
+        DropCause::HostFull,
+        DropCause::RxNoFit,
+        DropCause::LocalQueueFull,
+        DropCause::Dhcp,
+    ];
+    /// Index into [`Stats::drops`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Plain counters, kept by each data path and added to the shared atomics once per batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Frames the guest sent (TX chains that carried a frame).
+    pub tx_frames: u64,
+    /// Bytes of those frames (without the virtio-net header).
+    pub tx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Bytes of those frames.
+    pub rx_bytes: u64,
+    /// IP packets sent to the host link.
+    pub to_host: u64,
+    /// IP packets received from the host link.
+    pub from_host: u64,
+    /// Frames the gateway answered itself (ARP, DHCP, ICMP echo).
+    pub local_replies: u64,
+    /// Drops by cause, indexed by [`DropCause::index`].
+    pub drops: [u64; DropCause::COUNT],
+}
+
+impl Stats {
+    /// Counts one drop.
+    pub fn drop(&mut self, cause: DropCause) {
+        if let Some(c) = self.drops.get_mut(cause.index()) {
+            *c += 1;
+        }
+    }
+
+    /// The counter for `cause`.
+    pub fn drops_of(&self, cause: DropCause) -> u64 {
+        self.drops.get(cause.index()).copied().unwrap_or(0)
+    }
+
+    /// The sum of all drop counters.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+/// A snapshot of the whole bridge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeStats {
+    /// Bridge counters.
+    pub bridge: Stats,
+    /// Number of flows in the NAT table.
+    pub nat_flows: usize,
+    /// NAT counters.
+    pub nat: nat::NatStats,
+    /// Whether a queue is broken and the device needs a reset.
+    pub needs_reset: bool,
+}
+
+/// Shared atomic counters: the data paths add their per-batch [`Stats`] with
+/// [`AtomicStats::absorb`]; readers take [`AtomicStats::snapshot`] at any time.
+#[derive(Debug, Default)]
+pub struct AtomicStats {
+    tx_frames: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_frames: AtomicU64,
+    rx_bytes: AtomicU64,
+    to_host: AtomicU64,
+    from_host: AtomicU64,
+    local_replies: AtomicU64,
+    drops: [AtomicU64; DropCause::COUNT],
+}
+
+impl AtomicStats {
+    /// Adds `local` to the shared counters and zeroes it.
+    pub fn absorb(&self, local: &mut Stats) {
+        let add = |a: &AtomicU64, v: &mut u64| {
+            if *v != 0 {
+                a.fetch_add(*v, Ordering::Relaxed);
+                *v = 0;
+            }
+        };
+        add(&self.tx_frames, &mut local.tx_frames);
+        add(&self.tx_bytes, &mut local.tx_bytes);
+        add(&self.rx_frames, &mut local.rx_frames);
+        add(&self.rx_bytes, &mut local.rx_bytes);
+        add(&self.to_host, &mut local.to_host);
+        add(&self.from_host, &mut local.from_host);
+        add(&self.local_replies, &mut local.local_replies);
+        for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
+            add(a, v);
+        }
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> Stats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut drops = [0u64; DropCause::COUNT];
+        for (d, a) in drops.iter_mut().zip(self.drops.iter()) {
+            *d = get(a);
+        }
+        Stats {
+            tx_frames: get(&self.tx_frames),
+            tx_bytes: get(&self.tx_bytes),
+            rx_frames: get(&self.rx_frames),
+            rx_bytes: get(&self.rx_bytes),
+            to_host: get(&self.to_host),
+            from_host: get(&self.from_host),
+            local_replies: get(&self.local_replies),
+            drops,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_indexed_in_order_and_absorbed() {
+        for (i, c) in DropCause::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        let shared = AtomicStats::default();
+        let mut s = Stats::default();
+        s.drop(DropCause::SpoofedIp);
+        s.drop(DropCause::SpoofedIp);
+        s.tx_frames = 3;
+        shared.absorb(&mut s);
+        assert_eq!(s, Stats::default(), "absorb zeroes the local counters");
+        s.tx_frames = 1;
+        shared.absorb(&mut s);
+        let snap = shared.snapshot();
+        assert_eq!(snap.tx_frames, 4);
+        assert_eq!(snap.drops_of(DropCause::SpoofedIp), 2);
+        assert_eq!(snap.total_drops(), 2);
+    }
+}

@@ -1,0 +1,150 @@
+//! The TX path: drains the guest's TX queue (queue 1) into a [`FrameBatch`].
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemory;
+
+use crate::Error;
+use crate::device::VIRTIO_NET_HDR_LEN;
+use crate::frame::FrameBatch;
+use crate::stats::{DropCause, Stats};
+use crate::wire::ETH_HLEN;
+use crate::{gmem, ring};
+
+/// What one [`TxPath::process`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TxOutcome {
+    /// Chains taken from the available ring (and returned to the used ring).
+    pub chains: usize,
+    /// Frames appended to the batch.
+    pub frames: usize,
+    /// Whether the driver must be notified (EVENT_IDX honoured): call the TX interrupt.
+    pub notify: bool,
+    /// Whether the batch filled up, so more chains may be waiting.
+    pub more: bool,
+}
+
+/// Device side of the TX queue. Thread-free: a foreign event loop (vhost-user) or the
+/// [`crate::Bridge`] runner calls [`TxPath::process`] on each kick.
+///
+/// Every chain taken is returned to the used ring (length 0) at once, after its bytes were
+/// copied into the batch, so no chain is ever held. Hostile chains are counted
+/// ([`DropCause::ChainInvalid`], [`DropCause::ChainOutOfBounds`],
+/// [`DropCause::ChainWrongDirection`], [`DropCause::ShortHeader`], [`DropCause::Runt`],
+/// [`DropCause::TooBig`]) and skipped.
+#[derive(Debug)]
+pub struct TxPath {
+    hdr_len: usize,
+    max_frame: usize,
+    used: ring::UsedBatch,
+}
+
+impl TxPath {
+    /// A TX path for a virtio-net header of `hdr_len` bytes (see
+    /// [`crate::Device::header_len`]) and frames of at most `max_frame` bytes (MTU + 14).
+    pub fn new(hdr_len: usize, max_frame: usize) -> Self {
+        TxPath {
+            hdr_len: hdr_len.min(VIRTIO_NET_HDR_LEN),
+            max_frame,
+            used: ring::UsedBatch::default(),
+        }
+    }
+
+    /// Takes chains from `queue` until the batch is full or the available ring is empty,
+    /// copying each frame into `batch` (its buffers must hold `max_frame` plus the header:
+    /// the header is read in front of the frame, which starts at offset `hdr_len`).
+    ///
+    /// The caller handles notification suppression: `disable_notification`, call this while
+    /// [`TxOutcome::more`], then `enable_notification` and repeat if it returns `true`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Queue`] when the queue cannot be used (not ready, or the driver's available
+    /// index is more than a queue size ahead: the device needs a reset), [`Error::Queue`] /
+    /// [`Error::GuestMemory`] when the used ring cannot be written.
+    pub fn process<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        queue: &mut Queue,
+        batch: &mut FrameBatch,
+        stats: &mut Stats,
+    ) -> Result<TxOutcome, Error> {
+        let mut out = TxOutcome::default();
+        let room = batch.capacity() - batch.len();
+        if room == 0 {
+            out.more = true;
+            return Ok(out);
+        }
+        let avail = ring::available(mem, queue)?;
+        let n = usize::from(avail).min(room);
+        let next_avail = queue.next_avail();
+        self.used.clear();
+        let mut heads = [0u16; ring::HEAD_CHUNK];
+        let mut k = 0usize;
+        while k < n {
+            let m = (n - k).min(ring::HEAD_CHUNK);
+            ring::avail_heads(
+                mem,
+                queue,
+                next_avail.wrapping_add(k as u16),
+                &mut heads[..m],
+            )?;
+            for &head in &heads[..m] {
+                let Some(buf) = batch.next_buf() else { break };
+                let limit = (self.max_frame + self.hdr_len).min(buf.len());
+                match read_chain(mem, queue, head, &mut buf[..limit]) {
+                    Ok(total) if total < self.hdr_len => stats.drop(DropCause::ShortHeader),
+                    Ok(total) if total - self.hdr_len < ETH_HLEN => stats.drop(DropCause::Runt),
+                    Ok(total) => {
+                        let len = total - self.hdr_len;
+                        batch.commit(self.hdr_len, len);
+                        stats.tx_frames += 1;
+                        stats.tx_bytes += len as u64;
+                        out.frames += 1;
+                    }
+                    Err(cause) => stats.drop(cause),
+                }
+                if head < queue.size() {
+                    self.used.push(head, 0);
+                } else {
+                    // Cannot be returned: the used ring only holds heads inside the table.
+                    stats.drop(DropCause::ChainInvalid);
+                }
+            }
+            k += m;
+        }
+        out.chains = n;
+        queue.set_next_avail(next_avail.wrapping_add(n as u16));
+        let (old, new) = self.used.flush(mem, queue)?;
+        out.notify = ring::needs_notification(mem, queue, old, new)?;
+        out.more = n == room && n > 0;
+        Ok(out)
+    }
+}
+
+/// Copies the bytes of a TX chain (virtio-net header, then frame) into `buf`, one guest
+/// memory read per descriptor; returns how many. The header is not interpreted yet: no
+/// offloads are negotiated.
+fn read_chain<M: GuestMemory>(
+    mem: &M,
+    queue: &Queue,
+    head: u16,
+    buf: &mut [u8],
+) -> Result<usize, DropCause> {
+    let mut total = 0usize;
+    ring::walk(mem, queue, head, |desc| {
+        if desc.is_write_only() {
+            return Err(DropCause::ChainWrongDirection);
+        }
+        let len = desc.len as usize;
+        let end = total.checked_add(len).filter(|&e| e <= buf.len());
+        let Some(end) = end else {
+            return Err(DropCause::TooBig);
+        };
+        gmem::read(mem, desc.addr, &mut buf[total..end])
+            .map_err(|()| DropCause::ChainOutOfBounds)?;
+        total = end;
+        Ok(true)
+    })?;
+    Ok(total)
+}

@@ -1,0 +1,526 @@
+//! The gateway services: ARP, DHCP (byte-checked with dhcproto), ICMP echo, DNS redirect,
+//! anti-spoofing and classification.
+
+use core::net::Ipv4Addr;
+use core::time::Duration;
+
+use bridge::testing::{
+    GATEWAY, GATEWAY_MAC, GUEST_IP, GUEST_MAC, SERVER, arp_request, dhcp_frame, icmp_echo,
+    udp_frame,
+};
+use bridge::{DropCause, L2Config, L2Services, MacAddr, TxAction};
+use dhcproto::Decodable;
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use nat::Instant;
+
+fn config() -> L2Config {
+    L2Config {
+        gateway: GATEWAY,
+        gateway_mac: GATEWAY_MAC,
+        prefix_len: 24,
+        guest_mac: GUEST_MAC,
+        dhcp_pool: Ipv4Addr::new(192, 168, 64, 2)..=Ipv4Addr::new(192, 168, 64, 254),
+        lease: Duration::from_secs(3600),
+        mtu: 1500,
+        dns: true,
+        static_guest_ip: None,
+    }
+}
+
+fn l2() -> L2Services {
+    L2Services::new(config()).unwrap()
+}
+
+fn handle(l2: &mut L2Services, frame: &[u8], now: Instant) -> (TxAction, Vec<u8>) {
+    let mut out = vec![0u8; 2048];
+    let a = l2.handle(frame, &mut out, now);
+    let len = match a {
+        TxAction::Reply { len } => len,
+        _ => 0,
+    };
+    out.truncate(len);
+    (a, out)
+}
+
+/// Parses a DHCP reply frame; returns (eth dst, ip src, ip dst, message) after checking the
+/// IP and UDP checksums and ports.
+fn parse_dhcp_reply(frame: &[u8]) -> (MacAddr, Ipv4Addr, Ipv4Addr, Message) {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let eth = p.link.as_ref().unwrap().to_header().unwrap();
+    let eth = eth.ethernet2().unwrap();
+    assert_eq!(eth.source, GATEWAY_MAC.0);
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    let iph = ip.header().to_header();
+    assert_eq!(iph.calc_header_checksum(), iph.header_checksum);
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not udp")
+    };
+    assert_eq!((udp.source_port(), udp.destination_port()), (67, 68));
+    assert_eq!(
+        udp.to_header()
+            .calc_checksum_ipv4(&iph, udp.payload())
+            .unwrap(),
+        udp.checksum()
+    );
+    assert!(udp.payload().len() >= 300, "BOOTP minimum size");
+    let msg = Message::from_bytes(udp.payload()).unwrap();
+    (
+        MacAddr(eth.destination),
+        iph.source.into(),
+        iph.destination.into(),
+        msg,
+    )
+}
+
+fn client(kind: MessageType, xid: u32, opts: &[DhcpOption]) -> Message {
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(xid, u, u, u, u, &GUEST_MAC.0);
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::DomainNameServer,
+        OptionCode::InterfaceMtu,
+    ]));
+    for o in opts {
+        m.opts_mut().insert(o.clone());
+    }
+    m
+}
+
+/// DISCOVER → OFFER → REQUEST → ACK; returns the leased address.
+fn lease(l2: &mut L2Services, now: Instant) -> Ipv4Addr {
+    let (a, offer) = handle(
+        l2,
+        &dhcp_frame(GUEST_MAC, &client(MessageType::Discover, 0x1234, &[])),
+        now,
+    );
+    assert!(matches!(a, TxAction::Reply { .. }), "{a:?}");
+    let (_, _, _, offer) = parse_dhcp_reply(&offer);
+    let ip = offer.yiaddr();
+    let req = client(
+        MessageType::Request,
+        0x1234,
+        &[
+            DhcpOption::ServerIdentifier(GATEWAY),
+            DhcpOption::RequestedIpAddress(ip),
+        ],
+    );
+    let (_, ack) = handle(l2, &dhcp_frame(GUEST_MAC, &req), now);
+    let (_, _, _, ack) = parse_dhcp_reply(&ack);
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    ip
+}
+
+#[test]
+fn dhcp_exchange_is_byte_exact_per_dhcproto() {
+    let mut l2 = l2();
+    let now = Instant::from_secs(10);
+    let (a, offer) = handle(
+        &mut l2,
+        &dhcp_frame(GUEST_MAC, &client(MessageType::Discover, 0xabcd, &[])),
+        now,
+    );
+    assert!(matches!(a, TxAction::Reply { .. }));
+    let (dst_mac, src, dst, m) = parse_dhcp_reply(&offer);
+    // No BROADCAST flag, no ciaddr: unicast to the offered address and the client MAC.
+    assert_eq!((dst_mac, src, dst), (GUEST_MAC, GATEWAY, GUEST_IP));
+    assert_eq!(m.opcode(), Opcode::BootReply);
+    assert_eq!(m.xid(), 0xabcd);
+    assert_eq!(m.yiaddr(), GUEST_IP);
+    assert_eq!(m.chaddr(), &GUEST_MAC.0);
+    let o = m.opts();
+    assert_eq!(o.msg_type(), Some(MessageType::Offer));
+    assert_eq!(
+        o.get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(GATEWAY))
+    );
+    assert_eq!(
+        o.get(OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+    );
+    assert_eq!(
+        o.get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![GATEWAY]))
+    );
+    assert_eq!(
+        o.get(OptionCode::DomainNameServer),
+        Some(&DhcpOption::DomainNameServer(vec![GATEWAY]))
+    );
+    assert_eq!(
+        o.get(OptionCode::InterfaceMtu),
+        Some(&DhcpOption::InterfaceMtu(1500))
+    );
+    assert_eq!(
+        o.get(OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(3600))
+    );
+    assert_eq!(o.get(OptionCode::Renewal), Some(&DhcpOption::Renewal(1800)));
+    assert_eq!(
+        o.get(OptionCode::Rebinding),
+        Some(&DhcpOption::Rebinding(3150))
+    );
+    assert_eq!(l2.lease(now), None);
+    let req = client(
+        MessageType::Request,
+        0xabcd,
+        &[
+            DhcpOption::ServerIdentifier(GATEWAY),
+            DhcpOption::RequestedIpAddress(GUEST_IP),
+        ],
+    );
+    let (_, ack) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &req), now);
+    let (_, _, dst, m) = parse_dhcp_reply(&ack);
+    assert_eq!(dst, GUEST_IP);
+    assert_eq!(m.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(m.yiaddr(), GUEST_IP);
+    assert_eq!(l2.lease(now), Some(GUEST_IP));
+    assert_eq!(
+        l2.lease(now + Duration::from_secs(3601)),
+        None,
+        "the lease runs out"
+    );
+    // Renewal from the leased address (ciaddr set): unicast ACK to ciaddr.
+    let mut renew = client(MessageType::Request, 0x77, &[]);
+    renew.set_ciaddr(GUEST_IP);
+    let later = now + Duration::from_secs(1800);
+    let (_, ack) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &renew), later);
+    let (dst_mac, _, dst, m) = parse_dhcp_reply(&ack);
+    assert_eq!((dst_mac, dst, m.ciaddr()), (GUEST_MAC, GUEST_IP, GUEST_IP));
+    assert_eq!(
+        l2.lease(now + Duration::from_secs(3601)),
+        Some(GUEST_IP),
+        "renewed"
+    );
+    // RELEASE: no reply, lease gone.
+    let mut rel = client(MessageType::Release, 0x78, &[]);
+    rel.set_ciaddr(GUEST_IP);
+    let (a, _) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &rel), later);
+    assert_eq!(a, TxAction::Consumed);
+    assert_eq!(l2.lease(later), None);
+}
+
+#[test]
+fn dhcp_broadcast_flag_nak_and_inform() {
+    let mut l2 = l2();
+    let now = Instant::ZERO;
+    let mut d = client(MessageType::Discover, 1, &[]);
+    d.set_flags(Flags::default().set_broadcast());
+    let (_, offer) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &d), now);
+    let (dst_mac, _, dst, m) = parse_dhcp_reply(&offer);
+    assert_eq!((dst_mac, dst), (MacAddr::BROADCAST, Ipv4Addr::BROADCAST));
+    assert!(m.flags().broadcast());
+    // INIT-REBOOT with an address from another network: NAK, broadcast.
+    let r = client(
+        MessageType::Request,
+        2,
+        &[DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 1, 2, 3))],
+    );
+    let (_, nak) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &r), now);
+    let (dst_mac, _, dst, m) = parse_dhcp_reply(&nak);
+    assert_eq!(m.opts().msg_type(), Some(MessageType::Nak));
+    assert_eq!(
+        (dst_mac, dst, m.yiaddr()),
+        (
+            MacAddr::BROADCAST,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::UNSPECIFIED
+        )
+    );
+    // INFORM from a configured client: ACK to ciaddr, no lease time.
+    let mut inf = client(MessageType::Inform, 3, &[]);
+    inf.set_ciaddr(Ipv4Addr::new(192, 168, 64, 50));
+    let (_, ack) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &inf), now);
+    let (_, _, dst, m) = parse_dhcp_reply(&ack);
+    assert_eq!(dst, Ipv4Addr::new(192, 168, 64, 50));
+    assert_eq!(m.opts().msg_type(), Some(MessageType::Ack));
+    assert!(m.opts().get(OptionCode::AddressLeaseTime).is_none());
+}
+
+#[test]
+fn dhcp_learns_a_new_guest_mac_and_rejects_mismatched_chaddr() {
+    let mut l2 = l2();
+    let other = MacAddr([0x02, 0, 0, 0, 0, 9]);
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(9, u, u, u, u, &other.0);
+    m.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
+    // chaddr differs from the Ethernet source: spoofed.
+    let (a, _) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &m), Instant::ZERO);
+    assert_eq!(a, TxAction::Drop(DropCause::SpoofedMac));
+    let (a, _) = handle(&mut l2, &dhcp_frame(other, &m), Instant::ZERO);
+    assert!(matches!(a, TxAction::Reply { .. }));
+    assert_eq!(l2.guest_mac(), other);
+    // Garbage DHCP payload.
+    let f = udp_frame(other, u, 68, Ipv4Addr::BROADCAST, 67, &[1, 2, 3]);
+    assert_eq!(
+        handle(&mut l2, &f, Instant::ZERO).0,
+        TxAction::Drop(DropCause::Malformed)
+    );
+}
+
+#[test]
+fn arp_answers_for_the_gateway_only() {
+    let mut l2 = l2();
+    let (a, reply) = handle(
+        &mut l2,
+        &arp_request(GUEST_MAC, GUEST_IP, GATEWAY),
+        Instant::ZERO,
+    );
+    assert_eq!(a, TxAction::Reply { len: 42 });
+    let mut want = Vec::new();
+    want.extend_from_slice(&GUEST_MAC.0);
+    want.extend_from_slice(&GATEWAY_MAC.0);
+    want.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    want.extend_from_slice(&GATEWAY_MAC.0);
+    want.extend_from_slice(&GATEWAY.octets());
+    want.extend_from_slice(&GUEST_MAC.0);
+    want.extend_from_slice(&GUEST_IP.octets());
+    assert_eq!(reply, want);
+    // A DHCP client's probe of its offered address gets no answer.
+    let probe = arp_request(GUEST_MAC, Ipv4Addr::UNSPECIFIED, GUEST_IP);
+    assert_eq!(
+        handle(&mut l2, &probe, Instant::ZERO).0,
+        TxAction::Drop(DropCause::ArpIgnored)
+    );
+    let other = arp_request(GUEST_MAC, GUEST_IP, Ipv4Addr::new(192, 168, 64, 9));
+    assert_eq!(
+        handle(&mut l2, &other, Instant::ZERO).0,
+        TxAction::Drop(DropCause::ArpIgnored)
+    );
+    // The guest's MAC is learned from its ARP.
+    let mac = MacAddr([0x02, 1, 2, 3, 4, 5]);
+    let (a, reply) = handle(&mut l2, &arp_request(mac, GUEST_IP, GATEWAY), Instant::ZERO);
+    assert!(matches!(a, TxAction::Reply { .. }));
+    assert_eq!(&reply[..6], &mac.0);
+    assert_eq!(l2.guest_mac(), mac);
+    // Truncated ARP.
+    assert_eq!(
+        handle(
+            &mut l2,
+            &arp_request(mac, GUEST_IP, GATEWAY)[..30],
+            Instant::ZERO
+        )
+        .0,
+        TxAction::Drop(DropCause::Malformed)
+    );
+}
+
+#[test]
+fn ping_to_the_gateway_is_answered_locally() {
+    let mut l2 = l2();
+    let ip = lease(&mut l2, Instant::ZERO);
+    let req = icmp_echo(GUEST_MAC, ip, GATEWAY, 0x42, 7, b"abcdefgh");
+    let (a, reply) = handle(&mut l2, &req, Instant::ZERO);
+    assert_eq!(a, TxAction::Reply { len: req.len() });
+    let p = SlicedPacket::from_ethernet(&reply).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = p.net else {
+        panic!()
+    };
+    let h = v4.header().to_header();
+    assert_eq!((h.source, h.destination), (GATEWAY.octets(), ip.octets()));
+    assert_eq!(h.calc_header_checksum(), h.header_checksum);
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!()
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x42, seq: 7 })
+    );
+    assert_eq!(icmp.payload(), b"abcdefgh");
+    assert_eq!(bridge::checksum(icmp.slice(), 0), 0, "valid ICMP checksum");
+    assert_eq!(&reply[..6], &GUEST_MAC.0);
+    // A corrupt echo request is not answered.
+    let mut bad = req.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    assert_eq!(
+        handle(&mut l2, &bad, Instant::ZERO).0,
+        TxAction::Drop(DropCause::Malformed)
+    );
+}
+
+#[test]
+fn anti_spoofing_and_classification() {
+    let mut l2 = l2();
+    let now = Instant::ZERO;
+    let out = udp_frame(GUEST_MAC, GUEST_IP, 5000, SERVER, 53, b"q");
+    assert_eq!(
+        handle(&mut l2, &out, now).0,
+        TxAction::Drop(DropCause::SpoofedIp),
+        "no lease yet"
+    );
+    let ip = lease(&mut l2, now);
+    assert_eq!(ip, GUEST_IP);
+    assert_eq!(
+        handle(&mut l2, &out, now).0,
+        TxAction::Nat {
+            len: out.len() - 14
+        }
+    );
+    let spoof_ip = udp_frame(
+        GUEST_MAC,
+        Ipv4Addr::new(192, 168, 64, 3),
+        5000,
+        SERVER,
+        53,
+        b"q",
+    );
+    assert_eq!(
+        handle(&mut l2, &spoof_ip, now).0,
+        TxAction::Drop(DropCause::SpoofedIp)
+    );
+    let spoof_mac = udp_frame(MacAddr([2, 9, 9, 9, 9, 9]), ip, 5000, SERVER, 53, b"q");
+    assert_eq!(
+        handle(&mut l2, &spoof_mac, now).0,
+        TxAction::Drop(DropCause::SpoofedMac)
+    );
+    let multicast_src = udp_frame(MacAddr([1, 0, 0x5e, 0, 0, 1]), ip, 5000, SERVER, 53, b"q");
+    assert_eq!(
+        handle(&mut l2, &multicast_src, now).0,
+        TxAction::Drop(DropCause::SpoofedMac)
+    );
+    // DNS to the gateway goes to the NAT (its redirect); other gateway ports do not.
+    let dns = udp_frame(GUEST_MAC, ip, 5353, GATEWAY, 53, b"q");
+    assert_eq!(
+        handle(&mut l2, &dns, now).0,
+        TxAction::Nat {
+            len: dns.len() - 14
+        }
+    );
+    let ssh = udp_frame(GUEST_MAC, ip, 5353, GATEWAY, 22, b"q");
+    assert_eq!(
+        handle(&mut l2, &ssh, now).0,
+        TxAction::Drop(DropCause::GatewayUnsupported)
+    );
+    // Subnet broadcast, limited broadcast, multicast, another subnet host.
+    for dst in [
+        Ipv4Addr::new(192, 168, 64, 255),
+        Ipv4Addr::BROADCAST,
+        Ipv4Addr::new(224, 0, 0, 251),
+        Ipv4Addr::new(192, 168, 64, 9),
+    ] {
+        let f = udp_frame(GUEST_MAC, ip, 5000, dst, 5353, b"q");
+        assert_eq!(
+            handle(&mut l2, &f, now).0,
+            TxAction::Drop(DropCause::NotRoutable),
+            "{dst}"
+        );
+    }
+    // Ethernet padding is not part of the IP packet.
+    let mut padded = udp_frame(GUEST_MAC, ip, 5000, SERVER, 53, b"q");
+    let ip_len = padded.len() - 14;
+    padded.resize(60, 0);
+    assert_eq!(
+        handle(&mut l2, &padded, now).0,
+        TxAction::Nat { len: ip_len }
+    );
+    // Over the MTU.
+    let big = udp_frame(GUEST_MAC, ip, 5000, SERVER, 53, &[0u8; 1500]);
+    assert_eq!(
+        handle(&mut l2, &big, now).0,
+        TxAction::Drop(DropCause::TooBig)
+    );
+    // IPv6, other EtherTypes, runts, garbage.
+    let mut v6 = out.clone();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(handle(&mut l2, &v6, now).0, TxAction::Drop(DropCause::Ipv6));
+    let mut lldp = out.clone();
+    lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
+    assert_eq!(
+        handle(&mut l2, &lldp, now).0,
+        TxAction::Drop(DropCause::EtherType)
+    );
+    assert_eq!(
+        handle(&mut l2, &out[..10], now).0,
+        TxAction::Drop(DropCause::Runt)
+    );
+    let mut bad_version = out.clone();
+    bad_version[14] = 0x65;
+    assert_eq!(
+        handle(&mut l2, &bad_version, now).0,
+        TxAction::Drop(DropCause::Malformed)
+    );
+    let mut long_total = out.clone();
+    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    assert_eq!(
+        handle(&mut l2, &long_total, now).0,
+        TxAction::Drop(DropCause::Malformed)
+    );
+    assert_eq!(
+        handle(&mut l2, &out[..20], now).0,
+        TxAction::Drop(DropCause::Malformed)
+    );
+}
+
+#[test]
+fn static_address_and_config_validation() {
+    let mut cfg = config();
+    cfg.static_guest_ip = Some(Ipv4Addr::new(192, 168, 64, 100));
+    cfg.dns = false;
+    let mut l2 = L2Services::new(cfg.clone()).unwrap();
+    let f = udp_frame(
+        GUEST_MAC,
+        Ipv4Addr::new(192, 168, 64, 100),
+        1,
+        SERVER,
+        2,
+        b"x",
+    );
+    assert!(matches!(
+        handle(&mut l2, &f, Instant::ZERO).0,
+        TxAction::Nat { .. }
+    ));
+    let dns = udp_frame(
+        GUEST_MAC,
+        Ipv4Addr::new(192, 168, 64, 100),
+        1,
+        GATEWAY,
+        53,
+        b"x",
+    );
+    assert_eq!(
+        handle(&mut l2, &dns, Instant::ZERO).0,
+        TxAction::Drop(DropCause::GatewayUnsupported),
+        "no DNS upstream"
+    );
+    for bad in [
+        L2Config {
+            prefix_len: 31,
+            ..cfg.clone()
+        },
+        L2Config {
+            gateway: Ipv4Addr::new(192, 168, 64, 0),
+            ..cfg.clone()
+        },
+        L2Config {
+            dhcp_pool: Ipv4Addr::new(192, 168, 64, 9)..=Ipv4Addr::new(192, 168, 64, 3),
+            ..cfg.clone()
+        },
+        L2Config {
+            dhcp_pool: Ipv4Addr::new(192, 168, 64, 9)..=Ipv4Addr::new(192, 168, 65, 3),
+            ..cfg.clone()
+        },
+        L2Config {
+            mtu: 67,
+            ..cfg.clone()
+        },
+        L2Config {
+            mtu: 65521,
+            ..cfg.clone()
+        },
+        L2Config {
+            guest_mac: MacAddr::BROADCAST,
+            ..cfg.clone()
+        },
+        L2Config {
+            static_guest_ip: Some(GATEWAY),
+            ..cfg.clone()
+        },
+    ] {
+        assert!(L2Services::new(bad.clone()).is_err(), "{bad:?}");
+    }
+}

@@ -1,0 +1,583 @@
+//! The threaded runner end to end: mock guest queues ↔ bridge threads ↔ in-memory host link.
+#![cfg(target_os = "linux")]
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant as StdInstant};
+
+use bridge::testing::{
+    EXTERNAL, GATEWAY, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, arp_request, dhcp_frame,
+    guest_memory, udp_frame, udp_packet,
+};
+use bridge::{
+    Activation, Bridge, BridgeConfig, BridgeHandle, CONFIG_INTERRUPT, DropCause, Error, HostLink,
+    MemoryLink, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
+};
+use dhcproto::v4::{DhcpOption, Message, MessageType};
+use vm_memory::GuestMemoryMmap;
+
+const HDR: usize = VIRTIO_NET_HDR_LEN;
+
+struct Rig {
+    mem: Arc<GuestMemoryMmap>,
+    irqs: Arc<[AtomicU32; 3]>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Rig {
+            mem: Arc::new(guest_memory()),
+            irqs: Arc::new([AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)]),
+        }
+    }
+
+    fn start(&self, net: &MockNet<'_>, config: BridgeConfig) -> (BridgeHandle, MemoryLink) {
+        let (inside, outside) = MemoryLink::pair(1024).unwrap();
+        let mut bridge = Bridge::new(config).unwrap();
+        let acked = bridge.ack_features(OFFERED_FEATURES);
+        let (rx, tx) = net.queues(true);
+        let irqs = self.irqs.clone();
+        let interrupt: bridge::Interrupt = Arc::new(move |q| {
+            let i = if q == CONFIG_INTERRUPT {
+                2
+            } else {
+                usize::from(q).min(1)
+            };
+            irqs[i].fetch_add(1, Ordering::SeqCst);
+        });
+        let act = Activation {
+            mem: self.mem.clone(),
+            rx,
+            tx,
+            acked_features: acked,
+            interrupt,
+        };
+        (bridge.activate(act, inside).unwrap(), outside)
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = StdInstant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn recv_frame(
+    net: &mut MockNet<'_>,
+    pending: &mut Vec<bridge::testing::Used>,
+) -> (VirtioNetHdr, Vec<u8>) {
+    let mut got = None;
+    wait_for("a frame in the RX queue", || {
+        got = net.rx_frame(HDR, pending);
+        got.is_some()
+    });
+    got.unwrap()
+}
+
+fn dhcp_lease(
+    net: &mut MockNet<'_>,
+    h: &BridgeHandle,
+    pending: &mut Vec<bridge::testing::Used>,
+) -> Ipv4Addr {
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut d = Message::new_with_id(1, u, u, u, u, &GUEST_MAC.0);
+    d.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
+    net.send_frame(HDR, &dhcp_frame(GUEST_MAC, &d), &[]);
+    h.kick(1).unwrap();
+    let (_, offer) = recv_frame(net, pending);
+    let offer = udp_payload(&offer);
+    let offer = <Message as dhcproto::Decodable>::from_bytes(&offer).unwrap();
+    let ip = offer.yiaddr();
+    let mut r = Message::new_with_id(1, u, u, u, u, &GUEST_MAC.0);
+    r.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Request));
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(GATEWAY));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    net.send_frame(HDR, &dhcp_frame(GUEST_MAC, &r), &[]);
+    h.kick(1).unwrap();
+    let (_, ack) = recv_frame(net, pending);
+    let ack = <Message as dhcproto::Decodable>::from_bytes(&udp_payload(&ack)).unwrap();
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    wait_for("the lease in the handle", || h.lease() == Some(ip));
+    ip
+}
+
+fn udp_payload(frame: &[u8]) -> Vec<u8> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        panic!("not udp")
+    };
+    u.payload().to_vec()
+}
+
+fn ipv4_src_dst_ports(pkt: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let p = etherparse::SlicedPacket::from_ip(pkt).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        panic!("not udp")
+    };
+    (
+        ip.header().source_addr(),
+        u.source_port(),
+        ip.header().destination_addr(),
+        u.destination_port(),
+    )
+}
+
+#[test]
+fn arp_dhcp_and_udp_round_trip_through_the_nat() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 256);
+    for _ in 0..32 {
+        net.post_rx(&[2048]);
+    }
+    let (h, host) = rig.start(&net, BridgeConfig::default());
+    let mut pending = Vec::new();
+
+    net.send_frame(
+        HDR,
+        &arp_request(GUEST_MAC, Ipv4Addr::UNSPECIFIED, GATEWAY),
+        &[],
+    );
+    h.kick(1).unwrap();
+    let (hdr, reply) = recv_frame(&mut net, &mut pending);
+    assert_eq!(hdr.num_buffers, 1);
+    assert_eq!(&reply[6..12], &GATEWAY_MAC.0);
+    assert_eq!(&reply[12..14], &[0x08, 0x06]);
+    assert!(rig.irqs[0].load(Ordering::SeqCst) > 0, "RX interrupt");
+
+    let ip = dhcp_lease(&mut net, &h, &mut pending);
+    assert_eq!(ip, GUEST_IP);
+
+    // Guest → internet.
+    net.send_frame(
+        HDR,
+        &udp_frame(GUEST_MAC, ip, 40000, SERVER, 7, b"ping"),
+        &[HDR],
+    );
+    h.kick(1).unwrap();
+    let mut out = None;
+    wait_for("the packet on the host link", || {
+        out = host.recv();
+        out.is_some()
+    });
+    let out = out.unwrap();
+    let (src, sport, dst, dport) = ipv4_src_dst_ports(&out);
+    assert_eq!((src, dst, dport), (EXTERNAL, SERVER, 7));
+    assert!(rig.irqs[1].load(Ordering::SeqCst) > 0, "TX interrupt");
+
+    // Internet → guest.
+    assert!(host.send(&udp_packet(SERVER, 7, EXTERNAL, sport, b"pong")));
+    let (_, f) = recv_frame(&mut net, &mut pending);
+    assert_eq!(&f[..6], &GUEST_MAC.0, "to the guest's MAC");
+    assert_eq!(&f[6..12], &GATEWAY_MAC.0);
+    let (src, sp, dst, dp) = ipv4_src_dst_ports(&f[14..]);
+    assert_eq!((src, sp, dst, dp), (SERVER, 7, ip, 40000));
+    assert_eq!(udp_payload(&f), b"pong");
+
+    let s = h.stats();
+    assert_eq!(s.bridge.to_host, 1);
+    assert_eq!(s.bridge.from_host, 1);
+    assert!(s.nat_flows >= 1);
+    assert_eq!(s.bridge.local_replies, 3, "ARP, OFFER, ACK");
+    let s = h.shutdown().unwrap();
+    assert_eq!(s.bridge.tx_frames, 4);
+}
+
+#[test]
+fn spoofed_and_unsupported_frames_never_reach_the_host() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    let (h, host) = rig.start(&net, BridgeConfig::default());
+    net.send_frame(
+        HDR,
+        &udp_frame(GUEST_MAC, GUEST_IP, 1, SERVER, 2, b"x"),
+        &[],
+    );
+    net.send_frame(
+        HDR,
+        &udp_frame(GUEST_MAC, Ipv4Addr::new(10, 0, 0, 1), 1, SERVER, 2, b"x"),
+        &[],
+    );
+    let mut v6 = udp_frame(GUEST_MAC, GUEST_IP, 1, SERVER, 2, b"x");
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    net.send_frame(HDR, &v6, &[]);
+    h.kick(1).unwrap();
+    wait_for("three TX chains back", || {
+        net.tx_used().len() == 3 || h.stats().bridge.tx_frames == 3
+    });
+    wait_for("drop counters", || {
+        let s = h.stats().bridge;
+        s.drops_of(DropCause::SpoofedIp) == 2 && s.drops_of(DropCause::Ipv6) == 1
+    });
+    assert_eq!(host.pending(), 0);
+    h.shutdown().unwrap();
+}
+
+#[test]
+fn host_packets_wait_for_rx_buffers_then_flow() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    let cfg = BridgeConfig {
+        static_guest_ip: Some(GUEST_IP),
+        ..BridgeConfig::default()
+    };
+    let (h, host) = rig.start(&net, cfg);
+    // Open a mapping: guest → server.
+    net.send_frame(
+        HDR,
+        &udp_frame(GUEST_MAC, GUEST_IP, 5000, SERVER, 9, b"hi"),
+        &[],
+    );
+    h.kick(1).unwrap();
+    let mut out = None;
+    wait_for("outbound packet", || {
+        out = host.recv();
+        out.is_some()
+    });
+    let (_, port, _, _) = ipv4_src_dst_ports(&out.unwrap());
+    // 20 replies while the guest has no RX buffer: nothing is lost, nothing spins.
+    for i in 0..20u8 {
+        assert!(host.send(&udp_packet(SERVER, 9, EXTERNAL, port, &[i])));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(h.stats().bridge.rx_frames, 0);
+    for _ in 0..20 {
+        net.post_rx(&[2048]);
+    }
+    h.kick(0).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..20u8 {
+        let (_, f) = recv_frame(&mut net, &mut pending);
+        assert_eq!(udp_payload(&f), [i], "in order");
+    }
+    let s = h.shutdown().unwrap();
+    assert_eq!(s.bridge.rx_frames, 20);
+    assert_eq!(s.bridge.total_drops(), 0);
+}
+
+#[test]
+fn port_forwards_are_added_and_removed_at_runtime() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    let cfg = BridgeConfig {
+        static_guest_ip: Some(GUEST_IP),
+        ..BridgeConfig::default()
+    };
+    let (h, host) = rig.start(&net, cfg);
+    let fwd = nat::PortForward {
+        protocol: nat::Protocol::Udp,
+        external_port: 8053,
+        internal: SocketAddrV4::new(GUEST_IP, 53),
+    };
+    h.add_forward(fwd).unwrap();
+    assert!(host.send(&udp_packet(SERVER, 3333, EXTERNAL, 8053, b"fwd")));
+    let mut pending = Vec::new();
+    let (_, f) = recv_frame(&mut net, &mut pending);
+    let (src, sp, dst, dp) = ipv4_src_dst_ports(&f[14..]);
+    assert_eq!(
+        (src, sp, dst, dp),
+        (SERVER, 3333, GUEST_IP, 53),
+        "the guest sees the real client"
+    );
+    assert!(h.remove_forward(nat::Protocol::Udp, 8053));
+    assert!(host.send(&udp_packet(SERVER, 3333, EXTERNAL, 8053, b"fwd")));
+    wait_for("the inbound drop", || {
+        h.stats().bridge.drops_of(DropCause::NatInbound) == 1
+    });
+    h.shutdown().unwrap();
+}
+
+#[test]
+fn host_link_failure_surfaces_through_the_handle() {
+    let rig = Rig::new();
+    let net = MockNet::new(&rig.mem, 16);
+    let (h, host) = rig.start(&net, BridgeConfig::default());
+    assert!(h.error().is_none());
+    host.close();
+    wait_for("the error", || h.error().is_some());
+    assert!(matches!(*h.error().unwrap(), Error::HostLink(_)));
+    match h.shutdown() {
+        Err(Error::Failed(e)) => assert!(matches!(*e, Error::HostLink(_))),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_broken_avail_index_flags_needs_reset() {
+    let rig = Rig::new();
+    let net = MockNet::new(&rig.mem, 16);
+    let (h, _host) = rig.start(&net, BridgeConfig::default());
+    net.set_tx_avail_idx(100);
+    h.kick(1).unwrap();
+    wait_for("needs reset", || h.needs_reset());
+    assert_eq!(rig.irqs[2].load(Ordering::SeqCst), 1, "config interrupt");
+    assert!(matches!(
+        *h.error().unwrap(),
+        Error::NeedsReset { queue: 1 }
+    ));
+    assert!(h.stats().needs_reset);
+    assert!(h.shutdown().is_err());
+}
+
+#[test]
+fn kicks_and_config_are_checked() {
+    let rig = Rig::new();
+    let net = MockNet::new(&rig.mem, 16);
+    let (h, _host) = rig.start(&net, BridgeConfig::default());
+    assert!(matches!(h.kick(2), Err(Error::NoSuchQueue(2))));
+    assert!(h.kick_fd(0).is_some() && h.kick_fd(1).is_some() && h.kick_fd(2).is_none());
+    drop(h); // Drop joins the threads too.
+    let bad = BridgeConfig {
+        batch_size: 0,
+        ..BridgeConfig::default()
+    };
+    assert!(matches!(Bridge::new(bad), Err(Error::Config(_))));
+    let bad = BridgeConfig {
+        mtu: 9000,
+        max_host_packet: 1500,
+        ..BridgeConfig::default()
+    };
+    assert!(matches!(Bridge::new(bad), Err(Error::Config(_))));
+    // DNS upstream installs the redirect; an upstream inside the subnet is refused by the NAT.
+    let up = BridgeConfig {
+        dns_upstream: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 7), 53)),
+        ..BridgeConfig::default()
+    };
+    assert!(matches!(Bridge::new(up), Err(Error::NatRule(_))));
+    let b = Bridge::new(BridgeConfig::default()).unwrap();
+    let mut cs = [0u8; 2];
+    b.read_config(10, &mut cs);
+    assert_eq!(u16::from_le_bytes(cs), 1500);
+    let _ = HostLink::readiness_fd(&MemoryLink::pair(1).unwrap().0).unwrap();
+}
+
+/// Splits an IPv4 packet (20-byte header) into fragments carrying at most `chunk` payload
+/// bytes (a multiple of 8).
+fn fragment(pkt: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let (hdr, payload) = pkt.split_at(20);
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let end = (off + chunk).min(payload.len());
+        let mut f = hdr.to_vec();
+        f.extend_from_slice(&payload[off..end]);
+        let total = f.len() as u16;
+        f[2..4].copy_from_slice(&total.to_be_bytes());
+        let mf = if end < payload.len() { 0x2000 } else { 0 };
+        f[6..8].copy_from_slice(&(mf | (off / 8) as u16).to_be_bytes());
+        f[10..12].copy_from_slice(&[0, 0]);
+        let c = bridge::checksum(&f[..20], 0);
+        f[10..12].copy_from_slice(&c.to_be_bytes());
+        out.push(f);
+        off = end;
+    }
+    out
+}
+
+#[test]
+fn dns_is_redirected_and_large_fragmented_answers_arrive_as_fragments() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    let upstream = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 53), 53);
+    let cfg = BridgeConfig {
+        static_guest_ip: Some(GUEST_IP),
+        dns_upstream: Some(upstream),
+        ..BridgeConfig::default()
+    };
+    let (h, host) = rig.start(&net, cfg);
+    net.send_frame(
+        HDR,
+        &udp_frame(GUEST_MAC, GUEST_IP, 33333, GATEWAY, 53, b"query"),
+        &[],
+    );
+    h.kick(1).unwrap();
+    let mut out = None;
+    wait_for("the query upstream", || {
+        out = host.recv();
+        out.is_some()
+    });
+    let (src, sport, dst, dport) = ipv4_src_dst_ports(&out.unwrap());
+    assert_eq!((src, dst, dport), (EXTERNAL, *upstream.ip(), 53));
+    // A 3000-byte EDNS answer, fragmented by the host to the 1500-byte MTU.
+    let answer: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let full = udp_packet(*upstream.ip(), 53, EXTERNAL, sport, &answer);
+    let frags = fragment(&full, 1480);
+    assert_eq!(frags.len(), 3);
+    for f in &frags {
+        assert!(host.send(f));
+    }
+    let mut pending = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (_, f) = recv_frame(&mut net, &mut pending);
+        assert!(f.len() <= 1514);
+        got.push(f);
+    }
+    // The first fragment carries the UDP header, translated back to the gateway's address.
+    let first = &got[0][14..];
+    assert_eq!(
+        &first[12..16],
+        &GATEWAY.octets(),
+        "answers come from the gateway"
+    );
+    assert_eq!(&first[16..20], &GUEST_IP.octets());
+    assert_eq!(u16::from_be_bytes([first[20], first[21]]), 53);
+    assert_eq!(u16::from_be_bytes([first[22], first[23]]), 33333);
+    let mut data = Vec::new();
+    for f in &got {
+        let ip = &f[14..];
+        assert_eq!(&ip[12..16], &GATEWAY.octets());
+        data.extend_from_slice(&ip[20..]);
+    }
+    assert_eq!(
+        &data[8..],
+        &answer[..],
+        "payload intact across the fragments"
+    );
+    h.shutdown().unwrap();
+}
+
+#[test]
+fn dhcp_with_a_hostile_hardware_length_is_dropped() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 16);
+    let (h, _host) = rig.start(&net, BridgeConfig::default());
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut d = Message::new_with_id(1, u, u, u, u, &GUEST_MAC.0);
+    d.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
+    let mut f = dhcp_frame(GUEST_MAC, &d);
+    f[14 + 20 + 8 + 2] = 200; // hlen
+    net.send_frame(HDR, &f, &[]);
+    h.kick(1).unwrap();
+    wait_for("the drop", || {
+        h.stats().bridge.drops_of(DropCause::Dhcp) == 1
+    });
+    h.shutdown().unwrap();
+}
+
+#[test]
+fn gateway_replies_push_back_on_the_tx_queue_when_the_guest_reads_nothing() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    let cfg = BridgeConfig {
+        pool_batches: 1,
+        batch_size: 4,
+        ..BridgeConfig::default()
+    };
+    let (h, _host) = rig.start(&net, cfg);
+    // No RX buffers: the first reply batch cannot be delivered, so the pool runs dry.
+    for _ in 0..4 {
+        net.send_frame(HDR, &arp_request(GUEST_MAC, GUEST_IP, GATEWAY), &[]);
+    }
+    h.kick(1).unwrap();
+    wait_for("the first batch", || h.stats().bridge.tx_frames == 4);
+    for _ in 0..4 {
+        net.send_frame(HDR, &arp_request(GUEST_MAC, GUEST_IP, GATEWAY), &[]);
+    }
+    h.kick(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        h.stats().bridge.tx_frames,
+        4,
+        "backpressure: the TX queue is not drained"
+    );
+    assert_eq!(net.tx_used().len(), 4);
+    // The guest posts buffers: replies flow, the pool refills, the TX queue drains.
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    h.kick(0).unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..8 {
+        let (_, f) = recv_frame(&mut net, &mut pending);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+    }
+    let s = h.shutdown().unwrap();
+    assert_eq!((s.bridge.tx_frames, s.bridge.local_replies), (8, 8));
+    assert_eq!(s.bridge.total_drops(), 0, "nothing lost");
+}
+
+#[test]
+fn sustained_traffic_both_ways_loses_nothing() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 256);
+    let cfg = BridgeConfig {
+        static_guest_ip: Some(GUEST_IP),
+        ..BridgeConfig::default()
+    };
+    let (h, host) = rig.start(&net, cfg);
+    const ROUNDS: usize = 20;
+    const PER: usize = 100;
+    // TX: the guest sends in bursts; the host side drains concurrently with the bridge.
+    let mut port = 0;
+    let mut got = 0;
+    for r in 0..ROUNDS {
+        for i in 0..PER {
+            let payload = [(r % 256) as u8, (i % 256) as u8];
+            net.send_frame(
+                HDR,
+                &udp_frame(GUEST_MAC, GUEST_IP, 41000, SERVER, 7, &payload),
+                &[],
+            );
+        }
+        h.kick(1).unwrap();
+        wait_for("a TX burst on the host link", || {
+            while let Some(p) = host.recv() {
+                port = ipv4_src_dst_ports(&p).1;
+                got += 1;
+            }
+            got == (r + 1) * PER
+        });
+    }
+    // RX: the host sends in bursts; the guest refills its ring as it reads.
+    let mut pending = Vec::new();
+    let mut seen = 0usize;
+    for r in 0..ROUNDS {
+        for i in 0..PER {
+            assert!(host.send(&udp_packet(
+                SERVER,
+                7,
+                EXTERNAL,
+                port,
+                &[(r % 256) as u8, (i % 256) as u8]
+            )));
+        }
+        for _ in 0..PER {
+            net.post_rx(&[2048]);
+        }
+        h.kick(0).unwrap();
+        for i in 0..PER {
+            let (_, f) = recv_frame(&mut net, &mut pending);
+            assert_eq!(
+                udp_payload(&f),
+                [(r % 256) as u8, (i % 256) as u8],
+                "in order"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, ROUNDS * PER);
+    let s = h.shutdown().unwrap();
+    assert_eq!(
+        (s.bridge.to_host, s.bridge.rx_frames),
+        ((ROUNDS * PER) as u64, (ROUNDS * PER) as u64)
+    );
+    assert_eq!(s.bridge.total_drops(), 0);
+}
