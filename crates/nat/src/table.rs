@@ -1,0 +1,648 @@
+//! The flow table: compact [`Flow`] entries stored inline in an
+//! open-addressing table keyed by the internal 5-tuple ([`FlowTable`]), an
+//! index from the external side (port, remote) to table positions
+//! ([`Index`]), and the keyed multiply-fold hash both use.
+
+use core::hash::{BuildHasher, Hasher};
+
+/// One tracked session (a 5-tuple and its translation). 32 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Flow {
+    /// Deadline in milliseconds of the caller's clock.
+    pub(crate) expires: u64,
+    /// Internal (guest) address.
+    pub(crate) int_addr: u32,
+    /// Destination address as the guest wrote it (differs from `rem_addr`
+    /// only for redirected flows).
+    pub(crate) orig_addr: u32,
+    /// The real remote address.
+    pub(crate) rem_addr: u32,
+    /// Internal port or ICMP identifier.
+    pub(crate) int_port: u16,
+    /// External port or ICMP identifier.
+    pub(crate) ext_port: u16,
+    /// Destination port as the guest wrote it.
+    pub(crate) orig_port: u16,
+    /// The real remote port (0 for ICMP).
+    pub(crate) rem_port: u16,
+    /// Protocol index (see `PROTO_*`).
+    pub(crate) proto: u8,
+    /// TCP tracking bits and flags (see `ST_*`).
+    pub(crate) state: u8,
+}
+
+/// Protocol index of TCP.
+pub(crate) const PROTO_TCP: u8 = 0;
+/// Protocol index of UDP.
+pub(crate) const PROTO_UDP: u8 = 1;
+/// Protocol index of ICMP queries.
+pub(crate) const PROTO_ICMP: u8 = 2;
+
+/// A packet was seen from the internal side.
+pub(crate) const ST_OUT: u8 = 1;
+/// A packet was seen from the external side.
+pub(crate) const ST_IN: u8 = 2;
+/// FIN seen from the internal side.
+pub(crate) const ST_FIN_OUT: u8 = 4;
+/// FIN seen from the external side.
+pub(crate) const ST_FIN_IN: u8 = 8;
+/// RST seen in either direction.
+pub(crate) const ST_RST: u8 = 16;
+/// The flow was created through a redirect (it owns its external port).
+pub(crate) const ST_REDIRECT: u8 = 32;
+
+impl Flow {
+    /// Hash of the internal-side key.
+    #[inline(always)]
+    pub(crate) fn out_hash(&self, k: &Keys) -> u32 {
+        k.out_hash(
+            self.proto,
+            self.int_addr,
+            self.int_port,
+            self.orig_addr,
+            self.orig_port,
+        )
+    }
+    /// Hash of the external-side key.
+    #[inline(always)]
+    pub(crate) fn in_hash(&self, k: &Keys) -> u32 {
+        k.in_hash(self.proto, self.ext_port, self.rem_addr, self.rem_port)
+    }
+    /// Whether this flow has the given internal-side key.
+    #[inline(always)]
+    pub(crate) fn out_eq(
+        &self,
+        proto: u8,
+        int_addr: u32,
+        int_port: u16,
+        dst: u32,
+        dport: u16,
+    ) -> bool {
+        self.int_addr == int_addr
+            && self.orig_addr == dst
+            && self.int_port == int_port
+            && self.orig_port == dport
+            && self.proto == proto
+    }
+    /// Whether this flow has the given external-side key.
+    #[inline(always)]
+    pub(crate) fn in_eq(&self, proto: u8, ext_port: u16, rem_addr: u32, rem_port: u16) -> bool {
+        self.rem_addr == rem_addr
+            && self.ext_port == ext_port
+            && self.rem_port == rem_port
+            && self.proto == proto
+    }
+}
+
+/// Marks an unused slot of a [`FlowTable`] (in `Flow::proto`).
+const FREE_SLOT: u8 = 0xff;
+
+impl Flow {
+    /// An unused slot.
+    pub(crate) const VACANT: Flow = Flow {
+        expires: 0,
+        int_addr: 0,
+        orig_addr: 0,
+        rem_addr: 0,
+        int_port: 0,
+        ext_port: 0,
+        orig_port: 0,
+        rem_port: 0,
+        proto: FREE_SLOT,
+        state: 0,
+    };
+}
+
+/// The flows themselves, stored inline in an open-addressing table keyed by
+/// the internal-side 5-tuple (linear probing, backward-shift deletion, load
+/// factor ≤ 3/4): an outbound lookup touches one slot, usually one cache
+/// line. A flow's position is its handle; it changes only when a removal
+/// shifts it back (reported to the caller) or the table grows.
+#[derive(Clone, Debug)]
+pub(crate) struct FlowTable {
+    slots: Vec<Flow>,
+    mask: usize,
+    len: usize,
+}
+
+impl FlowTable {
+    /// An empty table with room for `cap` flows before it grows.
+    pub(crate) fn with_capacity(cap: usize) -> FlowTable {
+        let n = (cap.saturating_mul(4) / 3 + 1).next_power_of_two().max(16);
+        FlowTable {
+            slots: vec![Flow::VACANT; n],
+            mask: n - 1,
+            len: 0,
+        }
+    }
+
+    /// Number of flows.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no flows.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of slots.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The flow at `pos`, if that slot is in use.
+    #[inline(always)]
+    pub(crate) fn get(&self, pos: usize) -> Option<&Flow> {
+        self.slots.get(pos).filter(|f| f.proto != FREE_SLOT)
+    }
+
+    /// The flow at `pos`, if that slot is in use.
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self, pos: usize) -> Option<&mut Flow> {
+        self.slots.get_mut(pos).filter(|f| f.proto != FREE_SLOT)
+    }
+
+    /// The flows in use.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.slots.iter().filter(|f| f.proto != FREE_SLOT)
+    }
+
+    /// Finds the position of the flow with internal-side `hash` for which
+    /// `eq` holds.
+    #[inline(always)]
+    pub(crate) fn find(&self, hash: u32, mut eq: impl FnMut(&Flow) -> bool) -> Option<u32> {
+        let mut pos = hash as usize & self.mask;
+        loop {
+            let f = self.slots.get(pos)?;
+            if f.proto == FREE_SLOT {
+                return None;
+            }
+            if eq(f) {
+                return Some(pos as u32);
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
+    /// `expires` of the home slot of `hash`: a cheap read that pulls the
+    /// line into the cache ahead of [`FlowTable::find`].
+    #[inline(always)]
+    pub(crate) fn peek(&self, hash: u32) -> u64 {
+        self.slots
+            .get(hash as usize & self.mask)
+            .map_or(0, |f| f.expires)
+    }
+
+    /// `expires` of the slot at `pos` (see [`FlowTable::peek`]).
+    #[inline(always)]
+    pub(crate) fn peek_at(&self, pos: u32) -> u64 {
+        self.slots.get(pos as usize).map_or(0, |f| f.expires)
+    }
+
+    /// Whether one more insert would first need [`FlowTable::grow`].
+    pub(crate) fn full(&self) -> bool {
+        (self.len + 1) * 4 > self.slots.len() * 3
+    }
+
+    /// Doubles the table (every position changes).
+    pub(crate) fn grow(&mut self, keys: &Keys) {
+        let n = self.slots.len() * 2;
+        let old = core::mem::replace(&mut self.slots, vec![Flow::VACANT; n]);
+        self.mask = n - 1;
+        self.len = 0;
+        for f in old.into_iter().filter(|f| f.proto != FREE_SLOT) {
+            self.insert(f.out_hash(keys), f);
+        }
+    }
+
+    /// Inserts a flow (the caller checked its key is absent and the table is
+    /// not [`FlowTable::full`]); returns its position.
+    pub(crate) fn insert(&mut self, hash: u32, f: Flow) -> usize {
+        let mut pos = hash as usize & self.mask;
+        for _ in 0..self.slots.len() {
+            match self.slots.get_mut(pos) {
+                Some(s) if s.proto == FREE_SLOT => {
+                    *s = f;
+                    self.len += 1;
+                    return pos;
+                }
+                _ => pos = (pos + 1) & self.mask,
+            }
+        }
+        pos
+    }
+
+    /// Removes the flow at `pos`, shifting later flows of its probe run
+    /// back; `moved(from, to, flow)` is called for each flow that moves.
+    pub(crate) fn remove(
+        &mut self,
+        pos: usize,
+        keys: &Keys,
+        mut moved: impl FnMut(usize, usize, &Flow),
+    ) {
+        if self.get(pos).is_none() {
+            return;
+        }
+        self.len -= 1;
+        let mut hole = pos;
+        let mut next = pos;
+        loop {
+            next = (next + 1) & self.mask;
+            let Some(f) = self.slots.get(next).copied() else {
+                break;
+            };
+            if f.proto == FREE_SLOT {
+                break;
+            }
+            let home = f.out_hash(keys) as usize & self.mask;
+            let dist_hole = hole.wrapping_sub(home) & self.mask;
+            let dist_next = next.wrapping_sub(home) & self.mask;
+            if dist_hole <= dist_next {
+                if let Some(s) = self.slots.get_mut(hole) {
+                    *s = f;
+                }
+                moved(next, hole, &f);
+                hole = next;
+            }
+        }
+        if let Some(s) = self.slots.get_mut(hole) {
+            *s = Flow::VACANT;
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn memory(&self) -> usize {
+        self.slots.capacity() * core::mem::size_of::<Flow>()
+    }
+}
+
+/// Hash keys, secret per table so that remote hosts can't steer flows into
+/// one probe chain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Keys([u64; 4]);
+
+impl Keys {
+    /// Keys derived from one 64-bit seed.
+    pub(crate) fn from_seed(seed: u64) -> Keys {
+        let mut s = seed ^ 0x243f_6a88_85a3_08d3;
+        let mut next = || {
+            // splitmix64
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Keys([next(), next(), next(), next() | 1])
+    }
+
+    #[inline(always)]
+    fn mix(&self, a: u64, b: u64) -> u32 {
+        let h = fold_mul(a ^ self.0[0], b ^ self.0[1]);
+        let h = fold_mul(h ^ self.0[2], self.0[3]);
+        (h ^ (h >> 32)) as u32
+    }
+
+    /// Hash of an internal-side key.
+    #[inline(always)]
+    pub(crate) fn out_hash(
+        &self,
+        proto: u8,
+        int_addr: u32,
+        int_port: u16,
+        dst: u32,
+        dport: u16,
+    ) -> u32 {
+        let a = (u64::from(int_addr) << 32) | u64::from(dst);
+        let b = (u64::from(int_port) << 32) | (u64::from(dport) << 16) | u64::from(proto);
+        self.mix(a, b)
+    }
+
+    /// Hash of an external-side key.
+    #[inline(always)]
+    pub(crate) fn in_hash(&self, proto: u8, ext_port: u16, rem_addr: u32, rem_port: u16) -> u32 {
+        let a = (u64::from(ext_port) << 32) | u64::from(rem_addr);
+        let b = (u64::from(rem_port) << 16) | u64::from(proto) | 0x100;
+        self.mix(a, b)
+    }
+
+    /// A `BuildHasher` for the cold-path std maps, keyed from these keys.
+    pub(crate) fn build(&self) -> SeededState {
+        SeededState {
+            k0: self.0[1] ^ self.0[2],
+            k1: self.0[3],
+        }
+    }
+}
+
+/// An open-addressing (linear probing, backward-shift deletion) index from a
+/// 32-bit hash to a flow-table position. 8 bytes per slot, load factor ≤ 3/4.
+#[derive(Clone, Debug)]
+pub(crate) struct Index {
+    slots: Vec<Slot>,
+    mask: usize,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    hash: u32,
+    idx: u32,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+impl Index {
+    /// An empty index with room for `cap` entries before it grows.
+    pub(crate) fn with_capacity(cap: usize) -> Index {
+        let slots = (cap.saturating_mul(4) / 3 + 1).next_power_of_two().max(16);
+        Index {
+            slots: vec![
+                Slot {
+                    hash: 0,
+                    idx: EMPTY
+                };
+                slots
+            ],
+            mask: slots - 1,
+            len: 0,
+        }
+    }
+
+    /// Finds the table position of the entry with `hash` for which `eq` holds.
+    #[inline(always)]
+    pub(crate) fn find(&self, hash: u32, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mut pos = hash as usize & self.mask;
+        loop {
+            let s = *self.slots.get(pos)?;
+            if s.idx == EMPTY {
+                return None;
+            }
+            if s.hash == hash && eq(s.idx) {
+                return Some(s.idx);
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
+    /// The table position stored in the home slot of `hash` (or `u32::MAX`):
+    /// a cheap read that pulls the slot into the cache ahead of [`Index::find`].
+    #[inline(always)]
+    pub(crate) fn peek(&self, hash: u32) -> u32 {
+        self.slots
+            .get(hash as usize & self.mask)
+            .map_or(EMPTY, |s| s.idx)
+    }
+
+    /// Inserts an entry (the caller made sure no equal key is present).
+    pub(crate) fn insert(&mut self, hash: u32, idx: u32) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        self.place(hash, idx);
+        self.len += 1;
+    }
+
+    /// Removes the slot that points at `idx`.
+    pub(crate) fn remove(&mut self, hash: u32, idx: u32) {
+        let Some(mut hole) = self.position(hash, idx) else {
+            return;
+        };
+        self.len -= 1;
+        let mut pos = hole;
+        loop {
+            pos = (pos + 1) & self.mask;
+            let Some(s) = self.slots.get(pos).copied() else {
+                return;
+            };
+            if s.idx == EMPTY {
+                break;
+            }
+            let home = s.hash as usize & self.mask;
+            // Move `s` into the hole unless its home lies cyclically in (hole, pos].
+            let dist_hole = hole.wrapping_sub(home) & self.mask;
+            let dist_pos = pos.wrapping_sub(home) & self.mask;
+            if dist_hole <= dist_pos {
+                self.set(hole, s);
+                hole = pos;
+            }
+        }
+        self.set(
+            hole,
+            Slot {
+                hash: 0,
+                idx: EMPTY,
+            },
+        );
+    }
+
+    /// Repoints the slot of (`hash`, `from`) at `to` (after a table move).
+    pub(crate) fn repoint(&mut self, hash: u32, from: u32, to: u32) {
+        if let Some(p) = self.position(hash, from) {
+            self.set(p, Slot { hash, idx: to });
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn memory(&self) -> usize {
+        self.slots.capacity() * core::mem::size_of::<Slot>()
+    }
+
+    fn position(&self, hash: u32, idx: u32) -> Option<usize> {
+        let mut pos = hash as usize & self.mask;
+        loop {
+            let s = self.slots.get(pos)?;
+            if s.idx == EMPTY {
+                return None;
+            }
+            if s.idx == idx {
+                return Some(pos);
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
+    fn set(&mut self, pos: usize, slot: Slot) {
+        if let Some(s) = self.slots.get_mut(pos) {
+            *s = slot;
+        }
+    }
+
+    fn place(&mut self, hash: u32, idx: u32) {
+        let mut pos = hash as usize & self.mask;
+        for _ in 0..self.slots.len() {
+            match self.slots.get_mut(pos) {
+                Some(s) if s.idx == EMPTY => {
+                    *s = Slot { hash, idx };
+                    return;
+                }
+                _ => pos = (pos + 1) & self.mask,
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let n = self.slots.len() * 2;
+        let old = core::mem::replace(
+            &mut self.slots,
+            vec![
+                Slot {
+                    hash: 0,
+                    idx: EMPTY
+                };
+                n
+            ],
+        );
+        self.mask = n - 1;
+        for s in old.into_iter().filter(|s| s.idx != EMPTY) {
+            self.place(s.hash, s.idx);
+        }
+    }
+}
+
+/// `BuildHasher` for the std maps on cold paths (bindings, rules, fragments).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SeededState {
+    k0: u64,
+    k1: u64,
+}
+
+/// The hasher built by [`SeededState`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SeededHasher {
+    h: u64,
+    k: u64,
+}
+
+impl BuildHasher for SeededState {
+    type Hasher = SeededHasher;
+    fn build_hasher(&self) -> SeededHasher {
+        SeededHasher {
+            h: self.k0,
+            k: self.k1,
+        }
+    }
+}
+
+impl Hasher for SeededHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            for (d, s) in w.iter_mut().zip(c) {
+                *d = *s;
+            }
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, x: u8) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_u16(&mut self, x: u16) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.h = fold_mul(self.h ^ x, self.k).rotate_left(23);
+    }
+    fn finish(&self) -> u64 {
+        fold_mul(self.h, self.k ^ 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_insert_find_remove_with_collisions() {
+        let mut ix = Index::with_capacity(4);
+        // Many entries with the same home slot exercise probing and backward shift.
+        for i in 0..200u32 {
+            ix.insert((i % 3) << 20, i);
+        }
+        for i in 0..200u32 {
+            assert_eq!(ix.find((i % 3) << 20, |x| x == i), Some(i));
+        }
+        for i in (0..200u32).step_by(2) {
+            ix.remove((i % 3) << 20, i);
+        }
+        for i in 0..200u32 {
+            let want = if i % 2 == 0 { None } else { Some(i) };
+            assert_eq!(ix.find((i % 3) << 20, |x| x == i), want, "entry {i}");
+        }
+        ix.repoint(1 << 20, 1, 999);
+        assert_eq!(ix.find(1 << 20, |x| x == 999), Some(999));
+    }
+
+    #[test]
+    fn flow_table_keeps_positions_right_through_growth_and_backward_shifts() {
+        use std::collections::HashMap;
+        let keys = Keys::from_seed(3);
+        let flow = |i: u32| Flow {
+            int_addr: i % 7,
+            orig_addr: i / 7,
+            int_port: (i % 5) as u16,
+            proto: 1,
+            ..Flow::VACANT
+        };
+        let mut t = FlowTable::with_capacity(4);
+        let mut pos: HashMap<u32, usize> = HashMap::new();
+        for i in 0..3000u32 {
+            if t.full() {
+                t.grow(&keys);
+                pos.clear();
+                for j in 0..i {
+                    let f = flow(j);
+                    let p = t.find(f.out_hash(&keys), |g| *g == f).map(|p| p as usize);
+                    pos.insert(j, p.unwrap_or(usize::MAX));
+                }
+            }
+            let f = flow(i);
+            pos.insert(i, t.insert(f.out_hash(&keys), f));
+        }
+        assert_eq!(t.len(), 3000);
+        // Remove every third flow, following the moves.
+        for i in (0..3000u32).step_by(3) {
+            let p = pos.remove(&i).unwrap_or(usize::MAX);
+            let mut moves = Vec::new();
+            t.remove(p, &keys, |from, to, f| moves.push((from, to, *f)));
+            for (from, to, f) in moves {
+                let (&k, _) = pos
+                    .iter()
+                    .find(|&(&k, &v)| v == from && flow(k) == f)
+                    .unwrap();
+                pos.insert(k, to);
+            }
+        }
+        assert_eq!(t.len(), 2000);
+        for i in 0..3000u32 {
+            let f = flow(i);
+            let found = t.find(f.out_hash(&keys), |g| *g == f).map(|p| p as usize);
+            assert_eq!(found, pos.get(&i).copied(), "flow {i}");
+        }
+        assert_eq!(t.iter().count(), 2000);
+    }
+
+    #[test]
+    fn a_flow_is_32_bytes_and_an_index_slot_8() {
+        assert_eq!(core::mem::size_of::<Flow>(), 32);
+        assert_eq!(core::mem::size_of::<Slot>(), 8);
+    }
+
+    #[test]
+    fn keyed_hashes_differ_per_seed_and_per_key() {
+        let (a, b) = (Keys::from_seed(1), Keys::from_seed(2));
+        assert_ne!(a.out_hash(1, 10, 20, 30, 40), b.out_hash(1, 10, 20, 30, 40));
+        assert_ne!(a.out_hash(1, 10, 20, 30, 40), a.out_hash(1, 10, 20, 30, 41));
+        assert_ne!(a.in_hash(1, 10, 20, 30), a.in_hash(0, 10, 20, 30));
+    }
+}

@@ -1,0 +1,438 @@
+//! Helpers for tests and benches (feature `test-utils`): packet builders on
+//! `etherparse::PacketBuilder`, field readers, an independent full checksum
+//! verifier, and a pre-warmed table for benches.
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use etherparse::PacketBuilder;
+
+use crate::{Instant, Nat, NatConfig, Verdict};
+
+/// A guest address inside the default internal network.
+pub const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+/// A second guest.
+pub const GUEST2: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 3);
+/// The gateway address inside the default internal network.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+/// A server on the simulated internet (198.18.0.0/15).
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// A second server.
+pub const SERVER2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+/// The default external address.
+pub const EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+
+/// TCP flags for [`tcp`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    /// SYN.
+    pub syn: bool,
+    /// ACK.
+    pub ack: bool,
+    /// FIN.
+    pub fin: bool,
+    /// RST.
+    pub rst: bool,
+}
+
+impl TcpFlags {
+    /// SYN only.
+    pub const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        ack: false,
+        fin: false,
+        rst: false,
+    };
+    /// SYN+ACK.
+    pub const SYN_ACK: TcpFlags = TcpFlags {
+        syn: true,
+        ack: true,
+        fin: false,
+        rst: false,
+    };
+    /// ACK only.
+    pub const ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+    };
+    /// FIN+ACK.
+    pub const FIN_ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: true,
+        rst: false,
+    };
+    /// RST.
+    pub const RST: TcpFlags = TcpFlags {
+        syn: false,
+        ack: false,
+        fin: false,
+        rst: true,
+    };
+}
+
+/// The default configuration.
+pub fn config() -> NatConfig {
+    NatConfig::default()
+}
+
+/// A NAT with the default configuration and a fixed hash seed.
+pub fn nat() -> Nat {
+    nat_with(config())
+}
+
+/// A NAT with `config` and a fixed hash seed.
+///
+/// # Panics
+/// If `config` is invalid (test helper).
+pub fn nat_with(config: NatConfig) -> Nat {
+    match Nat::with_seed(config, 0x5eed) {
+        Ok(n) => n,
+        Err(e) => panic!("invalid test config: {e:?}"),
+    }
+}
+
+/// A UDP/IPv4 packet.
+pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let b =
+        PacketBuilder::ipv4(src.ip().octets(), dst.ip().octets(), 64).udp(src.port(), dst.port());
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    // Writing to a Vec only fails for oversized payloads (a test bug).
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("udp builder: {e}"));
+    v
+}
+
+/// A TCP/IPv4 packet.
+pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: TcpFlags, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ipv4(src.ip().octets(), dst.ip().octets(), 64).tcp(
+        src.port(),
+        dst.port(),
+        1000,
+        64240,
+    );
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(1);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("tcp builder: {e}"));
+    v
+}
+
+/// An ICMP echo request.
+pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).icmpv4_echo_request(id, seq);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("icmp builder: {e}"));
+    v
+}
+
+/// An ICMP echo reply.
+pub fn echo_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).icmpv4_echo_reply(id, seq);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("icmp builder: {e}"));
+    v
+}
+
+/// An ICMP error (`icmp_type` 3, 11 or 12) carrying `embedded` (usually the
+/// offending packet truncated with [`truncate_for_error`]).
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    embedded: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).icmpv4_raw(icmp_type, code, rest);
+    let mut v = Vec::with_capacity(b.size(embedded.len()));
+    b.write(&mut v, embedded)
+        .unwrap_or_else(|e| panic!("icmp builder: {e}"));
+    v
+}
+
+/// The first `header + 8` bytes of `packet`, as routers quote it in errors.
+pub fn truncate_for_error(packet: &[u8]) -> Vec<u8> {
+    let ihl = usize::from(packet.first().copied().unwrap_or(0x45) & 0xf) * 4;
+    packet.iter().copied().take(ihl + 8).collect()
+}
+
+/// Splits an IPv4 packet into fragments of at most `chunk` payload bytes
+/// (rounded down to a multiple of 8), fixing lengths, flags and checksums.
+pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let ihl = usize::from(packet.first().copied().unwrap_or(0x45) & 0xf) * 4;
+    let chunk = (chunk / 8).max(1) * 8;
+    let (hdr, payload) = packet.split_at(ihl.min(packet.len()));
+    let n = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut f = hdr.to_vec();
+            f.extend_from_slice(part);
+            let total = (f.len() as u16).to_be_bytes();
+            f[2..4].copy_from_slice(&total);
+            let off = ((i * chunk / 8) as u16) | if i + 1 < n { 0x2000 } else { 0 };
+            f[6..8].copy_from_slice(&off.to_be_bytes());
+            f[10..12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum(&f[..ihl]));
+            f[10..12].copy_from_slice(&c.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
+/// Recomputes the IPv4 header checksum of `packet` (after a test edited it).
+pub fn fix_ipv4_checksum(packet: &mut [u8]) {
+    let h = ihl(packet).min(packet.len());
+    if h < 20 {
+        return;
+    }
+    packet[10..12].copy_from_slice(&[0, 0]);
+    let c = !fold(sum(&packet[..h]));
+    packet[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Sets the IPv4 identification field and fixes the header checksum.
+pub fn set_ip_id(packet: &mut [u8], id: u16) {
+    if let Some(f) = packet.get_mut(4..6) {
+        f.copy_from_slice(&id.to_be_bytes());
+    }
+    fix_ipv4_checksum(packet);
+}
+
+/// Source address and port (ICMP echo: the identifier) of a packet.
+pub fn src(packet: &[u8]) -> SocketAddrV4 {
+    SocketAddrV4::new(addr(packet, 12), port(packet, 0))
+}
+
+/// Destination address and port (ICMP echo: the identifier) of a packet.
+pub fn dst(packet: &[u8]) -> SocketAddrV4 {
+    SocketAddrV4::new(addr(packet, 16), port(packet, 2))
+}
+
+/// The source address of the packet embedded in an ICMP error, with port.
+pub fn embedded_src(packet: &[u8]) -> SocketAddrV4 {
+    src(packet.get(ihl(packet) + 8..).unwrap_or(&[]))
+}
+
+/// The destination address of the packet embedded in an ICMP error, with port.
+pub fn embedded_dst(packet: &[u8]) -> SocketAddrV4 {
+    dst(packet.get(ihl(packet) + 8..).unwrap_or(&[]))
+}
+
+/// Whether `packet` parses as IPv4 with etherparse.
+pub fn parses(packet: &[u8]) -> bool {
+    etherparse::Ipv4Slice::from_slice(packet).is_ok()
+}
+
+/// Whether every checksum in `packet` equals a full recompute (0x0000 and
+/// 0xffff count as equal, as in one's complement): the IPv4 header; for a
+/// whole (unfragmented) packet the TCP/UDP (zero UDP checksum allowed) or
+/// ICMP checksum; for an ICMP error also the embedded IPv4 header and, when
+/// the embedded packet is complete, its transport checksum.
+pub fn checksums_match_full_recompute(packet: &[u8]) -> bool {
+    check(packet, true)
+}
+
+/// Whether the transport checksum of a whole packet is valid (no check of
+/// the IPv4 header; a zero UDP checksum counts as valid).
+pub fn transport_checksum_ok(packet: &[u8]) -> bool {
+    transport_ok(packet)
+}
+
+/// A table warmed with `flows` UDP flows, for benches: packets of each flow
+/// in both directions, in a random order.
+#[derive(Debug)]
+pub struct Warmed {
+    /// The NAT holding the flows.
+    pub nat: Nat,
+    /// One outbound packet per flow (guest → server), shuffled.
+    pub outbound: Packets,
+    /// One inbound packet per flow (server → external address), shuffled.
+    pub inbound: Packets,
+    /// The time to translate at (no flow expires before it).
+    pub now: Instant,
+}
+
+/// Equal-length packets stored back to back.
+#[derive(Clone, Debug, Default)]
+pub struct Packets {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Packets {
+    /// Packet `i`, or an empty slice.
+    pub fn get(&self, i: usize) -> &[u8] {
+        self.bytes
+            .get(i * self.len..(i + 1) * self.len)
+            .unwrap_or(&[])
+    }
+    /// Number of packets.
+    pub fn count(&self) -> usize {
+        self.bytes.len().checked_div(self.len).unwrap_or(0)
+    }
+    /// The length of each packet.
+    pub fn packet_len(&self) -> usize {
+        self.len
+    }
+    fn push(&mut self, p: &[u8]) {
+        self.len = p.len();
+        self.bytes.extend_from_slice(p);
+    }
+}
+
+/// Builds a [`Warmed`] table of `flows` UDP flows: up to 50 000 internal
+/// endpoints on 250 guests, each talking to `flows / 50 000` servers.
+///
+/// # Panics
+/// If the NAT refuses one of the flows (a bug).
+pub fn warmed(flows: usize) -> Warmed {
+    let mut cfg = config();
+    cfg.max_flows = cfg.max_flows.max(flows);
+    cfg.max_flows_per_host = cfg.max_flows_per_host.max(flows);
+    let mut nat = nat_with(cfg);
+    let now = Instant::from_secs(1);
+    let endpoints = flows.clamp(1, 50_000);
+    let mut out = Vec::with_capacity(flows);
+    let mut inb = Vec::with_capacity(flows);
+    for i in 0..flows {
+        let (e, r) = (i % endpoints, i / endpoints);
+        let guest = SocketAddrV4::new(
+            Ipv4Addr::from(u32::from(GUEST) + (e % 250) as u32),
+            10_000 + (e / 250) as u16,
+        );
+        let server = SocketAddrV4::new(Ipv4Addr::from(u32::from(SERVER) + r as u32), 443);
+        let p = udp(guest, server, &[0u8; 18]);
+        let mut t = p.clone();
+        assert_eq!(
+            nat.outbound(&mut t, now),
+            Verdict::Forward,
+            "warming flow {i}"
+        );
+        inb.push(udp(server, src(&t), &[0u8; 18]));
+        out.push(p);
+    }
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    shuffle(&mut out, &mut rng);
+    shuffle(&mut inb, &mut rng);
+    let (mut outbound, mut inbound) = (Packets::default(), Packets::default());
+    out.iter().for_each(|p| outbound.push(p));
+    inb.iter().for_each(|p| inbound.push(p));
+    Warmed {
+        nat,
+        outbound,
+        inbound,
+        now,
+    }
+}
+
+/// A deterministic Fisher–Yates shuffle (xorshift64).
+pub fn shuffle<T>(v: &mut [T], state: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        v.swap(i, (*state % (i as u64 + 1)) as usize);
+    }
+}
+
+fn ihl(p: &[u8]) -> usize {
+    usize::from(p.first().copied().unwrap_or(0x45) & 0xf) * 4
+}
+
+fn addr(p: &[u8], off: usize) -> Ipv4Addr {
+    match p.get(off..off + 4) {
+        Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
+        _ => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+fn port(p: &[u8], which: usize) -> u16 {
+    let l4 = ihl(p);
+    let at = |o: usize| match p.get(o..o + 2) {
+        Some(&[a, b]) => u16::from_be_bytes([a, b]),
+        _ => 0,
+    };
+    match p.get(9) {
+        Some(1) => at(l4 + 4),
+        _ => at(l4 + which),
+    }
+}
+
+fn sum(b: &[u8]) -> u64 {
+    b.chunks(2)
+        .map(|c| u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum()
+}
+
+fn fold(mut s: u64) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn check(p: &[u8], outer: bool) -> bool {
+    let h = ihl(p);
+    if p.len() < 20 || h < 20 || p.len() < h || fold(sum(&p[..h])) != 0xffff {
+        return false;
+    }
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
+    let frag = u16::from_be_bytes([p[6], p[7]]);
+    if frag & 0x3fff != 0 || total < h {
+        // A fragment: only the header checksum can be checked alone.
+        return true;
+    }
+    let p = &p[..total];
+    if !outer {
+        return true;
+    }
+    if !transport_ok(p) {
+        return false;
+    }
+    if p[9] == 1 && matches!(p.get(h), Some(3 | 11 | 12)) {
+        let e = p.get(h + 8..).unwrap_or(&[]);
+        if e.len() >= 20 {
+            let eh = ihl(e);
+            if e.len() < eh || fold(sum(&e[..eh])) != 0xffff {
+                return false;
+            }
+            let etotal = usize::from(u16::from_be_bytes([e[2], e[3]]));
+            if etotal == e.len() && u16::from_be_bytes([e[6], e[7]]) & 0x3fff == 0 {
+                return transport_ok(e);
+            }
+        }
+    }
+    true
+}
+
+fn transport_ok(p: &[u8]) -> bool {
+    let h = ihl(p);
+    if p.len() < 20 || h < 20 {
+        return false;
+    }
+    let Some(l4) = p.get(h..) else { return false };
+    let pseudo = |proto: u64| sum(&p[12..20]) + proto + l4.len() as u64;
+    match p.get(9) {
+        Some(6) => fold(pseudo(6) + sum(l4)) == 0xffff,
+        Some(17) => l4.get(6..8) == Some(&[0, 0]) || fold(pseudo(17) + sum(l4)) == 0xffff,
+        Some(1) => fold(sum(l4)) == 0xffff,
+        _ => true,
+    }
+}

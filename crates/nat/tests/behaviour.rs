@@ -1,0 +1,1120 @@
+//! One test per behaviour of the issue, through the public API only.
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::time::Duration;
+
+use nat::testing::{self, EXTERNAL, GATEWAY, GUEST, GUEST2, SERVER, SERVER2, TcpFlags};
+use nat::{
+    ConfigError, DropReason, Filtering, Instant, Nat, NatConfig, PortForward, Protocol, Redirect,
+    RuleError, Verdict,
+};
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+const T0: Instant = Instant::ZERO;
+
+fn secs(s: u64) -> Instant {
+    Instant::from_secs(s)
+}
+
+/// Sends a UDP packet out and returns the translated packet.
+fn out_udp(nat: &mut Nat, from: SocketAddrV4, to: SocketAddrV4, now: Instant) -> Vec<u8> {
+    let mut p = testing::udp(from, to, b"hello");
+    assert_eq!(nat.outbound(&mut p, now), Verdict::Forward);
+    assert!(testing::checksums_match_full_recompute(&p));
+    p
+}
+
+fn drops(nat: &Nat, r: DropReason) -> u64 {
+    nat.stats().drops[r.index()]
+}
+
+fn expire_all(nat: &mut Nat, now: Instant) -> usize {
+    let mut n = 0;
+    for _ in 0..1000 {
+        n += nat.expire(now, 64);
+        if nat.next_deadline().is_none_or(|d| d > now) {
+            break;
+        }
+    }
+    n
+}
+
+#[test]
+fn outbound_udp_gets_external_source_and_valid_checksums() {
+    let mut nat = testing::nat();
+    let p = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    assert_eq!(testing::src(&p), sa(EXTERNAL, 5000));
+    assert_eq!(testing::dst(&p), sa(SERVER, 53));
+    assert_eq!(nat.stats().outbound_forwarded, 1);
+    assert_eq!(nat.len(), 1);
+}
+
+#[test]
+fn inbound_reply_is_translated_back_to_the_guest() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&o), b"answer");
+    assert_eq!(nat.inbound(&mut r, secs(1)), Verdict::Forward);
+    assert_eq!(testing::dst(&r), sa(GUEST, 5000));
+    assert_eq!(testing::src(&r), sa(SERVER, 53));
+    assert!(testing::checksums_match_full_recompute(&r));
+    assert_eq!(nat.stats().inbound_forwarded, 1);
+}
+
+#[test]
+fn inbound_without_mapping_is_a_counted_drop() {
+    let mut nat = testing::nat();
+    let mut r = testing::udp(sa(SERVER, 53), sa(EXTERNAL, 40000), b"x");
+    assert_eq!(
+        nat.inbound(&mut r, T0),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    let mut other = testing::udp(
+        sa(SERVER, 53),
+        sa(Ipv4Addr::new(100, 64, 0, 9), 40000),
+        b"x",
+    );
+    assert_eq!(
+        nat.inbound(&mut other, T0),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    assert_eq!(drops(&nat, DropReason::NoMapping), 2);
+}
+
+#[test]
+fn endpoint_independent_mapping_udp_rfc4787_req1() {
+    let mut nat = testing::nat();
+    let a = out_udp(&mut nat, sa(GUEST, 40001), sa(SERVER, 53), T0);
+    let b = out_udp(&mut nat, sa(GUEST, 40001), sa(SERVER2, 3478), T0);
+    assert_eq!(testing::src(&a), testing::src(&b));
+    assert_eq!(nat.len(), 2);
+}
+
+#[test]
+fn endpoint_independent_mapping_tcp_rfc5382_req1() {
+    let mut nat = testing::nat();
+    let mut a = testing::tcp(sa(GUEST, 40002), sa(SERVER, 80), TcpFlags::SYN, b"");
+    let mut b = testing::tcp(sa(GUEST, 40002), sa(SERVER2, 443), TcpFlags::SYN, b"");
+    assert_eq!(nat.outbound(&mut a, T0), Verdict::Forward);
+    assert_eq!(nat.outbound(&mut b, T0), Verdict::Forward);
+    assert_eq!(testing::src(&a), testing::src(&b));
+    assert!(testing::checksums_match_full_recompute(&a));
+}
+
+#[test]
+fn filtering_endpoint_independent_admits_any_remote_by_default() {
+    let mut nat = testing::nat();
+    assert_eq!(nat.config().filtering, Filtering::EndpointIndependent);
+    let o = out_udp(&mut nat, sa(GUEST, 40003), sa(SERVER, 3478), T0);
+    let mut r = testing::udp(sa(SERVER2, 9999), testing::src(&o), b"hi");
+    assert_eq!(nat.inbound(&mut r, T0), Verdict::Forward);
+    assert_eq!(testing::dst(&r), sa(GUEST, 40003));
+    assert!(testing::checksums_match_full_recompute(&r));
+}
+
+#[test]
+fn filtering_address_and_port_dependent_rejects_other_remotes() {
+    let mut cfg = testing::config();
+    cfg.filtering = Filtering::AddressAndPortDependent;
+    let mut nat = testing::nat_with(cfg);
+    let o = out_udp(&mut nat, sa(GUEST, 40004), sa(SERVER, 3478), T0);
+    let ext = testing::src(&o);
+    let mut other_addr = testing::udp(sa(SERVER2, 3478), ext, b"hi");
+    assert_eq!(
+        nat.inbound(&mut other_addr, T0),
+        Verdict::Drop(DropReason::Filtered)
+    );
+    let mut other_port = testing::udp(sa(SERVER, 3479), ext, b"hi");
+    assert_eq!(
+        nat.inbound(&mut other_port, T0),
+        Verdict::Drop(DropReason::Filtered)
+    );
+    let mut same = testing::udp(sa(SERVER, 3478), ext, b"hi");
+    assert_eq!(nat.inbound(&mut same, T0), Verdict::Forward);
+    assert_eq!(drops(&nat, DropReason::Filtered), 2);
+}
+
+#[test]
+fn port_assignment_keeps_the_guest_port_when_free() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 33333), sa(SERVER, 53), T0);
+    assert_eq!(testing::src(&o).port(), 33333);
+}
+
+#[test]
+fn port_assignment_never_hands_out_a_port_in_use() {
+    let mut nat = testing::nat();
+    let a = out_udp(&mut nat, sa(GUEST, 33333), sa(SERVER, 53), T0);
+    let b = out_udp(&mut nat, sa(GUEST2, 33333), sa(SERVER, 53), T0);
+    assert_eq!(testing::src(&a).port(), 33333);
+    let pb = testing::src(&b).port();
+    assert_ne!(pb, 33333);
+    assert!(pb >= 1024);
+    // Each reply reaches its own guest.
+    let mut ra = testing::udp(sa(SERVER, 53), testing::src(&a), b"a");
+    let mut rb = testing::udp(sa(SERVER, 53), testing::src(&b), b"b");
+    assert_eq!(nat.inbound(&mut ra, T0), Verdict::Forward);
+    assert_eq!(nat.inbound(&mut rb, T0), Verdict::Forward);
+    assert_eq!(testing::dst(&ra), sa(GUEST, 33333));
+    assert_eq!(testing::dst(&rb), sa(GUEST2, 33333));
+}
+
+#[test]
+fn port_assignment_keeps_well_known_ports_well_known_rfc4787_req3() {
+    let mut nat = testing::nat();
+    let a = out_udp(&mut nat, sa(GUEST, 123), sa(SERVER, 123), T0);
+    let b = out_udp(&mut nat, sa(GUEST2, 123), sa(SERVER, 123), T0);
+    assert_eq!(testing::src(&a).port(), 123);
+    let pb = testing::src(&b).port();
+    assert!((1..1024).contains(&pb) && pb != 123, "{pb}");
+}
+
+#[test]
+fn port_assignment_uses_the_configured_range() {
+    let mut cfg = testing::config();
+    cfg.port_range = 50000..=50009;
+    let mut nat = testing::nat_with(cfg);
+    for i in 0..10 {
+        let o = out_udp(&mut nat, sa(GUEST, 2000 + i), sa(SERVER, 53), T0);
+        assert!((50000..=50009).contains(&testing::src(&o).port()));
+    }
+}
+
+#[test]
+fn port_exhaustion_is_a_counted_drop_never_a_wraparound() {
+    let mut cfg = testing::config();
+    cfg.port_range = 50000..=50001;
+    let mut nat = testing::nat_with(cfg);
+    let a = out_udp(&mut nat, sa(GUEST, 2000), sa(SERVER, 53), T0);
+    let b = out_udp(&mut nat, sa(GUEST, 2001), sa(SERVER, 53), T0);
+    let mut c = testing::udp(sa(GUEST, 2002), sa(SERVER, 53), b"x");
+    assert_eq!(
+        nat.outbound(&mut c, T0),
+        Verdict::Drop(DropReason::PortsExhausted)
+    );
+    assert_eq!(drops(&nat, DropReason::PortsExhausted), 1);
+    // Existing mappings are untouched and still work.
+    assert_ne!(testing::src(&a).port(), testing::src(&b).port());
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&a), b"r");
+    assert_eq!(nat.inbound(&mut r, T0), Verdict::Forward);
+    assert_eq!(testing::dst(&r), sa(GUEST, 2000));
+    // Once a mapping expires its port is free again.
+    expire_all(&mut nat, secs(301));
+    let mut c = testing::udp(sa(GUEST, 2002), sa(SERVER, 53), b"x");
+    assert_eq!(nat.outbound(&mut c, secs(301)), Verdict::Forward);
+}
+
+#[test]
+fn udp_timeout_is_five_minutes_by_default_and_at_least_two() {
+    let mut nat = testing::nat();
+    assert!(nat.config().timeouts.udp >= Duration::from_secs(120));
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    expire_all(&mut nat, secs(299));
+    assert_eq!(nat.len(), 1);
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&o), b"r");
+    assert_eq!(nat.inbound(&mut r, secs(299)), Verdict::Forward);
+    assert_eq!(expire_all(&mut nat, secs(300)), 1);
+    assert!(nat.is_empty());
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&o), b"r");
+    assert_eq!(
+        nat.inbound(&mut r, secs(300)),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    assert_eq!(nat.stats().mappings_expired, 1);
+}
+
+#[test]
+fn udp_mapping_is_refreshed_by_outbound_traffic_only() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    // Inbound traffic at 200 s does not refresh...
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&o), b"r");
+    assert_eq!(nat.inbound(&mut r, secs(200)), Verdict::Forward);
+    assert_eq!(nat.mappings()[0].expires, secs(300));
+    // ...outbound traffic does.
+    out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), secs(200));
+    assert_eq!(nat.mappings()[0].expires, secs(500));
+    expire_all(&mut nat, secs(400));
+    assert_eq!(nat.len(), 1);
+}
+
+fn tcp_pair(nat: &mut Nat, flags_out: TcpFlags, now: Instant) -> SocketAddrV4 {
+    let mut p = testing::tcp(sa(GUEST, 41000), sa(SERVER, 80), flags_out, b"");
+    assert_eq!(nat.outbound(&mut p, now), Verdict::Forward);
+    testing::src(&p)
+}
+
+fn tcp_in(nat: &mut Nat, ext: SocketAddrV4, flags: TcpFlags, now: Instant) -> Verdict {
+    let mut p = testing::tcp(sa(SERVER, 80), ext, flags, b"");
+    let v = nat.inbound(&mut p, now);
+    if v == Verdict::Forward {
+        assert!(testing::checksums_match_full_recompute(&p));
+        assert_eq!(testing::dst(&p), sa(GUEST, 41000));
+    }
+    v
+}
+
+#[test]
+fn tcp_partially_open_uses_the_transitory_timeout() {
+    let mut nat = testing::nat();
+    tcp_pair(&mut nat, TcpFlags::SYN, T0);
+    assert_eq!(nat.mappings()[0].expires, secs(240));
+    expire_all(&mut nat, secs(240));
+    assert!(nat.is_empty());
+}
+
+#[test]
+fn tcp_established_idle_timeout_is_2h4m_rfc5382_req5() {
+    let mut nat = testing::nat();
+    let ext = tcp_pair(&mut nat, TcpFlags::SYN, T0);
+    assert_eq!(
+        tcp_in(&mut nat, ext, TcpFlags::SYN_ACK, secs(1)),
+        Verdict::Forward
+    );
+    tcp_pair(&mut nat, TcpFlags::ACK, secs(2));
+    assert_eq!(nat.mappings()[0].expires, secs(2 + 7440));
+    expire_all(&mut nat, secs(7441));
+    assert_eq!(nat.len(), 1);
+    assert_eq!(
+        tcp_in(&mut nat, ext, TcpFlags::ACK, secs(7441)),
+        Verdict::Forward
+    );
+    expire_all(&mut nat, secs(7441 + 7440));
+    assert!(nat.is_empty());
+}
+
+#[test]
+fn tcp_fin_and_rst_move_to_the_transitory_timeout() {
+    for (out_flags, in_flags) in [
+        (TcpFlags::FIN_ACK, TcpFlags::FIN_ACK),
+        (TcpFlags::RST, TcpFlags::ACK),
+    ] {
+        let mut nat = testing::nat();
+        let ext = tcp_pair(&mut nat, TcpFlags::SYN, T0);
+        assert_eq!(
+            tcp_in(&mut nat, ext, TcpFlags::SYN_ACK, T0),
+            Verdict::Forward
+        );
+        tcp_pair(&mut nat, out_flags, secs(10));
+        assert_eq!(nat.mappings()[0].expires, secs(10 + 240));
+        if in_flags == TcpFlags::FIN_ACK {
+            assert_eq!(tcp_in(&mut nat, ext, in_flags, secs(11)), Verdict::Forward);
+            assert_eq!(nat.mappings()[0].expires, secs(11 + 240));
+        }
+        expire_all(&mut nat, secs(300));
+        assert!(nat.is_empty());
+    }
+}
+
+#[test]
+fn tcp_simultaneous_open_is_established() {
+    let mut cfg = testing::config();
+    cfg.filtering = Filtering::AddressAndPortDependent;
+    let mut nat = testing::nat_with(cfg);
+    let ext = tcp_pair(&mut nat, TcpFlags::SYN, T0);
+    // The peer's own SYN (no ACK) crosses ours.
+    assert_eq!(
+        tcp_in(&mut nat, ext, TcpFlags::SYN, secs(1)),
+        Verdict::Forward
+    );
+    tcp_pair(&mut nat, TcpFlags::SYN_ACK, secs(2));
+    assert_eq!(nat.mappings()[0].expires, secs(2 + 7440));
+}
+
+#[test]
+fn tcp_unsolicited_syn_is_filtered_under_address_and_port_dependent_filtering() {
+    let mut cfg = testing::config();
+    cfg.filtering = Filtering::AddressAndPortDependent;
+    let mut nat = testing::nat_with(cfg);
+    let ext = tcp_pair(&mut nat, TcpFlags::SYN, T0);
+    let mut p = testing::tcp(sa(SERVER2, 80), ext, TcpFlags::SYN, b"");
+    assert_eq!(nat.inbound(&mut p, T0), Verdict::Drop(DropReason::Filtered));
+}
+
+#[test]
+fn icmp_echo_identifier_is_mapped_like_a_port() {
+    let mut nat = testing::nat();
+    let mut a = testing::echo_request(GUEST, SERVER, 77, 1, b"ping");
+    let mut b = testing::echo_request(GUEST2, SERVER, 77, 1, b"ping");
+    assert_eq!(nat.outbound(&mut a, T0), Verdict::Forward);
+    assert_eq!(nat.outbound(&mut b, T0), Verdict::Forward);
+    assert!(
+        testing::checksums_match_full_recompute(&a) && testing::checksums_match_full_recompute(&b)
+    );
+    let (ia, ib) = (testing::src(&a).port(), testing::src(&b).port());
+    assert_eq!(ia, 77);
+    assert_ne!(ib, 77);
+    assert_eq!(*testing::src(&b).ip(), EXTERNAL);
+    let mut rb = testing::echo_reply(SERVER, EXTERNAL, ib, 1, b"ping");
+    assert_eq!(nat.inbound(&mut rb, T0), Verdict::Forward);
+    assert_eq!(testing::dst(&rb), sa(GUEST2, 77));
+    assert!(testing::checksums_match_full_recompute(&rb));
+    // Unsolicited echo requests to the external address are not translated.
+    let mut req = testing::echo_request(SERVER, EXTERNAL, ib, 1, b"x");
+    assert_eq!(
+        nat.inbound(&mut req, T0),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+}
+
+#[test]
+fn icmp_query_timeout_is_60_seconds() {
+    let mut nat = testing::nat();
+    let mut a = testing::echo_request(GUEST, SERVER, 77, 1, b"ping");
+    assert_eq!(nat.outbound(&mut a, T0), Verdict::Forward);
+    assert_eq!(nat.mappings()[0].expires, secs(60));
+    let mut r = testing::echo_reply(SERVER, EXTERNAL, 77, 1, b"ping");
+    assert_eq!(
+        nat.inbound(&mut r, secs(61)),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    expire_all(&mut nat, secs(60));
+    assert!(nat.is_empty());
+}
+
+fn assert_error_translated_inbound(
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote_full: bool,
+    tcp: bool,
+) {
+    let mut nat = testing::nat();
+    let mut o = if tcp {
+        testing::tcp(sa(GUEST, 41000), sa(SERVER, 80), TcpFlags::SYN, b"")
+    } else {
+        testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"query")
+    };
+    assert_eq!(nat.outbound(&mut o, T0), Verdict::Forward);
+    let quoted = if quote_full {
+        o.clone()
+    } else {
+        testing::truncate_for_error(&o)
+    };
+    let router = Ipv4Addr::new(198, 18, 1, 1);
+    let mut e = testing::icmp_error(router, EXTERNAL, icmp_type, code, rest, &quoted);
+    assert_eq!(
+        nat.inbound(&mut e, secs(1)),
+        Verdict::Forward,
+        "type {icmp_type} code {code}"
+    );
+    assert!(
+        testing::checksums_match_full_recompute(&e),
+        "type {icmp_type} code {code}"
+    );
+    assert_eq!(testing::dst(&e).ip(), &GUEST);
+    assert_eq!(testing::src(&e).ip(), &router);
+    let local = if tcp {
+        sa(GUEST, 41000)
+    } else {
+        sa(GUEST, 5000)
+    };
+    assert_eq!(testing::embedded_src(&e), local);
+    assert_eq!(
+        testing::embedded_dst(&e),
+        if tcp { sa(SERVER, 80) } else { sa(SERVER, 53) }
+    );
+    // The ICMP type, code and rest of header (e.g. the next-hop MTU) are kept.
+    assert_eq!(&e[20..22], &[icmp_type, code]);
+    assert_eq!(&e[24..28], &rest);
+    // Errors don't refresh the mapping.
+    assert!(nat.mappings()[0].expires < secs(7000));
+}
+
+#[test]
+fn icmp_errors_inbound_are_translated_with_embedded_headers_rfc5508() {
+    // Port unreachable quoting the whole UDP datagram.
+    assert_error_translated_inbound(3, 3, [0; 4], true, false);
+    // Fragmentation needed with a next-hop MTU, truncated quote.
+    assert_error_translated_inbound(3, 4, [0, 0, 0x05, 0x00], false, false);
+    // Time exceeded quoting a TCP SYN truncated to 8 bytes (no TCP checksum).
+    assert_error_translated_inbound(11, 0, [0; 4], false, true);
+    // Parameter problem with a pointer.
+    assert_error_translated_inbound(12, 0, [8, 0, 0, 0], true, true);
+}
+
+#[test]
+fn icmp_error_about_an_echo_request_is_translated() {
+    let mut nat = testing::nat();
+    let mut a = testing::echo_request(GUEST2, SERVER, 9, 1, b"tr");
+    let mut b = testing::echo_request(GUEST, SERVER, 9, 1, b"tr");
+    assert_eq!(nat.outbound(&mut a, T0), Verdict::Forward);
+    assert_eq!(nat.outbound(&mut b, T0), Verdict::Forward);
+    let router = Ipv4Addr::new(198, 18, 1, 1);
+    let mut e = testing::icmp_error(router, EXTERNAL, 11, 0, [0; 4], &b);
+    assert_eq!(nat.inbound(&mut e, T0), Verdict::Forward);
+    assert!(testing::checksums_match_full_recompute(&e));
+    assert_eq!(testing::embedded_src(&e), sa(GUEST, 9));
+    assert_eq!(testing::dst(&e).ip(), &GUEST);
+}
+
+#[test]
+fn icmp_error_outbound_from_the_guest_is_translated() {
+    let mut nat = testing::nat();
+    nat.add_forward(PortForward {
+        protocol: Protocol::Udp,
+        external_port: 5353,
+        internal: sa(GUEST, 53),
+    })
+    .unwrap();
+    let mut q = testing::udp(sa(SERVER, 4444), sa(EXTERNAL, 5353), b"q");
+    assert_eq!(nat.inbound(&mut q, T0), Verdict::Forward);
+    assert_eq!(testing::dst(&q), sa(GUEST, 53));
+    // The guest answers port unreachable about the packet it received.
+    let mut e = testing::icmp_error(GUEST, SERVER, 3, 3, [0; 4], &q);
+    assert_eq!(nat.outbound(&mut e, T0), Verdict::Forward);
+    assert!(testing::checksums_match_full_recompute(&e));
+    assert_eq!(testing::src(&e).ip(), &EXTERNAL);
+    assert_eq!(testing::dst(&e).ip(), &SERVER);
+    assert_eq!(testing::embedded_src(&e), sa(SERVER, 4444));
+    assert_eq!(testing::embedded_dst(&e), sa(EXTERNAL, 5353));
+}
+
+#[test]
+fn icmp_error_matching_no_mapping_is_dropped() {
+    let mut nat = testing::nat();
+    let stray = testing::udp(sa(EXTERNAL, 6000), sa(SERVER, 53), b"q");
+    let mut e = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &stray);
+    assert_eq!(
+        nat.inbound(&mut e, T0),
+        Verdict::Drop(DropReason::IcmpNoMapping)
+    );
+    let stray_in = testing::udp(sa(SERVER, 53), sa(GUEST, 6000), b"q");
+    let mut e = testing::icmp_error(GUEST, SERVER, 3, 3, [0; 4], &stray_in);
+    assert_eq!(
+        nat.outbound(&mut e, T0),
+        Verdict::Drop(DropReason::IcmpNoMapping)
+    );
+    // Truncated beyond the embedded ports.
+    let mut short = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &stray[..24]);
+    assert_eq!(
+        nat.inbound(&mut short, T0),
+        Verdict::Drop(DropReason::IcmpNoMapping)
+    );
+    assert_eq!(drops(&nat, DropReason::IcmpNoMapping), 3);
+}
+
+#[test]
+fn fragments_outbound_are_all_translated() {
+    let mut nat = testing::nat();
+    let whole = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &[7u8; 3000]);
+    let frags = testing::fragment(&whole, 1400);
+    assert_eq!(frags.len(), 3);
+    for mut f in frags {
+        assert_eq!(nat.outbound(&mut f, T0), Verdict::Forward);
+        assert!(testing::checksums_match_full_recompute(&f));
+        assert_eq!(testing::src(&f).ip(), &EXTERNAL);
+        assert_eq!(testing::dst(&f).ip(), &SERVER);
+    }
+    assert_eq!(nat.fragments(), 1);
+}
+
+/// Reassembles fragments (in offset order) and returns the whole datagram.
+fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = frags[0][..20].to_vec();
+    for f in frags {
+        v.extend_from_slice(&f[20..]);
+    }
+    let total = (v.len() as u16).to_be_bytes();
+    v[2..4].copy_from_slice(&total);
+    v[6..8].copy_from_slice(&[0, 0]);
+    testing::fix_ipv4_checksum(&mut v);
+    v
+}
+
+#[test]
+fn fragments_inbound_are_all_translated_and_reassemble_to_a_valid_datagram() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let answer = testing::udp(sa(SERVER, 53), testing::src(&o), &[9u8; 4000]);
+    let mut frags = testing::fragment(&answer, 1480);
+    for f in &mut frags {
+        assert_eq!(nat.inbound(f, secs(1)), Verdict::Forward);
+        assert_eq!(testing::dst(f).ip(), &GUEST);
+        assert!(testing::checksums_match_full_recompute(f));
+    }
+    let whole = reassemble(&frags);
+    assert_eq!(testing::dst(&whole), sa(GUEST, 5000));
+    assert!(testing::checksums_match_full_recompute(&whole));
+}
+
+#[test]
+fn fragments_arriving_before_the_first_are_dropped_and_counted() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let answer = testing::udp(sa(SERVER, 53), testing::src(&o), &[9u8; 4000]);
+    let mut frags = testing::fragment(&answer, 1480);
+    let mut last = frags.pop().unwrap();
+    assert_eq!(
+        nat.inbound(&mut last, T0),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    assert_eq!(drops(&nat, DropReason::Fragment), 1);
+    // A stray later fragment of an unknown datagram is dropped as well.
+    let mut stray = frags.pop().unwrap();
+    testing::set_ip_id(&mut stray, 999);
+    assert_eq!(
+        nat.inbound(&mut stray, T0),
+        Verdict::Drop(DropReason::Fragment)
+    );
+}
+
+#[test]
+fn fragment_state_is_bounded_in_count_and_time() {
+    let mut cfg = testing::config();
+    cfg.max_fragments = 2;
+    let mut nat = testing::nat_with(cfg);
+    let mut lasts = Vec::new();
+    for port in [5000, 5001, 5002] {
+        let mut whole = testing::udp(sa(GUEST, port), sa(SERVER, 53), &[1u8; 2000]);
+        testing::set_ip_id(&mut whole, port);
+        let mut frags = testing::fragment(&whole, 1400);
+        assert_eq!(nat.outbound(&mut frags[0], T0), Verdict::Forward);
+        lasts.push(frags.pop().unwrap());
+    }
+    assert_eq!(nat.fragments(), 2);
+    // The third datagram's state was refused: its later fragment is dropped.
+    assert_eq!(
+        nat.outbound(&mut lasts[2], T0),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    assert_eq!(nat.outbound(&mut lasts[0], T0), Verdict::Forward);
+    // State lives for the fragment timeout only.
+    assert_eq!(nat.next_deadline(), Some(Instant::from_secs(30)));
+    nat.expire(secs(30), 16);
+    assert_eq!(nat.fragments(), 0);
+    assert_eq!(
+        nat.outbound(&mut lasts[1], secs(30)),
+        Verdict::Drop(DropReason::Fragment)
+    );
+}
+
+#[test]
+fn hairpinning_to_a_mapped_port_loops_back_rfc4787_req9() {
+    let mut nat = testing::nat();
+    // GUEST2 has a mapping (e.g. learnt through STUN).
+    let o = out_udp(&mut nat, sa(GUEST2, 6000), sa(SERVER, 3478), T0);
+    let ext2 = testing::src(&o);
+    let mut p = testing::udp(sa(GUEST, 7000), ext2, b"hairpin");
+    assert_eq!(nat.outbound(&mut p, T0), Verdict::Hairpin);
+    assert!(testing::checksums_match_full_recompute(&p));
+    assert_eq!(testing::dst(&p), sa(GUEST2, 6000));
+    // The receiver sees the sender's external address and port.
+    let ext1 = testing::src(&p);
+    assert_eq!(*ext1.ip(), EXTERNAL);
+    // And the answer loops back too.
+    let mut r = testing::udp(sa(GUEST2, 6000), ext1, b"back");
+    assert_eq!(nat.outbound(&mut r, T0), Verdict::Hairpin);
+    assert_eq!(testing::dst(&r), sa(GUEST, 7000));
+    assert_eq!(testing::src(&r), ext2);
+    assert_eq!(nat.stats().hairpinned, 2);
+}
+
+#[test]
+fn hairpinning_to_a_forwarded_port_loops_back() {
+    let mut nat = testing::nat();
+    nat.add_forward(PortForward {
+        protocol: Protocol::Tcp,
+        external_port: 8080,
+        internal: sa(GUEST2, 80),
+    })
+    .unwrap();
+    let mut syn = testing::tcp(sa(GUEST, 40000), sa(EXTERNAL, 8080), TcpFlags::SYN, b"");
+    assert_eq!(nat.outbound(&mut syn, T0), Verdict::Hairpin);
+    assert_eq!(testing::dst(&syn), sa(GUEST2, 80));
+    assert!(testing::checksums_match_full_recompute(&syn));
+    let client = testing::src(&syn);
+    let mut synack = testing::tcp(sa(GUEST2, 80), client, TcpFlags::SYN_ACK, b"");
+    assert_eq!(nat.outbound(&mut synack, T0), Verdict::Hairpin);
+    assert_eq!(testing::src(&synack), sa(EXTERNAL, 8080));
+    assert_eq!(testing::dst(&synack), sa(GUEST, 40000));
+    assert!(testing::checksums_match_full_recompute(&synack));
+}
+
+#[test]
+fn port_forward_shows_the_real_client_and_replies_go_back() {
+    let mut nat = testing::nat();
+    let fwd = PortForward {
+        protocol: Protocol::Tcp,
+        external_port: 2222,
+        internal: sa(GUEST, 22),
+    };
+    nat.add_forward(fwd).unwrap();
+    let client = sa(SERVER, 51000);
+    let mut syn = testing::tcp(client, sa(EXTERNAL, 2222), TcpFlags::SYN, b"");
+    assert_eq!(nat.inbound(&mut syn, T0), Verdict::Forward);
+    assert_eq!(testing::src(&syn), client);
+    assert_eq!(testing::dst(&syn), sa(GUEST, 22));
+    assert!(testing::checksums_match_full_recompute(&syn));
+    let mut synack = testing::tcp(sa(GUEST, 22), client, TcpFlags::SYN_ACK, b"");
+    assert_eq!(nat.outbound(&mut synack, T0), Verdict::Forward);
+    assert_eq!(testing::src(&synack), sa(EXTERNAL, 2222));
+    assert_eq!(testing::dst(&synack), client);
+    // Removed at runtime: new clients are refused; the port is free again.
+    assert!(nat.remove_forward(Protocol::Tcp, 2222));
+    assert!(!nat.remove_forward(Protocol::Tcp, 2222));
+    let mut other = testing::tcp(sa(SERVER2, 51000), sa(EXTERNAL, 2222), TcpFlags::SYN, b"");
+    let mut cfg_nat = testing::nat_with(NatConfig {
+        filtering: Filtering::AddressAndPortDependent,
+        ..testing::config()
+    });
+    cfg_nat.add_forward(fwd).unwrap();
+    assert!(cfg_nat.remove_forward(Protocol::Tcp, 2222));
+    assert_eq!(
+        cfg_nat.inbound(&mut other, T0),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    // UDP forward with the same port number is independent of TCP.
+    nat.add_forward(PortForward {
+        protocol: Protocol::Udp,
+        external_port: 2222,
+        internal: sa(GUEST, 22),
+    })
+    .unwrap();
+}
+
+#[test]
+fn port_forward_rules_are_validated() {
+    let mut nat = testing::nat();
+    let ok = PortForward {
+        protocol: Protocol::Udp,
+        external_port: 4000,
+        internal: sa(GUEST, 4000),
+    };
+    nat.add_forward(ok).unwrap();
+    assert_eq!(nat.add_forward(ok), Err(RuleError::PortInUse(4000)));
+    let icmp = PortForward {
+        protocol: Protocol::Icmp,
+        ..ok
+    };
+    assert!(matches!(nat.add_forward(icmp), Err(RuleError::Invalid(_))));
+    let outside = PortForward {
+        internal: sa(SERVER, 1),
+        external_port: 4001,
+        ..ok
+    };
+    assert!(matches!(
+        nat.add_forward(outside),
+        Err(RuleError::Invalid(_))
+    ));
+    // A port held by a live dynamic mapping can't be forwarded.
+    let o = out_udp(&mut nat, sa(GUEST2, 45000), sa(SERVER, 53), T0);
+    let busy = PortForward {
+        external_port: testing::src(&o).port(),
+        ..ok
+    };
+    assert_eq!(nat.add_forward(busy), Err(RuleError::PortInUse(45000)));
+    // And dynamic mappings never take a forwarded port.
+    let mut p = testing::udp(sa(GUEST2, 4000), sa(SERVER, 53), b"x");
+    assert_eq!(nat.outbound(&mut p, T0), Verdict::Forward);
+    assert_ne!(testing::src(&p).port(), 4000);
+}
+
+#[test]
+fn redirect_sends_gateway_dns_upstream_and_replies_look_local() {
+    let mut nat = testing::nat();
+    let from = sa(GATEWAY, 53);
+    let to = sa(Ipv4Addr::new(198, 18, 0, 53), 53);
+    nat.add_redirect(Redirect {
+        protocol: Protocol::Udp,
+        from,
+        to,
+    })
+    .unwrap();
+    let mut q = testing::udp(sa(GUEST, 5353), from, b"query");
+    assert_eq!(nat.outbound(&mut q, T0), Verdict::Forward);
+    assert_eq!(testing::dst(&q), to);
+    assert_eq!(*testing::src(&q).ip(), EXTERNAL);
+    assert!(testing::checksums_match_full_recompute(&q));
+    let mut a = testing::udp(to, testing::src(&q), b"answer");
+    assert_eq!(nat.inbound(&mut a, T0), Verdict::Forward);
+    assert_eq!(testing::src(&a), from);
+    assert_eq!(testing::dst(&a), sa(GUEST, 5353));
+    assert!(testing::checksums_match_full_recompute(&a));
+    // The same guest port talking to the upstream directly is a separate flow.
+    let mut direct = testing::udp(sa(GUEST, 5353), to, b"query");
+    assert_eq!(nat.outbound(&mut direct, T0), Verdict::Forward);
+    assert_ne!(testing::src(&direct), testing::src(&q));
+    // ICMP port unreachable from the upstream reaches the guest as from `from`.
+    let mut q2 = testing::udp(sa(GUEST, 5353), from, b"again");
+    assert_eq!(nat.outbound(&mut q2, T0), Verdict::Forward);
+    let mut e = testing::icmp_error(*to.ip(), EXTERNAL, 3, 3, [0; 4], &q2);
+    assert_eq!(nat.inbound(&mut e, T0), Verdict::Forward);
+    assert_eq!(testing::src(&e).ip(), &GATEWAY);
+    assert_eq!(testing::embedded_dst(&e), from);
+    assert!(testing::checksums_match_full_recompute(&e));
+    // Rules: inside target invalid; duplicates refused; removal.
+    let bad = Redirect {
+        protocol: Protocol::Udp,
+        from: sa(GATEWAY, 54),
+        to: sa(GUEST2, 53),
+    };
+    assert!(matches!(nat.add_redirect(bad), Err(RuleError::Invalid(_))));
+    assert!(
+        nat.add_redirect(Redirect {
+            protocol: Protocol::Udp,
+            from,
+            to
+        })
+        .is_err()
+    );
+    assert!(nat.remove_redirect(Protocol::Udp, from));
+    assert!(!nat.remove_redirect(Protocol::Udp, from));
+}
+
+#[test]
+fn zero_udp_checksum_stays_zero() {
+    let mut nat = testing::nat();
+    let mut p = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"nocsum");
+    p[26] = 0;
+    p[27] = 0;
+    assert_eq!(nat.outbound(&mut p, T0), Verdict::Forward);
+    assert_eq!(&p[26..28], &[0, 0]);
+    assert!(testing::checksums_match_full_recompute(&p));
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&p), b"nocsum");
+    r[26] = 0;
+    r[27] = 0;
+    assert_eq!(nat.inbound(&mut r, T0), Verdict::Forward);
+    assert_eq!(&r[26..28], &[0, 0]);
+}
+
+#[test]
+fn table_cap_refuses_new_flows_while_existing_ones_keep_working() {
+    let mut cfg = testing::config();
+    cfg.max_flows = 3;
+    let mut nat = testing::nat_with(cfg);
+    let a = out_udp(&mut nat, sa(GUEST, 1000 + 5000), sa(SERVER, 53), T0);
+    out_udp(&mut nat, sa(GUEST, 6001), sa(SERVER, 53), T0);
+    out_udp(&mut nat, sa(GUEST2, 6002), sa(SERVER, 53), T0);
+    let mut p = testing::udp(sa(GUEST2, 6003), sa(SERVER, 53), b"x");
+    assert_eq!(
+        nat.outbound(&mut p, T0),
+        Verdict::Drop(DropReason::TableFull)
+    );
+    assert_eq!(nat.len(), 3);
+    assert_eq!(drops(&nat, DropReason::TableFull), 1);
+    out_udp(&mut nat, sa(GUEST, 6000), sa(SERVER, 53), T0);
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&a), b"r");
+    assert_eq!(nat.inbound(&mut r, T0), Verdict::Forward);
+}
+
+#[test]
+fn per_host_cap_refuses_new_flows_of_that_host_only() {
+    let mut cfg = testing::config();
+    cfg.max_flows_per_host = 2;
+    let mut nat = testing::nat_with(cfg);
+    out_udp(&mut nat, sa(GUEST, 6000), sa(SERVER, 53), T0);
+    out_udp(&mut nat, sa(GUEST, 6001), sa(SERVER, 53), T0);
+    let mut p = testing::udp(sa(GUEST, 6002), sa(SERVER, 53), b"x");
+    assert_eq!(
+        nat.outbound(&mut p, T0),
+        Verdict::Drop(DropReason::HostLimit)
+    );
+    assert_eq!(nat.host_flows(GUEST), 2);
+    out_udp(&mut nat, sa(GUEST2, 6002), sa(SERVER, 53), T0);
+    out_udp(&mut nat, sa(GUEST, 6000), sa(SERVER, 53), T0);
+    assert_eq!(drops(&nat, DropReason::HostLimit), 1);
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted() {
+    let mut nat = testing::nat();
+    let mut p = testing::udp(sa(Ipv4Addr::new(10, 0, 0, 1), 5000), sa(SERVER, 53), b"x");
+    assert_eq!(
+        nat.outbound(&mut p, T0),
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+    let mut p = testing::udp(sa(EXTERNAL, 5000), sa(SERVER, 53), b"x");
+    assert_eq!(
+        nat.outbound(&mut p, T0),
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+    assert_eq!(drops(&nat, DropReason::SpoofedSource), 2);
+    assert!(nat.is_empty());
+}
+
+#[test]
+fn malformed_and_unsupported_packets_are_counted_drops() {
+    let mut nat = testing::nat();
+    let good = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"x");
+    for bad in [&good[..10], &good[..good.len() - 1]] {
+        let mut b = bad.to_vec();
+        assert_eq!(
+            nat.outbound(&mut b, T0),
+            Verdict::Drop(DropReason::Malformed)
+        );
+    }
+    let mut badsum = good.clone();
+    badsum[10] ^= 0xff;
+    assert_eq!(
+        nat.outbound(&mut badsum, T0),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let mut short_udp = good[..24].to_vec();
+    short_udp[3] = 24;
+    testing::fix_ipv4_checksum(&mut short_udp);
+    assert_eq!(
+        nat.outbound(&mut short_udp, T0),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let mut gre = good.clone();
+    gre[9] = 47;
+    testing::fix_ipv4_checksum(&mut gre);
+    assert_eq!(
+        nat.outbound(&mut gre, T0),
+        Verdict::Drop(DropReason::UnsupportedProtocol)
+    );
+    assert_eq!(drops(&nat, DropReason::Malformed), 4);
+    // Trailing bytes past the IPv4 total length (link padding) are ignored.
+    let mut padded = good.clone();
+    padded.extend_from_slice(&[0xaa; 6]);
+    assert_eq!(nat.outbound(&mut padded, T0), Verdict::Forward);
+    assert_eq!(&padded[good.len()..], &[0xaa; 6]);
+}
+
+#[test]
+fn expire_does_bounded_work_and_next_deadline_is_never_late() {
+    let mut nat = testing::nat();
+    assert_eq!(nat.next_deadline(), None);
+    for port in 0..100u16 {
+        out_udp(&mut nat, sa(GUEST, 20000 + port), sa(SERVER, 53), T0);
+    }
+    assert_eq!(nat.next_deadline(), Some(secs(300)));
+    assert_eq!(nat.expire(secs(299), 1000), 0);
+    assert_eq!(nat.len(), 100);
+    let removed = nat.expire(secs(300), 10);
+    assert!(removed > 0 && removed <= 10, "{removed}");
+    assert_eq!(nat.len(), 100 - removed);
+    // A sweep is under way: the deadline is due now.
+    assert!(nat.next_deadline().unwrap() <= secs(300));
+    assert_eq!(expire_all(&mut nat, secs(300)), 100 - removed);
+    assert_eq!(nat.next_deadline(), None);
+    assert_eq!(nat.stats().mappings_expired, 100);
+}
+
+#[test]
+fn stats_count_verdicts_and_mappings_are_listable() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let mut r = testing::udp(sa(SERVER, 53), testing::src(&o), b"r");
+    assert_eq!(nat.inbound(&mut r, T0), Verdict::Forward);
+    let mut junk = vec![0u8; 3];
+    assert_eq!(
+        nat.inbound(&mut junk, T0),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let s = nat.stats();
+    assert_eq!(
+        (
+            s.outbound_forwarded,
+            s.inbound_forwarded,
+            s.mappings_created
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(s.drops.iter().sum::<u64>(), 1);
+    assert_eq!(s.flows, 1);
+    let m = nat.mappings();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].protocol, Protocol::Udp);
+    assert_eq!(m[0].internal, sa(GUEST, 5000));
+    assert_eq!(m[0].external, testing::src(&o));
+}
+
+#[test]
+fn config_is_validated() {
+    let bad = |f: fn(&mut NatConfig)| {
+        let mut c = testing::config();
+        f(&mut c);
+        matches!(Nat::new(c), Err(ConfigError::Invalid(_)))
+    };
+    assert!(bad(|c| c.internal_prefix_len = 33));
+    assert!(bad(|c| c.external_addr = Ipv4Addr::new(192, 168, 64, 9)));
+    assert!(bad(|c| c.port_range = 1000..=2000));
+    #[allow(clippy::reversed_empty_ranges)]
+    let empty = 3000..=2000;
+    assert!(!bad(|c| c.port_range = 2000..=2000));
+    let mut c = testing::config();
+    c.port_range = empty;
+    assert!(matches!(Nat::new(c), Err(ConfigError::Invalid(_))));
+    assert!(bad(|c| c.max_flows = 0));
+    assert!(bad(|c| c.timeouts.udp = Duration::ZERO));
+    assert!(Nat::new(testing::config()).is_ok());
+}
+
+#[test]
+fn memory_per_flow_is_at_most_96_bytes() {
+    let w = testing::warmed(64_000);
+    assert_eq!(w.nat.len(), 64_000);
+    let per_flow = w.nat.table_bytes_per_flow();
+    assert!(per_flow <= 96, "{per_flow} bytes per flow");
+}
+
+#[test]
+fn ip_options_are_carried_through() {
+    let mut nat = testing::nat();
+    let base = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"opt");
+    // Insert 4 bytes of options (NOP NOP NOP EOL) and fix lengths/checksum.
+    let mut p = base[..20].to_vec();
+    p.extend_from_slice(&[1, 1, 1, 0]);
+    p.extend_from_slice(&base[20..]);
+    p[0] = 0x46;
+    let total = (p.len() as u16).to_be_bytes();
+    p[2..4].copy_from_slice(&total);
+    testing::fix_ipv4_checksum(&mut p);
+    assert!(testing::checksums_match_full_recompute(&p));
+    assert_eq!(nat.outbound(&mut p, T0), Verdict::Forward);
+    assert!(testing::checksums_match_full_recompute(&p));
+    assert_eq!(testing::src(&p), sa(EXTERNAL, 5000));
+}
+
+#[test]
+fn port_parity_is_preserved_when_the_port_is_reassigned_rfc4787_req4() {
+    let mut nat = testing::nat();
+    for (i, port) in [40000u16, 40001, 40002, 40003].into_iter().enumerate() {
+        out_udp(&mut nat, sa(GUEST, port), sa(SERVER, 53), T0);
+        let g2 = Ipv4Addr::new(192, 168, 64, 10 + i as u8);
+        let o = out_udp(&mut nat, sa(g2, port), sa(SERVER, 53), T0);
+        let p = testing::src(&o).port();
+        assert_ne!(p, port);
+        assert_eq!(p % 2, port % 2, "{port} -> {p}");
+    }
+}
+
+#[test]
+fn icmp_errors_with_bad_checksums_are_dropped_rfc5508_req3() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let mut bad_icmp = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &o);
+    bad_icmp[22] ^= 0x55; // ICMP checksum
+    assert_eq!(
+        nat.inbound(&mut bad_icmp, T0),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let mut quoted = o.clone();
+    quoted[10] ^= 0x55; // embedded IPv4 header checksum
+    let mut bad_embedded = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &quoted);
+    assert_eq!(
+        nat.inbound(&mut bad_embedded, T0),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let mut good = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &o);
+    assert_eq!(nat.inbound(&mut good, T0), Verdict::Forward);
+}
+
+#[test]
+fn hairpinned_icmp_errors_are_translated_rfc5508_req7() {
+    let mut nat = testing::nat();
+    nat.add_forward(PortForward {
+        protocol: Protocol::Udp,
+        external_port: 5353,
+        internal: sa(GUEST2, 53),
+    })
+    .unwrap();
+    // GUEST sends to the forwarded port through the external address.
+    let mut q = testing::udp(sa(GUEST, 40000), sa(EXTERNAL, 5353), b"q");
+    assert_eq!(nat.outbound(&mut q, T0), Verdict::Hairpin);
+    let client = testing::src(&q);
+    // GUEST2 rejects it with port unreachable, sent to the apparent source.
+    let mut e = testing::icmp_error(GUEST2, *client.ip(), 3, 3, [0; 4], &q);
+    assert_eq!(nat.outbound(&mut e, T0), Verdict::Hairpin);
+    assert!(testing::checksums_match_full_recompute(&e));
+    assert_eq!(*testing::dst(&e).ip(), GUEST);
+    assert_eq!(*testing::src(&e).ip(), EXTERNAL);
+    // The quoted packet is GUEST's original.
+    assert_eq!(testing::embedded_src(&e), sa(GUEST, 40000));
+    assert_eq!(testing::embedded_dst(&e), sa(EXTERNAL, 5353));
+}
+
+#[test]
+fn outbound_rst_does_not_extend_the_flow_rfc7857() {
+    let mut nat = testing::nat();
+    let ext = tcp_pair(&mut nat, TcpFlags::SYN, T0);
+    assert_eq!(nat.mappings()[0].expires, secs(240));
+    // An inbound SYN is answered by the guest's RST 100 s later.
+    assert_eq!(
+        tcp_in(&mut nat, ext, TcpFlags::SYN, secs(100)),
+        Verdict::Forward
+    );
+    let before = nat.mappings()[0].expires;
+    tcp_pair(&mut nat, TcpFlags::RST, secs(150));
+    assert!(nat.mappings()[0].expires <= before);
+    assert!(nat.mappings()[0].expires <= secs(150 + 240));
+}
+
+/// `base` with 4 bytes of IPv4 options (NOP NOP NOP EOL) inserted.
+fn with_ip_options(base: &[u8]) -> Vec<u8> {
+    let mut p = base[..20].to_vec();
+    p.extend_from_slice(&[1, 1, 1, 0]);
+    p.extend_from_slice(&base[20..]);
+    p[0] = 0x46;
+    let total = (p.len() as u16).to_be_bytes();
+    p[2..4].copy_from_slice(&total);
+    testing::fix_ipv4_checksum(&mut p);
+    p
+}
+
+#[test]
+fn icmp_error_quoting_a_packet_with_ip_options_is_translated() {
+    let mut nat = testing::nat();
+    let mut o = with_ip_options(&testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"opt"));
+    assert_eq!(nat.outbound(&mut o, T0), Verdict::Forward);
+    // Quote the options header plus 8 bytes.
+    let mut e = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &o[..24 + 8]);
+    assert_eq!(nat.inbound(&mut e, T0), Verdict::Forward);
+    assert!(testing::checksums_match_full_recompute(&e));
+    let quote = &e[28..];
+    assert_eq!(&quote[12..16], &GUEST.octets());
+    assert_eq!(u16::from_be_bytes([quote[24], quote[25]]), 5000);
+}
+
+#[test]
+fn other_icmp_messages_are_dropped_as_unsupported() {
+    let mut nat = testing::nat();
+    // Timestamp request (13) and redirect (5): not translated.
+    for (t, c) in [(13u8, 0u8), (5, 1)] {
+        let mut p = testing::icmp_error(GUEST, SERVER, t, c, [0; 4], &[0u8; 28]);
+        assert_eq!(
+            nat.outbound(&mut p, T0),
+            Verdict::Drop(DropReason::UnsupportedProtocol)
+        );
+    }
+    assert_eq!(drops(&nat, DropReason::UnsupportedProtocol), 2);
+}
+
+#[test]
+fn batch_calls_equal_one_call_per_packet() {
+    let (mut a, mut b) = (testing::nat(), testing::nat());
+    let mut outs: Vec<Vec<u8>> = (0..45u16)
+        .map(|i| match i % 5 {
+            0 => testing::tcp(sa(GUEST, 3000 + i), sa(SERVER, 80), TcpFlags::SYN, b""),
+            1 => testing::echo_request(GUEST2, SERVER, i, 1, b"p"),
+            2 => vec![0x45; 7],
+            _ => testing::udp(sa(GUEST, 3000 + i), sa(SERVER2, 53), b"q"),
+        })
+        .collect();
+    let mut outs_b = outs.clone();
+    let single: Vec<Verdict> = outs.iter_mut().map(|p| a.outbound(p, T0)).collect();
+    let mut batch = vec![Verdict::Forward; outs_b.len()];
+    b.outbound_batch(&mut outs_b, T0, &mut batch);
+    assert_eq!(single, batch);
+    assert_eq!(outs, outs_b);
+    let mut ins: Vec<Vec<u8>> = outs
+        .iter()
+        .filter(|p| p.len() > 20 && p[9] != 1)
+        .map(|p| testing::udp(testing::dst(p), testing::src(p), b"r"))
+        .collect();
+    let mut ins_b = ins.clone();
+    let single: Vec<Verdict> = ins.iter_mut().map(|p| a.inbound(p, T0)).collect();
+    let mut batch = vec![Verdict::Forward; ins_b.len()];
+    b.inbound_batch(&mut ins_b, T0, &mut batch);
+    assert_eq!(single, batch);
+    assert_eq!(ins, ins_b);
+    assert!(
+        batch.contains(&Verdict::Forward) && batch.contains(&Verdict::Drop(DropReason::NoMapping))
+    );
+    assert_eq!(a.stats(), b.stats());
+}

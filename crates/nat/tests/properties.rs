@@ -1,0 +1,235 @@
+//! Property tests of the NAT's invariants (proptest).
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use nat::testing::{self, EXTERNAL, TcpFlags};
+use nat::{Instant, Nat, NatConfig, PortForward, Protocol, Verdict};
+use proptest::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Udp,
+    Tcp,
+    Echo,
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![Just(Kind::Udp), Just(Kind::Tcp), Just(Kind::Echo)]
+}
+
+fn guest() -> impl Strategy<Value = Ipv4Addr> {
+    (2u8..=254).prop_map(|h| Ipv4Addr::new(192, 168, 64, h))
+}
+
+fn remote() -> impl Strategy<Value = Ipv4Addr> {
+    any::<u32>().prop_map(|x| Ipv4Addr::from(0xc612_0000 | (x & 0x1_ffff))) // 198.18.0.0/15
+}
+
+fn build(kind: Kind, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], reply: bool) -> Vec<u8> {
+    match kind {
+        Kind::Udp => testing::udp(src, dst, payload),
+        Kind::Tcp => testing::tcp(
+            src,
+            dst,
+            if reply {
+                TcpFlags::SYN_ACK
+            } else {
+                TcpFlags::SYN
+            },
+            payload,
+        ),
+        Kind::Echo if reply => testing::echo_reply(*src.ip(), *dst.ip(), dst.port(), 1, payload),
+        Kind::Echo => testing::echo_request(*src.ip(), *dst.ip(), src.port(), 1, payload),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Checksums after translation equal a full recompute, both ways, and
+    /// inbound(reply to outbound(p)) restores the original addresses and ports.
+    #[test]
+    fn translation_round_trip_restores_the_tuple_and_keeps_checksums(
+        kind in kind(),
+        g in guest(), sport in 1u16.., r in remote(), dport in 1u16..,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        zero_udp_csum in any::<bool>(),
+    ) {
+        let mut nat = testing::nat();
+        let (src, dst) = (SocketAddrV4::new(g, sport), SocketAddrV4::new(r, if matches!(kind, Kind::Echo) { 0 } else { dport }));
+        let mut p = build(kind, src, dst, &payload, false);
+        if zero_udp_csum && matches!(kind, Kind::Udp) {
+            p[26] = 0;
+            p[27] = 0;
+        }
+        prop_assert_eq!(nat.outbound(&mut p, Instant::ZERO), Verdict::Forward);
+        prop_assert!(testing::checksums_match_full_recompute(&p));
+        if zero_udp_csum && matches!(kind, Kind::Udp) {
+            prop_assert_eq!(&p[26..28], &[0, 0]);
+        }
+        let ext = testing::src(&p);
+        prop_assert_eq!(*ext.ip(), EXTERNAL);
+        prop_assert_eq!(*testing::dst(&p).ip(), *dst.ip());
+        if !matches!(kind, Kind::Echo) {
+            prop_assert_eq!(testing::dst(&p), dst);
+        }
+        let mut reply = build(kind, dst, ext, &payload, true);
+        prop_assert_eq!(nat.inbound(&mut reply, Instant::from_secs(1)), Verdict::Forward);
+        prop_assert!(testing::checksums_match_full_recompute(&reply));
+        prop_assert_eq!(testing::dst(&reply), src);
+        prop_assert_eq!(*testing::src(&reply).ip(), *dst.ip());
+        if !matches!(kind, Kind::Echo) {
+            prop_assert_eq!(testing::src(&reply), dst);
+        }
+    }
+
+    /// The table never exceeds its caps, whatever the traffic and timing.
+    #[test]
+    fn table_never_exceeds_its_caps(
+        ops in proptest::collection::vec((0u8..4, 2u8..8, 1000u16..1040, 0u8..4, 0u64..400), 1..300),
+    ) {
+        let cfg = NatConfig { max_flows: 16, max_flows_per_host: 5, max_fragments: 3, port_range: 1024..=1100, ..testing::config() };
+        let mut nat = testing::nat_with(cfg);
+        nat.add_forward(PortForward { protocol: Protocol::Udp, external_port: 7000, internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 2), 7) }).unwrap();
+        let mut now = 0u64;
+        for (op, host, port, srv, dt) in ops {
+            now += dt * 1000;
+            let t = Instant::from_millis(now);
+            let g = SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, host), port);
+            let s = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, srv), 53);
+            match op {
+                0 => { let _ = nat.outbound(&mut testing::udp(g, s, b"x"), t); }
+                1 => {
+                    let mut whole = testing::udp(g, s, &[0u8; 100]);
+                    testing::set_ip_id(&mut whole, port);
+                    let _ = nat.outbound(&mut testing::fragment(&whole, 40)[0], t);
+                }
+                2 => { let _ = nat.inbound(&mut testing::udp(s, SocketAddrV4::new(EXTERNAL, 7000 + u16::from(srv % 2)), b"x"), t); }
+                _ => { nat.expire(t, usize::from(host)); }
+            }
+            prop_assert!(nat.len() <= 16);
+            prop_assert!(nat.fragments() <= 3);
+            for h in 2..8 {
+                prop_assert!(nat.host_flows(Ipv4Addr::new(192, 168, 64, h)) <= 5);
+            }
+            prop_assert_eq!(nat.mappings().len(), nat.len());
+        }
+    }
+
+    /// Through random traffic, sweeps with random budgets and table growth,
+    /// every flow that has not expired still translates both ways, and the
+    /// table holds exactly the flows that were created and not expired.
+    #[test]
+    fn live_flows_survive_sweeps_and_growth(
+        ops in proptest::collection::vec((any::<u16>(), 0u64..200, 1usize..40, any::<bool>()), 1..400),
+    ) {
+        let mut nat = testing::nat();
+        let mut live: std::collections::HashMap<SocketAddrV4, (SocketAddrV4, u64)> = Default::default();
+        let server = SocketAddrV4::new(testing::SERVER, 53);
+        let mut now = 0u64;
+        for (id, dt, budget, sweep) in ops {
+            now += dt * 1000;
+            let t = Instant::from_millis(now);
+            let g = SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 2 + (id % 200) as u8), 1024 + id / 200);
+            let mut p = testing::udp(g, server, b"x");
+            prop_assert_eq!(nat.outbound(&mut p, t), Verdict::Forward);
+            live.insert(g, (testing::src(&p), now + 300_000));
+            if sweep {
+                while nat.next_deadline().is_some_and(|d| d <= t) {
+                    nat.expire(t, budget);
+                }
+                live.retain(|_, (_, exp)| *exp > now);
+                prop_assert_eq!(nat.len(), live.len());
+            }
+            for (g, (ext, _)) in live.iter().filter(|(_, (_, exp))| *exp > now) {
+                let mut r = testing::udp(server, *ext, b"r");
+                prop_assert_eq!(nat.inbound(&mut r, t), Verdict::Forward);
+                prop_assert_eq!(testing::dst(&r), *g);
+            }
+        }
+    }
+
+    /// Arbitrary bytes never panic; whatever is forwarded parses as IPv4 with
+    /// a correct header checksum, and a valid transport checksum stays valid.
+    #[test]
+    fn arbitrary_bytes_never_panic_and_forwarded_packets_stay_valid(
+        bytes in proptest::collection::vec(any::<u8>(), 0..120),
+        inbound in any::<bool>(),
+    ) {
+        let mut nat = seeded();
+        check_one(&mut nat, bytes, inbound)?;
+    }
+
+    /// Valid packets with a few bytes changed (so they get past the header
+    /// checks) never panic and stay valid when forwarded.
+    #[test]
+    fn mutated_packets_never_panic_and_forwarded_packets_stay_valid(
+        kind in kind(), inbound in any::<bool>(),
+        edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+        fix in any::<bool>(),
+    ) {
+        let mut nat = seeded();
+        let (g, s) = (SocketAddrV4::new(testing::GUEST, 5000), SocketAddrV4::new(testing::SERVER, 53));
+        let mut p = if inbound { build(kind, s, SocketAddrV4::new(EXTERNAL, 5000), b"payload", true) } else { build(kind, g, s, b"payload", false) };
+        let n = p.len();
+        for (at, v) in edits {
+            p[at % n] = v;
+        }
+        if fix {
+            testing::fix_ipv4_checksum(&mut p);
+        }
+        check_one(&mut nat, p, inbound)?;
+    }
+}
+
+/// A NAT with flows, a forward and a redirect, so inputs can hit them.
+fn seeded() -> Nat {
+    let mut nat = testing::nat();
+    let (g, s) = (
+        SocketAddrV4::new(testing::GUEST, 5000),
+        SocketAddrV4::new(testing::SERVER, 53),
+    );
+    for mut p in [
+        testing::udp(g, s, b"q"),
+        testing::tcp(g, s, TcpFlags::SYN, b""),
+        testing::echo_request(*g.ip(), *s.ip(), 5000, 1, b""),
+    ] {
+        let _ = nat.outbound(&mut p, Instant::ZERO);
+    }
+    nat.add_forward(PortForward {
+        protocol: Protocol::Tcp,
+        external_port: 80,
+        internal: SocketAddrV4::new(testing::GUEST2, 80),
+    })
+    .unwrap();
+    nat
+}
+
+fn check_one(nat: &mut Nat, mut p: Vec<u8>, inbound: bool) -> Result<(), TestCaseError> {
+    let before = p.clone();
+    // Bytes past the IPv4 total length are padding, not part of the packet.
+    let declared = p
+        .get(2..4)
+        .map_or(p.len(), |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let transport_was_ok = testing::transport_checksum_ok(&p[..declared.min(p.len())]);
+    let v = if inbound {
+        nat.inbound(&mut p, Instant::ZERO)
+    } else {
+        nat.outbound(&mut p, Instant::ZERO)
+    };
+    if v == Verdict::Drop(nat::DropReason::Malformed) || matches!(v, Verdict::Drop(_)) {
+        prop_assert_eq!(&p, &before, "a dropped packet is left alone");
+    } else {
+        prop_assert!(testing::parses(&p));
+        let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+        let whole = u16::from_be_bytes([p[6], p[7]]) & 0x3fff == 0;
+        if whole && transport_was_ok {
+            prop_assert!(
+                testing::transport_checksum_ok(&p[..total]),
+                "transport checksum broken"
+            );
+        }
+        prop_assert!(testing::checksums_match_full_recompute(&p) || !transport_was_ok || !whole);
+    }
+    Ok(())
+}

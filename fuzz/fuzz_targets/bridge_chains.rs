@@ -1,0 +1,146 @@
+//! Hostile descriptor chains: arbitrary descriptor tables, available rings and buffer
+//! contents for both queues, then the bridge's TX path, gateway services and RX path run on
+//! them. Never a panic, never a hang; every chain taken is accounted for.
+//!
+//! Input: `[flags, tx_table[16 × 16], tx_avail_idx[2], tx_ring[16 × 2], rx_table[16 × 16],
+//! rx_avail_idx[2], rx_ring[16 × 2], data...]`. Descriptor addresses are folded into twice the
+//! guest memory size, so about half point outside it. `data` fills guest memory from 0x8000
+//! and is also cut into frames for the RX path.
+#![no_main]
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bridge::{DropCause, FrameBatch, L2Config, L2Services, MacAddr, RxPath, Stats, TxPath};
+use libfuzzer_sys::fuzz_target;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const QSIZE: u16 = 16;
+const MEM: usize = 0x1_0000;
+const TX_DESC: u64 = 0x0;
+const TX_AVAIL: u64 = 0x1000;
+const TX_USED: u64 = 0x2000;
+const RX_DESC: u64 = 0x3000;
+const RX_AVAIL: u64 = 0x4000;
+const RX_USED: u64 = 0x5000;
+const DATA: u64 = 0x8000;
+const TABLE: usize = 16 * QSIZE as usize;
+const RING: usize = 2 + 2 * QSIZE as usize;
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&flags, rest)) = input.split_first() else {
+        return;
+    };
+    let (tx_table, rest) = take(rest, TABLE);
+    let (tx_avail, rest) = take(rest, RING);
+    let (rx_table, rest) = take(rest, TABLE);
+    let (rx_avail, data) = take(rest, RING);
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]) else {
+        return;
+    };
+    write_table(&mem, TX_DESC, &tx_table);
+    write_ring(&mem, TX_AVAIL, &tx_avail);
+    write_table(&mem, RX_DESC, &rx_table);
+    write_ring(&mem, RX_AVAIL, &rx_avail);
+    let n = data.len().min(MEM - DATA as usize);
+    let _ = mem.write_slice(&data[..n], GuestAddress(DATA));
+
+    let event_idx = flags & 1 != 0;
+    let mrg = flags & 2 != 0;
+    let hdr_len = if flags & 4 != 0 { 10 } else { 12 };
+    let (Some(mut txq), Some(mut rxq)) = (
+        queue(TX_DESC, TX_AVAIL, TX_USED, event_idx),
+        queue(RX_DESC, RX_AVAIL, RX_USED, event_idx),
+    ) else {
+        return;
+    };
+
+    let mut stats = Stats::default();
+    let mut tx = TxPath::new(hdr_len, 1514);
+    let mut batch = FrameBatch::new(8, 1514);
+    let mut l2 = l2();
+    let mut reply = vec![0u8; 2048];
+    for round in 0..4u64 {
+        match tx.process(&mem, &mut txq, &mut batch, &mut stats) {
+            Ok(out) => {
+                assert!(out.chains <= 8);
+                for i in 0..batch.len() {
+                    let f = batch.frame(i).unwrap_or(&[]);
+                    let _ = l2.handle(f, &mut reply, nat::Instant::from_secs(round));
+                }
+                batch.clear();
+            }
+            Err(_) => break, // needs reset
+        }
+    }
+
+    let mut rx = RxPath::new(hdr_len, mrg);
+    let mut frames = FrameBatch::new(8, 1514);
+    for chunk in data.chunks(97).take(8) {
+        let _ = frames.push(chunk);
+    }
+    for _ in 0..4 {
+        match rx.fill(&mem, &mut rxq, &mut frames, &mut stats) {
+            Ok(out) if out.starved => {
+                let _ = rx.arm(&mem, &mut rxq);
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(stats.drops_of(DropCause::ChainInvalid) <= 4 * 16 * 2 + 32);
+});
+
+fn take(b: &[u8], n: usize) -> (Vec<u8>, &[u8]) {
+    let k = n.min(b.len());
+    let mut v = b[..k].to_vec();
+    v.resize(n, 0);
+    (v, &b[k..])
+}
+
+/// Writes descriptors with addresses folded into `0..2 * MEM`.
+fn write_table(mem: &GuestMemoryMmap, at: u64, raw: &[u8]) {
+    for (i, d) in raw.chunks_exact(16).enumerate() {
+        let mut d = <[u8; 16]>::try_from(d).unwrap_or([0; 16]);
+        let addr = u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8])) % (2 * MEM as u64);
+        d[..8].copy_from_slice(&addr.to_le_bytes());
+        let _ = mem.write_slice(&d, GuestAddress(at + 16 * i as u64));
+    }
+}
+
+/// Writes an available ring: flags 0, idx and ring from the input.
+fn write_ring(mem: &GuestMemoryMmap, at: u64, raw: &[u8]) {
+    let _ = mem.write_slice(&[0, 0], GuestAddress(at));
+    let _ = mem.write_slice(raw, GuestAddress(at + 2));
+}
+
+fn queue(desc: u64, avail: u64, used: u64, event_idx: bool) -> Option<Queue> {
+    let mut q = Queue::new(QSIZE).ok()?;
+    q.set_size(QSIZE);
+    q.try_set_desc_table_address(GuestAddress(desc)).ok()?;
+    q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
+    q.try_set_used_ring_address(GuestAddress(used)).ok()?;
+    q.set_ready(true);
+    q.set_event_idx(event_idx);
+    Some(q)
+}
+
+fn l2() -> L2Services {
+    let cfg = L2Config {
+        gateway: Ipv4Addr::new(192, 168, 64, 1),
+        gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        prefix_len: 24,
+        guest_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+        dhcp_pool: Ipv4Addr::new(192, 168, 64, 2)..=Ipv4Addr::new(192, 168, 64, 254),
+        lease: Duration::from_secs(3600),
+        mtu: 1500,
+        dns: true,
+        static_guest_ip: None,
+    };
+    match L2Services::new(cfg) {
+        Ok(l) => l,
+        Err(e) => panic!("static config: {e}"),
+    }
+}
