@@ -8,7 +8,9 @@
 //! - `cargo xtask deps`  — the dependency-direction check of DESIGN.md.
 //! - `cargo xtask fuzz [SECONDS]` — runs each fuzz target for SECONDS (default 30).
 
+mod bench;
 mod demo;
+mod guest;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,12 +23,11 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("guest-image") => guest::run(&args[1..]),
         Some("ci") => ci(),
         Some("deps") => deps(),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
-        Some("bench") => Err(anyhow::anyhow!(
-            "`cargo xtask bench` is not built yet (issue 6); `cargo bench -p hostnet-benches` runs the criterion benches"
-        )),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -43,6 +44,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   demo           a simulated guest gets a DHCP lease and reaches a server through hostnet (needs root)
   test           run every test (privileged ones too when this process can create network namespaces)
   ci             fmt, clippy (host, aarch64-apple-darwin, x86_64-apple-darwin), test, doc, deps, fuzz smoke, bench build
+  guest-image    build (or reuse) the real Linux guest used by the QEMU tests, under target/guest/
   deps           check the dependency direction of DESIGN.md
   fuzz [SECS]    run each fuzz target for SECS seconds (default 30; needs the nightly toolchain and cargo-fuzz)";
 
@@ -289,15 +291,20 @@ fn fuzz(seconds: Option<&str>) -> Result<()> {
         cmd.current_dir(&fuzz_dir)
             // The detached fuzz workspace must not inherit our pinned stable toolchain.
             .env_remove("RUSTUP_TOOLCHAIN")
-            .args([
-                "+nightly",
-                "fuzz",
-                "run",
-                t,
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-rss_limit_mb=2048",
-            ]);
+            // Our crates are safe Rust: AddressSanitizer would only slow the search (~60x).
+            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", t]);
+        let corpus = fuzz_dir.join("corpus").join(t);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
+        cmd.arg(&corpus);
+        let seeds = fuzz_dir.join("seeds").join(t);
+        if seeds.is_dir() {
+            cmd.arg(&seeds);
+        }
+        cmd.args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048",
+        ]);
         run(&format!("fuzz {t} ({seconds} s)"), &mut cmd)?;
     }
     Ok(())

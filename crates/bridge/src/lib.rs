@@ -38,7 +38,7 @@
 //!
 //! # Guarantees
 //!
-//! - No `unsafe` (`#![deny(unsafe_code)]`): guest memory is reached through vm-memory's
+//! - Safe Rust only (`#![deny(unsafe_code)]`): guest memory is reached through vm-memory's
 //!   checked `Bytes` API only.
 //! - A hostile guest cannot make the host panic, hang or grow memory: out-of-bounds, looping,
 //!   over-long or wrong-direction descriptor chains, short headers, oversize and garbage
