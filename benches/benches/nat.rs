@@ -3,6 +3,8 @@
 //! 1 000 000 flows; new-flow setup; `expire` cost.
 //!
 //! Run: `cargo bench -p hostnet-benches --bench nat`.
+// criterion 0.7's `criterion_group!` defines undocumented public functions.
+#![allow(missing_docs)]
 
 use std::collections::HashMap;
 use std::hint::black_box;

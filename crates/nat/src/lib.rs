@@ -18,7 +18,7 @@
 //!
 //! # Guarantees
 //!
-//! - **No I/O, no clock, no threads, no unsafe** (`#![forbid(unsafe_code)]`):
+//! - **No I/O, no clock, no threads, safe Rust only** (`#![forbid(unsafe_code)]`):
 //!   time is an [`Instant`] the caller passes in. The only ambient input is
 //!   the hash key [`Nat::new`] draws once from std's `RandomState`
 //!   ([`Nat::with_seed`] takes an explicit one). No `cfg(target_os)`; builds
