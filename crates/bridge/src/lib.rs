@@ -77,7 +77,7 @@
 //! # Features
 //!
 //! - `utun` (default): `impl HostLink for utun::Tun`.
-//! - `test-utils`: [`testing`] helpers (frame builders, mock-queue drivers) for tests and
+//! - `test-utils`: `testing` helpers (frame builders, mock-queue drivers) for tests and
 //!   benches of crates that embed the bridge.
 //!
 //! # Platforms and MSRV

@@ -348,10 +348,22 @@ impl<A: GuestAddressSpace> RxThread<A> {
             .ok_or(Error::Unsupported)?;
         add(&epoll, host_fd, TOKEN_HOST)?;
         let mut host_armed = true;
+        // The last wait ended by the starved re-check timer; how often that found buffers
+        // no kick announced (a driver or transport bug: worth a log line, not an error).
+        let mut timed_out = false;
+        let mut missed_kicks = 0u64;
         let mut events = [EpollEvent::default(); 8];
         while !self.shared.stop.load(Ordering::Acquire) {
             let (progress, starved) = self.step()?;
             self.shared.stats.absorb(&mut self.stats);
+            if timed_out && !starved {
+                missed_kicks += 1;
+                tracing::debug!(
+                    missed_kicks,
+                    "RX buffers found by the re-check timer, no kick"
+                );
+            }
+            timed_out = false;
             if progress && !starved {
                 continue;
             }
@@ -366,8 +378,20 @@ impl<A: GuestAddressSpace> RxThread<A> {
                 epoll.ctl(op, host_fd, EpollEvent::new(EventSet::IN, TOKEN_HOST))?;
                 host_armed = !starved;
             }
-            let timeout = self.timeout();
+            let mut timeout = self.timeout();
+            if starved {
+                // Safety net: while starved, re-check the RX ring at a bounded interval even
+                // if no kick comes. `RxPath::arm` closes the EVENT_IDX race, but a driver that
+                // misses a kick (or a transport that loses one) would otherwise stop the whole
+                // host→guest path until the next NAT deadline, up to a minute away. This is
+                // not a busy loop: it only runs while frames wait for RX buffers and the host
+                // fd is out of the interest list, at most 1000 / STARVED_RECHECK_MS times a
+                // second, and each wakeup is one `fill` (a few guest memory reads).
+                let cap = i32::try_from(STARVED_RECHECK_MS).unwrap_or(i32::MAX);
+                timeout = if timeout < 0 { cap } else { timeout.min(cap) };
+            }
             let n = epoll.wait(timeout, &mut events).or_else(interrupted)?;
+            timed_out = starved && n == 0;
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_KICK => {
@@ -509,3 +533,6 @@ const EXPIRE_BUDGET: usize = 256;
 const MAX_WAIT_MS: u64 = 60_000;
 /// Wait when the NAT reports a passed deadline but has nothing to expire.
 const IDLE_EXPIRE_MS: u64 = 1_000;
+/// Longest wait for an RX kick while frames wait for guest RX buffers (then the ring is
+/// looked at again anyway; see `RxThread::run_inner`).
+const STARVED_RECHECK_MS: u64 = 100;

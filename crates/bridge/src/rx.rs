@@ -1,7 +1,5 @@
 //! The RX path: writes frames into the guest's RX queue (queue 0).
 
-use std::sync::atomic::Ordering;
-
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemory};
 
@@ -39,6 +37,9 @@ pub struct RxPath {
     mrg: bool,
     popped: Vec<(u16, u32)>,
     used: ring::UsedBatch,
+    /// The driver's available index as [`RxPath::fill`] last read it: what [`RxPath::arm`]
+    /// compares against, so that buffers the driver adds after `fill` looked are never missed.
+    seen_avail: u16,
 }
 
 enum Delivery {
@@ -82,6 +83,7 @@ impl RxPath {
             mrg: mrg_rxbuf,
             popped: Vec::new(),
             used: ring::UsedBatch::default(),
+            seen_avail: 0,
         }
     }
 
@@ -126,7 +128,7 @@ impl RxPath {
         out: &mut RxOutcome,
         stats: &mut Stats,
     ) -> Result<(), Error> {
-        w.left = ring::available_from(mem, queue, w.next)?;
+        w.left = self.look(mem, queue, w.next)?;
         while frames.pending() > 0 {
             let i = frames.cursor();
             let Some(frame) = frames.frame(i) else { break };
@@ -149,7 +151,7 @@ impl RxPath {
                 }
                 Delivery::Starved => {
                     // The driver may have added buffers since we looked.
-                    let now = ring::available_from(mem, queue, w.next)?;
+                    let now = self.look(mem, queue, w.next)?;
                     if now > w.left {
                         w.left = now;
                         continue;
@@ -163,23 +165,38 @@ impl RxPath {
     }
 
     /// Asks the driver for a kick when it adds RX buffers (after [`RxOutcome::starved`]).
-    /// With EVENT_IDX the avail event is set to the driver's current available index, so the
-    /// next buffer it adds kicks. Returns `true` if buffers arrived meanwhile: call
-    /// [`RxPath::fill`] again instead of waiting.
+    /// With EVENT_IDX the avail event is set to the available index the last
+    /// [`RxPath::fill`] saw, so the driver's next publication past it kicks. Returns `true` if
+    /// buffers arrived since that `fill` looked: call [`RxPath::fill`] again instead of
+    /// waiting (no kick may come for them).
     ///
     /// # Errors
     ///
     /// [`Error::Queue`] when the rings cannot be accessed.
     pub fn arm<M: GuestMemory>(&self, mem: &M, queue: &mut Queue) -> Result<bool, Error> {
+        // The index compared against must be the one `fill` decided "starved" on, not a fresh
+        // read: buffers the driver published in between (typically right after the RX
+        // interrupt that `fill`'s used entries raised) were checked by the driver against the
+        // old avail_event and did not kick. Re-reading the index here would count them as
+        // seen and sleep with usable buffers in the ring and no kick coming.
+        //
+        // `enable_notification` stores avail_event (or clears NO_NOTIFY), issues a SeqCst
+        // fence, then re-reads the available index (virtio 1.x 2.7.10): a driver publishing
+        // concurrently either sees the new avail_event and kicks, or its index is seen here.
+        // It still returns `false` when the ring holds buffers `fill` could not use (a frame
+        // larger than all of them together): we wait for new ones rather than spin.
         let saved = queue.next_avail();
-        let avail = queue.avail_idx(mem, Ordering::Acquire)?.0;
-        queue.set_next_avail(avail);
+        queue.set_next_avail(self.seen_avail);
         let res = queue.enable_notification(mem);
         queue.set_next_avail(saved);
-        // `true` only for buffers added since we looked: if the ring already held buffers we
-        // could not use (a frame larger than all of them together), we wait for new ones
-        // rather than spin.
         Ok(res?)
+    }
+
+    /// Chains available from position `from` on; records the available index read.
+    fn look<M: GuestMemory>(&mut self, mem: &M, queue: &Queue, from: u16) -> Result<u16, Error> {
+        let left = ring::available_from(mem, queue, from)?;
+        self.seen_avail = from.wrapping_add(left);
+        Ok(left)
     }
 
     fn deliver<M: GuestMemory>(

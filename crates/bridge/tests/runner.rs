@@ -481,11 +481,13 @@ fn gateway_replies_push_back_on_the_tx_queue_when_the_guest_reads_nothing() {
         batch_size: 4,
         ..BridgeConfig::default()
     };
-    let (h, _host) = rig.start(&net, cfg);
-    // No RX buffers: the first reply batch cannot be delivered, so the pool runs dry.
+    // No RX buffers: the first reply batch cannot be delivered, so the pool runs dry. The
+    // frames are posted before the runner starts so that its first pass sees all four (a
+    // pass over a partly posted ring would send a partial batch and block on the pool).
     for _ in 0..4 {
         net.send_frame(HDR, &arp_request(GUEST_MAC, GUEST_IP, GATEWAY), &[]);
     }
+    let (h, _host) = rig.start(&net, cfg);
     h.kick(1).unwrap();
     wait_for("the first batch", || h.stats().bridge.tx_frames == 4);
     for _ in 0..4 {
