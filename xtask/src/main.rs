@@ -5,6 +5,7 @@
 //!   can create network namespaces, otherwise says loudly how many it did not run.
 //! - `cargo xtask ci`    — fmt, clippy (host + both Apple targets), test, doc, dependency direction, fuzz smoke,
 //!   bench build.
+//! - `cargo xtask bench [--quick]` — our stack against the kernel, pasta and slirp4netns.
 //! - `cargo xtask deps`  — the dependency-direction check of DESIGN.md.
 //! - `cargo xtask fuzz [SECONDS]` — runs each fuzz target for SECONDS (default 30).
 
@@ -45,6 +46,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   test           run every test (privileged ones too when this process can create network namespaces)
   ci             fmt, clippy (host, aarch64-apple-darwin, x86_64-apple-darwin), test, doc, deps, fuzz smoke, bench build
   guest-image    build (or reuse) the real Linux guest used by the QEMU tests, under target/guest/
+  bench [--quick]  hostnet against the kernel, pasta and slirp4netns (tables, JSON and SVG under target/bench/)
   deps           check the dependency direction of DESIGN.md
   fuzz [SECS]    run each fuzz target for SECS seconds (default 30; needs the nightly toolchain and cargo-fuzz)";
 
@@ -194,6 +196,9 @@ fn ci() -> Result<()> {
         "cargo bench --no-run",
         cargo().args(["bench", "--workspace", "--no-run", "--locked"]),
     )?;
+    // The end-to-end bench, short, so that it cannot rot (needs root for namespaces; without
+    // root it runs the micro benches only and says so).
+    bench::run(&["--quick".to_owned()])?;
     fuzz(Some("20"))?;
     test(&[])?;
     eprintln!(

@@ -1,0 +1,630 @@
+//! One end-to-end world per (backend, MTU): a guest namespace G that gets its network from the
+//! backend, a host namespace H where the backend lives (its sockets or its TUN), and a server
+//! namespace S on 198.18.0.0/15 running iperf3 and the echo server.
+//!
+//! ```text
+//!  G eth0 ──backend── H srv0 198.18.0.1/15 ══veth (MTU 65520)══ S eth0 198.18.0.2/15
+//! ```
+//!
+//! S's default route points at H, so replies to 100.64.0.0/10 (hostnet's NAT external address)
+//! go back via H. H masquerades nothing on its own: the only NAT on each path is the backend's
+//! (nftables masquerade for `kernel`, pasta's and slirp4netns's sockets, hostnet's NAT).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::sys::{CMD_LIMIT, Netns, Proc, cpu_seconds, run_limited, run_ok, thread_cpu};
+
+/// A network backend under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Backend {
+    Kernel,
+    Pasta,
+    Slirp,
+    Hostnet,
+}
+
+impl Backend {
+    /// Every backend, in table order.
+    pub(super) const ALL: [Self; 4] = [Self::Kernel, Self::Pasta, Self::Slirp, Self::Hostnet];
+
+    /// Its name in tables, JSON and on the command line.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Pasta => "pasta",
+            Self::Slirp => "slirp4netns",
+            Self::Hostnet => "hostnet",
+        }
+    }
+
+    /// Parses a name given on the command line.
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == name || (name == "slirp" && *b == Self::Slirp))
+    }
+
+    /// The programs it needs besides the common ones.
+    pub(super) fn needs(self) -> &'static [&'static str] {
+        match self {
+            Self::Kernel => &["nft"],
+            Self::Pasta => &["pasta"],
+            Self::Slirp => &["slirp4netns"],
+            Self::Hostnet => &["busybox"],
+        }
+    }
+
+    /// Whether the guest side is a TAP device served by a userspace process (tuned alike).
+    fn tap_based(self) -> bool {
+        !matches!(self, Self::Kernel)
+    }
+}
+
+/// What every world needs to know about the run.
+#[derive(Debug)]
+pub(super) struct Env {
+    /// This xtask binary (runs the echo server and the rr/crr clients).
+    pub(super) exe: PathBuf,
+    /// The `hostnet-lab` binary, or why there is none.
+    pub(super) lab: Result<PathBuf, String>,
+    /// Where backend logs go.
+    pub(super) logs: PathBuf,
+    /// The CPU the latency figures are pinned to (`None`: not pinned).
+    pub(super) pin_cpu: Option<u32>,
+}
+
+/// A running topology with one backend. Dropping it kills every process (by PID) and then
+/// deletes the namespaces.
+#[derive(Debug)]
+pub(super) struct World {
+    // Field order is drop order: processes first, then the namespaces they live in.
+    backend_proc: Option<Proc>,
+    iperf: Option<Proc>,
+    echo: Option<Proc>,
+    g: Netns,
+    h: Netns,
+    s: Netns,
+    pub(super) backend: Backend,
+    pub(super) mtu: u32,
+    log: PathBuf,
+    pinned: bool,
+}
+
+impl World {
+    /// Builds the namespaces, starts the servers and the backend, and checks that a TCP round
+    /// trip from G to S works.
+    pub(super) fn up(backend: Backend, mtu: u32, env: &Env) -> Result<Self> {
+        let log = env.logs.join(format!("{}-{mtu}.log", backend.name()));
+        let _ = std::fs::remove_file(&log);
+        let mut w = Self {
+            backend_proc: None,
+            iperf: None,
+            echo: None,
+            g: Netns::new("g")?,
+            h: Netns::new("h")?,
+            s: Netns::new("s")?,
+            backend,
+            mtu,
+            log,
+            pinned: false,
+        };
+        if let Err(e) = w.start(env) {
+            // Stop the backend gracefully so that its statistics land in the log.
+            let _ = w.stop();
+            return Err(anyhow::anyhow!("{e:#} (log: {})", w.log.display()));
+        }
+        Ok(w)
+    }
+
+    fn start(&mut self, env: &Env) -> Result<()> {
+        self.common()?;
+        self.start_servers(env)?;
+        match self.backend {
+            Backend::Kernel => self.kernel()?,
+            Backend::Pasta => self.pasta()?,
+            Backend::Slirp => self.slirp()?,
+            Backend::Hostnet => self.hostnet(env)?,
+        }
+        if self.backend.tap_based() {
+            self.g
+                .ip(&format!("link set eth0 txqueuelen {TAP_TXQUEUELEN}"))?;
+        }
+        self.check(env)
+    }
+
+    /// Whether the backend process (if any) is still running.
+    pub(super) fn backend_alive(&mut self) -> bool {
+        self.backend_proc.as_mut().is_none_or(Proc::alive)
+    }
+
+    /// The backend's CPU time so far (`None` for the kernel).
+    pub(super) fn backend_cpu(&self) -> Option<f64> {
+        self.backend_proc
+            .as_ref()
+            .and_then(|p| cpu_seconds(p.pid()))
+    }
+
+    /// CPU seconds so far of each backend thread: (tid, name, seconds).
+    pub(super) fn backend_threads(&self) -> Vec<(u32, String, f64)> {
+        self.backend_proc
+            .as_ref()
+            .map(|p| thread_cpu(p.pid()))
+            .unwrap_or_default()
+    }
+
+    /// iperf3 TCP from G to S (`reverse`: S to G) with `streams` streams: (Gbit/s, bytes).
+    pub(super) fn tcp(&mut self, reverse: bool, streams: u32, secs: u32) -> Result<(f64, f64)> {
+        let mut args = vec![
+            "-c".to_owned(),
+            SERVER.to_owned(),
+            "-t".to_owned(),
+            secs.to_string(),
+            "-P".to_owned(),
+            streams.to_string(),
+        ];
+        if reverse {
+            args.push("-R".to_owned());
+        }
+        let v = self.iperf3(&args, secs)?;
+        let sum = &v["end"]["sum_received"];
+        let bps = sum["bits_per_second"]
+            .as_f64()
+            .context("iperf3: no end.sum_received.bits_per_second")?;
+        let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+        Ok((bps / 1e9, bytes))
+    }
+
+    /// iperf3 UDP, 64-byte payloads, offered as fast as iperf3 can send, G to S:
+    /// (thousand packets per second received, loss %).
+    pub(super) fn udp64(&mut self, secs: u32) -> Result<(f64, f64)> {
+        let args: Vec<String> = [
+            "-c",
+            SERVER,
+            "-u",
+            "-l",
+            "64",
+            "-b",
+            "0",
+            "-t",
+            &secs.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let v = self.iperf3(&args, secs)?;
+        let sum = &v["end"]["sum"];
+        let packets = sum["packets"]
+            .as_f64()
+            .context("iperf3: no end.sum.packets")?;
+        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+        let seconds = sum["seconds"]
+            .as_f64()
+            .filter(|s| *s > 0.0)
+            .unwrap_or(f64::from(secs));
+        let received = (packets - lost).max(0.0);
+        let loss = if packets > 0.0 {
+            100.0 * lost / packets
+        } else {
+            100.0
+        };
+        Ok((received / seconds / 1e3, loss))
+    }
+
+    /// Pins the backend process (all its threads) to the latency CPU; the latency clients and
+    /// the echo server run there too.
+    pub(super) fn pin(&mut self, env: &Env) -> Result<()> {
+        let Some(cpu) = env.pin_cpu else {
+            return Ok(());
+        };
+        if let Some(p) = &self.backend_proc {
+            run_ok(
+                Command::new("taskset").args([
+                    "-a",
+                    "-p",
+                    "-c",
+                    &cpu.to_string(),
+                    &p.pid().to_string(),
+                ]),
+                CMD_LIMIT,
+            )
+            .context("pin the backend")?;
+        }
+        self.pinned = true;
+        Ok(())
+    }
+
+    /// Mean ping RTT from G to S in µs (ICMP echo every 2 ms for `secs`).
+    pub(super) fn ping(&mut self, env: &Env, secs: f64) -> Result<f64> {
+        let count = ((secs / 0.002) as u32).clamp(10, 5000).to_string();
+        let mut cmd = self.in_guest(env, "ping");
+        cmd.args(["-q", "-n", "-c", &count, "-i", "0.002", "-W", "2", SERVER]);
+        let out = run_ok(&mut cmd, Duration::from_secs_f64(secs * 3.0 + 15.0))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // rtt min/avg/max/mdev = 0.173/0.446/0.720/0.273 ms
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+            .context("ping printed no rtt line (every reply lost?)")?;
+        let avg = line
+            .split('=')
+            .nth(1)
+            .and_then(|v| v.trim().split('/').nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("cannot parse {line:?}"))?;
+        Ok(avg * 1e3)
+    }
+
+    /// The rr/crr client in G against the echo server in S: transactions per second.
+    pub(super) fn transactions(&mut self, env: &Env, mode: &str, secs: f64) -> Result<f64> {
+        let exe = env.exe.clone();
+        let mut cmd = self.in_guest(env, &exe.to_string_lossy());
+        cmd.args([
+            "bench",
+            "--client",
+            mode,
+            &format!("{SERVER}:{ECHO_PORT}"),
+            &format!("{secs}"),
+        ]);
+        let out = run_ok(&mut cmd, Duration::from_secs_f64(secs + 15.0))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> Option<f64> {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+        };
+        let (Some(count), Some(took)) = (field("count="), field("secs=")) else {
+            bail!("client printed {text:?}");
+        };
+        if count == 0.0 || took <= 0.0 {
+            bail!("no transaction completed");
+        }
+        Ok(count / took)
+    }
+
+    /// Whether a TCP round trip G → S works again within [`STALL_PATIENCE`] (pasta and
+    /// slirp4netns recover from upload stalls of several seconds; a backend that does not
+    /// recover within this time is treated as stuck).
+    pub(super) fn healthy(&mut self, env: &Env) -> bool {
+        let deadline = Instant::now() + STALL_PATIENCE;
+        while Instant::now() < deadline {
+            if !self.backend_alive() {
+                return false;
+            }
+            let mut cmd = self.g.command(&env.exe);
+            cmd.args([
+                "bench",
+                "--client",
+                "rr",
+                &format!("{SERVER}:{ECHO_PORT}"),
+                "0.05",
+            ]);
+            if run_ok(&mut cmd, Duration::from_secs(5)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    }
+
+    /// Stops the backend (SIGTERM, 3 s grace) and returns the end of its log (hostnet's stats).
+    pub(super) fn stop(&mut self) -> Option<String> {
+        let mut p = self.backend_proc.take()?;
+        let clean = p.terminate(Duration::from_secs(3));
+        drop(p);
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let mut tail: Vec<&str> = tail.into_iter().rev().collect();
+        if !clean && self.backend == Backend::Hostnet {
+            tail.push("(hostnet-lab did not exit with status 0 within 3 s of SIGTERM)");
+        }
+        Some(tail.join("\n"))
+    }
+
+    /// Restarts the iperf3 server (after a failed client, which may leave it busy).
+    pub(super) fn restart_iperf(&mut self) -> Result<()> {
+        self.iperf = None;
+        self.start_iperf()
+    }
+
+    fn common(&mut self) -> Result<()> {
+        let (h, s) = (&self.h, &self.s);
+        h.ip(&format!(
+            "link add srv0 mtu {LINK_MTU} type veth peer name eth0 netns {} mtu {LINK_MTU}",
+            s.name
+        ))?;
+        h.ip("addr add 198.18.0.1/15 dev srv0")?;
+        h.ip("link set srv0 up")?;
+        s.ip("addr add 198.18.0.2/15 dev eth0")?;
+        s.ip("link set eth0 up")?;
+        // Also the way back to 100.64.0.0/10 (hostnet's NAT external address) via H.
+        s.ip("route add default via 198.18.0.1")?;
+        // pasta picks its outbound interface from the default route.
+        h.ip("route add default via 198.18.0.2")?;
+        h.sysctl("net.ipv4.ip_forward", "1")?;
+        // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
+        h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
+        Ok(())
+    }
+
+    fn start_servers(&mut self, env: &Env) -> Result<()> {
+        self.start_iperf()?;
+        let mut cmd = match env.pin_cpu {
+            Some(cpu) => {
+                let mut c = self.s.command("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&env.exe);
+                c
+            }
+            None => self.s.command(&env.exe),
+        };
+        cmd.args(["bench", "--serve", &ECHO_PORT.to_string()]);
+        self.echo = Some(Proc::spawn("echo server", &mut cmd, &self.log)?);
+        self.wait_listening(ECHO_PORT)
+    }
+
+    fn start_iperf(&mut self) -> Result<()> {
+        let mut cmd = self.s.command("iperf3");
+        cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
+        self.iperf = Some(Proc::spawn("iperf3 server", &mut cmd, &self.log)?);
+        self.wait_listening(IPERF_PORT)
+    }
+
+    fn wait_listening(&self, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = run_limited(
+                self.s
+                    .command("ss")
+                    .args(["-H", "-l", "-t", "-n", &format!("sport = :{port}")]),
+                CMD_LIMIT,
+            )?;
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nothing listens on port {port} in the server namespace after 10 s")
+    }
+
+    fn kernel(&mut self) -> Result<()> {
+        let (g, h) = (&self.g, &self.h);
+        let mtu = self.mtu;
+        g.ip(&format!(
+            "link add eth0 mtu {mtu} type veth peer name gw0 netns {} mtu {mtu}",
+            h.name
+        ))?;
+        h.ip("addr add 192.168.64.1/24 dev gw0")?;
+        h.ip("link set gw0 up")?;
+        guest_static(g)?;
+        let rules = self.log.with_extension("nft");
+        std::fs::write(&rules, NFT_RULES).context("write the nftables rules")?;
+        run_ok(h.command("nft").arg("-f").arg(&rules), CMD_LIMIT)
+            .context("nft -f (masquerade in H)")?;
+        Ok(())
+    }
+
+    fn pasta(&mut self) -> Result<()> {
+        let mut cmd = self.h.command("pasta");
+        cmd.args([
+            "-f",
+            "-q",
+            "--runas",
+            "0",
+            "--config-net",
+            "-I",
+            "eth0",
+            "-a",
+            GUEST,
+            "-n",
+            "24",
+            "-g",
+            GATEWAY,
+            "-m",
+            &self.mtu.to_string(),
+            "-t",
+            "none",
+            "-u",
+            "none",
+            "-T",
+            "none",
+            "-U",
+            "none",
+            "-4",
+            "--netns",
+            &self.g.path(),
+        ]);
+        self.backend_proc = Some(Proc::spawn("pasta", &mut cmd, &self.log)?);
+        self.wait_guest_addr(GUEST)?;
+        self.g.ip(&format!("link set eth0 mtu {}", self.mtu))
+    }
+
+    fn slirp(&mut self) -> Result<()> {
+        let mut cmd = self.h.command("slirp4netns");
+        cmd.args([
+            "--configure",
+            &format!("--mtu={}", self.mtu.min(65521)),
+            "--cidr=192.168.64.0/24",
+            "--disable-host-loopback",
+            "--netns-type=path",
+            &self.g.path(),
+            "eth0",
+        ]);
+        self.backend_proc = Some(Proc::spawn("slirp4netns", &mut cmd, &self.log)?);
+        // slirp4netns always gives the guest .100 of its CIDR.
+        self.wait_guest_addr("192.168.64.100")
+    }
+
+    fn hostnet(&mut self, env: &Env) -> Result<()> {
+        let lab = env.lab.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cmd = self.h.command(lab);
+        cmd.args([
+            "attach",
+            "--guest-netns",
+            &self.g.name,
+            "--host-netns",
+            &self.h.name,
+            "--mtu",
+            &self.mtu.to_string(),
+        ]);
+        let mut p = Proc::spawn_lines("hostnet-lab attach", &mut cmd, &self.log)?;
+        let ready = p.wait_line("ready", Duration::from_secs(30));
+        self.backend_proc = Some(p);
+        let ready = ready.with_context(|| format!("see {}", self.log.display()))?;
+        if !ready.contains("external=") {
+            bail!("unexpected ready line {ready:?}");
+        }
+        // The bridge only forwards from a leased address: get one by DHCP (busybox udhcpc).
+        self.g.ip("link set eth0 up")?;
+        let script = self.log.with_extension("udhcpc.sh");
+        std::fs::write(&script, UDHCPC_SCRIPT).context("write the udhcpc script")?;
+        run_ok(Command::new("chmod").arg("0755").arg(&script), CMD_LIMIT)?;
+        let mut cmd = self.g.command("busybox");
+        cmd.args([
+            "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-A", "1", "-s",
+        ])
+        .arg(&script);
+        run_ok(&mut cmd, Duration::from_secs(20)).context("busybox udhcpc in the guest")?;
+        self.wait_guest_addr(GUEST)
+    }
+
+    fn wait_guest_addr(&mut self, addr: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !self.backend_alive() {
+                bail!(
+                    "{} exited during set-up (see {})",
+                    self.backend.name(),
+                    self.log.display()
+                );
+            }
+            let out = run_limited(
+                Command::new("ip").args(["-n", &self.g.name, "-4", "addr", "show", "dev", "eth0"]),
+                CMD_LIMIT,
+            )?;
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the guest's eth0 did not get {addr} within 10 s")
+    }
+
+    /// A TCP round trip G → S must work within 10 s.
+    fn check(&mut self, env: &Env) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if !self.backend_alive() {
+                bail!(
+                    "{} exited during set-up (see {})",
+                    self.backend.name(),
+                    self.log.display()
+                );
+            }
+            let mut cmd = self.g.command(&env.exe);
+            cmd.args([
+                "bench",
+                "--client",
+                "rr",
+                &format!("{SERVER}:{ECHO_PORT}"),
+                "0.05",
+            ]);
+            match run_ok(&mut cmd, Duration::from_secs(8)) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("no TCP round trip from the guest to the server within 10 s: {last}")
+    }
+
+    fn iperf3(&mut self, args: &[String], secs: u32) -> Result<Value> {
+        let mut cmd = self.g.command("iperf3");
+        cmd.args([
+            "-J",
+            "--connect-timeout",
+            "3000",
+            "-p",
+            &IPERF_PORT.to_string(),
+        ])
+        .args(args);
+        let limit = Duration::from_secs(2 * u64::from(secs) + 15);
+        let out = match run_limited(&mut cmd, limit) {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = self.restart_iperf();
+                return Err(e);
+            }
+        };
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let error = v["error"].as_str().map(str::to_owned);
+        if !out.status.success() || error.is_some() {
+            let _ = self.restart_iperf();
+            bail!(
+                "iperf3 {}: {}",
+                args.join(" "),
+                error.unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            );
+        }
+        Ok(v)
+    }
+
+    fn in_guest(&self, env: &Env, program: &str) -> Command {
+        match (self.pinned, env.pin_cpu) {
+            (true, Some(cpu)) => {
+                let mut c = self.g.command("taskset");
+                c.args(["-c", &cpu.to_string(), program]);
+                c
+            }
+            _ => self.g.command(program),
+        }
+    }
+}
+
+/// The guest side of `kernel` and `hostnet`: 192.168.64.2/24 via 192.168.64.1 on eth0.
+fn guest_static(g: &Netns) -> Result<()> {
+    g.ip("link set eth0 up")?;
+    g.ip(&format!("addr add {GUEST}/24 dev eth0"))?;
+    g.ip(&format!("route add default via {GATEWAY}"))
+}
+
+/// How every TAP-based backend is tuned (printed with the results).
+pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns and hostnet: txqueuelen 20000 \
+     (the default 1000 overflows under pasta); offloads as each backend sets up its TAP; \
+     kernel: plain veth with its default offloads; H<->S veth MTU 65520 for every backend";
+
+/// How the server gets its replies back (printed with the results).
+pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \
+     H adds no NAT of its own: the kernel backend's nftables masquerade, pasta's and \
+     slirp4netns's sockets and hostnet's NAT are each the only NAT on their path";
+
+/// How long a backend may stop carrying traffic before the rest of its figures are skipped.
+const STALL_PATIENCE: Duration = Duration::from_secs(30);
+const SERVER: &str = "198.18.0.2";
+const GUEST: &str = "192.168.64.2";
+const GATEWAY: &str = "192.168.64.1";
+const IPERF_PORT: u16 = 5201;
+const ECHO_PORT: u16 = 7777;
+const LINK_MTU: u32 = 65520;
+const TAP_TXQUEUELEN: u32 = 20000;
+/// busybox udhcpc has no default script on Debian: this one applies the lease.
+const UDHCPC_SCRIPT: &str = "#!/bin/sh
+case \"$1\" in
+bound|renew)
+    ip addr flush dev \"$interface\"
+    ip addr add \"$ip/$subnet\" dev \"$interface\"
+    for r in $router; do ip route add default via \"$r\" dev \"$interface\"; break; done
+    ;;
+esac
+exit 0
+";
+const NFT_RULES: &str = "table ip hostnet_bench {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr 192.168.64.0/24 oifname \"srv0\" masquerade
+    }
+}
+";

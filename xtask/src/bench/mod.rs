@@ -1,0 +1,596 @@
+//! `cargo xtask bench`: our stack against the kernel, pasta and slirp4netns, in one run (issue 6).
+//!
+//! 1. Micro: `cargo bench -p hostnet-benches --bench nat` and `--bench bridge`, medians collected
+//!    from criterion's `target/criterion/**/new/estimates.json`.
+//! 2. End to end: for each guest MTU and each backend (`kernel`, `pasta`, `slirp4netns`,
+//!    `hostnet`), a fresh guest/host/server namespace trio (see `e2e.rs`), then iperf3 TCP
+//!    (1 and 4 streams, both directions), iperf3 UDP 64-byte packets, and, pinned to one CPU,
+//!    ping, a TCP 1-byte request/response and connect/request/response/close. Every figure is
+//!    the median of `--reps` runs with its spread, and is shown as a ratio to `kernel` and to
+//!    `pasta` of the same run.
+//! 3. Output: a table on the terminal (also `target/bench/bench.txt`), `target/bench/bench.json`
+//!    and `target/bench/bench.svg`. Backend logs are in `target/bench/logs/`.
+//!
+//! Hidden subcommands used by the bench itself inside the namespaces:
+//! `xtask bench --serve PORT` and `xtask bench --client rr|crr ADDR SECONDS`.
+
+mod e2e;
+mod micro;
+mod report;
+mod rr;
+mod sys;
+mod tools;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use e2e::{Backend, Env, World};
+use report::Results;
+
+/// Runs the bench (or one of its hidden helper roles).
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("--serve") => return rr::serve(args.get(1).map_or("", String::as_str)),
+        Some("--client") => return rr::client(&args[1..]),
+        _ => {}
+    }
+    let opts = Options::parse(args)?;
+    if opts.help {
+        println!("{HELP}");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let out_dir = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| micro::target_dir().join("bench"));
+    std::fs::create_dir_all(out_dir.join("logs"))
+        .with_context(|| format!("create {}", out_dir.display()))?;
+    let mut e2e = opts.e2e && !opts.backends.is_empty();
+    if e2e && !(cfg!(target_os = "linux") && tools::is_root()) {
+        eprintln!("############################################################################");
+        eprintln!("##  NOT RUN: the end-to-end part of the bench. It needs Linux and root (it");
+        eprintln!("##  creates network namespaces and TAP/TUN devices): run");
+        eprintln!("##  `sudo -E env PATH=\"$PATH\" cargo xtask bench`. Micro benches only.");
+        eprintln!("############################################################################");
+        e2e = false;
+    }
+    let mut results = Results {
+        mtus: if e2e { opts.mtus.clone() } else { Vec::new() },
+        backends: if e2e {
+            opts.backends.clone()
+        } else {
+            Vec::new()
+        },
+        ..Results::default()
+    };
+    eprintln!(
+        "bench: {} — {} × {} s per throughput figure, {} s per latency figure, MTUs {:?}, backends {}",
+        if opts.quick { "quick" } else { "full" },
+        opts.reps,
+        opts.secs,
+        opts.lat_secs,
+        opts.mtus,
+        opts.backends
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    if opts.micro {
+        match micro::run(opts.quick) {
+            Ok(m) => results.micro = m,
+            Err(e) => {
+                eprintln!("bench: micro: FAILED: {e:#}");
+                results.micro_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    let mut tuning = String::new();
+    if e2e {
+        let env = prepare(&opts, &out_dir, &mut results)?;
+        tuning = format!(
+            "{}; {}; latency figures pinned to CPU {}",
+            e2e::TUNING,
+            e2e::ROUTING,
+            env.pin_cpu
+                .map_or_else(|| "none (one CPU)".to_owned(), |c| c.to_string())
+        );
+        end_to_end(&opts, &env, &mut results, started);
+    }
+
+    let table = results.table();
+    let targets = results.targets();
+    let mut text = table.clone();
+    if !targets.is_empty() {
+        text.push_str("\ntargets (hostnet, ratios from this run)\n");
+        for (what, ok, detail) in &targets {
+            let mark = match ok {
+                Some(true) => "met    ",
+                Some(false) => "MISSED ",
+                None => "n/a    ",
+            };
+            text.push_str(&format!("  {mark} {what}: {detail}\n"));
+        }
+    }
+    if !tuning.is_empty() {
+        text.push_str(&format!("\ntuning and topology: {tuning}\n"));
+    }
+    let meta = json!({
+        "mode": if opts.quick { "quick" } else { "full" },
+        "reps": opts.reps,
+        "throughput_seconds": opts.secs,
+        "latency_seconds": opts.lat_secs,
+        "mtus": opts.mtus,
+        "tuning": tuning,
+        "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "finished_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "duration_seconds": started.elapsed().as_secs_f64(),
+    });
+    let json_path = out_dir.join("bench.json");
+    let svg_path = out_dir.join("bench.svg");
+    let txt_path = out_dir.join("bench.txt");
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&results.json(meta))?,
+    )?;
+    std::fs::write(
+        &svg_path,
+        results.svg(&format!(
+            "{} run, medians of {} x {} s; whiskers: min..max",
+            if opts.quick { "quick" } else { "full" },
+            opts.reps,
+            opts.secs
+        )),
+    )?;
+    std::fs::write(&txt_path, &text)?;
+    println!("{text}");
+    eprintln!(
+        "bench: done in {:.0} s; wrote {}, {}, {}",
+        started.elapsed().as_secs_f64(),
+        txt_path.display(),
+        json_path.display(),
+        svg_path.display()
+    );
+
+    // The harness itself must work: the kernel reference and the micro benches.
+    if let Some(e) = &results.micro_error {
+        bail!("micro benches failed: {e}");
+    }
+    let kernel_failed: Vec<u32> = opts
+        .mtus
+        .iter()
+        .copied()
+        .filter(|&m| results.failed.contains_key(&(m, Backend::Kernel)))
+        .collect();
+    if e2e && opts.backends.contains(&Backend::Kernel) && !kernel_failed.is_empty() {
+        bail!("the kernel reference failed at MTU {kernel_failed:?}: the harness is broken");
+    }
+    Ok(())
+}
+
+/// Tools, the hostnet-lab binary, and stale namespaces.
+fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> Result<Env> {
+    let missing = tools::ensure();
+    for &b in &opts.backends {
+        let lacking: Vec<&str> = ["ip", "iperf3"]
+            .iter()
+            .chain(b.needs())
+            .copied()
+            .filter(|t| missing.contains(t))
+            .collect();
+        if !lacking.is_empty() {
+            for &mtu in &opts.mtus {
+                results
+                    .failed
+                    .insert((mtu, b), format!("missing {}", lacking.join(", ")));
+            }
+        }
+    }
+    sys::remove_stale_namespaces();
+    let lab = if !opts.backends.contains(&Backend::Hostnet) {
+        Err("not selected".to_owned())
+    } else if let Some(p) = &opts.lab {
+        Ok(p.clone())
+    } else {
+        build_lab()
+    };
+    if let Err(e) = &lab {
+        eprintln!("bench: hostnet: {e}");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let pin_cpu = (cpus >= 2 && !missing.contains("taskset")).then(|| (cpus - 1) as u32);
+    Ok(Env {
+        exe: std::env::current_exe().context("the xtask binary's path")?,
+        lab,
+        logs: out_dir.join("logs"),
+        pin_cpu,
+    })
+}
+
+fn build_lab() -> Result<PathBuf, String> {
+    eprintln!("bench: cargo build --release -p testbed --bin hostnet-lab");
+    let out = crate::cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "testbed",
+            "--bin",
+            "hostnet-lab",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first_error = err
+            .lines()
+            .find(|l| l.starts_with("error"))
+            .unwrap_or("see cargo build --release -p testbed --bin hostnet-lab");
+        return Err(format!("hostnet-lab does not build: {first_error}"));
+    }
+    let path = micro::target_dir().join("release/hostnet-lab");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} missing after the build", path.display()))
+    }
+}
+
+fn end_to_end(opts: &Options, env: &Env, results: &mut Results, started: Instant) {
+    let tests = Test::list();
+    for &mtu in &opts.mtus {
+        for &b in &opts.backends {
+            if results.failed.contains_key(&(mtu, b)) {
+                continue;
+            }
+            let say = |what: &str| {
+                eprintln!(
+                    "[{:6.1} s] MTU {mtu:>5} {:<11} {what}",
+                    started.elapsed().as_secs_f64(),
+                    b.name()
+                );
+            };
+            say("setting up");
+            let mut world = match World::up(b, mtu, env) {
+                Ok(w) => w,
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    say(&format!("FAILED: {why}"));
+                    results.failed.insert((mtu, b), why);
+                    let log = env.logs.join(format!("{}-{mtu}.log", b.name()));
+                    if let Ok(text) = std::fs::read_to_string(log) {
+                        results.logs.insert((mtu, b), tail(&text, 40));
+                    }
+                    continue;
+                }
+            };
+            let mut stalled: Option<String> = None;
+            for test in &tests {
+                if let Some(why) = &stalled {
+                    for k in test.keys() {
+                        results.fail(mtu, b, k, why.clone());
+                    }
+                    continue;
+                }
+                if test.pinned()
+                    && let Err(e) = world.pin(env)
+                {
+                    say(&format!("pinning failed: {e:#}"));
+                }
+                for rep in 1..=opts.reps {
+                    if !world.backend_alive() {
+                        let why = format!("{} died during the run", b.name());
+                        for k in test.keys() {
+                            results.fail(mtu, b, k, why.clone());
+                        }
+                        break;
+                    }
+                    match test.measure(&mut world, env, opts) {
+                        Ok((values, note)) => {
+                            if let Some(note) = note {
+                                results.threads.insert((mtu, b, test.name()), note);
+                            }
+                            let shown: Vec<String> = values
+                                .iter()
+                                .map(|(k, v)| {
+                                    results.push(mtu, b, k, *v);
+                                    format!("{k} {v:.3}")
+                                })
+                                .collect();
+                            say(&format!(
+                                "{} {rep}/{}: {}",
+                                test.name(),
+                                opts.reps,
+                                shown.join(", ")
+                            ));
+                        }
+                        Err(e) => {
+                            let why = format!("{e:#}");
+                            say(&format!(
+                                "{} {rep}/{}: FAILED: {why}",
+                                test.name(),
+                                opts.reps
+                            ));
+                            for k in test.keys() {
+                                results.fail(mtu, b, k, why.clone());
+                            }
+                            // A stalled backend would make every later run wait for its time
+                            // limit: check once and skip the rest when it no longer carries
+                            // a TCP round trip.
+                            if !world.healthy(env) {
+                                let why = format!(
+                                    "skipped: {} stopped carrying traffic during {}",
+                                    b.name(),
+                                    test.name()
+                                );
+                                say(&why);
+                                stalled = Some(why);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(tail) = world.stop() {
+                results.logs.insert((mtu, b), tail);
+            }
+            drop(world);
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Figures of one run, and an optional note (busy threads).
+type Measured = (Vec<(&'static str, f64)>, Option<String>);
+
+/// One kind of measurement; each gives one or more figures.
+#[derive(Debug, Clone, Copy)]
+enum Test {
+    Tcp { reverse: bool, streams: u32 },
+    Udp64,
+    Ping,
+    Rr,
+    Crr,
+}
+
+impl Test {
+    fn list() -> Vec<Self> {
+        vec![
+            Self::Tcp {
+                reverse: false,
+                streams: 1,
+            },
+            Self::Tcp {
+                reverse: true,
+                streams: 1,
+            },
+            Self::Tcp {
+                reverse: false,
+                streams: 4,
+            },
+            Self::Tcp {
+                reverse: true,
+                streams: 4,
+            },
+            Self::Udp64,
+            Self::Ping,
+            Self::Rr,
+            Self::Crr,
+        ]
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp {
+                reverse: false,
+                streams: 1,
+            } => "tcp up",
+            Self::Tcp {
+                reverse: true,
+                streams: 1,
+            } => "tcp down",
+            Self::Tcp { reverse: false, .. } => "tcp up x4",
+            Self::Tcp { reverse: true, .. } => "tcp down x4",
+            Self::Udp64 => "udp 64 B",
+            Self::Ping => "ping",
+            Self::Rr => "tcp rr",
+            Self::Crr => "tcp crr",
+        }
+    }
+
+    fn pinned(self) -> bool {
+        matches!(self, Self::Ping | Self::Rr | Self::Crr)
+    }
+
+    fn keys(self) -> Vec<&'static str> {
+        match self {
+            Self::Tcp {
+                reverse: false,
+                streams: 1,
+            } => vec!["tcp_up", "cpu_up"],
+            Self::Tcp {
+                reverse: true,
+                streams: 1,
+            } => vec!["tcp_down", "cpu_down"],
+            Self::Tcp { reverse: false, .. } => vec!["tcp_up4"],
+            Self::Tcp { reverse: true, .. } => vec!["tcp_down4"],
+            Self::Udp64 => vec!["udp64_kpps", "udp64_loss"],
+            Self::Ping => vec!["ping_us"],
+            Self::Rr => vec!["rr_us"],
+            Self::Crr => vec!["crr_per_s"],
+        }
+    }
+
+    /// The figures, and for TCP runs the busy backend threads (CPU seconds per second).
+    fn measure(self, w: &mut World, env: &Env, opts: &Options) -> Result<Measured> {
+        let keys = self.keys();
+        match self {
+            Self::Tcp { reverse, streams } => {
+                let cpu0 = w.backend_cpu();
+                let threads0 = w.backend_threads();
+                let t0 = Instant::now();
+                let (gbps, bytes) = w.tcp(reverse, streams, opts.secs)?;
+                let wall = t0.elapsed().as_secs_f64();
+                let mut v = vec![(keys[0], gbps)];
+                if let (Some(a), Some(b), Some(&k)) = (cpu0, w.backend_cpu(), keys.get(1))
+                    && bytes > 0.0
+                {
+                    v.push((k, (b - a) / (bytes / 1e9)));
+                }
+                let mut busy: Vec<(String, f64)> = w
+                    .backend_threads()
+                    .into_iter()
+                    .filter_map(|(tid, name, after)| {
+                        let before = threads0.iter().find(|t| t.0 == tid).map_or(0.0, |t| t.2);
+                        let load = (after - before) / wall;
+                        (load >= 0.02).then(|| (format!("{name}[{tid}]"), load))
+                    })
+                    .collect();
+                busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let note = (!busy.is_empty()).then(|| {
+                    busy.iter()
+                        .map(|(n, l)| format!("{n} {l:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                Ok((v, note))
+            }
+            Self::Udp64 => {
+                let (kpps, loss) = w.udp64(opts.secs)?;
+                Ok((vec![(keys[0], kpps), (keys[1], loss)], None))
+            }
+            Self::Ping => Ok((vec![(keys[0], w.ping(env, opts.lat_secs)?)], None)),
+            Self::Rr => {
+                let rate = w.transactions(env, "rr", opts.lat_secs)?;
+                Ok((vec![(keys[0], 1e6 / rate)], None))
+            }
+            Self::Crr => Ok((
+                vec![(keys[0], w.transactions(env, "crr", opts.lat_secs)?)],
+                None,
+            )),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Options {
+    help: bool,
+    quick: bool,
+    reps: u32,
+    secs: u32,
+    lat_secs: f64,
+    mtus: Vec<u32>,
+    backends: Vec<Backend>,
+    micro: bool,
+    e2e: bool,
+    lab: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Self {
+            help: false,
+            quick: false,
+            reps: 3,
+            secs: 5,
+            lat_secs: 2.0,
+            mtus: vec![1500, 65520],
+            backends: Backend::ALL.to_vec(),
+            micro: true,
+            e2e: true,
+            lab: None,
+            out: None,
+        };
+        let (mut reps, mut secs, mut lat) = (None, None, None);
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value"))
+            };
+            match a.as_str() {
+                "-h" | "--help" => o.help = true,
+                "--quick" => o.quick = true,
+                "--reps" => reps = Some(value("--reps")?.parse().context("--reps")?),
+                "--secs" => secs = Some(value("--secs")?.parse().context("--secs")?),
+                "--latency-secs" => {
+                    lat = Some(value("--latency-secs")?.parse().context("--latency-secs")?);
+                }
+                "--mtu" => {
+                    o.mtus = value("--mtu")?
+                        .split(',')
+                        .map(|m| m.trim().parse::<u32>().context("--mtu"))
+                        .collect::<Result<_>>()?;
+                    if o.mtus.iter().any(|m| !(68..=65520).contains(m)) {
+                        bail!("--mtu: each MTU must be in 68..=65520");
+                    }
+                }
+                "--backends" => {
+                    let list = value("--backends")?;
+                    let mut set = BTreeSet::new();
+                    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                        set.insert(Backend::parse(name).with_context(|| {
+                            format!(
+                                "unknown backend {name:?} (kernel, pasta, slirp4netns, hostnet)"
+                            )
+                        })?);
+                    }
+                    o.backends = set.into_iter().collect();
+                }
+                "--no-micro" => o.micro = false,
+                "--no-e2e" => o.e2e = false,
+                "--lab" => o.lab = Some(PathBuf::from(value("--lab")?)),
+                "--out" => o.out = Some(PathBuf::from(value("--out")?)),
+                other => bail!("unknown bench option {other:?}\n{HELP}"),
+            }
+        }
+        if o.quick {
+            o.reps = 1;
+            o.secs = 1;
+            o.lat_secs = 0.5;
+        }
+        o.reps = reps.unwrap_or(o.reps).clamp(1, 20);
+        o.secs = secs.unwrap_or(o.secs).clamp(1, 120);
+        o.lat_secs = lat.unwrap_or(o.lat_secs).clamp(0.1, 60.0);
+        Ok(o)
+    }
+}
+
+const HELP: &str =
+    "usage: cargo xtask bench [--quick] [options]   (needs root for the end-to-end part)
+
+Runs the criterion micro benches, then each backend (kernel, pasta, slirp4netns, hostnet) between
+a guest and a server namespace at each guest MTU, and prints every figure as the median of the
+repeats with its spread and as ratios to kernel and pasta from the same run. Writes
+target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
+
+  --quick              1 repeat of 1 s per figure, 0.5 s latency runs, short criterion runs (CI)
+  --reps N             repeats per figure (default 3)
+  --secs N             seconds per throughput run (default 5)
+  --latency-secs S     seconds per ping / rr / crr run (default 2)
+  --mtu LIST           guest MTUs, comma-separated (default 1500,65520)
+  --backends LIST      subset of kernel,pasta,slirp4netns,hostnet (default all)
+  --no-micro           skip the criterion benches
+  --no-e2e             skip the end-to-end part
+  --lab PATH           use this hostnet-lab binary instead of building it (release)
+  --out DIR            output directory (default target/bench)";

@@ -1,0 +1,670 @@
+//! The figures, their statistics, and the three outputs: the terminal table, the JSON file and
+//! the SVG chart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::e2e::Backend;
+
+/// One end-to-end figure.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Figure {
+    pub(super) key: &'static str,
+    pub(super) label: &'static str,
+    pub(super) unit: &'static str,
+    pub(super) higher_is_better: bool,
+}
+
+/// Every end-to-end figure, in table order.
+pub(super) const FIGURES: &[Figure] = &[
+    fig("tcp_up", "TCP guest->server, 1 stream", "Gbit/s", true),
+    fig("tcp_down", "TCP server->guest, 1 stream", "Gbit/s", true),
+    fig("tcp_up4", "TCP guest->server, 4 streams", "Gbit/s", true),
+    fig("tcp_down4", "TCP server->guest, 4 streams", "Gbit/s", true),
+    fig(
+        "udp64_kpps",
+        "UDP 64 B guest->server, received",
+        "kpps",
+        true,
+    ),
+    fig("udp64_loss", "UDP 64 B loss (offered max)", "%", false),
+    fig("ping_us", "ping RTT, pinned", "us", false),
+    fig("rr_us", "TCP 1-byte round trip, pinned", "us", false),
+    fig("crr_per_s", "TCP connect+rr+close, pinned", "1/s", true),
+    fig("cpu_up", "backend CPU per GB, TCP up", "s/GB", false),
+    fig("cpu_down", "backend CPU per GB, TCP down", "s/GB", false),
+];
+
+/// The samples of one figure for one backend at one MTU, or why there are none.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Cell {
+    pub(super) samples: Vec<f64>,
+    pub(super) error: Option<String>,
+}
+
+/// Median, min, max of a cell.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stats {
+    pub(super) median: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
+}
+
+impl Cell {
+    /// The statistics, when there is at least one sample.
+    pub(super) fn stats(&self) -> Option<Stats> {
+        let mut v: Vec<f64> = self
+            .samples
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stats {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Default)]
+pub(super) struct Results {
+    pub(super) mtus: Vec<u32>,
+    pub(super) backends: Vec<Backend>,
+    pub(super) cells: BTreeMap<(u32, Backend, &'static str), Cell>,
+    /// `None`: the backend came up; `Some(why)`: it did not.
+    pub(super) failed: BTreeMap<(u32, Backend), String>,
+    /// The end of each backend's log after it stopped (hostnet prints its stats there).
+    pub(super) logs: BTreeMap<(u32, Backend), String>,
+    /// Busy backend threads during a TCP run (CPU seconds per second, last repeat).
+    pub(super) threads: BTreeMap<(u32, Backend, &'static str), String>,
+    pub(super) micro: Vec<Micro>,
+    pub(super) micro_error: Option<String>,
+}
+
+/// One criterion bench's median.
+#[derive(Debug, Clone)]
+pub(super) struct Micro {
+    pub(super) id: String,
+    pub(super) median_ns: f64,
+    pub(super) lower_ns: f64,
+    pub(super) upper_ns: f64,
+    /// (elements or bytes per iteration, "elem" or "B").
+    pub(super) throughput: Option<(f64, &'static str)>,
+}
+
+impl Results {
+    /// Adds a sample.
+    pub(super) fn push(&mut self, mtu: u32, b: Backend, key: &'static str, value: f64) {
+        self.cells
+            .entry((mtu, b, key))
+            .or_default()
+            .samples
+            .push(value);
+    }
+
+    /// Records why a figure has (some) samples missing; the first reason is kept.
+    pub(super) fn fail(&mut self, mtu: u32, b: Backend, key: &'static str, why: String) {
+        let cell = self.cells.entry((mtu, b, key)).or_default();
+        if cell.error.is_none() {
+            cell.error = Some(why);
+        }
+    }
+
+    fn stats(&self, mtu: u32, b: Backend, key: &str) -> Option<Stats> {
+        self.cells
+            .iter()
+            .find(|((m, bb, k), _)| *m == mtu && *bb == b && *k == key)
+            .and_then(|(_, c)| c.stats())
+    }
+
+    fn ratio(&self, mtu: u32, b: Backend, key: &str, base: Backend) -> Option<f64> {
+        let x = self.stats(mtu, b, key)?.median;
+        let y = self.stats(mtu, base, key)?.median;
+        (y > 0.0).then(|| x / y)
+    }
+
+    /// The terminal table.
+    pub(super) fn table(&self) -> String {
+        let mut s = String::new();
+        if !self.micro.is_empty() || self.micro_error.is_some() {
+            let _ = writeln!(s, "\nmicro (criterion medians, no I/O)");
+            if let Some(e) = &self.micro_error {
+                let _ = writeln!(s, "  FAILED: {e}");
+            }
+            for m in &self.micro {
+                let tp = m
+                    .throughput
+                    .map(|(n, unit)| format!("  {}", rate(n / (m.median_ns * 1e-9), unit)))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  {:<48} {:>12}  [{} .. {}]{tp}",
+                    m.id,
+                    nanos(m.median_ns),
+                    nanos(m.lower_ns),
+                    nanos(m.upper_ns)
+                );
+            }
+        }
+        for &mtu in &self.mtus {
+            let _ = writeln!(
+                s,
+                "\nend to end, guest MTU {mtu}  (median ±half-range of the repeats; x kernel, x pasta)"
+            );
+            let _ = write!(s, "  {:<46}", "");
+            for b in &self.backends {
+                let _ = write!(s, "{:>16}", b.name());
+            }
+            s.push('\n');
+            for f in FIGURES {
+                let dir = if f.higher_is_better {
+                    "higher"
+                } else {
+                    "lower"
+                };
+                let _ = write!(s, "  {:<46}", format!("{} {} ({dir})", f.label, f.unit));
+                for &b in &self.backends {
+                    let cell = match (self.stats(mtu, b, f.key), self.failed.get(&(mtu, b))) {
+                        (Some(st), _) => {
+                            format!("{} ±{}", num(st.median), num((st.max - st.min) / 2.0))
+                        }
+                        (None, Some(_)) => "FAILED".to_owned(),
+                        (None, None) => "-".to_owned(),
+                    };
+                    let _ = write!(s, "{cell:>16}");
+                }
+                s.push('\n');
+                for base in [Backend::Kernel, Backend::Pasta] {
+                    if !self.backends.contains(&base) {
+                        continue;
+                    }
+                    let _ = write!(s, "  {:<46}", format!("    x {}", base.name()));
+                    for &b in &self.backends {
+                        let r = self
+                            .ratio(mtu, b, f.key, base)
+                            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+                        let _ = write!(s, "{r:>16}");
+                    }
+                    s.push('\n');
+                }
+            }
+            for &b in &self.backends {
+                if let Some(why) = self.failed.get(&(mtu, b)) {
+                    let _ = writeln!(s, "  {} FAILED: {why}", b.name());
+                }
+                for ((m, bb, test), note) in &self.threads {
+                    if *m == mtu && *bb == b {
+                        let _ = writeln!(s, "  {} busy threads during {test}: {note}", b.name());
+                    }
+                }
+                // One line per distinct error, naming the figures it hit.
+                let mut errors: Vec<(&str, Vec<&str>)> = Vec::new();
+                for f in FIGURES {
+                    let Some(e) = self
+                        .cells
+                        .get(&(mtu, b, f.key))
+                        .and_then(|c| c.error.as_deref())
+                    else {
+                        continue;
+                    };
+                    match errors.iter_mut().find(|(x, _)| *x == e) {
+                        Some((_, keys)) => keys.push(f.key),
+                        None => errors.push((e, vec![f.key])),
+                    }
+                }
+                for (e, keys) in errors {
+                    let _ = writeln!(s, "  {} {}: {e}", b.name(), keys.join(", "));
+                }
+            }
+        }
+        s
+    }
+
+    /// The targets of issue 6, checked against this run.
+    pub(super) fn targets(&self) -> Vec<(String, Option<bool>, String)> {
+        let h = Backend::Hostnet;
+        let mut out = Vec::new();
+        let mut check = |what: String,
+                         mtu: u32,
+                         key: &str,
+                         base: Backend,
+                         min: Option<f64>,
+                         max: Option<f64>| {
+            let r = self.ratio(mtu, h, key, base);
+            let ok = r.map(|r| min.is_none_or(|m| r >= m) && max.is_none_or(|m| r <= m));
+            let detail = r.map_or_else(
+                || "not measured".to_owned(),
+                |r| format!("measured {r:.2}x {}", base.name()),
+            );
+            out.push((what, ok, detail));
+        };
+        if self.mtus.contains(&1500) {
+            check(
+                "TCP up @1500 >= 2x slirp4netns".into(),
+                1500,
+                "tcp_up",
+                Backend::Slirp,
+                Some(2.0),
+                None,
+            );
+            check(
+                "TCP up @1500 >= 0.25x kernel".into(),
+                1500,
+                "tcp_up",
+                Backend::Kernel,
+                Some(0.25),
+                None,
+            );
+        }
+        if self.mtus.contains(&65520) {
+            check(
+                "TCP up @65520 >= 0.5x kernel".into(),
+                65520,
+                "tcp_up",
+                Backend::Kernel,
+                Some(0.5),
+                None,
+            );
+        }
+        for &mtu in &self.mtus {
+            check(
+                format!("UDP 64 B pps @{mtu} >= 0.5x kernel"),
+                mtu,
+                "udp64_kpps",
+                Backend::Kernel,
+                Some(0.5),
+                None,
+            );
+            check(
+                format!("connections/s @{mtu} >= 0.5x kernel"),
+                mtu,
+                "crr_per_s",
+                Backend::Kernel,
+                Some(0.5),
+                None,
+            );
+            check(
+                format!("pinned round trip @{mtu} <= pasta"),
+                mtu,
+                "rr_us",
+                Backend::Pasta,
+                None,
+                Some(1.0),
+            );
+        }
+        out
+    }
+
+    /// The JSON document.
+    pub(super) fn json(&self, meta: Value) -> Value {
+        let mut e2e = serde_json::Map::new();
+        for &mtu in &self.mtus {
+            let mut per_backend = serde_json::Map::new();
+            for &b in &self.backends {
+                let mut figures = serde_json::Map::new();
+                for f in FIGURES {
+                    let cell = self
+                        .cells
+                        .get(&(mtu, b, f.key))
+                        .cloned()
+                        .unwrap_or_default();
+                    let st = cell.stats();
+                    figures.insert(
+                        f.key.to_owned(),
+                        json!({
+                            "label": f.label,
+                            "unit": f.unit,
+                            "higher_is_better": f.higher_is_better,
+                            "median": st.map(|s| s.median),
+                            "min": st.map(|s| s.min),
+                            "max": st.map(|s| s.max),
+                            "spread": st.map(|s| (s.max - s.min) / 2.0),
+                            "samples": cell.samples,
+                            "error": cell.error,
+                            "x_kernel": self.ratio(mtu, b, f.key, Backend::Kernel),
+                            "x_pasta": self.ratio(mtu, b, f.key, Backend::Pasta),
+                        }),
+                    );
+                }
+                per_backend.insert(
+                    b.name().to_owned(),
+                    json!({
+                        "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| format!("failed: {w}")),
+                        "figures": figures,
+                        "log_tail": self.logs.get(&(mtu, b)),
+                        "busy_threads": self
+                            .threads
+                            .iter()
+                            .filter(|((m, bb, _), _)| *m == mtu && *bb == b)
+                            .map(|((_, _, t), n)| (t.to_string(), Value::from(n.clone())))
+                            .collect::<serde_json::Map<String, Value>>(),
+                    }),
+                );
+            }
+            e2e.insert(mtu.to_string(), Value::Object(per_backend));
+        }
+        let micro: Vec<Value> = self
+            .micro
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id,
+                    "median_ns": m.median_ns,
+                    "ci_lower_ns": m.lower_ns,
+                    "ci_upper_ns": m.upper_ns,
+                    "throughput_per_s": m.throughput.map(|(n, _)| n / (m.median_ns * 1e-9)),
+                    "throughput_unit": m.throughput.map(|(_, u)| u),
+                })
+            })
+            .collect();
+        let targets: Vec<Value> = self
+            .targets()
+            .into_iter()
+            .map(|(what, ok, detail)| json!({"target": what, "met": ok, "detail": detail}))
+            .collect();
+        json!({
+            "meta": meta,
+            "micro": micro,
+            "micro_error": self.micro_error,
+            "e2e": e2e,
+            "targets": targets,
+        })
+    }
+
+    /// The chart: one panel per figure and MTU, the backends side by side.
+    pub(super) fn svg(&self, subtitle: &str) -> String {
+        let cols = 6usize;
+        let (pw, ph) = (230.0_f64, 170.0_f64);
+        let rows_per_mtu = FIGURES.len().div_ceil(cols);
+        let rows = rows_per_mtu * self.mtus.len().max(1);
+        let width = pw * cols as f64 + 20.0;
+        let top = 70.0;
+        let height = top + (ph + 10.0) * rows as f64 + 30.0 * self.mtus.len() as f64;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="20" font-size="15" font-weight="bold">hostnet bench: backends side by side</text>"#
+        );
+        let _ = writeln!(s, r#"<text x="10" y="38">{}</text>"#, esc(subtitle));
+        let mut lx = 10.0;
+        for (i, b) in self.backends.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r#"<rect x="{lx}" y="48" width="12" height="12" fill="{}"/><text x="{}" y="58">{}</text>"#,
+                color(i),
+                lx + 16.0,
+                b.name()
+            );
+            lx += 110.0;
+        }
+        let mut y0 = top;
+        for &mtu in &self.mtus {
+            let _ = writeln!(
+                s,
+                r#"<text x="10" y="{}" font-size="13" font-weight="bold">guest MTU {mtu}</text>"#,
+                y0 + 16.0
+            );
+            y0 += 26.0;
+            for (fi, f) in FIGURES.iter().enumerate() {
+                let x = 10.0 + pw * (fi % cols) as f64;
+                let y = y0 + (ph + 10.0) * (fi / cols) as f64;
+                self.panel(&mut s, mtu, f, x, y, pw - 10.0, ph);
+            }
+            y0 += (ph + 10.0) * rows_per_mtu as f64;
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn panel(&self, s: &mut String, mtu: u32, f: &Figure, x: f64, y: f64, w: f64, h: f64) {
+        let dir = if f.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
+        let _ = writeln!(
+            s,
+            r##"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="#f7f7f7" stroke="#ccc"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" font-weight="bold">{}</text><text x="{}" y="{}" fill="#555">{} ({dir})</text>"##,
+            x + 4.0,
+            y + 14.0,
+            esc(f.label),
+            x + 4.0,
+            y + 27.0,
+            esc(f.unit)
+        );
+        let stats: Vec<Option<Stats>> = self
+            .backends
+            .iter()
+            .map(|&b| self.stats(mtu, b, f.key))
+            .collect();
+        let top = stats
+            .iter()
+            .flatten()
+            .map(|s| s.max.max(s.median))
+            .fold(0.0_f64, f64::max);
+        let (base, area) = (y + h - 18.0, h - 58.0);
+        let n = self.backends.len().max(1) as f64;
+        let bw = (w - 16.0) / n;
+        for (i, (b, st)) in self.backends.iter().zip(&stats).enumerate() {
+            let bx = x + 8.0 + bw * i as f64;
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle" font-size="9">{}</text>"#,
+                bx + bw / 2.0,
+                base + 12.0,
+                short(*b)
+            );
+            let Some(st) = st else {
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{}" y="{}" text-anchor="middle" fill="#a00">n/a</text>"##,
+                    bx + bw / 2.0,
+                    base - 4.0
+                );
+                continue;
+            };
+            let scale = |v: f64| {
+                let px = if top > 0.0 { area * v / top } else { 0.0 };
+                (px * 10.0).round() / 10.0
+            };
+            let bh = scale(st.median);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{}" y="{}" width="{}" height="{bh}" fill="{}"/>"#,
+                bx + 3.0,
+                base - bh,
+                bw - 6.0,
+                color(i)
+            );
+            // The spread (min..max) as a whisker.
+            let _ = writeln!(
+                s,
+                r#"<line x1="{cx}" x2="{cx}" y1="{}" y2="{}" stroke="black"/>"#,
+                base - scale(st.min),
+                base - scale(st.max),
+                cx = bx + bw / 2.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle" font-size="9">{}</text>"#,
+                bx + bw / 2.0,
+                base - scale(st.max).max(bh) - 3.0,
+                num(st.median)
+            );
+        }
+    }
+}
+
+const fn fig(
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+) -> Figure {
+    Figure {
+        key,
+        label,
+        unit,
+        higher_is_better,
+    }
+}
+
+/// A number with 3 significant digits.
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn nanos(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} us", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn rate(per_s: f64, unit: &str) -> String {
+    if per_s >= 1e9 {
+        format!("{:.2} G{unit}/s", per_s / 1e9)
+    } else if per_s >= 1e6 {
+        format!("{:.2} M{unit}/s", per_s / 1e6)
+    } else {
+        format!("{:.1} k{unit}/s", per_s / 1e3)
+    }
+}
+
+fn short(b: Backend) -> &'static str {
+    match b {
+        Backend::Slirp => "slirp",
+        other => other.name(),
+    }
+}
+
+fn color(i: usize) -> &'static str {
+    ["#555555", "#e69f00", "#56b4e9", "#009e73", "#cc79a7"]
+        .get(i)
+        .copied()
+        .unwrap_or("#999999")
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(samples: &[f64]) -> Cell {
+        Cell {
+            samples: samples.to_vec(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts_and_spread() {
+        let s = cell(&[3.0, 1.0, 2.0]).stats().unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = cell(&[4.0, 1.0, 2.0, 3.0]).stats().unwrap();
+        assert_eq!(s.median, 2.5);
+        assert!(cell(&[]).stats().is_none());
+        assert!(cell(&[f64::NAN]).stats().is_none());
+    }
+
+    fn run() -> Results {
+        let mut r = Results {
+            mtus: vec![1500],
+            backends: Backend::ALL.to_vec(),
+            ..Results::default()
+        };
+        for (b, up, rr) in [
+            (Backend::Kernel, 10.0, 10.0),
+            (Backend::Pasta, 3.0, 20.0),
+            (Backend::Slirp, 1.0, 25.0),
+            (Backend::Hostnet, 3.0, 15.0),
+        ] {
+            r.push(1500, b, "tcp_up", up);
+            r.push(1500, b, "rr_us", rr);
+        }
+        r.failed.insert((1500, Backend::Slirp), "test".into());
+        r
+    }
+
+    #[test]
+    fn ratios_and_targets_come_from_the_same_run() {
+        let r = run();
+        assert_eq!(
+            r.ratio(1500, Backend::Hostnet, "tcp_up", Backend::Kernel),
+            Some(0.3)
+        );
+        assert_eq!(
+            r.ratio(1500, Backend::Hostnet, "tcp_up", Backend::Pasta),
+            Some(1.0)
+        );
+        assert_eq!(
+            r.ratio(1500, Backend::Hostnet, "udp64_kpps", Backend::Kernel),
+            None
+        );
+        let t = r.targets();
+        let find = |what: &str| t.iter().find(|(w, _, _)| w.contains(what)).unwrap().1;
+        assert_eq!(find("2x slirp4netns"), Some(true));
+        assert_eq!(find("0.25x kernel"), Some(true));
+        assert_eq!(find("round trip @1500"), Some(true));
+        assert_eq!(find("UDP 64 B pps @1500"), None);
+    }
+
+    #[test]
+    fn outputs_carry_every_backend() {
+        let r = run();
+        let table = r.table();
+        for b in Backend::ALL {
+            assert!(table.contains(b.name()), "{table}");
+        }
+        let svg = r.svg("test");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<svg").count(), 1);
+        let json = r.json(serde_json::Value::Null);
+        assert_eq!(
+            json["e2e"]["1500"]["hostnet"]["figures"]["tcp_up"]["x_kernel"],
+            0.3
+        );
+        assert_eq!(json["e2e"]["1500"]["slirp4netns"]["status"], "failed: test");
+    }
+}
