@@ -7,8 +7,8 @@ use std::hash::BuildHasher;
 use crate::checksum::{self, Delta};
 use crate::packet::{self, Hdr, Kind, Tuple, get8, get16, get32, put16, put32};
 use crate::table::{
-    Flow, FlowTable, Index, Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP, ST_FIN_IN, ST_FIN_OUT, ST_IN,
-    ST_OUT, ST_REDIRECT, ST_RST, SeededState,
+    Flow, FlowTable, Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP, ST_FIN_IN, ST_FIN_OUT, ST_IN, ST_OUT,
+    ST_REDIRECT, ST_RST, SeededState,
 };
 use crate::{
     ConfigError, DropReason, Filtering, Instant, MappingInfo, NatConfig, NatStats, PortForward,
@@ -18,11 +18,11 @@ use crate::{
 /// The NAT: a connection table plus the rules (port forwards, redirects).
 ///
 /// Memory: flows live inline in an open-addressing table keyed by the
-/// internal 5-tuple (32-byte slots); an 8-byte-slot index maps the external
-/// side to them. Both run at a load factor between 3/8 and 3/4: 53–107
-/// bytes per flow depending on where the tables are in their doubling cycle
-/// (81–83 measured at 1 000, 64 000 and 1 000 000 flows). Port tables add
-/// 776 KiB per protocol in use, allocated on first use.
+/// internal 5-tuple (32-byte slots) at a load factor between 3/8 and 3/4:
+/// 43–85.3 bytes per flow depending on where the table is in its doubling
+/// cycle (65–67 measured at 1 000, 64 000 and 1 000 000 flows). The
+/// external side needs no index of its own (see `Nat::find_in`). Port
+/// tables add 776 KiB per protocol in use, allocated on first use.
 /// [`Nat::memory_bytes`] reports the total.
 #[derive(Debug)]
 pub struct Nat {
@@ -30,8 +30,10 @@ pub struct Nat {
     stats: NatStats,
     keys: Keys,
     flows: FlowTable,
-    in_ix: Index,
     ports: [PortTable; 3],
+    /// (protocol, external port) of each redirected flow -> the destination
+    /// the guest wrote (the flow's internal-side key part).
+    redirected: HashMap<(u8, u16), (u32, u16), SeededState>,
     bind_by_int: HashMap<(u8, u32, u16), u16, SeededState>,
     hosts: HashMap<u32, u32, SeededState>,
     forwards: HashMap<(u8, u16), SocketAddrV4, SeededState>,
@@ -129,12 +131,12 @@ impl Nat {
             stats: NatStats::default(),
             keys,
             flows: FlowTable::with_capacity(initial),
-            in_ix: Index::with_capacity(initial),
             ports: [
                 PortTable::default(),
                 PortTable::default(),
                 PortTable::default(),
             ],
+            redirected: HashMap::with_hasher(b),
             bind_by_int: HashMap::with_hasher(b),
             hosts: HashMap::with_hasher(b),
             forwards: HashMap::with_hasher(b),
@@ -209,15 +211,7 @@ impl Nat {
         now: Instant,
         verdicts: &mut [Verdict],
     ) {
-        for (ps, vs) in packets
-            .chunks_mut(PREFETCH)
-            .zip(verdicts.chunks_mut(PREFETCH))
-        {
-            self.prefetch(ps, true);
-            for (p, v) in ps.iter_mut().zip(vs.iter_mut()) {
-                *v = self.outbound(p.as_mut(), now);
-            }
-        }
+        self.batch(packets, now, verdicts, true);
     }
 
     /// Translates a batch of packets from the external side: the same as
@@ -228,36 +222,7 @@ impl Nat {
         now: Instant,
         verdicts: &mut [Verdict],
     ) {
-        // A two-stage software pipeline: while chunk k is read from the flow
-        // table, the index slots of chunk k + 1 are already on their way.
-        let n = packets.len().min(verdicts.len());
-        let mut next = [u32::MAX; PREFETCH];
-        self.peek_in_slots(
-            packets.get_mut(..n.min(PREFETCH)).unwrap_or_default(),
-            &mut next,
-        );
-        let mut start = 0;
-        while start < n {
-            let end = (start + PREFETCH).min(n);
-            let cur = core::hint::black_box(next);
-            let ahead = packets
-                .get_mut(end..(end + PREFETCH).min(n))
-                .unwrap_or_default();
-            self.peek_in_slots(ahead, &mut next);
-            let mut acc = 0u64;
-            for i in cur {
-                acc ^= self.flows.peek_at(i);
-            }
-            core::hint::black_box(acc);
-            let (Some(ps), Some(vs)) = (packets.get_mut(start..end), verdicts.get_mut(start..end))
-            else {
-                break;
-            };
-            for (p, v) in ps.iter_mut().zip(vs.iter_mut()) {
-                *v = self.inbound(p.as_mut(), now);
-            }
-            start = end;
-        }
+        self.batch(packets, now, verdicts, false);
     }
 
     /// Removes expired flows and fragment state. Examines at most `budget`
@@ -367,7 +332,7 @@ impl Nat {
                 int_addr: target,
                 int_port: forward.internal.port(),
                 kind: B_FWD,
-                refs: 0,
+                redirect: false,
             },
         );
         self.bind_by_int
@@ -385,7 +350,7 @@ impl Nat {
             return false;
         };
         let pt = &mut self.ports[usize::from(proto)];
-        let refs = pt.get(external_port).map_or(0, |b| b.refs);
+        let refs = pt.refs(external_port);
         if refs > 0 {
             if let Some(b) = pt.get_mut(external_port) {
                 b.kind = B_DYN;
@@ -481,15 +446,13 @@ impl Nat {
 
     /// Bytes of heap held by the flow table, its indexes and port tables.
     pub fn memory_bytes(&self) -> usize {
-        self.flows.memory()
-            + self.in_ix.memory()
-            + self.ports.iter().map(PortTable::memory).sum::<usize>()
+        self.flows.memory() + self.ports.iter().map(PortTable::memory).sum::<usize>()
     }
 
     /// Bytes of the flow table and its inbound index only, divided by the number
     /// of flows (the per-flow cost; 0 when empty).
     pub fn table_bytes_per_flow(&self) -> usize {
-        let t = self.flows.memory() + self.in_ix.memory();
+        let t = self.flows.memory();
         t.checked_div(self.flows.len()).unwrap_or(0)
     }
 }
@@ -508,19 +471,23 @@ const B_FREE: u8 = 0;
 const B_DYN: u8 = 1;
 const B_FWD: u8 = 2;
 
-/// The external port of a mapping and who owns it. 12 bytes.
+/// The external port of a mapping and who owns it: 8 bytes, 8 to a cache
+/// line (the inbound path reads one per packet).
 #[derive(Clone, Copy, Debug, Default)]
 struct Binding {
     int_addr: u32,
     int_port: u16,
     kind: u8,
-    refs: u32,
+    /// The port belongs to one redirected flow (see `Nat::redirected`).
+    redirect: bool,
 }
 
 /// Per-protocol external ports: who holds each, and a bitmap of used ones.
 #[derive(Clone, Debug, Default)]
 struct PortTable {
     bind: Vec<Binding>,
+    /// Flows using each port (apart from `bind`: the hot path never reads it).
+    refs: Vec<u32>,
     used: Vec<u64>,
 }
 
@@ -528,6 +495,7 @@ impl PortTable {
     fn ensure(&mut self) {
         if self.bind.is_empty() {
             self.bind = vec![Binding::default(); 65536];
+            self.refs = vec![0; 65536];
             self.used = vec![0; 1024];
             // Port 0 is never handed out.
             self.mark(0, true);
@@ -538,6 +506,12 @@ impl PortTable {
     }
     fn get_mut(&mut self, port: u16) -> Option<&mut Binding> {
         self.bind.get_mut(usize::from(port))
+    }
+    fn refs(&self, port: u16) -> u32 {
+        self.refs.get(usize::from(port)).copied().unwrap_or(0)
+    }
+    fn refs_mut(&mut self, port: u16) -> Option<&mut u32> {
+        self.refs.get_mut(usize::from(port))
     }
     fn kind(&self, port: u16) -> u8 {
         self.get(port).map_or(B_FREE, |b| b.kind)
@@ -551,6 +525,9 @@ impl PortTable {
     fn free(&mut self, port: u16) {
         if let Some(s) = self.get_mut(port) {
             *s = Binding::default();
+        }
+        if let Some(r) = self.refs_mut(port) {
+            *r = 0;
         }
         self.mark(port, false);
     }
@@ -588,7 +565,9 @@ impl PortTable {
         None
     }
     fn memory(&self) -> usize {
-        self.bind.capacity() * core::mem::size_of::<Binding>() + self.used.capacity() * 8
+        self.bind.capacity() * core::mem::size_of::<Binding>()
+            + self.refs.capacity() * 4
+            + self.used.capacity() * 8
     }
 }
 
@@ -832,10 +811,14 @@ fn rewrite_error(p: &mut [u8], h: &Hdr, outer_src: u32, outer_dst: u32, e: &Embe
 /// Packets whose table reads are started together by the batch calls.
 const PREFETCH: usize = 16;
 
-/// The lookup hash of a packet, read without validation (a wrong guess only
-/// costs a useless read): (out_hash or in_hash).
+/// Flow-table size below which the batch calls read nothing ahead.
+const PREFETCH_MIN_BYTES: usize = 512 * 1024;
+
+/// The internal-side hash of the flow a packet belongs to, read without
+/// validation (a wrong guess only costs a useless read). Inbound, the
+/// internal side comes from the external port's binding.
 #[inline(always)]
-fn peek_hash(keys: &Keys, p: &[u8], out: bool) -> u32 {
+fn peek_hash(keys: &Keys, ports: &[PortTable; 3], p: &[u8], out: bool) -> u32 {
     let l4 = usize::from(get8(p, 0) & 0xf) * 4;
     let (src, dst) = (get32(p, 12), get32(p, 16));
     let (proto, a, b) = match get8(p, 9) {
@@ -847,43 +830,120 @@ fn peek_hash(keys: &Keys, p: &[u8], out: bool) -> u32 {
     if out {
         keys.out_hash(proto, src, a, dst, b)
     } else {
-        keys.in_hash(proto, b, src, a)
+        let (int_addr, int_port) = ports
+            .get(usize::from(proto))
+            .and_then(|t| t.get(b))
+            .map_or((0, 0), |b| (b.int_addr, b.int_port));
+        keys.out_hash(proto, int_addr, int_port, src, a)
     }
 }
 
+/// The internal address in the binding of a packet's destination port, read
+/// without validation (see [`peek_hash`]).
+#[inline(always)]
+fn peek_binding(ports: &[PortTable; 3], p: &[u8]) -> u32 {
+    let l4 = usize::from(get8(p, 0) & 0xf) * 4;
+    let (proto, port) = match get8(p, 9) {
+        6 => (PROTO_TCP, get16(p, l4 + 2)),
+        17 => (PROTO_UDP, get16(p, l4 + 2)),
+        _ => (PROTO_ICMP, get16(p, l4 + 4)),
+    };
+    ports
+        .get(usize::from(proto))
+        .and_then(|t| t.get(port))
+        .map_or(0, |b| b.int_addr)
+}
+
 impl Nat {
+    /// The batch calls: the table slots of each chunk of packets are read
+    /// (their misses start together and overlap) before the chunk is
+    /// translated. (Reading chunk k + 1 ahead of translating chunk k measured
+    /// slower: the pending reads stall the translation behind them.)
+    #[inline(always)]
+    fn batch<P: AsMut<[u8]>>(
+        &mut self,
+        packets: &mut [P],
+        now: Instant,
+        verdicts: &mut [Verdict],
+        out: bool,
+    ) {
+        // While the table is in the L2 cache the reads would only add work.
+        let ahead = self.flows.memory() >= PREFETCH_MIN_BYTES;
+        for (ps, vs) in packets
+            .chunks_mut(PREFETCH)
+            .zip(verdicts.chunks_mut(PREFETCH))
+        {
+            if ahead {
+                self.prefetch(ps, out);
+            }
+            for (p, v) in ps.iter_mut().zip(vs.iter_mut()) {
+                *v = if out {
+                    self.outbound(p.as_mut(), now)
+                } else {
+                    self.inbound(p.as_mut(), now)
+                };
+            }
+        }
+    }
+
     /// Starts the cache misses of a few packets' lookups at once: reads each
-    /// home slot, then each flow it points at. The reads are independent, so
-    /// the CPU overlaps their misses; [`Nat::outbound`]/[`Nat::inbound`] then
+    /// packet's home slot (inbound: after its port binding). The reads are
+    /// independent and close together in the instruction stream, so the CPU
+    /// overlaps their misses; [`Nat::outbound`] and [`Nat::inbound`] then
     /// find the lines in the cache.
     #[inline(always)]
     fn prefetch<P: AsMut<[u8]>>(&mut self, ps: &mut [P], out: bool) {
         let mut acc = 0u64;
-        if out {
-            // Outbound: the flow sits in its home slot (or close behind).
-            for p in ps.iter_mut() {
-                acc ^= self.flows.peek(peek_hash(&self.keys, p.as_mut(), true));
-            }
-        } else {
-            // Inbound: the index slot first, then the flow it points at.
-            let mut idx = [u32::MAX; PREFETCH];
-            for (p, i) in ps.iter_mut().zip(idx.iter_mut()) {
-                *i = self.in_ix.peek(peek_hash(&self.keys, p.as_mut(), false));
-            }
-            for i in core::hint::black_box(idx) {
-                acc ^= self.flows.peek_at(i);
-            }
+        for p in ps.iter_mut() {
+            acc ^= self
+                .flows
+                .peek(peek_hash(&self.keys, &self.ports, p.as_mut(), out));
         }
         core::hint::black_box(acc);
     }
 
-    /// Reads the inbound index slots of `ps` (see [`Nat::inbound_batch`]).
+    /// Looks up the flow of an external-side key. Every flow on an external
+    /// port has the internal endpoint of the port's binding, and (unless it
+    /// was redirected) the remote as its internal-side destination, so the
+    /// flow is found by its internal-side key: one table probe, no second
+    /// index. Returns the port's binding and the flow's position and value.
     #[inline(always)]
-    fn peek_in_slots<P: AsMut<[u8]>>(&self, ps: &mut [P], out: &mut [u32; PREFETCH]) {
-        *out = [u32::MAX; PREFETCH];
-        for (p, i) in ps.iter_mut().zip(out.iter_mut()) {
-            *i = self.in_ix.peek(peek_hash(&self.keys, p.as_mut(), false));
+    fn find_in(
+        &self,
+        proto: u8,
+        ext_port: u16,
+        rem_addr: u32,
+        rem_port: u16,
+    ) -> (Binding, Option<(usize, Flow)>) {
+        let b = self
+            .ports
+            .get(usize::from(proto))
+            .and_then(|t| t.get(ext_port))
+            .copied()
+            .unwrap_or_default();
+        if b.kind == B_FREE {
+            return (b, None);
         }
+        let (dst, dport) = if b.redirect {
+            match self.redirected.get(&(proto, ext_port)) {
+                Some(&d) => d,
+                None => return (b, None),
+            }
+        } else {
+            (rem_addr, rem_port)
+        };
+        let hash = self
+            .keys
+            .out_hash(proto, b.int_addr, b.int_port, dst, dport);
+        // A flow on a port that is not a redirect's has its remote as its
+        // internal-side destination, so the internal key and the external
+        // port identify it; a redirected flow's remote is checked apart.
+        let found = self.flows.lookup(hash, |f| {
+            f.out_eq(proto, b.int_addr, b.int_port, dst, dport)
+                && f.ext_port == ext_port
+                && (!b.redirect || (f.rem_addr == rem_addr && f.rem_port == rem_port))
+        });
+        (b, found)
     }
 
     fn drop(&mut self, r: DropReason) {
@@ -1032,6 +1092,9 @@ impl Nat {
     /// The inbound path without counting.
     #[inline(always)]
     fn inb(&mut self, p: &mut [u8], now: u64) -> Verdict {
+        // Start reading the destination port's binding before validating
+        // the packet: its cache miss then overlaps the parse.
+        core::hint::black_box(peek_binding(&self.ports, p));
         let h = match packet::parse(p) {
             Ok(h) => h,
             Err(r) => return Verdict::Drop(r),
@@ -1047,33 +1110,23 @@ impl Nat {
             Ok(L4::IcmpError) => return self.in_error(p, &h, now),
             Err(r) => return Verdict::Drop(r),
         };
-        let hash = self.keys.in_hash(proto, dport, h.src, sport);
-        let flows = &self.flows;
-        let found = self.in_ix.find(hash, |i| {
-            flows
-                .get(i as usize)
-                .is_some_and(|f| f.in_eq(proto, dport, h.src, sport))
-        });
+        let (binding, found) = self.find_in(proto, dport, h.src, sport);
         let old = Tuple {
             src: h.src,
             sport,
             dst: h.dst,
             dport,
         };
-        let binding = match found {
-            Some(i) if self.flows.get(i as usize).is_some_and(|f| f.expires > now) => {
-                self.inbound_via_flow(p, &h, kind, i as usize, old, flags, now);
-                return Verdict::Forward;
-            }
-            _ => self.ports[usize::from(proto)]
-                .get(dport)
-                .copied()
-                .unwrap_or_default(),
-        };
+        if let Some((i, f)) = found
+            && f.expires > now
+        {
+            self.inbound_via_flow(p, &h, kind, i, f, old, flags, now);
+            return Verdict::Forward;
+        }
         match binding.kind {
             B_FWD => {
                 let idx = match found {
-                    Some(i) => Some(i as usize),
+                    Some((i, _)) => Some(i),
                     None => match self.create_in(proto, h.src, sport, dport, &binding, now) {
                         Ok(i) => i,
                         Err(r) => return Verdict::Drop(r),
@@ -1084,8 +1137,9 @@ impl Nat {
                         if let Some(f) = self.flows.get_mut(i) {
                             // A revived session starts over.
                             f.state &= ST_REDIRECT;
+                            let f = *f;
+                            self.inbound_via_flow(p, &h, kind, i, f, old, flags, now);
                         }
-                        self.inbound_via_flow(p, &h, kind, i, old, flags, now);
                     }
                     None => {
                         let new = Tuple {
@@ -1098,18 +1152,20 @@ impl Nat {
                 }
                 Verdict::Forward
             }
-            B_DYN if binding.refs > 0 && found.is_none() => match self.config.filtering {
-                Filtering::EndpointIndependent => {
-                    let new = Tuple {
-                        dst: binding.int_addr,
-                        dport: binding.int_port,
-                        ..old
-                    };
-                    packet::rewrite(p, &h, kind, old, new);
-                    Verdict::Forward
+            B_DYN if found.is_none() && self.ports[usize::from(proto)].refs(dport) > 0 => {
+                match self.config.filtering {
+                    Filtering::EndpointIndependent => {
+                        let new = Tuple {
+                            dst: binding.int_addr,
+                            dport: binding.int_port,
+                            ..old
+                        };
+                        packet::rewrite(p, &h, kind, old, new);
+                        Verdict::Forward
+                    }
+                    Filtering::AddressAndPortDependent => Verdict::Drop(DropReason::Filtered),
                 }
-                Filtering::AddressAndPortDependent => Verdict::Drop(DropReason::Filtered),
-            },
+            }
             _ => Verdict::Drop(DropReason::NoMapping),
         }
     }
@@ -1122,13 +1178,11 @@ impl Nat {
         h: &Hdr,
         kind: Kind,
         i: usize,
+        f: Flow,
         old: Tuple,
         flags: u8,
         now: u64,
     ) {
-        let Some(f) = self.flows.get(i).copied() else {
-            return;
-        };
         let new = Tuple {
             src: f.orig_addr,
             sport: f.orig_port,
@@ -1182,16 +1236,11 @@ impl Nat {
             Some(port) => (port, false),
             None => (self.alloc_port(proto, src, sport)?, true),
         };
-        let in_hash = self.keys.in_hash(proto, ext_port, rem_addr, rem_port);
-        let flows = &self.flows;
-        if self
-            .in_ix
-            .find(in_hash, |i| {
-                flows
-                    .get(i as usize)
-                    .is_some_and(|f| f.in_eq(proto, ext_port, rem_addr, rem_port))
-            })
-            .is_some()
+        if !fresh
+            && self
+                .find_in(proto, ext_port, rem_addr, rem_port)
+                .1
+                .is_some()
         {
             if fresh {
                 self.ports[usize::from(proto)].free(ext_port);
@@ -1205,11 +1254,13 @@ impl Nat {
                     int_addr: src,
                     int_port: sport,
                     kind: B_DYN,
-                    refs: 0,
+                    redirect: redirect.is_some(),
                 },
             );
             if redirect.is_none() {
                 self.bind_by_int.insert((proto, src, sport), ext_port);
+            } else {
+                self.redirected.insert((proto, ext_port), (dst, dport));
             }
         }
         let f = Flow {
@@ -1224,7 +1275,7 @@ impl Nat {
             proto,
             state: if redirect.is_some() { ST_REDIRECT } else { 0 },
         };
-        Ok(self.insert_flow(f, out_hash, in_hash))
+        Ok(self.insert_flow(f, out_hash))
     }
 
     /// A session through a port forward. `Ok(None)`: translate without one
@@ -1251,7 +1302,6 @@ impl Nat {
             return Ok(None);
         }
         self.check_caps(b.int_addr)?;
-        let in_hash = self.keys.in_hash(proto, ext_port, src, sport);
         let f = Flow {
             expires: now,
             int_addr: b.int_addr,
@@ -1264,7 +1314,7 @@ impl Nat {
             proto,
             state: 0,
         };
-        Ok(Some(self.insert_flow(f, out_hash, in_hash)))
+        Ok(Some(self.insert_flow(f, out_hash)))
     }
 
     fn check_caps(&mut self, host: u32) -> Result<(), DropReason> {
@@ -1286,33 +1336,25 @@ impl Nat {
         Ok(())
     }
 
-    fn insert_flow(&mut self, f: Flow, out_hash: u32, in_hash: u32) -> usize {
+    fn insert_flow(&mut self, f: Flow, out_hash: u32) -> usize {
         if self.flows.full() {
             self.grow();
         }
-        if let Some(b) = self.ports[usize::from(f.proto)].get_mut(f.ext_port) {
-            b.refs += 1;
+        if let Some(r) = self.ports[usize::from(f.proto)].refs_mut(f.ext_port) {
+            *r += 1;
         }
         *self.hosts.entry(f.int_addr).or_insert(0) += 1;
         let idx = self.flows.insert(out_hash, f);
-        self.in_ix.insert(in_hash, idx as u32);
         self.stats.mappings_created += 1;
         self.stats.flows = self.flows.len() as u64;
         idx
     }
 
-    /// Doubles the flow table; every position changes, so the inbound index
-    /// is rebuilt and a sweep under way starts over.
+    /// Doubles the flow table; every position changes, so a sweep under way
+    /// starts over.
     #[cold]
     fn grow(&mut self) {
         self.flows.grow(&self.keys);
-        let mut ix = Index::with_capacity(self.flows.len() + 1);
-        for pos in 0..self.flows.slots() {
-            if let Some(f) = self.flows.get(pos) {
-                ix.insert(f.in_hash(&self.keys), pos as u32);
-            }
-        }
-        self.in_ix = ix;
         if self.sweeping {
             self.hand = 0;
         }
@@ -1322,16 +1364,22 @@ impl Nat {
         let Some(f) = self.flows.get(idx).copied() else {
             return;
         };
-        self.in_ix.remove(f.in_hash(&self.keys), idx as u32);
         let pt = &mut self.ports[usize::from(f.proto)];
-        if let Some(b) = pt.get_mut(f.ext_port) {
-            b.refs = b.refs.saturating_sub(1);
-            if b.refs == 0 && b.kind == B_DYN {
-                let key = (f.proto, b.int_addr, b.int_port);
-                pt.free(f.ext_port);
-                if self.bind_by_int.get(&key) == Some(&f.ext_port) {
-                    self.bind_by_int.remove(&key);
-                }
+        let refs = pt.refs_mut(f.ext_port).map_or(0, |r| {
+            *r = r.saturating_sub(1);
+            *r
+        });
+        if let Some(b) = pt.get(f.ext_port).copied()
+            && refs == 0
+            && b.kind == B_DYN
+        {
+            let key = (f.proto, b.int_addr, b.int_port);
+            if b.redirect {
+                self.redirected.remove(&(f.proto, f.ext_port));
+            }
+            pt.free(f.ext_port);
+            if self.bind_by_int.get(&key) == Some(&f.ext_port) {
+                self.bind_by_int.remove(&key);
             }
         }
         if let Some(n) = self.hosts.get_mut(&f.int_addr) {
@@ -1340,10 +1388,7 @@ impl Nat {
                 self.hosts.remove(&f.int_addr);
             }
         }
-        let (flows, in_ix, keys) = (&mut self.flows, &mut self.in_ix, &self.keys);
-        flows.remove(idx, keys, |from, to, m| {
-            in_ix.repoint(m.in_hash(keys), from as u32, to as u32)
-        });
+        self.flows.remove(idx, &self.keys, |_, _, _| {});
         self.stats.mappings_expired += 1;
         self.stats.flows = self.flows.len() as u64;
     }
@@ -1523,14 +1568,8 @@ impl Nat {
         if t.src != self.ext {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         }
-        let hash = self.keys.in_hash(e.proto, t.sport, t.dst, t.dport);
-        let flows = &self.flows;
-        let found = self.in_ix.find(hash, |i| {
-            flows
-                .get(i as usize)
-                .is_some_and(|f| f.in_eq(e.proto, t.sport, t.dst, t.dport) && f.expires > now)
-        });
-        let Some(f) = found.and_then(|i| self.flows.get(i as usize)).copied() else {
+        let found = self.find_in(e.proto, t.sport, t.dst, t.dport).1;
+        let Some((_, f)) = found.filter(|(_, f)| f.expires > now) else {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         };
         let new = Tuple {
@@ -1565,3 +1604,40 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[test]
+    fn a_binding_is_8_bytes() {
+        assert_eq!(core::mem::size_of::<Binding>(), 8);
+    }
+
+    #[test]
+    fn redirect_state_goes_with_its_last_flow() {
+        let mut nat = testing::nat();
+        let from = SocketAddrV4::new(testing::GATEWAY, 53);
+        let to = SocketAddrV4::new(testing::SERVER, 53);
+        let r = Redirect {
+            protocol: Protocol::Udp,
+            from,
+            to,
+        };
+        assert_eq!(nat.add_redirect(r), Ok(()));
+        for port in [5000, 5001] {
+            let guest = SocketAddrV4::new(testing::GUEST, port);
+            let mut p = testing::udp(guest, from, b"q");
+            assert_eq!(nat.outbound(&mut p, Instant::ZERO), Verdict::Forward);
+        }
+        assert_eq!(nat.redirected.len(), 2);
+        let late = Instant::from_secs(100_000);
+        while nat.next_deadline().is_some_and(|t| t <= late) {
+            let _ = nat.expire(late, 16);
+        }
+        assert!(nat.is_empty());
+        assert!(nat.redirected.is_empty());
+        assert!(nat.ports.iter().all(|t| t.refs.iter().all(|&r| r == 0)));
+    }
+}

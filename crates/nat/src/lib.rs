@@ -82,23 +82,30 @@
 //!
 //! # Memory per flow
 //!
-//! Flows are stored inline in an open-addressing table keyed by the
-//! internal 5-tuple (32 bytes a slot); an index of 8-byte slots maps the
-//! external side (port, remote) to table positions. Both tables double when
-//! 3/4 full, so their load stays between 3/8 and 3/4: 53–107 bytes per flow
-//! depending on the point in the doubling cycle, 81–83 measured at 1 000,
-//! 64 000 and 1 000 000 flows ([`Nat::table_bytes_per_flow`]). Port tables
-//! add a fixed 776 KiB per protocol in use. [`Nat::memory_bytes`] reports
-//! the total.
+//! Flows are stored inline in one open-addressing table keyed by the
+//! internal 5-tuple (32 bytes a slot). There is no index for the external
+//! side: every flow on an external port has the internal endpoint recorded
+//! in that port's binding, so an inbound packet's internal-side key is
+//! rebuilt from the binding (and, for a redirected flow, the destination the
+//! guest wrote, kept per redirect port) and looked up in the same table.
+//! The table doubles when 3/4 full, so its load stays between 3/8 and 3/4:
+//! 43–85.3 bytes per flow over a doubling cycle in the worst case (from 48
+//! flows on; the initial table is 4 KiB), 65–67 measured at 1 000, 64 000
+//! and 1 000 000 flows ([`Nat::table_bytes_per_flow`]). Port tables (an
+//! 8-byte binding and a 4-byte use count per port, plus a bitmap) add a
+//! fixed 776 KiB per protocol in use. [`Nat::memory_bytes`] reports the
+//! total.
 //!
 //! # Speed
 //!
 //! One keyed multiply-fold hash and one probe sequence per packet; the IPv4
 //! header is parsed by hand. An outbound packet touches one table slot; an
-//! inbound one touches an index slot, then the flow. On tables larger than
-//! the caches these are DRAM misses; [`Nat::outbound_batch`] and
-//! [`Nat::inbound_batch`] start the misses of several packets at once so
-//! they overlap.
+//! inbound one reads the port's 8-byte binding (a 512 KiB array per
+//! protocol, which stays in the caches) and then one table slot. On tables
+//! larger than the caches the slot read is a DRAM miss (plus a page walk);
+//! [`Nat::outbound_batch`] and [`Nat::inbound_batch`] start the misses of 16
+//! packets at once so they overlap (outbound skips that while the table is
+//! under 512 KiB, where it only adds work).
 //!
 //! # Features
 //!

@@ -100,31 +100,52 @@ pub(crate) fn parse(p: &[u8]) -> Result<Hdr, DropReason> {
 
 /// Rewrites addresses and ports from `old` to `new`, fixing the IPv4 header
 /// checksum and the transport checksum incrementally. The caller checked that
-/// the transport header of `kind` is present.
+/// the transport header of `kind` is present. Works on fixed-size views of
+/// the headers, so each is bounds-checked once.
 #[inline(always)]
 pub(crate) fn rewrite(p: &mut [u8], h: &Hdr, kind: Kind, old: Tuple, new: Tuple) {
     let mut ipd = Delta::default();
     ipd.dword(old.src, new.src);
     ipd.dword(old.dst, new.dst);
-    put32(p, 12, new.src);
-    put32(p, 16, new.dst);
-    put16(p, 10, ipd.apply(get16(p, 10)));
-    let l4 = h.ihl;
+    let Some((ip, rest)) = p.split_first_chunk_mut::<20>() else {
+        return;
+    };
+    ip[12..16].copy_from_slice(&new.src.to_be_bytes());
+    ip[16..20].copy_from_slice(&new.dst.to_be_bytes());
+    let c = ipd.apply(u16::from_be_bytes([ip[10], ip[11]]));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let Some(l4) = rest.get_mut(h.ihl.saturating_sub(20)..) else {
+        return;
+    };
     match kind {
-        Kind::Tcp | Kind::Udp => {
-            let mut pd = Delta::default();
+        Kind::Tcp => {
+            let Some(t) = l4.first_chunk_mut::<18>() else {
+                return;
+            };
+            let mut pd = ipd;
             pd.word(old.sport, new.sport);
             pd.word(old.dport, new.dport);
-            put16(p, l4, new.sport);
-            put16(p, l4 + 2, new.dport);
-            let d = ipd.add(pd);
-            if kind == Kind::Tcp {
-                put16(p, l4 + 16, d.apply(get16(p, l4 + 16)));
-            } else {
-                put16(p, l4 + 6, d.apply_udp(get16(p, l4 + 6)));
-            }
+            t[0..2].copy_from_slice(&new.sport.to_be_bytes());
+            t[2..4].copy_from_slice(&new.dport.to_be_bytes());
+            let c = pd.apply(u16::from_be_bytes([t[16], t[17]]));
+            t[16..18].copy_from_slice(&c.to_be_bytes());
+        }
+        Kind::Udp => {
+            let Some(u) = l4.first_chunk_mut::<8>() else {
+                return;
+            };
+            let mut pd = ipd;
+            pd.word(old.sport, new.sport);
+            pd.word(old.dport, new.dport);
+            u[0..2].copy_from_slice(&new.sport.to_be_bytes());
+            u[2..4].copy_from_slice(&new.dport.to_be_bytes());
+            let c = pd.apply_udp(u16::from_be_bytes([u[6], u[7]]));
+            u[6..8].copy_from_slice(&c.to_be_bytes());
         }
         Kind::Echo { out } => {
+            let Some(e) = l4.first_chunk_mut::<8>() else {
+                return;
+            };
             let (o, n) = if out {
                 (old.sport, new.sport)
             } else {
@@ -132,8 +153,9 @@ pub(crate) fn rewrite(p: &mut [u8], h: &Hdr, kind: Kind, old: Tuple, new: Tuple)
             };
             let mut d = Delta::default();
             d.word(o, n);
-            put16(p, l4 + 4, n);
-            put16(p, l4 + 2, d.apply(get16(p, l4 + 2)));
+            e[4..6].copy_from_slice(&n.to_be_bytes());
+            let c = d.apply(u16::from_be_bytes([e[2], e[3]]));
+            e[2..4].copy_from_slice(&c.to_be_bytes());
         }
         Kind::Bare => {}
     }

@@ -1,7 +1,8 @@
 //! The flow table: compact [`Flow`] entries stored inline in an
-//! open-addressing table keyed by the internal 5-tuple ([`FlowTable`]), an
-//! index from the external side (port, remote) to table positions
-//! ([`Index`]), and the keyed multiply-fold hash both use.
+//! open-addressing table keyed by the internal 5-tuple ([`FlowTable`]), and
+//! the keyed multiply-fold hash it uses. There is no second index for the
+//! external side: the engine turns an external key into the internal one
+//! through the external port's binding (see `Nat::find_in`).
 
 use core::hash::{BuildHasher, Hasher};
 
@@ -63,11 +64,6 @@ impl Flow {
             self.orig_port,
         )
     }
-    /// Hash of the external-side key.
-    #[inline(always)]
-    pub(crate) fn in_hash(&self, k: &Keys) -> u32 {
-        k.in_hash(self.proto, self.ext_port, self.rem_addr, self.rem_port)
-    }
     /// Whether this flow has the given internal-side key.
     #[inline(always)]
     pub(crate) fn out_eq(
@@ -82,14 +78,6 @@ impl Flow {
             && self.orig_addr == dst
             && self.int_port == int_port
             && self.orig_port == dport
-            && self.proto == proto
-    }
-    /// Whether this flow has the given external-side key.
-    #[inline(always)]
-    pub(crate) fn in_eq(&self, proto: u8, ext_port: u16, rem_addr: u32, rem_port: u16) -> bool {
-        self.rem_addr == rem_addr
-            && self.ext_port == ext_port
-            && self.rem_port == rem_port
             && self.proto == proto
     }
 }
@@ -185,6 +173,27 @@ impl FlowTable {
         }
     }
 
+    /// Like [`FlowTable::find`], returning the position and a copy of the
+    /// flow.
+    #[inline(always)]
+    pub(crate) fn lookup(
+        &self,
+        hash: u32,
+        mut eq: impl FnMut(&Flow) -> bool,
+    ) -> Option<(usize, Flow)> {
+        let mut pos = hash as usize & self.mask;
+        loop {
+            let f = self.slots.get(pos)?;
+            if f.proto == FREE_SLOT {
+                return None;
+            }
+            if eq(f) {
+                return Some((pos, *f));
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
     /// `expires` of the home slot of `hash`: a cheap read that pulls the
     /// line into the cache ahead of [`FlowTable::find`].
     #[inline(always)]
@@ -192,12 +201,6 @@ impl FlowTable {
         self.slots
             .get(hash as usize & self.mask)
             .map_or(0, |f| f.expires)
-    }
-
-    /// `expires` of the slot at `pos` (see [`FlowTable::peek`]).
-    #[inline(always)]
-    pub(crate) fn peek_at(&self, pos: u32) -> u64 {
-        self.slots.get(pos as usize).map_or(0, |f| f.expires)
     }
 
     /// Whether one more insert would first need [`FlowTable::grow`].
@@ -319,184 +322,11 @@ impl Keys {
         self.mix(a, b)
     }
 
-    /// Hash of an external-side key.
-    #[inline(always)]
-    pub(crate) fn in_hash(&self, proto: u8, ext_port: u16, rem_addr: u32, rem_port: u16) -> u32 {
-        let a = (u64::from(ext_port) << 32) | u64::from(rem_addr);
-        let b = (u64::from(rem_port) << 16) | u64::from(proto) | 0x100;
-        self.mix(a, b)
-    }
-
     /// A `BuildHasher` for the cold-path std maps, keyed from these keys.
     pub(crate) fn build(&self) -> SeededState {
         SeededState {
             k0: self.0[1] ^ self.0[2],
             k1: self.0[3],
-        }
-    }
-}
-
-/// An open-addressing (linear probing, backward-shift deletion) index from a
-/// 32-bit hash to a flow-table position. 8 bytes per slot, load factor ≤ 3/4.
-#[derive(Clone, Debug)]
-pub(crate) struct Index {
-    slots: Vec<Slot>,
-    mask: usize,
-    len: usize,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    hash: u32,
-    idx: u32,
-}
-
-const EMPTY: u32 = u32::MAX;
-
-impl Index {
-    /// An empty index with room for `cap` entries before it grows.
-    pub(crate) fn with_capacity(cap: usize) -> Index {
-        let slots = (cap.saturating_mul(4) / 3 + 1).next_power_of_two().max(16);
-        Index {
-            slots: vec![
-                Slot {
-                    hash: 0,
-                    idx: EMPTY
-                };
-                slots
-            ],
-            mask: slots - 1,
-            len: 0,
-        }
-    }
-
-    /// Finds the table position of the entry with `hash` for which `eq` holds.
-    #[inline(always)]
-    pub(crate) fn find(&self, hash: u32, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        let mut pos = hash as usize & self.mask;
-        loop {
-            let s = *self.slots.get(pos)?;
-            if s.idx == EMPTY {
-                return None;
-            }
-            if s.hash == hash && eq(s.idx) {
-                return Some(s.idx);
-            }
-            pos = (pos + 1) & self.mask;
-        }
-    }
-
-    /// The table position stored in the home slot of `hash` (or `u32::MAX`):
-    /// a cheap read that pulls the slot into the cache ahead of [`Index::find`].
-    #[inline(always)]
-    pub(crate) fn peek(&self, hash: u32) -> u32 {
-        self.slots
-            .get(hash as usize & self.mask)
-            .map_or(EMPTY, |s| s.idx)
-    }
-
-    /// Inserts an entry (the caller made sure no equal key is present).
-    pub(crate) fn insert(&mut self, hash: u32, idx: u32) {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.grow();
-        }
-        self.place(hash, idx);
-        self.len += 1;
-    }
-
-    /// Removes the slot that points at `idx`.
-    pub(crate) fn remove(&mut self, hash: u32, idx: u32) {
-        let Some(mut hole) = self.position(hash, idx) else {
-            return;
-        };
-        self.len -= 1;
-        let mut pos = hole;
-        loop {
-            pos = (pos + 1) & self.mask;
-            let Some(s) = self.slots.get(pos).copied() else {
-                return;
-            };
-            if s.idx == EMPTY {
-                break;
-            }
-            let home = s.hash as usize & self.mask;
-            // Move `s` into the hole unless its home lies cyclically in (hole, pos].
-            let dist_hole = hole.wrapping_sub(home) & self.mask;
-            let dist_pos = pos.wrapping_sub(home) & self.mask;
-            if dist_hole <= dist_pos {
-                self.set(hole, s);
-                hole = pos;
-            }
-        }
-        self.set(
-            hole,
-            Slot {
-                hash: 0,
-                idx: EMPTY,
-            },
-        );
-    }
-
-    /// Repoints the slot of (`hash`, `from`) at `to` (after a table move).
-    pub(crate) fn repoint(&mut self, hash: u32, from: u32, to: u32) {
-        if let Some(p) = self.position(hash, from) {
-            self.set(p, Slot { hash, idx: to });
-        }
-    }
-
-    /// Bytes held.
-    pub(crate) fn memory(&self) -> usize {
-        self.slots.capacity() * core::mem::size_of::<Slot>()
-    }
-
-    fn position(&self, hash: u32, idx: u32) -> Option<usize> {
-        let mut pos = hash as usize & self.mask;
-        loop {
-            let s = self.slots.get(pos)?;
-            if s.idx == EMPTY {
-                return None;
-            }
-            if s.idx == idx {
-                return Some(pos);
-            }
-            pos = (pos + 1) & self.mask;
-        }
-    }
-
-    fn set(&mut self, pos: usize, slot: Slot) {
-        if let Some(s) = self.slots.get_mut(pos) {
-            *s = slot;
-        }
-    }
-
-    fn place(&mut self, hash: u32, idx: u32) {
-        let mut pos = hash as usize & self.mask;
-        for _ in 0..self.slots.len() {
-            match self.slots.get_mut(pos) {
-                Some(s) if s.idx == EMPTY => {
-                    *s = Slot { hash, idx };
-                    return;
-                }
-                _ => pos = (pos + 1) & self.mask,
-            }
-        }
-    }
-
-    fn grow(&mut self) {
-        let n = self.slots.len() * 2;
-        let old = core::mem::replace(
-            &mut self.slots,
-            vec![
-                Slot {
-                    hash: 0,
-                    idx: EMPTY
-                };
-                n
-            ],
-        );
-        self.mask = n - 1;
-        for s in old.into_iter().filter(|s| s.idx != EMPTY) {
-            self.place(s.hash, s.idx);
         }
     }
 }
@@ -563,27 +393,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_insert_find_remove_with_collisions() {
-        let mut ix = Index::with_capacity(4);
-        // Many entries with the same home slot exercise probing and backward shift.
-        for i in 0..200u32 {
-            ix.insert((i % 3) << 20, i);
-        }
-        for i in 0..200u32 {
-            assert_eq!(ix.find((i % 3) << 20, |x| x == i), Some(i));
-        }
-        for i in (0..200u32).step_by(2) {
-            ix.remove((i % 3) << 20, i);
-        }
-        for i in 0..200u32 {
-            let want = if i % 2 == 0 { None } else { Some(i) };
-            assert_eq!(ix.find((i % 3) << 20, |x| x == i), want, "entry {i}");
-        }
-        ix.repoint(1 << 20, 1, 999);
-        assert_eq!(ix.find(1 << 20, |x| x == 999), Some(999));
-    }
-
-    #[test]
     fn flow_table_keeps_positions_right_through_growth_and_backward_shifts() {
         use std::collections::HashMap;
         let keys = Keys::from_seed(3);
@@ -633,9 +442,8 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_is_32_bytes_and_an_index_slot_8() {
+    fn a_flow_is_32_bytes() {
         assert_eq!(core::mem::size_of::<Flow>(), 32);
-        assert_eq!(core::mem::size_of::<Slot>(), 8);
     }
 
     #[test]
@@ -643,6 +451,6 @@ mod tests {
         let (a, b) = (Keys::from_seed(1), Keys::from_seed(2));
         assert_ne!(a.out_hash(1, 10, 20, 30, 40), b.out_hash(1, 10, 20, 30, 40));
         assert_ne!(a.out_hash(1, 10, 20, 30, 40), a.out_hash(1, 10, 20, 30, 41));
-        assert_ne!(a.in_hash(1, 10, 20, 30), a.in_hash(0, 10, 20, 30));
+        assert_ne!(a.out_hash(1, 10, 20, 30, 40), a.out_hash(0, 10, 20, 30, 40));
     }
 }

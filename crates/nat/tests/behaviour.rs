@@ -766,6 +766,64 @@ fn redirect_sends_gateway_dns_upstream_and_replies_look_local() {
 }
 
 #[test]
+fn inbound_lookup_tells_a_redirected_flow_from_a_direct_one_of_the_same_guest_endpoint() {
+    // Inbound packets are matched through the external port's binding: a
+    // redirected flow and a direct flow of one guest endpoint must each
+    // answer only on their own port and only to their own remote.
+    let mut cfg = testing::config();
+    cfg.filtering = Filtering::AddressAndPortDependent;
+    let mut nat = testing::nat_with(cfg);
+    let from = sa(SERVER2, 53);
+    let to = sa(SERVER, 53);
+    nat.add_redirect(Redirect {
+        protocol: Protocol::Udp,
+        from,
+        to,
+    })
+    .unwrap();
+    let guest = sa(GUEST, 6000);
+    let mut r = testing::udp(guest, from, b"redirected");
+    assert_eq!(nat.outbound(&mut r, T0), Verdict::Forward);
+    let q = testing::src(&r);
+    // The guest also talks directly to the redirect's original destination.
+    let mut d = testing::udp(guest, from, b"x");
+    assert_eq!(nat.outbound(&mut d, T0), Verdict::Forward);
+    assert_eq!(testing::src(&d), q, "same flow: the redirect applies again");
+    let mut d2 = testing::udp(guest, to, b"direct");
+    assert_eq!(nat.outbound(&mut d2, T0), Verdict::Forward);
+    let p = testing::src(&d2);
+    assert_ne!(p, q);
+    // Replies on each port reach the guest, the redirected one from `from`.
+    let mut a = testing::udp(to, q, b"a");
+    assert_eq!(nat.inbound(&mut a, T0), Verdict::Forward);
+    assert_eq!((testing::src(&a), testing::dst(&a)), (from, guest));
+    let mut b = testing::udp(to, p, b"b");
+    assert_eq!(nat.inbound(&mut b, T0), Verdict::Forward);
+    assert_eq!((testing::src(&b), testing::dst(&b)), (to, guest));
+    // `from` itself never sent anything on either port: filtered, although
+    // (guest, from) is the internal-side key of the redirected flow.
+    for port in [p, q] {
+        let mut x = testing::udp(from, port, b"x");
+        assert_eq!(
+            nat.inbound(&mut x, T0),
+            Verdict::Drop(DropReason::Filtered),
+            "port {port}"
+        );
+    }
+    // Once the flows expire, their ports and the redirect state are freed.
+    let late = Instant::from_secs(100_000);
+    while nat.next_deadline().is_some_and(|t| t <= late) {
+        let _ = nat.expire(late, 64);
+    }
+    assert!(nat.is_empty());
+    let mut stale = testing::udp(to, q, b"late");
+    assert_eq!(
+        nat.inbound(&mut stale, late),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+}
+
+#[test]
 fn zero_udp_checksum_stays_zero() {
     let mut nat = testing::nat();
     let mut p = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"nocsum");
@@ -951,6 +1009,29 @@ fn memory_per_flow_is_at_most_96_bytes() {
     assert_eq!(w.nat.len(), 64_000);
     let per_flow = w.nat.table_bytes_per_flow();
     assert!(per_flow <= 96, "{per_flow} bytes per flow");
+}
+
+#[test]
+fn memory_per_flow_stays_under_86_bytes_through_whole_doubling_cycles() {
+    // One 32-byte slot per flow at a load factor between 3/8 and 3/4, and no
+    // second index: at most 32 / (3/8) = 85.3 bytes per flow from 48 flows
+    // on (below that the initial 128-slot, 4 KiB table dominates).
+    let mut cfg = testing::config();
+    cfg.max_flows_per_host = 1 << 20;
+    let mut nat = testing::nat_with(cfg);
+    let mut worst = 0;
+    for i in 0..20_000u32 {
+        let guest = sa(GUEST, 1024 + (i % 60_000) as u16);
+        let server = sa(Ipv4Addr::from(u32::from(SERVER) + i / 1000), 443);
+        let mut p = testing::udp(guest, server, b"m");
+        assert_eq!(nat.outbound(&mut p, T0), Verdict::Forward);
+        if nat.len() >= 48 {
+            worst = worst.max(nat.table_bytes_per_flow());
+        }
+    }
+    assert_eq!(nat.len(), 20_000);
+    assert!(worst <= 85, "worst {worst} bytes per flow");
+    assert!(worst >= 80, "the cycle's low point was reached: {worst}");
 }
 
 #[test]
