@@ -2,10 +2,16 @@
 
 use crate::wire::MacAddr;
 
-/// VIRTIO_NET_F_CSUM: the device handles packets with partial checksum (not offered yet).
+/// VIRTIO_NET_F_CSUM: the device handles packets with partial checksum (offered with
+/// [`crate::BridgeConfig::offloads`]).
 pub const VIRTIO_NET_F_CSUM: u32 = 0;
-/// VIRTIO_NET_F_GUEST_CSUM: the driver handles packets with partial checksum (not offered yet).
+/// VIRTIO_NET_F_GUEST_CSUM: the driver handles packets with partial checksum (offered with
+/// [`crate::BridgeConfig::offloads`]).
 pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
+/// VIRTIO_NET_F_GUEST_TSO4: the driver takes TCPv4 GSO super-frames (needs GUEST_CSUM).
+pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
+/// VIRTIO_NET_F_HOST_TSO4: the device takes TCPv4 GSO super-frames (needs CSUM).
+pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
 /// VIRTIO_NET_F_MTU: the device reports a maximum MTU in the config space.
 pub const VIRTIO_NET_F_MTU: u32 = 3;
 /// VIRTIO_NET_F_MAC: the device has a MAC address in the config space.
@@ -46,8 +52,19 @@ pub const VIRTIO_NET_HDR_LEN: usize = 12;
 /// Length of the legacy `virtio_net_hdr` (neither VERSION_1 nor MRG_RXBUF).
 pub const VIRTIO_NET_HDR_LEGACY_LEN: usize = 10;
 
-/// `virtio_net_hdr_v1`. The bridge writes flags 0 and gso_type NONE today; the fields are
-/// kept so that CSUM/TSO offloads can fill them later.
+/// VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum at `csum_start + csum_offset` holds only the
+/// pseudo-header sum; whoever sends the packet on completes it.
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// VIRTIO_NET_HDR_F_DATA_VALID: the checksum was verified (RX, with GUEST_CSUM).
+pub const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+/// VIRTIO_NET_HDR_GSO_NONE.
+pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+/// VIRTIO_NET_HDR_GSO_TCPV4: a TCPv4 super-frame to be cut into `gso_size` segments.
+pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+
+/// `virtio_net_hdr_v1`. Without offloads the bridge writes flags 0 and gso_type NONE; with
+/// them ([`crate::BridgeConfig::offloads`]) it carries checksum and GSO requests between
+/// the guest and a host link that speaks the same header (a Linux TUN with `IFF_VNET_HDR`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VirtioNetHdr {
     /// VIRTIO_NET_HDR_F_NEEDS_CSUM (1), DATA_VALID (2).
@@ -108,25 +125,44 @@ impl VirtioNetHdr {
 pub struct Device {
     mac: MacAddr,
     mtu: u16,
+    offered: u64,
     acked: u64,
 }
 
 impl Device {
     /// A device with MAC `mac` and MTU `mtu` (reported in the config space).
     pub fn new(mac: MacAddr, mtu: u16) -> Self {
-        Device { mac, mtu, acked: 0 }
+        Device {
+            mac,
+            mtu,
+            offered: OFFERED_FEATURES,
+            acked: 0,
+        }
+    }
+
+    /// Also offers [`OFFLOAD_FEATURES`] (checksum and TCPv4 segmentation offloads both ways)
+    /// when `on`. Only for a host link that carries virtio-net headers
+    /// ([`crate::HostLink::vnet_hdr_len`] = 12).
+    pub const fn with_offloads(mut self, on: bool) -> Self {
+        self.offered = if on {
+            OFFERED_FEATURES | OFFLOAD_FEATURES
+        } else {
+            OFFERED_FEATURES
+        };
+        self
     }
 
     /// The features the device offers: VERSION_1, MAC, MTU, STATUS, MRG_RXBUF, EVENT_IDX,
-    /// INDIRECT_DESC and ANY_LAYOUT.
+    /// INDIRECT_DESC and ANY_LAYOUT, plus [`OFFLOAD_FEATURES`] if enabled.
     pub const fn device_features(&self) -> u64 {
-        OFFERED_FEATURES
+        self.offered
     }
 
-    /// Records the driver's accepted features; bits the device did not offer are ignored.
-    /// Returns the negotiated set.
+    /// Records the driver's accepted features; bits the device did not offer are ignored, and
+    /// so are TSO bits without their checksum bit (virtio 1.x 5.1.3.1). Returns the
+    /// negotiated set.
     pub fn ack_features(&mut self, features: u64) -> u64 {
-        self.acked = features & OFFERED_FEATURES;
+        self.acked = sanitize_features(features & self.offered);
         self.acked
     }
 
@@ -198,7 +234,26 @@ pub const fn header_len_for(features: u64) -> usize {
     }
 }
 
-/// Every feature bit the device offers.
+/// Drops feature bits whose prerequisites are missing: HOST_TSO4 needs CSUM, GUEST_TSO4
+/// needs GUEST_CSUM.
+pub const fn sanitize_features(mut f: u64) -> u64 {
+    if f & (1 << VIRTIO_NET_F_CSUM) == 0 {
+        f &= !(1 << VIRTIO_NET_F_HOST_TSO4);
+    }
+    if f & (1 << VIRTIO_NET_F_GUEST_CSUM) == 0 {
+        f &= !(1 << VIRTIO_NET_F_GUEST_TSO4);
+    }
+    f
+}
+
+/// The offload bits offered with [`crate::BridgeConfig::offloads`]: CSUM, GUEST_CSUM,
+/// HOST_TSO4, GUEST_TSO4.
+pub const OFFLOAD_FEATURES: u64 = 1 << VIRTIO_NET_F_CSUM
+    | 1 << VIRTIO_NET_F_GUEST_CSUM
+    | 1 << VIRTIO_NET_F_HOST_TSO4
+    | 1 << VIRTIO_NET_F_GUEST_TSO4;
+
+/// Every feature bit the device offers without offloads.
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_NET_F_MAC
     | 1 << VIRTIO_NET_F_MTU

@@ -5,15 +5,16 @@
 
 use std::io;
 
-use nat::{Instant, Nat, Verdict};
+use nat::{Instant, L4Checksum, Nat, Verdict};
 use virtio_queue::Queue;
 use vm_memory::GuestMemory;
 
 use crate::Error;
-use crate::device::VIRTIO_NET_HDR_LEN;
+use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use crate::frame::FrameBatch;
 use crate::host::HostLink;
 use crate::l2::{L2Services, TxAction};
+use crate::offload::{self, Kind, Offloads};
 use crate::runner::MAX_BATCH;
 use crate::rx::{RxOutcome, RxPath};
 use crate::stats::{DropCause, Stats};
@@ -29,6 +30,15 @@ pub struct TxEngine {
     input: FrameBatch,
     actions: Vec<TxAction>,
     forward: Vec<bool>,
+    offloads: Offloads,
+    /// Largest frame without GSO: MTU + 14.
+    max_plain: usize,
+    /// Per input frame: what its virtio-net header asked for, and the header.
+    kinds: Vec<(Kind, VirtioNetHdr)>,
+    /// Per NAT-bound frame (in order): its index in `input`, checksum mode and verdict.
+    nat_idx: Vec<usize>,
+    nat_l4: Vec<L4Checksum>,
+    verdicts: Vec<Verdict>,
 }
 
 impl TxEngine {
@@ -42,7 +52,23 @@ impl TxEngine {
             input: FrameBatch::new(batch_size, max_frame + VIRTIO_NET_HDR_LEN),
             actions: Vec::with_capacity(batch_size),
             forward: vec![false; batch_size],
+            offloads: Offloads::default(),
+            max_plain: max_frame,
+            kinds: Vec::with_capacity(batch_size),
+            nat_idx: Vec::with_capacity(batch_size),
+            nat_l4: Vec::with_capacity(batch_size),
+            verdicts: vec![Verdict::Forward; batch_size],
         }
+    }
+
+    /// Uses the negotiated `offloads` (see [`Offloads::negotiate`]); `mtu` is the guest MTU,
+    /// the limit for frames that are not GSO super-frames. The engine's `max_frame` must be
+    /// [`Offloads::max_tx_frame`] and the host link must carry virtio-net headers if any
+    /// offload is on.
+    pub fn with_offloads(mut self, offloads: Offloads, mtu: u16) -> Self {
+        self.offloads = offloads;
+        self.max_plain = ETH_HLEN + usize::from(mtu);
+        self
     }
 
     /// The gateway services (lease, learned MAC).
@@ -66,11 +92,25 @@ impl TxEngine {
     ) -> Result<TxOutcome, Error> {
         self.input.clear();
         self.actions.clear();
+        self.kinds.clear();
         let out = self.path.process(mem, queue, &mut self.input, stats)?;
+        let hdr_len = self.path.header_len();
         for i in 0..self.input.len() {
+            let (kind, hdr) = match self.check(i, hdr_len) {
+                Ok(k) => k,
+                Err(c) => {
+                    stats.drop(c);
+                    self.kinds.push((Kind::Plain, VirtioNetHdr::default()));
+                    self.actions.push(TxAction::Drop(c));
+                    continue;
+                }
+            };
+            self.kinds.push((kind, hdr));
+            let gso = kind == Kind::Gso;
+            stats.tx_gso += u64::from(gso);
             let frame = self.input.frame(i).unwrap_or(&[]);
             let action = match replies.next_buf() {
-                Some(buf) => self.l2.handle(frame, buf, now),
+                Some(buf) => self.l2.handle_with(frame, buf, now, gso),
                 None => TxAction::Drop(DropCause::LocalQueueFull),
             };
             match action {
@@ -86,7 +126,33 @@ impl TxEngine {
         Ok(out)
     }
 
-    /// Runs the pulled packets through the NAT. Hairpinned packets go to `replies`.
+    /// Checks frame `i`'s virtio-net header against the offloads (a partial checksum the NAT
+    /// can't carry is completed here) and its size.
+    fn check(&mut self, i: usize, hdr_len: usize) -> Result<(Kind, VirtioNetHdr), DropCause> {
+        let max_plain = self.max_plain;
+        let o = self.offloads;
+        let Some((buf, start, len)) = self.input.slot_mut(i) else {
+            return Err(DropCause::Runt);
+        };
+        let (head, frame) = buf.split_at_mut(start);
+        let frame = frame.get_mut(..len).ok_or(DropCause::Runt)?;
+        let (kind, hdr) = if o.tx_csum {
+            let hdr = head
+                .get(start.saturating_sub(hdr_len)..)
+                .and_then(VirtioNetHdr::parse)
+                .unwrap_or_default();
+            (offload::check_tx(&o, &hdr, frame)?, hdr)
+        } else {
+            (Kind::Plain, VirtioNetHdr::default())
+        };
+        if kind != Kind::Gso && len > max_plain {
+            return Err(DropCause::TooBig);
+        }
+        Ok((kind, hdr))
+    }
+
+    /// Runs the pulled packets through the NAT (one batch call, so that the table lookups of
+    /// consecutive packets overlap). Hairpinned packets go to `replies`.
     pub fn translate(
         &mut self,
         nat: &mut Nat,
@@ -94,26 +160,80 @@ impl TxEngine {
         now: Instant,
         stats: &mut Stats,
     ) {
-        let eth = self.l2.eth_header_to_guest();
+        self.nat_idx.clear();
+        self.nat_l4.clear();
         for (i, a) in self.actions.iter().enumerate() {
-            let fwd = &mut self.forward[i];
-            *fwd = false;
-            let TxAction::Nat { len } = *a else { continue };
-            let Some(frame) = self.input.frame_mut(i) else {
+            if let Some(f) = self.forward.get_mut(i) {
+                *f = false;
+            }
+            if let TxAction::Nat { .. } = a {
+                self.nat_idx.push(i);
+                let kind = self.kinds.get(i).map_or(Kind::Plain, |k| k.0);
+                self.nat_l4.push(kind.l4());
+            }
+        }
+        let mut done = 0;
+        while done < self.nat_idx.len() {
+            let end = (done + NAT_CHUNK).min(self.nat_idx.len());
+            let mut pkts: [&mut [u8]; NAT_CHUNK] = Default::default();
+            let mut k = 0;
+            let mut want = self.nat_idx[done..end].iter().copied().peekable();
+            for (i, (buf, start, _)) in self.input.slots_mut().enumerate() {
+                if want.peek() != Some(&i) {
+                    continue;
+                }
+                want.next();
+                let len = match self.actions.get(i) {
+                    Some(TxAction::Nat { len }) => *len,
+                    _ => 0,
+                };
+                let from = start + ETH_HLEN;
+                if let (Some(slot), Some(p)) = (pkts.get_mut(k), buf.get_mut(from..from + len)) {
+                    *slot = p;
+                }
+                k += 1;
+                if want.peek().is_none() {
+                    break;
+                }
+            }
+            nat.outbound_batch_with(
+                &mut pkts[..k],
+                &self.nat_l4[done..end],
+                now,
+                &mut self.verdicts[done..end],
+            );
+            done = end;
+        }
+        let eth = self.l2.eth_header_to_guest();
+        for (j, &i) in self.nat_idx.iter().enumerate() {
+            let TxAction::Nat { len } = self.actions[i] else {
                 continue;
             };
-            let Some(pkt) = frame.get_mut(ETH_HLEN..ETH_HLEN + len) else {
-                continue;
-            };
-            match nat.outbound(pkt, now) {
-                Verdict::Forward => *fwd = true,
-                Verdict::Hairpin => {
-                    frame[..ETH_HLEN].copy_from_slice(&eth);
-                    if !replies.push(&frame[..ETH_HLEN + len]) {
-                        stats.drop(DropCause::LocalQueueFull);
+            match self.verdicts[j] {
+                Verdict::Forward => {
+                    if let Some(f) = self.forward.get_mut(i) {
+                        *f = true;
                     }
                 }
-                Verdict::Drop(_) => stats.drop(DropCause::NatOutbound),
+                Verdict::Hairpin => {
+                    let (kind, hdr) = self.kinds.get(i).copied().unwrap_or_default();
+                    let Some(frame) = self.input.frame_mut(i) else {
+                        continue;
+                    };
+                    let Some(frame) = frame.get_mut(..ETH_HLEN + len) else {
+                        continue;
+                    };
+                    frame[..ETH_HLEN].copy_from_slice(&eth);
+                    match offload::hairpin_header(&self.offloads, kind, &hdr, frame) {
+                        Ok(h) => {
+                            if !replies.push_with_header(frame, h) {
+                                stats.drop(DropCause::LocalQueueFull);
+                            }
+                        }
+                        Err(c) => stats.drop(c),
+                    }
+                }
+                _ => stats.drop(DropCause::NatOutbound),
             }
         }
     }
@@ -142,6 +262,30 @@ impl TxEngine {
         host: &dyn HostLink,
         stats: &mut Stats,
     ) -> Result<(), Error> {
+        let host_hdr = self.offloads.host_hdr;
+        if host_hdr {
+            // The link wants the virtio-net header right in front of the IP packet: it goes
+            // over the tail of the Ethernet header, which is not needed any more.
+            for (i, a) in self.actions.iter().enumerate() {
+                if !matches!(a, TxAction::Nat { .. })
+                    || !self.forward.get(i).copied().unwrap_or(false)
+                {
+                    continue;
+                }
+                let (kind, hdr) = self.kinds.get(i).copied().unwrap_or_default();
+                let h = offload::host_header(kind, &hdr);
+                if let Some(f) = self.input.frame_mut(i)
+                    && let Some(dst) = f.get_mut(ETH_HLEN - VIRTIO_NET_HDR_LEN..ETH_HLEN)
+                {
+                    dst.copy_from_slice(&h);
+                }
+            }
+        }
+        let from = if host_hdr {
+            ETH_HLEN - VIRTIO_NET_HDR_LEN
+        } else {
+            ETH_HLEN
+        };
         let mut list: [&[u8]; N] = [&[]; N];
         let mut k = 0;
         for (i, a) in self.actions.iter().enumerate() {
@@ -152,7 +296,7 @@ impl TxEngine {
             let pkt = self
                 .input
                 .frame(i)
-                .and_then(|f| f.get(ETH_HLEN..ETH_HLEN + len));
+                .and_then(|f| f.get(from..ETH_HLEN + len));
             if let (Some(slot), Some(pkt)) = (list.get_mut(k), pkt) {
                 *slot = pkt;
                 k += 1;
@@ -170,6 +314,10 @@ pub struct RxEngine {
     batch: FrameBatch,
     mtu: usize,
     gateway_mac: MacAddr,
+    offloads: Offloads,
+    /// Per received packet (from the batch cursor on): checksum mode for the NAT.
+    nat_l4: Vec<L4Checksum>,
+    verdicts: Vec<Verdict>,
 }
 
 impl RxEngine {
@@ -189,7 +337,18 @@ impl RxEngine {
             batch: FrameBatch::new(batch_size, max_packet + ETH_HLEN),
             mtu,
             gateway_mac,
+            offloads: Offloads::default(),
+            nat_l4: Vec::with_capacity(batch_size),
+            verdicts: vec![Verdict::Forward; batch_size],
         }
+    }
+
+    /// Uses the negotiated `offloads` (see [`Offloads::negotiate`]): packets from the host
+    /// link then carry a virtio-net header if [`Offloads::host_hdr`], and GSO super-packets
+    /// pass to a guest that accepted them.
+    pub fn with_offloads(mut self, offloads: Offloads) -> Self {
+        self.offloads = offloads;
+        self
     }
 
     /// Frames received but not yet delivered to the guest.
@@ -240,18 +399,20 @@ impl RxEngine {
         let cap = self.batch.capacity().min(N);
         let mut lens = [0usize; N];
         let mut bufs: [&mut [u8]; N] = std::array::from_fn(|_| Default::default());
-        for (slot, buf) in bufs.iter_mut().zip(self.batch.free_bufs(ETH_HLEN)) {
+        // With a header, it lands in the last 12 bytes of the Ethernet header's room.
+        let room = ETH_HLEN - self.offloads.host_hdr_len();
+        for (slot, buf) in bufs.iter_mut().zip(self.batch.free_bufs(room)) {
             *slot = buf;
         }
         let n = host
             .recv_batch(&mut bufs[..cap], &mut lens[..cap])?
             .min(cap);
-        self.batch.commit_received(ETH_HLEN, &lens[..n]);
+        self.batch.commit_received(room, &lens[..n]);
         Ok(n)
     }
 
-    /// Runs the received packets through the NAT and puts an Ethernet header (gateway →
-    /// `guest_mac`) in front of those that pass.
+    /// Runs the received packets through the NAT (one batch call) and puts an Ethernet header
+    /// (gateway → `guest_mac`) in front of those that pass.
     pub fn translate(
         &mut self,
         nat: &mut Nat,
@@ -263,18 +424,46 @@ impl RxEngine {
         eth[..6].copy_from_slice(&guest_mac.0);
         eth[6..12].copy_from_slice(&self.gateway_mac.0);
         eth[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        for i in self.batch.cursor()..self.batch.len() {
+        let first = self.batch.cursor();
+        let count = self.batch.len() - first;
+        self.check_headers(first, stats);
+        let mut done = 0;
+        while done < count {
+            let end = (done + NAT_CHUNK).min(count);
+            let mut pkts: [&mut [u8]; NAT_CHUNK] = Default::default();
+            for ((buf, start, len), slot) in self
+                .batch
+                .slots_mut()
+                .skip(first + done)
+                .take(end - done)
+                .zip(pkts.iter_mut())
+            {
+                if len > 0
+                    && start >= ETH_HLEN
+                    && let Some(p) = buf.get_mut(start..start + len)
+                {
+                    *slot = p;
+                }
+            }
+            nat.inbound_batch_with(
+                &mut pkts[..end - done],
+                &self.nat_l4[done..end],
+                now,
+                &mut self.verdicts[done..end],
+            );
+            done = end;
+        }
+        for j in 0..count {
+            let i = first + j;
+            let gso = self.batch.header(i).gso_type != 0;
             let Some((buf, start, len)) = self.batch.slot_mut(i) else {
                 continue;
             };
             if len == 0 || start < ETH_HLEN {
                 continue;
             }
-            let Some(pkt) = buf.get_mut(start..start + len) else {
-                continue;
-            };
-            match nat.inbound(pkt, now) {
-                Verdict::Forward | Verdict::Hairpin if len <= self.mtu => {
+            match self.verdicts[j] {
+                Verdict::Forward | Verdict::Hairpin if len <= self.mtu || gso => {
                     buf[start - ETH_HLEN..start].copy_from_slice(&eth);
                     self.batch.set_bounds(i, start - ETH_HLEN, len + ETH_HLEN);
                 }
@@ -282,11 +471,53 @@ impl RxEngine {
                     stats.drop(DropCause::TooBig);
                     self.batch.drop_frame(i);
                 }
-                Verdict::Drop(_) => {
+                _ => {
                     stats.drop(DropCause::NatInbound);
                     self.batch.drop_frame(i);
                 }
             }
+        }
+    }
+
+    /// Reads the virtio-net header in front of each received packet (if the link has one),
+    /// re-frames the slot to the IP packet, and records the header the guest gets and how
+    /// the NAT must read the checksum. Bad headers are counted and the packet dropped.
+    fn check_headers(&mut self, first: usize, stats: &mut Stats) {
+        self.nat_l4.clear();
+        let hl = self.offloads.host_hdr_len();
+        for i in first..self.batch.len() {
+            let mut l4 = L4Checksum::Complete;
+            let mut guest_hdr = None;
+            if let Some((buf, start, len)) = self.batch.slot_mut(i)
+                && hl > 0
+                && len > 0
+            {
+                let res = match (
+                    buf.get(start..start + hl).and_then(VirtioNetHdr::parse),
+                    len.checked_sub(hl),
+                ) {
+                    (Some(h), Some(plen)) => {
+                        let pkt = &mut buf[start + hl..start + hl + plen];
+                        offload::check_rx(&self.offloads, &h, pkt).map(|r| (r, plen))
+                    }
+                    _ => Err(DropCause::Malformed),
+                };
+                match res {
+                    Ok(((kind, h), plen)) => {
+                        l4 = kind.l4();
+                        guest_hdr = Some((h, start + hl, plen));
+                    }
+                    Err(c) => {
+                        stats.drop(c);
+                        self.batch.drop_frame(i);
+                    }
+                }
+            }
+            if let Some((h, start, plen)) = guest_hdr {
+                self.batch.set_bounds(i, start, plen);
+                self.batch.set_header(i, h);
+            }
+            self.nat_l4.push(l4);
         }
     }
 
@@ -339,6 +570,9 @@ fn send_all(host: &dyn HostLink, list: &[&[u8]], stats: &mut Stats) -> Result<()
     }
     Ok(())
 }
+
+/// Packets per NAT batch call (a stack array of slices).
+const NAT_CHUNK: usize = 32;
 
 /// Retries of an interrupted send before the rest of the batch is dropped.
 const MAX_INTERRUPTED: u32 = 16;

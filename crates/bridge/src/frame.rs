@@ -1,6 +1,8 @@
 //! [`FrameBatch`]: a fixed set of preallocated frame buffers, filled and drained as a unit.
 //! Batches are what the pipeline's channels carry; they are reused, never reallocated.
 
+use crate::device::VirtioNetHdr;
+
 /// A batch of up to `capacity` frames, each in its own preallocated buffer of `buf_size`
 /// bytes. Frames are appended at the back and consumed from the front (a cursor), so a
 /// partly delivered batch keeps its remaining frames in order. A frame of length zero is a
@@ -18,6 +20,8 @@ struct Slot {
     buf: Box<[u8]>,
     start: usize,
     len: usize,
+    /// The virtio-net header the frame carries towards the guest (offloads); zero otherwise.
+    hdr: VirtioNetHdr,
 }
 
 impl FrameBatch {
@@ -29,6 +33,7 @@ impl FrameBatch {
                 buf: vec![0u8; buf_size].into_boxed_slice(),
                 start: 0,
                 len: 0,
+                hdr: VirtioNetHdr::default(),
             })
             .collect();
         FrameBatch {
@@ -92,6 +97,34 @@ impl FrameBatch {
         }
     }
 
+    /// Copies `frame` into the next buffer with the virtio-net header `hdr` (see
+    /// [`FrameBatch::push`]).
+    pub fn push_with_header(&mut self, frame: &[u8], hdr: VirtioNetHdr) -> bool {
+        if !self.push(frame) {
+            return false;
+        }
+        self.set_header(self.len - 1, hdr);
+        true
+    }
+
+    /// The virtio-net header of frame `i` (zero unless set with
+    /// [`FrameBatch::set_header`]).
+    pub fn header(&self, i: usize) -> VirtioNetHdr {
+        self.slots
+            .get(..self.len)
+            .and_then(|s| s.get(i))
+            .map(|s| s.hdr)
+            .unwrap_or_default()
+    }
+
+    /// Sets the virtio-net header frame `i` carries to the guest (checksum and GSO fields;
+    /// `num_buffers` is filled in on delivery).
+    pub fn set_header(&mut self, i: usize, hdr: VirtioNetHdr) {
+        if let Some(s) = self.slots.get_mut(..self.len).and_then(|s| s.get_mut(i)) {
+            s.hdr = hdr;
+        }
+    }
+
     /// Frame `i` (empty for a hole).
     pub fn frame(&self, i: usize) -> Option<&[u8]> {
         let s = self.slots.get(..self.len)?.get(i)?;
@@ -109,6 +142,14 @@ impl FrameBatch {
         self.slots[..self.len]
             .iter()
             .map(|s| &s.buf[s.start..s.start + s.len])
+    }
+
+    /// Every appended slot as (whole buffer, frame start, frame length), mutable: for
+    /// rewriting a batch in place.
+    pub fn slots_mut(&mut self) -> impl Iterator<Item = (&mut [u8], usize, usize)> {
+        self.slots[..self.len]
+            .iter_mut()
+            .map(|s| (&mut s.buf[..], s.start, s.len))
     }
 
     /// Turns frame `i` into a hole.
@@ -131,6 +172,7 @@ impl FrameBatch {
             let start = start.min(s.buf.len());
             s.start = start;
             s.len = len.min(s.buf.len() - start);
+            s.hdr = VirtioNetHdr::default();
             self.len += 1;
         }
     }

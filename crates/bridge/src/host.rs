@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The host side of the bridge: whole IPv4 packets, in batches.
@@ -44,6 +45,28 @@ pub trait HostLink: Send + Sync {
     fn prepare(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Length of the `virtio_net_hdr_v1` every packet carries in front, both ways: 12 for a
+    /// link that takes checksum and GSO requests (a Linux TUN with `IFF_VNET_HDR`), 0 (the
+    /// default) for plain IP packets. Offloads ([`crate::BridgeConfig::offloads`]) need 12.
+    fn vnet_hdr_len(&self) -> usize {
+        0
+    }
+
+    /// Which offloads the link may use towards the bridge: partial checksums (`csum`) and
+    /// TCPv4 super-packets (`tso4`, implies `csum`). The bridge calls it at activation with
+    /// what the guest accepted (GUEST_CSUM, GUEST_TSO4).
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` (the default) when any is asked of a link without them; the OS error.
+    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
+        if csum || tso4 {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl<T: HostLink + ?Sized> HostLink for Arc<T> {
@@ -58,6 +81,12 @@ impl<T: HostLink + ?Sized> HostLink for Arc<T> {
     }
     fn prepare(&self) -> io::Result<()> {
         (**self).prepare()
+    }
+    fn vnet_hdr_len(&self) -> usize {
+        (**self).vnet_hdr_len()
+    }
+    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
+        (**self).set_offloads(csum, tso4)
     }
 }
 
@@ -77,6 +106,24 @@ impl HostLink for utun::Tun {
     fn prepare(&self) -> io::Result<()> {
         self.set_nonblocking(true)
     }
+    #[cfg(target_os = "linux")]
+    fn vnet_hdr_len(&self) -> usize {
+        utun::Tun::vnet_hdr_len(self)
+    }
+    #[cfg(target_os = "linux")]
+    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
+        let mut flags = 0;
+        if csum || tso4 {
+            flags |= utun::linux::TUN_F_CSUM;
+        }
+        if tso4 {
+            flags |= utun::linux::TUN_F_TSO4;
+        }
+        if flags == 0 && self.vnet_hdr_len() == 0 {
+            return Ok(());
+        }
+        self.set_offload(flags)
+    }
 }
 
 /// One end of an in-memory host link pair. What one end sends, the other receives. Each
@@ -87,6 +134,8 @@ impl HostLink for utun::Tun {
 pub struct MemoryLink {
     rx: Arc<Pipe>,
     tx: Arc<Pipe>,
+    vnet_hdr: bool,
+    offloads: AtomicU8,
 }
 
 #[derive(Debug)]
@@ -114,15 +163,43 @@ impl MemoryLink {
     ///
     /// The eventfd could not be created (Linux).
     pub fn pair(capacity: usize) -> io::Result<(MemoryLink, MemoryLink)> {
+        Self::pair_inner(capacity, false)
+    }
+
+    /// As [`MemoryLink::pair`], but every packet carries a 12-byte virtio-net header in front
+    /// ([`HostLink::vnet_hdr_len`] is 12 and [`HostLink::set_offloads`] is accepted), as a
+    /// TUN with `IFF_VNET_HDR` does: for testing offloads without a TUN.
+    ///
+    /// # Errors
+    ///
+    /// As [`MemoryLink::pair`].
+    pub fn pair_with_vnet_hdr(capacity: usize) -> io::Result<(MemoryLink, MemoryLink)> {
+        Self::pair_inner(capacity, true)
+    }
+
+    fn pair_inner(capacity: usize, vnet_hdr: bool) -> io::Result<(MemoryLink, MemoryLink)> {
         let a = Arc::new(Pipe::new(capacity)?);
         let b = Arc::new(Pipe::new(capacity)?);
         Ok((
             MemoryLink {
                 rx: a.clone(),
                 tx: b.clone(),
+                vnet_hdr,
+                offloads: AtomicU8::new(0),
             },
-            MemoryLink { rx: b, tx: a },
+            MemoryLink {
+                rx: b,
+                tx: a,
+                vnet_hdr,
+                offloads: AtomicU8::new(0),
+            },
         ))
+    }
+
+    /// The offloads last set with [`HostLink::set_offloads`]: (csum, tso4).
+    pub fn offloads(&self) -> (bool, bool) {
+        let v = self.offloads.load(Ordering::Relaxed);
+        (v & 1 != 0, v & 2 != 0)
     }
 
     /// Sends one packet to the other end; `false` if its queue is full.
@@ -217,6 +294,23 @@ impl HostLink for MemoryLink {
             ));
         }
         Ok(n)
+    }
+
+    fn vnet_hdr_len(&self) -> usize {
+        if self.vnet_hdr {
+            crate::device::VIRTIO_NET_HDR_LEN
+        } else {
+            0
+        }
+    }
+
+    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
+        if !self.vnet_hdr && (csum || tso4) {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        self.offloads
+            .store(u8::from(csum) | u8::from(tso4) << 1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -172,6 +172,18 @@ impl L2Services {
     /// Classifies one frame from the guest. Replies (ARP, DHCP, ICMP echo) are written to
     /// `reply` (at least MTU + 14 bytes, and 342 for DHCP). Never panics on any input.
     pub fn handle(&mut self, frame: &[u8], reply: &mut [u8], now: Instant) -> TxAction {
+        self.handle_with(frame, reply, now, false)
+    }
+
+    /// As [`L2Services::handle`]; `gso` says the frame is a TCP super-frame (HOST_TSO4), which
+    /// may exceed the MTU and goes to the NAT or nowhere.
+    pub fn handle_with(
+        &mut self,
+        frame: &[u8],
+        reply: &mut [u8],
+        now: Instant,
+        gso: bool,
+    ) -> TxAction {
         let Some(eth) = frame.get(..ETH_HLEN) else {
             return TxAction::Drop(DropCause::Runt);
         };
@@ -180,7 +192,14 @@ impl L2Services {
             return TxAction::Drop(DropCause::SpoofedMac);
         }
         match u16::from_be_bytes([eth[12], eth[13]]) {
-            ETHERTYPE_IPV4 => self.ipv4(frame, src_mac, reply, now),
+            ETHERTYPE_IPV4 if gso => match self.ipv4(frame, src_mac, reply, now, true) {
+                a @ (TxAction::Nat { .. } | TxAction::Drop(_)) => a,
+                // A super-frame the gateway would answer itself: not something a TCP stack
+                // segments.
+                _ => TxAction::Drop(DropCause::Offload),
+            },
+            _ if gso => TxAction::Drop(DropCause::Offload),
+            ETHERTYPE_IPV4 => self.ipv4(frame, src_mac, reply, now, false),
             ETHERTYPE_ARP => self.arp(frame, src_mac, reply),
             ETHERTYPE_IPV6 => TxAction::Drop(DropCause::Ipv6),
             _ => TxAction::Drop(DropCause::EtherType),
@@ -221,7 +240,14 @@ impl L2Services {
         }
     }
 
-    fn ipv4(&mut self, frame: &[u8], src_mac: MacAddr, reply: &mut [u8], now: Instant) -> TxAction {
+    fn ipv4(
+        &mut self,
+        frame: &[u8],
+        src_mac: MacAddr,
+        reply: &mut [u8],
+        now: Instant,
+        gso: bool,
+    ) -> TxAction {
         let ip = frame.get(ETH_HLEN..).unwrap_or(&[]);
         let Some(&vihl) = ip.first() else {
             return TxAction::Drop(DropCause::Malformed);
@@ -234,7 +260,7 @@ impl L2Services {
         if total < ihl || total > ip.len() {
             return TxAction::Drop(DropCause::Malformed);
         }
-        if total > usize::from(self.cfg.mtu) {
+        if total > usize::from(self.cfg.mtu) && !gso {
             return TxAction::Drop(DropCause::TooBig);
         }
         let ip = &ip[..total];

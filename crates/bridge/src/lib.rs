@@ -96,6 +96,7 @@ mod frame;
 mod gmem;
 mod host;
 mod l2;
+mod offload;
 mod ring;
 mod runner;
 mod rx;
@@ -107,11 +108,14 @@ mod wire;
 pub mod testing;
 
 pub use device::{
-    CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, RX_QUEUE, TX_QUEUE,
-    VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM,
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_LEGACY_LEN, VIRTIO_NET_HDR_LEN, VIRTIO_NET_S_LINK_UP,
+    CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
+    TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEGACY_LEN, VIRTIO_NET_HDR_LEN, VIRTIO_NET_S_LINK_UP,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioNetHdr, header_len_for,
+    sanitize_features,
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{host_dns_upstream, parse_resolv_conf};
@@ -120,6 +124,7 @@ pub use error::Error;
 pub use frame::FrameBatch;
 pub use host::{HostLink, MemoryLink};
 pub use l2::{L2Config, L2Services, TxAction};
+pub use offload::{MAX_IP_PACKET, Offloads};
 pub use runner::{Activation, Bridge, BridgeConfig, BridgeHandle, Interrupt, MAX_BATCH};
 pub use rx::{RxOutcome, RxPath};
 pub use stats::{AtomicStats, BridgeStats, DropCause, Stats};

@@ -14,14 +14,15 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::{Activation, Bridge, BridgeHandle, Interrupt, Shared, lock};
 use crate::device::{
     CONFIG_INTERRUPT, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
-    header_len_for,
+    header_len_for, sanitize_features,
 };
 use crate::engine::{RxEngine, TxEngine};
 use crate::frame::FrameBatch;
+use crate::offload::Offloads;
 use crate::rx::RxPath;
 use crate::stats::{AtomicStats, DropCause, Stats};
 use crate::tx::TxPath;
-use crate::wire::{ETH_HLEN, MacAddr};
+use crate::wire::MacAddr;
 use crate::{Error, HostLink};
 
 /// The eventfds the handle owns.
@@ -42,7 +43,10 @@ where
     H: HostLink + 'static,
 {
     let Bridge {
-        config, nat, l2, ..
+        config,
+        nat,
+        l2,
+        device,
     } = bridge;
     let Activation {
         mem,
@@ -72,9 +76,12 @@ where
             "the host link has no readiness descriptor".to_owned(),
         ));
     }
+    let acked_features = sanitize_features(acked_features & device.device_features());
+    let offloads = Offloads::negotiate(acked_features, host.vnet_hdr_len())?;
+    host.set_offloads(offloads.rx_csum, offloads.rx_tso4)?;
     let hdr_len = header_len_for(acked_features);
     let mrg = acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
-    let max_frame = usize::from(config.mtu) + ETH_HLEN;
+    let max_frame = offloads.max_tx_frame(config.mtu);
     let fds = Fds {
         rx_kick: Arc::new(EventFd::new(EFD_NONBLOCK)?),
         tx_kick: Arc::new(EventFd::new(EFD_NONBLOCK)?),
@@ -108,7 +115,8 @@ where
             l2,
             config.batch_size,
             max_frame,
-        ),
+        )
+        .with_offloads(offloads, config.mtu),
         reply: None,
         free: free_rx,
         local: local_tx,
@@ -131,7 +139,8 @@ where
             config.max_host_packet,
             usize::from(config.mtu),
             config.gateway_mac,
-        ),
+        )
+        .with_offloads(offloads),
         local: None,
         local_rx,
         free: free_tx,

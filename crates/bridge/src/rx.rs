@@ -137,11 +137,13 @@ impl RxPath {
                 continue;
             }
             let len = frame.len();
-            match self.deliver(mem, queue, w, frame, stats)? {
+            let hdr = frames.header(i);
+            match self.deliver(mem, queue, w, frame, hdr, stats)? {
                 Delivery::Delivered => {
                     out.delivered += 1;
                     stats.rx_frames += 1;
                     stats.rx_bytes += len as u64;
+                    stats.rx_gso += u64::from(hdr.gso_type != 0);
                     frames.consume(1);
                 }
                 Delivery::Dropped(cause) => {
@@ -205,6 +207,7 @@ impl RxPath {
         queue: &Queue,
         w: &mut Window,
         frame: &[u8],
+        hdr: VirtioNetHdr,
         stats: &mut Stats,
     ) -> Result<Delivery, Error> {
         let start = w.next;
@@ -212,7 +215,7 @@ impl RxPath {
         self.popped.clear();
         let hdr = VirtioNetHdr {
             num_buffers: 1,
-            ..VirtioNetHdr::default()
+            ..hdr
         }
         .to_bytes();
         let hdr = &hdr[..self.hdr_len];

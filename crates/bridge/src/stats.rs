@@ -52,11 +52,14 @@ pub enum DropCause {
     LocalQueueFull,
     /// DHCP pool exhausted, or a DHCP message the server ignores.
     Dhcp,
+    /// A virtio-net header asking for an offload that was not negotiated, or whose checksum
+    /// or segmentation request does not fit the frame (TX or RX).
+    Offload,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
     /// Every cause, in index order.
     pub const ALL: [DropCause; DropCause::COUNT] = [
         DropCause::ChainInvalid,
@@ -79,6 +82,7 @@ impl DropCause {
         DropCause::RxNoFit,
         DropCause::LocalQueueFull,
         DropCause::Dhcp,
+        DropCause::Offload,
     ];
     /// Index into [`Stats::drops`].
     pub const fn index(self) -> usize {
@@ -104,6 +108,10 @@ pub struct Stats {
     pub from_host: u64,
     /// Frames the gateway answered itself (ARP, DHCP, ICMP echo).
     pub local_replies: u64,
+    /// TCP super-frames (GSO) the guest sent (offloads).
+    pub tx_gso: u64,
+    /// TCP super-frames (GSO) delivered to the guest (offloads).
+    pub rx_gso: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -152,6 +160,8 @@ pub struct AtomicStats {
     to_host: AtomicU64,
     from_host: AtomicU64,
     local_replies: AtomicU64,
+    tx_gso: AtomicU64,
+    rx_gso: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -171,6 +181,8 @@ impl AtomicStats {
         add(&self.to_host, &mut local.to_host);
         add(&self.from_host, &mut local.from_host);
         add(&self.local_replies, &mut local.local_replies);
+        add(&self.tx_gso, &mut local.tx_gso);
+        add(&self.rx_gso, &mut local.rx_gso);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -191,6 +203,8 @@ impl AtomicStats {
             to_host: get(&self.to_host),
             from_host: get(&self.from_host),
             local_replies: get(&self.local_replies),
+            tx_gso: get(&self.tx_gso),
+            rx_gso: get(&self.rx_gso),
             drops,
         }
     }

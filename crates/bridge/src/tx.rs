@@ -50,6 +50,11 @@ impl TxPath {
         }
     }
 
+    /// Length of the virtio-net header in front of each frame in the batch.
+    pub fn header_len(&self) -> usize {
+        self.hdr_len
+    }
+
     /// Takes chains from `queue` until the batch is full or the available ring is empty,
     /// copying each frame into `batch` (its buffers must hold `max_frame` plus the header:
     /// the header is read in front of the frame, which starts at offset `hdr_len`).

@@ -1,0 +1,325 @@
+//! Checksum and TCP segmentation offloads ([`crate::BridgeConfig::offloads`]): what the
+//! driver negotiated, and the per-frame checks that keep a guest's virtio-net header honest.
+//!
+//! With offloads, the guest may send TCPv4 super-frames of up to 64 KiB (HOST_TSO4) and
+//! TCP/UDP packets whose checksum field holds only the pseudo-header sum (CSUM,
+//! `NEEDS_CSUM`); the host link (a Linux TUN with `IFF_VNET_HDR`) takes the same header and
+//! lets the host kernel segment and checksum. The other way, the host kernel hands over GSO
+//! super-packets and partial checksums only if the guest accepts them (GUEST_TSO4,
+//! GUEST_CSUM: the bridge sets the link's offloads from those bits). A header that asks for
+//! something not negotiated, or points outside the frame, is a counted drop
+//! ([`DropCause::Offload`]). A partial checksum that cannot travel on (a reply looped back to
+//! a guest that did not negotiate GUEST_CSUM, a protocol the NAT does not adjust) is
+//! completed in software.
+
+use nat::L4Checksum;
+
+use crate::Error;
+use crate::device::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN, VirtioNetHdr, sanitize_features,
+};
+use crate::stats::DropCause;
+use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, checksum};
+
+/// The largest IPv4 packet (a GSO super-packet at most).
+pub const MAX_IP_PACKET: usize = 65535;
+
+/// The offloads in force for one activated device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Offloads {
+    /// CSUM: the guest may send partial checksums.
+    pub tx_csum: bool,
+    /// HOST_TSO4: the guest may send TCPv4 super-frames.
+    pub tx_tso4: bool,
+    /// GUEST_CSUM: the guest takes partial checksums and DATA_VALID.
+    pub rx_csum: bool,
+    /// GUEST_TSO4: the guest takes TCPv4 super-frames.
+    pub rx_tso4: bool,
+    /// The host link carries a 12-byte virtio-net header in front of every packet.
+    pub host_hdr: bool,
+}
+
+impl Offloads {
+    /// The offloads for the driver's `acked` features and a host link whose packets carry a
+    /// virtio-net header of `host_vnet_hdr_len` bytes (0 or 12).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the link's header length is neither 0 nor 12, or offloads were
+    /// negotiated over a link without a header (it could not pass them on).
+    pub fn negotiate(acked: u64, host_vnet_hdr_len: usize) -> Result<Offloads, Error> {
+        let f = sanitize_features(acked);
+        let has = |bit: u32| f & (1 << bit) != 0;
+        if host_vnet_hdr_len != 0 && host_vnet_hdr_len != VIRTIO_NET_HDR_LEN {
+            return Err(Error::Config(format!(
+                "the host link's virtio-net header is {host_vnet_hdr_len} bytes; only {VIRTIO_NET_HDR_LEN} is supported"
+            )));
+        }
+        let o = Offloads {
+            tx_csum: has(VIRTIO_NET_F_CSUM),
+            tx_tso4: has(VIRTIO_NET_F_HOST_TSO4),
+            rx_csum: has(VIRTIO_NET_F_GUEST_CSUM),
+            rx_tso4: has(VIRTIO_NET_F_GUEST_TSO4),
+            host_hdr: host_vnet_hdr_len == VIRTIO_NET_HDR_LEN,
+        };
+        if o.any() && !o.host_hdr {
+            return Err(Error::Config(
+                "checksum/TSO offloads were negotiated but the host link carries no virtio-net \
+                 header (open the TUN with vnet_hdr)"
+                    .to_owned(),
+            ));
+        }
+        Ok(o)
+    }
+
+    /// Whether any offload was negotiated.
+    pub fn any(&self) -> bool {
+        self.tx_csum || self.tx_tso4 || self.rx_csum || self.rx_tso4
+    }
+
+    /// The largest Ethernet frame the guest may send: MTU + 14, or 64 KiB + 14 with HOST_TSO4.
+    pub fn max_tx_frame(&self, mtu: u16) -> usize {
+        if self.tx_tso4 {
+            ETH_HLEN + MAX_IP_PACKET
+        } else {
+            ETH_HLEN + usize::from(mtu)
+        }
+    }
+
+    /// The header length of the host link's packets (0 or 12).
+    pub fn host_hdr_len(&self) -> usize {
+        if self.host_hdr { VIRTIO_NET_HDR_LEN } else { 0 }
+    }
+}
+
+/// What a checked frame carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Complete checksums; no header to pass on.
+    #[default]
+    Plain,
+    /// A TCP/UDP packet with a partial checksum in the standard place.
+    Partial,
+    /// A TCPv4 super-frame (partial checksum too).
+    Gso,
+}
+
+impl Kind {
+    /// How the NAT must read the transport checksum.
+    pub(crate) fn l4(self) -> L4Checksum {
+        match self {
+            Kind::Plain => L4Checksum::Complete,
+            Kind::Partial | Kind::Gso => L4Checksum::Partial,
+        }
+    }
+}
+
+/// Checks the header of a guest frame (`frame` is the Ethernet frame). Partial checksums in
+/// an unusual place are completed here; anything not negotiated or out of bounds is refused.
+pub(crate) fn check_tx(
+    o: &Offloads,
+    hdr: &VirtioNetHdr,
+    frame: &mut [u8],
+) -> Result<Kind, DropCause> {
+    if !o.tx_csum {
+        // Nothing negotiated: the header carries no requests (virtio 1.x 5.1.6.2).
+        return Ok(Kind::Plain);
+    }
+    let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+    if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
+        let tcp = std_layout(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset) == Some(IPPROTO_TCP);
+        if o.tx_tso4
+            && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
+            && needs_csum
+            && hdr.gso_size > 0
+            && tcp
+        {
+            return Ok(Kind::Gso);
+        }
+        return Err(DropCause::Offload);
+    }
+    if !needs_csum {
+        return Ok(Kind::Plain);
+    }
+    if std_layout(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset).is_some() {
+        return Ok(Kind::Partial);
+    }
+    complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
+    Ok(Kind::Plain)
+}
+
+/// Checks the header of a packet from the host link (`packet` is the IP packet, the header's
+/// offsets are relative to it) and returns the header to give the guest (offsets relative to
+/// the Ethernet frame, flags the guest negotiated only).
+pub(crate) fn check_rx(
+    o: &Offloads,
+    hdr: &VirtioNetHdr,
+    packet: &mut [u8],
+) -> Result<(Kind, VirtioNetHdr), DropCause> {
+    let mut out = VirtioNetHdr::default();
+    let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+    let layout = || std_layout_l3(packet, hdr.csum_start, hdr.csum_offset);
+    let kind = if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
+        if !(o.rx_tso4
+            && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
+            && needs_csum
+            && hdr.gso_size > 0
+            && layout() == Some(IPPROTO_TCP))
+        {
+            return Err(DropCause::Offload);
+        }
+        out.gso_type = hdr.gso_type;
+        out.gso_size = hdr.gso_size;
+        out.hdr_len = hdr.hdr_len.saturating_add(ETH_HLEN as u16);
+        Kind::Gso
+    } else if needs_csum {
+        if o.rx_csum && layout().is_some() {
+            Kind::Partial
+        } else {
+            complete(packet, 0, hdr.csum_start, hdr.csum_offset)?;
+            Kind::Plain
+        }
+    } else {
+        Kind::Plain
+    };
+    if kind != Kind::Plain {
+        out.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        out.csum_start = hdr.csum_start.saturating_add(ETH_HLEN as u16);
+        out.csum_offset = hdr.csum_offset;
+    } else if o.rx_csum && hdr.flags & VIRTIO_NET_HDR_F_DATA_VALID != 0 {
+        out.flags = VIRTIO_NET_HDR_F_DATA_VALID;
+    }
+    Ok((kind, out))
+}
+
+/// The header a frame of `kind` with guest header `hdr` takes to the host link (offsets
+/// relative to the IP packet).
+pub(crate) fn host_header(kind: Kind, hdr: &VirtioNetHdr) -> [u8; VIRTIO_NET_HDR_LEN] {
+    let h = match kind {
+        Kind::Plain => VirtioNetHdr::default(),
+        Kind::Partial | Kind::Gso => VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: if kind == Kind::Gso {
+                hdr.gso_type
+            } else {
+                VIRTIO_NET_HDR_GSO_NONE
+            },
+            hdr_len: if kind == Kind::Gso {
+                hdr.hdr_len.saturating_sub(ETH_HLEN as u16)
+            } else {
+                0
+            },
+            gso_size: if kind == Kind::Gso { hdr.gso_size } else { 0 },
+            csum_start: hdr.csum_start.saturating_sub(ETH_HLEN as u16),
+            csum_offset: hdr.csum_offset,
+            num_buffers: 0,
+        },
+    };
+    h.to_bytes()
+}
+
+/// The header a guest frame of `kind` gets when it is looped back to the guest (hairpin), or
+/// `Err` when the guest can't take it. A partial checksum the guest can't take is completed.
+pub(crate) fn hairpin_header(
+    o: &Offloads,
+    kind: Kind,
+    hdr: &VirtioNetHdr,
+    frame: &mut [u8],
+) -> Result<VirtioNetHdr, DropCause> {
+    match kind {
+        Kind::Plain => Ok(VirtioNetHdr::default()),
+        Kind::Gso if !o.rx_tso4 => Err(DropCause::Offload),
+        Kind::Partial if !o.rx_csum => {
+            complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
+            Ok(VirtioNetHdr::default())
+        }
+        Kind::Partial | Kind::Gso => Ok(VirtioNetHdr {
+            num_buffers: 0,
+            hdr_len: if kind == Kind::Gso { hdr.hdr_len } else { 0 },
+            gso_size: if kind == Kind::Gso { hdr.gso_size } else { 0 },
+            gso_type: if kind == Kind::Gso {
+                hdr.gso_type
+            } else {
+                VIRTIO_NET_HDR_GSO_NONE
+            },
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            csum_start: hdr.csum_start,
+            csum_offset: hdr.csum_offset,
+        }),
+    }
+}
+
+/// Completes a partial checksum in software: the one's-complement sum of
+/// `data[csum_start..end]` (the field holds the pseudo-header sum) stored, complemented, at
+/// `csum_start + csum_offset`. `end` is the end of the IPv4 packet that starts at `l3` (or of
+/// `data` for anything else). A result of 0 is stored as 0xffff (as Linux does).
+pub(crate) fn complete(
+    data: &mut [u8],
+    l3: usize,
+    csum_start: u16,
+    csum_offset: u16,
+) -> Result<(), DropCause> {
+    let start = usize::from(csum_start);
+    let field = start + usize::from(csum_offset);
+    let end = ipv4_end(data, l3).unwrap_or(data.len());
+    if start < l3 || field + 2 > end {
+        return Err(DropCause::Offload);
+    }
+    let c = checksum(&data[start..end], 0);
+    let c = if c == 0 { 0xffff } else { c };
+    data[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// If `frame` is Ethernet + IPv4 TCP/UDP (not a fragment) whose checksum request points at
+/// the transport checksum field, the protocol.
+fn std_layout(frame: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Option<u8> {
+    let et = frame.get(l3 - 2..l3)?;
+    if u16::from_be_bytes([et[0], et[1]]) != ETHERTYPE_IPV4 {
+        return None;
+    }
+    layout_at(frame, l3, csum_start, csum_offset)
+}
+
+/// As [`std_layout`] for a bare IP packet.
+fn std_layout_l3(packet: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8> {
+    layout_at(packet, 0, csum_start, csum_offset)
+}
+
+fn layout_at(data: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Option<u8> {
+    let ip = data.get(l3..)?;
+    let vihl = *ip.first()?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
+    let proto = ip[9];
+    let want = match proto {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => return None,
+    };
+    let end = ipv4_end(data, l3)?;
+    let ok = frag == 0
+        && usize::from(csum_start) == l3 + ihl
+        && csum_offset == want
+        && l3 + ihl + usize::from(want) + 2 <= end;
+    ok.then_some(proto)
+}
+
+/// End of the IPv4 packet starting at `l3` (by its total length), if it fits in `data`.
+fn ipv4_end(data: &[u8], l3: usize) -> Option<usize> {
+    let ip = data.get(l3..)?;
+    if ip.first()? >> 4 != 4 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    (total >= 20 && total <= ip.len()).then_some(l3 + total)
+}
