@@ -1,17 +1,25 @@
 //! Hostile descriptor chains: arbitrary descriptor tables, available rings and buffer
-//! contents for both queues, then the bridge's TX path, gateway services and RX path run on
-//! them. Never a panic, never a hang; every chain taken is accounted for.
+//! contents for both queues, then the bridge's TX engine (TX path, gateway services, NAT,
+//! host link) and RX engine (host link, NAT, RX path) run on them, with or without checksum
+//! and TSO offloads (then every chain's virtio-net header and every host packet's header is
+//! fuzzed too). Never a panic, never a hang; every chain taken is accounted for.
 //!
 //! Input: `[flags, tx_table[16 × 16], tx_avail_idx[2], tx_ring[16 × 2], rx_table[16 × 16],
 //! rx_avail_idx[2], rx_ring[16 × 2], data...]`. Descriptor addresses are folded into twice the
 //! guest memory size, so about half point outside it. `data` fills guest memory from 0x8000
-//! and is also cut into frames for the RX path.
+//! and is also cut into packets the host link delivers (a 12-byte virtio-net header first
+//! when offloads are on). Flags: 1 EVENT_IDX, 2 MRG_RXBUF, 4 legacy 10-byte header,
+//! 8 offloads.
 #![no_main]
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use bridge::{DropCause, FrameBatch, L2Config, L2Services, MacAddr, RxPath, Stats, TxPath};
+use bridge::{
+    DropCause, FrameBatch, HostLink, L2Config, L2Services, MacAddr, MemoryLink, OFFERED_FEATURES,
+    OFFLOAD_FEATURES, Offloads, RxEngine, RxPath, Stats, TxEngine, TxPath,
+};
+use nat::{Nat, NatConfig};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -56,41 +64,85 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
 
+    let offloads = flags & 8 != 0 && hdr_len == 12;
+    let features = if offloads {
+        OFFERED_FEATURES | OFFLOAD_FEATURES
+    } else {
+        OFFERED_FEATURES
+    };
+    let Ok((inside, outside)) = (if offloads {
+        MemoryLink::pair_with_vnet_hdr(64)
+    } else {
+        MemoryLink::pair(64)
+    }) else {
+        return;
+    };
+    let Ok(o) = Offloads::negotiate(features, inside.vnet_hdr_len()) else {
+        return;
+    };
+    let max = o.max_tx_frame(1500);
+    let Ok(mut nat) = Nat::new(NatConfig {
+        internal_net: Ipv4Addr::new(192, 168, 64, 0),
+        internal_prefix_len: 24,
+        ..NatConfig::default()
+    }) else {
+        return;
+    };
     let mut stats = Stats::default();
-    let mut tx = TxPath::new(hdr_len, 1514);
-    let mut batch = FrameBatch::new(8, 1514);
-    let mut l2 = l2();
-    let mut reply = vec![0u8; 2048];
+    let mut tx = TxEngine::new(TxPath::new(hdr_len, max), l2(), 8, max).with_offloads(o, 1500);
+    let mut replies = FrameBatch::new(8, max.max(2048));
     for round in 0..4u64 {
-        match tx.process(&mem, &mut txq, &mut batch, &mut stats) {
+        let now = nat::Instant::from_secs(round);
+        replies.clear();
+        match tx.pull(&mem, &mut txq, &mut replies, now, &mut stats) {
             Ok(out) => {
                 assert!(out.chains <= 8);
-                for i in 0..batch.len() {
-                    let f = batch.frame(i).unwrap_or(&[]);
-                    let _ = l2.handle(f, &mut reply, nat::Instant::from_secs(round));
-                }
-                batch.clear();
+                tx.translate(&mut nat, &mut replies, now, &mut stats);
+                let _ = tx.push(&inside, &mut stats);
             }
             Err(_) => break, // needs reset
         }
     }
+    while outside.recv().is_some() {}
 
-    let mut rx = RxPath::new(hdr_len, mrg);
-    let mut frames = FrameBatch::new(8, 1514);
+    let mut rx = RxEngine::new(RxPath::new(hdr_len, mrg), 8, 65535, 1500, MacAddr([2, 0, 0, 0, 0, 1]))
+        .with_offloads(o);
     for chunk in data.chunks(97).take(8) {
-        let _ = frames.push(chunk);
+        let _ = outside.send(chunk);
     }
-    for _ in 0..4 {
-        match rx.fill(&mem, &mut rxq, &mut frames, &mut stats) {
+    for round in 0..4u64 {
+        let now = nat::Instant::from_secs(round);
+        if rx.receive(&inside, &mut stats).is_err() {
+            break;
+        }
+        rx.translate(&mut nat, now, MacAddr([2, 0, 0, 0, 0, 2]), &mut stats);
+        match rx.deliver(&mem, &mut rxq, &mut stats) {
             Ok(out) if out.starved => {
-                let _ = rx.arm(&mem, &mut rxq);
+                let _ = rx.path().arm(&mem, &mut rxq);
                 break;
             }
             Ok(_) => {}
             Err(_) => break,
         }
     }
-    assert!(stats.drops_of(DropCause::ChainInvalid) <= 4 * 16 * 2 + 32);
+    // Frames straight into the RX path (whatever the NAT made of the packets above), with
+    // headers from the input: hostile RX chains get exercised whatever the NAT dropped.
+    let mut frames = FrameBatch::new(8, 1514);
+    for chunk in data.chunks(97).take(8) {
+        let hdr = bridge::VirtioNetHdr::parse(chunk).unwrap_or_default();
+        let _ = frames.push_with_header(chunk, hdr);
+    }
+    for _ in 0..4 {
+        match rx.path().fill(&mem, &mut rxq, &mut frames, &mut stats) {
+            Ok(out) if out.starved => {
+                let _ = rx.path().arm(&mem, &mut rxq);
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(stats.drops_of(DropCause::ChainInvalid) <= 8 * 16 * 2 + 64);
 });
 
 fn take(b: &[u8], n: usize) -> (Vec<u8>, &[u8]) {

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use nat::{Instant, L4Checksum, Nat, Verdict};
+use nat::{Direction, Instant, L4Checksum, Nat, Verdict};
 use virtio_queue::Queue;
 use vm_memory::GuestMemory;
 
@@ -39,6 +39,9 @@ pub struct TxEngine {
     nat_idx: Vec<usize>,
     nat_l4: Vec<L4Checksum>,
     verdicts: Vec<Verdict>,
+    /// Fragments the NAT held (they came before their first fragment) and has now released,
+    /// translated, for the host link; the IP packet at offset 14 of each buffer.
+    released: FrameBatch,
 }
 
 impl TxEngine {
@@ -58,6 +61,7 @@ impl TxEngine {
             nat_idx: Vec::with_capacity(batch_size),
             nat_l4: Vec::with_capacity(batch_size),
             verdicts: vec![Verdict::Forward; batch_size],
+            released: FrameBatch::new(RELEASED_PER_BATCH, max_frame),
         }
     }
 
@@ -233,6 +237,39 @@ impl TxEngine {
                         Err(c) => stats.drop(c),
                     }
                 }
+                // The NAT kept a copy of a fragment that came before its first fragment.
+                Verdict::Held => {}
+                _ => stats.drop(DropCause::NatOutbound),
+            }
+        }
+        self.drain_released(nat, replies, &eth, stats);
+    }
+
+    /// Takes the fragments the NAT released (translated) for the host link or, hairpinned,
+    /// for the guest. What does not fit this batch stays with the NAT for the next one.
+    fn drain_released(
+        &mut self,
+        nat: &mut Nat,
+        replies: &mut FrameBatch,
+        eth: &[u8; ETH_HLEN],
+        stats: &mut Stats,
+    ) {
+        self.released.clear();
+        while let Some(buf) = self.released.next_buf() {
+            let Some(room) = buf.get_mut(ETH_HLEN..) else {
+                break;
+            };
+            let Some(r) = nat.poll_released(Direction::Outbound, room) else {
+                break;
+            };
+            match r.verdict {
+                Verdict::Forward => self.released.commit(0, ETH_HLEN + r.len),
+                Verdict::Hairpin => {
+                    buf[..ETH_HLEN].copy_from_slice(eth);
+                    if !replies.push(&buf[..ETH_HLEN + r.len]) {
+                        stats.drop(DropCause::LocalQueueFull);
+                    }
+                }
                 _ => stats.drop(DropCause::NatOutbound),
             }
         }
@@ -302,7 +339,25 @@ impl TxEngine {
                 k += 1;
             }
         }
-        send_all(host, &list[..k], stats)
+        send_all(host, &list[..k], stats)?;
+        if self.released.is_empty() {
+            return Ok(());
+        }
+        // Released fragments: plain packets (a zero header where the link wants one).
+        let mut rel: [&[u8]; RELEASED_PER_BATCH] = [&[]; RELEASED_PER_BATCH];
+        let mut k = 0;
+        for (buf, _, len) in self.released.slots_mut() {
+            if host_hdr && let Some(h) = buf.get_mut(from..ETH_HLEN) {
+                h.fill(0);
+            }
+            if let (Some(slot), Some(p)) = (rel.get_mut(k), buf.get(from..len)) {
+                *slot = p;
+                k += 1;
+            }
+        }
+        let r = send_all(host, &rel[..k], stats);
+        self.released.clear();
+        r
     }
 }
 
@@ -471,10 +526,33 @@ impl RxEngine {
                     stats.drop(DropCause::TooBig);
                     self.batch.drop_frame(i);
                 }
+                // The NAT kept a copy (a fragment before its first fragment).
+                Verdict::Held => self.batch.drop_frame(i),
                 _ => {
                     stats.drop(DropCause::NatInbound);
                     self.batch.drop_frame(i);
                 }
+            }
+        }
+        // Fragments the NAT held and has now translated go into the free slots; what does not
+        // fit stays with the NAT for the next batch.
+        while let Some(buf) = self.batch.next_buf() {
+            let Some(room) = buf.get_mut(ETH_HLEN..) else {
+                break;
+            };
+            let Some(r) = nat.poll_released(Direction::Inbound, room) else {
+                break;
+            };
+            let ok = matches!(r.verdict, Verdict::Forward | Verdict::Hairpin);
+            if ok && r.len <= self.mtu {
+                buf[..ETH_HLEN].copy_from_slice(&eth);
+                self.batch.commit(0, ETH_HLEN + r.len);
+            } else {
+                stats.drop(if ok {
+                    DropCause::TooBig
+                } else {
+                    DropCause::NatInbound
+                });
             }
         }
     }
@@ -570,6 +648,9 @@ fn send_all(host: &dyn HostLink, list: &[&[u8]], stats: &mut Stats) -> Result<()
     }
     Ok(())
 }
+
+/// Released fragments taken from the NAT per batch (the rest wait for the next batch).
+const RELEASED_PER_BATCH: usize = 8;
 
 /// Packets per NAT batch call (a stack array of slices).
 const NAT_CHUNK: usize = 32;
