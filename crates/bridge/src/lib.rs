@@ -50,9 +50,11 @@
 //! - Anti-spoofing: frames from a MAC other than the guest's, or IPv4 from an address other
 //!   than its lease or static address, never reach the NAT (DHCP from 0.0.0.0 excepted).
 //! - Packets from the host larger than the guest MTU are counted ([`DropCause::TooBig`]) and
-//!   dropped; no ICMP fragmentation-needed is generated (the guest's TCP MSS normally keeps
-//!   them from happening; the host's TUN MTU should equal the guest MTU so the host kernel
-//!   fragments or signals PMTU itself). IP fragments are delivered each as its own frame.
+//!   dropped (GSO super-packets excepted, with GUEST_TSO4); no ICMP fragmentation-needed is
+//!   generated (the guest's TCP MSS normally keeps them from happening; the host's TUN MTU
+//!   should equal the guest MTU so the host kernel fragments or signals PMTU itself). IP
+//!   fragments are delivered each as its own frame; fragments that arrive before their first
+//!   fragment are held by the NAT and sent on once it has come through.
 //! - Gateway services: ARP answers for the gateway address only (a DHCP client's probe of
 //!   its offered address gets no answer) and learns the guest's MAC; DHCP (RFC 2131: offer,
 //!   request/ack/nak, renew/rebind, release, decline, inform; unicast or broadcast replies
@@ -60,6 +62,21 @@
 //!   forwarded through a NAT redirect to [`BridgeConfig::dns_upstream`]
 //!   ([`host_dns_upstream`] reads the host's resolv.conf). IPv6 and other EtherTypes are
 //!   counted and dropped.
+//!
+//! # Offloads
+//!
+//! With [`BridgeConfig::offloads`] (or [`Device::with_offloads`] for the thread-free core)
+//! the device also offers CSUM, GUEST_CSUM, HOST_TSO4 and GUEST_TSO4 ([`OFFLOAD_FEATURES`]).
+//! The guest then sends 64 KiB TCP super-frames and partial checksums; the bridge checks each
+//! virtio-net header ([`Offloads`], counted [`DropCause::Offload`] drops for requests not
+//! negotiated or out of bounds), translates the packet through the NAT with the checksum
+//! read as partial (`nat::L4Checksum::Partial`), and hands it to a host link that takes the
+//! same header ([`HostLink::vnet_hdr_len`] = 12: a Linux TUN opened with `vnet_hdr(true)`),
+//! so the host kernel segments and checksums. The other way, the link is told with
+//! [`HostLink::set_offloads`] what the guest accepts, and GSO super-packets and partial
+//! checksums from the host reach the guest with their header (offsets moved by the 14-byte
+//! Ethernet header). A partial checksum that can't travel on (hairpinned to a guest without
+//! GUEST_CSUM, a protocol the NAT doesn't adjust) is completed in software.
 //!
 //! # Threads (runner)
 //!
