@@ -80,7 +80,9 @@
 //!
 //! # Threads (runner)
 //!
-//! `bridge-tx` owns the TX queue: on a kick it drains chains into a batch, runs the gateway
+//! `bridge-tx` owns the TX queue (its state sits behind a per-batch lock so that
+//! [`BridgeHandle::kick_inline`] can drain it on the kicker's own thread when `bridge-tx` is
+//! idle, saving a thread wake-up per kick): on a kick it drains chains into a batch, runs the gateway
 //! services, translates the batch through the NAT under one lock and writes it to the host
 //! link. Gateway replies and hairpinned packets travel to `bridge-rx` in pooled batches over
 //! a bounded crossbeam channel; when the pool is empty, the TX queue is not drained

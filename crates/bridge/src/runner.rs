@@ -291,6 +291,20 @@ impl BridgeHandle {
         imp::kick(self, queue)
     }
 
+    /// As [`BridgeHandle::kick`], but a TX kick drains the TX queue right here, on the
+    /// calling thread, when the TX thread is not busy with it (otherwise it kicks that
+    /// thread): one thread wake-up less per kick, for an embedder whose own thread takes the
+    /// driver's notification (a vCPU exit, a doorbell handler). The TX work then runs under
+    /// the same per-batch lock the TX thread takes; a failure is recorded as the TX thread's
+    /// would be ([`BridgeHandle::error`]) and stops the pipeline.
+    ///
+    /// # Errors
+    ///
+    /// As [`BridgeHandle::kick`].
+    pub fn kick_inline(&self, queue: u16) -> Result<(), Error> {
+        imp::kick_inline(self, queue)
+    }
+
     /// The eventfd behind [`BridgeHandle::kick`] for `queue`, for registering as an
     /// ioeventfd (Linux; `None` elsewhere or for another index). It stays open as long as
     /// the handle.
@@ -450,6 +464,9 @@ mod imp {
         Err(Error::Unsupported)
     }
     pub(super) fn kick(_h: &BridgeHandle, _q: u16) -> Result<(), Error> {
+        Err(Error::Unsupported)
+    }
+    pub(super) fn kick_inline(_h: &BridgeHandle, _q: u16) -> Result<(), Error> {
         Err(Error::Unsupported)
     }
     pub(super) fn kick_fd(_h: &BridgeHandle, _q: u16) -> Option<RawFd> {

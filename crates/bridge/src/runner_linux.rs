@@ -31,6 +31,38 @@ pub(super) struct Fds {
     rx_kick: Arc<EventFd>,
     tx_kick: Arc<EventFd>,
     shutdown: Arc<EventFd>,
+    /// The TX work, for [`kick_inline`] on the caller's thread.
+    tx_work: Arc<dyn InlineTx>,
+}
+
+impl core::fmt::Debug for dyn InlineTx {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("InlineTx")
+    }
+}
+
+/// TX work that a kicker may run on its own thread when the TX thread is idle.
+pub(super) trait InlineTx: Send + Sync {
+    /// Drains the TX queue if nobody else is; `None` if the TX thread is busy with it,
+    /// `Some(false)` if the queue or host link failed (recorded as the TX thread would).
+    fn try_drain(&self) -> Option<bool>;
+}
+
+impl<A: GuestAddressSpace + Send> InlineTx for std::sync::Mutex<TxState<A>> {
+    fn try_drain(&self) -> Option<bool> {
+        let mut st = match self.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        match st.drain() {
+            Ok(()) => Some(true),
+            Err(e) => {
+                fail(&st.shared, &st.interrupt, e, TX_QUEUE);
+                Some(false)
+            }
+        }
+    }
 }
 
 pub(super) fn activate<A, H>(
@@ -82,11 +114,9 @@ where
     let hdr_len = header_len_for(acked_features);
     let mrg = acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
     let max_frame = offloads.max_tx_frame(config.mtu);
-    let fds = Fds {
-        rx_kick: Arc::new(EventFd::new(EFD_NONBLOCK)?),
-        tx_kick: Arc::new(EventFd::new(EFD_NONBLOCK)?),
-        shutdown: Arc::new(EventFd::new(EFD_NONBLOCK)?),
-    };
+    let rx_kick = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+    let tx_kick = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+    let shutdown = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let local_evt = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let pool_evt = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let shared = Arc::new(Shared {
@@ -107,7 +137,7 @@ where
     let host = Arc::new(host);
     let clock = std::time::Instant::now();
 
-    let tx_thread = TxThread {
+    let tx_state = Arc::new(std::sync::Mutex::new(TxState {
         mem: mem.clone(),
         queue: tx,
         engine: TxEngine::new(
@@ -121,14 +151,25 @@ where
         free: free_rx,
         local: local_tx,
         local_evt: local_evt.clone(),
-        pool_evt: pool_evt.clone(),
-        kick: fds.tx_kick.clone(),
-        shutdown: fds.shutdown.clone(),
         host: host.clone(),
         shared: shared.clone(),
-        interrupt: interrupt.clone(),
         clock,
         stats: Stats::default(),
+        interrupt: interrupt.clone(),
+    }));
+    let fds = Fds {
+        rx_kick,
+        tx_kick,
+        shutdown,
+        tx_work: tx_state.clone(),
+    };
+    let tx_thread = TxThread {
+        state: tx_state,
+        kick: fds.tx_kick.clone(),
+        pool_evt: pool_evt.clone(),
+        shutdown: fds.shutdown.clone(),
+        shared: shared.clone(),
+        interrupt: interrupt.clone(),
     };
     let rx_thread = RxThread {
         mem,
@@ -188,6 +229,22 @@ pub(super) fn kick(h: &BridgeHandle, queue: u16) -> Result<(), Error> {
     Ok(())
 }
 
+pub(super) fn kick_inline(h: &BridgeHandle, queue: u16) -> Result<(), Error> {
+    if queue != TX_QUEUE || h.shared.stop.load(Ordering::Acquire) {
+        return kick(h, queue);
+    }
+    match h.fds.tx_work.try_drain() {
+        Some(true) => Ok(()),
+        // Failed as the TX thread would have: recorded; stop the pipeline.
+        Some(false) => {
+            h.shared.stop.store(true, Ordering::SeqCst);
+            let _ = h.fds.shutdown.write(1);
+            Ok(())
+        }
+        None => kick(h, queue),
+    }
+}
+
 pub(super) fn kick_fd(h: &BridgeHandle, queue: u16) -> Option<RawFd> {
     match queue {
         RX_QUEUE => Some(h.fds.rx_kick.as_raw_fd()),
@@ -201,6 +258,17 @@ pub(super) fn wake_all(h: &BridgeHandle) {
 }
 
 struct TxThread<A> {
+    state: Arc<std::sync::Mutex<TxState<A>>>,
+    kick: Arc<EventFd>,
+    pool_evt: Arc<EventFd>,
+    shutdown: Arc<EventFd>,
+    shared: Arc<Shared>,
+    interrupt: Interrupt,
+}
+
+/// What the TX side owns: taken by the TX thread, or by a kicker's thread
+/// ([`kick_inline`]), one batch loop at a time.
+pub(super) struct TxState<A> {
     mem: A,
     queue: Queue,
     engine: TxEngine,
@@ -208,9 +276,6 @@ struct TxThread<A> {
     free: Receiver<FrameBatch>,
     local: Sender<FrameBatch>,
     local_evt: Arc<EventFd>,
-    pool_evt: Arc<EventFd>,
-    kick: Arc<EventFd>,
-    shutdown: Arc<EventFd>,
     host: Arc<dyn HostLink>,
     shared: Arc<Shared>,
     interrupt: Interrupt,
@@ -219,14 +284,14 @@ struct TxThread<A> {
 }
 
 impl<A: GuestAddressSpace> TxThread<A> {
-    fn run(mut self) {
+    fn run(self) {
         if let Err(e) = self.run_inner() {
             fail(&self.shared, &self.interrupt, e, TX_QUEUE);
         }
         let _ = self.shutdown.write(1);
     }
 
-    fn run_inner(&mut self) -> Result<(), Error> {
+    fn run_inner(&self) -> Result<(), Error> {
         let epoll = Epoll::new()?;
         add(&epoll, self.kick.as_raw_fd(), TOKEN_KICK)?;
         add(&epoll, self.shutdown.as_raw_fd(), TOKEN_SHUTDOWN)?;
@@ -235,16 +300,10 @@ impl<A: GuestAddressSpace> TxThread<A> {
         // The driver may have queued frames before activation.
         let mut work = true;
         while !self.shared.stop.load(Ordering::Acquire) {
-            if self.reply.is_none() {
-                self.reply = self.free.try_recv().ok();
+            if work {
+                lock(&self.state).drain()?;
             }
-            // Without a free reply batch the TX queue is not drained: backpressure.
-            if work && self.reply.is_some() {
-                work = self.batch()?;
-                if work {
-                    continue;
-                }
-            }
+            work = false;
             let n = epoll.wait(-1, &mut events).or_else(interrupted)?;
             for ev in &events[..n] {
                 match ev.data() {
@@ -261,6 +320,22 @@ impl<A: GuestAddressSpace> TxThread<A> {
             }
         }
         Ok(())
+    }
+}
+
+impl<A: GuestAddressSpace> TxState<A> {
+    /// Drains the TX queue batch by batch until it is empty (notifications re-enabled) or no
+    /// reply batch is free (backpressure: the TX thread resumes on the pool event).
+    fn drain(&mut self) -> Result<(), Error> {
+        loop {
+            if self.reply.is_none() {
+                self.reply = self.free.try_recv().ok();
+            }
+            // Without a free reply batch the TX queue is not drained: backpressure.
+            if self.reply.is_none() || !self.batch()? {
+                return Ok(());
+            }
+        }
     }
 
     /// Processes one batch; returns whether more work is already waiting.

@@ -583,3 +583,95 @@ fn sustained_traffic_both_ways_loses_nothing() {
     );
     assert_eq!(s.bridge.total_drops(), 0);
 }
+
+#[test]
+fn inline_kicks_send_on_the_calling_thread_in_order() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 256);
+    let cfg = BridgeConfig {
+        static_guest_ip: Some(GUEST_IP),
+        ..BridgeConfig::default()
+    };
+    let (h, host) = rig.start(&net, cfg);
+    const ROUNDS: usize = 10;
+    const PER: usize = 100;
+    let mut got = Vec::new();
+    let mut inline_rounds = 0;
+    for r in 0..ROUNDS {
+        // Let the TX thread settle (it may hold the TX state from an earlier kick).
+        std::thread::sleep(Duration::from_millis(5));
+        for i in 0..PER {
+            net.send_frame(
+                HDR,
+                &udp_frame(GUEST_MAC, GUEST_IP, 41000, SERVER, 7, &[r as u8, i as u8]),
+                &[],
+            );
+        }
+        h.kick_inline(1).unwrap();
+        // Unless the TX thread was still finishing the previous burst, this one went out
+        // before kick_inline returned.
+        if host.pending() == PER {
+            inline_rounds += 1;
+        }
+        wait_for("the burst on the host link", || {
+            while let Some(p) = host.recv() {
+                got.push(udp_payload_of_packet(&p));
+            }
+            got.len() == (r + 1) * PER
+        });
+    }
+    for (k, p) in got.iter().enumerate() {
+        assert_eq!(p, &[(k / PER) as u8, (k % PER) as u8], "in order");
+    }
+    assert!(inline_rounds > 0, "no burst was sent on the calling thread");
+    assert_eq!(net.tx_used().len(), ROUNDS * PER, "every chain returned");
+    let s = h.shutdown().unwrap();
+    assert_eq!(s.bridge.to_host, (ROUNDS * PER) as u64);
+    assert_eq!(s.bridge.total_drops(), 0);
+}
+
+#[test]
+fn an_inline_kick_under_backpressure_leaves_the_rest_to_the_tx_thread() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    let cfg = BridgeConfig {
+        pool_batches: 1,
+        batch_size: 4,
+        ..BridgeConfig::default()
+    };
+    for _ in 0..4 {
+        net.send_frame(HDR, &arp_request(GUEST_MAC, GUEST_IP, GATEWAY), &[]);
+    }
+    let (h, _host) = rig.start(&net, cfg);
+    h.kick_inline(1).unwrap();
+    wait_for("the first batch", || h.stats().bridge.tx_frames == 4);
+    for _ in 0..4 {
+        net.send_frame(HDR, &arp_request(GUEST_MAC, GUEST_IP, GATEWAY), &[]);
+    }
+    h.kick_inline(1).unwrap();
+    assert_eq!(
+        h.stats().bridge.tx_frames,
+        4,
+        "no reply batch free: not drained"
+    );
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    h.kick_inline(0).unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..8 {
+        let (_, f) = recv_frame(&mut net, &mut pending);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+    }
+    let s = h.shutdown().unwrap();
+    assert_eq!((s.bridge.tx_frames, s.bridge.local_replies), (8, 8));
+    assert_eq!(s.bridge.total_drops(), 0, "nothing lost");
+}
+
+fn udp_payload_of_packet(pkt: &[u8]) -> Vec<u8> {
+    let p = etherparse::SlicedPacket::from_ip(pkt).unwrap();
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        panic!("not udp")
+    };
+    u.payload().to_vec()
+}
