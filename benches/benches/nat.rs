@@ -1,6 +1,7 @@
 //! Criterion benches of the NAT: established-flow translation (packets in a
 //! random order across the flows, both directions) at 1 000, 64 000 and
-//! 1 000 000 flows; new-flow setup; `expire` cost.
+//! 1 000 000 flows (and outbound with partial, i.e. offloaded, checksums);
+//! new-flow setup; `expire` cost.
 //!
 //! Run: `cargo bench -p hostnet-benches --bench nat`.
 // criterion 0.7's `criterion_group!` defines undocumented public functions.
@@ -14,7 +15,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::{Ipv4Header, NetSlice, SlicedPacket, TransportSlice, UdpHeader};
 use nat::testing::{self, Packets, SERVER};
-use nat::{Instant, Nat, Verdict};
+use nat::{Instant, L4Checksum, Nat, Verdict};
 
 /// Packets translated per measured iteration.
 const BATCH: usize = 1024;
@@ -53,6 +54,17 @@ fn established(c: &mut Criterion) {
         let mut cursor = 0;
         g.bench_function(format!("outbound/{flows}"), |b| {
             b.iter(|| run(&mut w.nat, &w.outbound, &mut cursor, now, Nat::outbound))
+        });
+        let partial = w.outbound.map(|p| {
+            assert!(testing::make_partial(p));
+        });
+        let mut cursor = 0;
+        g.bench_function(format!("outbound_partial/{flows}"), |b| {
+            b.iter(|| {
+                run(&mut w.nat, &partial, &mut cursor, now, |n, p, t| {
+                    n.outbound_with(p, t, L4Checksum::Partial)
+                })
+            })
         });
         let mut cursor = 0;
         g.bench_function(format!("inbound/{flows}"), |b| {

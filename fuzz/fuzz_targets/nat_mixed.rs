@@ -1,16 +1,25 @@
-//! Arbitrary bytes into `Nat::outbound` / `Nat::inbound` (and `expire`):
-//! never a panic, and every forwarded packet still parses as IPv4 with a
-//! correct header checksum; a transport checksum valid before stays valid.
+//! Arbitrary bytes into `Nat::outbound_with` / `Nat::inbound_with` (and
+//! `expire`, `poll_released`): never a panic, and every forwarded or
+//! released packet still parses as IPv4 with a correct header checksum; a
+//! transport checksum valid before stays valid; a partial checksum (the
+//! pseudo-header sum) stays the pseudo-header sum of the new addresses; a
+//! held packet's buffer is left alone; held fragments stay within their caps.
 //!
 //! Input: a sequence of records `[ctl, len, bytes[len]]`. `ctl` bit 0 picks
-//! the direction, bit 1 asks for an `expire` first, the rest advances time.
+//! the direction, bit 1 asks for an `expire` first, bit 2 turns a TCP/UDP
+//! packet into a partial-checksum one (`L4Checksum::Partial`), bit 3 drains
+//! released fragments into a short (64-byte) buffer instead of a 1500-byte
+//! one, the rest advances time.
 #![no_main]
 
 use std::net::SocketAddrV4;
 
 use libfuzzer_sys::fuzz_target;
 use nat::testing::{self, GUEST, GUEST2, SERVER, TcpFlags};
-use nat::{Filtering, Instant, Nat, NatConfig, PortForward, Protocol, Redirect, Verdict};
+use nat::{
+    Direction, Filtering, Instant, L4Checksum, Nat, NatConfig, PortForward, Protocol, Redirect,
+    Verdict,
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut nat = setup(data.first().is_some_and(|b| b & 0x80 != 0));
@@ -20,42 +29,79 @@ fuzz_target!(|data: &[u8]| {
         let n = usize::from(*len).min(tail.len());
         let (pkt, next) = tail.split_at(n);
         rest = next;
-        now += u64::from(ctl >> 2) * 1000;
+        now += u64::from(ctl >> 4) * 1000;
         let t = Instant::from_millis(now);
         if ctl & 2 != 0 {
             nat.expire(t, 8);
         }
         let mut p = pkt.to_vec();
+        let whole_before = p
+            .get(6..8)
+            .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) & 0x3fff == 0);
+        let partial = ctl & 4 != 0 && whole_before && testing::make_partial(&mut p);
+        let original = p.clone();
         // Bytes past the IPv4 total length are padding, not part of the packet.
         let declared = p
             .get(2..4)
             .map_or(p.len(), |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-        let transport_ok = testing::transport_checksum_ok(&p[..declared.min(p.len())]);
-        let v = if ctl & 1 == 0 {
-            nat.outbound(&mut p, t)
+        let transport_ok = !partial && testing::transport_checksum_ok(&p[..declared.min(p.len())]);
+        let l4 = if partial {
+            L4Checksum::Partial
         } else {
-            nat.inbound(&mut p, t)
+            L4Checksum::Complete
+        };
+        let v = if ctl & 1 == 0 {
+            nat.outbound_with(&mut p, t, l4)
+        } else {
+            nat.inbound_with(&mut p, t, l4)
         };
         match v {
             Verdict::Forward | Verdict::Hairpin => {
-                assert!(
-                    testing::parses(&p),
-                    "forwarded packet does not parse: {p:02x?}"
-                );
-                let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
-                let whole = u16::from_be_bytes([p[6], p[7]]) & 0x3fff == 0;
-                if transport_ok && whole {
+                check_forwarded(&p, transport_ok);
+                if partial {
+                    let field = testing::l4_checksum(&p);
+                    let want = testing::pseudo_sum(&p);
                     assert!(
-                        testing::transport_checksum_ok(&p[..total]),
-                        "transport checksum broken: {p:02x?}"
+                        matches!((field, want), (Some(f), Some(w)) if testing::ones_complement_eq(f, w)),
+                        "partial checksum is not the new pseudo-header sum: {p:02x?}"
                     );
                 }
             }
-            Verdict::Drop(_) => assert_eq!(p, pkt, "a dropped packet must be left alone"),
+            Verdict::Drop(_) | Verdict::Held => {
+                assert_eq!(p, original, "a dropped or held packet must be left alone")
+            }
+        }
+        // Drain what the NAT released (translated held fragments).
+        let mut buf = vec![0u8; if ctl & 8 != 0 { 64 } else { 1500 }];
+        for dir in [Direction::Outbound, Direction::Inbound] {
+            while let Some(r) = nat.poll_released(dir, &mut buf) {
+                assert!(matches!(r.verdict, Verdict::Forward | Verdict::Hairpin));
+                assert!(r.len <= buf.len());
+                check_forwarded(&buf[..r.len], false);
+            }
         }
         assert!(nat.len() <= nat.config().max_flows);
+        let (held, bytes) = nat.held_fragments();
+        assert!(held <= nat.config().max_held_fragments);
+        assert!(bytes <= nat.config().max_held_bytes);
     }
 });
+
+/// A forwarded packet parses; a transport checksum valid before stays valid.
+fn check_forwarded(p: &[u8], transport_ok: bool) {
+    assert!(
+        testing::parses(p),
+        "forwarded packet does not parse: {p:02x?}"
+    );
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    let whole = u16::from_be_bytes([p[6], p[7]]) & 0x3fff == 0;
+    if transport_ok && whole {
+        assert!(
+            testing::transport_checksum_ok(&p[..total]),
+            "transport checksum broken: {p:02x?}"
+        );
+    }
+}
 
 /// A small NAT with flows, a forward and a redirect for inputs to hit.
 fn setup(apdf: bool) -> Nat {
@@ -63,6 +109,8 @@ fn setup(apdf: bool) -> Nat {
         max_flows: 64,
         max_flows_per_host: 16,
         max_fragments: 4,
+        max_held_fragments: 4,
+        max_held_bytes: 1024,
         filtering: if apdf {
             Filtering::AddressAndPortDependent
         } else {

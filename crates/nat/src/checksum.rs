@@ -36,6 +36,14 @@ impl Delta {
         !fold(u64::from(!checksum) + self.0)
     }
 
+    /// Applies the delta to a partial checksum field (the folded
+    /// pseudo-header sum, not complemented): `P' = P - old + new` in
+    /// one's-complement arithmetic. No zero rule: 0 is a partial value.
+    #[inline(always)]
+    pub(crate) fn apply_partial(self, partial: u16) -> u16 {
+        fold(u64::from(partial) + self.0)
+    }
+
     /// Applies the delta to a UDP checksum: zero ("no checksum") stays zero
     /// and a computed zero is sent as `0xffff` (RFC 768).
     #[inline(always)]

@@ -5,14 +5,15 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use crate::checksum::{self, Delta};
+use crate::held::HeldPool;
 use crate::packet::{self, Hdr, Kind, Tuple, get8, get16, get32, put16, put32};
 use crate::table::{
     Flow, FlowTable, Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP, ST_FIN_IN, ST_FIN_OUT, ST_IN, ST_OUT,
     ST_REDIRECT, ST_RST, SeededState,
 };
 use crate::{
-    ConfigError, DropReason, Filtering, Instant, MappingInfo, NatConfig, NatStats, PortForward,
-    Protocol, Redirect, RuleError, Verdict,
+    ConfigError, Direction, DropReason, Filtering, Instant, L4Checksum, MappingInfo, NatConfig,
+    NatStats, PortForward, Protocol, Redirect, Released, RuleError, Verdict,
 };
 
 /// The NAT: a connection table plus the rules (port forwards, redirects).
@@ -39,6 +40,11 @@ pub struct Nat {
     forwards: HashMap<(u8, u16), SocketAddrV4, SeededState>,
     redirects: HashMap<(u8, u32, u16), SocketAddrV4, SeededState>,
     frags: HashMap<FragKey, FragState, SeededState>,
+    held: HeldPool<FragKey>,
+    /// External ICMP identifier -> (sender of the last echo request
+    /// hairpinned through it, expiry): where the target's reply goes.
+    echo_requesters: HashMap<u16, (u32, u64), SeededState>,
+    echo_earliest: u64,
     net: u32,
     mask: u32,
     ext: u32,
@@ -119,6 +125,14 @@ impl Nat {
         if c.max_flows == 0 || c.max_flows >= u32::MAX as usize {
             return Err(ConfigError::Invalid("max_flows must be in 1..u32::MAX"));
         }
+        if c.max_held_fragments > 65_536
+            || c.max_held_bytes > 64 << 20
+            || (c.max_held_fragments == 0) != (c.max_held_bytes == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "max_held_fragments (at most 65536) and max_held_bytes (at most 64 MiB) must be both 0 or both non-zero",
+            ));
+        }
         if c.max_flows_per_host == 0 {
             return Err(ConfigError::Invalid(
                 "max_flows_per_host must be at least 1",
@@ -142,6 +156,9 @@ impl Nat {
             forwards: HashMap::with_hasher(b),
             redirects: HashMap::with_hasher(b),
             frags: HashMap::with_capacity_and_hasher(c.max_fragments.min(4096), b),
+            held: HeldPool::new(c.max_held_fragments, c.max_held_bytes),
+            echo_requesters: HashMap::with_hasher(b),
+            echo_earliest: u64::MAX,
             net,
             mask,
             ext,
@@ -171,15 +188,58 @@ impl Nat {
     /// checksum; transport checksums are updated incrementally, so a valid
     /// one stays valid.
     pub fn outbound(&mut self, packet: &mut [u8], now: Instant) -> Verdict {
+        self.outbound_l4(packet, now, false)
+    }
+
+    /// [`Nat::outbound`] for a packet whose TCP/UDP checksum field is of
+    /// the kind `l4` says ([`L4Checksum::Partial`]: only the pseudo-header
+    /// sum, to be completed later, e.g. with [`crate::complete_l4_checksum`]).
+    pub fn outbound_with(&mut self, packet: &mut [u8], now: Instant, l4: L4Checksum) -> Verdict {
+        self.outbound_l4(packet, now, l4 == L4Checksum::Partial)
+    }
+
+    /// [`Nat::inbound`] for a packet whose TCP/UDP checksum field is of the
+    /// kind `l4` says (see [`Nat::outbound_with`]).
+    pub fn inbound_with(&mut self, packet: &mut [u8], now: Instant, l4: L4Checksum) -> Verdict {
+        self.inbound_l4(packet, now, l4 == L4Checksum::Partial)
+    }
+
+    /// [`Nat::outbound_batch`] with `l4[i]` the checksum kind of
+    /// `packets[i]`; missing entries are [`L4Checksum::Complete`].
+    pub fn outbound_batch_with<P: AsMut<[u8]>>(
+        &mut self,
+        packets: &mut [P],
+        l4: &[L4Checksum],
+        now: Instant,
+        verdicts: &mut [Verdict],
+    ) {
+        self.batch(packets, l4, now, verdicts, true);
+    }
+
+    /// [`Nat::inbound_batch`] with `l4[i]` the checksum kind of
+    /// `packets[i]`; missing entries are [`L4Checksum::Complete`].
+    pub fn inbound_batch_with<P: AsMut<[u8]>>(
+        &mut self,
+        packets: &mut [P],
+        l4: &[L4Checksum],
+        now: Instant,
+        verdicts: &mut [Verdict],
+    ) {
+        self.batch(packets, l4, now, verdicts, false);
+    }
+
+    #[inline(always)]
+    fn outbound_l4(&mut self, packet: &mut [u8], now: Instant, partial: bool) -> Verdict {
         let first = first_fragment(packet);
-        let v = self.out(packet, now.as_millis());
+        let v = self.out(packet, now.as_millis(), partial);
         match v {
             Verdict::Forward => self.stats.outbound_forwarded += 1,
             Verdict::Hairpin => self.stats.hairpinned += 1,
             Verdict::Drop(r) => self.drop(r),
+            Verdict::Held => self.stats.fragments_held += 1,
         }
-        if let (Some(k), Verdict::Forward | Verdict::Hairpin) = (first, v) {
-            self.frag_record(k, DIR_OUT, packet, v == Verdict::Hairpin, now.as_millis());
+        if let Some(k) = first {
+            self.frag_first(k, DIR_OUT, packet, v, now.as_millis());
         }
         v
     }
@@ -188,14 +248,20 @@ impl Nat {
     /// no allocation on the established-flow path. Only packets matching a
     /// mapping (per the filtering mode) or a port forward are translated.
     pub fn inbound(&mut self, packet: &mut [u8], now: Instant) -> Verdict {
+        self.inbound_l4(packet, now, false)
+    }
+
+    #[inline(always)]
+    fn inbound_l4(&mut self, packet: &mut [u8], now: Instant, partial: bool) -> Verdict {
         let first = first_fragment(packet);
-        let v = self.inb(packet, now.as_millis());
+        let v = self.inb(packet, now.as_millis(), partial);
         match v {
             Verdict::Forward | Verdict::Hairpin => self.stats.inbound_forwarded += 1,
             Verdict::Drop(r) => self.drop(r),
+            Verdict::Held => self.stats.fragments_held += 1,
         }
-        if let (Some(k), Verdict::Forward) = (first, v) {
-            self.frag_record(k, DIR_IN, packet, false, now.as_millis());
+        if let Some(k) = first {
+            self.frag_first(k, DIR_IN, packet, v, now.as_millis());
         }
         v
     }
@@ -211,7 +277,7 @@ impl Nat {
         now: Instant,
         verdicts: &mut [Verdict],
     ) {
-        self.batch(packets, now, verdicts, true);
+        self.batch(packets, &[], now, verdicts, true);
     }
 
     /// Translates a batch of packets from the external side: the same as
@@ -222,13 +288,56 @@ impl Nat {
         now: Instant,
         verdicts: &mut [Verdict],
     ) {
-        self.batch(packets, now, verdicts, false);
+        self.batch(packets, &[], now, verdicts, false);
+    }
+
+    /// Hands out the next held fragment of direction `dir` that the NAT has
+    /// translated since its first fragment came through: copies it to the
+    /// start of `buf` and says how long it is and where it goes
+    /// ([`Verdict::Forward`] or [`Verdict::Hairpin`], as [`Nat::outbound`] /
+    /// [`Nat::inbound`] would have said). `None` when nothing is ready. Call
+    /// it after a batch until `None`; a packet longer than `buf` is dropped
+    /// and counted ([`DropReason::ReleaseBufferTooShort`]) and the next one is
+    /// tried. Ready packets not drained within [`crate::Timeouts::fragment`] of
+    /// their arrival are dropped by [`Nat::expire`].
+    pub fn poll_released(&mut self, dir: Direction, buf: &mut [u8]) -> Option<Released> {
+        let d = match dir {
+            Direction::Outbound => usize::from(DIR_OUT),
+            Direction::Inbound => usize::from(DIR_IN),
+        };
+        loop {
+            let r = self.held.pop_ready(d)?;
+            let len = r.bytes.len();
+            let Some(dst) = buf.get_mut(..len) else {
+                self.drop(DropReason::ReleaseBufferTooShort);
+                continue;
+            };
+            dst.copy_from_slice(&r.bytes);
+            self.stats.fragments_released += 1;
+            match (dir, r.verdict) {
+                (Direction::Outbound, Verdict::Hairpin) => self.stats.hairpinned += 1,
+                (Direction::Outbound, _) => self.stats.outbound_forwarded += 1,
+                (Direction::Inbound, _) => self.stats.inbound_forwarded += 1,
+            }
+            return Some(Released {
+                len,
+                verdict: r.verdict,
+            });
+        }
+    }
+
+    /// Number of held fragments (waiting for their first fragment, or ready
+    /// for [`Nat::poll_released`]) and their bytes.
+    pub fn held_fragments(&self) -> (usize, usize) {
+        (self.held.count(), self.held.bytes())
     }
 
     /// Removes expired flows and fragment state. Examines at most `budget`
     /// flows (so removes at most `budget`) and `8 × budget + 64` table slots and returns how many it removed;
     /// call again while [`Nat::next_deadline`] is due. Fragment state (at
-    /// most `max_fragments` entries) is purged when due, outside the budget.
+    /// most `max_fragments` entries) and held fragments (at most
+    /// `max_held_fragments`; each expired one is dropped and counted as
+    /// [`DropReason::Fragment`]) are purged when due, outside the budget.
     pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
         let now = now.as_millis();
         self.sweep_now = now;
@@ -242,6 +351,18 @@ impl Nat {
                 keep
             });
             self.frag_earliest = min;
+        }
+        let lost = self.held.purge(now);
+        if let Some(c) = self.stats.drops.get_mut(DropReason::Fragment.index()) {
+            *c += lost as u64;
+        }
+        if now >= self.echo_earliest {
+            let mut min = u64::MAX;
+            self.echo_requesters.retain(|_, &mut (_, e)| {
+                min = if e > now { min.min(e) } else { min };
+                e > now
+            });
+            self.echo_earliest = min;
         }
         if !self.sweeping {
             if self.flows.is_empty() || now < self.earliest {
@@ -291,7 +412,14 @@ impl Nat {
         } else {
             Some(self.earliest)
         };
-        let frags = (!self.frags.is_empty()).then_some(self.frag_earliest);
+        let frags = [
+            (!self.frags.is_empty()).then_some(self.frag_earliest),
+            self.held.next_deadline(),
+            (!self.echo_requesters.is_empty()).then_some(self.echo_earliest),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match (flows, frags) {
             (Some(a), Some(b)) => Some(Instant::from_millis(a.min(b))),
             (a, b) => a.or(b).map(Instant::from_millis),
@@ -572,7 +700,7 @@ impl PortTable {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FragKey {
+pub(crate) struct FragKey {
     dir: u8,
     proto: u8,
     id: u16,
@@ -598,6 +726,38 @@ struct Embedded {
     proto: u8,
     kind: Kind,
     tuple: Tuple,
+}
+
+fn frag_key(k: (u8, u32, u32, u16), dir: u8) -> FragKey {
+    FragKey {
+        dir,
+        proto: k.0,
+        src: k.1,
+        dst: k.2,
+        id: k.3,
+    }
+}
+
+/// Rewrites a later fragment's addresses as its first fragment's were.
+fn follow(p: &mut [u8], h: &Hdr, s: &FragState) -> Verdict {
+    let old = Tuple {
+        src: h.src,
+        sport: 0,
+        dst: h.dst,
+        dport: 0,
+    };
+    let new = Tuple {
+        src: s.src,
+        sport: 0,
+        dst: s.dst,
+        dport: 0,
+    };
+    packet::rewrite(p, h, Kind::Bare, old, new);
+    if s.hairpin {
+        Verdict::Hairpin
+    } else {
+        Verdict::Forward
+    }
 }
 
 fn first_fragment(p: &[u8]) -> Option<(u8, u32, u32, u16)> {
@@ -628,6 +788,8 @@ enum L4 {
     Flow(u8, Kind, u16, u16, u8),
     /// An ICMP error message.
     IcmpError,
+    /// An echo reply from inside (its identifier).
+    EchoReply(u16),
 }
 
 /// Reads the transport header. `out`: the packet comes from inside.
@@ -680,6 +842,7 @@ fn l4_info(p: &[u8], h: &Hdr, out: bool) -> Result<L4, DropReason> {
                     0,
                 )),
                 (3 | 11 | 12, _) => Ok(L4::IcmpError),
+                (0, true) => Ok(L4::EchoReply(get16(p, l4 + 4))),
                 (8, false) => Err(DropReason::NoMapping),
                 _ => Err(DropReason::UnsupportedProtocol),
             }
@@ -803,7 +966,8 @@ fn rewrite_error(p: &mut [u8], h: &Hdr, outer_src: u32, outer_dst: u32, e: &Embe
             put16(p, e.l4 + 2, c2);
             icmp.word(c, c2);
         }
-        Kind::Bare => {}
+        // Embedded packets are never partial; a bare one has no ports.
+        Kind::Bare | Kind::TcpPartial | Kind::UdpPartial => {}
     }
     put16(p, h.ihl + 2, icmp.apply(get16(p, h.ihl + 2)));
 }
@@ -863,24 +1027,38 @@ impl Nat {
     fn batch<P: AsMut<[u8]>>(
         &mut self,
         packets: &mut [P],
+        l4: &[L4Checksum],
         now: Instant,
         verdicts: &mut [Verdict],
         out: bool,
     ) {
         // While the table is in the L2 cache the reads would only add work.
         let ahead = self.flows.memory() >= PREFETCH_MIN_BYTES;
-        for (ps, vs) in packets
+        for (c, (ps, vs)) in packets
             .chunks_mut(PREFETCH)
             .zip(verdicts.chunks_mut(PREFETCH))
+            .enumerate()
         {
             if ahead {
                 self.prefetch(ps, out);
             }
-            for (p, v) in ps.iter_mut().zip(vs.iter_mut()) {
+            let l4 = l4.get(c * PREFETCH..).unwrap_or(&[]);
+            if l4.is_empty() {
+                for (p, v) in ps.iter_mut().zip(vs.iter_mut()) {
+                    *v = if out {
+                        self.outbound(p.as_mut(), now)
+                    } else {
+                        self.inbound(p.as_mut(), now)
+                    };
+                }
+                continue;
+            }
+            for (i, (p, v)) in ps.iter_mut().zip(vs.iter_mut()).enumerate() {
+                let partial = l4.get(i) == Some(&L4Checksum::Partial);
                 *v = if out {
-                    self.outbound(p.as_mut(), now)
+                    self.outbound_l4(p.as_mut(), now, partial)
                 } else {
-                    self.inbound(p.as_mut(), now)
+                    self.inbound_l4(p.as_mut(), now, partial)
                 };
             }
         }
@@ -976,7 +1154,7 @@ impl Nat {
 
     /// The outbound path without counting.
     #[inline(always)]
-    fn out(&mut self, p: &mut [u8], now: u64) -> Verdict {
+    fn out(&mut self, p: &mut [u8], now: u64, partial: bool) -> Verdict {
         let h = match packet::parse(p) {
             Ok(h) => h,
             Err(r) => return Verdict::Drop(r),
@@ -988,10 +1166,14 @@ impl Nat {
             return self.frag_follow(p, &h, DIR_OUT, now);
         }
         let (proto, kind, sport, dport, flags) = match l4_info(p, &h, true) {
-            Ok(L4::Flow(a, b, c, d, e)) => (a, b, c, d, e),
+            Ok(L4::Flow(a, b, c, d, e)) => (a, b.with_partial(partial), c, d, e),
             Ok(L4::IcmpError) => return self.out_error(p, &h, now),
+            Ok(L4::EchoReply(id)) => return self.echo_reply_hairpin(p, &h, id, now),
             Err(r) => return Verdict::Drop(r),
         };
+        if proto == PROTO_ICMP && h.dst == self.ext {
+            return self.echo_hairpin(p, &h, sport, now);
+        }
         let hash = self.keys.out_hash(proto, h.src, sport, h.dst, dport);
         let found = self
             .flows
@@ -1052,7 +1234,7 @@ impl Nat {
             dport,
         };
         if new.dst == self.ext {
-            return self.hairpin(p, &h, kind, old, new, now);
+            return self.hairpin(p, &h, kind, old, new, now, partial);
         }
         packet::rewrite(p, &h, kind, old, new);
         Verdict::Forward
@@ -1062,6 +1244,7 @@ impl Nat {
     /// source as for any outbound packet, then runs the inbound path on the
     /// result; a drop there restores the packet as it came.
     #[cold]
+    #[allow(clippy::too_many_arguments)]
     fn hairpin(
         &mut self,
         p: &mut [u8],
@@ -1070,6 +1253,7 @@ impl Nat {
         old: Tuple,
         new: Tuple,
         now: u64,
+        partial: bool,
     ) -> Verdict {
         // rewrite() touches at most the IPv4 header and 20 transport bytes.
         let mut saved = [0u8; 80];
@@ -1078,7 +1262,7 @@ impl Nat {
             d.copy_from_slice(s);
         }
         packet::rewrite(p, h, kind, old, new);
-        match self.inb(p, now) {
+        match self.inb(p, now, partial) {
             Verdict::Forward => Verdict::Hairpin,
             v => {
                 if let (Some(d), Some(s)) = (p.get_mut(..n), saved.get(..n)) {
@@ -1089,9 +1273,86 @@ impl Nat {
         }
     }
 
+    /// An echo request from inside to the external address (RFC 7857
+    /// section 13): its identifier names an external ICMP query identifier
+    /// as a port would. If a live echo mapping holds that identifier, the
+    /// request loops back to the mapping's guest, from the external address,
+    /// with the identifier that guest uses (its internal one); otherwise
+    /// (or when address-and-port-dependent filtering applies, the guest
+    /// never having sent to the external address) it is dropped. No flow is
+    /// created for the sender; the sender's address is remembered per
+    /// external identifier (the latest one, for the ICMP query timeout) so
+    /// that the target's echo reply loops back (see
+    /// [`Nat::echo_reply_hairpin`]).
+    #[cold]
+    fn echo_hairpin(&mut self, p: &mut [u8], h: &Hdr, id: u16, now: u64) -> Verdict {
+        let pt = &self.ports[usize::from(PROTO_ICMP)];
+        let b = pt.get(id).copied().unwrap_or_default();
+        if b.kind != B_DYN || pt.refs(id) == 0 {
+            return Verdict::Drop(DropReason::NoMapping);
+        }
+        if self.config.filtering == Filtering::AddressAndPortDependent {
+            return Verdict::Drop(DropReason::Filtered);
+        }
+        let old = Tuple {
+            src: h.src,
+            sport: id,
+            dst: h.dst,
+            dport: 0,
+        };
+        let new = Tuple {
+            src: self.ext,
+            sport: b.int_port,
+            dst: b.int_addr,
+            dport: 0,
+        };
+        packet::rewrite(p, h, Kind::Echo { out: true }, old, new);
+        // Remember the requester (one per external identifier: the latest)
+        // so the target's reply can loop back to it.
+        let expires = now.saturating_add(self.t_icmp);
+        self.echo_requesters.insert(id, (h.src, expires));
+        self.echo_earliest = self.echo_earliest.min(expires);
+        Verdict::Hairpin
+    }
+
+    /// An echo reply from inside. Only the answer to a hairpinned echo
+    /// request is translated: from a guest to the external address, with
+    /// the guest's internal identifier of a mapping that a request was
+    /// hairpinned through within the ICMP query timeout; it loops back to
+    /// that request's sender, from the external address, with the mapping's
+    /// external identifier (the one the sender used). Any other echo reply
+    /// from inside is dropped as unsupported.
+    #[cold]
+    fn echo_reply_hairpin(&mut self, p: &mut [u8], h: &Hdr, id: u16, now: u64) -> Verdict {
+        if h.dst != self.ext {
+            return Verdict::Drop(DropReason::UnsupportedProtocol);
+        }
+        let Some(&ext_id) = self.bind_by_int.get(&(PROTO_ICMP, h.src, id)) else {
+            return Verdict::Drop(DropReason::NoMapping);
+        };
+        let requester = match self.echo_requesters.get(&ext_id) {
+            Some(&(addr, expires)) if expires > now => addr,
+            _ => return Verdict::Drop(DropReason::NoMapping),
+        };
+        let old = Tuple {
+            src: h.src,
+            sport: 0,
+            dst: h.dst,
+            dport: id,
+        };
+        let new = Tuple {
+            src: self.ext,
+            sport: 0,
+            dst: requester,
+            dport: ext_id,
+        };
+        packet::rewrite(p, h, Kind::Echo { out: false }, old, new);
+        Verdict::Hairpin
+    }
+
     /// The inbound path without counting.
     #[inline(always)]
-    fn inb(&mut self, p: &mut [u8], now: u64) -> Verdict {
+    fn inb(&mut self, p: &mut [u8], now: u64, partial: bool) -> Verdict {
         // Start reading the destination port's binding before validating
         // the packet: its cache miss then overlaps the parse.
         core::hint::black_box(peek_binding(&self.ports, p));
@@ -1106,8 +1367,9 @@ impl Nat {
             return self.frag_follow(p, &h, DIR_IN, now);
         }
         let (proto, kind, sport, dport, flags) = match l4_info(p, &h, false) {
-            Ok(L4::Flow(a, b, c, d, e)) => (a, b, c, d, e),
+            Ok(L4::Flow(a, b, c, d, e)) => (a, b.with_partial(partial), c, d, e),
             Ok(L4::IcmpError) => return self.in_error(p, &h, now),
+            Ok(L4::EchoReply(_)) => return Verdict::Drop(DropReason::UnsupportedProtocol),
             Err(r) => return Verdict::Drop(r),
         };
         let (binding, found) = self.find_in(proto, dport, h.src, sport);
@@ -1434,40 +1696,62 @@ impl Nat {
             dst: h.dst,
         };
         match self.frags.get(&key) {
-            Some(s) if s.expires > now => {
-                let old = Tuple {
-                    src: h.src,
-                    sport: 0,
-                    dst: h.dst,
-                    dport: 0,
+            Some(s) if s.expires > now => follow(p, h, s),
+            _ if self.config.max_held_fragments == 0 => Verdict::Drop(DropReason::Fragment),
+            _ => {
+                // Early: hold a copy until the first fragment comes through.
+                let Some(bytes) = p.get(..h.total) else {
+                    return Verdict::Drop(DropReason::Malformed);
                 };
-                let new = Tuple {
-                    src: s.src,
-                    sport: 0,
-                    dst: s.dst,
-                    dport: 0,
-                };
-                let hairpin = s.hairpin;
-                packet::rewrite(p, h, Kind::Bare, old, new);
-                if hairpin {
-                    Verdict::Hairpin
-                } else {
-                    Verdict::Forward
+                if !self.held.fits(bytes.len()) {
+                    let lost = self.held.purge(now);
+                    if let Some(c) = self.stats.drops.get_mut(DropReason::Fragment.index()) {
+                        *c += lost as u64;
+                    }
+                    if !self.held.fits(bytes.len()) {
+                        return Verdict::Drop(DropReason::FragmentsHeldFull);
+                    }
+                }
+                self.held.hold(key, bytes, now.saturating_add(self.t_frag));
+                Verdict::Held
+            }
+        }
+    }
+
+    /// After a first fragment went through `outbound`/`inbound` with verdict
+    /// `v`: remember its translation and release the held later fragments of
+    /// its datagram, or drop those (counted) if it was dropped.
+    #[inline(always)]
+    fn frag_first(&mut self, k: (u8, u32, u32, u16), dir: u8, p: &[u8], v: Verdict, now: u64) {
+        match v {
+            Verdict::Forward | Verdict::Hairpin => {
+                self.frag_record(k, dir, p, v == Verdict::Hairpin, now);
+            }
+            Verdict::Drop(_) | Verdict::Held => {
+                if !self.held.none_waiting() {
+                    let key = frag_key(k, dir);
+                    let lost = self.held.discard(key);
+                    if let Some(c) = self.stats.drops.get_mut(DropReason::Fragment.index()) {
+                        *c += lost as u64;
+                    }
                 }
             }
-            _ => Verdict::Drop(DropReason::Fragment),
         }
     }
 
     /// Remembers how the first fragment of a datagram was translated.
     fn frag_record(&mut self, k: (u8, u32, u32, u16), dir: u8, p: &[u8], hairpin: bool, now: u64) {
-        let key = FragKey {
-            dir,
-            proto: k.0,
-            src: k.1,
-            dst: k.2,
-            id: k.3,
+        let key = frag_key(k, dir);
+        let expires = now.saturating_add(self.t_frag);
+        let state = FragState {
+            src: get32(p, 12),
+            dst: get32(p, 16),
+            hairpin,
+            expires,
         };
+        if !self.held.none_waiting() {
+            self.release(key, dir, &state);
+        }
         if self.frags.len() >= self.config.max_fragments && !self.frags.contains_key(&key) {
             self.frags.retain(|_, s| s.expires > now);
             if self.frags.len() >= self.config.max_fragments {
@@ -1475,17 +1759,24 @@ impl Nat {
                 return;
             }
         }
-        let expires = now.saturating_add(self.t_frag);
-        self.frags.insert(
-            key,
-            FragState {
-                src: get32(p, 12),
-                dst: get32(p, 16),
-                hairpin,
-                expires,
-            },
-        );
+        self.frags.insert(key, state);
         self.frag_earliest = self.frag_earliest.min(expires);
+    }
+
+    /// Translates the held fragments of datagram `key` with `state` and
+    /// queues them for [`Nat::poll_released`].
+    #[cold]
+    fn release(&mut self, key: FragKey, dir: u8, state: &FragState) {
+        for (mut bytes, expires) in self.held.take_all(key) {
+            // Validated when it was held; parse again for its header fields.
+            match packet::parse(&bytes) {
+                Ok(h) => {
+                    let v = follow(&mut bytes, &h, state);
+                    self.held.push_ready(usize::from(dir), bytes, v, expires);
+                }
+                Err(r) => self.drop(r),
+            }
+        }
     }
 
     /// An ICMP error from inside, about a packet that came in (RFC 5508).

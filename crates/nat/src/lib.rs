@@ -27,13 +27,22 @@
 //!   [`Nat::outbound`]/[`Nat::inbound`] returns a verdict. Forwarded packets
 //!   have a valid IPv4 header checksum (the input's is verified first);
 //!   transport checksums are updated incrementally (RFC 1624), so a valid
-//!   one stays valid and a zero UDP checksum stays zero. A dropped packet is
-//!   left as it came. Proven by a cargo-fuzz target and proptest properties.
+//!   one stays valid and a zero UDP checksum stays zero. A dropped or held
+//!   packet is left as it came. Proven by a cargo-fuzz target and proptest properties.
+//! - **Offloaded (partial) checksums**: [`Nat::outbound_with`],
+//!   [`Nat::inbound_with`] and the `_batch_with` calls take
+//!   [`L4Checksum::Partial`] for packets whose TCP/UDP checksum field holds
+//!   only the pseudo-header sum (virtio `NEEDS_CSUM`, Linux
+//!   CHECKSUM_PARTIAL, TSO super-packets up to 65 535 bytes): address changes
+//!   are applied to it in that sense, port changes are left to whoever
+//!   completes it, and [`complete_l4_checksum`] completes it in software.
 //! - **Bounded memory**: `max_flows` in total, `max_flows_per_host` per
-//!   internal host, `max_fragments` fragmented datagrams; when full, new flows
-//!   are refused and counted while existing ones keep working.
+//!   internal host, `max_fragments` fragmented datagrams, `max_held_fragments`
+//!   and `max_held_bytes` held fragments; when full, new flows are refused
+//!   and counted while existing ones keep working.
 //! - **No allocation per packet** on the established-flow path; new flows
-//!   may grow the table (amortised doubling).
+//!   may grow the table (amortised doubling); held out-of-order fragments
+//!   are copied (bounded).
 //! - **Bounded work**: one hash lookup per packet; [`Nat::expire`] examines at
 //!   most `budget` flows (and `8 × budget + 64` table slots) per call.
 //!
@@ -62,19 +71,27 @@
 //!   embedded IP and transport headers; every checksum is fixed
 //!   incrementally, and a truncated quote (IP header + 8 bytes) is fine.
 //!   Errors matching no mapping are [`DropReason::IcmpNoMapping`].
-//! - **Fragments**: the first fragment is translated like a whole packet
-//!   and its translation is remembered (bounded by `max_fragments` and
-//!   [`Timeouts::fragment`]); later fragments get the same addresses. A later
-//!   fragment that arrives before its first fragment is dropped and counted
-//!   ([`DropReason::Fragment`]): buffering it would need a way to hand out
-//!   packets later, which this one-packet-in, one-verdict-out API has not.
-//!   In practice the host kernel that routes into the TUN reassembles
-//!   (conntrack's defragmentation, active with the host's own NAT) and
-//!   refragments in order.
+//! - **Fragments** (RFC 4787 REQ-14, in order and out of order): the first
+//!   fragment is translated like a whole packet and its translation is
+//!   remembered (bounded by `max_fragments` and [`Timeouts::fragment`]);
+//!   later fragments get the same addresses. A later fragment that arrives
+//!   before its first fragment gets [`Verdict::Held`]: the NAT keeps a copy
+//!   (bounded by [`NatConfig::max_held_fragments`] and
+//!   [`NatConfig::max_held_bytes`], else [`DropReason::FragmentsHeldFull`]);
+//!   when the first fragment is translated, the held ones are translated
+//!   too and the caller drains them with [`Nat::poll_released`]. Held
+//!   fragments whose first fragment is dropped, or does not come within
+//!   [`Timeouts::fragment`], are dropped and counted
+//!   ([`DropReason::Fragment`]). Holding is the only path that allocates
+//!   per packet (one exact-size buffer per held fragment, within the caps).
 //! - **Hairpinning**: a guest sending to the external address and a mapped
 //!   or forwarded port gets [`Verdict::Hairpin`]: the packet was translated
 //!   (source: external address and the sender's mapped port) for delivery
-//!   back inside.
+//!   back inside. An ICMP echo request to the external address whose
+//!   identifier is the external identifier of a live echo mapping is
+//!   hairpinned to that mapping's guest (RFC 7857 section 13), with the
+//!   guest's own identifier, and that guest's echo reply loops back to the
+//!   sender with the identifier the sender used.
 //! - **Port forwards** ([`PortForward`]) and **redirects** ([`Redirect`]) are
 //!   added and removed at runtime.
 //!
@@ -122,12 +139,14 @@ use core::time::Duration;
 
 mod checksum;
 mod engine;
+mod held;
 mod packet;
 mod table;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
 pub use engine::Nat;
+pub use packet::complete_l4_checksum;
 
 /// Monotonic time chosen by the caller. The NAT never reads a clock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -164,6 +183,23 @@ impl core::ops::Add<Duration> for Instant {
     }
 }
 
+/// How the TCP/UDP checksum field of a packet is to be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum L4Checksum {
+    /// A complete checksum (or 0 for UDP without checksum).
+    #[default]
+    Complete,
+    /// Only the folded pseudo-header sum, not complemented (Linux CHECKSUM_PARTIAL,
+    /// virtio VIRTIO_NET_HDR_F_NEEDS_CSUM): the sender's device completes it later.
+    ///
+    /// The NAT applies address changes to the field in that sense
+    /// (`P' = P - old + new`), leaves port changes to whoever completes it,
+    /// and has no "zero UDP checksum stays zero" rule. ICMP and later
+    /// fragments ignore it. [`complete_l4_checksum`] finishes such a
+    /// packet in software.
+    Partial,
+}
+
 /// Transport protocols the NAT tracks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -187,6 +223,32 @@ pub enum Verdict {
     Hairpin,
     /// Drop the packet; the reason has been counted.
     Drop(DropReason),
+    /// The NAT kept a copy (a later fragment that arrived before its first
+    /// fragment); the caller's buffer is left as it came and may be reused.
+    /// The copy comes back, translated, from [`Nat::poll_released`] once the
+    /// first fragment is translated, or is dropped and counted
+    /// ([`DropReason::Fragment`]) if that never happens in time.
+    Held,
+}
+
+/// A packet the NAT released after holding it: its length in `buf` and where it goes.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// Bytes written at the start of the caller's buffer.
+    pub len: usize,
+    /// [`Verdict::Forward`] or [`Verdict::Hairpin`], as for a packet of the
+    /// same direction translated directly.
+    pub verdict: Verdict,
+}
+
+/// Which side's packets to release ([`Nat::poll_released`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Packets that were given to [`Nat::outbound`] (from the internal side).
+    Outbound,
+    /// Packets that were given to [`Nat::inbound`] (from the external side).
+    Inbound,
 }
 
 /// Why a packet was dropped. Every reason has a counter in [`NatStats`].
@@ -209,10 +271,16 @@ pub enum DropReason {
     HostLimit,
     /// No free external port/identifier for a new mapping.
     PortsExhausted,
-    /// Fragment state is full or the first fragment was never seen.
+    /// Fragment state is full, or the first fragment was never seen in time
+    /// (a held later fragment expired), or was dropped.
     Fragment,
     /// An ICMP error whose embedded packet matches no mapping.
     IcmpNoMapping,
+    /// A later fragment arrived before its first fragment and the pool of
+    /// held fragments is at `max_held_fragments` or `max_held_bytes`.
+    FragmentsHeldFull,
+    /// A released packet did not fit the buffer given to [`Nat::poll_released`].
+    ReleaseBufferTooShort,
 }
 
 /// Inbound filtering behaviour (RFC 4787 section 5).
@@ -261,6 +329,13 @@ pub struct NatConfig {
     pub max_flows_per_host: usize,
     /// Cap on concurrently tracked fragmented datagrams.
     pub max_fragments: usize,
+    /// Cap on later fragments held (waiting for their first fragment, or
+    /// translated and waiting for [`Nat::poll_released`]); at most 65 536.
+    /// 0 (with `max_held_bytes` 0) holds nothing: early fragments are dropped.
+    pub max_held_fragments: usize,
+    /// Cap on the bytes of held fragments; at most 64 MiB, 0 only with
+    /// `max_held_fragments` 0.
+    pub max_held_bytes: usize,
 }
 
 /// A configuration the NAT refuses.
@@ -323,11 +398,16 @@ pub struct NatStats {
     pub drops: [u64; DropReason::COUNT],
     /// Flows in the table now (a gauge; the same as [`Nat::len`]).
     pub flows: u64,
+    /// Later fragments held because they arrived before their first fragment.
+    pub fragments_held: u64,
+    /// Held fragments handed out by [`Nat::poll_released`] (also counted in
+    /// `outbound_forwarded`, `inbound_forwarded` or `hairpinned`).
+    pub fragments_released: u64,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     /// Index into [`NatStats::drops`].
     pub const fn index(self) -> usize {
         self as usize
@@ -371,6 +451,8 @@ impl Default for NatConfig {
             max_flows: 1 << 20,
             max_flows_per_host: 65_536,
             max_fragments: 1024,
+            max_held_fragments: 64,
+            max_held_bytes: 256 * 1024,
         }
     }
 }

@@ -47,6 +47,11 @@ pub(crate) enum Kind {
     Tcp,
     /// UDP: ports at 0 and 2, checksum at 6 (zero means none).
     Udp,
+    /// TCP whose checksum field holds only the pseudo-header sum
+    /// ([`crate::L4Checksum::Partial`]): addresses change it, ports don't.
+    TcpPartial,
+    /// UDP with a partial checksum (see [`Kind::TcpPartial`]).
+    UdpPartial,
     /// ICMP echo; the identifier (at 4) is the internal-side "port" when
     /// `out`, the external-side one otherwise. Checksum at 2, no pseudo-header.
     Echo {
@@ -55,6 +60,18 @@ pub(crate) enum Kind {
     },
     /// No transport header (a later fragment): addresses only.
     Bare,
+}
+
+impl Kind {
+    /// The partial-checksum variant of a TCP/UDP kind when `partial`.
+    #[inline(always)]
+    pub(crate) fn with_partial(self, partial: bool) -> Kind {
+        match (self, partial) {
+            (Kind::Tcp, true) => Kind::TcpPartial,
+            (Kind::Udp, true) => Kind::UdpPartial,
+            (k, _) => k,
+        }
+    }
 }
 
 /// Addresses and ports of a packet (ICMP: see [`Kind::Echo`]).
@@ -142,6 +159,26 @@ pub(crate) fn rewrite(p: &mut [u8], h: &Hdr, kind: Kind, old: Tuple, new: Tuple)
             let c = pd.apply_udp(u16::from_be_bytes([u[6], u[7]]));
             u[6..8].copy_from_slice(&c.to_be_bytes());
         }
+        // Partial checksums: the ports are summed later by whoever completes
+        // the checksum; only the pseudo-header (the addresses) is in the field.
+        Kind::TcpPartial => {
+            let Some(t) = l4.first_chunk_mut::<18>() else {
+                return;
+            };
+            t[0..2].copy_from_slice(&new.sport.to_be_bytes());
+            t[2..4].copy_from_slice(&new.dport.to_be_bytes());
+            let c = ipd.apply_partial(u16::from_be_bytes([t[16], t[17]]));
+            t[16..18].copy_from_slice(&c.to_be_bytes());
+        }
+        Kind::UdpPartial => {
+            let Some(u) = l4.first_chunk_mut::<8>() else {
+                return;
+            };
+            u[0..2].copy_from_slice(&new.sport.to_be_bytes());
+            u[2..4].copy_from_slice(&new.dport.to_be_bytes());
+            let c = ipd.apply_partial(u16::from_be_bytes([u[6], u[7]]));
+            u[6..8].copy_from_slice(&c.to_be_bytes());
+        }
         Kind::Echo { out } => {
             let Some(e) = l4.first_chunk_mut::<8>() else {
                 return;
@@ -159,6 +196,37 @@ pub(crate) fn rewrite(p: &mut [u8], h: &Hdr, kind: Kind, old: Tuple, new: Tuple)
         }
         Kind::Bare => {}
     }
+}
+
+/// Finishes a partial ([`crate::L4Checksum::Partial`]) TCP or UDP checksum
+/// in software, as the sending device would: sums the transport header and
+/// payload (up to the IPv4 total length) starting from the field's value and
+/// writes the complement there (a UDP result of 0 is sent as `0xffff`).
+///
+/// Returns `false`, leaving the packet as it was, for anything it cannot
+/// do: not a valid IPv4 header, a fragment, not TCP/UDP, or a transport
+/// header shorter than its fixed part.
+pub fn complete_l4_checksum(packet: &mut [u8]) -> bool {
+    let Ok(h) = parse(packet) else {
+        return false;
+    };
+    if h.frag & 0x3fff != 0 {
+        return false;
+    }
+    let off = match (h.proto, h.l4_len()) {
+        (6, n) if n >= 20 => 16,
+        (17, n) if n >= 8 => 6,
+        _ => return false,
+    };
+    let Some(l4) = packet.get(h.ihl..h.total) else {
+        return false;
+    };
+    let mut c = !checksum::fold(checksum::sum(l4));
+    if h.proto == 17 && c == 0 {
+        c = 0xffff;
+    }
+    put16(packet, h.ihl + off, c);
+    true
 }
 
 /// Reads a big-endian u16 at `off`, 0 if out of bounds.

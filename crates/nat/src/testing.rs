@@ -255,6 +255,56 @@ pub fn transport_checksum_ok(packet: &[u8]) -> bool {
     transport_ok(packet)
 }
 
+/// Turns a whole TCP or UDP packet into a partial-checksum one
+/// ([`crate::L4Checksum::Partial`]): writes into its checksum field the
+/// folded pseudo-header sum, not complemented, as Linux does for
+/// CHECKSUM_PARTIAL. Returns `false` (packet unchanged) if it is not one.
+pub fn make_partial(packet: &mut [u8]) -> bool {
+    let (Some(off), Some(ps)) = (l4_checksum_offset(packet), pseudo_sum(packet)) else {
+        return false;
+    };
+    packet[off..off + 2].copy_from_slice(&ps.to_be_bytes());
+    true
+}
+
+/// The folded one's-complement sum of the TCP/UDP pseudo-header of a whole
+/// packet (addresses, protocol, transport length), not complemented: what
+/// the checksum field of a partial packet must hold (up to 0 ≡ 0xffff).
+pub fn pseudo_sum(packet: &[u8]) -> Option<u16> {
+    let h = ihl(packet);
+    let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
+    let proto = *packet.get(9)?;
+    if !matches!(proto, 6 | 17) || total < h || total > packet.len() {
+        return None;
+    }
+    Some(fold(
+        sum(packet.get(12..20)?) + u64::from(proto) + (total - h) as u64,
+    ))
+}
+
+/// The TCP/UDP checksum of a whole packet recomputed from scratch (the
+/// field's current value ignored); a UDP result of 0 is given as `0xffff`.
+pub fn recompute_l4_checksum(packet: &[u8]) -> Option<u16> {
+    let off = l4_checksum_offset(packet)?;
+    let h = ihl(packet);
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    let mut p = packet.get(..total)?.to_vec();
+    p[off..off + 2].copy_from_slice(&[0, 0]);
+    let c = !fold(u64::from(pseudo_sum(&p)?) + sum(&p[h..]));
+    Some(if c == 0 && p[9] == 17 { 0xffff } else { c })
+}
+
+/// The TCP/UDP checksum field of a packet.
+pub fn l4_checksum(packet: &[u8]) -> Option<u16> {
+    let off = l4_checksum_offset(packet)?;
+    Some(u16::from_be_bytes([packet[off], packet[off + 1]]))
+}
+
+/// Whether two checksum values are equal in one's complement (0 ≡ 0xffff).
+pub fn ones_complement_eq(a: u16, b: u16) -> bool {
+    a == b || (a == 0 && b == 0xffff) || (a == 0xffff && b == 0)
+}
+
 /// A table warmed with `flows` UDP flows, for benches: packets of each flow
 /// in both directions, in a random order.
 #[derive(Debug)]
@@ -290,6 +340,14 @@ impl Packets {
     /// The length of each packet.
     pub fn packet_len(&self) -> usize {
         self.len
+    }
+    /// A copy with `f` applied to each packet (e.g. [`make_partial`]).
+    pub fn map(&self, mut f: impl FnMut(&mut [u8])) -> Packets {
+        let mut out = self.clone();
+        if out.len > 0 {
+            out.bytes.chunks_exact_mut(out.len).for_each(&mut f);
+        }
+        out
     }
     fn push(&mut self, p: &[u8]) {
         self.len = p.len();
@@ -350,6 +408,18 @@ pub fn shuffle<T>(v: &mut [T], state: &mut u64) {
         *state ^= *state << 17;
         v.swap(i, (*state % (i as u64 + 1)) as usize);
     }
+}
+
+/// Offset of the TCP/UDP checksum field of a whole packet.
+fn l4_checksum_offset(p: &[u8]) -> Option<usize> {
+    let h = ihl(p);
+    let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
+    let (off, min) = match p.get(9)? {
+        6 => (16, 20),
+        17 => (6, 8),
+        _ => return None,
+    };
+    (h >= 20 && total <= p.len() && total >= h + min).then_some(h + off)
 }
 
 fn ihl(p: &[u8]) -> usize {

@@ -5,8 +5,8 @@ use core::time::Duration;
 
 use nat::testing::{self, EXTERNAL, GATEWAY, GUEST, GUEST2, SERVER, SERVER2, TcpFlags};
 use nat::{
-    ConfigError, DropReason, Filtering, Instant, Nat, NatConfig, PortForward, Protocol, Redirect,
-    RuleError, Verdict,
+    ConfigError, Direction, DropReason, Filtering, Instant, L4Checksum, Nat, NatConfig,
+    PortForward, Protocol, Redirect, RuleError, Verdict,
 };
 
 fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
@@ -542,24 +542,223 @@ fn fragments_inbound_are_all_translated_and_reassemble_to_a_valid_datagram() {
 }
 
 #[test]
-fn fragments_arriving_before_the_first_are_dropped_and_counted() {
+fn fragments_arriving_before_the_first_are_held_and_released_translated_rfc4787_req14() {
+    let mut nat = testing::nat();
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let answer = testing::udp(sa(SERVER, 53), testing::src(&o), &[9u8; 4000]);
+    let frags = testing::fragment(&answer, 1480);
+    assert_eq!(frags.len(), 3);
+    // Last, middle, then first.
+    let (mut f0, mut f1, mut f2) = (frags[0].clone(), frags[1].clone(), frags[2].clone());
+    assert_eq!(nat.inbound(&mut f2, T0), Verdict::Held);
+    assert_eq!(f2, frags[2], "a held packet's buffer is left alone");
+    assert_eq!(nat.inbound(&mut f1, T0), Verdict::Held);
+    assert_eq!(nat.held_fragments(), (2, frags[1].len() + frags[2].len()));
+    let mut buf = vec![0u8; 2000];
+    assert_eq!(nat.poll_released(Direction::Inbound, &mut buf), None);
+    assert_eq!(nat.inbound(&mut f0, T0), Verdict::Forward);
+    assert_eq!(nat.poll_released(Direction::Outbound, &mut buf), None);
+    let mut out = vec![f0];
+    while let Some(r) = nat.poll_released(Direction::Inbound, &mut buf) {
+        assert_eq!(r.verdict, Verdict::Forward);
+        let p = buf[..r.len].to_vec();
+        assert_eq!(testing::dst(&p).ip(), &GUEST);
+        assert!(testing::checksums_match_full_recompute(&p));
+        out.push(p);
+    }
+    assert_eq!(out.len(), 3);
+    // Released in arrival order (last, then middle): reassemble by offset.
+    out.swap(1, 2);
+    let whole = reassemble(&out);
+    assert_eq!(testing::dst(&whole), sa(GUEST, 5000));
+    assert!(testing::checksums_match_full_recompute(&whole));
+    assert_eq!(nat.held_fragments(), (0, 0));
+    assert_eq!(nat.stats().fragments_held, 2);
+    assert_eq!(nat.stats().fragments_released, 2);
+    assert_eq!(nat.stats().inbound_forwarded, 3);
+}
+
+#[test]
+fn outbound_fragments_out_of_order_are_held_and_released_translated() {
+    let mut nat = testing::nat();
+    let whole = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &[7u8; 3000]);
+    let mut frags = testing::fragment(&whole, 1400);
+    assert_eq!(nat.outbound(&mut frags[1], T0), Verdict::Held);
+    assert_eq!(nat.outbound(&mut frags[0], T0), Verdict::Forward);
+    // In-order fragments after the first are translated directly.
+    assert_eq!(nat.outbound(&mut frags[2], T0), Verdict::Forward);
+    let mut buf = [0u8; 1500];
+    let r = nat.poll_released(Direction::Outbound, &mut buf).unwrap();
+    assert_eq!(r.verdict, Verdict::Forward);
+    frags[1] = buf[..r.len].to_vec();
+    assert_eq!(nat.poll_released(Direction::Outbound, &mut buf), None);
+    for f in &frags {
+        assert_eq!(testing::src(f).ip(), &EXTERNAL);
+        assert!(testing::checksums_match_full_recompute(f));
+    }
+    let w = reassemble(&frags);
+    assert_eq!(testing::src(&w), testing::src(&frags[0]));
+    assert!(testing::checksums_match_full_recompute(&w));
+}
+
+#[test]
+fn held_fragments_of_a_hairpinned_datagram_are_released_as_hairpin() {
+    let mut nat = testing::nat();
+    nat.add_forward(PortForward {
+        protocol: Protocol::Udp,
+        external_port: 8080,
+        internal: sa(GUEST2, 80),
+    })
+    .unwrap();
+    let whole = testing::udp(sa(GUEST, 5000), sa(EXTERNAL, 8080), &[3u8; 2000]);
+    let mut frags = testing::fragment(&whole, 1400);
+    assert_eq!(nat.outbound(&mut frags[1], T0), Verdict::Held);
+    assert_eq!(nat.outbound(&mut frags[0], T0), Verdict::Hairpin);
+    let mut buf = [0u8; 1500];
+    let r = nat.poll_released(Direction::Outbound, &mut buf).unwrap();
+    assert_eq!(r.verdict, Verdict::Hairpin);
+    frags[1] = buf[..r.len].to_vec();
+    let w = reassemble(&frags);
+    assert_eq!(testing::dst(&w), sa(GUEST2, 80));
+    assert!(testing::checksums_match_full_recompute(&w));
+    assert_eq!(nat.stats().hairpinned, 2);
+}
+
+#[test]
+fn held_fragments_are_bounded_in_count_and_bytes() {
+    let mut cfg = testing::config();
+    cfg.max_held_fragments = 2;
+    cfg.max_held_bytes = 3000;
+    let mut nat = testing::nat_with(cfg);
+    let later = |id: u16, len: usize| {
+        let mut w = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &vec![1u8; len]);
+        testing::set_ip_id(&mut w, id);
+        testing::fragment(&w, 1000).pop().unwrap()
+    };
+    let mut a = later(1, 1500);
+    let mut b = later(2, 1500);
+    let mut c = later(3, 1500);
+    assert_eq!(nat.outbound(&mut a, T0), Verdict::Held);
+    assert_eq!(nat.outbound(&mut b, T0), Verdict::Held);
+    assert_eq!(
+        nat.outbound(&mut c, T0),
+        Verdict::Drop(DropReason::FragmentsHeldFull)
+    );
+    assert_eq!(drops(&nat, DropReason::FragmentsHeldFull), 1);
+    // Bytes: one fragment bigger than what is left.
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 10,
+        max_held_bytes: 1000,
+        ..testing::config()
+    });
+    let mut small = later(4, 1200); // 20 + 8 + 1200 - 1000 = 228 bytes on the wire
+    let mut big = later(5, 1900); // 928 bytes
+    assert_eq!(nat.outbound(&mut small, T0), Verdict::Held);
+    assert_eq!(
+        nat.outbound(&mut big, T0),
+        Verdict::Drop(DropReason::FragmentsHeldFull)
+    );
+    assert!(nat.held_fragments().1 <= 1000);
+}
+
+#[test]
+fn held_fragments_expire_with_the_fragment_timeout_and_are_counted() {
+    let mut nat = testing::nat();
+    let mut w = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &[1u8; 2000]);
+    testing::set_ip_id(&mut w, 77);
+    let mut frags = testing::fragment(&w, 1400);
+    assert_eq!(nat.outbound(&mut frags[1], T0), Verdict::Held);
+    assert_eq!(nat.next_deadline(), Some(secs(30)));
+    assert_eq!(nat.expire(secs(29), 16), 0);
+    assert_eq!(nat.held_fragments().0, 1);
+    let _ = nat.expire(secs(30), 16);
+    assert_eq!(nat.held_fragments(), (0, 0));
+    assert_eq!(drops(&nat, DropReason::Fragment), 1);
+    assert_eq!(nat.next_deadline(), None);
+    // The first fragment now comes alone; nothing is released.
+    assert_eq!(nat.outbound(&mut frags[0], secs(31)), Verdict::Forward);
+    let mut buf = [0u8; 1500];
+    assert_eq!(nat.poll_released(Direction::Outbound, &mut buf), None);
+    // Released but never drained: dropped (counted) after the timeout too.
+    let mut w2 = w.clone();
+    testing::set_ip_id(&mut w2, 78);
+    let mut g = testing::fragment(&w2, 1400);
+    assert_eq!(nat.outbound(&mut g[1], secs(40)), Verdict::Held);
+    assert_eq!(nat.outbound(&mut g[0], secs(41)), Verdict::Forward);
+    assert_eq!(nat.held_fragments().0, 1);
+    let _ = nat.expire(secs(70), 16);
+    assert_eq!(nat.held_fragments(), (0, 0));
+    assert_eq!(drops(&nat, DropReason::Fragment), 2);
+}
+
+#[test]
+fn held_fragments_are_dropped_and_counted_when_their_first_fragment_is_dropped() {
+    let mut nat = testing::nat();
+    // No mapping for this port: the first fragment will be dropped.
+    let answer = testing::udp(sa(SERVER, 53), sa(EXTERNAL, 40000), &[9u8; 3000]);
+    let mut frags = testing::fragment(&answer, 1480);
+    assert_eq!(nat.inbound(&mut frags[2], T0), Verdict::Held);
+    assert_eq!(nat.inbound(&mut frags[1], T0), Verdict::Held);
+    assert_eq!(
+        nat.inbound(&mut frags[0], T0),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    assert_eq!(nat.held_fragments(), (0, 0));
+    assert_eq!(drops(&nat, DropReason::Fragment), 2);
+    let mut buf = [0u8; 1500];
+    assert_eq!(nat.poll_released(Direction::Inbound, &mut buf), None);
+}
+
+#[test]
+fn released_fragment_longer_than_the_buffer_is_dropped_and_counted() {
     let mut nat = testing::nat();
     let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
     let answer = testing::udp(sa(SERVER, 53), testing::src(&o), &[9u8; 4000]);
     let mut frags = testing::fragment(&answer, 1480);
-    let mut last = frags.pop().unwrap();
+    let last_len = frags[2].len();
+    assert!(last_len < 1500);
+    assert_eq!(nat.inbound(&mut frags[1], T0), Verdict::Held); // 1500 bytes
+    assert_eq!(nat.inbound(&mut frags[2], T0), Verdict::Held);
+    assert_eq!(nat.inbound(&mut frags[0], T0), Verdict::Forward);
+    let mut buf = vec![0u8; last_len];
+    let r = nat.poll_released(Direction::Inbound, &mut buf).unwrap();
+    assert_eq!(r.len, last_len);
+    assert_eq!(drops(&nat, DropReason::ReleaseBufferTooShort), 1);
+    assert_eq!(nat.poll_released(Direction::Inbound, &mut buf), None);
+    assert_eq!(nat.held_fragments(), (0, 0));
+}
+
+#[test]
+fn holding_can_be_switched_off_and_its_caps_are_validated() {
+    let bad = |f: usize, b: usize| {
+        Nat::new(NatConfig {
+            max_held_fragments: f,
+            max_held_bytes: b,
+            ..NatConfig::default()
+        })
+        .err()
+    };
+    assert!(matches!(bad(0, 1000), Some(ConfigError::Invalid(_))));
+    assert!(matches!(bad(4, 0), Some(ConfigError::Invalid(_))));
+    assert!(matches!(bad(65_537, 1000), Some(ConfigError::Invalid(_))));
+    assert!(matches!(
+        bad(4, (64 << 20) + 1),
+        Some(ConfigError::Invalid(_))
+    ));
+    assert_eq!(bad(65_536, 64 << 20), None);
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 0,
+        max_held_bytes: 0,
+        ..testing::config()
+    });
+    let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let answer = testing::udp(sa(SERVER, 53), testing::src(&o), &[9u8; 4000]);
+    let mut last = testing::fragment(&answer, 1480).pop().unwrap();
     assert_eq!(
         nat.inbound(&mut last, T0),
         Verdict::Drop(DropReason::Fragment)
     );
     assert_eq!(drops(&nat, DropReason::Fragment), 1);
-    // A stray later fragment of an unknown datagram is dropped as well.
-    let mut stray = frags.pop().unwrap();
-    testing::set_ip_id(&mut stray, 999);
-    assert_eq!(
-        nat.inbound(&mut stray, T0),
-        Verdict::Drop(DropReason::Fragment)
-    );
 }
 
 #[test]
@@ -576,20 +775,19 @@ fn fragment_state_is_bounded_in_count_and_time() {
         lasts.push(frags.pop().unwrap());
     }
     assert_eq!(nat.fragments(), 2);
-    // The third datagram's state was refused: its later fragment is dropped.
-    assert_eq!(
-        nat.outbound(&mut lasts[2], T0),
-        Verdict::Drop(DropReason::Fragment)
-    );
+    // The third datagram's state was refused: its later fragment waits for a
+    // first fragment that has gone, and is dropped when that wait expires.
+    assert_eq!(nat.outbound(&mut lasts[2], T0), Verdict::Held);
     assert_eq!(nat.outbound(&mut lasts[0], T0), Verdict::Forward);
     // State lives for the fragment timeout only.
     assert_eq!(nat.next_deadline(), Some(Instant::from_secs(30)));
     nat.expire(secs(30), 16);
     assert_eq!(nat.fragments(), 0);
-    assert_eq!(
-        nat.outbound(&mut lasts[1], secs(30)),
-        Verdict::Drop(DropReason::Fragment)
-    );
+    assert_eq!(nat.held_fragments(), (0, 0));
+    assert_eq!(drops(&nat, DropReason::Fragment), 1);
+    assert_eq!(nat.outbound(&mut lasts[1], secs(30)), Verdict::Held);
+    nat.expire(secs(60), 16);
+    assert_eq!(drops(&nat, DropReason::Fragment), 2);
 }
 
 #[test]
@@ -1198,4 +1396,314 @@ fn batch_calls_equal_one_call_per_packet() {
         batch.contains(&Verdict::Forward) && batch.contains(&Verdict::Drop(DropReason::NoMapping))
     );
     assert_eq!(a.stats(), b.stats());
+}
+
+// ---------------------------------------------------------------------------
+// Partial (offloaded) transport checksums
+
+/// A TCP or UDP packet whose checksum field holds the partial value.
+fn partial(tcp: bool, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut p = if tcp {
+        testing::tcp(from, to, TcpFlags::SYN_ACK, payload)
+    } else {
+        testing::udp(from, to, payload)
+    };
+    assert!(testing::make_partial(&mut p));
+    p
+}
+
+/// The translated partial packet carries the pseudo-header sum of its new
+/// addresses; completing it in software gives what a full recompute of the
+/// translated packet gives.
+fn assert_partial_completes(p: &[u8]) {
+    let field = testing::l4_checksum(p).unwrap();
+    assert!(
+        testing::ones_complement_eq(field, testing::pseudo_sum(p).unwrap()),
+        "partial field {field:#06x} is not the pseudo-header sum"
+    );
+    let mut done = p.to_vec();
+    assert!(nat::complete_l4_checksum(&mut done));
+    let want = testing::recompute_l4_checksum(&done).unwrap();
+    assert!(testing::ones_complement_eq(
+        testing::l4_checksum(&done).unwrap(),
+        want
+    ));
+    assert!(testing::checksums_match_full_recompute(&done));
+}
+
+#[test]
+fn partial_checksums_outbound_tcp_and_udp_with_port_remap_complete_to_a_full_recompute() {
+    for tcp in [false, true] {
+        let mut nat = testing::nat();
+        // GUEST holds external port 5000, so GUEST2's 5000 is remapped.
+        let mut first = partial(tcp, sa(GUEST, 5000), sa(SERVER, 443), b"one");
+        assert_eq!(
+            nat.outbound_with(&mut first, T0, L4Checksum::Partial),
+            Verdict::Forward
+        );
+        assert_partial_completes(&first);
+        let mut p = partial(tcp, sa(GUEST2, 5000), sa(SERVER, 443), b"payload!");
+        assert_eq!(
+            nat.outbound_with(&mut p, T0, L4Checksum::Partial),
+            Verdict::Forward
+        );
+        assert_ne!(testing::src(&p).port(), 5000, "port remapped");
+        assert_eq!(*testing::src(&p).ip(), EXTERNAL);
+        assert_partial_completes(&p);
+    }
+}
+
+#[test]
+fn partial_checksums_inbound_tcp_and_udp_complete_to_a_full_recompute() {
+    for tcp in [false, true] {
+        let mut nat = testing::nat();
+        let mk = |g| {
+            if tcp {
+                testing::tcp(sa(g, 5000), sa(SERVER, 443), TcpFlags::SYN, b"")
+            } else {
+                testing::udp(sa(g, 5000), sa(SERVER, 443), b"")
+            }
+        };
+        let mut first = mk(GUEST);
+        assert_eq!(nat.outbound(&mut first, T0), Verdict::Forward);
+        let mut o = mk(GUEST2);
+        assert_eq!(nat.outbound(&mut o, T0), Verdict::Forward);
+        let ext = testing::src(&o);
+        assert_ne!(ext.port(), 5000);
+        let mut r = partial(tcp, sa(SERVER, 443), ext, b"the reply");
+        assert_eq!(
+            nat.inbound_with(&mut r, T0, L4Checksum::Partial),
+            Verdict::Forward
+        );
+        assert_eq!(testing::dst(&r), sa(GUEST2, 5000));
+        assert_partial_completes(&r);
+    }
+}
+
+#[test]
+fn partial_checksums_through_a_dnat_forward_and_a_hairpin_complete_to_a_full_recompute() {
+    for (tcp, protocol) in [(false, Protocol::Udp), (true, Protocol::Tcp)] {
+        let mut nat = testing::nat();
+        nat.add_forward(PortForward {
+            protocol,
+            external_port: 8080,
+            internal: sa(GUEST2, 80),
+        })
+        .unwrap();
+        // DNAT forward: the port changes too.
+        let mut f = partial(tcp, sa(SERVER, 51000), sa(EXTERNAL, 8080), b"request");
+        assert_eq!(
+            nat.inbound_with(&mut f, T0, L4Checksum::Partial),
+            Verdict::Forward
+        );
+        assert_eq!(testing::dst(&f), sa(GUEST2, 80));
+        assert_partial_completes(&f);
+        // Its reply, outbound.
+        let mut r = partial(tcp, sa(GUEST2, 80), sa(SERVER, 51000), b"response");
+        assert_eq!(
+            nat.outbound_with(&mut r, T0, L4Checksum::Partial),
+            Verdict::Forward
+        );
+        assert_eq!(testing::src(&r), sa(EXTERNAL, 8080));
+        assert_partial_completes(&r);
+        // Hairpin: both addresses change.
+        let mut h = partial(tcp, sa(GUEST, 40000), sa(EXTERNAL, 8080), b"hairpin");
+        assert_eq!(
+            nat.outbound_with(&mut h, T0, L4Checksum::Partial),
+            Verdict::Hairpin
+        );
+        assert_eq!(testing::dst(&h), sa(GUEST2, 80));
+        assert_eq!(*testing::src(&h).ip(), EXTERNAL);
+        assert_partial_completes(&h);
+    }
+}
+
+#[test]
+fn partial_udp_checksum_zero_is_updated_not_kept() {
+    let mut nat = testing::nat();
+    let mut p = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"q");
+    let before = testing::pseudo_sum(&p).unwrap();
+    p[26..28].copy_from_slice(&[0, 0]);
+    assert_eq!(
+        nat.outbound_with(&mut p, T0, L4Checksum::Partial),
+        Verdict::Forward
+    );
+    // P' = 0 - pseudo(before) + pseudo(after), not 0.
+    let after = testing::pseudo_sum(&p).unwrap();
+    let want = {
+        let s = u32::from(!before) + u32::from(after);
+        let s = (s & 0xffff) + (s >> 16);
+        ((s & 0xffff) + (s >> 16)) as u16
+    };
+    let got = testing::l4_checksum(&p).unwrap();
+    assert_ne!(got, 0);
+    assert!(
+        testing::ones_complement_eq(got, want),
+        "{got:#x} vs {want:#x}"
+    );
+    // The same packet as Complete keeps its zero checksum.
+    let mut c = testing::udp(sa(GUEST, 5001), sa(SERVER, 53), b"q");
+    c[26..28].copy_from_slice(&[0, 0]);
+    assert_eq!(
+        nat.outbound_with(&mut c, T0, L4Checksum::Complete),
+        Verdict::Forward
+    );
+    assert_eq!(&c[26..28], &[0, 0]);
+}
+
+#[test]
+fn partial_checksum_of_a_60000_byte_tcp_super_packet_completes_to_a_full_recompute() {
+    let mut nat = testing::nat();
+    let mut hold = testing::tcp(sa(GUEST, 6000), sa(SERVER, 1), TcpFlags::SYN, b"");
+    assert_eq!(nat.outbound(&mut hold, T0), Verdict::Forward);
+    let payload: Vec<u8> = (0..60_000 - 40).map(|i| (i * 7 % 251) as u8).collect();
+    let mut p = partial(true, sa(GUEST2, 6000), sa(SERVER, 443), &payload);
+    assert_eq!(p.len(), 60_000);
+    assert_eq!(
+        nat.outbound_with(&mut p, T0, L4Checksum::Partial),
+        Verdict::Forward
+    );
+    assert_ne!(testing::src(&p).port(), 6000);
+    assert_partial_completes(&p);
+    // Inbound too.
+    let ext = testing::src(&p);
+    let mut r = partial(true, sa(SERVER, 443), ext, &payload);
+    assert_eq!(
+        nat.inbound_with(&mut r, T0, L4Checksum::Partial),
+        Verdict::Forward
+    );
+    assert_partial_completes(&r);
+}
+
+#[test]
+fn partial_batch_calls_take_a_kind_per_packet_and_missing_ones_are_complete() {
+    let mut nat = testing::nat();
+    let mut pkts: Vec<Vec<u8>> = (0..20)
+        .map(|i| partial(i % 2 == 0, sa(GUEST, 7000 + i), sa(SERVER, 443), b"x"))
+        .collect();
+    // A complete one at the end, past the kinds given.
+    pkts.push(testing::udp(sa(GUEST, 9000), sa(SERVER, 443), b"x"));
+    let kinds = vec![L4Checksum::Partial; 20];
+    let mut v = vec![Verdict::Forward; pkts.len()];
+    nat.outbound_batch_with(&mut pkts, &kinds, T0, &mut v);
+    assert!(v.iter().all(|v| *v == Verdict::Forward));
+    for p in &pkts[..20] {
+        assert_partial_completes(p);
+    }
+    assert!(testing::checksums_match_full_recompute(&pkts[20]));
+    let mut replies: Vec<Vec<u8>> = pkts[..20]
+        .iter()
+        .enumerate()
+        .map(|(i, o)| partial(i % 2 == 0, sa(SERVER, 443), testing::src(o), b"y"))
+        .collect();
+    let mut v = vec![Verdict::Forward; replies.len()];
+    nat.inbound_batch_with(&mut replies, &kinds, T0, &mut v);
+    assert!(v.iter().all(|v| *v == Verdict::Forward));
+    replies.iter().for_each(|r| assert_partial_completes(r));
+}
+
+#[test]
+fn complete_l4_checksum_refuses_what_it_cannot_do() {
+    let mut short = vec![0x45u8; 10];
+    assert!(!nat::complete_l4_checksum(&mut short));
+    let mut echo = testing::echo_request(GUEST, SERVER, 1, 1, b"x");
+    let before = echo.clone();
+    assert!(!nat::complete_l4_checksum(&mut echo));
+    assert_eq!(echo, before);
+    let mut whole = testing::udp(sa(GUEST, 1), sa(SERVER, 2), &[0u8; 100]);
+    testing::set_ip_id(&mut whole, 9);
+    let mut frag = testing::fragment(&whole, 40).remove(0);
+    assert!(!nat::complete_l4_checksum(&mut frag));
+    // A complete packet made partial and completed again is unchanged.
+    let good = testing::tcp(sa(GUEST, 1), sa(SERVER, 2), TcpFlags::ACK, b"data");
+    let mut p = good.clone();
+    assert!(testing::make_partial(&mut p));
+    assert!(nat::complete_l4_checksum(&mut p));
+    assert_eq!(p, good);
+}
+
+// ---------------------------------------------------------------------------
+// ICMP echo hairpinning
+
+#[test]
+fn icmp_echo_request_to_the_external_address_hairpins_to_the_mapping_owner_rfc7857_13() {
+    let mut nat = testing::nat();
+    // GUEST2 pings a server: its identifier 77 maps to external 77.
+    let mut q = testing::echo_request(GUEST2, SERVER, 77, 1, b"ping");
+    assert_eq!(nat.outbound(&mut q, T0), Verdict::Forward);
+    let ext_id = testing::src(&q).port();
+    let flows = nat.len();
+    // GUEST pings the external address with that identifier.
+    let mut p = testing::echo_request(GUEST, EXTERNAL, ext_id, 9, b"hello");
+    assert_eq!(nat.outbound(&mut p, secs(1)), Verdict::Hairpin);
+    assert_eq!(testing::src(&p), sa(EXTERNAL, 77));
+    assert_eq!(testing::dst(&p), sa(GUEST2, 77));
+    assert!(testing::checksums_match_full_recompute(&p));
+    assert_eq!(nat.stats().hairpinned, 1);
+    assert_eq!(nat.len(), flows, "no flow for the sender");
+    // GUEST2 answers (to the external address, with its identifier 77):
+    // the reply loops back to GUEST with the identifier GUEST used.
+    let mut r = testing::echo_reply(GUEST2, EXTERNAL, 77, 9, b"hello");
+    assert_eq!(nat.outbound(&mut r, secs(2)), Verdict::Hairpin);
+    assert_eq!(testing::src(&r), sa(EXTERNAL, ext_id));
+    assert_eq!(testing::dst(&r), sa(GUEST, ext_id));
+    assert!(testing::checksums_match_full_recompute(&r));
+    assert_eq!(nat.stats().hairpinned, 2);
+    // Once the ICMP query timeout has passed, a late reply is dropped.
+    let mut late = testing::echo_reply(GUEST2, EXTERNAL, 77, 9, b"hello");
+    assert_eq!(
+        nat.outbound(&mut late, secs(62)),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    // Echo replies from inside to anyone else stay unsupported.
+    let mut other = testing::echo_reply(GUEST2, SERVER, 77, 9, b"x");
+    assert_eq!(
+        nat.outbound(&mut other, secs(2)),
+        Verdict::Drop(DropReason::UnsupportedProtocol)
+    );
+    // With a remapped identifier: GUEST's 77 is taken, so it maps elsewhere;
+    // a request naming that external identifier reaches GUEST with 77.
+    let mut q2 = testing::echo_request(GUEST, SERVER, 77, 1, b"ping");
+    assert_eq!(nat.outbound(&mut q2, T0), Verdict::Forward);
+    let ext2 = testing::src(&q2).port();
+    assert_ne!(ext2, 77);
+    let mut p2 = testing::echo_request(GUEST2, EXTERNAL, ext2, 1, b"x");
+    assert_eq!(nat.outbound(&mut p2, secs(1)), Verdict::Hairpin);
+    assert_eq!(testing::dst(&p2), sa(GUEST, 77));
+    assert!(testing::checksums_match_full_recompute(&p2));
+}
+
+#[test]
+fn icmp_echo_request_to_the_external_address_without_a_live_mapping_is_dropped() {
+    let mut nat = testing::nat();
+    let mut p = testing::echo_request(GUEST, EXTERNAL, 4242, 1, b"x");
+    let before = p.clone();
+    assert_eq!(
+        nat.outbound(&mut p, T0),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    assert_eq!(p, before);
+    assert!(nat.is_empty());
+    // A mapping that expired (and was swept) no longer matches.
+    let mut q = testing::echo_request(GUEST2, SERVER, 4242, 1, b"ping");
+    assert_eq!(nat.outbound(&mut q, T0), Verdict::Forward);
+    expire_all(&mut nat, secs(61));
+    let mut p = testing::echo_request(GUEST, EXTERNAL, 4242, 1, b"x");
+    assert_eq!(
+        nat.outbound(&mut p, secs(61)),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    // Under address-and-port-dependent filtering the target never sent to
+    // the external address: filtered.
+    let mut nat = testing::nat_with(NatConfig {
+        filtering: Filtering::AddressAndPortDependent,
+        ..testing::config()
+    });
+    let mut q = testing::echo_request(GUEST2, SERVER, 4242, 1, b"ping");
+    assert_eq!(nat.outbound(&mut q, T0), Verdict::Forward);
+    let mut p = testing::echo_request(GUEST, EXTERNAL, 4242, 1, b"x");
+    assert_eq!(
+        nat.outbound(&mut p, T0),
+        Verdict::Drop(DropReason::Filtered)
+    );
 }

@@ -3,7 +3,7 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use nat::testing::{self, EXTERNAL, TcpFlags};
-use nat::{Instant, Nat, NatConfig, PortForward, Protocol, Verdict};
+use nat::{Instant, L4Checksum, Nat, NatConfig, PortForward, Protocol, Verdict};
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -83,12 +83,52 @@ proptest! {
         }
     }
 
+    /// A partial-checksum packet translated (outbound with or without a
+    /// port remap, its reply inbound, a hairpin to a forwarded port) and
+    /// then completed in software equals a full recompute of the translated
+    /// packet.
+    #[test]
+    fn partial_checksums_translated_then_completed_equal_a_full_recompute(
+        tcp in any::<bool>(),
+        g in guest(), sport in 1u16.., r in remote(), dport in 1u16..,
+        payload in proptest::collection::vec(any::<u8>(), 0..1500),
+        remap in any::<bool>(), raw in any::<u16>(),
+    ) {
+        let mut nat = testing::nat();
+        let kind = if tcp { Kind::Tcp } else { Kind::Udp };
+        let (src, dst) = (SocketAddrV4::new(g, sport), SocketAddrV4::new(r, dport));
+        if remap {
+            // Another guest holds the same port: ours is remapped.
+            let other = Ipv4Addr::from(u32::from(g) ^ 1);
+            let mut o = build(kind, SocketAddrV4::new(other, sport), dst, b"", false);
+            prop_assert_eq!(nat.outbound(&mut o, Instant::ZERO), Verdict::Forward);
+        }
+        let mut p = build(kind, src, dst, &payload, false);
+        prop_assert!(testing::make_partial(&mut p));
+        prop_assert_eq!(nat.outbound_with(&mut p, Instant::ZERO, L4Checksum::Partial), Verdict::Forward);
+        partial_completes(&p)?;
+        let ext = testing::src(&p);
+        let mut reply = build(kind, dst, ext, &payload, true);
+        prop_assert!(testing::make_partial(&mut reply));
+        prop_assert_eq!(nat.inbound_with(&mut reply, Instant::ZERO, L4Checksum::Partial), Verdict::Forward);
+        prop_assert_eq!(testing::dst(&reply), src);
+        partial_completes(&reply)?;
+        // Hairpin to a forwarded port; the partial field may hold any value
+        // (the property is about the difference the NAT applies).
+        let fwd = 1 + raw % 1000;
+        nat.add_forward(PortForward { protocol: if tcp { Protocol::Tcp } else { Protocol::Udp }, external_port: fwd, internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 1), 8) }).unwrap();
+        let mut h = build(kind, SocketAddrV4::new(g, sport ^ 0x8000), SocketAddrV4::new(EXTERNAL, fwd), &payload, false);
+        prop_assert!(testing::make_partial(&mut h));
+        prop_assert_eq!(nat.outbound_with(&mut h, Instant::ZERO, L4Checksum::Partial), Verdict::Hairpin);
+        partial_completes(&h)?;
+    }
+
     /// The table never exceeds its caps, whatever the traffic and timing.
     #[test]
     fn table_never_exceeds_its_caps(
-        ops in proptest::collection::vec((0u8..4, 2u8..8, 1000u16..1040, 0u8..4, 0u64..400), 1..300),
+        ops in proptest::collection::vec((0u8..5, 2u8..8, 1000u16..1040, 0u8..4, 0u64..400), 1..300),
     ) {
-        let cfg = NatConfig { max_flows: 16, max_flows_per_host: 5, max_fragments: 3, port_range: 1024..=1100, ..testing::config() };
+        let cfg = NatConfig { max_flows: 16, max_flows_per_host: 5, max_fragments: 3, max_held_fragments: 3, max_held_bytes: 400, port_range: 1024..=1100, ..testing::config() };
         let mut nat = testing::nat_with(cfg);
         nat.add_forward(PortForward { protocol: Protocol::Udp, external_port: 7000, internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 2), 7) }).unwrap();
         let mut now = 0u64;
@@ -105,10 +145,21 @@ proptest! {
                     let _ = nat.outbound(&mut testing::fragment(&whole, 40)[0], t);
                 }
                 2 => { let _ = nat.inbound(&mut testing::udp(s, SocketAddrV4::new(EXTERNAL, 7000 + u16::from(srv % 2)), b"x"), t); }
+                4 => {
+                    // A later fragment, possibly before its first.
+                    let mut whole = testing::udp(g, s, &[0u8; 100]);
+                    testing::set_ip_id(&mut whole, port);
+                    let _ = nat.outbound(&mut testing::fragment(&whole, 40)[2], t);
+                    let mut buf = [0u8; 64];
+                    if srv == 0 {
+                        while nat.poll_released(nat::Direction::Outbound, &mut buf).is_some() {}
+                    }
+                }
                 _ => { nat.expire(t, usize::from(host)); }
             }
             prop_assert!(nat.len() <= 16);
             prop_assert!(nat.fragments() <= 3);
+            prop_assert!(nat.held_fragments().0 <= 3 && nat.held_fragments().1 <= 400);
             for h in 2..8 {
                 prop_assert!(nat.host_flows(Ipv4Addr::new(192, 168, 64, h)) <= 5);
             }
@@ -180,6 +231,25 @@ proptest! {
         }
         check_one(&mut nat, p, inbound)?;
     }
+}
+
+/// The partial field of a translated packet is its new pseudo-header sum,
+/// and completing it gives a full recompute's checksum.
+fn partial_completes(p: &[u8]) -> Result<(), TestCaseError> {
+    let field = testing::l4_checksum(p).unwrap_or(0);
+    prop_assert!(testing::ones_complement_eq(
+        field,
+        testing::pseudo_sum(p).unwrap_or(1)
+    ));
+    let mut done = p.to_vec();
+    prop_assert!(nat::complete_l4_checksum(&mut done));
+    let want = testing::recompute_l4_checksum(&done).unwrap_or(0);
+    prop_assert!(testing::ones_complement_eq(
+        testing::l4_checksum(&done).unwrap_or(1),
+        want
+    ));
+    prop_assert!(testing::checksums_match_full_recompute(&done));
+    Ok(())
 }
 
 /// A NAT with flows, a forward and a redirect, so inputs can hit them.
