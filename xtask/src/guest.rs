@@ -17,7 +17,9 @@
 //! - `http:URL:SHA256`: downloads URL, checks its SHA-256 (`http ok rate_kbit=<n> bytes=<n> csecs=<n>`);
 //! - `dns:NAME:IP`: resolves NAME through the leased DNS server, expects IP (`dns ok <name> <ip>`);
 //! - `listen:PORT`: prints `HOSTNET-READY listen <port>`, accepts one TCP connection, answers its first line
-//!   with `ack <line>` and prints what it received (`listen ok <first line>`).
+//!   with `ack <line>` and prints what it received (`listen ok <first line>`);
+//! - `upload:IP:PORT:BYTES`: sends BYTES random bytes (a multiple of 64 KiB) to IP:PORT with `nc`
+//!   (`upload ok rate_kbit=<n> bytes=<n> csecs=<n> sha256=<hex>`).
 //!
 //! Before the steps it always prints `HOSTNET-RESULT link ok mac=<mac> mtu=<mtu>` for eth0.
 
@@ -479,6 +481,25 @@ for step in $(echo "$tests" | tr , ' '); do
         wait $pid
         got=$(head -n 1 /tmp/listen 2>/dev/null | tr -cd 'A-Za-z0-9._-')
         if [ -n "$got" ]; then r listen ok "$got"; else r listen fail "$port"; fi
+        ;;
+    upload:*)
+        rest="${step#upload:}"
+        n="${rest##*:}"
+        dest="${rest%:*}"
+        ip="${dest%:*}"
+        port="${dest##*:}"
+        dd if=/dev/urandom of=/tmp/up bs=65536 count=$((n / 65536)) 2>/dev/null
+        size=$(wc -c < /tmp/up)
+        sum=$(sha256sum /tmp/up | cut -d' ' -f1)
+        t0=$(cs)
+        if timeout 120 nc "$ip" "$port" < /tmp/up; then
+            t1=$(cs)
+            dt=$((t1 - t0)); [ $dt -gt 0 ] || dt=1
+            r upload ok rate_kbit=$((size * 8 * 100 / dt / 1000)) bytes=$size csecs=$dt sha256=$sum
+        else
+            r upload fail "$ip:$port"
+        fi
+        rm -f /tmp/up
         ;;
     *)
         r "$step" fail unknown-step

@@ -32,6 +32,8 @@ pub(crate) struct Args {
     pub(crate) dns_upstream: Option<SocketAddrV4>,
     /// Name (pattern) of the TUN device.
     pub(crate) tun_name: String,
+    /// Offer checksum and TCPv4 segmentation offloads to the guest (TUN with virtio-net headers).
+    pub(crate) offload: bool,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -54,6 +56,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut forwards: Vec<PortForward> = Vec::new();
     let mut dns_upstream = None;
     let mut tun_name = None;
+    let mut no_offload = None;
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -71,6 +74,12 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         };
         match key {
             "-h" | "--help" => return Ok(Invocation::Help),
+            "--no-offload" => {
+                if inline.is_some() {
+                    return Err(ArgError(format!("{key} takes no value")));
+                }
+                set_once(&mut no_offload, key, ())?;
+            }
             "--socket" => set_once(&mut socket, key, PathBuf::from(value()?))?,
             "--mtu" => set_once(&mut mtu, key, parse_mtu(&value()?)?)?,
             "--mac" => {
@@ -114,6 +123,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         forwards,
         dns_upstream,
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
+        offload: no_offload.is_none(),
     }))
 }
 
@@ -196,13 +206,14 @@ hostnetd: a vhost-user-net backend (hostnet's bridge, NAT and a TUN) for QEMU an
 
 USAGE:
     hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
-             [--dns-upstream addr[:port]] [--tun-name NAME]
+             [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
 network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address), and
 prints `ready socket=<path> tun=<name> gateway=192.168.64.1` on stdout once listening. When the
-frontend disconnects it serves the next one. SIGTERM or SIGINT stops it. Logs go to stderr
+frontend disconnects it serves the next one. SIGTERM or SIGINT stops it; SIGUSR1 logs the
+connection's counters (also logged when a frontend disconnects). Logs go to stderr
 (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
 namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
 
@@ -215,6 +226,10 @@ OPTIONS:
     --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
                              nameserver of /etc/resolv.conf)
     --tun-name <NAME>        TUN device name, %d picks a free number (default hostnetd%d)
+    --no-offload             offer no checksum/TSO offloads to the guest: every frame is at most
+                             the MTU and fully checksummed, the TUN carries plain IP packets
+                             (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
+                             TUN with virtio-net headers so the host kernel segments and checksums)
     -h, --help               this text
 ";
 
@@ -256,6 +271,7 @@ mod tests {
             "198.18.0.2:5353",
             "--tun-name",
             "vu%d",
+            "--no-offload",
         ])
         .unwrap();
         assert_eq!(a.socket, PathBuf::from("/tmp/s.sock"));
@@ -278,6 +294,7 @@ mod tests {
         );
         assert_eq!(a.dns_upstream, Some("198.18.0.2:5353".parse().unwrap()));
         assert_eq!(a.tun_name, "vu%d");
+        assert!(!a.offload);
     }
 
     #[test]
@@ -289,6 +306,7 @@ mod tests {
         );
         assert!(a.forwards.is_empty());
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
+        assert!(a.offload, "offloads are on by default");
         assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
     }
 
@@ -317,6 +335,8 @@ mod tests {
             &["--socket", "a", "--dns-upstream", "1.2.3.4:0"],
             &["--socket", "a", "--tun-name", "much-too-long-name"],
             &["--socket", "a", "--bogus"],
+            &["--socket", "a", "--no-offload=yes"],
+            &["--socket", "a", "--no-offload", "--no-offload"],
         ] {
             assert!(parse_args(bad).is_err(), "{bad:?} accepted");
         }

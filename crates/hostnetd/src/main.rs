@@ -7,8 +7,11 @@
 //! created in the network namespace the daemon runs in (host 100.64.0.1, peer 100.64.0.2 = the NAT's
 //! external address).
 //!
+//! Checksum and TCPv4 segmentation offloads are offered by default (the TUN carries virtio-net
+//! headers and the host kernel segments and checksums); `--no-offload` turns them off.
+//!
 //! One frontend at a time; when it disconnects the daemon serves the next one. SIGTERM/SIGINT stop
-//! it (the socket file is removed). vhost-user is a Linux protocol: on other systems the binary only
+//! it (the socket file is removed); SIGUSR1 logs the connection's counters. vhost-user is a Linux protocol: on other systems the binary only
 //! says so. `hostnetd --help` lists the options.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

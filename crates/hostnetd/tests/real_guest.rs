@@ -57,16 +57,21 @@ fn guest_on_qemu_user_networking_gets_dhcp_ping_and_http() -> Result<()> {
     Ok(())
 }
 
-/// The real thing: the guest's virtio-net is served by `hostnetd` over vhost-user; the guest gets a lease
-/// from our DHCP server, pings the gateway and a server on the simulated internet, downloads a file over HTTP
-/// (hash checked), resolves a name through the gateway's DNS forwarder and accepts a connection through a port
-/// forward. The same guest on `-netdev user` is run in the same test as the reference rate.
+/// The real thing: the guest's virtio-net is served by `hostnetd` over vhost-user, with checksum/TSO
+/// offloads (the default); the guest gets a lease from our DHCP server, pings the gateway and a server on the
+/// simulated internet, downloads a file over HTTP (hash checked), resolves a name through the gateway's DNS
+/// forwarder, accepts a connection through a port forward and uploads a file to the server (hash checked).
+/// hostnetd's stats show GSO super-packets towards the guest during the download and TSO super-frames from it
+/// during the upload. Then the same transfers with `--no-offload` and over `-netdev user` (slirp), in the
+/// same run: the guest-measured rates are printed with their ratios.
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<()> {
     let image = GuestImage::find()?;
-    let blob = Blob::new(BLOB_SIZE)?;
+    let size = transfer_size()?;
+    let blob = Blob::new(size)?;
     let world = World::new(&blob)?;
+    world.host.sysctl("net.ipv4.ip_forward", "1")?;
 
     let sock = std::env::temp_dir().join(format!("hostnet-qemu-{}.sock", std::process::id()));
     let mut daemon = Hostnetd::start(
@@ -79,10 +84,9 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
             SERVER_ADDR,
         ],
     )?;
-    world.host.sysctl("net.ipv4.ip_forward", "1")?;
-
+    let sink = UploadSink::listen(&world.server, UPLOAD_PORT)?;
     let steps = format!(
-        "dhcp,ping:{GATEWAY},ping:{SERVER_ADDR},http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha},dns:{DNS_NAME}:{SERVER_ADDR},listen:{GUEST_LISTEN_PORT}",
+        "dhcp,ping:{GATEWAY},ping:{SERVER_ADDR},http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha},dns:{DNS_NAME}:{SERVER_ADDR},listen:{GUEST_LISTEN_PORT},upload:{SERVER_ADDR}:{UPLOAD_PORT}:{size}",
         sha = blob.sha256
     );
     let mut guest = Guest::boot(&world.host, &image, &vhost_user_args(&sock), &steps)?;
@@ -90,6 +94,9 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
         &format!("HOSTNET-READY listen {GUEST_LISTEN_PORT}"),
         GUEST_TIMEOUT,
     )?;
+    // The download is done and the upload has not started: the counters so far.
+    daemon.process.signal("USR1")?;
+    let after_download = daemon.stats(Duration::from_secs(10))?;
     let token = format!("hello-from-s-{}", std::process::id());
     let reply = connect_and_send(&world.server, NAT_EXTERNAL, FORWARD_EXT_PORT, &token)?;
     assert!(
@@ -124,8 +131,26 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
         listen, token,
         "what the guest received through the port forward"
     );
-    let hostnetd_rate = rate_of(http)?;
+    let offload = Transfer {
+        down: rate_of(http)?,
+        up: sink.check(assert_ok(&results, "upload")?, size)?,
+    };
     drop(guest);
+    // The connection's counters once QEMU is gone.
+    let total = daemon.stats(Duration::from_secs(10))?;
+    println!("hostnetd stats after the download {after_download:?}, at the end {total:?}");
+    assert!(
+        after_download.rx_gso > 0,
+        "the guest took no GSO super-packets during the download: {after_download:?}"
+    );
+    assert_eq!(
+        after_download.tx_gso, 0,
+        "TSO super-frames from the guest before the upload"
+    );
+    assert!(
+        total.tx_gso > after_download.tx_gso,
+        "the guest sent no TSO super-frames during the upload: {total:?}"
+    );
 
     // Stops cleanly on SIGTERM (and removes its socket).
     daemon.process.signal("TERM")?;
@@ -135,9 +160,32 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
         "hostnetd exit after SIGTERM: {status:?}"
     );
     assert!(!sock.exists(), "socket {} left behind", sock.display());
+    drop(daemon);
 
-    // Reference: the same guest and file over QEMU's slirp in the host namespace (the file served on its
-    // loopback).
+    // The same transfers with --no-offload: the guest negotiates no offloads, nothing is GSO.
+    let plain = Hostnetd::start(&world.host, &sock, &["--no-offload"])?;
+    let sink = UploadSink::listen(&world.server, UPLOAD_PORT)?;
+    let steps = format!(
+        "dhcp,http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha},upload:{SERVER_ADDR}:{UPLOAD_PORT}:{size}",
+        sha = blob.sha256
+    );
+    let mut guest = Guest::boot(&world.host, &image, &vhost_user_args(&sock), &steps)?;
+    let results = guest.results(GUEST_TIMEOUT)?;
+    let no_offload = Transfer {
+        down: rate_of(assert_ok(&results, "http")?)?,
+        up: sink.check(assert_ok(&results, "upload")?, size)?,
+    };
+    drop(guest);
+    let stats = plain.stats(Duration::from_secs(10))?;
+    assert_eq!(
+        (stats.tx_gso, stats.rx_gso),
+        (0, 0),
+        "GSO with --no-offload"
+    );
+    drop(plain);
+
+    // Reference: the same guest and transfers over QEMU's slirp in the host namespace (the file served on
+    // its loopback, which the guest reaches as 10.0.2.2).
     let _httpd = world.host.spawn(&[
         "busybox",
         "httpd",
@@ -147,7 +195,11 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
         "-h",
         blob.dir_str()?,
     ])?;
-    let steps = format!("dhcp,http:http://10.0.2.2:8080/{BLOB_NAME}:{}", blob.sha256);
+    let sink = UploadSink::listen(&world.host, UPLOAD_PORT)?;
+    let steps = format!(
+        "dhcp,http:http://10.0.2.2:8080/{BLOB_NAME}:{},upload:10.0.2.2:{UPLOAD_PORT}:{size}",
+        blob.sha256
+    );
     let mut reference = Guest::boot(
         &world.host,
         &image,
@@ -160,14 +212,29 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
         &steps,
     )?;
     let results = reference.results(GUEST_TIMEOUT)?;
-    let slirp_rate = rate_of(assert_ok(&results, "http")?)?;
+    let slirp = Transfer {
+        down: rate_of(assert_ok(&results, "http")?)?,
+        up: sink.check(assert_ok(&results, "upload")?, size)?,
+    };
+    let ratio = |a: Rate, b: Rate| a.kbit as f64 / b.kbit.max(1) as f64;
     println!(
-        "guest download of {} MiB: hostnetd {} | slirp {} | ratio hostnetd/slirp {:.2}",
-        BLOB_SIZE >> 20,
-        hostnetd_rate,
-        slirp_rate,
-        hostnetd_rate.kbit as f64 / slirp_rate.kbit.max(1) as f64
+        "guest rates (TCG guest, {} MiB down, {} MiB up), ratios against slirp:",
+        size >> 20,
+        size >> 20
     );
+    for (name, t) in [
+        ("hostnetd offload", offload),
+        ("hostnetd --no-offload", no_offload),
+        ("slirp -netdev user", slirp),
+    ] {
+        println!(
+            "  {name:<22} down {} ({:.2}x)  up {} ({:.2}x)",
+            t.down,
+            ratio(t.down, slirp.down),
+            t.up,
+            ratio(t.up, slirp.up)
+        );
+    }
     Ok(())
 }
 
@@ -230,7 +297,9 @@ fn hostnetd_survives_garbage_and_bad_memory_tables() -> Result<()> {
     let features = frontend
         .get_features()
         .map_err(|e| anyhow::anyhow!("get_features: {e}"))?;
-    for bit in [32, 29, 15, 30] {
+    // VERSION_1, EVENT_IDX, MRG_RXBUF, PROTOCOL_FEATURES, and the offloads (on by default): CSUM,
+    // GUEST_CSUM, GUEST_TSO4, HOST_TSO4.
+    for bit in [32, 29, 15, 30, 0, 1, 7, 11] {
         assert_ne!(
             features & (1 << bit),
             0,
@@ -331,21 +400,18 @@ impl GuestImage {
             kernel: dir.join("vmlinux"),
             initramfs: dir.join("initramfs.cpio"),
         };
-        if !(image.kernel.is_file() && image.initramfs.is_file()) {
-            eprintln!(
-                "no guest image in {}: running `cargo xtask guest-image`",
-                dir.display()
-            );
-            let status = Command::new(env!("CARGO"))
-                .args(["run", "--quiet", "-p", "xtask", "--", "guest-image"])
-                .current_dir(&root)
-                .status()
-                .context("running cargo xtask guest-image")?;
-            ensure!(
-                status.success(),
-                "cargo xtask guest-image failed ({status})"
-            );
-        }
+        // Reuses the image when its stamp matches (the steps of its `/init` included), so a
+        // stale image is rebuilt.
+        let status = Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "-p", "xtask", "--", "guest-image"])
+            .current_dir(&root)
+            .stdout(Stdio::null())
+            .status()
+            .context("running cargo xtask guest-image")?;
+        ensure!(
+            status.success(),
+            "cargo xtask guest-image failed ({status})"
+        );
         ensure!(
             image.kernel.is_file() && image.initramfs.is_file(),
             "no guest image in {}: run `cargo xtask guest-image`",
@@ -354,6 +420,7 @@ impl GuestImage {
         Ok(image)
     }
 }
+
 
 /// A random file served over HTTP, with its SHA-256.
 #[derive(Debug)]
@@ -459,7 +526,7 @@ impl World {
 struct Hostnetd {
     process: Process,
     sock: PathBuf,
-    _log: std::thread::JoinHandle<()>,
+    log: Receiver<String>,
 }
 
 impl Drop for Hostnetd {
@@ -494,9 +561,11 @@ impl Hostnetd {
             .stderr(Stdio::piped());
         let mut process = Process::spawn(&mut cmd).context("starting hostnetd")?;
         let stderr = process.take_stderr().context("no stderr")?;
-        let log = std::thread::spawn(move || {
+        let (log_tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[hostnetd] {line}");
+                let _ = log_tx.send(line);
             }
         });
         let stdout = process.take_stdout().context("no stdout")?;
@@ -522,8 +591,122 @@ impl Hostnetd {
         Ok(Self {
             process,
             sock: sock.to_owned(),
-            _log: log,
+            log,
         })
+    }
+
+    /// The GSO counters of the next `connection stats` line hostnetd logs (on SIGUSR1 within a second, and
+    /// when a frontend disconnects).
+    fn stats(&self, timeout: Duration) -> Result<GsoStats> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .log
+                .recv_timeout(left)
+                .context("hostnetd logged no connection stats")?;
+            let line = strip_ansi(&line);
+            if !line.contains("connection stats") {
+                continue;
+            }
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("no {name} in {line:?}"))
+            };
+            return Ok(GsoStats {
+                tx_gso: field("tx_gso")?,
+                rx_gso: field("rx_gso")?,
+            });
+        }
+    }
+}
+
+/// hostnetd's offload counters: TSO super-frames the guest sent, GSO super-packets it received.
+#[derive(Debug, Clone, Copy)]
+struct GsoStats {
+    tx_gso: u64,
+    rx_gso: u64,
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The receiving end of a guest's `upload` step: `busybox nc -l` in a namespace (its stdin held open, so it
+/// reads until the guest closes), piped into `sha256sum`.
+#[derive(Debug)]
+struct UploadSink {
+    nc: Process,
+    _stdin: std::process::ChildStdin,
+    sum: Process,
+}
+
+impl UploadSink {
+    fn listen(ns: &Netns, port: u16) -> Result<Self> {
+        let mut cmd = ns.command("busybox");
+        cmd.args(["nc", "-l", "-p", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut nc = Process::spawn(&mut cmd).context("starting nc -l")?;
+        let stdin = nc.child_mut().stdin.take().context("no stdin")?;
+        let out = nc.take_stdout().context("no stdout")?;
+        let mut cmd = Command::new("sha256sum");
+        cmd.stdin(Stdio::from(out)).stdout(Stdio::piped());
+        let sum = Process::spawn(&mut cmd).context("starting sha256sum")?;
+        Ok(Self {
+            nc,
+            _stdin: stdin,
+            sum,
+        })
+    }
+
+    /// Checks the guest's `upload ok rate_kbit=.. bytes=.. sha256=..` against what arrived; the rate.
+    fn check(mut self, result: &str, size: usize) -> Result<Rate> {
+        let status = self.nc.wait_timeout(Duration::from_secs(30))?;
+        ensure!(
+            status.is_some(),
+            "the upload receiver did not finish: {result}"
+        );
+        let mut got = String::new();
+        self.sum
+            .take_stdout()
+            .context("no stdout")?
+            .read_to_string(&mut got)?;
+        let got = got.split_whitespace().next().unwrap_or_default();
+        let sent = result
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("sha256="))
+            .with_context(|| format!("no sha256 in {result:?}"))?;
+        let bytes = result
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bytes="))
+            .with_context(|| format!("no bytes in {result:?}"))?;
+        ensure!(
+            bytes == size.to_string(),
+            "the guest uploaded {bytes} bytes, not {size}"
+        );
+        ensure!(
+            got == sent,
+            "upload corrupted: the guest sent sha256 {sent}, the server got {got}"
+        );
+        rate_of(result)
     }
 }
 
@@ -662,7 +845,26 @@ fn assert_ok<'a>(results: &'a HashMap<String, Vec<String>>, step: &str) -> Resul
     bail!("{step} failed: {lines:?}")
 }
 
-/// A guest-measured download rate.
+/// The size of the download and of the upload in the hostnetd test: `HOSTNET_GUEST_TRANSFER_MIB` MiB (1..=64,
+/// for measuring), default [`BLOB_SIZE`].
+fn transfer_size() -> Result<usize> {
+    match std::env::var("HOSTNET_GUEST_TRANSFER_MIB") {
+        Err(_) => Ok(BLOB_SIZE),
+        Ok(v) => match v.parse::<usize>() {
+            Ok(mib @ 1..=64) => Ok(mib << 20),
+            _ => bail!("HOSTNET_GUEST_TRANSFER_MIB={v:?}: expected 1..=64"),
+        },
+    }
+}
+
+/// A guest's download and upload rates.
+#[derive(Debug, Clone, Copy)]
+struct Transfer {
+    down: Rate,
+    up: Rate,
+}
+
+/// A guest-measured transfer rate.
 #[derive(Debug, Clone, Copy)]
 struct Rate {
     kbit: u64,
@@ -701,6 +903,7 @@ fn connect_and_send(ns: &Netns, addr: &str, port: u16, token: &str) -> Result<St
     Ok(out)
 }
 
+const UPLOAD_PORT: u16 = 9000;
 const BLOB_NAME: &str = "blob";
 const BLOB_SIZE: usize = 16 << 20;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(120);

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
@@ -31,6 +32,8 @@ pub(crate) struct NetBackend {
     tun: Arc<Tun>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     timer: TimerFd,
+    /// Set by SIGUSR1: log the counters on the next tick.
+    stats_requested: Arc<AtomicBool>,
     shutdown: Option<ShutdownHandle>,
     broken: bool,
 }
@@ -50,14 +53,18 @@ impl NetBackend {
         config: &DataplaneConfig,
         tun: Arc<Tun>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        stats_requested: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let mut timer = TimerFd::new()?;
         timer.reset(TICK, Some(TICK))?;
+        // The TUN outlives connections: no GSO towards this device until its driver accepts it.
+        clear_offloads(&tun);
         Ok(Self {
             dp: Dataplane::new(config)?,
             tun,
             mem,
             timer,
+            stats_requested,
             shutdown: None,
             broken: false,
         })
@@ -126,6 +133,9 @@ impl NetBackend {
             TIMER_EVENT => {
                 let _ = self.timer.wait();
                 self.dp.on_tick();
+                if self.stats_requested.swap(false, Ordering::Relaxed) {
+                    self.dp.log_stats();
+                }
             }
             other => debug!(event = other, "unknown worker event"),
         }
@@ -152,7 +162,7 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn acked_features(&mut self, features: u64) {
-        let acked = self.dp.ack_features(features);
+        let acked = self.dp.ack_features(features, &*self.tun);
         debug!(
             features = format_args!("{features:#x}"),
             acked = format_args!("{acked:#x}"),
@@ -167,6 +177,7 @@ impl VhostUserBackendMut for NetBackend {
     fn reset_device(&mut self) {
         info!("device reset by the frontend");
         self.dp.reset();
+        clear_offloads(&self.tun);
         self.broken = false;
     }
 
@@ -209,6 +220,14 @@ impl VhostUserBackendMut for NetBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// Tells the TUN to hand over no partial checksums and no GSO packets (until the next
+/// negotiation sets what the guest accepts).
+fn clear_offloads(tun: &Tun) {
+    if let Err(e) = bridge::HostLink::set_offloads(tun, false, false) {
+        warn!("turning the TUN's offloads off failed: {e}");
     }
 }
 

@@ -34,32 +34,32 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             .ok()
             .and_then(|t| first_nameserver(&t))
     });
-    let config = DataplaneConfig {
+    let mut config = DataplaneConfig {
         mac: args.mac,
         mtu: args.mtu,
         gateway: GATEWAY,
         external: NAT_EXTERNAL,
         forwards: args.forwards.clone(),
         dns_upstream,
+        offload: args.offload,
     };
     // Fail on a bad configuration before anything is created.
     dataplane::Dataplane::new(&config).context("invalid configuration")?;
 
-    let tun = Arc::new(
-        TunBuilder::new()
-            .name(args.tun_name.clone())
-            .mtu(u32::from(args.mtu))
-            .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL))
-            .nonblocking(true)
-            .open()
-            .context("creating the TUN device")?,
-    );
+    let tun = Arc::new(open_tun(args)?);
+    // Offloads need the virtio-net header on the TUN; without it the device offers none.
+    config.offload = tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN;
     // `TunBuilder::nonblocking` records the mode without setting O_NONBLOCK on Linux (utun at the
     // time of writing); the host-link contract's `prepare` does set it. The worker must never block.
     bridge::HostLink::prepare(&*tun).context("making the TUN non-blocking")?;
     let listener = SocketGuard::bind(&args.socket)?;
     let stop = Arc::new(Stop::new()?);
     let _signals = spawn_signal_thread(stop.clone())?;
+    info!(
+        offload = config.offload,
+        "checksum/TSO offloads {}",
+        if config.offload { "offered" } else { "off" }
+    );
 
     info!(
         socket = %args.socket.display(),
@@ -127,6 +127,7 @@ fn serve_one(
         config,
         tun.clone(),
         mem.clone(),
+        stop.stats_requested.clone(),
     )?));
     let mut daemon = VhostUserDaemon::new("hostnetd".to_owned(), backend.clone(), mem)
         .map_err(|e| anyhow!("creating the vhost-user daemon: {e}"))?;
@@ -176,9 +177,32 @@ fn serve_one(
     }
 }
 
+/// Opens the TUN: with virtio-net headers for offloads (unless `--no-offload`); a kernel that
+/// refuses them gets a plain TUN and no offloads.
+fn open_tun(args: &Args) -> Result<Tun> {
+    let builder = || {
+        TunBuilder::new()
+            .name(args.tun_name.clone())
+            .mtu(u32::from(args.mtu))
+            .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL))
+            .nonblocking(true)
+    };
+    if args.offload {
+        match builder().vnet_hdr(true).open() {
+            Ok(tun) => return Ok(tun),
+            Err(e) => warn!(
+                "a TUN with virtio-net headers could not be created ({e}); running without offloads"
+            ),
+        }
+    }
+    builder().open().context("creating the TUN device")
+}
+
 /// The stop request (SIGTERM/SIGINT): wakes the listen loop and closes the current connection.
+/// Also carries the stats request (SIGUSR1), which the connection's worker serves on its next tick.
 struct Stop {
     requested: AtomicBool,
+    stats_requested: Arc<AtomicBool>,
     wake: EventFd,
     connection: Mutex<Option<ShutdownHandle>>,
 }
@@ -195,6 +219,7 @@ impl Stop {
     fn new() -> io::Result<Self> {
         Ok(Self {
             requested: AtomicBool::new(false),
+            stats_requested: Arc::new(AtomicBool::new(false)),
             wake: EventFd::new(EFD_NONBLOCK)?,
             connection: Mutex::new(None),
         })
@@ -292,17 +317,20 @@ impl Drop for SocketGuard {
 }
 
 fn spawn_signal_thread(stop: Arc<Stop>) -> Result<std::thread::JoinHandle<()>> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .context("installing signal handlers")?;
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
+        .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGUSR1 {
+                    stop.stats_requested.store(true, Ordering::Relaxed);
+                    continue;
+                }
                 info!(signal = sig, "stop requested");
                 stop.trigger();
+                break;
             }
         })
         .context("spawning the signal thread")
