@@ -5,6 +5,7 @@
 //! ```text
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
+//!                    [--no-offload]
 //! ```
 //!
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
@@ -49,6 +50,9 @@ pub struct AttachArgs {
     /// A static guest address the bridge accepts as a source besides the DHCP lease
     /// (`--static-guest-ip`, for guests configured without DHCP).
     pub static_guest_ip: Option<Ipv4Addr>,
+    /// Checksum and TCPv4 segmentation offloads between the guest's TAP, the device and the
+    /// host TUN (default on; `--no-offload` turns them off).
+    pub offloads: bool,
 }
 
 /// One `--forward proto:external:guest` rule.
@@ -150,6 +154,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut dns = None;
     let mut tun_name = None;
     let mut static_ip = None;
+    let mut no_offload = None;
     let mut forwards = Vec::new();
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -158,6 +163,14 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         };
         if matches!(key, "-h" | "--help") {
             return Ok(Invocation::Help);
+        }
+        if key == "--no-offload" {
+            if inline.is_some() {
+                return Err(ArgError(format!("{key} takes no value")));
+            }
+            once(key, &no_offload)?;
+            no_offload = Some(());
+            continue;
         }
         let mut value = || match inline.clone() {
             Some(v) => Ok(v),
@@ -230,6 +243,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         dns_upstream: dns,
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         static_guest_ip: static_ip,
+        offloads: no_offload.is_none(),
     }))
 }
 
@@ -288,7 +302,7 @@ USAGE:
     hostnet-lab attach --guest-netns <G> [--host-netns <H>] [--mtu N]
                        [--forward tcp|udp:<external port>:<guest port>]...
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
-                       [--static-guest-ip <addr>]
+                       [--static-guest-ip <addr>] [--no-offload]
     hostnet-lab --help
 
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
@@ -308,6 +322,8 @@ OPTIONS:
                              nameserver of /etc/netns/<H>/resolv.conf or /etc/resolv.conf)
     --tun-name <NAME>        TUN name in H (default hostnet%d)
     --static-guest-ip <A>    also accept A as the guest's source address (no DHCP needed)
+    --no-offload             no checksum/TSO offloads (default: the TAP, the device and the
+                             TUN pass 64 KiB TCP super-frames with virtio-net headers)
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
 ";
@@ -388,6 +404,22 @@ mod tests {
         );
         assert_eq!(a.forwards[1].protocol, Protocol::Udp);
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
+        assert!(a.offloads);
+    }
+
+    #[test]
+    fn no_offload_turns_offloads_off() {
+        let a = attach(&["--guest-netns", "g", "--no-offload"]).unwrap();
+        assert!(!a.offloads);
+        let a = attach(&["--no-offload", "--guest-netns", "g", "--mtu", "9000"]).unwrap();
+        assert!(!a.offloads);
+        assert_eq!(a.mtu, 9000);
+        for bad in [
+            &["--guest-netns", "g", "--no-offload=1"][..],
+            &["--guest-netns", "g", "--no-offload", "--no-offload"],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -423,6 +455,7 @@ mod tests {
             &["--guest-netns", "g", "--bogus"],
             &["--guest-netns", "g", "--guest-netns", "h"],
             &["--guest-netns", "a/b"],
+            &["--guest-netns", "g", "--offload"],
         ] {
             let e = attach(bad).expect_err(&format!("{bad:?} accepted"));
             assert!(!e.0.contains('\n'), "{e}");

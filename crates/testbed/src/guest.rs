@@ -14,6 +14,15 @@
 //!   (an [`EventFd`] per queue, see [`Interrupts`]), collect used buffers, reassemble
 //!   `MRG_RXBUF` frames from `num_buffers`, strip the header and write the frame to the TAP.
 //!
+//! With offloads ([`GuestConfig::offloads`], negotiated when the device offers them: CSUM,
+//! GUEST_CSUM, HOST_TSO4, GUEST_TSO4) the frame source/sink carries the 12-byte header itself
+//! in front of every frame (a TAP opened with `IFF_VNET_HDR`, see [`SimGuest::vnet_hdr`] and
+//! [`SimGuest::tap_offload_flags`]): TX reads `[header][frame]` from the TAP straight into the
+//! TX slot in guest memory (TSO super-frames up to 64 KiB with partial checksums), and RX writes
+//! `[header of the first buffer][frame]` to the TAP, straight from guest memory when the
+//! frame's buffers are adjacent (GSO super-frames, `NEEDS_CSUM` / `DATA_VALID`). The TAP
+//! ignores `num_buffers`.
+//!
 //! Both threads block in `epoll` with a bounded timeout (no busy loops) and stop within about
 //! 100 ms of [`Running::stop`]. Nothing the device returns can make the driver panic: bad used
 //! entries (unknown id, bad length) are counted in [`GuestStats`] and skipped.
@@ -22,13 +31,16 @@ use std::io;
 use std::num::Wrapping;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, bail, ensure};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile,
+    VolatileMemoryError, WriteVolatile,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -46,8 +58,39 @@ pub mod features {
     pub const EVENT_IDX: u64 = 1 << 29;
     /// `VIRTIO_F_VERSION_1`.
     pub const VERSION_1: u64 = 1 << 32;
+    /// `VIRTIO_NET_F_CSUM`: the device takes frames with a partial checksum (`NEEDS_CSUM`).
+    pub const CSUM: u64 = 1 << 0;
+    /// `VIRTIO_NET_F_GUEST_CSUM`: the driver takes frames with a partial checksum.
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    /// `VIRTIO_NET_F_GUEST_TSO4`: the driver takes TCPv4 GSO super-frames (needs GUEST_CSUM).
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    /// `VIRTIO_NET_F_HOST_TSO4`: the device takes TCPv4 GSO super-frames (needs CSUM).
+    pub const HOST_TSO4: u64 = 1 << 11;
     /// Everything the simulated guest asks for.
     pub const WANTED: u64 = VERSION_1 | MAC | MTU | STATUS | MRG_RXBUF | EVENT_IDX;
+    /// The offloads the guest asks for on top of [`WANTED`] with
+    /// [`GuestConfig::offloads`](super::GuestConfig::offloads).
+    pub const OFFLOADS: u64 = CSUM | GUEST_CSUM | GUEST_TSO4 | HOST_TSO4;
+
+    /// The names of the offload bits set in `features` (`"CSUM GUEST_CSUM …"`, `"none"`).
+    #[must_use]
+    pub fn offload_names(features: u64) -> String {
+        let names: Vec<&str> = [
+            (CSUM, "CSUM"),
+            (GUEST_CSUM, "GUEST_CSUM"),
+            (HOST_TSO4, "HOST_TSO4"),
+            (GUEST_TSO4, "GUEST_TSO4"),
+        ]
+        .iter()
+        .filter(|(bit, _)| features & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(" ")
+        }
+    }
 }
 
 /// Index of the receive queue.
@@ -115,6 +158,38 @@ pub trait FrameIo: Send + Sync {
     fn send_frame(&self, frame: &[u8]) -> io::Result<usize>;
     /// The descriptor to wait on for readability.
     fn fd(&self) -> BorrowedFd<'_>;
+
+    /// Reads one whole frame straight into guest memory at `addr`, at most `max` bytes,
+    /// returning its length (a result of `max` or more means the frame may have been cut: the
+    /// caller drops it). Used with offloads. The default is one `read(2)` on [`FrameIo::fd`]
+    /// (right for a TAP and for a datagram socket).
+    ///
+    /// # Errors
+    /// As [`FrameIo::recv_frame`]; `[addr, addr + max)` outside guest memory.
+    fn recv_frame_into(
+        &self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        max: usize,
+    ) -> io::Result<usize> {
+        let mut slice = mem.get_slice(addr, max).map_err(io::Error::other)?;
+        self.fd().read_volatile(&mut slice).map_err(volatile_io)
+    }
+
+    /// Writes `len` bytes of guest memory at `addr` as one whole frame. Used with offloads.
+    /// The default is one `write(2)` on [`FrameIo::fd`].
+    ///
+    /// # Errors
+    /// As [`FrameIo::send_frame`]; `[addr, addr + len)` outside guest memory.
+    fn send_frame_from(
+        &self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        len: usize,
+    ) -> io::Result<usize> {
+        let slice = mem.get_slice(addr, len).map_err(io::Error::other)?;
+        self.fd().write_volatile(&slice).map_err(volatile_io)
+    }
 }
 
 impl FrameIo for UnixDatagram {
@@ -152,9 +227,22 @@ pub struct GuestConfig {
     /// Size of each RX buffer when `MRG_RXBUF` is negotiated (without it every buffer holds a
     /// whole 64 KiB frame). At least 64 bytes.
     pub rx_buffer_size: u32,
+    /// Size of each RX buffer when `MRG_RXBUF` and `GUEST_TSO4` are both negotiated (64 KiB
+    /// super-frames then take a few buffers, not 33 of [`Self::rx_buffer_size`]). 64 bytes
+    /// to 64 KiB + 90.
+    pub rx_gso_buffer_size: u32,
     /// Put the TX header in its own descriptor, chained to the frame (exercises the device's
     /// ANY_LAYOUT handling); otherwise header and frame share one descriptor.
     pub split_tx_header: bool,
+    /// Ask for the checksum and TCPv4 segmentation offloads ([`features::OFFLOADS`]) when the
+    /// device offers them. When any is negotiated the [`FrameIo`] carries a 12-byte
+    /// virtio-net header in front of every frame ([`SimGuest::vnet_hdr`]).
+    pub offloads: bool,
+    /// Service the RX ring right in the device's interrupt callback, on the device's thread,
+    /// when the RX driver thread is not busy (as a guest's interrupt handler runs on the CPU
+    /// the interrupt lands on): one thread wake-up less per received burst. The RX driver
+    /// thread still handles whatever the callback could not.
+    pub inline_rx_interrupt: bool,
 }
 
 impl Default for GuestConfig {
@@ -163,18 +251,35 @@ impl Default for GuestConfig {
             mem_size: 64 << 20,
             queue_size: 256,
             rx_buffer_size: 2048,
+            rx_gso_buffer_size: 16 << 10,
             split_tx_header: true,
+            offloads: true,
+            inline_rx_interrupt: true,
         }
     }
 }
 
 /// Interrupt lines from the device to the driver: one [`EventFd`] per queue. Hand
 /// [`Interrupts::signal`] to the device as its interrupt callback.
-#[derive(Debug)]
 pub struct Interrupts {
     rx: EventFd,
     tx: EventFd,
     count: AtomicU64,
+    /// Services the RX ring on the signalling thread (see [`GuestConfig::inline_rx_interrupt`]).
+    inline_rx: OnceLock<InlineIrq>,
+}
+
+/// An interrupt handler run on the device's thread; `false`: not serviced (busy, stopping or
+/// failed), raise the interrupt line instead.
+type InlineIrq = Box<dyn Fn() -> bool + Send + Sync>;
+
+impl std::fmt::Debug for Interrupts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupts")
+            .field("count", &self.count)
+            .field("inline_rx", &self.inline_rx.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Interrupts {
@@ -188,7 +293,11 @@ impl Interrupts {
             }
         };
         match queue {
-            RX_QUEUE => fire(&self.rx),
+            RX_QUEUE => {
+                if !self.inline_rx.get().is_some_and(|h| h()) {
+                    fire(&self.rx);
+                }
+            }
             TX_QUEUE => fire(&self.tx),
             _ => {
                 fire(&self.rx);
@@ -217,7 +326,9 @@ pub struct SimGuest {
 }
 
 impl SimGuest {
-    /// Allocates guest memory and negotiates `features::WANTED & device_features`.
+    /// Allocates guest memory and negotiates `features::WANTED & device_features`, plus the
+    /// offered [`features::OFFLOADS`] with [`GuestConfig::offloads`] (a TSO bit only with its
+    /// checksum bit).
     ///
     /// # Errors
     /// The device does not offer `VERSION_1`, the configuration is invalid, or the memory
@@ -232,12 +343,16 @@ impl SimGuest {
             "queue size {} is not a power of two in 2..={MAX_QUEUE_SIZE}",
             cfg.queue_size
         );
-        ensure!(
-            cfg.rx_buffer_size >= 64 && cfg.rx_buffer_size <= MAX_FRAME_BUF,
-            "rx buffer size {} is outside 64..={MAX_FRAME_BUF}",
-            cfg.rx_buffer_size
-        );
-        let features = features::WANTED & device_features;
+        for (what, size) in [
+            ("rx buffer size", cfg.rx_buffer_size),
+            ("rx gso buffer size", cfg.rx_gso_buffer_size),
+        ] {
+            ensure!(
+                (64..=MAX_FRAME_BUF).contains(&size),
+                "{what} {size} is outside 64..={MAX_FRAME_BUF}"
+            );
+        }
+        let features = negotiate(device_features, cfg.offloads);
         let needed = layout_end(&cfg, features);
         ensure!(
             cfg.mem_size as u64 >= needed && cfg.mem_size >= MIN_MEM_SIZE,
@@ -250,6 +365,7 @@ impl SimGuest {
             rx: EventFd::new(EFD_NONBLOCK).context("creating rx interrupt eventfd")?,
             tx: EventFd::new(EFD_NONBLOCK).context("creating tx interrupt eventfd")?,
             count: AtomicU64::new(0),
+            inline_rx: OnceLock::new(),
         });
         Ok(Self {
             mem,
@@ -263,6 +379,28 @@ impl SimGuest {
     #[must_use]
     pub fn acked_features(&self) -> u64 {
         self.features
+    }
+
+    /// Whether the [`FrameIo`] given to [`SimGuest::start`] must carry a 12-byte
+    /// `virtio_net_hdr_v1` in front of every frame: true when an offload was negotiated (open
+    /// the TAP with `vnet_hdr(true)` and [`SimGuest::tap_offload_flags`]).
+    #[must_use]
+    pub fn vnet_hdr(&self) -> bool {
+        self.features & features::OFFLOADS != 0
+    }
+
+    /// The `TUN_F_*` offloads the TAP may hand to this guest (`TUNSETOFFLOAD`): `TUN_F_CSUM`
+    /// with CSUM, `TUN_F_TSO4` with HOST_TSO4; 0 without offloads.
+    #[must_use]
+    pub fn tap_offload_flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.features & features::CSUM != 0 {
+            flags |= utun::linux::TUN_F_CSUM;
+            if self.features & features::HOST_TSO4 != 0 {
+                flags |= utun::linux::TUN_F_TSO4;
+            }
+        }
+        flags
     }
 
     /// The guest memory (clones share the same mapping).
@@ -309,38 +447,71 @@ impl SimGuest {
         let stats = Arc::new(GuestStats::default());
         let event_idx = self.features & features::EVENT_IDX != 0;
         let mrg = self.features & features::MRG_RXBUF != 0;
+        let vnet = self.vnet_hdr();
         let size = self.cfg.queue_size;
-        let rx_buf = if mrg {
-            self.cfg.rx_buffer_size
-        } else {
-            MAX_FRAME_BUF
-        };
+        let rx_buf = rx_buffer_size(&self.cfg, self.features);
 
         let mut rx = RxDriver {
             ring: DriverRing::new(RingLayout::of(RX_QUEUE)?, size, event_idx),
             mem: self.mem.clone(),
             buf_size: rx_buf,
             mrg,
+            vnet,
             io: Arc::clone(&io),
             kick: Arc::clone(&kick),
-            waiter: Waiter::new(&self.irq, RX_QUEUE, &stop)?,
             stats: Arc::clone(&stats),
-            stopping: Arc::clone(&stopping),
+            frame: Vec::with_capacity(MAX_FRAME_BUF as usize + 4096),
+            pending: Vec::with_capacity(usize::from(size)),
+            expected: 0,
+            gso: false,
         };
         rx.fill()?;
+        // Interrupts for the first buffers.
+        rx.ring.arm_interrupt(&rx.mem)?;
+        let rx = Arc::new(Mutex::new(rx));
+        let rx_waiter = Waiter::new(&self.irq, RX_QUEUE, &stop)?;
+        if self.cfg.inline_rx_interrupt {
+            // Weak: the driver (and the kick it holds) goes away with the RX thread, even
+            // though the device keeps the interrupt lines.
+            let driver = Arc::downgrade(&rx);
+            let stopping = Arc::clone(&stopping);
+            let handler: InlineIrq = Box::new(move || {
+                if stopping.load(Ordering::Relaxed) {
+                    return false;
+                }
+                let Some(driver) = driver.upgrade() else {
+                    return false;
+                };
+                let mut d = match driver.try_lock() {
+                    Ok(d) => d,
+                    Err(std::sync::TryLockError::Poisoned(_)) => return false,
+                    Err(std::sync::TryLockError::WouldBlock) => return false,
+                };
+                match d.service() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("inline rx interrupt: {e:#}");
+                        false
+                    }
+                }
+            });
+            let _ = self.irq.inline_rx.set(handler);
+        }
         let tx = TxDriver {
             ring: DriverRing::new(RingLayout::of(TX_QUEUE)?, size, event_idx),
             mem: self.mem.clone(),
             split: self.cfg.split_tx_header,
+            vnet,
             io,
             kick,
             waiter: Waiter::new(&self.irq, TX_QUEUE, &stop)?,
             stats: Arc::clone(&stats),
             stopping: Arc::clone(&stopping),
         };
+        let rx_stopping = Arc::clone(&stopping);
         let rx_thread = std::thread::Builder::new()
             .name("guest-rx".into())
-            .spawn(move || rx.run())
+            .spawn(move || RxDriver::run(&rx, &rx_waiter, &rx_stopping))
             .context("spawning guest rx thread")?;
         let tx_thread = match std::thread::Builder::new()
             .name("guest-tx".into())
@@ -371,6 +542,8 @@ pub struct GuestStats {
     pub tx_frames: AtomicU64,
     /// Bytes of those frames (without the virtio header).
     pub tx_bytes: AtomicU64,
+    /// TX frames with a GSO type (TSO super-frames from the TAP; offloads only).
+    pub tx_gso: AtomicU64,
     /// TX buffers the device returned.
     pub tx_completed: AtomicU64,
     /// Times the TX thread had no free buffer and waited for the device.
@@ -381,6 +554,10 @@ pub struct GuestStats {
     pub rx_bytes: AtomicU64,
     /// RX frames that spanned more than one buffer (`num_buffers > 1`).
     pub rx_merged: AtomicU64,
+    /// RX frames with a GSO type (offloads only).
+    pub rx_gso: AtomicU64,
+    /// RX frames written to the TAP straight from guest memory (offloads, adjacent buffers).
+    pub rx_direct: AtomicU64,
     /// RX frames the TAP refused (write error).
     pub rx_tap_drops: AtomicU64,
     /// Notifications sent to the device.
@@ -399,15 +576,19 @@ impl GuestStats {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "guest tx {} frames/{} B (completed {}, ring full {}), rx {} frames/{} B (merged {}, \
-             tap drops {}), kicks {} (suppressed {}), device errors {}, tap read errors {}",
+            "guest tx {} frames/{} B (gso {}, completed {}, ring full {}), rx {} frames/{} B \
+             (gso {}, merged {}, direct {}, tap drops {}), kicks {} (suppressed {}), device \
+             errors {}, tap read errors {}",
             g(&self.tx_frames),
             g(&self.tx_bytes),
+            g(&self.tx_gso),
             g(&self.tx_completed),
             g(&self.tx_ring_full),
             g(&self.rx_frames),
             g(&self.rx_bytes),
+            g(&self.rx_gso),
             g(&self.rx_merged),
+            g(&self.rx_direct),
             g(&self.rx_tap_drops),
             g(&self.kicks),
             g(&self.kicks_suppressed),
@@ -732,6 +913,8 @@ struct TxDriver<F> {
     ring: DriverRing,
     mem: GuestMemoryMmap,
     split: bool,
+    /// The TAP carries the virtio-net header (offloads): read it with the frame.
+    vnet: bool,
     io: Arc<F>,
     kick: Kick,
     waiter: Waiter,
@@ -754,7 +937,14 @@ impl<F: FrameIo> TxDriver<F> {
             let mut drained = false;
             while posted < TX_BATCH {
                 let Some(&slot) = free.last() else { break };
-                let n = match self.io.recv_frame(&mut frame) {
+                let got = if self.vnet {
+                    let base = self.slot_addr(slot);
+                    self.io
+                        .recv_frame_into(&self.mem, GuestAddress(base), TX_SLOT_SIZE as usize)
+                } else {
+                    self.io.recv_frame(&mut frame)
+                };
+                let n = match got {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         drained = true;
@@ -771,18 +961,34 @@ impl<F: FrameIo> TxDriver<F> {
                         break;
                     }
                 };
-                let Some(data) = frame.get(..n) else { continue };
-                if data.is_empty() {
-                    continue;
-                }
+                let len = if self.vnet {
+                    if n >= TX_SLOT_SIZE as usize {
+                        // Cut by the read: never post part of a frame.
+                        self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("tap read of {n} bytes filled the tx slot");
+                        continue;
+                    }
+                    let Some(len) = n.checked_sub(NET_HDR_LEN).filter(|l| *l > 0) else {
+                        continue;
+                    };
+                    self.take_header(slot)?;
+                    len
+                } else {
+                    let Some(data) = frame.get(..n) else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    self.write_frame(slot, data)?;
+                    n
+                };
                 free.pop();
-                self.post(slot, data)?;
+                self.post(slot, len)?;
                 if let Some(f) = in_flight.get_mut(usize::from(slot)) {
                     *f = true;
                 }
                 posted += 1;
                 self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
-                self.stats.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
             }
             if posted > 0 {
                 self.notify()?;
@@ -802,16 +1008,42 @@ impl<F: FrameIo> TxDriver<F> {
         Ok(())
     }
 
-    fn post(&mut self, slot: u16, data: &[u8]) -> anyhow::Result<()> {
-        let base = self.ring.l.buffers + u64::from(slot) * TX_SLOT_SIZE;
+    fn slot_addr(&self, slot: u16) -> u64 {
+        self.ring.l.buffers + u64::from(slot) * TX_SLOT_SIZE
+    }
+
+    /// Without offloads: a zeroed header and the frame into `slot`.
+    fn write_frame(&mut self, slot: u16, data: &[u8]) -> anyhow::Result<()> {
+        let base = self.slot_addr(slot);
         let hdr = [0u8; NET_HDR_LEN];
         self.mem
             .write_slice(&hdr, GuestAddress(base))
             .context("writing tx header")?;
         self.mem
             .write_slice(data, GuestAddress(base + NET_HDR_LEN as u64))
-            .context("writing tx frame")?;
-        let len = u32::try_from(data.len()).context("frame too long")?;
+            .context("writing tx frame")
+    }
+
+    /// With offloads the TAP wrote the header into `slot`: counts a GSO frame and zeroes
+    /// `num_buffers` (the TAP leaves those two bytes as they were; the driver sends 0).
+    fn take_header(&mut self, slot: u16) -> anyhow::Result<()> {
+        let base = self.slot_addr(slot);
+        let gso_type: u8 = self
+            .mem
+            .read_obj(GuestAddress(base + HDR_GSO_TYPE))
+            .context("reading tx header")?;
+        if gso_type != 0 {
+            self.stats.tx_gso.fetch_add(1, Ordering::Relaxed);
+        }
+        self.mem
+            .write_obj(0u16, GuestAddress(base + HDR_NUM_BUFFERS))
+            .context("writing tx num_buffers")
+    }
+
+    /// Puts the descriptor(s) of `slot` (header + `len` bytes of frame) on the avail ring.
+    fn post(&mut self, slot: u16, len: usize) -> anyhow::Result<()> {
+        let base = self.slot_addr(slot);
+        let len = u32::try_from(len).context("frame too long")?;
         let head = if self.split {
             let head = slot * 2;
             self.ring.write_desc(
@@ -874,11 +1106,19 @@ struct RxDriver<F> {
     mem: GuestMemoryMmap,
     buf_size: u32,
     mrg: bool,
+    /// The TAP takes the virtio-net header (offloads): keep it in front of the frame.
+    vnet: bool,
     io: Arc<F>,
     kick: Kick,
-    waiter: Waiter,
     stats: Arc<GuestStats>,
-    stopping: Arc<AtomicBool>,
+    /// The frame being gathered (when the TAP can't take it straight from guest memory).
+    frame: Vec<u8>,
+    /// The buffers `(id, used length)` of the frame being assembled.
+    pending: Vec<(u16, u32)>,
+    /// How many buffers that frame has (`num_buffers`).
+    expected: usize,
+    /// Whether that frame is a GSO super-frame.
+    gso: bool,
 }
 
 impl<F: FrameIo> RxDriver<F> {
@@ -897,13 +1137,21 @@ impl<F: FrameIo> RxDriver<F> {
         self.ring.l.buffers + u64::from(i) * u64::from(self.buf_size)
     }
 
-    fn run(mut self) -> anyhow::Result<()> {
-        let mut frame: Vec<u8> = Vec::with_capacity(MAX_FRAME_BUF as usize + 4096);
-        let mut pending: Vec<u16> = Vec::with_capacity(usize::from(self.ring.size));
-        let mut expected: usize = 0;
-        // Interrupts for the first buffers.
-        self.ring.arm_interrupt(&self.mem)?;
-        while !self.stopping.load(Ordering::Relaxed) {
+    /// The RX driver thread: services the ring on every interrupt (unless the interrupt
+    /// was serviced inline, see [`Interrupts::signal`]).
+    fn run(driver: &Mutex<Self>, waiter: &Waiter, stopping: &AtomicBool) -> anyhow::Result<()> {
+        while !stopping.load(Ordering::Relaxed) {
+            lock(driver).service()?;
+            waiter.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Takes every used buffer, writes the finished frames to the TAP, gives the buffers
+    /// back (kicking the device when it asks) and re-arms the interrupt; returns once the
+    /// ring is empty with the interrupt armed.
+    fn service(&mut self) -> anyhow::Result<()> {
+        loop {
             let mut recycled = 0usize;
             while let Some((id, len)) = self.ring.next_used(&self.mem)? {
                 let Some(id) = u16::try_from(id).ok().filter(|i| *i < self.ring.size) else {
@@ -911,54 +1159,46 @@ impl<F: FrameIo> RxDriver<F> {
                     tracing::warn!(id, "device returned an unknown rx head");
                     continue;
                 };
-                if pending.contains(&id) || len > self.buf_size {
-                    self.device_error(&mut pending, &mut frame, id, "bad rx used entry")?;
+                if self.pending.iter().any(|(p, _)| *p == id) || len > self.buf_size {
+                    self.device_error(id, "bad rx used entry")?;
                     recycled += 1;
                     continue;
                 }
-                let addr = self.buf_addr(id);
-                let skip = if pending.is_empty() {
+                if self.pending.is_empty() {
                     if (len as usize) < NET_HDR_LEN {
-                        self.device_error(&mut pending, &mut frame, id, "short rx header")?;
+                        self.device_error(id, "short rx header")?;
                         recycled += 1;
                         continue;
                     }
                     let mut hdr = [0u8; NET_HDR_LEN];
                     self.mem
-                        .read_slice(&mut hdr, GuestAddress(addr))
+                        .read_slice(&mut hdr, GuestAddress(self.buf_addr(id)))
                         .context("reading rx header")?;
-                    let [.., lo, hi] = hdr;
-                    expected = if self.mrg {
+                    let [_, gso_type, .., lo, hi] = hdr;
+                    self.expected = if self.mrg {
                         usize::from(u16::from_le_bytes([lo, hi]))
                     } else {
                         1
                     };
-                    if expected == 0 || expected > usize::from(self.ring.size) {
-                        self.device_error(&mut pending, &mut frame, id, "bad num_buffers")?;
+                    if self.expected == 0 || self.expected > usize::from(self.ring.size) {
+                        self.device_error(id, "bad num_buffers")?;
                         recycled += 1;
                         continue;
                     }
-                    frame.clear();
-                    NET_HDR_LEN
-                } else {
-                    0
-                };
-                let take = len as usize - skip;
-                let start = frame.len();
-                frame.resize(start + take, 0);
-                if let Some(dst) = frame.get_mut(start..) {
-                    self.mem
-                        .read_slice(dst, GuestAddress(addr + skip as u64))
-                        .context("reading rx buffer")?;
+                    self.gso = gso_type != 0;
                 }
-                pending.push(id);
-                if pending.len() == expected {
-                    self.deliver(&frame, expected);
-                    for id in pending.drain(..) {
+                self.pending.push((id, len));
+                if self.pending.len() == self.expected {
+                    let mut frame = std::mem::take(&mut self.frame);
+                    let done = self.deliver(&self.pending, &mut frame, self.gso);
+                    self.frame = frame;
+                    done?;
+                    for k in 0..self.pending.len() {
+                        let (id, _) = self.pending[k];
                         self.ring.push_avail(&self.mem, id)?;
                         recycled += 1;
                     }
-                    frame.clear();
+                    self.pending.clear();
                 }
                 if recycled >= RX_REFILL_BATCH {
                     self.notify()?;
@@ -968,46 +1208,85 @@ impl<F: FrameIo> RxDriver<F> {
             if recycled > 0 {
                 self.notify()?;
             }
-            if self.ring.arm_interrupt(&self.mem)? {
-                continue;
+            if !self.ring.arm_interrupt(&self.mem)? {
+                return Ok(());
             }
-            self.waiter.wait()?;
+        }
+    }
+
+    /// Writes the frame in `pending`'s buffers to the TAP: straight from guest memory when
+    /// the TAP takes the header and the buffers are adjacent and full, else gathered in
+    /// `frame` first.
+    fn deliver(
+        &self,
+        pending: &[(u16, u32)],
+        frame: &mut Vec<u8>,
+        gso: bool,
+    ) -> anyhow::Result<()> {
+        let total: usize = pending.iter().map(|(_, len)| *len as usize).sum();
+        let direct = self.vnet && self.adjacent(pending);
+        let sent = match pending.first() {
+            Some(&(first, _)) if direct => {
+                self.io
+                    .send_frame_from(&self.mem, GuestAddress(self.buf_addr(first)), total)
+            }
+            _ => {
+                frame.clear();
+                for (i, &(id, len)) in pending.iter().enumerate() {
+                    let skip = if i == 0 && !self.vnet { NET_HDR_LEN } else { 0 };
+                    let take = (len as usize).saturating_sub(skip);
+                    let start = frame.len();
+                    frame.resize(start + take, 0);
+                    if let Some(dst) = frame.get_mut(start..) {
+                        self.mem
+                            .read_slice(dst, GuestAddress(self.buf_addr(id) + skip as u64))
+                            .context("reading rx buffer")?;
+                    }
+                }
+                self.io.send_frame(frame)
+            }
+        };
+        let bytes = total.saturating_sub(NET_HDR_LEN);
+        match sent {
+            Ok(_) => {
+                let count = |c: &AtomicU64, on: bool| {
+                    if on {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                count(&self.stats.rx_frames, true);
+                count(&self.stats.rx_merged, pending.len() > 1);
+                count(&self.stats.rx_gso, gso);
+                count(&self.stats.rx_direct, direct);
+                self.stats
+                    .rx_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.rx_tap_drops.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("tap write of {bytes} bytes: {e}");
+            }
         }
         Ok(())
     }
 
-    fn deliver(&self, frame: &[u8], buffers: usize) {
-        match self.io.send_frame(frame) {
-            Ok(_) => {
-                self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .rx_bytes
-                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
-                if buffers > 1 {
-                    self.stats.rx_merged.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(e) => {
-                self.stats.rx_tap_drops.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("tap write of {} bytes: {e}", frame.len());
-            }
-        }
+    /// Whether the buffers follow each other in guest memory with all but the last full, so
+    /// that `[header][frame]` is one contiguous range.
+    fn adjacent(&self, pending: &[(u16, u32)]) -> bool {
+        pending
+            .windows(2)
+            .all(|w| matches!(w, [(a, len), (b, _)] if *len == self.buf_size && u32::from(*a) + 1 == u32::from(*b)))
     }
 
     /// Drops the frame being assembled and gives its buffers (and `id`) back to the device.
-    fn device_error(
-        &mut self,
-        pending: &mut Vec<u16>,
-        frame: &mut Vec<u8>,
-        id: u16,
-        what: &str,
-    ) -> anyhow::Result<()> {
+    fn device_error(&mut self, id: u16, what: &str) -> anyhow::Result<()> {
         self.stats.device_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(id, "{what}");
-        frame.clear();
-        for p in pending.drain(..) {
+        for k in 0..self.pending.len() {
+            let (p, _) = self.pending[k];
             self.ring.push_avail(&self.mem, p)?;
         }
+        self.pending.clear();
         self.ring.push_avail(&self.mem, id)
     }
 
@@ -1022,18 +1301,56 @@ impl<F: FrameIo> RxDriver<F> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `vring_need_event`: whether moving the index from `old` to `new` passed `event`.
 fn need_event(event: Wrapping<u16>, new: Wrapping<u16>, old: Wrapping<u16>) -> bool {
     (new - event - Wrapping(1)) < (new - old)
 }
 
+/// The negotiated features for `device` features: [`features::WANTED`], plus with `offloads`
+/// the offered [`features::OFFLOADS`] (a TSO bit only with its checksum bit, virtio 1.x
+/// 5.1.3.1).
+fn negotiate(device: u64, offloads: bool) -> u64 {
+    let mut f = features::WANTED & device;
+    if offloads {
+        let mut o = features::OFFLOADS & device;
+        if o & features::CSUM == 0 {
+            o &= !features::HOST_TSO4;
+        }
+        if o & features::GUEST_CSUM == 0 {
+            o &= !features::GUEST_TSO4;
+        }
+        f |= o;
+    }
+    f
+}
+
+/// Size of each RX buffer: a whole frame without MRG_RXBUF, else the configured size (the
+/// GSO one when super-frames come).
+fn rx_buffer_size(cfg: &GuestConfig, features: u64) -> u32 {
+    if features & features::MRG_RXBUF == 0 {
+        MAX_FRAME_BUF
+    } else if features & features::GUEST_TSO4 != 0 {
+        cfg.rx_gso_buffer_size
+    } else {
+        cfg.rx_buffer_size
+    }
+}
+
+/// Converts a failed volatile read/write into the OS error it carries.
+fn volatile_io(e: VolatileMemoryError) -> io::Error {
+    match e {
+        VolatileMemoryError::IOError(e) => e,
+        other => io::Error::other(other),
+    }
+}
+
 /// Memory end of the layout for `cfg` and `features`.
 fn layout_end(cfg: &GuestConfig, features: u64) -> u64 {
-    let rx_buf = if features & features::MRG_RXBUF != 0 {
-        u64::from(cfg.rx_buffer_size)
-    } else {
-        u64::from(MAX_FRAME_BUF)
-    };
+    let rx_buf = u64::from(rx_buffer_size(cfg, features));
     let rx_end = RX_BUF_BASE + u64::from(cfg.queue_size) * rx_buf;
     let tx_end = TX_BUF_BASE + u64::from(cfg.queue_size) * TX_SLOT_SIZE;
     rx_end.max(tx_end).max(TX_BUF_BASE)
@@ -1052,6 +1369,10 @@ const TX_RING_BASE: u64 = 0x4000;
 /// TX buffers first (fixed size), RX buffers after them.
 const TX_BUF_BASE: u64 = 0x1_0000;
 const RX_BUF_BASE: u64 = TX_BUF_BASE + MAX_QUEUE_SIZE as u64 * TX_SLOT_SIZE;
+/// Offset of `gso_type` in `virtio_net_hdr_v1`.
+const HDR_GSO_TYPE: u64 = 1;
+/// Offset of `num_buffers` in `virtio_net_hdr_v1`.
+const HDR_NUM_BUFFERS: u64 = 10;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
@@ -1074,7 +1395,8 @@ mod tests {
     use super::*;
 
     /// A minimal device built on virtio-queue's own device side: echoes every TX frame back on
-    /// RX (MRG_RXBUF when negotiated), raising interrupts as virtio-queue says.
+    /// RX with its header (flags, GSO fields) passed through (MRG_RXBUF when negotiated),
+    /// raising interrupts as virtio-queue says. Panics if a TX header's `num_buffers` is not 0.
     fn echo_device(
         mem: GuestMemoryMmap,
         mut rxq: Queue,
@@ -1101,7 +1423,8 @@ mod tests {
                         mem.read_slice(&mut buf[start..], d.addr()).unwrap();
                     }
                     txq.add_used(&mem, head, 0).unwrap();
-                    if echo_into_rx(&mem, &mut rxq, &buf[NET_HDR_LEN..], mrg) {
+                    assert_eq!(buf[10..12], [0, 0], "tx num_buffers");
+                    if echo_into_rx(&mem, &mut rxq, &buf, mrg) {
                         echoed += 1;
                     }
                 }
@@ -1118,11 +1441,11 @@ mod tests {
         }
     }
 
-    fn echo_into_rx(mem: &GuestMemoryMmap, rxq: &mut Queue, frame: &[u8], mrg: bool) -> bool {
-        let mut hdr = [0u8; NET_HDR_LEN];
+    /// Writes `tx` (the TX header, then the frame) into RX buffers, setting `num_buffers`.
+    fn echo_into_rx(mem: &GuestMemoryMmap, rxq: &mut Queue, tx: &[u8], mrg: bool) -> bool {
         let mut data: Vec<u8> = Vec::new();
         let mut chains = Vec::new();
-        let total = NET_HDR_LEN + frame.len();
+        let total = tx.len();
         let mut cap = 0;
         while cap < total {
             let Some(chain) = rxq.pop_descriptor_chain(mem) else {
@@ -1141,9 +1464,8 @@ mod tests {
         }
         assert!(cap >= total, "rx buffers too small");
         let n = u16::try_from(chains.len()).unwrap();
-        hdr[10..12].copy_from_slice(&n.to_le_bytes());
-        data.extend_from_slice(&hdr);
-        data.extend_from_slice(frame);
+        data.extend_from_slice(tx);
+        data[10..12].copy_from_slice(&n.to_le_bytes());
         let mut off = 0;
         for (head, descs) in chains {
             let mut written = 0u32;
@@ -1159,19 +1481,20 @@ mod tests {
         true
     }
 
-    fn round_trip(device_features: u64, split: bool) {
-        let cfg = GuestConfig {
-            split_tx_header: split,
-            ..GuestConfig::default()
-        };
-        let guest = SimGuest::new(cfg, device_features).unwrap();
-        assert_eq!(guest.acked_features(), device_features & features::WANTED);
+    /// A started guest bound to one end of a datagram pair, an echo device on its queues.
+    struct Echo {
+        running: Running,
+        peer: UnixDatagram,
+        device: std::thread::JoinHandle<u64>,
+    }
+
+    fn start_echo(guest: SimGuest) -> Echo {
         let mrg = guest.acked_features() & features::MRG_RXBUF != 0;
         let rxq = guest.device_queue(RX_QUEUE).unwrap();
         let txq = guest.device_queue(TX_QUEUE).unwrap();
         assert_eq!(
             rxq.event_idx_enabled(),
-            device_features & features::EVENT_IDX != 0
+            guest.acked_features() & features::EVENT_IDX != 0
         );
         let (kick_tx, kick_rx) = mpsc::channel();
         let kick_tx = std::sync::Mutex::new(kick_tx);
@@ -1185,6 +1508,28 @@ mod tests {
             let _ = kick_tx.lock().unwrap().send(q);
         });
         let running = guest.start(Arc::new(tap), kick).unwrap();
+        Echo {
+            running,
+            peer,
+            device,
+        }
+    }
+
+    fn round_trip(device_features: u64, split: bool) {
+        let cfg = GuestConfig {
+            split_tx_header: split,
+            offloads: false,
+            ..GuestConfig::default()
+        };
+        let guest = SimGuest::new(cfg, device_features).unwrap();
+        assert_eq!(guest.acked_features(), device_features & features::WANTED);
+        assert!(!guest.vnet_hdr());
+        let mrg = guest.acked_features() & features::MRG_RXBUF != 0;
+        let Echo {
+            running,
+            peer,
+            device,
+        } = start_echo(guest);
 
         let sizes = [60usize, 1514, 2100, 9014, 65_000];
         let mut got = vec![0u8; 70_000];
@@ -1226,7 +1571,152 @@ mod tests {
 
     #[test]
     fn echoes_through_virtio_queue_device_with_all_features() {
-        round_trip(features::WANTED | (1 << 0), true);
+        round_trip(features::WANTED | features::OFFLOADS, true);
+    }
+
+    /// A TSO-style header (NEEDS_CSUM, TCPV4) with the frame after it.
+    fn gso_frame(len: usize, seed: u8) -> Vec<u8> {
+        let mut f = vec![0u8; NET_HDR_LEN];
+        f[0] = 1; // NEEDS_CSUM
+        f[1] = 1; // GSO_TCPV4
+        f[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+        f[4..6].copy_from_slice(&1448u16.to_le_bytes()); // gso_size
+        f[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+        f[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+        f[10..12].copy_from_slice(&0xabcdu16.to_le_bytes()); // junk the driver must clear
+        f.extend((0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed));
+        f
+    }
+
+    fn gso_round_trip(split: bool) {
+        let cfg = GuestConfig {
+            split_tx_header: split,
+            ..GuestConfig::default()
+        };
+        let guest = SimGuest::new(cfg, features::WANTED | features::OFFLOADS).unwrap();
+        assert!(guest.vnet_hdr());
+        let Echo {
+            running,
+            peer,
+            device,
+        } = start_echo(guest);
+        let mut got = vec![0u8; 70_000];
+        let mut sent = 0;
+        // 40 rounds of 11 buffers: the ring of 256 wraps, so some frames are gathered.
+        for round in 0..40u8 {
+            for len in [60_000usize, 60, 1514, 65_535 + 14] {
+                let mut f = gso_frame(len, round);
+                if len < 1000 {
+                    f[..NET_HDR_LEN].fill(0);
+                }
+                peer.send(&f).unwrap();
+                sent += 1;
+                let n = peer.recv(&mut got).unwrap();
+                assert_eq!(n, f.len(), "len {len} round {round}");
+                // The header comes back as sent but for num_buffers (the device's).
+                assert_eq!(&got[..10], &f[..10], "header, len {len}");
+                assert_eq!(&got[NET_HDR_LEN..n], &f[NET_HDR_LEN..], "frame, len {len}");
+                let bufs = u16::from_le_bytes([got[10], got[11]]);
+                assert_eq!(usize::from(bufs), f.len().div_ceil(16 << 10), "len {len}");
+            }
+        }
+        let stats = running.stats();
+        let settle = Instant::now();
+        while stats.rx_frames.load(Ordering::Relaxed) < sent
+            && settle.elapsed() < Duration::from_secs(1)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(g(&stats.tx_frames), sent);
+        assert_eq!(g(&stats.rx_frames), sent);
+        assert_eq!(g(&stats.tx_gso), 120);
+        assert_eq!(g(&stats.rx_gso), 120);
+        assert_eq!(g(&stats.rx_merged), 80);
+        // Buffers are handed out in ring order, so most frames go out without a copy; the
+        // ones across the ring's end are gathered.
+        let direct = g(&stats.rx_direct);
+        assert!(direct > sent / 2 && direct < sent, "{}", stats.summary());
+        assert_eq!(g(&stats.tx_bytes), 40 * (60_000 + 60 + 1514 + 65_535 + 14));
+        assert_eq!(g(&stats.device_errors), 0);
+        assert_eq!(g(&stats.tap_read_errors), 0);
+        running.stop().unwrap();
+        assert_eq!(device.join().unwrap(), sent);
+    }
+
+    #[test]
+    fn gso_frames_round_trip_with_their_headers() {
+        gso_round_trip(true);
+    }
+
+    #[test]
+    fn gso_frames_round_trip_with_one_descriptor_per_tx_frame() {
+        gso_round_trip(false);
+    }
+
+    #[test]
+    fn offloads_are_negotiated_only_when_offered_and_wanted() {
+        let all = features::WANTED | features::OFFLOADS;
+        let g = SimGuest::new(GuestConfig::default(), all).unwrap();
+        assert_eq!(g.acked_features(), all);
+        assert!(g.vnet_hdr());
+        assert_eq!(
+            g.tap_offload_flags(),
+            utun::linux::TUN_F_CSUM | utun::linux::TUN_F_TSO4
+        );
+        assert_eq!(
+            features::offload_names(g.acked_features()),
+            "CSUM GUEST_CSUM HOST_TSO4 GUEST_TSO4"
+        );
+        assert_eq!(rx_buffer_size(&GuestConfig::default(), all), 16 << 10);
+
+        let off = GuestConfig {
+            offloads: false,
+            ..GuestConfig::default()
+        };
+        let g = SimGuest::new(off, all).unwrap();
+        assert_eq!(g.acked_features(), features::WANTED);
+        assert!(!g.vnet_hdr());
+        assert_eq!(g.tap_offload_flags(), 0);
+        assert_eq!(features::offload_names(g.acked_features()), "none");
+
+        let g = SimGuest::new(GuestConfig::default(), features::WANTED).unwrap();
+        assert_eq!(g.acked_features(), features::WANTED);
+        assert!(!g.vnet_hdr());
+        assert_eq!(
+            rx_buffer_size(&GuestConfig::default(), features::WANTED),
+            2048
+        );
+
+        // A TSO bit without its checksum bit is not taken.
+        let partial = features::WANTED | features::HOST_TSO4 | features::GUEST_CSUM;
+        let g = SimGuest::new(GuestConfig::default(), partial).unwrap();
+        assert_eq!(g.acked_features(), features::WANTED | features::GUEST_CSUM);
+        assert!(g.vnet_hdr());
+        assert_eq!(g.tap_offload_flags(), 0);
+        let g = SimGuest::new(
+            GuestConfig::default(),
+            features::WANTED | features::GUEST_TSO4 | features::CSUM,
+        )
+        .unwrap();
+        assert_eq!(g.acked_features(), features::WANTED | features::CSUM);
+        assert_eq!(g.tap_offload_flags(), utun::linux::TUN_F_CSUM);
+    }
+
+    #[test]
+    fn gso_buffer_size_is_validated_and_fits_the_layout() {
+        let bad = GuestConfig {
+            rx_gso_buffer_size: MAX_FRAME_BUF + 1,
+            ..GuestConfig::default()
+        };
+        assert!(SimGuest::new(bad, features::WANTED | features::OFFLOADS).is_err());
+        let big = GuestConfig {
+            rx_gso_buffer_size: MAX_FRAME_BUF,
+            ..GuestConfig::default()
+        };
+        let all = features::WANTED | features::OFFLOADS;
+        assert!(layout_end(&big, all) <= big.mem_size as u64);
+        assert!(SimGuest::new(big, all).is_ok());
     }
 
     #[test]
@@ -1244,9 +1734,13 @@ mod tests {
         assert!(SimGuest::new(GuestConfig::default(), features::MAC).is_err());
     }
 
-    #[test]
-    fn hostile_used_entries_are_counted_and_the_driver_keeps_going() {
-        let guest = SimGuest::new(GuestConfig::default(), features::WANTED).unwrap();
+    /// Hand-written used entries: four bad ones (counted, skipped), a good one-buffer frame,
+    /// a two-buffer frame in non-adjacent buffers (gathered) and one in adjacent full buffers
+    /// (written straight from guest memory with offloads).
+    fn hostile_used_entries(device_features: u64) {
+        let guest = SimGuest::new(GuestConfig::default(), device_features).unwrap();
+        let vnet = guest.vnet_hdr();
+        let size = rx_buffer_size(&GuestConfig::default(), guest.acked_features());
         let mem = guest.memory().clone();
         let irq = guest.interrupts();
         let (tap, peer) = UnixDatagram::pair().unwrap();
@@ -1254,11 +1748,21 @@ mod tests {
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let running = guest.start(Arc::new(tap), Arc::new(|_| {})).unwrap();
         let used = RingLayout::of(RX_QUEUE).unwrap().used;
-        let buf = |i: u64| GuestAddress(RX_BUF_BASE + i * 2048);
+        let buf = |i: u64| GuestAddress(RX_BUF_BASE + i * u64::from(size));
         let put = |slot: u64, id: u32, len: u32| {
             mem.write_obj(id, used.unchecked_add(4 + 8 * slot)).unwrap();
             mem.write_obj(len, used.unchecked_add(8 + 8 * slot))
                 .unwrap();
+        };
+        // What the TAP must see for a frame whose header says `bufs` buffers.
+        let expect = |bufs: u8, data: &[u8]| -> Vec<u8> {
+            let mut v = Vec::new();
+            if vnet {
+                v.extend_from_slice(&[0; 10]);
+                v.extend_from_slice(&[bufs, 0]);
+            }
+            v.extend_from_slice(data);
+            v
         };
         // Buffer 3: a header claiming 0 buffers. Buffer 2: a good 60-byte frame.
         let mut hdr = [0u8; NET_HDR_LEN];
@@ -1268,27 +1772,63 @@ mod tests {
         let frame: Vec<u8> = (0..60u8).collect();
         mem.write_slice(&frame, buf(2).unchecked_add(NET_HDR_LEN as u64))
             .unwrap();
+        // Two-buffer frames: buffers 7 then 5 (not adjacent), buffers 8 then 9 (adjacent).
+        hdr[10] = 2;
+        let full = size as usize - NET_HDR_LEN;
+        let mut two = Vec::new();
+        for (first, second, tail, seed) in [(7, 5, 100, 1u8), (8, 9, 50, 2)] {
+            let data: Vec<u8> = (0..full + tail).map(|i| (i as u8) ^ seed).collect();
+            mem.write_slice(&hdr, buf(first)).unwrap();
+            mem.write_slice(&data[..full], buf(first).unchecked_add(NET_HDR_LEN as u64))
+                .unwrap();
+            mem.write_slice(&data[full..], buf(second)).unwrap();
+            two.push(expect(2, &data));
+        }
         put(0, 999, 10); // unknown id
         put(1, 0, 1_000_000); // longer than the buffer
         put(2, 1, 5); // shorter than the header
         put(3, 3, 72); // num_buffers = 0
         put(4, 2, 72); // good
-        mem.store(5u16, used.unchecked_add(2), Ordering::Release)
+        put(5, 7, size);
+        put(6, 5, 100);
+        put(7, 8, size);
+        put(8, 9, 50);
+        mem.store(9u16, used.unchecked_add(2), Ordering::Release)
             .unwrap();
         irq.signal(RX_QUEUE);
-        let mut got = [0u8; 128];
+        let mut got = vec![0u8; 70_000];
         let n = peer.recv(&mut got).unwrap();
-        assert_eq!(&got[..n], &frame[..]);
+        assert_eq!(&got[..n], &expect(1, &frame)[..]);
+        for want in &two {
+            let n = peer.recv(&mut got).unwrap();
+            assert_eq!(n, want.len());
+            assert_eq!(&got[..n], &want[..]);
+        }
         let stats = running.stats();
         let t = Instant::now();
-        while stats.device_errors.load(Ordering::Relaxed) < 4
+        while (stats.device_errors.load(Ordering::Relaxed) < 4
+            || stats.rx_frames.load(Ordering::Relaxed) < 3)
             && t.elapsed() < Duration::from_secs(1)
         {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(stats.device_errors.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.rx_frames.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.rx_merged.load(Ordering::Relaxed), 2);
+        let direct = if vnet { 2 } else { 0 };
+        assert_eq!(stats.rx_direct.load(Ordering::Relaxed), direct);
         assert!(!running.has_failed());
         running.stop().unwrap();
+    }
+
+    #[test]
+    fn hostile_used_entries_are_counted_and_the_driver_keeps_going() {
+        hostile_used_entries(features::WANTED);
+    }
+
+    #[test]
+    fn hostile_used_entries_with_offloads() {
+        hostile_used_entries(features::WANTED | features::OFFLOADS);
     }
 
     #[test]

@@ -724,6 +724,96 @@ fn iperf3_tcp_throughput_both_directions() {
     assert!(lab.attach_alive(), "attach died under iperf3");
 }
 
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn offloads_carry_tso_super_frames_both_ways_100mb_sha256() {
+    let (tx_gso, rx_gso, stderr) = transfer_100mb_both_ways("e2e-tso", &[]);
+    assert!(
+        stderr.contains("offloads=CSUM GUEST_CSUM HOST_TSO4 GUEST_TSO4"),
+        "offloads not negotiated:\n{stderr}"
+    );
+    assert!(
+        tx_gso > 0 && rx_gso > 0,
+        "no TSO super-frames (tx_gso {tx_gso}, rx_gso {rx_gso}):\n{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn no_offload_moves_100mb_both_ways_without_super_frames() {
+    let (tx_gso, rx_gso, stderr) = transfer_100mb_both_ways("e2e-nooff", &["--no-offload"]);
+    assert!(
+        stderr.contains("offloads=none"),
+        "offloads negotiated with --no-offload:\n{stderr}"
+    );
+    assert_eq!((tx_gso, rx_gso), (0, 0), "{stderr}");
+}
+
+/// Uploads and downloads 100 MiB between guest and server through attach (started with
+/// `extra`), checks both sha256, stops attach and returns the bridge's `tx_gso` and `rx_gso`
+/// from its shutdown stats line, and attach's whole stderr.
+fn transfer_100mb_both_ways(tag: &str, extra: &[&str]) -> (u64, u64, String) {
+    require(&[("busybox", "busybox"), ("curl", "curl")]);
+    let (mut lab, _lease) = Lab::with_lease(tag, extra);
+    let src = lab.random_file("blob", HUNDRED_MB);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
+        Some("listening"),
+    );
+    let want = sha256(&src);
+    let up = curl(
+        &lab,
+        Ns::G,
+        &[
+            "-T",
+            src.to_str().expect("utf-8"),
+            &format!("http://{SERVER}:8080/up.bin"),
+        ],
+    );
+    assert_eq!(
+        sha256(&lab.dir.join("up.bin")),
+        want,
+        "uploaded bytes differ"
+    );
+    let down_path = lab.dir.join("down.bin");
+    let down = curl(
+        &lab,
+        Ns::G,
+        &[
+            "-o",
+            down_path.to_str().expect("utf-8"),
+            &format!("http://{SERVER}:8080/blob"),
+        ],
+    );
+    assert_eq!(sha256(&down_path), want, "downloaded bytes differ");
+    eprintln!(
+        "{tag} {extra:?}: PUT 100 MiB {up:.2} s ({:.0} Mbit/s), GET {down:.2} s ({:.0} Mbit/s)",
+        mbit(up),
+        mbit(down)
+    );
+    let mut attach = lab.take_attach();
+    let (status, _) = attach.terminate(Duration::from_secs(5));
+    let stderr = attach.stderr();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "attach exit {status:?}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("stats: bridge"))
+        .unwrap_or_else(|| panic!("no bridge stats line:\n{stderr}"))
+        .to_owned();
+    eprintln!("{line}");
+    let field = |name: &str| -> u64 {
+        line.split(", ")
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    (field("tx_gso"), field("rx_gso"), stderr)
+}
+
 /// Starts dnsmasq on the server (answers `*.e2e.test` with 198.18.7.7, logs queries) and
 /// waits until it answers locally; returns its log file.
 fn start_dnsmasq(lab: &mut Lab) -> std::path::PathBuf {

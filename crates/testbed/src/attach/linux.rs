@@ -15,7 +15,7 @@ use utun::linux::netns;
 use utun::{Ipv4Dest, Tun};
 
 use super::{AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, first_nameserver};
-use crate::guest::{GuestConfig, Kick, SimGuest};
+use crate::guest::{GuestConfig, Kick, SimGuest, features};
 
 pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     init_tracing();
@@ -48,13 +48,26 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         bail!("the device reports its link down");
     }
 
-    // The host side: TUN in H, IPv4 forwarding in H only.
+    let guest_cfg = GuestConfig {
+        offloads: args.offloads,
+        ..GuestConfig::default()
+    };
+    let guest = SimGuest::new(guest_cfg, bridge.device_features())?;
+    tracing::info!(
+        features = format_args!("{:#x}", guest.acked_features()),
+        offloads = %features::offload_names(guest.acked_features()),
+        "simulated guest negotiated"
+    );
+
+    // The host side: TUN in H (with virtio-net headers when offloading; the bridge sets its
+    // TUNSETOFFLOAD), IPv4 forwarding in H only.
     let mut tb = Tun::builder()
         .name(args.tun_name.clone())
         .mtu(u32::from(args.mtu))
         .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL_ADDR))
         .up(true)
-        .nonblocking(true);
+        .nonblocking(true)
+        .vnet_hdr(args.offloads);
     if let Some(h) = &host_ns {
         tb = tb.netns(h);
     }
@@ -64,14 +77,21 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let tun_name = tun.name().to_owned();
     enable_forwarding(host_ns.as_ref())?;
 
-    // The guest side: TAP eth0 in G, down, no address, MAC of the device, guest MTU.
-    let tap = Tun::builder()
+    // The guest side: TAP eth0 in G, down, no address, MAC of the device, guest MTU; with
+    // offloads it carries the virtio-net header and may hand over TSO super-frames.
+    let mut tap_builder = Tun::builder()
         .tap(true)
         .name(TAP_NAME)
         .mtu(u32::from(args.mtu))
         .up(false)
         .nonblocking(true)
-        .netns(&guest_ns)
+        .netns(&guest_ns);
+    if guest.vnet_hdr() {
+        tap_builder = tap_builder
+            .vnet_hdr(true)
+            .offload(guest.tap_offload_flags());
+    }
+    let tap = tap_builder
         .open()
         .context("creating the TAP eth0 in the guest namespace")?;
     // The driver's TX thread needs O_NONBLOCK on the TAP (say it again: cheap, and it does not
@@ -80,11 +100,6 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         .context("making the TAP non-blocking")?;
     set_tap_mac(&args.guest_netns, &net.mac_string())?;
 
-    let guest = SimGuest::new(GuestConfig::default(), bridge.device_features())?;
-    tracing::info!(
-        features = format_args!("{:#x}", guest.acked_features()),
-        "simulated guest negotiated"
-    );
     let handle = bridge.activate(&guest, tun)?;
     let kick: Kick = handle.kicker();
     let tap = Arc::new(tap);
