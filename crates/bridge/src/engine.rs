@@ -406,6 +406,11 @@ impl RxEngine {
         self
     }
 
+    /// The most packets one [`RxEngine::receive`] reads.
+    pub fn capacity(&self) -> usize {
+        self.batch.capacity()
+    }
+
     /// Frames received but not yet delivered to the guest.
     pub fn pending(&self) -> usize {
         self.batch.pending()

@@ -25,7 +25,9 @@ pub trait HostLink: Send + Sync {
 
     /// Receives up to `min(bufs.len(), lens.len())` packets without blocking; `lens[i]` is
     /// the length of the packet in `bufs[i]`. Returns 0 or `WouldBlock` when none is
-    /// queued.
+    /// queued. Fewer than asked means the link had no more right then (or an error stopped
+    /// the batch and will be reported by the next call): the runner then waits for
+    /// [`HostLink::readiness_fd`] before reading again.
     ///
     /// # Errors
     ///

@@ -195,6 +195,7 @@ where
         clock,
         stats: Stats::default(),
         expired: usize::MAX,
+        host_drained: false,
     };
     let mut threads = Vec::new();
     let spawn_tx = std::thread::Builder::new()
@@ -410,6 +411,9 @@ struct RxThread<A> {
     stats: Stats,
     /// What the last `expire` removed (`usize::MAX`: it was not due).
     expired: usize,
+    /// The last receive got less than a batch: the link had nothing more. Reading again
+    /// waits for the readiness fd (saves a read that would fail with `WouldBlock` per burst).
+    host_drained: bool,
 }
 
 impl<A: GuestAddressSpace> RxThread<A> {
@@ -484,6 +488,7 @@ impl<A: GuestAddressSpace> RxThread<A> {
                     TOKEN_LOCAL => {
                         let _ = self.local_evt.read();
                     }
+                    TOKEN_HOST => self.host_drained = false,
                     _ => {}
                 }
             }
@@ -519,7 +524,14 @@ impl<A: GuestAddressSpace> RxThread<A> {
             }
             progress = true;
         }
-        if self.engine.pending() == 0 && self.engine.receive(&*self.host, &mut self.stats)? > 0 {
+        let received = if self.engine.pending() == 0 && !self.host_drained {
+            let n = self.engine.receive(&*self.host, &mut self.stats)?;
+            self.host_drained = n < self.engine.capacity();
+            n
+        } else {
+            0
+        };
+        if received > 0 {
             progress = true;
             let mac = MacAddr::from_u64(self.shared.guest_mac.load(Ordering::Relaxed));
             // One NAT lock for the whole batch.
