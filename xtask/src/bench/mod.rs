@@ -277,6 +277,9 @@ fn end_to_end(opts: &Options, env: &Env, results: &mut Results, started: Instant
                     continue;
                 }
             };
+            if let Some(tap) = world.guest_tap() {
+                results.guest_tap.insert((mtu, b), tap);
+            }
             let mut stalled: Option<String> = None;
             for test in &tests {
                 if let Some(why) = &stalled {

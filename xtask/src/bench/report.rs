@@ -91,6 +91,8 @@ pub(super) struct Results {
     pub(super) logs: BTreeMap<(u32, Backend), String>,
     /// Busy backend threads during a TCP run (CPU seconds per second, last repeat).
     pub(super) threads: BTreeMap<(u32, Backend, &'static str), String>,
+    /// How each TAP-based backend set up the guest's eth0 (measured).
+    pub(super) guest_tap: BTreeMap<(u32, Backend), String>,
     pub(super) micro: Vec<Micro>,
     pub(super) micro_error: Option<String>,
 }
@@ -205,6 +207,9 @@ impl Results {
             for &b in &self.backends {
                 if let Some(why) = self.failed.get(&(mtu, b)) {
                     let _ = writeln!(s, "  {} FAILED: {why}", b.name());
+                }
+                if let Some(tap) = self.guest_tap.get(&(mtu, b)) {
+                    let _ = writeln!(s, "  {} guest TAP: {tap}", b.name());
                 }
                 for ((m, bb, test), note) in &self.threads {
                     if *m == mtu && *bb == b {
@@ -346,6 +351,7 @@ impl Results {
                         "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| format!("failed: {w}")),
                         "figures": figures,
                         "log_tail": self.logs.get(&(mtu, b)),
+                        "guest_tap": self.guest_tap.get(&(mtu, b)),
                         "busy_threads": self
                             .threads
                             .iter()

@@ -57,6 +57,11 @@ pub(super) const TOOLS: &[Tool] = &[
         package: "slirp4netns",
         needed_by: "the slirp4netns backend",
     },
+    Tool {
+        bin: "ethtool",
+        package: "ethtool",
+        needed_by: "the guest TAP's TSO state in the report",
+    },
 ];
 
 /// Installs what is missing when possible and returns the binaries still missing.
