@@ -252,6 +252,15 @@ impl Bridge {
         self.device.read_config(offset, data)
     }
 
+    /// The validated parts, for an embedder that drives the thread-free core itself (its own
+    /// event loop over [`crate::TxEngine`] and [`crate::RxEngine`]) instead of
+    /// [`Bridge::activate`]: the configuration, the device model (with the features acked so
+    /// far), the NAT (forwards and the DNS redirect installed) and the gateway services.
+    #[must_use]
+    pub fn into_parts(self) -> (BridgeConfig, Device, Nat, L2Services) {
+        (self.config, self.device, self.nat, self.l2)
+    }
+
     /// Starts the pipeline: a TX thread (guest TX queue → gateway services → NAT → host
     /// link) and an RX thread (host link → NAT → guest RX queue, plus gateway replies). The
     /// queues get EVENT_IDX set from `acked_features`.
@@ -291,10 +300,12 @@ impl BridgeHandle {
         imp::kick(self, queue)
     }
 
-    /// As [`BridgeHandle::kick`], but a TX kick drains the TX queue right here, on the
-    /// calling thread, when the TX thread is not busy with it (otherwise it kicks that
-    /// thread): one thread wake-up less per kick, for an embedder whose own thread takes the
-    /// driver's notification (a vCPU exit, a doorbell handler). The TX work then runs under
+    /// As [`BridgeHandle::kick`], but a TX kick with a few chains waiting (at most 8) drains
+    /// the TX queue right here, on the calling thread, when the TX thread is not busy with it;
+    /// otherwise it kicks that thread (a long queue is better drained there while the caller
+    /// goes on producing). One thread wake-up less per kick for latency-bound traffic, for an
+    /// embedder whose own thread takes the driver's notification (a vCPU exit, a doorbell
+    /// handler). The TX work then runs under
     /// the same per-batch lock the TX thread takes; a failure is recorded as the TX thread's
     /// would be ([`BridgeHandle::error`]) and stops the pipeline.
     ///

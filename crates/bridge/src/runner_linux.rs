@@ -48,6 +48,10 @@ pub(super) trait InlineTx: Send + Sync {
     fn try_drain(&self) -> Option<bool>;
 }
 
+/// The most chains a kicker drains on its own thread ([`kick_inline`]); more go to the TX
+/// thread.
+const INLINE_MAX_CHAINS: usize = 8;
+
 impl<A: GuestAddressSpace + Send> InlineTx for std::sync::Mutex<TxState<A>> {
     fn try_drain(&self) -> Option<bool> {
         let mut st = match self.try_lock() {
@@ -55,6 +59,15 @@ impl<A: GuestAddressSpace + Send> InlineTx for std::sync::Mutex<TxState<A>> {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
+        // A long queue goes to the TX thread, so that the kicker can go on producing while it
+        // is drained (a pipeline across two threads); a short one is drained right here.
+        let waiting = {
+            let guard = st.mem.memory();
+            crate::ring::available(&*guard, &st.queue).unwrap_or(0)
+        };
+        if usize::from(waiting) > INLINE_MAX_CHAINS {
+            return None;
+        }
         match st.drain() {
             Ok(()) => Some(true),
             Err(e) => {

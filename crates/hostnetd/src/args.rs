@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use bridge::MacAddr;
-use nat::{PortForward, Protocol};
+use bridge::{ForwardSpec, MacAddr};
+use nat::PortForward;
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,33 +127,12 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     }))
 }
 
-/// Parses `tcp|udp:<external port>:<guest port>` or `tcp|udp:<external port>:<guest ip>:<guest port>`.
+/// Parses `tcp|udp:<external port>:<guest port>` or `tcp|udp:<external port>:<guest ip>:<guest port>`
+/// ([`bridge::ForwardSpec`]); without a guest address the rule targets the first DHCP address.
 pub(crate) fn parse_forward(s: &str) -> Result<PortForward, ArgError> {
-    let bad = |why: &str| ArgError(format!("bad --forward {s:?}: {why}"));
-    let parts: Vec<&str> = s.split(':').collect();
-    let (proto, ext, addr, port) = match parts.as_slice() {
-        [p, e, g] => (*p, *e, None, *g),
-        [p, e, a, g] => (*p, *e, Some(*a), *g),
-        _ => return Err(bad("expected tcp|udp:<external port>:<guest port>")),
-    };
-    let protocol = match proto.to_ascii_lowercase().as_str() {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        _ => return Err(bad("protocol must be tcp or udp")),
-    };
-    let port_of = |p: &str, what: &str| match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(bad(&format!("{what} port must be 1..=65535"))),
-        Ok(n) => Ok(n),
-    };
-    let guest = match addr {
-        None => FIRST_GUEST_ADDR,
-        Some(a) => a.parse().map_err(|_| bad("guest address is not IPv4"))?,
-    };
-    Ok(PortForward {
-        protocol,
-        external_port: port_of(ext, "external")?,
-        internal: SocketAddrV4::new(guest, port_of(port, "guest")?),
-    })
+    s.parse::<ForwardSpec>()
+        .map(|f| f.to_port_forward(FIRST_GUEST_ADDR))
+        .map_err(|e| ArgError(format!("bad --forward {s:?}: {e}")))
 }
 
 /// Parses `addr` or `addr:port` (port default 53).
@@ -248,6 +227,7 @@ const MAX_IFNAME: usize = 15;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nat::Protocol;
 
     fn serve(args: &[&str]) -> Result<Args, ArgError> {
         match parse_args(args)? {

@@ -421,7 +421,6 @@ impl GuestImage {
     }
 }
 
-
 /// A random file served over HTTP, with its SHA-256.
 #[derive(Debug)]
 struct Blob {

@@ -13,8 +13,6 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use nat::Protocol;
-
 #[cfg(target_os = "linux")]
 mod lab_bridge;
 #[cfg(target_os = "linux")]
@@ -55,69 +53,14 @@ pub struct AttachArgs {
     pub offloads: bool,
 }
 
-/// One `--forward proto:external:guest` rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Forward {
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// Port on the NAT's external address.
-    pub external_port: u16,
-    /// The guest address; `None`: the first DHCP address ([`FIRST_GUEST_ADDR`]), which the only
-    /// guest gets.
-    pub guest_addr: Option<Ipv4Addr>,
-    /// Port in the guest.
-    pub guest_port: u16,
-}
+/// One `--forward proto:external:guest` rule ([`bridge::ForwardSpec`]; without a guest
+/// address it targets [`FIRST_GUEST_ADDR`], which the only guest gets).
+pub type Forward = bridge::ForwardSpec;
 
-impl Forward {
-    /// Parses `tcp|udp:<external port>:<guest port>` (or `proto:ext:<guest ip>:<port>`).
-    ///
-    /// # Errors
-    /// Anything else, with the bad value in the message.
-    pub fn parse(s: &str) -> Result<Self, ArgError> {
-        let bad = |why: &str| ArgError(format!("bad --forward {s:?}: {why}"));
-        let parts: Vec<&str> = s.split(':').collect();
-        let (proto, ext, addr, port) = match parts.as_slice() {
-            [p, e, g] => (*p, *e, None, *g),
-            [p, e, a, g] => (*p, *e, Some(*a), *g),
-            _ => return Err(bad("expected tcp|udp:<external port>:<guest port>")),
-        };
-        let protocol = match proto.to_ascii_lowercase().as_str() {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            _ => return Err(bad("protocol must be tcp or udp")),
-        };
-        let port_of = |p: &str, what: &str| match p.parse::<u16>() {
-            Ok(0) | Err(_) => Err(bad(&format!("{what} port must be 1..=65535"))),
-            Ok(n) => Ok(n),
-        };
-        let guest_addr = match addr {
-            None => None,
-            Some(a) => Some(
-                a.parse::<Ipv4Addr>()
-                    .map_err(|_| bad("guest address is not IPv4"))?,
-            ),
-        };
-        Ok(Self {
-            protocol,
-            external_port: port_of(ext, "external")?,
-            guest_addr,
-            guest_port: port_of(port, "guest")?,
-        })
-    }
-
-    /// The NAT rule for this forward.
-    #[must_use]
-    pub fn to_port_forward(&self) -> nat::PortForward {
-        nat::PortForward {
-            protocol: self.protocol,
-            external_port: self.external_port,
-            internal: SocketAddrV4::new(
-                self.guest_addr.unwrap_or(FIRST_GUEST_ADDR),
-                self.guest_port,
-            ),
-        }
-    }
+/// Parses a `--forward` value.
+fn parse_forward(s: &str) -> Result<Forward, ArgError> {
+    s.parse::<Forward>()
+        .map_err(|e| ArgError(format!("bad --forward {s:?}: {e}")))
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -219,7 +162,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
                     ArgError(format!("bad --static-guest-ip {v:?}: not an IPv4 address"))
                 })?);
             }
-            "--forward" => forwards.push(Forward::parse(&value()?)?),
+            "--forward" => forwards.push(parse_forward(&value()?)?),
             other => return Err(ArgError(format!("unknown option {other:?} (try --help)"))),
         }
     }
@@ -363,6 +306,7 @@ pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nat::Protocol;
 
     fn attach(args: &[&str]) -> Result<AttachArgs, ArgError> {
         let mut v = vec!["attach"];
@@ -395,7 +339,7 @@ mod tests {
         assert_eq!(a.dns_upstream, Some("198.18.0.2:5300".parse().unwrap()));
         assert_eq!(a.forwards.len(), 2);
         assert_eq!(
-            a.forwards[0].to_port_forward(),
+            a.forwards[0].to_port_forward(FIRST_GUEST_ADDR),
             nat::PortForward {
                 protocol: Protocol::Tcp,
                 external_port: 8080,

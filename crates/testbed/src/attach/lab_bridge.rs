@@ -25,7 +25,11 @@ impl LabBridge {
         cfg.mtu = args.mtu;
         cfg.dns_upstream = Some(dns);
         cfg.static_guest_ip = args.static_guest_ip;
-        cfg.forwards = args.forwards.iter().map(|f| f.to_port_forward()).collect();
+        cfg.forwards = args
+            .forwards
+            .iter()
+            .map(|f| f.to_port_forward(super::FIRST_GUEST_ADDR))
+            .collect();
         cfg.offloads = args.offloads;
         let bridge = Bridge::new(cfg).context("configuring the bridge")?;
         Ok(Self { bridge })

@@ -1,0 +1,160 @@
+//! [`ForwardSpec`]: a port forward as command lines write it
+//! (`tcp|udp:<external port>:[<guest IPv4>:]<guest port>`), shared by hostnetd and
+//! `hostnet-lab attach`.
+
+use core::fmt;
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::str::FromStr;
+
+use nat::{PortForward, Protocol};
+
+/// A port forward as written on a command line: `tcp|udp:<external port>:<guest port>` or
+/// `tcp|udp:<external port>:<guest IPv4>:<guest port>` (the protocol in any case, ports
+/// 1..=65535).
+///
+/// ```
+/// use bridge::ForwardSpec;
+/// use std::net::Ipv4Addr;
+///
+/// let f: ForwardSpec = "tcp:8022:22".parse()?;
+/// let rule = f.to_port_forward(Ipv4Addr::new(192, 168, 64, 2));
+/// assert_eq!(rule.internal.to_string(), "192.168.64.2:22");
+/// assert!("sctp:1:2".parse::<ForwardSpec>().is_err());
+/// # Ok::<(), bridge::ForwardSpecError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ForwardSpec {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Port on the NAT's external address.
+    pub external_port: u16,
+    /// The guest address; `None`: the caller's default (the first DHCP address).
+    pub guest_addr: Option<Ipv4Addr>,
+    /// Port in the guest.
+    pub guest_port: u16,
+}
+
+impl ForwardSpec {
+    /// The NAT rule, with `default_guest` where the spec names no guest address.
+    #[must_use]
+    pub fn to_port_forward(&self, default_guest: Ipv4Addr) -> PortForward {
+        PortForward {
+            protocol: self.protocol,
+            external_port: self.external_port,
+            internal: SocketAddrV4::new(self.guest_addr.unwrap_or(default_guest), self.guest_port),
+        }
+    }
+}
+
+/// Why a [`ForwardSpec`] did not parse (the message names what was expected; callers add the
+/// bad value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardSpecError {
+    /// Not three or four `:`-separated fields.
+    Shape,
+    /// The protocol is neither tcp nor udp.
+    Protocol,
+    /// The external port is not 1..=65535.
+    ExternalPort,
+    /// The guest port is not 1..=65535.
+    GuestPort,
+    /// The guest address is not an IPv4 address.
+    GuestAddress,
+}
+
+impl fmt::Display for ForwardSpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForwardSpecError::Shape => "expected tcp|udp:<external port>:<guest port>",
+            ForwardSpecError::Protocol => "protocol must be tcp or udp",
+            ForwardSpecError::ExternalPort => "external port must be 1..=65535",
+            ForwardSpecError::GuestPort => "guest port must be 1..=65535",
+            ForwardSpecError::GuestAddress => "guest address is not IPv4",
+        })
+    }
+}
+
+impl std::error::Error for ForwardSpecError {}
+
+impl FromStr for ForwardSpec {
+    type Err = ForwardSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(':');
+        let fields = [parts.next(), parts.next(), parts.next(), parts.next()];
+        if parts.next().is_some() {
+            return Err(ForwardSpecError::Shape);
+        }
+        let (proto, ext, addr, gport) = match fields {
+            [Some(p), Some(e), Some(g), None] => (p, e, None, g),
+            [Some(p), Some(e), Some(a), Some(g)] => (p, e, Some(a), g),
+            _ => return Err(ForwardSpecError::Shape),
+        };
+        let protocol = if proto.eq_ignore_ascii_case("tcp") {
+            Protocol::Tcp
+        } else if proto.eq_ignore_ascii_case("udp") {
+            Protocol::Udp
+        } else {
+            return Err(ForwardSpecError::Protocol);
+        };
+        let port = |p: &str, err| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(err),
+            Ok(n) => Ok(n),
+        };
+        let guest_addr = match addr {
+            None => None,
+            Some(a) => Some(
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| ForwardSpecError::GuestAddress)?,
+            ),
+        };
+        Ok(ForwardSpec {
+            protocol,
+            external_port: port(ext, ForwardSpecError::ExternalPort)?,
+            guest_addr,
+            guest_port: port(gport, ForwardSpecError::GuestPort)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_why() {
+        let f: ForwardSpec = "UDP:5353:192.168.64.9:53".parse().unwrap();
+        assert_eq!(
+            f,
+            ForwardSpec {
+                protocol: Protocol::Udp,
+                external_port: 5353,
+                guest_addr: Some(Ipv4Addr::new(192, 168, 64, 9)),
+                guest_port: 53,
+            }
+        );
+        let d = Ipv4Addr::new(10, 0, 0, 2);
+        assert_eq!(
+            "tcp:80:8080"
+                .parse::<ForwardSpec>()
+                .unwrap()
+                .to_port_forward(d)
+                .internal,
+            SocketAddrV4::new(d, 8080)
+        );
+        for (bad, why) in [
+            ("tcp:80", ForwardSpecError::Shape),
+            ("tcp:1:2:3:4:5", ForwardSpecError::Shape),
+            ("", ForwardSpecError::Shape),
+            ("icmp:1:2", ForwardSpecError::Protocol),
+            ("tcp:0:2", ForwardSpecError::ExternalPort),
+            ("tcp:70000:2", ForwardSpecError::ExternalPort),
+            ("tcp:1:x", ForwardSpecError::GuestPort),
+            ("tcp:1:notanip:2", ForwardSpecError::GuestAddress),
+            ("tcp:1:fe80::1:2", ForwardSpecError::Shape),
+        ] {
+            assert_eq!(bad.parse::<ForwardSpec>(), Err(why), "{bad:?}");
+        }
+    }
+}
