@@ -19,7 +19,8 @@
 //!    only. All generic over `M: GuestMemory`; they use the embedder's
 //!    `virtio_queue::Queue` for its state (ring addresses, `next_avail`/`next_used`,
 //!    EVENT_IDX, notification suppression) and walk descriptors and write used entries
-//!    themselves, publishing the used index once per batch.
+//!    themselves, publishing the used index once per batch. [`Dataplane`] puts them
+//!    together for one owner thread (TX kick, RX ready, timer; gateway replies first).
 //! 2. The **threaded runner** for embedders: [`Bridge::new`] with a [`BridgeConfig`],
 //!    [`Bridge::activate`] with guest memory, the two queues and an interrupt callback,
 //!    giving a [`BridgeHandle`] (kicks, stats, port forwards, lease, shutdown).
@@ -106,6 +107,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod dataplane;
 mod device;
 mod dhcp;
 mod dns;
@@ -127,6 +129,7 @@ mod wire;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
+pub use dataplane::{Dataplane, Notify};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
     TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,

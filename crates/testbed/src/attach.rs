@@ -5,7 +5,7 @@
 //! ```text
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
-//!                    [--no-offload]
+//!                    [--no-offload] [--threads one|pipeline]
 //! ```
 //!
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
@@ -15,6 +15,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 #[cfg(target_os = "linux")]
 mod lab_bridge;
+#[cfg(target_os = "linux")]
+mod lab_loop;
 #[cfg(target_os = "linux")]
 mod linux;
 
@@ -51,6 +53,25 @@ pub struct AttachArgs {
     /// Checksum and TCPv4 segmentation offloads between the guest's TAP, the device and the
     /// host TUN (default on; `--no-offload` turns them off).
     pub offloads: bool,
+    /// How the guest's driver and the device are threaded (`--threads`, default
+    /// [`Threads::DEFAULT`]).
+    pub threads: Threads,
+}
+
+/// `--threads`: how `attach` runs the simulated guest's driver and the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// `one`: one thread (`lab-loop`) polls the TAP and the TUN and runs the guest's driver
+    /// and the device core ([`bridge::Dataplane`]) with plain function calls.
+    One,
+    /// `pipeline`: the guest's TX and RX driver threads and the bridge's threaded runner
+    /// (`bridge-tx`, `bridge-rx`; TX kicks and RX interrupts served inline when idle).
+    Pipeline,
+}
+
+impl Threads {
+    /// The mode without `--threads`.
+    pub const DEFAULT: Threads = Threads::One;
 }
 
 /// One `--forward proto:external:guest` rule ([`bridge::ForwardSpec`]; without a guest
@@ -98,6 +119,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut tun_name = None;
     let mut static_ip = None;
     let mut no_offload = None;
+    let mut threads = None;
     let mut forwards = Vec::new();
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -162,6 +184,15 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
                     ArgError(format!("bad --static-guest-ip {v:?}: not an IPv4 address"))
                 })?);
             }
+            "--threads" => {
+                once(key, &threads)?;
+                let v = value()?;
+                threads = Some(match v.as_str() {
+                    "one" => Threads::One,
+                    "pipeline" => Threads::Pipeline,
+                    _ => return Err(ArgError(format!("bad --threads {v:?}: one or pipeline"))),
+                });
+            }
             "--forward" => forwards.push(parse_forward(&value()?)?),
             other => return Err(ArgError(format!("unknown option {other:?} (try --help)"))),
         }
@@ -187,6 +218,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         static_guest_ip: static_ip,
         offloads: no_offload.is_none(),
+        threads: threads.unwrap_or(Threads::DEFAULT),
     }))
 }
 
@@ -246,6 +278,7 @@ USAGE:
                        [--forward tcp|udp:<external port>:<guest port>]...
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
+                       [--threads one|pipeline]
     hostnet-lab --help
 
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
@@ -267,6 +300,9 @@ OPTIONS:
     --static-guest-ip <A>    also accept A as the guest's source address (no DHCP needed)
     --no-offload             no checksum/TSO offloads (default: the TAP, the device and the
                              TUN pass 64 KiB TCP super-frames with virtio-net headers)
+    --threads <one|pipeline> one (default): one thread runs the guest's driver and the device
+                             (TAP and TUN in one epoll loop); pipeline: guest TX/RX driver
+                             threads and the bridge's threaded runner
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
 ";
@@ -361,6 +397,25 @@ mod tests {
         for bad in [
             &["--guest-netns", "g", "--no-offload=1"][..],
             &["--guest-netns", "g", "--no-offload", "--no-offload"],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn threads_are_parsed() {
+        let a = attach(&["--guest-netns", "g", "--threads", "one"]).unwrap();
+        assert_eq!(a.threads, Threads::One);
+        let a = attach(&["--guest-netns", "g", "--threads=pipeline"]).unwrap();
+        assert_eq!(a.threads, Threads::Pipeline);
+        assert_eq!(
+            attach(&["--guest-netns", "g"]).unwrap().threads,
+            Threads::DEFAULT
+        );
+        for bad in [
+            &["--guest-netns", "g", "--threads", "two"][..],
+            &["--guest-netns", "g", "--threads"],
+            &["--guest-netns", "g", "--threads", "one", "--threads", "one"],
         ] {
             assert!(attach(bad).is_err(), "{bad:?} accepted");
         }

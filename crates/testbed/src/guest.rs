@@ -23,6 +23,10 @@
 //! frame's buffers are adjacent (GSO super-frames, `NEEDS_CSUM` / `DATA_VALID`). The TAP
 //! ignores `num_buffers`.
 //!
+//! [`SimGuest::into_driver`] gives the same driver without threads, as a [`Driver`] that the
+//! caller's event loop steps (`pump_tx`, `reclaim_tx`, `service_rx`): `hostnet-lab attach
+//! --threads one` runs it and the device core on one thread.
+//!
 //! Both threads block in `epoll` with a bounded timeout (no busy loops) and stop within about
 //! 100 ms of [`Running::stop`]. Nothing the device returns can make the driver panic: bad used
 //! entries (unknown id, bad length) are counted in [`GuestStats`] and skipped.
@@ -445,26 +449,7 @@ impl SimGuest {
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).context("creating stop eventfd")?);
         let stopping = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(GuestStats::default());
-        let event_idx = self.features & features::EVENT_IDX != 0;
-        let mrg = self.features & features::MRG_RXBUF != 0;
-        let vnet = self.vnet_hdr();
-        let size = self.cfg.queue_size;
-        let rx_buf = rx_buffer_size(&self.cfg, self.features);
-
-        let mut rx = RxDriver {
-            ring: DriverRing::new(RingLayout::of(RX_QUEUE)?, size, event_idx),
-            mem: self.mem.clone(),
-            buf_size: rx_buf,
-            mrg,
-            vnet,
-            io: Arc::clone(&io),
-            kick: Arc::clone(&kick),
-            stats: Arc::clone(&stats),
-            frame: Vec::with_capacity(MAX_FRAME_BUF as usize + 4096),
-            pending: Vec::with_capacity(usize::from(size)),
-            expected: 0,
-            gso: false,
-        };
+        let mut rx = self.rx_driver(&io, &kick, &stats)?;
         rx.fill()?;
         // Interrupts for the first buffers.
         rx.ring.arm_interrupt(&rx.mem)?;
@@ -497,17 +482,13 @@ impl SimGuest {
             });
             let _ = self.irq.inline_rx.set(handler);
         }
-        let tx = TxDriver {
-            ring: DriverRing::new(RingLayout::of(TX_QUEUE)?, size, event_idx),
-            mem: self.mem.clone(),
-            split: self.cfg.split_tx_header,
-            vnet,
+        let tx = self.tx_driver(
             io,
             kick,
-            waiter: Waiter::new(&self.irq, TX_QUEUE, &stop)?,
-            stats: Arc::clone(&stats),
-            stopping: Arc::clone(&stopping),
-        };
+            Waiter::new(&self.irq, TX_QUEUE, &stop)?,
+            &stats,
+            &stopping,
+        )?;
         let rx_stopping = Arc::clone(&stopping);
         let rx_thread = std::thread::Builder::new()
             .name("guest-rx".into())
@@ -532,6 +513,159 @@ impl SimGuest {
             stats,
             irq: self.irq,
         })
+    }
+    /// Takes over the driver for an event loop the caller runs on one thread (see
+    /// [`Driver`]): no driver threads, no interrupts (the caller services the RX ring after
+    /// each device call) and no kicks (the caller runs the device after [`Driver::pump_tx`]
+    /// and [`Driver::service_rx`]). The RX ring is filled.
+    ///
+    /// # Errors
+    /// The RX ring can't be filled.
+    pub fn into_driver<F: FrameIo + 'static>(self, io: Arc<F>) -> anyhow::Result<Driver<F>> {
+        let stats = Arc::new(GuestStats::default());
+        let kick: Kick = Arc::new(|_| {});
+        let mut rx = self.rx_driver(&io, &kick, &stats)?;
+        rx.fill()?;
+        let stop = EventFd::new(EFD_NONBLOCK).context("creating stop eventfd")?;
+        let waiter = Waiter::new(&self.irq, TX_QUEUE, &stop)?;
+        let tx = self.tx_driver(io, kick, waiter, &stats, &Arc::new(AtomicBool::new(false)))?;
+        // Completions are reclaimed by polling.
+        tx.ring.disarm_interrupt(&tx.mem)?;
+        let slots = tx.slots();
+        Ok(Driver {
+            tx,
+            slots,
+            rx,
+            stats,
+        })
+    }
+
+    fn rx_driver<F: FrameIo>(
+        &self,
+        io: &Arc<F>,
+        kick: &Kick,
+        stats: &Arc<GuestStats>,
+    ) -> anyhow::Result<RxDriver<F>> {
+        let size = self.cfg.queue_size;
+        Ok(RxDriver {
+            ring: DriverRing::new(
+                RingLayout::of(RX_QUEUE)?,
+                size,
+                self.features & features::EVENT_IDX != 0,
+            ),
+            mem: self.mem.clone(),
+            buf_size: rx_buffer_size(&self.cfg, self.features),
+            mrg: self.features & features::MRG_RXBUF != 0,
+            vnet: self.vnet_hdr(),
+            io: Arc::clone(io),
+            kick: Arc::clone(kick),
+            stats: Arc::clone(stats),
+            frame: Vec::with_capacity(MAX_FRAME_BUF as usize + 4096),
+            pending: Vec::with_capacity(usize::from(size)),
+            expected: 0,
+            gso: false,
+        })
+    }
+
+    fn tx_driver<F: FrameIo>(
+        &self,
+        io: Arc<F>,
+        kick: Kick,
+        waiter: Waiter,
+        stats: &Arc<GuestStats>,
+        stopping: &Arc<AtomicBool>,
+    ) -> anyhow::Result<TxDriver<F>> {
+        Ok(TxDriver {
+            ring: DriverRing::new(
+                RingLayout::of(TX_QUEUE)?,
+                self.cfg.queue_size,
+                self.features & features::EVENT_IDX != 0,
+            ),
+            mem: self.mem.clone(),
+            split: self.cfg.split_tx_header,
+            vnet: self.vnet_hdr(),
+            io,
+            kick,
+            waiter,
+            stats: Arc::clone(stats),
+            stopping: Arc::clone(stopping),
+        })
+    }
+}
+
+/// The simulated guest's driver, stepped by the caller's event loop on one thread
+/// ([`SimGuest::into_driver`]): TAP frames go onto the TX ring with [`Driver::pump_tx`], the
+/// device runs, [`Driver::reclaim_tx`] takes the TX slots back, and [`Driver::service_rx`]
+/// writes received frames to the TAP and refills the RX ring.
+pub struct Driver<F> {
+    tx: TxDriver<F>,
+    slots: TxSlots,
+    rx: RxDriver<F>,
+    stats: Arc<GuestStats>,
+}
+
+impl<F> std::fmt::Debug for Driver<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("tx_free", &self.slots.free.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: FrameIo> Driver<F> {
+    /// Takes back the TX slots the device used, then reads up to a batch of frames from the
+    /// TAP onto the TX ring and publishes them. Run the device's TX path when
+    /// [`TxPump::posted`] is not 0.
+    ///
+    /// # Errors
+    /// Guest memory errors, or the TAP is gone.
+    pub fn pump_tx(&mut self) -> anyhow::Result<TxPump> {
+        self.reclaim_tx()?;
+        let p = self.tx.pump(&mut self.slots)?;
+        if p.posted > 0 {
+            self.tx.notify()?;
+        }
+        if self.slots.free.is_empty() {
+            self.stats.tx_ring_full.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(p)
+    }
+
+    /// Takes back the TX slots the device used.
+    ///
+    /// # Errors
+    /// Guest memory errors.
+    pub fn reclaim_tx(&mut self) -> anyhow::Result<()> {
+        self.tx
+            .reclaim(&mut self.slots.free, &mut self.slots.in_flight)
+    }
+
+    /// Whether every TX slot is in flight (the device must run before more can be posted).
+    #[must_use]
+    pub fn tx_ring_full(&self) -> bool {
+        self.slots.free.is_empty()
+    }
+
+    /// Takes every used RX buffer, writes the finished frames to the TAP and gives the
+    /// buffers back.
+    ///
+    /// # Errors
+    /// Guest memory errors, or the TAP is gone.
+    pub fn service_rx(&mut self) -> anyhow::Result<()> {
+        self.rx.service()
+    }
+
+    /// The TAP's descriptor (for the caller's epoll).
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.tx.io.fd()
+    }
+
+    /// The driver's counters.
+    #[must_use]
+    pub fn stats(&self) -> &GuestStats {
+        &self.stats
     }
 }
 
@@ -922,85 +1056,53 @@ struct TxDriver<F> {
     stopping: Arc<AtomicBool>,
 }
 
+/// The TX driver's slot bookkeeping.
+struct TxSlots {
+    free: Vec<u16>,
+    in_flight: Vec<bool>,
+    /// Staging buffer for a frame read without offloads.
+    frame: Vec<u8>,
+}
+
+/// What one [`Driver::pump_tx`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxPump {
+    /// Frames put on the TX ring.
+    pub posted: usize,
+    /// The TAP had no more frames (a read would block).
+    pub drained: bool,
+}
+
 impl<F: FrameIo> TxDriver<F> {
-    fn run(mut self) -> anyhow::Result<()> {
+    /// The free TX slots (all of them) for a fresh ring.
+    fn slots(&self) -> TxSlots {
         let size = self.ring.size;
         let slots = if self.split { size / 2 } else { size };
-        let mut free: Vec<u16> = (0..slots).rev().collect();
-        let mut in_flight = vec![false; usize::from(slots)];
-        let mut frame = vec![0u8; TX_SLOT_SIZE as usize - NET_HDR_LEN];
+        TxSlots {
+            free: (0..slots).rev().collect(),
+            in_flight: vec![false; usize::from(slots)],
+            frame: vec![0u8; TX_SLOT_SIZE as usize - NET_HDR_LEN],
+        }
+    }
+
+    fn run(mut self) -> anyhow::Result<()> {
+        let mut st = self.slots();
         // TX completions are reclaimed by polling; interrupts only while the ring is full.
         self.ring.disarm_interrupt(&self.mem)?;
         while !self.stopping.load(Ordering::Relaxed) {
-            self.reclaim(&mut free, &mut in_flight)?;
-            let mut posted = 0;
-            let mut drained = false;
-            while posted < TX_BATCH {
-                let Some(&slot) = free.last() else { break };
-                let got = if self.vnet {
-                    let base = self.slot_addr(slot);
-                    self.io
-                        .recv_frame_into(&self.mem, GuestAddress(base), TX_SLOT_SIZE as usize)
-                } else {
-                    self.io.recv_frame(&mut frame)
-                };
-                let n = match got {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        drained = true;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                        return Err(e).context("the TAP device is gone");
-                    }
-                    Err(e) => {
-                        self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("tap read: {e}");
-                        drained = true;
-                        break;
-                    }
-                };
-                let len = if self.vnet {
-                    if n >= TX_SLOT_SIZE as usize {
-                        // Cut by the read: never post part of a frame.
-                        self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("tap read of {n} bytes filled the tx slot");
-                        continue;
-                    }
-                    let Some(len) = n.checked_sub(NET_HDR_LEN).filter(|l| *l > 0) else {
-                        continue;
-                    };
-                    self.take_header(slot)?;
-                    len
-                } else {
-                    let Some(data) = frame.get(..n) else { continue };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    self.write_frame(slot, data)?;
-                    n
-                };
-                free.pop();
-                self.post(slot, len)?;
-                if let Some(f) = in_flight.get_mut(usize::from(slot)) {
-                    *f = true;
-                }
-                posted += 1;
-                self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
-                self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            }
-            if posted > 0 {
+            self.reclaim(&mut st.free, &mut st.in_flight)?;
+            let p = self.pump(&mut st)?;
+            if p.posted > 0 {
                 self.notify()?;
             }
-            if free.is_empty() {
+            if st.free.is_empty() {
                 self.stats.tx_ring_full.fetch_add(1, Ordering::Relaxed);
                 self.waiter.watch(self.io.fd(), false)?;
                 if !self.ring.arm_interrupt(&self.mem)? {
                     self.waiter.wait()?;
                 }
                 self.ring.disarm_interrupt(&self.mem)?;
-            } else if drained {
+            } else if p.drained {
                 self.waiter.watch(self.io.fd(), true)?;
                 self.waiter.wait()?;
             }
@@ -1008,20 +1110,74 @@ impl<F: FrameIo> TxDriver<F> {
         Ok(())
     }
 
-    fn slot_addr(&self, slot: u16) -> u64 {
-        self.ring.l.buffers + u64::from(slot) * TX_SLOT_SIZE
+    /// Reads up to [`TX_BATCH`] frames from the TAP into free slots and puts them on the
+    /// avail ring (not yet published).
+    fn pump(&mut self, st: &mut TxSlots) -> anyhow::Result<TxPump> {
+        let mut posted = 0;
+        let mut drained = false;
+        while posted < TX_BATCH {
+            let Some(&slot) = st.free.last() else { break };
+            let got = if self.vnet {
+                let base = self.slot_addr(slot);
+                self.io
+                    .recv_frame_into(&self.mem, GuestAddress(base), TX_SLOT_SIZE as usize)
+            } else {
+                self.io.recv_frame(&mut st.frame)
+            };
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return Err(e).context("the TAP device is gone");
+                }
+                Err(e) => {
+                    self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("tap read: {e}");
+                    drained = true;
+                    break;
+                }
+            };
+            let len = if self.vnet {
+                if n >= TX_SLOT_SIZE as usize {
+                    // Cut by the read: never post part of a frame.
+                    self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("tap read of {n} bytes filled the tx slot");
+                    continue;
+                }
+                let Some(len) = n.checked_sub(NET_HDR_LEN).filter(|l| *l > 0) else {
+                    continue;
+                };
+                self.take_header(slot)?;
+                len
+            } else {
+                let Some(data) = st.frame.get(..n) else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                let base = self.slot_addr(slot);
+                write_tx_frame(&self.mem, base, data)?;
+                n
+            };
+            st.free.pop();
+            self.post(slot, len)?;
+            if let Some(f) = st.in_flight.get_mut(usize::from(slot)) {
+                *f = true;
+            }
+            posted += 1;
+            self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+            self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Ok(TxPump { posted, drained })
     }
 
-    /// Without offloads: a zeroed header and the frame into `slot`.
-    fn write_frame(&mut self, slot: u16, data: &[u8]) -> anyhow::Result<()> {
-        let base = self.slot_addr(slot);
-        let hdr = [0u8; NET_HDR_LEN];
-        self.mem
-            .write_slice(&hdr, GuestAddress(base))
-            .context("writing tx header")?;
-        self.mem
-            .write_slice(data, GuestAddress(base + NET_HDR_LEN as u64))
-            .context("writing tx frame")
+    fn slot_addr(&self, slot: u16) -> u64 {
+        self.ring.l.buffers + u64::from(slot) * TX_SLOT_SIZE
     }
 
     /// With offloads the TAP wrote the header into `slot`: counts a GSO frame and zeroes
@@ -1299,6 +1455,15 @@ impl<F: FrameIo> RxDriver<F> {
         }
         Ok(())
     }
+}
+
+/// Without offloads: a zeroed header and the frame into the TX slot at `base`.
+fn write_tx_frame(mem: &GuestMemoryMmap, base: u64, data: &[u8]) -> anyhow::Result<()> {
+    let hdr = [0u8; NET_HDR_LEN];
+    mem.write_slice(&hdr, GuestAddress(base))
+        .context("writing tx header")?;
+    mem.write_slice(data, GuestAddress(base + NET_HDR_LEN as u64))
+        .context("writing tx frame")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

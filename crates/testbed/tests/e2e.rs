@@ -749,6 +749,75 @@ fn no_offload_moves_100mb_both_ways_without_super_frames() {
     assert_eq!((tx_gso, rx_gso), (0, 0), "{stderr}");
 }
 
+/// The `--threads` mode that is not the default: every other test runs the default.
+const OTHER_THREADS: &str = "pipeline";
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn other_threads_mode_moves_100mb_both_ways_with_super_frames() {
+    let (tx_gso, rx_gso, stderr) =
+        transfer_100mb_both_ways("e2e-thr", &["--threads", OTHER_THREADS]);
+    assert!(
+        stderr.contains(&format!("threads={}", threads_debug(OTHER_THREADS))),
+        "not started in the other mode:\n{stderr}"
+    );
+    assert!(
+        tx_gso > 0 && rx_gso > 0,
+        "no TSO super-frames (tx_gso {tx_gso}, rx_gso {rx_gso}):\n{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn other_threads_mode_without_offloads_moves_100mb_both_ways() {
+    let (tx_gso, rx_gso, stderr) = transfer_100mb_both_ways(
+        "e2e-thrnooff",
+        &["--threads", OTHER_THREADS, "--no-offload"],
+    );
+    assert!(stderr.contains("offloads=none"), "{stderr}");
+    assert_eq!((tx_gso, rx_gso), (0, 0), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn other_threads_mode_pings_and_resolves() {
+    require(&[
+        ("busybox", "busybox"),
+        ("ping", "iputils-ping"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("dig", "dnsutils"),
+    ]);
+    let (mut lab, lease) = Lab::with_lease("e2e-thrnet", &["--threads", OTHER_THREADS]);
+    for (what, addr) in [
+        ("gateway", GATEWAY),
+        ("host", HOST_SERVER),
+        ("server", SERVER),
+    ] {
+        let p = lab.ping(Ns::G, addr, 10);
+        eprintln!(
+            "--threads {OTHER_THREADS}: ping {what} {addr}: {}/{} avg {:.3} ms",
+            p.received, p.transmitted, p.avg_ms
+        );
+        assert_eq!((p.transmitted, p.received), (10, 10), "ping {what} {addr}");
+    }
+    let log = start_dnsmasq(&mut lab);
+    let resolver = lease.dns.first().copied().unwrap_or(GATEWAY);
+    resolve_through_gateway(&lab, resolver, "www.e2e.test");
+    let text = wait_file_contains(&log, "www.e2e.test", 5);
+    assert!(
+        text.contains(&format!("query[A] www.e2e.test from {EXTERNAL}")),
+        "{text}"
+    );
+}
+
+/// How attach logs a `--threads` value (`threads=One`).
+fn threads_debug(mode: &str) -> &'static str {
+    match mode {
+        "one" => "One",
+        _ => "Pipeline",
+    }
+}
+
 /// Uploads and downloads 100 MiB between guest and server through attach (started with
 /// `extra`), checks both sha256, stops attach and returns the bridge's `tx_gso` and `rx_gso`
 /// from its shutdown stats line, and attach's whole stderr.

@@ -19,7 +19,9 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::dataplane::{Dataplane, DataplaneConfig};
+use bridge::Dataplane;
+
+use super::dataplane::{self, DataplaneConfig};
 
 /// Worker event id of the TUN's readiness (ids 0..=2 are the two queues and the exit event).
 pub(crate) const HOST_EVENT: u64 = 3;
@@ -36,6 +38,9 @@ pub(crate) struct NetBackend {
     stats_requested: Arc<AtomicBool>,
     shutdown: Option<ShutdownHandle>,
     broken: bool,
+    /// Frames moved (both ways) at the last tick: the tick re-signals the driver while they
+    /// change.
+    moved_at_tick: u64,
 }
 
 impl std::fmt::Debug for NetBackend {
@@ -60,13 +65,14 @@ impl NetBackend {
         // The TUN outlives connections: no GSO towards this device until its driver accepts it.
         clear_offloads(&tun);
         Ok(Self {
-            dp: Dataplane::new(config)?,
+            dp: config.dataplane()?,
             tun,
             mem,
             timer,
             stats_requested,
             shutdown: None,
             broken: false,
+            moved_at_tick: 0,
         })
     }
 
@@ -82,7 +88,7 @@ impl NetBackend {
 
     /// Logs the connection's counters.
     pub(crate) fn log_stats(&self) {
-        self.dp.log_stats();
+        dataplane::log_stats(&self.dp);
     }
 
     /// Runs one event; a queue the driver broke closes the connection (the daemon keeps running).
@@ -133,8 +139,30 @@ impl NetBackend {
             TIMER_EVENT => {
                 let _ = self.timer.wait();
                 self.dp.on_tick();
+                // Safety net, once a second while frames move: deliver what waits for the RX
+                // queue and signal both queues. An interrupt lost while the frontend was still
+                // wiring a queue (its call fd set after the used ring moved, or the queue
+                // enabled after the frames were ready) would otherwise leave an EVENT_IDX driver
+                // asleep for good: it asks for the next interrupt only when it has seen this
+                // one. A spurious interrupt costs the driver one look at its ring.
+                let s = self.dp.stats();
+                let moved = s.rx_frames + s.tx_frames + s.local_replies;
+                if moved != self.moved_at_tick {
+                    self.moved_at_tick = moved;
+                    let mut rxg = rx.get_mut();
+                    if rxg.get_queue().ready() && rxg.is_enabled() {
+                        let _ =
+                            self.dp
+                                .on_rx_ready(&*mem, rxg.get_queue_mut(), &*self.tun, false)?;
+                        signal(&rxg, "rx");
+                    }
+                    let txg = tx.get_mut();
+                    if txg.get_queue().ready() && txg.is_enabled() {
+                        signal(&txg, "tx");
+                    }
+                }
                 if self.stats_requested.swap(false, Ordering::Relaxed) {
-                    self.dp.log_stats();
+                    dataplane::log_stats(&self.dp);
                 }
             }
             other => debug!(event = other, "unknown worker event"),

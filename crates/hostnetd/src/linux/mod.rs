@@ -44,7 +44,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         offload: args.offload,
     };
     // Fail on a bad configuration before anything is created.
-    dataplane::Dataplane::new(&config).context("invalid configuration")?;
+    config.dataplane().context("invalid configuration")?;
 
     let tun = Arc::new(open_tun(args)?);
     // Offloads need the virtio-net header on the TUN; without it the device offers none.

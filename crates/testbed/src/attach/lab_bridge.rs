@@ -46,6 +46,12 @@ impl LabBridge {
         self.bridge.device_features()
     }
 
+    /// The device core for one thread (`--threads one`), features not yet acked.
+    pub(super) fn into_dataplane(self) -> anyhow::Result<bridge::Dataplane> {
+        let (config, device, nat, l2) = self.bridge.into_parts();
+        bridge::Dataplane::from_parts(config, device, nat, l2).context("building the device core")
+    }
+
     pub(super) fn activate(
         mut self,
         guest: &SimGuest,
@@ -126,7 +132,7 @@ impl std::error::Error for ArcError {
     }
 }
 
-fn format_stats(s: &BridgeStats) -> String {
+pub(super) fn format_stats(s: &BridgeStats) -> String {
     let b = &s.bridge;
     let mut line = format!(
         "bridge tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, to host {}, from host \

@@ -14,7 +14,11 @@ use anyhow::{Context, bail};
 use utun::linux::netns;
 use utun::{Ipv4Dest, Tun};
 
-use super::{AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, first_nameserver};
+use super::lab_bridge::{LabHandle, format_stats};
+use super::lab_loop::LabLoop;
+use super::{
+    AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, Threads, first_nameserver,
+};
 use crate::guest::{GuestConfig, Kick, SimGuest, features};
 
 pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
@@ -100,10 +104,19 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         .context("making the TAP non-blocking")?;
     set_tap_mac(&args.guest_netns, &net.mac_string())?;
 
-    let handle = bridge.activate(&guest, tun)?;
-    let kick: Kick = handle.kicker();
     let tap = Arc::new(tap);
-    let running = guest.start(Arc::clone(&tap), kick)?;
+    let mode = match args.threads {
+        Threads::Pipeline => {
+            let handle = bridge.activate(&guest, tun)?;
+            let kick: Kick = handle.kicker();
+            let running = guest.start(Arc::clone(&tap), kick)?;
+            Mode::Pipeline(running, handle)
+        }
+        Threads::One => {
+            let dp = bridge.into_dataplane()?;
+            Mode::One(LabLoop::start(dp, guest, Arc::clone(&tap), tun)?)
+        }
+    };
 
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -113,37 +126,71 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     .and_then(|()| out.flush())
     .context("writing the ready line")?;
     drop(out);
-    tracing::info!(tun = %tun_name, guest_netns = %args.guest_netns, "attached");
+    tracing::info!(tun = %tun_name, guest_netns = %args.guest_netns, threads = ?args.threads, "attached");
 
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) {
-        if running.has_failed() {
-            failure = Some("the simulated guest's driver stopped".to_owned());
-            break;
-        }
-        if let Some(e) = handle.failure() {
-            failure = Some(e);
-            break;
+        match &mode {
+            Mode::Pipeline(running, handle) => {
+                if running.has_failed() {
+                    failure = Some("the simulated guest's driver stopped".to_owned());
+                    break;
+                }
+                if let Some(e) = handle.failure() {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            Mode::One(lab) => {
+                if lab.has_failed() {
+                    failure = Some("the lab-loop thread stopped".to_owned());
+                    break;
+                }
+            }
         }
         std::thread::sleep(POLL);
     }
     let t = Instant::now();
     tracing::info!("shutting down");
-    let guest_stats = running.stats().summary();
-    let guest_result = running.stop();
-    let bridge_stats = handle.shutdown();
+    let (guest_result, bridge_stats) = match mode {
+        Mode::Pipeline(running, handle) => {
+            let guest_stats = running.stats().summary();
+            let guest_result = running.stop();
+            let bridge_stats = handle.shutdown();
+            eprintln!("stats: {guest_stats}");
+            (guest_result, bridge_stats)
+        }
+        Mode::One(lab) => match lab.stop() {
+            Ok(f) => {
+                eprintln!("stats: {}", f.guest);
+                (f.result, Ok(format_stats(&f.bridge)))
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                (Err(e), Err(anyhow::anyhow!("{msg}")))
+            }
+        },
+    };
     drop(tap);
-    eprintln!("stats: {guest_stats}");
     match &bridge_stats {
         Ok(s) => eprintln!("stats: {s}"),
         Err(e) => eprintln!("stats: bridge: {e:#}"),
     }
     tracing::info!(elapsed = ?t.elapsed(), "stopped");
     if let Some(f) = failure {
-        bail!("{f}");
+        return Err(match guest_result {
+            Err(e) => e.context(f),
+            Ok(()) => anyhow::anyhow!(f),
+        });
     }
     guest_result.context("simulated guest")?;
     bridge_stats.map(drop)
+}
+
+/// The running attachment, per `--threads`.
+enum Mode {
+    Pipeline(crate::guest::Running, LabHandle),
+    One(LabLoop),
 }
 
 fn init_tracing() {

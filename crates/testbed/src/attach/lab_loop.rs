@@ -1,0 +1,242 @@
+//! `--threads one`: the simulated guest's driver and the bridge's device core
+//! ([`bridge::Dataplane`]) on one thread, `lab-loop`, in one level-triggered epoll set over the
+//! TAP, the TUN and a stop eventfd. Kicks and interrupts are plain function calls.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bridge::{BridgeStats, Dataplane, HostLink};
+use utun::Tun;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
+
+/// The running `lab-loop` thread.
+pub(super) struct LabLoop {
+    stop: EventFd,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Finished>>,
+}
+
+/// What the loop hands back when it ends: how it ended and the counters of both sides.
+pub(super) struct Finished {
+    pub(super) result: anyhow::Result<()>,
+    pub(super) guest: String,
+    pub(super) bridge: BridgeStats,
+}
+
+impl LabLoop {
+    /// Builds the device core for `guest` (features acked as the guest negotiated them) and
+    /// starts the thread.
+    pub(super) fn start(
+        dp: Dataplane,
+        guest: SimGuest,
+        tap: Arc<Tun>,
+        tun: Tun,
+    ) -> anyhow::Result<Self> {
+        tun.prepare().context("making the TUN non-blocking")?;
+        // The TUN is polled level-triggered: a short batch means it is drained.
+        let mut dp = dp.with_short_batch_drains(true);
+        let acked = dp.ack_features(guest.acked_features(), &tun);
+        anyhow::ensure!(
+            acked == guest.acked_features(),
+            "the bridge acknowledged {acked:#x}, the guest negotiated {:#x}",
+            guest.acked_features()
+        );
+        let mem = guest.memory().clone();
+        let rxq = guest.device_queue(RX_QUEUE)?;
+        let txq = guest.device_queue(TX_QUEUE)?;
+        let driver = guest.into_driver(tap)?;
+        let stop = EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut state = State {
+            dp,
+            driver,
+            mem,
+            rxq,
+            txq,
+            tun,
+            stop: stop.try_clone().context("cloning the stop eventfd")?,
+            stopping: Arc::clone(&stopping),
+        };
+        let thread = std::thread::Builder::new()
+            .name("lab-loop".into())
+            .spawn(move || {
+                let result = state.run();
+                Finished {
+                    result,
+                    guest: state.driver.stats().summary(),
+                    bridge: state.dp.bridge_stats(),
+                }
+            })
+            .context("spawning the lab-loop thread")?;
+        Ok(Self {
+            stop,
+            stopping,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the thread ended on its own (an error).
+    pub(super) fn has_failed(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the thread and returns how it ended with both sides' counters.
+    ///
+    /// # Errors
+    /// The thread panicked.
+    pub(super) fn stop(mut self) -> anyhow::Result<Finished> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop.write(1);
+        let t = self
+            .thread
+            .take()
+            .context("the lab-loop thread was already joined")?;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("the lab-loop thread panicked"))
+    }
+}
+
+impl Drop for LabLoop {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stopping.store(true, Ordering::SeqCst);
+            let _ = self.stop.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    dp: Dataplane,
+    driver: Driver<Tun>,
+    mem: GuestMemoryMmap,
+    rxq: Queue,
+    txq: Queue,
+    tun: Tun,
+    stop: EventFd,
+    stopping: Arc<AtomicBool>,
+}
+
+impl State {
+    fn run(&mut self) -> anyhow::Result<()> {
+        let epoll = Epoll::new().context("creating epoll")?;
+        let tun_fd = self
+            .tun
+            .readiness_fd()
+            .context("the TUN has no readiness fd")?
+            .as_raw_fd();
+        for (fd, token) in [
+            (self.driver.fd().as_raw_fd(), TOKEN_TAP),
+            (tun_fd, TOKEN_TUN),
+            (self.stop.as_raw_fd(), TOKEN_STOP),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .context("epoll add")?;
+        }
+        let mut events = [EpollEvent::default(); 3];
+        // Anything the TUN held before the loop started.
+        self.rx(true)?;
+        let mut next_tick = Instant::now() + TICK;
+        while !self.stopping.load(Ordering::Relaxed) {
+            // NAT expiry when its deadline passes, at most once a TICK (a passed deadline with
+            // nothing to expire must not make the loop spin).
+            let now = Instant::now();
+            if now >= next_tick {
+                self.dp.on_tick();
+                next_tick = now + TICK;
+            }
+            let until_tick = next_tick.saturating_duration_since(now);
+            let timeout = self
+                .dp
+                .next_timeout()
+                .unwrap_or(TICK)
+                .clamp(until_tick, TICK);
+            let ms = i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+            let n = match epoll.wait(ms, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("epoll wait"),
+            };
+            let (mut tap, mut tun) = (false, false);
+            for ev in events.iter().take(n) {
+                match ev.data() {
+                    TOKEN_TAP => tap = true,
+                    TOKEN_TUN => tun = true,
+                    _ => {}
+                }
+            }
+            if tap {
+                self.tx()?;
+            }
+            if tun {
+                self.rx(true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The TAP is readable: frames onto the TX ring, the device's TX path (TUN writes,
+    /// gateway replies into the RX ring), slots back, received frames to the TAP; until the
+    /// TAP is drained.
+    fn tx(&mut self) -> anyhow::Result<()> {
+        loop {
+            let p = self.driver.pump_tx()?;
+            if p.posted > 0 {
+                let _ = self
+                    .dp
+                    .on_tx_kick(&self.mem, &mut self.txq, Some(&mut self.rxq), &self.tun)
+                    .context("the device's TX path")?;
+                self.driver.reclaim_tx()?;
+                // Gateway replies (and host packets) went into the RX ring: to the TAP.
+                self.rx(false)?;
+            }
+            if p.drained || p.posted == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The TUN is readable (or the guest added RX buffers): the device's RX path, then the
+    /// driver writes the frames to the TAP and refills; until nothing more moves.
+    fn rx(&mut self, readable: bool) -> anyhow::Result<()> {
+        let mut readable = readable;
+        for _ in 0..MAX_RX_ROUNDS {
+            let before = self.dp.stats().rx_frames;
+            let _ = self
+                .dp
+                .on_rx_ready(&self.mem, &mut self.rxq, &self.tun, readable)
+                .context("the device's RX path")?;
+            readable = false;
+            // Always: a ring without buffers must get them back, or the level-triggered TUN
+            // would bring the loop straight back here. Memory only when nothing was used.
+            self.driver.service_rx()?;
+            if self.dp.stats().rx_frames == before {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+const TOKEN_TAP: u64 = 1;
+const TOKEN_TUN: u64 = 2;
+const TOKEN_STOP: u64 = 3;
+/// NAT expiry runs at most this often, and the stop flag is checked at least this often.
+const TICK: Duration = Duration::from_secs(1);
+/// RX rounds per readiness event at most (the RX ring refilled in between); the level-
+/// triggered TUN brings the loop back for the rest.
+const MAX_RX_ROUNDS: usize = 64;
