@@ -10,7 +10,7 @@ use vm_memory::GuestMemory;
 use crate::device::{Device, VIRTIO_NET_HDR_LEN};
 use crate::engine::{RxEngine, TxEngine};
 use crate::frame::FrameBatch;
-use crate::l2::{L2Config, L2Services};
+use crate::l2::L2Services;
 use crate::offload::{MAX_IP_PACKET, Offloads};
 use crate::runner::{Bridge, BridgeConfig};
 use crate::rx::RxPath;
@@ -447,7 +447,7 @@ fn engines(
     device: &Device,
     offloads: Offloads,
 ) -> Result<(TxEngine, RxEngine), Error> {
-    let l2 = L2Services::new(l2_config(config))?;
+    let l2 = L2Services::new(config.l2_config())?;
     Ok(engines_with(config, device, offloads, l2))
 }
 
@@ -478,20 +478,6 @@ fn engines_with(
     )
     .with_offloads(offloads);
     (tx, rx)
-}
-
-fn l2_config(config: &BridgeConfig) -> L2Config {
-    L2Config {
-        gateway: config.gateway,
-        gateway_mac: config.gateway_mac,
-        prefix_len: config.prefix_len,
-        guest_mac: config.guest_mac,
-        dhcp_pool: config.dhcp_pool.clone(),
-        lease: config.lease,
-        mtu: config.mtu,
-        dns: config.dns_upstream.is_some(),
-        static_guest_ip: config.static_guest_ip,
-    }
 }
 
 /// Room per frame in the batch of gateway replies and hairpinned frames: a hairpinned

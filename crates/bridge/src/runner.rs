@@ -99,6 +99,21 @@ impl Default for BridgeConfig {
 }
 
 impl BridgeConfig {
+    /// The gateway services' part of the configuration.
+    pub(crate) fn l2_config(&self) -> L2Config {
+        L2Config {
+            gateway: self.gateway,
+            gateway_mac: self.gateway_mac,
+            prefix_len: self.prefix_len,
+            guest_mac: self.guest_mac,
+            dhcp_pool: self.dhcp_pool.clone(),
+            lease: self.lease,
+            mtu: self.mtu,
+            dns: self.dns_upstream.is_some(),
+            static_guest_ip: self.static_guest_ip,
+        }
+    }
+
     /// Sets `dns_upstream` from the host's resolver configuration
     /// ([`crate::host_dns_upstream`]); leaves it as it is if none is usable.
     pub fn with_host_dns(mut self) -> Self {
@@ -174,17 +189,7 @@ impl Bridge {
                 "max_host_packet is smaller than the mtu".to_owned(),
             ));
         }
-        let l2 = L2Services::new(L2Config {
-            gateway: config.gateway,
-            gateway_mac: config.gateway_mac,
-            prefix_len: config.prefix_len,
-            guest_mac: config.guest_mac,
-            dhcp_pool: config.dhcp_pool.clone(),
-            lease: config.lease,
-            mtu: config.mtu,
-            dns: config.dns_upstream.is_some(),
-            static_guest_ip: config.static_guest_ip,
-        })?;
+        let l2 = L2Services::new(config.l2_config())?;
         let mask = crate::dhcp::prefix_mask(config.prefix_len);
         config.nat.internal_net = Ipv4Addr::from(u32::from(config.gateway) & mask);
         config.nat.internal_prefix_len = config.prefix_len;

@@ -477,3 +477,16 @@ pub fn dhcp_frame(mac: MacAddr, msg: &dhcproto::v4::Message) -> Vec<u8> {
     }
     f
 }
+
+/// Polls `cond` every millisecond until it holds; panics naming `what` after 10 s (a bound for
+/// tests waiting on the runner's threads, not a timing assertion).
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

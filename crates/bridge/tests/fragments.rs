@@ -5,9 +5,10 @@
 
 use core::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
 
-use bridge::testing::{EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory};
+use bridge::testing::{
+    EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory, wait_for,
+};
 use bridge::{
     Activation, Bridge, BridgeConfig, BridgeHandle, MemoryLink, OFFERED_FEATURES,
     VIRTIO_NET_HDR_LEN, checksum,
@@ -33,17 +34,6 @@ fn start(mem: &Arc<GuestMemoryMmap>, net: &MockNet<'_>) -> (BridgeHandle, Memory
         interrupt: Arc::new(|_| {}),
     };
     (bridge.activate(act, inside).unwrap(), outside)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = StdInstant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// A UDP datagram from `src:sp` to `dst:dp` with `len` bytes of payload, cut into IPv4

@@ -4,9 +4,10 @@
 
 use core::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
 
-use bridge::testing::{EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory};
+use bridge::testing::{
+    EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory, wait_for,
+};
 use bridge::{
     Activation, Bridge, BridgeConfig, BridgeHandle, DropCause, Error, MemoryLink, OFFERED_FEATURES,
     OFFLOAD_FEATURES, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
@@ -49,17 +50,6 @@ fn start(
         interrupt: Arc::new(|_| {}),
     };
     Ok((bridge.activate(act, inside)?, outside))
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = StdInstant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Posts a TX chain: `hdr`, then `frame` split in two descriptors.

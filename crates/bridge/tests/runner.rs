@@ -4,11 +4,11 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Duration;
 
 use bridge::testing::{
     EXTERNAL, GATEWAY, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, arp_request, dhcp_frame,
-    guest_memory, udp_frame, udp_packet,
+    guest_memory, udp_frame, udp_packet, wait_for,
 };
 use bridge::{
     Activation, Bridge, BridgeConfig, BridgeHandle, CONFIG_INTERRUPT, DropCause, Error, HostLink,
@@ -54,17 +54,6 @@ impl Rig {
             interrupt,
         };
         (bridge.activate(act, inside).unwrap(), outside)
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = StdInstant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
