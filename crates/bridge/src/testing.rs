@@ -490,3 +490,29 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// Activates the bridge of `config` on `net`'s queues (EVENT_IDX) over `link`, the driver
+/// accepting `features`, with an interrupt callback that does nothing (tests poll the rings).
+///
+/// # Errors
+///
+/// As [`crate::Bridge::new`] and [`crate::Bridge::activate`].
+pub fn activate<H: crate::HostLink + 'static>(
+    mem: &std::sync::Arc<GuestMemoryMmap>,
+    net: &MockNet<'_>,
+    config: crate::BridgeConfig,
+    features: u64,
+    link: H,
+) -> Result<crate::BridgeHandle, crate::Error> {
+    let mut bridge = crate::Bridge::new(config)?;
+    let acked = bridge.ack_features(features);
+    let (rx, tx) = net.queues(true);
+    let act = crate::Activation {
+        mem: std::sync::Arc::clone(mem),
+        rx,
+        tx,
+        acked_features: acked,
+        interrupt: std::sync::Arc::new(|_| {}),
+    };
+    bridge.activate(act, link)
+}

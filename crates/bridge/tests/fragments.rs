@@ -7,11 +7,10 @@ use core::net::Ipv4Addr;
 use std::sync::Arc;
 
 use bridge::testing::{
-    EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory, wait_for,
+    EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, activate, guest_memory, wait_for,
 };
 use bridge::{
-    Activation, Bridge, BridgeConfig, BridgeHandle, MemoryLink, OFFERED_FEATURES,
-    VIRTIO_NET_HDR_LEN, checksum,
+    BridgeConfig, BridgeHandle, MemoryLink, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN, checksum,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -19,21 +18,12 @@ const HDR: usize = VIRTIO_NET_HDR_LEN;
 
 fn start(mem: &Arc<GuestMemoryMmap>, net: &MockNet<'_>) -> (BridgeHandle, MemoryLink) {
     let (inside, outside) = MemoryLink::pair(1024).unwrap();
-    let mut bridge = Bridge::new(BridgeConfig {
+    let config = BridgeConfig {
         static_guest_ip: Some(GUEST_IP),
         ..BridgeConfig::default()
-    })
-    .unwrap();
-    let acked = bridge.ack_features(OFFERED_FEATURES);
-    let (rx, tx) = net.queues(true);
-    let act = Activation {
-        mem: mem.clone(),
-        rx,
-        tx,
-        acked_features: acked,
-        interrupt: Arc::new(|_| {}),
     };
-    (bridge.activate(act, inside).unwrap(), outside)
+    let h = activate(mem, net, config, OFFERED_FEATURES, inside).unwrap();
+    (h, outside)
 }
 
 /// A UDP datagram from `src:sp` to `dst:dp` with `len` bytes of payload, cut into IPv4

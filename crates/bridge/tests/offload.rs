@@ -6,10 +6,10 @@ use core::net::Ipv4Addr;
 use std::sync::Arc;
 
 use bridge::testing::{
-    EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory, wait_for,
+    EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, activate, guest_memory, wait_for,
 };
 use bridge::{
-    Activation, Bridge, BridgeConfig, BridgeHandle, DropCause, Error, MemoryLink, OFFERED_FEATURES,
+    Bridge, BridgeConfig, BridgeHandle, DropCause, Error, MemoryLink, OFFERED_FEATURES,
     OFFLOAD_FEATURES, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN, VirtioNetHdr, checksum,
@@ -39,17 +39,7 @@ fn start(
     } else {
         MemoryLink::pair(1024).unwrap()
     };
-    let mut bridge = Bridge::new(config())?;
-    let acked = bridge.ack_features(features);
-    let (rx, tx) = net.queues(true);
-    let act = Activation {
-        mem: mem.clone(),
-        rx,
-        tx,
-        acked_features: acked,
-        interrupt: Arc::new(|_| {}),
-    };
-    Ok((bridge.activate(act, inside)?, outside))
+    Ok((activate(mem, net, config(), features, inside)?, outside))
 }
 
 /// Posts a TX chain: `hdr`, then `frame` split in two descriptors.
@@ -223,19 +213,9 @@ fn the_link_gets_the_offloads_the_guest_accepted() {
     h.shutdown().unwrap();
     let (inside, _outside) = MemoryLink::pair_with_vnet_hdr(4).unwrap();
     let inside = Arc::new(inside);
-    let mut bridge = Bridge::new(config()).unwrap();
-    let acked = bridge
-        .ack_features(OFFERED_FEATURES | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_CSUM);
+    let features = OFFERED_FEATURES | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_CSUM;
     let net2 = MockNet::new(&mem, 64);
-    let (rx, tx) = net2.queues(true);
-    let act = Activation {
-        mem: mem.clone(),
-        rx,
-        tx,
-        acked_features: acked,
-        interrupt: Arc::new(|_| {}),
-    };
-    let h = bridge.activate(act, inside.clone()).unwrap();
+    let h = activate(&mem, &net2, config(), features, inside.clone()).unwrap();
     assert_eq!(inside.offloads(), (true, false));
     h.shutdown().unwrap();
 }

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bridge::testing::{EXTERNAL, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory, udp_frame};
-use bridge::{
-    Activation, Bridge, BridgeConfig, MemoryLink, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN,
-    testing::udp_packet,
+use bridge::testing::{
+    EXTERNAL, GUEST_IP, GUEST_MAC, MockNet, SERVER, activate, guest_memory, udp_frame,
 };
+use bridge::{BridgeConfig, MemoryLink, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN, testing::udp_packet};
 
 const HDR: usize = VIRTIO_NET_HDR_LEN;
 
@@ -20,21 +19,11 @@ fn buffers_added_without_a_kick_are_found_by_the_recheck_timer() {
     let mem = Arc::new(guest_memory());
     let mut net = MockNet::new(&mem, 64);
     let (inside, host) = MemoryLink::pair(1024).unwrap();
-    let mut bridge = Bridge::new(BridgeConfig {
+    let config = BridgeConfig {
         static_guest_ip: Some(GUEST_IP),
         ..BridgeConfig::default()
-    })
-    .unwrap();
-    let acked = bridge.ack_features(OFFERED_FEATURES);
-    let (rx, tx) = net.queues(true);
-    let act = Activation {
-        mem: mem.clone(),
-        rx,
-        tx,
-        acked_features: acked,
-        interrupt: Arc::new(|_| {}),
     };
-    let h = bridge.activate(act, inside).unwrap();
+    let h = activate(&mem, &net, config, OFFERED_FEATURES, inside).unwrap();
     // Open a mapping: guest → server.
     net.send_frame(
         HDR,

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bridge::testing::{GUEST_IP, GUEST_MAC, MockNet, Used, guest_memory, icmp_echo, udp_frame};
-use bridge::{Activation, Bridge, BridgeConfig, Error, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN};
+use bridge::testing::{
+    GUEST_IP, GUEST_MAC, MockNet, Used, activate, guest_memory, icmp_echo, udp_frame,
+};
+use bridge::{BridgeConfig, Error, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN};
 
 const HDR: usize = VIRTIO_NET_HDR_LEN;
 const HOST: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -92,21 +94,11 @@ fn ping_and_port_unreachable_through_a_real_tun() {
     for _ in 0..16 {
         net.post_rx(&[2048]);
     }
-    let mut bridge = Bridge::new(BridgeConfig {
+    let config = BridgeConfig {
         static_guest_ip: Some(GUEST_IP),
         ..BridgeConfig::default()
-    })
-    .unwrap();
-    let acked = bridge.ack_features(OFFERED_FEATURES);
-    let (rx, tx) = net.queues(true);
-    let act = Activation {
-        mem: mem.clone(),
-        rx,
-        tx,
-        acked_features: acked,
-        interrupt: Arc::new(|_| {}),
     };
-    let h = bridge.activate(act, tun).unwrap();
+    let h = activate(&mem, &net, config, OFFERED_FEATURES, tun).unwrap();
     let mut pending = Vec::new();
 
     // Ping the namespace's end of the TUN.
