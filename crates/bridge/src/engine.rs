@@ -6,16 +6,16 @@
 use std::io;
 
 use nat::{Direction, Instant, L4Checksum, Nat, Verdict};
-use virtio_queue::Queue;
+use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
 
 use crate::Error;
+use crate::config::MAX_BATCH;
 use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use crate::frame::FrameBatch;
 use crate::host::HostLink;
 use crate::l2::{L2Services, TxAction};
 use crate::offload::{self, Kind, Offloads};
-use crate::runner::MAX_BATCH;
 use crate::rx::{RxOutcome, RxPath};
 use crate::stats::{DropCause, Stats};
 use crate::tx::{TxOutcome, TxPath};
@@ -86,10 +86,10 @@ impl TxEngine {
     /// # Errors
     ///
     /// As [`TxPath::process`].
-    pub fn pull<M: GuestMemory>(
+    pub fn pull<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
-        queue: &mut Queue,
+        queue: &mut Q,
         replies: &mut FrameBatch,
         now: Instant,
         stats: &mut Stats,
@@ -609,10 +609,10 @@ impl RxEngine {
     /// # Errors
     ///
     /// As [`RxPath::fill`].
-    pub fn deliver<M: GuestMemory>(
+    pub fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
-        queue: &mut Queue,
+        queue: &mut Q,
         stats: &mut Stats,
     ) -> Result<RxOutcome, Error> {
         self.path.fill(mem, queue, &mut self.batch, stats)

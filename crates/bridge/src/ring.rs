@@ -11,7 +11,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::{Ordering, fence};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::Error;
@@ -44,7 +44,7 @@ impl Desc {
 ///
 /// `InvalidAvailRingIndex` if that is more than the queue size (the device needs a reset),
 /// or the ring cannot be read.
-pub(crate) fn available<M: GuestMemory>(mem: &M, queue: &Queue) -> Result<u16, Error> {
+pub(crate) fn available<M: GuestMemory, Q: QueueT>(mem: &M, queue: &Q) -> Result<u16, Error> {
     if !queue.ready() {
         return Err(Error::Queue(virtio_queue::Error::QueueNotReady));
     }
@@ -62,9 +62,9 @@ pub(crate) fn available<M: GuestMemory>(mem: &M, queue: &Queue) -> Result<u16, E
 /// # Errors
 ///
 /// As [`available`].
-pub(crate) fn available_from<M: GuestMemory>(
+pub(crate) fn available_from<M: GuestMemory, Q: QueueT>(
     mem: &M,
-    queue: &Queue,
+    queue: &Q,
     from: u16,
 ) -> Result<u16, Error> {
     let total = available(mem, queue)?;
@@ -74,9 +74,9 @@ pub(crate) fn available_from<M: GuestMemory>(
 
 /// Reads available-ring entries from free-running position `from` into `out` (at most two
 /// guest memory reads, split where the ring wraps).
-pub(crate) fn avail_heads<M: GuestMemory>(
+pub(crate) fn avail_heads<M: GuestMemory, Q: QueueT>(
     mem: &M,
-    queue: &Queue,
+    queue: &Q,
     from: u16,
     out: &mut [u16],
 ) -> Result<(), Error> {
@@ -122,10 +122,10 @@ impl UsedBatch {
 
     /// Writes the entries from the queue's `next_used` on and publishes the new used index.
     /// Returns `(old, new)` used indices.
-    pub(crate) fn flush<M: GuestMemory>(
+    pub(crate) fn flush<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
-        queue: &mut Queue,
+        queue: &mut Q,
     ) -> Result<(u16, u16), Error> {
         let old = queue.next_used();
         let count = self.len();
@@ -157,9 +157,9 @@ impl UsedBatch {
 /// [`DropCause::ChainInvalid`] for a head or `next` outside the table, a chain longer than
 /// its table, a nested or malformed indirect table, or an unreadable table;
 /// whatever `f` returns.
-pub(crate) fn walk<M: GuestMemory>(
+pub(crate) fn walk<M: GuestMemory, Q: QueueT>(
     mem: &M,
-    queue: &Queue,
+    queue: &Q,
     head: u16,
     mut f: impl FnMut(&Desc) -> Result<bool, DropCause>,
 ) -> Result<usize, DropCause> {
@@ -195,7 +195,7 @@ pub(crate) fn walk<M: GuestMemory>(
 }
 
 /// Makes used entries up to `new` (free-running) visible and records it in the queue.
-fn publish_used<M: GuestMemory>(mem: &M, queue: &mut Queue, new: u16) -> Result<(), Error> {
+fn publish_used<M: GuestMemory, Q: QueueT>(mem: &M, queue: &mut Q, new: u16) -> Result<(), Error> {
     let addr = GuestAddress(queue.used_ring()).checked_add_u64(2)?;
     mem.store(new.to_le(), addr, Ordering::Release)?;
     queue.set_next_used(new);
@@ -204,9 +204,9 @@ fn publish_used<M: GuestMemory>(mem: &M, queue: &mut Queue, new: u16) -> Result<
 
 /// Whether the driver wants an interrupt for used entries `old..new` (EVENT_IDX `used_event`,
 /// or the available ring's NO_INTERRUPT flag without it).
-pub(crate) fn needs_notification<M: GuestMemory>(
+pub(crate) fn needs_notification<M: GuestMemory, Q: QueueT>(
     mem: &M,
-    queue: &Queue,
+    queue: &Q,
     old: u16,
     new: u16,
 ) -> Result<bool, Error> {

@@ -1,6 +1,6 @@
 //! The RX path: writes frames into the guest's RX queue (queue 0).
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Address, GuestAddress, GuestMemory};
 
 use crate::Error;
@@ -62,7 +62,7 @@ struct Window {
 
 impl Window {
     /// The head at position `next` (which has `left > 0` chains behind it).
-    fn head<M: GuestMemory>(&mut self, mem: &M, queue: &Queue) -> Result<u16, Error> {
+    fn head<M: GuestMemory, Q: QueueT>(&mut self, mem: &M, queue: &Q) -> Result<u16, Error> {
         let off = self.next.wrapping_sub(self.cache_base);
         if off < self.cache_len {
             return Ok(self.cache[usize::from(off)]);
@@ -95,10 +95,10 @@ impl RxPath {
     ///
     /// [`Error::Queue`] when the queue cannot be used (the device needs a reset) or the used
     /// ring cannot be written.
-    pub fn fill<M: GuestMemory>(
+    pub fn fill<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
-        queue: &mut Queue,
+        queue: &mut Q,
         frames: &mut FrameBatch,
         stats: &mut Stats,
     ) -> Result<RxOutcome, Error> {
@@ -119,10 +119,10 @@ impl RxPath {
         result.map(|()| out)
     }
 
-    fn fill_window<M: GuestMemory>(
+    fn fill_window<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
-        queue: &Queue,
+        queue: &Q,
         frames: &mut FrameBatch,
         w: &mut Window,
         out: &mut RxOutcome,
@@ -175,7 +175,7 @@ impl RxPath {
     /// # Errors
     ///
     /// [`Error::Queue`] when the rings cannot be accessed.
-    pub fn arm<M: GuestMemory>(&self, mem: &M, queue: &mut Queue) -> Result<bool, Error> {
+    pub fn arm<M: GuestMemory, Q: QueueT>(&self, mem: &M, queue: &mut Q) -> Result<bool, Error> {
         // The index compared against must be the one `fill` decided "starved" on, not a fresh
         // read: buffers the driver published in between (typically right after the RX
         // interrupt that `fill`'s used entries raised) were checked by the driver against the
@@ -195,16 +195,21 @@ impl RxPath {
     }
 
     /// Chains available from position `from` on; records the available index read.
-    fn look<M: GuestMemory>(&mut self, mem: &M, queue: &Queue, from: u16) -> Result<u16, Error> {
+    fn look<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &Q,
+        from: u16,
+    ) -> Result<u16, Error> {
         let left = ring::available_from(mem, queue, from)?;
         self.seen_avail = from.wrapping_add(left);
         Ok(left)
     }
 
-    fn deliver<M: GuestMemory>(
+    fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
-        queue: &Queue,
+        queue: &Q,
         w: &mut Window,
         frame: &[u8],
         hdr: VirtioNetHdr,
@@ -289,7 +294,7 @@ impl RxPath {
     }
 
     /// Queues a used entry; a head outside the table is counted instead.
-    fn put(&mut self, queue: &Queue, head: u16, len: u32, stats: &mut Stats) {
+    fn put<Q: QueueT>(&mut self, queue: &Q, head: u16, len: u32, stats: &mut Stats) {
         if head >= queue.size() {
             stats.drop(DropCause::ChainInvalid);
         } else {

@@ -1,6 +1,6 @@
 //! The TX path: drains the guest's TX queue (queue 1) into a [`FrameBatch`].
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
 
 use crate::Error;
@@ -67,10 +67,10 @@ impl TxPath {
     /// [`Error::Queue`] when the queue cannot be used (not ready, or the driver's available
     /// index is more than a queue size ahead: the device needs a reset), [`Error::Queue`] /
     /// [`Error::GuestMemory`] when the used ring cannot be written.
-    pub fn process<M: GuestMemory>(
+    pub fn process<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
-        queue: &mut Queue,
+        queue: &mut Q,
         batch: &mut FrameBatch,
         stats: &mut Stats,
     ) -> Result<TxOutcome, Error> {
@@ -130,9 +130,9 @@ impl TxPath {
 /// Copies the bytes of a TX chain (virtio-net header, then frame) into `buf`, one guest
 /// memory read per descriptor; returns how many. The header is not interpreted yet: no
 /// offloads are negotiated.
-fn read_chain<M: GuestMemory>(
+fn read_chain<M: GuestMemory, Q: QueueT>(
     mem: &M,
-    queue: &Queue,
+    queue: &Q,
     head: u16,
     buf: &mut [u8],
 ) -> Result<usize, DropCause> {

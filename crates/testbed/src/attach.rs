@@ -62,7 +62,7 @@ pub struct AttachArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Threads {
     /// `one`: one thread (`lab-loop`) polls the TAP and the TUN and runs the guest's driver
-    /// and the device core ([`bridge::Dataplane`]) with plain function calls.
+    /// and the device core ([`bridge::DeviceCore`]) with plain function calls.
     One,
     /// `pipeline`: the guest's TX and RX driver threads and the bridge's threaded runner
     /// (`bridge-tx`, `bridge-rx`; TX kicks and RX interrupts served inline when idle).

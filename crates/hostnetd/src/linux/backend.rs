@@ -1,5 +1,5 @@
 //! The vhost-user side: [`NetBackend`] implements `vhost-user-backend`'s backend trait and drives the
-//! [`Dataplane`] from the worker thread's events (queue kicks, the TUN, a timer).
+//! [`DeviceCore`] from the worker thread's events (queue kicks, the TUN, a timer).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,7 +19,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::timerfd::TimerFd;
 
-use bridge::Dataplane;
+use bridge::{Clock, DeviceCore};
 
 use super::dataplane::{self, DataplaneConfig};
 
@@ -30,7 +30,9 @@ pub(crate) const TIMER_EVENT: u64 = 4;
 
 /// One frontend connection's device: the dataplane plus the vhost-user bookkeeping.
 pub(crate) struct NetBackend {
-    dp: Dataplane,
+    dp: DeviceCore,
+    /// The time the device core is given with each event.
+    clock: Clock,
     tun: Arc<Tun>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     timer: TimerFd,
@@ -66,6 +68,7 @@ impl NetBackend {
         clear_offloads(&tun);
         Ok(Self {
             dp: config.dataplane()?,
+            clock: Clock::new(),
             tun,
             mem,
             timer,
@@ -110,6 +113,7 @@ impl NetBackend {
                     txg.get_queue_mut(),
                     rx_ok.then(|| rxg.get_queue_mut()),
                     &*self.tun,
+                    self.clock.now(),
                 )?;
                 if n.tx {
                     signal(&txg, "tx");
@@ -127,6 +131,7 @@ impl NetBackend {
                         rxg.get_queue_mut(),
                         &*self.tun,
                         event == HOST_EVENT,
+                        self.clock.now(),
                     )?
                 } else {
                     self.dp.on_rx_unavailable();
@@ -138,7 +143,7 @@ impl NetBackend {
             }
             TIMER_EVENT => {
                 let _ = self.timer.wait();
-                self.dp.on_tick();
+                self.dp.on_tick(self.clock.now());
                 // Safety net, once a second while frames move: deliver what waits for the RX
                 // queue and signal both queues. An interrupt lost while the frontend was still
                 // wiring a queue (its call fd set after the used ring moved, or the queue
@@ -151,9 +156,13 @@ impl NetBackend {
                     self.moved_at_tick = moved;
                     let mut rxg = rx.get_mut();
                     if rxg.get_queue().ready() && rxg.is_enabled() {
-                        let _ =
-                            self.dp
-                                .on_rx_ready(&*mem, rxg.get_queue_mut(), &*self.tun, false)?;
+                        let _ = self.dp.on_rx_ready(
+                            &*mem,
+                            rxg.get_queue_mut(),
+                            &*self.tun,
+                            false,
+                            self.clock.now(),
+                        )?;
                         signal(&rxg, "rx");
                     }
                     let txg = tx.get_mut();

@@ -1,4 +1,4 @@
-//! hostnetd's configuration of a connection's device core ([`bridge::Dataplane`]: TX queue →
+//! hostnetd's configuration of a connection's device core ([`bridge::DeviceCore`]: TX queue →
 //! gateway services → NAT → TUN and back, on the vhost-user worker thread) and its stats log.
 //!
 //! With `offload` the device also offers checksum and TCPv4 segmentation offloads (CSUM,
@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use bridge::{BridgeConfig, Dataplane, DropCause, Error, MacAddr};
+use bridge::{BridgeConfig, DeviceCore, DropCause, Error, MacAddr};
 use nat::PortForward;
 use tracing::info;
 
@@ -53,13 +53,13 @@ impl DataplaneConfig {
     }
 
     /// Validates the configuration and builds a fresh device.
-    pub(crate) fn dataplane(&self) -> Result<Dataplane, Error> {
-        Dataplane::new(self.to_bridge())
+    pub(crate) fn dataplane(&self) -> Result<DeviceCore, Error> {
+        DeviceCore::new(self.to_bridge())
     }
 }
 
 /// Logs a connection's counters.
-pub(crate) fn log_stats(dp: &Dataplane) {
+pub(crate) fn log_stats(dp: &DeviceCore) {
     let s = dp.stats();
     let drops: Vec<String> = DropCause::ALL
         .iter()

@@ -16,21 +16,19 @@ pub(super) struct LabBridge {
 }
 
 impl LabBridge {
-    #[allow(
-        clippy::field_reassign_with_default,
-        reason = "BridgeConfig is non_exhaustive: no struct literal outside bridge"
-    )]
     pub(super) fn new(args: &AttachArgs, dns: SocketAddrV4) -> anyhow::Result<Self> {
-        let mut cfg = BridgeConfig::default();
-        cfg.mtu = args.mtu;
-        cfg.dns_upstream = Some(dns);
-        cfg.static_guest_ip = args.static_guest_ip;
-        cfg.forwards = args
-            .forwards
-            .iter()
-            .map(|f| f.to_port_forward(super::FIRST_GUEST_ADDR))
-            .collect();
-        cfg.offloads = args.offloads;
+        let cfg = BridgeConfig {
+            mtu: args.mtu,
+            dns_upstream: Some(dns),
+            static_guest_ip: args.static_guest_ip,
+            forwards: args
+                .forwards
+                .iter()
+                .map(|f| f.to_port_forward(super::FIRST_GUEST_ADDR))
+                .collect(),
+            offloads: args.offloads,
+            ..BridgeConfig::default()
+        };
         let bridge = Bridge::new(cfg).context("configuring the bridge")?;
         Ok(Self { bridge })
     }
@@ -47,9 +45,8 @@ impl LabBridge {
     }
 
     /// The device core for one thread (`--threads one`), features not yet acked.
-    pub(super) fn into_dataplane(self) -> anyhow::Result<bridge::Dataplane> {
-        let (config, device, nat, l2) = self.bridge.into_parts();
-        bridge::Dataplane::from_parts(config, device, nat, l2).context("building the device core")
+    pub(super) fn into_core(self) -> bridge::DeviceCore {
+        self.bridge.into_core()
     }
 
     pub(super) fn activate(

@@ -1,5 +1,5 @@
 //! `--threads one`: the simulated guest's driver and the bridge's device core
-//! ([`bridge::Dataplane`]) on one thread, `lab-loop`, in one level-triggered epoll set over the
+//! ([`bridge::DeviceCore`]) on one thread, `lab-loop`, in one level-triggered epoll set over the
 //! TAP, the TUN and a stop eventfd. Kicks and interrupts are plain function calls.
 
 use std::os::fd::AsRawFd;
@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bridge::{BridgeStats, Dataplane, HostLink};
+use bridge::{BridgeStats, Clock, DeviceCore, HostLink};
 use utun::Tun;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -36,7 +36,7 @@ impl LabLoop {
     /// Builds the device core for `guest` (features acked as the guest negotiated them) and
     /// starts the thread.
     pub(super) fn start(
-        dp: Dataplane,
+        dp: DeviceCore,
         guest: SimGuest,
         tap: Arc<Tun>,
         tun: Tun,
@@ -58,6 +58,7 @@ impl LabLoop {
         let stopping = Arc::new(AtomicBool::new(false));
         let mut state = State {
             dp,
+            clock: Clock::new(),
             driver,
             mem,
             rxq,
@@ -116,7 +117,8 @@ impl Drop for LabLoop {
 }
 
 struct State {
-    dp: Dataplane,
+    dp: DeviceCore,
+    clock: Clock,
     driver: Driver<Tun>,
     mem: GuestMemoryMmap,
     rxq: Queue,
@@ -156,13 +158,13 @@ impl State {
             // nothing to expire must not make the loop spin).
             let now = Instant::now();
             if now >= next_tick {
-                self.dp.on_tick();
+                self.dp.on_tick(self.clock.now());
                 next_tick = now + TICK;
             }
             let until_tick = next_tick.saturating_duration_since(now);
             let timeout = self
                 .dp
-                .next_timeout()
+                .next_timeout(self.clock.now())
                 .unwrap_or(TICK)
                 .clamp(until_tick, TICK);
             let ms = i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
@@ -198,7 +200,13 @@ impl State {
             if p.posted > 0 {
                 let _ = self
                     .dp
-                    .on_tx_kick(&self.mem, &mut self.txq, Some(&mut self.rxq), &self.tun)
+                    .on_tx_kick(
+                        &self.mem,
+                        &mut self.txq,
+                        Some(&mut self.rxq),
+                        &self.tun,
+                        self.clock.now(),
+                    )
                     .context("the device's TX path")?;
                 self.driver.reclaim_tx()?;
                 // Gateway replies (and host packets) went into the RX ring: to the TAP.
@@ -218,7 +226,13 @@ impl State {
             let before = self.dp.stats().rx_frames;
             let _ = self
                 .dp
-                .on_rx_ready(&self.mem, &mut self.rxq, &self.tun, readable)
+                .on_rx_ready(
+                    &self.mem,
+                    &mut self.rxq,
+                    &self.tun,
+                    readable,
+                    self.clock.now(),
+                )
                 .context("the device's RX path")?;
             readable = false;
             // Always: a ring without buffers must get them back, or the level-triggered TUN

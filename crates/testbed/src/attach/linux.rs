@@ -113,7 +113,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
             Mode::Pipeline(running, handle)
         }
         Threads::One => {
-            let dp = bridge.into_dataplane()?;
+            let dp = bridge.into_core();
             Mode::One(LabLoop::start(dp, guest, Arc::clone(&tap), tun)?)
         }
     };

@@ -1,0 +1,152 @@
+//! [`BridgeConfig`]: everything the device core needs, validated once by
+//! [`crate::DeviceCore::new`].
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::ops::RangeInclusive;
+use core::time::Duration;
+
+use nat::{NatConfig, PortForward};
+
+use crate::Error;
+use crate::l2::L2Config;
+use crate::wire::MacAddr;
+
+/// Everything the bridge needs; `Default` gives the documented defaults (subnet
+/// 192.168.64.0/24, gateway .1, pool .2–.254, lease 1 h, MTU 1500, NAT external 100.64.0.2,
+/// no DNS upstream: set one, e.g. with [`BridgeConfig::with_host_dns`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// The MAC in the device's config space (the guest's).
+    pub guest_mac: MacAddr,
+    /// The gateway's MAC.
+    pub gateway_mac: MacAddr,
+    /// The gateway's address.
+    pub gateway: Ipv4Addr,
+    /// Prefix length of the guest subnet (8..=30).
+    pub prefix_len: u8,
+    /// DHCP pool.
+    pub dhcp_pool: RangeInclusive<Ipv4Addr>,
+    /// DHCP lease time.
+    pub lease: Duration,
+    /// Where DNS to the gateway goes; `None`: no DNS service (not advertised in DHCP).
+    pub dns_upstream: Option<SocketAddrV4>,
+    /// Guest MTU (68..=65520), reported in the config space and by DHCP.
+    pub mtu: u16,
+    /// The NAT. `internal_net`/`internal_prefix_len` are overwritten from `gateway` and
+    /// `prefix_len`.
+    pub nat: NatConfig,
+    /// Port forwards installed at activation.
+    pub forwards: Vec<PortForward>,
+    /// A static guest address, accepted as a source besides the DHCP lease.
+    pub static_guest_ip: Option<Ipv4Addr>,
+    /// Largest queue size the device accepts (a power of two, at most 32768).
+    pub max_queue_size: u16,
+    /// Frames per batch (1..=256).
+    pub batch_size: usize,
+    /// Batches in the pool that carries gateway replies from the TX to the RX thread.
+    pub pool_batches: usize,
+    /// Packets per direction the host link is read/written in one batch is `batch_size`;
+    /// this is the largest packet accepted from the host (bigger ones are counted as
+    /// [`crate::DropCause::TooBig`]).
+    pub max_host_packet: usize,
+    /// Offer checksum and TCPv4 segmentation offloads both ways ([`OFFLOAD_FEATURES`]):
+    /// the guest sends and receives 64 KiB TCP super-frames, and the host kernel segments and
+    /// checksums. Needs a host link carrying virtio-net headers ([`HostLink::vnet_hdr_len`]
+    /// = 12: a Linux TUN opened with `vnet_hdr(true)`); over another link the device core
+    /// turns the negotiated offloads off ([`crate::DeviceCore::ack_features`]). Default `false`.
+    ///
+    /// [`OFFLOAD_FEATURES`]: crate::OFFLOAD_FEATURES
+    /// [`HostLink::vnet_hdr_len`]: crate::HostLink::vnet_hdr_len
+    pub offloads: bool,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        let nat = NatConfig {
+            internal_net: Ipv4Addr::new(192, 168, 64, 0),
+            internal_prefix_len: 24,
+            external_addr: Ipv4Addr::new(100, 64, 0, 2),
+            // Closed TCP flows keep their mapping for 4 minutes: a busy guest needs tens of
+            // thousands.
+            max_flows_per_host: 65_536,
+            ..NatConfig::default()
+        };
+        BridgeConfig {
+            guest_mac: MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+            gateway_mac: MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x01]),
+            gateway: Ipv4Addr::new(192, 168, 64, 1),
+            prefix_len: 24,
+            dhcp_pool: Ipv4Addr::new(192, 168, 64, 2)..=Ipv4Addr::new(192, 168, 64, 254),
+            lease: Duration::from_secs(3600),
+            dns_upstream: None,
+            mtu: 1500,
+            nat,
+            forwards: Vec::new(),
+            static_guest_ip: None,
+            max_queue_size: 256,
+            batch_size: 64,
+            pool_batches: 4,
+            max_host_packet: 65535,
+            offloads: false,
+        }
+    }
+}
+
+impl BridgeConfig {
+    /// The gateway services' part of the configuration.
+    pub(crate) fn l2_config(&self) -> L2Config {
+        L2Config {
+            gateway: self.gateway,
+            gateway_mac: self.gateway_mac,
+            prefix_len: self.prefix_len,
+            guest_mac: self.guest_mac,
+            dhcp_pool: self.dhcp_pool.clone(),
+            lease: self.lease,
+            mtu: self.mtu,
+            dns: self.dns_upstream.is_some(),
+            static_guest_ip: self.static_guest_ip,
+        }
+    }
+
+    /// Sets `dns_upstream` from the host's resolver configuration
+    /// ([`crate::host_dns_upstream`]); leaves it as it is if none is usable.
+    pub fn with_host_dns(mut self) -> Self {
+        if let Some(up) = crate::dns::host_dns_upstream() {
+            self.dns_upstream = Some(up);
+        }
+        self
+    }
+
+    /// Checks the device's own limits (the gateway and the NAT check theirs when the core is
+    /// built).
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return Err(Error::Config(format!(
+                "batch_size {} is not in 1..={MAX_BATCH}",
+                self.batch_size
+            )));
+        }
+        if self.pool_batches == 0 {
+            return Err(Error::Config("pool_batches is 0".to_owned()));
+        }
+        if !self.max_queue_size.is_power_of_two() || self.max_queue_size > MAX_QUEUE_SIZE {
+            return Err(Error::Config(format!(
+                "max_queue_size {} is not a power of two <= {MAX_QUEUE_SIZE}",
+                self.max_queue_size
+            )));
+        }
+        if self.max_host_packet < usize::from(self.mtu) {
+            return Err(Error::Config(format!(
+                "max_host_packet {} is smaller than the mtu {}",
+                self.max_host_packet, self.mtu
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The largest batch.
+pub const MAX_BATCH: usize = 256;
+
+/// The largest split virtqueue (virtio 1.2, 2.7).
+const MAX_QUEUE_SIZE: u16 = 32768;

@@ -1,0 +1,1275 @@
+//! [`DeviceCore`]: the one state machine of a guest's virtio-net device. Events in, `now`
+//! passed in, no threads and no clock of its own; every driver (an embedder's own event loop,
+//! the threaded [`crate::Bridge`] pipeline) drives this and builds nothing of its own.
+//!
+//! The core owns, in one place each: configuration checks ([`DeviceCore::new`]), feature and
+//! offload negotiation ([`DeviceCore::ack_features`]), queue checks
+//! ([`DeviceCore::prepare_queue`]), the construction and sizing of the TX and RX halves and
+//! of the batch of gateway replies, the NAT expiry budget and the timer policy ([`Expiry`]).
+//! The pipeline splits a negotiated core into its halves ([`DeviceCore::into_parts`]) and
+//! runs each on its own thread; the halves' step functions are the ones the core itself runs.
+
+use core::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+
+use nat::{Nat, Protocol, Redirect};
+use tracing::{info, warn};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemory;
+
+use crate::config::BridgeConfig;
+use crate::device::{
+    CONFIG_SPACE_SIZE, Device, RX_QUEUE, VIRTIO_NET_HDR_LEN, VIRTIO_RING_F_EVENT_IDX,
+};
+use crate::engine::{RxEngine, TxEngine};
+use crate::frame::FrameBatch;
+use crate::l2::L2Services;
+use crate::offload::{MAX_IP_PACKET, Offloads};
+use crate::rx::RxPath;
+use crate::stats::{BridgeStats, Stats};
+use crate::tx::{TxOutcome, TxPath};
+use crate::wire::{ETH_HLEN, MacAddr};
+use crate::{Error, HostLink, OFFLOAD_FEATURES};
+
+/// Which queues need an interrupt after an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// The TX queue's used ring advanced and the driver wants to know.
+    pub tx: bool,
+    /// The RX queue's used ring advanced and the driver wants to know.
+    pub rx: bool,
+}
+
+/// A monotonic clock for drivers: the milliseconds the core's `now` arguments count. The
+/// core never reads it itself; a driver makes one and passes [`Clock::now`] with each event.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    epoch: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock starting at zero now.
+    pub fn new() -> Self {
+        Clock {
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// Milliseconds since [`Clock::new`], as the NAT counts time.
+    pub fn now(&self) -> nat::Instant {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        nat::Instant::from_millis(ms)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// What the driver and the host link agreed on in [`DeviceCore::ack_features`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Negotiated {
+    /// The negotiated feature bits.
+    pub features: u64,
+    /// The offloads in force (reduced to what the host link accepted).
+    pub offloads: Offloads,
+    /// The virtio-net header in front of each frame: 12 bytes (VERSION_1 or MRG_RXBUF) or 10.
+    pub header_len: usize,
+    /// Merged RX buffers (MRG_RXBUF).
+    pub mrg_rxbuf: bool,
+    /// EVENT_IDX notification suppression.
+    pub event_idx: bool,
+}
+
+/// One guest's device core: the device model (features, config space), the TX half (TX
+/// queue → gateway services → NAT → host link), the RX half (host link → NAT → RX queue),
+/// the NAT, and a batch of gateway replies and hairpinned frames on their way to the RX
+/// queue.
+///
+/// Thread-free and lock-free: the owner calls [`DeviceCore::on_tx_kick`] when the driver
+/// kicks the TX queue, [`DeviceCore::on_rx_ready`] when the driver adds RX buffers or the host
+/// link becomes readable, and [`DeviceCore::on_tick`] when [`DeviceCore::next_timeout`]
+/// passes, each with the current time, and interrupts the driver as the returned flags say.
+/// The batches are preallocated: no allocation per packet.
+///
+/// ```
+/// use bridge::{BridgeConfig, Clock, DeviceCore, MemoryLink};
+///
+/// let (host, _peer) = MemoryLink::pair(64)?;
+/// let mut core = DeviceCore::new(BridgeConfig::default())?;
+/// let acked = core.ack_features(core.device_features(), &host);
+/// assert_eq!(acked, core.device().acked_features());
+/// let clock = Clock::new();
+/// core.on_tick(clock.now());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct DeviceCore {
+    config: BridgeConfig,
+    device: Device,
+    nat: Nat,
+    tx: TxHalf,
+    rx: RxHalf,
+    /// Gateway replies and hairpinned packets waiting for RX buffers.
+    replies: FrameBatch,
+    negotiated: Negotiated,
+    expiry: Expiry,
+    stats: Stats,
+    /// The host link failed once (logged once; the TUN was probably deleted).
+    host_failed: bool,
+    /// The negotiated offloads were logged (once, and on a change).
+    offloads_logged: bool,
+}
+
+impl DeviceCore {
+    /// Validates `config` and builds a fresh device: the NAT with the port forwards and the
+    /// gateway's DNS redirect installed, no leases, nothing negotiated (a host link carrying
+    /// virtio-net headers is expected if `config.offloads`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`], [`Error::NatConfig`] or [`Error::NatRule`] (forwards, DNS redirect).
+    pub fn new(mut config: BridgeConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let gateway = L2Services::new(config.l2_config())?;
+        let mask = crate::dhcp::prefix_mask(config.prefix_len);
+        config.nat.internal_net = core::net::Ipv4Addr::from(u32::from(config.gateway) & mask);
+        config.nat.internal_prefix_len = config.prefix_len;
+        let mut nat = Nat::new(config.nat.clone()).map_err(Error::NatConfig)?;
+        for f in &config.forwards {
+            nat.add_forward(*f).map_err(Error::NatRule)?;
+        }
+        if let Some(up) = config.dns_upstream {
+            for protocol in [Protocol::Udp, Protocol::Tcp] {
+                let from = core::net::SocketAddrV4::new(config.gateway, 53);
+                nat.add_redirect(Redirect {
+                    protocol,
+                    from,
+                    to: up,
+                })
+                .map_err(Error::NatRule)?;
+            }
+        }
+        let device = Device::new(config.guest_mac, config.mtu).with_offloads(config.offloads);
+        // Nothing negotiated yet, but the host link's framing is already fixed.
+        let host_hdr = if config.offloads {
+            VIRTIO_NET_HDR_LEN
+        } else {
+            0
+        };
+        let negotiated = Negotiated {
+            offloads: Offloads::negotiate(0, host_hdr)?,
+            header_len: device.header_len(),
+            mrg_rxbuf: device.mrg_rxbuf(),
+            ..Negotiated::default()
+        };
+        let (tx, rx) = halves(&config, &negotiated, gateway);
+        Ok(Self {
+            replies: reply_batch(&config, &negotiated),
+            config,
+            device,
+            nat,
+            tx,
+            rx,
+            negotiated,
+            expiry: Expiry::default(),
+            stats: Stats::default(),
+            host_failed: false,
+            offloads_logged: false,
+        })
+    }
+
+    /// With `true`, a read from the host link that returns fewer packets than asked counts
+    /// as "drained": the next read waits for the next [`DeviceCore::on_rx_ready`] with
+    /// `host_readable`. Right for a readiness source that reports new packets (level or edge
+    /// triggered); saves the read that would fail per burst. Default `false`: read until a
+    /// read returns nothing.
+    #[must_use]
+    pub fn with_short_batch_drains(mut self, on: bool) -> Self {
+        self.rx.short_batch_drains = on;
+        self
+    }
+
+    /// The configuration in force (as validated: the NAT's internal network follows the
+    /// gateway and prefix length).
+    pub fn config(&self) -> &BridgeConfig {
+        &self.config
+    }
+
+    /// The device model (features, config space).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The features the device offers.
+    pub fn device_features(&self) -> u64 {
+        self.device.device_features()
+    }
+
+    /// Reads the config space (MAC, status, queue pairs, MTU).
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.device.read_config(offset, data);
+    }
+
+    /// The whole config space.
+    pub fn config_space(&self) -> [u8; CONFIG_SPACE_SIZE] {
+        self.device.config_space()
+    }
+
+    /// Records the driver's features, tells the host link what the guest accepts and builds
+    /// the halves for the negotiated header and offloads. The gateway state (leases) starts
+    /// over: the driver negotiates before it sends anything. Returns the negotiated features.
+    ///
+    /// Never fails: offloads the host link cannot carry or refuses are logged and turned off
+    /// step by step (TSO first, then checksums); frames that then cannot pass are counted
+    /// drops.
+    pub fn ack_features(&mut self, features: u64, host: &impl HostLink) -> u64 {
+        let acked = self.device.ack_features(features);
+        let offloads = negotiate_offloads(acked, host);
+        if offloads != self.negotiated.offloads || !self.offloads_logged {
+            info!(
+                tx_csum = offloads.tx_csum,
+                tx_tso4 = offloads.tx_tso4,
+                rx_csum = offloads.rx_csum,
+                rx_tso4 = offloads.rx_tso4,
+                host_vnet_hdr = offloads.host_hdr,
+                "offloads negotiated"
+            );
+            self.offloads_logged = true;
+        }
+        let negotiated = Negotiated {
+            features: acked,
+            offloads,
+            header_len: self.device.header_len(),
+            mrg_rxbuf: self.device.mrg_rxbuf(),
+            event_idx: acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0,
+        };
+        match L2Services::new(self.config.l2_config()) {
+            Ok(gateway) => {
+                let short = self.rx.short_batch_drains;
+                (self.tx, self.rx) = halves(&self.config, &negotiated, gateway);
+                self.rx.short_batch_drains = short;
+                if reply_size(&self.config, &negotiated) != self.replies.buf_size() {
+                    self.replies = reply_batch(&self.config, &negotiated);
+                }
+                self.negotiated = negotiated;
+            }
+            // `new` accepted this configuration before.
+            Err(e) => warn!("rebuilding the gateway failed: {e}"),
+        }
+        acked
+    }
+
+    /// Checks that `host` can carry what the driver's `features` ask for: offloads need a
+    /// link with virtio-net headers. [`DeviceCore::ack_features`] would turn such offloads off
+    /// (the guest's offloaded frames then become counted drops); a driver that is told the
+    /// features up front (the pipeline's activation) refuses instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the link's header length.
+    pub fn check_host_link(&self, features: u64, host: &impl HostLink) -> Result<(), Error> {
+        let acked = crate::device::sanitize_features(features & self.device.device_features());
+        let hdr = host.vnet_hdr_len();
+        if acked & OFFLOAD_FEATURES != 0 && hdr != VIRTIO_NET_HDR_LEN {
+            return Err(Error::Config(format!(
+                "offloads need a host link with a {VIRTIO_NET_HDR_LEN}-byte vnet_hdr, this one has {hdr}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the driver's features in the device model only (no host link yet); returns the
+    /// negotiated set. [`DeviceCore::ack_features`] does the whole negotiation.
+    #[cfg(feature = "pipeline")]
+    pub(crate) fn ack_device_features(&mut self, features: u64) -> u64 {
+        self.device.ack_features(features)
+    }
+
+    /// What [`DeviceCore::ack_features`] agreed on.
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    /// Checks a queue the transport configured (`index` 0 RX, 1 TX: ready, size within
+    /// [`BridgeConfig::max_queue_size`]) and sets its EVENT_IDX from the negotiated features.
+    /// Call it when the driver sets DRIVER_OK, after [`DeviceCore::ack_features`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the queue and the rule.
+    pub fn prepare_queue<Q: QueueT>(&self, queue: &mut Q, index: u16) -> Result<(), Error> {
+        let name = if index == RX_QUEUE { "rx" } else { "tx" };
+        if !queue.ready() {
+            return Err(Error::Config(format!("{name} queue is not ready")));
+        }
+        if queue.size() > self.config.max_queue_size {
+            return Err(Error::Config(format!(
+                "{name} queue size {} is over {}",
+                queue.size(),
+                self.config.max_queue_size
+            )));
+        }
+        queue.set_event_idx(self.negotiated.event_idx);
+        Ok(())
+    }
+
+    /// Forgets all state (a device reset): new NAT table, no leases, no frames, nothing
+    /// negotiated.
+    pub fn reset(&mut self) {
+        match Self::new(self.config.clone()) {
+            Ok(fresh) => {
+                let short = self.rx.short_batch_drains;
+                *self = fresh.with_short_batch_drains(short);
+            }
+            // `new` accepted this configuration before; keep the old state if it ever refuses.
+            Err(e) => warn!("resetting the device failed: {e}"),
+        }
+    }
+
+    /// The driver kicked the TX queue: drain it through the gateway services and the NAT
+    /// (writes to `host`), then deliver what is waiting for the guest if the RX queue is
+    /// usable (`rxq`).
+    ///
+    /// # Errors
+    ///
+    /// A queue the driver broke ([`Error::NeedsReset`] material: [`Error::Queue`], guest memory
+    /// errors). Host link failures are logged once and counted, not returned.
+    pub fn on_tx_kick<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        txq: &mut Q,
+        mut rxq: Option<&mut Q>,
+        host: &impl HostLink,
+        now: nat::Instant,
+    ) -> Result<Notify, Error> {
+        let mut n = Notify::default();
+        loop {
+            txq.disable_notification(mem)?;
+            loop {
+                if self.replies.pending() == 0 {
+                    self.replies.clear();
+                }
+                let out = match self.tx.batch(
+                    mem,
+                    txq,
+                    &mut self.replies,
+                    &mut self.nat,
+                    host,
+                    now,
+                    &mut self.stats,
+                ) {
+                    Ok(out) => out,
+                    Err(Error::HostLink(e)) => {
+                        self.host_failure(&e);
+                        TxOutcome::default()
+                    }
+                    Err(e) => return Err(e),
+                };
+                n.tx |= out.notify;
+                if let Some(rxq) = rxq.as_deref_mut() {
+                    n.rx |= self.deliver(mem, rxq, host, now)?;
+                }
+                if !out.more {
+                    break;
+                }
+            }
+            if !txq.enable_notification(mem)? {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The driver added RX buffers, or (`host_readable`) the host link became readable:
+    /// deliver what is waiting. Returns whether the driver must be interrupted.
+    ///
+    /// # Errors
+    ///
+    /// As [`DeviceCore::on_tx_kick`].
+    pub fn on_rx_ready<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        rxq: &mut Q,
+        host: &impl HostLink,
+        host_readable: bool,
+        now: nat::Instant,
+    ) -> Result<bool, Error> {
+        self.rx.host_pending |= host_readable;
+        self.deliver(mem, rxq, host, now)
+    }
+
+    /// The host link became readable while the RX queue is not usable yet: read it later.
+    pub fn on_rx_unavailable(&mut self) {
+        self.rx.host_pending = true;
+    }
+
+    /// Housekeeping: expires idle NAT mappings (bounded work, [`Expiry`]) if a tick is due.
+    /// Returns how many went. Call it when [`DeviceCore::next_timeout`] passes (calling it
+    /// more often costs a comparison).
+    pub fn on_tick(&mut self, now: nat::Instant) -> usize {
+        self.expiry.tick(&mut self.nat, now)
+    }
+
+    /// How long after `now` [`DeviceCore::on_tick`] has work (zero: now); `None`: nothing to
+    /// expire. A tick that expired nothing pushes it a second on (no spinning on a deadline
+    /// that passed early).
+    pub fn next_timeout(&self, now: nat::Instant) -> Option<Duration> {
+        self.expiry.timeout(&self.nat, now)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The counters with the NAT's, as [`crate::BridgeHandle::stats`] gives them.
+    pub fn bridge_stats(&self) -> BridgeStats {
+        BridgeStats {
+            bridge: self.stats.clone(),
+            nat_flows: self.nat.len(),
+            nat: self.nat.stats().clone(),
+            needs_reset: false,
+        }
+    }
+
+    /// The NAT (table size, forwards).
+    pub fn nat(&self) -> &Nat {
+        &self.nat
+    }
+
+    /// The NAT, to add or remove port forwards.
+    pub fn nat_mut(&mut self) -> &mut Nat {
+        &mut self.nat
+    }
+
+    /// The gateway services (the guest's MAC, its lease).
+    pub fn l2(&self) -> &L2Services {
+        self.tx.engine.l2()
+    }
+
+    /// The offloads in force.
+    pub fn offloads(&self) -> Offloads {
+        self.negotiated.offloads
+    }
+
+    /// Splits the core for a driver that runs its halves on different threads (the pipeline):
+    /// the TX half, the RX half, the NAT they share, and what the pool of reply batches needs.
+    #[cfg(feature = "pipeline")]
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            reply_size: self.replies.buf_size(),
+            config: self.config,
+            tx: self.tx,
+            rx: self.rx,
+            nat: self.nat,
+        }
+    }
+
+    /// Fills the guest's RX buffers; returns whether to interrupt the driver.
+    fn deliver<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        rxq: &mut Q,
+        host: &impl HostLink,
+        now: nat::Instant,
+    ) -> Result<bool, Error> {
+        let guest_mac = self.tx.engine.l2().guest_mac();
+        let mut notify = false;
+        loop {
+            let p = self.rx.deliver(
+                mem,
+                rxq,
+                Some(&mut self.replies),
+                &mut self.nat,
+                host,
+                now,
+                guest_mac,
+                &mut self.stats,
+            );
+            let p = match p {
+                Ok(p) => p,
+                Err(Error::HostLink(e)) => {
+                    self.host_failure(&e);
+                    return Ok(notify);
+                }
+                Err(e) => return Err(e),
+            };
+            notify |= p.notify;
+            if self.replies.pending() == 0 {
+                self.replies.clear();
+            }
+            // The budget ran out with more to do: the single-thread owner finishes here (its
+            // caller handles one event at a time).
+            if !p.more {
+                return Ok(notify);
+            }
+        }
+    }
+
+    fn host_failure(&mut self, e: &std::io::Error) {
+        if !self.host_failed {
+            warn!("the host link failed: {e}");
+            self.host_failed = true;
+        }
+    }
+}
+
+/// A negotiated core taken apart for the pipeline.
+#[cfg(feature = "pipeline")]
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub(crate) config: BridgeConfig,
+    pub(crate) tx: TxHalf,
+    pub(crate) rx: RxHalf,
+    pub(crate) nat: Nat,
+    /// Room per frame in a batch of gateway replies.
+    pub(crate) reply_size: usize,
+}
+
+/// How a half reaches the NAT for one batch: directly (one owner) or under a lock taken once
+/// per batch (the pipeline's two threads).
+pub(crate) trait NatAccess {
+    /// Runs `f` with the NAT.
+    fn with<R>(&mut self, f: impl FnOnce(&mut Nat) -> R) -> R;
+}
+
+impl NatAccess for &mut Nat {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Nat) -> R) -> R {
+        f(self)
+    }
+}
+
+impl NatAccess for &Mutex<Nat> {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Nat) -> R) -> R {
+        f(&mut lock(self))
+    }
+}
+
+/// Locks, ignoring poisoning: every critical section leaves the data consistent, and a
+/// panicking pipeline thread is reported through `ThreadPanicked`.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The TX half: TX queue → gateway services → NAT → host link, one batch per call.
+#[derive(Debug)]
+pub(crate) struct TxHalf {
+    pub(crate) engine: TxEngine,
+}
+
+impl TxHalf {
+    /// Takes up to a batch of TX chains, answers what the gateway answers (into `replies`,
+    /// which must have room for a batch), translates the rest under one NAT access and sends
+    /// it to the host link.
+    ///
+    /// # Errors
+    ///
+    /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (the frames
+    /// were taken and counted).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one batch step: its inputs are the queue, the batch, the NAT, the link and the time"
+    )]
+    pub(crate) fn batch<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        replies: &mut FrameBatch,
+        mut nat: impl NatAccess,
+        host: &dyn HostLink,
+        now: nat::Instant,
+        stats: &mut Stats,
+    ) -> Result<TxOutcome, Error> {
+        let out = self.engine.pull(mem, queue, replies, now, stats)?;
+        if out.frames > 0 {
+            nat.with(|nat| self.engine.translate(nat, replies, now, stats));
+            self.engine.push(host, stats)?;
+        }
+        Ok(out)
+    }
+}
+
+/// What one [`RxHalf::deliver`] did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RxProgress {
+    /// The driver must be interrupted.
+    pub(crate) notify: bool,
+    /// Frames wait and the guest has no RX buffers (the kick is armed): wait for it.
+    pub(crate) starved: bool,
+    /// The round budget ran out with work left: call again (after other events).
+    pub(crate) more: bool,
+}
+
+/// The RX half: host link → NAT → RX queue, gateway replies first.
+#[derive(Debug)]
+pub(crate) struct RxHalf {
+    pub(crate) engine: RxEngine,
+    /// The host link may hold packets not read yet.
+    pub(crate) host_pending: bool,
+    /// A batch shorter than asked means the host link is drained.
+    pub(crate) short_batch_drains: bool,
+}
+
+impl RxHalf {
+    /// Delivers `replies` (if any) first, then packets from the host link while it has some
+    /// and the guest has buffers, at most [`RX_ROUNDS`] host batches per call.
+    ///
+    /// # Errors
+    ///
+    /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (no more reads
+    /// until it is readable again).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one delivery step: its inputs are the queue, the replies, the NAT, the link, the time and the guest's MAC"
+    )]
+    pub(crate) fn deliver<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        mut replies: Option<&mut FrameBatch>,
+        mut nat: impl NatAccess,
+        host: &dyn HostLink,
+        now: nat::Instant,
+        guest_mac: MacAddr,
+        stats: &mut Stats,
+    ) -> Result<RxProgress, Error> {
+        let mut p = RxProgress::default();
+        let mut rounds = 0;
+        loop {
+            if let Some(r) = replies.as_deref_mut()
+                && r.pending() > 0
+            {
+                let out = self.engine.path().fill(mem, queue, r, stats)?;
+                p.notify |= out.notify;
+                if out.starved {
+                    if self.engine.path().arm(mem, queue)? {
+                        continue;
+                    }
+                    p.starved = true;
+                    return Ok(p);
+                }
+            }
+            if self.engine.pending() > 0 {
+                let out = self.engine.deliver(mem, queue, stats)?;
+                p.notify |= out.notify;
+                if out.starved {
+                    if self.engine.path().arm(mem, queue)? {
+                        continue;
+                    }
+                    p.starved = true;
+                    return Ok(p);
+                }
+                continue;
+            }
+            if !self.host_pending {
+                return Ok(p);
+            }
+            if rounds == RX_ROUNDS {
+                p.more = true;
+                return Ok(p);
+            }
+            rounds += 1;
+            match self.engine.receive(host, stats) {
+                Ok(0) => {
+                    self.host_pending = false;
+                    return Ok(p);
+                }
+                Ok(n) => {
+                    if self.short_batch_drains && n < self.engine.capacity() {
+                        self.host_pending = false;
+                    }
+                    nat.with(|nat| self.engine.translate(nat, now, guest_mac, stats));
+                }
+                Err(e) => {
+                    self.host_pending = false;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// The NAT expiry policy for every driver: at most [`EXPIRE_BUDGET`] mappings per tick, a
+/// timer no later than the NAT's next deadline (capped at one minute), and no spinning on a
+/// passed deadline that expired nothing (no tick for a second then).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Expiry {
+    /// After a due tick that expired nothing: no tick before this (milliseconds).
+    idle_until: Option<u64>,
+}
+
+impl Expiry {
+    /// Whether a tick at `now` has work.
+    pub fn due(&self, nat: &Nat, now: nat::Instant) -> bool {
+        nat.next_deadline().is_some_and(|d| d <= now)
+            && self.idle_until.is_none_or(|t| t <= now.as_millis())
+    }
+
+    /// Expires up to [`EXPIRE_BUDGET`] mappings if a tick is due; returns how many went.
+    /// Cheap when none is due: call it as often as convenient.
+    pub fn tick(&mut self, nat: &mut Nat, now: nat::Instant) -> usize {
+        if !self.due(nat, now) {
+            return 0;
+        }
+        let n = nat.expire(now, EXPIRE_BUDGET);
+        self.idle_until = (n == 0).then(|| now.as_millis().saturating_add(IDLE_WAIT));
+        n
+    }
+
+    /// How long after `now` the next tick is due (zero: now); `None`: nothing to expire.
+    pub fn timeout(&self, nat: &Nat, now: nat::Instant) -> Option<Duration> {
+        let at = nat
+            .next_deadline()?
+            .as_millis()
+            .max(self.idle_until.unwrap_or(0));
+        let ms = at.saturating_sub(now.as_millis()).min(MAX_WAIT);
+        Some(Duration::from_millis(ms))
+    }
+}
+
+/// The offloads for the driver's `acked` features over `host`, reduced to what the host link
+/// accepts: [`HostLink::set_offloads`] is told what the guest takes (GUEST_CSUM, GUEST_TSO4); if
+/// it refuses, TSO and then checksum offloads towards the guest are turned off. Offloads
+/// negotiated over a link without virtio-net headers (the device should not have offered them)
+/// are all turned off.
+fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
+    let hdr_len = host.vnet_hdr_len();
+    let mut o = match Offloads::negotiate(acked, hdr_len) {
+        Ok(o) => o,
+        Err(e) => {
+            warn!("offloads turned off: {e}");
+            Offloads::negotiate(acked & !OFFLOAD_FEATURES, hdr_len).unwrap_or_default()
+        }
+    };
+    let mut asked = (o.rx_csum, o.rx_tso4);
+    loop {
+        match host.set_offloads(asked.0, asked.1) {
+            Ok(()) => break,
+            Err(e) if asked == (false, false) => {
+                warn!("the host link refused to turn its offloads off: {e}");
+                break;
+            }
+            Err(e) => {
+                let fewer = if asked.1 {
+                    (asked.0, false)
+                } else {
+                    (false, false)
+                };
+                warn!(
+                    csum = asked.0,
+                    tso4 = asked.1,
+                    "the host link refused these offloads ({e}); trying csum={} tso4={}",
+                    fewer.0,
+                    fewer.1
+                );
+                asked = fewer;
+            }
+        }
+    }
+    (o.rx_csum, o.rx_tso4) = (o.rx_csum && asked.0, o.rx_tso4 && asked.1);
+    o
+}
+
+/// The TX and RX halves for the negotiated header and offloads.
+fn halves(config: &BridgeConfig, n: &Negotiated, gateway: L2Services) -> (TxHalf, RxHalf) {
+    let mtu = usize::from(config.mtu);
+    let offloads = n.offloads;
+    let max_frame = offloads.max_tx_frame(config.mtu);
+    let tx = TxEngine::new(
+        TxPath::new(n.header_len, max_frame),
+        gateway,
+        config.batch_size,
+        max_frame,
+    )
+    .with_offloads(offloads, config.mtu);
+    // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
+    // (the header it may put in front fits in the Ethernet header's room).
+    let max_packet = if offloads.rx_tso4 {
+        MAX_IP_PACKET
+    } else {
+        config.max_host_packet.min(MAX_IP_PACKET)
+    };
+    let rx = RxEngine::new(
+        RxPath::new(n.header_len, n.mrg_rxbuf),
+        config.batch_size,
+        max_packet,
+        mtu,
+        config.gateway_mac,
+    )
+    .with_offloads(offloads);
+    (
+        TxHalf { engine: tx },
+        RxHalf {
+            engine: rx,
+            host_pending: true,
+            short_batch_drains: false,
+        },
+    )
+}
+
+/// Room per frame in a batch of gateway replies and hairpinned frames: a hairpinned
+/// super-frame needs 64 KiB when the guest takes them (GUEST_TSO4), a DHCP reply
+/// [`MIN_REPLY`].
+fn reply_size(config: &BridgeConfig, n: &Negotiated) -> usize {
+    let frame = if n.offloads.rx_tso4 {
+        n.offloads.max_tx_frame(config.mtu)
+    } else {
+        ETH_HLEN + usize::from(config.mtu)
+    };
+    frame.max(MIN_REPLY)
+}
+
+fn reply_batch(config: &BridgeConfig, n: &Negotiated) -> FrameBatch {
+    FrameBatch::new(config.batch_size, reply_size(config, n))
+}
+
+/// Room for the longest reply the gateway builds (a DHCP reply with every option).
+const MIN_REPLY: usize = 1024;
+/// NAT mappings expired per tick at most.
+pub const EXPIRE_BUDGET: usize = 1024;
+/// Host batches read per [`RxHalf::deliver`] call at most (then other events get a turn).
+const RX_ROUNDS: usize = 16;
+/// Longest timer while the NAT has a deadline, in milliseconds.
+const MAX_WAIT: u64 = 60_000;
+/// Timer when the NAT reports a passed deadline but the last tick expired nothing.
+const IDLE_WAIT: u64 = 1_000;
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use nat::{PortForward, Protocol};
+
+    use super::*;
+    use crate::MemoryLink;
+    use crate::testing::{self, EXTERNAL, GATEWAY, GUEST_IP, GUEST_MAC, MockNet};
+
+    const HDR: usize = 12;
+    const FEATURES: u64 = 1 << 32 | 1 << 15; // VERSION_1 | MRG_RXBUF
+
+    const BATCH: usize = 64;
+    const NOW: nat::Instant = nat::Instant::ZERO;
+
+    fn config(forwards: Vec<PortForward>) -> BridgeConfig {
+        let mut c = BridgeConfig {
+            guest_mac: GUEST_MAC,
+            gateway: GATEWAY,
+            forwards,
+            ..BridgeConfig::default()
+        };
+        c.nat.external_addr = EXTERNAL;
+        c
+    }
+
+    fn offload_config() -> BridgeConfig {
+        BridgeConfig {
+            offloads: true,
+            ..config(Vec::new())
+        }
+    }
+
+    /// A host link with virtio-net headers that refuses TSO towards the bridge (as a kernel
+    /// without `TUN_F_TSO4` would).
+    struct NoTsoLink(MemoryLink);
+
+    impl HostLink for NoTsoLink {
+        fn send_batch(&self, packets: &[&[u8]]) -> std::io::Result<usize> {
+            self.0.send_batch(packets)
+        }
+        fn recv_batch(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> std::io::Result<usize> {
+            self.0.recv_batch(bufs, lens)
+        }
+        fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            self.0.readiness_fd()
+        }
+        fn vnet_hdr_len(&self) -> usize {
+            self.0.vnet_hdr_len()
+        }
+        fn set_offloads(&self, csum: bool, tso4: bool) -> std::io::Result<()> {
+            if tso4 {
+                return Err(std::io::ErrorKind::Unsupported.into());
+            }
+            self.0.set_offloads(csum, tso4)
+        }
+    }
+
+    fn offloads_of(o: Offloads) -> [bool; 5] {
+        [o.tx_csum, o.tx_tso4, o.rx_csum, o.rx_tso4, o.host_hdr]
+    }
+
+    fn post_rx(net: &mut MockNet<'_>, n: usize) {
+        for _ in 0..n {
+            net.post_rx(&[2048]);
+        }
+    }
+
+    #[test]
+    fn arp_for_the_gateway_is_answered_through_the_rx_queue() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(64).unwrap();
+        let mut dp = DeviceCore::new(config(Vec::new())).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 2);
+        net.send_frame(
+            HDR,
+            &testing::arp_request(GUEST_MAC, GUEST_IP, GATEWAY),
+            &[],
+        );
+
+        let n = dp
+            .on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        assert!(n.tx && n.rx, "{n:?}");
+        assert_eq!(net.tx_used().len(), 1, "the TX chain is returned");
+        let (_, reply) = net.rx_frame(HDR, &mut Vec::new()).expect("a reply frame");
+        assert_eq!(reply[12..14], [0x08, 0x06], "ARP");
+        assert_eq!(reply[20..22], [0, 2], "reply opcode");
+        assert_eq!(reply[28..32], GATEWAY.octets(), "sender is the gateway");
+        assert_eq!(reply[..6], GUEST_MAC.0, "to the guest");
+        assert!(peer.recv().is_none(), "nothing reaches the host");
+        assert_eq!(dp.stats.local_replies, 1);
+    }
+
+    #[test]
+    fn without_an_rx_queue_replies_wait_for_it() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, _peer) = MemoryLink::pair(64).unwrap();
+        let mut dp = DeviceCore::new(config(Vec::new())).unwrap();
+        dp.ack_features(FEATURES, &host);
+        net.send_frame(
+            HDR,
+            &testing::arp_request(GUEST_MAC, GUEST_IP, GATEWAY),
+            &[],
+        );
+        let n = dp.on_tx_kick(&mem, &mut txq, None, &host, NOW).unwrap();
+        assert!(!n.rx);
+        post_rx(&mut net, 1);
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, false, NOW).unwrap());
+        assert!(net.rx_frame(HDR, &mut Vec::new()).is_some());
+    }
+
+    /// The TUN is registered edge-triggered: packets left in it while the guest had no RX
+    /// buffers must be read on the next RX kick, without a new readiness event.
+    #[test]
+    fn port_forwarded_packets_wait_for_rx_buffers_and_are_all_delivered() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, _txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(256).unwrap();
+        let forward = PortForward {
+            protocol: Protocol::Udp,
+            external_port: 5353,
+            internal: SocketAddrV4::new(GUEST_IP, 53),
+        };
+        let mut dp = DeviceCore::new(config(vec![forward])).unwrap();
+        dp.ack_features(FEATURES, &host);
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        let total = BATCH + 6;
+        for i in 0..total {
+            let p = testing::udp_packet(client, 4000, EXTERNAL, 5353, &[i as u8; 8]);
+            assert!(peer.send(&p));
+        }
+        // Readable, but no RX buffers: nothing delivered, nothing lost.
+        assert!(!dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        assert!(net.rx_used().is_empty());
+        // The guest adds buffers and kicks; no new readiness from the TUN.
+        post_rx(&mut net, total);
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, false, NOW).unwrap());
+        let mut pending = Vec::new();
+        for i in 0..total {
+            let (_, f) = net
+                .rx_frame(HDR, &mut pending)
+                .unwrap_or_else(|| panic!("frame {i}"));
+            assert_eq!(f[..6], GUEST_MAC.0);
+            assert_eq!(f[26..30], client.octets(), "the guest sees the real client");
+            assert_eq!(f[30..34], GUEST_IP.octets(), "DNAT to the guest");
+            assert_eq!(f[36..38], 53u16.to_be_bytes(), "guest port");
+            assert_eq!(f[42..50], [i as u8; 8], "in order");
+        }
+        assert!(net.rx_frame(HDR, &mut pending).is_none());
+        assert_eq!(dp.stats.rx_frames, total as u64);
+        assert_eq!(peer.pending(), 0);
+    }
+
+    #[test]
+    fn config_space_and_features() {
+        let dp = DeviceCore::new(config(Vec::new())).unwrap();
+        let f = dp.device_features();
+        for bit in [32, 15, 29, 5, 3, 16] {
+            assert_ne!(f & (1 << bit), 0, "bit {bit}");
+        }
+        let mut mtu = [0u8; 2];
+        dp.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 1500);
+        let mut mac = [0u8; 6];
+        dp.read_config(0, &mut mac);
+        assert_eq!(mac, GUEST_MAC.0);
+    }
+
+    #[test]
+    fn offloads_are_offered_only_with_offload() {
+        let plain = DeviceCore::new(config(Vec::new())).unwrap();
+        assert_eq!(plain.device_features() & OFFLOAD_FEATURES, 0);
+        assert_eq!(offloads_of(plain.negotiated.offloads), [false; 5]);
+        let dp = DeviceCore::new(offload_config()).unwrap();
+        assert_eq!(dp.device_features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+        assert_eq!(
+            dp.device_features() & !OFFLOAD_FEATURES,
+            plain.device_features()
+        );
+        // Before negotiation nothing is offloaded, but the link's header is already expected.
+        assert_eq!(
+            offloads_of(dp.negotiated.offloads),
+            [false, false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn a_driver_that_takes_every_offload_gets_them_and_the_link_is_told() {
+        let (host, _peer) = MemoryLink::pair_with_vnet_hdr(4).unwrap();
+        let mut dp = DeviceCore::new(offload_config()).unwrap();
+        let acked = dp.ack_features(u64::MAX, &host);
+        assert_eq!(acked & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+        assert_eq!(offloads_of(dp.negotiated.offloads), [true; 5]);
+        assert_eq!(host.offloads(), (true, true), "GUEST_CSUM and GUEST_TSO4");
+        assert!(
+            dp.replies.buf_size() >= crate::ETH_HLEN + crate::MAX_IP_PACKET,
+            "hairpinned super-frames fit the reply batch"
+        );
+        // Renegotiation without offloads (a driver reset) turns them off again.
+        let acked = dp.ack_features(FEATURES, &host);
+        assert_eq!(acked & OFFLOAD_FEATURES, 0);
+        assert_eq!(
+            offloads_of(dp.negotiated.offloads),
+            [false, false, false, false, true]
+        );
+        assert_eq!(host.offloads(), (false, false));
+    }
+
+    #[test]
+    fn a_driver_without_tso_gets_checksum_offloads_only() {
+        let (host, _peer) = MemoryLink::pair_with_vnet_hdr(4).unwrap();
+        let mut dp = DeviceCore::new(offload_config()).unwrap();
+        let csum = FEATURES | 1 << crate::VIRTIO_NET_F_CSUM | 1 << crate::VIRTIO_NET_F_GUEST_CSUM;
+        // TSO bits without their checksum bits are not negotiated.
+        let acked = dp.ack_features(
+            FEATURES | 1 << crate::VIRTIO_NET_F_HOST_TSO4 | 1 << crate::VIRTIO_NET_F_GUEST_TSO4,
+            &host,
+        );
+        assert_eq!(acked & OFFLOAD_FEATURES, 0);
+        assert_eq!(dp.ack_features(csum, &host), csum);
+        assert_eq!(
+            offloads_of(dp.negotiated.offloads),
+            [true, false, true, false, true]
+        );
+        assert_eq!(host.offloads(), (true, false));
+    }
+
+    #[test]
+    fn a_link_that_refuses_tso_leaves_checksum_offloads() {
+        let (inner, _peer) = MemoryLink::pair_with_vnet_hdr(4).unwrap();
+        let host = NoTsoLink(inner);
+        let mut dp = DeviceCore::new(offload_config()).unwrap();
+        dp.ack_features(u64::MAX, &host);
+        assert_eq!(
+            offloads_of(dp.negotiated.offloads),
+            [true, true, true, false, true],
+            "the guest still sends super-frames; it gets none"
+        );
+        assert_eq!(host.0.offloads(), (true, false));
+    }
+
+    #[test]
+    fn offloads_over_a_link_without_headers_are_turned_off() {
+        let (host, _peer) = MemoryLink::pair(4).unwrap();
+        let mut dp = DeviceCore::new(offload_config()).unwrap();
+        dp.ack_features(u64::MAX, &host);
+        assert_eq!(offloads_of(dp.negotiated.offloads), [false; 5]);
+        assert_eq!(host.offloads(), (false, false));
+    }
+
+    /// An IPv4 TCP packet with `payload` bytes whose checksum field holds the pseudo-header sum
+    /// only (a partial checksum, as the host kernel hands GSO packets over).
+    fn partial_tcp(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16, payload: usize) -> Vec<u8> {
+        let total = 40 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        let c = crate::checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&sp.to_be_bytes());
+        p[22..24].copy_from_slice(&dp.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x10; // ACK
+        for (i, b) in p[40..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut sum = 6 + (total as u32 - 20);
+        for i in (12..20).step_by(2) {
+            sum += u32::from(u16::from_be_bytes([p[i], p[i + 1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        p[36..38].copy_from_slice(&(sum as u16).to_be_bytes());
+        p
+    }
+
+    /// A GRO'd super-packet from the TUN reaches a guest that took GUEST_TSO4 as one GSO frame.
+    #[test]
+    fn a_gso_packet_from_the_host_reaches_a_guest_that_takes_them() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, _txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
+        let forward = PortForward {
+            protocol: Protocol::Tcp,
+            external_port: 8080,
+            internal: SocketAddrV4::new(GUEST_IP, 80),
+        };
+        let mut dp = DeviceCore::new(BridgeConfig {
+            offloads: true,
+            ..config(vec![forward])
+        })
+        .unwrap();
+        dp.ack_features(u64::MAX, &host);
+        for _ in 0..32 {
+            net.post_rx(&[4096]);
+        }
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        let ip = partial_tcp(client, 40000, EXTERNAL, 8080, 30_000);
+        let hdr = crate::VirtioNetHdr {
+            flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: 40,
+            gso_size: 1448,
+            csum_start: 20,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        let mut bytes = hdr.to_bytes().to_vec();
+        bytes.extend_from_slice(&ip);
+        assert!(peer.send(&bytes));
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        let (g, frame) = net.rx_frame(HDR, &mut Vec::new()).expect("a frame");
+        assert_eq!(
+            (g.gso_type, g.gso_size, g.csum_start, g.csum_offset),
+            (crate::VIRTIO_NET_HDR_GSO_TCPV4, 1448, 34, 16),
+            "the GSO header, offsets relative to the Ethernet frame"
+        );
+        assert_eq!(frame.len(), 14 + ip.len(), "one frame, not segmented");
+        assert_eq!(frame[30..34], GUEST_IP.octets(), "DNAT to the guest");
+        assert_eq!(frame[54..], ip[40..], "payload untouched");
+        assert_eq!(dp.stats.rx_gso, 1);
+        assert_eq!(dp.stats.total_drops(), 0);
+    }
+
+    /// Counts the reads of the link it wraps.
+    struct CountingLink(MemoryLink, AtomicUsize);
+
+    impl HostLink for CountingLink {
+        fn send_batch(&self, packets: &[&[u8]]) -> std::io::Result<usize> {
+            self.0.send_batch(packets)
+        }
+        fn recv_batch(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> std::io::Result<usize> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.recv_batch(bufs, lens)
+        }
+        fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            self.0.readiness_fd()
+        }
+    }
+
+    /// Reads of the link for `packets` forwarded packets on one readiness event.
+    fn reads_for(short_batch_drains: bool, packets: usize) -> (usize, usize) {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, _txq) = net.queues(false);
+        let (inner, peer) = MemoryLink::pair(256).unwrap();
+        let host = CountingLink(inner, AtomicUsize::new(0));
+        let forward = PortForward {
+            protocol: Protocol::Udp,
+            external_port: 5353,
+            internal: SocketAddrV4::new(GUEST_IP, 53),
+        };
+        let mut dp = DeviceCore::new(config(vec![forward]))
+            .unwrap()
+            .with_short_batch_drains(short_batch_drains);
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 256);
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        for i in 0..packets {
+            let p = testing::udp_packet(client, 4000, EXTERNAL, 5353, &[i as u8; 8]);
+            assert!(peer.send(&p));
+        }
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        assert_eq!(dp.stats.rx_frames, packets as u64);
+        assert_eq!(peer.pending(), 0);
+        (host.1.load(Ordering::Relaxed), dp.stats.rx_frames as usize)
+    }
+
+    #[test]
+    fn a_short_batch_drains_the_link_only_when_asked() {
+        assert_eq!(
+            reads_for(false, 3),
+            (2, 3),
+            "reads until a read returns nothing"
+        );
+        assert_eq!(reads_for(true, 3), (1, 3), "the short batch said drained");
+        // A full batch is not short: read on.
+        assert_eq!(reads_for(true, BATCH), (2, BATCH));
+        assert_eq!(reads_for(true, BATCH + 1), (2, BATCH + 1));
+    }
+
+    #[test]
+    fn a_flow_arms_the_timeout_and_a_reset_forgets_it() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, _txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(16).unwrap();
+        let forward = PortForward {
+            protocol: Protocol::Udp,
+            external_port: 5353,
+            internal: SocketAddrV4::new(GUEST_IP, 53),
+        };
+        let mut dp = DeviceCore::new(config(vec![forward])).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 4);
+        let p = testing::udp_packet(Ipv4Addr::new(198, 18, 0, 2), 4000, EXTERNAL, 5353, b"q");
+        assert!(peer.send(&p));
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        assert_eq!(dp.nat().len(), 1);
+        assert!(dp.next_timeout(NOW).is_some(), "a flow has a deadline");
+        dp.on_tick(NOW);
+        assert_eq!(dp.nat().len(), 1, "not expired yet");
+        assert_eq!(dp.bridge_stats().nat_flows, 1);
+        assert_eq!(dp.bridge_stats().bridge.rx_frames, 1);
+        dp.reset();
+        assert_eq!(dp.nat().len(), 0);
+        assert_eq!(dp.stats().rx_frames, 0);
+    }
+
+    #[test]
+    fn a_bad_forward_is_refused() {
+        let f = PortForward {
+            protocol: Protocol::Tcp,
+            external_port: 80,
+            internal: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80),
+        };
+        assert!(DeviceCore::new(config(vec![f])).is_err());
+    }
+}
