@@ -6,7 +6,7 @@
 //! - `cargo xtask ci`    — fmt, clippy (host + both Apple targets), test, doc, dependency direction, fuzz smoke,
 //!   bench build.
 //! - `cargo xtask bench [--quick]` — our stack against the kernel, pasta and slirp4netns.
-//! - `cargo xtask deps`  — the dependency-direction check of DESIGN.md.
+//! - `cargo xtask deps`  — the dependency-direction check of docs/ARCHITECTURE.md.
 //! - `cargo xtask fuzz [SECONDS]` — runs each fuzz target for SECONDS (default 30).
 
 mod bench;
@@ -47,7 +47,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   ci             fmt, clippy (host, aarch64-apple-darwin, x86_64-apple-darwin), test, doc, deps, fuzz smoke, bench build
   guest-image    build (or reuse) the real Linux guest used by the QEMU tests, under target/guest/
   bench [--quick]  hostnet against the kernel, pasta and slirp4netns (tables, JSON and SVG under target/bench/)
-  deps           check the dependency direction of DESIGN.md
+  deps           check the dependency direction of docs/ARCHITECTURE.md
   fuzz [SECS]    run each fuzz target for SECS seconds (default 30; needs the nightly toolchain and cargo-fuzz)";
 
 /// The Apple targets the macOS code is type-checked for.
@@ -208,7 +208,7 @@ fn ci() -> Result<()> {
     Ok(())
 }
 
-/// DESIGN.md's table: which crate must not depend on which.
+/// docs/ARCHITECTURE.md's table: which crate must not depend on which.
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "utun-sys",
@@ -232,7 +232,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
 ];
 
 fn deps() -> Result<()> {
-    eprintln!("\n==> dependency direction (DESIGN.md)");
+    eprintln!("\n==> dependency direction (docs/ARCHITECTURE.md)");
     for (krate, forbidden) in FORBIDDEN {
         let out = cargo()
             .args([
@@ -254,7 +254,7 @@ fn deps() -> Result<()> {
             .collect();
         let bad: Vec<&&str> = forbidden.iter().filter(|f| names.contains(f)).collect();
         if !bad.is_empty() {
-            bail!("{krate} depends on {bad:?}, which DESIGN.md forbids");
+            bail!("{krate} depends on {bad:?}, which docs/ARCHITECTURE.md forbids");
         }
         eprintln!("    {krate}: ok (none of {forbidden:?})");
     }

@@ -30,7 +30,8 @@
 //!   ([`Truncated`] — never silently cut), an interface deleted underneath
 //!   ([`InterfaceGone`] — an error, not a spin).
 //! - No allocation and no lock on the data path. Dropping the `Tun` removes the interface.
-//! - Every `unsafe` block is one FFI call under a `// SAFETY:` comment.
+//! - Every `unsafe` block sits under a `// SAFETY:` comment naming its preconditions; most
+//!   are one FFI call, a few also build or read the C structure that call uses.
 //!
 //! # Platforms
 //! - **Linux**: `/dev/net/tun` with `IFF_TUN|IFF_NO_PI`; addresses, MTU and flags set by

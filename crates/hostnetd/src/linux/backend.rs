@@ -145,11 +145,12 @@ impl NetBackend {
                 let _ = self.timer.wait();
                 self.dp.on_tick(self.clock.now());
                 // Safety net, once a second while frames move: deliver what waits for the RX
-                // queue and signal both queues. An interrupt lost while the frontend was still
-                // wiring a queue (its call fd set after the used ring moved, or the queue
-                // enabled after the frames were ready) would otherwise leave an EVENT_IDX driver
-                // asleep for good: it asks for the next interrupt only when it has seen this
-                // one. A spurious interrupt costs the driver one look at its ring.
+                // queue and signal both queues. One run saw a guest never answer DHCP offers
+                // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
+                // asks for the next one only when it has seen this one. The cause is not proven
+                // (suspected: the frontend wiring a queue's call fd or enabling it after the
+                // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
+                // look at its ring.
                 let s = self.dp.stats();
                 let moved = s.rx_frames + s.tx_frames + s.local_replies;
                 if moved != self.moved_at_tick {

@@ -49,8 +49,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let tun = Arc::new(open_tun(args)?);
     // Offloads need the virtio-net header on the TUN; without it the device offers none.
     config.offload = tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN;
-    // `TunBuilder::nonblocking` records the mode without setting O_NONBLOCK on Linux (utun at the
-    // time of writing); the host-link contract's `prepare` does set it. The worker must never block.
+    // The TUN is opened non-blocking (`TunBuilder::nonblocking`); `prepare` is the host-link
+    // contract's step and sets the same mode again. The worker must never block.
     bridge::HostLink::prepare(&*tun).context("making the TUN non-blocking")?;
     let listener = SocketGuard::bind(&args.socket)?;
     let stop = Arc::new(Stop::new()?);
