@@ -284,7 +284,7 @@ impl DeviceCore {
 
     /// Records the driver's features in the device model only (no host link yet); returns the
     /// negotiated set. [`DeviceCore::ack_features`] does the whole negotiation.
-    #[cfg(feature = "pipeline")]
+    #[cfg(feature = "driver")]
     pub(crate) fn ack_device_features(&mut self, features: u64) -> u64 {
         self.device.ack_features(features)
     }
@@ -458,7 +458,7 @@ impl DeviceCore {
 
     /// Splits the core for a driver that runs its halves on different threads (the pipeline):
     /// the TX half, the RX half, the NAT they share, and what the pool of reply batches needs.
-    #[cfg(feature = "pipeline")]
+    #[cfg(feature = "driver")]
     pub(crate) fn into_parts(self) -> Parts {
         Parts {
             reply_size: self.replies.buf_size(),
@@ -519,7 +519,7 @@ impl DeviceCore {
 }
 
 /// A negotiated core taken apart for the pipeline.
-#[cfg(feature = "pipeline")]
+#[cfg(feature = "driver")]
 #[derive(Debug)]
 pub(crate) struct Parts {
     pub(crate) config: BridgeConfig,

@@ -17,9 +17,10 @@
 //!
 //! - an embedder's own single-thread event loop (a vhost-user worker, a VMM's loop) calls
 //!   [`DeviceCore`] directly;
-//! - the threaded pipeline (feature `pipeline`, default): [`Bridge::new`], then
+//! - the threaded driver (feature `driver`, default): [`Bridge::new`], then
 //!   [`Bridge::activate`] with guest memory, the two queues and an interrupt callback splits
-//!   the negotiated core into its TX and RX halves and runs each on a thread, giving a
+//!   the negotiated core into its TX and RX halves and runs each on a thread (the pipeline),
+//!   or both on one thread ([`Bridge::activate_with`], [`Threads::One`]), giving a
 //!   [`BridgeHandle`] (kicks, stats, port forwards, lease, shutdown).
 //!
 //! A frame's way, guest to host (tx, outbound): [`TxPath`] takes TX chains into a
@@ -74,14 +75,14 @@
 //! # Features
 //!
 //! - `utun` (default): `impl HostLink for utun::Tun`.
-//! - `pipeline` (default): the threaded driver ([`Bridge`]); pulls crossbeam-channel, mio and
+//! - `driver` (default): the threaded driver ([`Bridge`]); pulls crossbeam-channel, mio and
 //!   rustix. Without it the crate is the device core only.
 //! - `test-utils`: `testing` helpers (frame builders, mock-queue drivers) for tests and
 //!   benches of crates that embed the bridge.
 //!
 //! # Platforms and MSRV
 //!
-//! Everything builds for Linux and macOS: the pipeline polls with mio (epoll, kqueue) and
+//! Everything builds for Linux and macOS: the driver polls with mio (epoll, kqueue) and
 //! wakes its threads with an eventfd (Linux) or a pipe (elsewhere). The macOS build is
 //! type-checked and linted on Linux; it has never run on a Mac. MSRV 1.95.
 #![deny(unsafe_code)]
@@ -92,6 +93,8 @@ mod core;
 mod device;
 mod dhcp;
 mod dns;
+#[cfg(feature = "driver")]
+mod driver;
 mod engine;
 mod error;
 mod forward;
@@ -100,12 +103,10 @@ mod gmem;
 mod host;
 mod l2;
 mod offload;
-#[cfg(feature = "pipeline")]
-mod pipeline;
 mod ring;
 mod rx;
 mod stats;
-#[cfg(feature = "pipeline")]
+#[cfg(feature = "driver")]
 mod sys;
 mod tx;
 mod wire;
@@ -127,6 +128,8 @@ pub use device::{
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{host_dns_upstream, parse_resolv_conf};
+#[cfg(feature = "driver")]
+pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use engine::{RxEngine, TxEngine};
 pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError};
@@ -134,8 +137,6 @@ pub use frame::FrameBatch;
 pub use host::{HostLink, MemoryLink};
 pub use l2::{L2Config, L2Services, TxAction};
 pub use offload::{MAX_IP_PACKET, Offloads};
-#[cfg(feature = "pipeline")]
-pub use pipeline::{Activation, Bridge, BridgeHandle, Interrupt};
 pub use rx::{RxOutcome, RxPath};
 pub use stats::{AtomicStats, BridgeStats, DropCause, Stats};
 pub use tx::{TxOutcome, TxPath};

@@ -1,4 +1,6 @@
-//! The threaded runner end to end: mock guest queues ↔ bridge threads ↔ in-memory host link.
+//! The threaded driver end to end: mock guest queues ↔ bridge threads ↔ in-memory host link.
+//! Every test runs with the pipeline's two threads; those in `one_thread` run again with the
+//! whole device on one thread ([`Threads::One`]).
 #![cfg(target_os = "linux")]
 
 use core::net::{Ipv4Addr, SocketAddrV4};
@@ -12,12 +14,44 @@ use bridge::testing::{
 };
 use bridge::{
     Activation, Bridge, BridgeConfig, BridgeHandle, CONFIG_INTERRUPT, DropCause, Error, HostLink,
-    MemoryLink, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
+    MemoryLink, OFFERED_FEATURES, Threads, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
 };
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use vm_memory::GuestMemoryMmap;
 
 const HDR: usize = VIRTIO_NET_HDR_LEN;
+
+thread_local! {
+    /// How many threads the rigs of this test activate (each test runs on its own thread).
+    static THREADS: std::cell::Cell<Threads> = const { std::cell::Cell::new(Threads::Two) };
+}
+
+/// The same tests with the device on one thread.
+mod one_thread {
+    macro_rules! again {
+        ($($name:ident),* $(,)?) => {$(
+            #[test]
+            fn $name() {
+                super::THREADS.with(|t| t.set(bridge::Threads::One));
+                super::$name();
+            }
+        )*};
+    }
+    again!(
+        arp_dhcp_and_udp_round_trip_through_the_nat,
+        spoofed_and_unsupported_frames_never_reach_the_host,
+        host_packets_wait_for_rx_buffers_then_flow,
+        port_forwards_are_added_and_removed_at_runtime,
+        host_link_failure_surfaces_through_the_handle,
+        a_broken_avail_index_flags_needs_reset,
+        kicks_and_config_are_checked,
+        dns_is_redirected_and_large_fragmented_answers_arrive_as_fragments,
+        dhcp_with_a_hostile_hardware_length_is_dropped,
+        gateway_replies_push_back_on_the_tx_queue_when_the_guest_reads_nothing,
+        sustained_traffic_both_ways_loses_nothing,
+        inline_kicks_send_on_the_calling_thread_in_order,
+    );
+}
 
 struct Rig {
     mem: Arc<GuestMemoryMmap>,
@@ -53,7 +87,8 @@ impl Rig {
             acked_features: acked,
             interrupt,
         };
-        (bridge.activate(act, inside).unwrap(), outside)
+        let threads = THREADS.with(std::cell::Cell::get);
+        (bridge.activate_with(act, inside, threads).unwrap(), outside)
     }
 }
 

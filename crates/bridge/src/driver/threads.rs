@@ -16,7 +16,7 @@ use mio::{Events as MioEvents, Interest, Poll, Token};
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
-use super::{BridgeHandle, Events, Interrupt, Shared};
+use super::{BridgeHandle, Events, Interrupt, Shared, Threads};
 use crate::core::{Clock, Expiry, RxHalf, TxHalf, lock};
 use crate::device::{CONFIG_INTERRUPT, RX_QUEUE, TX_QUEUE};
 use crate::frame::FrameBatch;
@@ -42,6 +42,10 @@ pub(super) trait InlineTx: Send + Sync {
     /// Drains the TX queue if nobody else is; `None` if the TX thread is busy with it,
     /// `Some(false)` if the queue or host link failed (recorded as the TX thread would).
     fn try_drain(&self) -> Option<bool>;
+
+    /// Drains the TX queue (waiting for the lock); `false` if the queue or host link failed
+    /// (recorded as the TX thread would).
+    fn drain(&self) -> bool;
 }
 
 impl core::fmt::Debug for dyn InlineTx {
@@ -53,6 +57,7 @@ impl core::fmt::Debug for dyn InlineTx {
 /// Spawns both threads; returns the handle.
 pub(super) fn start<A, Q, H>(
     s: Start<A, Q>,
+    threads: Threads,
     host: Arc<H>,
     shared: Arc<Shared>,
     events: Arc<Events>,
@@ -110,6 +115,20 @@ where
         threads: Vec::new(),
         tx_work: tx_state,
     };
+    if threads == Threads::One {
+        let tx_state = Arc::clone(&handle.tx_work);
+        let mut rx_thread = rx_thread;
+        let t = std::thread::Builder::new()
+            .name("bridge".into())
+            .spawn(move || {
+                if let Err(e) = rx_thread.run_inner(Some(&*tx_state)) {
+                    fail(&rx_thread.shared, &rx_thread.interrupt, e, RX_QUEUE);
+                }
+                let _ = rx_thread.events.shutdown.notify();
+            })?;
+        handle.threads.push(("bridge", t));
+        return Ok(handle);
+    }
     let t = std::thread::Builder::new()
         .name("bridge-tx".into())
         .spawn(move || tx_thread.run())?;
@@ -132,6 +151,17 @@ where
 const INLINE_MAX_CHAINS: usize = 8;
 
 impl<A: GuestAddressSpace + Send, Q: QueueT + Send> InlineTx for Mutex<TxState<A, Q>> {
+    fn drain(&self) -> bool {
+        let mut st = lock(self);
+        match st.drain() {
+            Ok(()) => true,
+            Err(e) => {
+                fail(&st.shared, &st.interrupt, e, TX_QUEUE);
+                false
+            }
+        }
+    }
+
     fn try_drain(&self) -> Option<bool> {
         let mut st = match self.try_lock() {
             Ok(g) => g,
@@ -309,17 +339,23 @@ struct RxThread<A, Q> {
 
 impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
     fn run(mut self) {
-        if let Err(e) = self.run_inner() {
+        if let Err(e) = self.run_inner::<dyn InlineTx>(None) {
             fail(&self.shared, &self.interrupt, e, RX_QUEUE);
         }
         let _ = self.events.shutdown.notify();
     }
 
-    fn run_inner(&mut self) -> Result<(), Error> {
+    /// The RX loop; with `tx` (one thread for the whole device) the same loop also serves
+    /// the TX kicks, handing each wake-up to both halves in turn.
+    fn run_inner<T: InlineTx + ?Sized>(&mut self, tx: Option<&T>) -> Result<(), Error> {
         let mut poll = Poll::new()?;
         register(&poll, &self.events.rx_kick, TOKEN_KICK)?;
         register(&poll, &self.events.shutdown, TOKEN_SHUTDOWN)?;
         register(&poll, &self.events.local, TOKEN_LOCAL)?;
+        if tx.is_some() {
+            register(&poll, &self.events.tx_kick, TOKEN_TX_KICK)?;
+            register(&poll, &self.events.pool, TOKEN_POOL)?;
+        }
         let host = Arc::clone(&self.host);
         let host_fd = host
             .readiness_fd()
@@ -332,8 +368,17 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
         // no kick announced (a driver or transport bug: worth a log line, not an error).
         let mut timed_out = false;
         let mut missed_kicks = 0u64;
+        // The driver may have queued frames before activation.
+        let mut tx_work = true;
         let mut events = MioEvents::with_capacity(8);
         while !self.shared.stop.load(Ordering::Acquire) {
+            if let Some(tx) = tx
+                && std::mem::take(&mut tx_work)
+                && !tx.drain()
+            {
+                // Recorded by the TX side as its own thread would have.
+                return Ok(());
+            }
             let now = self.clock.now();
             let (more, starved) = self.step(now)?;
             {
@@ -351,7 +396,7 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
                 );
             }
             timed_out = false;
-            if more && !starved {
+            if more && !starved && tx.is_none() {
                 continue;
             }
             // Starved: stop polling the host (its packets wait in the kernel queue) until the
@@ -376,6 +421,10 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
                 // fd is out of the interest list, at most 10 times a second.
                 timeout = Some(timeout.map_or(STARVED_RECHECK, |t| t.min(STARVED_RECHECK)));
             }
+            if more && !starved {
+                // One thread: look at the TX side's events, then go on with the rest.
+                timeout = Some(Duration::ZERO);
+            }
             let n = wait(&mut poll, &mut events, timeout)?;
             timed_out = starved && n == 0;
             for ev in &events {
@@ -383,6 +432,14 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
                     TOKEN_KICK => self.events.rx_kick.drain(),
                     TOKEN_LOCAL => self.events.local.drain(),
                     TOKEN_HOST => self.half.host_pending = true,
+                    TOKEN_TX_KICK => {
+                        self.events.tx_kick.drain();
+                        tx_work = true;
+                    }
+                    TOKEN_POOL => {
+                        self.events.pool.drain();
+                        tx_work = true;
+                    }
                     _ => {}
                 }
             }
@@ -462,6 +519,7 @@ const TOKEN_SHUTDOWN: Token = Token(2);
 const TOKEN_POOL: Token = Token(3);
 const TOKEN_LOCAL: Token = Token(4);
 const TOKEN_HOST: Token = Token(5);
+const TOKEN_TX_KICK: Token = Token(6);
 /// Longest wait for an RX kick while frames wait for guest RX buffers (then the ring is
 /// looked at again anyway; see `RxThread::run_inner`).
 const STARVED_RECHECK: Duration = Duration::from_millis(100);

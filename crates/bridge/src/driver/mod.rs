@@ -1,9 +1,10 @@
-//! The threaded pipeline, one of the drivers of [`DeviceCore`]: [`Bridge`] (a configured
-//! core, before activation), [`Activation`], [`BridgeHandle`].
+//! The threaded driver of [`DeviceCore`]: [`Bridge`] (a configured core, before activation),
+//! [`Activation`], [`Threads`], [`BridgeHandle`].
 //!
 //! [`Bridge::activate`] negotiates through the core ([`DeviceCore::ack_features`]), checks the
 //! queues through it ([`DeviceCore::prepare_queue`]), splits it into its TX and RX halves and
-//! runs each on a thread (`bridge-tx`, `bridge-rx`, see `threads.rs`). The threads only move
+//! runs each on a thread (`bridge-tx`, `bridge-rx`, see `threads.rs`), or both on one
+//! (`bridge`, [`Threads::One`]). The threads only move
 //! events: what each batch does is the halves' own code, the same the single-thread core runs.
 //! Polling is mio's (epoll on Linux, kqueue on macOS); kicks and internal wake-ups are
 //! `sys::Event`s (an eventfd on Linux, a pipe elsewhere).
@@ -55,6 +56,18 @@ impl<A, Q: core::fmt::Debug> core::fmt::Debug for Activation<A, Q> {
             .field("acked_features", &self.acked_features)
             .finish_non_exhaustive()
     }
+}
+
+/// How many threads run an activated device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Threads {
+    /// One thread (`bridge`) serves both queues and the host link: fewest thread wake-ups
+    /// per round trip, one core's worth of throughput.
+    One,
+    /// The pipeline: `bridge-tx` and `bridge-rx`, joined by bounded channels of batches.
+    #[default]
+    Two,
 }
 
 /// A configured, not yet running pipeline: a [`DeviceCore`] (device model, NAT, gateway)
@@ -146,6 +159,26 @@ impl Bridge {
         H: HostLink + 'static,
         Q: QueueT + Send + 'static,
     {
+        self.activate_with(activation, host, Threads::Two)
+    }
+
+    /// As [`Bridge::activate`], on `threads` threads: [`Threads::One`] runs both halves on
+    /// one thread (`bridge`), with the same code and the same handle.
+    ///
+    /// # Errors
+    ///
+    /// As [`Bridge::activate`].
+    pub fn activate_with<A, H, Q>(
+        self,
+        activation: Activation<A, Q>,
+        host: H,
+        threads: Threads,
+    ) -> Result<BridgeHandle, Error>
+    where
+        A: GuestAddressSpace + Send + 'static,
+        H: HostLink + 'static,
+        Q: QueueT + Send + 'static,
+    {
         let mut core = self.core;
         let Activation {
             mem,
@@ -194,6 +227,7 @@ impl Bridge {
                 reply_size: parts.reply_size,
                 interrupt,
             },
+            threads,
             Arc::new(host),
             shared,
             events,
