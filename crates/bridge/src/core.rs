@@ -353,15 +353,15 @@ impl DeviceCore {
                 if self.replies.pending() == 0 {
                     self.replies.clear();
                 }
-                let out = match self.tx.batch(
-                    mem,
-                    txq,
-                    &mut self.replies,
-                    &mut self.nat,
+                let step = Step {
                     host,
                     now,
-                    &mut self.stats,
-                ) {
+                    stats: &mut self.stats,
+                };
+                let out = match self
+                    .tx
+                    .batch(mem, txq, &mut self.replies, &mut self.nat, step)
+                {
                     Ok(out) => out,
                     Err(Error::HostLink(e)) => {
                         self.host_failure(&e);
@@ -480,15 +480,18 @@ impl DeviceCore {
         let guest_mac = self.tx.engine.l2().guest_mac();
         let mut notify = false;
         loop {
+            let step = Step {
+                host,
+                now,
+                stats: &mut self.stats,
+            };
             let p = self.rx.deliver(
                 mem,
                 rxq,
                 Some(&mut self.replies),
                 &mut self.nat,
-                host,
-                now,
+                step,
                 guest_mac,
-                &mut self.stats,
             );
             let p = match p {
                 Ok(p) => p,
@@ -555,6 +558,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What a half's step works with besides the queue, the batches and the NAT.
+pub(crate) struct Step<'a> {
+    /// Where packets leave and arrive.
+    pub(crate) host: &'a dyn HostLink,
+    /// The time of this step.
+    pub(crate) now: nat::Instant,
+    /// The counters the step adds to.
+    pub(crate) stats: &'a mut Stats,
+}
+
 /// The TX half: TX queue → gateway services → NAT → host link, one batch per call.
 #[derive(Debug)]
 pub(crate) struct TxHalf {
@@ -570,20 +583,15 @@ impl TxHalf {
     ///
     /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (the frames
     /// were taken and counted).
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one batch step: its inputs are the queue, the batch, the NAT, the link and the time"
-    )]
     pub(crate) fn batch<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &mut Q,
         replies: &mut FrameBatch,
         mut nat: impl NatAccess,
-        host: &dyn HostLink,
-        now: nat::Instant,
-        stats: &mut Stats,
+        step: Step<'_>,
     ) -> Result<TxOutcome, Error> {
+        let Step { host, now, stats } = step;
         let out = self.engine.pull(mem, queue, replies, now, stats)?;
         if out.frames > 0 {
             nat.with(|nat| self.engine.translate(nat, replies, now, stats));
@@ -622,21 +630,16 @@ impl RxHalf {
     ///
     /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (no more reads
     /// until it is readable again).
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one delivery step: its inputs are the queue, the replies, the NAT, the link, the time and the guest's MAC"
-    )]
     pub(crate) fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &mut Q,
         mut replies: Option<&mut FrameBatch>,
         mut nat: impl NatAccess,
-        host: &dyn HostLink,
-        now: nat::Instant,
+        step: Step<'_>,
         guest_mac: MacAddr,
-        stats: &mut Stats,
     ) -> Result<RxProgress, Error> {
+        let Step { host, now, stats } = step;
         let mut p = RxProgress::default();
         let mut rounds = 0;
         loop {

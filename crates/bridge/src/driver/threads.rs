@@ -17,7 +17,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::{BridgeHandle, Events, Interrupt, Shared, Threads};
-use crate::core::{Clock, Expiry, RxHalf, TxHalf, lock};
+use crate::core::{Clock, Expiry, RxHalf, Step, TxHalf, lock};
 use crate::device::{CONFIG_INTERRUPT, RX_QUEUE, TX_QUEUE};
 use crate::frame::FrameBatch;
 use crate::stats::{DropCause, Stats};
@@ -275,15 +275,14 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
         };
         self.queue.disable_notification(mem)?;
         let now = self.clock.now();
-        let out = self.half.batch(
-            mem,
-            &mut self.queue,
-            reply,
-            &self.shared.nat,
-            &*self.host,
+        let step = Step {
+            host: &*self.host,
             now,
-            &mut self.stats,
-        )?;
+            stats: &mut self.stats,
+        };
+        let out = self
+            .half
+            .batch(mem, &mut self.queue, reply, &self.shared.nat, step)?;
         if out.notify {
             (self.interrupt)(TX_QUEUE);
         }
@@ -456,15 +455,18 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
             self.local = self.local_rx.try_recv().ok();
         }
         let mac = MacAddr::from_u64(self.shared.guest_mac.load(Ordering::Relaxed));
+        let step = Step {
+            host: &*self.host,
+            now,
+            stats: &mut self.stats,
+        };
         let p = self.half.deliver(
             mem,
             &mut self.queue,
             self.local.as_mut(),
             &self.shared.nat,
-            &*self.host,
-            now,
+            step,
             mac,
-            &mut self.stats,
         )?;
         if p.notify {
             (self.interrupt)(RX_QUEUE);

@@ -51,8 +51,12 @@ impl LabLoop {
             guest.acked_features()
         );
         let mem = guest.memory().clone();
-        let rxq = guest.device_queue(RX_QUEUE)?;
-        let txq = guest.device_queue(TX_QUEUE)?;
+        let mut rxq = guest.device_queue(RX_QUEUE)?;
+        let mut txq = guest.device_queue(TX_QUEUE)?;
+        dp.prepare_queue(&mut rxq, RX_QUEUE)
+            .context("the device refused the RX queue")?;
+        dp.prepare_queue(&mut txq, TX_QUEUE)
+            .context("the device refused the TX queue")?;
         let driver = guest.into_driver(tap)?;
         let stop = EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?;
         let stopping = Arc::new(AtomicBool::new(false));
