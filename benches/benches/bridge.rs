@@ -17,8 +17,8 @@ use bridge::testing::{
     udp_packet,
 };
 use bridge::{
-    FrameBatch, HostLink, L2Config, L2Services, MemoryLink, RxEngine, RxPath, Stats, TxEngine,
-    TxPath, VIRTIO_NET_HDR_LEN,
+    FrameBatch, Gateway, GatewayConfig, HostLink, MemoryLink, RxEngine, RxQueue, Stats, TxEngine,
+    TxQueue, VIRTIO_NET_HDR_LEN,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nat::{Instant, Nat, NatConfig, Verdict};
@@ -32,8 +32,8 @@ const NOW: Instant = Instant::from_secs(1);
 const SIZES: [usize; 2] = [64, 1514];
 const BATCHES: [usize; 2] = [1, 64];
 
-fn l2() -> L2Services {
-    L2Services::new(L2Config {
+fn gateway() -> Gateway {
+    Gateway::new(GatewayConfig {
         gateway: GATEWAY,
         gateway_mac: GATEWAY_MAC,
         prefix_len: 24,
@@ -45,7 +45,7 @@ fn l2() -> L2Services {
         dns: true,
         static_guest_ip: Some(GUEST_IP),
     })
-    .expect("l2")
+    .expect("gw")
 }
 
 fn guest_frame(size: usize) -> Vec<u8> {
@@ -97,7 +97,7 @@ impl<'a> TxRig<'a> {
             mem,
             net,
             q,
-            engine: TxEngine::new(TxPath::new(HDR, 1514), l2(), batch, 1514),
+            engine: TxEngine::new(TxQueue::new(HDR, 1514), gateway(), batch, 1514),
             replies: FrameBatch::new(batch, 2048),
             nat,
             inside,
@@ -180,7 +180,7 @@ impl<'a> RxRig<'a> {
             mem,
             net,
             q,
-            engine: RxEngine::new(RxPath::new(HDR, mrg), batch, 65535, 1500, GATEWAY_MAC),
+            engine: RxEngine::new(RxQueue::new(HDR, mrg), batch, 65535, 1500, GATEWAY_MAC),
             nat,
             inside,
             outside,

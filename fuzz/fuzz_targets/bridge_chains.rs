@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use bridge::{
-    DropCause, FrameBatch, HostLink, L2Config, L2Services, MacAddr, MemoryLink, OFFERED_FEATURES,
-    OFFLOAD_FEATURES, Offloads, RxEngine, RxPath, Stats, TxEngine, TxPath,
+    DropCause, FrameBatch, HostLink, GatewayConfig, Gateway, MacAddr, MemoryLink, OFFERED_FEATURES,
+    OFFLOAD_FEATURES, Offloads, RxEngine, RxQueue, Stats, TxEngine, TxQueue,
 };
 use nat::{Nat, NatConfig};
 use libfuzzer_sys::fuzz_target;
@@ -89,7 +89,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let mut stats = Stats::default();
-    let mut tx = TxEngine::new(TxPath::new(hdr_len, max), l2(), 8, max).with_offloads(o, 1500);
+    let mut tx = TxEngine::new(TxQueue::new(hdr_len, max), gateway(), 8, max).with_offloads(o, 1500);
     let mut replies = FrameBatch::new(8, max.max(2048));
     for round in 0..4u64 {
         let now = nat::Instant::from_secs(round);
@@ -105,7 +105,7 @@ fuzz_target!(|input: &[u8]| {
     }
     while outside.recv().is_some() {}
 
-    let mut rx = RxEngine::new(RxPath::new(hdr_len, mrg), 8, 65535, 1500, MacAddr([2, 0, 0, 0, 0, 1]))
+    let mut rx = RxEngine::new(RxQueue::new(hdr_len, mrg), 8, 65535, 1500, MacAddr([2, 0, 0, 0, 0, 1]))
         .with_offloads(o);
     for chunk in data.chunks(97).take(8) {
         let _ = outside.send(chunk);
@@ -118,7 +118,7 @@ fuzz_target!(|input: &[u8]| {
         rx.translate(&mut nat, now, MacAddr([2, 0, 0, 0, 0, 2]), &mut stats);
         match rx.deliver(&mem, &mut rxq, &mut stats) {
             Ok(out) if out.starved => {
-                let _ = rx.path().arm(&mem, &mut rxq);
+                let _ = rx.rx_queue().arm(&mem, &mut rxq);
                 break;
             }
             Ok(_) => {}
@@ -133,9 +133,9 @@ fuzz_target!(|input: &[u8]| {
         let _ = frames.push_with_header(chunk, hdr);
     }
     for _ in 0..4 {
-        match rx.path().fill(&mem, &mut rxq, &mut frames, &mut stats) {
+        match rx.rx_queue().fill(&mem, &mut rxq, &mut frames, &mut stats) {
             Ok(out) if out.starved => {
-                let _ = rx.path().arm(&mem, &mut rxq);
+                let _ = rx.rx_queue().arm(&mem, &mut rxq);
                 break;
             }
             Ok(_) => {}
@@ -179,8 +179,8 @@ fn queue(desc: u64, avail: u64, used: u64, event_idx: bool) -> Option<Queue> {
     Some(q)
 }
 
-fn l2() -> L2Services {
-    let cfg = L2Config {
+fn gateway() -> Gateway {
+    let cfg = GatewayConfig {
         gateway: Ipv4Addr::new(192, 168, 64, 1),
         gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         prefix_len: 24,
@@ -191,7 +191,7 @@ fn l2() -> L2Services {
         dns: true,
         static_guest_ip: None,
     };
-    match L2Services::new(cfg) {
+    match Gateway::new(cfg) {
         Ok(l) => l,
         Err(e) => panic!("static config: {e}"),
     }

@@ -8,7 +8,7 @@ use core::time::Duration;
 use nat::{NatConfig, PortForward};
 
 use crate::Error;
-use crate::l2::L2Config;
+use crate::gateway::GatewayConfig;
 use crate::wire::MacAddr;
 
 /// Everything the bridge needs; `Default` gives the documented defaults (subnet
@@ -94,8 +94,8 @@ impl Default for BridgeConfig {
 
 impl BridgeConfig {
     /// The gateway services' part of the configuration.
-    pub(crate) fn l2_config(&self) -> L2Config {
-        L2Config {
+    pub(crate) fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
             gateway: self.gateway,
             gateway_mac: self.gateway_mac,
             prefix_len: self.prefix_len,

@@ -21,13 +21,14 @@ use crate::config::BridgeConfig;
 use crate::device::{
     CONFIG_SPACE_SIZE, Device, RX_QUEUE, VIRTIO_NET_HDR_LEN, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::engine::{RxEngine, TxEngine};
 use crate::frame::FrameBatch;
-use crate::l2::L2Services;
+use crate::gateway::Gateway;
 use crate::offload::{MAX_IP_PACKET, Offloads};
-use crate::rx::RxPath;
+use crate::rx_engine::RxEngine;
+use crate::rx_queue::RxQueue;
 use crate::stats::{BridgeStats, Stats};
-use crate::tx::{TxOutcome, TxPath};
+use crate::tx_engine::TxEngine;
+use crate::tx_queue::{TxOutcome, TxQueue};
 use crate::wire::{ETH_HLEN, MacAddr};
 use crate::{Error, HostLink, OFFLOAD_FEATURES};
 
@@ -134,7 +135,7 @@ impl DeviceCore {
     /// [`Error::Config`], [`Error::NatConfig`] or [`Error::NatRule`] (forwards, DNS redirect).
     pub fn new(mut config: BridgeConfig) -> Result<Self, Error> {
         config.validate()?;
-        let gateway = L2Services::new(config.l2_config())?;
+        let gateway = Gateway::new(config.gateway_config())?;
         let mask = crate::dhcp::prefix_mask(config.prefix_len);
         config.nat.internal_net = core::net::Ipv4Addr::from(u32::from(config.gateway) & mask);
         config.nat.internal_prefix_len = config.prefix_len;
@@ -247,7 +248,7 @@ impl DeviceCore {
             mrg_rxbuf: self.device.mrg_rxbuf(),
             event_idx: acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0,
         };
-        match L2Services::new(self.config.l2_config()) {
+        match Gateway::new(self.config.gateway_config()) {
             Ok(gateway) => {
                 let short = self.rx.short_batch_drains;
                 (self.tx, self.rx) = halves(&self.config, &negotiated, gateway);
@@ -447,8 +448,8 @@ impl DeviceCore {
     }
 
     /// The gateway services (the guest's MAC, its lease).
-    pub fn l2(&self) -> &L2Services {
-        self.tx.engine.l2()
+    pub fn gateway(&self) -> &Gateway {
+        self.tx.engine.gateway()
     }
 
     /// The offloads in force.
@@ -477,7 +478,7 @@ impl DeviceCore {
         host: &impl HostLink,
         now: nat::Instant,
     ) -> Result<bool, Error> {
-        let guest_mac = self.tx.engine.l2().guest_mac();
+        let guest_mac = self.tx.engine.gateway().guest_mac();
         let mut notify = false;
         loop {
             let step = Step {
@@ -646,10 +647,10 @@ impl RxHalf {
             if let Some(r) = replies.as_deref_mut()
                 && r.pending() > 0
             {
-                let out = self.engine.path().fill(mem, queue, r, stats)?;
+                let out = self.engine.rx_queue().fill(mem, queue, r, stats)?;
                 p.notify |= out.notify;
                 if out.starved {
-                    if self.engine.path().arm(mem, queue)? {
+                    if self.engine.rx_queue().arm(mem, queue)? {
                         continue;
                     }
                     p.starved = true;
@@ -660,7 +661,7 @@ impl RxHalf {
                 let out = self.engine.deliver(mem, queue, stats)?;
                 p.notify |= out.notify;
                 if out.starved {
-                    if self.engine.path().arm(mem, queue)? {
+                    if self.engine.rx_queue().arm(mem, queue)? {
                         continue;
                     }
                     p.starved = true;
@@ -778,12 +779,12 @@ fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
 }
 
 /// The TX and RX halves for the negotiated header and offloads.
-fn halves(config: &BridgeConfig, n: &Negotiated, gateway: L2Services) -> (TxHalf, RxHalf) {
+fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, RxHalf) {
     let mtu = usize::from(config.mtu);
     let offloads = n.offloads;
     let max_frame = offloads.max_tx_frame(config.mtu);
     let tx = TxEngine::new(
-        TxPath::new(n.header_len, max_frame),
+        TxQueue::new(n.header_len, max_frame),
         gateway,
         config.batch_size,
         max_frame,
@@ -797,7 +798,7 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: L2Services) -> (TxHalf
         config.max_host_packet.min(MAX_IP_PACKET)
     };
     let rx = RxEngine::new(
-        RxPath::new(n.header_len, n.mrg_rxbuf),
+        RxQueue::new(n.header_len, n.mrg_rxbuf),
         config.batch_size,
         max_packet,
         mtu,

@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::Arc;
 
-/// Errors from the device core and the threaded runner.
+/// Errors from the device core and the threaded driver.
 ///
 /// Guest misbehaviour is never an error: bad descriptor chains and bad frames are counted
 /// ([`crate::DropCause`]) and skipped. Errors mean the queue or the host link can no longer be
@@ -49,8 +49,8 @@ pub enum Error {
     /// The pipeline stopped earlier because of this error.
     #[error("the pipeline failed")]
     Failed(#[source] Arc<Error>),
-    /// The threaded runner is not available on this platform (it needs Linux epoll/eventfd);
-    /// the device core is.
-    #[error("the threaded runner is not supported on this platform")]
+    /// The threaded driver cannot poll this host link (it has no readiness descriptor); the
+    /// device core can still be driven by the embedder.
+    #[error("the host link has no readiness descriptor for the threaded driver")]
     Unsupported,
 }

@@ -26,7 +26,7 @@ pub trait HostLink: Send + Sync {
     /// Receives up to `min(bufs.len(), lens.len())` packets without blocking; `lens[i]` is
     /// the length of the packet in `bufs[i]`. Returns 0 or `WouldBlock` when none is
     /// queued. Fewer than asked means the link had no more right then (or an error stopped
-    /// the batch and will be reported by the next call): the runner then waits for
+    /// the batch and will be reported by the next call): the driver then waits for
     /// [`HostLink::readiness_fd`] before reading again.
     ///
     /// # Errors
@@ -36,10 +36,10 @@ pub trait HostLink: Send + Sync {
     fn recv_batch(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize>;
 
     /// A descriptor that polls readable when [`HostLink::recv_batch`] has packets (level
-    /// triggered). The threaded runner needs one; a foreign event loop may poll it too.
+    /// triggered). The threaded driver needs one; a foreign event loop may poll it too.
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>>;
 
-    /// Called once by the runner before use: puts the link in non-blocking mode.
+    /// Called once by the threaded driver before use: puts the link in non-blocking mode.
     ///
     /// # Errors
     ///

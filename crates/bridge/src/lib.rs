@@ -23,10 +23,10 @@
 //!   or both on one thread ([`Bridge::activate_with`], [`Threads::One`]), giving a
 //!   [`BridgeHandle`] (kicks, stats, port forwards, lease, shutdown).
 //!
-//! A frame's way, guest to host (tx, outbound): [`TxPath`] takes TX chains into a
-//! [`FrameBatch`] → [`L2Services`] answers what is for the gateway → `nat::Nat::outbound_batch`
+//! A frame's way, guest to host (tx, outbound): [`TxQueue`] takes TX chains into a
+//! [`FrameBatch`] → [`Gateway`] answers what is for the gateway → `nat::Nat::outbound_batch`
 //! → [`HostLink::send_batch`]. Host to guest (rx, inbound): [`HostLink::recv_batch`] →
-//! `nat::Nat::inbound_batch` → Ethernet header → [`RxPath`] fills RX chains. [`TxEngine`] and
+//! `nat::Nat::inbound_batch` → Ethernet header → [`RxQueue`] fills RX chains. [`TxEngine`] and
 //! [`RxEngine`] are the per-batch glue of each direction.
 //!
 //! ```
@@ -95,20 +95,21 @@ mod dhcp;
 mod dns;
 #[cfg(feature = "driver")]
 mod driver;
-mod engine;
 mod error;
 mod forward;
 mod frame;
+mod gateway;
 mod gmem;
 mod host;
-mod l2;
 mod offload;
 mod ring;
-mod rx;
+mod rx_engine;
+mod rx_queue;
 mod stats;
 #[cfg(feature = "driver")]
 mod sys;
-mod tx;
+mod tx_engine;
+mod tx_queue;
 mod wire;
 
 #[cfg(any(test, feature = "test-utils"))]
@@ -130,14 +131,15 @@ pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{host_dns_upstream, parse_resolv_conf};
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
-pub use engine::{RxEngine, TxEngine};
 pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError};
 pub use frame::FrameBatch;
+pub use gateway::{Gateway, GatewayConfig, TxAction};
 pub use host::{HostLink, MemoryLink};
-pub use l2::{L2Config, L2Services, TxAction};
 pub use offload::{MAX_IP_PACKET, Offloads};
-pub use rx::{RxOutcome, RxPath};
+pub use rx_engine::RxEngine;
+pub use rx_queue::{RxOutcome, RxQueue};
 pub use stats::{AtomicStats, BridgeStats, DropCause, Stats};
-pub use tx::{TxOutcome, TxPath};
+pub use tx_engine::TxEngine;
+pub use tx_queue::{TxOutcome, TxQueue};
 pub use wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError, checksum};

@@ -97,7 +97,7 @@ impl Offloads {
 
 /// What a checked frame carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub(crate) enum FrameOffload {
     /// Complete checksums; no header to pass on.
     #[default]
     Plain,
@@ -107,12 +107,12 @@ pub(crate) enum Kind {
     Gso,
 }
 
-impl Kind {
+impl FrameOffload {
     /// How the NAT must read the transport checksum.
     pub(crate) fn l4(self) -> L4Checksum {
         match self {
-            Kind::Plain => L4Checksum::Complete,
-            Kind::Partial | Kind::Gso => L4Checksum::Partial,
+            FrameOffload::Plain => L4Checksum::Complete,
+            FrameOffload::Partial | FrameOffload::Gso => L4Checksum::Partial,
         }
     }
 }
@@ -123,10 +123,10 @@ pub(crate) fn check_tx(
     o: &Offloads,
     hdr: &VirtioNetHdr,
     frame: &mut [u8],
-) -> Result<Kind, DropCause> {
+) -> Result<FrameOffload, DropCause> {
     if !o.tx_csum {
         // Nothing negotiated: the header carries no requests (virtio 1.x 5.1.6.2).
-        return Ok(Kind::Plain);
+        return Ok(FrameOffload::Plain);
     }
     let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
     if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
@@ -137,18 +137,18 @@ pub(crate) fn check_tx(
             && hdr.gso_size > 0
             && tcp
         {
-            return Ok(Kind::Gso);
+            return Ok(FrameOffload::Gso);
         }
         return Err(DropCause::Offload);
     }
     if !needs_csum {
-        return Ok(Kind::Plain);
+        return Ok(FrameOffload::Plain);
     }
     if std_layout(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset).is_some() {
-        return Ok(Kind::Partial);
+        return Ok(FrameOffload::Partial);
     }
     complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
-    Ok(Kind::Plain)
+    Ok(FrameOffload::Plain)
 }
 
 /// Checks the header of a packet from the host link (`packet` is the IP packet, the header's
@@ -158,7 +158,7 @@ pub(crate) fn check_rx(
     o: &Offloads,
     hdr: &VirtioNetHdr,
     packet: &mut [u8],
-) -> Result<(Kind, VirtioNetHdr), DropCause> {
+) -> Result<(FrameOffload, VirtioNetHdr), DropCause> {
     let mut out = VirtioNetHdr::default();
     let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
     let layout = || std_layout_l3(packet, hdr.csum_start, hdr.csum_offset);
@@ -174,18 +174,18 @@ pub(crate) fn check_rx(
         out.gso_type = hdr.gso_type;
         out.gso_size = hdr.gso_size;
         out.hdr_len = hdr.hdr_len.saturating_add(ETH_HLEN as u16);
-        Kind::Gso
+        FrameOffload::Gso
     } else if needs_csum {
         if o.rx_csum && layout().is_some() {
-            Kind::Partial
+            FrameOffload::Partial
         } else {
             complete(packet, 0, hdr.csum_start, hdr.csum_offset)?;
-            Kind::Plain
+            FrameOffload::Plain
         }
     } else {
-        Kind::Plain
+        FrameOffload::Plain
     };
-    if kind != Kind::Plain {
+    if kind != FrameOffload::Plain {
         out.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
         out.csum_start = hdr.csum_start.saturating_add(ETH_HLEN as u16);
         out.csum_offset = hdr.csum_offset;
@@ -197,22 +197,26 @@ pub(crate) fn check_rx(
 
 /// The header a frame of `kind` with guest header `hdr` takes to the host link (offsets
 /// relative to the IP packet).
-pub(crate) fn host_header(kind: Kind, hdr: &VirtioNetHdr) -> [u8; VIRTIO_NET_HDR_LEN] {
+pub(crate) fn host_header(kind: FrameOffload, hdr: &VirtioNetHdr) -> [u8; VIRTIO_NET_HDR_LEN] {
     let h = match kind {
-        Kind::Plain => VirtioNetHdr::default(),
-        Kind::Partial | Kind::Gso => VirtioNetHdr {
+        FrameOffload::Plain => VirtioNetHdr::default(),
+        FrameOffload::Partial | FrameOffload::Gso => VirtioNetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type: if kind == Kind::Gso {
+            gso_type: if kind == FrameOffload::Gso {
                 hdr.gso_type
             } else {
                 VIRTIO_NET_HDR_GSO_NONE
             },
-            hdr_len: if kind == Kind::Gso {
+            hdr_len: if kind == FrameOffload::Gso {
                 hdr.hdr_len.saturating_sub(ETH_HLEN as u16)
             } else {
                 0
             },
-            gso_size: if kind == Kind::Gso { hdr.gso_size } else { 0 },
+            gso_size: if kind == FrameOffload::Gso {
+                hdr.gso_size
+            } else {
+                0
+            },
             csum_start: hdr.csum_start.saturating_sub(ETH_HLEN as u16),
             csum_offset: hdr.csum_offset,
             num_buffers: 0,
@@ -225,22 +229,30 @@ pub(crate) fn host_header(kind: Kind, hdr: &VirtioNetHdr) -> [u8; VIRTIO_NET_HDR
 /// `Err` when the guest can't take it. A partial checksum the guest can't take is completed.
 pub(crate) fn hairpin_header(
     o: &Offloads,
-    kind: Kind,
+    kind: FrameOffload,
     hdr: &VirtioNetHdr,
     frame: &mut [u8],
 ) -> Result<VirtioNetHdr, DropCause> {
     match kind {
-        Kind::Plain => Ok(VirtioNetHdr::default()),
-        Kind::Gso if !o.rx_tso4 => Err(DropCause::Offload),
-        Kind::Partial if !o.rx_csum => {
+        FrameOffload::Plain => Ok(VirtioNetHdr::default()),
+        FrameOffload::Gso if !o.rx_tso4 => Err(DropCause::Offload),
+        FrameOffload::Partial if !o.rx_csum => {
             complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
             Ok(VirtioNetHdr::default())
         }
-        Kind::Partial | Kind::Gso => Ok(VirtioNetHdr {
+        FrameOffload::Partial | FrameOffload::Gso => Ok(VirtioNetHdr {
             num_buffers: 0,
-            hdr_len: if kind == Kind::Gso { hdr.hdr_len } else { 0 },
-            gso_size: if kind == Kind::Gso { hdr.gso_size } else { 0 },
-            gso_type: if kind == Kind::Gso {
+            hdr_len: if kind == FrameOffload::Gso {
+                hdr.hdr_len
+            } else {
+                0
+            },
+            gso_size: if kind == FrameOffload::Gso {
+                hdr.gso_size
+            } else {
+                0
+            },
+            gso_type: if kind == FrameOffload::Gso {
                 hdr.gso_type
             } else {
                 VIRTIO_NET_HDR_GSO_NONE

@@ -479,7 +479,7 @@ pub fn dhcp_frame(mac: MacAddr, msg: &dhcproto::v4::Message) -> Vec<u8> {
 }
 
 /// Polls `cond` every millisecond until it holds; panics naming `what` after 10 s (a bound for
-/// tests waiting on the runner's threads, not a timing assertion).
+/// tests waiting on the driver's threads, not a timing assertion).
 pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !cond() {

@@ -8,14 +8,14 @@ use bridge::testing::{
     GATEWAY, GATEWAY_MAC, GUEST_IP, GUEST_MAC, SERVER, arp_request, dhcp_frame, icmp_echo,
     udp_frame,
 };
-use bridge::{DropCause, L2Config, L2Services, MacAddr, TxAction};
+use bridge::{DropCause, Gateway, GatewayConfig, MacAddr, TxAction};
 use dhcproto::Decodable;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use nat::Instant;
 
-fn config() -> L2Config {
-    L2Config {
+fn config() -> GatewayConfig {
+    GatewayConfig {
         gateway: GATEWAY,
         gateway_mac: GATEWAY_MAC,
         prefix_len: 24,
@@ -28,13 +28,13 @@ fn config() -> L2Config {
     }
 }
 
-fn l2() -> L2Services {
-    L2Services::new(config()).unwrap()
+fn gateway() -> Gateway {
+    Gateway::new(config()).unwrap()
 }
 
-fn handle(l2: &mut L2Services, frame: &[u8], now: Instant) -> (TxAction, Vec<u8>) {
+fn handle(gw: &mut Gateway, frame: &[u8], now: Instant) -> (TxAction, Vec<u8>) {
     let mut out = vec![0u8; 2048];
-    let a = l2.handle(frame, &mut out, now);
+    let a = gw.handle(frame, &mut out, now);
     let len = match a {
         TxAction::Reply { len } => len,
         _ => 0,
@@ -92,9 +92,9 @@ fn client(kind: MessageType, xid: u32, opts: &[DhcpOption]) -> Message {
 }
 
 /// DISCOVER → OFFER → REQUEST → ACK; returns the leased address.
-fn lease(l2: &mut L2Services, now: Instant) -> Ipv4Addr {
+fn lease(gw: &mut Gateway, now: Instant) -> Ipv4Addr {
     let (a, offer) = handle(
-        l2,
+        gw,
         &dhcp_frame(GUEST_MAC, &client(MessageType::Discover, 0x1234, &[])),
         now,
     );
@@ -109,7 +109,7 @@ fn lease(l2: &mut L2Services, now: Instant) -> Ipv4Addr {
             DhcpOption::RequestedIpAddress(ip),
         ],
     );
-    let (_, ack) = handle(l2, &dhcp_frame(GUEST_MAC, &req), now);
+    let (_, ack) = handle(gw, &dhcp_frame(GUEST_MAC, &req), now);
     let (_, _, _, ack) = parse_dhcp_reply(&ack);
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     ip
@@ -117,10 +117,10 @@ fn lease(l2: &mut L2Services, now: Instant) -> Ipv4Addr {
 
 #[test]
 fn dhcp_exchange_is_byte_exact_per_dhcproto() {
-    let mut l2 = l2();
+    let mut gw = gateway();
     let now = Instant::from_secs(10);
     let (a, offer) = handle(
-        &mut l2,
+        &mut gw,
         &dhcp_frame(GUEST_MAC, &client(MessageType::Discover, 0xabcd, &[])),
         now,
     );
@@ -163,7 +163,7 @@ fn dhcp_exchange_is_byte_exact_per_dhcproto() {
         o.get(OptionCode::Rebinding),
         Some(&DhcpOption::Rebinding(3150))
     );
-    assert_eq!(l2.lease(now), None);
+    assert_eq!(gw.lease(now), None);
     let req = client(
         MessageType::Request,
         0xabcd,
@@ -172,14 +172,14 @@ fn dhcp_exchange_is_byte_exact_per_dhcproto() {
             DhcpOption::RequestedIpAddress(GUEST_IP),
         ],
     );
-    let (_, ack) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &req), now);
+    let (_, ack) = handle(&mut gw, &dhcp_frame(GUEST_MAC, &req), now);
     let (_, _, dst, m) = parse_dhcp_reply(&ack);
     assert_eq!(dst, GUEST_IP);
     assert_eq!(m.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(m.yiaddr(), GUEST_IP);
-    assert_eq!(l2.lease(now), Some(GUEST_IP));
+    assert_eq!(gw.lease(now), Some(GUEST_IP));
     assert_eq!(
-        l2.lease(now + Duration::from_secs(3601)),
+        gw.lease(now + Duration::from_secs(3601)),
         None,
         "the lease runs out"
     );
@@ -187,29 +187,29 @@ fn dhcp_exchange_is_byte_exact_per_dhcproto() {
     let mut renew = client(MessageType::Request, 0x77, &[]);
     renew.set_ciaddr(GUEST_IP);
     let later = now + Duration::from_secs(1800);
-    let (_, ack) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &renew), later);
+    let (_, ack) = handle(&mut gw, &dhcp_frame(GUEST_MAC, &renew), later);
     let (dst_mac, _, dst, m) = parse_dhcp_reply(&ack);
     assert_eq!((dst_mac, dst, m.ciaddr()), (GUEST_MAC, GUEST_IP, GUEST_IP));
     assert_eq!(
-        l2.lease(now + Duration::from_secs(3601)),
+        gw.lease(now + Duration::from_secs(3601)),
         Some(GUEST_IP),
         "renewed"
     );
     // RELEASE: no reply, lease gone.
     let mut rel = client(MessageType::Release, 0x78, &[]);
     rel.set_ciaddr(GUEST_IP);
-    let (a, _) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &rel), later);
+    let (a, _) = handle(&mut gw, &dhcp_frame(GUEST_MAC, &rel), later);
     assert_eq!(a, TxAction::Consumed);
-    assert_eq!(l2.lease(later), None);
+    assert_eq!(gw.lease(later), None);
 }
 
 #[test]
 fn dhcp_broadcast_flag_nak_and_inform() {
-    let mut l2 = l2();
+    let mut gw = gateway();
     let now = Instant::ZERO;
     let mut d = client(MessageType::Discover, 1, &[]);
     d.set_flags(Flags::default().set_broadcast());
-    let (_, offer) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &d), now);
+    let (_, offer) = handle(&mut gw, &dhcp_frame(GUEST_MAC, &d), now);
     let (dst_mac, _, dst, m) = parse_dhcp_reply(&offer);
     assert_eq!((dst_mac, dst), (MacAddr::BROADCAST, Ipv4Addr::BROADCAST));
     assert!(m.flags().broadcast());
@@ -219,7 +219,7 @@ fn dhcp_broadcast_flag_nak_and_inform() {
         2,
         &[DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 1, 2, 3))],
     );
-    let (_, nak) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &r), now);
+    let (_, nak) = handle(&mut gw, &dhcp_frame(GUEST_MAC, &r), now);
     let (dst_mac, _, dst, m) = parse_dhcp_reply(&nak);
     assert_eq!(m.opts().msg_type(), Some(MessageType::Nak));
     assert_eq!(
@@ -233,7 +233,7 @@ fn dhcp_broadcast_flag_nak_and_inform() {
     // INFORM from a configured client: ACK to ciaddr, no lease time.
     let mut inf = client(MessageType::Inform, 3, &[]);
     inf.set_ciaddr(Ipv4Addr::new(192, 168, 64, 50));
-    let (_, ack) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &inf), now);
+    let (_, ack) = handle(&mut gw, &dhcp_frame(GUEST_MAC, &inf), now);
     let (_, _, dst, m) = parse_dhcp_reply(&ack);
     assert_eq!(dst, Ipv4Addr::new(192, 168, 64, 50));
     assert_eq!(m.opts().msg_type(), Some(MessageType::Ack));
@@ -242,31 +242,31 @@ fn dhcp_broadcast_flag_nak_and_inform() {
 
 #[test]
 fn dhcp_learns_a_new_guest_mac_and_rejects_mismatched_chaddr() {
-    let mut l2 = l2();
+    let mut gw = gateway();
     let other = MacAddr([0x02, 0, 0, 0, 0, 9]);
     let u = Ipv4Addr::UNSPECIFIED;
     let mut m = Message::new_with_id(9, u, u, u, u, &other.0);
     m.opts_mut()
         .insert(DhcpOption::MessageType(MessageType::Discover));
     // chaddr differs from the Ethernet source: spoofed.
-    let (a, _) = handle(&mut l2, &dhcp_frame(GUEST_MAC, &m), Instant::ZERO);
+    let (a, _) = handle(&mut gw, &dhcp_frame(GUEST_MAC, &m), Instant::ZERO);
     assert_eq!(a, TxAction::Drop(DropCause::SpoofedMac));
-    let (a, _) = handle(&mut l2, &dhcp_frame(other, &m), Instant::ZERO);
+    let (a, _) = handle(&mut gw, &dhcp_frame(other, &m), Instant::ZERO);
     assert!(matches!(a, TxAction::Reply { .. }));
-    assert_eq!(l2.guest_mac(), other);
+    assert_eq!(gw.guest_mac(), other);
     // Garbage DHCP payload.
     let f = udp_frame(other, u, 68, Ipv4Addr::BROADCAST, 67, &[1, 2, 3]);
     assert_eq!(
-        handle(&mut l2, &f, Instant::ZERO).0,
+        handle(&mut gw, &f, Instant::ZERO).0,
         TxAction::Drop(DropCause::Malformed)
     );
 }
 
 #[test]
 fn arp_answers_for_the_gateway_only() {
-    let mut l2 = l2();
+    let mut gw = gateway();
     let (a, reply) = handle(
-        &mut l2,
+        &mut gw,
         &arp_request(GUEST_MAC, GUEST_IP, GATEWAY),
         Instant::ZERO,
     );
@@ -283,24 +283,24 @@ fn arp_answers_for_the_gateway_only() {
     // A DHCP client's probe of its offered address gets no answer.
     let probe = arp_request(GUEST_MAC, Ipv4Addr::UNSPECIFIED, GUEST_IP);
     assert_eq!(
-        handle(&mut l2, &probe, Instant::ZERO).0,
+        handle(&mut gw, &probe, Instant::ZERO).0,
         TxAction::Drop(DropCause::ArpIgnored)
     );
     let other = arp_request(GUEST_MAC, GUEST_IP, Ipv4Addr::new(192, 168, 64, 9));
     assert_eq!(
-        handle(&mut l2, &other, Instant::ZERO).0,
+        handle(&mut gw, &other, Instant::ZERO).0,
         TxAction::Drop(DropCause::ArpIgnored)
     );
     // The guest's MAC is learned from its ARP.
     let mac = MacAddr([0x02, 1, 2, 3, 4, 5]);
-    let (a, reply) = handle(&mut l2, &arp_request(mac, GUEST_IP, GATEWAY), Instant::ZERO);
+    let (a, reply) = handle(&mut gw, &arp_request(mac, GUEST_IP, GATEWAY), Instant::ZERO);
     assert!(matches!(a, TxAction::Reply { .. }));
     assert_eq!(&reply[..6], &mac.0);
-    assert_eq!(l2.guest_mac(), mac);
+    assert_eq!(gw.guest_mac(), mac);
     // Truncated ARP.
     assert_eq!(
         handle(
-            &mut l2,
+            &mut gw,
             &arp_request(mac, GUEST_IP, GATEWAY)[..30],
             Instant::ZERO
         )
@@ -311,10 +311,10 @@ fn arp_answers_for_the_gateway_only() {
 
 #[test]
 fn ping_to_the_gateway_is_answered_locally() {
-    let mut l2 = l2();
-    let ip = lease(&mut l2, Instant::ZERO);
+    let mut gw = gateway();
+    let ip = lease(&mut gw, Instant::ZERO);
     let req = icmp_echo(GUEST_MAC, ip, GATEWAY, 0x42, 7, b"abcdefgh");
-    let (a, reply) = handle(&mut l2, &req, Instant::ZERO);
+    let (a, reply) = handle(&mut gw, &req, Instant::ZERO);
     assert_eq!(a, TxAction::Reply { len: req.len() });
     let p = SlicedPacket::from_ethernet(&reply).unwrap();
     let Some(NetSlice::Ipv4(v4)) = p.net else {
@@ -338,25 +338,25 @@ fn ping_to_the_gateway_is_answered_locally() {
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     assert_eq!(
-        handle(&mut l2, &bad, Instant::ZERO).0,
+        handle(&mut gw, &bad, Instant::ZERO).0,
         TxAction::Drop(DropCause::Malformed)
     );
 }
 
 #[test]
 fn anti_spoofing_and_classification() {
-    let mut l2 = l2();
+    let mut gw = gateway();
     let now = Instant::ZERO;
     let out = udp_frame(GUEST_MAC, GUEST_IP, 5000, SERVER, 53, b"q");
     assert_eq!(
-        handle(&mut l2, &out, now).0,
+        handle(&mut gw, &out, now).0,
         TxAction::Drop(DropCause::SpoofedIp),
         "no lease yet"
     );
-    let ip = lease(&mut l2, now);
+    let ip = lease(&mut gw, now);
     assert_eq!(ip, GUEST_IP);
     assert_eq!(
-        handle(&mut l2, &out, now).0,
+        handle(&mut gw, &out, now).0,
         TxAction::Nat {
             len: out.len() - 14
         }
@@ -370,30 +370,30 @@ fn anti_spoofing_and_classification() {
         b"q",
     );
     assert_eq!(
-        handle(&mut l2, &spoof_ip, now).0,
+        handle(&mut gw, &spoof_ip, now).0,
         TxAction::Drop(DropCause::SpoofedIp)
     );
     let spoof_mac = udp_frame(MacAddr([2, 9, 9, 9, 9, 9]), ip, 5000, SERVER, 53, b"q");
     assert_eq!(
-        handle(&mut l2, &spoof_mac, now).0,
+        handle(&mut gw, &spoof_mac, now).0,
         TxAction::Drop(DropCause::SpoofedMac)
     );
     let multicast_src = udp_frame(MacAddr([1, 0, 0x5e, 0, 0, 1]), ip, 5000, SERVER, 53, b"q");
     assert_eq!(
-        handle(&mut l2, &multicast_src, now).0,
+        handle(&mut gw, &multicast_src, now).0,
         TxAction::Drop(DropCause::SpoofedMac)
     );
     // DNS to the gateway goes to the NAT (its redirect); other gateway ports do not.
     let dns = udp_frame(GUEST_MAC, ip, 5353, GATEWAY, 53, b"q");
     assert_eq!(
-        handle(&mut l2, &dns, now).0,
+        handle(&mut gw, &dns, now).0,
         TxAction::Nat {
             len: dns.len() - 14
         }
     );
     let ssh = udp_frame(GUEST_MAC, ip, 5353, GATEWAY, 22, b"q");
     assert_eq!(
-        handle(&mut l2, &ssh, now).0,
+        handle(&mut gw, &ssh, now).0,
         TxAction::Drop(DropCause::GatewayUnsupported)
     );
     // Subnet broadcast, limited broadcast, multicast, another subnet host.
@@ -405,7 +405,7 @@ fn anti_spoofing_and_classification() {
     ] {
         let f = udp_frame(GUEST_MAC, ip, 5000, dst, 5353, b"q");
         assert_eq!(
-            handle(&mut l2, &f, now).0,
+            handle(&mut gw, &f, now).0,
             TxAction::Drop(DropCause::NotRoutable),
             "{dst}"
         );
@@ -415,43 +415,43 @@ fn anti_spoofing_and_classification() {
     let ip_len = padded.len() - 14;
     padded.resize(60, 0);
     assert_eq!(
-        handle(&mut l2, &padded, now).0,
+        handle(&mut gw, &padded, now).0,
         TxAction::Nat { len: ip_len }
     );
     // Over the MTU.
     let big = udp_frame(GUEST_MAC, ip, 5000, SERVER, 53, &[0u8; 1500]);
     assert_eq!(
-        handle(&mut l2, &big, now).0,
+        handle(&mut gw, &big, now).0,
         TxAction::Drop(DropCause::TooBig)
     );
     // IPv6, other EtherTypes, runts, garbage.
     let mut v6 = out.clone();
     v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    assert_eq!(handle(&mut l2, &v6, now).0, TxAction::Drop(DropCause::Ipv6));
+    assert_eq!(handle(&mut gw, &v6, now).0, TxAction::Drop(DropCause::Ipv6));
     let mut lldp = out.clone();
     lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
     assert_eq!(
-        handle(&mut l2, &lldp, now).0,
+        handle(&mut gw, &lldp, now).0,
         TxAction::Drop(DropCause::EtherType)
     );
     assert_eq!(
-        handle(&mut l2, &out[..10], now).0,
+        handle(&mut gw, &out[..10], now).0,
         TxAction::Drop(DropCause::Runt)
     );
     let mut bad_version = out.clone();
     bad_version[14] = 0x65;
     assert_eq!(
-        handle(&mut l2, &bad_version, now).0,
+        handle(&mut gw, &bad_version, now).0,
         TxAction::Drop(DropCause::Malformed)
     );
     let mut long_total = out.clone();
     long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
     assert_eq!(
-        handle(&mut l2, &long_total, now).0,
+        handle(&mut gw, &long_total, now).0,
         TxAction::Drop(DropCause::Malformed)
     );
     assert_eq!(
-        handle(&mut l2, &out[..20], now).0,
+        handle(&mut gw, &out[..20], now).0,
         TxAction::Drop(DropCause::Malformed)
     );
 }
@@ -461,7 +461,7 @@ fn static_address_and_config_validation() {
     let mut cfg = config();
     cfg.static_guest_ip = Some(Ipv4Addr::new(192, 168, 64, 100));
     cfg.dns = false;
-    let mut l2 = L2Services::new(cfg.clone()).unwrap();
+    let mut gw = Gateway::new(cfg.clone()).unwrap();
     let f = udp_frame(
         GUEST_MAC,
         Ipv4Addr::new(192, 168, 64, 100),
@@ -471,7 +471,7 @@ fn static_address_and_config_validation() {
         b"x",
     );
     assert!(matches!(
-        handle(&mut l2, &f, Instant::ZERO).0,
+        handle(&mut gw, &f, Instant::ZERO).0,
         TxAction::Nat { .. }
     ));
     let dns = udp_frame(
@@ -483,44 +483,44 @@ fn static_address_and_config_validation() {
         b"x",
     );
     assert_eq!(
-        handle(&mut l2, &dns, Instant::ZERO).0,
+        handle(&mut gw, &dns, Instant::ZERO).0,
         TxAction::Drop(DropCause::GatewayUnsupported),
         "no DNS upstream"
     );
     for bad in [
-        L2Config {
+        GatewayConfig {
             prefix_len: 31,
             ..cfg.clone()
         },
-        L2Config {
+        GatewayConfig {
             gateway: Ipv4Addr::new(192, 168, 64, 0),
             ..cfg.clone()
         },
-        L2Config {
+        GatewayConfig {
             dhcp_pool: Ipv4Addr::new(192, 168, 64, 9)..=Ipv4Addr::new(192, 168, 64, 3),
             ..cfg.clone()
         },
-        L2Config {
+        GatewayConfig {
             dhcp_pool: Ipv4Addr::new(192, 168, 64, 9)..=Ipv4Addr::new(192, 168, 65, 3),
             ..cfg.clone()
         },
-        L2Config {
+        GatewayConfig {
             mtu: 67,
             ..cfg.clone()
         },
-        L2Config {
+        GatewayConfig {
             mtu: 65521,
             ..cfg.clone()
         },
-        L2Config {
+        GatewayConfig {
             guest_mac: MacAddr::BROADCAST,
             ..cfg.clone()
         },
-        L2Config {
+        GatewayConfig {
             static_guest_ip: Some(GATEWAY),
             ..cfg.clone()
         },
     ] {
-        assert!(L2Services::new(bad.clone()).is_err(), "{bad:?}");
+        assert!(Gateway::new(bad.clone()).is_err(), "{bad:?}");
     }
 }

@@ -4,7 +4,7 @@ use bridge::testing::{
     DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory,
     udp_frame,
 };
-use bridge::{DropCause, Error, FrameBatch, RxPath, Stats, TxPath, VIRTIO_NET_HDR_LEN};
+use bridge::{DropCause, Error, FrameBatch, RxQueue, Stats, TxQueue, VIRTIO_NET_HDR_LEN};
 use virtio_queue::QueueT;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress};
@@ -36,7 +36,7 @@ fn tx_reads_header_and_frame_in_any_layout() {
     for s in splits {
         net.send_frame(HDR, &f, s);
     }
-    let mut tx = TxPath::new(HDR, MAX_FRAME);
+    let mut tx = TxQueue::new(HDR, MAX_FRAME);
     let mut batch = FrameBatch::new(64, MAX_FRAME);
     let mut stats = Stats::default();
     let out = tx.process(&mem, &mut txq, &mut batch, &mut stats).unwrap();
@@ -61,7 +61,7 @@ fn tx_batch_limit_sets_more_and_resumes() {
     for _ in 0..5 {
         net.send_frame(HDR, &frame(60), &[]);
     }
-    let mut tx = TxPath::new(HDR, MAX_FRAME);
+    let mut tx = TxQueue::new(HDR, MAX_FRAME);
     let mut batch = FrameBatch::new(3, MAX_FRAME);
     let mut stats = Stats::default();
     let out = tx.process(&mem, &mut txq, &mut batch, &mut stats).unwrap();
@@ -101,7 +101,7 @@ fn tx_hostile_chains_are_counted_returned_and_skipped() {
     // A 4 GiB descriptor (no allocation follows it).
     net.post_tx(&[(data, u32::MAX, 0)]);
     net.send_frame(HDR, &good, &[]);
-    let mut tx = TxPath::new(HDR, MAX_FRAME);
+    let mut tx = TxQueue::new(HDR, MAX_FRAME);
     let mut batch = FrameBatch::new(64, MAX_FRAME);
     let mut stats = Stats::default();
     let out = tx.process(&mem, &mut txq, &mut batch, &mut stats).unwrap();
@@ -151,7 +151,7 @@ fn tx_loops_bad_next_bad_head_and_bad_indirect_tables() {
         &[Descriptor::new(0x3000_0000, 16, DESC_F_INDIRECT, 0)],
         4,
     );
-    let mut tx = TxPath::new(HDR, MAX_FRAME);
+    let mut tx = TxQueue::new(HDR, MAX_FRAME);
     let mut batch = FrameBatch::new(64, MAX_FRAME);
     let mut stats = Stats::default();
     let out = tx.process(&mem, &mut txq, &mut batch, &mut stats).unwrap();
@@ -196,7 +196,7 @@ fn tx_avail_index_beyond_queue_size_needs_reset() {
     let net = MockNet::new(&mem, 16);
     let (_, mut txq) = net.queues(false);
     net.set_tx_avail_idx(17);
-    let mut tx = TxPath::new(HDR, MAX_FRAME);
+    let mut tx = TxQueue::new(HDR, MAX_FRAME);
     let mut batch = FrameBatch::new(64, MAX_FRAME);
     let mut stats = Stats::default();
     let e = tx
@@ -214,7 +214,7 @@ fn tx_event_idx_suppresses_notifications() {
     let mut net = MockNet::new(&mem, 16);
     let (_, mut txq) = net.queues(true);
     net.set_tx_used_event(2);
-    let mut tx = TxPath::new(HDR, MAX_FRAME);
+    let mut tx = TxQueue::new(HDR, MAX_FRAME);
     let mut batch = FrameBatch::new(64, MAX_FRAME);
     let mut stats = Stats::default();
     let mut notified = Vec::new();
@@ -234,7 +234,7 @@ fn rx_single_buffer_without_mrg() {
     let mut net = MockNet::new(&mem, 16);
     let (mut rxq, _) = net.queues(false);
     net.post_rx(&[(HDR + MAX_FRAME) as u32]);
-    let mut rx = RxPath::new(HDR, false);
+    let mut rx = RxQueue::new(HDR, false);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     let f = frame(1000);
     assert!(batch.push(&f));
@@ -260,7 +260,7 @@ fn rx_legacy_header_is_ten_bytes() {
     let mut net = MockNet::new(&mem, 16);
     let (mut rxq, _) = net.queues(false);
     net.post_rx(&[2048]);
-    let mut rx = RxPath::new(10, false);
+    let mut rx = RxQueue::new(10, false);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     let f = frame(100);
     assert!(batch.push(&f));
@@ -281,7 +281,7 @@ fn rx_merges_buffers_and_sets_num_buffers_even_when_the_header_is_split() {
     net.post_rx(&[512]);
     net.post_rx(&[512]);
     net.post_rx(&[512]);
-    let mut rx = RxPath::new(HDR, true);
+    let mut rx = RxQueue::new(HDR, true);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     let f = frame(1000);
     assert!(batch.push(&f));
@@ -304,7 +304,7 @@ fn rx_starves_rewinds_and_resumes() {
     let mem = guest_memory();
     let mut net = MockNet::new(&mem, 16);
     let (mut rxq, _) = net.queues(true);
-    let mut rx = RxPath::new(HDR, true);
+    let mut rx = RxQueue::new(HDR, true);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     let f = frame(1400);
     assert!(batch.push(&f));
@@ -336,7 +336,7 @@ fn rx_without_mrg_drops_frames_no_buffer_can_hold() {
     let mut net = MockNet::new(&mem, 16);
     let (mut rxq, _) = net.queues(false);
     net.post_rx(&[200]);
-    let mut rx = RxPath::new(HDR, false);
+    let mut rx = RxQueue::new(HDR, false);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     assert!(batch.push(&frame(1000)));
     assert!(batch.push(&frame(100)));
@@ -361,7 +361,7 @@ fn rx_hostile_chains_are_returned_empty() {
     net.post_rx_raw(&[(a, 2048, 0)]); // device-readable
     net.post_rx_raw(&[(0x2_0000_0000, 2048, DESC_F_WRITE)]); // outside memory
     net.post_rx(&[2048]);
-    let mut rx = RxPath::new(HDR, false);
+    let mut rx = RxQueue::new(HDR, false);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     for _ in 0..3 {
         assert!(batch.push(&frame(100)));
@@ -381,7 +381,7 @@ fn rx_skips_holes() {
     let mut net = MockNet::new(&mem, 16);
     let (mut rxq, _) = net.queues(false);
     net.post_rx(&[2048]);
-    let mut rx = RxPath::new(HDR, false);
+    let mut rx = RxQueue::new(HDR, false);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     assert!(batch.push(&frame(100)));
     assert!(batch.push(&frame(200)));

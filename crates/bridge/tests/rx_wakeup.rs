@@ -1,6 +1,6 @@
 //! Lost-wakeup regression tests for the RX path's notification handshake (EVENT_IDX
-//! `avail_event`, virtio 1.x 2.7.10): the device runs out of RX buffers in [`RxPath::fill`],
-//! then calls [`RxPath::arm`] and sleeps until the driver kicks. Whatever the driver does
+//! `avail_event`, virtio 1.x 2.7.10): the device runs out of RX buffers in [`RxQueue::fill`],
+//! then calls [`RxQueue::arm`] and sleeps until the driver kicks. Whatever the driver does
 //! between those two steps, either `arm` says "buffers arrived, fill again" or the driver's
 //! next publication kicks. Otherwise the device sleeps with usable buffers in the ring and no
 //! kick coming (the host→guest path stalls until some unrelated timer wakes it).
@@ -8,7 +8,7 @@
 use bridge::testing::{
     DESC_F_WRITE, GUEST_IP, GUEST_MAC, MockNet, SERVER, guest_memory, udp_frame,
 };
-use bridge::{FrameBatch, RxPath, Stats, VIRTIO_NET_HDR_LEN};
+use bridge::{FrameBatch, RxQueue, Stats, VIRTIO_NET_HDR_LEN};
 use virtio_queue::desc::split::Descriptor;
 
 const HDR: usize = VIRTIO_NET_HDR_LEN;
@@ -51,7 +51,7 @@ fn between_starving_and_arming(
     rxq: &mut virtio_queue::Queue,
     event_idx: bool,
 ) {
-    let mut rx = RxPath::new(HDR, true);
+    let mut rx = RxQueue::new(HDR, true);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     let mut stats = Stats::default();
     let (f1, f2) = (frame(1400, 1), frame(1400, 2));
@@ -89,7 +89,7 @@ fn after_a_false_arm_the_next_publication_kicks() {
     let mem = guest_memory();
     let mut net = MockNet::new(&mem, 16);
     let (mut rxq, _) = net.queues(true);
-    let mut rx = RxPath::new(HDR, true);
+    let mut rx = RxQueue::new(HDR, true);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     let mut stats = Stats::default();
     assert!(batch.push(&frame(1400, 1)) && batch.push(&frame(1400, 2)));
@@ -146,7 +146,7 @@ fn model(seed: u64, steps: usize) {
         rng ^= rng << 17;
         rng % n
     };
-    let mut rx = RxPath::new(HDR, true);
+    let mut rx = RxQueue::new(HDR, true);
     let mut batch = FrameBatch::new(4, MAX_FRAME);
     let mut stats = Stats::default();
     let mut phase = Phase::Ready;

@@ -21,7 +21,7 @@ use vm_memory::GuestAddressSpace;
 use crate::config::BridgeConfig;
 use crate::core::{DeviceCore, lock};
 use crate::device::{CONFIG_SPACE_SIZE, Device, RX_QUEUE, TX_QUEUE};
-use crate::l2::L2Services;
+use crate::gateway::Gateway;
 use crate::stats::{AtomicStats, BridgeStats};
 use crate::sys::Event;
 use crate::wire::MacAddr;
@@ -100,8 +100,8 @@ impl Bridge {
     }
 
     /// The gateway services.
-    pub fn l2(&self) -> &L2Services {
-        self.core.l2()
+    pub fn gateway(&self) -> &Gateway {
+        self.core.gateway()
     }
 
     /// The device model.
@@ -197,7 +197,7 @@ impl Bridge {
         core.ack_features(acked_features, &host);
         core.prepare_queue(&mut rx, RX_QUEUE)?;
         core.prepare_queue(&mut tx, TX_QUEUE)?;
-        let guest_mac = core.l2().guest_mac();
+        let guest_mac = core.gateway().guest_mac();
         let parts = core.into_parts();
         let shared = Arc::new(Shared {
             stats: AtomicStats::default(),

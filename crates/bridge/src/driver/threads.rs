@@ -305,12 +305,12 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
                 }
             }
         }
-        let l2 = self.half.engine.l2();
-        let lease = l2.lease(now).map_or(0, u32::from);
+        let gw = self.half.engine.gateway();
+        let lease = gw.lease(now).map_or(0, u32::from);
         self.shared.lease.store(lease, Ordering::Relaxed);
         self.shared
             .guest_mac
-            .store(l2.guest_mac().to_u64(), Ordering::Relaxed);
+            .store(gw.guest_mac().to_u64(), Ordering::Relaxed);
         self.shared.stats.absorb(&mut self.stats);
         if out.more {
             return Ok(true);
@@ -413,7 +413,7 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
             let mut timeout = self.expiry.timeout(&lock(&self.shared.nat), now);
             if starved {
                 // Safety net: while starved, re-check the RX ring at a bounded interval even
-                // if no kick comes. `RxPath::arm` closes the EVENT_IDX race, but a driver that
+                // if no kick comes. `RxQueue::arm` closes the EVENT_IDX race, but a driver that
                 // misses a kick (or a transport that loses one) would otherwise stop the whole
                 // host→guest path until the next NAT deadline, up to a minute away. This is
                 // not a busy loop: it only runs while frames wait for RX buffers and the host

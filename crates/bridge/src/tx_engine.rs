@@ -1,7 +1,7 @@
-//! Per-batch processing shared by the threaded runner, benches and foreign event loops: the
-//! TX engine (queue → gateway services → NAT → host link) and the RX engine (host link →
-//! NAT → queue). Each step works on a whole batch; the NAT is passed in for one step only, so
-//! a caller that shares it takes its lock once per batch.
+//! [`TxEngine`]: one batch guest → host. [`TxQueue`] takes TX chains into a batch, the
+//! [`Gateway`] answers what is for it, the rest goes through `Nat::outbound_batch_with` and on
+//! to the [`HostLink`]. The NAT is passed in for one step only, so a caller that shares it
+//! takes its lock once per batch.
 
 use std::io;
 
@@ -13,20 +13,19 @@ use crate::Error;
 use crate::config::MAX_BATCH;
 use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use crate::frame::FrameBatch;
+use crate::gateway::{Gateway, TxAction};
 use crate::host::HostLink;
-use crate::l2::{L2Services, TxAction};
-use crate::offload::{self, Kind, Offloads};
-use crate::rx::{RxOutcome, RxPath};
+use crate::offload::{self, FrameOffload, Offloads};
 use crate::stats::{DropCause, Stats};
-use crate::tx::{TxOutcome, TxPath};
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr};
+use crate::tx_queue::{TxOutcome, TxQueue};
+use crate::wire::ETH_HLEN;
 
 /// The TX side for one device: [`TxEngine::pull`], then [`TxEngine::translate`] (under the
 /// NAT lock), then [`TxEngine::push`].
 #[derive(Debug)]
 pub struct TxEngine {
-    path: TxPath,
-    l2: L2Services,
+    tx_queue: TxQueue,
+    gateway: Gateway,
     input: FrameBatch,
     actions: Vec<TxAction>,
     forward: Vec<bool>,
@@ -34,7 +33,7 @@ pub struct TxEngine {
     /// Largest frame without GSO: MTU + 14.
     max_plain: usize,
     /// Per input frame: what its virtio-net header asked for, and the header.
-    kinds: Vec<(Kind, VirtioNetHdr)>,
+    kinds: Vec<(FrameOffload, VirtioNetHdr)>,
     /// Per NAT-bound frame (in order): its index in `input`, checksum mode and verdict.
     nat_idx: Vec<usize>,
     nat_l4: Vec<L4Checksum>,
@@ -47,11 +46,11 @@ pub struct TxEngine {
 impl TxEngine {
     /// An engine whose batches hold `batch_size` (at most [`MAX_BATCH`]) frames of at most
     /// `max_frame` bytes.
-    pub fn new(path: TxPath, l2: L2Services, batch_size: usize, max_frame: usize) -> Self {
+    pub fn new(tx_queue: TxQueue, gateway: Gateway, batch_size: usize, max_frame: usize) -> Self {
         let batch_size = batch_size.clamp(1, MAX_BATCH);
         TxEngine {
-            path,
-            l2,
+            tx_queue,
+            gateway,
             input: FrameBatch::new(batch_size, max_frame + VIRTIO_NET_HDR_LEN),
             actions: Vec::with_capacity(batch_size),
             forward: vec![false; batch_size],
@@ -76,8 +75,8 @@ impl TxEngine {
     }
 
     /// The gateway services (lease, learned MAC).
-    pub fn l2(&self) -> &L2Services {
-        &self.l2
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     /// Drains up to a batch of TX chains and classifies the frames; gateway replies go to
@@ -85,7 +84,7 @@ impl TxEngine {
     ///
     /// # Errors
     ///
-    /// As [`TxPath::process`].
+    /// As [`TxQueue::process`].
     pub fn pull<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
@@ -97,24 +96,25 @@ impl TxEngine {
         self.input.clear();
         self.actions.clear();
         self.kinds.clear();
-        let out = self.path.process(mem, queue, &mut self.input, stats)?;
-        let hdr_len = self.path.header_len();
+        let out = self.tx_queue.process(mem, queue, &mut self.input, stats)?;
+        let hdr_len = self.tx_queue.header_len();
         for i in 0..self.input.len() {
             let (kind, hdr) = match self.check(i, hdr_len) {
                 Ok(k) => k,
                 Err(c) => {
                     stats.drop(c);
-                    self.kinds.push((Kind::Plain, VirtioNetHdr::default()));
+                    self.kinds
+                        .push((FrameOffload::Plain, VirtioNetHdr::default()));
                     self.actions.push(TxAction::Drop(c));
                     continue;
                 }
             };
             self.kinds.push((kind, hdr));
-            let gso = kind == Kind::Gso;
+            let gso = kind == FrameOffload::Gso;
             stats.tx_gso += u64::from(gso);
             let frame = self.input.frame(i).unwrap_or(&[]);
             let action = match replies.next_buf() {
-                Some(buf) => self.l2.handle_with(frame, buf, now, gso),
+                Some(buf) => self.gateway.handle_with(frame, buf, now, gso),
                 None => TxAction::Drop(DropCause::LocalQueueFull),
             };
             match action {
@@ -132,7 +132,11 @@ impl TxEngine {
 
     /// Checks frame `i`'s virtio-net header against the offloads (a partial checksum the NAT
     /// can't carry is completed here) and its size.
-    fn check(&mut self, i: usize, hdr_len: usize) -> Result<(Kind, VirtioNetHdr), DropCause> {
+    fn check(
+        &mut self,
+        i: usize,
+        hdr_len: usize,
+    ) -> Result<(FrameOffload, VirtioNetHdr), DropCause> {
         let max_plain = self.max_plain;
         let o = self.offloads;
         let Some((buf, start, len)) = self.input.slot_mut(i) else {
@@ -147,9 +151,9 @@ impl TxEngine {
                 .unwrap_or_default();
             (offload::check_tx(&o, &hdr, frame)?, hdr)
         } else {
-            (Kind::Plain, VirtioNetHdr::default())
+            (FrameOffload::Plain, VirtioNetHdr::default())
         };
-        if kind != Kind::Gso && len > max_plain {
+        if kind != FrameOffload::Gso && len > max_plain {
             return Err(DropCause::TooBig);
         }
         Ok((kind, hdr))
@@ -172,7 +176,7 @@ impl TxEngine {
             }
             if let TxAction::Nat { .. } = a {
                 self.nat_idx.push(i);
-                let kind = self.kinds.get(i).map_or(Kind::Plain, |k| k.0);
+                let kind = self.kinds.get(i).map_or(FrameOffload::Plain, |k| k.0);
                 self.nat_l4.push(kind.l4());
             }
         }
@@ -208,7 +212,7 @@ impl TxEngine {
             );
             done = end;
         }
-        let eth = self.l2.eth_header_to_guest();
+        let eth = self.gateway.eth_header_to_guest();
         for (j, &i) in self.nat_idx.iter().enumerate() {
             let TxAction::Nat { len } = self.actions[i] else {
                 continue;
@@ -361,264 +365,6 @@ impl TxEngine {
     }
 }
 
-/// The RX side for one device: [`RxEngine::receive`], [`RxEngine::translate`] (under the NAT
-/// lock), then [`RxEngine::deliver`] until [`RxEngine::pending`] is 0.
-#[derive(Debug)]
-pub struct RxEngine {
-    path: RxPath,
-    batch: FrameBatch,
-    mtu: usize,
-    gateway_mac: MacAddr,
-    offloads: Offloads,
-    /// Per received packet (from the batch cursor on): checksum mode for the NAT.
-    nat_l4: Vec<L4Checksum>,
-    verdicts: Vec<Verdict>,
-}
-
-impl RxEngine {
-    /// An engine reading up to `batch_size` (at most [`MAX_BATCH`]) packets of at most
-    /// `max_packet` bytes from the host, delivering those within `mtu` with Ethernet source
-    /// `gateway_mac`.
-    pub fn new(
-        path: RxPath,
-        batch_size: usize,
-        max_packet: usize,
-        mtu: usize,
-        gateway_mac: MacAddr,
-    ) -> Self {
-        let batch_size = batch_size.clamp(1, MAX_BATCH);
-        RxEngine {
-            path,
-            batch: FrameBatch::new(batch_size, max_packet + ETH_HLEN),
-            mtu,
-            gateway_mac,
-            offloads: Offloads::default(),
-            nat_l4: Vec::with_capacity(batch_size),
-            verdicts: vec![Verdict::Forward; batch_size],
-        }
-    }
-
-    /// Uses the negotiated `offloads` (see [`Offloads::negotiate`]): packets from the host
-    /// link then carry a virtio-net header if [`Offloads::host_hdr`], and GSO super-packets
-    /// pass to a guest that accepted them.
-    pub fn with_offloads(mut self, offloads: Offloads) -> Self {
-        self.offloads = offloads;
-        self
-    }
-
-    /// The most packets one [`RxEngine::receive`] reads.
-    pub fn capacity(&self) -> usize {
-        self.batch.capacity()
-    }
-
-    /// Frames received but not yet delivered to the guest.
-    pub fn pending(&self) -> usize {
-        self.batch.pending()
-    }
-
-    /// The RX path (for [`RxPath::arm`] and [`RxPath::fill`] with other batches).
-    pub fn path(&mut self) -> &mut RxPath {
-        &mut self.path
-    }
-
-    /// Reads a batch from the host link, if the previous one was delivered. Returns how many
-    /// packets arrived.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::HostLink`] when the link failed (`WouldBlock` is 0 packets; a packet too big
-    /// for the buffer is counted as [`DropCause::TooBig`]).
-    pub fn receive(&mut self, host: &dyn HostLink, stats: &mut Stats) -> Result<usize, Error> {
-        if self.batch.pending() > 0 {
-            return Ok(0);
-        }
-        self.batch.clear();
-        let res = match self.batch.capacity() {
-            0..=1 => self.recv_n::<1>(host),
-            2..=8 => self.recv_n::<8>(host),
-            9..=64 => self.recv_n::<64>(host),
-            _ => self.recv_n::<MAX_BATCH>(host),
-        };
-        match res {
-            Ok(n) => {
-                stats.from_host += n as u64;
-                Ok(n)
-            }
-            Err(e) => match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                io::ErrorKind::InvalidData => {
-                    stats.drop(DropCause::TooBig);
-                    Ok(0)
-                }
-                _ => Err(Error::HostLink(e)),
-            },
-        }
-    }
-
-    fn recv_n<const N: usize>(&mut self, host: &dyn HostLink) -> io::Result<usize> {
-        let cap = self.batch.capacity().min(N);
-        let mut lens = [0usize; N];
-        let mut bufs: [&mut [u8]; N] = std::array::from_fn(|_| Default::default());
-        // With a header, it lands in the last 12 bytes of the Ethernet header's room.
-        let room = ETH_HLEN - self.offloads.host_hdr_len();
-        for (slot, buf) in bufs.iter_mut().zip(self.batch.free_bufs(room)) {
-            *slot = buf;
-        }
-        let n = host
-            .recv_batch(&mut bufs[..cap], &mut lens[..cap])?
-            .min(cap);
-        self.batch.commit_received(room, &lens[..n]);
-        Ok(n)
-    }
-
-    /// Runs the received packets through the NAT (one batch call) and puts an Ethernet header
-    /// (gateway → `guest_mac`) in front of those that pass.
-    pub fn translate(
-        &mut self,
-        nat: &mut Nat,
-        now: Instant,
-        guest_mac: MacAddr,
-        stats: &mut Stats,
-    ) {
-        let mut eth = [0u8; ETH_HLEN];
-        eth[..6].copy_from_slice(&guest_mac.0);
-        eth[6..12].copy_from_slice(&self.gateway_mac.0);
-        eth[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let first = self.batch.cursor();
-        let count = self.batch.len() - first;
-        self.check_headers(first, stats);
-        let mut done = 0;
-        while done < count {
-            let end = (done + NAT_CHUNK).min(count);
-            let mut pkts: [&mut [u8]; NAT_CHUNK] = Default::default();
-            for ((buf, start, len), slot) in self
-                .batch
-                .slots_mut()
-                .skip(first + done)
-                .take(end - done)
-                .zip(pkts.iter_mut())
-            {
-                if len > 0
-                    && start >= ETH_HLEN
-                    && let Some(p) = buf.get_mut(start..start + len)
-                {
-                    *slot = p;
-                }
-            }
-            nat.inbound_batch_with(
-                &mut pkts[..end - done],
-                &self.nat_l4[done..end],
-                now,
-                &mut self.verdicts[done..end],
-            );
-            done = end;
-        }
-        for j in 0..count {
-            let i = first + j;
-            let gso = self.batch.header(i).gso_type != 0;
-            let Some((buf, start, len)) = self.batch.slot_mut(i) else {
-                continue;
-            };
-            if len == 0 || start < ETH_HLEN {
-                continue;
-            }
-            match self.verdicts[j] {
-                Verdict::Forward | Verdict::Hairpin if len <= self.mtu || gso => {
-                    buf[start - ETH_HLEN..start].copy_from_slice(&eth);
-                    self.batch.set_bounds(i, start - ETH_HLEN, len + ETH_HLEN);
-                }
-                Verdict::Forward | Verdict::Hairpin => {
-                    stats.drop(DropCause::TooBig);
-                    self.batch.drop_frame(i);
-                }
-                // The NAT kept a copy (a fragment before its first fragment).
-                Verdict::Held => self.batch.drop_frame(i),
-                _ => {
-                    stats.drop(DropCause::NatInbound);
-                    self.batch.drop_frame(i);
-                }
-            }
-        }
-        // Fragments the NAT held and has now translated go into the free slots; what does not
-        // fit stays with the NAT for the next batch.
-        while let Some(buf) = self.batch.next_buf() {
-            let Some(room) = buf.get_mut(ETH_HLEN..) else {
-                break;
-            };
-            let Some(r) = nat.poll_released(Direction::Inbound, room) else {
-                break;
-            };
-            let ok = matches!(r.verdict, Verdict::Forward | Verdict::Hairpin);
-            if ok && r.len <= self.mtu {
-                buf[..ETH_HLEN].copy_from_slice(&eth);
-                self.batch.commit(0, ETH_HLEN + r.len);
-            } else {
-                stats.drop(if ok {
-                    DropCause::TooBig
-                } else {
-                    DropCause::NatInbound
-                });
-            }
-        }
-    }
-
-    /// Reads the virtio-net header in front of each received packet (if the link has one),
-    /// re-frames the slot to the IP packet, and records the header the guest gets and how
-    /// the NAT must read the checksum. Bad headers are counted and the packet dropped.
-    fn check_headers(&mut self, first: usize, stats: &mut Stats) {
-        self.nat_l4.clear();
-        let hl = self.offloads.host_hdr_len();
-        for i in first..self.batch.len() {
-            let mut l4 = L4Checksum::Complete;
-            let mut guest_hdr = None;
-            if let Some((buf, start, len)) = self.batch.slot_mut(i)
-                && hl > 0
-                && len > 0
-            {
-                let res = match (
-                    buf.get(start..start + hl).and_then(VirtioNetHdr::parse),
-                    len.checked_sub(hl),
-                ) {
-                    (Some(h), Some(plen)) => {
-                        let pkt = &mut buf[start + hl..start + hl + plen];
-                        offload::check_rx(&self.offloads, &h, pkt).map(|r| (r, plen))
-                    }
-                    _ => Err(DropCause::Malformed),
-                };
-                match res {
-                    Ok(((kind, h), plen)) => {
-                        l4 = kind.l4();
-                        guest_hdr = Some((h, start + hl, plen));
-                    }
-                    Err(c) => {
-                        stats.drop(c);
-                        self.batch.drop_frame(i);
-                    }
-                }
-            }
-            if let Some((h, start, plen)) = guest_hdr {
-                self.batch.set_bounds(i, start, plen);
-                self.batch.set_header(i, h);
-            }
-            self.nat_l4.push(l4);
-        }
-    }
-
-    /// Delivers pending frames to the RX queue (see [`RxPath::fill`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`RxPath::fill`].
-    pub fn deliver<M: GuestMemory, Q: QueueT>(
-        &mut self,
-        mem: &M,
-        queue: &mut Q,
-        stats: &mut Stats,
-    ) -> Result<RxOutcome, Error> {
-        self.path.fill(mem, queue, &mut self.batch, stats)
-    }
-}
-
 /// Sends `list`, counting what the link does not take.
 fn send_all(host: &dyn HostLink, list: &[&[u8]], stats: &mut Stats) -> Result<(), Error> {
     let mut start = 0;
@@ -658,7 +404,7 @@ fn send_all(host: &dyn HostLink, list: &[&[u8]], stats: &mut Stats) -> Result<()
 const RELEASED_PER_BATCH: usize = 8;
 
 /// Packets per NAT batch call (a stack array of slices).
-const NAT_CHUNK: usize = 32;
+pub(crate) const NAT_CHUNK: usize = 32;
 
 /// Retries of an interrupted send before the rest of the batch is dropped.
 const MAX_INTERRUPTED: u32 = 16;

@@ -1,4 +1,4 @@
-//! The RX path: writes frames into the guest's RX queue (queue 0).
+//! [`RxQueue`]: the device side of the guest's RX virtqueue (queue 0): frames written into its chains.
 
 use virtio_queue::QueueT;
 use vm_memory::{Address, GuestAddress, GuestMemory};
@@ -9,7 +9,7 @@ use crate::frame::FrameBatch;
 use crate::stats::{DropCause, Stats};
 use crate::{gmem, ring};
 
-/// What one [`RxPath::fill`] call did.
+/// What one [`RxQueue::fill`] call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RxOutcome {
@@ -20,11 +20,11 @@ pub struct RxOutcome {
     /// Whether the driver must be notified (EVENT_IDX honoured): call the RX interrupt.
     pub notify: bool,
     /// Whether the guest ran out of RX buffers with frames still pending in the batch: call
-    /// [`RxPath::arm`] and wait for the RX kick.
+    /// [`RxQueue::arm`] and wait for the RX kick.
     pub starved: bool,
 }
 
-/// Device side of the RX queue. Thread-free, like [`crate::TxPath`].
+/// Device side of the RX queue. Thread-free, like [`crate::TxQueue`].
 ///
 /// Each frame gets a virtio-net header (`num_buffers` set). Without MRG_RXBUF a frame goes
 /// into one chain; with it, into as many chains as it needs. When the available ring runs
@@ -32,12 +32,12 @@ pub struct RxOutcome {
 /// is rewound) and the frame stays first in the batch. Hostile RX chains (wrong direction,
 /// out of bounds, loops) are returned with length 0, counted, and the frame is dropped.
 #[derive(Debug)]
-pub struct RxPath {
+pub struct RxQueue {
     hdr_len: usize,
     mrg: bool,
     popped: Vec<(u16, u32)>,
     used: ring::UsedBatch,
-    /// The driver's available index as [`RxPath::fill`] last read it: what [`RxPath::arm`]
+    /// The driver's available index as [`RxQueue::fill`] last read it: what [`RxQueue::arm`]
     /// compares against, so that buffers the driver adds after `fill` looked are never missed.
     seen_avail: u16,
 }
@@ -75,10 +75,10 @@ impl Window {
     }
 }
 
-impl RxPath {
-    /// An RX path for a virtio-net header of `hdr_len` bytes, merging buffers if `mrg_rxbuf`.
+impl RxQueue {
+    /// An RX queue for a virtio-net header of `hdr_len` bytes, merging buffers if `mrg_rxbuf`.
     pub fn new(hdr_len: usize, mrg_rxbuf: bool) -> Self {
-        RxPath {
+        RxQueue {
             hdr_len: hdr_len.min(VIRTIO_NET_HDR_LEN),
             mrg: mrg_rxbuf,
             popped: Vec::new(),
@@ -168,8 +168,8 @@ impl RxPath {
 
     /// Asks the driver for a kick when it adds RX buffers (after [`RxOutcome::starved`]).
     /// With EVENT_IDX the avail event is set to the available index the last
-    /// [`RxPath::fill`] saw, so the driver's next publication past it kicks. Returns `true` if
-    /// buffers arrived since that `fill` looked: call [`RxPath::fill`] again instead of
+    /// [`RxQueue::fill`] saw, so the driver's next publication past it kicks. Returns `true` if
+    /// buffers arrived since that `fill` looked: call [`RxQueue::fill`] again instead of
     /// waiting (no kick may come for them).
     ///
     /// # Errors

@@ -18,7 +18,7 @@ use crate::wire::{
 
 /// Configuration of the gateway services.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct L2Config {
+pub struct GatewayConfig {
     /// The gateway's address.
     pub gateway: Ipv4Addr,
     /// The gateway's MAC address.
@@ -61,15 +61,15 @@ pub enum TxAction {
 
 /// The gateway's services for one guest.
 #[derive(Debug)]
-pub struct L2Services {
-    cfg: L2Config,
+pub struct Gateway {
+    cfg: GatewayConfig,
     guest_mac: MacAddr,
     net: u32,
     mask: u32,
     dhcp: DhcpServer,
 }
 
-impl L2Services {
+impl Gateway {
     /// Validates `cfg`.
     ///
     /// # Errors
@@ -77,7 +77,7 @@ impl L2Services {
     /// [`Error::Config`] if the prefix is not 8..=30, the gateway is not a host address of its
     /// subnet, the pool is empty or leaves the subnet, the MTU is outside 68..=65520, or a
     /// MAC is multicast.
-    pub fn new(cfg: L2Config) -> Result<Self, Error> {
+    pub fn new(cfg: GatewayConfig) -> Result<Self, Error> {
         if !(8..=30).contains(&cfg.prefix_len) {
             return Err(Error::Config(format!(
                 "prefix_len {} is not in 8..=30",
@@ -128,7 +128,7 @@ impl L2Services {
             dns: cfg.dns.then_some(cfg.gateway),
             reserved: cfg.static_guest_ip,
         });
-        Ok(L2Services {
+        Ok(Gateway {
             guest_mac: cfg.guest_mac,
             net,
             mask,
@@ -138,7 +138,7 @@ impl L2Services {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &L2Config {
+    pub fn config(&self) -> &GatewayConfig {
         &self.cfg
     }
 
@@ -175,7 +175,7 @@ impl L2Services {
         self.handle_with(frame, reply, now, false)
     }
 
-    /// As [`L2Services::handle`]; `gso` says the frame is a TCP super-frame (HOST_TSO4), which
+    /// As [`Gateway::handle`]; `gso` says the frame is a TCP super-frame (HOST_TSO4), which
     /// may exceed the MTU and goes to the NAT or nowhere.
     pub fn handle_with(
         &mut self,

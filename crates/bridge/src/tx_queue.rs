@@ -1,4 +1,4 @@
-//! The TX path: drains the guest's TX queue (queue 1) into a [`FrameBatch`].
+//! [`TxQueue`]: the device side of the guest's TX virtqueue (queue 1), drained into a [`FrameBatch`].
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
@@ -10,7 +10,7 @@ use crate::stats::{DropCause, Stats};
 use crate::wire::ETH_HLEN;
 use crate::{gmem, ring};
 
-/// What one [`TxPath::process`] call did.
+/// What one [`TxQueue::process`] call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TxOutcome {
@@ -24,8 +24,8 @@ pub struct TxOutcome {
     pub more: bool,
 }
 
-/// Device side of the TX queue. Thread-free: a foreign event loop (vhost-user) or the
-/// [`crate::Bridge`] runner calls [`TxPath::process`] on each kick.
+/// Device side of the TX queue. Thread-free: the [`crate::DeviceCore`] (or an embedder's own glue)
+/// calls [`TxQueue::process`] on each kick.
 ///
 /// Every chain taken is returned to the used ring (length 0) at once, after its bytes were
 /// copied into the batch, so no chain is ever held. Hostile chains are counted
@@ -33,17 +33,17 @@ pub struct TxOutcome {
 /// [`DropCause::ChainWrongDirection`], [`DropCause::ShortHeader`], [`DropCause::Runt`],
 /// [`DropCause::TooBig`]) and skipped.
 #[derive(Debug)]
-pub struct TxPath {
+pub struct TxQueue {
     hdr_len: usize,
     max_frame: usize,
     used: ring::UsedBatch,
 }
 
-impl TxPath {
-    /// A TX path for a virtio-net header of `hdr_len` bytes (see
+impl TxQueue {
+    /// A TX queue for a virtio-net header of `hdr_len` bytes (see
     /// [`crate::Device::header_len`]) and frames of at most `max_frame` bytes (MTU + 14).
     pub fn new(hdr_len: usize, max_frame: usize) -> Self {
-        TxPath {
+        TxQueue {
             hdr_len: hdr_len.min(VIRTIO_NET_HDR_LEN),
             max_frame,
             used: ring::UsedBatch::default(),
