@@ -1,13 +1,14 @@
 //! [`DeviceCore`]: the one state machine of a guest's virtio-net device. Events in, `now`
 //! passed in, no threads and no clock of its own; every driver (an embedder's own event loop,
-//! the threaded [`crate::Bridge`] pipeline) drives this and builds nothing of its own.
+//! the threaded [`crate::Bridge`] driver) drives this and builds nothing of its own.
 //!
 //! The core owns, in one place each: configuration checks ([`DeviceCore::new`]), feature and
 //! offload negotiation ([`DeviceCore::ack_features`]), queue checks
 //! ([`DeviceCore::prepare_queue`]), the construction and sizing of the TX and RX halves and
 //! of the batch of gateway replies, the NAT expiry budget and the timer policy ([`Expiry`]).
-//! The pipeline splits a negotiated core into its halves ([`DeviceCore::into_parts`]) and
-//! runs each on its own thread; the halves' step functions are the ones the core itself runs.
+//! The threaded driver splits a negotiated core into its halves (`DeviceCore::into_parts`) and
+//! runs them on one or two threads; the halves' step functions are the ones the core itself
+//! runs.
 
 use core::time::Duration;
 use std::sync::{Mutex, MutexGuard};
