@@ -15,9 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use netns::Netns;
 use serde_json::Value;
 
-use super::sys::{CMD_LIMIT, Netns, Proc, cpu_seconds, run_limited, run_ok, thread_cpu};
+use super::sys::{CMD_LIMIT, Proc, cpu_seconds, run_limited, run_ok, thread_cpu};
 
 /// A network backend under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,9 +106,9 @@ impl World {
             backend_proc: None,
             iperf: None,
             echo: None,
-            g: Netns::new("g")?,
-            h: Netns::new("h")?,
-            s: Netns::new("s")?,
+            g: Netns::new("bench-g")?,
+            h: Netns::new("bench-h")?,
+            s: Netns::new("bench-s")?,
             backend,
             mtu,
             log,
@@ -131,8 +132,13 @@ impl World {
             Backend::Hostnet => self.hostnet(env)?,
         }
         if self.backend.tap_based() {
-            self.g
-                .ip(&format!("link set eth0 txqueuelen {TAP_TXQUEUELEN}"))?;
+            self.g.ip(&[
+                "link",
+                "set",
+                "eth0",
+                "txqueuelen",
+                &TAP_TXQUEUELEN.to_string(),
+            ])?;
         }
         self.check(env)
     }
@@ -365,18 +371,13 @@ impl World {
 
     fn common(&mut self) -> Result<()> {
         let (h, s) = (&self.h, &self.s);
-        h.ip(&format!(
-            "link add srv0 mtu {LINK_MTU} type veth peer name eth0 netns {} mtu {LINK_MTU}",
-            s.name
-        ))?;
-        h.ip("addr add 198.18.0.1/15 dev srv0")?;
-        h.ip("link set srv0 up")?;
-        s.ip("addr add 198.18.0.2/15 dev eth0")?;
-        s.ip("link set eth0 up")?;
+        netns::veth_mtu(h, "srv0", s, "eth0", LINK_MTU)?;
+        h.add_addr("srv0", "198.18.0.1/15")?;
+        s.add_addr("eth0", "198.18.0.2/15")?;
         // Also the way back to 100.64.0.0/10 (hostnet's NAT external address) via H.
-        s.ip("route add default via 198.18.0.1")?;
+        s.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
         // pasta picks its outbound interface from the default route.
-        h.ip("route add default via 198.18.0.2")?;
+        h.ip(&["route", "add", "default", "via", "198.18.0.2"])?;
         h.sysctl("net.ipv4.ip_forward", "1")?;
         // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
         h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
@@ -425,12 +426,8 @@ impl World {
     fn kernel(&mut self) -> Result<()> {
         let (g, h) = (&self.g, &self.h);
         let mtu = self.mtu;
-        g.ip(&format!(
-            "link add eth0 mtu {mtu} type veth peer name gw0 netns {} mtu {mtu}",
-            h.name
-        ))?;
-        h.ip("addr add 192.168.64.1/24 dev gw0")?;
-        h.ip("link set gw0 up")?;
+        netns::veth_mtu(g, "eth0", h, "gw0", mtu)?;
+        h.add_addr("gw0", "192.168.64.1/24")?;
         guest_static(g)?;
         let rules = self.log.with_extension("nft");
         std::fs::write(&rules, NFT_RULES).context("write the nftables rules")?;
@@ -467,11 +464,13 @@ impl World {
             "none",
             "-4",
             "--netns",
-            &self.g.path(),
-        ]);
+        ])
+        .arg(self.g.path());
         self.backend_proc = Some(Proc::spawn("pasta", &mut cmd, &self.log)?);
         self.wait_guest_addr(GUEST)?;
-        self.g.ip(&format!("link set eth0 mtu {}", self.mtu))
+        self.g
+            .ip(&["link", "set", "eth0", "mtu", &self.mtu.to_string()])?;
+        Ok(())
     }
 
     fn slirp(&mut self) -> Result<()> {
@@ -482,9 +481,9 @@ impl World {
             "--cidr=192.168.64.0/24",
             "--disable-host-loopback",
             "--netns-type=path",
-            &self.g.path(),
-            "eth0",
-        ]);
+        ])
+        .arg(self.g.path())
+        .arg("eth0");
         self.backend_proc = Some(Proc::spawn("slirp4netns", &mut cmd, &self.log)?);
         // slirp4netns always gives the guest .100 of its CIDR.
         self.wait_guest_addr("192.168.64.100")
@@ -496,9 +495,9 @@ impl World {
         cmd.args([
             "attach",
             "--guest-netns",
-            &self.g.name,
+            self.g.name(),
             "--host-netns",
-            &self.h.name,
+            self.h.name(),
             "--mtu",
             &self.mtu.to_string(),
         ]);
@@ -510,7 +509,7 @@ impl World {
             bail!("unexpected ready line {ready:?}");
         }
         // The bridge only forwards from a leased address: get one by DHCP (busybox udhcpc).
-        self.g.ip("link set eth0 up")?;
+        self.g.link_up("eth0")?;
         let script = self.log.with_extension("udhcpc.sh");
         std::fs::write(&script, UDHCPC_SCRIPT).context("write the udhcpc script")?;
         run_ok(Command::new("chmod").arg("0755").arg(&script), CMD_LIMIT)?;
@@ -534,7 +533,7 @@ impl World {
                 );
             }
             let out = run_limited(
-                Command::new("ip").args(["-n", &self.g.name, "-4", "addr", "show", "dev", "eth0"]),
+                Command::new("ip").args(["-n", self.g.name(), "-4", "addr", "show", "dev", "eth0"]),
                 CMD_LIMIT,
             )?;
             if String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/")) {
@@ -619,9 +618,10 @@ impl World {
 
 /// The guest side of `kernel` and `hostnet`: 192.168.64.2/24 via 192.168.64.1 on eth0.
 fn guest_static(g: &Netns) -> Result<()> {
-    g.ip("link set eth0 up")?;
-    g.ip(&format!("addr add {GUEST}/24 dev eth0"))?;
-    g.ip(&format!("route add default via {GATEWAY}"))
+    g.link_up("eth0")?;
+    g.add_addr("eth0", &format!("{GUEST}/24"))?;
+    g.ip(&["route", "add", "default", "via", GATEWAY])?;
+    Ok(())
 }
 
 /// How every TAP-based backend is tuned (printed with the results).
