@@ -77,10 +77,17 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         "\nhostnet demo: a simulated virtio-net guest on the simulated internet"
     );
     let _ = writeln!(s, "  attach   {ready}");
+    let l = &lease.lease;
     let _ = writeln!(
         s,
         "  lease    {}/{} router {} dns {} mtu {} lease {} s (busybox udhcpc, {} ms)",
-        lease.ip, lease.mask, lease.router, lease.dns, lease.mtu, lease.lease, lease.took_ms
+        l.ip,
+        l.mask,
+        join(&l.routers),
+        join(&l.dns),
+        or_dash(l.mtu),
+        or_dash(l.lease_secs),
+        lease.took_ms
     );
     let _ = writeln!(s, "  ping     gateway {GATEWAY}: {ping_gw}");
     let _ = writeln!(s, "  ping     server  {SERVER}: {ping_srv}");
@@ -128,12 +135,7 @@ struct World {
 }
 
 struct Lease {
-    ip: String,
-    mask: String,
-    router: String,
-    dns: String,
-    mtu: String,
-    lease: String,
+    lease: netns::lease::Lease,
     took_ms: u128,
 }
 
@@ -304,8 +306,7 @@ impl World {
     fn dhcp(&self) -> anyhow::Result<Lease> {
         let out = self.dir.join("lease");
         let script = self.dir.join("udhcpc.sh");
-        fs::write(&script, udhcpc_script(&path_str(&out)?)).context("writing udhcpc script")?;
-        run_ok("chmod", &["0755", &path_str(&script)?])?;
+        netns::lease::write_udhcpc_script(&script, &out).context("writing udhcpc script")?;
         step("dhcp", "busybox udhcpc -i eth0 in the guest namespace");
         let t = Instant::now();
         let o = ns_cmd(&self.g, "timeout")
@@ -326,23 +327,9 @@ impl World {
                 tail(&self.attach_log, 20)
             );
         }
-        let text = fs::read_to_string(&out).context("udhcpc ran but its hook wrote no lease")?;
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-                .unwrap_or("-")
-                .trim()
-                .to_owned()
-        };
-        Ok(Lease {
-            ip: get("ip"),
-            mask: get("mask"),
-            router: get("router"),
-            dns: get("dns"),
-            mtu: get("mtu"),
-            lease: get("lease"),
-            took_ms,
-        })
+        let lease =
+            netns::lease::Lease::read(&out).context("udhcpc ran but its hook wrote no lease")?;
+        Ok(Lease { lease, took_ms })
     }
 
     /// Pings `addr` 5 times from the guest; returns "5/5 rtt min/avg/max = ... ms".
@@ -669,28 +656,17 @@ fn step(what: &str, detail: &str) {
     eprintln!("==> {what:<8} {detail}");
 }
 
-fn udhcpc_script(out: &str) -> String {
-    format!(
-        r#"#!/bin/sh
-# udhcpc hook for cargo xtask demo: configures $interface and records the lease.
-OUT='{out}'
-case "$1" in
-  deconfig)
-    ip link set dev "$interface" up
-    ip -4 addr flush dev "$interface"
-    ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/$subnet" dev "$interface"
-    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
-    {{ echo "ip=$ip"; echo "mask=$subnet"; echo "router=$router"; echo "dns=$dns"
-      echo "mtu=$mtu"; echo "lease=$lease"; }} > "$OUT"
-    ;;
-esac
-exit 0
-"#
-    )
+fn join(addrs: &[std::net::Ipv4Addr]) -> String {
+    let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    if v.is_empty() {
+        "-".to_owned()
+    } else {
+        v.join(" ")
+    }
+}
+
+fn or_dash(v: Option<u32>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 const HELP: &str = "Builds hostnet-lab, makes guest/host/server network namespaces (server: busybox \

@@ -13,6 +13,9 @@
 //! - **Cleanup on drop**, also when a test fails: [`Drop`] runs `ip netns del` (unwinding runs
 //!   it while a test panics); a [`Process`] is killed by its PID and reaped when it drops.
 //!
+//! It also holds the one busybox `udhcpc` hook script that the e2e tests, the demo and the
+//! bench use to configure a guest interface from its DHCP lease ([`lease`]).
+//!
 //! Std only. Linux at run time; it builds everywhere (on other systems `ip` is missing and
 //! [`Netns::new`] fails).
 //!
@@ -39,6 +42,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+pub mod lease;
 
 /// A named network namespace, deleted when dropped.
 #[derive(Debug)]

@@ -511,8 +511,8 @@ impl World {
         // The bridge only forwards from a leased address: get one by DHCP (busybox udhcpc).
         self.g.link_up("eth0")?;
         let script = self.log.with_extension("udhcpc.sh");
-        std::fs::write(&script, UDHCPC_SCRIPT).context("write the udhcpc script")?;
-        run_ok(Command::new("chmod").arg("0755").arg(&script), CMD_LIMIT)?;
+        netns::lease::write_udhcpc_script(&script, &self.log.with_extension("lease"))
+            .context("write the udhcpc script")?;
         let mut cmd = self.g.command("busybox");
         cmd.args([
             "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-A", "1", "-s",
@@ -647,17 +647,6 @@ const LINK_MTU: u32 = 65520;
 const TAP_TXQUEUELEN: u32 = 20000;
 /// `IFF_VNET_HDR` in `/sys/class/net/*/tun_flags`.
 const IFF_VNET_HDR: u32 = 0x4000;
-/// busybox udhcpc has no default script on Debian: this one applies the lease.
-const UDHCPC_SCRIPT: &str = "#!/bin/sh
-case \"$1\" in
-bound|renew)
-    ip addr flush dev \"$interface\"
-    ip addr add \"$ip/$subnet\" dev \"$interface\"
-    for r in $router; do ip route add default via \"$r\" dev \"$interface\"; break; done
-    ;;
-esac
-exit 0
-";
 const NFT_RULES: &str = "table ip hostnet_bench {
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
