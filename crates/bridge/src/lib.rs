@@ -141,7 +141,7 @@ pub use device::{
     sanitize_features,
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
-pub use dns::{host_dns_upstream, parse_resolv_conf};
+pub use dns::{host_dns_upstream, parse_resolv_conf, resolv_conf_nameservers};
 pub use engine::{RxEngine, TxEngine};
 pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError};

@@ -148,20 +148,6 @@ pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
     }
 }
 
-/// The first IPv4 `nameserver` of a resolv.conf text, port 53.
-pub(crate) fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
-    resolv_conf.lines().find_map(|line| {
-        let mut w = line.split_whitespace();
-        if w.next() != Some("nameserver") {
-            return None;
-        }
-        w.next()?
-            .parse::<Ipv4Addr>()
-            .ok()
-            .map(|a| SocketAddrV4::new(a, 53))
-    })
-}
-
 fn parse_mtu(v: &str) -> Result<u16, ArgError> {
     match v.parse::<u16>() {
         Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => Ok(m),
@@ -325,10 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn nameserver_from_resolv_conf() {
-        let text = "# x\nsearch lan\nnameserver fe80::1\nnameserver 10.1.2.3\nnameserver 9.9.9.9\n";
-        assert_eq!(first_nameserver(text), Some("10.1.2.3:53".parse().unwrap()));
-        assert_eq!(first_nameserver("search lan\n"), None);
+    fn upstream_port_defaults_to_53() {
         assert_eq!(parse_upstream("1.2.3.4"), Ok("1.2.3.4:53".parse().unwrap()));
     }
 }

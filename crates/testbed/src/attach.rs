@@ -237,19 +237,13 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
     }
 }
 
-/// The first IPv4 `nameserver` of a resolv.conf text, port 53.
+/// The first IPv4 `nameserver` of a resolv.conf text (loopback included), port 53, as parsed
+/// by [`bridge::resolv_conf_nameservers`].
 #[must_use]
 pub fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
-    resolv_conf.lines().find_map(|line| {
-        let mut w = line.split_whitespace();
-        if w.next() != Some("nameserver") {
-            return None;
-        }
-        w.next()?
-            .parse::<Ipv4Addr>()
-            .ok()
-            .map(|a| SocketAddrV4::new(a, 53))
-    })
+    bridge::resolv_conf_nameservers(resolv_conf)
+        .next()
+        .map(|a| SocketAddrV4::new(a, 53))
 }
 
 /// Runs `attach` until SIGINT/SIGTERM (Linux only).

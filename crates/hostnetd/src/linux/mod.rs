@@ -5,7 +5,7 @@ mod dataplane;
 mod proxy;
 
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -22,17 +22,18 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::args::{Args, first_nameserver};
+use crate::args::Args;
 use backend::NetBackend;
 use dataplane::DataplaneConfig;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub(crate) fn run(args: &Args) -> Result<()> {
     init_tracing();
+    // The first IPv4 nameserver of /etc/resolv.conf, loopback included.
     let dns_upstream = args.dns_upstream.or_else(|| {
-        std::fs::read_to_string("/etc/resolv.conf")
-            .ok()
-            .and_then(|t| first_nameserver(&t))
+        let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+        let first = bridge::resolv_conf_nameservers(&text).next()?;
+        Some(SocketAddrV4::new(first, 53))
     });
     let mut config = DataplaneConfig {
         mac: args.mac,
