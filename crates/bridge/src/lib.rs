@@ -108,6 +108,7 @@
 #![deny(missing_docs)]
 
 mod dataplane;
+pub mod defaults;
 mod device;
 mod dhcp;
 mod dns;

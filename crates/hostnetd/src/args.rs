@@ -199,15 +199,15 @@ OPTIONS:
 ";
 
 /// Default guest MTU.
-pub(crate) const DEFAULT_MTU: u16 = 1500;
+pub(crate) const DEFAULT_MTU: u16 = bridge::defaults::MTU;
 const MIN_MTU: u16 = 68;
 const MAX_MTU: u16 = 65_520;
 /// Default guest MAC (QEMU's customary first NIC address).
-pub(crate) const DEFAULT_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+pub(crate) const DEFAULT_MAC: MacAddr = bridge::defaults::GUEST_MAC;
 /// Default TUN name pattern.
 pub(crate) const DEFAULT_TUN_NAME: &str = "hostnetd%d";
 /// The address the first guest leases (start of the DHCP pool); the default target of `--forward`.
-pub(crate) const FIRST_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+pub(crate) const FIRST_GUEST_ADDR: Ipv4Addr = bridge::defaults::DHCP_POOL_FIRST;
 const MAX_IFNAME: usize = 15;
 
 #[cfg(test)]

@@ -20,6 +20,8 @@
 use std::io;
 use std::net::Ipv4Addr;
 
+use bridge::defaults::{TEST_INTERNET, TEST_INTERNET_PREFIX_LEN};
+
 pub use ::netns::*;
 
 /// The standard three-namespace world: a guest, a host (the TUN goes here) and a server on the
@@ -50,8 +52,14 @@ impl Topology {
         let host = Netns::new(&format!("{tag}-h"))?;
         let server = Netns::new(&format!("{tag}-s"))?;
         veth(&host, HOST_SERVER_DEV, &server, SERVER_DEV)?;
-        host.add_addr(HOST_SERVER_DEV, &format!("{HOST_SERVER_ADDR}/15"))?;
-        server.add_addr(SERVER_DEV, &format!("{SERVER_ADDR}/15"))?;
+        host.add_addr(
+            HOST_SERVER_DEV,
+            &format!("{HOST_SERVER_ADDR}/{TEST_INTERNET_PREFIX_LEN}"),
+        )?;
+        server.add_addr(
+            SERVER_DEV,
+            &format!("{SERVER_ADDR}/{TEST_INTERNET_PREFIX_LEN}"),
+        )?;
         server.add_route("default", HOST_SERVER_ADDR)?;
         Ok(Self {
             guest,
@@ -62,9 +70,9 @@ impl Topology {
 }
 
 /// The host namespace's address on the simulated internet (the server's default gateway).
-pub const HOST_SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const HOST_SERVER_ADDR: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 1);
 /// The server namespace's address.
-pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 2);
 /// The host namespace's link to the server namespace.
 pub const HOST_SERVER_DEV: &str = "srv0";
 /// The server namespace's link to the host namespace.

@@ -10,11 +10,15 @@
 //! go back via H. H masquerades nothing on its own: the only NAT on each path is the backend's
 //! (nftables masquerade for `kernel`, pasta's and slirp4netns's sockets, hostnet's NAT).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bridge::defaults::{
+    DHCP_POOL_FIRST, GATEWAY, PREFIX_LEN, SUBNET, TEST_INTERNET, TEST_INTERNET_PREFIX_LEN,
+};
 use netns::Netns;
 use serde_json::Value;
 
@@ -200,7 +204,7 @@ impl World {
     pub(super) fn tcp(&mut self, reverse: bool, streams: u32, secs: u32) -> Result<(f64, f64)> {
         let mut args = vec![
             "-c".to_owned(),
-            SERVER.to_owned(),
+            SERVER.to_string(),
             "-t".to_owned(),
             secs.to_string(),
             "-P".to_owned(),
@@ -221,9 +225,10 @@ impl World {
     /// iperf3 UDP, 64-byte payloads, offered as fast as iperf3 can send, G to S:
     /// (thousand packets per second received, loss %).
     pub(super) fn udp64(&mut self, secs: u32) -> Result<(f64, f64)> {
+        let server = SERVER.to_string();
         let args: Vec<String> = [
             "-c",
-            SERVER,
+            &server,
             "-u",
             "-l",
             "64",
@@ -280,7 +285,8 @@ impl World {
     pub(super) fn ping(&mut self, env: &Env, secs: f64) -> Result<f64> {
         let count = ((secs / 0.002) as u32).clamp(10, 5000).to_string();
         let mut cmd = self.in_guest(env, "ping");
-        cmd.args(["-q", "-n", "-c", &count, "-i", "0.002", "-W", "2", SERVER]);
+        cmd.args(["-q", "-n", "-c", &count, "-i", "0.002", "-W", "2"])
+            .arg(SERVER.to_string());
         let out = run_ok(&mut cmd, Duration::from_secs_f64(secs * 3.0 + 15.0))?;
         let text = String::from_utf8_lossy(&out.stdout);
         // rtt min/avg/max/mdev = 0.173/0.446/0.720/0.273 ms
@@ -372,12 +378,12 @@ impl World {
     fn common(&mut self) -> Result<()> {
         let (h, s) = (&self.h, &self.s);
         netns::veth_mtu(h, "srv0", s, "eth0", LINK_MTU)?;
-        h.add_addr("srv0", "198.18.0.1/15")?;
-        s.add_addr("eth0", "198.18.0.2/15")?;
+        h.add_addr("srv0", &format!("{HOST_SERVER}/{TEST_INTERNET_PREFIX_LEN}"))?;
+        s.add_addr("eth0", &format!("{SERVER}/{TEST_INTERNET_PREFIX_LEN}"))?;
         // Also the way back to 100.64.0.0/10 (hostnet's NAT external address) via H.
-        s.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
+        s.add_route("default", HOST_SERVER)?;
         // pasta picks its outbound interface from the default route.
-        h.ip(&["route", "add", "default", "via", "198.18.0.2"])?;
+        h.add_route("default", SERVER)?;
         h.sysctl("net.ipv4.ip_forward", "1")?;
         // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
         h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
@@ -427,10 +433,10 @@ impl World {
         let (g, h) = (&self.g, &self.h);
         let mtu = self.mtu;
         netns::veth_mtu(g, "eth0", h, "gw0", mtu)?;
-        h.add_addr("gw0", "192.168.64.1/24")?;
+        h.add_addr("gw0", &format!("{GATEWAY}/{PREFIX_LEN}"))?;
         guest_static(g)?;
         let rules = self.log.with_extension("nft");
-        std::fs::write(&rules, NFT_RULES).context("write the nftables rules")?;
+        std::fs::write(&rules, nft_rules()).context("write the nftables rules")?;
         run_ok(h.command("nft").arg("-f").arg(&rules), CMD_LIMIT)
             .context("nft -f (masquerade in H)")?;
         Ok(())
@@ -447,11 +453,11 @@ impl World {
             "-I",
             "eth0",
             "-a",
-            GUEST,
+            &GUEST.to_string(),
             "-n",
-            "24",
+            &PREFIX_LEN.to_string(),
             "-g",
-            GATEWAY,
+            &GATEWAY.to_string(),
             "-m",
             &self.mtu.to_string(),
             "-t",
@@ -478,7 +484,7 @@ impl World {
         cmd.args([
             "--configure",
             &format!("--mtu={}", self.mtu.min(65521)),
-            "--cidr=192.168.64.0/24",
+            &format!("--cidr={SUBNET}/{PREFIX_LEN}"),
             "--disable-host-loopback",
             "--netns-type=path",
         ])
@@ -486,7 +492,7 @@ impl World {
         .arg("eth0");
         self.backend_proc = Some(Proc::spawn("slirp4netns", &mut cmd, &self.log)?);
         // slirp4netns always gives the guest .100 of its CIDR.
-        self.wait_guest_addr("192.168.64.100")
+        self.wait_guest_addr(Ipv4Addr::from_bits(SUBNET.to_bits() + 100))
     }
 
     fn hostnet(&mut self, env: &Env) -> Result<()> {
@@ -522,7 +528,7 @@ impl World {
         self.wait_guest_addr(GUEST)
     }
 
-    fn wait_guest_addr(&mut self, addr: &str) -> Result<()> {
+    fn wait_guest_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if !self.backend_alive() {
@@ -619,8 +625,8 @@ impl World {
 /// The guest side of `kernel` and `hostnet`: 192.168.64.2/24 via 192.168.64.1 on eth0.
 fn guest_static(g: &Netns) -> Result<()> {
     g.link_up("eth0")?;
-    g.add_addr("eth0", &format!("{GUEST}/24"))?;
-    g.ip(&["route", "add", "default", "via", GATEWAY])?;
+    g.add_addr("eth0", &format!("{GUEST}/{PREFIX_LEN}"))?;
+    g.add_route("default", GATEWAY)?;
     Ok(())
 }
 
@@ -638,19 +644,26 @@ pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back
 
 /// How long a backend may stop carrying traffic before the rest of its figures are skipped.
 const STALL_PATIENCE: Duration = Duration::from_secs(30);
-const SERVER: &str = "198.18.0.2";
-const GUEST: &str = "192.168.64.2";
-const GATEWAY: &str = "192.168.64.1";
+/// The server namespace's address (S eth0) and H's address towards it (srv0).
+const SERVER: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 2);
+const HOST_SERVER: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 1);
+/// The guest's address with every backend that lets us choose it (slirp4netns takes .100).
+const GUEST: Ipv4Addr = DHCP_POOL_FIRST;
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7777;
 const LINK_MTU: u32 = 65520;
 const TAP_TXQUEUELEN: u32 = 20000;
 /// `IFF_VNET_HDR` in `/sys/class/net/*/tun_flags`.
 const IFF_VNET_HDR: u32 = 0x4000;
-const NFT_RULES: &str = "table ip hostnet_bench {
-    chain postrouting {
+/// The kernel backend's masquerade for the guest subnet.
+fn nft_rules() -> String {
+    format!(
+        "table ip hostnet_bench {{
+    chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        ip saddr 192.168.64.0/24 oifname \"srv0\" masquerade
-    }
+        ip saddr {SUBNET}/{PREFIX_LEN} oifname \"srv0\" masquerade
+    }}
+}}
+"
+    )
 }
-";

@@ -347,10 +347,10 @@ fn init_tracing() {
 }
 
 /// The guest's gateway (ARP, DHCP, ping and DNS are answered here).
-pub(crate) const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+pub(crate) const GATEWAY: Ipv4Addr = bridge::defaults::GATEWAY;
 /// The TUN's own address (the host side of the point-to-point link).
-const HOST_TUN_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
 /// The TUN's peer: the NAT's external address, which the host routes into the TUN.
-pub(crate) const NAT_EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+pub(crate) const NAT_EXTERNAL: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 const LISTENER_EVENT: u64 = 0;
 const WAKE_EVENT: u64 = 1;

@@ -20,11 +20,11 @@ pub(crate) const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
 /// The host namespace's address towards the server.
 pub(crate) const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
 /// The gateway the bridge plays for the guest (contract default).
-pub(crate) const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+pub(crate) const GATEWAY: Ipv4Addr = bridge::defaults::GATEWAY;
 /// The host end of the TUN (contract default).
-pub(crate) const HOST_TUN: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+pub(crate) const HOST_TUN: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
 /// The NAT's external address (contract default).
-pub(crate) const EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+pub(crate) const EXTERNAL: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 /// The TAP `attach` creates in the guest namespace.
 pub(crate) const GUEST_DEV: &str = "eth0";
 
