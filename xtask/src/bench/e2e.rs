@@ -16,9 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bridge::defaults::{
-    DHCP_POOL_FIRST, GATEWAY, PREFIX_LEN, SUBNET, TEST_INTERNET, TEST_INTERNET_PREFIX_LEN,
-};
+use bridge::defaults::{DHCP_POOL_FIRST, GATEWAY, PREFIX_LEN, SUBNET, TEST_INTERNET_PREFIX_LEN};
 use netns::Netns;
 use serde_json::Value;
 
@@ -644,9 +642,10 @@ pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back
 
 /// How long a backend may stop carrying traffic before the rest of its figures are skipped.
 const STALL_PATIENCE: Duration = Duration::from_secs(30);
-/// The server namespace's address (S eth0) and H's address towards it (srv0).
-const SERVER: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 2);
-const HOST_SERVER: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 1);
+/// The server namespace's address (S eth0) and H's address towards it (srv0), as in testbed's
+/// topology.
+const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
+const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
 /// The guest's address with every backend that lets us choose it (slirp4netns takes .100).
 const GUEST: Ipv4Addr = DHCP_POOL_FIRST;
 const IPERF_PORT: u16 = 5201;
