@@ -1,5 +1,5 @@
 //! Network-namespace topologies for privileged tests, the demo and benches: the namespace
-//! helper itself is the [`netns`](::netns) crate, re-exported here, plus the standard
+//! helper itself is the `netns` crate, re-exported here, plus the standard
 //! three-namespace world ([`Topology`]).
 //!
 //! Nothing here touches the root namespace: namespaces are created under unique names
