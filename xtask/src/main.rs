@@ -79,21 +79,6 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Whether this process may create network namespaces (root or CAP_NET_ADMIN and `ip` installed).
-fn can_make_namespaces() -> bool {
-    let name = format!("hostnet-xtask-probe-{}", std::process::id());
-    let ok = Command::new("ip")
-        .args(["netns", "add", &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    }
-    ok
-}
-
 fn test(extra: &[String]) -> Result<()> {
     // The privileged tests drive real programs (ping, DHCP clients, curl, dig, iperf3): install the
     // Debian packages they need when they are missing (as root; otherwise it prints what to install).
@@ -101,7 +86,8 @@ fn test(extra: &[String]) -> Result<()> {
         "install test tools (.ci/setup --packages-only)",
         Command::new(root().join(".ci/setup")).arg("--packages-only"),
     )?;
-    let privileged = can_make_namespaces();
+    // Whether this process may create network namespaces (root or CAP_NET_ADMIN, `ip` installed).
+    let privileged = netns::available();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--locked"])
         .args(extra)
@@ -212,9 +198,9 @@ fn ci() -> Result<()> {
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "utun-sys",
-        &["utun", "nat", "bridge", "testbed", "hostnetd"],
+        &["utun", "nat", "bridge", "testbed", "netns", "hostnetd"],
     ),
-    ("utun", &["nat", "bridge", "testbed", "hostnetd"]),
+    ("utun", &["nat", "bridge", "testbed", "netns", "hostnetd"]),
     (
         "nat",
         &[
@@ -223,12 +209,14 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "utun-sys",
             "bridge",
             "testbed",
+            "netns",
             "crossbeam-channel",
             "crossbeam-utils",
             "hostnetd",
         ],
     ),
-    ("bridge", &["testbed", "hostnetd"]),
+    // `netns` (dev only) may be a dev-dependency of the library crates, never a normal one.
+    ("bridge", &["testbed", "netns", "hostnetd"]),
 ];
 
 fn deps() -> Result<()> {

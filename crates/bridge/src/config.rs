@@ -7,9 +7,9 @@ use core::time::Duration;
 
 use nat::{NatConfig, PortForward};
 
-use crate::Error;
 use crate::gateway::GatewayConfig;
 use crate::wire::MacAddr;
+use crate::{Error, defaults};
 
 /// Everything the bridge needs; `Default` gives the documented defaults (subnet
 /// 192.168.64.0/24, gateway .1, pool .2–.254, lease 1 h, MTU 1500, NAT external 100.64.0.2,
@@ -63,23 +63,23 @@ pub struct BridgeConfig {
 impl Default for BridgeConfig {
     fn default() -> Self {
         let nat = NatConfig {
-            internal_net: Ipv4Addr::new(192, 168, 64, 0),
-            internal_prefix_len: 24,
-            external_addr: Ipv4Addr::new(100, 64, 0, 2),
+            internal_net: defaults::SUBNET,
+            internal_prefix_len: defaults::PREFIX_LEN,
+            external_addr: defaults::NAT_EXTERNAL_ADDR,
             // Closed TCP flows keep their mapping for 4 minutes: a busy guest needs tens of
             // thousands.
             max_flows_per_host: 65_536,
             ..NatConfig::default()
         };
         BridgeConfig {
-            guest_mac: MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
-            gateway_mac: MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x01]),
-            gateway: Ipv4Addr::new(192, 168, 64, 1),
-            prefix_len: 24,
-            dhcp_pool: Ipv4Addr::new(192, 168, 64, 2)..=Ipv4Addr::new(192, 168, 64, 254),
-            lease: Duration::from_secs(3600),
+            guest_mac: defaults::GUEST_MAC,
+            gateway_mac: defaults::GATEWAY_MAC,
+            gateway: defaults::GATEWAY,
+            prefix_len: defaults::PREFIX_LEN,
+            dhcp_pool: defaults::DHCP_POOL_FIRST..=defaults::DHCP_POOL_LAST,
+            lease: defaults::LEASE_TIME,
             dns_upstream: None,
-            mtu: 1500,
+            mtu: defaults::MTU,
             nat,
             forwards: Vec::new(),
             static_guest_ip: None,

@@ -3,10 +3,10 @@
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
-/// The first usable IPv4 `nameserver` in resolv.conf text. Loopback and unspecified
-/// addresses are skipped: a packet the NAT sends to the host's 127.0.0.53 would not reach a
-/// local stub resolver through the TUN device.
-pub fn parse_resolv_conf(text: &str) -> Option<Ipv4Addr> {
+/// Every IPv4 `nameserver` in resolv.conf text, in file order: the one resolv.conf parser of
+/// the workspace. Comments (from `#` or `;`) are ignored, IPv6 and malformed addresses
+/// skipped; loopback addresses are kept (see [`parse_resolv_conf`] for the usable one).
+pub fn resolv_conf_nameservers(text: &str) -> impl Iterator<Item = Ipv4Addr> + '_ {
     text.lines()
         .map(|l| l.split(['#', ';']).next().unwrap_or(""))
         .filter_map(|l| {
@@ -14,7 +14,13 @@ pub fn parse_resolv_conf(text: &str) -> Option<Ipv4Addr> {
             (w.next() == Some("nameserver")).then(|| w.next()).flatten()
         })
         .filter_map(|a| a.parse::<Ipv4Addr>().ok())
-        .find(|a| !a.is_loopback() && !a.is_unspecified())
+}
+
+/// The first usable IPv4 `nameserver` in resolv.conf text. Loopback and unspecified
+/// addresses are skipped: a packet the NAT sends to the host's 127.0.0.53 would not reach a
+/// local stub resolver through the TUN device.
+pub fn parse_resolv_conf(text: &str) -> Option<Ipv4Addr> {
+    resolv_conf_nameservers(text).find(|a| !a.is_loopback() && !a.is_unspecified())
 }
 
 /// Reads the host's resolver configuration: `/etc/resolv.conf`, then (for
@@ -45,5 +51,15 @@ mod tests {
             None
         );
         assert_eq!(parse_resolv_conf(""), None);
+    }
+
+    #[test]
+    fn every_ipv4_nameserver_in_order_loopback_included() {
+        let t = "nameserver 127.0.0.53\nnameserver fe80::1\n#nameserver 1.1.1.1\nnameserver 9.9.9.9 # x\n";
+        let all: Vec<Ipv4Addr> = resolv_conf_nameservers(t).collect();
+        assert_eq!(
+            all,
+            [Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(9, 9, 9, 9)]
+        );
     }
 }

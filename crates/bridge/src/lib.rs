@@ -90,6 +90,7 @@
 
 mod config;
 mod core;
+pub mod defaults;
 mod device;
 mod dhcp;
 mod dns;
@@ -128,7 +129,7 @@ pub use device::{
     sanitize_features,
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
-pub use dns::{host_dns_upstream, parse_resolv_conf};
+pub use dns::{host_dns_upstream, parse_resolv_conf, resolv_conf_nameservers};
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use error::Error;

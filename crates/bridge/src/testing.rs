@@ -16,17 +16,17 @@ use crate::wire::{
 };
 
 /// The default guest MAC ([`crate::BridgeConfig`]'s).
-pub const GUEST_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+pub const GUEST_MAC: MacAddr = crate::defaults::GUEST_MAC;
 /// The default gateway MAC.
-pub const GATEWAY_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x01]);
+pub const GATEWAY_MAC: MacAddr = crate::defaults::GATEWAY_MAC;
 /// The default gateway.
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+pub const GATEWAY: Ipv4Addr = crate::defaults::GATEWAY;
 /// A guest address (the first of the default pool).
-pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+pub const GUEST_IP: Ipv4Addr = crate::defaults::DHCP_POOL_FIRST;
 /// A server on the simulated internet (198.18.0.0/15).
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 /// The default NAT external address.
-pub const EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+pub const EXTERNAL: Ipv4Addr = crate::defaults::NAT_EXTERNAL_ADDR;
 
 /// VRING_DESC_F_NEXT.
 pub const DESC_F_NEXT: u16 = 1;

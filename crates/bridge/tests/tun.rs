@@ -4,10 +4,7 @@
 #![cfg(all(target_os = "linux", feature = "utun"))]
 
 use core::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
-use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bridge::testing::{
@@ -18,50 +15,6 @@ use bridge::{BridgeConfig, Error, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN};
 const HDR: usize = VIRTIO_NET_HDR_LEN;
 const HOST: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
-
-/// A namespace `hostnet-bridge-<pid>-<n>`, deleted on drop (also when the test fails).
-struct Netns {
-    name: String,
-    fd: OwnedFd,
-}
-
-impl Netns {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "hostnet-bridge-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let fd = utun::linux::netns::open(&name).expect("open the namespace");
-        let ns = Netns { name, fd };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 fn wait_frame(net: &mut MockNet<'_>, pending: &mut Vec<Used>) -> Vec<u8> {
     let start = Instant::now();
@@ -80,9 +33,10 @@ fn wait_frame(net: &mut MockNet<'_>, pending: &mut Vec<Used>) -> Vec<u8> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn ping_and_port_unreachable_through_a_real_tun() {
-    let ns = Netns::new();
+    // `hostnet-bridge-<pid>-<n>`, deleted on drop (also when the test fails).
+    let ns = netns::Netns::new("bridge").expect("creating a network namespace");
     let tun = utun::Tun::builder()
-        .netns(&ns.fd)
+        .netns(ns.fd())
         .mtu(1500)
         .ipv4(HOST, utun::Ipv4Dest::Peer(EXTERNAL))
         .open()
@@ -153,7 +107,7 @@ fn ping_and_port_unreachable_through_a_real_tun() {
     assert!(s.bridge.from_host >= 2);
 
     // Deleting the interface surfaces as an error through the handle, without spinning.
-    assert!(ns.ip(&["link", "del", &tun_name]));
+    ns.ip(&["link", "del", &tun_name]).expect("ip link del");
     let start = Instant::now();
     while h.error().is_none() {
         assert!(

@@ -148,20 +148,6 @@ pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
     }
 }
 
-/// The first IPv4 `nameserver` of a resolv.conf text, port 53.
-pub(crate) fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
-    resolv_conf.lines().find_map(|line| {
-        let mut w = line.split_whitespace();
-        if w.next() != Some("nameserver") {
-            return None;
-        }
-        w.next()?
-            .parse::<Ipv4Addr>()
-            .ok()
-            .map(|a| SocketAddrV4::new(a, 53))
-    })
-}
-
 fn parse_mtu(v: &str) -> Result<u16, ArgError> {
     match v.parse::<u16>() {
         Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => Ok(m),
@@ -213,15 +199,15 @@ OPTIONS:
 ";
 
 /// Default guest MTU.
-pub(crate) const DEFAULT_MTU: u16 = 1500;
+pub(crate) const DEFAULT_MTU: u16 = bridge::defaults::MTU;
 const MIN_MTU: u16 = 68;
 const MAX_MTU: u16 = 65_520;
 /// Default guest MAC (QEMU's customary first NIC address).
-pub(crate) const DEFAULT_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+pub(crate) const DEFAULT_MAC: MacAddr = bridge::defaults::GUEST_MAC;
 /// Default TUN name pattern.
 pub(crate) const DEFAULT_TUN_NAME: &str = "hostnetd%d";
 /// The address the first guest leases (start of the DHCP pool); the default target of `--forward`.
-pub(crate) const FIRST_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+pub(crate) const FIRST_GUEST_ADDR: Ipv4Addr = bridge::defaults::DHCP_POOL_FIRST;
 const MAX_IFNAME: usize = 15;
 
 #[cfg(test)]
@@ -325,10 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn nameserver_from_resolv_conf() {
-        let text = "# x\nsearch lan\nnameserver fe80::1\nnameserver 10.1.2.3\nnameserver 9.9.9.9\n";
-        assert_eq!(first_nameserver(text), Some("10.1.2.3:53".parse().unwrap()));
-        assert_eq!(first_nameserver("search lan\n"), None);
+    fn upstream_port_defaults_to_53() {
         assert_eq!(parse_upstream("1.2.3.4"), Ok("1.2.3.4:53".parse().unwrap()));
     }
 }

@@ -237,19 +237,13 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
     }
 }
 
-/// The first IPv4 `nameserver` of a resolv.conf text, port 53.
+/// The first IPv4 `nameserver` of a resolv.conf text (loopback included), port 53, as parsed
+/// by [`bridge::resolv_conf_nameservers`].
 #[must_use]
 pub fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
-    resolv_conf.lines().find_map(|line| {
-        let mut w = line.split_whitespace();
-        if w.next() != Some("nameserver") {
-            return None;
-        }
-        w.next()?
-            .parse::<Ipv4Addr>()
-            .ok()
-            .map(|a| SocketAddrV4::new(a, 53))
-    })
+    bridge::resolv_conf_nameservers(resolv_conf)
+        .next()
+        .map(|a| SocketAddrV4::new(a, 53))
 }
 
 /// Runs `attach` until SIGINT/SIGTERM (Linux only).
@@ -323,7 +317,7 @@ fn netns_name(key: &str, v: String) -> Result<String, ArgError> {
 }
 
 /// Default guest MTU.
-pub const DEFAULT_MTU: u16 = 1500;
+pub const DEFAULT_MTU: u16 = bridge::defaults::MTU;
 /// Smallest accepted MTU (IPv4 minimum).
 pub const MIN_MTU: u16 = 68;
 /// Largest accepted MTU.
@@ -331,13 +325,13 @@ pub const MAX_MTU: u16 = 65_520;
 /// Default TUN name pattern.
 pub const DEFAULT_TUN_NAME: &str = "hostnet%d";
 /// The address the only guest leases first (start of the DHCP pool).
-pub const FIRST_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+pub const FIRST_GUEST_ADDR: Ipv4Addr = bridge::defaults::DHCP_POOL_FIRST;
 /// The TUN's host-side address in H.
-pub const HOST_TUN_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+pub const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
 /// The NAT's external address (the TUN's peer, routed into the TUN by H).
-pub const NAT_EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+pub const NAT_EXTERNAL_ADDR: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 /// The guest's gateway.
-pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+pub const GATEWAY_ADDR: Ipv4Addr = bridge::defaults::GATEWAY;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,8 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use bridge::defaults;
+
 use common::{
     EXTERNAL, GATEWAY, GUEST_DEV, HOST_SERVER, HOST_TUN, Lab, Lease, Ns, SERVER, helper, require,
     rx_packets, sha256, wait_file_contains,
@@ -404,7 +406,10 @@ fn unsolicited_inbound_packets_do_not_reach_the_guest() {
     // guest's private address as well as at the NAT's external address.
     let tun = lab.attach().tun.clone();
     lab.ns(Ns::H)
-        .add_route_dev("192.168.64.0/24", &tun)
+        .add_route_dev(
+            &format!("{}/{}", defaults::SUBNET, defaults::PREFIX_LEN),
+            &tun,
+        )
         .expect("route to guest subnet");
     let idx = lab.spawn_logged(Ns::G, "listen", &[helper(), "listen-count", "7000", "8"]);
     wait_file_contains(&lab.dir.join("listen.out"), "listening", 10);
@@ -694,7 +699,8 @@ fn iperf3_tcp_throughput_both_directions() {
         Some("Server listening"),
     );
     let iperf = |ns: Ns, reverse: bool| -> f64 {
-        let mut argv = vec!["iperf3", "-c", "198.18.0.2", "-t", "2", "-f", "m"];
+        let server = SERVER.to_string();
+        let mut argv = vec!["iperf3", "-c", &server, "-t", "2", "-f", "m"];
         if reverse {
             argv.push("-R");
         }
@@ -972,16 +978,20 @@ fn counter(lab: &Lab, ns: Ns, name: &str) -> u64 {
 }
 
 fn check_lease(lease: &Lease, mtu: u32) {
-    let o = lease.ip.octets();
     assert!(
-        o[..3] == [192, 168, 64] && (2..=254).contains(&o[3]),
-        "lease {} outside the pool 192.168.64.2-254",
-        lease.ip
+        (defaults::DHCP_POOL_FIRST..=defaults::DHCP_POOL_LAST).contains(&lease.ip),
+        "lease {} outside the pool {}-{}",
+        lease.ip,
+        defaults::DHCP_POOL_FIRST,
+        defaults::DHCP_POOL_LAST
     );
     assert_eq!(lease.mask, Ipv4Addr::new(255, 255, 255, 0));
     assert_eq!(lease.routers, vec![GATEWAY]);
     assert!(lease.dns.contains(&GATEWAY), "DNS option {:?}", lease.dns);
-    assert_eq!(lease.lease_secs, Some(3600));
+    assert_eq!(
+        lease.lease_secs.map(u64::from),
+        Some(defaults::LEASE_TIME.as_secs())
+    );
     assert_eq!(lease.server_id, Some(GATEWAY));
     assert_eq!(lease.mtu, Some(mtu), "MTU option");
 }

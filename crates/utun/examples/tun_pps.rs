@@ -4,7 +4,7 @@
 //! 1500-byte packets, in one run.
 //!
 //! Linux only, needs root (CAP_NET_ADMIN + CAP_SYS_ADMIN). It creates its own namespace
-//! `hostnet-utun-pps-<pid>-0`, runs for a bounded time (7 rounds of 150 ms per case, about 5 s in all) and deletes the
+//! `hostnet-utun-pps-<pid>-<n>` (crate `netns`), runs for a bounded time (7 rounds of 150 ms per case, about 5 s in all) and deletes the
 //! namespace on exit, also on error.
 //!
 //! ```text
@@ -26,9 +26,10 @@ mod linux {
     use std::{
         io,
         net::Ipv4Addr,
-        process::Command,
         time::{Duration, Instant},
     };
+
+    use netns::Netns;
 
     use utun::{Ipv4Dest, Tun, TunBuilder};
 
@@ -41,19 +42,9 @@ mod linux {
     const ROUND: Duration = Duration::from_millis(150);
     const WARM_UP: Duration = Duration::from_millis(200);
 
-    struct Netns(String);
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-
     pub(crate) fn run() -> Result<(), Box<dyn std::error::Error>> {
-        let ns = Netns(format!("hostnet-utun-pps-{}-0", std::process::id()));
-        cmd(&["netns", "add", &ns.0])?;
-        let fd = utun::linux::netns::open(&ns.0)?;
-        utun::linux::netns::run_in(std::os::fd::AsFd::as_fd(&fd), || -> io::Result<()> {
+        let ns = Netns::new("utun-pps")?;
+        utun::linux::netns::run_in(ns.fd(), || -> io::Result<()> {
             for (key, value) in [
                 ("net/ipv4/ip_forward", "1"),
                 ("net/ipv4/conf/all/send_redirects", "0"),
@@ -68,21 +59,13 @@ mod linux {
             .mtu(1500)
             .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
             .nonblocking(true)
-            .netns(&fd)
+            .netns(ns.fd())
             .open()?;
-        cmd(&[
-            "-n",
-            &ns.0,
-            "route",
-            "add",
-            "198.18.0.0/15",
-            "dev",
-            tun.name(),
-        ])?;
+        ns.add_route_dev("198.18.0.0/15", tun.name())?;
         println!(
             "tun {} in namespace {}, batch size {BATCH}, {ROUNDS} rounds of {ROUND:?} per case",
             tun.name(),
-            ns.0
+            ns.name()
         );
         println!(
             "{:>6} {:>8} {:>14} {:>14} {:>16}",
@@ -179,17 +162,5 @@ mod linux {
     /// The forwarded copy of one of our packets (TTL decremented, same destination).
     fn is_ours(p: &[u8]) -> bool {
         p.len() >= 20 && p[9] == 17 && p[16..20] == FAR.octets()
-    }
-
-    fn cmd(args: &[&str]) -> io::Result<()> {
-        let out = Command::new("ip").args(args).output()?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
     }
 }

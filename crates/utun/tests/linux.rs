@@ -15,8 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Netns, ipv4_checksums_ok, ipv6_checksum_ok, recv_until};
+use common::{ipv4_checksums_ok, ipv6_checksum_ok, recv_until};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use netns::Netns;
 use utun::{InterfaceGone, Ipv4Dest, NotIp, OpenError, Truncated, Tun, TunBuilder};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -60,7 +61,7 @@ fn is_echo_reply_v4(p: &[u8], id: u16) -> bool {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn icmp_echo_request_gets_the_kernels_reply_with_valid_checksums() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let tun = p2p_tun(&ns);
     assert!(tun.name().starts_with("tun"), "{}", tun.name());
     assert_eq!(tun.mtu(), 1500);
@@ -84,7 +85,7 @@ fn icmp_echo_request_gets_the_kernels_reply_with_valid_checksums() -> io::Result
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn ipv6_echo_request_gets_a_reply() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let local: Ipv6Addr = "fd00:64::1".parse().expect("addr");
     let peer: Ipv6Addr = "fd00:64::2".parse().expect("addr");
     let tun = TunBuilder::new()
@@ -115,7 +116,7 @@ fn ipv6_echo_request_gets_a_reply() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn udp_from_the_namespace_comes_out_of_the_tun() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let tun = p2p_tun(&ns);
     let payload = b"out through the tun";
     utun::linux::netns::run_in(ns.fd(), || -> io::Result<()> {
@@ -137,7 +138,7 @@ fn udp_from_the_namespace_comes_out_of_the_tun() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn udp_written_into_the_tun_reaches_a_socket_in_the_namespace() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let tun = p2p_tun(&ns);
     let sock = utun::linux::netns::run_in(ns.fd(), || UdpSocket::bind((LOCAL, 40001)))??;
     sock.set_read_timeout(Some(WAIT))?;
@@ -157,7 +158,7 @@ fn udp_written_into_the_tun_reaches_a_socket_in_the_namespace() -> io::Result<()
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn batches_send_and_receive_several_packets() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let tun = p2p_tun(&ns);
     let reqs: Vec<Vec<u8>> = (0..8u16)
         .map(|i| echo_request(PEER, LOCAL, 0x100 + i, b"batch"))
@@ -200,7 +201,7 @@ fn batches_send_and_receive_several_packets() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn multi_queue_spreads_flows_over_the_queues() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let queues = TunBuilder::new()
         .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
         .nonblocking(true)
@@ -247,7 +248,7 @@ fn multi_queue_spreads_flows_over_the_queues() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn vnet_hdr_mode_round_trips_a_packet_with_its_header() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let tun = TunBuilder::new()
         .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
         .vnet_hdr(true)
@@ -274,7 +275,7 @@ fn vnet_hdr_mode_round_trips_a_packet_with_its_header() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn tap_mode_carries_ethernet_frames() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let tap = TunBuilder::new()
         .tap(true)
         .ipv4(Ipv4Addr::new(10, 9, 0, 1), Ipv4Dest::Prefix(24))
@@ -303,7 +304,7 @@ fn tap_mode_carries_ethernet_frames() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn netns_creation_puts_the_interface_in_that_namespace_only() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let name = format!("hnu{}", std::process::id() % 100_000);
     let tun = TunBuilder::new()
         .name(&name)
@@ -313,7 +314,7 @@ fn netns_creation_puts_the_interface_in_that_namespace_only() -> io::Result<()> 
         .expect("open");
     assert_eq!(tun.name(), name);
     assert!(
-        ns.ip_ok(&["link", "show", "dev", &name]),
+        ns.has_link(&name).expect("ip link show"),
         "not in the test namespace"
     );
     let in_root = Command::new("ip")
@@ -325,7 +326,7 @@ fn netns_creation_puts_the_interface_in_that_namespace_only() -> io::Result<()> 
     );
     drop(tun);
     assert!(
-        !ns.ip_ok(&["link", "show", "dev", &name]),
+        !ns.has_link(&name).expect("ip link show"),
         "drop did not remove the interface"
     );
     Ok(())
@@ -334,7 +335,7 @@ fn netns_creation_puts_the_interface_in_that_namespace_only() -> io::Result<()> 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn bad_names_and_non_ip_packets_are_errors() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let e = TunBuilder::new()
         .name("a-name-far-too-long")
         .netns(ns.fd())
@@ -359,9 +360,10 @@ fn bad_names_and_non_ip_packets_are_errors() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn a_packet_larger_than_the_buffer_is_reported_not_cut() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     // No IPv6 router solicitations in between: the next packet must be our reply.
-    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        .expect("sysctl");
     let tun = p2p_tun(&ns);
     tun.send(&echo_request(PEER, LOCAL, 0x99, &[0xab; 1000]))?;
     tun.set_nonblocking(true)?;
@@ -400,10 +402,10 @@ fn a_packet_larger_than_the_buffer_is_reported_not_cut() -> io::Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn deleting_the_interface_underneath_gives_an_error_not_a_spin() -> io::Result<()> {
-    let ns = Netns::new();
+    let ns = common::netns();
     let tun = p2p_tun(&ns);
     let name = tun.name().to_owned();
-    ns.ip(&["link", "del", "dev", &name]);
+    ns.ip(&["link", "del", "dev", &name]).expect("ip");
     let mut buf = [0u8; 2048];
     // Blocking descriptor: must return at once with the error, every time.
     let start = Instant::now();
@@ -438,7 +440,7 @@ fn missing_cap_net_admin_is_reported_as_permission_denied() -> io::Result<()> {
         }
         return Ok(());
     }
-    let ns = Netns::new();
+    let ns = common::netns();
     let out = Command::new("setpriv")
         .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])
         .arg(std::env::current_exe()?)
@@ -447,7 +449,7 @@ fn missing_cap_net_admin_is_reported_as_permission_denied() -> io::Result<()> {
             "missing_cap_net_admin_is_reported_as_permission_denied",
             "--include-ignored",
         ])
-        .env(CHILD, &ns.name)
+        .env(CHILD, ns.name())
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

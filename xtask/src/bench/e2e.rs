@@ -10,14 +10,17 @@
 //! go back via H. H masquerades nothing on its own: the only NAT on each path is the backend's
 //! (nftables masquerade for `kernel`, pasta's and slirp4netns's sockets, hostnet's NAT).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bridge::defaults::{DHCP_POOL_FIRST, GATEWAY, PREFIX_LEN, SUBNET, TEST_INTERNET_PREFIX_LEN};
+use netns::Netns;
 use serde_json::Value;
 
-use super::sys::{CMD_LIMIT, Netns, Proc, cpu_seconds, run_limited, run_ok, thread_cpu};
+use super::sys::{CMD_LIMIT, Proc, cpu_seconds, run_limited, run_ok, thread_cpu};
 
 /// A network backend under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,9 +108,9 @@ impl World {
             backend_proc: None,
             iperf: None,
             echo: None,
-            g: Netns::new("g")?,
-            h: Netns::new("h")?,
-            s: Netns::new("s")?,
+            g: Netns::new("bench-g")?,
+            h: Netns::new("bench-h")?,
+            s: Netns::new("bench-s")?,
             backend,
             mtu,
             log,
@@ -131,8 +134,13 @@ impl World {
             Backend::Hostnet => self.hostnet(env)?,
         }
         if self.backend.tap_based() {
-            self.g
-                .ip(&format!("link set eth0 txqueuelen {TAP_TXQUEUELEN}"))?;
+            self.g.ip(&[
+                "link",
+                "set",
+                "eth0",
+                "txqueuelen",
+                &TAP_TXQUEUELEN.to_string(),
+            ])?;
         }
         self.check(env)
     }
@@ -194,7 +202,7 @@ impl World {
     pub(super) fn tcp(&mut self, reverse: bool, streams: u32, secs: u32) -> Result<(f64, f64)> {
         let mut args = vec![
             "-c".to_owned(),
-            SERVER.to_owned(),
+            SERVER.to_string(),
             "-t".to_owned(),
             secs.to_string(),
             "-P".to_owned(),
@@ -215,9 +223,10 @@ impl World {
     /// iperf3 UDP, 64-byte payloads, offered as fast as iperf3 can send, G to S:
     /// (thousand packets per second received, loss %).
     pub(super) fn udp64(&mut self, secs: u32) -> Result<(f64, f64)> {
+        let server = SERVER.to_string();
         let args: Vec<String> = [
             "-c",
-            SERVER,
+            &server,
             "-u",
             "-l",
             "64",
@@ -274,7 +283,8 @@ impl World {
     pub(super) fn ping(&mut self, env: &Env, secs: f64) -> Result<f64> {
         let count = ((secs / 0.002) as u32).clamp(10, 5000).to_string();
         let mut cmd = self.in_guest(env, "ping");
-        cmd.args(["-q", "-n", "-c", &count, "-i", "0.002", "-W", "2", SERVER]);
+        cmd.args(["-q", "-n", "-c", &count, "-i", "0.002", "-W", "2"])
+            .arg(SERVER.to_string());
         let out = run_ok(&mut cmd, Duration::from_secs_f64(secs * 3.0 + 15.0))?;
         let text = String::from_utf8_lossy(&out.stdout);
         // rtt min/avg/max/mdev = 0.173/0.446/0.720/0.273 ms
@@ -365,18 +375,13 @@ impl World {
 
     fn common(&mut self) -> Result<()> {
         let (h, s) = (&self.h, &self.s);
-        h.ip(&format!(
-            "link add srv0 mtu {LINK_MTU} type veth peer name eth0 netns {} mtu {LINK_MTU}",
-            s.name
-        ))?;
-        h.ip("addr add 198.18.0.1/15 dev srv0")?;
-        h.ip("link set srv0 up")?;
-        s.ip("addr add 198.18.0.2/15 dev eth0")?;
-        s.ip("link set eth0 up")?;
+        netns::veth_mtu(h, "srv0", s, "eth0", LINK_MTU)?;
+        h.add_addr("srv0", &format!("{HOST_SERVER}/{TEST_INTERNET_PREFIX_LEN}"))?;
+        s.add_addr("eth0", &format!("{SERVER}/{TEST_INTERNET_PREFIX_LEN}"))?;
         // Also the way back to 100.64.0.0/10 (hostnet's NAT external address) via H.
-        s.ip("route add default via 198.18.0.1")?;
+        s.add_route("default", HOST_SERVER)?;
         // pasta picks its outbound interface from the default route.
-        h.ip("route add default via 198.18.0.2")?;
+        h.add_route("default", SERVER)?;
         h.sysctl("net.ipv4.ip_forward", "1")?;
         // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
         h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
@@ -425,15 +430,11 @@ impl World {
     fn kernel(&mut self) -> Result<()> {
         let (g, h) = (&self.g, &self.h);
         let mtu = self.mtu;
-        g.ip(&format!(
-            "link add eth0 mtu {mtu} type veth peer name gw0 netns {} mtu {mtu}",
-            h.name
-        ))?;
-        h.ip("addr add 192.168.64.1/24 dev gw0")?;
-        h.ip("link set gw0 up")?;
+        netns::veth_mtu(g, "eth0", h, "gw0", mtu)?;
+        h.add_addr("gw0", &format!("{GATEWAY}/{PREFIX_LEN}"))?;
         guest_static(g)?;
         let rules = self.log.with_extension("nft");
-        std::fs::write(&rules, NFT_RULES).context("write the nftables rules")?;
+        std::fs::write(&rules, nft_rules()).context("write the nftables rules")?;
         run_ok(h.command("nft").arg("-f").arg(&rules), CMD_LIMIT)
             .context("nft -f (masquerade in H)")?;
         Ok(())
@@ -450,11 +451,11 @@ impl World {
             "-I",
             "eth0",
             "-a",
-            GUEST,
+            &GUEST.to_string(),
             "-n",
-            "24",
+            &PREFIX_LEN.to_string(),
             "-g",
-            GATEWAY,
+            &GATEWAY.to_string(),
             "-m",
             &self.mtu.to_string(),
             "-t",
@@ -467,11 +468,13 @@ impl World {
             "none",
             "-4",
             "--netns",
-            &self.g.path(),
-        ]);
+        ])
+        .arg(self.g.path());
         self.backend_proc = Some(Proc::spawn("pasta", &mut cmd, &self.log)?);
         self.wait_guest_addr(GUEST)?;
-        self.g.ip(&format!("link set eth0 mtu {}", self.mtu))
+        self.g
+            .ip(&["link", "set", "eth0", "mtu", &self.mtu.to_string()])?;
+        Ok(())
     }
 
     fn slirp(&mut self) -> Result<()> {
@@ -479,15 +482,15 @@ impl World {
         cmd.args([
             "--configure",
             &format!("--mtu={}", self.mtu.min(65521)),
-            "--cidr=192.168.64.0/24",
+            &format!("--cidr={SUBNET}/{PREFIX_LEN}"),
             "--disable-host-loopback",
             "--netns-type=path",
-            &self.g.path(),
-            "eth0",
-        ]);
+        ])
+        .arg(self.g.path())
+        .arg("eth0");
         self.backend_proc = Some(Proc::spawn("slirp4netns", &mut cmd, &self.log)?);
         // slirp4netns always gives the guest .100 of its CIDR.
-        self.wait_guest_addr("192.168.64.100")
+        self.wait_guest_addr(Ipv4Addr::from_bits(SUBNET.to_bits() + 100))
     }
 
     fn hostnet(&mut self, env: &Env) -> Result<()> {
@@ -496,9 +499,9 @@ impl World {
         cmd.args([
             "attach",
             "--guest-netns",
-            &self.g.name,
+            self.g.name(),
             "--host-netns",
-            &self.h.name,
+            self.h.name(),
             "--mtu",
             &self.mtu.to_string(),
         ]);
@@ -510,10 +513,10 @@ impl World {
             bail!("unexpected ready line {ready:?}");
         }
         // The bridge only forwards from a leased address: get one by DHCP (busybox udhcpc).
-        self.g.ip("link set eth0 up")?;
+        self.g.link_up("eth0")?;
         let script = self.log.with_extension("udhcpc.sh");
-        std::fs::write(&script, UDHCPC_SCRIPT).context("write the udhcpc script")?;
-        run_ok(Command::new("chmod").arg("0755").arg(&script), CMD_LIMIT)?;
+        netns::lease::write_udhcpc_script(&script, &self.log.with_extension("lease"))
+            .context("write the udhcpc script")?;
         let mut cmd = self.g.command("busybox");
         cmd.args([
             "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-A", "1", "-s",
@@ -523,7 +526,7 @@ impl World {
         self.wait_guest_addr(GUEST)
     }
 
-    fn wait_guest_addr(&mut self, addr: &str) -> Result<()> {
+    fn wait_guest_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if !self.backend_alive() {
@@ -534,7 +537,7 @@ impl World {
                 );
             }
             let out = run_limited(
-                Command::new("ip").args(["-n", &self.g.name, "-4", "addr", "show", "dev", "eth0"]),
+                Command::new("ip").args(["-n", self.g.name(), "-4", "addr", "show", "dev", "eth0"]),
                 CMD_LIMIT,
             )?;
             if String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/")) {
@@ -619,9 +622,10 @@ impl World {
 
 /// The guest side of `kernel` and `hostnet`: 192.168.64.2/24 via 192.168.64.1 on eth0.
 fn guest_static(g: &Netns) -> Result<()> {
-    g.ip("link set eth0 up")?;
-    g.ip(&format!("addr add {GUEST}/24 dev eth0"))?;
-    g.ip(&format!("route add default via {GATEWAY}"))
+    g.link_up("eth0")?;
+    g.add_addr("eth0", &format!("{GUEST}/{PREFIX_LEN}"))?;
+    g.add_route("default", GATEWAY)?;
+    Ok(())
 }
 
 /// How every TAP-based backend is tuned (printed with the results).
@@ -638,30 +642,27 @@ pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back
 
 /// How long a backend may stop carrying traffic before the rest of its figures are skipped.
 const STALL_PATIENCE: Duration = Duration::from_secs(30);
-const SERVER: &str = "198.18.0.2";
-const GUEST: &str = "192.168.64.2";
-const GATEWAY: &str = "192.168.64.1";
+/// The server namespace's address (S eth0) and H's address towards it (srv0), as in testbed's
+/// topology.
+const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
+const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
+/// The guest's address with every backend that lets us choose it (slirp4netns takes .100).
+const GUEST: Ipv4Addr = DHCP_POOL_FIRST;
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7777;
 const LINK_MTU: u32 = 65520;
 const TAP_TXQUEUELEN: u32 = 20000;
 /// `IFF_VNET_HDR` in `/sys/class/net/*/tun_flags`.
 const IFF_VNET_HDR: u32 = 0x4000;
-/// busybox udhcpc has no default script on Debian: this one applies the lease.
-const UDHCPC_SCRIPT: &str = "#!/bin/sh
-case \"$1\" in
-bound|renew)
-    ip addr flush dev \"$interface\"
-    ip addr add \"$ip/$subnet\" dev \"$interface\"
-    for r in $router; do ip route add default via \"$r\" dev \"$interface\"; break; done
-    ;;
-esac
-exit 0
-";
-const NFT_RULES: &str = "table ip hostnet_bench {
-    chain postrouting {
+/// The kernel backend's masquerade for the guest subnet.
+fn nft_rules() -> String {
+    format!(
+        "table ip hostnet_bench {{
+    chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        ip saddr 192.168.64.0/24 oifname \"srv0\" masquerade
-    }
+        ip saddr {SUBNET}/{PREFIX_LEN} oifname \"srv0\" masquerade
+    }}
+}}
+"
+    )
 }
-";

@@ -197,7 +197,9 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
             }
         }
     }
-    sys::remove_stale_namespaces();
+    for name in netns::remove_stale("bench-") {
+        eprintln!("bench: removed stale namespace {name}");
+    }
     let lab = if !opts.backends.contains(&Backend::Hostnet) {
         Err("not selected".to_owned())
     } else if let Some(p) = &opts.lab {

@@ -1,74 +1,13 @@
-//! Namespaces, processes and commands with time limits: everything the bench starts is owned
-//! by a guard that removes or kills it (by PID) on drop, also when a step fails.
+//! Processes and commands with time limits: everything the bench starts is owned by a guard
+//! that kills it (by PID) on drop, also when a step fails (namespaces: crate `netns`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-
-/// A network namespace `hostnet-bench-<role>-<pid>-<n>`, deleted on drop.
-#[derive(Debug)]
-pub(super) struct Netns {
-    pub(super) name: String,
-}
-
-impl Netns {
-    /// Creates the namespace and brings its loopback up.
-    pub(super) fn new(role: &str) -> Result<Self> {
-        let n = NEXT_NETNS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{NETNS_PREFIX}{role}-{}-{n}", std::process::id());
-        run_ok(Command::new("ip").args(["netns", "add", &name]), CMD_LIMIT)
-            .with_context(|| format!("ip netns add {name}"))?;
-        let ns = Self { name };
-        ns.ip("link set lo up")?;
-        Ok(ns)
-    }
-
-    /// `ip -n <ns> <args>` (arguments split on whitespace), which must succeed.
-    pub(super) fn ip(&self, args: &str) -> Result<()> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["-n", &self.name]).args(args.split_whitespace());
-        run_ok(&mut cmd, CMD_LIMIT).with_context(|| format!("ip -n {} {args}", self.name))?;
-        Ok(())
-    }
-
-    /// `ip netns exec <ns> <program>`: a command that runs inside the namespace.
-    pub(super) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
-    }
-
-    /// Sets a `net.*` sysctl inside the namespace.
-    pub(super) fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        run_ok(
-            self.command("sysctl")
-                .args(["-q", "-w", &format!("{key}={value}")]),
-            CMD_LIMIT,
-        )
-        .with_context(|| format!("sysctl {key}={value} in {}", self.name))?;
-        Ok(())
-    }
-
-    /// The bind-mounted path of the namespace (what pasta and slirp4netns take).
-    pub(super) fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// A child process, killed by PID and reaped on drop.
 #[derive(Debug)]
@@ -234,28 +173,6 @@ pub(super) fn run_ok(cmd: &mut Command, limit: Duration) -> Result<Output> {
     Ok(out)
 }
 
-/// Deletes `hostnet-bench-*` namespaces left by an earlier bench whose process is gone.
-pub(super) fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            eprintln!("bench: removing stale namespace {name}");
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
 /// Finds a program in PATH (and the sbin directories, which a non-login root shell may lack).
 pub(super) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -353,8 +270,6 @@ fn log_file(path: &Path) -> Result<std::fs::File> {
         .with_context(|| format!("open {}", path.display()))
 }
 
-const NETNS_PREFIX: &str = "hostnet-bench-";
-static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
 /// Limit for set-up commands (ip, sysctl, nft).
 pub(super) const CMD_LIMIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(20);

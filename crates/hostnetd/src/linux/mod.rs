@@ -5,7 +5,7 @@ mod dataplane;
 mod proxy;
 
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -22,17 +22,18 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::args::{Args, first_nameserver};
+use crate::args::Args;
 use backend::NetBackend;
 use dataplane::DataplaneConfig;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub(crate) fn run(args: &Args) -> Result<()> {
     init_tracing();
+    // The first IPv4 nameserver of /etc/resolv.conf, loopback included.
     let dns_upstream = args.dns_upstream.or_else(|| {
-        std::fs::read_to_string("/etc/resolv.conf")
-            .ok()
-            .and_then(|t| first_nameserver(&t))
+        let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+        let first = bridge::resolv_conf_nameservers(&text).next()?;
+        Some(SocketAddrV4::new(first, 53))
     });
     let mut config = DataplaneConfig {
         mac: args.mac,
@@ -346,10 +347,10 @@ fn init_tracing() {
 }
 
 /// The guest's gateway (ARP, DHCP, ping and DNS are answered here).
-pub(crate) const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+pub(crate) const GATEWAY: Ipv4Addr = bridge::defaults::GATEWAY;
 /// The TUN's own address (the host side of the point-to-point link).
-const HOST_TUN_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
 /// The TUN's peer: the NAT's external address, which the host routes into the TUN.
-pub(crate) const NAT_EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+pub(crate) const NAT_EXTERNAL: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 const LISTENER_EVENT: u64 = 0;
 const WAKE_EVENT: u64 = 1;

@@ -20,11 +20,11 @@ pub(crate) const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
 /// The host namespace's address towards the server.
 pub(crate) const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
 /// The gateway the bridge plays for the guest (contract default).
-pub(crate) const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+pub(crate) const GATEWAY: Ipv4Addr = bridge::defaults::GATEWAY;
 /// The host end of the TUN (contract default).
-pub(crate) const HOST_TUN: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+pub(crate) const HOST_TUN: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
 /// The NAT's external address (contract default).
-pub(crate) const EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+pub(crate) const EXTERNAL: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 /// The TAP `attach` creates in the guest namespace.
 pub(crate) const GUEST_DEV: &str = "eth0";
 
@@ -66,17 +66,9 @@ pub(crate) struct Attach {
     stderr_path: PathBuf,
 }
 
-/// A DHCP lease as the client's hook script saw it.
-#[derive(Debug, Clone)]
-pub(crate) struct Lease {
-    pub(crate) ip: Ipv4Addr,
-    pub(crate) mask: Ipv4Addr,
-    pub(crate) routers: Vec<Ipv4Addr>,
-    pub(crate) dns: Vec<Ipv4Addr>,
-    pub(crate) mtu: Option<u32>,
-    pub(crate) lease_secs: Option<u32>,
-    pub(crate) server_id: Option<Ipv4Addr>,
-}
+/// A DHCP lease as the client's hook script recorded it (the busybox udhcpc hook of
+/// [`testbed::netns::lease`], or the dhclient hook below, which writes the same record).
+pub(crate) use testbed::netns::lease::Lease;
 
 /// Summary of a `ping -q` run.
 #[derive(Debug)]
@@ -241,7 +233,7 @@ impl Lab {
     pub(crate) fn udhcpc(&mut self) -> Lease {
         let out = self.dir.join("lease-udhcpc");
         let script = self.dir.join("udhcpc.sh");
-        write_script(&script, &udhcpc_script(&out));
+        testbed::netns::lease::write_udhcpc_script(&script, &out).expect("writing the udhcpc hook");
         let started = Instant::now();
         let script_s = script.to_str().expect("utf-8 path");
         let o = self.run(
@@ -259,7 +251,8 @@ impl Lab {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        let lease = read_lease(&out).expect("udhcpc got a lease but the hook wrote nothing");
+        let lease = Lease::read(&out)
+            .unwrap_or_else(|e| panic!("udhcpc got a lease but the hook wrote none: {e}"));
         eprintln!("udhcpc lease in {:?}: {lease:?}", started.elapsed());
         lease
     }
@@ -293,7 +286,7 @@ impl Lab {
         let idx = self.spawn_logged(Ns::G, "dhclient", &argv);
         let deadline = Instant::now() + Duration::from_secs(35);
         loop {
-            if let Some(lease) = read_lease(&out) {
+            if let Ok(lease) = Lease::read(&out) {
                 eprintln!("dhclient lease in {:?}: {lease:?}", started.elapsed());
                 return lease;
             }
@@ -608,58 +601,6 @@ fn write_script(path: &Path, text: &str) {
         .status()
         .expect("chmod");
     assert!(status.success());
-}
-
-fn read_lease(path: &Path) -> Option<Lease> {
-    let text = fs::read_to_string(path).ok()?;
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or("")
-            .trim()
-            .to_owned()
-    };
-    let addrs = |k: &str| -> Vec<Ipv4Addr> {
-        get(k)
-            .split_whitespace()
-            .filter_map(|a| a.parse().ok())
-            .collect()
-    };
-    Some(Lease {
-        ip: get("ip").parse().ok()?,
-        mask: get("mask").parse().ok()?,
-        routers: addrs("router"),
-        dns: addrs("dns"),
-        mtu: get("mtu").parse().ok(),
-        lease_secs: get("lease").parse().ok(),
-        server_id: get("serverid").parse().ok(),
-    })
-}
-
-fn udhcpc_script(out: &Path) -> String {
-    let out = out.to_str().expect("utf-8 path");
-    format!(
-        r#"#!/bin/sh
-# udhcpc hook for the hostnet e2e tests: configures $interface and records the lease.
-OUT='{out}'
-case "$1" in
-  deconfig)
-    ip link set dev "$interface" up
-    ip -4 addr flush dev "$interface"
-    ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/$subnet" dev "$interface"
-    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
-    {{ echo "ip=$ip"; echo "mask=$subnet"; echo "router=$router"; echo "dns=$dns"
-      echo "mtu=$mtu"; echo "lease=$lease"; echo "serverid=$serverid"; }} > "$OUT.tmp"
-    mv "$OUT.tmp" "$OUT"
-    ;;
-esac
-exit 0
-"#
-    )
 }
 
 fn dhclient_script(out: &Path) -> String {

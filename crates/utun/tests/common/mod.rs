@@ -6,85 +6,14 @@ use std::{
     io,
     time::{Duration, Instant},
 };
-#[cfg(target_os = "linux")]
-use std::{
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
-    process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
-};
 
 use utun::Tun;
 
-/// A network namespace `hostnet-utun-<pid>-<n>`, deleted on drop.
+/// A fresh network namespace `hostnet-utun-<pid>-<n>` (crate `netns`), deleted on drop (also
+/// when the test fails).
 #[cfg(target_os = "linux")]
-pub struct Netns {
-    pub name: String,
-    fd: OwnedFd,
-}
-
-#[cfg(target_os = "linux")]
-impl Netns {
-    pub fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "hostnet-utun-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let fd = utun::linux::netns::open(&name).expect("open the new namespace");
-        let ns = Self { name, fd };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// `ip -n NS args...`, which must succeed.
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// `ip -n NS args...`, returning whether it succeeded.
-    pub fn ip_ok(&self, args: &[&str]) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    /// Sets a sysctl inside the namespace.
-    pub fn sysctl(&self, key: &str, value: &str) {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let value = value.to_owned();
-        utun::linux::netns::run_in(self.fd(), move || std::fs::write(path, value))
-            .expect("setns")
-            .expect("write sysctl");
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-#[cfg(target_os = "linux")]
-pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+pub fn netns() -> netns::Netns {
+    netns::Netns::new("utun").expect("creating a network namespace")
 }
 
 /// Reads packets (non-blocking, up to `within`) until one satisfies `want`; returns it.

@@ -1,0 +1,66 @@
+//! virtio-net and ring feature bits the simulated guest knows, their names, and the
+//! negotiation against what the device offers.
+
+/// `VIRTIO_NET_F_MTU`: the device reports its MTU in config space.
+pub const MTU: u64 = 1 << 3;
+/// `VIRTIO_NET_F_MAC`: the device has a MAC address.
+pub const MAC: u64 = 1 << 5;
+/// `VIRTIO_NET_F_MRG_RXBUF`: RX frames may span several buffers (`num_buffers`).
+pub const MRG_RXBUF: u64 = 1 << 15;
+/// `VIRTIO_NET_F_STATUS`: link status in config space.
+pub const STATUS: u64 = 1 << 16;
+/// `VIRTIO_RING_F_EVENT_IDX`: `used_event` / `avail_event` notification suppression.
+pub const EVENT_IDX: u64 = 1 << 29;
+/// `VIRTIO_F_VERSION_1`.
+pub const VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_NET_F_CSUM`: the device takes frames with a partial checksum (`NEEDS_CSUM`).
+pub const CSUM: u64 = 1 << 0;
+/// `VIRTIO_NET_F_GUEST_CSUM`: the driver takes frames with a partial checksum.
+pub const GUEST_CSUM: u64 = 1 << 1;
+/// `VIRTIO_NET_F_GUEST_TSO4`: the driver takes TCPv4 GSO super-frames (needs GUEST_CSUM).
+pub const GUEST_TSO4: u64 = 1 << 7;
+/// `VIRTIO_NET_F_HOST_TSO4`: the device takes TCPv4 GSO super-frames (needs CSUM).
+pub const HOST_TSO4: u64 = 1 << 11;
+/// Everything the simulated guest asks for.
+pub const WANTED: u64 = VERSION_1 | MAC | MTU | STATUS | MRG_RXBUF | EVENT_IDX;
+/// The offloads the guest asks for on top of [`WANTED`] with
+/// [`GuestConfig::offloads`](super::GuestConfig::offloads).
+pub const OFFLOADS: u64 = CSUM | GUEST_CSUM | GUEST_TSO4 | HOST_TSO4;
+
+/// The names of the offload bits set in `features` (`"CSUM GUEST_CSUM …"`, `"none"`).
+#[must_use]
+pub fn offload_names(features: u64) -> String {
+    let names: Vec<&str> = [
+        (CSUM, "CSUM"),
+        (GUEST_CSUM, "GUEST_CSUM"),
+        (HOST_TSO4, "HOST_TSO4"),
+        (GUEST_TSO4, "GUEST_TSO4"),
+    ]
+    .iter()
+    .filter(|(bit, _)| features & bit != 0)
+    .map(|(_, name)| *name)
+    .collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(" ")
+    }
+}
+
+/// The negotiated features for `device` features: [`WANTED`], plus with `offloads`
+/// the offered [`OFFLOADS`] (a TSO bit only with its checksum bit, virtio 1.x
+/// 5.1.3.1).
+pub(super) fn negotiate(device: u64, offloads: bool) -> u64 {
+    let mut f = WANTED & device;
+    if offloads {
+        let mut o = OFFLOADS & device;
+        if o & CSUM == 0 {
+            o &= !HOST_TSO4;
+        }
+        if o & GUEST_CSUM == 0 {
+            o &= !GUEST_TSO4;
+        }
+        f |= o;
+    }
+    f
+}
