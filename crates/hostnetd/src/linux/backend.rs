@@ -21,16 +21,16 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use bridge::{Clock, DeviceCore};
 
-use super::dataplane::{self, DataplaneConfig};
+use super::device::{self, DeviceConfig};
 
 /// Worker event id of the TUN's readiness (ids 0..=2 are the two queues and the exit event).
 pub(crate) const HOST_EVENT: u64 = 3;
 /// Worker event id of the housekeeping timer (NAT expiry).
 pub(crate) const TIMER_EVENT: u64 = 4;
 
-/// One frontend connection's device: the dataplane plus the vhost-user bookkeeping.
+/// One frontend connection's device: the device core plus the vhost-user bookkeeping.
 pub(crate) struct NetBackend {
-    dp: DeviceCore,
+    core: DeviceCore,
     /// The time the device core is given with each event.
     clock: Clock,
     tun: Arc<Tun>,
@@ -48,7 +48,7 @@ pub(crate) struct NetBackend {
 impl std::fmt::Debug for NetBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetBackend")
-            .field("dp", &self.dp)
+            .field("core", &self.core)
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
@@ -57,7 +57,7 @@ impl std::fmt::Debug for NetBackend {
 impl NetBackend {
     /// A fresh device for a new connection (new NAT table, new DHCP state).
     pub(crate) fn new(
-        config: &DataplaneConfig,
+        config: &DeviceConfig,
         tun: Arc<Tun>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
         stats_requested: Arc<AtomicBool>,
@@ -67,7 +67,7 @@ impl NetBackend {
         // The TUN outlives connections: no GSO towards this device until its driver accepts it.
         clear_offloads(&tun);
         Ok(Self {
-            dp: config.dataplane()?,
+            core: config.device_core()?,
             clock: Clock::new(),
             tun,
             mem,
@@ -91,7 +91,7 @@ impl NetBackend {
 
     /// Logs the connection's counters.
     pub(crate) fn log_stats(&self) {
-        dataplane::log_stats(&self.dp);
+        device::log_stats(&self.core);
     }
 
     /// Runs one event; a queue the driver broke closes the connection (the daemon keeps running).
@@ -108,7 +108,7 @@ impl NetBackend {
                 let mut txg = tx.get_mut();
                 let mut rxg = rx.get_mut();
                 let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
-                let n = self.dp.on_tx_kick(
+                let n = self.core.on_tx_kick(
                     &*mem,
                     txg.get_queue_mut(),
                     rx_ok.then(|| rxg.get_queue_mut()),
@@ -126,7 +126,7 @@ impl NetBackend {
                 let mut rxg = rx.get_mut();
                 let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
                 let notify = if rx_ok {
-                    self.dp.on_rx_ready(
+                    self.core.on_rx_ready(
                         &*mem,
                         rxg.get_queue_mut(),
                         &*self.tun,
@@ -134,7 +134,7 @@ impl NetBackend {
                         self.clock.now(),
                     )?
                 } else {
-                    self.dp.on_rx_unavailable();
+                    self.core.on_rx_unavailable();
                     false
                 };
                 if notify {
@@ -143,7 +143,7 @@ impl NetBackend {
             }
             TIMER_EVENT => {
                 let _ = self.timer.wait();
-                self.dp.on_tick(self.clock.now());
+                self.core.on_tick(self.clock.now());
                 // Safety net, once a second while frames move: deliver what waits for the RX
                 // queue and signal both queues. One run saw a guest never answer DHCP offers
                 // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
@@ -151,13 +151,13 @@ impl NetBackend {
                 // (suspected: the frontend wiring a queue's call fd or enabling it after the
                 // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
                 // look at its ring.
-                let s = self.dp.stats();
+                let s = self.core.stats();
                 let moved = s.rx_frames + s.tx_frames + s.local_replies;
                 if moved != self.moved_at_tick {
                     self.moved_at_tick = moved;
                     let mut rxg = rx.get_mut();
                     if rxg.get_queue().ready() && rxg.is_enabled() {
-                        let _ = self.dp.on_rx_ready(
+                        let _ = self.core.on_rx_ready(
                             &*mem,
                             rxg.get_queue_mut(),
                             &*self.tun,
@@ -172,7 +172,7 @@ impl NetBackend {
                     }
                 }
                 if self.stats_requested.swap(false, Ordering::Relaxed) {
-                    dataplane::log_stats(&self.dp);
+                    device::log_stats(&self.core);
                 }
             }
             other => debug!(event = other, "unknown worker event"),
@@ -196,11 +196,11 @@ impl VhostUserBackendMut for NetBackend {
     /// The device's virtio features plus `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU needs it to enable
     /// the rings; see [`super::proxy`] for the early `SET_VRING_ENABLE` it then sends).
     fn features(&self) -> u64 {
-        self.dp.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        self.core.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&mut self, features: u64) {
-        let acked = self.dp.ack_features(features, &*self.tun);
+        let acked = self.core.ack_features(features, &*self.tun);
         debug!(
             features = format_args!("{features:#x}"),
             acked = format_args!("{acked:#x}"),
@@ -214,7 +214,7 @@ impl VhostUserBackendMut for NetBackend {
 
     fn reset_device(&mut self) {
         info!("device reset by the frontend");
-        self.dp.reset();
+        self.core.reset();
         clear_offloads(&self.tun);
         self.broken = false;
     }
@@ -225,7 +225,7 @@ impl VhostUserBackendMut for NetBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0).min(MAX_CONFIG_READ)];
-        self.dp.read_config(u64::from(offset), &mut buf);
+        self.core.read_config(u64::from(offset), &mut buf);
         buf
     }
 

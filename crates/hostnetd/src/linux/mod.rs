@@ -1,7 +1,7 @@
 //! The daemon on Linux: the TUN device, the listen loop (one frontend at a time), signals.
 
 mod backend;
-mod dataplane;
+mod device;
 mod proxy;
 
 use std::io::{self, Write};
@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::args::Args;
 use backend::NetBackend;
-use dataplane::DataplaneConfig;
+use device::DeviceConfig;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -35,7 +35,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         let first = bridge::resolv_conf_nameservers(&text).next()?;
         Some(SocketAddrV4::new(first, 53))
     });
-    let mut config = DataplaneConfig {
+    let mut config = DeviceConfig {
         mac: args.mac,
         mtu: args.mtu,
         gateway: GATEWAY,
@@ -45,7 +45,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         offload: args.offload,
     };
     // Fail on a bad configuration before anything is created.
-    config.dataplane().context("invalid configuration")?;
+    config.device_core().context("invalid configuration")?;
 
     let tun = Arc::new(open_tun(args)?);
     // Offloads need the virtio-net header on the TUN; without it the device offers none.
@@ -108,7 +108,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 /// The frontend talks to a [`proxy::Relay`], which talks to the vhost-user-backend daemon over a
 /// private (abstract) unix socket.
 fn serve_one(
-    config: &DataplaneConfig,
+    config: &DeviceConfig,
     tun: &Arc<Tun>,
     frontend: UnixStream,
     stop: &Stop,

@@ -12,9 +12,9 @@ use bridge::{BridgeConfig, DeviceCore, DropCause, Error, MacAddr};
 use nat::PortForward;
 use tracing::info;
 
-/// What a connection's dataplane is made from.
+/// What a connection's device core is made from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct DataplaneConfig {
+pub(crate) struct DeviceConfig {
     /// The guest's MAC (until the guest's own is learned from ARP/DHCP).
     pub(crate) mac: MacAddr,
     /// The guest MTU.
@@ -32,7 +32,7 @@ pub(crate) struct DataplaneConfig {
     pub(crate) offload: bool,
 }
 
-impl DataplaneConfig {
+impl DeviceConfig {
     /// The bridge's configuration: a /24 around the gateway, DHCP pool .2–.254, the bridge's
     /// defaults for the rest.
     pub(crate) fn to_bridge(&self) -> BridgeConfig {
@@ -53,14 +53,14 @@ impl DataplaneConfig {
     }
 
     /// Validates the configuration and builds a fresh device.
-    pub(crate) fn dataplane(&self) -> Result<DeviceCore, Error> {
+    pub(crate) fn device_core(&self) -> Result<DeviceCore, Error> {
         DeviceCore::new(self.to_bridge())
     }
 }
 
 /// Logs a connection's counters.
-pub(crate) fn log_stats(dp: &DeviceCore) {
-    let s = dp.stats();
+pub(crate) fn log_stats(core: &DeviceCore) {
+    let s = core.stats();
     let drops: Vec<String> = DropCause::ALL
         .iter()
         .filter(|c| s.drops_of(**c) > 0)
@@ -74,7 +74,7 @@ pub(crate) fn log_stats(dp: &DeviceCore) {
         local_replies = s.local_replies,
         tx_gso = s.tx_gso,
         rx_gso = s.rx_gso,
-        nat_flows = dp.nat().len(),
+        nat_flows = core.nat().len(),
         drops = %drops.join(" "),
         "connection stats"
     );
@@ -90,8 +90,8 @@ mod tests {
 
     use super::*;
 
-    fn config(forwards: Vec<PortForward>) -> DataplaneConfig {
-        DataplaneConfig {
+    fn config(forwards: Vec<PortForward>) -> DeviceConfig {
+        DeviceConfig {
             mac: GUEST_MAC,
             mtu: 1500,
             gateway: GATEWAY,
@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn the_bridge_config_follows_the_daemon_config() {
         let up = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 53), 53);
-        let c = DataplaneConfig {
+        let c = DeviceConfig {
             mtu: 9000,
             gateway: Ipv4Addr::new(10, 9, 8, 1),
             dns_upstream: Some(up),
@@ -125,14 +125,14 @@ mod tests {
         assert_eq!(c.dns_upstream, Some(up));
         assert!(c.offloads);
         assert_eq!(c.batch_size, 64);
-        let dp = DataplaneConfig {
+        let core = DeviceConfig {
             mtu: 9000,
             ..config(Vec::new())
         }
-        .dataplane()
+        .device_core()
         .unwrap();
         let mut mtu = [0u8; 2];
-        dp.read_config(10, &mut mtu);
+        core.read_config(10, &mut mtu);
         assert_eq!(u16::from_le_bytes(mtu), 9000);
     }
 
@@ -143,11 +143,11 @@ mod tests {
             external_port: 80,
             internal: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80),
         };
-        assert!(config(vec![f]).dataplane().is_err());
+        assert!(config(vec![f]).device_core().is_err());
         let ok = PortForward {
             internal: SocketAddrV4::new(GUEST_IP, 80),
             ..f
         };
-        assert!(config(vec![ok]).dataplane().is_ok());
+        assert!(config(vec![ok]).device_core().is_ok());
     }
 }
