@@ -22,7 +22,7 @@ const PREFETCH_MIN_BYTES: usize = 512 * 1024;
 /// offsets.
 #[inline(always)]
 fn peek_ports(p: &[u8]) -> (u8, u16, u16) {
-    let l4 = usize::from(get8(p, ipv4::field::VERSION_IHL) & 0xf) * 4;
+    let l4 = ipv4::header_len(get8(p, ipv4::field::VERSION_IHL));
     let protocol = match get8(p, ipv4::field::PROTOCOL) {
         ip_protocol::TCP => PROTO_TCP,
         ip_protocol::UDP => PROTO_UDP,

@@ -168,7 +168,7 @@ impl Nat {
         self.batch(packets, l4, now, verdicts, Direction::Inbound);
     }
 
-    /// Hands out the next held fragment of direction `dir` that the NAT has
+    /// Hands out the next held fragment of `direction` that the NAT has
     /// translated since its first fragment came through: copies it to the
     /// start of `buf` and says how long it is and where it goes
     /// ([`Verdict::Forward`] or [`Verdict::Hairpin`], as [`Nat::outbound`] /
@@ -177,8 +177,8 @@ impl Nat {
     /// and counted ([`DropReason::ReleaseBufferTooShort`]) and the next one is
     /// tried. Ready packets not drained within [`crate::Timeouts::fragment`] of
     /// their arrival are dropped by [`Nat::expire`].
-    pub fn poll_released(&mut self, dir: Direction, buf: &mut [u8]) -> Option<Released> {
-        self.next_released(dir, buf)
+    pub fn poll_released(&mut self, direction: Direction, buf: &mut [u8]) -> Option<Released> {
+        self.next_released(direction, buf)
     }
 
     /// Number of held fragments (waiting for their first fragment, or ready
@@ -391,11 +391,13 @@ impl Nat {
     }
 
     /// Counts a drop.
+    #[inline]
     pub(crate) fn count_drop(&mut self, r: DropReason) {
         self.count_drops(r, 1);
     }
 
     /// Counts `n` drops.
+    #[inline]
     pub(crate) fn count_drops(&mut self, r: DropReason, n: usize) {
         if let Some(c) = self.stats.drops.get_mut(r.index()) {
             *c += n as u64;

@@ -33,6 +33,7 @@ impl Table {
 impl Nat {
     /// Whether a new flow of internal `host` fits under `max_flows` and
     /// `max_flows_per_host`.
+    #[inline]
     pub(crate) fn check_caps(&self, host: u32) -> Result<(), DropReason> {
         let config = &self.settings.config;
         if self.table.flows.len() >= config.max_flows {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use crate::engine::Nat;
+use crate::headers::{ipv4, tcp};
 use crate::packet::{self, FlowHeader, Ipv4Header, Transport};
 use crate::ports::PortUse;
 use crate::table::{PROTO_ICMP, SeededState};
@@ -75,9 +76,10 @@ impl Nat {
         now: u64,
         partial: bool,
     ) -> Verdict {
-        // rewrite() touches at most the IPv4 header and 20 transport bytes.
-        let mut saved = [0u8; 80];
-        let n = p.len().min(h.header_len + 20);
+        // rewrite() touches at most the IPv4 header and the first 20
+        // transport bytes (a TCP header without options).
+        let mut saved = [0u8; ipv4::MAX_HEADER_LEN + tcp::MIN_HEADER_LEN];
+        let n = p.len().min(h.header_len + tcp::MIN_HEADER_LEN);
         if let (Some(d), Some(s)) = (saved.get_mut(..n), p.get(..n)) {
             d.copy_from_slice(s);
         }

@@ -20,10 +20,18 @@ pub(crate) mod ip_protocol {
 pub(crate) mod ipv4 {
     /// Length of a header without options.
     pub(crate) const MIN_HEADER_LEN: usize = 20;
+    /// Length of a header with the most options.
+    pub(crate) const MAX_HEADER_LEN: usize = 60;
     /// More-fragments flag in [`field::FLAGS_FRAGMENT`].
     pub(crate) const MORE_FRAGMENTS: u16 = 0x2000;
     /// Fragment-offset bits in [`field::FLAGS_FRAGMENT`].
     pub(crate) const FRAGMENT_OFFSET: u16 = 0x1fff;
+
+    /// The header length in bytes that a [`field::VERSION_IHL`] byte says.
+    #[inline(always)]
+    pub(crate) fn header_len(version_ihl: u8) -> usize {
+        usize::from(version_ihl & 0xf) * 4
+    }
 
     /// Field offsets.
     pub(crate) mod field {

@@ -36,7 +36,7 @@ impl Embedded {
         if end < ip_at + ipv4::MIN_HEADER_LEN || v >> 4 != 4 {
             return None;
         }
-        let header_len = usize::from(v & 0xf) * 4;
+        let header_len = ipv4::header_len(v);
         let l4 = ip_at + header_len;
         if header_len < ipv4::MIN_HEADER_LEN
             || end < l4 + icmp::ERROR_QUOTED_TRANSPORT_LEN
@@ -147,12 +147,13 @@ fn rewrite_error(
             icmp_delta = icmp_delta.add(pd);
             // The embedded packet may be truncated: fix its transport
             // checksum only when the field is present.
-            let at = if e.transport == Transport::Tcp {
-                l4 + tcp::field::CHECKSUM.start
+            let field = if e.transport == Transport::Tcp {
+                tcp::field::CHECKSUM
             } else {
-                l4 + udp::field::CHECKSUM.start
+                udp::field::CHECKSUM
             };
-            if at + 2 <= h.total_len {
+            let at = l4 + field.start;
+            if l4 + field.end <= h.total_len {
                 let c = get16(p, at);
                 let c2 = if e.transport == Transport::Tcp {
                     ed.add(pd).apply(c)
@@ -251,7 +252,9 @@ impl Nat {
         // A hairpinned error (RFC 5508 REQ-7): the offending packet came from
         // another guest through the external address. Translate it as an
         // outbound error, then as an inbound one; restore it on a drop.
-        let mut saved = [0u8; 160];
+        // rewrite_error() touches at most the outer IPv4 and ICMP headers,
+        // the quoted IPv4 header and 20 quoted transport bytes.
+        let mut saved = [0u8; 2 * ipv4::MAX_HEADER_LEN + icmp::HEADER_LEN + tcp::MIN_HEADER_LEN];
         let n = p.len().min(saved.len());
         if let (Some(d), Some(s)) = (saved.get_mut(..n), p.get(..n)) {
             d.copy_from_slice(s);

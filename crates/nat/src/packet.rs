@@ -199,7 +199,7 @@ pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
     if h[field::VERSION_IHL] >> 4 != 4 {
         return Err(DropReason::Malformed);
     }
-    let header_len = usize::from(h[field::VERSION_IHL] & 0xf) * 4;
+    let header_len = ipv4::header_len(h[field::VERSION_IHL]);
     let total_len = usize::from(get16(h, field::LENGTH.start));
     if header_len < ipv4::MIN_HEADER_LEN || total_len < header_len || total_len > p.len() {
         return Err(DropReason::Malformed);

@@ -64,19 +64,23 @@ impl PortTable {
     pub(crate) fn get(&self, port: u16) -> Option<&Binding> {
         self.bindings.get(usize::from(port))
     }
+    #[inline]
     pub(crate) fn get_mut(&mut self, port: u16) -> Option<&mut Binding> {
         self.bindings.get_mut(usize::from(port))
     }
     /// Number of flows on `port`.
+    #[inline]
     pub(crate) fn refs(&self, port: u16) -> u32 {
         self.refs.get(usize::from(port)).copied().unwrap_or(0)
     }
+    #[inline]
     pub(crate) fn refs_mut(&mut self, port: u16) -> Option<&mut u32> {
         self.refs.get_mut(usize::from(port))
     }
     fn used_by(&self, port: u16) -> PortUse {
         self.get(port).map_or(PortUse::Free, |b| b.used_by)
     }
+    #[inline]
     pub(crate) fn set(&mut self, port: u16, b: Binding) {
         if let Some(s) = self.get_mut(port) {
             *s = b;
@@ -92,6 +96,7 @@ impl PortTable {
         }
         self.mark(port, false);
     }
+    #[inline]
     fn mark(&mut self, port: u16, used: bool) {
         if let Some(w) = self.used.get_mut(usize::from(port >> 6)) {
             let bit = 1u64 << (port & 63);
