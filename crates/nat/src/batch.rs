@@ -17,64 +17,66 @@ const PREFETCH: usize = 16;
 /// Flow-table size below which the batch calls read nothing ahead.
 const PREFETCH_MIN_BYTES: usize = 512 * 1024;
 
-/// Protocol index, source and destination port (ICMP: the echo identifier
-/// in both) of a packet, unvalidated. TCP and UDP ports sit at the same
-/// offsets.
-#[inline(always)]
-fn peek_ports(p: &[u8]) -> (u8, u16, u16) {
-    let l4 = ipv4::header_len(get8(p, ipv4::field::VERSION_IHL));
-    let protocol = match get8(p, ipv4::field::PROTOCOL) {
-        ip_protocol::TCP => PROTO_TCP,
-        ip_protocol::UDP => PROTO_UDP,
-        _ => PROTO_ICMP,
-    };
-    if protocol == PROTO_ICMP {
-        let id = get16(p, l4 + icmp::field::ECHO_IDENT.start);
-        (protocol, id, id)
-    } else {
-        let src = get16(p, l4 + udp::field::SRC_PORT.start);
-        let dst = get16(p, l4 + udp::field::DST_PORT.start);
-        (protocol, src, dst)
-    }
-}
-
 /// The internal-side hash of the flow a packet belongs to. Inbound, the
 /// internal side comes from the external port's binding.
 #[inline(always)]
 fn peek_hash(keys: &Keys, ports: &Ports, p: &[u8], direction: Direction) -> u32 {
-    let (protocol, src_port, dst_port) = peek_ports(p);
+    let l4 = ipv4::header_len(get8(p, ipv4::field::VERSION_IHL));
     let src_addr = get32(p, ipv4::field::SRC_ADDR.start);
-    match direction {
-        Direction::Outbound => {
-            let dst_addr = get32(p, ipv4::field::DST_ADDR.start);
-            let dst_port = if protocol == PROTO_ICMP { 0 } else { dst_port };
-            keys.hash(&FiveTuple {
-                protocol,
-                src_addr,
-                src_port,
-                dst_addr,
-                dst_port,
-            })
-        }
-        Direction::Inbound => {
-            let src_port = if protocol == PROTO_ICMP { 0 } else { src_port };
-            let b = ports.binding(protocol, dst_port);
-            keys.hash(&FiveTuple {
-                protocol,
-                src_addr: b.internal_addr,
-                src_port: b.internal_port,
-                dst_addr: src_addr,
-                dst_port: src_port,
-            })
-        }
+    let dst_addr = get32(p, ipv4::field::DST_ADDR.start);
+    let outbound = direction == Direction::Outbound;
+    // TCP and UDP ports sit at the same offsets.
+    let (protocol, a, b) = match get8(p, ipv4::field::PROTOCOL) {
+        ip_protocol::TCP => (PROTO_TCP, src_port(p, l4), dst_port(p, l4)),
+        ip_protocol::UDP => (PROTO_UDP, src_port(p, l4), dst_port(p, l4)),
+        _ if outbound => (PROTO_ICMP, echo_id(p, l4), 0),
+        _ => (PROTO_ICMP, 0, echo_id(p, l4)),
+    };
+    if outbound {
+        keys.hash(&FiveTuple {
+            protocol,
+            src_addr,
+            src_port: a,
+            dst_addr,
+            dst_port: b,
+        })
+    } else {
+        let binding = ports.binding(protocol, b);
+        keys.hash(&FiveTuple {
+            protocol,
+            src_addr: binding.internal_addr,
+            src_port: binding.internal_port,
+            dst_addr: src_addr,
+            dst_port: a,
+        })
     }
 }
 
 /// The internal address in the binding of a packet's destination port.
 #[inline(always)]
 pub(crate) fn peek_binding(ports: &Ports, p: &[u8]) -> u32 {
-    let (protocol, _, dst_port) = peek_ports(p);
-    ports.binding(protocol, dst_port).internal_addr
+    let l4 = ipv4::header_len(get8(p, ipv4::field::VERSION_IHL));
+    let (protocol, port) = match get8(p, ipv4::field::PROTOCOL) {
+        ip_protocol::TCP => (PROTO_TCP, dst_port(p, l4)),
+        ip_protocol::UDP => (PROTO_UDP, dst_port(p, l4)),
+        _ => (PROTO_ICMP, echo_id(p, l4)),
+    };
+    ports.binding(protocol, port).internal_addr
+}
+
+#[inline(always)]
+fn src_port(p: &[u8], l4: usize) -> u16 {
+    get16(p, l4 + udp::field::SRC_PORT.start)
+}
+
+#[inline(always)]
+fn dst_port(p: &[u8], l4: usize) -> u16 {
+    get16(p, l4 + udp::field::DST_PORT.start)
+}
+
+#[inline(always)]
+fn echo_id(p: &[u8], l4: usize) -> u16 {
+    get16(p, l4 + icmp::field::ECHO_IDENT.start)
 }
 
 impl Nat {

@@ -71,7 +71,7 @@ impl Nat {
         &mut self,
         p: &mut [u8],
         h: &Ipv4Header,
-        fh: &FlowHeader,
+        fh: FlowHeader,
         new: FourTuple,
         now: u64,
         partial: bool,

@@ -9,7 +9,7 @@
 //! and then one table slot.
 
 use crate::engine::Nat;
-use crate::packet::{self, Classified, FlowHeader, Ipv4Header};
+use crate::packet::{self, FlowHeader, Ipv4Header, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_TCP, state};
 use crate::tuple::{Endpoint, FiveTuple, FourTuple, PortKey};
@@ -36,12 +36,12 @@ impl Nat {
             return self.translate_later_fragment(p, &h, Direction::Inbound, now);
         }
         let mut fh = match packet::classify(p, &h, false) {
-            Ok(Classified::Flow(fh)) => fh,
-            Ok(Classified::IcmpError) => return self.inbound_icmp_error(p, &h, now),
-            Ok(Classified::EchoReplyFromInside(_)) => {
+            Ok(fh) => fh,
+            Err(NotFlow::IcmpError) => return self.inbound_icmp_error(p, &h, now),
+            Err(NotFlow::EchoReplyFromInside(_)) => {
                 return Verdict::Drop(DropReason::UnsupportedProtocol);
             }
-            Err(r) => return Verdict::Drop(r),
+            Err(NotFlow::Drop(r)) => return Verdict::Drop(r),
         };
         fh.transport = fh.transport.with_partial(partial);
         let remote = Endpoint {

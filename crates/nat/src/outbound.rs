@@ -4,7 +4,7 @@
 
 use crate::engine::Nat;
 use crate::headers::tcp;
-use crate::packet::{self, Classified};
+use crate::packet::{self, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_ICMP, PROTO_TCP, state};
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple, PortKey};
@@ -25,12 +25,12 @@ impl Nat {
             return self.translate_later_fragment(p, &h, Direction::Outbound, now);
         }
         let mut fh = match packet::classify(p, &h, true) {
-            Ok(Classified::Flow(fh)) => fh,
-            Ok(Classified::IcmpError) => return self.outbound_icmp_error(p, &h, now),
-            Ok(Classified::EchoReplyFromInside(id)) => {
+            Ok(fh) => fh,
+            Err(NotFlow::IcmpError) => return self.outbound_icmp_error(p, &h, now),
+            Err(NotFlow::EchoReplyFromInside(id)) => {
                 return self.echo_reply_hairpin(p, &h, id, now);
             }
-            Err(r) => return Verdict::Drop(r),
+            Err(NotFlow::Drop(r)) => return Verdict::Drop(r),
         };
         fh.transport = fh.transport.with_partial(partial);
         let external_addr = self.settings.external_addr;
@@ -43,7 +43,7 @@ impl Nat {
         let found = self.table.flows.find(hash, |f| f.has_key(&key));
         let idx = match found {
             Some(i) => i as usize,
-            None => match self.create_outbound_flow(&key, hash, now) {
+            None => match self.create_outbound_flow(key, hash, now) {
                 Ok(i) => i,
                 Err(r) => return Verdict::Drop(r),
             },
@@ -78,7 +78,7 @@ impl Nat {
         let expires = f.expires;
         self.sweep.note_deadline(expires);
         if new.dst_addr == external_addr {
-            return self.hairpin(p, &h, &fh, new, now, partial);
+            return self.hairpin(p, &h, fh, new, now, partial);
         }
         packet::rewrite(p, &h, fh.transport, old, new);
         Verdict::Forward
@@ -89,7 +89,7 @@ impl Nat {
     /// internal endpoint's, unless redirected). Returns its position.
     fn create_outbound_flow(
         &mut self,
-        key: &FiveTuple,
+        key: FiveTuple,
         hash: u32,
         now: u64,
     ) -> Result<usize, DropReason> {

@@ -80,19 +80,22 @@ impl Transport {
 }
 
 /// The transport header of a whole packet or first fragment, for a packet
-/// that belongs to a flow.
+/// that belongs to a flow. 8 bytes, `repr(C)`: the packet paths get it in
+/// one register (a layout of Rust's choosing was built on the stack and
+/// read back across its stores, a store-forwarding stall per packet).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct FlowHeader {
-    /// Protocol index (`PROTO_*`).
-    pub(crate) protocol: u8,
-    /// How a rewrite updates it.
-    pub(crate) transport: Transport,
     /// Source port (ICMP echo request: the identifier, else 0).
     pub(crate) src_port: u16,
     /// Destination port (ICMP echo reply: the identifier, else 0).
     pub(crate) dst_port: u16,
+    /// Protocol index (`PROTO_*`).
+    pub(crate) protocol: u8,
     /// TCP flags (0 for other protocols).
     pub(crate) tcp_flags: u8,
+    /// How a rewrite updates it.
+    pub(crate) transport: Transport,
 }
 
 impl FlowHeader {
@@ -108,35 +111,34 @@ impl FlowHeader {
     }
 }
 
-/// What the transport header of a whole packet or first fragment holds.
-pub(crate) enum Classified {
-    /// A query or transport packet.
-    Flow(FlowHeader),
+/// What the transport header of a whole packet or first fragment holds when
+/// it is not a flow's packet ([`classify`]).
+pub(crate) enum NotFlow {
     /// An ICMP error message.
     IcmpError,
     /// An echo reply from inside, with its identifier.
     EchoReplyFromInside(u16),
+    /// A packet to drop.
+    Drop(DropReason),
 }
 
 /// Reads the transport header of a packet that came from inside
 /// (`outbound`) or from outside.
 #[inline(always)]
-pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<Classified, DropReason> {
+pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowHeader, NotFlow> {
     let l4 = h.header_len;
     let n = h.payload_len();
-    let flow = |protocol, transport, src_port, dst_port, tcp_flags| {
-        Ok(Classified::Flow(FlowHeader {
-            protocol,
-            transport,
-            src_port,
-            dst_port,
-            tcp_flags,
-        }))
+    let flow = |protocol, transport, src_port, dst_port, tcp_flags| FlowHeader {
+        src_port,
+        dst_port,
+        protocol,
+        tcp_flags,
+        transport,
     };
-    match h.protocol {
+    Ok(match h.protocol {
         ip_protocol::TCP => {
             if n < tcp::MIN_HEADER_LEN {
-                return Err(DropReason::Malformed);
+                return Err(NotFlow::Drop(DropReason::Malformed));
             }
             flow(
                 PROTO_TCP,
@@ -148,7 +150,7 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<Class
         }
         ip_protocol::UDP => {
             if n < udp::HEADER_LEN {
-                return Err(DropReason::Malformed);
+                return Err(NotFlow::Drop(DropReason::Malformed));
             }
             flow(
                 PROTO_UDP,
@@ -160,33 +162,37 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<Class
         }
         ip_protocol::ICMP => {
             if n < icmp::HEADER_LEN {
-                return Err(DropReason::Malformed);
+                return Err(NotFlow::Drop(DropReason::Malformed));
             }
-            let id = get16(p, l4 + icmp::field::ECHO_IDENT.start);
+            let id = || get16(p, l4 + icmp::field::ECHO_IDENT.start);
             match (get8(p, l4 + icmp::field::TYPE), outbound) {
-                (icmp::ECHO_REQUEST, true) => {
-                    flow(PROTO_ICMP, Transport::Echo { id_is_source: true }, id, 0, 0)
-                }
+                (icmp::ECHO_REQUEST, true) => flow(
+                    PROTO_ICMP,
+                    Transport::Echo { id_is_source: true },
+                    id(),
+                    0,
+                    0,
+                ),
                 (icmp::ECHO_REPLY, false) => flow(
                     PROTO_ICMP,
                     Transport::Echo {
                         id_is_source: false,
                     },
                     0,
-                    id,
+                    id(),
                     0,
                 ),
                 (
                     icmp::DESTINATION_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM,
                     _,
-                ) => Ok(Classified::IcmpError),
-                (icmp::ECHO_REPLY, true) => Ok(Classified::EchoReplyFromInside(id)),
-                (icmp::ECHO_REQUEST, false) => Err(DropReason::NoMapping),
-                _ => Err(DropReason::UnsupportedProtocol),
+                ) => return Err(NotFlow::IcmpError),
+                (icmp::ECHO_REPLY, true) => return Err(NotFlow::EchoReplyFromInside(id())),
+                (icmp::ECHO_REQUEST, false) => return Err(NotFlow::Drop(DropReason::NoMapping)),
+                _ => return Err(NotFlow::Drop(DropReason::UnsupportedProtocol)),
             }
         }
-        _ => Err(DropReason::UnsupportedProtocol),
-    }
+        _ => return Err(NotFlow::Drop(DropReason::UnsupportedProtocol)),
+    })
 }
 
 /// Validates the IPv4 header of `p`.
