@@ -10,13 +10,13 @@
 
 use std::collections::VecDeque;
 
-use crate::Verdict;
+use crate::{Direction, Verdict};
 
 /// Waiting and ready fragments, keyed by `K` (the datagram).
 #[derive(Debug)]
 pub(crate) struct HeldPool<K> {
     waiting: Vec<Waiting<K>>,
-    /// Per direction (0: outbound, 1: inbound), in release order.
+    /// Per direction (see [`ready_index`]), in release order.
     ready: [VecDeque<Ready>; 2],
     bytes: usize,
     max_count: usize,
@@ -93,15 +93,15 @@ impl<K: Copy + PartialEq> HeldPool<K> {
         taken
     }
 
-    /// Queues a translated fragment for release in direction `dir`.
+    /// Queues a translated fragment for release in `direction`.
     pub(crate) fn push_ready(
         &mut self,
-        dir: usize,
+        direction: Direction,
         bytes: Vec<u8>,
         verdict: Verdict,
         expires: u64,
     ) {
-        if let Some(q) = self.ready.get_mut(dir) {
+        if let Some(q) = self.ready.get_mut(ready_index(direction)) {
             self.bytes += bytes.len();
             self.earliest = self.earliest.min(expires);
             q.push_back(Ready {
@@ -112,9 +112,9 @@ impl<K: Copy + PartialEq> HeldPool<K> {
         }
     }
 
-    /// The next ready fragment of direction `dir`.
-    pub(crate) fn pop_ready(&mut self, dir: usize) -> Option<Ready> {
-        let r = self.ready.get_mut(dir)?.pop_front()?;
+    /// The next ready fragment of `direction`.
+    pub(crate) fn pop_ready(&mut self, direction: Direction) -> Option<Ready> {
+        let r = self.ready.get_mut(ready_index(direction))?.pop_front()?;
         self.bytes -= r.bytes.len();
         Some(r)
     }
@@ -171,6 +171,14 @@ impl<K: Copy + PartialEq> HeldPool<K> {
     }
 }
 
+/// The queue of [`HeldPool::ready`] that holds packets of `direction`.
+fn ready_index(direction: Direction) -> usize {
+    match direction {
+        Direction::Outbound => 0,
+        Direction::Inbound => 1,
+    }
+}
+
 #[derive(Debug)]
 struct Waiting<K> {
     key: K,
@@ -192,13 +200,19 @@ mod tests {
         assert!(pool.fits(40));
         let (b, exp) = pool.take_all(1).pop().unwrap();
         assert_eq!((b.len(), exp, pool.bytes()), (60, 10, 0));
-        pool.push_ready(0, b, Verdict::Forward, exp);
+        pool.push_ready(Direction::Outbound, b, Verdict::Forward, exp);
         pool.hold(2, &[0; 40], 20);
         assert_eq!((pool.count(), pool.bytes()), (2, 100));
         assert!(!pool.fits(0));
         assert!(pool.take_all(1).is_empty());
-        assert_eq!(pool.pop_ready(1).map(|r| r.bytes.len()), None);
-        assert_eq!(pool.pop_ready(0).map(|r| r.bytes.len()), Some(60));
+        assert_eq!(
+            pool.pop_ready(Direction::Inbound).map(|r| r.bytes.len()),
+            None
+        );
+        assert_eq!(
+            pool.pop_ready(Direction::Outbound).map(|r| r.bytes.len()),
+            Some(60)
+        );
         assert_eq!(pool.bytes(), 40);
     }
 
@@ -208,7 +222,7 @@ mod tests {
         pool.hold(1u8, &[0; 10], 10);
         pool.hold(1, &[0; 10], 30);
         pool.hold(2, &[0; 10], 20);
-        pool.push_ready(1, vec![0; 10], Verdict::Forward, 15);
+        pool.push_ready(Direction::Inbound, vec![0; 10], Verdict::Forward, 15);
         assert_eq!(pool.next_deadline(), Some(10));
         assert_eq!(pool.purge(9), 0);
         assert_eq!(pool.purge(15), 2);

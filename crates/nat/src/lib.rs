@@ -97,32 +97,39 @@
 //!
 //! See `docs/nat-rfc-compliance.md` for a requirement-by-requirement table.
 //!
-//! # Memory per flow
+//! # Memory and speed
 //!
-//! Flows are stored inline in one open-addressing table keyed by the
-//! internal 5-tuple (32 bytes a slot). There is no index for the external
-//! side: every flow on an external port has the internal endpoint recorded
-//! in that port's binding, so an inbound packet's internal-side key is
-//! rebuilt from the binding (and, for a redirected flow, the destination the
-//! guest wrote, kept per redirect port) and looked up in the same table.
-//! The table doubles when 3/4 full, so its load stays between 3/8 and 3/4:
-//! 43–85.3 bytes per flow over a doubling cycle in the worst case (from 48
-//! flows on; the initial table is 4 KiB), 65–67 measured at 1 000, 64 000
-//! and 1 000 000 flows ([`Nat::table_bytes_per_flow`]). Port tables (an
-//! 8-byte binding and a 4-byte use count per port, plus a bitmap) add a
-//! fixed 776 KiB per protocol in use. [`Nat::memory_bytes`] reports the
-//! total.
+//! A flow costs 43–85.3 bytes of table depending on where the table is in
+//! its doubling cycle (from 48 flows on; the initial table is 4 KiB), 65–67
+//! measured at 1 000, 64 000 and 1 000 000 flows
+//! ([`Nat::table_bytes_per_flow`]). Port tables add a fixed 776 KiB per
+//! protocol in use. [`Nat::memory_bytes`] reports the total.
 //!
-//! # Speed
+//! A packet costs one keyed hash and one probe sequence of one table; the
+//! IPv4 header is parsed by hand. On tables larger than the caches that
+//! probe is a DRAM miss; [`Nat::outbound_batch`] and [`Nat::inbound_batch`]
+//! start the misses of 16 packets at once so they overlap.
 //!
-//! One keyed multiply-fold hash and one probe sequence per packet; the IPv4
-//! header is parsed by hand. An outbound packet touches one table slot; an
-//! inbound one reads the port's 8-byte binding (a 512 KiB array per
-//! protocol, which stays in the caches) and then one table slot. On tables
-//! larger than the caches the slot read is a DRAM miss (plus a page walk);
-//! [`Nat::outbound_batch`] and [`Nat::inbound_batch`] start the misses of 16
-//! packets at once so they overlap (outbound skips that while the table is
-//! under 512 KiB, where it only adds work).
+//! # Module map
+//!
+//! The crate root holds the public types; [`Nat`] and its methods are in
+//! `engine`. The rest is private, one question per module:
+//!
+//! | module | what it answers |
+//! |---|---|
+//! | `settings` | the validated configuration, in the units the paths use |
+//! | `table` | the flow table (32-byte slots, open addressing) and its keyed hash |
+//! | `flows` | adding and removing flows: caps, growth, port and host counts |
+//! | `ports` | external ports: bindings, allocation (RFC 4787), port forwards |
+//! | `outbound` | the guest → host path |
+//! | `inbound` | the host → guest path, through a flow or a port's binding |
+//! | `hairpin` | guest → external address → guest, incl. ICMP echo |
+//! | `icmp_error` | ICMP errors and their embedded headers, both ways |
+//! | `fragments`, `held` | first-fragment state; later fragments held until it comes |
+//! | `batch` | the batch calls and their read-ahead |
+//! | `sweep` | expiry of flows, bounded per call |
+//! | `packet`, `headers`, `checksum` | IPv4 parsing, header field offsets, incremental checksums |
+//! | `tuple` | the tuples tables are keyed by and packets rewritten with |
 //!
 //! # Features
 //!
@@ -137,13 +144,25 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
 
+mod batch;
 mod checksum;
 mod engine;
+mod flows;
+mod fragments;
+mod hairpin;
+mod headers;
 mod held;
+mod icmp_error;
+mod inbound;
+mod outbound;
 mod packet;
+mod ports;
+mod settings;
+mod sweep;
 mod table;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+mod tuple;
 
 pub use engine::Nat;
 pub use packet::complete_l4_checksum;

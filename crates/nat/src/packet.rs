@@ -1,200 +1,326 @@
-//! Hand-written, bounds-checked IPv4 header parsing and in-place rewriting.
+//! Hand-written, bounds-checked IPv4 header parsing, transport header
+//! classification and in-place rewriting.
 //!
-//! `parse` validates the IPv4 header once (length, version, header length,
+//! [`parse`] validates the IPv4 header once (length, version, header length,
 //! total length, header checksum); afterwards every read and write goes
 //! through [`get16`]/[`put16`]/[`get32`]/[`put32`], which do nothing (or
 //! return 0) out of bounds, so no input can make them panic.
 
 use crate::DropReason;
 use crate::checksum::{self, Delta};
+use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
+use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::tuple::FourTuple;
 
 /// The fields of a validated IPv4 header.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Hdr {
+pub(crate) struct Ipv4Header {
     /// Header length in bytes (20..=60).
-    pub(crate) ihl: usize,
+    pub(crate) header_len: usize,
     /// Total length (≤ the buffer length); bytes past it are ignored.
-    pub(crate) total: usize,
+    pub(crate) total_len: usize,
     /// IP protocol number.
-    pub(crate) proto: u8,
+    pub(crate) protocol: u8,
     /// Source address.
-    pub(crate) src: u32,
+    pub(crate) src_addr: u32,
     /// Destination address.
-    pub(crate) dst: u32,
+    pub(crate) dst_addr: u32,
     /// Flags and fragment offset.
-    pub(crate) frag: u16,
+    pub(crate) flags_fragment: u16,
     /// Identification.
-    pub(crate) id: u16,
+    pub(crate) ident: u16,
 }
 
-impl Hdr {
+impl Ipv4Header {
     /// A fragment other than the first (carries no transport header).
     #[inline(always)]
     pub(crate) fn is_later_fragment(&self) -> bool {
-        self.frag & 0x1fff != 0
+        self.flags_fragment & ipv4::FRAGMENT_OFFSET != 0
     }
     /// Bytes of transport header and payload in this packet.
     #[inline(always)]
-    pub(crate) fn l4_len(&self) -> usize {
-        self.total - self.ihl
+    pub(crate) fn payload_len(&self) -> usize {
+        self.total_len - self.header_len
     }
 }
 
-/// What the transport part of a packet is, as far as rewriting goes.
+/// Which transport header a rewrite updates, and how its checksum reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// TCP: ports at 0 and 2, checksum (with pseudo-header) at 16.
+pub(crate) enum Transport {
+    /// TCP: ports and a checksum with pseudo-header.
     Tcp,
-    /// UDP: ports at 0 and 2, checksum at 6 (zero means none).
+    /// UDP: ports and a checksum (zero means none).
     Udp,
     /// TCP whose checksum field holds only the pseudo-header sum
     /// ([`crate::L4Checksum::Partial`]): addresses change it, ports don't.
     TcpPartial,
-    /// UDP with a partial checksum (see [`Kind::TcpPartial`]).
+    /// UDP with a partial checksum (see [`Transport::TcpPartial`]).
     UdpPartial,
-    /// ICMP echo; the identifier (at 4) is the internal-side "port" when
-    /// `out`, the external-side one otherwise. Checksum at 2, no pseudo-header.
+    /// ICMP echo: the identifier is the source "port" when `id_is_source`
+    /// (a request from inside, or what it became), the destination "port"
+    /// otherwise. Checksum without pseudo-header.
     Echo {
-        /// The identifier travels as the source "port" (request from inside).
-        out: bool,
+        /// The identifier travels as the source "port".
+        id_is_source: bool,
     },
     /// No transport header (a later fragment): addresses only.
-    Bare,
+    AddressesOnly,
 }
 
-impl Kind {
-    /// The partial-checksum variant of a TCP/UDP kind when `partial`.
+impl Transport {
+    /// The partial-checksum variant of a TCP/UDP header when `partial`.
     #[inline(always)]
-    pub(crate) fn with_partial(self, partial: bool) -> Kind {
+    pub(crate) fn with_partial(self, partial: bool) -> Transport {
         match (self, partial) {
-            (Kind::Tcp, true) => Kind::TcpPartial,
-            (Kind::Udp, true) => Kind::UdpPartial,
-            (k, _) => k,
+            (Transport::Tcp, true) => Transport::TcpPartial,
+            (Transport::Udp, true) => Transport::UdpPartial,
+            (t, _) => t,
         }
     }
 }
 
-/// Addresses and ports of a packet (ICMP: see [`Kind::Echo`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Tuple {
-    pub(crate) src: u32,
-    pub(crate) sport: u16,
-    pub(crate) dst: u32,
-    pub(crate) dport: u16,
+/// The transport header of a whole packet or first fragment, for a packet
+/// that belongs to a flow. 8 bytes, `repr(C)`: the packet paths get it in
+/// one register (a layout of Rust's choosing was built on the stack and
+/// read back across its stores, a store-forwarding stall per packet).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct FlowHeader {
+    /// Source port (ICMP echo request: the identifier, else 0).
+    pub(crate) src_port: u16,
+    /// Destination port (ICMP echo reply: the identifier, else 0).
+    pub(crate) dst_port: u16,
+    /// Protocol index (`PROTO_*`).
+    pub(crate) protocol: u8,
+    /// TCP flags (0 for other protocols).
+    pub(crate) tcp_flags: u8,
+    /// How a rewrite updates it.
+    pub(crate) transport: Transport,
+}
+
+impl FlowHeader {
+    /// Addresses (from `h`) and ports of the packet.
+    #[inline(always)]
+    pub(crate) fn tuple(&self, h: &Ipv4Header) -> FourTuple {
+        FourTuple {
+            src_addr: h.src_addr,
+            src_port: self.src_port,
+            dst_addr: h.dst_addr,
+            dst_port: self.dst_port,
+        }
+    }
+}
+
+/// What the transport header of a whole packet or first fragment holds when
+/// it is not a flow's packet ([`classify`]).
+pub(crate) enum NotFlow {
+    /// An ICMP error message.
+    IcmpError,
+    /// An echo reply from inside, with its identifier.
+    EchoReplyFromInside(u16),
+    /// A packet to drop.
+    Drop(DropReason),
+}
+
+/// Reads the transport header of a packet that came from inside
+/// (`outbound`) or from outside.
+#[inline(always)]
+pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowHeader, NotFlow> {
+    let l4 = h.header_len;
+    let n = h.payload_len();
+    let flow = |protocol, transport, src_port, dst_port, tcp_flags| FlowHeader {
+        src_port,
+        dst_port,
+        protocol,
+        tcp_flags,
+        transport,
+    };
+    Ok(match h.protocol {
+        ip_protocol::TCP => {
+            if n < tcp::MIN_HEADER_LEN {
+                return Err(NotFlow::Drop(DropReason::Malformed));
+            }
+            flow(
+                PROTO_TCP,
+                Transport::Tcp,
+                get16(p, l4 + tcp::field::SRC_PORT.start),
+                get16(p, l4 + tcp::field::DST_PORT.start),
+                get8(p, l4 + tcp::field::FLAGS),
+            )
+        }
+        ip_protocol::UDP => {
+            if n < udp::HEADER_LEN {
+                return Err(NotFlow::Drop(DropReason::Malformed));
+            }
+            flow(
+                PROTO_UDP,
+                Transport::Udp,
+                get16(p, l4 + udp::field::SRC_PORT.start),
+                get16(p, l4 + udp::field::DST_PORT.start),
+                0,
+            )
+        }
+        ip_protocol::ICMP => {
+            if n < icmp::HEADER_LEN {
+                return Err(NotFlow::Drop(DropReason::Malformed));
+            }
+            let id = || get16(p, l4 + icmp::field::ECHO_IDENT.start);
+            match (get8(p, l4 + icmp::field::TYPE), outbound) {
+                (icmp::ECHO_REQUEST, true) => flow(
+                    PROTO_ICMP,
+                    Transport::Echo { id_is_source: true },
+                    id(),
+                    0,
+                    0,
+                ),
+                (icmp::ECHO_REPLY, false) => flow(
+                    PROTO_ICMP,
+                    Transport::Echo {
+                        id_is_source: false,
+                    },
+                    0,
+                    id(),
+                    0,
+                ),
+                (
+                    icmp::DESTINATION_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM,
+                    _,
+                ) => return Err(NotFlow::IcmpError),
+                (icmp::ECHO_REPLY, true) => return Err(NotFlow::EchoReplyFromInside(id())),
+                (icmp::ECHO_REQUEST, false) => return Err(NotFlow::Drop(DropReason::NoMapping)),
+                _ => return Err(NotFlow::Drop(DropReason::UnsupportedProtocol)),
+            }
+        }
+        _ => return Err(NotFlow::Drop(DropReason::UnsupportedProtocol)),
+    })
 }
 
 /// Validates the IPv4 header of `p`.
 #[inline(always)]
-pub(crate) fn parse(p: &[u8]) -> Result<Hdr, DropReason> {
-    let h: &[u8; 20] = p.first_chunk::<20>().ok_or(DropReason::Malformed)?;
-    if h[0] >> 4 != 4 {
+pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
+    use ipv4::field;
+    let h: &[u8; ipv4::MIN_HEADER_LEN] = p
+        .first_chunk::<{ ipv4::MIN_HEADER_LEN }>()
+        .ok_or(DropReason::Malformed)?;
+    if h[field::VERSION_IHL] >> 4 != 4 {
         return Err(DropReason::Malformed);
     }
-    let ihl = usize::from(h[0] & 0xf) * 4;
-    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if ihl < 20 || total < ihl || total > p.len() {
+    let header_len = ipv4::header_len(h[field::VERSION_IHL]);
+    let total_len = usize::from(get16(h, field::LENGTH.start));
+    if header_len < ipv4::MIN_HEADER_LEN || total_len < header_len || total_len > p.len() {
         return Err(DropReason::Malformed);
     }
-    let ok = if ihl == 20 {
+    let ok = if header_len == ipv4::MIN_HEADER_LEN {
         checksum::ipv4_header_ok(h)
     } else {
-        p.get(..ihl)
+        p.get(..header_len)
             .is_some_and(|b| checksum::fold(checksum::sum(b)) == 0xffff)
     };
     if !ok {
         return Err(DropReason::Malformed);
     }
-    Ok(Hdr {
-        ihl,
-        total,
-        proto: h[9],
-        src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
-        dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
-        frag: u16::from_be_bytes([h[6], h[7]]),
-        id: u16::from_be_bytes([h[4], h[5]]),
+    Ok(Ipv4Header {
+        header_len,
+        total_len,
+        protocol: h[field::PROTOCOL],
+        src_addr: get32(h, field::SRC_ADDR.start),
+        dst_addr: get32(h, field::DST_ADDR.start),
+        flags_fragment: get16(h, field::FLAGS_FRAGMENT.start),
+        ident: get16(h, field::IDENT.start),
     })
 }
 
 /// Rewrites addresses and ports from `old` to `new`, fixing the IPv4 header
 /// checksum and the transport checksum incrementally. The caller checked that
-/// the transport header of `kind` is present. Works on fixed-size views of
-/// the headers, so each is bounds-checked once.
+/// the transport header is present. Works on fixed-size views of the
+/// headers, so each is bounds-checked once.
 #[inline(always)]
-pub(crate) fn rewrite(p: &mut [u8], h: &Hdr, kind: Kind, old: Tuple, new: Tuple) {
+pub(crate) fn rewrite(
+    p: &mut [u8],
+    h: &Ipv4Header,
+    transport: Transport,
+    old: FourTuple,
+    new: FourTuple,
+) {
     let mut ipd = Delta::default();
-    ipd.dword(old.src, new.src);
-    ipd.dword(old.dst, new.dst);
-    let Some((ip, rest)) = p.split_first_chunk_mut::<20>() else {
+    ipd.dword(old.src_addr, new.src_addr);
+    ipd.dword(old.dst_addr, new.dst_addr);
+    let Some((ip, rest)) = p.split_first_chunk_mut::<{ ipv4::MIN_HEADER_LEN }>() else {
         return;
     };
-    ip[12..16].copy_from_slice(&new.src.to_be_bytes());
-    ip[16..20].copy_from_slice(&new.dst.to_be_bytes());
-    let c = ipd.apply(u16::from_be_bytes([ip[10], ip[11]]));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let Some(l4) = rest.get_mut(h.ihl.saturating_sub(20)..) else {
+    ip[ipv4::field::SRC_ADDR].copy_from_slice(&new.src_addr.to_be_bytes());
+    ip[ipv4::field::DST_ADDR].copy_from_slice(&new.dst_addr.to_be_bytes());
+    let c = ipd.apply(get16(ip, ipv4::field::CHECKSUM.start));
+    ip[ipv4::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    let Some(l4) = rest.get_mut(h.header_len.saturating_sub(ipv4::MIN_HEADER_LEN)..) else {
         return;
     };
-    match kind {
-        Kind::Tcp => {
-            let Some(t) = l4.first_chunk_mut::<18>() else {
+    match transport {
+        Transport::Tcp => {
+            use tcp::field;
+            let Some(t) = l4.first_chunk_mut::<{ field::CHECKSUM.end }>() else {
                 return;
             };
             let mut pd = ipd;
-            pd.word(old.sport, new.sport);
-            pd.word(old.dport, new.dport);
-            t[0..2].copy_from_slice(&new.sport.to_be_bytes());
-            t[2..4].copy_from_slice(&new.dport.to_be_bytes());
-            let c = pd.apply(u16::from_be_bytes([t[16], t[17]]));
-            t[16..18].copy_from_slice(&c.to_be_bytes());
+            pd.word(old.src_port, new.src_port);
+            pd.word(old.dst_port, new.dst_port);
+            t[field::SRC_PORT].copy_from_slice(&new.src_port.to_be_bytes());
+            t[field::DST_PORT].copy_from_slice(&new.dst_port.to_be_bytes());
+            let c = pd.apply(get16(t, field::CHECKSUM.start));
+            t[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
-        Kind::Udp => {
-            let Some(u) = l4.first_chunk_mut::<8>() else {
+        Transport::Udp => {
+            use udp::field;
+            let Some(u) = l4.first_chunk_mut::<{ udp::HEADER_LEN }>() else {
                 return;
             };
             let mut pd = ipd;
-            pd.word(old.sport, new.sport);
-            pd.word(old.dport, new.dport);
-            u[0..2].copy_from_slice(&new.sport.to_be_bytes());
-            u[2..4].copy_from_slice(&new.dport.to_be_bytes());
-            let c = pd.apply_udp(u16::from_be_bytes([u[6], u[7]]));
-            u[6..8].copy_from_slice(&c.to_be_bytes());
+            pd.word(old.src_port, new.src_port);
+            pd.word(old.dst_port, new.dst_port);
+            u[field::SRC_PORT].copy_from_slice(&new.src_port.to_be_bytes());
+            u[field::DST_PORT].copy_from_slice(&new.dst_port.to_be_bytes());
+            let c = pd.apply_udp(get16(u, field::CHECKSUM.start));
+            u[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
         // Partial checksums: the ports are summed later by whoever completes
         // the checksum; only the pseudo-header (the addresses) is in the field.
-        Kind::TcpPartial => {
-            let Some(t) = l4.first_chunk_mut::<18>() else {
+        Transport::TcpPartial => {
+            use tcp::field;
+            let Some(t) = l4.first_chunk_mut::<{ field::CHECKSUM.end }>() else {
                 return;
             };
-            t[0..2].copy_from_slice(&new.sport.to_be_bytes());
-            t[2..4].copy_from_slice(&new.dport.to_be_bytes());
-            let c = ipd.apply_partial(u16::from_be_bytes([t[16], t[17]]));
-            t[16..18].copy_from_slice(&c.to_be_bytes());
+            t[field::SRC_PORT].copy_from_slice(&new.src_port.to_be_bytes());
+            t[field::DST_PORT].copy_from_slice(&new.dst_port.to_be_bytes());
+            let c = ipd.apply_partial(get16(t, field::CHECKSUM.start));
+            t[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
-        Kind::UdpPartial => {
-            let Some(u) = l4.first_chunk_mut::<8>() else {
+        Transport::UdpPartial => {
+            use udp::field;
+            let Some(u) = l4.first_chunk_mut::<{ udp::HEADER_LEN }>() else {
                 return;
             };
-            u[0..2].copy_from_slice(&new.sport.to_be_bytes());
-            u[2..4].copy_from_slice(&new.dport.to_be_bytes());
-            let c = ipd.apply_partial(u16::from_be_bytes([u[6], u[7]]));
-            u[6..8].copy_from_slice(&c.to_be_bytes());
+            u[field::SRC_PORT].copy_from_slice(&new.src_port.to_be_bytes());
+            u[field::DST_PORT].copy_from_slice(&new.dst_port.to_be_bytes());
+            let c = ipd.apply_partial(get16(u, field::CHECKSUM.start));
+            u[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
-        Kind::Echo { out } => {
-            let Some(e) = l4.first_chunk_mut::<8>() else {
+        Transport::Echo { id_is_source } => {
+            use icmp::field;
+            let Some(e) = l4.first_chunk_mut::<{ icmp::HEADER_LEN }>() else {
                 return;
             };
-            let (o, n) = if out {
-                (old.sport, new.sport)
+            let (o, n) = if id_is_source {
+                (old.src_port, new.src_port)
             } else {
-                (old.dport, new.dport)
+                (old.dst_port, new.dst_port)
             };
             let mut d = Delta::default();
             d.word(o, n);
-            e[4..6].copy_from_slice(&n.to_be_bytes());
-            let c = d.apply(u16::from_be_bytes([e[2], e[3]]));
-            e[2..4].copy_from_slice(&c.to_be_bytes());
+            e[field::ECHO_IDENT].copy_from_slice(&n.to_be_bytes());
+            let c = d.apply(get16(e, field::CHECKSUM.start));
+            e[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
-        Kind::Bare => {}
+        Transport::AddressesOnly => {}
     }
 }
 
@@ -210,22 +336,22 @@ pub fn complete_l4_checksum(packet: &mut [u8]) -> bool {
     let Ok(h) = parse(packet) else {
         return false;
     };
-    if h.frag & 0x3fff != 0 {
+    if h.flags_fragment & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) != 0 {
         return false;
     }
-    let off = match (h.proto, h.l4_len()) {
-        (6, n) if n >= 20 => 16,
-        (17, n) if n >= 8 => 6,
+    let checksum_at = match (h.protocol, h.payload_len()) {
+        (ip_protocol::TCP, n) if n >= tcp::MIN_HEADER_LEN => tcp::field::CHECKSUM.start,
+        (ip_protocol::UDP, n) if n >= udp::HEADER_LEN => udp::field::CHECKSUM.start,
         _ => return false,
     };
-    let Some(l4) = packet.get(h.ihl..h.total) else {
+    let Some(l4) = packet.get(h.header_len..h.total_len) else {
         return false;
     };
     let mut c = !checksum::fold(checksum::sum(l4));
-    if h.proto == 17 && c == 0 {
+    if h.protocol == ip_protocol::UDP && c == 0 {
         c = 0xffff;
     }
-    put16(packet, h.ihl + off, c);
+    put16(packet, h.header_len + checksum_at, c);
     true
 }
 
@@ -272,24 +398,25 @@ pub(crate) fn get8(p: &[u8], off: usize) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::ipv4::field;
 
     #[test]
     fn parse_rejects_short_wrong_version_bad_ihl_and_bad_checksum() {
         assert_eq!(parse(&[0x45; 19]).unwrap_err(), DropReason::Malformed);
         let mut ok = [0u8; 20];
-        ok[0] = 0x45;
-        ok[3] = 20;
+        ok[field::VERSION_IHL] = 0x45;
+        ok[field::LENGTH.end - 1] = 20;
         let c = !checksum::fold(checksum::sum(&ok));
-        ok[10..12].copy_from_slice(&c.to_be_bytes());
+        ok[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         assert!(parse(&ok).is_ok());
         let mut v6 = ok;
-        v6[0] = 0x65;
+        v6[field::VERSION_IHL] = 0x65;
         assert!(parse(&v6).is_err());
         let mut bad = ok;
-        bad[11] ^= 1;
+        bad[field::CHECKSUM.end - 1] ^= 1;
         assert!(parse(&bad).is_err());
         let mut long = ok;
-        long[3] = 21;
+        long[field::LENGTH.end - 1] = 21;
         assert!(parse(&long).is_err());
     }
 

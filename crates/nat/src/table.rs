@@ -1,10 +1,13 @@
 //! The flow table: compact [`Flow`] entries stored inline in an
 //! open-addressing table keyed by the internal 5-tuple ([`FlowTable`]), and
 //! the keyed multiply-fold hash it uses. There is no second index for the
-//! external side: the engine turns an external key into the internal one
-//! through the external port's binding (see `Nat::find_in`).
+//! external side: the inbound path turns an external key into the internal
+//! one through the external port's binding (see `Nat::find_inbound`). The
+//! table doubles when 3/4 full, so its load stays between 3/8 and 3/4.
 
 use core::hash::{BuildHasher, Hasher};
+
+use crate::tuple::FiveTuple;
 
 /// One tracked session (a 5-tuple and its translation). 32 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,23 +15,23 @@ pub(crate) struct Flow {
     /// Deadline in milliseconds of the caller's clock.
     pub(crate) expires: u64,
     /// Internal (guest) address.
-    pub(crate) int_addr: u32,
-    /// Destination address as the guest wrote it (differs from `rem_addr`
+    pub(crate) internal_addr: u32,
+    /// Destination address as the guest wrote it (differs from `remote_addr`
     /// only for redirected flows).
-    pub(crate) orig_addr: u32,
+    pub(crate) original_addr: u32,
     /// The real remote address.
-    pub(crate) rem_addr: u32,
+    pub(crate) remote_addr: u32,
     /// Internal port or ICMP identifier.
-    pub(crate) int_port: u16,
+    pub(crate) internal_port: u16,
     /// External port or ICMP identifier.
-    pub(crate) ext_port: u16,
+    pub(crate) external_port: u16,
     /// Destination port as the guest wrote it.
-    pub(crate) orig_port: u16,
+    pub(crate) original_port: u16,
     /// The real remote port (0 for ICMP).
-    pub(crate) rem_port: u16,
+    pub(crate) remote_port: u16,
     /// Protocol index (see `PROTO_*`).
-    pub(crate) proto: u8,
-    /// TCP tracking bits and flags (see `ST_*`).
+    pub(crate) protocol: u8,
+    /// TCP tracking bits and flags (see [`state`]).
     pub(crate) state: u8,
 }
 
@@ -39,64 +42,65 @@ pub(crate) const PROTO_UDP: u8 = 1;
 /// Protocol index of ICMP queries.
 pub(crate) const PROTO_ICMP: u8 = 2;
 
-/// A packet was seen from the internal side.
-pub(crate) const ST_OUT: u8 = 1;
-/// A packet was seen from the external side.
-pub(crate) const ST_IN: u8 = 2;
-/// FIN seen from the internal side.
-pub(crate) const ST_FIN_OUT: u8 = 4;
-/// FIN seen from the external side.
-pub(crate) const ST_FIN_IN: u8 = 8;
-/// RST seen in either direction.
-pub(crate) const ST_RST: u8 = 16;
-/// The flow was created through a redirect (it owns its external port).
-pub(crate) const ST_REDIRECT: u8 = 32;
+/// TCP tracking bits of [`Flow::state`].
+pub(crate) mod state {
+    /// A packet was seen from the internal side.
+    pub(crate) const SEEN_OUTBOUND: u8 = 1;
+    /// A packet was seen from the external side.
+    pub(crate) const SEEN_INBOUND: u8 = 2;
+    /// FIN seen from the internal side.
+    pub(crate) const FIN_OUTBOUND: u8 = 4;
+    /// FIN seen from the external side.
+    pub(crate) const FIN_INBOUND: u8 = 8;
+    /// RST seen in either direction.
+    pub(crate) const RST: u8 = 16;
+    /// The flow was created through a redirect (it owns its external port).
+    pub(crate) const REDIRECTED: u8 = 32;
+}
 
 impl Flow {
+    /// The internal-side key.
+    #[inline(always)]
+    pub(crate) fn key(&self) -> FiveTuple {
+        FiveTuple {
+            protocol: self.protocol,
+            src_addr: self.internal_addr,
+            src_port: self.internal_port,
+            dst_addr: self.original_addr,
+            dst_port: self.original_port,
+        }
+    }
     /// Hash of the internal-side key.
     #[inline(always)]
-    pub(crate) fn out_hash(&self, k: &Keys) -> u32 {
-        k.out_hash(
-            self.proto,
-            self.int_addr,
-            self.int_port,
-            self.orig_addr,
-            self.orig_port,
-        )
+    pub(crate) fn key_hash(&self, k: &Keys) -> u32 {
+        k.hash(&self.key())
     }
-    /// Whether this flow has the given internal-side key.
+    /// Whether this flow has the internal-side key `key`.
     #[inline(always)]
-    pub(crate) fn out_eq(
-        &self,
-        proto: u8,
-        int_addr: u32,
-        int_port: u16,
-        dst: u32,
-        dport: u16,
-    ) -> bool {
-        self.int_addr == int_addr
-            && self.orig_addr == dst
-            && self.int_port == int_port
-            && self.orig_port == dport
-            && self.proto == proto
+    pub(crate) fn has_key(&self, key: &FiveTuple) -> bool {
+        self.internal_addr == key.src_addr
+            && self.original_addr == key.dst_addr
+            && self.internal_port == key.src_port
+            && self.original_port == key.dst_port
+            && self.protocol == key.protocol
     }
 }
 
-/// Marks an unused slot of a [`FlowTable`] (in `Flow::proto`).
+/// Marks an unused slot of a [`FlowTable`] (in `Flow::protocol`).
 const FREE_SLOT: u8 = 0xff;
 
 impl Flow {
     /// An unused slot.
     pub(crate) const VACANT: Flow = Flow {
         expires: 0,
-        int_addr: 0,
-        orig_addr: 0,
-        rem_addr: 0,
-        int_port: 0,
-        ext_port: 0,
-        orig_port: 0,
-        rem_port: 0,
-        proto: FREE_SLOT,
+        internal_addr: 0,
+        original_addr: 0,
+        remote_addr: 0,
+        internal_port: 0,
+        external_port: 0,
+        original_port: 0,
+        remote_port: 0,
+        protocol: FREE_SLOT,
         state: 0,
     };
 }
@@ -142,18 +146,18 @@ impl FlowTable {
     /// The flow at `pos`, if that slot is in use.
     #[inline(always)]
     pub(crate) fn get(&self, pos: usize) -> Option<&Flow> {
-        self.slots.get(pos).filter(|f| f.proto != FREE_SLOT)
+        self.slots.get(pos).filter(|f| f.protocol != FREE_SLOT)
     }
 
     /// The flow at `pos`, if that slot is in use.
     #[inline(always)]
     pub(crate) fn get_mut(&mut self, pos: usize) -> Option<&mut Flow> {
-        self.slots.get_mut(pos).filter(|f| f.proto != FREE_SLOT)
+        self.slots.get_mut(pos).filter(|f| f.protocol != FREE_SLOT)
     }
 
     /// The flows in use.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow> {
-        self.slots.iter().filter(|f| f.proto != FREE_SLOT)
+        self.slots.iter().filter(|f| f.protocol != FREE_SLOT)
     }
 
     /// Finds the position of the flow with internal-side `hash` for which
@@ -163,7 +167,7 @@ impl FlowTable {
         let mut pos = hash as usize & self.mask;
         loop {
             let f = self.slots.get(pos)?;
-            if f.proto == FREE_SLOT {
+            if f.protocol == FREE_SLOT {
                 return None;
             }
             if eq(f) {
@@ -184,7 +188,7 @@ impl FlowTable {
         let mut pos = hash as usize & self.mask;
         loop {
             let f = self.slots.get(pos)?;
-            if f.proto == FREE_SLOT {
+            if f.protocol == FREE_SLOT {
                 return None;
             }
             if eq(f) {
@@ -214,8 +218,8 @@ impl FlowTable {
         let old = core::mem::replace(&mut self.slots, vec![Flow::VACANT; n]);
         self.mask = n - 1;
         self.len = 0;
-        for f in old.into_iter().filter(|f| f.proto != FREE_SLOT) {
-            self.insert(f.out_hash(keys), f);
+        for f in old.into_iter().filter(|f| f.protocol != FREE_SLOT) {
+            self.insert(f.key_hash(keys), f);
         }
     }
 
@@ -225,7 +229,7 @@ impl FlowTable {
         let mut pos = hash as usize & self.mask;
         for _ in 0..self.slots.len() {
             match self.slots.get_mut(pos) {
-                Some(s) if s.proto == FREE_SLOT => {
+                Some(s) if s.protocol == FREE_SLOT => {
                     *s = f;
                     self.len += 1;
                     return pos;
@@ -255,10 +259,10 @@ impl FlowTable {
             let Some(f) = self.slots.get(next).copied() else {
                 break;
             };
-            if f.proto == FREE_SLOT {
+            if f.protocol == FREE_SLOT {
                 break;
             }
-            let home = f.out_hash(keys) as usize & self.mask;
+            let home = f.key_hash(keys) as usize & self.mask;
             let dist_hole = hole.wrapping_sub(home) & self.mask;
             let dist_next = next.wrapping_sub(home) & self.mask;
             if dist_hole <= dist_next {
@@ -309,16 +313,11 @@ impl Keys {
 
     /// Hash of an internal-side key.
     #[inline(always)]
-    pub(crate) fn out_hash(
-        &self,
-        proto: u8,
-        int_addr: u32,
-        int_port: u16,
-        dst: u32,
-        dport: u16,
-    ) -> u32 {
-        let a = (u64::from(int_addr) << 32) | u64::from(dst);
-        let b = (u64::from(int_port) << 32) | (u64::from(dport) << 16) | u64::from(proto);
+    pub(crate) fn hash(&self, key: &FiveTuple) -> u32 {
+        let a = (u64::from(key.src_addr) << 32) | u64::from(key.dst_addr);
+        let b = (u64::from(key.src_port) << 32)
+            | (u64::from(key.dst_port) << 16)
+            | u64::from(key.protocol);
         self.mix(a, b)
     }
 
@@ -397,10 +396,10 @@ mod tests {
         use std::collections::HashMap;
         let keys = Keys::from_seed(3);
         let flow = |i: u32| Flow {
-            int_addr: i % 7,
-            orig_addr: i / 7,
-            int_port: (i % 5) as u16,
-            proto: 1,
+            internal_addr: i % 7,
+            original_addr: i / 7,
+            internal_port: (i % 5) as u16,
+            protocol: 1,
             ..Flow::VACANT
         };
         let mut t = FlowTable::with_capacity(4);
@@ -411,12 +410,12 @@ mod tests {
                 pos.clear();
                 for j in 0..i {
                     let f = flow(j);
-                    let p = t.find(f.out_hash(&keys), |g| *g == f).map(|p| p as usize);
+                    let p = t.find(f.key_hash(&keys), |g| *g == f).map(|p| p as usize);
                     pos.insert(j, p.unwrap_or(usize::MAX));
                 }
             }
             let f = flow(i);
-            pos.insert(i, t.insert(f.out_hash(&keys), f));
+            pos.insert(i, t.insert(f.key_hash(&keys), f));
         }
         assert_eq!(t.len(), 3000);
         // Remove every third flow, following the moves.
@@ -435,7 +434,7 @@ mod tests {
         assert_eq!(t.len(), 2000);
         for i in 0..3000u32 {
             let f = flow(i);
-            let found = t.find(f.out_hash(&keys), |g| *g == f).map(|p| p as usize);
+            let found = t.find(f.key_hash(&keys), |g| *g == f).map(|p| p as usize);
             assert_eq!(found, pos.get(&i).copied(), "flow {i}");
         }
         assert_eq!(t.iter().count(), 2000);
@@ -449,8 +448,15 @@ mod tests {
     #[test]
     fn keyed_hashes_differ_per_seed_and_per_key() {
         let (a, b) = (Keys::from_seed(1), Keys::from_seed(2));
-        assert_ne!(a.out_hash(1, 10, 20, 30, 40), b.out_hash(1, 10, 20, 30, 40));
-        assert_ne!(a.out_hash(1, 10, 20, 30, 40), a.out_hash(1, 10, 20, 30, 41));
-        assert_ne!(a.out_hash(1, 10, 20, 30, 40), a.out_hash(0, 10, 20, 30, 40));
+        let key = |protocol, dst_port| FiveTuple {
+            protocol,
+            src_addr: 10,
+            src_port: 20,
+            dst_addr: 30,
+            dst_port,
+        };
+        assert_ne!(a.hash(&key(1, 40)), b.hash(&key(1, 40)));
+        assert_ne!(a.hash(&key(1, 40)), a.hash(&key(1, 41)));
+        assert_ne!(a.hash(&key(1, 40)), a.hash(&key(0, 40)));
     }
 }

@@ -6,6 +6,8 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::PacketBuilder;
 
+use crate::headers::ipv4::field as ip;
+use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
 use crate::{Instant, Nat, NatConfig, Verdict};
 
 /// A guest address inside the default internal network.
@@ -167,14 +169,17 @@ pub fn icmp_error(
 
 /// The first `header + 8` bytes of `packet`, as routers quote it in errors.
 pub fn truncate_for_error(packet: &[u8]) -> Vec<u8> {
-    let ihl = usize::from(packet.first().copied().unwrap_or(0x45) & 0xf) * 4;
-    packet.iter().copied().take(ihl + 8).collect()
+    packet
+        .iter()
+        .copied()
+        .take(ihl(packet) + icmp::ERROR_QUOTED_TRANSPORT_LEN)
+        .collect()
 }
 
 /// Splits an IPv4 packet into fragments of at most `chunk` payload bytes
 /// (rounded down to a multiple of 8), fixing lengths, flags and checksums.
 pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-    let ihl = usize::from(packet.first().copied().unwrap_or(0x45) & 0xf) * 4;
+    let ihl = ihl(packet);
     let chunk = (chunk / 8).max(1) * 8;
     let (hdr, payload) = packet.split_at(ihl.min(packet.len()));
     let n = payload.len().div_ceil(chunk);
@@ -185,12 +190,13 @@ pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
             let mut f = hdr.to_vec();
             f.extend_from_slice(part);
             let total = (f.len() as u16).to_be_bytes();
-            f[2..4].copy_from_slice(&total);
-            let off = ((i * chunk / 8) as u16) | if i + 1 < n { 0x2000 } else { 0 };
-            f[6..8].copy_from_slice(&off.to_be_bytes());
-            f[10..12].copy_from_slice(&[0, 0]);
+            f[ip::LENGTH].copy_from_slice(&total);
+            let more = if i + 1 < n { ipv4::MORE_FRAGMENTS } else { 0 };
+            let off = ((i * chunk / 8) as u16) | more;
+            f[ip::FLAGS_FRAGMENT].copy_from_slice(&off.to_be_bytes());
+            f[ip::CHECKSUM].copy_from_slice(&[0, 0]);
             let c = !fold(sum(&f[..ihl]));
-            f[10..12].copy_from_slice(&c.to_be_bytes());
+            f[ip::CHECKSUM].copy_from_slice(&c.to_be_bytes());
             f
         })
         .collect()
@@ -199,17 +205,17 @@ pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
 /// Recomputes the IPv4 header checksum of `packet` (after a test edited it).
 pub fn fix_ipv4_checksum(packet: &mut [u8]) {
     let h = ihl(packet).min(packet.len());
-    if h < 20 {
+    if h < ipv4::MIN_HEADER_LEN {
         return;
     }
-    packet[10..12].copy_from_slice(&[0, 0]);
+    packet[ip::CHECKSUM].copy_from_slice(&[0, 0]);
     let c = !fold(sum(&packet[..h]));
-    packet[10..12].copy_from_slice(&c.to_be_bytes());
+    packet[ip::CHECKSUM].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Sets the IPv4 identification field and fixes the header checksum.
 pub fn set_ip_id(packet: &mut [u8], id: u16) {
-    if let Some(f) = packet.get_mut(4..6) {
+    if let Some(f) = packet.get_mut(ip::IDENT) {
         f.copy_from_slice(&id.to_be_bytes());
     }
     fix_ipv4_checksum(packet);
@@ -217,22 +223,32 @@ pub fn set_ip_id(packet: &mut [u8], id: u16) {
 
 /// Source address and port (ICMP echo: the identifier) of a packet.
 pub fn src(packet: &[u8]) -> SocketAddrV4 {
-    SocketAddrV4::new(addr(packet, 12), port(packet, 0))
+    SocketAddrV4::new(
+        addr(packet, ip::SRC_ADDR),
+        port(packet, udp::field::SRC_PORT),
+    )
 }
 
 /// Destination address and port (ICMP echo: the identifier) of a packet.
 pub fn dst(packet: &[u8]) -> SocketAddrV4 {
-    SocketAddrV4::new(addr(packet, 16), port(packet, 2))
+    SocketAddrV4::new(
+        addr(packet, ip::DST_ADDR),
+        port(packet, udp::field::DST_PORT),
+    )
 }
 
 /// The source address of the packet embedded in an ICMP error, with port.
 pub fn embedded_src(packet: &[u8]) -> SocketAddrV4 {
-    src(packet.get(ihl(packet) + 8..).unwrap_or(&[]))
+    src(packet
+        .get(ihl(packet) + icmp::field::ERROR_QUOTE..)
+        .unwrap_or(&[]))
 }
 
 /// The destination address of the packet embedded in an ICMP error, with port.
 pub fn embedded_dst(packet: &[u8]) -> SocketAddrV4 {
-    dst(packet.get(ihl(packet) + 8..).unwrap_or(&[]))
+    dst(packet
+        .get(ihl(packet) + icmp::field::ERROR_QUOTE..)
+        .unwrap_or(&[]))
 }
 
 /// Whether `packet` parses as IPv4 with etherparse.
@@ -272,14 +288,13 @@ pub fn make_partial(packet: &mut [u8]) -> bool {
 /// the checksum field of a partial packet must hold (up to 0 ≡ 0xffff).
 pub fn pseudo_sum(packet: &[u8]) -> Option<u16> {
     let h = ihl(packet);
-    let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-    let proto = *packet.get(9)?;
-    if !matches!(proto, 6 | 17) || total < h || total > packet.len() {
+    let total = usize::from(be16(packet.get(ip::LENGTH)?));
+    let proto = *packet.get(ip::PROTOCOL)?;
+    if !matches!(proto, ip_protocol::TCP | ip_protocol::UDP) || total < h || total > packet.len() {
         return None;
     }
-    Some(fold(
-        sum(packet.get(12..20)?) + u64::from(proto) + (total - h) as u64,
-    ))
+    let addrs = packet.get(ip::SRC_ADDR.start..ip::DST_ADDR.end)?;
+    Some(fold(sum(addrs) + u64::from(proto) + (total - h) as u64))
 }
 
 /// The TCP/UDP checksum of a whole packet recomputed from scratch (the
@@ -287,11 +302,12 @@ pub fn pseudo_sum(packet: &[u8]) -> Option<u16> {
 pub fn recompute_l4_checksum(packet: &[u8]) -> Option<u16> {
     let off = l4_checksum_offset(packet)?;
     let h = ihl(packet);
-    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    let total = usize::from(be16(&packet[ip::LENGTH]));
     let mut p = packet.get(..total)?.to_vec();
     p[off..off + 2].copy_from_slice(&[0, 0]);
     let c = !fold(u64::from(pseudo_sum(&p)?) + sum(&p[h..]));
-    Some(if c == 0 && p[9] == 17 { 0xffff } else { c })
+    let udp = p[ip::PROTOCOL] == ip_protocol::UDP;
+    Some(if c == 0 && udp { 0xffff } else { c })
 }
 
 /// The TCP/UDP checksum field of a packet.
@@ -413,36 +429,44 @@ pub fn shuffle<T>(v: &mut [T], state: &mut u64) {
 /// Offset of the TCP/UDP checksum field of a whole packet.
 fn l4_checksum_offset(p: &[u8]) -> Option<usize> {
     let h = ihl(p);
-    let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
-    let (off, min) = match p.get(9)? {
-        6 => (16, 20),
-        17 => (6, 8),
+    let total = usize::from(be16(p.get(ip::LENGTH)?));
+    let (off, min) = match *p.get(ip::PROTOCOL)? {
+        ip_protocol::TCP => (tcp::field::CHECKSUM.start, tcp::MIN_HEADER_LEN),
+        ip_protocol::UDP => (udp::field::CHECKSUM.start, udp::HEADER_LEN),
         _ => return None,
     };
-    (h >= 20 && total <= p.len() && total >= h + min).then_some(h + off)
+    (h >= ipv4::MIN_HEADER_LEN && total <= p.len() && total >= h + min).then_some(h + off)
 }
 
+/// The IPv4 header length of `p` (20 if `p` is empty).
 fn ihl(p: &[u8]) -> usize {
-    usize::from(p.first().copied().unwrap_or(0x45) & 0xf) * 4
+    p.get(ip::VERSION_IHL)
+        .map_or(ipv4::MIN_HEADER_LEN, |&b| usize::from(b & 0xf) * 4)
 }
 
-fn addr(p: &[u8], off: usize) -> Ipv4Addr {
-    match p.get(off..off + 4) {
+/// A big-endian u16 (0 unless `b` is 2 bytes).
+fn be16(b: &[u8]) -> u16 {
+    match b {
+        &[x, y] => u16::from_be_bytes([x, y]),
+        _ => 0,
+    }
+}
+
+fn addr(p: &[u8], field: core::ops::Range<usize>) -> Ipv4Addr {
+    match p.get(field) {
         Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
         _ => Ipv4Addr::UNSPECIFIED,
     }
 }
 
-fn port(p: &[u8], which: usize) -> u16 {
+/// The TCP/UDP port at `field`, or for ICMP the echo identifier.
+fn port(p: &[u8], field: core::ops::Range<usize>) -> u16 {
     let l4 = ihl(p);
-    let at = |o: usize| match p.get(o..o + 2) {
-        Some(&[a, b]) => u16::from_be_bytes([a, b]),
-        _ => 0,
+    let field = match p.get(ip::PROTOCOL) {
+        Some(&ip_protocol::ICMP) => icmp::field::ECHO_IDENT,
+        _ => field,
     };
-    match p.get(9) {
-        Some(1) => at(l4 + 4),
-        _ => at(l4 + which),
-    }
+    p.get(l4 + field.start..l4 + field.end).map_or(0, be16)
 }
 
 fn sum(b: &[u8]) -> u64 {
@@ -460,12 +484,13 @@ fn fold(mut s: u64) -> u16 {
 
 fn check(p: &[u8], outer: bool) -> bool {
     let h = ihl(p);
-    if p.len() < 20 || h < 20 || p.len() < h || fold(sum(&p[..h])) != 0xffff {
+    let min = ipv4::MIN_HEADER_LEN;
+    if p.len() < min || h < min || p.len() < h || fold(sum(&p[..h])) != 0xffff {
         return false;
     }
-    let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
-    let frag = u16::from_be_bytes([p[6], p[7]]);
-    if frag & 0x3fff != 0 || total < h {
+    let total = usize::from(be16(&p[ip::LENGTH])).min(p.len());
+    let frag = be16(&p[ip::FLAGS_FRAGMENT]);
+    if frag & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) != 0 || total < h {
         // A fragment: only the header checksum can be checked alone.
         return true;
     }
@@ -476,15 +501,21 @@ fn check(p: &[u8], outer: bool) -> bool {
     if !transport_ok(p) {
         return false;
     }
-    if p[9] == 1 && matches!(p.get(h), Some(3 | 11 | 12)) {
-        let e = p.get(h + 8..).unwrap_or(&[]);
-        if e.len() >= 20 {
+    let error = matches!(
+        p.get(h + icmp::field::TYPE),
+        Some(&(icmp::DESTINATION_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM))
+    );
+    if p[ip::PROTOCOL] == ip_protocol::ICMP && error {
+        let e = p.get(h + icmp::field::ERROR_QUOTE..).unwrap_or(&[]);
+        if e.len() >= ipv4::MIN_HEADER_LEN {
             let eh = ihl(e);
             if e.len() < eh || fold(sum(&e[..eh])) != 0xffff {
                 return false;
             }
-            let etotal = usize::from(u16::from_be_bytes([e[2], e[3]]));
-            if etotal == e.len() && u16::from_be_bytes([e[6], e[7]]) & 0x3fff == 0 {
+            let etotal = usize::from(be16(&e[ip::LENGTH]));
+            let whole =
+                be16(&e[ip::FLAGS_FRAGMENT]) & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) == 0;
+            if etotal == e.len() && whole {
                 return transport_ok(e);
             }
         }
@@ -494,15 +525,19 @@ fn check(p: &[u8], outer: bool) -> bool {
 
 fn transport_ok(p: &[u8]) -> bool {
     let h = ihl(p);
-    if p.len() < 20 || h < 20 {
+    if p.len() < ipv4::MIN_HEADER_LEN || h < ipv4::MIN_HEADER_LEN {
         return false;
     }
     let Some(l4) = p.get(h..) else { return false };
-    let pseudo = |proto: u64| sum(&p[12..20]) + proto + l4.len() as u64;
-    match p.get(9) {
-        Some(6) => fold(pseudo(6) + sum(l4)) == 0xffff,
-        Some(17) => l4.get(6..8) == Some(&[0, 0]) || fold(pseudo(17) + sum(l4)) == 0xffff,
-        Some(1) => fold(sum(l4)) == 0xffff,
+    let addrs = &p[ip::SRC_ADDR.start..ip::DST_ADDR.end];
+    let pseudo = |proto: u8| sum(addrs) + u64::from(proto) + l4.len() as u64;
+    match p.get(ip::PROTOCOL).copied() {
+        Some(ip_protocol::TCP) => fold(pseudo(ip_protocol::TCP) + sum(l4)) == 0xffff,
+        Some(ip_protocol::UDP) => {
+            l4.get(udp::field::CHECKSUM) == Some(&[0, 0])
+                || fold(pseudo(ip_protocol::UDP) + sum(l4)) == 0xffff
+        }
+        Some(ip_protocol::ICMP) => fold(sum(l4)) == 0xffff,
         _ => true,
     }
 }

@@ -1,0 +1,235 @@
+//! The inbound path (host → guest): a packet to the external address is
+//! translated through the flow of its external port and remote, or through
+//! the port's binding (a port forward, or endpoint-independent filtering).
+//!
+//! There is no index of the external side: every flow on an external port
+//! has the internal endpoint of the port's binding, so the flow is found by
+//! its internal-side key ([`Nat::find_inbound`]). A packet reads the port's
+//! 8-byte binding (a 512 KiB array per protocol, which stays in the caches)
+//! and then one table slot.
+
+use crate::engine::Nat;
+use crate::packet::{self, FlowHeader, Ipv4Header, NotFlow};
+use crate::ports::{Binding, PortUse};
+use crate::table::{Flow, PROTO_TCP, state};
+use crate::tuple::{Endpoint, FiveTuple, FourTuple, PortKey};
+use crate::{Direction, DropReason, Filtering, Verdict};
+
+/// A flow found by [`Nat::find_inbound`]: its position and a copy.
+pub(crate) type Found = Option<(usize, Flow)>;
+
+impl Nat {
+    /// The inbound path without counting.
+    #[inline(always)]
+    pub(crate) fn translate_inbound(&mut self, p: &mut [u8], now: u64, partial: bool) -> Verdict {
+        // Start reading the destination port's binding before validating
+        // the packet: its cache miss then overlaps the parse.
+        core::hint::black_box(crate::batch::peek_binding(&self.ports, p));
+        let h = match packet::parse(p) {
+            Ok(h) => h,
+            Err(r) => return Verdict::Drop(r),
+        };
+        if h.dst_addr != self.settings.external_addr {
+            return Verdict::Drop(DropReason::NoMapping);
+        }
+        if h.is_later_fragment() {
+            return self.translate_later_fragment(p, &h, Direction::Inbound, now);
+        }
+        let mut fh = match packet::classify(p, &h, false) {
+            Ok(fh) => fh,
+            Err(NotFlow::IcmpError) => return self.inbound_icmp_error(p, &h, now),
+            Err(NotFlow::EchoReplyFromInside(_)) => {
+                return Verdict::Drop(DropReason::UnsupportedProtocol);
+            }
+            Err(NotFlow::Drop(r)) => return Verdict::Drop(r),
+        };
+        fh.transport = fh.transport.with_partial(partial);
+        let remote = Endpoint {
+            addr: h.src_addr,
+            port: fh.src_port,
+        };
+        let (binding, found) = self.find_inbound(fh.protocol, fh.dst_port, remote);
+        if let Some((i, f)) = found
+            && f.expires > now
+        {
+            self.inbound_via_flow(p, &h, &fh, i, f, now);
+            return Verdict::Forward;
+        }
+        match binding.used_by {
+            PortUse::Forward => {
+                let idx = match found {
+                    Some((i, _)) => Some(i),
+                    None => match self.create_inbound_flow(
+                        fh.protocol,
+                        remote,
+                        fh.dst_port,
+                        &binding,
+                        now,
+                    ) {
+                        Ok(i) => i,
+                        Err(r) => return Verdict::Drop(r),
+                    },
+                };
+                match idx {
+                    Some(i) => {
+                        if let Some(f) = self.table.flows.get_mut(i) {
+                            // A revived session starts over.
+                            f.state &= state::REDIRECTED;
+                            let f = *f;
+                            self.inbound_via_flow(p, &h, &fh, i, f, now);
+                        }
+                    }
+                    None => inbound_via_binding(p, &h, &fh, &binding),
+                }
+                Verdict::Forward
+            }
+            PortUse::Mapping
+                if found.is_none()
+                    && self
+                        .ports
+                        .table(fh.protocol)
+                        .is_some_and(|t| t.refs(fh.dst_port) > 0) =>
+            {
+                match self.settings.config.filtering {
+                    Filtering::EndpointIndependent => {
+                        inbound_via_binding(p, &h, &fh, &binding);
+                        Verdict::Forward
+                    }
+                    Filtering::AddressAndPortDependent => Verdict::Drop(DropReason::Filtered),
+                }
+            }
+            _ => Verdict::Drop(DropReason::NoMapping),
+        }
+    }
+
+    /// Translates an inbound packet through flow `f` at position `i`; TCP
+    /// packets advance its state and refresh it.
+    #[inline(always)]
+    fn inbound_via_flow(
+        &mut self,
+        p: &mut [u8],
+        h: &Ipv4Header,
+        fh: &FlowHeader,
+        i: usize,
+        f: Flow,
+        now: u64,
+    ) {
+        let new = FourTuple {
+            src_addr: f.original_addr,
+            src_port: f.original_port,
+            dst_addr: f.internal_addr,
+            dst_port: f.internal_port,
+        };
+        packet::rewrite(p, h, fh.transport, fh.tuple(h), new);
+        if f.protocol == PROTO_TCP {
+            // TCP: inbound packets advance the state and refresh the flow;
+            // UDP and ICMP flows are refreshed by outbound traffic only.
+            let mut g = f;
+            g.state |= state::SEEN_INBOUND
+                | crate::outbound::tcp_state_bits(fh.tcp_flags, state::FIN_INBOUND);
+            g.expires = now.saturating_add(self.settings.timeouts.of(&g));
+            if let Some(s) = self.table.flows.get_mut(i) {
+                *s = g;
+            }
+            self.sweep.note_deadline(g.expires);
+        }
+    }
+
+    /// A session of protocol index `protocol` through a port forward from
+    /// `remote` to `external_port` (bound to `b`). `Ok(None)`: translate without one (the internal
+    /// 5-tuple is already taken by another flow).
+    fn create_inbound_flow(
+        &mut self,
+        protocol: u8,
+        remote: Endpoint,
+        external_port: u16,
+        b: &Binding,
+        now: u64,
+    ) -> Result<Option<usize>, DropReason> {
+        let key = FiveTuple {
+            protocol,
+            src_addr: b.internal_addr,
+            src_port: b.internal_port,
+            dst_addr: remote.addr,
+            dst_port: remote.port,
+        };
+        let hash = self.table.keys.hash(&key);
+        if self.table.flows.find(hash, |f| f.has_key(&key)).is_some() {
+            return Ok(None);
+        }
+        self.check_caps(b.internal_addr)?;
+        let f = Flow {
+            expires: now,
+            internal_addr: b.internal_addr,
+            original_addr: remote.addr,
+            remote_addr: remote.addr,
+            internal_port: b.internal_port,
+            external_port,
+            original_port: remote.port,
+            remote_port: remote.port,
+            protocol,
+            state: 0,
+        };
+        Ok(Some(self.insert_flow(f, hash)))
+    }
+
+    /// Looks up the flow of an external-side key. Every flow on an external
+    /// port has the internal endpoint of the port's binding, and (unless it
+    /// was redirected) the remote as its internal-side destination, so the
+    /// flow is found by its internal-side key: one table probe, no second
+    /// index. Returns the port's binding and the flow's position and value.
+    #[inline(always)]
+    pub(crate) fn find_inbound(
+        &self,
+        protocol: u8,
+        external_port: u16,
+        remote: Endpoint,
+    ) -> (Binding, Found) {
+        let b = self.ports.binding(protocol, external_port);
+        if b.used_by == PortUse::Free {
+            return (b, None);
+        }
+        let destination = if b.redirect {
+            let port = PortKey {
+                protocol,
+                port: external_port,
+            };
+            match self.ports.redirected.get(&port) {
+                Some(&d) => d,
+                None => return (b, None),
+            }
+        } else {
+            remote
+        };
+        let key = FiveTuple {
+            protocol,
+            src_addr: b.internal_addr,
+            src_port: b.internal_port,
+            dst_addr: destination.addr,
+            dst_port: destination.port,
+        };
+        let hash = self.table.keys.hash(&key);
+        // A flow on a port that is not a redirect's has its remote as its
+        // internal-side destination, so the internal key and the external
+        // port identify it; a redirected flow's remote is checked apart.
+        let found = self.table.flows.lookup(hash, |f| {
+            f.has_key(&key)
+                && f.external_port == external_port
+                && (!b.redirect || (f.remote_addr == remote.addr && f.remote_port == remote.port))
+        });
+        (b, found)
+    }
+}
+
+/// Translates an inbound packet to the internal endpoint of binding `b`
+/// without a flow.
+#[inline(always)]
+fn inbound_via_binding(p: &mut [u8], h: &Ipv4Header, fh: &FlowHeader, b: &Binding) {
+    let old = fh.tuple(h);
+    let new = FourTuple {
+        dst_addr: b.internal_addr,
+        dst_port: b.internal_port,
+        ..old
+    };
+    packet::rewrite(p, h, fh.transport, old, new);
+}

@@ -1,0 +1,136 @@
+//! The configuration, validated once and kept in the units the packet paths
+//! use: addresses as `u32`, timeouts in milliseconds.
+
+use crate::table::{Flow, PROTO_TCP, PROTO_UDP, state};
+use crate::{ConfigError, NatConfig};
+
+/// A validated [`NatConfig`] and what the packet paths derive from it.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    /// The configuration as given (for `Nat::config` and the caps).
+    pub(crate) config: NatConfig,
+    /// The internal network address (masked).
+    pub(crate) internal_net: u32,
+    /// The internal network mask.
+    pub(crate) internal_mask: u32,
+    /// The external address.
+    pub(crate) external_addr: u32,
+    /// Lowest and highest port of `NatConfig::port_range`.
+    pub(crate) port_range: (u16, u16),
+    /// Idle timeouts in milliseconds.
+    pub(crate) timeouts: TimeoutsMillis,
+}
+
+/// `crate::Timeouts` in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TimeoutsMillis {
+    pub(crate) udp: u64,
+    pub(crate) tcp_established: u64,
+    pub(crate) tcp_transitory: u64,
+    pub(crate) icmp: u64,
+    pub(crate) fragment: u64,
+}
+
+impl TimeoutsMillis {
+    /// The idle timeout of `f` in its current state.
+    #[inline(always)]
+    pub(crate) fn of(&self, f: &Flow) -> u64 {
+        match f.protocol {
+            PROTO_TCP => {
+                let both = state::SEEN_INBOUND | state::SEEN_OUTBOUND;
+                let closing = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST;
+                if f.state & both == both && f.state & closing == 0 {
+                    self.tcp_established
+                } else {
+                    self.tcp_transitory
+                }
+            }
+            PROTO_UDP => self.udp,
+            _ => self.icmp,
+        }
+    }
+}
+
+impl Settings {
+    /// Validates `config`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] names the first field out of range.
+    pub(crate) fn new(config: NatConfig) -> Result<Settings, ConfigError> {
+        let c = &config;
+        if c.internal_prefix_len > 32 {
+            return Err(ConfigError::Invalid(
+                "internal_prefix_len must be at most 32",
+            ));
+        }
+        let internal_mask = if c.internal_prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(c.internal_prefix_len))
+        };
+        let internal_net = u32::from(c.internal_net) & internal_mask;
+        let external_addr = u32::from(c.external_addr);
+        if external_addr & internal_mask == internal_net {
+            return Err(ConfigError::Invalid(
+                "external_addr is inside the internal network",
+            ));
+        }
+        let (lo, hi) = (*c.port_range.start(), *c.port_range.end());
+        if lo < 1024 || lo > hi {
+            return Err(ConfigError::Invalid(
+                "port_range must be a non-empty range within 1024..=65535",
+            ));
+        }
+        let ms = |d: core::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let t = &c.timeouts;
+        if [
+            t.udp,
+            t.tcp_established,
+            t.tcp_transitory,
+            t.icmp,
+            t.fragment,
+        ]
+        .iter()
+        .any(|d| d.is_zero())
+        {
+            return Err(ConfigError::Invalid("timeouts must be non-zero"));
+        }
+        if c.max_flows == 0 || c.max_flows >= u32::MAX as usize {
+            return Err(ConfigError::Invalid("max_flows must be in 1..u32::MAX"));
+        }
+        if c.max_held_fragments > 65_536
+            || c.max_held_bytes > 64 << 20
+            || (c.max_held_fragments == 0) != (c.max_held_bytes == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "max_held_fragments (at most 65536) and max_held_bytes (at most 64 MiB) must be both 0 or both non-zero",
+            ));
+        }
+        if c.max_flows_per_host == 0 {
+            return Err(ConfigError::Invalid(
+                "max_flows_per_host must be at least 1",
+            ));
+        }
+        let timeouts = TimeoutsMillis {
+            udp: ms(t.udp),
+            tcp_established: ms(t.tcp_established),
+            tcp_transitory: ms(t.tcp_transitory),
+            icmp: ms(t.icmp),
+            fragment: ms(t.fragment),
+        };
+        Ok(Settings {
+            internal_net,
+            internal_mask,
+            external_addr,
+            port_range: (lo, hi),
+            timeouts,
+            config,
+        })
+    }
+
+    /// Whether `addr` is in the internal network.
+    #[inline(always)]
+    pub(crate) fn is_internal(&self, addr: u32) -> bool {
+        addr & self.internal_mask == self.internal_net
+    }
+}
