@@ -211,6 +211,12 @@ fn ci() -> Result<()> {
 /// DESIGN.md's table: which crate must not depend on which.
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
+        "wire",
+        &[
+            "utun-sys", "utun", "nat", "bridge", "testbed", "hostnetd", "libc",
+        ],
+    ),
+    (
         "utun-sys",
         &["utun", "nat", "bridge", "testbed", "hostnetd"],
     ),
