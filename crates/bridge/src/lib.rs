@@ -129,6 +129,7 @@ mod wire;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
+pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError, checksum};
 pub use dataplane::{Dataplane, Notify};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
@@ -153,4 +154,3 @@ pub use runner::{Activation, Bridge, BridgeConfig, BridgeHandle, Interrupt, MAX_
 pub use rx::{RxOutcome, RxPath};
 pub use stats::{AtomicStats, BridgeStats, DropCause, Stats};
 pub use tx::{TxOutcome, TxPath};
-pub use wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError, checksum};

@@ -75,8 +75,12 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
     /// The bytes after the header.
     pub fn payload(&self) -> &[u8] {
-        let d = self.buffer.as_ref();
-        &d[HEADER_LEN.min(d.len())..]
+        &self.buffer.as_ref()[self.payload_range()]
+    }
+
+    fn payload_range(&self) -> core::ops::Range<usize> {
+        let len = self.buffer.as_ref().len();
+        crate::clamp(len, HEADER_LEN, len)
     }
 }
 
@@ -98,15 +102,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
 
     /// The bytes after the header, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let d = self.buffer.as_mut();
-        let start = HEADER_LEN.min(d.len());
-        &mut d[start..]
+        let r = self.payload_range();
+        &mut self.buffer.as_mut()[r]
     }
 }
 
 fn mac(b: &[u8]) -> MacAddr {
     MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]])
 }
+
+crate::borrowed_payload!(EthernetFrame);
 
 #[cfg(test)]
 mod tests {

@@ -119,8 +119,12 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
 
     /// The data after the header.
     pub fn payload(&self) -> &[u8] {
-        let d = self.buffer.as_ref();
-        &d[HEADER_LEN.min(d.len())..]
+        &self.buffer.as_ref()[self.payload_range()]
+    }
+
+    fn payload_range(&self) -> core::ops::Range<usize> {
+        let len = self.buffer.as_ref().len();
+        crate::clamp(len, HEADER_LEN, len)
     }
 
     /// Whether the checksum is valid over an IPv6 pseudo-header with these addresses (the
@@ -178,11 +182,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
 
     /// The data after the header, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let d = self.buffer.as_mut();
-        let start = HEADER_LEN.min(d.len());
-        &mut d[start..]
+        let r = self.payload_range();
+        &mut self.buffer.as_mut()[r]
     }
 }
+
+crate::borrowed_payload!(Icmpv6Packet);
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 
 use core::net::Ipv4Addr;
 
-use crate::{Error, checksum, clamped, clamped_mut, read_u16, read_u32, write_u16, write_u32};
+use crate::{Error, checksum, clamp, clamped, read_u16, read_u32, write_u16, write_u32};
 
 /// A view of an IPv4 packet: the header (options included) and the payload up to the total
 /// length.
@@ -179,8 +179,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The payload: after the header, up to the total length (clamped to the buffer).
     pub fn payload(&self) -> &[u8] {
-        let d = self.buffer.as_ref();
-        clamped(d, self.header_len(), usize::from(self.total_len()))
+        &self.buffer.as_ref()[self.payload_range()]
+    }
+
+    fn payload_range(&self) -> core::ops::Range<usize> {
+        let len = self.buffer.as_ref().len();
+        clamp(len, self.header_len(), usize::from(self.total_len()))
     }
 }
 
@@ -273,8 +277,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// The payload, writable: after the header, up to the total length (clamped to the
     /// buffer).
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (start, end) = (self.header_len(), usize::from(self.total_len()));
-        clamped_mut(self.buffer.as_mut(), start, end)
+        let r = self.payload_range();
+        &mut self.buffer.as_mut()[r]
     }
 
     fn set_flag(&mut self, flag: u16, value: bool) {
@@ -283,6 +287,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         write_u16(d, field::FLG_OFF, if value { v | flag } else { v & !flag });
     }
 }
+
+crate::borrowed_payload!(Ipv4Packet);
 
 #[cfg(test)]
 mod tests {
@@ -357,6 +363,27 @@ mod tests {
         assert!(!p.verify_checksum());
         p.fill_checksum();
         assert!(p.verify_checksum());
+    }
+
+    #[test]
+    fn borrowed_payload_outlives_the_view() {
+        let udp = {
+            let ip = Ipv4Packet::new_checked(&PACKET[..]).unwrap();
+            crate::UdpPacket::new_checked(ip.into_payload()).unwrap()
+        };
+        assert_eq!(udp.dst_port(), 53);
+        let mut b = PACKET;
+        let l4 = Ipv4Packet::new_checked(&mut b[..])
+            .unwrap()
+            .into_payload_mut();
+        crate::UdpPacket::new_checked(l4).unwrap().set_dst_port(54);
+        let ip = Ipv4Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(
+            crate::UdpPacket::new_checked(ip.into_payload())
+                .unwrap()
+                .dst_port(),
+            54
+        );
     }
 
     #[test]

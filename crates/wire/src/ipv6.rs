@@ -2,7 +2,7 @@
 
 use core::net::Ipv6Addr;
 
-use crate::{Error, clamped, clamped_mut, ip_proto, read_u16, read_u32, write_u16, write_u32};
+use crate::{Error, clamp, ip_proto, read_u16, read_u32, write_u16, write_u32};
 
 /// A view of an IPv6 packet: the fixed header and the payload up to the payload length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,8 +139,12 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// The payload: after the fixed header, up to the payload length (clamped to the buffer).
     pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[self.payload_range()]
+    }
+
+    fn payload_range(&self) -> core::ops::Range<usize> {
         let end = HEADER_LEN + usize::from(self.payload_len());
-        clamped(self.buffer.as_ref(), HEADER_LEN, end)
+        clamp(self.buffer.as_ref().len(), HEADER_LEN, end)
     }
 
     /// Finds the upper-layer header by skipping Hop-by-Hop, Routing, Destination Options and
@@ -242,8 +246,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     /// The payload, writable: after the fixed header, up to the payload length (clamped to
     /// the buffer).
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let end = HEADER_LEN + usize::from(self.payload_len());
-        clamped_mut(self.buffer.as_mut(), HEADER_LEN, end)
+        let r = self.payload_range();
+        &mut self.buffer.as_mut()[r]
     }
 }
 
@@ -252,6 +256,8 @@ fn addr(b: &[u8]) -> Ipv6Addr {
     o.copy_from_slice(b);
     Ipv6Addr::from(o)
 }
+
+crate::borrowed_payload!(Ipv6Packet);
 
 #[cfg(test)]
 mod tests {

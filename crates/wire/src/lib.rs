@@ -74,6 +74,31 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// `into_payload`/`into_payload_mut` for views over borrowed slices, from the view's private
+/// `payload_range`.
+macro_rules! borrowed_payload {
+    ($view:ident) => {
+        impl<'a> $view<&'a [u8]> {
+            /// The payload, as [`Self::payload`], borrowed for the buffer's lifetime rather
+            /// than the view's.
+            pub fn into_payload(self) -> &'a [u8] {
+                let r = self.payload_range();
+                &self.buffer[r]
+            }
+        }
+
+        impl<'a> $view<&'a mut [u8]> {
+            /// The payload, as `payload_mut`, borrowed for the buffer's lifetime rather than
+            /// the view's.
+            pub fn into_payload_mut(self) -> &'a mut [u8] {
+                let r = self.payload_range();
+                &mut self.buffer[r]
+            }
+        }
+    };
+}
+pub(crate) use borrowed_payload;
+
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
@@ -187,18 +212,17 @@ pub(crate) fn write_u32(data: &mut [u8], field: Field, value: u32) {
     data[field].copy_from_slice(&value.to_be_bytes());
 }
 
-/// `data[start..end]` with both ends clamped to the buffer (never panics).
+/// `start..end` with both ends clamped to `len` (indexing with it never panics).
 #[inline(always)]
-pub(crate) fn clamped(data: &[u8], start: usize, end: usize) -> &[u8] {
-    let end = end.min(data.len());
-    &data[start.min(end)..end]
+pub(crate) fn clamp(len: usize, start: usize, end: usize) -> core::ops::Range<usize> {
+    let end = end.min(len);
+    start.min(end)..end
 }
 
 /// `data[start..end]` with both ends clamped to the buffer (never panics).
 #[inline(always)]
-pub(crate) fn clamped_mut(data: &mut [u8], start: usize, end: usize) -> &mut [u8] {
-    let end = end.min(data.len());
-    &mut data[start.min(end)..end]
+pub(crate) fn clamped(data: &[u8], start: usize, end: usize) -> &[u8] {
+    &data[clamp(data.len(), start, end)]
 }
 
 #[cfg(test)]
@@ -222,6 +246,7 @@ mod tests {
 
     #[test]
     fn clamped_never_panics() {
+        assert_eq!(clamp(3, 5, 9), 3..3);
         let d = [1u8, 2, 3];
         assert_eq!(clamped(&d, 1, 2), &[2]);
         assert_eq!(clamped(&d, 2, 9), &[3]);

@@ -2,7 +2,7 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::{Error, checksum, clamped, ip_proto, read_u16, read_u32, write_u16, write_u32};
+use crate::{Error, checksum, clamp, clamped, ip_proto, read_u16, read_u32, write_u16, write_u32};
 
 /// FIN: no more data from the sender.
 pub const FIN: u8 = 0x01;
@@ -170,8 +170,12 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     /// The payload: the buffer after the header.
     pub fn payload(&self) -> &[u8] {
-        let d = self.buffer.as_ref();
-        clamped(d, self.header_len(), d.len())
+        &self.buffer.as_ref()[self.payload_range()]
+    }
+
+    fn payload_range(&self) -> core::ops::Range<usize> {
+        let len = self.buffer.as_ref().len();
+        clamp(len, self.header_len(), len)
     }
 
     /// Whether the checksum is valid over an IPv4 pseudo-header with these addresses (the
@@ -264,16 +268,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
 
     /// The options, writable (clamped to the buffer).
     pub fn options_mut(&mut self) -> &mut [u8] {
-        let end = self.header_len();
-        crate::clamped_mut(self.buffer.as_mut(), HEADER_LEN, end)
+        let r = clamp(self.buffer.as_ref().len(), HEADER_LEN, self.header_len());
+        &mut self.buffer.as_mut()[r]
     }
 
     /// The payload, writable: the buffer after the header.
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let start = self.header_len();
-        let d = self.buffer.as_mut();
-        let len = d.len();
-        crate::clamped_mut(d, start, len)
+        let r = self.payload_range();
+        &mut self.buffer.as_mut()[r]
     }
 
     fn fill(&mut self, pseudo: Option<u64>) {
@@ -284,6 +286,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         }
     }
 }
+
+crate::borrowed_payload!(TcpPacket);
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::{Error, checksum, clamped, clamped_mut, ip_proto, read_u16, write_u16};
+use crate::{Error, checksum, clamp, clamped, ip_proto, read_u16, write_u16};
 
 /// A view of a UDP datagram: header and payload up to the length field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +97,15 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
     /// The payload: after the header, up to the length field (clamped to the buffer).
     pub fn payload(&self) -> &[u8] {
-        clamped(self.buffer.as_ref(), HEADER_LEN, usize::from(self.len()))
+        &self.buffer.as_ref()[self.payload_range()]
+    }
+
+    fn payload_range(&self) -> core::ops::Range<usize> {
+        clamp(
+            self.buffer.as_ref().len(),
+            HEADER_LEN,
+            usize::from(self.len()),
+        )
     }
 
     /// Whether the checksum is valid over an IPv4 pseudo-header with these addresses. A zero
@@ -166,8 +174,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     /// The payload, writable: after the header, up to the length field (clamped to the
     /// buffer).
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let end = usize::from(self.len());
-        clamped_mut(self.buffer.as_mut(), HEADER_LEN, end)
+        let r = self.payload_range();
+        &mut self.buffer.as_mut()[r]
     }
 
     fn fill(&mut self, pseudo: u64) {
@@ -180,6 +188,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
         self.set_checksum(c);
     }
 }
+
+crate::borrowed_payload!(UdpPacket);
 
 #[cfg(test)]
 mod tests {
