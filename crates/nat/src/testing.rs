@@ -5,6 +5,8 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::PacketBuilder;
+use wire::checksum as inet;
+use wire::{Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4};
 
 use crate::{Instant, Nat, NatConfig, Verdict};
 
@@ -184,13 +186,13 @@ pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
         .map(|(i, part)| {
             let mut f = hdr.to_vec();
             f.extend_from_slice(part);
-            let total = (f.len() as u16).to_be_bytes();
-            f[2..4].copy_from_slice(&total);
-            let off = ((i * chunk / 8) as u16) | if i + 1 < n { 0x2000 } else { 0 };
-            f[6..8].copy_from_slice(&off.to_be_bytes());
-            f[10..12].copy_from_slice(&[0, 0]);
-            let c = !fold(sum(&f[..ihl]));
-            f[10..12].copy_from_slice(&c.to_be_bytes());
+            let total = f.len() as u16;
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[..]);
+            ip.set_total_len(total);
+            ip.set_dont_frag(false);
+            ip.set_more_frags(i + 1 < n);
+            ip.set_frag_offset((i * chunk) as u16);
+            ip.fill_checksum();
             f
         })
         .collect()
@@ -198,19 +200,17 @@ pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
 
 /// Recomputes the IPv4 header checksum of `packet` (after a test edited it).
 pub fn fix_ipv4_checksum(packet: &mut [u8]) {
-    let h = ihl(packet).min(packet.len());
-    if h < 20 {
+    if packet.len() < ipv4::HEADER_LEN || ihl(packet) < ipv4::HEADER_LEN {
         return;
     }
-    packet[10..12].copy_from_slice(&[0, 0]);
-    let c = !fold(sum(&packet[..h]));
-    packet[10..12].copy_from_slice(&c.to_be_bytes());
+    // The header is summed as far as the buffer goes.
+    Ipv4Packet::new_unchecked(packet).fill_checksum();
 }
 
 /// Sets the IPv4 identification field and fixes the header checksum.
 pub fn set_ip_id(packet: &mut [u8], id: u16) {
-    if let Some(f) = packet.get_mut(4..6) {
-        f.copy_from_slice(&id.to_be_bytes());
+    if packet.len() >= ipv4::HEADER_LEN {
+        Ipv4Packet::new_unchecked(&mut *packet).set_ident(id);
     }
     fix_ipv4_checksum(packet);
 }
@@ -260,10 +260,10 @@ pub fn transport_checksum_ok(packet: &[u8]) -> bool {
 /// folded pseudo-header sum, not complemented, as Linux does for
 /// CHECKSUM_PARTIAL. Returns `false` (packet unchanged) if it is not one.
 pub fn make_partial(packet: &mut [u8]) -> bool {
-    let (Some(off), Some(ps)) = (l4_checksum_offset(packet), pseudo_sum(packet)) else {
+    let (Some(proto), Some(ps)) = (whole_transport(packet), pseudo_sum(packet)) else {
         return false;
     };
-    packet[off..off + 2].copy_from_slice(&ps.to_be_bytes());
+    set_l4_field(packet, proto, ps);
     true
 }
 
@@ -271,33 +271,51 @@ pub fn make_partial(packet: &mut [u8]) -> bool {
 /// packet (addresses, protocol, transport length), not complemented: what
 /// the checksum field of a partial packet must hold (up to 0 ≡ 0xffff).
 pub fn pseudo_sum(packet: &[u8]) -> Option<u16> {
-    let h = ihl(packet);
-    let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-    let proto = *packet.get(9)?;
-    if !matches!(proto, 6 | 17) || total < h || total > packet.len() {
+    if packet.len() < ipv4::HEADER_LEN {
         return None;
     }
-    Some(fold(
-        sum(packet.get(12..20)?) + u64::from(proto) + (total - h) as u64,
-    ))
+    let ip = Ipv4Packet::new_unchecked(packet);
+    let (h, total, proto) = (ip.header_len(), ip.total_len(), ip.protocol());
+    if !matches!(proto, ip_proto::TCP | ip_proto::UDP)
+        || usize::from(total) < h
+        || usize::from(total) > packet.len()
+    {
+        return None;
+    }
+    let len = total - h as u16; // h <= total
+    Some(inet::fold(inet::pseudo_header_v4(
+        ip.src_addr(),
+        ip.dst_addr(),
+        proto,
+        len,
+    )))
 }
 
 /// The TCP/UDP checksum of a whole packet recomputed from scratch (the
 /// field's current value ignored); a UDP result of 0 is given as `0xffff`.
 pub fn recompute_l4_checksum(packet: &[u8]) -> Option<u16> {
-    let off = l4_checksum_offset(packet)?;
-    let h = ihl(packet);
-    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    let mut p = packet.get(..total)?.to_vec();
-    p[off..off + 2].copy_from_slice(&[0, 0]);
-    let c = !fold(u64::from(pseudo_sum(&p)?) + sum(&p[h..]));
-    Some(if c == 0 && p[9] == 17 { 0xffff } else { c })
+    let proto = whole_transport(packet)?;
+    let pseudo = u64::from(pseudo_sum(packet)?);
+    let mut p = packet.to_vec();
+    set_l4_field(&mut p, proto, 0);
+    let l4 = Ipv4Packet::new_unchecked(&p[..]).into_payload();
+    let c = inet::finish(inet::sum(l4, pseudo));
+    Some(if c == 0 && proto == ip_proto::UDP {
+        0xffff
+    } else {
+        c
+    })
 }
 
 /// The TCP/UDP checksum field of a packet.
 pub fn l4_checksum(packet: &[u8]) -> Option<u16> {
-    let off = l4_checksum_offset(packet)?;
-    Some(u16::from_be_bytes([packet[off], packet[off + 1]]))
+    let proto = whole_transport(packet)?;
+    let l4 = Ipv4Packet::new_unchecked(packet).into_payload();
+    Some(if proto == ip_proto::TCP {
+        TcpPacket::new_unchecked(l4).checksum()
+    } else {
+        UdpPacket::new_unchecked(l4).checksum()
+    })
 }
 
 /// Whether two checksum values are equal in one's complement (0 ≡ 0xffff).
@@ -410,16 +428,30 @@ pub fn shuffle<T>(v: &mut [T], state: &mut u64) {
     }
 }
 
-/// Offset of the TCP/UDP checksum field of a whole packet.
-fn l4_checksum_offset(p: &[u8]) -> Option<usize> {
-    let h = ihl(p);
-    let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
-    let (off, min) = match p.get(9)? {
-        6 => (16, 20),
-        17 => (6, 8),
+/// The protocol of a whole (unfragmented or not: only lengths are checked) TCP or UDP packet
+/// whose transport header fits in its total length.
+fn whole_transport(p: &[u8]) -> Option<u8> {
+    if p.len() < ipv4::HEADER_LEN {
+        return None;
+    }
+    let ip = Ipv4Packet::new_unchecked(p);
+    let (h, total) = (ip.header_len(), usize::from(ip.total_len()));
+    let min = match ip.protocol() {
+        ip_proto::TCP => wire::tcp::HEADER_LEN,
+        ip_proto::UDP => wire::udp::HEADER_LEN,
         _ => return None,
     };
-    (h >= 20 && total <= p.len() && total >= h + min).then_some(h + off)
+    (h >= ipv4::HEADER_LEN && total <= p.len() && total >= h + min).then_some(ip.protocol())
+}
+
+/// Writes the TCP or UDP checksum field of a packet [`whole_transport`] accepted.
+fn set_l4_field(p: &mut [u8], proto: u8, value: u16) {
+    let l4 = Ipv4Packet::new_unchecked(p).into_payload_mut();
+    if proto == ip_proto::TCP {
+        TcpPacket::new_unchecked(l4).set_checksum(value);
+    } else {
+        UdpPacket::new_unchecked(l4).set_checksum(value);
+    }
 }
 
 fn ihl(p: &[u8]) -> usize {
@@ -445,27 +477,17 @@ fn port(p: &[u8], which: usize) -> u16 {
     }
 }
 
-fn sum(b: &[u8]) -> u64 {
-    b.chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum()
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 fn check(p: &[u8], outer: bool) -> bool {
-    let h = ihl(p);
-    if p.len() < 20 || h < 20 || p.len() < h || fold(sum(&p[..h])) != 0xffff {
+    if p.len() < ipv4::HEADER_LEN {
         return false;
     }
-    let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
-    let frag = u16::from_be_bytes([p[6], p[7]]);
-    if frag & 0x3fff != 0 || total < h {
+    let ip = Ipv4Packet::new_unchecked(p);
+    let h = ip.header_len();
+    if h < ipv4::HEADER_LEN || p.len() < h || !ip.verify_checksum() {
+        return false;
+    }
+    let total = usize::from(ip.total_len()).min(p.len());
+    if ip.is_fragment() || total < h {
         // A fragment: only the header checksum can be checked alone.
         return true;
     }
@@ -476,15 +498,19 @@ fn check(p: &[u8], outer: bool) -> bool {
     if !transport_ok(p) {
         return false;
     }
-    if p[9] == 1 && matches!(p.get(h), Some(3 | 11 | 12)) {
-        let e = p.get(h + 8..).unwrap_or(&[]);
-        if e.len() >= 20 {
-            let eh = ihl(e);
-            if e.len() < eh || fold(sum(&e[..eh])) != 0xffff {
+    let error = ip.protocol() == ip_proto::ICMP
+        && matches!(
+            p.get(h),
+            Some(&(icmpv4::DEST_UNREACHABLE | icmpv4::TIME_EXCEEDED | icmpv4::PARAM_PROBLEM))
+        );
+    if error {
+        let e = p.get(h + icmpv4::HEADER_LEN..).unwrap_or(&[]);
+        if e.len() >= ipv4::HEADER_LEN {
+            let inner = Ipv4Packet::new_unchecked(e);
+            if e.len() < inner.header_len() || !inner.verify_checksum() {
                 return false;
             }
-            let etotal = usize::from(u16::from_be_bytes([e[2], e[3]]));
-            if etotal == e.len() && u16::from_be_bytes([e[6], e[7]]) & 0x3fff == 0 {
+            if usize::from(inner.total_len()) == e.len() && !inner.is_fragment() {
                 return transport_ok(e);
             }
         }
@@ -493,16 +519,29 @@ fn check(p: &[u8], outer: bool) -> bool {
 }
 
 fn transport_ok(p: &[u8]) -> bool {
-    let h = ihl(p);
-    if p.len() < 20 || h < 20 {
+    if p.len() < ipv4::HEADER_LEN {
+        return false;
+    }
+    let ip = Ipv4Packet::new_unchecked(p);
+    let h = ip.header_len();
+    if h < ipv4::HEADER_LEN {
         return false;
     }
     let Some(l4) = p.get(h..) else { return false };
-    let pseudo = |proto: u64| sum(&p[12..20]) + proto + l4.len() as u64;
-    match p.get(9) {
-        Some(6) => fold(pseudo(6) + sum(l4)) == 0xffff,
-        Some(17) => l4.get(6..8) == Some(&[0, 0]) || fold(pseudo(17) + sum(l4)) == 0xffff,
-        Some(1) => fold(sum(l4)) == 0xffff,
+    // The transport length is what follows the header (not the UDP length field).
+    let Ok(len) = u16::try_from(l4.len()) else {
+        return false;
+    };
+    let pseudo = |proto| inet::pseudo_header_v4(ip.src_addr(), ip.dst_addr(), proto, len);
+    let ok = |start| inet::fold(inet::sum(l4, start)) == 0xffff;
+    match ip.protocol() {
+        ip_proto::TCP => ok(pseudo(ip_proto::TCP)),
+        ip_proto::UDP => {
+            let none =
+                l4.len() >= wire::udp::HEADER_LEN && UdpPacket::new_unchecked(l4).checksum() == 0;
+            none || ok(pseudo(ip_proto::UDP))
+        }
+        ip_proto::ICMP => ok(0),
         _ => true,
     }
 }
