@@ -197,6 +197,12 @@ fn ci() -> Result<()> {
 /// docs/ARCHITECTURE.md's table: which crate must not depend on which.
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
+        "wire",
+        &[
+            "utun-sys", "utun", "nat", "bridge", "testbed", "hostnetd", "libc",
+        ],
+    ),
+    (
         "utun-sys",
         &["utun", "nat", "bridge", "testbed", "netns", "hostnetd"],
     ),

@@ -13,8 +13,9 @@ use crate::dhcp::{DhcpConfig, DhcpServer, prefix_mask};
 use crate::stats::DropCause;
 use crate::wire::{
     ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, MacAddr, build_udp_frame, checksum, write_eth,
+    IPPROTO_UDP, MacAddr, build_udp_frame, write_eth,
 };
+use ::wire::{ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, UdpPacket, arp, icmpv4};
 
 /// Configuration of the gateway services.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,14 +185,14 @@ impl Gateway {
         now: Instant,
         gso: bool,
     ) -> TxAction {
-        let Some(eth) = frame.get(..ETH_HLEN) else {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
             return TxAction::Drop(DropCause::Runt);
         };
-        let src_mac = mac_at(eth, 6);
+        let src_mac = eth.src_addr();
         if src_mac.is_multicast() {
             return TxAction::Drop(DropCause::SpoofedMac);
         }
-        match u16::from_be_bytes([eth[12], eth[13]]) {
+        match eth.ethertype() {
             ETHERTYPE_IPV4 if gso => match self.ipv4(frame, src_mac, reply, now, true) {
                 a @ (TxAction::Nat { .. } | TxAction::Drop(_)) => a,
                 // A super-frame the gateway would answer itself: not something a TCP stack
@@ -207,20 +208,16 @@ impl Gateway {
     }
 
     fn arp(&mut self, frame: &[u8], src_mac: MacAddr, reply: &mut [u8]) -> TxAction {
-        let Some(a) = frame.get(ETH_HLEN..ETH_HLEN + ARP_LEN) else {
+        // Truncated, or not Ethernet/IPv4 ARP.
+        let Ok(a) = ArpPacket::new_checked(frame.get(ETH_HLEN..).unwrap_or(&[])) else {
             return TxAction::Drop(DropCause::Malformed);
         };
-        if a[0..6] != [0, 1, 8, 0, 6, 4] {
-            return TxAction::Drop(DropCause::Malformed);
-        }
-        let op = u16::from_be_bytes([a[6], a[7]]);
-        let sha = mac_at(a, 8);
-        let spa = ip_at(a, 14);
-        let tpa = ip_at(a, 24);
+        let sha = a.sender_hardware_addr();
+        let spa = a.sender_protocol_addr();
         if sha != src_mac {
             return TxAction::Drop(DropCause::SpoofedMac);
         }
-        if op != 1 || tpa != self.cfg.gateway {
+        if a.operation() != arp::REQUEST || a.target_protocol_addr() != self.cfg.gateway {
             return TxAction::Drop(DropCause::ArpIgnored);
         }
         self.guest_mac = src_mac;
@@ -228,13 +225,13 @@ impl Gateway {
             return TxAction::Drop(DropCause::TooBig);
         };
         let _ = write_eth(out, sha, self.cfg.gateway_mac, ETHERTYPE_ARP);
-        let r = &mut out[ETH_HLEN..];
-        r[0..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
-        r[6..8].copy_from_slice(&2u16.to_be_bytes());
-        r[8..14].copy_from_slice(&self.cfg.gateway_mac.0);
-        r[14..18].copy_from_slice(&self.cfg.gateway.octets());
-        r[18..24].copy_from_slice(&sha.0);
-        r[24..28].copy_from_slice(&spa.octets());
+        let mut r = ArpPacket::new_unchecked(&mut out[ETH_HLEN..]);
+        r.set_ethernet_ipv4();
+        r.set_operation(arp::REPLY);
+        r.set_sender_hardware_addr(self.cfg.gateway_mac);
+        r.set_sender_protocol_addr(self.cfg.gateway);
+        r.set_target_hardware_addr(sha);
+        r.set_target_protocol_addr(spa);
         TxAction::Reply {
             len: ETH_HLEN + ARP_LEN,
         }
@@ -248,35 +245,24 @@ impl Gateway {
         now: Instant,
         gso: bool,
     ) -> TxAction {
-        let ip = frame.get(ETH_HLEN..).unwrap_or(&[]);
-        let Some(&vihl) = ip.first() else {
+        // Version, header length and total length checked against each other and the frame.
+        let Ok(ip) = Ipv4Packet::new_checked(frame.get(ETH_HLEN..).unwrap_or(&[])) else {
             return TxAction::Drop(DropCause::Malformed);
         };
-        let ihl = usize::from(vihl & 0x0f) * 4;
-        if vihl >> 4 != 4 || ihl < 20 || ip.len() < ihl {
-            return TxAction::Drop(DropCause::Malformed);
-        }
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        if total < ihl || total > ip.len() {
-            return TxAction::Drop(DropCause::Malformed);
-        }
+        let total = usize::from(ip.total_len());
         if total > usize::from(self.cfg.mtu) && !gso {
             return TxAction::Drop(DropCause::TooBig);
         }
-        let ip = &ip[..total];
-        let proto = ip[9];
-        let src = ip_at(ip, 12);
-        let dst = ip_at(ip, 16);
-        let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
-        let l4 = &ip[ihl..];
-        let ports = (frag == 0 && l4.len() >= 4).then(|| {
-            (
-                u16::from_be_bytes([l4[0], l4[1]]),
-                u16::from_be_bytes([l4[2], l4[3]]),
-            )
+        let (proto, src, dst) = (ip.protocol(), ip.src_addr(), ip.dst_addr());
+        let frag = ip.is_fragment();
+        let l4 = ip.into_payload();
+        // TCP and UDP both start with the two ports.
+        let ports = (!frag && l4.len() >= PORTS_LEN).then(|| {
+            let p = UdpPacket::new_unchecked(l4);
+            (p.src_port(), p.dst_port())
         });
         if proto == IPPROTO_UDP && ports == Some((68, 67)) {
-            return self.dhcp_message(ip, ihl, src_mac, reply, now);
+            return self.dhcp_message(l4, src_mac, reply, now);
         }
         if src_mac != self.guest_mac {
             return TxAction::Drop(DropCause::SpoofedMac);
@@ -285,12 +271,15 @@ impl Gateway {
             return TxAction::Drop(DropCause::SpoofedIp);
         }
         if dst == self.cfg.gateway {
-            if proto == IPPROTO_ICMP && frag == 0 && l4.first() == Some(&8) {
-                return self.echo_reply(frame, ETH_HLEN + total, ihl, reply);
+            // A short echo request is the echo reply's to refuse (as malformed).
+            let echo = !l4.is_empty()
+                && Icmpv4Packet::new_unchecked(l4).msg_type() == icmpv4::ECHO_REQUEST;
+            if proto == IPPROTO_ICMP && !frag && echo {
+                return self.echo_reply(frame, ETH_HLEN + total, reply);
             }
             let dns_port = match ports {
                 Some((_, dport)) => dport == 53,
-                None => frag != 0, // a fragment: the NAT matches it to its first fragment
+                None => frag, // a fragment: the NAT matches it to its first fragment
             };
             if self.cfg.dns && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) && dns_port {
                 return TxAction::Nat { len: total };
@@ -309,24 +298,22 @@ impl Gateway {
         TxAction::Nat { len: total }
     }
 
+    /// A DHCP message in `udp` (the IP payload; a UDP length beyond it is cut to it).
     fn dhcp_message(
         &mut self,
-        ip: &[u8],
-        ihl: usize,
+        udp: &[u8],
         src_mac: MacAddr,
         reply: &mut [u8],
         now: Instant,
     ) -> TxAction {
-        let udp = &ip[ihl..];
-        let Some(ulen) = udp
-            .get(4..6)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        else {
+        if udp.len() < ::wire::udp::HEADER_LEN {
             return TxAction::Drop(DropCause::Malformed);
-        };
-        let Some(payload) = udp.get(8..ulen.min(udp.len())) else {
+        }
+        let udp = UdpPacket::new_unchecked(udp);
+        if usize::from(udp.len()) < ::wire::udp::HEADER_LEN {
             return TxAction::Drop(DropCause::Malformed);
-        };
+        }
+        let payload = udp.payload();
         let Ok(msg) = dhcproto::v4::Message::from_bytes(payload) else {
             return TxAction::Drop(DropCause::Malformed);
         };
@@ -362,27 +349,33 @@ impl Gateway {
         }
     }
 
-    fn echo_reply(&self, frame: &[u8], len: usize, ihl: usize, reply: &mut [u8]) -> TxAction {
+    fn echo_reply(&self, frame: &[u8], len: usize, reply: &mut [u8]) -> TxAction {
         let (Some(src), Some(out)) = (frame.get(..len), reply.get_mut(..len)) else {
             return TxAction::Drop(DropCause::TooBig);
         };
-        let icmp_start = ETH_HLEN + ihl;
-        if len < icmp_start + 8 || checksum(&src[icmp_start..], 0) != 0 {
+        // `handle_with` checked the Ethernet and IPv4 headers of `frame`; `len` ends at the
+        // IPv4 total length.
+        let request = EthernetFrame::new_unchecked(src);
+        let ip = Ipv4Packet::new_unchecked(request.payload());
+        let valid = Icmpv4Packet::new_checked(ip.payload()).is_ok_and(|m| m.verify_checksum());
+        if !valid {
             return TxAction::Drop(DropCause::Malformed);
         }
         out.copy_from_slice(src);
-        let _ = write_eth(out, mac_at(src, 6), self.cfg.gateway_mac, ETHERTYPE_IPV4);
-        let (hdr, icmp) = out[ETH_HLEN..].split_at_mut(ihl);
-        hdr[12..16].copy_from_slice(&src[ETH_HLEN + 16..ETH_HLEN + 20]);
-        hdr[16..20].copy_from_slice(&src[ETH_HLEN + 12..ETH_HLEN + 16]);
-        hdr[8] = 64;
-        hdr[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum(hdr, 0);
-        hdr[10..12].copy_from_slice(&c.to_be_bytes());
-        icmp[0] = 0;
-        icmp[2..4].copy_from_slice(&[0, 0]);
-        let c = checksum(icmp, 0);
-        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let _ = write_eth(
+            out,
+            request.src_addr(),
+            self.cfg.gateway_mac,
+            ETHERTYPE_IPV4,
+        );
+        let mut hdr = Ipv4Packet::new_unchecked(&mut out[ETH_HLEN..]);
+        hdr.set_src_addr(ip.dst_addr());
+        hdr.set_dst_addr(ip.src_addr());
+        hdr.set_ttl(64);
+        hdr.fill_checksum();
+        let mut icmp = Icmpv4Packet::new_unchecked(hdr.payload_mut());
+        icmp.set_msg_type(icmpv4::ECHO_REPLY);
+        icmp.fill_checksum();
         TxAction::Reply { len }
     }
 }
@@ -395,14 +388,9 @@ fn mac_at(b: &[u8], off: usize) -> MacAddr {
     MacAddr(m)
 }
 
-fn ip_at(b: &[u8], off: usize) -> Ipv4Addr {
-    match b.get(off..off + 4) {
-        Some(s) => Ipv4Addr::new(s[0], s[1], s[2], s[3]),
-        None => Ipv4Addr::UNSPECIFIED,
-    }
-}
-
 /// Length of an Ethernet/IPv4 ARP message.
-const ARP_LEN: usize = 28;
+const ARP_LEN: usize = ::wire::arp::PACKET_LEN;
+/// The source and destination ports at the start of a TCP or UDP header.
+const PORTS_LEN: usize = 4;
 /// BOOTP messages are at least 300 bytes; some clients ignore shorter ones.
 const BOOTP_MIN_LEN: usize = 300;

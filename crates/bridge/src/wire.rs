@@ -1,119 +1,25 @@
-//! Small wire-format helpers: MAC addresses, Ethernet/IPv4/UDP header offsets, the Internet
-//! checksum, and builders for the frames the gateway sends itself.
+//! Wire-format helpers of the gateway: the names the rest of the crate uses for header
+//! lengths, EtherTypes and protocol numbers (all from the `wire` crate), and builders for the
+//! frames the gateway sends itself, written through `wire`'s checked views.
 
-use core::fmt;
 use core::net::Ipv4Addr;
-use core::str::FromStr;
 
-/// An Ethernet (EUI-48) address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
+use ::wire::checksum as inet;
+use ::wire::{EthernetFrame, Ipv4Packet, UdpPacket};
+pub use ::wire::{MacAddr, ParseMacError};
 
-impl MacAddr {
-    /// ff:ff:ff:ff:ff:ff.
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-
-    /// The six octets.
-    pub const fn octets(self) -> [u8; 6] {
-        self.0
-    }
-
-    /// Whether the group (multicast/broadcast) bit is set.
-    pub const fn is_multicast(self) -> bool {
-        self.0[0] & 1 == 1
-    }
-
-    /// Packs the address into the low 48 bits of a `u64` (for atomics).
-    pub const fn to_u64(self) -> u64 {
-        let o = self.0;
-        (o[0] as u64) << 40
-            | (o[1] as u64) << 32
-            | (o[2] as u64) << 24
-            | (o[3] as u64) << 16
-            | (o[4] as u64) << 8
-            | o[5] as u64
-    }
-
-    /// The inverse of [`MacAddr::to_u64`] (the high 16 bits are ignored).
-    pub const fn from_u64(v: u64) -> Self {
-        MacAddr([
-            (v >> 40) as u8,
-            (v >> 32) as u8,
-            (v >> 24) as u8,
-            (v >> 16) as u8,
-            (v >> 8) as u8,
-            v as u8,
-        ])
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            o[0], o[1], o[2], o[3], o[4], o[5]
-        )
-    }
-}
-
-/// The text is not six colon-separated hex octets.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid mac address {0:?}")]
-pub struct ParseMacError(pub String);
-
-impl FromStr for MacAddr {
-    type Err = ParseMacError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for o in &mut out {
-            let p = parts.next().ok_or_else(|| ParseMacError(s.to_owned()))?;
-            if p.is_empty() || p.len() > 2 {
-                return Err(ParseMacError(s.to_owned()));
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| ParseMacError(s.to_owned()))?;
-        }
-        if parts.next().is_some() {
-            return Err(ParseMacError(s.to_owned()));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-/// The Internet checksum (RFC 1071) of `data`, folded, starting from a partial `sum`.
+/// The Internet checksum (RFC 1071) of `data`, folded and complemented, starting from a
+/// partial one's-complement `sum` (`wire::checksum` with a 32-bit start).
 pub fn checksum(data: &[u8], sum: u32) -> u16 {
-    !fold(sum_words(data, sum))
-}
-
-pub(crate) fn sum_words(data: &[u8], mut sum: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
-        if sum > 0xffff_0000 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    if let [last] = chunks.remainder() {
-        sum = sum.wrapping_add(u32::from(*last) << 8);
-    }
-    sum
-}
-
-pub(crate) fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+    inet::finish(inet::sum(data, u64::from(sum)))
 }
 
 /// Writes an Ethernet header into `out[..14]`.
 pub(crate) fn write_eth(out: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u16) -> Option<()> {
-    let h = out.get_mut(..ETH_HLEN)?;
-    h[..6].copy_from_slice(&dst.0);
-    h[6..12].copy_from_slice(&src.0);
-    h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    let mut eth = EthernetFrame::new_checked(out).ok()?;
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
+    eth.set_ethertype(ethertype);
     Some(())
 }
 
@@ -135,17 +41,14 @@ pub(crate) fn build_udp_frame(
     let ip_len16 = u16::try_from(ip_len).ok()?;
     let frame = out.get_mut(..total)?;
     write_eth(frame, dst_mac, src_mac, ETHERTYPE_IPV4)?;
-    let (_, rest) = frame.split_at_mut(ETH_HLEN);
-    let (ip, udp) = rest.split_at_mut(IPV4_HLEN);
+    let ip = &mut frame[ETH_HLEN..];
     write_ipv4_header(ip, ip_len16, IPPROTO_UDP, src, dst);
-    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len16 - IPV4_HLEN as u16).to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
-    udp[8..].copy_from_slice(payload);
-    let csum = transport_checksum(src, dst, IPPROTO_UDP, udp);
-    let csum = if csum == 0 { 0xffff } else { csum };
-    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+    let mut udp = UdpPacket::new_unchecked(&mut ip[IPV4_HLEN..]);
+    udp.set_src_port(src_port);
+    udp.set_dst_port(dst_port);
+    udp.set_len(ip_len16 - IPV4_HLEN as u16);
+    udp.payload_mut().copy_from_slice(payload);
+    udp.fill_checksum_v4(src, dst);
     Some(total)
 }
 
@@ -157,67 +60,55 @@ pub(crate) fn write_ipv4_header(
     src: Ipv4Addr,
     dst: Ipv4Addr,
 ) {
-    if ip.len() < IPV4_HLEN {
+    let Some(header) = ip.get_mut(..IPV4_HLEN) else {
         return;
-    }
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
-    ip[4..6].copy_from_slice(&[0, 0]);
-    ip[6..8].copy_from_slice(&[0, 0]);
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let c = checksum(&ip[..IPV4_HLEN], 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
-/// The TCP/UDP checksum over the pseudo header and `segment` (its checksum field must be zero).
-pub(crate) fn transport_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
-    let mut sum = sum_words(&src.octets(), 0);
-    sum = sum_words(&dst.octets(), sum);
-    sum = sum.wrapping_add(u32::from(proto));
-    sum = sum.wrapping_add(segment.len() as u32 & 0xffff);
-    sum = sum.wrapping_add((segment.len() >> 16) as u32);
-    checksum(segment, sum)
+    };
+    let mut ip = Ipv4Packet::new_unchecked(header);
+    ip.set_version(4);
+    ip.set_header_len(IPV4_HLEN);
+    ip.set_dscp(0);
+    ip.set_ecn(0);
+    ip.set_total_len(total_len);
+    ip.set_ident(0);
+    ip.set_dont_frag(false);
+    ip.set_more_frags(false);
+    ip.set_frag_offset(0);
+    ip.set_ttl(64);
+    ip.set_protocol(proto);
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    ip.fill_checksum();
 }
 
 /// Ethernet header length.
-pub const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = ::wire::ethernet::HEADER_LEN;
 /// Minimum IPv4 header length.
-pub(crate) const IPV4_HLEN: usize = 20;
+pub(crate) const IPV4_HLEN: usize = ::wire::ipv4::HEADER_LEN;
 /// UDP header length.
-pub(crate) const UDP_HLEN: usize = 8;
+pub(crate) const UDP_HLEN: usize = ::wire::udp::HEADER_LEN;
 /// EtherType IPv4.
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV4: u16 = ::wire::ethertype::IPV4;
 /// EtherType ARP.
-pub(crate) const ETHERTYPE_ARP: u16 = 0x0806;
+pub(crate) const ETHERTYPE_ARP: u16 = ::wire::ethertype::ARP;
 /// EtherType IPv6.
-pub(crate) const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub(crate) const ETHERTYPE_IPV6: u16 = ::wire::ethertype::IPV6;
 /// IP protocol number of ICMP.
-pub(crate) const IPPROTO_ICMP: u8 = 1;
+pub(crate) const IPPROTO_ICMP: u8 = ::wire::ip_proto::ICMP;
 /// IP protocol number of TCP.
-pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_TCP: u8 = ::wire::ip_proto::TCP;
 /// IP protocol number of UDP.
-pub(crate) const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_UDP: u8 = ::wire::ip_proto::UDP;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn mac_parses_prints_and_packs() {
+    fn mac_addr_is_wires() {
         let m: MacAddr = "52:54:00:ab:cd:ef".parse().unwrap();
-        assert_eq!(m.0, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
-        assert_eq!(m.to_string(), "52:54:00:ab:cd:ef");
-        assert_eq!(MacAddr::from_u64(m.to_u64()), m);
-        assert!("52:54:00:ab:cd".parse::<MacAddr>().is_err());
-        assert!("52:54:00:ab:cd:ef:01".parse::<MacAddr>().is_err());
-        assert!("52:54:00:ab:cd:zz".parse::<MacAddr>().is_err());
-        assert!(MacAddr::BROADCAST.is_multicast());
-        assert!(!m.is_multicast());
+        assert_eq!(m, ::wire::MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef]));
+        let e: ParseMacError = "nope".parse::<MacAddr>().unwrap_err();
+        assert_eq!(e.to_string(), "invalid mac address \"nope\"");
     }
 
     #[test]

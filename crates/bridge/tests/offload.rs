@@ -12,9 +12,11 @@ use bridge::{
     Bridge, BridgeConfig, BridgeHandle, DropCause, Error, MemoryLink, OFFERED_FEATURES,
     OFFLOAD_FEATURES, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN, VirtioNetHdr, checksum,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use wire::checksum as inet;
+use wire::{EthernetFrame, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket, ip_proto};
 
 const HDR: usize = VIRTIO_NET_HDR_LEN;
 const ALL: u64 = OFFERED_FEATURES | OFFLOAD_FEATURES;
@@ -72,18 +74,16 @@ fn guest_recv(
     got.unwrap()
 }
 
-fn pseudo_sum(ip: &[u8]) -> u32 {
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let w = |i: usize| u32::from(u16::from_be_bytes([ip[i], ip[i + 1]]));
-    w(12) + w(14) + w(16) + w(18) + u32::from(ip[9]) + (total - ihl) as u32
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
+/// The folded pseudo-header sum of an IPv4 TCP/UDP packet (what a partial checksum holds).
+fn pseudo_sum(ip: &[u8]) -> u16 {
+    let p = Ipv4Packet::new_checked(ip).unwrap();
+    let len = p.total_len() - p.header_len() as u16;
+    inet::fold(inet::pseudo_header_v4(
+        p.src_addr(),
+        p.dst_addr(),
+        p.protocol(),
+        len,
+    ))
 }
 
 /// An IPv4 TCP or UDP packet from `src:sp` to `dst:dp` with `payload_len` bytes; its
@@ -97,69 +97,106 @@ fn l4_packet(
     payload_len: usize,
     partial: bool,
 ) -> Vec<u8> {
-    let l4h = if proto == 6 { 20 } else { 8 };
-    let total = 20 + l4h + payload_len;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-    p[6] = 0x40; // DF
-    p[8] = 64;
-    p[9] = proto;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let c = checksum(&p[..20], 0);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p[20..22].copy_from_slice(&sp.to_be_bytes());
-    p[22..24].copy_from_slice(&dp.to_be_bytes());
-    if proto == 6 {
-        p[24..28].copy_from_slice(&1000u32.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = 0x18; // PSH ACK
-        p[34..36].copy_from_slice(&65535u16.to_be_bytes());
+    let l4h = if proto == ip_proto::TCP {
+        wire::tcp::HEADER_LEN
     } else {
-        p[24..26].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        wire::udp::HEADER_LEN
+    };
+    let total = wire::ipv4::HEADER_LEN + l4h + payload_len;
+    let mut p = vec![0u8; total];
+    let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+    ip.set_version(4);
+    ip.set_header_len(wire::ipv4::HEADER_LEN);
+    ip.set_total_len(total as u16);
+    ip.set_ident(0x1234);
+    ip.set_dont_frag(true);
+    ip.set_ttl(64);
+    ip.set_protocol(proto);
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    ip.fill_checksum();
+    let l4 = ip.payload_mut();
+    if proto == ip_proto::TCP {
+        let mut t = TcpPacket::new_unchecked(&mut *l4);
+        t.set_src_port(sp);
+        t.set_dst_port(dp);
+        t.set_seq_number(1000);
+        t.set_header_len(wire::tcp::HEADER_LEN);
+        t.set_flags(wire::tcp::PSH | wire::tcp::ACK);
+        t.set_window_len(65535);
+    } else {
+        let mut u = UdpPacket::new_unchecked(&mut *l4);
+        u.set_src_port(sp);
+        u.set_dst_port(dp);
+        u.set_len((l4h + payload_len) as u16);
     }
-    for (i, b) in p[20 + l4h..].iter_mut().enumerate() {
+    for (i, b) in l4[l4h..].iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
-    let field = 20 + if proto == 6 { 16 } else { 6 };
-    let ps = fold(pseudo_sum(&p));
-    if partial {
-        p[field..field + 2].copy_from_slice(&ps.to_be_bytes());
+    let ps = pseudo_sum(&p);
+    let c = if partial {
+        ps
     } else {
-        let c = checksum(&p[20..], u32::from(ps));
-        p[field..field + 2].copy_from_slice(&c.to_be_bytes());
-    }
+        let l4 = Ipv4Packet::new_checked(&p[..]).unwrap().into_payload();
+        inet::finish(inet::sum(l4, u64::from(ps)))
+    };
+    set_l4_checksum(&mut p, c);
     p
 }
 
+/// Writes the TCP or UDP checksum field of an IPv4 packet.
+fn set_l4_checksum(ip: &mut [u8], c: u16) {
+    let mut p = Ipv4Packet::new_checked(ip).unwrap();
+    if p.protocol() == ip_proto::TCP {
+        TcpPacket::new_checked(p.payload_mut())
+            .unwrap()
+            .set_checksum(c);
+    } else {
+        UdpPacket::new_checked(p.payload_mut())
+            .unwrap()
+            .set_checksum(c);
+    }
+}
+
 fn eth(ip: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + ip.len());
-    f.extend_from_slice(&GATEWAY_MAC.0);
-    f.extend_from_slice(&GUEST_MAC.0);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(ip);
+    let mut f = vec![0u8; wire::ethernet::HEADER_LEN + ip.len()];
+    let mut e = EthernetFrame::new_unchecked(&mut f[..]);
+    e.set_dst_addr(GATEWAY_MAC);
+    e.set_src_addr(GUEST_MAC);
+    e.set_ethertype(wire::ethertype::IPV4);
+    e.payload_mut().copy_from_slice(ip);
     f
 }
 
 /// Completes a partial transport checksum the way a NIC (or the host kernel) would.
 fn complete(ip: &mut [u8], csum_start: usize, csum_offset: usize) {
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let c = checksum(&ip[csum_start..total], 0);
+    let total = usize::from(Ipv4Packet::new_checked(&*ip).unwrap().total_len());
+    let c = inet::checksum(&ip[csum_start..total]);
     ip[csum_start + csum_offset..csum_start + csum_offset + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Whether the transport checksum of `ip` is complete and right.
+/// Whether the IPv4 header checksum and the TCP/UDP checksum of `ip` are complete and right.
 fn l4_valid(ip: &[u8]) -> bool {
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    checksum(&ip[20..total], pseudo_sum(ip)) == 0 && checksum(&ip[..20], 0) == 0
+    let p = Ipv4Packet::new_checked(ip).unwrap();
+    let (src, dst) = (p.src_addr(), p.dst_addr());
+    p.verify_checksum()
+        && if p.protocol() == ip_proto::TCP {
+            TcpPacket::new_checked(p.payload())
+                .unwrap()
+                .verify_checksum_v4(src, dst)
+        } else {
+            UdpPacket::new_checked(p.payload())
+                .unwrap()
+                .verify_checksum_v4(src, dst)
+        }
 }
 
+/// Source address and port, destination address and port of an IPv4 TCP/UDP packet.
 fn addrs(ip: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
-    let a = |i: usize| Ipv4Addr::new(ip[i], ip[i + 1], ip[i + 2], ip[i + 3]);
-    let p = |i: usize| u16::from_be_bytes([ip[i], ip[i + 1]]);
-    (a(12), p(20), a(16), p(22))
+    let p = Ipv4Packet::new_checked(ip).unwrap();
+    // TCP and UDP share the port fields.
+    let u = UdpPacket::new_unchecked(p.payload());
+    (p.src_addr(), u.src_port(), p.dst_addr(), u.dst_port())
 }
 
 fn tso_hdr() -> VirtioNetHdr {
@@ -467,12 +504,21 @@ fn offload_requests_not_negotiated_or_out_of_bounds_are_counted_drops() {
         h.stats().bridge.drops_of(DropCause::Offload) == 4
     });
     // A partial checksum in an unusual place (ICMP) is completed in software and sent plain.
-    let mut icmp = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0];
-    icmp.extend_from_slice(&GUEST_IP.octets());
-    icmp.extend_from_slice(&SERVER.octets());
-    icmp.extend_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
-    let c = checksum(&icmp[..20], 0);
-    icmp[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut icmp = vec![0u8; wire::ipv4::HEADER_LEN + wire::icmpv4::HEADER_LEN];
+    let mut ip = Ipv4Packet::new_unchecked(&mut icmp[..]);
+    ip.set_version(4);
+    ip.set_header_len(wire::ipv4::HEADER_LEN);
+    ip.set_total_len(28);
+    ip.set_ident(1);
+    ip.set_ttl(64);
+    ip.set_protocol(ip_proto::ICMP);
+    ip.set_src_addr(GUEST_IP);
+    ip.set_dst_addr(SERVER);
+    ip.fill_checksum();
+    let mut echo = Icmpv4Packet::new_unchecked(ip.payload_mut());
+    echo.set_msg_type(wire::icmpv4::ECHO_REQUEST);
+    echo.set_echo_ident(0x1234);
+    echo.set_echo_seq_no(1);
     send(
         &mut net,
         &mem,
@@ -487,7 +533,13 @@ fn offload_requests_not_negotiated_or_out_of_bounds_are_counted_drops() {
     h.kick(1).unwrap();
     let out = host_recv(&host);
     assert_eq!(VirtioNetHdr::parse(&out), Some(VirtioNetHdr::default()));
-    assert_eq!(checksum(&out[HDR + 20..], 0), 0, "ICMP checksum completed");
+    let ip = Ipv4Packet::new_checked(&out[HDR..]).unwrap();
+    assert!(
+        Icmpv4Packet::new_checked(ip.payload())
+            .unwrap()
+            .verify_checksum(),
+        "ICMP checksum completed"
+    );
     let s = h.shutdown().unwrap();
     assert_eq!(s.bridge.to_host, 1);
     assert_eq!(s.bridge.tx_gso, 0);

@@ -5,9 +5,11 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::PacketBuilder;
+use wire::checksum as inet;
+use wire::{Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4};
 
 use crate::headers::ipv4::field as ip;
-use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
+use crate::headers::{icmp, ip_protocol, udp};
 use crate::{Instant, Nat, NatConfig, Verdict};
 
 /// A guest address inside the default internal network.
@@ -189,14 +191,13 @@ pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
         .map(|(i, part)| {
             let mut f = hdr.to_vec();
             f.extend_from_slice(part);
-            let total = (f.len() as u16).to_be_bytes();
-            f[ip::LENGTH].copy_from_slice(&total);
-            let more = if i + 1 < n { ipv4::MORE_FRAGMENTS } else { 0 };
-            let off = ((i * chunk / 8) as u16) | more;
-            f[ip::FLAGS_FRAGMENT].copy_from_slice(&off.to_be_bytes());
-            f[ip::CHECKSUM].copy_from_slice(&[0, 0]);
-            let c = !fold(sum(&f[..ihl]));
-            f[ip::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+            let total = f.len() as u16;
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[..]);
+            ip.set_total_len(total);
+            ip.set_dont_frag(false);
+            ip.set_more_frags(i + 1 < n);
+            ip.set_frag_offset((i * chunk) as u16);
+            ip.fill_checksum();
             f
         })
         .collect()
@@ -204,19 +205,17 @@ pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
 
 /// Recomputes the IPv4 header checksum of `packet` (after a test edited it).
 pub fn fix_ipv4_checksum(packet: &mut [u8]) {
-    let h = ihl(packet).min(packet.len());
-    if h < ipv4::MIN_HEADER_LEN {
+    if packet.len() < ipv4::HEADER_LEN || ihl(packet) < ipv4::HEADER_LEN {
         return;
     }
-    packet[ip::CHECKSUM].copy_from_slice(&[0, 0]);
-    let c = !fold(sum(&packet[..h]));
-    packet[ip::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    // The header is summed as far as the buffer goes.
+    Ipv4Packet::new_unchecked(packet).fill_checksum();
 }
 
 /// Sets the IPv4 identification field and fixes the header checksum.
 pub fn set_ip_id(packet: &mut [u8], id: u16) {
-    if let Some(f) = packet.get_mut(ip::IDENT) {
-        f.copy_from_slice(&id.to_be_bytes());
+    if packet.len() >= ipv4::HEADER_LEN {
+        Ipv4Packet::new_unchecked(&mut *packet).set_ident(id);
     }
     fix_ipv4_checksum(packet);
 }
@@ -276,10 +275,10 @@ pub fn transport_checksum_ok(packet: &[u8]) -> bool {
 /// folded pseudo-header sum, not complemented, as Linux does for
 /// CHECKSUM_PARTIAL. Returns `false` (packet unchanged) if it is not one.
 pub fn make_partial(packet: &mut [u8]) -> bool {
-    let (Some(off), Some(ps)) = (l4_checksum_offset(packet), pseudo_sum(packet)) else {
+    let (Some(proto), Some(ps)) = (whole_transport(packet), pseudo_sum(packet)) else {
         return false;
     };
-    packet[off..off + 2].copy_from_slice(&ps.to_be_bytes());
+    set_l4_field(packet, proto, ps);
     true
 }
 
@@ -287,33 +286,51 @@ pub fn make_partial(packet: &mut [u8]) -> bool {
 /// packet (addresses, protocol, transport length), not complemented: what
 /// the checksum field of a partial packet must hold (up to 0 ≡ 0xffff).
 pub fn pseudo_sum(packet: &[u8]) -> Option<u16> {
-    let h = ihl(packet);
-    let total = usize::from(be16(packet.get(ip::LENGTH)?));
-    let proto = *packet.get(ip::PROTOCOL)?;
-    if !matches!(proto, ip_protocol::TCP | ip_protocol::UDP) || total < h || total > packet.len() {
+    if packet.len() < ipv4::HEADER_LEN {
         return None;
     }
-    let addrs = packet.get(ip::SRC_ADDR.start..ip::DST_ADDR.end)?;
-    Some(fold(sum(addrs) + u64::from(proto) + (total - h) as u64))
+    let ip = Ipv4Packet::new_unchecked(packet);
+    let (h, total, proto) = (ip.header_len(), ip.total_len(), ip.protocol());
+    if !matches!(proto, ip_proto::TCP | ip_proto::UDP)
+        || usize::from(total) < h
+        || usize::from(total) > packet.len()
+    {
+        return None;
+    }
+    let len = total - h as u16; // h <= total
+    Some(inet::fold(inet::pseudo_header_v4(
+        ip.src_addr(),
+        ip.dst_addr(),
+        proto,
+        len,
+    )))
 }
 
 /// The TCP/UDP checksum of a whole packet recomputed from scratch (the
 /// field's current value ignored); a UDP result of 0 is given as `0xffff`.
 pub fn recompute_l4_checksum(packet: &[u8]) -> Option<u16> {
-    let off = l4_checksum_offset(packet)?;
-    let h = ihl(packet);
-    let total = usize::from(be16(&packet[ip::LENGTH]));
-    let mut p = packet.get(..total)?.to_vec();
-    p[off..off + 2].copy_from_slice(&[0, 0]);
-    let c = !fold(u64::from(pseudo_sum(&p)?) + sum(&p[h..]));
-    let udp = p[ip::PROTOCOL] == ip_protocol::UDP;
-    Some(if c == 0 && udp { 0xffff } else { c })
+    let proto = whole_transport(packet)?;
+    let pseudo = u64::from(pseudo_sum(packet)?);
+    let mut p = packet.to_vec();
+    set_l4_field(&mut p, proto, 0);
+    let l4 = Ipv4Packet::new_unchecked(&p[..]).into_payload();
+    let c = inet::finish(inet::sum(l4, pseudo));
+    Some(if c == 0 && proto == ip_proto::UDP {
+        0xffff
+    } else {
+        c
+    })
 }
 
 /// The TCP/UDP checksum field of a packet.
 pub fn l4_checksum(packet: &[u8]) -> Option<u16> {
-    let off = l4_checksum_offset(packet)?;
-    Some(u16::from_be_bytes([packet[off], packet[off + 1]]))
+    let proto = whole_transport(packet)?;
+    let l4 = Ipv4Packet::new_unchecked(packet).into_payload();
+    Some(if proto == ip_proto::TCP {
+        TcpPacket::new_unchecked(l4).checksum()
+    } else {
+        UdpPacket::new_unchecked(l4).checksum()
+    })
 }
 
 /// Whether two checksum values are equal in one's complement (0 ≡ 0xffff).
@@ -426,22 +443,36 @@ pub fn shuffle<T>(v: &mut [T], state: &mut u64) {
     }
 }
 
-/// Offset of the TCP/UDP checksum field of a whole packet.
-fn l4_checksum_offset(p: &[u8]) -> Option<usize> {
-    let h = ihl(p);
-    let total = usize::from(be16(p.get(ip::LENGTH)?));
-    let (off, min) = match *p.get(ip::PROTOCOL)? {
-        ip_protocol::TCP => (tcp::field::CHECKSUM.start, tcp::MIN_HEADER_LEN),
-        ip_protocol::UDP => (udp::field::CHECKSUM.start, udp::HEADER_LEN),
+/// The protocol of a whole (unfragmented or not: only lengths are checked) TCP or UDP packet
+/// whose transport header fits in its total length.
+fn whole_transport(p: &[u8]) -> Option<u8> {
+    if p.len() < ipv4::HEADER_LEN {
+        return None;
+    }
+    let ip = Ipv4Packet::new_unchecked(p);
+    let (h, total) = (ip.header_len(), usize::from(ip.total_len()));
+    let min = match ip.protocol() {
+        ip_proto::TCP => wire::tcp::HEADER_LEN,
+        ip_proto::UDP => wire::udp::HEADER_LEN,
         _ => return None,
     };
-    (h >= ipv4::MIN_HEADER_LEN && total <= p.len() && total >= h + min).then_some(h + off)
+    (h >= ipv4::HEADER_LEN && total <= p.len() && total >= h + min).then_some(ip.protocol())
+}
+
+/// Writes the TCP or UDP checksum field of a packet [`whole_transport`] accepted.
+fn set_l4_field(p: &mut [u8], proto: u8, value: u16) {
+    let l4 = Ipv4Packet::new_unchecked(p).into_payload_mut();
+    if proto == ip_proto::TCP {
+        TcpPacket::new_unchecked(l4).set_checksum(value);
+    } else {
+        UdpPacket::new_unchecked(l4).set_checksum(value);
+    }
 }
 
 /// The IPv4 header length of `p` (20 if `p` is empty).
 fn ihl(p: &[u8]) -> usize {
     p.get(ip::VERSION_IHL)
-        .map_or(ipv4::MIN_HEADER_LEN, |&b| usize::from(b & 0xf) * 4)
+        .map_or(ipv4::HEADER_LEN, |&b| usize::from(b & 0xf) * 4)
 }
 
 /// A big-endian u16 (0 unless `b` is 2 bytes).
@@ -469,28 +500,17 @@ fn port(p: &[u8], field: core::ops::Range<usize>) -> u16 {
     p.get(l4 + field.start..l4 + field.end).map_or(0, be16)
 }
 
-fn sum(b: &[u8]) -> u64 {
-    b.chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum()
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 fn check(p: &[u8], outer: bool) -> bool {
-    let h = ihl(p);
-    let min = ipv4::MIN_HEADER_LEN;
-    if p.len() < min || h < min || p.len() < h || fold(sum(&p[..h])) != 0xffff {
+    if p.len() < ipv4::HEADER_LEN {
         return false;
     }
-    let total = usize::from(be16(&p[ip::LENGTH])).min(p.len());
-    let frag = be16(&p[ip::FLAGS_FRAGMENT]);
-    if frag & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) != 0 || total < h {
+    let ip = Ipv4Packet::new_unchecked(p);
+    let h = ip.header_len();
+    if h < ipv4::HEADER_LEN || p.len() < h || !ip.verify_checksum() {
+        return false;
+    }
+    let total = usize::from(ip.total_len()).min(p.len());
+    if ip.is_fragment() || total < h {
         // A fragment: only the header checksum can be checked alone.
         return true;
     }
@@ -501,21 +521,19 @@ fn check(p: &[u8], outer: bool) -> bool {
     if !transport_ok(p) {
         return false;
     }
-    let error = matches!(
-        p.get(h + icmp::field::TYPE),
-        Some(&(icmp::DESTINATION_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM))
-    );
-    if p[ip::PROTOCOL] == ip_protocol::ICMP && error {
-        let e = p.get(h + icmp::field::ERROR_QUOTE..).unwrap_or(&[]);
-        if e.len() >= ipv4::MIN_HEADER_LEN {
-            let eh = ihl(e);
-            if e.len() < eh || fold(sum(&e[..eh])) != 0xffff {
+    let error = ip.protocol() == ip_proto::ICMP
+        && matches!(
+            p.get(h),
+            Some(&(icmpv4::DEST_UNREACHABLE | icmpv4::TIME_EXCEEDED | icmpv4::PARAM_PROBLEM))
+        );
+    if error {
+        let e = p.get(h + icmpv4::HEADER_LEN..).unwrap_or(&[]);
+        if e.len() >= ipv4::HEADER_LEN {
+            let inner = Ipv4Packet::new_unchecked(e);
+            if e.len() < inner.header_len() || !inner.verify_checksum() {
                 return false;
             }
-            let etotal = usize::from(be16(&e[ip::LENGTH]));
-            let whole =
-                be16(&e[ip::FLAGS_FRAGMENT]) & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) == 0;
-            if etotal == e.len() && whole {
+            if usize::from(inner.total_len()) == e.len() && !inner.is_fragment() {
                 return transport_ok(e);
             }
         }
@@ -524,20 +542,29 @@ fn check(p: &[u8], outer: bool) -> bool {
 }
 
 fn transport_ok(p: &[u8]) -> bool {
-    let h = ihl(p);
-    if p.len() < ipv4::MIN_HEADER_LEN || h < ipv4::MIN_HEADER_LEN {
+    if p.len() < ipv4::HEADER_LEN {
+        return false;
+    }
+    let ip = Ipv4Packet::new_unchecked(p);
+    let h = ip.header_len();
+    if h < ipv4::HEADER_LEN {
         return false;
     }
     let Some(l4) = p.get(h..) else { return false };
-    let addrs = &p[ip::SRC_ADDR.start..ip::DST_ADDR.end];
-    let pseudo = |proto: u8| sum(addrs) + u64::from(proto) + l4.len() as u64;
-    match p.get(ip::PROTOCOL).copied() {
-        Some(ip_protocol::TCP) => fold(pseudo(ip_protocol::TCP) + sum(l4)) == 0xffff,
-        Some(ip_protocol::UDP) => {
-            l4.get(udp::field::CHECKSUM) == Some(&[0, 0])
-                || fold(pseudo(ip_protocol::UDP) + sum(l4)) == 0xffff
+    // The transport length is what follows the header (not the UDP length field).
+    let Ok(len) = u16::try_from(l4.len()) else {
+        return false;
+    };
+    let pseudo = |proto| inet::pseudo_header_v4(ip.src_addr(), ip.dst_addr(), proto, len);
+    let ok = |start| inet::fold(inet::sum(l4, start)) == 0xffff;
+    match ip.protocol() {
+        ip_proto::TCP => ok(pseudo(ip_proto::TCP)),
+        ip_proto::UDP => {
+            let none =
+                l4.len() >= wire::udp::HEADER_LEN && UdpPacket::new_unchecked(l4).checksum() == 0;
+            none || ok(pseudo(ip_proto::UDP))
         }
-        Some(ip_protocol::ICMP) => fold(sum(l4)) == 0xffff,
+        ip_proto::ICMP => ok(0),
         _ => true,
     }
 }

@@ -1523,18 +1523,14 @@ fn partial_udp_checksum_zero_is_updated_not_kept() {
     let mut nat = testing::nat();
     let mut p = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"q");
     let before = testing::pseudo_sum(&p).unwrap();
-    p[26..28].copy_from_slice(&[0, 0]);
+    set_udp_checksum(&mut p, 0);
     assert_eq!(
         nat.outbound_with(&mut p, T0, L4Checksum::Partial),
         Verdict::Forward
     );
     // P' = 0 - pseudo(before) + pseudo(after), not 0.
     let after = testing::pseudo_sum(&p).unwrap();
-    let want = {
-        let s = u32::from(!before) + u32::from(after);
-        let s = (s & 0xffff) + (s >> 16);
-        ((s & 0xffff) + (s >> 16)) as u16
-    };
+    let want = wire::checksum::fold(u64::from(!before) + u64::from(after));
     let got = testing::l4_checksum(&p).unwrap();
     assert_ne!(got, 0);
     assert!(
@@ -1543,12 +1539,20 @@ fn partial_udp_checksum_zero_is_updated_not_kept() {
     );
     // The same packet as Complete keeps its zero checksum.
     let mut c = testing::udp(sa(GUEST, 5001), sa(SERVER, 53), b"q");
-    c[26..28].copy_from_slice(&[0, 0]);
+    set_udp_checksum(&mut c, 0);
     assert_eq!(
         nat.outbound_with(&mut c, T0, L4Checksum::Complete),
         Verdict::Forward
     );
-    assert_eq!(&c[26..28], &[0, 0]);
+    assert_eq!(testing::l4_checksum(&c), Some(0));
+}
+
+/// Writes the UDP checksum field of an IPv4 UDP packet.
+fn set_udp_checksum(p: &mut [u8], value: u16) {
+    let l4 = wire::Ipv4Packet::new_checked(p).unwrap().into_payload_mut();
+    wire::UdpPacket::new_checked(l4)
+        .unwrap()
+        .set_checksum(value);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Helpers for the privileged tests: (Linux) a network namespace per test, bounded reads,
-//! and checksum checks written independently of the code under test.
+//! and checksum checks (with the `wire` crate, which utun does not use).
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
@@ -8,6 +8,7 @@ use std::{
 };
 
 use utun::Tun;
+use wire::{Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, ip_proto};
 
 /// A fresh network namespace `hostnet-utun-<pid>-<n>` (crate `netns`), deleted on drop (also
 /// when the test fails).
@@ -43,54 +44,38 @@ pub fn recv_until(
     ))
 }
 
-/// The one's-complement sum of `data` folded to 16 bits (RFC 1071), starting from `init`.
-pub fn ones_sum(init: u32, data: &[u8]) -> u16 {
-    let mut sum = init;
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from(chunk[0]) << 8
-        };
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-/// Whether an IPv4 packet's header checksum and its ICMP/UDP/TCP checksum are valid.
+/// Whether an IPv4 packet's header checksum and its ICMP/UDP/TCP checksum are valid (a zero
+/// UDP checksum, none sent, counts as valid).
 pub fn ipv4_checksums_ok(p: &[u8]) -> bool {
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
-    if ones_sum(0, &p[..ihl]) != 0xffff {
+    let Ok(ip) = Ipv4Packet::new_checked(p) else {
         return false;
-    }
-    let l4 = &p[ihl..total];
-    match p[9] {
-        1 => ones_sum(0, l4) == 0xffff,
-        6 | 17 => {
-            if p[9] == 17 && l4[6] == 0 && l4[7] == 0 {
-                return true; // no UDP checksum
+    };
+    let (src, dst, l4) = (ip.src_addr(), ip.dst_addr(), ip.payload());
+    ip.verify_checksum()
+        && match ip.protocol() {
+            ip_proto::ICMP => Icmpv4Packet::new_checked(l4).is_ok_and(|m| m.verify_checksum()),
+            ip_proto::TCP => {
+                TcpPacket::new_checked(l4).is_ok_and(|t| t.verify_checksum_v4(src, dst))
             }
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&p[12..20]);
-            pseudo.extend_from_slice(&[0, p[9]]);
-            pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            ones_sum(u32::from(ones_sum(0, &pseudo)), l4) == 0xffff
+            ip_proto::UDP => {
+                UdpPacket::new_checked(l4).is_ok_and(|u| u.verify_checksum_v4(src, dst))
+            }
+            _ => true,
         }
-        _ => true,
-    }
 }
 
-/// Whether an IPv6 packet's ICMPv6/UDP checksum (no extension headers) is valid.
+/// Whether an IPv6 packet's ICMPv6/UDP/TCP checksum (no extension headers) is valid.
 pub fn ipv6_checksum_ok(p: &[u8]) -> bool {
-    let len = usize::from(u16::from_be_bytes([p[4], p[5]]));
-    let l4 = &p[40..40 + len];
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&p[8..40]);
-    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, p[6]]);
-    ones_sum(u32::from(ones_sum(0, &pseudo)), l4) == 0xffff
+    let Ok(ip) = Ipv6Packet::new_checked(p) else {
+        return false;
+    };
+    let (src, dst, l4) = (ip.src_addr(), ip.dst_addr(), ip.payload());
+    match ip.next_header() {
+        ip_proto::ICMPV6 => {
+            Icmpv6Packet::new_checked(l4).is_ok_and(|m| m.verify_checksum(src, dst))
+        }
+        ip_proto::UDP => UdpPacket::new_checked(l4).is_ok_and(|u| u.verify_checksum_v6(src, dst)),
+        ip_proto::TCP => TcpPacket::new_checked(l4).is_ok_and(|t| t.verify_checksum_v6(src, dst)),
+        _ => false,
+    }
 }
