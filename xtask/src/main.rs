@@ -178,12 +178,12 @@ fn ci() -> Result<()> {
             ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
-    run(
-        "cargo bench --no-run",
-        cargo().args(["bench", "--workspace", "--no-run", "--locked"]),
-    )?;
-    // The end-to-end bench, short, so that it cannot rot (needs root for namespaces; without
-    // root it runs the micro benches only and says so).
+    // The benches are built and run once, short, so that they cannot rot: `bench --quick`
+    // compiles every criterion bench of `hostnet-benches` (the workspace's only bench target;
+    // library crates set `bench = false`) and runs the end-to-end part (needs root for
+    // namespaces; without root it runs the micro benches only and says so). A separate
+    // `cargo bench --workspace --no-run` would build the same benches a second time with
+    // other features unified (minutes of CI).
     bench::run(&["--quick".to_owned()])?;
     fuzz(Some("20"))?;
     test(&[])?;

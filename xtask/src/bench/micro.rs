@@ -1,4 +1,4 @@
-//! The criterion benches (`hostnet-benches`: `nat` and `bridge`) and their medians, read from
+//! The criterion benches (`hostnet-benches`: `nat`, `bridge` and `wire`) and their medians, read from
 //! `target/criterion/**/new/{estimates,benchmark}.json`.
 
 use std::path::Path;
@@ -12,7 +12,7 @@ use super::report::Micro;
 /// Runs both benches (short settings when `quick`) and collects what they wrote.
 pub(super) fn run(quick: bool) -> Result<Vec<Micro>> {
     let started = SystemTime::now();
-    eprintln!("bench: micro: cargo bench -p hostnet-benches --bench nat --bench bridge");
+    eprintln!("bench: micro: cargo bench -p hostnet-benches --bench nat --bench bridge --bench wire");
     let mut cmd = crate::cargo();
     cmd.args(["bench", "-p", "hostnet-benches"]);
     for bench in BENCHES {
@@ -101,4 +101,4 @@ fn read_one(dir: &Path, since: SystemTime) -> Result<Micro> {
     })
 }
 
-const BENCHES: &[&str] = &["nat", "bridge"];
+const BENCHES: &[&str] = &["nat", "bridge", "wire"];
