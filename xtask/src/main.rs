@@ -27,6 +27,7 @@ fn main() {
         Some("guest-image") => guest::run(&args[1..]),
         Some("ci") => ci(),
         Some("deps") => deps(),
+        Some("features") => features(),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
         Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
@@ -44,10 +45,11 @@ fn main() {
 const USAGE: &str = "usage: cargo xtask <command>
   demo           a simulated guest gets a DHCP lease and reaches a server through hostnet (needs root)
   test           run every test (privileged ones too when this process can create network namespaces)
-  ci             fmt, clippy (host, aarch64-apple-darwin, x86_64-apple-darwin), test, doc, deps, fuzz smoke, bench build
+  ci             fmt, clippy (host, aarch64-apple-darwin, x86_64-apple-darwin), deps, features, doc, benches (--quick), fuzz smoke, test
   guest-image    build (or reuse) the real Linux guest used by the QEMU tests, under target/guest/
   bench [--quick]  hostnet against the kernel, pasta and slirp4netns (tables, JSON and SVG under target/bench/)
   deps           check the dependency direction of docs/ARCHITECTURE.md
+  features       check each library crate alone with each of its features
   fuzz [SECS]    run each fuzz target for SECS seconds (default 30; needs the nightly toolchain and cargo-fuzz)";
 
 /// The Apple targets the macOS code is type-checked for.
@@ -166,6 +168,7 @@ fn ci() -> Result<()> {
         )?;
     }
     deps()?;
+    features()?;
     run(
         "cargo doc",
         cargo()
@@ -193,6 +196,35 @@ fn ci() -> Result<()> {
     );
     Ok(())
 }
+
+/// Each library crate alone, with no default features and then with each feature on its own
+/// (what `cargo hack check --each-feature --no-dev-deps` does): embedders take our crates one at
+/// a time, so no crate may lean on another's features being unified in.
+fn features() -> Result<()> {
+    for (krate, features) in FEATURES {
+        for feature in std::iter::once("").chain(features.iter().copied()) {
+            let mut cmd = cargo();
+            cmd.args(["check", "--locked", "-p", krate, "--no-default-features"]);
+            if !feature.is_empty() {
+                cmd.args(["--features", feature]);
+            }
+            run(
+                &format!("check -p {krate} --features [{feature}]"),
+                &mut cmd,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The library crates and their features (checked one at a time by `features`).
+const FEATURES: &[(&str, &[&str])] = &[
+    ("wire", &[]),
+    ("utun-sys", &[]),
+    ("utun", &[]),
+    ("nat", &["tracing", "test-utils"]),
+    ("bridge", &["utun", "driver", "test-utils"]),
+];
 
 /// docs/ARCHITECTURE.md's table: which crate must not depend on which.
 const FORBIDDEN: &[(&str, &[&str])] = &[

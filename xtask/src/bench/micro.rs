@@ -12,7 +12,9 @@ use super::report::Micro;
 /// Runs both benches (short settings when `quick`) and collects what they wrote.
 pub(super) fn run(quick: bool) -> Result<Vec<Micro>> {
     let started = SystemTime::now();
-    eprintln!("bench: micro: cargo bench -p hostnet-benches --bench nat --bench bridge --bench wire");
+    eprintln!(
+        "bench: micro: cargo bench -p hostnet-benches --bench nat --bench bridge --bench wire"
+    );
     let mut cmd = crate::cargo();
     cmd.args(["bench", "-p", "hostnet-benches"]);
     for bench in BENCHES {
