@@ -64,7 +64,7 @@ pub enum Threads {
     /// `one`: one thread (`lab-loop`) polls the TAP and the TUN and runs the guest's driver
     /// and the device core ([`bridge::DeviceCore`]) with plain function calls.
     One,
-    /// `pipeline`: the guest's TX and RX driver threads and the bridge's threaded runner
+    /// `pipeline`: the guest's TX and RX driver threads and the bridge's threaded driver (two threads)
     /// (`bridge-tx`, `bridge-rx`; TX kicks and RX interrupts served inline when idle).
     Pipeline,
 }
@@ -296,7 +296,7 @@ OPTIONS:
                              TUN pass 64 KiB TCP super-frames with virtio-net headers)
     --threads <one|pipeline> one (default): one thread runs the guest's driver and the device
                              (TAP and TUN in one epoll loop); pipeline: guest TX/RX driver
-                             threads and the bridge's threaded runner
+                             threads and the bridge's threaded driver (two threads)
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
 ";
