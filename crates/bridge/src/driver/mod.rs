@@ -179,7 +179,9 @@ impl Bridge {
         H: HostLink + 'static,
         Q: QueueT + Send + 'static,
     {
-        let mut core = self.core;
+        // The threads poll the link's readiness descriptor: a batch shorter than asked means
+        // the link is drained until it says otherwise (no read that must fail per burst).
+        let mut core = self.core.with_short_batch_drains(true);
         let Activation {
             mem,
             mut rx,

@@ -380,12 +380,12 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
             }
             let now = self.clock.now();
             let (more, starved) = self.step(now)?;
-            {
+            // One NAT lock per wake-up for the expiry policy: tick if due, then the timer.
+            let nat_timeout = {
                 let mut nat = lock(&self.shared.nat);
-                if self.expiry.due(&nat, now) {
-                    self.expiry.tick(&mut nat, now);
-                }
-            }
+                self.expiry.tick(&mut nat, now);
+                self.expiry.timeout(&nat, now)
+            };
             self.shared.stats.absorb(&mut self.stats);
             if timed_out && !starved {
                 missed_kicks += 1;
@@ -410,7 +410,7 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
                 }
                 host_registered = !starved;
             }
-            let mut timeout = self.expiry.timeout(&lock(&self.shared.nat), now);
+            let mut timeout = nat_timeout;
             if starved {
                 // Safety net: while starved, re-check the RX ring at a bounded interval even
                 // if no kick comes. `RxQueue::arm` closes the EVENT_IDX race, but a driver that
