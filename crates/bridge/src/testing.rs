@@ -497,6 +497,7 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 /// # Errors
 ///
 /// As [`crate::Bridge::new`] and [`crate::Bridge::activate`].
+#[cfg(feature = "driver")]
 pub fn activate<H: crate::HostLink + 'static>(
     mem: &std::sync::Arc<GuestMemoryMmap>,
     net: &MockNet<'_>,
