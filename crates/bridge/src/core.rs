@@ -850,6 +850,9 @@ mod tests {
 
     use nat::{PortForward, Protocol};
 
+    use ::wire::checksum as inet;
+    use ::wire::{ArpPacket, EthernetFrame, Ipv4Packet, TcpPacket, UdpPacket, arp, ip_proto};
+
     use super::*;
     use crate::MemoryLink;
     use crate::testing::{self, EXTERNAL, GATEWAY, GUEST_IP, GUEST_MAC, MockNet};
@@ -934,10 +937,12 @@ mod tests {
         assert!(n.tx && n.rx, "{n:?}");
         assert_eq!(net.tx_used().len(), 1, "the TX chain is returned");
         let (_, reply) = net.rx_frame(HDR, &mut Vec::new()).expect("a reply frame");
-        assert_eq!(reply[12..14], [0x08, 0x06], "ARP");
-        assert_eq!(reply[20..22], [0, 2], "reply opcode");
-        assert_eq!(reply[28..32], GATEWAY.octets(), "sender is the gateway");
-        assert_eq!(reply[..6], GUEST_MAC.0, "to the guest");
+        let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+        assert_eq!(eth.ethertype(), ::wire::ethertype::ARP, "ARP");
+        let a = ArpPacket::new_checked(eth.payload()).unwrap();
+        assert_eq!(a.operation(), arp::REPLY, "reply opcode");
+        assert_eq!(a.sender_protocol_addr(), GATEWAY, "sender is the gateway");
+        assert_eq!(eth.dst_addr(), GUEST_MAC, "to the guest");
         assert!(peer.recv().is_none(), "nothing reaches the host");
         assert_eq!(dp.stats.local_replies, 1);
     }
@@ -994,11 +999,14 @@ mod tests {
             let (_, f) = net
                 .rx_frame(HDR, &mut pending)
                 .unwrap_or_else(|| panic!("frame {i}"));
-            assert_eq!(f[..6], GUEST_MAC.0);
-            assert_eq!(f[26..30], client.octets(), "the guest sees the real client");
-            assert_eq!(f[30..34], GUEST_IP.octets(), "DNAT to the guest");
-            assert_eq!(f[36..38], 53u16.to_be_bytes(), "guest port");
-            assert_eq!(f[42..50], [i as u8; 8], "in order");
+            let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+            assert_eq!(eth.dst_addr(), GUEST_MAC);
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            assert_eq!(ip.src_addr(), client, "the guest sees the real client");
+            assert_eq!(ip.dst_addr(), GUEST_IP, "DNAT to the guest");
+            let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert_eq!(udp.dst_port(), 53, "guest port");
+            assert_eq!(udp.payload(), [i as u8; 8], "in order");
         }
         assert!(net.rx_frame(HDR, &mut pending).is_none());
         assert_eq!(dp.stats.rx_frames, total as u64);
@@ -1105,32 +1113,34 @@ mod tests {
     /// An IPv4 TCP packet with `payload` bytes whose checksum field holds the pseudo-header sum
     /// only (a partial checksum, as the host kernel hands GSO packets over).
     fn partial_tcp(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16, payload: usize) -> Vec<u8> {
-        let total = 40 + payload;
+        let segment = ::wire::tcp::HEADER_LEN + payload;
+        let total = ::wire::ipv4::HEADER_LEN + segment;
         let mut p = vec![0u8; total];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&src.octets());
-        p[16..20].copy_from_slice(&dst.octets());
-        let c = crate::checksum(&p[..20], 0);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        p[20..22].copy_from_slice(&sp.to_be_bytes());
-        p[22..24].copy_from_slice(&dp.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = 0x10; // ACK
-        for (i, b) in p[40..].iter_mut().enumerate() {
+        let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+        ip.set_version(4);
+        ip.set_header_len(::wire::ipv4::HEADER_LEN);
+        ip.set_total_len(u16::try_from(total).unwrap());
+        ip.set_dont_frag(true);
+        ip.set_ttl(64);
+        ip.set_protocol(ip_proto::TCP);
+        ip.set_src_addr(src);
+        ip.set_dst_addr(dst);
+        ip.fill_checksum();
+        let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+        tcp.set_src_port(sp);
+        tcp.set_dst_port(dp);
+        tcp.set_header_len(::wire::tcp::HEADER_LEN);
+        tcp.set_flags(::wire::tcp::ACK);
+        for (i, b) in tcp.payload_mut().iter_mut().enumerate() {
             *b = i as u8;
         }
-        let mut sum = 6 + (total as u32 - 20);
-        for i in (12..20).step_by(2) {
-            sum += u32::from(u16::from_be_bytes([p[i], p[i + 1]]));
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        p[36..38].copy_from_slice(&(sum as u16).to_be_bytes());
+        let len = u16::try_from(segment).unwrap();
+        tcp.set_checksum(inet::fold(inet::pseudo_header_v4(
+            src,
+            dst,
+            ip_proto::TCP,
+            len,
+        )));
         p
     }
 
@@ -1176,9 +1186,24 @@ mod tests {
             (crate::VIRTIO_NET_HDR_GSO_TCPV4, 1448, 34, 16),
             "the GSO header, offsets relative to the Ethernet frame"
         );
-        assert_eq!(frame.len(), 14 + ip.len(), "one frame, not segmented");
-        assert_eq!(frame[30..34], GUEST_IP.octets(), "DNAT to the guest");
-        assert_eq!(frame[54..], ip[40..], "payload untouched");
+        assert_eq!(
+            frame.len(),
+            ::wire::ethernet::HEADER_LEN + ip.len(),
+            "one frame, not segmented"
+        );
+        let got = Ipv4Packet::new_checked(
+            EthernetFrame::new_checked(&frame[..])
+                .unwrap()
+                .into_payload(),
+        )
+        .unwrap();
+        assert_eq!(got.dst_addr(), GUEST_IP, "DNAT to the guest");
+        let sent = Ipv4Packet::new_checked(&ip[..]).unwrap();
+        assert_eq!(
+            TcpPacket::new_checked(got.payload()).unwrap().payload(),
+            TcpPacket::new_checked(sent.payload()).unwrap().payload(),
+            "payload untouched"
+        );
         assert_eq!(dp.stats.rx_gso, 1);
         assert_eq!(dp.stats.total_drops(), 0);
     }

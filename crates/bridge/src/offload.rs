@@ -21,7 +21,9 @@ use crate::device::{
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN, VirtioNetHdr, sanitize_features,
 };
 use crate::stats::DropCause;
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, checksum};
+use crate::wire::ETH_HLEN;
+use ::wire::checksum as inet;
+use ::wire::{EthernetFrame, Ipv4Packet, ethertype, ip_proto};
 
 /// The largest IPv4 packet (a GSO super-packet at most).
 pub const MAX_IP_PACKET: usize = 65535;
@@ -130,7 +132,7 @@ pub(crate) fn check_tx(
     }
     let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
     if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
-        let tcp = std_layout(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset) == Some(IPPROTO_TCP);
+        let tcp = std_layout(frame, hdr.csum_start, hdr.csum_offset) == Some(ip_proto::TCP);
         if o.tx_tso4
             && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
             && needs_csum
@@ -144,7 +146,7 @@ pub(crate) fn check_tx(
     if !needs_csum {
         return Ok(FrameOffload::Plain);
     }
-    if std_layout(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset).is_some() {
+    if std_layout(frame, hdr.csum_start, hdr.csum_offset).is_some() {
         return Ok(FrameOffload::Partial);
     }
     complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
@@ -167,7 +169,7 @@ pub(crate) fn check_rx(
             && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
             && needs_csum
             && hdr.gso_size > 0
-            && layout() == Some(IPPROTO_TCP))
+            && layout() == Some(ip_proto::TCP))
         {
             return Err(DropCause::Offload);
         }
@@ -266,8 +268,9 @@ pub(crate) fn hairpin_header(
 
 /// Completes a partial checksum in software: the one's-complement sum of
 /// `data[csum_start..end]` (the field holds the pseudo-header sum) stored, complemented, at
-/// `csum_start + csum_offset`. `end` is the end of the IPv4 packet that starts at `l3` (or of
-/// `data` for anything else). A result of 0 is stored as 0xffff (as Linux does).
+/// `csum_start + csum_offset`. `end` is the end (by its total length) of the IPv4 packet that
+/// starts at `l3`, or the end of `data` when no valid IPv4 header starts there. A result of 0
+/// is stored as 0xffff (as Linux does).
 pub(crate) fn complete(
     data: &mut [u8],
     l3: usize,
@@ -277,26 +280,32 @@ pub(crate) fn complete(
     let start = usize::from(csum_start);
     let field = start + usize::from(csum_offset);
     let end = ipv4_end(data, l3).unwrap_or(data.len());
-    if start < l3 || field + 2 > end {
+    if start < l3 || field + CSUM_FIELD_LEN > end {
         return Err(DropCause::Offload);
     }
-    let c = checksum(&data[start..end], 0);
-    let c = if c == 0 { 0xffff } else { c };
-    data[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    let c = match inet::checksum(&data[start..end]) {
+        0 => 0xffff,
+        c => c,
+    };
+    data[field..field + CSUM_FIELD_LEN].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+/// The length of a checksum field.
+const CSUM_FIELD_LEN: usize = 2;
+/// `csum_offset` of the TCP checksum field (RFC 9293: bytes 16..18 of the header).
+const TCP_CSUM_OFFSET: u16 = 16;
+/// `csum_offset` of the UDP checksum field (RFC 768: bytes 6..8 of the header).
+const UDP_CSUM_OFFSET: u16 = 6;
 
 /// If `frame` is Ethernet + IPv4 TCP/UDP (not a fragment) whose checksum request points at
-/// the transport checksum field, the protocol.
-fn std_layout(frame: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Option<u8> {
-    let et = frame.get(l3 - 2..l3)?;
-    if u16::from_be_bytes([et[0], et[1]]) != ETHERTYPE_IPV4 {
+/// the transport checksum field, the protocol. The offsets are relative to the frame.
+fn std_layout(frame: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ethertype::IPV4 {
         return None;
     }
-    layout_at(frame, l3, csum_start, csum_offset)
+    layout_at(frame, ETH_HLEN, csum_start, csum_offset)
 }
 
 /// As [`std_layout`] for a bare IP packet.
@@ -304,34 +313,26 @@ fn std_layout_l3(packet: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8>
     layout_at(packet, 0, csum_start, csum_offset)
 }
 
+/// As [`std_layout`] for an IPv4 packet at `l3` in `data` (offsets relative to `data`).
 fn layout_at(data: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Option<u8> {
-    let ip = data.get(l3..)?;
-    let vihl = *ip.first()?;
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < 20 || ip.len() < ihl {
-        return None;
-    }
-    let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
-    let proto = ip[9];
+    let ip = Ipv4Packet::new_checked(data.get(l3..)?).ok()?;
+    let proto = ip.protocol();
     let want = match proto {
-        IPPROTO_TCP => 16,
-        IPPROTO_UDP => 6,
+        ip_proto::TCP => TCP_CSUM_OFFSET,
+        ip_proto::UDP => UDP_CSUM_OFFSET,
         _ => return None,
     };
-    let end = ipv4_end(data, l3)?;
-    let ok = frag == 0
-        && usize::from(csum_start) == l3 + ihl
+    let hlen = ip.header_len();
+    let ok = !ip.is_fragment()
+        && usize::from(csum_start) == l3 + hlen
         && csum_offset == want
-        && l3 + ihl + usize::from(want) + 2 <= end;
+        && hlen + usize::from(want) + CSUM_FIELD_LEN <= usize::from(ip.total_len());
     ok.then_some(proto)
 }
 
-/// End of the IPv4 packet starting at `l3` (by its total length), if it fits in `data`.
+/// End of the IPv4 packet starting at `l3` (by its total length), if a valid IPv4 header
+/// starts there and the packet fits in `data`.
 fn ipv4_end(data: &[u8], l3: usize) -> Option<usize> {
-    let ip = data.get(l3..)?;
-    if ip.first()? >> 4 != 4 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    (total >= 20 && total <= ip.len()).then_some(l3 + total)
+    let ip = Ipv4Packet::new_checked(data.get(l3..)?).ok()?;
+    Some(l3 + usize::from(ip.total_len()))
 }

@@ -11,9 +11,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::device::VIRTIO_NET_HDR_LEN;
 use crate::wire::{
-    ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_ICMP, MacAddr, build_udp_frame, checksum,
-    write_eth, write_ipv4_header,
+    ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_ICMP, IPV4_HLEN, MacAddr, UDP_HLEN,
+    build_udp_frame, write_eth, write_ipv4_header,
 };
+use ::wire::{ArpPacket, EthernetFrame, Icmpv4Packet, arp, icmpv4};
 
 /// The default guest MAC ([`crate::BridgeConfig`]'s).
 pub const GUEST_MAC: MacAddr = crate::defaults::GUEST_MAC;
@@ -408,7 +409,7 @@ pub fn udp_frame(
     dport: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut out = vec![0u8; ETH_HLEN + 28 + payload.len()];
+    let mut out = vec![0u8; ETH_HLEN + IPV4_HLEN + UDP_HLEN + payload.len()];
     let n = build_udp_frame(
         &mut out,
         GATEWAY_MAC,
@@ -431,14 +432,15 @@ pub fn udp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload:
 
 /// An ARP request from `sha`/`spa` for `tpa`.
 pub fn arp_request(sha: MacAddr, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0u8; ETH_HLEN + 28];
+    let mut f = vec![0u8; ETH_HLEN + arp::PACKET_LEN];
     let _ = write_eth(&mut f, MacAddr::BROADCAST, sha, ETHERTYPE_ARP);
-    let a = &mut f[ETH_HLEN..];
-    a[0..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
-    a[6..8].copy_from_slice(&1u16.to_be_bytes());
-    a[8..14].copy_from_slice(&sha.0);
-    a[14..18].copy_from_slice(&spa.octets());
-    a[24..28].copy_from_slice(&tpa.octets());
+    let mut a = ArpPacket::new_unchecked(&mut f[ETH_HLEN..]);
+    a.set_ethernet_ipv4();
+    a.set_operation(arp::REQUEST);
+    a.set_sender_hardware_addr(sha);
+    a.set_sender_protocol_addr(spa);
+    a.set_target_hardware_addr(MacAddr::default());
+    a.set_target_protocol_addr(tpa);
     f
 }
 
@@ -451,17 +453,17 @@ pub fn icmp_echo(
     seq: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let total = 20 + 8 + payload.len();
+    let total = IPV4_HLEN + icmpv4::HEADER_LEN + payload.len();
     let mut f = vec![0u8; ETH_HLEN + total];
     let _ = write_eth(&mut f, GATEWAY_MAC, src_mac, ETHERTYPE_IPV4);
     write_ipv4_header(&mut f[ETH_HLEN..], total as u16, IPPROTO_ICMP, src, dst);
-    let icmp = &mut f[ETH_HLEN + 20..];
-    icmp[0] = 8;
-    icmp[4..6].copy_from_slice(&id.to_be_bytes());
-    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
-    icmp[8..].copy_from_slice(payload);
-    let c = checksum(icmp, 0);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut icmp = Icmpv4Packet::new_unchecked(&mut f[ETH_HLEN + IPV4_HLEN..]);
+    icmp.set_msg_type(icmpv4::ECHO_REQUEST);
+    icmp.set_msg_code(0);
+    icmp.set_echo_ident(id);
+    icmp.set_echo_seq_no(seq);
+    icmp.payload_mut().copy_from_slice(payload);
+    icmp.fill_checksum();
     f
 }
 
@@ -472,8 +474,8 @@ pub fn dhcp_frame(mac: MacAddr, msg: &dhcproto::v4::Message) -> Vec<u8> {
     let payload = msg.to_vec().unwrap_or_default();
     let src = msg.ciaddr();
     let mut f = udp_frame(mac, src, 68, Ipv4Addr::BROADCAST, 67, &payload);
-    if let Some(d) = f.get_mut(..6) {
-        d.copy_from_slice(&MacAddr::BROADCAST.0);
+    if let Ok(mut eth) = EthernetFrame::new_checked(&mut f[..]) {
+        eth.set_dst_addr(MacAddr::BROADCAST);
     }
     f
 }

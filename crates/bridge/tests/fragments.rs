@@ -9,10 +9,9 @@ use std::sync::Arc;
 use bridge::testing::{
     EXTERNAL, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, activate, guest_memory, wait_for,
 };
-use bridge::{
-    BridgeConfig, BridgeHandle, MemoryLink, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN, checksum,
-};
+use bridge::{BridgeConfig, BridgeHandle, MemoryLink, OFFERED_FEATURES, VIRTIO_NET_HDR_LEN};
 use vm_memory::GuestMemoryMmap;
+use wire::{EthernetFrame, Ipv4Packet, UdpPacket, ethertype, ip_proto, ipv4, udp};
 
 const HDR: usize = VIRTIO_NET_HDR_LEN;
 
@@ -36,52 +35,46 @@ fn fragments(
     len: usize,
     frag: usize,
 ) -> Vec<Vec<u8>> {
-    let mut udp = vec![0u8; 8 + len];
-    udp[0..2].copy_from_slice(&sp.to_be_bytes());
-    udp[2..4].copy_from_slice(&dp.to_be_bytes());
-    udp[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
-    for (i, b) in udp[8..].iter_mut().enumerate() {
+    let mut dgram = vec![0u8; udp::HEADER_LEN + len];
+    let mut u = UdpPacket::new_unchecked(&mut dgram[..]);
+    u.set_src_port(sp);
+    u.set_dst_port(dp);
+    u.set_len((udp::HEADER_LEN + len) as u16);
+    for (i, b) in u.payload_mut().iter_mut().enumerate() {
         *b = (i * 13 + 1) as u8;
     }
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&((8 + len) as u16).to_be_bytes());
-    let sum: u32 = pseudo
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    let c = checksum(&udp, sum);
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    udp.chunks(frag)
+    u.fill_checksum_v4(src, dst);
+    dgram
+        .chunks(frag)
         .enumerate()
         .map(|(k, piece)| {
-            let last = (k + 1) * frag >= udp.len();
-            let mut p = vec![0u8; 20];
-            p[0] = 0x45;
-            p[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
-            p[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
-            let off = (k * frag / 8) as u16 | if last { 0 } else { 0x2000 };
-            p[6..8].copy_from_slice(&off.to_be_bytes());
-            p[8] = 64;
-            p[9] = 17;
-            p[12..16].copy_from_slice(&src.octets());
-            p[16..20].copy_from_slice(&dst.octets());
-            let c = checksum(&p, 0);
-            p[10..12].copy_from_slice(&c.to_be_bytes());
-            p.extend_from_slice(piece);
+            let last = (k + 1) * frag >= dgram.len();
+            let mut p = vec![0u8; ipv4::HEADER_LEN + piece.len()];
+            let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+            ip.set_version(4);
+            ip.set_header_len(ipv4::HEADER_LEN);
+            ip.set_total_len((ipv4::HEADER_LEN + piece.len()) as u16);
+            ip.set_ident(0x4242);
+            ip.set_more_frags(!last);
+            ip.set_frag_offset((k * frag) as u16);
+            ip.set_ttl(64);
+            ip.set_protocol(ip_proto::UDP);
+            ip.set_src_addr(src);
+            ip.set_dst_addr(dst);
+            ip.fill_checksum();
+            ip.payload_mut().copy_from_slice(piece);
             p
         })
         .collect()
 }
 
 fn eth(ip: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&GATEWAY_MAC.0);
-    f.extend_from_slice(&GUEST_MAC.0);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(ip);
+    let mut f = vec![0u8; wire::ethernet::HEADER_LEN + ip.len()];
+    let mut e = EthernetFrame::new_unchecked(&mut f[..]);
+    e.set_dst_addr(GATEWAY_MAC);
+    e.set_src_addr(GUEST_MAC);
+    e.set_ethertype(ethertype::IPV4);
+    e.payload_mut().copy_from_slice(ip);
     f
 }
 
@@ -90,34 +83,27 @@ fn reassemble(frags: &[Vec<u8>]) -> (Ipv4Addr, Ipv4Addr, Vec<u8>) {
     let mut parts: Vec<(usize, &[u8])> = frags
         .iter()
         .map(|p| {
-            assert_eq!(checksum(&p[..20], 0), 0, "IPv4 header checksum");
-            let off = usize::from(u16::from_be_bytes([p[6], p[7]]) & 0x1fff) * 8;
-            (off, &p[20..])
+            let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+            assert!(ip.verify_checksum(), "IPv4 header checksum");
+            (usize::from(ip.frag_offset()), ip.into_payload())
         })
         .collect();
     parts.sort_by_key(|p| p.0);
-    let mut udp = Vec::new();
+    let mut dgram = Vec::new();
     for (off, data) in parts {
-        assert_eq!(off, udp.len(), "contiguous fragments");
-        udp.extend_from_slice(data);
+        assert_eq!(off, dgram.len(), "contiguous fragments");
+        dgram.extend_from_slice(data);
     }
-    let p = &frags[0];
-    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-    (src, dst, udp)
+    let ip = Ipv4Packet::new_checked(&frags[0][..]).unwrap();
+    (ip.src_addr(), ip.dst_addr(), dgram)
 }
 
-fn udp_valid(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> bool {
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
-    let sum: u32 = pseudo
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    checksum(udp, sum) == 0
+/// Whether `dgram` is one whole UDP datagram with a (non-zero) checksum that is right for
+/// `src` → `dst`.
+fn udp_valid(src: Ipv4Addr, dst: Ipv4Addr, dgram: &[u8]) -> bool {
+    UdpPacket::new_checked(dgram).is_ok_and(|u| {
+        usize::from(u.len()) == dgram.len() && u.checksum() != 0 && u.verify_checksum_v4(src, dst)
+    })
 }
 
 #[test]
@@ -148,13 +134,13 @@ fn fragments_arriving_before_their_first_fragment_are_held_and_sent_on_both_ways
         }
         got.len() == 3
     });
-    let (src, dst, udp) = reassemble(&got);
+    let (src, dst, dgram) = reassemble(&got);
     assert_eq!((src, dst), (EXTERNAL, SERVER));
     assert!(
-        udp_valid(src, dst, &udp),
+        udp_valid(src, dst, &dgram),
         "the UDP checksum covers the translated port"
     );
-    let mapped = u16::from_be_bytes([udp[0], udp[1]]);
+    let mapped = UdpPacket::new_checked(&dgram[..]).unwrap().src_port();
 
     // Server → guest: the reply's fragments, first fragment last.
     let back = fragments(SERVER, 9000, EXTERNAL, mapped, 2500, 1000);
@@ -165,14 +151,22 @@ fn fragments_arriving_before_their_first_fragment_are_held_and_sent_on_both_ways
     let mut frames = Vec::new();
     wait_for("the reply's fragments in the guest", || {
         while let Some((_, f)) = net.rx_frame(HDR, &mut pending) {
-            frames.push(f[14..].to_vec());
+            frames.push(
+                EthernetFrame::new_checked(&f[..])
+                    .unwrap()
+                    .payload()
+                    .to_vec(),
+            );
         }
         frames.len() == back.len()
     });
-    let (src, dst, udp) = reassemble(&frames);
+    let (src, dst, dgram) = reassemble(&frames);
     assert_eq!((src, dst), (SERVER, GUEST_IP));
-    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 41000);
-    assert!(udp_valid(src, dst, &udp));
+    assert_eq!(
+        UdpPacket::new_checked(&dgram[..]).unwrap().dst_port(),
+        41000
+    );
+    assert!(udp_valid(src, dst, &dgram));
     let s = h.shutdown().unwrap();
     assert_eq!(s.bridge.total_drops(), 0, "{:?}", s.bridge);
     assert_eq!(s.nat.fragments_released, 4);

@@ -13,6 +13,7 @@ use dhcproto::Decodable;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use nat::Instant;
+use wire::{EthernetFrame, Icmpv4Packet, Ipv4Packet, ethertype};
 
 fn config() -> GatewayConfig {
     GatewayConfig {
@@ -295,7 +296,10 @@ fn arp_answers_for_the_gateway_only() {
     let mac = MacAddr([0x02, 1, 2, 3, 4, 5]);
     let (a, reply) = handle(&mut gw, &arp_request(mac, GUEST_IP, GATEWAY), Instant::ZERO);
     assert!(matches!(a, TxAction::Reply { .. }));
-    assert_eq!(&reply[..6], &mac.0);
+    assert_eq!(
+        EthernetFrame::new_checked(&reply[..]).unwrap().dst_addr(),
+        mac
+    );
     assert_eq!(gw.guest_mac(), mac);
     // Truncated ARP.
     assert_eq!(
@@ -331,8 +335,16 @@ fn ping_to_the_gateway_is_answered_locally() {
         etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x42, seq: 7 })
     );
     assert_eq!(icmp.payload(), b"abcdefgh");
-    assert_eq!(bridge::checksum(icmp.slice(), 0), 0, "valid ICMP checksum");
-    assert_eq!(&reply[..6], &GUEST_MAC.0);
+    assert!(
+        Icmpv4Packet::new_checked(icmp.slice())
+            .unwrap()
+            .verify_checksum(),
+        "valid ICMP checksum"
+    );
+    assert_eq!(
+        EthernetFrame::new_checked(&reply[..]).unwrap().dst_addr(),
+        GUEST_MAC
+    );
     // A corrupt echo request is not answered.
     let mut bad = req.clone();
     let last = bad.len() - 1;
@@ -426,10 +438,10 @@ fn anti_spoofing_and_classification() {
     );
     // IPv6, other EtherTypes, runts, garbage.
     let mut v6 = out.clone();
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    EthernetFrame::new_unchecked(&mut v6[..]).set_ethertype(ethertype::IPV6);
     assert_eq!(handle(&mut gw, &v6, now).0, TxAction::Drop(DropCause::Ipv6));
     let mut lldp = out.clone();
-    lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
+    EthernetFrame::new_unchecked(&mut lldp[..]).set_ethertype(0x88cc); // LLDP
     assert_eq!(
         handle(&mut gw, &lldp, now).0,
         TxAction::Drop(DropCause::EtherType)
@@ -439,13 +451,13 @@ fn anti_spoofing_and_classification() {
         TxAction::Drop(DropCause::Runt)
     );
     let mut bad_version = out.clone();
-    bad_version[14] = 0x65;
+    ipv4_of(&mut bad_version).set_version(6);
     assert_eq!(
         handle(&mut gw, &bad_version, now).0,
         TxAction::Drop(DropCause::Malformed)
     );
     let mut long_total = out.clone();
-    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    ipv4_of(&mut long_total).set_total_len(2000);
     assert_eq!(
         handle(&mut gw, &long_total, now).0,
         TxAction::Drop(DropCause::Malformed)
@@ -523,4 +535,13 @@ fn static_address_and_config_validation() {
     ] {
         assert!(Gateway::new(bad.clone()).is_err(), "{bad:?}");
     }
+}
+
+/// The IPv4 header of an Ethernet frame, writable.
+fn ipv4_of(frame: &mut [u8]) -> Ipv4Packet<&mut [u8]> {
+    Ipv4Packet::new_unchecked(
+        EthernetFrame::new_checked(frame)
+            .unwrap()
+            .into_payload_mut(),
+    )
 }

@@ -18,6 +18,7 @@ use bridge::{
 };
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use vm_memory::GuestMemoryMmap;
+use wire::{EthernetFrame, Ipv4Packet, UdpPacket, ethertype};
 
 const HDR: usize = VIRTIO_NET_HDR_LEN;
 
@@ -175,8 +176,9 @@ fn arp_dhcp_and_udp_round_trip_through_the_nat() {
     h.kick(1).unwrap();
     let (hdr, reply) = recv_frame(&mut net, &mut pending);
     assert_eq!(hdr.num_buffers, 1);
-    assert_eq!(&reply[6..12], &GATEWAY_MAC.0);
-    assert_eq!(&reply[12..14], &[0x08, 0x06]);
+    let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+    assert_eq!(eth.src_addr(), GATEWAY_MAC);
+    assert_eq!(eth.ethertype(), ethertype::ARP);
     assert!(rig.irqs[0].load(Ordering::SeqCst) > 0, "RX interrupt");
 
     let ip = dhcp_lease(&mut net, &h, &mut pending);
@@ -202,9 +204,10 @@ fn arp_dhcp_and_udp_round_trip_through_the_nat() {
     // Internet → guest.
     assert!(host.send(&udp_packet(SERVER, 7, EXTERNAL, sport, b"pong")));
     let (_, f) = recv_frame(&mut net, &mut pending);
-    assert_eq!(&f[..6], &GUEST_MAC.0, "to the guest's MAC");
-    assert_eq!(&f[6..12], &GATEWAY_MAC.0);
-    let (src, sp, dst, dp) = ipv4_src_dst_ports(&f[14..]);
+    let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+    assert_eq!(eth.dst_addr(), GUEST_MAC, "to the guest's MAC");
+    assert_eq!(eth.src_addr(), GATEWAY_MAC);
+    let (src, sp, dst, dp) = ipv4_src_dst_ports(eth.payload());
     assert_eq!((src, sp, dst, dp), (SERVER, 7, ip, 40000));
     assert_eq!(udp_payload(&f), b"pong");
 
@@ -233,7 +236,7 @@ fn spoofed_and_unsupported_frames_never_reach_the_host() {
         &[],
     );
     let mut v6 = udp_frame(GUEST_MAC, GUEST_IP, 1, SERVER, 2, b"x");
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    EthernetFrame::new_unchecked(&mut v6[..]).set_ethertype(ethertype::IPV6);
     net.send_frame(HDR, &v6, &[]);
     h.kick(1).unwrap();
     wait_for("three TX chains back", || {
@@ -310,7 +313,7 @@ fn port_forwards_are_added_and_removed_at_runtime() {
     assert!(host.send(&udp_packet(SERVER, 3333, EXTERNAL, 8053, b"fwd")));
     let mut pending = Vec::new();
     let (_, f) = recv_frame(&mut net, &mut pending);
-    let (src, sp, dst, dp) = ipv4_src_dst_ports(&f[14..]);
+    let (src, sp, dst, dp) = ipv4_src_dst_ports(ip_of(&f));
     assert_eq!(
         (src, sp, dst, dp),
         (SERVER, 3333, GUEST_IP, 53),
@@ -388,10 +391,12 @@ fn kicks_and_config_are_checked() {
     let _ = HostLink::readiness_fd(&MemoryLink::pair(1).unwrap().0).unwrap();
 }
 
-/// Splits an IPv4 packet (20-byte header) into fragments carrying at most `chunk` payload
-/// bytes (a multiple of 8).
+/// Splits an IPv4 packet into fragments carrying at most `chunk` payload bytes (a multiple
+/// of 8).
 fn fragment(pkt: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-    let (hdr, payload) = pkt.split_at(20);
+    let ip = Ipv4Packet::new_checked(pkt).unwrap();
+    let hdr = &pkt[..ip.header_len()];
+    let payload = ip.payload();
     let mut out = Vec::new();
     let mut off = 0;
     while off < payload.len() {
@@ -399,16 +404,20 @@ fn fragment(pkt: &[u8], chunk: usize) -> Vec<Vec<u8>> {
         let mut f = hdr.to_vec();
         f.extend_from_slice(&payload[off..end]);
         let total = f.len() as u16;
-        f[2..4].copy_from_slice(&total.to_be_bytes());
-        let mf = if end < payload.len() { 0x2000 } else { 0 };
-        f[6..8].copy_from_slice(&(mf | (off / 8) as u16).to_be_bytes());
-        f[10..12].copy_from_slice(&[0, 0]);
-        let c = bridge::checksum(&f[..20], 0);
-        f[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut frag = Ipv4Packet::new_unchecked(&mut f[..]);
+        frag.set_total_len(total);
+        frag.set_more_frags(end < payload.len());
+        frag.set_frag_offset(off as u16);
+        frag.fill_checksum();
         out.push(f);
         off = end;
     }
     out
+}
+
+/// The IP packet of an Ethernet frame.
+fn ip_of(frame: &[u8]) -> &[u8] {
+    EthernetFrame::new_checked(frame).unwrap().into_payload()
 }
 
 #[test]
@@ -454,23 +463,21 @@ fn dns_is_redirected_and_large_fragmented_answers_arrive_as_fragments() {
         got.push(f);
     }
     // The first fragment carries the UDP header, translated back to the gateway's address.
-    let first = &got[0][14..];
-    assert_eq!(
-        &first[12..16],
-        &GATEWAY.octets(),
-        "answers come from the gateway"
-    );
-    assert_eq!(&first[16..20], &GUEST_IP.octets());
-    assert_eq!(u16::from_be_bytes([first[20], first[21]]), 53);
-    assert_eq!(u16::from_be_bytes([first[22], first[23]]), 33333);
+    let first = Ipv4Packet::new_checked(ip_of(&got[0])).unwrap();
+    assert_eq!(first.src_addr(), GATEWAY, "answers come from the gateway");
+    assert_eq!(first.dst_addr(), GUEST_IP);
+    // Only the first fragment's header is a UDP header (its length field covers all fragments).
+    let udp = UdpPacket::new_unchecked(first.payload());
+    assert_eq!(udp.src_port(), 53);
+    assert_eq!(udp.dst_port(), 33333);
     let mut data = Vec::new();
     for f in &got {
-        let ip = &f[14..];
-        assert_eq!(&ip[12..16], &GATEWAY.octets());
-        data.extend_from_slice(&ip[20..]);
+        let ip = Ipv4Packet::new_checked(ip_of(f)).unwrap();
+        assert_eq!(ip.src_addr(), GATEWAY);
+        data.extend_from_slice(ip.payload());
     }
     assert_eq!(
-        &data[8..],
+        &data[wire::udp::HEADER_LEN..],
         &answer[..],
         "payload intact across the fragments"
     );
@@ -487,7 +494,8 @@ fn dhcp_with_a_hostile_hardware_length_is_dropped() {
     d.opts_mut()
         .insert(DhcpOption::MessageType(MessageType::Discover));
     let mut f = dhcp_frame(GUEST_MAC, &d);
-    f[14 + 20 + 8 + 2] = 200; // hlen
+    // The BOOTP `hlen` byte (RFC 2131 section 2: op, htype, hlen).
+    bootp_of(&mut f)[2] = 200;
     net.send_frame(HDR, &f, &[]);
     h.kick(1).unwrap();
     wait_for("the drop", || {
@@ -533,7 +541,10 @@ fn gateway_replies_push_back_on_the_tx_queue_when_the_guest_reads_nothing() {
     let mut pending = Vec::new();
     for _ in 0..8 {
         let (_, f) = recv_frame(&mut net, &mut pending);
-        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(
+            EthernetFrame::new_checked(&f[..]).unwrap().ethertype(),
+            ethertype::ARP
+        );
     }
     let s = h.shutdown().unwrap();
     assert_eq!((s.bridge.tx_frames, s.bridge.local_replies), (8, 8));
@@ -686,7 +697,10 @@ fn an_inline_kick_under_backpressure_leaves_the_rest_to_the_tx_thread() {
     let mut pending = Vec::new();
     for _ in 0..8 {
         let (_, f) = recv_frame(&mut net, &mut pending);
-        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(
+            EthernetFrame::new_checked(&f[..]).unwrap().ethertype(),
+            ethertype::ARP
+        );
     }
     let s = h.shutdown().unwrap();
     assert_eq!((s.bridge.tx_frames, s.bridge.local_replies), (8, 8));
@@ -699,4 +713,13 @@ fn udp_payload_of_packet(pkt: &[u8]) -> Vec<u8> {
         panic!("not udp")
     };
     u.payload().to_vec()
+}
+
+/// The UDP payload (a BOOTP message) of a DHCP frame, writable.
+fn bootp_of(frame: &mut [u8]) -> &mut [u8] {
+    let eth = EthernetFrame::new_checked(frame).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.into_payload_mut()).unwrap();
+    UdpPacket::new_checked(ip.into_payload_mut())
+        .unwrap()
+        .into_payload_mut()
 }

@@ -8,6 +8,7 @@ use nat::{
     ConfigError, Direction, DropReason, Filtering, Instant, L4Checksum, Nat, NatConfig,
     PortForward, Protocol, Redirect, RuleError, Verdict,
 };
+use wire::{Icmpv4Packet, Ipv4Packet, UdpPacket, ip_proto, ipv4, udp};
 
 fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
@@ -418,8 +419,14 @@ fn assert_error_translated_inbound(
         if tcp { sa(SERVER, 80) } else { sa(SERVER, 53) }
     );
     // The ICMP type, code and rest of header (e.g. the next-hop MTU) are kept.
-    assert_eq!(&e[20..22], &[icmp_type, code]);
-    assert_eq!(&e[24..28], &rest);
+    let ip = Ipv4Packet::new_checked(&e[..]).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!((icmp.msg_type(), icmp.msg_code()), (icmp_type, code));
+    let (ident, seq) = (
+        icmp.echo_ident().to_be_bytes(),
+        icmp.echo_seq_no().to_be_bytes(),
+    );
+    assert_eq!([ident[0], ident[1], seq[0], seq[1]], rest);
     // Errors don't refresh the mapping.
     assert!(nat.mappings()[0].expires < secs(7000));
 }
@@ -514,14 +521,18 @@ fn fragments_outbound_are_all_translated() {
 
 /// Reassembles fragments (in offset order) and returns the whole datagram.
 fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = frags[0][..20].to_vec();
+    let first = Ipv4Packet::new_checked(&frags[0][..]).unwrap();
+    let mut v = frags[0][..first.header_len()].to_vec();
     for f in frags {
-        v.extend_from_slice(&f[20..]);
+        v.extend_from_slice(Ipv4Packet::new_checked(&f[..]).unwrap().payload());
     }
-    let total = (v.len() as u16).to_be_bytes();
-    v[2..4].copy_from_slice(&total);
-    v[6..8].copy_from_slice(&[0, 0]);
-    testing::fix_ipv4_checksum(&mut v);
+    let total = v.len() as u16;
+    let mut ip = Ipv4Packet::new_unchecked(&mut v[..]);
+    ip.set_total_len(total);
+    ip.set_dont_frag(false);
+    ip.set_more_frags(false);
+    ip.set_frag_offset(0);
+    ip.fill_checksum();
     v
 }
 
@@ -1025,16 +1036,14 @@ fn inbound_lookup_tells_a_redirected_flow_from_a_direct_one_of_the_same_guest_en
 fn zero_udp_checksum_stays_zero() {
     let mut nat = testing::nat();
     let mut p = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"nocsum");
-    p[26] = 0;
-    p[27] = 0;
+    set_udp_checksum(&mut p, 0);
     assert_eq!(nat.outbound(&mut p, T0), Verdict::Forward);
-    assert_eq!(&p[26..28], &[0, 0]);
+    assert_eq!(udp_checksum(&p), 0);
     assert!(testing::checksums_match_full_recompute(&p));
     let mut r = testing::udp(sa(SERVER, 53), testing::src(&p), b"nocsum");
-    r[26] = 0;
-    r[27] = 0;
+    set_udp_checksum(&mut r, 0);
     assert_eq!(nat.inbound(&mut r, T0), Verdict::Forward);
-    assert_eq!(&r[26..28], &[0, 0]);
+    assert_eq!(udp_checksum(&r), 0);
 }
 
 #[test]
@@ -1104,21 +1113,25 @@ fn malformed_and_unsupported_packets_are_counted_drops() {
         );
     }
     let mut badsum = good.clone();
-    badsum[10] ^= 0xff;
+    let mut ip = Ipv4Packet::new_unchecked(&mut badsum[..]);
+    ip.set_checksum(ip.checksum() ^ 0xff00);
     assert_eq!(
         nat.outbound(&mut badsum, T0),
         Verdict::Drop(DropReason::Malformed)
     );
-    let mut short_udp = good[..24].to_vec();
-    short_udp[3] = 24;
-    testing::fix_ipv4_checksum(&mut short_udp);
+    // An IPv4 packet whose 4-byte payload is too short for a UDP header.
+    let mut short_udp = good[..ipv4::HEADER_LEN + 4].to_vec();
+    let mut ip = Ipv4Packet::new_unchecked(&mut short_udp[..]);
+    ip.set_total_len((ipv4::HEADER_LEN + 4) as u16);
+    ip.fill_checksum();
     assert_eq!(
         nat.outbound(&mut short_udp, T0),
         Verdict::Drop(DropReason::Malformed)
     );
     let mut gre = good.clone();
-    gre[9] = 47;
-    testing::fix_ipv4_checksum(&mut gre);
+    let mut ip = Ipv4Packet::new_unchecked(&mut gre[..]);
+    ip.set_protocol(47); // GRE
+    ip.fill_checksum();
     assert_eq!(
         nat.outbound(&mut gre, T0),
         Verdict::Drop(DropReason::UnsupportedProtocol)
@@ -1236,14 +1249,7 @@ fn memory_per_flow_stays_under_86_bytes_through_whole_doubling_cycles() {
 fn ip_options_are_carried_through() {
     let mut nat = testing::nat();
     let base = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"opt");
-    // Insert 4 bytes of options (NOP NOP NOP EOL) and fix lengths/checksum.
-    let mut p = base[..20].to_vec();
-    p.extend_from_slice(&[1, 1, 1, 0]);
-    p.extend_from_slice(&base[20..]);
-    p[0] = 0x46;
-    let total = (p.len() as u16).to_be_bytes();
-    p[2..4].copy_from_slice(&total);
-    testing::fix_ipv4_checksum(&mut p);
+    let mut p = with_ip_options(&base);
     assert!(testing::checksums_match_full_recompute(&p));
     assert_eq!(nat.outbound(&mut p, T0), Verdict::Forward);
     assert!(testing::checksums_match_full_recompute(&p));
@@ -1268,13 +1274,19 @@ fn icmp_errors_with_bad_checksums_are_dropped_rfc5508_req3() {
     let mut nat = testing::nat();
     let o = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
     let mut bad_icmp = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &o);
-    bad_icmp[22] ^= 0x55; // ICMP checksum
+    let l4 = Ipv4Packet::new_checked(&mut bad_icmp[..])
+        .unwrap()
+        .into_payload_mut();
+    let mut icmp = Icmpv4Packet::new_checked(l4).unwrap();
+    icmp.set_checksum(icmp.checksum() ^ 0x5500);
     assert_eq!(
         nat.inbound(&mut bad_icmp, T0),
         Verdict::Drop(DropReason::Malformed)
     );
     let mut quoted = o.clone();
-    quoted[10] ^= 0x55; // embedded IPv4 header checksum
+    // The embedded IPv4 header checksum.
+    let mut ip = Ipv4Packet::new_checked(&mut quoted[..]).unwrap();
+    ip.set_checksum(ip.checksum() ^ 0x5500);
     let mut bad_embedded = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &quoted);
     assert_eq!(
         nat.inbound(&mut bad_embedded, T0),
@@ -1324,16 +1336,18 @@ fn outbound_rst_does_not_extend_the_flow_rfc7857() {
     assert!(nat.mappings()[0].expires <= secs(150 + 240));
 }
 
-/// `base` with 4 bytes of IPv4 options (NOP NOP NOP EOL) inserted.
+/// `base` (an IPv4 packet without options) with 4 bytes of IPv4 options (NOP NOP NOP EOL)
+/// inserted, lengths and header checksum fixed.
 fn with_ip_options(base: &[u8]) -> Vec<u8> {
-    let mut p = base[..20].to_vec();
-    p.extend_from_slice(&[1, 1, 1, 0]);
-    p.extend_from_slice(&base[20..]);
-    p[0] = 0x46;
-    let total = (p.len() as u16).to_be_bytes();
-    p[2..4].copy_from_slice(&total);
-    testing::fix_ipv4_checksum(&mut p);
-    p
+    const OPTIONS: [u8; 4] = [1, 1, 1, 0];
+    let (header, rest) = base.split_at(ipv4::HEADER_LEN);
+    let p = [header, &OPTIONS[..], rest].concat();
+    let total = p.len() as u16;
+    let mut ip = Ipv4Packet::new_unchecked(p);
+    ip.set_header_len(ipv4::HEADER_LEN + OPTIONS.len());
+    ip.set_total_len(total);
+    ip.fill_checksum();
+    ip.into_inner()
 }
 
 #[test]
@@ -1342,12 +1356,17 @@ fn icmp_error_quoting_a_packet_with_ip_options_is_translated() {
     let mut o = with_ip_options(&testing::udp(sa(GUEST, 5000), sa(SERVER, 53), b"opt"));
     assert_eq!(nat.outbound(&mut o, T0), Verdict::Forward);
     // Quote the options header plus 8 bytes.
-    let mut e = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &o[..24 + 8]);
+    let quoted_len = Ipv4Packet::new_checked(&o[..]).unwrap().header_len() + udp::HEADER_LEN;
+    let mut e = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &o[..quoted_len]);
     assert_eq!(nat.inbound(&mut e, T0), Verdict::Forward);
     assert!(testing::checksums_match_full_recompute(&e));
-    let quote = &e[28..];
-    assert_eq!(&quote[12..16], &GUEST.octets());
-    assert_eq!(u16::from_be_bytes([quote[24], quote[25]]), 5000);
+    let ip = Ipv4Packet::new_checked(&e[..]).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    // The quote is cut short of its total length: the views clamp to the buffer.
+    let quote = Ipv4Packet::new_unchecked(icmp.payload());
+    assert_eq!(quote.header_len(), quoted_len - udp::HEADER_LEN);
+    assert_eq!(quote.src_addr(), GUEST);
+    assert_eq!(UdpPacket::new_unchecked(quote.payload()).src_port(), 5000);
 }
 
 #[test]
@@ -1383,7 +1402,7 @@ fn batch_calls_equal_one_call_per_packet() {
     assert_eq!(outs, outs_b);
     let mut ins: Vec<Vec<u8>> = outs
         .iter()
-        .filter(|p| p.len() > 20 && p[9] != 1)
+        .filter(|p| Ipv4Packet::new_checked(&p[..]).is_ok_and(|ip| ip.protocol() != ip_proto::ICMP))
         .map(|p| testing::udp(testing::dst(p), testing::src(p), b"r"))
         .collect();
     let mut ins_b = ins.clone();
@@ -1549,10 +1568,14 @@ fn partial_udp_checksum_zero_is_updated_not_kept() {
 
 /// Writes the UDP checksum field of an IPv4 UDP packet.
 fn set_udp_checksum(p: &mut [u8], value: u16) {
-    let l4 = wire::Ipv4Packet::new_checked(p).unwrap().into_payload_mut();
-    wire::UdpPacket::new_checked(l4)
-        .unwrap()
-        .set_checksum(value);
+    let l4 = Ipv4Packet::new_checked(p).unwrap().into_payload_mut();
+    UdpPacket::new_checked(l4).unwrap().set_checksum(value);
+}
+
+/// The UDP checksum field of an IPv4 UDP packet.
+fn udp_checksum(p: &[u8]) -> u16 {
+    let l4 = Ipv4Packet::new_checked(p).unwrap().into_payload();
+    UdpPacket::new_checked(l4).unwrap().checksum()
 }
 
 #[test]
