@@ -1,7 +1,7 @@
 //! The gateway's L2/L3 services: ARP, DHCP, ICMP echo, the DNS redirect, MAC learning and
 //! anti-spoofing. Classifies every frame the guest sends.
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, SocketAddrV4};
 use core::ops::RangeInclusive;
 use core::time::Duration;
 
@@ -336,12 +336,9 @@ impl Gateway {
         }
         match build_udp_frame(
             reply,
-            r.dst_mac,
-            self.cfg.gateway_mac,
-            self.cfg.gateway,
-            67,
-            r.dst_ip,
-            68,
+            (r.dst_mac, self.cfg.gateway_mac),
+            SocketAddrV4::new(self.cfg.gateway, 67),
+            SocketAddrV4::new(r.dst_ip, 68),
             &bytes,
         ) {
             Some(len) => TxAction::Reply { len },

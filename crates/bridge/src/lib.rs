@@ -118,7 +118,7 @@ pub mod testing;
 
 pub use crate::config::{BridgeConfig, MAX_BATCH};
 pub use crate::core::{Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify};
-pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError, checksum};
+pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
     TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,

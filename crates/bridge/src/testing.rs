@@ -1,7 +1,7 @@
 //! Helpers for tests and benches (feature `test-utils`): guest memory, a driver-side view of
 //! the two queues over `virtio_queue::mock::MockSplitQueue`, and frame builders.
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, SocketAddrV4};
 
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor;
@@ -412,12 +412,9 @@ pub fn udp_frame(
     let mut out = vec![0u8; ETH_HLEN + IPV4_HLEN + UDP_HLEN + payload.len()];
     let n = build_udp_frame(
         &mut out,
-        GATEWAY_MAC,
-        src_mac,
-        src,
-        sport,
-        dst,
-        dport,
+        (GATEWAY_MAC, src_mac),
+        SocketAddrV4::new(src, sport),
+        SocketAddrV4::new(dst, dport),
         payload,
     )
     .unwrap_or(0);
