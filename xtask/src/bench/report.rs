@@ -433,7 +433,13 @@ impl Results {
             for (fi, f) in FIGURES.iter().enumerate() {
                 let x = 10.0 + pw * (fi % cols) as f64;
                 let y = y0 + (ph + 10.0) * (fi / cols) as f64;
-                self.panel(&mut s, mtu, f, x, y, pw - 10.0, ph);
+                let rect = Rect {
+                    x,
+                    y,
+                    w: pw - 10.0,
+                    h: ph,
+                };
+                self.panel(&mut s, mtu, f, rect);
             }
             y0 += (ph + 10.0) * rows_per_mtu as f64;
         }
@@ -441,8 +447,8 @@ impl Results {
         s
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn panel(&self, s: &mut String, mtu: u32, f: &Figure, x: f64, y: f64, w: f64, h: f64) {
+    fn panel(&self, s: &mut String, mtu: u32, f: &Figure, rect: Rect) {
+        let Rect { x, y, w, h } = rect;
         let dir = if f.higher_is_better {
             "higher is better"
         } else {
@@ -591,6 +597,15 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// A panel's place in the SVG.
+#[derive(Clone, Copy)]
+struct Rect {
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
 }
 
 #[cfg(test)]
