@@ -910,6 +910,15 @@ mod tests {
         [o.tx_csum, o.tx_tso4, o.rx_csum, o.rx_tso4, o.host_hdr]
     }
 
+    /// UDP 5353 on the external address forwarded to the guest's port 53.
+    fn dns_forward() -> PortForward {
+        PortForward {
+            protocol: Protocol::Udp,
+            external_port: 5353,
+            internal: SocketAddrV4::new(GUEST_IP, 53),
+        }
+    }
+
     fn post_rx(net: &mut MockNet<'_>, n: usize) {
         for _ in 0..n {
             net.post_rx(&[2048]);
@@ -975,11 +984,7 @@ mod tests {
         let mut net = MockNet::new(&mem, 256);
         let (mut rxq, _txq) = net.queues(false);
         let (host, peer) = MemoryLink::pair(256).unwrap();
-        let forward = PortForward {
-            protocol: Protocol::Udp,
-            external_port: 5353,
-            internal: SocketAddrV4::new(GUEST_IP, 53),
-        };
+        let forward = dns_forward();
         let mut dp = DeviceCore::new(config(vec![forward])).unwrap();
         dp.ack_features(FEATURES, &host);
         let client = Ipv4Addr::new(198, 18, 0, 2);
@@ -1231,11 +1236,7 @@ mod tests {
         let (mut rxq, _txq) = net.queues(false);
         let (inner, peer) = MemoryLink::pair(256).unwrap();
         let host = CountingLink(inner, AtomicUsize::new(0));
-        let forward = PortForward {
-            protocol: Protocol::Udp,
-            external_port: 5353,
-            internal: SocketAddrV4::new(GUEST_IP, 53),
-        };
+        let forward = dns_forward();
         let mut dp = DeviceCore::new(config(vec![forward]))
             .unwrap()
             .with_short_batch_drains(short_batch_drains);
@@ -1271,11 +1272,7 @@ mod tests {
         let mut net = MockNet::new(&mem, 256);
         let (mut rxq, _txq) = net.queues(false);
         let (host, peer) = MemoryLink::pair(16).unwrap();
-        let forward = PortForward {
-            protocol: Protocol::Udp,
-            external_port: 5353,
-            internal: SocketAddrV4::new(GUEST_IP, 53),
-        };
+        let forward = dns_forward();
         let mut dp = DeviceCore::new(config(vec![forward])).unwrap();
         dp.ack_features(FEATURES, &host);
         post_rx(&mut net, 4);

@@ -604,7 +604,7 @@ impl Hostnetd {
                 .log
                 .recv_timeout(left)
                 .context("hostnetd logged no connection stats")?;
-            let line = strip_ansi(&line);
+            let line = testbed::strip_ansi(&line);
             if !line.contains("connection stats") {
                 continue;
             }
@@ -627,24 +627,6 @@ impl Hostnetd {
 struct GsoStats {
     tx_gso: u64,
     rx_gso: u64,
-}
-
-/// `line` without ANSI colour sequences (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The receiving end of a guest's `upload` step: `busybox nc -l` in a namespace (its stdin held open, so it

@@ -390,7 +390,7 @@ impl World {
             .unwrap_or("");
         let lines: Vec<String> = after
             .lines()
-            .map(strip_ansi)
+            .map(crate::strip_ansi)
             .filter(|l| !l.trim().is_empty())
             .take(40)
             .collect();
@@ -442,24 +442,6 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip a CSI sequence: ESC '[' params final-byte.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn step(what: &str, detail: &str) {
     eprintln!("==> {what:<8} {detail}");
 }
@@ -477,7 +459,7 @@ mod tests {
     #[test]
     fn ansi_sequences_are_stripped_and_missing_values_dashed() {
         assert_eq!(
-            strip_ansi("\u{1b}[2mstats:\u{1b}[0m guest tx 1"),
+            crate::strip_ansi("\u{1b}[2mstats:\u{1b}[0m guest tx 1"),
             "stats: guest tx 1"
         );
         assert_eq!(join(&[]), "-");

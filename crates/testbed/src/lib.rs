@@ -16,3 +16,23 @@ pub mod demo;
 #[cfg(target_os = "linux")]
 pub mod guest;
 pub mod netns;
+
+/// `line` without ANSI colour sequences (`ESC [ ... final-byte`), as tracing's coloured logs
+/// carry them: for tests and tools that read the log lines of the binaries they start.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip a CSI sequence: ESC '[' parameters, then the final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
