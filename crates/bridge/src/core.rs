@@ -507,8 +507,9 @@ impl DeviceCore {
             if self.replies.pending() == 0 {
                 self.replies.clear();
             }
-            // The budget ran out with more to do: the single-thread owner finishes here (its
-            // caller handles one event at a time).
+            // Work is left (the round budget, or a batch whose interrupt the half handed back
+            // first): an owner on one thread gets no second event for it from an edge-triggered
+            // link, so go on here; the interrupt flags add up.
             if !p.more {
                 return Ok(notify);
             }
@@ -610,7 +611,8 @@ pub(crate) struct RxProgress {
     pub(crate) notify: bool,
     /// Frames wait and the guest has no RX buffers (the kick is armed): wait for it.
     pub(crate) starved: bool,
-    /// The round budget ran out with work left: call again (after other events).
+    /// Work is left (the round budget ran out, or a delivered batch wants its interrupt
+    /// first): interrupt if `notify`, then call again (after other events).
     pub(crate) more: bool,
 }
 
@@ -666,6 +668,12 @@ impl RxHalf {
                         continue;
                     }
                     p.starved = true;
+                    return Ok(p);
+                }
+                if out.notify && self.host_pending {
+                    // The guest wants to hear of this batch now (it refills its ring when it
+                    // does): hand the interrupt to the driver before reading on.
+                    p.more = true;
                     return Ok(p);
                 }
                 continue;
