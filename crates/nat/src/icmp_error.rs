@@ -58,19 +58,9 @@ impl Embedded {
             ip_protocol::UDP => (PROTO_UDP, Transport::Udp, ports()),
             ip_protocol::ICMP => match get8(p, l4 + icmp::field::TYPE) {
                 // Our echo request went out: the identifier is the source "port".
-                icmp::ECHO_REQUEST => (
-                    PROTO_ICMP,
-                    Transport::Echo { id_is_source: true },
-                    (id(), 0),
-                ),
+                icmp::ECHO_REQUEST => (PROTO_ICMP, Transport::EchoSourceId, (id(), 0)),
                 // An echo reply came in: the identifier is the destination "port".
-                icmp::ECHO_REPLY => (
-                    PROTO_ICMP,
-                    Transport::Echo {
-                        id_is_source: false,
-                    },
-                    (0, id()),
-                ),
+                icmp::ECHO_REPLY => (PROTO_ICMP, Transport::EchoDestinationId, (0, id())),
                 _ => return None,
             },
             _ => return None,
@@ -164,8 +154,8 @@ fn rewrite_error(
                 icmp_delta.word(c, c2);
             }
         }
-        Transport::Echo { id_is_source } => {
-            let (o, n) = if id_is_source {
+        t @ (Transport::EchoSourceId | Transport::EchoDestinationId) => {
+            let (o, n) = if t == Transport::EchoSourceId {
                 (old.src_port, new.src_port)
             } else {
                 (old.dst_port, new.dst_port)

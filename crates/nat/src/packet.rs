@@ -56,13 +56,12 @@ pub(crate) enum Transport {
     TcpPartial,
     /// UDP with a partial checksum (see [`Transport::TcpPartial`]).
     UdpPartial,
-    /// ICMP echo: the identifier is the source "port" when `id_is_source`
-    /// (a request from inside, or what it became), the destination "port"
-    /// otherwise. Checksum without pseudo-header.
-    Echo {
-        /// The identifier travels as the source "port".
-        id_is_source: bool,
-    },
+    /// ICMP echo whose identifier is the source "port" (a request from
+    /// inside, or what it became). Checksum without pseudo-header.
+    EchoSourceId,
+    /// ICMP echo whose identifier is the destination "port" (a reply from
+    /// outside, or what it became). Checksum without pseudo-header.
+    EchoDestinationId,
     /// No transport header (a later fragment): addresses only.
     AddressesOnly,
 }
@@ -166,22 +165,10 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
             }
             let id = || get16(p, l4 + icmp::field::ECHO_IDENT.start);
             match (get8(p, l4 + icmp::field::TYPE), outbound) {
-                (icmp::ECHO_REQUEST, true) => flow(
-                    PROTO_ICMP,
-                    Transport::Echo { id_is_source: true },
-                    id(),
-                    0,
-                    0,
-                ),
-                (icmp::ECHO_REPLY, false) => flow(
-                    PROTO_ICMP,
-                    Transport::Echo {
-                        id_is_source: false,
-                    },
-                    0,
-                    id(),
-                    0,
-                ),
+                (icmp::ECHO_REQUEST, true) => flow(PROTO_ICMP, Transport::EchoSourceId, id(), 0, 0),
+                (icmp::ECHO_REPLY, false) => {
+                    flow(PROTO_ICMP, Transport::EchoDestinationId, 0, id(), 0)
+                }
                 (
                     icmp::DESTINATION_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM,
                     _,
@@ -304,12 +291,12 @@ pub(crate) fn rewrite(
             let c = ipd.apply_partial(get16(u, field::CHECKSUM.start));
             u[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
-        Transport::Echo { id_is_source } => {
+        t @ (Transport::EchoSourceId | Transport::EchoDestinationId) => {
             use icmp::field;
             let Some(e) = l4.first_chunk_mut::<{ icmp::HEADER_LEN }>() else {
                 return;
             };
-            let (o, n) = if id_is_source {
+            let (o, n) = if t == Transport::EchoSourceId {
                 (old.src_port, new.src_port)
             } else {
                 (old.dst_port, new.dst_port)

@@ -5,7 +5,7 @@
 //! [`DatagramId`], which keeps the IP protocol number.
 
 /// Addresses and ports of a packet, as read or as to be written (ICMP echo:
-/// the identifier stands in one of the ports, see `Transport::Echo`).
+/// the identifier stands in one of the ports, see `packet::Transport`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FourTuple {
     pub(crate) src_addr: u32,
