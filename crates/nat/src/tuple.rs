@@ -37,6 +37,21 @@ impl FiveTuple {
             dst_port: t.dst_port,
         }
     }
+
+    /// The addresses as one word: source in the low half, destination in
+    /// the high half (the order of `Flow`'s fields, so a flow's are one
+    /// load).
+    #[inline(always)]
+    pub(crate) fn addrs(&self) -> u64 {
+        u64::from(self.src_addr) | (u64::from(self.dst_addr) << 32)
+    }
+
+    /// The ports as one word: source in the low half, destination in the
+    /// high half (as [`FiveTuple::addrs`]).
+    #[inline(always)]
+    pub(crate) fn ports(&self) -> u32 {
+        u32::from(self.src_port) | (u32::from(self.dst_port) << 16)
+    }
 }
 
 /// An address and a port (or ICMP identifier).
