@@ -3,13 +3,13 @@
 //! outside (addresses) and inside (the quoted IPv4 and transport headers),
 //! each checksum fixed incrementally.
 
-use crate::checksum::{self, Delta};
 use crate::engine::Nat;
 use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32, put16, put32};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, state};
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple};
 use crate::{DropReason, Verdict};
+use wire::checksum::{self, Delta};
 
 /// An ICMP error's embedded packet (the part the NAT translates).
 #[derive(Clone, Copy, Debug)]
@@ -84,8 +84,10 @@ impl Embedded {
 /// checksum are valid (RFC 5508 REQ-3, REQ-3a). The embedded transport
 /// checksum is not checked (REQ-3c): the quote is often truncated.
 fn checksums_ok(p: &[u8], h: &Ipv4Header, e: &Embedded) -> bool {
-    let icmp = p.get(h.header_len..h.total_len).map(checksum::sum);
-    let embedded = p.get(e.ip_at..e.transport_at).map(checksum::sum);
+    let icmp = p
+        .get(h.header_len..h.total_len)
+        .map(|b| checksum::sum(b, 0));
+    let embedded = p.get(e.ip_at..e.transport_at).map(|b| checksum::sum(b, 0));
     matches!((icmp, embedded), (Some(a), Some(b)) if checksum::fold(a) == 0xffff && checksum::fold(b) == 0xffff)
 }
 
