@@ -13,7 +13,7 @@ use crate::ports::Ports;
 use crate::settings::Settings;
 use crate::sweep::Sweep;
 use crate::table::{Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SeededState};
-use crate::tuple::EndpointKey;
+use crate::tuple::{DatagramId, EndpointKey};
 use crate::{
     ConfigError, Direction, DropReason, Instant, L4Checksum, MappingInfo, NatConfig, NatStats,
     PortForward, Protocol, Redirect, Released, RuleError, Verdict,
@@ -354,17 +354,17 @@ impl Nat {
         now: Instant,
         partial: bool,
     ) -> Verdict {
-        let first = first_fragment(packet);
+        if let Some(datagram) = first_fragment(packet) {
+            return self.first_fragment_and_count(
+                datagram,
+                Direction::Outbound,
+                packet,
+                now,
+                partial,
+            );
+        }
         let v = self.translate_outbound(packet, now.as_millis(), partial);
-        match v {
-            Verdict::Forward => self.stats.outbound_forwarded += 1,
-            Verdict::Hairpin => self.stats.hairpinned += 1,
-            Verdict::Drop(r) => self.count_drop(r),
-            Verdict::Held => self.stats.fragments_held += 1,
-        }
-        if let Some(datagram) = first {
-            self.after_first_fragment(datagram, Direction::Outbound, packet, v, now.as_millis());
-        }
+        self.count_verdict(Direction::Outbound, v);
         v
     }
 
@@ -377,17 +377,55 @@ impl Nat {
         now: Instant,
         partial: bool,
     ) -> Verdict {
-        let first = first_fragment(packet);
+        if let Some(datagram) = first_fragment(packet) {
+            return self.first_fragment_and_count(
+                datagram,
+                Direction::Inbound,
+                packet,
+                now,
+                partial,
+            );
+        }
         let v = self.translate_inbound(packet, now.as_millis(), partial);
-        match v {
-            Verdict::Forward | Verdict::Hairpin => self.stats.inbound_forwarded += 1,
-            Verdict::Drop(r) => self.count_drop(r),
-            Verdict::Held => self.stats.fragments_held += 1,
-        }
-        if let Some(datagram) = first {
-            self.after_first_fragment(datagram, Direction::Inbound, packet, v, now.as_millis());
-        }
+        self.count_verdict(Direction::Inbound, v);
         v
+    }
+
+    /// A first fragment of `datagram` through the path of `direction`:
+    /// translates, counts, then records the translation for the later
+    /// fragments. Apart from the packet paths (and not inlined into them)
+    /// so that they need not keep the packet and the time in registers up
+    /// to their end.
+    #[inline(never)]
+    fn first_fragment_and_count(
+        &mut self,
+        datagram: DatagramId,
+        direction: Direction,
+        packet: &mut [u8],
+        now: Instant,
+        partial: bool,
+    ) -> Verdict {
+        let v = match direction {
+            Direction::Outbound => self.translate_outbound(packet, now.as_millis(), partial),
+            Direction::Inbound => self.translate_inbound(packet, now.as_millis(), partial),
+        };
+        self.count_verdict(direction, v);
+        self.after_first_fragment(datagram, direction, packet, v, now.as_millis());
+        v
+    }
+
+    /// Counts the verdict of a packet of `direction`.
+    #[inline(always)]
+    fn count_verdict(&mut self, direction: Direction, v: Verdict) {
+        match (v, direction) {
+            (Verdict::Forward, Direction::Outbound) => self.stats.outbound_forwarded += 1,
+            (Verdict::Hairpin, Direction::Outbound) => self.stats.hairpinned += 1,
+            (Verdict::Forward | Verdict::Hairpin, Direction::Inbound) => {
+                self.stats.inbound_forwarded += 1;
+            }
+            (Verdict::Drop(r), _) => self.count_drop(r),
+            (Verdict::Held, _) => self.stats.fragments_held += 1,
+        }
     }
 
     /// Counts a drop.

@@ -134,7 +134,7 @@ impl Nat {
             dst_addr: b.internal_addr,
             dst_port: 0,
         };
-        packet::rewrite(p, h, Transport::Echo { id_is_source: true }, old, new);
+        packet::rewrite(p, h, Transport::EchoSourceId, old, new);
         // Remember the requester (one per external identifier: the latest)
         // so the target's reply can loop back to it.
         let expires = now.saturating_add(self.settings.timeouts.icmp);
@@ -191,9 +191,7 @@ impl Nat {
             dst_addr: requester,
             dst_port: external_id,
         };
-        let transport = Transport::Echo {
-            id_is_source: false,
-        };
+        let transport = Transport::EchoDestinationId;
         packet::rewrite(p, h, transport, old, new);
         Verdict::Hairpin
     }

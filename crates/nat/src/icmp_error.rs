@@ -3,13 +3,13 @@
 //! outside (addresses) and inside (the quoted IPv4 and transport headers),
 //! each checksum fixed incrementally.
 
-use crate::checksum::{self, Delta};
 use crate::engine::Nat;
 use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32, put16, put32};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, state};
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple};
 use crate::{DropReason, Verdict};
+use wire::checksum::{self, Delta};
 
 /// An ICMP error's embedded packet (the part the NAT translates).
 #[derive(Clone, Copy, Debug)]
@@ -58,19 +58,9 @@ impl Embedded {
             ip_protocol::UDP => (PROTO_UDP, Transport::Udp, ports()),
             ip_protocol::ICMP => match get8(p, l4 + icmp::field::TYPE) {
                 // Our echo request went out: the identifier is the source "port".
-                icmp::ECHO_REQUEST => (
-                    PROTO_ICMP,
-                    Transport::Echo { id_is_source: true },
-                    (id(), 0),
-                ),
+                icmp::ECHO_REQUEST => (PROTO_ICMP, Transport::EchoSourceId, (id(), 0)),
                 // An echo reply came in: the identifier is the destination "port".
-                icmp::ECHO_REPLY => (
-                    PROTO_ICMP,
-                    Transport::Echo {
-                        id_is_source: false,
-                    },
-                    (0, id()),
-                ),
+                icmp::ECHO_REPLY => (PROTO_ICMP, Transport::EchoDestinationId, (0, id())),
                 _ => return None,
             },
             _ => return None,
@@ -94,8 +84,10 @@ impl Embedded {
 /// checksum are valid (RFC 5508 REQ-3, REQ-3a). The embedded transport
 /// checksum is not checked (REQ-3c): the quote is often truncated.
 fn checksums_ok(p: &[u8], h: &Ipv4Header, e: &Embedded) -> bool {
-    let icmp = p.get(h.header_len..h.total_len).map(checksum::sum);
-    let embedded = p.get(e.ip_at..e.transport_at).map(checksum::sum);
+    let icmp = p
+        .get(h.header_len..h.total_len)
+        .map(|b| checksum::sum(b, 0));
+    let embedded = p.get(e.ip_at..e.transport_at).map(|b| checksum::sum(b, 0));
     matches!((icmp, embedded), (Some(a), Some(b)) if checksum::fold(a) == 0xffff && checksum::fold(b) == 0xffff)
 }
 
@@ -164,8 +156,8 @@ fn rewrite_error(
                 icmp_delta.word(c, c2);
             }
         }
-        Transport::Echo { id_is_source } => {
-            let (o, n) = if id_is_source {
+        t @ (Transport::EchoSourceId | Transport::EchoDestinationId) => {
+            let (o, n) = if t == Transport::EchoSourceId {
                 (old.src_port, new.src_port)
             } else {
                 (old.dst_port, new.dst_port)

@@ -127,7 +127,7 @@ impl Nat {
             let mut g = f;
             g.state |= state::SEEN_INBOUND
                 | crate::outbound::tcp_state_bits(fh.tcp_flags, state::FIN_INBOUND);
-            g.expires = now.saturating_add(self.settings.timeouts.of(&g));
+            g.expires = now.saturating_add(self.settings.timeouts.of(g.protocol, g.state));
             if let Some(s) = self.table.flows.get_mut(i) {
                 *s = g;
             }

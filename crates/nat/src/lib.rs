@@ -128,7 +128,7 @@
 //! | `fragments`, `held` | first-fragment state; later fragments held until it comes |
 //! | `batch` | the batch calls and their read-ahead |
 //! | `sweep` | expiry of flows, bounded per call |
-//! | `packet`, `headers`, `checksum` | IPv4 parsing, header field offsets, incremental checksums |
+//! | `packet`, `headers` | IPv4 parsing, header field offsets, incremental checksums (`wire::checksum`) |
 //! | `tuple` | the tuples tables are keyed by and packets rewritten with |
 //!
 //! # Features
@@ -145,7 +145,6 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
 
 mod batch;
-mod checksum;
 mod engine;
 mod flows;
 mod fragments;

@@ -34,7 +34,7 @@ impl Nat {
         };
         fh.transport = fh.transport.with_partial(partial);
         let external_addr = self.settings.external_addr;
-        if fh.protocol == PROTO_ICMP && h.dst_addr == external_addr {
+        if h.dst_addr == external_addr && fh.protocol == PROTO_ICMP {
             return self.echo_hairpin(p, &h, fh.src_port, now);
         }
         let old = fh.tuple(&h);
@@ -52,7 +52,8 @@ impl Nat {
             return Verdict::Drop(DropReason::NoMapping);
         };
         let flags = fh.tcp_flags;
-        if fh.protocol == PROTO_TCP {
+        let timeouts = &self.settings.timeouts;
+        f.expires = if fh.protocol == PROTO_TCP {
             let expired = f.expires <= now;
             let closing = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST;
             let reopen = flags & tcp::SYN != 0 && flags & tcp::ACK == 0 && f.state & closing != 0;
@@ -60,14 +61,16 @@ impl Nat {
                 f.state &= state::REDIRECTED;
             }
             f.state |= state::SEEN_OUTBOUND | tcp_state_bits(flags, state::FIN_OUTBOUND);
-        }
-        let fresh = now.saturating_add(self.settings.timeouts.of(f));
-        // An outbound RST answers an inbound packet: it must not extend the
-        // flow's life (RFC 7857 section 2.3), only shorten it.
-        f.expires = if flags & tcp::RST != 0 && fh.protocol == PROTO_TCP && f.expires > now {
-            f.expires.min(fresh)
+            let fresh = now.saturating_add(timeouts.of(PROTO_TCP, f.state));
+            // An outbound RST answers an inbound packet: it must not extend
+            // the flow's life (RFC 7857 section 2.3), only shorten it.
+            if flags & tcp::RST != 0 && f.expires > now {
+                f.expires.min(fresh)
+            } else {
+                fresh
+            }
         } else {
-            fresh
+            now.saturating_add(timeouts.of(fh.protocol, f.state))
         };
         let new = FourTuple {
             src_addr: external_addr,

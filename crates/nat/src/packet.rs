@@ -7,10 +7,10 @@
 //! return 0) out of bounds, so no input can make them panic.
 
 use crate::DropReason;
-use crate::checksum::{self, Delta};
 use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::tuple::FourTuple;
+use wire::checksum::{self, Delta};
 
 /// The fields of a validated IPv4 header.
 #[derive(Clone, Copy, Debug)]
@@ -56,13 +56,12 @@ pub(crate) enum Transport {
     TcpPartial,
     /// UDP with a partial checksum (see [`Transport::TcpPartial`]).
     UdpPartial,
-    /// ICMP echo: the identifier is the source "port" when `id_is_source`
-    /// (a request from inside, or what it became), the destination "port"
-    /// otherwise. Checksum without pseudo-header.
-    Echo {
-        /// The identifier travels as the source "port".
-        id_is_source: bool,
-    },
+    /// ICMP echo whose identifier is the source "port" (a request from
+    /// inside, or what it became). Checksum without pseudo-header.
+    EchoSourceId,
+    /// ICMP echo whose identifier is the destination "port" (a reply from
+    /// outside, or what it became). Checksum without pseudo-header.
+    EchoDestinationId,
     /// No transport header (a later fragment): addresses only.
     AddressesOnly,
 }
@@ -166,22 +165,10 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
             }
             let id = || get16(p, l4 + icmp::field::ECHO_IDENT.start);
             match (get8(p, l4 + icmp::field::TYPE), outbound) {
-                (icmp::ECHO_REQUEST, true) => flow(
-                    PROTO_ICMP,
-                    Transport::Echo { id_is_source: true },
-                    id(),
-                    0,
-                    0,
-                ),
-                (icmp::ECHO_REPLY, false) => flow(
-                    PROTO_ICMP,
-                    Transport::Echo {
-                        id_is_source: false,
-                    },
-                    0,
-                    id(),
-                    0,
-                ),
+                (icmp::ECHO_REQUEST, true) => flow(PROTO_ICMP, Transport::EchoSourceId, id(), 0, 0),
+                (icmp::ECHO_REPLY, false) => {
+                    flow(PROTO_ICMP, Transport::EchoDestinationId, 0, id(), 0)
+                }
                 (
                     icmp::DESTINATION_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM,
                     _,
@@ -211,10 +198,10 @@ pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
         return Err(DropReason::Malformed);
     }
     let ok = if header_len == ipv4::MIN_HEADER_LEN {
-        checksum::ipv4_header_ok(h)
+        ipv4_header_ok(h)
     } else {
         p.get(..header_len)
-            .is_some_and(|b| checksum::fold(checksum::sum(b)) == 0xffff)
+            .is_some_and(|b| checksum::fold(checksum::sum(b, 0)) == 0xffff)
     };
     if !ok {
         return Err(DropReason::Malformed);
@@ -304,12 +291,12 @@ pub(crate) fn rewrite(
             let c = ipd.apply_partial(get16(u, field::CHECKSUM.start));
             u[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
-        Transport::Echo { id_is_source } => {
+        t @ (Transport::EchoSourceId | Transport::EchoDestinationId) => {
             use icmp::field;
             let Some(e) = l4.first_chunk_mut::<{ icmp::HEADER_LEN }>() else {
                 return;
             };
-            let (o, n) = if id_is_source {
+            let (o, n) = if t == Transport::EchoSourceId {
                 (old.src_port, new.src_port)
             } else {
                 (old.dst_port, new.dst_port)
@@ -347,12 +334,20 @@ pub fn complete_l4_checksum(packet: &mut [u8]) -> bool {
     let Some(l4) = packet.get(h.header_len..h.total_len) else {
         return false;
     };
-    let mut c = !checksum::fold(checksum::sum(l4));
+    let mut c = checksum::finish(checksum::sum(l4, 0));
     if h.protocol == ip_protocol::UDP && c == 0 {
         c = 0xffff;
     }
     put16(packet, h.header_len + checksum_at, c);
     true
+}
+
+/// Whether a 20-byte IPv4 header (no options) has a valid checksum: its five
+/// 32-bit words summed in registers.
+#[inline(always)]
+fn ipv4_header_ok(h: &[u8; ipv4::MIN_HEADER_LEN]) -> bool {
+    let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    checksum::fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
 }
 
 /// Reads a big-endian u16 at `off`, 0 if out of bounds.
@@ -406,7 +401,7 @@ mod tests {
         let mut ok = [0u8; 20];
         ok[field::VERSION_IHL] = 0x45;
         ok[field::LENGTH.end - 1] = 20;
-        let c = !checksum::fold(checksum::sum(&ok));
+        let c = checksum::checksum(&ok);
         ok[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         assert!(parse(&ok).is_ok());
         let mut v6 = ok;

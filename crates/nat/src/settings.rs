@@ -1,7 +1,7 @@
 //! The configuration, validated once and kept in the units the packet paths
 //! use: addresses as `u32`, timeouts in milliseconds.
 
-use crate::table::{Flow, PROTO_TCP, PROTO_UDP, state};
+use crate::table::{PROTO_TCP, PROTO_UDP, state};
 use crate::{ConfigError, NatConfig};
 
 /// A validated [`NatConfig`] and what the packet paths derive from it.
@@ -32,14 +32,17 @@ pub(crate) struct TimeoutsMillis {
 }
 
 impl TimeoutsMillis {
-    /// The idle timeout of `f` in its current state.
+    /// The idle timeout of a flow of protocol index `protocol` (`PROTO_*`)
+    /// in [`state`] `flow_state`. (The packet paths pass the protocol of the
+    /// packet in hand, a value the compiler already branched on, rather than
+    /// the flow's copy in the table: that keeps one branch per packet.)
     #[inline(always)]
-    pub(crate) fn of(&self, f: &Flow) -> u64 {
-        match f.protocol {
+    pub(crate) fn of(&self, protocol: u8, flow_state: u8) -> u64 {
+        match protocol {
             PROTO_TCP => {
                 let both = state::SEEN_INBOUND | state::SEEN_OUTBOUND;
                 let closing = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST;
-                if f.state & both == both && f.state & closing == 0 {
+                if flow_state & both == both && flow_state & closing == 0 {
                     self.tcp_established
                 } else {
                     self.tcp_transitory

@@ -10,7 +10,13 @@ use core::hash::{BuildHasher, Hasher};
 use crate::tuple::FiveTuple;
 
 /// One tracked session (a 5-tuple and its translation). 32 bytes.
+///
+/// `repr(C)`, the internal-side key first: its two addresses are one 8-byte
+/// word, its two ports the next 4 bytes and the protocol the byte after, so
+/// that [`Flow::has_key`] is three loads and compares (an outbound lookup's
+/// key then also stays in three registers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub(crate) struct Flow {
     /// Deadline in milliseconds of the caller's clock.
     pub(crate) expires: u64,
@@ -19,20 +25,20 @@ pub(crate) struct Flow {
     /// Destination address as the guest wrote it (differs from `remote_addr`
     /// only for redirected flows).
     pub(crate) original_addr: u32,
-    /// The real remote address.
-    pub(crate) remote_addr: u32,
     /// Internal port or ICMP identifier.
     pub(crate) internal_port: u16,
-    /// External port or ICMP identifier.
-    pub(crate) external_port: u16,
     /// Destination port as the guest wrote it.
     pub(crate) original_port: u16,
-    /// The real remote port (0 for ICMP).
-    pub(crate) remote_port: u16,
     /// Protocol index (see `PROTO_*`).
     pub(crate) protocol: u8,
     /// TCP tracking bits and flags (see [`state`]).
     pub(crate) state: u8,
+    /// External port or ICMP identifier.
+    pub(crate) external_port: u16,
+    /// The real remote address.
+    pub(crate) remote_addr: u32,
+    /// The real remote port (0 for ICMP).
+    pub(crate) remote_port: u16,
 }
 
 /// Protocol index of TCP.
@@ -78,11 +84,8 @@ impl Flow {
     /// Whether this flow has the internal-side key `key`.
     #[inline(always)]
     pub(crate) fn has_key(&self, key: &FiveTuple) -> bool {
-        self.internal_addr == key.src_addr
-            && self.original_addr == key.dst_addr
-            && self.internal_port == key.src_port
-            && self.original_port == key.dst_port
-            && self.protocol == key.protocol
+        let mine = self.key();
+        mine.addrs() == key.addrs() && mine.ports() == key.ports() && self.protocol == key.protocol
     }
 }
 
@@ -314,11 +317,8 @@ impl Keys {
     /// Hash of an internal-side key.
     #[inline(always)]
     pub(crate) fn hash(&self, key: &FiveTuple) -> u32 {
-        let a = (u64::from(key.src_addr) << 32) | u64::from(key.dst_addr);
-        let b = (u64::from(key.src_port) << 32)
-            | (u64::from(key.dst_port) << 16)
-            | u64::from(key.protocol);
-        self.mix(a, b)
+        let b = u64::from(key.ports()) | (u64::from(key.protocol) << 32);
+        self.mix(key.addrs(), b)
     }
 
     /// A `BuildHasher` for the cold-path std maps, keyed from these keys.

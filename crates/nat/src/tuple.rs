@@ -5,7 +5,7 @@
 //! [`DatagramId`], which keeps the IP protocol number.
 
 /// Addresses and ports of a packet, as read or as to be written (ICMP echo:
-/// the identifier stands in one of the ports, see `Transport::Echo`).
+/// the identifier stands in one of the ports, see `packet::Transport`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FourTuple {
     pub(crate) src_addr: u32,
@@ -36,6 +36,21 @@ impl FiveTuple {
             dst_addr: t.dst_addr,
             dst_port: t.dst_port,
         }
+    }
+
+    /// The addresses as one word: source in the low half, destination in
+    /// the high half (the order of `Flow`'s fields, so a flow's are one
+    /// load).
+    #[inline(always)]
+    pub(crate) fn addrs(&self) -> u64 {
+        u64::from(self.src_addr) | (u64::from(self.dst_addr) << 32)
+    }
+
+    /// The ports as one word: source in the low half, destination in the
+    /// high half (as [`FiveTuple::addrs`]).
+    #[inline(always)]
+    pub(crate) fn ports(&self) -> u32 {
+        u32::from(self.src_port) | (u32::from(self.dst_port) << 16)
     }
 }
 
