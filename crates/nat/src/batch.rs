@@ -3,11 +3,11 @@
 //! The reads take the packet as it is, without validation: a wrong guess
 //! only costs a useless read.
 
-use crate::engine::Nat;
 use crate::headers::{icmp, ip_protocol, ipv4, udp};
 use crate::packet::{get8, get16, get32};
 use crate::ports::Ports;
 use crate::table::{Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::translator::Nat;
 use crate::tuple::FiveTuple;
 use crate::{Direction, Instant, L4Checksum, Verdict};
 

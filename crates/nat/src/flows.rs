@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use crate::DropReason;
-use crate::engine::Nat;
 use crate::table::{Flow, FlowTable, Keys, SeededState};
+use crate::translator::Nat;
 
 /// The flow table, its hash keys and the per-host flow counts.
 #[derive(Debug)]

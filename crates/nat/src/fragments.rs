@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use crate::engine::Nat;
 use crate::headers::ipv4::{self, field};
 use crate::held::HeldPool;
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32};
 use crate::table::SeededState;
+use crate::translator::Nat;
 use crate::tuple::{DatagramId, FourTuple};
 use crate::{Direction, DropReason, Released, Verdict};
 

@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use crate::engine::Nat;
 use crate::headers::{ipv4, tcp};
 use crate::packet::{self, FlowHeader, Ipv4Header, Transport};
 use crate::ports::PortUse;
 use crate::table::{PROTO_ICMP, SeededState};
+use crate::translator::Nat;
 use crate::tuple::{EndpointKey, FourTuple};
 use crate::{DropReason, Filtering, Verdict};
 

@@ -3,10 +3,10 @@
 //! outside (addresses) and inside (the quoted IPv4 and transport headers),
 //! each checksum fixed incrementally.
 
-use crate::engine::Nat;
 use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32, put16, put32};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, state};
+use crate::translator::Nat;
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple};
 use crate::{DropReason, Verdict};
 use wire::checksum::{self, Delta};

@@ -8,10 +8,10 @@
 //! 8-byte binding (a 512 KiB array per protocol, which stays in the caches)
 //! and then one table slot.
 
-use crate::engine::Nat;
 use crate::packet::{self, FlowHeader, Ipv4Header, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_TCP, state};
+use crate::translator::Nat;
 use crate::tuple::{Endpoint, FiveTuple, FourTuple, PortKey};
 use crate::{Direction, DropReason, Filtering, Verdict};
 

@@ -113,7 +113,7 @@
 //! # Module map
 //!
 //! The crate root holds the public types; [`Nat`] and its methods are in
-//! `engine`. The rest is private, one question per module:
+//! `translator`. The rest is private, one question per module:
 //!
 //! | module | what it answers |
 //! |---|---|
@@ -145,7 +145,6 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
 
 mod batch;
-mod engine;
 mod flows;
 mod fragments;
 mod hairpin;
@@ -161,10 +160,11 @@ mod sweep;
 mod table;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+mod translator;
 mod tuple;
 
-pub use engine::Nat;
 pub use packet::complete_l4_checksum;
+pub use translator::Nat;
 
 /// Monotonic time chosen by the caller. The NAT never reads a clock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

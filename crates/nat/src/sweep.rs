@@ -1,7 +1,7 @@
 //! Expiry of flows: a resumable sweep over the flow table, bounded per call,
 //! and the lower bound of every flow deadline that tells when it is due.
 
-use crate::engine::Nat;
+use crate::translator::Nat;
 
 /// Where the expiry sweep is, and what it knows about flow deadlines.
 #[derive(Debug)]
