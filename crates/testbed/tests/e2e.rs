@@ -483,6 +483,46 @@ fn unsolicited_inbound_packets_do_not_reach_the_guest() {
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
+fn the_stats_line_names_the_nat_drop_reason() {
+    // 60 datagrams from the server to the NAT's external address on a port nobody mapped: the
+    // NAT drops each as NoMapping, and the shutdown line must say so by name, beside the
+    // bridge's own NatInbound.
+    let mut lab = Lab::start("e2e-natdrops", &[]);
+    let out = lab.ok(
+        Ns::S,
+        10,
+        &[helper(), "udp-spray", &format!("{EXTERNAL}:9999"), "60"],
+    );
+    assert!(out.contains("sent 60"), "{out}");
+    // The datagrams cross H's routing and the TUN asynchronously: let them arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut attach = lab.take_attach();
+    let (status, _) = attach.terminate(Duration::from_secs(5));
+    let stderr = attach.stderr();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "attach exit {status:?}\n{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("stats: bridge"))
+        .unwrap_or_else(|| panic!("no bridge stats line:\n{stderr}"));
+    eprintln!("{line}");
+    let count = |name: &str| -> u64 {
+        line.split([' ', ','])
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}=N in {line:?}"))
+    };
+    let no_mapping = count("nat.NoMapping");
+    assert!(
+        (60..=62).contains(&no_mapping),
+        "want the 60 datagrams (and at most a stray one or two) as nat.NoMapping: {line}"
+    );
+    assert!(count("NatInbound") >= no_mapping, "{line}");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
 fn guest_keeps_working_after_malformed_frames() {
     require(&[
         ("busybox", "busybox"),

@@ -1,11 +1,10 @@
 //! The seam between `attach` and the `bridge` crate's API.
 
-use std::fmt::Write as _;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bridge::{Activation, Bridge, BridgeConfig, BridgeHandle, BridgeStats, DropCause};
+use bridge::{Activation, Bridge, BridgeConfig, BridgeHandle, BridgeStats};
 
 use super::AttachArgs;
 use crate::guest::{Kick, NetConfig, RX_QUEUE, SimGuest, TX_QUEUE};
@@ -129,30 +128,8 @@ impl std::error::Error for ArcError {
     }
 }
 
+/// The bridge's shutdown line: `bridge ` and [`BridgeStats`]'s `Display` (drop causes and the
+/// NAT's drop reasons by name).
 pub(super) fn format_stats(s: &BridgeStats) -> String {
-    let b = &s.bridge;
-    let mut line = format!(
-        "bridge tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, to host {}, from host \
-         {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
-        b.tx_frames,
-        b.tx_bytes,
-        b.rx_frames,
-        b.rx_bytes,
-        b.tx_gso,
-        b.rx_gso,
-        b.to_host,
-        b.from_host,
-        b.local_replies,
-        s.nat_flows,
-        s.nat.outbound_forwarded,
-        s.nat.inbound_forwarded,
-        b.total_drops(),
-    );
-    for cause in DropCause::ALL {
-        let n = b.drops_of(cause);
-        if n > 0 {
-            let _ = write!(line, " {cause:?}={n}");
-        }
-    }
-    line
+    format!("bridge {s}")
 }
