@@ -523,6 +523,49 @@ fn the_stats_line_names_the_nat_drop_reason() {
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
+fn attach_exits_with_an_error_when_its_tun_is_deleted() {
+    tun_deleted_underneath("e2e-tungone1", "one");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn attach_exits_with_an_error_when_its_tun_is_deleted_pipeline() {
+    tun_deleted_underneath("e2e-tungone2", "pipeline");
+}
+
+/// Starts attach with `--threads mode`, gets a lease, deletes the TUN in H and expects attach to
+/// exit within 5 s with status 2 and an error line naming the TUN.
+fn tun_deleted_underneath(tag: &str, mode: &str) {
+    require(&[("busybox", "busybox")]);
+    let (mut lab, _lease) = Lab::with_lease(tag, &["--threads", mode]);
+    let tun = lab.attach().tun.clone();
+    lab.ns(Ns::H)
+        .ip(&["link", "del", &tun])
+        .unwrap_or_else(|e| panic!("ip link del {tun}: {e}"));
+    let t = Instant::now();
+    let mut attach = lab.take_attach();
+    let status = attach.wait_exit(Duration::from_secs(5));
+    let took = t.elapsed();
+    let stderr = attach.stderr();
+    let Some(status) = status else {
+        let _ = attach.terminate(Duration::from_secs(3));
+        panic!(
+            "attach --threads {mode} still runs 5 s after its TUN {tun} was deleted:\n{}",
+            attach.stderr()
+        );
+    };
+    eprintln!("attach --threads {mode} exited {status} {took:?} after the TUN went");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("hostnet-lab: error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    eprintln!("{error}");
+    assert!(error.contains(&format!("TUN {tun} ")), "{error}");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
 fn guest_keeps_working_after_malformed_frames() {
     require(&[
         ("busybox", "busybox"),

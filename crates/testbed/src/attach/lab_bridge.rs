@@ -59,6 +59,7 @@ impl LabBridge {
             "the bridge acknowledged {acked:#x}, the guest negotiated {:#x}",
             guest.acked_features()
         );
+        let tun_name = tun.name().to_owned();
         let irq = guest.interrupts();
         let activation = Activation {
             mem: Arc::new(guest.memory().clone()),
@@ -73,6 +74,7 @@ impl LabBridge {
             .context("activating the bridge")?;
         Ok(LabHandle {
             handle: Arc::new(handle),
+            tun_name,
         })
     }
 }
@@ -80,6 +82,8 @@ impl LabBridge {
 /// A running bridge.
 pub(super) struct LabHandle {
     handle: Arc<BridgeHandle>,
+    /// The TUN's name, for the error when it fails.
+    tun_name: String,
 }
 
 impl LabHandle {
@@ -95,11 +99,21 @@ impl LabHandle {
         })
     }
 
-    /// Why the bridge stopped on its own, if it did.
+    /// Why the bridge stopped on its own, if it did (a failed host link names the TUN).
     pub(super) fn failure(&self) -> Option<String> {
-        self.handle
-            .error()
-            .map(|e| format!("the bridge failed: {:#}", anyhow::Error::from(ArcError(e))))
+        let e = self.handle.error()?;
+        let link = if matches!(*e, bridge::Error::HostLink(_)) {
+            format!(
+                " (TUN {} in the host namespace is gone or broken)",
+                self.tun_name
+            )
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "the bridge failed{link}: {:#}",
+            anyhow::Error::from(ArcError(e))
+        ))
     }
 
     /// Stops the bridge (the guest's driver must have stopped, dropping its kicker) and

@@ -156,6 +156,7 @@ impl State {
         let mut events = [EpollEvent::default(); 3];
         // Anything the TUN held before the loop started.
         self.rx(true)?;
+        self.check_host_link()?;
         let mut next_tick = Instant::now() + TICK;
         while !self.stopping.load(Ordering::Relaxed) {
             // NAT expiry when its deadline passes, at most once a TICK (a passed deadline with
@@ -191,6 +192,20 @@ impl State {
             if tun {
                 self.rx(true)?;
             }
+            self.check_host_link()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the loop with an error naming the TUN once the device core saw it fail (deleted
+    /// underneath: reads and writes answer `EBADFD`, and the level-triggered epoll would report
+    /// it without end).
+    fn check_host_link(&self) -> anyhow::Result<()> {
+        if self.dp.host_failed() {
+            anyhow::bail!(
+                "the host link failed: TUN {} in the host namespace is gone or broken",
+                self.tun.name()
+            );
         }
         Ok(())
     }
