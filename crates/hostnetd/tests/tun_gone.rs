@@ -1,7 +1,8 @@
 //! hostnetd and its TUN deleted underneath (`ip link del`): it must not go on serving on a dead
 //! link. It logs an error naming the TUN and exits with status 1, both while no frontend is
 //! connected and while one is (a vhost-user frontend written here: memory table, an RX ring with
-//! buffers posted, enabled). No QEMU; needs root (a network namespace, a TUN).
+//! buffers posted, enabled). On the way, the served case checks that SIGUSR1 logs the NAT's drop
+//! reasons by name. No QEMU; needs root (a network namespace, a TUN, bash for `/dev/udp`).
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use testbed::netns::{Netns, Process};
 
-/// A running hostnetd in its own namespace, its ready line read.
+/// A running hostnetd in its own namespace, its ready line read; stderr lines without ANSI colours.
 struct Daemon {
     process: Process,
     tun: String,
@@ -38,6 +39,7 @@ impl Daemon {
         let (err_tx, err_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let line = strip_ansi(&line);
                 eprintln!("[hostnetd] {line}");
                 let _ = err_tx.send(line);
             }
@@ -197,7 +199,49 @@ fn hostnetd_serving_a_frontend_exits_when_its_tun_is_deleted() {
     kick.write(1).expect("kick");
     // The connection is served: the daemon answers and is alive.
     assert_eq!(frontend.get_features().expect("get_features"), features);
+
+    // Item 6 on the way: 20 datagrams to the NAT's external address on a port nobody mapped are
+    // NAT drops of reason NoMapping, and SIGUSR1 logs them by name.
+    ns.exec(&[
+        "bash",
+        "-c",
+        "for i in $(seq 20); do echo x > /dev/udp/100.64.0.2/9999; done",
+    ])
+    .expect("sending UDP to the external address");
     std::thread::sleep(Duration::from_millis(200));
+    daemon.process.signal("USR1").expect("kill -USR1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = daemon
+            .stderr
+            .recv_timeout(left)
+            .expect("no connection stats within 5 s of SIGUSR1");
+        if line.contains("connection stats") {
+            break line;
+        }
+    };
+    assert!(stats.contains("nat.NoMapping=20"), "{stats}");
+    assert!(stats.contains("NatInbound="), "{stats}");
+
     daemon.delete_tun_and_expect_exit(&ns);
     drop(frontend);
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
