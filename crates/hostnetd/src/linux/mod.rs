@@ -269,6 +269,14 @@ impl Stop {
         }
     }
 
+    /// Whether a frontend is being served.
+    fn has_connection(&self) -> bool {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     fn set_connection(&self, handle: Option<ShutdownHandle>) {
         let mut slot = self
             .connection
@@ -383,7 +391,11 @@ fn spawn_signal_thread(stop: Arc<Stop>) -> Result<std::thread::JoinHandle<()>> {
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGUSR1 {
-                    stop.stats_requested.store(true, Ordering::Relaxed);
+                    if stop.has_connection() {
+                        stop.stats_requested.store(true, Ordering::Relaxed);
+                    } else {
+                        info!("no frontend connected: no connection stats to log");
+                    }
                     continue;
                 }
                 info!(signal = sig, "stop requested");

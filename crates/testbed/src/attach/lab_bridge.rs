@@ -99,6 +99,11 @@ impl LabHandle {
         })
     }
 
+    /// The bridge's counters now.
+    pub(super) fn stats(&self) -> BridgeStats {
+        self.handle.stats()
+    }
+
     /// Why the bridge stopped on its own, if it did (a failed host link names the TUN).
     pub(super) fn failure(&self) -> Option<String> {
         let e = self.handle.error()?;

@@ -22,6 +22,7 @@ use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
 pub(super) struct LabLoop {
     stop: EventFd,
     stopping: Arc<AtomicBool>,
+    stats_requested: Arc<AtomicBool>,
     thread: Option<JoinHandle<Finished>>,
 }
 
@@ -60,7 +61,9 @@ impl LabLoop {
         let driver = guest.into_driver(tap)?;
         let stop = EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?;
         let stopping = Arc::new(AtomicBool::new(false));
+        let stats_requested = Arc::new(AtomicBool::new(false));
         let mut state = State {
+            stats_requested: Arc::clone(&stats_requested),
             dp,
             clock: Clock::new(),
             driver,
@@ -85,8 +88,14 @@ impl LabLoop {
         Ok(Self {
             stop,
             stopping,
+            stats_requested,
             thread: Some(thread),
         })
+    }
+
+    /// Asks the thread to print the bridge's stats line to stderr (within its tick, 1 s).
+    pub(super) fn request_stats(&self) {
+        self.stats_requested.store(true, Ordering::Relaxed);
     }
 
     /// Whether the thread ended on its own (an error).
@@ -130,6 +139,7 @@ struct State {
     tun: Tun,
     stop: EventFd,
     stopping: Arc<AtomicBool>,
+    stats_requested: Arc<AtomicBool>,
 }
 
 impl State {
@@ -193,6 +203,12 @@ impl State {
                 self.rx(true)?;
             }
             self.check_host_link()?;
+            if self.stats_requested.swap(false, Ordering::Relaxed) {
+                eprintln!(
+                    "stats: {}",
+                    super::lab_bridge::format_stats(&self.dp.bridge_stats())
+                );
+            }
         }
         Ok(())
     }
