@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use testbed::netns::{Netns, Process};
+use testbed::strip_ansi;
 
 /// A running hostnetd in its own namespace, its ready line read; stderr lines without ANSI colours.
 struct Daemon {
@@ -226,22 +227,4 @@ fn hostnetd_serving_a_frontend_exits_when_its_tun_is_deleted() {
 
     daemon.delete_tun_and_expect_exit(&ns);
     drop(frontend);
-}
-
-/// `line` without ANSI colour sequences (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
