@@ -458,6 +458,14 @@ impl DeviceCore {
         self.negotiated.offloads
     }
 
+    /// Whether the host link failed: a send or receive ended with an error that is not "full",
+    /// "would block" or "interrupted" (a TUN deleted underneath answers `EBADFD`). The core
+    /// logged it once and goes on without the link; a driver that must not serve on a dead link
+    /// checks this after each event. A [`DeviceCore::reset`] clears it.
+    pub fn host_failed(&self) -> bool {
+        self.host_failed
+    }
+
     /// Splits the core for a driver that runs its halves on different threads (the pipeline):
     /// the TX half, the RX half, the NAT they share, and what the pool of reply batches needs.
     #[cfg(feature = "driver")]

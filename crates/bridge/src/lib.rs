@@ -141,6 +141,6 @@ pub use host::{HostLink, MemoryLink};
 pub use offload::{MAX_IP_PACKET, Offloads};
 pub use rx_engine::RxEngine;
 pub use rx_queue::{RxOutcome, RxQueue};
-pub use stats::{AtomicStats, BridgeStats, DropCause, Stats};
+pub use stats::{AtomicStats, BridgeStats, DropCause, DropsByName, Stats};
 pub use tx_engine::TxEngine;
 pub use tx_queue::{TxOutcome, TxQueue};

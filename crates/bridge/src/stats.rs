@@ -1,6 +1,9 @@
 //! Counters: packets, bytes and drops by cause.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use nat::DropReason;
 
 /// Why the bridge dropped a frame, a packet or a descriptor chain. Each cause has a counter
 /// ([`Stats::drops`], indexed by [`DropCause::index`]). NAT drops are further split by
@@ -149,6 +152,98 @@ pub struct BridgeStats {
     pub needs_reset: bool,
 }
 
+impl BridgeStats {
+    /// The drop counters that are not zero, by name, separated by spaces: first the bridge's
+    /// causes (`NatInbound=476`, [`DropCause`]), then the NAT's own reasons with the prefix
+    /// `nat.` (`nat.NoMapping=470 nat.Filtered=6`, [`nat::DropReason`]). A NAT reason counts
+    /// packets the NAT refused in either direction; the bridge counts the same packets under
+    /// `NatOutbound` or `NatInbound`. Empty when nothing was dropped.
+    pub fn drops_by_name(&self) -> DropsByName<'_> {
+        DropsByName(self)
+    }
+}
+
+/// The non-zero drop counters of a [`BridgeStats`] by name ([`BridgeStats::drops_by_name`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DropsByName<'a>(&'a BridgeStats);
+
+impl fmt::Display for DropsByName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for cause in DropCause::ALL {
+            let n = self.0.bridge.drops_of(cause);
+            if n > 0 {
+                write!(f, "{sep}{cause:?}={n}")?;
+                sep = " ";
+            }
+        }
+        for (i, &n) in self.0.nat.drops.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            match NAT_REASONS.get(i) {
+                Some(reason) => write!(f, "{sep}nat.{reason:?}={n}")?,
+                // A reason this list does not know yet (the NAT added one): still counted.
+                None => write!(f, "{sep}nat.reason{i}={n}")?,
+            }
+            sep = " ";
+        }
+        Ok(())
+    }
+}
+
+/// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, to host 11, from
+/// host 9, local replies 3, nat flows 2, nat out 11 in 9, drops 476 NatInbound=476
+/// nat.NoMapping=476` (the drop counters as [`BridgeStats::drops_by_name`] gives them;
+/// `needs reset` at the end when a queue is broken).
+impl fmt::Display for BridgeStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.bridge;
+        write!(
+            f,
+            "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, to host {}, from host \
+             {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
+            b.tx_frames,
+            b.tx_bytes,
+            b.rx_frames,
+            b.rx_bytes,
+            b.tx_gso,
+            b.rx_gso,
+            b.to_host,
+            b.from_host,
+            b.local_replies,
+            self.nat_flows,
+            self.nat.outbound_forwarded,
+            self.nat.inbound_forwarded,
+            b.total_drops(),
+        )?;
+        let drops = self.drops_by_name().to_string();
+        if !drops.is_empty() {
+            write!(f, " {drops}")?;
+        }
+        if self.needs_reset {
+            f.write_str(", needs reset")?;
+        }
+        Ok(())
+    }
+}
+
+/// The NAT's drop reasons in index order ([`DropReason::index`]), for their names.
+const NAT_REASONS: [DropReason; 12] = [
+    DropReason::Malformed,
+    DropReason::UnsupportedProtocol,
+    DropReason::SpoofedSource,
+    DropReason::NoMapping,
+    DropReason::Filtered,
+    DropReason::TableFull,
+    DropReason::HostLimit,
+    DropReason::PortsExhausted,
+    DropReason::Fragment,
+    DropReason::IcmpNoMapping,
+    DropReason::FragmentsHeldFull,
+    DropReason::ReleaseBufferTooShort,
+];
+
 /// Shared atomic counters: the data paths add their per-batch [`Stats`] with
 /// [`AtomicStats::absorb`]; readers take [`AtomicStats::snapshot`] at any time.
 #[derive(Debug, Default)]
@@ -232,5 +327,52 @@ mod tests {
         assert_eq!(snap.tx_frames, 4);
         assert_eq!(snap.drops_of(DropCause::SpoofedIp), 2);
         assert_eq!(snap.total_drops(), 2);
+    }
+
+    #[test]
+    fn the_nat_reason_names_follow_the_nat_index() {
+        for (i, r) in NAT_REASONS.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        // Fails when the NAT gets a new reason: add its name to NAT_REASONS (until then it is
+        // shown as `nat.reason<index>`).
+        assert_eq!(NAT_REASONS.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn the_stats_line_names_bridge_causes_and_nat_reasons() {
+        let mut s = BridgeStats::default();
+        assert_eq!(s.drops_by_name().to_string(), "");
+        assert!(s.to_string().ends_with(", drops 0"), "{s}");
+        s.bridge.tx_gso = 7;
+        s.bridge.drops[DropCause::NatInbound.index()] = 476;
+        s.bridge.drops[DropCause::SpoofedIp.index()] = 2;
+        s.nat.drops[DropReason::NoMapping.index()] = 470;
+        s.nat.drops[DropReason::Filtered.index()] = 4;
+        s.nat.drops[DropReason::HostLimit.index()] = 2;
+        s.nat.inbound_forwarded = 9;
+        s.nat_flows = 3;
+        assert_eq!(
+            s.drops_by_name().to_string(),
+            "SpoofedIp=2 NatInbound=476 nat.NoMapping=470 nat.Filtered=4 nat.HostLimit=2"
+        );
+        let line = s.to_string();
+        assert!(
+            line.starts_with("tx 0 frames/0 B, rx 0 frames/0 B, tx_gso 7, rx_gso 0,"),
+            "{line}"
+        );
+        assert!(line.contains(", nat flows 3, nat out 0 in 9, "), "{line}");
+        assert!(
+            line.ends_with(
+                ", drops 478 SpoofedIp=2 NatInbound=476 nat.NoMapping=470 nat.Filtered=4 \
+                 nat.HostLimit=2"
+            ),
+            "{line}"
+        );
+        s.needs_reset = true;
+        assert!(
+            s.to_string().ends_with("nat.HostLimit=2, needs reset"),
+            "{s}"
+        );
     }
 }

@@ -177,9 +177,11 @@ Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev sock
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
 network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address), and
 prints `ready socket=<path> tun=<name> gateway=192.168.64.1` on stdout once listening. When the
-frontend disconnects it serves the next one. SIGTERM or SIGINT stops it; SIGUSR1 logs the
-connection's counters (also logged when a frontend disconnects). Logs go to stderr
-(RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
+frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit status 0); SIGUSR1
+logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
+frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
+a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
+(bad arguments: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
 namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
 
 OPTIONS:

@@ -11,7 +11,9 @@
 //! headers and the host kernel segments and checksums); `--no-offload` turns them off.
 //!
 //! One frontend at a time; when it disconnects the daemon serves the next one. SIGTERM/SIGINT stop
-//! it (the socket file is removed); SIGUSR1 logs the connection's counters. vhost-user is a Linux protocol: on other systems the binary only
+//! it (the socket file is removed); SIGUSR1 logs the connection's counters. If the TUN fails
+//! (deleted underneath) the daemon closes the connection, logs an error naming the TUN and exits
+//! with status 1; bad arguments exit with 2. vhost-user is a Linux protocol: on other systems the binary only
 //! says so. `hostnetd --help` lists the options.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

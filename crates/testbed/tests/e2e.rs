@@ -483,6 +483,121 @@ fn unsolicited_inbound_packets_do_not_reach_the_guest() {
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
+fn the_stats_line_names_the_nat_drop_reason() {
+    nat_drop_reasons_by_name("e2e-natdrops1", "one");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn the_stats_line_names_the_nat_drop_reason_pipeline() {
+    nat_drop_reasons_by_name("e2e-natdrops2", "pipeline");
+}
+
+/// 60 datagrams from the server to the NAT's external address on a port nobody mapped: the NAT
+/// drops each as NoMapping, and the stats line (on SIGUSR1, then at shutdown) must say so by
+/// name, beside the bridge's own NatInbound.
+fn nat_drop_reasons_by_name(tag: &str, mode: &str) {
+    let mut lab = Lab::start(tag, &["--threads", mode]);
+    let out = lab.ok(
+        Ns::S,
+        10,
+        &[helper(), "udp-spray", &format!("{EXTERNAL}:9999"), "60"],
+    );
+    assert!(out.contains("sent 60"), "{out}");
+    // The datagrams cross H's routing and the TUN asynchronously: let them arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut attach = lab.take_attach();
+    // SIGUSR1: the same line, now, and attach goes on.
+    attach.signal("USR1");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !attach.stderr().contains("nat.NoMapping=") {
+        assert!(
+            Instant::now() < deadline,
+            "no stats line with nat.NoMapping within 3 s of SIGUSR1:\n{}",
+            attach.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        attach.wait_exit(Duration::ZERO).is_none(),
+        "SIGUSR1 stopped attach"
+    );
+    let (status, _) = attach.terminate(Duration::from_secs(5));
+    let stderr = attach.stderr();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "attach exit {status:?}\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("stats: bridge"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line for SIGUSR1, one at shutdown:\n{stderr}"
+    );
+    let line = lines[1];
+    eprintln!("{}\n{line}", lines[0]);
+    assert!(lines[0].contains("nat.NoMapping=60"), "{}", lines[0]);
+    let count = |name: &str| -> u64 {
+        line.split([' ', ','])
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}=N in {line:?}"))
+    };
+    let no_mapping = count("nat.NoMapping");
+    assert!(
+        (60..=62).contains(&no_mapping),
+        "want the 60 datagrams (and at most a stray one or two) as nat.NoMapping: {line}"
+    );
+    assert!(count("NatInbound") >= no_mapping, "{line}");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn attach_exits_with_an_error_when_its_tun_is_deleted() {
+    tun_deleted_underneath("e2e-tungone1", "one");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn attach_exits_with_an_error_when_its_tun_is_deleted_pipeline() {
+    tun_deleted_underneath("e2e-tungone2", "pipeline");
+}
+
+/// Starts attach with `--threads mode`, gets a lease, deletes the TUN in H and expects attach to
+/// exit within 5 s with status 2 and an error line naming the TUN.
+fn tun_deleted_underneath(tag: &str, mode: &str) {
+    require(&[("busybox", "busybox")]);
+    let (mut lab, _lease) = Lab::with_lease(tag, &["--threads", mode]);
+    let tun = lab.attach().tun.clone();
+    lab.ns(Ns::H)
+        .ip(&["link", "del", &tun])
+        .unwrap_or_else(|e| panic!("ip link del {tun}: {e}"));
+    let t = Instant::now();
+    let mut attach = lab.take_attach();
+    let status = attach.wait_exit(Duration::from_secs(5));
+    let took = t.elapsed();
+    let stderr = attach.stderr();
+    let Some(status) = status else {
+        let _ = attach.terminate(Duration::from_secs(3));
+        panic!(
+            "attach --threads {mode} still runs 5 s after its TUN {tun} was deleted:\n{}",
+            attach.stderr()
+        );
+    };
+    eprintln!("attach --threads {mode} exited {status} {took:?} after the TUN went");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("hostnet-lab: error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    eprintln!("{error}");
+    assert!(error.contains(&format!("TUN {tun} ")), "{error}");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
 fn guest_keeps_working_after_malformed_frames() {
     require(&[
         ("busybox", "busybox"),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use utun::Tun;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{ShutdownHandle, VhostUserBackendMut, VringRwLock, VringT};
@@ -38,6 +38,8 @@ pub(crate) struct NetBackend {
     timer: TimerFd,
     /// Set by SIGUSR1: log the counters on the next tick.
     stats_requested: Arc<AtomicBool>,
+    /// Set when the TUN failed (deleted underneath): the daemon stops with an error.
+    host_lost: Arc<AtomicBool>,
     shutdown: Option<ShutdownHandle>,
     broken: bool,
     /// Frames moved (both ways) at the last tick: the tick re-signals the driver while they
@@ -61,6 +63,7 @@ impl NetBackend {
         tun: Arc<Tun>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
         stats_requested: Arc<AtomicBool>,
+        host_lost: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let mut timer = TimerFd::new()?;
         timer.reset(TICK, Some(TICK))?;
@@ -73,6 +76,7 @@ impl NetBackend {
             mem,
             timer,
             stats_requested,
+            host_lost,
             shutdown: None,
             broken: false,
             moved_at_tick: 0,
@@ -252,6 +256,18 @@ impl VhostUserBackendMut for NetBackend {
         // Errors never leave this function: an error would end the worker thread for good.
         if let Err(e) = self.dispatch(u64::from(device_event), vrings) {
             warn!("the driver broke the virtio protocol ({e}); closing the connection");
+            self.broken = true;
+            if let Some(h) = &self.shutdown {
+                h.shutdown();
+            }
+        } else if self.core.host_failed() {
+            // Never serve the guest on a dead link: close the connection, and the daemon stops.
+            error!(
+                tun = self.tun.name(),
+                "the TUN {} failed (deleted underneath?); closing the connection and stopping",
+                self.tun.name()
+            );
+            self.host_lost.store(true, Ordering::SeqCst);
             self.broken = true;
             if let Some(h) = &self.shutdown {
                 h.shutdown();

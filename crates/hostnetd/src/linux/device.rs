@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use bridge::{BridgeConfig, DeviceCore, DropCause, Error, MacAddr};
+use bridge::{BridgeConfig, DeviceCore, Error, MacAddr};
 use nat::PortForward;
 use tracing::info;
 
@@ -58,14 +58,11 @@ impl DeviceConfig {
     }
 }
 
-/// Logs a connection's counters.
+/// Logs a connection's counters: one `connection stats` line whose `drops` field names the
+/// bridge's drop causes and the NAT's drop reasons ([`bridge::BridgeStats::drops_by_name`]).
 pub(crate) fn log_stats(core: &DeviceCore) {
-    let s = core.stats();
-    let drops: Vec<String> = DropCause::ALL
-        .iter()
-        .filter(|c| s.drops_of(**c) > 0)
-        .map(|c| format!("{c:?}={}", s.drops_of(*c)))
-        .collect();
+    let all = core.bridge_stats();
+    let s = &all.bridge;
     info!(
         tx_frames = s.tx_frames,
         rx_frames = s.rx_frames,
@@ -74,8 +71,8 @@ pub(crate) fn log_stats(core: &DeviceCore) {
         local_replies = s.local_replies,
         tx_gso = s.tx_gso,
         rx_gso = s.rx_gso,
-        nat_flows = core.nat().len(),
-        drops = %drops.join(" "),
+        nat_flows = all.nat_flows,
+        drops = %all.drops_by_name(),
         "connection stats"
     );
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anyhow::{Context, Result, anyhow};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use utun::{Ipv4Dest, Tun, TunBuilder};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
@@ -26,7 +26,8 @@ use crate::args::Args;
 use backend::NetBackend;
 use device::DeviceConfig;
 
-/// Runs the daemon until SIGTERM/SIGINT.
+/// Runs the daemon until SIGTERM/SIGINT (`Ok`), or until its TUN fails (deleted underneath:
+/// an error; the current connection is closed first).
 pub(crate) fn run(args: &Args) -> Result<()> {
     init_tracing();
     // The first IPv4 nameserver of /etc/resolv.conf, loopback included.
@@ -81,7 +82,20 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     drop(out);
 
     let mut n = 0u64;
-    while stop.wait_for_connection(&listener.listener)? {
+    loop {
+        match stop.wait_for_connection(&listener.listener, &tun)? {
+            Wake::Connection => {}
+            Wake::Stop => break,
+            Wake::TunGone => {
+                error!(
+                    tun = tun.name(),
+                    "the TUN {} failed (deleted underneath?)",
+                    tun.name()
+                );
+                stop.host_lost.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
         n += 1;
         let frontend = match listener.listener.accept() {
             Ok((s, _)) => s,
@@ -90,16 +104,28 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 continue;
             }
         };
-        match serve_one(&config, &tun, frontend, &stop) {
+        let served = serve_one(&config, &tun, frontend, &stop);
+        let host_lost = stop.host_lost.load(Ordering::SeqCst);
+        match served {
+            Ok(()) if host_lost => info!(connection = n, "connection closed"),
             Ok(()) => info!(
                 connection = n,
                 "frontend disconnected; waiting for the next one"
             ),
             Err(e) => warn!(connection = n, "connection closed: {e:#}"),
         }
+        if host_lost {
+            break;
+        }
     }
     info!("stopping");
     drop(listener); // unlinks the socket
+    if stop.host_lost.load(Ordering::SeqCst) {
+        return Err(anyhow!(
+            "the TUN {} failed (deleted underneath?): no frontend can be served without it",
+            tun.name()
+        ));
+    }
     Ok(())
 }
 
@@ -129,6 +155,7 @@ fn serve_one(
         tun.clone(),
         mem.clone(),
         stop.stats_requested.clone(),
+        stop.host_lost.clone(),
     )?));
     let mut daemon = VhostUserDaemon::new("hostnetd".to_owned(), backend.clone(), mem)
         .map_err(|e| anyhow!("creating the vhost-user daemon: {e}"))?;
@@ -200,10 +227,12 @@ fn open_tun(args: &Args) -> Result<Tun> {
 }
 
 /// The stop request (SIGTERM/SIGINT): wakes the listen loop and closes the current connection.
-/// Also carries the stats request (SIGUSR1), which the connection's worker serves on its next tick.
+/// Also carries the stats request (SIGUSR1), which the connection's worker serves on its next tick,
+/// and the news that the TUN failed, which stops the daemon with an error.
 struct Stop {
     requested: AtomicBool,
     stats_requested: Arc<AtomicBool>,
+    host_lost: Arc<AtomicBool>,
     wake: EventFd,
     connection: Mutex<Option<ShutdownHandle>>,
 }
@@ -221,6 +250,7 @@ impl Stop {
         Ok(Self {
             requested: AtomicBool::new(false),
             stats_requested: Arc::new(AtomicBool::new(false)),
+            host_lost: Arc::new(AtomicBool::new(false)),
             wake: EventFd::new(EFD_NONBLOCK)?,
             connection: Mutex::new(None),
         })
@@ -239,6 +269,14 @@ impl Stop {
         }
     }
 
+    /// Whether a frontend is being served.
+    fn has_connection(&self) -> bool {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     fn set_connection(&self, handle: Option<ShutdownHandle>) {
         let mut slot = self
             .connection
@@ -253,8 +291,9 @@ impl Stop {
         }
     }
 
-    /// Blocks until the listener has a connection (`true`) or a stop was requested (`false`).
-    fn wait_for_connection(&self, listener: &UnixListener) -> io::Result<bool> {
+    /// Blocks until the listener has a connection, a stop was requested, or the TUN failed
+    /// (deleted underneath: it polls as an error; its packets are not waited for here).
+    fn wait_for_connection(&self, listener: &UnixListener, tun: &Tun) -> io::Result<Wake> {
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
@@ -266,10 +305,18 @@ impl Stop {
             self.wake.as_raw_fd(),
             EpollEvent::new(EventSet::IN, WAKE_EVENT),
         )?;
-        let mut events = [EpollEvent::default(); 2];
+        // A deleted TUN wakes its pollers as readable (the kernel's data-ready callback) and then
+        // polls as an error. Edge-triggered: packets that arrive while no frontend is connected
+        // cost one wake-up per burst and are left for the next connection.
+        epoll.ctl(
+            ControlOperation::Add,
+            tun.as_raw_fd(),
+            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TUN_EVENT),
+        )?;
+        let mut events = [EpollEvent::default(); 3];
         loop {
             if self.requested.load(Ordering::SeqCst) {
-                return Ok(false);
+                return Ok(Wake::Stop);
             }
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -277,13 +324,31 @@ impl Stop {
                 Err(e) => return Err(e),
             };
             if self.requested.load(Ordering::SeqCst) {
-                return Ok(false);
+                return Ok(Wake::Stop);
+            }
+            if events.iter().take(n).any(|e| {
+                e.data() == TUN_EVENT
+                    && e.event_set()
+                        .intersects(EventSet::ERROR | EventSet::HANG_UP)
+            }) {
+                return Ok(Wake::TunGone);
             }
             if events.iter().take(n).any(|e| e.data() == LISTENER_EVENT) {
-                return Ok(true);
+                return Ok(Wake::Connection);
             }
         }
     }
+}
+
+/// Why [`Stop::wait_for_connection`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// A frontend is waiting to be accepted.
+    Connection,
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// The TUN polls as an error (deleted underneath).
+    TunGone,
 }
 
 /// The listening socket; its file is removed on drop.
@@ -326,7 +391,11 @@ fn spawn_signal_thread(stop: Arc<Stop>) -> Result<std::thread::JoinHandle<()>> {
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGUSR1 {
-                    stop.stats_requested.store(true, Ordering::Relaxed);
+                    if stop.has_connection() {
+                        stop.stats_requested.store(true, Ordering::Relaxed);
+                    } else {
+                        info!("no frontend connected: no connection stats to log");
+                    }
                     continue;
                 }
                 info!(signal = sig, "stop requested");
@@ -354,3 +423,4 @@ const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
 pub(crate) const NAT_EXTERNAL: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 const LISTENER_EVENT: u64 = 0;
 const WAKE_EVENT: u64 = 1;
+const TUN_EVENT: u64 = 2;

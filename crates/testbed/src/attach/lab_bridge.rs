@@ -1,11 +1,10 @@
 //! The seam between `attach` and the `bridge` crate's API.
 
-use std::fmt::Write as _;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bridge::{Activation, Bridge, BridgeConfig, BridgeHandle, BridgeStats, DropCause};
+use bridge::{Activation, Bridge, BridgeConfig, BridgeHandle, BridgeStats};
 
 use super::AttachArgs;
 use crate::guest::{Kick, NetConfig, RX_QUEUE, SimGuest, TX_QUEUE};
@@ -60,6 +59,7 @@ impl LabBridge {
             "the bridge acknowledged {acked:#x}, the guest negotiated {:#x}",
             guest.acked_features()
         );
+        let tun_name = tun.name().to_owned();
         let irq = guest.interrupts();
         let activation = Activation {
             mem: Arc::new(guest.memory().clone()),
@@ -74,6 +74,7 @@ impl LabBridge {
             .context("activating the bridge")?;
         Ok(LabHandle {
             handle: Arc::new(handle),
+            tun_name,
         })
     }
 }
@@ -81,6 +82,8 @@ impl LabBridge {
 /// A running bridge.
 pub(super) struct LabHandle {
     handle: Arc<BridgeHandle>,
+    /// The TUN's name, for the error when it fails.
+    tun_name: String,
 }
 
 impl LabHandle {
@@ -96,11 +99,26 @@ impl LabHandle {
         })
     }
 
-    /// Why the bridge stopped on its own, if it did.
+    /// The bridge's counters now.
+    pub(super) fn stats(&self) -> BridgeStats {
+        self.handle.stats()
+    }
+
+    /// Why the bridge stopped on its own, if it did (a failed host link names the TUN).
     pub(super) fn failure(&self) -> Option<String> {
-        self.handle
-            .error()
-            .map(|e| format!("the bridge failed: {:#}", anyhow::Error::from(ArcError(e))))
+        let e = self.handle.error()?;
+        let link = if matches!(*e, bridge::Error::HostLink(_)) {
+            format!(
+                " (TUN {} in the host namespace is gone or broken)",
+                self.tun_name
+            )
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "the bridge failed{link}: {:#}",
+            anyhow::Error::from(ArcError(e))
+        ))
     }
 
     /// Stops the bridge (the guest's driver must have stopped, dropping its kicker) and
@@ -129,30 +147,8 @@ impl std::error::Error for ArcError {
     }
 }
 
+/// The bridge's shutdown line: `bridge ` and [`BridgeStats`]'s `Display` (drop causes and the
+/// NAT's drop reasons by name).
 pub(super) fn format_stats(s: &BridgeStats) -> String {
-    let b = &s.bridge;
-    let mut line = format!(
-        "bridge tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, to host {}, from host \
-         {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
-        b.tx_frames,
-        b.tx_bytes,
-        b.rx_frames,
-        b.rx_bytes,
-        b.tx_gso,
-        b.rx_gso,
-        b.to_host,
-        b.from_host,
-        b.local_replies,
-        s.nat_flows,
-        s.nat.outbound_forwarded,
-        s.nat.inbound_forwarded,
-        b.total_drops(),
-    );
-    for cause in DropCause::ALL {
-        let n = b.drops_of(cause);
-        if n > 0 {
-            let _ = write!(line, " {cause:?}={n}");
-        }
-    }
-    line
+    format!("bridge {s}")
 }

@@ -22,6 +22,7 @@ use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
 pub(super) struct LabLoop {
     stop: EventFd,
     stopping: Arc<AtomicBool>,
+    stats_requested: Arc<AtomicBool>,
     thread: Option<JoinHandle<Finished>>,
 }
 
@@ -60,7 +61,9 @@ impl LabLoop {
         let driver = guest.into_driver(tap)?;
         let stop = EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?;
         let stopping = Arc::new(AtomicBool::new(false));
+        let stats_requested = Arc::new(AtomicBool::new(false));
         let mut state = State {
+            stats_requested: Arc::clone(&stats_requested),
             dp,
             clock: Clock::new(),
             driver,
@@ -85,8 +88,14 @@ impl LabLoop {
         Ok(Self {
             stop,
             stopping,
+            stats_requested,
             thread: Some(thread),
         })
+    }
+
+    /// Asks the thread to print the bridge's stats line to stderr (within its tick, 1 s).
+    pub(super) fn request_stats(&self) {
+        self.stats_requested.store(true, Ordering::Relaxed);
     }
 
     /// Whether the thread ended on its own (an error).
@@ -130,6 +139,7 @@ struct State {
     tun: Tun,
     stop: EventFd,
     stopping: Arc<AtomicBool>,
+    stats_requested: Arc<AtomicBool>,
 }
 
 impl State {
@@ -156,6 +166,7 @@ impl State {
         let mut events = [EpollEvent::default(); 3];
         // Anything the TUN held before the loop started.
         self.rx(true)?;
+        self.check_host_link()?;
         let mut next_tick = Instant::now() + TICK;
         while !self.stopping.load(Ordering::Relaxed) {
             // NAT expiry when its deadline passes, at most once a TICK (a passed deadline with
@@ -191,6 +202,26 @@ impl State {
             if tun {
                 self.rx(true)?;
             }
+            self.check_host_link()?;
+            if self.stats_requested.swap(false, Ordering::Relaxed) {
+                eprintln!(
+                    "stats: {}",
+                    super::lab_bridge::format_stats(&self.dp.bridge_stats())
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the loop with an error naming the TUN once the device core saw it fail (deleted
+    /// underneath: reads and writes answer `EBADFD`, and the level-triggered epoll would report
+    /// it without end).
+    fn check_host_link(&self) -> anyhow::Result<()> {
+        if self.dp.host_failed() {
+            anyhow::bail!(
+                "the host link failed: TUN {} in the host namespace is gone or broken",
+                self.tun.name()
+            );
         }
         Ok(())
     }

@@ -28,6 +28,10 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .with_context(|| format!("installing the handler for signal {sig}"))?;
     }
+    // SIGUSR1: print the bridge's stats line now (as at shutdown) and go on.
+    let stats_requested = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&stats_requested))
+        .context("installing the handler for SIGUSR1")?;
     let guest_ns = open_netns(&args.guest_netns, "--guest-netns")?;
     let host_ns = match &args.host_netns {
         Some(h) => Some(open_netns(h, "--host-netns")?),
@@ -130,8 +134,12 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
 
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) {
+        let stats_now = stats_requested.swap(false, Ordering::Relaxed);
         match &mode {
             Mode::Pipeline(running, handle) => {
+                if stats_now {
+                    eprintln!("stats: {}", format_stats(&handle.stats()));
+                }
                 if running.has_failed() {
                     failure = Some("the simulated guest's driver stopped".to_owned());
                     break;
@@ -142,6 +150,9 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                 }
             }
             Mode::One(lab) => {
+                if stats_now {
+                    lab.request_stats();
+                }
                 if lab.has_failed() {
                     failure = Some("the lab-loop thread stopped".to_owned());
                     break;

@@ -482,6 +482,18 @@ impl Attach {
         (status, t.elapsed())
     }
 
+    /// Sends `signal` (`"USR1"`) without waiting.
+    pub(crate) fn signal(&self, signal: &str) {
+        if let Err(e) = self.proc.signal(signal) {
+            panic!("kill -{signal} attach: {e:#}");
+        }
+    }
+
+    /// Waits up to `limit` for attach to exit on its own; its exit status (None: still running).
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.proc.wait_timeout(limit).ok().flatten()
+    }
+
     /// Everything attach printed to stdout so far (the `ready` line included).
     pub(crate) fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().map(|v| v.clone()).unwrap_or_default()
