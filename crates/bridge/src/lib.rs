@@ -138,7 +138,7 @@ pub use forward::{ForwardSpec, ForwardSpecError};
 pub use frame::FrameBatch;
 pub use gateway::{Gateway, GatewayConfig, TxAction};
 pub use host::{HostLink, MemoryLink};
-pub use offload::{MAX_IP_PACKET, Offloads};
+pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
 pub use rx_engine::RxEngine;
 pub use rx_queue::{RxOutcome, RxQueue};
 pub use stats::{AtomicStats, BridgeStats, DropCause, Stats};
