@@ -450,6 +450,41 @@ fn rx_without_mrg_drops_frames_no_buffer_can_hold() {
     );
 }
 
+/// With MRG_RXBUF, frames larger than all the ring's buffers together are dropped after one
+/// walk of the ring, not one walk per frame; a frame that fits still gets the buffers.
+#[test]
+fn rx_frames_too_large_for_the_whole_ring_walk_it_once() {
+    const SIZE: u16 = 16;
+    let mem = guest_memory();
+    let mut net = MockNet::new(&mem, SIZE);
+    let (mut rxq, _) = net.queues(false);
+    for _ in 0..SIZE {
+        net.post_rx(&[64]);
+    }
+    let mut rx = RxQueue::new(HDR, true);
+    let mut batch = FrameBatch::new(16, MAX_FRAME);
+    for _ in 0..8 {
+        assert!(batch.push(&frame(1400)));
+    }
+    let small = frame(100);
+    assert!(batch.push(&small));
+    let mut stats = Stats::default();
+    let out = rx.fill(&mem, &mut rxq, &mut batch, &mut stats).unwrap();
+    assert_eq!((out.delivered, out.dropped, out.starved), (1, 8, false));
+    assert_eq!(stats.drops_of(DropCause::RxNoFit), 8);
+    // One walk of the ring (16 chains) for the first large frame, none for the other seven,
+    // two chains for the small frame (12 + 100 bytes in 64-byte buffers).
+    assert_eq!(out.walked, usize::from(SIZE) + 2);
+    let (h, got) = net.rx_frame(HDR, &mut Vec::new()).unwrap();
+    assert_eq!((h.num_buffers, got), (2, small));
+    assert_eq!(batch.pending(), 0);
+    // Buffers added later are tried again (the knowledge does not outlive the call).
+    net.post_rx(&[2048]);
+    assert!(batch.push(&frame(1400)));
+    let out = rx.fill(&mem, &mut rxq, &mut batch, &mut stats).unwrap();
+    assert_eq!((out.delivered, out.dropped), (1, 0));
+}
+
 #[test]
 fn rx_hostile_chains_are_returned_empty() {
     let mem = guest_memory();
