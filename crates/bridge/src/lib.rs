@@ -48,7 +48,8 @@
 //!   over-long or wrong-direction descriptor chains, short headers, oversize and garbage
 //!   frames are counted ([`DropCause`]) and skipped; an available index more than a queue
 //!   size ahead marks the device as needing reset ([`Error::NeedsReset`],
-//!   [`CONFIG_INTERRUPT`]).
+//!   [`CONFIG_INTERRUPT`]). A chain is at most the queue size of descriptors, direct and
+//!   indirect together, and one [`RxQueue::fill`] walks a bounded number of chains.
 //! - No allocation and no lock per packet on the data path: frames live in preallocated
 //!   [`FrameBatch`]es; the pipeline takes the NAT lock once per batch per direction.
 //! - Anti-spoofing: frames from a MAC other than the guest's, or IPv4 from an address other
@@ -66,7 +67,9 @@
 //!
 //! With [`BridgeConfig::offloads`] the device also offers CSUM, GUEST_CSUM, HOST_TSO4 and
 //! GUEST_TSO4 ([`OFFLOAD_FEATURES`]): each virtio-net header is checked ([`Offloads`],
-//! counted [`DropCause::Offload`] drops), the packet is translated with its checksum read as
+//! counted [`DropCause::Offload`] drops; a TCP super-frame's segment size must be at least
+//! [`MIN_GSO_SIZE`] and fit the MTU with the frame's headers, else
+//! [`DropCause::GsoInvalid`]), the packet is translated with its checksum read as
 //! partial (`nat::L4Checksum::Partial`) and handed to a host link that takes the same header
 //! ([`HostLink::vnet_hdr_len`] = 12: a Linux TUN opened with `vnet_hdr(true)`), so the host
 //! kernel segments and checksums. The other way, the link is told with
@@ -138,7 +141,7 @@ pub use forward::{ForwardSpec, ForwardSpecError};
 pub use frame::FrameBatch;
 pub use gateway::{Gateway, GatewayConfig, TxAction};
 pub use host::{HostLink, MemoryLink};
-pub use offload::{MAX_IP_PACKET, Offloads};
+pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
 pub use rx_engine::RxEngine;
 pub use rx_queue::{RxOutcome, RxQueue};
 pub use stats::{AtomicStats, BridgeStats, DropCause, DropsByName, Stats};

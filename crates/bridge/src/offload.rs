@@ -11,6 +11,32 @@
 //! ([`DropCause::Offload`]). A partial checksum that cannot travel on (a reply looped back to
 //! a guest that did not negotiate GUEST_CSUM, a protocol the NAT does not adjust) is
 //! completed in software.
+//!
+//! # A guest's segmentation request
+//!
+//! The host kernel cuts a guest super-frame into `gso_size` segments, so the header decides
+//! how many packets one frame becomes on the host. [`check_tx`] accepts a TCPv4 super-frame
+//! only when the host kernel's `virtio_net_hdr_to_skb` and `tcp_gso_segment` would (TCPv4
+//! only, NEEDS_CSUM at the TCP checksum field, `gso_size` > 0, a TCP header of 20..=60 bytes
+//! inside the packet), and is stricter where that protects the host; each refusal is a
+//! [`DropCause::GsoInvalid`]:
+//!
+//! - `gso_size` at least [`MIN_GSO_SIZE`] (88, the kernel's `TCP_MIN_MSS`): at most
+//!   ⌈65 495 / 88⌉ = 745 segments per frame (a `gso_size` of 1 made ~65 000). The kernel
+//!   itself only refuses 0; a guest whose TCP peer advertises an MSS under 88 plus its
+//!   option bytes (only an odd or hostile peer does: RFC 9293 requires every host to take
+//!   536) has its super-frames to that peer dropped.
+//! - `gso_size` plus the frame's IPv4 and TCP header lengths at most the MTU: every segment
+//!   the host makes fits the link the guest was told about.
+//! - A frame whose TCP payload fits in one segment is not a super-frame (the kernel says the
+//!   same: "too small packets are not really GSO ones"): it is passed on as a plain partial
+//!   checksum, under the MTU limit of every other frame.
+//! - `hdr_len` is only a hint unless VIRTIO_NET_F_GUEST_HDRLEN was negotiated (virtio 1.2
+//!   5.1.6.2; it is not offered), and Linux guests send the length of their linear buffer
+//!   there, often past the TCP header. It is refused beyond the frame (as the kernel's TUN
+//!   refuses it beyond the packet) and otherwise replaced by the exact header length
+//!   (Ethernet + IPv4 + TCP), which the host kernel and a guest the frame is looped back to
+//!   then get.
 
 use nat::L4Checksum;
 
@@ -23,10 +49,15 @@ use crate::device::{
 use crate::stats::DropCause;
 use crate::wire::ETH_HLEN;
 use ::wire::checksum as inet;
-use ::wire::{EthernetFrame, Ipv4Packet, ethertype, ip_proto};
+use ::wire::{EthernetFrame, Ipv4Packet, TcpPacket, ethertype, ip_proto};
 
 /// The largest IPv4 packet (a GSO super-packet at most).
 pub const MAX_IP_PACKET: usize = 65535;
+
+/// The smallest `gso_size` accepted in a guest's TCP super-frame: Linux's `TCP_MIN_MSS`
+/// ("minimal accepted MSS", also the smallest `TCP_MAXSEG` a socket may set). It bounds one
+/// 64 KiB frame to 745 segments on the host (see the module documentation).
+pub const MIN_GSO_SIZE: u16 = 88;
 
 /// The offloads in force for one activated device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,12 +150,16 @@ impl FrameOffload {
     }
 }
 
-/// Checks the header of a guest frame (`frame` is the Ethernet frame). Partial checksums in
-/// an unusual place are completed here; anything not negotiated or out of bounds is refused.
+/// Checks the header of a guest frame (`frame` is the Ethernet frame; `mtu` the guest's MTU).
+/// Partial checksums in an unusual place are completed here; anything not negotiated or out
+/// of bounds is refused. For a super-frame `hdr` is fixed up: `hdr_len` becomes the exact
+/// header length, and a frame that fits in one segment loses its segmentation request (see
+/// the module documentation).
 pub(crate) fn check_tx(
     o: &Offloads,
-    hdr: &VirtioNetHdr,
+    hdr: &mut VirtioNetHdr,
     frame: &mut [u8],
+    mtu: u16,
 ) -> Result<FrameOffload, DropCause> {
     if !o.tx_csum {
         // Nothing negotiated: the header carries no requests (virtio 1.x 5.1.6.2).
@@ -133,15 +168,10 @@ pub(crate) fn check_tx(
     let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
     if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
         let tcp = std_layout(frame, hdr.csum_start, hdr.csum_offset) == Some(ip_proto::TCP);
-        if o.tx_tso4
-            && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
-            && needs_csum
-            && hdr.gso_size > 0
-            && tcp
-        {
-            return Ok(FrameOffload::Gso);
+        if !(o.tx_tso4 && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV4 && needs_csum && tcp) {
+            return Err(DropCause::Offload);
         }
-        return Err(DropCause::Offload);
+        return check_gso(hdr, frame, mtu);
     }
     if !needs_csum {
         return Ok(FrameOffload::Plain);
@@ -151,6 +181,39 @@ pub(crate) fn check_tx(
     }
     complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
     Ok(FrameOffload::Plain)
+}
+
+/// The segmentation checks of [`check_tx`] for a TCPv4 super-frame whose checksum request is
+/// already known to point at the TCP checksum field of an IPv4 packet that is no fragment.
+fn check_gso(hdr: &mut VirtioNetHdr, frame: &[u8], mtu: u16) -> Result<FrameOffload, DropCause> {
+    let ip = frame
+        .get(ETH_HLEN..)
+        .and_then(|p| Ipv4Packet::new_checked(p).ok())
+        .ok_or(DropCause::Offload)?;
+    let ip_hlen = ip.header_len();
+    // The payload is the packet by its total length: a TCP header that does not fit there,
+    // or is shorter than 20 bytes, is refused (as `tcp_gso_segment` refuses it).
+    let l4 = ip.payload();
+    let tcp_hlen = TcpPacket::new_checked(l4)
+        .map_err(|_| DropCause::GsoInvalid)?
+        .header_len();
+    let gso_size = usize::from(hdr.gso_size);
+    if gso_size == 0 || usize::from(hdr.hdr_len) > frame.len() {
+        return Err(DropCause::GsoInvalid);
+    }
+    if l4.len().saturating_sub(tcp_hlen) <= gso_size {
+        // One segment: not a super-frame. Sent on as a partial checksum (the MTU applies).
+        hdr.gso_type = VIRTIO_NET_HDR_GSO_NONE;
+        hdr.gso_size = 0;
+        hdr.hdr_len = 0;
+        return Ok(FrameOffload::Partial);
+    }
+    if hdr.gso_size < MIN_GSO_SIZE || gso_size + ip_hlen + tcp_hlen > usize::from(mtu) {
+        return Err(DropCause::GsoInvalid);
+    }
+    // At most 14 + 60 + 60: fits.
+    hdr.hdr_len = (ETH_HLEN + ip_hlen + tcp_hlen) as u16;
+    Ok(FrameOffload::Gso)
 }
 
 /// Checks the header of a packet from the host link (`packet` is the IP packet, the header's
@@ -335,4 +398,212 @@ fn layout_at(data: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Optio
 fn ipv4_end(data: &[u8], l3: usize) -> Option<usize> {
     let ip = Ipv4Packet::new_checked(data.get(l3..)?).ok()?;
     Some(l3 + usize::from(ip.total_len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::wire::tcp;
+
+    const MTU: u16 = 1500;
+
+    fn tso() -> Offloads {
+        Offloads {
+            tx_csum: true,
+            tx_tso4: true,
+            host_hdr: true,
+            ..Offloads::default()
+        }
+    }
+
+    /// Ethernet + IPv4 (20 bytes) + TCP (`tcp_hlen` bytes, the data offset says so) +
+    /// `payload` bytes.
+    fn tcp_frame(tcp_hlen: usize, payload: usize) -> Vec<u8> {
+        let total = 20 + tcp_hlen + payload;
+        let mut f = vec![0u8; ETH_HLEN + total];
+        let mut e = EthernetFrame::new_unchecked(&mut f[..]);
+        e.set_ethertype(ethertype::IPV4);
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_HLEN..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(total as u16);
+        ip.set_ttl(64);
+        ip.set_protocol(ip_proto::TCP);
+        // The data offset in 32-bit words, whatever `set_header_len` would accept.
+        f[ETH_HLEN + 20 + 12] = ((tcp_hlen / 4) as u8) << 4;
+        f
+    }
+
+    fn gso_hdr(gso_size: u16, hdr_len: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len,
+            gso_size,
+            csum_start: (ETH_HLEN + 20) as u16,
+            csum_offset: TCP_CSUM_OFFSET,
+            num_buffers: 0,
+        }
+    }
+
+    /// `check_tx` on a frame with `payload` bytes after a `tcp_hlen`-byte TCP header.
+    fn check(
+        tcp_hlen: usize,
+        payload: usize,
+        hdr: VirtioNetHdr,
+    ) -> Result<VirtioNetHdr, DropCause> {
+        let mut h = hdr;
+        let mut f = tcp_frame(tcp_hlen, payload);
+        let k = check_tx(&tso(), &mut h, &mut f, MTU)?;
+        assert_eq!(
+            k == FrameOffload::Gso,
+            h.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
+        );
+        Ok(h)
+    }
+
+    #[test]
+    fn a_gso_size_of_one_on_a_64k_frame_is_refused() {
+        let payload = MAX_IP_PACKET - 40;
+        assert_eq!(
+            check(20, payload, gso_hdr(1, 54)),
+            Err(DropCause::GsoInvalid)
+        );
+        assert!(check(20, payload, gso_hdr(1448, 54)).is_ok());
+    }
+
+    #[test]
+    fn gso_size_zero_is_refused() {
+        assert_eq!(check(20, 3000, gso_hdr(0, 54)), Err(DropCause::GsoInvalid));
+    }
+
+    #[test]
+    fn gso_size_has_a_floor() {
+        assert_eq!(
+            check(20, 3000, gso_hdr(MIN_GSO_SIZE - 1, 54)),
+            Err(DropCause::GsoInvalid)
+        );
+        let h = check(20, 3000, gso_hdr(MIN_GSO_SIZE, 54)).unwrap();
+        assert_eq!(
+            (h.gso_type, h.gso_size),
+            (VIRTIO_NET_HDR_GSO_TCPV4, MIN_GSO_SIZE)
+        );
+    }
+
+    #[test]
+    fn every_segment_fits_the_mtu_with_the_frames_own_headers() {
+        // 20-byte TCP header: MTU - 40.
+        assert!(check(20, 30_000, gso_hdr(MTU - 40, 54)).is_ok());
+        assert_eq!(
+            check(20, 30_000, gso_hdr(MTU - 39, 54)),
+            Err(DropCause::GsoInvalid)
+        );
+        // With 12 bytes of TCP options (timestamps): MTU - 52, as Linux computes its MSS.
+        let h = check(32, 30_000, gso_hdr(MTU - 52, 66)).unwrap();
+        assert_eq!(h.gso_size, MTU - 52);
+        assert_eq!(
+            check(32, 30_000, gso_hdr(MTU - 51, 66)),
+            Err(DropCause::GsoInvalid)
+        );
+    }
+
+    #[test]
+    fn a_frame_of_one_segment_is_not_a_super_frame() {
+        // Payload == gso_size: passed on as a partial checksum, the request dropped.
+        let h = check(20, 1000, gso_hdr(1000, 54)).unwrap();
+        assert_eq!(
+            (h.gso_type, h.gso_size, h.hdr_len),
+            (VIRTIO_NET_HDR_GSO_NONE, 0, 0)
+        );
+        let mut f = tcp_frame(20, 1000);
+        let mut hdr = gso_hdr(1000, 54);
+        assert_eq!(
+            check_tx(&tso(), &mut hdr, &mut f, MTU),
+            Ok(FrameOffload::Partial)
+        );
+        // One byte more is two segments.
+        let h = check(20, 1001, gso_hdr(1000, 54)).unwrap();
+        assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_TCPV4);
+        // Even a tiny gso_size does nothing to a frame it does not cut.
+        let h = check(20, 1, gso_hdr(1, 54)).unwrap();
+        assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+    }
+
+    #[test]
+    fn hdr_len_is_refused_past_the_frame_and_otherwise_made_exact() {
+        let frame_len = (ETH_HLEN + 20 + 20 + 3000) as u16;
+        for given in [0, 20, 54, 100, frame_len] {
+            let h = check(20, 3000, gso_hdr(1448, given)).unwrap();
+            assert_eq!(h.hdr_len, 54, "hdr_len {given} made exact");
+        }
+        assert_eq!(
+            check(20, 3000, gso_hdr(1448, frame_len + 1)),
+            Err(DropCause::GsoInvalid)
+        );
+        let h = check(40, 3000, gso_hdr(1400, 0)).unwrap();
+        assert_eq!(h.hdr_len, 74, "TCP options count");
+    }
+
+    #[test]
+    fn a_tcp_header_too_short_or_past_the_packet_is_refused() {
+        assert_eq!(
+            check(16, 3000, gso_hdr(1448, 54)),
+            Err(DropCause::GsoInvalid)
+        );
+        assert!(check(tcp::HEADER_LEN, 3000, gso_hdr(1448, 54)).is_ok());
+        // A 60-byte header in a packet with 24 bytes after the IPv4 header.
+        let mut f = tcp_frame(20, 4);
+        f[ETH_HLEN + 20 + 12] = 15 << 4;
+        let mut h = gso_hdr(MIN_GSO_SIZE, 0);
+        assert_eq!(
+            check_tx(&tso(), &mut h, &mut f, MTU),
+            Err(DropCause::GsoInvalid)
+        );
+    }
+
+    #[test]
+    fn the_checksum_request_must_be_the_tcp_field() {
+        for (start, offset) in [(33, 16), (35, 16), (34, 17), (34, 6), (4000, 16)] {
+            let h = VirtioNetHdr {
+                csum_start: start,
+                csum_offset: offset,
+                ..gso_hdr(1448, 54)
+            };
+            assert_eq!(
+                check(20, 3000, h),
+                Err(DropCause::Offload),
+                "{start}+{offset}"
+            );
+        }
+        let no_csum = VirtioNetHdr {
+            flags: 0,
+            ..gso_hdr(1448, 54)
+        };
+        assert_eq!(check(20, 3000, no_csum), Err(DropCause::Offload));
+    }
+
+    #[test]
+    fn gso_without_host_tso4_or_of_another_kind_is_refused() {
+        let csum_only = Offloads {
+            tx_tso4: false,
+            ..tso()
+        };
+        let mut f = tcp_frame(20, 3000);
+        let mut h = gso_hdr(1448, 54);
+        assert_eq!(
+            check_tx(&csum_only, &mut h, &mut f, MTU),
+            Err(DropCause::Offload)
+        );
+        for gso_type in [3, 4, 5, VIRTIO_NET_HDR_GSO_TCPV4 | 0x80] {
+            let h = VirtioNetHdr {
+                gso_type,
+                ..gso_hdr(1448, 54)
+            };
+            assert_eq!(
+                check(20, 3000, h),
+                Err(DropCause::Offload),
+                "type {gso_type}"
+            );
+        }
+    }
 }

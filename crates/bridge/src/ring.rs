@@ -152,11 +152,16 @@ impl UsedBatch {
 /// Walks chain `head`, calling `f` for each descriptor until it returns `Ok(false)` or the
 /// chain ends. Returns the number of descriptors seen.
 ///
+/// A chain holds at most the queue size of buffer descriptors, direct and indirect together
+/// (virtio 1.2 2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer than the Queue
+/// Size of the device"), so one walk reads at most that many descriptors plus the one that
+/// points at an indirect table, however long the table says it is.
+///
 /// # Errors
 ///
-/// [`DropCause::ChainInvalid`] for a head or `next` outside the table, a chain longer than
-/// its table, a nested or malformed indirect table, or an unreadable table;
-/// whatever `f` returns.
+/// [`DropCause::ChainInvalid`] for a head or `next` outside its table, a chain longer than
+/// the queue size (a loop included), a nested or malformed indirect table, or an unreadable
+/// table; whatever `f` returns.
 pub(crate) fn walk<M: GuestMemory, Q: QueueT>(
     mem: &M,
     queue: &Q,
@@ -168,14 +173,15 @@ pub(crate) fn walk<M: GuestMemory, Q: QueueT>(
     let mut idx = head;
     let mut indirect = false;
     let mut seen = 0usize;
-    let mut budget = u32::from(size);
+    // Buffer descriptors left for the whole chain: never reset by an indirect table.
+    let mut budget = queue.size();
     loop {
-        if idx >= size || budget == 0 {
+        if idx >= size {
             return Err(DropCause::ChainInvalid);
         }
-        budget -= 1;
         let d = read_desc(mem, table, idx)?;
         if d.is_indirect() {
+            // One table per chain, never inside a table (virtio 1.2 2.7.5.3.1).
             if indirect || d.len == 0 || d.len % 16 != 0 || d.len / 16 > u32::from(u16::MAX) {
                 return Err(DropCause::ChainInvalid);
             }
@@ -183,9 +189,12 @@ pub(crate) fn walk<M: GuestMemory, Q: QueueT>(
             size = (d.len / 16) as u16;
             idx = 0;
             indirect = true;
-            budget = u32::from(size);
             continue;
         }
+        if budget == 0 {
+            return Err(DropCause::ChainInvalid);
+        }
+        budget -= 1;
         seen += 1;
         if !f(&d)? || !d.has_next() {
             return Ok(seen);

@@ -22,6 +22,9 @@ pub struct RxOutcome {
     /// Whether the guest ran out of RX buffers with frames still pending in the batch: call
     /// [`RxQueue::arm`] and wait for the RX kick.
     pub starved: bool,
+    /// RX chains walked (written into), those given back to the ring for a later frame
+    /// included: the work the call did (bounded, see [`RxQueue`]).
+    pub walked: usize,
 }
 
 /// Device side of the RX queue. Thread-free, like [`crate::TxQueue`].
@@ -31,6 +34,12 @@ pub struct RxOutcome {
 /// out in the middle of a frame, the chains taken for it are given back (the ring position
 /// is rewound) and the frame stays first in the batch. Hostile RX chains (wrong direction,
 /// out of bounds, loops) are returned with length 0, counted, and the frame is dropped.
+///
+/// The work of one [`RxQueue::fill`] is bounded whatever the guest does: a frame walks at
+/// most the queue size of chains (each at most the queue size of descriptors); once the
+/// whole ring was found too small for a frame, larger frames are dropped without walking it
+/// again; and the available ring is re-read for buffers added during the call at most
+/// twice.
 #[derive(Debug)]
 pub struct RxQueue {
     hdr_len: usize,
@@ -58,6 +67,12 @@ struct Window {
     cache: [u16; ring::HEAD_CHUNK],
     cache_base: u16,
     cache_len: u16,
+    /// Bytes (header included) all the ring's chains from `next` on hold, once a frame
+    /// walked every chain of a full ring without fitting (MRG_RXBUF only): a larger frame
+    /// cannot fit either until the driver adds buffers.
+    capacity: Option<usize>,
+    /// Chains walked so far.
+    walked: usize,
 }
 
 impl Window {
@@ -109,9 +124,12 @@ impl RxQueue {
             cache: [0; ring::HEAD_CHUNK],
             cache_base: 0,
             cache_len: 0,
+            capacity: None,
+            walked: 0,
         };
         self.used.clear();
         let result = self.fill_window(mem, queue, frames, &mut w, &mut out, stats);
+        out.walked = w.walked;
         // Whatever happened, publish what was written and keep the ring position.
         queue.set_next_avail(w.next);
         let (old, new) = self.used.flush(mem, queue)?;
@@ -129,6 +147,7 @@ impl RxQueue {
         stats: &mut Stats,
     ) -> Result<(), Error> {
         w.left = self.look(mem, queue, w.next)?;
+        let mut relooks = 0;
         while frames.pending() > 0 {
             let i = frames.cursor();
             let Some(frame) = frames.frame(i) else { break };
@@ -152,11 +171,17 @@ impl RxQueue {
                     frames.consume(1);
                 }
                 Delivery::Starved => {
-                    // The driver may have added buffers since we looked.
-                    let now = self.look(mem, queue, w.next)?;
-                    if now > w.left {
-                        w.left = now;
-                        continue;
+                    // The driver may have added buffers since we looked. A driver adding
+                    // them one by one could make us walk the ring again for each: a few
+                    // looks per call, then the caller arms (and calls again if more came).
+                    if relooks < MAX_RELOOKS {
+                        relooks += 1;
+                        let now = self.look(mem, queue, w.next)?;
+                        if now > w.left {
+                            w.left = now;
+                            w.capacity = None;
+                            continue;
+                        }
                     }
                     out.starved = true;
                     break;
@@ -225,6 +250,10 @@ impl RxQueue {
         .to_bytes();
         let hdr = &hdr[..self.hdr_len];
         let total = self.hdr_len + frame.len();
+        if w.capacity.is_some_and(|c| total > c) {
+            // The whole ring was walked for a smaller frame and could not hold it.
+            return Ok(Delivery::Dropped(DropCause::RxNoFit));
+        }
         let mut written = 0usize;
         // Guest addresses of the two `num_buffers` bytes (header offsets 10 and 11).
         let mut nb_addr: [Option<GuestAddress>; 2] = [None, None];
@@ -238,6 +267,7 @@ impl RxQueue {
             let head = w.head(mem, queue)?;
             w.next = w.next.wrapping_add(1);
             w.left -= 1;
+            w.walked += 1;
             let mut chain_written = 0u32;
             let walked = ring::walk(mem, queue, head, |desc| {
                 if !desc.is_write_only() {
@@ -268,6 +298,9 @@ impl RxQueue {
             if !self.mrg || self.popped.len() >= usize::from(queue.size()) {
                 // The frame can never fit: one buffer is too small (no MRG_RXBUF), or all the
                 // ring's buffers together are. Keep the chains for the next frame.
+                if self.mrg {
+                    w.capacity = Some(written);
+                }
                 w.next = start;
                 w.left = start_left;
                 self.popped.clear();
@@ -302,6 +335,10 @@ impl RxQueue {
         }
     }
 }
+
+/// How often one [`RxQueue::fill`] re-reads the available ring for buffers the driver added
+/// while it ran, when a frame ran out of them.
+const MAX_RELOOKS: usize = 2;
 
 /// Writes bytes `written..written + n` of (header ++ frame) at `addr`.
 fn write_piece<M: GuestMemory>(

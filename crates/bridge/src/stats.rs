@@ -58,11 +58,17 @@ pub enum DropCause {
     /// A virtio-net header asking for an offload that was not negotiated, or whose checksum
     /// or segmentation request does not fit the frame (TX or RX).
     Offload,
+    /// A guest TCP super-frame (GSO) whose segmentation request the host must not carry out:
+    /// a segment size of 0, under [`crate::MIN_GSO_SIZE`] (one super-frame would
+    /// become hundreds of tiny packets on the host), or larger than the MTU leaves room for
+    /// after the frame's IPv4 and TCP headers; a malformed TCP header; or a `hdr_len` beyond
+    /// the frame.
+    GsoInvalid,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
     /// Every cause, in index order.
     pub const ALL: [DropCause; DropCause::COUNT] = [
         DropCause::ChainInvalid,
@@ -86,6 +92,7 @@ impl DropCause {
         DropCause::LocalQueueFull,
         DropCause::Dhcp,
         DropCause::Offload,
+        DropCause::GsoInvalid,
     ];
     /// Index into [`Stats::drops`].
     pub const fn index(self) -> usize {

@@ -130,8 +130,9 @@ impl TxEngine {
         Ok(out)
     }
 
-    /// Checks frame `i`'s virtio-net header against the offloads (a partial checksum the NAT
-    /// can't carry is completed here) and its size.
+    /// Checks frame `i`'s virtio-net header against the offloads and the MTU (a partial
+    /// checksum the NAT can't carry is completed here, a super-frame's header is fixed up)
+    /// and its size.
     fn check(
         &mut self,
         i: usize,
@@ -145,11 +146,12 @@ impl TxEngine {
         let (head, frame) = buf.split_at_mut(start);
         let frame = frame.get_mut(..len).ok_or(DropCause::Runt)?;
         let (kind, hdr) = if o.tx_csum {
-            let hdr = head
+            let mut hdr = head
                 .get(start.saturating_sub(hdr_len)..)
                 .and_then(VirtioNetHdr::parse)
                 .unwrap_or_default();
-            (offload::check_tx(&o, &hdr, frame)?, hdr)
+            let mtu = u16::try_from(max_plain.saturating_sub(ETH_HLEN)).unwrap_or(u16::MAX);
+            (offload::check_tx(&o, &mut hdr, frame, mtu)?, hdr)
         } else {
             (FrameOffload::Plain, VirtioNetHdr::default())
         };

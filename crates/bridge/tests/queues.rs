@@ -190,6 +190,104 @@ fn tx_loops_bad_next_bad_head_and_bad_indirect_tables() {
     assert_eq!(batch.frame(0).unwrap(), &f[..]);
 }
 
+/// Writes an indirect table of `n` linked 8-byte read-only descriptors at `table`, all
+/// pointing into `data` (which holds 8 * n bytes: a virtio-net header, then a frame).
+fn write_linear_table(mem: &vm_memory::GuestMemoryMmap, table: u64, data: u64, n: u16) {
+    for i in 0..n {
+        let last = i + 1 == n;
+        let d = Descriptor::new(
+            data + 8 * u64::from(i),
+            8,
+            if last { 0 } else { DESC_F_NEXT },
+            if last { 0 } else { i + 1 },
+        );
+        mem.write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
+    }
+}
+
+/// A chain holds at most the queue size of descriptors, direct and indirect together
+/// (virtio 1.2 2.7.5.3.1): an indirect table does not start a new count.
+#[test]
+fn tx_chain_length_is_capped_at_the_queue_size_across_an_indirect_table() {
+    const SIZE: u16 = 16;
+    let mem = guest_memory();
+    let mut net = MockNet::new(&mem, SIZE);
+    let (_, mut txq) = net.queues(false);
+    let data = net.alloc(8 * 70_000);
+    let tables: Vec<u64> = (0..7).map(|_| net.alloc(16 * 65_536)).collect();
+    let mut tx = TxQueue::new(HDR, MAX_FRAME);
+    let mut batch = FrameBatch::new(64, MAX_FRAME);
+    let mut stats = Stats::default();
+    let mut run = |net: &mut MockNet<'_>, at: u16, descs: &[Descriptor]| {
+        batch.clear();
+        net.post_raw_tx(at, descs, at);
+        let out = tx.process(&mem, &mut txq, &mut batch, &mut stats).unwrap();
+        assert_eq!(out.chains, 1);
+        (out.frames, stats.drops_of(DropCause::ChainInvalid))
+    };
+
+    // An indirect table of exactly the queue size: accepted.
+    write_linear_table(&mem, tables[0], data, SIZE);
+    let ind = |table: u64, n: u32| Descriptor::new(table, 16 * n, DESC_F_INDIRECT, 0);
+    assert_eq!(run(&mut net, 0, &[ind(tables[0], u32::from(SIZE))]), (1, 0));
+    // One more: refused (the walk limit used to restart at the table's own length).
+    write_linear_table(&mem, tables[1], data, SIZE + 1);
+    assert_eq!(
+        run(&mut net, 1, &[ind(tables[1], u32::from(SIZE) + 1)]),
+        (0, 1)
+    );
+    // The longest table a descriptor can describe (65 535 entries, linked): refused after
+    // the queue size, not after 65 535 reads.
+    write_linear_table(&mem, tables[2], data, u16::MAX);
+    assert_eq!(
+        run(&mut net, 2, &[ind(tables[2], u32::from(u16::MAX))]),
+        (0, 2)
+    );
+    // A table that loops on itself beyond its first entry.
+    write_linear_table(&mem, tables[3], data, 4);
+    mem.write_obj(
+        Descriptor::new(data, 8, DESC_F_NEXT, 1),
+        GuestAddress(tables[3] + 16 * 3),
+    )
+    .unwrap();
+    assert_eq!(run(&mut net, 3, &[ind(tables[3], 4)]), (0, 3));
+
+    // Direct descriptors count too: 10 direct + a 6-entry table = 16 buffers, accepted...
+    let direct = |n: u16, at: u16, table: u64, len: u32| {
+        let mut v: Vec<Descriptor> = (0..n)
+            .map(|i| Descriptor::new(data + 8 * u64::from(i), 8, DESC_F_NEXT, at + i + 1))
+            .collect();
+        v.push(ind(table, len));
+        v
+    };
+    write_linear_table(&mem, tables[4], data + 80, 6);
+    assert_eq!(run(&mut net, 4, &direct(10, 4, tables[4], 6)), (1, 3));
+    // ...10 direct + 7 in the table = 17: refused.
+    write_linear_table(&mem, tables[5], data + 80, 7);
+    assert_eq!(run(&mut net, 0, &direct(10, 0, tables[5], 7)), (0, 4));
+
+    // A table inside a table: refused.
+    write_linear_table(&mem, tables[6], data, 2);
+    mem.write_obj(
+        Descriptor::new(tables[0], 16 * 4, DESC_F_INDIRECT, 0),
+        GuestAddress(tables[6] + 16),
+    )
+    .unwrap();
+    mem.write_obj(
+        Descriptor::new(data, 12, DESC_F_NEXT, 1),
+        GuestAddress(tables[6]),
+    )
+    .unwrap();
+    assert_eq!(run(&mut net, 11, &[ind(tables[6], 2)]), (0, 5));
+
+    // A direct loop over the whole table: refused after the queue size.
+    let ring: Vec<Descriptor> = (0..SIZE)
+        .map(|i| Descriptor::new(data, 8, DESC_F_NEXT, (i + 1) % SIZE))
+        .collect();
+    assert_eq!(run(&mut net, 0, &ring), (0, 6));
+}
+
 #[test]
 fn tx_avail_index_beyond_queue_size_needs_reset() {
     let mem = guest_memory();
@@ -350,6 +448,41 @@ fn rx_without_mrg_drops_frames_no_buffer_can_hold() {
         HDR + 100,
         "the buffer went to the frame that fits"
     );
+}
+
+/// With MRG_RXBUF, frames larger than all the ring's buffers together are dropped after one
+/// walk of the ring, not one walk per frame; a frame that fits still gets the buffers.
+#[test]
+fn rx_frames_too_large_for_the_whole_ring_walk_it_once() {
+    const SIZE: u16 = 16;
+    let mem = guest_memory();
+    let mut net = MockNet::new(&mem, SIZE);
+    let (mut rxq, _) = net.queues(false);
+    for _ in 0..SIZE {
+        net.post_rx(&[64]);
+    }
+    let mut rx = RxQueue::new(HDR, true);
+    let mut batch = FrameBatch::new(16, MAX_FRAME);
+    for _ in 0..8 {
+        assert!(batch.push(&frame(1400)));
+    }
+    let small = frame(100);
+    assert!(batch.push(&small));
+    let mut stats = Stats::default();
+    let out = rx.fill(&mem, &mut rxq, &mut batch, &mut stats).unwrap();
+    assert_eq!((out.delivered, out.dropped, out.starved), (1, 8, false));
+    assert_eq!(stats.drops_of(DropCause::RxNoFit), 8);
+    // One walk of the ring (16 chains) for the first large frame, none for the other seven,
+    // two chains for the small frame (12 + 100 bytes in 64-byte buffers).
+    assert_eq!(out.walked, usize::from(SIZE) + 2);
+    let (h, got) = net.rx_frame(HDR, &mut Vec::new()).unwrap();
+    assert_eq!((h.num_buffers, got), (2, small));
+    assert_eq!(batch.pending(), 0);
+    // Buffers added later are tried again (the knowledge does not outlive the call).
+    net.post_rx(&[2048]);
+    assert!(batch.push(&frame(1400)));
+    let out = rx.fill(&mem, &mut rxq, &mut batch, &mut stats).unwrap();
+    assert_eq!((out.delivered, out.dropped), (1, 0));
 }
 
 #[test]
