@@ -8,9 +8,9 @@ use etherparse::PacketBuilder;
 use wire::checksum as inet;
 use wire::{Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4};
 
-use crate::headers::ipv4::field as ip;
-use crate::headers::{icmp, ip_protocol, udp};
 use crate::{Instant, Nat, NatConfig, Verdict};
+use wire::ipv4::field as ip;
+use wire::udp;
 
 /// A guest address inside the default internal network.
 pub const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
@@ -174,7 +174,7 @@ pub fn truncate_for_error(packet: &[u8]) -> Vec<u8> {
     packet
         .iter()
         .copied()
-        .take(ihl(packet) + icmp::ERROR_QUOTED_TRANSPORT_LEN)
+        .take(ihl(packet) + icmpv4::ERROR_QUOTED_DATA_LEN)
         .collect()
 }
 
@@ -239,14 +239,14 @@ pub fn dst(packet: &[u8]) -> SocketAddrV4 {
 /// The source address of the packet embedded in an ICMP error, with port.
 pub fn embedded_src(packet: &[u8]) -> SocketAddrV4 {
     src(packet
-        .get(ihl(packet) + icmp::field::ERROR_QUOTE..)
+        .get(ihl(packet) + icmpv4::field::DATA..)
         .unwrap_or(&[]))
 }
 
 /// The destination address of the packet embedded in an ICMP error, with port.
 pub fn embedded_dst(packet: &[u8]) -> SocketAddrV4 {
     dst(packet
-        .get(ihl(packet) + icmp::field::ERROR_QUOTE..)
+        .get(ihl(packet) + icmpv4::field::DATA..)
         .unwrap_or(&[]))
 }
 
@@ -494,7 +494,7 @@ fn addr(p: &[u8], field: core::ops::Range<usize>) -> Ipv4Addr {
 fn port(p: &[u8], field: core::ops::Range<usize>) -> u16 {
     let l4 = ihl(p);
     let field = match p.get(ip::PROTOCOL) {
-        Some(&ip_protocol::ICMP) => icmp::field::ECHO_IDENT,
+        Some(&ip_proto::ICMP) => icmpv4::field::ECHO_IDENT,
         _ => field,
     };
     p.get(l4 + field.start..l4 + field.end).map_or(0, be16)

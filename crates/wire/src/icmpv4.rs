@@ -22,20 +22,35 @@ pub struct Icmpv4Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// ICMP field offsets: byte ranges (or, for one-byte fields and ends, single offsets) from the
+/// start of the message.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const TYPE: usize = 0;
-    pub(crate) const CODE: usize = 1;
-    pub(crate) const CHECKSUM: Field = 2..4;
-    pub(crate) const ECHO_IDENT: Field = 4..6;
-    pub(crate) const ECHO_SEQNO: Field = 6..8;
-    pub(crate) const NEXT_HOP_MTU: Field = 6..8;
-    pub(crate) const DATA: usize = 8;
+    /// Type ([`ECHO_REQUEST`](super::ECHO_REQUEST), ...).
+    pub const TYPE: usize = 0;
+    /// Code.
+    pub const CODE: usize = 1;
+    /// Checksum (over the whole message, no pseudo-header).
+    pub const CHECKSUM: Field = 2..4;
+    /// Echo request/reply identifier.
+    pub const ECHO_IDENT: Field = 4..6;
+    /// Echo request/reply sequence number.
+    pub const ECHO_SEQUENCE: Field = 6..8;
+    /// Next-hop MTU of "fragmentation needed" (RFC 1191).
+    pub const NEXT_HOP_MTU: Field = 6..8;
+    /// Start of the data (the end of the header): an echo's data, or an error's quote of the
+    /// offending packet, its IPv4 header first.
+    pub const DATA: usize = 8;
 }
 
 /// The length of an ICMP header (with the rest-of-header word).
 pub const HEADER_LEN: usize = field::DATA;
+
+/// The least an error (destination unreachable, time exceeded, parameter problem) quotes of
+/// the offending packet's data after its IPv4 header: its first 64 bits (RFC 792), which hold
+/// the ports of TCP and UDP and the identifier of an echo.
+pub const ERROR_QUOTED_DATA_LEN: usize = 8;
 
 impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     /// Wraps `buffer` without checks.
@@ -98,7 +113,7 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
 
     /// The sequence number of an echo request or reply.
     pub fn echo_seq_no(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::ECHO_SEQNO)
+        read_u16(self.buffer.as_ref(), field::ECHO_SEQUENCE)
     }
 
     /// The next-hop MTU of a "fragmentation needed" message (RFC 1191).
@@ -145,7 +160,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
 
     /// Sets the echo sequence number.
     pub fn set_echo_seq_no(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::ECHO_SEQNO, value);
+        write_u16(self.buffer.as_mut(), field::ECHO_SEQUENCE, value);
     }
 
     /// Sets the next-hop MTU.

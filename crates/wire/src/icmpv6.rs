@@ -33,16 +33,25 @@ pub struct Icmpv6Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// ICMPv6 field offsets: byte ranges (or, for one-byte fields and ends, single offsets) from
+/// the start of the message.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const TYPE: usize = 0;
-    pub(crate) const CODE: usize = 1;
-    pub(crate) const CHECKSUM: Field = 2..4;
-    pub(crate) const ECHO_IDENT: Field = 4..6;
-    pub(crate) const ECHO_SEQNO: Field = 6..8;
-    pub(crate) const MTU: Field = 4..8;
-    pub(crate) const DATA: usize = 8;
+    /// Type ([`ECHO_REQUEST`](super::ECHO_REQUEST), ...).
+    pub const TYPE: usize = 0;
+    /// Code.
+    pub const CODE: usize = 1;
+    /// Checksum (with the IPv6 pseudo-header).
+    pub const CHECKSUM: Field = 2..4;
+    /// Echo request/reply identifier.
+    pub const ECHO_IDENT: Field = 4..6;
+    /// Echo request/reply sequence number.
+    pub const ECHO_SEQUENCE: Field = 6..8;
+    /// MTU of "packet too big".
+    pub const MTU: Field = 4..8;
+    /// Start of the data (the end of the header).
+    pub const DATA: usize = 8;
 }
 
 /// The length of an ICMPv6 header (with the rest-of-header word).
@@ -109,7 +118,7 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
 
     /// The sequence number of an echo request or reply.
     pub fn echo_seq_no(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::ECHO_SEQNO)
+        read_u16(self.buffer.as_ref(), field::ECHO_SEQUENCE)
     }
 
     /// The MTU of a "packet too big" message (or the pointer of a "parameter problem").
@@ -163,7 +172,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
 
     /// Sets the echo sequence number.
     pub fn set_echo_seq_no(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::ECHO_SEQNO, value);
+        write_u16(self.buffer.as_mut(), field::ECHO_SEQUENCE, value);
     }
 
     /// Sets the MTU (or pointer).
