@@ -6,11 +6,11 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::PacketBuilder;
 use wire::checksum as inet;
-use wire::{Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4};
-
-use crate::{Instant, Nat, NatConfig, Verdict};
 use wire::ipv4::field as ip;
-use wire::udp;
+use wire::{Field, Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4, udp};
+
+use crate::packet::ipv4_header_len;
+use crate::{Instant, Nat, NatConfig, Verdict};
 
 /// A guest address inside the default internal network.
 pub const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
@@ -472,7 +472,7 @@ fn set_l4_field(p: &mut [u8], proto: u8, value: u16) {
 /// The IPv4 header length of `p` (20 if `p` is empty).
 fn ihl(p: &[u8]) -> usize {
     p.get(ip::VERSION_IHL)
-        .map_or(ipv4::HEADER_LEN, |&b| usize::from(b & 0xf) * 4)
+        .map_or(ipv4::HEADER_LEN, |&b| ipv4_header_len(b))
 }
 
 /// A big-endian u16 (0 unless `b` is 2 bytes).
@@ -483,7 +483,7 @@ fn be16(b: &[u8]) -> u16 {
     }
 }
 
-fn addr(p: &[u8], field: core::ops::Range<usize>) -> Ipv4Addr {
+fn addr(p: &[u8], field: Field) -> Ipv4Addr {
     match p.get(field) {
         Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
         _ => Ipv4Addr::UNSPECIFIED,
@@ -491,7 +491,7 @@ fn addr(p: &[u8], field: core::ops::Range<usize>) -> Ipv4Addr {
 }
 
 /// The TCP/UDP port at `field`, or for ICMP the echo identifier.
-fn port(p: &[u8], field: core::ops::Range<usize>) -> u16 {
+fn port(p: &[u8], field: Field) -> u16 {
     let l4 = ihl(p);
     let field = match p.get(ip::PROTOCOL) {
         Some(&ip_proto::ICMP) => icmpv4::field::ECHO_IDENT,
