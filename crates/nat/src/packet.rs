@@ -171,7 +171,12 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
                 (icmpv4::ECHO_REPLY, false) => {
                     flow(PROTO_ICMP, Transport::EchoDestinationId, 0, id(), 0)
                 }
-                (icmpv4::DEST_UNREACHABLE | icmpv4::TIME_EXCEEDED | icmpv4::PARAM_PROBLEM, _) => {
+                (
+                    icmpv4::DESTINATION_UNREACHABLE
+                    | icmpv4::TIME_EXCEEDED
+                    | icmpv4::PARAMETER_PROBLEM,
+                    _,
+                ) => {
                     return Err(NotFlow::IcmpError);
                 }
                 (icmpv4::ECHO_REPLY, true) => return Err(NotFlow::EchoReplyFromInside(id())),

@@ -524,7 +524,11 @@ fn check(p: &[u8], outer: bool) -> bool {
     let error = ip.protocol() == ip_proto::ICMP
         && matches!(
             p.get(h),
-            Some(&(icmpv4::DEST_UNREACHABLE | icmpv4::TIME_EXCEEDED | icmpv4::PARAM_PROBLEM))
+            Some(
+                &(icmpv4::DESTINATION_UNREACHABLE
+                    | icmpv4::TIME_EXCEEDED
+                    | icmpv4::PARAMETER_PROBLEM)
+            )
         );
     if error {
         let e = p.get(h + icmpv4::HEADER_LEN..).unwrap_or(&[]);

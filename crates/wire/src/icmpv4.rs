@@ -5,15 +5,15 @@ use crate::{Error, checksum, read_u16, write_u16};
 /// Echo reply.
 pub const ECHO_REPLY: u8 = 0;
 /// Destination unreachable.
-pub const DEST_UNREACHABLE: u8 = 3;
+pub const DESTINATION_UNREACHABLE: u8 = 3;
 /// Echo request.
 pub const ECHO_REQUEST: u8 = 8;
 /// Time exceeded.
 pub const TIME_EXCEEDED: u8 = 11;
 /// Parameter problem.
-pub const PARAM_PROBLEM: u8 = 12;
+pub const PARAMETER_PROBLEM: u8 = 12;
 /// Destination unreachable code: fragmentation needed and DF set (RFC 1191).
-pub const CODE_FRAG_NEEDED: u8 = 4;
+pub const CODE_FRAGMENTATION_NEEDED: u8 = 4;
 
 /// A view of an ICMP message: type, code, checksum, the four-byte rest of the header (echo
 /// identifier and sequence number, or the next-hop MTU), and the data after it.
@@ -220,8 +220,8 @@ mod tests {
     fn frag_needed_carries_the_mtu() {
         let mut b = [0u8; 8];
         let mut p = Icmpv4Packet::new_unchecked(&mut b[..]);
-        p.set_msg_type(DEST_UNREACHABLE);
-        p.set_msg_code(CODE_FRAG_NEEDED);
+        p.set_msg_type(DESTINATION_UNREACHABLE);
+        p.set_msg_code(CODE_FRAGMENTATION_NEEDED);
         p.set_next_hop_mtu(1400);
         p.fill_checksum();
         assert_eq!(p.next_hop_mtu(), 1400);

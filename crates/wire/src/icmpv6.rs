@@ -5,25 +5,25 @@ use core::net::Ipv6Addr;
 use crate::{Error, checksum, ip_proto, read_u16, read_u32, write_u16, write_u32};
 
 /// Destination unreachable.
-pub const DEST_UNREACHABLE: u8 = 1;
+pub const DESTINATION_UNREACHABLE: u8 = 1;
 /// Packet too big.
 pub const PACKET_TOO_BIG: u8 = 2;
 /// Time exceeded.
 pub const TIME_EXCEEDED: u8 = 3;
 /// Parameter problem.
-pub const PARAM_PROBLEM: u8 = 4;
+pub const PARAMETER_PROBLEM: u8 = 4;
 /// Echo request.
 pub const ECHO_REQUEST: u8 = 128;
 /// Echo reply.
 pub const ECHO_REPLY: u8 = 129;
 /// Router solicitation (RFC 4861).
-pub const ROUTER_SOLICIT: u8 = 133;
+pub const ROUTER_SOLICITATION: u8 = 133;
 /// Router advertisement (RFC 4861).
-pub const ROUTER_ADVERT: u8 = 134;
+pub const ROUTER_ADVERTISEMENT: u8 = 134;
 /// Neighbor solicitation (RFC 4861).
-pub const NEIGHBOR_SOLICIT: u8 = 135;
+pub const NEIGHBOR_SOLICITATION: u8 = 135;
 /// Neighbor advertisement (RFC 4861).
-pub const NEIGHBOR_ADVERT: u8 = 136;
+pub const NEIGHBOR_ADVERTISEMENT: u8 = 136;
 
 /// A view of an ICMPv6 message: type, code, checksum, the four-byte rest of the header (echo
 /// identifier and sequence number, the MTU of "packet too big", the pointer of "parameter
