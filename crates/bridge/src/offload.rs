@@ -354,12 +354,15 @@ pub(crate) fn complete(
     Ok(())
 }
 
-/// The length of a checksum field.
-const CSUM_FIELD_LEN: usize = 2;
-/// `csum_offset` of the TCP checksum field (RFC 9293: bytes 16..18 of the header).
-const TCP_CSUM_OFFSET: u16 = 16;
-/// `csum_offset` of the UDP checksum field (RFC 768: bytes 6..8 of the header).
-const UDP_CSUM_OFFSET: u16 = 6;
+/// The length of a checksum field (TCP's and UDP's alike: two bytes).
+const CSUM_FIELD_LEN: usize = ::wire::tcp::field::CHECKSUM.end - ::wire::tcp::field::CHECKSUM.start;
+const _: () = assert!(
+    ::wire::udp::field::CHECKSUM.end - ::wire::udp::field::CHECKSUM.start == CSUM_FIELD_LEN
+);
+/// `csum_offset` of the TCP checksum field (`wire::tcp::field::CHECKSUM`: 16, fits a `u16`).
+const TCP_CSUM_OFFSET: u16 = ::wire::tcp::field::CHECKSUM.start as u16;
+/// `csum_offset` of the UDP checksum field (`wire::udp::field::CHECKSUM`: 6, fits a `u16`).
+const UDP_CSUM_OFFSET: u16 = ::wire::udp::field::CHECKSUM.start as u16;
 
 /// If `frame` is Ethernet + IPv4 TCP/UDP (not a fragment) whose checksum request points at
 /// the transport checksum field, the protocol. The offsets are relative to the frame.

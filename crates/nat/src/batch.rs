@@ -3,13 +3,13 @@
 //! The reads take the packet as it is, without validation: a wrong guess
 //! only costs a useless read.
 
-use crate::headers::{icmp, ip_protocol, ipv4, udp};
-use crate::packet::{get8, get16, get32};
+use crate::packet::{self, get8, get16, get32};
 use crate::ports::Ports;
 use crate::table::{Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::translator::Nat;
 use crate::tuple::FiveTuple;
 use crate::{Direction, Instant, L4Checksum, Verdict};
+use wire::{icmpv4, ip_proto, ipv4, udp};
 
 /// Packets whose table reads are started together by the batch calls.
 const PREFETCH: usize = 16;
@@ -21,14 +21,14 @@ const PREFETCH_MIN_BYTES: usize = 512 * 1024;
 /// internal side comes from the external port's binding.
 #[inline(always)]
 fn peek_hash(keys: &Keys, ports: &Ports, p: &[u8], direction: Direction) -> u32 {
-    let l4 = ipv4::header_len(get8(p, ipv4::field::VERSION_IHL));
+    let l4 = packet::ipv4_header_len(get8(p, ipv4::field::VERSION_IHL));
     let src_addr = get32(p, ipv4::field::SRC_ADDR.start);
     let dst_addr = get32(p, ipv4::field::DST_ADDR.start);
     let outbound = direction == Direction::Outbound;
     // TCP and UDP ports sit at the same offsets.
     let (protocol, a, b) = match get8(p, ipv4::field::PROTOCOL) {
-        ip_protocol::TCP => (PROTO_TCP, src_port(p, l4), dst_port(p, l4)),
-        ip_protocol::UDP => (PROTO_UDP, src_port(p, l4), dst_port(p, l4)),
+        ip_proto::TCP => (PROTO_TCP, src_port(p, l4), dst_port(p, l4)),
+        ip_proto::UDP => (PROTO_UDP, src_port(p, l4), dst_port(p, l4)),
         _ if outbound => (PROTO_ICMP, echo_id(p, l4), 0),
         _ => (PROTO_ICMP, 0, echo_id(p, l4)),
     };
@@ -55,10 +55,10 @@ fn peek_hash(keys: &Keys, ports: &Ports, p: &[u8], direction: Direction) -> u32 
 /// The internal address in the binding of a packet's destination port.
 #[inline(always)]
 pub(crate) fn peek_binding(ports: &Ports, p: &[u8]) -> u32 {
-    let l4 = ipv4::header_len(get8(p, ipv4::field::VERSION_IHL));
+    let l4 = packet::ipv4_header_len(get8(p, ipv4::field::VERSION_IHL));
     let (protocol, port) = match get8(p, ipv4::field::PROTOCOL) {
-        ip_protocol::TCP => (PROTO_TCP, dst_port(p, l4)),
-        ip_protocol::UDP => (PROTO_UDP, dst_port(p, l4)),
+        ip_proto::TCP => (PROTO_TCP, dst_port(p, l4)),
+        ip_proto::UDP => (PROTO_UDP, dst_port(p, l4)),
         _ => (PROTO_ICMP, echo_id(p, l4)),
     };
     ports.binding(protocol, port).internal_addr
@@ -76,7 +76,7 @@ fn dst_port(p: &[u8], l4: usize) -> u16 {
 
 #[inline(always)]
 fn echo_id(p: &[u8], l4: usize) -> u16 {
-    get16(p, l4 + icmp::field::ECHO_IDENT.start)
+    get16(p, l4 + icmpv4::field::ECHO_IDENT.start)
 }
 
 impl Nat {

@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 
-use crate::headers::ipv4::{self, field};
 use crate::held::HeldPool;
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32};
 use crate::table::SeededState;
 use crate::translator::Nat;
 use crate::tuple::{DatagramId, FourTuple};
 use crate::{Direction, DropReason, Released, Verdict};
+use wire::ipv4::{self, field};
 
 /// Fragment state: first-fragment translations and held later fragments.
 #[derive(Debug)]

@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 
-use crate::headers::{ipv4, tcp};
 use crate::packet::{self, FlowHeader, Ipv4Header, Transport};
 use crate::ports::PortUse;
 use crate::table::{PROTO_ICMP, SeededState};
 use crate::translator::Nat;
 use crate::tuple::{EndpointKey, FourTuple};
 use crate::{DropReason, Filtering, Verdict};
+use wire::{ipv4, tcp};
 
 /// The senders of the echo requests hairpinned through each external ICMP
 /// identifier, so that the target's reply loops back to them.
@@ -78,8 +78,8 @@ impl Nat {
     ) -> Verdict {
         // rewrite() touches at most the IPv4 header and the first 20
         // transport bytes (a TCP header without options).
-        let mut saved = [0u8; ipv4::MAX_HEADER_LEN + tcp::MIN_HEADER_LEN];
-        let n = p.len().min(h.header_len + tcp::MIN_HEADER_LEN);
+        let mut saved = [0u8; ipv4::MAX_HEADER_LEN + tcp::HEADER_LEN];
+        let n = p.len().min(h.header_len + tcp::HEADER_LEN);
         if let (Some(d), Some(s)) = (saved.get_mut(..n), p.get(..n)) {
             d.copy_from_slice(s);
         }

@@ -3,13 +3,13 @@
 //! outside (addresses) and inside (the quoted IPv4 and transport headers),
 //! each checksum fixed incrementally.
 
-use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32, put16, put32};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, state};
 use crate::translator::Nat;
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple};
 use crate::{DropReason, Verdict};
 use wire::checksum::{self, Delta};
+use wire::{icmpv4, ip_proto, ipv4, tcp, udp};
 
 /// An ICMP error's embedded packet (the part the NAT translates).
 #[derive(Clone, Copy, Debug)]
@@ -30,16 +30,16 @@ impl Embedded {
     /// Parses the packet embedded in an ICMP error.
     fn parse(p: &[u8], h: &Ipv4Header) -> Option<Embedded> {
         use ipv4::field;
-        let ip_at = h.header_len + icmp::field::ERROR_QUOTE;
+        let ip_at = h.header_len + icmpv4::field::DATA;
         let end = h.total_len;
         let v = get8(p, ip_at + field::VERSION_IHL);
-        if end < ip_at + ipv4::MIN_HEADER_LEN || v >> 4 != 4 {
+        if end < ip_at + ipv4::HEADER_LEN || v >> 4 != 4 {
             return None;
         }
-        let header_len = ipv4::header_len(v);
+        let header_len = packet::ipv4_header_len(v);
         let l4 = ip_at + header_len;
-        if header_len < ipv4::MIN_HEADER_LEN
-            || end < l4 + icmp::ERROR_QUOTED_TRANSPORT_LEN
+        if header_len < ipv4::HEADER_LEN
+            || end < l4 + icmpv4::ERROR_QUOTED_DATA_LEN
             || get16(p, ip_at + field::FLAGS_FRAGMENT.start) & ipv4::FRAGMENT_OFFSET != 0
         {
             return None;
@@ -52,15 +52,15 @@ impl Embedded {
                 get16(p, l4 + udp::field::DST_PORT.start),
             )
         };
-        let id = || get16(p, l4 + icmp::field::ECHO_IDENT.start);
+        let id = || get16(p, l4 + icmpv4::field::ECHO_IDENT.start);
         let (protocol, transport, (src_port, dst_port)) = match get8(p, ip_at + field::PROTOCOL) {
-            ip_protocol::TCP => (PROTO_TCP, Transport::Tcp, ports()),
-            ip_protocol::UDP => (PROTO_UDP, Transport::Udp, ports()),
-            ip_protocol::ICMP => match get8(p, l4 + icmp::field::TYPE) {
+            ip_proto::TCP => (PROTO_TCP, Transport::Tcp, ports()),
+            ip_proto::UDP => (PROTO_UDP, Transport::Udp, ports()),
+            ip_proto::ICMP => match get8(p, l4 + icmpv4::field::TYPE) {
                 // Our echo request went out: the identifier is the source "port".
-                icmp::ECHO_REQUEST => (PROTO_ICMP, Transport::EchoSourceId, (id(), 0)),
+                icmpv4::ECHO_REQUEST => (PROTO_ICMP, Transport::EchoSourceId, (id(), 0)),
                 // An echo reply came in: the identifier is the destination "port".
-                icmp::ECHO_REPLY => (PROTO_ICMP, Transport::EchoDestinationId, (0, id())),
+                icmpv4::ECHO_REPLY => (PROTO_ICMP, Transport::EchoDestinationId, (0, id())),
                 _ => return None,
             },
             _ => return None,
@@ -164,17 +164,17 @@ fn rewrite_error(
             };
             let mut d = Delta::default();
             d.word(o, n);
-            put16(p, l4 + icmp::field::ECHO_IDENT.start, n);
+            put16(p, l4 + icmpv4::field::ECHO_IDENT.start, n);
             icmp_delta = icmp_delta.add(d);
-            let c = get16(p, l4 + icmp::field::CHECKSUM.start);
+            let c = get16(p, l4 + icmpv4::field::CHECKSUM.start);
             let c2 = d.apply(c);
-            put16(p, l4 + icmp::field::CHECKSUM.start, c2);
+            put16(p, l4 + icmpv4::field::CHECKSUM.start, c2);
             icmp_delta.word(c, c2);
         }
         // Embedded packets are never partial; a bare one has no ports.
         Transport::AddressesOnly | Transport::TcpPartial | Transport::UdpPartial => {}
     }
-    let at = h.header_len + icmp::field::CHECKSUM.start;
+    let at = h.header_len + icmpv4::field::CHECKSUM.start;
     put16(p, at, icmp_delta.apply(get16(p, at)));
 }
 
@@ -246,7 +246,7 @@ impl Nat {
         // outbound error, then as an inbound one; restore it on a drop.
         // rewrite_error() touches at most the outer IPv4 and ICMP headers,
         // the quoted IPv4 header and 20 quoted transport bytes.
-        let mut saved = [0u8; 2 * ipv4::MAX_HEADER_LEN + icmp::HEADER_LEN + tcp::MIN_HEADER_LEN];
+        let mut saved = [0u8; 2 * ipv4::MAX_HEADER_LEN + icmpv4::HEADER_LEN + tcp::HEADER_LEN];
         let n = p.len().min(saved.len());
         if let (Some(d), Some(s)) = (saved.get_mut(..n), p.get(..n)) {
             d.copy_from_slice(s);

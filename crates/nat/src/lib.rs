@@ -128,7 +128,7 @@
 //! | `fragments`, `held` | first-fragment state; later fragments held until it comes |
 //! | `batch` | the batch calls and their read-ahead |
 //! | `sweep` | expiry of flows, bounded per call |
-//! | `packet`, `headers` | IPv4 parsing, header field offsets, incremental checksums (`wire::checksum`) |
+//! | `packet` | IPv4 parsing (with the field offsets of `wire`'s `field` modules), incremental checksums (`wire::checksum`) |
 //! | `tuple` | the tuples tables are keyed by and packets rewritten with |
 //!
 //! # Features
@@ -148,7 +148,6 @@ mod batch;
 mod flows;
 mod fragments;
 mod hairpin;
-mod headers;
 mod held;
 mod icmp_error;
 mod inbound;

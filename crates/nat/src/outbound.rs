@@ -2,13 +2,13 @@
 //! or creates its flow by its internal-side key and leaves from the
 //! external address and the flow's external port.
 
-use crate::headers::tcp;
 use crate::packet::{self, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_ICMP, PROTO_TCP, state};
 use crate::translator::Nat;
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple, PortKey};
 use crate::{Direction, DropReason, Verdict};
+use wire::tcp;
 
 impl Nat {
     /// The outbound path without counting.

@@ -7,10 +7,10 @@
 //! return 0) out of bounds, so no input can make them panic.
 
 use crate::DropReason;
-use crate::headers::{icmp, ip_protocol, ipv4, tcp, udp};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::tuple::FourTuple;
 use wire::checksum::{self, Delta};
+use wire::{icmpv4, ip_proto, ipv4, tcp, udp};
 
 /// The fields of a validated IPv4 header.
 #[derive(Clone, Copy, Debug)]
@@ -135,8 +135,8 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
         transport,
     };
     Ok(match h.protocol {
-        ip_protocol::TCP => {
-            if n < tcp::MIN_HEADER_LEN {
+        ip_proto::TCP => {
+            if n < tcp::HEADER_LEN {
                 return Err(NotFlow::Drop(DropReason::Malformed));
             }
             flow(
@@ -147,7 +147,7 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
                 get8(p, l4 + tcp::field::FLAGS),
             )
         }
-        ip_protocol::UDP => {
+        ip_proto::UDP => {
             if n < udp::HEADER_LEN {
                 return Err(NotFlow::Drop(DropReason::Malformed));
             }
@@ -159,22 +159,28 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
                 0,
             )
         }
-        ip_protocol::ICMP => {
-            if n < icmp::HEADER_LEN {
+        ip_proto::ICMP => {
+            if n < icmpv4::HEADER_LEN {
                 return Err(NotFlow::Drop(DropReason::Malformed));
             }
-            let id = || get16(p, l4 + icmp::field::ECHO_IDENT.start);
-            match (get8(p, l4 + icmp::field::TYPE), outbound) {
-                (icmp::ECHO_REQUEST, true) => flow(PROTO_ICMP, Transport::EchoSourceId, id(), 0, 0),
-                (icmp::ECHO_REPLY, false) => {
+            let id = || get16(p, l4 + icmpv4::field::ECHO_IDENT.start);
+            match (get8(p, l4 + icmpv4::field::TYPE), outbound) {
+                (icmpv4::ECHO_REQUEST, true) => {
+                    flow(PROTO_ICMP, Transport::EchoSourceId, id(), 0, 0)
+                }
+                (icmpv4::ECHO_REPLY, false) => {
                     flow(PROTO_ICMP, Transport::EchoDestinationId, 0, id(), 0)
                 }
                 (
-                    icmp::DESTINATION_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM,
+                    icmpv4::DESTINATION_UNREACHABLE
+                    | icmpv4::TIME_EXCEEDED
+                    | icmpv4::PARAMETER_PROBLEM,
                     _,
-                ) => return Err(NotFlow::IcmpError),
-                (icmp::ECHO_REPLY, true) => return Err(NotFlow::EchoReplyFromInside(id())),
-                (icmp::ECHO_REQUEST, false) => return Err(NotFlow::Drop(DropReason::NoMapping)),
+                ) => {
+                    return Err(NotFlow::IcmpError);
+                }
+                (icmpv4::ECHO_REPLY, true) => return Err(NotFlow::EchoReplyFromInside(id())),
+                (icmpv4::ECHO_REQUEST, false) => return Err(NotFlow::Drop(DropReason::NoMapping)),
                 _ => return Err(NotFlow::Drop(DropReason::UnsupportedProtocol)),
             }
         }
@@ -186,18 +192,18 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
 #[inline(always)]
 pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
     use ipv4::field;
-    let h: &[u8; ipv4::MIN_HEADER_LEN] = p
-        .first_chunk::<{ ipv4::MIN_HEADER_LEN }>()
+    let h: &[u8; ipv4::HEADER_LEN] = p
+        .first_chunk::<{ ipv4::HEADER_LEN }>()
         .ok_or(DropReason::Malformed)?;
     if h[field::VERSION_IHL] >> 4 != 4 {
         return Err(DropReason::Malformed);
     }
-    let header_len = ipv4::header_len(h[field::VERSION_IHL]);
+    let header_len = ipv4_header_len(h[field::VERSION_IHL]);
     let total_len = usize::from(get16(h, field::LENGTH.start));
-    if header_len < ipv4::MIN_HEADER_LEN || total_len < header_len || total_len > p.len() {
+    if header_len < ipv4::HEADER_LEN || total_len < header_len || total_len > p.len() {
         return Err(DropReason::Malformed);
     }
-    let ok = if header_len == ipv4::MIN_HEADER_LEN {
+    let ok = if header_len == ipv4::HEADER_LEN {
         ipv4_header_ok(h)
     } else {
         p.get(..header_len)
@@ -232,14 +238,14 @@ pub(crate) fn rewrite(
     let mut ipd = Delta::default();
     ipd.dword(old.src_addr, new.src_addr);
     ipd.dword(old.dst_addr, new.dst_addr);
-    let Some((ip, rest)) = p.split_first_chunk_mut::<{ ipv4::MIN_HEADER_LEN }>() else {
+    let Some((ip, rest)) = p.split_first_chunk_mut::<{ ipv4::HEADER_LEN }>() else {
         return;
     };
     ip[ipv4::field::SRC_ADDR].copy_from_slice(&new.src_addr.to_be_bytes());
     ip[ipv4::field::DST_ADDR].copy_from_slice(&new.dst_addr.to_be_bytes());
     let c = ipd.apply(get16(ip, ipv4::field::CHECKSUM.start));
     ip[ipv4::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
-    let Some(l4) = rest.get_mut(h.header_len.saturating_sub(ipv4::MIN_HEADER_LEN)..) else {
+    let Some(l4) = rest.get_mut(h.header_len.saturating_sub(ipv4::HEADER_LEN)..) else {
         return;
     };
     match transport {
@@ -292,8 +298,8 @@ pub(crate) fn rewrite(
             u[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
         t @ (Transport::EchoSourceId | Transport::EchoDestinationId) => {
-            use icmp::field;
-            let Some(e) = l4.first_chunk_mut::<{ icmp::HEADER_LEN }>() else {
+            use icmpv4::field;
+            let Some(e) = l4.first_chunk_mut::<{ icmpv4::HEADER_LEN }>() else {
                 return;
             };
             let (o, n) = if t == Transport::EchoSourceId {
@@ -327,15 +333,15 @@ pub fn complete_l4_checksum(packet: &mut [u8]) -> bool {
         return false;
     }
     let checksum_at = match (h.protocol, h.payload_len()) {
-        (ip_protocol::TCP, n) if n >= tcp::MIN_HEADER_LEN => tcp::field::CHECKSUM.start,
-        (ip_protocol::UDP, n) if n >= udp::HEADER_LEN => udp::field::CHECKSUM.start,
+        (ip_proto::TCP, n) if n >= tcp::HEADER_LEN => tcp::field::CHECKSUM.start,
+        (ip_proto::UDP, n) if n >= udp::HEADER_LEN => udp::field::CHECKSUM.start,
         _ => return false,
     };
     let Some(l4) = packet.get(h.header_len..h.total_len) else {
         return false;
     };
     let mut c = checksum::finish(checksum::sum(l4, 0));
-    if h.protocol == ip_protocol::UDP && c == 0 {
+    if h.protocol == ip_proto::UDP && c == 0 {
         c = 0xffff;
     }
     put16(packet, h.header_len + checksum_at, c);
@@ -345,9 +351,16 @@ pub fn complete_l4_checksum(packet: &mut [u8]) -> bool {
 /// Whether a 20-byte IPv4 header (no options) has a valid checksum: its five
 /// 32-bit words summed in registers.
 #[inline(always)]
-fn ipv4_header_ok(h: &[u8; ipv4::MIN_HEADER_LEN]) -> bool {
+fn ipv4_header_ok(h: &[u8; ipv4::HEADER_LEN]) -> bool {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     checksum::fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
+}
+
+/// The header length in bytes that an IPv4 [`ipv4::field::VERSION_IHL`] byte says (its low
+/// nibble, in 32-bit words).
+#[inline(always)]
+pub(crate) fn ipv4_header_len(version_ihl: u8) -> usize {
+    usize::from(version_ihl & 0xf) * 4
 }
 
 /// Reads a big-endian u16 at `off`, 0 if out of bounds.
@@ -393,7 +406,7 @@ pub(crate) fn get8(p: &[u8], off: usize) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::ipv4::field;
+    use wire::ipv4::field;
 
     #[test]
     fn parse_rejects_short_wrong_version_bad_ihl_and_bad_checksum() {

@@ -6,10 +6,10 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::PacketBuilder;
 use wire::checksum as inet;
-use wire::{Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4};
+use wire::ipv4::field as ip;
+use wire::{Field, Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4, udp};
 
-use crate::headers::ipv4::field as ip;
-use crate::headers::{icmp, ip_protocol, udp};
+use crate::packet::ipv4_header_len;
 use crate::{Instant, Nat, NatConfig, Verdict};
 
 /// A guest address inside the default internal network.
@@ -174,7 +174,7 @@ pub fn truncate_for_error(packet: &[u8]) -> Vec<u8> {
     packet
         .iter()
         .copied()
-        .take(ihl(packet) + icmp::ERROR_QUOTED_TRANSPORT_LEN)
+        .take(ihl(packet) + icmpv4::ERROR_QUOTED_DATA_LEN)
         .collect()
 }
 
@@ -239,14 +239,14 @@ pub fn dst(packet: &[u8]) -> SocketAddrV4 {
 /// The source address of the packet embedded in an ICMP error, with port.
 pub fn embedded_src(packet: &[u8]) -> SocketAddrV4 {
     src(packet
-        .get(ihl(packet) + icmp::field::ERROR_QUOTE..)
+        .get(ihl(packet) + icmpv4::field::DATA..)
         .unwrap_or(&[]))
 }
 
 /// The destination address of the packet embedded in an ICMP error, with port.
 pub fn embedded_dst(packet: &[u8]) -> SocketAddrV4 {
     dst(packet
-        .get(ihl(packet) + icmp::field::ERROR_QUOTE..)
+        .get(ihl(packet) + icmpv4::field::DATA..)
         .unwrap_or(&[]))
 }
 
@@ -472,7 +472,7 @@ fn set_l4_field(p: &mut [u8], proto: u8, value: u16) {
 /// The IPv4 header length of `p` (20 if `p` is empty).
 fn ihl(p: &[u8]) -> usize {
     p.get(ip::VERSION_IHL)
-        .map_or(ipv4::HEADER_LEN, |&b| usize::from(b & 0xf) * 4)
+        .map_or(ipv4::HEADER_LEN, |&b| ipv4_header_len(b))
 }
 
 /// A big-endian u16 (0 unless `b` is 2 bytes).
@@ -483,7 +483,7 @@ fn be16(b: &[u8]) -> u16 {
     }
 }
 
-fn addr(p: &[u8], field: core::ops::Range<usize>) -> Ipv4Addr {
+fn addr(p: &[u8], field: Field) -> Ipv4Addr {
     match p.get(field) {
         Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
         _ => Ipv4Addr::UNSPECIFIED,
@@ -491,10 +491,10 @@ fn addr(p: &[u8], field: core::ops::Range<usize>) -> Ipv4Addr {
 }
 
 /// The TCP/UDP port at `field`, or for ICMP the echo identifier.
-fn port(p: &[u8], field: core::ops::Range<usize>) -> u16 {
+fn port(p: &[u8], field: Field) -> u16 {
     let l4 = ihl(p);
     let field = match p.get(ip::PROTOCOL) {
-        Some(&ip_protocol::ICMP) => icmp::field::ECHO_IDENT,
+        Some(&ip_proto::ICMP) => icmpv4::field::ECHO_IDENT,
         _ => field,
     };
     p.get(l4 + field.start..l4 + field.end).map_or(0, be16)
@@ -524,7 +524,11 @@ fn check(p: &[u8], outer: bool) -> bool {
     let error = ip.protocol() == ip_proto::ICMP
         && matches!(
             p.get(h),
-            Some(&(icmpv4::DEST_UNREACHABLE | icmpv4::TIME_EXCEEDED | icmpv4::PARAM_PROBLEM))
+            Some(
+                &(icmpv4::DESTINATION_UNREACHABLE
+                    | icmpv4::TIME_EXCEEDED
+                    | icmpv4::PARAMETER_PROBLEM)
+            )
         );
     if error {
         let e = p.get(h + icmpv4::HEADER_LEN..).unwrap_or(&[]);

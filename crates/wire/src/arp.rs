@@ -17,22 +17,33 @@ pub struct ArpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// ARP (Ethernet/IPv4) field offsets: byte ranges (or, for one-byte fields, single offsets)
+/// from the start of the packet.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const HTYPE: Field = 0..2;
-    pub(crate) const PTYPE: Field = 2..4;
-    pub(crate) const HLEN: usize = 4;
-    pub(crate) const PLEN: usize = 5;
-    pub(crate) const OPER: Field = 6..8;
-    pub(crate) const SHA: Field = 8..14;
-    pub(crate) const SPA: Field = 14..18;
-    pub(crate) const THA: Field = 18..24;
-    pub(crate) const TPA: Field = 24..28;
+    /// Hardware type ([`HARDWARE_ETHERNET`](super::HARDWARE_ETHERNET)).
+    pub const HARDWARE_TYPE: Field = 0..2;
+    /// Protocol type (an EtherType).
+    pub const PROTOCOL_TYPE: Field = 2..4;
+    /// Hardware address length in bytes.
+    pub const HARDWARE_LENGTH: usize = 4;
+    /// Protocol address length in bytes.
+    pub const PROTOCOL_LENGTH: usize = 5;
+    /// Operation ([`REQUEST`](super::REQUEST) or [`REPLY`](super::REPLY)).
+    pub const OPERATION: Field = 6..8;
+    /// Sender hardware (MAC) address.
+    pub const SENDER_HARDWARE_ADDR: Field = 8..14;
+    /// Sender protocol (IPv4) address.
+    pub const SENDER_PROTOCOL_ADDR: Field = 14..18;
+    /// Target hardware (MAC) address.
+    pub const TARGET_HARDWARE_ADDR: Field = 18..24;
+    /// Target protocol (IPv4) address.
+    pub const TARGET_PROTOCOL_ADDR: Field = 24..28;
 }
 
 /// The length of an Ethernet/IPv4 ARP packet.
-pub const PACKET_LEN: usize = field::TPA.end;
+pub const PACKET_LEN: usize = field::TARGET_PROTOCOL_ADDR.end;
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
     /// Wraps `buffer` without checks.
@@ -82,47 +93,47 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
     /// The hardware type ([`HARDWARE_ETHERNET`]).
     pub fn hardware_type(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::HTYPE)
+        read_u16(self.buffer.as_ref(), field::HARDWARE_TYPE)
     }
 
     /// The protocol type (an EtherType, [`ethertype::IPV4`]).
     pub fn protocol_type(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::PTYPE)
+        read_u16(self.buffer.as_ref(), field::PROTOCOL_TYPE)
     }
 
     /// The hardware address length.
     pub fn hardware_len(&self) -> u8 {
-        self.buffer.as_ref()[field::HLEN]
+        self.buffer.as_ref()[field::HARDWARE_LENGTH]
     }
 
     /// The protocol address length.
     pub fn protocol_len(&self) -> u8 {
-        self.buffer.as_ref()[field::PLEN]
+        self.buffer.as_ref()[field::PROTOCOL_LENGTH]
     }
 
     /// The operation ([`REQUEST`], [`REPLY`]).
     pub fn operation(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::OPER)
+        read_u16(self.buffer.as_ref(), field::OPERATION)
     }
 
     /// The sender's hardware address.
     pub fn sender_hardware_addr(&self) -> MacAddr {
-        mac(&self.buffer.as_ref()[field::SHA])
+        mac(&self.buffer.as_ref()[field::SENDER_HARDWARE_ADDR])
     }
 
     /// The sender's protocol address.
     pub fn sender_protocol_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::from_bits(read_u32(self.buffer.as_ref(), field::SPA))
+        Ipv4Addr::from_bits(read_u32(self.buffer.as_ref(), field::SENDER_PROTOCOL_ADDR))
     }
 
     /// The target's hardware address.
     pub fn target_hardware_addr(&self) -> MacAddr {
-        mac(&self.buffer.as_ref()[field::THA])
+        mac(&self.buffer.as_ref()[field::TARGET_HARDWARE_ADDR])
     }
 
     /// The target's protocol address.
     pub fn target_protocol_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::from_bits(read_u32(self.buffer.as_ref(), field::TPA))
+        Ipv4Addr::from_bits(read_u32(self.buffer.as_ref(), field::TARGET_PROTOCOL_ADDR))
     }
 }
 
@@ -130,35 +141,43 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     /// Sets hardware type, protocol type and both address lengths for Ethernet/IPv4.
     pub fn set_ethernet_ipv4(&mut self) {
         let d = self.buffer.as_mut();
-        write_u16(d, field::HTYPE, HARDWARE_ETHERNET);
-        write_u16(d, field::PTYPE, ethertype::IPV4);
-        d[field::HLEN] = 6;
-        d[field::PLEN] = 4;
+        write_u16(d, field::HARDWARE_TYPE, HARDWARE_ETHERNET);
+        write_u16(d, field::PROTOCOL_TYPE, ethertype::IPV4);
+        d[field::HARDWARE_LENGTH] = 6;
+        d[field::PROTOCOL_LENGTH] = 4;
     }
 
     /// Sets the operation.
     pub fn set_operation(&mut self, op: u16) {
-        write_u16(self.buffer.as_mut(), field::OPER, op);
+        write_u16(self.buffer.as_mut(), field::OPERATION, op);
     }
 
     /// Sets the sender's hardware address.
     pub fn set_sender_hardware_addr(&mut self, addr: MacAddr) {
-        self.buffer.as_mut()[field::SHA].copy_from_slice(&addr.0);
+        self.buffer.as_mut()[field::SENDER_HARDWARE_ADDR].copy_from_slice(&addr.0);
     }
 
     /// Sets the sender's protocol address.
     pub fn set_sender_protocol_addr(&mut self, addr: Ipv4Addr) {
-        write_u32(self.buffer.as_mut(), field::SPA, addr.to_bits());
+        write_u32(
+            self.buffer.as_mut(),
+            field::SENDER_PROTOCOL_ADDR,
+            addr.to_bits(),
+        );
     }
 
     /// Sets the target's hardware address.
     pub fn set_target_hardware_addr(&mut self, addr: MacAddr) {
-        self.buffer.as_mut()[field::THA].copy_from_slice(&addr.0);
+        self.buffer.as_mut()[field::TARGET_HARDWARE_ADDR].copy_from_slice(&addr.0);
     }
 
     /// Sets the target's protocol address.
     pub fn set_target_protocol_addr(&mut self, addr: Ipv4Addr) {
-        write_u32(self.buffer.as_mut(), field::TPA, addr.to_bits());
+        write_u32(
+            self.buffer.as_mut(),
+            field::TARGET_PROTOCOL_ADDR,
+            addr.to_bits(),
+        );
     }
 }
 
@@ -206,10 +225,10 @@ mod tests {
             assert_eq!(ArpPacket::new_checked(&REQ[..n]), Err(Error::Truncated));
         }
         let mut b = REQ;
-        write_u16(&mut b, field::PTYPE, ethertype::IPV6);
+        write_u16(&mut b, field::PROTOCOL_TYPE, ethertype::IPV6);
         assert_eq!(ArpPacket::new_checked(&b[..]), Err(Error::Unsupported));
         let mut b = REQ;
-        b[field::HLEN] = 8;
+        b[field::HARDWARE_LENGTH] = 8;
         assert_eq!(ArpPacket::new_checked(&b[..]), Err(Error::Unsupported));
     }
 }

@@ -8,13 +8,19 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// Ethernet header field offsets: byte ranges (or, for one-byte fields and ends, single
+/// offsets) from the start of the frame.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const DESTINATION: Field = 0..6;
-    pub(crate) const SOURCE: Field = 6..12;
-    pub(crate) const ETHERTYPE: Field = 12..14;
-    pub(crate) const PAYLOAD: usize = 14;
+    /// Destination MAC address.
+    pub const DESTINATION: Field = 0..6;
+    /// Source MAC address.
+    pub const SOURCE: Field = 6..12;
+    /// EtherType of the payload.
+    pub const ETHERTYPE: Field = 12..14;
+    /// Start of the payload (the end of the header).
+    pub const PAYLOAD: usize = 14;
 }
 
 /// The length of an Ethernet header.

@@ -5,15 +5,15 @@ use crate::{Error, checksum, read_u16, write_u16};
 /// Echo reply.
 pub const ECHO_REPLY: u8 = 0;
 /// Destination unreachable.
-pub const DEST_UNREACHABLE: u8 = 3;
+pub const DESTINATION_UNREACHABLE: u8 = 3;
 /// Echo request.
 pub const ECHO_REQUEST: u8 = 8;
 /// Time exceeded.
 pub const TIME_EXCEEDED: u8 = 11;
 /// Parameter problem.
-pub const PARAM_PROBLEM: u8 = 12;
+pub const PARAMETER_PROBLEM: u8 = 12;
 /// Destination unreachable code: fragmentation needed and DF set (RFC 1191).
-pub const CODE_FRAG_NEEDED: u8 = 4;
+pub const CODE_FRAGMENTATION_NEEDED: u8 = 4;
 
 /// A view of an ICMP message: type, code, checksum, the four-byte rest of the header (echo
 /// identifier and sequence number, or the next-hop MTU), and the data after it.
@@ -22,20 +22,35 @@ pub struct Icmpv4Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// ICMP field offsets: byte ranges (or, for one-byte fields and ends, single offsets) from the
+/// start of the message.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const TYPE: usize = 0;
-    pub(crate) const CODE: usize = 1;
-    pub(crate) const CHECKSUM: Field = 2..4;
-    pub(crate) const ECHO_IDENT: Field = 4..6;
-    pub(crate) const ECHO_SEQNO: Field = 6..8;
-    pub(crate) const NEXT_HOP_MTU: Field = 6..8;
-    pub(crate) const DATA: usize = 8;
+    /// Type ([`ECHO_REQUEST`](super::ECHO_REQUEST), ...).
+    pub const TYPE: usize = 0;
+    /// Code.
+    pub const CODE: usize = 1;
+    /// Checksum (over the whole message, no pseudo-header).
+    pub const CHECKSUM: Field = 2..4;
+    /// Echo request/reply identifier.
+    pub const ECHO_IDENT: Field = 4..6;
+    /// Echo request/reply sequence number.
+    pub const ECHO_SEQUENCE: Field = 6..8;
+    /// Next-hop MTU of "fragmentation needed" (RFC 1191).
+    pub const NEXT_HOP_MTU: Field = 6..8;
+    /// Start of the data (the end of the header): an echo's data, or an error's quote of the
+    /// offending packet, its IPv4 header first.
+    pub const DATA: usize = 8;
 }
 
 /// The length of an ICMP header (with the rest-of-header word).
 pub const HEADER_LEN: usize = field::DATA;
+
+/// The least an error (destination unreachable, time exceeded, parameter problem) quotes of
+/// the offending packet's data after its IPv4 header: its first 64 bits (RFC 792), which hold
+/// the ports of TCP and UDP and the identifier of an echo.
+pub const ERROR_QUOTED_DATA_LEN: usize = 8;
 
 impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     /// Wraps `buffer` without checks.
@@ -98,7 +113,7 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
 
     /// The sequence number of an echo request or reply.
     pub fn echo_seq_no(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::ECHO_SEQNO)
+        read_u16(self.buffer.as_ref(), field::ECHO_SEQUENCE)
     }
 
     /// The next-hop MTU of a "fragmentation needed" message (RFC 1191).
@@ -145,7 +160,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
 
     /// Sets the echo sequence number.
     pub fn set_echo_seq_no(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::ECHO_SEQNO, value);
+        write_u16(self.buffer.as_mut(), field::ECHO_SEQUENCE, value);
     }
 
     /// Sets the next-hop MTU.
@@ -205,8 +220,8 @@ mod tests {
     fn frag_needed_carries_the_mtu() {
         let mut b = [0u8; 8];
         let mut p = Icmpv4Packet::new_unchecked(&mut b[..]);
-        p.set_msg_type(DEST_UNREACHABLE);
-        p.set_msg_code(CODE_FRAG_NEEDED);
+        p.set_msg_type(DESTINATION_UNREACHABLE);
+        p.set_msg_code(CODE_FRAGMENTATION_NEEDED);
         p.set_next_hop_mtu(1400);
         p.fill_checksum();
         assert_eq!(p.next_hop_mtu(), 1400);

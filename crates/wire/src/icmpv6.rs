@@ -5,25 +5,25 @@ use core::net::Ipv6Addr;
 use crate::{Error, checksum, ip_proto, read_u16, read_u32, write_u16, write_u32};
 
 /// Destination unreachable.
-pub const DEST_UNREACHABLE: u8 = 1;
+pub const DESTINATION_UNREACHABLE: u8 = 1;
 /// Packet too big.
 pub const PACKET_TOO_BIG: u8 = 2;
 /// Time exceeded.
 pub const TIME_EXCEEDED: u8 = 3;
 /// Parameter problem.
-pub const PARAM_PROBLEM: u8 = 4;
+pub const PARAMETER_PROBLEM: u8 = 4;
 /// Echo request.
 pub const ECHO_REQUEST: u8 = 128;
 /// Echo reply.
 pub const ECHO_REPLY: u8 = 129;
 /// Router solicitation (RFC 4861).
-pub const ROUTER_SOLICIT: u8 = 133;
+pub const ROUTER_SOLICITATION: u8 = 133;
 /// Router advertisement (RFC 4861).
-pub const ROUTER_ADVERT: u8 = 134;
+pub const ROUTER_ADVERTISEMENT: u8 = 134;
 /// Neighbor solicitation (RFC 4861).
-pub const NEIGHBOR_SOLICIT: u8 = 135;
+pub const NEIGHBOR_SOLICITATION: u8 = 135;
 /// Neighbor advertisement (RFC 4861).
-pub const NEIGHBOR_ADVERT: u8 = 136;
+pub const NEIGHBOR_ADVERTISEMENT: u8 = 136;
 
 /// A view of an ICMPv6 message: type, code, checksum, the four-byte rest of the header (echo
 /// identifier and sequence number, the MTU of "packet too big", the pointer of "parameter
@@ -33,16 +33,25 @@ pub struct Icmpv6Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// ICMPv6 field offsets: byte ranges (or, for one-byte fields and ends, single offsets) from
+/// the start of the message.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const TYPE: usize = 0;
-    pub(crate) const CODE: usize = 1;
-    pub(crate) const CHECKSUM: Field = 2..4;
-    pub(crate) const ECHO_IDENT: Field = 4..6;
-    pub(crate) const ECHO_SEQNO: Field = 6..8;
-    pub(crate) const MTU: Field = 4..8;
-    pub(crate) const DATA: usize = 8;
+    /// Type ([`ECHO_REQUEST`](super::ECHO_REQUEST), ...).
+    pub const TYPE: usize = 0;
+    /// Code.
+    pub const CODE: usize = 1;
+    /// Checksum (with the IPv6 pseudo-header).
+    pub const CHECKSUM: Field = 2..4;
+    /// Echo request/reply identifier.
+    pub const ECHO_IDENT: Field = 4..6;
+    /// Echo request/reply sequence number.
+    pub const ECHO_SEQUENCE: Field = 6..8;
+    /// MTU of "packet too big".
+    pub const MTU: Field = 4..8;
+    /// Start of the data (the end of the header).
+    pub const DATA: usize = 8;
 }
 
 /// The length of an ICMPv6 header (with the rest-of-header word).
@@ -109,7 +118,7 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
 
     /// The sequence number of an echo request or reply.
     pub fn echo_seq_no(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::ECHO_SEQNO)
+        read_u16(self.buffer.as_ref(), field::ECHO_SEQUENCE)
     }
 
     /// The MTU of a "packet too big" message (or the pointer of a "parameter problem").
@@ -163,7 +172,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
 
     /// Sets the echo sequence number.
     pub fn set_echo_seq_no(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::ECHO_SEQNO, value);
+        write_u16(self.buffer.as_mut(), field::ECHO_SEQUENCE, value);
     }
 
     /// Sets the MTU (or pointer).

@@ -11,30 +11,47 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// IPv4 header field offsets: byte ranges (or, for one-byte fields, single offsets) from the
+/// start of the header.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const VER_IHL: usize = 0;
-    pub(crate) const DSCP_ECN: usize = 1;
-    pub(crate) const LENGTH: Field = 2..4;
-    pub(crate) const IDENT: Field = 4..6;
-    pub(crate) const FLG_OFF: Field = 6..8;
-    pub(crate) const TTL: usize = 8;
-    pub(crate) const PROTOCOL: usize = 9;
-    pub(crate) const CHECKSUM: Field = 10..12;
-    pub(crate) const SRC_ADDR: Field = 12..16;
-    pub(crate) const DST_ADDR: Field = 16..20;
+    /// Version (high nibble) and header length in 32-bit words (low nibble).
+    pub const VERSION_IHL: usize = 0;
+    /// DSCP (high six bits) and ECN (low two bits).
+    pub const DSCP_ECN: usize = 1;
+    /// Total length (header and payload) in bytes.
+    pub const LENGTH: Field = 2..4;
+    /// Identification.
+    pub const IDENT: Field = 4..6;
+    /// Flags and fragment offset ([`DONT_FRAGMENT`](super::DONT_FRAGMENT),
+    /// [`MORE_FRAGMENTS`](super::MORE_FRAGMENTS), [`FRAGMENT_OFFSET`](super::FRAGMENT_OFFSET)).
+    pub const FLAGS_FRAGMENT: Field = 6..8;
+    /// Time to live.
+    pub const TTL: usize = 8;
+    /// Protocol of the payload ([`ip_proto`](crate::ip_proto)).
+    pub const PROTOCOL: usize = 9;
+    /// Header checksum.
+    pub const CHECKSUM: Field = 10..12;
+    /// Source address.
+    pub const SRC_ADDR: Field = 12..16;
+    /// Destination address.
+    pub const DST_ADDR: Field = 16..20;
 }
 
 /// The length of an IPv4 header without options.
 pub const HEADER_LEN: usize = field::DST_ADDR.end;
 
-/// The Don't Fragment flag in the flags/offset word.
-const DF: u16 = 0x4000;
-/// The More Fragments flag in the flags/offset word.
-const MF: u16 = 0x2000;
-/// The fragment offset (in 8-byte units) in the flags/offset word.
-const OFFSET: u16 = 0x1fff;
+/// The length of an IPv4 header with the most options (a header length field of 15 words).
+pub const MAX_HEADER_LEN: usize = 60;
+
+/// The Don't Fragment flag in the flags/offset word ([`field::FLAGS_FRAGMENT`]).
+pub const DONT_FRAGMENT: u16 = 0x4000;
+/// The More Fragments flag in the flags/offset word ([`field::FLAGS_FRAGMENT`]).
+pub const MORE_FRAGMENTS: u16 = 0x2000;
+/// The fragment offset bits (in 8-byte units) of the flags/offset word
+/// ([`field::FLAGS_FRAGMENT`]).
+pub const FRAGMENT_OFFSET: u16 = 0x1fff;
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Wraps `buffer` without checks.
@@ -91,12 +108,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The version field (4).
     pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[field::VER_IHL] >> 4
+        self.buffer.as_ref()[field::VERSION_IHL] >> 4
     }
 
     /// The header length in bytes (the IHL field × 4).
     pub fn header_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
+        usize::from(self.buffer.as_ref()[field::VERSION_IHL] & 0x0f) * 4
     }
 
     /// The DSCP (the upper six bits of the former type-of-service byte).
@@ -121,23 +138,24 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The Don't Fragment flag.
     pub fn dont_frag(&self) -> bool {
-        read_u16(self.buffer.as_ref(), field::FLG_OFF) & DF != 0
+        read_u16(self.buffer.as_ref(), field::FLAGS_FRAGMENT) & DONT_FRAGMENT != 0
     }
 
     /// The More Fragments flag.
     pub fn more_frags(&self) -> bool {
-        read_u16(self.buffer.as_ref(), field::FLG_OFF) & MF != 0
+        read_u16(self.buffer.as_ref(), field::FLAGS_FRAGMENT) & MORE_FRAGMENTS != 0
     }
 
     /// The fragment offset in bytes (the field × 8).
     pub fn frag_offset(&self) -> u16 {
-        (read_u16(self.buffer.as_ref(), field::FLG_OFF) & OFFSET) << 3
+        (read_u16(self.buffer.as_ref(), field::FLAGS_FRAGMENT) & FRAGMENT_OFFSET) << 3
     }
 
     /// Whether this is a fragment (More Fragments set or a non-zero offset): only the first
     /// fragment carries the transport header, and no fragment alone its whole payload.
     pub fn is_fragment(&self) -> bool {
-        read_u16(self.buffer.as_ref(), field::FLG_OFF) & (MF | OFFSET) != 0
+        read_u16(self.buffer.as_ref(), field::FLAGS_FRAGMENT) & (MORE_FRAGMENTS | FRAGMENT_OFFSET)
+            != 0
     }
 
     /// The time to live.
@@ -191,14 +209,15 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets the version field.
     pub fn set_version(&mut self, version: u8) {
-        let b = &mut self.buffer.as_mut()[field::VER_IHL];
+        let b = &mut self.buffer.as_mut()[field::VERSION_IHL];
         *b = (*b & 0x0f) | (version << 4);
     }
 
-    /// Sets the header length in bytes (rounded down to a multiple of 4; at most 60).
+    /// Sets the header length in bytes (rounded down to a multiple of 4; at most
+    /// [`MAX_HEADER_LEN`]).
     pub fn set_header_len(&mut self, len: usize) {
         let ihl = (len / 4).min(15) as u8; // at most 15
-        let b = &mut self.buffer.as_mut()[field::VER_IHL];
+        let b = &mut self.buffer.as_mut()[field::VERSION_IHL];
         *b = (*b & 0xf0) | ihl;
     }
 
@@ -226,19 +245,23 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// Sets the Don't Fragment flag.
     pub fn set_dont_frag(&mut self, value: bool) {
-        self.set_flag(DF, value);
+        self.set_flag(DONT_FRAGMENT, value);
     }
 
     /// Sets the More Fragments flag.
     pub fn set_more_frags(&mut self, value: bool) {
-        self.set_flag(MF, value);
+        self.set_flag(MORE_FRAGMENTS, value);
     }
 
     /// Sets the fragment offset in bytes (rounded down to a multiple of 8).
     pub fn set_frag_offset(&mut self, offset: u16) {
         let d = self.buffer.as_mut();
-        let v = read_u16(d, field::FLG_OFF);
-        write_u16(d, field::FLG_OFF, (v & !OFFSET) | (offset >> 3));
+        let v = read_u16(d, field::FLAGS_FRAGMENT);
+        write_u16(
+            d,
+            field::FLAGS_FRAGMENT,
+            (v & !FRAGMENT_OFFSET) | (offset >> 3),
+        );
     }
 
     /// Sets the time to live.
@@ -283,8 +306,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     fn set_flag(&mut self, flag: u16, value: bool) {
         let d = self.buffer.as_mut();
-        let v = read_u16(d, field::FLG_OFF);
-        write_u16(d, field::FLG_OFF, if value { v | flag } else { v & !flag });
+        let v = read_u16(d, field::FLAGS_FRAGMENT);
+        write_u16(
+            d,
+            field::FLAGS_FRAGMENT,
+            if value { v | flag } else { v & !flag },
+        );
     }
 }
 

@@ -25,22 +25,31 @@ pub struct UpperLayer {
     pub fragment: Option<(u16, bool)>,
 }
 
-mod field {
+/// IPv6 field offsets: byte ranges (or, for one-byte fields, single offsets) from the start of
+/// the fixed header, or, for the `EXT_*` and `FRAGMENT_*` ones, of an extension header.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const VER_TC_FLOW: Field = 0..4;
-    pub(crate) const PAYLOAD_LEN: Field = 4..6;
-    pub(crate) const NXT_HDR: usize = 6;
-    pub(crate) const HOP_LIMIT: usize = 7;
-    pub(crate) const SRC_ADDR: Field = 8..24;
-    pub(crate) const DST_ADDR: Field = 24..40;
-
-    /// Within an extension header: the next header and the length in 8-byte units after the
-    /// first eight (Hop-by-Hop, Routing, Destination Options).
-    pub(crate) const EXT_NXT_HDR: usize = 0;
-    pub(crate) const EXT_LEN: usize = 1;
-    /// Within a Fragment header: offset (13 bits, 8-byte units) and M flag.
-    pub(crate) const FRAG_OFF_M: Field = 2..4;
+    /// Version (4 bits), traffic class (8 bits) and flow label (20 bits).
+    pub const VERSION_CLASS_FLOW: Field = 0..4;
+    /// Payload length (extension headers included) in bytes.
+    pub const PAYLOAD_LENGTH: Field = 4..6;
+    /// Next header ([`ip_proto`](crate::ip_proto)).
+    pub const NEXT_HEADER: usize = 6;
+    /// Hop limit.
+    pub const HOP_LIMIT: usize = 7;
+    /// Source address.
+    pub const SRC_ADDR: Field = 8..24;
+    /// Destination address.
+    pub const DST_ADDR: Field = 24..40;
+    /// Within an extension header: the next header.
+    pub const EXT_NEXT_HEADER: usize = 0;
+    /// Within a Hop-by-Hop, Routing or Destination Options header: its length in 8-byte units
+    /// after the first eight bytes.
+    pub const EXT_LENGTH: usize = 1;
+    /// Within a Fragment header: the fragment offset (high 13 bits, 8-byte units) and the M flag
+    /// (low bit).
+    pub const FRAGMENT_OFFSET_MORE: Field = 2..4;
 }
 
 /// The length of the fixed IPv6 header.
@@ -99,27 +108,27 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// The version field (6).
     pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[field::VER_TC_FLOW.start] >> 4
+        self.buffer.as_ref()[field::VERSION_CLASS_FLOW.start] >> 4
     }
 
     /// The traffic class.
     pub fn traffic_class(&self) -> u8 {
-        (read_u32(self.buffer.as_ref(), field::VER_TC_FLOW) >> 20) as u8
+        (read_u32(self.buffer.as_ref(), field::VERSION_CLASS_FLOW) >> 20) as u8
     }
 
     /// The flow label (20 bits).
     pub fn flow_label(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::VER_TC_FLOW) & 0x000f_ffff
+        read_u32(self.buffer.as_ref(), field::VERSION_CLASS_FLOW) & 0x000f_ffff
     }
 
     /// The payload length (extension headers included).
     pub fn payload_len(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::PAYLOAD_LEN)
+        read_u16(self.buffer.as_ref(), field::PAYLOAD_LENGTH)
     }
 
     /// The next header ([`crate::ip_proto`]).
     pub fn next_header(&self) -> u8 {
-        self.buffer.as_ref()[field::NXT_HDR]
+        self.buffer.as_ref()[field::NEXT_HEADER]
     }
 
     /// The hop limit.
@@ -162,12 +171,14 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         for _ in 0..=MAX_EXTENSION_HEADERS {
             let len = match next {
                 ip_proto::HOP_BY_HOP | ip_proto::IPV6_ROUTE | ip_proto::IPV6_OPTS => {
-                    let units = payload.get(at + field::EXT_LEN).ok_or(Error::Truncated)?;
+                    let units = payload
+                        .get(at + field::EXT_LENGTH)
+                        .ok_or(Error::Truncated)?;
                     (usize::from(*units) + 1) * EXT_UNIT
                 }
                 ip_proto::IPV6_FRAG => {
                     let h = payload.get(at..at + EXT_UNIT).ok_or(Error::Truncated)?;
-                    let v = read_u16(h, field::FRAG_OFF_M);
+                    let v = read_u16(h, field::FRAGMENT_OFFSET_MORE);
                     fragment = Some((v & !0x7, v & 1 == 1));
                     EXT_UNIT
                 }
@@ -182,7 +193,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             if at + len > payload.len() {
                 return Err(Error::Truncated);
             }
-            next = payload[at + field::EXT_NXT_HDR];
+            next = payload[at + field::EXT_NEXT_HEADER];
             at += len;
         }
         Err(Error::Unsupported)
@@ -192,17 +203,17 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     /// Sets the version field.
     pub fn set_version(&mut self, version: u8) {
-        let b = &mut self.buffer.as_mut()[field::VER_TC_FLOW.start];
+        let b = &mut self.buffer.as_mut()[field::VERSION_CLASS_FLOW.start];
         *b = (*b & 0x0f) | (version << 4);
     }
 
     /// Sets the traffic class.
     pub fn set_traffic_class(&mut self, class: u8) {
         let d = self.buffer.as_mut();
-        let v = read_u32(d, field::VER_TC_FLOW);
+        let v = read_u32(d, field::VERSION_CLASS_FLOW);
         write_u32(
             d,
-            field::VER_TC_FLOW,
+            field::VERSION_CLASS_FLOW,
             (v & 0xf00f_ffff) | (u32::from(class) << 20),
         );
     }
@@ -210,22 +221,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     /// Sets the flow label (the low 20 bits of `label`).
     pub fn set_flow_label(&mut self, label: u32) {
         let d = self.buffer.as_mut();
-        let v = read_u32(d, field::VER_TC_FLOW);
+        let v = read_u32(d, field::VERSION_CLASS_FLOW);
         write_u32(
             d,
-            field::VER_TC_FLOW,
+            field::VERSION_CLASS_FLOW,
             (v & 0xfff0_0000) | (label & 0x000f_ffff),
         );
     }
 
     /// Sets the payload length.
     pub fn set_payload_len(&mut self, len: u16) {
-        write_u16(self.buffer.as_mut(), field::PAYLOAD_LEN, len);
+        write_u16(self.buffer.as_mut(), field::PAYLOAD_LENGTH, len);
     }
 
     /// Sets the next header.
     pub fn set_next_header(&mut self, next: u8) {
-        self.buffer.as_mut()[field::NXT_HDR] = next;
+        self.buffer.as_mut()[field::NEXT_HEADER] = next;
     }
 
     /// Sets the hop limit.
@@ -331,7 +342,7 @@ mod tests {
     fn upper_layer_is_bounded_and_checked() {
         // A Hop-by-Hop header that claims more than the payload.
         let mut b = EXT;
-        b[HEADER_LEN + field::EXT_LEN] = 9;
+        b[HEADER_LEN + field::EXT_LENGTH] = 9;
         let p = Ipv6Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.upper_layer(), Err(Error::Truncated));
         // A Fragment header cut short by the payload length.
@@ -346,12 +357,12 @@ mod tests {
         p.set_payload_len(9 * EXT_UNIT as u16);
         p.set_next_header(ip_proto::IPV6_OPTS);
         for h in p.payload_mut().chunks_mut(EXT_UNIT) {
-            h[field::EXT_NXT_HDR] = ip_proto::IPV6_OPTS;
+            h[field::EXT_NEXT_HEADER] = ip_proto::IPV6_OPTS;
         }
         let p = Ipv6Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.upper_layer(), Err(Error::Unsupported));
         // Eight are fine.
-        b[HEADER_LEN + 7 * EXT_UNIT + field::EXT_NXT_HDR] = ip_proto::IPV6_NO_NEXT;
+        b[HEADER_LEN + 7 * EXT_UNIT + field::EXT_NEXT_HEADER] = ip_proto::IPV6_NO_NEXT;
         let p = Ipv6Packet::new_checked(&b[..]).unwrap();
         let u = p.upper_layer().unwrap();
         assert_eq!(

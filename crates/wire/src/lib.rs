@@ -28,8 +28,10 @@
 //! | [`Icmpv4Packet`] | ICMP (RFC 792) |
 //! | [`Icmpv6Packet`] | ICMPv6 (RFC 4443) |
 //!
-//! Field offsets live in one private `field` module per header; no offset is written as a
-//! literal anywhere else.
+//! Field offsets live in one public `field` module per header ([`ipv4::field`],
+//! [`tcp::field`], ...: a [`Field`] byte range, or a `usize` offset for one-byte fields); no
+//! offset is written as a literal anywhere else, and the other crates index raw packets with
+//! these rather than with their own copies.
 //!
 //! # Checksums
 //!
@@ -183,8 +185,9 @@ pub mod ip_proto {
     pub const IPV6_OPTS: u8 = 60;
 }
 
-/// A byte range of a header field.
-pub(crate) type Field = core::ops::Range<usize>;
+/// A header field: its byte range from the start of its header (each header module's `field`
+/// module holds them).
+pub type Field = core::ops::Range<usize>;
 
 /// Reads the big-endian `u16` at `field` (two bytes).
 #[inline(always)]

@@ -28,22 +28,33 @@ pub struct TcpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// TCP header field offsets: byte ranges (or, for one-byte fields, single offsets) from the
+/// start of the header.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const SRC_PORT: Field = 0..2;
-    pub(crate) const DST_PORT: Field = 2..4;
-    pub(crate) const SEQ_NUM: Field = 4..8;
-    pub(crate) const ACK_NUM: Field = 8..12;
-    pub(crate) const DATA_OFFSET: usize = 12;
-    pub(crate) const FLAGS: usize = 13;
-    pub(crate) const WINDOW: Field = 14..16;
-    pub(crate) const CHECKSUM: Field = 16..18;
-    pub(crate) const URGENT: Field = 18..20;
+    /// Source port.
+    pub const SRC_PORT: Field = 0..2;
+    /// Destination port.
+    pub const DST_PORT: Field = 2..4;
+    /// Sequence number.
+    pub const SEQUENCE_NUMBER: Field = 4..8;
+    /// Acknowledgment number.
+    pub const ACKNOWLEDGMENT_NUMBER: Field = 8..12;
+    /// Data offset in 32-bit words (high nibble).
+    pub const DATA_OFFSET: usize = 12;
+    /// Flags ([`FIN`](super::FIN), [`SYN`](super::SYN), [`RST`](super::RST), ...).
+    pub const FLAGS: usize = 13;
+    /// Window.
+    pub const WINDOW: Field = 14..16;
+    /// Checksum.
+    pub const CHECKSUM: Field = 16..18;
+    /// Urgent pointer.
+    pub const URGENT_POINTER: Field = 18..20;
 }
 
 /// The length of a TCP header without options.
-pub const HEADER_LEN: usize = field::URGENT.end;
+pub const HEADER_LEN: usize = field::URGENT_POINTER.end;
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Wraps `buffer` without checks.
@@ -105,12 +116,12 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     /// The sequence number.
     pub fn seq_number(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::SEQ_NUM)
+        read_u32(self.buffer.as_ref(), field::SEQUENCE_NUMBER)
     }
 
     /// The acknowledgment number.
     pub fn ack_number(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::ACK_NUM)
+        read_u32(self.buffer.as_ref(), field::ACKNOWLEDGMENT_NUMBER)
     }
 
     /// The header length in bytes (the data offset × 4).
@@ -160,7 +171,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     /// The urgent pointer.
     pub fn urgent_at(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::URGENT)
+        read_u16(self.buffer.as_ref(), field::URGENT_POINTER)
     }
 
     /// The options (the header after its first 20 bytes; clamped to the buffer).
@@ -218,12 +229,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
 
     /// Sets the sequence number.
     pub fn set_seq_number(&mut self, seq: u32) {
-        write_u32(self.buffer.as_mut(), field::SEQ_NUM, seq);
+        write_u32(self.buffer.as_mut(), field::SEQUENCE_NUMBER, seq);
     }
 
     /// Sets the acknowledgment number.
     pub fn set_ack_number(&mut self, ack: u32) {
-        write_u32(self.buffer.as_mut(), field::ACK_NUM, ack);
+        write_u32(self.buffer.as_mut(), field::ACKNOWLEDGMENT_NUMBER, ack);
     }
 
     /// Sets the header length in bytes (rounded down to a multiple of 4; at most 60); the
@@ -250,7 +261,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
 
     /// Sets the urgent pointer.
     pub fn set_urgent_at(&mut self, urgent: u16) {
-        write_u16(self.buffer.as_mut(), field::URGENT, urgent);
+        write_u16(self.buffer.as_mut(), field::URGENT_POINTER, urgent);
     }
 
     /// Computes the checksum over an IPv4 pseudo-header with these addresses and writes it. A

@@ -10,13 +10,18 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-mod field {
+/// UDP header field offsets: byte ranges from the start of the header.
+pub mod field {
     use crate::Field;
 
-    pub(crate) const SRC_PORT: Field = 0..2;
-    pub(crate) const DST_PORT: Field = 2..4;
-    pub(crate) const LENGTH: Field = 4..6;
-    pub(crate) const CHECKSUM: Field = 6..8;
+    /// Source port.
+    pub const SRC_PORT: Field = 0..2;
+    /// Destination port.
+    pub const DST_PORT: Field = 2..4;
+    /// Length (header and payload) in bytes.
+    pub const LENGTH: Field = 4..6;
+    /// Checksum (zero over IPv4: none).
+    pub const CHECKSUM: Field = 6..8;
 }
 
 /// The length of a UDP header.
