@@ -423,6 +423,21 @@ pub struct NatStats {
 }
 
 impl DropReason {
+    /// Every reason, in [`DropReason::index`] order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Malformed,
+        DropReason::UnsupportedProtocol,
+        DropReason::SpoofedSource,
+        DropReason::NoMapping,
+        DropReason::Filtered,
+        DropReason::TableFull,
+        DropReason::HostLimit,
+        DropReason::PortsExhausted,
+        DropReason::Fragment,
+        DropReason::IcmpNoMapping,
+        DropReason::FragmentsHeldFull,
+        DropReason::ReleaseBufferTooShort,
+    ];
     /// Number of reasons.
     pub const COUNT: usize = 12;
     /// Index into [`NatStats::drops`].
@@ -471,5 +486,18 @@ impl Default for NatConfig {
             max_held_fragments: 64,
             max_held_bytes: 256 * 1024,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropReason;
+
+    #[test]
+    fn every_drop_reason_is_listed_in_index_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     }
 }
