@@ -983,19 +983,7 @@ fn transfer_100mb_both_ways(tag: &str, extra: &[&str]) -> (u64, u64, String) {
         mbit(up),
         mbit(down)
     );
-    let mut attach = lab.take_attach();
-    let (status, _) = attach.terminate(Duration::from_secs(5));
-    let stderr = attach.stderr();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "attach exit {status:?}"
-    );
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("stats: bridge"))
-        .unwrap_or_else(|| panic!("no bridge stats line:\n{stderr}"))
-        .to_owned();
-    eprintln!("{line}");
+    let (line, stderr) = lab.take_attach().stop_for_stats_line();
     let field = |name: &str| -> u64 {
         line.split(", ")
             .find_map(|f| f.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())

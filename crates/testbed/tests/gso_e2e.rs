@@ -17,7 +17,6 @@
 mod common;
 
 use common::{GATEWAY, GUEST_DEV, Lab, Ns, SERVER, require, wait_file_contains};
-use std::time::Duration;
 
 /// `send.py <dev> <gateway-mac> <src-ip> <dst-ip>`: three TCPv4 super-frames of 3 000 payload
 /// bytes with a virtio-net header: `gso_size` 1 and 87 to port 9001, 1448 to port 9002.
@@ -138,19 +137,7 @@ fn a_super_frame_with_one_byte_segments_never_reaches_the_server() {
         .unwrap_or(0);
     assert!(good >= 1, "the sane super-frame did not arrive: {seen}");
 
-    let mut attach = lab.take_attach();
-    let (status, _) = attach.terminate(Duration::from_secs(5));
-    let stderr = attach.stderr();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "attach exit {status:?}"
-    );
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("stats: bridge"))
-        .unwrap_or_else(|| panic!("no bridge stats line:\n{stderr}"))
-        .to_owned();
-    eprintln!("{line}");
+    let (line, _) = lab.take_attach().stop_for_stats_line();
     let refused: u64 = line
         .split_whitespace()
         .find_map(|f| f.strip_prefix("GsoInvalid=")?.parse().ok())

@@ -2,7 +2,7 @@
 //! checksum every crate uses.
 //!
 //! This crate is the lowest layer of hostnet: it depends on nothing (not even `alloc`), does no
-//! I/O and contains no `unsafe` (`#![forbid(unsafe_code)]`). `nat`, `bridge` and the tests
+//! I/O and is `#![forbid(unsafe_code)]`. `nat`, `bridge` and the tests
 //! parse and build packets through it instead of computing offsets by hand.
 //!
 //! # Views

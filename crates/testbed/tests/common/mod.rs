@@ -503,6 +503,25 @@ impl Attach {
     pub(crate) fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
+
+    /// Stops attach with SIGTERM, asserts that it exited 0 within 5 s, and returns the bridge
+    /// stats line it printed (`stats: bridge ...`; the last one, which is the shutdown's) and
+    /// all of its stderr.
+    pub(crate) fn stop_for_stats_line(&mut self) -> (String, String) {
+        let (status, _) = self.terminate(Duration::from_secs(5));
+        let stderr = self.stderr();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "attach exit {status:?}\n{stderr}"
+        );
+        let line = stderr
+            .lines()
+            .rfind(|l| l.starts_with("stats: bridge"))
+            .unwrap_or_else(|| panic!("no bridge stats line:\n{stderr}"))
+            .to_owned();
+        eprintln!("{line}");
+        (line, stderr)
+    }
 }
 
 /// Path of the `hostnet-lab` binary under test: `$HOSTNET_LAB` if set (e.g. a release build
