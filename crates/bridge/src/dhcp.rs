@@ -283,9 +283,64 @@ pub(crate) const fn prefix_mask(prefix_len: u8) -> u32 {
 /// How long an offered address is held for the client.
 const OFFER_HOLD: Duration = Duration::from_secs(60);
 
+/// Whether the options of a DHCP message (`payload` is the UDP payload) have lengths that
+/// dhcproto 0.15 decodes without a panic.
+///
+/// dhcproto's option decoder states some lengths with `debug_assert!` instead of checking
+/// them (Rapid Commit 0, Client Network Interface 3, the Bulk Leasequery times 4, Client FQDN
+/// at least 3), so a guest's malformed option panics a debug build (the fuzz target
+/// `gateway_services` found it). Consecutive options of
+/// one code are one option (RFC 3396), as dhcproto joins them. Other lengths are dhcproto's
+/// to check.
+pub(crate) fn options_decodable(payload: &[u8]) -> bool {
+    let Some(mut opts) = payload.get(OPTIONS_AT..) else {
+        return true; // too short: dhcproto refuses it
+    };
+    let mut run: Option<(u8, usize)> = None;
+    loop {
+        let code = opts.first().copied();
+        // A run of one code ends at a different code, Pad, End or the end of the buffer.
+        if let Some((c, len)) = run
+            && code != Some(c)
+        {
+            if !fixed_length_ok(c, len) {
+                return false;
+            }
+            run = None;
+        }
+        match code {
+            None | Some(255) => return true,
+            Some(0) => opts = &opts[1..],
+            Some(c) => {
+                let Some(&len) = opts.get(1) else {
+                    return true; // truncated: dhcproto refuses it
+                };
+                let len = usize::from(len);
+                run = Some((c, run.map_or(0, |(_, l)| l) + len));
+                opts = opts.get(2 + len..).unwrap_or_default();
+            }
+        }
+    }
+}
+
+/// The length rules dhcproto 0.15 asserts instead of checking.
+fn fixed_length_ok(code: u8, len: usize) -> bool {
+    match code {
+        80 => len == 0,
+        94 => len == 3,
+        152..=155 => len == 4,
+        81 => len >= 3,
+        _ => true,
+    }
+}
+
+/// Where the options start: the fixed BOOTP header (236 bytes) and the magic cookie.
+const OPTIONS_AT: usize = 240;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dhcproto::Decodable;
     use dhcproto::v4::Flags;
 
     const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
@@ -480,5 +535,49 @@ mod tests {
         let late = Instant::from_secs(61);
         let _ = s.handle(&msg(MAC2, MessageType::Inform, &[]), MAC2, late);
         assert_eq!(s.len(), 1, "only the declined entry is left");
+    }
+
+    fn with_options(opts: &[u8]) -> Vec<u8> {
+        let mut m = vec![0u8; OPTIONS_AT];
+        m[..3].copy_from_slice(&[1, 1, 6]);
+        m[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        m.extend_from_slice(opts);
+        m
+    }
+
+    #[test]
+    fn options_dhcproto_would_assert_on_are_refused() {
+        // Each of these panics dhcproto 0.15's decoder in a debug build.
+        for bad in [
+            &[53, 1, 1, 152, 2, 0, 0, 255][..],
+            &[80, 1, 0, 255],
+            &[94, 2, 1, 2, 255],
+            &[81, 2, 0, 0, 255],
+            &[153, 2, 0, 0, 153, 1, 0],
+        ] {
+            let msg = with_options(bad);
+            assert!(!options_decodable(&msg), "{bad:?}");
+            if cfg!(debug_assertions) {
+                let decoded = std::panic::catch_unwind(|| Message::from_bytes(&msg).is_ok());
+                assert!(decoded.is_err(), "dhcproto no longer panics on {bad:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn well_formed_options_pass_and_decode() {
+        // Rapid Commit (systemd-networkd sends it), an FQDN split in two (RFC 3396), a time
+        // option of four bytes, padding, no End.
+        for good in [
+            &[53, 1, 1, 80, 0, 255][..],
+            &[0, 0, 53, 1, 1, 81, 2, 0, 0, 81, 1, 0, 255],
+            &[53, 1, 1, 152, 4, 0, 0, 0, 1],
+            &[53, 1, 1, 12, 3, b'v', b'm', b'1'],
+        ] {
+            let msg = with_options(good);
+            assert!(options_decodable(&msg), "{good:?}");
+            assert!(Message::from_bytes(&msg).is_ok(), "{good:?}");
+        }
+        assert!(options_decodable(&[1, 2, 3]), "short: left to dhcproto");
     }
 }

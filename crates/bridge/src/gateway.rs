@@ -314,6 +314,9 @@ impl Gateway {
             return TxAction::Drop(DropCause::Malformed);
         }
         let payload = udp.payload();
+        if !crate::dhcp::options_decodable(payload) {
+            return TxAction::Drop(DropCause::Malformed);
+        }
         let Ok(msg) = dhcproto::v4::Message::from_bytes(payload) else {
             return TxAction::Drop(DropCause::Malformed);
         };

@@ -1,0 +1,228 @@
+//! The gateway's parsers (ARP, DHCP, the DNS redirect, ICMP echo, IPv4 classification) on
+//! hostile frames: a sequence of frames, each either raw bytes or a template (ARP, a DHCP
+//! message with a valid BOOTP header and cookie, ICMP echo to the gateway, a DNS query to the
+//! gateway, a packet to elsewhere) whose fields and payload come from the input, with valid
+//! checksums so the parsers get past them. Never a panic; every reply fits the reply buffer
+//! and is a well-formed frame with valid checksums; every frame passed to the NAT is an IPv4
+//! packet inside the frame.
+//!
+//! Input: a sequence of `[kind, time_step, len_hi, len_lo, bytes[len]...]` records.
+#![no_main]
+
+use core::net::Ipv4Addr;
+use core::time::Duration;
+
+use bridge::{Gateway, GatewayConfig, MacAddr, TxAction};
+use libfuzzer_sys::fuzz_target;
+use nat::Instant;
+use wire::{ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, UdpPacket, ethertype, ip_proto};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+const GUEST_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+const GATEWAY_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+const MTU: u16 = 1500;
+/// The largest frame one record builds (a GSO super-frame may exceed the MTU).
+const MAX_FRAME: usize = 9000;
+
+fuzz_target!(|input: &[u8]| {
+    let mut gw = gateway();
+    let mut reply = vec![0u8; MTU as usize + 14];
+    let mut frame = Vec::with_capacity(MAX_FRAME);
+    let mut now = Instant::ZERO;
+    let mut rest = input;
+    while let [kind, step, hi, lo, tail @ ..] = rest {
+        let len = (usize::from(*hi) << 8 | usize::from(*lo))
+            .min(tail.len())
+            .min(MAX_FRAME);
+        let (bytes, next) = tail.split_at(len);
+        rest = next;
+        // Time moves forward, sometimes past the lease.
+        now = Instant::from_millis(now.as_millis() + u64::from(*step) * 50_000);
+        build(*kind, bytes, &mut frame);
+        let gso = kind & 0x80 != 0;
+        match gw.handle_with(&frame, &mut reply, now, gso) {
+            TxAction::Reply { len } => check_reply(&reply, len),
+            TxAction::Nat { len } => {
+                assert!(14 + len <= frame.len(), "nat len {len} past the frame");
+                let ip = Ipv4Packet::new_checked(&frame[14..14 + len]).expect("nat gets IPv4");
+                assert_eq!(usize::from(ip.total_len()), len);
+            }
+            TxAction::Consumed | TxAction::Drop(_) => {}
+        }
+        let _ = gw.lease(now);
+    }
+});
+
+fn gateway() -> Gateway {
+    let cfg = GatewayConfig {
+        gateway: GATEWAY,
+        gateway_mac: GATEWAY_MAC,
+        prefix_len: 24,
+        guest_mac: GUEST_MAC,
+        dhcp_pool: Ipv4Addr::new(192, 168, 64, 2)..=Ipv4Addr::new(192, 168, 64, 4),
+        lease: Duration::from_secs(3600),
+        mtu: MTU,
+        dns: true,
+        static_guest_ip: None,
+    };
+    match Gateway::new(cfg) {
+        Ok(g) => g,
+        Err(e) => panic!("static config: {e}"),
+    }
+}
+
+/// Builds the frame of one record into `frame`.
+fn build(kind: u8, bytes: &[u8], frame: &mut Vec<u8>) {
+    frame.clear();
+    match kind & 0x7 {
+        1 => arp(bytes, frame),
+        2 => dhcp(bytes, frame),
+        3 => icmp_echo(bytes, frame),
+        4 => udp_to(bytes, frame, GATEWAY, 53),
+        5 => udp_to(bytes, frame, Ipv4Addr::new(198, 18, 0, 1), 4000),
+        _ => frame.extend_from_slice(bytes),
+    }
+}
+
+fn eth(frame: &mut Vec<u8>, dst: MacAddr, ty: u16) {
+    frame.extend_from_slice(&dst.0);
+    frame.extend_from_slice(&GUEST_MAC.0);
+    frame.extend_from_slice(&ty.to_be_bytes());
+}
+
+fn arp(bytes: &[u8], frame: &mut Vec<u8>) {
+    eth(frame, MacAddr([0xff; 6]), ethertype::ARP);
+    let start = frame.len();
+    frame.resize(start + 28, 0);
+    let mut a = ArpPacket::new_unchecked(&mut frame[start..]);
+    a.set_ethernet_ipv4();
+    a.set_operation(u16::from(byte(bytes, 0) & 3));
+    a.set_sender_hardware_addr(if byte(bytes, 1) & 1 == 0 {
+        GUEST_MAC
+    } else {
+        MacAddr([2, 0, 0, 0, 9, byte(bytes, 2)])
+    });
+    a.set_sender_protocol_addr(Ipv4Addr::new(192, 168, 64, byte(bytes, 3)));
+    a.set_target_protocol_addr(Ipv4Addr::new(192, 168, 64, byte(bytes, 4)));
+    frame.extend_from_slice(bytes.get(5..).unwrap_or_default());
+}
+
+/// IPv4 + UDP header (checksums filled) around `payload`.
+fn ipv4_udp(frame: &mut Vec<u8>, src: Ipv4Addr, dst: Ipv4Addr, ports: (u16, u16), payload: &[u8]) {
+    let ip_start = frame.len();
+    let total = 28 + payload.len();
+    frame.resize(ip_start + 28, 0);
+    frame.extend_from_slice(payload);
+    ipv4_header(&mut frame[ip_start..], src, dst, ip_proto::UDP, total);
+    let mut udp = UdpPacket::new_unchecked(&mut frame[ip_start + 20..]);
+    udp.set_src_port(ports.0);
+    udp.set_dst_port(ports.1);
+    udp.set_len((total - 20) as u16);
+    udp.fill_checksum_v4(src, dst);
+}
+
+fn ipv4_header(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, total: usize) {
+    let mut ip = Ipv4Packet::new_unchecked(buf);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_total_len(total.min(usize::from(u16::MAX)) as u16);
+    ip.set_ttl(64);
+    ip.set_protocol(proto);
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    ip.fill_checksum();
+}
+
+fn dhcp(bytes: &[u8], frame: &mut Vec<u8>) {
+    eth(frame, MacAddr([0xff; 6]), ethertype::IPV4);
+    let mut msg = [0u8; 240];
+    msg[0] = 1 + (byte(bytes, 0) & 1); // op: request, sometimes reply
+    msg[1] = 1; // htype Ethernet
+    msg[2] = if byte(bytes, 0) & 2 == 0 {
+        6
+    } else {
+        byte(bytes, 1)
+    }; // hlen
+    msg[4..8].copy_from_slice(&[byte(bytes, 2), byte(bytes, 3), 0, 1]); // xid
+    msg[12..16].copy_from_slice(&[192, 168, 64, byte(bytes, 4)]); // ciaddr
+    msg[28..34].copy_from_slice(&GUEST_MAC.0); // chaddr
+    msg[236..240].copy_from_slice(&[99, 130, 83, 99]); // magic cookie
+    let mut payload = msg.to_vec();
+    payload.extend_from_slice(bytes.get(5..).unwrap_or_default());
+    let src = if byte(bytes, 0) & 4 == 0 {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        Ipv4Addr::new(192, 168, 64, byte(bytes, 4))
+    };
+    ipv4_udp(frame, src, Ipv4Addr::BROADCAST, (68, 67), &payload);
+}
+
+fn icmp_echo(bytes: &[u8], frame: &mut Vec<u8>) {
+    eth(frame, GATEWAY_MAC, ethertype::IPV4);
+    let ip_start = frame.len();
+    let total = 28 + bytes.len();
+    frame.resize(ip_start + 28, 0);
+    frame.extend_from_slice(bytes);
+    ipv4_header(
+        &mut frame[ip_start..],
+        guest_ip(bytes),
+        GATEWAY,
+        ip_proto::ICMP,
+        total,
+    );
+    let mut icmp = Icmpv4Packet::new_unchecked(&mut frame[ip_start + 20..]);
+    icmp.set_msg_type(8);
+    icmp.set_msg_code(0);
+    icmp.fill_checksum();
+}
+
+fn udp_to(bytes: &[u8], frame: &mut Vec<u8>, dst: Ipv4Addr, port: u16) {
+    eth(frame, GATEWAY_MAC, ethertype::IPV4);
+    ipv4_udp(frame, guest_ip(bytes), dst, (40000, port), bytes);
+}
+
+/// The guest's source: usually the first leased address, sometimes another.
+fn guest_ip(bytes: &[u8]) -> Ipv4Addr {
+    match byte(bytes, 0) & 3 {
+        0 => Ipv4Addr::new(192, 168, 64, 77),
+        _ => Ipv4Addr::new(192, 168, 64, 2),
+    }
+}
+
+fn byte(bytes: &[u8], i: usize) -> u8 {
+    bytes.get(i).copied().unwrap_or(0)
+}
+
+/// A reply is a frame to the guest that fits the buffer; IPv4 replies carry valid checksums.
+fn check_reply(reply: &[u8], len: usize) {
+    assert!(len <= reply.len(), "reply len {len} past the buffer");
+    let eth = EthernetFrame::new_checked(&reply[..len]).expect("reply is a frame");
+    assert_eq!(eth.src_addr(), GATEWAY_MAC);
+    match eth.ethertype() {
+        ethertype::ARP => {
+            let arp = ArpPacket::new_checked(eth.payload()).expect("reply is ARP");
+            assert_eq!(arp.operation(), 2);
+            assert_eq!(arp.sender_protocol_addr(), GATEWAY);
+        }
+        ethertype::IPV4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).expect("reply is IPv4");
+            assert!(ip.verify_checksum(), "reply IPv4 checksum");
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            match ip.protocol() {
+                ip_proto::ICMP => {
+                    let icmp = Icmpv4Packet::new_checked(ip.payload()).expect("reply ICMP");
+                    assert!(icmp.verify_checksum(), "reply ICMP checksum");
+                }
+                ip_proto::UDP => {
+                    let udp = UdpPacket::new_checked(ip.payload()).expect("reply UDP");
+                    assert!(
+                        udp.checksum() == 0 || udp.verify_checksum_v4(src, dst),
+                        "reply UDP checksum"
+                    );
+                }
+                p => panic!("unexpected reply protocol {p}"),
+            }
+        }
+        t => panic!("unexpected reply ethertype {t:#x}"),
+    }
+}
