@@ -19,7 +19,10 @@
 //! - `listen:PORT`: prints `HOSTNET-READY listen <port>`, accepts one TCP connection, answers its first line
 //!   with `ack <line>` and prints what it received (`listen ok <first line>`);
 //! - `upload:IP:PORT:BYTES`: sends BYTES random bytes (a multiple of 64 KiB) to IP:PORT with `nc`
-//!   (`upload ok rate_kbit=<n> bytes=<n> csecs=<n> sha256=<hex>`).
+//!   (`upload ok rate_kbit=<n> bytes=<n> csecs=<n> sha256=<hex>`);
+//! - `sleep:SECS`: waits (`sleep ok`), e.g. while a test restarts the daemon;
+//! - `reboot`: prints `reboot ok` and reboots; QEMU started without `-no-reboot` boots the same
+//!   kernel command line again, so the steps run again (and again) until the test stops QEMU.
 //!
 //! Before the steps it always prints `HOSTNET-RESULT link ok mac=<mac> mtu=<mtu>` for eth0.
 
@@ -500,6 +503,18 @@ for step in $(echo "$tests" | tr , ' '); do
             r upload fail "$ip:$port"
         fi
         rm -f /tmp/up
+        ;;
+    sleep:*)
+        sleep "${step#sleep:}"
+        r sleep ok
+        ;;
+    reboot)
+        # QEMU without -no-reboot resets the machine and boots /init again with the same
+        # steps (so the guest reboots until the test stops it).
+        r reboot ok
+        sync
+        reboot -f
+        sleep 60
         ;;
     *)
         r "$step" fail unknown-step

@@ -260,6 +260,93 @@ fn hostnetd_serves_a_second_guest_after_the_first_disconnects() -> Result<()> {
     Ok(())
 }
 
+/// A guest that reboots (QEMU without `-no-reboot`): QEMU stops the device's rings and starts
+/// them again for the new kernel's driver, which negotiates afresh; the rebooted guest gets its
+/// lease again (the same address: same MAC) and fetches again through the same daemon.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn rebooted_guest_gets_its_lease_again_and_fetches_again() -> Result<()> {
+    let image = GuestImage::find()?;
+    let blob = Blob::new(1 << 20)?;
+    let world = World::new(&blob)?;
+    world.host.sysctl("net.ipv4.ip_forward", "1")?;
+    let sock =
+        std::env::temp_dir().join(format!("hostnet-qemu-{}-reboot.sock", std::process::id()));
+    let mut daemon = Hostnetd::start(&world.host, &sock, &[])?;
+    let steps = format!(
+        "dhcp,http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha},reboot",
+        sha = blob.sha256
+    );
+    let mut guest = Guest::start(
+        &world.host,
+        &image,
+        &vhost_user_args(&sock),
+        &steps,
+        Reboot::Allowed,
+    )?;
+    guest.wait_results("http", 2, 2 * GUEST_TIMEOUT)?;
+    let results = std::mem::take(&mut guest.results);
+    drop(guest);
+    all_ok(&results, "reboot", 1)?;
+    let leases = all_ok(&results, "dhcp", 2)?;
+    let first = leases[0].split_whitespace().next();
+    assert!(
+        leases.iter().all(|l| l.split_whitespace().next() == first),
+        "the rebooted guest got another address: {leases:?}"
+    );
+    all_ok(&results, "http", 2)?;
+    ensure!(
+        daemon.process.child_mut().try_wait()?.is_none(),
+        "hostnetd exited"
+    );
+    Ok(())
+}
+
+/// hostnetd killed under a running guest and started again on the same socket: QEMU's chardev
+/// `reconnect=1` connects to the new daemon and sets the device up again; the guest (which asks
+/// for a lease again after the outage, as a DHCP client does on carrier up) fetches again.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn guest_carries_on_after_hostnetd_restarts_under_qemu_reconnect() -> Result<()> {
+    let image = GuestImage::find()?;
+    let blob = Blob::new(1 << 20)?;
+    let world = World::new(&blob)?;
+    world.host.sysctl("net.ipv4.ip_forward", "1")?;
+    let sock = std::env::temp_dir().join(format!(
+        "hostnet-qemu-{}-reconnect.sock",
+        std::process::id()
+    ));
+    let daemon = Hostnetd::start(&world.host, &sock, &[])?;
+    let http = format!("http:http://{SERVER_ADDR}/{BLOB_NAME}:{}", blob.sha256);
+    let steps = format!("dhcp,{http},sleep:10,dhcp,{http}");
+    let net: Vec<String> = vhost_user_args(&sock)
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("socket,id=vu0,") {
+                format!("{a},reconnect=1")
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut guest = Guest::boot(&world.host, &image, &net, &steps)?;
+    guest.wait_results("http", 1, GUEST_TIMEOUT)?;
+    // A crash, not a polite stop: the socket file stays behind.
+    let mut daemon = daemon;
+    daemon.process.signal("KILL")?;
+    daemon.process.wait_timeout(Duration::from_secs(5))?;
+    // Its guard must not remove the socket file the new daemon is about to take over.
+    daemon.sock = PathBuf::new();
+    drop(daemon);
+    ensure!(sock.exists(), "a killed hostnetd left no socket file");
+    let _restarted = Hostnetd::start(&world.host, &sock, &[])?;
+    let results = guest.results(GUEST_TIMEOUT)?;
+    all_ok(&results, "sleep", 1)?;
+    all_ok(&results, "dhcp", 2)?;
+    all_ok(&results, "http", 2)?;
+    Ok(())
+}
+
 /// A frontend that sends garbage, or a memory table that does not cover the rings, gets a closed
 /// connection; the daemon keeps serving (no guest needed).
 #[test]
@@ -719,6 +806,18 @@ struct Guest {
 
 impl Guest {
     fn boot<S: AsRef<str>>(ns: &Netns, image: &GuestImage, net: &[S], steps: &str) -> Result<Self> {
+        Self::start(ns, image, net, steps, Reboot::Off)
+    }
+
+    /// As [`Guest::boot`]; with [`Reboot::Allowed`] a guest reboot resets the machine and boots
+    /// it again (QEMU without `-no-reboot`).
+    fn start<S: AsRef<str>>(
+        ns: &Netns,
+        image: &GuestImage,
+        net: &[S],
+        steps: &str,
+        reboot: Reboot,
+    ) -> Result<Self> {
         let mut cmd = ns.command("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1"])
             .args([
@@ -729,7 +828,8 @@ impl Guest {
                 "-monitor",
                 "none",
             ])
-            .args(["-serial", "stdio", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .args(matches!(reboot, Reboot::Off).then_some("-no-reboot"))
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
@@ -779,6 +879,15 @@ impl Guest {
         Ok(std::mem::take(&mut self.results))
     }
 
+    /// Reads console lines until `step` has `n` results (from any boot), within `timeout` from now.
+    fn wait_results(&mut self, step: &str, n: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.results.get(step).map_or(0, Vec::len) < n {
+            self.next_line(deadline)?;
+        }
+        Ok(())
+    }
+
     fn next_line(&mut self, deadline: Instant) -> Result<String> {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match self.lines.recv_timeout(left) {
@@ -800,6 +909,36 @@ impl Guest {
         }
         Ok(line)
     }
+}
+
+/// What a guest reboot does to QEMU.
+#[derive(Debug, Clone, Copy)]
+enum Reboot {
+    /// `-no-reboot`: QEMU exits.
+    Off,
+    /// The machine resets and boots again.
+    Allowed,
+}
+
+/// Every result of `step` in `results`, each required to be `ok`; at least `n` of them.
+fn all_ok<'a>(
+    results: &'a HashMap<String, Vec<String>>,
+    step: &str,
+    n: usize,
+) -> Result<Vec<&'a str>> {
+    let got = results.get(step).map(Vec::as_slice).unwrap_or_default();
+    ensure!(
+        got.len() >= n,
+        "{step}: {} results, want {n}: {results:?}",
+        got.len()
+    );
+    got.iter()
+        .map(|r| {
+            r.strip_prefix("ok")
+                .map(str::trim)
+                .with_context(|| format!("{step} failed: {r:?} (all: {results:?})"))
+        })
+        .collect()
 }
 
 fn forward_lines(r: impl Read, tx: &mpsc::Sender<String>, prefix: &str) {

@@ -209,6 +209,11 @@ fn frontend_to_backend(
                     ));
                 }
                 send_all(back, &hdr_bytes, body, &mut control)?;
+                if h.request == SET_VRING_KICK
+                    && let [kick] = &mut fds[..]
+                {
+                    prime_kick(kick);
+                }
                 for state in filter.replay_after(h) {
                     debug!(?state, "replaying an absorbed SET_VRING_ENABLE");
                     let enable = Header {
@@ -242,6 +247,20 @@ fn frontend_to_backend(
                 }
             }
         }
+    }
+}
+
+/// Signals a ring's new kick eventfd once, so the backend looks at the ring as soon as it is
+/// started. vhost-user-backend only waits for kicks, but after a daemon restart (QEMU's
+/// `reconnect=`) a ring may hold descriptors the guest made available before the new kick fd
+/// existed, and with EVENT_IDX the guest kicks again only when it passes the `avail_event` the
+/// previous backend published. One spurious look at a ring costs nothing.
+fn prime_kick(kick: &mut OwnedFd) {
+    let Ok(fd) = kick.try_clone() else {
+        return;
+    };
+    if let Err(e) = std::fs::File::from(fd).write_all(&1u64.to_ne_bytes()) {
+        debug!(error = %e, "could not signal a new kick eventfd");
     }
 }
 
@@ -352,6 +371,7 @@ const MAX_FDS: usize = 32;
 /// Rings whose early enable state is remembered (two per queue pair; one pair today).
 const MAX_RINGS: usize = 8;
 const SET_FEATURES: u32 = 2;
+const SET_VRING_KICK: u32 = 12;
 const SET_VRING_ENABLE: u32 = 18;
 const VERSION: u32 = 0x1;
 const REPLY: u32 = 0x4;
