@@ -18,7 +18,7 @@ mod lab_bridge;
 #[cfg(target_os = "linux")]
 mod lab_loop;
 #[cfg(target_os = "linux")]
-mod linux;
+pub(crate) mod linux;
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! Test harness for hostnet (dev only, `publish = false`): Linux network-namespace topologies
 //! ([`netns`]), a simulated virtio-net guest driver over real guest memory bound to a TAP
-//! device ([`guest`]), the `hostnet-lab attach` runner ([`attach`]) and the demo built on
-//! them ([`demo`], run by `cargo xtask demo`).
+//! device ([`guest`]), the same guest as a vhost-user-net frontend for a backend in another
+//! process ([`vhost_user`]), the `hostnet-lab attach` runner ([`attach`]) and the demo built
+//! on them ([`demo`], run by `cargo xtask demo`).
 //!
 //! Nothing here touches the root network namespace: every link, address, route, sysctl, TUN
 //! and TAP lives in namespaces this crate creates (or that the caller names). Linux only at run
@@ -16,6 +17,8 @@ pub mod demo;
 #[cfg(target_os = "linux")]
 pub mod guest;
 pub mod netns;
+#[cfg(target_os = "linux")]
+pub mod vhost_user;
 
 /// `line` without ANSI colour sequences (`ESC [ ... final-byte`), as tracing's coloured logs
 /// carry them: for tests and tools that read the log lines of the binaries they start.

@@ -85,30 +85,13 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let tun_name = tun.name().to_owned();
     enable_forwarding(host_ns.as_ref())?;
 
-    // The guest side: TAP eth0 in G, down, no address, MAC of the device, guest MTU; with
-    // offloads it carries the virtio-net header and may hand over TSO super-frames.
-    let mut tap_builder = Tun::builder()
-        .tap(true)
-        .name(TAP_NAME)
-        .mtu(u32::from(args.mtu))
-        .up(false)
-        .nonblocking(true)
-        .netns(&guest_ns);
-    if guest.vnet_hdr() {
-        tap_builder = tap_builder
-            .vnet_hdr(true)
-            .offload(guest.tap_offload_flags());
-    }
-    let tap = tap_builder
-        .open()
-        .context("creating the TAP eth0 in the guest namespace")?;
-    // The driver's TX thread needs O_NONBLOCK on the TAP (say it again: cheap, and it does not
-    // depend on how the builder applies its option).
-    tap.set_nonblocking(true)
-        .context("making the TAP non-blocking")?;
-    set_tap_mac(&args.guest_netns, &net.mac_string())?;
-
-    let tap = Arc::new(tap);
+    let tap = Arc::new(open_guest_tap(
+        &guest_ns,
+        &args.guest_netns,
+        args.mtu,
+        &guest,
+        &net,
+    )?);
     let mode = match args.threads {
         Threads::Pipeline => {
             let handle = bridge.activate(&guest, tun)?;
@@ -214,7 +197,7 @@ fn init_tracing() {
         .try_init();
 }
 
-fn open_netns(name: &str, flag: &str) -> anyhow::Result<OwnedFd> {
+pub(crate) fn open_netns(name: &str, flag: &str) -> anyhow::Result<OwnedFd> {
     netns::open(name).with_context(|| format!("{flag} {name:?}: no such network namespace"))
 }
 
@@ -265,6 +248,38 @@ fn enable_forwarding(host_ns: Option<&OwnedFd>) -> anyhow::Result<()> {
             .context("enabling ip_forward in the host namespace"),
         None => write().context("enabling ip_forward in the host namespace"),
     }
+}
+
+/// The guest side: TAP eth0 in G, down, no address, the device's MAC, the guest MTU; with
+/// offloads it carries the virtio-net header and may hand over TSO super-frames.
+pub(crate) fn open_guest_tap(
+    guest_ns: &OwnedFd,
+    guest_netns: &str,
+    mtu: u16,
+    guest: &SimGuest,
+    net: &crate::guest::NetConfig,
+) -> anyhow::Result<Tun> {
+    let mut tap_builder = Tun::builder()
+        .tap(true)
+        .name(TAP_NAME)
+        .mtu(u32::from(mtu))
+        .up(false)
+        .nonblocking(true)
+        .netns(guest_ns);
+    if guest.vnet_hdr() {
+        tap_builder = tap_builder
+            .vnet_hdr(true)
+            .offload(guest.tap_offload_flags());
+    }
+    let tap = tap_builder
+        .open()
+        .context("creating the TAP eth0 in the guest namespace")?;
+    // The driver's TX thread needs O_NONBLOCK on the TAP (say it again: cheap, and it does not
+    // depend on how the builder applies its option).
+    tap.set_nonblocking(true)
+        .context("making the TAP non-blocking")?;
+    set_tap_mac(guest_netns, &net.mac_string())?;
+    Ok(tap)
 }
 
 fn set_tap_mac(guest_netns: &str, mac: &str) -> anyhow::Result<()> {

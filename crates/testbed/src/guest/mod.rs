@@ -251,6 +251,30 @@ impl SimGuest {
     /// The device does not offer `VERSION_1`, the configuration is invalid, or the memory
     /// can't be mapped.
     pub fn new(cfg: GuestConfig, device_features: u64) -> anyhow::Result<Self> {
+        Self::with_memory(cfg, device_features, None)
+    }
+
+    /// As [`SimGuest::new`], with the guest memory in `file` (sized here to
+    /// [`GuestConfig::mem_size`] and mapped shared): memory another process can map, as a
+    /// vhost-user backend does (a file on a tmpfs such as `/dev/shm`, or a memfd).
+    ///
+    /// # Errors
+    /// As [`SimGuest::new`]; the file can't be sized.
+    pub fn new_in_file(
+        cfg: GuestConfig,
+        device_features: u64,
+        file: std::fs::File,
+    ) -> anyhow::Result<Self> {
+        file.set_len(cfg.mem_size as u64)
+            .context("sizing the guest memory file")?;
+        Self::with_memory(cfg, device_features, Some(file))
+    }
+
+    fn with_memory(
+        cfg: GuestConfig,
+        device_features: u64,
+        file: Option<std::fs::File>,
+    ) -> anyhow::Result<Self> {
         ensure!(
             device_features & features::VERSION_1 != 0,
             "device does not offer VIRTIO_F_VERSION_1 (offered {device_features:#x})"
@@ -276,7 +300,8 @@ impl SimGuest {
             "guest memory {} bytes is too small (need {needed})",
             cfg.mem_size
         );
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_size)])
+        let file = file.map(|f| vm_memory::FileOffset::new(f, 0));
+        let mem = GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), cfg.mem_size, file)])
             .context("mapping guest memory")?;
         let irq = Arc::new(Interrupts::new()?);
         Ok(Self {

@@ -78,6 +78,18 @@ impl Interrupts {
         }
     }
 
+    /// The eventfd of `queue`'s interrupt line ([`RX_QUEUE`] or [`TX_QUEUE`]), for a device
+    /// in another process that signals it directly (a vhost-user backend's "call" fd; such
+    /// interrupts are not counted by [`Interrupts::count`] and never run inline).
+    #[must_use]
+    pub fn line(&self, queue: u16) -> Option<&EventFd> {
+        match queue {
+            RX_QUEUE => Some(&self.rx),
+            TX_QUEUE => Some(&self.tx),
+            _ => None,
+        }
+    }
+
     /// How many interrupts the device raised so far.
     #[must_use]
     pub fn count(&self) -> u64 {

@@ -1,0 +1,317 @@
+//! The simulated guest as a vhost-user-net **frontend**: its driver ([`crate::guest`]) runs
+//! here, and any vhost-user-net backend listening on a unix socket (hostnetd, passt's
+//! vhost-user mode) is the device, in another process.
+//!
+//! What a VMM does, with the `vhost` crate's frontend side: `SET_OWNER`, feature and
+//! protocol-feature negotiation (`CONFIG` for the MAC and MTU, `REPLY_ACK` when offered), the
+//! guest memory as one file-backed region shared over the socket (`SET_MEM_TABLE`), then per
+//! queue `SET_VRING_NUM`/`ADDR`/`BASE`, a call eventfd (the guest's interrupt line, see
+//! [`Interrupts::line`](crate::guest::Interrupts::line)), a kick eventfd and
+//! `SET_VRING_ENABLE`. Kicks are eventfd writes; interrupts wake the driver threads directly.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use testbed::guest::{GuestConfig, SimGuest};
+//! use testbed::vhost_user::{VhostUserDevice, shared_memory_file};
+//! # let tap: Arc<std::os::unix::net::UnixDatagram> = unimplemented!();
+//! let mut device = VhostUserDevice::connect("/tmp/hn.sock".as_ref())?;
+//! let cfg = GuestConfig { inline_rx_interrupt: false, ..GuestConfig::default() };
+//! let guest = SimGuest::new_in_file(cfg, device.device_features(), shared_memory_file()?)?;
+//! let kick = device.activate(&guest)?;
+//! let running = guest.start(tap, kick)?;
+//! # Ok(()) }
+//! ```
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, bail, ensure};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::QueueT;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::guest::{GuestConfig, Kick, NetConfig, RX_QUEUE, Running, SimGuest, TX_QUEUE};
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol features (bit 30).
+pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// A connection to a vhost-user-net backend, before and after its rings run.
+pub struct VhostUserDevice {
+    frontend: Frontend,
+    device_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    kicks: Option<Arc<[EventFd; 2]>>,
+}
+
+impl std::fmt::Debug for VhostUserDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserDevice")
+            .field(
+                "device_features",
+                &format_args!("{:#x}", self.device_features),
+            )
+            .field("protocol", &self.protocol)
+            .field("active", &self.kicks.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VhostUserDevice {
+    /// Connects to the backend listening on `socket`, takes ownership (`SET_OWNER`), reads its
+    /// features and, when it speaks them, agrees on protocol features (`CONFIG`, `REPLY_ACK`).
+    ///
+    /// # Errors
+    /// The socket can't be reached or the backend answers out of protocol.
+    pub fn connect(socket: &Path) -> anyhow::Result<Self> {
+        let mut frontend = Frontend::connect(socket, 2)
+            .with_context(|| format!("connecting to the vhost-user socket {}", socket.display()))?;
+        frontend.set_owner().context("SET_OWNER")?;
+        let device_features = frontend.get_features().context("GET_FEATURES")?;
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if device_features & PROTOCOL_FEATURES != 0 {
+            let offered = frontend
+                .get_protocol_features()
+                .context("GET_PROTOCOL_FEATURES")?;
+            protocol = offered
+                & (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK);
+            frontend
+                .set_protocol_features(protocol)
+                .context("SET_PROTOCOL_FEATURES")?;
+        }
+        Ok(Self {
+            frontend,
+            device_features,
+            protocol,
+            kicks: None,
+        })
+    }
+
+    /// The virtio feature bits the backend offers (without `PROTOCOL_FEATURES`).
+    #[must_use]
+    pub fn device_features(&self) -> u64 {
+        self.device_features & !PROTOCOL_FEATURES
+    }
+
+    /// The device's config space (MAC, status, MTU) when the backend serves `GET_CONFIG`.
+    ///
+    /// # Errors
+    /// The backend refuses the request or answers out of protocol.
+    pub fn net_config(&mut self) -> anyhow::Result<Option<NetConfig>> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Ok(None);
+        }
+        let (_, space) = self
+            .frontend
+            .get_config(0, 12, VhostUserConfigFlags::WRITABLE, &[0u8; 12])
+            .context("GET_CONFIG")?;
+        Ok(NetConfig::parse(&space))
+    }
+
+    /// Acknowledges the guest's features, shares its memory and starts both rings; returns
+    /// the doorbell to hand to [`SimGuest::start`]. Call once.
+    ///
+    /// # Errors
+    /// The guest's memory is not one file-backed region (use [`SimGuest::new_in_file`]), or
+    /// the backend refuses a step.
+    pub fn activate(&mut self, guest: &SimGuest) -> anyhow::Result<Kick> {
+        ensure!(self.kicks.is_none(), "the device is already active");
+        let acked = guest.acked_features() | (self.device_features & PROTOCOL_FEATURES);
+        self.frontend.set_features(acked).context("SET_FEATURES")?;
+
+        let mem = guest.memory();
+        let mut regions = mem.iter();
+        let (Some(region), None) = (regions.next(), regions.next()) else {
+            bail!("guest memory must be one region");
+        };
+        let file = region
+            .file_offset()
+            .context("guest memory is not file-backed (use SimGuest::new_in_file)")?;
+        self.frontend
+            .set_mem_table(&[VhostUserMemoryRegionInfo {
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: FRONTEND_VA,
+                mmap_offset: file.start(),
+                mmap_handle: file.file().as_raw_fd(),
+            }])
+            .context("SET_MEM_TABLE")?;
+
+        let kicks = Arc::new([
+            EventFd::new(EFD_NONBLOCK).context("creating a kick eventfd")?,
+            EventFd::new(EFD_NONBLOCK).context("creating a kick eventfd")?,
+        ]);
+        let irq = guest.interrupts();
+        for index in [RX_QUEUE, TX_QUEUE] {
+            let q = guest.device_queue(index)?;
+            let i = usize::from(index);
+            let step = |what: &'static str| format!("{what} for queue {index}");
+            self.frontend
+                .set_vring_num(i, q.size())
+                .with_context(|| step("SET_VRING_NUM"))?;
+            self.frontend
+                .set_vring_addr(
+                    i,
+                    &VringConfigData {
+                        queue_max_size: q.size(),
+                        queue_size: q.size(),
+                        flags: 0,
+                        desc_table_addr: FRONTEND_VA + q.desc_table(),
+                        used_ring_addr: FRONTEND_VA + q.used_ring(),
+                        avail_ring_addr: FRONTEND_VA + q.avail_ring(),
+                        log_addr: None,
+                    },
+                )
+                .with_context(|| step("SET_VRING_ADDR"))?;
+            self.frontend
+                .set_vring_base(i, 0)
+                .with_context(|| step("SET_VRING_BASE"))?;
+            let call = irq.line(index).context("no interrupt line")?;
+            self.frontend
+                .set_vring_call(i, call)
+                .with_context(|| step("SET_VRING_CALL"))?;
+            self.frontend
+                .set_vring_kick(i, &kicks[i])
+                .with_context(|| step("SET_VRING_KICK"))?;
+            if self.device_features & PROTOCOL_FEATURES != 0 {
+                self.frontend
+                    .set_vring_enable(i, true)
+                    .with_context(|| step("SET_VRING_ENABLE"))?;
+            }
+        }
+        self.kicks = Some(Arc::clone(&kicks));
+        Ok(Arc::new(move |q: u16| {
+            if let Some(k) = kicks.get(usize::from(q))
+                && let Err(e) = k.write(1)
+            {
+                tracing::warn!(queue = q, "kick eventfd write failed: {e}");
+            }
+        }))
+    }
+
+    /// Stops ring `index` as a VMM does before it tears the device down (`GET_VRING_BASE`),
+    /// returning the backend's next available index.
+    ///
+    /// # Errors
+    /// The backend does not answer.
+    pub fn stop_ring(&mut self, index: u16) -> anyhow::Result<u32> {
+        self.frontend
+            .get_vring_base(usize::from(index))
+            .with_context(|| format!("GET_VRING_BASE for queue {index}"))
+    }
+}
+
+/// A fresh, unlinked file on `/dev/shm` for guest memory a backend maps (what QEMU's
+/// `memory-backend-memfd` or `memory-backend-file,share=on` give).
+///
+/// # Errors
+/// The file can't be created.
+pub fn shared_memory_file() -> anyhow::Result<File> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "hostnet-guest-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(file)
+}
+
+/// Where the frontend says guest memory sits in its address space. The backend only uses it
+/// to translate the ring addresses, which are given in the same space; any value works.
+const FRONTEND_VA: u64 = 0x7f00_0000_0000;
+
+/// The simulated guest attached to a vhost-user-net backend: a TAP `eth0` in the guest
+/// namespace (down, no address, the device's MAC and MTU), the driver threads, the connection.
+/// Real programs in the guest namespace are its traffic, as with `hostnet-lab attach`.
+#[derive(Debug)]
+pub struct Attached {
+    running: Option<Running>,
+    device: VhostUserDevice,
+    net: NetConfig,
+}
+
+impl Attached {
+    /// Connects to `socket`, negotiates, creates the TAP in `guest_netns` and starts the
+    /// driver threads. The device must serve `GET_CONFIG` (its MAC and MTU name the TAP's).
+    ///
+    /// # Errors
+    /// Any step of the connection, the TAP or the driver.
+    pub fn start(socket: &Path, guest_netns: &str, cfg: GuestConfig) -> anyhow::Result<Self> {
+        let ns = crate::attach::linux::open_netns(guest_netns, "guest namespace")?;
+        let mut device = VhostUserDevice::connect(socket)?;
+        let net = device
+            .net_config()?
+            .context("the backend serves no config space (protocol feature CONFIG)")?;
+        let cfg = GuestConfig {
+            // The device is another process: its interrupts arrive on eventfds, never inline.
+            inline_rx_interrupt: false,
+            ..cfg
+        };
+        let guest = SimGuest::new_in_file(cfg, device.device_features(), shared_memory_file()?)?;
+        let tap = Arc::new(crate::attach::linux::open_guest_tap(
+            &ns,
+            guest_netns,
+            net.mtu,
+            &guest,
+            &net,
+        )?);
+        let kick = device.activate(&guest)?;
+        let running = guest.start(tap, kick)?;
+        Ok(Self {
+            running: Some(running),
+            device,
+            net,
+        })
+    }
+
+    /// What the device's config space said (MAC, status, MTU).
+    #[must_use]
+    pub fn net_config(&self) -> NetConfig {
+        self.net
+    }
+
+    /// The connection, e.g. to send a VMM's stop messages.
+    pub fn device(&mut self) -> &mut VhostUserDevice {
+        &mut self.device
+    }
+
+    /// Whether a driver thread ended on its own (by error).
+    #[must_use]
+    pub fn has_failed(&self) -> bool {
+        self.running.as_ref().is_some_and(Running::has_failed)
+    }
+
+    /// Stops the driver threads (the TAP goes with them), then closes the connection; returns
+    /// the driver's counters as one line.
+    ///
+    /// # Errors
+    /// A driver thread failed.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        let Some(running) = self.running.take() else {
+            return Ok(String::new());
+        };
+        let summary = running.stats().summary();
+        running.stop()?;
+        Ok(summary)
+    }
+}
