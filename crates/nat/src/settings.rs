@@ -131,6 +131,20 @@ impl Settings {
         })
     }
 
+    /// Whether `addr` may not be the source of a packet from outside: the
+    /// internal network (which holds the gateway), the external address,
+    /// 0/8, 127/8, or 224/4 and 240/4 (multicast, reserved and the limited
+    /// broadcast: the top three bits set). Four compares.
+    #[inline(always)]
+    pub(crate) fn is_martian_source(&self, addr: u32) -> bool {
+        let first = addr >> 24;
+        self.is_internal(addr)
+            | (addr == self.external_addr)
+            | (first == 0)
+            | (first == 127)
+            | (addr >= 0xe000_0000)
+    }
+
     /// Whether `addr` is in the internal network.
     #[inline(always)]
     pub(crate) fn is_internal(&self, addr: u32) -> bool {
