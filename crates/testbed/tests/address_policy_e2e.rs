@@ -297,11 +297,6 @@ fn the_metadata_address_is_denied_by_default() {
         ("curl", "curl"),
     ]);
     let (mut lab, _lease) = Lab::with_lease("e2e-addr-meta", &[]);
-    let stderr = lab.attach_stderr();
-    assert!(
-        stderr.contains("egress policy") && stderr.contains("deny 169.254.0.0/16 (default)"),
-        "the start-up log names the default deny:\n{stderr}"
-    );
     add_server_addresses(&lab, Ipv4Addr::new(198, 18, 1, 10));
     serve_http(&mut lab);
     let p = lab.ping(Ns::H, METADATA, 1);
@@ -313,6 +308,11 @@ fn the_metadata_address_is_denied_by_default() {
     assert_curl_refused(&lab, METADATA);
     let p = lab.ping(Ns::G, SERVER, 1);
     assert_eq!(p.received, 1, "everything else is allowed");
+    let stderr = lab.attach_stderr();
+    assert!(
+        stderr.contains("egress policy") && stderr.contains("deny 169.254.0.0/16 (default)"),
+        "the start-up log names the default deny:\n{stderr}"
+    );
     let (line, _) = lab.take_attach().stop_for_stats_line();
     assert!(counter(&line, "EgressDenied") >= 2, "{line}");
 }
