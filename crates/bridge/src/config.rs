@@ -8,6 +8,7 @@ use core::time::Duration;
 use nat::{NatConfig, PortForward};
 
 use crate::gateway::GatewayConfig;
+use crate::policy::EgressPolicy;
 use crate::wire::MacAddr;
 use crate::{Error, defaults};
 
@@ -58,6 +59,10 @@ pub struct BridgeConfig {
     /// [`OFFLOAD_FEATURES`]: crate::OFFLOAD_FEATURES
     /// [`HostLink::vnet_hdr_len`]: crate::HostLink::vnet_hdr_len
     pub offloads: bool,
+    /// Which destinations the guest may reach (checked before the NAT; the gateway and the
+    /// NAT's external address are exempt). Default: link-local 169.254.0.0/16 denied, the
+    /// rest allowed.
+    pub egress: EgressPolicy,
 }
 
 impl Default for BridgeConfig {
@@ -88,6 +93,7 @@ impl Default for BridgeConfig {
             pool_batches: 4,
             max_host_packet: 65535,
             offloads: false,
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -133,6 +139,13 @@ impl BridgeConfig {
             return Err(Error::Config(format!(
                 "max_queue_size {} is not a power of two <= {MAX_QUEUE_SIZE}",
                 self.max_queue_size
+            )));
+        }
+        if self.egress.rules().len() > EgressPolicy::MAX_RULES {
+            return Err(Error::Config(format!(
+                "{} egress rules, more than {}",
+                self.egress.rules().len(),
+                EgressPolicy::MAX_RULES
             )));
         }
         if self.max_host_packet < usize::from(self.mtu) {

@@ -136,7 +136,7 @@ impl DeviceCore {
     /// [`Error::Config`], [`Error::NatConfig`] or [`Error::NatRule`] (forwards, DNS redirect).
     pub fn new(mut config: BridgeConfig) -> Result<Self, Error> {
         config.validate()?;
-        let gateway = Gateway::new(config.gateway_config())?;
+        let gateway = build_gateway(&config)?;
         let mask = crate::dhcp::prefix_mask(config.prefix_len);
         config.nat.internal_net = core::net::Ipv4Addr::from(u32::from(config.gateway) & mask);
         config.nat.internal_prefix_len = config.prefix_len;
@@ -249,7 +249,7 @@ impl DeviceCore {
             mrg_rxbuf: self.device.mrg_rxbuf(),
             event_idx: acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0,
         };
-        match Gateway::new(self.config.gateway_config()) {
+        match build_gateway(&self.config) {
             Ok(gateway) => {
                 let short = self.rx.short_batch_drains;
                 (self.tx, self.rx) = halves(&self.config, &negotiated, gateway);
@@ -793,6 +793,13 @@ fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
     }
     (o.rx_csum, o.rx_tso4) = (o.rx_csum && asked.0, o.rx_tso4 && asked.1);
     o
+}
+
+/// The gateway services of `config`, with its egress policy (the NAT's external address
+/// exempt).
+fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
+    Ok(Gateway::new(config.gateway_config())?
+        .with_egress(config.egress.clone(), Some(config.nat.external_addr)))
 }
 
 /// The TX and RX halves for the negotiated header and offloads.
@@ -1382,5 +1389,65 @@ mod tests {
         assert_eq!(out.len() - HDR, ip.len(), "one packet, whole");
         assert_eq!((dp.stats().to_host, dp.stats().tx_gso), (1, 1));
         assert_eq!(dp.stats().total_drops(), 2);
+    }
+
+    /// The egress policy lives in the config the core owns: a denied destination is a
+    /// counted drop named in the stats line, answered through the RX queue with ICMP 3/13,
+    /// and nothing reaches the host; an allowed one goes out.
+    #[test]
+    fn a_denied_destination_is_a_counted_drop_answered_through_the_rx_queue() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(64).unwrap();
+        let mut cfg = BridgeConfig {
+            static_guest_ip: Some(GUEST_IP),
+            ..config(Vec::new())
+        };
+        cfg.egress
+            .add("198.18.0.0/24".parse().unwrap(), crate::EgressAction::Deny)
+            .unwrap();
+        let mut dp = DeviceCore::new(cfg).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 4);
+        let metadata = Ipv4Addr::new(169, 254, 169, 254);
+        for dst in [testing::SERVER, metadata] {
+            net.send_frame(
+                HDR,
+                &testing::udp_frame(GUEST_MAC, GUEST_IP, 5000, dst, 80, b"GET /"),
+                &[],
+            );
+        }
+        let allowed = Ipv4Addr::new(198, 18, 1, 10);
+        net.send_frame(
+            HDR,
+            &testing::udp_frame(GUEST_MAC, GUEST_IP, 5000, allowed, 80, b"GET /"),
+            &[],
+        );
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        let mut pending = Vec::new();
+        for _ in 0..2 {
+            let (_, reply) = net.rx_frame(HDR, &mut pending).expect("an ICMP error");
+            let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY, GUEST_IP));
+            let icmp = ::wire::Icmpv4Packet::new_checked(ip.payload()).unwrap();
+            assert_eq!((icmp.msg_type(), icmp.msg_code()), (3, 13));
+            assert!(icmp.verify_checksum());
+        }
+        let out = peer.recv().expect("the allowed packet");
+        assert_eq!(
+            Ipv4Packet::new_checked(&out[..]).unwrap().dst_addr(),
+            allowed
+        );
+        assert!(peer.recv().is_none(), "nothing denied reaches the host");
+        assert_eq!(dp.stats().drops_of(crate::DropCause::EgressDenied), 2);
+        assert_eq!(dp.stats().local_replies, 2);
+        assert!(
+            dp.bridge_stats().to_string().contains("EgressDenied=2"),
+            "{}",
+            dp.bridge_stats()
+        );
     }
 }

@@ -10,10 +10,11 @@ use nat::Instant;
 
 use crate::Error;
 use crate::dhcp::{DhcpConfig, DhcpServer, prefix_mask};
+use crate::policy::{EgressAction, EgressPolicy};
 use crate::stats::DropCause;
 use crate::wire::{
     ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, MacAddr, build_udp_frame, write_eth,
+    IPPROTO_UDP, IPV4_HLEN, MacAddr, build_udp_frame, write_eth, write_ipv4_header,
 };
 use ::wire::{ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, UdpPacket, arp, icmpv4};
 
@@ -58,6 +59,14 @@ pub enum TxAction {
     Consumed,
     /// Drop and count.
     Drop(DropCause),
+    /// Drop and count `cause`, and send the `len`-byte frame written to the reply buffer (an
+    /// ICMP error) back to the guest.
+    DropWithReply {
+        /// Why the frame was dropped.
+        cause: DropCause,
+        /// Length of the reply frame.
+        len: usize,
+    },
 }
 
 /// The gateway's services for one guest.
@@ -68,6 +77,14 @@ pub struct Gateway {
     net: u32,
     mask: u32,
     dhcp: DhcpServer,
+    egress: EgressPolicy,
+    /// An address besides the gateway's that the egress policy never applies to (the NAT's
+    /// external address: hairpinning).
+    egress_exempt: Option<Ipv4Addr>,
+    /// ICMP errors the gateway may still send now (token bucket, [`ICMP_ERROR_BURST`]).
+    icmp_tokens: u64,
+    /// When `icmp_tokens` was last refilled (milliseconds of the caller's clock).
+    icmp_refilled: u64,
 }
 
 impl Gateway {
@@ -135,7 +152,29 @@ impl Gateway {
             mask,
             dhcp,
             cfg,
+            egress: EgressPolicy::default(),
+            egress_exempt: None,
+            icmp_tokens: ICMP_ERROR_BURST,
+            icmp_refilled: 0,
         })
+    }
+
+    /// Checks the guest's destinations against `policy` (by default: [`EgressPolicy`]'s
+    /// `Default`, link-local denied), except the gateway's own address and `exempt` (the
+    /// NAT's external address). A denied destination is [`DropCause::EgressDenied`], answered
+    /// with ICMP destination unreachable, code 13 (communication administratively
+    /// prohibited) from the gateway, at most [`ICMP_ERROR_BURST`] at once and
+    /// [`ICMP_ERRORS_PER_SEC`] per second.
+    #[must_use]
+    pub fn with_egress(mut self, policy: EgressPolicy, exempt: Option<Ipv4Addr>) -> Self {
+        self.egress = policy;
+        self.egress_exempt = exempt;
+        self
+    }
+
+    /// The egress policy in force.
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.egress
     }
 
     /// The configuration.
@@ -194,7 +233,9 @@ impl Gateway {
         }
         match eth.ethertype() {
             ETHERTYPE_IPV4 if gso => match self.ipv4(frame, src_mac, reply, now, true) {
-                a @ (TxAction::Nat { .. } | TxAction::Drop(_)) => a,
+                a @ (TxAction::Nat { .. } | TxAction::Drop(_) | TxAction::DropWithReply { .. }) => {
+                    a
+                }
                 // A super-frame the gateway would answer itself: not something a TCP stack
                 // segments.
                 _ => TxAction::Drop(DropCause::Offload),
@@ -295,7 +336,93 @@ impl Gateway {
         {
             return TxAction::Drop(DropCause::NotRoutable);
         }
+        if self.egress.action(dst) == EgressAction::Deny && Some(dst) != self.egress_exempt {
+            return self.deny(frame, src_mac, reply, now);
+        }
         TxAction::Nat { len: total }
+    }
+
+    /// A packet to a destination the egress policy denies: counted, and answered with ICMP
+    /// destination unreachable, communication administratively prohibited (RFC 1812 section
+    /// 5.2.7.1, RFC 5508 REQ-8), quoting its IPv4 header and the first 8 bytes after it.
+    /// No answer to a later fragment or an ICMP error (RFC 1812 section 4.3.2.7), nor beyond
+    /// the rate limit. `frame`'s Ethernet and IPv4 headers were checked by the caller.
+    fn deny(&mut self, frame: &[u8], src_mac: MacAddr, reply: &mut [u8], now: Instant) -> TxAction {
+        const DENIED: TxAction = TxAction::Drop(DropCause::EgressDenied);
+        let ip = Ipv4Packet::new_unchecked(frame.get(ETH_HLEN..).unwrap_or(&[]));
+        if ip.frag_offset() != 0 {
+            return DENIED;
+        }
+        let quote_len = ip.header_len() + ICMP_QUOTED_DATA;
+        let quote_len = quote_len.min(usize::from(ip.total_len()));
+        let payload = ip.payload();
+        if ip.protocol() == IPPROTO_ICMP {
+            let t = payload.first().copied();
+            let error = matches!(
+                t,
+                Some(
+                    icmpv4::DESTINATION_UNREACHABLE
+                        | icmpv4::TIME_EXCEEDED
+                        | icmpv4::PARAMETER_PROBLEM
+                        | ICMP_SOURCE_QUENCH
+                        | ICMP_REDIRECT
+                )
+            );
+            if error || t.is_none() {
+                return DENIED;
+            }
+        }
+        if !self.take_icmp_token(now) {
+            return DENIED;
+        }
+        let (Some(quote), Some(out)) = (
+            frame.get(ETH_HLEN..ETH_HLEN + quote_len),
+            reply.get_mut(..ETH_HLEN + IPV4_HLEN + ::wire::icmpv4::HEADER_LEN + quote_len),
+        ) else {
+            return DENIED;
+        };
+        let ip_len = IPV4_HLEN + ::wire::icmpv4::HEADER_LEN + quote_len;
+        let (Ok(total), Some(())) = (
+            u16::try_from(ip_len),
+            write_eth(out, src_mac, self.cfg.gateway_mac, ETHERTYPE_IPV4),
+        ) else {
+            return DENIED;
+        };
+        let guest = ip.src_addr();
+        let ip_out = &mut out[ETH_HLEN..];
+        write_ipv4_header(ip_out, total, IPPROTO_ICMP, self.cfg.gateway, guest);
+        let icmp = &mut ip_out[IPV4_HLEN..];
+        // Type, code, checksum and the 4 unused bytes, then the quote.
+        icmp[..::wire::icmpv4::HEADER_LEN].fill(0);
+        icmp[::wire::icmpv4::HEADER_LEN..].copy_from_slice(quote);
+        let mut m = Icmpv4Packet::new_unchecked(icmp);
+        m.set_msg_type(icmpv4::DESTINATION_UNREACHABLE);
+        m.set_msg_code(ICMP_CODE_ADMIN_PROHIBITED);
+        m.fill_checksum();
+        TxAction::DropWithReply {
+            cause: DropCause::EgressDenied,
+            len: ETH_HLEN + ip_len,
+        }
+    }
+
+    /// Takes one token of the ICMP error rate limit, refilling [`ICMP_ERRORS_PER_SEC`] per
+    /// second up to [`ICMP_ERROR_BURST`].
+    fn take_icmp_token(&mut self, now: Instant) -> bool {
+        let ms = now.as_millis();
+        let elapsed = ms.saturating_sub(self.icmp_refilled);
+        let refill = elapsed.saturating_mul(ICMP_ERRORS_PER_SEC) / 1000;
+        if refill > 0 {
+            self.icmp_tokens = self
+                .icmp_tokens
+                .saturating_add(refill)
+                .min(ICMP_ERROR_BURST);
+            self.icmp_refilled = ms;
+        }
+        if self.icmp_tokens == 0 {
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
     }
 
     /// A DHCP message in `udp` (the IP payload; a UDP length beyond it is cut to it).
@@ -387,6 +514,19 @@ fn mac_at(b: &[u8], off: usize) -> MacAddr {
     }
     MacAddr(m)
 }
+
+/// ICMP errors the gateway sends at most at once (as Linux's `icmp_ratelimit` burst).
+pub const ICMP_ERROR_BURST: u64 = 50;
+/// ICMP errors the gateway sends at most per second on average (Linux's `icmp_msgs_per_sec`).
+pub const ICMP_ERRORS_PER_SEC: u64 = 1000;
+/// Bytes after the quoted IPv4 header in an ICMP error (RFC 792).
+const ICMP_QUOTED_DATA: usize = ::wire::icmpv4::ERROR_QUOTED_DATA_LEN;
+/// Destination unreachable code 13: communication administratively prohibited (RFC 1812).
+const ICMP_CODE_ADMIN_PROHIBITED: u8 = 13;
+/// ICMP source quench (an error message; deprecated by RFC 6633).
+const ICMP_SOURCE_QUENCH: u8 = 4;
+/// ICMP redirect (an error message).
+const ICMP_REDIRECT: u8 = 5;
 
 /// Length of an Ethernet/IPv4 ARP message.
 const ARP_LEN: usize = ::wire::arp::PACKET_LEN;

@@ -62,6 +62,13 @@
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
 //!   [`BridgeConfig::dns_upstream`] ([`host_dns_upstream`] reads the host's resolv.conf).
 //!   IPv6 and other EtherTypes are counted and dropped.
+//! - Egress policy ([`BridgeConfig::egress`], [`EgressPolicy`]): `--allow`/`--deny` CIDR
+//!   rules on the destination, checked by the gateway before the NAT, longest prefix wins,
+//!   default allow, link-local 169.254.0.0/16 denied by default. A denied packet is counted
+//!   ([`DropCause::EgressDenied`]) and answered by the gateway with ICMP destination
+//!   unreachable, code 13 (administratively prohibited), at most [`ICMP_ERROR_BURST`] at
+//!   once and [`ICMP_ERRORS_PER_SEC`] per second. The gateway's address and the NAT's
+//!   external address are exempt.
 //!
 //! # Offloads
 //!
@@ -106,6 +113,7 @@ mod gateway;
 mod gmem;
 mod host;
 mod offload;
+mod policy;
 mod ring;
 mod rx_engine;
 mod rx_queue;
@@ -139,9 +147,10 @@ pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError};
 pub use frame::FrameBatch;
-pub use gateway::{Gateway, GatewayConfig, TxAction};
+pub use gateway::{Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, TxAction};
 pub use host::{HostLink, MemoryLink};
 pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
+pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, PolicyError};
 pub use rx_engine::RxEngine;
 pub use rx_queue::{RxOutcome, RxQueue};
 pub use stats::{AtomicStats, BridgeStats, DropCause, DropsByName, Stats};

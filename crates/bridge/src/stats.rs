@@ -64,11 +64,15 @@ pub enum DropCause {
     /// after the frame's IPv4 and TCP headers; a malformed TCP header; or a `hdr_len` beyond
     /// the frame.
     GsoInvalid,
+    /// A packet to a destination the egress policy denies ([`crate::EgressPolicy`]; by
+    /// default link-local 169.254.0.0/16); the gateway answers it with ICMP destination
+    /// unreachable, administratively prohibited (rate-limited).
+    EgressDenied,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 23;
     /// Every cause, in index order.
     pub const ALL: [DropCause; DropCause::COUNT] = [
         DropCause::ChainInvalid,
@@ -93,6 +97,7 @@ impl DropCause {
         DropCause::Dhcp,
         DropCause::Offload,
         DropCause::GsoInvalid,
+        DropCause::EgressDenied,
     ];
     /// Index into [`Stats::drops`].
     pub const fn index(self) -> usize {

@@ -123,6 +123,11 @@ impl TxEngine {
                     stats.local_replies += 1;
                 }
                 TxAction::Drop(c) => stats.drop(c),
+                TxAction::DropWithReply { cause, len } => {
+                    replies.commit(0, len);
+                    stats.local_replies += 1;
+                    stats.drop(cause);
+                }
                 TxAction::Nat { .. } | TxAction::Consumed => {}
             }
             self.actions.push(action);

@@ -8,7 +8,10 @@ use bridge::testing::{
     GATEWAY, GATEWAY_MAC, GUEST_IP, GUEST_MAC, SERVER, arp_request, dhcp_frame, icmp_echo,
     udp_frame,
 };
-use bridge::{DropCause, Gateway, GatewayConfig, MacAddr, TxAction};
+use bridge::{
+    DropCause, EgressAction, EgressPolicy, Gateway, GatewayConfig, ICMP_ERROR_BURST, MacAddr,
+    TxAction,
+};
 use dhcproto::Decodable;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -37,7 +40,7 @@ fn handle(gw: &mut Gateway, frame: &[u8], now: Instant) -> (TxAction, Vec<u8>) {
     let mut out = vec![0u8; 2048];
     let a = gw.handle(frame, &mut out, now);
     let len = match a {
-        TxAction::Reply { len } => len,
+        TxAction::Reply { len } | TxAction::DropWithReply { len, .. } => len,
         _ => 0,
     };
     out.truncate(len);
@@ -544,4 +547,171 @@ fn ipv4_of(frame: &mut [u8]) -> Ipv4Packet<&mut [u8]> {
             .unwrap()
             .into_payload_mut(),
     )
+}
+
+/// Checks an admin-prohibited reply: Ethernet to the guest, IPv4 from the gateway with a
+/// valid checksum, ICMP 3/13 with a valid checksum quoting `sent`'s IPv4 header and 8 bytes.
+fn assert_admin_prohibited(reply: &[u8], guest: Ipv4Addr, sent: &[u8]) {
+    let eth = EthernetFrame::new_checked(reply).unwrap();
+    assert_eq!(eth.dst_addr(), GUEST_MAC);
+    assert_eq!(eth.src_addr(), GATEWAY_MAC);
+    assert_eq!(eth.ethertype(), ethertype::IPV4);
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ip.verify_checksum(), "valid IPv4 header checksum");
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY, guest));
+    assert_eq!(ip.protocol(), wire::ip_proto::ICMP);
+    assert_eq!(ip.ttl(), 64);
+    let sent_ip = Ipv4Packet::new_checked(&sent[14..]).unwrap();
+    let quote_len = sent_ip.header_len() + 8;
+    assert_eq!(usize::from(ip.total_len()), 20 + 8 + quote_len);
+    assert_eq!(reply.len(), 14 + 20 + 8 + quote_len);
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum(), "valid ICMP checksum");
+    assert_eq!((icmp.msg_type(), icmp.msg_code()), (3, 13));
+    assert_eq!(&ip.payload()[4..8], &[0, 0, 0, 0], "unused word");
+    assert_eq!(&ip.payload()[8..], &sent[14..14 + quote_len], "the quote");
+    // etherparse agrees on every checksum and the message.
+    let p = SlicedPacket::from_ethernet(reply).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = p.net else {
+        panic!("not ipv4")
+    };
+    let h = v4.header().to_header();
+    assert_eq!(h.calc_header_checksum(), h.header_checksum);
+    let Some(TransportSlice::Icmpv4(m)) = p.transport else {
+        panic!("not icmp")
+    };
+    assert_eq!(
+        m.icmp_type(),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FilterProhibited
+        )
+    );
+}
+
+#[test]
+fn a_denied_destination_is_answered_with_admin_prohibited_and_counted() {
+    let mut policy = EgressPolicy::default();
+    policy
+        .add("198.18.0.0/24".parse().unwrap(), EgressAction::Deny)
+        .unwrap();
+    policy
+        .add("198.18.0.128/25".parse().unwrap(), EgressAction::Allow)
+        .unwrap();
+    let external = Ipv4Addr::new(100, 64, 0, 2);
+    let mut gw = gateway().with_egress(policy, Some(external));
+    let now = Instant::ZERO;
+    let ip = lease(&mut gw, now);
+    // UDP to a denied address: 3/13 quoting the header and the 8-byte UDP header.
+    let denied = udp_frame(GUEST_MAC, ip, 5000, SERVER, 53, b"hello, world");
+    let (a, reply) = handle(&mut gw, &denied, now);
+    assert_eq!(
+        a,
+        TxAction::DropWithReply {
+            cause: DropCause::EgressDenied,
+            len: 14 + 20 + 8 + 28
+        }
+    );
+    assert_admin_prohibited(&reply, ip, &denied);
+    // A ping to the metadata address (denied by default).
+    let metadata = Ipv4Addr::new(169, 254, 169, 254);
+    let ping = icmp_echo(GUEST_MAC, ip, metadata, 7, 1, b"abcdefghijklmnop");
+    let (a, reply) = handle(&mut gw, &ping, now);
+    assert!(matches!(a, TxAction::DropWithReply { .. }), "{a:?}");
+    assert_admin_prohibited(&reply, ip, &ping);
+    // The longest prefix wins: the /25 inside the denied /24 is allowed.
+    let allowed = udp_frame(
+        GUEST_MAC,
+        ip,
+        5000,
+        Ipv4Addr::new(198, 18, 0, 200),
+        53,
+        b"q",
+    );
+    assert_eq!(
+        handle(&mut gw, &allowed, now).0,
+        TxAction::Nat {
+            len: allowed.len() - 14
+        }
+    );
+    // The gateway (DNS) and the external address are never subject to the policy, even
+    // under a deny of everything.
+    let mut all = EgressPolicy::default();
+    all.add("0.0.0.0/0".parse().unwrap(), EgressAction::Deny)
+        .unwrap();
+    let mut gw = gateway().with_egress(all, Some(external));
+    let ip = lease(&mut gw, now);
+    let dns = udp_frame(GUEST_MAC, ip, 5353, GATEWAY, 53, b"q");
+    assert!(matches!(handle(&mut gw, &dns, now).0, TxAction::Nat { .. }));
+    let hairpin = udp_frame(GUEST_MAC, ip, 5353, external, 8080, b"q");
+    assert!(matches!(
+        handle(&mut gw, &hairpin, now).0,
+        TxAction::Nat { .. }
+    ));
+    let gw_ping = icmp_echo(GUEST_MAC, ip, GATEWAY, 1, 1, b"x");
+    assert!(matches!(
+        handle(&mut gw, &gw_ping, now).0,
+        TxAction::Reply { .. }
+    ));
+    let out = udp_frame(GUEST_MAC, ip, 5000, Ipv4Addr::new(1, 1, 1, 1), 53, b"q");
+    assert!(matches!(
+        handle(&mut gw, &out, now).0,
+        TxAction::DropWithReply { .. }
+    ));
+}
+
+#[test]
+fn denied_packets_are_answered_within_the_rate_limit_and_never_about_errors_or_later_fragments() {
+    let mut gw = gateway();
+    let t0 = Instant::from_secs(10);
+    let ip = lease(&mut gw, t0);
+    let metadata = Ipv4Addr::new(169, 254, 169, 254);
+    let denied = udp_frame(GUEST_MAC, ip, 5000, metadata, 80, b"GET /");
+    let mut replies = 0;
+    for _ in 0..1000 {
+        match handle(&mut gw, &denied, t0).0 {
+            TxAction::DropWithReply { .. } => replies += 1,
+            TxAction::Drop(DropCause::EgressDenied) => {}
+            a => panic!("{a:?}"),
+        }
+    }
+    assert_eq!(replies, ICMP_ERROR_BURST, "a flood gets one burst at once");
+    // 10 ms later: 10 more (1 000 per second).
+    let t1 = Instant::from_millis(10_010);
+    let n = (0..100)
+        .filter(|_| {
+            matches!(
+                handle(&mut gw, &denied, t1).0,
+                TxAction::DropWithReply { .. }
+            )
+        })
+        .count();
+    assert_eq!(n, 10);
+    // No error about an ICMP error, nor about a later fragment (still counted drops).
+    let t2 = Instant::from_secs(100);
+    let mut unreachable = icmp_echo(GUEST_MAC, ip, metadata, 1, 1, b"abcdefgh");
+    {
+        let mut ipv4 = ipv4_of(&mut unreachable);
+        let mut m = Icmpv4Packet::new_unchecked(ipv4.payload_mut());
+        m.set_msg_type(3);
+        m.set_msg_code(3);
+        m.fill_checksum();
+    }
+    assert_eq!(
+        handle(&mut gw, &unreachable, t2).0,
+        TxAction::Drop(DropCause::EgressDenied)
+    );
+    let mut later = denied.clone();
+    {
+        let mut ipv4 = ipv4_of(&mut later);
+        ipv4.set_frag_offset(1480);
+        ipv4.fill_checksum();
+    }
+    assert_eq!(
+        handle(&mut gw, &later, t2).0,
+        TxAction::Drop(DropCause::EgressDenied)
+    );
+    assert!(matches!(
+        handle(&mut gw, &denied, t2).0,
+        TxAction::DropWithReply { .. }
+    ));
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use bridge::{ForwardSpec, MacAddr};
+use bridge::{Cidr, EgressAction, EgressPolicy, ForwardSpec, MacAddr};
 use nat::PortForward;
 
 /// What the command line asks for.
@@ -34,6 +34,8 @@ pub(crate) struct Args {
     pub(crate) tun_name: String,
     /// Offer checksum and TCPv4 segmentation offloads to the guest (TUN with virtio-net headers).
     pub(crate) offload: bool,
+    /// Destinations the guest may reach (`--deny CIDR`, `--allow CIDR`).
+    pub(crate) egress: EgressPolicy,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -57,6 +59,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut dns_upstream = None;
     let mut tun_name = None;
     let mut no_offload = None;
+    let mut egress = EgressPolicy::default();
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -106,6 +109,8 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
                 forwards.push(f);
             }
             "--dns-upstream" => set_once(&mut dns_upstream, key, parse_upstream(&value()?)?)?,
+            "--deny" => add_rule(&mut egress, key, &value()?, EgressAction::Deny)?,
+            "--allow" => add_rule(&mut egress, key, &value()?, EgressAction::Allow)?,
             "--tun-name" => {
                 let v = value()?;
                 if v.is_empty() || v.len() > MAX_IFNAME || v.contains(['/', ' ', '\0']) {
@@ -124,7 +129,23 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         dns_upstream,
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         offload: no_offload.is_none(),
+        egress,
     }))
+}
+
+/// Adds a `--deny`/`--allow` rule (`key`) of value `v` to `policy`.
+fn add_rule(
+    policy: &mut EgressPolicy,
+    key: &str,
+    v: &str,
+    action: EgressAction,
+) -> Result<(), ArgError> {
+    let cidr: Cidr = v
+        .parse()
+        .map_err(|e| ArgError(format!("bad {key} {v:?}: {e}")))?;
+    policy
+        .add(cidr, action)
+        .map_err(|e| ArgError(format!("bad {key} {v:?}: {e}")))
 }
 
 /// Parses `tcp|udp:<external port>:<guest port>` or `tcp|udp:<external port>:<guest ip>:<guest port>`
@@ -172,6 +193,7 @@ hostnetd: a vhost-user-net backend (hostnet's bridge, NAT and a TUN) for QEMU an
 USAGE:
     hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
+             [--deny CIDR]... [--allow CIDR]...
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
@@ -197,6 +219,13 @@ OPTIONS:
                              the MTU and fully checksummed, the TUN carries plain IP packets
                              (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
                              TUN with virtio-net headers so the host kernel segments and checksums)
+    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n) and answer them with
+                             ICMP administratively prohibited (repeatable)
+    --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching prefix
+                             of all rules wins, as in a routing table; no match: allowed.
+                             169.254.0.0/16 (cloud metadata) is denied unless a rule for it or a
+                             longer prefix (--allow 169.254.169.254/32) says otherwise; the
+                             gateway and the NAT's external address are never subject to rules
     -h, --help               this text
 ";
 
@@ -275,7 +304,48 @@ mod tests {
         assert!(a.forwards.is_empty());
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offload, "offloads are on by default");
+        assert_eq!(a.egress, EgressPolicy::default());
         assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
+    }
+
+    #[test]
+    fn egress_rules() {
+        let a = serve(&[
+            "--socket",
+            "s",
+            "--deny",
+            "198.18.0.0/24",
+            "--allow=169.254.169.254/32",
+        ])
+        .unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(a.egress.action(ip("198.18.0.1")), EgressAction::Deny);
+        assert_eq!(a.egress.action(ip("198.18.1.1")), EgressAction::Allow);
+        assert_eq!(a.egress.action(ip("169.254.169.254")), EgressAction::Allow);
+        assert_eq!(a.egress.action(ip("169.254.0.1")), EgressAction::Deny);
+        for (bad, msg) in [
+            (
+                &["--socket", "s", "--deny", "198.18.0.1/24"][..],
+                "bad --deny \"198.18.0.1/24\": address has bits set beyond the prefix length",
+            ),
+            (
+                &["--socket", "s", "--allow", "1.2.3.4/8x"],
+                "bad --allow \"1.2.3.4/8x\": prefix length must be 0..=32",
+            ),
+            (
+                &[
+                    "--socket",
+                    "s",
+                    "--allow",
+                    "1.0.0.0/8",
+                    "--deny",
+                    "1.0.0.0/8",
+                ],
+                "bad --deny \"1.0.0.0/8\": both --allow and --deny for 1.0.0.0/8",
+            ),
+        ] {
+            assert_eq!(serve(bad).unwrap_err().to_string(), msg);
+        }
     }
 
     #[test]

@@ -60,6 +60,18 @@ impl Daemon {
             .find_map(|kv| kv.strip_prefix("tun="))
             .unwrap_or_else(|| panic!("no tun= in {ready:?}"))
             .to_owned();
+        // The start-up log names the egress policy and its default deny (before `ready`).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let policy = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = err_rx
+                .recv_timeout(left)
+                .expect("no egress policy line within 5 s of the start");
+            if line.contains("egress policy") {
+                break line;
+            }
+        };
+        assert!(policy.contains("deny 169.254.0.0/16 (default)"), "{policy}");
         Self {
             process,
             tun,

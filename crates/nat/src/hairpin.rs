@@ -84,7 +84,7 @@ impl Nat {
             d.copy_from_slice(s);
         }
         packet::rewrite(p, h, fh.transport, fh.tuple(h), new);
-        match self.translate_inbound(p, now, partial) {
+        match self.translate_inbound(p, now, partial, false) {
             Verdict::Forward => Verdict::Hairpin,
             v => {
                 if let (Some(d), Some(s)) = (p.get_mut(..n), saved.get(..n)) {

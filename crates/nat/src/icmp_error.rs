@@ -6,7 +6,7 @@
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32, put16, put32};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, state};
 use crate::translator::Nat;
-use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple};
+use crate::tuple::{Endpoint, FiveTuple, FourTuple};
 use crate::{DropReason, Verdict};
 use wire::checksum::{self, Delta};
 use wire::{icmpv4, ip_proto, ipv4, tcp, udp};
@@ -202,41 +202,29 @@ impl Nat {
             dst_port: t.src_port,
         };
         let external_addr = self.settings.external_addr;
+        // The error must go back to the quoted packet's source (as every
+        // ICMP error does, RFC 1812 section 4.3.2.3), and that packet must
+        // belong to a flow of this guest: the flow keyed by the
+        // quoted tuple turned around. An endpoint-independent mapping alone
+        // is not enough: it would let the guest quote any remote.
+        if h.dst_addr != t.src_addr {
+            return Verdict::Drop(DropReason::IcmpForgedQuote);
+        }
         let hash = self.table.keys.hash(&key);
         let found = self.table.flows.find(hash, |f| f.has_key(&key));
-        let (new, outer_dst) = match found.and_then(|i| self.table.flows.get(i as usize)) {
-            Some(f) => (
-                FourTuple {
-                    src_addr: f.remote_addr,
-                    src_port: f.remote_port,
-                    dst_addr: external_addr,
-                    dst_port: f.external_port,
-                },
-                if h.dst_addr == f.original_addr {
-                    f.remote_addr
-                } else {
-                    h.dst_addr
-                },
-            ),
-            None => {
-                let internal = EndpointKey {
-                    protocol: e.protocol,
-                    addr: t.dst_addr,
-                    port: t.dst_port,
-                };
-                match self.ports.by_internal.get(&internal) {
-                    Some(&port) => (
-                        FourTuple {
-                            dst_addr: external_addr,
-                            dst_port: port,
-                            ..t
-                        },
-                        h.dst_addr,
-                    ),
-                    None => return Verdict::Drop(DropReason::IcmpNoMapping),
-                }
-            }
+        // A flow still in the table counts even if idle past its timeout:
+        // a flow a port forward created lives by the guest's answers.
+        let Some(f) = found.and_then(|i| self.table.flows.get(i as usize)) else {
+            return Verdict::Drop(DropReason::IcmpForgedQuote);
         };
+        let new = FourTuple {
+            src_addr: f.remote_addr,
+            src_port: f.remote_port,
+            dst_addr: external_addr,
+            dst_port: f.external_port,
+        };
+        // `h.dst_addr` is the quoted source, the flow's original destination.
+        let outer_dst = f.remote_addr;
         if outer_dst != external_addr {
             rewrite_error(p, h, external_addr, outer_dst, &e, new);
             return Verdict::Forward;

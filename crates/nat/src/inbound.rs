@@ -19,9 +19,18 @@ use crate::{Direction, DropReason, Filtering, Verdict};
 pub(crate) type Found = Option<(usize, Flow)>;
 
 impl Nat {
-    /// The inbound path without counting.
+    /// The inbound path without counting. `outside`: the packet came from
+    /// the external side (not looped back by hairpinning, whose source is
+    /// the external address), so a source no outside host can have is a
+    /// drop ([`DropReason::InboundSpoofedSource`]).
     #[inline(always)]
-    pub(crate) fn translate_inbound(&mut self, p: &mut [u8], now: u64, partial: bool) -> Verdict {
+    pub(crate) fn translate_inbound(
+        &mut self,
+        p: &mut [u8],
+        now: u64,
+        partial: bool,
+        outside: bool,
+    ) -> Verdict {
         // Start reading the destination port's binding before validating
         // the packet: its cache miss then overlaps the parse.
         core::hint::black_box(crate::batch::peek_binding(&self.ports, p));
@@ -31,6 +40,9 @@ impl Nat {
         };
         if h.dst_addr != self.settings.external_addr {
             return Verdict::Drop(DropReason::NoMapping);
+        }
+        if outside && self.settings.is_martian_source(h.src_addr) {
+            return Verdict::Drop(DropReason::InboundSpoofedSource);
         }
         if h.is_later_fragment() {
             return self.translate_later_fragment(p, &h, Direction::Inbound, now);

@@ -70,7 +70,14 @@
 //!   time exceeded, parameter problem) are translated both ways with their
 //!   embedded IP and transport headers; every checksum is fixed
 //!   incrementally, and a truncated quote (IP header + 8 bytes) is fine.
-//!   Errors matching no mapping are [`DropReason::IcmpNoMapping`].
+//!   Errors from outside matching no mapping are [`DropReason::IcmpNoMapping`];
+//!   an error from inside is translated only if its quoted packet belongs to
+//!   a flow of that guest and it is addressed to the quoted source, else
+//!   [`DropReason::IcmpForgedQuote`].
+//! - **Inbound sources**: a packet from outside whose source is in the
+//!   internal network, is the external address, or is in 0/8, 127/8, 224/4
+//!   or 240/4 is dropped before any lookup
+//!   ([`DropReason::InboundSpoofedSource`]).
 //! - **Fragments** (RFC 4787 REQ-14, in order and out of order): the first
 //!   fragment is translated like a whole packet and its translation is
 //!   remembered (bounded by `max_fragments` and [`Timeouts::fragment`]);
@@ -298,6 +305,17 @@ pub enum DropReason {
     FragmentsHeldFull,
     /// A released packet did not fit the buffer given to [`Nat::poll_released`].
     ReleaseBufferTooShort,
+    /// An inbound packet whose source no outside host can have: an address
+    /// of the internal network (the guests, the gateway), the external
+    /// address, loopback 127/8, "this network" 0/8, multicast 224/4,
+    /// reserved 240/4 or the limited broadcast (RFC 1812 section 5.3.7,
+    /// RFC 6890). Checked on every packet from outside, before any lookup.
+    InboundSpoofedSource,
+    /// An ICMP error from inside whose quoted packet (remote → guest) does
+    /// not belong to a flow of that guest, or that is not addressed to
+    /// the quoted packet's source: a guest may only report errors about
+    /// packets it really received (RFC 5508 section 4.2).
+    IcmpForgedQuote,
 }
 
 /// Inbound filtering behaviour (RFC 4787 section 5).
@@ -437,9 +455,11 @@ impl DropReason {
         DropReason::IcmpNoMapping,
         DropReason::FragmentsHeldFull,
         DropReason::ReleaseBufferTooShort,
+        DropReason::InboundSpoofedSource,
+        DropReason::IcmpForgedQuote,
     ];
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
     /// Index into [`NatStats::drops`].
     pub const fn index(self) -> usize {
         self as usize

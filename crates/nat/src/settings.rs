@@ -131,9 +131,36 @@ impl Settings {
         })
     }
 
+    /// Whether `addr` may not be the source of a packet from outside: the
+    /// internal network (which holds the gateway), the external address,
+    /// 0/8, 127/8, or 224/4 and 240/4 (multicast, reserved and the limited
+    /// broadcast). One table load by the first octet and two compares.
+    #[inline(always)]
+    pub(crate) fn is_martian_source(&self, addr: u32) -> bool {
+        let first = (addr >> 24) as u8;
+        MARTIAN_FIRST_OCTET[usize::from(first)]
+            | self.is_internal(addr)
+            | (addr == self.external_addr)
+    }
+
     /// Whether `addr` is in the internal network.
     #[inline(always)]
     pub(crate) fn is_internal(&self, addr: u32) -> bool {
         addr & self.internal_mask == self.internal_net
     }
 }
+
+/// First octets no outside source can have: 0 ("this network"), 127
+/// (loopback), 224–239 (multicast) and 240–255 (reserved, and the limited
+/// broadcast), RFC 1812 section 5.3.7 and RFC 6890.
+static MARTIAN_FIRST_OCTET: [bool; 256] = {
+    let mut t = [false; 256];
+    t[0] = true;
+    t[127] = true;
+    let mut i = 224;
+    while i < 256 {
+        t[i] = true;
+        i += 1;
+    }
+    t
+};

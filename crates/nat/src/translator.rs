@@ -386,7 +386,7 @@ impl Nat {
                 partial,
             );
         }
-        let v = self.translate_inbound(packet, now.as_millis(), partial);
+        let v = self.translate_inbound(packet, now.as_millis(), partial, true);
         self.count_verdict(Direction::Inbound, v);
         v
     }
@@ -407,7 +407,7 @@ impl Nat {
     ) -> Verdict {
         let v = match direction {
             Direction::Outbound => self.translate_outbound(packet, now.as_millis(), partial),
-            Direction::Inbound => self.translate_inbound(packet, now.as_millis(), partial),
+            Direction::Inbound => self.translate_inbound(packet, now.as_millis(), partial, true),
         };
         self.count_verdict(direction, v);
         self.after_first_fragment(datagram, direction, packet, v, now.as_millis());

@@ -493,7 +493,7 @@ fn icmp_error_matching_no_mapping_is_dropped() {
     let mut e = testing::icmp_error(GUEST, SERVER, 3, 3, [0; 4], &stray_in);
     assert_eq!(
         nat.outbound(&mut e, T0),
-        Verdict::Drop(DropReason::IcmpNoMapping)
+        Verdict::Drop(DropReason::IcmpForgedQuote)
     );
     // Truncated beyond the embedded ports.
     let mut short = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &stray[..24]);
@@ -501,7 +501,127 @@ fn icmp_error_matching_no_mapping_is_dropped() {
         nat.inbound(&mut short, T0),
         Verdict::Drop(DropReason::IcmpNoMapping)
     );
-    assert_eq!(drops(&nat, DropReason::IcmpNoMapping), 3);
+    assert_eq!(drops(&nat, DropReason::IcmpNoMapping), 2);
+    assert_eq!(drops(&nat, DropReason::IcmpForgedQuote), 1);
+}
+
+#[test]
+fn inbound_packets_from_impossible_sources_are_dropped_and_counted() {
+    let mut nat = testing::nat();
+    let ext = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let ext_port = testing::src(&ext).port();
+    let to_mapping = sa(EXTERNAL, ext_port);
+    // Endpoint-independent filtering: any outside host reaches the mapping.
+    let mut fine = testing::udp(sa(SERVER2, 53), to_mapping, b"ok");
+    assert_eq!(nat.inbound(&mut fine, T0), Verdict::Forward);
+    let spoofed = [
+        GATEWAY,                         // the gateway's DNS
+        Ipv4Addr::new(192, 168, 64, 77), // another address of the guest network
+        GUEST,                           // the guest itself
+        EXTERNAL,                        // the NAT's own address
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(0, 1, 2, 3),
+        Ipv4Addr::new(224, 0, 0, 251),
+        Ipv4Addr::new(239, 255, 255, 250),
+        Ipv4Addr::new(240, 0, 0, 1),
+        Ipv4Addr::BROADCAST,
+    ];
+    for (i, &src) in spoofed.iter().enumerate() {
+        let mut p = testing::udp(sa(src, 53), to_mapping, b"evil");
+        let before = p.clone();
+        assert_eq!(
+            nat.inbound(&mut p, T0),
+            Verdict::Drop(DropReason::InboundSpoofedSource),
+            "{src}"
+        );
+        assert_eq!(p, before, "a dropped packet is left as it came");
+        assert_eq!(drops(&nat, DropReason::InboundSpoofedSource), i as u64 + 1);
+    }
+    // Neighbours of the ranges pass.
+    for src in [
+        Ipv4Addr::new(1, 0, 0, 1),
+        Ipv4Addr::new(126, 255, 255, 255),
+        Ipv4Addr::new(128, 0, 0, 1),
+        Ipv4Addr::new(223, 255, 255, 254),
+        Ipv4Addr::new(192, 168, 65, 1),
+        Ipv4Addr::new(100, 64, 0, 1),
+    ] {
+        let mut p = testing::udp(sa(src, 53), to_mapping, b"ok");
+        assert_eq!(nat.inbound(&mut p, T0), Verdict::Forward, "{src}");
+    }
+    // The batch path and ICMP errors (the outer source) are checked too.
+    let mut batch = [testing::udp(sa(GATEWAY, 53), to_mapping, b"x")];
+    let mut v = [Verdict::Forward];
+    nat.inbound_batch(&mut batch, T0, &mut v);
+    assert_eq!(v[0], Verdict::Drop(DropReason::InboundSpoofedSource));
+    let mut e = testing::icmp_error(GATEWAY, EXTERNAL, 3, 3, [0; 4], &ext);
+    assert_eq!(
+        nat.inbound(&mut e, T0),
+        Verdict::Drop(DropReason::InboundSpoofedSource)
+    );
+    let mut e = testing::icmp_error(SERVER, EXTERNAL, 3, 3, [0; 4], &ext);
+    assert_eq!(nat.inbound(&mut e, T0), Verdict::Forward);
+}
+
+#[test]
+fn hairpinning_still_works_with_the_inbound_source_check() {
+    let mut nat = testing::nat();
+    nat.add_forward(PortForward {
+        protocol: Protocol::Udp,
+        external_port: 5353,
+        internal: sa(GUEST2, 53),
+    })
+    .unwrap();
+    let mut q = testing::udp(sa(GUEST, 40000), sa(EXTERNAL, 5353), b"q");
+    assert_eq!(nat.outbound(&mut q, T0), Verdict::Hairpin);
+    assert_eq!(*testing::src(&q).ip(), EXTERNAL);
+    assert_eq!(drops(&nat, DropReason::InboundSpoofedSource), 0);
+}
+
+#[test]
+fn guest_icmp_errors_must_quote_a_flow_it_has() {
+    let mut nat = testing::nat();
+    // The guest has a mapping (GUEST:5000) and one flow, with SERVER:53.
+    let ext = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+    let ext_port = testing::src(&ext).port();
+    let mut reply = testing::udp(sa(SERVER, 53), sa(EXTERNAL, ext_port), b"r");
+    assert_eq!(nat.inbound(&mut reply, T0), Verdict::Forward);
+    // An error about the packet it really received goes back to SERVER.
+    let mut e = testing::icmp_error(GUEST, SERVER, 3, 3, [0; 4], &reply);
+    assert_eq!(nat.outbound(&mut e, T0), Verdict::Forward);
+    assert_eq!(*testing::dst(&e).ip(), SERVER);
+    assert_eq!(testing::embedded_dst(&e), sa(EXTERNAL, ext_port));
+    // A forged remote flow on the same mapping: SERVER2 never sent anything.
+    let forged = testing::udp(sa(SERVER2, 4444), sa(GUEST, 5000), b"f");
+    let mut e = testing::icmp_error(GUEST, SERVER2, 3, 3, [0; 4], &forged);
+    let before = e.clone();
+    assert_eq!(
+        nat.outbound(&mut e, T0),
+        Verdict::Drop(DropReason::IcmpForgedQuote)
+    );
+    assert_eq!(e, before);
+    // A real quote sent to someone else than the quoted source.
+    let mut e = testing::icmp_error(GUEST, SERVER2, 3, 3, [0; 4], &reply);
+    assert_eq!(
+        nat.outbound(&mut e, T0),
+        Verdict::Drop(DropReason::IcmpForgedQuote)
+    );
+    // A forged quote on a port the guest never mapped.
+    let forged = testing::udp(sa(SERVER, 53), sa(GUEST, 6000), b"f");
+    let mut e = testing::icmp_error(GUEST, SERVER, 3, 3, [0; 4], &forged);
+    assert_eq!(
+        nat.outbound(&mut e, T0),
+        Verdict::Drop(DropReason::IcmpForgedQuote)
+    );
+    assert_eq!(drops(&nat, DropReason::IcmpForgedQuote), 3);
+    // Once the flow is swept, its errors are refused too.
+    let later = secs(3600);
+    let _ = nat.expire(later, 1024);
+    let mut e = testing::icmp_error(GUEST, SERVER, 3, 3, [0; 4], &reply);
+    assert_eq!(
+        nat.outbound(&mut e, later),
+        Verdict::Drop(DropReason::IcmpForgedQuote)
+    );
 }
 
 #[test]

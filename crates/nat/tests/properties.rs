@@ -211,6 +211,39 @@ proptest! {
         check_one(&mut nat, bytes, inbound)?;
     }
 
+    /// A datagram to a live mapping is forwarded exactly when its source is
+    /// one an outside host can have: not the internal network, not the
+    /// external address, not 0/8, 127/8, 224/4 or 240/4 (RFC 1812 5.3.7).
+    #[test]
+    fn inbound_sources_outside_hosts_cannot_have_are_dropped(
+        src in prop_oneof![
+            any::<u32>(),
+            any::<u8>().prop_map(|h| 0xc0a8_4000 | u32::from(h)), // 192.168.64.0/24
+            any::<u32>().prop_map(|x| 0x7f00_0000 | (x & 0xff_ffff)), // 127/8
+            any::<u32>().prop_map(|x| x & 0xff_ffff),               // 0/8
+            any::<u32>().prop_map(|x| 0xe000_0000 | x),             // 224/3
+            Just(u32::from(EXTERNAL)),
+            any::<u16>().prop_map(|x| 0xc0a8_4100 | u32::from(x & 0xff)), // 192.168.65/24: fine
+        ],
+        sport in 1u16..,
+    ) {
+        let mut nat = seeded();
+        let src = Ipv4Addr::from(src);
+        let first = src.octets()[0];
+        let martian = u32::from(src) & 0xffff_ff00 == 0xc0a8_4000
+            || src == EXTERNAL
+            || first == 0
+            || first == 127
+            || first >= 224;
+        let mut p = testing::udp(SocketAddrV4::new(src, sport), SocketAddrV4::new(EXTERNAL, 5000), b"x");
+        let v = nat.inbound(&mut p, Instant::ZERO);
+        if martian {
+            prop_assert_eq!(v, Verdict::Drop(nat::DropReason::InboundSpoofedSource));
+        } else {
+            prop_assert_eq!(v, Verdict::Forward);
+        }
+    }
+
     /// Valid packets with a few bytes changed (so they get past the header
     /// checks) never panic and stay valid when forwarded.
     #[test]

@@ -5,7 +5,7 @@
 //! ```text
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
-//!                    [--no-offload] [--threads one|pipeline]
+//!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
 //! ```
 //!
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
@@ -56,6 +56,9 @@ pub struct AttachArgs {
     /// How the guest's driver and the device are threaded (`--threads`, default
     /// [`Threads::DEFAULT`]).
     pub threads: Threads,
+    /// Destinations the guest may reach (`--deny CIDR`, `--allow CIDR`, repeatable; longest
+    /// prefix wins, default allow, 169.254.0.0/16 denied unless a rule says otherwise).
+    pub egress: bridge::EgressPolicy,
 }
 
 /// `--threads`: how `attach` runs the simulated guest's driver and the device.
@@ -121,6 +124,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut no_offload = None;
     let mut threads = None;
     let mut forwards = Vec::new();
+    let mut egress = bridge::EgressPolicy::default();
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
             Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
@@ -194,6 +198,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
                 });
             }
             "--forward" => forwards.push(parse_forward(&value()?)?),
+            "--deny" => add_rule(&mut egress, key, &value()?, bridge::EgressAction::Deny)?,
+            "--allow" => add_rule(&mut egress, key, &value()?, bridge::EgressAction::Allow)?,
             other => return Err(ArgError(format!("unknown option {other:?} (try --help)"))),
         }
     }
@@ -219,7 +225,23 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         static_guest_ip: static_ip,
         offloads: no_offload.is_none(),
         threads: threads.unwrap_or(Threads::DEFAULT),
+        egress,
     }))
+}
+
+/// Adds a `--deny`/`--allow` rule (`key`) of value `v` to `policy`.
+fn add_rule(
+    policy: &mut bridge::EgressPolicy,
+    key: &str,
+    v: &str,
+    action: bridge::EgressAction,
+) -> Result<(), ArgError> {
+    let cidr: bridge::Cidr = v
+        .parse()
+        .map_err(|e| ArgError(format!("bad {key} {v:?}: {e}")))?;
+    policy
+        .add(cidr, action)
+        .map_err(|e| ArgError(format!("bad {key} {v:?}: {e}")))
 }
 
 /// Parses `addr` or `addr:port` (port default 53).
@@ -272,7 +294,7 @@ USAGE:
                        [--forward tcp|udp:<external port>:<guest port>]...
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
-                       [--threads one|pipeline]
+                       [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
     hostnet-lab --help
 
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
@@ -297,6 +319,13 @@ OPTIONS:
     --threads <one|pipeline> one (default): one thread runs the guest's driver and the device
                              (TAP and TUN in one epoll loop); pipeline: guest TX/RX driver
                              threads and the bridge's threaded driver (two threads)
+    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n) and answer them with
+                             ICMP administratively prohibited (repeatable)
+    --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching
+                             prefix of all rules wins, as in a routing table; no match: allowed.
+                             169.254.0.0/16 (cloud metadata) is denied unless a rule for it or
+                             a longer prefix (--allow 169.254.169.254/32) says otherwise; the
+                             gateway and the NAT's external address are never subject to rules
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
 ";
@@ -393,6 +422,58 @@ mod tests {
             &["--guest-netns", "g", "--no-offload", "--no-offload"],
         ] {
             assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn egress_rules_are_parsed_and_bad_ones_refused() {
+        use bridge::EgressAction;
+        let a = attach(&["--guest-netns", "g"]).unwrap();
+        assert_eq!(a.egress, bridge::EgressPolicy::default());
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--deny",
+            "198.18.0.0/24",
+            "--allow=169.254.169.254/32",
+            "--deny",
+            "10.0.0.1",
+        ])
+        .unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(a.egress.action(ip("198.18.0.10")), EgressAction::Deny);
+        assert_eq!(a.egress.action(ip("198.18.1.10")), EgressAction::Allow);
+        assert_eq!(a.egress.action(ip("169.254.169.254")), EgressAction::Allow);
+        assert_eq!(a.egress.action(ip("169.254.1.1")), EgressAction::Deny);
+        assert_eq!(a.egress.action(ip("10.0.0.1")), EgressAction::Deny);
+        assert_eq!(a.egress.rules().len(), 4);
+        for (bad, msg) in [
+            (
+                &["--guest-netns", "g", "--deny", "10.0.0.1/8"][..],
+                "bad --deny \"10.0.0.1/8\": address has bits set beyond the prefix length",
+            ),
+            (
+                &["--guest-netns", "g", "--allow", "example.com"],
+                "bad --allow \"example.com\": expected an IPv4 address, as a.b.c.d/n",
+            ),
+            (
+                &["--guest-netns", "g", "--deny", "10.0.0.0/33"],
+                "bad --deny \"10.0.0.0/33\": prefix length must be 0..=32",
+            ),
+            (
+                &[
+                    "--guest-netns",
+                    "g",
+                    "--deny",
+                    "10.0.0.0/8",
+                    "--allow",
+                    "10.0.0.0/8",
+                ],
+                "bad --allow \"10.0.0.0/8\": both --allow and --deny for 10.0.0.0/8",
+            ),
+            (&["--guest-netns", "g", "--deny"], "--deny needs a value"),
+        ] {
+            assert_eq!(attach(bad).unwrap_err().to_string(), msg, "{bad:?}");
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use bridge::{BridgeConfig, DeviceCore, Error, MacAddr};
+use bridge::{BridgeConfig, DeviceCore, EgressPolicy, Error, MacAddr};
 use nat::PortForward;
 use tracing::info;
 
@@ -30,6 +30,8 @@ pub(crate) struct DeviceConfig {
     /// Offer checksum/TSO offloads. `true` also means that the host link carries a virtio-net
     /// header in front of every packet (a TUN opened with `vnet_hdr`); `false`, plain packets.
     pub(crate) offload: bool,
+    /// The egress policy (`--deny`, `--allow`).
+    pub(crate) egress: EgressPolicy,
 }
 
 impl DeviceConfig {
@@ -46,6 +48,7 @@ impl DeviceConfig {
             mtu: self.mtu,
             forwards: self.forwards.clone(),
             offloads: self.offload,
+            egress: self.egress.clone(),
             ..BridgeConfig::default()
         };
         c.nat.external_addr = self.external;
@@ -96,6 +99,7 @@ mod tests {
             forwards,
             dns_upstream: None,
             offload: false,
+            egress: EgressPolicy::default(),
         }
     }
 
@@ -122,6 +126,17 @@ mod tests {
         assert_eq!(c.dns_upstream, Some(up));
         assert!(c.offloads);
         assert_eq!(c.batch_size, 64);
+        assert_eq!(c.egress, EgressPolicy::default());
+        let mut egress = EgressPolicy::default();
+        egress
+            .add("198.18.0.0/24".parse().unwrap(), bridge::EgressAction::Deny)
+            .unwrap();
+        let c = DeviceConfig {
+            egress: egress.clone(),
+            ..config(Vec::new())
+        }
+        .to_bridge();
+        assert_eq!(c.egress, egress);
         let core = DeviceConfig {
             mtu: 9000,
             ..config(Vec::new())

@@ -44,6 +44,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         forwards: args.forwards.clone(),
         dns_upstream,
         offload: args.offload,
+        egress: args.egress.clone(),
     };
     // Fail on a bad configuration before anything is created.
     config.device_core().context("invalid configuration")?;
@@ -63,6 +64,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         if config.offload { "offered" } else { "off" }
     );
 
+    info!(policy = %args.egress, "egress policy");
     info!(
         socket = %args.socket.display(),
         tun = tun.name(),

@@ -26,6 +26,7 @@ impl LabBridge {
                 .map(|f| f.to_port_forward(super::FIRST_GUEST_ADDR))
                 .collect(),
             offloads: args.offloads,
+            egress: args.egress.clone(),
             ..BridgeConfig::default()
         };
         let bridge = Bridge::new(cfg).context("configuring the bridge")?;

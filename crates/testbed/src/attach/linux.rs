@@ -45,6 +45,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         None => upstream_from_resolv_conf(args.host_netns.as_deref())?,
     };
     tracing::info!(%dns, "dns upstream");
+    tracing::info!(policy = %args.egress, "egress policy");
 
     let bridge = super::lab_bridge::LabBridge::new(args, dns)?;
     // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
