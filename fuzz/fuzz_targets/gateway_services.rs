@@ -1,7 +1,7 @@
 //! The gateway's parsers (ARP, DHCP, the DNS redirect, ICMP echo, IPv4 classification) on
 //! hostile frames: a sequence of frames, each either raw bytes or a template (ARP, a DHCP
 //! message with a valid BOOTP header and cookie, ICMP echo to the gateway, a DNS query to the
-//! gateway, a packet to elsewhere) whose fields and payload come from the input, with valid
+//! gateway, a packet to elsewhere, denied or allowed by the egress policy) whose fields and payload come from the input, with valid
 //! checksums so the parsers get past them. Never a panic; every reply fits the reply buffer
 //! and is a well-formed frame with valid checksums; every frame passed to the NAT is an IPv4
 //! packet inside the frame.
@@ -12,7 +12,7 @@
 use core::net::Ipv4Addr;
 use core::time::Duration;
 
-use bridge::{Gateway, GatewayConfig, MacAddr, TxAction};
+use bridge::{EgressAction, EgressPolicy, Gateway, GatewayConfig, MacAddr, TxAction};
 use libfuzzer_sys::fuzz_target;
 use nat::Instant;
 use wire::{ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, UdpPacket, ethertype, ip_proto};
@@ -41,7 +41,9 @@ fuzz_target!(|input: &[u8]| {
         build(*kind, bytes, &mut frame);
         let gso = kind & 0x80 != 0;
         match gw.handle_with(&frame, &mut reply, now, gso) {
-            TxAction::Reply { len } => check_reply(&reply, len),
+            TxAction::Reply { len } | TxAction::DropWithReply { len, .. } => {
+                check_reply(&reply, len)
+            }
             TxAction::Nat { len } => {
                 assert!(14 + len <= frame.len(), "nat len {len} past the frame");
                 let ip = Ipv4Packet::new_checked(&frame[14..14 + len]).expect("nat gets IPv4");
@@ -65,8 +67,18 @@ fn gateway() -> Gateway {
         dns: true,
         static_guest_ip: None,
     };
+    let mut policy = EgressPolicy::default();
+    for (cidr, action) in [
+        ("198.18.0.0/24", EgressAction::Deny),
+        ("198.18.0.128/25", EgressAction::Allow),
+    ] {
+        let cidr = cidr.parse().unwrap_or_else(|e| panic!("static cidr: {e}"));
+        policy
+            .add(cidr, action)
+            .unwrap_or_else(|e| panic!("static policy: {e}"));
+    }
     match Gateway::new(cfg) {
-        Ok(g) => g,
+        Ok(g) => g.with_egress(policy, Some(Ipv4Addr::new(100, 64, 0, 2))),
         Err(e) => panic!("static config: {e}"),
     }
 }
@@ -79,7 +91,11 @@ fn build(kind: u8, bytes: &[u8], frame: &mut Vec<u8>) {
         2 => dhcp(bytes, frame),
         3 => icmp_echo(bytes, frame),
         4 => udp_to(bytes, frame, GATEWAY, 53),
-        5 => udp_to(bytes, frame, Ipv4Addr::new(198, 18, 0, 1), 4000),
+        // Denied (ICMP admin prohibited), allowed by the longer prefix, or outside the rules.
+        5 => {
+            let dst = Ipv4Addr::new(198, 18, byte(bytes, 1) & 1, byte(bytes, 2));
+            udp_to(bytes, frame, dst, 4000);
+        }
         _ => frame.extend_from_slice(bytes),
     }
 }
