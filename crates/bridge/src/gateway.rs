@@ -284,6 +284,12 @@ impl Gateway {
             if self.cfg.dns && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) && dns_port {
                 return TxAction::Nat { len: total };
             }
+            if let (false, IPPROTO_UDP, Some((sport, 53))) = (self.cfg.dns, proto, ports) {
+                // No upstream: answer at once so the guest's resolver fails fast instead of
+                // waiting out its timeouts (dnsmasq answers REFUSED without servers too).
+                let to = SocketAddrV4::new(src, sport);
+                return self.dns_refused(l4, src_mac, to, reply);
+            }
             return TxAction::Drop(DropCause::GatewayUnsupported);
         }
         let d = u32::from(dst);
@@ -346,6 +352,35 @@ impl Gateway {
         }
     }
 
+    /// A DNS REFUSED response to the query in `udp` (the IP payload): the query's header and
+    /// question, QR set, RA clear, no records. A response or a header shorter than 12 bytes is
+    /// dropped (`GatewayUnsupported`); a question that cannot be walked is left out.
+    fn dns_refused(
+        &self,
+        udp: &[u8],
+        dst_mac: MacAddr,
+        to: SocketAddrV4,
+        reply: &mut [u8],
+    ) -> TxAction {
+        let Some(len) = udp
+            .get(..::wire::udp::HEADER_LEN)
+            .map(|h| usize::from(UdpPacket::new_unchecked(h).len()))
+        else {
+            return TxAction::Drop(DropCause::Malformed);
+        };
+        let Some(query) = udp.get(::wire::udp::HEADER_LEN..len.min(udp.len())) else {
+            return TxAction::Drop(DropCause::Malformed);
+        };
+        let Some(answer) = dns_refused_message(query) else {
+            return TxAction::Drop(DropCause::GatewayUnsupported);
+        };
+        let from = SocketAddrV4::new(self.cfg.gateway, 53);
+        match build_udp_frame(reply, (dst_mac, self.cfg.gateway_mac), from, to, &answer) {
+            Some(len) => TxAction::Reply { len },
+            None => TxAction::Drop(DropCause::TooBig),
+        }
+    }
+
     fn echo_reply(&self, frame: &[u8], len: usize, reply: &mut [u8]) -> TxAction {
         let (Some(src), Some(out)) = (frame.get(..len), reply.get_mut(..len)) else {
             return TxAction::Drop(DropCause::TooBig);
@@ -377,6 +412,45 @@ impl Gateway {
     }
 }
 
+/// The REFUSED response to a DNS query message, or `None` if `query` is not a query (QR set)
+/// or shorter than the 12-byte header. Keeps the ID, opcode and RD; copies the question if
+/// there is exactly one and its name is a plain label sequence.
+fn dns_refused_message(query: &[u8]) -> Option<Vec<u8>> {
+    let header = query.get(..DNS_HEADER_LEN)?;
+    if header[2] & 0x80 != 0 {
+        return None;
+    }
+    let question = (u16::from_be_bytes([header[4], header[5]]) == 1)
+        .then(|| dns_question(&query[DNS_HEADER_LEN..]))
+        .flatten()
+        .unwrap_or(&[]);
+    let mut out = Vec::with_capacity(DNS_HEADER_LEN + question.len());
+    out.extend_from_slice(&header[..2]);
+    // QR, the query's opcode and RD; AA, TC, RA, Z clear; RCODE 5 (REFUSED).
+    out.push(0x80 | (header[2] & 0x79));
+    out.push(DNS_RCODE_REFUSED);
+    out.extend_from_slice(&[0, u8::from(!question.is_empty()), 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    Some(out)
+}
+
+/// The question at the start of `b` (labels, then type and class), if it is well formed.
+fn dns_question(b: &[u8]) -> Option<&[u8]> {
+    let mut at = 0;
+    loop {
+        let n = usize::from(*b.get(at)?);
+        if n == 0 {
+            break;
+        }
+        // Compression pointers and the reserved label types have no place in a question.
+        if n > 63 {
+            return None;
+        }
+        at += 1 + n;
+    }
+    b.get(..at + 1 + 4)
+}
+
 fn mac_at(b: &[u8], off: usize) -> MacAddr {
     let mut m = [0u8; 6];
     if let Some(s) = b.get(off..off + 6) {
@@ -389,5 +463,9 @@ fn mac_at(b: &[u8], off: usize) -> MacAddr {
 const ARP_LEN: usize = ::wire::arp::PACKET_LEN;
 /// The source and destination ports at the start of a TCP or UDP header.
 const PORTS_LEN: usize = 4;
+/// A DNS message's fixed header.
+const DNS_HEADER_LEN: usize = 12;
+/// RCODE 5: the server refuses (RFC 1035 4.1.1).
+const DNS_RCODE_REFUSED: u8 = 5;
 /// BOOTP messages are at least 300 bytes; some clients ignore shorter ones.
 const BOOTP_MIN_LEN: usize = 300;

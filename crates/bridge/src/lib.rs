@@ -60,7 +60,9 @@
 //!   and sent on once it has come through.
 //! - Gateway services: ARP for the gateway address (learns the guest's MAC); DHCP (RFC 2131);
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
-//!   [`BridgeConfig::dns_upstream`] ([`host_dns_upstream`] reads the host's resolv.conf).
+//!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's
+//!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub); without an
+//!   upstream, UDP DNS queries to the gateway are answered with REFUSED.
 //!   IPv6 and other EtherTypes are counted and dropped.
 //!
 //! # Offloads
@@ -133,7 +135,10 @@ pub use device::{
     sanitize_features,
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
-pub use dns::{host_dns_upstream, parse_resolv_conf, resolv_conf_nameservers};
+pub use dns::{
+    DnsChoice, RESOLV_CONF, ResolverPaths, SYSTEMD_RESOLV_CONF, host_dns_upstream,
+    is_usable_upstream, parse_resolv_conf, resolv_conf_nameservers,
+};
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use error::Error;

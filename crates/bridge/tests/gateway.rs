@@ -545,3 +545,67 @@ fn ipv4_of(frame: &mut [u8]) -> Ipv4Packet<&mut [u8]> {
             .into_payload_mut(),
     )
 }
+
+/// Without a DNS upstream a query to the gateway is answered REFUSED at once (the guest's
+/// resolver fails fast instead of waiting out its timeouts); the answer keeps the ID, RD and
+/// the question.
+#[test]
+fn no_upstream_answers_dns_queries_with_refused() {
+    let mut cfg = config();
+    cfg.dns = false;
+    cfg.static_guest_ip = Some(GUEST_IP);
+    let mut gw = Gateway::new(cfg).unwrap();
+    // id 0xbeef, RD, one question: example.com A IN.
+    let mut query = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    let question = b"\x07example\x03com\x00\x00\x01\x00\x01";
+    query.extend_from_slice(question);
+    // An EDNS OPT record (additional section) is not copied.
+    query.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    let f = udp_frame(GUEST_MAC, GUEST_IP, 40000, GATEWAY, 53, &query);
+    let (a, out) = handle(&mut gw, &f, Instant::ZERO);
+    assert!(matches!(a, TxAction::Reply { .. }), "{a:?}");
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    let iph = ip.header().to_header();
+    assert_eq!(iph.calc_header_checksum(), iph.header_checksum);
+    assert_eq!(Ipv4Addr::from(iph.source), GATEWAY);
+    assert_eq!(Ipv4Addr::from(iph.destination), GUEST_IP);
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not udp")
+    };
+    assert_eq!((udp.source_port(), udp.destination_port()), (53, 40000));
+    assert_eq!(
+        udp.to_header()
+            .calc_checksum_ipv4(&iph, udp.payload())
+            .unwrap(),
+        udp.checksum()
+    );
+    let mut expected = vec![0xbe, 0xef, 0x81, 0x05, 0, 1, 0, 0, 0, 0, 0, 0];
+    expected.extend_from_slice(question);
+    assert_eq!(udp.payload(), &expected[..]);
+    // A response (QR set), a runt header: not answered.
+    let mut response = query.clone();
+    response[2] |= 0x80;
+    for bad in [&response[..], &query[..11]] {
+        let f = udp_frame(GUEST_MAC, GUEST_IP, 40000, GATEWAY, 53, bad);
+        assert_eq!(
+            handle(&mut gw, &f, Instant::ZERO).0,
+            TxAction::Drop(DropCause::GatewayUnsupported)
+        );
+    }
+    // A question with a compression pointer: REFUSED without the question.
+    let mut odd = query[..12].to_vec();
+    odd.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+    let f = udp_frame(GUEST_MAC, GUEST_IP, 40000, GATEWAY, 53, &odd);
+    let (_, out) = handle(&mut gw, &f, Instant::ZERO);
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not udp")
+    };
+    assert_eq!(
+        udp.payload(),
+        &[0xbe, 0xef, 0x81, 0x05, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+}

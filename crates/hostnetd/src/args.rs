@@ -28,7 +28,8 @@ pub(crate) struct Args {
     pub(crate) mac: MacAddr,
     /// Port forwards from the NAT's external address into the guest.
     pub(crate) forwards: Vec<PortForward>,
-    /// Upstream of the gateway's DNS forwarder; `None`: the first nameserver of /etc/resolv.conf.
+    /// Upstream of the gateway's DNS forwarder; `None`: chosen from the host's resolver
+    /// configuration ([`bridge::ResolverPaths::choose_upstream`]).
     pub(crate) dns_upstream: Option<SocketAddrV4>,
     /// Name (pattern) of the TUN device.
     pub(crate) tun_name: String,
@@ -191,7 +192,10 @@ OPTIONS:
     --forward <P:E:G>        forward external port E (tcp|udp) on 100.64.0.2 to guest port G
                              (P:E:IP:G for another guest address; repeatable)
     --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
-                             nameserver of /etc/resolv.conf)
+                             non-loopback nameserver of /etc/resolv.conf; if that names only
+                             systemd-resolved's stub 127.0.0.53, of
+                             /run/systemd/resolve/resolv.conf; with none usable a warning,
+                             and the gateway answers DNS with REFUSED)
     --tun-name <NAME>        TUN device name, %d picks a free number (default hostnetd%d)
     --no-offload             offer no checksum/TSO offloads to the guest: every frame is at most
                              the MTU and fully checksummed, the TUN carries plain IP packets

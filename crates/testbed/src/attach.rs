@@ -42,8 +42,10 @@ pub struct AttachArgs {
     pub mtu: u16,
     /// Port forwards from the NAT's external address into the guest.
     pub forwards: Vec<Forward>,
-    /// Upstream DNS server for the gateway's forwarder; `None`: the first nameserver of
-    /// `/etc/resolv.conf` (`/etc/netns/<H>/resolv.conf` when present).
+    /// Upstream DNS server for the gateway's forwarder; `None`: chosen from
+    /// `/etc/netns/<H>/resolv.conf` when present, else `/etc/resolv.conf`, and behind
+    /// systemd-resolved's stub from `/run/systemd/resolve/resolv.conf`
+    /// ([`bridge::ResolverPaths::choose_upstream`]).
     pub dns_upstream: Option<SocketAddrV4>,
     /// Name of the TUN in H (default [`DEFAULT_TUN_NAME`], a `%d` picks a free number).
     pub tun_name: String,
@@ -237,15 +239,6 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
     }
 }
 
-/// The first IPv4 `nameserver` of a resolv.conf text (loopback included), port 53, as parsed
-/// by [`bridge::resolv_conf_nameservers`].
-#[must_use]
-pub fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
-    bridge::resolv_conf_nameservers(resolv_conf)
-        .next()
-        .map(|a| SocketAddrV4::new(a, 53))
-}
-
 /// Runs `attach` until SIGINT/SIGTERM (Linux only).
 ///
 /// # Errors
@@ -288,8 +281,11 @@ OPTIONS:
     --mtu <N>                guest MTU, 68..=65520 (default 1500)
     --forward <P:E:G>        forward external port E (tcp|udp) to guest port G (repeatable);
                              the guest is 192.168.64.2 (its first lease) unless P:E:<addr>:G
-    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: first
-                             nameserver of /etc/netns/<H>/resolv.conf or /etc/resolv.conf)
+    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
+                             non-loopback nameserver of /etc/netns/<H>/resolv.conf or
+                             /etc/resolv.conf; if that names only systemd-resolved's stub
+                             127.0.0.53, of /run/systemd/resolve/resolv.conf; with none
+                             usable a warning, and the gateway answers DNS with REFUSED)
     --tun-name <NAME>        TUN name in H (default hostnet%d)
     --static-guest-ip <A>    also accept A as the guest's source address (no DHCP needed)
     --no-offload             no checksum/TSO offloads (default: the TAP, the device and the
@@ -473,15 +469,5 @@ mod tests {
             Ok("198.18.0.2:53".parse().unwrap())
         );
         assert!(parse_upstream("198.18.0.2:0").is_err());
-    }
-
-    #[test]
-    fn first_ipv4_nameserver_wins() {
-        let conf = "# c\nsearch x\nnameserver fe80::1\nnameserver 10.0.0.53\nnameserver 1.1.1.1\n";
-        assert_eq!(
-            first_nameserver(conf),
-            Some("10.0.0.53:53".parse().unwrap())
-        );
-        assert_eq!(first_nameserver("search x\n"), None);
     }
 }

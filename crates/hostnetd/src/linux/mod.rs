@@ -5,7 +5,7 @@ mod device;
 mod proxy;
 
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -30,12 +30,14 @@ use device::DeviceConfig;
 /// an error; the current connection is closed first).
 pub(crate) fn run(args: &Args) -> Result<()> {
     init_tracing();
-    // The first IPv4 nameserver of /etc/resolv.conf, loopback included.
-    let dns_upstream = args.dns_upstream.or_else(|| {
-        let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-        let first = bridge::resolv_conf_nameservers(&text).next()?;
-        Some(SocketAddrV4::new(first, 53))
-    });
+    // The gateway's DNS upstream (bridge::dns: resolv.conf, systemd-resolved's upstreams
+    // behind its stub); none usable: a warning, and the gateway answers REFUSED.
+    let dns = match args.dns_upstream {
+        Some(d) => bridge::DnsChoice::explicit(d),
+        None => bridge::ResolverPaths::default().choose_upstream(),
+    };
+    dns.log();
+    let dns_upstream = dns.upstream;
     let mut config = DeviceConfig {
         mac: args.mac,
         mtu: args.mtu,

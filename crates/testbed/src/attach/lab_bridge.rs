@@ -15,10 +15,10 @@ pub(super) struct LabBridge {
 }
 
 impl LabBridge {
-    pub(super) fn new(args: &AttachArgs, dns: SocketAddrV4) -> anyhow::Result<Self> {
+    pub(super) fn new(args: &AttachArgs, dns: Option<SocketAddrV4>) -> anyhow::Result<Self> {
         let cfg = BridgeConfig {
             mtu: args.mtu,
-            dns_upstream: Some(dns),
+            dns_upstream: dns,
             static_guest_ip: args.static_guest_ip,
             forwards: args
                 .forwards

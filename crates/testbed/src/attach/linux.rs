@@ -1,24 +1,21 @@
 //! The Linux runtime of `hostnet-lab attach`.
 
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bridge::{DnsChoice, ResolverPaths};
 use utun::linux::netns;
 use utun::{Ipv4Dest, Tun};
 
 use super::lab_bridge::{LabHandle, format_stats};
 use super::lab_loop::LabLoop;
-use super::{
-    AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, Threads, first_nameserver,
-};
+use super::{AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, Threads};
 use crate::guest::{GuestConfig, Kick, SimGuest, features};
 
 pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
@@ -40,13 +37,19 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
             None
         }
     };
+    // The gateway's DNS upstream (bridge::dns: resolv.conf, systemd-resolved's upstreams
+    // behind its stub); none usable: a warning, and the gateway answers REFUSED.
     let dns = match args.dns_upstream {
-        Some(d) => d,
-        None => upstream_from_resolv_conf(args.host_netns.as_deref())?,
+        Some(d) => DnsChoice::explicit(d),
+        None => match &args.host_netns {
+            Some(h) => ResolverPaths::for_netns(h),
+            None => ResolverPaths::default(),
+        }
+        .choose_upstream(),
     };
-    tracing::info!(%dns, "dns upstream");
+    dns.log();
 
-    let bridge = super::lab_bridge::LabBridge::new(args, dns)?;
+    let bridge = super::lab_bridge::LabBridge::new(args, dns.upstream)?;
     // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
     let net = bridge.net_config()?;
     if net.mtu != args.mtu {
@@ -240,21 +243,6 @@ fn refuse_root_namespace() -> anyhow::Result<()> {
              pass --host-netns or start with `ip netns exec <H>`"
         ),
     }
-}
-
-fn upstream_from_resolv_conf(host: Option<&str>) -> anyhow::Result<SocketAddrV4> {
-    let netns_conf = host.map(|h| PathBuf::from(format!("/etc/netns/{h}/resolv.conf")));
-    let path = netns_conf
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"));
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (or pass --dns-upstream)", path.display()))?;
-    first_nameserver(&text).with_context(|| {
-        format!(
-            "no IPv4 nameserver in {} (pass --dns-upstream)",
-            path.display()
-        )
-    })
 }
 
 fn enable_forwarding(host_ns: Option<&OwnedFd>) -> anyhow::Result<()> {
