@@ -93,6 +93,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod addr_pair;
 mod config;
 mod core;
 pub mod defaults;
@@ -124,6 +125,9 @@ pub mod testing;
 pub use crate::config::{BridgeConfig, MAX_BATCH};
 pub use crate::core::{Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify};
 pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
+pub use addr_pair::{AddrPair, AddrUse, PairError, choose_pair, default_pair_taken, log_pair};
+#[cfg(all(target_os = "linux", feature = "utun"))]
+pub use addr_pair::{PairLock, addresses_in_use, reserve_pair};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
     TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,

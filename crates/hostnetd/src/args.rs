@@ -35,6 +35,10 @@ pub(crate) struct Args {
     pub(crate) tun_name: String,
     /// Offer checksum and TCPv4 segmentation offloads to the guest (TUN with virtio-net headers).
     pub(crate) offload: bool,
+    /// The TUN's host address (`--tun-addr`); `None`: chosen ([`bridge::choose_pair`]).
+    pub(crate) tun_addr: Option<Ipv4Addr>,
+    /// The NAT's external address, the TUN's peer (`--external-addr`); `None`: chosen.
+    pub(crate) external_addr: Option<Ipv4Addr>,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -58,6 +62,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut dns_upstream = None;
     let mut tun_name = None;
     let mut no_offload = None;
+    let (mut tun_addr, mut external_addr) = (None, None);
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -107,6 +112,8 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
                 forwards.push(f);
             }
             "--dns-upstream" => set_once(&mut dns_upstream, key, parse_upstream(&value()?)?)?,
+            "--tun-addr" => set_once(&mut tun_addr, key, parse_ipv4(key, &value()?)?)?,
+            "--external-addr" => set_once(&mut external_addr, key, parse_ipv4(key, &value()?)?)?,
             "--tun-name" => {
                 let v = value()?;
                 if v.is_empty() || v.len() > MAX_IFNAME || v.contains(['/', ' ', '\0']) {
@@ -125,6 +132,8 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         dns_upstream,
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         offload: no_offload.is_none(),
+        tun_addr,
+        external_addr,
     }))
 }
 
@@ -147,6 +156,11 @@ pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
             "bad --dns-upstream {s:?}: expected <IPv4>[:port]"
         ))),
     }
+}
+
+fn parse_ipv4(key: &str, v: &str) -> Result<Ipv4Addr, ArgError> {
+    v.parse()
+        .map_err(|_| ArgError(format!("bad {key} {v:?}: not an IPv4 address")))
 }
 
 fn parse_mtu(v: &str) -> Result<u16, ArgError> {
@@ -173,11 +187,14 @@ hostnetd: a vhost-user-net backend (hostnet's bridge, NAT and a TUN) for QEMU an
 USAGE:
     hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
+             [--tun-addr A] [--external-addr B]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
-network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address), and
-prints `ready socket=<path> tun=<name> gateway=192.168.64.1` on stdout once listening. When the
+network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address; if
+the namespace already uses either, the next free pair 100.64.0.3/.4, ... of 100.64.0.0/24), and
+prints `ready socket=<path> tun=<name> gateway=192.168.64.1 external=<IPv4>` on stdout once
+listening. When the
 frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit status 0); SIGUSR1
 logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
 frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
@@ -197,6 +214,9 @@ OPTIONS:
                              /run/systemd/resolve/resolv.conf; with none usable a warning,
                              and the gateway answers DNS with REFUSED)
     --tun-name <NAME>        TUN device name, %d picks a free number (default hostnetd%d)
+    --tun-addr <A>           the TUN's host address (default: chosen, see above)
+    --external-addr <B>      the NAT's external address, the TUN's peer (default: chosen); an
+                             explicit address the namespace already uses is an error (exit 2)
     --no-offload             offer no checksum/TSO offloads to the guest: every frame is at most
                              the MTU and fully checksummed, the TUN carries plain IP packets
                              (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
@@ -267,6 +287,16 @@ mod tests {
         assert_eq!(a.dns_upstream, Some("198.18.0.2:5353".parse().unwrap()));
         assert_eq!(a.tun_name, "vu%d");
         assert!(!a.offload);
+        let a = serve(&[
+            "--socket",
+            "s",
+            "--tun-addr",
+            "10.1.0.1",
+            "--external-addr=10.1.0.2",
+        ])
+        .unwrap();
+        assert_eq!(a.tun_addr, Some(Ipv4Addr::new(10, 1, 0, 1)));
+        assert_eq!(a.external_addr, Some(Ipv4Addr::new(10, 1, 0, 2)));
     }
 
     #[test]
@@ -279,6 +309,7 @@ mod tests {
         assert!(a.forwards.is_empty());
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offload, "offloads are on by default");
+        assert_eq!((a.tun_addr, a.external_addr), (None, None));
         assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
     }
 
@@ -309,6 +340,15 @@ mod tests {
             &["--socket", "a", "--bogus"],
             &["--socket", "a", "--no-offload=yes"],
             &["--socket", "a", "--no-offload", "--no-offload"],
+            &["--socket", "a", "--tun-addr", "x"],
+            &[
+                "--socket",
+                "a",
+                "--external-addr",
+                "1.2.3.4",
+                "--external-addr",
+                "1.2.3.5",
+            ],
         ] {
             assert!(parse_args(bad).is_err(), "{bad:?} accepted");
         }

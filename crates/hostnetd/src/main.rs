@@ -45,7 +45,15 @@ fn serve(args: args::Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hostnetd: error: {e:#}");
-            ExitCode::FAILURE
+            // A used or invalid --tun-addr/--external-addr is the caller's to fix, as a bad
+            // argument is.
+            if e.downcast_ref::<bridge::PairError>()
+                .is_some_and(bridge::PairError::is_usage)
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -38,11 +38,15 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     };
     dns.log();
     let dns_upstream = dns.upstream;
+    // The address pair, chosen under this namespace's lock (bridge::reserve_pair) and held
+    // until the TUN has it, so a second instance starting at once sees it.
+    let (pair, used, pair_lock) = bridge::reserve_pair(args.tun_addr, args.external_addr)?;
+    bridge::log_pair(&pair, &used);
     let mut config = DeviceConfig {
         mac: args.mac,
         mtu: args.mtu,
         gateway: GATEWAY,
-        external: NAT_EXTERNAL,
+        external: pair.external,
         forwards: args.forwards.clone(),
         dns_upstream,
         offload: args.offload,
@@ -50,7 +54,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     // Fail on a bad configuration before anything is created.
     config.device_core().context("invalid configuration")?;
 
-    let tun = Arc::new(open_tun(args)?);
+    let tun = Arc::new(open_tun(args, pair)?);
+    drop(pair_lock);
     // Offloads need the virtio-net header on the TUN; without it the device offers none.
     config.offload = tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN;
     // The TUN is opened non-blocking (`TunBuilder::nonblocking`); `prepare` is the host-link
@@ -74,11 +79,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         "listening"
     );
     let mut out = io::stdout().lock();
+    // `external=` comes last: the fields before it keep their order for older parsers.
     writeln!(
         out,
-        "ready socket={} tun={} gateway={GATEWAY}",
+        "ready socket={} tun={} gateway={GATEWAY} external={}",
         args.socket.display(),
-        tun.name()
+        tun.name(),
+        pair.external
     )?;
     out.flush()?;
     drop(out);
@@ -209,12 +216,12 @@ fn serve_one(
 
 /// Opens the TUN: with virtio-net headers for offloads (unless `--no-offload`); a kernel that
 /// refuses them gets a plain TUN and no offloads.
-fn open_tun(args: &Args) -> Result<Tun> {
+fn open_tun(args: &Args, pair: bridge::AddrPair) -> Result<Tun> {
     let builder = || {
         TunBuilder::new()
             .name(args.tun_name.clone())
             .mtu(u32::from(args.mtu))
-            .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL))
+            .ipv4(pair.tun, Ipv4Dest::Peer(pair.external))
             .nonblocking(true)
     };
     if args.offload {
@@ -419,10 +426,6 @@ fn init_tracing() {
 
 /// The guest's gateway (ARP, DHCP, ping and DNS are answered here).
 pub(crate) const GATEWAY: Ipv4Addr = bridge::defaults::GATEWAY;
-/// The TUN's own address (the host side of the point-to-point link).
-const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
-/// The TUN's peer: the NAT's external address, which the host routes into the TUN.
-pub(crate) const NAT_EXTERNAL: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 const LISTENER_EVENT: u64 = 0;
 const WAKE_EVENT: u64 = 1;
 const TUN_EVENT: u64 = 2;

@@ -15,7 +15,7 @@ use utun::{Ipv4Dest, Tun};
 
 use super::lab_bridge::{LabHandle, format_stats};
 use super::lab_loop::LabLoop;
-use super::{AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, Threads};
+use super::{AttachArgs, GATEWAY_ADDR, Threads};
 use crate::guest::{GuestConfig, Kick, SimGuest, features};
 
 pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
@@ -49,7 +49,16 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     };
     dns.log();
 
-    let bridge = super::lab_bridge::LabBridge::new(args, dns.upstream)?;
+    // The address pair, chosen under the host namespace's lock (bridge::reserve_pair) and
+    // held until the TUN has it, so a second instance starting at once sees it.
+    let reserve = || bridge::reserve_pair(args.tun_addr, args.external_addr);
+    let (pair, used, pair_lock) = match &host_ns {
+        Some(h) => netns::run_in(h.as_fd(), reserve).context("entering the host namespace")?,
+        None => reserve(),
+    }?;
+    bridge::log_pair(&pair, &used);
+
+    let bridge = super::lab_bridge::LabBridge::new(args, dns.upstream, pair.external)?;
     // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
     let net = bridge.net_config()?;
     if net.mtu != args.mtu {
@@ -75,7 +84,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let mut tb = Tun::builder()
         .name(args.tun_name.clone())
         .mtu(u32::from(args.mtu))
-        .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL_ADDR))
+        .ipv4(pair.tun, Ipv4Dest::Peer(pair.external))
         .up(true)
         .nonblocking(true)
         .vnet_hdr(args.offloads);
@@ -86,6 +95,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         .open()
         .context("creating the TUN in the host namespace")?;
     let tun_name = tun.name().to_owned();
+    drop(pair_lock);
     enable_forwarding(host_ns.as_ref())?;
 
     // The guest side: TAP eth0 in G, down, no address, MAC of the device, guest MTU; with
@@ -128,7 +138,8 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "ready external={NAT_EXTERNAL_ADDR} tun={tun_name} gateway={GATEWAY_ADDR}"
+        "ready external={} tun={tun_name} gateway={GATEWAY_ADDR}",
+        pair.external
     )
     .and_then(|()| out.flush())
     .context("writing the ready line")?;
