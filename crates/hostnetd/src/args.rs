@@ -199,7 +199,7 @@ frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit st
 logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
 frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
 a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
-(bad arguments: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
+(bad arguments, or a --tun-addr/--external-addr already in use: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
 namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
 
 OPTIONS:
