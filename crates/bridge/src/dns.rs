@@ -12,8 +12,8 @@
 //!    `/run/systemd/resolve/resolv.conf`, where systemd-resolved writes the upstreams it
 //!    uses itself (slirp4netns does the same; passt takes the first non-loopback entry);
 //! 3. otherwise none: [`DnsChoice::upstream`] is `None`, the gateway answers the guest's DNS
-//!    queries with REFUSED at once (as dnsmasq does with no servers), and [`DnsChoice::log`]
-//!    warns.
+//!    queries with REFUSED at once (as dnsmasq does with no servers; TCP: a RST), and
+//!    [`DnsChoice::log`] warns.
 
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};

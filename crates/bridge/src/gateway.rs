@@ -13,7 +13,7 @@ use crate::dhcp::{DhcpConfig, DhcpServer, prefix_mask};
 use crate::stats::DropCause;
 use crate::wire::{
     ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, MacAddr, build_udp_frame, write_eth,
+    IPPROTO_UDP, MacAddr, build_tcp_reset_frame, build_udp_frame, write_eth,
 };
 use ::wire::{ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, UdpPacket, arp, icmpv4};
 
@@ -35,7 +35,8 @@ pub struct GatewayConfig {
     /// The guest MTU.
     pub mtu: u16,
     /// Whether DNS to the gateway is forwarded (advertised in DHCP, passed to the NAT's
-    /// redirect).
+    /// redirect). Without it, UDP queries to the gateway are answered REFUSED and TCP
+    /// segments to its port 53 with a RST.
     pub dns: bool,
     /// The guest's static address, accepted as a source besides its DHCP lease.
     pub static_guest_ip: Option<Ipv4Addr>,
@@ -284,11 +285,24 @@ impl Gateway {
             if self.cfg.dns && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) && dns_port {
                 return TxAction::Nat { len: total };
             }
-            if let (false, IPPROTO_UDP, Some((sport, 53))) = (self.cfg.dns, proto, ports) {
-                // No upstream: answer at once so the guest's resolver fails fast instead of
-                // waiting out its timeouts (dnsmasq answers REFUSED without servers too).
-                let to = SocketAddrV4::new(src, sport);
-                return self.dns_refused(l4, src_mac, to, reply);
+            // No upstream: answer at once so the guest's resolver fails fast instead of
+            // waiting out its timeouts (dnsmasq answers REFUSED without servers too); over
+            // TCP the port is closed (RST).
+            match (self.cfg.dns, proto, ports) {
+                (false, IPPROTO_UDP, Some((sport, 53))) => {
+                    let to = SocketAddrV4::new(src, sport);
+                    return self.dns_refused(l4, src_mac, to, reply);
+                }
+                (false, IPPROTO_TCP, Some((sport, 53))) => {
+                    let from = SocketAddrV4::new(self.cfg.gateway, 53);
+                    let to = SocketAddrV4::new(src, sport);
+                    let macs = (src_mac, self.cfg.gateway_mac);
+                    return match build_tcp_reset_frame(reply, macs, from, to, l4) {
+                        Some(len) => TxAction::Reply { len },
+                        None => TxAction::Drop(DropCause::GatewayUnsupported),
+                    };
+                }
+                _ => {}
             }
             return TxAction::Drop(DropCause::GatewayUnsupported);
         }

@@ -62,7 +62,7 @@
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
 //!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's
 //!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub); without an
-//!   upstream, UDP DNS queries to the gateway are answered with REFUSED.
+//!   upstream, UDP DNS queries to the gateway are answered with REFUSED, TCP with a RST.
 //!   IPv6 and other EtherTypes are counted and dropped.
 //!
 //! # Offloads

@@ -609,3 +609,64 @@ fn no_upstream_answers_dns_queries_with_refused() {
         &[0xbe, 0xef, 0x81, 0x05, 0, 0, 0, 0, 0, 0, 0, 0]
     );
 }
+
+/// Without a DNS upstream a TCP connection to the gateway's port 53 is reset at once (a closed
+/// port, RFC 9293), so `dig +tcp` fails fast too; a RST is never answered.
+#[test]
+fn no_upstream_resets_tcp_to_the_gateways_dns_port() {
+    let mut cfg = config();
+    cfg.dns = false;
+    cfg.static_guest_ip = Some(GUEST_IP);
+    let mut gw = Gateway::new(cfg).unwrap();
+    let tcp = |build: etherparse::PacketBuilderStep<etherparse::TcpHeader>, payload: &[u8]| {
+        let mut f = Vec::new();
+        build.write(&mut f, payload).unwrap();
+        f
+    };
+    let base = || {
+        etherparse::PacketBuilder::ethernet2(GUEST_MAC.0, GATEWAY_MAC.0).ipv4(
+            GUEST_IP.octets(),
+            GATEWAY.octets(),
+            64,
+        )
+    };
+    // A SYN (seq 1000): RST|ACK, seq 0, ack 1001.
+    let syn = tcp(base().tcp(40001, 53, 1000, 64240).syn(), &[]);
+    let (a, out) = handle(&mut gw, &syn, Instant::ZERO);
+    assert!(matches!(a, TxAction::Reply { .. }), "{a:?}");
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    let iph = ip.header().to_header();
+    assert_eq!(iph.calc_header_checksum(), iph.header_checksum);
+    assert_eq!(
+        (Ipv4Addr::from(iph.source), Ipv4Addr::from(iph.destination)),
+        (GATEWAY, GUEST_IP)
+    );
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not tcp")
+    };
+    assert_eq!((t.source_port(), t.destination_port()), (53, 40001));
+    assert!(t.rst() && t.ack() && !t.syn());
+    assert_eq!((t.sequence_number(), t.acknowledgment_number()), (0, 1001));
+    assert_eq!(
+        t.to_header().calc_checksum_ipv4(&iph, t.payload()).unwrap(),
+        t.checksum()
+    );
+    // A segment with ACK and 5 bytes of data: RST with seq = its ack, no ACK.
+    let data = tcp(base().tcp(40001, 53, 5000, 64240).ack(777), b"hello");
+    let (_, out) = handle(&mut gw, &data, Instant::ZERO);
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not tcp")
+    };
+    assert!(t.rst() && !t.ack());
+    assert_eq!(t.sequence_number(), 777);
+    // A RST is not answered.
+    let rst = tcp(base().tcp(40001, 53, 5000, 0).rst(), &[]);
+    assert_eq!(
+        handle(&mut gw, &rst, Instant::ZERO).0,
+        TxAction::Drop(DropCause::GatewayUnsupported)
+    );
+}

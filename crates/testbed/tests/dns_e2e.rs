@@ -64,8 +64,8 @@ fn a_stub_only_resolv_conf_uses_systemd_resolveds_upstream() {
 
 /// With only loopback nameservers (the stub, and systemd-resolved's file naming 127.0.0.1),
 /// attach warns at start, and a guest query to the gateway is answered REFUSED at once: dig
-/// with its default timeouts (5 s × 3 tries) returns within 3 s. (The old code black-holed the
-/// query: dig waited 15 s and printed "no servers could be reached".)
+/// with its default timeouts (5 s × 3 tries) returns within 3 s; over TCP the connection is
+/// refused (RST) as fast. (The old code black-holed the query: no answer, only timeouts.)
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn no_usable_upstream_warns_and_dns_fails_fast() {
@@ -105,6 +105,20 @@ fn no_usable_upstream_warns_and_dns_fails_fast() {
     assert!(
         took < Duration::from_secs(3),
         "dig took {took:?} (timeouts, not an answer):\n{text}"
+    );
+    // Over TCP the gateway's port 53 is closed: the connection is refused at once.
+    let t = Instant::now();
+    let out = lab.run(
+        Ns::G,
+        30,
+        &["dig", &format!("@{GATEWAY}"), "+tcp", "none.e2e.test", "A"],
+    );
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("connection refused"), "{text}");
+    assert!(
+        took < Duration::from_secs(3),
+        "dig +tcp took {took:?}:\n{text}"
     );
 }
 
