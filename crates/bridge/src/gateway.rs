@@ -14,7 +14,8 @@ use crate::policy::{EgressAction, EgressPolicy};
 use crate::stats::DropCause;
 use crate::wire::{
     ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, IPV4_HLEN, MacAddr, build_udp_frame, write_eth, write_ipv4_header,
+    IPPROTO_UDP, IPV4_HLEN, MacAddr, build_tcp_reset_frame, build_udp_frame, write_eth,
+    write_ipv4_header,
 };
 use ::wire::{ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, UdpPacket, arp, icmpv4};
 
@@ -36,7 +37,8 @@ pub struct GatewayConfig {
     /// The guest MTU.
     pub mtu: u16,
     /// Whether DNS to the gateway is forwarded (advertised in DHCP, passed to the NAT's
-    /// redirect).
+    /// redirect). Without it, UDP queries to the gateway are answered REFUSED and TCP
+    /// segments to its port 53 with a RST.
     pub dns: bool,
     /// The guest's static address, accepted as a source besides its DHCP lease.
     pub static_guest_ip: Option<Ipv4Addr>,
@@ -325,6 +327,25 @@ impl Gateway {
             if self.cfg.dns && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) && dns_port {
                 return TxAction::Nat { len: total };
             }
+            // No upstream: answer at once so the guest's resolver fails fast instead of
+            // waiting out its timeouts (dnsmasq answers REFUSED without servers too); over
+            // TCP the port is closed (RST).
+            match (self.cfg.dns, proto, ports) {
+                (false, IPPROTO_UDP, Some((sport, 53))) => {
+                    let to = SocketAddrV4::new(src, sport);
+                    return self.dns_refused(l4, src_mac, to, reply);
+                }
+                (false, IPPROTO_TCP, Some((sport, 53))) => {
+                    let from = SocketAddrV4::new(self.cfg.gateway, 53);
+                    let to = SocketAddrV4::new(src, sport);
+                    let macs = (src_mac, self.cfg.gateway_mac);
+                    return match build_tcp_reset_frame(reply, macs, from, to, l4) {
+                        Some(len) => TxAction::Reply { len },
+                        None => TxAction::Drop(DropCause::GatewayUnsupported),
+                    };
+                }
+                _ => {}
+            }
             return TxAction::Drop(DropCause::GatewayUnsupported);
         }
         let d = u32::from(dst);
@@ -476,6 +497,35 @@ impl Gateway {
         }
     }
 
+    /// A DNS REFUSED response to the query in `udp` (the IP payload): the query's header and
+    /// question, QR set, RA clear, no records. A response or a header shorter than 12 bytes is
+    /// dropped (`GatewayUnsupported`); a question that cannot be walked is left out.
+    fn dns_refused(
+        &self,
+        udp: &[u8],
+        dst_mac: MacAddr,
+        to: SocketAddrV4,
+        reply: &mut [u8],
+    ) -> TxAction {
+        let Some(len) = udp
+            .get(..::wire::udp::HEADER_LEN)
+            .map(|h| usize::from(UdpPacket::new_unchecked(h).len()))
+        else {
+            return TxAction::Drop(DropCause::Malformed);
+        };
+        let Some(query) = udp.get(::wire::udp::HEADER_LEN..len.min(udp.len())) else {
+            return TxAction::Drop(DropCause::Malformed);
+        };
+        let Some(answer) = dns_refused_message(query) else {
+            return TxAction::Drop(DropCause::GatewayUnsupported);
+        };
+        let from = SocketAddrV4::new(self.cfg.gateway, 53);
+        match build_udp_frame(reply, (dst_mac, self.cfg.gateway_mac), from, to, &answer) {
+            Some(len) => TxAction::Reply { len },
+            None => TxAction::Drop(DropCause::TooBig),
+        }
+    }
+
     fn echo_reply(&self, frame: &[u8], len: usize, reply: &mut [u8]) -> TxAction {
         let (Some(src), Some(out)) = (frame.get(..len), reply.get_mut(..len)) else {
             return TxAction::Drop(DropCause::TooBig);
@@ -507,6 +557,45 @@ impl Gateway {
     }
 }
 
+/// The REFUSED response to a DNS query message, or `None` if `query` is not a query (QR set)
+/// or shorter than the 12-byte header. Keeps the ID, opcode and RD; copies the question if
+/// there is exactly one and its name is a plain label sequence.
+fn dns_refused_message(query: &[u8]) -> Option<Vec<u8>> {
+    let header = query.get(..DNS_HEADER_LEN)?;
+    if header[2] & 0x80 != 0 {
+        return None;
+    }
+    let question = (u16::from_be_bytes([header[4], header[5]]) == 1)
+        .then(|| dns_question(&query[DNS_HEADER_LEN..]))
+        .flatten()
+        .unwrap_or(&[]);
+    let mut out = Vec::with_capacity(DNS_HEADER_LEN + question.len());
+    out.extend_from_slice(&header[..2]);
+    // QR, the query's opcode and RD; AA, TC, RA, Z clear; RCODE 5 (REFUSED).
+    out.push(0x80 | (header[2] & 0x79));
+    out.push(DNS_RCODE_REFUSED);
+    out.extend_from_slice(&[0, u8::from(!question.is_empty()), 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    Some(out)
+}
+
+/// The question at the start of `b` (labels, then type and class), if it is well formed.
+fn dns_question(b: &[u8]) -> Option<&[u8]> {
+    let mut at = 0;
+    loop {
+        let n = usize::from(*b.get(at)?);
+        if n == 0 {
+            break;
+        }
+        // Compression pointers and the reserved label types have no place in a question.
+        if n > 63 {
+            return None;
+        }
+        at += 1 + n;
+    }
+    b.get(..at + 1 + 4)
+}
+
 fn mac_at(b: &[u8], off: usize) -> MacAddr {
     let mut m = [0u8; 6];
     if let Some(s) = b.get(off..off + 6) {
@@ -532,5 +621,9 @@ const ICMP_REDIRECT: u8 = 5;
 const ARP_LEN: usize = ::wire::arp::PACKET_LEN;
 /// The source and destination ports at the start of a TCP or UDP header.
 const PORTS_LEN: usize = 4;
+/// A DNS message's fixed header.
+const DNS_HEADER_LEN: usize = 12;
+/// RCODE 5: the server refuses (RFC 1035 4.1.1).
+const DNS_RCODE_REFUSED: u8 = 5;
 /// BOOTP messages are at least 300 bytes; some clients ignore shorter ones.
 const BOOTP_MIN_LEN: usize = 300;

@@ -60,7 +60,9 @@
 //!   and sent on once it has come through.
 //! - Gateway services: ARP for the gateway address (learns the guest's MAC); DHCP (RFC 2131);
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
-//!   [`BridgeConfig::dns_upstream`] ([`host_dns_upstream`] reads the host's resolv.conf).
+//!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's
+//!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub); without an
+//!   upstream, UDP DNS queries to the gateway are answered with REFUSED, TCP with a RST.
 //!   IPv6 and other EtherTypes are counted and dropped.
 //! - Egress policy ([`BridgeConfig::egress`], [`EgressPolicy`]): `--allow`/`--deny` CIDR
 //!   rules on the destination, checked by the gateway before the NAT, longest prefix wins,
@@ -98,6 +100,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod addr_pair;
 mod config;
 mod core;
 pub mod defaults;
@@ -130,6 +133,9 @@ pub mod testing;
 pub use crate::config::{BridgeConfig, MAX_BATCH};
 pub use crate::core::{Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify};
 pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
+pub use addr_pair::{AddrPair, AddrUse, PairError, choose_pair, default_pair_taken, log_pair};
+#[cfg(all(target_os = "linux", feature = "utun"))]
+pub use addr_pair::{PairLock, addresses_in_use, reserve_pair};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
     TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,
@@ -141,7 +147,10 @@ pub use device::{
     sanitize_features,
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
-pub use dns::{host_dns_upstream, parse_resolv_conf, resolv_conf_nameservers};
+pub use dns::{
+    DnsChoice, RESOLV_CONF, ResolverPaths, SYSTEMD_RESOLV_CONF, host_dns_upstream,
+    is_usable_upstream, parse_resolv_conf, resolv_conf_nameservers,
+};
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use error::Error;

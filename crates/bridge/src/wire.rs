@@ -4,7 +4,7 @@
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
-use ::wire::{EthernetFrame, Ipv4Packet, UdpPacket};
+use ::wire::{EthernetFrame, Ipv4Packet, TcpPacket, UdpPacket};
 pub use ::wire::{MacAddr, ParseMacError};
 
 /// Writes an Ethernet header into `out[..14]`.
@@ -43,6 +43,53 @@ pub(crate) fn build_udp_frame(
     Some(total)
 }
 
+/// Builds Ethernet + IPv4 + a 20-byte TCP RST answering `segment` (a TCP header and
+/// payload, RFC 9293 3.10.7.1: a segment to a closed port) into `out`; `None` if `segment`
+/// is itself a RST, is shorter than its header, or `out` is too small. Returns the frame
+/// length.
+pub(crate) fn build_tcp_reset_frame(
+    out: &mut [u8],
+    (dst_mac, src_mac): (MacAddr, MacAddr),
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    segment: &[u8],
+) -> Option<usize> {
+    let seg = TcpPacket::new_checked(segment).ok()?;
+    // `new_checked`: the header fits `segment` and is at least 20 bytes.
+    if seg.rst() {
+        return None;
+    }
+    let (seq, ack, flags) = if seg.ack() {
+        (seg.ack_number(), 0, ::wire::tcp::RST)
+    } else {
+        let len = u32::try_from(segment.len() - seg.header_len()).ok()?
+            + u32::from(seg.syn())
+            + u32::from(seg.fin());
+        (
+            0,
+            seg.seq_number().wrapping_add(len),
+            ::wire::tcp::RST | ::wire::tcp::ACK,
+        )
+    };
+    let ip_len = IPV4_HLEN + TCP_HLEN;
+    let total = ETH_HLEN + ip_len;
+    let frame = out.get_mut(..total)?;
+    write_eth(frame, dst_mac, src_mac, ETHERTYPE_IPV4)?;
+    let ip = &mut frame[ETH_HLEN..];
+    write_ipv4_header(ip, ip_len as u16, IPPROTO_TCP, *from.ip(), *to.ip());
+    let mut tcp = TcpPacket::new_unchecked(&mut ip[IPV4_HLEN..]);
+    tcp.set_src_port(from.port());
+    tcp.set_dst_port(to.port());
+    tcp.set_seq_number(seq);
+    tcp.set_ack_number(ack);
+    tcp.set_header_len(TCP_HLEN);
+    tcp.set_flags(flags);
+    tcp.set_window_len(0);
+    tcp.set_urgent_at(0);
+    tcp.fill_checksum_v4(*from.ip(), *to.ip());
+    Some(total)
+}
+
 /// Writes a 20-byte IPv4 header (DF clear, TTL 64) with a valid checksum into `ip[..20]`.
 pub(crate) fn write_ipv4_header(
     ip: &mut [u8],
@@ -77,6 +124,8 @@ pub const ETH_HLEN: usize = ::wire::ethernet::HEADER_LEN;
 pub(crate) const IPV4_HLEN: usize = ::wire::ipv4::HEADER_LEN;
 /// UDP header length.
 pub(crate) const UDP_HLEN: usize = ::wire::udp::HEADER_LEN;
+/// TCP header length without options.
+pub(crate) const TCP_HLEN: usize = ::wire::tcp::HEADER_LEN;
 /// EtherType IPv4.
 pub const ETHERTYPE_IPV4: u16 = ::wire::ethertype::IPV4;
 /// EtherType ARP.

@@ -715,3 +715,127 @@ fn denied_packets_are_answered_within_the_rate_limit_and_never_about_errors_or_l
         TxAction::DropWithReply { .. }
     ));
 }
+/// Without a DNS upstream a query to the gateway is answered REFUSED at once (the guest's
+/// resolver fails fast instead of waiting out its timeouts); the answer keeps the ID, RD and
+/// the question.
+#[test]
+fn no_upstream_answers_dns_queries_with_refused() {
+    let mut cfg = config();
+    cfg.dns = false;
+    cfg.static_guest_ip = Some(GUEST_IP);
+    let mut gw = Gateway::new(cfg).unwrap();
+    // id 0xbeef, RD, one question: example.com A IN.
+    let mut query = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    let question = b"\x07example\x03com\x00\x00\x01\x00\x01";
+    query.extend_from_slice(question);
+    // An EDNS OPT record (additional section) is not copied.
+    query.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    let f = udp_frame(GUEST_MAC, GUEST_IP, 40000, GATEWAY, 53, &query);
+    let (a, out) = handle(&mut gw, &f, Instant::ZERO);
+    assert!(matches!(a, TxAction::Reply { .. }), "{a:?}");
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    let iph = ip.header().to_header();
+    assert_eq!(iph.calc_header_checksum(), iph.header_checksum);
+    assert_eq!(Ipv4Addr::from(iph.source), GATEWAY);
+    assert_eq!(Ipv4Addr::from(iph.destination), GUEST_IP);
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not udp")
+    };
+    assert_eq!((udp.source_port(), udp.destination_port()), (53, 40000));
+    assert_eq!(
+        udp.to_header()
+            .calc_checksum_ipv4(&iph, udp.payload())
+            .unwrap(),
+        udp.checksum()
+    );
+    let mut expected = vec![0xbe, 0xef, 0x81, 0x05, 0, 1, 0, 0, 0, 0, 0, 0];
+    expected.extend_from_slice(question);
+    assert_eq!(udp.payload(), &expected[..]);
+    // A response (QR set), a runt header: not answered.
+    let mut response = query.clone();
+    response[2] |= 0x80;
+    for bad in [&response[..], &query[..11]] {
+        let f = udp_frame(GUEST_MAC, GUEST_IP, 40000, GATEWAY, 53, bad);
+        assert_eq!(
+            handle(&mut gw, &f, Instant::ZERO).0,
+            TxAction::Drop(DropCause::GatewayUnsupported)
+        );
+    }
+    // A question with a compression pointer: REFUSED without the question.
+    let mut odd = query[..12].to_vec();
+    odd.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+    let f = udp_frame(GUEST_MAC, GUEST_IP, 40000, GATEWAY, 53, &odd);
+    let (_, out) = handle(&mut gw, &f, Instant::ZERO);
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not udp")
+    };
+    assert_eq!(
+        udp.payload(),
+        &[0xbe, 0xef, 0x81, 0x05, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+}
+
+/// Without a DNS upstream a TCP connection to the gateway's port 53 is reset at once (a closed
+/// port, RFC 9293), so `dig +tcp` fails fast too; a RST is never answered.
+#[test]
+fn no_upstream_resets_tcp_to_the_gateways_dns_port() {
+    let mut cfg = config();
+    cfg.dns = false;
+    cfg.static_guest_ip = Some(GUEST_IP);
+    let mut gw = Gateway::new(cfg).unwrap();
+    let tcp = |build: etherparse::PacketBuilderStep<etherparse::TcpHeader>, payload: &[u8]| {
+        let mut f = Vec::new();
+        build.write(&mut f, payload).unwrap();
+        f
+    };
+    let base = || {
+        etherparse::PacketBuilder::ethernet2(GUEST_MAC.0, GATEWAY_MAC.0).ipv4(
+            GUEST_IP.octets(),
+            GATEWAY.octets(),
+            64,
+        )
+    };
+    // A SYN (seq 1000): RST|ACK, seq 0, ack 1001.
+    let syn = tcp(base().tcp(40001, 53, 1000, 64240).syn(), &[]);
+    let (a, out) = handle(&mut gw, &syn, Instant::ZERO);
+    assert!(matches!(a, TxAction::Reply { .. }), "{a:?}");
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    let iph = ip.header().to_header();
+    assert_eq!(iph.calc_header_checksum(), iph.header_checksum);
+    assert_eq!(
+        (Ipv4Addr::from(iph.source), Ipv4Addr::from(iph.destination)),
+        (GATEWAY, GUEST_IP)
+    );
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not tcp")
+    };
+    assert_eq!((t.source_port(), t.destination_port()), (53, 40001));
+    assert!(t.rst() && t.ack() && !t.syn());
+    assert_eq!((t.sequence_number(), t.acknowledgment_number()), (0, 1001));
+    assert_eq!(
+        t.to_header().calc_checksum_ipv4(&iph, t.payload()).unwrap(),
+        t.checksum()
+    );
+    // A segment with ACK and 5 bytes of data: RST with seq = its ack, no ACK.
+    let data = tcp(base().tcp(40001, 53, 5000, 64240).ack(777), b"hello");
+    let (_, out) = handle(&mut gw, &data, Instant::ZERO);
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not tcp")
+    };
+    assert!(t.rst() && !t.ack());
+    assert_eq!(t.sequence_number(), 777);
+    // A RST is not answered.
+    let rst = tcp(base().tcp(40001, 53, 5000, 0).rst(), &[]);
+    assert_eq!(
+        handle(&mut gw, &rst, Instant::ZERO).0,
+        TxAction::Drop(DropCause::GatewayUnsupported)
+    );
+}

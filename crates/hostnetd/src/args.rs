@@ -28,7 +28,8 @@ pub(crate) struct Args {
     pub(crate) mac: MacAddr,
     /// Port forwards from the NAT's external address into the guest.
     pub(crate) forwards: Vec<PortForward>,
-    /// Upstream of the gateway's DNS forwarder; `None`: the first nameserver of /etc/resolv.conf.
+    /// Upstream of the gateway's DNS forwarder; `None`: chosen from the host's resolver
+    /// configuration ([`bridge::ResolverPaths::choose_upstream`]).
     pub(crate) dns_upstream: Option<SocketAddrV4>,
     /// Name (pattern) of the TUN device.
     pub(crate) tun_name: String,
@@ -36,6 +37,10 @@ pub(crate) struct Args {
     pub(crate) offload: bool,
     /// Destinations the guest may reach (`--deny CIDR`, `--allow CIDR`).
     pub(crate) egress: EgressPolicy,
+    /// The TUN's host address (`--tun-addr`); `None`: chosen ([`bridge::choose_pair`]).
+    pub(crate) tun_addr: Option<Ipv4Addr>,
+    /// The NAT's external address, the TUN's peer (`--external-addr`); `None`: chosen.
+    pub(crate) external_addr: Option<Ipv4Addr>,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -60,6 +65,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut tun_name = None;
     let mut no_offload = None;
     let mut egress = EgressPolicy::default();
+    let (mut tun_addr, mut external_addr) = (None, None);
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -111,6 +117,8 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
             "--dns-upstream" => set_once(&mut dns_upstream, key, parse_upstream(&value()?)?)?,
             "--deny" => add_rule(&mut egress, key, &value()?, EgressAction::Deny)?,
             "--allow" => add_rule(&mut egress, key, &value()?, EgressAction::Allow)?,
+            "--tun-addr" => set_once(&mut tun_addr, key, parse_ipv4(key, &value()?)?)?,
+            "--external-addr" => set_once(&mut external_addr, key, parse_ipv4(key, &value()?)?)?,
             "--tun-name" => {
                 let v = value()?;
                 if v.is_empty() || v.len() > MAX_IFNAME || v.contains(['/', ' ', '\0']) {
@@ -130,6 +138,8 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         offload: no_offload.is_none(),
         egress,
+        tun_addr,
+        external_addr,
     }))
 }
 
@@ -169,6 +179,11 @@ pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
     }
 }
 
+fn parse_ipv4(key: &str, v: &str) -> Result<Ipv4Addr, ArgError> {
+    v.parse()
+        .map_err(|_| ArgError(format!("bad {key} {v:?}: not an IPv4 address")))
+}
+
 fn parse_mtu(v: &str) -> Result<u16, ArgError> {
     match v.parse::<u16>() {
         Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => Ok(m),
@@ -194,16 +209,19 @@ USAGE:
     hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
              [--deny CIDR]... [--allow CIDR]...
+             [--tun-addr A] [--external-addr B]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
-network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address), and
-prints `ready socket=<path> tun=<name> gateway=192.168.64.1` on stdout once listening. When the
+network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address; if
+the namespace already uses either, the next free pair 100.64.0.3/.4, ... of 100.64.0.0/24), and
+prints `ready socket=<path> tun=<name> gateway=192.168.64.1 external=<IPv4>` on stdout once
+listening. When the
 frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit status 0); SIGUSR1
 logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
 frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
 a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
-(bad arguments: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
+(bad arguments, or a --tun-addr/--external-addr already in use: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
 namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
 
 OPTIONS:
@@ -213,8 +231,14 @@ OPTIONS:
     --forward <P:E:G>        forward external port E (tcp|udp) on 100.64.0.2 to guest port G
                              (P:E:IP:G for another guest address; repeatable)
     --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
-                             nameserver of /etc/resolv.conf)
+                             non-loopback nameserver of /etc/resolv.conf; if that names only
+                             systemd-resolved's stub 127.0.0.53, of
+                             /run/systemd/resolve/resolv.conf; with none usable a warning,
+                             and the gateway answers DNS with REFUSED)
     --tun-name <NAME>        TUN device name, %d picks a free number (default hostnetd%d)
+    --tun-addr <A>           the TUN's host address (default: chosen, see above)
+    --external-addr <B>      the NAT's external address, the TUN's peer (default: chosen); an
+                             explicit address the namespace already uses is an error (exit 2)
     --no-offload             offer no checksum/TSO offloads to the guest: every frame is at most
                              the MTU and fully checksummed, the TUN carries plain IP packets
                              (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
@@ -292,6 +316,16 @@ mod tests {
         assert_eq!(a.dns_upstream, Some("198.18.0.2:5353".parse().unwrap()));
         assert_eq!(a.tun_name, "vu%d");
         assert!(!a.offload);
+        let a = serve(&[
+            "--socket",
+            "s",
+            "--tun-addr",
+            "10.1.0.1",
+            "--external-addr=10.1.0.2",
+        ])
+        .unwrap();
+        assert_eq!(a.tun_addr, Some(Ipv4Addr::new(10, 1, 0, 1)));
+        assert_eq!(a.external_addr, Some(Ipv4Addr::new(10, 1, 0, 2)));
     }
 
     #[test]
@@ -305,6 +339,7 @@ mod tests {
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offload, "offloads are on by default");
         assert_eq!(a.egress, EgressPolicy::default());
+        assert_eq!((a.tun_addr, a.external_addr), (None, None));
         assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
     }
 
@@ -375,6 +410,15 @@ mod tests {
             &["--socket", "a", "--bogus"],
             &["--socket", "a", "--no-offload=yes"],
             &["--socket", "a", "--no-offload", "--no-offload"],
+            &["--socket", "a", "--tun-addr", "x"],
+            &[
+                "--socket",
+                "a",
+                "--external-addr",
+                "1.2.3.4",
+                "--external-addr",
+                "1.2.3.5",
+            ],
         ] {
             assert!(parse_args(bad).is_err(), "{bad:?} accepted");
         }

@@ -5,7 +5,8 @@
 //! virtqueues are driven by `bridge`'s thread-free TX/RX paths, the gateway's services (ARP, DHCP,
 //! ping, DNS forwarder) answer locally, and everything else goes through the `nat` to a TUN device
 //! created in the network namespace the daemon runs in (host 100.64.0.1, peer 100.64.0.2 = the NAT's
-//! external address).
+//! external address; the next free pair of 100.64.0.0/24 if the namespace uses them, see
+//! `bridge::choose_pair`).
 //!
 //! Checksum and TCPv4 segmentation offloads are offered by default (the TUN carries virtio-net
 //! headers and the host kernel segments and checksums); `--no-offload` turns them off.
@@ -13,7 +14,8 @@
 //! One frontend at a time; when it disconnects the daemon serves the next one. SIGTERM/SIGINT stop
 //! it (the socket file is removed); SIGUSR1 logs the connection's counters. If the TUN fails
 //! (deleted underneath) the daemon closes the connection, logs an error naming the TUN and exits
-//! with status 1; bad arguments exit with 2. vhost-user is a Linux protocol: on other systems the binary only
+//! with status 1; bad arguments, and a `--tun-addr`/`--external-addr` the namespace already
+//! uses, exit with 2. vhost-user is a Linux protocol: on other systems the binary only
 //! says so. `hostnetd --help` lists the options.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -45,7 +47,15 @@ fn serve(args: args::Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hostnetd: error: {e:#}");
-            ExitCode::FAILURE
+            // A used or invalid --tun-addr/--external-addr is the caller's to fix, as a bad
+            // argument is.
+            if e.downcast_ref::<bridge::PairError>()
+                .is_some_and(bridge::PairError::is_usage)
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -42,11 +42,18 @@ pub struct AttachArgs {
     pub mtu: u16,
     /// Port forwards from the NAT's external address into the guest.
     pub forwards: Vec<Forward>,
-    /// Upstream DNS server for the gateway's forwarder; `None`: the first nameserver of
-    /// `/etc/resolv.conf` (`/etc/netns/<H>/resolv.conf` when present).
+    /// Upstream DNS server for the gateway's forwarder; `None`: chosen from
+    /// `/etc/netns/<H>/resolv.conf` when present, else `/etc/resolv.conf`, and behind
+    /// systemd-resolved's stub from `/run/systemd/resolve/resolv.conf`
+    /// ([`bridge::ResolverPaths::choose_upstream`]).
     pub dns_upstream: Option<SocketAddrV4>,
     /// Name of the TUN in H (default [`DEFAULT_TUN_NAME`], a `%d` picks a free number).
     pub tun_name: String,
+    /// The TUN's host address (`--tun-addr`); `None`: chosen with the external address
+    /// ([`bridge::choose_pair`]: 100.64.0.1, or the next free pair of 100.64.0.0/24).
+    pub tun_addr: Option<Ipv4Addr>,
+    /// The NAT's external address, the TUN's peer (`--external-addr`); `None`: chosen.
+    pub external_addr: Option<Ipv4Addr>,
     /// A static guest address the bridge accepts as a source besides the DHCP lease
     /// (`--static-guest-ip`, for guests configured without DHCP).
     pub static_guest_ip: Option<Ipv4Addr>,
@@ -121,6 +128,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut dns = None;
     let mut tun_name = None;
     let mut static_ip = None;
+    let (mut tun_addr, mut external_addr) = (None, None);
     let mut no_offload = None;
     let mut threads = None;
     let mut forwards = Vec::new();
@@ -188,6 +196,19 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
                     ArgError(format!("bad --static-guest-ip {v:?}: not an IPv4 address"))
                 })?);
             }
+            "--tun-addr" | "--external-addr" => {
+                let slot = if key == "--tun-addr" {
+                    &mut tun_addr
+                } else {
+                    &mut external_addr
+                };
+                once(key, slot)?;
+                let v = value()?;
+                *slot = Some(
+                    v.parse::<Ipv4Addr>()
+                        .map_err(|_| ArgError(format!("bad {key} {v:?}: not an IPv4 address")))?,
+                );
+            }
             "--threads" => {
                 once(key, &threads)?;
                 let v = value()?;
@@ -223,6 +244,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         dns_upstream: dns,
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         static_guest_ip: static_ip,
+        tun_addr,
+        external_addr,
         offloads: no_offload.is_none(),
         threads: threads.unwrap_or(Threads::DEFAULT),
         egress,
@@ -259,15 +282,6 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
     }
 }
 
-/// The first IPv4 `nameserver` of a resolv.conf text (loopback included), port 53, as parsed
-/// by [`bridge::resolv_conf_nameservers`].
-#[must_use]
-pub fn first_nameserver(resolv_conf: &str) -> Option<SocketAddrV4> {
-    bridge::resolv_conf_nameservers(resolv_conf)
-        .next()
-        .map(|a| SocketAddrV4::new(a, 53))
-}
-
 /// Runs `attach` until SIGINT/SIGTERM (Linux only).
 ///
 /// # Errors
@@ -295,11 +309,13 @@ USAGE:
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
                        [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
+                       [--tun-addr <addr>] [--external-addr <addr>]
     hostnet-lab --help
 
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
 simulated virtio-net guest, and in H a TUN 100.64.0.1 peer 100.64.0.2 (the NAT's external
-address), turns on IPv4 forwarding in H only, prints one line
+address; if H already uses either, the next free pair 100.64.0.3/.4, ... of 100.64.0.0/24),
+turns on IPv4 forwarding in H only, prints one line
     ready external=<IPv4> tun=<name> gateway=<IPv4>
 to stdout once traffic can flow, logs to stderr (RUST_LOG), and runs until SIGINT/SIGTERM,
 then removes TUN and TAP, prints stats to stderr and exits 0. Errors: one line, exit 2.
@@ -310,12 +326,18 @@ OPTIONS:
     --mtu <N>                guest MTU, 68..=65520 (default 1500)
     --forward <P:E:G>        forward external port E (tcp|udp) to guest port G (repeatable);
                              the guest is 192.168.64.2 (its first lease) unless P:E:<addr>:G
-    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: first
-                             nameserver of /etc/netns/<H>/resolv.conf or /etc/resolv.conf)
+    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
+                             non-loopback nameserver of /etc/netns/<H>/resolv.conf or
+                             /etc/resolv.conf; if that names only systemd-resolved's stub
+                             127.0.0.53, of /run/systemd/resolve/resolv.conf; with none
+                             usable a warning, and the gateway answers DNS with REFUSED)
     --tun-name <NAME>        TUN name in H (default hostnet%d)
     --static-guest-ip <A>    also accept A as the guest's source address (no DHCP needed)
     --no-offload             no checksum/TSO offloads (default: the TAP, the device and the
                              TUN pass 64 KiB TCP super-frames with virtio-net headers)
+    --tun-addr <A>           the TUN's host address (default: chosen, see above)
+    --external-addr <B>      the NAT's external address, the TUN's peer (default: chosen);
+                             an explicit address H already uses is an error (exit 2)
     --threads <one|pipeline> one (default): one thread runs the guest's driver and the device
                              (TAP and TUN in one epoll loop); pipeline: guest TX/RX driver
                              threads and the bridge's threaded driver (two threads)
@@ -355,9 +377,10 @@ pub const MAX_MTU: u16 = 65_520;
 pub const DEFAULT_TUN_NAME: &str = "hostnet%d";
 /// The address the only guest leases first (start of the DHCP pool).
 pub const FIRST_GUEST_ADDR: Ipv4Addr = bridge::defaults::DHCP_POOL_FIRST;
-/// The TUN's host-side address in H.
+/// The TUN's host-side address in H by default (see [`bridge::choose_pair`]).
 pub const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
-/// The NAT's external address (the TUN's peer, routed into the TUN by H).
+/// The NAT's external address by default (the TUN's peer, routed into the TUN by H; the
+/// ready line names the one chosen).
 pub const NAT_EXTERNAL_ADDR: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 /// The guest's gateway.
 pub const GATEWAY_ADDR: Ipv4Addr = bridge::defaults::GATEWAY;
@@ -497,6 +520,36 @@ mod tests {
     }
 
     #[test]
+    fn address_pair_flags_are_parsed() {
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--tun-addr",
+            "10.1.0.1",
+            "--external-addr=10.1.0.2",
+        ])
+        .unwrap();
+        assert_eq!(a.tun_addr, Some(Ipv4Addr::new(10, 1, 0, 1)));
+        assert_eq!(a.external_addr, Some(Ipv4Addr::new(10, 1, 0, 2)));
+        let a = attach(&["--guest-netns", "g"]).unwrap();
+        assert_eq!((a.tun_addr, a.external_addr), (None, None));
+        for bad in [
+            &["--guest-netns", "g", "--tun-addr", "x"][..],
+            &["--guest-netns", "g", "--external-addr"],
+            &[
+                "--guest-netns",
+                "g",
+                "--external-addr",
+                "10.1.0.2",
+                "--external-addr",
+                "10.1.0.3",
+            ],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn defaults_apply() {
         let a = attach(&["--guest-netns", "g"]).unwrap();
         assert_eq!(a.mtu, 1500);
@@ -554,15 +607,5 @@ mod tests {
             Ok("198.18.0.2:53".parse().unwrap())
         );
         assert!(parse_upstream("198.18.0.2:0").is_err());
-    }
-
-    #[test]
-    fn first_ipv4_nameserver_wins() {
-        let conf = "# c\nsearch x\nnameserver fe80::1\nnameserver 10.0.0.53\nnameserver 1.1.1.1\n";
-        assert_eq!(
-            first_nameserver(conf),
-            Some("10.0.0.53:53".parse().unwrap())
-        );
-        assert_eq!(first_nameserver("search x\n"), None);
     }
 }

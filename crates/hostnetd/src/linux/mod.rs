@@ -5,7 +5,7 @@ mod device;
 mod proxy;
 
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -30,17 +30,23 @@ use device::DeviceConfig;
 /// an error; the current connection is closed first).
 pub(crate) fn run(args: &Args) -> Result<()> {
     init_tracing();
-    // The first IPv4 nameserver of /etc/resolv.conf, loopback included.
-    let dns_upstream = args.dns_upstream.or_else(|| {
-        let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-        let first = bridge::resolv_conf_nameservers(&text).next()?;
-        Some(SocketAddrV4::new(first, 53))
-    });
+    // The gateway's DNS upstream (bridge::dns: resolv.conf, systemd-resolved's upstreams
+    // behind its stub); none usable: a warning, and the gateway answers REFUSED.
+    let dns = match args.dns_upstream {
+        Some(d) => bridge::DnsChoice::explicit(d),
+        None => bridge::ResolverPaths::default().choose_upstream(),
+    };
+    dns.log();
+    let dns_upstream = dns.upstream;
+    // The address pair, chosen under this namespace's lock (bridge::reserve_pair) and held
+    // until the TUN has it, so a second instance starting at once sees it.
+    let (pair, used, pair_lock) = bridge::reserve_pair(args.tun_addr, args.external_addr)?;
+    bridge::log_pair(&pair, &used);
     let mut config = DeviceConfig {
         mac: args.mac,
         mtu: args.mtu,
         gateway: GATEWAY,
-        external: NAT_EXTERNAL,
+        external: pair.external,
         forwards: args.forwards.clone(),
         dns_upstream,
         offload: args.offload,
@@ -49,7 +55,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     // Fail on a bad configuration before anything is created.
     config.device_core().context("invalid configuration")?;
 
-    let tun = Arc::new(open_tun(args)?);
+    let tun = Arc::new(open_tun(args, pair)?);
+    drop(pair_lock);
     // Offloads need the virtio-net header on the TUN; without it the device offers none.
     config.offload = tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN;
     // The TUN is opened non-blocking (`TunBuilder::nonblocking`); `prepare` is the host-link
@@ -74,11 +81,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         "listening"
     );
     let mut out = io::stdout().lock();
+    // `external=` comes last: the fields before it keep their order for older parsers.
     writeln!(
         out,
-        "ready socket={} tun={} gateway={GATEWAY}",
+        "ready socket={} tun={} gateway={GATEWAY} external={}",
         args.socket.display(),
-        tun.name()
+        tun.name(),
+        pair.external
     )?;
     out.flush()?;
     drop(out);
@@ -209,12 +218,12 @@ fn serve_one(
 
 /// Opens the TUN: with virtio-net headers for offloads (unless `--no-offload`); a kernel that
 /// refuses them gets a plain TUN and no offloads.
-fn open_tun(args: &Args) -> Result<Tun> {
+fn open_tun(args: &Args, pair: bridge::AddrPair) -> Result<Tun> {
     let builder = || {
         TunBuilder::new()
             .name(args.tun_name.clone())
             .mtu(u32::from(args.mtu))
-            .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL))
+            .ipv4(pair.tun, Ipv4Dest::Peer(pair.external))
             .nonblocking(true)
     };
     if args.offload {
@@ -419,10 +428,6 @@ fn init_tracing() {
 
 /// The guest's gateway (ARP, DHCP, ping and DNS are answered here).
 pub(crate) const GATEWAY: Ipv4Addr = bridge::defaults::GATEWAY;
-/// The TUN's own address (the host side of the point-to-point link).
-const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
-/// The TUN's peer: the NAT's external address, which the host routes into the TUN.
-pub(crate) const NAT_EXTERNAL: Ipv4Addr = bridge::defaults::NAT_EXTERNAL_ADDR;
 const LISTENER_EVENT: u64 = 0;
 const WAKE_EVENT: u64 = 1;
 const TUN_EVENT: u64 = 2;

@@ -1,6 +1,6 @@
 //! The seam between `attach` and the `bridge` crate's API.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,10 +15,14 @@ pub(super) struct LabBridge {
 }
 
 impl LabBridge {
-    pub(super) fn new(args: &AttachArgs, dns: SocketAddrV4) -> anyhow::Result<Self> {
-        let cfg = BridgeConfig {
+    pub(super) fn new(
+        args: &AttachArgs,
+        dns: Option<SocketAddrV4>,
+        external: Ipv4Addr,
+    ) -> anyhow::Result<Self> {
+        let mut cfg = BridgeConfig {
             mtu: args.mtu,
-            dns_upstream: Some(dns),
+            dns_upstream: dns,
             static_guest_ip: args.static_guest_ip,
             forwards: args
                 .forwards
@@ -29,6 +33,7 @@ impl LabBridge {
             egress: args.egress.clone(),
             ..BridgeConfig::default()
         };
+        cfg.nat.external_addr = external;
         let bridge = Bridge::new(cfg).context("configuring the bridge")?;
         Ok(Self { bridge })
     }

@@ -1,24 +1,21 @@
 //! The Linux runtime of `hostnet-lab attach`.
 
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bridge::{DnsChoice, ResolverPaths};
 use utun::linux::netns;
 use utun::{Ipv4Dest, Tun};
 
 use super::lab_bridge::{LabHandle, format_stats};
 use super::lab_loop::LabLoop;
-use super::{
-    AttachArgs, GATEWAY_ADDR, HOST_TUN_ADDR, NAT_EXTERNAL_ADDR, Threads, first_nameserver,
-};
+use super::{AttachArgs, GATEWAY_ADDR, Threads};
 use crate::guest::{GuestConfig, Kick, SimGuest, features};
 
 pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
@@ -40,14 +37,29 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
             None
         }
     };
+    // The gateway's DNS upstream (bridge::dns: resolv.conf, systemd-resolved's upstreams
+    // behind its stub); none usable: a warning, and the gateway answers REFUSED.
     let dns = match args.dns_upstream {
-        Some(d) => d,
-        None => upstream_from_resolv_conf(args.host_netns.as_deref())?,
+        Some(d) => DnsChoice::explicit(d),
+        None => match &args.host_netns {
+            Some(h) => ResolverPaths::for_netns(h),
+            None => ResolverPaths::default(),
+        }
+        .choose_upstream(),
     };
-    tracing::info!(%dns, "dns upstream");
+    dns.log();
     tracing::info!(policy = %args.egress, "egress policy");
 
-    let bridge = super::lab_bridge::LabBridge::new(args, dns)?;
+    // The address pair, chosen under the host namespace's lock (bridge::reserve_pair) and
+    // held until the TUN has it, so a second instance starting at once sees it.
+    let reserve = || bridge::reserve_pair(args.tun_addr, args.external_addr);
+    let (pair, used, pair_lock) = match &host_ns {
+        Some(h) => netns::run_in(h.as_fd(), reserve).context("entering the host namespace")?,
+        None => reserve(),
+    }?;
+    bridge::log_pair(&pair, &used);
+
+    let bridge = super::lab_bridge::LabBridge::new(args, dns.upstream, pair.external)?;
     // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
     let net = bridge.net_config()?;
     if net.mtu != args.mtu {
@@ -73,7 +85,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let mut tb = Tun::builder()
         .name(args.tun_name.clone())
         .mtu(u32::from(args.mtu))
-        .ipv4(HOST_TUN_ADDR, Ipv4Dest::Peer(NAT_EXTERNAL_ADDR))
+        .ipv4(pair.tun, Ipv4Dest::Peer(pair.external))
         .up(true)
         .nonblocking(true)
         .vnet_hdr(args.offloads);
@@ -84,6 +96,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         .open()
         .context("creating the TUN in the host namespace")?;
     let tun_name = tun.name().to_owned();
+    drop(pair_lock);
     enable_forwarding(host_ns.as_ref())?;
 
     let tap = Arc::new(open_guest_tap(
@@ -109,7 +122,8 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "ready external={NAT_EXTERNAL_ADDR} tun={tun_name} gateway={GATEWAY_ADDR}"
+        "ready external={} tun={tun_name} gateway={GATEWAY_ADDR}",
+        pair.external
     )
     .and_then(|()| out.flush())
     .context("writing the ready line")?;
@@ -224,21 +238,6 @@ fn refuse_root_namespace() -> anyhow::Result<()> {
              pass --host-netns or start with `ip netns exec <H>`"
         ),
     }
-}
-
-fn upstream_from_resolv_conf(host: Option<&str>) -> anyhow::Result<SocketAddrV4> {
-    let netns_conf = host.map(|h| PathBuf::from(format!("/etc/netns/{h}/resolv.conf")));
-    let path = netns_conf
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"));
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (or pass --dns-upstream)", path.display()))?;
-    first_nameserver(&text).with_context(|| {
-        format!(
-            "no IPv4 nameserver in {} (pass --dns-upstream)",
-            path.display()
-        )
-    })
 }
 
 fn enable_forwarding(host_ns: Option<&OwnedFd>) -> anyhow::Result<()> {

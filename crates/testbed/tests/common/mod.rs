@@ -89,18 +89,7 @@ impl Lab {
     /// `/etc/netns/<host namespace>/resolv.conf` (what `ip netns exec H` shows as
     /// /etc/resolv.conf; removed on drop) and does not pass `--dns-upstream`.
     pub(crate) fn start_with(tag: &str, extra: &[&str], resolv_conf: Option<&str>) -> Self {
-        let topo = Topology::new(tag).unwrap_or_else(|e| panic!("topology {tag}: {e:#}"));
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("hostnet-e2e-{}-{n}-{tag}", std::process::id()));
-        fs::create_dir_all(&dir).expect("scratch dir");
-        let mut lab = Self {
-            procs: Vec::new(),
-            attach: None,
-            etc_netns: None,
-            topo,
-            dir,
-        };
+        let mut lab = Self::start_without_attach(tag);
         let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         match resolv_conf {
             Some(text) => {
@@ -112,9 +101,36 @@ impl Lab {
             None => args.extend(["--dns-upstream".to_owned(), SERVER.to_string()]),
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let attach = lab.spawn_attach(&args);
+        let attach = lab.spawn_attach(&[], &args);
         lab.attach = Some(attach);
         lab
+    }
+
+    /// Builds the topology and starts `attach` with `extra` args (no `--dns-upstream` added)
+    /// as `ip netns exec H <prefix...> hostnet-lab attach ...`: `prefix` wraps it (e.g.
+    /// `unshare --mount` with a set-up script that ends in `exec "$@"`).
+    #[allow(dead_code)] // dns_e2e uses it; not every test binary does
+    pub(crate) fn start_via(tag: &str, prefix: &[&str], extra: &[&str]) -> Self {
+        let mut lab = Self::start_without_attach(tag);
+        let attach = lab.spawn_attach(prefix, extra);
+        lab.attach = Some(attach);
+        lab
+    }
+
+    /// Builds the topology without starting `attach` (see [`Lab::spawn_attach`]).
+    pub(crate) fn start_without_attach(tag: &str) -> Self {
+        let topo = Topology::new(tag).unwrap_or_else(|e| panic!("topology {tag}: {e:#}"));
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("hostnet-e2e-{}-{n}-{tag}", std::process::id()));
+        fs::create_dir_all(&dir).expect("scratch dir");
+        Self {
+            procs: Vec::new(),
+            attach: None,
+            etc_netns: None,
+            topo,
+            dir,
+        }
     }
 
     /// Builds the lab and gets a lease with busybox udhcpc.
@@ -349,14 +365,35 @@ impl Lab {
             .unwrap_or_default()
     }
 
-    fn spawn_attach(&self, extra: &[&str]) -> Attach {
-        let stderr_path = self.dir.join("attach.err");
-        let err = fs::File::create(&stderr_path).expect("attach.err");
-        let mut cmd = self.topo.host.command(hostnet_lab());
+    /// Starts `ip netns exec H <prefix...> hostnet-lab attach --guest-netns G --host-netns H
+    /// <extra...>` and waits for its `ready` line.
+    pub(crate) fn spawn_attach(&self, prefix: &[&str], extra: &[&str]) -> Attach {
+        self.spawn_attach_for(self.topo.guest.name(), "attach.err", prefix, extra)
+    }
+
+    /// Like [`Lab::spawn_attach`] for another guest namespace `guest`, stderr to
+    /// `<scratch>/<stderr_name>`.
+    pub(crate) fn spawn_attach_for(
+        &self,
+        guest: &str,
+        stderr_name: &str,
+        prefix: &[&str],
+        extra: &[&str],
+    ) -> Attach {
+        let stderr_path = self.dir.join(stderr_name);
+        let err = fs::File::create(&stderr_path).expect("attach stderr file");
+        let mut cmd = match prefix.split_first() {
+            None => self.topo.host.command(hostnet_lab()),
+            Some((first, rest)) => {
+                let mut c = self.topo.host.command(first);
+                c.args(rest).arg(hostnet_lab());
+                c
+            }
+        };
         cmd.args([
             "attach",
             "--guest-netns",
-            self.topo.guest.name(),
+            guest,
             "--host-netns",
             self.topo.host.name(),
         ])
