@@ -34,6 +34,18 @@ pub(crate) struct Args {
     pub(crate) tun_name: String,
     /// Offer checksum and TCPv4 segmentation offloads to the guest (TUN with virtio-net headers).
     pub(crate) offload: bool,
+    /// The user (name or numeric uid) to run as after set-up; `None`: stay who we are.
+    pub(crate) user: Option<String>,
+    /// The group (name or numeric gid) to run as after set-up; `None`: the user's primary group.
+    pub(crate) group: Option<String>,
+    /// Permission bits of the socket file (default 0600).
+    pub(crate) socket_mode: u32,
+    /// The socket file's group (name or numeric gid); `None`: the group we run as.
+    pub(crate) socket_group: Option<String>,
+    /// Set no_new_privs and install the seccomp filter after set-up (`--no-sandbox`: off).
+    pub(crate) sandbox: bool,
+    /// Test only: make one forbidden system call right after the filter is installed.
+    pub(crate) sandbox_selftest: bool,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -57,6 +69,12 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut dns_upstream = None;
     let mut tun_name = None;
     let mut no_offload = None;
+    let mut user = None;
+    let mut group = None;
+    let mut socket_mode = None;
+    let mut socket_group = None;
+    let mut no_sandbox = None;
+    let mut selftest = None;
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -74,12 +92,23 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         };
         match key {
             "-h" | "--help" => return Ok(Invocation::Help),
-            "--no-offload" => {
+            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" => {
                 if inline.is_some() {
                     return Err(ArgError(format!("{key} takes no value")));
                 }
-                set_once(&mut no_offload, key, ())?;
+                let slot = match key {
+                    "--no-offload" => &mut no_offload,
+                    "--no-sandbox" => &mut no_sandbox,
+                    _ => &mut selftest,
+                };
+                set_once(slot, key, ())?;
             }
+            "--user" => set_once(&mut user, key, parse_principal(key, &value()?)?)?,
+            "--group" => set_once(&mut group, key, parse_principal(key, &value()?)?)?,
+            "--socket-group" => {
+                set_once(&mut socket_group, key, parse_principal(key, &value()?)?)?;
+            }
+            "--socket-mode" => set_once(&mut socket_mode, key, parse_mode(&value()?)?)?,
             "--socket" => set_once(&mut socket, key, PathBuf::from(value()?))?,
             "--mtu" => set_once(&mut mtu, key, parse_mtu(&value()?)?)?,
             "--mac" => {
@@ -116,6 +145,9 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
             other => return Err(ArgError(format!("unknown argument {other:?} (try --help)"))),
         }
     }
+    if group.is_some() && user.is_none() {
+        return Err(ArgError("--group needs --user".into()));
+    }
     Ok(Invocation::Serve(Args {
         socket: socket.ok_or_else(|| ArgError("--socket <path> is required".into()))?,
         mtu: mtu.unwrap_or(DEFAULT_MTU),
@@ -124,6 +156,12 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         dns_upstream,
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         offload: no_offload.is_none(),
+        user,
+        group,
+        socket_mode: socket_mode.unwrap_or(DEFAULT_SOCKET_MODE),
+        socket_group,
+        sandbox: no_sandbox.is_none(),
+        sandbox_selftest: selftest.is_some(),
     }))
 }
 
@@ -144,6 +182,34 @@ pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
         Ok(sa) if sa.port() != 0 => Ok(sa),
         _ => Err(ArgError(format!(
             "bad --dns-upstream {s:?}: expected <IPv4>[:port]"
+        ))),
+    }
+}
+
+/// A user or group: a name (`[A-Za-z0-9._-]`, at most 32 bytes, not starting with `-`) or a
+/// number. Whether it exists is checked when the daemon starts.
+fn parse_principal(key: &str, v: &str) -> Result<String, ArgError> {
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && !v.starts_with('-')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(ArgError(format!(
+            "bad {key} {v:?}: expected a name or a number"
+        )))
+    }
+}
+
+/// Octal permission bits (`600`, `0660`, `0o660`), at most 0777.
+fn parse_mode(v: &str) -> Result<u32, ArgError> {
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && m <= 0o777 => Ok(m),
+        _ => Err(ArgError(format!(
+            "bad --socket-mode {v:?}: expected octal permission bits, at most 0777"
         ))),
     }
 }
@@ -172,6 +238,7 @@ hostnetd: a vhost-user-net backend (hostnet's bridge, NAT and a TUN) for QEMU an
 USAGE:
     hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
+             [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
@@ -183,6 +250,13 @@ frontend disconnects). If its TUN fails (deleted underneath with `ip link del`),
 a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
 (bad arguments: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
 namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
+
+Least privilege: once the TUN is open and the socket bound, hostnetd switches to --user/--group
+(if given), sets no_new_privs and installs a seccomp filter that allows only the system calls
+it serves with; any other call kills the process (SIGSYS; the kernel's audit log names the call).
+The socket file is created with mode 0600 (--socket-mode), owned by --user and --socket-group.
+Each frontend's peer credentials (pid, uid, gid) are logged when it connects. docs/SECURITY.md
+has the threat model.
 
 OPTIONS:
     --socket <path>          unix socket to listen on (required)
@@ -197,6 +271,14 @@ OPTIONS:
                              the MTU and fully checksummed, the TUN carries plain IP packets
                              (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
                              TUN with virtio-net headers so the host kernel segments and checksums)
+    --user <U>               user (name or uid) to run as after set-up (default: stay)
+    --group <G>              group to run as after set-up (default: the user's primary group)
+    --socket-mode <MODE>     socket file permission bits, octal (default 0600)
+    --socket-group <G>       the socket file's group (default: the group run as), e.g. with
+                             --socket-mode 0660 for a frontend in that group
+    --no-sandbox             no no_new_privs, no seccomp filter (debugging only)
+    --sandbox-selftest       test only: after installing the filter, make one forbidden call
+                             (socket(AF_INET)); the process must die of SIGSYS
     -h, --help               this text
 ";
 
@@ -206,6 +288,8 @@ const MIN_MTU: u16 = 68;
 const MAX_MTU: u16 = 65_520;
 /// Default guest MAC (QEMU's customary first NIC address).
 pub(crate) const DEFAULT_MAC: MacAddr = bridge::defaults::GUEST_MAC;
+/// Default permission bits of the socket file: the owner only.
+pub(crate) const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Default TUN name pattern.
 pub(crate) const DEFAULT_TUN_NAME: &str = "hostnetd%d";
 /// The address the first guest leases (start of the DHCP pool); the default target of `--forward`.
@@ -240,8 +324,23 @@ mod tests {
             "--tun-name",
             "vu%d",
             "--no-offload",
+            "--user",
+            "nobody",
+            "--group=65534",
+            "--socket-mode",
+            "0660",
+            "--socket-group",
+            "kvm",
+            "--no-sandbox",
+            "--sandbox-selftest",
         ])
         .unwrap();
+        assert_eq!(a.user.as_deref(), Some("nobody"));
+        assert_eq!(a.group.as_deref(), Some("65534"));
+        assert_eq!(a.socket_mode, 0o660);
+        assert_eq!(a.socket_group.as_deref(), Some("kvm"));
+        assert!(!a.sandbox);
+        assert!(a.sandbox_selftest);
         assert_eq!(a.socket, PathBuf::from("/tmp/s.sock"));
         assert_eq!(a.mtu, 9000);
         assert_eq!(a.mac, MacAddr([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]));
@@ -275,6 +374,10 @@ mod tests {
         assert!(a.forwards.is_empty());
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offload, "offloads are on by default");
+        assert!(a.sandbox, "the sandbox is on by default");
+        assert!(!a.sandbox_selftest);
+        assert_eq!((a.user, a.group, a.socket_group), (None, None, None));
+        assert_eq!(a.socket_mode, 0o600);
         assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
     }
 
@@ -305,6 +408,14 @@ mod tests {
             &["--socket", "a", "--bogus"],
             &["--socket", "a", "--no-offload=yes"],
             &["--socket", "a", "--no-offload", "--no-offload"],
+            &["--socket", "a", "--group", "nogroup"],
+            &["--socket", "a", "--user", ""],
+            &["--socket", "a", "--user", "-x"],
+            &["--socket", "a", "--user", "a b"],
+            &["--socket", "a", "--socket-mode", "888"],
+            &["--socket", "a", "--socket-mode", "1777"],
+            &["--socket", "a", "--socket-mode", ""],
+            &["--socket", "a", "--no-sandbox=1"],
         ] {
             assert!(parse_args(bad).is_err(), "{bad:?} accepted");
         }
