@@ -327,7 +327,9 @@ fn allowed_syscalls() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
             SYS_exit_group,
         ],
     );
-    // A panic that aborts raises SIGABRT at itself (and nothing else: only this process).
+    // A panic that aborts restores SIGABRT's default action and raises it at itself (and
+    // nothing else: only this process).
+    rules.insert(SYS_rt_sigaction, vec![arg_eq(0, SIGABRT)?]);
     rules.insert(SYS_tgkill, vec![arg_eq(0, i64::from(std::process::id()))?]);
     // The socket file is removed at exit (`unlink` too on x86_64, above).
     any(&mut rules, &[SYS_unlinkat]);
