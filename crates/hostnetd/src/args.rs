@@ -34,7 +34,8 @@ pub(crate) struct Args {
     pub(crate) tun_name: String,
     /// Offer checksum and TCPv4 segmentation offloads to the guest (TUN with virtio-net headers).
     pub(crate) offload: bool,
-    /// The user (name or numeric uid) to run as after set-up; `None`: stay who we are.
+    /// The user (name or numeric uid) to run as after set-up; `None`: nobody when started as
+    /// root with the sandbox on, else stay who we are.
     pub(crate) user: Option<String>,
     /// The group (name or numeric gid) to run as after set-up; `None`: the user's primary group.
     pub(crate) group: Option<String>,
@@ -252,9 +253,10 @@ a frontend, it logs an error naming the TUN, closes the connection and exits wit
 namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
 
 Least privilege: once the TUN is open and the socket bound, hostnetd switches to --user/--group
-(if given), sets no_new_privs and installs a seccomp filter that allows only the system calls
-it serves with; any other call kills the process (SIGSYS; the kernel's audit log names the call).
-The socket file is created with mode 0600 (--socket-mode), owned by --user and --socket-group.
+(started as root: nobody by default), sets no_new_privs and installs a seccomp filter that allows
+only the system calls it serves with; any other call kills the process (SIGSYS; the kernel's
+audit log names the call). The socket file is created with mode 0600 (--socket-mode), owned by
+the user it runs as and --socket-group.
 Each frontend's peer credentials (pid, uid, gid) are logged when it connects. docs/SECURITY.md
 has the threat model.
 
@@ -271,12 +273,14 @@ OPTIONS:
                              the MTU and fully checksummed, the TUN carries plain IP packets
                              (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
                              TUN with virtio-net headers so the host kernel segments and checksums)
-    --user <U>               user (name or uid) to run as after set-up (default: stay)
+    --user <U>               user (name or uid) to run as after set-up (default: nobody when
+                             started as root, unless --no-sandbox; `--user root` stays root)
     --group <G>              group to run as after set-up (default: the user's primary group)
     --socket-mode <MODE>     socket file permission bits, octal (default 0600)
     --socket-group <G>       the socket file's group (default: the group run as), e.g. with
                              --socket-mode 0660 for a frontend in that group
-    --no-sandbox             no no_new_privs, no seccomp filter (debugging only)
+    --no-sandbox             no no_new_privs, no seccomp filter, no switch to nobody unless
+                             --user is given (debugging only)
     --sandbox-selftest       test only: after installing the filter, make one forbidden call
                              (socket(AF_INET)); the process must die of SIGSYS
     -h, --help               this text

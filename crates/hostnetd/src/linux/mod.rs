@@ -48,11 +48,17 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     };
     // Fail on a bad configuration before anything is created.
     config.device_core().context("invalid configuration")?;
-    let identity = args
-        .user
-        .as_deref()
+    // Started as root with the sandbox on, it runs as nobody after set-up unless told otherwise
+    // (passt does the same).
+    let user = match &args.user {
+        Some(u) => Some(u.as_str()),
+        None if args.sandbox && nix::unistd::geteuid().is_root() => Some(sandbox::DEFAULT_USER),
+        None => None,
+    };
+    let identity = user
         .map(|u| sandbox::resolve_identity(u, args.group.as_deref()))
-        .transpose()?;
+        .transpose()
+        .context("the user to run as after set-up (--user)")?;
     let socket_group = match &args.socket_group {
         Some(g) => Some(sandbox::resolve_group(g)?),
         None => identity.as_ref().map(|id| id.gid),
@@ -77,6 +83,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     if let Some(id) = &identity {
         sandbox::switch_user(id).with_context(|| format!("switching to user {}", id.user))?;
         info!(user = %id.user, uid = %id.uid, gid = %id.gid, "running as {}", id.user);
+    }
+    if nix::unistd::geteuid().is_root() {
+        warn!("running as root after set-up: see --user and docs/SECURITY.md");
     }
     if args.sandbox {
         sandbox::lock_down(args.sandbox_selftest)?;

@@ -34,6 +34,9 @@ use seccompiler::{
 };
 use tracing::{info, warn};
 
+/// The user a daemon started as root runs as after set-up when no `--user` is given (as passt).
+pub(crate) const DEFAULT_USER: &str = "nobody";
+
 /// Who the daemon runs as after set-up (`--user`, `--group`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Identity {
