@@ -129,6 +129,16 @@ pub(crate) fn secure_socket(
 /// Any step refused (not running as root, or no CAP_SETUID/CAP_SETGID), or root still reachable
 /// afterwards.
 pub(crate) fn switch_user(id: &Identity) -> Result<()> {
+    // Already that user (started unprivileged with `--user` naming itself): nothing to drop, and
+    // setgroups would be refused without CAP_SETGID.
+    if nix::unistd::getuid() == id.uid
+        && nix::unistd::geteuid() == id.uid
+        && nix::unistd::getgid() == id.gid
+        && nix::unistd::getegid() == id.gid
+        && !id.uid.is_root()
+    {
+        return Ok(());
+    }
     nix::unistd::setgroups(&[id.gid]).context("setgroups")?;
     nix::unistd::setgid(id.gid).with_context(|| format!("setgid {}", id.gid))?;
     nix::unistd::setuid(id.uid).with_context(|| format!("setuid {}", id.uid))?;
