@@ -14,7 +14,7 @@ pub(crate) enum Invocation {
     /// Print the usage text.
     Help,
     /// Serve vhost-user on a socket.
-    Serve(Args),
+    Serve(Box<Args>),
 }
 
 /// The daemon's settings.
@@ -41,6 +41,19 @@ pub(crate) struct Args {
     pub(crate) tun_addr: Option<Ipv4Addr>,
     /// The NAT's external address, the TUN's peer (`--external-addr`); `None`: chosen.
     pub(crate) external_addr: Option<Ipv4Addr>,
+    /// The user (name or numeric uid) to run as after set-up; `None`: nobody when started as
+    /// root with the sandbox on, else stay who we are.
+    pub(crate) user: Option<String>,
+    /// The group (name or numeric gid) to run as after set-up; `None`: the user's primary group.
+    pub(crate) group: Option<String>,
+    /// Permission bits of the socket file (default 0600).
+    pub(crate) socket_mode: u32,
+    /// The socket file's group (name or numeric gid); `None`: the group we run as.
+    pub(crate) socket_group: Option<String>,
+    /// Set no_new_privs and install the seccomp filter after set-up (`--no-sandbox`: off).
+    pub(crate) sandbox: bool,
+    /// Test only: make one forbidden system call right after the filter is installed.
+    pub(crate) sandbox_selftest: bool,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -66,6 +79,12 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut no_offload = None;
     let mut egress = EgressPolicy::default();
     let (mut tun_addr, mut external_addr) = (None, None);
+    let mut user = None;
+    let mut group = None;
+    let mut socket_mode = None;
+    let mut socket_group = None;
+    let mut no_sandbox = None;
+    let mut selftest = None;
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -83,12 +102,23 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         };
         match key {
             "-h" | "--help" => return Ok(Invocation::Help),
-            "--no-offload" => {
+            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" => {
                 if inline.is_some() {
                     return Err(ArgError(format!("{key} takes no value")));
                 }
-                set_once(&mut no_offload, key, ())?;
+                let slot = match key {
+                    "--no-offload" => &mut no_offload,
+                    "--no-sandbox" => &mut no_sandbox,
+                    _ => &mut selftest,
+                };
+                set_once(slot, key, ())?;
             }
+            "--user" => set_once(&mut user, key, parse_principal(key, &value()?)?)?,
+            "--group" => set_once(&mut group, key, parse_principal(key, &value()?)?)?,
+            "--socket-group" => {
+                set_once(&mut socket_group, key, parse_principal(key, &value()?)?)?;
+            }
+            "--socket-mode" => set_once(&mut socket_mode, key, parse_mode(&value()?)?)?,
             "--socket" => set_once(&mut socket, key, PathBuf::from(value()?))?,
             "--mtu" => set_once(&mut mtu, key, parse_mtu(&value()?)?)?,
             "--mac" => {
@@ -129,7 +159,10 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
             other => return Err(ArgError(format!("unknown argument {other:?} (try --help)"))),
         }
     }
-    Ok(Invocation::Serve(Args {
+    if group.is_some() && user.is_none() {
+        return Err(ArgError("--group needs --user".into()));
+    }
+    Ok(Invocation::Serve(Box::new(Args {
         socket: socket.ok_or_else(|| ArgError("--socket <path> is required".into()))?,
         mtu: mtu.unwrap_or(DEFAULT_MTU),
         mac: mac.unwrap_or(DEFAULT_MAC),
@@ -140,7 +173,13 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         egress,
         tun_addr,
         external_addr,
-    }))
+        user,
+        group,
+        socket_mode: socket_mode.unwrap_or(DEFAULT_SOCKET_MODE),
+        socket_group,
+        sandbox: no_sandbox.is_none(),
+        sandbox_selftest: selftest.is_some(),
+    })))
 }
 
 /// Adds a `--deny`/`--allow` rule (`key`) of value `v` to `policy`.
@@ -184,6 +223,34 @@ fn parse_ipv4(key: &str, v: &str) -> Result<Ipv4Addr, ArgError> {
         .map_err(|_| ArgError(format!("bad {key} {v:?}: not an IPv4 address")))
 }
 
+/// A user or group: a name (`[A-Za-z0-9._-]`, at most 32 bytes, not starting with `-`) or a
+/// number. Whether it exists is checked when the daemon starts.
+fn parse_principal(key: &str, v: &str) -> Result<String, ArgError> {
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && !v.starts_with('-')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(ArgError(format!(
+            "bad {key} {v:?}: expected a name or a number"
+        )))
+    }
+}
+
+/// Octal permission bits (`600`, `0660`, `0o660`), at most 0777.
+fn parse_mode(v: &str) -> Result<u32, ArgError> {
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && m <= 0o777 => Ok(m),
+        _ => Err(ArgError(format!(
+            "bad --socket-mode {v:?}: expected octal permission bits, at most 0777"
+        ))),
+    }
+}
+
 fn parse_mtu(v: &str) -> Result<u16, ArgError> {
     match v.parse::<u16>() {
         Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => Ok(m),
@@ -210,6 +277,7 @@ USAGE:
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
              [--deny CIDR]... [--allow CIDR]...
              [--tun-addr A] [--external-addr B]
+             [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
@@ -223,6 +291,14 @@ frontend disconnects). If its TUN fails (deleted underneath with `ip link del`),
 a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
 (bad arguments, or a --tun-addr/--external-addr already in use: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
 namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
+
+Least privilege: once the TUN is open and the socket bound, hostnetd switches to --user/--group
+(started as root: nobody by default), sets no_new_privs and installs a seccomp filter that allows
+only the system calls it serves with; any other call kills the process (SIGSYS; the kernel's
+audit log names the call). The socket file is created with mode 0600 (--socket-mode), owned by
+the user it runs as and --socket-group.
+Each frontend's peer credentials (pid, uid, gid) are logged when it connects. docs/SECURITY.md
+has the threat model.
 
 OPTIONS:
     --socket <path>          unix socket to listen on (required)
@@ -250,6 +326,16 @@ OPTIONS:
                              169.254.0.0/16 (cloud metadata) is denied unless a rule for it or a
                              longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
+    --user <U>               user (name or uid) to run as after set-up (default: nobody when
+                             started as root, unless --no-sandbox; `--user root` stays root)
+    --group <G>              group to run as after set-up (default: the user's primary group)
+    --socket-mode <MODE>     socket file permission bits, octal (default 0600)
+    --socket-group <G>       the socket file's group (default: the group run as), e.g. with
+                             --socket-mode 0660 for a frontend in that group
+    --no-sandbox             no no_new_privs, no seccomp filter, no switch to nobody unless
+                             --user is given (debugging only)
+    --sandbox-selftest       test only: after installing the filter, make one forbidden call
+                             (socket(AF_INET)); the process must die of SIGSYS
     -h, --help               this text
 ";
 
@@ -259,6 +345,8 @@ const MIN_MTU: u16 = 68;
 const MAX_MTU: u16 = 65_520;
 /// Default guest MAC (QEMU's customary first NIC address).
 pub(crate) const DEFAULT_MAC: MacAddr = bridge::defaults::GUEST_MAC;
+/// Default permission bits of the socket file: the owner only.
+pub(crate) const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Default TUN name pattern.
 pub(crate) const DEFAULT_TUN_NAME: &str = "hostnetd%d";
 /// The address the first guest leases (start of the DHCP pool); the default target of `--forward`.
@@ -272,7 +360,7 @@ mod tests {
 
     fn serve(args: &[&str]) -> Result<Args, ArgError> {
         match parse_args(args)? {
-            Invocation::Serve(a) => Ok(a),
+            Invocation::Serve(a) => Ok(*a),
             Invocation::Help => Err(ArgError("help".into())),
         }
     }
@@ -293,8 +381,23 @@ mod tests {
             "--tun-name",
             "vu%d",
             "--no-offload",
+            "--user",
+            "nobody",
+            "--group=65534",
+            "--socket-mode",
+            "0660",
+            "--socket-group",
+            "kvm",
+            "--no-sandbox",
+            "--sandbox-selftest",
         ])
         .unwrap();
+        assert_eq!(a.user.as_deref(), Some("nobody"));
+        assert_eq!(a.group.as_deref(), Some("65534"));
+        assert_eq!(a.socket_mode, 0o660);
+        assert_eq!(a.socket_group.as_deref(), Some("kvm"));
+        assert!(!a.sandbox);
+        assert!(a.sandbox_selftest);
         assert_eq!(a.socket, PathBuf::from("/tmp/s.sock"));
         assert_eq!(a.mtu, 9000);
         assert_eq!(a.mac, MacAddr([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]));
@@ -340,6 +443,10 @@ mod tests {
         assert!(a.offload, "offloads are on by default");
         assert_eq!(a.egress, EgressPolicy::default());
         assert_eq!((a.tun_addr, a.external_addr), (None, None));
+        assert!(a.sandbox, "the sandbox is on by default");
+        assert!(!a.sandbox_selftest);
+        assert_eq!((a.user, a.group, a.socket_group), (None, None, None));
+        assert_eq!(a.socket_mode, 0o600);
         assert_eq!(parse_args(&["--help"]), Ok(Invocation::Help));
     }
 
@@ -419,6 +526,14 @@ mod tests {
                 "--external-addr",
                 "1.2.3.5",
             ],
+            &["--socket", "a", "--group", "nogroup"],
+            &["--socket", "a", "--user", ""],
+            &["--socket", "a", "--user", "-x"],
+            &["--socket", "a", "--user", "a b"],
+            &["--socket", "a", "--socket-mode", "888"],
+            &["--socket", "a", "--socket-mode", "1777"],
+            &["--socket", "a", "--socket-mode", ""],
+            &["--socket", "a", "--no-sandbox=1"],
         ] {
             assert!(parse_args(bad).is_err(), "{bad:?} accepted");
         }

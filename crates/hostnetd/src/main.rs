@@ -11,6 +11,11 @@
 //! Checksum and TCPv4 segmentation offloads are offered by default (the TUN carries virtio-net
 //! headers and the host kernel segments and checksums); `--no-offload` turns them off.
 //!
+//! Least privilege: once the TUN is open and the socket bound (created 0600), the daemon runs as
+//! `--user` (started as root: `nobody`), sets no_new_privs and installs a seccomp allow list
+//! (rust-vmm's `seccompiler`); any other system call kills it with SIGSYS. `--no-sandbox` turns
+//! this off for debugging. docs/SECURITY.md has the threat model.
+//!
 //! One frontend at a time; when it disconnects the daemon serves the next one. SIGTERM/SIGINT stop
 //! it (the socket file is removed); SIGUSR1 logs the connection's counters. If the TUN fails
 //! (deleted underneath) the daemon closes the connection, logs an error naming the TUN and exits
@@ -37,7 +42,7 @@ fn main() -> ExitCode {
             print!("{}", args::USAGE);
             ExitCode::SUCCESS
         }
-        Ok(args::Invocation::Serve(a)) => serve(a),
+        Ok(args::Invocation::Serve(a)) => serve(*a),
     }
 }
 

@@ -82,6 +82,9 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
             &format!("tcp:{FORWARD_EXT_PORT}:{GUEST_LISTEN_PORT}"),
             "--dns-upstream",
             SERVER_ADDR,
+            // Least privilege (docs/SECURITY.md): nobody after set-up, under the seccomp filter.
+            "--user",
+            "nobody",
         ],
     )?;
     let sink = UploadSink::listen(&world.server, UPLOAD_PORT)?;
@@ -94,6 +97,14 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
         &format!("HOSTNET-READY listen {GUEST_LISTEN_PORT}"),
         GUEST_TIMEOUT,
     )?;
+    // The guest has fetched through the daemon, which is sandboxed and runs as nobody.
+    let (seccomp, nnp, uid) = sandbox_state(&daemon)?;
+    assert_eq!(
+        (seccomp.as_str(), nnp.as_str()),
+        ("2", "1"),
+        "Seccomp / NoNewPrivs of hostnetd while serving the guest"
+    );
+    assert_eq!(uid, "65534", "hostnetd's effective uid (nobody)");
     // The download is done and the upload has not started: the counters so far.
     daemon.process.signal("USR1")?;
     let after_download = daemon.stats(Duration::from_secs(10))?;
@@ -152,6 +163,12 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
         "the guest sent no TSO super-frames during the upload: {total:?}"
     );
 
+    // Still alive and sandboxed after the upload: the filter allowed all it did.
+    assert_eq!(
+        sandbox_state(&daemon)?.0,
+        "2",
+        "Seccomp after the guest's run"
+    );
     // Stops cleanly on SIGTERM (and removes its socket).
     daemon.process.signal("TERM")?;
     let status = daemon.process.wait_timeout(Duration::from_secs(10))?;
@@ -441,6 +458,22 @@ fn hostnetd_survives_garbage_and_bad_memory_tables() -> Result<()> {
         "hostnetd exited"
     );
     Ok(())
+}
+
+/// hostnetd's `Seccomp`, `NoNewPrivs` and effective uid from `/proc/PID/status`.
+fn sandbox_state(daemon: &Hostnetd) -> Result<(String, String, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.process.pid()))
+        .context("reading hostnetd's /proc/PID/status (has it died?)")?;
+    let field = |name: &str| -> Result<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("no {name} in /proc/PID/status"))
+    };
+    let uid = field("Uid:")?;
+    let euid = uid.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    Ok((field("Seccomp:")?, field("NoNewPrivs:")?, euid))
 }
 
 /// A file of `size` zero bytes (unlinked at once), standing in for guest memory.

@@ -3,6 +3,7 @@
 mod backend;
 mod device;
 mod proxy;
+mod sandbox;
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -54,6 +55,21 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     };
     // Fail on a bad configuration before anything is created.
     config.device_core().context("invalid configuration")?;
+    // Started as root with the sandbox on, it runs as nobody after set-up unless told otherwise
+    // (passt does the same).
+    let user = match &args.user {
+        Some(u) => Some(u.as_str()),
+        None if args.sandbox && nix::unistd::geteuid().is_root() => Some(sandbox::DEFAULT_USER),
+        None => None,
+    };
+    let identity = user
+        .map(|u| sandbox::resolve_identity(u, args.group.as_deref()))
+        .transpose()
+        .context("the user to run as after set-up (--user)")?;
+    let socket_group = match &args.socket_group {
+        Some(g) => Some(sandbox::resolve_group(g)?),
+        None => identity.as_ref().map(|id| id.gid),
+    };
 
     let tun = Arc::new(open_tun(args, pair)?);
     drop(pair_lock);
@@ -63,8 +79,30 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     // contract's step and sets the same mode again. The worker must never block.
     bridge::HostLink::prepare(&*tun).context("making the TUN non-blocking")?;
     let listener = SocketGuard::bind(&args.socket)?;
+    sandbox::secure_socket(
+        &args.socket,
+        args.socket_mode,
+        identity.as_ref().map(|id| id.uid),
+        socket_group,
+    )?;
     let stop = Arc::new(Stop::new()?);
     let _signals = spawn_signal_thread(stop.clone())?;
+    // Set-up is done: from here on the daemon only serves (see `sandbox`).
+    if let Some(id) = &identity {
+        sandbox::switch_user(id).with_context(|| format!("switching to user {}", id.user))?;
+        info!(user = %id.user, uid = %id.uid, gid = %id.gid, "running as {}", id.user);
+    }
+    if nix::unistd::geteuid().is_root() {
+        warn!("running as root after set-up: see --user and docs/SECURITY.md");
+    }
+    if args.sandbox {
+        sandbox::lock_down(args.sandbox_selftest)?;
+    } else {
+        warn!("--no-sandbox: no no_new_privs, no seccomp filter");
+        if args.sandbox_selftest {
+            sandbox::selftest_without_sandbox();
+        }
+    }
     info!(
         offload = config.offload,
         "checksum/TSO offloads {}",
@@ -115,6 +153,16 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 continue;
             }
         };
+        match rustix::net::sockopt::socket_peercred(&frontend) {
+            Ok(c) => info!(
+                connection = n,
+                pid = c.pid.as_raw_nonzero().get(),
+                uid = c.uid.as_raw(),
+                gid = c.gid.as_raw(),
+                "frontend accepted"
+            ),
+            Err(e) => warn!(connection = n, "frontend accepted; SO_PEERCRED failed: {e}"),
+        }
         let served = serve_one(&config, &tun, frontend, &stop);
         let host_lost = stop.host_lost.load(Ordering::SeqCst);
         match served {
@@ -378,8 +426,9 @@ impl SocketGuard {
         }) {
             let _ = std::fs::remove_file(path);
         }
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+        // Created 0600: nobody else can connect before `sandbox::secure_socket` sets its mode.
+        let listener = sandbox::with_private_umask(|| UnixListener::bind(path))
+            .with_context(|| format!("listening on {}", path.display()))?;
         Ok(Self {
             listener,
             path: path.to_owned(),
@@ -389,7 +438,10 @@ impl SocketGuard {
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // After a user switch the directory may not let us (then the next start replaces it).
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            warn!("removing the socket file {}: {e}", self.path.display());
+        }
     }
 }
 
