@@ -16,7 +16,8 @@
 //! use testbed::vhost_user::{VhostUserDevice, shared_memory_file};
 //! # let tap: Arc<std::os::unix::net::UnixDatagram> = unimplemented!();
 //! let mut device = VhostUserDevice::connect("/tmp/hn.sock".as_ref())?;
-//! let cfg = GuestConfig { inline_rx_interrupt: false, ..GuestConfig::default() };
+//! let mut cfg = GuestConfig::default();
+//! cfg.inline_rx_interrupt = false; // interrupts arrive on eventfds, from another process
 //! let guest = SimGuest::new_in_file(cfg, device.device_features(), shared_memory_file()?)?;
 //! let kick = device.activate(&guest)?;
 //! let running = guest.start(tap, kick)?;
