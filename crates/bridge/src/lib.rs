@@ -120,7 +120,9 @@ mod wire;
 pub mod testing;
 
 pub use crate::config::{BridgeConfig, MAX_BATCH};
-pub use crate::core::{Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify};
+pub use crate::core::{
+    Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify, RX_PASS_BUDGET, TX_BATCH_BUDGET,
+};
 pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
