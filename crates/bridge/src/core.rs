@@ -33,13 +33,36 @@ use crate::tx_queue::{TxOutcome, TxQueue};
 use crate::wire::{ETH_HLEN, MacAddr};
 use crate::{Error, HostLink, OFFLOAD_FEATURES};
 
-/// Which queues need an interrupt after an event.
+/// What an event left: which queues need an interrupt, and which work stopped on the event's
+/// budget.
+///
+/// Each [`DeviceCore::on_tx_kick`] and [`DeviceCore::on_rx_ready`] call does bounded work
+/// ([`TX_BATCH_BUDGET`] TX batches, [`RX_PASS_BUDGET`] delivery passes), so that a flood from
+/// the guest or the host cannot keep one call (and the queue locks its driver holds for it)
+/// going for ever. When a budget ran out, `tx_more` or `rx_more` is set: the driver serves its
+/// other events (control messages, the other queue, timers) and then calls again, without
+/// waiting for a kick or for the host link (neither may come: the TX queue's notifications
+/// stay off while chains wait, and an edge-triggered link does not report packets again).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Notify {
     /// The TX queue's used ring advanced and the driver wants to know.
     pub tx: bool,
     /// The RX queue's used ring advanced and the driver wants to know.
     pub rx: bool,
+    /// The TX budget ran out with chains waiting: call [`DeviceCore::on_tx_kick`] again soon.
+    pub tx_more: bool,
+    /// The delivery budget ran out with frames or host packets waiting: call
+    /// [`DeviceCore::on_rx_ready`] again soon (with `host_readable` false: the core remembers
+    /// that the link had more).
+    pub rx_more: bool,
+}
+
+impl Notify {
+    /// Whether a budget ran out ([`Notify::tx_more`] or [`Notify::rx_more`]).
+    pub fn more(&self) -> bool {
+        self.tx_more || self.rx_more
+    }
 }
 
 /// A monotonic clock for drivers: the milliseconds the core's `now` arguments count. The
@@ -334,7 +357,9 @@ impl DeviceCore {
 
     /// The driver kicked the TX queue: drain it through the gateway services and the NAT
     /// (writes to `host`), then deliver what is waiting for the guest if the RX queue is
-    /// usable (`rxq`).
+    /// usable (`rxq`). At most [`TX_BATCH_BUDGET`] batches: with chains left, returns with
+    /// [`Notify::tx_more`] (the queue's notifications stay off until a call drains it); a
+    /// delivery that stopped on its budget sets [`Notify::rx_more`].
     ///
     /// # Errors
     ///
@@ -349,9 +374,16 @@ impl DeviceCore {
         now: nat::Instant,
     ) -> Result<Notify, Error> {
         let mut n = Notify::default();
+        let mut batches = 0;
         loop {
             txq.disable_notification(mem)?;
             loop {
+                if batches == TX_BATCH_BUDGET {
+                    // Chains wait and notifications are off: the driver calls again.
+                    n.tx_more = true;
+                    return Ok(n);
+                }
+                batches += 1;
                 if self.replies.pending() == 0 {
                     self.replies.clear();
                 }
@@ -373,7 +405,9 @@ impl DeviceCore {
                 };
                 n.tx |= out.notify;
                 if let Some(rxq) = rxq.as_deref_mut() {
-                    n.rx |= self.deliver(mem, rxq, host, now)?;
+                    let d = self.deliver(mem, rxq, host, now)?;
+                    n.rx |= d.rx;
+                    n.rx_more = d.rx_more;
                 }
                 if !out.more {
                     break;
@@ -387,7 +421,8 @@ impl DeviceCore {
     }
 
     /// The driver added RX buffers, or (`host_readable`) the host link became readable:
-    /// deliver what is waiting. Returns whether the driver must be interrupted.
+    /// deliver what is waiting, at most [`RX_PASS_BUDGET`] passes. Returns whether the driver
+    /// must be interrupted ([`Notify::rx`]) and whether work is left ([`Notify::rx_more`]).
     ///
     /// # Errors
     ///
@@ -399,7 +434,7 @@ impl DeviceCore {
         host: &impl HostLink,
         host_readable: bool,
         now: nat::Instant,
-    ) -> Result<bool, Error> {
+    ) -> Result<Notify, Error> {
         self.rx.host_pending |= host_readable;
         self.deliver(mem, rxq, host, now)
     }
@@ -479,17 +514,18 @@ impl DeviceCore {
         }
     }
 
-    /// Fills the guest's RX buffers; returns whether to interrupt the driver.
+    /// Fills the guest's RX buffers, at most [`RX_PASS_BUDGET`] passes; returns whether to
+    /// interrupt the driver (`rx`) and whether work is left (`rx_more`).
     fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         rxq: &mut Q,
         host: &impl HostLink,
         now: nat::Instant,
-    ) -> Result<bool, Error> {
+    ) -> Result<Notify, Error> {
         let guest_mac = self.tx.engine.gateway().guest_mac();
-        let mut notify = false;
-        loop {
+        let mut notify = Notify::default();
+        for _ in 0..RX_PASS_BUDGET {
             let step = Step {
                 host,
                 now,
@@ -511,17 +547,19 @@ impl DeviceCore {
                 }
                 Err(e) => return Err(e),
             };
-            notify |= p.notify;
+            notify.rx |= p.notify;
             if self.replies.pending() == 0 {
                 self.replies.clear();
             }
             // Work is left (the round budget, or a batch whose interrupt the half handed back
             // first): an owner on one thread gets no second event for it from an edge-triggered
-            // link, so go on here; the interrupt flags add up.
+            // link, so go on here, up to the budget; the interrupt flags add up.
             if !p.more {
                 return Ok(notify);
             }
         }
+        notify.rx_more = true;
+        Ok(notify)
     }
 
     fn host_failure(&mut self, e: &std::io::Error) {
@@ -861,6 +899,15 @@ const MIN_REPLY: usize = 1024;
 pub const EXPIRE_BUDGET: usize = 1024;
 /// Host batches read per [`RxHalf::deliver`] call at most (then other events get a turn).
 const RX_ROUNDS: usize = 16;
+/// TX batches ([`BridgeConfig::batch_size`] chains each) per [`DeviceCore::on_tx_kick`] call
+/// at most; then [`Notify::tx_more`] hands the rest to the driver's next pass. Eight batches
+/// of the default 64 chains is half a ring of the largest queue size (1024).
+pub const TX_BATCH_BUDGET: usize = 8;
+/// Delivery passes per [`DeviceCore::on_rx_ready`] call (and per TX batch's delivery in
+/// [`DeviceCore::on_tx_kick`]) at most; then [`Notify::rx_more`]. A pass delivers the pending
+/// gateway replies and host packets until a batch wants its interrupt or 16 host batches
+/// were read.
+pub const RX_PASS_BUDGET: usize = 8;
 /// Longest timer while the NAT has a deadline, in milliseconds.
 const MAX_WAIT: u64 = 60_000;
 /// Timer when the NAT reports a passed deadline but the last tick expired nothing.
@@ -979,6 +1026,103 @@ mod tests {
         assert_eq!(dp.stats.local_replies, 1);
     }
 
+    /// A full TX ring is more than one kick's budget: the first call takes
+    /// [`TX_BATCH_BUDGET`] batches and says `tx_more`, later calls finish the ring; nothing is
+    /// lost or taken twice.
+    #[test]
+    fn a_full_tx_ring_is_served_over_several_calls_within_the_budget() {
+        const SIZE: u16 = 1024;
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, SIZE);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, _peer) = MemoryLink::pair(64).unwrap();
+        let mut dp = DeviceCore::new(config(Vec::new())).unwrap();
+        dp.ack_features(FEATURES, &host);
+        // Frames of an ethertype nobody serves: counted drops, one per chain.
+        let mut frame = testing::arp_request(GUEST_MAC, GUEST_IP, GATEWAY);
+        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        for _ in 0..SIZE {
+            net.send_frame(HDR, &frame, &[]);
+        }
+        let n = dp
+            .on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        assert!(n.tx_more && n.more(), "{n:?}");
+        assert!(!n.rx_more, "{n:?}");
+        assert_eq!(net.tx_used().len(), TX_BATCH_BUDGET * BATCH, "one budget");
+        let mut calls = 1;
+        let mut taken = TX_BATCH_BUDGET * BATCH;
+        loop {
+            let n = dp
+                .on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+                .unwrap();
+            calls += 1;
+            let used = net.tx_used().len();
+            assert!(used <= TX_BATCH_BUDGET * BATCH, "{used} chains in one call");
+            taken += used;
+            if !n.tx_more {
+                break;
+            }
+            assert!(calls < 10, "the ring never drains");
+        }
+        assert_eq!(taken, usize::from(SIZE), "every chain once");
+        assert_eq!(
+            dp.stats().drops_of(crate::DropCause::EtherType),
+            u64::from(SIZE)
+        );
+        // Drained: a kick with nothing to do finishes at once.
+        let n = dp
+            .on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        assert!(!n.more(), "{n:?}");
+    }
+
+    /// Host packets beyond the delivery budget stay for the next call, which needs no new
+    /// readiness event.
+    #[test]
+    fn a_host_flood_is_delivered_over_several_calls_within_the_budget() {
+        const SIZE: u16 = 1024;
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, SIZE);
+        let (mut rxq, _txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(usize::from(SIZE)).unwrap();
+        let mut dp = DeviceCore::new(config(vec![dns_forward()])).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, usize::from(SIZE));
+        let total = RX_PASS_BUDGET * BATCH + 100;
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        for i in 0..total {
+            let p = testing::udp_packet(client, 4000, EXTERNAL, 5353, &[i as u8; 8]);
+            assert!(peer.send(&p));
+        }
+        let n = dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap();
+        assert!(n.rx && n.rx_more, "{n:?}");
+        let first = dp.stats().rx_frames;
+        assert!(
+            first <= (RX_PASS_BUDGET * RX_ROUNDS * BATCH) as u64 && first < total as u64,
+            "{first} frames in one call"
+        );
+        let n = dp.on_rx_ready(&mem, &mut rxq, &host, false, NOW).unwrap();
+        assert!(!n.rx_more, "{n:?}");
+        assert_eq!(
+            dp.stats().rx_frames,
+            total as u64,
+            "the rest, no readiness needed"
+        );
+        assert_eq!(peer.pending(), 0);
+        let mut pending = Vec::new();
+        for i in 0..total {
+            let (_, f) = net
+                .rx_frame(HDR, &mut pending)
+                .unwrap_or_else(|| panic!("frame {i}"));
+            let ip =
+                Ipv4Packet::new_checked(EthernetFrame::new_checked(&f[..]).unwrap().into_payload())
+                    .unwrap();
+            let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert_eq!(udp.payload(), [i as u8; 8], "in order");
+        }
+    }
+
     #[test]
     fn without_an_rx_queue_replies_wait_for_it() {
         let mem = testing::guest_memory();
@@ -995,7 +1139,11 @@ mod tests {
         let n = dp.on_tx_kick(&mem, &mut txq, None, &host, NOW).unwrap();
         assert!(!n.rx);
         post_rx(&mut net, 1);
-        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, false, NOW).unwrap());
+        assert!(
+            dp.on_rx_ready(&mem, &mut rxq, &host, false, NOW)
+                .unwrap()
+                .rx
+        );
         assert!(net.rx_frame(HDR, &mut Vec::new()).is_some());
     }
 
@@ -1017,11 +1165,15 @@ mod tests {
             assert!(peer.send(&p));
         }
         // Readable, but no RX buffers: nothing delivered, nothing lost.
-        assert!(!dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        assert!(!dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap().rx);
         assert!(net.rx_used().is_empty());
         // The guest adds buffers and kicks; no new readiness from the TUN.
         post_rx(&mut net, total);
-        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, false, NOW).unwrap());
+        assert!(
+            dp.on_rx_ready(&mem, &mut rxq, &host, false, NOW)
+                .unwrap()
+                .rx
+        );
         let mut pending = Vec::new();
         for i in 0..total {
             let (_, f) = net
@@ -1207,7 +1359,7 @@ mod tests {
         let mut bytes = hdr.to_bytes().to_vec();
         bytes.extend_from_slice(&ip);
         assert!(peer.send(&bytes));
-        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap().rx);
         let (g, frame) = net.rx_frame(HDR, &mut Vec::new()).expect("a frame");
         assert_eq!(
             (g.gso_type, g.gso_size, g.csum_start, g.csum_offset),
@@ -1270,7 +1422,7 @@ mod tests {
             let p = testing::udp_packet(client, 4000, EXTERNAL, 5353, &[i as u8; 8]);
             assert!(peer.send(&p));
         }
-        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap().rx);
         assert_eq!(dp.stats.rx_frames, packets as u64);
         assert_eq!(peer.pending(), 0);
         (host.1.load(Ordering::Relaxed), dp.stats.rx_frames as usize)
@@ -1301,7 +1453,7 @@ mod tests {
         post_rx(&mut net, 4);
         let p = testing::udp_packet(Ipv4Addr::new(198, 18, 0, 2), 4000, EXTERNAL, 5353, b"q");
         assert!(peer.send(&p));
-        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap());
+        assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap().rx);
         assert_eq!(dp.nat().len(), 1);
         assert!(dp.next_timeout(NOW).is_some(), "a flow has a deadline");
         dp.on_tick(NOW);

@@ -131,7 +131,9 @@ mod wire;
 pub mod testing;
 
 pub use crate::config::{BridgeConfig, MAX_BATCH};
-pub use crate::core::{Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify};
+pub use crate::core::{
+    Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify, RX_PASS_BUDGET, TX_BATCH_BUDGET,
+};
 pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
 pub use addr_pair::{AddrPair, AddrUse, PairError, choose_pair, default_pair_taken, log_pair};
 #[cfg(all(target_os = "linux", feature = "utun"))]

@@ -5,81 +5,14 @@
 //! reasons by name. No QEMU; needs root (a network namespace, a TUN, bash for `/dev/udp`).
 #![cfg(target_os = "linux")]
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use testbed::netns::{Netns, Process};
-use testbed::strip_ansi;
-
-/// A running hostnetd in its own namespace, its ready line read; stderr lines without ANSI colours.
-struct Daemon {
-    process: Process,
-    tun: String,
-    stderr: mpsc::Receiver<String>,
-    sock: std::path::PathBuf,
-}
+use common::Daemon;
+use testbed::netns::Netns;
 
 impl Daemon {
-    fn start(ns: &Netns, tag: &str) -> Self {
-        let sock = std::env::temp_dir().join(format!(
-            "hostnetd-tungone-{}-{tag}.sock",
-            std::process::id()
-        ));
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
-        cmd.arg("--socket")
-            .arg(&sock)
-            .args(["--dns-upstream", "198.18.0.2"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut process = Process::spawn(&mut cmd).expect("starting hostnetd");
-        let stderr = process.take_stderr().expect("stderr");
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let line = strip_ansi(&line);
-                eprintln!("[hostnetd] {line}");
-                let _ = err_tx.send(line);
-            }
-        });
-        let stdout = process.take_stdout().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let ready = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("hostnetd printed no ready line within 10 s");
-        let tun = ready
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("tun="))
-            .unwrap_or_else(|| panic!("no tun= in {ready:?}"))
-            .to_owned();
-        // The start-up log names the egress policy and its default deny (before `ready`).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let policy = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = err_rx
-                .recv_timeout(left)
-                .expect("no egress policy line within 5 s of the start");
-            if line.contains("egress policy") {
-                break line;
-            }
-        };
-        assert!(policy.contains("deny 169.254.0.0/16 (default)"), "{policy}");
-        Self {
-            process,
-            tun,
-            stderr: err_rx,
-            sock,
-        }
-    }
-
     /// Deletes the TUN and expects hostnetd to exit within 5 s with status 1 and an error line
     /// naming the TUN.
     fn delete_tun_and_expect_exit(mut self, ns: &Netns) {
@@ -122,6 +55,11 @@ impl Daemon {
 fn hostnetd_without_a_frontend_exits_when_its_tun_is_deleted() {
     let ns = Netns::new("hnd-tun1").expect("namespace");
     let daemon = Daemon::start(&ns, "idle");
+    // On the way: the start-up log names the egress policy and its default deny.
+    let policy = daemon
+        .wait_for_line("egress policy", Duration::from_secs(5))
+        .expect("no egress policy line at start");
+    assert!(policy.contains("deny 169.254.0.0/16 (default)"), "{policy}");
     daemon.delete_tun_and_expect_exit(&ns);
 }
 

@@ -294,9 +294,11 @@ impl BridgeHandle {
             return self.kick(queue);
         }
         match self.tx_work.try_drain() {
-            Some(true) => Ok(()),
+            Some(threads::Drained::Done) => Ok(()),
+            // The budget ran out: the TX thread takes the rest.
+            Some(threads::Drained::More) => self.kick(queue),
             // Failed as the TX thread would have: recorded; stop the pipeline.
-            Some(false) => {
+            Some(threads::Drained::Failed) => {
                 self.shared.stop.store(true, Ordering::SeqCst);
                 let _ = self.events.shutdown.notify();
                 Ok(())

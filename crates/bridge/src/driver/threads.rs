@@ -17,7 +17,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::{BridgeHandle, Events, Interrupt, Shared, Threads};
-use crate::core::{Clock, Expiry, RxHalf, Step, TxHalf, lock};
+use crate::core::{Clock, Expiry, RxHalf, Step, TX_BATCH_BUDGET, TxHalf, lock};
 use crate::device::{CONFIG_INTERRUPT, RX_QUEUE, TX_QUEUE};
 use crate::frame::FrameBatch;
 use crate::stats::{DropCause, Stats};
@@ -37,15 +37,27 @@ pub(super) struct Start<A, Q> {
     pub(super) interrupt: Interrupt,
 }
 
+/// How a bounded drain of the TX queue ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Drained {
+    /// The queue is empty (notifications on again), or no reply batch is free (the pool
+    /// event resumes it).
+    Done,
+    /// [`TX_BATCH_BUDGET`] batches were taken and chains wait: drain again after looking at
+    /// the other events.
+    More,
+    /// The queue or the host link failed (recorded as the TX thread would).
+    Failed,
+}
+
 /// TX work that a kicker may run on its own thread when the TX thread is idle.
 pub(super) trait InlineTx: Send + Sync {
-    /// Drains the TX queue if nobody else is; `None` if the TX thread is busy with it,
-    /// `Some(false)` if the queue or host link failed (recorded as the TX thread would).
-    fn try_drain(&self) -> Option<bool>;
+    /// Drains the TX queue (one budget) if nobody else is; `None` if the TX thread is busy
+    /// with it.
+    fn try_drain(&self) -> Option<Drained>;
 
-    /// Drains the TX queue (waiting for the lock); `false` if the queue or host link failed
-    /// (recorded as the TX thread would).
-    fn drain(&self) -> bool;
+    /// Drains the TX queue (one budget), waiting for the lock.
+    fn drain(&self) -> Drained;
 }
 
 impl core::fmt::Debug for dyn InlineTx {
@@ -151,18 +163,19 @@ where
 const INLINE_MAX_CHAINS: usize = 8;
 
 impl<A: GuestAddressSpace + Send, Q: QueueT + Send> InlineTx for Mutex<TxState<A, Q>> {
-    fn drain(&self) -> bool {
+    fn drain(&self) -> Drained {
         let mut st = lock(self);
         match st.drain() {
-            Ok(()) => true,
+            Ok(true) => Drained::More,
+            Ok(false) => Drained::Done,
             Err(e) => {
                 fail(&st.shared, &st.interrupt, e, TX_QUEUE);
-                false
+                Drained::Failed
             }
         }
     }
 
-    fn try_drain(&self) -> Option<bool> {
+    fn try_drain(&self) -> Option<Drained> {
         let mut st = match self.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -178,10 +191,11 @@ impl<A: GuestAddressSpace + Send, Q: QueueT + Send> InlineTx for Mutex<TxState<A
             return None;
         }
         match st.drain() {
-            Ok(()) => Some(true),
+            Ok(true) => Some(Drained::More),
+            Ok(false) => Some(Drained::Done),
             Err(e) => {
                 fail(&st.shared, &st.interrupt, e, TX_QUEUE);
-                Some(false)
+                Some(Drained::Failed)
             }
         }
     }
@@ -228,11 +242,12 @@ impl<A: GuestAddressSpace, Q: QueueT> TxThread<A, Q> {
         // The driver may have queued frames before activation.
         let mut work = true;
         while !self.shared.stop.load(Ordering::Acquire) {
-            if work {
-                lock(&self.state).drain()?;
-            }
-            work = false;
-            wait(&mut poll, &mut events, None)?;
+            // One budget per pass; with chains left, look at the events (shutdown) without
+            // waiting and go on.
+            let more = work && lock(&self.state).drain()?;
+            work = more;
+            let timeout = more.then_some(Duration::ZERO);
+            wait(&mut poll, &mut events, timeout)?;
             for ev in &events {
                 match ev.token() {
                     TOKEN_KICK => {
@@ -252,18 +267,21 @@ impl<A: GuestAddressSpace, Q: QueueT> TxThread<A, Q> {
 }
 
 impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
-    /// Drains the TX queue batch by batch until it is empty (notifications re-enabled) or no
-    /// reply batch is free (backpressure: the TX thread resumes on the pool event).
-    fn drain(&mut self) -> Result<(), Error> {
-        loop {
+    /// Drains the TX queue batch by batch until it is empty (notifications re-enabled), no
+    /// reply batch is free (backpressure: the TX thread resumes on the pool event), or
+    /// [`TX_BATCH_BUDGET`] batches were taken. Returns whether work is left (the budget ran
+    /// out).
+    fn drain(&mut self) -> Result<bool, Error> {
+        for _ in 0..TX_BATCH_BUDGET {
             if self.reply.is_none() {
                 self.reply = self.free.try_recv().ok();
             }
             // Without a free reply batch the TX queue is not drained: backpressure.
             if self.reply.is_none() || !self.batch()? {
-                return Ok(());
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
     /// Processes one batch; returns whether more work is already waiting.
@@ -371,12 +389,19 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
         let mut tx_work = true;
         let mut events = MioEvents::with_capacity(8);
         while !self.shared.stop.load(Ordering::Acquire) {
+            let mut tx_more = false;
             if let Some(tx) = tx
                 && std::mem::take(&mut tx_work)
-                && !tx.drain()
             {
-                // Recorded by the TX side as its own thread would have.
-                return Ok(());
+                match tx.drain() {
+                    Drained::Done => {}
+                    Drained::More => {
+                        tx_more = true;
+                        tx_work = true;
+                    }
+                    // Recorded by the TX side as its own thread would have.
+                    Drained::Failed => return Ok(()),
+                }
             }
             let now = self.clock.now();
             let (more, starved) = self.step(now)?;
@@ -420,8 +445,8 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
                 // fd is out of the interest list, at most 10 times a second.
                 timeout = Some(timeout.map_or(STARVED_RECHECK, |t| t.min(STARVED_RECHECK)));
             }
-            if more && !starved {
-                // One thread: look at the TX side's events, then go on with the rest.
+            if (more && !starved) || tx_more {
+                // One thread: look at the other side's events, then go on with the rest.
                 timeout = Some(Duration::ZERO);
             }
             let n = wait(&mut poll, &mut events, timeout)?;

@@ -1,5 +1,11 @@
 //! The vhost-user side: [`NetBackend`] implements `vhost-user-backend`'s backend trait and drives the
 //! [`DeviceCore`] from the worker thread's events (queue kicks, the TUN, a timer).
+//!
+//! Each event does bounded work: the device core stops after its budget
+//! ([`bridge::TX_BATCH_BUDGET`], [`bridge::RX_PASS_BUDGET`]) and says what is left; the backend
+//! then signals its own resume eventfd ([`RESUME_EVENT`]) and returns, releasing the queue
+//! locks, so that the frontend's control messages (`GET_VRING_BASE` when the VM stops) and
+//! the other events get their turn before the worker goes on with the rest.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,9 +23,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use bridge::{Clock, DeviceCore};
+use bridge::{Clock, DeviceCore, Notify};
 
 use super::device::{self, DeviceConfig};
 
@@ -27,6 +34,9 @@ use super::device::{self, DeviceConfig};
 pub(crate) const HOST_EVENT: u64 = 3;
 /// Worker event id of the housekeeping timer (NAT expiry).
 pub(crate) const TIMER_EVENT: u64 = 4;
+/// Worker event id of the resume eventfd: an earlier event stopped on its budget with work
+/// left.
+pub(crate) const RESUME_EVENT: u64 = 5;
 
 /// One frontend connection's device: the device core plus the vhost-user bookkeeping.
 pub(crate) struct NetBackend {
@@ -36,6 +46,12 @@ pub(crate) struct NetBackend {
     tun: Arc<Tun>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     timer: TimerFd,
+    /// Signalled when an event stopped on its budget; the worker comes back for the rest.
+    resume: EventFd,
+    /// TX chains wait beyond the last call's budget.
+    tx_more: bool,
+    /// Frames or host packets wait beyond the last delivery's budget.
+    rx_more: bool,
     /// Set by SIGUSR1: log the counters on the next tick.
     stats_requested: Arc<AtomicBool>,
     /// Set when the TUN failed (deleted underneath): the daemon stops with an error.
@@ -75,6 +91,9 @@ impl NetBackend {
             tun,
             mem,
             timer,
+            resume: EventFd::new(EFD_NONBLOCK)?,
+            tx_more: false,
+            rx_more: false,
             stats_requested,
             host_lost,
             shutdown: None,
@@ -88,6 +107,11 @@ impl NetBackend {
         self.timer.as_raw_fd()
     }
 
+    /// The resume eventfd's descriptor, for the worker's epoll ([`RESUME_EVENT`]).
+    pub(crate) fn resume_fd(&self) -> RawFd {
+        self.resume.as_raw_fd()
+    }
+
     /// Lets the backend close the connection when the driver breaks the virtio protocol.
     pub(crate) fn set_shutdown_handle(&mut self, handle: Option<ShutdownHandle>) {
         self.shutdown = handle;
@@ -99,50 +123,21 @@ impl NetBackend {
     }
 
     /// Runs one event; a queue the driver broke closes the connection (the daemon keeps running).
+    /// Work left beyond the budget re-arms the resume eventfd.
     fn dispatch(&mut self, event: u64, vrings: &[VringRwLock]) -> Result<(), bridge::Error> {
         let [rx, tx] = vrings else {
             return Ok(());
         };
-        let mem = self.mem.memory();
         match event {
-            TX_EVENT => {
-                if !usable(tx) {
-                    return Ok(());
+            TX_EVENT => self.tx_kick(rx, tx)?,
+            RX_EVENT | HOST_EVENT => self.rx_ready(rx, event == HOST_EVENT)?,
+            RESUME_EVENT => {
+                let _ = self.resume.read();
+                if std::mem::take(&mut self.tx_more) {
+                    self.tx_kick(rx, tx)?;
                 }
-                let mut txg = tx.get_mut();
-                let mut rxg = rx.get_mut();
-                let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
-                let n = self.core.on_tx_kick(
-                    &*mem,
-                    txg.get_queue_mut(),
-                    rx_ok.then(|| rxg.get_queue_mut()),
-                    &*self.tun,
-                    self.clock.now(),
-                )?;
-                if n.tx {
-                    signal(&txg, "tx");
-                }
-                if n.rx {
-                    signal(&rxg, "rx");
-                }
-            }
-            RX_EVENT | HOST_EVENT => {
-                let mut rxg = rx.get_mut();
-                let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
-                let notify = if rx_ok {
-                    self.core.on_rx_ready(
-                        &*mem,
-                        rxg.get_queue_mut(),
-                        &*self.tun,
-                        event == HOST_EVENT,
-                        self.clock.now(),
-                    )?
-                } else {
-                    self.core.on_rx_unavailable();
-                    false
-                };
-                if notify {
-                    signal(&rxg, "rx");
+                if std::mem::take(&mut self.rx_more) {
+                    self.rx_ready(rx, false)?;
                 }
             }
             TIMER_EVENT => {
@@ -159,15 +154,17 @@ impl NetBackend {
                 let moved = s.rx_frames + s.tx_frames + s.local_replies;
                 if moved != self.moved_at_tick {
                     self.moved_at_tick = moved;
+                    let mem = self.mem.memory();
                     let mut rxg = rx.get_mut();
                     if rxg.get_queue().ready() && rxg.is_enabled() {
-                        let _ = self.core.on_rx_ready(
+                        let n = self.core.on_rx_ready(
                             &*mem,
                             rxg.get_queue_mut(),
                             &*self.tun,
                             false,
                             self.clock.now(),
                         )?;
+                        self.more(n);
                         signal(&rxg, "rx");
                     }
                     let txg = tx.get_mut();
@@ -181,7 +178,69 @@ impl NetBackend {
             }
             other => debug!(event = other, "unknown worker event"),
         }
+        if self.tx_more || self.rx_more {
+            // Come back after the worker has looked at its other events (the queue locks are
+            // free until then).
+            if let Err(e) = self.resume.write(1) {
+                warn!("signalling the worker to resume failed: {e}");
+            }
+        }
         Ok(())
+    }
+
+    /// The TX queue was kicked (or a TX budget ran out before): one budget of TX work.
+    fn tx_kick(&mut self, rx: &VringRwLock, tx: &VringRwLock) -> Result<(), bridge::Error> {
+        if !usable(tx) {
+            return Ok(());
+        }
+        let mem = self.mem.memory();
+        let mut txg = tx.get_mut();
+        let mut rxg = rx.get_mut();
+        let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
+        let n = self.core.on_tx_kick(
+            &*mem,
+            txg.get_queue_mut(),
+            rx_ok.then(|| rxg.get_queue_mut()),
+            &*self.tun,
+            self.clock.now(),
+        )?;
+        self.more(n);
+        if n.tx {
+            signal(&txg, "tx");
+        }
+        if n.rx {
+            signal(&rxg, "rx");
+        }
+        Ok(())
+    }
+
+    /// RX buffers were added or (`host_readable`) the TUN became readable, or a delivery
+    /// budget ran out before: one budget of delivery.
+    fn rx_ready(&mut self, rx: &VringRwLock, host_readable: bool) -> Result<(), bridge::Error> {
+        let mem = self.mem.memory();
+        let mut rxg = rx.get_mut();
+        if rxg.get_queue().ready() && rxg.is_enabled() {
+            let n = self.core.on_rx_ready(
+                &*mem,
+                rxg.get_queue_mut(),
+                &*self.tun,
+                host_readable,
+                self.clock.now(),
+            )?;
+            self.more(n);
+            if n.rx {
+                signal(&rxg, "rx");
+            }
+        } else {
+            self.core.on_rx_unavailable();
+        }
+        Ok(())
+    }
+
+    /// Records what an event left for the resume eventfd.
+    fn more(&mut self, n: Notify) {
+        self.tx_more |= n.tx_more;
+        self.rx_more |= n.rx_more;
     }
 }
 
@@ -219,6 +278,8 @@ impl VhostUserBackendMut for NetBackend {
     fn reset_device(&mut self) {
         info!("device reset by the frontend");
         self.core.reset();
+        self.tx_more = false;
+        self.rx_more = false;
         clear_offloads(&self.tun);
         self.broken = false;
     }
@@ -251,6 +312,10 @@ impl VhostUserBackendMut for NetBackend {
     ) -> io::Result<()> {
         tracing::trace!(event = device_event, "worker event");
         if self.broken {
+            // The resume eventfd is level-triggered: empty it, or the worker spins on it.
+            if u64::from(device_event) == RESUME_EVENT {
+                let _ = self.resume.read();
+            }
             return Ok(());
         }
         // Errors never leave this function: an error would end the worker thread for good.

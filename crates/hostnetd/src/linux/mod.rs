@@ -232,6 +232,9 @@ fn serve_one(
         worker
             .register_listener(b.timer_fd(), EventSet::IN, backend::TIMER_EVENT)
             .context("registering the timer with the worker")?;
+        worker
+            .register_listener(b.resume_fd(), EventSet::IN, backend::RESUME_EVENT)
+            .context("registering the resume event with the worker")?;
     }
     daemon
         .start(&mut inner)

@@ -7,6 +7,21 @@
 //! The relay answers such an early `SET_VRING_ENABLE` itself (the rings stay disabled, which is
 //! their state anyway; QEMU enables them again after `SET_FEATURES`) and passes every other message,
 //! with its file descriptors, through unchanged.
+//!
+//! The relay also checks guest memory before the daemon maps it ([`check_memory`]): the
+//! `vm-memory` crate maps a `SET_MEM_TABLE` (or `ADD_MEM_REG`) region without looking at its
+//! file, and a region that reaches past the end of its file makes every later access to that
+//! part raise SIGBUS, which kills the whole daemon. A region must be a regular file (a memfd,
+//! a tmpfs or hugetlbfs file) that holds `mmap_offset + memory_size` bytes; otherwise the relay
+//! logs an error, answers a failure if the frontend asked for an ack, and closes that
+//! connection only (the daemon serves the next frontend).
+//!
+//! What this does not cover: a frontend that truncates an unsealed file *after* the check.
+//! A memfd sealed with `F_SEAL_SHRINK` cannot shrink, so its size checked once holds for good;
+//! QEMU's `memory-backend-memfd` seals its memfds so by default (`seal=on`: grow, shrink and
+//! seal) and Cloud Hypervisor seals its guest RAM memfds the same way. A `memory-backend-file`
+//! (tmpfs, hugetlbfs) cannot be sealed: the daemon logs that the region is not sealed, and a
+//! frontend that truncates such a file later can still crash the daemon.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
@@ -16,11 +31,12 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use rustix::fs::{FileType, SealFlags};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 /// The two relay threads of one connection.
 #[derive(Debug)]
@@ -195,6 +211,23 @@ fn frontend_to_backend(
             fds = fds.len(),
             "request"
         );
+        if let Err(e) = check_memory(h, body, &fds) {
+            error!(
+                request = h.request,
+                "the frontend's guest memory is unusable ({e}); closing the connection"
+            );
+            if h.flags & NEED_REPLY != 0 {
+                let reply = Header {
+                    request: h.request,
+                    flags: VERSION | REPLY,
+                    size: 8,
+                };
+                let mut f = replies.lock().unwrap_or_else(PoisonError::into_inner);
+                f.write_all(&reply.to_bytes())?;
+                f.write_all(&1u64.to_le_bytes())?;
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
         match filter.on_request(h, body) {
             Action::Forward => {
                 let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
@@ -262,6 +295,114 @@ fn prime_kick(kick: &mut OwnedFd) {
     if let Err(e) = std::fs::File::from(fd).write_all(&1u64.to_ne_bytes()) {
         debug!(error = %e, "could not signal a new kick eventfd");
     }
+}
+
+/// One guest memory region of a `SET_MEM_TABLE` or `ADD_MEM_REG` message
+/// (`VhostUserMemoryRegion`: four little-endian u64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    guest_phys_addr: u64,
+    memory_size: u64,
+    mmap_offset: u64,
+}
+
+impl Region {
+    fn parse(b: &[u8]) -> Option<Self> {
+        let word = |i: usize| -> Option<u64> {
+            let w: [u8; 8] = b.get(i..i + 8)?.try_into().ok()?;
+            Some(u64::from_le_bytes(w))
+        };
+        Some(Self {
+            guest_phys_addr: word(0)?,
+            memory_size: word(8)?,
+            // word(16) is the frontend's own address of the region: not ours to check.
+            mmap_offset: word(24)?,
+        })
+    }
+}
+
+/// The regions a message asks the daemon to map: those of `SET_MEM_TABLE` (a count, padding,
+/// then the regions) or the one of `ADD_MEM_REG` (padding, then the region); `None` for any
+/// other message. A body too short for what it announces is an error.
+fn memory_regions(h: Header, body: &[u8]) -> Option<Result<Vec<Region>, String>> {
+    let regions = match h.request {
+        SET_MEM_TABLE => {
+            let count: [u8; 4] = match body.get(..4).and_then(|b| b.try_into().ok()) {
+                Some(c) => c,
+                None => return Some(Err("a memory table without a region count".to_owned())),
+            };
+            let count = u32::from_le_bytes(count);
+            if count > MAX_MEM_REGIONS {
+                return Some(Err(format!(
+                    "{count} memory regions (at most {MAX_MEM_REGIONS})"
+                )));
+            }
+            (0..count as usize)
+                .map(|i| body.get(8 + i * REGION_LEN..8 + (i + 1) * REGION_LEN))
+                .map(|b| b.and_then(Region::parse))
+                .collect::<Option<Vec<_>>>()
+        }
+        ADD_MEM_REG => body
+            .get(8..8 + REGION_LEN)
+            .and_then(Region::parse)
+            .map(|r| vec![r]),
+        _ => return None,
+    };
+    Some(regions.ok_or_else(|| "a memory table shorter than its regions".to_owned()))
+}
+
+/// Checks each memory region a message brings against the file descriptor sent with it: a
+/// regular file (memfd, tmpfs or hugetlbfs file; QEMU and Cloud Hypervisor send nothing
+/// else) whose size covers `mmap_offset + memory_size`. Regions whose file is not sealed
+/// against shrinking are logged (a later truncation would still raise SIGBUS). Other
+/// messages pass. System calls: `fstat` and `fcntl(F_GET_SEALS)` per region.
+fn check_memory(h: Header, body: &[u8], fds: &[OwnedFd]) -> Result<(), String> {
+    let Some(regions) = memory_regions(h, body) else {
+        return Ok(());
+    };
+    let regions = regions?;
+    if fds.len() != regions.len() {
+        return Err(format!(
+            "{} memory regions with {} file descriptors",
+            regions.len(),
+            fds.len()
+        ));
+    }
+    for (i, (r, fd)) in regions.iter().zip(fds).enumerate() {
+        let st = rustix::fs::fstat(fd).map_err(|e| format!("region {i}: fstat: {e}"))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(format!(
+                "region {i} is backed by a {kind:?}, not a regular file or memfd"
+            ));
+        }
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let end = r
+            .mmap_offset
+            .checked_add(r.memory_size)
+            .ok_or_else(|| format!("region {i}: offset + size overflows"))?;
+        if end > size {
+            return Err(format!(
+                "region {i} (guest {:#x}, {} bytes at file offset {:#x}) reaches past the end of its {size}-byte file",
+                r.guest_phys_addr, r.memory_size, r.mmap_offset
+            ));
+        }
+        // EINVAL: a file that cannot carry seals (hugetlbfs, tmpfs opened by path).
+        let sealed = rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        if sealed {
+            debug!(
+                region = i,
+                "guest memory region checked; sealed against shrinking"
+            );
+        } else {
+            info!(
+                region = i,
+                "guest memory region checked; its file is not sealed against shrinking (a \
+                 frontend that truncates it later can still crash the daemon)"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn backend_to_frontend(back: &UnixStream, front: &Mutex<UnixStream>) -> io::Result<()> {
@@ -372,6 +513,12 @@ const MAX_FDS: usize = 32;
 const MAX_RINGS: usize = 8;
 const SET_FEATURES: u32 = 2;
 const SET_VRING_KICK: u32 = 12;
+const SET_MEM_TABLE: u32 = 5;
+const ADD_MEM_REG: u32 = 37;
+/// Bytes of one `VhostUserMemoryRegion`.
+const REGION_LEN: usize = 32;
+/// Regions a `SET_MEM_TABLE` may hold (the vhost-user limit; the `vhost` crate's too).
+const MAX_MEM_REGIONS: u32 = 8;
 const SET_VRING_ENABLE: u32 = 18;
 const VERSION: u32 = 0x1;
 const REPLY: u32 = 0x4;
@@ -428,6 +575,91 @@ mod tests {
         );
     }
 
+    /// A `SET_MEM_TABLE` body with `regions` as (size, offset).
+    fn mem_table(regions: &[(u64, u64)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&u32::try_from(regions.len()).unwrap().to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        for (i, (size, offset)) in regions.iter().enumerate() {
+            b.extend_from_slice(&(i as u64 * 0x1000_0000).to_le_bytes());
+            b.extend_from_slice(&size.to_le_bytes());
+            b.extend_from_slice(&0x7000_0000u64.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+        }
+        b
+    }
+
+    fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+        use rustix::fs::{MemfdFlags, fcntl_add_seals, ftruncate, memfd_create};
+        let fd = memfd_create(
+            "proxy-test",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        ftruncate(&fd, len).unwrap();
+        fcntl_add_seals(&fd, seals).unwrap();
+        fd
+    }
+
+    #[test]
+    fn memory_regions_must_fit_their_files() {
+        let h = Header {
+            request: SET_MEM_TABLE,
+            flags: VERSION,
+            size: 0,
+        };
+        let big = memfd(1 << 20, SealFlags::SHRINK | SealFlags::GROW);
+        let small = memfd(4096, SealFlags::empty());
+        // Fits (sealed or not), at an offset too.
+        assert_eq!(check_memory(h, &mem_table(&[(1 << 20, 0)]), &[big]), Ok(()));
+        let big = memfd(1 << 20, SealFlags::empty());
+        assert_eq!(
+            check_memory(h, &mem_table(&[(1 << 19, 1 << 19)]), &[big]),
+            Ok(())
+        );
+        // One byte past the end of the file.
+        let big = memfd(1 << 20, SealFlags::empty());
+        let e = check_memory(h, &mem_table(&[(1 << 19, (1 << 19) + 1)]), &[big]).unwrap_err();
+        assert!(e.contains("past the end of its 1048576-byte file"), "{e}");
+        // The second of two regions is short.
+        let big = memfd(1 << 20, SealFlags::empty());
+        let e =
+            check_memory(h, &mem_table(&[(1 << 20, 0), (1 << 20, 0)]), &[big, small]).unwrap_err();
+        assert!(e.starts_with("region 1 "), "{e}");
+        // Offset + size wraps.
+        let big = memfd(1 << 20, SealFlags::empty());
+        assert!(check_memory(h, &mem_table(&[(u64::MAX, 2)]), &[big]).is_err());
+        // Not a regular file.
+        let (pipe_r, _w) = std::io::pipe().unwrap();
+        let e = check_memory(h, &mem_table(&[(4096, 0)]), &[pipe_r.into()]).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        // Descriptors and regions must pair up; the table must hold what it announces.
+        assert!(check_memory(h, &mem_table(&[(4096, 0)]), &[]).is_err());
+        let mut short = mem_table(&[(4096, 0)]);
+        short.truncate(20);
+        assert!(check_memory(h, &short, &[memfd(4096, SealFlags::empty())]).is_err());
+        assert!(check_memory(h, &[], &[]).is_err());
+        let mut many = mem_table(&[]);
+        many[..4].copy_from_slice(&9u32.to_le_bytes());
+        assert!(check_memory(h, &many, &[]).is_err());
+        // ADD_MEM_REG: padding, then one region.
+        let add = Header {
+            request: ADD_MEM_REG,
+            ..h
+        };
+        let mut body = vec![0u8; 8];
+        body.extend_from_slice(&mem_table(&[(8192, 0)])[8..]);
+        let e = check_memory(add, &body, &[memfd(4096, SealFlags::empty())]).unwrap_err();
+        assert!(e.contains("past the end"), "{e}");
+        assert_eq!(
+            check_memory(add, &body, &[memfd(8192, SealFlags::empty())]),
+            Ok(())
+        );
+        // Other messages pass untouched.
+        let other = Header { request: 1, ..h };
+        assert_eq!(check_memory(other, &[], &[]), Ok(()));
+    }
+
     #[test]
     fn header_round_trips() {
         let h = Header {
@@ -464,7 +696,7 @@ mod tests {
         // A message with a descriptor reaches the daemon side with its descriptor.
         let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
         let msg = Header {
-            request: 5,
+            request: 12, // SET_VRING_KICK
             flags: VERSION,
             size: 4,
         };
@@ -494,6 +726,40 @@ mod tests {
         // The VMM hangs up: both relay threads end.
         drop(vmm_w);
         vmm.shutdown(Shutdown::Both).unwrap();
+        relay.join();
+    }
+
+    /// A memory table whose region is larger than its memfd never reaches the daemon side:
+    /// the frontend gets a failure ack and the connection closes.
+    #[test]
+    fn a_short_memory_region_closes_the_relay() {
+        let (vmm, front) = UnixStream::pair().unwrap();
+        let (back, daemon) = UnixStream::pair().unwrap();
+        let relay = Relay::spawn(front, back).unwrap();
+        let body = mem_table(&[(1 << 20, 0)]);
+        let msg = Header {
+            request: SET_MEM_TABLE,
+            flags: VERSION | NEED_REPLY,
+            size: u32::try_from(body.len()).unwrap(),
+        };
+        let fd = memfd(4096, SealFlags::empty());
+        let borrowed = [fd.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        send_all(&vmm, &msg.to_bytes(), &body, &mut control).unwrap();
+        let mut reply = [0u8; HDR_LEN + 8];
+        (&vmm).read_exact(&mut reply).unwrap();
+        assert_eq!(reply[HDR_LEN..], 1u64.to_le_bytes(), "a failure ack");
+        let mut rest = Vec::new();
+        (&vmm).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "then the connection closes");
+        let mut fds = Vec::new();
+        assert_eq!(
+            recv_header(&daemon, &mut fds).unwrap(),
+            None,
+            "nothing reached the daemon"
+        );
         relay.join();
     }
 }

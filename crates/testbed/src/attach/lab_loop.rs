@@ -73,6 +73,8 @@ impl LabLoop {
             tun,
             stop: stop.try_clone().context("cloning the stop eventfd")?,
             stopping: Arc::clone(&stopping),
+            tx_more: false,
+            rx_more: false,
         };
         let thread = std::thread::Builder::new()
             .name("lab-loop".into())
@@ -140,6 +142,10 @@ struct State {
     stop: EventFd,
     stopping: Arc<AtomicBool>,
     stats_requested: Arc<AtomicBool>,
+    /// The last TX kick stopped on the device core's budget with chains left.
+    tx_more: bool,
+    /// The last delivery stopped on the device core's budget with frames left.
+    rx_more: bool,
 }
 
 impl State {
@@ -182,7 +188,12 @@ impl State {
                 .next_timeout(self.clock.now())
                 .unwrap_or(TICK)
                 .clamp(until_tick, TICK);
-            let ms = i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+            // Work left beyond a budget: look at the events without waiting, then go on.
+            let ms = if self.tx_more || self.rx_more {
+                0
+            } else {
+                i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+            };
             let n = match epoll.wait(ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -196,11 +207,11 @@ impl State {
                     _ => {}
                 }
             }
-            if tap {
+            if tap || self.tx_more {
                 self.tx()?;
             }
-            if tun {
-                self.rx(true)?;
+            if tun || self.rx_more {
+                self.rx(tun)?;
             }
             self.check_host_link()?;
             if self.stats_requested.swap(false, Ordering::Relaxed) {
@@ -226,14 +237,15 @@ impl State {
         Ok(())
     }
 
-    /// The TAP is readable: frames onto the TX ring, the device's TX path (TUN writes,
-    /// gateway replies into the RX ring), slots back, received frames to the TAP; until the
-    /// TAP is drained.
+    /// The TAP is readable (or the last kick left chains): frames onto the TX ring, the
+    /// device's TX path (TUN writes, gateway replies into the RX ring), slots back, received
+    /// frames to the TAP; until the TAP is drained or the device core's budget ran out (the
+    /// run loop comes back at once, after a look at the other events).
     fn tx(&mut self) -> anyhow::Result<()> {
         loop {
             let p = self.driver.pump_tx()?;
-            if p.posted > 0 {
-                let _ = self
+            if p.posted > 0 || self.tx_more {
+                let n = self
                     .dp
                     .on_tx_kick(
                         &self.mem,
@@ -243,9 +255,14 @@ impl State {
                         self.clock.now(),
                     )
                     .context("the device's TX path")?;
+                self.tx_more = n.tx_more;
+                self.rx_more |= n.rx_more;
                 self.driver.reclaim_tx()?;
                 // Gateway replies (and host packets) went into the RX ring: to the TAP.
                 self.rx(false)?;
+                if self.tx_more {
+                    return Ok(());
+                }
             }
             if p.drained || p.posted == 0 {
                 return Ok(());
@@ -259,7 +276,7 @@ impl State {
         let mut readable = readable;
         for _ in 0..MAX_RX_ROUNDS {
             let before = self.dp.stats().rx_frames;
-            let _ = self
+            let n = self
                 .dp
                 .on_rx_ready(
                     &self.mem,
@@ -269,6 +286,8 @@ impl State {
                     self.clock.now(),
                 )
                 .context("the device's RX path")?;
+            // Left over after this round (the run loop comes back for it without waiting).
+            self.rx_more = n.rx_more;
             readable = false;
             // Always: a ring without buffers must get them back, or the level-triggered TUN
             // would bring the loop straight back here. Memory only when nothing was used.

@@ -1,0 +1,218 @@
+//! What the hostnetd integration tests share: a daemon started in a namespace, its ready
+//! line read and its log lines collected, and the pieces of a small vhost-user frontend (guest
+//! memory in a file, split rings written with `pwrite`). No QEMU.
+#![allow(dead_code)] // Each test crate uses a part.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use testbed::netns::{Netns, Process};
+use testbed::strip_ansi;
+
+/// A running hostnetd in its own namespace, its ready line read; stderr lines without ANSI colours.
+pub(crate) struct Daemon {
+    pub(crate) process: Process,
+    pub(crate) tun: String,
+    pub(crate) stderr: mpsc::Receiver<String>,
+    pub(crate) sock: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts hostnetd in `ns` on a socket named after the test's PID and `tag`.
+    pub(crate) fn start(ns: &Netns, tag: &str) -> Self {
+        let sock = std::env::temp_dir().join(format!("hostnetd-{}-{tag}.sock", std::process::id()));
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
+        cmd.arg("--socket")
+            .arg(&sock)
+            .args(["--dns-upstream", "198.18.0.2"])
+            .env(
+                "RUST_LOG",
+                std::env::var("HND_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut process = Process::spawn(&mut cmd).expect("starting hostnetd");
+        let stderr = process.take_stderr().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let line = strip_ansi(&line);
+                eprintln!("[hostnetd] {line}");
+                let _ = err_tx.send(line);
+            }
+        });
+        let stdout = process.take_stdout().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("hostnetd printed no ready line within 10 s");
+        let tun = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("tun="))
+            .unwrap_or_else(|| panic!("no tun= in {ready:?}"))
+            .to_owned();
+        Self {
+            process,
+            tun,
+            stderr: err_rx,
+            sock,
+        }
+    }
+
+    /// The first log line containing `needle` within `within`.
+    pub(crate) fn wait_for_line(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Guest memory of a test frontend: a file the daemon maps at guest address 0.
+pub(crate) struct GuestMem {
+    pub(crate) file: File,
+}
+
+impl GuestMem {
+    /// A memfd of `len` bytes, not sealed (as QEMU's `memory-backend-memfd,seal=off`).
+    pub(crate) fn new(tag: &str, len: u64) -> Self {
+        use rustix::fs::{MemfdFlags, memfd_create};
+        let fd = memfd_create(tag, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .expect("memfd_create");
+        let file = File::from(fd);
+        file.set_len(len).expect("sizing the memfd");
+        Self { file }
+    }
+
+    pub(crate) fn write(&self, at: u64, bytes: &[u8]) {
+        self.file
+            .write_all_at(bytes, at)
+            .expect("writing guest memory");
+    }
+
+    pub(crate) fn read_u16(&self, at: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.file
+            .read_exact_at(&mut b, at)
+            .expect("reading guest memory");
+        u16::from_le_bytes(b)
+    }
+
+    pub(crate) fn read(&self, at: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut b, at)
+            .expect("reading guest memory");
+        b
+    }
+
+    /// Descriptor `index` of the table at `table`: `len` bytes at `addr`, `flags`.
+    pub(crate) fn desc(&self, table: u64, index: u16, addr: u64, len: u32, flags: u16) {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        self.write(table + u64::from(index) * 16, &d);
+    }
+
+    /// Avail ring entry `slot` of the ring at `avail` names `head`.
+    pub(crate) fn avail_entry(&self, avail: u64, slot: u16, head: u16) {
+        self.write(avail + 4 + u64::from(slot) * 2, &head.to_le_bytes());
+    }
+
+    /// Publishes the avail ring's index.
+    pub(crate) fn avail_idx(&self, avail: u64, idx: u16) {
+        self.write(avail + 2, &idx.to_le_bytes());
+    }
+
+    /// The used ring's index.
+    pub(crate) fn used_idx(&self, used: u64) -> u16 {
+        self.read_u16(used + 2)
+    }
+}
+
+/// Where a test ring lives in guest memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ring {
+    pub(crate) desc: u64,
+    pub(crate) avail: u64,
+    pub(crate) used: u64,
+    pub(crate) size: u16,
+}
+
+/// The virtio-net header (VERSION_1: 12 bytes) in front of each frame.
+pub(crate) const VNET_HDR: usize = 12;
+/// VIRTQ_DESC_F_WRITE.
+pub(crate) const DESC_WRITE: u16 = 2;
+/// The frontend's address of guest memory (any value: the daemon translates).
+pub(crate) const VA: u64 = 0x7000_0000;
+
+/// Connects a frontend, negotiates VERSION_1 only (without PROTOCOL_FEATURES a ring is enabled
+/// once it has its kick fd) and sends a memory table of one region of `size` bytes backed by
+/// `mem`'s file.
+pub(crate) fn connect(daemon: &Daemon, mem: &GuestMem, size: u64) -> vhost::vhost_user::Frontend {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::Frontend;
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+
+    let frontend = Frontend::connect(&daemon.sock, 2).expect("connecting the frontend");
+    frontend.set_owner().expect("set_owner");
+    let features = frontend.get_features().expect("get_features");
+    frontend
+        .set_features(features & (1 << 32))
+        .expect("set_features");
+    frontend
+        .set_mem_table(&[VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: size,
+            userspace_addr: VA,
+            mmap_offset: 0,
+            mmap_handle: mem.file.as_raw_fd(),
+        }])
+        .expect("set_mem_table");
+    frontend
+}
+
+/// Sets up queue `index` on `ring` with `call`/`kick` (which starts it). Errors are returned
+/// (a refused connection fails here).
+pub(crate) fn start_ring(
+    frontend: &vhost::vhost_user::Frontend,
+    index: usize,
+    ring: Ring,
+    call: &vmm_sys_util::eventfd::EventFd,
+    kick: &vmm_sys_util::eventfd::EventFd,
+) -> vhost::Result<()> {
+    use vhost::{VhostBackend, VringConfigData};
+    frontend.set_vring_num(index, ring.size)?;
+    frontend.set_vring_addr(
+        index,
+        &VringConfigData {
+            queue_max_size: ring.size,
+            queue_size: ring.size,
+            flags: 0,
+            desc_table_addr: VA + ring.desc,
+            used_ring_addr: VA + ring.used,
+            avail_ring_addr: VA + ring.avail,
+            log_addr: None,
+        },
+    )?;
+    frontend.set_vring_base(index, 0)?;
+    frontend.set_vring_call(index, call)?;
+    frontend.set_vring_kick(index, kick)?;
+    Ok(())
+}
