@@ -298,6 +298,14 @@ pub enum DropReason {
     FragmentsHeldFull,
     /// A released packet did not fit the buffer given to [`Nat::poll_released`].
     ReleaseBufferTooShort,
+    /// A new flow from outside (through a port forward) was refused: the
+    /// inbound budget ([`NatConfig::max_inbound_flows`] or
+    /// [`NatConfig::max_inbound_flows_per_forward`]) is full of confirmed
+    /// flows, so there was no unconfirmed one to evict.
+    InboundLimit,
+    /// A later fragment arrived before its first fragment and its source
+    /// already holds half of its direction's held-fragment pool.
+    FragmentsHeldPerSource,
 }
 
 /// Inbound filtering behaviour (RFC 4787 section 5).
@@ -323,6 +331,11 @@ pub struct Timeouts {
     pub icmp: Duration,
     /// Fragment reassembly-state lifetime.
     pub fragment: Duration,
+    /// Idle timeout of an unconfirmed flow from outside (default 60 s, the
+    /// kernel's `nf_conntrack_tcp_timeout_syn_recv`): a flow created through
+    /// a port forward keeps it (or the TCP transitory / UDP timeout if
+    /// shorter) until the remote confirms it, whatever the guest answers.
+    pub inbound_unconfirmed: Duration,
 }
 
 /// Configuration, validated once by [`Nat::new`].
@@ -340,17 +353,34 @@ pub struct NatConfig {
     pub filtering: Filtering,
     /// Idle timeouts.
     pub timeouts: Timeouts,
-    /// Cap on the total number of flows.
+    /// Cap on the number of flows the internal side created (outbound
+    /// flows). Flows created from outside do not count here: they have their
+    /// own budget, [`NatConfig::max_inbound_flows`], so the table holds at
+    /// most `max_flows + max_inbound_flows` flows.
     pub max_flows: usize,
-    /// Cap on flows per internal host.
+    /// Cap on flows per internal host that the host created (flows created
+    /// from outside through a port forward do not count here).
     pub max_flows_per_host: usize,
+    /// Cap on flows created from outside (an inbound packet matched a port
+    /// forward), confirmed or not; default 16 384. When full, a new one
+    /// evicts the oldest unconfirmed one ([`NatStats::inbound_evicted`]), or
+    /// is refused ([`DropReason::InboundLimit`]) if all are confirmed.
+    pub max_inbound_flows: usize,
+    /// Cap on flows created from outside through one port forward; default
+    /// 4 096. Full: as for [`NatConfig::max_inbound_flows`], evicting only
+    /// this forward's flows.
+    pub max_inbound_flows_per_forward: usize,
     /// Cap on concurrently tracked fragmented datagrams.
     pub max_fragments: usize,
     /// Cap on later fragments held (waiting for their first fragment, or
-    /// translated and waiting for [`Nat::poll_released`]); at most 65 536.
-    /// 0 (with `max_held_bytes` 0) holds nothing: early fragments are dropped.
+    /// translated and waiting for [`Nat::poll_released`]) **per direction**:
+    /// the outbound and the inbound pool each have this cap, and one source
+    /// address may hold at most half of its direction's pool (rounded up).
+    /// At most 65 536. 0 (with `max_held_bytes` 0) holds nothing: early
+    /// fragments are dropped.
     pub max_held_fragments: usize,
-    /// Cap on the bytes of held fragments; at most 64 MiB, 0 only with
+    /// Cap on the bytes of held fragments per direction (one source: at
+    /// most half, rounded up); at most 64 MiB, 0 only with
     /// `max_held_fragments` 0.
     pub max_held_bytes: usize,
 }
@@ -420,6 +450,10 @@ pub struct NatStats {
     /// Held fragments handed out by [`Nat::poll_released`] (also counted in
     /// `outbound_forwarded`, `inbound_forwarded` or `hairpinned`).
     pub fragments_released: u64,
+    /// Unconfirmed flows from outside removed to make room for a new one
+    /// when the inbound budget was full (conntrack's early drop; also
+    /// counted in `mappings_expired`).
+    pub inbound_evicted: u64,
 }
 
 impl DropReason {
@@ -437,9 +471,11 @@ impl DropReason {
         DropReason::IcmpNoMapping,
         DropReason::FragmentsHeldFull,
         DropReason::ReleaseBufferTooShort,
+        DropReason::InboundLimit,
+        DropReason::FragmentsHeldPerSource,
     ];
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
     /// Index into [`NatStats::drops`].
     pub const fn index(self) -> usize {
         self as usize
@@ -467,6 +503,7 @@ impl Default for Timeouts {
             tcp_transitory: Duration::from_secs(240),
             icmp: Duration::from_secs(60),
             fragment: Duration::from_secs(30),
+            inbound_unconfirmed: Duration::from_secs(60),
         }
     }
 }
@@ -482,6 +519,8 @@ impl Default for NatConfig {
             timeouts: Timeouts::default(),
             max_flows: 1 << 20,
             max_flows_per_host: 65_536,
+            max_inbound_flows: 16_384,
+            max_inbound_flows_per_forward: 4_096,
             max_fragments: 1024,
             max_held_fragments: 64,
             max_held_bytes: 256 * 1024,

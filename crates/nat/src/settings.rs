@@ -29,6 +29,12 @@ pub(crate) struct TimeoutsMillis {
     pub(crate) tcp_transitory: u64,
     pub(crate) icmp: u64,
     pub(crate) fragment: u64,
+    /// TCP flows from outside not yet confirmed: the shorter of
+    /// `inbound_unconfirmed` and `tcp_transitory`.
+    pub(crate) tcp_unconfirmed: u64,
+    /// UDP flows from outside not yet confirmed: the shorter of
+    /// `inbound_unconfirmed` and `udp`.
+    pub(crate) udp_unconfirmed: u64,
 }
 
 impl TimeoutsMillis {
@@ -41,13 +47,17 @@ impl TimeoutsMillis {
         match protocol {
             PROTO_TCP => {
                 let both = state::SEEN_INBOUND | state::SEEN_OUTBOUND;
-                let closing = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST;
-                if flow_state & both == both && flow_state & closing == 0 {
+                let not =
+                    state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST | state::UNCONFIRMED;
+                if flow_state & (both | not) == both {
                     self.tcp_established
+                } else if flow_state & state::UNCONFIRMED != 0 {
+                    self.tcp_unconfirmed
                 } else {
                     self.tcp_transitory
                 }
             }
+            PROTO_UDP if flow_state & state::UNCONFIRMED != 0 => self.udp_unconfirmed,
             PROTO_UDP => self.udp,
             _ => self.icmp,
         }
@@ -92,6 +102,7 @@ impl Settings {
             t.tcp_transitory,
             t.icmp,
             t.fragment,
+            t.inbound_unconfirmed,
         ]
         .iter()
         .any(|d| d.is_zero())
@@ -109,6 +120,14 @@ impl Settings {
                 "max_held_fragments (at most 65536) and max_held_bytes (at most 64 MiB) must be both 0 or both non-zero",
             ));
         }
+        if c.max_inbound_flows == 0
+            || c.max_inbound_flows_per_forward == 0
+            || c.max_flows.saturating_add(c.max_inbound_flows) >= u32::MAX as usize
+        {
+            return Err(ConfigError::Invalid(
+                "max_inbound_flows and max_inbound_flows_per_forward must be at least 1, and max_flows + max_inbound_flows below u32::MAX",
+            ));
+        }
         if c.max_flows_per_host == 0 {
             return Err(ConfigError::Invalid(
                 "max_flows_per_host must be at least 1",
@@ -120,6 +139,8 @@ impl Settings {
             tcp_transitory: ms(t.tcp_transitory),
             icmp: ms(t.icmp),
             fragment: ms(t.fragment),
+            tcp_unconfirmed: ms(t.inbound_unconfirmed).min(ms(t.tcp_transitory)),
+            udp_unconfirmed: ms(t.inbound_unconfirmed).min(ms(t.udp)),
         };
         Ok(Settings {
             internal_net,

@@ -317,12 +317,29 @@ impl Nat {
             .collect()
     }
 
-    /// Number of flows of one internal host.
+    /// Number of flows one internal host created (what
+    /// [`NatConfig::max_flows_per_host`] caps; flows created from outside
+    /// through a port forward are not counted here).
     pub fn host_flows(&self, host: Ipv4Addr) -> usize {
         self.table
             .per_host
             .get(&u32::from(host))
             .map_or(0, |&n| n as usize)
+    }
+
+    /// Number of flows created from outside through port forwards, in
+    /// total and through the forward of (`protocol`, `external_port`) (what
+    /// [`NatConfig::max_inbound_flows`] and
+    /// [`NatConfig::max_inbound_flows_per_forward`] cap).
+    pub fn inbound_flows(&self, protocol: Protocol, external_port: u16) -> (usize, usize) {
+        let port = crate::tuple::PortKey {
+            protocol: protocol_index(protocol),
+            port: external_port,
+        };
+        (
+            self.table.inbound.total,
+            self.table.inbound.of_forward(port),
+        )
     }
 
     /// Number of tracked fragmented datagrams.
