@@ -182,10 +182,17 @@ impl Nat {
     }
 
     /// Number of held fragments (waiting for their first fragment, or ready
-    /// for [`Nat::poll_released`]) and their bytes.
+    /// for [`Nat::poll_released`]) and their bytes, both directions.
     pub fn held_fragments(&self) -> (usize, usize) {
         let held = &self.fragments.held;
         (held.count(), held.bytes())
+    }
+
+    /// [`Nat::held_fragments`] of one direction (what
+    /// [`NatConfig::max_held_fragments`] and [`NatConfig::max_held_bytes`]
+    /// cap).
+    pub fn held_fragments_of(&self, direction: Direction) -> (usize, usize) {
+        self.fragments.held.of(direction)
     }
 
     /// Removes expired flows and fragment state. Examines at most `budget`

@@ -641,13 +641,15 @@ fn held_fragments_are_bounded_in_count_and_bytes() {
     cfg.max_held_fragments = 2;
     cfg.max_held_bytes = 3000;
     let mut nat = testing::nat_with(cfg);
-    let later = |id: u16, len: usize| {
-        let mut w = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &vec![1u8; len]);
+    let later_from = |from: Ipv4Addr, id: u16, len: usize| {
+        let mut w = testing::udp(sa(from, 5000), sa(SERVER, 53), &vec![1u8; len]);
         testing::set_ip_id(&mut w, id);
         testing::fragment(&w, 1000).pop().unwrap()
     };
+    let later = |id: u16, len: usize| later_from(GUEST, id, len);
+    // Two sources: one source may have only half of the pool waiting.
     let mut a = later(1, 1500);
-    let mut b = later(2, 1500);
+    let mut b = later_from(GUEST2, 2, 1500);
     let mut c = later(3, 1500);
     assert_eq!(nat.outbound(&mut a, T0), Verdict::Held);
     assert_eq!(nat.outbound(&mut b, T0), Verdict::Held);
@@ -2011,4 +2013,87 @@ fn inbound_budget_settings_are_validated() {
             Some(())
         );
     }
+}
+
+// ---- Held fragments: a pool per direction, a share per source (issue #12 item 11) ----
+
+/// A later fragment (the second of two) of a UDP datagram `from` → `to` with IP ident `id`.
+fn later_fragment(from: SocketAddrV4, to: SocketAddrV4, id: u16) -> Vec<u8> {
+    let mut w = testing::udp(from, to, &[7u8; 1500]);
+    testing::set_ip_id(&mut w, id);
+    testing::fragment(&w, 1000).pop().unwrap()
+}
+
+#[test]
+fn fragments_from_outside_cannot_starve_the_guests_held_fragments() {
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 4,
+        max_held_bytes: 64 * 1024,
+        ..testing::config()
+    });
+    // Outsiders fill the inbound pool with fragments to the external
+    // address whose first fragment never comes (and that match nothing).
+    for i in 0..4u32 {
+        let mut f = later_fragment(spoofed(i), sa(EXTERNAL, 9999), 1);
+        assert_eq!(nat.inbound(&mut f, T0), Verdict::Held);
+    }
+    let mut f = later_fragment(spoofed(4), sa(EXTERNAL, 9999), 1);
+    assert_eq!(
+        nat.inbound(&mut f, T0),
+        Verdict::Drop(DropReason::FragmentsHeldFull)
+    );
+    assert_eq!(nat.held_fragments_of(Direction::Inbound).0, 4);
+    // The guest's own out-of-order datagram is still held and released.
+    let mut w = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &[7u8; 1500]);
+    testing::set_ip_id(&mut w, 42);
+    let mut frags = testing::fragment(&w, 1000);
+    assert_eq!(nat.outbound(&mut frags[1], T0), Verdict::Held);
+    assert_eq!(nat.outbound(&mut frags[0], T0), Verdict::Forward);
+    let mut buf = [0u8; 2048];
+    let r = nat.poll_released(Direction::Outbound, &mut buf).unwrap();
+    assert_eq!(r.verdict, Verdict::Forward);
+    assert_eq!(nat.held_fragments_of(Direction::Outbound), (0, 0));
+    assert_eq!(drops(&nat, DropReason::FragmentsHeldFull), 1);
+}
+
+#[test]
+fn one_source_may_hold_at_most_half_of_its_directions_pool() {
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 4,
+        max_held_bytes: 64 * 1024,
+        ..testing::config()
+    });
+    let (noisy, other) = (sa(SERVER, 4000), sa(SERVER2, 4000));
+    for id in 1..=2 {
+        let mut f = later_fragment(noisy, sa(EXTERNAL, 9999), id);
+        assert_eq!(nat.inbound(&mut f, T0), Verdict::Held);
+    }
+    let mut f = later_fragment(noisy, sa(EXTERNAL, 9999), 3);
+    assert_eq!(
+        nat.inbound(&mut f, T0),
+        Verdict::Drop(DropReason::FragmentsHeldPerSource)
+    );
+    assert_eq!(drops(&nat, DropReason::FragmentsHeldPerSource), 1);
+    for id in 1..=2 {
+        let mut f = later_fragment(other, sa(EXTERNAL, 9999), id);
+        assert_eq!(nat.inbound(&mut f, T0), Verdict::Held);
+    }
+    assert_eq!(nat.held_fragments_of(Direction::Inbound).0, 4);
+    // Bytes too: half of 1 200 bytes is 600; one fragment fits, two do not.
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 64,
+        max_held_bytes: 1200,
+        ..testing::config()
+    });
+    let mut a = later_fragment(noisy, sa(EXTERNAL, 9999), 1);
+    let len = a.len();
+    assert!(len <= 600 && 2 * len > 600, "{len}");
+    assert_eq!(nat.inbound(&mut a, T0), Verdict::Held);
+    let mut b = later_fragment(noisy, sa(EXTERNAL, 9999), 2);
+    assert_eq!(
+        nat.inbound(&mut b, T0),
+        Verdict::Drop(DropReason::FragmentsHeldPerSource)
+    );
+    let mut c = later_fragment(other, sa(EXTERNAL, 9999), 2);
+    assert_eq!(nat.inbound(&mut c, T0), Verdict::Held);
 }

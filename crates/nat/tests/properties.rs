@@ -160,6 +160,10 @@ proptest! {
                     let mut whole = testing::udp(g, s, &[0u8; 100]);
                     testing::set_ip_id(&mut whole, port);
                     let _ = nat.outbound(&mut testing::fragment(&whole, 40)[2], t);
+                    // And one from outside, from one of a few sources.
+                    let mut from_outside = testing::udp(s, SocketAddrV4::new(EXTERNAL, port), &[0u8; 100]);
+                    testing::set_ip_id(&mut from_outside, port);
+                    let _ = nat.inbound(&mut testing::fragment(&from_outside, 40)[2], t);
                     let mut buf = [0u8; 64];
                     if srv == 0 {
                         while nat.poll_released(nat::Direction::Outbound, &mut buf).is_some() {}
@@ -174,7 +178,9 @@ proptest! {
             }
             prop_assert!(nat.len() - inbound <= 16);
             prop_assert!(nat.fragments() <= 3);
-            prop_assert!(nat.held_fragments().0 <= 3 && nat.held_fragments().1 <= 400);
+            for d in [nat::Direction::Outbound, nat::Direction::Inbound] {
+                prop_assert!(nat.held_fragments_of(d).0 <= 3 && nat.held_fragments_of(d).1 <= 400);
+            }
             for h in 2..8 {
                 prop_assert!(nat.host_flows(Ipv4Addr::new(192, 168, 64, h)) <= 5);
             }
