@@ -143,18 +143,24 @@ impl Nat {
                 *s = g;
             }
             self.sweep.note_deadline(g.expires);
-        } else if f.state & state::UNCONFIRMED != 0 && f.state & state::SEEN_OUTBOUND != 0 {
-            // UDP from outside: the remote sent again after the guest
-            // answered, so the flow is confirmed (conntrack's ASSURED).
+        } else if f.state & state::UNCONFIRMED != 0 {
+            // UDP from outside: confirmed (conntrack's ASSURED) if the
+            // remote sends again after the guest answered.
             self.confirm_udp(i, now);
         }
     }
 
-    /// Confirms the UDP flow from outside at `i`: it gets the UDP timeout.
+    /// Confirms the unconfirmed UDP flow from outside at `i` if the guest
+    /// has answered: it gets the UDP timeout. Only the guest's packets
+    /// refresh a UDP flow, and a flow from outside is created (or revived)
+    /// expired, so one still live at `now` has been answered.
     #[cold]
+    #[inline(never)]
     fn confirm_udp(&mut self, i: usize, now: u64) {
         let udp = self.settings.timeouts.udp;
-        if let Some(f) = self.table.flows.get_mut(i) {
+        if let Some(f) = self.table.flows.get_mut(i)
+            && f.expires > now
+        {
             f.state &= !state::UNCONFIRMED;
             f.expires = now.saturating_add(udp);
             let expires = f.expires;

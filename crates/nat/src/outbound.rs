@@ -72,8 +72,6 @@ impl Nat {
                 fresh
             }
         } else {
-            // Marks that the guest answered (for a UDP flow from outside).
-            f.state |= state::SEEN_OUTBOUND;
             now.saturating_add(timeouts.of(fh.protocol, f.state))
         };
         let new = FourTuple {
