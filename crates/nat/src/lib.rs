@@ -36,10 +36,14 @@
 //!   CHECKSUM_PARTIAL, TSO super-packets up to 65 535 bytes): address changes
 //!   are applied to it in that sense, port changes are left to whoever
 //!   completes it, and [`complete_l4_checksum`] completes it in software.
-//! - **Bounded memory**: `max_flows` in total, `max_flows_per_host` per
-//!   internal host, `max_fragments` fragmented datagrams, `max_held_fragments`
-//!   and `max_held_bytes` held fragments; when full, new flows are refused
-//!   and counted while existing ones keep working.
+//! - **Bounded memory**: `max_flows` flows created by the internal side,
+//!   `max_flows_per_host` per internal host, and apart from them
+//!   `max_inbound_flows` flows created from outside (through port forwards,
+//!   `max_inbound_flows_per_forward` per forward); `max_fragments`
+//!   fragmented datagrams; `max_held_fragments` and `max_held_bytes` held
+//!   fragments per direction. When full, new flows are refused and counted
+//!   while existing ones keep working (a flow from outside may instead evict
+//!   an unconfirmed one, see below).
 //! - **No allocation per packet** on the established-flow path; new flows
 //!   may grow the table (amortised doubling); held out-of-order fragments
 //!   are copied (bounded).
@@ -64,7 +68,7 @@
 //! - **Timeouts** ([`Timeouts`]): UDP 5 min refreshed by outbound traffic;
 //!   TCP 2 h 4 min once packets were seen both ways (SYN/SYN-ACK or a
 //!   simultaneous open), 4 min while partially open or after FIN/RST; ICMP
-//!   queries 60 s. Expiry is checked on lookup, and memory is reclaimed by
+//!   queries 60 s; a flow from outside not yet confirmed 60 s (below). Expiry is checked on lookup, and memory is reclaimed by
 //!   [`Nat::expire`].
 //! - **ICMP errors** (destination unreachable incl. fragmentation needed,
 //!   time exceeded, parameter problem) are translated both ways with their
@@ -76,8 +80,11 @@
 //!   remembered (bounded by `max_fragments` and [`Timeouts::fragment`]);
 //!   later fragments get the same addresses. A later fragment that arrives
 //!   before its first fragment gets [`Verdict::Held`]: the NAT keeps a copy
-//!   (bounded by [`NatConfig::max_held_fragments`] and
-//!   [`NatConfig::max_held_bytes`], else [`DropReason::FragmentsHeldFull`]);
+//!   (bounded per direction by [`NatConfig::max_held_fragments`] and
+//!   [`NatConfig::max_held_bytes`], else [`DropReason::FragmentsHeldFull`],
+//!   so fragments from outside can't starve the guest's; one source address
+//!   may have at most half of its direction's pool waiting, else
+//!   [`DropReason::FragmentsHeldPerSource`]);
 //!   when the first fragment is translated, the held ones are translated
 //!   too and the caller drains them with [`Nat::poll_released`]. Held
 //!   fragments whose first fragment is dropped, or does not come within
@@ -94,6 +101,29 @@
 //!   sender with the identifier the sender used.
 //! - **Port forwards** ([`PortForward`]) and **redirects** ([`Redirect`]) are
 //!   added and removed at runtime.
+//! - **Flows from outside have their own budget**, chosen as the kernel's
+//!   conntrack does. A flow created by an inbound packet that matched a port
+//!   forward counts in [`NatConfig::max_inbound_flows`] and
+//!   [`NatConfig::max_inbound_flows_per_forward`] only, never in the guest's
+//!   `max_flows` / `max_flows_per_host`: whatever outsiders send, the guest's
+//!   own flows keep their whole capacity (before, 66 000 spoofed SYNs through
+//!   one forward, each answered by the guest, filled its 65 536-flow cap for
+//!   2 h 4 min). Such a flow is *unconfirmed* — conntrack's SYN_RECV, not
+//!   ASSURED — until its remote answers the guest: for TCP a segment with ACK
+//!   and without SYN or RST after the guest's SYN-ACK (the handshake's third
+//!   step or data), for UDP a datagram while the guest's answer keeps the
+//!   flow live. Until then it keeps [`Timeouts::inbound_unconfirmed`] (60 s,
+//!   conntrack's `nf_conntrack_tcp_timeout_syn_recv`: long enough for a real
+//!   client's ACK after SYN-ACK retransmissions, short enough that a flood's
+//!   half-open flows leave within a minute), even after the guest's SYN-ACK.
+//!   When the budget is full, a new flow from outside evicts the oldest
+//!   unconfirmed one — of its forward, or of any forward when the total is
+//!   full — as conntrack's `early_drop` does, so a real client still gets in
+//!   during a flood ([`NatStats::inbound_evicted`]); only when every flow of
+//!   the budget is confirmed is it refused ([`DropReason::InboundLimit`]).
+//!   Unlike conntrack, TCP sequence numbers are not checked, so a blind ACK
+//!   timed after the guest's SYN-ACK confirms a flow: that spends only the
+//!   inbound budget.
 //!
 //! See `docs/nat-rfc-compliance.md` for a requirement-by-requirement table.
 //!
@@ -119,7 +149,7 @@
 //! |---|---|
 //! | `settings` | the validated configuration, in the units the paths use |
 //! | `table` | the flow table (32-byte slots, open addressing) and its keyed hash |
-//! | `flows` | adding and removing flows: caps, growth, port and host counts |
+//! | `flows` | adding and removing flows: caps, growth, port and host counts, the budget of flows from outside |
 //! | `ports` | external ports: bindings, allocation (RFC 4787), port forwards |
 //! | `outbound` | the guest → host path |
 //! | `inbound` | the host → guest path, through a flow or a port's binding |
