@@ -71,6 +71,16 @@ impl InboundBudget {
     pub(crate) fn of_forward(&self, port: PortKey) -> usize {
         self.forwards.get(&port).map_or(0, |f| f.count)
     }
+
+    /// Bytes of the queues of unconfirmed flows (compacted beyond twice the
+    /// forward's flows and 16: about 2 × `max_inbound_flows_per_forward`
+    /// entries of 24 bytes per forward in use at most).
+    pub(crate) fn memory(&self) -> usize {
+        self.forwards
+            .values()
+            .map(|f| f.unconfirmed.capacity() * core::mem::size_of::<(u64, FiveTuple)>())
+            .sum()
+    }
 }
 
 impl Table {
@@ -117,7 +127,12 @@ impl Nat {
     #[inline]
     pub(crate) fn check_caps(&self, host: u32) -> Result<(), DropReason> {
         let config = &self.settings.config;
-        if self.table.flows.len() - self.table.inbound.total >= config.max_flows {
+        let own = self
+            .table
+            .flows
+            .len()
+            .saturating_sub(self.table.inbound.total);
+        if own >= config.max_flows {
             #[cfg(feature = "tracing")]
             tracing::debug!(max = config.max_flows, "nat table full, new flow refused");
             return Err(DropReason::TableFull);

@@ -354,9 +354,10 @@ impl Nat {
         self.fragments.len()
     }
 
-    /// Bytes of heap held by the flow table, its indexes and port tables.
+    /// Bytes of heap held by the flow table, its indexes, port tables and
+    /// the queues of unconfirmed flows from outside.
     pub fn memory_bytes(&self) -> usize {
-        self.table.flows.memory() + self.ports.memory()
+        self.table.flows.memory() + self.ports.memory() + self.table.inbound.memory()
     }
 
     /// Bytes of the flow table and its inbound index only, divided by the number
