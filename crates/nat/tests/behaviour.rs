@@ -2097,3 +2097,42 @@ fn one_source_may_hold_at_most_half_of_its_directions_pool() {
     let mut c = later_fragment(other, sa(EXTERNAL, 9999), 2);
     assert_eq!(nat.inbound(&mut c, T0), Verdict::Held);
 }
+
+#[test]
+fn the_queue_of_unconfirmed_flows_stays_bounded_through_churn() {
+    let mut nat = testing::nat();
+    ssh_forward(&mut nat, 8022);
+    // One long-lived client keeps the forward's bookkeeping alive.
+    let anchor = sa(SERVER2, 1);
+    assert_eq!(syn_and_synack(&mut nat, anchor, 8022, T0), Verdict::Forward);
+    assert_eq!(remote_ack(&mut nat, anchor, 8022, T0), Verdict::Forward);
+    let mut base = 0;
+    for round in 0..300u32 {
+        let now = secs(u64::from(round) * 300);
+        assert_eq!(remote_ack(&mut nat, anchor, 8022, now), Verdict::Forward);
+        for i in 0..20u32 {
+            let c = spoofed(round * 20 + i);
+            assert_eq!(syn_and_synack(&mut nat, c, 8022, now), Verdict::Forward);
+            if i % 2 == 0 {
+                // Half confirm, then close; the rest stay unconfirmed.
+                assert_eq!(remote_ack(&mut nat, c, 8022, now), Verdict::Forward);
+                let mut rst = testing::tcp(c, sa(EXTERNAL, 8022), TcpFlags::RST, b"");
+                assert_eq!(nat.inbound(&mut rst, now), Verdict::Forward);
+            }
+        }
+        expire_all(&mut nat, now + Duration::from_secs(299));
+        assert_eq!(
+            nat.inbound_flows(Protocol::Tcp, 8022),
+            (1, 1),
+            "round {round}"
+        );
+        if round == 1 {
+            base = nat.memory_bytes();
+        }
+    }
+    assert!(
+        nat.memory_bytes() <= base + 4096,
+        "{} > {base} + 4096",
+        nat.memory_bytes()
+    );
+}
