@@ -135,8 +135,11 @@ impl Nat {
             let mut g = f;
             g.state |= state::SEEN_INBOUND
                 | crate::outbound::tcp_state_bits(fh.tcp_flags, state::FIN_INBOUND);
-            if g.state & state::UNCONFIRMED != 0 && confirms_tcp(f.state, fh.tcp_flags) {
-                g.state &= !state::UNCONFIRMED;
+            if g.state & state::UNCONFIRMED != 0 {
+                core::hint::cold_path();
+                if confirms_tcp(f.state, fh.tcp_flags) {
+                    g.state &= !state::UNCONFIRMED;
+                }
             }
             g.expires = now.saturating_add(self.settings.timeouts.of(g.protocol, g.state));
             if let Some(s) = self.table.flows.get_mut(i) {
@@ -144,6 +147,7 @@ impl Nat {
             }
             self.sweep.note_deadline(g.expires);
         } else if f.state & state::UNCONFIRMED != 0 {
+            core::hint::cold_path();
             // UDP from outside: confirmed (conntrack's ASSURED) if the
             // remote sends again after the guest answered.
             self.confirm_udp(i, now);

@@ -38,6 +38,16 @@ pub(crate) struct TimeoutsMillis {
 }
 
 impl TimeoutsMillis {
+    /// Whether a TCP flow in [`state`] `flow_state` is established: packets
+    /// seen both ways, no FIN or RST, and (if it came from outside)
+    /// confirmed by its remote.
+    #[inline(always)]
+    pub(crate) fn tcp_established(flow_state: u8) -> bool {
+        let both = state::SEEN_INBOUND | state::SEEN_OUTBOUND;
+        let not = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST | state::UNCONFIRMED;
+        flow_state & (both | not) == both
+    }
+
     /// The idle timeout of a flow of protocol index `protocol` (`PROTO_*`)
     /// in [`state`] `flow_state`. (The packet paths pass the protocol of the
     /// packet in hand, a value the compiler already branched on, rather than
@@ -46,18 +56,19 @@ impl TimeoutsMillis {
     pub(crate) fn of(&self, protocol: u8, flow_state: u8) -> u64 {
         match protocol {
             PROTO_TCP => {
-                let both = state::SEEN_INBOUND | state::SEEN_OUTBOUND;
-                let not =
-                    state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST | state::UNCONFIRMED;
-                if flow_state & (both | not) == both {
+                if Self::tcp_established(flow_state) {
                     self.tcp_established
                 } else if flow_state & state::UNCONFIRMED != 0 {
+                    core::hint::cold_path();
                     self.tcp_unconfirmed
                 } else {
                     self.tcp_transitory
                 }
             }
-            PROTO_UDP if flow_state & state::UNCONFIRMED != 0 => self.udp_unconfirmed,
+            PROTO_UDP if flow_state & state::UNCONFIRMED != 0 => {
+                core::hint::cold_path();
+                self.udp_unconfirmed
+            }
             PROTO_UDP => self.udp,
             _ => self.icmp,
         }
