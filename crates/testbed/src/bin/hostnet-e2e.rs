@@ -15,10 +15,11 @@
 //!   `0.0.0.0:<port>` for `secs` seconds; prints `tcp=<n> udp=<n>`.
 //! - `udp-spray <addr> <n>`: sends `n` UDP datagrams to `addr`.
 //! - `tcp-try <addr> <timeout-ms>`: one TCP connect; prints `connected` or `failed <error>`, exit 0.
-//! - `syn-flood <addr> <n> <per-sec> <max-secs>`: sends `n` TCP SYNs to `addr` from a raw
-//!   socket (`IPPROTO_RAW`, so the IP header is ours) with distinct spoofed sources: address
-//!   198.19.0.1 + (i mod 65 534), a pseudo-random port; about `per-sec` a second, stopping after
-//!   `max-secs`; prints `sent <k>`. Linux only; needs CAP_NET_RAW.
+//! - `syn-flood <addr> <n> <per-sec> <max-secs> [<first>]`: sends `n` TCP SYNs to `addr` from a
+//!   raw socket (`IPPROTO_RAW`, so the IP header is ours) with distinct spoofed sources: for
+//!   SYN i (counted from `first`, default 0) address 198.19.0.1 + (i mod 65 534) and a
+//!   pseudo-random port (seeded by `first`); about `per-sec` a second, stopping after
+//!   `max-secs`; prints `sent <k> in <ms> ms`. Linux only; needs CAP_NET_RAW.
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -38,9 +39,20 @@ fn main() -> anyhow::Result<()> {
         ["peer-ask", proto, addr, secs] => peer_ask(proto, parse_addr(addr)?, secs.parse()?),
         ["listen-count", port, secs] => listen_count(port.parse()?, secs.parse()?),
         ["udp-spray", addr, n] => udp_spray(parse_addr(addr)?, n.parse()?),
-        ["syn-flood", addr, n, rate, secs] => {
-            syn_flood(parse_addr(addr)?, n.parse()?, rate.parse()?, secs.parse()?)
-        }
+        ["syn-flood", addr, n, rate, secs] => syn_flood(
+            parse_addr(addr)?,
+            n.parse()?,
+            rate.parse()?,
+            secs.parse()?,
+            0,
+        ),
+        ["syn-flood", addr, n, rate, secs, first] => syn_flood(
+            parse_addr(addr)?,
+            n.parse()?,
+            rate.parse()?,
+            secs.parse()?,
+            first.parse()?,
+        ),
         ["tcp-try", addr, ms] => {
             let addr = parse_addr(addr)?;
             match TcpStream::connect_timeout(&addr, Duration::from_millis(ms.parse()?)) {
@@ -341,7 +353,13 @@ fn udp_spray(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[cfg(target_os = "linux")]
-fn syn_flood(addr: SocketAddr, n: u32, per_sec: u32, max_secs: u64) -> anyhow::Result<()> {
+fn syn_flood(
+    addr: SocketAddr,
+    n: u32,
+    per_sec: u32,
+    max_secs: u64,
+    first: u32,
+) -> anyhow::Result<()> {
     use rustix::net::{AddressFamily, SendFlags, SocketType, ipproto, sendto, socket};
     let SocketAddr::V4(dst) = addr else {
         bail!("syn-flood needs an IPv4 address, got {addr}");
@@ -350,7 +368,7 @@ fn syn_flood(addr: SocketAddr, n: u32, per_sec: u32, max_secs: u64) -> anyhow::R
         .context("raw socket (needs CAP_NET_RAW)")?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(max_secs);
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (u64::from(first) << 20);
     let mut sent = 0u32;
     let per_sec = per_sec.max(1);
     for i in 0..n {
@@ -368,7 +386,8 @@ fn syn_flood(addr: SocketAddr, n: u32, per_sec: u32, max_secs: u64) -> anyhow::R
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let src = u32::from(std::net::Ipv4Addr::new(198, 19, 0, 1)) + i % 65_534;
+        let src =
+            u32::from(std::net::Ipv4Addr::new(198, 19, 0, 1)) + first.wrapping_add(i) % 65_534;
         let sport = 1024 + (rng % 64_000) as u16;
         let packet = syn_packet(src, sport, u32::from(*dst.ip()), dst.port(), rng as u32);
         // A full socket buffer: wait a little and go on (the count says what left).
@@ -382,7 +401,7 @@ fn syn_flood(addr: SocketAddr, n: u32, per_sec: u32, max_secs: u64) -> anyhow::R
 }
 
 #[cfg(not(target_os = "linux"))]
-fn syn_flood(_: SocketAddr, _: u32, _: u32, _: u64) -> anyhow::Result<()> {
+fn syn_flood(_: SocketAddr, _: u32, _: u32, _: u64, _: u32) -> anyhow::Result<()> {
     bail!("syn-flood is Linux only")
 }
 
