@@ -13,10 +13,11 @@
 //!
 //! A flow from outside starts unconfirmed (`state::UNCONFIRMED`, conntrack's
 //! "not ASSURED") and keeps the short `Timeouts::inbound_unconfirmed` until
-//! the remote answers the guest (see `Nat::confirm_inbound`). When the
-//! budget is full, a new flow from outside evicts the oldest unconfirmed one
-//! (conntrack's `early_drop`): a SYN flood with spoofed sources then only
-//! churns unconfirmed flows, and a real client still gets in.
+//! the remote answers the guest (see `inbound`: `confirms_tcp`,
+//! `Nat::confirm_udp`). When the budget is full, a new flow from outside
+//! evicts the oldest unconfirmed one (conntrack's `early_drop`): a SYN flood
+//! with spoofed sources then only churns unconfirmed flows, and a real client
+//! still gets in.
 
 use std::collections::{HashMap, VecDeque};
 
