@@ -262,7 +262,7 @@ impl Nat {
 }
 
 /// Whether an inbound TCP packet with `flags` confirms a flow from outside
-/// in `state` (before the packet): the guest has answered (its SYN-ACK),
+/// in `flow_state` (before the packet): the guest has answered (its SYN-ACK),
 /// and this is the remote's next segment (its ACK or data, no SYN or RST),
 /// as conntrack's SYN_RECV → ESTABLISHED. (Unlike conntrack, sequence
 /// numbers are not checked.)
