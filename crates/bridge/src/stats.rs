@@ -169,7 +169,9 @@ impl BridgeStats {
     /// causes (`NatInbound=476`, [`DropCause`]), then the NAT's own reasons with the prefix
     /// `nat.` (`nat.NoMapping=470 nat.Filtered=6`, [`nat::DropReason`]). A NAT reason counts
     /// packets the NAT refused in either direction; the bridge counts the same packets under
-    /// `NatOutbound` or `NatInbound`. Empty when nothing was dropped.
+    /// `NatOutbound` or `NatInbound`. Last, `nat.InboundEvicted=N`: flows from outside (not
+    /// packets) the NAT evicted to make room when its inbound budget was full
+    /// ([`nat::NatStats::inbound_evicted`]). Empty when nothing was dropped.
     pub fn drops_by_name(&self) -> DropsByName<'_> {
         DropsByName(self)
     }
@@ -199,6 +201,11 @@ impl fmt::Display for DropsByName<'_> {
                 None => write!(f, "{sep}nat.reason{i}={n}")?,
             }
             sep = " ";
+        }
+        // Not a packet drop: unconfirmed flows from outside evicted to make room.
+        let evicted = self.0.nat.inbound_evicted;
+        if evicted > 0 {
+            write!(f, "{sep}nat.InboundEvicted={evicted}")?;
         }
         Ok(())
     }
@@ -355,9 +362,17 @@ mod tests {
             ),
             "{line}"
         );
+        s.nat.drops[DropReason::InboundLimit.index()] = 1;
+        s.nat.inbound_evicted = 62_000;
+        assert!(
+            s.to_string()
+                .ends_with("nat.HostLimit=2 nat.InboundLimit=1 nat.InboundEvicted=62000"),
+            "{s}"
+        );
         s.needs_reset = true;
         assert!(
-            s.to_string().ends_with("nat.HostLimit=2, needs reset"),
+            s.to_string()
+                .ends_with("nat.InboundEvicted=62000, needs reset"),
             "{s}"
         );
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::held::HeldPool;
+use crate::held::{HeldPool, Refused};
 use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32};
 use crate::table::SeededState;
 use crate::translator::Nat;
@@ -138,16 +138,23 @@ impl Nat {
                 let Some(bytes) = p.get(..h.total_len) else {
                     return Verdict::Drop(DropReason::Malformed);
                 };
+                let source = h.src_addr;
                 let held = &mut self.fragments.held;
-                if !held.fits(bytes.len()) {
+                if held.fits(direction, source, bytes.len()).is_err() {
                     let lost = held.purge(now);
                     self.count_drops(DropReason::Fragment, lost);
-                    if !self.fragments.held.fits(bytes.len()) {
-                        return Verdict::Drop(DropReason::FragmentsHeldFull);
+                    match self.fragments.held.fits(direction, source, bytes.len()) {
+                        Ok(()) => {}
+                        Err(Refused::Full) => return Verdict::Drop(DropReason::FragmentsHeldFull),
+                        Err(Refused::SourceShare) => {
+                            return Verdict::Drop(DropReason::FragmentsHeldPerSource);
+                        }
                     }
                 }
                 let expires = now.saturating_add(self.settings.timeouts.fragment);
-                self.fragments.held.hold(key, bytes, expires);
+                self.fragments
+                    .held
+                    .hold(key, direction, source, bytes, expires);
                 Verdict::Held
             }
         }

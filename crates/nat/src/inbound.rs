@@ -85,9 +85,17 @@ impl Nat {
                 match idx {
                     Some(i) => {
                         if let Some(f) = self.table.flows.get_mut(i) {
-                            // A revived session starts over.
-                            f.state &= state::REDIRECTED;
+                            // A revived session starts over; one from
+                            // outside is unconfirmed again.
+                            let was = f.state;
+                            f.state &= state::KEPT;
+                            if f.state & state::INBOUND != 0 {
+                                f.state |= state::UNCONFIRMED;
+                            }
                             let f = *f;
+                            if f.state & !was & state::UNCONFIRMED != 0 {
+                                self.requeue_unconfirmed(&f, now);
+                            }
                             self.inbound_via_flow(p, &h, &fh, i, f, now);
                         }
                     }
@@ -139,11 +147,40 @@ impl Nat {
             let mut g = f;
             g.state |= state::SEEN_INBOUND
                 | crate::outbound::tcp_state_bits(fh.tcp_flags, state::FIN_INBOUND);
+            if g.state & state::UNCONFIRMED != 0 {
+                core::hint::cold_path();
+                if confirms_tcp(f.state, fh.tcp_flags) {
+                    g.state &= !state::UNCONFIRMED;
+                }
+            }
             g.expires = now.saturating_add(self.settings.timeouts.of(g.protocol, g.state));
             if let Some(s) = self.table.flows.get_mut(i) {
                 *s = g;
             }
             self.sweep.note_deadline(g.expires);
+        } else if f.state & state::UNCONFIRMED != 0 {
+            core::hint::cold_path();
+            // UDP from outside: confirmed (conntrack's ASSURED) if the
+            // remote sends again after the guest answered.
+            self.confirm_udp(i, now);
+        }
+    }
+
+    /// Confirms the unconfirmed UDP flow from outside at `i` if the guest
+    /// has answered: it gets the UDP timeout. Only the guest's packets
+    /// refresh a UDP flow, and a flow from outside is created (or revived)
+    /// expired, so one still live at `now` has been answered.
+    #[cold]
+    #[inline(never)]
+    fn confirm_udp(&mut self, i: usize, now: u64) {
+        let udp = self.settings.timeouts.udp;
+        if let Some(f) = self.table.flows.get_mut(i)
+            && f.expires > now
+        {
+            f.state &= !state::UNCONFIRMED;
+            f.expires = now.saturating_add(udp);
+            let expires = f.expires;
+            self.sweep.note_deadline(expires);
         }
     }
 
@@ -169,7 +206,10 @@ impl Nat {
         if self.table.flows.find(hash, |f| f.has_key(&key)).is_some() {
             return Ok(None);
         }
-        self.check_caps(b.internal_addr)?;
+        self.admit_inbound(PortKey {
+            protocol,
+            port: external_port,
+        })?;
         let f = Flow {
             expires: now,
             internal_addr: b.internal_addr,
@@ -180,7 +220,7 @@ impl Nat {
             original_port: remote.port,
             remote_port: remote.port,
             protocol,
-            state: 0,
+            state: state::INBOUND | state::UNCONFIRMED,
         };
         Ok(Some(self.insert_flow(f, hash)))
     }
@@ -231,6 +271,18 @@ impl Nat {
         });
         (b, found)
     }
+}
+
+/// Whether an inbound TCP packet with `flags` confirms a flow from outside
+/// in `flow_state` (before the packet): the guest has answered (its SYN-ACK),
+/// and this is the remote's next segment (its ACK or data, no SYN or RST),
+/// as conntrack's SYN_RECV → ESTABLISHED. (Unlike conntrack, sequence
+/// numbers are not checked.)
+#[inline(always)]
+fn confirms_tcp(flow_state: u8, flags: u8) -> bool {
+    flow_state & state::SEEN_OUTBOUND != 0
+        && flags & wire::tcp::ACK != 0
+        && flags & (wire::tcp::SYN | wire::tcp::RST) == 0
 }
 
 /// Translates an inbound packet to the internal endpoint of binding `b`

@@ -36,10 +36,14 @@
 //!   CHECKSUM_PARTIAL, TSO super-packets up to 65 535 bytes): address changes
 //!   are applied to it in that sense, port changes are left to whoever
 //!   completes it, and [`complete_l4_checksum`] completes it in software.
-//! - **Bounded memory**: `max_flows` in total, `max_flows_per_host` per
-//!   internal host, `max_fragments` fragmented datagrams, `max_held_fragments`
-//!   and `max_held_bytes` held fragments; when full, new flows are refused
-//!   and counted while existing ones keep working.
+//! - **Bounded memory**: `max_flows` flows created by the internal side,
+//!   `max_flows_per_host` per internal host, and apart from them
+//!   `max_inbound_flows` flows created from outside (through port forwards,
+//!   `max_inbound_flows_per_forward` per forward); `max_fragments`
+//!   fragmented datagrams; `max_held_fragments` and `max_held_bytes` held
+//!   fragments per direction. When full, new flows are refused and counted
+//!   while existing ones keep working (a flow from outside may instead evict
+//!   an unconfirmed one, see below).
 //! - **No allocation per packet** on the established-flow path; new flows
 //!   may grow the table (amortised doubling); held out-of-order fragments
 //!   are copied (bounded).
@@ -64,7 +68,7 @@
 //! - **Timeouts** ([`Timeouts`]): UDP 5 min refreshed by outbound traffic;
 //!   TCP 2 h 4 min once packets were seen both ways (SYN/SYN-ACK or a
 //!   simultaneous open), 4 min while partially open or after FIN/RST; ICMP
-//!   queries 60 s. Expiry is checked on lookup, and memory is reclaimed by
+//!   queries 60 s; a flow from outside not yet confirmed 60 s (below). Expiry is checked on lookup, and memory is reclaimed by
 //!   [`Nat::expire`].
 //! - **ICMP errors** (destination unreachable incl. fragmentation needed,
 //!   time exceeded, parameter problem) are translated both ways with their
@@ -83,8 +87,11 @@
 //!   remembered (bounded by `max_fragments` and [`Timeouts::fragment`]);
 //!   later fragments get the same addresses. A later fragment that arrives
 //!   before its first fragment gets [`Verdict::Held`]: the NAT keeps a copy
-//!   (bounded by [`NatConfig::max_held_fragments`] and
-//!   [`NatConfig::max_held_bytes`], else [`DropReason::FragmentsHeldFull`]);
+//!   (bounded per direction by [`NatConfig::max_held_fragments`] and
+//!   [`NatConfig::max_held_bytes`], else [`DropReason::FragmentsHeldFull`],
+//!   so fragments from outside can't starve the guest's; one source address
+//!   may have at most half of its direction's pool waiting, else
+//!   [`DropReason::FragmentsHeldPerSource`]);
 //!   when the first fragment is translated, the held ones are translated
 //!   too and the caller drains them with [`Nat::poll_released`]. Held
 //!   fragments whose first fragment is dropped, or does not come within
@@ -101,6 +108,29 @@
 //!   sender with the identifier the sender used.
 //! - **Port forwards** ([`PortForward`]) and **redirects** ([`Redirect`]) are
 //!   added and removed at runtime.
+//! - **Flows from outside have their own budget**, chosen as the kernel's
+//!   conntrack does. A flow created by an inbound packet that matched a port
+//!   forward counts in [`NatConfig::max_inbound_flows`] and
+//!   [`NatConfig::max_inbound_flows_per_forward`] only, never in the guest's
+//!   `max_flows` / `max_flows_per_host`: whatever outsiders send, the guest's
+//!   own flows keep their whole capacity (before, 66 000 spoofed SYNs through
+//!   one forward, each answered by the guest, filled its 65 536-flow cap for
+//!   2 h 4 min). Such a flow is *unconfirmed* — conntrack's SYN_RECV, not
+//!   ASSURED — until its remote answers the guest: for TCP a segment with ACK
+//!   and without SYN or RST after the guest's SYN-ACK (the handshake's third
+//!   step or data), for UDP a datagram while the guest's answer keeps the
+//!   flow live. Until then it keeps [`Timeouts::inbound_unconfirmed`] (60 s,
+//!   conntrack's `nf_conntrack_tcp_timeout_syn_recv`: long enough for a real
+//!   client's ACK after SYN-ACK retransmissions, short enough that a flood's
+//!   half-open flows leave within a minute), even after the guest's SYN-ACK.
+//!   When the budget is full, a new flow from outside evicts the oldest
+//!   unconfirmed one — of its forward, or of any forward when the total is
+//!   full — as conntrack's `early_drop` does, so a real client still gets in
+//!   during a flood ([`NatStats::inbound_evicted`]); only when every flow of
+//!   the budget is confirmed is it refused ([`DropReason::InboundLimit`]).
+//!   Unlike conntrack, TCP sequence numbers are not checked, so a blind ACK
+//!   timed after the guest's SYN-ACK confirms a flow: that spends only the
+//!   inbound budget.
 //!
 //! See `docs/nat-rfc-compliance.md` for a requirement-by-requirement table.
 //!
@@ -126,7 +156,7 @@
 //! |---|---|
 //! | `settings` | the validated configuration, in the units the paths use |
 //! | `table` | the flow table (32-byte slots, open addressing) and its keyed hash |
-//! | `flows` | adding and removing flows: caps, growth, port and host counts |
+//! | `flows` | adding and removing flows: caps, growth, port and host counts, the budget of flows from outside |
 //! | `ports` | external ports: bindings, allocation (RFC 4787), port forwards |
 //! | `outbound` | the guest → host path |
 //! | `inbound` | the host → guest path, through a flow or a port's binding |
@@ -316,6 +346,14 @@ pub enum DropReason {
     /// the quoted packet's source: a guest may only report errors about
     /// packets it really received (RFC 5508 section 4.2).
     IcmpForgedQuote,
+    /// A new flow from outside (through a port forward) was refused: the
+    /// inbound budget ([`NatConfig::max_inbound_flows`] or
+    /// [`NatConfig::max_inbound_flows_per_forward`]) is full of confirmed
+    /// flows, so there was no unconfirmed one to evict.
+    InboundLimit,
+    /// A later fragment arrived before its first fragment and its source
+    /// already holds half of its direction's held-fragment pool.
+    FragmentsHeldPerSource,
 }
 
 /// Inbound filtering behaviour (RFC 4787 section 5).
@@ -341,6 +379,11 @@ pub struct Timeouts {
     pub icmp: Duration,
     /// Fragment reassembly-state lifetime.
     pub fragment: Duration,
+    /// Idle timeout of an unconfirmed flow from outside (default 60 s, the
+    /// kernel's `nf_conntrack_tcp_timeout_syn_recv`): a flow created through
+    /// a port forward keeps it (or the TCP transitory / UDP timeout if
+    /// shorter) until the remote confirms it, whatever the guest answers.
+    pub inbound_unconfirmed: Duration,
 }
 
 /// Configuration, validated once by [`Nat::new`].
@@ -358,17 +401,34 @@ pub struct NatConfig {
     pub filtering: Filtering,
     /// Idle timeouts.
     pub timeouts: Timeouts,
-    /// Cap on the total number of flows.
+    /// Cap on the number of flows the internal side created (outbound
+    /// flows). Flows created from outside do not count here: they have their
+    /// own budget, [`NatConfig::max_inbound_flows`], so the table holds at
+    /// most `max_flows + max_inbound_flows` flows.
     pub max_flows: usize,
-    /// Cap on flows per internal host.
+    /// Cap on flows per internal host that the host created (flows created
+    /// from outside through a port forward do not count here).
     pub max_flows_per_host: usize,
+    /// Cap on flows created from outside (an inbound packet matched a port
+    /// forward), confirmed or not; default 16 384. When full, a new one
+    /// evicts the oldest unconfirmed one ([`NatStats::inbound_evicted`]), or
+    /// is refused ([`DropReason::InboundLimit`]) if all are confirmed.
+    pub max_inbound_flows: usize,
+    /// Cap on flows created from outside through one port forward; default
+    /// 4 096. Full: as for [`NatConfig::max_inbound_flows`], evicting only
+    /// this forward's flows.
+    pub max_inbound_flows_per_forward: usize,
     /// Cap on concurrently tracked fragmented datagrams.
     pub max_fragments: usize,
     /// Cap on later fragments held (waiting for their first fragment, or
-    /// translated and waiting for [`Nat::poll_released`]); at most 65 536.
-    /// 0 (with `max_held_bytes` 0) holds nothing: early fragments are dropped.
+    /// translated and waiting for [`Nat::poll_released`]) **per direction**:
+    /// the outbound and the inbound pool each have this cap, and one source
+    /// address may hold at most half of its direction's pool (rounded up).
+    /// At most 65 536. 0 (with `max_held_bytes` 0) holds nothing: early
+    /// fragments are dropped.
     pub max_held_fragments: usize,
-    /// Cap on the bytes of held fragments; at most 64 MiB, 0 only with
+    /// Cap on the bytes of held fragments per direction (one source: at
+    /// most half, rounded up); at most 64 MiB, 0 only with
     /// `max_held_fragments` 0.
     pub max_held_bytes: usize,
 }
@@ -438,6 +498,10 @@ pub struct NatStats {
     /// Held fragments handed out by [`Nat::poll_released`] (also counted in
     /// `outbound_forwarded`, `inbound_forwarded` or `hairpinned`).
     pub fragments_released: u64,
+    /// Unconfirmed flows from outside removed to make room for a new one
+    /// when the inbound budget was full (conntrack's early drop; also
+    /// counted in `mappings_expired`).
+    pub inbound_evicted: u64,
 }
 
 impl DropReason {
@@ -457,9 +521,11 @@ impl DropReason {
         DropReason::ReleaseBufferTooShort,
         DropReason::InboundSpoofedSource,
         DropReason::IcmpForgedQuote,
+        DropReason::InboundLimit,
+        DropReason::FragmentsHeldPerSource,
     ];
     /// Number of reasons.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 16;
     /// Index into [`NatStats::drops`].
     pub const fn index(self) -> usize {
         self as usize
@@ -487,6 +553,7 @@ impl Default for Timeouts {
             tcp_transitory: Duration::from_secs(240),
             icmp: Duration::from_secs(60),
             fragment: Duration::from_secs(30),
+            inbound_unconfirmed: Duration::from_secs(60),
         }
     }
 }
@@ -502,6 +569,8 @@ impl Default for NatConfig {
             timeouts: Timeouts::default(),
             max_flows: 1 << 20,
             max_flows_per_host: 65_536,
+            max_inbound_flows: 16_384,
+            max_inbound_flows_per_forward: 4_096,
             max_fragments: 1024,
             max_held_fragments: 64,
             max_held_bytes: 256 * 1024,

@@ -58,7 +58,9 @@ impl Nat {
             let closing = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST;
             let reopen = flags & tcp::SYN != 0 && flags & tcp::ACK == 0 && f.state & closing != 0;
             if expired || reopen {
-                f.state &= state::REDIRECTED;
+                // A flow from outside stays so, and unconfirmed until its
+                // remote confirms it.
+                f.state &= state::KEPT | state::UNCONFIRMED;
             }
             f.state |= state::SEEN_OUTBOUND | tcp_state_bits(flags, state::FIN_OUTBOUND);
             let fresh = now.saturating_add(timeouts.of(PROTO_TCP, f.state));

@@ -29,9 +29,25 @@ pub(crate) struct TimeoutsMillis {
     pub(crate) tcp_transitory: u64,
     pub(crate) icmp: u64,
     pub(crate) fragment: u64,
+    /// TCP flows from outside not yet confirmed: the shorter of
+    /// `inbound_unconfirmed` and `tcp_transitory`.
+    pub(crate) tcp_unconfirmed: u64,
+    /// UDP flows from outside not yet confirmed: the shorter of
+    /// `inbound_unconfirmed` and `udp`.
+    pub(crate) udp_unconfirmed: u64,
 }
 
 impl TimeoutsMillis {
+    /// Whether a TCP flow in [`state`] `flow_state` is established: packets
+    /// seen both ways, no FIN or RST, and (if it came from outside)
+    /// confirmed by its remote.
+    #[inline(always)]
+    pub(crate) fn tcp_established(flow_state: u8) -> bool {
+        let both = state::SEEN_INBOUND | state::SEEN_OUTBOUND;
+        let not = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST | state::UNCONFIRMED;
+        flow_state & (both | not) == both
+    }
+
     /// The idle timeout of a flow of protocol index `protocol` (`PROTO_*`)
     /// in [`state`] `flow_state`. (The packet paths pass the protocol of the
     /// packet in hand, a value the compiler already branched on, rather than
@@ -40,13 +56,18 @@ impl TimeoutsMillis {
     pub(crate) fn of(&self, protocol: u8, flow_state: u8) -> u64 {
         match protocol {
             PROTO_TCP => {
-                let both = state::SEEN_INBOUND | state::SEEN_OUTBOUND;
-                let closing = state::FIN_INBOUND | state::FIN_OUTBOUND | state::RST;
-                if flow_state & both == both && flow_state & closing == 0 {
+                if Self::tcp_established(flow_state) {
                     self.tcp_established
+                } else if flow_state & state::UNCONFIRMED != 0 {
+                    core::hint::cold_path();
+                    self.tcp_unconfirmed
                 } else {
                     self.tcp_transitory
                 }
+            }
+            PROTO_UDP if flow_state & state::UNCONFIRMED != 0 => {
+                core::hint::cold_path();
+                self.udp_unconfirmed
             }
             PROTO_UDP => self.udp,
             _ => self.icmp,
@@ -92,6 +113,7 @@ impl Settings {
             t.tcp_transitory,
             t.icmp,
             t.fragment,
+            t.inbound_unconfirmed,
         ]
         .iter()
         .any(|d| d.is_zero())
@@ -109,6 +131,14 @@ impl Settings {
                 "max_held_fragments (at most 65536) and max_held_bytes (at most 64 MiB) must be both 0 or both non-zero",
             ));
         }
+        if c.max_inbound_flows == 0
+            || c.max_inbound_flows_per_forward == 0
+            || c.max_flows.saturating_add(c.max_inbound_flows) >= u32::MAX as usize
+        {
+            return Err(ConfigError::Invalid(
+                "max_inbound_flows and max_inbound_flows_per_forward must be at least 1, and max_flows + max_inbound_flows below u32::MAX",
+            ));
+        }
         if c.max_flows_per_host == 0 {
             return Err(ConfigError::Invalid(
                 "max_flows_per_host must be at least 1",
@@ -120,6 +150,8 @@ impl Settings {
             tcp_transitory: ms(t.tcp_transitory),
             icmp: ms(t.icmp),
             fragment: ms(t.fragment),
+            tcp_unconfirmed: ms(t.inbound_unconfirmed).min(ms(t.tcp_transitory)),
+            udp_unconfirmed: ms(t.inbound_unconfirmed).min(ms(t.udp)),
         };
         Ok(Settings {
             internal_net,

@@ -62,6 +62,15 @@ pub(crate) mod state {
     pub(crate) const RST: u8 = 16;
     /// The flow was created through a redirect (it owns its external port).
     pub(crate) const REDIRECTED: u8 = 32;
+    /// The flow was created from outside (through a port forward): it counts
+    /// in the inbound budget, not in the internal host's.
+    pub(crate) const INBOUND: u8 = 64;
+    /// A flow from outside that its remote has not confirmed yet (conntrack's
+    /// not ASSURED): it keeps the short `inbound_unconfirmed` timeout and may
+    /// be evicted for a new flow from outside.
+    pub(crate) const UNCONFIRMED: u8 = 128;
+    /// The bits a flow keeps when its session starts over.
+    pub(crate) const KEPT: u8 = REDIRECTED | INBOUND;
 }
 
 impl Flow {

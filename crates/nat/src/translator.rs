@@ -182,10 +182,17 @@ impl Nat {
     }
 
     /// Number of held fragments (waiting for their first fragment, or ready
-    /// for [`Nat::poll_released`]) and their bytes.
+    /// for [`Nat::poll_released`]) and their bytes, both directions.
     pub fn held_fragments(&self) -> (usize, usize) {
         let held = &self.fragments.held;
         (held.count(), held.bytes())
+    }
+
+    /// [`Nat::held_fragments`] of one direction (what
+    /// [`NatConfig::max_held_fragments`] and [`NatConfig::max_held_bytes`]
+    /// cap).
+    pub fn held_fragments_of(&self, direction: Direction) -> (usize, usize) {
+        self.fragments.held.of(direction)
     }
 
     /// Removes expired flows and fragment state. Examines at most `budget`
@@ -317,7 +324,9 @@ impl Nat {
             .collect()
     }
 
-    /// Number of flows of one internal host.
+    /// Number of flows one internal host created (what
+    /// [`NatConfig::max_flows_per_host`] caps; flows created from outside
+    /// through a port forward are not counted here).
     pub fn host_flows(&self, host: Ipv4Addr) -> usize {
         self.table
             .per_host
@@ -325,14 +334,30 @@ impl Nat {
             .map_or(0, |&n| n as usize)
     }
 
+    /// Number of flows created from outside through port forwards, in
+    /// total and through the forward of (`protocol`, `external_port`) (what
+    /// [`NatConfig::max_inbound_flows`] and
+    /// [`NatConfig::max_inbound_flows_per_forward`] cap).
+    pub fn inbound_flows(&self, protocol: Protocol, external_port: u16) -> (usize, usize) {
+        let port = crate::tuple::PortKey {
+            protocol: protocol_index(protocol),
+            port: external_port,
+        };
+        (
+            self.table.inbound.total,
+            self.table.inbound.of_forward(port),
+        )
+    }
+
     /// Number of tracked fragmented datagrams.
     pub fn fragments(&self) -> usize {
         self.fragments.len()
     }
 
-    /// Bytes of heap held by the flow table, its indexes and port tables.
+    /// Bytes of heap held by the flow table, its indexes, port tables and
+    /// the queues of unconfirmed flows from outside.
     pub fn memory_bytes(&self) -> usize {
-        self.table.flows.memory() + self.ports.memory()
+        self.table.flows.memory() + self.ports.memory() + self.table.inbound.memory()
     }
 
     /// Bytes of the flow table and its inbound index only, divided by the number

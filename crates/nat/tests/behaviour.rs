@@ -761,13 +761,15 @@ fn held_fragments_are_bounded_in_count_and_bytes() {
     cfg.max_held_fragments = 2;
     cfg.max_held_bytes = 3000;
     let mut nat = testing::nat_with(cfg);
-    let later = |id: u16, len: usize| {
-        let mut w = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &vec![1u8; len]);
+    let later_from = |from: Ipv4Addr, id: u16, len: usize| {
+        let mut w = testing::udp(sa(from, 5000), sa(SERVER, 53), &vec![1u8; len]);
         testing::set_ip_id(&mut w, id);
         testing::fragment(&w, 1000).pop().unwrap()
     };
+    let later = |id: u16, len: usize| later_from(GUEST, id, len);
+    // Two sources: one source may have only half of the pool waiting.
     let mut a = later(1, 1500);
-    let mut b = later(2, 1500);
+    let mut b = later_from(GUEST2, 2, 1500);
     let mut c = later(3, 1500);
     assert_eq!(nat.outbound(&mut a, T0), Verdict::Held);
     assert_eq!(nat.outbound(&mut b, T0), Verdict::Held);
@@ -1852,5 +1854,405 @@ fn icmp_echo_request_to_the_external_address_without_a_live_mapping_is_dropped()
     assert_eq!(
         nat.outbound(&mut p, T0),
         Verdict::Drop(DropReason::Filtered)
+    );
+}
+
+// ---- Flows from outside: their own budget (issue #12 item 1) ----
+
+/// A spoofed remote number `i` (distinct addresses in 198.18.0.0/15).
+fn spoofed(i: u32) -> SocketAddrV4 {
+    let addr = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i;
+    sa(Ipv4Addr::from(addr), 1024 + (i % 60_000) as u16)
+}
+
+fn ssh_forward(nat: &mut Nat, external_port: u16) {
+    nat.add_forward(PortForward {
+        protocol: Protocol::Tcp,
+        external_port,
+        internal: sa(GUEST, 22),
+    })
+    .unwrap();
+}
+
+/// A SYN from `remote` to the forward on `port`, and the guest's SYN-ACK.
+fn syn_and_synack(nat: &mut Nat, remote: SocketAddrV4, port: u16, now: Instant) -> Verdict {
+    let mut syn = testing::tcp(remote, sa(EXTERNAL, port), TcpFlags::SYN, b"");
+    let v = nat.inbound(&mut syn, now);
+    if v == Verdict::Forward {
+        let mut synack = testing::tcp(sa(GUEST, 22), remote, TcpFlags::SYN_ACK, b"");
+        assert_eq!(nat.outbound(&mut synack, now), Verdict::Forward);
+    }
+    v
+}
+
+/// The remote's ACK (or data) after the guest's SYN-ACK.
+fn remote_ack(nat: &mut Nat, remote: SocketAddrV4, port: u16, now: Instant) -> Verdict {
+    let mut ack = testing::tcp(remote, sa(EXTERNAL, port), TcpFlags::ACK, b"hi");
+    nat.inbound(&mut ack, now)
+}
+
+/// When the one flow of the guest's port 22 expires, if it exists.
+fn ssh_flow_expiry(nat: &Nat) -> Option<Instant> {
+    let mut v: Vec<_> = nat
+        .mappings()
+        .into_iter()
+        .filter(|m| m.internal == sa(GUEST, 22))
+        .map(|m| m.expires)
+        .collect();
+    assert!(v.len() <= 1, "{v:?}");
+    v.pop()
+}
+
+#[test]
+fn a_spoofed_syn_flood_through_a_forward_leaves_the_guest_its_own_flows() {
+    // The issue's reproduction: 66 000 SYNs with distinct spoofed sources
+    // through `tcp:8022:22`, each answered by the guest's SYN-ACK, with the
+    // default caps (65 536 flows per host).
+    let mut nat = testing::nat_with(NatConfig {
+        max_flows_per_host: 65_536,
+        ..testing::config()
+    });
+    ssh_forward(&mut nat, 8022);
+    let flood = 66_000u32;
+    for i in 0..flood {
+        let now = Instant::from_millis(u64::from(i) / 10);
+        assert_eq!(
+            syn_and_synack(&mut nat, spoofed(i), 8022, now),
+            Verdict::Forward
+        );
+    }
+    let budget = NatConfig::default().max_inbound_flows_per_forward;
+    assert_eq!(nat.inbound_flows(Protocol::Tcp, 8022), (budget, budget));
+    assert_eq!(
+        nat.stats().inbound_evicted,
+        u64::from(flood) - budget as u64
+    );
+    assert_eq!(drops(&nat, DropReason::InboundLimit), 0);
+    assert_eq!(nat.host_flows(GUEST), 0, "flows from outside count apart");
+    // The guest's own new flows all get through: TCP, UDP, ping.
+    let now = secs(7);
+    for port in 0..20u16 {
+        let mut syn = testing::tcp(
+            sa(GUEST, 40_000 + port),
+            sa(SERVER, 443),
+            TcpFlags::SYN,
+            b"",
+        );
+        assert_eq!(nat.outbound(&mut syn, now), Verdict::Forward);
+    }
+    out_udp(&mut nat, sa(GUEST, 5353), sa(SERVER, 53), now);
+    let mut ping = testing::echo_request(GUEST, SERVER, 7, 1, b"ping");
+    assert_eq!(nat.outbound(&mut ping, now), Verdict::Forward);
+    assert_eq!(nat.host_flows(GUEST), 22);
+    // A real client still gets in during the flood and, once it confirms,
+    // is not evicted by more spoofed SYNs.
+    let client = sa(SERVER2, 50_000);
+    assert_eq!(
+        syn_and_synack(&mut nat, client, 8022, now),
+        Verdict::Forward
+    );
+    assert_eq!(remote_ack(&mut nat, client, 8022, now), Verdict::Forward);
+    for i in flood..flood + 2 * budget as u32 {
+        assert_eq!(
+            syn_and_synack(&mut nat, spoofed(i), 8022, now),
+            Verdict::Forward
+        );
+    }
+    let mut data = testing::tcp(client, sa(EXTERNAL, 8022), TcpFlags::ACK, b"more");
+    assert_eq!(nat.inbound(&mut data, now), Verdict::Forward);
+    assert_eq!(testing::dst(&data), sa(GUEST, 22));
+    // Unconfirmed flows do not outlive `inbound_unconfirmed` (60 s), even
+    // though the guest answered each with a SYN-ACK; the confirmed one and
+    // the guest's own flows stay.
+    expire_all(&mut nat, secs(7 + 61));
+    assert_eq!(nat.inbound_flows(Protocol::Tcp, 8022), (1, 1));
+    assert_eq!(
+        nat.host_flows(GUEST),
+        21,
+        "20 half-open TCP (4 min) and UDP (5 min)"
+    );
+}
+
+#[test]
+fn a_flow_from_outside_gets_the_established_timeout_only_once_the_remote_confirms() {
+    let mut nat = testing::nat();
+    ssh_forward(&mut nat, 8022);
+    let client = sa(SERVER, 50_000);
+    let unconfirmed = NatConfig::default().timeouts.inbound_unconfirmed;
+    let established = NatConfig::default().timeouts.tcp_established;
+    // SYN and SYN-ACK: both directions seen, still unconfirmed (60 s).
+    assert_eq!(syn_and_synack(&mut nat, client, 8022, T0), Verdict::Forward);
+    assert_eq!(ssh_flow_expiry(&nat), Some(T0 + unconfirmed));
+    // A retransmitted SYN does not confirm.
+    let mut syn = testing::tcp(client, sa(EXTERNAL, 8022), TcpFlags::SYN, b"");
+    assert_eq!(nat.inbound(&mut syn, secs(1)), Verdict::Forward);
+    assert_eq!(ssh_flow_expiry(&nat), Some(secs(1) + unconfirmed));
+    // The guest retransmits its SYN-ACK: still 60 s.
+    let mut synack = testing::tcp(sa(GUEST, 22), client, TcpFlags::SYN_ACK, b"");
+    assert_eq!(nat.outbound(&mut synack, secs(2)), Verdict::Forward);
+    assert_eq!(ssh_flow_expiry(&nat), Some(secs(2) + unconfirmed));
+    // The remote's ACK confirms: 2 h 4 min.
+    assert_eq!(
+        remote_ack(&mut nat, client, 8022, secs(3)),
+        Verdict::Forward
+    );
+    assert_eq!(ssh_flow_expiry(&nat), Some(secs(3) + established));
+    let mut reply = testing::tcp(sa(GUEST, 22), client, TcpFlags::ACK, b"ok");
+    assert_eq!(nat.outbound(&mut reply, secs(4)), Verdict::Forward);
+    assert_eq!(ssh_flow_expiry(&nat), Some(secs(4) + established));
+    assert_eq!(nat.inbound_flows(Protocol::Tcp, 8022), (1, 1));
+}
+
+#[test]
+fn an_ack_before_the_guest_answered_does_not_confirm() {
+    let mut nat = testing::nat();
+    ssh_forward(&mut nat, 8022);
+    let client = sa(SERVER, 50_000);
+    let unconfirmed = NatConfig::default().timeouts.inbound_unconfirmed;
+    let mut syn = testing::tcp(client, sa(EXTERNAL, 8022), TcpFlags::SYN, b"");
+    assert_eq!(nat.inbound(&mut syn, T0), Verdict::Forward);
+    assert_eq!(
+        remote_ack(&mut nat, client, 8022, secs(1)),
+        Verdict::Forward
+    );
+    let mut synack = testing::tcp(sa(GUEST, 22), client, TcpFlags::SYN_ACK, b"");
+    assert_eq!(nat.outbound(&mut synack, secs(2)), Verdict::Forward);
+    assert_eq!(ssh_flow_expiry(&nat), Some(secs(2) + unconfirmed));
+    assert_eq!(expire_all(&mut nat, secs(63)), 1);
+    assert_eq!(nat.inbound_flows(Protocol::Tcp, 8022), (0, 0));
+}
+
+#[test]
+fn a_full_forward_evicts_its_oldest_unconfirmed_flow_and_refuses_when_all_are_confirmed() {
+    let mut nat = testing::nat_with(NatConfig {
+        max_inbound_flows_per_forward: 3,
+        ..testing::config()
+    });
+    ssh_forward(&mut nat, 8022);
+    let c = |i: u16| sa(SERVER, 50_000 + i);
+    for i in 1..=3 {
+        assert_eq!(
+            syn_and_synack(&mut nat, c(i), 8022, secs(u64::from(i))),
+            Verdict::Forward
+        );
+    }
+    assert_eq!(remote_ack(&mut nat, c(2), 8022, secs(3)), Verdict::Forward);
+    // c4 evicts c1 (oldest unconfirmed), c5 evicts c3 (c2 is confirmed).
+    assert_eq!(
+        syn_and_synack(&mut nat, c(4), 8022, secs(4)),
+        Verdict::Forward
+    );
+    assert_eq!(
+        syn_and_synack(&mut nat, c(5), 8022, secs(5)),
+        Verdict::Forward
+    );
+    assert_eq!(nat.stats().inbound_evicted, 2);
+    let live = |nat: &mut Nat, i: u16| {
+        let mut probe = testing::tcp(sa(GUEST, 22), c(i), TcpFlags::ACK, b"");
+        // The guest's packet finds its flow only if it still exists (a new
+        // outbound flow would count in the guest's own budget).
+        let before = nat.host_flows(GUEST);
+        let _ = nat.outbound(&mut probe, secs(5));
+        nat.host_flows(GUEST) == before
+    };
+    assert!(!live(&mut nat, 1));
+    assert!(live(&mut nat, 2));
+    assert!(!live(&mut nat, 3));
+    assert!(live(&mut nat, 4));
+    assert!(live(&mut nat, 5));
+    // Confirm c4 and c5: nothing left to evict, c6 is refused and counted.
+    assert_eq!(remote_ack(&mut nat, c(4), 8022, secs(6)), Verdict::Forward);
+    assert_eq!(remote_ack(&mut nat, c(5), 8022, secs(6)), Verdict::Forward);
+    let mut syn = testing::tcp(c(6), sa(EXTERNAL, 8022), TcpFlags::SYN, b"");
+    assert_eq!(
+        nat.inbound(&mut syn, secs(7)),
+        Verdict::Drop(DropReason::InboundLimit)
+    );
+    assert_eq!(drops(&nat, DropReason::InboundLimit), 1);
+    assert_eq!(nat.stats().inbound_evicted, 2);
+}
+
+#[test]
+fn a_full_inbound_total_evicts_the_oldest_unconfirmed_flow_of_any_forward() {
+    let mut nat = testing::nat_with(NatConfig {
+        max_inbound_flows: 2,
+        ..testing::config()
+    });
+    ssh_forward(&mut nat, 8022);
+    ssh_forward(&mut nat, 8023);
+    let (a, b, c) = (sa(SERVER, 1), sa(SERVER, 2), sa(SERVER, 3));
+    assert_eq!(syn_and_synack(&mut nat, a, 8022, secs(1)), Verdict::Forward);
+    assert_eq!(syn_and_synack(&mut nat, b, 8023, secs(2)), Verdict::Forward);
+    assert_eq!(syn_and_synack(&mut nat, c, 8023, secs(3)), Verdict::Forward);
+    assert_eq!(nat.stats().inbound_evicted, 1);
+    assert_eq!(nat.inbound_flows(Protocol::Tcp, 8022), (2, 0));
+    assert_eq!(nat.inbound_flows(Protocol::Tcp, 8023), (2, 2));
+}
+
+#[test]
+fn a_udp_flow_from_outside_is_confirmed_when_the_remote_sends_after_the_guest_answered() {
+    let mut nat = testing::nat();
+    nat.add_forward(PortForward {
+        protocol: Protocol::Udp,
+        external_port: 5353,
+        internal: sa(GUEST, 53),
+    })
+    .unwrap();
+    let remote = sa(SERVER, 40_000);
+    let t = NatConfig::default().timeouts;
+    let expiry = |nat: &Nat| {
+        nat.mappings()
+            .into_iter()
+            .find(|m| m.internal == sa(GUEST, 53))
+            .map(|m| m.expires)
+    };
+    let mut q = testing::udp(remote, sa(EXTERNAL, 5353), b"q");
+    assert_eq!(nat.inbound(&mut q, T0), Verdict::Forward);
+    let mut q2 = testing::udp(remote, sa(EXTERNAL, 5353), b"q");
+    assert_eq!(nat.inbound(&mut q2, secs(1)), Verdict::Forward);
+    out_udp(&mut nat, sa(GUEST, 53), remote, secs(2));
+    assert_eq!(expiry(&nat), Some(secs(2) + t.inbound_unconfirmed));
+    let mut q3 = testing::udp(remote, sa(EXTERNAL, 5353), b"q");
+    assert_eq!(nat.inbound(&mut q3, secs(3)), Verdict::Forward);
+    assert_eq!(expiry(&nat), Some(secs(3) + t.udp));
+    out_udp(&mut nat, sa(GUEST, 53), remote, secs(4));
+    assert_eq!(expiry(&nat), Some(secs(4) + t.udp));
+}
+
+#[test]
+fn inbound_budget_settings_are_validated() {
+    for (total, per) in [(0, 1), (1, 0)] {
+        assert_eq!(
+            Nat::new(NatConfig {
+                max_inbound_flows: total,
+                max_inbound_flows_per_forward: per,
+                ..NatConfig::default()
+            })
+            .err()
+            .map(|_| ()),
+            Some(())
+        );
+    }
+}
+
+// ---- Held fragments: a pool per direction, a share per source (issue #12 item 11) ----
+
+/// A later fragment (the second of two) of a UDP datagram `from` → `to` with IP ident `id`.
+fn later_fragment(from: SocketAddrV4, to: SocketAddrV4, id: u16) -> Vec<u8> {
+    let mut w = testing::udp(from, to, &[7u8; 1500]);
+    testing::set_ip_id(&mut w, id);
+    testing::fragment(&w, 1000).pop().unwrap()
+}
+
+#[test]
+fn fragments_from_outside_cannot_starve_the_guests_held_fragments() {
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 4,
+        max_held_bytes: 64 * 1024,
+        ..testing::config()
+    });
+    // Outsiders fill the inbound pool with fragments to the external
+    // address whose first fragment never comes (and that match nothing).
+    for i in 0..4u32 {
+        let mut f = later_fragment(spoofed(i), sa(EXTERNAL, 9999), 1);
+        assert_eq!(nat.inbound(&mut f, T0), Verdict::Held);
+    }
+    let mut f = later_fragment(spoofed(4), sa(EXTERNAL, 9999), 1);
+    assert_eq!(
+        nat.inbound(&mut f, T0),
+        Verdict::Drop(DropReason::FragmentsHeldFull)
+    );
+    assert_eq!(nat.held_fragments_of(Direction::Inbound).0, 4);
+    // The guest's own out-of-order datagram is still held and released.
+    let mut w = testing::udp(sa(GUEST, 5000), sa(SERVER, 53), &[7u8; 1500]);
+    testing::set_ip_id(&mut w, 42);
+    let mut frags = testing::fragment(&w, 1000);
+    assert_eq!(nat.outbound(&mut frags[1], T0), Verdict::Held);
+    assert_eq!(nat.outbound(&mut frags[0], T0), Verdict::Forward);
+    let mut buf = [0u8; 2048];
+    let r = nat.poll_released(Direction::Outbound, &mut buf).unwrap();
+    assert_eq!(r.verdict, Verdict::Forward);
+    assert_eq!(nat.held_fragments_of(Direction::Outbound), (0, 0));
+    assert_eq!(drops(&nat, DropReason::FragmentsHeldFull), 1);
+}
+
+#[test]
+fn one_source_may_hold_at_most_half_of_its_directions_pool() {
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 4,
+        max_held_bytes: 64 * 1024,
+        ..testing::config()
+    });
+    let (noisy, other) = (sa(SERVER, 4000), sa(SERVER2, 4000));
+    for id in 1..=2 {
+        let mut f = later_fragment(noisy, sa(EXTERNAL, 9999), id);
+        assert_eq!(nat.inbound(&mut f, T0), Verdict::Held);
+    }
+    let mut f = later_fragment(noisy, sa(EXTERNAL, 9999), 3);
+    assert_eq!(
+        nat.inbound(&mut f, T0),
+        Verdict::Drop(DropReason::FragmentsHeldPerSource)
+    );
+    assert_eq!(drops(&nat, DropReason::FragmentsHeldPerSource), 1);
+    for id in 1..=2 {
+        let mut f = later_fragment(other, sa(EXTERNAL, 9999), id);
+        assert_eq!(nat.inbound(&mut f, T0), Verdict::Held);
+    }
+    assert_eq!(nat.held_fragments_of(Direction::Inbound).0, 4);
+    // Bytes too: half of 1 200 bytes is 600; one fragment fits, two do not.
+    let mut nat = testing::nat_with(NatConfig {
+        max_held_fragments: 64,
+        max_held_bytes: 1200,
+        ..testing::config()
+    });
+    let mut a = later_fragment(noisy, sa(EXTERNAL, 9999), 1);
+    let len = a.len();
+    assert!(len <= 600 && 2 * len > 600, "{len}");
+    assert_eq!(nat.inbound(&mut a, T0), Verdict::Held);
+    let mut b = later_fragment(noisy, sa(EXTERNAL, 9999), 2);
+    assert_eq!(
+        nat.inbound(&mut b, T0),
+        Verdict::Drop(DropReason::FragmentsHeldPerSource)
+    );
+    let mut c = later_fragment(other, sa(EXTERNAL, 9999), 2);
+    assert_eq!(nat.inbound(&mut c, T0), Verdict::Held);
+}
+
+#[test]
+fn the_queue_of_unconfirmed_flows_stays_bounded_through_churn() {
+    let mut nat = testing::nat();
+    ssh_forward(&mut nat, 8022);
+    // One long-lived client keeps the forward's bookkeeping alive.
+    let anchor = sa(SERVER2, 1);
+    assert_eq!(syn_and_synack(&mut nat, anchor, 8022, T0), Verdict::Forward);
+    assert_eq!(remote_ack(&mut nat, anchor, 8022, T0), Verdict::Forward);
+    let mut base = 0;
+    for round in 0..300u32 {
+        let now = secs(u64::from(round) * 300);
+        assert_eq!(remote_ack(&mut nat, anchor, 8022, now), Verdict::Forward);
+        for i in 0..20u32 {
+            let c = spoofed(round * 20 + i);
+            assert_eq!(syn_and_synack(&mut nat, c, 8022, now), Verdict::Forward);
+            if i % 2 == 0 {
+                // Half confirm, then close; the rest stay unconfirmed.
+                assert_eq!(remote_ack(&mut nat, c, 8022, now), Verdict::Forward);
+                let mut rst = testing::tcp(c, sa(EXTERNAL, 8022), TcpFlags::RST, b"");
+                assert_eq!(nat.inbound(&mut rst, now), Verdict::Forward);
+            }
+        }
+        expire_all(&mut nat, now + Duration::from_secs(299));
+        assert_eq!(
+            nat.inbound_flows(Protocol::Tcp, 8022),
+            (1, 1),
+            "round {round}"
+        );
+        if round == 1 {
+            base = nat.memory_bytes();
+        }
+    }
+    assert!(
+        nat.memory_bytes() <= base + 4096,
+        "{} > {base} + 4096",
+        nat.memory_bytes()
     );
 }

@@ -128,9 +128,11 @@ proptest! {
     fn table_never_exceeds_its_caps(
         ops in proptest::collection::vec((0u8..5, 2u8..8, 1000u16..1040, 0u8..4, 0u64..400), 1..300),
     ) {
-        let cfg = NatConfig { max_flows: 16, max_flows_per_host: 5, max_fragments: 3, max_held_fragments: 3, max_held_bytes: 400, port_range: 1024..=1100, ..testing::config() };
+        let cfg = NatConfig { max_flows: 16, max_flows_per_host: 5, max_inbound_flows: 5, max_inbound_flows_per_forward: 3, max_fragments: 3, max_held_fragments: 3, max_held_bytes: 400, port_range: 1024..=1100, ..testing::config() };
         let mut nat = testing::nat_with(cfg);
         nat.add_forward(PortForward { protocol: Protocol::Udp, external_port: 7000, internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 2), 7) }).unwrap();
+        nat.add_forward(PortForward { protocol: Protocol::Udp, external_port: 7001, internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 3), 7) }).unwrap();
+        nat.add_forward(PortForward { protocol: Protocol::Udp, external_port: 7002, internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 4), 7) }).unwrap();
         let mut now = 0u64;
         for (op, host, port, srv, dt) in ops {
             now += dt * 1000;
@@ -144,12 +146,24 @@ proptest! {
                     testing::set_ip_id(&mut whole, port);
                     let _ = nat.outbound(&mut testing::fragment(&whole, 40)[0], t);
                 }
-                2 => { let _ = nat.inbound(&mut testing::udp(s, SocketAddrV4::new(EXTERNAL, 7000 + u16::from(srv % 2)), b"x"), t); }
+                2 => {
+                    // From outside, through a forward (7000..=7002) or not (7003).
+                    let remote = SocketAddrV4::new(Ipv4Addr::new(198, 19, host, srv), port);
+                    let _ = nat.inbound(&mut testing::udp(remote, SocketAddrV4::new(EXTERNAL, 7000 + u16::from(srv)), b"x"), t);
+                    if srv == 1 {
+                        // The guest answers, which the remote may then confirm.
+                        let _ = nat.outbound(&mut testing::udp(SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 3), 7), remote, b"y"), t);
+                    }
+                }
                 4 => {
                     // A later fragment, possibly before its first.
                     let mut whole = testing::udp(g, s, &[0u8; 100]);
                     testing::set_ip_id(&mut whole, port);
                     let _ = nat.outbound(&mut testing::fragment(&whole, 40)[2], t);
+                    // And one from outside, from one of a few sources.
+                    let mut from_outside = testing::udp(s, SocketAddrV4::new(EXTERNAL, port), &[0u8; 100]);
+                    testing::set_ip_id(&mut from_outside, port);
+                    let _ = nat.inbound(&mut testing::fragment(&from_outside, 40)[2], t);
                     let mut buf = [0u8; 64];
                     if srv == 0 {
                         while nat.poll_released(nat::Direction::Outbound, &mut buf).is_some() {}
@@ -157,9 +171,16 @@ proptest! {
                 }
                 _ => { nat.expire(t, usize::from(host)); }
             }
-            prop_assert!(nat.len() <= 16);
+            let (inbound, _) = nat.inbound_flows(Protocol::Udp, 7000);
+            prop_assert!(inbound <= 5);
+            for fwd in 7000..=7002 {
+                prop_assert!(nat.inbound_flows(Protocol::Udp, fwd).1 <= 3);
+            }
+            prop_assert!(nat.len() - inbound <= 16);
             prop_assert!(nat.fragments() <= 3);
-            prop_assert!(nat.held_fragments().0 <= 3 && nat.held_fragments().1 <= 400);
+            for d in [nat::Direction::Outbound, nat::Direction::Inbound] {
+                prop_assert!(nat.held_fragments_of(d).0 <= 3 && nat.held_fragments_of(d).1 <= 400);
+            }
             for h in 2..8 {
                 prop_assert!(nat.host_flows(Ipv4Addr::new(192, 168, 64, h)) <= 5);
             }

@@ -15,6 +15,11 @@
 //!   `0.0.0.0:<port>` for `secs` seconds; prints `tcp=<n> udp=<n>`.
 //! - `udp-spray <addr> <n>`: sends `n` UDP datagrams to `addr`.
 //! - `tcp-try <addr> <timeout-ms>`: one TCP connect; prints `connected` or `failed <error>`, exit 0.
+//! - `syn-flood <addr> <n> <per-sec> <max-secs> [<first>]`: sends `n` TCP SYNs to `addr` from a
+//!   raw socket (`IPPROTO_RAW`, so the IP header is ours) with distinct spoofed sources: for
+//!   SYN i (counted from `first`, default 0) address 198.19.0.1 + (i mod 65 534) and a
+//!   pseudo-random port (seeded by `first`); about `per-sec` a second, stopping after
+//!   `max-secs`; prints `sent <k> in <ms> ms`. Linux only; needs CAP_NET_RAW.
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -34,6 +39,20 @@ fn main() -> anyhow::Result<()> {
         ["peer-ask", proto, addr, secs] => peer_ask(proto, parse_addr(addr)?, secs.parse()?),
         ["listen-count", port, secs] => listen_count(port.parse()?, secs.parse()?),
         ["udp-spray", addr, n] => udp_spray(parse_addr(addr)?, n.parse()?),
+        ["syn-flood", addr, n, rate, secs] => syn_flood(
+            parse_addr(addr)?,
+            n.parse()?,
+            rate.parse()?,
+            secs.parse()?,
+            0,
+        ),
+        ["syn-flood", addr, n, rate, secs, first] => syn_flood(
+            parse_addr(addr)?,
+            n.parse()?,
+            rate.parse()?,
+            secs.parse()?,
+            first.parse()?,
+        ),
         ["tcp-try", addr, ms] => {
             let addr = parse_addr(addr)?;
             match TcpStream::connect_timeout(&addr, Duration::from_millis(ms.parse()?)) {
@@ -333,8 +352,112 @@ fn udp_spray(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
 /// Longest a server connection waits for its peer.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
+#[cfg(target_os = "linux")]
+fn syn_flood(
+    addr: SocketAddr,
+    n: u32,
+    per_sec: u32,
+    max_secs: u64,
+    first: u32,
+) -> anyhow::Result<()> {
+    use rustix::net::{AddressFamily, SendFlags, SocketType, ipproto, sendto, socket};
+    let SocketAddr::V4(dst) = addr else {
+        bail!("syn-flood needs an IPv4 address, got {addr}");
+    };
+    let fd = socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::RAW))
+        .context("raw socket (needs CAP_NET_RAW)")?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(max_secs);
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (u64::from(first) << 20);
+    let mut sent = 0u32;
+    let per_sec = per_sec.max(1);
+    for i in 0..n {
+        // Pace: packet i leaves no earlier than i / per_sec seconds after the start.
+        if i % 64 == 0 {
+            let due = start + Duration::from_secs_f64(f64::from(i) / f64::from(per_sec));
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let src =
+            u32::from(std::net::Ipv4Addr::new(198, 19, 0, 1)) + first.wrapping_add(i) % 65_534;
+        let sport = 1024 + (rng % 64_000) as u16;
+        let packet = syn_packet(src, sport, u32::from(*dst.ip()), dst.port(), rng as u32);
+        // A full socket buffer: wait a little and go on (the count says what left).
+        match sendto(&fd, &packet, SendFlags::empty(), &dst) {
+            Ok(_) => sent += 1,
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    println!("sent {sent} in {} ms", start.elapsed().as_millis());
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn syn_flood(_: SocketAddr, _: u32, _: u32, _: u64, _: u32) -> anyhow::Result<()> {
+    bail!("syn-flood is Linux only")
+}
+
+/// An IPv4 TCP SYN (no options) with valid IP and TCP checksums.
+#[cfg(target_os = "linux")]
+fn syn_packet(src: u32, sport: u16, dst: u32, dport: u16, seq: u32) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.to_be_bytes());
+    p[16..20].copy_from_slice(&dst.to_be_bytes());
+    let ip_sum = ones_complement_sum(&p[..20], 0);
+    p[10..12].copy_from_slice(&(!ip_sum).to_be_bytes());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x02; // SYN
+    p[34..36].copy_from_slice(&64_240u16.to_be_bytes());
+    let pseudo = (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + 6 + 20;
+    let tcp_sum = ones_complement_sum(&p[20..], pseudo);
+    p[36..38].copy_from_slice(&(!tcp_sum).to_be_bytes());
+    p
+}
+
+/// The folded one's-complement sum of `bytes` (even length) plus `start`.
+#[cfg(target_os = "linux")]
+fn ones_complement_sum(bytes: &[u8], start: u32) -> u16 {
+    let mut sum = u64::from(start);
+    for pair in bytes.chunks(2) {
+        let hi = pair.first().copied().unwrap_or(0);
+        let lo = pair.get(1).copied().unwrap_or(0);
+        sum += u64::from(u16::from_be_bytes([hi, lo]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_syn_packet_has_valid_ip_and_tcp_checksums() {
+        let (src, dst) = (0xc613_0001, 0x6440_0002);
+        let p = super::syn_packet(src, 40_000, dst, 8022, 0x1234_5678);
+        assert_eq!(super::ones_complement_sum(&p[..20], 0), 0xffff);
+        let pseudo = (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + 6 + 20;
+        assert_eq!(super::ones_complement_sum(&p[20..], pseudo), 0xffff);
+        assert_eq!((p[9], p[33]), (6, 0x02));
+    }
+
     use super::*;
 
     #[test]
