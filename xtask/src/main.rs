@@ -335,6 +335,8 @@ fn fuzz(seconds: Option<&str>) -> Result<()> {
             "--",
             &format!("-max_total_time={seconds}"),
             "-rss_limit_mb=2048",
+            // A hang is a failure too: one input taking 10 s is one.
+            "-timeout=10",
         ]);
         run(&format!("fuzz {t} ({seconds} s)"), &mut cmd)?;
     }

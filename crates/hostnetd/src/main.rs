@@ -1,75 +1,8 @@
-//! `hostnetd`: a vhost-user-net backend daemon.
-//!
-//! It serves a vhost-user frontend (QEMU `-netdev vhost-user`, Cloud Hypervisor
-//! `--net vhost_user=true,socket=...`) on a unix socket with hostnet's device core: the guest's
-//! virtqueues are driven by `bridge`'s thread-free TX/RX paths, the gateway's services (ARP, DHCP,
-//! ping, DNS forwarder) answer locally, and everything else goes through the `nat` to a TUN device
-//! created in the network namespace the daemon runs in (host 100.64.0.1, peer 100.64.0.2 = the NAT's
-//! external address; the next free pair of 100.64.0.0/24 if the namespace uses them, see
-//! `bridge::choose_pair`).
-//!
-//! Checksum and TCPv4 segmentation offloads are offered by default (the TUN carries virtio-net
-//! headers and the host kernel segments and checksums); `--no-offload` turns them off.
-//!
-//! Least privilege: once the TUN is open and the socket bound (created 0600), the daemon runs as
-//! `--user` (started as root: `nobody`), sets no_new_privs and installs a seccomp allow list
-//! (rust-vmm's `seccompiler`); any other system call kills it with SIGSYS. `--no-sandbox` turns
-//! this off for debugging. docs/SECURITY.md has the threat model.
-//!
-//! One frontend at a time; when it disconnects the daemon serves the next one. SIGTERM/SIGINT stop
-//! it (the socket file is removed); SIGUSR1 logs the connection's counters. If the TUN fails
-//! (deleted underneath) the daemon closes the connection, logs an error naming the TUN and exits
-//! with status 1; bad arguments, and a `--tun-addr`/`--external-addr` the namespace already
-//! uses, exit with 2. vhost-user is a Linux protocol: on other systems the binary only
-//! says so. `hostnetd --help` lists the options.
-#![deny(missing_docs)]
-#![deny(unsafe_code)]
+//! The `hostnetd` binary: see the library's documentation ([`hostnetd::run`]).
 
 use std::process::ExitCode;
 
-mod args;
-#[cfg(target_os = "linux")]
-mod linux;
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    match args::parse_args(&argv) {
-        Err(e) => {
-            eprintln!("hostnetd: {e}");
-            ExitCode::from(2)
-        }
-        Ok(args::Invocation::Help) => {
-            print!("{}", args::USAGE);
-            ExitCode::SUCCESS
-        }
-        Ok(args::Invocation::Serve(a)) => serve(*a),
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn serve(args: args::Args) -> ExitCode {
-    match linux::run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hostnetd: error: {e:#}");
-            // A used or invalid --tun-addr/--external-addr is the caller's to fix, as a bad
-            // argument is.
-            if e.downcast_ref::<bridge::PairError>()
-                .is_some_and(bridge::PairError::is_usage)
-            {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn serve(args: args::Args) -> ExitCode {
-    eprintln!(
-        "hostnetd: vhost-user is Linux only; cannot serve {} on this system",
-        args.socket.display()
-    );
-    ExitCode::FAILURE
+    hostnetd::run(&argv)
 }

@@ -98,7 +98,11 @@ fn send_fragmented(lab: &mut Lab, me: &str, round: &str) {
         &["python3", "-c", SEND_PY, me, &SERVER.to_string()],
     );
     let got = wait_file_contains(&out, "\n", 25);
-    eprintln!("{round}: guest sent {} server got {}", sent.trim(), got.trim());
+    eprintln!(
+        "{round}: guest sent {} server got {}",
+        sent.trim(),
+        got.trim()
+    );
     assert_eq!(
         got.trim(),
         sent.trim(),

@@ -2,7 +2,7 @@
 
 mod backend;
 mod device;
-mod proxy;
+pub(crate) mod proxy;
 mod sandbox;
 
 use std::io::{self, Write};

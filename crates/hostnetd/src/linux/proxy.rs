@@ -177,7 +177,10 @@ fn vring_state(body: &[u8]) -> Option<(u32, u32)> {
     ))
 }
 
-fn frontend_to_backend(
+/// The frontend-to-backend half of the relay: reads the frontend's messages until it closes
+/// (`Ok`) or breaks the protocol (`Err`), checks memory tables, absorbs early
+/// `SET_VRING_ENABLE`s (answering on `replies` when asked to) and forwards the rest.
+pub(crate) fn frontend_to_backend(
     front: &UnixStream,
     back: &UnixStream,
     replies: &Mutex<UnixStream>,
