@@ -7,12 +7,13 @@
 //! same call succeeds. Needs root (a network namespace, a TUN, a user switch).
 #![cfg(target_os = "linux")]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,6 @@ use bridge::testing::{
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use testbed::netns::{Netns, Process};
-use testbed::strip_ansi;
 use vhost::vhost_user::Frontend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -44,39 +44,18 @@ impl Daemon {
             "hostnetd-sandbox-{}-{tag}.sock",
             std::process::id()
         ));
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
-        cmd.arg("--socket")
-            .arg(&sock)
-            .args(["--dns-upstream", "198.18.0.2"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut process = Process::spawn(&mut cmd).expect("starting hostnetd");
-        let stderr = process.take_stderr().expect("stderr");
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let line = strip_ansi(&line);
-                eprintln!("[hostnetd] {line}");
-                let _ = err_tx.send(line);
-            }
-        });
-        let stdout = process.take_stdout().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let common::Spawned {
+            process,
+            stderr,
+            stdout,
+        } = common::spawn(ns, &sock, extra);
         (
             Self {
                 process,
-                stderr: err_rx,
+                stderr,
                 sock,
             },
-            rx,
+            stdout,
         )
     }
 

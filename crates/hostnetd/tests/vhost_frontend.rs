@@ -7,13 +7,16 @@
 //! Needs root (namespaces, a TAP, a TUN), busybox, curl, dig, dnsmasq, python3.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use common::Daemon;
 use testbed::guest::GuestConfig;
 use testbed::netns::{Netns, Process, veth};
 use testbed::vhost_user::Attached;
@@ -22,10 +25,8 @@ use testbed::vhost_user::Attached;
 #[ignore = "needs CAP_NET_ADMIN"]
 fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<()> {
     let world = World::new()?;
-    let sock = std::env::temp_dir().join(format!("hostnet-vu-{}.sock", std::process::id()));
-    let daemon = Daemon::start(&world.host, &sock)?;
-
-    let attached = Attached::start(&sock, world.guest.name(), GuestConfig::default())?;
+    let mut daemon = Daemon::start(&world.host, "vu");
+    let attached = Attached::start(&daemon.sock, world.guest.name(), GuestConfig::default())?;
     let net = attached.net_config();
     ensure!(net.mtu == 1500 && net.link_up(), "config space {net:?}");
 
@@ -83,7 +84,13 @@ fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<
     ensure!(!attached.has_failed(), "a driver thread stopped");
     let summary = attached.stop()?;
     eprintln!("guest: {summary}");
-    daemon.expect_alive()?;
+    ensure!(
+        daemon.process.child_mut().try_wait()?.is_none(),
+        "hostnetd exited"
+    );
+    // A polite stop removes the socket file.
+    daemon.process.signal("TERM")?;
+    daemon.process.wait_timeout(Duration::from_secs(5))?;
     Ok(())
 }
 
@@ -225,68 +232,6 @@ struct Sink {
 impl Sink {
     fn result(&self) -> Result<String> {
         Ok(self.lines.recv_timeout(Duration::from_secs(60))?)
-    }
-}
-
-/// hostnetd in H, its ready line read; killed by PID when dropped.
-struct Daemon {
-    process: Process,
-    sock: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.process.signal("TERM");
-        let _ = self.process.wait_timeout(Duration::from_secs(5));
-        let _ = std::fs::remove_file(&self.sock);
-    }
-}
-
-impl Daemon {
-    fn start(ns: &Netns, sock: &Path) -> Result<Self> {
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
-        cmd.arg("--socket")
-            .arg(sock)
-            .args(["--dns-upstream", SERVER_ADDR])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut process = Process::spawn(&mut cmd).context("starting hostnetd")?;
-        let stderr = process.take_stderr().context("no stderr")?;
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[hostnetd] {}", testbed::strip_ansi(&line));
-            }
-        });
-        let stdout = process.take_stdout().context("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let started = Instant::now();
-        let ready = rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("hostnetd printed no ready line within 10 s")?;
-        ensure!(
-            ready.starts_with("ready "),
-            "unexpected first line {ready:?}"
-        );
-        eprintln!("hostnetd ready in {:?}: {ready}", started.elapsed());
-        Ok(Self {
-            process,
-            sock: sock.to_owned(),
-        })
-    }
-
-    fn expect_alive(mut self) -> Result<()> {
-        ensure!(
-            self.process.child_mut().try_wait()?.is_none(),
-            "hostnetd exited"
-        );
-        Ok(())
     }
 }
 

@@ -219,16 +219,7 @@ pub(crate) fn frontend_to_backend(
                 request = h.request,
                 "the frontend's guest memory is unusable ({e}); closing the connection"
             );
-            if h.flags & NEED_REPLY != 0 {
-                let reply = Header {
-                    request: h.request,
-                    flags: VERSION | REPLY,
-                    size: 8,
-                };
-                let mut f = replies.lock().unwrap_or_else(PoisonError::into_inner);
-                f.write_all(&reply.to_bytes())?;
-                f.write_all(&1u64.to_le_bytes())?;
-            }
+            ack(replies, h, 1)?;
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
         match filter.on_request(h, body) {
@@ -271,19 +262,26 @@ pub(crate) fn frontend_to_backend(
                     request = h.request,
                     "absorbed SET_VRING_ENABLE sent before SET_FEATURES"
                 );
-                if h.flags & NEED_REPLY != 0 {
-                    let reply = Header {
-                        request: h.request,
-                        flags: VERSION | REPLY,
-                        size: 8,
-                    };
-                    let mut f = replies.lock().unwrap_or_else(PoisonError::into_inner);
-                    f.write_all(&reply.to_bytes())?;
-                    f.write_all(&0u64.to_le_bytes())?;
-                }
+                ack(replies, h, 0)?;
             }
         }
     }
+}
+
+/// Answers request `h` with `status` (0: done) on the frontend's socket, if it asked for a
+/// reply (`NEED_REPLY`, the REPLY_ACK protocol feature).
+fn ack(replies: &Mutex<UnixStream>, h: Header, status: u64) -> io::Result<()> {
+    if h.flags & NEED_REPLY == 0 {
+        return Ok(());
+    }
+    let reply = Header {
+        request: h.request,
+        flags: VERSION | REPLY,
+        size: 8,
+    };
+    let mut f = replies.lock().unwrap_or_else(PoisonError::into_inner);
+    f.write_all(&reply.to_bytes())?;
+    f.write_all(&status.to_le_bytes())
 }
 
 /// Signals a ring's new kick eventfd once, so the backend looks at the ring as soon as it is

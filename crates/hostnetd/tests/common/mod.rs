@@ -21,38 +21,26 @@ pub(crate) struct Daemon {
     pub(crate) sock: std::path::PathBuf,
 }
 
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Politely (it removes its socket), then the Process guard kills it by PID.
+        if self.process.child_mut().try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.process.signal("TERM");
+            let _ = self.process.wait_timeout(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
 impl Daemon {
     /// Starts hostnetd in `ns` on a socket named after the test's PID and `tag`.
     pub(crate) fn start(ns: &Netns, tag: &str) -> Self {
         let sock = std::env::temp_dir().join(format!("hostnetd-{}-{tag}.sock", std::process::id()));
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
-        cmd.arg("--socket")
-            .arg(&sock)
-            .args(["--dns-upstream", "198.18.0.2"])
-            .env(
-                "RUST_LOG",
-                std::env::var("HND_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut process = Process::spawn(&mut cmd).expect("starting hostnetd");
-        let stderr = process.take_stderr().expect("stderr");
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let line = strip_ansi(&line);
-                eprintln!("[hostnetd] {line}");
-                let _ = err_tx.send(line);
-            }
-        });
-        let stdout = process.take_stdout().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let Spawned {
+            process,
+            stderr: err_rx,
+            stdout: rx,
+        } = spawn(ns, &sock, &[]);
         let ready = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("hostnetd printed no ready line within 10 s");
@@ -80,6 +68,53 @@ impl Daemon {
                 Err(_) => return None,
             }
         }
+    }
+}
+
+/// A hostnetd process started by [`spawn`]: its stderr lines (ANSI colours stripped, echoed
+/// to the test's stderr) and stdout lines, each read by a thread.
+pub(crate) struct Spawned {
+    pub(crate) process: Process,
+    pub(crate) stderr: mpsc::Receiver<String>,
+    pub(crate) stdout: mpsc::Receiver<String>,
+}
+
+/// Starts hostnetd in `ns` on `sock` with `--dns-upstream 198.18.0.2` and `extra` arguments;
+/// `RUST_LOG` from `HND_LOG` (default `info`).
+pub(crate) fn spawn(ns: &Netns, sock: &std::path::Path, extra: &[&str]) -> Spawned {
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
+    cmd.arg("--socket")
+        .arg(sock)
+        .args(["--dns-upstream", "198.18.0.2"])
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("HND_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut process = Process::spawn(&mut cmd).expect("starting hostnetd");
+    let stderr = process.take_stderr().expect("stderr");
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let line = strip_ansi(&line);
+            eprintln!("[hostnetd] {line}");
+            let _ = err_tx.send(line);
+        }
+    });
+    let stdout = process.take_stdout().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Spawned {
+        process,
+        stderr: err_rx,
+        stdout: rx,
     }
 }
 
