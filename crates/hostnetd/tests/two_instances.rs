@@ -4,44 +4,39 @@
 //! network namespace and TUNs).
 #![cfg(target_os = "linux")]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::Ipv4Addr;
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use testbed::netns::{Netns, Process};
+use testbed::netns::Netns;
+
+/// A hostnetd started in `ns`, stopped politely (its socket removed) when dropped.
+struct Hostnetd {
+    spawned: common::Spawned,
+    sock: PathBuf,
+}
+
+impl Drop for Hostnetd {
+    fn drop(&mut self) {
+        let p = &mut self.spawned.process;
+        if p.child_mut().try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = p.signal("TERM");
+            let _ = p.wait_timeout(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
 
 /// A hostnetd started in `ns` with `extra` arguments, and its stdout lines.
-fn spawn(ns: &Netns, tag: &str, extra: &[&str]) -> (Process, mpsc::Receiver<String>) {
+fn spawn(ns: &Netns, tag: &str, extra: &[&str]) -> Hostnetd {
     let sock = std::env::temp_dir().join(format!("hostnetd-two-{}-{tag}.sock", std::process::id()));
-    let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
-    cmd.arg("--socket")
-        .arg(&sock)
-        .args(["--dns-upstream", "198.18.0.2"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut process = Process::spawn(&mut cmd).expect("starting hostnetd");
-    let stdout = process.take_stdout().expect("stdout");
-    let stderr = process.take_stderr().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[hostnetd] {line}");
-            let _ = tx2.send(format!("stderr: {line}"));
-        }
-    });
-    (process, rx)
+    Hostnetd {
+        spawned: common::spawn(ns, &sock, extra),
+        sock,
+    }
 }
 
 /// The ready line's fields, in order.
@@ -74,13 +69,13 @@ fn field(fields: &[(String, String)], key: &str) -> String {
 #[ignore = "needs CAP_NET_ADMIN"]
 fn two_hostnetd_in_one_namespace_take_different_pairs() {
     let ns = Netns::new("hnd-two").expect("namespace");
-    let (_a, rx_a) = spawn(&ns, "a", &[]);
-    let a = ready(&rx_a);
+    let a_ = spawn(&ns, "a", &[]);
+    let a = ready(&a_.spawned.stdout);
     let keys: Vec<&str> = a.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["socket", "tun", "gateway", "external"], "{a:?}");
     assert_eq!(field(&a, "external"), "100.64.0.2");
-    let (_b, rx_b) = spawn(&ns, "b", &[]);
-    let b = ready(&rx_b);
+    let b_ = spawn(&ns, "b", &[]);
+    let b = ready(&b_.spawned.stdout);
     assert_eq!(field(&b, "external"), "100.64.0.4", "{b:?}");
     assert_ne!(field(&a, "tun"), field(&b, "tun"));
     // The kernel routes each external address into its own TUN.
@@ -100,9 +95,9 @@ fn two_hostnetd_in_one_namespace_take_different_pairs() {
         );
     }
     // Started at the same time, two more still get two different pairs (the lock).
-    let (_c, rx_c) = spawn(&ns, "c", &[]);
-    let (_d, rx_d) = spawn(&ns, "d", &[]);
-    let (c, d) = (ready(&rx_c), ready(&rx_d));
+    let c_ = spawn(&ns, "c", &[]);
+    let d_ = spawn(&ns, "d", &[]);
+    let (c, d) = (ready(&c_.spawned.stdout), ready(&d_.spawned.stdout));
     let mut ext: Vec<Ipv4Addr> = [&a, &b, &c, &d]
         .iter()
         .map(|f| field(f, "external").parse().expect("IPv4"))
@@ -116,15 +111,24 @@ fn two_hostnetd_in_one_namespace_take_different_pairs() {
 #[ignore = "needs CAP_NET_ADMIN"]
 fn an_explicit_external_address_in_use_exits_2() {
     let ns = Netns::new("hnd-clash").expect("namespace");
-    let (_a, rx_a) = spawn(&ns, "x", &[]);
-    assert_eq!(field(&ready(&rx_a), "external"), "100.64.0.2");
-    let (mut b, rx_b) = spawn(&ns, "y", &["--external-addr", "100.64.0.2"]);
+    let a = spawn(&ns, "x", &[]);
+    assert_eq!(field(&ready(&a.spawned.stdout), "external"), "100.64.0.2");
+    let mut b = spawn(&ns, "y", &["--external-addr", "100.64.0.2"]);
     let status = b
+        .spawned
+        .process
         .wait_timeout(Duration::from_secs(10))
         .expect("wait")
         .expect("hostnetd with a used --external-addr still runs");
     assert_eq!(status.code(), Some(2), "{status}");
-    let out: Vec<String> = rx_b.try_iter().collect();
+    // The error goes to stderr; give its reader thread a moment.
+    std::thread::sleep(Duration::from_millis(100));
+    let out: Vec<String> = b
+        .spawned
+        .stdout
+        .try_iter()
+        .chain(b.spawned.stderr.try_iter())
+        .collect();
     let err = out.join("\n");
     assert!(
         err.contains("--external-addr 100.64.0.2 is already in use") && err.contains("hostnetd"),
@@ -132,10 +136,10 @@ fn an_explicit_external_address_in_use_exits_2() {
     );
     assert!(!out.iter().any(|l| l.starts_with("ready ")), "{err}");
     // Explicit and free: taken as given.
-    let (_c, rx_c) = spawn(
+    let c = spawn(
         &ns,
         "z",
         &["--tun-addr", "10.200.0.1", "--external-addr", "10.200.0.2"],
     );
-    assert_eq!(field(&ready(&rx_c), "external"), "10.200.0.2");
+    assert_eq!(field(&ready(&c.spawned.stdout), "external"), "10.200.0.2");
 }

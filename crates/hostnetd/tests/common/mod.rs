@@ -24,7 +24,12 @@ pub(crate) struct Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Politely (it removes its socket), then the Process guard kills it by PID.
-        if self.process.child_mut().try_wait().is_ok_and(|s| s.is_none()) {
+        if self
+            .process
+            .child_mut()
+            .try_wait()
+            .is_ok_and(|s| s.is_none())
+        {
             let _ = self.process.signal("TERM");
             let _ = self.process.wait_timeout(Duration::from_secs(5));
         }
