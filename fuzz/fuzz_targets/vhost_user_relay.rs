@@ -3,37 +3,28 @@
 //! (`hostnetd::fuzzing::relay_frontend_messages`). Records build messages: raw bytes (broken
 //! headers, truncated bodies), memory tables (`SET_MEM_TABLE`, `ADD_MEM_REG`) whose regions
 //! and memfds (size, seals, count) come from the input, early and late `SET_VRING_ENABLE`,
-//! `SET_FEATURES`, `SET_VRING_KICK` with or without an eventfd, any other request with any
-//! size. Never a panic or a hang; and what the relay forwards to the daemon is a well-framed
-//! message stream in which every memory region fits the file sent with it (the daemon maps
-//! what passes: a region past its file's end would SIGBUS it).
+//! `SET_FEATURES`, `SET_VRING_KICK`/`_CALL`/`_ERR` with or without an eventfd, known requests
+//! with well-sized bodies, any other request with any size (`common/frontend.rs`). Never a
+//! panic or a hang; and what the relay forwards to the daemon is a well-framed message stream
+//! in which every memory region fits the file sent with it (the daemon maps what passes: a
+//! region past its file's end would SIGBUS it).
 //!
 //! Input: a sequence of `[kind, bytes...]` records (each consumes what it needs).
 #![no_main]
 
-use std::io::{IoSlice, IoSliceMut, Write};
+use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
 use libfuzzer_sys::fuzz_target;
-use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
-const SET_FEATURES: u32 = 2;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_ENABLE: u32 = 18;
-const ADD_MEM_REG: u32 = 37;
-const VERSION: u32 = 1;
-const NEED_REPLY: u32 = 8;
-const HDR_LEN: usize = 12;
-const REGION_LEN: usize = 32;
-const PAGE: u64 = 4096;
+#[path = "common/frontend.rs"]
+mod frontend;
+
+use frontend::{ADD_MEM_REG, HDR_LEN, REGION_LEN, SET_MEM_TABLE, build, send_with_fds};
 
 fuzz_target!(|input: &[u8]| {
     let Ok((front_ours, front_relay)) = UnixStream::pair() else {
@@ -73,140 +64,6 @@ fuzz_target!(|input: &[u8]| {
     }
     let _ = drain.join();
 });
-
-/// One message (header and body) and the descriptors sent with it.
-fn build(kind: u8, rest: &mut &[u8]) -> (Vec<u8>, Vec<OwnedFd>) {
-    let mut fds = Vec::new();
-    let msg = match kind % 8 {
-        // Raw bytes: broken headers, truncated bodies, anything.
-        0 => {
-            let n = usize::from(take_u8(rest));
-            take(rest, n).to_vec()
-        }
-        1 => {
-            // A memory table: a forged count, regions and memfds from the input.
-            let count = u32::from(take_u8(rest) % 10);
-            let regions = (take_u8(rest) % 4) as usize;
-            let mut body = count.to_le_bytes().to_vec();
-            body.extend_from_slice(&[0; 4]);
-            for _ in 0..regions {
-                body.extend_from_slice(&region(rest, &mut fds));
-            }
-            if take_u8(rest) % 8 == 0 {
-                fds.pop(); // one descriptor fewer than regions
-            }
-            message(SET_MEM_TABLE, take_u8(rest) as u32 & NEED_REPLY, &body)
-        }
-        2 => {
-            let mut body = vec![0u8; 8];
-            body.extend_from_slice(&region(rest, &mut fds));
-            message(ADD_MEM_REG, take_u8(rest) as u32 & NEED_REPLY, &body)
-        }
-        3 => {
-            let mut body = u32::from(take_u8(rest) % 10).to_le_bytes().to_vec();
-            body.extend_from_slice(&u32::from(take_u8(rest) & 1).to_le_bytes());
-            let size = body.len() - usize::from(take_u8(rest) % 9); // sometimes short
-            message(
-                SET_VRING_ENABLE,
-                take_u8(rest) as u32 & NEED_REPLY,
-                &body[..size],
-            )
-        }
-        4 => message(SET_FEATURES, 0, take(rest, 8)),
-        5 => {
-            let b = take_u8(rest);
-            if b & 1 == 0
-                && let Ok(fd) = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
-            {
-                fds.push(fd);
-            }
-            let mut body = u64::from(b % 4).to_le_bytes();
-            if b & 2 != 0 {
-                body[1] = 1; // VHOST_USER_VRING_NOFD_MASK
-            }
-            message(SET_VRING_KICK, 0, &body)
-        }
-        // Any other request, any announced size (oversized ones end the relay).
-        _ => {
-            let request = u32::from(take_u8(rest));
-            let size = u32::from(take_u8(rest)) << (take_u8(rest) % 8);
-            let body = take(rest, size.min(512) as usize).to_vec();
-            let mut m = header(request, VERSION, size).to_vec();
-            m.extend_from_slice(&body);
-            m
-        }
-    };
-    (msg, fds)
-}
-
-/// One `VhostUserMemoryRegion` (guest address, size, frontend address, file offset) and its
-/// memfd (size and seals from the input).
-fn region(rest: &mut &[u8], fds: &mut Vec<OwnedFd>) -> [u8; REGION_LEN] {
-    let pages = u64::from(take_u8(rest) % 65);
-    let file_pages = u64::from(take_u8(rest) % 65);
-    let offset = match take_u8(rest) % 4 {
-        0 => 0,
-        1 => PAGE,
-        2 => u64::MAX - PAGE, // offset + size overflows
-        _ => u64::from(take_u8(rest)) * PAGE,
-    };
-    let seal = take_u8(rest) & 1 != 0;
-    let mut r = [0u8; REGION_LEN];
-    r[0..8].copy_from_slice(&(u64::from(take_u8(rest)) << 20).to_le_bytes());
-    r[8..16].copy_from_slice(&(pages * PAGE).to_le_bytes());
-    r[16..24].copy_from_slice(&0x7f00_0000_0000u64.to_le_bytes());
-    r[24..32].copy_from_slice(&offset.to_le_bytes());
-    if let Some(fd) = memfd(file_pages * PAGE, seal) {
-        fds.push(fd);
-    }
-    r
-}
-
-fn memfd(size: u64, seal: bool) -> Option<OwnedFd> {
-    let fd = rustix::fs::memfd_create(
-        "hostnet-fuzz",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )
-    .ok()?;
-    rustix::fs::ftruncate(&fd, size).ok()?;
-    if seal {
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).ok()?;
-    }
-    Some(fd)
-}
-
-fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
-    let mut h = [0u8; HDR_LEN];
-    h[0..4].copy_from_slice(&request.to_le_bytes());
-    h[4..8].copy_from_slice(&flags.to_le_bytes());
-    h[8..12].copy_from_slice(&size.to_le_bytes());
-    h
-}
-
-fn message(request: u32, flags: u32, body: &[u8]) -> Vec<u8> {
-    let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let mut m = header(request, VERSION | flags, size).to_vec();
-    m.extend_from_slice(body);
-    m
-}
-
-fn send_with_fds(sock: &UnixStream, msg: &[u8], fds: &[OwnedFd]) -> std::io::Result<()> {
-    if fds.is_empty() || msg.is_empty() {
-        let mut s = sock;
-        return s.write_all(msg);
-    }
-    let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-        return Err(std::io::Error::other("too many descriptors"));
-    }
-    let n = rustix::net::sendmsg(sock, &[IoSlice::new(msg)], &mut control, SendFlags::empty())?;
-    let mut s = sock;
-    // On a full buffer (WouldBlock) the rest never goes: a truncated message, which the relay
-    // must survive too.
-    s.write_all(&msg[n..])
-}
 
 /// Reads everything the relay forwarded: it must parse as whole messages, and every memory
 /// region in it must fit the file sent with it.
@@ -281,14 +138,4 @@ fn recv_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> usiz
         got += n;
     }
     got
-}
-
-fn take_u8(rest: &mut &[u8]) -> u8 {
-    take(rest, 1).first().copied().unwrap_or(0)
-}
-
-fn take<'a>(rest: &mut &'a [u8], n: usize) -> &'a [u8] {
-    let (a, b) = rest.split_at(n.min(rest.len()));
-    *rest = b;
-    a
 }

@@ -21,3 +21,74 @@ pub fn relay_frontend_messages(
 ) -> io::Result<()> {
     crate::linux::proxy::frontend_to_backend(front, back, &Mutex::new(replies))
 }
+
+/// hostnetd's whole connection path for one frontend: the relay, vhost-user-backend's request
+/// handler and hostnetd's backend (the device core over a TUN), as the daemon serves a
+/// connection, without the sandbox.
+pub struct Backend {
+    config: crate::linux::device::DeviceConfig,
+    tun: std::sync::Arc<utun::Tun>,
+    stop: crate::linux::Stop,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("tun", &self.tun.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// Moves the calling thread into a network namespace of its own (threads it starts later
+    /// follow it) and creates the TUN there (100.64.0.1, peer 100.64.0.2, offloads when the
+    /// kernel has them). Needs CAP_SYS_ADMIN and CAP_NET_ADMIN: run as root.
+    ///
+    /// # Errors
+    ///
+    /// The namespace or the TUN could not be made.
+    pub fn new() -> anyhow::Result<Self> {
+        use anyhow::Context;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("a network namespace of its own (unshare: needs root)")?;
+        let pair = bridge::AddrPair {
+            tun: std::net::Ipv4Addr::new(100, 64, 0, 1),
+            external: std::net::Ipv4Addr::new(100, 64, 0, 2),
+        };
+        let builder = || {
+            utun::TunBuilder::new()
+                .name("hnfuzz%d")
+                .ipv4(pair.tun, utun::Ipv4Dest::Peer(pair.external))
+                .nonblocking(true)
+        };
+        let tun = builder()
+            .vnet_hdr(true)
+            .open()
+            .or_else(|_| builder().open())
+            .context("creating the TUN")?;
+        let config = crate::linux::device::DeviceConfig {
+            mac: bridge::defaults::GUEST_MAC,
+            mtu: 1500,
+            gateway: crate::linux::GATEWAY,
+            external: pair.external,
+            forwards: Vec::new(),
+            dns_upstream: None,
+            offload: tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN,
+            egress: bridge::EgressPolicy::default(),
+        };
+        Ok(Self {
+            config,
+            tun: std::sync::Arc::new(tun),
+            stop: crate::linux::Stop::new()?,
+        })
+    }
+
+    /// Serves `frontend` until it closes or breaks the protocol, as hostnetd serves a connection.
+    ///
+    /// # Errors
+    ///
+    /// What ended the connection, if it was not the frontend closing.
+    pub fn serve(&self, frontend: UnixStream) -> anyhow::Result<()> {
+        crate::linux::serve_one(&self.config, &self.tun, frontend, &self.stop)
+    }
+}

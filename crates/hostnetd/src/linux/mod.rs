@@ -1,7 +1,7 @@
 //! The daemon on Linux: the TUN device, the listen loop (one frontend at a time), signals.
 
 mod backend;
-mod device;
+pub(crate) mod device;
 pub(crate) mod proxy;
 mod sandbox;
 
@@ -192,7 +192,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 ///
 /// The frontend talks to a [`proxy::Relay`], which talks to the vhost-user-backend daemon over a
 /// private (abstract) unix socket.
-fn serve_one(
+pub(crate) fn serve_one(
     config: &DeviceConfig,
     tun: &Arc<Tun>,
     frontend: UnixStream,
@@ -291,7 +291,7 @@ fn open_tun(args: &Args, pair: bridge::AddrPair) -> Result<Tun> {
 /// The stop request (SIGTERM/SIGINT): wakes the listen loop and closes the current connection.
 /// Also carries the stats request (SIGUSR1), which the connection's worker serves on its next tick,
 /// and the news that the TUN failed, which stops the daemon with an error.
-struct Stop {
+pub(crate) struct Stop {
     requested: AtomicBool,
     stats_requested: Arc<AtomicBool>,
     host_lost: Arc<AtomicBool>,
@@ -308,7 +308,7 @@ impl std::fmt::Debug for Stop {
 }
 
 impl Stop {
-    fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         Ok(Self {
             requested: AtomicBool::new(false),
             stats_requested: Arc::new(AtomicBool::new(false)),
