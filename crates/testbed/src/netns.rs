@@ -18,7 +18,7 @@
 //! ```
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bridge::defaults::{TEST_INTERNET, TEST_INTERNET_PREFIX_LEN};
 
@@ -28,8 +28,10 @@ pub use ::netns::*;
 /// simulated internet (198.18.0.0/15).
 ///
 /// Built by [`Topology::new`]: `guest` is empty (`hostnet-lab attach` makes its `eth0` TAP);
-/// `host` has `srv0` = [`HOST_SERVER_ADDR`]/15; `server` has `eth0` = [`SERVER_ADDR`]/15 and a
-/// default route via [`HOST_SERVER_ADDR`]. IPv4 forwarding in `host` is left to `attach`.
+/// `host` has `srv0` = [`HOST_SERVER_ADDR`]/15 and [`HOST_SERVER_ADDR6`]/64; `server` has
+/// `eth0` = [`SERVER_ADDR`]/15 and [`SERVER_ADDR6`]/64 (and [`SERVER_ADDR6_2`], a second
+/// server address) with default routes via the host's. The IPv6 addresses skip duplicate
+/// address detection, so they are usable at once. Forwarding in `host` is left to `attach`.
 /// Fields drop (namespaces are deleted) in declaration order.
 #[derive(Debug)]
 pub struct Topology {
@@ -61,6 +63,34 @@ impl Topology {
             &format!("{SERVER_ADDR}/{TEST_INTERNET_PREFIX_LEN}"),
         )?;
         server.add_route("default", HOST_SERVER_ADDR)?;
+        host.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{HOST_SERVER_ADDR6}/{TEST_LINK6_PREFIX_LEN}"),
+            "dev",
+            HOST_SERVER_DEV,
+            "nodad",
+        ])?;
+        for a in [SERVER_ADDR6, SERVER_ADDR6_2] {
+            server.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/{TEST_LINK6_PREFIX_LEN}"),
+                "dev",
+                SERVER_DEV,
+                "nodad",
+            ])?;
+        }
+        server.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &HOST_SERVER_ADDR6.to_string(),
+        ])?;
         Ok(Self {
             guest,
             host,
@@ -73,6 +103,15 @@ impl Topology {
 pub const HOST_SERVER_ADDR: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 1);
 /// The server namespace's address.
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::from_bits(TEST_INTERNET.to_bits() + 2);
+/// The host namespace's IPv6 address on the simulated internet (2001:db8::/32, the
+/// documentation range; the server's default gateway).
+pub const HOST_SERVER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The server namespace's IPv6 address.
+pub const SERVER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// A second IPv6 address of the server namespace (two "servers" see one NAT66 mapping).
+pub const SERVER_ADDR6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
+/// The prefix length of the host–server link's IPv6 addresses.
+pub const TEST_LINK6_PREFIX_LEN: u8 = 64;
 /// The host namespace's link to the server namespace.
 pub const HOST_SERVER_DEV: &str = "srv0";
 /// The server namespace's link to the host namespace.
@@ -100,6 +139,12 @@ mod tests {
             .exec(&["ping", "-c", "1", "-W", "2", &SERVER_ADDR.to_string()])?;
         let routes = topo.server.ip(&["route", "show", "default"])?;
         assert!(routes.contains(&HOST_SERVER_ADDR.to_string()), "{routes}");
+        for a in [SERVER_ADDR6, SERVER_ADDR6_2] {
+            topo.host
+                .exec(&["ping", "-6", "-c", "1", "-W", "2", &a.to_string()])?;
+        }
+        let routes = topo.server.ip(&["-6", "route", "show", "default"])?;
+        assert!(routes.contains(&HOST_SERVER_ADDR6.to_string()), "{routes}");
         drop(topo);
         for n in &names {
             assert!(!exists(n)?, "{n} still exists");
