@@ -41,7 +41,7 @@ fn a_stub_only_resolv_conf_uses_systemd_resolveds_upstream() {
     );
     let mut lab = Lab::start_via("dns-stub", &files.prefix(), &[]);
     let _lease = lab.udhcpc();
-    let log = start_dnsmasq(&mut lab);
+    let log = lab.start_dnsmasq();
     let t = Instant::now();
     let out = dig(&lab, "stub.e2e.test");
     assert!(out.contains("status: NOERROR"), "{out}");
@@ -190,52 +190,4 @@ fn dig(lab: &Lab, name: &str) -> String {
             "A",
         ],
     )
-}
-
-/// dnsmasq in the server namespace answering `*.e2e.test` with 198.18.7.7 (as in e2e.rs).
-fn start_dnsmasq(lab: &mut Lab) -> PathBuf {
-    let log = lab.dir.join("dnsmasq.err");
-    lab.spawn_logged(
-        Ns::S,
-        "dnsmasq",
-        &[
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--log-queries",
-            "--log-facility=-",
-            "--pid-file=",
-            "--user=nobody",
-            "--group=nogroup",
-            "--bind-interfaces",
-            &format!("--listen-address={SERVER}"),
-            "--address=/e2e.test/198.18.7.7",
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = lab.run(
-            Ns::S,
-            5,
-            &[
-                "dig",
-                &format!("@{SERVER}"),
-                "+short",
-                "+time=1",
-                "+tries=1",
-                "probe.e2e.test",
-            ],
-        );
-        if String::from_utf8_lossy(&o.stdout).contains("198.18.7.7") {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dnsmasq did not come up: {:?}",
-            std::fs::read_to_string(&log)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -187,7 +187,7 @@ fn udp_dns_query_through_gateway_forwarder() {
         ("dig", "dnsutils"),
     ]);
     let (mut lab, lease) = Lab::with_lease("e2e-dns", &[]);
-    let log = start_dnsmasq(&mut lab);
+    let log = lab.start_dnsmasq();
     assert!(lease.dns.contains(&GATEWAY), "lease DNS {:?}", lease.dns);
     let resolver = lease.dns.first().copied().unwrap_or(GATEWAY);
     for name in ["www.e2e.test", "other.e2e.test"] {
@@ -217,7 +217,7 @@ fn dns_upstream_defaults_to_the_host_namespace_resolv_conf() {
         ),
     );
     let _lease = lab.udhcpc();
-    let log = start_dnsmasq(&mut lab);
+    let log = lab.start_dnsmasq();
     resolve_through_gateway(&lab, GATEWAY, "default.e2e.test");
     let text = wait_file_contains(&log, "default.e2e.test", 5);
     assert!(text.contains(&format!("from {EXTERNAL}")), "{text}");
@@ -921,7 +921,7 @@ fn other_threads_mode_pings_and_resolves() {
         );
         assert_eq!((p.transmitted, p.received), (10, 10), "ping {what} {addr}");
     }
-    let log = start_dnsmasq(&mut lab);
+    let log = lab.start_dnsmasq();
     let resolver = lease.dns.first().copied().unwrap_or(GATEWAY);
     resolve_through_gateway(&lab, resolver, "www.e2e.test");
     let text = wait_file_contains(&log, "www.e2e.test", 5);
@@ -990,55 +990,6 @@ fn transfer_100mb_both_ways(tag: &str, extra: &[&str]) -> (u64, u64, String) {
             .unwrap_or_else(|| panic!("no {name} in {line:?}"))
     };
     (field("tx_gso"), field("rx_gso"), stderr)
-}
-
-/// Starts dnsmasq on the server (answers `*.e2e.test` with 198.18.7.7, logs queries) and
-/// waits until it answers locally; returns its log file.
-fn start_dnsmasq(lab: &mut Lab) -> std::path::PathBuf {
-    let log = lab.dir.join("dnsmasq.err");
-    lab.spawn_logged(
-        Ns::S,
-        "dnsmasq",
-        &[
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--log-queries",
-            "--log-facility=-",
-            "--pid-file=",
-            "--user=nobody",
-            "--group=nogroup",
-            "--bind-interfaces",
-            &format!("--listen-address={SERVER}"),
-            "--address=/e2e.test/198.18.7.7",
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = lab.run(
-            Ns::S,
-            5,
-            &[
-                "dig",
-                &format!("@{SERVER}"),
-                "+short",
-                "+time=1",
-                "+tries=1",
-                "probe.e2e.test",
-            ],
-        );
-        if String::from_utf8_lossy(&o.stdout).contains("198.18.7.7") {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dnsmasq did not come up: {:?}",
-            std::fs::read_to_string(&log)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// dig (UDP) in the guest asks `resolver` for `name` and must get dnsmasq's answer.

@@ -459,6 +459,57 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Starts dnsmasq on the server (answers `*.e2e.test` with 198.18.7.7, logs queries) and
+    /// waits until it answers locally; returns its log file.
+    pub(crate) fn start_dnsmasq(&mut self) -> PathBuf {
+        let log = self.dir.join("dnsmasq.err");
+        self.spawn_logged(
+            Ns::S,
+            "dnsmasq",
+            &[
+                "dnsmasq",
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--log-queries",
+                "--log-facility=-",
+                "--pid-file=",
+                "--user=nobody",
+                "--group=nogroup",
+                "--bind-interfaces",
+                &format!("--listen-address={SERVER}"),
+                "--address=/e2e.test/198.18.7.7",
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let o = self.run(
+                Ns::S,
+                5,
+                &[
+                    "dig",
+                    &format!("@{SERVER}"),
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    "probe.e2e.test",
+                ],
+            );
+            if String::from_utf8_lossy(&o.stdout).contains("198.18.7.7") {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not come up: {:?}",
+                std::fs::read_to_string(&log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
