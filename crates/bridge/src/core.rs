@@ -1602,4 +1602,60 @@ mod tests {
             dp.bridge_stats()
         );
     }
+
+    /// A session the NAT refuses for want of room (here: the per-host cap of one flow) is
+    /// answered with ICMP administratively prohibited quoting the guest's packet as sent
+    /// (RFC 5508 REQ-8), and counted; the flow the guest has keeps working.
+    #[test]
+    fn a_session_the_nat_refuses_is_answered_with_admin_prohibited() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(64).unwrap();
+        let mut cfg = BridgeConfig {
+            static_guest_ip: Some(GUEST_IP),
+            ..config(Vec::new())
+        };
+        cfg.nat.max_flows_per_host = 1;
+        let mut dp = DeviceCore::new(cfg).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 4);
+        let first = testing::udp_frame(GUEST_MAC, GUEST_IP, 5000, testing::SERVER, 80, b"a");
+        let second = testing::udp_frame(GUEST_MAC, GUEST_IP, 5001, testing::SERVER, 80, b"b");
+        for f in [&first, &second, &first] {
+            net.send_frame(HDR, f, &[]);
+        }
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        let mut pending = Vec::new();
+        let (_, reply) = net.rx_frame(HDR, &mut pending).expect("an ICMP error");
+        let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+        assert_eq!(eth.dst_addr(), GUEST_MAC);
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY, GUEST_IP));
+        let icmp = ::wire::Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((icmp.msg_type(), icmp.msg_code()), (3, 13));
+        assert!(icmp.verify_checksum());
+        // The quote is the refused packet's IPv4 header and UDP header, untranslated.
+        assert_eq!(&icmp.payload()[..28], &second[14..14 + 28]);
+        assert!(net.rx_frame(HDR, &mut pending).is_none(), "one answer");
+        for _ in 0..2 {
+            let out = peer.recv().expect("the first flow's packets");
+            assert_eq!(
+                Ipv4Packet::new_checked(&out[..]).unwrap().src_addr(),
+                EXTERNAL
+            );
+        }
+        assert!(
+            peer.recv().is_none(),
+            "the refused packet never reaches the host"
+        );
+        assert_eq!(dp.stats().drops_of(crate::DropCause::NatOutbound), 1);
+        assert_eq!(dp.stats().local_replies, 1);
+        assert!(
+            dp.bridge_stats().to_string().contains("nat.HostLimit=1"),
+            "{}",
+            dp.bridge_stats()
+        );
+    }
 }

@@ -364,15 +364,46 @@ impl Gateway {
     }
 
     /// A packet to a destination the egress policy denies: counted, and answered with ICMP
-    /// destination unreachable, communication administratively prohibited (RFC 1812 section
-    /// 5.2.7.1, RFC 5508 REQ-8), quoting its IPv4 header and the first 8 bytes after it.
-    /// No answer to a later fragment or an ICMP error (RFC 1812 section 4.3.2.7), nor beyond
-    /// the rate limit. `frame`'s Ethernet and IPv4 headers were checked by the caller.
+    /// destination unreachable, communication administratively prohibited.
     fn deny(&mut self, frame: &[u8], src_mac: MacAddr, reply: &mut [u8], now: Instant) -> TxAction {
-        const DENIED: TxAction = TxAction::Drop(DropCause::EgressDenied);
+        self.admin_prohibited(frame, src_mac, reply, now, DropCause::EgressDenied)
+    }
+
+    /// Answers a packet the NAT refused a new session for (table or per-host cap, no free
+    /// port: RFC 5508 REQ-8) as a denied destination is
+    /// answered, so that the guest's program fails at once instead of timing out. `frame` is
+    /// the guest's frame as it came (the NAT leaves a refused packet unchanged); `None` when
+    /// no answer is due (see [`Gateway::admin_prohibited`]).
+    pub(crate) fn refused_by_nat(
+        &mut self,
+        frame: &[u8],
+        reply: &mut [u8],
+        now: Instant,
+    ) -> Option<usize> {
+        let src_mac = EthernetFrame::new_checked(frame).ok()?.src_addr();
+        match self.admin_prohibited(frame, src_mac, reply, now, DropCause::NatOutbound) {
+            TxAction::DropWithReply { len, .. } => Some(len),
+            _ => None,
+        }
+    }
+
+    /// Drops a packet as `cause` and answers it with ICMP destination unreachable,
+    /// communication administratively prohibited (RFC 1812 section 5.2.7.1, RFC 5508 REQ-8),
+    /// quoting its IPv4 header and the first 8 bytes after it. No answer to a later fragment
+    /// or an ICMP error (RFC 1812 section 4.3.2.7), nor beyond the rate limit. `frame`'s
+    /// Ethernet and IPv4 headers were checked by the caller.
+    fn admin_prohibited(
+        &mut self,
+        frame: &[u8],
+        src_mac: MacAddr,
+        reply: &mut [u8],
+        now: Instant,
+        cause: DropCause,
+    ) -> TxAction {
+        let denied = TxAction::Drop(cause);
         let ip = Ipv4Packet::new_unchecked(frame.get(ETH_HLEN..).unwrap_or(&[]));
         if ip.frag_offset() != 0 {
-            return DENIED;
+            return denied;
         }
         let quote_len = ip.header_len() + ICMP_QUOTED_DATA;
         let quote_len = quote_len.min(usize::from(ip.total_len()));
@@ -390,24 +421,24 @@ impl Gateway {
                 )
             );
             if error || t.is_none() {
-                return DENIED;
+                return denied;
             }
         }
         if !self.take_icmp_token(now) {
-            return DENIED;
+            return denied;
         }
         let (Some(quote), Some(out)) = (
             frame.get(ETH_HLEN..ETH_HLEN + quote_len),
             reply.get_mut(..ETH_HLEN + IPV4_HLEN + ::wire::icmpv4::HEADER_LEN + quote_len),
         ) else {
-            return DENIED;
+            return denied;
         };
         let ip_len = IPV4_HLEN + ::wire::icmpv4::HEADER_LEN + quote_len;
         let (Ok(total), Some(())) = (
             u16::try_from(ip_len),
             write_eth(out, src_mac, self.cfg.gateway_mac, ETHERTYPE_IPV4),
         ) else {
-            return DENIED;
+            return denied;
         };
         let guest = ip.src_addr();
         let ip_out = &mut out[ETH_HLEN..];
@@ -421,7 +452,7 @@ impl Gateway {
         m.set_msg_code(ICMP_CODE_ADMIN_PROHIBITED);
         m.fill_checksum();
         TxAction::DropWithReply {
-            cause: DropCause::EgressDenied,
+            cause,
             len: ETH_HLEN + ip_len,
         }
     }

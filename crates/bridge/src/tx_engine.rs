@@ -5,7 +5,7 @@
 
 use std::io;
 
-use nat::{Direction, Instant, L4Checksum, Nat, Verdict};
+use nat::{Direction, DropReason, Instant, L4Checksum, Nat, Verdict};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
 
@@ -250,6 +250,21 @@ impl TxEngine {
                 }
                 // The NAT kept a copy of a fragment that came before its first fragment.
                 Verdict::Held => {}
+                // A new session refused for want of room: the guest hears of it at once
+                // (ICMP administratively prohibited, rate-limited), as for a denied
+                // destination.
+                Verdict::Drop(
+                    DropReason::TableFull | DropReason::HostLimit | DropReason::PortsExhausted,
+                ) => {
+                    stats.drop(DropCause::NatOutbound);
+                    let (Some(frame), Some(buf)) = (self.input.frame(i), replies.next_buf()) else {
+                        continue;
+                    };
+                    if let Some(n) = self.gateway.refused_by_nat(frame, buf, now) {
+                        replies.commit(0, n);
+                        stats.local_replies += 1;
+                    }
+                }
                 _ => stats.drop(DropCause::NatOutbound),
             }
         }
