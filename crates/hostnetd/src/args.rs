@@ -15,6 +15,20 @@ pub(crate) enum Invocation {
     Help,
     /// Serve vhost-user on a socket.
     Serve(Box<Args>),
+    /// Internal: the privileged helper of `--host-setup` (started by the daemon itself, before it
+    /// drops privileges; not for users).
+    HostSetupHelper(HelperArgs),
+}
+
+/// What the daemon tells its `--host-setup` helper (`--host-setup-helper PID EXTERNAL TUN`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HelperArgs {
+    /// The daemon's process id (names the nftables table).
+    pub(crate) pid: u32,
+    /// The NAT's external address (the masqueraded source).
+    pub(crate) external: Ipv4Addr,
+    /// The daemon's TUN (never masqueraded towards).
+    pub(crate) tun: String,
 }
 
 /// The daemon's settings.
@@ -54,6 +68,9 @@ pub(crate) struct Args {
     pub(crate) sandbox: bool,
     /// Test only: make one forbidden system call right after the filter is installed.
     pub(crate) sandbox_selftest: bool,
+    /// `--host-setup`: enable IPv4 forwarding and masquerade the external address in this
+    /// namespace for the daemon's lifetime.
+    pub(crate) host_setup: bool,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -70,6 +87,9 @@ impl std::error::Error for ArgError {}
 
 /// Parses the arguments after the program name.
 pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
+    if args.first().map(AsRef::as_ref) == Some(HELPER_FLAG) {
+        return parse_helper(&args[1..]).map(Invocation::HostSetupHelper);
+    }
     let mut socket = None;
     let mut mtu = None;
     let mut mac = None;
@@ -85,6 +105,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut socket_group = None;
     let mut no_sandbox = None;
     let mut selftest = None;
+    let mut host_setup = None;
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -102,13 +123,14 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         };
         match key {
             "-h" | "--help" => return Ok(Invocation::Help),
-            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" => {
+            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" | "--host-setup" => {
                 if inline.is_some() {
                     return Err(ArgError(format!("{key} takes no value")));
                 }
                 let slot = match key {
                     "--no-offload" => &mut no_offload,
                     "--no-sandbox" => &mut no_sandbox,
+                    "--host-setup" => &mut host_setup,
                     _ => &mut selftest,
                 };
                 set_once(slot, key, ())?;
@@ -179,7 +201,25 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         socket_group,
         sandbox: no_sandbox.is_none(),
         sandbox_selftest: selftest.is_some(),
+        host_setup: host_setup.is_some(),
     })))
+}
+
+/// The helper's arguments: `PID EXTERNAL TUN`.
+fn parse_helper<S: AsRef<str>>(args: &[S]) -> Result<HelperArgs, ArgError> {
+    let bad = || {
+        ArgError(format!(
+            "{HELPER_FLAG} is internal: it takes PID EXTERNAL TUN"
+        ))
+    };
+    let [pid, external, tun] = args else {
+        return Err(bad());
+    };
+    Ok(HelperArgs {
+        pid: pid.as_ref().parse().map_err(|_| bad())?,
+        external: external.as_ref().parse().map_err(|_| bad())?,
+        tun: tun.as_ref().to_owned(),
+    })
 }
 
 /// Adds a `--deny`/`--allow` rule (`key`) of value `v` to `policy`.
@@ -278,6 +318,7 @@ USAGE:
              [--deny CIDR]... [--allow CIDR]...
              [--tun-addr A] [--external-addr B]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
+             [--host-setup]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
@@ -289,8 +330,11 @@ frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit st
 logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
 frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
 a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
-(bad arguments, or a --tun-addr/--external-addr already in use: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
-namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
+(bad arguments, or a --tun-addr/--external-addr already in use: 2). Logs go to stderr (RUST_LOG
+filters them, default info). Without --host-setup it does not enable IP forwarding or touch the
+firewall: the namespace's administrator does that. With --host-setup it does both itself for as
+long as it runs (see the option), so the guest reaches whatever the namespace's default route leads
+to.
 
 Least privilege: once the TUN is open and the socket bound, hostnetd switches to --user/--group
 (started as root: nobody by default), sets no_new_privs and installs a seccomp filter that allows
@@ -334,6 +378,14 @@ OPTIONS:
                              --socket-mode 0660 for a frontend in that group
     --no-sandbox             no no_new_privs, no seccomp filter, no switch to nobody unless
                              --user is given (debugging only)
+    --host-setup             in the network namespace hostnetd runs in: enable IPv4 forwarding
+                             (net.ipv4.ip_forward) and masquerade the NAT's external address on
+                             every interface but its TUN (towards the default route), in an
+                             nftables table of its own (ip hostnetd-<pid>); a helper process
+                             started before the privilege drop removes the table and restores
+                             forwarding when hostnetd exits, also when it is killed. Needs
+                             CAP_NET_ADMIN, nf_tables and the nft program (Debian: nftables);
+                             without them it exits with status 2
     --sandbox-selftest       test only: after installing the filter, make one forbidden call
                              (socket(AF_INET)); the process must die of SIGSYS
     -h, --help               this text
@@ -352,6 +404,8 @@ pub(crate) const DEFAULT_TUN_NAME: &str = "hostnetd%d";
 /// The address the first guest leases (start of the DHCP pool); the default target of `--forward`.
 pub(crate) const FIRST_GUEST_ADDR: Ipv4Addr = bridge::defaults::DHCP_POOL_FIRST;
 const MAX_IFNAME: usize = 15;
+/// The first argument that makes the binary the `--host-setup` helper.
+pub(crate) const HELPER_FLAG: &str = "--host-setup-helper";
 
 #[cfg(test)]
 mod tests {
@@ -361,7 +415,7 @@ mod tests {
     fn serve(args: &[&str]) -> Result<Args, ArgError> {
         match parse_args(args)? {
             Invocation::Serve(a) => Ok(*a),
-            Invocation::Help => Err(ArgError("help".into())),
+            Invocation::Help | Invocation::HostSetupHelper(_) => Err(ArgError("help".into())),
         }
     }
 
@@ -390,8 +444,10 @@ mod tests {
             "kvm",
             "--no-sandbox",
             "--sandbox-selftest",
+            "--host-setup",
         ])
         .unwrap();
+        assert!(a.host_setup);
         assert_eq!(a.user.as_deref(), Some("nobody"));
         assert_eq!(a.group.as_deref(), Some("65534"));
         assert_eq!(a.socket_mode, 0o660);
@@ -544,5 +600,23 @@ mod tests {
     #[test]
     fn upstream_port_defaults_to_53() {
         assert_eq!(parse_upstream("1.2.3.4"), Ok("1.2.3.4:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn host_setup_is_off_by_default_takes_no_value_and_the_helper_is_internal() {
+        assert!(!serve(&["--socket", "/s"]).unwrap().host_setup);
+        assert!(serve(&["--socket", "/s", "--host-setup=1"]).is_err());
+        assert!(serve(&["--socket", "/s", "--host-setup", "--host-setup"]).is_err());
+        assert_eq!(
+            parse_args(&[HELPER_FLAG, "42", "100.64.0.2", "hostnetd0"]).unwrap(),
+            Invocation::HostSetupHelper(HelperArgs {
+                pid: 42,
+                external: Ipv4Addr::new(100, 64, 0, 2),
+                tun: "hostnetd0".into(),
+            })
+        );
+        assert!(parse_args(&[HELPER_FLAG, "42"]).is_err());
+        // Only as the first argument.
+        assert!(serve(&["--socket", "/s", HELPER_FLAG]).is_err());
     }
 }

@@ -48,7 +48,19 @@ pub fn run(argv: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(args::Invocation::Serve(a)) => serve(*a),
+        Ok(args::Invocation::HostSetupHelper(h)) => host_setup_helper(&h),
     }
+}
+
+#[cfg(target_os = "linux")]
+fn host_setup_helper(args: &args::HelperArgs) -> ExitCode {
+    linux::host_setup::helper_main(args)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn host_setup_helper(_: &args::HelperArgs) -> ExitCode {
+    eprintln!("hostnetd: --host-setup is Linux only");
+    ExitCode::from(2)
 }
 
 #[cfg(target_os = "linux")]
@@ -61,6 +73,7 @@ fn serve(args: args::Args) -> ExitCode {
             // argument is.
             if e.downcast_ref::<bridge::PairError>()
                 .is_some_and(bridge::PairError::is_usage)
+                || e.downcast_ref::<linux::host_setup::Refused>().is_some()
             {
                 ExitCode::from(2)
             } else {
