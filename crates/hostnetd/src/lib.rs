@@ -47,6 +47,10 @@ pub fn run(argv: &[String]) -> ExitCode {
             print!("{}", args::USAGE);
             ExitCode::SUCCESS
         }
+        Ok(args::Invocation::PrintConfig(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Ok(args::Invocation::Serve(a)) => serve(*a),
         Ok(args::Invocation::HostSetupHelper(h)) => host_setup_helper(&h),
     }

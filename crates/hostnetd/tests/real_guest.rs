@@ -318,7 +318,10 @@ fn guest_behind_host_setup_reaches_the_default_route_and_the_host_is_restored() 
         .context("hostnetd did not exit within 10 s of SIGTERM")?;
     ensure!(status.success(), "hostnetd exited with {status}");
     let after = state(&world.host)?;
-    ensure!(after == before, "after SIGTERM {after:?}, before {before:?}");
+    ensure!(
+        after == before,
+        "after SIGTERM {after:?}, before {before:?}"
+    );
     Ok(())
 }
 
