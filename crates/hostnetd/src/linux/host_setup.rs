@@ -226,12 +226,15 @@ fn undo_and_exit(state: &Mutex<Option<(Nft, Done)>>) -> ! {
     let taken = state.lock().unwrap_or_else(PoisonError::into_inner).take();
     let mut ok = true;
     if let Some((nft, done)) = taken {
+        let _lock = NamespaceLock::take();
         if let Err(e) = nft.delete_table(&done.table) {
             warn!(table = %done.table, "removing the nftables table: {e:#}");
             ok = false;
         }
         if done.restore_forwarding {
-            match nft.live_marked_tables() {
+            // Only instances whose daemon is alive keep forwarding on: a table left by a daemon
+            // and helper killed together must not keep it on for ever.
+            match nft.marked_tables(alive) {
                 Ok(others) if others.is_empty() => {
                     if let Err(e) = std::fs::write(IP_FORWARD, "0\n") {
                         warn!("restoring {IP_FORWARD} to 0: {e}");
@@ -259,8 +262,11 @@ fn undo_and_exit(state: &Mutex<Option<(Nft, Done)>>) -> ! {
 }
 
 fn set_up(nft: &Nft, args: &HelperArgs) -> Result<Done> {
+    let _lock = NamespaceLock::take();
     // The first contact tells whether we may: no program, no nf_tables, no CAP_NET_ADMIN.
-    let marked = nft.live_marked_tables()?;
+    // Every marked table counts here, also one whose daemon is gone: its helper may not have
+    // cleaned up yet (a restart), and a stale one means forwarding was off before it too.
+    let marked = nft.marked_tables(|_| true)?;
     let forwarding =
         std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
     let was_off = forwarding.trim() == "0";
@@ -381,8 +387,8 @@ impl Nft {
         .map_err(|e| self.explain(e, "deleting the table"))
     }
 
-    /// The `-fwd` tables of hostnetd instances still alive, as names.
-    fn live_marked_tables(&self) -> Result<Vec<String>> {
+    /// The `-fwd` tables of hostnetd instances whose daemon's PID passes `keep`, as names.
+    fn marked_tables(&self, keep: impl Fn(u32) -> bool) -> Result<Vec<String>> {
         let tables = nftables::helper::get_current_ruleset_with_args(
             Some(&self.program),
             ["list", "tables", "ip"],
@@ -395,7 +401,7 @@ impl Nft {
                 NfObject::ListObject(NfListObject::Table(t)) => Some(t.name.to_string()),
                 _ => None,
             })
-            .filter(|name| marked_pid(name).is_some_and(alive))
+            .filter(|name| marked_pid(name).is_some_and(&keep))
             .collect())
     }
 
@@ -428,6 +434,57 @@ impl Nft {
     }
 }
 
+/// The helpers of one network namespace take turns: set-up and undo each run under an exclusive
+/// lock on `/run/hostnet/host-setup-netns-<inode>.lock`, so an instance starting while another
+/// one's helper cleans up (a restart) sees either its table or forwarding already restored,
+/// never half of it. Without the lock directory (not root) it goes on unlocked, with a warning.
+#[derive(Debug)]
+struct NamespaceLock {
+    held: Option<(std::fs::File, PathBuf)>,
+}
+
+impl NamespaceLock {
+    fn take() -> Self {
+        let attempt = || -> io::Result<(std::fs::File, PathBuf)> {
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+            std::fs::create_dir_all(LOCK_DIR)?;
+            let path = PathBuf::from(format!("{LOCK_DIR}/host-setup-netns-{ino}.lock"));
+            // The holder removes the file when done: a lock taken on a removed file is retried.
+            for _ in 0..100 {
+                let f = std::fs::File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)?;
+                f.lock()?;
+                let same = std::fs::metadata(&path)
+                    .is_ok_and(|m| f.metadata().is_ok_and(|o| o.ino() == m.ino()));
+                if same {
+                    return Ok((f, path));
+                }
+            }
+            Err(io::Error::other("the lock file kept being replaced"))
+        };
+        match attempt() {
+            Ok(held) => Self { held: Some(held) },
+            Err(e) => {
+                warn!("host set-up: no lock ({LOCK_DIR}: {e}); going on without");
+                Self { held: None }
+            }
+        }
+    }
+}
+
+impl Drop for NamespaceLock {
+    fn drop(&mut self) {
+        if let Some((file, path)) = self.held.take() {
+            let _ = std::fs::remove_file(&path);
+            drop(file);
+        }
+    }
+}
+
 /// The PID in a table name `hostnetd-<pid>-fwd`, if the name has that form.
 fn marked_pid(name: &str) -> Option<u32> {
     name.strip_prefix(TABLE_PREFIX)?
@@ -440,6 +497,7 @@ fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+const LOCK_DIR: &str = "/run/hostnet";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const TABLE_PREFIX: &str = "hostnetd-";
 const MARK: &str = "-fwd";
