@@ -120,11 +120,26 @@ fn sigkill_of_hostnetd_still_undoes_the_host_setup() -> Result<()> {
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
-fn two_instances_keep_forwarding_until_the_last_one_exits() -> Result<()> {
+fn two_instances_keep_forwarding_until_the_last_one_exits_the_second_configured_by_file()
+-> Result<()> {
     let world = World::new("h2")?;
     let before = world.host_state()?;
     let mut first = Daemon::start_with(&world.host, "h2a", &["--host-setup"]);
-    let mut second = Daemon::start_with(&world.host, "h2b", &["--host-setup"]);
+    // The second one takes the flag from a --config file (the file drives the real daemon).
+    let config = world.dir.join("second.toml");
+    std::fs::write(&config, "host-setup = true\nno-such-key-below = false\n")?;
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_hostnetd"))
+        .arg(format!("--config={}", config.display()))
+        .args(["--socket", "/nonexistent/s"])
+        .output()?;
+    ensure!(
+        refused.status.code() == Some(2)
+            && String::from_utf8_lossy(&refused.stderr).contains("no-such-key-below"),
+        "an unknown key: {refused:?}"
+    );
+    std::fs::write(&config, "host-setup = true\n")?;
+    let config_arg = format!("--config={}", config.display());
+    let mut second = Daemon::start_with(&world.host, "h2b", &[config_arg.as_str()]);
     let both = world.host_state()?;
     for d in [&first, &second] {
         let table = format!("table ip hostnetd-{}-fwd", d.process.pid());
