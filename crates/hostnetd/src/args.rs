@@ -15,6 +15,22 @@ pub(crate) enum Invocation {
     Help,
     /// Serve vhost-user on a socket.
     Serve(Box<Args>),
+    /// `--print-config`: print this effective configuration (TOML) and exit.
+    PrintConfig(String),
+    /// Internal: the privileged helper of `--host-setup` (started by the daemon itself, before it
+    /// drops privileges; not for users).
+    HostSetupHelper(HelperArgs),
+}
+
+/// What the daemon tells its `--host-setup` helper (`--host-setup-helper PID EXTERNAL TUN`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HelperArgs {
+    /// The daemon's process id (names the nftables table).
+    pub(crate) pid: u32,
+    /// The NAT's external address (the masqueraded source).
+    pub(crate) external: Ipv4Addr,
+    /// The daemon's TUN (never masqueraded towards).
+    pub(crate) tun: String,
 }
 
 /// The daemon's settings.
@@ -54,6 +70,9 @@ pub(crate) struct Args {
     pub(crate) sandbox: bool,
     /// Test only: make one forbidden system call right after the filter is installed.
     pub(crate) sandbox_selftest: bool,
+    /// `--host-setup`: enable IPv4 forwarding and masquerade the external address in this
+    /// namespace for the daemon's lifetime.
+    pub(crate) host_setup: bool,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -68,23 +87,262 @@ impl fmt::Display for ArgError {
 
 impl std::error::Error for ArgError {}
 
-/// Parses the arguments after the program name.
+/// Parses the arguments after the program name (reading `--config FILE` if given).
 pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
-    let mut socket = None;
-    let mut mtu = None;
-    let mut mac = None;
-    let mut forwards: Vec<PortForward> = Vec::new();
-    let mut dns_upstream = None;
-    let mut tun_name = None;
-    let mut no_offload = None;
-    let mut egress = EgressPolicy::default();
-    let (mut tun_addr, mut external_addr) = (None, None);
-    let mut user = None;
-    let mut group = None;
-    let mut socket_mode = None;
-    let mut socket_group = None;
-    let mut no_sandbox = None;
-    let mut selftest = None;
+    if args.first().map(AsRef::as_ref) == Some(HELPER_FLAG) {
+        return parse_helper(&args[1..]).map(Invocation::HostSetupHelper);
+    }
+    let Some(cl) = parse_flags(args)? else {
+        return Ok(Invocation::Help);
+    };
+    let file = match &cl.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ArgError(format!("--config {}: {e}", path.display())))?;
+            parse_config(&text)
+                .map_err(|e| ArgError(format!("--config {}: {e}", path.display())))?
+        }
+        None => Settings::default(),
+    };
+    let settings = cl.settings.over(file);
+    if cl.print_config {
+        return Ok(Invocation::PrintConfig(settings.effective()?));
+    }
+    settings.finish().map(|a| Invocation::Serve(Box::new(a)))
+}
+
+/// Parses a configuration file's text (TOML; the keys are the long options without `--`).
+///
+/// # Errors
+/// Bad TOML, a value of the wrong type, or an unknown key (named in the message).
+pub(crate) fn parse_config(text: &str) -> Result<Settings, ArgError> {
+    toml::from_str::<Settings>(text).map_err(|e| {
+        // One line: "line N (<its text>): <what>", so a bad value's key is named too.
+        let at = e.span().map(|s| s.start.min(text.len()));
+        match at {
+            Some(at) => {
+                let n = text[..at].matches('\n').count() + 1;
+                let src = text.lines().nth(n - 1).unwrap_or("").trim();
+                ArgError(format!("line {n} ({src}): {}", e.message()))
+            }
+            None => ArgError(e.message().to_owned()),
+        }
+    })
+}
+
+/// What the command line says besides the settings.
+#[derive(Debug, Default)]
+struct CommandLine {
+    settings: Settings,
+    config: Option<PathBuf>,
+    print_config: bool,
+}
+
+/// Every setting, each optional: from the command line or a `--config` file (TOML, the long
+/// options' names as keys; `--no-offload` is `offload = false`, `--no-sandbox` is
+/// `sandbox = false`; `forward`, `deny`, `allow` are lists). Values are checked by
+/// [`Settings::finish`], the same way for both sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Settings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtu: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forward: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns_upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tun_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offload: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deny: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tun_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox_selftest: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_setup: Option<bool>,
+}
+
+/// `socket-mode` in a file: `"0660"` (as on the command line) or a TOML integer (`0o660`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+enum Mode {
+    Number(u32),
+    Text(String),
+}
+
+impl Settings {
+    /// These settings, each falling back to `file`'s where not set (a list given on the command
+    /// line replaces the file's list).
+    fn over(self, file: Settings) -> Settings {
+        Settings {
+            socket: self.socket.or(file.socket),
+            mtu: self.mtu.or(file.mtu),
+            mac: self.mac.or(file.mac),
+            forward: self.forward.or(file.forward),
+            dns_upstream: self.dns_upstream.or(file.dns_upstream),
+            tun_name: self.tun_name.or(file.tun_name),
+            offload: self.offload.or(file.offload),
+            deny: self.deny.or(file.deny),
+            allow: self.allow.or(file.allow),
+            tun_addr: self.tun_addr.or(file.tun_addr),
+            external_addr: self.external_addr.or(file.external_addr),
+            user: self.user.or(file.user),
+            group: self.group.or(file.group),
+            socket_mode: self.socket_mode.or(file.socket_mode),
+            socket_group: self.socket_group.or(file.socket_group),
+            sandbox: self.sandbox.or(file.sandbox),
+            sandbox_selftest: self.sandbox_selftest.or(file.sandbox_selftest),
+            host_setup: self.host_setup.or(file.host_setup),
+        }
+    }
+
+    /// Checks every value and fills in the defaults.
+    ///
+    /// # Errors
+    /// The first bad value, named by its option.
+    fn finish(self) -> Result<Args, ArgError> {
+        let mtu = match self.mtu {
+            Some(m) => parse_mtu(&m.to_string())?,
+            None => DEFAULT_MTU,
+        };
+        let mac = match &self.mac {
+            Some(v) => parse_mac(v)?,
+            None => DEFAULT_MAC,
+        };
+        let mut forwards: Vec<PortForward> = Vec::new();
+        for v in self.forward.iter().flatten() {
+            let f = parse_forward(v)?;
+            if forwards
+                .iter()
+                .any(|o| o.protocol == f.protocol && o.external_port == f.external_port)
+            {
+                return Err(ArgError(format!(
+                    "--forward external port {} ({:?}) given twice",
+                    f.external_port, f.protocol
+                )));
+            }
+            forwards.push(f);
+        }
+        let dns_upstream = self
+            .dns_upstream
+            .as_deref()
+            .map(parse_upstream)
+            .transpose()?;
+        let tun_name = match self.tun_name {
+            Some(v) => {
+                if v.is_empty() || v.len() > MAX_IFNAME || v.contains(['/', ' ', '\0']) {
+                    return Err(ArgError(format!("bad --tun-name {v:?}")));
+                }
+                v
+            }
+            None => DEFAULT_TUN_NAME.to_owned(),
+        };
+        let mut egress = EgressPolicy::default();
+        for v in self.deny.iter().flatten() {
+            add_rule(&mut egress, "--deny", v, EgressAction::Deny)?;
+        }
+        for v in self.allow.iter().flatten() {
+            add_rule(&mut egress, "--allow", v, EgressAction::Allow)?;
+        }
+        let addr =
+            |key: &str, v: &Option<String>| v.as_deref().map(|v| parse_ipv4(key, v)).transpose();
+        let principal =
+            |key: &str, v: Option<String>| v.map(|v| parse_principal(key, &v)).transpose();
+        let user = principal("--user", self.user)?;
+        let group = principal("--group", self.group)?;
+        if group.is_some() && user.is_none() {
+            return Err(ArgError("--group needs --user".into()));
+        }
+        let socket_mode = match self.socket_mode {
+            Some(Mode::Text(t)) => parse_mode(&t)?,
+            Some(Mode::Number(n)) if n <= 0o777 => n,
+            Some(Mode::Number(n)) => {
+                return Err(ArgError(format!(
+                    "bad --socket-mode {n:#o}: expected octal permission bits, at most 0777"
+                )));
+            }
+            None => DEFAULT_SOCKET_MODE,
+        };
+        Ok(Args {
+            socket: self
+                .socket
+                .ok_or_else(|| ArgError("--socket <path> is required".into()))?,
+            mtu,
+            mac,
+            forwards,
+            dns_upstream,
+            tun_name,
+            offload: self.offload.unwrap_or(true),
+            egress,
+            tun_addr: addr("--tun-addr", &self.tun_addr)?,
+            external_addr: addr("--external-addr", &self.external_addr)?,
+            user,
+            group,
+            socket_mode,
+            socket_group: principal("--socket-group", self.socket_group)?,
+            sandbox: self.sandbox.unwrap_or(true),
+            sandbox_selftest: self.sandbox_selftest.unwrap_or(false),
+            host_setup: self.host_setup.unwrap_or(false),
+        })
+    }
+
+    /// The effective configuration as a file would say it: every setting, defaults filled in,
+    /// values checked (`--print-config`).
+    ///
+    /// # Errors
+    /// As [`Settings::finish`].
+    fn effective(self) -> Result<String, ArgError> {
+        let a = self.clone().finish()?;
+        let full = Settings {
+            socket: Some(a.socket),
+            mtu: Some(u32::from(a.mtu)),
+            mac: Some(a.mac.to_string()),
+            forward: Some(self.forward.unwrap_or_default()),
+            dns_upstream: a.dns_upstream.map(|d| d.to_string()),
+            tun_name: Some(a.tun_name),
+            offload: Some(a.offload),
+            deny: Some(self.deny.unwrap_or_default()),
+            allow: Some(self.allow.unwrap_or_default()),
+            tun_addr: a.tun_addr.map(|x| x.to_string()),
+            external_addr: a.external_addr.map(|x| x.to_string()),
+            user: a.user,
+            group: a.group,
+            socket_mode: Some(Mode::Text(format!("{:04o}", a.socket_mode))),
+            socket_group: a.socket_group,
+            sandbox: Some(a.sandbox),
+            sandbox_selftest: Some(a.sandbox_selftest),
+            host_setup: Some(a.host_setup),
+        };
+        toml::to_string(&full).map_err(|e| ArgError(format!("printing the configuration: {e}")))
+    }
+}
+
+/// Collects the command line's settings (values unchecked: [`Settings::finish`] checks them);
+/// `None` for `--help`.
+fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgError> {
+    let mut cl = CommandLine::default();
+    let s = &mut cl.settings;
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -101,85 +359,73 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
             }
         };
         match key {
-            "-h" | "--help" => return Ok(Invocation::Help),
-            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" => {
+            "-h" | "--help" => return Ok(None),
+            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" | "--host-setup"
+            | "--print-config" => {
                 if inline.is_some() {
                     return Err(ArgError(format!("{key} takes no value")));
                 }
-                let slot = match key {
-                    "--no-offload" => &mut no_offload,
-                    "--no-sandbox" => &mut no_sandbox,
-                    _ => &mut selftest,
-                };
-                set_once(slot, key, ())?;
+                match key {
+                    "--no-offload" => set_once(&mut s.offload, key, false)?,
+                    "--no-sandbox" => set_once(&mut s.sandbox, key, false)?,
+                    "--host-setup" => set_once(&mut s.host_setup, key, true)?,
+                    "--sandbox-selftest" => set_once(&mut s.sandbox_selftest, key, true)?,
+                    _ if cl.print_config => return Err(ArgError(format!("{key} given twice"))),
+                    _ => cl.print_config = true,
+                }
             }
-            "--user" => set_once(&mut user, key, parse_principal(key, &value()?)?)?,
-            "--group" => set_once(&mut group, key, parse_principal(key, &value()?)?)?,
-            "--socket-group" => {
-                set_once(&mut socket_group, key, parse_principal(key, &value()?)?)?;
-            }
-            "--socket-mode" => set_once(&mut socket_mode, key, parse_mode(&value()?)?)?,
-            "--socket" => set_once(&mut socket, key, PathBuf::from(value()?))?,
-            "--mtu" => set_once(&mut mtu, key, parse_mtu(&value()?)?)?,
-            "--mac" => {
+            "--config" => set_once(&mut cl.config, key, PathBuf::from(value()?))?,
+            "--user" => set_once(&mut s.user, key, value()?)?,
+            "--group" => set_once(&mut s.group, key, value()?)?,
+            "--socket-group" => set_once(&mut s.socket_group, key, value()?)?,
+            "--socket-mode" => set_once(&mut s.socket_mode, key, Mode::Text(value()?))?,
+            "--socket" => set_once(&mut s.socket, key, PathBuf::from(value()?))?,
+            "--mtu" => {
                 let v = value()?;
-                let m: MacAddr = v.parse().map_err(|_| {
-                    ArgError(format!("bad --mac {v:?}: expected xx:xx:xx:xx:xx:xx"))
-                })?;
-                if m.is_multicast() {
-                    return Err(ArgError(format!("bad --mac {v:?}: multicast address")));
-                }
-                set_once(&mut mac, key, m)?;
+                // Out of range or not a number: the same message as a bad value in range.
+                let m = v.parse::<u32>().map_err(|_| bad_mtu(&v))?;
+                set_once(&mut s.mtu, key, m)?;
+                parse_mtu(&v)?;
             }
-            "--forward" => {
-                let f = parse_forward(&value()?)?;
-                if forwards
-                    .iter()
-                    .any(|o| o.protocol == f.protocol && o.external_port == f.external_port)
-                {
-                    return Err(ArgError(format!(
-                        "--forward external port {} ({:?}) given twice",
-                        f.external_port, f.protocol
-                    )));
-                }
-                forwards.push(f);
-            }
-            "--dns-upstream" => set_once(&mut dns_upstream, key, parse_upstream(&value()?)?)?,
-            "--deny" => add_rule(&mut egress, key, &value()?, EgressAction::Deny)?,
-            "--allow" => add_rule(&mut egress, key, &value()?, EgressAction::Allow)?,
-            "--tun-addr" => set_once(&mut tun_addr, key, parse_ipv4(key, &value()?)?)?,
-            "--external-addr" => set_once(&mut external_addr, key, parse_ipv4(key, &value()?)?)?,
-            "--tun-name" => {
-                let v = value()?;
-                if v.is_empty() || v.len() > MAX_IFNAME || v.contains(['/', ' ', '\0']) {
-                    return Err(ArgError(format!("bad --tun-name {v:?}")));
-                }
-                set_once(&mut tun_name, key, v)?;
-            }
+            "--mac" => set_once(&mut s.mac, key, value()?)?,
+            "--forward" => s.forward.get_or_insert_with(Vec::new).push(value()?),
+            "--dns-upstream" => set_once(&mut s.dns_upstream, key, value()?)?,
+            "--deny" => s.deny.get_or_insert_with(Vec::new).push(value()?),
+            "--allow" => s.allow.get_or_insert_with(Vec::new).push(value()?),
+            "--tun-addr" => set_once(&mut s.tun_addr, key, value()?)?,
+            "--external-addr" => set_once(&mut s.external_addr, key, value()?)?,
+            "--tun-name" => set_once(&mut s.tun_name, key, value()?)?,
             other => return Err(ArgError(format!("unknown argument {other:?} (try --help)"))),
         }
     }
-    if group.is_some() && user.is_none() {
-        return Err(ArgError("--group needs --user".into()));
+    Ok(Some(cl))
+}
+
+/// The helper's arguments: `PID EXTERNAL TUN`.
+fn parse_helper<S: AsRef<str>>(args: &[S]) -> Result<HelperArgs, ArgError> {
+    let bad = || {
+        ArgError(format!(
+            "{HELPER_FLAG} is internal: it takes PID EXTERNAL TUN"
+        ))
+    };
+    let [pid, external, tun] = args else {
+        return Err(bad());
+    };
+    Ok(HelperArgs {
+        pid: pid.as_ref().parse().map_err(|_| bad())?,
+        external: external.as_ref().parse().map_err(|_| bad())?,
+        tun: tun.as_ref().to_owned(),
+    })
+}
+
+fn parse_mac(v: &str) -> Result<MacAddr, ArgError> {
+    let m: MacAddr = v
+        .parse()
+        .map_err(|_| ArgError(format!("bad --mac {v:?}: expected xx:xx:xx:xx:xx:xx")))?;
+    if m.is_multicast() {
+        return Err(ArgError(format!("bad --mac {v:?}: multicast address")));
     }
-    Ok(Invocation::Serve(Box::new(Args {
-        socket: socket.ok_or_else(|| ArgError("--socket <path> is required".into()))?,
-        mtu: mtu.unwrap_or(DEFAULT_MTU),
-        mac: mac.unwrap_or(DEFAULT_MAC),
-        forwards,
-        dns_upstream,
-        tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
-        offload: no_offload.is_none(),
-        egress,
-        tun_addr,
-        external_addr,
-        user,
-        group,
-        socket_mode: socket_mode.unwrap_or(DEFAULT_SOCKET_MODE),
-        socket_group,
-        sandbox: no_sandbox.is_none(),
-        sandbox_selftest: selftest.is_some(),
-    })))
+    Ok(m)
 }
 
 /// Adds a `--deny`/`--allow` rule (`key`) of value `v` to `policy`.
@@ -254,10 +500,12 @@ fn parse_mode(v: &str) -> Result<u32, ArgError> {
 fn parse_mtu(v: &str) -> Result<u16, ArgError> {
     match v.parse::<u16>() {
         Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => Ok(m),
-        _ => Err(ArgError(format!(
-            "bad --mtu {v:?}: must be {MIN_MTU}..={MAX_MTU}"
-        ))),
+        _ => Err(bad_mtu(v)),
     }
+}
+
+fn bad_mtu(v: &str) -> ArgError {
+    ArgError(format!("bad --mtu {v:?}: must be {MIN_MTU}..={MAX_MTU}"))
 }
 
 fn set_once<T>(slot: &mut Option<T>, key: &str, v: T) -> Result<(), ArgError> {
@@ -278,6 +526,7 @@ USAGE:
              [--deny CIDR]... [--allow CIDR]...
              [--tun-addr A] [--external-addr B]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
+             [--host-setup] [--config FILE] [--print-config]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
@@ -289,8 +538,11 @@ frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit st
 logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
 frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
 a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
-(bad arguments, or a --tun-addr/--external-addr already in use: 2). Logs go to stderr (RUST_LOG filters them, default info). It does not enable IP forwarding or change routes: the
-namespace's administrator does that (sysctl net.ipv4.ip_forward=1 to route the guest onwards).
+(bad arguments, or a --tun-addr/--external-addr already in use: 2). Logs go to stderr (RUST_LOG
+filters them, default info). Without --host-setup it does not enable IP forwarding or touch the
+firewall: the namespace's administrator does that. With --host-setup it does both itself for as
+long as it runs (see the option), so the guest reaches whatever the namespace's default route leads
+to.
 
 Least privilege: once the TUN is open and the socket bound, hostnetd switches to --user/--group
 (started as root: nobody by default), sets no_new_privs and installs a seccomp filter that allows
@@ -334,6 +586,22 @@ OPTIONS:
                              --socket-mode 0660 for a frontend in that group
     --no-sandbox             no no_new_privs, no seccomp filter, no switch to nobody unless
                              --user is given (debugging only)
+    --host-setup             in the network namespace hostnetd runs in: enable IPv4 forwarding
+                             (net.ipv4.ip_forward) and masquerade the NAT's external address on
+                             every interface but its TUN (towards the default route), in an
+                             nftables table of its own (ip hostnetd-<pid>); a helper process
+                             started before the privilege drop removes the table and restores
+                             forwarding when hostnetd exits, also when it is killed. Needs
+                             CAP_NET_ADMIN, nf_tables and the nft program (Debian: nftables);
+                             without them it exits with status 2
+    --config <FILE>          read settings from a TOML file: the long options' names are its keys
+                             (socket = \"/run/hn.sock\", mtu = 1500, forward = [\"tcp:8022:22\"],
+                             deny = [...], allow = [...], offload = false for --no-offload,
+                             sandbox = false for --no-sandbox, host-setup = true, ...); an
+                             option given on the command line wins over the file (a list given
+                             there replaces the file's list); an unknown key is an error naming it
+    --print-config           print the effective configuration (file and options, defaults filled
+                             in) in the --config format and exit
     --sandbox-selftest       test only: after installing the filter, make one forbidden call
                              (socket(AF_INET)); the process must die of SIGSYS
     -h, --help               this text
@@ -352,6 +620,8 @@ pub(crate) const DEFAULT_TUN_NAME: &str = "hostnetd%d";
 /// The address the first guest leases (start of the DHCP pool); the default target of `--forward`.
 pub(crate) const FIRST_GUEST_ADDR: Ipv4Addr = bridge::defaults::DHCP_POOL_FIRST;
 const MAX_IFNAME: usize = 15;
+/// The first argument that makes the binary the `--host-setup` helper.
+pub(crate) const HELPER_FLAG: &str = "--host-setup-helper";
 
 #[cfg(test)]
 mod tests {
@@ -361,7 +631,7 @@ mod tests {
     fn serve(args: &[&str]) -> Result<Args, ArgError> {
         match parse_args(args)? {
             Invocation::Serve(a) => Ok(*a),
-            Invocation::Help => Err(ArgError("help".into())),
+            other => Err(ArgError(format!("not serve: {other:?}"))),
         }
     }
 
@@ -390,8 +660,10 @@ mod tests {
             "kvm",
             "--no-sandbox",
             "--sandbox-selftest",
+            "--host-setup",
         ])
         .unwrap();
+        assert!(a.host_setup);
         assert_eq!(a.user.as_deref(), Some("nobody"));
         assert_eq!(a.group.as_deref(), Some("65534"));
         assert_eq!(a.socket_mode, 0o660);
@@ -483,7 +755,7 @@ mod tests {
                     "--deny",
                     "1.0.0.0/8",
                 ],
-                "bad --deny \"1.0.0.0/8\": both --allow and --deny for 1.0.0.0/8",
+                "bad --allow \"1.0.0.0/8\": both --allow and --deny for 1.0.0.0/8",
             ),
         ] {
             assert_eq!(serve(bad).unwrap_err().to_string(), msg);
@@ -544,5 +816,189 @@ mod tests {
     #[test]
     fn upstream_port_defaults_to_53() {
         assert_eq!(parse_upstream("1.2.3.4"), Ok("1.2.3.4:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn host_setup_is_off_by_default_takes_no_value_and_the_helper_is_internal() {
+        assert!(!serve(&["--socket", "/s"]).unwrap().host_setup);
+        assert!(serve(&["--socket", "/s", "--host-setup=1"]).is_err());
+        assert!(serve(&["--socket", "/s", "--host-setup", "--host-setup"]).is_err());
+        assert_eq!(
+            parse_args(&[HELPER_FLAG, "42", "100.64.0.2", "hostnetd0"]).unwrap(),
+            Invocation::HostSetupHelper(HelperArgs {
+                pid: 42,
+                external: Ipv4Addr::new(100, 64, 0, 2),
+                tun: "hostnetd0".into(),
+            })
+        );
+        assert!(parse_args(&[HELPER_FLAG, "42"]).is_err());
+        // Only as the first argument.
+        assert!(serve(&["--socket", "/s", HELPER_FLAG]).is_err());
+    }
+
+    /// A file naming every setting, and the command line that says the same.
+    const EVERY_KEY: &str = r#"
+socket = "/run/hn.sock"
+mtu = 9000
+mac = "52:54:00:aa:bb:cc"
+forward = ["tcp:8080:80", "udp:5353:192.168.64.9:53"]
+dns-upstream = "198.18.0.2:5353"
+tun-name = "vu%d"
+offload = false
+deny = ["198.18.0.0/24"]
+allow = ["169.254.169.254/32"]
+tun-addr = "10.1.0.1"
+external-addr = "10.1.0.2"
+user = "nobody"
+group = "65534"
+socket-mode = "0660"
+socket-group = "kvm"
+sandbox = false
+sandbox-selftest = true
+host-setup = true
+"#;
+    const EVERY_FLAG: &[&str] = &[
+        "--socket=/run/hn.sock",
+        "--mtu=9000",
+        "--mac=52:54:00:aa:bb:cc",
+        "--forward=tcp:8080:80",
+        "--forward=udp:5353:192.168.64.9:53",
+        "--dns-upstream=198.18.0.2:5353",
+        "--tun-name=vu%d",
+        "--no-offload",
+        "--deny=198.18.0.0/24",
+        "--allow=169.254.169.254/32",
+        "--tun-addr=10.1.0.1",
+        "--external-addr=10.1.0.2",
+        "--user=nobody",
+        "--group=65534",
+        "--socket-mode=0660",
+        "--socket-group=kvm",
+        "--no-sandbox",
+        "--sandbox-selftest",
+        "--host-setup",
+    ];
+
+    fn from_file(text: &str) -> Result<Args, ArgError> {
+        parse_config(text)?.finish()
+    }
+
+    /// A config file in the temp folder, removed on drop.
+    struct TempConfig(PathBuf);
+
+    impl TempConfig {
+        fn new(tag: &str, text: &str) -> Self {
+            let p = std::env::temp_dir()
+                .join(format!("hostnetd-args-{}-{tag}.toml", std::process::id()));
+            std::fs::write(&p, text).unwrap();
+            Self(p)
+        }
+
+        fn arg(&self) -> String {
+            format!("--config={}", self.0.display())
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn every_flag_has_a_config_key_with_the_same_meaning() {
+        assert_eq!(from_file(EVERY_KEY).unwrap(), serve(EVERY_FLAG).unwrap());
+        // Flags each change something from the defaults: the comparison is not vacuous.
+        assert_ne!(
+            from_file(EVERY_KEY).unwrap(),
+            from_file("socket = \"/run/hn.sock\"").unwrap()
+        );
+        // socket-mode also as a TOML octal integer.
+        let a = from_file("socket = \"s\"\nsocket-mode = 0o640").unwrap();
+        assert_eq!(a.socket_mode, 0o640);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let e = parse_config("socket = \"s\"\nmtuu = 1500\n").unwrap_err();
+        assert!(e.0.contains("mtuu"), "{e}");
+        // A value of the wrong type names the key too.
+        let e = parse_config("mtu = \"big\"").unwrap_err();
+        assert!(e.0.contains("mtu"), "{e}");
+        // Bad values are checked as on the command line.
+        let e = from_file("socket = \"s\"\nmtu = 67").unwrap_err();
+        assert!(e.0.contains("--mtu \"67\""), "{e}");
+        let f = TempConfig::new("unknown", "socket = \"s\"\n[extra]\nkey = 1\n");
+        let e = parse_args(&[f.arg()]).unwrap_err();
+        assert!(
+            e.0.contains("extra") && e.0.contains(&f.0.display().to_string()),
+            "{e}"
+        );
+        assert!(parse_args(&["--config", "/nonexistent/hostnetd.toml"]).is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = TempConfig::new(
+            "override",
+            "socket = \"/from/file\"\nmtu = 9000\nforward = [\"tcp:1:2\", \"tcp:3:4\"]\n\
+             deny = [\"198.18.0.0/24\"]\nhost-setup = true\noffload = false\n",
+        );
+        let a = serve(&[
+            f.arg().as_str(),
+            "--mtu",
+            "1400",
+            "--forward",
+            "udp:5:6",
+            "--allow",
+            "169.254.169.254/32",
+        ])
+        .unwrap();
+        assert_eq!(a.socket, PathBuf::from("/from/file"));
+        assert_eq!(a.mtu, 1400);
+        // A list on the command line replaces the file's list.
+        assert_eq!(a.forwards.len(), 1);
+        assert_eq!(a.forwards[0].external_port, 5);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(a.egress.action(ip("198.18.0.1")), EgressAction::Deny);
+        assert_eq!(a.egress.action(ip("169.254.169.254")), EgressAction::Allow);
+        assert!(a.host_setup && !a.offload);
+        // The file alone.
+        let b = serve(&[f.arg().as_str()]).unwrap();
+        assert_eq!((b.mtu, b.forwards.len()), (9000, 2));
+    }
+
+    #[test]
+    fn print_config_shows_the_effective_configuration_which_reads_back_the_same() {
+        let f = TempConfig::new("print", "socket = \"/run/hn.sock\"\nmtu = 4000\n");
+        let Invocation::PrintConfig(text) =
+            parse_args(&[f.arg().as_str(), "--host-setup", "--print-config"]).unwrap()
+        else {
+            panic!("not PrintConfig");
+        };
+        for line in [
+            "socket = \"/run/hn.sock\"",
+            "mtu = 4000",
+            "host-setup = true",
+            "offload = true",
+            "sandbox = true",
+            "socket-mode = \"0600\"",
+            "tun-name = \"hostnetd%d\"",
+            "mac = \"52:54:00:12:34:56\"",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+        let again = parse_config(&text).unwrap().finish().unwrap();
+        let direct = serve(&[f.arg().as_str(), "--host-setup"]).unwrap();
+        assert_eq!(again, direct);
+        // Every key printed, and the full configuration reads back the same.
+        let Invocation::PrintConfig(full) =
+            parse_args(&[EVERY_FLAG, &["--print-config"]].concat()).unwrap()
+        else {
+            panic!("not PrintConfig");
+        };
+        assert_eq!(from_file(&full).unwrap(), serve(EVERY_FLAG).unwrap());
+        // A bad effective configuration is refused, not printed.
+        assert!(parse_args(&["--print-config"]).is_err());
     }
 }

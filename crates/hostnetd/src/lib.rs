@@ -16,6 +16,12 @@
 //! (rust-vmm's `seccompiler`); any other system call kills it with SIGSYS. `--no-sandbox` turns
 //! this off for debugging. docs/SECURITY.md has the threat model.
 //!
+//! `--host-setup` makes the namespace route the guest onwards: IPv4 forwarding on and an nftables
+//! masquerade of the external address in a table of its own (`ip hostnetd-<pid>`), set up and
+//! undone by a helper process started before the privilege drop, which cleans up when the daemon
+//! exits however it ends (docs/qemu.md, docs/SECURITY.md). `--config FILE` reads every option from
+//! a TOML file (command-line options win); `--print-config` prints the effective configuration.
+//!
 //! One frontend at a time; when it disconnects the daemon serves the next one. SIGTERM/SIGINT stop
 //! it (the socket file is removed); SIGUSR1 logs the connection's counters. If the TUN fails
 //! (deleted underneath) the daemon closes the connection, logs an error naming the TUN and exits
@@ -47,8 +53,24 @@ pub fn run(argv: &[String]) -> ExitCode {
             print!("{}", args::USAGE);
             ExitCode::SUCCESS
         }
+        Ok(args::Invocation::PrintConfig(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Ok(args::Invocation::Serve(a)) => serve(*a),
+        Ok(args::Invocation::HostSetupHelper(h)) => host_setup_helper(&h),
     }
+}
+
+#[cfg(target_os = "linux")]
+fn host_setup_helper(args: &args::HelperArgs) -> ExitCode {
+    linux::host_setup::helper_main(args)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn host_setup_helper(_: &args::HelperArgs) -> ExitCode {
+    eprintln!("hostnetd: --host-setup is Linux only");
+    ExitCode::from(2)
 }
 
 #[cfg(target_os = "linux")]
@@ -61,6 +83,7 @@ fn serve(args: args::Args) -> ExitCode {
             // argument is.
             if e.downcast_ref::<bridge::PairError>()
                 .is_some_and(bridge::PairError::is_usage)
+                || e.downcast_ref::<linux::host_setup::Refused>().is_some()
             {
                 ExitCode::from(2)
             } else {

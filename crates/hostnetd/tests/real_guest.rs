@@ -277,6 +277,54 @@ fn hostnetd_serves_a_second_guest_after_the_first_disconnects() -> Result<()> {
     Ok(())
 }
 
+/// `--host-setup` under the real kernel's driver (issue 16): H's default route leads to S, S has
+/// no route back to the NAT's external address and H's forwarding is off, as a new namespace has
+/// it; the test runs no sysctl and no nft command that changes anything. The guest gets a lease
+/// and fetches from S; after SIGTERM H's nftables ruleset and `ip_forward` are as before.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn guest_behind_host_setup_reaches_the_default_route_and_the_host_is_restored() -> Result<()> {
+    let image = GuestImage::find()?;
+    let blob = Blob::new(1 << 20)?;
+    let world = World::behind_default_route(&blob)?;
+    let state = |ns: &Netns| -> Result<(String, String)> {
+        Ok((
+            ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"])?,
+            ns.exec(&["nft", "list", "ruleset"])
+                .context("nft list ruleset (Debian: apt-get install nftables)")?,
+        ))
+    };
+    let before = state(&world.host)?;
+    ensure!(before.0.trim() == "0", "H forwards already: {before:?}");
+    let sock = std::env::temp_dir().join(format!(
+        "hostnet-qemu-{}-host-setup.sock",
+        std::process::id()
+    ));
+    let mut daemon = Hostnetd::start(&world.host, &sock, &["--host-setup"])?;
+    let steps = format!(
+        "dhcp,ping:{SERVER_ADDR},http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha}",
+        sha = blob.sha256
+    );
+    let mut guest = Guest::boot(&world.host, &image, &vhost_user_args(&sock), &steps)?;
+    let results = guest.results(GUEST_TIMEOUT)?;
+    drop(guest);
+    let lease = assert_ok(&results, "dhcp")?;
+    ensure!(lease.starts_with("192.168.64."), "lease {lease:?}");
+    assert_ok(&results, "http")?;
+    daemon.process.signal("TERM")?;
+    let status = daemon
+        .process
+        .wait_timeout(Duration::from_secs(10))?
+        .context("hostnetd did not exit within 10 s of SIGTERM")?;
+    ensure!(status.success(), "hostnetd exited with {status}");
+    let after = state(&world.host)?;
+    ensure!(
+        after == before,
+        "after SIGTERM {after:?}, before {before:?}"
+    );
+    Ok(())
+}
+
 /// A guest that reboots (QEMU without `-no-reboot`): QEMU stops the device's rings and starts
 /// them again for the new kernel's driver, which negotiates afresh; the rebooted guest gets its
 /// lease again (the same address: same MAC) and fetches again through the same daemon.
@@ -637,6 +685,15 @@ impl World {
             server,
             pid_file,
         })
+    }
+
+    /// Like [`World::new`], but S has no route back (only its /15) and H's default route points
+    /// at S: the guest reaches S only through a masquerade in H.
+    fn behind_default_route(blob: &Blob) -> Result<Self> {
+        let world = Self::new(blob)?;
+        world.server.ip(&["route", "del", "default"])?;
+        world.host.add_route("default", SERVER_ADDR.parse()?)?;
+        Ok(world)
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod backend;
 pub(crate) mod device;
+pub(crate) mod host_setup;
 pub(crate) mod proxy;
 mod sandbox;
 
@@ -72,6 +73,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     };
 
     let tun = Arc::new(open_tun(args, pair)?);
+    // Under the pair lock, so a second instance starting at once sees this one's table.
+    let host_setup = if args.host_setup {
+        Some(host_setup::HostSetup::start(pair.external, tun.name())?)
+    } else {
+        None
+    };
     drop(pair_lock);
     // Offloads need the virtio-net header on the TUN; without it the device offers none.
     config.offload = tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN;
@@ -179,6 +186,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     }
     info!("stopping");
     drop(listener); // unlinks the socket
+    if let Some(h) = host_setup {
+        h.finish();
+    }
     if stop.host_lost.load(Ordering::SeqCst) {
         return Err(anyhow!(
             "the TUN {} failed (deleted underneath?): no frontend can be served without it",
@@ -472,7 +482,7 @@ fn spawn_signal_thread(stop: Arc<Stop>) -> Result<std::thread::JoinHandle<()>> {
         .context("spawning the signal thread")
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

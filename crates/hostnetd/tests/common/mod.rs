@@ -40,12 +40,17 @@ impl Drop for Daemon {
 impl Daemon {
     /// Starts hostnetd in `ns` on a socket named after the test's PID and `tag`.
     pub(crate) fn start(ns: &Netns, tag: &str) -> Self {
+        Self::start_with(ns, tag, &[])
+    }
+
+    /// [`Daemon::start`] with `extra` arguments.
+    pub(crate) fn start_with(ns: &Netns, tag: &str, extra: &[&str]) -> Self {
         let sock = std::env::temp_dir().join(format!("hostnetd-{}-{tag}.sock", std::process::id()));
         let Spawned {
             process,
             stderr: err_rx,
             stdout: rx,
-        } = spawn(ns, &sock, &[]);
+        } = spawn(ns, &sock, extra);
         let ready = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("hostnetd printed no ready line within 10 s");
@@ -87,7 +92,18 @@ pub(crate) struct Spawned {
 /// Starts hostnetd in `ns` on `sock` with `--dns-upstream 198.18.0.2` and `extra` arguments;
 /// `RUST_LOG` from `HND_LOG` (default `info`).
 pub(crate) fn spawn(ns: &Netns, sock: &std::path::Path, extra: &[&str]) -> Spawned {
+    spawn_env(ns, sock, extra, &[])
+}
+
+/// [`spawn`] with `env` variables set for hostnetd.
+pub(crate) fn spawn_env(
+    ns: &Netns,
+    sock: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Spawned {
     let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
+    cmd.envs(env.iter().copied());
     cmd.arg("--socket")
         .arg(sock)
         .args(["--dns-upstream", "198.18.0.2"])
