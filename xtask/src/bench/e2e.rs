@@ -810,8 +810,9 @@ pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and th
      CSUM + TSO4 both ways, its guest TAP and host TUN opened with IFF_VNET_HDR, attach's \
      default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
      plain veth with its default offloads; H<->S veth MTU 65520 for every backend; \
-     vhost-user daemons: CPU per GB and busy threads are the daemon's only, the frontend \
-     (hostnet-lab attach --vhost-user, pinned with it) is not counted";
+     vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
+     (hostnet-lab attach --vhost-user, pinned with the daemon for the latency figures) is not \
+     counted; its threads appear apart in busy threads (frontend:...)";
 
 /// How the server gets its replies back (printed with the results).
 pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \

@@ -235,9 +235,13 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
     let passt = if !wants(Backend::PasstVu) {
         Err("not selected".to_owned())
     } else if let Some(p) = &opts.passt {
-        Ok(p.clone())
+        if p.is_file() {
+            Ok(p.clone())
+        } else {
+            Err(format!("--passt {}: no such file", p.display()))
+        }
     } else {
-        tools::build_passt(&out_dir.join("peers"))
+        tools::build_passt(&micro::target_dir().join("bench-peers"))
     };
     for (b, r) in [
         (Backend::Hostnet, &lab),

@@ -192,6 +192,7 @@ impl Results {
                         (Some(st), _) => {
                             format!("{} ±{}", num(st.median), num((st.max - st.min) / 2.0))
                         }
+                        (None, Some(why)) if why.starts_with("skipped") => "skipped".to_owned(),
                         (None, Some(_)) => "FAILED".to_owned(),
                         (None, None) => "-".to_owned(),
                     };
@@ -211,7 +212,14 @@ impl Results {
             }
             for &b in &self.backends {
                 if let Some(why) = self.failed.get(&(mtu, b)) {
-                    let _ = writeln!(s, "  {} FAILED: {why}", b.name());
+                    match why.strip_prefix("skipped: ") {
+                        Some(why) => {
+                            let _ = writeln!(s, "  {} SKIPPED: {why}", b.name());
+                        }
+                        None => {
+                            let _ = writeln!(s, "  {} FAILED: {why}", b.name());
+                        }
+                    }
                 }
                 if let Some(tap) = self.guest_tap.get(&(mtu, b)) {
                     let _ = writeln!(s, "  {} guest TAP: {tap}", b.name());
@@ -458,7 +466,7 @@ impl Results {
                 per_backend.insert(
                     b.name().to_owned(),
                     json!({
-                        "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| format!("failed: {w}")),
+                        "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| if w.starts_with("skipped") { w.clone() } else { format!("failed: {w}") }),
                         "figures": figures,
                         "log_tail": self.logs.get(&(mtu, b)),
                         "guest_tap": self.guest_tap.get(&(mtu, b)),
