@@ -226,10 +226,10 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
     };
     let lab = ours(&opts.lab, need_lab, "hostnet-lab");
     let hostnetd = ours(&opts.hostnetd, wants(Backend::Hostnetd), "hostnetd");
-    if let Err(e) = &lab {
+    if let (true, Err(e)) = (need_lab, &lab) {
         eprintln!("bench: hostnet-lab: {e}");
     }
-    if let Err(e) = &hostnetd {
+    if let (true, Err(e)) = (wants(Backend::Hostnetd), &hostnetd) {
         eprintln!("bench: hostnetd: {e}");
     }
     let passt = if !wants(Backend::PasstVu) {
