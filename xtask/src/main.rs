@@ -5,7 +5,8 @@
 //!   can create network namespaces, otherwise says loudly how many it did not run.
 //! - `cargo xtask ci`    — fmt, clippy (host + both Apple targets), test, doc, dependency direction, fuzz smoke,
 //!   bench build.
-//! - `cargo xtask bench [--quick]` — our stack against the kernel, pasta and slirp4netns.
+//! - `cargo xtask bench [--quick]` — our stack against the kernel, pasta and slirp4netns, and hostnetd
+//!   against passt's vhost-user mode (the same simulated guest as their frontend).
 //! - `cargo xtask deps`  — the dependency-direction check of docs/ARCHITECTURE.md.
 //! - `cargo xtask fuzz [SECONDS]` — runs each fuzz target for SECONDS (default 30).
 
@@ -47,7 +48,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   test           run every test (privileged ones too when this process can create network namespaces)
   ci             fmt, clippy (host, aarch64-apple-darwin, x86_64-apple-darwin), deps, features, doc, benches (--quick), fuzz smoke, test
   guest-image    build (or reuse) the real Linux guest used by the QEMU tests, under target/guest/
-  bench [--quick]  hostnet against the kernel, pasta and slirp4netns (tables, JSON and SVG under target/bench/)
+  bench [--quick]  hostnet against the kernel, pasta and slirp4netns, hostnetd against passt --vhost-user (tables, JSON and SVG under target/bench/)
   deps           check the dependency direction of docs/ARCHITECTURE.md
   features       check each library crate alone with each of its features
   fuzz [SECS]    run each fuzz target for SECS seconds (default 30; needs the nightly toolchain and cargo-fuzz)";

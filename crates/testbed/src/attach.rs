@@ -6,12 +6,14 @@
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
 //!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
+//!                    [--vhost-user SOCKET]
 //! ```
 //!
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 
 #[cfg(target_os = "linux")]
 mod lab_bridge;
@@ -19,6 +21,8 @@ mod lab_bridge;
 mod lab_loop;
 #[cfg(target_os = "linux")]
 pub(crate) mod linux;
+#[cfg(target_os = "linux")]
+mod vhost;
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +70,10 @@ pub struct AttachArgs {
     /// Destinations the guest may reach (`--deny CIDR`, `--allow CIDR`, repeatable; longest
     /// prefix wins, default allow, 169.254.0.0/16 denied unless a rule says otherwise).
     pub egress: bridge::EgressPolicy,
+    /// `--vhost-user SOCKET`: connect the simulated guest to the vhost-user-net backend
+    /// listening on SOCKET (hostnetd, passt's vhost-user mode) instead of running the bridge
+    /// in this process; the NAT, TUN and gateway are then the backend's. `None`: the bridge.
+    pub vhost_user: Option<PathBuf>,
 }
 
 /// `--threads`: how `attach` runs the simulated guest's driver and the device.
@@ -133,6 +141,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut threads = None;
     let mut forwards = Vec::new();
     let mut egress = bridge::EgressPolicy::default();
+    let mut egress_given = None;
+    let mut vhost_user = None;
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
             Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
@@ -219,8 +229,24 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
                 });
             }
             "--forward" => forwards.push(parse_forward(&value()?)?),
-            "--deny" => add_rule(&mut egress, key, &value()?, bridge::EgressAction::Deny)?,
-            "--allow" => add_rule(&mut egress, key, &value()?, bridge::EgressAction::Allow)?,
+            "--deny" => {
+                add_rule(&mut egress, key, &value()?, bridge::EgressAction::Deny)?;
+                egress_given = Some(key);
+            }
+            "--allow" => {
+                add_rule(&mut egress, key, &value()?, bridge::EgressAction::Allow)?;
+                egress_given = Some(key);
+            }
+            "--vhost-user" => {
+                once(key, &vhost_user)?;
+                let v = value()?;
+                if v.is_empty() || v.contains('\0') {
+                    return Err(ArgError(format!(
+                        "bad --vhost-user {v:?}: not a socket path"
+                    )));
+                }
+                vhost_user = Some(PathBuf::from(v));
+            }
             other => return Err(ArgError(format!("unknown option {other:?} (try --help)"))),
         }
     }
@@ -233,6 +259,26 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
             return Err(ArgError(format!(
                 "--forward {:?} external port {} given twice",
                 f.protocol, f.external_port
+            )));
+        }
+    }
+    if vhost_user.is_some() {
+        // These configure the bridge, NAT and TUN of this process; a vhost-user backend has
+        // its own (hostnetd's options, passt's).
+        let own = [
+            ("--forward", !forwards.is_empty()),
+            ("--dns-upstream", dns.is_some()),
+            ("--tun-name", tun_name.is_some()),
+            ("--static-guest-ip", static_ip.is_some()),
+            ("--tun-addr", tun_addr.is_some()),
+            ("--external-addr", external_addr.is_some()),
+            ("--threads", threads.is_some()),
+            (egress_given.unwrap_or("--deny"), egress_given.is_some()),
+        ];
+        if let Some((key, _)) = own.iter().find(|(_, given)| *given) {
+            return Err(ArgError(format!(
+                "{key} configures hostnet-lab's own bridge and cannot be used with \
+                 --vhost-user (give it to the backend)"
             )));
         }
     }
@@ -249,6 +295,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         offloads: no_offload.is_none(),
         threads: threads.unwrap_or(Threads::DEFAULT),
         egress,
+        vhost_user,
     }))
 }
 
@@ -310,6 +357,7 @@ USAGE:
                        [--static-guest-ip <addr>] [--no-offload]
                        [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
                        [--tun-addr <addr>] [--external-addr <addr>]
+                       [--vhost-user <SOCKET>]
     hostnet-lab --help
 
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
@@ -348,6 +396,15 @@ OPTIONS:
                              169.254.0.0/16 (cloud metadata) is denied unless a rule for it or
                              a longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
+    --vhost-user <SOCKET>    no bridge here: connect the simulated guest, as a vhost-user
+                             frontend, to the vhost-user-net backend listening on SOCKET
+                             (hostnetd, passt --vhost-user); the NAT, TUN, gateway and DHCP
+                             are the backend's, the ready line reads
+                                 ready external=- tun=- gateway=-
+                             and the options that configure the bridge (--forward,
+                             --dns-upstream, --tun-name, --static-guest-ip, --tun-addr,
+                             --external-addr, --threads, --deny, --allow) are refused;
+                             --mtu must match the MTU the backend reports, if it does
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
 ";
@@ -543,6 +600,55 @@ mod tests {
                 "10.1.0.2",
                 "--external-addr",
                 "10.1.0.3",
+            ],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn vhost_user_is_parsed_and_bridge_options_refused() {
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--host-netns",
+            "h",
+            "--mtu",
+            "1500",
+            "--no-offload",
+            "--vhost-user",
+            "/run/x.sock",
+        ])
+        .unwrap();
+        assert_eq!(a.vhost_user, Some(PathBuf::from("/run/x.sock")));
+        assert!(!a.offloads);
+        assert_eq!(attach(&["--guest-netns", "g"]).unwrap().vhost_user, None);
+        for (extra, key) in [
+            (&["--forward", "tcp:80:80"][..], "--forward"),
+            (&["--dns-upstream", "198.18.0.2"], "--dns-upstream"),
+            (&["--tun-name", "x"], "--tun-name"),
+            (&["--static-guest-ip", "192.168.64.9"], "--static-guest-ip"),
+            (&["--tun-addr", "10.0.0.1"], "--tun-addr"),
+            (&["--external-addr", "10.0.0.2"], "--external-addr"),
+            (&["--threads", "one"], "--threads"),
+            (&["--allow", "169.254.0.0/16"], "--allow"),
+            (&["--deny", "10.0.0.0/8"], "--deny"),
+        ] {
+            let mut args = vec!["--guest-netns", "g", "--vhost-user", "s"];
+            args.extend_from_slice(extra);
+            let e = attach(&args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.0.starts_with(key) && e.0.contains("--vhost-user"), "{e}");
+        }
+        for bad in [
+            &["--guest-netns", "g", "--vhost-user"][..],
+            &["--guest-netns", "g", "--vhost-user", ""],
+            &[
+                "--guest-netns",
+                "g",
+                "--vhost-user",
+                "a",
+                "--vhost-user",
+                "b",
             ],
         ] {
             assert!(attach(bad).is_err(), "{bad:?} accepted");

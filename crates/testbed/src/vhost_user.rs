@@ -38,7 +38,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::guest::{GuestConfig, Kick, NetConfig, RX_QUEUE, Running, SimGuest, TX_QUEUE};
+use crate::guest::{GuestConfig, Kick, NetConfig, RX_QUEUE, Running, SimGuest, TX_QUEUE, features};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol features (bit 30).
 pub const PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -48,6 +48,7 @@ pub struct VhostUserDevice {
     frontend: Frontend,
     device_features: u64,
     protocol: VhostUserProtocolFeatures,
+    acked_features: u64,
     kicks: Option<Arc<[EventFd; 2]>>,
 }
 
@@ -90,6 +91,7 @@ impl VhostUserDevice {
             frontend,
             device_features,
             protocol,
+            acked_features: 0,
             kicks: None,
         })
     }
@@ -98,6 +100,25 @@ impl VhostUserDevice {
     #[must_use]
     pub fn device_features(&self) -> u64 {
         self.device_features & !PROTOCOL_FEATURES
+    }
+
+    /// The feature bits acknowledged with `SET_FEATURES` (0 before [`Self::activate`]),
+    /// `PROTOCOL_FEATURES` included when the backend offered it.
+    #[must_use]
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The protocol features agreed with the backend (a subset of `CONFIG | REPLY_ACK`).
+    #[must_use]
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    /// The connection's socket descriptor, to watch for the backend hanging up.
+    #[must_use]
+    pub fn socket_fd(&self) -> std::os::fd::RawFd {
+        self.frontend.as_raw_fd()
     }
 
     /// The device's config space (MAC, status, MTU) when the backend serves `GET_CONFIG`.
@@ -125,6 +146,7 @@ impl VhostUserDevice {
         ensure!(self.kicks.is_none(), "the device is already active");
         let acked = guest.acked_features() | (self.device_features & PROTOCOL_FEATURES);
         self.frontend.set_features(acked).context("SET_FEATURES")?;
+        self.acked_features = acked;
 
         let mem = guest.memory();
         let mut regions = mem.iter();
@@ -258,17 +280,69 @@ impl Attached {
     /// # Errors
     /// Any step of the connection, the TAP or the driver.
     pub fn start(socket: &Path, guest_netns: &str, cfg: GuestConfig) -> anyhow::Result<Self> {
+        Self::start_inner(socket, guest_netns, cfg, None)
+    }
+
+    /// As [`Attached::start`] for any vhost-user-net backend, with the guest MTU `mtu`: a
+    /// backend without a config space (passt's vhost-user mode serves no `GET_CONFIG`, as
+    /// QEMU then picks the MAC itself) gets the TAP MAC [`bridge::defaults::GUEST_MAC`] and
+    /// `mtu`; a backend that reports its MTU (`VIRTIO_NET_F_MTU`) must report `mtu`.
+    ///
+    /// # Errors
+    /// As [`Attached::start`]; the backend reports another MTU.
+    pub fn start_with_mtu(
+        socket: &Path,
+        guest_netns: &str,
+        cfg: GuestConfig,
+        mtu: u16,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(socket, guest_netns, cfg, Some(mtu))
+    }
+
+    fn start_inner(
+        socket: &Path,
+        guest_netns: &str,
+        cfg: GuestConfig,
+        mtu: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let ns = crate::attach::linux::open_netns(guest_netns, "guest namespace")?;
         let mut device = VhostUserDevice::connect(socket)?;
-        let net = device
-            .net_config()?
-            .context("the backend serves no config space (protocol feature CONFIG)")?;
+        let offered = device.device_features();
+        let net = match (device.net_config()?, mtu) {
+            (None, None) => {
+                bail!("the backend serves no config space (protocol feature CONFIG)")
+            }
+            (Some(net), None) => net,
+            (config, Some(mtu)) => {
+                let mut net = config.unwrap_or(NetConfig {
+                    mac: bridge::defaults::GUEST_MAC.0,
+                    status: 1,
+                    mtu,
+                });
+                if offered & features::MAC == 0 {
+                    net.mac = bridge::defaults::GUEST_MAC.0;
+                }
+                if offered & features::STATUS == 0 {
+                    net.status = 1;
+                }
+                if offered & features::MTU == 0 {
+                    net.mtu = mtu;
+                }
+                ensure!(
+                    net.mtu == mtu,
+                    "the backend reports MTU {}, asked for {mtu}",
+                    net.mtu
+                );
+                net
+            }
+        };
+        ensure!(net.link_up(), "the backend reports its link down");
         let cfg = GuestConfig {
             // The device is another process: its interrupts arrive on eventfds, never inline.
             inline_rx_interrupt: false,
             ..cfg
         };
-        let guest = SimGuest::new_in_file(cfg, device.device_features(), shared_memory_file()?)?;
+        let guest = SimGuest::new_in_file(cfg, offered, shared_memory_file()?)?;
         let tap = Arc::new(crate::attach::linux::open_guest_tap(
             &ns,
             guest_netns,
@@ -294,6 +368,15 @@ impl Attached {
     /// The connection, e.g. to send a VMM's stop messages.
     pub fn device(&mut self) -> &mut VhostUserDevice {
         &mut self.device
+    }
+
+    /// The driver's counters as one line (as [`Attached::stop`] returns them).
+    #[must_use]
+    pub fn stats_line(&self) -> String {
+        self.running
+            .as_ref()
+            .map(|r| r.stats().summary())
+            .unwrap_or_default()
     }
 
     /// Whether a driver thread ended on its own (by error).

@@ -9,6 +9,10 @@
 //! S's default route points at H, so replies to 100.64.0.0/10 (hostnet's NAT external address)
 //! go back via H. H masquerades nothing on its own: the only NAT on each path is the backend's
 //! (nftables masquerade for `kernel`, pasta's and slirp4netns's sockets, hostnet's NAT).
+//!
+//! The vhost-user backends (`hostnetd`, `passt-vhost-user`) run two processes in H: the daemon
+//! (the backend measured: its CPU, its threads) and `hostnet-lab attach --vhost-user`, the
+//! same simulated guest for both, as the daemon's vhost-user frontend with the TAP in G.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -29,11 +33,25 @@ pub(super) enum Backend {
     Pasta,
     Slirp,
     Hostnet,
+    /// hostnetd over vhost-user, driven by `hostnet-lab attach --vhost-user`.
+    Hostnetd,
+    /// passt's vhost-user mode (`passt --vhost-user`), driven by the same frontend.
+    PasstVu,
 }
 
 impl Backend {
     /// Every backend, in table order.
-    pub(super) const ALL: [Self; 4] = [Self::Kernel, Self::Pasta, Self::Slirp, Self::Hostnet];
+    pub(super) const ALL: [Self; 6] = [
+        Self::Kernel,
+        Self::Pasta,
+        Self::Slirp,
+        Self::Hostnet,
+        Self::Hostnetd,
+        Self::PasstVu,
+    ];
+    /// The backends of `--quick` (CI) without `--backends`: the vhost-user pair is left out
+    /// (two more processes per world and a passt build).
+    pub(super) const QUICK: [Self; 4] = [Self::Kernel, Self::Pasta, Self::Slirp, Self::Hostnet];
 
     /// Its name in tables, JSON and on the command line.
     pub(super) fn name(self) -> &'static str {
@@ -42,6 +60,8 @@ impl Backend {
             Self::Pasta => "pasta",
             Self::Slirp => "slirp4netns",
             Self::Hostnet => "hostnet",
+            Self::Hostnetd => "hostnetd",
+            Self::PasstVu => "passt-vhost-user",
         }
     }
 
@@ -58,8 +78,13 @@ impl Backend {
             Self::Kernel => &["nft"],
             Self::Pasta => &["pasta"],
             Self::Slirp => &["slirp4netns"],
-            Self::Hostnet => &["busybox"],
+            Self::Hostnet | Self::Hostnetd | Self::PasstVu => &["busybox"],
         }
+    }
+
+    /// Whether it is a vhost-user daemon driven by `hostnet-lab attach --vhost-user`.
+    pub(super) fn vhost_user(self) -> bool {
+        matches!(self, Self::Hostnetd | Self::PasstVu)
     }
 
     /// Whether the guest side is a TAP device served by a userspace process (tuned alike).
@@ -75,6 +100,10 @@ pub(super) struct Env {
     pub(super) exe: PathBuf,
     /// The `hostnet-lab` binary, or why there is none.
     pub(super) lab: Result<PathBuf, String>,
+    /// The `hostnetd` binary, or why there is none.
+    pub(super) hostnetd: Result<PathBuf, String>,
+    /// passt with a vhost-user mode (built from the peer snapshot), or why there is none.
+    pub(super) passt: Result<PathBuf, String>,
     /// Where backend logs go.
     pub(super) logs: PathBuf,
     /// The CPU the latency figures are pinned to (`None`: not pinned).
@@ -86,6 +115,8 @@ pub(super) struct Env {
 #[derive(Debug)]
 pub(super) struct World {
     // Field order is drop order: processes first, then the namespaces they live in.
+    /// The vhost-user frontend (`hostnet-lab attach --vhost-user`) of a daemon backend.
+    frontend: Option<Proc>,
     backend_proc: Option<Proc>,
     iperf: Option<Proc>,
     echo: Option<Proc>,
@@ -96,6 +127,17 @@ pub(super) struct World {
     pub(super) mtu: u32,
     log: PathBuf,
     pinned: bool,
+    /// The daemon's vhost-user socket (removed on drop).
+    socket: Option<PathBuf>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(s) = &self.socket {
+            let _ = std::fs::remove_file(s);
+            let _ = std::fs::remove_file(s.with_extension("sock.repair"));
+        }
+    }
 }
 
 impl World {
@@ -105,6 +147,7 @@ impl World {
         let log = env.logs.join(format!("{}-{mtu}.log", backend.name()));
         let _ = std::fs::remove_file(&log);
         let mut w = Self {
+            frontend: None,
             backend_proc: None,
             iperf: None,
             echo: None,
@@ -115,6 +158,7 @@ impl World {
             mtu,
             log,
             pinned: false,
+            socket: None,
         };
         if let Err(e) = w.start(env) {
             // Stop the backend gracefully so that its statistics land in the log.
@@ -132,6 +176,7 @@ impl World {
             Backend::Pasta => self.pasta()?,
             Backend::Slirp => self.slirp()?,
             Backend::Hostnet => self.hostnet(env)?,
+            Backend::Hostnetd | Backend::PasstVu => self.vhost_user(env)?,
         }
         if self.backend.tap_based() {
             self.g.ip(&[
@@ -178,9 +223,34 @@ impl World {
         ))
     }
 
-    /// Whether the backend process (if any) is still running.
+    /// Whether the backend process (if any) and its vhost-user frontend are still running.
     pub(super) fn backend_alive(&mut self) -> bool {
         self.backend_proc.as_mut().is_none_or(Proc::alive)
+            && self.frontend.as_mut().is_none_or(Proc::alive)
+    }
+
+    /// What the vhost-user frontend logged about the negotiation with the daemon: the
+    /// acknowledged feature bits by name and the protocol features.
+    pub(super) fn negotiated(&self) -> Option<String> {
+        if !self.backend.vhost_user() {
+            return None;
+        }
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log
+            .lines()
+            .find(|l| l.contains("vhost-user backend negotiated"))?;
+        let field = |k: &str| {
+            line.split_once(k)
+                .map(|(_, rest)| rest.split_whitespace().next().unwrap_or("").to_owned())
+        };
+        let protocol = line
+            .split_once("protocol=")
+            .map_or(String::new(), |(_, p)| p.trim().to_owned());
+        Some(format!(
+            "{} (offered {}), protocol {protocol}",
+            field("names=")?,
+            field("offered=").unwrap_or_default()
+        ))
     }
 
     /// The backend's CPU time so far (`None` for the kernel).
@@ -190,12 +260,22 @@ impl World {
             .and_then(|p| cpu_seconds(p.pid()))
     }
 
-    /// CPU seconds so far of each backend thread: (tid, name, seconds).
+    /// CPU seconds so far of each backend thread: (tid, name, seconds); the threads of a
+    /// vhost-user daemon's frontend follow, their names prefixed `frontend:`.
     pub(super) fn backend_threads(&self) -> Vec<(u32, String, f64)> {
-        self.backend_proc
+        let mut v = self
+            .backend_proc
             .as_ref()
             .map(|p| thread_cpu(p.pid()))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(f) = &self.frontend {
+            v.extend(
+                thread_cpu(f.pid())
+                    .into_iter()
+                    .map(|(tid, name, secs)| (tid, format!("frontend:{name}"), secs)),
+            );
+        }
+        v
     }
 
     /// iperf3 TCP from G to S (`reverse`: S to G) with `streams` streams: (Gbit/s, bytes).
@@ -262,7 +342,7 @@ impl World {
         let Some(cpu) = env.pin_cpu else {
             return Ok(());
         };
-        if let Some(p) = &self.backend_proc {
+        for p in self.backend_proc.iter().chain(&self.frontend) {
             run_ok(
                 Command::new("taskset").args([
                     "-a",
@@ -273,7 +353,7 @@ impl World {
                 ]),
                 CMD_LIMIT,
             )
-            .context("pin the backend")?;
+            .with_context(|| format!("pin {}", p.what))?;
         }
         self.pinned = true;
         Ok(())
@@ -353,16 +433,24 @@ impl World {
         false
     }
 
-    /// Stops the backend (SIGTERM, 3 s grace) and returns the end of its log (hostnet's stats).
+    /// Stops the backend (SIGTERM, 3 s grace; a vhost-user frontend first) and returns the end
+    /// of its log (hostnet's stats).
     pub(super) fn stop(&mut self) -> Option<String> {
+        let frontend_clean = self
+            .frontend
+            .take()
+            .is_none_or(|mut f| f.terminate(Duration::from_secs(3)));
         let mut p = self.backend_proc.take()?;
         let clean = p.terminate(Duration::from_secs(3));
         drop(p);
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let mut tail: Vec<&str> = tail.into_iter().rev().collect();
-        if !clean && self.backend == Backend::Hostnet {
-            tail.push("(hostnet-lab did not exit with status 0 within 3 s of SIGTERM)");
+        if !clean && matches!(self.backend, Backend::Hostnet | Backend::Hostnetd) {
+            tail.push("(the backend did not exit with status 0 within 3 s of SIGTERM)");
+        }
+        if !frontend_clean {
+            tail.push("(hostnet-lab attach --vhost-user did not exit with status 0 within 3 s)");
         }
         Some(tail.join("\n"))
     }
@@ -512,7 +600,94 @@ impl World {
         if !ready.contains("external=") {
             bail!("unexpected ready line {ready:?}");
         }
-        // The bridge only forwards from a leased address: get one by DHCP (busybox udhcpc).
+        self.lease()
+    }
+
+    /// A vhost-user daemon in H (hostnetd, or passt's vhost-user mode) and
+    /// `hostnet-lab attach --vhost-user` as its frontend, the TAP in G; a lease by DHCP.
+    fn vhost_user(&mut self, env: &Env) -> Result<()> {
+        let lab = env.lab.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let socket = std::env::temp_dir().join(format!(
+            "hostnet-bench-{}-{}-{}.sock",
+            std::process::id(),
+            self.backend.name(),
+            self.mtu
+        ));
+        let _ = std::fs::remove_file(&socket);
+        self.socket = Some(socket.clone());
+        let mtu = self.mtu.to_string();
+        let mut cmd = match self.backend {
+            Backend::Hostnetd => {
+                let bin = env.hostnetd.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut c = self.h.command(bin);
+                c.arg("--socket").arg(&socket).args([
+                    "--mtu",
+                    &mtu,
+                    "--dns-upstream",
+                    &SERVER.to_string(),
+                ]);
+                c
+            }
+            _ => {
+                let bin = env.passt.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut c = self.h.command(bin);
+                c.args(["-f", "--vhost-user", "--socket"])
+                    .arg(&socket)
+                    .args([
+                        "--runas",
+                        "0",
+                        "-a",
+                        &GUEST.to_string(),
+                        "-n",
+                        &PREFIX_LEN.to_string(),
+                        "-g",
+                        &GATEWAY.to_string(),
+                        "-m",
+                        &mtu,
+                        "-4",
+                        "-t",
+                        "none",
+                        "-u",
+                        "none",
+                    ]);
+                c
+            }
+        };
+        cmd.env("RUST_LOG", "info");
+        self.backend_proc = Some(Proc::spawn(self.backend.name(), &mut cmd, &self.log)?);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !socket.exists() {
+            if !self.backend_alive() {
+                bail!("{} exited during set-up", self.backend.name());
+            }
+            if Instant::now() > deadline {
+                bail!("{} made no socket within 15 s", self.backend.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut cmd = self.h.command(lab);
+        cmd.args([
+            "attach",
+            "--guest-netns",
+            self.g.name(),
+            "--host-netns",
+            self.h.name(),
+            "--mtu",
+            &mtu,
+            "--vhost-user",
+        ])
+        .arg(&socket)
+        .env("RUST_LOG", "info");
+        let mut p = Proc::spawn_lines("hostnet-lab attach --vhost-user", &mut cmd, &self.log)?;
+        let ready = p.wait_line("ready", Duration::from_secs(30));
+        self.frontend = Some(p);
+        ready.with_context(|| format!("see {}", self.log.display()))?;
+        self.lease()
+    }
+
+    /// A lease on the guest's TAP by DHCP (busybox udhcpc): hostnet's bridge forwards only
+    /// from a leased address, and the vhost-user daemons hand out 192.168.64.2 the same way.
+    fn lease(&mut self) -> Result<()> {
         self.g.link_up("eth0")?;
         let script = self.log.with_extension("udhcpc.sh");
         netns::lease::write_udhcpc_script(&script, &self.log.with_extension("lease"))
@@ -629,11 +804,15 @@ fn guest_static(g: &Netns) -> Result<()> {
 }
 
 /// How every TAP-based backend is tuned (printed with the results).
-pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns and hostnet: txqueuelen 20000 \
-     (the default 1000 overflows under pasta); offloads as each backend sets up its TAP \
-     (measured per backend below: \"guest TAP\"; hostnet: virtio-net CSUM + TSO4 both ways, \
-     its guest TAP and host TUN opened with IFF_VNET_HDR, attach's default); kernel: plain \
-     veth with its default offloads; H<->S veth MTU 65520 for every backend";
+pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and the vhost-user \
+     frontend: txqueuelen 20000 (the default 1000 overflows under pasta); offloads as each \
+     backend sets up its TAP (measured per backend below: \"guest TAP\"; hostnet: virtio-net \
+     CSUM + TSO4 both ways, its guest TAP and host TUN opened with IFF_VNET_HDR, attach's \
+     default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
+     plain veth with its default offloads; H<->S veth MTU 65520 for every backend; \
+     vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
+     (hostnet-lab attach --vhost-user, pinned with the daemon for the latency figures) is not \
+     counted; its threads appear apart in busy threads (frontend:...)";
 
 /// How the server gets its replies back (printed with the results).
 pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \

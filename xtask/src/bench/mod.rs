@@ -3,7 +3,8 @@
 //! 1. Micro: `cargo bench -p hostnet-benches --bench nat` and `--bench bridge`, medians collected
 //!    from criterion's `target/criterion/**/new/estimates.json`.
 //! 2. End to end: for each guest MTU and each backend (`kernel`, `pasta`, `slirp4netns`,
-//!    `hostnet`), a fresh guest/host/server namespace trio (see `e2e.rs`), then iperf3 TCP
+//!    `hostnet`, and the vhost-user daemons `hostnetd` and `passt-vhost-user` behind the same
+//!    simulated guest, `hostnet-lab attach --vhost-user`), a fresh guest/host/server namespace trio (see `e2e.rs`), then iperf3 TCP
 //!    (1 and 4 streams, both directions), iperf3 UDP 64-byte packets, and, pinned to one CPU,
 //!    ping, a TCP 1-byte request/response and connect/request/response/close. Every figure is
 //!    the median of `--reps` runs with its spread, and is shown as a ratio to `kernel` and to
@@ -109,7 +110,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let targets = results.targets();
     let mut text = table.clone();
     if !targets.is_empty() {
-        text.push_str("\ntargets (hostnet, ratios from this run)\n");
+        text.push_str("\ntargets (ratios from this run)\n");
         for (what, ok, detail) in &targets {
             let mark = match ok {
                 Some(true) => "met    ",
@@ -200,37 +201,94 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
     for name in netns::remove_stale("bench-") {
         eprintln!("bench: removed stale namespace {name}");
     }
-    let lab = if !opts.backends.contains(&Backend::Hostnet) {
-        Err("not selected".to_owned())
-    } else if let Some(p) = &opts.lab {
-        Ok(p.clone())
+    let wants = |b: Backend| opts.backends.contains(&b);
+    let need_lab = wants(Backend::Hostnet) || wants(Backend::Hostnetd) || wants(Backend::PasstVu);
+    let need_hostnetd = wants(Backend::Hostnetd) && opts.hostnetd.is_none();
+    let built = if (need_lab && opts.lab.is_none()) || need_hostnetd {
+        build_ours(need_lab && opts.lab.is_none(), need_hostnetd)
     } else {
-        build_lab()
+        Ok(())
     };
-    if let Err(e) = &lab {
-        eprintln!("bench: hostnet: {e}");
+    let ours = |given: &Option<PathBuf>, wanted: bool, bin: &str| -> Result<PathBuf, String> {
+        if !wanted {
+            return Err("not selected".to_owned());
+        }
+        if let Some(p) = given {
+            return Ok(p.clone());
+        }
+        built.clone()?;
+        let path = micro::target_dir().join("release").join(bin);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{} missing after the build", path.display()))
+        }
+    };
+    let lab = ours(&opts.lab, need_lab, "hostnet-lab");
+    let hostnetd = ours(&opts.hostnetd, wants(Backend::Hostnetd), "hostnetd");
+    if let (true, Err(e)) = (need_lab, &lab) {
+        eprintln!("bench: hostnet-lab: {e}");
+    }
+    if let (true, Err(e)) = (wants(Backend::Hostnetd), &hostnetd) {
+        eprintln!("bench: hostnetd: {e}");
+    }
+    let passt = if !wants(Backend::PasstVu) {
+        Err("not selected".to_owned())
+    } else if let Some(p) = &opts.passt {
+        if p.is_file() {
+            Ok(p.clone())
+        } else {
+            Err(format!("--passt {}: no such file", p.display()))
+        }
+    } else {
+        tools::build_passt(&micro::target_dir().join("bench-peers"))
+    };
+    for (b, r) in [
+        (Backend::Hostnet, &lab),
+        (Backend::Hostnetd, &lab),
+        (Backend::Hostnetd, &hostnetd),
+        (Backend::PasstVu, &lab),
+        (Backend::PasstVu, &passt),
+    ] {
+        if let (true, Err(e)) = (wants(b), r) {
+            for &mtu in &opts.mtus {
+                results
+                    .failed
+                    .entry((mtu, b))
+                    .or_insert_with(|| format!("skipped: {e}"));
+            }
+        }
+    }
+    if let Err(e) = &passt
+        && wants(Backend::PasstVu)
+    {
+        eprintln!("bench: passt-vhost-user: SKIPPED: {e}");
     }
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let pin_cpu = (cpus >= 2 && !missing.contains("taskset")).then(|| (cpus - 1) as u32);
     Ok(Env {
         exe: std::env::current_exe().context("the xtask binary's path")?,
         lab,
+        hostnetd,
+        passt,
         logs: out_dir.join("logs"),
         pin_cpu,
     })
 }
 
-fn build_lab() -> Result<PathBuf, String> {
-    eprintln!("bench: cargo build --release -p testbed --bin hostnet-lab");
+/// Builds (release) `hostnet-lab` and/or `hostnetd`.
+fn build_ours(lab: bool, hostnetd: bool) -> Result<(), String> {
+    let mut args = vec!["build", "--release"];
+    if lab {
+        args.extend(["-p", "testbed", "--bin", "hostnet-lab"]);
+    }
+    if hostnetd {
+        args.extend(["-p", "hostnetd", "--bin", "hostnetd"]);
+    }
+    let what = format!("cargo {}", args.join(" "));
+    eprintln!("bench: {what}");
     let out = crate::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "testbed",
-            "--bin",
-            "hostnet-lab",
-        ])
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .output()
@@ -240,15 +298,10 @@ fn build_lab() -> Result<PathBuf, String> {
         let first_error = err
             .lines()
             .find(|l| l.starts_with("error"))
-            .unwrap_or("see cargo build --release -p testbed --bin hostnet-lab");
-        return Err(format!("hostnet-lab does not build: {first_error}"));
+            .unwrap_or("see the build's output");
+        return Err(format!("{what} failed: {first_error}"));
     }
-    let path = micro::target_dir().join("release/hostnet-lab");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!("{} missing after the build", path.display()))
-    }
+    Ok(())
 }
 
 fn end_to_end(opts: &Options, env: &Env, results: &mut Results, started: Instant) {
@@ -281,6 +334,10 @@ fn end_to_end(opts: &Options, env: &Env, results: &mut Results, started: Instant
             };
             if let Some(tap) = world.guest_tap() {
                 results.guest_tap.insert((mtu, b), tap);
+            }
+            if let Some(n) = world.negotiated() {
+                say(&format!("negotiated {n}"));
+                results.negotiated.insert((mtu, b), n);
             }
             let mut stalled: Option<String> = None;
             for test in &tests {
@@ -507,6 +564,8 @@ struct Options {
     micro: bool,
     e2e: bool,
     lab: Option<PathBuf>,
+    hostnetd: Option<PathBuf>,
+    passt: Option<PathBuf>,
     out: Option<PathBuf>,
 }
 
@@ -523,9 +582,12 @@ impl Options {
             micro: true,
             e2e: true,
             lab: None,
+            hostnetd: None,
+            passt: None,
             out: None,
         };
         let (mut reps, mut secs, mut lat) = (None, None, None);
+        let mut backends_given = false;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |name: &str| {
@@ -556,20 +618,27 @@ impl Options {
                     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                         set.insert(Backend::parse(name).with_context(|| {
                             format!(
-                                "unknown backend {name:?} (kernel, pasta, slirp4netns, hostnet)"
+                                "unknown backend {name:?} (kernel, pasta, slirp4netns, hostnet, \
+                                 hostnetd, passt-vhost-user)"
                             )
                         })?);
                     }
                     o.backends = set.into_iter().collect();
+                    backends_given = true;
                 }
                 "--no-micro" => o.micro = false,
                 "--no-e2e" => o.e2e = false,
                 "--lab" => o.lab = Some(PathBuf::from(value("--lab")?)),
+                "--hostnetd" => o.hostnetd = Some(PathBuf::from(value("--hostnetd")?)),
+                "--passt" => o.passt = Some(PathBuf::from(value("--passt")?)),
                 "--out" => o.out = Some(PathBuf::from(value("--out")?)),
                 other => bail!("unknown bench option {other:?}\n{HELP}"),
             }
         }
         if o.quick {
+            if !backends_given {
+                o.backends = Backend::QUICK.to_vec();
+            }
             o.reps = 1;
             o.secs = 1;
             o.lat_secs = 0.5;
@@ -584,18 +653,25 @@ impl Options {
 const HELP: &str =
     "usage: cargo xtask bench [--quick] [options]   (needs root for the end-to-end part)
 
-Runs the criterion micro benches, then each backend (kernel, pasta, slirp4netns, hostnet) between
-a guest and a server namespace at each guest MTU, and prints every figure as the median of the
-repeats with its spread and as ratios to kernel and pasta from the same run. Writes
+Runs the criterion micro benches, then each backend (kernel, pasta, slirp4netns, hostnet,
+hostnetd, passt-vhost-user) between a guest and a server namespace at each guest MTU, and prints
+every figure as the median of the repeats with its spread and as ratios to kernel and pasta (and,
+with hostnetd, to passt-vhost-user and hostnet) from the same run. Writes
 target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
 
-  --quick              1 repeat of 1 s per figure, 0.5 s latency runs, short criterion runs (CI)
+  --quick              1 repeat of 1 s per figure, 0.5 s latency runs, short criterion runs (CI);
+                       without --backends: kernel, pasta, slirp4netns, hostnet only
   --reps N             repeats per figure (default 3)
   --secs N             seconds per throughput run (default 5)
   --latency-secs S     seconds per ping / rr / crr run (default 2)
   --mtu LIST           guest MTUs, comma-separated (default 1500,65520)
-  --backends LIST      subset of kernel,pasta,slirp4netns,hostnet (default all)
+  --backends LIST      subset of kernel,pasta,slirp4netns,hostnet,hostnetd,passt-vhost-user
+                       (default all); hostnetd and passt-vhost-user are vhost-user daemons
+                       driven by `hostnet-lab attach --vhost-user` (the same simulated guest)
   --no-micro           skip the criterion benches
   --no-e2e             skip the end-to-end part
   --lab PATH           use this hostnet-lab binary instead of building it (release)
+  --hostnetd PATH      use this hostnetd binary instead of building it (release)
+  --passt PATH         use this passt (with --vhost-user) instead of building the peer snapshot
+                       ../shared/peers/passt (skipped, never downloaded, when neither works)
   --out DIR            output directory (default target/bench)";

@@ -93,6 +93,8 @@ pub(super) struct Results {
     pub(super) threads: BTreeMap<(u32, Backend, &'static str), String>,
     /// How each TAP-based backend set up the guest's eth0 (measured).
     pub(super) guest_tap: BTreeMap<(u32, Backend), String>,
+    /// What each vhost-user daemon negotiated with the frontend (its log).
+    pub(super) negotiated: BTreeMap<(u32, Backend), String>,
     pub(super) micro: Vec<Micro>,
     pub(super) micro_error: Option<String>,
 }
@@ -163,13 +165,19 @@ impl Results {
             }
         }
         for &mtu in &self.mtus {
+            let bases = self.bases();
             let _ = writeln!(
                 s,
-                "\nend to end, guest MTU {mtu}  (median ±half-range of the repeats; x kernel, x pasta)"
+                "\nend to end, guest MTU {mtu}  (median ±half-range of the repeats; {})",
+                bases
+                    .iter()
+                    .map(|b| format!("x {}", b.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let _ = write!(s, "  {:<46}", "");
             for b in &self.backends {
-                let _ = write!(s, "{:>16}", b.name());
+                let _ = write!(s, "{:>18}", b.name());
             }
             s.push('\n');
             for f in FIGURES {
@@ -184,32 +192,40 @@ impl Results {
                         (Some(st), _) => {
                             format!("{} ±{}", num(st.median), num((st.max - st.min) / 2.0))
                         }
+                        (None, Some(why)) if why.starts_with("skipped") => "skipped".to_owned(),
                         (None, Some(_)) => "FAILED".to_owned(),
                         (None, None) => "-".to_owned(),
                     };
-                    let _ = write!(s, "{cell:>16}");
+                    let _ = write!(s, "{cell:>18}");
                 }
                 s.push('\n');
-                for base in [Backend::Kernel, Backend::Pasta] {
-                    if !self.backends.contains(&base) {
-                        continue;
-                    }
+                for &base in &bases {
                     let _ = write!(s, "  {:<46}", format!("    x {}", base.name()));
                     for &b in &self.backends {
                         let r = self
                             .ratio(mtu, b, f.key, base)
                             .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
-                        let _ = write!(s, "{r:>16}");
+                        let _ = write!(s, "{r:>18}");
                     }
                     s.push('\n');
                 }
             }
             for &b in &self.backends {
                 if let Some(why) = self.failed.get(&(mtu, b)) {
-                    let _ = writeln!(s, "  {} FAILED: {why}", b.name());
+                    match why.strip_prefix("skipped: ") {
+                        Some(why) => {
+                            let _ = writeln!(s, "  {} SKIPPED: {why}", b.name());
+                        }
+                        None => {
+                            let _ = writeln!(s, "  {} FAILED: {why}", b.name());
+                        }
+                    }
                 }
                 if let Some(tap) = self.guest_tap.get(&(mtu, b)) {
                     let _ = writeln!(s, "  {} guest TAP: {tap}", b.name());
+                }
+                if let Some(n) = self.negotiated.get(&(mtu, b)) {
+                    let _ = writeln!(s, "  {} negotiated: {n}", b.name());
                 }
                 for ((m, bb, test), note) in &self.threads {
                     if *m == mtu && *bb == b {
@@ -239,7 +255,19 @@ impl Results {
         s
     }
 
-    /// The targets of issue 6, checked against this run.
+    /// The backends every figure is shown as a ratio to: kernel and pasta, and with hostnetd
+    /// in the run also passt-vhost-user and hostnet (issue 17's comparisons), when present.
+    fn bases(&self) -> Vec<Backend> {
+        let mut v = vec![Backend::Kernel, Backend::Pasta];
+        if self.backends.contains(&Backend::Hostnetd) {
+            v.extend([Backend::PasstVu, Backend::Hostnet]);
+        }
+        v.retain(|b| self.backends.contains(b));
+        v
+    }
+
+    /// The targets of issue 6 (hostnet) and, with hostnetd in the run, of issue 17,
+    /// checked against this run.
     pub(super) fn targets(&self) -> Vec<(String, Option<bool>, String)> {
         let h = Backend::Hostnet;
         let mut out = Vec::new();
@@ -311,7 +339,95 @@ impl Results {
                 Some(1.0),
             );
         }
+        if self.backends.contains(&Backend::Hostnetd) {
+            let (vu, lab) = (Backend::PasstVu, Backend::Hostnet);
+            let mut issue17 = Vec::new();
+            if self.mtus.contains(&1500) {
+                issue17.push(("TCP up @1500 >= 3x passt-vhost-user", 1500, "tcp_up", vu));
+                issue17.push((
+                    "TCP down @1500 >= 3x passt-vhost-user",
+                    1500,
+                    "tcp_down",
+                    vu,
+                ));
+            }
+            for (what, mtu, key, base) in issue17 {
+                out.push(self.target(
+                    format!("hostnetd: {what}"),
+                    mtu,
+                    key,
+                    base,
+                    (Some(3.0), None),
+                ));
+            }
+            for &mtu in &self.mtus {
+                for (what, key, base, bounds) in [
+                    (
+                        "pinned round trip <= passt-vhost-user",
+                        "rr_us",
+                        vu,
+                        (None, Some(1.0)),
+                    ),
+                    (
+                        "CPU per GB, TCP up <= passt-vhost-user",
+                        "cpu_up",
+                        vu,
+                        (None, Some(1.0)),
+                    ),
+                    (
+                        "CPU per GB, TCP down <= passt-vhost-user",
+                        "cpu_down",
+                        vu,
+                        (None, Some(1.0)),
+                    ),
+                    (
+                        "TCP up within 20 % of hostnet",
+                        "tcp_up",
+                        lab,
+                        (Some(0.8), None),
+                    ),
+                    (
+                        "TCP down within 20 % of hostnet",
+                        "tcp_down",
+                        lab,
+                        (Some(0.8), None),
+                    ),
+                    (
+                        "pinned round trip within 20 % of hostnet",
+                        "rr_us",
+                        lab,
+                        (None, Some(1.2)),
+                    ),
+                ] {
+                    out.push(self.target(
+                        format!("hostnetd: {what} @{mtu}"),
+                        mtu,
+                        key,
+                        base,
+                        bounds,
+                    ));
+                }
+            }
+        }
         out
+    }
+
+    /// hostnetd's ratio to `base` for `key` at `mtu` against the bounds (min, max).
+    fn target(
+        &self,
+        what: String,
+        mtu: u32,
+        key: &str,
+        base: Backend,
+        (min, max): (Option<f64>, Option<f64>),
+    ) -> (String, Option<bool>, String) {
+        let r = self.ratio(mtu, Backend::Hostnetd, key, base);
+        let ok = r.map(|r| min.is_none_or(|m| r >= m) && max.is_none_or(|m| r <= m));
+        let detail = r.map_or_else(
+            || "not measured".to_owned(),
+            |r| format!("measured {r:.2}x {}", base.name()),
+        );
+        (what, ok, detail)
     }
 
     /// The JSON document.
@@ -342,16 +458,19 @@ impl Results {
                             "error": cell.error,
                             "x_kernel": self.ratio(mtu, b, f.key, Backend::Kernel),
                             "x_pasta": self.ratio(mtu, b, f.key, Backend::Pasta),
+                            "x_passt_vhost_user": self.ratio(mtu, b, f.key, Backend::PasstVu),
+                            "x_hostnet": self.ratio(mtu, b, f.key, Backend::Hostnet),
                         }),
                     );
                 }
                 per_backend.insert(
                     b.name().to_owned(),
                     json!({
-                        "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| format!("failed: {w}")),
+                        "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| if w.starts_with("skipped") { w.clone() } else { format!("failed: {w}") }),
                         "figures": figures,
                         "log_tail": self.logs.get(&(mtu, b)),
                         "guest_tap": self.guest_tap.get(&(mtu, b)),
+                        "negotiated": self.negotiated.get(&(mtu, b)),
                         "busy_threads": self
                             .threads
                             .iter()
@@ -582,15 +701,18 @@ fn rate(per_s: f64, unit: &str) -> String {
 fn short(b: Backend) -> &'static str {
     match b {
         Backend::Slirp => "slirp",
+        Backend::PasstVu => "passt-vu",
         other => other.name(),
     }
 }
 
 fn color(i: usize) -> &'static str {
-    ["#555555", "#e69f00", "#56b4e9", "#009e73", "#cc79a7"]
-        .get(i)
-        .copied()
-        .unwrap_or("#999999")
+    [
+        "#555555", "#e69f00", "#56b4e9", "#009e73", "#cc79a7", "#0072b2",
+    ]
+    .get(i)
+    .copied()
+    .unwrap_or("#999999")
 }
 
 fn esc(s: &str) -> String {
@@ -640,6 +762,8 @@ mod tests {
             (Backend::Pasta, 3.0, 20.0),
             (Backend::Slirp, 1.0, 25.0),
             (Backend::Hostnet, 3.0, 15.0),
+            (Backend::Hostnetd, 3.0, 16.0),
+            (Backend::PasstVu, 1.0, 20.0),
         ] {
             r.push(1500, b, "tcp_up", up);
             r.push(1500, b, "rr_us", rr);
@@ -669,6 +793,21 @@ mod tests {
         assert_eq!(find("0.25x kernel"), Some(true));
         assert_eq!(find("round trip @1500"), Some(true));
         assert_eq!(find("UDP 64 B pps @1500"), None);
+        assert_eq!(find("hostnetd: TCP up @1500 >= 3x passt"), Some(true));
+        assert_eq!(
+            find("hostnetd: TCP up within 20 % of hostnet @1500"),
+            Some(true)
+        );
+        assert_eq!(
+            find("hostnetd: pinned round trip <= passt-vhost-user @1500"),
+            Some(true)
+        );
+        assert_eq!(find("hostnetd: CPU per GB, TCP up"), None);
+        assert_eq!(
+            r.ratio(1500, Backend::Hostnetd, "tcp_up", Backend::PasstVu),
+            Some(3.0)
+        );
+        assert!(r.table().contains("x passt-vhost-user"));
     }
 
     #[test]

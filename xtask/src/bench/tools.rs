@@ -114,3 +114,46 @@ pub(super) fn is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// Builds passt (with its vhost-user mode) from the peer source snapshot beside the workspace
+/// (`../shared/peers/passt/build.sh`, which prints the binary's path on its last line) into
+/// `out`. Never downloads anything: no snapshot or no compiler, and the backend is skipped.
+pub(super) fn build_passt(out: &Path) -> Result<std::path::PathBuf, String> {
+    let script = crate::root().join("../shared/peers/passt/build.sh");
+    if !script.is_file() {
+        return Err(format!(
+            "no passt source snapshot ({} is missing)",
+            script.display()
+        ));
+    }
+    eprintln!(
+        "bench: building passt: {} {}",
+        script.display(),
+        out.display()
+    );
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(format!(
+            "passt does not build ({}; needs cc and make): {last}",
+            o.status
+        ));
+    }
+    let path = std::path::PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} printed no passt binary path", script.display()))
+    }
+}

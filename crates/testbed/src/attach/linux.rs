@@ -29,6 +29,9 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let stats_requested = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&stats_requested))
         .context("installing the handler for SIGUSR1")?;
+    if let Some(socket) = &args.vhost_user {
+        return super::vhost::run(args, socket, &stop, &stats_requested);
+    }
     let guest_ns = open_netns(&args.guest_netns, "--guest-netns")?;
     let host_ns = match &args.host_netns {
         Some(h) => Some(open_netns(h, "--host-netns")?),

@@ -493,6 +493,10 @@ pub struct GuestStats {
     pub rx_gso: AtomicU64,
     /// RX frames written to the TAP straight from guest memory (offloads, adjacent buffers).
     pub rx_direct: AtomicU64,
+    /// RX frames the device marked `DATA_VALID` (checksum checked, none written: passt does
+    /// so with GUEST_CSUM) that the driver handed to the TAP as `NEEDS_CSUM` instead (the TAP
+    /// honours only that flag; see the `rx` module).
+    pub rx_data_valid: AtomicU64,
     /// RX frames the TAP refused (write error).
     pub rx_tap_drops: AtomicU64,
     /// Notifications sent to the device.
@@ -512,8 +516,8 @@ impl GuestStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
             "guest tx {} frames/{} B (gso {}, completed {}, ring full {}), rx {} frames/{} B \
-             (gso {}, merged {}, direct {}, tap drops {}), kicks {} (suppressed {}), device \
-             errors {}, tap read errors {}",
+             (gso {}, merged {}, direct {}, data_valid {}, tap drops {}), kicks {} (suppressed \
+             {}), device errors {}, tap read errors {}",
             g(&self.tx_frames),
             g(&self.tx_bytes),
             g(&self.tx_gso),
@@ -524,6 +528,7 @@ impl GuestStats {
             g(&self.rx_gso),
             g(&self.rx_merged),
             g(&self.rx_direct),
+            g(&self.rx_data_valid),
             g(&self.rx_tap_drops),
             g(&self.kicks),
             g(&self.kicks_suppressed),

@@ -1,6 +1,15 @@
 //! The RX half of the driver: queue 0 kept full of device-writable buffers, used buffers
 //! collected, `MRG_RXBUF` frames reassembled from `num_buffers`, and each frame written to the
 //! [`FrameIo`] (straight from guest memory when it can).
+//!
+//! `DATA_VALID`: with GUEST_CSUM a device may hand over a TCP or UDP frame flagged
+//! `VIRTIO_NET_HDR_F_DATA_VALID` and leave its checksum unwritten (passt's vhost-user mode
+//! does). A guest's virtio-net driver then skips the check (`CHECKSUM_UNNECESSARY`), but a TAP
+//! ignores that flag and the kernel drops the segment (`TcpInCsumErrors`). The driver turns
+//! such a frame into the equivalent the TAP does take: `NEEDS_CSUM` with `csum_start` and
+//! `csum_offset` of the TCP/UDP checksum field, which gets the pseudo-header sum — a partial
+//! checksum, as the kernel itself hands one over. Local delivery checks nothing (as with
+//! `DATA_VALID`), and a forward would complete it correctly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +126,12 @@ impl<F: FrameIo> RxDriver<F> {
                         continue;
                     }
                     self.gso = gso_type != 0;
+                    if self.vnet
+                        && hdr[0] & (HDR_F_NEEDS_CSUM | HDR_F_DATA_VALID) == HDR_F_DATA_VALID
+                        && self.data_valid_to_partial(id, len)?
+                    {
+                        self.stats.rx_data_valid.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 self.pending.push((id, len));
                 if self.pending.len() == self.expected {
@@ -201,6 +216,44 @@ impl<F: FrameIo> RxDriver<F> {
         Ok(())
     }
 
+    /// Rewrites the `DATA_VALID` frame starting in buffer `id` (`len` bytes used) as a
+    /// `NEEDS_CSUM` one (see the module docs) when it is TCP or UDP over IPv4 (not a
+    /// fragment) or IPv6 (no extension header) and its headers lie in this buffer; returns
+    /// whether it did.
+    fn data_valid_to_partial(&self, id: u16, len: u32) -> anyhow::Result<bool> {
+        let base = self.buf_addr(id);
+        let mut b = [0u8; NET_HDR_LEN + 14 + 40];
+        let n = (len as usize).min(b.len());
+        let Some(head) = b.get_mut(..n) else {
+            return Ok(false);
+        };
+        self.mem
+            .read_slice(head, GuestAddress(base))
+            .context("reading rx headers")?;
+        let Some(p) = pseudo_header(&b[NET_HDR_LEN..n]) else {
+            return Ok(false);
+        };
+        let field = NET_HDR_LEN + usize::from(p.csum_start) + usize::from(p.csum_offset);
+        if field + 2 > len as usize {
+            return Ok(false);
+        }
+        let mut hdr = [0u8; 6];
+        hdr[0] = HDR_F_NEEDS_CSUM;
+        // gso_type and hdr_len stay as they are (bytes 1..4); csum_start, csum_offset.
+        self.mem
+            .write_slice(&hdr[..1], GuestAddress(base))
+            .context("writing rx header")?;
+        hdr[2..4].copy_from_slice(&p.csum_start.to_le_bytes());
+        hdr[4..6].copy_from_slice(&p.csum_offset.to_le_bytes());
+        self.mem
+            .write_slice(&hdr[2..6], GuestAddress(base + 6))
+            .context("writing rx header")?;
+        self.mem
+            .write_slice(&p.sum.to_be_bytes(), GuestAddress(base + field as u64))
+            .context("writing the partial checksum")?;
+        Ok(true)
+    }
+
     /// Whether the buffers follow each other in guest memory with all but the last full, so
     /// that `[header][frame]` is one contiguous range.
     fn adjacent(&self, pending: &[(u16, u32)]) -> bool {
@@ -226,5 +279,121 @@ impl<F: FrameIo> RxDriver<F> {
     }
 }
 
+/// Where a frame's TCP/UDP checksum goes and its pseudo-header sum.
+#[derive(Debug, PartialEq, Eq)]
+struct Partial {
+    /// Offset of the TCP/UDP header in the Ethernet frame.
+    csum_start: u16,
+    /// Offset of its checksum field in that header (16 TCP, 6 UDP).
+    csum_offset: u16,
+    /// The pseudo-header sum, folded to 16 bits, not complemented (what a partial checksum
+    /// field holds).
+    sum: u16,
+}
+
+/// The [`Partial`] of an Ethernet `frame`'s TCP or UDP segment over IPv4 (not a fragment) or
+/// IPv6 (no extension header); `None` for anything else or when the headers are cut.
+fn pseudo_header(frame: &[u8]) -> Option<Partial> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let ip = frame.get(14..)?;
+    let be = |b: &[u8], i: usize| -> Option<u32> {
+        Some(u32::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?])))
+    };
+    let (l3_len, proto, l4_len, addrs) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let flags_frag = be(ip, 6)?;
+            if ip.first()? >> 4 != 4 || ihl < 20 || flags_frag & 0x3fff != 0 {
+                return None;
+            }
+            let total = be(ip, 2)?;
+            (
+                ihl,
+                *ip.get(9)?,
+                total.checked_sub(ihl as u32)?,
+                ip.get(12..20)?,
+            )
+        }
+        0x86dd => {
+            if ip.first()? >> 4 != 6 {
+                return None;
+            }
+            (40, *ip.get(6)?, be(ip, 4)?, ip.get(8..40)?)
+        }
+        _ => return None,
+    };
+    let csum_offset = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    let mut sum = u32::from(proto) + l4_len;
+    for pair in addrs.chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    Some(Partial {
+        csum_start: u16::try_from(14 + l3_len).ok()?,
+        csum_offset,
+        sum: u16::try_from(sum).ok()?,
+    })
+}
+
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
+const HDR_F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_F_DATA_VALID`.
+const HDR_F_DATA_VALID: u8 = 2;
+
 /// Buffers recycled before the RX driver republishes mid-batch.
 const RX_REFILL_BATCH: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_header_of_tcp_over_ipv4_and_udp_over_ipv6() {
+        // Ethernet, IPv4 (IHL 5, total 40, TCP), 198.18.0.2 -> 192.168.64.2.
+        let mut f = vec![0u8; 14 + 40];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&40u16.to_be_bytes());
+        f[23] = 6;
+        f[26..30].copy_from_slice(&[198, 18, 0, 2]);
+        f[30..34].copy_from_slice(&[192, 168, 64, 2]);
+        // 0xc612 + 0x0002 + 0xc0a8 + 0x4002 + 6 + 20 = 0x1c6d8 -> 0xc6d9
+        assert_eq!(
+            pseudo_header(&f),
+            Some(Partial {
+                csum_start: 34,
+                csum_offset: 16,
+                sum: 0xc6d9
+            })
+        );
+        // A fragment, or ICMP: left alone.
+        f[20] = 0x20;
+        assert_eq!(pseudo_header(&f), None);
+        f[20] = 0;
+        f[23] = 1;
+        assert_eq!(pseudo_header(&f), None);
+
+        let mut f = vec![0u8; 14 + 40];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&8u16.to_be_bytes());
+        f[20] = 17;
+        f[22..24].copy_from_slice(&[0x20, 0x01]); // 2001::
+        f[52..54].copy_from_slice(&[0x00, 0x01]); // ...::1
+        assert_eq!(
+            pseudo_header(&f),
+            Some(Partial {
+                csum_start: 54,
+                csum_offset: 6,
+                sum: 0x2001 + 1 + 17 + 8
+            })
+        );
+        assert_eq!(pseudo_header(&f[..30]), None);
+    }
+}

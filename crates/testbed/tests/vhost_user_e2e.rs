@@ -1,0 +1,327 @@
+//! `hostnet-lab attach --vhost-user SOCKET` against hostnetd: the simulated guest as a
+//! vhost-user frontend in another process than the device, on testbed's three namespaces
+//! (hostnetd and its TUN in H). Real programs are the traffic: busybox udhcpc, ping, curl
+//! (100 MiB each way, sha256 compared), dig through hostnetd's gateway to dnsmasq in S.
+//!
+//! Needs root, and the `hostnetd` binary beside `hostnet-lab` (`cargo test --workspace`, as
+//! `cargo xtask test` runs it, builds both; else set `HOSTNETD=path`). Programs: busybox,
+//! iputils-ping, curl, dnsmasq-base, dnsutils.
+
+#![cfg(target_os = "linux")]
+
+// This test uses a few of the shared helpers only.
+#[allow(dead_code)]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{GATEWAY, HOST_SERVER, Lab, Ns, SERVER, helper, hostnet_lab, require, sha256};
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn attach_vhost_user_to_hostnetd_gets_dhcp_ping_dns_and_moves_100mb_both_ways() {
+    require(&[
+        ("busybox", "busybox"),
+        ("ping", "iputils-ping"),
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("dig", "dnsutils"),
+    ]);
+    let mut lab = Lab::start_without_attach("vu");
+    let (_daemon, socket) = start_hostnetd(&mut lab);
+    let attach = start_attach(&mut lab, &socket, &[]);
+    let err = attach_stderr(&lab);
+    let negotiated = err
+        .lines()
+        .find(|l| l.contains("vhost-user backend negotiated"))
+        .unwrap_or_else(|| panic!("no negotiation line:\n{err}"));
+    for bit in [
+        "VERSION_1",
+        "MRG_RXBUF",
+        "HOST_TSO4",
+        "GUEST_TSO4",
+        "CONFIG",
+    ] {
+        assert!(
+            negotiated.contains(bit),
+            "{bit} not negotiated: {negotiated}"
+        );
+    }
+
+    // DHCP from hostnetd's gateway, through the vhost-user rings.
+    let lease = lab.udhcpc();
+    assert_eq!(lease.ip, bridge::defaults::DHCP_POOL_FIRST, "{lease:?}");
+    assert_eq!(lease.routers, vec![GATEWAY], "{lease:?}");
+    assert!(lease.dns.contains(&GATEWAY), "{lease:?}");
+
+    for addr in [GATEWAY, HOST_SERVER, SERVER] {
+        let p = lab.ping(Ns::G, addr, 5);
+        assert_eq!((p.transmitted, p.received), (5, 5), "ping {addr}");
+    }
+
+    // DNS: dig in G asks hostnetd's gateway, which forwards to dnsmasq in S.
+    lab.spawn_logged(
+        Ns::S,
+        "dnsmasq",
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--log-queries",
+            "--log-facility=-",
+            "--pid-file=",
+            "--user=nobody",
+            "--group=nogroup",
+            "--bind-interfaces",
+            &format!("--listen-address={SERVER}"),
+            "--address=/vu.test/198.18.7.7",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let o = lab.run(
+            Ns::G,
+            10,
+            &[
+                "dig",
+                &format!("@{GATEWAY}"),
+                "+notcp",
+                "+time=2",
+                "+tries=1",
+                "www.vu.test",
+                "A",
+            ],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if out.contains("198.18.7.7") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200)); // dnsmasq still starting
+    };
+    assert!(
+        answer.contains("status: NOERROR") && answer.contains("198.18.7.7"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!("SERVER: {GATEWAY}#53(")),
+        "{answer}"
+    );
+
+    // 100 MiB each way with curl, sha256 compared.
+    let src = lab.random_file("blob", HUNDRED_MB);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
+        Some("listening"),
+    );
+    let want = sha256(&src);
+    let up = curl(
+        &lab,
+        &[
+            "-T",
+            src.to_str().expect("utf-8"),
+            &format!("http://{SERVER}:8080/up.bin"),
+        ],
+    );
+    assert_eq!(
+        sha256(&lab.dir.join("up.bin")),
+        want,
+        "uploaded bytes differ"
+    );
+    let down_path = lab.dir.join("down.bin");
+    let down = curl(
+        &lab,
+        &[
+            "-o",
+            down_path.to_str().expect("utf-8"),
+            &format!("http://{SERVER}:8080/blob"),
+        ],
+    );
+    assert_eq!(sha256(&down_path), want, "downloaded bytes differ");
+    eprintln!("vhost-user: PUT 100 MiB {up:.2} s, GET {down:.2} s");
+
+    // A polite stop: status 0 and the guest's stats line, with TSO super-frames both ways.
+    let p = lab.proc(attach);
+    p.signal("TERM").expect("SIGTERM to attach");
+    let status = p
+        .wait_timeout(Duration::from_secs(5))
+        .expect("waiting for attach")
+        .expect("attach exits within 5 s of SIGTERM");
+    let err = attach_stderr(&lab);
+    assert!(status.success(), "attach exited {status:?}:\n{err}");
+    let stats = err
+        .lines()
+        .rfind(|l| l.starts_with("stats: guest tx"))
+        .unwrap_or_else(|| panic!("no guest stats line:\n{err}"));
+    let gso = |dir: &str| -> u64 {
+        stats
+            .split(dir)
+            .nth(1)
+            .and_then(|s| s.split("(gso ").nth(1))
+            .and_then(|s| s.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {dir}gso in {stats:?}"))
+    };
+    assert!(gso("tx ") > 0 && gso("rx ") > 0, "no super-frames: {stats}");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn attach_vhost_user_exits_2_when_the_backend_goes_away() {
+    require(&[("busybox", "busybox")]);
+    let mut lab = Lab::start_without_attach("vu-gone");
+    let (daemon, socket) = start_hostnetd(&mut lab);
+    let attach = start_attach(&mut lab, &socket, &["--no-offload"]);
+    assert!(
+        attach_stderr(&lab).contains("offloads=none"),
+        "{}",
+        attach_stderr(&lab)
+    );
+    let _lease = lab.udhcpc();
+    lab.proc(daemon).signal("KILL").expect("killing hostnetd");
+    let status = lab
+        .proc(attach)
+        .wait_timeout(Duration::from_secs(5))
+        .expect("waiting for attach")
+        .expect("attach exits within 5 s of losing its backend");
+    let err = attach_stderr(&lab);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("hostnet-lab: error: ")
+            && l.contains("vhost-user backend")
+            && l.contains("closed the connection")),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn attach_vhost_user_refuses_an_mtu_the_backend_does_not_report() {
+    let mut lab = Lab::start_without_attach("vu-mtu");
+    let (_daemon, socket) = start_hostnetd(&mut lab);
+    let sock = socket.to_str().expect("utf-8");
+    let guest = lab.ns(Ns::G).name().to_owned();
+    let o = lab.run(
+        Ns::H,
+        20,
+        &[
+            hostnet_lab().to_str().expect("utf-8"),
+            "attach",
+            "--guest-netns",
+            &guest,
+            "--mtu",
+            "9000",
+            "--vhost-user",
+            sock,
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the backend reports MTU 1500, asked for 9000"),
+        "{err}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// Starts hostnetd in H (`--dns-upstream` the server) on a socket in the scratch folder and
+/// waits for its ready line; returns its process index and the socket.
+fn start_hostnetd(lab: &mut Lab) -> (usize, PathBuf) {
+    let socket = lab.dir.join("hostnetd.sock");
+    // hostnetd routes nothing itself (attach in-process turns forwarding on in H).
+    lab.ns(Ns::H)
+        .sysctl("net.ipv4.ip_forward", "1")
+        .expect("ip_forward in H");
+    let bin = hostnetd();
+    let idx = lab.spawn_logged(
+        Ns::H,
+        "hostnetd",
+        &[
+            bin.to_str().expect("utf-8"),
+            "--socket",
+            socket.to_str().expect("utf-8"),
+            "--dns-upstream",
+            &SERVER.to_string(),
+        ],
+    );
+    common::wait_file_contains(&lab.dir.join("hostnetd.out"), "ready ", 15);
+    (idx, socket)
+}
+
+/// Starts `hostnet-lab attach --guest-netns G --host-netns H --vhost-user SOCKET <extra>` in
+/// H, waits for its ready line (the vhost-user form) and returns its process index.
+fn start_attach(lab: &mut Lab, socket: &Path, extra: &[&str]) -> usize {
+    let lab_bin = hostnet_lab();
+    let (g, h) = (
+        lab.ns(Ns::G).name().to_owned(),
+        lab.ns(Ns::H).name().to_owned(),
+    );
+    let mut argv = vec![
+        lab_bin.to_str().expect("utf-8"),
+        "attach",
+        "--guest-netns",
+        &g,
+        "--host-netns",
+        &h,
+        "--vhost-user",
+        socket.to_str().expect("utf-8"),
+    ];
+    argv.extend_from_slice(extra);
+    let idx = lab.spawn_logged(Ns::H, "attach", &argv);
+    let out = common::wait_file_contains(&lab.dir.join("attach.out"), "\n", 15);
+    assert_eq!(
+        out,
+        "ready external=- tun=- gateway=-\n",
+        "{}",
+        attach_stderr(lab)
+    );
+    idx
+}
+
+fn attach_stderr(lab: &Lab) -> String {
+    std::fs::read_to_string(lab.dir.join("attach.err")).unwrap_or_default()
+}
+
+/// The hostnetd binary: `$HOSTNETD`, else the one beside `hostnet-lab`.
+fn hostnetd() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOSTNETD") {
+        return PathBuf::from(p);
+    }
+    let p = hostnet_lab().with_file_name("hostnetd");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it (`cargo build -p hostnetd`, or run the workspace's tests) \
+         or set HOSTNETD",
+        p.display()
+    );
+    p
+}
+
+/// Runs curl in G (failing on HTTP errors) and returns the transfer time in seconds.
+fn curl(lab: &Lab, args: &[&str]) -> f64 {
+    let mut argv = vec![
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        "120",
+        "-w",
+        "%{time_total}\n",
+    ];
+    argv.extend_from_slice(args);
+    let out = lab.ok(Ns::G, 130, &argv);
+    out.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no time_total in curl output {out:?}"))
+}
+
+const HUNDRED_MB: u64 = 100 * 1024 * 1024;
