@@ -178,10 +178,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use core::time::Duration;
 
 mod batch;
+mod family;
 mod flows;
 mod fragments;
 mod hairpin;
@@ -395,6 +396,13 @@ pub struct NatConfig {
     pub internal_prefix_len: u8,
     /// The external address packets leave with.
     pub external_addr: Ipv4Addr,
+    /// The internal IPv6 network (guest side) of NAT66; default `fd64::`.
+    pub internal_net6: Ipv6Addr,
+    /// Prefix length of the internal IPv6 network; default 64.
+    pub internal_prefix_len6: u8,
+    /// The external IPv6 address NAT66 packets leave with; default
+    /// `fd64:ffff::2`.
+    pub external_addr6: Ipv6Addr,
     /// External ports handed out for mappings of non-well-known source ports.
     pub port_range: core::ops::RangeInclusive<u16>,
     /// Inbound filtering.
@@ -564,6 +572,9 @@ impl Default for NatConfig {
             internal_net: Ipv4Addr::new(192, 168, 64, 0),
             internal_prefix_len: 24,
             external_addr: Ipv4Addr::new(100, 64, 0, 2),
+            internal_net6: Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0),
+            internal_prefix_len6: 64,
+            external_addr6: Ipv6Addr::new(0xfd64, 0xffff, 0, 0, 0, 0, 0, 2),
             port_range: 1024..=65535,
             filtering: Filtering::default(),
             timeouts: Timeouts::default(),
