@@ -171,9 +171,8 @@ pub(crate) trait Family:
     /// A mask of `len` leading one bits (the caller checked `len` fits).
     fn mask(len: u8) -> Self::Addr;
     /// The datagram of a first fragment (more-fragments set, offset 0), read
-    /// before validation: the path validates the header itself. IPv6:
-    /// always `None` (fragment headers are not walked yet: such a packet
-    /// is classified as an unsupported protocol).
+    /// before validation: the path validates the header itself (IPv6: the
+    /// extension headers walked, only for a packet that has some).
     fn first_fragment(p: &[u8]) -> Option<DatagramId<Self::Addr>>;
     /// Bits in an address.
     const BITS: u8;
@@ -393,19 +392,28 @@ impl Family for V6 {
 
     fn parse_quoted(p: &[u8], at: usize, end: usize) -> Option<IpHeader<u128>> {
         use ipv6::field;
-        let l4 = at + ipv6::HEADER_LEN;
-        if end < l4 + Self::ERROR_QUOTED_DATA_LEN || get8(p, at) >> 4 != 6 {
+        let q = p.get(at..end)?;
+        if q.len() < ipv6::HEADER_LEN || get8(q, 0) >> 4 != 6 {
             return None;
         }
-        Some(IpHeader {
+        let mut h = IpHeader {
             header_len: ipv6::HEADER_LEN,
-            total_len: end - at,
-            protocol: get8(p, at + field::NEXT_HEADER),
-            src_addr: Self::read_addr(p, at + field::SRC_ADDR.start),
-            dst_addr: Self::read_addr(p, at + field::DST_ADDR.start),
+            total_len: q.len(),
+            protocol: get8(q, field::NEXT_HEADER),
+            src_addr: Self::read_addr(q, field::SRC_ADDR.start),
+            dst_addr: Self::read_addr(q, field::DST_ADDR.start),
             flags_fragment: 0,
             ident: 0,
-        })
+        };
+        if crate::packet::is_extension(h.protocol) {
+            crate::packet::walk_extensions(q, &mut h).ok()?;
+        }
+        if q.len() < h.header_len + Self::ERROR_QUOTED_DATA_LEN
+            || h.flags_fragment & ipv4::FRAGMENT_OFFSET != 0
+        {
+            return None;
+        }
+        Some(h)
     }
 
     fn rewrite_quoted(
@@ -444,8 +452,12 @@ impl Family for V6 {
 
     const BITS: u8 = 128;
     #[inline(always)]
-    fn first_fragment(_p: &[u8]) -> Option<DatagramId<u128>> {
-        None
+    fn first_fragment(p: &[u8]) -> Option<DatagramId<u128>> {
+        // Only a packet with extension headers can be a fragment.
+        if !crate::packet::is_extension(get8(p, ipv6::field::NEXT_HEADER)) {
+            return None;
+        }
+        first_fragment6(p)
     }
     fn config_addrs(c: &crate::NatConfig) -> (u128, u8, u128) {
         (
@@ -461,4 +473,17 @@ impl Family for V6 {
             u128::MAX << (128 - u32::from(len.min(128)))
         }
     }
+}
+
+/// [`V6::first_fragment`] of a packet with extension headers.
+#[cold]
+fn first_fragment6(p: &[u8]) -> Option<DatagramId<u128>> {
+    let h = crate::packet::parse6(p).ok()?;
+    (h.flags_fragment & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) == ipv4::MORE_FRAGMENTS)
+        .then_some(DatagramId {
+            ip_protocol: h.protocol,
+            ident: h.ident,
+            src_addr: h.src_addr,
+            dst_addr: h.dst_addr,
+        })
 }

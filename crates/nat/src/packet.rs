@@ -234,8 +234,16 @@ pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
 }
 
 /// Validates the IPv6 header of `p`: version, a payload length within the
-/// buffer (no jumbograms). Extension headers are not walked: a packet whose
-/// next header is not TCP, UDP or ICMPv6 is classified as unsupported.
+/// buffer (no jumbograms), and walks the extension headers (RFC 8200
+/// section 4): hop-by-hop and destination options are stepped over, a
+/// routing header too when no segments are left (else the pseudo-header's
+/// destination is the last segment's, which the NAT does not translate:
+/// [`DropReason::UnsupportedProtocol`]), and a fragment header is read
+/// into the IPv4 fields (`flags_fragment` with IPv4's bits, the 32-bit
+/// identification), so that fragments go the IPv4 way. `header_len` is
+/// then the transport header's offset and `protocol` its protocol. After
+/// `MAX_EXTENSION_HEADERS` headers, `protocol` stays an extension header
+/// (classified as unsupported).
 #[inline(always)]
 pub(crate) fn parse6(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
     use ipv6::field;
@@ -249,7 +257,7 @@ pub(crate) fn parse6(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
     if total_len > p.len() {
         return Err(DropReason::Malformed);
     }
-    Ok(IpHeader {
+    let mut header = IpHeader {
         header_len: ipv6::HEADER_LEN,
         total_len,
         protocol: h[field::NEXT_HEADER],
@@ -257,7 +265,57 @@ pub(crate) fn parse6(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
         dst_addr: V6::read_addr(h, field::DST_ADDR.start),
         flags_fragment: 0,
         ident: 0,
-    })
+    };
+    if is_extension(header.protocol) {
+        walk_extensions(p, &mut header)?;
+    }
+    Ok(header)
+}
+
+/// Whether IPv6 next header `n` is an extension header the NAT walks.
+#[inline(always)]
+pub(crate) fn is_extension(n: u8) -> bool {
+    matches!(
+        n,
+        ip_proto::HOP_BY_HOP | ip_proto::IPV6_ROUTE | ip_proto::IPV6_OPTS | ip_proto::IPV6_FRAG
+    )
+}
+
+/// Steps over the extension headers of `p` (see [`parse6`]).
+#[cold]
+pub(crate) fn walk_extensions(p: &[u8], h: &mut IpHeader<u128>) -> Result<(), DropReason> {
+    use ipv6::field;
+    let mut at = h.header_len;
+    for _ in 0..ipv6::MAX_EXTENSION_HEADERS {
+        let len = match h.protocol {
+            ip_proto::HOP_BY_HOP | ip_proto::IPV6_OPTS => {
+                (usize::from(get8(p, at + field::EXT_LENGTH)) + 1) * 8
+            }
+            ip_proto::IPV6_ROUTE => {
+                // Segments left: the fourth byte of every routing header.
+                if get8(p, at + 3) != 0 {
+                    return Err(DropReason::UnsupportedProtocol);
+                }
+                (usize::from(get8(p, at + field::EXT_LENGTH)) + 1) * 8
+            }
+            ip_proto::IPV6_FRAG => {
+                // Offset in 8-byte units in the top 13 bits, M in bit 0: as
+                // IPv4's flags and offset once shifted.
+                let v = get16(p, at + field::FRAGMENT_OFFSET_MORE.start);
+                h.flags_fragment = (v >> 3) | if v & 1 != 0 { ipv4::MORE_FRAGMENTS } else { 0 };
+                h.ident = get32(p, at + 4);
+                8
+            }
+            _ => break,
+        };
+        if at + len > h.total_len {
+            return Err(DropReason::Malformed);
+        }
+        h.protocol = get8(p, at + field::EXT_NEXT_HEADER);
+        at += len;
+        h.header_len = at;
+    }
+    Ok(())
 }
 
 /// Rewrites addresses and ports from `old` to `new`, fixing the IPv4 header

@@ -754,6 +754,20 @@ pub fn checksums6_ok(packet: &[u8]) -> bool {
     true
 }
 
+/// Whether `packet` parses as IPv6 with etherparse (extension headers
+/// walked, payload length within the buffer).
+pub fn parses6(packet: &[u8]) -> bool {
+    etherparse::Ipv6Slice::from_slice(packet).is_ok()
+}
+
+/// The length an IPv6 packet declares (header and payload length).
+pub fn declared_len6(packet: &[u8]) -> usize {
+    match packet.get(ipv6::field::PAYLOAD_LENGTH) {
+        Some(&[a, b]) => ipv6::HEADER_LEN + usize::from(u16::from_be_bytes([a, b])),
+        _ => packet.len(),
+    }
+}
+
 /// Turns a whole TCP or UDP IPv6 packet into a partial-checksum one (the
 /// folded pseudo-header sum in its checksum field, as Linux's
 /// CHECKSUM_PARTIAL). Returns `false` (unchanged) if it is not one.
@@ -819,4 +833,92 @@ pub fn warmed6(flows: usize) -> Warmed {
         inbound,
         now,
     }
+}
+
+/// `packet` (IPv6, no extension headers) with an 8-byte extension header
+/// of type `ext` (hop-by-hop 0 or destination options 60: a PadN option;
+/// routing 43: type 0 with no segments left) before its transport header.
+pub fn with_extension6(packet: &[u8], ext: u8) -> Vec<u8> {
+    let mut v = packet.to_vec();
+    if v.len() < ipv6::HEADER_LEN {
+        return v;
+    }
+    let next = v[ipv6::field::NEXT_HEADER];
+    let hdr = if ext == ip_proto::IPV6_ROUTE {
+        [next, 0, 0, 0, 0, 0, 0, 0]
+    } else {
+        [next, 0, 1, 4, 0, 0, 0, 0]
+    };
+    v.splice(ipv6::HEADER_LEN..ipv6::HEADER_LEN, hdr);
+    v[ipv6::field::NEXT_HEADER] = ext;
+    let len = (v.len() - ipv6::HEADER_LEN) as u16;
+    v[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&len.to_be_bytes());
+    v
+}
+
+/// `packet` (IPv6) without its extension headers (hop-by-hop, routing,
+/// destination options, fragment): what the transport checksum is checked
+/// on with [`checksums6_ok`] (which counts all bytes after the fixed header
+/// as the transport message).
+pub fn strip_extensions6(packet: &[u8]) -> Vec<u8> {
+    let mut v = packet.to_vec();
+    while v.len() >= ipv6::HEADER_LEN + 8 && matches!(v[ipv6::field::NEXT_HEADER], 0 | 43 | 44 | 60)
+    {
+        let ext = v[ipv6::field::NEXT_HEADER];
+        let at = ipv6::HEADER_LEN;
+        let len = if ext == ip_proto::IPV6_FRAG {
+            8
+        } else {
+            (usize::from(v[at + 1]) + 1) * 8
+        };
+        v[ipv6::field::NEXT_HEADER] = v[at];
+        v.drain(at..(at + len).min(v.len()));
+        let l = (v.len() - ipv6::HEADER_LEN) as u16;
+        v[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&l.to_be_bytes());
+    }
+    v
+}
+
+/// Splits an IPv6 packet (no extension headers) into fragments of at most
+/// `chunk` payload bytes (rounded down to a multiple of 8), each with a
+/// fragment header of identification `ident` (RFC 8200 section 4.5).
+pub fn fragment6(packet: &[u8], chunk: usize, ident: u32) -> Vec<Vec<u8>> {
+    let chunk = (chunk / 8).max(1) * 8;
+    let (hdr, payload) = packet.split_at(ipv6::HEADER_LEN.min(packet.len()));
+    let next = hdr.get(ipv6::field::NEXT_HEADER).copied().unwrap_or(0);
+    let n = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut f = hdr.to_vec();
+            f[ipv6::field::NEXT_HEADER] = ip_proto::IPV6_FRAG;
+            let off_m = (((i * chunk) / 8) as u16) << 3 | u16::from(i + 1 < n);
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&off_m.to_be_bytes());
+            f.extend_from_slice(&ident.to_be_bytes());
+            f.extend_from_slice(part);
+            let l = (f.len() - ipv6::HEADER_LEN) as u16;
+            f[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&l.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
+/// Reassembles IPv6 fragments made by [`fragment6`] (in offset order) into
+/// a whole packet.
+pub fn reassemble6(fragments: &[Vec<u8>]) -> Vec<u8> {
+    let Some(first) = fragments.first() else {
+        return Vec::new();
+    };
+    let mut v = first.get(..ipv6::HEADER_LEN).unwrap_or(&[]).to_vec();
+    if let Some(n) = first.get(ipv6::HEADER_LEN) {
+        v[ipv6::field::NEXT_HEADER] = *n;
+    }
+    for f in fragments {
+        v.extend_from_slice(f.get(ipv6::HEADER_LEN + 8..).unwrap_or(&[]));
+    }
+    let l = (v.len() - ipv6::HEADER_LEN) as u16;
+    v[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&l.to_be_bytes());
+    v
 }

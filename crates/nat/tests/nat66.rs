@@ -339,24 +339,96 @@ fn icmpv6_errors_are_translated_both_ways_with_their_quoted_headers() {
 }
 
 #[test]
-fn nat66_extension_headers_are_counted_as_unsupported() {
+fn nat66_extension_headers_are_walked() {
     let mut nat = testing::nat();
-    let mut p = testing::udp6(sa6(GUEST6, 5000), sa6(SERVER6, 53), b"12345678");
-    // Turn it into hop-by-hop options (next header 0) carrying UDP: the
-    // NAT does not walk extension headers yet.
-    p[6] = 0;
+    let (g, s) = (sa6(GUEST6, 5000), sa6(SERVER6, 53));
+    for ext in [0u8, 60, 43] {
+        let mut p = testing::with_extension6(&testing::udp6(g, s, b"12345678"), ext);
+        assert_eq!(
+            nat.outbound(&mut p, Instant::ZERO),
+            Verdict::Forward,
+            "{ext}"
+        );
+        let bare = testing::strip_extensions6(&p);
+        assert_eq!(testing::src6(&bare), sa6(EXTERNAL6, 5000));
+        assert!(testing::checksums6_ok(&bare), "{ext}");
+        let mut r = testing::with_extension6(&testing::udp6(s, sa6(EXTERNAL6, 5000), b"x"), ext);
+        assert_eq!(
+            nat.inbound(&mut r, Instant::ZERO),
+            Verdict::Forward,
+            "{ext}"
+        );
+        let bare = testing::strip_extensions6(&r);
+        assert_eq!(testing::dst6(&bare), g);
+        assert!(testing::checksums6_ok(&bare), "{ext}");
+    }
+    // A routing header with segments left: the checksum's destination is
+    // the last segment, which the NAT does not translate.
+    let mut p = testing::with_extension6(&testing::udp6(g, s, b""), 43);
+    p[40 + 3] = 1;
     let before = p.clone();
     assert_eq!(
         nat.outbound(&mut p, Instant::ZERO),
         Verdict::Drop(DropReason::UnsupportedProtocol)
     );
     assert_eq!(p, before);
-    // A fragment header likewise.
-    p[6] = 44;
+    // An extension header running past the packet.
+    let mut p = testing::with_extension6(&testing::udp6(g, s, b""), 0);
+    p[41] = 9;
     assert_eq!(
         nat.outbound(&mut p, Instant::ZERO),
-        Verdict::Drop(DropReason::UnsupportedProtocol)
+        Verdict::Drop(DropReason::Malformed)
     );
+    // Other next headers (ESP, no next header) are unsupported.
+    for next in [50u8, 59] {
+        let mut p = testing::udp6(g, s, b"");
+        p[6] = next;
+        assert_eq!(
+            nat.outbound(&mut p, Instant::ZERO),
+            Verdict::Drop(DropReason::UnsupportedProtocol)
+        );
+    }
+}
+
+#[test]
+fn nat66_fragments_are_translated_like_ipv4_fragments_in_and_out_of_order() {
+    let mut nat = testing::nat();
+    let (g, s) = (sa6(GUEST6, 5000), sa6(SERVER6, 53));
+    let whole = testing::udp6(g, s, &[9u8; 100]);
+    // In order, outbound.
+    let mut frags = testing::fragment6(&whole, 40, 77);
+    assert_eq!(frags.len(), 3);
+    for f in &mut frags {
+        assert_eq!(nat.outbound(f, Instant::ZERO), Verdict::Forward);
+    }
+    let out = testing::reassemble6(&frags);
+    assert_eq!(testing::src6(&out), sa6(EXTERNAL6, 5000));
+    assert!(testing::checksums6_ok(&out));
+    assert!(frags.iter().all(|f| testing::src6(f).ip() == &EXTERNAL6));
+    // Out of order, inbound: the later fragments are held until the first
+    // comes, then released translated.
+    let reply = testing::udp6(s, sa6(EXTERNAL6, 5000), &[5u8; 100]);
+    let mut frags = testing::fragment6(&reply, 40, 78);
+    assert_eq!(nat.inbound(&mut frags[2], Instant::ZERO), Verdict::Held);
+    assert_eq!(nat.inbound(&mut frags[1], Instant::ZERO), Verdict::Held);
+    assert_eq!(nat.held_fragments(), (2, frags[1].len() + frags[2].len()));
+    assert_eq!(nat.inbound(&mut frags[0], Instant::ZERO), Verdict::Forward);
+    let mut buf = [0u8; 1500];
+    let mut released = Vec::new();
+    while let Some(r) = nat.poll_released(nat::Direction::Inbound, &mut buf) {
+        assert_eq!(r.verdict, Verdict::Forward);
+        released.push(buf[..r.len].to_vec());
+    }
+    assert_eq!(released.len(), 2);
+    // Released in the order they were held: 2, then 1.
+    let back = testing::reassemble6(&[frags[0].clone(), released[1].clone(), released[0].clone()]);
+    assert_eq!(testing::dst6(&back), g);
+    assert!(testing::checksums6_ok(&back));
+    // A later fragment whose first never comes expires and is counted.
+    let mut lone = testing::fragment6(&reply, 40, 79);
+    assert_eq!(nat.inbound(&mut lone[1], Instant::ZERO), Verdict::Held);
+    let _ = nat.expire(Instant::from_secs(31), 16);
+    assert_eq!(drops(&nat, DropReason::Fragment), 1);
 }
 
 #[test]
