@@ -283,6 +283,7 @@ pub(crate) fn is_extension(n: u8) -> bool {
 
 /// Steps over the extension headers of `p` (see [`parse6`]).
 #[cold]
+#[inline(never)]
 pub(crate) fn walk_extensions(p: &[u8], h: &mut IpHeader<u128>) -> Result<(), DropReason> {
     use ipv6::field;
     let mut at = h.header_len;
