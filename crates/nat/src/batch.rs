@@ -107,14 +107,19 @@ impl Nat {
             .zip(verdicts.chunks_mut(PREFETCH))
             .enumerate()
         {
-            if ahead4 || ahead6 {
+            if ahead4 && !ahead6 {
+                // IPv4 only (an IPv6 packet read as IPv4 costs a useless read).
+                let mut acc = 0u64;
+                for p in ps.iter_mut() {
+                    acc ^= self.v4.peek(p.as_mut(), direction);
+                }
+                core::hint::black_box(acc);
+            } else if ahead6 {
                 let mut acc = 0u64;
                 for p in ps.iter_mut() {
                     let p = p.as_mut();
                     if is_v6(p) {
-                        if ahead6 {
-                            acc ^= self.v6.peek(p, direction);
-                        }
+                        acc ^= self.v6.peek(p, direction);
                     } else if ahead4 {
                         acc ^= self.v4.peek(p, direction);
                     }
