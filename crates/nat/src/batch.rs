@@ -3,7 +3,7 @@
 //! The reads take the packet as it is, without validation: a wrong guess
 //! only costs a useless read.
 
-use crate::family::{Family, V4, V6};
+use crate::family::Family;
 use crate::packet::{get8, get16};
 use crate::ports::Ports;
 use crate::table::{Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -160,7 +160,3 @@ impl<F: Family> Engine<F> {
         self.table.flows.peek(hash)
     }
 }
-
-/// The families a batch may hold.
-#[allow(dead_code)]
-const _: (V4, V6) = (V4, V6);

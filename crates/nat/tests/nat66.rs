@@ -479,3 +479,48 @@ fn nat66_config_is_validated() {
     assert_eq!(c.internal_prefix_len6, 64);
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn nat66_redirect_sends_to_the_target_and_replies_look_like_the_original() {
+    let mut nat = testing::nat();
+    let gateway: Ipv6Addr = "fd64::1".parse().unwrap();
+    let upstream = sa6(SERVER6, 53);
+    nat.add_redirect6(Protocol::Udp, sa6(gateway, 53), upstream)
+        .unwrap();
+    let g = sa6(GUEST6, 5353);
+    let mut q = testing::udp6(g, sa6(gateway, 53), b"q");
+    assert_eq!(nat.outbound(&mut q, Instant::ZERO), Verdict::Forward);
+    assert_eq!(testing::dst6(&q), upstream);
+    assert_eq!(*testing::src6(&q).ip(), EXTERNAL6);
+    assert!(testing::checksums6_ok(&q));
+    let mut a = testing::udp6(upstream, testing::src6(&q), b"a");
+    assert_eq!(nat.inbound(&mut a, Instant::ZERO), Verdict::Forward);
+    assert_eq!(testing::src6(&a), sa6(gateway, 53));
+    assert_eq!(testing::dst6(&a), g);
+    assert!(testing::checksums6_ok(&a));
+    assert!(nat.remove_redirect6(Protocol::Udp, sa6(gateway, 53)));
+    // A target inside the guest prefix is refused.
+    assert!(
+        nat.add_redirect6(Protocol::Udp, sa6(gateway, 53), sa6(GUEST6_2, 53))
+            .is_err()
+    );
+}
+
+#[test]
+fn nat66_echo_to_the_external_address_hairpins_through_a_live_echo_mapping() {
+    let mut nat = testing::nat();
+    let mut a = testing::echo_request6(GUEST6, SERVER6, 7, 1, b"");
+    assert_eq!(nat.outbound(&mut a, Instant::ZERO), Verdict::Forward);
+    let ext_id = testing::src6(&a).port();
+    // Another guest pings the external address with that identifier.
+    let mut b = testing::echo_request6(GUEST6_2, EXTERNAL6, ext_id, 1, b"x");
+    assert_eq!(nat.outbound(&mut b, Instant::ZERO), Verdict::Hairpin);
+    assert_eq!(*testing::dst6(&b).ip(), GUEST6);
+    assert_eq!(*testing::src6(&b).ip(), EXTERNAL6);
+    assert!(testing::checksums6_ok(&b));
+    // Its reply loops back to the sender with the sender's identifier.
+    let mut r = testing::echo_reply6(GUEST6, EXTERNAL6, 7, 1, b"x");
+    assert_eq!(nat.outbound(&mut r, Instant::ZERO), Verdict::Hairpin);
+    assert_eq!(testing::dst6(&r), sa6(GUEST6_2, ext_id));
+    assert!(testing::checksums6_ok(&r));
+}
