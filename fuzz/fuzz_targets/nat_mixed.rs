@@ -112,8 +112,14 @@ fuzz_target!(|data: &[u8]| {
         // Each family has its own table and caps.
         assert!(nat.len() <= 2 * nat.config().max_flows);
         let (held, bytes) = nat.held_fragments();
-        assert!(held <= nat.config().max_held_fragments);
-        assert!(bytes <= nat.config().max_held_bytes);
+        // Per direction and per address family.
+        assert!(held <= 4 * nat.config().max_held_fragments);
+        assert!(bytes <= 4 * nat.config().max_held_bytes);
+        for d in [Direction::Outbound, Direction::Inbound] {
+            let (held, bytes) = nat.held_fragments_of(d);
+            assert!(held <= 2 * nat.config().max_held_fragments);
+            assert!(bytes <= 2 * nat.config().max_held_bytes);
+        }
     }
 });
 

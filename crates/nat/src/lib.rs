@@ -60,7 +60,8 @@
 //!   `max_inbound_flows` flows created from outside (through port forwards,
 //!   `max_inbound_flows_per_forward` per forward); `max_fragments`
 //!   fragmented datagrams; `max_held_fragments` and `max_held_bytes` held
-//!   fragments per direction. When full, new flows are refused and counted
+//!   fragments per direction, each address family with its own table and
+//!   pools under these caps. When full, new flows are refused and counted
 //!   while existing ones keep working (a flow from outside may instead evict
 //!   an unconfirmed one, see below).
 //! - **No allocation per packet** on the established-flow path; new flows
