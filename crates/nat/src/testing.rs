@@ -729,7 +729,7 @@ fn pseudo6(packet: &[u8]) -> Option<u64> {
 /// Whether the TCP, UDP or ICMPv6 checksum of an IPv6 packet (no extension
 /// headers, payload length = the rest of the buffer) equals a full
 /// recompute, and, for an ICMPv6 error whose quoted packet is complete, the
-/// quoted TCP/UDP checksum too.
+/// quoted TCP/UDP checksum too (when it has no extension headers).
 pub fn checksums6_ok(packet: &[u8]) -> bool {
     let Some(pseudo) = pseudo6(packet) else {
         return false;
@@ -747,7 +747,10 @@ pub fn checksums6_ok(packet: &[u8]) -> bool {
         && let Some(q) = l4.get(8..)
         && q.len() >= ipv6::HEADER_LEN
         && usize::from(u16::from_be_bytes([q[4], q[5]])) + ipv6::HEADER_LEN == q.len()
-        && q.get(ipv6::field::NEXT_HEADER) != Some(&ip_proto::ICMPV6)
+        && matches!(
+            q.get(ipv6::field::NEXT_HEADER),
+            Some(&(ip_proto::TCP | ip_proto::UDP))
+        )
     {
         return checksums6_ok(q);
     }

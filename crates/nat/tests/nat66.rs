@@ -524,3 +524,21 @@ fn nat66_echo_to_the_external_address_hairpins_through_a_live_echo_mapping() {
     assert_eq!(testing::dst6(&r), sa6(GUEST6_2, ext_id));
     assert!(testing::checksums6_ok(&r));
 }
+
+#[test]
+fn icmpv6_errors_quoting_packets_with_extension_headers_are_translated() {
+    let mut nat = testing::nat();
+    let (g, s) = (sa6(GUEST6, 5000), sa6(SERVER6, 33434));
+    let router: Ipv6Addr = "2001:db8:ffff::1".parse().unwrap();
+    let mut p = testing::with_extension6(&testing::udp6(g, s, &[1u8; 16]), 60);
+    assert_eq!(nat.outbound(&mut p, Instant::ZERO), Verdict::Forward);
+    let mut e = testing::icmp_error6(router, EXTERNAL6, 3, 0, [0; 4], &p);
+    assert_eq!(nat.inbound(&mut e, Instant::ZERO), Verdict::Forward);
+    assert_eq!(*testing::dst6(&e).ip(), GUEST6);
+    assert!(testing::checksums6_ok(&e));
+    // The quote, extension header stepped over, names the guest again.
+    let quote = testing::strip_extensions6(&e[48..]);
+    assert_eq!(testing::src6(&quote), g);
+    assert_eq!(testing::dst6(&quote), s);
+    assert!(testing::checksums6_ok(&quote));
+}
