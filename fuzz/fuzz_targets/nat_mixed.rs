@@ -1,6 +1,7 @@
 //! Arbitrary bytes into `Nat::outbound_with` / `Nat::inbound_with` (and
 //! `expire`, `poll_released`): never a panic, and every forwarded or
-//! released packet still parses as IPv4 with a correct header checksum; a
+//! released packet still parses as IPv4 with a correct header checksum (or,
+//! through NAT66, as IPv6: a packet whose version nibble is 6); a
 //! transport checksum valid before stays valid; a partial checksum (the
 //! pseudo-header sum) stays the pseudo-header sum of the new addresses; a
 //! held packet's buffer is left alone; held fragments stay within their caps.
@@ -12,10 +13,10 @@
 //! one, the rest advances time.
 #![no_main]
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv6Addr, SocketAddrV4};
 
 use libfuzzer_sys::fuzz_target;
-use nat::testing::{self, GUEST, GUEST2, SERVER, TcpFlags};
+use nat::testing::{self, GUEST, GUEST2, GUEST6, SERVER, SERVER6, TcpFlags, sa6};
 use nat::{
     Direction, Filtering, Instant, L4Checksum, Nat, NatConfig, PortForward, Protocol, Redirect,
     Verdict,
@@ -35,16 +36,31 @@ fuzz_target!(|data: &[u8]| {
             nat.expire(t, 8);
         }
         let mut p = pkt.to_vec();
+        let v6 = p.first().is_some_and(|b| b >> 4 == 6);
         let whole_before = p
             .get(6..8)
             .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) & 0x3fff == 0);
-        let partial = ctl & 4 != 0 && whole_before && testing::make_partial(&mut p);
+        // Bytes past the IPv4 total length (IPv6: header and payload length)
+        // are padding, not part of the packet.
+        let declared = if v6 {
+            testing::declared_len6(&p)
+        } else {
+            p.get(2..4)
+                .map_or(p.len(), |b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        };
+        let partial = ctl & 4 != 0
+            && if v6 {
+                declared == p.len() && testing::make_partial6(&mut p)
+            } else {
+                whole_before && testing::make_partial(&mut p)
+            };
         let original = p.clone();
-        // Bytes past the IPv4 total length are padding, not part of the packet.
-        let declared = p
-            .get(2..4)
-            .map_or(p.len(), |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-        let transport_ok = !partial && testing::transport_checksum_ok(&p[..declared.min(p.len())]);
+        let transport_ok = !partial
+            && if v6 {
+                declared == p.len() && testing::checksums6_ok(&p)
+            } else {
+                testing::transport_checksum_ok(&p[..declared.min(p.len())])
+            };
         let l4 = if partial {
             L4Checksum::Partial
         } else {
@@ -56,6 +72,19 @@ fuzz_target!(|data: &[u8]| {
             nat.inbound_with(&mut p, t, l4)
         };
         match v {
+            Verdict::Forward | Verdict::Hairpin if v6 => {
+                assert!(testing::parses6(&p), "forwarded packet does not parse: {p:02x?}");
+                if transport_ok {
+                    assert!(testing::checksums6_ok(&p), "checksum broken: {p:02x?}");
+                }
+                if partial {
+                    // Completed in software, it is right: the field held the
+                    // pseudo-header sum of the new addresses.
+                    let mut done = p.clone();
+                    assert!(nat::complete_l4_checksum(&mut done));
+                    assert!(testing::checksums6_ok(&done), "partial checksum wrong: {p:02x?}");
+                }
+            }
             Verdict::Forward | Verdict::Hairpin => {
                 check_forwarded(&p, transport_ok);
                 if partial {
@@ -80,10 +109,17 @@ fuzz_target!(|data: &[u8]| {
                 check_forwarded(&buf[..r.len], false);
             }
         }
-        assert!(nat.len() <= nat.config().max_flows);
+        // Each family has its own table and caps.
+        assert!(nat.len() <= 2 * nat.config().max_flows);
         let (held, bytes) = nat.held_fragments();
-        assert!(held <= nat.config().max_held_fragments);
-        assert!(bytes <= nat.config().max_held_bytes);
+        // Per direction and per address family.
+        assert!(held <= 4 * nat.config().max_held_fragments);
+        assert!(bytes <= 4 * nat.config().max_held_bytes);
+        for d in [Direction::Outbound, Direction::Inbound] {
+            let (held, bytes) = nat.held_fragments_of(d);
+            assert!(held <= 2 * nat.config().max_held_fragments);
+            assert!(bytes <= 2 * nat.config().max_held_bytes);
+        }
     }
 });
 
@@ -127,9 +163,17 @@ fn setup(apdf: bool) -> Nat {
         testing::udp(g, s, b"q"),
         testing::tcp(g, s, TcpFlags::SYN, b""),
         testing::echo_request(GUEST, SERVER, 5000, 1, b""),
+        testing::udp6(sa6(GUEST6, 5000), sa6(SERVER6, 53), b"q"),
+        testing::tcp6(sa6(GUEST6, 5000), sa6(SERVER6, 53), TcpFlags::SYN, b""),
+        testing::echo_request6(GUEST6, SERVER6, 5000, 1, b""),
     ] {
         let _ = nat.outbound(&mut p, Instant::ZERO);
     }
+    let _ = nat.add_forward6(
+        Protocol::Tcp,
+        80,
+        sa6(Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x11), 80),
+    );
     let _ = nat.add_forward(PortForward {
         protocol: Protocol::Tcp,
         external_port: 80,

@@ -3,13 +3,14 @@
 //! The reads take the packet as it is, without validation: a wrong guess
 //! only costs a useless read.
 
-use crate::packet::{self, get8, get16, get32};
+use crate::family::Family;
+use crate::packet::{get8, get16};
 use crate::ports::Ports;
 use crate::table::{Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use crate::translator::Nat;
+use crate::translator::{Engine, Nat, is_v6};
 use crate::tuple::FiveTuple;
 use crate::{Direction, Instant, L4Checksum, Verdict};
-use wire::{icmpv4, ip_proto, ipv4, udp};
+use wire::{icmpv4, ip_proto, udp};
 
 /// Packets whose table reads are started together by the batch calls.
 const PREFETCH: usize = 16;
@@ -20,13 +21,18 @@ const PREFETCH_MIN_BYTES: usize = 512 * 1024;
 /// The internal-side hash of the flow a packet belongs to. Inbound, the
 /// internal side comes from the external port's binding.
 #[inline(always)]
-fn peek_hash(keys: &Keys, ports: &Ports, p: &[u8], direction: Direction) -> u32 {
-    let l4 = packet::ipv4_header_len(get8(p, ipv4::field::VERSION_IHL));
-    let src_addr = get32(p, ipv4::field::SRC_ADDR.start);
-    let dst_addr = get32(p, ipv4::field::DST_ADDR.start);
+fn peek_hash<F: Family>(
+    keys: &Keys,
+    ports: &Ports<F::Addr>,
+    p: &[u8],
+    direction: Direction,
+) -> u32 {
+    let l4 = F::peek_l4(p);
+    let src_addr = F::read_addr(p, F::SRC_AT);
+    let dst_addr = F::read_addr(p, F::DST_AT);
     let outbound = direction == Direction::Outbound;
     // TCP and UDP ports sit at the same offsets.
-    let (protocol, a, b) = match get8(p, ipv4::field::PROTOCOL) {
+    let (protocol, a, b) = match get8(p, F::PROTOCOL_AT) {
         ip_proto::TCP => (PROTO_TCP, src_port(p, l4), dst_port(p, l4)),
         ip_proto::UDP => (PROTO_UDP, src_port(p, l4), dst_port(p, l4)),
         _ if outbound => (PROTO_ICMP, echo_id(p, l4), 0),
@@ -54,9 +60,9 @@ fn peek_hash(keys: &Keys, ports: &Ports, p: &[u8], direction: Direction) -> u32 
 
 /// The internal address in the binding of a packet's destination port.
 #[inline(always)]
-pub(crate) fn peek_binding(ports: &Ports, p: &[u8]) -> u32 {
-    let l4 = packet::ipv4_header_len(get8(p, ipv4::field::VERSION_IHL));
-    let (protocol, port) = match get8(p, ipv4::field::PROTOCOL) {
+pub(crate) fn peek_binding<F: Family>(ports: &Ports<F::Addr>, p: &[u8]) -> F::Addr {
+    let l4 = F::peek_l4(p);
+    let (protocol, port) = match get8(p, F::PROTOCOL_AT) {
         ip_proto::TCP => (PROTO_TCP, dst_port(p, l4)),
         ip_proto::UDP => (PROTO_UDP, dst_port(p, l4)),
         _ => (PROTO_ICMP, echo_id(p, l4)),
@@ -93,15 +99,32 @@ impl Nat {
         verdicts: &mut [Verdict],
         direction: Direction,
     ) {
-        // While the table is in the L2 cache the reads would only add work.
-        let ahead = self.table.flows.memory() >= PREFETCH_MIN_BYTES;
+        // While a table is in the L2 cache the reads would only add work.
+        let ahead4 = self.v4.table.flows.memory() >= PREFETCH_MIN_BYTES;
+        let ahead6 = self.v6.table.flows.memory() >= PREFETCH_MIN_BYTES;
         for (c, (ps, vs)) in packets
             .chunks_mut(PREFETCH)
             .zip(verdicts.chunks_mut(PREFETCH))
             .enumerate()
         {
-            if ahead {
-                self.prefetch(ps, direction);
+            if ahead4 && !ahead6 {
+                // IPv4 only (an IPv6 packet read as IPv4 costs a useless read).
+                let mut acc = 0u64;
+                for p in ps.iter_mut() {
+                    acc ^= self.v4.peek(p.as_mut(), direction);
+                }
+                core::hint::black_box(acc);
+            } else if ahead6 {
+                let mut acc = 0u64;
+                for p in ps.iter_mut() {
+                    let p = p.as_mut();
+                    if is_v6(p) {
+                        acc ^= self.v6.peek(p, direction);
+                    } else if ahead4 {
+                        acc ^= self.v4.peek(p, direction);
+                    }
+                }
+                core::hint::black_box(acc);
             }
             let l4 = l4.get(c * PREFETCH..).unwrap_or(&[]);
             if l4.is_empty() {
@@ -122,19 +145,18 @@ impl Nat {
             }
         }
     }
+}
 
-    /// Starts the cache misses of a few packets' lookups at once: reads each
-    /// packet's home slot (inbound: after its port binding). The reads are
-    /// independent and close together in the instruction stream, so the CPU
-    /// overlaps their misses; [`Nat::outbound`] and [`Nat::inbound`] then
-    /// find the lines in the cache.
+impl<F: Family> Engine<F> {
+    /// Starts the cache miss of a packet's lookup: reads its home slot
+    /// (inbound: after its port binding). The batch does this for a few
+    /// packets at once; the reads are independent and close together in
+    /// the instruction stream, so the CPU overlaps their misses;
+    /// [`Nat::outbound`] and [`Nat::inbound`] then find the lines in the
+    /// cache.
     #[inline(always)]
-    fn prefetch<P: AsMut<[u8]>>(&mut self, ps: &mut [P], direction: Direction) {
-        let mut acc = 0u64;
-        for p in ps.iter_mut() {
-            let hash = peek_hash(&self.table.keys, &self.ports, p.as_mut(), direction);
-            acc ^= self.table.flows.peek(hash);
-        }
-        core::hint::black_box(acc);
+    fn peek(&self, p: &[u8], direction: Direction) -> u64 {
+        let hash = peek_hash::<F>(&self.table.keys, &self.ports, p, direction);
+        self.table.flows.peek(hash)
     }
 }

@@ -22,46 +22,56 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::DropReason;
+use crate::family::{Addr, Family};
 use crate::table::{Flow, FlowTable, Keys, SeededState, state};
-use crate::translator::Nat;
+use crate::translator::Engine;
 use crate::tuple::{FiveTuple, PortKey};
 
 /// The flow table, its hash keys and the per-host flow counts.
 #[derive(Debug)]
-pub(crate) struct Table {
+pub(crate) struct Table<A> {
     /// Hash keys of the table (and seed of the cold-path maps).
     pub(crate) keys: Keys,
     /// The flows.
-    pub(crate) flows: FlowTable,
+    pub(crate) flows: FlowTable<A>,
     /// Flows per internal host (those the host created).
-    pub(crate) per_host: HashMap<u32, u32, SeededState>,
+    pub(crate) per_host: HashMap<A, u32, SeededState>,
     /// Flows created from outside.
-    pub(crate) inbound: InboundBudget,
+    pub(crate) inbound: InboundBudget<A>,
 }
 
 /// The flows created from outside: their count, per forward and in total,
 /// and the unconfirmed ones of each forward in creation order.
 #[derive(Debug)]
-pub(crate) struct InboundBudget {
+pub(crate) struct InboundBudget<A> {
     /// Flows created from outside, confirmed or not.
     pub(crate) total: usize,
     /// Per port forward (protocol, external port).
-    forwards: HashMap<PortKey, ForwardFlows, SeededState>,
+    forwards: HashMap<PortKey, ForwardFlows<A>, SeededState>,
 }
 
 /// The flows created from outside through one forward.
-#[derive(Debug, Default)]
-struct ForwardFlows {
+#[derive(Debug)]
+struct ForwardFlows<A> {
     /// How many (confirmed or not).
     count: usize,
     /// Internal-side keys of flows created unconfirmed, oldest first, with
     /// their creation time. Entries of flows since confirmed or removed are
     /// skipped when met and compacted away when they outnumber the flows.
-    unconfirmed: VecDeque<(u64, FiveTuple)>,
+    unconfirmed: VecDeque<(u64, FiveTuple<A>)>,
 }
 
-impl InboundBudget {
-    fn new(hasher: SeededState) -> InboundBudget {
+impl<A> Default for ForwardFlows<A> {
+    fn default() -> Self {
+        ForwardFlows {
+            count: 0,
+            unconfirmed: VecDeque::new(),
+        }
+    }
+}
+
+impl<A: Addr> InboundBudget<A> {
+    fn new(hasher: SeededState) -> InboundBudget<A> {
         InboundBudget {
             total: 0,
             forwards: HashMap::with_hasher(hasher),
@@ -79,14 +89,14 @@ impl InboundBudget {
     pub(crate) fn memory(&self) -> usize {
         self.forwards
             .values()
-            .map(|f| f.unconfirmed.capacity() * core::mem::size_of::<(u64, FiveTuple)>())
+            .map(|f| f.unconfirmed.capacity() * core::mem::size_of::<(u64, FiveTuple<A>)>())
             .sum()
     }
 }
 
-impl Table {
+impl<A: Addr> Table<A> {
     /// An empty table with room for `capacity` flows before it grows.
-    pub(crate) fn new(keys: Keys, capacity: usize) -> Table {
+    pub(crate) fn new(keys: Keys, capacity: usize) -> Table<A> {
         Table {
             keys,
             flows: FlowTable::with_capacity(capacity),
@@ -97,7 +107,7 @@ impl Table {
 
     /// Whether the flow with internal-side `key` on `port` is still one from
     /// outside and unconfirmed; its position if so.
-    fn unconfirmed_at(&self, port: PortKey, key: &FiveTuple) -> Option<usize> {
+    fn unconfirmed_at(&self, port: PortKey, key: &FiveTuple<A>) -> Option<usize> {
         let hash = self.keys.hash(key);
         let want = state::INBOUND | state::UNCONFIRMED;
         self.flows
@@ -122,11 +132,11 @@ impl Table {
     }
 }
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// Whether a new flow created by internal `host` fits under `max_flows`
     /// and `max_flows_per_host` (flows from outside do not count).
     #[inline]
-    pub(crate) fn check_caps(&self, host: u32) -> Result<(), DropReason> {
+    pub(crate) fn check_caps(&self, host: F::Addr) -> Result<(), DropReason> {
         let config = &self.settings.config;
         let own = self
             .table
@@ -151,7 +161,7 @@ impl Nat {
 
     /// Inserts `f` (whose internal-side key hashes to `hash` and is absent);
     /// returns its position.
-    pub(crate) fn insert_flow(&mut self, f: Flow, hash: u32) -> usize {
+    pub(crate) fn insert_flow(&mut self, f: Flow<F::Addr>, hash: u32) -> usize {
         if self.table.flows.full() {
             self.grow();
         }
@@ -204,7 +214,7 @@ impl Nat {
     }
 }
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// Makes room for a new flow from outside through forward `port`: if
     /// the forward or the whole inbound budget is full, evicts the oldest
     /// unconfirmed flow (of this forward, or of any forward when the total
@@ -243,7 +253,7 @@ impl Nat {
 
     /// Counts flow `f` (from outside, being inserted) in the inbound budget,
     /// created at `created`.
-    fn count_inbound_flow(&mut self, f: &Flow, created: u64) {
+    fn count_inbound_flow(&mut self, f: &Flow<F::Addr>, created: u64) {
         let port = PortKey {
             protocol: f.protocol,
             port: f.external_port,
@@ -281,7 +291,7 @@ impl Nat {
 
     /// A flow from outside that was unconfirmed at creation started over
     /// (revived after expiry): it gets a new place in its forward's queue.
-    pub(crate) fn requeue_unconfirmed(&mut self, f: &Flow, now: u64) {
+    pub(crate) fn requeue_unconfirmed(&mut self, f: &Flow<F::Addr>, now: u64) {
         let port = PortKey {
             protocol: f.protocol,
             port: f.external_port,
@@ -295,7 +305,7 @@ impl Nat {
     }
 
     /// Takes flow `f` (from outside, being removed) out of the inbound budget.
-    fn uncount_inbound_flow(&mut self, f: &Flow) {
+    fn uncount_inbound_flow(&mut self, f: &Flow<F::Addr>) {
         let port = PortKey {
             protocol: f.protocol,
             port: f.external_port,

@@ -5,43 +5,43 @@
 
 use std::collections::HashMap;
 
+use crate::family::{Addr, Family};
 use crate::held::{HeldPool, Refused};
-use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32};
+use crate::packet::{self, IpHeader, Transport};
 use crate::table::SeededState;
-use crate::translator::Nat;
+use crate::translator::Engine;
 use crate::tuple::{DatagramId, FourTuple};
 use crate::{Direction, DropReason, Released, Verdict};
-use wire::ipv4::{self, field};
 
 /// Fragment state: first-fragment translations and held later fragments.
 #[derive(Debug)]
-pub(crate) struct Fragments {
+pub(crate) struct Fragments<A> {
     /// How the first fragment of each datagram was translated.
-    firsts: HashMap<FragmentKey, FirstFragment, SeededState>,
+    firsts: HashMap<FragmentKey<A>, FirstFragment<A>, SeededState>,
     /// Later fragments that came before their first fragment, and those
     /// translated since, waiting for `Nat::poll_released`.
-    pub(crate) held: HeldPool<FragmentKey>,
+    pub(crate) held: HeldPool<FragmentKey<A>>,
     /// Lower bound of the deadlines in `firsts`.
     earliest: u64,
 }
 
 /// A datagram in one direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FragmentKey {
+pub(crate) struct FragmentKey<A> {
     direction: Direction,
-    datagram: DatagramId,
+    datagram: DatagramId<A>,
 }
 
 /// The addresses a datagram's first fragment was given.
 #[derive(Clone, Copy, Debug)]
-struct FirstFragment {
-    src_addr: u32,
-    dst_addr: u32,
+struct FirstFragment<A> {
+    src_addr: A,
+    dst_addr: A,
     hairpin: bool,
     expires: u64,
 }
 
-impl Fragments {
+impl<A: Copy + Eq + core::hash::Hash> Fragments<A> {
     /// No state; room for `max_fragments` first fragments (up to 4096
     /// allocated ahead) and the held-fragment caps.
     pub(crate) fn new(
@@ -49,7 +49,7 @@ impl Fragments {
         max_fragments: usize,
         max_held_fragments: usize,
         max_held_bytes: usize,
-    ) -> Fragments {
+    ) -> Fragments<A> {
         Fragments {
             firsts: HashMap::with_capacity_and_hasher(max_fragments.min(4096), hasher),
             held: HeldPool::new(max_held_fragments, max_held_bytes),
@@ -72,23 +72,12 @@ impl Fragments {
     }
 }
 
-/// The datagram of a first fragment (more-fragments set, offset 0), read
-/// before validation: the path validates the header itself.
-#[inline(always)]
-pub(crate) fn first_fragment(p: &[u8]) -> Option<DatagramId> {
-    let flags = get16(p, field::FLAGS_FRAGMENT.start);
-    (flags & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) == ipv4::MORE_FRAGMENTS).then(|| {
-        DatagramId {
-            ip_protocol: get8(p, field::PROTOCOL),
-            src_addr: get32(p, field::SRC_ADDR.start),
-            dst_addr: get32(p, field::DST_ADDR.start),
-            ident: get16(p, field::IDENT.start),
-        }
-    })
-}
-
 /// Rewrites a later fragment's addresses as its first fragment's were.
-fn rewrite_like_first(p: &mut [u8], h: &Ipv4Header, first: &FirstFragment) -> Verdict {
+fn rewrite_like_first<F: Family>(
+    p: &mut [u8],
+    h: &IpHeader<F::Addr>,
+    first: &FirstFragment<F::Addr>,
+) -> Verdict {
     let old = FourTuple {
         src_addr: h.src_addr,
         src_port: 0,
@@ -101,7 +90,7 @@ fn rewrite_like_first(p: &mut [u8], h: &Ipv4Header, first: &FirstFragment) -> Ve
         dst_addr: first.dst_addr,
         dst_port: 0,
     };
-    packet::rewrite(p, h, Transport::AddressesOnly, old, new);
+    packet::rewrite::<F>(p, h, Transport::AddressesOnly, old, new);
     if first.hairpin {
         Verdict::Hairpin
     } else {
@@ -109,13 +98,13 @@ fn rewrite_like_first(p: &mut [u8], h: &Ipv4Header, first: &FirstFragment) -> Ve
     }
 }
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// Translates a later fragment from its first fragment's translation,
     /// or holds a copy if that has not come yet.
     pub(crate) fn translate_later_fragment(
         &mut self,
         p: &mut [u8],
-        h: &Ipv4Header,
+        h: &IpHeader<F::Addr>,
         direction: Direction,
         now: u64,
     ) -> Verdict {
@@ -129,7 +118,7 @@ impl Nat {
             },
         };
         match self.fragments.firsts.get(&key) {
-            Some(s) if s.expires > now => rewrite_like_first(p, h, s),
+            Some(s) if s.expires > now => rewrite_like_first::<F>(p, h, s),
             _ if self.settings.config.max_held_fragments == 0 => {
                 Verdict::Drop(DropReason::Fragment)
             }
@@ -138,7 +127,7 @@ impl Nat {
                 let Some(bytes) = p.get(..h.total_len) else {
                     return Verdict::Drop(DropReason::Malformed);
                 };
-                let source = h.src_addr;
+                let source = h.src_addr.wide();
                 let held = &mut self.fragments.held;
                 if held.fits(direction, source, bytes.len()).is_err() {
                     let lost = held.purge(now);
@@ -166,7 +155,7 @@ impl Nat {
     #[inline(always)]
     pub(crate) fn after_first_fragment(
         &mut self,
-        datagram: DatagramId,
+        datagram: DatagramId<F::Addr>,
         direction: Direction,
         p: &[u8],
         v: Verdict,
@@ -190,11 +179,17 @@ impl Nat {
     }
 
     /// Remembers how the first fragment of a datagram was translated.
-    fn record_first_fragment(&mut self, key: FragmentKey, p: &[u8], hairpin: bool, now: u64) {
+    fn record_first_fragment(
+        &mut self,
+        key: FragmentKey<F::Addr>,
+        p: &[u8],
+        hairpin: bool,
+        now: u64,
+    ) {
         let expires = now.saturating_add(self.settings.timeouts.fragment);
         let first = FirstFragment {
-            src_addr: get32(p, field::SRC_ADDR.start),
-            dst_addr: get32(p, field::DST_ADDR.start),
+            src_addr: F::read_addr(p, F::SRC_AT),
+            dst_addr: F::read_addr(p, F::DST_AT),
             hairpin,
             expires,
         };
@@ -217,12 +212,12 @@ impl Nat {
     /// Translates the held fragments of datagram `key` as its first
     /// fragment was and queues them for [`Nat::poll_released`].
     #[cold]
-    fn release_held(&mut self, key: FragmentKey, first: &FirstFragment) {
+    fn release_held(&mut self, key: FragmentKey<F::Addr>, first: &FirstFragment<F::Addr>) {
         for (mut bytes, expires) in self.fragments.held.take_all(key) {
             // Validated when it was held; parse again for its header fields.
-            match packet::parse(&bytes) {
+            match F::parse(&bytes) {
                 Ok(h) => {
-                    let v = rewrite_like_first(&mut bytes, &h, first);
+                    let v = rewrite_like_first::<F>(&mut bytes, &h, first);
                     self.fragments
                         .held
                         .push_ready(key.direction, bytes, v, expires);

@@ -5,10 +5,11 @@
 
 use std::collections::HashMap;
 
-use crate::packet::{self, FlowHeader, Ipv4Header, Transport};
+use crate::family::Family;
+use crate::packet::{self, FlowHeader, IpHeader, Transport};
 use crate::ports::PortUse;
 use crate::table::{PROTO_ICMP, SeededState};
-use crate::translator::Nat;
+use crate::translator::Engine;
 use crate::tuple::{EndpointKey, FourTuple};
 use crate::{DropReason, Filtering, Verdict};
 use wire::{ipv4, tcp};
@@ -16,23 +17,23 @@ use wire::{ipv4, tcp};
 /// The senders of the echo requests hairpinned through each external ICMP
 /// identifier, so that the target's reply loops back to them.
 #[derive(Debug)]
-pub(crate) struct EchoRequesters {
+pub(crate) struct EchoRequesters<A> {
     /// External identifier -> the latest sender through it.
-    by_external_id: HashMap<u16, Requester, SeededState>,
+    by_external_id: HashMap<u16, Requester<A>, SeededState>,
     /// Lower bound of the deadlines in `by_external_id`.
     earliest: u64,
 }
 
 /// The sender of the last echo request hairpinned through an identifier.
 #[derive(Clone, Copy, Debug)]
-struct Requester {
-    addr: u32,
+struct Requester<A> {
+    addr: A,
     expires: u64,
 }
 
-impl EchoRequesters {
+impl<A> EchoRequesters<A> {
     /// None.
-    pub(crate) fn new(hasher: SeededState) -> EchoRequesters {
+    pub(crate) fn new(hasher: SeededState) -> EchoRequesters<A> {
         EchoRequesters {
             by_external_id: HashMap::with_hasher(hasher),
             earliest: u64::MAX,
@@ -61,7 +62,7 @@ impl EchoRequesters {
     }
 }
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// Hairpinning: the guest reached our external address. Translates the
     /// source as for any outbound packet (`fh` from `old` to `new`), then
     /// runs the inbound path on the result; a drop there restores the
@@ -70,20 +71,21 @@ impl Nat {
     pub(crate) fn hairpin(
         &mut self,
         p: &mut [u8],
-        h: &Ipv4Header,
+        h: &IpHeader<F::Addr>,
         fh: FlowHeader,
-        new: FourTuple,
+        new: FourTuple<F::Addr>,
         now: u64,
         partial: bool,
     ) -> Verdict {
         // rewrite() touches at most the IPv4 header and the first 20
         // transport bytes (a TCP header without options).
+        // (The longest IP header of either family, IPv4's 60 bytes.)
         let mut saved = [0u8; ipv4::MAX_HEADER_LEN + tcp::HEADER_LEN];
         let n = p.len().min(h.header_len + tcp::HEADER_LEN);
         if let (Some(d), Some(s)) = (saved.get_mut(..n), p.get(..n)) {
             d.copy_from_slice(s);
         }
-        packet::rewrite(p, h, fh.transport, fh.tuple(h), new);
+        packet::rewrite::<F>(p, h, fh.transport, fh.tuple(h), new);
         match self.translate_inbound(p, now, partial, false) {
             Verdict::Forward => Verdict::Hairpin,
             v => {
@@ -110,7 +112,7 @@ impl Nat {
     pub(crate) fn echo_hairpin(
         &mut self,
         p: &mut [u8],
-        h: &Ipv4Header,
+        h: &IpHeader<F::Addr>,
         id: u16,
         now: u64,
     ) -> Verdict {
@@ -134,7 +136,7 @@ impl Nat {
             dst_addr: b.internal_addr,
             dst_port: 0,
         };
-        packet::rewrite(p, h, Transport::EchoSourceId, old, new);
+        packet::rewrite::<F>(p, h, Transport::EchoSourceId, old, new);
         // Remember the requester (one per external identifier: the latest)
         // so the target's reply can loop back to it.
         let expires = now.saturating_add(self.settings.timeouts.icmp);
@@ -159,7 +161,7 @@ impl Nat {
     pub(crate) fn echo_reply_hairpin(
         &mut self,
         p: &mut [u8],
-        h: &Ipv4Header,
+        h: &IpHeader<F::Addr>,
         id: u16,
         now: u64,
     ) -> Verdict {
@@ -192,7 +194,7 @@ impl Nat {
             dst_port: external_id,
         };
         let transport = Transport::EchoDestinationId;
-        packet::rewrite(p, h, transport, old, new);
+        packet::rewrite::<F>(p, h, transport, old, new);
         Verdict::Hairpin
     }
 }

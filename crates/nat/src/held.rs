@@ -93,7 +93,7 @@ impl<K: Copy + PartialEq> HeldPool<K> {
     pub(crate) fn fits(
         &self,
         direction: Direction,
-        source: u32,
+        source: u128,
         len: usize,
     ) -> Result<(), Refused> {
         let d = index(direction);
@@ -121,7 +121,7 @@ impl<K: Copy + PartialEq> HeldPool<K> {
         &mut self,
         key: K,
         direction: Direction,
-        source: u32,
+        source: u128,
         packet: &[u8],
         expires: u64,
     ) {
@@ -252,7 +252,7 @@ struct Waiting<K> {
     /// [`index`] of its direction.
     direction: usize,
     /// Its source address.
-    source: u32,
+    source: u128,
     expires: u64,
     bytes: Vec<u8>,
 }

@@ -3,17 +3,18 @@
 //! outside (addresses) and inside (the quoted IPv4 and transport headers),
 //! each checksum fixed incrementally.
 
-use crate::packet::{self, Ipv4Header, Transport, get8, get16, get32, put16, put32};
+use crate::family::{Addr, Family};
+use crate::packet::{IpHeader, Transport, get8, get16, put16};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, state};
-use crate::translator::Nat;
+use crate::translator::Engine;
 use crate::tuple::{Endpoint, FiveTuple, FourTuple};
 use crate::{DropReason, Verdict};
-use wire::checksum::{self, Delta};
+use wire::checksum::Delta;
 use wire::{icmpv4, ip_proto, ipv4, tcp, udp};
 
 /// An ICMP error's embedded packet (the part the NAT translates).
 #[derive(Clone, Copy, Debug)]
-struct Embedded {
+struct Embedded<A> {
     /// Offset of the embedded IPv4 header in the outer packet.
     ip_at: usize,
     /// Offset of the embedded transport header.
@@ -23,29 +24,16 @@ struct Embedded {
     /// Which transport header it has.
     transport: Transport,
     /// Its addresses and ports.
-    tuple: FourTuple,
+    tuple: FourTuple<A>,
 }
 
-impl Embedded {
-    /// Parses the packet embedded in an ICMP error.
-    fn parse(p: &[u8], h: &Ipv4Header) -> Option<Embedded> {
-        use ipv4::field;
+impl<A: Addr> Embedded<A> {
+    /// The packet quoted in the ICMP error `p` (whose outer header is `h`).
+    fn parse<F: Family<Addr = A>>(p: &[u8], h: &IpHeader<A>) -> Option<Embedded<A>> {
         let ip_at = h.header_len + icmpv4::field::DATA;
-        let end = h.total_len;
-        let v = get8(p, ip_at + field::VERSION_IHL);
-        if end < ip_at + ipv4::HEADER_LEN || v >> 4 != 4 {
-            return None;
-        }
-        let header_len = packet::ipv4_header_len(v);
-        let l4 = ip_at + header_len;
-        if header_len < ipv4::HEADER_LEN
-            || end < l4 + icmpv4::ERROR_QUOTED_DATA_LEN
-            || get16(p, ip_at + field::FLAGS_FRAGMENT.start) & ipv4::FRAGMENT_OFFSET != 0
-        {
-            return None;
-        }
-        let src_addr = get32(p, ip_at + field::SRC_ADDR.start);
-        let dst_addr = get32(p, ip_at + field::DST_ADDR.start);
+        let q = F::parse_quoted(p, ip_at, h.total_len)?;
+        let l4 = ip_at + q.header_len;
+        let (src_addr, dst_addr) = (q.src_addr, q.dst_addr);
         let ports = || {
             (
                 get16(p, l4 + udp::field::SRC_PORT.start),
@@ -53,14 +41,14 @@ impl Embedded {
             )
         };
         let id = || get16(p, l4 + icmpv4::field::ECHO_IDENT.start);
-        let (protocol, transport, (src_port, dst_port)) = match get8(p, ip_at + field::PROTOCOL) {
+        let (protocol, transport, (src_port, dst_port)) = match q.protocol {
             ip_proto::TCP => (PROTO_TCP, Transport::Tcp, ports()),
             ip_proto::UDP => (PROTO_UDP, Transport::Udp, ports()),
-            ip_proto::ICMP => match get8(p, l4 + icmpv4::field::TYPE) {
+            proto if proto == F::ICMP => match get8(p, l4 + icmpv4::field::TYPE) {
                 // Our echo request went out: the identifier is the source "port".
-                icmpv4::ECHO_REQUEST => (PROTO_ICMP, Transport::EchoSourceId, (id(), 0)),
+                t if t == F::ECHO_REQUEST => (PROTO_ICMP, Transport::EchoSourceId, (id(), 0)),
                 // An echo reply came in: the identifier is the destination "port".
-                icmpv4::ECHO_REPLY => (PROTO_ICMP, Transport::EchoDestinationId, (0, id())),
+                t if t == F::ECHO_REPLY => (PROTO_ICMP, Transport::EchoDestinationId, (0, id())),
                 _ => return None,
             },
             _ => return None,
@@ -81,53 +69,45 @@ impl Embedded {
 }
 
 /// Whether an ICMP error's own checksum and its embedded IPv4 header
-/// checksum are valid (RFC 5508 REQ-3, REQ-3a). The embedded transport
+/// checksum are valid (RFC 5508 REQ-3, REQ-3a; ICMPv6: its checksum with
+/// the pseudo-header, RFC 4443 section 2.3). The embedded transport
 /// checksum is not checked (REQ-3c): the quote is often truncated.
-fn checksums_ok(p: &[u8], h: &Ipv4Header, e: &Embedded) -> bool {
-    let icmp = p
-        .get(h.header_len..h.total_len)
-        .map(|b| checksum::sum(b, 0));
-    let embedded = p.get(e.ip_at..e.transport_at).map(|b| checksum::sum(b, 0));
-    matches!((icmp, embedded), (Some(a), Some(b)) if checksum::fold(a) == 0xffff && checksum::fold(b) == 0xffff)
+fn checksums_ok<F: Family>(p: &[u8], h: &IpHeader<F::Addr>, e: &Embedded<F::Addr>) -> bool {
+    F::icmp_error_checksums_ok(p, h, e.ip_at, e.transport_at)
 }
 
 /// Rewrites an ICMP error: outer addresses to `outer_src`/`outer_dst`, the
 /// embedded packet's addresses and ports to `new`, fixing the outer IPv4,
-/// embedded IPv4, embedded transport and outer ICMP checksums incrementally.
-fn rewrite_error(
+/// embedded IPv4, embedded transport and outer ICMP checksums incrementally
+/// (ICMPv6: the outer address change feeds the ICMP checksum too).
+fn rewrite_error<F: Family>(
     p: &mut [u8],
-    h: &Ipv4Header,
-    outer_src: u32,
-    outer_dst: u32,
-    e: &Embedded,
-    new: FourTuple,
+    h: &IpHeader<F::Addr>,
+    outer_src: F::Addr,
+    outer_dst: F::Addr,
+    e: &Embedded<F::Addr>,
+    new: FourTuple<F::Addr>,
 ) {
-    use ipv4::field;
     let mut ipd = Delta::default();
-    ipd.dword(h.src_addr, outer_src);
-    ipd.dword(h.dst_addr, outer_dst);
-    put32(p, field::SRC_ADDR.start, outer_src);
-    put32(p, field::DST_ADDR.start, outer_dst);
-    put16(
-        p,
-        field::CHECKSUM.start,
-        ipd.apply(get16(p, field::CHECKSUM.start)),
-    );
+    F::Addr::delta(&mut ipd, h.src_addr, outer_src);
+    F::Addr::delta(&mut ipd, h.dst_addr, outer_dst);
+    F::write_addrs(p, h.header_len, outer_src, outer_dst, ipd);
 
     let old = e.tuple;
     // Every word below sits at an even offset from the ICMP header, so each
     // change feeds the outer ICMP checksum as one 16-bit word.
-    let mut icmp_delta = Delta::default();
-    let mut ed = Delta::default();
-    ed.dword(old.src_addr, new.src_addr);
-    ed.dword(old.dst_addr, new.dst_addr);
-    put32(p, e.ip_at + field::SRC_ADDR.start, new.src_addr);
-    put32(p, e.ip_at + field::DST_ADDR.start, new.dst_addr);
-    icmp_delta = icmp_delta.add(ed);
-    let c = get16(p, e.ip_at + field::CHECKSUM.start);
-    let c2 = ed.apply(c);
-    put16(p, e.ip_at + field::CHECKSUM.start, c2);
-    icmp_delta.word(c, c2);
+    let mut icmp_delta = if F::ICMP_PSEUDO {
+        ipd
+    } else {
+        Delta::default()
+    };
+    let (ed, quoted_delta) = F::rewrite_quoted(
+        p,
+        e.ip_at,
+        (old.src_addr, old.dst_addr),
+        (new.src_addr, new.dst_addr),
+    );
+    icmp_delta = icmp_delta.add(quoted_delta);
     let l4 = e.transport_at;
     match e.transport {
         Transport::Tcp | Transport::Udp => {
@@ -162,7 +142,8 @@ fn rewrite_error(
             } else {
                 (old.dst_port, new.dst_port)
             };
-            let mut d = Delta::default();
+            // A quoted ICMPv6 echo's checksum covers its pseudo-header.
+            let mut d = if F::ICMP_PSEUDO { ed } else { Delta::default() };
             d.word(o, n);
             put16(p, l4 + icmpv4::field::ECHO_IDENT.start, n);
             icmp_delta = icmp_delta.add(d);
@@ -178,18 +159,18 @@ fn rewrite_error(
     put16(p, at, icmp_delta.apply(get16(p, at)));
 }
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// An ICMP error from inside, about a packet that came in (RFC 5508).
     pub(crate) fn outbound_icmp_error(
         &mut self,
         p: &mut [u8],
-        h: &Ipv4Header,
+        h: &IpHeader<F::Addr>,
         now: u64,
     ) -> Verdict {
-        let Some(e) = Embedded::parse(p, h) else {
+        let Some(e) = Embedded::parse::<F>(p, h) else {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         };
-        if !checksums_ok(p, h, &e) {
+        if !checksums_ok::<F>(p, h, &e) {
             return Verdict::Drop(DropReason::Malformed);
         }
         // The embedded packet went remote -> guest: its destination is ours.
@@ -226,7 +207,7 @@ impl Nat {
         // `h.dst_addr` is the quoted source, the flow's original destination.
         let outer_dst = f.remote_addr;
         if outer_dst != external_addr {
-            rewrite_error(p, h, external_addr, outer_dst, &e, new);
+            rewrite_error::<F>(p, h, external_addr, outer_dst, &e, new);
             return Verdict::Forward;
         }
         // A hairpinned error (RFC 5508 REQ-7): the offending packet came from
@@ -239,8 +220,8 @@ impl Nat {
         if let (Some(d), Some(s)) = (saved.get_mut(..n), p.get(..n)) {
             d.copy_from_slice(s);
         }
-        rewrite_error(p, h, external_addr, outer_dst, &e, new);
-        let v = match packet::parse(p) {
+        rewrite_error::<F>(p, h, external_addr, outer_dst, &e, new);
+        let v = match F::parse(p) {
             Ok(h2) => self.inbound_icmp_error(p, &h2, now),
             Err(r) => Verdict::Drop(r),
         };
@@ -256,11 +237,16 @@ impl Nat {
     }
 
     /// An ICMP error from outside, about a packet we sent (RFC 5508).
-    pub(crate) fn inbound_icmp_error(&mut self, p: &mut [u8], h: &Ipv4Header, now: u64) -> Verdict {
-        let Some(e) = Embedded::parse(p, h) else {
+    pub(crate) fn inbound_icmp_error(
+        &mut self,
+        p: &mut [u8],
+        h: &IpHeader<F::Addr>,
+        now: u64,
+    ) -> Verdict {
+        let Some(e) = Embedded::parse::<F>(p, h) else {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         };
-        if !checksums_ok(p, h, &e) {
+        if !checksums_ok::<F>(p, h, &e) {
             return Verdict::Drop(DropReason::Malformed);
         }
         let t = e.tuple;
@@ -286,7 +272,7 @@ impl Nat {
         } else {
             h.src_addr
         };
-        rewrite_error(p, h, outer_src, f.internal_addr, &e, new);
+        rewrite_error::<F>(p, h, outer_src, f.internal_addr, &e, new);
         Verdict::Forward
     }
 }

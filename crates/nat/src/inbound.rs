@@ -8,17 +8,18 @@
 //! 8-byte binding (a 512 KiB array per protocol, which stays in the caches)
 //! and then one table slot.
 
-use crate::packet::{self, FlowHeader, Ipv4Header, NotFlow};
+use crate::family::Family;
+use crate::packet::{self, FlowHeader, IpHeader, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_TCP, state};
-use crate::translator::Nat;
+use crate::translator::Engine;
 use crate::tuple::{Endpoint, FiveTuple, FourTuple, PortKey};
 use crate::{Direction, DropReason, Filtering, Verdict};
 
 /// A flow found by [`Nat::find_inbound`]: its position and a copy.
-pub(crate) type Found = Option<(usize, Flow)>;
+pub(crate) type Found<A> = Option<(usize, Flow<A>)>;
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// The inbound path without counting. `outside`: the packet came from
     /// the external side (not looped back by hairpinning, whose source is
     /// the external address), so a source no outside host can have is a
@@ -33,8 +34,8 @@ impl Nat {
     ) -> Verdict {
         // Start reading the destination port's binding before validating
         // the packet: its cache miss then overlaps the parse.
-        core::hint::black_box(crate::batch::peek_binding(&self.ports, p));
-        let h = match packet::parse(p) {
+        core::hint::black_box(crate::batch::peek_binding::<F>(&self.ports, p));
+        let h = match F::parse(p) {
             Ok(h) => h,
             Err(r) => return Verdict::Drop(r),
         };
@@ -47,7 +48,7 @@ impl Nat {
         if h.is_later_fragment() {
             return self.translate_later_fragment(p, &h, Direction::Inbound, now);
         }
-        let mut fh = match packet::classify(p, &h, false) {
+        let mut fh = match packet::classify::<F>(p, &h, false) {
             Ok(fh) => fh,
             Err(NotFlow::IcmpError) => return self.inbound_icmp_error(p, &h, now),
             Err(NotFlow::EchoReplyFromInside(_)) => {
@@ -99,7 +100,7 @@ impl Nat {
                             self.inbound_via_flow(p, &h, &fh, i, f, now);
                         }
                     }
-                    None => inbound_via_binding(p, &h, &fh, &binding),
+                    None => inbound_via_binding::<F>(p, &h, &fh, &binding),
                 }
                 Verdict::Forward
             }
@@ -112,7 +113,7 @@ impl Nat {
             {
                 match self.settings.config.filtering {
                     Filtering::EndpointIndependent => {
-                        inbound_via_binding(p, &h, &fh, &binding);
+                        inbound_via_binding::<F>(p, &h, &fh, &binding);
                         Verdict::Forward
                     }
                     Filtering::AddressAndPortDependent => Verdict::Drop(DropReason::Filtered),
@@ -128,10 +129,10 @@ impl Nat {
     fn inbound_via_flow(
         &mut self,
         p: &mut [u8],
-        h: &Ipv4Header,
+        h: &IpHeader<F::Addr>,
         fh: &FlowHeader,
         i: usize,
-        f: Flow,
+        f: Flow<F::Addr>,
         now: u64,
     ) {
         let new = FourTuple {
@@ -140,7 +141,7 @@ impl Nat {
             dst_addr: f.internal_addr,
             dst_port: f.internal_port,
         };
-        packet::rewrite(p, h, fh.transport, fh.tuple(h), new);
+        packet::rewrite::<F>(p, h, fh.transport, fh.tuple(h), new);
         if f.protocol == PROTO_TCP {
             // TCP: inbound packets advance the state and refresh the flow;
             // UDP and ICMP flows are refreshed by outbound traffic only.
@@ -190,9 +191,9 @@ impl Nat {
     fn create_inbound_flow(
         &mut self,
         protocol: u8,
-        remote: Endpoint,
+        remote: Endpoint<F::Addr>,
         external_port: u16,
-        b: &Binding,
+        b: &Binding<F::Addr>,
         now: u64,
     ) -> Result<Option<usize>, DropReason> {
         let key = FiveTuple {
@@ -235,8 +236,8 @@ impl Nat {
         &self,
         protocol: u8,
         external_port: u16,
-        remote: Endpoint,
-    ) -> (Binding, Found) {
+        remote: Endpoint<F::Addr>,
+    ) -> (Binding<F::Addr>, Found<F::Addr>) {
         let b = self.ports.binding(protocol, external_port);
         if b.used_by == PortUse::Free {
             return (b, None);
@@ -288,12 +289,17 @@ fn confirms_tcp(flow_state: u8, flags: u8) -> bool {
 /// Translates an inbound packet to the internal endpoint of binding `b`
 /// without a flow.
 #[inline(always)]
-fn inbound_via_binding(p: &mut [u8], h: &Ipv4Header, fh: &FlowHeader, b: &Binding) {
+fn inbound_via_binding<F: Family>(
+    p: &mut [u8],
+    h: &IpHeader<F::Addr>,
+    fh: &FlowHeader,
+    b: &Binding<F::Addr>,
+) {
     let old = fh.tuple(h);
     let new = FourTuple {
         dst_addr: b.internal_addr,
         dst_port: b.internal_port,
         ..old
     };
-    packet::rewrite(p, h, fh.transport, old, new);
+    packet::rewrite::<F>(p, h, fh.transport, old, new);
 }

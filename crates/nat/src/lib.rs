@@ -1,8 +1,27 @@
-//! A sans-IO NAT44: a connection-tracking SNAT/DNAT table on raw IPv4 packets.
+//! A sans-IO NAT44 and NAT66: a connection-tracking SNAT/DNAT table on raw
+//! IPv4 and IPv6 packets.
 //!
 //! `nat` sits between the guest side and the host side of hostnet's
-//! `bridge`, but is usable alone: give it IPv4 packets and a time, it
+//! `bridge`, but is usable alone: give it IP packets and a time, it
 //! rewrites them in place and returns a [`Verdict`].
+//!
+//! # Two address families, one engine
+//!
+//! [`Nat::outbound`] and [`Nat::inbound`] take IPv4 and IPv6 packets alike
+//! and tell them apart by the version nibble. The engine is written once,
+//! generic over the address family (a sealed `Family` trait in `family`,
+//! implemented by `V4` and `V6`: the address type, the IP header, the ICMP
+//! flavour, the sources no outside host can have), and `Nat` holds one
+//! engine per family, each with its own flow table, ports, rules, fragment
+//! state, caps and counters. NAT66 translates to
+//! [`NatConfig::external_addr6`] from [`NatConfig::internal_net6`] with the
+//! behaviour below; what differs: IPv6 has no header checksum, the ICMPv6
+//! checksum covers the pseudo-header (RFC 4443), Packet Too Big is one of
+//! the translated errors, extension headers are walked (hop-by-hop,
+//! destination options, routing with no segments left; others are
+//! [`DropReason::UnsupportedProtocol`]) and a fragment header is handled as
+//! IPv4 fragments are. IPv6 rules: [`Nat::add_forward6`],
+//! [`Nat::add_redirect6`].
 //!
 //! ```
 //! use nat::{Instant, Nat, NatConfig, Verdict};
@@ -41,7 +60,8 @@
 //!   `max_inbound_flows` flows created from outside (through port forwards,
 //!   `max_inbound_flows_per_forward` per forward); `max_fragments`
 //!   fragmented datagrams; `max_held_fragments` and `max_held_bytes` held
-//!   fragments per direction. When full, new flows are refused and counted
+//!   fragments per direction, each address family with its own table and
+//!   pools under these caps. When full, new flows are refused and counted
 //!   while existing ones keep working (a flow from outside may instead evict
 //!   an unconfirmed one, see below).
 //! - **No allocation per packet** on the established-flow path; new flows
@@ -80,8 +100,8 @@
 //!   [`DropReason::IcmpForgedQuote`].
 //! - **Inbound sources**: a packet from outside whose source is in the
 //!   internal network, is the external address, or is in 0/8, 127/8, 224/4
-//!   or 240/4 is dropped before any lookup
-//!   ([`DropReason::InboundSpoofedSource`]).
+//!   or 240/4 (IPv6: `::`, `::1`, `ff00::/8`, `fe80::/10`) is dropped before
+//!   any lookup ([`DropReason::InboundSpoofedSource`]).
 //! - **Fragments** (RFC 4787 REQ-14, in order and out of order): the first
 //!   fragment is translated like a whole packet and its translation is
 //!   remembered (bounded by `max_fragments` and [`Timeouts::fragment`]);
@@ -165,7 +185,8 @@
 //! | `fragments`, `held` | first-fragment state; later fragments held until it comes |
 //! | `batch` | the batch calls and their read-ahead |
 //! | `sweep` | expiry of flows, bounded per call |
-//! | `packet` | IPv4 parsing (with the field offsets of `wire`'s `field` modules), incremental checksums (`wire::checksum`) |
+//! | `family` | what differs between IPv4 and IPv6 (`Family`, `V4`, `V6`); everything else is generic over it |
+//! | `packet` | IPv4 and IPv6 parsing (with the field offsets of `wire`'s `field` modules), incremental checksums (`wire::checksum`) |
 //! | `tuple` | the tuples tables are keyed by and packets rewritten with |
 //!
 //! # Features
@@ -178,10 +199,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use core::time::Duration;
 
 mod batch;
+mod family;
 mod flows;
 mod fragments;
 mod hairpin;
@@ -309,9 +331,12 @@ pub enum Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DropReason {
-    /// Not a well-formed IPv4 packet (length, version, header length, checksum).
+    /// Not a well-formed IPv4 or IPv6 packet (length, version, header
+    /// length, IPv4 header checksum, IPv6 extension headers past the packet).
     Malformed,
-    /// A protocol the NAT does not translate.
+    /// A protocol the NAT does not translate (IPv6: also a routing header
+    /// with segments left, and next headers other than TCP, UDP, ICMPv6 and
+    /// the walked extension headers).
     UnsupportedProtocol,
     /// Outbound source address not in the internal network.
     SpoofedSource,
@@ -395,6 +420,13 @@ pub struct NatConfig {
     pub internal_prefix_len: u8,
     /// The external address packets leave with.
     pub external_addr: Ipv4Addr,
+    /// The internal IPv6 network (guest side) of NAT66; default `fd64::`.
+    pub internal_net6: Ipv6Addr,
+    /// Prefix length of the internal IPv6 network; default 64.
+    pub internal_prefix_len6: u8,
+    /// The external IPv6 address NAT66 packets leave with; default
+    /// `fd64:ffff::2`.
+    pub external_addr6: Ipv6Addr,
     /// External ports handed out for mappings of non-well-known source ports.
     pub port_range: core::ops::RangeInclusive<u16>,
     /// Inbound filtering.
@@ -564,6 +596,9 @@ impl Default for NatConfig {
             internal_net: Ipv4Addr::new(192, 168, 64, 0),
             internal_prefix_len: 24,
             external_addr: Ipv4Addr::new(100, 64, 0, 2),
+            internal_net6: Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0),
+            internal_prefix_len6: 64,
+            external_addr6: Ipv6Addr::new(0xfd64, 0xffff, 0, 0, 0, 0, 0, 2),
             port_range: 1024..=65535,
             filtering: Filtering::default(),
             timeouts: Timeouts::default(),

@@ -2,19 +2,20 @@
 //! or creates its flow by its internal-side key and leaves from the
 //! external address and the flow's external port.
 
+use crate::family::Family;
 use crate::packet::{self, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_ICMP, PROTO_TCP, state};
-use crate::translator::Nat;
+use crate::translator::Engine;
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple, PortKey};
 use crate::{Direction, DropReason, Verdict};
 use wire::tcp;
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// The outbound path without counting.
     #[inline(always)]
     pub(crate) fn translate_outbound(&mut self, p: &mut [u8], now: u64, partial: bool) -> Verdict {
-        let h = match packet::parse(p) {
+        let h = match F::parse(p) {
             Ok(h) => h,
             Err(r) => return Verdict::Drop(r),
         };
@@ -24,7 +25,7 @@ impl Nat {
         if h.is_later_fragment() {
             return self.translate_later_fragment(p, &h, Direction::Outbound, now);
         }
-        let mut fh = match packet::classify(p, &h, true) {
+        let mut fh = match packet::classify::<F>(p, &h, true) {
             Ok(fh) => fh,
             Err(NotFlow::IcmpError) => return self.outbound_icmp_error(p, &h, now),
             Err(NotFlow::EchoReplyFromInside(id)) => {
@@ -85,7 +86,7 @@ impl Nat {
         if new.dst_addr == external_addr {
             return self.hairpin(p, &h, fh, new, now, partial);
         }
-        packet::rewrite(p, &h, fh.transport, old, new);
+        packet::rewrite::<F>(p, &h, fh.transport, old, new);
         Verdict::Forward
     }
 
@@ -94,7 +95,7 @@ impl Nat {
     /// internal endpoint's, unless redirected). Returns its position.
     fn create_outbound_flow(
         &mut self,
-        key: FiveTuple,
+        key: FiveTuple<F::Addr>,
         hash: u32,
         now: u64,
     ) -> Result<usize, DropReason> {
@@ -111,10 +112,7 @@ impl Nat {
             self.redirects.get(&destination).copied()
         };
         let remote = match redirect {
-            Some(to) => Endpoint {
-                addr: u32::from(*to.ip()),
-                port: to.port(),
-            },
+            Some(to) => to,
             None => Endpoint {
                 addr: key.dst_addr,
                 port: key.dst_port,

@@ -7,31 +7,37 @@
 //! return 0) out of bounds, so no input can make them panic.
 
 use crate::DropReason;
+use crate::family::{Addr, Family, V6};
 use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::tuple::FourTuple;
 use wire::checksum::{self, Delta};
-use wire::{icmpv4, ip_proto, ipv4, tcp, udp};
+use wire::{icmpv4, ip_proto, ipv4, ipv6, tcp, udp};
 
-/// The fields of a validated IPv4 header.
+/// The fields of a validated IP header (`A`: the family's address type).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Ipv4Header {
-    /// Header length in bytes (20..=60).
+pub(crate) struct IpHeader<A> {
+    /// Header length in bytes (IPv4: 20..=60; IPv6: 40 and the extension
+    /// headers walked): the transport header's offset.
     pub(crate) header_len: usize,
     /// Total length (≤ the buffer length); bytes past it are ignored.
     pub(crate) total_len: usize,
     /// IP protocol number.
     pub(crate) protocol: u8,
     /// Source address.
-    pub(crate) src_addr: u32,
+    pub(crate) src_addr: A,
     /// Destination address.
-    pub(crate) dst_addr: u32,
-    /// Flags and fragment offset.
+    pub(crate) dst_addr: A,
+    /// Flags and fragment offset, as IPv4 has them (`ipv4::MORE_FRAGMENTS`,
+    /// `ipv4::FRAGMENT_OFFSET`).
     pub(crate) flags_fragment: u16,
     /// Identification.
-    pub(crate) ident: u16,
+    pub(crate) ident: u32,
 }
 
-impl Ipv4Header {
+/// The IPv4 header.
+pub(crate) type Ipv4Header = IpHeader<u32>;
+
+impl<A> IpHeader<A> {
     /// A fragment other than the first (carries no transport header).
     #[inline(always)]
     pub(crate) fn is_later_fragment(&self) -> bool {
@@ -100,7 +106,7 @@ pub(crate) struct FlowHeader {
 impl FlowHeader {
     /// Addresses (from `h`) and ports of the packet.
     #[inline(always)]
-    pub(crate) fn tuple(&self, h: &Ipv4Header) -> FourTuple {
+    pub(crate) fn tuple<A: Copy>(&self, h: &IpHeader<A>) -> FourTuple<A> {
         FourTuple {
             src_addr: h.src_addr,
             src_port: self.src_port,
@@ -124,7 +130,11 @@ pub(crate) enum NotFlow {
 /// Reads the transport header of a packet that came from inside
 /// (`outbound`) or from outside.
 #[inline(always)]
-pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowHeader, NotFlow> {
+pub(crate) fn classify<F: Family>(
+    p: &[u8],
+    h: &IpHeader<F::Addr>,
+    outbound: bool,
+) -> Result<FlowHeader, NotFlow> {
     let l4 = h.header_len;
     let n = h.payload_len();
     let flow = |protocol, transport, src_port, dst_port, tcp_flags| FlowHeader {
@@ -159,28 +169,28 @@ pub(crate) fn classify(p: &[u8], h: &Ipv4Header, outbound: bool) -> Result<FlowH
                 0,
             )
         }
-        ip_proto::ICMP => {
+        proto if proto == F::ICMP => {
             if n < icmpv4::HEADER_LEN {
                 return Err(NotFlow::Drop(DropReason::Malformed));
             }
+            // ICMPv6 echo has the identifier where ICMPv4 has it.
             let id = || get16(p, l4 + icmpv4::field::ECHO_IDENT.start);
             match (get8(p, l4 + icmpv4::field::TYPE), outbound) {
-                (icmpv4::ECHO_REQUEST, true) => {
+                (t, true) if t == F::ECHO_REQUEST => {
                     flow(PROTO_ICMP, Transport::EchoSourceId, id(), 0, 0)
                 }
-                (icmpv4::ECHO_REPLY, false) => {
+                (t, false) if t == F::ECHO_REPLY => {
                     flow(PROTO_ICMP, Transport::EchoDestinationId, 0, id(), 0)
                 }
-                (
-                    icmpv4::DESTINATION_UNREACHABLE
-                    | icmpv4::TIME_EXCEEDED
-                    | icmpv4::PARAMETER_PROBLEM,
-                    _,
-                ) => {
+                (t, _) if F::is_icmp_error(t) => {
                     return Err(NotFlow::IcmpError);
                 }
-                (icmpv4::ECHO_REPLY, true) => return Err(NotFlow::EchoReplyFromInside(id())),
-                (icmpv4::ECHO_REQUEST, false) => return Err(NotFlow::Drop(DropReason::NoMapping)),
+                (t, true) if t == F::ECHO_REPLY => {
+                    return Err(NotFlow::EchoReplyFromInside(id()));
+                }
+                (t, false) if t == F::ECHO_REQUEST => {
+                    return Err(NotFlow::Drop(DropReason::NoMapping));
+                }
                 _ => return Err(NotFlow::Drop(DropReason::UnsupportedProtocol)),
             }
         }
@@ -219,8 +229,94 @@ pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
         src_addr: get32(h, field::SRC_ADDR.start),
         dst_addr: get32(h, field::DST_ADDR.start),
         flags_fragment: get16(h, field::FLAGS_FRAGMENT.start),
-        ident: get16(h, field::IDENT.start),
+        ident: u32::from(get16(h, field::IDENT.start)),
     })
+}
+
+/// Validates the IPv6 header of `p`: version, a payload length within the
+/// buffer (no jumbograms), and walks the extension headers (RFC 8200
+/// section 4): hop-by-hop and destination options are stepped over, a
+/// routing header too when no segments are left (else the pseudo-header's
+/// destination is the last segment's, which the NAT does not translate:
+/// [`DropReason::UnsupportedProtocol`]), and a fragment header is read
+/// into the IPv4 fields (`flags_fragment` with IPv4's bits, the 32-bit
+/// identification), so that fragments go the IPv4 way. `header_len` is
+/// then the transport header's offset and `protocol` its protocol. After
+/// `MAX_EXTENSION_HEADERS` headers, `protocol` stays an extension header
+/// (classified as unsupported).
+#[inline(always)]
+pub(crate) fn parse6(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
+    use ipv6::field;
+    let h: &[u8; ipv6::HEADER_LEN] = p
+        .first_chunk::<{ ipv6::HEADER_LEN }>()
+        .ok_or(DropReason::Malformed)?;
+    if h[0] >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let total_len = ipv6::HEADER_LEN + usize::from(get16(h, field::PAYLOAD_LENGTH.start));
+    if total_len > p.len() {
+        return Err(DropReason::Malformed);
+    }
+    let mut header = IpHeader {
+        header_len: ipv6::HEADER_LEN,
+        total_len,
+        protocol: h[field::NEXT_HEADER],
+        src_addr: V6::read_addr(h, field::SRC_ADDR.start),
+        dst_addr: V6::read_addr(h, field::DST_ADDR.start),
+        flags_fragment: 0,
+        ident: 0,
+    };
+    if is_extension(header.protocol) {
+        walk_extensions(p, &mut header)?;
+    }
+    Ok(header)
+}
+
+/// Whether IPv6 next header `n` is an extension header the NAT walks.
+#[inline(always)]
+pub(crate) fn is_extension(n: u8) -> bool {
+    matches!(
+        n,
+        ip_proto::HOP_BY_HOP | ip_proto::IPV6_ROUTE | ip_proto::IPV6_OPTS | ip_proto::IPV6_FRAG
+    )
+}
+
+/// Steps over the extension headers of `p` (see [`parse6`]).
+#[cold]
+#[inline(never)]
+pub(crate) fn walk_extensions(p: &[u8], h: &mut IpHeader<u128>) -> Result<(), DropReason> {
+    use ipv6::field;
+    let mut at = h.header_len;
+    for _ in 0..ipv6::MAX_EXTENSION_HEADERS {
+        let len = match h.protocol {
+            ip_proto::HOP_BY_HOP | ip_proto::IPV6_OPTS => {
+                (usize::from(get8(p, at + field::EXT_LENGTH)) + 1) * 8
+            }
+            ip_proto::IPV6_ROUTE => {
+                // Segments left: the fourth byte of every routing header.
+                if get8(p, at + 3) != 0 {
+                    return Err(DropReason::UnsupportedProtocol);
+                }
+                (usize::from(get8(p, at + field::EXT_LENGTH)) + 1) * 8
+            }
+            ip_proto::IPV6_FRAG => {
+                // Offset in 8-byte units in the top 13 bits, M in bit 0: as
+                // IPv4's flags and offset once shifted.
+                let v = get16(p, at + field::FRAGMENT_OFFSET_MORE.start);
+                h.flags_fragment = (v >> 3) | if v & 1 != 0 { ipv4::MORE_FRAGMENTS } else { 0 };
+                h.ident = get32(p, at + 4);
+                8
+            }
+            _ => break,
+        };
+        if at + len > h.total_len {
+            return Err(DropReason::Malformed);
+        }
+        h.protocol = get8(p, at + field::EXT_NEXT_HEADER);
+        at += len;
+        h.header_len = at;
+    }
+    Ok(())
 }
 
 /// Rewrites addresses and ports from `old` to `new`, fixing the IPv4 header
@@ -228,24 +324,17 @@ pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
 /// the transport header is present. Works on fixed-size views of the
 /// headers, so each is bounds-checked once.
 #[inline(always)]
-pub(crate) fn rewrite(
+pub(crate) fn rewrite<F: Family>(
     p: &mut [u8],
-    h: &Ipv4Header,
+    h: &IpHeader<F::Addr>,
     transport: Transport,
-    old: FourTuple,
-    new: FourTuple,
+    old: FourTuple<F::Addr>,
+    new: FourTuple<F::Addr>,
 ) {
     let mut ipd = Delta::default();
-    ipd.dword(old.src_addr, new.src_addr);
-    ipd.dword(old.dst_addr, new.dst_addr);
-    let Some((ip, rest)) = p.split_first_chunk_mut::<{ ipv4::HEADER_LEN }>() else {
-        return;
-    };
-    ip[ipv4::field::SRC_ADDR].copy_from_slice(&new.src_addr.to_be_bytes());
-    ip[ipv4::field::DST_ADDR].copy_from_slice(&new.dst_addr.to_be_bytes());
-    let c = ipd.apply(get16(ip, ipv4::field::CHECKSUM.start));
-    ip[ipv4::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
-    let Some(l4) = rest.get_mut(h.header_len.saturating_sub(ipv4::HEADER_LEN)..) else {
+    F::Addr::delta(&mut ipd, old.src_addr, new.src_addr);
+    F::Addr::delta(&mut ipd, old.dst_addr, new.dst_addr);
+    let Some(l4) = F::write_addrs(p, h.header_len, new.src_addr, new.dst_addr, ipd) else {
         return;
     };
     match transport {
@@ -307,7 +396,12 @@ pub(crate) fn rewrite(
             } else {
                 (old.dst_port, new.dst_port)
             };
-            let mut d = Delta::default();
+            // ICMPv6's checksum covers the pseudo-header, ICMPv4's does not.
+            let mut d = if F::ICMP_PSEUDO {
+                ipd
+            } else {
+                Delta::default()
+            };
             d.word(o, n);
             e[field::ECHO_IDENT].copy_from_slice(&n.to_be_bytes());
             let c = d.apply(get16(e, field::CHECKSUM.start));
@@ -319,15 +413,30 @@ pub(crate) fn rewrite(
 
 /// Finishes a partial ([`crate::L4Checksum::Partial`]) TCP or UDP checksum
 /// in software, as the sending device would: sums the transport header and
-/// payload (up to the IPv4 total length) starting from the field's value and
+/// payload (up to the IP total length) starting from the field's value and
 /// writes the complement there (a UDP result of 0 is sent as `0xffff`).
 ///
 /// Returns `false`, leaving the packet as it was, for anything it cannot
-/// do: not a valid IPv4 header, a fragment, not TCP/UDP, or a transport
+/// do: not a valid IPv4 or IPv6 header, a fragment, not TCP/UDP, or a transport
 /// header shorter than its fixed part.
 pub fn complete_l4_checksum(packet: &mut [u8]) -> bool {
-    let Ok(h) = parse(packet) else {
-        return false;
+    let h = match packet.first().map(|b| b >> 4) {
+        Some(6) => match parse6(packet) {
+            Ok(h) => IpHeader {
+                header_len: h.header_len,
+                total_len: h.total_len,
+                protocol: h.protocol,
+                src_addr: 0,
+                dst_addr: 0,
+                flags_fragment: h.flags_fragment,
+                ident: h.ident,
+            },
+            Err(_) => return false,
+        },
+        _ => match parse(packet) {
+            Ok(h) => h,
+            Err(_) => return false,
+        },
     };
     if h.flags_fragment & (ipv4::MORE_FRAGMENTS | ipv4::FRAGMENT_OFFSET) != 0 {
         return false;

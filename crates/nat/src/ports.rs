@@ -2,9 +2,9 @@
 //! [`PortTable`]), how a new mapping gets one (RFC 4787 REQ-1, 3, 4), and
 //! the port forwards that reserve one.
 
-use core::net::SocketAddrV4;
 use std::collections::HashMap;
 
+use crate::family::Addr;
 use crate::table::{Keys, PROTO_ICMP, SeededState};
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, PortKey};
 use crate::{DropReason, RuleError};
@@ -29,9 +29,9 @@ pub(crate) enum PortUse {
 /// The external port of a mapping and who owns it: 8 bytes, 8 to a cache
 /// line (the inbound path reads one per packet).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Binding {
+pub(crate) struct Binding<A> {
     /// The internal endpoint the port leads to.
-    pub(crate) internal_addr: u32,
+    pub(crate) internal_addr: A,
     /// Its port or ICMP identifier.
     pub(crate) internal_port: u16,
     /// What holds the port.
@@ -42,14 +42,14 @@ pub(crate) struct Binding {
 
 /// Per-protocol external ports: who holds each, and a bitmap of used ones.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct PortTable {
-    bindings: Vec<Binding>,
+pub(crate) struct PortTable<A> {
+    bindings: Vec<Binding<A>>,
     /// Flows using each port (apart from `bindings`: the hot path never reads it).
     refs: Vec<u32>,
     used: Vec<u64>,
 }
 
-impl PortTable {
+impl<A: Addr> PortTable<A> {
     /// Allocates the table on first use.
     pub(crate) fn ensure(&mut self) {
         if self.bindings.is_empty() {
@@ -61,11 +61,11 @@ impl PortTable {
         }
     }
     #[inline(always)]
-    pub(crate) fn get(&self, port: u16) -> Option<&Binding> {
+    pub(crate) fn get(&self, port: u16) -> Option<&Binding<A>> {
         self.bindings.get(usize::from(port))
     }
     #[inline]
-    pub(crate) fn get_mut(&mut self, port: u16) -> Option<&mut Binding> {
+    pub(crate) fn get_mut(&mut self, port: u16) -> Option<&mut Binding<A>> {
         self.bindings.get_mut(usize::from(port))
     }
     /// Number of flows on `port`.
@@ -81,7 +81,7 @@ impl PortTable {
         self.get(port).map_or(PortUse::Free, |b| b.used_by)
     }
     #[inline]
-    pub(crate) fn set(&mut self, port: u16, b: Binding) {
+    pub(crate) fn set(&mut self, port: u16, b: Binding<A>) {
         if let Some(s) = self.get_mut(port) {
             *s = b;
         }
@@ -131,7 +131,7 @@ impl PortTable {
         None
     }
     fn memory(&self) -> usize {
-        self.bindings.capacity() * core::mem::size_of::<Binding>()
+        self.bindings.capacity() * core::mem::size_of::<Binding<A>>()
             + self.refs.capacity() * 4
             + self.used.capacity() * 8
     }
@@ -139,22 +139,22 @@ impl PortTable {
 
 /// The external ports of all protocols and the indexes that lead to them.
 #[derive(Debug)]
-pub(crate) struct Ports {
+pub(crate) struct Ports<A> {
     /// One table per protocol index.
-    pub(crate) tables: [PortTable; 3],
+    pub(crate) tables: [PortTable<A>; 3],
     /// The external port of each internal endpoint's (non-redirected)
     /// mapping or forward.
-    pub(crate) by_internal: HashMap<EndpointKey, u16, SeededState>,
+    pub(crate) by_internal: HashMap<EndpointKey<A>, u16, SeededState>,
     /// External port of each redirected flow -> the destination the guest
     /// wrote (the flow's internal-side key part).
-    pub(crate) redirected: HashMap<PortKey, Endpoint, SeededState>,
+    pub(crate) redirected: HashMap<PortKey, Endpoint<A>, SeededState>,
     /// Port forwards by external port.
-    forwards: HashMap<PortKey, SocketAddrV4, SeededState>,
+    forwards: HashMap<PortKey, Endpoint<A>, SeededState>,
 }
 
-impl Ports {
+impl<A: Addr> Ports<A> {
     /// No port in use.
-    pub(crate) fn new(hasher: SeededState) -> Ports {
+    pub(crate) fn new(hasher: SeededState) -> Ports<A> {
         Ports {
             tables: [
                 PortTable::default(),
@@ -169,19 +169,19 @@ impl Ports {
 
     /// The port table of protocol index `protocol`.
     #[inline(always)]
-    pub(crate) fn table(&self, protocol: u8) -> Option<&PortTable> {
+    pub(crate) fn table(&self, protocol: u8) -> Option<&PortTable<A>> {
         self.tables.get(usize::from(protocol))
     }
 
     /// The port table of protocol index `protocol`.
     #[inline(always)]
-    pub(crate) fn table_mut(&mut self, protocol: u8) -> Option<&mut PortTable> {
+    pub(crate) fn table_mut(&mut self, protocol: u8) -> Option<&mut PortTable<A>> {
         self.tables.get_mut(usize::from(protocol))
     }
 
     /// The binding of `port` (a free one if the table is not allocated).
     #[inline(always)]
-    pub(crate) fn binding(&self, protocol: u8, port: u16) -> Binding {
+    pub(crate) fn binding(&self, protocol: u8, port: u16) -> Binding<A> {
         self.table(protocol)
             .and_then(|t| t.get(port))
             .copied()
@@ -200,7 +200,7 @@ impl Ports {
         keys: &Keys,
         range: (u16, u16),
         protocol: u8,
-        addr: u32,
+        addr: A,
         port: u16,
     ) -> Result<u16, DropReason> {
         let Some(pt) = self.table_mut(protocol) else {
@@ -225,7 +225,7 @@ impl Ports {
             protocol,
             src_addr: addr,
             src_port: port,
-            dst_addr: 0,
+            dst_addr: A::ZERO,
             dst_port: 0,
         };
         let start = u32::from(lo) + keys.hash(&seed) % n;
@@ -249,7 +249,7 @@ impl Ports {
         &mut self,
         protocol: u8,
         port: u16,
-        target: SocketAddrV4,
+        target: Endpoint<A>,
     ) -> Result<(), RuleError> {
         let Some(pt) = self.table_mut(protocol) else {
             return Err(RuleError::Invalid("port forwards are for TCP or UDP"));
@@ -258,12 +258,12 @@ impl Ports {
         if pt.used_by(port) != PortUse::Free {
             return Err(RuleError::PortInUse(port));
         }
-        let internal_addr = u32::from(*target.ip());
+        let internal_addr = target.addr;
         pt.set(
             port,
             Binding {
                 internal_addr,
-                internal_port: target.port(),
+                internal_port: target.port,
                 used_by: PortUse::Forward,
                 redirect: false,
             },
@@ -271,7 +271,7 @@ impl Ports {
         let key = EndpointKey {
             protocol,
             addr: internal_addr,
-            port: target.port(),
+            port: target.port,
         };
         self.by_internal.entry(key).or_insert(port);
         self.forwards.insert(PortKey { protocol, port }, target);
@@ -295,8 +295,8 @@ impl Ports {
             pt.free(port);
             let key = EndpointKey {
                 protocol,
-                addr: u32::from(*target.ip()),
-                port: target.port(),
+                addr: target.addr,
+                port: target.port,
             };
             if self.by_internal.get(&key) == Some(&port) {
                 self.by_internal.remove(&key);
@@ -340,6 +340,6 @@ mod tests {
 
     #[test]
     fn a_binding_is_8_bytes() {
-        assert_eq!(core::mem::size_of::<Binding>(), 8);
+        assert_eq!(core::mem::size_of::<Binding<u32>>(), 8);
     }
 }

@@ -1,20 +1,22 @@
 //! The configuration, validated once and kept in the units the packet paths
-//! use: addresses as `u32`, timeouts in milliseconds.
+//! use: addresses of the family's type, timeouts in milliseconds.
 
+use crate::family::{Addr, Family};
 use crate::table::{PROTO_TCP, PROTO_UDP, state};
 use crate::{ConfigError, NatConfig};
 
-/// A validated [`NatConfig`] and what the packet paths derive from it.
+/// A validated [`NatConfig`] and what the packet paths of family `F`
+/// derive from it.
 #[derive(Debug)]
-pub(crate) struct Settings {
+pub(crate) struct Settings<F: Family> {
     /// The configuration as given (for `Nat::config` and the caps).
     pub(crate) config: NatConfig,
     /// The internal network address (masked).
-    pub(crate) internal_net: u32,
+    pub(crate) internal_net: F::Addr,
     /// The internal network mask.
-    pub(crate) internal_mask: u32,
+    pub(crate) internal_mask: F::Addr,
     /// The external address.
-    pub(crate) external_addr: u32,
+    pub(crate) external_addr: F::Addr,
     /// Lowest and highest port of `NatConfig::port_range`.
     pub(crate) port_range: (u16, u16),
     /// Idle timeouts in milliseconds.
@@ -75,29 +77,30 @@ impl TimeoutsMillis {
     }
 }
 
-impl Settings {
+impl<F: Family> Settings<F> {
     /// Validates `config`.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] names the first field out of range.
-    pub(crate) fn new(config: NatConfig) -> Result<Settings, ConfigError> {
+    pub(crate) fn new(config: NatConfig) -> Result<Settings<F>, ConfigError> {
         let c = &config;
-        if c.internal_prefix_len > 32 {
-            return Err(ConfigError::Invalid(
-                "internal_prefix_len must be at most 32",
-            ));
+        let (net, prefix_len, external_addr) = F::config_addrs(c);
+        let v6 = F::BITS == 128;
+        if prefix_len > F::BITS {
+            return Err(ConfigError::Invalid(if v6 {
+                "internal_prefix_len6 must be at most 128"
+            } else {
+                "internal_prefix_len must be at most 32"
+            }));
         }
-        let internal_mask = if c.internal_prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(c.internal_prefix_len))
-        };
-        let internal_net = u32::from(c.internal_net) & internal_mask;
-        let external_addr = u32::from(c.external_addr);
-        if external_addr & internal_mask == internal_net {
-            return Err(ConfigError::Invalid(
-                "external_addr is inside the internal network",
-            ));
+        let internal_mask = F::mask(prefix_len);
+        let internal_net = F::Addr::and(net, internal_mask);
+        if external_addr.in_prefix(internal_net, internal_mask) {
+            return Err(ConfigError::Invalid(if v6 {
+                "external_addr6 is inside the internal network"
+            } else {
+                "external_addr is inside the internal network"
+            }));
         }
         let (lo, hi) = (*c.port_range.start(), *c.port_range.end());
         if lo < 1024 || lo > hi {
@@ -165,27 +168,25 @@ impl Settings {
 
     /// Whether `addr` may not be the source of a packet from outside: the
     /// internal network (which holds the gateway), the external address,
-    /// 0/8, 127/8, or 224/4 and 240/4 (multicast, reserved and the limited
-    /// broadcast). One table load by the first octet and two compares.
+    /// and what [`Family::is_martian`] says (IPv4: 0/8, 127/8, or 224/4 and
+    /// 240/4 (multicast, reserved and the limited broadcast), one table load
+    /// by the first octet; IPv6: ::, ::1, ff00::/8, fe80::/10).
     #[inline(always)]
-    pub(crate) fn is_martian_source(&self, addr: u32) -> bool {
-        let first = (addr >> 24) as u8;
-        MARTIAN_FIRST_OCTET[usize::from(first)]
-            | self.is_internal(addr)
-            | (addr == self.external_addr)
+    pub(crate) fn is_martian_source(&self, addr: F::Addr) -> bool {
+        F::is_martian(addr) | self.is_internal(addr) | (addr == self.external_addr)
     }
 
     /// Whether `addr` is in the internal network.
     #[inline(always)]
-    pub(crate) fn is_internal(&self, addr: u32) -> bool {
-        addr & self.internal_mask == self.internal_net
+    pub(crate) fn is_internal(&self, addr: F::Addr) -> bool {
+        addr.in_prefix(self.internal_net, self.internal_mask)
     }
 }
 
 /// First octets no outside source can have: 0 ("this network"), 127
 /// (loopback), 224–239 (multicast) and 240–255 (reserved, and the limited
 /// broadcast), RFC 1812 section 5.3.7 and RFC 6890.
-static MARTIAN_FIRST_OCTET: [bool; 256] = {
+pub(crate) static MARTIAN_FIRST_OCTET: [bool; 256] = {
     let mut t = [false; 256];
     t[0] = true;
     t[127] = true;

@@ -1,7 +1,8 @@
 //! Expiry of flows: a resumable sweep over the flow table, bounded per call,
 //! and the lower bound of every flow deadline that tells when it is due.
 
-use crate::translator::Nat;
+use crate::family::Family;
+use crate::translator::Engine;
 
 /// Where the expiry sweep is, and what it knows about flow deadlines.
 #[derive(Debug)]
@@ -60,7 +61,7 @@ impl Sweep {
     }
 }
 
-impl Nat {
+impl<F: Family> Engine<F> {
     /// Removes expired flows: examines at most `budget` flows and
     /// `8 × budget + 64` table slots, from where the last call stopped;
     /// returns how many it removed.

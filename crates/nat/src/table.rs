@@ -7,9 +7,11 @@
 
 use core::hash::{BuildHasher, Hasher};
 
+use crate::family::Addr;
 use crate::tuple::FiveTuple;
 
-/// One tracked session (a 5-tuple and its translation). 32 bytes.
+/// One tracked session (a 5-tuple and its translation). 32 bytes for IPv4
+/// (`A = u32`), 96 for IPv6 (`u128` addresses, 16-byte aligned).
 ///
 /// `repr(C)`, the internal-side key first: its two addresses are one 8-byte
 /// word, its two ports the next 4 bytes and the protocol the byte after, so
@@ -17,14 +19,14 @@ use crate::tuple::FiveTuple;
 /// key then also stays in three registers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
-pub(crate) struct Flow {
+pub(crate) struct Flow<A> {
     /// Deadline in milliseconds of the caller's clock.
     pub(crate) expires: u64,
     /// Internal (guest) address.
-    pub(crate) internal_addr: u32,
+    pub(crate) internal_addr: A,
     /// Destination address as the guest wrote it (differs from `remote_addr`
     /// only for redirected flows).
-    pub(crate) original_addr: u32,
+    pub(crate) original_addr: A,
     /// Internal port or ICMP identifier.
     pub(crate) internal_port: u16,
     /// Destination port as the guest wrote it.
@@ -36,7 +38,7 @@ pub(crate) struct Flow {
     /// External port or ICMP identifier.
     pub(crate) external_port: u16,
     /// The real remote address.
-    pub(crate) remote_addr: u32,
+    pub(crate) remote_addr: A,
     /// The real remote port (0 for ICMP).
     pub(crate) remote_port: u16,
 }
@@ -73,10 +75,10 @@ pub(crate) mod state {
     pub(crate) const KEPT: u8 = REDIRECTED | INBOUND;
 }
 
-impl Flow {
+impl<A: Addr> Flow<A> {
     /// The internal-side key.
     #[inline(always)]
-    pub(crate) fn key(&self) -> FiveTuple {
+    pub(crate) fn key(&self) -> FiveTuple<A> {
         FiveTuple {
             protocol: self.protocol,
             src_addr: self.internal_addr,
@@ -92,22 +94,24 @@ impl Flow {
     }
     /// Whether this flow has the internal-side key `key`.
     #[inline(always)]
-    pub(crate) fn has_key(&self, key: &FiveTuple) -> bool {
+    pub(crate) fn has_key(&self, key: &FiveTuple<A>) -> bool {
         let mine = self.key();
-        mine.addrs() == key.addrs() && mine.ports() == key.ports() && self.protocol == key.protocol
+        A::pair_eq(mine.src_addr, mine.dst_addr, key.src_addr, key.dst_addr)
+            && mine.ports() == key.ports()
+            && self.protocol == key.protocol
     }
 }
 
 /// Marks an unused slot of a [`FlowTable`] (in `Flow::protocol`).
 const FREE_SLOT: u8 = 0xff;
 
-impl Flow {
+impl<A: Addr> Flow<A> {
     /// An unused slot.
-    pub(crate) const VACANT: Flow = Flow {
+    pub(crate) const VACANT: Flow<A> = Flow {
         expires: 0,
-        internal_addr: 0,
-        original_addr: 0,
-        remote_addr: 0,
+        internal_addr: A::ZERO,
+        original_addr: A::ZERO,
+        remote_addr: A::ZERO,
         internal_port: 0,
         external_port: 0,
         original_port: 0,
@@ -123,15 +127,15 @@ impl Flow {
 /// line. A flow's position is its handle; it changes only when a removal
 /// shifts it back (reported to the caller) or the table grows.
 #[derive(Clone, Debug)]
-pub(crate) struct FlowTable {
-    slots: Vec<Flow>,
+pub(crate) struct FlowTable<A> {
+    slots: Vec<Flow<A>>,
     mask: usize,
     len: usize,
 }
 
-impl FlowTable {
+impl<A: Addr> FlowTable<A> {
     /// An empty table with room for `cap` flows before it grows.
-    pub(crate) fn with_capacity(cap: usize) -> FlowTable {
+    pub(crate) fn with_capacity(cap: usize) -> FlowTable<A> {
         let n = (cap.saturating_mul(4) / 3 + 1).next_power_of_two().max(16);
         FlowTable {
             slots: vec![Flow::VACANT; n],
@@ -157,25 +161,25 @@ impl FlowTable {
 
     /// The flow at `pos`, if that slot is in use.
     #[inline(always)]
-    pub(crate) fn get(&self, pos: usize) -> Option<&Flow> {
+    pub(crate) fn get(&self, pos: usize) -> Option<&Flow<A>> {
         self.slots.get(pos).filter(|f| f.protocol != FREE_SLOT)
     }
 
     /// The flow at `pos`, if that slot is in use.
     #[inline(always)]
-    pub(crate) fn get_mut(&mut self, pos: usize) -> Option<&mut Flow> {
+    pub(crate) fn get_mut(&mut self, pos: usize) -> Option<&mut Flow<A>> {
         self.slots.get_mut(pos).filter(|f| f.protocol != FREE_SLOT)
     }
 
     /// The flows in use.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow<A>> {
         self.slots.iter().filter(|f| f.protocol != FREE_SLOT)
     }
 
     /// Finds the position of the flow with internal-side `hash` for which
     /// `eq` holds.
     #[inline(always)]
-    pub(crate) fn find(&self, hash: u32, mut eq: impl FnMut(&Flow) -> bool) -> Option<u32> {
+    pub(crate) fn find(&self, hash: u32, mut eq: impl FnMut(&Flow<A>) -> bool) -> Option<u32> {
         let mut pos = hash as usize & self.mask;
         loop {
             let f = self.slots.get(pos)?;
@@ -195,8 +199,8 @@ impl FlowTable {
     pub(crate) fn lookup(
         &self,
         hash: u32,
-        mut eq: impl FnMut(&Flow) -> bool,
-    ) -> Option<(usize, Flow)> {
+        mut eq: impl FnMut(&Flow<A>) -> bool,
+    ) -> Option<(usize, Flow<A>)> {
         let mut pos = hash as usize & self.mask;
         loop {
             let f = self.slots.get(pos)?;
@@ -237,7 +241,7 @@ impl FlowTable {
 
     /// Inserts a flow (the caller checked its key is absent and the table is
     /// not [`FlowTable::full`]); returns its position.
-    pub(crate) fn insert(&mut self, hash: u32, f: Flow) -> usize {
+    pub(crate) fn insert(&mut self, hash: u32, f: Flow<A>) -> usize {
         let mut pos = hash as usize & self.mask;
         for _ in 0..self.slots.len() {
             match self.slots.get_mut(pos) {
@@ -258,7 +262,7 @@ impl FlowTable {
         &mut self,
         pos: usize,
         keys: &Keys,
-        mut moved: impl FnMut(usize, usize, &Flow),
+        mut moved: impl FnMut(usize, usize, &Flow<A>),
     ) {
         if self.get(pos).is_none() {
             return;
@@ -292,7 +296,7 @@ impl FlowTable {
 
     /// Bytes held.
     pub(crate) fn memory(&self) -> usize {
-        self.slots.capacity() * core::mem::size_of::<Flow>()
+        self.slots.capacity() * core::mem::size_of::<Flow<A>>()
     }
 }
 
@@ -317,17 +321,27 @@ impl Keys {
     }
 
     #[inline(always)]
-    fn mix(&self, a: u64, b: u64) -> u32 {
+    pub(crate) fn mix(&self, a: u64, b: u64) -> u32 {
         let h = fold_mul(a ^ self.0[0], b ^ self.0[1]);
         let h = fold_mul(h ^ self.0[2], self.0[3]);
         (h ^ (h >> 32)) as u32
     }
 
+    /// Two IPv6 addresses and `b` mixed: each address is folded by a
+    /// keyed multiply of its halves (no fixed xor of halves an outsider
+    /// could keep constant), then mixed with `b` as an IPv4 key is.
+    #[inline(always)]
+    pub(crate) fn mix128(&self, src: u128, dst: u128, b: u64) -> u32 {
+        let s = fold_mul((src as u64) ^ self.0[0], ((src >> 64) as u64) ^ self.0[1]);
+        let d = fold_mul((dst as u64) ^ self.0[2], ((dst >> 64) as u64) ^ self.0[3]);
+        self.mix(s ^ d.rotate_left(29), b)
+    }
+
     /// Hash of an internal-side key.
     #[inline(always)]
-    pub(crate) fn hash(&self, key: &FiveTuple) -> u32 {
+    pub(crate) fn hash<A: Addr>(&self, key: &FiveTuple<A>) -> u32 {
         let b = u64::from(key.ports()) | (u64::from(key.protocol) << 32);
-        self.mix(key.addrs(), b)
+        <A as Addr>::hash(self, key.src_addr, key.dst_addr, b)
     }
 
     /// A `BuildHasher` for the cold-path std maps, keyed from these keys.
@@ -404,7 +418,7 @@ mod tests {
     fn flow_table_keeps_positions_right_through_growth_and_backward_shifts() {
         use std::collections::HashMap;
         let keys = Keys::from_seed(3);
-        let flow = |i: u32| Flow {
+        let flow = |i: u32| Flow::<u32> {
             internal_addr: i % 7,
             original_addr: i / 7,
             internal_port: (i % 5) as u16,
@@ -451,13 +465,14 @@ mod tests {
 
     #[test]
     fn a_flow_is_32_bytes() {
-        assert_eq!(core::mem::size_of::<Flow>(), 32);
+        assert_eq!(core::mem::size_of::<Flow<u32>>(), 32);
+        assert_eq!(core::mem::size_of::<Flow<u128>>(), 96);
     }
 
     #[test]
     fn keyed_hashes_differ_per_seed_and_per_key() {
         let (a, b) = (Keys::from_seed(1), Keys::from_seed(2));
-        let key = |protocol, dst_port| FiveTuple {
+        let key = |protocol, dst_port| FiveTuple::<u32> {
             protocol,
             src_addr: 10,
             src_port: 20,

@@ -2,12 +2,12 @@
 //! `etherparse::PacketBuilder`, field readers, an independent full checksum
 //! verifier, and a pre-warmed table for benches.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use etherparse::PacketBuilder;
 use wire::checksum as inet;
 use wire::ipv4::field as ip;
-use wire::{Field, Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4, udp};
+use wire::{Field, Ipv4Packet, TcpPacket, UdpPacket, icmpv4, ip_proto, ipv4, ipv6, udp};
 
 use crate::packet::ipv4_header_len;
 use crate::{Instant, Nat, NatConfig, Verdict};
@@ -571,4 +571,357 @@ fn transport_ok(p: &[u8]) -> bool {
         ip_proto::ICMP => ok(0),
         _ => true,
     }
+}
+
+// ---------------------------------------------------------------------------
+// IPv6 (NAT66).
+
+/// A guest address inside the default internal IPv6 network (`fd64::/64`).
+pub const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x10);
+/// A second guest.
+pub const GUEST6_2: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x11);
+/// A server on the test internet (`2001:db8::/32`).
+pub const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// A second server.
+pub const SERVER6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
+/// The default external IPv6 address.
+pub const EXTERNAL6: Ipv6Addr = Ipv6Addr::new(0xfd64, 0xffff, 0, 0, 0, 0, 0, 2);
+
+/// Socket address shorthand.
+pub fn sa6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(ip, port, 0, 0)
+}
+
+/// A UDP/IPv6 packet.
+pub fn udp6(src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
+    let b =
+        PacketBuilder::ipv6(src.ip().octets(), dst.ip().octets(), 64).udp(src.port(), dst.port());
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("udp6 builder: {e}"));
+    v
+}
+
+/// A TCP/IPv6 packet.
+pub fn tcp6(src: SocketAddrV6, dst: SocketAddrV6, flags: TcpFlags, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ipv6(src.ip().octets(), dst.ip().octets(), 64).tcp(
+        src.port(),
+        dst.port(),
+        1000,
+        64240,
+    );
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(1);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("tcp6 builder: {e}"));
+    v
+}
+
+/// An ICMPv6 echo request.
+pub fn echo_request6(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(src.octets(), dst.octets(), 64).icmpv6_echo_request(id, seq);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("icmpv6 builder: {e}"));
+    v
+}
+
+/// An ICMPv6 echo reply.
+pub fn echo_reply6(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(src.octets(), dst.octets(), 64).icmpv6_echo_reply(id, seq);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .unwrap_or_else(|e| panic!("icmpv6 builder: {e}"));
+    v
+}
+
+/// An ICMPv6 error (`icmp_type` 1–4) carrying `embedded` (usually the
+/// offending packet truncated with [`truncate_for_error6`]).
+pub fn icmp_error6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    embedded: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(src.octets(), dst.octets(), 64).icmpv6_raw(icmp_type, code, rest);
+    let mut v = Vec::with_capacity(b.size(embedded.len()));
+    b.write(&mut v, embedded)
+        .unwrap_or_else(|e| panic!("icmpv6 builder: {e}"));
+    v
+}
+
+/// The first `40 + 8` bytes of an IPv6 `packet` (a short quote).
+pub fn truncate_for_error6(packet: &[u8]) -> Vec<u8> {
+    packet.iter().copied().take(ipv6::HEADER_LEN + 8).collect()
+}
+
+fn addr6(packet: &[u8], at: usize) -> Ipv6Addr {
+    let mut b = [0u8; 16];
+    if let Some(s) = packet.get(at..at + 16) {
+        b.copy_from_slice(s);
+    }
+    Ipv6Addr::from(b)
+}
+
+fn port6(packet: &[u8], at: usize) -> u16 {
+    let at = match packet.get(ipv6::field::NEXT_HEADER) {
+        Some(&ip_proto::ICMPV6) => icmpv4::field::ECHO_IDENT.start,
+        _ => at,
+    };
+    match packet.get(ipv6::HEADER_LEN + at..ipv6::HEADER_LEN + at + 2) {
+        Some(&[a, b]) => u16::from_be_bytes([a, b]),
+        _ => 0,
+    }
+}
+
+/// Source address and port (ICMPv6 echo: the identifier) of an IPv6 packet
+/// without extension headers.
+pub fn src6(packet: &[u8]) -> SocketAddrV6 {
+    sa6(
+        addr6(packet, ipv6::field::SRC_ADDR.start),
+        port6(packet, udp::field::SRC_PORT.start),
+    )
+}
+
+/// Destination address and port (ICMPv6 echo: the identifier).
+pub fn dst6(packet: &[u8]) -> SocketAddrV6 {
+    sa6(
+        addr6(packet, ipv6::field::DST_ADDR.start),
+        port6(packet, udp::field::DST_PORT.start),
+    )
+}
+
+/// The source of the packet quoted in an ICMPv6 error, with port.
+pub fn embedded_src6(packet: &[u8]) -> SocketAddrV6 {
+    src6(packet.get(ipv6::HEADER_LEN + 8..).unwrap_or(&[]))
+}
+
+/// The destination of the packet quoted in an ICMPv6 error, with port.
+pub fn embedded_dst6(packet: &[u8]) -> SocketAddrV6 {
+    dst6(packet.get(ipv6::HEADER_LEN + 8..).unwrap_or(&[]))
+}
+
+/// The pseudo-header sum of an IPv6 packet without extension headers.
+fn pseudo6(packet: &[u8]) -> Option<u64> {
+    let next = *packet.get(ipv6::field::NEXT_HEADER)?;
+    let len = packet.len().checked_sub(ipv6::HEADER_LEN)?;
+    Some(inet::pseudo_header_v6(
+        addr6(packet, ipv6::field::SRC_ADDR.start),
+        addr6(packet, ipv6::field::DST_ADDR.start),
+        next,
+        len as u32,
+    ))
+}
+
+/// Whether the TCP, UDP or ICMPv6 checksum of an IPv6 packet (no extension
+/// headers, payload length = the rest of the buffer) equals a full
+/// recompute, and, for an ICMPv6 error whose quoted packet is complete, the
+/// quoted TCP/UDP checksum too (when it has no extension headers).
+pub fn checksums6_ok(packet: &[u8]) -> bool {
+    let Some(pseudo) = pseudo6(packet) else {
+        return false;
+    };
+    let Some(l4) = packet.get(ipv6::HEADER_LEN..) else {
+        return false;
+    };
+    if inet::fold(inet::sum(l4, pseudo)) != 0xffff {
+        return false;
+    }
+    // A quoted packet that is whole: check its transport checksum too.
+    let is_error = packet.get(ipv6::field::NEXT_HEADER) == Some(&ip_proto::ICMPV6)
+        && l4.first().is_some_and(|t| *t < 128);
+    if is_error
+        && let Some(q) = l4.get(8..)
+        && q.len() >= ipv6::HEADER_LEN
+        && usize::from(u16::from_be_bytes([q[4], q[5]])) + ipv6::HEADER_LEN == q.len()
+        && matches!(
+            q.get(ipv6::field::NEXT_HEADER),
+            Some(&(ip_proto::TCP | ip_proto::UDP))
+        )
+    {
+        return checksums6_ok(q);
+    }
+    true
+}
+
+/// Whether `packet` parses as IPv6 with etherparse (extension headers
+/// walked, payload length within the buffer).
+pub fn parses6(packet: &[u8]) -> bool {
+    etherparse::Ipv6Slice::from_slice(packet).is_ok()
+}
+
+/// The length an IPv6 packet declares (header and payload length).
+pub fn declared_len6(packet: &[u8]) -> usize {
+    match packet.get(ipv6::field::PAYLOAD_LENGTH) {
+        Some(&[a, b]) => ipv6::HEADER_LEN + usize::from(u16::from_be_bytes([a, b])),
+        _ => packet.len(),
+    }
+}
+
+/// Turns a whole TCP or UDP IPv6 packet into a partial-checksum one (the
+/// folded pseudo-header sum in its checksum field, as Linux's
+/// CHECKSUM_PARTIAL). Returns `false` (unchanged) if it is not one.
+pub fn make_partial6(packet: &mut [u8]) -> bool {
+    let at = match packet.get(ipv6::field::NEXT_HEADER) {
+        Some(&ip_proto::TCP) => ipv6::HEADER_LEN + 16,
+        Some(&ip_proto::UDP) => ipv6::HEADER_LEN + 6,
+        _ => return false,
+    };
+    let Some(ps) = pseudo6(packet) else {
+        return false;
+    };
+    match packet.get_mut(at..at + 2) {
+        Some(s) => {
+            s.copy_from_slice(&inet::fold(ps).to_be_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Builds a [`Warmed`] table of `flows` UDP/IPv6 flows, as [`warmed`] does
+/// for IPv4 (same endpoint and server counts, same packet sizes apart from
+/// the 20 more header bytes).
+///
+/// # Panics
+/// If the NAT refuses one of the flows (a bug).
+pub fn warmed6(flows: usize) -> Warmed {
+    let mut cfg = config();
+    cfg.max_flows = cfg.max_flows.max(flows);
+    cfg.max_flows_per_host = cfg.max_flows_per_host.max(flows);
+    let mut nat = nat_with(cfg);
+    let now = Instant::from_secs(1);
+    let endpoints = flows.clamp(1, 50_000);
+    let mut out = Vec::with_capacity(flows);
+    let mut inb = Vec::with_capacity(flows);
+    for i in 0..flows {
+        let (e, r) = (i % endpoints, i / endpoints);
+        let guest = sa6(
+            Ipv6Addr::from(u128::from(GUEST6) + (e % 250) as u128),
+            10_000 + (e / 250) as u16,
+        );
+        let server = sa6(Ipv6Addr::from(u128::from(SERVER6) + r as u128), 443);
+        let p = udp6(guest, server, &[0u8; 18]);
+        let mut t = p.clone();
+        assert_eq!(
+            nat.outbound(&mut t, now),
+            Verdict::Forward,
+            "warming flow {i}"
+        );
+        inb.push(udp6(server, src6(&t), &[0u8; 18]));
+        out.push(p);
+    }
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    shuffle(&mut out, &mut rng);
+    shuffle(&mut inb, &mut rng);
+    let (mut outbound, mut inbound) = (Packets::default(), Packets::default());
+    out.iter().for_each(|p| outbound.push(p));
+    inb.iter().for_each(|p| inbound.push(p));
+    Warmed {
+        nat,
+        outbound,
+        inbound,
+        now,
+    }
+}
+
+/// `packet` (IPv6, no extension headers) with an 8-byte extension header
+/// of type `ext` (hop-by-hop 0 or destination options 60: a PadN option;
+/// routing 43: type 0 with no segments left) before its transport header.
+pub fn with_extension6(packet: &[u8], ext: u8) -> Vec<u8> {
+    let mut v = packet.to_vec();
+    if v.len() < ipv6::HEADER_LEN {
+        return v;
+    }
+    let next = v[ipv6::field::NEXT_HEADER];
+    let hdr = if ext == ip_proto::IPV6_ROUTE {
+        [next, 0, 0, 0, 0, 0, 0, 0]
+    } else {
+        [next, 0, 1, 4, 0, 0, 0, 0]
+    };
+    v.splice(ipv6::HEADER_LEN..ipv6::HEADER_LEN, hdr);
+    v[ipv6::field::NEXT_HEADER] = ext;
+    let len = (v.len() - ipv6::HEADER_LEN) as u16;
+    v[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&len.to_be_bytes());
+    v
+}
+
+/// `packet` (IPv6) without its extension headers (hop-by-hop, routing,
+/// destination options, fragment): what the transport checksum is checked
+/// on with [`checksums6_ok`] (which counts all bytes after the fixed header
+/// as the transport message).
+pub fn strip_extensions6(packet: &[u8]) -> Vec<u8> {
+    let mut v = packet.to_vec();
+    while v.len() >= ipv6::HEADER_LEN + 8 && matches!(v[ipv6::field::NEXT_HEADER], 0 | 43 | 44 | 60)
+    {
+        let ext = v[ipv6::field::NEXT_HEADER];
+        let at = ipv6::HEADER_LEN;
+        let len = if ext == ip_proto::IPV6_FRAG {
+            8
+        } else {
+            (usize::from(v[at + 1]) + 1) * 8
+        };
+        v[ipv6::field::NEXT_HEADER] = v[at];
+        v.drain(at..(at + len).min(v.len()));
+        let l = (v.len() - ipv6::HEADER_LEN) as u16;
+        v[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&l.to_be_bytes());
+    }
+    v
+}
+
+/// Splits an IPv6 packet (no extension headers) into fragments of at most
+/// `chunk` payload bytes (rounded down to a multiple of 8), each with a
+/// fragment header of identification `ident` (RFC 8200 section 4.5).
+pub fn fragment6(packet: &[u8], chunk: usize, ident: u32) -> Vec<Vec<u8>> {
+    let chunk = (chunk / 8).max(1) * 8;
+    let (hdr, payload) = packet.split_at(ipv6::HEADER_LEN.min(packet.len()));
+    let next = hdr.get(ipv6::field::NEXT_HEADER).copied().unwrap_or(0);
+    let n = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut f = hdr.to_vec();
+            f[ipv6::field::NEXT_HEADER] = ip_proto::IPV6_FRAG;
+            let off_m = (((i * chunk) / 8) as u16) << 3 | u16::from(i + 1 < n);
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&off_m.to_be_bytes());
+            f.extend_from_slice(&ident.to_be_bytes());
+            f.extend_from_slice(part);
+            let l = (f.len() - ipv6::HEADER_LEN) as u16;
+            f[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&l.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
+/// Reassembles IPv6 fragments made by [`fragment6`] (in offset order) into
+/// a whole packet.
+pub fn reassemble6(fragments: &[Vec<u8>]) -> Vec<u8> {
+    let Some(first) = fragments.first() else {
+        return Vec::new();
+    };
+    let mut v = first.get(..ipv6::HEADER_LEN).unwrap_or(&[]).to_vec();
+    if let Some(n) = first.get(ipv6::HEADER_LEN) {
+        v[ipv6::field::NEXT_HEADER] = *n;
+    }
+    for f in fragments {
+        v.extend_from_slice(f.get(ipv6::HEADER_LEN + 8..).unwrap_or(&[]));
+    }
+    let l = (v.len() - ipv6::HEADER_LEN) as u16;
+    v[ipv6::field::PAYLOAD_LENGTH].copy_from_slice(&l.to_be_bytes());
+    v
 }

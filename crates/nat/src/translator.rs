@@ -1,52 +1,303 @@
-//! The public [`Nat`] type: its state, grouped by idea, and its public
-//! methods. The packet paths are in `outbound`, `inbound`, `icmp_error`,
-//! `hairpin`, `fragments` and `batch`; expiry in `sweep`.
+//! The public [`Nat`] type and the engine behind it. `Nat` holds one
+//! [`Engine`] per address family ([`V4`], [`V6`]), each with its own flow
+//! table, ports, rules, fragment state and counters, and dispatches a packet
+//! on its IP version nibble. The packet paths are in `outbound`, `inbound`,
+//! `icmp_error`, `hairpin`, `fragments` and `batch`; expiry in `sweep`; all
+//! are written once, generic over the [`Family`].
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
+use crate::family::{Family, V4, V6};
 use crate::flows::Table;
-use crate::fragments::{Fragments, first_fragment};
+use crate::fragments::Fragments;
 use crate::hairpin::EchoRequesters;
 use crate::ports::Ports;
 use crate::settings::Settings;
 use crate::sweep::Sweep;
 use crate::table::{Keys, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SeededState};
-use crate::tuple::{DatagramId, EndpointKey};
+use crate::tuple::{DatagramId, Endpoint, EndpointKey};
 use crate::{
     ConfigError, Direction, DropReason, Instant, L4Checksum, MappingInfo, NatConfig, NatStats,
     PortForward, Protocol, Redirect, Released, RuleError, Verdict,
 };
 
-/// The NAT: a connection table plus the rules (port forwards, redirects).
+/// The NAT: a connection table per address family plus the rules (port
+/// forwards, redirects). IPv4 packets go through NAT44 and IPv6 packets
+/// through NAT66 (to [`NatConfig::external_addr6`]), chosen by the first
+/// byte's version nibble; anything else is [`DropReason::Malformed`].
 ///
 /// Memory: flows live inline in an open-addressing table keyed by the
-/// internal 5-tuple (32-byte slots) at a load factor between 3/8 and 3/4:
-/// 43–85.3 bytes per flow depending on where the table is in its doubling
-/// cycle (65–67 measured at 1 000, 64 000 and 1 000 000 flows). The
-/// external side needs no index of its own (see `Nat::find_inbound`). Port
-/// tables add 776 KiB per protocol in use, allocated on first use.
+/// internal 5-tuple (32-byte slots for IPv4, 96 for IPv6) at a load factor
+/// between 3/8 and 3/4: for IPv4 43–85.3 bytes per flow depending on where
+/// the table is in its doubling cycle (65–67 measured at 1 000, 64 000 and
+/// 1 000 000 flows). The external side needs no index of its own (see
+/// `Engine::find_inbound`). Port tables add 776 KiB per protocol in use
+/// for IPv4 and 2.3 MiB for IPv6, allocated on first use.
 /// [`Nat::memory_bytes`] reports the total.
 #[derive(Debug)]
 pub struct Nat {
+    /// NAT44.
+    pub(crate) v4: Engine<V4>,
+    /// NAT66.
+    pub(crate) v6: Engine<V6>,
+}
+
+/// The NAT of one address family: its state, grouped by idea.
+#[derive(Debug)]
+pub(crate) struct Engine<F: Family> {
     /// The validated configuration.
-    pub(crate) settings: Settings,
+    pub(crate) settings: Settings<F>,
     /// Counters.
     pub(crate) stats: NatStats,
     /// The flows, their hash keys and per-host counts.
-    pub(crate) table: Table,
+    pub(crate) table: Table<F::Addr>,
     /// External ports and forwards.
-    pub(crate) ports: Ports,
+    pub(crate) ports: Ports<F::Addr>,
     /// Redirect rules: (protocol, address, port) the guest sends to -> where
     /// it really goes.
-    pub(crate) redirects: HashMap<EndpointKey, SocketAddrV4, SeededState>,
+    pub(crate) redirects: HashMap<EndpointKey<F::Addr>, Endpoint<F::Addr>, SeededState>,
     /// Where hairpinned echo replies go.
-    pub(crate) echo_requesters: EchoRequesters,
+    pub(crate) echo_requesters: EchoRequesters<F::Addr>,
     /// Fragment state and held fragments.
-    pub(crate) fragments: Fragments,
+    pub(crate) fragments: Fragments<F::Addr>,
     /// The expiry sweep.
     pub(crate) sweep: Sweep,
+}
+
+impl<F: Family> Engine<F> {
+    /// An empty engine of `config` with hash keys from `seed`.
+    fn new(config: NatConfig, seed: u64, initial: usize) -> Result<Self, ConfigError> {
+        let settings = Settings::<F>::new(config)?;
+        let c = &settings.config;
+        let keys = Keys::from_seed(seed);
+        let hasher = keys.build();
+        Ok(Engine {
+            stats: NatStats::default(),
+            table: Table::new(keys, c.max_flows.min(initial)),
+            ports: Ports::new(hasher),
+            redirects: HashMap::with_hasher(hasher),
+            echo_requesters: EchoRequesters::new(hasher),
+            fragments: Fragments::new(
+                hasher,
+                c.max_fragments,
+                c.max_held_fragments,
+                c.max_held_bytes,
+            ),
+            sweep: Sweep::new(),
+            settings,
+        })
+    }
+
+    /// See [`Nat::expire`].
+    fn expire(&mut self, now: u64, budget: usize) -> usize {
+        self.expire_fragments(now);
+        self.echo_requesters.expire(now);
+        self.expire_flows(now, budget)
+    }
+
+    /// See [`Nat::next_deadline`].
+    fn next_deadline(&self) -> Option<u64> {
+        [
+            self.sweep.next_deadline(self.table.flows.is_empty()),
+            self.fragments.next_deadline(),
+            self.echo_requesters.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// See [`Nat::add_forward`].
+    fn add_forward(
+        &mut self,
+        protocol: Protocol,
+        external_port: u16,
+        internal: Endpoint<F::Addr>,
+    ) -> Result<(), RuleError> {
+        if protocol == Protocol::Icmp {
+            return Err(RuleError::Invalid("port forwards are for TCP or UDP"));
+        }
+        if !self.settings.is_internal(internal.addr) {
+            return Err(RuleError::Invalid(
+                "forward target is outside the internal network",
+            ));
+        }
+        if external_port == 0 || internal.port == 0 {
+            return Err(RuleError::Invalid("port 0"));
+        }
+        self.ports
+            .add_forward(protocol_index(protocol), external_port, internal)
+    }
+
+    /// See [`Nat::add_redirect`].
+    fn add_redirect(
+        &mut self,
+        protocol: Protocol,
+        from: Endpoint<F::Addr>,
+        to: Endpoint<F::Addr>,
+    ) -> Result<(), RuleError> {
+        if protocol == Protocol::Icmp {
+            return Err(RuleError::Invalid("redirects are for TCP or UDP"));
+        }
+        if self.settings.is_internal(to.addr) || to.addr == self.settings.external_addr {
+            return Err(RuleError::Invalid(
+                "redirect target is inside the internal network or the external address",
+            ));
+        }
+        let key = endpoint_key(protocol, from);
+        if self.redirects.contains_key(&key) {
+            return Err(RuleError::PortInUse(from.port));
+        }
+        self.redirects.insert(key, to);
+        Ok(())
+    }
+
+    /// Bytes of heap held by the flow table, its indexes, port tables and
+    /// the queues of unconfirmed flows from outside.
+    fn memory_bytes(&self) -> usize {
+        self.table.flows.memory() + self.ports.memory() + self.table.inbound.memory()
+    }
+
+    /// Number of flows created from outside through port forwards (see
+    /// [`Nat::inbound_flows`]).
+    fn inbound_flows(&self, protocol: Protocol, external_port: u16) -> (usize, usize) {
+        let port = crate::tuple::PortKey {
+            protocol: protocol_index(protocol),
+            port: external_port,
+        };
+        (
+            self.table.inbound.total,
+            self.table.inbound.of_forward(port),
+        )
+    }
+
+    /// The flows as (protocol, internal address, internal port, external
+    /// port, expiry).
+    fn flows(&self) -> impl Iterator<Item = (Protocol, F::Addr, u16, u16, Instant)> + '_ {
+        self.table.flows.iter().map(|f| {
+            (
+                protocol_of(f.protocol),
+                f.internal_addr,
+                f.internal_port,
+                f.external_port,
+                Instant::from_millis(f.expires),
+            )
+        })
+    }
+
+    /// Number of flows internal `host` created.
+    fn host_flows(&self, host: F::Addr) -> usize {
+        self.table.per_host.get(&host).map_or(0, |&n| n as usize)
+    }
+
+    // -----------------------------------------------------------------------
+    // Counting around the packet paths.
+
+    /// [`Nat::outbound`] of this family with the checksum kind as a flag:
+    /// translates, counts the verdict and handles a first fragment.
+    #[inline(always)]
+    pub(crate) fn outbound_and_count(
+        &mut self,
+        packet: &mut [u8],
+        now: Instant,
+        partial: bool,
+    ) -> Verdict {
+        if let Some(datagram) = F::first_fragment(packet) {
+            return self.first_fragment_and_count(
+                datagram,
+                Direction::Outbound,
+                packet,
+                now,
+                partial,
+            );
+        }
+        let v = self.translate_outbound(packet, now.as_millis(), partial);
+        self.count_verdict(Direction::Outbound, v);
+        v
+    }
+
+    /// [`Nat::inbound`] of this family with the checksum kind as a flag
+    /// (see [`Engine::outbound_and_count`]).
+    #[inline(always)]
+    pub(crate) fn inbound_and_count(
+        &mut self,
+        packet: &mut [u8],
+        now: Instant,
+        partial: bool,
+    ) -> Verdict {
+        if let Some(datagram) = F::first_fragment(packet) {
+            return self.first_fragment_and_count(
+                datagram,
+                Direction::Inbound,
+                packet,
+                now,
+                partial,
+            );
+        }
+        let v = self.translate_inbound(packet, now.as_millis(), partial, true);
+        self.count_verdict(Direction::Inbound, v);
+        v
+    }
+
+    /// A first fragment of `datagram` through the path of `direction`:
+    /// translates, counts, then records the translation for the later
+    /// fragments. Apart from the packet paths (and not inlined into them)
+    /// so that they need not keep the packet and the time in registers up
+    /// to their end.
+    #[inline(never)]
+    fn first_fragment_and_count(
+        &mut self,
+        datagram: DatagramId<F::Addr>,
+        direction: Direction,
+        packet: &mut [u8],
+        now: Instant,
+        partial: bool,
+    ) -> Verdict {
+        let v = match direction {
+            Direction::Outbound => self.translate_outbound(packet, now.as_millis(), partial),
+            Direction::Inbound => self.translate_inbound(packet, now.as_millis(), partial, true),
+        };
+        self.count_verdict(direction, v);
+        self.after_first_fragment(datagram, direction, packet, v, now.as_millis());
+        v
+    }
+
+    /// Counts the verdict of a packet of `direction`.
+    #[inline(always)]
+    fn count_verdict(&mut self, direction: Direction, v: Verdict) {
+        match (v, direction) {
+            (Verdict::Forward, Direction::Outbound) => self.stats.outbound_forwarded += 1,
+            (Verdict::Hairpin, Direction::Outbound) => self.stats.hairpinned += 1,
+            (Verdict::Forward | Verdict::Hairpin, Direction::Inbound) => {
+                self.stats.inbound_forwarded += 1;
+            }
+            (Verdict::Drop(r), _) => self.count_drop(r),
+            (Verdict::Held, _) => self.stats.fragments_held += 1,
+        }
+    }
+
+    /// Counts a drop.
+    #[inline]
+    pub(crate) fn count_drop(&mut self, r: DropReason) {
+        self.count_drops(r, 1);
+    }
+
+    /// Takes back a counted drop.
+    pub(crate) fn uncount_drop(&mut self, r: DropReason) {
+        if let Some(c) = self.stats.drops.get_mut(r.index()) {
+            *c = c.saturating_sub(1);
+        }
+    }
+
+    /// Counts `n` drops.
+    #[inline]
+    pub(crate) fn count_drops(&mut self, r: DropReason, n: usize) {
+        if let Some(c) = self.stats.drops.get_mut(r.index()) {
+            *c += n as u64;
+        }
+    }
 }
 
 impl Nat {
@@ -66,35 +317,24 @@ impl Nat {
     /// # Errors
     /// [`ConfigError::Invalid`] names the first field out of range.
     pub fn with_seed(config: NatConfig, seed: u64) -> Result<Self, ConfigError> {
-        let settings = Settings::new(config)?;
-        let c = &settings.config;
-        let keys = Keys::from_seed(seed);
-        let hasher = keys.build();
         Ok(Nat {
-            stats: NatStats::default(),
-            table: Table::new(keys, c.max_flows.min(64)),
-            ports: Ports::new(hasher),
-            redirects: HashMap::with_hasher(hasher),
-            echo_requesters: EchoRequesters::new(hasher),
-            fragments: Fragments::new(
-                hasher,
-                c.max_fragments,
-                c.max_held_fragments,
-                c.max_held_bytes,
-            ),
-            sweep: Sweep::new(),
-            settings,
+            v4: Engine::new(config.clone(), seed, 64)?,
+            // The IPv6 table starts small (16 slots): a guest without IPv6
+            // costs little.
+            v6: Engine::new(config, seed ^ 0x6e61_7436_3600_0000, 8)?,
         })
     }
 
     /// Translates a packet from the internal side, in place. Never panics;
     /// no allocation on the established-flow path.
     ///
+    /// IPv4 packets (version nibble 4) go through NAT44, IPv6 packets
+    /// (version 6) through NAT66; anything else is [`DropReason::Malformed`].
     /// Returns [`Verdict::Forward`] (send it out), [`Verdict::Hairpin`]
     /// (deliver it back inside: it was addressed to the external address) or
-    /// [`Verdict::Drop`] (counted). A forwarded packet has a valid IPv4 header
-    /// checksum; transport checksums are updated incrementally, so a valid
-    /// one stays valid.
+    /// [`Verdict::Drop`] (counted). A forwarded IPv4 packet has a valid
+    /// header checksum; transport checksums are updated incrementally, so a
+    /// valid one stays valid.
     pub fn outbound(&mut self, packet: &mut [u8], now: Instant) -> Verdict {
         self.outbound_and_count(packet, now, false)
     }
@@ -109,6 +349,7 @@ impl Nat {
     /// Translates a packet from the external side, in place. Never panics;
     /// no allocation on the established-flow path. Only packets matching a
     /// mapping (per the filtering mode) or a port forward are translated.
+    /// IPv4 and IPv6 as in [`Nat::outbound`].
     pub fn inbound(&mut self, packet: &mut [u8], now: Instant) -> Verdict {
         self.inbound_and_count(packet, now, false)
     }
@@ -178,49 +419,51 @@ impl Nat {
     /// tried. Ready packets not drained within [`crate::Timeouts::fragment`] of
     /// their arrival are dropped by [`Nat::expire`].
     pub fn poll_released(&mut self, direction: Direction, buf: &mut [u8]) -> Option<Released> {
-        self.next_released(direction, buf)
+        self.v4
+            .next_released(direction, buf)
+            .or_else(|| self.v6.next_released(direction, buf))
     }
 
     /// Number of held fragments (waiting for their first fragment, or ready
     /// for [`Nat::poll_released`]) and their bytes, both directions.
     pub fn held_fragments(&self) -> (usize, usize) {
-        let held = &self.fragments.held;
-        (held.count(), held.bytes())
+        let (a, b) = (&self.v4.fragments.held, &self.v6.fragments.held);
+        (a.count() + b.count(), a.bytes() + b.bytes())
     }
 
     /// [`Nat::held_fragments`] of one direction (what
     /// [`NatConfig::max_held_fragments`] and [`NatConfig::max_held_bytes`]
-    /// cap).
+    /// cap, per address family).
     pub fn held_fragments_of(&self, direction: Direction) -> (usize, usize) {
-        self.fragments.held.of(direction)
+        let (a, b) = (
+            self.v4.fragments.held.of(direction),
+            self.v6.fragments.held.of(direction),
+        );
+        (a.0 + b.0, a.1 + b.1)
     }
 
     /// Removes expired flows and fragment state. Examines at most `budget`
-    /// flows (so removes at most `budget`) and `8 × budget + 64` table slots and returns how many it removed;
+    /// flows (so removes at most `budget`) and `8 × budget + 64` table slots
+    /// per address family and returns how many it removed;
     /// call again while [`Nat::next_deadline`] is due. Fragment state (at
     /// most `max_fragments` entries) and held fragments (at most
     /// `max_held_fragments`; each expired one is dropped and counted as
     /// [`DropReason::Fragment`]) are purged when due, outside the budget.
     pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
         let now = now.as_millis();
-        self.expire_fragments(now);
-        self.echo_requesters.expire(now);
-        self.expire_flows(now, budget)
+        let removed = self.v4.expire(now, budget);
+        removed + self.v6.expire(now, budget)
     }
 
     /// When [`Nat::expire`] next has work, if ever. A time in the past means
     /// "now" (a sweep is under way). It may be early (a flow was refreshed
     /// since), never late.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.sweep.next_deadline(self.table.flows.is_empty()),
-            self.fragments.next_deadline(),
-            self.echo_requesters.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(Instant::from_millis)
+        [self.v4.next_deadline(), self.v6.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Instant::from_millis)
     }
 
     /// Adds a port forward: inbound packets to (`protocol`, external address,
@@ -231,28 +474,46 @@ impl Nat {
     /// [`RuleError::Invalid`] for ICMP, port 0 or a target outside the
     /// internal network.
     pub fn add_forward(&mut self, forward: PortForward) -> Result<(), RuleError> {
-        if forward.protocol == Protocol::Icmp {
-            return Err(RuleError::Invalid("port forwards are for TCP or UDP"));
-        }
-        if !self.settings.is_internal(u32::from(*forward.internal.ip())) {
-            return Err(RuleError::Invalid(
-                "forward target is outside the internal network",
-            ));
-        }
-        if forward.external_port == 0 || forward.internal.port() == 0 {
-            return Err(RuleError::Invalid("port 0"));
-        }
-        self.ports.add_forward(
-            protocol_index(forward.protocol),
-            forward.external_port,
-            forward.internal,
-        )
+        let internal = Endpoint {
+            addr: u32::from(*forward.internal.ip()),
+            port: forward.internal.port(),
+        };
+        self.v4
+            .add_forward(forward.protocol, forward.external_port, internal)
     }
 
     /// Removes a port forward; returns whether it existed. Sessions already
     /// set up through it live on until they expire.
     pub fn remove_forward(&mut self, protocol: Protocol, external_port: u16) -> bool {
-        self.ports
+        self.v4
+            .ports
+            .remove_forward(protocol_index(protocol), external_port)
+    }
+
+    /// The IPv6 [`Nat::add_forward`]: inbound IPv6 packets to (`protocol`,
+    /// [`NatConfig::external_addr6`], `external_port`) go to `internal` (in
+    /// the internal IPv6 network). IPv4 and IPv6 forwards are apart: the
+    /// same port may be forwarded in both.
+    ///
+    /// # Errors
+    /// As [`Nat::add_forward`].
+    pub fn add_forward6(
+        &mut self,
+        protocol: Protocol,
+        external_port: u16,
+        internal: SocketAddrV6,
+    ) -> Result<(), RuleError> {
+        let internal = Endpoint {
+            addr: u128::from(*internal.ip()),
+            port: internal.port(),
+        };
+        self.v6.add_forward(protocol, external_port, internal)
+    }
+
+    /// Removes an IPv6 port forward (see [`Nat::remove_forward`]).
+    pub fn remove_forward6(&mut self, protocol: Protocol, external_port: u16) -> bool {
+        self.v6
+            .ports
             .remove_forward(protocol_index(protocol), external_port)
     }
 
@@ -264,62 +525,102 @@ impl Nat {
     /// [`RuleError::PortInUse`] if `from` is already redirected;
     /// [`RuleError::Invalid`] for ICMP or a `to` inside the internal network.
     pub fn add_redirect(&mut self, redirect: Redirect) -> Result<(), RuleError> {
-        if redirect.protocol == Protocol::Icmp {
-            return Err(RuleError::Invalid("redirects are for TCP or UDP"));
-        }
-        let to = u32::from(*redirect.to.ip());
-        if self.settings.is_internal(to) || to == self.settings.external_addr {
-            return Err(RuleError::Invalid(
-                "redirect target is inside the internal network or the external address",
-            ));
-        }
-        let key = endpoint_key(redirect.protocol, redirect.from);
-        if self.redirects.contains_key(&key) {
-            return Err(RuleError::PortInUse(redirect.from.port()));
-        }
-        self.redirects.insert(key, redirect.to);
-        Ok(())
+        self.v4.add_redirect(
+            redirect.protocol,
+            endpoint4(redirect.from),
+            endpoint4(redirect.to),
+        )
     }
 
     /// Removes a redirect; returns whether it existed. Flows already
     /// redirected live on until they expire.
     pub fn remove_redirect(&mut self, protocol: Protocol, from: SocketAddrV4) -> bool {
-        self.redirects
-            .remove(&endpoint_key(protocol, from))
+        self.v4
+            .redirects
+            .remove(&endpoint_key(protocol, endpoint4(from)))
             .is_some()
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &NatStats {
-        &self.stats
+    /// The IPv6 [`Nat::add_redirect`]: new internal IPv6 flows to `from` go
+    /// to `to`.
+    ///
+    /// # Errors
+    /// As [`Nat::add_redirect`].
+    pub fn add_redirect6(
+        &mut self,
+        protocol: Protocol,
+        from: SocketAddrV6,
+        to: SocketAddrV6,
+    ) -> Result<(), RuleError> {
+        self.v6
+            .add_redirect(protocol, endpoint6(from), endpoint6(to))
     }
 
-    /// Number of flows in the table.
+    /// Removes an IPv6 redirect; returns whether it existed.
+    pub fn remove_redirect6(&mut self, protocol: Protocol, from: SocketAddrV6) -> bool {
+        self.v6
+            .redirects
+            .remove(&endpoint_key(protocol, endpoint6(from)))
+            .is_some()
+    }
+
+    /// Counters of both address families added up (a copy).
+    pub fn stats(&self) -> NatStats {
+        let mut s = self.v4.stats.clone();
+        s.add(&self.v6.stats);
+        s
+    }
+
+    /// Counters of one address family: `false` for NAT44, `true` for NAT66.
+    pub fn stats_of(&self, ipv6: bool) -> &NatStats {
+        if ipv6 { &self.v6.stats } else { &self.v4.stats }
+    }
+
+    /// Number of flows in the tables (both address families).
     pub fn len(&self) -> usize {
-        self.table.flows.len()
+        self.v4.table.flows.len() + self.v6.table.flows.len()
     }
 
-    /// Whether the table is empty.
+    /// Whether the tables are empty.
     pub fn is_empty(&self) -> bool {
-        self.table.flows.is_empty()
+        self.len() == 0
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &NatConfig {
-        &self.settings.config
+        &self.v4.settings.config
     }
 
-    /// All flows, for debugging (allocates; not for the hot path).
+    /// All IPv4 flows, for debugging (allocates; not for the hot path). See
+    /// [`Nat::mappings6`] for IPv6.
     pub fn mappings(&self) -> Vec<MappingInfo> {
-        let external = Ipv4Addr::from(self.settings.external_addr);
-        self.table
-            .flows
-            .iter()
-            .map(|f| MappingInfo {
-                protocol: protocol_of(f.protocol),
-                internal: SocketAddrV4::new(Ipv4Addr::from(f.internal_addr), f.internal_port),
-                external: SocketAddrV4::new(external, f.external_port),
-                expires: Instant::from_millis(f.expires),
+        let external = Ipv4Addr::from(self.v4.settings.external_addr);
+        self.v4
+            .flows()
+            .map(
+                |(protocol, addr, port, external_port, expires)| MappingInfo {
+                    protocol,
+                    internal: SocketAddrV4::new(Ipv4Addr::from(addr), port),
+                    external: SocketAddrV4::new(external, external_port),
+                    expires,
+                },
+            )
+            .collect()
+    }
+
+    /// All IPv6 flows, for debugging (allocates): protocol, internal and
+    /// external address and port, expiry.
+    pub fn mappings6(&self) -> Vec<(Protocol, SocketAddrV6, SocketAddrV6, Instant)> {
+        let external = Ipv6Addr::from(self.v6.settings.external_addr);
+        self.v6
+            .flows()
+            .map(|(protocol, addr, port, external_port, expires)| {
+                (
+                    protocol,
+                    SocketAddrV6::new(Ipv6Addr::from(addr), port, 0, 0),
+                    SocketAddrV6::new(external, external_port, 0, 0),
+                    expires,
+                )
             })
             .collect()
     }
@@ -328,50 +629,53 @@ impl Nat {
     /// [`NatConfig::max_flows_per_host`] caps; flows created from outside
     /// through a port forward are not counted here).
     pub fn host_flows(&self, host: Ipv4Addr) -> usize {
-        self.table
-            .per_host
-            .get(&u32::from(host))
-            .map_or(0, |&n| n as usize)
+        self.v4.host_flows(u32::from(host))
     }
 
-    /// Number of flows created from outside through port forwards, in
+    /// [`Nat::host_flows`] of an IPv6 host.
+    pub fn host_flows6(&self, host: Ipv6Addr) -> usize {
+        self.v6.host_flows(u128::from(host))
+    }
+
+    /// Number of IPv4 flows created from outside through port forwards, in
     /// total and through the forward of (`protocol`, `external_port`) (what
     /// [`NatConfig::max_inbound_flows`] and
     /// [`NatConfig::max_inbound_flows_per_forward`] cap).
     pub fn inbound_flows(&self, protocol: Protocol, external_port: u16) -> (usize, usize) {
-        let port = crate::tuple::PortKey {
-            protocol: protocol_index(protocol),
-            port: external_port,
-        };
-        (
-            self.table.inbound.total,
-            self.table.inbound.of_forward(port),
-        )
+        self.v4.inbound_flows(protocol, external_port)
+    }
+
+    /// [`Nat::inbound_flows`] of IPv6 forwards.
+    pub fn inbound_flows6(&self, protocol: Protocol, external_port: u16) -> (usize, usize) {
+        self.v6.inbound_flows(protocol, external_port)
     }
 
     /// Number of tracked fragmented datagrams.
     pub fn fragments(&self) -> usize {
-        self.fragments.len()
+        self.v4.fragments.len() + self.v6.fragments.len()
     }
 
-    /// Bytes of heap held by the flow table, its indexes, port tables and
-    /// the queues of unconfirmed flows from outside.
+    /// Bytes of heap held by the flow tables, their indexes, port tables and
+    /// the queues of unconfirmed flows from outside (both families).
     pub fn memory_bytes(&self) -> usize {
-        self.table.flows.memory() + self.ports.memory() + self.table.inbound.memory()
+        self.v4.memory_bytes() + self.v6.memory_bytes()
     }
 
-    /// Bytes of the flow table and its inbound index only, divided by the number
-    /// of flows (the per-flow cost; 0 when empty).
+    /// Bytes of the IPv4 flow table divided by its number of flows (the
+    /// per-flow cost; 0 when empty).
     pub fn table_bytes_per_flow(&self) -> usize {
-        let t = self.table.flows.memory();
-        t.checked_div(self.table.flows.len()).unwrap_or(0)
+        let t = self.v4.table.flows.memory();
+        t.checked_div(self.v4.table.flows.len()).unwrap_or(0)
     }
 
-    // -----------------------------------------------------------------------
-    // Counting around the packet paths.
+    /// [`Nat::table_bytes_per_flow`] of the IPv6 table.
+    pub fn table_bytes_per_flow6(&self) -> usize {
+        let t = self.v6.table.flows.memory();
+        t.checked_div(self.v6.table.flows.len()).unwrap_or(0)
+    }
 
-    /// [`Nat::outbound`] with the checksum kind as a flag: translates,
-    /// counts the verdict and handles a first fragment.
+    /// [`Nat::outbound`] with the checksum kind as a flag, dispatched on the
+    /// version nibble: IPv4 inline, IPv6 out of line.
     #[inline(always)]
     pub(crate) fn outbound_and_count(
         &mut self,
@@ -379,17 +683,10 @@ impl Nat {
         now: Instant,
         partial: bool,
     ) -> Verdict {
-        if let Some(datagram) = first_fragment(packet) {
-            return self.first_fragment_and_count(
-                datagram,
-                Direction::Outbound,
-                packet,
-                now,
-                partial,
-            );
+        let v = self.v4.outbound_and_count(packet, now, partial);
+        if v == Verdict::Drop(DropReason::Malformed) {
+            return self.outbound_not_v4(packet, now, partial);
         }
-        let v = self.translate_outbound(packet, now.as_millis(), partial);
-        self.count_verdict(Direction::Outbound, v);
         v
     }
 
@@ -402,69 +699,60 @@ impl Nat {
         now: Instant,
         partial: bool,
     ) -> Verdict {
-        if let Some(datagram) = first_fragment(packet) {
-            return self.first_fragment_and_count(
-                datagram,
-                Direction::Inbound,
-                packet,
-                now,
-                partial,
-            );
+        let v = self.v4.inbound_and_count(packet, now, partial);
+        if v == Verdict::Drop(DropReason::Malformed) {
+            return self.inbound_not_v4(packet, now, partial);
         }
-        let v = self.translate_inbound(packet, now.as_millis(), partial, true);
-        self.count_verdict(Direction::Inbound, v);
         v
     }
 
-    /// A first fragment of `datagram` through the path of `direction`:
-    /// translates, counts, then records the translation for the later
-    /// fragments. Apart from the packet paths (and not inlined into them)
-    /// so that they need not keep the packet and the time in registers up
-    /// to their end.
+    /// A packet NAT44 found malformed (and counted so, leaving it as it
+    /// came): an IPv6 one goes to NAT66 instead, and NAT44's count is taken
+    /// back. The dispatch costs the IPv4 paths nothing: their verdicts are
+    /// known at each return, so the compare folds away on the forwarding
+    /// paths.
     #[inline(never)]
-    fn first_fragment_and_count(
-        &mut self,
-        datagram: DatagramId,
-        direction: Direction,
-        packet: &mut [u8],
-        now: Instant,
-        partial: bool,
-    ) -> Verdict {
-        let v = match direction {
-            Direction::Outbound => self.translate_outbound(packet, now.as_millis(), partial),
-            Direction::Inbound => self.translate_inbound(packet, now.as_millis(), partial, true),
-        };
-        self.count_verdict(direction, v);
-        self.after_first_fragment(datagram, direction, packet, v, now.as_millis());
-        v
-    }
-
-    /// Counts the verdict of a packet of `direction`.
-    #[inline(always)]
-    fn count_verdict(&mut self, direction: Direction, v: Verdict) {
-        match (v, direction) {
-            (Verdict::Forward, Direction::Outbound) => self.stats.outbound_forwarded += 1,
-            (Verdict::Hairpin, Direction::Outbound) => self.stats.hairpinned += 1,
-            (Verdict::Forward | Verdict::Hairpin, Direction::Inbound) => {
-                self.stats.inbound_forwarded += 1;
-            }
-            (Verdict::Drop(r), _) => self.count_drop(r),
-            (Verdict::Held, _) => self.stats.fragments_held += 1,
+    fn outbound_not_v4(&mut self, packet: &mut [u8], now: Instant, partial: bool) -> Verdict {
+        if !is_v6(packet) {
+            return Verdict::Drop(DropReason::Malformed);
         }
+        self.v4.uncount_drop(DropReason::Malformed);
+        self.v6.outbound_and_count(packet, now, partial)
     }
 
-    /// Counts a drop.
-    #[inline]
-    pub(crate) fn count_drop(&mut self, r: DropReason) {
-        self.count_drops(r, 1);
-    }
-
-    /// Counts `n` drops.
-    #[inline]
-    pub(crate) fn count_drops(&mut self, r: DropReason, n: usize) {
-        if let Some(c) = self.stats.drops.get_mut(r.index()) {
-            *c += n as u64;
+    /// See [`Nat::outbound_not_v4`].
+    #[inline(never)]
+    fn inbound_not_v4(&mut self, packet: &mut [u8], now: Instant, partial: bool) -> Verdict {
+        if !is_v6(packet) {
+            return Verdict::Drop(DropReason::Malformed);
         }
+        self.v4.uncount_drop(DropReason::Malformed);
+        self.v6.inbound_and_count(packet, now, partial)
+    }
+}
+
+/// Whether `p` is an IPv6 packet by its version nibble (else it goes to
+/// NAT44, which drops what is not IPv4).
+#[inline(always)]
+pub(crate) fn is_v6(p: &[u8]) -> bool {
+    p.first().is_some_and(|b| b >> 4 == 6)
+}
+
+impl NatStats {
+    /// Adds `o`'s counters to these.
+    fn add(&mut self, o: &NatStats) {
+        self.outbound_forwarded += o.outbound_forwarded;
+        self.inbound_forwarded += o.inbound_forwarded;
+        self.hairpinned += o.hairpinned;
+        self.mappings_created += o.mappings_created;
+        self.mappings_expired += o.mappings_expired;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+        self.flows += o.flows;
+        self.fragments_held += o.fragments_held;
+        self.fragments_released += o.fragments_released;
+        self.inbound_evicted += o.inbound_evicted;
     }
 }
 
@@ -487,11 +775,27 @@ fn protocol_of(p: u8) -> Protocol {
 }
 
 /// The key of a redirect from `from`.
-fn endpoint_key(protocol: Protocol, from: SocketAddrV4) -> EndpointKey {
+fn endpoint_key<A>(protocol: Protocol, from: Endpoint<A>) -> EndpointKey<A> {
     EndpointKey {
         protocol: protocol_index(protocol),
-        addr: u32::from(*from.ip()),
-        port: from.port(),
+        addr: from.addr,
+        port: from.port,
+    }
+}
+
+/// An IPv4 socket address as an endpoint.
+fn endpoint4(a: SocketAddrV4) -> Endpoint<u32> {
+    Endpoint {
+        addr: u32::from(*a.ip()),
+        port: a.port(),
+    }
+}
+
+/// An IPv6 socket address as an endpoint.
+fn endpoint6(a: SocketAddrV6) -> Endpoint<u128> {
+    Endpoint {
+        addr: u128::from(*a.ip()),
+        port: a.port(),
     }
 }
 
@@ -516,15 +820,16 @@ mod tests {
             let mut p = testing::udp(guest, from, b"q");
             assert_eq!(nat.outbound(&mut p, Instant::ZERO), Verdict::Forward);
         }
-        assert_eq!(nat.ports.redirected.len(), 2);
+        assert_eq!(nat.v4.ports.redirected.len(), 2);
         let late = Instant::from_secs(100_000);
         while nat.next_deadline().is_some_and(|t| t <= late) {
             let _ = nat.expire(late, 16);
         }
         assert!(nat.is_empty());
-        assert!(nat.ports.redirected.is_empty());
+        assert!(nat.v4.ports.redirected.is_empty());
         assert!(
-            nat.ports
+            nat.v4
+                .ports
                 .tables
                 .iter()
                 .all(|t| (0..=u16::MAX).all(|p| t.refs(p) == 0))

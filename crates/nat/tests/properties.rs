@@ -357,3 +357,160 @@ fn check_one(nat: &mut Nat, mut p: Vec<u8>, inbound: bool) -> Result<(), TestCas
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// NAT66: the same properties on IPv6.
+
+fn guest6() -> impl Strategy<Value = core::net::Ipv6Addr> {
+    any::<u64>().prop_map(|x| {
+        core::net::Ipv6Addr::from(
+            u128::from(testing::GUEST6) & !0xffff_ffff_ffff_ffff | u128::from(x.max(2)),
+        )
+    })
+}
+
+fn remote6() -> impl Strategy<Value = core::net::Ipv6Addr> {
+    any::<u128>().prop_map(|x| {
+        core::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | (x & ((1u128 << 96) - 1)))
+    }) // 2001:db8::/32
+}
+
+fn build6(
+    kind: Kind,
+    src: core::net::SocketAddrV6,
+    dst: core::net::SocketAddrV6,
+    payload: &[u8],
+    reply: bool,
+) -> Vec<u8> {
+    match kind {
+        Kind::Udp => testing::udp6(src, dst, payload),
+        Kind::Tcp => testing::tcp6(
+            src,
+            dst,
+            if reply {
+                TcpFlags::SYN_ACK
+            } else {
+                TcpFlags::SYN
+            },
+            payload,
+        ),
+        Kind::Echo if reply => testing::echo_reply6(*src.ip(), *dst.ip(), dst.port(), 1, payload),
+        Kind::Echo => testing::echo_request6(*src.ip(), *dst.ip(), src.port(), 1, payload),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// NAT66: checksums after translation equal a full recompute, both ways
+    /// (TCP, UDP and ICMPv6 over the pseudo-header), and inbound(reply to
+    /// outbound(p)) restores the original addresses and ports, with or
+    /// without a remapped port.
+    #[test]
+    fn nat66_round_trip_restores_the_tuple_and_keeps_checksums(
+        kind in kind(),
+        g in guest6(), sport in 1u16.., r in remote6(), dport in 1u16..,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        remap in any::<bool>(),
+    ) {
+        let mut nat = testing::nat();
+        let (src, dst) = (testing::sa6(g, sport), testing::sa6(r, if matches!(kind, Kind::Echo) { 0 } else { dport }));
+        if remap {
+            let other = core::net::Ipv6Addr::from(u128::from(g) ^ 1);
+            let mut o = build6(kind, testing::sa6(other, sport), dst, b"", false);
+            prop_assert_eq!(nat.outbound(&mut o, Instant::ZERO), Verdict::Forward);
+        }
+        let mut p = build6(kind, src, dst, &payload, false);
+        prop_assert_eq!(nat.outbound(&mut p, Instant::ZERO), Verdict::Forward);
+        prop_assert!(testing::checksums6_ok(&p));
+        let ext = testing::src6(&p);
+        prop_assert_eq!(*ext.ip(), testing::EXTERNAL6);
+        prop_assert_eq!(*testing::dst6(&p).ip(), *dst.ip());
+        let mut reply = build6(kind, dst, ext, &payload, true);
+        prop_assert_eq!(nat.inbound(&mut reply, Instant::from_secs(1)), Verdict::Forward);
+        prop_assert!(testing::checksums6_ok(&reply));
+        prop_assert_eq!(testing::dst6(&reply), src);
+        prop_assert_eq!(*testing::src6(&reply).ip(), *dst.ip());
+    }
+
+    /// NAT66 partial checksums: translated (with or without a port remap)
+    /// then completed in software, they equal a full recompute.
+    #[test]
+    fn nat66_partial_checksums_translated_then_completed_equal_a_full_recompute(
+        tcp in any::<bool>(),
+        g in guest6(), sport in 1u16.., r in remote6(), dport in 1u16..,
+        payload in proptest::collection::vec(any::<u8>(), 0..1500),
+        remap in any::<bool>(),
+    ) {
+        let mut nat = testing::nat();
+        let kind = if tcp { Kind::Tcp } else { Kind::Udp };
+        let (src, dst) = (testing::sa6(g, sport), testing::sa6(r, dport));
+        if remap {
+            let other = core::net::Ipv6Addr::from(u128::from(g) ^ 1);
+            let mut o = build6(kind, testing::sa6(other, sport), dst, b"", false);
+            prop_assert_eq!(nat.outbound(&mut o, Instant::ZERO), Verdict::Forward);
+        }
+        for inbound in [false, true] {
+            let mut p = if inbound {
+                build6(kind, dst, testing::sa6(testing::EXTERNAL6, testing::src6(&{
+                    let mut q = build6(kind, src, dst, b"", false);
+                    let _ = nat.outbound(&mut q, Instant::ZERO);
+                    q
+                }).port()), &payload, true)
+            } else {
+                build6(kind, src, dst, &payload, false)
+            };
+            prop_assert!(testing::make_partial6(&mut p));
+            let v = if inbound {
+                nat.inbound_with(&mut p, Instant::ZERO, L4Checksum::Partial)
+            } else {
+                nat.outbound_with(&mut p, Instant::ZERO, L4Checksum::Partial)
+            };
+            prop_assert_eq!(v, Verdict::Forward);
+            prop_assert!(nat::complete_l4_checksum(&mut p));
+            prop_assert!(testing::checksums6_ok(&p));
+        }
+    }
+
+    /// NAT66: the table never exceeds its caps (total, per host, per forward).
+    #[test]
+    fn nat66_table_never_exceeds_its_caps(
+        ops in proptest::collection::vec((0u8..4, 2u8..8, 1000u16..1040, 0u8..4, 0u64..400), 1..300),
+    ) {
+        let cfg = NatConfig { max_flows: 16, max_flows_per_host: 5, max_inbound_flows: 5, max_inbound_flows_per_forward: 3, port_range: 1024..=1100, ..testing::config() };
+        let mut nat = testing::nat_with(cfg);
+        let host = |h: u8| core::net::Ipv6Addr::from(u128::from(testing::GUEST6) & !0xff | u128::from(h));
+        for (i, fwd) in (7000u16..=7002).enumerate() {
+            nat.add_forward6(Protocol::Udp, fwd, testing::sa6(host(2 + i as u8), 7)).unwrap();
+        }
+        let mut now = 0u64;
+        for (op, h, port, srv, dt) in ops {
+            now += dt * 1000;
+            let t = Instant::from_millis(now);
+            let g = testing::sa6(host(h), port);
+            let s = testing::sa6(core::net::Ipv6Addr::from(u128::from(testing::SERVER6) + u128::from(srv)), 53);
+            match op {
+                0 => { let _ = nat.outbound(&mut testing::udp6(g, s, b"x"), t); }
+                1 => {
+                    let remote = testing::sa6(core::net::Ipv6Addr::from(u128::from(testing::SERVER6) + (u128::from(h) << 16) + u128::from(srv)), port);
+                    let _ = nat.inbound(&mut testing::udp6(remote, testing::sa6(testing::EXTERNAL6, 7000 + u16::from(srv)), b"x"), t);
+                    if srv == 1 {
+                        let _ = nat.outbound(&mut testing::udp6(testing::sa6(host(3), 7), remote, b"y"), t);
+                    }
+                }
+                2 => { let _ = nat.outbound(&mut testing::echo_request6(host(h), *s.ip(), port, 1, b""), t); }
+                _ => { nat.expire(t, usize::from(h)); }
+            }
+            let (inbound, _) = nat.inbound_flows6(Protocol::Udp, 7000);
+            prop_assert!(inbound <= 5);
+            for fwd in 7000..=7002 {
+                prop_assert!(nat.inbound_flows6(Protocol::Udp, fwd).1 <= 3);
+            }
+            prop_assert!(nat.len() - inbound <= 16);
+            for h in 2..8 {
+                prop_assert!(nat.host_flows6(host(h)) <= 5);
+            }
+            prop_assert_eq!(nat.mappings6().len(), nat.len());
+        }
+    }
+}
