@@ -158,7 +158,11 @@ pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError};
 pub use frame::FrameBatch;
-pub use gateway::{Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, TxAction};
+pub use gateway::{
+    Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, Ipv6Config,
+    MAX_GUEST_IPV6_ADDRS, PREFIX_PREFERRED_S, PREFIX_VALID_S, RDNSS_LIFETIME_S, ROUTER_LIFETIME_S,
+    TxAction, UNSOLICITED_RA_INTERVAL_MS,
+};
 pub use host::{HostLink, MemoryLink};
 pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
 pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, PolicyError};
