@@ -341,7 +341,7 @@ fn check_reply(reply: &[u8], len: usize) {
                 ip_proto::ICMPV6 => {
                     let icmp = Icmpv6Packet::new_checked(ip.payload()).expect("reply ICMPv6");
                     assert!(icmp.verify_checksum(src, dst), "reply ICMPv6 checksum");
-                    assert!(matches!(icmp.msg_type(), 129 | 134 | 136), "reply ICMPv6 type");
+                    assert!(matches!(icmp.msg_type(), 1 | 129 | 134 | 136), "reply ICMPv6 type");
                 }
                 ip_proto::UDP => {
                     let udp = UdpPacket::new_checked(ip.payload()).expect("reply UDP");

@@ -70,7 +70,8 @@
 //!   Advertisements for SLAAC (to Router Solicitations, and unsolicited while the guest sends),
 //!   stateless DHCPv6 (Information-request → DNS server), ICMPv6 echo; the guest may send only
 //!   from its link-local address or the prefix ([`DropCause::SpoofedIpv6`]). IPv6 beyond the
-//!   gateway has no route yet ([`DropCause::Ipv6NoRoute`]).
+//!   gateway has no route yet ([`DropCause::Ipv6NoRoute`], answered with ICMPv6 destination
+//!   unreachable, no route, within the ICMP error rate limit).
 //! - Egress policy ([`BridgeConfig::egress`], [`EgressPolicy`]): `--allow`/`--deny` CIDR
 //!   rules on the destination, checked by the gateway before the NAT, longest prefix wins,
 //!   default allow, link-local 169.254.0.0/16 denied by default. A denied packet is counted

@@ -29,8 +29,10 @@ pub enum DropCause {
     /// checksum on a message to the gateway, options the DHCP decoder must not see).
     Malformed,
     /// IPv6 to an address other than the gateway's (`fe80::1`, `fd64::1`) or link-scope
-    /// multicast: there is no IPv6 route beyond the gateway yet. With IPv6 turned off
-    /// ([`crate::BridgeConfig::ipv6`] `None`, or an MTU under 1280), every IPv6 frame.
+    /// multicast: there is no IPv6 route beyond the gateway yet; answered with ICMPv6
+    /// destination unreachable, no route (rate-limited, never to an ICMPv6 error). With IPv6
+    /// turned off ([`crate::BridgeConfig::ipv6`] `None`, or an MTU under 1280), every IPv6
+    /// frame, unanswered.
     Ipv6NoRoute,
     /// Another EtherType.
     EtherType,

@@ -8,8 +8,8 @@ use core::time::Duration;
 
 use bridge::testing::{GATEWAY, GATEWAY_MAC, GUEST_MAC, icmpv6_frame, ipv6_frame, udp6_frame};
 use bridge::{
-    DropCause, Error, Gateway, GatewayConfig, Ipv6Config, MAX_GUEST_IPV6_ADDRS, MacAddr,
-    ROUTER_LIFETIME_S, TxAction, UNSOLICITED_RA_INTERVAL_MS,
+    DropCause, Error, Gateway, GatewayConfig, ICMP_ERROR_BURST, Ipv6Config, MAX_GUEST_IPV6_ADDRS,
+    MacAddr, ROUTER_LIFETIME_S, TxAction, UNSOLICITED_RA_INTERVAL_MS,
 };
 use dhcproto::v6::{DhcpOption, Message, MessageType, ORO, OptionCode};
 use dhcproto::{Decodable, Encodable};
@@ -427,17 +427,7 @@ fn a_guest_may_send_only_from_its_link_local_or_the_prefix() {
     let mut f = echo(GUEST_GUA, GW6, b"x");
     EthernetFrame::new_unchecked(&mut f[..]).set_src_addr(MacAddr([2, 0, 0, 0, 0, 9]));
     assert_eq!(handle(&mut gw, &f).0, TxAction::Drop(DropCause::SpoofedMac));
-    // Beyond the gateway: no route yet; multicast it does not serve: ignored.
-    let f = udp6_frame(
-        (GUEST_MAC, GATEWAY_MAC),
-        (GUEST_GUA, 5000),
-        ("2001:db8::2".parse().unwrap(), 80),
-        b"x",
-    );
-    assert_eq!(
-        handle(&mut gw, &f).0,
-        TxAction::Drop(DropCause::Ipv6NoRoute)
-    );
+    // Multicast it does not serve: ignored.
     let mdns: Ipv6Addr = "ff02::fb".parse().unwrap();
     let f = udp6_frame(
         (GUEST_MAC, multicast_mac(mdns)),
@@ -471,6 +461,73 @@ fn a_guest_may_send_only_from_its_link_local_or_the_prefix() {
     // Over the MTU.
     let f = echo(GUEST_GUA, GW6, &[0u8; 1500]);
     assert_eq!(handle(&mut gw, &f).0, TxAction::Drop(DropCause::TooBig));
+}
+
+/// IPv6 beyond the gateway has no route yet: counted, and answered with ICMPv6 destination
+/// unreachable, no route (RFC 4443 3.1), so the guest fails fast.
+#[test]
+fn ipv6_beyond_the_gateway_is_counted_and_answered_no_route() {
+    let mut gw = gateway();
+    let server: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    for (src, from) in [(GUEST_GUA, GW6), (GUEST_LL, ROUTER)] {
+        let f = udp6_frame(
+            (GUEST_MAC, GATEWAY_MAC),
+            (src, 5000),
+            (server, 80),
+            b"GET /",
+        );
+        let (a, out) = handle(&mut gw, &f);
+        assert_eq!(
+            a,
+            TxAction::DropWithReply {
+                cause: DropCause::Ipv6NoRoute,
+                len: out.len()
+            }
+        );
+        let (mac, s, d, _, m) = parse_icmpv6(&out);
+        assert_eq!((mac, s, d), (GUEST_MAC, from, src));
+        assert_eq!((m[0], m[1]), (icmpv6::DESTINATION_UNREACHABLE, 0));
+        assert_eq!(&m[8..], &f[14..], "the whole packet quoted");
+    }
+    // Informational ICMPv6 is answered too; errors are not (RFC 4443 2.4 (e)).
+    let (a, _) = handle(&mut gw, &echo(GUEST_GUA, server, b"x"));
+    assert!(matches!(a, TxAction::DropWithReply { .. }), "{a:?}");
+    let err = icmpv6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, server),
+        64,
+        &[icmpv6::DESTINATION_UNREACHABLE, 4, 0, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(
+        handle(&mut gw, &err).0,
+        TxAction::Drop(DropCause::Ipv6NoRoute)
+    );
+    // A 1500-byte packet: the error stays within 1280 bytes.
+    let big = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 5000),
+        (server, 80),
+        &[7u8; 1452],
+    );
+    let (_, out) = handle(&mut gw, &big);
+    assert_eq!(out.len(), 14 + 1280);
+    assert_eq!(&parse_icmpv6(&out).4[8..], &big[14..14 + 1232]);
+    // Rate-limited with the gateway's other ICMP errors: a burst, then counted drops only.
+    let mut gw = gateway();
+    let f = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 5000),
+        (server, 80),
+        b"x",
+    );
+    let answered = (0..ICMP_ERROR_BURST + 10)
+        .filter(|_| matches!(handle(&mut gw, &f).0, TxAction::DropWithReply { .. }))
+        .count();
+    assert_eq!(answered as u64, ICMP_ERROR_BURST);
+    assert_eq!(
+        handle(&mut gw, &f).0,
+        TxAction::Drop(DropCause::Ipv6NoRoute)
+    );
 }
 
 #[test]

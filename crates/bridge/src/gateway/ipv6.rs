@@ -180,11 +180,12 @@ impl Gateway {
         }
         let to_gateway = v6.is_own(dst);
         if !to_gateway && !is_link_multicast(dst) {
-            return TxAction::Drop(if dst.is_multicast() {
-                DropCause::Ipv6Ignored
-            } else {
-                DropCause::Ipv6NoRoute
-            });
+            if dst.is_multicast() {
+                return TxAction::Drop(DropCause::Ipv6Ignored);
+            }
+            let error = upper.protocol == ip_proto::ICMPV6
+                && (!whole || icmp_type.is_none_or(|t| t < icmpv6::ECHO_REQUEST));
+            return self.no_route((frame, total), (src, src_mac), error, reply, now);
         }
         let unserved = if to_gateway {
             DropCause::GatewayUnsupported
@@ -210,6 +211,59 @@ impl Gateway {
             }
             (ip_proto::UDP, _) if dhcpv6_ports(l4) => self.dhcpv6(pkt, l4, reply),
             _ => TxAction::Drop(unserved),
+        }
+    }
+
+    /// IPv6 beyond the gateway: no route yet. Counted [`DropCause::Ipv6NoRoute`] and answered
+    /// with ICMPv6 destination unreachable, code 0 (no route to destination; RFC 4443 3.1),
+    /// quoting as much of the packet as fits 1280 bytes, so the guest's connection fails at
+    /// once (and a dual-stack client falls back to IPv4) instead of waiting out its timeouts.
+    /// Not in answer to an ICMPv6 error, a fragment of unknown kind or from `::` (RFC 4443
+    /// 2.4 (e)), and at most as often as the gateway's ICMP error rate limit allows.
+    fn no_route(
+        &mut self,
+        (frame, total): (&[u8], usize),
+        (src, src_mac): (Ipv6Addr, MacAddr),
+        error: bool,
+        reply: &mut [u8],
+        now: Instant,
+    ) -> TxAction {
+        const NO_ROUTE: TxAction = TxAction::Drop(DropCause::Ipv6NoRoute);
+        if error || src.is_unspecified() || !self.take_icmp_token(now) {
+            return NO_ROUTE;
+        }
+        let Some(cfg) = self.v6.as_ref().map(|v| v.cfg) else {
+            return NO_ROUTE;
+        };
+        let from = if in64(src, LINK_LOCAL) {
+            cfg.router
+        } else {
+            cfg.gateway
+        };
+        let quote_len = total.min(IPV6_MIN_MTU - ipv6::HEADER_LEN - icmpv6::HEADER_LEN);
+        let Some(quote) = frame.get(ETH_HLEN..ETH_HLEN + quote_len) else {
+            return NO_ROUTE;
+        };
+        let hdr = Ipv6Header {
+            dst_mac: src_mac,
+            src: from,
+            dst: src,
+            next_header: ip_proto::ICMPV6,
+            hop_limit: ECHO_HOP_LIMIT,
+        };
+        let Some((out, len)) = self.ipv6_reply(reply, hdr, icmpv6::HEADER_LEN + quote_len) else {
+            return NO_ROUTE;
+        };
+        // Type, code, checksum and the unused word, then the quote.
+        out[..icmpv6::HEADER_LEN].fill(0);
+        out[icmpv6::HEADER_LEN..].copy_from_slice(quote);
+        let mut icmp = Icmpv6Packet::new_unchecked(out);
+        icmp.set_msg_type(icmpv6::DESTINATION_UNREACHABLE);
+        icmp.set_msg_code(NO_ROUTE_CODE);
+        icmp.fill_checksum(from, src);
+        TxAction::DropWithReply {
+            cause: DropCause::Ipv6NoRoute,
+            len,
         }
     }
 
@@ -331,7 +385,11 @@ const MLD_REPORT: u8 = 131;
 const MLD_DONE: u8 = 132;
 /// MLDv2 report (RFC 3810).
 const MLD_V2_REPORT: u8 = 143;
-/// The hop limit of the gateway's echo replies.
+/// IPv6's minimum link MTU: the most an ICMPv6 error may fill (RFC 4443 2.4 (c)).
+const IPV6_MIN_MTU: usize = 1280;
+/// Destination unreachable code 0: no route to destination.
+const NO_ROUTE_CODE: u8 = 0;
+/// The hop limit of the gateway's echo replies and errors.
 const ECHO_HOP_LIMIT: u8 = 64;
 /// The DHCPv6 client port (RFC 8415 7.2).
 pub(super) const DHCPV6_CLIENT_PORT: u16 = 546;
