@@ -6,6 +6,7 @@
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
 //!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
+//!                    [--no-ipv6]
 //! ```
 //!
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
@@ -60,6 +61,9 @@ pub struct AttachArgs {
     /// Checksum and TCPv4 segmentation offloads between the guest's TAP, the device and the
     /// host TUN (default on; `--no-offload` turns them off).
     pub offloads: bool,
+    /// The guest side of IPv6 at the gateway (Neighbor Discovery, Router Advertisements,
+    /// stateless DHCPv6, echo; default on, `--no-ipv6` turns it off).
+    pub ipv6: bool,
     /// How the guest's driver and the device are threaded (`--threads`, default
     /// [`Threads::DEFAULT`]).
     pub threads: Threads,
@@ -130,6 +134,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut static_ip = None;
     let (mut tun_addr, mut external_addr) = (None, None);
     let mut no_offload = None;
+    let mut no_ipv6 = None;
     let mut threads = None;
     let mut forwards = Vec::new();
     let mut egress = bridge::EgressPolicy::default();
@@ -141,12 +146,17 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         if matches!(key, "-h" | "--help") {
             return Ok(Invocation::Help);
         }
-        if key == "--no-offload" {
+        if key == "--no-offload" || key == "--no-ipv6" {
             if inline.is_some() {
                 return Err(ArgError(format!("{key} takes no value")));
             }
-            once(key, &no_offload)?;
-            no_offload = Some(());
+            let flag = if key == "--no-offload" {
+                &mut no_offload
+            } else {
+                &mut no_ipv6
+            };
+            once(key, flag)?;
+            *flag = Some(());
             continue;
         }
         let mut value = || match inline.clone() {
@@ -247,6 +257,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         tun_addr,
         external_addr,
         offloads: no_offload.is_none(),
+        ipv6: no_ipv6.is_none(),
         threads: threads.unwrap_or(Threads::DEFAULT),
         egress,
     }))
@@ -309,7 +320,7 @@ USAGE:
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
                        [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
-                       [--tun-addr <addr>] [--external-addr <addr>]
+                       [--tun-addr <addr>] [--external-addr <addr>] [--no-ipv6]
     hostnet-lab --help
 
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
@@ -348,8 +359,13 @@ OPTIONS:
                              169.254.0.0/16 (cloud metadata) is denied unless a rule for it or
                              a longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
+    --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
+                             SLAAC in fd64::/64, router fe80::1, DNS fd64::1 by RA and stateless
+                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; IPv6
+                             beyond the gateway is not routed yet)
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
+Guest IPv6 prefix fd64::/64, router fe80::1, gateway and DNS fd64::1.
 ";
 
 fn once<T>(key: &str, slot: &Option<T>) -> Result<(), ArgError> {
@@ -431,6 +447,19 @@ mod tests {
         assert_eq!(a.forwards[1].protocol, Protocol::Udp);
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offloads);
+    }
+
+    #[test]
+    fn no_ipv6_turns_the_gateways_ipv6_off() {
+        assert!(attach(&["--guest-netns", "g"]).unwrap().ipv6);
+        let a = attach(&["--guest-netns", "g", "--no-ipv6", "--no-offload"]).unwrap();
+        assert!(!a.ipv6 && !a.offloads);
+        for bad in [
+            &["--guest-netns", "g", "--no-ipv6=1"][..],
+            &["--guest-netns", "g", "--no-ipv6", "--no-ipv6"],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
