@@ -37,6 +37,8 @@ pub(crate) struct Args {
     pub(crate) offload: bool,
     /// Destinations the guest may reach (`--deny CIDR`, `--allow CIDR`).
     pub(crate) egress: EgressPolicy,
+    /// The guest side of IPv6 at the gateway (`--no-ipv6`: off).
+    pub(crate) ipv6: bool,
     /// The TUN's host address (`--tun-addr`); `None`: chosen ([`bridge::choose_pair`]).
     pub(crate) tun_addr: Option<Ipv4Addr>,
     /// The NAT's external address, the TUN's peer (`--external-addr`); `None`: chosen.
@@ -77,6 +79,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
     let mut dns_upstream = None;
     let mut tun_name = None;
     let mut no_offload = None;
+    let mut no_ipv6 = None;
     let mut egress = EgressPolicy::default();
     let (mut tun_addr, mut external_addr) = (None, None);
     let mut user = None;
@@ -102,12 +105,13 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         };
         match key {
             "-h" | "--help" => return Ok(Invocation::Help),
-            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" => {
+            "--no-offload" | "--no-ipv6" | "--no-sandbox" | "--sandbox-selftest" => {
                 if inline.is_some() {
                     return Err(ArgError(format!("{key} takes no value")));
                 }
                 let slot = match key {
                     "--no-offload" => &mut no_offload,
+                    "--no-ipv6" => &mut no_ipv6,
                     "--no-sandbox" => &mut no_sandbox,
                     _ => &mut selftest,
                 };
@@ -171,6 +175,7 @@ pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgErr
         tun_name: tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned()),
         offload: no_offload.is_none(),
         egress,
+        ipv6: no_ipv6.is_none(),
         tun_addr,
         external_addr,
         user,
@@ -276,7 +281,7 @@ USAGE:
     hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
              [--deny CIDR]... [--allow CIDR]...
-             [--tun-addr A] [--external-addr B]
+             [--tun-addr A] [--external-addr B] [--no-ipv6]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
@@ -326,6 +331,10 @@ OPTIONS:
                              169.254.0.0/16 (cloud metadata) is denied unless a rule for it or a
                              longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
+    --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
+                             SLAAC in fd64::/64, router fe80::1, DNS fd64::1 by RA and stateless
+                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; IPv6
+                             beyond the gateway is not routed yet and answered with no route)
     --user <U>               user (name or uid) to run as after set-up (default: nobody when
                              started as root, unless --no-sandbox; `--user root` stays root)
     --group <G>              group to run as after set-up (default: the user's primary group)
@@ -441,6 +450,11 @@ mod tests {
         assert!(a.forwards.is_empty());
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offload, "offloads are on by default");
+        assert!(a.ipv6, "the gateway's IPv6 is on by default");
+        let off = serve(&["--socket", "s", "--no-ipv6"]).unwrap();
+        assert!(!off.ipv6);
+        assert!(serve(&["--socket", "s", "--no-ipv6=1"]).is_err());
+        assert!(serve(&["--socket", "s", "--no-ipv6", "--no-ipv6"]).is_err());
         assert_eq!(a.egress, EgressPolicy::default());
         assert_eq!((a.tun_addr, a.external_addr), (None, None));
         assert!(a.sandbox, "the sandbox is on by default");
