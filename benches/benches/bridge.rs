@@ -44,6 +44,7 @@ fn gateway() -> Gateway {
         mtu: 1500,
         dns: true,
         static_guest_ip: Some(GUEST_IP),
+        ipv6: Some(bridge::Ipv6Config::default()),
     })
     .expect("gw")
 }

@@ -1,21 +1,29 @@
-//! The gateway's parsers (ARP, DHCP, the DNS redirect, ICMP echo, IPv4 classification) on
-//! hostile frames: a sequence of frames, each either raw bytes or a template (ARP, a DHCP
+//! The gateway's parsers (ARP, DHCP, the DNS redirect, ICMP echo, IPv4 classification, and
+//! the IPv6 side: Neighbor and Router Solicitations and Advertisements, DHCPv6, ICMPv6 echo)
+//! on hostile frames: a sequence of frames, each either raw bytes or a template (ARP, a DHCP
 //! message with a valid BOOTP header and cookie, ICMP echo to the gateway, a DNS query to the
-//! gateway, a packet to elsewhere, denied or allowed by the egress policy) whose fields and payload come from the input, with valid
-//! checksums so the parsers get past them. Never a panic; every reply fits the reply buffer
-//! and is a well-formed frame with valid checksums; every frame passed to the NAT is an IPv4
-//! packet inside the frame.
+//! gateway, a packet to elsewhere, denied or allowed by the egress policy; an ICMPv6 message
+//! of an ND type or echo, a DHCPv6 message) whose fields and payload come from the input,
+//! with valid checksums so the parsers get past them. Never a panic; every reply fits the
+//! reply buffer and is a well-formed frame with valid checksums; every frame passed to the
+//! NAT is an IPv4 packet inside the frame. Unsolicited Router Advertisements are asked for
+//! after every frame and checked the same way.
 //!
 //! Input: a sequence of `[kind, time_step, len_hi, len_lo, bytes[len]...]` records.
 #![no_main]
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use core::time::Duration;
 
-use bridge::{EgressAction, EgressPolicy, Gateway, GatewayConfig, MacAddr, TxAction};
+use bridge::{
+    EgressAction, EgressPolicy, Gateway, GatewayConfig, Ipv6Config, MacAddr, TxAction,
+};
 use libfuzzer_sys::fuzz_target;
 use nat::Instant;
-use wire::{ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, UdpPacket, ethertype, ip_proto};
+use wire::{
+    ArpPacket, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, UdpPacket,
+    ethertype, ip_proto,
+};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
 const GUEST_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
@@ -51,7 +59,11 @@ fuzz_target!(|input: &[u8]| {
             }
             TxAction::Consumed | TxAction::Drop(_) => {}
         }
+        if let Some(len) = gw.unsolicited(&mut reply, now) {
+            check_reply(&reply, len);
+        }
         let _ = gw.lease(now);
+        assert!(gw.guest_ipv6_addrs().len() <= bridge::MAX_GUEST_IPV6_ADDRS);
     }
 });
 
@@ -66,6 +78,7 @@ fn gateway() -> Gateway {
         mtu: MTU,
         dns: true,
         static_guest_ip: None,
+        ipv6: Some(Ipv6Config::default()),
     };
     let mut policy = EgressPolicy::default();
     for (cidr, action) in [
@@ -86,7 +99,7 @@ fn gateway() -> Gateway {
 /// Builds the frame of one record into `frame`.
 fn build(kind: u8, bytes: &[u8], frame: &mut Vec<u8>) {
     frame.clear();
-    match kind & 0x7 {
+    match kind & 0xf {
         1 => arp(bytes, frame),
         2 => dhcp(bytes, frame),
         3 => icmp_echo(bytes, frame),
@@ -96,6 +109,16 @@ fn build(kind: u8, bytes: &[u8], frame: &mut Vec<u8>) {
             let dst = Ipv4Addr::new(198, 18, byte(bytes, 1) & 1, byte(bytes, 2));
             udp_to(bytes, frame, dst, 4000);
         }
+        // ND (133..=137), echo (128), MLD or anything, to the gateway or a group.
+        6 => {
+            let t = match byte(bytes, 0) % 4 {
+                0 => 133 + byte(bytes, 1) % 5,
+                1 => 128,
+                _ => byte(bytes, 1),
+            };
+            icmpv6_msg(bytes, frame, t);
+        }
+        7 => dhcpv6(bytes, frame),
         _ => frame.extend_from_slice(bytes),
     }
 }
@@ -205,6 +228,77 @@ fn guest_ip(bytes: &[u8]) -> Ipv4Addr {
     }
 }
 
+/// A source for the guest's IPv6: link-local, in the prefix, `::`, or from elsewhere.
+fn guest_ip6(bytes: &[u8]) -> Ipv6Addr {
+    let low = u16::from(byte(bytes, 3));
+    match byte(bytes, 2) & 3 {
+        0 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, low),
+        1 => Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, low),
+        2 => Ipv6Addr::UNSPECIFIED,
+        _ => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, low),
+    }
+}
+
+/// A destination: the gateway's two addresses, all-nodes, all-routers, the solicited-node
+/// group of a gateway address, All_DHCP_Relay_Agents_and_Servers, or beyond.
+fn gateway_ip6(bytes: &[u8]) -> Ipv6Addr {
+    match byte(bytes, 4) % 7 {
+        0 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+        1 => Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 1),
+        2 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+        3 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2),
+        4 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1),
+        5 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2),
+        _ => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2),
+    }
+}
+
+/// Ethernet + IPv6 (hop limit 255, sometimes another) around `payload` whose checksum the
+/// caller fills; returns where the payload starts.
+fn ipv6(bytes: &[u8], frame: &mut Vec<u8>, next: u8, payload: &[u8]) -> (usize, Ipv6Addr, Ipv6Addr) {
+    let (src, dst) = (guest_ip6(bytes), gateway_ip6(bytes));
+    eth(frame, GATEWAY_MAC, ethertype::IPV6);
+    let start = frame.len();
+    frame.resize(start + 40, 0);
+    frame.extend_from_slice(payload);
+    let mut ip = Ipv6Packet::new_unchecked(&mut frame[start..]);
+    ip.set_version(6);
+    ip.set_payload_len(payload.len().min(usize::from(u16::MAX)) as u16);
+    ip.set_next_header(next);
+    ip.set_hop_limit(if byte(bytes, 5) & 7 == 0 { byte(bytes, 6) } else { 255 });
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    (start + 40, src, dst)
+}
+
+/// An ICMPv6 message of type `t`, code usually 0, the rest from the input (an ND target or
+/// options, echo data), with a valid checksum.
+fn icmpv6_msg(bytes: &[u8], frame: &mut Vec<u8>, t: u8) {
+    let mut msg = vec![t, if byte(bytes, 5) & 8 == 0 { 0 } else { 1 }, 0, 0];
+    msg.extend_from_slice(bytes.get(7..).unwrap_or_default());
+    if msg.len() < 8 {
+        msg.resize(8, 0);
+    }
+    let (at, src, dst) = ipv6(bytes, frame, ip_proto::ICMPV6, &msg);
+    Icmpv6Packet::new_unchecked(&mut frame[at..]).fill_checksum(src, dst);
+}
+
+/// A DHCPv6 message (type and transaction id, then options from the input) from the client
+/// port, with a valid UDP checksum.
+fn dhcpv6(bytes: &[u8], frame: &mut Vec<u8>) {
+    let mut udp = vec![0u8; 8];
+    udp.push(if byte(bytes, 0) & 1 == 0 { 11 } else { byte(bytes, 1) }); // Information-request
+    udp.extend_from_slice(&[1, 2, 3]);
+    udp.extend_from_slice(bytes.get(7..).unwrap_or_default());
+    let len = udp.len().min(usize::from(u16::MAX)) as u16;
+    let (at, src, dst) = ipv6(bytes, frame, ip_proto::UDP, &udp);
+    let mut u = UdpPacket::new_unchecked(&mut frame[at..]);
+    u.set_src_port(546);
+    u.set_dst_port(547);
+    u.set_len(len);
+    u.fill_checksum_v6(src, dst);
+}
+
 fn byte(bytes: &[u8], i: usize) -> u8 {
     bytes.get(i).copied().unwrap_or(0)
 }
@@ -237,6 +331,23 @@ fn check_reply(reply: &[u8], len: usize) {
                     );
                 }
                 p => panic!("unexpected reply protocol {p}"),
+            }
+        }
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).expect("reply is IPv6");
+            assert_eq!(40 + usize::from(ip.payload_len()), len - 14, "reply IPv6 length");
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            match ip.next_header() {
+                ip_proto::ICMPV6 => {
+                    let icmp = Icmpv6Packet::new_checked(ip.payload()).expect("reply ICMPv6");
+                    assert!(icmp.verify_checksum(src, dst), "reply ICMPv6 checksum");
+                    assert!(matches!(icmp.msg_type(), 1 | 129 | 134 | 136), "reply ICMPv6 type");
+                }
+                ip_proto::UDP => {
+                    let udp = UdpPacket::new_checked(ip.payload()).expect("reply UDP");
+                    assert!(udp.verify_checksum_v6(src, dst), "reply UDPv6 checksum");
+                }
+                p => panic!("unexpected IPv6 reply protocol {p}"),
             }
         }
         t => panic!("unexpected reply ethertype {t:#x}"),

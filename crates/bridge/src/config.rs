@@ -7,7 +7,7 @@ use core::time::Duration;
 
 use nat::{NatConfig, PortForward};
 
-use crate::gateway::GatewayConfig;
+use crate::gateway::{GatewayConfig, Ipv6Config};
 use crate::policy::EgressPolicy;
 use crate::wire::MacAddr;
 use crate::{Error, defaults};
@@ -63,6 +63,12 @@ pub struct BridgeConfig {
     /// NAT's external address are exempt). Default: link-local 169.254.0.0/16 denied, the
     /// rest allowed.
     pub egress: EgressPolicy,
+    /// The guest side of IPv6 at the gateway (Neighbor Discovery, Router Advertisements for
+    /// SLAAC, stateless DHCPv6, echo); default on with [`Ipv6Config::default`] (prefix
+    /// `fd64::/64`, router `fe80::1`, gateway and DNS `fd64::1`). `None` turns IPv6 off
+    /// (`--no-ipv6`): IPv6 frames are counted and dropped. IPv6 beyond the gateway has no
+    /// route yet ([`crate::DropCause::Ipv6NoRoute`]).
+    pub ipv6: Option<Ipv6Config>,
 }
 
 impl Default for BridgeConfig {
@@ -94,6 +100,7 @@ impl Default for BridgeConfig {
             max_host_packet: 65535,
             offloads: false,
             egress: EgressPolicy::default(),
+            ipv6: Some(Ipv6Config::default()),
         }
     }
 }
@@ -111,6 +118,7 @@ impl BridgeConfig {
             mtu: self.mtu,
             dns: self.dns_upstream.is_some(),
             static_guest_ip: self.static_guest_ip,
+            ipv6: self.ipv6,
         }
     }
 

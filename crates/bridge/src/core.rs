@@ -1026,6 +1026,57 @@ mod tests {
         assert_eq!(dp.stats.local_replies, 1);
     }
 
+    /// Once the guest has spoken IPv6, an unsolicited Router Advertisement rides in the reply
+    /// slot a later frame leaves unused (the gateway has no timer of its own), then not again
+    /// before the interval.
+    #[test]
+    fn unsolicited_router_advertisements_ride_on_unused_reply_slots() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, _peer) = MemoryLink::pair(64).unwrap();
+        let mut dp = DeviceCore::new(BridgeConfig {
+            static_guest_ip: Some(GUEST_IP),
+            ..config(Vec::new())
+        })
+        .unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 8);
+        let udp = || testing::udp_frame(GUEST_MAC, GUEST_IP, 5000, testing::SERVER, 80, b"x");
+        // An IPv4-only guest gets none.
+        net.send_frame(HDR, &udp(), &[]);
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        assert!(net.rx_frame(HDR, &mut Vec::new()).is_none());
+        // An echo from the guest's link-local address to fe80::1, then IPv4 again.
+        let (ll, router) = ("fe80::2".parse().unwrap(), crate::defaults::IPV6_ROUTER);
+        let echo = testing::icmpv6_frame(
+            (GUEST_MAC, crate::defaults::GATEWAY_MAC),
+            (ll, router),
+            64,
+            &[128, 0, 0, 0, 0, 1, 0, 1],
+        );
+        net.send_frame(HDR, &echo, &[]);
+        net.send_frame(HDR, &udp(), &[]);
+        net.send_frame(HDR, &udp(), &[]);
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        let mut pending = Vec::new();
+        let mut types = Vec::new();
+        while let Some((_, f)) = net.rx_frame(HDR, &mut pending) {
+            let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+            let ip = ::wire::Ipv6Packet::new_checked(eth.payload()).unwrap();
+            types.push(ip.payload()[0]);
+        }
+        assert_eq!(types, [129, 134], "the echo reply, then one advertisement");
+        let later = nat::Instant::from_millis(crate::UNSOLICITED_RA_INTERVAL_MS);
+        net.send_frame(HDR, &udp(), &[]);
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, later)
+            .unwrap();
+        assert!(net.rx_frame(HDR, &mut pending).is_some(), "the next one");
+        assert_eq!(dp.stats.local_replies, 3);
+    }
+
     /// A full TX ring is more than one kick's budget: the first call takes
     /// [`TX_BATCH_BUDGET`] batches and says `tx_more`, later calls finish the ring; nothing is
     /// lost or taken twice.

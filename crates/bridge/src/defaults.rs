@@ -5,9 +5,10 @@
 //!
 //! ```text
 //! guest 192.168.64.2 ── gateway 192.168.64.1 (the bridge) ── NAT 100.64.0.2 ══TUN══ host 100.64.0.1
+//! guest fd64::/64 (SLAAC) ── router fe80::1, gateway and DNS fd64::1
 //! ```
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use core::time::Duration;
 
 use crate::MacAddr;
@@ -39,6 +40,13 @@ pub const NAT_EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 pub const TEST_INTERNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 /// The prefix length of [`TEST_INTERNET`].
 pub const TEST_INTERNET_PREFIX_LEN: u8 = 15;
+/// The guest's IPv6 prefix (a /64 ULA), advertised for SLAAC.
+pub const IPV6_PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0);
+/// The gateway's link-local address: the guest's IPv6 default router.
+pub const IPV6_ROUTER: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The gateway's address in [`IPV6_PREFIX`], and the guest's IPv6 DNS server (RDNSS and
+/// DHCPv6).
+pub const IPV6_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 1);
 
 #[cfg(test)]
 mod tests {
@@ -56,5 +64,8 @@ mod tests {
         assert_ne!(GUEST_MAC, GATEWAY_MAC);
         let tmask = u32::MAX << (32 - TEST_INTERNET_PREFIX_LEN);
         assert_eq!(u32::from(TEST_INTERNET) & tmask, u32::from(TEST_INTERNET));
+        assert_eq!(IPV6_PREFIX.to_bits() as u64, 0);
+        assert_eq!(IPV6_GATEWAY.to_bits() >> 64, IPV6_PREFIX.to_bits() >> 64);
+        assert!(IPV6_ROUTER.is_unicast_link_local());
     }
 }

@@ -1,5 +1,11 @@
 //! The gateway's L2/L3 services: ARP, DHCP, ICMP echo, the DNS redirect, MAC learning and
-//! anti-spoofing. Classifies every frame the guest sends.
+//! anti-spoofing. Classifies every frame the guest sends. The IPv6 side lives beside this
+//! file: [`ipv6`] (anti-spoofing, learned addresses, echo, dispatch), [`ndp`] (Neighbor
+//! Discovery and Router Advertisements), [`dhcpv6`] (stateless DHCPv6).
+
+mod dhcpv6;
+mod ipv6;
+mod ndp;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::ops::RangeInclusive;
@@ -8,6 +14,11 @@ use core::time::Duration;
 use dhcproto::{Decodable, Encodable};
 use nat::Instant;
 
+pub use self::ipv6::{Ipv6Config, MAX_GUEST_IPV6_ADDRS};
+pub use self::ndp::{
+    PREFIX_PREFERRED_S, PREFIX_VALID_S, RDNSS_LIFETIME_S, ROUTER_LIFETIME_S,
+    UNSOLICITED_RA_INTERVAL_MS,
+};
 use crate::Error;
 use crate::dhcp::{DhcpConfig, DhcpServer, prefix_mask};
 use crate::policy::{EgressAction, EgressPolicy};
@@ -42,6 +53,10 @@ pub struct GatewayConfig {
     pub dns: bool,
     /// The guest's static address, accepted as a source besides its DHCP lease.
     pub static_guest_ip: Option<Ipv4Addr>,
+    /// The IPv6 side (Neighbor Discovery, Router Advertisements, stateless DHCPv6, echo);
+    /// `None`: IPv6 off, every IPv6 frame is [`DropCause::Ipv6NoRoute`]. Also off when `mtu`
+    /// is under 1280 (IPv6's minimum link MTU, RFC 8200 5).
+    pub ipv6: Option<Ipv6Config>,
 }
 
 /// What to do with a frame from the guest.
@@ -87,6 +102,8 @@ pub struct Gateway {
     icmp_tokens: u64,
     /// When `icmp_tokens` was last refilled (milliseconds of the caller's clock).
     icmp_refilled: u64,
+    /// The IPv6 side, if on.
+    v6: Option<ipv6::V6>,
 }
 
 impl Gateway {
@@ -95,8 +112,9 @@ impl Gateway {
     /// # Errors
     ///
     /// [`Error::Config`] if the prefix is not 8..=30, the gateway is not a host address of its
-    /// subnet, the pool is empty or leaves the subnet, the MTU is outside 68..=65520, or a
-    /// MAC is multicast.
+    /// subnet, the pool is empty or leaves the subnet, the MTU is outside 68..=65520, a
+    /// MAC is multicast, or the IPv6 prefix is not a /64, the IPv6 router not link-local or
+    /// the IPv6 gateway not in the prefix.
     pub fn new(cfg: GatewayConfig) -> Result<Self, Error> {
         if !(8..=30).contains(&cfg.prefix_len) {
             return Err(Error::Config(format!(
@@ -139,6 +157,13 @@ impl Gateway {
         if cfg.gateway_mac.is_multicast() || cfg.guest_mac.is_multicast() {
             return Err(Error::Config("a mac address is multicast".to_owned()));
         }
+        if let Some(v6) = &cfg.ipv6 {
+            v6.validate()?;
+        }
+        let v6 = cfg
+            .ipv6
+            .filter(|_| cfg.mtu >= IPV6_MIN_MTU)
+            .map(ipv6::V6::new);
         let dhcp = DhcpServer::new(DhcpConfig {
             server: cfg.gateway,
             prefix_len: cfg.prefix_len,
@@ -158,6 +183,7 @@ impl Gateway {
             egress_exempt: None,
             icmp_tokens: ICMP_ERROR_BURST,
             icmp_refilled: 0,
+            v6,
         })
     }
 
@@ -245,7 +271,7 @@ impl Gateway {
             _ if gso => TxAction::Drop(DropCause::Offload),
             ETHERTYPE_IPV4 => self.ipv4(frame, src_mac, reply, now, false),
             ETHERTYPE_ARP => self.arp(frame, src_mac, reply),
-            ETHERTYPE_IPV6 => TxAction::Drop(DropCause::Ipv6),
+            ETHERTYPE_IPV6 => self.ipv6_frame(frame, src_mac, reply, now),
             _ => TxAction::Drop(DropCause::EtherType),
         }
     }
@@ -648,6 +674,8 @@ const ICMP_SOURCE_QUENCH: u8 = 4;
 /// ICMP redirect (an error message).
 const ICMP_REDIRECT: u8 = 5;
 
+/// IPv6's minimum link MTU (RFC 8200 5).
+const IPV6_MIN_MTU: u16 = 1280;
 /// Length of an Ethernet/IPv4 ARP message.
 const ARP_LEN: usize = ::wire::arp::PACKET_LEN;
 /// The source and destination ports at the start of a TCP or UDP header.

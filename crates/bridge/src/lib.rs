@@ -63,7 +63,15 @@
 //!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's
 //!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub); without an
 //!   upstream, UDP DNS queries to the gateway are answered with REFUSED, TCP with a RST.
-//!   IPv6 and other EtherTypes are counted and dropped.
+//!   Other EtherTypes are counted and dropped.
+//! - IPv6 at the gateway ([`BridgeConfig::ipv6`], [`Ipv6Config`]; default prefix `fd64::/64`,
+//!   router `fe80::1`, gateway and DNS `fd64::1`): Neighbor Discovery for both addresses
+//!   (DAD answered for them, a guest's tentative address never claimed), Router
+//!   Advertisements for SLAAC (to Router Solicitations, and unsolicited while the guest sends),
+//!   stateless DHCPv6 (Information-request → DNS server), ICMPv6 echo; the guest may send only
+//!   from its link-local address or the prefix ([`DropCause::SpoofedIpv6`]). IPv6 beyond the
+//!   gateway has no route yet ([`DropCause::Ipv6NoRoute`], answered with ICMPv6 destination
+//!   unreachable, no route, within the ICMP error rate limit).
 //! - Egress policy ([`BridgeConfig::egress`], [`EgressPolicy`]): `--allow`/`--deny` CIDR
 //!   rules on the destination, checked by the gateway before the NAT, longest prefix wins,
 //!   default allow, link-local 169.254.0.0/16 denied by default. A denied packet is counted
@@ -158,7 +166,11 @@ pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError};
 pub use frame::FrameBatch;
-pub use gateway::{Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, TxAction};
+pub use gateway::{
+    Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, Ipv6Config,
+    MAX_GUEST_IPV6_ADDRS, PREFIX_PREFERRED_S, PREFIX_VALID_S, RDNSS_LIFETIME_S, ROUTER_LIFETIME_S,
+    TxAction, UNSOLICITED_RA_INTERVAL_MS,
+};
 pub use host::{HostLink, MemoryLink};
 pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
 pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, PolicyError};

@@ -25,10 +25,15 @@ pub enum DropCause {
     /// A frame longer than the MTU allows (TX), or a packet from the host longer than the
     /// guest MTU (RX; no ICMP fragmentation-needed is generated, see the crate docs).
     TooBig,
-    /// A malformed ARP, IPv4 or DHCP message.
+    /// A malformed ARP, IPv4, IPv6, DHCP or DHCPv6 message (a bad length, a bad ICMPv6 or UDP
+    /// checksum on a message to the gateway, options the DHCP decoder must not see).
     Malformed,
-    /// An IPv6 frame (not supported yet).
-    Ipv6,
+    /// IPv6 to an address other than the gateway's (`fe80::1`, `fd64::1`) or link-scope
+    /// multicast: there is no IPv6 route beyond the gateway yet; answered with ICMPv6
+    /// destination unreachable, no route (rate-limited, never to an ICMPv6 error). With IPv6
+    /// turned off ([`crate::BridgeConfig::ipv6`] `None`, or an MTU under 1280), every IPv6
+    /// frame, unanswered.
+    Ipv6NoRoute,
     /// Another EtherType.
     EtherType,
     /// Source MAC is not the guest's.
@@ -68,11 +73,23 @@ pub enum DropCause {
     /// default link-local 169.254.0.0/16); the gateway answers it with ICMP destination
     /// unreachable, administratively prohibited (rate-limited).
     EgressDenied,
+    /// IPv6 from a source the guest may not use: not its link-local (`fe80::/64`) or an
+    /// address in the guest prefix (`fd64::/64`), one of the gateway's own addresses, or the
+    /// unspecified address `::` outside Neighbor Discovery and MLD.
+    SpoofedIpv6,
+    /// A Neighbor Discovery message that fails RFC 4861's checks (hop limit not 255, code not
+    /// 0, bad ICMPv6 checksum, too short, an option of length 0 or past the end, a multicast
+    /// target, a source link-layer option from `::`).
+    NdpInvalid,
+    /// Valid IPv6 on the link that the gateway does not answer (as [`DropCause::ArpIgnored`]):
+    /// neighbor solicitations for other addresses, router advertisements and redirects from
+    /// the guest, MLD reports, multicast it does not serve (mDNS, LLMNR, echo to a group).
+    Ipv6Ignored,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 26;
     /// Every cause, in index order.
     pub const ALL: [DropCause; DropCause::COUNT] = [
         DropCause::ChainInvalid,
@@ -82,7 +99,7 @@ impl DropCause {
         DropCause::Runt,
         DropCause::TooBig,
         DropCause::Malformed,
-        DropCause::Ipv6,
+        DropCause::Ipv6NoRoute,
         DropCause::EtherType,
         DropCause::SpoofedMac,
         DropCause::SpoofedIp,
@@ -98,6 +115,9 @@ impl DropCause {
         DropCause::Offload,
         DropCause::GsoInvalid,
         DropCause::EgressDenied,
+        DropCause::SpoofedIpv6,
+        DropCause::NdpInvalid,
+        DropCause::Ipv6Ignored,
     ];
     /// Index into [`Stats::drops`].
     pub const fn index(self) -> usize {

@@ -516,3 +516,58 @@ pub fn activate<H: crate::HostLink + 'static>(
     };
     bridge.activate(act, link)
 }
+
+/// An Ethernet + IPv6 frame from `src_mac` to `dst_mac` with `payload` after the fixed
+/// header (no extension headers), hop limit `hop_limit`. Checksums inside `payload` are the
+/// caller's (see [`icmpv6_frame`], [`udp6_frame`]).
+pub fn ipv6_frame(
+    (src_mac, dst_mac): (MacAddr, MacAddr),
+    (src, dst): (core::net::Ipv6Addr, core::net::Ipv6Addr),
+    next_header: u8,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0u8; ETH_HLEN + ::wire::ipv6::HEADER_LEN + payload.len()];
+    let _ = write_eth(&mut f, dst_mac, src_mac, crate::wire::ETHERTYPE_IPV6);
+    let mut ip = ::wire::Ipv6Packet::new_unchecked(&mut f[ETH_HLEN..]);
+    ip.set_version(6);
+    ip.set_payload_len(u16::try_from(payload.len()).unwrap_or(u16::MAX));
+    ip.set_next_header(next_header);
+    ip.set_hop_limit(hop_limit);
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    ip.payload_mut().copy_from_slice(payload);
+    f
+}
+
+/// An ICMPv6 message `msg` (type, code, anything in the checksum field, the rest) in an
+/// IPv6 frame; the checksum is filled in.
+pub fn icmpv6_frame(
+    macs: (MacAddr, MacAddr),
+    (src, dst): (core::net::Ipv6Addr, core::net::Ipv6Addr),
+    hop_limit: u8,
+    msg: &[u8],
+) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    if m.len() >= ::wire::icmpv6::HEADER_LEN {
+        ::wire::Icmpv6Packet::new_unchecked(&mut m[..]).fill_checksum(src, dst);
+    }
+    ipv6_frame(macs, (src, dst), ::wire::ip_proto::ICMPV6, hop_limit, &m)
+}
+
+/// A UDP datagram in an IPv6 frame (hop limit 64) with a valid checksum.
+pub fn udp6_frame(
+    macs: (MacAddr, MacAddr),
+    (src, sport): (core::net::Ipv6Addr, u16),
+    (dst, dport): (core::net::Ipv6Addr, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut u = vec![0u8; UDP_HLEN + payload.len()];
+    let mut p = ::wire::UdpPacket::new_unchecked(&mut u[..]);
+    p.set_src_port(sport);
+    p.set_dst_port(dport);
+    p.set_len(u16::try_from(UDP_HLEN + payload.len()).unwrap_or(u16::MAX));
+    p.payload_mut().copy_from_slice(payload);
+    p.fill_checksum_v6(src, dst);
+    ipv6_frame(macs, (src, dst), ::wire::ip_proto::UDP, 64, &u)
+}

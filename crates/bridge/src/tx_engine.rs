@@ -130,6 +130,19 @@ impl TxEngine {
                 }
                 TxAction::Nat { .. } | TxAction::Consumed => {}
             }
+            // A reply slot this frame left unused carries an unsolicited Router
+            // Advertisement when one is due (the gateway has no timer of its own).
+            if !matches!(
+                action,
+                TxAction::Reply { .. }
+                    | TxAction::DropWithReply { .. }
+                    | TxAction::Drop(DropCause::LocalQueueFull)
+            ) && let Some(buf) = replies.next_buf()
+                && let Some(len) = self.gateway.unsolicited(buf, now)
+            {
+                replies.commit(0, len);
+                stats.local_replies += 1;
+            }
             self.actions.push(action);
         }
         Ok(out)

@@ -29,6 +29,7 @@ fn config() -> GatewayConfig {
         mtu: 1500,
         dns: true,
         static_guest_ip: None,
+        ipv6: None,
     }
 }
 
@@ -442,7 +443,10 @@ fn anti_spoofing_and_classification() {
     // IPv6, other EtherTypes, runts, garbage.
     let mut v6 = out.clone();
     EthernetFrame::new_unchecked(&mut v6[..]).set_ethertype(ethertype::IPV6);
-    assert_eq!(handle(&mut gw, &v6, now).0, TxAction::Drop(DropCause::Ipv6));
+    assert_eq!(
+        handle(&mut gw, &v6, now).0,
+        TxAction::Drop(DropCause::Ipv6NoRoute)
+    );
     let mut lldp = out.clone();
     EthernetFrame::new_unchecked(&mut lldp[..]).set_ethertype(0x88cc); // LLDP
     assert_eq!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bridge::testing::{
     EXTERNAL, GATEWAY, GATEWAY_MAC, GUEST_IP, GUEST_MAC, MockNet, SERVER, arp_request, dhcp_frame,
-    guest_memory, udp_frame, udp_packet, wait_for,
+    guest_memory, udp_frame, udp_packet, udp6_frame, wait_for,
 };
 use bridge::{
     Activation, Bridge, BridgeConfig, BridgeHandle, CONFIG_INTERRUPT, DropCause, Error, HostLink,
@@ -236,8 +236,13 @@ fn spoofed_and_unsupported_frames_never_reach_the_host() {
         &udp_frame(GUEST_MAC, Ipv4Addr::new(10, 0, 0, 1), 1, SERVER, 2, b"x"),
         &[],
     );
-    let mut v6 = udp_frame(GUEST_MAC, GUEST_IP, 1, SERVER, 2, b"x");
-    EthernetFrame::new_unchecked(&mut v6[..]).set_ethertype(ethertype::IPV6);
+    // IPv6 beyond the gateway: no route yet.
+    let v6 = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        ("fd64::2".parse().unwrap(), 1),
+        ("2001:db8::2".parse().unwrap(), 2),
+        b"x",
+    );
     net.send_frame(HDR, &v6, &[]);
     h.kick(1).unwrap();
     wait_for("three TX chains back", || {
@@ -245,7 +250,7 @@ fn spoofed_and_unsupported_frames_never_reach_the_host() {
     });
     wait_for("drop counters", || {
         let s = h.stats().bridge;
-        s.drops_of(DropCause::SpoofedIp) == 2 && s.drops_of(DropCause::Ipv6) == 1
+        s.drops_of(DropCause::SpoofedIp) == 2 && s.drops_of(DropCause::Ipv6NoRoute) == 1
     });
     assert_eq!(host.pending(), 0);
     h.shutdown().unwrap();

@@ -53,6 +53,8 @@ pub(crate) struct Args {
     pub(crate) offload: bool,
     /// Destinations the guest may reach (`--deny CIDR`, `--allow CIDR`).
     pub(crate) egress: EgressPolicy,
+    /// The guest side of IPv6 at the gateway (`--no-ipv6`: off).
+    pub(crate) ipv6: bool,
     /// The TUN's host address (`--tun-addr`); `None`: chosen ([`bridge::choose_pair`]).
     pub(crate) tun_addr: Option<Ipv4Addr>,
     /// The NAT's external address, the TUN's peer (`--external-addr`); `None`: chosen.
@@ -139,7 +141,7 @@ struct CommandLine {
 }
 
 /// Every setting, each optional: from the command line or a `--config` file (TOML, the long
-/// options' names as keys; `--no-offload` is `offload = false`, `--no-sandbox` is
+/// options' names as keys; `--no-offload` is `offload = false`, `--no-ipv6` is `ipv6 = false`, `--no-sandbox` is
 /// `sandbox = false`; `forward`, `deny`, `allow` are lists). Values are checked by
 /// [`Settings::finish`], the same way for both sources.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -159,6 +161,8 @@ pub(crate) struct Settings {
     tun_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     offload: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv6: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     deny: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,6 +207,7 @@ impl Settings {
             dns_upstream: self.dns_upstream.or(file.dns_upstream),
             tun_name: self.tun_name.or(file.tun_name),
             offload: self.offload.or(file.offload),
+            ipv6: self.ipv6.or(file.ipv6),
             deny: self.deny.or(file.deny),
             allow: self.allow.or(file.allow),
             tun_addr: self.tun_addr.or(file.tun_addr),
@@ -295,6 +300,7 @@ impl Settings {
             tun_name,
             offload: self.offload.unwrap_or(true),
             egress,
+            ipv6: self.ipv6.unwrap_or(true),
             tun_addr: addr("--tun-addr", &self.tun_addr)?,
             external_addr: addr("--external-addr", &self.external_addr)?,
             user,
@@ -322,6 +328,7 @@ impl Settings {
             dns_upstream: a.dns_upstream.map(|d| d.to_string()),
             tun_name: Some(a.tun_name),
             offload: Some(a.offload),
+            ipv6: Some(a.ipv6),
             deny: Some(self.deny.unwrap_or_default()),
             allow: Some(self.allow.unwrap_or_default()),
             tun_addr: a.tun_addr.map(|x| x.to_string()),
@@ -360,13 +367,14 @@ fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgErro
         };
         match key {
             "-h" | "--help" => return Ok(None),
-            "--no-offload" | "--no-sandbox" | "--sandbox-selftest" | "--host-setup"
-            | "--print-config" => {
+            "--no-offload" | "--no-ipv6" | "--no-sandbox" | "--sandbox-selftest"
+            | "--host-setup" | "--print-config" => {
                 if inline.is_some() {
                     return Err(ArgError(format!("{key} takes no value")));
                 }
                 match key {
                     "--no-offload" => set_once(&mut s.offload, key, false)?,
+                    "--no-ipv6" => set_once(&mut s.ipv6, key, false)?,
                     "--no-sandbox" => set_once(&mut s.sandbox, key, false)?,
                     "--host-setup" => set_once(&mut s.host_setup, key, true)?,
                     "--sandbox-selftest" => set_once(&mut s.sandbox_selftest, key, true)?,
@@ -524,7 +532,7 @@ USAGE:
     hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
              [--deny CIDR]... [--allow CIDR]...
-             [--tun-addr A] [--external-addr B]
+             [--tun-addr A] [--external-addr B] [--no-ipv6]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
              [--host-setup] [--config FILE] [--print-config]
 
@@ -578,6 +586,10 @@ OPTIONS:
                              169.254.0.0/16 (cloud metadata) is denied unless a rule for it or a
                              longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
+    --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
+                             SLAAC in fd64::/64, router fe80::1, DNS fd64::1 by RA and stateless
+                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; IPv6
+                             beyond the gateway is not routed yet and answered with no route)
     --user <U>               user (name or uid) to run as after set-up (default: nobody when
                              started as root, unless --no-sandbox; `--user root` stays root)
     --group <G>              group to run as after set-up (default: the user's primary group)
@@ -597,6 +609,7 @@ OPTIONS:
     --config <FILE>          read settings from a TOML file: the long options' names are its keys
                              (socket = \"/run/hn.sock\", mtu = 1500, forward = [\"tcp:8022:22\"],
                              deny = [...], allow = [...], offload = false for --no-offload,
+                             ipv6 = false for --no-ipv6,
                              sandbox = false for --no-sandbox, host-setup = true, ...); an
                              option given on the command line wins over the file (a list given
                              there replaces the file's list); an unknown key is an error naming it
@@ -713,6 +726,11 @@ mod tests {
         assert!(a.forwards.is_empty());
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offload, "offloads are on by default");
+        assert!(a.ipv6, "the gateway's IPv6 is on by default");
+        let off = serve(&["--socket", "s", "--no-ipv6"]).unwrap();
+        assert!(!off.ipv6);
+        assert!(serve(&["--socket", "s", "--no-ipv6=1"]).is_err());
+        assert!(serve(&["--socket", "s", "--no-ipv6", "--no-ipv6"]).is_err());
         assert_eq!(a.egress, EgressPolicy::default());
         assert_eq!((a.tun_addr, a.external_addr), (None, None));
         assert!(a.sandbox, "the sandbox is on by default");

@@ -6,7 +6,7 @@
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
 //!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
-//!                    [--vhost-user SOCKET]
+//!                    [--no-ipv6] [--vhost-user SOCKET]
 //! ```
 //!
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
@@ -64,6 +64,9 @@ pub struct AttachArgs {
     /// Checksum and TCPv4 segmentation offloads between the guest's TAP, the device and the
     /// host TUN (default on; `--no-offload` turns them off).
     pub offloads: bool,
+    /// The guest side of IPv6 at the gateway (Neighbor Discovery, Router Advertisements,
+    /// stateless DHCPv6, echo; default on, `--no-ipv6` turns it off).
+    pub ipv6: bool,
     /// How the guest's driver and the device are threaded (`--threads`, default
     /// [`Threads::DEFAULT`]).
     pub threads: Threads,
@@ -138,6 +141,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut static_ip = None;
     let (mut tun_addr, mut external_addr) = (None, None);
     let mut no_offload = None;
+    let mut no_ipv6 = None;
     let mut threads = None;
     let mut forwards = Vec::new();
     let mut egress = bridge::EgressPolicy::default();
@@ -151,12 +155,17 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         if matches!(key, "-h" | "--help") {
             return Ok(Invocation::Help);
         }
-        if key == "--no-offload" {
+        if key == "--no-offload" || key == "--no-ipv6" {
             if inline.is_some() {
                 return Err(ArgError(format!("{key} takes no value")));
             }
-            once(key, &no_offload)?;
-            no_offload = Some(());
+            let flag = if key == "--no-offload" {
+                &mut no_offload
+            } else {
+                &mut no_ipv6
+            };
+            once(key, flag)?;
+            *flag = Some(());
             continue;
         }
         let mut value = || match inline.clone() {
@@ -273,6 +282,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
             ("--tun-addr", tun_addr.is_some()),
             ("--external-addr", external_addr.is_some()),
             ("--threads", threads.is_some()),
+            ("--no-ipv6", no_ipv6.is_some()),
             (egress_given.unwrap_or("--deny"), egress_given.is_some()),
         ];
         if let Some((key, _)) = own.iter().find(|(_, given)| *given) {
@@ -293,6 +303,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         tun_addr,
         external_addr,
         offloads: no_offload.is_none(),
+        ipv6: no_ipv6.is_none(),
         threads: threads.unwrap_or(Threads::DEFAULT),
         egress,
         vhost_user,
@@ -356,7 +367,7 @@ USAGE:
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
                        [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
-                       [--tun-addr <addr>] [--external-addr <addr>]
+                       [--tun-addr <addr>] [--external-addr <addr>] [--no-ipv6]
                        [--vhost-user <SOCKET>]
     hostnet-lab --help
 
@@ -396,6 +407,10 @@ OPTIONS:
                              169.254.0.0/16 (cloud metadata) is denied unless a rule for it or
                              a longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
+    --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
+                             SLAAC in fd64::/64, router fe80::1, DNS fd64::1 by RA and stateless
+                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; IPv6
+                             beyond the gateway is not routed yet)
     --vhost-user <SOCKET>    no bridge here: connect the simulated guest, as a vhost-user
                              frontend, to the vhost-user-net backend listening on SOCKET
                              (hostnetd, passt --vhost-user); the NAT, TUN, gateway and DHCP
@@ -403,10 +418,11 @@ OPTIONS:
                                  ready external=- tun=- gateway=-
                              and the options that configure the bridge (--forward,
                              --dns-upstream, --tun-name, --static-guest-ip, --tun-addr,
-                             --external-addr, --threads, --deny, --allow) are refused;
-                             --mtu must match the MTU the backend reports, if it does
+                             --external-addr, --threads, --no-ipv6, --deny, --allow) are
+                             refused; --mtu must match the MTU the backend reports, if it does
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
+Guest IPv6 prefix fd64::/64, router fe80::1, gateway and DNS fd64::1.
 ";
 
 fn once<T>(key: &str, slot: &Option<T>) -> Result<(), ArgError> {
@@ -488,6 +504,19 @@ mod tests {
         assert_eq!(a.forwards[1].protocol, Protocol::Udp);
         assert_eq!(a.tun_name, DEFAULT_TUN_NAME);
         assert!(a.offloads);
+    }
+
+    #[test]
+    fn no_ipv6_turns_the_gateways_ipv6_off() {
+        assert!(attach(&["--guest-netns", "g"]).unwrap().ipv6);
+        let a = attach(&["--guest-netns", "g", "--no-ipv6", "--no-offload"]).unwrap();
+        assert!(!a.ipv6 && !a.offloads);
+        for bad in [
+            &["--guest-netns", "g", "--no-ipv6=1"][..],
+            &["--guest-netns", "g", "--no-ipv6", "--no-ipv6"],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -631,6 +660,7 @@ mod tests {
             (&["--tun-addr", "10.0.0.1"], "--tun-addr"),
             (&["--external-addr", "10.0.0.2"], "--external-addr"),
             (&["--threads", "one"], "--threads"),
+            (&["--no-ipv6"], "--no-ipv6"),
             (&["--allow", "169.254.0.0/16"], "--allow"),
             (&["--deny", "10.0.0.0/8"], "--deny"),
         ] {

@@ -27,6 +27,7 @@
 //! | [`TcpPacket`] | TCP (RFC 9293) |
 //! | [`Icmpv4Packet`] | ICMP (RFC 792) |
 //! | [`Icmpv6Packet`] | ICMPv6 (RFC 4443) |
+//! | [`ndp::NdpOptions`] | Neighbor Discovery options (RFC 4861), [`ndp::field`] for the messages |
 //!
 //! Field offsets live in one public `field` module per header ([`ipv4::field`],
 //! [`tcp::field`], ...: a [`Field`] byte range, or a `usize` offset for one-byte fields); no
@@ -109,6 +110,7 @@ pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 mod mac;
+pub mod ndp;
 pub mod tcp;
 pub mod udp;
 

@@ -32,6 +32,8 @@ pub(crate) struct DeviceConfig {
     pub(crate) offload: bool,
     /// The egress policy (`--deny`, `--allow`).
     pub(crate) egress: EgressPolicy,
+    /// The guest side of IPv6 at the gateway (default addresses; `--no-ipv6`: off).
+    pub(crate) ipv6: bool,
 }
 
 impl DeviceConfig {
@@ -49,6 +51,7 @@ impl DeviceConfig {
             forwards: self.forwards.clone(),
             offloads: self.offload,
             egress: self.egress.clone(),
+            ipv6: self.ipv6.then(bridge::Ipv6Config::default),
             ..BridgeConfig::default()
         };
         c.nat.external_addr = self.external;
@@ -100,6 +103,7 @@ mod tests {
             dns_upstream: None,
             offload: false,
             egress: EgressPolicy::default(),
+            ipv6: true,
         }
     }
 
@@ -137,6 +141,15 @@ mod tests {
         }
         .to_bridge();
         assert_eq!(c.egress, egress);
+        assert_eq!(
+            config(Vec::new()).to_bridge().ipv6,
+            Some(bridge::Ipv6Config::default())
+        );
+        let off = DeviceConfig {
+            ipv6: false,
+            ..config(Vec::new())
+        };
+        assert_eq!(off.to_bridge().ipv6, None);
         let core = DeviceConfig {
             mtu: 9000,
             ..config(Vec::new())

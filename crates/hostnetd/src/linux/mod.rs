@@ -53,6 +53,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         dns_upstream,
         offload: args.offload,
         egress: args.egress.clone(),
+        ipv6: args.ipv6,
     };
     // Fail on a bad configuration before anything is created.
     config.device_core().context("invalid configuration")?;

@@ -31,6 +31,7 @@ impl LabBridge {
                 .collect(),
             offloads: args.offloads,
             egress: args.egress.clone(),
+            ipv6: args.ipv6.then(bridge::Ipv6Config::default),
             ..BridgeConfig::default()
         };
         cfg.nat.external_addr = external;
