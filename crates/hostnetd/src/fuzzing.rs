@@ -75,6 +75,7 @@ impl Backend {
             dns_upstream: None,
             offload: tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN,
             egress: bridge::EgressPolicy::default(),
+            ipv6: true,
         };
         Ok(Self {
             config,
