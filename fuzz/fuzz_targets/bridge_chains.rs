@@ -190,6 +190,7 @@ fn gateway() -> Gateway {
         mtu: 1500,
         dns: true,
         static_guest_ip: None,
+        ipv6: Some(bridge::Ipv6Config::default()),
     };
     match Gateway::new(cfg) {
         Ok(l) => l,
