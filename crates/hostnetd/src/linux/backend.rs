@@ -190,11 +190,14 @@ impl NetBackend {
 
     /// The TX queue was kicked (or a TX budget ran out before): one budget of TX work.
     fn tx_kick(&mut self, rx: &VringRwLock, tx: &VringRwLock) -> Result<(), bridge::Error> {
-        if !usable(tx) {
-            return Ok(());
-        }
         let mem = self.mem.memory();
         let mut txg = tx.get_mut();
+        // Checked under the lock the work is done under: the frontend's request handler
+        // (GET_VRING_BASE when the VM stops) may have stopped the queue since the event came,
+        // and working a stopped queue is an error that would close the connection.
+        if !(txg.get_queue().ready() && txg.is_enabled()) {
+            return Ok(());
+        }
         let mut rxg = rx.get_mut();
         let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
         let n = self.core.on_tx_kick(
@@ -348,11 +351,6 @@ fn clear_offloads(tun: &Tun) {
     if let Err(e) = bridge::HostLink::set_offloads(tun, false, false) {
         warn!("turning the TUN's offloads off failed: {e}");
     }
-}
-
-fn usable(vring: &VringRwLock) -> bool {
-    let g = vring.get_ref();
-    g.get_queue().ready() && g.is_enabled()
 }
 
 fn signal(vring: &vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>, which: &str) {
