@@ -69,9 +69,12 @@
 //!   (DAD answered for them, a guest's tentative address never claimed), Router
 //!   Advertisements for SLAAC (to Router Solicitations, and unsolicited while the guest sends),
 //!   stateless DHCPv6 (Information-request → DNS server), ICMPv6 echo; the guest may send only
-//!   from its link-local address or the prefix ([`DropCause::SpoofedIpv6`]). IPv6 beyond the
-//!   gateway has no route yet ([`DropCause::Ipv6NoRoute`], answered with ICMPv6 destination
-//!   unreachable, no route, within the ICMP error rate limit).
+//!   from its link-local address or the prefix ([`DropCause::SpoofedIpv6`]). IPv6 from the
+//!   prefix to a unicast destination off the link goes through NAT66 (external address
+//!   `fd64:ffff::2` by default, [`nat::NatConfig::external_addr6`]); what cannot leave the link
+//!   (a link-local source, a link-local or on-link destination) has no route
+//!   ([`DropCause::Ipv6NoRoute`], answered with ICMPv6 destination unreachable, no route,
+//!   within the ICMP error rate limit). The egress policy is IPv4's only.
 //! - Egress policy ([`BridgeConfig::egress`], [`EgressPolicy`]): `--allow`/`--deny` CIDR
 //!   rules on the destination, checked by the gateway before the NAT, longest prefix wins,
 //!   default allow, link-local 169.254.0.0/16 denied by default. A denied packet is counted

@@ -17,7 +17,7 @@ use crate::offload::{self, Offloads};
 use crate::rx_queue::{RxOutcome, RxQueue};
 use crate::stats::{DropCause, Stats};
 use crate::tx_engine::NAT_CHUNK;
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr};
+use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, MacAddr, set_ethertype_for_ip};
 
 /// The RX side for one device: [`RxEngine::receive`], [`RxEngine::translate`] (under the NAT
 /// lock), then [`RxEngine::deliver`] until [`RxEngine::pending`] is 0.
@@ -130,7 +130,8 @@ impl RxEngine {
     }
 
     /// Runs the received packets through the NAT (one batch call) and puts an Ethernet header
-    /// (gateway → `guest_mac`) in front of those that pass.
+    /// (gateway → `guest_mac`, EtherType by the packet's IP version) in front of those that
+    /// pass.
     pub fn translate(
         &mut self,
         nat: &mut Nat,
@@ -183,6 +184,9 @@ impl RxEngine {
             match self.verdicts[j] {
                 Verdict::Forward | Verdict::Hairpin if len <= self.mtu || gso => {
                     buf[start - ETH_HLEN..start].copy_from_slice(&eth);
+                    if buf.get(start).is_some_and(|b| b >> 4 == 6) {
+                        buf[start - 2..start].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+                    }
                     self.batch.set_bounds(i, start - ETH_HLEN, len + ETH_HLEN);
                 }
                 Verdict::Forward | Verdict::Hairpin => {
@@ -209,6 +213,7 @@ impl RxEngine {
             let ok = matches!(r.verdict, Verdict::Forward | Verdict::Hairpin);
             if ok && r.len <= self.mtu {
                 buf[..ETH_HLEN].copy_from_slice(&eth);
+                set_ethertype_for_ip(buf);
                 self.batch.commit(0, ETH_HLEN + r.len);
             } else {
                 stats.drop(if ok {

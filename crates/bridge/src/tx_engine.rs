@@ -18,7 +18,7 @@ use crate::host::HostLink;
 use crate::offload::{self, FrameOffload, Offloads};
 use crate::stats::{DropCause, Stats};
 use crate::tx_queue::{TxOutcome, TxQueue};
-use crate::wire::ETH_HLEN;
+use crate::wire::{ETH_HLEN, set_ethertype_for_ip};
 
 /// The TX side for one device: [`TxEngine::pull`], then [`TxEngine::translate`] (under the
 /// NAT lock), then [`TxEngine::push`].
@@ -252,6 +252,7 @@ impl TxEngine {
                         continue;
                     };
                     frame[..ETH_HLEN].copy_from_slice(&eth);
+                    set_ethertype_for_ip(frame);
                     match offload::hairpin_header(&self.offloads, kind, &hdr, frame) {
                         Ok(h) => {
                             if !replies.push_with_header(frame, h) {
@@ -305,6 +306,7 @@ impl TxEngine {
                 Verdict::Forward => self.released.commit(0, ETH_HLEN + r.len),
                 Verdict::Hairpin => {
                     buf[..ETH_HLEN].copy_from_slice(eth);
+                    set_ethertype_for_ip(buf);
                     if !replies.push(&buf[..ETH_HLEN + r.len]) {
                         stats.drop(DropCause::LocalQueueFull);
                     }
