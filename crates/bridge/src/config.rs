@@ -80,6 +80,7 @@ impl Default for BridgeConfig {
             internal_net: defaults::SUBNET,
             internal_prefix_len: defaults::PREFIX_LEN,
             external_addr: defaults::NAT_EXTERNAL_ADDR,
+            external_addr6: defaults::NAT_EXTERNAL_ADDR6,
             // Closed TCP flows keep their mapping for 4 minutes: a busy guest needs tens of
             // thousands.
             max_flows_per_host: 65_536,

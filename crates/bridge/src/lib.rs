@@ -146,9 +146,12 @@ pub use crate::core::{
     Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify, RX_PASS_BUDGET, TX_BATCH_BUDGET,
 };
 pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
-pub use addr_pair::{AddrPair, AddrUse, PairError, choose_pair, default_pair_taken, log_pair};
+pub use addr_pair::{
+    AddrPair, AddrPair6, AddrUse, PairError, choose_pair, choose_pair6, default_pair_taken,
+    log_pair,
+};
 #[cfg(all(target_os = "linux", feature = "utun"))]
-pub use addr_pair::{PairLock, addresses_in_use, reserve_pair};
+pub use addr_pair::{PairLock, addresses_in_use, addresses_in_use6, reserve_pair, reserve_pair6};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
     TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,

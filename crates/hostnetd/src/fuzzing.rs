@@ -75,6 +75,8 @@ impl Backend {
             dns_upstream: None,
             offload: tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN,
             egress: bridge::EgressPolicy::default(),
+            ipv6: true,
+            external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         };
         Ok(Self {
             config,
