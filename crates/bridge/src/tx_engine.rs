@@ -169,7 +169,14 @@ impl TxEngine {
                 .and_then(VirtioNetHdr::parse)
                 .unwrap_or_default();
             let mtu = u16::try_from(max_plain.saturating_sub(ETH_HLEN)).unwrap_or(u16::MAX);
-            (offload::check_tx(&o, &mut hdr, frame, mtu)?, hdr)
+            let kind = offload::check_tx(&o, &mut hdr, frame, mtu)?;
+            if kind == FrameOffload::Partial && self.gateway.ipv6_stays_on_link(frame) {
+                // For the gateway (DHCPv6 from a UDP socket): it verifies whole checksums.
+                offload::complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
+                (FrameOffload::Plain, VirtioNetHdr::default())
+            } else {
+                (kind, hdr)
+            }
         } else {
             (FrameOffload::Plain, VirtioNetHdr::default())
         };

@@ -146,6 +146,25 @@ impl Gateway {
         self.v6.as_ref().map_or(&[], V6::learned)
     }
 
+    /// Whether `frame` is IPv6 for the gateway itself or the link (its own addresses,
+    /// multicast, link-local): what the gateway answers or drops and never passes to the
+    /// NAT, so a partial checksum in it must be completed before the gateway reads it.
+    pub(crate) fn ipv6_stays_on_link(&self, frame: &[u8]) -> bool {
+        let Some(v6) = self.v6.as_ref() else {
+            return false;
+        };
+        let is_v6 = frame
+            .get(ETH_HLEN - 2..ETH_HLEN)
+            .is_some_and(|t| t == ETHERTYPE_IPV6.to_be_bytes());
+        let Some(dst) = frame.get(ETH_HLEN + IPV6_DST..ETH_HLEN + IPV6_DST + 16) else {
+            return false;
+        };
+        let mut a = [0u8; 16];
+        a.copy_from_slice(dst);
+        let dst = Ipv6Addr::from(a);
+        is_v6 && (v6.is_own(dst) || dst.is_multicast() || dst.is_unicast_link_local())
+    }
+
     /// An IPv6 frame from the guest (`frame`'s Ethernet header checked, `src_mac` not
     /// multicast).
     pub(super) fn ipv6_frame(
@@ -402,6 +421,8 @@ const MLD_REPORT: u8 = 131;
 const MLD_DONE: u8 = 132;
 /// MLDv2 report (RFC 3810).
 const MLD_V2_REPORT: u8 = 143;
+/// The offset of the destination address in the IPv6 header.
+const IPV6_DST: usize = 24;
 /// IPv6's minimum link MTU: the most an ICMPv6 error may fill (RFC 4443 2.4 (c)).
 const IPV6_MIN_MTU: usize = 1280;
 /// Destination unreachable code 0: no route to destination.
