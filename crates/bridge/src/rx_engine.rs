@@ -149,27 +149,41 @@ impl RxEngine {
         let mut done = 0;
         while done < count {
             let end = (done + NAT_CHUNK).min(count);
+            // Only the packets still there (a dropped one would count as malformed in the
+            // NAT's own counters); `at[k]` is packet k's place in the chunk.
             let mut pkts: [&mut [u8]; NAT_CHUNK] = Default::default();
-            for ((buf, start, len), slot) in self
+            let mut l4 = [L4Checksum::Complete; NAT_CHUNK];
+            let mut at = [0usize; NAT_CHUNK];
+            let mut k = 0;
+            for (j, (buf, start, len)) in self
                 .batch
                 .slots_mut()
                 .skip(first + done)
                 .take(end - done)
-                .zip(pkts.iter_mut())
+                .enumerate()
             {
                 if len > 0
                     && start >= ETH_HLEN
                     && let Some(p) = buf.get_mut(start..start + len)
+                    && let Some(slot) = pkts.get_mut(k)
                 {
                     *slot = p;
+                    l4[k] = self
+                        .nat_l4
+                        .get(done + j)
+                        .copied()
+                        .unwrap_or(L4Checksum::Complete);
+                    at[k] = j;
+                    k += 1;
                 }
             }
-            nat.inbound_batch_with(
-                &mut pkts[..end - done],
-                &self.nat_l4[done..end],
-                now,
-                &mut self.verdicts[done..end],
-            );
+            let mut verdicts = [Verdict::Forward; NAT_CHUNK];
+            nat.inbound_batch_with(&mut pkts[..k], &l4[..k], now, &mut verdicts[..k]);
+            for (v, &j) in verdicts[..k].iter().zip(&at[..k]) {
+                if let Some(out) = self.verdicts.get_mut(done + j) {
+                    *out = *v;
+                }
+            }
             done = end;
         }
         for j in 0..count {
@@ -263,6 +277,15 @@ impl RxEngine {
                 self.batch.set_bounds(i, start, plen);
                 self.batch.set_header(i, h);
             }
+            // IPv6 multicast from the host link (the host's own stack announcing itself on
+            // the TUN): nothing the NAT could map.
+            if let Some((buf, start, len)) = self.batch.slot_mut(i)
+                && len > 0
+                && is_ipv6_multicast(buf.get(start..start + len).unwrap_or(&[]))
+            {
+                stats.drop(DropCause::Ipv6Ignored);
+                self.batch.drop_frame(i);
+            }
             self.nat_l4.push(l4);
         }
     }
@@ -281,3 +304,13 @@ impl RxEngine {
         self.rx_queue.fill(mem, queue, &mut self.batch, stats)
     }
 }
+
+/// Whether `packet` is IPv6 to a multicast address (`ff00::/8`).
+fn is_ipv6_multicast(packet: &[u8]) -> bool {
+    packet.len() >= ::wire::ipv6::HEADER_LEN
+        && packet[0] >> 4 == 6
+        && packet[IPV6_DST_OFFSET] == 0xff
+}
+
+/// The offset of the destination address in the IPv6 header.
+const IPV6_DST_OFFSET: usize = 24;

@@ -83,7 +83,9 @@ pub enum DropCause {
     NdpInvalid,
     /// Valid IPv6 on the link that the gateway does not answer (as [`DropCause::ArpIgnored`]):
     /// neighbor solicitations for other addresses, router advertisements and redirects from
-    /// the guest, MLD reports, multicast it does not serve (mDNS, LLMNR, echo to a group).
+    /// the guest, MLD reports, multicast it does not serve (mDNS, LLMNR, echo to a group);
+    /// also IPv6 multicast from the host link (the host's own stack on the TUN: MLD reports,
+    /// solicitations), which the NAT could not map.
     Ipv6Ignored,
 }
 

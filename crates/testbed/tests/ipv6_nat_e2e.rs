@@ -107,6 +107,17 @@ fn peer_port(answer: &str, want_addr: &str) -> u16 {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn a_slaac_guest_pings_and_moves_tcp_through_nat66_with_eim_and_no_unsolicited_inbound() {
+    nat66_round(&[]);
+}
+
+/// The same without offloads: complete checksums all the way.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn the_same_through_nat66_without_offloads() {
+    nat66_round(&["--no-offload"]);
+}
+
+fn nat66_round(extra: &[&str]) {
     require(&[
         ("ip", "iproute2"),
         ("sysctl", "procps"),
@@ -114,7 +125,7 @@ fn a_slaac_guest_pings_and_moves_tcp_through_nat66_with_eim_and_no_unsolicited_i
         ("curl", "curl"),
         ("sha256sum", "coreutils"),
     ]);
-    let mut lab = Lab::start("e2e-v6nat", &[]);
+    let mut lab = Lab::start("e2e-v6nat", extra);
     let ready = lab
         .attach()
         .stdout_lines()
