@@ -590,8 +590,8 @@ OPTIONS:
                              gateway and the NAT's external address are never subject to rules
     --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
                              SLAAC in fd64::/64, router fe80::1, DNS fd64::1 by RA and stateless
-                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; IPv6
-                             beyond the gateway is not routed yet and answered with no route)
+                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; NAT66
+                             beyond the gateway to fd64:ffff::2, the TUN fd64:ffff::1/64)
     --user <U>               user (name or uid) to run as after set-up (default: nobody when
                              started as root, unless --no-sandbox; `--user root` stays root)
     --group <G>              group to run as after set-up (default: the user's primary group)

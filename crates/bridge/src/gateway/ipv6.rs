@@ -250,8 +250,8 @@ impl Gateway {
         }
     }
 
-    /// IPv6 beyond the gateway that cannot be routed (see [`V6::routable`]). Counted [`DropCause::Ipv6NoRoute`] and answered
-    /// with ICMPv6 destination unreachable, code 0 (no route to destination; RFC 4443 3.1),
+    /// IPv6 beyond the gateway that cannot be routed (see [`V6::routable`]). Counted
+    /// [`DropCause::Ipv6NoRoute`] and answered with ICMPv6 destination unreachable, code 0 (no route to destination; RFC 4443 3.1),
     /// quoting as much of the packet as fits 1280 bytes, so the guest's connection fails at
     /// once (and a dual-stack client falls back to IPv4) instead of waiting out its timeouts.
     /// Not in answer to an ICMPv6 error, a fragment of unknown kind or from `::` (RFC 4443
