@@ -16,7 +16,7 @@
 //! instances starting at once take turns and the second sees the first's TUN.
 
 use core::fmt;
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use std::io;
 
 /// The TUN's host address and the NAT's external address (the TUN's peer).
@@ -183,8 +183,60 @@ fn check_explicit(flag: &str, a: Ipv4Addr) -> Result<(), PairError> {
 /// Number of candidate pairs in 100.64.0.0/24.
 const PAIRS: u32 = 127;
 
+/// The TUN's IPv6 host address, its prefix length and NAT66's external address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrPair6 {
+    /// The host end of the TUN.
+    pub tun: Ipv6Addr,
+    /// The TUN address's prefix length (the route to `external` through the TUN).
+    pub prefix_len: u8,
+    /// NAT66's external address.
+    pub external: Ipv6Addr,
+}
+
+impl AddrPair6 {
+    /// `fd64:ffff::1/64`, external `fd64:ffff::2` ([`crate::defaults`]).
+    pub const DEFAULT: AddrPair6 = AddrPair6 {
+        tun: crate::defaults::TUN_HOST_ADDR6,
+        prefix_len: 64,
+        external: crate::defaults::NAT_EXTERNAL_ADDR6,
+    };
+
+    /// The pairs tried, in order: the default, then `fd64:ffff::k:1/112` with external
+    /// `fd64:ffff::k:2` for k = 1..=15 (a /112 is more specific than the first instance's
+    /// /64, so each external address is routed to its own TUN).
+    pub fn candidates() -> impl Iterator<Item = AddrPair6> {
+        let base = crate::defaults::TUN_HOST_ADDR6.to_bits() & !0xffff_ffff;
+        core::iter::once(Self::DEFAULT).chain((1..PAIRS6).map(move |k| AddrPair6 {
+            tun: Ipv6Addr::from_bits(base | (k << 16) | 1),
+            prefix_len: 112,
+            external: Ipv6Addr::from_bits(base | (k << 16) | 2),
+        }))
+    }
+}
+
+/// Chooses the first [`AddrPair6::candidates`] whose addresses are not in `used` (the
+/// namespace's IPv6 interface addresses).
+///
+/// # Errors
+/// [`PairError::Exhausted`] if every candidate is taken.
+pub fn choose_pair6(used: &[Ipv6Addr]) -> Result<AddrPair6, PairError> {
+    AddrPair6::candidates()
+        .find(|p| !used.contains(&p.tun) && !used.contains(&p.external))
+        .ok_or_else(|| {
+            PairError::Invalid(
+                "every IPv6 address pair of fd64:ffff::/64 is in use in this network namespace: \
+                 pass --no-ipv6"
+                    .to_owned(),
+            )
+        })
+}
+
+/// Number of candidate IPv6 pairs.
+const PAIRS6: u128 = 16;
+
 #[cfg(all(target_os = "linux", feature = "utun"))]
-pub use probe::{PairLock, addresses_in_use, reserve_pair};
+pub use probe::{PairLock, addresses_in_use, addresses_in_use6, reserve_pair, reserve_pair6};
 
 #[cfg(all(target_os = "linux", feature = "utun"))]
 mod probe {
@@ -233,6 +285,36 @@ mod probe {
         let used = addresses_in_use().map_err(PairError::Probe)?;
         let pair = choose_pair(tun, external, &used)?;
         Ok((pair, used, lock))
+    }
+
+    /// Chooses the IPv6 pair ([`super::choose_pair6`]) from the calling thread's namespace;
+    /// call it while holding the [`PairLock`] of [`reserve_pair`] (the TUN gets both pairs
+    /// before the lock is dropped).
+    ///
+    /// # Errors
+    /// [`PairError`].
+    pub fn reserve_pair6() -> Result<super::AddrPair6, PairError> {
+        let used = addresses_in_use6().map_err(PairError::Probe)?;
+        super::choose_pair6(&used)
+    }
+
+    /// Every IPv6 interface address of the calling thread's network namespace (from
+    /// `/proc/thread-self/net/if_inet6`; none if IPv6 is off there).
+    ///
+    /// # Errors
+    /// The file exists but cannot be read.
+    pub fn addresses_in_use6() -> io::Result<Vec<core::net::Ipv6Addr>> {
+        let text = match std::fs::read_to_string("/proc/thread-self/net/if_inet6") {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
+            .map(core::net::Ipv6Addr::from_bits)
+            .collect())
     }
 
     /// Every IPv4 address of the calling thread's network namespace: interface addresses,
@@ -563,6 +645,24 @@ mod parse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_pairs_skip_used_addresses_and_end() {
+        assert_eq!(choose_pair6(&[]).unwrap(), AddrPair6::DEFAULT);
+        let first = AddrPair6::DEFAULT.tun;
+        let p = choose_pair6(&[first]).unwrap();
+        assert_eq!(
+            (p.tun, p.prefix_len, p.external),
+            (
+                "fd64:ffff::1:1".parse().unwrap(),
+                112,
+                "fd64:ffff::1:2".parse().unwrap()
+            )
+        );
+        let all: Vec<_> = AddrPair6::candidates().map(|p| p.external).collect();
+        assert_eq!(all.len(), 16);
+        assert!(matches!(choose_pair6(&all), Err(PairError::Invalid(_))));
+    }
 
     fn used(a: [u8; 4], holder: &str) -> AddrUse {
         AddrUse {

@@ -34,7 +34,9 @@ pub struct BridgeConfig {
     /// Guest MTU (68..=65520), reported in the config space and by DHCP.
     pub mtu: u16,
     /// The NAT. `internal_net`/`internal_prefix_len` are overwritten from `gateway` and
-    /// `prefix_len`.
+    /// `prefix_len`, and with IPv6 on `internal_net6`/`internal_prefix_len6` from the IPv6
+    /// prefix (a /64); `external_addr6` is NAT66's external address (default
+    /// `fd64:ffff::2`).
     pub nat: NatConfig,
     /// Port forwards installed at activation.
     pub forwards: Vec<PortForward>,
@@ -66,8 +68,9 @@ pub struct BridgeConfig {
     /// The guest side of IPv6 at the gateway (Neighbor Discovery, Router Advertisements for
     /// SLAAC, stateless DHCPv6, echo); default on with [`Ipv6Config::default`] (prefix
     /// `fd64::/64`, router `fe80::1`, gateway and DNS `fd64::1`). `None` turns IPv6 off
-    /// (`--no-ipv6`): IPv6 frames are counted and dropped. IPv6 beyond the gateway has no
-    /// route yet ([`crate::DropCause::Ipv6NoRoute`]).
+    /// (`--no-ipv6`): IPv6 frames are counted and dropped. IPv6 from the guest's addresses
+    /// in the prefix to unicast destinations off the link goes through NAT66 to
+    /// `nat.external_addr6`.
     pub ipv6: Option<Ipv6Config>,
 }
 
@@ -77,6 +80,7 @@ impl Default for BridgeConfig {
             internal_net: defaults::SUBNET,
             internal_prefix_len: defaults::PREFIX_LEN,
             external_addr: defaults::NAT_EXTERNAL_ADDR,
+            external_addr6: defaults::NAT_EXTERNAL_ADDR6,
             // Closed TCP flows keep their mapping for 4 minutes: a busy guest needs tens of
             // thousands.
             max_flows_per_host: 65_536,

@@ -163,6 +163,10 @@ impl DeviceCore {
         let mask = crate::dhcp::prefix_mask(config.prefix_len);
         config.nat.internal_net = core::net::Ipv4Addr::from(u32::from(config.gateway) & mask);
         config.nat.internal_prefix_len = config.prefix_len;
+        if let Some(v6) = &config.ipv6 {
+            config.nat.internal_net6 = v6.prefix;
+            config.nat.internal_prefix_len6 = 64;
+        }
         let mut nat = Nat::new(config.nat.clone()).map_err(Error::NatConfig)?;
         for f in &config.forwards {
             nat.add_forward(*f).map_err(Error::NatRule)?;

@@ -48,6 +48,12 @@ pub const IPV6_ROUTER: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// DHCPv6).
 pub const IPV6_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 1);
 
+/// The host end of the TUN on IPv6 (`fd64:ffff::1/64`).
+pub const TUN_HOST_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd64, 0xffff, 0, 0, 0, 0, 0, 1);
+/// NAT66's external address: the source of the guest's IPv6 packets on the host, reached
+/// through the TUN's /64.
+pub const NAT_EXTERNAL_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd64, 0xffff, 0, 0, 0, 0, 0, 2);
+
 #[cfg(test)]
 mod tests {
     use super::*;

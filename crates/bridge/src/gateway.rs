@@ -230,7 +230,8 @@ impl Gateway {
         Some(ip) == self.cfg.static_guest_ip || Some(ip) == self.lease(now)
     }
 
-    /// The Ethernet header of frames towards the guest (gateway → guest, IPv4).
+    /// The Ethernet header of frames towards the guest (gateway → guest, IPv4; the bridge
+    /// sets the EtherType of an IPv6 packet after copying it).
     pub fn eth_header_to_guest(&self) -> [u8; ETH_HLEN] {
         let mut h = [0u8; ETH_HLEN];
         let _ = write_eth(&mut h, self.guest_mac, self.cfg.gateway_mac, ETHERTYPE_IPV4);
@@ -406,7 +407,12 @@ impl Gateway {
         reply: &mut [u8],
         now: Instant,
     ) -> Option<usize> {
-        let src_mac = EthernetFrame::new_checked(frame).ok()?.src_addr();
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        if eth.ethertype() != ETHERTYPE_IPV4 {
+            // NAT66 refusals are counted only (no ICMPv6 administratively prohibited yet).
+            return None;
+        }
+        let src_mac = eth.src_addr();
         match self.admin_prohibited(frame, src_mac, reply, now, DropCause::NatOutbound) {
             TxAction::DropWithReply { len, .. } => Some(len),
             _ => None,

@@ -69,9 +69,12 @@
 //!   (DAD answered for them, a guest's tentative address never claimed), Router
 //!   Advertisements for SLAAC (to Router Solicitations, and unsolicited while the guest sends),
 //!   stateless DHCPv6 (Information-request → DNS server), ICMPv6 echo; the guest may send only
-//!   from its link-local address or the prefix ([`DropCause::SpoofedIpv6`]). IPv6 beyond the
-//!   gateway has no route yet ([`DropCause::Ipv6NoRoute`], answered with ICMPv6 destination
-//!   unreachable, no route, within the ICMP error rate limit).
+//!   from its link-local address or the prefix ([`DropCause::SpoofedIpv6`]). IPv6 from the
+//!   prefix to a unicast destination off the link goes through NAT66 (external address
+//!   `fd64:ffff::2` by default, [`nat::NatConfig::external_addr6`]); what cannot leave the link
+//!   (a link-local source, a link-local or on-link destination) has no route
+//!   ([`DropCause::Ipv6NoRoute`], answered with ICMPv6 destination unreachable, no route,
+//!   within the ICMP error rate limit). The egress policy is IPv4's only.
 //! - Egress policy ([`BridgeConfig::egress`], [`EgressPolicy`]): `--allow`/`--deny` CIDR
 //!   rules on the destination, checked by the gateway before the NAT, longest prefix wins,
 //!   default allow, link-local 169.254.0.0/16 denied by default. A denied packet is counted
@@ -143,9 +146,12 @@ pub use crate::core::{
     Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify, RX_PASS_BUDGET, TX_BATCH_BUDGET,
 };
 pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
-pub use addr_pair::{AddrPair, AddrUse, PairError, choose_pair, default_pair_taken, log_pair};
+pub use addr_pair::{
+    AddrPair, AddrPair6, AddrUse, PairError, choose_pair, choose_pair6, default_pair_taken,
+    log_pair,
+};
 #[cfg(all(target_os = "linux", feature = "utun"))]
-pub use addr_pair::{PairLock, addresses_in_use, reserve_pair};
+pub use addr_pair::{PairLock, addresses_in_use, addresses_in_use6, reserve_pair, reserve_pair6};
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
     TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,

@@ -49,7 +49,7 @@ use crate::device::{
 use crate::stats::DropCause;
 use crate::wire::ETH_HLEN;
 use ::wire::checksum as inet;
-use ::wire::{EthernetFrame, Ipv4Packet, TcpPacket, ethertype, ip_proto};
+use ::wire::{EthernetFrame, Ipv4Packet, Ipv6Packet, TcpPacket, ethertype, ip_proto, ipv6};
 
 /// The largest IPv4 packet (a GSO super-packet at most).
 pub const MAX_IP_PACKET: usize = 65535;
@@ -232,6 +232,7 @@ pub(crate) fn check_rx(
             && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
             && needs_csum
             && hdr.gso_size > 0
+            && packet.first().is_some_and(|b| b >> 4 == 4)
             && layout() == Some(ip_proto::TCP))
         {
             return Err(DropCause::Offload);
@@ -331,8 +332,8 @@ pub(crate) fn hairpin_header(
 
 /// Completes a partial checksum in software: the one's-complement sum of
 /// `data[csum_start..end]` (the field holds the pseudo-header sum) stored, complemented, at
-/// `csum_start + csum_offset`. `end` is the end (by its total length) of the IPv4 packet that
-/// starts at `l3`, or the end of `data` when no valid IPv4 header starts there. A result of 0
+/// `csum_start + csum_offset`. `end` is the end (by its length field) of the IPv4 or IPv6
+/// packet that starts at `l3`, or the end of `data` when no valid IP header starts there. A result of 0
 /// is stored as 0xffff (as Linux does).
 pub(crate) fn complete(
     data: &mut [u8],
@@ -342,7 +343,7 @@ pub(crate) fn complete(
 ) -> Result<(), DropCause> {
     let start = usize::from(csum_start);
     let field = start + usize::from(csum_offset);
-    let end = ipv4_end(data, l3).unwrap_or(data.len());
+    let end = ip_end(data, l3).unwrap_or(data.len());
     if start < l3 || field + CSUM_FIELD_LEN > end {
         return Err(DropCause::Offload);
     }
@@ -364,14 +365,17 @@ const TCP_CSUM_OFFSET: u16 = ::wire::tcp::field::CHECKSUM.start as u16;
 /// `csum_offset` of the UDP checksum field (`wire::udp::field::CHECKSUM`: 6, fits a `u16`).
 const UDP_CSUM_OFFSET: u16 = ::wire::udp::field::CHECKSUM.start as u16;
 
-/// If `frame` is Ethernet + IPv4 TCP/UDP (not a fragment) whose checksum request points at
-/// the transport checksum field, the protocol. The offsets are relative to the frame.
+/// If `frame` is Ethernet + IPv4 TCP/UDP (not a fragment) or Ethernet + IPv6 TCP/UDP (no
+/// extension header) whose checksum request points at the transport checksum field, the
+/// protocol. The offsets are relative to the frame.
 fn std_layout(frame: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != ethertype::IPV4 {
-        return None;
+    let v6 = frame.get(ETH_HLEN).is_some_and(|b| b >> 4 == 6);
+    match eth.ethertype() {
+        ethertype::IPV4 if !v6 => layout_at(frame, ETH_HLEN, csum_start, csum_offset),
+        ethertype::IPV6 if v6 => layout_at(frame, ETH_HLEN, csum_start, csum_offset),
+        _ => None,
     }
-    layout_at(frame, ETH_HLEN, csum_start, csum_offset)
 }
 
 /// As [`std_layout`] for a bare IP packet.
@@ -379,8 +383,13 @@ fn std_layout_l3(packet: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8>
     layout_at(packet, 0, csum_start, csum_offset)
 }
 
-/// As [`std_layout`] for an IPv4 packet at `l3` in `data` (offsets relative to `data`).
+/// As [`std_layout`] for an IP packet at `l3` in `data` (offsets relative to `data`). IPv6
+/// only with TCP or UDP right after the fixed header (no extension headers: the NAT and the
+/// host kernel both take that layout as it is).
 fn layout_at(data: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Option<u8> {
+    if data.get(l3).is_some_and(|b| b >> 4 == 6) {
+        return layout6_at(data, l3, csum_start, csum_offset);
+    }
     let ip = Ipv4Packet::new_checked(data.get(l3..)?).ok()?;
     let proto = ip.protocol();
     let want = match proto {
@@ -396,9 +405,28 @@ fn layout_at(data: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Optio
     ok.then_some(proto)
 }
 
-/// End of the IPv4 packet starting at `l3` (by its total length), if a valid IPv4 header
-/// starts there and the packet fits in `data`.
-fn ipv4_end(data: &[u8], l3: usize) -> Option<usize> {
+/// The IPv6 part of [`layout_at`].
+fn layout6_at(data: &[u8], l3: usize, csum_start: u16, csum_offset: u16) -> Option<u8> {
+    let ip = Ipv6Packet::new_checked(data.get(l3..)?).ok()?;
+    let proto = ip.next_header();
+    let want = match proto {
+        ip_proto::TCP => TCP_CSUM_OFFSET,
+        ip_proto::UDP => UDP_CSUM_OFFSET,
+        _ => return None,
+    };
+    let ok = usize::from(csum_start) == l3 + ipv6::HEADER_LEN
+        && csum_offset == want
+        && usize::from(want) + CSUM_FIELD_LEN <= usize::from(ip.payload_len());
+    ok.then_some(proto)
+}
+
+/// End of the IP packet starting at `l3` (by its IPv4 total length or IPv6 payload length),
+/// if a valid header starts there and the packet fits in `data`.
+fn ip_end(data: &[u8], l3: usize) -> Option<usize> {
+    if data.get(l3).is_some_and(|b| b >> 4 == 6) {
+        let ip = Ipv6Packet::new_checked(data.get(l3..)?).ok()?;
+        return Some(l3 + ipv6::HEADER_LEN + usize::from(ip.payload_len()));
+    }
     let ip = Ipv4Packet::new_checked(data.get(l3..)?).ok()?;
     Some(l3 + usize::from(ip.total_len()))
 }
@@ -463,6 +491,73 @@ mod tests {
             h.gso_type == VIRTIO_NET_HDR_GSO_TCPV4
         );
         Ok(h)
+    }
+
+    /// Ethernet + IPv6 + TCP (20 bytes) + `payload` bytes of 0x5a, the checksum field
+    /// holding the pseudo-header sum only (NEEDS_CSUM), and that header.
+    fn partial_tcp6_frame(payload: usize) -> (Vec<u8>, VirtioNetHdr) {
+        let (src, dst) = ("fd64::2".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        let l4 = 20 + payload;
+        let mut f = vec![0x5au8; ETH_HLEN + 40 + l4];
+        EthernetFrame::new_unchecked(&mut f[..]).set_ethertype(ethertype::IPV6);
+        let mut ip = Ipv6Packet::new_unchecked(&mut f[ETH_HLEN..]);
+        ip.set_version(6);
+        ip.set_traffic_class(0);
+        ip.set_flow_label(0);
+        ip.set_payload_len(l4 as u16);
+        ip.set_next_header(ip_proto::TCP);
+        ip.set_hop_limit(64);
+        ip.set_src_addr(src);
+        ip.set_dst_addr(dst);
+        let t = ETH_HLEN + 40;
+        f[t + 12] = 5 << 4;
+        let pseudo = inet::fold(inet::pseudo_header_v6(src, dst, ip_proto::TCP, l4 as u32));
+        f[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
+        let hdr = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            csum_start: t as u16,
+            csum_offset: TCP_CSUM_OFFSET,
+            ..VirtioNetHdr::default()
+        };
+        (f, hdr)
+    }
+
+    fn tcp6_checksum_ok(f: &[u8]) -> bool {
+        let ip = Ipv6Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+        TcpPacket::new_checked(ip.payload())
+            .unwrap()
+            .verify_checksum_v6(ip.src_addr(), ip.dst_addr())
+    }
+
+    /// A partial checksum in an IPv6 TCP frame passes on as it is (to a vnet-hdr TUN, with
+    /// its offsets), and is completed right when it cannot.
+    #[test]
+    fn ipv6_partial_checksums_pass_on_or_are_completed() {
+        let o = Offloads {
+            tx_csum: true,
+            host_hdr: true,
+            ..Offloads::default()
+        };
+        let (mut f, mut h) = partial_tcp6_frame(1000);
+        let before = h;
+        assert_eq!(check_tx(&o, &mut h, &mut f, MTU), Ok(FrameOffload::Partial));
+        assert_eq!(h, before);
+        let host = VirtioNetHdr::parse(&host_header(FrameOffload::Partial, &h)).unwrap();
+        assert_eq!((host.csum_start, host.csum_offset), (40, TCP_CSUM_OFFSET));
+        assert!(!tcp6_checksum_ok(&f));
+        // Looped back to a guest without GUEST_CSUM: completed (Ethernet padding ignored).
+        f.extend_from_slice(&[0xff; 7]);
+        let plain = hairpin_header(&o, FrameOffload::Partial, &h, &mut f).unwrap();
+        assert_eq!(plain, VirtioNetHdr::default());
+        assert!(tcp6_checksum_ok(&f));
+        // A TCPv4 segmentation request on an IPv6 frame is refused.
+        let (mut f, mut h) = partial_tcp6_frame(3000);
+        h.gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+        h.gso_size = 1400;
+        assert_eq!(
+            check_tx(&tso(), &mut h, &mut f, MTU),
+            Err(DropCause::Offload)
+        );
     }
 
     #[test]

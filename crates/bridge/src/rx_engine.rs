@@ -17,7 +17,7 @@ use crate::offload::{self, Offloads};
 use crate::rx_queue::{RxOutcome, RxQueue};
 use crate::stats::{DropCause, Stats};
 use crate::tx_engine::NAT_CHUNK;
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr};
+use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, MacAddr, set_ethertype_for_ip};
 
 /// The RX side for one device: [`RxEngine::receive`], [`RxEngine::translate`] (under the NAT
 /// lock), then [`RxEngine::deliver`] until [`RxEngine::pending`] is 0.
@@ -130,7 +130,8 @@ impl RxEngine {
     }
 
     /// Runs the received packets through the NAT (one batch call) and puts an Ethernet header
-    /// (gateway → `guest_mac`) in front of those that pass.
+    /// (gateway → `guest_mac`, EtherType by the packet's IP version) in front of those that
+    /// pass.
     pub fn translate(
         &mut self,
         nat: &mut Nat,
@@ -148,27 +149,41 @@ impl RxEngine {
         let mut done = 0;
         while done < count {
             let end = (done + NAT_CHUNK).min(count);
+            // Only the packets still there (a dropped one would count as malformed in the
+            // NAT's own counters); `at[k]` is packet k's place in the chunk.
             let mut pkts: [&mut [u8]; NAT_CHUNK] = Default::default();
-            for ((buf, start, len), slot) in self
+            let mut l4 = [L4Checksum::Complete; NAT_CHUNK];
+            let mut at = [0usize; NAT_CHUNK];
+            let mut k = 0;
+            for (j, (buf, start, len)) in self
                 .batch
                 .slots_mut()
                 .skip(first + done)
                 .take(end - done)
-                .zip(pkts.iter_mut())
+                .enumerate()
             {
                 if len > 0
                     && start >= ETH_HLEN
                     && let Some(p) = buf.get_mut(start..start + len)
+                    && let Some(slot) = pkts.get_mut(k)
                 {
                     *slot = p;
+                    l4[k] = self
+                        .nat_l4
+                        .get(done + j)
+                        .copied()
+                        .unwrap_or(L4Checksum::Complete);
+                    at[k] = j;
+                    k += 1;
                 }
             }
-            nat.inbound_batch_with(
-                &mut pkts[..end - done],
-                &self.nat_l4[done..end],
-                now,
-                &mut self.verdicts[done..end],
-            );
+            let mut verdicts = [Verdict::Forward; NAT_CHUNK];
+            nat.inbound_batch_with(&mut pkts[..k], &l4[..k], now, &mut verdicts[..k]);
+            for (v, &j) in verdicts[..k].iter().zip(&at[..k]) {
+                if let Some(out) = self.verdicts.get_mut(done + j) {
+                    *out = *v;
+                }
+            }
             done = end;
         }
         for j in 0..count {
@@ -183,6 +198,9 @@ impl RxEngine {
             match self.verdicts[j] {
                 Verdict::Forward | Verdict::Hairpin if len <= self.mtu || gso => {
                     buf[start - ETH_HLEN..start].copy_from_slice(&eth);
+                    if buf.get(start).is_some_and(|b| b >> 4 == 6) {
+                        buf[start - 2..start].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+                    }
                     self.batch.set_bounds(i, start - ETH_HLEN, len + ETH_HLEN);
                 }
                 Verdict::Forward | Verdict::Hairpin => {
@@ -209,6 +227,7 @@ impl RxEngine {
             let ok = matches!(r.verdict, Verdict::Forward | Verdict::Hairpin);
             if ok && r.len <= self.mtu {
                 buf[..ETH_HLEN].copy_from_slice(&eth);
+                set_ethertype_for_ip(buf);
                 self.batch.commit(0, ETH_HLEN + r.len);
             } else {
                 stats.drop(if ok {
@@ -258,6 +277,15 @@ impl RxEngine {
                 self.batch.set_bounds(i, start, plen);
                 self.batch.set_header(i, h);
             }
+            // IPv6 multicast from the host link (the host's own stack announcing itself on
+            // the TUN): nothing the NAT could map.
+            if let Some((buf, start, len)) = self.batch.slot_mut(i)
+                && len > 0
+                && is_ipv6_multicast(buf.get(start..start + len).unwrap_or(&[]))
+            {
+                stats.drop(DropCause::Ipv6Ignored);
+                self.batch.drop_frame(i);
+            }
             self.nat_l4.push(l4);
         }
     }
@@ -276,3 +304,13 @@ impl RxEngine {
         self.rx_queue.fill(mem, queue, &mut self.batch, stats)
     }
 }
+
+/// Whether `packet` is IPv6 to a multicast address (`ff00::/8`).
+fn is_ipv6_multicast(packet: &[u8]) -> bool {
+    packet.len() >= ::wire::ipv6::HEADER_LEN
+        && packet[0] >> 4 == 6
+        && packet[IPV6_DST_OFFSET] == 0xff
+}
+
+/// The offset of the destination address in the IPv6 header.
+const IPV6_DST_OFFSET: usize = 24;

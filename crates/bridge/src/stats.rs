@@ -28,9 +28,9 @@ pub enum DropCause {
     /// A malformed ARP, IPv4, IPv6, DHCP or DHCPv6 message (a bad length, a bad ICMPv6 or UDP
     /// checksum on a message to the gateway, options the DHCP decoder must not see).
     Malformed,
-    /// IPv6 to an address other than the gateway's (`fe80::1`, `fd64::1`) or link-scope
-    /// multicast: there is no IPv6 route beyond the gateway yet; answered with ICMPv6
-    /// destination unreachable, no route (rate-limited, never to an ICMPv6 error). With IPv6
+    /// IPv6 beyond the gateway that cannot leave the link (a link-local source; a
+    /// link-local, loopback or on-link destination; NAT66 takes the rest); answered with
+    /// ICMPv6 destination unreachable, no route (rate-limited, never to an ICMPv6 error). With IPv6
     /// turned off ([`crate::BridgeConfig::ipv6`] `None`, or an MTU under 1280), every IPv6
     /// frame, unanswered.
     Ipv6NoRoute,
@@ -83,7 +83,9 @@ pub enum DropCause {
     NdpInvalid,
     /// Valid IPv6 on the link that the gateway does not answer (as [`DropCause::ArpIgnored`]):
     /// neighbor solicitations for other addresses, router advertisements and redirects from
-    /// the guest, MLD reports, multicast it does not serve (mDNS, LLMNR, echo to a group).
+    /// the guest, MLD reports, multicast it does not serve (mDNS, LLMNR, echo to a group);
+    /// also IPv6 multicast from the host link (the host's own stack on the TUN: MLD reports,
+    /// solicitations), which the NAT could not map.
     Ipv6Ignored,
 }
 

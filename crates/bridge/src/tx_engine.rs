@@ -18,7 +18,7 @@ use crate::host::HostLink;
 use crate::offload::{self, FrameOffload, Offloads};
 use crate::stats::{DropCause, Stats};
 use crate::tx_queue::{TxOutcome, TxQueue};
-use crate::wire::ETH_HLEN;
+use crate::wire::{ETH_HLEN, set_ethertype_for_ip};
 
 /// The TX side for one device: [`TxEngine::pull`], then [`TxEngine::translate`] (under the
 /// NAT lock), then [`TxEngine::push`].
@@ -169,7 +169,14 @@ impl TxEngine {
                 .and_then(VirtioNetHdr::parse)
                 .unwrap_or_default();
             let mtu = u16::try_from(max_plain.saturating_sub(ETH_HLEN)).unwrap_or(u16::MAX);
-            (offload::check_tx(&o, &mut hdr, frame, mtu)?, hdr)
+            let kind = offload::check_tx(&o, &mut hdr, frame, mtu)?;
+            if kind == FrameOffload::Partial && self.gateway.ipv6_stays_on_link(frame) {
+                // For the gateway (DHCPv6 from a UDP socket): it verifies whole checksums.
+                offload::complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
+                (FrameOffload::Plain, VirtioNetHdr::default())
+            } else {
+                (kind, hdr)
+            }
         } else {
             (FrameOffload::Plain, VirtioNetHdr::default())
         };
@@ -252,6 +259,7 @@ impl TxEngine {
                         continue;
                     };
                     frame[..ETH_HLEN].copy_from_slice(&eth);
+                    set_ethertype_for_ip(frame);
                     match offload::hairpin_header(&self.offloads, kind, &hdr, frame) {
                         Ok(h) => {
                             if !replies.push_with_header(frame, h) {
@@ -305,6 +313,7 @@ impl TxEngine {
                 Verdict::Forward => self.released.commit(0, ETH_HLEN + r.len),
                 Verdict::Hairpin => {
                     buf[..ETH_HLEN].copy_from_slice(eth);
+                    set_ethertype_for_ip(buf);
                     if !replies.push(&buf[..ETH_HLEN + r.len]) {
                         stats.drop(DropCause::LocalQueueFull);
                     }

@@ -16,6 +16,16 @@ pub(crate) fn write_eth(out: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u
     Some(())
 }
 
+/// Sets the EtherType of `frame` (an Ethernet header and an IP packet) from the packet's
+/// version: IPv6 for version 6, IPv4 otherwise (the NAT passes nothing else on).
+pub(crate) fn set_ethertype_for_ip(frame: &mut [u8]) {
+    let v6 = frame.get(ETH_HLEN).is_some_and(|b| b >> 4 == 6);
+    let t = if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 };
+    if let Some(f) = frame.get_mut(ETH_HLEN - 2..ETH_HLEN) {
+        f.copy_from_slice(&t.to_be_bytes());
+    }
+}
+
 /// Builds Ethernet + IPv4 + UDP + `payload` into `out`; returns the frame length.
 pub(crate) fn build_udp_frame(
     out: &mut [u8],

@@ -463,26 +463,88 @@ fn a_guest_may_send_only_from_its_link_local_or_the_prefix() {
     assert_eq!(handle(&mut gw, &f).0, TxAction::Drop(DropCause::TooBig));
 }
 
-/// IPv6 beyond the gateway has no route yet: counted, and answered with ICMPv6 destination
-/// unreachable, no route (RFC 4443 3.1), so the guest fails fast.
+/// IPv6 from the prefix to a unicast destination off the link goes to the NAT (NAT66), the
+/// whole packet without Ethernet padding.
 #[test]
-fn ipv6_beyond_the_gateway_is_counted_and_answered_no_route() {
+fn ipv6_from_the_prefix_beyond_the_gateway_goes_to_the_nat() {
     let mut gw = gateway();
     let server: Ipv6Addr = "2001:db8::2".parse().unwrap();
-    for (src, from) in [(GUEST_GUA, GW6), (GUEST_LL, ROUTER)] {
-        let f = udp6_frame(
-            (GUEST_MAC, GATEWAY_MAC),
-            (src, 5000),
-            (server, 80),
-            b"GET /",
-        );
+    let f = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 5000),
+        (server, 80),
+        b"GET /",
+    );
+    assert_eq!(handle(&mut gw, &f).0, TxAction::Nat { len: f.len() - 14 });
+    // Ethernet padding is not the packet's.
+    let mut padded = f.clone();
+    padded.extend_from_slice(&[0u8; 20]);
+    assert_eq!(
+        handle(&mut gw, &padded).0,
+        TxAction::Nat { len: f.len() - 14 }
+    );
+    // Echo and ICMPv6 errors too (the NAT translates them).
+    let e = echo(GUEST_GUA, server, b"x");
+    assert_eq!(handle(&mut gw, &e).0, TxAction::Nat { len: e.len() - 14 });
+    let err = icmpv6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, server),
+        64,
+        &[icmpv6::DESTINATION_UNREACHABLE, 4, 0, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(
+        handle(&mut gw, &err).0,
+        TxAction::Nat {
+            len: err.len() - 14
+        }
+    );
+    // Global multicast is not routed; a spoofed source still is refused.
+    let mc = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 5000),
+        ("ff0e::1".parse().unwrap(), 80),
+        b"x",
+    );
+    assert_eq!(
+        handle(&mut gw, &mc).0,
+        TxAction::Drop(DropCause::Ipv6Ignored)
+    );
+    let spoofed = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        ("2001:db8::99".parse().unwrap(), 5000),
+        (server, 80),
+        b"x",
+    );
+    assert_eq!(
+        handle(&mut gw, &spoofed).0,
+        TxAction::Drop(DropCause::SpoofedIpv6)
+    );
+}
+
+/// What cannot leave the link (a link-local source, a link-local or on-link destination) has
+/// no route: counted, and answered with ICMPv6 destination unreachable, no route (RFC 4443
+/// 3.1), so the guest fails fast.
+#[test]
+fn ipv6_that_cannot_leave_the_link_is_counted_and_answered_no_route() {
+    let mut gw = gateway();
+    let server: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    let on_link: Ipv6Addr = "fd64::99".parse().unwrap();
+    let link_local: Ipv6Addr = "fe80::99".parse().unwrap();
+    for (src, dst, from) in [
+        (GUEST_LL, server, ROUTER),
+        (GUEST_GUA, on_link, GW6),
+        (GUEST_GUA, link_local, GW6),
+        (GUEST_GUA, Ipv6Addr::LOCALHOST, GW6),
+    ] {
+        let f = udp6_frame((GUEST_MAC, GATEWAY_MAC), (src, 5000), (dst, 80), b"GET /");
         let (a, out) = handle(&mut gw, &f);
         assert_eq!(
             a,
             TxAction::DropWithReply {
                 cause: DropCause::Ipv6NoRoute,
                 len: out.len()
-            }
+            },
+            "{src} -> {dst}"
         );
         let (mac, s, d, _, m) = parse_icmpv6(&out);
         assert_eq!((mac, s, d), (GUEST_MAC, from, src));
@@ -490,11 +552,11 @@ fn ipv6_beyond_the_gateway_is_counted_and_answered_no_route() {
         assert_eq!(&m[8..], &f[14..], "the whole packet quoted");
     }
     // Informational ICMPv6 is answered too; errors are not (RFC 4443 2.4 (e)).
-    let (a, _) = handle(&mut gw, &echo(GUEST_GUA, server, b"x"));
+    let (a, _) = handle(&mut gw, &echo(GUEST_LL, server, b"x"));
     assert!(matches!(a, TxAction::DropWithReply { .. }), "{a:?}");
     let err = icmpv6_frame(
         (GUEST_MAC, GATEWAY_MAC),
-        (GUEST_GUA, server),
+        (GUEST_LL, server),
         64,
         &[icmpv6::DESTINATION_UNREACHABLE, 4, 0, 0, 0, 0, 0, 0],
     );
@@ -505,7 +567,7 @@ fn ipv6_beyond_the_gateway_is_counted_and_answered_no_route() {
     // A 1500-byte packet: the error stays within 1280 bytes.
     let big = udp6_frame(
         (GUEST_MAC, GATEWAY_MAC),
-        (GUEST_GUA, 5000),
+        (GUEST_LL, 5000),
         (server, 80),
         &[7u8; 1452],
     );
@@ -516,7 +578,7 @@ fn ipv6_beyond_the_gateway_is_counted_and_answered_no_route() {
     let mut gw = gateway();
     let f = udp6_frame(
         (GUEST_MAC, GATEWAY_MAC),
-        (GUEST_GUA, 5000),
+        (GUEST_LL, 5000),
         (server, 80),
         b"x",
     );

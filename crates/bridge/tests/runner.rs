@@ -40,6 +40,7 @@ mod one_thread {
     }
     again!(
         arp_dhcp_and_udp_round_trip_through_the_nat,
+        ipv6_round_trips_through_nat66,
         spoofed_and_unsupported_frames_never_reach_the_host,
         host_packets_wait_for_rx_buffers_then_flow,
         port_forwards_are_added_and_removed_at_runtime,
@@ -221,6 +222,99 @@ fn arp_dhcp_and_udp_round_trip_through_the_nat() {
     assert_eq!(s.bridge.tx_frames, 4);
 }
 
+/// IPv6 through NAT66: the guest's packet leaves with the external IPv6 address, the answer
+/// comes back to the guest's address and MAC with EtherType IPv6 (0x86DD).
+#[test]
+fn ipv6_round_trips_through_nat66() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 256);
+    for _ in 0..32 {
+        net.post_rx(&[2048]);
+    }
+    let (h, host) = rig.start(&net, BridgeConfig::default());
+    let mut pending = Vec::new();
+    let guest: core::net::Ipv6Addr = "fd64::5054:ff:fe12:3456".parse().unwrap();
+    let server: core::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+    let external = BridgeConfig::default().nat.external_addr6;
+    net.send_frame(
+        HDR,
+        &udp6_frame(
+            (GUEST_MAC, GATEWAY_MAC),
+            (guest, 40000),
+            (server, 7),
+            b"ping",
+        ),
+        &[HDR],
+    );
+    h.kick(1).unwrap();
+    let mut out = None;
+    wait_for("the packet on the host link", || {
+        out = host.recv();
+        out.is_some()
+    });
+    let out = out.unwrap();
+    let p = etherparse::SlicedPacket::from_ip(&out).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(ip.header().source_addr(), external);
+    assert_eq!(ip.header().destination_addr(), server);
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        panic!("not udp")
+    };
+    let sport = u.source_port();
+    // IPv6 multicast from the host link (the host's own MLD report, say): not for the NAT.
+    let mld = udp6_frame(
+        (GATEWAY_MAC, GUEST_MAC),
+        (external, 5000),
+        ("ff02::16".parse().unwrap(), 5000),
+        b"x",
+    );
+    assert!(host.send(&mld[14..]));
+    let back = udp6_frame(
+        (GATEWAY_MAC, GUEST_MAC),
+        (server, 7),
+        (external, sport),
+        b"pong",
+    );
+    assert!(host.send(&back[14..]));
+    // The first frame may be an unsolicited Router Advertisement.
+    let f = loop {
+        let (_, f) = recv_frame(&mut net, &mut pending);
+        if udp_payload6(&f).is_some() {
+            break f;
+        }
+    };
+    let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+    assert_eq!(eth.ethertype(), ethertype::IPV6);
+    assert_eq!((eth.dst_addr(), eth.src_addr()), (GUEST_MAC, GATEWAY_MAC));
+    let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(ip.header().destination_addr(), guest);
+    assert_eq!(udp_payload6(&f).unwrap(), b"pong");
+    wait_for("the multicast counted", || {
+        h.stats().bridge.drops_of(DropCause::Ipv6Ignored) == 1
+    });
+    let s = h.shutdown().unwrap();
+    assert_eq!((s.bridge.to_host, s.bridge.from_host), (1, 2));
+    let names = s.drops_by_name().to_string();
+    assert!(
+        !names.contains("nat."),
+        "the NAT never saw the dropped one: {names}"
+    );
+}
+
+/// The UDP payload of an Ethernet/IPv6 frame, if it is one.
+fn udp_payload6(frame: &[u8]) -> Option<Vec<u8>> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match p.transport {
+        Some(etherparse::TransportSlice::Udp(u)) => Some(u.payload().to_vec()),
+        _ => None,
+    }
+}
+
 #[test]
 fn spoofed_and_unsupported_frames_never_reach_the_host() {
     let rig = Rig::new();
@@ -236,10 +330,10 @@ fn spoofed_and_unsupported_frames_never_reach_the_host() {
         &udp_frame(GUEST_MAC, Ipv4Addr::new(10, 0, 0, 1), 1, SERVER, 2, b"x"),
         &[],
     );
-    // IPv6 beyond the gateway: no route yet.
+    // IPv6 from a link-local source beyond the gateway: no route (it never leaves the link).
     let v6 = udp6_frame(
         (GUEST_MAC, GATEWAY_MAC),
-        ("fd64::2".parse().unwrap(), 1),
+        ("fe80::2".parse().unwrap(), 1),
         ("2001:db8::2".parse().unwrap(), 2),
         b"x",
     );

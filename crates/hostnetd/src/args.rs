@@ -540,8 +540,10 @@ Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev sock
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
 network namespace it runs in (host 100.64.0.1 peer 100.64.0.2, the NAT's external address; if
 the namespace already uses either, the next free pair 100.64.0.3/.4, ... of 100.64.0.0/24), and
-prints `ready socket=<path> tun=<name> gateway=192.168.64.1 external=<IPv4>` on stdout once
-listening. When the
+gives the TUN fd64:ffff::1/64 too (NAT66's external address fd64:ffff::2; if taken, the next
+free fd64:ffff::k:1/112 and ::k:2; none with --no-ipv6), and prints
+`ready socket=<path> tun=<name> gateway=192.168.64.1 external=<IPv4> external6=<IPv6> gateway6=fd64::1`
+(without the last two fields with --no-ipv6) on stdout once listening. When the
 frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit status 0); SIGUSR1
 logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
 frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
@@ -588,8 +590,8 @@ OPTIONS:
                              gateway and the NAT's external address are never subject to rules
     --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
                              SLAAC in fd64::/64, router fe80::1, DNS fd64::1 by RA and stateless
-                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; IPv6
-                             beyond the gateway is not routed yet and answered with no route)
+                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; NAT66
+                             beyond the gateway to fd64:ffff::2, the TUN fd64:ffff::1/64)
     --user <U>               user (name or uid) to run as after set-up (default: nobody when
                              started as root, unless --no-sandbox; `--user root` stays root)
     --group <G>              group to run as after set-up (default: the user's primary group)

@@ -76,6 +76,7 @@ impl Backend {
             offload: tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN,
             egress: bridge::EgressPolicy::default(),
             ipv6: true,
+            external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         };
         Ok(Self {
             config,

@@ -1,5 +1,5 @@
 //! Two hostnetd in one network namespace (issue 12, item 4): the second picks the next free
-//! address pair and says so on its ready line (`external=`); an explicit `--external-addr`
+//! address pair (and IPv6 pair) and says so on its ready line (`external=`, `external6=`); an explicit `--external-addr`
 //! that the namespace already uses is refused with exit status 2. No frontend; needs root (a
 //! network namespace and TUNs).
 #![cfg(target_os = "linux")]
@@ -72,11 +72,34 @@ fn two_hostnetd_in_one_namespace_take_different_pairs() {
     let a_ = spawn(&ns, "a", &[]);
     let a = ready(&a_.spawned.stdout);
     let keys: Vec<&str> = a.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["socket", "tun", "gateway", "external"], "{a:?}");
+    assert_eq!(
+        keys,
+        [
+            "socket",
+            "tun",
+            "gateway",
+            "external",
+            "external6",
+            "gateway6"
+        ],
+        "{a:?}"
+    );
     assert_eq!(field(&a, "external"), "100.64.0.2");
+    assert_eq!(field(&a, "external6"), "fd64:ffff::2");
+    assert_eq!(field(&a, "gateway6"), "fd64::1");
     let b_ = spawn(&ns, "b", &[]);
     let b = ready(&b_.spawned.stdout);
     assert_eq!(field(&b, "external"), "100.64.0.4", "{b:?}");
+    assert_eq!(field(&b, "external6"), "fd64:ffff::1:2", "{b:?}");
+    // And each IPv6 external address into its own TUN (the second's /112 is more specific).
+    for fields in [&a, &b] {
+        let ext6 = field(fields, "external6");
+        let route = ns.ip(&["-6", "route", "get", &ext6]).expect("ip route get");
+        assert!(
+            route.contains(&format!("dev {} ", field(fields, "tun"))),
+            "{ext6}: {route}"
+        );
+    }
     assert_ne!(field(&a, "tun"), field(&b, "tun"));
     // The kernel routes each external address into its own TUN.
     for (fields, tun_addr) in [(&a, "100.64.0.1"), (&b, "100.64.0.3")] {
@@ -105,6 +128,13 @@ fn two_hostnetd_in_one_namespace_take_different_pairs() {
     ext.sort();
     ext.dedup();
     assert_eq!(ext.len(), 4, "{ext:?}");
+    let mut ext6: Vec<String> = [&a, &b, &c, &d]
+        .iter()
+        .map(|f| field(f, "external6"))
+        .collect();
+    ext6.sort();
+    ext6.dedup();
+    assert_eq!(ext6.len(), 4, "{ext6:?}");
 }
 
 #[test]

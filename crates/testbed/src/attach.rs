@@ -374,9 +374,10 @@ USAGE:
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
 simulated virtio-net guest, and in H a TUN 100.64.0.1 peer 100.64.0.2 (the NAT's external
 address; if H already uses either, the next free pair 100.64.0.3/.4, ... of 100.64.0.0/24),
-turns on IPv4 forwarding in H only, prints one line
-    ready external=<IPv4> tun=<name> gateway=<IPv4>
-to stdout once traffic can flow, logs to stderr (RUST_LOG), and runs until SIGINT/SIGTERM,
+and fd64:ffff::1/64 (NAT66's external address fd64:ffff::2; if H uses either, the next free
+fd64:ffff::k:1/112 and ::k:2), turns on IPv4 and IPv6 forwarding in H only, prints one line
+    ready external=<IPv4> tun=<name> gateway=<IPv4> external6=<IPv6> gateway6=<IPv6>
+(without the last two fields and the IPv6 address with --no-ipv6) to stdout once traffic can flow, logs to stderr (RUST_LOG), and runs until SIGINT/SIGTERM,
 then removes TUN and TAP, prints stats to stderr and exits 0. Errors: one line, exit 2.
 
 OPTIONS:
@@ -409,8 +410,8 @@ OPTIONS:
                              gateway and the NAT's external address are never subject to rules
     --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
                              SLAAC in fd64::/64, router fe80::1, DNS fd64::1 by RA and stateless
-                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; IPv6
-                             beyond the gateway is not routed yet)
+                             DHCPv6, Neighbor Discovery and ping for fe80::1 and fd64::1; NAT66
+                             beyond the gateway to fd64:ffff::2)
     --vhost-user <SOCKET>    no bridge here: connect the simulated guest, as a vhost-user
                              frontend, to the vhost-user-net backend listening on SOCKET
                              (hostnetd, passt --vhost-user); the NAT, TUN, gateway and DHCP

@@ -141,11 +141,14 @@ fn attach_comes_up_and_goes_away_cleanly_on_sigterm() {
             )
         });
     let fields: Vec<&str> = ready.split(' ').collect();
-    assert_eq!(fields.len(), 4, "{ready}");
+    assert_eq!(fields.len(), 6, "{ready}");
     assert_eq!(fields[0], "ready");
     assert_eq!(fields[1], "external=100.64.0.2");
     assert!(fields[2].starts_with("tun="), "{ready}");
     assert_eq!(fields[3], "gateway=192.168.64.1");
+    // IPv6 (default on) adds its fields after the existing ones.
+    assert_eq!(fields[4], "external6=fd64:ffff::2");
+    assert_eq!(fields[5], "gateway6=fd64::1");
     let tun = fields[2].trim_start_matches("tun=").to_owned();
 
     // TAP eth0 in G: down, no address, MTU 1400. TUN in H: 100.64.0.1 peer 100.64.0.2.
@@ -175,6 +178,17 @@ fn attach_comes_up_and_goes_away_cleanly_on_sigterm() {
         .exec(&["cat", "/proc/sys/net/ipv4/ip_forward"])
         .expect("sysctl");
     assert_eq!(guest_fwd.trim(), "0", "ip_forward must be on in H only");
+    let addr6 = host
+        .ip(&["-o", "-6", "addr", "show", &tun])
+        .expect("tun in H");
+    assert!(addr6.contains("fd64:ffff::1/64"), "{addr6}");
+    let fwd6 = "/proc/sys/net/ipv6/conf/all/forwarding";
+    assert_eq!(host.exec(&["cat", fwd6]).expect("sysctl").trim(), "1");
+    assert_eq!(
+        guest.exec(&["cat", fwd6]).expect("sysctl").trim(),
+        "0",
+        "IPv6 forwarding must be on in H only"
+    );
     // Nothing more on stdout than the ready line.
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
 
@@ -197,6 +211,32 @@ fn attach_comes_up_and_goes_away_cleanly_on_sigterm() {
         rx.recv_timeout(Duration::from_millis(200)).is_err(),
         "more stdout"
     );
+}
+
+/// `--no-ipv6`: the ready line keeps its four fields, the TUN gets no IPv6 address and H's
+/// IPv6 forwarding is left alone.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn no_ipv6_keeps_the_ready_line_and_the_tun_ipv4_only() {
+    let topo = testbed::netns::Topology::new("smoke-no6").expect("topology");
+    let (mut proc, ready) = start_attach(&topo.guest, &topo.host, &["--no-ipv6"]);
+    let fields: Vec<&str> = ready.split(' ').collect();
+    assert_eq!(fields.len(), 4, "{ready}");
+    assert_eq!(fields[1], "external=100.64.0.2");
+    let tun = fields[2].trim_start_matches("tun=");
+    let addr6 = topo
+        .host
+        .ip(&["-o", "-6", "addr", "show", tun])
+        .expect("tun in H");
+    assert!(!addr6.contains("fd64:ffff"), "{addr6}");
+    let fwd6 = topo
+        .host
+        .exec(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
+        .expect("sysctl");
+    assert_eq!(fwd6.trim(), "0");
+    proc.signal("TERM").expect("kill -TERM");
+    let status = proc.wait_timeout(Duration::from_secs(5)).expect("wait");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
 /// Starts attach in `host` for `guest`; returns the process and its ready line.

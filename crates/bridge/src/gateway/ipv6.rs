@@ -1,8 +1,9 @@
 //! The guest side of IPv6 at the gateway: which sources a guest may use (anti-spoofing),
 //! the addresses it is seen to use (learned, bound to its MAC), ICMPv6 echo to the gateway,
 //! and the dispatch to Neighbor Discovery ([`super::ndp`]) and stateless DHCPv6
-//! ([`super::dhcpv6`]). IPv6 to anything but the gateway has no route yet
-//! ([`DropCause::Ipv6NoRoute`]).
+//! ([`super::dhcpv6`]). IPv6 from an address in the prefix to a unicast destination off the
+//! link goes to the NAT (NAT66, [`TxAction::Nat`]); what cannot leave the link (a link-local
+//! source, a link-local or on-link destination) has no route ([`DropCause::Ipv6NoRoute`]).
 
 use core::net::Ipv6Addr;
 
@@ -114,6 +115,19 @@ impl V6 {
         }
     }
 
+    /// Whether a packet from `src` (a source the guest may use) to `dst` (not the
+    /// gateway's, not multicast) goes beyond the gateway to the NAT: `src` in the prefix
+    /// (a link-local source never leaves the link, RFC 4291 2.5.6) and `dst` a unicast
+    /// address off the link (not link-local, loopback, unspecified, nor in the guest prefix,
+    /// where no other host lives).
+    pub(super) fn routable(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
+        in64(src, self.cfg.prefix)
+            && !dst.is_unicast_link_local()
+            && !dst.is_loopback()
+            && !dst.is_unspecified()
+            && !in64(dst, self.cfg.prefix)
+    }
+
     pub(super) fn learned(&self) -> &[Ipv6Addr] {
         &self.learned[..self.learned_len]
     }
@@ -130,6 +144,25 @@ impl Gateway {
     /// [`MAX_GUEST_IPV6_ADDRS`], the oldest replaced first.
     pub fn guest_ipv6_addrs(&self) -> &[Ipv6Addr] {
         self.v6.as_ref().map_or(&[], V6::learned)
+    }
+
+    /// Whether `frame` is IPv6 for the gateway itself or the link (its own addresses,
+    /// multicast, link-local): what the gateway answers or drops and never passes to the
+    /// NAT, so a partial checksum in it must be completed before the gateway reads it.
+    pub(crate) fn ipv6_stays_on_link(&self, frame: &[u8]) -> bool {
+        let Some(v6) = self.v6.as_ref() else {
+            return false;
+        };
+        let is_v6 = frame
+            .get(ETH_HLEN - 2..ETH_HLEN)
+            .is_some_and(|t| t == ETHERTYPE_IPV6.to_be_bytes());
+        let Some(dst) = frame.get(ETH_HLEN + IPV6_DST..ETH_HLEN + IPV6_DST + 16) else {
+            return false;
+        };
+        let mut a = [0u8; 16];
+        a.copy_from_slice(dst);
+        let dst = Ipv6Addr::from(a);
+        is_v6 && (v6.is_own(dst) || dst.is_multicast() || dst.is_unicast_link_local())
     }
 
     /// An IPv6 frame from the guest (`frame`'s Ethernet header checked, `src_mac` not
@@ -183,6 +216,9 @@ impl Gateway {
             if dst.is_multicast() {
                 return TxAction::Drop(DropCause::Ipv6Ignored);
             }
+            if v6.routable(src, dst) {
+                return TxAction::Nat { len: total };
+            }
             let error = upper.protocol == ip_proto::ICMPV6
                 && (!whole || icmp_type.is_none_or(|t| t < icmpv6::ECHO_REQUEST));
             return self.no_route((frame, total), (src, src_mac), error, reply, now);
@@ -214,8 +250,8 @@ impl Gateway {
         }
     }
 
-    /// IPv6 beyond the gateway: no route yet. Counted [`DropCause::Ipv6NoRoute`] and answered
-    /// with ICMPv6 destination unreachable, code 0 (no route to destination; RFC 4443 3.1),
+    /// IPv6 beyond the gateway that cannot be routed (see [`V6::routable`]). Counted
+    /// [`DropCause::Ipv6NoRoute`] and answered with ICMPv6 destination unreachable, code 0 (no route to destination; RFC 4443 3.1),
     /// quoting as much of the packet as fits 1280 bytes, so the guest's connection fails at
     /// once (and a dual-stack client falls back to IPv4) instead of waiting out its timeouts.
     /// Not in answer to an ICMPv6 error, a fragment of unknown kind or from `::` (RFC 4443
@@ -385,6 +421,8 @@ const MLD_REPORT: u8 = 131;
 const MLD_DONE: u8 = 132;
 /// MLDv2 report (RFC 3810).
 const MLD_V2_REPORT: u8 = 143;
+/// The offset of the destination address in the IPv6 header.
+const IPV6_DST: usize = 24;
 /// IPv6's minimum link MTU: the most an ICMPv6 error may fill (RFC 4443 2.4 (c)).
 const IPV6_MIN_MTU: usize = 1280;
 /// Destination unreachable code 0: no route to destination.

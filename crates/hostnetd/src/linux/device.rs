@@ -6,7 +6,7 @@
 //! go to the TUN (opened with virtio-net headers) for the host kernel to segment and checksum, and
 //! the TUN hands over GSO packets if the guest accepted them.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use bridge::{BridgeConfig, DeviceCore, EgressPolicy, Error, MacAddr};
 use nat::PortForward;
@@ -34,6 +34,8 @@ pub(crate) struct DeviceConfig {
     pub(crate) egress: EgressPolicy,
     /// The guest side of IPv6 at the gateway (default addresses; `--no-ipv6`: off).
     pub(crate) ipv6: bool,
+    /// NAT66's external address (used when `ipv6`).
+    pub(crate) external6: Ipv6Addr,
 }
 
 impl DeviceConfig {
@@ -55,6 +57,7 @@ impl DeviceConfig {
             ..BridgeConfig::default()
         };
         c.nat.external_addr = self.external;
+        c.nat.external_addr6 = self.external6;
         c
     }
 
@@ -104,6 +107,7 @@ mod tests {
             offload: false,
             egress: EgressPolicy::default(),
             ipv6: true,
+            external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         }
     }
 

@@ -44,6 +44,14 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     // until the TUN has it, so a second instance starting at once sees it.
     let (pair, used, pair_lock) = bridge::reserve_pair(args.tun_addr, args.external_addr)?;
     bridge::log_pair(&pair, &used);
+    // With IPv6, its pair under the same lock (fd64:ffff::1/64 and ::2, else the next free).
+    let pair6 = if args.ipv6 {
+        let p = bridge::reserve_pair6()?;
+        info!(tun6 = %p.tun, prefix_len = p.prefix_len, external6 = %p.external, "IPv6 address pair");
+        Some(p)
+    } else {
+        None
+    };
     let mut config = DeviceConfig {
         mac: args.mac,
         mtu: args.mtu,
@@ -54,6 +62,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         offload: args.offload,
         egress: args.egress.clone(),
         ipv6: args.ipv6,
+        external6: pair6.map_or(bridge::defaults::NAT_EXTERNAL_ADDR6, |p| p.external),
     };
     // Fail on a bad configuration before anything is created.
     config.device_core().context("invalid configuration")?;
@@ -73,7 +82,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         None => identity.as_ref().map(|id| id.gid),
     };
 
-    let tun = Arc::new(open_tun(args, pair)?);
+    let tun = Arc::new(open_tun(args, pair, pair6)?);
     // Under the pair lock, so a second instance starting at once sees this one's table.
     let host_setup = if args.host_setup {
         Some(host_setup::HostSetup::start(pair.external, tun.name())?)
@@ -127,10 +136,20 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         "listening"
     );
     let mut out = io::stdout().lock();
-    // `external=` comes last: the fields before it keep their order for older parsers.
+    // `external=` comes after the older fields, which keep their order for older parsers;
+    // IPv6 adds `external6=` and `gateway6=` at the end.
+    let v6_fields = pair6
+        .map(|p| {
+            format!(
+                " external6={} gateway6={}",
+                p.external,
+                bridge::defaults::IPV6_GATEWAY
+            )
+        })
+        .unwrap_or_default();
     writeln!(
         out,
-        "ready socket={} tun={} gateway={GATEWAY} external={}",
+        "ready socket={} tun={} gateway={GATEWAY} external={}{v6_fields}",
         args.socket.display(),
         tun.name(),
         pair.external
@@ -280,13 +299,17 @@ pub(crate) fn serve_one(
 
 /// Opens the TUN: with virtio-net headers for offloads (unless `--no-offload`); a kernel that
 /// refuses them gets a plain TUN and no offloads.
-fn open_tun(args: &Args, pair: bridge::AddrPair) -> Result<Tun> {
+fn open_tun(args: &Args, pair: bridge::AddrPair, pair6: Option<bridge::AddrPair6>) -> Result<Tun> {
     let builder = || {
-        TunBuilder::new()
+        let b = TunBuilder::new()
             .name(args.tun_name.clone())
             .mtu(u32::from(args.mtu))
             .ipv4(pair.tun, Ipv4Dest::Peer(pair.external))
-            .nonblocking(true)
+            .nonblocking(true);
+        match pair6 {
+            Some(p) => b.ipv6(p.tun, p.prefix_len),
+            None => b,
+        }
     };
     if args.offload {
         match builder().vnet_hdr(true).open() {

@@ -1,6 +1,6 @@
 //! The seam between `attach` and the `bridge` crate's API.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -19,6 +19,7 @@ impl LabBridge {
         args: &AttachArgs,
         dns: Option<SocketAddrV4>,
         external: Ipv4Addr,
+        external6: Option<Ipv6Addr>,
     ) -> anyhow::Result<Self> {
         let mut cfg = BridgeConfig {
             mtu: args.mtu,
@@ -35,6 +36,9 @@ impl LabBridge {
             ..BridgeConfig::default()
         };
         cfg.nat.external_addr = external;
+        if let Some(e6) = external6 {
+            cfg.nat.external_addr6 = e6;
+        }
         let bridge = Bridge::new(cfg).context("configuring the bridge")?;
         Ok(Self { bridge })
     }

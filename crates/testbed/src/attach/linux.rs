@@ -55,14 +55,32 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
 
     // The address pair, chosen under the host namespace's lock (bridge::reserve_pair) and
     // held until the TUN has it, so a second instance starting at once sees it.
-    let reserve = || bridge::reserve_pair(args.tun_addr, args.external_addr);
-    let (pair, used, pair_lock) = match &host_ns {
+    // With IPv6, its pair too (fd64:ffff::1/64 and ::2, else the next free one), under the
+    // same lock.
+    let reserve = || {
+        let (pair, used, lock) = bridge::reserve_pair(args.tun_addr, args.external_addr)?;
+        let pair6 = if args.ipv6 {
+            Some(bridge::reserve_pair6()?)
+        } else {
+            None
+        };
+        Ok::<_, bridge::PairError>((pair, used, lock, pair6))
+    };
+    let (pair, used, pair_lock, pair6) = match &host_ns {
         Some(h) => netns::run_in(h.as_fd(), reserve).context("entering the host namespace")?,
         None => reserve(),
     }?;
     bridge::log_pair(&pair, &used);
+    if let Some(p6) = &pair6 {
+        tracing::info!(tun6 = %p6.tun, prefix_len = p6.prefix_len, external6 = %p6.external, "IPv6 address pair");
+    }
 
-    let bridge = super::lab_bridge::LabBridge::new(args, dns.upstream, pair.external)?;
+    let bridge = super::lab_bridge::LabBridge::new(
+        args,
+        dns.upstream,
+        pair.external,
+        pair6.map(|p| p.external),
+    )?;
     // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
     let net = bridge.net_config()?;
     if net.mtu != args.mtu {
@@ -92,6 +110,9 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         .up(true)
         .nonblocking(true)
         .vnet_hdr(args.offloads);
+    if let Some(p6) = &pair6 {
+        tb = tb.ipv6(p6.tun, p6.prefix_len);
+    }
     if let Some(h) = &host_ns {
         tb = tb.netns(h);
     }
@@ -100,7 +121,10 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         .context("creating the TUN in the host namespace")?;
     let tun_name = tun.name().to_owned();
     drop(pair_lock);
-    enable_forwarding(host_ns.as_ref())?;
+    enable_forwarding(host_ns.as_ref(), IP_FORWARD)?;
+    if pair6.is_some() {
+        enable_forwarding(host_ns.as_ref(), IPV6_FORWARDING)?;
+    }
 
     let tap = Arc::new(open_guest_tap(
         &guest_ns,
@@ -123,9 +147,19 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     };
 
     let mut out = std::io::stdout().lock();
+    // IPv6 adds its two fields after the existing ones.
+    let v6_fields = pair6
+        .map(|p| {
+            format!(
+                " external6={} gateway6={}",
+                p.external,
+                bridge::defaults::IPV6_GATEWAY
+            )
+        })
+        .unwrap_or_default();
     writeln!(
         out,
-        "ready external={} tun={tun_name} gateway={GATEWAY_ADDR}",
+        "ready external={} tun={tun_name} gateway={GATEWAY_ADDR}{v6_fields}",
         pair.external
     )
     .and_then(|()| out.flush())
@@ -243,13 +277,14 @@ fn refuse_root_namespace() -> anyhow::Result<()> {
     }
 }
 
-fn enable_forwarding(host_ns: Option<&OwnedFd>) -> anyhow::Result<()> {
-    let write = || std::fs::write(IP_FORWARD, "1");
+/// Writes 1 to the forwarding sysctl `path` in H (a per-namespace sysctl).
+fn enable_forwarding(host_ns: Option<&OwnedFd>, path: &str) -> anyhow::Result<()> {
+    let write = || std::fs::write(path, "1");
     match host_ns {
         Some(h) => netns::run_in(h.as_fd(), write)
             .context("entering the host namespace")?
-            .context("enabling ip_forward in the host namespace"),
-        None => write().context("enabling ip_forward in the host namespace"),
+            .with_context(|| format!("enabling {path} in the host namespace")),
+        None => write().with_context(|| format!("enabling {path} in the host namespace")),
     }
 }
 
@@ -310,4 +345,6 @@ fn set_tap_mac(guest_netns: &str, mac: &str) -> anyhow::Result<()> {
 
 const TAP_NAME: &str = "eth0";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// `net.ipv6.conf.all.forwarding` (per namespace).
+const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const POLL: Duration = Duration::from_millis(50);

@@ -10,7 +10,9 @@
 //!   once, then sends 8 bytes on each and checks the echo; prints `ok <n> connect_ms=<t> echo_ms=<t>`.
 //! - `peer-serve <addr>`: answers every TCP connection and UDP datagram on `addr` with
 //!   `peer=<ip>:<port>` (the address the server saw).
-//! - `peer-ask tcp|udp <addr> <timeout-secs>`: asks a `peer-serve` and prints its answer.
+//! - `peer-ask tcp|udp <addr> <timeout-secs> [<local-port>]`: asks a `peer-serve` and prints
+//!   its answer (UDP from `local-port` of the address's family if given, else any port;
+//!   addresses may be IPv6, `[a::b]:port`).
 //! - `listen-count <port> <secs>`: counts TCP connections accepted and UDP datagrams received on
 //!   `0.0.0.0:<port>` for `secs` seconds; prints `tcp=<n> udp=<n>`.
 //! - `udp-spray <addr> <n>`: sends `n` UDP datagrams to `addr`.
@@ -36,7 +38,10 @@ fn main() -> anyhow::Result<()> {
         ["echo-serve", addr] => echo_serve(parse_addr(addr)?),
         ["conns", addr, n, secs] => conns(parse_addr(addr)?, n.parse()?, secs.parse()?),
         ["peer-serve", addr] => peer_serve(parse_addr(addr)?),
-        ["peer-ask", proto, addr, secs] => peer_ask(proto, parse_addr(addr)?, secs.parse()?),
+        ["peer-ask", proto, addr, secs] => peer_ask(proto, parse_addr(addr)?, secs.parse()?, 0),
+        ["peer-ask", proto, addr, secs, port] => {
+            peer_ask(proto, parse_addr(addr)?, secs.parse()?, port.parse()?)
+        }
         ["listen-count", port, secs] => listen_count(port.parse()?, secs.parse()?),
         ["udp-spray", addr, n] => udp_spray(parse_addr(addr)?, n.parse()?),
         ["syn-flood", addr, n, rate, secs] => syn_flood(
@@ -277,7 +282,7 @@ fn peer_serve(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn peer_ask(proto: &str, addr: SocketAddr, secs: u64) -> anyhow::Result<()> {
+fn peer_ask(proto: &str, addr: SocketAddr, secs: u64, local_port: u16) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(secs);
     let mut answer = String::new();
     match proto {
@@ -287,8 +292,13 @@ fn peer_ask(proto: &str, addr: SocketAddr, secs: u64) -> anyhow::Result<()> {
             s.read_to_string(&mut answer)?;
         }
         "udp" => {
-            let unspecified: SocketAddr = "0.0.0.0:0".parse()?;
-            let s = UdpSocket::bind(unspecified)?;
+            let unspecified: SocketAddr = if addr.is_ipv6() {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, local_port))
+            } else {
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, local_port))
+            };
+            let s = UdpSocket::bind(unspecified)
+                .with_context(|| format!("binding udp {unspecified}"))?;
             s.set_read_timeout(Some(Duration::from_millis(500)))?;
             let deadline = Instant::now() + timeout;
             let mut buf = [0u8; 2048];

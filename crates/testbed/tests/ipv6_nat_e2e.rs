@@ -1,0 +1,252 @@
+//! End-to-end: IPv6 through NAT66 (issue 13), with the guest namespace's own kernel as the
+//! IPv6 host (SLAAC from the gateway, as in `ipv6_gateway_e2e`) and real programs.
+//!
+//! - attach's ready line ends with `external6=fd64:ffff::2 gateway6=fd64::1`.
+//! - `ping -6` to the server `2001:db8::2` is answered.
+//! - TCP over IPv6: `curl -6` downloads and uploads 20 MiB from/to the `hostnet-e2e` HTTP
+//!   server on `[2001:db8::2]:8080`, sha256 checked (with attach's default offloads: TSO4 and
+//!   partial checksums; IPv6 TCP segments carry partial checksums through NAT66).
+//! - The servers see the source `fd64:ffff::2` (NAT66), and one guest UDP port is mapped to
+//!   the same external port towards `2001:db8::2` and `2001:db8::3` (endpoint-independent
+//!   mapping, RFC 4787 REQ-1).
+//! - Unsolicited inbound IPv6 to `fd64:ffff::2` (a TCP connect from the server to a port the
+//!   guest listens on) is not delivered.
+//!
+//! Needs root: `cargo test -p testbed --test ipv6_nat_e2e -- --ignored`. Programs: iproute2
+//! (ip), procps (sysctl), iputils-ping, curl, coreutils (sha256sum).
+
+#![cfg(target_os = "linux")]
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{GUEST_DEV, Lab, Ns, helper, require, sha256};
+
+const SERVER6: &str = "2001:db8::2";
+const SERVER6_2: &str = "2001:db8::3";
+const EXTERNAL6: &str = "fd64:ffff::2";
+
+/// Polls `argv` in the guest namespace until `pred` holds, up to `secs` seconds.
+fn wait_guest(lab: &Lab, secs: u64, argv: &[&str], pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = lab.ok(Ns::G, 5, argv);
+        if pred(&out) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{argv:?} in the guest never matched within {secs} s:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SLAAC from the gateway with the guest kernel's own RA handling; returns its address.
+fn slaac(lab: &Lab) -> String {
+    let dev = GUEST_DEV;
+    for (key, value) in [
+        ("disable_ipv6", "0"),
+        ("accept_ra", "2"),
+        ("autoconf", "1"),
+        ("accept_dad", "1"),
+    ] {
+        lab.ok(
+            Ns::G,
+            5,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{dev}.{key}={value}"),
+            ],
+        );
+    }
+    lab.ok(Ns::G, 5, &["ip", "link", "set", dev, "down"]);
+    lab.ok(Ns::G, 5, &["ip", "link", "set", dev, "up"]);
+    let addrs = wait_guest(
+        lab,
+        20,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "global",
+        ],
+        |o| o.contains("inet6 fd64::") && !o.contains("tentative"),
+    );
+    wait_guest(lab, 10, &["ip", "-6", "route", "show"], |o| {
+        o.contains("default via fe80::1")
+    });
+    addrs
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .expect("an inet6 address")
+        .to_owned()
+}
+
+/// `curl -6` in the guest with a bounded time; panics on failure.
+fn curl6(lab: &Lab, args: &[&str]) {
+    let mut argv = vec!["curl", "-6", "-g", "-sS", "--fail", "--max-time", "120"];
+    argv.extend_from_slice(args);
+    lab.ok(Ns::G, 130, &argv);
+}
+
+/// The port in a `peer=[addr]:port` answer, checking the address.
+fn peer_port(answer: &str, want_addr: &str) -> u16 {
+    let rest = answer
+        .trim()
+        .strip_prefix("peer=")
+        .unwrap_or_else(|| panic!("not a peer answer: {answer:?}"));
+    let sa: std::net::SocketAddr = rest.parse().expect("peer=<socket address>");
+    assert_eq!(sa.ip().to_string(), want_addr, "the source the server saw");
+    sa.port()
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_slaac_guest_pings_and_moves_tcp_through_nat66_with_eim_and_no_unsolicited_inbound() {
+    nat66_round(&[]);
+}
+
+/// The same without offloads: complete checksums all the way.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn the_same_through_nat66_without_offloads() {
+    nat66_round(&["--no-offload"]);
+}
+
+fn nat66_round(extra: &[&str]) {
+    require(&[
+        ("ip", "iproute2"),
+        ("sysctl", "procps"),
+        ("ping", "iputils-ping"),
+        ("curl", "curl"),
+        ("sha256sum", "coreutils"),
+    ]);
+    let mut lab = Lab::start("e2e-v6nat", extra);
+    let ready = lab
+        .attach()
+        .stdout_lines()
+        .into_iter()
+        .find(|l| l.starts_with("ready "))
+        .expect("the ready line");
+    assert!(
+        ready.ends_with(" external6=fd64:ffff::2 gateway6=fd64::1"),
+        "{ready}"
+    );
+    let guest = slaac(&lab);
+    eprintln!("guest address {guest}");
+
+    // ICMPv6 echo through NAT66.
+    let o = lab.run(
+        Ns::G,
+        15,
+        &[
+            "ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", SERVER6,
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("3 received"), "{out}");
+
+    // The source the servers see, and endpoint-independent mapping.
+    for server in [SERVER6, SERVER6_2] {
+        lab.spawn(
+            Ns::S,
+            &[helper(), "peer-serve", &format!("[{server}]:7000")],
+            Some("listening"),
+        );
+    }
+    let tcp = lab.ok(
+        Ns::G,
+        15,
+        &[
+            helper(),
+            "peer-ask",
+            "tcp",
+            &format!("[{SERVER6}]:7000"),
+            "5",
+        ],
+    );
+    peer_port(&tcp, EXTERNAL6);
+    let ask_udp = |server: &str| {
+        let a = lab.ok(
+            Ns::G,
+            15,
+            &[
+                helper(),
+                "peer-ask",
+                "udp",
+                &format!("[{server}]:7000"),
+                "5",
+                "40123",
+            ],
+        );
+        peer_port(&a, EXTERNAL6)
+    };
+    let (p1, p2) = (ask_udp(SERVER6), ask_udp(SERVER6_2));
+    assert_eq!(
+        p1, p2,
+        "one guest port, one external port towards both servers"
+    );
+
+    // TCP over IPv6 both ways, 20 MiB, sha256 checked.
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("[{SERVER6}]:8080"), &dir],
+        Some("listening"),
+    );
+    let src = lab.random_file("blob6", 20 * 1024 * 1024);
+    let want = sha256(&src);
+    let down = lab.dir.join("down6.bin");
+    curl6(
+        &lab,
+        &[
+            "-o",
+            down.to_str().expect("utf-8"),
+            &format!("http://[{SERVER6}]:8080/blob6"),
+        ],
+    );
+    assert_eq!(sha256(&down), want, "downloaded bytes differ");
+    curl6(
+        &lab,
+        &[
+            "-T",
+            src.to_str().expect("utf-8"),
+            &format!("http://[{SERVER6}]:8080/up6.bin"),
+        ],
+    );
+    assert_eq!(
+        sha256(&lab.dir.join("up6.bin")),
+        want,
+        "uploaded bytes differ"
+    );
+
+    // Unsolicited inbound to the external address: the guest listens, the server's connect
+    // gets nowhere.
+    lab.spawn(
+        Ns::G,
+        &[helper(), "peer-serve", "[::]:7100"],
+        Some("listening"),
+    );
+    let local = lab.ok(
+        Ns::G,
+        10,
+        &[helper(), "tcp-try", &format!("[{guest}]:7100"), "2000"],
+    );
+    assert!(
+        local.contains("connected"),
+        "the guest's listener works: {local}"
+    );
+    let inbound = lab.ok(
+        Ns::S,
+        10,
+        &[helper(), "tcp-try", &format!("[{EXTERNAL6}]:7100"), "2000"],
+    );
+    assert!(
+        inbound.contains("failed"),
+        "unsolicited inbound IPv6 reached the guest: {inbound}"
+    );
+}
