@@ -14,7 +14,7 @@
 //! use std::sync::Arc;
 //! use testbed::guest::{GuestConfig, SimGuest};
 //! use testbed::vhost_user::{VhostUserDevice, shared_memory_file};
-//! # let tap: Arc<std::os::unix::net::UnixDatagram> = unimplemented!();
+//! # let tap = Arc::new(std::os::unix::net::UnixDatagram::unbound()?);
 //! let mut device = VhostUserDevice::connect("/tmp/hn.sock".as_ref())?;
 //! let mut cfg = GuestConfig::default();
 //! cfg.inline_rx_interrupt = false; // interrupts arrive on eventfds, from another process

@@ -26,25 +26,8 @@
 mod common;
 
 use std::fs;
-use std::time::{Duration, Instant};
 
 use common::{GUEST_DEV, Lab, Ns, require};
-
-/// Polls `ip` output in the guest namespace until `pred` holds, up to `secs` seconds.
-fn wait_guest(lab: &Lab, secs: u64, argv: &[&str], pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let out = lab.ok(Ns::G, 5, argv);
-        if pred(&out) {
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{argv:?} in the guest never matched within {secs} s:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// The counter `name=N` on attach's stats line (0 when absent).
 fn counter(line: &str, name: &str) -> u64 {
@@ -80,35 +63,15 @@ fn a_guest_kernel_gets_slaac_a_default_route_dhcpv6_dns_and_pings_the_gateway() 
     let mut lab = Lab::start("e2e-v6gw", &[]);
     let dev = GUEST_DEV;
     // The guest namespace's kernel acts as the IPv6 host (this namespace only).
-    for (key, value) in [
-        ("disable_ipv6", "0"),
-        ("accept_ra", "2"),
-        ("autoconf", "1"),
-        ("accept_dad", "1"),
-    ] {
-        lab.ok(
-            Ns::G,
-            5,
-            &[
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv6.conf.{dev}.{key}={value}"),
-            ],
-        );
-    }
-    // Link up again: the kernel solicits a router once its link-local address is ready.
-    lab.ok(Ns::G, 5, &["ip", "link", "set", dev, "down"]);
-    lab.ok(Ns::G, 5, &["ip", "link", "set", dev, "up"]);
-    let addrs = wait_guest(
-        &lab,
-        20,
+    lab.slaac();
+    let addrs = lab.ok(
+        Ns::G,
+        5,
         &["ip", "-6", "addr", "show", "dev", dev, "scope", "global"],
-        |o| o.contains("inet6 fd64::") && !o.contains("tentative"),
     );
     eprintln!("guest addresses:\n{addrs}");
     assert!(addrs.contains("/64"), "{addrs}");
-    let routes = wait_guest(&lab, 10, &["ip", "-6", "route", "show"], |o| {
+    let routes = lab.wait_guest(10, &["ip", "-6", "route", "show"], |o| {
         o.contains("default via fe80::1")
     });
     eprintln!("guest routes:\n{routes}");

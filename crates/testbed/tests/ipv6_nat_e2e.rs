@@ -20,71 +20,11 @@
 #[allow(dead_code)]
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{GUEST_DEV, Lab, Ns, helper, require, sha256};
+use common::{Lab, Ns, helper, require, sha256};
 
 const SERVER6: &str = "2001:db8::2";
 const SERVER6_2: &str = "2001:db8::3";
 const EXTERNAL6: &str = "fd64:ffff::2";
-
-/// Polls `argv` in the guest namespace until `pred` holds, up to `secs` seconds.
-fn wait_guest(lab: &Lab, secs: u64, argv: &[&str], pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let out = lab.ok(Ns::G, 5, argv);
-        if pred(&out) {
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{argv:?} in the guest never matched within {secs} s:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// SLAAC from the gateway with the guest kernel's own RA handling; returns its address.
-fn slaac(lab: &Lab) -> String {
-    let dev = GUEST_DEV;
-    for (key, value) in [
-        ("disable_ipv6", "0"),
-        ("accept_ra", "2"),
-        ("autoconf", "1"),
-        ("accept_dad", "1"),
-    ] {
-        lab.ok(
-            Ns::G,
-            5,
-            &[
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv6.conf.{dev}.{key}={value}"),
-            ],
-        );
-    }
-    lab.ok(Ns::G, 5, &["ip", "link", "set", dev, "down"]);
-    lab.ok(Ns::G, 5, &["ip", "link", "set", dev, "up"]);
-    let addrs = wait_guest(
-        lab,
-        20,
-        &[
-            "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "global",
-        ],
-        |o| o.contains("inet6 fd64::") && !o.contains("tentative"),
-    );
-    wait_guest(lab, 10, &["ip", "-6", "route", "show"], |o| {
-        o.contains("default via fe80::1")
-    });
-    addrs
-        .split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .expect("an inet6 address")
-        .to_owned()
-}
 
 /// `curl -6` in the guest with a bounded time; panics on failure.
 fn curl6(lab: &Lab, args: &[&str]) {
@@ -136,7 +76,7 @@ fn nat66_round(extra: &[&str]) {
         ready.ends_with(" external6=fd64:ffff::2 gateway6=fd64::1"),
         "{ready}"
     );
-    let guest = slaac(&lab);
+    let guest = lab.slaac();
     eprintln!("guest address {guest}");
 
     // ICMPv6 echo through NAT66.

@@ -460,6 +460,74 @@ impl Lab {
 }
 
 impl Lab {
+    /// Polls `argv` in the guest namespace until `pred` holds, up to `secs` seconds; returns the
+    /// output that matched.
+    #[allow(dead_code)] // the IPv6 tests use it; not every test binary does
+    pub(crate) fn wait_guest(
+        &self,
+        secs: u64,
+        argv: &[&str],
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let out = self.ok(Ns::G, 5, argv);
+            if pred(&out) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{argv:?} in the guest never matched within {secs} s:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// IPv6 for the guest namespace's kernel by SLAAC from the gateway, with its own RA
+    /// handling (sysctls of that namespace only; the link is set down and up so that it
+    /// solicits a router at once). Returns the guest's address in `fd64::/64` once it is no
+    /// longer tentative and the default route via `fe80::1` is there.
+    #[allow(dead_code)] // the IPv6 tests use it; not every test binary does
+    pub(crate) fn slaac(&self) -> String {
+        let dev = GUEST_DEV;
+        for (key, value) in [
+            ("disable_ipv6", "0"),
+            ("accept_ra", "2"),
+            ("autoconf", "1"),
+            ("accept_dad", "1"),
+        ] {
+            self.ok(
+                Ns::G,
+                5,
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("net.ipv6.conf.{dev}.{key}={value}"),
+                ],
+            );
+        }
+        self.ok(Ns::G, 5, &["ip", "link", "set", dev, "down"]);
+        self.ok(Ns::G, 5, &["ip", "link", "set", dev, "up"]);
+        let addrs = self.wait_guest(
+            20,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "global",
+            ],
+            |o| o.contains("inet6 fd64::") && !o.contains("tentative"),
+        );
+        self.wait_guest(10, &["ip", "-6", "route", "show"], |o| {
+            o.contains("default via fe80::1")
+        });
+        addrs
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .expect("an inet6 address")
+            .to_owned()
+    }
+
     /// Starts dnsmasq on the server (answers `*.e2e.test` with 198.18.7.7, logs queries) and
     /// waits until it answers locally; returns its log file.
     pub(crate) fn start_dnsmasq(&mut self) -> PathBuf {
