@@ -2,7 +2,7 @@
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use bridge::{Cidr, EgressAction, EgressPolicy, ForwardSpec, MacAddr};
@@ -22,7 +22,8 @@ pub(crate) enum Invocation {
     HostSetupHelper(HelperArgs),
 }
 
-/// What the daemon tells its `--host-setup` helper (`--host-setup-helper PID EXTERNAL TUN`).
+/// What the daemon tells its `--host-setup` helper
+/// (`--host-setup-helper PID EXTERNAL TUN [EXTERNAL6]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct HelperArgs {
     /// The daemon's process id (names the nftables table).
@@ -31,6 +32,8 @@ pub(crate) struct HelperArgs {
     pub(crate) external: Ipv4Addr,
     /// The daemon's TUN (never masqueraded towards).
     pub(crate) tun: String,
+    /// NAT66's external address, with IPv6 on (without it nothing IPv6 is touched).
+    pub(crate) external6: Option<Ipv6Addr>,
 }
 
 /// The daemon's settings.
@@ -72,8 +75,8 @@ pub(crate) struct Args {
     pub(crate) sandbox: bool,
     /// Test only: make one forbidden system call right after the filter is installed.
     pub(crate) sandbox_selftest: bool,
-    /// `--host-setup`: enable IPv4 forwarding and masquerade the external address in this
-    /// namespace for the daemon's lifetime.
+    /// `--host-setup`: enable forwarding and masquerade the external address(es) in this
+    /// namespace for the daemon's lifetime (IPv6 too unless `--no-ipv6`).
     pub(crate) host_setup: bool,
 }
 
@@ -413,16 +416,22 @@ fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgErro
 fn parse_helper<S: AsRef<str>>(args: &[S]) -> Result<HelperArgs, ArgError> {
     let bad = || {
         ArgError(format!(
-            "{HELPER_FLAG} is internal: it takes PID EXTERNAL TUN"
+            "{HELPER_FLAG} is internal: it takes PID EXTERNAL TUN [EXTERNAL6]"
         ))
     };
-    let [pid, external, tun] = args else {
-        return Err(bad());
+    let (pid, external, tun, external6) = match args {
+        [pid, external, tun] => (pid, external, tun, None),
+        [pid, external, tun, external6] => (pid, external, tun, Some(external6)),
+        _ => return Err(bad()),
     };
     Ok(HelperArgs {
         pid: pid.as_ref().parse().map_err(|_| bad())?,
         external: external.as_ref().parse().map_err(|_| bad())?,
         tun: tun.as_ref().to_owned(),
+        external6: external6
+            .map(|a| a.as_ref().parse())
+            .transpose()
+            .map_err(|_| bad())?,
     })
 }
 
@@ -603,9 +612,12 @@ OPTIONS:
     --host-setup             in the network namespace hostnetd runs in: enable IPv4 forwarding
                              (net.ipv4.ip_forward) and masquerade the NAT's external address on
                              every interface but its TUN (towards the default route), in an
-                             nftables table of its own (ip hostnetd-<pid>); a helper process
-                             started before the privilege drop removes the table and restores
-                             forwarding when hostnetd exits, also when it is killed. Needs
+                             nftables table of its own (ip hostnetd-<pid>); with IPv6 also
+                             net.ipv6.conf.all.forwarding (interfaces with accept_ra=1 then stop
+                             accepting RAs) and the NAT66 external address (ip6 hostnetd-<pid>);
+                             a helper process started before the privilege drop removes the
+                             tables and restores forwarding when hostnetd exits, also when it is
+                             killed. Needs
                              CAP_NET_ADMIN, nf_tables and the nft program (Debian: nftables);
                              without them it exits with status 2
     --config <FILE>          read settings from a TOML file: the long options' names are its keys
@@ -849,8 +861,19 @@ mod tests {
                 pid: 42,
                 external: Ipv4Addr::new(100, 64, 0, 2),
                 tun: "hostnetd0".into(),
+                external6: None,
             })
         );
+        assert_eq!(
+            parse_args(&[HELPER_FLAG, "42", "100.64.0.2", "hostnetd0", "fd64:ffff::2"]).unwrap(),
+            Invocation::HostSetupHelper(HelperArgs {
+                pid: 42,
+                external: Ipv4Addr::new(100, 64, 0, 2),
+                tun: "hostnetd0".into(),
+                external6: Some("fd64:ffff::2".parse().unwrap()),
+            })
+        );
+        assert!(parse_args(&[HELPER_FLAG, "42", "100.64.0.2", "hostnetd0", "x"]).is_err());
         assert!(parse_args(&[HELPER_FLAG, "42"]).is_err());
         // Only as the first argument.
         assert!(serve(&["--socket", "/s", HELPER_FLAG]).is_err());

@@ -17,7 +17,8 @@
 //! this off for debugging. docs/SECURITY.md has the threat model.
 //!
 //! `--host-setup` makes the namespace route the guest onwards: IPv4 forwarding on and an nftables
-//! masquerade of the external address in a table of its own (`ip hostnetd-<pid>`), set up and
+//! masquerade of the external address in a table of its own (`ip hostnetd-<pid>`; with IPv6 also
+//! IPv6 forwarding and `ip6 hostnetd-<pid>` for NAT66's external address), set up and
 //! undone by a helper process started before the privilege drop, which cleans up when the daemon
 //! exits however it ends (docs/qemu.md, docs/SECURITY.md). `--config FILE` reads every option from
 //! a TOML file (command-line options win); `--print-config` prints the effective configuration.

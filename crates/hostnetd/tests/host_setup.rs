@@ -5,7 +5,9 @@
 //! TUN; its default route points at S) and S (198.18.0.2, busybox httpd). S has no route back to
 //! the NAT's external address, and H's forwarding is left as a new namespace has it (off): the
 //! test runs no sysctl and no nft command that changes anything, so the guest reaches S only if
-//! hostnetd set the namespace up. Without the flag the same fetch fails.
+//! hostnetd set the namespace up. Without the flag the same fetch fails. IPv6 likewise: H
+//! 2001:db8::1/64 and S 2001:db8::2/64 on the same link, H's IPv6 default route via S, S with no
+//! route to fd64:ffff::/64; the guest gets its address by SLAAC from hostnetd's gateway.
 //!
 //! Needs root (namespaces, a TAP, a TUN), busybox, curl, nft (Debian: nftables).
 #![cfg(target_os = "linux")]
@@ -67,6 +69,59 @@ fn host_setup_puts_the_guest_on_the_default_route_and_sigterm_undoes_it() -> Res
     Ok(())
 }
 
+/// IPv6: the guest (SLAAC from the gateway) pings S's 2001:db8::2 through NAT66 only because
+/// `--host-setup` turned IPv6 forwarding on and masqueraded fd64:ffff::2; SIGTERM restores H.
+/// With `--no-ipv6` nothing IPv6 is touched.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn host_setup_routes_the_guests_ipv6_too_and_no_ipv6_leaves_ipv6_alone() -> Result<()> {
+    let world = World::new("h6")?;
+    let before = world.host_state()?;
+    ensure!(
+        before.forwarding6 == "0",
+        "a new namespace forwards IPv6: {before:?}"
+    );
+
+    let mut daemon = Daemon::start_with(&world.host, "h6", &["--host-setup"]);
+    let during = world.host_state()?;
+    let table6 = format!("table ip6 hostnetd-{}-fwd", daemon.process.pid());
+    ensure!(
+        during.forwarding6 == "1"
+            && during.ruleset.contains(&table6)
+            && during.ruleset.contains("ip6 saddr fd64:ffff::2")
+            && during
+                .ruleset
+                .contains(&format!("oifname != \"{}\"", daemon.tun)),
+        "IPv6 set-up not visible: {during:?}"
+    );
+    let attached = Attached::start(&daemon.sock, world.guest.name(), GuestConfig::default())?;
+    world.slaac()?;
+    world.guest.exec(&[
+        "ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "3", SERVER6,
+    ])?;
+    attached.stop()?;
+    daemon.process.signal("TERM")?;
+    ensure!(wait_exit(&mut daemon.process)?.success(), "hostnetd exit");
+    let after = world.host_state()?;
+    ensure!(
+        after == before,
+        "after SIGTERM: {after:?}, before: {before:?}"
+    );
+
+    let mut v4only = Daemon::start_with(&world.host, "h6n", &["--host-setup", "--no-ipv6"]);
+    let during = world.host_state()?;
+    ensure!(
+        during.forwarding == "1"
+            && during.forwarding6 == before.forwarding6
+            && !during.ruleset.contains("table ip6"),
+        "--no-ipv6 touched IPv6: {during:?}"
+    );
+    v4only.process.signal("TERM")?;
+    ensure!(wait_exit(&mut v4only.process)?.success(), "hostnetd exit");
+    ensure!(world.host_state()? == before, "after --no-ipv6");
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn without_host_setup_the_guest_does_not_reach_the_server() -> Result<()> {
@@ -99,6 +154,12 @@ fn sigkill_of_hostnetd_still_undoes_the_host_setup() -> Result<()> {
     ensure!(
         world.host_state()?.forwarding == "1",
         "forwarding not enabled"
+    );
+    let during = world.host_state()?;
+    let table6 = format!("table ip6 hostnetd-{}-fwd", daemon.process.pid());
+    ensure!(
+        during.forwarding6 == "1" && during.ruleset.contains(&table6),
+        "IPv6 set-up not visible: {during:?}"
     );
     daemon.process.signal("KILL")?;
     let status = wait_exit(&mut daemon.process)?;
@@ -243,6 +304,7 @@ fn host_setup_without_nft_is_refused_with_status_2() -> Result<()> {
 #[derive(Debug, PartialEq, Eq)]
 struct HostState {
     forwarding: String,
+    forwarding6: String,
     ruleset: String,
 }
 
@@ -276,6 +338,28 @@ impl World {
         server.add_addr("eth0", &format!("{SERVER_ADDR}/15"))?;
         // H's default route leads to S; S knows only its /15 (no route to 100.64.0.0/24).
         host.add_route("default", SERVER_ADDR.parse()?)?;
+        // The same for IPv6: S knows only 2001:db8::/64 (no route to fd64:ffff::/64).
+        host.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            HOST_SERVER6,
+            "dev",
+            "srv0",
+            "nodad",
+        ])?;
+        server.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{SERVER6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        host.exec(&["ip", "-6", "route", "add", "default", "via", SERVER6])?;
         let dir_str = dir.to_str().context("temp dir is not UTF-8")?;
         let httpd = server.spawn(&[
             "busybox",
@@ -296,12 +380,18 @@ impl World {
         })
     }
 
-    /// H's `net.ipv4.ip_forward` and `nft list ruleset` (read only).
+    /// H's `net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding` and `nft list ruleset` (read
+    /// only).
     fn host_state(&self) -> Result<HostState> {
         Ok(HostState {
             forwarding: self
                 .host
                 .exec(&["cat", "/proc/sys/net/ipv4/ip_forward"])?
+                .trim()
+                .to_owned(),
+            forwarding6: self
+                .host
+                .exec(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])?
                 .trim()
                 .to_owned(),
             ruleset: self
@@ -321,6 +411,39 @@ impl World {
             "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s", script,
         ])?;
         Ok(testbed::netns::lease::Lease::read(&out)?)
+    }
+
+    /// SLAAC in G's kernel from the gateway's RAs (G's own sysctls; the link goes down and up
+    /// so that it solicits at once); waits (bounded) for an fd64::/64 address that is no longer
+    /// tentative and the default route via fe80::1.
+    fn slaac(&self) -> Result<()> {
+        for (key, value) in [("disable_ipv6", "0"), ("accept_ra", "2"), ("autoconf", "1")] {
+            self.guest.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.eth0.{key}={value}"),
+            ])?;
+        }
+        self.guest.exec(&["ip", "link", "set", "eth0", "down"])?;
+        self.guest.exec(&["ip", "link", "set", "eth0", "up"])?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let addrs = self.guest.exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+            ])?;
+            let routes = self.guest.exec(&["ip", "-6", "route", "show"])?;
+            if addrs.contains("inet6 fd64::")
+                && !addrs.contains("tentative")
+                && routes.contains("default via fe80::1")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("no SLAAC in G within 20 s: {addrs} / {routes}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// curl in G fetches S's page.
@@ -382,3 +505,5 @@ fn wait_exit(process: &mut Process) -> Result<ExitStatus> {
 
 const HOST_SERVER_ADDR: &str = "198.18.0.1";
 const SERVER_ADDR: &str = "198.18.0.2";
+const HOST_SERVER6: &str = "2001:db8::1/64";
+const SERVER6: &str = "2001:db8::2";

@@ -1,21 +1,26 @@
-//! `--host-setup`: IPv4 forwarding and a masquerade of the NAT's external address in the network
-//! namespace hostnetd runs in, for as long as it runs.
+//! `--host-setup`: forwarding and a masquerade of the NAT's external address(es) in the network
+//! namespace hostnetd runs in, for as long as it runs: IPv4 always, IPv6 too unless `--no-ipv6`.
 //!
 //! The daemon drops its privileges after set-up (user switch, no_new_privs, a seccomp filter that
 //! allows no new processes and no netlink), so it cannot undo anything itself on exit. The set-up
 //! and the undoing therefore live in a small **helper process**: the daemon starts it (its own
-//! binary, `/proc/self/exe --host-setup-helper PID EXTERNAL TUN`) while still privileged, before
+//! binary, `/proc/self/exe --host-setup-helper PID EXTERNAL TUN [EXTERNAL6]`) while still privileged, before
 //! [`super::sandbox`] locks it down. The helper
 //!
 //! 1. installs the table `ip hostnetd-<pid>` (one base chain at the `postrouting` hook, priority
 //!    `srcnat`, policy accept, one rule: `ip saddr <external> oifname != "<tun>" masquerade`) in
-//!    one `nft -j` transaction, and sets `net.ipv4.ip_forward` to 1 if it was 0;
-//! 2. prints `ok table=… forwarding=…` (or `error …`) on its stdout, a pipe the daemon reads
+//!    one `nft -j` transaction, and sets `net.ipv4.ip_forward` to 1 if it was 0; with an
+//!    EXTERNAL6 (IPv6 on) it does the same for IPv6 in a table of its own, `ip6 hostnetd-<pid>`
+//!    (`ip6 saddr <external6> oifname != "<tun>" masquerade`), and `net.ipv6.conf.all.forwarding`.
+//!    Each family is set up and undone on its own (its own table, its own mark, its own sysctl),
+//!    so the undo of one never depends on the other; without EXTERNAL6 nothing IPv6 is touched;
+//! 2. prints `ok table=… forwarding=… [table6=… forwarding6=…]` (or `refused …`) on its stdout,
+//!    a pipe the daemon reads
 //!    before it prints its ready line;
 //! 3. waits for end-of-file on its stdin, a pipe whose only writer is the daemon. The kernel
 //!    closes it however the daemon ends: a clean exit, an error, SIGKILL, a seccomp kill;
-//! 4. then deletes its table (only its own: by name) and, if it was the one that turned
-//!    forwarding on, writes the old value back, prints `done` and exits. SIGTERM and SIGHUP to the
+//! 4. then deletes its table(s) (only its own: by name) and, if it was the one that turned
+//!    forwarding on, writes the old value back (per family), prints `done` and exits. SIGTERM and SIGHUP to the
 //!    helper do the same at once (a service manager stopping the whole group); SIGINT is ignored
 //!    (a terminal's ^C reaches the daemon, whose exit then ends the helper).
 //!
@@ -23,10 +28,15 @@
 //! time hostnetd has exited the namespace is as it was. After SIGKILL the helper cleans up on its
 //! own, a moment later.
 //!
-//! Several hostnetd with `--host-setup` in one namespace: each has its own table. A table whose
-//! name ends in `-fwd` marks an instance that found forwarding off (or found another live marked
-//! instance); forwarding is turned off again only by the last marked instance to exit, so one
-//! instance's exit never cuts the others off.
+//! Several hostnetd with `--host-setup` in one namespace: each has its own table(s). A table whose
+//! name ends in `-fwd` marks an instance that found that family's forwarding off (or found another
+//! marked table of that family); forwarding is turned off again only by the last marked instance
+//! to exit, so one instance's exit never cuts the others off.
+//!
+//! Turning `net.ipv6.conf.all.forwarding` on makes the kernel treat the namespace as a router:
+//! interfaces with `accept_ra=1` (the default) stop accepting Router Advertisements (only
+//! `accept_ra=2` still does), so a namespace that gets its own IPv6 default route by SLAAC loses
+//! it when that route expires. `--no-ipv6` leaves IPv6 alone.
 //!
 //! Why `nft -j` (through the `nftables` crate's typed JSON schema) rather than netlink from Rust:
 //! `rustables` is GPL-3.0 (the workspace is MIT OR Apache-2.0), `nftnl`/`mnl` bind the C
@@ -36,7 +46,7 @@
 //! needed where `--host-setup` is used (Debian package `nftables`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
@@ -76,18 +86,24 @@ pub(crate) struct HostSetup {
 }
 
 impl HostSetup {
-    /// Starts the helper for `external` behind `tun` and waits for its answer.
+    /// Starts the helper for `external` (and `external6` with IPv6) behind `tun` and waits for
+    /// its answer.
     ///
     /// # Errors
     /// [`Refused`] when the namespace cannot be set up (nft missing, nf_tables missing, no
     /// privilege); other errors when the helper cannot be started.
-    pub(crate) fn start(external: Ipv4Addr, tun: &str) -> Result<Self> {
+    pub(crate) fn start(
+        external: Ipv4Addr,
+        external6: Option<Ipv6Addr>,
+        tun: &str,
+    ) -> Result<Self> {
         let mut child = Command::new("/proc/self/exe")
             .arg0("hostnetd")
             .arg(HELPER_FLAG)
             .arg(std::process::id().to_string())
             .arg(external.to_string())
             .arg(tun)
+            .args(external6.map(|a| a.to_string()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -157,7 +173,7 @@ impl Drop for HostSetup {
     }
 }
 
-/// The helper process (`hostnetd --host-setup-helper PID EXTERNAL TUN`): sets up, answers on
+/// The helper process (`hostnetd --host-setup-helper PID EXTERNAL TUN [EXTERNAL6]`): sets up, answers on
 /// stdout, undoes at end-of-file on stdin or on SIGTERM/SIGHUP.
 pub(crate) fn helper_main(args: &HelperArgs) -> ExitCode {
     super::init_tracing();
@@ -170,16 +186,23 @@ pub(crate) fn helper_main(args: &HelperArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = writeln!(
-        io::stdout(),
-        "ok table=ip/{} forwarding={}",
-        done.table,
-        if done.restore_forwarding {
-            "enabled (was 0)"
-        } else {
-            "already on"
-        }
-    );
+    let answer: Vec<String> = done
+        .iter()
+        .map(|d| {
+            let suffix = d.family.suffix;
+            format!(
+                "table{suffix}={}/{} forwarding{suffix}={}",
+                d.family.name,
+                d.table,
+                if d.restore_forwarding {
+                    "enabled (was 0)"
+                } else {
+                    "already on"
+                }
+            )
+        })
+        .collect();
+    let _ = writeln!(io::stdout(), "ok {}", answer.join(" "));
     let _ = io::stdout().flush();
     let state = Arc::new(Mutex::new(Some((nft, done))));
     let on_signal = state.clone();
@@ -213,45 +236,49 @@ pub(crate) fn helper_main(args: &HelperArgs) -> ExitCode {
     undo_and_exit(&state)
 }
 
-/// What the helper set up.
+/// One address family: its nftables family, payload protocol and forwarding sysctl.
+#[derive(Debug)]
+struct Family {
+    nf: NfFamily,
+    /// nft's name of the family and of its address payload (`ip`, `ip6`).
+    name: &'static str,
+    forwarding: &'static str,
+    /// Added to the keys of the helper's answer (`table6=`).
+    suffix: &'static str,
+}
+
+static V4: Family = Family {
+    nf: NfFamily::IP,
+    name: "ip",
+    forwarding: IP_FORWARD,
+    suffix: "",
+};
+
+static V6: Family = Family {
+    nf: NfFamily::IP6,
+    name: "ip6",
+    forwarding: IP6_FORWARD,
+    suffix: "6",
+};
+
+/// What the helper set up, per family.
 #[derive(Debug)]
 struct Done {
+    family: &'static Family,
     table: String,
     /// Forwarding was 0 (or held by another marked instance): write 0 back when the last
     /// marked instance leaves.
     restore_forwarding: bool,
 }
 
-fn undo_and_exit(state: &Mutex<Option<(Nft, Done)>>) -> ! {
+fn undo_and_exit(state: &Mutex<Option<(Nft, Vec<Done>)>>) -> ! {
     let taken = state.lock().unwrap_or_else(PoisonError::into_inner).take();
     let mut ok = true;
     if let Some((nft, done)) = taken {
         let _lock = NamespaceLock::take();
-        if let Err(e) = nft.delete_table(&done.table) {
-            warn!(table = %done.table, "removing the nftables table: {e:#}");
-            ok = false;
+        for d in &done {
+            ok &= undo(&nft, d);
         }
-        if done.restore_forwarding {
-            // Only instances whose daemon is alive keep forwarding on: a table left by a daemon
-            // and helper killed together must not keep it on for ever.
-            match nft.marked_tables(alive) {
-                Ok(others) if others.is_empty() => {
-                    if let Err(e) = std::fs::write(IP_FORWARD, "0\n") {
-                        warn!("restoring {IP_FORWARD} to 0: {e}");
-                        ok = false;
-                    }
-                }
-                Ok(others) => info!(
-                    others = ?others,
-                    "forwarding left on: other hostnetd instances with --host-setup use it"
-                ),
-                Err(e) => {
-                    warn!("listing tables, forwarding left on: {e:#}");
-                    ok = false;
-                }
-            }
-        }
-        info!(table = %done.table, "host set-up undone");
     }
     // The daemon may be gone (SIGKILL): its end of the pipe closed, so no println! (it panics on
     // EPIPE).
@@ -261,42 +288,104 @@ fn undo_and_exit(state: &Mutex<Option<(Nft, Done)>>) -> ! {
     std::process::exit(if ok { 0 } else { 1 })
 }
 
-fn set_up(nft: &Nft, args: &HelperArgs) -> Result<Done> {
+/// Undoes one family's set-up (under the namespace lock); false if anything failed.
+fn undo(nft: &Nft, done: &Done) -> bool {
+    let mut ok = true;
+    let family = done.family;
+    let path = family.forwarding;
+    if let Err(e) = nft.delete_table(family, &done.table) {
+        warn!(table = %done.table, "removing the nftables table: {e:#}");
+        ok = false;
+    }
+    if done.restore_forwarding {
+        // Only instances whose daemon is alive keep forwarding on: a table left by a daemon
+        // and helper killed together must not keep it on for ever.
+        match nft.marked_tables(family, alive) {
+            Ok(others) if others.is_empty() => {
+                if let Err(e) = std::fs::write(path, "0\n") {
+                    warn!("restoring {path} to 0: {e}");
+                    ok = false;
+                }
+            }
+            Ok(others) => info!(
+                others = ?others,
+                "{path} left on: other hostnetd instances with --host-setup use it"
+            ),
+            Err(e) => {
+                warn!("listing tables, {path} left on: {e:#}");
+                ok = false;
+            }
+        }
+    }
+    info!(family = family.name, table = %done.table, "host set-up undone");
+    ok
+}
+
+fn set_up(nft: &Nft, args: &HelperArgs) -> Result<Vec<Done>> {
     let _lock = NamespaceLock::take();
+    let mut done = vec![set_up_family(
+        nft,
+        &V4,
+        args.pid,
+        &args.external.to_string(),
+        &args.tun,
+    )?];
+    if let Some(external6) = args.external6 {
+        match set_up_family(nft, &V6, args.pid, &external6.to_string(), &args.tun) {
+            Ok(d) => done.push(d),
+            Err(e) => {
+                for d in &done {
+                    undo(nft, d);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// One family's table and forwarding (under the namespace lock).
+fn set_up_family(
+    nft: &Nft,
+    family: &'static Family,
+    pid: u32,
+    external: &str,
+    tun: &str,
+) -> Result<Done> {
+    let path = family.forwarding;
     // The first contact tells whether we may: no program, no nf_tables, no CAP_NET_ADMIN.
     // Every marked table counts here, also one whose daemon is gone: its helper may not have
     // cleaned up yet (a restart), and a stale one means forwarding was off before it too.
-    let marked = nft.marked_tables(|_| true)?;
-    let forwarding =
-        std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
+    let marked = nft.marked_tables(family, |_| true)?;
+    let forwarding = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let was_off = forwarding.trim() == "0";
     let restore_forwarding = was_off || !marked.is_empty();
     let table = format!(
-        "{TABLE_PREFIX}{}{}",
-        args.pid,
+        "{TABLE_PREFIX}{pid}{}",
         if restore_forwarding { MARK } else { "" }
     );
-    nft.apply(&ruleset(&table, args.external, &args.tun))?;
-    if was_off && let Err(e) = std::fs::write(IP_FORWARD, "1\n") {
-        let _ = nft.delete_table(&table);
-        return Err(anyhow!("enabling forwarding ({IP_FORWARD}): {e}"));
+    nft.apply(&ruleset(family, &table, external, tun))?;
+    if was_off && let Err(e) = std::fs::write(path, "1\n") {
+        let _ = nft.delete_table(family, &table);
+        return Err(anyhow!("enabling forwarding ({path}): {e}"));
     }
     Ok(Done {
+        family,
         table,
         restore_forwarding,
     })
 }
 
 /// The table, its postrouting chain and the masquerade rule, as one transaction.
-fn ruleset<'a>(table: &'a str, external: Ipv4Addr, tun: &'a str) -> Nftables<'a> {
+fn ruleset<'a>(family: &Family, table: &'a str, external: &'a str, tun: &'a str) -> Nftables<'a> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(Table {
-        family: NfFamily::IP,
+        family: family.nf,
         name: table.into(),
         handle: None,
     }));
     batch.add(NfListObject::Chain(Chain {
-        family: NfFamily::IP,
+        family: family.nf,
         table: table.into(),
         name: CHAIN.into(),
         _type: Some(NfChainType::NAT),
@@ -306,18 +395,18 @@ fn ruleset<'a>(table: &'a str, external: Ipv4Addr, tun: &'a str) -> Nftables<'a>
         ..Chain::default()
     }));
     batch.add(NfListObject::Rule(Rule {
-        family: NfFamily::IP,
+        family: family.nf,
         table: table.into(),
         chain: CHAIN.into(),
         expr: vec![
             Statement::Match(Match {
                 left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
                     PayloadField {
-                        protocol: "ip".into(),
+                        protocol: family.name.into(),
                         field: "saddr".into(),
                     },
                 ))),
-                right: Expression::String(external.to_string().into()),
+                right: Expression::String(external.into()),
                 op: Operator::EQ,
             }),
             Statement::Match(Match {
@@ -372,10 +461,10 @@ impl Nft {
             .map_err(|e| self.explain(e, "installing the masquerade table"))
     }
 
-    fn delete_table(&self, table: &str) -> Result<()> {
+    fn delete_table(&self, family: &Family, table: &str) -> Result<()> {
         let mut batch = Batch::new();
         batch.delete(NfListObject::Table(Table {
-            family: NfFamily::IP,
+            family: family.nf,
             name: table.into(),
             handle: None,
         }));
@@ -387,11 +476,12 @@ impl Nft {
         .map_err(|e| self.explain(e, "deleting the table"))
     }
 
-    /// The `-fwd` tables of hostnetd instances whose daemon's PID passes `keep`, as names.
-    fn marked_tables(&self, keep: impl Fn(u32) -> bool) -> Result<Vec<String>> {
+    /// The `-fwd` tables of `family` of hostnetd instances whose daemon's PID passes `keep`, as
+    /// names.
+    fn marked_tables(&self, family: &Family, keep: impl Fn(u32) -> bool) -> Result<Vec<String>> {
         let tables = nftables::helper::get_current_ruleset_with_args(
             Some(&self.program),
-            ["list", "tables", "ip"],
+            ["list", "tables", family.name],
         )
         .map_err(|e| self.explain(e, "listing the tables"))?;
         Ok(tables
@@ -499,10 +589,11 @@ fn alive(pid: u32) -> bool {
 
 const LOCK_DIR: &str = "/run/hostnet";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const TABLE_PREFIX: &str = "hostnetd-";
 const MARK: &str = "-fwd";
 const CHAIN: &str = "postrouting";
-/// nft's `srcnat` priority for the ip family.
+/// nft's `srcnat` priority for the ip and ip6 families.
 const SRCNAT_PRIORITY: i32 = 100;
 const NO_ARGS: [&str; 0] = [];
 
@@ -512,12 +603,8 @@ mod tests {
 
     #[test]
     fn the_ruleset_is_one_table_one_nat_chain_one_masquerade_rule() {
-        let json = serde_json::to_value(ruleset(
-            "hostnetd-42-fwd",
-            Ipv4Addr::new(100, 64, 0, 2),
-            "hostnetd0",
-        ))
-        .unwrap();
+        let json = serde_json::to_value(ruleset(&V4, "hostnetd-42-fwd", "100.64.0.2", "hostnetd0"))
+            .unwrap();
         let expected = serde_json::json!({"nftables": [
             {"add": {"table": {"family": "ip", "name": "hostnetd-42-fwd"}}},
             {"add": {"chain": {"family": "ip", "table": "hostnetd-42-fwd", "name": "postrouting",
@@ -526,6 +613,27 @@ mod tests {
                 "expr": [
                     {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
                         "right": "100.64.0.2", "op": "=="}},
+                    {"match": {"left": {"meta": {"key": "oifname"}}, "right": "hostnetd0",
+                        "op": "!="}},
+                    {"masquerade": null}
+                ],
+                "comment": "hostnetd --host-setup"}}}
+        ]});
+        assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn the_ipv6_ruleset_is_the_same_in_the_ip6_family() {
+        let json =
+            serde_json::to_value(ruleset(&V6, "hostnetd-42", "fd64:ffff::2", "hostnetd0")).unwrap();
+        let expected = serde_json::json!({"nftables": [
+            {"add": {"table": {"family": "ip6", "name": "hostnetd-42"}}},
+            {"add": {"chain": {"family": "ip6", "table": "hostnetd-42", "name": "postrouting",
+                "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+            {"add": {"rule": {"family": "ip6", "table": "hostnetd-42", "chain": "postrouting",
+                "expr": [
+                    {"match": {"left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                        "right": "fd64:ffff::2", "op": "=="}},
                     {"match": {"left": {"meta": {"key": "oifname"}}, "right": "hostnetd0",
                         "op": "!="}},
                     {"masquerade": null}

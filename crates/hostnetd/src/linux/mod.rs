@@ -85,7 +85,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let tun = Arc::new(open_tun(args, pair, pair6)?);
     // Under the pair lock, so a second instance starting at once sees this one's table.
     let host_setup = if args.host_setup {
-        Some(host_setup::HostSetup::start(pair.external, tun.name())?)
+        Some(host_setup::HostSetup::start(
+            pair.external,
+            pair6.map(|p| p.external),
+            tun.name(),
+        )?)
     } else {
         None
     };
