@@ -855,7 +855,8 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
         config.batch_size,
         max_frame,
     )
-    .with_offloads(offloads, config.mtu);
+    .with_offloads(offloads, config.mtu)
+    .with_forwards6(config.forwards6.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
     let max_packet = if offloads.rx_tso4 {
