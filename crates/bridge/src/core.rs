@@ -1529,6 +1529,20 @@ mod tests {
             internal: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80),
         };
         assert!(DeviceCore::new(config(vec![f])).is_err());
+        let f6 = crate::PortForward6 {
+            protocol: Protocol::Tcp,
+            external_port: 80,
+            guest_port: 80,
+        };
+        let with6 = |ipv6, forwards6| BridgeConfig {
+            ipv6,
+            forwards6,
+            ..config(Vec::new())
+        };
+        assert!(DeviceCore::new(with6(None, vec![f6])).is_err(), "no IPv6");
+        let on = Some(crate::Ipv6Config::default());
+        assert!(DeviceCore::new(with6(on, vec![f6, f6])).is_err());
+        assert!(DeviceCore::new(with6(on, vec![f6])).is_ok());
     }
 
     /// A guest TCP super-frame asking for 1-byte segments (~65 000 packets on the host) is a
