@@ -40,6 +40,10 @@ pub struct BridgeConfig {
     pub nat: NatConfig,
     /// Port forwards installed at activation.
     pub forwards: Vec<PortForward>,
+    /// IPv6 port forwards (needs `ipv6`): installed in NAT66 once the gateway learned the
+    /// guest's global address and moved when that changes
+    /// ([`crate::Gateway::guest_ipv6_forward_target`]).
+    pub forwards6: Vec<crate::PortForward6>,
     /// A static guest address, accepted as a source besides the DHCP lease.
     pub static_guest_ip: Option<Ipv4Addr>,
     /// Largest queue size the device accepts (a power of two, at most 32768).
@@ -97,6 +101,7 @@ impl Default for BridgeConfig {
             mtu: defaults::MTU,
             nat,
             forwards: Vec::new(),
+            forwards6: Vec::new(),
             static_guest_ip: None,
             max_queue_size: 256,
             batch_size: 64,
@@ -146,6 +151,20 @@ impl BridgeConfig {
         }
         if self.pool_batches == 0 {
             return Err(Error::Config("pool_batches is 0".to_owned()));
+        }
+        if !self.forwards6.is_empty() && self.ipv6.is_none() {
+            return Err(Error::Config("IPv6 port forwards without IPv6".to_owned()));
+        }
+        for (i, f) in self.forwards6.iter().enumerate() {
+            if self.forwards6[..i]
+                .iter()
+                .any(|o| o.protocol == f.protocol && o.external_port == f.external_port)
+            {
+                return Err(Error::Config(format!(
+                    "IPv6 port forward {:?} {} given twice",
+                    f.protocol, f.external_port
+                )));
+            }
         }
         if !self.max_queue_size.is_power_of_two() || self.max_queue_size > MAX_QUEUE_SIZE {
             return Err(Error::Config(format!(

@@ -855,7 +855,8 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
         config.batch_size,
         max_frame,
     )
-    .with_offloads(offloads, config.mtu);
+    .with_offloads(offloads, config.mtu)
+    .with_forwards6(config.forwards6.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
     let max_packet = if offloads.rx_tso4 {
@@ -1528,6 +1529,20 @@ mod tests {
             internal: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80),
         };
         assert!(DeviceCore::new(config(vec![f])).is_err());
+        let f6 = crate::PortForward6 {
+            protocol: Protocol::Tcp,
+            external_port: 80,
+            guest_port: 80,
+        };
+        let with6 = |ipv6, forwards6| BridgeConfig {
+            ipv6,
+            forwards6,
+            ..config(Vec::new())
+        };
+        assert!(DeviceCore::new(with6(None, vec![f6])).is_err(), "no IPv6");
+        let on = Some(crate::Ipv6Config::default());
+        assert!(DeviceCore::new(with6(on, vec![f6, f6])).is_err());
+        assert!(DeviceCore::new(with6(on, vec![f6])).is_ok());
     }
 
     /// A guest TCP super-frame asking for 1-byte segments (~65 000 packets on the host) is a

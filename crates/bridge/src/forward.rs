@@ -1,6 +1,6 @@
 //! [`ForwardSpec`]: a port forward as command lines write it
-//! (`tcp|udp:<external port>:[<guest IPv4>:]<guest port>`), shared by hostnetd and
-//! `hostnet-lab attach`.
+//! (`tcp|udp:<external port>:[<guest IPv4>:]<guest port>` or
+//! `tcp6|udp6:<external port>:<guest port>`), shared by hostnetd and `hostnet-lab attach`.
 
 use core::fmt;
 use core::net::{Ipv4Addr, SocketAddrV4};
@@ -9,8 +9,17 @@ use core::str::FromStr;
 use nat::{PortForward, Protocol};
 
 /// A port forward as written on a command line: `tcp|udp:<external port>:<guest port>` or
-/// `tcp|udp:<external port>:<guest IPv4>:<guest port>` (the protocol in any case, ports
-/// 1..=65535).
+/// `tcp|udp:<external port>:<guest IPv4>:<guest port>` for IPv4 (the NAT's external
+/// address), `tcp6|udp6:<external port>:<guest port>` for IPv6 (NAT66's external address);
+/// the protocol in any case, ports 1..=65535.
+///
+/// The family is explicit: `tcp:` stays IPv4 only, as it was before IPv6, so a forward never
+/// opens a guest port on a family its user did not name (a guest service reachable over IPv4
+/// is not silently exposed over IPv6 as well), and one spec names one NAT rule. A `tcp6:`
+/// forward names no guest address: the guest picks its IPv6 addresses itself (SLAAC, privacy
+/// addresses), so the bridge aims the rule at the address the gateway learned
+/// ([`crate::Gateway::guest_ipv6_forward_target`]: the EUI-64 SLAAC address if the guest
+/// uses it, else the first global one) and moves it when that changes.
 ///
 /// ```
 /// use bridge::ForwardSpec;
@@ -20,6 +29,9 @@ use nat::{PortForward, Protocol};
 /// let rule = f.to_port_forward(Ipv4Addr::new(192, 168, 64, 2));
 /// assert_eq!(rule.internal.to_string(), "192.168.64.2:22");
 /// assert!("sctp:1:2".parse::<ForwardSpec>().is_err());
+/// let f6: ForwardSpec = "tcp6:8022:22".parse()?;
+/// assert!(f6.ipv6);
+/// assert_eq!(f6.to_port_forward6().guest_port, 22);
 /// # Ok::<(), bridge::ForwardSpecError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,6 +42,21 @@ pub struct ForwardSpec {
     pub external_port: u16,
     /// The guest address; `None`: the caller's default (the first DHCP address).
     pub guest_addr: Option<Ipv4Addr>,
+    /// Port in the guest.
+    pub guest_port: u16,
+    /// `tcp6`/`udp6`: an IPv6 forward ([`ForwardSpec::to_port_forward6`]; `guest_addr` is
+    /// then `None`).
+    pub ipv6: bool,
+}
+
+/// An IPv6 port forward: NAT66's external address, `external_port` → the guest's learned
+/// address ([`crate::Gateway::guest_ipv6_forward_target`]), `guest_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortForward6 {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Port on NAT66's external address.
+    pub external_port: u16,
     /// Port in the guest.
     pub guest_port: u16,
 }
@@ -44,6 +71,16 @@ impl ForwardSpec {
             internal: SocketAddrV4::new(self.guest_addr.unwrap_or(default_guest), self.guest_port),
         }
     }
+
+    /// The IPv6 rule (meant for a spec with `ipv6` set).
+    #[must_use]
+    pub fn to_port_forward6(&self) -> PortForward6 {
+        PortForward6 {
+            protocol: self.protocol,
+            external_port: self.external_port,
+            guest_port: self.guest_port,
+        }
+    }
 }
 
 /// Why a [`ForwardSpec`] did not parse (the message names what was expected; callers add the
@@ -53,24 +90,26 @@ impl ForwardSpec {
 pub enum ForwardSpecError {
     /// Not three or four `:`-separated fields.
     Shape,
-    /// The protocol is neither tcp nor udp.
+    /// The protocol is none of tcp, udp, tcp6, udp6.
     Protocol,
     /// The external port is not 1..=65535.
     ExternalPort,
     /// The guest port is not 1..=65535.
     GuestPort,
-    /// The guest address is not an IPv4 address.
+    /// The guest address is not an IPv4 address, or a `tcp6`/`udp6` forward names one.
     GuestAddress,
 }
 
 impl fmt::Display for ForwardSpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            ForwardSpecError::Shape => "expected tcp|udp:<external port>:<guest port>",
-            ForwardSpecError::Protocol => "protocol must be tcp or udp",
+            ForwardSpecError::Shape => "expected tcp|udp|tcp6|udp6:<external port>:<guest port>",
+            ForwardSpecError::Protocol => "protocol must be tcp, udp, tcp6 or udp6",
             ForwardSpecError::ExternalPort => "external port must be 1..=65535",
             ForwardSpecError::GuestPort => "guest port must be 1..=65535",
-            ForwardSpecError::GuestAddress => "guest address is not IPv4",
+            ForwardSpecError::GuestAddress => {
+                "guest address is not IPv4 (tcp6/udp6 forwards name none)"
+            }
         })
     }
 }
@@ -91,13 +130,20 @@ impl FromStr for ForwardSpec {
             [Some(p), Some(e), Some(a), Some(g)] => (p, e, Some(a), g),
             _ => return Err(ForwardSpecError::Shape),
         };
-        let protocol = if proto.eq_ignore_ascii_case("tcp") {
-            Protocol::Tcp
+        let (protocol, ipv6) = if proto.eq_ignore_ascii_case("tcp") {
+            (Protocol::Tcp, false)
         } else if proto.eq_ignore_ascii_case("udp") {
-            Protocol::Udp
+            (Protocol::Udp, false)
+        } else if proto.eq_ignore_ascii_case("tcp6") {
+            (Protocol::Tcp, true)
+        } else if proto.eq_ignore_ascii_case("udp6") {
+            (Protocol::Udp, true)
         } else {
             return Err(ForwardSpecError::Protocol);
         };
+        if ipv6 && addr.is_some() {
+            return Err(ForwardSpecError::GuestAddress);
+        }
         let port = |p: &str, err| match p.parse::<u16>() {
             Ok(0) | Err(_) => Err(err),
             Ok(n) => Ok(n),
@@ -114,6 +160,7 @@ impl FromStr for ForwardSpec {
             external_port: port(ext, ForwardSpecError::ExternalPort)?,
             guest_addr,
             guest_port: port(gport, ForwardSpecError::GuestPort)?,
+            ipv6,
         })
     }
 }
@@ -132,8 +179,21 @@ mod tests {
                 external_port: 5353,
                 guest_addr: Some(Ipv4Addr::new(192, 168, 64, 9)),
                 guest_port: 53,
+                ipv6: false,
             }
         );
+        let f6: ForwardSpec = "TCP6:8080:80".parse().unwrap();
+        assert!(f6.ipv6 && f6.guest_addr.is_none());
+        assert_eq!(
+            f6.to_port_forward6(),
+            PortForward6 {
+                protocol: Protocol::Tcp,
+                external_port: 8080,
+                guest_port: 80
+            }
+        );
+        assert!("udp6:53:5353".parse::<ForwardSpec>().unwrap().ipv6);
+        assert!(!"tcp:1:2".parse::<ForwardSpec>().unwrap().ipv6);
         let d = Ipv4Addr::new(10, 0, 0, 2);
         assert_eq!(
             "tcp:80:8080"
@@ -153,6 +213,11 @@ mod tests {
             ("tcp:1:x", ForwardSpecError::GuestPort),
             ("tcp:1:notanip:2", ForwardSpecError::GuestAddress),
             ("tcp:1:fe80::1:2", ForwardSpecError::Shape),
+            ("tcp6:1:192.168.64.2:2", ForwardSpecError::GuestAddress),
+            ("tcp6:1:fd64::2:2", ForwardSpecError::Shape),
+            ("tcp6:0:2", ForwardSpecError::ExternalPort),
+            ("tcp4:1:2", ForwardSpecError::Protocol),
+            ("icmp6:1:2", ForwardSpecError::Protocol),
         ] {
             assert_eq!(bad.parse::<ForwardSpec>(), Err(why), "{bad:?}");
         }

@@ -170,7 +170,7 @@ pub use dns::{
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
 pub use error::Error;
-pub use forward::{ForwardSpec, ForwardSpecError};
+pub use forward::{ForwardSpec, ForwardSpecError, PortForward6};
 pub use frame::FrameBatch;
 pub use gateway::{
     Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, Ipv6Config,

@@ -41,6 +41,9 @@ pub struct TxEngine {
     /// Fragments the NAT held (they came before their first fragment) and has now released,
     /// translated, for the host link; the IP packet at offset 14 of each buffer.
     released: FrameBatch,
+    /// IPv6 port forwards and the guest address they are installed for in NAT66.
+    forwards6: Vec<crate::PortForward6>,
+    forwards6_to: Option<core::net::Ipv6Addr>,
 }
 
 impl TxEngine {
@@ -61,7 +64,45 @@ impl TxEngine {
             nat_l4: Vec::with_capacity(batch_size),
             verdicts: vec![Verdict::Forward; batch_size],
             released: FrameBatch::new(RELEASED_PER_BATCH, max_frame),
+            forwards6: Vec::new(),
+            forwards6_to: None,
         }
+    }
+
+    /// Installs `forwards6` in NAT66 once the gateway learned the guest's global IPv6
+    /// address, and moves them when it changes (checked at each [`TxEngine::translate`]).
+    pub fn with_forwards6(mut self, forwards6: Vec<crate::PortForward6>) -> Self {
+        self.forwards6 = forwards6;
+        self
+    }
+
+    /// Aims the IPv6 port forwards at the gateway's current forward target (no allocation:
+    /// a scan of at most `MAX_GUEST_IPV6_ADDRS` addresses, and NAT rules only on a change).
+    fn refresh_forwards6(&mut self, nat: &mut Nat) {
+        if self.forwards6.is_empty() {
+            return;
+        }
+        let target = self.gateway.guest_ipv6_forward_target();
+        if target == self.forwards6_to {
+            return;
+        }
+        for f in &self.forwards6 {
+            nat.remove_forward6(f.protocol, f.external_port);
+            if let Some(a) = target {
+                let internal = core::net::SocketAddrV6::new(a, f.guest_port, 0, 0);
+                if let Err(e) = nat.add_forward6(f.protocol, f.external_port, internal) {
+                    tracing::warn!(
+                        "IPv6 port forward {:?} {} -> {internal}: {e:?}",
+                        f.protocol,
+                        f.external_port
+                    );
+                }
+            }
+        }
+        if let Some(a) = target {
+            tracing::info!("IPv6 port forwards go to {a}");
+        }
+        self.forwards6_to = target;
     }
 
     /// Uses the negotiated `offloads` (see [`Offloads::negotiate`]); `mtu` is the guest MTU,
@@ -195,6 +236,7 @@ impl TxEngine {
         now: Instant,
         stats: &mut Stats,
     ) {
+        self.refresh_forwards6(nat);
         self.nat_idx.clear();
         self.nat_l4.clear();
         for (i, a) in self.actions.iter().enumerate() {

@@ -622,6 +622,25 @@ fn the_guests_addresses_are_learned_from_its_traffic_and_advertisements() {
 }
 
 #[test]
+fn port_forwards_aim_at_the_eui64_address_over_privacy_ones() {
+    let mut gw = gateway();
+    assert_eq!(gw.guest_ipv6_forward_target(), None);
+    // A link-local address is no target.
+    let _ = handle(&mut gw, &rs(GUEST_LL, true));
+    assert_eq!(gw.guest_ipv6_forward_target(), None);
+    // A privacy address first: the only global one, the target.
+    let privacy = Ipv6Addr::new(0xfd64, 0, 0, 0, 0x1234, 0x5678, 0x9abc, 0xdef0);
+    let _ = handle(&mut gw, &echo(privacy, GW6, b"x"));
+    assert_eq!(gw.guest_ipv6_forward_target(), Some(privacy));
+    // The EUI-64 address of the guest's MAC wins once the guest uses it, also over a newer
+    // privacy address.
+    let _ = handle(&mut gw, &echo(GUEST_GUA, GW6, b"x"));
+    let privacy2 = Ipv6Addr::new(0xfd64, 0, 0, 0, 0x1111, 0x2222, 0x3333, 0x4444);
+    let _ = handle(&mut gw, &echo(privacy2, GW6, b"x"));
+    assert_eq!(gw.guest_ipv6_forward_target(), Some(GUEST_GUA));
+}
+
+#[test]
 fn unsolicited_router_advertisements_start_once_the_guest_speaks_ipv6() {
     let mut gw = gateway();
     let mut buf = vec![0u8; 2048];

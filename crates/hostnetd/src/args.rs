@@ -47,6 +47,8 @@ pub(crate) struct Args {
     pub(crate) mac: MacAddr,
     /// Port forwards from the NAT's external address into the guest.
     pub(crate) forwards: Vec<PortForward>,
+    /// IPv6 port forwards (`tcp6:`/`udp6:`) from NAT66's external address into the guest.
+    pub(crate) forwards6: Vec<bridge::PortForward6>,
     /// Upstream of the gateway's DNS forwarder; `None`: chosen from the host's resolver
     /// configuration ([`bridge::ResolverPaths::choose_upstream`]).
     pub(crate) dns_upstream: Option<SocketAddrV4>,
@@ -239,8 +241,29 @@ impl Settings {
             None => DEFAULT_MAC,
         };
         let mut forwards: Vec<PortForward> = Vec::new();
+        let mut forwards6: Vec<bridge::PortForward6> = Vec::new();
         for v in self.forward.iter().flatten() {
-            let f = parse_forward(v)?;
+            let spec = parse_forward_spec(v)?;
+            if spec.ipv6 {
+                let f = spec.to_port_forward6();
+                if self.ipv6 == Some(false) {
+                    return Err(ArgError(format!(
+                        "--forward {v:?} is IPv6 but --no-ipv6 is given"
+                    )));
+                }
+                if forwards6
+                    .iter()
+                    .any(|o| o.protocol == f.protocol && o.external_port == f.external_port)
+                {
+                    return Err(ArgError(format!(
+                        "--forward external port {} ({:?}, IPv6) given twice",
+                        f.external_port, f.protocol
+                    )));
+                }
+                forwards6.push(f);
+                continue;
+            }
+            let f = spec.to_port_forward(FIRST_GUEST_ADDR);
             if forwards
                 .iter()
                 .any(|o| o.protocol == f.protocol && o.external_port == f.external_port)
@@ -299,6 +322,7 @@ impl Settings {
             mtu,
             mac,
             forwards,
+            forwards6,
             dns_upstream,
             tun_name,
             offload: self.offload.unwrap_or(true),
@@ -460,11 +484,11 @@ fn add_rule(
         .map_err(|e| ArgError(format!("bad {key} {v:?}: {e}")))
 }
 
-/// Parses `tcp|udp:<external port>:<guest port>` or `tcp|udp:<external port>:<guest ip>:<guest port>`
-/// ([`bridge::ForwardSpec`]); without a guest address the rule targets the first DHCP address.
-pub(crate) fn parse_forward(s: &str) -> Result<PortForward, ArgError> {
+/// Parses `tcp|udp:<external port>:<guest port>`, `tcp|udp:<external port>:<guest ip>:<guest port>`
+/// or `tcp6|udp6:<external port>:<guest port>` ([`bridge::ForwardSpec`]); without a guest address
+/// an IPv4 rule targets the first DHCP address.
+fn parse_forward_spec(s: &str) -> Result<ForwardSpec, ArgError> {
     s.parse::<ForwardSpec>()
-        .map(|f| f.to_port_forward(FIRST_GUEST_ADDR))
         .map_err(|e| ArgError(format!("bad --forward {s:?}: {e}")))
 }
 
@@ -538,7 +562,7 @@ pub(crate) const USAGE: &str = "\
 hostnetd: a vhost-user-net backend (hostnet's bridge, NAT and a TUN) for QEMU and Cloud Hypervisor
 
 USAGE:
-    hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp:<ext>:<guest>]...
+    hostnetd --socket <path> [--mtu N] [--mac M] [--forward tcp|udp|tcp6|udp6:<ext>:<guest>]...
              [--dns-upstream addr[:port]] [--tun-name NAME] [--no-offload]
              [--deny CIDR]... [--allow CIDR]...
              [--tun-addr A] [--external-addr B] [--no-ipv6]
@@ -576,7 +600,11 @@ OPTIONS:
     --mtu <N>                guest MTU, 68..=65520 (default 1500)
     --mac <M>                guest MAC address (default 52:54:00:12:34:56)
     --forward <P:E:G>        forward external port E (tcp|udp) on 100.64.0.2 to guest port G
-                             (P:E:IP:G for another guest address; repeatable)
+                             (P:E:IP:G for another guest address; repeatable). tcp6|udp6:E:G
+                             forwards port E on NAT66's external address (fd64:ffff::2) to the
+                             guest's global IPv6 address the gateway learned (its EUI-64 SLAAC
+                             address if it uses it, else its first); tcp/udp stay IPv4 only, so
+                             a port opens on a family only where named (both: give both)
     --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
                              non-loopback nameserver of /etc/resolv.conf; if that names only
                              systemd-resolved's stub 127.0.0.53, of
@@ -791,6 +819,42 @@ mod tests {
             ),
         ] {
             assert_eq!(serve(bad).unwrap_err().to_string(), msg);
+        }
+    }
+
+    #[test]
+    fn ipv6_forwards_are_their_own_family() {
+        let a = serve(&[
+            "--socket",
+            "s",
+            "--forward",
+            "tcp:8080:80",
+            "--forward",
+            "tcp6:8080:80",
+        ])
+        .unwrap();
+        assert_eq!(a.forwards.len(), 1);
+        assert_eq!(
+            a.forwards6,
+            [bridge::PortForward6 {
+                protocol: Protocol::Tcp,
+                external_port: 8080,
+                guest_port: 80
+            }]
+        );
+        for bad in [
+            &["--socket", "s", "--forward", "tcp6:1:2", "--no-ipv6"][..],
+            &[
+                "--socket",
+                "s",
+                "--forward",
+                "udp6:1:2",
+                "--forward",
+                "udp6:1:3",
+            ],
+            &["--socket", "s", "--forward", "tcp6:1:192.168.64.2:3"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
         }
     }
 

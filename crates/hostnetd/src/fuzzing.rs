@@ -72,6 +72,7 @@ impl Backend {
             gateway: crate::linux::GATEWAY,
             external: pair.external,
             forwards: Vec::new(),
+            forwards6: Vec::new(),
             dns_upstream: None,
             offload: tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN,
             egress: bridge::EgressPolicy::default(),

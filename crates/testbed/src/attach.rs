@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
-//!                    [--forward tcp|udp:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
+//!                    [--forward tcp|udp|tcp6|udp6:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
 //!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
 //!                    [--no-ipv6] [--vhost-user SOCKET]
 //! ```
@@ -260,13 +260,17 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         }
     }
     for (i, f) in forwards.iter().enumerate() {
-        if forwards
-            .iter()
-            .skip(i + 1)
-            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
-        {
+        if forwards.iter().skip(i + 1).any(|g| {
+            g.protocol == f.protocol && g.external_port == f.external_port && g.ipv6 == f.ipv6
+        }) {
             return Err(ArgError(format!(
                 "--forward {:?} external port {} given twice",
+                f.protocol, f.external_port
+            )));
+        }
+        if f.ipv6 && no_ipv6.is_some() {
+            return Err(ArgError(format!(
+                "--forward {:?} external port {} is IPv6 but --no-ipv6 is given",
                 f.protocol, f.external_port
             )));
         }
@@ -363,7 +367,7 @@ hostnet-lab: run hostnet's bridge for a simulated virtio-net guest between netwo
 
 USAGE:
     hostnet-lab attach --guest-netns <G> [--host-netns <H>] [--mtu N]
-                       [--forward tcp|udp:<external port>:<guest port>]...
+                       [--forward tcp|udp|tcp6|udp6:<external port>:<guest port>]...
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
                        [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
@@ -385,7 +389,10 @@ OPTIONS:
     --host-netns <H>         namespace for the TUN (default: the current one; never the root)
     --mtu <N>                guest MTU, 68..=65520 (default 1500)
     --forward <P:E:G>        forward external port E (tcp|udp) to guest port G (repeatable);
-                             the guest is 192.168.64.2 (its first lease) unless P:E:<addr>:G
+                             the guest is 192.168.64.2 (its first lease) unless P:E:<addr>:G;
+                             tcp6|udp6:E:G forwards E on NAT66's external address to the
+                             guest's global IPv6 address the gateway learned (its EUI-64 SLAAC
+                             address if it uses it, else its first); tcp/udp are IPv4 only
     --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
                              non-loopback nameserver of /etc/netns/<H>/resolv.conf or
                              /etc/resolv.conf; if that names only systemd-resolved's stub
@@ -683,6 +690,37 @@ mod tests {
             ],
         ] {
             assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ipv6_forwards_are_their_own_family() {
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--forward",
+            "tcp:8080:80",
+            "--forward",
+            "tcp6:8080:80",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.forwards.iter().map(|f| f.ipv6).collect::<Vec<_>>(),
+            [false, true]
+        );
+        for bad in [
+            &["--guest-netns", "g", "--forward", "tcp6:1:2", "--no-ipv6"][..],
+            &[
+                "--guest-netns",
+                "g",
+                "--forward",
+                "udp6:1:2",
+                "--forward",
+                "udp6:1:3",
+            ],
+            &["--guest-netns", "g", "--forward", "tcp6:1:fd64::2:3"],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?}");
         }
     }
 

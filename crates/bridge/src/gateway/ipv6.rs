@@ -146,6 +146,27 @@ impl Gateway {
         self.v6.as_ref().map_or(&[], V6::learned)
     }
 
+    /// The guest address IPv6 port forwards go to: of the learned addresses in the prefix,
+    /// the SLAAC address made from the guest's MAC (modified EUI-64, RFC 4291 appendix A)
+    /// if the guest uses it, else the one learned first (a privacy address, RFC 8981, comes
+    /// and goes; the EUI-64 one stays while the MAC does). `None` without IPv6 or before the
+    /// guest used a global address.
+    pub fn guest_ipv6_forward_target(&self) -> Option<Ipv6Addr> {
+        let v6 = self.v6.as_ref()?;
+        let m = self.guest_mac.0;
+        let iid = u64::from_be_bytes([m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]);
+        let eui = Ipv6Addr::from_bits((v6.cfg.prefix.to_bits() >> 64 << 64) | u128::from(iid));
+        let mut global = v6
+            .learned()
+            .iter()
+            .copied()
+            .filter(|a| in64(*a, v6.cfg.prefix));
+        if v6.learned().contains(&eui) {
+            return Some(eui);
+        }
+        global.next()
+    }
+
     /// Whether `frame` is IPv6 for the gateway itself or the link (its own addresses,
     /// multicast, link-local): what the gateway answers or drops and never passes to the
     /// NAT, so a partial checksum in it must be completed before the gateway reads it.

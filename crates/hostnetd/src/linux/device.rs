@@ -25,6 +25,8 @@ pub(crate) struct DeviceConfig {
     pub(crate) external: Ipv4Addr,
     /// Port forwards into the guest.
     pub(crate) forwards: Vec<PortForward>,
+    /// IPv6 port forwards into the guest (to the address the gateway learned).
+    pub(crate) forwards6: Vec<bridge::PortForward6>,
     /// Upstream of the gateway's DNS forwarder (none: no DNS service).
     pub(crate) dns_upstream: Option<SocketAddrV4>,
     /// Offer checksum/TSO offloads. `true` also means that the host link carries a virtio-net
@@ -51,6 +53,7 @@ impl DeviceConfig {
             dns_upstream: self.dns_upstream,
             mtu: self.mtu,
             forwards: self.forwards.clone(),
+            forwards6: self.forwards6.clone(),
             offloads: self.offload,
             egress: self.egress.clone(),
             ipv6: self.ipv6.then(bridge::Ipv6Config::default),
@@ -103,6 +106,7 @@ mod tests {
             gateway: GATEWAY,
             external: EXTERNAL,
             forwards,
+            forwards6: Vec::new(),
             dns_upstream: None,
             offload: false,
             egress: EgressPolicy::default(),

@@ -58,6 +58,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         gateway: GATEWAY,
         external: pair.external,
         forwards: args.forwards.clone(),
+        forwards6: args.forwards6.clone(),
         dns_upstream,
         offload: args.offload,
         egress: args.egress.clone(),

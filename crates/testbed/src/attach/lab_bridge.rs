@@ -28,7 +28,14 @@ impl LabBridge {
             forwards: args
                 .forwards
                 .iter()
+                .filter(|f| !f.ipv6)
                 .map(|f| f.to_port_forward(super::FIRST_GUEST_ADDR))
+                .collect(),
+            forwards6: args
+                .forwards
+                .iter()
+                .filter(|f| f.ipv6)
+                .map(bridge::ForwardSpec::to_port_forward6)
                 .collect(),
             offloads: args.offloads,
             egress: args.egress.clone(),
