@@ -6,7 +6,7 @@
 //! of an ND type or echo, a DHCPv6 message) whose fields and payload come from the input,
 //! with valid checksums so the parsers get past them. Never a panic; every reply fits the
 //! reply buffer and is a well-formed frame with valid checksums; every frame passed to the
-//! NAT is an IPv4 packet inside the frame. Unsolicited Router Advertisements are asked for
+//! NAT is an IPv4 or IPv6 packet inside the frame, of the length given. Unsolicited Router Advertisements are asked for
 //! after every frame and checked the same way.
 //!
 //! Input: a sequence of `[kind, time_step, len_hi, len_lo, bytes[len]...]` records.
@@ -54,8 +54,15 @@ fuzz_target!(|input: &[u8]| {
             }
             TxAction::Nat { len } => {
                 assert!(14 + len <= frame.len(), "nat len {len} past the frame");
-                let ip = Ipv4Packet::new_checked(&frame[14..14 + len]).expect("nat gets IPv4");
-                assert_eq!(usize::from(ip.total_len()), len);
+                // IPv4, or IPv6 from the guest's prefix beyond the link (NAT66).
+                let packet = &frame[14..14 + len];
+                if packet.first().is_some_and(|b| b >> 4 == 6) {
+                    let ip = Ipv6Packet::new_checked(packet).expect("nat gets IPv6");
+                    assert_eq!(40 + usize::from(ip.payload_len()), len);
+                } else {
+                    let ip = Ipv4Packet::new_checked(packet).expect("nat gets IPv4");
+                    assert_eq!(usize::from(ip.total_len()), len);
+                }
             }
             TxAction::Consumed | TxAction::Drop(_) => {}
         }
