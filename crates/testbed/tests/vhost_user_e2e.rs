@@ -61,25 +61,7 @@ fn attach_vhost_user_to_hostnetd_gets_dhcp_ping_dns_and_moves_100mb_both_ways() 
     }
 
     // DNS: dig in G asks hostnetd's gateway, which forwards to dnsmasq in S.
-    lab.spawn_logged(
-        Ns::S,
-        "dnsmasq",
-        &[
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--log-queries",
-            "--log-facility=-",
-            "--pid-file=",
-            "--user=nobody",
-            "--group=nogroup",
-            "--bind-interfaces",
-            &format!("--listen-address={SERVER}"),
-            "--address=/vu.test/198.18.7.7",
-        ],
-    );
+    lab.start_dnsmasq();
     let deadline = Instant::now() + Duration::from_secs(20);
     let answer = loop {
         let o = lab.run(
@@ -91,7 +73,7 @@ fn attach_vhost_user_to_hostnetd_gets_dhcp_ping_dns_and_moves_100mb_both_ways() 
                 "+notcp",
                 "+time=2",
                 "+tries=1",
-                "www.vu.test",
+                "www.e2e.test",
                 "A",
             ],
         );
