@@ -841,7 +841,8 @@ fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
 /// exempt).
 fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
     Ok(Gateway::new(config.gateway_config())?
-        .with_egress(config.egress.clone(), Some(config.nat.external_addr)))
+        .with_egress(config.egress.clone(), Some(config.nat.external_addr))
+        .with_egress_exempt6(config.ipv6.map(|_| config.nat.external_addr6)))
 }
 
 /// The TX and RX halves for the negotiated header and offloads.

@@ -98,6 +98,8 @@ pub struct Gateway {
     /// An address besides the gateway's that the egress policy never applies to (the NAT's
     /// external address: hairpinning).
     egress_exempt: Option<Ipv4Addr>,
+    /// Likewise for IPv6 (NAT66's external address).
+    egress_exempt6: Option<core::net::Ipv6Addr>,
     /// ICMP errors the gateway may still send now (token bucket, [`ICMP_ERROR_BURST`]).
     icmp_tokens: u64,
     /// When `icmp_tokens` was last refilled (milliseconds of the caller's clock).
@@ -181,6 +183,7 @@ impl Gateway {
             cfg,
             egress: EgressPolicy::default(),
             egress_exempt: None,
+            egress_exempt6: None,
             icmp_tokens: ICMP_ERROR_BURST,
             icmp_refilled: 0,
             v6,
@@ -192,11 +195,21 @@ impl Gateway {
     /// NAT's external address). A denied destination is [`DropCause::EgressDenied`], answered
     /// with ICMP destination unreachable, code 13 (communication administratively
     /// prohibited) from the gateway, at most [`ICMP_ERROR_BURST`] at once and
-    /// [`ICMP_ERRORS_PER_SEC`] per second.
+    /// [`ICMP_ERRORS_PER_SEC`] per second. IPv6 destinations are checked against the
+    /// policy's IPv6 rules ([`EgressPolicy::action6`]) and answered with ICMPv6 destination
+    /// unreachable, code 1, under the same limit; see [`Gateway::with_egress_exempt6`].
     #[must_use]
     pub fn with_egress(mut self, policy: EgressPolicy, exempt: Option<Ipv4Addr>) -> Self {
         self.egress = policy;
         self.egress_exempt = exempt;
+        self
+    }
+
+    /// An IPv6 address the egress policy never applies to (NAT66's external address:
+    /// hairpinning).
+    #[must_use]
+    pub fn with_egress_exempt6(mut self, exempt: Option<core::net::Ipv6Addr>) -> Self {
+        self.egress_exempt6 = exempt;
         self
     }
 

@@ -618,11 +618,12 @@ OPTIONS:
                              the MTU and fully checksummed, the TUN carries plain IP packets
                              (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
                              TUN with virtio-net headers so the host kernel segments and checksums)
-    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n) and answer them with
-                             ICMP administratively prohibited (repeatable)
+    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n or x:y::/n) and answer
+                             them with ICMP(v6) administratively prohibited (repeatable)
     --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching prefix
                              of all rules wins, as in a routing table; no match: allowed.
-                             169.254.0.0/16 (cloud metadata) is denied unless a rule for it or a
+                             169.254.0.0/16, fd00:ec2::254 and fd20:ce::254 (cloud metadata)
+                             are denied unless a rule for it or a
                              longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
     --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
@@ -804,7 +805,7 @@ mod tests {
             ),
             (
                 &["--socket", "s", "--allow", "1.2.3.4/8x"],
-                "bad --allow \"1.2.3.4/8x\": prefix length must be 0..=32",
+                "bad --allow \"1.2.3.4/8x\": prefix length must be 0..=32 (IPv4) or 0..=128 (IPv6)",
             ),
             (
                 &[
