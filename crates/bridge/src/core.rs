@@ -346,6 +346,74 @@ impl DeviceCore {
         Ok(())
     }
 
+    /// Adds a port forward at runtime (a control request), kept across [`DeviceCore::reset`]:
+    /// IPv4 into the NAT at once, to the spec's guest address or the first DHCP address;
+    /// IPv6 to the guest's learned global address, at once if known, else as soon as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] without IPv6 for a `tcp6`/`udp6` spec, or when the external port is
+    /// taken for the protocol and family; [`Error::NatRule`] when the NAT refuses the rule.
+    pub fn add_forward(&mut self, spec: crate::ForwardSpec) -> Result<(), Error> {
+        if spec.ipv6 {
+            if self.config.ipv6.is_none() {
+                return Err(Error::Config(
+                    "an IPv6 port forward needs IPv6 (it is off)".into(),
+                ));
+            }
+            let f = spec.to_port_forward6();
+            if !self.tx.engine.add_forward6(f, &mut self.nat) {
+                return Err(Error::Config(format!(
+                    "{:?} port {} is already forwarded (IPv6)",
+                    f.protocol, f.external_port
+                )));
+            }
+            self.config.forwards6.push(f);
+            return Ok(());
+        }
+        let f = spec.to_port_forward(*self.config.dhcp_pool.start());
+        if self
+            .config
+            .forwards
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
+        {
+            return Err(Error::Config(format!(
+                "{:?} port {} is already forwarded",
+                f.protocol, f.external_port
+            )));
+        }
+        self.nat.add_forward(f).map_err(Error::NatRule)?;
+        self.config.forwards.push(f);
+        Ok(())
+    }
+
+    /// Removes the port forward on (`protocol`, `external_port`) of one family (a control
+    /// request); `false` if there was none. Flows it created stay until they expire.
+    pub fn remove_forward(
+        &mut self,
+        protocol: nat::Protocol,
+        external_port: u16,
+        ipv6: bool,
+    ) -> bool {
+        let same = |p: nat::Protocol, port: u16| p == protocol && port == external_port;
+        if ipv6 {
+            self.config
+                .forwards6
+                .retain(|g| !same(g.protocol, g.external_port));
+            return self
+                .tx
+                .engine
+                .remove_forward6(protocol, external_port, &mut self.nat);
+        }
+        let before = self.config.forwards.len();
+        self.config
+            .forwards
+            .retain(|g| !same(g.protocol, g.external_port));
+        self.nat.remove_forward(protocol, external_port);
+        self.config.forwards.len() != before
+    }
+
     /// Forgets all state (a device reset): new NAT table, no leases, no frames, nothing
     /// negotiated.
     pub fn reset(&mut self) {
@@ -1728,5 +1796,48 @@ mod tests {
             "{}",
             dp.bridge_stats()
         );
+    }
+
+    #[test]
+    fn forwards_are_added_and_removed_at_runtime_and_kept_across_a_reset() {
+        let mut core = DeviceCore::new(config(Vec::new())).unwrap();
+        let tcp: crate::ForwardSpec = "tcp:8080:80".parse().unwrap();
+        core.add_forward(tcp).unwrap();
+        assert!(
+            matches!(core.add_forward(tcp), Err(Error::Config(_))),
+            "the same port twice"
+        );
+        // The same port for UDP and for IPv6 is another rule.
+        core.add_forward("udp:8080:80".parse().unwrap()).unwrap();
+        core.add_forward("tcp6:8080:80".parse().unwrap()).unwrap();
+        assert_eq!(
+            core.config().forwards,
+            [
+                tcp.to_port_forward(*core.config().dhcp_pool.start()),
+                PortForward {
+                    protocol: Protocol::Udp,
+                    external_port: 8080,
+                    internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 2), 80),
+                }
+            ]
+        );
+        assert_eq!(core.config().forwards6.len(), 1);
+        // A reset keeps them (the NAT is rebuilt from the configuration).
+        core.reset();
+        assert!(matches!(core.add_forward(tcp), Err(Error::Config(_))));
+        assert!(core.remove_forward(Protocol::Tcp, 8080, false));
+        assert!(!core.remove_forward(Protocol::Tcp, 8080, false));
+        assert!(core.remove_forward(Protocol::Tcp, 8080, true));
+        assert!(!core.remove_forward(Protocol::Tcp, 8080, true));
+        core.add_forward(tcp).unwrap();
+        let mut no_v6 = DeviceCore::new(BridgeConfig {
+            ipv6: None,
+            ..config(Vec::new())
+        })
+        .unwrap();
+        assert!(matches!(
+            no_v6.add_forward("tcp6:1:2".parse().unwrap()),
+            Err(Error::Config(_))
+        ));
     }
 }
