@@ -389,7 +389,8 @@ impl DeviceCore {
     }
 
     /// Removes the port forward on (`protocol`, `external_port`) of one family (a control
-    /// request); `false` if there was none. Flows it created stay until they expire.
+    /// request) and ends the sessions set up through it ([`nat::Nat::close_forward`]), so the
+    /// port stops answering at once; `false` if there was none.
     pub fn remove_forward(
         &mut self,
         protocol: nat::Protocol,
@@ -410,7 +411,7 @@ impl DeviceCore {
         self.config
             .forwards
             .retain(|g| !same(g.protocol, g.external_port));
-        self.nat.remove_forward(protocol, external_port);
+        self.nat.close_forward(protocol, external_port);
         self.config.forwards.len() != before
     }
 

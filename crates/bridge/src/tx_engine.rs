@@ -99,8 +99,8 @@ impl TxEngine {
         true
     }
 
-    /// Removes the IPv6 port forward on (`protocol`, `external_port`); `false` if there was
-    /// none.
+    /// Removes the IPv6 port forward on (`protocol`, `external_port`) and ends its sessions
+    /// ([`Nat::close_forward6`]); `false` if there was none.
     pub fn remove_forward6(
         &mut self,
         protocol: nat::Protocol,
@@ -113,7 +113,7 @@ impl TxEngine {
         if self.forwards6.len() == before {
             return false;
         }
-        nat.remove_forward6(protocol, external_port);
+        nat.close_forward6(protocol, external_port);
         true
     }
 

@@ -517,6 +517,29 @@ impl Nat {
             .remove_forward(protocol_index(protocol), external_port)
     }
 
+    /// Removes a port forward and ends the sessions set up through it (their flows are
+    /// removed at once, so the port stops answering: a new connection to it is not let in
+    /// through a session's mapping, and one in progress stops); returns whether the forward
+    /// existed. Not for the packet path: one pass over the flow table.
+    pub fn close_forward(&mut self, protocol: Protocol, external_port: u16) -> bool {
+        let existed = self.remove_forward(protocol, external_port);
+        if existed {
+            self.v4
+                .remove_inbound_sessions(protocol_index(protocol), external_port);
+        }
+        existed
+    }
+
+    /// The IPv6 [`Nat::close_forward`].
+    pub fn close_forward6(&mut self, protocol: Protocol, external_port: u16) -> bool {
+        let existed = self.remove_forward6(protocol, external_port);
+        if existed {
+            self.v6
+                .remove_inbound_sessions(protocol_index(protocol), external_port);
+        }
+        existed
+    }
+
     /// Adds an outbound redirect: new internal flows to `from` go to `to`
     /// (each with its own external port) and replies appear to come from
     /// `from`.

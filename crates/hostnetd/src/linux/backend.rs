@@ -117,6 +117,21 @@ impl NetBackend {
         self.shutdown = handle;
     }
 
+    /// The device core (the control socket's view).
+    pub(crate) fn core(&self) -> &DeviceCore {
+        &self.core
+    }
+
+    /// The device core, to change at runtime (the control socket's port forwards).
+    pub(crate) fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
+    }
+
+    /// The device core's time now.
+    pub(crate) fn now(&self) -> nat::Instant {
+        self.clock.now()
+    }
+
     /// Logs the connection's counters.
     pub(crate) fn log_stats(&self) {
         device::log_stats(&self.core);

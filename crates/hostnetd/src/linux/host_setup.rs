@@ -176,7 +176,7 @@ impl Drop for HostSetup {
 /// The helper process (`hostnetd --host-setup-helper PID EXTERNAL TUN [EXTERNAL6]`): sets up, answers on
 /// stdout, undoes at end-of-file on stdin or on SIGTERM/SIGHUP.
 pub(crate) fn helper_main(args: &HelperArgs) -> ExitCode {
-    super::init_tracing();
+    let _ = super::init_tracing(false);
     let nft = Nft::find();
     let done = match set_up(&nft, args) {
         Ok(done) => done,
