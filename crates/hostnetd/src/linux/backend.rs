@@ -282,10 +282,11 @@ impl VhostUserBackendMut for NetBackend {
 
     fn acked_features(&mut self, features: u64) {
         let acked = self.core.ack_features(features, &*self.tun);
-        debug!(
-            features = format_args!("{features:#x}"),
-            acked = format_args!("{acked:#x}"),
-            "features acked"
+        // One line per connection (and per renegotiation, e.g. a guest reboot).
+        info!(
+            features = %bridge::feature_names(acked),
+            asked = format_args!("{features:#x}"),
+            "guest negotiated"
         );
     }
 

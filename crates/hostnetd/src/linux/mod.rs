@@ -91,6 +91,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             pair.external,
             pair6.map(|p| p.external),
             tun.name(),
+            args.log_json,
         )?)
     } else {
         None
@@ -194,6 +195,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     )?;
     out.flush()?;
     drop(out);
+    // Under systemd (Type=notify): ready once the socket accepts frontends.
+    notify_service_manager(&sd_notify::NotifyState::Ready);
 
     let mut n = 0u64;
     loop {
@@ -243,6 +246,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         }
     }
     info!("stopping");
+    notify_service_manager(&sd_notify::NotifyState::Stopping);
     drop(listener); // unlinks the socket
     drop(control_listener);
     if let Some(h) = host_setup {
@@ -546,6 +550,13 @@ fn spawn_signal_thread(stop: Arc<Stop>) -> Result<std::thread::JoinHandle<()>> {
             }
         })
         .context("spawning the signal thread")
+}
+
+/// Tells systemd (`$NOTIFY_SOCKET`, `Type=notify`) the daemon's state; nothing without it.
+fn notify_service_manager(state: &sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(state)) {
+        warn!("telling the service manager {state}: {e}");
+    }
 }
 
 /// Logs to stderr, as text or (`json`) one JSON object per line, filtered by `RUST_LOG`
