@@ -1,0 +1,168 @@
+//! End-to-end: IPv6 Path MTU discovery through NAT66 (issue 13, "Path MTU"), with the guest
+//! namespace's own kernel as the IPv6 host (SLAAC from the gateway) and real programs.
+//!
+//! The lab's host–server link (`srv0` in H, `eth0` in S) is narrowed to MTU 1400 on both ends;
+//! the guest's MTU stays 1500. IPv6 routers don't fragment, so H's kernel answers a guest
+//! packet of more than 1400 bytes with ICMPv6 Packet Too Big (to NAT66's external address),
+//! which NAT66 must translate back to the guest (RFC 4443 3.2, RFC 8201).
+//!
+//! - `ping -6 -M do -s 1452` (1500 bytes on the wire) to `2001:db8::2`: ICMP has no MSS, so the
+//!   only way the guest learns 1400 is the translated PTB: ping reports it, and the guest
+//!   kernel's route to the server carries `mtu 1400` afterwards.
+//! - An 8 MiB upload with `curl -6 -T` to the `hostnet-e2e` HTTP server in S, sha256 checked on
+//!   the file the server wrote, with and without offloads. The server's route advertises MSS
+//!   1440 (`advmss`), as a server behind a wider link would, so the guest's first full segments
+//!   (1500 bytes; TSO super-packets with offloads on) do not fit the hop: the upload completes
+//!   only through the translated PTBs, and the guest's route shows `mtu 1400` afterwards.
+//!
+//! Needs root: `cargo test -p testbed --test pmtu_e2e -- --ignored --test-threads=1`.
+//! Programs: iproute2 (ip), procps (sysctl), iputils-ping, curl, coreutils (sha256sum).
+
+#![cfg(target_os = "linux")]
+
+#[allow(dead_code)]
+mod common;
+
+use common::{Lab, Ns, helper, require, sha256};
+use testbed::netns::{HOST_SERVER_ADDR6, HOST_SERVER_DEV, SERVER_DEV};
+
+const SERVER6: &str = "2001:db8::2";
+/// The narrow hop between H and S.
+const HOP_MTU: &str = "1400";
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn ping_over_a_1400_hop_gets_the_translated_packet_too_big() {
+    let lab = pmtu_lab("pmtu-ping", &[]);
+    assert_guest_route_mtu(&lab, None);
+    // One 1500-byte echo request with DF (IPv6 never fragments in routers anyway).
+    let o = lab.run(
+        Ns::G,
+        15,
+        &[
+            "ping", "-6", "-n", "-M", "do", "-s", "1452", "-c", "2", "-i", "0.5", "-W", "2",
+            SERVER6,
+        ],
+    );
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{out}");
+    assert!(
+        out.contains("mtu=1400") || out.contains("mtu: 1400") || out.contains("mtu 1400"),
+        "ping never heard of the 1400 hop: {out}"
+    );
+    assert_guest_route_mtu(&lab, Some(HOP_MTU));
+    // A ping that fits the hop still goes through.
+    let o = lab.run(
+        Ns::G,
+        15,
+        &[
+            "ping", "-6", "-n", "-M", "do", "-s", "1352", "-c", "1", "-W", "2", SERVER6,
+        ],
+    );
+    let small = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && small.contains("1 received"),
+        "{small}"
+    );
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn an_upload_over_a_1400_hop_completes() {
+    upload_round("pmtu-up", &[]);
+}
+
+/// The same without offloads: the guest's own 1500-byte segments.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn an_upload_over_a_1400_hop_completes_without_offloads() {
+    upload_round("pmtu-up-nooff", &["--no-offload"]);
+}
+
+fn upload_round(tag: &str, extra: &[&str]) {
+    let mut lab = pmtu_lab(tag, extra);
+    // The server advertises MSS 1440 (a wider link's), so only PTBs can shrink the guest's
+    // segments.
+    lab.ok(
+        Ns::S,
+        5,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "change",
+            "default",
+            "via",
+            &HOST_SERVER_ADDR6.to_string(),
+            "advmss",
+            "1440",
+        ],
+    );
+    assert_guest_route_mtu(&lab, None);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("[{SERVER6}]:8080"), &dir],
+        Some("listening"),
+    );
+    let src = lab.random_file("blob", 8 * 1024 * 1024);
+    lab.ok(
+        Ns::G,
+        130,
+        &[
+            "curl",
+            "-6",
+            "-g",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "120",
+            "-T",
+            src.to_str().expect("utf-8"),
+            &format!("http://[{SERVER6}]:8080/up.bin"),
+        ],
+    );
+    assert_eq!(
+        sha256(&lab.dir.join("up.bin")),
+        sha256(&src),
+        "uploaded bytes differ"
+    );
+    assert_guest_route_mtu(&lab, Some(HOP_MTU));
+}
+
+/// The lab with a SLAAC guest and the H–S link at MTU 1400 on both ends.
+fn pmtu_lab(tag: &str, extra: &[&str]) -> Lab {
+    require(&[
+        ("ip", "iproute2"),
+        ("sysctl", "procps"),
+        ("ping", "iputils-ping"),
+        ("curl", "curl"),
+        ("sha256sum", "coreutils"),
+    ]);
+    let lab = Lab::start(tag, extra);
+    for (ns, dev) in [(Ns::H, HOST_SERVER_DEV), (Ns::S, SERVER_DEV)] {
+        lab.ok(ns, 5, &["ip", "link", "set", dev, "mtu", HOP_MTU]);
+    }
+    let guest = lab.slaac();
+    eprintln!("guest address {guest}");
+    let link = lab.ok(Ns::G, 5, &["ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1500"), "guest MTU: {link}");
+    lab
+}
+
+/// Asserts the guest kernel's route to the server has `mtu <want>` (a learned path MTU), or
+/// none when `want` is `None`.
+fn assert_guest_route_mtu(lab: &Lab, want: Option<&str>) {
+    let route = lab.ok(Ns::G, 5, &["ip", "-6", "route", "get", SERVER6]);
+    match want {
+        Some(mtu) => assert!(
+            route.contains(&format!(" mtu {mtu}")),
+            "the guest did not learn the path MTU {mtu}: {route}"
+        ),
+        None => assert!(!route.contains(" mtu "), "a path MTU already: {route}"),
+    }
+}
