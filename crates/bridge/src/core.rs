@@ -746,6 +746,10 @@ impl RxHalf {
                         self.host_pending = false;
                     }
                     nat.with(|nat| self.engine.translate(nat, now, guest_mac, stats));
+                    if let Err(e) = self.engine.send_answers(host, stats) {
+                        self.host_pending = false;
+                        return Err(e);
+                    }
                 }
                 Err(e) => {
                     self.host_pending = false;
@@ -871,7 +875,8 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
         mtu,
         config.gateway_mac,
     )
-    .with_offloads(offloads);
+    .with_offloads(offloads)
+    .with_too_big_answers(config.gateway, config.ipv6.as_ref().map(|v| v.gateway));
     (
         TxHalf { engine: tx },
         RxHalf {

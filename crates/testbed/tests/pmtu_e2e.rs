@@ -15,6 +15,19 @@
 //!   (1500 bytes; TSO super-packets with offloads on) do not fit the hop: the upload completes
 //!   only through the translated PTBs, and the guest's route shows `mtu 1400` afterwards.
 //!
+//!
+//! The other way, the bridge's own answers: H's TUN and the H–S link are raised to MTU 9000
+//! while the guest stays at 1500, so S sends the guest packets the guest link cannot carry.
+//! The bridge answers them as a router: ICMPv6 Packet Too Big (IPv6) or ICMP fragmentation
+//! needed (IPv4 with DF), MTU 1500, from the gateway through the NAT, so S learns the path
+//! MTU of NAT's external address.
+//!
+//! - `ping -6 -s 3000` from the guest: S's 3048-byte echo replies are too big for the guest;
+//!   S learns `mtu 1500` towards `fd64:ffff::2` and fragments its later replies, which arrive.
+//! - A 4 MiB `curl` download over IPv4 with the guest's route advertising MSS 8960
+//!   (`advmss`): S's first segments are 9000 bytes with DF; S learns `mtu 1500` towards
+//!   `100.64.0.2` and the download completes (sha256).
+//!
 //! Needs root: `cargo test -p testbed --test pmtu_e2e -- --ignored --test-threads=1`.
 //! Programs: iproute2 (ip), procps (sysctl), iputils-ping, curl, coreutils (sha256sum).
 
@@ -23,7 +36,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{Lab, Ns, helper, require, sha256};
+use common::{EXTERNAL, GATEWAY, Lab, Ns, helper, require, sha256};
 use testbed::netns::{HOST_SERVER_ADDR6, HOST_SERVER_DEV, SERVER_DEV};
 
 const SERVER6: &str = "2001:db8::2";
@@ -132,6 +145,117 @@ fn upload_round(tag: &str, extra: &[&str]) {
         "uploaded bytes differ"
     );
     assert_guest_route_mtu(&lab, Some(HOP_MTU));
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_reply_too_big_for_the_guest_gets_the_bridges_packet_too_big() {
+    let lab = wide_host_lab("pmtu-ptb6");
+    let guest = lab.slaac();
+    eprintln!("guest address {guest}");
+    assert_server_route_mtu(&lab, "fd64:ffff::2", None);
+    let o = lab.run(
+        Ns::G,
+        20,
+        &[
+            "ping", "-6", "-n", "-s", "3000", "-c", "4", "-i", "0.5", "-W", "2", SERVER6,
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{out}");
+    assert_server_route_mtu(&lab, "fd64:ffff::2", Some("1500"));
+    let stats = common::parse_ping(&out);
+    assert!(
+        stats.received >= 1,
+        "no reply came through after S learned the path MTU: {out}"
+    );
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_download_with_segments_too_big_for_the_guest_completes_through_fragmentation_needed() {
+    let mut lab = wide_host_lab("pmtu-fn4");
+    let lease = lab.udhcpc();
+    eprintln!("lease {lease:?}");
+    // The guest claims a 9000-byte path: S's segments come with DF at 9000 bytes.
+    lab.ok(
+        Ns::G,
+        5,
+        &[
+            "ip",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+            "dev",
+            "eth0",
+            "advmss",
+            "8960",
+        ],
+    );
+    let external = EXTERNAL.to_string();
+    assert_server_route_mtu(&lab, &external, None);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    let server = common::SERVER;
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{server}:8080"), &dir],
+        Some("listening"),
+    );
+    let src = lab.random_file("blob4", 4 * 1024 * 1024);
+    let down = lab.dir.join("down4.bin");
+    lab.ok(
+        Ns::G,
+        130,
+        &[
+            "curl",
+            "-4",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "120",
+            "-o",
+            down.to_str().expect("utf-8"),
+            &format!("http://{server}:8080/blob4"),
+        ],
+    );
+    assert_eq!(sha256(&down), sha256(&src), "downloaded bytes differ");
+    assert_server_route_mtu(&lab, &external, Some("1500"));
+}
+
+/// The lab with `--no-offload` (no GSO super-packets towards the guest) and MTU 9000 on H's
+/// TUN and on the H–S link; the guest keeps 1500.
+fn wide_host_lab(tag: &str) -> Lab {
+    require(&[
+        ("ip", "iproute2"),
+        ("sysctl", "procps"),
+        ("ping", "iputils-ping"),
+        ("curl", "curl"),
+        ("sha256sum", "coreutils"),
+    ]);
+    let lab = Lab::start(tag, &["--no-offload"]);
+    let tun = lab.attach().tun.clone();
+    for (ns, dev) in [
+        (Ns::H, tun.as_str()),
+        (Ns::H, HOST_SERVER_DEV),
+        (Ns::S, SERVER_DEV),
+    ] {
+        lab.ok(ns, 5, &["ip", "link", "set", dev, "mtu", "9000"]);
+    }
+    lab
+}
+
+/// Asserts the server's route to `dst` has `mtu <want>` (a learned path MTU), or none.
+fn assert_server_route_mtu(lab: &Lab, dst: &str, want: Option<&str>) {
+    let route = lab.ok(Ns::S, 5, &["ip", "route", "get", dst]);
+    match want {
+        Some(mtu) => assert!(
+            route.contains(&format!(" mtu {mtu}")),
+            "S did not learn the path MTU {mtu} towards {dst}: {route}"
+        ),
+        None => assert!(!route.contains(" mtu "), "a path MTU already: {route}"),
+    }
 }
 
 /// The lab with a SLAAC guest and the H–S link at MTU 1400 on both ends.
