@@ -279,18 +279,69 @@ impl Gateway {
     /// 2.4 (e)), and at most as often as the gateway's ICMP error rate limit allows.
     fn no_route(
         &mut self,
-        (frame, total): (&[u8], usize),
-        (src, src_mac): (Ipv6Addr, MacAddr),
+        packet: (&[u8], usize),
+        from: (Ipv6Addr, MacAddr),
         error: bool,
         reply: &mut [u8],
         now: Instant,
     ) -> TxAction {
-        const NO_ROUTE: TxAction = TxAction::Drop(DropCause::Ipv6NoRoute);
+        let why = (NO_ROUTE_CODE, DropCause::Ipv6NoRoute);
+        self.unreachable6(packet, from, error, why, reply, now)
+    }
+
+    /// Answers an IPv6 packet NAT66 refused a new session for (table or per-host cap, no
+    /// free port) with ICMPv6 destination unreachable, code 1 (communication with destination
+    /// administratively prohibited; RFC 4443 3.1), as [`Gateway::refused_by_nat`] does for
+    /// IPv4 (RFC 5508 REQ-8), within the same rate limit and the rules of
+    /// [`Gateway::no_route`]. `frame` is the guest's frame as it came; its length is what the
+    /// reply frame has, `None` when no answer is due.
+    pub(super) fn refused_by_nat6(
+        &mut self,
+        frame: &[u8],
+        src_mac: MacAddr,
+        reply: &mut [u8],
+        now: Instant,
+    ) -> Option<usize> {
+        let ip = Ipv6Packet::new_checked(frame.get(ETH_HLEN..)?).ok()?;
+        let total = (ipv6::HEADER_LEN + usize::from(ip.payload_len()))
+            .min(frame.len().saturating_sub(ETH_HLEN));
+        let upper = ip.upper_layer().ok()?;
+        let icmp_type = frame.get(ETH_HLEN + upper.offset).copied();
+        let error = upper.protocol == ip_proto::ICMPV6
+            && (upper.fragment.is_some() || icmp_type.is_none_or(|t| t < icmpv6::ECHO_REQUEST));
+        let why = (ADMIN_PROHIBITED_CODE, DropCause::NatOutbound);
+        match self.unreachable6(
+            (frame, total),
+            (ip.src_addr(), src_mac),
+            error,
+            why,
+            reply,
+            now,
+        ) {
+            TxAction::DropWithReply { len, .. } => Some(len),
+            _ => None,
+        }
+    }
+
+    /// Drops a guest packet (`frame`, its IPv6 packet `total` bytes) as `cause` and answers it
+    /// with ICMPv6 destination unreachable `code` from the gateway, quoting as much of the
+    /// packet as fits 1280 bytes; no answer to an ICMPv6 error (`error`), to `::`, or beyond
+    /// the ICMP error rate limit.
+    fn unreachable6(
+        &mut self,
+        (frame, total): (&[u8], usize),
+        (src, src_mac): (Ipv6Addr, MacAddr),
+        error: bool,
+        (code, cause): (u8, DropCause),
+        reply: &mut [u8],
+        now: Instant,
+    ) -> TxAction {
+        let unanswered = TxAction::Drop(cause);
         if error || src.is_unspecified() || !self.take_icmp_token(now) {
-            return NO_ROUTE;
+            return unanswered;
         }
         let Some(cfg) = self.v6.as_ref().map(|v| v.cfg) else {
-            return NO_ROUTE;
+            return unanswered;
         };
         let from = if in64(src, LINK_LOCAL) {
             cfg.router
@@ -299,7 +350,7 @@ impl Gateway {
         };
         let quote_len = total.min(IPV6_MIN_MTU - ipv6::HEADER_LEN - icmpv6::HEADER_LEN);
         let Some(quote) = frame.get(ETH_HLEN..ETH_HLEN + quote_len) else {
-            return NO_ROUTE;
+            return unanswered;
         };
         let hdr = Ipv6Header {
             dst_mac: src_mac,
@@ -309,19 +360,16 @@ impl Gateway {
             hop_limit: ECHO_HOP_LIMIT,
         };
         let Some((out, len)) = self.ipv6_reply(reply, hdr, icmpv6::HEADER_LEN + quote_len) else {
-            return NO_ROUTE;
+            return unanswered;
         };
         // Type, code, checksum and the unused word, then the quote.
         out[..icmpv6::HEADER_LEN].fill(0);
         out[icmpv6::HEADER_LEN..].copy_from_slice(quote);
         let mut icmp = Icmpv6Packet::new_unchecked(out);
         icmp.set_msg_type(icmpv6::DESTINATION_UNREACHABLE);
-        icmp.set_msg_code(NO_ROUTE_CODE);
+        icmp.set_msg_code(code);
         icmp.fill_checksum(from, src);
-        TxAction::DropWithReply {
-            cause: DropCause::Ipv6NoRoute,
-            len,
-        }
+        TxAction::DropWithReply { cause, len }
     }
 
     /// An ICMPv6 echo reply from the address the request was sent to (a unicast address of
@@ -448,6 +496,9 @@ const IPV6_DST: usize = 24;
 const IPV6_MIN_MTU: usize = 1280;
 /// Destination unreachable code 0: no route to destination.
 const NO_ROUTE_CODE: u8 = 0;
+/// Destination unreachable code 1: communication with destination administratively
+/// prohibited.
+const ADMIN_PROHIBITED_CODE: u8 = 1;
 /// The hop limit of the gateway's echo replies and errors.
 const ECHO_HOP_LIMIT: u8 = 64;
 /// The DHCPv6 client port (RFC 8415 7.2).
