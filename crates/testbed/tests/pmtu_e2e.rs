@@ -28,6 +28,9 @@
 //!   (`advmss`): S's first segments are 9000 bytes with DF; S learns `mtu 1500` towards
 //!   `100.64.0.2` and the download completes (sha256).
 //!
+//! - UDP: six 1452-byte datagrams from the guest; the first dies at the hop, the rest are
+//!   fragmented by the guest kernel at 1400 and answered.
+//!
 //! Needs root: `cargo test -p testbed --test pmtu_e2e -- --ignored --test-threads=1`.
 //! Programs: iproute2 (ip), procps (sysctl), iputils-ping, curl, coreutils (sha256sum).
 
@@ -82,6 +85,53 @@ fn ping_over_a_1400_hop_gets_the_translated_packet_too_big() {
         "{small}"
     );
 }
+
+/// UDP: 1452-byte datagrams (1500 bytes on the wire) to S's peer-address server; the first
+/// dies at the hop, the guest kernel learns 1400 from the translated PTB and fragments the
+/// rest, which S answers.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn udp_over_a_1400_hop_gets_through_once_the_guest_learned_the_path_mtu() {
+    require(&[("python3", "python3")]);
+    let mut lab = pmtu_lab("pmtu-udp", &[]);
+    lab.spawn(
+        Ns::S,
+        &[helper(), "peer-serve", &format!("[{SERVER6}]:7000")],
+        Some("listening"),
+    );
+    assert_guest_route_mtu(&lab, None);
+    let out = lab.ok(Ns::G, 20, &["python3", "-c", UDP_PROBE, SERVER6]);
+    eprintln!("{out}");
+    let answered: u32 = out
+        .trim()
+        .strip_prefix("answered=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an answer count: {out:?}"));
+    assert!(
+        (1..6).contains(&answered),
+        "answers to 6 datagrams (the first is lost at the hop): {out}"
+    );
+    assert_guest_route_mtu(&lab, Some(HOP_MTU));
+}
+
+/// Sends six 1452-byte UDP datagrams 300 ms apart to `[argv[1]]:7000`, then counts the
+/// answers that arrive within 2 s.
+const UDP_PROBE: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for _ in range(6):
+    s.sendto(b"x" * 1452, (sys.argv[1], 7000))
+    time.sleep(0.3)
+s.settimeout(2)
+n = 0
+try:
+    while True:
+        s.recvfrom(2048)
+        n += 1
+except socket.timeout:
+    pass
+print(f"answered={n}")
+"#;
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
