@@ -815,6 +815,10 @@ impl RxHalf {
                         self.host_pending = false;
                     }
                     nat.with(|nat| self.engine.translate(nat, now, guest_mac, stats));
+                    if let Err(e) = self.engine.send_answers(host, stats) {
+                        self.host_pending = false;
+                        return Err(e);
+                    }
                 }
                 Err(e) => {
                     self.host_pending = false;
@@ -941,7 +945,8 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
         mtu,
         config.gateway_mac,
     )
-    .with_offloads(offloads);
+    .with_offloads(offloads)
+    .with_too_big_answers(config.gateway, config.ipv6.as_ref().map(|v| v.gateway));
     (
         TxHalf { engine: tx },
         RxHalf {
@@ -1840,5 +1845,73 @@ mod tests {
             no_v6.add_forward("tcp6:1:2".parse().unwrap()),
             Err(Error::Config(_))
         ));
+    }
+
+    /// The IPv6 twin: a session NAT66 refuses for want of room (the per-host cap of one flow)
+    /// is answered with ICMPv6 destination unreachable, code 1 (administratively prohibited),
+    /// from the gateway's `fd64::1`, quoting the guest's packet as sent; counted.
+    #[test]
+    fn a_session_nat66_refuses_is_answered_with_icmpv6_admin_prohibited() {
+        use core::net::Ipv6Addr;
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(64).unwrap();
+        let mut cfg = config(Vec::new());
+        cfg.nat.max_flows_per_host = 1;
+        let gw6 = cfg.ipv6.as_ref().unwrap().gateway;
+        let mut dp = DeviceCore::new(cfg).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 4);
+        let guest: Ipv6Addr = "fd64::5054:ff:fe12:3456".parse().unwrap();
+        let server: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let macs = (GUEST_MAC, testing::GATEWAY_MAC);
+        let first = testing::udp6_frame(macs, (guest, 5000), (server, 80), b"a");
+        let second = testing::udp6_frame(macs, (guest, 5001), (server, 80), b"b");
+        for f in [&first, &second, &first] {
+            net.send_frame(HDR, f, &[]);
+        }
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        let mut pending = Vec::new();
+        // The gateway's first unsolicited Router Advertisement (to all-nodes) rides along.
+        let mut unicast = Vec::new();
+        while let Some((_, f)) = net.rx_frame(HDR, &mut pending) {
+            if EthernetFrame::new_checked(&f[..]).unwrap().dst_addr() == GUEST_MAC {
+                unicast.push(f);
+            }
+        }
+        assert_eq!(unicast.len(), 1, "one answer");
+        let eth = EthernetFrame::new_checked(&unicast[0][..]).unwrap();
+        let ip = ::wire::Ipv6Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (gw6, guest));
+        let icmp = ::wire::Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((icmp.msg_type(), icmp.msg_code()), (1, 1));
+        assert!(icmp.verify_checksum(gw6, guest));
+        assert_eq!(icmp.payload(), &second[14..], "the refused packet, whole");
+        for _ in 0..2 {
+            let out = peer.recv().expect("the first flow's packets");
+            assert_eq!(
+                ::wire::Ipv6Packet::new_checked(&out[..])
+                    .unwrap()
+                    .src_addr(),
+                dp.nat().config().external_addr6
+            );
+        }
+        assert!(
+            peer.recv().is_none(),
+            "the refused packet never reaches the host"
+        );
+        assert_eq!(dp.stats().drops_of(crate::DropCause::NatOutbound), 1);
+        assert_eq!(
+            dp.stats().local_replies,
+            2,
+            "the answer and the advertisement"
+        );
+        assert!(
+            dp.bridge_stats().to_string().contains("nat.HostLimit=1"),
+            "{}",
+            dp.bridge_stats()
+        );
     }
 }

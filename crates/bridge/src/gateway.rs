@@ -410,8 +410,8 @@ impl Gateway {
     }
 
     /// Answers a packet the NAT refused a new session for (table or per-host cap, no free
-    /// port: RFC 5508 REQ-8) as a denied destination is
-    /// answered, so that the guest's program fails at once instead of timing out. `frame` is
+    /// port: RFC 5508 REQ-8) as a denied destination is answered (IPv6: ICMPv6 destination
+    /// unreachable, administratively prohibited, see `refused_by_nat6`), so that the guest's program fails at once instead of timing out. `frame` is
     /// the guest's frame as it came (the NAT leaves a refused packet unchanged); `None` when
     /// no answer is due (see [`Gateway::admin_prohibited`]).
     pub(crate) fn refused_by_nat(
@@ -421,11 +421,13 @@ impl Gateway {
         now: Instant,
     ) -> Option<usize> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
+        let src_mac = eth.src_addr();
+        if eth.ethertype() == ETHERTYPE_IPV6 {
+            return self.refused_by_nat6(frame, src_mac, reply, now);
+        }
         if eth.ethertype() != ETHERTYPE_IPV4 {
-            // NAT66 refusals are counted only (no ICMPv6 administratively prohibited yet).
             return None;
         }
-        let src_mac = eth.src_addr();
         match self.admin_prohibited(frame, src_mac, reply, now, DropCause::NatOutbound) {
             TxAction::DropWithReply { len, .. } => Some(len),
             _ => None,

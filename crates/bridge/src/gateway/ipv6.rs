@@ -286,6 +286,40 @@ impl Gateway {
         }
     }
 
+    /// Answers an IPv6 packet NAT66 refused a new session for (table or per-host cap, no
+    /// free port) with ICMPv6 destination unreachable, code 1 (communication with destination
+    /// administratively prohibited; RFC 4443 3.1), as [`Gateway::refused_by_nat`] does for
+    /// IPv4 (RFC 5508 REQ-8), within the same rate limit and the rules of
+    /// [`Gateway::unreachable6`]. `frame` is the guest's frame as it came; its length is what the
+    /// reply frame has, `None` when no answer is due.
+    pub(super) fn refused_by_nat6(
+        &mut self,
+        frame: &[u8],
+        src_mac: MacAddr,
+        reply: &mut [u8],
+        now: Instant,
+    ) -> Option<usize> {
+        let ip = Ipv6Packet::new_checked(frame.get(ETH_HLEN..)?).ok()?;
+        let total = (ipv6::HEADER_LEN + usize::from(ip.payload_len()))
+            .min(frame.len().saturating_sub(ETH_HLEN));
+        let upper = ip.upper_layer().ok()?;
+        let icmp_type = frame.get(ETH_HLEN + upper.offset).copied();
+        let error = upper.protocol == ip_proto::ICMPV6
+            && (upper.fragment.is_some() || icmp_type.is_none_or(|t| t < icmpv6::ECHO_REQUEST));
+        let why = (ADMIN_PROHIBITED_CODE, DropCause::NatOutbound);
+        match self.unreachable6(
+            (frame, total),
+            (ip.src_addr(), src_mac),
+            error,
+            why,
+            reply,
+            now,
+        ) {
+            TxAction::DropWithReply { len, .. } => Some(len),
+            _ => None,
+        }
+    }
+
     /// IPv6 beyond the gateway that is not passed on, counted `cause` and answered with
     /// ICMPv6 destination unreachable, `code` (RFC 4443 3.1): 0, no route to destination (see
     /// [`V6::routable`], [`DropCause::Ipv6NoRoute`]), or 1, communication administratively
@@ -303,12 +337,12 @@ impl Gateway {
         reply: &mut [u8],
         now: Instant,
     ) -> TxAction {
-        let dropped = TxAction::Drop(cause);
+        let unanswered = TxAction::Drop(cause);
         if error || src.is_unspecified() || !self.take_icmp_token(now) {
-            return dropped;
+            return unanswered;
         }
         let Some(cfg) = self.v6.as_ref().map(|v| v.cfg) else {
-            return dropped;
+            return unanswered;
         };
         let from = if in64(src, LINK_LOCAL) {
             cfg.router
@@ -317,7 +351,7 @@ impl Gateway {
         };
         let quote_len = total.min(IPV6_MIN_MTU - ipv6::HEADER_LEN - icmpv6::HEADER_LEN);
         let Some(quote) = frame.get(ETH_HLEN..ETH_HLEN + quote_len) else {
-            return dropped;
+            return unanswered;
         };
         let hdr = Ipv6Header {
             dst_mac: src_mac,
@@ -327,7 +361,7 @@ impl Gateway {
             hop_limit: ECHO_HOP_LIMIT,
         };
         let Some((out, len)) = self.ipv6_reply(reply, hdr, icmpv6::HEADER_LEN + quote_len) else {
-            return dropped;
+            return unanswered;
         };
         // Type, code, checksum and the unused word, then the quote.
         out[..icmpv6::HEADER_LEN].fill(0);
