@@ -114,6 +114,8 @@ pub(crate) struct Counters {
 pub(crate) struct NatSnapshot {
     /// Flows in the table now.
     pub(crate) flows: u64,
+    /// External ports (and ICMP identifiers) held by mappings and forwards now.
+    pub(crate) ports_in_use: u64,
     /// Mappings created.
     pub(crate) mappings_created: u64,
     /// Mappings expired.
@@ -231,6 +233,7 @@ impl Snapshot {
             drops,
         );
         let flows = Family::<FamilyLabel, Gauge>::default();
+        let ports = Family::<FamilyLabel, Gauge>::default();
         let created = Family::<FamilyLabel, Counter>::default();
         let expired = Family::<FamilyLabel, Counter>::default();
         let translated = Family::<FamilyDirection, Counter>::default();
@@ -242,6 +245,9 @@ impl Snapshot {
             flows
                 .get_or_create(&fam)
                 .set(i64::try_from(n.flows).unwrap_or(i64::MAX));
+            ports
+                .get_or_create(&fam)
+                .set(i64::try_from(n.ports_in_use).unwrap_or(i64::MAX));
             created.get_or_create(&fam).inc_by(n.mappings_created);
             expired.get_or_create(&fam).inc_by(n.mappings_expired);
             for (direction, v) in [
@@ -266,6 +272,11 @@ impl Snapshot {
             }
         }
         r.register("nat_flows", "Flows (mappings) in the NAT's table", flows);
+        r.register(
+            "nat_ports_in_use",
+            "External ports and ICMP identifiers held by mappings and forwards",
+            ports,
+        );
         r.register("nat_mappings_created", "NAT mappings created", created);
         r.register("nat_mappings_expired", "NAT mappings expired", expired);
         r.register(
@@ -765,6 +776,7 @@ mod tests {
         s.drops.insert("SpoofedIp".into(), 3);
         let mut n = NatSnapshot {
             flows: 4,
+            ports_in_use: 3,
             ..NatSnapshot::default()
         };
         n.drops.insert("NoMapping".into(), 9);
@@ -776,6 +788,7 @@ mod tests {
             "hostnet_bytes_total{direction=\"rx\"} 1500",
             "hostnet_drops_total{cause=\"SpoofedIp\"} 3",
             "hostnet_nat_flows{family=\"ipv4\"} 4",
+            "hostnet_nat_ports_in_use{family=\"ipv4\"} 3",
             "hostnet_nat_drops_total{family=\"ipv4\",reason=\"NoMapping\"} 9",
             "hostnet_guest_connected 1",
             "hostnet_connections_total 2",

@@ -599,6 +599,17 @@ impl Nat {
         if ipv6 { &self.v6.stats } else { &self.v4.stats }
     }
 
+    /// External ports (and ICMP identifiers) held now by mappings and forwards, of the IPv4
+    /// or (`ipv6`) the IPv6 external address, every protocol together. Counts a bitmap (not
+    /// for the packet path).
+    pub fn ports_in_use(&self, ipv6: bool) -> usize {
+        if ipv6 {
+            self.v6.ports.in_use()
+        } else {
+            self.v4.ports.in_use()
+        }
+    }
+
     /// Number of flows in the tables (both address families).
     pub fn len(&self) -> usize {
         self.v4.table.flows.len() + self.v6.table.flows.len()

@@ -1030,6 +1030,9 @@ fn closing_a_forward_ends_its_sessions_and_refuses_new_clients() {
             assert_eq!(session(&mut nat, sa(SERVER, port)), Verdict::Forward);
         }
         assert_eq!(nat.len(), 11);
+        // The forward's port and the guest's own mapping.
+        assert_eq!(nat.ports_in_use(false), 2);
+        assert_eq!(nat.ports_in_use(true), 0);
         let removed = if close {
             nat.close_forward(Protocol::Tcp, 2222)
         } else {
@@ -1040,6 +1043,7 @@ fn closing_a_forward_ends_its_sessions_and_refuses_new_clients() {
         if close {
             assert_eq!(nat.len(), 1, "the forward's sessions are gone");
             assert_eq!(next, Verdict::Drop(DropReason::NoMapping));
+            assert_eq!(nat.ports_in_use(false), 1, "the forward's port is free");
             assert!(!nat.close_forward(Protocol::Tcp, 2222));
             // The port is free for a new forward.
             nat.add_forward(fwd).unwrap();

@@ -116,6 +116,7 @@ impl Control {
             let n = nat.stats_of(ipv6);
             let mut snap = NatSnapshot {
                 flows: n.flows,
+                ports_in_use: nat.ports_in_use(ipv6) as u64,
                 mappings_created: n.mappings_created,
                 mappings_expired: n.mappings_expired,
                 outbound: n.outbound_forwarded,
