@@ -149,6 +149,10 @@ pub struct Stats {
     pub tx_gso: u64,
     /// TCP super-frames (GSO) delivered to the guest (offloads).
     pub rx_gso: u64,
+    /// Of [`Stats::tx_gso`], the TCPv6 ones (HOST_TSO6).
+    pub tx_gso6: u64,
+    /// Of [`Stats::rx_gso`], the TCPv6 ones (GUEST_TSO6).
+    pub rx_gso6: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -233,8 +237,8 @@ impl fmt::Display for DropsByName<'_> {
     }
 }
 
-/// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, to host 11, from
-/// host 9, local replies 3, nat flows 2, nat out 11 in 9, drops 476 NatInbound=476
+/// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, tx_gso6 0,
+/// rx_gso6 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops 476 NatInbound=476
 /// nat.NoMapping=476` (the drop counters as [`BridgeStats::drops_by_name`] gives them;
 /// `needs reset` at the end when a queue is broken).
 impl fmt::Display for BridgeStats {
@@ -242,14 +246,16 @@ impl fmt::Display for BridgeStats {
         let b = &self.bridge;
         write!(
             f,
-            "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, to host {}, from host \
-             {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
+            "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, tx_gso6 {}, rx_gso6 {}, \
+             to host {}, from host {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
             b.tx_frames,
             b.tx_bytes,
             b.rx_frames,
             b.rx_bytes,
             b.tx_gso,
             b.rx_gso,
+            b.tx_gso6,
+            b.rx_gso6,
             b.to_host,
             b.from_host,
             b.local_replies,
@@ -282,6 +288,8 @@ pub struct AtomicStats {
     local_replies: AtomicU64,
     tx_gso: AtomicU64,
     rx_gso: AtomicU64,
+    tx_gso6: AtomicU64,
+    rx_gso6: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -303,6 +311,8 @@ impl AtomicStats {
         add(&self.local_replies, &mut local.local_replies);
         add(&self.tx_gso, &mut local.tx_gso);
         add(&self.rx_gso, &mut local.rx_gso);
+        add(&self.tx_gso6, &mut local.tx_gso6);
+        add(&self.rx_gso6, &mut local.rx_gso6);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -325,6 +335,8 @@ impl AtomicStats {
             local_replies: get(&self.local_replies),
             tx_gso: get(&self.tx_gso),
             rx_gso: get(&self.rx_gso),
+            tx_gso6: get(&self.tx_gso6),
+            rx_gso6: get(&self.rx_gso6),
             drops,
         }
     }
