@@ -799,8 +799,8 @@ impl Expiry {
 /// The offloads for the driver's `acked` features over `host`, reduced to what the host link
 /// accepts: [`HostLink::set_offloads`] is told what the guest takes (GUEST_CSUM, GUEST_TSO4,
 /// GUEST_TSO6); if it refuses, TSO6, then TSO4, then checksum offloads towards the guest are
-/// turned off ([`crate::LinkOffloads::fewer`]). Offloads negotiated over a link without virtio-net
-/// headers (the device should not have offered them) are all turned off.
+/// turned off ([`crate::LinkOffloads::fewer`]). Offloads negotiated over a link without
+/// virtio-net headers (the device should not have offered them) are all turned off.
 fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
     let hdr_len = host.vnet_hdr_len();
     let mut o = match Offloads::negotiate(acked, hdr_len) {

@@ -55,9 +55,9 @@
 //! - Anti-spoofing: frames from a MAC other than the guest's, or IPv4 from an address other
 //!   than its lease or static address, never reach the NAT (DHCP from 0.0.0.0 excepted).
 //! - Packets from the host larger than the guest MTU are counted ([`DropCause::TooBig`]) and
-//!   dropped (GSO super-packets excepted, with GUEST_TSO4 or GUEST_TSO6). IP fragments are delivered each as
-//!   its own frame; fragments that arrive before their first fragment are held by the NAT
-//!   and sent on once it has come through.
+//!   dropped (GSO super-packets excepted, with GUEST_TSO4 or GUEST_TSO6). IP fragments are
+//!   delivered each as its own frame; fragments that arrive before their first fragment are held by
+//!   the NAT and sent on once it has come through.
 //! - Gateway services: ARP for the gateway address (learns the guest's MAC); DHCP (RFC 2131);
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
 //!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's

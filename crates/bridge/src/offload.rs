@@ -2,15 +2,14 @@
 //! driver negotiated, and the per-frame checks that keep a guest's virtio-net header honest.
 //!
 //! With offloads, the guest may send TCPv4 and TCPv6 super-frames of up to 64 KiB
-//! (HOST_TSO4, HOST_TSO6) and
-//! TCP/UDP packets whose checksum field holds only the pseudo-header sum (CSUM,
-//! `NEEDS_CSUM`); the host link (a Linux TUN with `IFF_VNET_HDR`) takes the same header and
-//! lets the host kernel segment and checksum. The other way, the host kernel hands over GSO
-//! super-packets and partial checksums only if the guest accepts them (GUEST_TSO4,
-//! GUEST_TSO6, GUEST_CSUM: the bridge sets the link's offloads from those bits; a
-//! super-packet of a type the guest did not take is a counted drop all the same). A header that asks for
-//! something not negotiated, or points outside the frame, is a counted drop
-//! ([`DropCause::Offload`]). A partial checksum that cannot travel on (a reply looped back to
+//! (HOST_TSO4, HOST_TSO6) and TCP/UDP packets whose checksum field holds only the
+//! pseudo-header sum (CSUM, `NEEDS_CSUM`); the host link (a Linux TUN with `IFF_VNET_HDR`)
+//! takes the same header and lets the host kernel segment and checksum. The other way, the
+//! host kernel hands over GSO super-packets and partial checksums only if the guest accepts
+//! them (GUEST_TSO4, GUEST_TSO6, GUEST_CSUM: the bridge sets the link's offloads from those
+//! bits; a super-packet of a type the guest did not take is a counted drop all the same). A
+//! header that asks for something not negotiated, or points outside the frame, is a counted
+//! drop ([`DropCause::Offload`]). A partial checksum that cannot travel on (a reply looped back to
 //! a guest that did not negotiate GUEST_CSUM, a protocol the NAT does not adjust) is
 //! completed in software.
 //!
@@ -28,7 +27,6 @@
 //!   A TCPv6 super-frame has TCP right after the fixed IPv6 header: with extension headers in
 //!   between its checksum request does not point at the TCP field this check knows, and it
 //!   is refused as [`DropCause::Offload`] (a Linux guest sends its TCP without them).
-//!
 //! - `gso_size` at least [`MIN_GSO_SIZE`] (88, the kernel's `TCP_MIN_MSS`): at most
 //!   ⌈65 495 / 88⌉ = 745 segments per frame (a `gso_size` of 1 made ~65 000). The kernel
 //!   itself only refuses 0; a guest whose TCP peer advertises an MSS under 88 plus its

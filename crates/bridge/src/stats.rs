@@ -238,9 +238,10 @@ impl fmt::Display for DropsByName<'_> {
 }
 
 /// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, tx_gso6 0,
-/// rx_gso6 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops 476 NatInbound=476
-/// nat.NoMapping=476` (the drop counters as [`BridgeStats::drops_by_name`] gives them;
-/// `needs reset` at the end when a queue is broken).
+/// rx_gso6 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops
+/// 476 NatInbound=476 nat.NoMapping=476` (the drop counters as
+/// [`BridgeStats::drops_by_name`] gives them; `needs reset` at the end when a queue is
+/// broken).
 impl fmt::Display for BridgeStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.bridge;

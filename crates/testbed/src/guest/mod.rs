@@ -23,13 +23,13 @@
 //! [`Running::stop`].
 //!
 //! With offloads ([`GuestConfig::offloads`], negotiated when the device offers them: CSUM,
-//! GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6) the frame source/sink carries the 12-byte header itself
-//! in front of every frame (a TAP opened with `IFF_VNET_HDR`, see [`SimGuest::vnet_hdr`] and
-//! [`SimGuest::tap_offload_flags`]): TX reads `[header][frame]` from the TAP straight into the
-//! TX slot in guest memory (TSO super-frames up to 64 KiB with partial checksums), and RX writes
-//! `[header of the first buffer][frame]` to the TAP, straight from guest memory when the
-//! frame's buffers are adjacent (GSO super-frames, `NEEDS_CSUM` / `DATA_VALID`). The TAP
-//! ignores `num_buffers`.
+//! GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6) the frame source/sink carries the
+//! 12-byte header itself in front of every frame (a TAP opened with `IFF_VNET_HDR`, see
+//! [`SimGuest::vnet_hdr`] and [`SimGuest::tap_offload_flags`]): TX reads `[header][frame]` from the
+//! TAP straight into the TX slot in guest memory (TSO super-frames up to 64 KiB with partial
+//! checksums), and RX writes `[header of the first buffer][frame]` to the TAP, straight from guest
+//! memory when the frame's buffers are adjacent (GSO super-frames, `NEEDS_CSUM` / `DATA_VALID`).
+//! The TAP ignores `num_buffers`.
 //!
 //! Nothing the device returns can make the driver panic: bad used entries (unknown id, bad
 //! length) are counted in [`GuestStats`] and skipped.
@@ -198,9 +198,9 @@ pub struct GuestConfig {
     /// Size of each RX buffer when `MRG_RXBUF` is negotiated (without it every buffer holds a
     /// whole 64 KiB frame). At least 64 bytes.
     pub rx_buffer_size: u32,
-    /// Size of each RX buffer when `MRG_RXBUF` and `GUEST_TSO4` or `GUEST_TSO6` are negotiated (64 KiB
-    /// super-frames then take a few buffers, not 33 of [`Self::rx_buffer_size`]). 64 bytes
-    /// to 64 KiB + 90.
+    /// Size of each RX buffer when `MRG_RXBUF` and `GUEST_TSO4` or `GUEST_TSO6` are negotiated
+    /// (64 KiB super-frames then take a few buffers, not 33 of [`Self::rx_buffer_size`]). 64
+    /// bytes to 64 KiB + 90.
     pub rx_gso_buffer_size: u32,
     /// Put the TX header in its own descriptor, chained to the frame (exercises the device's
     /// ANY_LAYOUT handling); otherwise header and frame share one descriptor.
