@@ -1,8 +1,8 @@
 //! Hostile descriptor chains: arbitrary descriptor tables, available rings and buffer
 //! contents for both queues, then the bridge's TX engine (TX path, gateway services, NAT,
 //! host link) and RX engine (host link, NAT, RX path) run on them, with or without checksum
-//! and TSO offloads (then every chain's virtio-net header and every host packet's header is
-//! fuzzed too). Never a panic, never a hang; every chain taken is accounted for.
+//! and TSO offloads (TSO4 and TSO6: then every chain's virtio-net header and every host
+//! packet's header is fuzzed too, `gso_type` TCPV4 and TCPV6 included). Never a panic, never a hang; every chain taken is accounted for.
 //!
 //! Input: `[flags, tx_table[16 × 16], tx_avail_idx[2], tx_ring[16 × 2], rx_table[16 × 16],
 //! rx_avail_idx[2], rx_ring[16 × 2], data...]`. Descriptor addresses are folded into twice the

@@ -56,11 +56,12 @@ pub struct BridgeConfig {
     /// this is the largest packet accepted from the host (bigger ones are counted as
     /// [`crate::DropCause::TooBig`]).
     pub max_host_packet: usize,
-    /// Offer checksum and TCPv4 segmentation offloads both ways ([`OFFLOAD_FEATURES`]):
-    /// the guest sends and receives 64 KiB TCP super-frames, and the host kernel segments and
-    /// checksums. Needs a host link carrying virtio-net headers ([`HostLink::vnet_hdr_len`]
-    /// = 12: a Linux TUN opened with `vnet_hdr(true)`); over another link the device core
-    /// turns the negotiated offloads off ([`crate::DeviceCore::ack_features`]). Default `false`.
+    /// Offer checksum and TCP segmentation offloads (TSO4 and TSO6) both ways
+    /// ([`OFFLOAD_FEATURES`]): the guest sends and receives 64 KiB TCP super-frames, and the host
+    /// kernel segments and checksums. Needs a host link carrying virtio-net headers
+    /// ([`HostLink::vnet_hdr_len`] = 12: a Linux TUN opened with `vnet_hdr(true)`); over another
+    /// link the device core turns the negotiated offloads off
+    /// ([`crate::DeviceCore::ack_features`]). Default `false`.
     ///
     /// [`OFFLOAD_FEATURES`]: crate::OFFLOAD_FEATURES
     /// [`HostLink::vnet_hdr_len`]: crate::HostLink::vnet_hdr_len

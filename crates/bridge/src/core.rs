@@ -262,8 +262,10 @@ impl DeviceCore {
             info!(
                 tx_csum = offloads.tx_csum,
                 tx_tso4 = offloads.tx_tso4,
+                tx_tso6 = offloads.tx_tso6,
                 rx_csum = offloads.rx_csum,
                 rx_tso4 = offloads.rx_tso4,
+                rx_tso6 = offloads.rx_tso6,
                 host_vnet_hdr = offloads.host_hdr,
                 "offloads negotiated"
             );
@@ -868,10 +870,10 @@ impl Expiry {
 }
 
 /// The offloads for the driver's `acked` features over `host`, reduced to what the host link
-/// accepts: [`HostLink::set_offloads`] is told what the guest takes (GUEST_CSUM, GUEST_TSO4); if
-/// it refuses, TSO and then checksum offloads towards the guest are turned off. Offloads
-/// negotiated over a link without virtio-net headers (the device should not have offered them)
-/// are all turned off.
+/// accepts: [`HostLink::set_offloads`] is told what the guest takes (GUEST_CSUM, GUEST_TSO4,
+/// GUEST_TSO6); if it refuses, TSO6, then TSO4, then checksum offloads towards the guest are
+/// turned off ([`crate::LinkOffloads::fewer`]). Offloads negotiated over a link without
+/// virtio-net headers (the device should not have offered them) are all turned off.
 fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
     let hdr_len = host.vnet_hdr_len();
     let mut o = match Offloads::negotiate(acked, hdr_len) {
@@ -881,32 +883,32 @@ fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
             Offloads::negotiate(acked & !OFFLOAD_FEATURES, hdr_len).unwrap_or_default()
         }
     };
-    let mut asked = (o.rx_csum, o.rx_tso4);
+    let mut asked = o.towards_guest();
     loop {
-        match host.set_offloads(asked.0, asked.1) {
+        match host.set_offloads(asked) {
             Ok(()) => break,
-            Err(e) if asked == (false, false) => {
+            Err(e) if !asked.any() => {
                 warn!("the host link refused to turn its offloads off: {e}");
                 break;
             }
             Err(e) => {
-                let fewer = if asked.1 {
-                    (asked.0, false)
-                } else {
-                    (false, false)
-                };
+                let fewer = asked.fewer();
                 warn!(
-                    csum = asked.0,
-                    tso4 = asked.1,
-                    "the host link refused these offloads ({e}); trying csum={} tso4={}",
-                    fewer.0,
-                    fewer.1
+                    csum = asked.csum,
+                    tso4 = asked.tso4,
+                    tso6 = asked.tso6,
+                    "the host link refused these offloads ({e}); trying csum={} tso4={} tso6={}",
+                    fewer.csum,
+                    fewer.tso4,
+                    fewer.tso6
                 );
                 asked = fewer;
             }
         }
     }
-    (o.rx_csum, o.rx_tso4) = (o.rx_csum && asked.0, o.rx_tso4 && asked.1);
+    o.rx_csum &= asked.csum;
+    o.rx_tso4 &= asked.tso4;
+    o.rx_tso6 &= asked.tso6;
     o
 }
 
@@ -933,7 +935,7 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
     .with_forwards6(config.forwards6.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
-    let max_packet = if offloads.rx_tso4 {
+    let max_packet = if offloads.rx_tso() {
         MAX_IP_PACKET
     } else {
         config.max_host_packet.min(MAX_IP_PACKET)
@@ -958,10 +960,10 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
 }
 
 /// Room per frame in a batch of gateway replies and hairpinned frames: a hairpinned
-/// super-frame needs 64 KiB when the guest takes them (GUEST_TSO4), a DHCP reply
+/// super-frame needs 64 KiB when the guest takes them (GUEST_TSO4, GUEST_TSO6), a DHCP reply
 /// [`MIN_REPLY`].
 fn reply_size(config: &BridgeConfig, n: &Negotiated) -> usize {
-    let frame = if n.offloads.rx_tso4 {
+    let frame = if n.offloads.rx_tso() {
         n.offloads.max_tx_frame(config.mtu)
     } else {
         ETH_HLEN + usize::from(config.mtu)
@@ -1004,8 +1006,8 @@ mod tests {
     use ::wire::{ArpPacket, EthernetFrame, Ipv4Packet, TcpPacket, UdpPacket, arp, ip_proto};
 
     use super::*;
-    use crate::MemoryLink;
     use crate::testing::{self, EXTERNAL, GATEWAY, GUEST_IP, GUEST_MAC, MockNet};
+    use crate::{LinkOffloads, MemoryLink};
 
     const HDR: usize = 12;
     const FEATURES: u64 = 1 << 32 | 1 << 15; // VERSION_1 | MRG_RXBUF
@@ -1031,9 +1033,9 @@ mod tests {
         }
     }
 
-    /// A host link with virtio-net headers that refuses TSO towards the bridge (as a kernel
-    /// without `TUN_F_TSO4` would).
-    struct NoTsoLink(MemoryLink);
+    /// A host link with virtio-net headers that refuses TSO6 towards the bridge, and TSO4
+    /// too when `.1` (as a kernel without `TUN_F_TSO6` or `TUN_F_TSO4` would).
+    struct NoTsoLink(MemoryLink, bool);
 
     impl HostLink for NoTsoLink {
         fn send_batch(&self, packets: &[&[u8]]) -> std::io::Result<usize> {
@@ -1048,16 +1050,23 @@ mod tests {
         fn vnet_hdr_len(&self) -> usize {
             self.0.vnet_hdr_len()
         }
-        fn set_offloads(&self, csum: bool, tso4: bool) -> std::io::Result<()> {
-            if tso4 {
+        fn set_offloads(&self, o: LinkOffloads) -> std::io::Result<()> {
+            if o.tso6 || (o.tso4 && self.1) {
                 return Err(std::io::ErrorKind::Unsupported.into());
             }
-            self.0.set_offloads(csum, tso4)
+            self.0.set_offloads(o)
         }
     }
 
-    fn offloads_of(o: Offloads) -> [bool; 5] {
-        [o.tx_csum, o.tx_tso4, o.rx_csum, o.rx_tso4, o.host_hdr]
+    /// TX: csum, tso4, tso6; RX: csum, tso4, tso6; the link's header.
+    fn offloads_of(o: Offloads) -> [bool; 7] {
+        [
+            o.tx_csum, o.tx_tso4, o.tx_tso6, o.rx_csum, o.rx_tso4, o.rx_tso6, o.host_hdr,
+        ]
+    }
+
+    fn link(csum: bool, tso4: bool, tso6: bool) -> LinkOffloads {
+        LinkOffloads { csum, tso4, tso6 }
     }
 
     /// UDP 5353 on the external address forwarded to the guest's port 53.
@@ -1343,7 +1352,7 @@ mod tests {
     fn offloads_are_offered_only_with_offload() {
         let plain = DeviceCore::new(config(Vec::new())).unwrap();
         assert_eq!(plain.device_features() & OFFLOAD_FEATURES, 0);
-        assert_eq!(offloads_of(plain.negotiated.offloads), [false; 5]);
+        assert_eq!(offloads_of(plain.negotiated.offloads), [false; 7]);
         let dp = DeviceCore::new(offload_config()).unwrap();
         assert_eq!(dp.device_features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
         assert_eq!(
@@ -1353,7 +1362,7 @@ mod tests {
         // Before negotiation nothing is offloaded, but the link's header is already expected.
         assert_eq!(
             offloads_of(dp.negotiated.offloads),
-            [false, false, false, false, true]
+            [false, false, false, false, false, false, true]
         );
     }
 
@@ -1363,8 +1372,12 @@ mod tests {
         let mut dp = DeviceCore::new(offload_config()).unwrap();
         let acked = dp.ack_features(u64::MAX, &host);
         assert_eq!(acked & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
-        assert_eq!(offloads_of(dp.negotiated.offloads), [true; 5]);
-        assert_eq!(host.offloads(), (true, true), "GUEST_CSUM and GUEST_TSO4");
+        assert_eq!(offloads_of(dp.negotiated.offloads), [true; 7]);
+        assert_eq!(
+            host.offloads(),
+            link(true, true, true),
+            "GUEST_CSUM, GUEST_TSO4 and GUEST_TSO6"
+        );
         assert!(
             dp.replies.buf_size() >= crate::ETH_HLEN + crate::MAX_IP_PACKET,
             "hairpinned super-frames fit the reply batch"
@@ -1374,9 +1387,9 @@ mod tests {
         assert_eq!(acked & OFFLOAD_FEATURES, 0);
         assert_eq!(
             offloads_of(dp.negotiated.offloads),
-            [false, false, false, false, true]
+            [false, false, false, false, false, false, true]
         );
-        assert_eq!(host.offloads(), (false, false));
+        assert_eq!(host.offloads(), LinkOffloads::NONE);
     }
 
     #[test]
@@ -1386,30 +1399,65 @@ mod tests {
         let csum = FEATURES | 1 << crate::VIRTIO_NET_F_CSUM | 1 << crate::VIRTIO_NET_F_GUEST_CSUM;
         // TSO bits without their checksum bits are not negotiated.
         let acked = dp.ack_features(
-            FEATURES | 1 << crate::VIRTIO_NET_F_HOST_TSO4 | 1 << crate::VIRTIO_NET_F_GUEST_TSO4,
+            FEATURES
+                | 1 << crate::VIRTIO_NET_F_HOST_TSO4
+                | 1 << crate::VIRTIO_NET_F_GUEST_TSO4
+                | 1 << crate::VIRTIO_NET_F_HOST_TSO6
+                | 1 << crate::VIRTIO_NET_F_GUEST_TSO6,
             &host,
         );
         assert_eq!(acked & OFFLOAD_FEATURES, 0);
         assert_eq!(dp.ack_features(csum, &host), csum);
         assert_eq!(
             offloads_of(dp.negotiated.offloads),
-            [true, false, true, false, true]
+            [true, false, false, true, false, false, true]
         );
-        assert_eq!(host.offloads(), (true, false));
+        assert_eq!(host.offloads(), link(true, false, false));
+    }
+
+    #[test]
+    fn a_driver_with_tso4_only_gets_no_tso6() {
+        let (host, _peer) = MemoryLink::pair_with_vnet_hdr(4).unwrap();
+        let mut dp = DeviceCore::new(offload_config()).unwrap();
+        let tso4 = FEATURES
+            | 1 << crate::VIRTIO_NET_F_CSUM
+            | 1 << crate::VIRTIO_NET_F_GUEST_CSUM
+            | 1 << crate::VIRTIO_NET_F_HOST_TSO4
+            | 1 << crate::VIRTIO_NET_F_GUEST_TSO4;
+        assert_eq!(dp.ack_features(tso4, &host), tso4);
+        assert_eq!(
+            offloads_of(dp.negotiated.offloads),
+            [true, true, false, true, true, false, true]
+        );
+        assert_eq!(host.offloads(), link(true, true, false), "no TUN_F_TSO6");
     }
 
     #[test]
     fn a_link_that_refuses_tso_leaves_checksum_offloads() {
         let (inner, _peer) = MemoryLink::pair_with_vnet_hdr(4).unwrap();
-        let host = NoTsoLink(inner);
+        let host = NoTsoLink(inner, true);
         let mut dp = DeviceCore::new(offload_config()).unwrap();
         dp.ack_features(u64::MAX, &host);
         assert_eq!(
             offloads_of(dp.negotiated.offloads),
-            [true, true, true, false, true],
+            [true, true, true, true, false, false, true],
             "the guest still sends super-frames; it gets none"
         );
-        assert_eq!(host.0.offloads(), (true, false));
+        assert_eq!(host.0.offloads(), link(true, false, false));
+    }
+
+    #[test]
+    fn a_link_that_refuses_tso6_leaves_tso4() {
+        let (inner, _peer) = MemoryLink::pair_with_vnet_hdr(4).unwrap();
+        let host = NoTsoLink(inner, false);
+        let mut dp = DeviceCore::new(offload_config()).unwrap();
+        dp.ack_features(u64::MAX, &host);
+        assert_eq!(
+            offloads_of(dp.negotiated.offloads),
+            [true, true, true, true, true, false, true],
+            "the guest still sends TCPv6 super-frames; it gets TCPv4 ones only"
+        );
+        assert_eq!(host.0.offloads(), link(true, true, false));
     }
 
     #[test]
@@ -1417,8 +1465,8 @@ mod tests {
         let (host, _peer) = MemoryLink::pair(4).unwrap();
         let mut dp = DeviceCore::new(offload_config()).unwrap();
         dp.ack_features(u64::MAX, &host);
-        assert_eq!(offloads_of(dp.negotiated.offloads), [false; 5]);
-        assert_eq!(host.offloads(), (false, false));
+        assert_eq!(offloads_of(dp.negotiated.offloads), [false; 7]);
+        assert_eq!(host.offloads(), LinkOffloads::NONE);
     }
 
     /// An IPv4 TCP packet with `payload` bytes whose checksum field holds the pseudo-header sum

@@ -12,6 +12,10 @@ pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
 pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
 /// VIRTIO_NET_F_HOST_TSO4: the device takes TCPv4 GSO super-frames (needs CSUM).
 pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
+/// VIRTIO_NET_F_GUEST_TSO6: the driver takes TCPv6 GSO super-frames (needs GUEST_CSUM).
+pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
+/// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 GSO super-frames (needs CSUM).
+pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
 /// VIRTIO_NET_F_MTU: the device reports a maximum MTU in the config space.
 pub const VIRTIO_NET_F_MTU: u32 = 3;
 /// VIRTIO_NET_F_MAC: the device has a MAC address in the config space.
@@ -61,6 +65,8 @@ pub const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
 pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 /// VIRTIO_NET_HDR_GSO_TCPV4: a TCPv4 super-frame to be cut into `gso_size` segments.
 pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+/// VIRTIO_NET_HDR_GSO_TCPV6: a TCPv6 super-frame to be cut into `gso_size` segments.
+pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 
 /// `virtio_net_hdr_v1`. Without offloads the bridge writes flags 0 and gso_type NONE; with
 /// them ([`crate::BridgeConfig::offloads`]) it carries checksum and GSO requests between
@@ -140,7 +146,7 @@ impl Device {
         }
     }
 
-    /// Also offers [`OFFLOAD_FEATURES`] (checksum and TCPv4 segmentation offloads both ways)
+    /// Also offers [`OFFLOAD_FEATURES`] (checksum and TCPv4/TCPv6 segmentation offloads both ways)
     /// when `on`. Only for a host link that carries virtio-net headers
     /// ([`crate::HostLink::vnet_hdr_len`] = 12).
     pub const fn with_offloads(mut self, on: bool) -> Self {
@@ -234,24 +240,26 @@ pub const fn header_len_for(features: u64) -> usize {
     }
 }
 
-/// Drops feature bits whose prerequisites are missing: HOST_TSO4 needs CSUM, GUEST_TSO4
-/// needs GUEST_CSUM.
+/// Drops feature bits whose prerequisites are missing: HOST_TSO4 and HOST_TSO6 need CSUM,
+/// GUEST_TSO4 and GUEST_TSO6 need GUEST_CSUM (virtio 1.x 5.1.3.1).
 pub const fn sanitize_features(mut f: u64) -> u64 {
     if f & (1 << VIRTIO_NET_F_CSUM) == 0 {
-        f &= !(1 << VIRTIO_NET_F_HOST_TSO4);
+        f &= !(1 << VIRTIO_NET_F_HOST_TSO4 | 1 << VIRTIO_NET_F_HOST_TSO6);
     }
     if f & (1 << VIRTIO_NET_F_GUEST_CSUM) == 0 {
-        f &= !(1 << VIRTIO_NET_F_GUEST_TSO4);
+        f &= !(1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6);
     }
     f
 }
 
 /// The offload bits offered with [`crate::BridgeConfig::offloads`]: CSUM, GUEST_CSUM,
-/// HOST_TSO4, GUEST_TSO4.
+/// HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6.
 pub const OFFLOAD_FEATURES: u64 = 1 << VIRTIO_NET_F_CSUM
     | 1 << VIRTIO_NET_F_GUEST_CSUM
     | 1 << VIRTIO_NET_F_HOST_TSO4
-    | 1 << VIRTIO_NET_F_GUEST_TSO4;
+    | 1 << VIRTIO_NET_F_GUEST_TSO4
+    | 1 << VIRTIO_NET_F_HOST_TSO6
+    | 1 << VIRTIO_NET_F_GUEST_TSO6;
 
 /// Every feature bit the device offers without offloads.
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1

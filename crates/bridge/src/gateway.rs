@@ -257,7 +257,7 @@ impl Gateway {
         self.handle_with(frame, reply, now, false)
     }
 
-    /// As [`Gateway::handle`]; `gso` says the frame is a TCP super-frame (HOST_TSO4), which
+    /// As [`Gateway::handle`]; `gso` says the frame is a TCP super-frame (HOST_TSO4/6), which
     /// may exceed the MTU and goes to the NAT or nowhere.
     pub fn handle_with(
         &mut self,
@@ -282,10 +282,16 @@ impl Gateway {
                 // segments.
                 _ => TxAction::Drop(DropCause::Offload),
             },
+            ETHERTYPE_IPV6 if gso => match self.ipv6_frame(frame, src_mac, reply, now, true) {
+                a @ (TxAction::Nat { .. } | TxAction::Drop(_) | TxAction::DropWithReply { .. }) => {
+                    a
+                }
+                _ => TxAction::Drop(DropCause::Offload),
+            },
             _ if gso => TxAction::Drop(DropCause::Offload),
             ETHERTYPE_IPV4 => self.ipv4(frame, src_mac, reply, now, false),
             ETHERTYPE_ARP => self.arp(frame, src_mac, reply),
-            ETHERTYPE_IPV6 => self.ipv6_frame(frame, src_mac, reply, now),
+            ETHERTYPE_IPV6 => self.ipv6_frame(frame, src_mac, reply, now, false),
             _ => TxAction::Drop(DropCause::EtherType),
         }
     }

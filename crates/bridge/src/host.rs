@@ -55,18 +55,63 @@ pub trait HostLink: Send + Sync {
         0
     }
 
-    /// Which offloads the link may use towards the bridge: partial checksums (`csum`) and
-    /// TCPv4 super-packets (`tso4`, implies `csum`). The bridge calls it at activation with
-    /// what the guest accepted (GUEST_CSUM, GUEST_TSO4).
+    /// Which offloads the link may use towards the bridge ([`LinkOffloads`]: partial
+    /// checksums, TCPv4 and TCPv6 super-packets). The bridge calls it at activation with what
+    /// the guest accepted (GUEST_CSUM, GUEST_TSO4, GUEST_TSO6).
     ///
     /// # Errors
     ///
     /// `Unsupported` (the default) when any is asked of a link without them; the OS error.
-    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
-        if csum || tso4 {
+    fn set_offloads(&self, offloads: LinkOffloads) -> io::Result<()> {
+        if offloads.any() {
             Err(io::Error::from(io::ErrorKind::Unsupported))
         } else {
             Ok(())
+        }
+    }
+}
+
+/// The offloads a host link may use towards the bridge ([`HostLink::set_offloads`]); a
+/// TSO bit implies `csum`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkOffloads {
+    /// Partial checksums (`TUN_F_CSUM`).
+    pub csum: bool,
+    /// TCPv4 super-packets (`TUN_F_TSO4`).
+    pub tso4: bool,
+    /// TCPv6 super-packets (`TUN_F_TSO6`).
+    pub tso6: bool,
+}
+
+impl LinkOffloads {
+    /// None at all.
+    pub const NONE: LinkOffloads = LinkOffloads {
+        csum: false,
+        tso4: false,
+        tso6: false,
+    };
+
+    /// Whether any offload is on.
+    pub fn any(&self) -> bool {
+        self.csum || self.tso4 || self.tso6
+    }
+
+    /// One step fewer, for a link that refused these: TCPv6 super-packets first, then
+    /// TCPv4 ones, then partial checksums.
+    #[must_use]
+    pub fn fewer(self) -> LinkOffloads {
+        if self.tso6 {
+            LinkOffloads {
+                tso6: false,
+                ..self
+            }
+        } else if self.tso4 {
+            LinkOffloads {
+                tso4: false,
+                ..self
+            }
+        } else {
+            LinkOffloads::NONE
         }
     }
 }
@@ -87,8 +132,8 @@ impl<T: HostLink + ?Sized> HostLink for Arc<T> {
     fn vnet_hdr_len(&self) -> usize {
         (**self).vnet_hdr_len()
     }
-    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
-        (**self).set_offloads(csum, tso4)
+    fn set_offloads(&self, offloads: LinkOffloads) -> io::Result<()> {
+        (**self).set_offloads(offloads)
     }
 }
 
@@ -113,13 +158,16 @@ impl HostLink for utun::Tun {
         utun::Tun::vnet_hdr_len(self)
     }
     #[cfg(target_os = "linux")]
-    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
+    fn set_offloads(&self, offloads: LinkOffloads) -> io::Result<()> {
         let mut flags = 0;
-        if csum || tso4 {
+        if offloads.any() {
             flags |= utun::linux::TUN_F_CSUM;
         }
-        if tso4 {
+        if offloads.tso4 {
             flags |= utun::linux::TUN_F_TSO4;
+        }
+        if offloads.tso6 {
+            flags |= utun::linux::TUN_F_TSO6;
         }
         if flags == 0 && self.vnet_hdr_len() == 0 {
             return Ok(());
@@ -198,10 +246,14 @@ impl MemoryLink {
         ))
     }
 
-    /// The offloads last set with [`HostLink::set_offloads`]: (csum, tso4).
-    pub fn offloads(&self) -> (bool, bool) {
+    /// The offloads last set with [`HostLink::set_offloads`].
+    pub fn offloads(&self) -> LinkOffloads {
         let v = self.offloads.load(Ordering::Relaxed);
-        (v & 1 != 0, v & 2 != 0)
+        LinkOffloads {
+            csum: v & 1 != 0,
+            tso4: v & 2 != 0,
+            tso6: v & 4 != 0,
+        }
     }
 
     /// Sends one packet to the other end; `false` if its queue is full.
@@ -306,12 +358,14 @@ impl HostLink for MemoryLink {
         }
     }
 
-    fn set_offloads(&self, csum: bool, tso4: bool) -> io::Result<()> {
-        if !self.vnet_hdr && (csum || tso4) {
+    fn set_offloads(&self, o: LinkOffloads) -> io::Result<()> {
+        if !self.vnet_hdr && o.any() {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
-        self.offloads
-            .store(u8::from(csum) | u8::from(tso4) << 1, Ordering::Relaxed);
+        self.offloads.store(
+            u8::from(o.csum) | u8::from(o.tso4) << 1 | u8::from(o.tso6) << 2,
+            Ordering::Relaxed,
+        );
         Ok(())
     }
 

@@ -55,7 +55,7 @@
 //! - Anti-spoofing: frames from a MAC other than the guest's, or IPv4 from an address other
 //!   than its lease or static address, never reach the NAT (DHCP from 0.0.0.0 excepted).
 //! - Packets from the host larger than the guest MTU are counted ([`DropCause::TooBig`]) and
-//!   dropped (GSO super-packets excepted, with GUEST_TSO4), and answered as a router answers
+//!   dropped (GSO super-packets excepted, with GUEST_TSO4 or GUEST_TSO6), and answered as a router answers
 //!   them: ICMPv6 Packet Too Big (RFC 4443 3.2) for IPv6, ICMP fragmentation needed (RFC 1191)
 //!   for IPv4 with DF set, MTU = the guest MTU, from the gateway through the NAT to the sender,
 //!   at most [`TOO_BIG_ANSWERS_PER_SEC`] per second ([`Stats::too_big_answers`],
@@ -89,15 +89,17 @@
 //!
 //! # Offloads
 //!
-//! With [`BridgeConfig::offloads`] the device also offers CSUM, GUEST_CSUM, HOST_TSO4 and
-//! GUEST_TSO4 ([`OFFLOAD_FEATURES`]): each virtio-net header is checked ([`Offloads`],
-//! counted [`DropCause::Offload`] drops; a TCP super-frame's segment size must be at least
+//! With [`BridgeConfig::offloads`] the device also offers CSUM, GUEST_CSUM, HOST_TSO4,
+//! GUEST_TSO4, HOST_TSO6 and GUEST_TSO6 ([`OFFLOAD_FEATURES`]): each virtio-net header is
+//! checked ([`Offloads`], counted [`DropCause::Offload`] drops; a TCPv4 or TCPv6 super-frame's
+//! segmentation type must match its IP version and its segment size must be at least
 //! [`MIN_GSO_SIZE`] and fit the MTU with the frame's headers, else
 //! [`DropCause::GsoInvalid`]), the packet is translated with its checksum read as
 //! partial (`nat::L4Checksum::Partial`) and handed to a host link that takes the same header
 //! ([`HostLink::vnet_hdr_len`] = 12: a Linux TUN opened with `vnet_hdr(true)`), so the host
 //! kernel segments and checksums. The other way, the link is told with
-//! [`HostLink::set_offloads`] what the guest accepts.
+//! [`HostLink::set_offloads`] what the guest accepts ([`LinkOffloads`]: TCPv4 and TCPv6
+//! super-packets only to a guest that negotiated GUEST_TSO4 / GUEST_TSO6).
 //!
 //! # Features
 //!
@@ -160,10 +162,11 @@ pub use addr_pair::{PairLock, addresses_in_use, addresses_in_use6, reserve_pair,
 pub use device::{
     CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
     TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEGACY_LEN, VIRTIO_NET_HDR_LEN, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEGACY_LEN, VIRTIO_NET_HDR_LEN, VIRTIO_NET_S_LINK_UP,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioNetHdr, feature_names,
     header_len_for, sanitize_features,
 };
@@ -182,7 +185,7 @@ pub use gateway::{
     MAX_GUEST_IPV6_ADDRS, PREFIX_PREFERRED_S, PREFIX_VALID_S, RDNSS_LIFETIME_S, ROUTER_LIFETIME_S,
     TxAction, UNSOLICITED_RA_INTERVAL_MS,
 };
-pub use host::{HostLink, MemoryLink};
+pub use host::{HostLink, LinkOffloads, MemoryLink};
 pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
 pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, PolicyError};
 pub use rx_engine::RxEngine;

@@ -4,7 +4,9 @@ use virtio_queue::QueueT;
 use vm_memory::{Address, GuestAddress, GuestMemory};
 
 use crate::Error;
-use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
+use crate::device::{
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
+};
 use crate::frame::FrameBatch;
 use crate::stats::{DropCause, Stats};
 use crate::{gmem, ring};
@@ -162,7 +164,8 @@ impl RxQueue {
                     out.delivered += 1;
                     stats.rx_frames += 1;
                     stats.rx_bytes += len as u64;
-                    stats.rx_gso += u64::from(hdr.gso_type != 0);
+                    stats.rx_gso += u64::from(hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE);
+                    stats.rx_gso6 += u64::from(hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
                     frames.consume(1);
                 }
                 Delivery::Dropped(cause) => {

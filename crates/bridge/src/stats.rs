@@ -156,6 +156,10 @@ pub struct Stats {
     /// Packets from the host too big for the guest that were due such an answer but over its
     /// rate limit (still counted as [`DropCause::TooBig`]).
     pub too_big_limited: u64,
+    /// Of [`Stats::tx_gso`], the TCPv6 ones (HOST_TSO6).
+    pub tx_gso6: u64,
+    /// Of [`Stats::rx_gso`], the TCPv6 ones (GUEST_TSO6).
+    pub rx_gso6: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -240,23 +244,26 @@ impl fmt::Display for DropsByName<'_> {
     }
 }
 
-/// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, to host 11, from
-/// host 9, local replies 3, nat flows 2, nat out 11 in 9, drops 476 NatInbound=476
-/// nat.NoMapping=476` (the drop counters as [`BridgeStats::drops_by_name`] gives them;
-/// `needs reset` at the end when a queue is broken).
+/// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, tx_gso6 0,
+/// rx_gso6 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops
+/// 476 NatInbound=476 nat.NoMapping=476` (the drop counters as
+/// [`BridgeStats::drops_by_name`] gives them; `needs reset` at the end when a queue is
+/// broken).
 impl fmt::Display for BridgeStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.bridge;
         write!(
             f,
-            "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, to host {}, from host \
-             {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
+            "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, tx_gso6 {}, rx_gso6 {}, \
+             to host {}, from host {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
             b.tx_frames,
             b.tx_bytes,
             b.rx_frames,
             b.rx_bytes,
             b.tx_gso,
             b.rx_gso,
+            b.tx_gso6,
+            b.rx_gso6,
             b.to_host,
             b.from_host,
             b.local_replies,
@@ -291,6 +298,8 @@ pub struct AtomicStats {
     rx_gso: AtomicU64,
     too_big_answers: AtomicU64,
     too_big_limited: AtomicU64,
+    tx_gso6: AtomicU64,
+    rx_gso6: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -314,6 +323,8 @@ impl AtomicStats {
         add(&self.rx_gso, &mut local.rx_gso);
         add(&self.too_big_answers, &mut local.too_big_answers);
         add(&self.too_big_limited, &mut local.too_big_limited);
+        add(&self.tx_gso6, &mut local.tx_gso6);
+        add(&self.rx_gso6, &mut local.rx_gso6);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -338,6 +349,8 @@ impl AtomicStats {
             rx_gso: get(&self.rx_gso),
             too_big_answers: get(&self.too_big_answers),
             too_big_limited: get(&self.too_big_limited),
+            tx_gso6: get(&self.tx_gso6),
+            rx_gso6: get(&self.rx_gso6),
             drops,
         }
     }

@@ -11,7 +11,7 @@ use vm_memory::GuestMemory;
 
 use crate::Error;
 use crate::config::MAX_BATCH;
-use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
+use crate::device::{VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use crate::frame::FrameBatch;
 use crate::gateway::{Gateway, TxAction};
 use crate::host::HostLink;
@@ -199,6 +199,7 @@ impl TxEngine {
             self.kinds.push((kind, hdr));
             let gso = kind == FrameOffload::Gso;
             stats.tx_gso += u64::from(gso);
+            stats.tx_gso6 += u64::from(gso && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
             let frame = self.input.frame(i).unwrap_or(&[]);
             let action = match replies.next_buf() {
                 Some(buf) => self.gateway.handle_with(frame, buf, now, gso),

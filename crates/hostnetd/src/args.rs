@@ -56,7 +56,8 @@ pub(crate) struct Args {
     pub(crate) dns_upstream: Option<SocketAddrV4>,
     /// Name (pattern) of the TUN device.
     pub(crate) tun_name: String,
-    /// Offer checksum and TCPv4 segmentation offloads to the guest (TUN with virtio-net headers).
+    /// Offer checksum and TCP (v4 and v6) segmentation offloads to the guest (TUN with virtio-net
+    /// headers).
     pub(crate) offload: bool,
     /// Destinations the guest may reach (`--deny CIDR`, `--allow CIDR`).
     pub(crate) egress: EgressPolicy,
@@ -689,8 +690,9 @@ OPTIONS:
                              explicit address the namespace already uses is an error (exit 2)
     --no-offload             offer no checksum/TSO offloads to the guest: every frame is at most
                              the MTU and fully checksummed, the TUN carries plain IP packets
-                             (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
-                             TUN with virtio-net headers so the host kernel segments and checksums)
+                             (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6,
+                             GUEST_TSO6 and open the TUN with virtio-net headers so the host
+                             kernel segments and checksums)
     --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n or x:y::/n) and answer
                              them with ICMP(v6) administratively prohibited (repeatable)
     --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching prefix

@@ -8,8 +8,9 @@
 //! external address; the next free pair of 100.64.0.0/24 if the namespace uses them, see
 //! `bridge::choose_pair`).
 //!
-//! Checksum and TCPv4 segmentation offloads are offered by default (the TUN carries virtio-net
-//! headers and the host kernel segments and checksums); `--no-offload` turns them off.
+//! Checksum and TCP (v4 and v6) segmentation offloads are offered by default (the TUN carries
+//! virtio-net headers and the host kernel segments and checksums); `--no-offload` turns them
+//! off.
 //!
 //! Least privilege: once the TUN is open and the socket bound (created 0600), the daemon runs as
 //! `--user` (started as root: `nobody`), sets no_new_privs and installs a seccomp allow list

@@ -524,8 +524,8 @@ fn hostnetd_survives_garbage_and_bad_memory_tables() -> Result<()> {
         .get_features()
         .map_err(|e| anyhow::anyhow!("get_features: {e}"))?;
     // VERSION_1, EVENT_IDX, MRG_RXBUF, PROTOCOL_FEATURES, and the offloads (on by default): CSUM,
-    // GUEST_CSUM, GUEST_TSO4, HOST_TSO4.
-    for bit in [32, 29, 15, 30, 0, 1, 7, 11] {
+    // GUEST_CSUM, GUEST_TSO4, HOST_TSO4, GUEST_TSO6, HOST_TSO6.
+    for bit in [32, 29, 15, 30, 0, 1, 7, 11, 8, 12] {
         assert_ne!(
             features & (1 << bit),
             0,

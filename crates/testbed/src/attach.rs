@@ -61,7 +61,7 @@ pub struct AttachArgs {
     /// A static guest address the bridge accepts as a source besides the DHCP lease
     /// (`--static-guest-ip`, for guests configured without DHCP).
     pub static_guest_ip: Option<Ipv4Addr>,
-    /// Checksum and TCPv4 segmentation offloads between the guest's TAP, the device and the
+    /// Checksum and TCPv4/TCPv6 segmentation offloads between the guest's TAP, the device and the
     /// host TUN (default on; `--no-offload` turns them off).
     pub offloads: bool,
     /// The guest side of IPv6 at the gateway (Neighbor Discovery, Router Advertisements,

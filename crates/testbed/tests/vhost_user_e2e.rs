@@ -41,6 +41,8 @@ fn attach_vhost_user_to_hostnetd_gets_dhcp_ping_dns_and_moves_100mb_both_ways() 
         "MRG_RXBUF",
         "HOST_TSO4",
         "GUEST_TSO4",
+        "HOST_TSO6",
+        "GUEST_TSO6",
         "CONFIG",
     ] {
         assert!(

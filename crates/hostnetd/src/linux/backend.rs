@@ -364,7 +364,7 @@ impl VhostUserBackendMut for NetBackend {
 /// Tells the TUN to hand over no partial checksums and no GSO packets (until the next
 /// negotiation sets what the guest accepts).
 fn clear_offloads(tun: &Tun) {
-    if let Err(e) = bridge::HostLink::set_offloads(tun, false, false) {
+    if let Err(e) = bridge::HostLink::set_offloads(tun, bridge::LinkOffloads::NONE) {
         warn!("turning the TUN's offloads off failed: {e}");
     }
 }

@@ -1,10 +1,11 @@
 //! hostnetd's configuration of a connection's device core ([`bridge::DeviceCore`]: TX queue →
 //! gateway services → NAT → TUN and back, on the vhost-user worker thread) and its stats log.
 //!
-//! With `offload` the device also offers checksum and TCPv4 segmentation offloads (CSUM,
-//! GUEST_CSUM, HOST_TSO4, GUEST_TSO4): the guest's 64 KiB TCP super-frames and partial checksums
-//! go to the TUN (opened with virtio-net headers) for the host kernel to segment and checksum, and
-//! the TUN hands over GSO packets if the guest accepted them.
+//! With `offload` the device also offers checksum and TCPv4/TCPv6 segmentation offloads (CSUM,
+//! GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6): the guest's 64 KiB TCP
+//! super-frames and partial checksums go to the TUN (opened with virtio-net headers) for the host
+//! kernel to segment and checksum, and the TUN hands over GSO packets of the families the guest
+//! accepted.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
@@ -83,6 +84,8 @@ pub(crate) fn log_stats(core: &DeviceCore) {
         local_replies = s.local_replies,
         tx_gso = s.tx_gso,
         rx_gso = s.rx_gso,
+        tx_gso6 = s.tx_gso6,
+        rx_gso6 = s.rx_gso6,
         nat_flows = all.nat_flows,
         drops = %all.drops_by_name(),
         "connection stats"

@@ -21,11 +21,15 @@ pub const GUEST_CSUM: u64 = 1 << 1;
 pub const GUEST_TSO4: u64 = 1 << 7;
 /// `VIRTIO_NET_F_HOST_TSO4`: the device takes TCPv4 GSO super-frames (needs CSUM).
 pub const HOST_TSO4: u64 = 1 << 11;
+/// `VIRTIO_NET_F_GUEST_TSO6`: the driver takes TCPv6 GSO super-frames (needs GUEST_CSUM).
+pub const GUEST_TSO6: u64 = 1 << 8;
+/// `VIRTIO_NET_F_HOST_TSO6`: the device takes TCPv6 GSO super-frames (needs CSUM).
+pub const HOST_TSO6: u64 = 1 << 12;
 /// Everything the simulated guest asks for.
 pub const WANTED: u64 = VERSION_1 | MAC | MTU | STATUS | MRG_RXBUF | EVENT_IDX;
 /// The offloads the guest asks for on top of [`WANTED`] with
 /// [`GuestConfig::offloads`](super::GuestConfig::offloads).
-pub const OFFLOADS: u64 = CSUM | GUEST_CSUM | GUEST_TSO4 | HOST_TSO4;
+pub const OFFLOADS: u64 = CSUM | GUEST_CSUM | GUEST_TSO4 | HOST_TSO4 | GUEST_TSO6 | HOST_TSO6;
 
 /// The names of the offload bits set in `features` (`"CSUM GUEST_CSUM …"`, `"none"`).
 #[must_use]
@@ -35,6 +39,8 @@ pub fn offload_names(features: u64) -> String {
         (GUEST_CSUM, "GUEST_CSUM"),
         (HOST_TSO4, "HOST_TSO4"),
         (GUEST_TSO4, "GUEST_TSO4"),
+        (HOST_TSO6, "HOST_TSO6"),
+        (GUEST_TSO6, "GUEST_TSO6"),
     ]
     .iter()
     .filter(|(bit, _)| features & bit != 0)
@@ -59,10 +65,10 @@ pub(super) fn negotiate(device: u64, offloads: bool) -> u64 {
     if offloads {
         let mut o = OFFLOADS & device;
         if o & CSUM == 0 {
-            o &= !HOST_TSO4;
+            o &= !(HOST_TSO4 | HOST_TSO6);
         }
         if o & GUEST_CSUM == 0 {
-            o &= !GUEST_TSO4;
+            o &= !(GUEST_TSO4 | GUEST_TSO6);
         }
         f |= o;
     }

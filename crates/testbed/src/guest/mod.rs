@@ -23,13 +23,13 @@
 //! [`Running::stop`].
 //!
 //! With offloads ([`GuestConfig::offloads`], negotiated when the device offers them: CSUM,
-//! GUEST_CSUM, HOST_TSO4, GUEST_TSO4) the frame source/sink carries the 12-byte header itself
-//! in front of every frame (a TAP opened with `IFF_VNET_HDR`, see [`SimGuest::vnet_hdr`] and
-//! [`SimGuest::tap_offload_flags`]): TX reads `[header][frame]` from the TAP straight into the
-//! TX slot in guest memory (TSO super-frames up to 64 KiB with partial checksums), and RX writes
-//! `[header of the first buffer][frame]` to the TAP, straight from guest memory when the
-//! frame's buffers are adjacent (GSO super-frames, `NEEDS_CSUM` / `DATA_VALID`). The TAP
-//! ignores `num_buffers`.
+//! GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6) the frame source/sink carries the
+//! 12-byte header itself in front of every frame (a TAP opened with `IFF_VNET_HDR`, see
+//! [`SimGuest::vnet_hdr`] and [`SimGuest::tap_offload_flags`]): TX reads `[header][frame]` from the
+//! TAP straight into the TX slot in guest memory (TSO super-frames up to 64 KiB with partial
+//! checksums), and RX writes `[header of the first buffer][frame]` to the TAP, straight from guest
+//! memory when the frame's buffers are adjacent (GSO super-frames, `NEEDS_CSUM` / `DATA_VALID`).
+//! The TAP ignores `num_buffers`.
 //!
 //! Nothing the device returns can make the driver panic: bad used entries (unknown id, bad
 //! length) are counted in [`GuestStats`] and skipped.
@@ -198,14 +198,14 @@ pub struct GuestConfig {
     /// Size of each RX buffer when `MRG_RXBUF` is negotiated (without it every buffer holds a
     /// whole 64 KiB frame). At least 64 bytes.
     pub rx_buffer_size: u32,
-    /// Size of each RX buffer when `MRG_RXBUF` and `GUEST_TSO4` are both negotiated (64 KiB
-    /// super-frames then take a few buffers, not 33 of [`Self::rx_buffer_size`]). 64 bytes
-    /// to 64 KiB + 90.
+    /// Size of each RX buffer when `MRG_RXBUF` and `GUEST_TSO4` or `GUEST_TSO6` are negotiated
+    /// (64 KiB super-frames then take a few buffers, not 33 of [`Self::rx_buffer_size`]). 64
+    /// bytes to 64 KiB + 90.
     pub rx_gso_buffer_size: u32,
     /// Put the TX header in its own descriptor, chained to the frame (exercises the device's
     /// ANY_LAYOUT handling); otherwise header and frame share one descriptor.
     pub split_tx_header: bool,
-    /// Ask for the checksum and TCPv4 segmentation offloads ([`features::OFFLOADS`]) when the
+    /// Ask for the checksum and TCPv4/TCPv6 segmentation offloads ([`features::OFFLOADS`]) when the
     /// device offers them. When any is negotiated the [`FrameIo`] carries a 12-byte
     /// virtio-net header in front of every frame ([`SimGuest::vnet_hdr`]).
     pub offloads: bool,
@@ -327,7 +327,8 @@ impl SimGuest {
     }
 
     /// The `TUN_F_*` offloads the TAP may hand to this guest (`TUNSETOFFLOAD`): `TUN_F_CSUM`
-    /// with CSUM, `TUN_F_TSO4` with HOST_TSO4; 0 without offloads.
+    /// with CSUM, `TUN_F_TSO4` with HOST_TSO4, `TUN_F_TSO6` with HOST_TSO6; 0 without
+    /// offloads.
     #[must_use]
     pub fn tap_offload_flags(&self) -> u32 {
         let mut flags = 0;
@@ -335,6 +336,9 @@ impl SimGuest {
             flags |= utun::linux::TUN_F_CSUM;
             if self.features & features::HOST_TSO4 != 0 {
                 flags |= utun::linux::TUN_F_TSO4;
+            }
+            if self.features & features::HOST_TSO6 != 0 {
+                flags |= utun::linux::TUN_F_TSO6;
             }
         }
         flags

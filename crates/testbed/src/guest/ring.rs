@@ -216,7 +216,7 @@ pub(super) fn need_event(event: Wrapping<u16>, new: Wrapping<u16>, old: Wrapping
 pub(super) fn rx_buffer_size(cfg: &GuestConfig, features: u64) -> u32 {
     if features & features::MRG_RXBUF == 0 {
         MAX_FRAME_BUF
-    } else if features & features::GUEST_TSO4 != 0 {
+    } else if features & (features::GUEST_TSO4 | features::GUEST_TSO6) != 0 {
         cfg.rx_gso_buffer_size
     } else {
         cfg.rx_buffer_size

@@ -286,11 +286,11 @@ fn offloads_are_negotiated_only_when_offered_and_wanted() {
     assert!(g.vnet_hdr());
     assert_eq!(
         g.tap_offload_flags(),
-        utun::linux::TUN_F_CSUM | utun::linux::TUN_F_TSO4
+        utun::linux::TUN_F_CSUM | utun::linux::TUN_F_TSO4 | utun::linux::TUN_F_TSO6
     );
     assert_eq!(
         features::offload_names(g.acked_features()),
-        "CSUM GUEST_CSUM HOST_TSO4 GUEST_TSO4"
+        "CSUM GUEST_CSUM HOST_TSO4 GUEST_TSO4 HOST_TSO6 GUEST_TSO6"
     );
     assert_eq!(rx_buffer_size(&GuestConfig::default(), all), 16 << 10);
 
@@ -320,11 +320,32 @@ fn offloads_are_negotiated_only_when_offered_and_wanted() {
     assert_eq!(g.tap_offload_flags(), 0);
     let g = SimGuest::new(
         GuestConfig::default(),
-        features::WANTED | features::GUEST_TSO4 | features::CSUM,
+        features::WANTED | features::GUEST_TSO4 | features::GUEST_TSO6 | features::CSUM,
     )
     .unwrap();
     assert_eq!(g.acked_features(), features::WANTED | features::CSUM);
     assert_eq!(g.tap_offload_flags(), utun::linux::TUN_F_CSUM);
+    let g = SimGuest::new(
+        GuestConfig::default(),
+        features::WANTED | features::HOST_TSO6 | features::GUEST_CSUM,
+    )
+    .unwrap();
+    assert_eq!(g.acked_features(), features::WANTED | features::GUEST_CSUM);
+
+    // A device with TSO4 only: no TUN_F_TSO6 for the TAP; GUEST_TSO6 alone sizes RX buffers
+    // for super-frames.
+    let tso4 = features::WANTED
+        | features::CSUM
+        | features::GUEST_CSUM
+        | features::HOST_TSO4
+        | features::GUEST_TSO4;
+    let g = SimGuest::new(GuestConfig::default(), tso4).unwrap();
+    assert_eq!(
+        g.tap_offload_flags(),
+        utun::linux::TUN_F_CSUM | utun::linux::TUN_F_TSO4
+    );
+    let tso6 = features::WANTED | features::GUEST_CSUM | features::GUEST_TSO6;
+    assert_eq!(rx_buffer_size(&GuestConfig::default(), tso6), 16 << 10);
 }
 
 #[test]
