@@ -135,20 +135,11 @@ impl Control {
         s.held_fragments = held as u64;
         s.held_bytes = bytes as u64;
         let gw = core.gateway();
-        let n = core.negotiated();
-        let o = n.offloads;
-        let features = [
-            ("csum", o.tx_csum),
-            ("guest_csum", o.rx_csum),
-            ("host_tso4", o.tx_tso4),
-            ("guest_tso4", o.rx_tso4),
-            ("mrg_rxbuf", n.mrg_rxbuf),
-            ("event_idx", n.event_idx),
-        ]
-        .into_iter()
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| name.to_owned())
-        .collect();
+        // Every negotiated feature bit by name (none before the driver negotiated).
+        let features = match core.negotiated().features {
+            0 => Vec::new(),
+            f => bridge::feature_names(f).split(',').map(str::to_owned).collect(),
+        };
         s.guest = Some(Guest {
             mac: gw.guest_mac().to_string(),
             ipv4: gw.lease(b.now()).map(|a| a.to_string()),
