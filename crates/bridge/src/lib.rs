@@ -138,6 +138,7 @@ mod ring;
 mod rx_engine;
 mod rx_queue;
 mod stats;
+mod switch;
 #[cfg(feature = "driver")]
 mod sys;
 mod too_big;
@@ -191,6 +192,7 @@ pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, Policy
 pub use rx_engine::RxEngine;
 pub use rx_queue::{RxOutcome, RxQueue};
 pub use stats::{AtomicStats, BridgeStats, DropCause, DropsByName, Stats};
+pub use switch::{Claim, Decision, MAX_PORT_IPV6_ADDRS, PortId, Switch, SwitchError};
 pub use too_big::{TOO_BIG_ANSWER_BURST, TOO_BIG_ANSWERS_PER_SEC};
 pub use tx_engine::TxEngine;
 pub use tx_queue::{TxOutcome, TxQueue};

@@ -138,7 +138,10 @@ impl Control {
         // Every negotiated feature bit by name (none before the driver negotiated).
         let features = match core.negotiated().features {
             0 => Vec::new(),
-            f => bridge::feature_names(f).split(',').map(str::to_owned).collect(),
+            f => bridge::feature_names(f)
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
         };
         s.guest = Some(Guest {
             mac: gw.guest_mac().to_string(),
