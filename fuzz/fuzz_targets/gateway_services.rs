@@ -84,6 +84,7 @@ fn gateway() -> Gateway {
         lease: Duration::from_secs(3600),
         mtu: MTU,
         dns: true,
+        dns6: bridge::Dns6::Nat,
         static_guest_ip: None,
         ipv6: Some(Ipv6Config::default()),
     };

@@ -171,17 +171,7 @@ impl DeviceCore {
         for f in &config.forwards {
             nat.add_forward(*f).map_err(Error::NatRule)?;
         }
-        if let Some(up) = config.dns_upstream {
-            for protocol in [Protocol::Udp, Protocol::Tcp] {
-                let from = core::net::SocketAddrV4::new(config.gateway, 53);
-                nat.add_redirect(Redirect {
-                    protocol,
-                    from,
-                    to: up,
-                })
-                .map_err(Error::NatRule)?;
-            }
-        }
+        install_dns_redirects(&mut nat, &config)?;
         let device = Device::new(config.guest_mac, config.mtu).with_offloads(config.offloads);
         // Nothing negotiated yet, but the host link's framing is already fixed.
         let host_hdr = if config.offloads {
@@ -839,6 +829,28 @@ fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
 
 /// The gateway services of `config`, with its egress policy (the NAT's external address
 /// exempt).
+/// The NAT redirects of the gateway's DNS to the upstream of the same family: UDP and TCP
+/// `gateway:53` to an IPv4 upstream, `[fd64::1]:53` to an IPv6 one (with IPv6 on).
+fn install_dns_redirects(nat: &mut Nat, config: &BridgeConfig) -> Result<(), Error> {
+    use core::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+    for protocol in [Protocol::Udp, Protocol::Tcp] {
+        match (config.dns_upstream, &config.ipv6) {
+            (Some(SocketAddr::V4(to)), _) => nat.add_redirect(Redirect {
+                protocol,
+                from: SocketAddrV4::new(config.gateway, DNS_PORT),
+                to,
+            }),
+            (Some(SocketAddr::V6(to)), Some(v6)) => {
+                let from = SocketAddrV6::new(v6.gateway, DNS_PORT, 0, 0);
+                nat.add_redirect6(protocol, from, to)
+            }
+            _ => Ok(()),
+        }
+        .map_err(Error::NatRule)?;
+    }
+    Ok(())
+}
+
 fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
     Ok(Gateway::new(config.gateway_config())?
         .with_egress(config.egress.clone(), Some(config.nat.external_addr)))
@@ -898,6 +910,8 @@ fn reply_batch(config: &BridgeConfig, n: &Negotiated) -> FrameBatch {
     FrameBatch::new(config.batch_size, reply_size(config, n))
 }
 
+/// The DNS port (RFC 1035).
+const DNS_PORT: u16 = 53;
 /// Room for the longest reply the gateway builds (a DHCP reply with every option).
 const MIN_REPLY: usize = 1024;
 /// NAT mappings expired per tick at most.

@@ -47,16 +47,30 @@ pub struct GatewayConfig {
     pub lease: Duration,
     /// The guest MTU.
     pub mtu: u16,
-    /// Whether DNS to the gateway is forwarded (advertised in DHCP, passed to the NAT's
-    /// redirect). Without it, UDP queries to the gateway are answered REFUSED and TCP
-    /// segments to its port 53 with a RST.
+    /// Whether DNS to the gateway's IPv4 address is forwarded (advertised in DHCP, passed
+    /// to the NAT's redirect). Without it, UDP queries to the gateway are answered REFUSED
+    /// and TCP segments to its port 53 with a RST.
     pub dns: bool,
+    /// How DNS to the gateway's IPv6 address (`fd64::1`) is served; anything but
+    /// [`Dns6::Refused`] is advertised by RDNSS and DHCPv6.
+    pub dns6: Dns6,
     /// The guest's static address, accepted as a source besides its DHCP lease.
     pub static_guest_ip: Option<Ipv4Addr>,
     /// The IPv6 side (Neighbor Discovery, Router Advertisements, stateless DHCPv6, echo);
     /// `None`: IPv6 off, every IPv6 frame is [`DropCause::Ipv6NoRoute`]. Also off when `mtu`
     /// is under 1280 (IPv6's minimum link MTU, RFC 8200 5).
     pub ipv6: Option<Ipv6Config>,
+}
+
+/// How the gateway serves DNS (UDP and TCP port 53) to its IPv6 address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dns6 {
+    /// No upstream: UDP queries are answered REFUSED, TCP segments with a RST.
+    #[default]
+    Refused,
+    /// To the NAT (NAT66 redirects `[gateway]:53` to an IPv6 upstream).
+    Nat,
 }
 
 /// What to do with a frame from the guest.

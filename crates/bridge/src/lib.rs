@@ -165,7 +165,7 @@ pub use device::{
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{
     DnsChoice, RESOLV_CONF, ResolverPaths, SYSTEMD_RESOLV_CONF, host_dns_upstream,
-    is_usable_upstream, parse_resolv_conf, resolv_conf_nameservers,
+    is_usable_upstream, parse_dns_upstream, parse_resolv_conf, resolv_conf_nameservers,
 };
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
@@ -173,7 +173,7 @@ pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError, PortForward6};
 pub use frame::FrameBatch;
 pub use gateway::{
-    Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, Ipv6Config,
+    Dns6, Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, Ipv6Config,
     MAX_GUEST_IPV6_ADDRS, PREFIX_PREFERRED_S, PREFIX_VALID_S, RDNSS_LIFETIME_S, ROUTER_LIFETIME_S,
     TxAction, UNSOLICITED_RA_INTERVAL_MS,
 };

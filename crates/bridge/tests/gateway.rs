@@ -9,7 +9,7 @@ use bridge::testing::{
     udp_frame,
 };
 use bridge::{
-    DropCause, EgressAction, EgressPolicy, Gateway, GatewayConfig, ICMP_ERROR_BURST, MacAddr,
+    Dns6, DropCause, EgressAction, EgressPolicy, Gateway, GatewayConfig, ICMP_ERROR_BURST, MacAddr,
     TxAction,
 };
 use dhcproto::Decodable;
@@ -28,6 +28,7 @@ fn config() -> GatewayConfig {
         lease: Duration::from_secs(3600),
         mtu: 1500,
         dns: true,
+        dns6: Dns6::Refused,
         static_guest_ip: None,
         ipv6: None,
     }

@@ -480,7 +480,7 @@ fn kicks_and_config_are_checked() {
     assert!(matches!(Bridge::new(bad), Err(Error::Config(_))));
     // DNS upstream installs the redirect; an upstream inside the subnet is refused by the NAT.
     let up = BridgeConfig {
-        dns_upstream: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 7), 53)),
+        dns_upstream: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 7), 53).into()),
         ..BridgeConfig::default()
     };
     assert!(matches!(Bridge::new(up), Err(Error::NatRule(_))));
@@ -530,7 +530,7 @@ fn dns_is_redirected_and_large_fragmented_answers_arrive_as_fragments() {
     let upstream = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 53), 53);
     let cfg = BridgeConfig {
         static_guest_ip: Some(GUEST_IP),
-        dns_upstream: Some(upstream),
+        dns_upstream: Some(upstream.into()),
         ..BridgeConfig::default()
     };
     let (h, host) = rig.start(&net, cfg);
