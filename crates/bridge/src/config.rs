@@ -133,7 +133,8 @@ impl BridgeConfig {
             dns: self.dns_upstream.is_some_and(|u| u.is_ipv4()),
             dns6: match self.dns_upstream {
                 Some(SocketAddr::V6(_)) => Dns6::Nat,
-                Some(SocketAddr::V4(_)) | None => Dns6::Refused,
+                Some(SocketAddr::V4(_)) => Dns6::Relay,
+                None => Dns6::Refused,
             },
             static_guest_ip: self.static_guest_ip,
             ipv6: self.ipv6,

@@ -22,6 +22,7 @@ use crate::config::BridgeConfig;
 use crate::device::{
     CONFIG_SPACE_SIZE, Device, RX_QUEUE, VIRTIO_NET_HDR_LEN, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::Gateway;
 use crate::offload::{MAX_IP_PACKET, Offloads};
@@ -869,6 +870,11 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
     )
     .with_offloads(offloads, config.mtu)
     .with_forwards6(config.forwards6.clone());
+    let relay = match (&config.ipv6, config.gateway_config().dns6) {
+        (Some(v6), crate::Dns6::Relay) => Some(SharedRelay::new(config.gateway, v6.gateway)),
+        _ => None,
+    };
+    let tx = tx.with_dns_relay(relay.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
     let max_packet = if offloads.rx_tso4 {
@@ -883,7 +889,8 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
         mtu,
         config.gateway_mac,
     )
-    .with_offloads(offloads);
+    .with_offloads(offloads)
+    .with_dns_relay(relay);
     (
         TxHalf { engine: tx },
         RxHalf {

@@ -71,6 +71,9 @@ pub enum Dns6 {
     Refused,
     /// To the NAT (NAT66 redirects `[gateway]:53` to an IPv6 upstream).
     Nat,
+    /// To the gateway's DNS relay ([`TxAction::DnsRelay`]), which translates the query to
+    /// IPv4 from the gateway's IPv4 address for NAT44's redirect to an IPv4 upstream.
+    Relay,
 }
 
 /// What to do with a frame from the guest.
@@ -84,6 +87,12 @@ pub enum TxAction {
     /// Send the `len`-byte frame written to the reply buffer back to the guest.
     Reply {
         /// Length of the reply frame.
+        len: usize,
+    },
+    /// IPv6 DNS to the gateway for the DNS relay: the IPv6 packet `frame[14..14 + len]` is
+    /// translated to IPv4 and then goes to the NAT (see [`Dns6::Relay`]).
+    DnsRelay {
+        /// The IPv6 packet's length (Ethernet padding removed).
         len: usize,
     },
     /// Handled; nothing to send (DHCP RELEASE/DECLINE).

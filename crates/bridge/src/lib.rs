@@ -118,6 +118,7 @@ pub mod defaults;
 mod device;
 mod dhcp;
 mod dns;
+mod dns_relay;
 #[cfg(feature = "driver")]
 mod driver;
 mod error;
@@ -166,6 +167,10 @@ pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{
     DnsChoice, RESOLV_CONF, ResolverPaths, SYSTEMD_RESOLV_CONF, host_dns_upstream,
     is_usable_upstream, parse_dns_upstream, parse_resolv_conf, resolv_conf_nameservers,
+};
+pub use dns_relay::{
+    DNS_RELAY_SLOTS, DNS_RELAY_TCP_CLOSING_MS, DNS_RELAY_TCP_IDLE_MS, DNS_RELAY_UDP_IDLE_MS,
+    DnsRelay,
 };
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};

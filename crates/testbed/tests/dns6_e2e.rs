@@ -72,6 +72,34 @@ fn dig_aaaa_through_fd64_1_with_an_ipv6_upstream() {
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
+fn dig_aaaa_through_fd64_1_with_an_ipv4_upstream_by_the_relay() {
+    prerequisites();
+    // `Lab::start` passes `--dns-upstream 198.18.0.2`.
+    let mut lab = Lab::start("dns6v4", &[]);
+    let log = lab.start_dnsmasq();
+    lab.slaac();
+    aaaa_through_the_ipv6_gateway(&lab);
+    // dnsmasq heard the relayed queries over IPv4, from NAT44's external address.
+    let seen = wait_file_contains(&log, "tcp.e2e.test", 5);
+    assert!(seen.contains(&format!("from {EXTERNAL}")), "{seen}");
+    // IPv4 queries still go the NAT44 way.
+    lab.udhcpc();
+    let out = lab.ok(
+        Ns::G,
+        20,
+        &[
+            "dig",
+            &format!("@{GATEWAY}"),
+            "+short",
+            "+time=3",
+            "a.e2e.test",
+        ],
+    );
+    assert_eq!(out.trim(), "198.18.7.7");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
 fn ipv6_dns_without_an_upstream_is_refused_at_once() {
     prerequisites();
     let lab = Lab::start_with("dns6none", &[], Some("nameserver 127.0.0.1\n"));

@@ -330,8 +330,8 @@ impl Gateway {
     }
 
     /// DNS to the gateway's IPv6 address (`l4`: the UDP or TCP message to port 53 of the
-    /// `total`-byte packet): to the NAT, or without an upstream REFUSED (UDP) or a RST (TCP)
-    /// at once, as for IPv4.
+    /// `total`-byte packet): to the NAT or the DNS relay, or without an upstream REFUSED
+    /// (UDP) or a RST (TCP) at once, as for IPv4.
     fn dns6(
         &self,
         pkt: Packet,
@@ -342,6 +342,7 @@ impl Gateway {
     ) -> TxAction {
         match self.cfg.dns6 {
             super::Dns6::Nat => TxAction::Nat { len: total },
+            super::Dns6::Relay => TxAction::DnsRelay { len: total },
             super::Dns6::Refused if protocol == ip_proto::UDP => self.dns6_refused(pkt, l4, reply),
             super::Dns6::Refused => self.tcp6_reset(pkt, l4, reply),
         }
