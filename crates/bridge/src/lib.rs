@@ -61,8 +61,13 @@
 //! - Gateway services: ARP for the gateway address (learns the guest's MAC); DHCP (RFC 2131);
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
 //!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's
-//!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub); without an
-//!   upstream, UDP DNS queries to the gateway are answered with REFUSED, TCP with a RST.
+//!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub; IPv4 first,
+//!   then IPv6); without an upstream, UDP DNS queries to the gateway are answered with
+//!   REFUSED, TCP with a RST. The same for `[fd64::1]:53` over IPv6: to an IPv6 upstream by a
+//!   NAT66 redirect, to an IPv4 upstream by the gateway's [`DnsRelay`] (the query translated
+//!   to IPv4 from the gateway's IPv4 address and a relay port, the answer back; a bounded
+//!   table, [`DropCause::DnsRelay`] when full). IPv4 queries with only an IPv6 upstream are
+//!   answered REFUSED.
 //!   Other EtherTypes are counted and dropped.
 //! - IPv6 at the gateway ([`BridgeConfig::ipv6`], [`Ipv6Config`]; default prefix `fd64::/64`,
 //!   router `fe80::1`, gateway and DNS `fd64::1`): Neighbor Discovery for both addresses
