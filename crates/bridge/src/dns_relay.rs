@@ -56,9 +56,19 @@ fn is_to(addr: Ipv4Addr, packet: &[u8]) -> bool {
         && packet[IPV4_DST..IPV4_DST + 4] == addr.octets()
 }
 
-/// The relay's table of guest queries and its two translations (see the [module
-/// docs](self)). The device core builds one when the upstream is IPv4 and IPv6 is on; public
-/// for embedders with their own data path and for the fuzz targets.
+/// The gateway's DNS relay: IPv6 DNS to the gateway's IPv6 address (`[fd64::1]:53`, UDP and
+/// TCP) reaching an IPv4 upstream. [`DnsRelay::outbound`] translates the guest's query into
+/// IPv4 from the gateway's own IPv4 address (which no guest may use) and a relay port naming
+/// a slot of a bounded table ([`DNS_RELAY_SLOTS`]: guest address and port, protocol, last
+/// use), to the gateway's port 53, where NAT44's DNS redirect sends it on to the upstream;
+/// [`DnsRelay::inbound`] translates NAT44's answer back to IPv6 from `[fd64::1]:53` to the
+/// guest. Header translation as RFC 7915 does it, the transport checksum recomputed in full.
+/// Slots are reused after [`DNS_RELAY_UDP_IDLE_MS`] or [`DNS_RELAY_TCP_IDLE_MS`] idle,
+/// [`DNS_RELAY_TCP_CLOSING_MS`] after a FIN, at once after a RST; what it cannot carry is a
+/// [`DropCause::DnsRelay`] error, never a panic.
+///
+/// The device core builds one when the upstream is IPv4 and IPv6 is on; public for
+/// embedders with their own data path and for the fuzz targets.
 #[derive(Debug)]
 pub struct DnsRelay {
     gateway4: Ipv4Addr,
