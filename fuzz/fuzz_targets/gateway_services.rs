@@ -4,7 +4,8 @@
 //! message with a valid BOOTP header and cookie, ICMP echo to the gateway, a DNS query to the
 //! gateway, a packet to elsewhere, denied or allowed by the egress policy; an ICMPv6 message
 //! of an ND type or echo, a DHCPv6 message) whose fields and payload come from the input,
-//! with valid checksums so the parsers get past them. Never a panic; every reply fits the
+//! with valid checksums so the parsers get past them; DNS over UDP or TCP to `[fd64::1]:53`
+//! goes to the DNS relay ([`bridge::DnsRelay`]) and its answer back, checksums checked. Never a panic; every reply fits the
 //! reply buffer and is a well-formed frame with valid checksums; every frame passed to the
 //! NAT is an IPv4 or IPv6 packet inside the frame, of the length given. Unsolicited Router Advertisements are asked for
 //! after every frame and checked the same way.
@@ -16,16 +17,17 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 use core::time::Duration;
 
 use bridge::{
-    EgressAction, EgressPolicy, Gateway, GatewayConfig, Ipv6Config, MacAddr, TxAction,
+    DnsRelay, EgressAction, EgressPolicy, Gateway, GatewayConfig, Ipv6Config, MacAddr, TxAction,
 };
 use libfuzzer_sys::fuzz_target;
 use nat::Instant;
 use wire::{
-    ArpPacket, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, UdpPacket,
-    ethertype, ip_proto,
+    ArpPacket, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, TcpPacket,
+    UdpPacket, ethertype, ip_proto,
 };
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 1);
 const GUEST_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 const GATEWAY_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 const MTU: u16 = 1500;
@@ -34,6 +36,7 @@ const MAX_FRAME: usize = 9000;
 
 fuzz_target!(|input: &[u8]| {
     let mut gw = gateway();
+    let mut relay = DnsRelay::new(GATEWAY, GATEWAY6);
     let mut reply = vec![0u8; MTU as usize + 14];
     let mut frame = Vec::with_capacity(MAX_FRAME);
     let mut now = Instant::ZERO;
@@ -64,6 +67,12 @@ fuzz_target!(|input: &[u8]| {
                     assert_eq!(usize::from(ip.total_len()), len);
                 }
             }
+            TxAction::DnsRelay { len } => {
+                assert!(14 + len <= frame.len(), "relay len {len} past the frame");
+                let ip = Ipv6Packet::new_checked(&frame[14..14 + len]).expect("relay gets IPv6");
+                assert_eq!(40 + usize::from(ip.payload_len()), len);
+                relay_round_trip(&mut relay, &frame, len, now.as_millis());
+            }
             TxAction::Consumed | TxAction::Drop(_) => {}
         }
         if let Some(len) = gw.unsolicited(&mut reply, now) {
@@ -84,7 +93,7 @@ fn gateway() -> Gateway {
         lease: Duration::from_secs(3600),
         mtu: MTU,
         dns: true,
-        dns6: bridge::Dns6::Nat,
+        dns6: bridge::Dns6::Relay,
         static_guest_ip: None,
         ipv6: Some(Ipv6Config::default()),
     };
@@ -127,6 +136,8 @@ fn build(kind: u8, bytes: &[u8], frame: &mut Vec<u8>) {
             icmpv6_msg(bytes, frame, t);
         }
         7 => dhcpv6(bytes, frame),
+        // DNS over UDP or TCP to the gateway's port 53 (the relay's), of any length.
+        8 => dns6(bytes, frame),
         _ => frame.extend_from_slice(bytes),
     }
 }
@@ -305,6 +316,81 @@ fn dhcpv6(bytes: &[u8], frame: &mut Vec<u8>) {
     u.set_dst_port(547);
     u.set_len(len);
     u.fill_checksum_v6(src, dst);
+}
+
+/// A UDP datagram or TCP segment (flags and header length from the input) to port 53,
+/// with a valid checksum.
+fn dns6(bytes: &[u8], frame: &mut Vec<u8>) {
+    let tcp = byte(bytes, 0) & 1 == 1;
+    let hdr = if tcp { 20 } else { 8 };
+    let mut l4 = vec![0u8; hdr];
+    l4.extend_from_slice(bytes.get(7..).unwrap_or_default());
+    let len = l4.len().min(usize::from(u16::MAX)) as u16;
+    let next = if tcp { ip_proto::TCP } else { ip_proto::UDP };
+    let (at, src, dst) = ipv6(bytes, frame, next, &l4);
+    let sport = u16::from_be_bytes([byte(bytes, 1), byte(bytes, 5)]);
+    if tcp {
+        let mut t = TcpPacket::new_unchecked(&mut frame[at..]);
+        t.set_src_port(sport);
+        t.set_dst_port(53);
+        t.set_header_len(20 + 4 * usize::from(byte(bytes, 6) >> 6));
+        t.set_flags(byte(bytes, 6));
+        t.fill_checksum_v6(src, dst);
+    } else {
+        let mut u = UdpPacket::new_unchecked(&mut frame[at..]);
+        u.set_src_port(sport);
+        u.set_dst_port(53);
+        // Usually the true length, sometimes another.
+        u.set_len(if byte(bytes, 6) & 0xf0 == 0 { u16::from(byte(bytes, 6)) } else { len });
+        u.fill_checksum_v6(src, dst);
+    }
+}
+
+/// The relay's translation of a query (`frame[14..14 + len]`) and back of an answer to it:
+/// never a panic; what passes carries valid checksums.
+fn relay_round_trip(relay: &mut DnsRelay, frame: &[u8], len: usize, now: u64) {
+    let mut f = frame.to_vec();
+    let Ok(n) = relay.outbound(&mut f, len, now) else {
+        return;
+    };
+    let v4 = Ipv4Packet::new_checked(&f[14..14 + n]).expect("relay gives IPv4");
+    assert!(v4.verify_checksum(), "relayed IPv4 header checksum");
+    assert_eq!(usize::from(v4.total_len()), n);
+    let (proto, l4) = (v4.protocol(), v4.payload());
+    // The answer NAT44 would hand over: the ports swapped, the query's bytes as payload.
+    let mut answer = f[14..14 + n].to_vec();
+    let (sport, dport) = match proto {
+        ip_proto::UDP => {
+            let u = UdpPacket::new_checked(l4).expect("relayed UDP");
+            assert!(u.verify_checksum_v4(GATEWAY, GATEWAY), "relayed UDP checksum");
+            (u.src_port(), u.dst_port())
+        }
+        _ => {
+            let t = TcpPacket::new_checked(l4).expect("relayed TCP");
+            assert!(t.verify_checksum_v4(GATEWAY, GATEWAY), "relayed TCP checksum");
+            (t.src_port(), t.dst_port())
+        }
+    };
+    answer[20..22].copy_from_slice(&dport.to_be_bytes());
+    answer[22..24].copy_from_slice(&sport.to_be_bytes());
+    assert!(relay.is_for_relay(&answer));
+    let mut buf = vec![0u8; 14 + answer.len() + 20];
+    buf[14..14 + answer.len()].copy_from_slice(&answer);
+    let Ok(m) = relay.inbound(&mut buf, (14, answer.len()), usize::from(MTU), now) else {
+        return;
+    };
+    let v6 = Ipv6Packet::new_checked(&buf[14..14 + m]).expect("relay gives IPv6");
+    assert_eq!((v6.src_addr(), v6.next_header()), (GATEWAY6, proto));
+    let (src, dst) = (v6.src_addr(), v6.dst_addr());
+    if proto == ip_proto::UDP {
+        let u = UdpPacket::new_checked(v6.payload()).expect("answer UDP");
+        assert!(u.verify_checksum_v6(src, dst), "answer UDP checksum");
+        assert_eq!(u.src_port(), 53);
+    } else {
+        let t = TcpPacket::new_checked(v6.payload()).expect("answer TCP");
+        assert!(t.verify_checksum_v6(src, dst), "answer TCP checksum");
+        assert_eq!(t.src_port(), 53);
+    }
 }
 
 fn byte(bytes: &[u8], i: usize) -> u8 {
