@@ -31,10 +31,11 @@ pub struct BridgeConfig {
     pub lease: Duration,
     /// Where DNS to the gateway goes (UDP and TCP port 53 of `gateway`, and of the IPv6
     /// gateway `fd64::1` with `ipv6`), IPv4 or IPv6. An upstream of the query's own family
-    /// is reached through a NAT redirect; an IPv6 query to an IPv4 upstream through the
-    /// gateway's DNS relay (translated to IPv4 from the gateway's address). An IPv4 query
-    /// with only an IPv6 upstream is answered REFUSED (no relay that way). `None`: no DNS
-    /// service (not advertised in DHCP, RA or DHCPv6; queries answered REFUSED, TCP a RST).
+    /// is reached through a NAT redirect; a query to an upstream of the other family through
+    /// the gateway's DNS relay ([`crate::DnsRelay`]: translated from the gateway's own address
+    /// of the upstream's family; needs `ipv6`, so without it an IPv6 upstream serves no one).
+    /// `None`: no DNS service (not advertised in DHCP, RA or DHCPv6; queries answered
+    /// REFUSED, TCP a RST).
     pub dns_upstream: Option<SocketAddr>,
     /// Guest MTU (68..=65520), reported in the config space and by DHCP.
     pub mtu: u16,
@@ -130,7 +131,13 @@ impl BridgeConfig {
             dhcp_pool: self.dhcp_pool.clone(),
             lease: self.lease,
             mtu: self.mtu,
-            dns: self.dns_upstream.is_some_and(|u| u.is_ipv4()),
+            // An IPv6 upstream serves IPv4 queries through the relay, which needs IPv6.
+            dns: match self.dns_upstream {
+                Some(SocketAddr::V4(_)) => true,
+                Some(SocketAddr::V6(_)) => self.ipv6.is_some(),
+                None => false,
+            },
+            dns4_relay: self.ipv6.is_some() && self.dns_upstream.is_some_and(|u| u.is_ipv6()),
             dns6: match self.dns_upstream {
                 Some(SocketAddr::V6(_)) => Dns6::Nat,
                 Some(SocketAddr::V4(_)) => Dns6::Relay,

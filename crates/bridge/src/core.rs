@@ -870,8 +870,12 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
     )
     .with_offloads(offloads, config.mtu)
     .with_forwards6(config.forwards6.clone());
-    let relay = match (&config.ipv6, config.gateway_config().dns6) {
-        (Some(v6), crate::Dns6::Relay) => Some(SharedRelay::new(config.gateway, v6.gateway)),
+    // The DNS relay, when the upstream's family is not every query's (IPv6 on).
+    let gw = config.gateway_config();
+    let relay = match &config.ipv6 {
+        Some(v6) if gw.dns6 == crate::Dns6::Relay || gw.dns4_relay => {
+            Some(SharedRelay::new(config.gateway, v6.gateway))
+        }
         _ => None,
     };
     let tx = tx.with_dns_relay(relay.clone());

@@ -1,36 +1,40 @@
-//! The gateway's DNS relay: IPv6 DNS to `[fd64::1]:53` (UDP and TCP) reaching an IPv4
-//! upstream. The TX side translates the guest's IPv6 query into an IPv4 packet from the
-//! gateway's own IPv4 address (a source the guest can never use, so no flow of the guest's
-//! can clash) and a relay port naming a slot of a small table (the guest's address and port,
-//! the protocol, the last use), to the gateway's `:53`, where NAT44's DNS redirect sends it on
-//! to the upstream like any guest packet. The RX side takes what NAT44 lets through to the
+//! The gateway's DNS relay: DNS to the gateway (UDP and TCP port 53) reaching an upstream of
+//! the other IP version. The common case: IPv6 DNS to `[fd64::1]:53` and an IPv4 upstream.
+//! The TX side translates the guest's IPv6 query into an IPv4 packet from the gateway's own
+//! IPv4 address (a source the guest can never use, so no flow of the guest's can clash) and
+//! a relay port naming a slot of a small table (the guest's address and port, the protocol,
+//! the last use), to the gateway's `:53`, where NAT44's DNS redirect sends it on to the
+//! upstream like any guest packet. The RX side takes what NAT44 lets through to the
 //! gateway's IPv4 address and a relay port and translates it back to IPv6, from
-//! `[fd64::1]:53` to the slot's guest address and port.
+//! `[fd64::1]:53` to the slot's guest address and port. With an IPv6 upstream the same the
+//! other way: an IPv4 query to 192.168.64.1:53 becomes IPv6 from `fd64::1` for NAT66's
+//! redirect (20 bytes longer, into the room after the frame), the answer IPv4 again.
 //!
 //! Header translation as RFC 7915 does it (IPv6 ↔ IPv4 header, TCP/UDP payload untouched),
 //! but with the transport checksum recomputed in full (DNS messages are small; a partial
 //! checksum is complete afterwards). No fragments, no extension headers, no GSO: counted
 //! [`DropCause::DnsRelay`] drops, never a panic.
 //!
-//! Bounded: [`DNS_RELAY_SLOTS`] slots, reused when idle ([`DNS_RELAY_UDP_IDLE_MS`], [`DNS_RELAY_TCP_IDLE_MS`],
-//! [`DNS_RELAY_TCP_CLOSING_MS`] after a FIN, at once after a RST); a full table is a counted drop. The
-//! TX and RX halves may run on different threads: they share the table behind a mutex that
-//! only relayed DNS packets take (the RX side checks the destination address first, without
-//! the lock).
+//! Bounded: [`DNS_RELAY_SLOTS`] slots, reused when idle ([`DNS_RELAY_UDP_IDLE_MS`],
+//! [`DNS_RELAY_TCP_IDLE_MS`], [`DNS_RELAY_TCP_CLOSING_MS`] after a FIN, at once after a RST);
+//! a full table is a counted drop. The TX and RX halves may run on different threads: they
+//! share the table behind a mutex that only relayed DNS packets take (the RX side checks the
+//! destination address first, without the lock).
 
-use core::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use ::wire::{Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, ip_proto, ipv6, tcp};
 
 use crate::stats::DropCause;
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, IPV4_HLEN, write_ipv4_header};
+use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_HLEN, write_ipv4_header};
 
 /// The table both halves share (see the module docs).
 #[derive(Clone, Debug)]
 pub(crate) struct SharedRelay {
-    /// The gateway's IPv4 address: what the RX side checks before it takes the lock.
-    pub(crate) gateway4: Ipv4Addr,
+    /// The gateway's addresses: what the RX side checks before it takes the lock.
+    gateway4: Ipv4Addr,
+    gateway6: Ipv6Addr,
     pub(crate) table: Arc<Mutex<DnsRelay>>,
 }
 
@@ -38,36 +42,42 @@ impl SharedRelay {
     pub(crate) fn new(gateway4: Ipv4Addr, gateway6: Ipv6Addr) -> Self {
         SharedRelay {
             gateway4,
+            gateway6,
             table: Arc::new(Mutex::new(DnsRelay::new(gateway4, gateway6))),
         }
     }
 
-    /// Whether `packet` (an IP packet NAT44 let through towards the guest) is for the relay:
-    /// IPv4 to the gateway's own address, which no guest flow uses. No lock.
+    /// Whether `packet` (an IP packet the NAT let through towards the guest) is for the
+    /// relay ([`DnsRelay::is_for_relay`]). No lock.
     pub(crate) fn is_for_relay(&self, packet: &[u8]) -> bool {
-        is_to(self.gateway4, packet)
+        is_to(self.gateway4, self.gateway6, packet)
     }
 }
 
-/// Whether `packet` is IPv4 to `addr`.
-fn is_to(addr: Ipv4Addr, packet: &[u8]) -> bool {
-    packet.len() >= IPV4_HLEN
-        && packet[0] >> 4 == 4
-        && packet[IPV4_DST..IPV4_DST + 4] == addr.octets()
+/// Whether `packet` is IPv4 to `addr4` or IPv6 to `addr6`.
+fn is_to(addr4: Ipv4Addr, addr6: Ipv6Addr, packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.len() >= IPV4_HLEN && packet[IPV4_DST..IPV4_DST + 4] == addr4.octets(),
+        Some(6) => {
+            packet.len() >= ipv6::HEADER_LEN && packet[IPV6_DST..IPV6_DST + 16] == addr6.octets()
+        }
+        _ => false,
+    }
 }
 
-/// The gateway's DNS relay: IPv6 DNS to the gateway's IPv6 address (`[fd64::1]:53`, UDP and
-/// TCP) reaching an IPv4 upstream. [`DnsRelay::outbound`] translates the guest's query into
-/// IPv4 from the gateway's own IPv4 address (which no guest may use) and a relay port naming
-/// a slot of a bounded table ([`DNS_RELAY_SLOTS`]: guest address and port, protocol, last
-/// use), to the gateway's port 53, where NAT44's DNS redirect sends it on to the upstream;
-/// [`DnsRelay::inbound`] translates NAT44's answer back to IPv6 from `[fd64::1]:53` to the
-/// guest. Header translation as RFC 7915 does it, the transport checksum recomputed in full.
-/// Slots are reused after [`DNS_RELAY_UDP_IDLE_MS`] or [`DNS_RELAY_TCP_IDLE_MS`] idle,
+/// The gateway's DNS relay: DNS to the gateway (UDP and TCP port 53) reaching an upstream
+/// of the other IP version. [`DnsRelay::outbound`] translates the guest's query into the
+/// upstream's version, from the gateway's own address of that version (which no guest may
+/// use) and a relay port naming a slot of a bounded table ([`DNS_RELAY_SLOTS`]: guest
+/// address and port, protocol, last use), to the gateway's port 53 of that version, where
+/// the NAT's DNS redirect sends it on to the upstream; [`DnsRelay::inbound`] translates the
+/// NAT's answer back, from the gateway's address and port 53 to the guest. Header
+/// translation as RFC 7915 does it, the transport checksum recomputed in full. Slots are
+/// reused after [`DNS_RELAY_UDP_IDLE_MS`] or [`DNS_RELAY_TCP_IDLE_MS`] idle,
 /// [`DNS_RELAY_TCP_CLOSING_MS`] after a FIN, at once after a RST; what it cannot carry is a
 /// [`DropCause::DnsRelay`] error, never a panic.
 ///
-/// The device core builds one when the upstream is IPv4 and IPv6 is on; public for
+/// The device core builds one when IPv6 is on and there is an upstream; public for
 /// embedders with their own data path and for the fuzz targets.
 #[derive(Debug)]
 pub struct DnsRelay {
@@ -81,7 +91,7 @@ pub struct DnsRelay {
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    guest: Ipv6Addr,
+    guest: IpAddr,
     port: u16,
     protocol: u8,
     state: u8,
@@ -91,7 +101,7 @@ struct Slot {
 
 impl Slot {
     const FREE: Slot = Slot {
-        guest: Ipv6Addr::UNSPECIFIED,
+        guest: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         port: 0,
         protocol: 0,
         state: FREE,
@@ -134,11 +144,58 @@ impl DnsRelay {
         }
     }
 
-    /// Whether `packet` (an IP packet NAT44 let through towards the guest) is for the relay:
-    /// IPv4 to the gateway's IPv4 address, which no guest flow uses.
+    /// Whether `packet` (an IP packet the NAT let through towards the guest) is for the
+    /// relay: IPv4 to the gateway's IPv4 address or IPv6 to its IPv6 address, which no guest
+    /// flow uses.
     #[must_use]
     pub fn is_for_relay(&self, packet: &[u8]) -> bool {
-        is_to(self.gateway4, packet)
+        is_to(self.gateway4, self.gateway6, packet)
+    }
+
+    /// Translates the guest's DNS query `frame[14..14 + len]` (UDP or TCP to the gateway's
+    /// port 53) in place into the other IP version, from the gateway's own address of that
+    /// version and a relay port to the gateway's port 53 of that version (whose NAT redirect
+    /// sends it on to the upstream); the frame's EtherType follows. IPv6 becomes 20 bytes
+    /// shorter; IPv4 becomes 20 bytes longer, into the room `frame` has after the packet.
+    /// Returns the new packet's length. `now`: milliseconds of the caller's monotonic clock.
+    ///
+    /// # Errors
+    ///
+    /// [`DropCause::Malformed`] for a packet shorter than its headers,
+    /// [`DropCause::DnsRelay`] for what the relay does not carry (a full table, extension
+    /// headers, a fragment, a UDP length that disagrees, no room to grow).
+    pub fn outbound(&mut self, frame: &mut [u8], len: usize, now: u64) -> Result<usize, DropCause> {
+        match frame.get(ETH_HLEN).map(|b| b >> 4) {
+            Some(6) => self.out_6to4(frame, len, now),
+            Some(4) => self.out_4to6(frame, len, now),
+            _ => Err(DropCause::Malformed),
+        }
+    }
+
+    /// Translates the packet `buf[start..start + len]` (the NAT's answer to a relayed query:
+    /// to the gateway's address of its version and a relay port) in place back into the
+    /// version of the query, from the gateway's address of that version and port 53 to the
+    /// slot's guest address and port. Returns its new length (IPv4 → IPv6: 20 bytes more,
+    /// into `buf`).
+    ///
+    /// # Errors
+    ///
+    /// [`DropCause::Malformed`] for a packet shorter than its headers,
+    /// [`DropCause::DnsRelay`] for a fragment or extension headers, a port that names no live
+    /// slot of the packet's protocol and family, or a packet longer than `max_len` or than
+    /// `buf` holds.
+    pub fn inbound(
+        &mut self,
+        buf: &mut [u8],
+        (start, len): (usize, usize),
+        max_len: usize,
+        now: u64,
+    ) -> Result<usize, DropCause> {
+        match buf.get(start).map(|b| b >> 4) {
+            Some(4) => self.in_4to6(buf, (start, len), max_len, now),
+            Some(6) => self.in_6to4(buf, (start, len), max_len, now),
+            _ => Err(DropCause::Malformed),
+        }
     }
 
     /// Slots in use at `now`.
@@ -147,17 +204,8 @@ impl DnsRelay {
         self.slots.iter().filter(|s| s.live(now)).count()
     }
 
-    /// Translates the guest's IPv6 DNS packet `frame[14..14 + len]` (UDP or TCP to the
-    /// gateway's port 53, no extension headers) in place into IPv4 from the gateway's address
-    /// and a relay port to the gateway's port 53; the frame's EtherType becomes IPv4. Returns
-    /// the IPv4 packet's length (20 bytes shorter). `now`: milliseconds of the caller's
-    /// monotonic clock.
-    ///
-    /// # Errors
-    ///
-    /// [`DropCause::Malformed`] for a packet shorter than its headers,
-    /// [`DropCause::DnsRelay`] for what the relay does not carry (see the module docs).
-    pub fn outbound(&mut self, frame: &mut [u8], len: usize, now: u64) -> Result<usize, DropCause> {
+    /// An IPv6 query (no extension headers) to IPv4 from the gateway's IPv4 address.
+    fn out_6to4(&mut self, frame: &mut [u8], len: usize, now: u64) -> Result<usize, DropCause> {
         let packet = frame
             .get(ETH_HLEN..ETH_HLEN + len)
             .ok_or(DropCause::Malformed)?;
@@ -174,7 +222,7 @@ impl DnsRelay {
         let (port, flags) = transport(protocol, l4)?;
         let ip_len = IPV4_HLEN + l4_len;
         let total = u16::try_from(ip_len).map_err(|_| DropCause::DnsRelay)?;
-        let index = self.slot_for(guest, port, protocol, now)?;
+        let index = self.slot_for(IpAddr::V6(guest), port, protocol, now)?;
         self.slots[index].touch(now, flags);
         let relay_port = relay_port(index);
         let from = ETH_HLEN + ipv6::HEADER_LEN;
@@ -199,18 +247,8 @@ impl DnsRelay {
         Ok(ip_len)
     }
 
-    /// Translates the IPv4 packet `buf[start..start + len]` (NAT44's answer to a relayed
-    /// query: to the gateway's address and a relay port) in place into IPv6 from the
-    /// gateway's IPv6 address and port 53 to the slot's guest address and port; the packet
-    /// grows by 20 bytes into `buf`. Returns its new length. Whether a packet is for the
-    /// relay at all: [`DnsRelay::is_for_relay`].
-    ///
-    /// # Errors
-    ///
-    /// [`DropCause::Malformed`] for a packet shorter than its headers,
-    /// [`DropCause::DnsRelay`] for a fragment, a port that names no live slot of the
-    /// packet's protocol, or an IPv6 packet longer than `max_len` or than `buf` holds.
-    pub fn inbound(
+    /// NAT44's answer to an IPv6 query back to IPv6.
+    fn in_4to6(
         &mut self,
         buf: &mut [u8],
         (start, len): (usize, usize),
@@ -230,6 +268,9 @@ impl DnsRelay {
         let dst_port = UdpPacket::new_unchecked(l4).dst_port();
         let index = usize::from(dst_port.wrapping_sub(RELAY_PORT_BASE));
         let slot = self.slots.get_mut(index).ok_or(DropCause::DnsRelay)?;
+        let IpAddr::V6(guest) = slot.guest else {
+            return Err(DropCause::DnsRelay);
+        };
         if !slot.live(now) || slot.protocol != protocol {
             return Err(DropCause::DnsRelay);
         }
@@ -238,7 +279,7 @@ impl DnsRelay {
         if new_len > max_len || start + new_len > buf.len() {
             return Err(DropCause::DnsRelay);
         }
-        let (guest, guest_port) = (slot.guest, slot.port);
+        let guest_port = slot.port;
         slot.touch(now, flags);
         buf.copy_within(start + hl..start + hl + l4_len, start + ipv6::HEADER_LEN);
         let packet = &mut buf[start..start + new_len];
@@ -266,10 +307,95 @@ impl DnsRelay {
         Ok(new_len)
     }
 
+    /// An IPv4 query to IPv6 from the gateway's IPv6 address, into the room after it.
+    fn out_4to6(&mut self, frame: &mut [u8], len: usize, now: u64) -> Result<usize, DropCause> {
+        let packet = frame
+            .get(ETH_HLEN..ETH_HLEN + len)
+            .ok_or(DropCause::Malformed)?;
+        let ip = Ipv4Packet::new_checked(packet).map_err(|_| DropCause::Malformed)?;
+        if ip.is_fragment() {
+            return Err(DropCause::DnsRelay);
+        }
+        let protocol = ip.protocol();
+        let hl = ip.header_len();
+        let l4_len = usize::from(ip.total_len()) - hl;
+        let (guest, ttl) = (ip.src_addr(), ip.ttl());
+        let (port, flags) = transport(protocol, ip.payload())?;
+        let new_len = ipv6::HEADER_LEN + l4_len;
+        let payload_len = u16::try_from(l4_len).map_err(|_| DropCause::DnsRelay)?;
+        if ETH_HLEN + new_len > frame.len() {
+            return Err(DropCause::DnsRelay);
+        }
+        let index = self.slot_for(IpAddr::V4(guest), port, protocol, now)?;
+        self.slots[index].touch(now, flags);
+        let from = ETH_HLEN + hl;
+        frame.copy_within(from..from + l4_len, ETH_HLEN + ipv6::HEADER_LEN);
+        frame[ETH_HLEN - 2..ETH_HLEN].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        let packet = &mut frame[ETH_HLEN..ETH_HLEN + new_len];
+        let g = self.gateway6;
+        write_ipv6_header(packet, payload_len, protocol, ttl, (g, g));
+        set_ports_and_checksum(
+            &mut packet[ipv6::HEADER_LEN..],
+            protocol,
+            (Some(relay_port(index)), None),
+            (IpAddr::V6(g), IpAddr::V6(g)),
+        );
+        Ok(new_len)
+    }
+
+    /// NAT66's answer to an IPv4 query back to IPv4.
+    fn in_6to4(
+        &mut self,
+        buf: &mut [u8],
+        (start, len): (usize, usize),
+        max_len: usize,
+        now: u64,
+    ) -> Result<usize, DropCause> {
+        let packet = buf.get(start..start + len).ok_or(DropCause::Malformed)?;
+        let ip = Ipv6Packet::new_checked(packet).map_err(|_| DropCause::Malformed)?;
+        let protocol = ip.next_header();
+        if protocol != ip_proto::UDP && protocol != ip_proto::TCP {
+            return Err(DropCause::DnsRelay);
+        }
+        let l4_len = usize::from(ip.payload_len());
+        let l4 = packet
+            .get(ipv6::HEADER_LEN..ipv6::HEADER_LEN + l4_len)
+            .ok_or(DropCause::Malformed)?;
+        let (_, flags) = transport(protocol, l4)?;
+        let dst_port = UdpPacket::new_unchecked(l4).dst_port();
+        let index = usize::from(dst_port.wrapping_sub(RELAY_PORT_BASE));
+        let slot = self.slots.get_mut(index).ok_or(DropCause::DnsRelay)?;
+        let IpAddr::V4(guest) = slot.guest else {
+            return Err(DropCause::DnsRelay);
+        };
+        if !slot.live(now) || slot.protocol != protocol {
+            return Err(DropCause::DnsRelay);
+        }
+        let new_len = IPV4_HLEN + l4_len;
+        let total = u16::try_from(new_len).map_err(|_| DropCause::DnsRelay)?;
+        if new_len > max_len {
+            return Err(DropCause::DnsRelay);
+        }
+        let guest_port = slot.port;
+        slot.touch(now, flags);
+        let from = start + ipv6::HEADER_LEN;
+        buf.copy_within(from..from + l4_len, start + IPV4_HLEN);
+        let packet = &mut buf[start..start + new_len];
+        let g = self.gateway4;
+        write_ipv4_header(packet, total, protocol, g, guest);
+        set_ports_and_checksum(
+            &mut packet[IPV4_HLEN..],
+            protocol,
+            (Some(DNS_PORT), Some(guest_port)),
+            (IpAddr::V4(g), IpAddr::V4(guest)),
+        );
+        Ok(new_len)
+    }
+
     /// The live slot of (`guest`, `port`, `protocol`), or a free one (round robin).
     fn slot_for(
         &mut self,
-        guest: Ipv6Addr,
+        guest: IpAddr,
         port: u16,
         protocol: u8,
         now: u64,
@@ -313,6 +439,62 @@ fn transport(protocol: u8, l4: &[u8]) -> Result<(u16, u8), DropCause> {
     }
 }
 
+/// Writes a 40-byte IPv6 header into `packet[..40]`.
+fn write_ipv6_header(
+    packet: &mut [u8],
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    (src, dst): (Ipv6Addr, Ipv6Addr),
+) {
+    let mut v6 = Ipv6Packet::new_unchecked(packet);
+    v6.set_version(6);
+    v6.set_traffic_class(0);
+    v6.set_flow_label(0);
+    v6.set_payload_len(payload_len);
+    v6.set_next_header(next_header);
+    v6.set_hop_limit(hop_limit);
+    v6.set_src_addr(src);
+    v6.set_dst_addr(dst);
+}
+
+/// Sets the source and destination ports (where given) of the TCP or UDP header at the start
+/// of `l4` and recomputes its checksum over `src` and `dst` (one family).
+fn set_ports_and_checksum(
+    l4: &mut [u8],
+    protocol: u8,
+    (sport, dport): (Option<u16>, Option<u16>),
+    (src, dst): (IpAddr, IpAddr),
+) {
+    if protocol == ip_proto::UDP {
+        let mut u = UdpPacket::new_unchecked(l4);
+        if let Some(p) = sport {
+            u.set_src_port(p);
+        }
+        if let Some(p) = dport {
+            u.set_dst_port(p);
+        }
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => u.fill_checksum_v4(s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => u.fill_checksum_v6(s, d),
+            _ => {}
+        }
+    } else {
+        let mut t = TcpPacket::new_unchecked(l4);
+        if let Some(p) = sport {
+            t.set_src_port(p);
+        }
+        if let Some(p) = dport {
+            t.set_dst_port(p);
+        }
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => t.fill_checksum_v4(s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => t.fill_checksum_v6(s, d),
+            _ => {}
+        }
+    }
+}
+
 /// The relay port of slot `index`.
 fn relay_port(index: usize) -> u16 {
     // `index` < DNS_RELAY_SLOTS, so the sum stays under 65536.
@@ -334,6 +516,8 @@ const DNS_PORT: u16 = 53;
 const HOP_LIMIT: u8 = 64;
 /// The offset of the destination address in the IPv4 header.
 const IPV4_DST: usize = 16;
+/// The offset of the destination address in the IPv6 header.
+const IPV6_DST: usize = 24;
 const FREE: u8 = 0;
 const OPEN: u8 = 1;
 const CLOSING: u8 = 2;
@@ -615,5 +799,71 @@ mod tests {
             let mut b = buf.clone();
             let _ = r.inbound(&mut b, (ETH_HLEN, cut), 1500, 1);
         }
+    }
+
+    const GUEST4: Ipv4Addr = crate::testing::GUEST_IP;
+
+    #[test]
+    fn an_ipv4_query_reaches_an_ipv6_upstream_and_its_answer_comes_back_as_ipv4() {
+        let mut r = relay();
+        // A UDP query in a buffer with room after the frame.
+        let q = crate::testing::udp_frame(GUEST_MAC, GUEST4, 33333, GATEWAY, 53, b"query A");
+        let len = q.len() - ETH_HLEN;
+        let mut frame = q.clone();
+        frame.resize(q.len() + 64, 0);
+        let n = r.outbound(&mut frame, len, 1).unwrap();
+        assert_eq!(n, len + 20);
+        assert_eq!(&frame[12..14], &crate::wire::ETHERTYPE_IPV6.to_be_bytes());
+        let v6 = Ipv6Packet::new_checked(&frame[ETH_HLEN..ETH_HLEN + n]).unwrap();
+        assert_eq!((v6.src_addr(), v6.dst_addr()), (GW6, GW6));
+        let u = UdpPacket::new_checked(v6.payload()).unwrap();
+        assert_eq!((u.src_port(), u.dst_port()), (RELAY_PORT_BASE, 53));
+        assert_eq!(u.payload(), b"query A");
+        assert!(u.verify_checksum_v6(GW6, GW6));
+        // No room to grow: a counted drop, and no slot taken.
+        let mut tight = q.clone();
+        tight.resize(q.len() + 19, 0);
+        assert_eq!(r.outbound(&mut tight, len, 1), Err(DropCause::DnsRelay));
+        assert_eq!(r.live(1), 1);
+        // The answer NAT66 hands over: to [fd64::1]:relay port from [fd64::1]:53.
+        let a = udp6_frame(
+            (GATEWAY_MAC, GUEST_MAC),
+            (GW6, 53),
+            (GW6, RELAY_PORT_BASE),
+            b"A 198.18.7.7",
+        );
+        let alen = a.len() - ETH_HLEN;
+        let mut buf = a.clone();
+        assert!(r.is_for_relay(&buf[ETH_HLEN..]));
+        let m = r.inbound(&mut buf, (ETH_HLEN, alen), 1500, 2).unwrap();
+        assert_eq!(m, alen - 20);
+        let v4 = Ipv4Packet::new_checked(&buf[ETH_HLEN..ETH_HLEN + m]).unwrap();
+        assert!(v4.verify_checksum());
+        assert_eq!((v4.src_addr(), v4.dst_addr()), (GATEWAY, GUEST4));
+        let u = UdpPacket::new_checked(v4.payload()).unwrap();
+        assert_eq!((u.src_port(), u.dst_port()), (53, 33333));
+        assert_eq!(u.payload(), b"A 198.18.7.7");
+        assert!(u.verify_checksum_v4(GATEWAY, GUEST4));
+        // An IPv4 answer to this IPv4 guest's slot is not one (wrong family), nor is an IPv6
+        // one with an extension header.
+        let wrong = udp_packet(GATEWAY, 53, GATEWAY, RELAY_PORT_BASE, b"x");
+        let mut b = vec![0u8; ETH_HLEN];
+        b.extend_from_slice(&wrong);
+        b.resize(b.len() + 64, 0);
+        assert_eq!(
+            r.inbound(&mut b, (ETH_HLEN, wrong.len()), 1500, 2),
+            Err(DropCause::DnsRelay)
+        );
+        let mut ext = a.clone();
+        Ipv6Packet::new_unchecked(&mut ext[ETH_HLEN..]).set_next_header(0);
+        assert_eq!(
+            r.inbound(&mut ext, (ETH_HLEN, alen), 1500, 2),
+            Err(DropCause::DnsRelay)
+        );
+        // A fragment of a query is not relayed.
+        let mut frag = q.clone();
+        frag.resize(q.len() + 64, 0);
+        Ipv4Packet::new_unchecked(&mut frag[ETH_HLEN..]).set_more_frags(true);
+        assert_eq!(r.outbound(&mut frag, len, 1), Err(DropCause::DnsRelay));
     }
 }

@@ -51,6 +51,10 @@ pub struct GatewayConfig {
     /// to the NAT's redirect). Without it, UDP queries to the gateway are answered REFUSED
     /// and TCP segments to its port 53 with a RST.
     pub dns: bool,
+    /// With `dns`: IPv4 queries to the gateway go to the DNS relay ([`TxAction::DnsRelay`],
+    /// translated to IPv6 from the gateway's IPv6 address for NAT66's redirect to an IPv6
+    /// upstream; needs `ipv6`) instead of NAT44's redirect.
+    pub dns4_relay: bool,
     /// How DNS to the gateway's IPv6 address (`fd64::1`) is served; anything but
     /// [`Dns6::Refused`] is advertised by RDNSS and DHCPv6.
     pub dns6: Dns6,
@@ -89,8 +93,9 @@ pub enum TxAction {
         /// Length of the reply frame.
         len: usize,
     },
-    /// IPv6 DNS to the gateway for the DNS relay: the IPv6 packet `frame[14..14 + len]` is
-    /// translated to IPv4 and then goes to the NAT (see [`Dns6::Relay`]).
+    /// DNS to the gateway for the DNS relay: the IP packet `frame[14..14 + len]` is
+    /// translated to the other IP version and then goes to the NAT (see [`Dns6::Relay`],
+    /// [`GatewayConfig::dns4_relay`]).
     DnsRelay {
         /// The IPv6 packet's length (Ethernet padding removed).
         len: usize,
@@ -375,7 +380,11 @@ impl Gateway {
                 None => frag, // a fragment: the NAT matches it to its first fragment
             };
             if self.cfg.dns && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) && dns_port {
-                return TxAction::Nat { len: total };
+                return match (self.cfg.dns4_relay, frag) {
+                    (false, _) => TxAction::Nat { len: total },
+                    (true, false) => TxAction::DnsRelay { len: total },
+                    (true, true) => TxAction::Drop(DropCause::DnsRelay),
+                };
             }
             // No upstream: answer at once so the guest's resolver fails fast instead of
             // waiting out its timeouts (dnsmasq answers REFUSED without servers too); over

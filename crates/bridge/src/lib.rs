@@ -63,11 +63,11 @@
 //!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's
 //!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub; IPv4 first,
 //!   then IPv6); without an upstream, UDP DNS queries to the gateway are answered with
-//!   REFUSED, TCP with a RST. The same for `[fd64::1]:53` over IPv6: to an IPv6 upstream by a
-//!   NAT66 redirect, to an IPv4 upstream by the gateway's [`DnsRelay`] (the query translated
-//!   to IPv4 from the gateway's IPv4 address and a relay port, the answer back; a bounded
-//!   table, [`DropCause::DnsRelay`] when full). IPv4 queries with only an IPv6 upstream are
-//!   answered REFUSED.
+//!   REFUSED, TCP with a RST. The same for `[fd64::1]:53` over IPv6. A query reaches an
+//!   upstream of its own family by a NAT redirect (NAT44 or NAT66), one of the other family
+//!   by the gateway's [`DnsRelay`] (the query translated into the upstream's IP version from
+//!   the gateway's own address of that version and a relay port, the answer back; a bounded
+//!   table, [`DropCause::DnsRelay`] when full; needs IPv6 on).
 //!   Other EtherTypes are counted and dropped.
 //! - IPv6 at the gateway ([`BridgeConfig::ipv6`], [`Ipv6Config`]; default prefix `fd64::/64`,
 //!   router `fe80::1`, gateway and DNS `fd64::1`): Neighbor Discovery for both addresses

@@ -81,17 +81,22 @@ impl TxEngine {
         self
     }
 
-    /// Translates frame `i`'s IPv6 DNS packet (`len` bytes) for NAT44 (see
-    /// [`crate::dns_relay`]); the frame's checksum is then complete (a plain frame).
+    /// Translates frame `i`'s DNS packet (`len` bytes) into the other IP version for the NAT
+    /// (see [`crate::DnsRelay`]; an IPv4 packet grows into its buffer's room); the frame's
+    /// checksum is then complete (a plain frame).
     fn relay_out(&mut self, i: usize, len: usize, now: Instant) -> Result<usize, DropCause> {
         let relay = self.dns_relay.as_ref().ok_or(DropCause::DnsRelay)?;
         let kind = self.kinds.get_mut(i).ok_or(DropCause::DnsRelay)?;
         if kind.0 == FrameOffload::Gso {
             return Err(DropCause::DnsRelay);
         }
-        let frame = self.input.frame_mut(i).ok_or(DropCause::DnsRelay)?;
+        let (buf, start, frame_len) = self.input.slot_mut(i).ok_or(DropCause::DnsRelay)?;
+        let frame = buf.get_mut(start..).ok_or(DropCause::DnsRelay)?;
         let n = lock(&relay.table).outbound(frame, len, now.as_millis())?;
         *kind = (FrameOffload::Plain, VirtioNetHdr::default());
+        if ETH_HLEN + n > frame_len {
+            self.input.set_bounds(i, start, ETH_HLEN + n);
+        }
         Ok(n)
     }
 

@@ -36,6 +36,7 @@ fn config() -> GatewayConfig {
         lease: Duration::from_secs(3600),
         mtu: 1500,
         dns: true,
+        dns4_relay: false,
         dns6: Dns6::Nat,
         static_guest_ip: None,
         ipv6: Some(Ipv6Config::default()),

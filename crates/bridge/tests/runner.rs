@@ -979,3 +979,53 @@ fn ipv6_dns_reaches_an_ipv6_upstream_through_nat66_and_back() {
     assert_eq!(ipv6_answer(&mut net), b"answer");
     h.shutdown().unwrap();
 }
+
+#[test]
+fn ipv4_dns_reaches_an_ipv6_upstream_through_the_relay_and_back() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    let upstream: core::net::SocketAddrV6 = "[2001:db8::53]:53".parse().unwrap();
+    let cfg = BridgeConfig {
+        static_guest_ip: Some(GUEST_IP),
+        dns_upstream: Some(upstream.into()),
+        ..BridgeConfig::default()
+    };
+    let external6 = cfg.nat.external_addr6;
+    let (h, host) = rig.start(&net, cfg);
+    net.send_frame(
+        HDR,
+        &udp_frame(GUEST_MAC, GUEST_IP, 33333, GATEWAY, 53, b"query"),
+        &[],
+    );
+    h.kick(1).unwrap();
+    let mut out = None;
+    wait_for("the query upstream", || {
+        out = host.recv();
+        out.is_some()
+    });
+    let out = out.unwrap();
+    let ip = wire::Ipv6Packet::new_checked(&out[..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (external6, *upstream.ip()));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((u.dst_port(), u.payload()), (53, &b"query"[..]));
+    assert!(u.verify_checksum_v6(external6, *upstream.ip()));
+    let sport = u.src_port();
+    let a = bridge::testing::udp6_frame(
+        (GUEST_MAC, GUEST_MAC),
+        (*upstream.ip(), 53),
+        (external6, sport),
+        b"answer",
+    );
+    assert!(host.send(&a[14..]));
+    let (_, f) = recv_frame(&mut net, &mut Vec::new());
+    let ip = Ipv4Packet::new_checked(ip_of(&f)).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY, GUEST_IP));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((u.src_port(), u.dst_port()), (53, 33333));
+    assert_eq!(u.payload(), b"answer");
+    assert!(u.verify_checksum_v4(GATEWAY, GUEST_IP));
+    h.shutdown().unwrap();
+}

@@ -3,7 +3,7 @@
 //! dnsmasq's AAAA record from the server namespace:
 //!
 //! - with an IPv6 upstream (`--dns-upstream 2001:db8::2`): NAT66 redirects `[fd64::1]:53` to
-//!   it;
+//!   it, and IPv4 queries to 192.168.64.1 reach it through the gateway's DNS relay;
 //! - with an IPv4 upstream (`--dns-upstream 198.18.0.2`, the common case): the gateway's DNS
 //!   relay translates the query to IPv4 from the gateway's own address, NAT44 redirects it;
 //! - with no usable upstream: the query is answered REFUSED (UDP) or reset (TCP) at once.
@@ -64,10 +64,23 @@ fn dig_aaaa_through_fd64_1_with_an_ipv6_upstream() {
     // dnsmasq heard the queries from NAT66's external address.
     let seen = wait_file_contains(&log, "tcp.e2e.test", 5);
     assert!(seen.contains("from fd64:ffff::2"), "{seen}");
-    // IPv4 queries: no relay towards an IPv6 upstream, so REFUSED at once.
+    // IPv4 queries to 192.168.64.1 reach the IPv6 upstream through the DNS relay.
     lab.udhcpc();
-    let out = dig(&lab, &GATEWAY.to_string(), "v4.e2e.test", &[]);
-    assert!(out.contains("status: REFUSED"), "{out}");
+    for extra in [&[][..], &["+tcp"][..]] {
+        let mut argv = vec![
+            "dig",
+            "@192.168.64.1",
+            "+short",
+            "+time=3",
+            "A",
+            "v4.e2e.test",
+        ];
+        argv.extend_from_slice(extra);
+        let out = lab.ok(Ns::G, 20, &argv);
+        assert_eq!(out.trim(), "198.18.7.7", "dig {extra:?}");
+    }
+    let seen = wait_file_contains(&log, "query[A] v4.e2e.test", 5);
+    assert!(seen.contains("v4.e2e.test from fd64:ffff::2"), "{seen}");
 }
 
 #[test]
