@@ -110,6 +110,7 @@ fn gateway() -> Gateway {
     for (cidr, action) in [
         ("198.18.0.0/24", EgressAction::Deny),
         ("198.18.0.128/25", EgressAction::Allow),
+        ("2001:db8::/33", EgressAction::Deny),
     ] {
         let cidr = cidr.parse().unwrap_or_else(|e| panic!("static cidr: {e}"));
         policy

@@ -13,12 +13,14 @@
 //! `HOSTNET-RESULT <step> ok|fail ...` line per step on the serial console, then `HOSTNET-RESULT done` and powers
 //! off. Steps:
 //! - `dhcp`: lease on eth0 (`HOSTNET-RESULT dhcp ok <ip> router=<ip> dns=<ip> mtu=<n>`);
-//! - `ping:IP`: three echo requests (`ping ok <ip> ...`);
-//! - `http:URL:SHA256`: downloads URL, checks its SHA-256 (`http ok rate_kbit=<n> bytes=<n> csecs=<n>`);
+//! - `slaac`: waits up to 10 s for the kernel's SLAAC on eth0: a global IPv6 address past DAD and a default route
+//!   (`HOSTNET-RESULT slaac ok <address> router=<router>`);
+//! - `ping:IP`: three echo requests, IPv4 or IPv6 (`ping ok <ip> ...`);
+//! - `http:URL:SHA256`: downloads URL (an IPv6 host in brackets), checks its SHA-256 (`http ok rate_kbit=<n> bytes=<n> csecs=<n>`);
 //! - `dns:NAME:IP`: resolves NAME through the leased DNS server, expects IP (`dns ok <name> <ip>`);
 //! - `listen:PORT`: prints `HOSTNET-READY listen <port>`, accepts one TCP connection, answers its first line
 //!   with `ack <line>` and prints what it received (`listen ok <first line>`);
-//! - `upload:IP:PORT:BYTES`: sends BYTES random bytes (a multiple of 64 KiB) to IP:PORT with `nc`
+//! - `upload:IP:PORT:BYTES`: sends (IPv4 or IPv6) BYTES random bytes (a multiple of 64 KiB) to IP:PORT with `nc`
 //!   (`upload ok rate_kbit=<n> bytes=<n> csecs=<n> sha256=<hex>`);
 //! - `sleep:SECS`: waits (`sleep ok`), e.g. while a test restarts the daemon;
 //! - `reboot`: prints `reboot ok` and reboots; QEMU started without `-no-reboot` boots the same
@@ -438,6 +440,17 @@ for step in $(echo "$tests" | tr , ' '); do
         rm -f /tmp/lease
         udhcpc -i eth0 -n -q -t 5 -T 2 -O mtu -s /bin/dhcp-script >/dev/null 2>&1
         if [ -s /tmp/lease ]; then r dhcp ok $(cat /tmp/lease); else r dhcp fail; fi
+        ;;
+    slaac)
+        # The kernel's own SLAAC (accept_ra): a global address that passed DAD and a default route.
+        a=""; gw=""; i=0
+        while [ $i -lt 100 ]; do
+            a=$(ip -6 addr show dev eth0 | awk '/inet6/ && /scope global/ && !/tentative/ { print $2; exit }')
+            gw=$(ip -6 route | awk '/^default/ && /via/ { for (k = 1; k < NF; k++) if ($k == "via") print $(k + 1); exit }')
+            [ -n "$a" ] && [ -n "$gw" ] && break
+            sleep 0.1; i=$((i + 1))
+        done
+        if [ -n "$a" ] && [ -n "$gw" ]; then r slaac ok "${a%/*}" router=$gw; else r slaac fail "addr=$a" "router=$gw"; fi
         ;;
     ping:*)
         ip="${step#ping:}"

@@ -337,6 +337,75 @@ impl DeviceCore {
         Ok(())
     }
 
+    /// Adds a port forward at runtime (a control request), kept across [`DeviceCore::reset`]:
+    /// IPv4 into the NAT at once, to the spec's guest address or the first DHCP address;
+    /// IPv6 to the guest's learned global address, at once if known, else as soon as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] without IPv6 for a `tcp6`/`udp6` spec, or when the external port is
+    /// taken for the protocol and family; [`Error::NatRule`] when the NAT refuses the rule.
+    pub fn add_forward(&mut self, spec: crate::ForwardSpec) -> Result<(), Error> {
+        if spec.ipv6 {
+            if self.config.ipv6.is_none() {
+                return Err(Error::Config(
+                    "an IPv6 port forward needs IPv6 (it is off)".into(),
+                ));
+            }
+            let f = spec.to_port_forward6();
+            if !self.tx.engine.add_forward6(f, &mut self.nat) {
+                return Err(Error::Config(format!(
+                    "{:?} port {} is already forwarded (IPv6)",
+                    f.protocol, f.external_port
+                )));
+            }
+            self.config.forwards6.push(f);
+            return Ok(());
+        }
+        let f = spec.to_port_forward(*self.config.dhcp_pool.start());
+        if self
+            .config
+            .forwards
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
+        {
+            return Err(Error::Config(format!(
+                "{:?} port {} is already forwarded",
+                f.protocol, f.external_port
+            )));
+        }
+        self.nat.add_forward(f).map_err(Error::NatRule)?;
+        self.config.forwards.push(f);
+        Ok(())
+    }
+
+    /// Removes the port forward on (`protocol`, `external_port`) of one family (a control
+    /// request) and ends the sessions set up through it ([`nat::Nat::close_forward`]), so the
+    /// port stops answering at once; `false` if there was none.
+    pub fn remove_forward(
+        &mut self,
+        protocol: nat::Protocol,
+        external_port: u16,
+        ipv6: bool,
+    ) -> bool {
+        let same = |p: nat::Protocol, port: u16| p == protocol && port == external_port;
+        if ipv6 {
+            self.config
+                .forwards6
+                .retain(|g| !same(g.protocol, g.external_port));
+            return self
+                .tx
+                .engine
+                .remove_forward6(protocol, external_port, &mut self.nat);
+        }
+        let before = self.config.forwards.len();
+        self.config
+            .forwards
+            .retain(|g| !same(g.protocol, g.external_port));
+        self.nat.close_forward(protocol, external_port);
+        self.config.forwards.len() != before
+    }
+
     /// Forgets all state (a device reset): new NAT table, no leases, no frames, nothing
     /// negotiated.
     pub fn reset(&mut self) {
@@ -737,6 +806,10 @@ impl RxHalf {
                         self.host_pending = false;
                     }
                     nat.with(|nat| self.engine.translate(nat, now, guest_mac, stats));
+                    if let Err(e) = self.engine.send_answers(host, stats) {
+                        self.host_pending = false;
+                        return Err(e);
+                    }
                 }
                 Err(e) => {
                     self.host_pending = false;
@@ -854,7 +927,8 @@ fn install_dns_redirects(nat: &mut Nat, config: &BridgeConfig) -> Result<(), Err
 
 fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
     Ok(Gateway::new(config.gateway_config())?
-        .with_egress(config.egress.clone(), Some(config.nat.external_addr)))
+        .with_egress(config.egress.clone(), Some(config.nat.external_addr))
+        .with_egress_exempt6(config.ipv6.map(|_| config.nat.external_addr6)))
 }
 
 /// The TX and RX halves for the negotiated header and offloads.
@@ -894,7 +968,8 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
         config.gateway_mac,
     )
     .with_offloads(offloads)
-    .with_dns_relay(relay);
+    .with_dns_relay(relay)
+    .with_too_big_answers(config.gateway, config.ipv6.as_ref().map(|v| v.gateway));
     (
         TxHalf { engine: tx },
         RxHalf {
@@ -1747,6 +1822,117 @@ mod tests {
         );
         assert_eq!(dp.stats().drops_of(crate::DropCause::NatOutbound), 1);
         assert_eq!(dp.stats().local_replies, 1);
+        assert!(
+            dp.bridge_stats().to_string().contains("nat.HostLimit=1"),
+            "{}",
+            dp.bridge_stats()
+        );
+    }
+
+    #[test]
+    fn forwards_are_added_and_removed_at_runtime_and_kept_across_a_reset() {
+        let mut core = DeviceCore::new(config(Vec::new())).unwrap();
+        let tcp: crate::ForwardSpec = "tcp:8080:80".parse().unwrap();
+        core.add_forward(tcp).unwrap();
+        assert!(
+            matches!(core.add_forward(tcp), Err(Error::Config(_))),
+            "the same port twice"
+        );
+        // The same port for UDP and for IPv6 is another rule.
+        core.add_forward("udp:8080:80".parse().unwrap()).unwrap();
+        core.add_forward("tcp6:8080:80".parse().unwrap()).unwrap();
+        assert_eq!(
+            core.config().forwards,
+            [
+                tcp.to_port_forward(*core.config().dhcp_pool.start()),
+                PortForward {
+                    protocol: Protocol::Udp,
+                    external_port: 8080,
+                    internal: SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 2), 80),
+                }
+            ]
+        );
+        assert_eq!(core.config().forwards6.len(), 1);
+        // A reset keeps them (the NAT is rebuilt from the configuration).
+        core.reset();
+        assert!(matches!(core.add_forward(tcp), Err(Error::Config(_))));
+        assert!(core.remove_forward(Protocol::Tcp, 8080, false));
+        assert!(!core.remove_forward(Protocol::Tcp, 8080, false));
+        assert!(core.remove_forward(Protocol::Tcp, 8080, true));
+        assert!(!core.remove_forward(Protocol::Tcp, 8080, true));
+        core.add_forward(tcp).unwrap();
+        let mut no_v6 = DeviceCore::new(BridgeConfig {
+            ipv6: None,
+            ..config(Vec::new())
+        })
+        .unwrap();
+        assert!(matches!(
+            no_v6.add_forward("tcp6:1:2".parse().unwrap()),
+            Err(Error::Config(_))
+        ));
+    }
+
+    /// The IPv6 twin: a session NAT66 refuses for want of room (the per-host cap of one flow)
+    /// is answered with ICMPv6 destination unreachable, code 1 (administratively prohibited),
+    /// from the gateway's `fd64::1`, quoting the guest's packet as sent; counted.
+    #[test]
+    fn a_session_nat66_refuses_is_answered_with_icmpv6_admin_prohibited() {
+        use core::net::Ipv6Addr;
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair(64).unwrap();
+        let mut cfg = config(Vec::new());
+        cfg.nat.max_flows_per_host = 1;
+        let gw6 = cfg.ipv6.as_ref().unwrap().gateway;
+        let mut dp = DeviceCore::new(cfg).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 4);
+        let guest: Ipv6Addr = "fd64::5054:ff:fe12:3456".parse().unwrap();
+        let server: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let macs = (GUEST_MAC, testing::GATEWAY_MAC);
+        let first = testing::udp6_frame(macs, (guest, 5000), (server, 80), b"a");
+        let second = testing::udp6_frame(macs, (guest, 5001), (server, 80), b"b");
+        for f in [&first, &second, &first] {
+            net.send_frame(HDR, f, &[]);
+        }
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        let mut pending = Vec::new();
+        // The gateway's first unsolicited Router Advertisement (to all-nodes) rides along.
+        let mut unicast = Vec::new();
+        while let Some((_, f)) = net.rx_frame(HDR, &mut pending) {
+            if EthernetFrame::new_checked(&f[..]).unwrap().dst_addr() == GUEST_MAC {
+                unicast.push(f);
+            }
+        }
+        assert_eq!(unicast.len(), 1, "one answer");
+        let eth = EthernetFrame::new_checked(&unicast[0][..]).unwrap();
+        let ip = ::wire::Ipv6Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (gw6, guest));
+        let icmp = ::wire::Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((icmp.msg_type(), icmp.msg_code()), (1, 1));
+        assert!(icmp.verify_checksum(gw6, guest));
+        assert_eq!(icmp.payload(), &second[14..], "the refused packet, whole");
+        for _ in 0..2 {
+            let out = peer.recv().expect("the first flow's packets");
+            assert_eq!(
+                ::wire::Ipv6Packet::new_checked(&out[..])
+                    .unwrap()
+                    .src_addr(),
+                dp.nat().config().external_addr6
+            );
+        }
+        assert!(
+            peer.recv().is_none(),
+            "the refused packet never reaches the host"
+        );
+        assert_eq!(dp.stats().drops_of(crate::DropCause::NatOutbound), 1);
+        assert_eq!(
+            dp.stats().local_replies,
+            2,
+            "the answer and the advertisement"
+        );
         assert!(
             dp.bridge_stats().to_string().contains("nat.HostLimit=1"),
             "{}",

@@ -263,6 +263,52 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_RING_F_INDIRECT_DESC
     | 1 << VIRTIO_F_ANY_LAYOUT;
 
+/// The names of every virtio-net, ring and vhost-user feature bit set in `features`, joined
+/// with `,` (`"CSUM,GUEST_CSUM,MRG_RXBUF,VERSION_1"`); bits without a name here as `bit<N>`;
+/// `"none"` for 0. For logs and reports.
+#[must_use]
+pub fn feature_names(features: u64) -> String {
+    const NAMES: [(u32, &str); 24] = [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (2, "CTRL_GUEST_OFFLOADS"),
+        (3, "MTU"),
+        (5, "MAC"),
+        (7, "GUEST_TSO4"),
+        (8, "GUEST_TSO6"),
+        (9, "GUEST_ECN"),
+        (10, "GUEST_UFO"),
+        (11, "HOST_TSO4"),
+        (12, "HOST_TSO6"),
+        (13, "HOST_ECN"),
+        (14, "HOST_UFO"),
+        (15, "MRG_RXBUF"),
+        (16, "STATUS"),
+        (17, "CTRL_VQ"),
+        (22, "MQ"),
+        (26, "LOG_ALL"),
+        (27, "ANY_LAYOUT"),
+        (28, "INDIRECT_DESC"),
+        (29, "EVENT_IDX"),
+        (30, "PROTOCOL_FEATURES"),
+        (32, "VERSION_1"),
+        (33, "ACCESS_PLATFORM"),
+    ];
+    if features == 0 {
+        return "none".to_owned();
+    }
+    (0..64)
+        .filter(|bit| features & (1u64 << bit) != 0)
+        .map(|bit| {
+            NAMES
+                .iter()
+                .find(|(b, _)| *b == bit)
+                .map_or_else(|| format!("bit{bit}"), |(_, n)| (*n).to_owned())
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,8 @@ pub struct Gateway {
     /// An address besides the gateway's that the egress policy never applies to (the NAT's
     /// external address: hairpinning).
     egress_exempt: Option<Ipv4Addr>,
+    /// Likewise for IPv6 (NAT66's external address).
+    egress_exempt6: Option<core::net::Ipv6Addr>,
     /// ICMP errors the gateway may still send now (token bucket, [`ICMP_ERROR_BURST`]).
     icmp_tokens: u64,
     /// When `icmp_tokens` was last refilled (milliseconds of the caller's clock).
@@ -209,6 +211,7 @@ impl Gateway {
             cfg,
             egress: EgressPolicy::default(),
             egress_exempt: None,
+            egress_exempt6: None,
             icmp_tokens: ICMP_ERROR_BURST,
             icmp_refilled: 0,
             v6,
@@ -220,11 +223,21 @@ impl Gateway {
     /// NAT's external address). A denied destination is [`DropCause::EgressDenied`], answered
     /// with ICMP destination unreachable, code 13 (communication administratively
     /// prohibited) from the gateway, at most [`ICMP_ERROR_BURST`] at once and
-    /// [`ICMP_ERRORS_PER_SEC`] per second.
+    /// [`ICMP_ERRORS_PER_SEC`] per second. IPv6 destinations are checked against the
+    /// policy's IPv6 rules ([`EgressPolicy::action6`]) and answered with ICMPv6 destination
+    /// unreachable, code 1, under the same limit; see [`Gateway::with_egress_exempt6`].
     #[must_use]
     pub fn with_egress(mut self, policy: EgressPolicy, exempt: Option<Ipv4Addr>) -> Self {
         self.egress = policy;
         self.egress_exempt = exempt;
+        self
+    }
+
+    /// An IPv6 address the egress policy never applies to (NAT66's external address:
+    /// hairpinning).
+    #[must_use]
+    pub fn with_egress_exempt6(mut self, exempt: Option<core::net::Ipv6Addr>) -> Self {
+        self.egress_exempt6 = exempt;
         self
     }
 
@@ -429,8 +442,8 @@ impl Gateway {
     }
 
     /// Answers a packet the NAT refused a new session for (table or per-host cap, no free
-    /// port: RFC 5508 REQ-8) as a denied destination is
-    /// answered, so that the guest's program fails at once instead of timing out. `frame` is
+    /// port: RFC 5508 REQ-8) as a denied destination is answered (IPv6: ICMPv6 destination
+    /// unreachable, administratively prohibited, see `refused_by_nat6`), so that the guest's program fails at once instead of timing out. `frame` is
     /// the guest's frame as it came (the NAT leaves a refused packet unchanged); `None` when
     /// no answer is due (see [`Gateway::admin_prohibited`]).
     pub(crate) fn refused_by_nat(
@@ -440,11 +453,13 @@ impl Gateway {
         now: Instant,
     ) -> Option<usize> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
+        let src_mac = eth.src_addr();
+        if eth.ethertype() == ETHERTYPE_IPV6 {
+            return self.refused_by_nat6(frame, src_mac, reply, now);
+        }
         if eth.ethertype() != ETHERTYPE_IPV4 {
-            // NAT66 refusals are counted only (no ICMPv6 administratively prohibited yet).
             return None;
         }
-        let src_mac = eth.src_addr();
         match self.admin_prohibited(frame, src_mac, reply, now, DropCause::NatOutbound) {
             TxAction::DropWithReply { len, .. } => Some(len),
             _ => None,

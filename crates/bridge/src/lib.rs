@@ -55,8 +55,12 @@
 //! - Anti-spoofing: frames from a MAC other than the guest's, or IPv4 from an address other
 //!   than its lease or static address, never reach the NAT (DHCP from 0.0.0.0 excepted).
 //! - Packets from the host larger than the guest MTU are counted ([`DropCause::TooBig`]) and
-//!   dropped (GSO super-packets excepted, with GUEST_TSO4). IP fragments are delivered each as
-//!   its own frame; fragments that arrive before their first fragment are held by the NAT
+//!   dropped (GSO super-packets excepted, with GUEST_TSO4), and answered as a router answers
+//!   them: ICMPv6 Packet Too Big (RFC 4443 3.2) for IPv6, ICMP fragmentation needed (RFC 1191)
+//!   for IPv4 with DF set, MTU = the guest MTU, from the gateway through the NAT to the sender,
+//!   at most [`TOO_BIG_ANSWERS_PER_SEC`] per second ([`Stats::too_big_answers`],
+//!   [`Stats::too_big_limited`]); IPv4 without DF is not fragmented and gets no answer. IP
+//!   fragments are delivered each as its own frame; fragments that arrive before their first fragment are held by the NAT
 //!   and sent on once it has come through.
 //! - Gateway services: ARP for the gateway address (learns the guest's MAC); DHCP (RFC 2131);
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
@@ -140,6 +144,7 @@ mod rx_queue;
 mod stats;
 #[cfg(feature = "driver")]
 mod sys;
+mod too_big;
 mod tx_engine;
 mod tx_queue;
 mod wire;
@@ -165,8 +170,8 @@ pub use device::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
     VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEGACY_LEN, VIRTIO_NET_HDR_LEN, VIRTIO_NET_S_LINK_UP,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioNetHdr, header_len_for,
-    sanitize_features,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioNetHdr, feature_names,
+    header_len_for, sanitize_features,
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{
@@ -193,5 +198,6 @@ pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, Policy
 pub use rx_engine::RxEngine;
 pub use rx_queue::{RxOutcome, RxQueue};
 pub use stats::{AtomicStats, BridgeStats, DropCause, DropsByName, Stats};
+pub use too_big::{TOO_BIG_ANSWER_BURST, TOO_BIG_ANSWERS_PER_SEC};
 pub use tx_engine::TxEngine;
 pub use tx_queue::{TxOutcome, TxQueue};

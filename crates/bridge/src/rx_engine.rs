@@ -3,6 +3,7 @@
 //! the guest's RX chains. The NAT is passed in for one step only.
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nat::{Direction, Instant, L4Checksum, Nat, Verdict};
 use virtio_queue::QueueT;
@@ -18,6 +19,7 @@ use crate::host::HostLink;
 use crate::offload::{self, Offloads};
 use crate::rx_queue::{RxOutcome, RxQueue};
 use crate::stats::{DropCause, Stats};
+use crate::too_big::TooBigAnswers;
 use crate::tx_engine::NAT_CHUNK;
 use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, MacAddr, set_ethertype_for_ip};
 
@@ -35,6 +37,9 @@ pub struct RxEngine {
     verdicts: Vec<Verdict>,
     /// The DNS relay (answers from an IPv4 upstream to IPv6 queries), shared with the TX side.
     dns_relay: Option<SharedRelay>,
+    /// Packet Too Big / fragmentation needed for packets over `mtu` (see
+    /// [`RxEngine::with_too_big_answers`]); `None`: counted only.
+    too_big: Option<TooBigAnswers>,
 }
 
 impl RxEngine {
@@ -58,6 +63,35 @@ impl RxEngine {
             nat_l4: Vec::with_capacity(batch_size),
             verdicts: vec![Verdict::Forward; batch_size],
             dns_relay: None,
+            too_big: None,
+        }
+    }
+
+    /// Answers a packet from the host that is larger than the MTU (and not a GSO super-packet
+    /// the guest takes) as the router in front of the guest's link: ICMPv6 Packet Too Big
+    /// from `gateway6` (RFC 4443 3.2; `None`: IPv6 off, no answer), ICMP fragmentation needed
+    /// from `gateway4` for IPv4 with DF (RFC 1191), MTU = the guest MTU, translated by the NAT
+    /// outbound and sent to the host link by [`RxEngine::send_answers`], at most
+    /// [`crate::TOO_BIG_ANSWERS_PER_SEC`] per second (burst [`crate::TOO_BIG_ANSWER_BURST`]).
+    /// Without this, such packets are only counted ([`DropCause::TooBig`]; they still are).
+    pub fn with_too_big_answers(mut self, gateway4: Ipv4Addr, gateway6: Option<Ipv6Addr>) -> Self {
+        let mtu = u16::try_from(self.mtu).unwrap_or(u16::MAX);
+        let mut a = TooBigAnswers::new(gateway4, gateway6, mtu);
+        a.set_host_hdr_len(self.offloads.host_hdr_len());
+        self.too_big = Some(a);
+        self
+    }
+
+    /// Sends the answers [`RxEngine::translate`] built (see
+    /// [`RxEngine::with_too_big_answers`]) to the host link.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HostLink`] when the link failed.
+    pub fn send_answers(&mut self, host: &dyn HostLink, stats: &mut Stats) -> Result<(), Error> {
+        match self.too_big.as_mut() {
+            Some(a) => a.send(host, stats),
+            None => Ok(()),
         }
     }
 
@@ -73,6 +107,9 @@ impl RxEngine {
     /// pass to a guest that accepted them.
     pub fn with_offloads(mut self, offloads: Offloads) -> Self {
         self.offloads = offloads;
+        if let Some(a) = self.too_big.as_mut() {
+            a.set_host_hdr_len(offloads.host_hdr_len());
+        }
         self
     }
 
@@ -244,6 +281,11 @@ impl RxEngine {
                 }
                 Verdict::Forward | Verdict::Hairpin => {
                     stats.drop(DropCause::TooBig);
+                    if let Some(a) = self.too_big.as_mut()
+                        && let Some(p) = buf.get(start..start + len)
+                    {
+                        a.answer(p, nat, now, stats);
+                    }
                     self.batch.drop_frame(i);
                 }
                 // The NAT kept a copy (a fragment before its first fragment).

@@ -23,7 +23,8 @@ pub enum DropCause {
     /// A frame shorter than an Ethernet header.
     Runt,
     /// A frame longer than the MTU allows (TX), or a packet from the host longer than the
-    /// guest MTU (RX; no ICMP fragmentation-needed is generated, see the crate docs).
+    /// guest MTU (RX; answered with ICMPv6 Packet Too Big, or ICMP fragmentation needed when
+    /// it is IPv4 with DF, rate-limited: [`Stats::too_big_answers`], see the crate docs).
     TooBig,
     /// A malformed ARP, IPv4, IPv6, DHCP or DHCPv6 message (a bad length, a bad ICMPv6 or UDP
     /// checksum on a message to the gateway, options the DHCP decoder must not see).
@@ -158,6 +159,12 @@ pub struct Stats {
     pub tx_gso: u64,
     /// TCP super-frames (GSO) delivered to the guest (offloads).
     pub rx_gso: u64,
+    /// Packets from the host too big for the guest answered with ICMPv6 Packet Too Big or
+    /// ICMP fragmentation needed (sent to the host link; also in `to_host`).
+    pub too_big_answers: u64,
+    /// Packets from the host too big for the guest that were due such an answer but over its
+    /// rate limit (still counted as [`DropCause::TooBig`]).
+    pub too_big_limited: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -291,6 +298,8 @@ pub struct AtomicStats {
     local_replies: AtomicU64,
     tx_gso: AtomicU64,
     rx_gso: AtomicU64,
+    too_big_answers: AtomicU64,
+    too_big_limited: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -312,6 +321,8 @@ impl AtomicStats {
         add(&self.local_replies, &mut local.local_replies);
         add(&self.tx_gso, &mut local.tx_gso);
         add(&self.rx_gso, &mut local.rx_gso);
+        add(&self.too_big_answers, &mut local.too_big_answers);
+        add(&self.too_big_limited, &mut local.too_big_limited);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -334,6 +345,8 @@ impl AtomicStats {
             local_replies: get(&self.local_replies),
             tx_gso: get(&self.tx_gso),
             rx_gso: get(&self.rx_gso),
+            too_big_answers: get(&self.too_big_answers),
+            too_big_limited: get(&self.too_big_limited),
             drops,
         }
     }

@@ -107,6 +107,52 @@ impl TxEngine {
         self
     }
 
+    /// Adds an IPv6 port forward at runtime: installed at once if the guest's address is
+    /// known, else once it is ([`TxEngine::with_forwards6`]). `false` if the external port is
+    /// taken for the protocol.
+    pub fn add_forward6(&mut self, f: crate::PortForward6, nat: &mut Nat) -> bool {
+        let taken = |g: &crate::PortForward6| {
+            g.protocol == f.protocol && g.external_port == f.external_port
+        };
+        if self.forwards6.iter().any(taken) {
+            return false;
+        }
+        if let Some(a) = self.forwards6_to {
+            let internal = core::net::SocketAddrV6::new(a, f.guest_port, 0, 0);
+            if nat
+                .add_forward6(f.protocol, f.external_port, internal)
+                .is_err()
+            {
+                return false;
+            }
+        }
+        self.forwards6.push(f);
+        true
+    }
+
+    /// Removes the IPv6 port forward on (`protocol`, `external_port`) and ends its sessions
+    /// ([`Nat::close_forward6`]); `false` if there was none.
+    pub fn remove_forward6(
+        &mut self,
+        protocol: nat::Protocol,
+        external_port: u16,
+        nat: &mut Nat,
+    ) -> bool {
+        let before = self.forwards6.len();
+        self.forwards6
+            .retain(|g| !(g.protocol == protocol && g.external_port == external_port));
+        if self.forwards6.len() == before {
+            return false;
+        }
+        nat.close_forward6(protocol, external_port);
+        true
+    }
+
+    /// The IPv6 port forwards.
+    pub fn forwards6(&self) -> &[crate::PortForward6] {
+        &self.forwards6
+    }
+
     /// Aims the IPv6 port forwards at the gateway's current forward target (no allocation:
     /// a scan of at most `MAX_GUEST_IPV6_ADDRS` addresses, and NAT rules only on a change).
     fn refresh_forwards6(&mut self, nat: &mut Nat) {

@@ -8,8 +8,9 @@ use core::time::Duration;
 
 use bridge::testing::{GATEWAY, GATEWAY_MAC, GUEST_MAC, icmpv6_frame, ipv6_frame, udp6_frame};
 use bridge::{
-    Dns6, DropCause, Error, Gateway, GatewayConfig, ICMP_ERROR_BURST, Ipv6Config,
-    MAX_GUEST_IPV6_ADDRS, MacAddr, ROUTER_LIFETIME_S, TxAction, UNSOLICITED_RA_INTERVAL_MS,
+    Dns6, DropCause, EgressAction, EgressPolicy, Error, Gateway, GatewayConfig, ICMP_ERROR_BURST,
+    Ipv6Config, MAX_GUEST_IPV6_ADDRS, MacAddr, ROUTER_LIFETIME_S, TxAction,
+    UNSOLICITED_RA_INTERVAL_MS,
 };
 use dhcproto::v6::{DhcpOption, Message, MessageType, ORO, OptionCode};
 use dhcproto::{Decodable, Encodable};
@@ -592,6 +593,78 @@ fn ipv6_that_cannot_leave_the_link_is_counted_and_answered_no_route() {
     assert_eq!(
         handle(&mut gw, &f).0,
         TxAction::Drop(DropCause::Ipv6NoRoute)
+    );
+}
+
+/// The egress policy's IPv6 rules: a denied destination (the default IPv6 metadata address,
+/// a user's prefix) is counted `EgressDenied` and answered with ICMPv6 destination
+/// unreachable, administratively prohibited (RFC 4443 3.1, code 1); NAT66's external address
+/// (hairpinning) and allowed destinations go to the NAT; IPv4 rules never apply to IPv6.
+#[test]
+fn the_egress_policy_denies_ipv6_destinations_with_admin_prohibited() {
+    let external6: Ipv6Addr = "fd64:ffff::2".parse().unwrap();
+    let mut policy = EgressPolicy::default();
+    policy
+        .add("2001:db8::/32".parse().unwrap(), EgressAction::Deny)
+        .unwrap();
+    policy
+        .add("2001:db8::3/128".parse().unwrap(), EgressAction::Allow)
+        .unwrap();
+    policy
+        .add("0.0.0.0/0".parse().unwrap(), EgressAction::Deny)
+        .unwrap();
+    policy
+        .add("fd64:ffff::/32".parse().unwrap(), EgressAction::Deny)
+        .unwrap();
+    let mut gw = gateway()
+        .with_egress(policy, None)
+        .with_egress_exempt6(Some(external6));
+    for dst in [
+        "2001:db8::2",
+        "fd00:ec2::254",
+        "fd20:ce::254",
+        "fd64:fffe::1",
+    ] {
+        let dst: Ipv6Addr = dst.parse().unwrap();
+        let f = udp6_frame((GUEST_MAC, GATEWAY_MAC), (GUEST_GUA, 5000), (dst, 80), b"x");
+        let (a, out) = handle(&mut gw, &f);
+        if dst == "fd64:fffe::1".parse::<Ipv6Addr>().unwrap() {
+            // Inside fd64:ffff::/32's neighbour but not in it: allowed.
+            assert_eq!(a, TxAction::Nat { len: f.len() - 14 }, "{dst}");
+            continue;
+        }
+        assert_eq!(
+            a,
+            TxAction::DropWithReply {
+                cause: DropCause::EgressDenied,
+                len: out.len()
+            },
+            "{dst}"
+        );
+        let (mac, s, d, _, m) = parse_icmpv6(&out);
+        assert_eq!((mac, s, d), (GUEST_MAC, GW6, GUEST_GUA));
+        assert_eq!((m[0], m[1]), (icmpv6::DESTINATION_UNREACHABLE, 1), "{dst}");
+        assert_eq!(&m[8..], &f[14..], "the whole packet quoted");
+    }
+    for dst in ["2001:db8::3", "fd64:ffff::2"] {
+        let dst: Ipv6Addr = dst.parse().unwrap();
+        let f = udp6_frame((GUEST_MAC, GATEWAY_MAC), (GUEST_GUA, 5000), (dst, 80), b"x");
+        assert_eq!(
+            handle(&mut gw, &f).0,
+            TxAction::Nat { len: f.len() - 14 },
+            "{dst}"
+        );
+    }
+    // An ICMPv6 error to a denied destination is dropped unanswered (RFC 4443 2.4 (e)).
+    let err = icmpv6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, "2001:db8::2".parse().unwrap()),
+        64,
+        &[icmpv6::DESTINATION_UNREACHABLE, 4, 0, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(
+        handle(&mut gw, &err).0,
+        TxAction::Drop(DropCause::EgressDenied)
     );
 }
 

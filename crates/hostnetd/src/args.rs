@@ -20,6 +20,8 @@ pub(crate) enum Invocation {
     /// Internal: the privileged helper of `--host-setup` (started by the daemon itself, before it
     /// drops privileges; not for users).
     HostSetupHelper(HelperArgs),
+    /// `hostnetd ctl ...`: the control client (its arguments).
+    Ctl(Vec<String>),
 }
 
 /// What the daemon tells its `--host-setup` helper
@@ -80,6 +82,13 @@ pub(crate) struct Args {
     /// `--host-setup`: enable forwarding and masquerade the external address(es) in this
     /// namespace for the daemon's lifetime (IPv6 too unless `--no-ipv6`).
     pub(crate) host_setup: bool,
+    /// The control socket (`--control`; default: the socket's path plus `.ctl`).
+    pub(crate) control: PathBuf,
+    /// Serve the Prometheus metrics over HTTP on this TCP address in the namespace
+    /// (`--metrics`).
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Logs as JSON lines (`--log-format json`) instead of text.
+    pub(crate) log_json: bool,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -94,10 +103,23 @@ impl fmt::Display for ArgError {
 
 impl std::error::Error for ArgError {}
 
+/// The control socket's path for a vhost-user socket path when `--control` is not given:
+/// `<socket>.ctl`.
+pub(crate) fn default_control_path(socket: &std::path::Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".ctl");
+    PathBuf::from(s)
+}
+
 /// Parses the arguments after the program name (reading `--config FILE` if given).
 pub(crate) fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     if args.first().map(AsRef::as_ref) == Some(HELPER_FLAG) {
         return parse_helper(&args[1..]).map(Invocation::HostSetupHelper);
+    }
+    if args.first().map(AsRef::as_ref) == Some("ctl") {
+        return Ok(Invocation::Ctl(
+            args[1..].iter().map(|a| a.as_ref().to_owned()).collect(),
+        ));
     }
     let Some(cl) = parse_flags(args)? else {
         return Ok(Invocation::Help);
@@ -190,6 +212,12 @@ pub(crate) struct Settings {
     sandbox_selftest: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     host_setup: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<String>,
 }
 
 /// `socket-mode` in a file: `"0660"` (as on the command line) or a TOML integer (`0o660`).
@@ -224,6 +252,9 @@ impl Settings {
             sandbox: self.sandbox.or(file.sandbox),
             sandbox_selftest: self.sandbox_selftest.or(file.sandbox_selftest),
             host_setup: self.host_setup.or(file.host_setup),
+            control: self.control.or(file.control),
+            metrics: self.metrics.or(file.metrics),
+            log_format: self.log_format.or(file.log_format),
         }
     }
 
@@ -315,10 +346,41 @@ impl Settings {
             }
             None => DEFAULT_SOCKET_MODE,
         };
+        let socket = self
+            .socket
+            .ok_or_else(|| ArgError("--socket <path> is required".into()))?;
+        let control = match self.control {
+            Some(c) if c.as_os_str().is_empty() => {
+                return Err(ArgError("bad --control \"\": expected a path".into()));
+            }
+            Some(c) => c,
+            None => default_control_path(&socket),
+        };
+        if control == socket {
+            return Err(ArgError(format!(
+                "--control {} is the vhost-user socket",
+                control.display()
+            )));
+        }
+        let metrics = self
+            .metrics
+            .as_deref()
+            .map(|v| {
+                v.parse::<std::net::SocketAddr>()
+                    .map_err(|_| ArgError(format!("bad --metrics {v:?}: expected <ip>:<port>")))
+            })
+            .transpose()?;
+        let log_json = match self.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(v) => {
+                return Err(ArgError(format!(
+                    "bad --log-format {v:?}: expected text or json"
+                )));
+            }
+        };
         Ok(Args {
-            socket: self
-                .socket
-                .ok_or_else(|| ArgError("--socket <path> is required".into()))?,
+            socket,
             mtu,
             mac,
             forwards,
@@ -337,6 +399,9 @@ impl Settings {
             sandbox: self.sandbox.unwrap_or(true),
             sandbox_selftest: self.sandbox_selftest.unwrap_or(false),
             host_setup: self.host_setup.unwrap_or(false),
+            control,
+            metrics,
+            log_json,
         })
     }
 
@@ -367,6 +432,9 @@ impl Settings {
             sandbox: Some(a.sandbox),
             sandbox_selftest: Some(a.sandbox_selftest),
             host_setup: Some(a.host_setup),
+            control: Some(a.control),
+            metrics: a.metrics.map(|m| m.to_string()),
+            log_format: Some(if a.log_json { "json" } else { "text" }.to_owned()),
         };
         toml::to_string(&full).map_err(|e| ArgError(format!("printing the configuration: {e}")))
     }
@@ -430,6 +498,9 @@ fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgErro
             "--tun-addr" => set_once(&mut s.tun_addr, key, value()?)?,
             "--external-addr" => set_once(&mut s.external_addr, key, value()?)?,
             "--tun-name" => set_once(&mut s.tun_name, key, value()?)?,
+            "--control" => set_once(&mut s.control, key, PathBuf::from(value()?))?,
+            "--metrics" => set_once(&mut s.metrics, key, value()?)?,
+            "--log-format" => set_once(&mut s.log_format, key, value()?)?,
             other => return Err(ArgError(format!("unknown argument {other:?} (try --help)"))),
         }
     }
@@ -559,7 +630,9 @@ USAGE:
              [--deny CIDR]... [--allow CIDR]...
              [--tun-addr A] [--external-addr B] [--no-ipv6]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
-             [--host-setup] [--config FILE] [--print-config]
+             [--host-setup] [--control PATH] [--metrics ADDR] [--log-format text|json]
+             [--config FILE] [--print-config]
+    hostnetd ctl [--control PATH | --socket PATH] [--json] COMMAND   (hostnetd ctl --help)
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
 -netdev vhost-user; Cloud Hypervisor: --net vhost_user=true,socket=<path>), creates a TUN in the
@@ -612,11 +685,12 @@ OPTIONS:
                              the MTU and fully checksummed, the TUN carries plain IP packets
                              (default: offer CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4 and open the
                              TUN with virtio-net headers so the host kernel segments and checksums)
-    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n) and answer them with
-                             ICMP administratively prohibited (repeatable)
+    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n or x:y::/n) and answer
+                             them with ICMP(v6) administratively prohibited (repeatable)
     --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching prefix
                              of all rules wins, as in a routing table; no match: allowed.
-                             169.254.0.0/16 (cloud metadata) is denied unless a rule for it or a
+                             169.254.0.0/16, fd00:ec2::254 and fd20:ce::254 (cloud metadata)
+                             are denied unless a rule for it or a
                              longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
     --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
@@ -642,6 +716,13 @@ OPTIONS:
                              killed. Needs
                              CAP_NET_ADMIN, nf_tables and the nft program (Debian: nftables);
                              without them it exits with status 2
+    --control <PATH>         the control socket (unix, mode 0600, owned like the vhost-user
+                             socket; default: <socket>.ctl): JSON requests for stats, guests,
+                             flows, port forwards added and removed at runtime, the log filter
+                             and metrics (docs/control.md; client: hostnetd ctl)
+    --metrics <ADDR>         also serve the Prometheus metrics over HTTP on this TCP address
+                             (ip:port) in the network namespace hostnetd runs in
+    --log-format <F>         text (default) or json: one JSON object per log line
     --config <FILE>          read settings from a TOML file: the long options' names are its keys
                              (socket = \"/run/hn.sock\", mtu = 1500, forward = [\"tcp:8022:22\"],
                              deny = [...], allow = [...], offload = false for --no-offload,
@@ -809,7 +890,7 @@ mod tests {
             ),
             (
                 &["--socket", "s", "--allow", "1.2.3.4/8x"],
-                "bad --allow \"1.2.3.4/8x\": prefix length must be 0..=32",
+                "bad --allow \"1.2.3.4/8x\": prefix length must be 0..=32 (IPv4) or 0..=128 (IPv6)",
             ),
             (
                 &[

@@ -29,6 +29,7 @@ pub struct Backend {
     config: crate::linux::device::DeviceConfig,
     tun: std::sync::Arc<utun::Tun>,
     stop: crate::linux::Stop,
+    control: crate::linux::control::Control,
 }
 
 impl std::fmt::Debug for Backend {
@@ -80,6 +81,11 @@ impl Backend {
             external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         };
         Ok(Self {
+            control: crate::linux::control::Control::new(
+                config.clone(),
+                crate::args::FIRST_GUEST_ADDR,
+                None,
+            ),
             config,
             tun: std::sync::Arc::new(tun),
             stop: crate::linux::Stop::new()?,
@@ -92,6 +98,6 @@ impl Backend {
     ///
     /// What ended the connection, if it was not the frontend closing.
     pub fn serve(&self, frontend: UnixStream) -> anyhow::Result<()> {
-        crate::linux::serve_one(&self.config, &self.tun, frontend, &self.stop)
+        crate::linux::serve_one(&self.config, &self.tun, frontend, &self.stop, &self.control)
     }
 }

@@ -36,6 +36,8 @@ use std::process::ExitCode;
 
 mod args;
 #[cfg(target_os = "linux")]
+mod control;
+#[cfg(target_os = "linux")]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(target_os = "linux")]
@@ -60,7 +62,19 @@ pub fn run(argv: &[String]) -> ExitCode {
         }
         Ok(args::Invocation::Serve(a)) => serve(*a),
         Ok(args::Invocation::HostSetupHelper(h)) => host_setup_helper(&h),
+        Ok(args::Invocation::Ctl(a)) => ctl(&a),
     }
+}
+
+#[cfg(target_os = "linux")]
+fn ctl(args: &[String]) -> ExitCode {
+    control::ctl_main(args)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ctl(_: &[String]) -> ExitCode {
+    eprintln!("hostnetd: the control socket is Linux only");
+    ExitCode::from(2)
 }
 
 #[cfg(target_os = "linux")]

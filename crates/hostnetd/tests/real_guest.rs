@@ -255,6 +255,70 @@ fn guest_through_hostnetd_gets_dhcp_ping_http_dns_and_port_forward() -> Result<(
     Ok(())
 }
 
+/// IPv6 only (no DHCP step): the guest kernel's own SLAAC from the gateway's Router
+/// Advertisements, `ping` to the gateway and the server, a download and an upload through NAT66
+/// with their SHA-256 checked, and a `tcp6` port forward to the guest's SLAAC address, with the
+/// daemon sandboxed as in the IPv4 test.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn guest_through_hostnetd_gets_slaac_and_fetches_uploads_and_serves_over_ipv6() -> Result<()> {
+    let image = GuestImage::find()?;
+    let size = 4 << 20;
+    let blob = Blob::new(size)?;
+    let world = World::new(&blob)?;
+    world.host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    let sock = std::env::temp_dir().join(format!("hostnet-qemu-{}-v6.sock", std::process::id()));
+    let _daemon = Hostnetd::start(
+        &world.host,
+        &sock,
+        &[
+            "--forward",
+            &format!("tcp6:{FORWARD_EXT_PORT}:{GUEST_LISTEN_PORT}"),
+            "--user",
+            "nobody",
+        ],
+    )?;
+    let sink = UploadSink::listen(&world.server, UPLOAD_PORT)?;
+    let steps = format!(
+        "slaac,ping:{GATEWAY6},ping:{SERVER_ADDR6},http:http://[{SERVER_ADDR6}]:{HTTP6_PORT}/{BLOB_NAME}:{sha},listen:{GUEST_LISTEN_PORT},upload:{SERVER_ADDR6}:{UPLOAD_PORT}:{size}",
+        sha = blob.sha256
+    );
+    let mut guest = Guest::boot(&world.host, &image, &vhost_user_args(&sock), &steps)?;
+    guest.wait_for(
+        &format!("HOSTNET-READY listen {GUEST_LISTEN_PORT}"),
+        GUEST_TIMEOUT,
+    )?;
+    let token = format!("hello6-from-s-{}", std::process::id());
+    let reply = connect_and_send(&world.server, NAT_EXTERNAL6, FORWARD_EXT_PORT, &token)?;
+    let results = guest.results(GUEST_TIMEOUT)?;
+    let slaac = assert_ok(&results, "slaac")?;
+    assert!(
+        slaac.starts_with("fd64::") && slaac.ends_with(&format!("router={ROUTER6}")),
+        "slaac {slaac:?}"
+    );
+    let pings = results.get("ping").map(Vec::as_slice).unwrap_or_default();
+    for target in [GATEWAY6, SERVER_ADDR6] {
+        assert!(
+            pings
+                .iter()
+                .any(|l| l.starts_with(&format!("ok {target} "))),
+            "ping {target}: {pings:?}"
+        );
+    }
+    assert_ok(&results, "http")?;
+    assert!(
+        reply.contains(&format!("ack {token}")),
+        "tcp6 port-forward reply {reply:?}"
+    );
+    assert_eq!(
+        assert_ok(&results, "listen")?,
+        token,
+        "what the guest received through the tcp6 port forward"
+    );
+    sink.check(assert_ok(&results, "upload")?, size)?;
+    Ok(())
+}
+
 /// A frontend that disconnects is not the end: the daemon serves the next one.
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
@@ -287,22 +351,26 @@ fn guest_behind_host_setup_reaches_the_default_route_and_the_host_is_restored() 
     let image = GuestImage::find()?;
     let blob = Blob::new(1 << 20)?;
     let world = World::behind_default_route(&blob)?;
-    let state = |ns: &Netns| -> Result<(String, String)> {
+    let state = |ns: &Netns| -> Result<(String, String, String)> {
         Ok((
             ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"])?,
+            ns.exec(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])?,
             ns.exec(&["nft", "list", "ruleset"])
                 .context("nft list ruleset (Debian: apt-get install nftables)")?,
         ))
     };
     let before = state(&world.host)?;
-    ensure!(before.0.trim() == "0", "H forwards already: {before:?}");
+    ensure!(
+        before.0.trim() == "0" && before.1.trim() == "0",
+        "H forwards already: {before:?}"
+    );
     let sock = std::env::temp_dir().join(format!(
         "hostnet-qemu-{}-host-setup.sock",
         std::process::id()
     ));
     let mut daemon = Hostnetd::start(&world.host, &sock, &["--host-setup"])?;
     let steps = format!(
-        "dhcp,ping:{SERVER_ADDR},http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha}",
+        "dhcp,ping:{SERVER_ADDR},http:http://{SERVER_ADDR}/{BLOB_NAME}:{sha},slaac,http:http://[{SERVER_ADDR6}]:{HTTP6_PORT}/{BLOB_NAME}:{sha}",
         sha = blob.sha256
     );
     let mut guest = Guest::boot(&world.host, &image, &vhost_user_args(&sock), &steps)?;
@@ -310,7 +378,13 @@ fn guest_behind_host_setup_reaches_the_default_route_and_the_host_is_restored() 
     drop(guest);
     let lease = assert_ok(&results, "dhcp")?;
     ensure!(lease.starts_with("192.168.64."), "lease {lease:?}");
-    assert_ok(&results, "http")?;
+    assert_ok(&results, "slaac")?;
+    // Both downloads (IPv4, then IPv6 through NAT66 and the ip6 masquerade) passed.
+    let http = results.get("http").map(Vec::as_slice).unwrap_or_default();
+    ensure!(
+        http.len() == 2 && http.iter().all(|l| l.starts_with("ok ")),
+        "http over IPv4 and IPv6: {http:?}"
+    );
     daemon.process.signal("TERM")?;
     let status = daemon
         .process
@@ -635,6 +709,7 @@ impl Drop for Blob {
 struct World {
     // Processes first: they are killed before their namespaces go.
     _httpd: Process,
+    _httpd6: Process,
     _dnsmasq: Process,
     host: Netns,
     server: Netns,
@@ -655,6 +730,28 @@ impl World {
         host.add_addr("srv0", &format!("{HOST_SERVER_ADDR}/15"))?;
         server.add_addr("eth0", &format!("{SERVER_ADDR}/15"))?;
         server.add_route("default", HOST_SERVER_ADDR.parse()?)?;
+        // IPv6 beside it (no DAD on the test's own link: usable at once).
+        host.ip(&[
+            "addr",
+            "add",
+            HOST_SERVER_ADDR6_CIDR,
+            "dev",
+            "srv0",
+            "nodad",
+        ])?;
+        server.ip(&["addr", "add", SERVER_ADDR6_CIDR, "dev", "eth0", "nodad"])?;
+        server.ip(&["-6", "route", "add", "default", "via", HOST_SERVER_ADDR6])?;
+        // All of S's addresses, IPv6 included, on its own port (the one above is bound to
+        // SERVER_ADDR only).
+        let httpd6 = server.spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &HTTP6_PORT.to_string(),
+            "-h",
+            blob.dir_str()?,
+        ])?;
         let httpd = server.spawn(&[
             "busybox",
             "httpd",
@@ -680,6 +777,7 @@ impl World {
         ])?;
         Ok(Self {
             _httpd: httpd,
+            _httpd6: httpd6,
             _dnsmasq: dnsmasq,
             host,
             server,
@@ -693,6 +791,10 @@ impl World {
         let world = Self::new(blob)?;
         world.server.ip(&["route", "del", "default"])?;
         world.host.add_route("default", SERVER_ADDR.parse()?)?;
+        world.server.ip(&["-6", "route", "del", "default"])?;
+        world
+            .host
+            .ip(&["-6", "route", "add", "default", "via", SERVER_ADDR6])?;
         Ok(world)
     }
 }
@@ -1124,3 +1226,11 @@ const NAT_EXTERNAL: &str = "100.64.0.2";
 const DNS_NAME: &str = "www.hostnet.test";
 const FORWARD_EXT_PORT: u16 = 8022;
 const GUEST_LISTEN_PORT: u16 = 5000;
+const GATEWAY6: &str = "fd64::1";
+const ROUTER6: &str = "fe80::1";
+const HOST_SERVER_ADDR6: &str = "2001:db8::1";
+const HOST_SERVER_ADDR6_CIDR: &str = "2001:db8::1/64";
+const SERVER_ADDR6: &str = "2001:db8::2";
+const SERVER_ADDR6_CIDR: &str = "2001:db8::2/64";
+const NAT_EXTERNAL6: &str = "fd64:ffff::2";
+const HTTP6_PORT: u16 = 8080;

@@ -215,6 +215,29 @@ impl<F: Family> Engine<F> {
 }
 
 impl<F: Family> Engine<F> {
+    /// Removes the flows created from outside on external `port` of `protocol` (the sessions
+    /// of a port forward); returns how many. One pass over the table: a removal shifts later
+    /// flows back into the hole, so the same position is looked at again.
+    #[cold]
+    pub(crate) fn remove_inbound_sessions(&mut self, protocol: u8, port: u16) -> usize {
+        let mut removed = 0;
+        let mut pos = 0;
+        while pos < self.table.flows.slots() {
+            match self.table.flows.get(pos) {
+                Some(f)
+                    if f.protocol == protocol
+                        && f.external_port == port
+                        && f.state & state::INBOUND != 0 =>
+                {
+                    self.remove_flow(pos);
+                    removed += 1;
+                }
+                _ => pos += 1,
+            }
+        }
+        removed
+    }
+
     /// Makes room for a new flow from outside through forward `port`: if
     /// the forward or the whole inbound budget is full, evicts the oldest
     /// unconfirmed flow (of this forward, or of any forward when the total

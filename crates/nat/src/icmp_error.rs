@@ -142,11 +142,13 @@ fn rewrite_error<F: Family>(
             } else {
                 (old.dst_port, new.dst_port)
             };
-            // A quoted ICMPv6 echo's checksum covers its pseudo-header.
+            // A quoted ICMPv6 echo's checksum covers its pseudo-header, which is not part
+            // of the outer message: the outer checksum follows the identifier's bytes only
+            // (the quoted addresses' bytes are in `quoted_delta` already).
             let mut d = if F::ICMP_PSEUDO { ed } else { Delta::default() };
             d.word(o, n);
             put16(p, l4 + icmpv4::field::ECHO_IDENT.start, n);
-            icmp_delta = icmp_delta.add(d);
+            icmp_delta.word(o, n);
             let c = get16(p, l4 + icmpv4::field::CHECKSUM.start);
             let c2 = d.apply(c);
             put16(p, l4 + icmpv4::field::CHECKSUM.start, c2);

@@ -68,6 +68,12 @@ impl<A: Addr> PortTable<A> {
     pub(crate) fn get_mut(&mut self, port: u16) -> Option<&mut Binding<A>> {
         self.bindings.get_mut(usize::from(port))
     }
+    /// Number of ports held (by a mapping or a forward), port 0 not counted.
+    pub(crate) fn in_use(&self) -> usize {
+        let marked: u32 = self.used.iter().map(|w| w.count_ones()).sum();
+        (marked as usize).saturating_sub(usize::from(!self.used.is_empty()))
+    }
+
     /// Number of flows on `port`.
     #[inline]
     pub(crate) fn refs(&self, port: u16) -> u32 {
@@ -169,6 +175,11 @@ impl<A: Addr> Ports<A> {
 
     /// The port table of protocol index `protocol`.
     #[inline(always)]
+    /// External ports held now, every protocol together.
+    pub(crate) fn in_use(&self) -> usize {
+        self.tables.iter().map(PortTable::in_use).sum()
+    }
+
     pub(crate) fn table(&self, protocol: u8) -> Option<&PortTable<A>> {
         self.tables.get(usize::from(protocol))
     }

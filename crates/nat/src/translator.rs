@@ -517,6 +517,29 @@ impl Nat {
             .remove_forward(protocol_index(protocol), external_port)
     }
 
+    /// Removes a port forward and ends the sessions set up through it (their flows are
+    /// removed at once, so the port stops answering: a new connection to it is not let in
+    /// through a session's mapping, and one in progress stops); returns whether the forward
+    /// existed. Not for the packet path: one pass over the flow table.
+    pub fn close_forward(&mut self, protocol: Protocol, external_port: u16) -> bool {
+        let existed = self.remove_forward(protocol, external_port);
+        if existed {
+            self.v4
+                .remove_inbound_sessions(protocol_index(protocol), external_port);
+        }
+        existed
+    }
+
+    /// The IPv6 [`Nat::close_forward`].
+    pub fn close_forward6(&mut self, protocol: Protocol, external_port: u16) -> bool {
+        let existed = self.remove_forward6(protocol, external_port);
+        if existed {
+            self.v6
+                .remove_inbound_sessions(protocol_index(protocol), external_port);
+        }
+        existed
+    }
+
     /// Adds an outbound redirect: new internal flows to `from` go to `to`
     /// (each with its own external port) and replies appear to come from
     /// `from`.
@@ -574,6 +597,17 @@ impl Nat {
     /// Counters of one address family: `false` for NAT44, `true` for NAT66.
     pub fn stats_of(&self, ipv6: bool) -> &NatStats {
         if ipv6 { &self.v6.stats } else { &self.v4.stats }
+    }
+
+    /// External ports (and ICMP identifiers) held now by mappings and forwards, of the IPv4
+    /// or (`ipv6`) the IPv6 external address, every protocol together. Counts a bitmap (not
+    /// for the packet path).
+    pub fn ports_in_use(&self, ipv6: bool) -> usize {
+        if ipv6 {
+            self.v6.ports.in_use()
+        } else {
+            self.v4.ports.in_use()
+        }
     }
 
     /// Number of flows in the tables (both address families).

@@ -1007,6 +1007,57 @@ fn port_forward_shows_the_real_client_and_replies_go_back() {
     .unwrap();
 }
 
+/// `remove_forward` leaves the sessions set up through a forward, and with
+/// endpoint-independent filtering their mapping still lets new clients in; `close_forward`
+/// ends them, so the port stops answering at once (the control socket's `forward remove`).
+#[test]
+fn closing_a_forward_ends_its_sessions_and_refuses_new_clients() {
+    let fwd = PortForward {
+        protocol: Protocol::Tcp,
+        external_port: 2222,
+        internal: sa(GUEST, 22),
+    };
+    let session = |nat: &mut Nat, client: SocketAddrV4| {
+        let mut syn = testing::tcp(client, sa(EXTERNAL, 2222), TcpFlags::SYN, b"");
+        nat.inbound(&mut syn, T0)
+    };
+    for close in [false, true] {
+        let mut nat = testing::nat();
+        nat.add_forward(fwd).unwrap();
+        // The guest's own outbound flow from another port stays in either case.
+        let _ = out_udp(&mut nat, sa(GUEST, 5000), sa(SERVER, 53), T0);
+        for port in 51000..51010 {
+            assert_eq!(session(&mut nat, sa(SERVER, port)), Verdict::Forward);
+        }
+        assert_eq!(nat.len(), 11);
+        // The forward's port and the guest's own mapping.
+        assert_eq!(nat.ports_in_use(false), 2);
+        assert_eq!(nat.ports_in_use(true), 0);
+        let removed = if close {
+            nat.close_forward(Protocol::Tcp, 2222)
+        } else {
+            nat.remove_forward(Protocol::Tcp, 2222)
+        };
+        assert!(removed);
+        let next = session(&mut nat, sa(SERVER2, 40000));
+        if close {
+            assert_eq!(nat.len(), 1, "the forward's sessions are gone");
+            assert_eq!(next, Verdict::Drop(DropReason::NoMapping));
+            assert_eq!(nat.ports_in_use(false), 1, "the forward's port is free");
+            assert!(!nat.close_forward(Protocol::Tcp, 2222));
+            // The port is free for a new forward.
+            nat.add_forward(fwd).unwrap();
+        } else {
+            assert_eq!(nat.len(), 11, "sessions live on");
+            assert_eq!(
+                next,
+                Verdict::Forward,
+                "the sessions' mapping admits a new client"
+            );
+        }
+    }
+}
+
 #[test]
 fn port_forward_rules_are_validated() {
     let mut nat = testing::nat();

@@ -338,6 +338,34 @@ fn icmpv6_errors_are_translated_both_ways_with_their_quoted_headers() {
     );
 }
 
+/// A Packet Too Big about a guest's echo request (`ping -6 -M do` over a narrow hop): the
+/// quoted echo's identifier and checksum change, and the outer ICMPv6 checksum must follow
+/// exactly those bytes (the quoted echo's pseudo-header is not part of the outer message).
+#[test]
+fn icmpv6_packet_too_big_quoting_an_echo_request_keeps_both_checksums_valid() {
+    let mut nat = testing::nat();
+    let router: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let mut p = testing::echo_request6(GUEST6, SERVER6, 0x1234, 1, &[7u8; 1452]);
+    assert_eq!(nat.outbound(&mut p, Instant::ZERO), Verdict::Forward);
+    // The router quotes as much as fits in 1280 bytes (RFC 4443 2.4 (c)).
+    let quote = &p[..1280 - 48];
+    let mut e = testing::icmp_error6(router, EXTERNAL6, 2, 0, 1400u32.to_be_bytes(), quote);
+    assert_eq!(nat.inbound(&mut e, Instant::ZERO), Verdict::Forward);
+    assert_eq!(*testing::dst6(&e).ip(), GUEST6);
+    assert_eq!(testing::embedded_src6(&e), sa6(GUEST6, 0x1234));
+    assert!(testing::checksums6_ok(&e));
+    // And the other way: the guest's error about an echo reply it got.
+    let mut r = testing::echo_reply6(SERVER6, GUEST6, 0x1234, 1, &[7u8; 64]);
+    let mut q = testing::echo_request6(GUEST6, SERVER6, 0x1234, 2, &[7u8; 64]);
+    assert_eq!(nat.outbound(&mut q, Instant::ZERO), Verdict::Forward);
+    let ext_id = testing::src6(&q).port();
+    r = testing::echo_reply6(SERVER6, EXTERNAL6, ext_id, 2, &r[48..]);
+    assert_eq!(nat.inbound(&mut r, Instant::ZERO), Verdict::Forward);
+    let mut e = testing::icmp_error6(GUEST6, SERVER6, 4, 0, [0; 4], &r);
+    assert_eq!(nat.outbound(&mut e, Instant::ZERO), Verdict::Forward);
+    assert!(testing::checksums6_ok(&e));
+}
+
 #[test]
 fn nat66_extension_headers_are_walked() {
     let mut nat = testing::nat();

@@ -405,11 +405,12 @@ OPTIONS:
     --threads <one|pipeline> one (default): one thread runs the guest's driver and the device
                              (TAP and TUN in one epoll loop); pipeline: guest TX/RX driver
                              threads and the bridge's threaded driver (two threads)
-    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n) and answer them with
-                             ICMP administratively prohibited (repeatable)
+    --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n or x:y::/n) and answer
+                             them with ICMP(v6) administratively prohibited (repeatable)
     --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching
                              prefix of all rules wins, as in a routing table; no match: allowed.
-                             169.254.0.0/16 (cloud metadata) is denied unless a rule for it or
+                             169.254.0.0/16, fd00:ec2::254 and fd20:ce::254 (cloud metadata)
+                             are denied unless a rule for it or
                              a longer prefix (--allow 169.254.169.254/32) says otherwise; the
                              gateway and the NAT's external address are never subject to rules
     --no-ipv6                the gateway does not serve IPv6 (default: Router Advertisements for
@@ -554,6 +555,8 @@ mod tests {
             "--allow=169.254.169.254/32",
             "--deny",
             "10.0.0.1",
+            "--deny",
+            "2001:db8::/32",
         ])
         .unwrap();
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
@@ -562,7 +565,11 @@ mod tests {
         assert_eq!(a.egress.action(ip("169.254.169.254")), EgressAction::Allow);
         assert_eq!(a.egress.action(ip("169.254.1.1")), EgressAction::Deny);
         assert_eq!(a.egress.action(ip("10.0.0.1")), EgressAction::Deny);
-        assert_eq!(a.egress.rules().len(), 4);
+        assert_eq!(
+            a.egress.action6("2001:db8::2".parse().unwrap()),
+            EgressAction::Deny
+        );
+        assert_eq!(a.egress.rules().len(), 7);
         for (bad, msg) in [
             (
                 &["--guest-netns", "g", "--deny", "10.0.0.1/8"][..],
@@ -570,11 +577,11 @@ mod tests {
             ),
             (
                 &["--guest-netns", "g", "--allow", "example.com"],
-                "bad --allow \"example.com\": expected an IPv4 address, as a.b.c.d/n",
+                "bad --allow \"example.com\": expected an IP address, as a.b.c.d/n or x:y::/n",
             ),
             (
                 &["--guest-netns", "g", "--deny", "10.0.0.0/33"],
-                "bad --deny \"10.0.0.0/33\": prefix length must be 0..=32",
+                "bad --deny \"10.0.0.0/33\": prefix length must be 0..=32 (IPv4) or 0..=128 (IPv6)",
             ),
             (
                 &[

@@ -370,3 +370,54 @@ fn denied_destinations_fail_fast_and_allowed_ones_work() {
         "the denied ping and connection counted: {line}"
     );
 }
+
+/// (d) IPv6 destinations follow the policy's IPv6 rules only: with `--deny 2001:db8::2 --deny
+/// 0.0.0.0/0`, the SLAAC guest's `ping -6` to the denied server address is answered at once
+/// by the gateway (`fd64::1`) with ICMPv6 administratively prohibited, while 2001:db8::3 is
+/// reached (the IPv4 /0 does not touch IPv6) and IPv4 to the server is denied.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn ipv6_destinations_follow_the_ipv6_rules() {
+    require(&[("ping", "iputils-ping")]);
+    let (lab, _lease) = Lab::with_lease(
+        "e2e-addr-deny6",
+        &["--deny", "2001:db8::2", "--deny", "0.0.0.0/0"],
+    );
+    // Before SLAAC, which bounces the guest's link and takes its IPv4 default route.
+    assert_ping_filtered(&lab, SERVER);
+    lab.slaac();
+    let t = Instant::now();
+    let o = lab.run(
+        Ns::G,
+        15,
+        &["ping", "-6", "-n", "-c", "1", "-W", "10", "2001:db8::2"],
+    );
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!(
+        "ping -6 2001:db8::2: {took:?} {}",
+        text.replace('\n', " | ")
+    );
+    assert!(
+        !o.status.success(),
+        "ping -6 2001:db8::2 succeeded:\n{text}"
+    );
+    assert!(
+        text.contains("From fd64::1") && text.contains("Administratively prohibited"),
+        "ping -6 did not report the prohibition:\n{text}"
+    );
+    assert!(took.as_secs() < 5, "ping -6 took {took:?}");
+    let ok = lab.run(
+        Ns::G,
+        15,
+        &["ping", "-6", "-n", "-c", "2", "-W", "5", "2001:db8::3"],
+    );
+    assert!(
+        ok.status.success(),
+        "ping -6 2001:db8::3 (allowed):\n{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let mut lab = lab;
+    let (line, _) = lab.take_attach().stop_for_stats_line();
+    assert!(counter(&line, "EgressDenied") >= 2, "{line}");
+}

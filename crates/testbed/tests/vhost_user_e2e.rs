@@ -214,9 +214,158 @@ fn attach_vhost_user_refuses_an_mtu_the_backend_does_not_report() {
     );
 }
 
+/// hostnetd's control socket (issue 16): `hostnetd ctl forward add` opens a port forward to the
+/// running guest (a client in S fetches a file from the guest through it), `forward remove`
+/// closes it (the next connection fails, counted as an inbound NAT drop); `stats --json`,
+/// `flows` and the Prometheus metrics scraped from S over `--metrics` move with the traffic.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn hostnetd_control_socket_forwards_at_runtime_and_metrics_move() {
+    require(&[("busybox", "busybox"), ("curl", "curl")]);
+    let mut lab = Lab::start_without_attach("vu-ctl");
+    let metrics_addr = format!("{HOST_SERVER}:9464");
+    let (_daemon, socket) = start_hostnetd_with(&mut lab, &["--metrics", &metrics_addr]);
+    let _attach = start_attach(&mut lab, &socket, &[]);
+    let lease = lab.udhcpc();
+    let guest_ip = lease.ip.to_string();
+    let page = lab.dir.join("guest-www");
+    std::fs::create_dir_all(&page).expect("guest www folder");
+    std::fs::write(page.join("hello.txt"), "hello from the guest\n").expect("page");
+    lab.spawn(
+        Ns::G,
+        &[
+            helper(),
+            "http-serve",
+            &format!("{guest_ip}:8000"),
+            page.to_str().expect("utf-8"),
+        ],
+        Some("listening"),
+    );
+    let scrape = |lab: &Lab| -> String {
+        lab.ok(
+            Ns::S,
+            10,
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                &format!("http://{metrics_addr}/metrics"),
+            ],
+        )
+    };
+    let metric = |text: &str, line_start: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    let before = scrape(&lab);
+    assert_eq!(metric(&before, "hostnet_guest_connected "), 1, "{before}");
+    let rx_before = metric(&before, "hostnet_frames_total{direction=\"rx\"} ");
+
+    let url = format!("http://{}:8080/hello.txt", common::EXTERNAL);
+    let fetch = |lab: &Lab| {
+        lab.run(
+            Ns::S,
+            15,
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                "--connect-timeout",
+                "3",
+                "--max-time",
+                "10",
+                &url,
+            ],
+        )
+    };
+    let o = fetch(&lab);
+    assert!(
+        !o.status.success(),
+        "the forward is there before it was added"
+    );
+    let out = ctl(
+        &socket,
+        &["forward", "add", &format!("tcp:8080:{guest_ip}:8000")],
+    );
+    assert!(out.status.success(), "forward add: {out:?}");
+    let listed = ctl(&socket, &["forwards"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&format!("tcp:8080:{guest_ip}:8000")),
+        "{listed:?}"
+    );
+    let o = fetch(&lab);
+    assert!(o.status.success(), "fetch through the new forward: {o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello from the guest\n");
+    let flows = ctl(&socket, &["flows", "50"]);
+    assert!(
+        String::from_utf8_lossy(&flows.stdout).contains(&format!("{guest_ip}:8000")),
+        "the forwarded connection's flow: {flows:?}"
+    );
+    let after = scrape(&lab);
+    assert!(
+        metric(&after, "hostnet_frames_total{direction=\"rx\"} ") > rx_before,
+        "frames to the guest did not move:\n{after}"
+    );
+    assert!(
+        metric(
+            &after,
+            "hostnet_nat_translated_packets_total{family=\"ipv4\",direction=\"inbound\"} "
+        ) > 0,
+        "{after}"
+    );
+
+    let out = ctl(&socket, &["forward", "remove", "tcp:8080"]);
+    assert!(out.status.success(), "forward remove: {out:?}");
+    let again = ctl(&socket, &["forward", "remove", "tcp:8080"]);
+    assert_eq!(again.status.code(), Some(1), "removing it twice: {again:?}");
+    let o = fetch(&lab);
+    assert!(
+        !o.status.success(),
+        "the removed forward still answers: {o:?}"
+    );
+    let stats = ctl(&socket, &["--json", "stats"]);
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    assert!(
+        stats.starts_with("{")
+            && stats.contains("\"ok\":true")
+            && stats.contains("\"connected\":true"),
+        "{stats}"
+    );
+    let nat_inbound = stats
+        .split("\"NatInbound\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '}']).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no NatInbound in {stats}"));
+    assert!(
+        nat_inbound > 0,
+        "the refused connection is counted: {stats}"
+    );
+    let bad = ctl(&socket, &["forward", "add", "sctp:1:2"]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(ctl(&socket, &["log-level", "debug"]).status.success());
+}
+
+/// Runs `hostnetd ctl --socket SOCKET ARGS` (the control socket beside the vhost-user one).
+fn ctl(socket: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(hostnetd())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("running hostnetd ctl")
+}
+
 /// Starts hostnetd in H (`--dns-upstream` the server) on a socket in the scratch folder and
 /// waits for its ready line; returns its process index and the socket.
 fn start_hostnetd(lab: &mut Lab) -> (usize, PathBuf) {
+    start_hostnetd_with(lab, &[])
+}
+
+/// [`start_hostnetd`] with `extra` arguments.
+fn start_hostnetd_with(lab: &mut Lab, extra: &[&str]) -> (usize, PathBuf) {
     let socket = lab.dir.join("hostnetd.sock");
     // hostnetd routes nothing itself (attach in-process turns forwarding on in H).
     lab.ns(Ns::H)
@@ -232,7 +381,10 @@ fn start_hostnetd(lab: &mut Lab) -> (usize, PathBuf) {
             socket.to_str().expect("utf-8"),
             "--dns-upstream",
             &SERVER.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     );
     common::wait_file_contains(&lab.dir.join("hostnetd.out"), "ready ", 15);
     (idx, socket)

@@ -11,6 +11,7 @@ use nat::Instant;
 use wire::{Icmpv6Packet, Ipv6Packet, TcpPacket, UdpPacket, icmpv6, ip_proto, ipv6};
 
 use super::{Gateway, TxAction};
+use crate::policy::EgressAction;
 use crate::stats::DropCause;
 use crate::wire::{ETH_HLEN, ETHERTYPE_IPV6, MacAddr, write_eth};
 use crate::{Error, defaults};
@@ -238,12 +239,26 @@ impl Gateway {
             if dst.is_multicast() {
                 return TxAction::Drop(DropCause::Ipv6Ignored);
             }
-            if v6.routable(src, dst) {
-                return TxAction::Nat { len: total };
-            }
             let error = upper.protocol == ip_proto::ICMPV6
                 && (!whole || icmp_type.is_none_or(|t| t < icmpv6::ECHO_REQUEST));
-            return self.no_route((frame, total), (src, src_mac), error, reply, now);
+            if v6.routable(src, dst) {
+                if self.egress.action6(dst) == EgressAction::Deny
+                    && Some(dst) != self.egress_exempt6
+                {
+                    let why = (ADMIN_PROHIBITED_CODE, DropCause::EgressDenied);
+                    return self.unreachable6(
+                        (frame, total),
+                        (src, src_mac),
+                        error,
+                        why,
+                        reply,
+                        now,
+                    );
+                }
+                return TxAction::Nat { len: total };
+            }
+            let why = (NO_ROUTE_CODE, DropCause::Ipv6NoRoute);
+            return self.unreachable6((frame, total), (src, src_mac), error, why, reply, now);
         }
         let unserved = if to_gateway {
             DropCause::GatewayUnsupported
@@ -276,26 +291,63 @@ impl Gateway {
         }
     }
 
-    /// IPv6 beyond the gateway that cannot be routed (see [`V6::routable`]). Counted
-    /// [`DropCause::Ipv6NoRoute`] and answered with ICMPv6 destination unreachable, code 0 (no route to destination; RFC 4443 3.1),
-    /// quoting as much of the packet as fits 1280 bytes, so the guest's connection fails at
-    /// once (and a dual-stack client falls back to IPv4) instead of waiting out its timeouts.
-    /// Not in answer to an ICMPv6 error, a fragment of unknown kind or from `::` (RFC 4443
+    /// Answers an IPv6 packet NAT66 refused a new session for (table or per-host cap, no
+    /// free port) with ICMPv6 destination unreachable, code 1 (communication with destination
+    /// administratively prohibited; RFC 4443 3.1), as [`Gateway::refused_by_nat`] does for
+    /// IPv4 (RFC 5508 REQ-8), within the same rate limit and the rules of
+    /// [`Gateway::unreachable6`]. `frame` is the guest's frame as it came; its length is what the
+    /// reply frame has, `None` when no answer is due.
+    pub(super) fn refused_by_nat6(
+        &mut self,
+        frame: &[u8],
+        src_mac: MacAddr,
+        reply: &mut [u8],
+        now: Instant,
+    ) -> Option<usize> {
+        let ip = Ipv6Packet::new_checked(frame.get(ETH_HLEN..)?).ok()?;
+        let total = (ipv6::HEADER_LEN + usize::from(ip.payload_len()))
+            .min(frame.len().saturating_sub(ETH_HLEN));
+        let upper = ip.upper_layer().ok()?;
+        let icmp_type = frame.get(ETH_HLEN + upper.offset).copied();
+        let error = upper.protocol == ip_proto::ICMPV6
+            && (upper.fragment.is_some() || icmp_type.is_none_or(|t| t < icmpv6::ECHO_REQUEST));
+        let why = (ADMIN_PROHIBITED_CODE, DropCause::NatOutbound);
+        match self.unreachable6(
+            (frame, total),
+            (ip.src_addr(), src_mac),
+            error,
+            why,
+            reply,
+            now,
+        ) {
+            TxAction::DropWithReply { len, .. } => Some(len),
+            _ => None,
+        }
+    }
+
+    /// IPv6 beyond the gateway that is not passed on, counted `cause` and answered with
+    /// ICMPv6 destination unreachable, `code` (RFC 4443 3.1): 0, no route to destination (see
+    /// [`V6::routable`], [`DropCause::Ipv6NoRoute`]), or 1, communication administratively
+    /// prohibited (the egress policy, [`DropCause::EgressDenied`]). The answer quotes as much
+    /// of the packet as fits 1280 bytes, so the guest's connection fails at once (and a
+    /// dual-stack client falls back to IPv4) instead of waiting out its timeouts. Not in
+    /// answer to an ICMPv6 error (`error`), a fragment of unknown kind or from `::` (RFC 4443
     /// 2.4 (e)), and at most as often as the gateway's ICMP error rate limit allows.
-    fn no_route(
+    fn unreachable6(
         &mut self,
         (frame, total): (&[u8], usize),
         (src, src_mac): (Ipv6Addr, MacAddr),
         error: bool,
+        (code, cause): (u8, DropCause),
         reply: &mut [u8],
         now: Instant,
     ) -> TxAction {
-        const NO_ROUTE: TxAction = TxAction::Drop(DropCause::Ipv6NoRoute);
+        let unanswered = TxAction::Drop(cause);
         if error || src.is_unspecified() || !self.take_icmp_token(now) {
-            return NO_ROUTE;
+            return unanswered;
         }
         let Some(cfg) = self.v6.as_ref().map(|v| v.cfg) else {
-            return NO_ROUTE;
+            return unanswered;
         };
         let from = if in64(src, LINK_LOCAL) {
             cfg.router
@@ -304,7 +356,7 @@ impl Gateway {
         };
         let quote_len = total.min(IPV6_MIN_MTU - ipv6::HEADER_LEN - icmpv6::HEADER_LEN);
         let Some(quote) = frame.get(ETH_HLEN..ETH_HLEN + quote_len) else {
-            return NO_ROUTE;
+            return unanswered;
         };
         let hdr = Ipv6Header {
             dst_mac: src_mac,
@@ -314,19 +366,16 @@ impl Gateway {
             hop_limit: ECHO_HOP_LIMIT,
         };
         let Some((out, len)) = self.ipv6_reply(reply, hdr, icmpv6::HEADER_LEN + quote_len) else {
-            return NO_ROUTE;
+            return unanswered;
         };
         // Type, code, checksum and the unused word, then the quote.
         out[..icmpv6::HEADER_LEN].fill(0);
         out[icmpv6::HEADER_LEN..].copy_from_slice(quote);
         let mut icmp = Icmpv6Packet::new_unchecked(out);
         icmp.set_msg_type(icmpv6::DESTINATION_UNREACHABLE);
-        icmp.set_msg_code(NO_ROUTE_CODE);
+        icmp.set_msg_code(code);
         icmp.fill_checksum(from, src);
-        TxAction::DropWithReply {
-            cause: DropCause::Ipv6NoRoute,
-            len,
-        }
+        TxAction::DropWithReply { cause, len }
     }
 
     /// DNS to the gateway's IPv6 address (`l4`: the UDP or TCP message to port 53 of the
@@ -530,6 +579,9 @@ const IPV6_DST: usize = 24;
 const IPV6_MIN_MTU: usize = 1280;
 /// Destination unreachable code 0: no route to destination.
 const NO_ROUTE_CODE: u8 = 0;
+/// ICMPv6 destination unreachable code 1: communication with destination administratively
+/// prohibited (RFC 4443 3.1).
+const ADMIN_PROHIBITED_CODE: u8 = 1;
 /// The hop limit of the gateway's echo replies and errors.
 const ECHO_HOP_LIMIT: u8 = 64;
 /// The DNS port (RFC 1035).

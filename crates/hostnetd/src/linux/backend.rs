@@ -117,6 +117,21 @@ impl NetBackend {
         self.shutdown = handle;
     }
 
+    /// The device core (the control socket's view).
+    pub(crate) fn core(&self) -> &DeviceCore {
+        &self.core
+    }
+
+    /// The device core, to change at runtime (the control socket's port forwards).
+    pub(crate) fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
+    }
+
+    /// The device core's time now.
+    pub(crate) fn now(&self) -> nat::Instant {
+        self.clock.now()
+    }
+
     /// Logs the connection's counters.
     pub(crate) fn log_stats(&self) {
         device::log_stats(&self.core);
@@ -267,10 +282,11 @@ impl VhostUserBackendMut for NetBackend {
 
     fn acked_features(&mut self, features: u64) {
         let acked = self.core.ack_features(features, &*self.tun);
-        debug!(
-            features = format_args!("{features:#x}"),
-            acked = format_args!("{acked:#x}"),
-            "features acked"
+        // One line per connection (and per renegotiation, e.g. a guest reboot).
+        info!(
+            features = %bridge::feature_names(acked),
+            asked = format_args!("{features:#x}"),
+            "guest negotiated"
         );
     }
 

@@ -96,9 +96,12 @@ impl HostSetup {
         external: Ipv4Addr,
         external6: Option<Ipv6Addr>,
         tun: &str,
+        log_json: bool,
     ) -> Result<Self> {
         let mut child = Command::new("/proc/self/exe")
             .arg0("hostnetd")
+            // The helper logs as the daemon does (`--log-format`).
+            .env(LOG_FORMAT_ENV, if log_json { "json" } else { "text" })
             .arg(HELPER_FLAG)
             .arg(std::process::id().to_string())
             .arg(external.to_string())
@@ -167,6 +170,9 @@ impl HostSetup {
     }
 }
 
+/// The environment variable that tells the helper the daemon's `--log-format`.
+const LOG_FORMAT_ENV: &str = "HOSTNETD_LOG_FORMAT";
+
 impl Drop for HostSetup {
     fn drop(&mut self) {
         self.undo();
@@ -176,7 +182,7 @@ impl Drop for HostSetup {
 /// The helper process (`hostnetd --host-setup-helper PID EXTERNAL TUN [EXTERNAL6]`): sets up, answers on
 /// stdout, undoes at end-of-file on stdin or on SIGTERM/SIGHUP.
 pub(crate) fn helper_main(args: &HelperArgs) -> ExitCode {
-    super::init_tracing();
+    let _ = super::init_tracing(std::env::var(LOG_FORMAT_ENV).is_ok_and(|f| f == "json"));
     let nft = Nft::find();
     let done = match set_up(&nft, args) {
         Ok(done) => done,

@@ -1,6 +1,7 @@
 //! The daemon on Linux: the TUN device, the listen loop (one frontend at a time), signals.
 
 mod backend;
+pub(crate) mod control;
 pub(crate) mod device;
 pub(crate) mod host_setup;
 pub(crate) mod proxy;
@@ -31,7 +32,7 @@ use device::DeviceConfig;
 /// Runs the daemon until SIGTERM/SIGINT (`Ok`), or until its TUN fails (deleted underneath:
 /// an error; the current connection is closed first).
 pub(crate) fn run(args: &Args) -> Result<()> {
-    init_tracing();
+    let log_reload = init_tracing(args.log_json);
     // The gateway's DNS upstream (bridge::dns: resolv.conf, systemd-resolved's upstreams
     // behind its stub); none usable: a warning, and the gateway answers REFUSED.
     let dns = match args.dns_upstream {
@@ -90,6 +91,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             pair.external,
             pair6.map(|p| p.external),
             tun.name(),
+            args.log_json,
         )?)
     } else {
         None
@@ -107,6 +109,38 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         identity.as_ref().map(|id| id.uid),
         socket_group,
     )?;
+    // The control socket: 0600, owned by the user the daemon runs as (root may always connect).
+    let control_listener = SocketGuard::bind(&args.control)?;
+    sandbox::secure_socket(
+        &args.control,
+        0o600,
+        identity.as_ref().map(|id| id.uid),
+        identity.as_ref().map(|id| id.gid),
+    )?;
+    let metrics_listener = args
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("--metrics: listening on {addr}"))
+        })
+        .transpose()?;
+    let control = Arc::new(control::Control::new(
+        config.clone(),
+        crate::args::FIRST_GUEST_ADDR,
+        log_reload,
+    ));
+    control::spawn_control(
+        control_listener
+            .listener
+            .try_clone()
+            .context("the control socket")?,
+        control.clone(),
+    )
+    .context("starting the control thread")?;
+    if let Some(l) = metrics_listener {
+        info!(metrics = %l.local_addr()?, "serving Prometheus metrics over HTTP");
+        control::spawn_metrics(l, control.clone()).context("starting the metrics thread")?;
+    }
     let stop = Arc::new(Stop::new()?);
     let _signals = spawn_signal_thread(stop.clone())?;
     // Set-up is done: from here on the daemon only serves (see `sandbox`).
@@ -161,6 +195,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     )?;
     out.flush()?;
     drop(out);
+    // Under systemd (Type=notify): ready once the socket accepts frontends.
+    notify_service_manager(&sd_notify::NotifyState::Ready);
 
     let mut n = 0u64;
     loop {
@@ -195,7 +231,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             ),
             Err(e) => warn!(connection = n, "frontend accepted; SO_PEERCRED failed: {e}"),
         }
-        let served = serve_one(&config, &tun, frontend, &stop);
+        let served = serve_one(&control.config(), &tun, frontend, &stop, &control);
         let host_lost = stop.host_lost.load(Ordering::SeqCst);
         match served {
             Ok(()) if host_lost => info!(connection = n, "connection closed"),
@@ -210,7 +246,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         }
     }
     info!("stopping");
+    notify_service_manager(&sd_notify::NotifyState::Stopping);
     drop(listener); // unlinks the socket
+    drop(control_listener);
     if let Some(h) = host_setup {
         h.finish();
     }
@@ -232,6 +270,7 @@ pub(crate) fn serve_one(
     tun: &Arc<Tun>,
     frontend: UnixStream,
     stop: &Stop,
+    control: &control::Control,
 ) -> Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let inner_name = format!(
@@ -282,8 +321,10 @@ pub(crate) fn serve_one(
         .unwrap_or_else(PoisonError::into_inner)
         .set_shutdown_handle(handle.clone());
     stop.set_connection(handle);
+    control.set_current(Some(backend.clone()));
     info!("frontend connected");
     let result = daemon.wait();
+    control.set_current(None);
     stop.set_connection(None);
     relay.join();
     for worker in daemon.get_epoll_handlers() {
@@ -511,13 +552,39 @@ fn spawn_signal_thread(stop: Arc<Stop>) -> Result<std::thread::JoinHandle<()>> {
         .context("spawning the signal thread")
 }
 
-pub(crate) fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .try_init();
+/// Tells systemd (`$NOTIFY_SOCKET`, `Type=notify`) the daemon's state; nothing without it.
+fn notify_service_manager(state: &sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(state)) {
+        warn!("telling the service manager {state}: {e}");
+    }
+}
+
+/// Logs to stderr, as text or (`json`) one JSON object per line, filtered by `RUST_LOG`
+/// (default `info`); returns what changes the filter at runtime (the control socket's
+/// `log-level`), `None` if a subscriber was installed already (tests).
+pub(crate) fn init_tracing(json: bool) -> Option<control::LogReload> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = if json {
+        registry
+            .with(fmt::layer().json().with_writer(io::stderr))
+            .try_init()
+    } else {
+        registry
+            .with(fmt::layer().with_writer(io::stderr))
+            .try_init()
+    };
+    installed.ok()?;
+    Some(Box::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| format!("bad log filter {level:?}: {e}"))?;
+        handle
+            .reload(f)
+            .map_err(|e| format!("changing the log filter: {e}"))
+    }))
 }
 
 /// The guest's gateway (ARP, DHCP, ping and DNS are answered here).
