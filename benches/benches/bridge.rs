@@ -43,6 +43,8 @@ fn gateway() -> Gateway {
         lease: Duration::from_secs(3600),
         mtu: 1500,
         dns: true,
+        dns4_relay: false,
+        dns6: bridge::Dns6::Nat,
         static_guest_ip: Some(GUEST_IP),
         ipv6: Some(bridge::Ipv6Config::default()),
     })

@@ -189,6 +189,8 @@ fn gateway() -> Gateway {
         lease: Duration::from_secs(3600),
         mtu: 1500,
         dns: true,
+        dns4_relay: false,
+        dns6: bridge::Dns6::Nat,
         static_guest_ip: None,
         ipv6: Some(bridge::Ipv6Config::default()),
     };

@@ -4,7 +4,9 @@
 //! message with a valid BOOTP header and cookie, ICMP echo to the gateway, a DNS query to the
 //! gateway, a packet to elsewhere, denied or allowed by the egress policy; an ICMPv6 message
 //! of an ND type or echo, a DHCPv6 message) whose fields and payload come from the input,
-//! with valid checksums so the parsers get past them. Never a panic; every reply fits the
+//! with valid checksums so the parsers get past them; DNS over UDP or TCP to `[fd64::1]:53`
+//! or `192.168.64.1:53` goes through the DNS relay ([`bridge::DnsRelay`]) into the other IP
+//! version and an answer back, checksums checked. Never a panic; every reply fits the
 //! reply buffer and is a well-formed frame with valid checksums; every frame passed to the
 //! NAT is an IPv4 or IPv6 packet inside the frame, of the length given. Unsolicited Router Advertisements are asked for
 //! after every frame and checked the same way.
@@ -12,20 +14,21 @@
 //! Input: a sequence of `[kind, time_step, len_hi, len_lo, bytes[len]...]` records.
 #![no_main]
 
-use core::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::time::Duration;
 
 use bridge::{
-    EgressAction, EgressPolicy, Gateway, GatewayConfig, Ipv6Config, MacAddr, TxAction,
+    DnsRelay, EgressAction, EgressPolicy, Gateway, GatewayConfig, Ipv6Config, MacAddr, TxAction,
 };
 use libfuzzer_sys::fuzz_target;
 use nat::Instant;
 use wire::{
-    ArpPacket, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, UdpPacket,
-    ethertype, ip_proto,
+    ArpPacket, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, TcpPacket,
+    UdpPacket, ethertype, ip_proto,
 };
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 1);
 const GUEST_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 const GATEWAY_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 const MTU: u16 = 1500;
@@ -34,6 +37,7 @@ const MAX_FRAME: usize = 9000;
 
 fuzz_target!(|input: &[u8]| {
     let mut gw = gateway();
+    let mut relay = DnsRelay::new(GATEWAY, GATEWAY6);
     let mut reply = vec![0u8; MTU as usize + 14];
     let mut frame = Vec::with_capacity(MAX_FRAME);
     let mut now = Instant::ZERO;
@@ -64,6 +68,18 @@ fuzz_target!(|input: &[u8]| {
                     assert_eq!(usize::from(ip.total_len()), len);
                 }
             }
+            TxAction::DnsRelay { len } => {
+                assert!(14 + len <= frame.len(), "relay len {len} past the frame");
+                let packet = &frame[14..14 + len];
+                if packet.first().is_some_and(|b| b >> 4 == 6) {
+                    let ip = Ipv6Packet::new_checked(packet).expect("relay gets IPv6");
+                    assert_eq!(40 + usize::from(ip.payload_len()), len);
+                } else {
+                    let ip = Ipv4Packet::new_checked(packet).expect("relay gets IPv4");
+                    assert_eq!(usize::from(ip.total_len()), len);
+                }
+                relay_round_trip(&mut relay, &frame, len, now.as_millis());
+            }
             TxAction::Consumed | TxAction::Drop(_) => {}
         }
         if let Some(len) = gw.unsolicited(&mut reply, now) {
@@ -84,6 +100,9 @@ fn gateway() -> Gateway {
         lease: Duration::from_secs(3600),
         mtu: MTU,
         dns: true,
+        // Both ways through the relay (a real configuration has one upstream family).
+        dns4_relay: true,
+        dns6: bridge::Dns6::Relay,
         static_guest_ip: None,
         ipv6: Some(Ipv6Config::default()),
     };
@@ -127,6 +146,8 @@ fn build(kind: u8, bytes: &[u8], frame: &mut Vec<u8>) {
             icmpv6_msg(bytes, frame, t);
         }
         7 => dhcpv6(bytes, frame),
+        // DNS over UDP or TCP to the gateway's port 53 (the relay's), of any length.
+        8 => dns6(bytes, frame),
         _ => frame.extend_from_slice(bytes),
     }
 }
@@ -305,6 +326,115 @@ fn dhcpv6(bytes: &[u8], frame: &mut Vec<u8>) {
     u.set_dst_port(547);
     u.set_len(len);
     u.fill_checksum_v6(src, dst);
+}
+
+/// A UDP datagram or TCP segment (flags and header length from the input) to port 53,
+/// with a valid checksum.
+fn dns6(bytes: &[u8], frame: &mut Vec<u8>) {
+    let tcp = byte(bytes, 0) & 1 == 1;
+    let hdr = if tcp { 20 } else { 8 };
+    let mut l4 = vec![0u8; hdr];
+    l4.extend_from_slice(bytes.get(7..).unwrap_or_default());
+    let len = l4.len().min(usize::from(u16::MAX)) as u16;
+    let next = if tcp { ip_proto::TCP } else { ip_proto::UDP };
+    let (at, src, dst) = ipv6(bytes, frame, next, &l4);
+    let sport = u16::from_be_bytes([byte(bytes, 1), byte(bytes, 5)]);
+    if tcp {
+        let mut t = TcpPacket::new_unchecked(&mut frame[at..]);
+        t.set_src_port(sport);
+        t.set_dst_port(53);
+        t.set_header_len(20 + 4 * usize::from(byte(bytes, 6) >> 6));
+        t.set_flags(byte(bytes, 6));
+        t.fill_checksum_v6(src, dst);
+    } else {
+        let mut u = UdpPacket::new_unchecked(&mut frame[at..]);
+        u.set_src_port(sport);
+        u.set_dst_port(53);
+        // Usually the true length, sometimes another.
+        u.set_len(if byte(bytes, 6) & 0xf0 == 0 { u16::from(byte(bytes, 6)) } else { len });
+        u.fill_checksum_v6(src, dst);
+    }
+}
+
+/// The relay's translation of a query (`frame[14..14 + len]`, either IP version) into the
+/// other version and back of an answer to it: never a panic; what passes carries valid
+/// checksums.
+fn relay_round_trip(relay: &mut DnsRelay, frame: &[u8], len: usize, now: u64) {
+    let mut f = frame.to_vec();
+    // Room for an IPv4 query to grow into IPv6.
+    f.resize(frame.len() + 40, 0);
+    let Ok(n) = relay.outbound(&mut f, len, now) else {
+        return;
+    };
+    let out = &f[14..14 + n];
+    let (proto, at) = match out[0] >> 4 {
+        4 => {
+            let v4 = Ipv4Packet::new_checked(out).expect("relay gives IPv4");
+            assert!(v4.verify_checksum(), "relayed IPv4 header checksum");
+            assert_eq!(usize::from(v4.total_len()), n);
+            let g = IpAddr::V4(GATEWAY);
+            check_l4(v4.protocol(), v4.payload(), g, g);
+            (v4.protocol(), 20)
+        }
+        _ => {
+            let v6 = Ipv6Packet::new_checked(out).expect("relay gives IPv4 or IPv6");
+            assert_eq!(40 + usize::from(v6.payload_len()), n);
+            let g = IpAddr::V6(GATEWAY6);
+            check_l4(v6.next_header(), v6.payload(), g, g);
+            (v6.next_header(), 40)
+        }
+    };
+    // The answer the NAT would hand over: the same addresses, the ports swapped.
+    let mut answer = out.to_vec();
+    let ports: [u8; 4] = answer[at..at + 4].try_into().expect("a transport header");
+    answer[at..at + 2].copy_from_slice(&ports[2..]);
+    answer[at + 2..at + 4].copy_from_slice(&ports[..2]);
+    assert!(relay.is_for_relay(&answer));
+    let mut buf = vec![0u8; 14 + answer.len() + 20];
+    buf[14..14 + answer.len()].copy_from_slice(&answer);
+    let Ok(m) = relay.inbound(&mut buf, (14, answer.len()), usize::from(MTU), now) else {
+        return;
+    };
+    let back = &buf[14..14 + m];
+    let (sport, _) = match back[0] >> 4 {
+        6 => {
+            let v6 = Ipv6Packet::new_checked(back).expect("answer IPv6");
+            assert_eq!((v6.src_addr(), v6.next_header()), (GATEWAY6, proto));
+            let (s, d) = (IpAddr::V6(v6.src_addr()), IpAddr::V6(v6.dst_addr()));
+            check_l4(proto, v6.payload(), s, d)
+        }
+        _ => {
+            let v4 = Ipv4Packet::new_checked(back).expect("answer IPv4");
+            assert!(v4.verify_checksum(), "answer IPv4 header checksum");
+            assert_eq!((v4.src_addr(), v4.protocol()), (GATEWAY, proto));
+            let (s, d) = (IpAddr::V4(v4.src_addr()), IpAddr::V4(v4.dst_addr()));
+            check_l4(proto, v4.payload(), s, d)
+        }
+    };
+    assert_eq!(sport, 53, "answers come from port 53");
+}
+
+/// Checks the TCP or UDP checksum of `l4` over `src` and `dst`; returns its ports.
+fn check_l4(proto: u8, l4: &[u8], src: IpAddr, dst: IpAddr) -> (u16, u16) {
+    if proto == ip_proto::UDP {
+        let u = UdpPacket::new_checked(l4).expect("relayed UDP");
+        let ok = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => u.verify_checksum_v4(s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => u.verify_checksum_v6(s, d),
+            _ => false,
+        };
+        assert!(ok, "relayed UDP checksum");
+        (u.src_port(), u.dst_port())
+    } else {
+        let t = TcpPacket::new_checked(l4).expect("relayed TCP");
+        let ok = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => t.verify_checksum_v4(s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => t.verify_checksum_v6(s, d),
+            _ => false,
+        };
+        assert!(ok, "relayed TCP checksum");
+        (t.src_port(), t.dst_port())
+    }
 }
 
 fn byte(bytes: &[u8], i: usize) -> u8 {

@@ -1,13 +1,13 @@
 //! [`BridgeConfig`]: everything the device core needs, validated once by
 //! [`crate::DeviceCore::new`].
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr};
 use core::ops::RangeInclusive;
 use core::time::Duration;
 
 use nat::{NatConfig, PortForward};
 
-use crate::gateway::{GatewayConfig, Ipv6Config};
+use crate::gateway::{Dns6, GatewayConfig, Ipv6Config};
 use crate::policy::EgressPolicy;
 use crate::wire::MacAddr;
 use crate::{Error, defaults};
@@ -29,8 +29,14 @@ pub struct BridgeConfig {
     pub dhcp_pool: RangeInclusive<Ipv4Addr>,
     /// DHCP lease time.
     pub lease: Duration,
-    /// Where DNS to the gateway goes; `None`: no DNS service (not advertised in DHCP).
-    pub dns_upstream: Option<SocketAddrV4>,
+    /// Where DNS to the gateway goes (UDP and TCP port 53 of `gateway`, and of the IPv6
+    /// gateway `fd64::1` with `ipv6`), IPv4 or IPv6. An upstream of the query's own family
+    /// is reached through a NAT redirect; a query to an upstream of the other family through
+    /// the gateway's DNS relay ([`crate::DnsRelay`]: translated from the gateway's own address
+    /// of the upstream's family; needs `ipv6`, so without it an IPv6 upstream serves no one).
+    /// `None`: no DNS service (not advertised in DHCP, RA or DHCPv6; queries answered
+    /// REFUSED, TCP a RST).
+    pub dns_upstream: Option<SocketAddr>,
     /// Guest MTU (68..=65520), reported in the config space and by DHCP.
     pub mtu: u16,
     /// The NAT. `internal_net`/`internal_prefix_len` are overwritten from `gateway` and
@@ -126,7 +132,18 @@ impl BridgeConfig {
             dhcp_pool: self.dhcp_pool.clone(),
             lease: self.lease,
             mtu: self.mtu,
-            dns: self.dns_upstream.is_some(),
+            // An IPv6 upstream serves IPv4 queries through the relay, which needs IPv6.
+            dns: match self.dns_upstream {
+                Some(SocketAddr::V4(_)) => true,
+                Some(SocketAddr::V6(_)) => self.ipv6.is_some(),
+                None => false,
+            },
+            dns4_relay: self.ipv6.is_some() && self.dns_upstream.is_some_and(|u| u.is_ipv6()),
+            dns6: match self.dns_upstream {
+                Some(SocketAddr::V6(_)) => Dns6::Nat,
+                Some(SocketAddr::V4(_)) => Dns6::Relay,
+                None => Dns6::Refused,
+            },
             static_guest_ip: self.static_guest_ip,
             ipv6: self.ipv6,
         }

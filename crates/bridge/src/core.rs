@@ -22,6 +22,7 @@ use crate::config::BridgeConfig;
 use crate::device::{
     CONFIG_SPACE_SIZE, Device, RX_QUEUE, VIRTIO_NET_HDR_LEN, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::Gateway;
 use crate::offload::{MAX_IP_PACKET, Offloads};
@@ -171,17 +172,7 @@ impl DeviceCore {
         for f in &config.forwards {
             nat.add_forward(*f).map_err(Error::NatRule)?;
         }
-        if let Some(up) = config.dns_upstream {
-            for protocol in [Protocol::Udp, Protocol::Tcp] {
-                let from = core::net::SocketAddrV4::new(config.gateway, 53);
-                nat.add_redirect(Redirect {
-                    protocol,
-                    from,
-                    to: up,
-                })
-                .map_err(Error::NatRule)?;
-            }
-        }
+        install_dns_redirects(&mut nat, &config)?;
         let device = Device::new(config.guest_mac, config.mtu).with_offloads(config.offloads);
         // Nothing negotiated yet, but the host link's framing is already fixed.
         let host_hdr = if config.offloads {
@@ -914,6 +905,28 @@ fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
 
 /// The gateway services of `config`, with its egress policy (the NAT's external address
 /// exempt).
+/// The NAT redirects of the gateway's DNS to the upstream of the same family: UDP and TCP
+/// `gateway:53` to an IPv4 upstream, `[fd64::1]:53` to an IPv6 one (with IPv6 on).
+fn install_dns_redirects(nat: &mut Nat, config: &BridgeConfig) -> Result<(), Error> {
+    use core::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+    for protocol in [Protocol::Udp, Protocol::Tcp] {
+        match (config.dns_upstream, &config.ipv6) {
+            (Some(SocketAddr::V4(to)), _) => nat.add_redirect(Redirect {
+                protocol,
+                from: SocketAddrV4::new(config.gateway, DNS_PORT),
+                to,
+            }),
+            (Some(SocketAddr::V6(to)), Some(v6)) => {
+                let from = SocketAddrV6::new(v6.gateway, DNS_PORT, 0, 0);
+                nat.add_redirect6(protocol, from, to)
+            }
+            _ => Ok(()),
+        }
+        .map_err(Error::NatRule)?;
+    }
+    Ok(())
+}
+
 fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
     Ok(Gateway::new(config.gateway_config())?
         .with_egress(config.egress.clone(), Some(config.nat.external_addr))
@@ -933,6 +946,15 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
     )
     .with_offloads(offloads, config.mtu)
     .with_forwards6(config.forwards6.clone());
+    // The DNS relay, when the upstream's family is not every query's (IPv6 on).
+    let gw = config.gateway_config();
+    let relay = match &config.ipv6 {
+        Some(v6) if gw.dns6 == crate::Dns6::Relay || gw.dns4_relay => {
+            Some(SharedRelay::new(config.gateway, v6.gateway))
+        }
+        _ => None,
+    };
+    let tx = tx.with_dns_relay(relay.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
     let max_packet = if offloads.rx_tso() {
@@ -948,6 +970,7 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
         config.gateway_mac,
     )
     .with_offloads(offloads)
+    .with_dns_relay(relay)
     .with_too_big_answers(config.gateway, config.ipv6.as_ref().map(|v| v.gateway));
     (
         TxHalf { engine: tx },
@@ -975,6 +998,8 @@ fn reply_batch(config: &BridgeConfig, n: &Negotiated) -> FrameBatch {
     FrameBatch::new(config.batch_size, reply_size(config, n))
 }
 
+/// The DNS port (RFC 1035).
+const DNS_PORT: u16 = 53;
 /// Room for the longest reply the gateway builds (a DHCP reply with every option).
 const MIN_REPLY: usize = 1024;
 /// NAT mappings expired per tick at most.

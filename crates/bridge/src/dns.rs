@@ -1,22 +1,26 @@
-//! The DNS upstream: the gateway forwards DNS (udp and tcp port 53) to it through a NAT
-//! redirect. The one resolver-configuration reader of the workspace (hostnetd and
-//! `hostnet-lab attach` both use it): [`ResolverPaths::choose_upstream`].
+//! The DNS upstream: the gateway forwards DNS (udp and tcp port 53, to its IPv4 address and
+//! to its IPv6 address `fd64::1`) to it through a NAT redirect (or, for the other family,
+//! the gateway's DNS relay). The one resolver-configuration reader of the workspace
+//! (hostnetd and `hostnet-lab attach` both use it): [`ResolverPaths::choose_upstream`].
 //!
 //! The upstream is reached from the NAT's external address through the TUN, so the host
 //! kernel routes it like a packet from another machine: a loopback nameserver (127.0.0.0/8,
-//! 0.0.0.0, `::1`) is a martian destination there and is dropped. The choice:
+//! 0.0.0.0, `::1`, `::`) is a martian destination there and is dropped, and a link-local
+//! IPv6 one (`fe80::/10`) has no meaning off its own link. The choice, IPv4 first:
 //!
 //! 1. the first IPv4 nameserver of `/etc/resolv.conf` that is not loopback or unspecified;
 //! 2. if it names only loopback ones and one of them is systemd-resolved's stub (127.0.0.53,
-//!    or 127.0.0.54 in proxy mode), the first usable one of
+//!    or 127.0.0.54 in proxy mode), the first usable IPv4 one of
 //!    `/run/systemd/resolve/resolv.conf`, where systemd-resolved writes the upstreams it
 //!    uses itself (slirp4netns does the same; passt takes the first non-loopback entry);
-//! 3. otherwise none: [`DnsChoice::upstream`] is `None`, the gateway answers the guest's DNS
+//! 3. then the same for IPv6: the first usable IPv6 nameserver of `/etc/resolv.conf`, else
+//!    (stub only) of systemd-resolved's file;
+//! 4. otherwise none: [`DnsChoice::upstream`] is `None`, the gateway answers the guest's DNS
 //!    queries with REFUSED at once (as dnsmasq does with no servers; TCP: a RST), and
 //!    [`DnsChoice::log`] warns.
 
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -36,17 +40,45 @@ pub fn parse_resolv_conf(text: &str) -> Option<Ipv4Addr> {
 }
 
 /// Whether packets from the guest can reach `addr` through the TUN: not loopback
-/// (127.0.0.0/8, a martian destination for the host kernel on a non-loopback device) and not
-/// unspecified (0.0.0.0, which resolvers read as "this host").
+/// (127.0.0.0/8, `::1`: a martian destination for the host kernel on a non-loopback device),
+/// not unspecified (0.0.0.0, `::`, which resolvers read as "this host"), not multicast, and
+/// for IPv6 not link-local (`fe80::/10`: which link is lost on the way through the TUN).
 #[must_use]
-pub fn is_usable_upstream(addr: Ipv4Addr) -> bool {
-    !addr.is_loopback() && !addr.is_unspecified()
+pub fn is_usable_upstream(addr: impl Into<IpAddr>) -> bool {
+    let addr = addr.into();
+    !addr.is_loopback()
+        && !addr.is_unspecified()
+        && !addr.is_multicast()
+        && !matches!(addr, IpAddr::V6(a) if a.is_unicast_link_local())
 }
 
 /// The host's DNS upstream, port 53, chosen from the default [`ResolverPaths`] (see the
 /// module docs); `None` if none is usable.
-pub fn host_dns_upstream() -> Option<SocketAddrV4> {
+pub fn host_dns_upstream() -> Option<SocketAddr> {
     ResolverPaths::default().choose_upstream().upstream
+}
+
+/// Parses a DNS upstream as `--dns-upstream` takes it: `A`, `A:port`, `V6`, `[V6]` or
+/// `[V6]:port` (IPv4 `A`, IPv6 `V6`; the port defaults to 53 and is not 0). Says nothing of
+/// whether the address is usable ([`DnsChoice::explicit`] does).
+///
+/// # Errors
+///
+/// The message `bad --dns-upstream "<s>": expected <IPv4>[:port], <IPv6> or [<IPv6>]:port`.
+pub fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
+    let bracketed = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(a) = bracketed.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(a, 53));
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(sa) if sa.port() != 0 => Ok(sa),
+        _ => Err(format!(
+            "bad --dns-upstream {s:?}: expected <IPv4>[:port], <IPv6> or [<IPv6>]:port"
+        )),
+    }
 }
 
 /// Where the resolver configuration is read: injectable for tests and for a namespace's own
@@ -104,26 +136,28 @@ impl ResolverPaths {
 /// The chosen DNS upstream and where it came from, or why there is none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsChoice {
-    /// The upstream (port 53 unless given); `None`: no usable one, the gateway refuses DNS.
-    pub upstream: Option<SocketAddrV4>,
+    /// The upstream, IPv4 or IPv6 (port 53 unless given); `None`: no usable one, the
+    /// gateway refuses DNS.
+    pub upstream: Option<SocketAddr>,
     /// Where the upstream came from, or why none is usable (one line, for the log).
     pub reason: String,
 }
 
 impl DnsChoice {
-    /// An upstream given on the command line (`--dns-upstream`). A loopback or unspecified
-    /// address is not usable through the TUN: it gives no upstream, and says why.
+    /// An upstream given on the command line (`--dns-upstream`, IPv4 or IPv6). A loopback,
+    /// unspecified, multicast or link-local address is not usable through the TUN
+    /// ([`is_usable_upstream`]): it gives no upstream, and says why.
     #[must_use]
-    pub fn explicit(addr: SocketAddrV4) -> Self {
-        if is_usable_upstream(*addr.ip()) {
+    pub fn explicit(addr: SocketAddr) -> Self {
+        if is_usable_upstream(addr.ip()) {
             Self {
                 upstream: Some(addr),
                 reason: "--dns-upstream".to_owned(),
             }
         } else {
             Self::none(format!(
-                "--dns-upstream {addr} is a loopback address, which the host kernel drops \
-                 when it comes from the TUN"
+                "--dns-upstream {addr} is a loopback, unspecified, multicast or link-local \
+                 address, which the host kernel does not route from the TUN"
             ))
         }
     }
@@ -152,7 +186,7 @@ impl fmt::Display for DnsChoice {
             None => write!(
                 f,
                 "no usable dns upstream ({}): the gateway answers the guest's DNS queries with \
-                 REFUSED; pass --dns-upstream <IPv4>",
+                 REFUSED; pass --dns-upstream <IPv4 or IPv6 address>",
                 self.reason
             ),
         }
@@ -165,26 +199,32 @@ fn choose<'a>(
     text: &str,
     systemd: impl FnOnce() -> (&'a Path, io::Result<String>),
 ) -> DnsChoice {
-    let found = |ip: Ipv4Addr, reason: String| DnsChoice {
-        upstream: Some(SocketAddrV4::new(ip, 53)),
+    let found = |ip: IpAddr, reason: String| DnsChoice {
+        upstream: Some(SocketAddr::new(ip, 53)),
         reason,
     };
-    if let Some(ip) = parse_resolv_conf(text) {
+    let all: Vec<IpAddr> = nameserver_entries(text).collect();
+    if let Some(ip) = first_usable(&all, IpAddr::is_ipv4) {
         return found(ip, path.display().to_string());
     }
-    let all: Vec<IpAddr> = nameserver_entries(text).collect();
     let stub = all.iter().find_map(|a| match a {
         IpAddr::V4(v4) if SYSTEMD_STUBS.contains(v4) => Some(*v4),
         _ => None,
     });
+    let own_v6 = first_usable(&all, IpAddr::is_ipv6);
     let Some(stub) = stub else {
+        if let Some(ip) = own_v6 {
+            return found(
+                ip,
+                format!("{} (no usable IPv4 nameserver)", path.display()),
+            );
+        }
         let why = if all.is_empty() {
             "names no nameserver".to_owned()
-        } else if all.iter().all(IpAddr::is_ipv6) {
-            "names only IPv6 nameservers (the NAT is IPv4-only)".to_owned()
         } else {
             format!(
-                "names only loopback nameservers ({}), not reachable through the TUN",
+                "names only nameservers not reachable through the TUN ({}: loopback, \
+                 unspecified or link-local)",
                 list(&all)
             )
         };
@@ -195,16 +235,44 @@ fn choose<'a>(
         "{} names only systemd-resolved's stub {stub}",
         path.display()
     );
-    match stext {
-        Ok(t) => match parse_resolv_conf(&t) {
-            Some(ip) => found(ip, format!("{}, because {head}", spath.display())),
-            None => DnsChoice::none(format!(
-                "{head} and {} names no usable IPv4 nameserver",
+    let theirs: Vec<IpAddr> = match &stext {
+        Ok(t) => nameserver_entries(t).collect(),
+        Err(_) => Vec::new(),
+    };
+    if let Some(ip) = first_usable(&theirs, IpAddr::is_ipv4) {
+        return found(ip, format!("{}, because {head}", spath.display()));
+    }
+    if let Some(ip) = own_v6 {
+        return found(
+            ip,
+            format!("{} (no usable IPv4 nameserver)", path.display()),
+        );
+    }
+    if let Some(ip) = first_usable(&theirs, IpAddr::is_ipv6) {
+        return found(
+            ip,
+            format!(
+                "{}, because {head} (no usable IPv4 nameserver)",
                 spath.display()
-            )),
-        },
+            ),
+        );
+    }
+    match stext {
+        Ok(_) => DnsChoice::none(format!(
+            "{head} and {} names no usable nameserver",
+            spath.display()
+        )),
         Err(e) => DnsChoice::none(format!("{head} and {}: {e}", spath.display())),
     }
+}
+
+/// The first usable ([`is_usable_upstream`]) address of `addrs` of the family `family`
+/// says.
+fn first_usable(addrs: &[IpAddr], family: impl Fn(&IpAddr) -> bool) -> Option<IpAddr> {
+    addrs
+        .iter()
+        .copied()
+        .find(|a| family(a) && is_usable_upstream(*a))
 }
 
 /// Every `nameserver` address in resolv.conf text, IPv4 and IPv6, in file order.
@@ -247,8 +315,12 @@ mod tests {
         })
     }
 
-    fn up(a: [u8; 4]) -> Option<SocketAddrV4> {
-        Some(SocketAddrV4::new(Ipv4Addr::from(a), 53))
+    fn up(a: [u8; 4]) -> Option<SocketAddr> {
+        Some(SocketAddr::new(Ipv4Addr::from(a).into(), 53))
+    }
+
+    fn up6(a: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(a.parse().unwrap(), 53))
     }
 
     #[test]
@@ -316,24 +388,89 @@ mod tests {
         );
         assert_eq!(c.upstream, None);
         assert!(
-            c.reason.contains("only loopback nameservers (127.0.0.1)"),
+            c.reason
+                .contains("not reachable through the TUN (127.0.0.1"),
             "{c}"
         );
         let c = pick(
-            "nameserver ::1\nnameserver 2001:db8::53\n",
+            "nameserver ::1\nnameserver fe80::1%eth0\nnameserver ::\n",
             Ok(REAL.to_owned()),
         );
-        assert!(c.reason.contains("only IPv6"), "{c}");
+        assert_eq!(c.upstream, None);
+        assert!(c.reason.contains("not reachable through the TUN"), "{c}");
         let c = pick("search x\n", Ok(REAL.to_owned()));
         assert!(c.reason.contains("names no nameserver"), "{c}");
     }
 
     #[test]
-    fn explicit_loopback_is_not_usable() {
-        let a: SocketAddrV4 = "127.0.0.53:53".parse().unwrap();
-        assert_eq!(DnsChoice::explicit(a).upstream, None);
-        let a: SocketAddrV4 = "198.18.0.2:5353".parse().unwrap();
-        assert_eq!(DnsChoice::explicit(a).upstream, Some(a));
+    fn ipv6_nameservers_are_the_fallback_ipv4_stays_preferred() {
+        let t = "nameserver ::1\nnameserver fe80::1%eth0\nnameserver 2001:db8::53\n";
+        let c = pick(t, Ok(REAL.to_owned()));
+        assert_eq!(c.upstream, up6("2001:db8::53"));
+        assert!(c.reason.contains("no usable IPv4"), "{c}");
+        // An IPv4 one wins wherever it is in the file.
+        let c = pick(
+            "nameserver 2001:db8::53\nnameserver 198.18.0.2\n",
+            Ok(REAL.to_owned()),
+        );
+        assert_eq!(c.upstream, up([198, 18, 0, 2]));
+        // The stub: systemd's IPv4 upstream before resolv.conf's own IPv6 one, which comes
+        // before systemd's IPv6 one.
+        let stub_and_v6 = "nameserver 127.0.0.53\nnameserver 2001:db8::53\n";
+        assert_eq!(
+            pick(stub_and_v6, Ok(REAL.to_owned())).upstream,
+            up([10, 0, 2, 3])
+        );
+        let v6_only = "nameserver fe80::1%eth0\nnameserver 2001:db8::99\n".to_owned();
+        assert_eq!(
+            pick(stub_and_v6, Ok(v6_only.clone())).upstream,
+            up6("2001:db8::53")
+        );
+        let c = pick(STUB, Ok(v6_only));
+        assert_eq!(c.upstream, up6("2001:db8::99"));
+        assert!(c.reason.contains("stub 127.0.0.53"), "{c}");
+    }
+
+    #[test]
+    fn explicit_loopback_link_local_and_unspecified_are_not_usable() {
+        for bad in [
+            "127.0.0.53:53",
+            "[::1]:53",
+            "[fe80::1]:53",
+            "[::]:53",
+            "[ff02::1]:53",
+        ] {
+            let a: SocketAddr = bad.parse().unwrap();
+            assert_eq!(DnsChoice::explicit(a).upstream, None, "{bad}");
+        }
+        for good in ["198.18.0.2:5353", "[2001:db8::2]:53"] {
+            let a: SocketAddr = good.parse().unwrap();
+            assert_eq!(DnsChoice::explicit(a).upstream, Some(a));
+        }
+    }
+
+    #[test]
+    fn upstreams_parse_in_either_family() {
+        let ok = [
+            ("198.18.0.2", "198.18.0.2:53"),
+            ("198.18.0.2:5353", "198.18.0.2:5353"),
+            ("2001:db8::2", "[2001:db8::2]:53"),
+            ("[2001:db8::2]", "[2001:db8::2]:53"),
+            ("[2001:db8::2]:5353", "[2001:db8::2]:5353"),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_dns_upstream(s), Ok(want.parse().unwrap()), "{s}");
+        }
+        for bad in [
+            "example.com",
+            "1.2.3.4:0",
+            "[2001:db8::2]:0",
+            "2001:db8::2:53:x",
+            "",
+        ] {
+            let e = parse_dns_upstream(bad).unwrap_err();
+            assert!(e.contains("bad --dns-upstream"), "{e}");
+        }
     }
 
     #[test]

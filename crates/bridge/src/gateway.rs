@@ -47,16 +47,37 @@ pub struct GatewayConfig {
     pub lease: Duration,
     /// The guest MTU.
     pub mtu: u16,
-    /// Whether DNS to the gateway is forwarded (advertised in DHCP, passed to the NAT's
-    /// redirect). Without it, UDP queries to the gateway are answered REFUSED and TCP
-    /// segments to its port 53 with a RST.
+    /// Whether DNS to the gateway's IPv4 address is forwarded (advertised in DHCP, passed
+    /// to the NAT's redirect). Without it, UDP queries to the gateway are answered REFUSED
+    /// and TCP segments to its port 53 with a RST.
     pub dns: bool,
+    /// With `dns`: IPv4 queries to the gateway go to the DNS relay ([`TxAction::DnsRelay`],
+    /// translated to IPv6 from the gateway's IPv6 address for NAT66's redirect to an IPv6
+    /// upstream; needs `ipv6`) instead of NAT44's redirect.
+    pub dns4_relay: bool,
+    /// How DNS to the gateway's IPv6 address (`fd64::1`) is served; anything but
+    /// [`Dns6::Refused`] is advertised by RDNSS and DHCPv6.
+    pub dns6: Dns6,
     /// The guest's static address, accepted as a source besides its DHCP lease.
     pub static_guest_ip: Option<Ipv4Addr>,
     /// The IPv6 side (Neighbor Discovery, Router Advertisements, stateless DHCPv6, echo);
     /// `None`: IPv6 off, every IPv6 frame is [`DropCause::Ipv6NoRoute`]. Also off when `mtu`
     /// is under 1280 (IPv6's minimum link MTU, RFC 8200 5).
     pub ipv6: Option<Ipv6Config>,
+}
+
+/// How the gateway serves DNS (UDP and TCP port 53) to its IPv6 address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dns6 {
+    /// No upstream: UDP queries are answered REFUSED, TCP segments with a RST.
+    #[default]
+    Refused,
+    /// To the NAT (NAT66 redirects `[gateway]:53` to an IPv6 upstream).
+    Nat,
+    /// To the gateway's DNS relay ([`TxAction::DnsRelay`]), which translates the query to
+    /// IPv4 from the gateway's IPv4 address for NAT44's redirect to an IPv4 upstream.
+    Relay,
 }
 
 /// What to do with a frame from the guest.
@@ -70,6 +91,13 @@ pub enum TxAction {
     /// Send the `len`-byte frame written to the reply buffer back to the guest.
     Reply {
         /// Length of the reply frame.
+        len: usize,
+    },
+    /// DNS to the gateway for the DNS relay: the IP packet `frame[14..14 + len]` is
+    /// translated to the other IP version and then goes to the NAT (see [`Dns6::Relay`],
+    /// [`GatewayConfig::dns4_relay`]).
+    DnsRelay {
+        /// The IPv6 packet's length (Ethernet padding removed).
         len: usize,
     },
     /// Handled; nothing to send (DHCP RELEASE/DECLINE).
@@ -371,7 +399,11 @@ impl Gateway {
                 None => frag, // a fragment: the NAT matches it to its first fragment
             };
             if self.cfg.dns && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) && dns_port {
-                return TxAction::Nat { len: total };
+                return match (self.cfg.dns4_relay, frag) {
+                    (false, _) => TxAction::Nat { len: total },
+                    (true, false) => TxAction::DnsRelay { len: total },
+                    (true, true) => TxAction::Drop(DropCause::DnsRelay),
+                };
             }
             // No upstream: answer at once so the guest's resolver fails fast instead of
             // waiting out its timeouts (dnsmasq answers REFUSED without servers too); over

@@ -65,8 +65,13 @@
 //! - Gateway services: ARP for the gateway address (learns the guest's MAC); DHCP (RFC 2131);
 //!   ICMP echo to the gateway; DNS to the gateway forwarded through a NAT redirect to
 //!   [`BridgeConfig::dns_upstream`] ([`ResolverPaths::choose_upstream`] reads the host's
-//!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub); without an
-//!   upstream, UDP DNS queries to the gateway are answered with REFUSED, TCP with a RST.
+//!   resolv.conf, and systemd-resolved's upstreams behind its 127.0.0.53 stub; IPv4 first,
+//!   then IPv6); without an upstream, UDP DNS queries to the gateway are answered with
+//!   REFUSED, TCP with a RST. The same for `[fd64::1]:53` over IPv6. A query reaches an
+//!   upstream of its own family by a NAT redirect (NAT44 or NAT66), one of the other family
+//!   by the gateway's [`DnsRelay`] (the query translated into the upstream's IP version from
+//!   the gateway's own address of that version and a relay port, the answer back; a bounded
+//!   table, [`DropCause::DnsRelay`] when full; needs IPv6 on).
 //!   Other EtherTypes are counted and dropped.
 //! - IPv6 at the gateway ([`BridgeConfig::ipv6`], [`Ipv6Config`]; default prefix `fd64::/64`,
 //!   router `fe80::1`, gateway and DNS `fd64::1`): Neighbor Discovery for both addresses
@@ -124,6 +129,7 @@ pub mod defaults;
 mod device;
 mod dhcp;
 mod dns;
+mod dns_relay;
 #[cfg(feature = "driver")]
 mod driver;
 mod error;
@@ -174,7 +180,11 @@ pub use device::{
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{
     DnsChoice, RESOLV_CONF, ResolverPaths, SYSTEMD_RESOLV_CONF, host_dns_upstream,
-    is_usable_upstream, parse_resolv_conf, resolv_conf_nameservers,
+    is_usable_upstream, parse_dns_upstream, parse_resolv_conf, resolv_conf_nameservers,
+};
+pub use dns_relay::{
+    DNS_RELAY_SLOTS, DNS_RELAY_TCP_CLOSING_MS, DNS_RELAY_TCP_IDLE_MS, DNS_RELAY_UDP_IDLE_MS,
+    DnsRelay,
 };
 #[cfg(feature = "driver")]
 pub use driver::{Activation, Bridge, BridgeHandle, Interrupt, Threads};
@@ -182,7 +192,7 @@ pub use error::Error;
 pub use forward::{ForwardSpec, ForwardSpecError, PortForward6};
 pub use frame::FrameBatch;
 pub use gateway::{
-    Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, Ipv6Config,
+    Dns6, Gateway, GatewayConfig, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, Ipv6Config,
     MAX_GUEST_IPV6_ADDRS, PREFIX_PREFERRED_S, PREFIX_VALID_S, RDNSS_LIFETIME_S, ROUTER_LIFETIME_S,
     TxAction, UNSOLICITED_RA_INTERVAL_MS,
 };

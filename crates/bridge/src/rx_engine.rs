@@ -11,7 +11,9 @@ use vm_memory::GuestMemory;
 
 use crate::Error;
 use crate::config::MAX_BATCH;
+use crate::core::lock;
 use crate::device::VirtioNetHdr;
+use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::host::HostLink;
 use crate::offload::{self, Offloads};
@@ -33,6 +35,8 @@ pub struct RxEngine {
     /// Per received packet (from the batch cursor on): checksum mode for the NAT.
     nat_l4: Vec<L4Checksum>,
     verdicts: Vec<Verdict>,
+    /// The DNS relay (answers from an IPv4 upstream to IPv6 queries), shared with the TX side.
+    dns_relay: Option<SharedRelay>,
     /// Packet Too Big / fragmentation needed for packets over `mtu` (see
     /// [`RxEngine::with_too_big_answers`]); `None`: counted only.
     too_big: Option<TooBigAnswers>,
@@ -58,6 +62,7 @@ impl RxEngine {
             offloads: Offloads::default(),
             nat_l4: Vec::with_capacity(batch_size),
             verdicts: vec![Verdict::Forward; batch_size],
+            dns_relay: None,
             too_big: None,
         }
     }
@@ -88,6 +93,13 @@ impl RxEngine {
             Some(a) => a.send(host, stats),
             None => Ok(()),
         }
+    }
+
+    /// Translates NAT44's answers to the DNS relay back to IPv6 through `relay` (shared with
+    /// the TX side).
+    pub(crate) fn with_dns_relay(mut self, relay: Option<SharedRelay>) -> Self {
+        self.dns_relay = relay;
+        self
     }
 
     /// Uses the negotiated `offloads` (see [`Offloads::negotiate`]): packets from the host
@@ -226,12 +238,39 @@ impl RxEngine {
         for j in 0..count {
             let i = first + j;
             let gso = self.batch.header(i).gso_type != 0;
-            let Some((buf, start, len)) = self.batch.slot_mut(i) else {
+            let Some((buf, start, mut len)) = self.batch.slot_mut(i) else {
                 continue;
             };
             if len == 0 || start < ETH_HLEN {
                 continue;
             }
+            // An answer to the DNS relay: back to IPv6, its checksum complete.
+            let mut relayed = false;
+            if let Some(relay) = &self.dns_relay
+                && matches!(self.verdicts[j], Verdict::Forward)
+                && relay.is_for_relay(buf.get(start..start + len).unwrap_or(&[]))
+            {
+                let r = if gso {
+                    Err(DropCause::DnsRelay)
+                } else {
+                    let ms = now.as_millis();
+                    lock(&relay.table).inbound(buf, (start, len), self.mtu, ms)
+                };
+                match r {
+                    Ok(n) => (len, relayed) = (n, true),
+                    Err(c) => {
+                        stats.drop(c);
+                        self.batch.drop_frame(i);
+                        continue;
+                    }
+                }
+            }
+            if relayed {
+                self.batch.set_header(i, VirtioNetHdr::default());
+            }
+            let Some((buf, start, _)) = self.batch.slot_mut(i) else {
+                continue;
+            };
             match self.verdicts[j] {
                 Verdict::Forward | Verdict::Hairpin if len <= self.mtu || gso => {
                     buf[start - ETH_HLEN..start].copy_from_slice(&eth);
@@ -267,7 +306,13 @@ impl RxEngine {
                 break;
             };
             let ok = matches!(r.verdict, Verdict::Forward | Verdict::Hairpin);
-            if ok && r.len <= self.mtu {
+            let relayed = self.dns_relay.as_ref().is_some_and(|d| {
+                d.is_for_relay(buf.get(ETH_HLEN..ETH_HLEN + r.len).unwrap_or(&[]))
+            });
+            if relayed {
+                // A fragment of an answer to the DNS relay: not translated.
+                stats.drop(DropCause::DnsRelay);
+            } else if ok && r.len <= self.mtu {
                 buf[..ETH_HLEN].copy_from_slice(&eth);
                 set_ethertype_for_ip(buf);
                 self.batch.commit(0, ETH_HLEN + r.len);

@@ -88,11 +88,19 @@ pub enum DropCause {
     /// also IPv6 multicast from the host link (the host's own stack on the TUN: MLD reports,
     /// solicitations), which the NAT could not map.
     Ipv6Ignored,
+    /// A DNS message the gateway's DNS relay ([`crate::DnsRelay`]: queries to an upstream of
+    /// the other IP version) cannot carry: its table of relayed queries is full
+    /// ([`crate::DNS_RELAY_SLOTS`], none idle long enough to reuse), an answer for a slot
+    /// that expired or belongs to another protocol or family, a packet that does not fit the
+    /// guest's MTU or its buffer once 20 bytes longer (IPv4 → IPv6), a TCP super-frame (GSO)
+    /// or a fragment on a relayed flow, IPv6 extension headers, or a UDP length that
+    /// disagrees with the packet.
+    DnsRelay,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 27;
     /// Every cause, in index order.
     pub const ALL: [DropCause; DropCause::COUNT] = [
         DropCause::ChainInvalid,
@@ -121,6 +129,7 @@ impl DropCause {
         DropCause::SpoofedIpv6,
         DropCause::NdpInvalid,
         DropCause::Ipv6Ignored,
+        DropCause::DnsRelay,
     ];
     /// Index into [`Stats::drops`].
     pub const fn index(self) -> usize {

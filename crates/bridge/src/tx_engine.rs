@@ -11,7 +11,9 @@ use vm_memory::GuestMemory;
 
 use crate::Error;
 use crate::config::MAX_BATCH;
+use crate::core::lock;
 use crate::device::{VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
+use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::{Gateway, TxAction};
 use crate::host::HostLink;
@@ -44,6 +46,8 @@ pub struct TxEngine {
     /// IPv6 port forwards and the guest address they are installed for in NAT66.
     forwards6: Vec<crate::PortForward6>,
     forwards6_to: Option<core::net::Ipv6Addr>,
+    /// The DNS relay (IPv6 queries to an IPv4 upstream), shared with the RX side.
+    dns_relay: Option<SharedRelay>,
 }
 
 impl TxEngine {
@@ -66,7 +70,34 @@ impl TxEngine {
             released: FrameBatch::new(RELEASED_PER_BATCH, max_frame),
             forwards6: Vec::new(),
             forwards6_to: None,
+            dns_relay: None,
         }
+    }
+
+    /// Relays the gateway's [`TxAction::DnsRelay`] packets through `relay` (shared with the
+    /// RX side's [`RxEngine::with_dns_relay`](crate::RxEngine)).
+    pub(crate) fn with_dns_relay(mut self, relay: Option<SharedRelay>) -> Self {
+        self.dns_relay = relay;
+        self
+    }
+
+    /// Translates frame `i`'s DNS packet (`len` bytes) into the other IP version for the NAT
+    /// (see [`crate::DnsRelay`]; an IPv4 packet grows into its buffer's room); the frame's
+    /// checksum is then complete (a plain frame).
+    fn relay_out(&mut self, i: usize, len: usize, now: Instant) -> Result<usize, DropCause> {
+        let relay = self.dns_relay.as_ref().ok_or(DropCause::DnsRelay)?;
+        let kind = self.kinds.get_mut(i).ok_or(DropCause::DnsRelay)?;
+        if kind.0 == FrameOffload::Gso {
+            return Err(DropCause::DnsRelay);
+        }
+        let (buf, start, frame_len) = self.input.slot_mut(i).ok_or(DropCause::DnsRelay)?;
+        let frame = buf.get_mut(start..).ok_or(DropCause::DnsRelay)?;
+        let n = lock(&relay.table).outbound(frame, len, now.as_millis())?;
+        *kind = (FrameOffload::Plain, VirtioNetHdr::default());
+        if ETH_HLEN + n > frame_len {
+            self.input.set_bounds(i, start, ETH_HLEN + n);
+        }
+        Ok(n)
     }
 
     /// Installs `forwards6` in NAT66 once the gateway learned the guest's global IPv6
@@ -201,10 +232,16 @@ impl TxEngine {
             stats.tx_gso += u64::from(gso);
             stats.tx_gso6 += u64::from(gso && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
             let frame = self.input.frame(i).unwrap_or(&[]);
-            let action = match replies.next_buf() {
+            let mut action = match replies.next_buf() {
                 Some(buf) => self.gateway.handle_with(frame, buf, now, gso),
                 None => TxAction::Drop(DropCause::LocalQueueFull),
             };
+            if let TxAction::DnsRelay { len } = action {
+                action = match self.relay_out(i, len, now) {
+                    Ok(len) => TxAction::Nat { len },
+                    Err(c) => TxAction::Drop(c),
+                };
+            }
             match action {
                 TxAction::Reply { len } => {
                     replies.commit(0, len);
@@ -216,7 +253,7 @@ impl TxEngine {
                     stats.local_replies += 1;
                     stats.drop(cause);
                 }
-                TxAction::Nat { .. } | TxAction::Consumed => {}
+                TxAction::Nat { .. } | TxAction::DnsRelay { .. } | TxAction::Consumed => {}
             }
             // A reply slot this frame left unused carries an unsolicited Router
             // Advertisement when one is due (the gateway has no timer of its own).

@@ -64,23 +64,7 @@ pub(crate) fn build_tcp_reset_frame(
     to: SocketAddrV4,
     segment: &[u8],
 ) -> Option<usize> {
-    let seg = TcpPacket::new_checked(segment).ok()?;
-    // `new_checked`: the header fits `segment` and is at least 20 bytes.
-    if seg.rst() {
-        return None;
-    }
-    let (seq, ack, flags) = if seg.ack() {
-        (seg.ack_number(), 0, ::wire::tcp::RST)
-    } else {
-        let len = u32::try_from(segment.len() - seg.header_len()).ok()?
-            + u32::from(seg.syn())
-            + u32::from(seg.fin());
-        (
-            0,
-            seg.seq_number().wrapping_add(len),
-            ::wire::tcp::RST | ::wire::tcp::ACK,
-        )
-    };
+    let answer = TcpReset::answering(segment)?;
     let ip_len = IPV4_HLEN + TCP_HLEN;
     let total = ETH_HLEN + ip_len;
     let frame = out.get_mut(..total)?;
@@ -88,16 +72,64 @@ pub(crate) fn build_tcp_reset_frame(
     let ip = &mut frame[ETH_HLEN..];
     write_ipv4_header(ip, ip_len as u16, IPPROTO_TCP, *from.ip(), *to.ip());
     let mut tcp = TcpPacket::new_unchecked(&mut ip[IPV4_HLEN..]);
-    tcp.set_src_port(from.port());
-    tcp.set_dst_port(to.port());
-    tcp.set_seq_number(seq);
-    tcp.set_ack_number(ack);
-    tcp.set_header_len(TCP_HLEN);
-    tcp.set_flags(flags);
-    tcp.set_window_len(0);
-    tcp.set_urgent_at(0);
+    answer.write(&mut tcp, from.port(), to.port());
     tcp.fill_checksum_v4(*from.ip(), *to.ip());
     Some(total)
+}
+
+/// The RST answering a TCP segment to a closed port (RFC 9293 3.10.7.1): its sequence and
+/// acknowledgment numbers and flags.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TcpReset {
+    seq: u32,
+    ack: u32,
+    flags: u8,
+}
+
+impl TcpReset {
+    /// The answer to `segment` (a TCP header and payload); `None` if it is itself a RST or
+    /// shorter than its header.
+    pub(crate) fn answering(segment: &[u8]) -> Option<Self> {
+        let seg = TcpPacket::new_checked(segment).ok()?;
+        // `new_checked`: the header fits `segment` and is at least 20 bytes.
+        if seg.rst() {
+            return None;
+        }
+        Some(if seg.ack() {
+            TcpReset {
+                seq: seg.ack_number(),
+                ack: 0,
+                flags: ::wire::tcp::RST,
+            }
+        } else {
+            let len = u32::try_from(segment.len() - seg.header_len()).ok()?
+                + u32::from(seg.syn())
+                + u32::from(seg.fin());
+            TcpReset {
+                seq: 0,
+                ack: seg.seq_number().wrapping_add(len),
+                flags: ::wire::tcp::RST | ::wire::tcp::ACK,
+            }
+        })
+    }
+
+    /// Writes the 20-byte RST header (ports, numbers, flags; window 0; checksum left to the
+    /// caller) into `tcp`.
+    pub(crate) fn write<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        tcp: &mut TcpPacket<T>,
+        src_port: u16,
+        dst_port: u16,
+    ) {
+        tcp.set_src_port(src_port);
+        tcp.set_dst_port(dst_port);
+        tcp.set_seq_number(self.seq);
+        tcp.set_ack_number(self.ack);
+        tcp.set_header_len(TCP_HLEN);
+        tcp.set_flags(self.flags);
+        tcp.set_window_len(0);
+        tcp.set_urgent_at(0);
+    }
 }
 
 /// Writes a 20-byte IPv4 header (DF clear, TTL 64) with a valid checksum into `ip[..20]`.

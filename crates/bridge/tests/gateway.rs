@@ -9,7 +9,7 @@ use bridge::testing::{
     udp_frame,
 };
 use bridge::{
-    DropCause, EgressAction, EgressPolicy, Gateway, GatewayConfig, ICMP_ERROR_BURST, MacAddr,
+    Dns6, DropCause, EgressAction, EgressPolicy, Gateway, GatewayConfig, ICMP_ERROR_BURST, MacAddr,
     TxAction,
 };
 use dhcproto::Decodable;
@@ -28,6 +28,8 @@ fn config() -> GatewayConfig {
         lease: Duration::from_secs(3600),
         mtu: 1500,
         dns: true,
+        dns4_relay: false,
+        dns6: Dns6::Refused,
         static_guest_ip: None,
         ipv6: None,
     }
@@ -841,5 +843,32 @@ fn no_upstream_resets_tcp_to_the_gateways_dns_port() {
     assert_eq!(
         handle(&mut gw, &rst, Instant::ZERO).0,
         TxAction::Drop(DropCause::GatewayUnsupported)
+    );
+}
+
+/// With an IPv6 upstream, IPv4 queries to the gateway go to the DNS relay (a fragment is
+/// not relayed); with an IPv4 one, to the NAT.
+#[test]
+fn ipv4_dns_goes_to_the_relay_when_the_upstream_is_ipv6() {
+    let mut cfg = config();
+    cfg.static_guest_ip = Some(GUEST_IP);
+    let f = udp_frame(GUEST_MAC, GUEST_IP, 40000, GATEWAY, 53, b"query");
+    let mut gw = Gateway::new(cfg.clone()).unwrap();
+    assert_eq!(
+        handle(&mut gw, &f, Instant::ZERO).0,
+        TxAction::Nat { len: f.len() - 14 }
+    );
+    cfg.dns4_relay = true;
+    let mut gw = Gateway::new(cfg).unwrap();
+    assert_eq!(
+        handle(&mut gw, &f, Instant::ZERO).0,
+        TxAction::DnsRelay { len: f.len() - 14 }
+    );
+    let mut frag = f.clone();
+    wire::Ipv4Packet::new_unchecked(&mut frag[14..]).set_more_frags(true);
+    wire::Ipv4Packet::new_unchecked(&mut frag[14..]).fill_checksum();
+    assert_eq!(
+        handle(&mut gw, &frag, Instant::ZERO).0,
+        TxAction::Drop(DropCause::DnsRelay)
     );
 }

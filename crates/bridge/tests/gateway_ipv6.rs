@@ -8,7 +8,7 @@ use core::time::Duration;
 
 use bridge::testing::{GATEWAY, GATEWAY_MAC, GUEST_MAC, icmpv6_frame, ipv6_frame, udp6_frame};
 use bridge::{
-    DropCause, EgressAction, EgressPolicy, Error, Gateway, GatewayConfig, ICMP_ERROR_BURST,
+    Dns6, DropCause, EgressAction, EgressPolicy, Error, Gateway, GatewayConfig, ICMP_ERROR_BURST,
     Ipv6Config, MAX_GUEST_IPV6_ADDRS, MacAddr, ROUTER_LIFETIME_S, TxAction,
     UNSOLICITED_RA_INTERVAL_MS,
 };
@@ -37,6 +37,8 @@ fn config() -> GatewayConfig {
         lease: Duration::from_secs(3600),
         mtu: 1500,
         dns: true,
+        dns4_relay: false,
+        dns6: Dns6::Nat,
         static_guest_ip: None,
         ipv6: Some(Ipv6Config::default()),
     }
@@ -267,6 +269,7 @@ fn a_router_solicitation_gets_a_router_advertisement_for_slaac_with_mtu_and_rdns
     // Without DNS service, no RDNSS.
     let mut gw = Gateway::new(GatewayConfig {
         dns: false,
+        dns6: Dns6::Refused,
         ..config()
     })
     .unwrap();
@@ -878,6 +881,7 @@ fn an_information_request_gets_a_reply_with_the_dns_server_and_our_duid() {
     // Without DNS service, no DNS option.
     let mut gw = Gateway::new(GatewayConfig {
         dns: false,
+        dns6: Dns6::Refused,
         ..config()
     })
     .unwrap();
@@ -1018,4 +1022,132 @@ fn ipv6_frames_never_panic_on_any_length_or_byte() {
             }
         }
     }
+}
+
+/// A DNS query for `example.` type AAAA, ID 0x1234, RD set.
+fn dns_query() -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    q.extend_from_slice(b"\x07example\x00\x00\x1c\x00\x01");
+    q
+}
+
+/// A TCP SYN from the guest's global address, port 40000, to `[fd64::1]:53`.
+fn tcp6_syn_to_dns() -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    let mut seg = wire::TcpPacket::new_unchecked(&mut t[..]);
+    seg.set_src_port(40000);
+    seg.set_dst_port(53);
+    seg.set_seq_number(1000);
+    seg.set_header_len(20);
+    seg.set_flags(wire::tcp::SYN);
+    seg.set_window_len(1000);
+    seg.fill_checksum_v6(GUEST_GUA, GW6);
+    ipv6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, GW6),
+        ip_proto::TCP,
+        64,
+        &t,
+    )
+}
+
+#[test]
+fn dns_to_the_ipv6_gateway_goes_to_the_nat_with_an_ipv6_upstream() {
+    let mut gw = gateway();
+    let q = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 40000),
+        (GW6, 53),
+        &dns_query(),
+    );
+    let (a, _) = handle(&mut gw, &q);
+    assert_eq!(a, TxAction::Nat { len: q.len() - 14 });
+    let syn = tcp6_syn_to_dns();
+    assert_eq!(
+        handle(&mut gw, &syn).0,
+        TxAction::Nat {
+            len: syn.len() - 14
+        }
+    );
+    // Another port of the gateway, or port 53 of its link-local address: not DNS.
+    let other = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 40000),
+        (GW6, 54),
+        b"x",
+    );
+    assert_eq!(
+        handle(&mut gw, &other).0,
+        TxAction::Drop(DropCause::GatewayUnsupported)
+    );
+    let ll = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_LL, 40000),
+        (ROUTER, 53),
+        b"x",
+    );
+    assert_eq!(
+        handle(&mut gw, &ll).0,
+        TxAction::Drop(DropCause::GatewayUnsupported)
+    );
+}
+
+#[test]
+fn without_an_upstream_ipv6_dns_is_refused_at_once_udp_and_tcp() {
+    let mut gw = Gateway::new(GatewayConfig {
+        dns: false,
+        dns6: Dns6::Refused,
+        ..config()
+    })
+    .unwrap();
+    let q = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 40000),
+        (GW6, 53),
+        &dns_query(),
+    );
+    let (a, out) = handle(&mut gw, &q);
+    let TxAction::Reply { len } = a else {
+        panic!("{a:?}")
+    };
+    let eth = EthernetFrame::new_checked(&out[..len]).unwrap();
+    assert_eq!(eth.dst_addr(), GUEST_MAC);
+    assert_eq!(eth.ethertype(), ethertype::IPV6);
+    let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GW6, GUEST_GUA));
+    assert_eq!(ip.next_header(), ip_proto::UDP);
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((udp.src_port(), udp.dst_port()), (53, 40000));
+    assert!(udp.verify_checksum_v6(GW6, GUEST_GUA));
+    let m = udp.payload();
+    assert_eq!(&m[..2], &[0x12, 0x34], "the query's ID");
+    assert_eq!(m[2] & 0x80, 0x80, "a response");
+    assert_eq!(m[3] & 0x0f, 5, "REFUSED");
+    assert_eq!(&m[12..], &dns_query()[12..], "the question");
+
+    let (a, out) = handle(&mut gw, &tcp6_syn_to_dns());
+    let TxAction::Reply { len } = a else {
+        panic!("{a:?}")
+    };
+    let eth = EthernetFrame::new_checked(&out[..len]).unwrap();
+    let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GW6, GUEST_GUA));
+    let tcp = wire::TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(tcp.rst() && tcp.ack());
+    assert_eq!((tcp.src_port(), tcp.dst_port()), (53, 40000));
+    assert_eq!(tcp.ack_number(), 1001, "the SYN's sequence number + 1");
+    assert!(tcp.verify_checksum_v6(GW6, GUEST_GUA));
+    // RDNSS and DHCPv6 advertise no DNS server then (checked above); a response is dropped.
+    let mut resp = dns_query();
+    resp[2] |= 0x80;
+    let r = udp6_frame(
+        (GUEST_MAC, GATEWAY_MAC),
+        (GUEST_GUA, 40000),
+        (GW6, 53),
+        &resp,
+    );
+    assert_eq!(
+        handle(&mut gw, &r).0,
+        TxAction::Drop(DropCause::GatewayUnsupported)
+    );
 }

@@ -480,7 +480,7 @@ fn kicks_and_config_are_checked() {
     assert!(matches!(Bridge::new(bad), Err(Error::Config(_))));
     // DNS upstream installs the redirect; an upstream inside the subnet is refused by the NAT.
     let up = BridgeConfig {
-        dns_upstream: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 7), 53)),
+        dns_upstream: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 64, 7), 53).into()),
         ..BridgeConfig::default()
     };
     assert!(matches!(Bridge::new(up), Err(Error::NatRule(_))));
@@ -530,7 +530,7 @@ fn dns_is_redirected_and_large_fragmented_answers_arrive_as_fragments() {
     let upstream = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 53), 53);
     let cfg = BridgeConfig {
         static_guest_ip: Some(GUEST_IP),
-        dns_upstream: Some(upstream),
+        dns_upstream: Some(upstream.into()),
         ..BridgeConfig::default()
     };
     let (h, host) = rig.start(&net, cfg);
@@ -858,5 +858,174 @@ fn a_tx_ring_beyond_the_budget_is_drained_after_one_kick() {
     });
     assert!(got.iter().copied().eq(0..SIZE), "each frame once, in order");
     assert_eq!(net.tx_used().len(), usize::from(SIZE));
+    h.shutdown().unwrap();
+}
+
+/// The guest's SLAAC address (EUI-64 of the default guest MAC) and the gateway's IPv6
+/// address.
+const GUEST6: core::net::Ipv6Addr =
+    core::net::Ipv6Addr::new(0xfd64, 0, 0, 0, 0x5054, 0xff, 0xfe12, 0x3456);
+const GW6: core::net::Ipv6Addr = core::net::Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 1);
+
+/// Sends an IPv6 DNS query to `[fd64::1]:53` and returns what reaches the host link.
+fn ipv6_query(net: &mut MockNet<'_>, h: &BridgeHandle, host: &MemoryLink) -> Vec<u8> {
+    let q = bridge::testing::udp6_frame(
+        (GUEST_MAC, bridge::defaults::GATEWAY_MAC),
+        (GUEST6, 40000),
+        (GW6, 53),
+        b"query",
+    );
+    net.send_frame(HDR, &q, &[]);
+    h.kick(1).unwrap();
+    let mut out = None;
+    wait_for("the query upstream", || {
+        out = host.recv();
+        out.is_some()
+    });
+    out.unwrap()
+}
+
+/// The answer the guest got: an IPv6 UDP datagram from `[fd64::1]:53` to the querying
+/// port, with a valid checksum; returns its payload.
+fn ipv6_answer(net: &mut MockNet<'_>) -> Vec<u8> {
+    let mut pending = Vec::new();
+    let mut f = recv_frame(net, &mut pending).1;
+    // The guest's first IPv6 frame also brought an unsolicited Router Advertisement.
+    for _ in 0..4 {
+        let next = wire::Ipv6Packet::new_checked(&f[14..])
+            .unwrap()
+            .next_header();
+        if next != wire::ip_proto::ICMPV6 {
+            break;
+        }
+        f = recv_frame(net, &mut pending).1;
+    }
+    let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+    assert_eq!(eth.ethertype(), ethertype::IPV6);
+    let ip = wire::Ipv6Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GW6, GUEST6));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((u.src_port(), u.dst_port()), (53, 40000));
+    assert!(u.verify_checksum_v6(GW6, GUEST6));
+    u.payload().to_vec()
+}
+
+#[test]
+fn ipv6_dns_reaches_an_ipv4_upstream_through_the_relay_and_back() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    let upstream = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 53), 53);
+    let cfg = BridgeConfig {
+        dns_upstream: Some(upstream.into()),
+        ..BridgeConfig::default()
+    };
+    let (h, host) = rig.start(&net, cfg);
+    let out = ipv6_query(&mut net, &h, &host);
+    let (src, sport, dst, dport) = ipv4_src_dst_ports(&out);
+    assert_eq!((src, dst, dport), (EXTERNAL, *upstream.ip(), 53));
+    let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+    assert!(
+        UdpPacket::new_checked(ip.payload())
+            .unwrap()
+            .verify_checksum_v4(EXTERNAL, *upstream.ip())
+    );
+    assert!(host.send(&udp_packet(*upstream.ip(), 53, EXTERNAL, sport, b"answer")));
+    assert_eq!(ipv6_answer(&mut net), b"answer");
+    assert_eq!(h.stats().bridge.drops_of(DropCause::DnsRelay), 0);
+    h.shutdown().unwrap();
+}
+
+#[test]
+fn ipv6_dns_reaches_an_ipv6_upstream_through_nat66_and_back() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    let upstream: core::net::SocketAddrV6 = "[2001:db8::53]:53".parse().unwrap();
+    let cfg = BridgeConfig {
+        dns_upstream: Some(upstream.into()),
+        ..BridgeConfig::default()
+    };
+    let external6 = cfg.nat.external_addr6;
+    let (h, host) = rig.start(&net, cfg);
+    let out = ipv6_query(&mut net, &h, &host);
+    let ip = wire::Ipv6Packet::new_checked(&out[..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (external6, *upstream.ip()));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(u.dst_port(), 53);
+    assert!(u.verify_checksum_v6(external6, *upstream.ip()));
+    let sport = u.src_port();
+    let mut a = vec![0u8; 8 + 6];
+    let mut au = UdpPacket::new_unchecked(&mut a[..]);
+    au.set_src_port(53);
+    au.set_dst_port(sport);
+    au.set_len(14);
+    au.payload_mut().copy_from_slice(b"answer");
+    au.fill_checksum_v6(*upstream.ip(), external6);
+    let mut p = vec![0u8; 40];
+    let mut ip = wire::Ipv6Packet::new_unchecked(&mut p[..]);
+    ip.set_version(6);
+    ip.set_payload_len(14);
+    ip.set_next_header(wire::ip_proto::UDP);
+    ip.set_hop_limit(64);
+    ip.set_src_addr(*upstream.ip());
+    ip.set_dst_addr(external6);
+    p.extend_from_slice(&a);
+    assert!(host.send(&p));
+    assert_eq!(ipv6_answer(&mut net), b"answer");
+    h.shutdown().unwrap();
+}
+
+#[test]
+fn ipv4_dns_reaches_an_ipv6_upstream_through_the_relay_and_back() {
+    let rig = Rig::new();
+    let mut net = MockNet::new(&rig.mem, 64);
+    for _ in 0..8 {
+        net.post_rx(&[2048]);
+    }
+    let upstream: core::net::SocketAddrV6 = "[2001:db8::53]:53".parse().unwrap();
+    let cfg = BridgeConfig {
+        static_guest_ip: Some(GUEST_IP),
+        dns_upstream: Some(upstream.into()),
+        ..BridgeConfig::default()
+    };
+    let external6 = cfg.nat.external_addr6;
+    let (h, host) = rig.start(&net, cfg);
+    net.send_frame(
+        HDR,
+        &udp_frame(GUEST_MAC, GUEST_IP, 33333, GATEWAY, 53, b"query"),
+        &[],
+    );
+    h.kick(1).unwrap();
+    let mut out = None;
+    wait_for("the query upstream", || {
+        out = host.recv();
+        out.is_some()
+    });
+    let out = out.unwrap();
+    let ip = wire::Ipv6Packet::new_checked(&out[..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (external6, *upstream.ip()));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((u.dst_port(), u.payload()), (53, &b"query"[..]));
+    assert!(u.verify_checksum_v6(external6, *upstream.ip()));
+    let sport = u.src_port();
+    let a = bridge::testing::udp6_frame(
+        (GUEST_MAC, GUEST_MAC),
+        (*upstream.ip(), 53),
+        (external6, sport),
+        b"answer",
+    );
+    assert!(host.send(&a[14..]));
+    let (_, f) = recv_frame(&mut net, &mut Vec::new());
+    let ip = Ipv4Packet::new_checked(ip_of(&f)).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY, GUEST_IP));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((u.src_port(), u.dst_port()), (53, 33333));
+    assert_eq!(u.payload(), b"answer");
+    assert!(u.verify_checksum_v4(GATEWAY, GUEST_IP));
     h.shutdown().unwrap();
 }

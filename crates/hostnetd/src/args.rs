@@ -2,7 +2,7 @@
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use bridge::{Cidr, EgressAction, EgressPolicy, ForwardSpec, MacAddr};
@@ -53,7 +53,7 @@ pub(crate) struct Args {
     pub(crate) forwards6: Vec<bridge::PortForward6>,
     /// Upstream of the gateway's DNS forwarder; `None`: chosen from the host's resolver
     /// configuration ([`bridge::ResolverPaths::choose_upstream`]).
-    pub(crate) dns_upstream: Option<SocketAddrV4>,
+    pub(crate) dns_upstream: Option<SocketAddr>,
     /// Name (pattern) of the TUN device.
     pub(crate) tun_name: String,
     /// Offer checksum and TCP (v4 and v6) segmentation offloads to the guest (TUN with virtio-net
@@ -564,17 +564,9 @@ fn parse_forward_spec(s: &str) -> Result<ForwardSpec, ArgError> {
         .map_err(|e| ArgError(format!("bad --forward {s:?}: {e}")))
 }
 
-/// Parses `addr` or `addr:port` (port default 53).
-pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
-    if let Ok(a) = s.parse::<Ipv4Addr>() {
-        return Ok(SocketAddrV4::new(a, 53));
-    }
-    match s.parse::<SocketAddrV4>() {
-        Ok(sa) if sa.port() != 0 => Ok(sa),
-        _ => Err(ArgError(format!(
-            "bad --dns-upstream {s:?}: expected <IPv4>[:port]"
-        ))),
-    }
+/// Parses `A[:port]`, `V6` or `[V6]:port` (port default 53): [`bridge::parse_dns_upstream`].
+pub(crate) fn parse_upstream(s: &str) -> Result<SocketAddr, ArgError> {
+    bridge::parse_dns_upstream(s).map_err(ArgError)
 }
 
 fn parse_ipv4(key: &str, v: &str) -> Result<Ipv4Addr, ArgError> {
@@ -679,11 +671,13 @@ OPTIONS:
                              guest's global IPv6 address the gateway learned (its EUI-64 SLAAC
                              address if it uses it, else its first); tcp/udp stay IPv4 only, so
                              a port opens on a family only where named (both: give both)
-    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
-                             non-loopback nameserver of /etc/resolv.conf; if that names only
-                             systemd-resolved's stub 127.0.0.53, of
-                             /run/systemd/resolve/resolv.conf; with none usable a warning,
-                             and the gateway answers DNS with REFUSED)
+    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder, IPv4 (A or A:port) or
+                             IPv6 (V6 or [V6]:port), for queries to 192.168.64.1 and fd64::1
+                             (default: the first non-loopback IPv4 nameserver of
+                             /etc/resolv.conf; if that names only systemd-resolved's stub
+                             127.0.0.53, of /run/systemd/resolve/resolv.conf; then the same
+                             for IPv6 (not link-local); with none usable a warning, and the
+                             gateway answers DNS with REFUSED)
     --tun-name <NAME>        TUN device name, %d picks a free number (default hostnetd%d)
     --tun-addr <A>           the TUN's host address (default: chosen, see above)
     --external-addr <B>      the NAT's external address, the TUN's peer (default: chosen); an
@@ -765,6 +759,7 @@ pub(crate) const HELPER_FLAG: &str = "--host-setup-helper";
 mod tests {
     use super::*;
     use nat::Protocol;
+    use std::net::SocketAddrV4;
 
     fn serve(args: &[&str]) -> Result<Args, ArgError> {
         match parse_args(args)? {
@@ -839,6 +834,16 @@ mod tests {
         .unwrap();
         assert_eq!(a.tun_addr, Some(Ipv4Addr::new(10, 1, 0, 1)));
         assert_eq!(a.external_addr, Some(Ipv4Addr::new(10, 1, 0, 2)));
+        for (v, want) in [
+            ("2001:db8::2", "[2001:db8::2]:53"),
+            ("[2001:db8::2]:5353", "[2001:db8::2]:5353"),
+        ] {
+            let a = serve(&["--socket", "s", "--dns-upstream", v]).unwrap();
+            assert_eq!(a.dns_upstream, Some(want.parse().unwrap()), "{v}");
+            let file = format!("socket = \"s\"\ndns-upstream = \"{v}\"\n");
+            let a = from_file(&file).unwrap();
+            assert_eq!(a.dns_upstream, Some(want.parse().unwrap()), "{v}");
+        }
     }
 
     #[test]
@@ -964,6 +969,7 @@ mod tests {
             ],
             &["--socket", "a", "--dns-upstream", "example.com"],
             &["--socket", "a", "--dns-upstream", "1.2.3.4:0"],
+            &["--socket", "a", "--dns-upstream", "[2001:db8::2]:0"],
             &["--socket", "a", "--tun-name", "much-too-long-name"],
             &["--socket", "a", "--bogus"],
             &["--socket", "a", "--no-offload=yes"],

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
-//!                    [--forward tcp|udp|tcp6|udp6:<external port>:<guest port>]... [--dns-upstream <addr[:port]>]
+//!                    [--forward tcp|udp|tcp6|udp6:<external port>:<guest port>]... [--dns-upstream <addr[:port]|[v6]:port>]
 //!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
 //!                    [--no-ipv6] [--vhost-user SOCKET]
 //! ```
@@ -12,7 +12,7 @@
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 #[cfg(target_os = "linux")]
@@ -50,7 +50,7 @@ pub struct AttachArgs {
     /// `/etc/netns/<H>/resolv.conf` when present, else `/etc/resolv.conf`, and behind
     /// systemd-resolved's stub from `/run/systemd/resolve/resolv.conf`
     /// ([`bridge::ResolverPaths::choose_upstream`]).
-    pub dns_upstream: Option<SocketAddrV4>,
+    pub dns_upstream: Option<SocketAddr>,
     /// Name of the TUN in H (default [`DEFAULT_TUN_NAME`], a `%d` picks a free number).
     pub tun_name: String,
     /// The TUN's host address (`--tun-addr`); `None`: chosen with the external address
@@ -329,19 +329,13 @@ fn add_rule(
         .map_err(|e| ArgError(format!("bad {key} {v:?}: {e}")))
 }
 
-/// Parses `addr` or `addr:port` (port default 53).
+/// Parses `A[:port]`, `V6`, `[V6]` or `[V6]:port` (port default 53):
+/// [`bridge::parse_dns_upstream`].
 ///
 /// # Errors
-/// Not an IPv4 address with an optional non-zero port.
-pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, ArgError> {
-    let bad = || ArgError(format!("bad --dns-upstream {s:?}: expected <IPv4>[:port]"));
-    if let Ok(a) = s.parse::<Ipv4Addr>() {
-        return Ok(SocketAddrV4::new(a, 53));
-    }
-    match s.parse::<SocketAddrV4>() {
-        Ok(sa) if sa.port() != 0 => Ok(sa),
-        _ => Err(bad()),
-    }
+/// Not an IPv4 or IPv6 address with an optional non-zero port.
+pub fn parse_upstream(s: &str) -> Result<SocketAddr, ArgError> {
+    bridge::parse_dns_upstream(s).map_err(ArgError)
 }
 
 /// Runs `attach` until SIGINT/SIGTERM (Linux only).
@@ -393,11 +387,14 @@ OPTIONS:
                              tcp6|udp6:E:G forwards E on NAT66's external address to the
                              guest's global IPv6 address the gateway learned (its EUI-64 SLAAC
                              address if it uses it, else its first); tcp/udp are IPv4 only
-    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder (default: the first
-                             non-loopback nameserver of /etc/netns/<H>/resolv.conf or
-                             /etc/resolv.conf; if that names only systemd-resolved's stub
-                             127.0.0.53, of /run/systemd/resolve/resolv.conf; with none
-                             usable a warning, and the gateway answers DNS with REFUSED)
+    --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder, IPv4 (A or A:port) or
+                             IPv6 (V6 or [V6]:port), for queries to 192.168.64.1 and fd64::1
+                             (default: the first non-loopback IPv4 nameserver of
+                             /etc/netns/<H>/resolv.conf or /etc/resolv.conf; if that names
+                             only systemd-resolved's stub 127.0.0.53, of
+                             /run/systemd/resolve/resolv.conf; then the same for IPv6 (not
+                             link-local); with none usable a warning, and the gateway
+                             answers DNS with REFUSED)
     --tun-name <NAME>        TUN name in H (default hostnet%d)
     --static-guest-ip <A>    also accept A as the guest's source address (no DHCP needed)
     --no-offload             no checksum/TSO offloads (default: the TAP, the device and the
@@ -501,6 +498,8 @@ mod tests {
         assert_eq!(a.host_netns.as_deref(), Some("h"));
         assert_eq!(a.mtu, 9000);
         assert_eq!(a.dns_upstream, Some("198.18.0.2:5300".parse().unwrap()));
+        let v6 = attach(&["--guest-netns", "g", "--dns-upstream", "2001:db8::2"]).unwrap();
+        assert_eq!(v6.dns_upstream, Some("[2001:db8::2]:53".parse().unwrap()));
         assert_eq!(a.forwards.len(), 2);
         assert_eq!(
             a.forwards[0].to_port_forward(FIRST_GUEST_ADDR),
@@ -761,6 +760,7 @@ mod tests {
                 "tcp:80:2",
             ],
             &["--guest-netns", "g", "--dns-upstream", "dns.example"],
+            &["--guest-netns", "g", "--dns-upstream", "[2001:db8::2]:0"],
             &["--guest-netns", "g", "--bogus"],
             &["--guest-netns", "g", "--guest-netns", "h"],
             &["--guest-netns", "a/b"],

@@ -54,7 +54,7 @@ impl Gateway {
         if let Some(DhcpOption::ClientId(id)) = opts.get(OptionCode::ClientId) {
             ro.insert(DhcpOption::ClientId(id.clone()));
         }
-        if self.cfg.dns {
+        if self.cfg.dns6 != super::Dns6::Refused {
             ro.insert(DhcpOption::DomainNameServers(vec![cfg.gateway]));
         }
         let Ok(bytes) = r.to_vec() else {

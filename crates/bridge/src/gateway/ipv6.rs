@@ -8,7 +8,7 @@
 use core::net::Ipv6Addr;
 
 use nat::Instant;
-use wire::{Icmpv6Packet, Ipv6Packet, UdpPacket, icmpv6, ip_proto, ipv6};
+use wire::{Icmpv6Packet, Ipv6Packet, TcpPacket, UdpPacket, icmpv6, ip_proto, ipv6};
 
 use super::{Gateway, TxAction};
 use crate::policy::EgressAction;
@@ -236,6 +236,7 @@ impl Gateway {
             return TxAction::Drop(DropCause::SpoofedIpv6);
         }
         let to_gateway = v6.is_own(dst);
+        let dns_server = v6.cfg.gateway;
         if !to_gateway && !is_link_multicast(dst) {
             if dst.is_multicast() {
                 return TxAction::Drop(DropCause::Ipv6Ignored);
@@ -276,6 +277,10 @@ impl Gateway {
             hop_limit,
             src_mac,
         };
+        let transport = matches!(upper.protocol, ip_proto::UDP | ip_proto::TCP);
+        if transport && dst == dns_server && dst_port(l4) == Some(DNS_PORT) {
+            return self.dns6(pkt, upper.protocol, l4, total, reply);
+        }
         match (upper.protocol, icmp_type) {
             (ip_proto::ICMPV6, Some(t)) if super::ndp::is_nd(t) => {
                 self.neighbor_discovery(pkt, l4, reply, now)
@@ -375,6 +380,78 @@ impl Gateway {
         TxAction::DropWithReply { cause, len }
     }
 
+    /// DNS to the gateway's IPv6 address (`l4`: the UDP or TCP message to port 53 of the
+    /// `total`-byte packet): to the NAT or the DNS relay, or without an upstream REFUSED
+    /// (UDP) or a RST (TCP) at once, as for IPv4.
+    fn dns6(
+        &self,
+        pkt: Packet,
+        protocol: u8,
+        l4: &[u8],
+        total: usize,
+        reply: &mut [u8],
+    ) -> TxAction {
+        match self.cfg.dns6 {
+            super::Dns6::Nat => TxAction::Nat { len: total },
+            super::Dns6::Relay => TxAction::DnsRelay { len: total },
+            super::Dns6::Refused if protocol == ip_proto::UDP => self.dns6_refused(pkt, l4, reply),
+            super::Dns6::Refused => self.tcp6_reset(pkt, l4, reply),
+        }
+    }
+
+    /// A DNS REFUSED response (see [`super::dns_refused_message`]) to the UDP query in
+    /// `udp`, from the address and port it was sent to.
+    fn dns6_refused(&self, pkt: Packet, udp: &[u8], reply: &mut [u8]) -> TxAction {
+        let Ok(query) = UdpPacket::new_checked(udp) else {
+            return TxAction::Drop(DropCause::Malformed);
+        };
+        let Some(answer) = super::dns_refused_message(query.payload()) else {
+            return TxAction::Drop(DropCause::GatewayUnsupported);
+        };
+        let hdr = Ipv6Header {
+            dst_mac: pkt.src_mac,
+            src: pkt.dst,
+            dst: pkt.src,
+            next_header: ip_proto::UDP,
+            hop_limit: ECHO_HOP_LIMIT,
+        };
+        let udp_len = ::wire::udp::HEADER_LEN + answer.len();
+        let (Ok(len16), Some((out, len))) =
+            (u16::try_from(udp_len), self.ipv6_reply(reply, hdr, udp_len))
+        else {
+            return TxAction::Drop(DropCause::TooBig);
+        };
+        let mut u = UdpPacket::new_unchecked(out);
+        u.set_src_port(query.dst_port());
+        u.set_dst_port(query.src_port());
+        u.set_len(len16);
+        u.payload_mut().copy_from_slice(&answer);
+        u.fill_checksum_v6(pkt.dst, pkt.src);
+        TxAction::Reply { len }
+    }
+
+    /// A RST answering the TCP segment `segment` (to a port nobody listens on).
+    fn tcp6_reset(&self, pkt: Packet, segment: &[u8], reply: &mut [u8]) -> TxAction {
+        let Some(answer) = crate::wire::TcpReset::answering(segment) else {
+            return TxAction::Drop(DropCause::GatewayUnsupported);
+        };
+        let seg = TcpPacket::new_unchecked(segment);
+        let hdr = Ipv6Header {
+            dst_mac: pkt.src_mac,
+            src: pkt.dst,
+            dst: pkt.src,
+            next_header: ip_proto::TCP,
+            hop_limit: ECHO_HOP_LIMIT,
+        };
+        let Some((out, len)) = self.ipv6_reply(reply, hdr, ::wire::tcp::HEADER_LEN) else {
+            return TxAction::Drop(DropCause::TooBig);
+        };
+        let mut t = TcpPacket::new_unchecked(out);
+        answer.write(&mut t, seg.dst_port(), seg.src_port());
+        t.fill_checksum_v6(pkt.dst, pkt.src);
+        TxAction::Reply { len }
+    }
+
     /// An ICMPv6 echo reply from the address the request was sent to (a unicast address of
     /// the gateway), carrying the request's identifier, sequence number and data.
     fn echo6_reply(&self, pkt: Packet, msg: &[u8], reply: &mut [u8]) -> TxAction {
@@ -443,6 +520,11 @@ pub(super) struct Ipv6Header {
     pub(super) hop_limit: u8,
 }
 
+/// The destination port of the TCP or UDP header at the start of `l4`, if there is room.
+fn dst_port(l4: &[u8]) -> Option<u16> {
+    (l4.len() >= PORTS_LEN).then(|| UdpPacket::new_unchecked(l4).dst_port())
+}
+
 /// Whether `udp` is from the DHCPv6 client port to the server port.
 fn dhcpv6_ports(udp: &[u8]) -> bool {
     udp.len() >= ::wire::udp::HEADER_LEN && {
@@ -504,6 +586,10 @@ const NO_ROUTE_CODE: u8 = 0;
 const ADMIN_PROHIBITED_CODE: u8 = 1;
 /// The hop limit of the gateway's echo replies and errors.
 const ECHO_HOP_LIMIT: u8 = 64;
+/// The DNS port (RFC 1035).
+const DNS_PORT: u16 = 53;
+/// The source and destination ports at the start of a TCP or UDP header.
+const PORTS_LEN: usize = 4;
 /// The DHCPv6 client port (RFC 8415 7.2).
 pub(super) const DHCPV6_CLIENT_PORT: u16 = 546;
 /// The DHCPv6 server port.

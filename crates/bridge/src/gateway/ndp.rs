@@ -158,7 +158,7 @@ impl Gateway {
         };
         v6.next_ra = now.as_millis().saturating_add(UNSOLICITED_RA_INTERVAL_MS);
         let cfg = v6.cfg;
-        let dns = self.cfg.dns;
+        let dns = self.cfg.dns6 != super::Dns6::Refused;
         let len = ndp::ROUTER_ADVERTISEMENT_LEN
             + ndp::LINK_LAYER_OPTION_LEN
             + ndp::MTU_OPTION_LEN

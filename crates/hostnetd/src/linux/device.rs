@@ -7,7 +7,7 @@
 //! kernel to segment and checksum, and the TUN hands over GSO packets of the families the guest
 //! accepted.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bridge::{BridgeConfig, DeviceCore, EgressPolicy, Error, MacAddr};
 use nat::PortForward;
@@ -29,7 +29,7 @@ pub(crate) struct DeviceConfig {
     /// IPv6 port forwards into the guest (to the address the gateway learned).
     pub(crate) forwards6: Vec<bridge::PortForward6>,
     /// Upstream of the gateway's DNS forwarder (none: no DNS service).
-    pub(crate) dns_upstream: Option<SocketAddrV4>,
+    pub(crate) dns_upstream: Option<SocketAddr>,
     /// Offer checksum/TSO offloads. `true` also means that the host link carries a virtio-net
     /// header in front of every packet (a TUN opened with `vnet_hdr`); `false`, plain packets.
     pub(crate) offload: bool,
@@ -101,6 +101,7 @@ mod tests {
     use nat::Protocol;
 
     use super::*;
+    use std::net::SocketAddrV4;
 
     fn config(forwards: Vec<PortForward>) -> DeviceConfig {
         DeviceConfig {
@@ -120,7 +121,7 @@ mod tests {
 
     #[test]
     fn the_bridge_config_follows_the_daemon_config() {
-        let up = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 53), 53);
+        let up: SocketAddr = "[2001:db8::53]:53".parse().unwrap();
         let c = DeviceConfig {
             mtu: 9000,
             gateway: Ipv4Addr::new(10, 9, 8, 1),

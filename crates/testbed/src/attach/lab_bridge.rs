@@ -1,6 +1,6 @@
 //! The seam between `attach` and the `bridge` crate's API.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -17,7 +17,7 @@ pub(super) struct LabBridge {
 impl LabBridge {
     pub(super) fn new(
         args: &AttachArgs,
-        dns: Option<SocketAddrV4>,
+        dns: Option<SocketAddr>,
         external: Ipv4Addr,
         external6: Option<Ipv6Addr>,
     ) -> anyhow::Result<Self> {

@@ -17,6 +17,11 @@ use testbed::netns::{Netns, Process, Topology};
 
 /// The server namespace's address (the simulated internet).
 pub(crate) const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
+/// The server namespace's IPv6 address.
+pub(crate) const SERVER6: std::net::Ipv6Addr = testbed::netns::SERVER_ADDR6;
+/// The AAAA record [`Lab::start_dnsmasq`] gives every `*.e2e.test` name.
+#[allow(dead_code)] // dns6_e2e uses it; not every test binary does
+pub(crate) const E2E_TEST_AAAA: &str = "2001:db8::7:7";
 /// The host namespace's address towards the server.
 pub(crate) const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
 /// The gateway the bridge plays for the guest (contract default).
@@ -528,8 +533,9 @@ impl Lab {
             .to_owned()
     }
 
-    /// Starts dnsmasq on the server (answers `*.e2e.test` with 198.18.7.7, logs queries) and
-    /// waits until it answers locally; returns its log file.
+    /// Starts dnsmasq on the server, listening on [`SERVER`] and [`SERVER6`] (answers
+    /// `*.e2e.test` with A 198.18.7.7 and AAAA [`E2E_TEST_AAAA`], logs queries) and waits
+    /// until it answers locally; returns its log file.
     pub(crate) fn start_dnsmasq(&mut self) -> PathBuf {
         let log = self.dir.join("dnsmasq.err");
         self.spawn_logged(
@@ -548,7 +554,9 @@ impl Lab {
                 "--group=nogroup",
                 "--bind-interfaces",
                 &format!("--listen-address={SERVER}"),
+                &format!("--listen-address={SERVER6}"),
                 "--address=/e2e.test/198.18.7.7",
+                &format!("--address=/e2e.test/{E2E_TEST_AAAA}"),
             ],
         );
         let deadline = Instant::now() + Duration::from_secs(10);
