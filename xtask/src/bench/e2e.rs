@@ -10,17 +10,28 @@
 //! go back via H. H masquerades nothing on its own: the only NAT on each path is the backend's
 //! (nftables masquerade for `kernel`, pasta's and slirp4netns's sockets, hostnet's NAT).
 //!
+//! IPv6 (issue 13) runs in the same world next to IPv4: H srv0 `2001:db8::1/64`, S eth0
+//! `2001:db8::2/64`, S's default route via H (which covers NAT66's `fd64:ffff::2`), forwarding
+//! on in H. The guest's IPv6: `kernel` `fd64::2/64` via `fd64::1` on the veth and an `ip6`
+//! nftables masquerade in H; `pasta` the same addresses by its own `-a`/`-g`; `slirp4netns`
+//! `--enable-ipv6` (SLAAC in `fd00::/64`); `hostnet` and `hostnetd` SLAAC from the bridge's
+//! router advertisements (`fd64::/64`, default route via `fe80::1`). `passt-vhost-user` stays
+//! IPv4-only (`-4`): its IPv6 figures are skipped with that reason.
+//!
 //! The vhost-user backends (`hostnetd`, `passt-vhost-user`) run two processes in H: the daemon
 //! (the backend measured: its CPU, its threads) and `hostnet-lab attach --vhost-user`, the
 //! same simulated guest for both, as the daemon's vhost-user frontend with the TAP in G.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bridge::defaults::{DHCP_POOL_FIRST, GATEWAY, PREFIX_LEN, SUBNET, TEST_INTERNET_PREFIX_LEN};
+use bridge::defaults::{
+    DHCP_POOL_FIRST, GATEWAY, IPV6_GATEWAY, IPV6_PREFIX, PREFIX_LEN, SUBNET,
+    TEST_INTERNET_PREFIX_LEN,
+};
 use netns::Netns;
 use serde_json::Value;
 
@@ -87,6 +98,15 @@ impl Backend {
         matches!(self, Self::Hostnetd | Self::PasstVu)
     }
 
+    /// Whether the bench gives this backend's guest IPv6, or why not (printed as the reason
+    /// its IPv6 figures are skipped).
+    pub(super) fn ipv6(self) -> Result<(), &'static str> {
+        match self {
+            Self::PasstVu => Err("the bench runs passt's vhost-user mode IPv4-only (-4)"),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the guest side is a TAP device served by a userspace process (tuned alike).
     fn tap_based(self) -> bool {
         !matches!(self, Self::Kernel)
@@ -129,6 +149,8 @@ pub(super) struct World {
     pinned: bool,
     /// The daemon's vhost-user socket (removed on drop).
     socket: Option<PathBuf>,
+    /// Whether the guest's IPv6 path to S works (a TCP round trip), or why not.
+    v6: Result<(), String>,
 }
 
 impl Drop for World {
@@ -159,6 +181,7 @@ impl World {
             log,
             pinned: false,
             socket: None,
+            v6: Err("not set up".to_owned()),
         };
         if let Err(e) = w.start(env) {
             // Stop the backend gracefully so that its statistics land in the log.
@@ -187,7 +210,18 @@ impl World {
                 &TAP_TXQUEUELEN.to_string(),
             ])?;
         }
-        self.check(env)
+        self.check(env)?;
+        self.v6 = match self.backend.ipv6() {
+            Ok(()) => self.check6(env).map_err(|e| format!("{e:#}")),
+            Err(why) => Err(format!("skipped: {why}")),
+        };
+        Ok(())
+    }
+
+    /// Whether the guest's IPv6 path works, or why not (`skipped: ...` when the bench does
+    /// not give this backend IPv6; anything else is a failure).
+    pub(super) fn ipv6(&self) -> Result<(), &str> {
+        self.v6.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// How the guest's eth0 is set up, as measured: the TAP's `tun_flags` (whether it carries
@@ -278,11 +312,19 @@ impl World {
         v
     }
 
-    /// iperf3 TCP from G to S (`reverse`: S to G) with `streams` streams: (Gbit/s, bytes).
-    pub(super) fn tcp(&mut self, reverse: bool, streams: u32, secs: u32) -> Result<(f64, f64)> {
+    /// iperf3 TCP from G to S (`reverse`: S to G) with `streams` streams, over IPv6 with
+    /// `v6`: (Gbit/s, bytes).
+    pub(super) fn tcp(
+        &mut self,
+        reverse: bool,
+        streams: u32,
+        secs: u32,
+        v6: bool,
+    ) -> Result<(f64, f64)> {
+        let server: IpAddr = if v6 { SERVER6.into() } else { SERVER.into() };
         let mut args = vec![
             "-c".to_owned(),
-            SERVER.to_string(),
+            server.to_string(),
             "-t".to_owned(),
             secs.to_string(),
             "-P".to_owned(),
@@ -381,15 +423,22 @@ impl World {
         Ok(avg * 1e3)
     }
 
-    /// The rr/crr client in G against the echo server in S: transactions per second.
-    pub(super) fn transactions(&mut self, env: &Env, mode: &str, secs: f64) -> Result<f64> {
+    /// The rr/crr client in G against the echo server in S (its IPv6 port with `v6`):
+    /// transactions per second.
+    pub(super) fn transactions(
+        &mut self,
+        env: &Env,
+        mode: &str,
+        secs: f64,
+        v6: bool,
+    ) -> Result<f64> {
         let exe = env.exe.clone();
         let mut cmd = self.in_guest(env, &exe.to_string_lossy());
         cmd.args([
             "bench",
             "--client",
             mode,
-            &format!("{SERVER}:{ECHO_PORT}"),
+            &echo_addr(v6),
             &format!("{secs}"),
         ]);
         let out = run_ok(&mut cmd, Duration::from_secs_f64(secs + 15.0))?;
@@ -473,6 +522,40 @@ impl World {
         h.sysctl("net.ipv4.ip_forward", "1")?;
         // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
         h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
+        // IPv6 on the same link (addresses without duplicate address detection, usable at
+        // once), S's way back (also to NAT66's fd64:ffff::2) via H, H's default via S (pasta).
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{HOST_SERVER6}/64"),
+            "dev",
+            "srv0",
+            "nodad",
+        ])?;
+        s.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{SERVER6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        s.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &HOST_SERVER6.to_string(),
+        ])?;
+        h.ip(&["-6", "route", "add", "default", "via", &SERVER6.to_string()])?;
+        h.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // The guest's eth0 (made later by the backend) solicits a router at once rather than
+        // after up to 1 s: shorter set-up with SLAAC, nothing measured changes.
+        self.g
+            .sysctl("net.ipv6.conf.default.router_solicitation_delay", "0")?;
         Ok(())
     }
 
@@ -488,7 +571,8 @@ impl World {
         };
         cmd.args(["bench", "--serve", &ECHO_PORT.to_string()]);
         self.echo = Some(Proc::spawn("echo server", &mut cmd, &self.log)?);
-        self.wait_listening(ECHO_PORT)
+        self.wait_listening(ECHO_PORT)?;
+        self.wait_listening(ECHO_PORT6)
     }
 
     fn start_iperf(&mut self) -> Result<()> {
@@ -525,6 +609,33 @@ impl World {
         std::fs::write(&rules, nft_rules()).context("write the nftables rules")?;
         run_ok(h.command("nft").arg("-f").arg(&rules), CMD_LIMIT)
             .context("nft -f (masquerade in H)")?;
+        // NAT66 by the kernel: the guest's ULA masqueraded to H's 2001:db8::1 out of srv0.
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{IPV6_GATEWAY}/64"),
+            "dev",
+            "gw0",
+            "nodad",
+        ])?;
+        g.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{GUEST6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        g.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &IPV6_GATEWAY.to_string(),
+        ])?;
         Ok(())
     }
 
@@ -544,6 +655,10 @@ impl World {
             &PREFIX_LEN.to_string(),
             "-g",
             &GATEWAY.to_string(),
+            "-a",
+            &GUEST6.to_string(),
+            "-g",
+            &IPV6_GATEWAY.to_string(),
             "-m",
             &self.mtu.to_string(),
             "-t",
@@ -554,7 +669,6 @@ impl World {
             "none",
             "-U",
             "none",
-            "-4",
             "--netns",
         ])
         .arg(self.g.path());
@@ -571,6 +685,7 @@ impl World {
             "--configure",
             &format!("--mtu={}", self.mtu.min(65521)),
             &format!("--cidr={SUBNET}/{PREFIX_LEN}"),
+            "--enable-ipv6",
             "--disable-host-loopback",
             "--netns-type=path",
         ])
@@ -687,7 +802,22 @@ impl World {
 
     /// A lease on the guest's TAP by DHCP (busybox udhcpc): hostnet's bridge forwards only
     /// from a leased address, and the vhost-user daemons hand out 192.168.64.2 the same way.
+    /// With IPv6 (not `passt-vhost-user`), the guest kernel's own SLAAC is started first: its
+    /// RA handling on, the link set down and up so that it solicits a router at once (as
+    /// testbed's `Lab::slaac`, but before the lease, so that the bounce keeps the IPv4
+    /// default route); [`Self::check6`] waits for the address.
     fn lease(&mut self) -> Result<()> {
+        if self.backend.ipv6().is_ok() {
+            for (key, value) in [
+                ("disable_ipv6", "0"),
+                ("accept_ra", "2"),
+                ("autoconf", "1"),
+                ("router_solicitation_delay", "0"),
+            ] {
+                self.g.sysctl(&format!("net.ipv6.conf.eth0.{key}"), value)?;
+            }
+            self.g.ip(&["link", "set", "eth0", "down"])?;
+        }
         self.g.link_up("eth0")?;
         let script = self.log.with_extension("udhcpc.sh");
         netns::lease::write_udhcpc_script(&script, &self.log.with_extension("lease"))
@@ -750,6 +880,46 @@ impl World {
             std::thread::sleep(Duration::from_millis(200));
         }
         bail!("no TCP round trip from the guest to the server within 10 s: {last}")
+    }
+
+    /// The guest's IPv6: a global address that is no longer tentative, then a TCP round trip
+    /// G → S over IPv6, within 15 s.
+    fn check6(&mut self, env: &Env) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = String::new();
+        let mut addressed = false;
+        while Instant::now() < deadline {
+            if !addressed {
+                let out = run_limited(
+                    Command::new("ip").args([
+                        "-n",
+                        self.g.name(),
+                        "-6",
+                        "-o",
+                        "addr",
+                        "show",
+                        "dev",
+                        "eth0",
+                        "scope",
+                        "global",
+                    ]),
+                    CMD_LIMIT,
+                )?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                addressed = text.contains("inet6") && !text.contains("tentative");
+                last = format!("no usable global IPv6 address on eth0: {:?}", text.trim());
+            }
+            if addressed {
+                let mut cmd = self.g.command(&env.exe);
+                cmd.args(["bench", "--client", "rr", &echo_addr(true), "0.05"]);
+                match run_ok(&mut cmd, Duration::from_secs(8)) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("no TCP round trip over IPv6 from the guest to the server within 15 s: {last}")
     }
 
     fn iperf3(&mut self, args: &[String], secs: u32) -> Result<Value> {
@@ -825,21 +995,43 @@ const STALL_PATIENCE: Duration = Duration::from_secs(30);
 /// topology.
 const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
 const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
+/// The server's and H's IPv6 addresses on that link (testbed's topology).
+const SERVER6: Ipv6Addr = testbed::netns::SERVER_ADDR6;
+const HOST_SERVER6: Ipv6Addr = testbed::netns::HOST_SERVER_ADDR6;
+/// The guest's IPv6 address with `kernel` and `pasta` (the others take theirs by SLAAC).
+const GUEST6: Ipv6Addr = Ipv6Addr::from_bits(IPV6_PREFIX.to_bits() + 2);
 /// The guest's address with every backend that lets us choose it (slirp4netns takes .100).
 const GUEST: Ipv4Addr = DHCP_POOL_FIRST;
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7777;
+/// The echo server's IPv6 listener (`--serve PORT` also listens on `[::]:PORT+1`).
+const ECHO_PORT6: u16 = ECHO_PORT + 1;
 const LINK_MTU: u32 = 65520;
 const TAP_TXQUEUELEN: u32 = 20000;
 /// `IFF_VNET_HDR` in `/sys/class/net/*/tun_flags`.
 const IFF_VNET_HDR: u32 = 0x4000;
-/// The kernel backend's masquerade for the guest subnet.
+/// The echo server's address in S for either family, as the rr/crr client takes it.
+fn echo_addr(v6: bool) -> String {
+    if v6 {
+        format!("[{SERVER6}]:{ECHO_PORT6}")
+    } else {
+        format!("{SERVER}:{ECHO_PORT}")
+    }
+}
+
+/// The kernel backend's masquerade for the guest subnet, and NAT66 for its ULA prefix.
 fn nft_rules() -> String {
     format!(
         "table ip hostnet_bench {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr {SUBNET}/{PREFIX_LEN} oifname \"srv0\" masquerade
+    }}
+}}
+table ip6 hostnet_bench6 {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip6 saddr {IPV6_PREFIX}/64 oifname \"srv0\" masquerade
     }}
 }}
 "

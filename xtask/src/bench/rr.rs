@@ -12,11 +12,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// `--serve PORT`: a serial echo server on 0.0.0.0:PORT (one connection at a time, which is all
-/// the client ever opens). Runs until killed.
+/// `--serve PORT`: a serial echo server on 0.0.0.0:PORT and another on [::]:PORT+1 for the
+/// IPv6 figures (one connection at a time each, which is all the client ever opens; two ports,
+/// so that the IPv4 listener stays what it was whatever `bindv6only` says). Runs until killed.
 pub(super) fn serve(port: &str) -> Result<()> {
     let port: u16 = port.parse().context("--serve PORT")?;
+    let port6 = port
+        .checked_add(1)
+        .context("--serve PORT: PORT+1 must be a port too")?;
     let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind :{port}"))?;
+    let listener6 =
+        TcpListener::bind(("::", port6)).with_context(|| format!("bind [::]:{port6}"))?;
+    std::thread::spawn(move || serve_on(&listener6));
     serve_on(&listener);
     Ok(())
 }
