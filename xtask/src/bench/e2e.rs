@@ -240,20 +240,20 @@ impl World {
             .is_ok_and(|f| f & IFF_VNET_HDR != 0);
         let mut cmd = self.g.command("ethtool");
         cmd.args(["-k", "eth0"]);
-        let tso = run_ok(&mut cmd, CMD_LIMIT).ok().and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find(|l| l.starts_with("tcp-segmentation-offload:"))
-                .map(|l| {
-                    l.trim_start_matches("tcp-segmentation-offload:")
-                        .trim()
-                        .to_owned()
-                })
-        });
+        let text = run_ok(&mut cmd, CMD_LIMIT)
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let feature = |name: &str| {
+            text.as_deref()
+                .and_then(|t| ethtool_feature(t, name))
+                .unwrap_or_else(|| "unknown (no ethtool)".to_owned())
+        };
         Some(format!(
-            "tun_flags {flags} (IFF_VNET_HDR {}), TSO {}",
+            "tun_flags {flags} (IFF_VNET_HDR {}), TSO {} (IPv4 {}, IPv6 {})",
             if vnet { "yes" } else { "no" },
-            tso.as_deref().unwrap_or("unknown (no ethtool)")
+            feature("tcp-segmentation-offload"),
+            feature("tx-tcp-segmentation"),
+            feature("tx-tcp6-segmentation"),
         ))
     }
 
@@ -1010,6 +1010,17 @@ const LINK_MTU: u32 = 65520;
 const TAP_TXQUEUELEN: u32 = 20000;
 /// `IFF_VNET_HDR` in `/sys/class/net/*/tun_flags`.
 const IFF_VNET_HDR: u32 = 0x4000;
+/// A feature's state in `ethtool -k` output (`on`, `off`, `off [fixed]`), top level or
+/// indented.
+fn ethtool_feature(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        l.trim_start()
+            .strip_prefix(name)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_owned())
+    })
+}
+
 /// The echo server's address in S for either family, as the rr/crr client takes it.
 fn echo_addr(v6: bool) -> String {
     if v6 {
@@ -1036,4 +1047,32 @@ table ip6 hostnet_bench6 {{
 }}
 "
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ethtool_features_by_name_top_level_or_indented() {
+        let text = "Features for eth0:\ntcp-segmentation-offload: on\n\ttx-tcp-segmentation: on\n\
+                    \ttx-tcp-ecn-segmentation: off\n\ttx-tcp6-segmentation: off [fixed]\n";
+        let f = |n| ethtool_feature(text, n);
+        assert_eq!(f("tcp-segmentation-offload").as_deref(), Some("on"));
+        assert_eq!(f("tx-tcp-segmentation").as_deref(), Some("on"));
+        assert_eq!(f("tx-tcp6-segmentation").as_deref(), Some("off [fixed]"));
+        assert_eq!(f("tx-tcp"), None);
+        assert_eq!(f("rx-gro-list"), None);
+    }
+
+    #[test]
+    fn echo_addresses_parse_as_the_client_takes_them() {
+        for v6 in [false, true] {
+            let a: std::net::SocketAddr = echo_addr(v6).parse().unwrap();
+            assert_eq!(a.is_ipv6(), v6);
+        }
+        assert_eq!(echo_addr(true), "[2001:db8::2]:7778");
+        assert!(nft_rules().contains("ip6 saddr fd64::/64 oifname \"srv0\" masquerade"));
+        assert_eq!(GUEST6.to_string(), "fd64::2");
+    }
 }

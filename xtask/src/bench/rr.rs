@@ -136,6 +136,20 @@ mod tests {
     }
 
     #[test]
+    fn rr_over_ipv6_loopback() {
+        // The IPv6 figures' path: a client on an IPv6 address; skipped (printed) where the
+        // machine has no IPv6 loopback.
+        let Ok(listener) = TcpListener::bind("[::1]:0") else {
+            eprintln!("SKIPPED: no IPv6 loopback here");
+            return;
+        };
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve_on(&listener));
+        let (rr, _) = transactions("rr", addr, Duration::from_millis(50)).unwrap();
+        assert!(rr > 5, "only {rr} round trips");
+    }
+
+    #[test]
     fn unknown_mode_is_an_error() {
         let addr = server();
         assert!(transactions("x", addr, Duration::from_millis(10)).is_err());
