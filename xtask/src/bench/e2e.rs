@@ -977,8 +977,9 @@ fn guest_static(g: &Netns) -> Result<()> {
 pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and the vhost-user \
      frontend: txqueuelen 20000 (the default 1000 overflows under pasta); offloads as each \
      backend sets up its TAP (measured per backend below: \"guest TAP\"; hostnet: virtio-net \
-     CSUM + TSO4 both ways, its guest TAP and host TUN opened with IFF_VNET_HDR, attach's \
-     default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
+     CSUM + TSO4 both ways (no TSO6 yet: IPv6 TCP is segmented in software by the guest's \
+     and H's kernels before the TAP and the TUN), its guest TAP and host TUN opened with \
+     IFF_VNET_HDR, attach's default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
      plain veth with its default offloads; H<->S veth MTU 65520 for every backend; \
      vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
      (hostnet-lab attach --vhost-user, pinned with the daemon for the latency figures) is not \
@@ -987,7 +988,9 @@ pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and th
 /// How the server gets its replies back (printed with the results).
 pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \
      H adds no NAT of its own: the kernel backend's nftables masquerade, pasta's and \
-     slirp4netns's sockets and hostnet's NAT are each the only NAT on their path";
+     slirp4netns's sockets and hostnet's NAT are each the only NAT on their path; IPv6 alike: S's default route via H covers NAT66's fd64:ffff::2, and the kernel's \
+     ip6 masquerade, pasta's and slirp4netns's sockets and hostnet's NAT66 are each the only \
+     NAT66 on their path";
 
 /// How long a backend may stop carrying traffic before the rest of its figures are skipped.
 const STALL_PATIENCE: Duration = Duration::from_secs(30);
