@@ -988,8 +988,9 @@ pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and th
 /// How the server gets its replies back (printed with the results).
 pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \
      H adds no NAT of its own: the kernel backend's nftables masquerade, pasta's and \
-     slirp4netns's sockets and hostnet's NAT are each the only NAT on their path; IPv6 alike: S's default route via H covers NAT66's fd64:ffff::2, and the kernel's \
-     ip6 masquerade, pasta's and slirp4netns's sockets and hostnet's NAT66 are each the only \
+     slirp4netns's sockets and hostnet's NAT are each the only NAT on their path; IPv6 \
+     alike: S's default route via H covers NAT66's fd64:ffff::2, and the kernel's ip6 \
+     masquerade, pasta's and slirp4netns's sockets and hostnet's NAT66 are each the only \
      NAT66 on their path";
 
 /// How long a backend may stop carrying traffic before the rest of its figures are skipped.
