@@ -494,7 +494,7 @@ impl Results {
                     });
                     let detail = r.map_or_else(
                         || "not measured".to_owned(),
-                        |r| format!("measured IPv6/IPv4 {r:.2}"),
+                        |r| format!("measured IPv6/IPv4 {r:.3}"),
                     );
                     out.push((
                         format!(
@@ -1026,7 +1026,7 @@ mod tests {
         };
         let up = find("hostnet: IPv6 within 10 % of IPv4, TCP guest->server, 1 stream, IPv6 @1500");
         assert_eq!(up.1, Some(false));
-        assert_eq!(up.2, "measured IPv6/IPv4 0.50");
+        assert_eq!(up.2, "measured IPv6/IPv4 0.500");
         assert_eq!(
             find("IPv6 within 10 % of IPv4, TCP 1-byte round trip").1,
             Some(true)
