@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// `--serve PORT`: a serial echo server on 0.0.0.0:PORT and another on [::]:PORT+1 for the
+/// `--serve PORT`: a serial echo server on `0.0.0.0:PORT` and another on `[::]:PORT+1` for the
 /// IPv6 figures (one connection at a time each, which is all the client ever opens; two ports,
 /// so that the IPv4 listener stays what it was whatever `bindv6only` says). Runs until killed.
 pub(super) fn serve(port: &str) -> Result<()> {
