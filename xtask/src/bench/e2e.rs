@@ -10,17 +10,28 @@
 //! go back via H. H masquerades nothing on its own: the only NAT on each path is the backend's
 //! (nftables masquerade for `kernel`, pasta's and slirp4netns's sockets, hostnet's NAT).
 //!
+//! IPv6 (issue 13) runs in the same world next to IPv4: H srv0 `2001:db8::1/64`, S eth0
+//! `2001:db8::2/64`, S's default route via H (which covers NAT66's `fd64:ffff::2`), forwarding
+//! on in H. The guest's IPv6: `kernel` `fd64::2/64` via `fd64::1` on the veth and an `ip6`
+//! nftables masquerade in H; `pasta` the same addresses by its own `-a`/`-g`; `slirp4netns`
+//! `--enable-ipv6` (SLAAC in `fd00::/64`); `hostnet` and `hostnetd` SLAAC from the bridge's
+//! router advertisements (`fd64::/64`, default route via `fe80::1`). `passt-vhost-user` stays
+//! IPv4-only (`-4`): its IPv6 figures are skipped with that reason.
+//!
 //! The vhost-user backends (`hostnetd`, `passt-vhost-user`) run two processes in H: the daemon
 //! (the backend measured: its CPU, its threads) and `hostnet-lab attach --vhost-user`, the
 //! same simulated guest for both, as the daemon's vhost-user frontend with the TAP in G.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bridge::defaults::{DHCP_POOL_FIRST, GATEWAY, PREFIX_LEN, SUBNET, TEST_INTERNET_PREFIX_LEN};
+use bridge::defaults::{
+    DHCP_POOL_FIRST, GATEWAY, IPV6_GATEWAY, IPV6_PREFIX, PREFIX_LEN, SUBNET,
+    TEST_INTERNET_PREFIX_LEN,
+};
 use netns::Netns;
 use serde_json::Value;
 
@@ -87,6 +98,15 @@ impl Backend {
         matches!(self, Self::Hostnetd | Self::PasstVu)
     }
 
+    /// Whether the bench gives this backend's guest IPv6, or why not (printed as the reason
+    /// its IPv6 figures are skipped).
+    pub(super) fn ipv6(self) -> Result<(), &'static str> {
+        match self {
+            Self::PasstVu => Err("the bench runs passt's vhost-user mode IPv4-only (-4)"),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the guest side is a TAP device served by a userspace process (tuned alike).
     fn tap_based(self) -> bool {
         !matches!(self, Self::Kernel)
@@ -129,6 +149,8 @@ pub(super) struct World {
     pinned: bool,
     /// The daemon's vhost-user socket (removed on drop).
     socket: Option<PathBuf>,
+    /// Whether the guest's IPv6 path to S works (a TCP round trip), or why not.
+    v6: Result<(), String>,
 }
 
 impl Drop for World {
@@ -159,6 +181,7 @@ impl World {
             log,
             pinned: false,
             socket: None,
+            v6: Err("not set up".to_owned()),
         };
         if let Err(e) = w.start(env) {
             // Stop the backend gracefully so that its statistics land in the log.
@@ -187,7 +210,27 @@ impl World {
                 &TAP_TXQUEUELEN.to_string(),
             ])?;
         }
-        self.check(env)
+        self.check(env)?;
+        if self.v6.is_ok() {
+            self.v6 = self.check6(env).map_err(|e| format!("{e:#}"));
+        }
+        Ok(())
+    }
+
+    /// Runs an IPv6 set-up step: a failure does not fail the world (its IPv4 figures are
+    /// measured as before) but becomes the reason its IPv6 figures are not.
+    fn step6(&mut self, what: &str, f: impl FnOnce(&Self) -> Result<()>) {
+        if self.v6.is_ok()
+            && let Err(e) = f(self)
+        {
+            self.v6 = Err(format!("{what}: {e:#}"));
+        }
+    }
+
+    /// Whether the guest's IPv6 path works, or why not (`skipped: ...` when the bench does
+    /// not give this backend IPv6; anything else is a failure).
+    pub(super) fn ipv6(&self) -> Result<(), &str> {
+        self.v6.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// How the guest's eth0 is set up, as measured: the TAP's `tun_flags` (whether it carries
@@ -206,20 +249,20 @@ impl World {
             .is_ok_and(|f| f & IFF_VNET_HDR != 0);
         let mut cmd = self.g.command("ethtool");
         cmd.args(["-k", "eth0"]);
-        let tso = run_ok(&mut cmd, CMD_LIMIT).ok().and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find(|l| l.starts_with("tcp-segmentation-offload:"))
-                .map(|l| {
-                    l.trim_start_matches("tcp-segmentation-offload:")
-                        .trim()
-                        .to_owned()
-                })
-        });
+        let text = run_ok(&mut cmd, CMD_LIMIT)
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let feature = |name: &str| {
+            text.as_deref()
+                .and_then(|t| ethtool_feature(t, name))
+                .unwrap_or_else(|| "unknown (no ethtool)".to_owned())
+        };
         Some(format!(
-            "tun_flags {flags} (IFF_VNET_HDR {}), TSO {}",
+            "tun_flags {flags} (IFF_VNET_HDR {}), TSO {} (IPv4 {}, IPv6 {})",
             if vnet { "yes" } else { "no" },
-            tso.as_deref().unwrap_or("unknown (no ethtool)")
+            feature("tcp-segmentation-offload"),
+            feature("tx-tcp-segmentation"),
+            feature("tx-tcp6-segmentation"),
         ))
     }
 
@@ -278,11 +321,19 @@ impl World {
         v
     }
 
-    /// iperf3 TCP from G to S (`reverse`: S to G) with `streams` streams: (Gbit/s, bytes).
-    pub(super) fn tcp(&mut self, reverse: bool, streams: u32, secs: u32) -> Result<(f64, f64)> {
+    /// iperf3 TCP from G to S (`reverse`: S to G) with `streams` streams, over IPv6 with
+    /// `v6`: (Gbit/s, bytes).
+    pub(super) fn tcp(
+        &mut self,
+        reverse: bool,
+        streams: u32,
+        secs: u32,
+        v6: bool,
+    ) -> Result<(f64, f64)> {
+        let server: IpAddr = if v6 { SERVER6.into() } else { SERVER.into() };
         let mut args = vec![
             "-c".to_owned(),
-            SERVER.to_string(),
+            server.to_string(),
             "-t".to_owned(),
             secs.to_string(),
             "-P".to_owned(),
@@ -381,15 +432,22 @@ impl World {
         Ok(avg * 1e3)
     }
 
-    /// The rr/crr client in G against the echo server in S: transactions per second.
-    pub(super) fn transactions(&mut self, env: &Env, mode: &str, secs: f64) -> Result<f64> {
+    /// The rr/crr client in G against the echo server in S (its IPv6 port with `v6`):
+    /// transactions per second.
+    pub(super) fn transactions(
+        &mut self,
+        env: &Env,
+        mode: &str,
+        secs: f64,
+        v6: bool,
+    ) -> Result<f64> {
         let exe = env.exe.clone();
         let mut cmd = self.in_guest(env, &exe.to_string_lossy());
         cmd.args([
             "bench",
             "--client",
             mode,
-            &format!("{SERVER}:{ECHO_PORT}"),
+            &echo_addr(v6),
             &format!("{secs}"),
         ]);
         let out = run_ok(&mut cmd, Duration::from_secs_f64(secs + 15.0))?;
@@ -473,6 +531,48 @@ impl World {
         h.sysctl("net.ipv4.ip_forward", "1")?;
         // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
         h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
+        self.v6 = self.backend.ipv6().map_err(|why| format!("skipped: {why}"));
+        self.step6("IPv6 between H and S", Self::common6);
+        Ok(())
+    }
+
+    /// IPv6 on the H–S link (addresses without duplicate address detection, usable at once),
+    /// S's way back (also to NAT66's fd64:ffff::2) via H, H's default via S (pasta), forwarding
+    /// in H.
+    fn common6(&self) -> Result<()> {
+        let (h, s) = (&self.h, &self.s);
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{HOST_SERVER6}/64"),
+            "dev",
+            "srv0",
+            "nodad",
+        ])?;
+        s.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{SERVER6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        s.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &HOST_SERVER6.to_string(),
+        ])?;
+        h.ip(&["-6", "route", "add", "default", "via", &SERVER6.to_string()])?;
+        h.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // The guest's eth0 (made later by the backend) solicits a router at once rather than
+        // after up to 1 s: shorter set-up with SLAAC, nothing measured changes.
+        self.g
+            .sysctl("net.ipv6.conf.default.router_solicitation_delay", "0")?;
         Ok(())
     }
 
@@ -488,7 +588,11 @@ impl World {
         };
         cmd.args(["bench", "--serve", &ECHO_PORT.to_string()]);
         self.echo = Some(Proc::spawn("echo server", &mut cmd, &self.log)?);
-        self.wait_listening(ECHO_PORT)
+        self.wait_listening(ECHO_PORT)?;
+        self.step6("the echo server's IPv6 listener", |w| {
+            w.wait_listening(ECHO_PORT6)
+        });
+        Ok(())
     }
 
     fn start_iperf(&mut self) -> Result<()> {
@@ -525,6 +629,42 @@ impl World {
         std::fs::write(&rules, nft_rules()).context("write the nftables rules")?;
         run_ok(h.command("nft").arg("-f").arg(&rules), CMD_LIMIT)
             .context("nft -f (masquerade in H)")?;
+        self.step6("the kernel's NAT66", Self::kernel6);
+        Ok(())
+    }
+
+    /// NAT66 by the kernel: the guest's ULA masqueraded to H's 2001:db8::1 out of srv0.
+    fn kernel6(&self) -> Result<()> {
+        let (g, h) = (&self.g, &self.h);
+        let rules = self.log.with_extension("nft6");
+        std::fs::write(&rules, nft6_rules()).context("write the nftables rules")?;
+        run_ok(h.command("nft").arg("-f").arg(&rules), CMD_LIMIT).context("nft -f (NAT66 in H)")?;
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{IPV6_GATEWAY}/64"),
+            "dev",
+            "gw0",
+            "nodad",
+        ])?;
+        g.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{GUEST6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        g.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &IPV6_GATEWAY.to_string(),
+        ])?;
         Ok(())
     }
 
@@ -554,10 +694,13 @@ impl World {
             "none",
             "-U",
             "none",
-            "-4",
-            "--netns",
-        ])
-        .arg(self.g.path());
+        ]);
+        if self.v6.is_ok() {
+            cmd.args(["-a", &GUEST6.to_string(), "-g", &IPV6_GATEWAY.to_string()]);
+        } else {
+            cmd.arg("-4");
+        }
+        cmd.arg("--netns").arg(self.g.path());
         self.backend_proc = Some(Proc::spawn("pasta", &mut cmd, &self.log)?);
         self.wait_guest_addr(GUEST)?;
         self.g
@@ -573,9 +716,11 @@ impl World {
             &format!("--cidr={SUBNET}/{PREFIX_LEN}"),
             "--disable-host-loopback",
             "--netns-type=path",
-        ])
-        .arg(self.g.path())
-        .arg("eth0");
+        ]);
+        if self.v6.is_ok() {
+            cmd.arg("--enable-ipv6");
+        }
+        cmd.arg(self.g.path()).arg("eth0");
         self.backend_proc = Some(Proc::spawn("slirp4netns", &mut cmd, &self.log)?);
         // slirp4netns always gives the guest .100 of its CIDR.
         self.wait_guest_addr(Ipv4Addr::from_bits(SUBNET.to_bits() + 100))
@@ -687,7 +832,23 @@ impl World {
 
     /// A lease on the guest's TAP by DHCP (busybox udhcpc): hostnet's bridge forwards only
     /// from a leased address, and the vhost-user daemons hand out 192.168.64.2 the same way.
+    /// With IPv6 (not `passt-vhost-user`), the guest kernel's own SLAAC is started first: its
+    /// RA handling on, the link set down and up so that it solicits a router at once (as
+    /// testbed's `Lab::slaac`, but before the lease, so that the bounce keeps the IPv4
+    /// default route); [`Self::check6`] waits for the address.
     fn lease(&mut self) -> Result<()> {
+        self.step6("SLAAC in the guest", |w| {
+            for (key, value) in [
+                ("disable_ipv6", "0"),
+                ("accept_ra", "2"),
+                ("autoconf", "1"),
+                ("router_solicitation_delay", "0"),
+            ] {
+                w.g.sysctl(&format!("net.ipv6.conf.eth0.{key}"), value)?;
+            }
+            w.g.ip(&["link", "set", "eth0", "down"])?;
+            Ok(())
+        });
         self.g.link_up("eth0")?;
         let script = self.log.with_extension("udhcpc.sh");
         netns::lease::write_udhcpc_script(&script, &self.log.with_extension("lease"))
@@ -752,6 +913,46 @@ impl World {
         bail!("no TCP round trip from the guest to the server within 10 s: {last}")
     }
 
+    /// The guest's IPv6: a global address that is no longer tentative, then a TCP round trip
+    /// G → S over IPv6, within 15 s.
+    fn check6(&self, env: &Env) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = String::new();
+        let mut addressed = false;
+        while Instant::now() < deadline {
+            if !addressed {
+                let out = run_limited(
+                    Command::new("ip").args([
+                        "-n",
+                        self.g.name(),
+                        "-6",
+                        "-o",
+                        "addr",
+                        "show",
+                        "dev",
+                        "eth0",
+                        "scope",
+                        "global",
+                    ]),
+                    CMD_LIMIT,
+                )?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                addressed = text.contains("inet6") && !text.contains("tentative");
+                last = format!("no usable global IPv6 address on eth0: {:?}", text.trim());
+            }
+            if addressed {
+                let mut cmd = self.g.command(&env.exe);
+                cmd.args(["bench", "--client", "rr", &echo_addr(true), "0.05"]);
+                match run_ok(&mut cmd, Duration::from_secs(8)) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("no TCP round trip over IPv6 from the guest to the server within 15 s: {last}")
+    }
+
     fn iperf3(&mut self, args: &[String], secs: u32) -> Result<Value> {
         let mut cmd = self.g.command("iperf3");
         cmd.args([
@@ -807,8 +1008,9 @@ fn guest_static(g: &Netns) -> Result<()> {
 pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and the vhost-user \
      frontend: txqueuelen 20000 (the default 1000 overflows under pasta); offloads as each \
      backend sets up its TAP (measured per backend below: \"guest TAP\"; hostnet: virtio-net \
-     CSUM + TSO4 both ways, its guest TAP and host TUN opened with IFF_VNET_HDR, attach's \
-     default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
+     CSUM + TSO4 both ways (no TSO6 yet: IPv6 TCP is segmented in software by the guest's \
+     and H's kernels before the TAP and the TUN), its guest TAP and host TUN opened with \
+     IFF_VNET_HDR, attach's default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
      plain veth with its default offloads; H<->S veth MTU 65520 for every backend; \
      vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
      (hostnet-lab attach --vhost-user, pinned with the daemon for the latency figures) is not \
@@ -817,7 +1019,10 @@ pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and th
 /// How the server gets its replies back (printed with the results).
 pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \
      H adds no NAT of its own: the kernel backend's nftables masquerade, pasta's and \
-     slirp4netns's sockets and hostnet's NAT are each the only NAT on their path";
+     slirp4netns's sockets and hostnet's NAT are each the only NAT on their path; IPv6 \
+     alike: S's default route via H covers NAT66's fd64:ffff::2, and the kernel's ip6 \
+     masquerade, pasta's and slirp4netns's sockets and hostnet's NAT66 are each the only \
+     NAT66 on their path";
 
 /// How long a backend may stop carrying traffic before the rest of its figures are skipped.
 const STALL_PATIENCE: Duration = Duration::from_secs(30);
@@ -825,14 +1030,41 @@ const STALL_PATIENCE: Duration = Duration::from_secs(30);
 /// topology.
 const SERVER: Ipv4Addr = testbed::netns::SERVER_ADDR;
 const HOST_SERVER: Ipv4Addr = testbed::netns::HOST_SERVER_ADDR;
+/// The server's and H's IPv6 addresses on that link (testbed's topology).
+const SERVER6: Ipv6Addr = testbed::netns::SERVER_ADDR6;
+const HOST_SERVER6: Ipv6Addr = testbed::netns::HOST_SERVER_ADDR6;
+/// The guest's IPv6 address with `kernel` and `pasta` (the others take theirs by SLAAC).
+const GUEST6: Ipv6Addr = Ipv6Addr::from_bits(IPV6_PREFIX.to_bits() + 2);
 /// The guest's address with every backend that lets us choose it (slirp4netns takes .100).
 const GUEST: Ipv4Addr = DHCP_POOL_FIRST;
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7777;
+/// The echo server's IPv6 listener (`--serve PORT` also listens on `[::]:PORT+1`).
+const ECHO_PORT6: u16 = ECHO_PORT + 1;
 const LINK_MTU: u32 = 65520;
 const TAP_TXQUEUELEN: u32 = 20000;
 /// `IFF_VNET_HDR` in `/sys/class/net/*/tun_flags`.
 const IFF_VNET_HDR: u32 = 0x4000;
+/// A feature's state in `ethtool -k` output (`on`, `off`, `off [fixed]`), top level or
+/// indented.
+fn ethtool_feature(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        l.trim_start()
+            .strip_prefix(name)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// The echo server's address in S for either family, as the rr/crr client takes it.
+fn echo_addr(v6: bool) -> String {
+    if v6 {
+        format!("[{SERVER6}]:{ECHO_PORT6}")
+    } else {
+        format!("{SERVER}:{ECHO_PORT}")
+    }
+}
+
 /// The kernel backend's masquerade for the guest subnet.
 fn nft_rules() -> String {
     format!(
@@ -844,4 +1076,45 @@ fn nft_rules() -> String {
 }}
 "
     )
+}
+
+/// The kernel backend's NAT66 for the guest's ULA prefix.
+fn nft6_rules() -> String {
+    format!(
+        "table ip6 hostnet_bench6 {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip6 saddr {IPV6_PREFIX}/64 oifname \"srv0\" masquerade
+    }}
+}}
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ethtool_features_by_name_top_level_or_indented() {
+        let text = "Features for eth0:\ntcp-segmentation-offload: on\n\ttx-tcp-segmentation: on\n\
+                    \ttx-tcp-ecn-segmentation: off\n\ttx-tcp6-segmentation: off [fixed]\n";
+        let f = |n| ethtool_feature(text, n);
+        assert_eq!(f("tcp-segmentation-offload").as_deref(), Some("on"));
+        assert_eq!(f("tx-tcp-segmentation").as_deref(), Some("on"));
+        assert_eq!(f("tx-tcp6-segmentation").as_deref(), Some("off [fixed]"));
+        assert_eq!(f("tx-tcp"), None);
+        assert_eq!(f("rx-gro-list"), None);
+    }
+
+    #[test]
+    fn echo_addresses_parse_as_the_client_takes_them() {
+        for v6 in [false, true] {
+            let a: std::net::SocketAddr = echo_addr(v6).parse().unwrap();
+            assert_eq!(a.is_ipv6(), v6);
+        }
+        assert_eq!(echo_addr(true), "[2001:db8::2]:7778");
+        assert!(nft6_rules().contains("ip6 saddr fd64::/64 oifname \"srv0\" masquerade"));
+        assert_eq!(GUEST6.to_string(), "fd64::2");
+    }
 }

@@ -6,9 +6,10 @@
 //!    `hostnet`, and the vhost-user daemons `hostnetd` and `passt-vhost-user` behind the same
 //!    simulated guest, `hostnet-lab attach --vhost-user`), a fresh guest/host/server namespace trio (see `e2e.rs`), then iperf3 TCP
 //!    (1 and 4 streams, both directions), iperf3 UDP 64-byte packets, and, pinned to one CPU,
-//!    ping, a TCP 1-byte request/response and connect/request/response/close. Every figure is
-//!    the median of `--reps` runs with its spread, and is shown as a ratio to `kernel` and to
-//!    `pasta` of the same run.
+//!    ping, a TCP 1-byte request/response and connect/request/response/close. The TCP and
+//!    request/response figures also over IPv6 (issue 13), each right after its IPv4 twin in the
+//!    same world. Every figure is the median of `--reps` runs with its spread, and is shown as
+//!    a ratio to `kernel` and to `pasta` of the same run; IPv6 figures also to their IPv4 twin.
 //! 3. Output: a table on the terminal (also `target/bench/bench.txt`), `target/bench/bench.json`
 //!    and `target/bench/bench.svg`. Backend logs are in `target/bench/logs/`.
 //!
@@ -305,7 +306,18 @@ fn build_ours(lab: bool, hostnetd: bool) -> Result<(), String> {
 }
 
 fn end_to_end(opts: &Options, env: &Env, results: &mut Results, started: Instant) {
-    let tests = Test::list();
+    let mut tests = Vec::new();
+    for test in Test::list() {
+        match test.selected(opts) {
+            Ok(()) => tests.push(test),
+            Err(why) => {
+                eprintln!("bench: not run: {} ({why})", test.name());
+                for k in test.keys() {
+                    results.not_run.insert(k, why.to_owned());
+                }
+            }
+        }
+    }
     for &mtu in &opts.mtus {
         for &b in &opts.backends {
             if results.failed.contains_key(&(mtu, b)) {
@@ -339,11 +351,23 @@ fn end_to_end(opts: &Options, env: &Env, results: &mut Results, started: Instant
                 say(&format!("negotiated {n}"));
                 results.negotiated.insert((mtu, b), n);
             }
+            match world.ipv6() {
+                Ok(()) => say("IPv6 path checked"),
+                Err(why) => say(&format!("IPv6 figures not measured: {why}")),
+            }
             let mut stalled: Option<String> = None;
             for test in &tests {
                 if let Some(why) = &stalled {
                     for k in test.keys() {
                         results.fail(mtu, b, k, why.clone());
+                    }
+                    continue;
+                }
+                if test.v6()
+                    && let Err(why) = world.ipv6()
+                {
+                    for k in test.keys() {
+                        results.fail(mtu, b, k, why.to_owned());
                     }
                     continue;
                 }
@@ -423,80 +447,126 @@ fn tail(text: &str, n: usize) -> String {
 /// Figures of one run, and an optional note (busy threads).
 type Measured = (Vec<(&'static str, f64)>, Option<String>);
 
-/// One kind of measurement; each gives one or more figures.
-#[derive(Debug, Clone, Copy)]
+/// One kind of measurement; each gives one or more figures. `v6`: over IPv6 (issue 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Test {
-    Tcp { reverse: bool, streams: u32 },
+    Tcp {
+        reverse: bool,
+        streams: u32,
+        v6: bool,
+    },
     Udp64,
     Ping,
-    Rr,
+    Rr {
+        v6: bool,
+    },
     Crr,
 }
 
 impl Test {
+    /// Every measurement in run order: each IPv6 one right after its IPv4 twin, so that the
+    /// pair sees the same machine load.
     fn list() -> Vec<Self> {
-        vec![
-            Self::Tcp {
-                reverse: false,
-                streams: 1,
-            },
-            Self::Tcp {
-                reverse: true,
-                streams: 1,
-            },
-            Self::Tcp {
-                reverse: false,
-                streams: 4,
-            },
-            Self::Tcp {
-                reverse: true,
-                streams: 4,
-            },
+        let mut v = Vec::new();
+        for streams in [1, 4] {
+            for reverse in [false, true] {
+                for v6 in [false, true] {
+                    v.push(Self::Tcp {
+                        reverse,
+                        streams,
+                        v6,
+                    });
+                }
+            }
+        }
+        v.extend([
             Self::Udp64,
             Self::Ping,
-            Self::Rr,
+            Self::Rr { v6: false },
+            Self::Rr { v6: true },
             Self::Crr,
-        ]
+        ]);
+        v
+    }
+
+    /// Whether this run measures it, or why not (printed): `--only ipv6` keeps the IPv6
+    /// figures and their IPv4 twins; `--quick` keeps one IPv6 throughput and the IPv6 round
+    /// trip.
+    fn selected(self, opts: &Options) -> Result<(), &'static str> {
+        if opts.only_ipv6 {
+            return match self {
+                Self::Tcp { .. } | Self::Rr { .. } => Ok(()),
+                _ => Err("--only ipv6: only the IPv6 figures and their IPv4 twins"),
+            };
+        }
+        match self {
+            Self::Tcp {
+                v6: true,
+                reverse: false,
+                streams: 1,
+            }
+            | Self::Rr { v6: true } => Ok(()),
+            Self::Tcp { v6: true, .. } if opts.quick => Err(
+                "--quick: of IPv6 only TCP guest->server 1 stream and the round trip; \
+                 --only ipv6 for all",
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether it runs over IPv6.
+    fn v6(self) -> bool {
+        matches!(self, Self::Tcp { v6: true, .. } | Self::Rr { v6: true })
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Tcp {
-                reverse: false,
-                streams: 1,
-            } => "tcp up",
-            Self::Tcp {
-                reverse: true,
-                streams: 1,
-            } => "tcp down",
-            Self::Tcp { reverse: false, .. } => "tcp up x4",
-            Self::Tcp { reverse: true, .. } => "tcp down x4",
+                reverse,
+                streams,
+                v6,
+            } => match (v6, reverse, streams) {
+                (false, false, 1) => "tcp up",
+                (false, true, 1) => "tcp down",
+                (false, false, _) => "tcp up x4",
+                (false, true, _) => "tcp down x4",
+                (true, false, 1) => "tcp6 up",
+                (true, true, 1) => "tcp6 down",
+                (true, false, _) => "tcp6 up x4",
+                (true, true, _) => "tcp6 down x4",
+            },
             Self::Udp64 => "udp 64 B",
             Self::Ping => "ping",
-            Self::Rr => "tcp rr",
+            Self::Rr { v6: false } => "tcp rr",
+            Self::Rr { v6: true } => "tcp6 rr",
             Self::Crr => "tcp crr",
         }
     }
 
     fn pinned(self) -> bool {
-        matches!(self, Self::Ping | Self::Rr | Self::Crr)
+        matches!(self, Self::Ping | Self::Rr { .. } | Self::Crr)
     }
 
     fn keys(self) -> Vec<&'static str> {
         match self {
             Self::Tcp {
-                reverse: false,
-                streams: 1,
-            } => vec!["tcp_up", "cpu_up"],
-            Self::Tcp {
-                reverse: true,
-                streams: 1,
-            } => vec!["tcp_down", "cpu_down"],
-            Self::Tcp { reverse: false, .. } => vec!["tcp_up4"],
-            Self::Tcp { reverse: true, .. } => vec!["tcp_down4"],
+                reverse,
+                streams,
+                v6,
+            } => match (v6, reverse, streams) {
+                (false, false, 1) => vec!["tcp_up", "cpu_up"],
+                (false, true, 1) => vec!["tcp_down", "cpu_down"],
+                (false, false, _) => vec!["tcp_up4"],
+                (false, true, _) => vec!["tcp_down4"],
+                (true, false, 1) => vec!["tcp6_up"],
+                (true, true, 1) => vec!["tcp6_down"],
+                (true, false, _) => vec!["tcp6_up4"],
+                (true, true, _) => vec!["tcp6_down4"],
+            },
             Self::Udp64 => vec!["udp64_kpps", "udp64_loss"],
             Self::Ping => vec!["ping_us"],
-            Self::Rr => vec!["rr_us"],
+            Self::Rr { v6: false } => vec!["rr_us"],
+            Self::Rr { v6: true } => vec!["rr6_us"],
             Self::Crr => vec!["crr_per_s"],
         }
     }
@@ -505,11 +575,15 @@ impl Test {
     fn measure(self, w: &mut World, env: &Env, opts: &Options) -> Result<Measured> {
         let keys = self.keys();
         match self {
-            Self::Tcp { reverse, streams } => {
+            Self::Tcp {
+                reverse,
+                streams,
+                v6,
+            } => {
                 let cpu0 = w.backend_cpu();
                 let threads0 = w.backend_threads();
                 let t0 = Instant::now();
-                let (gbps, bytes) = w.tcp(reverse, streams, opts.secs)?;
+                let (gbps, bytes) = w.tcp(reverse, streams, opts.secs, v6)?;
                 let wall = t0.elapsed().as_secs_f64();
                 let mut v = vec![(keys[0], gbps)];
                 if let (Some(a), Some(b), Some(&k)) = (cpu0, w.backend_cpu(), keys.get(1))
@@ -540,12 +614,12 @@ impl Test {
                 Ok((vec![(keys[0], kpps), (keys[1], loss)], None))
             }
             Self::Ping => Ok((vec![(keys[0], w.ping(env, opts.lat_secs)?)], None)),
-            Self::Rr => {
-                let rate = w.transactions(env, "rr", opts.lat_secs)?;
+            Self::Rr { v6 } => {
+                let rate = w.transactions(env, "rr", opts.lat_secs, v6)?;
                 Ok((vec![(keys[0], 1e6 / rate)], None))
             }
             Self::Crr => Ok((
-                vec![(keys[0], w.transactions(env, "crr", opts.lat_secs)?)],
+                vec![(keys[0], w.transactions(env, "crr", opts.lat_secs, false)?)],
                 None,
             )),
         }
@@ -556,6 +630,8 @@ impl Test {
 struct Options {
     help: bool,
     quick: bool,
+    /// `--only ipv6`: the IPv6 figures and their IPv4 twins only.
+    only_ipv6: bool,
     reps: u32,
     secs: u32,
     lat_secs: f64,
@@ -574,6 +650,7 @@ impl Options {
         let mut o = Self {
             help: false,
             quick: false,
+            only_ipv6: false,
             reps: 3,
             secs: 5,
             lat_secs: 2.0,
@@ -626,6 +703,10 @@ impl Options {
                     o.backends = set.into_iter().collect();
                     backends_given = true;
                 }
+                "--only" => match value("--only")?.as_str() {
+                    "ipv6" => o.only_ipv6 = true,
+                    other => bail!("--only {other:?}: the only selection is `ipv6`"),
+                },
                 "--no-micro" => o.micro = false,
                 "--no-e2e" => o.e2e = false,
                 "--lab" => o.lab = Some(PathBuf::from(value("--lab")?)),
@@ -656,11 +737,15 @@ const HELP: &str =
 Runs the criterion micro benches, then each backend (kernel, pasta, slirp4netns, hostnet,
 hostnetd, passt-vhost-user) between a guest and a server namespace at each guest MTU, and prints
 every figure as the median of the repeats with its spread and as ratios to kernel and pasta (and,
-with hostnetd, to passt-vhost-user and hostnet) from the same run. Writes
+with hostnetd, to passt-vhost-user and hostnet) from the same run; the IPv6 figures also as
+ratios to their IPv4 twins (IPv6/IPv4, same backend, same world). Writes
 target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
 
   --quick              1 repeat of 1 s per figure, 0.5 s latency runs, short criterion runs (CI);
-                       without --backends: kernel, pasta, slirp4netns, hostnet only
+                       without --backends: kernel, pasta, slirp4netns, hostnet only; of the
+                       IPv6 figures only TCP guest->server (1 stream) and the round trip
+  --only ipv6          only the IPv6 figures (TCP up/down, 1 and 4 streams, round trip) and
+                       their IPv4 twins, for the IPv6/IPv4 ratios
   --reps N             repeats per figure (default 3)
   --secs N             seconds per throughput run (default 5)
   --latency-secs S     seconds per ping / rr / crr run (default 2)
@@ -675,3 +760,94 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
   --passt PATH         use this passt (with --vhost-user) instead of building the peer snapshot
                        ../shared/peers/passt (skipped, never downloaded, when neither works)
   --out DIR            output directory (default target/bench)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Options {
+        Options::parse(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn selected(o: &Options) -> Vec<&'static str> {
+        Test::list()
+            .into_iter()
+            .filter(|t| t.selected(o).is_ok())
+            .map(Test::name)
+            .collect()
+    }
+
+    #[test]
+    fn every_ipv6_test_runs_right_after_its_ipv4_twin_and_has_figures() {
+        let list = Test::list();
+        for (i, t) in list.iter().enumerate() {
+            for k in t.keys() {
+                assert!(
+                    report::FIGURES.iter().any(|f| f.key == k),
+                    "{k} has no figure"
+                );
+            }
+            if !t.v6() {
+                continue;
+            }
+            let before = list[i - 1];
+            assert!(!before.v6());
+            let twin = report::FIGURES
+                .iter()
+                .find(|f| f.key == t.keys()[0])
+                .and_then(|f| f.ipv4)
+                .unwrap();
+            assert_eq!(before.keys()[0], twin, "{}", t.name());
+            assert_eq!(t.pinned(), before.pinned());
+        }
+        assert_eq!(list.iter().filter(|t| t.v6()).count(), 5);
+        // Every figure comes from some test.
+        for f in report::FIGURES {
+            assert!(list.iter().any(|t| t.keys().contains(&f.key)), "{}", f.key);
+        }
+    }
+
+    #[test]
+    fn quick_keeps_one_ipv6_throughput_and_the_ipv6_round_trip() {
+        let full = selected(&opts(&[]));
+        assert_eq!(full.len(), Test::list().len());
+        let quick = selected(&opts(&["--quick"]));
+        assert!(quick.contains(&"tcp6 up") && quick.contains(&"tcp6 rr"));
+        for gone in ["tcp6 down", "tcp6 up x4", "tcp6 down x4"] {
+            assert!(!quick.contains(&gone), "{gone}");
+        }
+        // Every IPv4 figure stays in --quick.
+        for t in Test::list().into_iter().filter(|t| !t.v6()) {
+            assert!(quick.contains(&t.name()), "{}", t.name());
+        }
+    }
+
+    #[test]
+    fn only_ipv6_keeps_the_ipv6_figures_and_their_ipv4_twins() {
+        for args in [&["--only", "ipv6"][..], &["--quick", "--only", "ipv6"]] {
+            let o = opts(args);
+            assert!(o.only_ipv6);
+            let only = selected(&o);
+            assert_eq!(
+                only,
+                [
+                    "tcp up",
+                    "tcp6 up",
+                    "tcp down",
+                    "tcp6 down",
+                    "tcp up x4",
+                    "tcp6 up x4",
+                    "tcp down x4",
+                    "tcp6 down x4",
+                    "tcp rr",
+                    "tcp6 rr"
+                ]
+            );
+            let why = Test::Udp64.selected(&o).unwrap_err();
+            assert!(why.contains("--only ipv6"), "{why}");
+        }
+        let args = ["--only".to_owned(), "udp".to_owned()];
+        assert!(Options::parse(&args).is_err());
+        assert!(Options::parse(&args[..1]).is_err());
+    }
+}
