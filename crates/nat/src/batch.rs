@@ -127,20 +127,16 @@ impl Nat {
                 core::hint::black_box(acc);
             }
             let l4 = l4.get(c * PREFETCH..).unwrap_or(&[]);
-            if l4.is_empty() {
-                for (p, v) in ps.iter_mut().zip(vs.iter_mut()) {
-                    *v = match direction {
-                        Direction::Outbound => self.outbound(p.as_mut(), now),
-                        Direction::Inbound => self.inbound(p.as_mut(), now),
-                    };
-                }
-                continue;
-            }
             for (i, (p, v)) in ps.iter_mut().zip(vs.iter_mut()).enumerate() {
                 let partial = l4.get(i) == Some(&L4Checksum::Partial);
-                *v = match direction {
-                    Direction::Outbound => self.outbound_and_count(p.as_mut(), now, partial),
-                    Direction::Inbound => self.inbound_and_count(p.as_mut(), now, partial),
+                let p = p.as_mut();
+                // The version decides once here (this loop's prefetch read the byte): an IPv6
+                // packet goes straight to NAT66 instead of failing NAT44's parse first.
+                *v = match (direction, is_v6(p)) {
+                    (Direction::Outbound, false) => self.outbound_and_count(p, now, partial),
+                    (Direction::Inbound, false) => self.inbound_and_count(p, now, partial),
+                    (Direction::Outbound, true) => self.v6.outbound_and_count(p, now, partial),
+                    (Direction::Inbound, true) => self.v6.inbound_and_count(p, now, partial),
                 };
             }
         }
