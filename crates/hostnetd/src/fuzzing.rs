@@ -22,6 +22,47 @@ pub fn relay_frontend_messages(
     crate::linux::proxy::frontend_to_backend(front, back, &Mutex::new(replies))
 }
 
+/// Answers control-socket request lines (`docs/control.md`) the way the daemon does without a
+/// connected guest (stats, flows, forwards added and removed in the configuration the next
+/// connection starts from, the log filter refused): one reply line per request line.
+#[derive(Debug)]
+pub struct ControlSocket(crate::linux::control::Control);
+
+impl Default for ControlSocket {
+    fn default() -> Self {
+        let config = crate::linux::device::DeviceConfig {
+            mac: bridge::defaults::GUEST_MAC,
+            mtu: 1500,
+            gateway: crate::linux::GATEWAY,
+            external: bridge::defaults::NAT_EXTERNAL_ADDR,
+            forwards: Vec::new(),
+            forwards6: Vec::new(),
+            dns_upstream: None,
+            offload: true,
+            egress: bridge::EgressPolicy::default(),
+            ipv6: true,
+            external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
+        };
+        ControlSocket(crate::linux::control::Control::new(
+            config,
+            crate::args::FIRST_GUEST_ADDR,
+            None,
+        ))
+    }
+}
+
+impl ControlSocket {
+    /// The reply line (no newline) to one request line.
+    pub fn handle(&self, line: &str) -> String {
+        self.0.handle(line)
+    }
+
+    /// The port forwards in the configuration now, as `--forward` spells them.
+    pub fn forwards(&self) -> Vec<String> {
+        self.0.forward_list()
+    }
+}
+
 /// hostnetd's whole connection path for one frontend: the relay, vhost-user-backend's request
 /// handler and hostnetd's backend (the device core over a TUN), as the daemon serves a
 /// connection, without the sandbox.

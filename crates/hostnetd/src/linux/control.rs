@@ -238,6 +238,11 @@ impl Control {
             .collect()
     }
 
+    /// The port forwards in the configuration now, as `--forward` spells them.
+    pub(crate) fn forward_list(&self) -> Vec<String> {
+        self.forwards()
+    }
+
     fn forwards(&self) -> Vec<String> {
         let c = lock(&self.config);
         let proto = |p: nat::Protocol, v6: bool| {
