@@ -16,11 +16,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use bridge::{
-    DropCause, FrameBatch, HostLink, GatewayConfig, Gateway, MacAddr, MemoryLink, OFFERED_FEATURES,
+    DropCause, FrameBatch, Gateway, GatewayConfig, HostLink, MacAddr, MemoryLink, OFFERED_FEATURES,
     OFFLOAD_FEATURES, Offloads, RxEngine, RxQueue, Stats, TxEngine, TxQueue,
 };
-use nat::{Nat, NatConfig};
 use libfuzzer_sys::fuzz_target;
+use nat::{Nat, NatConfig};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -89,7 +89,8 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let mut stats = Stats::default();
-    let mut tx = TxEngine::new(TxQueue::new(hdr_len, max), gateway(), 8, max).with_offloads(o, 1500);
+    let mut tx =
+        TxEngine::new(TxQueue::new(hdr_len, max), gateway(), 8, max).with_offloads(o, 1500);
     let mut replies = FrameBatch::new(8, max.max(2048));
     for round in 0..4u64 {
         let now = nat::Instant::from_secs(round);
@@ -105,8 +106,14 @@ fuzz_target!(|input: &[u8]| {
     }
     while outside.recv().is_some() {}
 
-    let mut rx = RxEngine::new(RxQueue::new(hdr_len, mrg), 8, 65535, 1500, MacAddr([2, 0, 0, 0, 0, 1]))
-        .with_offloads(o);
+    let mut rx = RxEngine::new(
+        RxQueue::new(hdr_len, mrg),
+        8,
+        65535,
+        1500,
+        MacAddr([2, 0, 0, 0, 0, 1]),
+    )
+    .with_offloads(o);
     for chunk in data.chunks(97).take(8) {
         let _ = outside.send(chunk);
     }

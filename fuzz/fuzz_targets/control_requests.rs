@@ -19,7 +19,9 @@ fuzz_target!(|input: &[u8]| {
     for raw in input.split(|&b| b == b'\n').take(64) {
         let text = String::from_utf8_lossy(raw);
         let line = match text.as_bytes().first() {
-            Some(b'+') => serde_json::json!({"command": "forward-add", "spec": &text[1..]}).to_string(),
+            Some(b'+') => {
+                serde_json::json!({"command": "forward-add", "spec": &text[1..]}).to_string()
+            }
             Some(b'-') => {
                 serde_json::json!({"command": "forward-remove", "spec": &text[1..]}).to_string()
             }
@@ -28,16 +30,25 @@ fuzz_target!(|input: &[u8]| {
         let reply = control.handle(&line);
         assert!(!reply.contains('\n'), "a reply is one line: {reply:?}");
         let v: serde_json::Value = serde_json::from_str(&reply).expect("the reply is JSON");
-        let ok = v.get("ok").and_then(serde_json::Value::as_bool).expect("a boolean ok");
+        let ok = v
+            .get("ok")
+            .and_then(serde_json::Value::as_bool)
+            .expect("a boolean ok");
         if !ok {
-            assert!(v.get("error").is_some_and(serde_json::Value::is_string), "{reply}");
+            assert!(
+                v.get("error").is_some_and(serde_json::Value::is_string),
+                "{reply}"
+            );
         }
     }
     let mut seen = HashSet::new();
     for f in control.forwards() {
         // `proto:ext:...`: one forward per protocol (family included) and external port.
         let mut parts = f.split(':');
-        let key = (parts.next().map(str::to_owned), parts.next().map(str::to_owned));
+        let key = (
+            parts.next().map(str::to_owned),
+            parts.next().map(str::to_owned),
+        );
         assert!(seen.insert(key), "a forward twice: {f}");
     }
 });

@@ -284,7 +284,12 @@ fn gateway_ip6(bytes: &[u8]) -> Ipv6Addr {
 
 /// Ethernet + IPv6 (hop limit 255, sometimes another) around `payload` whose checksum the
 /// caller fills; returns where the payload starts.
-fn ipv6(bytes: &[u8], frame: &mut Vec<u8>, next: u8, payload: &[u8]) -> (usize, Ipv6Addr, Ipv6Addr) {
+fn ipv6(
+    bytes: &[u8],
+    frame: &mut Vec<u8>,
+    next: u8,
+    payload: &[u8],
+) -> (usize, Ipv6Addr, Ipv6Addr) {
     let (src, dst) = (guest_ip6(bytes), gateway_ip6(bytes));
     eth(frame, GATEWAY_MAC, ethertype::IPV6);
     let start = frame.len();
@@ -294,7 +299,11 @@ fn ipv6(bytes: &[u8], frame: &mut Vec<u8>, next: u8, payload: &[u8]) -> (usize, 
     ip.set_version(6);
     ip.set_payload_len(payload.len().min(usize::from(u16::MAX)) as u16);
     ip.set_next_header(next);
-    ip.set_hop_limit(if byte(bytes, 5) & 7 == 0 { byte(bytes, 6) } else { 255 });
+    ip.set_hop_limit(if byte(bytes, 5) & 7 == 0 {
+        byte(bytes, 6)
+    } else {
+        255
+    });
     ip.set_src_addr(src);
     ip.set_dst_addr(dst);
     (start + 40, src, dst)
@@ -316,7 +325,11 @@ fn icmpv6_msg(bytes: &[u8], frame: &mut Vec<u8>, t: u8) {
 /// port, with a valid UDP checksum.
 fn dhcpv6(bytes: &[u8], frame: &mut Vec<u8>) {
     let mut udp = vec![0u8; 8];
-    udp.push(if byte(bytes, 0) & 1 == 0 { 11 } else { byte(bytes, 1) }); // Information-request
+    udp.push(if byte(bytes, 0) & 1 == 0 {
+        11
+    } else {
+        byte(bytes, 1)
+    }); // Information-request
     udp.extend_from_slice(&[1, 2, 3]);
     udp.extend_from_slice(bytes.get(7..).unwrap_or_default());
     let len = udp.len().min(usize::from(u16::MAX)) as u16;
@@ -351,7 +364,11 @@ fn dns6(bytes: &[u8], frame: &mut Vec<u8>) {
         u.set_src_port(sport);
         u.set_dst_port(53);
         // Usually the true length, sometimes another.
-        u.set_len(if byte(bytes, 6) & 0xf0 == 0 { u16::from(byte(bytes, 6)) } else { len });
+        u.set_len(if byte(bytes, 6) & 0xf0 == 0 {
+            u16::from(byte(bytes, 6))
+        } else {
+            len
+        });
         u.fill_checksum_v6(src, dst);
     }
 }
@@ -473,13 +490,20 @@ fn check_reply(reply: &[u8], len: usize) {
         }
         ethertype::IPV6 => {
             let ip = Ipv6Packet::new_checked(eth.payload()).expect("reply is IPv6");
-            assert_eq!(40 + usize::from(ip.payload_len()), len - 14, "reply IPv6 length");
+            assert_eq!(
+                40 + usize::from(ip.payload_len()),
+                len - 14,
+                "reply IPv6 length"
+            );
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
             match ip.next_header() {
                 ip_proto::ICMPV6 => {
                     let icmp = Icmpv6Packet::new_checked(ip.payload()).expect("reply ICMPv6");
                     assert!(icmp.verify_checksum(src, dst), "reply ICMPv6 checksum");
-                    assert!(matches!(icmp.msg_type(), 1 | 129 | 134 | 136), "reply ICMPv6 type");
+                    assert!(
+                        matches!(icmp.msg_type(), 1 | 129 | 134 | 136),
+                        "reply ICMPv6 type"
+                    );
                 }
                 ip_proto::UDP => {
                     let udp = UdpPacket::new_checked(ip.payload()).expect("reply UDP");

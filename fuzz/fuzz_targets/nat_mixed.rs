@@ -73,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
         };
         match v {
             Verdict::Forward | Verdict::Hairpin if v6 => {
-                assert!(testing::parses6(&p), "forwarded packet does not parse: {p:02x?}");
+                assert!(
+                    testing::parses6(&p),
+                    "forwarded packet does not parse: {p:02x?}"
+                );
                 if transport_ok {
                     assert!(testing::checksums6_ok(&p), "checksum broken: {p:02x?}");
                 }
@@ -82,7 +85,10 @@ fuzz_target!(|data: &[u8]| {
                     // pseudo-header sum of the new addresses.
                     let mut done = p.clone();
                     assert!(nat::complete_l4_checksum(&mut done));
-                    assert!(testing::checksums6_ok(&done), "partial checksum wrong: {p:02x?}");
+                    assert!(
+                        testing::checksums6_ok(&done),
+                        "partial checksum wrong: {p:02x?}"
+                    );
                 }
             }
             Verdict::Forward | Verdict::Hairpin => {

@@ -81,7 +81,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(mut u) = UdpPacket::new_checked(&mut buf[..]) {
-        black_box((u.src_port(), u.dst_port(), u.len(), u.checksum(), u.payload()));
+        black_box((
+            u.src_port(),
+            u.dst_port(),
+            u.len(),
+            u.checksum(),
+            u.payload(),
+        ));
         u.fill_checksum_v4(V4.0, V4.1);
         assert!(u.verify_checksum_v4(V4.0, V4.1));
         u.fill_checksum_v6(V6.0, V6.1);
