@@ -27,7 +27,10 @@ use std::sync::{Arc, Mutex};
 use ::wire::{Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, ip_proto, ipv6, tcp};
 
 use crate::stats::DropCause;
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_HLEN, write_ipv4_header};
+use crate::wire::{
+    ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, HOP_LIMIT, IPV4_DST, IPV4_HLEN, IPV6_DST,
+    write_ipv4_header,
+};
 
 /// The table both halves share (see the module docs).
 #[derive(Clone, Debug)]
@@ -512,12 +515,6 @@ pub const DNS_RELAY_TCP_CLOSING_MS: u64 = 10_000;
 /// The first relay port (slot 0); slot `i` is `RELAY_PORT_BASE + i`.
 const RELAY_PORT_BASE: u16 = 49_152;
 const DNS_PORT: u16 = 53;
-/// The hop limit of relayed answers.
-const HOP_LIMIT: u8 = 64;
-/// The offset of the destination address in the IPv4 header.
-const IPV4_DST: usize = 16;
-/// The offset of the destination address in the IPv6 header.
-const IPV6_DST: usize = 24;
 const FREE: u8 = 0;
 const OPEN: u8 = 1;
 const CLOSING: u8 = 2;

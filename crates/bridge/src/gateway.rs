@@ -192,7 +192,7 @@ impl Gateway {
         }
         let v6 = cfg
             .ipv6
-            .filter(|_| cfg.mtu >= IPV6_MIN_MTU)
+            .filter(|_| usize::from(cfg.mtu) >= crate::wire::IPV6_MIN_MTU)
             .map(ipv6::V6::new);
         let dhcp = DhcpServer::new(DhcpConfig {
             server: cfg.gateway,
@@ -733,8 +733,6 @@ const ICMP_SOURCE_QUENCH: u8 = 4;
 /// ICMP redirect (an error message).
 const ICMP_REDIRECT: u8 = 5;
 
-/// IPv6's minimum link MTU (RFC 8200 5).
-const IPV6_MIN_MTU: u16 = 1280;
 /// Length of an Ethernet/IPv4 ARP message.
 const ARP_LEN: usize = ::wire::arp::PACKET_LEN;
 /// The source and destination ports at the start of a TCP or UDP header.

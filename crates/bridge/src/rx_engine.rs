@@ -396,8 +396,5 @@ impl RxEngine {
 fn is_ipv6_multicast(packet: &[u8]) -> bool {
     packet.len() >= ::wire::ipv6::HEADER_LEN
         && packet[0] >> 4 == 6
-        && packet[IPV6_DST_OFFSET] == 0xff
+        && packet[crate::wire::IPV6_DST] == 0xff
 }
-
-/// The offset of the destination address in the IPv6 header.
-const IPV6_DST_OFFSET: usize = 24;

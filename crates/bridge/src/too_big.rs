@@ -27,6 +27,7 @@ use crate::device::VIRTIO_NET_HDR_LEN;
 use crate::frame::FrameBatch;
 use crate::host::HostLink;
 use crate::stats::{DropCause, Stats};
+use crate::wire::{HOP_LIMIT, IPV6_MIN_MTU};
 
 /// Answers to packets too big for the guest, for one RX engine.
 #[derive(Debug)]
@@ -309,10 +310,6 @@ pub const TOO_BIG_ANSWERS_PER_SEC: u64 = 10;
 pub const TOO_BIG_ANSWER_BURST: u64 = 10;
 /// Most answers kept for one batch (more in one batch are over the limit anyway).
 const MAX_ANSWERS: usize = TOO_BIG_ANSWER_BURST as usize;
-/// IPv6's minimum link MTU: the most an ICMPv6 error may fill (RFC 4443 2.4 (c)).
-const IPV6_MIN_MTU: usize = 1280;
-/// The hop limit / TTL of the answers.
-const HOP_LIMIT: u8 = 64;
 /// ICMP source quench (an error, RFC 792).
 const ICMP_SOURCE_QUENCH: u8 = 4;
 /// ICMP redirect (an error, RFC 792).

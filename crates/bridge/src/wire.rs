@@ -180,6 +180,14 @@ pub(crate) const IPPROTO_ICMP: u8 = ::wire::ip_proto::ICMP;
 pub(crate) const IPPROTO_TCP: u8 = ::wire::ip_proto::TCP;
 /// IP protocol number of UDP.
 pub(crate) const IPPROTO_UDP: u8 = ::wire::ip_proto::UDP;
+/// The offset of the destination address in the IPv4 header.
+pub(crate) const IPV4_DST: usize = ::wire::ipv4::field::DST_ADDR.start;
+/// The offset of the destination address in the IPv6 header.
+pub(crate) const IPV6_DST: usize = ::wire::ipv6::field::DST_ADDR.start;
+/// IPv6's minimum link MTU: the most an ICMPv6 error may fill (RFC 4443 2.4 (c)).
+pub(crate) const IPV6_MIN_MTU: usize = 1280;
+/// The TTL / hop limit of the packets the bridge writes itself (replies, errors, relayed DNS).
+pub(crate) const HOP_LIMIT: u8 = 64;
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,9 @@ use wire::{Icmpv6Packet, Ipv6Packet, TcpPacket, UdpPacket, icmpv6, ip_proto, ipv
 use super::{Gateway, TxAction};
 use crate::policy::EgressAction;
 use crate::stats::DropCause;
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV6, MacAddr, write_eth};
+use crate::wire::{
+    ETH_HLEN, ETHERTYPE_IPV6, HOP_LIMIT, IPV6_DST, IPV6_MIN_MTU, MacAddr, write_eth,
+};
 use crate::{Error, defaults};
 
 /// The gateway's IPv6 addresses and the guest prefix. `Default` gives [`crate::defaults`]:
@@ -365,7 +367,7 @@ impl Gateway {
             src: from,
             dst: src,
             next_header: ip_proto::ICMPV6,
-            hop_limit: ECHO_HOP_LIMIT,
+            hop_limit: HOP_LIMIT,
         };
         let Some((out, len)) = self.ipv6_reply(reply, hdr, icmpv6::HEADER_LEN + quote_len) else {
             return unanswered;
@@ -413,7 +415,7 @@ impl Gateway {
             src: pkt.dst,
             dst: pkt.src,
             next_header: ip_proto::UDP,
-            hop_limit: ECHO_HOP_LIMIT,
+            hop_limit: HOP_LIMIT,
         };
         let udp_len = ::wire::udp::HEADER_LEN + answer.len();
         let (Ok(len16), Some((out, len))) =
@@ -441,7 +443,7 @@ impl Gateway {
             src: pkt.dst,
             dst: pkt.src,
             next_header: ip_proto::TCP,
-            hop_limit: ECHO_HOP_LIMIT,
+            hop_limit: HOP_LIMIT,
         };
         let Some((out, len)) = self.ipv6_reply(reply, hdr, ::wire::tcp::HEADER_LEN) else {
             return TxAction::Drop(DropCause::TooBig);
@@ -465,7 +467,7 @@ impl Gateway {
             src: pkt.dst,
             dst: pkt.src,
             next_header: ip_proto::ICMPV6,
-            hop_limit: ECHO_HOP_LIMIT,
+            hop_limit: HOP_LIMIT,
         };
         let Some((out, len)) = self.ipv6_reply(reply, hdr, msg.len()) else {
             return TxAction::Drop(DropCause::TooBig);
@@ -575,17 +577,11 @@ const MLD_REPORT: u8 = 131;
 const MLD_DONE: u8 = 132;
 /// MLDv2 report (RFC 3810).
 const MLD_V2_REPORT: u8 = 143;
-/// The offset of the destination address in the IPv6 header.
-const IPV6_DST: usize = 24;
-/// IPv6's minimum link MTU: the most an ICMPv6 error may fill (RFC 4443 2.4 (c)).
-const IPV6_MIN_MTU: usize = 1280;
 /// Destination unreachable code 0: no route to destination.
 const NO_ROUTE_CODE: u8 = 0;
 /// ICMPv6 destination unreachable code 1: communication with destination administratively
 /// prohibited (RFC 4443 3.1).
 const ADMIN_PROHIBITED_CODE: u8 = 1;
-/// The hop limit of the gateway's echo replies and errors.
-const ECHO_HOP_LIMIT: u8 = 64;
 /// The DNS port (RFC 1035).
 const DNS_PORT: u16 = 53;
 /// The source and destination ports at the start of a TCP or UDP header.
