@@ -85,6 +85,9 @@ pub(crate) struct Args {
     pub(crate) host_setup: bool,
     /// The control socket (`--control`; default: the socket's path plus `.ctl`).
     pub(crate) control: PathBuf,
+    /// `control` was not given: a control socket that cannot be made is a warning, not an
+    /// error (a socket path near the 107-byte limit has no room for `.ctl`).
+    pub(crate) control_default: bool,
     /// Serve the Prometheus metrics over HTTP on this TCP address in the namespace
     /// (`--metrics`).
     pub(crate) metrics: Option<std::net::SocketAddr>,
@@ -350,6 +353,7 @@ impl Settings {
         let socket = self
             .socket
             .ok_or_else(|| ArgError("--socket <path> is required".into()))?;
+        let control_default = self.control.is_none();
         let control = match self.control {
             Some(c) if c.as_os_str().is_empty() => {
                 return Err(ArgError("bad --control \"\": expected a path".into()));
@@ -401,6 +405,7 @@ impl Settings {
             sandbox_selftest: self.sandbox_selftest.unwrap_or(false),
             host_setup: self.host_setup.unwrap_or(false),
             control,
+            control_default,
             metrics,
             log_json,
         })

@@ -21,7 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-/// The longest request line the daemon reads (longer: an error, and the connection closes).
+/// The longest request line the daemon reads, its newline included (longer: an error, and the
+/// connection closes).
 pub(crate) const MAX_REQUEST: usize = 4096;
 /// Most flows one `flows` reply lists.
 pub(crate) const MAX_FLOWS: usize = 10_000;

@@ -110,3 +110,46 @@ fn notify_message(sock: &UnixDatagram) -> Result<String> {
         Err(e) => bail!("no notification from hostnetd within 15 s: {e}"),
     }
 }
+
+/// A vhost-user socket path with no room left for `.ctl` (unix socket paths hold 107 bytes):
+/// the daemon warns that it has no control socket and serves anyway; with `--control` named
+/// and unusable it refuses to start.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_socket_path_with_no_room_for_ctl_serves_without_a_control_socket() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("hostnetd-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let prefix = format!("{}/", dir.display());
+    let name = "s".repeat(106 - prefix.len());
+    let sock = format!("{prefix}{name}");
+    ensure!(sock.len() == 106, "{sock}");
+    let ns = Netns::new("long")?;
+    let run = |extra: &[&str]| -> Result<(Process, std::process::ChildStdout)> {
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hostnetd"));
+        cmd.args(["--socket", &sock, "--no-sandbox"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut p = Process::spawn(&mut cmd).context("starting hostnetd")?;
+        let out = p.take_stdout().context("stdout")?;
+        Ok((p, out))
+    };
+    let (mut daemon, stdout) = run(&[])?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    ensure!(line.starts_with("ready socket="), "ready line {line:?}");
+    daemon.signal("TERM")?;
+    daemon.wait_timeout(Duration::from_secs(10))?;
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut daemon.take_stderr().context("stderr")?, &mut err)?;
+    ensure!(err.contains("no control socket"), "{err}");
+    let control = format!("{sock}.ctl");
+    let (mut named, _) = run(&["--control", &control])?;
+    let status = named
+        .wait_timeout(Duration::from_secs(10))?
+        .context("hostnetd with an unusable --control did not exit")?;
+    ensure!(!status.success(), "it started with an unusable --control");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -419,7 +419,7 @@ fn serve_control_client(control: &Control, stream: UnixStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        if line.len() > MAX_REQUEST || !line.ends_with(b"\n") && line.len() == MAX_REQUEST + 1 {
+        if line.len() > MAX_REQUEST {
             let _ = writeln!(
                 out,
                 "{}",

@@ -110,13 +110,24 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         socket_group,
     )?;
     // The control socket: 0600, owned by the user the daemon runs as (root may always connect).
-    let control_listener = SocketGuard::bind(&args.control)?;
-    sandbox::secure_socket(
-        &args.control,
-        0o600,
-        identity.as_ref().map(|id| id.uid),
-        identity.as_ref().map(|id| id.gid),
-    )?;
+    // One the user did not name and that cannot be made (a path too long for `.ctl`) is a
+    // warning: the daemon serves without it.
+    let control_listener = match SocketGuard::bind(&args.control) {
+        Ok(l) => Some(l),
+        Err(e) if args.control_default => {
+            warn!("no control socket: {e:#} (name one with --control)");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if control_listener.is_some() {
+        sandbox::secure_socket(
+            &args.control,
+            0o600,
+            identity.as_ref().map(|id| id.uid),
+            identity.as_ref().map(|id| id.gid),
+        )?;
+    }
     let metrics_listener = args
         .metrics
         .map(|addr| {
@@ -129,14 +140,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         crate::args::FIRST_GUEST_ADDR,
         log_reload,
     ));
-    control::spawn_control(
-        control_listener
-            .listener
-            .try_clone()
-            .context("the control socket")?,
-        control.clone(),
-    )
-    .context("starting the control thread")?;
+    if let Some(l) = &control_listener {
+        control::spawn_control(
+            l.listener.try_clone().context("the control socket")?,
+            control.clone(),
+        )
+        .context("starting the control thread")?;
+    }
     if let Some(l) = metrics_listener {
         info!(metrics = %l.local_addr()?, "serving Prometheus metrics over HTTP");
         control::spawn_metrics(l, control.clone()).context("starting the metrics thread")?;
