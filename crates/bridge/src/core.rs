@@ -510,11 +510,31 @@ impl DeviceCore {
         self.rx.host_pending = true;
     }
 
-    /// Housekeeping: expires idle NAT mappings (bounded work, [`Expiry`]) if a tick is due.
-    /// Returns how many went. Call it when [`DeviceCore::next_timeout`] passes (calling it
-    /// more often costs a comparison).
+    /// Housekeeping: expires idle NAT mappings (bounded work, [`Expiry`]) if a tick is due,
+    /// and queues the gateway's unsolicited Router Advertisement when one is due (RFC 4861
+    /// 6.2.4; [`Gateway::unsolicited`]: once the guest has used IPv6, so an idle guest keeps
+    /// its default route) for the next delivery ([`DeviceCore::replies_pending`]). Returns how
+    /// many mappings went. Call it when [`DeviceCore::next_timeout`] passes, and at least once
+    /// a second (calling it more often costs a comparison).
     pub fn on_tick(&mut self, now: nat::Instant) -> usize {
-        self.expiry.tick(&mut self.nat, now)
+        let expired = self.expiry.tick(&mut self.nat, now);
+        if self.replies.pending() == 0 {
+            self.replies.clear();
+        }
+        if let Some(buf) = self.replies.next_buf()
+            && let Some(len) = self.tx.engine.gateway_mut().unsolicited(buf, now)
+        {
+            self.replies.commit(0, len);
+            self.stats.local_replies += 1;
+        }
+        expired
+    }
+
+    /// Frames of the gateway's own (replies, advertisements) wait for the guest's RX buffers:
+    /// the driver calls [`DeviceCore::on_rx_ready`] to deliver them (after
+    /// [`DeviceCore::on_tick`] queued one with nothing else moving).
+    pub fn replies_pending(&self) -> bool {
+        self.replies.pending() > 0
     }
 
     /// How long after `now` [`DeviceCore::on_tick`] has work (zero: now); `None`: nothing to
@@ -1986,5 +2006,60 @@ mod tests {
             "{}",
             dp.bridge_stats()
         );
+    }
+
+    /// An idle guest keeps its IPv6 default route: the tick queues the gateway's unsolicited
+    /// Router Advertisement when it is due (RFC 4861 6.2.4), with no frame from the guest,
+    /// and the next delivery hands it over; not before it is due, not to a guest that never
+    /// used IPv6.
+    #[test]
+    fn the_tick_sends_an_idle_guest_its_router_advertisements() {
+        use core::net::Ipv6Addr;
+        let ra_count = |net: &mut MockNet| {
+            let mut pending = Vec::new();
+            let mut n = 0;
+            while let Some((_, f)) = net.rx_frame(HDR, &mut pending) {
+                let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+                let ip = ::wire::Ipv6Packet::new_checked(eth.payload()).unwrap();
+                let icmp = ::wire::Icmpv6Packet::new_checked(ip.payload()).unwrap();
+                n += usize::from(icmp.msg_type() == ::wire::icmpv6::ROUTER_ADVERTISEMENT);
+            }
+            n
+        };
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, _peer) = MemoryLink::pair(64).unwrap();
+        let mut dp = DeviceCore::new(config(Vec::new())).unwrap();
+        dp.ack_features(FEATURES, &host);
+        post_rx(&mut net, 8);
+        // No IPv6 from the guest yet: nothing, however late.
+        let late = nat::Instant::from_millis(10 * crate::UNSOLICITED_RA_INTERVAL_MS);
+        dp.on_tick(late);
+        assert!(!dp.replies_pending());
+        let guest: Ipv6Addr = "fd64::5054:ff:fe12:3456".parse().unwrap();
+        let server: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let f = testing::udp6_frame(
+            (GUEST_MAC, testing::GATEWAY_MAC),
+            (guest, 5000),
+            (server, 80),
+            b"a",
+        );
+        net.send_frame(HDR, &f, &[]);
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        assert_eq!(ra_count(&mut net), 1, "the first advertisement rides along");
+        // Idle: not due yet, then due.
+        let before = nat::Instant::from_millis(crate::UNSOLICITED_RA_INTERVAL_MS - 1);
+        dp.on_tick(before);
+        assert!(!dp.replies_pending());
+        let due = nat::Instant::from_millis(crate::UNSOLICITED_RA_INTERVAL_MS);
+        dp.on_tick(due);
+        assert!(dp.replies_pending(), "queued by the tick alone");
+        dp.on_rx_ready(&mem, &mut rxq, &host, false, due).unwrap();
+        assert!(!dp.replies_pending());
+        assert_eq!(ra_count(&mut net), 1, "delivered");
+        dp.on_tick(due);
+        assert!(!dp.replies_pending(), "one per interval");
     }
 }

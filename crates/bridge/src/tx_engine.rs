@@ -197,6 +197,11 @@ impl TxEngine {
         &self.gateway
     }
 
+    /// The gateway services, to change (its timers: [`Gateway::unsolicited`]).
+    pub fn gateway_mut(&mut self) -> &mut Gateway {
+        &mut self.gateway
+    }
+
     /// Drains up to a batch of TX chains and classifies the frames; gateway replies go to
     /// `replies` (which must have room for a batch: every frame yields at most one reply).
     ///
@@ -256,7 +261,7 @@ impl TxEngine {
                 TxAction::Nat { .. } | TxAction::DnsRelay { .. } | TxAction::Consumed => {}
             }
             // A reply slot this frame left unused carries an unsolicited Router
-            // Advertisement when one is due (the gateway has no timer of its own).
+            // Advertisement when one is due (the drivers' tick offers it a slot too).
             if !matches!(
                 action,
                 TxAction::Reply { .. }

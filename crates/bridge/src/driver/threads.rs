@@ -58,6 +58,9 @@ pub(super) trait InlineTx: Send + Sync {
 
     /// Drains the TX queue (one budget), waiting for the lock.
     fn drain(&self) -> Drained;
+
+    /// The gateway's timer (unsolicited Router Advertisements), waiting for the lock.
+    fn gateway_tick(&self);
 }
 
 impl core::fmt::Debug for dyn InlineTx {
@@ -163,6 +166,10 @@ where
 const INLINE_MAX_CHAINS: usize = 8;
 
 impl<A: GuestAddressSpace + Send, Q: QueueT + Send> InlineTx for Mutex<TxState<A, Q>> {
+    fn gateway_tick(&self) {
+        lock(self).unsolicited();
+    }
+
     fn drain(&self) -> Drained {
         let mut st = lock(self);
         match st.drain() {
@@ -246,7 +253,10 @@ impl<A: GuestAddressSpace, Q: QueueT> TxThread<A, Q> {
             // waiting and go on.
             let more = work && lock(&self.state).drain()?;
             work = more;
-            let timeout = more.then_some(Duration::ZERO);
+            // The gateway's timer (unsolicited Router Advertisements for an idle guest): looked
+            // at on every wake-up, and the thread wakes at least once a second.
+            lock(&self.state).unsolicited();
+            let timeout = Some(if more { Duration::ZERO } else { GATEWAY_TICK });
             wait(&mut poll, &mut events, timeout)?;
             for ev in &events {
                 match ev.token() {
@@ -267,6 +277,40 @@ impl<A: GuestAddressSpace, Q: QueueT> TxThread<A, Q> {
 }
 
 impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
+    /// Sends the gateway's unsolicited Router Advertisement to the RX thread when one is due
+    /// ([`crate::Gateway::unsolicited`]), in a reply batch of its own (none free: next time).
+    fn unsolicited(&mut self) {
+        let now = self.clock.now();
+        if self.reply.is_none() {
+            self.reply = self.free.try_recv().ok();
+        }
+        let Some(reply) = self.reply.as_mut() else {
+            return;
+        };
+        let Some(len) = reply
+            .next_buf()
+            .and_then(|buf| self.half.engine.gateway_mut().unsolicited(buf, now))
+        else {
+            return;
+        };
+        reply.commit(0, len);
+        self.stats.local_replies += 1;
+        if let Some(b) = self.reply.take() {
+            match self.local.try_send(b) {
+                Ok(()) => {
+                    let _ = self.events.local.notify();
+                }
+                Err(e) => {
+                    let mut b = e.into_inner();
+                    self.stats.drop(DropCause::LocalQueueFull);
+                    b.clear();
+                    self.reply = Some(b);
+                }
+            }
+        }
+        self.shared.stats.absorb(&mut self.stats);
+    }
+
     /// Drains the TX queue batch by batch until it is empty (notifications re-enabled), no
     /// reply batch is free (backpressure: the TX thread resumes on the pool event), or
     /// [`TX_BATCH_BUDGET`] batches were taken. Returns whether work is left (the budget ran
@@ -403,6 +447,9 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
                     Drained::Failed => return Ok(()),
                 }
             }
+            if let Some(tx) = tx {
+                tx.gateway_tick();
+            }
             let now = self.clock.now();
             let (more, starved) = self.step(now)?;
             // One NAT lock per wake-up for the expiry policy: tick if due, then the timer.
@@ -444,6 +491,10 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
                 // not a busy loop: it only runs while frames wait for RX buffers and the host
                 // fd is out of the interest list, at most 10 times a second.
                 timeout = Some(timeout.map_or(STARVED_RECHECK, |t| t.min(STARVED_RECHECK)));
+            }
+            if tx.is_some() {
+                // One thread: it also keeps the gateway's timer.
+                timeout = Some(timeout.map_or(GATEWAY_TICK, |t| t.min(GATEWAY_TICK)));
             }
             if (more && !starved) || tx_more {
                 // One thread: look at the other side's events, then go on with the rest.
@@ -550,3 +601,6 @@ const TOKEN_TX_KICK: Token = Token(6);
 /// Longest wait for an RX kick while frames wait for guest RX buffers (then the ring is
 /// looked at again anyway; see `RxThread::run_inner`).
 const STARVED_RECHECK: Duration = Duration::from_millis(100);
+/// The longest a TX thread sleeps: the gateway's timer (unsolicited Router Advertisements)
+/// is looked at on every wake-up.
+const GATEWAY_TICK: Duration = Duration::from_secs(1);

@@ -128,9 +128,9 @@ impl Gateway {
     /// An unsolicited Router Advertisement to all nodes, if one is due at `now`: once the
     /// guest has used IPv6 (an address was learned), every [`UNSOLICITED_RA_INTERVAL_MS`]
     /// after the last advertisement; written into `reply`. The caller offers a reply buffer
-    /// a guest frame left unused: the gateway has no timer of its own, so unsolicited
-    /// advertisements go out while the guest sends anything (IPv4 included), and a guest
-    /// that never spoke IPv6 gets none.
+    /// a guest frame left unused, and the drivers' tick offers one too
+    /// ([`crate::DeviceCore::on_tick`], the threaded driver's TX thread once a second), so an
+    /// idle guest keeps its default route; a guest that never spoke IPv6 gets none.
     pub fn unsolicited(&mut self, reply: &mut [u8], now: Instant) -> Option<usize> {
         let v6 = self.v6.as_ref()?;
         if v6.learned().is_empty() || now.as_millis() < v6.next_ra {

@@ -167,6 +167,7 @@ impl NetBackend {
                 // look at its ring.
                 let s = self.core.stats();
                 let moved = s.rx_frames + s.tx_frames + s.local_replies;
+                // `local_replies` also moves when the tick queued a Router Advertisement.
                 if moved != self.moved_at_tick {
                     self.moved_at_tick = moved;
                     let mem = self.mem.memory();

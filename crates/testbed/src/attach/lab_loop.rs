@@ -181,6 +181,10 @@ impl State {
             if now >= next_tick {
                 self.dp.on_tick(self.clock.now());
                 next_tick = now + TICK;
+                // A Router Advertisement the tick queued for an idle guest.
+                if self.dp.replies_pending() {
+                    self.rx(false)?;
+                }
             }
             let until_tick = next_tick.saturating_duration_since(now);
             let timeout = self
