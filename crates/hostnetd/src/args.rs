@@ -438,7 +438,9 @@ impl Settings {
             sandbox: Some(a.sandbox),
             sandbox_selftest: Some(a.sandbox_selftest),
             host_setup: Some(a.host_setup),
-            control: Some(a.control),
+            // The default (the socket's path plus `.ctl`) is left out: named, a control socket
+            // that cannot be made is an error instead of a warning.
+            control: (!a.control_default).then_some(a.control),
             metrics: a.metrics.map(|m| m.to_string()),
             log_format: Some(if a.log_json { "json" } else { "text" }.to_owned()),
         };
