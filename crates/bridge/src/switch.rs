@@ -180,13 +180,9 @@ impl Switch {
     /// Sets (`Some`) or clears `port`'s IPv4 address (its DHCP lease or static address).
     pub fn set_ipv4(&mut self, port: PortId, addr: Option<Ipv4Addr>) -> Claim {
         if let Some(a) = addr
-            && let Some(&other) = self.by_ipv4.get(&a)
+            && let Some(&holder) = self.by_ipv4.get(&a)
         {
-            return if other == port {
-                Claim::Known
-            } else {
-                Claim::Conflict(other)
-            };
+            return held(holder, port);
         }
         let Some(state) = self
             .ports
@@ -210,12 +206,8 @@ impl Switch {
     /// the gateway's anti-spoofing passed). Beyond [`MAX_PORT_IPV6_ADDRS`] the oldest is
     /// forgotten.
     pub fn learn_ipv6(&mut self, port: PortId, addr: Ipv6Addr) -> Claim {
-        if let Some(&other) = self.by_ipv6.get(&addr) {
-            return if other == port {
-                Claim::Known
-            } else {
-                Claim::Conflict(other)
-            };
+        if let Some(&holder) = self.by_ipv6.get(&addr) {
+            return held(holder, port);
         }
         let Some(state) = self
             .ports
@@ -301,6 +293,15 @@ impl Switch {
             // To a guest's MAC for an address it does not hold (or ARP between guests).
             (Some(_), _) => Decision::Drop(DropCause::NotRoutable),
         }
+    }
+}
+
+/// What asking `port` to hold an address `holder` holds already comes to.
+fn held(holder: PortId, port: PortId) -> Claim {
+    if holder == port {
+        Claim::Known
+    } else {
+        Claim::Conflict(holder)
     }
 }
 

@@ -8,7 +8,7 @@
 //!   relay translates the query to IPv4 from the gateway's own address, NAT44 redirects it;
 //! - with no usable upstream: the query is answered REFUSED (UDP) or reset (TCP) at once.
 //!
-//! Privileged (`#[ignore]`; run with `--ignored --test-threads=1`). Needs: iproute2 (ip),
+//! Privileged (ignored unless asked; run with `--ignored --test-threads=1`). Needs: iproute2 (ip),
 //! procps (sysctl), dnsmasq, dig (bind9-dnsutils).
 
 #[allow(dead_code)]

@@ -295,20 +295,27 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
         };
         reply.commit(0, len);
         self.stats.local_replies += 1;
-        if let Some(b) = self.reply.take() {
-            match self.local.try_send(b) {
-                Ok(()) => {
-                    let _ = self.events.local.notify();
-                }
-                Err(e) => {
-                    let mut b = e.into_inner();
-                    self.stats.drop(DropCause::LocalQueueFull);
-                    b.clear();
-                    self.reply = Some(b);
-                }
+        self.send_reply();
+        self.shared.stats.absorb(&mut self.stats);
+    }
+
+    /// Hands the reply batch (not empty) to the RX thread and wakes it.
+    fn send_reply(&mut self) {
+        let Some(b) = self.reply.take() else {
+            return;
+        };
+        match self.local.try_send(b) {
+            Ok(()) => {
+                let _ = self.events.local.notify();
+            }
+            Err(e) => {
+                // Cannot happen: the channel holds every batch there is. Keep the batch.
+                let mut b = e.into_inner();
+                self.stats.drop(DropCause::LocalQueueFull);
+                b.clear();
+                self.reply = Some(b);
             }
         }
-        self.shared.stats.absorb(&mut self.stats);
     }
 
     /// Drains the TX queue batch by batch until it is empty (notifications re-enabled), no
@@ -348,24 +355,8 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
         if out.notify {
             (self.interrupt)(TX_QUEUE);
         }
-        let full = if reply.is_empty() {
-            None
-        } else {
-            self.reply.take()
-        };
-        if let Some(b) = full {
-            match self.local.try_send(b) {
-                Ok(()) => {
-                    let _ = self.events.local.notify();
-                }
-                Err(e) => {
-                    // Cannot happen: the channel holds every batch there is. Keep the batch.
-                    let mut b = e.into_inner();
-                    self.stats.drop(DropCause::LocalQueueFull);
-                    b.clear();
-                    self.reply = Some(b);
-                }
-            }
+        if !reply.is_empty() {
+            self.send_reply();
         }
         let gw = self.half.engine.gateway();
         let lease = gw.lease(now).map_or(0, u32::from);
