@@ -25,11 +25,12 @@ use crate::device::{
 use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::Gateway;
+use crate::network::Others;
 use crate::offload::{MAX_IP_PACKET, Offloads};
 use crate::rx_engine::RxEngine;
 use crate::rx_queue::RxQueue;
 use crate::stats::{BridgeStats, Stats};
-use crate::tx_engine::TxEngine;
+use crate::tx_engine::{SwitchView, TxEngine};
 use crate::tx_queue::{TxOutcome, TxQueue};
 use crate::wire::{ETH_HLEN, MacAddr};
 use crate::{Error, HostLink, OFFLOAD_FEATURES};
@@ -121,6 +122,9 @@ pub struct Negotiated {
 /// passes, each with the current time, and interrupts the driver as the returned flags say.
 /// The batches are preallocated: no allocation per packet.
 ///
+/// A [`crate::Network`] of several guests holds one NAT and a [`PortCore`] per guest; a
+/// `DeviceCore` is the one-port network (a port and its own NAT, nothing shared).
+///
 /// ```
 /// use bridge::{BridgeConfig, Clock, DeviceCore, MemoryLink};
 ///
@@ -134,20 +138,9 @@ pub struct Negotiated {
 /// ```
 #[derive(Debug)]
 pub struct DeviceCore {
-    config: BridgeConfig,
-    device: Device,
+    port: PortCore,
     nat: Nat,
-    tx: TxHalf,
-    rx: RxHalf,
-    /// Gateway replies and hairpinned packets waiting for RX buffers.
-    replies: FrameBatch,
-    negotiated: Negotiated,
     expiry: Expiry,
-    stats: Stats,
-    /// The host link failed once (logged once; the TUN was probably deleted).
-    host_failed: bool,
-    /// The negotiated offloads were logged (once, and on a change).
-    offloads_logged: bool,
 }
 
 impl DeviceCore {
@@ -160,19 +153,297 @@ impl DeviceCore {
     /// [`Error::Config`], [`Error::NatConfig`] or [`Error::NatRule`] (forwards, DNS redirect).
     pub fn new(mut config: BridgeConfig) -> Result<Self, Error> {
         config.validate()?;
+        let nat = network_nat(&mut config)?;
+        let relay = dns_relay(&config);
+        Ok(Self {
+            port: PortCore::new(config, relay)?,
+            nat,
+            expiry: Expiry::default(),
+        })
+    }
+
+    /// With `true`, a read from the host link that returns fewer packets than asked counts
+    /// as "drained": the next read waits for the next [`DeviceCore::on_rx_ready`] with
+    /// `host_readable`. Right for a readiness source that reports new packets (level or edge
+    /// triggered); saves the read that would fail per burst. Default `false`: read until a
+    /// read returns nothing.
+    #[must_use]
+    pub fn with_short_batch_drains(mut self, on: bool) -> Self {
+        self.port.rx.short_batch_drains = on;
+        self
+    }
+
+    /// The configuration in force (as validated: the NAT's internal network follows the
+    /// gateway and prefix length).
+    pub fn config(&self) -> &BridgeConfig {
+        &self.port.config
+    }
+
+    /// The device model (features, config space).
+    pub fn device(&self) -> &Device {
+        &self.port.device
+    }
+
+    /// The features the device offers.
+    pub fn device_features(&self) -> u64 {
+        self.port.device.device_features()
+    }
+
+    /// Reads the config space (MAC, status, queue pairs, MTU).
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.port.device.read_config(offset, data);
+    }
+
+    /// The whole config space.
+    pub fn config_space(&self) -> [u8; CONFIG_SPACE_SIZE] {
+        self.port.device.config_space()
+    }
+
+    /// Records the driver's features, tells the host link what the guest accepts and builds
+    /// the halves for the negotiated header and offloads. The gateway state (leases) starts
+    /// over: the driver negotiates before it sends anything. Returns the negotiated features.
+    ///
+    /// Never fails: offloads the host link cannot carry or refuses are logged and turned off
+    /// step by step (TSO first, then checksums); frames that then cannot pass are counted
+    /// drops.
+    pub fn ack_features(&mut self, features: u64, host: &impl HostLink) -> u64 {
+        let acked = self.port.device.ack_features(features);
+        let offloads = negotiate_offloads(acked, host);
+        self.port.use_features(acked, offloads);
+        acked
+    }
+
+    /// Checks that `host` can carry what the driver's `features` ask for: offloads need a
+    /// link with virtio-net headers. [`DeviceCore::ack_features`] would turn such offloads off
+    /// (the guest's offloaded frames then become counted drops); a driver that is told the
+    /// features up front (the pipeline's activation) refuses instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the link's header length.
+    pub fn check_host_link(&self, features: u64, host: &impl HostLink) -> Result<(), Error> {
+        self.port.check_host_link(features, host)
+    }
+
+    /// Records the driver's features in the device model only (no host link yet); returns the
+    /// negotiated set. [`DeviceCore::ack_features`] does the whole negotiation.
+    #[cfg(feature = "driver")]
+    pub(crate) fn ack_device_features(&mut self, features: u64) -> u64 {
+        self.port.device.ack_features(features)
+    }
+
+    /// What [`DeviceCore::ack_features`] agreed on.
+    pub fn negotiated(&self) -> Negotiated {
+        self.port.negotiated
+    }
+
+    /// Checks a queue the transport configured (`index` 0 RX, 1 TX: ready, size within
+    /// [`BridgeConfig::max_queue_size`]) and sets its EVENT_IDX from the negotiated features.
+    /// Call it when the driver sets DRIVER_OK, after [`DeviceCore::ack_features`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the queue and the rule.
+    pub fn prepare_queue<Q: QueueT>(&self, queue: &mut Q, index: u16) -> Result<(), Error> {
+        self.port.prepare_queue(queue, index)
+    }
+
+    /// Adds a port forward at runtime (a control request), kept across [`DeviceCore::reset`]:
+    /// IPv4 into the NAT at once, to the spec's guest address or the first DHCP address;
+    /// IPv6 to the guest's learned global address, at once if known, else as soon as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] without IPv6 for a `tcp6`/`udp6` spec, or when the external port is
+    /// taken for the protocol and family; [`Error::NatRule`] when the NAT refuses the rule.
+    pub fn add_forward(&mut self, spec: crate::ForwardSpec) -> Result<(), Error> {
+        let to = *self.port.config.dhcp_pool.start();
+        self.port.add_forward(spec, to, &mut self.nat)
+    }
+
+    /// Removes the port forward on (`protocol`, `external_port`) of one family (a control
+    /// request) and ends the sessions set up through it ([`nat::Nat::close_forward`]), so the
+    /// port stops answering at once; `false` if there was none.
+    pub fn remove_forward(
+        &mut self,
+        protocol: nat::Protocol,
+        external_port: u16,
+        ipv6: bool,
+    ) -> bool {
+        self.port
+            .remove_forward(protocol, external_port, ipv6, &mut self.nat)
+    }
+
+    /// Forgets all state (a device reset): new NAT table, no leases, no frames, nothing
+    /// negotiated.
+    pub fn reset(&mut self) {
+        match Self::new(self.port.config.clone()) {
+            Ok(fresh) => {
+                let short = self.port.rx.short_batch_drains;
+                *self = fresh.with_short_batch_drains(short);
+            }
+            // `new` accepted this configuration before; keep the old state if it ever refuses.
+            Err(e) => warn!("resetting the device failed: {e}"),
+        }
+    }
+
+    /// The driver kicked the TX queue: drain it through the gateway services and the NAT
+    /// (writes to `host`), then deliver what is waiting for the guest if the RX queue is
+    /// usable (`rxq`). At most [`TX_BATCH_BUDGET`] batches: with chains left, returns with
+    /// [`Notify::tx_more`] (the queue's notifications stay off until a call drains it); a
+    /// delivery that stopped on its budget sets [`Notify::rx_more`].
+    ///
+    /// # Errors
+    ///
+    /// A queue the driver broke ([`Error::NeedsReset`] material: [`Error::Queue`], guest memory
+    /// errors). Host link failures are logged once and counted, not returned.
+    pub fn on_tx_kick<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        txq: &mut Q,
+        rxq: Option<&mut Q>,
+        host: &impl HostLink,
+        now: nat::Instant,
+    ) -> Result<Notify, Error> {
+        self.port
+            .on_tx_kick(&mut self.nat, mem, txq, rxq, host, now, None)
+    }
+
+    /// The driver added RX buffers, or (`host_readable`) the host link became readable:
+    /// deliver what is waiting, at most [`RX_PASS_BUDGET`] passes. Returns whether the driver
+    /// must be interrupted ([`Notify::rx`]) and whether work is left ([`Notify::rx_more`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`DeviceCore::on_tx_kick`].
+    pub fn on_rx_ready<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        rxq: &mut Q,
+        host: &impl HostLink,
+        host_readable: bool,
+        now: nat::Instant,
+    ) -> Result<Notify, Error> {
+        self.port.rx.host_pending |= host_readable;
+        self.port.deliver(&mut self.nat, mem, rxq, host, now, None)
+    }
+
+    /// The host link became readable while the RX queue is not usable yet: read it later.
+    pub fn on_rx_unavailable(&mut self) {
+        self.port.rx.host_pending = true;
+    }
+
+    /// Housekeeping: expires idle NAT mappings (bounded work, [`Expiry`]) if a tick is due,
+    /// and queues the gateway's unsolicited Router Advertisement when one is due (RFC 4861
+    /// 6.2.4; [`Gateway::unsolicited`]: once the guest has used IPv6, so an idle guest keeps
+    /// its default route) for the next delivery ([`DeviceCore::replies_pending`]). Returns how
+    /// many mappings went. Call it when [`DeviceCore::next_timeout`] passes, and at least once
+    /// a second (calling it more often costs a comparison).
+    pub fn on_tick(&mut self, now: nat::Instant) -> usize {
+        let expired = self.expiry.tick(&mut self.nat, now);
+        self.port.on_tick(now);
+        expired
+    }
+
+    /// Frames of the gateway's own (replies, advertisements) wait for the guest's RX buffers:
+    /// the driver calls [`DeviceCore::on_rx_ready`] to deliver them (after
+    /// [`DeviceCore::on_tick`] queued one with nothing else moving).
+    pub fn replies_pending(&self) -> bool {
+        self.port.replies_pending()
+    }
+
+    /// How long after `now` [`DeviceCore::on_tick`] has work (zero: now); `None`: nothing to
+    /// expire. A tick that expired nothing pushes it a second on (no spinning on a deadline
+    /// that passed early).
+    pub fn next_timeout(&self, now: nat::Instant) -> Option<Duration> {
+        self.expiry.timeout(&self.nat, now)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.port.stats
+    }
+
+    /// The counters with the NAT's, as [`crate::BridgeHandle::stats`] gives them.
+    pub fn bridge_stats(&self) -> BridgeStats {
+        BridgeStats {
+            bridge: self.port.stats.clone(),
+            nat_flows: self.nat.len(),
+            nat: self.nat.stats().clone(),
+            needs_reset: false,
+        }
+    }
+
+    /// The NAT (table size, forwards).
+    pub fn nat(&self) -> &Nat {
+        &self.nat
+    }
+
+    /// The NAT, to add or remove port forwards.
+    pub fn nat_mut(&mut self) -> &mut Nat {
+        &mut self.nat
+    }
+
+    /// The gateway services (the guest's MAC, its lease).
+    pub fn gateway(&self) -> &Gateway {
+        self.port.tx.engine.gateway()
+    }
+
+    /// The offloads in force.
+    pub fn offloads(&self) -> Offloads {
+        self.port.negotiated.offloads
+    }
+
+    /// Whether the host link failed: a send or receive ended with an error that is not "full",
+    /// "would block" or "interrupted" (a TUN deleted underneath answers `EBADFD`). The core
+    /// logged it once and goes on without the link; a driver that must not serve on a dead link
+    /// checks this after each event. A [`DeviceCore::reset`] clears it.
+    pub fn host_failed(&self) -> bool {
+        self.port.host_failed
+    }
+
+    /// Splits the core for a driver that runs its halves on different threads (the pipeline):
+    /// the TX half, the RX half, the NAT they share, and what the pool of reply batches needs.
+    #[cfg(feature = "driver")]
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            reply_size: self.port.replies.buf_size(),
+            config: self.port.config,
+            tx: self.port.tx,
+            rx: self.port.rx,
+            nat: self.nat,
+        }
+    }
+}
+
+/// One guest's device without a NAT of its own: the device model, the TX and RX halves, the
+/// batch of frames waiting for the guest (gateway replies, hairpinned frames and, on a
+/// [`crate::Network`], frames from other ports), the negotiation and the counters. Each event
+/// takes the NAT it translates with: a [`DeviceCore`]'s own or a network's shared one.
+#[derive(Debug)]
+pub(crate) struct PortCore {
+    pub(crate) config: BridgeConfig,
+    pub(crate) device: Device,
+    pub(crate) tx: TxHalf,
+    pub(crate) rx: RxHalf,
+    /// Frames waiting for RX buffers: gateway replies, hairpinned packets, frames switched
+    /// from other ports.
+    pub(crate) replies: FrameBatch,
+    pub(crate) negotiated: Negotiated,
+    pub(crate) stats: Stats,
+    /// The DNS relay the halves share (one per network).
+    relay: Option<SharedRelay>,
+    /// The host link failed once (logged once; the TUN was probably deleted).
+    pub(crate) host_failed: bool,
+    /// The negotiated offloads were logged (once, and on a change).
+    offloads_logged: bool,
+}
+
+impl PortCore {
+    /// A fresh port for a validated `config` (its guest MAC, its lease pool), nothing
+    /// negotiated; `relay` is the network's DNS relay.
+    pub(crate) fn new(config: BridgeConfig, relay: Option<SharedRelay>) -> Result<Self, Error> {
         let gateway = build_gateway(&config)?;
-        let mask = crate::dhcp::prefix_mask(config.prefix_len);
-        config.nat.internal_net = core::net::Ipv4Addr::from(u32::from(config.gateway) & mask);
-        config.nat.internal_prefix_len = config.prefix_len;
-        if let Some(v6) = &config.ipv6 {
-            config.nat.internal_net6 = v6.prefix;
-            config.nat.internal_prefix_len6 = 64;
-        }
-        let mut nat = Nat::new(config.nat.clone()).map_err(Error::NatConfig)?;
-        for f in &config.forwards {
-            nat.add_forward(*f).map_err(Error::NatRule)?;
-        }
-        install_dns_redirects(&mut nat, &config)?;
         let device = Device::new(config.guest_mac, config.mtu).with_offloads(config.offloads);
         // Nothing negotiated yet, but the host link's framing is already fixed.
         let host_hdr = if config.offloads {
@@ -186,69 +457,24 @@ impl DeviceCore {
             mrg_rxbuf: device.mrg_rxbuf(),
             ..Negotiated::default()
         };
-        let (tx, rx) = halves(&config, &negotiated, gateway);
+        let (tx, rx) = halves(&config, &negotiated, gateway, relay.clone());
         Ok(Self {
             replies: reply_batch(&config, &negotiated),
             config,
             device,
-            nat,
             tx,
             rx,
             negotiated,
-            expiry: Expiry::default(),
             stats: Stats::default(),
+            relay,
             host_failed: false,
             offloads_logged: false,
         })
     }
 
-    /// With `true`, a read from the host link that returns fewer packets than asked counts
-    /// as "drained": the next read waits for the next [`DeviceCore::on_rx_ready`] with
-    /// `host_readable`. Right for a readiness source that reports new packets (level or edge
-    /// triggered); saves the read that would fail per burst. Default `false`: read until a
-    /// read returns nothing.
-    #[must_use]
-    pub fn with_short_batch_drains(mut self, on: bool) -> Self {
-        self.rx.short_batch_drains = on;
-        self
-    }
-
-    /// The configuration in force (as validated: the NAT's internal network follows the
-    /// gateway and prefix length).
-    pub fn config(&self) -> &BridgeConfig {
-        &self.config
-    }
-
-    /// The device model (features, config space).
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// The features the device offers.
-    pub fn device_features(&self) -> u64 {
-        self.device.device_features()
-    }
-
-    /// Reads the config space (MAC, status, queue pairs, MTU).
-    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.device.read_config(offset, data);
-    }
-
-    /// The whole config space.
-    pub fn config_space(&self) -> [u8; CONFIG_SPACE_SIZE] {
-        self.device.config_space()
-    }
-
-    /// Records the driver's features, tells the host link what the guest accepts and builds
-    /// the halves for the negotiated header and offloads. The gateway state (leases) starts
-    /// over: the driver negotiates before it sends anything. Returns the negotiated features.
-    ///
-    /// Never fails: offloads the host link cannot carry or refuses are logged and turned off
-    /// step by step (TSO first, then checksums); frames that then cannot pass are counted
-    /// drops.
-    pub fn ack_features(&mut self, features: u64, host: &impl HostLink) -> u64 {
-        let acked = self.device.ack_features(features);
-        let offloads = negotiate_offloads(acked, host);
+    /// Builds the halves for the driver's `acked` features and the `offloads` the host link
+    /// agreed to (see [`DeviceCore::ack_features`]).
+    pub(crate) fn use_features(&mut self, acked: u64, offloads: Offloads) {
         if offloads != self.negotiated.offloads || !self.offloads_logged {
             info!(
                 tx_csum = offloads.tx_csum,
@@ -272,7 +498,7 @@ impl DeviceCore {
         match build_gateway(&self.config) {
             Ok(gateway) => {
                 let short = self.rx.short_batch_drains;
-                (self.tx, self.rx) = halves(&self.config, &negotiated, gateway);
+                (self.tx, self.rx) = halves(&self.config, &negotiated, gateway, self.relay.clone());
                 self.rx.short_batch_drains = short;
                 if reply_size(&self.config, &negotiated) != self.replies.buf_size() {
                     self.replies = reply_batch(&self.config, &negotiated);
@@ -282,18 +508,10 @@ impl DeviceCore {
             // `new` accepted this configuration before.
             Err(e) => warn!("rebuilding the gateway failed: {e}"),
         }
-        acked
     }
 
-    /// Checks that `host` can carry what the driver's `features` ask for: offloads need a
-    /// link with virtio-net headers. [`DeviceCore::ack_features`] would turn such offloads off
-    /// (the guest's offloaded frames then become counted drops); a driver that is told the
-    /// features up front (the pipeline's activation) refuses instead.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the link's header length.
-    pub fn check_host_link(&self, features: u64, host: &impl HostLink) -> Result<(), Error> {
+    /// See [`DeviceCore::check_host_link`].
+    pub(crate) fn check_host_link(&self, features: u64, host: &impl HostLink) -> Result<(), Error> {
         let acked = crate::device::sanitize_features(features & self.device.device_features());
         let hdr = host.vnet_hdr_len();
         if acked & OFFLOAD_FEATURES != 0 && hdr != VIRTIO_NET_HDR_LEN {
@@ -304,26 +522,8 @@ impl DeviceCore {
         Ok(())
     }
 
-    /// Records the driver's features in the device model only (no host link yet); returns the
-    /// negotiated set. [`DeviceCore::ack_features`] does the whole negotiation.
-    #[cfg(feature = "driver")]
-    pub(crate) fn ack_device_features(&mut self, features: u64) -> u64 {
-        self.device.ack_features(features)
-    }
-
-    /// What [`DeviceCore::ack_features`] agreed on.
-    pub fn negotiated(&self) -> Negotiated {
-        self.negotiated
-    }
-
-    /// Checks a queue the transport configured (`index` 0 RX, 1 TX: ready, size within
-    /// [`BridgeConfig::max_queue_size`]) and sets its EVENT_IDX from the negotiated features.
-    /// Call it when the driver sets DRIVER_OK, after [`DeviceCore::ack_features`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the queue and the rule.
-    pub fn prepare_queue<Q: QueueT>(&self, queue: &mut Q, index: u16) -> Result<(), Error> {
+    /// See [`DeviceCore::prepare_queue`].
+    pub(crate) fn prepare_queue<Q: QueueT>(&self, queue: &mut Q, index: u16) -> Result<(), Error> {
         let name = if index == RX_QUEUE { "rx" } else { "tx" };
         if !queue.ready() {
             return Err(Error::Config(format!("{name} queue is not ready")));
@@ -339,15 +539,13 @@ impl DeviceCore {
         Ok(())
     }
 
-    /// Adds a port forward at runtime (a control request), kept across [`DeviceCore::reset`]:
-    /// IPv4 into the NAT at once, to the spec's guest address or the first DHCP address;
-    /// IPv6 to the guest's learned global address, at once if known, else as soon as it is.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] without IPv6 for a `tcp6`/`udp6` spec, or when the external port is
-    /// taken for the protocol and family; [`Error::NatRule`] when the NAT refuses the rule.
-    pub fn add_forward(&mut self, spec: crate::ForwardSpec) -> Result<(), Error> {
+    /// See [`DeviceCore::add_forward`]; an IPv4 spec without a guest address goes to `to`.
+    pub(crate) fn add_forward(
+        &mut self,
+        spec: crate::ForwardSpec,
+        to: core::net::Ipv4Addr,
+        nat: &mut Nat,
+    ) -> Result<(), Error> {
         if spec.ipv6 {
             if self.config.ipv6.is_none() {
                 return Err(Error::Config(
@@ -355,7 +553,7 @@ impl DeviceCore {
                 ));
             }
             let f = spec.to_port_forward6();
-            if !self.tx.engine.add_forward6(f, &mut self.nat) {
+            if !self.tx.engine.add_forward6(f, nat) {
                 return Err(Error::Config(format!(
                     "{:?} port {} is already forwarded (IPv6)",
                     f.protocol, f.external_port
@@ -364,7 +562,7 @@ impl DeviceCore {
             self.config.forwards6.push(f);
             return Ok(());
         }
-        let f = spec.to_port_forward(*self.config.dhcp_pool.start());
+        let f = spec.to_port_forward(to);
         if self
             .config
             .forwards
@@ -376,68 +574,47 @@ impl DeviceCore {
                 f.protocol, f.external_port
             )));
         }
-        self.nat.add_forward(f).map_err(Error::NatRule)?;
+        nat.add_forward(f).map_err(Error::NatRule)?;
         self.config.forwards.push(f);
         Ok(())
     }
 
-    /// Removes the port forward on (`protocol`, `external_port`) of one family (a control
-    /// request) and ends the sessions set up through it ([`nat::Nat::close_forward`]), so the
-    /// port stops answering at once; `false` if there was none.
-    pub fn remove_forward(
+    /// See [`DeviceCore::remove_forward`].
+    pub(crate) fn remove_forward(
         &mut self,
         protocol: nat::Protocol,
         external_port: u16,
         ipv6: bool,
+        nat: &mut Nat,
     ) -> bool {
         let same = |p: nat::Protocol, port: u16| p == protocol && port == external_port;
         if ipv6 {
             self.config
                 .forwards6
                 .retain(|g| !same(g.protocol, g.external_port));
-            return self
-                .tx
-                .engine
-                .remove_forward6(protocol, external_port, &mut self.nat);
+            return self.tx.engine.remove_forward6(protocol, external_port, nat);
         }
         let before = self.config.forwards.len();
         self.config
             .forwards
             .retain(|g| !same(g.protocol, g.external_port));
-        self.nat.close_forward(protocol, external_port);
+        nat.close_forward(protocol, external_port);
         self.config.forwards.len() != before
     }
 
-    /// Forgets all state (a device reset): new NAT table, no leases, no frames, nothing
-    /// negotiated.
-    pub fn reset(&mut self) {
-        match Self::new(self.config.clone()) {
-            Ok(fresh) => {
-                let short = self.rx.short_batch_drains;
-                *self = fresh.with_short_batch_drains(short);
-            }
-            // `new` accepted this configuration before; keep the old state if it ever refuses.
-            Err(e) => warn!("resetting the device failed: {e}"),
-        }
-    }
-
-    /// The driver kicked the TX queue: drain it through the gateway services and the NAT
-    /// (writes to `host`), then deliver what is waiting for the guest if the RX queue is
-    /// usable (`rxq`). At most [`TX_BATCH_BUDGET`] batches: with chains left, returns with
-    /// [`Notify::tx_more`] (the queue's notifications stay off until a call drains it); a
-    /// delivery that stopped on its budget sets [`Notify::rx_more`].
-    ///
-    /// # Errors
-    ///
-    /// A queue the driver broke ([`Error::NeedsReset`] material: [`Error::Queue`], guest memory
-    /// errors). Host link failures are logged once and counted, not returned.
-    pub fn on_tx_kick<M: GuestMemory, Q: QueueT>(
+    /// See [`DeviceCore::on_tx_kick`]; on a network, `others` takes each batch's frames for
+    /// other ports (and the kick ends early, with [`Notify::tx_more`], while one of their
+    /// inboxes is half full: their driver delivers first).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_tx_kick<M: GuestMemory, Q: QueueT>(
         &mut self,
+        nat: &mut Nat,
         mem: &M,
         txq: &mut Q,
         mut rxq: Option<&mut Q>,
         host: &impl HostLink,
         now: nat::Instant,
+        mut others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
         let mut n = Notify::default();
         let mut batches = 0;
@@ -458,9 +635,10 @@ impl DeviceCore {
                     now,
                     stats: &mut self.stats,
                 };
+                let view = others.as_ref().map(|o| o.view());
                 let out = match self
                     .tx
-                    .batch(mem, txq, &mut self.replies, &mut self.nat, step)
+                    .batch(mem, txq, &mut self.replies, &mut *nat, step, view)
                 {
                     Ok(out) => out,
                     Err(Error::HostLink(e)) => {
@@ -470,10 +648,20 @@ impl DeviceCore {
                     Err(e) => return Err(e),
                 };
                 n.tx |= out.notify;
+                let mut busy = false;
+                if let Some(o) = others.as_deref_mut() {
+                    o.take_tx(&self.tx.engine, &mut self.stats);
+                    busy = o.inbox_busy();
+                }
                 if let Some(rxq) = rxq.as_deref_mut() {
-                    let d = self.deliver(mem, rxq, host, now)?;
+                    let d = self.deliver(nat, mem, rxq, host, now, others.as_deref_mut())?;
                     n.rx |= d.rx;
                     n.rx_more = d.rx_more;
+                }
+                if out.more && busy {
+                    // Another port's inbox fills: its driver delivers before more comes.
+                    n.tx_more = true;
+                    return Ok(n);
                 }
                 if !out.more {
                     break;
@@ -486,38 +674,9 @@ impl DeviceCore {
         Ok(n)
     }
 
-    /// The driver added RX buffers, or (`host_readable`) the host link became readable:
-    /// deliver what is waiting, at most [`RX_PASS_BUDGET`] passes. Returns whether the driver
-    /// must be interrupted ([`Notify::rx`]) and whether work is left ([`Notify::rx_more`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`DeviceCore::on_tx_kick`].
-    pub fn on_rx_ready<M: GuestMemory, Q: QueueT>(
-        &mut self,
-        mem: &M,
-        rxq: &mut Q,
-        host: &impl HostLink,
-        host_readable: bool,
-        now: nat::Instant,
-    ) -> Result<Notify, Error> {
-        self.rx.host_pending |= host_readable;
-        self.deliver(mem, rxq, host, now)
-    }
-
-    /// The host link became readable while the RX queue is not usable yet: read it later.
-    pub fn on_rx_unavailable(&mut self) {
-        self.rx.host_pending = true;
-    }
-
-    /// Housekeeping: expires idle NAT mappings (bounded work, [`Expiry`]) if a tick is due,
-    /// and queues the gateway's unsolicited Router Advertisement when one is due (RFC 4861
-    /// 6.2.4; [`Gateway::unsolicited`]: once the guest has used IPv6, so an idle guest keeps
-    /// its default route) for the next delivery ([`DeviceCore::replies_pending`]). Returns how
-    /// many mappings went. Call it when [`DeviceCore::next_timeout`] passes, and at least once
-    /// a second (calling it more often costs a comparison).
-    pub fn on_tick(&mut self, now: nat::Instant) -> usize {
-        let expired = self.expiry.tick(&mut self.nat, now);
+    /// Queues the gateway's unsolicited Router Advertisement when one is due (see
+    /// [`DeviceCore::on_tick`]).
+    pub(crate) fn on_tick(&mut self, now: nat::Instant) {
         if self.replies.pending() == 0 {
             self.replies.clear();
         }
@@ -527,87 +686,23 @@ impl DeviceCore {
             self.replies.commit(0, len);
             self.stats.local_replies += 1;
         }
-        expired
     }
 
-    /// Frames of the gateway's own (replies, advertisements) wait for the guest's RX buffers:
-    /// the driver calls [`DeviceCore::on_rx_ready`] to deliver them (after
-    /// [`DeviceCore::on_tick`] queued one with nothing else moving).
-    pub fn replies_pending(&self) -> bool {
+    /// See [`DeviceCore::replies_pending`].
+    pub(crate) fn replies_pending(&self) -> bool {
         self.replies.pending() > 0
-    }
-
-    /// How long after `now` [`DeviceCore::on_tick`] has work (zero: now); `None`: nothing to
-    /// expire. A tick that expired nothing pushes it a second on (no spinning on a deadline
-    /// that passed early).
-    pub fn next_timeout(&self, now: nat::Instant) -> Option<Duration> {
-        self.expiry.timeout(&self.nat, now)
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    /// The counters with the NAT's, as [`crate::BridgeHandle::stats`] gives them.
-    pub fn bridge_stats(&self) -> BridgeStats {
-        BridgeStats {
-            bridge: self.stats.clone(),
-            nat_flows: self.nat.len(),
-            nat: self.nat.stats().clone(),
-            needs_reset: false,
-        }
-    }
-
-    /// The NAT (table size, forwards).
-    pub fn nat(&self) -> &Nat {
-        &self.nat
-    }
-
-    /// The NAT, to add or remove port forwards.
-    pub fn nat_mut(&mut self) -> &mut Nat {
-        &mut self.nat
-    }
-
-    /// The gateway services (the guest's MAC, its lease).
-    pub fn gateway(&self) -> &Gateway {
-        self.tx.engine.gateway()
-    }
-
-    /// The offloads in force.
-    pub fn offloads(&self) -> Offloads {
-        self.negotiated.offloads
-    }
-
-    /// Whether the host link failed: a send or receive ended with an error that is not "full",
-    /// "would block" or "interrupted" (a TUN deleted underneath answers `EBADFD`). The core
-    /// logged it once and goes on without the link; a driver that must not serve on a dead link
-    /// checks this after each event. A [`DeviceCore::reset`] clears it.
-    pub fn host_failed(&self) -> bool {
-        self.host_failed
-    }
-
-    /// Splits the core for a driver that runs its halves on different threads (the pipeline):
-    /// the TX half, the RX half, the NAT they share, and what the pool of reply batches needs.
-    #[cfg(feature = "driver")]
-    pub(crate) fn into_parts(self) -> Parts {
-        Parts {
-            reply_size: self.replies.buf_size(),
-            config: self.config,
-            tx: self.tx,
-            rx: self.rx,
-            nat: self.nat,
-        }
     }
 
     /// Fills the guest's RX buffers, at most [`RX_PASS_BUDGET`] passes; returns whether to
     /// interrupt the driver (`rx`) and whether work is left (`rx_more`).
-    fn deliver<M: GuestMemory, Q: QueueT>(
+    pub(crate) fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
+        nat: &mut Nat,
         mem: &M,
         rxq: &mut Q,
         host: &impl HostLink,
         now: nat::Instant,
+        mut others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
         let guest_mac = self.tx.engine.gateway().guest_mac();
         let mut notify = Notify::default();
@@ -621,9 +716,10 @@ impl DeviceCore {
                 mem,
                 rxq,
                 Some(&mut self.replies),
-                &mut self.nat,
+                &mut *nat,
                 step,
                 guest_mac,
+                others.as_deref_mut(),
             );
             let p = match p {
                 Ok(p) => p,
@@ -653,6 +749,35 @@ impl DeviceCore {
             warn!("the host link failed: {e}");
             self.host_failed = true;
         }
+    }
+}
+
+/// The NAT of a network for a validated `config`: its internal networks set from the
+/// gateway's subnet (and the IPv6 prefix), the port forwards and the DNS redirects installed.
+pub(crate) fn network_nat(config: &mut BridgeConfig) -> Result<Nat, Error> {
+    let mask = crate::dhcp::prefix_mask(config.prefix_len);
+    config.nat.internal_net = core::net::Ipv4Addr::from(u32::from(config.gateway) & mask);
+    config.nat.internal_prefix_len = config.prefix_len;
+    if let Some(v6) = &config.ipv6 {
+        config.nat.internal_net6 = v6.prefix;
+        config.nat.internal_prefix_len6 = 64;
+    }
+    let mut nat = Nat::new(config.nat.clone()).map_err(Error::NatConfig)?;
+    for f in &config.forwards {
+        nat.add_forward(*f).map_err(Error::NatRule)?;
+    }
+    install_dns_redirects(&mut nat, config)?;
+    Ok(nat)
+}
+
+/// The DNS relay of a network, when the upstream's family is not every query's (IPv6 on).
+pub(crate) fn dns_relay(config: &BridgeConfig) -> Option<SharedRelay> {
+    let gw = config.gateway_config();
+    match &config.ipv6 {
+        Some(v6) if gw.dns6 == crate::Dns6::Relay || gw.dns4_relay => {
+            Some(SharedRelay::new(config.gateway, v6.gateway))
+        }
+        _ => None,
     }
 }
 
@@ -725,9 +850,12 @@ impl TxHalf {
         replies: &mut FrameBatch,
         mut nat: impl NatAccess,
         step: Step<'_>,
+        view: Option<SwitchView<'_>>,
     ) -> Result<TxOutcome, Error> {
         let Step { host, now, stats } = step;
-        let out = self.engine.pull(mem, queue, replies, now, stats)?;
+        let out = self
+            .engine
+            .pull_switched(mem, queue, replies, now, stats, view)?;
         if out.frames > 0 {
             nat.with(|nat| self.engine.translate(nat, replies, now, stats));
             self.engine.push(host, stats)?;
@@ -766,6 +894,7 @@ impl RxHalf {
     ///
     /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (no more reads
     /// until it is readable again).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
@@ -774,6 +903,7 @@ impl RxHalf {
         mut nat: impl NatAccess,
         step: Step<'_>,
         guest_mac: MacAddr,
+        mut others: Option<&mut Others<'_>>,
     ) -> Result<RxProgress, Error> {
         let Step { host, now, stats } = step;
         let mut p = RxProgress::default();
@@ -828,6 +958,9 @@ impl RxHalf {
                         self.host_pending = false;
                     }
                     nat.with(|nat| self.engine.translate(nat, now, guest_mac, stats));
+                    if let Some(o) = others.as_deref_mut() {
+                        o.take_rx(&mut self.engine, stats);
+                    }
                     if let Err(e) = self.engine.send_answers(host, stats) {
                         self.host_pending = false;
                         return Err(e);
@@ -885,7 +1018,7 @@ impl Expiry {
 /// GUEST_TSO6); if it refuses, TSO6, then TSO4, then checksum offloads towards the guest are
 /// turned off ([`crate::LinkOffloads::fewer`]). Offloads negotiated over a link without
 /// virtio-net headers (the device should not have offered them) are all turned off.
-fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
+pub(crate) fn negotiate_offloads(acked: u64, host: &impl HostLink) -> Offloads {
     let hdr_len = host.vnet_hdr_len();
     let mut o = match Offloads::negotiate(acked, hdr_len) {
         Ok(o) => o,
@@ -954,7 +1087,12 @@ fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
 }
 
 /// The TX and RX halves for the negotiated header and offloads.
-fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, RxHalf) {
+fn halves(
+    config: &BridgeConfig,
+    n: &Negotiated,
+    gateway: Gateway,
+    relay: Option<SharedRelay>,
+) -> (TxHalf, RxHalf) {
     let mtu = usize::from(config.mtu);
     let offloads = n.offloads;
     let max_frame = offloads.max_tx_frame(config.mtu);
@@ -966,14 +1104,6 @@ fn halves(config: &BridgeConfig, n: &Negotiated, gateway: Gateway) -> (TxHalf, R
     )
     .with_offloads(offloads, config.mtu)
     .with_forwards6(config.forwards6.clone());
-    // The DNS relay, when the upstream's family is not every query's (IPv6 on).
-    let gw = config.gateway_config();
-    let relay = match &config.ipv6 {
-        Some(v6) if gw.dns6 == crate::Dns6::Relay || gw.dns4_relay => {
-            Some(SharedRelay::new(config.gateway, v6.gateway))
-        }
-        _ => None,
-    };
     let tx = tx.with_dns_relay(relay.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
@@ -1157,7 +1287,7 @@ mod tests {
         assert_eq!(a.sender_protocol_addr(), GATEWAY, "sender is the gateway");
         assert_eq!(eth.dst_addr(), GUEST_MAC, "to the guest");
         assert!(peer.recv().is_none(), "nothing reaches the host");
-        assert_eq!(dp.stats.local_replies, 1);
+        assert_eq!(dp.port.stats.local_replies, 1);
     }
 
     /// Once the guest has spoken IPv6, an unsolicited Router Advertisement rides in the reply
@@ -1208,7 +1338,7 @@ mod tests {
         dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, later)
             .unwrap();
         assert!(net.rx_frame(HDR, &mut pending).is_some(), "the next one");
-        assert_eq!(dp.stats.local_replies, 3);
+        assert_eq!(dp.port.stats.local_replies, 3);
     }
 
     /// A full TX ring is more than one kick's budget: the first call takes
@@ -1374,7 +1504,7 @@ mod tests {
             assert_eq!(udp.payload(), [i as u8; 8], "in order");
         }
         assert!(net.rx_frame(HDR, &mut pending).is_none());
-        assert_eq!(dp.stats.rx_frames, total as u64);
+        assert_eq!(dp.port.stats.rx_frames, total as u64);
         assert_eq!(peer.pending(), 0);
     }
 
@@ -1397,7 +1527,7 @@ mod tests {
     fn offloads_are_offered_only_with_offload() {
         let plain = DeviceCore::new(config(Vec::new())).unwrap();
         assert_eq!(plain.device_features() & OFFLOAD_FEATURES, 0);
-        assert_eq!(offloads_of(plain.negotiated.offloads), [false; 7]);
+        assert_eq!(offloads_of(plain.negotiated().offloads), [false; 7]);
         let dp = DeviceCore::new(offload_config()).unwrap();
         assert_eq!(dp.device_features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
         assert_eq!(
@@ -1406,7 +1536,7 @@ mod tests {
         );
         // Before negotiation nothing is offloaded, but the link's header is already expected.
         assert_eq!(
-            offloads_of(dp.negotiated.offloads),
+            offloads_of(dp.negotiated().offloads),
             [false, false, false, false, false, false, true]
         );
     }
@@ -1417,21 +1547,21 @@ mod tests {
         let mut dp = DeviceCore::new(offload_config()).unwrap();
         let acked = dp.ack_features(u64::MAX, &host);
         assert_eq!(acked & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
-        assert_eq!(offloads_of(dp.negotiated.offloads), [true; 7]);
+        assert_eq!(offloads_of(dp.negotiated().offloads), [true; 7]);
         assert_eq!(
             host.offloads(),
             link(true, true, true),
             "GUEST_CSUM, GUEST_TSO4 and GUEST_TSO6"
         );
         assert!(
-            dp.replies.buf_size() >= crate::ETH_HLEN + crate::MAX_IP_PACKET,
+            dp.port.replies.buf_size() >= crate::ETH_HLEN + crate::MAX_IP_PACKET,
             "hairpinned super-frames fit the reply batch"
         );
         // Renegotiation without offloads (a driver reset) turns them off again.
         let acked = dp.ack_features(FEATURES, &host);
         assert_eq!(acked & OFFLOAD_FEATURES, 0);
         assert_eq!(
-            offloads_of(dp.negotiated.offloads),
+            offloads_of(dp.negotiated().offloads),
             [false, false, false, false, false, false, true]
         );
         assert_eq!(host.offloads(), LinkOffloads::NONE);
@@ -1454,7 +1584,7 @@ mod tests {
         assert_eq!(acked & OFFLOAD_FEATURES, 0);
         assert_eq!(dp.ack_features(csum, &host), csum);
         assert_eq!(
-            offloads_of(dp.negotiated.offloads),
+            offloads_of(dp.negotiated().offloads),
             [true, false, false, true, false, false, true]
         );
         assert_eq!(host.offloads(), link(true, false, false));
@@ -1471,7 +1601,7 @@ mod tests {
             | 1 << crate::VIRTIO_NET_F_GUEST_TSO4;
         assert_eq!(dp.ack_features(tso4, &host), tso4);
         assert_eq!(
-            offloads_of(dp.negotiated.offloads),
+            offloads_of(dp.negotiated().offloads),
             [true, true, false, true, true, false, true]
         );
         assert_eq!(host.offloads(), link(true, true, false), "no TUN_F_TSO6");
@@ -1484,7 +1614,7 @@ mod tests {
         let mut dp = DeviceCore::new(offload_config()).unwrap();
         dp.ack_features(u64::MAX, &host);
         assert_eq!(
-            offloads_of(dp.negotiated.offloads),
+            offloads_of(dp.negotiated().offloads),
             [true, true, true, true, false, false, true],
             "the guest still sends super-frames; it gets none"
         );
@@ -1498,7 +1628,7 @@ mod tests {
         let mut dp = DeviceCore::new(offload_config()).unwrap();
         dp.ack_features(u64::MAX, &host);
         assert_eq!(
-            offloads_of(dp.negotiated.offloads),
+            offloads_of(dp.negotiated().offloads),
             [true, true, true, true, true, false, true],
             "the guest still sends TCPv6 super-frames; it gets TCPv4 ones only"
         );
@@ -1510,7 +1640,7 @@ mod tests {
         let (host, _peer) = MemoryLink::pair(4).unwrap();
         let mut dp = DeviceCore::new(offload_config()).unwrap();
         dp.ack_features(u64::MAX, &host);
-        assert_eq!(offloads_of(dp.negotiated.offloads), [false; 7]);
+        assert_eq!(offloads_of(dp.negotiated().offloads), [false; 7]);
         assert_eq!(host.offloads(), LinkOffloads::NONE);
     }
 
@@ -1608,8 +1738,8 @@ mod tests {
             TcpPacket::new_checked(sent.payload()).unwrap().payload(),
             "payload untouched"
         );
-        assert_eq!(dp.stats.rx_gso, 1);
-        assert_eq!(dp.stats.total_drops(), 0);
+        assert_eq!(dp.port.stats.rx_gso, 1);
+        assert_eq!(dp.port.stats.total_drops(), 0);
     }
 
     /// Counts the reads of the link it wraps.
@@ -1647,9 +1777,12 @@ mod tests {
             assert!(peer.send(&p));
         }
         assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap().rx);
-        assert_eq!(dp.stats.rx_frames, packets as u64);
+        assert_eq!(dp.port.stats.rx_frames, packets as u64);
         assert_eq!(peer.pending(), 0);
-        (host.1.load(Ordering::Relaxed), dp.stats.rx_frames as usize)
+        (
+            host.1.load(Ordering::Relaxed),
+            dp.port.stats.rx_frames as usize,
+        )
     }
 
     #[test]

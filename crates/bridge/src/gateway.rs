@@ -354,6 +354,41 @@ impl Gateway {
         }
     }
 
+    /// On a network of several guests: answers an ARP request from the guest for another
+    /// guest's address (`mac_of` gives that guest's MAC) with that MAC, as a proxy, so that
+    /// guests reach each other directly and no request is flooded. Probes (sender address
+    /// 0.0.0.0, a DHCP client checking its new address) and requests from an address that is
+    /// not the guest's are not answered. Returns the reply's length.
+    pub(crate) fn arp_for_neighbor(
+        &self,
+        frame: &[u8],
+        reply: &mut [u8],
+        now: Instant,
+        mac_of: impl Fn(Ipv4Addr) -> Option<MacAddr>,
+    ) -> Option<usize> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        let a = ArpPacket::new_checked(eth.payload()).ok()?;
+        let (sha, spa, tpa) = (
+            a.sender_hardware_addr(),
+            a.sender_protocol_addr(),
+            a.target_protocol_addr(),
+        );
+        if a.operation() != arp::REQUEST || sha != eth.src_addr() || !self.is_guest_ip(spa, now) {
+            return None;
+        }
+        let mac = mac_of(tpa)?;
+        let out = reply.get_mut(..ETH_HLEN + ARP_LEN)?;
+        let _ = write_eth(out, sha, mac, ETHERTYPE_ARP);
+        let mut r = ArpPacket::new_unchecked(&mut out[ETH_HLEN..]);
+        r.set_ethernet_ipv4();
+        r.set_operation(arp::REPLY);
+        r.set_sender_hardware_addr(mac);
+        r.set_sender_protocol_addr(tpa);
+        r.set_target_hardware_addr(sha);
+        r.set_target_protocol_addr(spa);
+        Some(ETH_HLEN + ARP_LEN)
+    }
+
     fn ipv4(
         &mut self,
         frame: &[u8],

@@ -138,6 +138,7 @@ mod frame;
 mod gateway;
 mod gmem;
 mod host;
+mod network;
 mod offload;
 mod policy;
 mod ring;
@@ -197,6 +198,7 @@ pub use gateway::{
     TxAction, UNSOLICITED_RA_INTERVAL_MS,
 };
 pub use host::{HostLink, LinkOffloads, MemoryLink};
+pub use network::Network;
 pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
 pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, PolicyError};
 pub use rx_engine::RxEngine;

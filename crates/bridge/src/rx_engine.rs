@@ -123,6 +123,11 @@ impl RxEngine {
         self.batch.pending()
     }
 
+    /// The received batch (a network's dispatch moves frames for other ports out of it).
+    pub(crate) fn batch_mut(&mut self) -> &mut FrameBatch {
+        &mut self.batch
+    }
+
     /// The RX queue (for [`RxQueue::arm`] and [`RxQueue::fill`] with other batches).
     pub fn rx_queue(&mut self) -> &mut RxQueue {
         &mut self.rx_queue

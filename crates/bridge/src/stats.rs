@@ -169,11 +169,52 @@ pub struct Stats {
     pub tx_gso6: u64,
     /// Of [`Stats::rx_gso`], the TCPv6 ones (GUEST_TSO6).
     pub rx_gso6: u64,
+    /// Frames switched from this port's guest to another guest of its network
+    /// ([`crate::Network`]).
+    pub switched: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
 
 impl Stats {
+    /// Adds `other`'s counters to these (a network's ports added up).
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            tx_frames,
+            tx_bytes,
+            rx_frames,
+            rx_bytes,
+            to_host,
+            from_host,
+            local_replies,
+            tx_gso,
+            rx_gso,
+            too_big_answers,
+            too_big_limited,
+            tx_gso6,
+            rx_gso6,
+            switched,
+            drops,
+        } = other;
+        self.tx_frames += tx_frames;
+        self.tx_bytes += tx_bytes;
+        self.rx_frames += rx_frames;
+        self.rx_bytes += rx_bytes;
+        self.to_host += to_host;
+        self.from_host += from_host;
+        self.local_replies += local_replies;
+        self.tx_gso += tx_gso;
+        self.rx_gso += rx_gso;
+        self.too_big_answers += too_big_answers;
+        self.too_big_limited += too_big_limited;
+        self.tx_gso6 += tx_gso6;
+        self.rx_gso6 += rx_gso6;
+        self.switched += switched;
+        for (a, b) in self.drops.iter_mut().zip(drops) {
+            *a += b;
+        }
+    }
+
     /// Counts one drop.
     pub fn drop(&mut self, cause: DropCause) {
         if let Some(c) = self.drops.get_mut(cause.index()) {
@@ -264,7 +305,8 @@ impl fmt::Display for BridgeStats {
         write!(
             f,
             "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, tx_gso6 {}, rx_gso6 {}, \
-             to host {}, from host {}, local replies {}, nat flows {}, nat out {} in {}, drops {}",
+             to host {}, from host {}, local replies {}, switched {}, nat flows {}, nat out {} in {}, \
+             drops {}",
             b.tx_frames,
             b.tx_bytes,
             b.rx_frames,
@@ -276,6 +318,7 @@ impl fmt::Display for BridgeStats {
             b.to_host,
             b.from_host,
             b.local_replies,
+            b.switched,
             self.nat_flows,
             self.nat.outbound_forwarded,
             self.nat.inbound_forwarded,
@@ -309,6 +352,7 @@ pub struct AtomicStats {
     too_big_limited: AtomicU64,
     tx_gso6: AtomicU64,
     rx_gso6: AtomicU64,
+    switched: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -334,6 +378,7 @@ impl AtomicStats {
         add(&self.too_big_limited, &mut local.too_big_limited);
         add(&self.tx_gso6, &mut local.tx_gso6);
         add(&self.rx_gso6, &mut local.rx_gso6);
+        add(&self.switched, &mut local.switched);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -360,6 +405,7 @@ impl AtomicStats {
             too_big_limited: get(&self.too_big_limited),
             tx_gso6: get(&self.tx_gso6),
             rx_gso6: get(&self.rx_gso6),
+            switched: get(&self.switched),
             drops,
         }
     }

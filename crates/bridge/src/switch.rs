@@ -163,6 +163,11 @@ impl Switch {
         true
     }
 
+    /// The gateway's MAC.
+    pub fn gateway_mac(&self) -> MacAddr {
+        self.gateway_mac
+    }
+
     /// Counts every change (attach, detach, addresses): a driver that caches lookups per
     /// batch compares it.
     pub fn generation(&self) -> u64 {

@@ -19,8 +19,10 @@ use crate::gateway::{Gateway, TxAction};
 use crate::host::HostLink;
 use crate::offload::{self, FrameOffload, Offloads};
 use crate::stats::{DropCause, Stats};
+use crate::switch::{Decision, PortId, Switch};
 use crate::tx_queue::{TxOutcome, TxQueue};
-use crate::wire::{ETH_HLEN, set_ethertype_for_ip};
+use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, set_ethertype_for_ip};
+use ::wire::{EthernetFrame, Ipv4Packet};
 
 /// The TX side for one device: [`TxEngine::pull`], then [`TxEngine::translate`] (under the
 /// NAT lock), then [`TxEngine::push`].
@@ -48,6 +50,18 @@ pub struct TxEngine {
     forwards6_to: Option<core::net::Ipv6Addr>,
     /// The DNS relay (IPv6 queries to an IPv4 upstream), shared with the RX side.
     dns_relay: Option<SharedRelay>,
+    /// On a network of several ports: the frames of the last [`TxEngine::pull`] the
+    /// [`Switch`] sends to another port (their index in the batch, the port).
+    switched: Vec<(usize, PortId)>,
+}
+
+/// A port's view of its network's [`Switch`] for one TX batch (see [`TxEngine::pull`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SwitchView<'a> {
+    /// Who is where.
+    pub(crate) switch: &'a Switch,
+    /// The sending port.
+    pub(crate) port: PortId,
 }
 
 impl TxEngine {
@@ -71,6 +85,7 @@ impl TxEngine {
             forwards6: Vec::new(),
             forwards6_to: None,
             dns_relay: None,
+            switched: Vec::with_capacity(batch_size),
         }
     }
 
@@ -216,9 +231,26 @@ impl TxEngine {
         now: Instant,
         stats: &mut Stats,
     ) -> Result<TxOutcome, Error> {
+        self.pull_switched(mem, queue, replies, now, stats, None)
+    }
+
+    /// As [`TxEngine::pull`], on a network of several ports (`view`): frames for another
+    /// guest are left in the batch for [`TxEngine::switched`] (after the gateway's
+    /// anti-spoofing checks), ARP requests for another guest's address are answered with its
+    /// MAC, and frames to a MAC that is no one's are dropped ([`Switch::decide`]).
+    pub(crate) fn pull_switched<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        replies: &mut FrameBatch,
+        now: Instant,
+        stats: &mut Stats,
+        view: Option<SwitchView<'_>>,
+    ) -> Result<TxOutcome, Error> {
         self.input.clear();
         self.actions.clear();
         self.kinds.clear();
+        self.switched.clear();
         let out = self.tx_queue.process(mem, queue, &mut self.input, stats)?;
         let hdr_len = self.tx_queue.header_len();
         for i in 0..self.input.len() {
@@ -237,9 +269,34 @@ impl TxEngine {
             stats.tx_gso += u64::from(gso);
             stats.tx_gso6 += u64::from(gso && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
             let frame = self.input.frame(i).unwrap_or(&[]);
-            let mut action = match replies.next_buf() {
-                Some(buf) => self.gateway.handle_with(frame, buf, now, gso),
-                None => TxAction::Drop(DropCause::LocalQueueFull),
+            let decision = view.map_or(Decision::Gateway, |v| v.switch.decide(v.port, frame));
+            let mut action = match (decision, replies.next_buf()) {
+                (Decision::Port(q), _) => match view.map(|v| self.may_switch(frame, v, now)) {
+                    Some(Ok(())) => {
+                        self.switched.push((i, q));
+                        TxAction::Consumed
+                    }
+                    Some(Err(c)) => TxAction::Drop(c),
+                    None => TxAction::Drop(DropCause::NotRoutable),
+                },
+                (Decision::Drop(c), _) => TxAction::Drop(c),
+                (Decision::Gateway, Some(buf)) => {
+                    match (self.gateway.handle_with(frame, buf, now, gso), view) {
+                        (TxAction::Drop(DropCause::ArpIgnored), Some(v)) => self
+                            .gateway
+                            .arp_for_neighbor(frame, buf, now, |ip| {
+                                v.switch
+                                    .port_by_ipv4(ip)
+                                    .filter(|&q| q != v.port)
+                                    .and_then(|q| v.switch.mac_of(q))
+                            })
+                            .map_or(TxAction::Drop(DropCause::ArpIgnored), |len| {
+                                TxAction::Reply { len }
+                            }),
+                        (a, _) => a,
+                    }
+                }
+                (Decision::Gateway, None) => TxAction::Drop(DropCause::LocalQueueFull),
             };
             if let TxAction::DnsRelay { len } = action {
                 action = match self.relay_out(i, len, now) {
@@ -276,6 +333,41 @@ impl TxEngine {
             self.actions.push(action);
         }
         Ok(out)
+    }
+
+    /// Whether a frame the switch sends to another port may leave this one: its Ethernet
+    /// source is the port's MAC and its IPv4 source the guest's lease (the gateway's
+    /// anti-spoofing rules, which frames for the gateway pass through instead).
+    fn may_switch(&self, frame: &[u8], v: SwitchView<'_>, now: Instant) -> Result<(), DropCause> {
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropCause::Runt)?;
+        if Some(eth.src_addr()) != v.switch.mac_of(v.port) {
+            return Err(DropCause::SpoofedMac);
+        }
+        match eth.ethertype() {
+            ETHERTYPE_IPV4 => {
+                let ip =
+                    Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropCause::Malformed)?;
+                if self.gateway.is_guest_ip(ip.src_addr(), now) {
+                    Ok(())
+                } else {
+                    Err(DropCause::SpoofedIp)
+                }
+            }
+            // IPv6 between guests is not switched yet (the switch learns no IPv6 owners).
+            _ => Err(DropCause::NotRoutable),
+        }
+    }
+
+    /// The frames of the last pull that go to other ports: each one's index in the batch and
+    /// port (see [`TxEngine::switched_frame`]).
+    pub(crate) fn switched(&self) -> &[(usize, PortId)] {
+        &self.switched
+    }
+
+    /// Frame `i` of the last pull with its offload kind and virtio-net header.
+    pub(crate) fn switched_frame(&self, i: usize) -> Option<(&[u8], FrameOffload, VirtioNetHdr)> {
+        let (kind, hdr) = self.kinds.get(i).copied()?;
+        Some((self.input.frame(i)?, kind, hdr))
     }
 
     /// Checks frame `i`'s virtio-net header against the offloads and the MTU (a partial

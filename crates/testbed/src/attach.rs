@@ -20,12 +20,16 @@ mod lab_bridge;
 #[cfg(target_os = "linux")]
 mod lab_loop;
 #[cfg(target_os = "linux")]
+mod lab_network;
+#[cfg(target_os = "linux")]
 pub(crate) mod linux;
 #[cfg(target_os = "linux")]
 mod vhost;
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Parsed once per run: the size of the arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Invocation {
     /// `--help`, `-h`, `help`, or `attach --help`: print [`USAGE`] and exit 0.
     Help,
@@ -39,6 +43,10 @@ pub enum Invocation {
 pub struct AttachArgs {
     /// The guest namespace: the simulated guest's TAP `eth0` is created there.
     pub guest_netns: String,
+    /// More guest namespaces (`--guest-netns` given again): each gets its own simulated
+    /// guest and TAP `eth0`, a port of the same network (MACs 52:54:00:12:34:57, :58, …,
+    /// leases .3, .4, … in order), all on one thread. Empty: one guest.
+    pub more_guest_netns: Vec<String>,
     /// The host namespace for the TUN and `ip_forward`; `None`: the namespace the process runs
     /// in (refused if that is the root namespace).
     pub host_netns: Option<String>,
@@ -134,6 +142,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         }
     }
     let mut guest = None;
+    let mut more_guests: Vec<String> = Vec::new();
     let mut host = None;
     let mut mtu = None;
     let mut dns = None;
@@ -177,8 +186,19 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         };
         match key {
             "--guest-netns" => {
-                once(key, &guest)?;
-                guest = Some(netns_name(key, value()?)?);
+                let name = netns_name(key, value()?)?;
+                if guest.as_ref() == Some(&name) || more_guests.contains(&name) {
+                    return Err(ArgError(format!("--guest-netns {name} given twice")));
+                }
+                if guest.is_none() {
+                    guest = Some(name);
+                } else if more_guests.len() + 1 >= MAX_GUESTS {
+                    return Err(ArgError(format!(
+                        "at most {MAX_GUESTS} guest namespaces (--guest-netns)"
+                    )));
+                } else {
+                    more_guests.push(name);
+                }
             }
             "--host-netns" => {
                 once(key, &host)?;
@@ -296,8 +316,23 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
             )));
         }
     }
+    if !more_guests.is_empty() {
+        // One network of several ports: one thread drives it, and there is one lease per
+        // guest (no static address to share).
+        let refused = [
+            ("--vhost-user", vhost_user.is_some()),
+            ("--threads pipeline", threads == Some(Threads::Pipeline)),
+            ("--static-guest-ip", static_ip.is_some()),
+        ];
+        if let Some((key, _)) = refused.iter().find(|(_, given)| *given) {
+            return Err(ArgError(format!(
+                "{key} cannot be used with more than one --guest-netns"
+            )));
+        }
+    }
     Ok(Invocation::Attach(AttachArgs {
         guest_netns: guest.ok_or_else(|| ArgError("--guest-netns is required".into()))?,
+        more_guest_netns: more_guests,
         host_netns: host,
         mtu: mtu.unwrap_or(DEFAULT_MTU),
         forwards,
@@ -360,7 +395,7 @@ pub const USAGE: &str = "\
 hostnet-lab: run hostnet's bridge for a simulated virtio-net guest between network namespaces
 
 USAGE:
-    hostnet-lab attach --guest-netns <G> [--host-netns <H>] [--mtu N]
+    hostnet-lab attach --guest-netns <G> [--guest-netns <G2>]... [--host-netns <H>] [--mtu N]
                        [--forward tcp|udp|tcp6|udp6:<external port>:<guest port>]...
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
@@ -379,7 +414,11 @@ fd64:ffff::k:1/112 and ::k:2), turns on IPv4 and IPv6 forwarding in H only, prin
 then removes TUN and TAP, prints stats to stderr and exits 0. Errors: one line, exit 2.
 
 OPTIONS:
-    --guest-netns <G>        namespace for the guest's TAP eth0 (required)
+    --guest-netns <G>        namespace for the guest's TAP eth0 (required); given again, one
+                             more guest each (at most 8), all on one network: MACs
+                             52:54:00:12:34:56, :57, ..., leases .2, .3, ... in order, frames
+                             between guests switched by the bridge (IPv4; not with
+                             --threads pipeline, --static-guest-ip or --vhost-user)
     --host-netns <H>         namespace for the TUN (default: the current one; never the root)
     --mtu <N>                guest MTU, 68..=65520 (default 1500)
     --forward <P:E:G>        forward external port E (tcp|udp) to guest port G (repeatable);
@@ -454,7 +493,9 @@ pub const MIN_MTU: u16 = 68;
 pub const MAX_MTU: u16 = 65_520;
 /// Default TUN name pattern.
 pub const DEFAULT_TUN_NAME: &str = "hostnet%d";
-/// The address the only guest leases first (start of the DHCP pool).
+/// Guest namespaces one `attach` serves at most.
+pub const MAX_GUESTS: usize = 8;
+/// The address the first guest leases (start of the DHCP pool).
 pub const FIRST_GUEST_ADDR: Ipv4Addr = bridge::defaults::DHCP_POOL_FIRST;
 /// The TUN's host-side address in H by default (see [`bridge::choose_pair`]).
 pub const HOST_TUN_ADDR: Ipv4Addr = bridge::defaults::TUN_HOST_ADDR;
@@ -740,6 +781,43 @@ mod tests {
     }
 
     #[test]
+    fn guest_netns_given_again_adds_guests_of_one_network() {
+        let a = attach(&[
+            "--guest-netns",
+            "g1",
+            "--guest-netns",
+            "g2",
+            "--guest-netns=g3",
+        ])
+        .unwrap();
+        assert_eq!(a.guest_netns, "g1");
+        assert_eq!(a.more_guest_netns, ["g2", "g3"]);
+        assert!(
+            attach(&["--guest-netns", "g"])
+                .unwrap()
+                .more_guest_netns
+                .is_empty()
+        );
+        let nine: Vec<String> = (0..=MAX_GUESTS)
+            .flat_map(|i| ["--guest-netns".to_owned(), format!("g{i}")])
+            .collect();
+        let e = attach(&nine.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err();
+        assert!(e.0.contains("at most 8"), "{e}");
+        for (extra, key) in [
+            (&["--threads", "pipeline"][..], "--threads pipeline"),
+            (&["--static-guest-ip", "192.168.64.9"], "--static-guest-ip"),
+            (&["--vhost-user", "/tmp/s"], "--vhost-user"),
+        ] {
+            let mut args = vec!["--guest-netns", "g1", "--guest-netns", "g2"];
+            args.extend_from_slice(extra);
+            let e = attach(&args).unwrap_err();
+            assert!(e.0.contains(key) && e.0.contains("more than one"), "{e}");
+        }
+        // One guest keeps every option.
+        assert!(attach(&["--guest-netns", "g", "--threads", "pipeline"]).is_ok());
+    }
+
+    #[test]
     fn bad_arguments_are_refused_with_the_value() {
         for bad in [
             &["--host-netns", "h"][..],
@@ -762,7 +840,7 @@ mod tests {
             &["--guest-netns", "g", "--dns-upstream", "dns.example"],
             &["--guest-netns", "g", "--dns-upstream", "[2001:db8::2]:0"],
             &["--guest-netns", "g", "--bogus"],
-            &["--guest-netns", "g", "--guest-netns", "h"],
+            &["--guest-netns", "g", "--guest-netns", "g"],
             &["--guest-netns", "a/b"],
             &["--guest-netns", "g", "--offload"],
         ] {

@@ -351,7 +351,7 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
         };
         let out = self
             .half
-            .batch(mem, &mut self.queue, reply, &self.shared.nat, step)?;
+            .batch(mem, &mut self.queue, reply, &self.shared.nat, step, None)?;
         if out.notify {
             (self.interrupt)(TX_QUEUE);
         }
@@ -534,6 +534,7 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
             &self.shared.nat,
             step,
             mac,
+            None,
         )?;
         if p.notify {
             (self.interrupt)(RX_QUEUE);

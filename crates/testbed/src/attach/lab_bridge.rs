@@ -15,12 +15,18 @@ pub(super) struct LabBridge {
 }
 
 impl LabBridge {
-    pub(super) fn new(
+    pub(super) fn new(cfg: BridgeConfig) -> anyhow::Result<Self> {
+        let bridge = Bridge::new(cfg).context("configuring the bridge")?;
+        Ok(Self { bridge })
+    }
+
+    /// The bridge's configuration for `args`, the DNS upstream and the external addresses.
+    pub(super) fn config(
         args: &AttachArgs,
         dns: Option<SocketAddr>,
         external: Ipv4Addr,
         external6: Option<Ipv6Addr>,
-    ) -> anyhow::Result<Self> {
+    ) -> BridgeConfig {
         let mut cfg = BridgeConfig {
             mtu: args.mtu,
             dns_upstream: dns,
@@ -46,8 +52,7 @@ impl LabBridge {
         if let Some(e6) = external6 {
             cfg.nat.external_addr6 = e6;
         }
-        let bridge = Bridge::new(cfg).context("configuring the bridge")?;
-        Ok(Self { bridge })
+        cfg
     }
 
     /// The device's config space, as the driver reads it.

@@ -15,6 +15,7 @@ use utun::{Ipv4Dest, Tun};
 
 use super::lab_bridge::{LabHandle, format_stats};
 use super::lab_loop::LabLoop;
+use super::lab_network::LabNetwork;
 use super::{AttachArgs, GATEWAY_ADDR, Threads};
 use crate::guest::{GuestConfig, Kick, SimGuest, features};
 
@@ -75,31 +76,27 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         tracing::info!(tun6 = %p6.tun, prefix_len = p6.prefix_len, external6 = %p6.external, "IPv6 address pair");
     }
 
-    let bridge = super::lab_bridge::LabBridge::new(
+    let cfg = super::lab_bridge::LabBridge::config(
         args,
         dns.upstream,
         pair.external,
         pair6.map(|p| p.external),
-    )?;
-    // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
-    let net = bridge.net_config()?;
-    if net.mtu != args.mtu {
-        bail!("the device reports MTU {}, asked for {}", net.mtu, args.mtu);
-    }
-    if !net.link_up() {
-        bail!("the device reports its link down");
-    }
-
+    );
     let guest_cfg = GuestConfig {
         offloads: args.offloads,
         ..GuestConfig::default()
     };
-    let guest = SimGuest::new(guest_cfg, bridge.device_features())?;
-    tracing::info!(
-        features = format_args!("{:#x}", guest.acked_features()),
-        offloads = %features::offload_names(guest.acked_features()),
-        "simulated guest negotiated"
-    );
+    let prepared = if args.more_guest_netns.is_empty() {
+        let bridge = super::lab_bridge::LabBridge::new(cfg)?;
+        // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
+        let net = bridge.net_config()?;
+        check_config_space(&net, args.mtu)?;
+        let guest = SimGuest::new(guest_cfg, bridge.device_features())?;
+        log_guest(&guest);
+        Prepared::One(bridge, net, guest)
+    } else {
+        Prepared::Network(prepare_network(args, cfg, guest_cfg)?)
+    };
 
     // The host side: TUN in H (with virtio-net headers when offloading; the bridge sets its
     // TUNSETOFFLOAD), IPv4 forwarding in H only.
@@ -126,23 +123,49 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         enable_forwarding(host_ns.as_ref(), IPV6_FORWARDING)?;
     }
 
-    let tap = Arc::new(open_guest_tap(
-        &guest_ns,
-        &args.guest_netns,
-        args.mtu,
-        &guest,
-        &net,
-    )?);
-    let mode = match args.threads {
-        Threads::Pipeline => {
-            let handle = bridge.activate(&guest, tun)?;
-            let kick: Kick = handle.kicker();
-            let running = guest.start(Arc::clone(&tap), kick)?;
-            Mode::Pipeline(running, handle)
+    let (mode, taps) = match prepared {
+        Prepared::One(bridge, net, guest) => {
+            let tap = Arc::new(open_guest_tap(
+                &guest_ns,
+                &args.guest_netns,
+                args.mtu,
+                &guest,
+                &net,
+            )?);
+            let mode = match args.threads {
+                Threads::Pipeline => {
+                    let handle = bridge.activate(&guest, tun)?;
+                    let kick: Kick = handle.kicker();
+                    let running = guest.start(Arc::clone(&tap), kick)?;
+                    Mode::Pipeline(running, handle)
+                }
+                Threads::One => {
+                    let dp = bridge.into_core();
+                    Mode::One(LabLoop::start(dp, guest, Arc::clone(&tap), tun)?)
+                }
+            };
+            (mode, vec![tap])
         }
-        Threads::One => {
-            let dp = bridge.into_core();
-            Mode::One(LabLoop::start(dp, guest, Arc::clone(&tap), tun)?)
+        Prepared::Network(p) => {
+            let mut guests = Vec::with_capacity(p.guests.len());
+            let mut taps = Vec::with_capacity(p.guests.len());
+            let names = std::iter::once(&args.guest_netns).chain(&args.more_guest_netns);
+            for ((port, net, guest), name) in p.guests.into_iter().zip(names) {
+                let ns = if *name == args.guest_netns {
+                    guest_ns
+                        .try_clone()
+                        .context("duplicating the namespace fd")?
+                } else {
+                    open_netns(name, "--guest-netns")?
+                };
+                let tap = Arc::new(open_guest_tap(&ns, name, args.mtu, &guest, &net)?);
+                taps.push(Arc::clone(&tap));
+                guests.push((port, guest, tap));
+            }
+            (
+                Mode::Network(LabNetwork::start(p.network, guests, tun)?),
+                taps,
+            )
         }
     };
 
@@ -193,6 +216,15 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                     break;
                 }
             }
+            Mode::Network(lab) => {
+                if stats_now {
+                    lab.request_stats();
+                }
+                if lab.has_failed() {
+                    failure = Some("the lab-network thread stopped".to_owned());
+                    break;
+                }
+            }
         }
         std::thread::sleep(POLL);
     }
@@ -206,18 +238,10 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
             eprintln!("stats: {guest_stats}");
             (guest_result, bridge_stats)
         }
-        Mode::One(lab) => match lab.stop() {
-            Ok(f) => {
-                eprintln!("stats: {}", f.guest);
-                (f.result, Ok(format_stats(&f.bridge)))
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                (Err(e), Err(anyhow::anyhow!("{msg}")))
-            }
-        },
+        Mode::One(lab) => finished(lab.stop()),
+        Mode::Network(lab) => finished(lab.stop()),
     };
-    drop(tap);
+    drop(taps);
     match &bridge_stats {
         Ok(s) => eprintln!("stats: {s}"),
         Err(e) => eprintln!("stats: bridge: {e:#}"),
@@ -233,10 +257,94 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     bridge_stats.map(drop)
 }
 
-/// The running attachment, per `--threads`.
+/// The running attachment, per `--threads` and the number of guests.
 enum Mode {
     Pipeline(crate::guest::Running, LabHandle),
     One(LabLoop),
+    Network(LabNetwork),
+}
+
+/// What a loop thread handed back: how it ended, and the bridge's stats line.
+fn finished(
+    f: anyhow::Result<super::lab_loop::Finished>,
+) -> (anyhow::Result<()>, anyhow::Result<String>) {
+    match f {
+        Ok(f) => {
+            eprintln!("stats: {}", f.guest);
+            (f.result, Ok(format_stats(&f.bridge)))
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            (Err(e), Err(anyhow::anyhow!("{msg}")))
+        }
+    }
+}
+
+/// The bridge and its guest(s) before the TUN exists (made once per run).
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    One(
+        super::lab_bridge::LabBridge,
+        crate::guest::NetConfig,
+        SimGuest,
+    ),
+    Network(NetworkGuests),
+}
+
+/// A network with a port per guest namespace, each with its simulated guest.
+struct NetworkGuests {
+    network: bridge::Network,
+    guests: Vec<(bridge::PortId, crate::guest::NetConfig, SimGuest)>,
+}
+
+/// One network for every `--guest-netns`: ports with MACs 52:54:00:12:34:56, :57, … in the
+/// order given (leases .2, .3, …), a simulated guest each.
+fn prepare_network(
+    args: &AttachArgs,
+    cfg: bridge::BridgeConfig,
+    guest_cfg: GuestConfig,
+) -> anyhow::Result<NetworkGuests> {
+    let count = 1 + args.more_guest_netns.len();
+    let first = cfg.guest_mac.to_u64();
+    let mut network =
+        bridge::Network::new(cfg, super::MAX_GUESTS).context("configuring the network")?;
+    let mut guests = Vec::with_capacity(count);
+    for i in 0..count {
+        let mac = bridge::MacAddr::from_u64(first + i as u64);
+        let port = network
+            .attach(mac)
+            .with_context(|| format!("attaching guest port {i}"))?;
+        let space = network
+            .config_space(port)
+            .context("the port's config space")?;
+        let net = crate::guest::NetConfig::parse(&space).context("short config space")?;
+        check_config_space(&net, args.mtu)?;
+        let features = network
+            .device_features(port)
+            .context("the port's features")?;
+        let guest = SimGuest::new(guest_cfg.clone(), features)?;
+        log_guest(&guest);
+        guests.push((port, net, guest));
+    }
+    Ok(NetworkGuests { network, guests })
+}
+
+fn check_config_space(net: &crate::guest::NetConfig, mtu: u16) -> anyhow::Result<()> {
+    if net.mtu != mtu {
+        bail!("the device reports MTU {}, asked for {mtu}", net.mtu);
+    }
+    if !net.link_up() {
+        bail!("the device reports its link down");
+    }
+    Ok(())
+}
+
+fn log_guest(guest: &SimGuest) {
+    tracing::info!(
+        features = format_args!("{:#x}", guest.acked_features()),
+        offloads = %features::offload_names(guest.acked_features()),
+        "simulated guest negotiated"
+    );
 }
 
 fn init_tracing() {

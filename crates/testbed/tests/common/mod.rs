@@ -159,6 +159,12 @@ impl Lab {
         self.attach.as_ref().expect("attach is running")
     }
 
+    /// Makes `attach` (from [`Lab::spawn_attach`]) the lab's running attach.
+    #[allow(dead_code)] // several_guests_e2e uses it; not every test binary does
+    pub(crate) fn set_attach(&mut self, attach: Attach) {
+        self.attach = Some(attach);
+    }
+
     /// Takes the attach process out of the lab (to signal and wait for it).
     pub(crate) fn take_attach(&mut self) -> Attach {
         self.attach.take().expect("attach is running")

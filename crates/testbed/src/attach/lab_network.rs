@@ -1,0 +1,369 @@
+//! Several guest namespaces (`--guest-netns` given more than once): one simulated guest per
+//! namespace, each a port of one [`bridge::Network`] (one NAT, one TUN, guest-to-guest frames
+//! switched by the bridge), all on one thread, `lab-network`, in one level-triggered epoll set
+//! over the guests' TAPs, the TUN and a stop eventfd.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bridge::{Clock, HostLink, Network, PortId};
+use utun::Tun;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::lab_loop::Finished;
+use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
+
+/// The running `lab-network` thread.
+pub(super) struct LabNetwork {
+    stop: EventFd,
+    stopping: Arc<AtomicBool>,
+    stats_requested: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Finished>>,
+}
+
+/// One guest of the network as the loop drives it.
+struct Guest {
+    port: PortId,
+    driver: Driver<Tun>,
+    mem: GuestMemoryMmap,
+    rxq: Queue,
+    txq: Queue,
+    tx_more: bool,
+    rx_more: bool,
+}
+
+impl LabNetwork {
+    /// Negotiates each guest's port (features acked as the guest negotiated them) and starts
+    /// the thread.
+    pub(super) fn start(
+        net: Network,
+        guests: Vec<(PortId, SimGuest, Arc<Tun>)>,
+        tun: Tun,
+    ) -> anyhow::Result<Self> {
+        tun.prepare().context("making the TUN non-blocking")?;
+        let mut net = net.with_short_batch_drains(true);
+        let mut driven = Vec::with_capacity(guests.len());
+        for (port, guest, tap) in guests {
+            let acked = net.ack_features(port, guest.acked_features(), &tun);
+            anyhow::ensure!(
+                acked == guest.acked_features(),
+                "port {}: the bridge acknowledged {acked:#x}, the guest negotiated {:#x}",
+                port.0,
+                guest.acked_features()
+            );
+            let mem = guest.memory().clone();
+            let mut rxq = guest.device_queue(RX_QUEUE)?;
+            let mut txq = guest.device_queue(TX_QUEUE)?;
+            net.prepare_queue(port, &mut rxq, RX_QUEUE)
+                .context("the device refused the RX queue")?;
+            net.prepare_queue(port, &mut txq, TX_QUEUE)
+                .context("the device refused the TX queue")?;
+            driven.push(Guest {
+                port,
+                driver: guest.into_driver(tap)?,
+                mem,
+                rxq,
+                txq,
+                tx_more: false,
+                rx_more: false,
+            });
+        }
+        let stop = EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stats_requested = Arc::new(AtomicBool::new(false));
+        let mut state = State {
+            net,
+            guests: driven,
+            clock: Clock::new(),
+            tun,
+            stop: stop.try_clone().context("cloning the stop eventfd")?,
+            stopping: Arc::clone(&stopping),
+            stats_requested: Arc::clone(&stats_requested),
+        };
+        let thread = std::thread::Builder::new()
+            .name("lab-network".into())
+            .spawn(move || {
+                let result = state.run();
+                let guest = state
+                    .guests
+                    .iter()
+                    .map(|g| format!("port {}: {}", g.port.0, g.driver.stats().summary()))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Finished {
+                    result,
+                    guest,
+                    bridge: state.net.bridge_stats(),
+                }
+            })
+            .context("spawning the lab-network thread")?;
+        Ok(Self {
+            stop,
+            stopping,
+            stats_requested,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks the thread to print the bridge's stats line to stderr (within its tick, 1 s).
+    pub(super) fn request_stats(&self) {
+        self.stats_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the thread ended on its own (an error).
+    pub(super) fn has_failed(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the thread and returns how it ended with both sides' counters.
+    ///
+    /// # Errors
+    /// The thread panicked.
+    pub(super) fn stop(mut self) -> anyhow::Result<Finished> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop.write(1);
+        let t = self
+            .thread
+            .take()
+            .context("the lab-network thread was already joined")?;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("the lab-network thread panicked"))
+    }
+}
+
+impl Drop for LabNetwork {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stopping.store(true, Ordering::SeqCst);
+            let _ = self.stop.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    net: Network,
+    guests: Vec<Guest>,
+    clock: Clock,
+    tun: Tun,
+    stop: EventFd,
+    stopping: Arc<AtomicBool>,
+    stats_requested: Arc<AtomicBool>,
+}
+
+impl State {
+    fn run(&mut self) -> anyhow::Result<()> {
+        let epoll = Epoll::new().context("creating epoll")?;
+        let tun_fd = self
+            .tun
+            .readiness_fd()
+            .context("the TUN has no readiness fd")?
+            .as_raw_fd();
+        let mut fds = vec![(tun_fd, TOKEN_TUN), (self.stop.as_raw_fd(), TOKEN_STOP)];
+        for (i, g) in self.guests.iter().enumerate() {
+            fds.push((g.driver.fd().as_raw_fd(), TOKEN_GUESTS + i as u64));
+        }
+        for (fd, token) in fds {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .context("epoll add")?;
+        }
+        let mut events = vec![EpollEvent::default(); self.guests.len() + 2];
+        self.host_rx()?;
+        self.check_host_link()?;
+        let mut next_tick = Instant::now() + TICK;
+        let mut taps = vec![false; self.guests.len()];
+        while !self.stopping.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_tick {
+                self.net.on_tick(self.clock.now());
+                next_tick = now + TICK;
+                self.deliver_pending()?;
+            }
+            let until_tick = next_tick.saturating_duration_since(now);
+            let timeout = self
+                .net
+                .next_timeout(self.clock.now())
+                .unwrap_or(TICK)
+                .clamp(until_tick, TICK);
+            let more = self.guests.iter().any(|g| g.tx_more || g.rx_more);
+            let ms = if more {
+                0
+            } else {
+                i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+            };
+            let n = match epoll.wait(ms, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("epoll wait"),
+            };
+            taps.fill(false);
+            let mut tun = false;
+            for ev in events.iter().take(n) {
+                match ev.data() {
+                    TOKEN_TUN => tun = true,
+                    TOKEN_STOP => {}
+                    t => {
+                        if let Some(s) = usize::try_from(t - TOKEN_GUESTS)
+                            .ok()
+                            .and_then(|i| taps.get_mut(i))
+                        {
+                            *s = true;
+                        }
+                    }
+                }
+            }
+            for (i, &tap) in taps.iter().enumerate() {
+                if tap || self.guests[i].tx_more {
+                    self.tx(i)?;
+                }
+            }
+            if tun {
+                self.host_rx()?;
+            }
+            for i in 0..self.guests.len() {
+                if self.guests[i].rx_more {
+                    self.rx(i, false)?;
+                }
+            }
+            self.deliver_pending()?;
+            self.check_host_link()?;
+            if self.stats_requested.swap(false, Ordering::Relaxed) {
+                eprintln!(
+                    "stats: {}",
+                    super::lab_bridge::format_stats(&self.net.bridge_stats())
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the loop once a port saw the TUN fail (see `lab_loop`).
+    fn check_host_link(&self) -> anyhow::Result<()> {
+        if self.guests.iter().any(|g| self.net.host_failed(g.port)) {
+            anyhow::bail!(
+                "the host link failed: TUN {} in the host namespace is gone or broken",
+                self.tun.name()
+            );
+        }
+        Ok(())
+    }
+
+    /// The TUN is readable: read it with the port that took most of the last batch (the
+    /// others' packets move to their inboxes), then deliver those.
+    fn host_rx(&mut self) -> anyhow::Result<()> {
+        let Some(port) = self.net.host_reader() else {
+            return Ok(());
+        };
+        if let Some(i) = self.guests.iter().position(|g| g.port == port) {
+            self.rx(i, true)?;
+        }
+        self.deliver_pending()
+    }
+
+    /// Delivers every inbox that has frames (switched from another guest, moved from a host
+    /// batch, gateway replies).
+    fn deliver_pending(&mut self) -> anyhow::Result<()> {
+        for _ in 0..MAX_PENDING_ROUNDS {
+            let mut moved = false;
+            for i in 0..self.guests.len() {
+                let port = self.guests[i].port;
+                if !self.net.pending(port) {
+                    continue;
+                }
+                let before = self.net.stats(port).map(|s| s.rx_frames);
+                self.rx(i, false)?;
+                // No RX buffers: its frames wait (or its inbox fills and drops); the others
+                // go on.
+                moved |= self.net.stats(port).map(|s| s.rx_frames) != before;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Guest `i`'s TAP is readable (or its last kick left chains).
+    fn tx(&mut self, i: usize) -> anyhow::Result<()> {
+        loop {
+            let g = &mut self.guests[i];
+            let p = g.driver.pump_tx()?;
+            if p.posted > 0 || g.tx_more {
+                let n = self
+                    .net
+                    .on_tx_kick(
+                        g.port,
+                        &g.mem,
+                        &mut g.txq,
+                        Some(&mut g.rxq),
+                        &self.tun,
+                        self.clock.now(),
+                    )
+                    .context("the device's TX path")?;
+                g.tx_more = n.tx_more;
+                g.rx_more |= n.rx_more;
+                g.driver.reclaim_tx()?;
+                self.rx(i, false)?;
+                // Frames for the other guests: to them before more comes.
+                self.deliver_pending()?;
+                if self.guests[i].tx_more {
+                    return Ok(());
+                }
+            }
+            if p.drained || p.posted == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Guest `i`'s RX path (its inbox, and the TUN with `readable`), then its driver writes
+    /// the frames to its TAP and refills; until nothing more moves.
+    fn rx(&mut self, i: usize, readable: bool) -> anyhow::Result<()> {
+        let mut readable = readable;
+        for _ in 0..MAX_RX_ROUNDS {
+            let g = &mut self.guests[i];
+            let before = self.net.stats(g.port).map_or(0, |s| s.rx_frames);
+            let n = self
+                .net
+                .on_rx_ready(
+                    g.port,
+                    &g.mem,
+                    &mut g.rxq,
+                    &self.tun,
+                    readable,
+                    self.clock.now(),
+                )
+                .context("the device's RX path")?;
+            g.rx_more = n.rx_more;
+            readable = false;
+            g.driver.service_rx()?;
+            if self.net.stats(g.port).map_or(0, |s| s.rx_frames) == before {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+const TOKEN_TUN: u64 = 1;
+const TOKEN_STOP: u64 = 2;
+/// Guest `i`'s TAP is token `TOKEN_GUESTS + i`.
+const TOKEN_GUESTS: u64 = 16;
+/// NAT expiry runs at most this often, and the stop flag is checked at least this often.
+const TICK: Duration = Duration::from_secs(1);
+/// RX rounds per event at most (see `lab_loop`).
+const MAX_RX_ROUNDS: usize = 64;
+/// Inbox deliveries per pass at most.
+const MAX_PENDING_ROUNDS: usize = 64;

@@ -1,0 +1,271 @@
+//! Several guests on one network (issue 14): `hostnet-lab attach` with `--guest-netns` three
+//! times: one NAT, one TUN, a port per guest namespace. Each guest gets its own lease (.2, .3,
+//! .4 for MACs :56, :57, :58, in the order given); guests ping each other both ways and move
+//! 100 MiB over TCP to each other (sha256), switched by the bridge (never through the NAT or
+//! the TUN: the TUN's counters do not move); all three fetch from the server at once with
+//! integrity; a guest spoofing another's address reaches no one.
+//!
+//! Needs root: `cargo test -p testbed --test several_guests_e2e -- --include-ignored`.
+//! Programs: iproute2, busybox (udhcpc), iputils-ping, curl.
+
+#![cfg(target_os = "linux")]
+
+#[allow(dead_code)]
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+
+use common::{GUEST_DEV, Lab, Lease, Ns, SERVER, helper, require, rx_packets, sha256};
+use testbed::netns::Netns;
+
+/// A lab with three guest namespaces on one attach; their leases in order.
+fn three_guests(tag: &str) -> (Lab, Netns, Netns, [Lease; 3]) {
+    let mut lab = Lab::start_without_attach(tag);
+    let g2 = Netns::new(&format!("{tag}-g2")).expect("second guest namespace");
+    let g3 = Netns::new(&format!("{tag}-g3")).expect("third guest namespace");
+    let server = SERVER.to_string();
+    let attach = lab.spawn_attach(
+        &[],
+        &[
+            "--guest-netns",
+            g2.name(),
+            "--guest-netns",
+            g3.name(),
+            "--dns-upstream",
+            &server,
+        ],
+    );
+    lab.set_attach(attach);
+    let l1 = lab.udhcpc();
+    let l2 = udhcpc(&lab, &g2);
+    let l3 = udhcpc(&lab, &g3);
+    (lab, g2, g3, [l1, l2, l3])
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn three_guests_get_their_own_leases_and_reach_each_other_and_the_server() {
+    require(&[
+        ("busybox", "busybox"),
+        ("ping", "iputils-ping"),
+        ("curl", "curl"),
+    ]);
+    let (mut lab, g2, g3, leases) = three_guests("sev");
+    let addrs: Vec<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
+    assert_eq!(
+        addrs,
+        ["192.168.64.2", "192.168.64.3", "192.168.64.4"]
+            .map(|a| a.parse::<Ipv4Addr>().expect("addr")),
+        "leases in the order the namespaces were given"
+    );
+    let macs: Vec<String> = [lab.ns(Ns::G), &g2, &g3]
+        .iter()
+        .map(|ns| mac_of(ns))
+        .collect();
+    assert_eq!(
+        macs,
+        [
+            "52:54:00:12:34:56",
+            "52:54:00:12:34:57",
+            "52:54:00:12:34:58"
+        ]
+    );
+
+    // Guest to guest, every pair both ways; nothing of it crosses the TUN.
+    let tun = lab.attach().tun.clone();
+    let tun_before = rx_packets(lab.ns(Ns::H), &tun);
+    let spaces = [lab.ns(Ns::G), &g2, &g3];
+    for (i, from) in spaces.iter().enumerate() {
+        for (j, to) in addrs.iter().enumerate() {
+            if i != j {
+                let out = ping(from, *to, 3);
+                assert!(out.contains("3 received"), "{} -> {to}: {out}", from.name());
+            }
+        }
+    }
+    // ARP for another guest was answered with that guest's MAC.
+    let neigh = g2
+        .ip(&["neigh", "show", "dev", GUEST_DEV, &addrs[2].to_string()])
+        .expect("ip neigh");
+    assert!(neigh.contains("52:54:00:12:34:58"), "{neigh}");
+    let tun_after = rx_packets(lab.ns(Ns::H), &tun);
+    assert!(
+        tun_after - tun_before < 6,
+        "guest-to-guest pings went through the TUN ({tun_before} -> {tun_after} packets)"
+    );
+
+    // 100 MiB from guest 1's HTTP server to guest 3 and from guest 3 up to guest 1.
+    let src = lab.random_file("blob", HUNDRED_MB);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::G,
+        &[helper(), "http-serve", &format!("{}:8080", addrs[0]), &dir],
+        Some("listening"),
+    );
+    let want = sha256(&src);
+    let down = lab.dir.join("g3-down.bin");
+    curl(
+        &g3,
+        &[
+            "-o",
+            down.to_str().expect("utf-8"),
+            &format!("http://{}:8080/blob", addrs[0]),
+        ],
+    );
+    assert_eq!(sha256(&down), want, "guest 1 -> guest 3: bytes differ");
+    std::fs::remove_file(&down).expect("rm");
+    curl(
+        &g3,
+        &[
+            "-T",
+            src.to_str().expect("utf-8"),
+            &format!("http://{}:8080/g3-up.bin", addrs[0]),
+        ],
+    );
+    let up = lab.dir.join("g3-up.bin");
+    assert_eq!(sha256(&up), want, "guest 3 -> guest 1: bytes differ");
+    std::fs::remove_file(&up).expect("rm");
+    let tun_after = rx_packets(lab.ns(Ns::H), &tun);
+    assert!(
+        tun_after - tun_before < 1000,
+        "guest-to-guest TCP went through the TUN ({tun_before} -> {tun_after} packets)"
+    );
+
+    // All three fetch from the server at once.
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{SERVER}:8081"), &dir],
+        Some("listening"),
+    );
+    let url = format!("http://{SERVER}:8081/blob");
+    let outs: Vec<_> = [lab.ns(Ns::G), &g2, &g3]
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let path = lab.dir.join(format!("fetch-{i}.bin"));
+            let child = ns
+                .command("timeout")
+                .args(["-k", "2", "120", "curl", "-sS", "-f", "-o"])
+                .arg(&path)
+                .arg(&url)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("curl");
+            (path, child)
+        })
+        .collect();
+    for (path, mut child) in outs {
+        let status = child.wait().expect("curl");
+        assert!(status.success(), "{}: {status}", path.display());
+        assert_eq!(sha256(&path), want, "{}: bytes differ", path.display());
+    }
+    assert!(lab.attach_alive(), "attach died");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_guest_spoofing_another_guests_address_or_mac_reaches_no_one() {
+    require(&[("busybox", "busybox"), ("ping", "iputils-ping")]);
+    let (lab, g2, g3, leases) = three_guests("sevspf");
+    let (a2, a3) = (leases[1].ip, leases[2].ip);
+    // Guest 1 takes guest 2's address: its pings to guest 3 and to the server go nowhere.
+    let g = lab.ns(Ns::G);
+    g.ip(&["addr", "flush", "dev", GUEST_DEV]).expect("flush");
+    g.ip(&["addr", "add", &format!("{a2}/24"), "dev", GUEST_DEV])
+        .expect("addr add");
+    g.ip(&["route", "replace", "default", "via", "192.168.64.1"])
+        .expect("route");
+    let out = ping(g, a3, 3);
+    assert!(
+        out.contains(" 0 received"),
+        "spoofed source reached guest 3: {out}"
+    );
+    let out = ping(g, SERVER, 2);
+    assert!(
+        out.contains(" 0 received"),
+        "spoofed source reached the server: {out}"
+    );
+    // Guest 1 takes guest 2's MAC as well: still nothing, and guest 2 is not disturbed.
+    g.ip(&[
+        "link",
+        "set",
+        "dev",
+        GUEST_DEV,
+        "address",
+        "52:54:00:12:34:57",
+    ])
+    .expect("mac");
+    let out = ping(g, a3, 3);
+    assert!(
+        out.contains(" 0 received"),
+        "spoofed MAC reached guest 3: {out}"
+    );
+    let out = ping(&g2, a3, 3);
+    assert!(out.contains("3 received"), "guest 2 lost its path: {out}");
+    let out = ping(&g3, a2, 3);
+    assert!(
+        out.contains("3 received"),
+        "guest 3 reached the spoofer: {out}"
+    );
+    drop(g3);
+}
+
+fn ping(ns: &Netns, to: Ipv4Addr, count: u32) -> String {
+    let out = ns
+        .command("ping")
+        .args([
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            &to.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ping");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn curl(ns: &Netns, args: &[&str]) {
+    let out = ns
+        .command("timeout")
+        .args(["-k", "2", "120", "curl", "-sS", "-f"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl in {}: {out:?}", ns.name());
+}
+
+fn mac_of(ns: &Netns) -> String {
+    let out = ns.ip(&["link", "show", "dev", GUEST_DEV]).expect("ip link");
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A lease in `ns` (its TAP `eth0`) with busybox udhcpc, as [`Lab::udhcpc`] does for G.
+fn udhcpc(lab: &Lab, ns: &Netns) -> Lease {
+    let out = lab.dir.join(format!("lease-{}", ns.name()));
+    let script = lab.dir.join(format!("udhcpc-{}.sh", ns.name()));
+    testbed::netns::lease::write_udhcpc_script(&script, &out).expect("udhcpc hook");
+    let o = ns
+        .command("timeout")
+        .args([
+            "-k", "2", "40", "busybox", "udhcpc", "-i", GUEST_DEV, "-f", "-q", "-n",
+        ])
+        .args(["-t", "6", "-T", "2", "-A", "1", "-O", "mtu", "-s"])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("udhcpc");
+    assert!(o.status.success(), "udhcpc in {}: {o:?}", ns.name());
+    Lease::read(&out).expect("the hook wrote the lease")
+}
+
+const HUNDRED_MB: u64 = 100 * 1024 * 1024;
