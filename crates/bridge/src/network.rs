@@ -13,8 +13,10 @@
 //! Addresses: a port's IPv4 address is fixed when it is attached (DHCP hands out exactly that
 //! one): the first free address of the pool, and the same again for a MAC seen before
 //! ([`Network::attach`]), so the switch knows every guest's address before its first frame.
-//! IPv6 between guests is not switched yet (each guest reaches the others' IPv6 addresses
-//! not at all; the NAT66 path to the host works as for one guest).
+//! IPv6 addresses are learned from each guest's own traffic (after the gateway's anti-spoofing
+//! checks): a guest reaches another's IPv6 address once that guest has used it (to the
+//! gateway, the outside or another guest); Neighbor Solicitations for it are answered with
+//! its MAC, and an address one port holds is refused as another's source.
 
 use core::net::Ipv4Addr;
 use core::time::Duration;
@@ -29,7 +31,7 @@ use crate::device::CONFIG_SPACE_SIZE;
 use crate::dns_relay::SharedRelay;
 use crate::rx_engine::RxEngine;
 use crate::stats::{BridgeStats, DropCause, Stats};
-use crate::switch::{PortId, Switch, SwitchError};
+use crate::switch::{Claim, PortId, Switch, SwitchError};
 use crate::tx_engine::{SwitchView, TxEngine};
 use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, MacAddr};
 use crate::{Error, HostLink, offload};
@@ -235,6 +237,13 @@ impl Network {
             reader: &mut self.reader,
         };
         let r = p.on_tx_kick(&mut self.nat, mem, txq, rxq, host, now, Some(&mut others));
+        // The IPv6 addresses the guest was seen to use (its own traffic, past the gateway's
+        // anti-spoofing checks): the switch delivers to them from now on.
+        for &a in p.tx.engine.gateway().guest_ipv6_addrs() {
+            if let Claim::Conflict(holder) = self.switch.learn_ipv6(port, a) {
+                tracing::debug!(port = port.0, holder = holder.0, %a, "IPv6 address held by another port");
+            }
+        }
         self.ports[i] = Some(p);
         self.pending[i] = false;
         r

@@ -21,8 +21,8 @@ use crate::offload::{self, FrameOffload, Offloads};
 use crate::stats::{DropCause, Stats};
 use crate::switch::{Decision, PortId, Switch};
 use crate::tx_queue::{TxOutcome, TxQueue};
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, set_ethertype_for_ip};
-use ::wire::{EthernetFrame, Ipv4Packet};
+use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, set_ethertype_for_ip};
+use ::wire::{EthernetFrame, Ipv4Packet, Ipv6Packet};
 
 /// The TX side for one device: [`TxEngine::pull`], then [`TxEngine::translate`] (under the
 /// NAT lock), then [`TxEngine::push`].
@@ -270,18 +270,24 @@ impl TxEngine {
             stats.tx_gso6 += u64::from(gso && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
             let frame = self.input.frame(i).unwrap_or(&[]);
             let decision = view.map_or(Decision::Gateway, |v| v.switch.decide(v.port, frame));
-            let mut action = match (decision, replies.next_buf()) {
-                (Decision::Port(q), _) => match view.map(|v| self.may_switch(frame, v, now)) {
-                    Some(Ok(())) => {
-                        self.switched.push((i, q));
-                        TxAction::Consumed
+            let mut action = match (decision, replies.next_buf(), view) {
+                (Decision::Port(q), _, Some(v)) => {
+                    match may_switch(&mut self.gateway, frame, v, now) {
+                        Ok(()) => {
+                            self.switched.push((i, q));
+                            TxAction::Consumed
+                        }
+                        Err(c) => TxAction::Drop(c),
                     }
-                    Some(Err(c)) => TxAction::Drop(c),
-                    None => TxAction::Drop(DropCause::NotRoutable),
-                },
-                (Decision::Drop(c), _) => TxAction::Drop(c),
-                (Decision::Gateway, Some(buf)) => {
-                    match (self.gateway.handle_with(frame, buf, now, gso), view) {
+                }
+                (Decision::Port(_), _, None) => TxAction::Drop(DropCause::NotRoutable),
+                (Decision::Drop(c), _, _) => TxAction::Drop(c),
+                (Decision::Gateway, _, Some(v)) if ipv6_source_of_another(frame, v) => {
+                    TxAction::Drop(DropCause::SpoofedIpv6)
+                }
+                (Decision::Gateway, Some(buf), view) => {
+                    let a = self.gateway.handle_with(frame, buf, now, gso);
+                    match (a, view) {
                         (TxAction::Drop(DropCause::ArpIgnored), Some(v)) => self
                             .gateway
                             .arp_for_neighbor(frame, buf, now, |ip| {
@@ -290,13 +296,21 @@ impl TxEngine {
                                     .filter(|&q| q != v.port)
                                     .and_then(|q| v.switch.mac_of(q))
                             })
-                            .map_or(TxAction::Drop(DropCause::ArpIgnored), |len| {
-                                TxAction::Reply { len }
-                            }),
+                            .map_or(a, |len| TxAction::Reply { len }),
+                        (TxAction::Drop(DropCause::Ipv6Ignored) | TxAction::Consumed, Some(v)) => {
+                            self.gateway
+                                .ns_for_neighbor(frame, buf, |ip| {
+                                    v.switch
+                                        .port_by_ipv6(ip)
+                                        .filter(|&q| q != v.port)
+                                        .and_then(|q| v.switch.mac_of(q))
+                                })
+                                .map_or(a, |len| TxAction::Reply { len })
+                        }
                         (a, _) => a,
                     }
                 }
-                (Decision::Gateway, None) => TxAction::Drop(DropCause::LocalQueueFull),
+                (Decision::Gateway, None, _) => TxAction::Drop(DropCause::LocalQueueFull),
             };
             if let TxAction::DnsRelay { len } = action {
                 action = match self.relay_out(i, len, now) {
@@ -333,29 +347,6 @@ impl TxEngine {
             self.actions.push(action);
         }
         Ok(out)
-    }
-
-    /// Whether a frame the switch sends to another port may leave this one: its Ethernet
-    /// source is the port's MAC and its IPv4 source the guest's lease (the gateway's
-    /// anti-spoofing rules, which frames for the gateway pass through instead).
-    fn may_switch(&self, frame: &[u8], v: SwitchView<'_>, now: Instant) -> Result<(), DropCause> {
-        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropCause::Runt)?;
-        if Some(eth.src_addr()) != v.switch.mac_of(v.port) {
-            return Err(DropCause::SpoofedMac);
-        }
-        match eth.ethertype() {
-            ETHERTYPE_IPV4 => {
-                let ip =
-                    Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropCause::Malformed)?;
-                if self.gateway.is_guest_ip(ip.src_addr(), now) {
-                    Ok(())
-                } else {
-                    Err(DropCause::SpoofedIp)
-                }
-            }
-            // IPv6 between guests is not switched yet (the switch learns no IPv6 owners).
-            _ => Err(DropCause::NotRoutable),
-        }
     }
 
     /// The frames of the last pull that go to other ports: each one's index in the batch and
@@ -630,6 +621,59 @@ impl TxEngine {
         self.released.clear();
         r
     }
+}
+
+/// Whether a frame the switch sends to another port may leave this one: its Ethernet source
+/// is the port's MAC, and its IPv4 source the guest's lease, or its IPv6 source one the guest
+/// may use (link-local or in the prefix) and no other port's; such an IPv6 source is learned
+/// (the gateway's anti-spoofing rules, which frames for the gateway pass through instead).
+fn may_switch(
+    gateway: &mut Gateway,
+    frame: &[u8],
+    v: SwitchView<'_>,
+    now: Instant,
+) -> Result<(), DropCause> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropCause::Runt)?;
+    if Some(eth.src_addr()) != v.switch.mac_of(v.port) {
+        return Err(DropCause::SpoofedMac);
+    }
+    match eth.ethertype() {
+        ETHERTYPE_IPV4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropCause::Malformed)?;
+            if gateway.is_guest_ip(ip.src_addr(), now) {
+                Ok(())
+            } else {
+                Err(DropCause::SpoofedIp)
+            }
+        }
+        ETHERTYPE_IPV6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).map_err(|_| DropCause::Malformed)?;
+            let src = ip.src_addr();
+            let owner = v.switch.port_by_ipv6(src);
+            if gateway.may_use_ipv6(src) && owner.is_none_or(|p| p == v.port) {
+                gateway.learn_ipv6(src);
+                Ok(())
+            } else {
+                Err(DropCause::SpoofedIpv6)
+            }
+        }
+        _ => Err(DropCause::NotRoutable),
+    }
+}
+
+/// Whether `frame` is IPv6 from an address another port holds (a guest may not use another
+/// guest's address, not even towards the gateway and the NAT).
+fn ipv6_source_of_another(frame: &[u8], v: SwitchView<'_>) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != ETHERTYPE_IPV6 {
+        return false;
+    }
+    Ipv6Packet::new_checked(eth.payload())
+        .ok()
+        .and_then(|ip| v.switch.port_by_ipv6(ip.src_addr()))
+        .is_some_and(|p| p != v.port)
 }
 
 /// Sends `list`, counting what the link does not take.

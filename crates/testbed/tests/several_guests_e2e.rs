@@ -3,7 +3,9 @@
 //! .4 for MACs :56, :57, :58, in the order given); guests ping each other both ways and move
 //! 100 MiB over TCP to each other (sha256), switched by the bridge (never through the NAT or
 //! the TUN: the TUN's counters do not move); all three fetch from the server at once with
-//! integrity; a guest spoofing another's address reaches no one.
+//! integrity; a guest spoofing another's address reaches no one. Over IPv6 (SLAAC in
+//! fd64::/64) the guests reach each other and the server, Neighbor Solicitations for another
+//! guest are answered with its MAC, and another guest's address is refused as a source.
 //!
 //! Needs root: `cargo test -p testbed --test several_guests_e2e -- --include-ignored`.
 //! Programs: iproute2, busybox (udhcpc), iputils-ping, curl.
@@ -13,10 +15,11 @@
 #[allow(dead_code)]
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use common::{GUEST_DEV, Lab, Lease, Ns, SERVER, helper, require, rx_packets, sha256};
+use common::{GUEST_DEV, Lab, Lease, Ns, SERVER, SERVER6, helper, require, rx_packets, sha256};
 use testbed::netns::Netns;
 
 /// A lab with three guest namespaces on one attach; their leases in order.
@@ -209,6 +212,155 @@ fn a_guest_spoofing_another_guests_address_or_mac_reaches_no_one() {
         "guest 3 reached the spoofer: {out}"
     );
     drop(g3);
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn three_guests_reach_each_other_and_the_server_over_ipv6() {
+    require(&[("busybox", "busybox"), ("ping", "iputils-ping")]);
+    let (lab, g2, g3, _) = three_guests("sev6");
+    let spaces = [lab.ns(Ns::G), &g2, &g3];
+    let addrs: Vec<Ipv6Addr> = spaces.iter().map(|ns| slaac(ns)).collect();
+    // Each guest has used its address once (to the gateway): the switch has learned it.
+    for (ns, a) in spaces.iter().zip(&addrs) {
+        let out = ping6(ns, "fd64::1".parse().expect("addr"), 1);
+        assert!(
+            out.contains("1 received"),
+            "{} ({a}) -> fd64::1: {out}",
+            ns.name()
+        );
+    }
+    for (i, from) in spaces.iter().enumerate() {
+        for (j, to) in addrs.iter().enumerate() {
+            if i != j {
+                let out = ping6(from, *to, 3);
+                assert!(out.contains("3 received"), "{} -> {to}: {out}", from.name());
+            }
+        }
+        let out = ping6(from, SERVER6, 2);
+        assert!(
+            out.contains("2 received"),
+            "{} -> {SERVER6}: {out}",
+            from.name()
+        );
+    }
+    // Neighbor Discovery for another guest was answered with that guest's MAC.
+    let neigh = g2
+        .ip(&[
+            "-6",
+            "neigh",
+            "show",
+            "dev",
+            GUEST_DEV,
+            &addrs[2].to_string(),
+        ])
+        .expect("ip neigh");
+    assert!(neigh.contains("52:54:00:12:34:58"), "{neigh}");
+    // Guest 1 takes guest 2's address (next to its own): from it, it reaches no one.
+    let g = lab.ns(Ns::G);
+    g.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", addrs[1]),
+        "dev",
+        GUEST_DEV,
+        "nodad",
+    ])
+    .expect("addr add");
+    let from = addrs[1].to_string();
+    for to in [addrs[2], SERVER6] {
+        let out = g
+            .command("ping")
+            .args([
+                "-6",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-I",
+                &from,
+                &to.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(" 0 received"),
+            "spoofed {from} reached {to}: {text}"
+        );
+    }
+    let out = ping6(&g2, addrs[2], 2);
+    assert!(out.contains("2 received"), "guest 2 lost its path: {out}");
+}
+
+/// SLAAC in `ns` (as `Lab::slaac` does for G): its address in fd64::/64 once it is usable.
+fn slaac(ns: &Netns) -> Ipv6Addr {
+    for (key, value) in [
+        ("disable_ipv6", "0"),
+        ("accept_ra", "2"),
+        ("autoconf", "1"),
+        ("accept_dad", "1"),
+    ] {
+        let k = format!("net.ipv6.conf.{GUEST_DEV}.{key}={value}");
+        let o = ns
+            .command("sysctl")
+            .args(["-q", "-w", &k])
+            .output()
+            .expect("sysctl");
+        assert!(o.status.success(), "{k}: {o:?}");
+    }
+    ns.ip(&["link", "set", GUEST_DEV, "down"]).expect("down");
+    ns.ip(&["link", "set", GUEST_DEV, "up"]).expect("up");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ns
+            .ip(&[
+                "-6", "-o", "addr", "show", "dev", GUEST_DEV, "scope", "global",
+            ])
+            .unwrap_or_default();
+        let route = ns.ip(&["-6", "route", "show"]).unwrap_or_default();
+        if out.contains("inet6 fd64::")
+            && !out.contains("tentative")
+            && route.contains("default via fe80::1")
+        {
+            return out
+                .split_whitespace()
+                .skip_while(|w| *w != "inet6")
+                .nth(1)
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .expect("an inet6 address");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SLAAC in {}: {out} {route}",
+            ns.name()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ping6(ns: &Netns, to: Ipv6Addr, count: u32) -> String {
+    let out = ns
+        .command("ping")
+        .args([
+            "-6",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            &to.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ping");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn ping(ns: &Netns, to: Ipv4Addr, count: u32) -> String {

@@ -142,6 +142,21 @@ impl Gateway {
         self.v6.as_ref().map(|v| &v.cfg)
     }
 
+    /// Whether the guest may send from `a` (its link-local or an address in the prefix; not
+    /// the gateway's): the anti-spoofing rule, before the address is learned.
+    pub(crate) fn may_use_ipv6(&self, a: Ipv6Addr) -> bool {
+        self.v6.as_ref().is_some_and(|v| v.may_use(a))
+    }
+
+    /// Records `a` (which [`Gateway::may_use_ipv6`] allowed) as one of the guest's addresses.
+    pub(crate) fn learn_ipv6(&mut self, a: Ipv6Addr) {
+        if let Some(v) = self.v6.as_mut()
+            && v.may_use(a)
+        {
+            v.learn(a);
+        }
+    }
+
     /// The IPv6 addresses the guest was seen to use from its MAC (from its traffic and its
     /// neighbor advertisements; never a tentative address it only probed for), at most
     /// [`MAX_GUEST_IPV6_ADDRS`], the oldest replaced first.

@@ -21,6 +21,47 @@ pub(super) fn is_nd(t: u8) -> bool {
 }
 
 impl Gateway {
+    /// On a network of several guests: answers a Neighbor Solicitation from the guest for
+    /// another guest's address (`mac_of` gives that guest's MAC) with a Neighbor Advertisement
+    /// naming that MAC, as a proxy (RFC 4861 7.2.8): to the asker, solicited; to a duplicate
+    /// address probe from `::`, to all nodes, so the other guest's address is defended.
+    /// `frame` passed the gateway's checks (it answered [`DropCause::Ipv6Ignored`] or
+    /// consumed a probe). Returns the reply's length.
+    pub(crate) fn ns_for_neighbor(
+        &self,
+        frame: &[u8],
+        reply: &mut [u8],
+        mac_of: impl Fn(Ipv6Addr) -> Option<MacAddr>,
+    ) -> Option<usize> {
+        let eth = wire::EthernetFrame::new_checked(frame).ok()?;
+        let ip = wire::Ipv6Packet::new_checked(eth.payload()).ok()?;
+        if ip.next_header() != ip_proto::ICMPV6 || ip.hop_limit() != ND_HOP_LIMIT {
+            return None;
+        }
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let msg = ip.payload();
+        let icmp = Icmpv6Packet::new_checked(msg).ok()?;
+        if icmp.msg_type() != icmpv6::NEIGHBOR_SOLICITATION
+            || icmp.msg_code() != 0
+            || msg.len() < ndp::NEIGHBOR_MESSAGE_LEN
+            || !icmp.verify_checksum(src, dst)
+        {
+            return None;
+        }
+        let target = target(msg);
+        let mac = mac_of(target)?;
+        let (to, to_mac, solicited) = if src.is_unspecified() {
+            (ALL_NODES, multicast_mac(ALL_NODES), 0)
+        } else {
+            (src, eth.src_addr(), ndp::NA_SOLICITED)
+        };
+        let flags = ndp::NA_OVERRIDE | solicited;
+        match self.neighbor_advertisement(reply, (target, mac), to, to_mac, flags) {
+            TxAction::Reply { len } => Some(len),
+            _ => None,
+        }
+    }
+
     /// A Neighbor Discovery message from the guest (`msg`: the ICMPv6 message).
     pub(super) fn neighbor_discovery(
         &mut self,
@@ -100,7 +141,8 @@ impl Gateway {
                     (pkt.src, pkt.src_mac, ndp::NA_SOLICITED)
                 };
                 let flags = ndp::NA_ROUTER | ndp::NA_OVERRIDE | solicited;
-                self.neighbor_advertisement(reply, target, dst, dst_mac, flags)
+                let mac = self.cfg.gateway_mac;
+                self.neighbor_advertisement(reply, (target, mac), dst, dst_mac, flags)
             }
             icmpv6::NEIGHBOR_ADVERTISEMENT => {
                 let target = target(msg);
@@ -214,7 +256,7 @@ impl Gateway {
     fn neighbor_advertisement(
         &self,
         reply: &mut [u8],
-        target: Ipv6Addr,
+        (target, target_mac): (Ipv6Addr, MacAddr),
         dst: Ipv6Addr,
         dst_mac: MacAddr,
         flags: u8,
@@ -236,7 +278,7 @@ impl Gateway {
         link_layer_option(
             &mut out[ndp::NEIGHBOR_MESSAGE_LEN..],
             ndp::TARGET_LINK_LAYER_ADDRESS,
-            self.cfg.gateway_mac,
+            target_mac,
         );
         let mut icmp = Icmpv6Packet::new_unchecked(out);
         icmp.set_msg_type(icmpv6::NEIGHBOR_ADVERTISEMENT);
