@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         }
         ["listen-count", port, secs] => listen_count(port.parse()?, secs.parse()?),
         ["udp-spray", addr, n] => udp_spray(parse_addr(addr)?, n.parse()?),
+        ["udp-flows", addr, secs] => udp_flows(parse_addr(addr)?, secs.parse()?),
         ["syn-flood", addr, n, rate, secs] => syn_flood(
             parse_addr(addr)?,
             n.parse()?,
@@ -354,6 +355,30 @@ fn udp_spray(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
         {
             sent += 1;
         }
+    }
+    println!("sent {sent}");
+    Ok(())
+}
+
+/// Sends small UDP datagrams to `addr`'s host as fast as it can for `secs` seconds (at most
+/// 60), each to the next destination port (1024..=65535, round and round) and every 256th
+/// from a new socket: a new NAT flow per datagram until the caps refuse them. Prints how many
+/// went out.
+fn udp_flows(addr: SocketAddr, secs: u64) -> anyhow::Result<()> {
+    let unspecified: SocketAddr = "0.0.0.0:0".parse()?;
+    let deadline = Instant::now() + Duration::from_secs(secs.min(60));
+    let mut s = UdpSocket::bind(unspecified)?;
+    let (mut sent, mut port) = (0u64, 1024u16);
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            let mut to = addr;
+            to.set_port(port);
+            port = if port == u16::MAX { 1024 } else { port + 1 };
+            if s.send_to(b"flow", to).is_ok() {
+                sent += 1;
+            }
+        }
+        s = UdpSocket::bind(unspecified)?;
     }
     println!("sent {sent}");
     Ok(())
