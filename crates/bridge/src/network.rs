@@ -118,8 +118,14 @@ impl Network {
     ///
     /// [`Error::Config`]: every port in use, the MAC in use or multicast, no address free.
     pub fn attach(&mut self, mac: MacAddr) -> Result<PortId, Error> {
-        let addr = self.address_for(mac)?;
         let id = self.switch.attach(mac).map_err(switch_error)?;
+        let addr = match self.address_for(mac) {
+            Ok(a) => a,
+            Err(e) => {
+                self.switch.detach(id);
+                return Err(e);
+            }
+        };
         let mut config = self.config.clone();
         config.guest_mac = mac;
         config.dhcp_pool = addr..=addr;
@@ -541,4 +547,235 @@ fn switch_error(e: SwitchError) -> Error {
 
 fn not_attached(port: PortId) -> Error {
     Error::Config(format!("port {} is not attached", port.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryLink;
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([0x52, 0x54, 0, 0x12, 0x34, last])
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ports_get_addresses_in_order_and_a_returning_mac_its_own() {
+        let mut net = Network::new(BridgeConfig::default(), 8).unwrap();
+        let a = net.attach(mac(0x56)).unwrap();
+        let b = net.attach(mac(0x57)).unwrap();
+        let c = net.attach(mac(0x58)).unwrap();
+        assert_eq!((a.0, b.0, c.0), (0, 1, 2));
+        assert_eq!(net.address_of(a), Some(ip("192.168.64.2")));
+        assert_eq!(net.address_of(b), Some(ip("192.168.64.3")));
+        assert_eq!(net.address_of(c), Some(ip("192.168.64.4")));
+        // The device of each port carries its MAC.
+        assert_eq!(net.config_space(b).unwrap()[..6], mac(0x57).0);
+        // b goes; a new MAC does not take b's address while it may come back.
+        assert!(net.detach(b));
+        assert!(!net.detach(b));
+        assert_eq!(net.address_of(b), None);
+        let d = net.attach(mac(0x59)).unwrap();
+        assert_eq!(d, b, "the lowest free port index");
+        assert_eq!(net.address_of(d), Some(ip("192.168.64.5")));
+        net.detach(d);
+        let b2 = net.attach(mac(0x57)).unwrap();
+        assert_eq!(
+            net.address_of(b2),
+            Some(ip("192.168.64.3")),
+            "b's address again"
+        );
+        assert_eq!(net.ports().count(), 3);
+    }
+
+    #[test]
+    fn a_full_pool_reuses_the_longest_unused_address_and_refusals_are_errors() {
+        let config = BridgeConfig {
+            dhcp_pool: ip("192.168.64.2")..=ip("192.168.64.3"),
+            ..BridgeConfig::default()
+        };
+        let mut net = Network::new(config, 8).unwrap();
+        let a = net.attach(mac(1)).unwrap();
+        let b = net.attach(mac(2)).unwrap();
+        // Two addresses, two ports at most.
+        assert!(matches!(net.attach(mac(3)), Err(Error::Config(_))));
+        assert!(
+            matches!(net.attach(mac(2)), Err(Error::Config(e)) if e.contains("MAC")),
+            "a MAC in use"
+        );
+        net.detach(a);
+        net.detach(b);
+        // Both addresses had owners: the one unused longest goes to the new MAC.
+        let c = net.attach(mac(3)).unwrap();
+        assert_eq!(net.address_of(c), Some(ip("192.168.64.2")));
+        assert!(matches!(
+            net.attach(MacAddr([0x01, 0, 0, 0, 0, 1])),
+            Err(Error::Config(_))
+        ));
+        assert!(Network::new(BridgeConfig::default(), 0).is_err());
+    }
+
+    const HDR: usize = 12;
+    const FEATURES: u64 = 1 << 32 | 1 << 15; // VERSION_1 | MRG_RXBUF
+    const NOW: nat::Instant = nat::Instant::ZERO;
+
+    /// A DHCP DISCOVER and a REQUEST for `ip` from `mac`.
+    fn dhcp(mac: MacAddr, ip: Ipv4Addr) -> [Vec<u8>; 2] {
+        use dhcproto::v4::{DhcpOption, Message, MessageType};
+        let u = Ipv4Addr::UNSPECIFIED;
+        let msg = |kind, opts: &[DhcpOption]| {
+            let mut m = Message::new_with_id(7, u, u, u, u, &mac.0);
+            m.opts_mut().insert(DhcpOption::MessageType(kind));
+            for o in opts {
+                m.opts_mut().insert(o.clone());
+            }
+            crate::testing::dhcp_frame(mac, &m)
+        };
+        [
+            msg(MessageType::Discover, &[]),
+            msg(
+                MessageType::Request,
+                &[
+                    DhcpOption::ServerIdentifier(crate::testing::GATEWAY),
+                    DhcpOption::RequestedIpAddress(ip),
+                ],
+            ),
+        ]
+    }
+
+    /// Two guests on mock queues, leased (.2 and .3), then: ARP for the other answered with
+    /// its MAC; a frame to it (its MAC, or the gateway's) switched to its RX queue and never
+    /// to the host; a spoofed source dropped; a guest with no RX buffers: its inbox holds a
+    /// batch and the rest is counted at the sender.
+    #[test]
+    fn guests_reach_each_other_through_the_switch_and_overflow_is_counted() {
+        use crate::testing::{self, GATEWAY_MAC, MockNet};
+        use ::wire::{ArpPacket, EthernetFrame, arp};
+        let (host, peer) = MemoryLink::pair(256).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
+        let (ma, mb) = (mac(0x56), mac(0x57));
+        let (a, b) = (net.attach(ma).unwrap(), net.attach(mb).unwrap());
+        let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
+        let (mem_a, mem_b) = (testing::guest_memory(), testing::guest_memory());
+        let (mut qa, mut qb) = (MockNet::new(&mem_a, 256), MockNet::new(&mem_b, 256));
+        let (mut rxa, mut txa) = qa.queues(false);
+        let (mut rxb, mut txb) = qb.queues(false);
+        assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
+        assert_eq!(net.ack_features(b, FEATURES, &host), FEATURES);
+        for _ in 0..8 {
+            qa.post_rx(&[2048]);
+        }
+        for (m, q, ip) in [(ma, &mut qa, ia), (mb, &mut qb, ib)] {
+            for f in dhcp(m, ip) {
+                q.send_frame(HDR, &f, &[]);
+            }
+        }
+        net.on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        net.on_tx_kick(b, &mem_b, &mut txb, Some(&mut rxb), &host, NOW)
+            .unwrap();
+        let mut scratch = Vec::new();
+        while qa.rx_frame(HDR, &mut scratch).is_some() {}
+        assert!(net.pending(b), "b's DHCP answers wait for RX buffers");
+        for _ in 0..2 {
+            qb.post_rx(&[2048]);
+        }
+        net.on_rx_ready(b, &mem_b, &mut rxb, &host, false, NOW)
+            .unwrap();
+        while qb.rx_frame(HDR, &mut scratch).is_some() {}
+        assert!(!net.pending(b));
+
+        // ARP for b: answered with b's MAC.
+        qa.send_frame(HDR, &testing::arp_request(ma, ia, ib), &[]);
+        net.on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        let (_, reply) = qa.rx_frame(HDR, &mut scratch).expect("an ARP reply");
+        let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+        let arp = ArpPacket::new_checked(eth.payload()).unwrap();
+        assert_eq!(arp.operation(), arp::REPLY);
+        assert_eq!(
+            (arp.sender_hardware_addr(), arp.sender_protocol_addr()),
+            (mb, ib)
+        );
+
+        // To b's MAC, and routed through the gateway's: both reach b, never the host.
+        let mut direct = testing::udp_frame(ma, ia, 5000, ib, 6000, b"to b");
+        let mut routed = testing::udp_frame(ma, ia, 5000, ib, 6000, b"via gw");
+        direct[..6].copy_from_slice(&mb.0);
+        routed[..6].copy_from_slice(&GATEWAY_MAC.0);
+        qa.send_frame(HDR, &direct, &[]);
+        qa.send_frame(HDR, &routed, &[]);
+        net.on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        assert!(net.pending(b));
+        for _ in 0..2 {
+            qb.post_rx(&[2048]);
+        }
+        net.on_rx_ready(b, &mem_b, &mut rxb, &host, false, NOW)
+            .unwrap();
+        let (_, got) = qb.rx_frame(HDR, &mut scratch).expect("the direct frame");
+        assert_eq!((&got[..6], &got[6..12]), (&mb.0[..], &ma.0[..]));
+        assert_eq!(&got[got.len() - 4..], b"to b");
+        let (_, got) = qb.rx_frame(HDR, &mut scratch).expect("the routed frame");
+        assert_eq!((&got[..6], &got[6..12]), (&mb.0[..], &GATEWAY_MAC.0[..]));
+        assert_eq!(net.stats(a).unwrap().switched, 2);
+        assert!(peer.recv().is_none(), "nothing reached the host");
+
+        // a with b's address: dropped at a.
+        let spoofed = {
+            let mut f = testing::udp_frame(ma, ib, 5000, ib, 6000, b"spoof");
+            f[..6].copy_from_slice(&mb.0);
+            f
+        };
+        qa.send_frame(HDR, &spoofed, &[]);
+        net.on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        assert!(!net.pending(b));
+        assert_eq!(net.stats(a).unwrap().drops_of(DropCause::SpoofedIp), 1);
+
+        // b posts no buffers: its inbox takes one batch and a's kick stops there (tx_more:
+        // the driver delivers b's inbox first); b still takes nothing: the rest is counted at
+        // a, and a goes on.
+        let capacity = net.config().batch_size;
+        for _ in 0..capacity + 10 {
+            qa.send_frame(HDR, &direct, &[]);
+        }
+        let n = net
+            .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        assert!(n.tx_more, "{n:?}");
+        let sa = net.stats(a).unwrap();
+        assert_eq!(sa.switched, 2 + capacity as u64);
+        assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 0);
+        let n = net
+            .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        assert!(!n.tx_more, "{n:?}");
+        let sa = net.stats(a).unwrap();
+        assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 10);
+        assert_eq!(
+            qa.tx_used().len(),
+            6 + capacity + 10,
+            "every chain went back"
+        );
+    }
+
+    #[test]
+    fn events_for_a_port_not_attached_are_errors_and_features_are_per_port() {
+        let (host, _peer) = MemoryLink::pair(64).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 2).unwrap();
+        let a = net.attach(mac(1)).unwrap();
+        let ghost = PortId(1);
+        assert_eq!(net.ack_features(ghost, u64::MAX, &host), 0);
+        assert!(net.device_features(ghost).is_none());
+        assert!(!net.pending(ghost));
+        let features = net.device_features(a).unwrap();
+        assert_ne!(net.ack_features(a, features, &host), 0);
+        assert_eq!(net.host_reader(), Some(a));
+        assert!(net.stats(a).is_some());
+        assert_eq!(net.bridge_stats().bridge.tx_frames, 0);
+    }
 }
