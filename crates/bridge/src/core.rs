@@ -857,7 +857,10 @@ impl TxHalf {
             .engine
             .pull_switched(mem, queue, replies, now, stats, view)?;
         if out.frames > 0 {
-            nat.with(|nat| self.engine.translate(nat, replies, now, stats));
+            nat.with(|nat| {
+                self.engine
+                    .translate_switched(nat, replies, now, stats, view)
+            });
             self.engine.push(host, stats)?;
         }
         Ok(out)

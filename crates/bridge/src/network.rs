@@ -33,7 +33,7 @@ use crate::rx_engine::RxEngine;
 use crate::stats::{BridgeStats, DropCause, Stats};
 use crate::switch::{Claim, PortId, Switch, SwitchError};
 use crate::tx_engine::{SwitchView, TxEngine};
-use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, MacAddr};
+use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_DST, IPV6_DST, MacAddr};
 use crate::{Error, HostLink, offload};
 
 /// Several guests on one network; see the module docs.
@@ -457,18 +457,7 @@ impl<'a> Others<'a> {
             if frame.is_empty() {
                 continue;
             }
-            let owner = match frame.get(12..14) {
-                Some(t) if t == ETHERTYPE_IPV4.to_be_bytes() => frame
-                    .get(ETH_HLEN + 16..ETH_HLEN + 20)
-                    .and_then(|d| <[u8; 4]>::try_from(d).ok())
-                    .and_then(|d| self.switch.port_by_ipv4(Ipv4Addr::from(d))),
-                Some(t) if t == ETHERTYPE_IPV6.to_be_bytes() => frame
-                    .get(ETH_HLEN + 24..ETH_HLEN + 40)
-                    .and_then(|d| <[u8; 16]>::try_from(d).ok())
-                    .and_then(|d| self.switch.port_by_ipv6(d.into())),
-                _ => None,
-            };
-            let Some(q) = owner.filter(|&q| q != self.me) else {
+            let Some(q) = owner_of_dst(self.switch, frame).filter(|&q| q != self.me) else {
                 mine += 1;
                 continue;
             };
@@ -529,6 +518,22 @@ impl<'a> Others<'a> {
             *p = true;
         }
         Ok(())
+    }
+}
+
+/// The port holding the destination address of the IP packet in Ethernet `frame` (by its
+/// EtherType), if any.
+pub(crate) fn owner_of_dst(switch: &Switch, frame: &[u8]) -> Option<PortId> {
+    match frame.get(12..14) {
+        Some(t) if t == ETHERTYPE_IPV4.to_be_bytes() => frame
+            .get(ETH_HLEN + IPV4_DST..ETH_HLEN + IPV4_DST + 4)
+            .and_then(|d| <[u8; 4]>::try_from(d).ok())
+            .and_then(|d| switch.port_by_ipv4(Ipv4Addr::from(d))),
+        Some(t) if t == ETHERTYPE_IPV6.to_be_bytes() => frame
+            .get(ETH_HLEN + IPV6_DST..ETH_HLEN + IPV6_DST + 16)
+            .and_then(|d| <[u8; 16]>::try_from(d).ok())
+            .and_then(|d| switch.port_by_ipv6(d.into())),
+        _ => None,
     }
 }
 

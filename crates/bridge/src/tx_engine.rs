@@ -408,6 +408,19 @@ impl TxEngine {
         now: Instant,
         stats: &mut Stats,
     ) {
+        self.translate_switched(nat, replies, now, stats, None);
+    }
+
+    /// As [`TxEngine::translate`], on a network of several ports (`view`): a packet the NAT
+    /// hairpins to another guest (a port forward to it) goes to [`TxEngine::switched`].
+    pub(crate) fn translate_switched(
+        &mut self,
+        nat: &mut Nat,
+        replies: &mut FrameBatch,
+        now: Instant,
+        stats: &mut Stats,
+        view: Option<SwitchView<'_>>,
+    ) {
         self.refresh_forwards6(nat);
         self.nat_idx.clear();
         self.nat_l4.clear();
@@ -474,6 +487,13 @@ impl TxEngine {
                     };
                     frame[..ETH_HLEN].copy_from_slice(&eth);
                     set_ethertype_for_ip(frame);
+                    if let Some(v) = view
+                        && let Some(q) = crate::network::owner_of_dst(v.switch, frame)
+                        && q != v.port
+                    {
+                        self.switched.push((i, q));
+                        continue;
+                    }
                     match offload::hairpin_header(&self.offloads, kind, &hdr, frame) {
                         Ok(h) => {
                             if !replies.push_with_header(frame, h) {

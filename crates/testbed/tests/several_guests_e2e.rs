@@ -24,6 +24,11 @@ use testbed::netns::Netns;
 
 /// A lab with three guest namespaces on one attach; their leases in order.
 fn three_guests(tag: &str) -> (Lab, Netns, Netns, [Lease; 3]) {
+    three_guests_with(tag, &[])
+}
+
+/// As [`three_guests`], with more `attach` arguments.
+fn three_guests_with(tag: &str, extra: &[&str]) -> (Lab, Netns, Netns, [Lease; 3]) {
     let mut lab = Lab::start_without_attach(tag);
     let g2 = Netns::new(&format!("{tag}-g2")).expect("second guest namespace");
     let g3 = Netns::new(&format!("{tag}-g3")).expect("third guest namespace");
@@ -37,7 +42,10 @@ fn three_guests(tag: &str) -> (Lab, Netns, Netns, [Lease; 3]) {
             g3.name(),
             "--dns-upstream",
             &server,
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     );
     lab.set_attach(attach);
     let l1 = lab.udhcpc();
@@ -478,6 +486,64 @@ fn ping6(ns: &Netns, to: Ipv6Addr, count: u32) -> String {
         .output()
         .expect("ping");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn port_forwards_name_their_guest_and_hairpin_between_guests() {
+    require(&[("busybox", "busybox")]);
+    let (mut lab, g2, g3, leases) = three_guests_with(
+        "sevfwd",
+        &[
+            "--forward",
+            "tcp:8080:192.168.64.3:80",
+            "--forward",
+            "udp:8081:192.168.64.4:81",
+        ],
+    );
+    let external = lab.attach().external;
+    let mut peer_serve = |ns: &Netns, addr: String| {
+        let mut cmd = ns.command(helper());
+        cmd.args(["peer-serve", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut p = testbed::netns::Process::spawn(&mut cmd).expect("peer-serve");
+        let out = p.take_stdout().expect("stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("line");
+        assert!(line.starts_with("listening"), "{line}");
+        p
+    };
+    let _s2 = peer_serve(&g2, format!("{}:80", leases[1].ip));
+    let _s3 = peer_serve(&g3, format!("{}:81", leases[2].ip));
+    // From the server: each forward reaches its own guest, which sees the real client.
+    let ask = |ns: &Netns, proto: &str, port: u16| {
+        let out = ns
+            .command("timeout")
+            .args(["-k", "2", "15", helper(), "peer-ask", proto])
+            .arg(format!("{external}:{port}"))
+            .arg("5")
+            .stdin(Stdio::null())
+            .output()
+            .expect("peer-ask");
+        assert!(
+            out.status.success(),
+            "{proto} {port} from {}: {out:?}",
+            ns.name()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = ask(lab.ns(Ns::S), "tcp", 8080);
+    assert!(out.contains(&format!("peer={SERVER}:")), "{out}");
+    let out = ask(lab.ns(Ns::S), "udp", 8081);
+    assert!(out.contains(&format!("peer={SERVER}:")), "{out}");
+    // From guest 1 through the external address (hairpin): to guests 2 and 3.
+    let out = ask(lab.ns(Ns::G), "tcp", 8080);
+    assert!(out.contains(&format!("peer={external}:")), "{out}");
+    let out = ask(lab.ns(Ns::G), "udp", 8081);
+    assert!(out.contains(&format!("peer={external}:")), "{out}");
+    assert!(lab.attach_alive(), "attach died");
+    drop(lab.take_attach());
 }
 
 fn ping(ns: &Netns, to: Ipv4Addr, count: u32) -> String {
