@@ -502,7 +502,7 @@ fn port_forwards_name_their_guest_and_hairpin_between_guests() {
         ],
     );
     let external = lab.attach().external;
-    let mut peer_serve = |ns: &Netns, addr: String| {
+    let peer_serve = |ns: &Netns, addr: String| {
         let mut cmd = ns.command(helper());
         cmd.args(["peer-serve", &addr])
             .stdin(Stdio::null())
