@@ -34,7 +34,7 @@ use crate::stats::{BridgeStats, DropCause, Stats};
 use crate::switch::{Claim, PortId, Switch, SwitchError};
 use crate::tx_engine::{SwitchView, TxEngine};
 use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_DST, IPV6_DST, MacAddr};
-use crate::{Error, HostLink, offload};
+use crate::{Error, HostLink, LinkOffloads, offload};
 
 /// Several guests on one network; see the module docs.
 ///
@@ -185,9 +185,10 @@ impl Network {
     }
 
     /// As [`crate::DeviceCore::ack_features`] for `port` (0 for a port not attached). The
-    /// host link's offloads are set by each port's negotiation: ports of one network are
-    /// expected to negotiate the same receive offloads (a super-packet for a guest that took
-    /// none is a counted drop).
+    /// host link is one for every port, so its offloads towards the guests are what every
+    /// negotiated port takes (the intersection): a guest that took no TSO gets no super-packet
+    /// because another took it. A port's own flags say what the link accepted when it
+    /// negotiated; the link may then hand it less (plain packets, which every guest takes).
     pub fn ack_features(&mut self, port: PortId, features: u64, host: &impl HostLink) -> u64 {
         let Some(p) = self.port_mut(port) else {
             return 0;
@@ -195,6 +196,22 @@ impl Network {
         let acked = p.device.ack_features(features);
         let offloads = negotiate_offloads(acked, host);
         p.use_features(acked, offloads);
+        let common = self
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.negotiated.features != 0)
+            .map(|p| p.negotiated.offloads.towards_guest())
+            .fold(offloads.towards_guest(), |a, b| LinkOffloads {
+                csum: a.csum && b.csum,
+                tso4: a.tso4 && b.tso4,
+                tso6: a.tso6 && b.tso6,
+            });
+        if common != offloads.towards_guest()
+            && let Err(e) = host.set_offloads(common)
+        {
+            tracing::warn!("the host link refused the ports' common offloads: {e}");
+        }
         acked
     }
 
@@ -766,6 +783,28 @@ mod tests {
             6 + capacity + 10,
             "every chain went back"
         );
+    }
+
+    /// The host link carries what every port takes: a guest without offloads next to one
+    /// with them turns the link's off; alone, the one with them gets them.
+    #[test]
+    fn the_host_link_gets_the_offloads_every_port_takes() {
+        use crate::{OFFERED_FEATURES, OFFLOAD_FEATURES};
+        let (host, _peer) = MemoryLink::pair_with_vnet_hdr(64).unwrap();
+        let config = BridgeConfig {
+            offloads: true,
+            ..BridgeConfig::default()
+        };
+        let mut net = Network::new(config, 4).unwrap();
+        let (a, b) = (net.attach(mac(1)).unwrap(), net.attach(mac(2)).unwrap());
+        net.ack_features(a, OFFERED_FEATURES | OFFLOAD_FEATURES, &host);
+        let all = host.offloads();
+        assert!(all.csum && all.tso4 && all.tso6, "{all:?}");
+        net.ack_features(b, OFFERED_FEATURES, &host);
+        assert_eq!(host.offloads(), LinkOffloads::NONE);
+        // a negotiates again (a driver reset): still what b takes.
+        net.ack_features(a, OFFERED_FEATURES | OFFLOAD_FEATURES, &host);
+        assert_eq!(host.offloads(), LinkOffloads::NONE);
     }
 
     #[test]
