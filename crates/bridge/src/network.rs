@@ -62,7 +62,7 @@ pub struct Network {
     pending: Vec<bool>,
     /// The IPv4 address each MAC had, most recent last (bounded by the pool's size).
     leases: Vec<(MacAddr, Ipv4Addr)>,
-    /// The port that got most of the last host batch.
+    /// The port to read the next host batch with (see [`Network::host_reader`]).
     reader: Option<PortId>,
     short_batch_drains: bool,
 }
@@ -315,7 +315,8 @@ impl Network {
     }
 
     /// The port to read the host link with ([`Network::on_rx_ready`] with `host_readable`):
-    /// the one that got most of the last batch (fewest frames moved), else the first.
+    /// the one that read the last batch, or the one most of it was moved to (with one busy
+    /// guest, that guest's port: nothing is copied), else the first.
     pub fn host_reader(&self) -> Option<PortId> {
         self.reader
             .filter(|p| self.port(*p).is_some())
@@ -464,8 +465,8 @@ impl<'a> Others<'a> {
     /// that are for other guests into their inboxes.
     pub(crate) fn take_rx(&mut self, engine: &mut RxEngine, stats: &mut Stats) {
         let batch = engine.batch_mut();
-        let (mut mine, mut moved) = (0usize, [0usize; 4]);
-        let mut most: Option<(PortId, usize)> = None;
+        let (mut mine, mut moved) = (0usize, 0usize);
+        let mut last = None;
         for i in batch.cursor()..batch.len() {
             let hdr = batch.header(i);
             let Some(frame) = batch.frame(i) else {
@@ -483,15 +484,13 @@ impl<'a> Others<'a> {
                 stats.drop(c);
             }
             batch.drop_frame(i);
-            let slot = usize::from(q.0) % moved.len();
-            moved[slot] += 1;
-            if most.is_none_or(|(_, n)| moved[slot] > n) {
-                most = Some((q, moved[slot]));
-            }
+            moved += 1;
+            last = Some(q);
         }
-        // Read the next batch with the port that took most of this one.
-        *self.reader = match most {
-            Some((q, n)) if n > mine => Some(q),
+        // Most of this batch was for others: read the next one with the port the last of
+        // them went to (with one busy guest, its own port; nothing copied then).
+        *self.reader = match last {
+            Some(q) if moved > mine => Some(q),
             _ => Some(self.me),
         };
     }
