@@ -18,11 +18,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
 
-/// The running `lab-loop` thread.
-pub(super) struct LabLoop {
-    stop: EventFd,
-    stopping: Arc<AtomicBool>,
-    stats_requested: Arc<AtomicBool>,
+/// A loop thread of `attach` (`lab-loop`, `lab-network`): its stop eventfd, its flags and its
+/// join handle. Dropping it stops the thread.
+pub(super) struct LoopThread {
+    control: Control,
     thread: Option<JoinHandle<Finished>>,
 }
 
@@ -33,6 +32,99 @@ pub(super) struct Finished {
     pub(super) bridge: BridgeStats,
 }
 
+/// What the loop thread watches: the stop eventfd (in its epoll set), the stop flag and the
+/// stats request (SIGUSR1).
+pub(super) struct Control {
+    pub(super) stop: EventFd,
+    pub(super) stopping: Arc<AtomicBool>,
+    pub(super) stats_requested: Arc<AtomicBool>,
+}
+
+impl Control {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Control {
+            stop: EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?,
+            stopping: Arc::new(AtomicBool::new(false)),
+            stats_requested: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn try_clone(&self) -> anyhow::Result<Self> {
+        Ok(Control {
+            stop: self.stop.try_clone().context("cloning the stop eventfd")?,
+            stopping: Arc::clone(&self.stopping),
+            stats_requested: Arc::clone(&self.stats_requested),
+        })
+    }
+
+    /// Whether the thread is asked to stop.
+    pub(super) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Whether a stats line was asked for (and forgets the request).
+    pub(super) fn take_stats_request(&self) -> bool {
+        self.stats_requested.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl LoopThread {
+    /// Starts thread `name` running `body` with its [`Control`].
+    pub(super) fn spawn(
+        name: &str,
+        body: impl FnOnce(Control) -> Finished + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let control = Control::new()?;
+        let theirs = control.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(theirs))
+            .with_context(|| format!("spawning the {name} thread"))?;
+        Ok(Self {
+            control,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks the thread to print the bridge's stats line to stderr (within its tick, 1 s).
+    pub(super) fn request_stats(&self) {
+        self.control.stats_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the thread ended on its own (an error).
+    pub(super) fn has_failed(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the thread and returns how it ended with both sides' counters.
+    ///
+    /// # Errors
+    /// The thread panicked.
+    pub(super) fn stop(mut self) -> anyhow::Result<Finished> {
+        self.control.stopping.store(true, Ordering::SeqCst);
+        let _ = self.control.stop.write(1);
+        let t = self
+            .thread
+            .take()
+            .context("the loop thread was already joined")?;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("the loop thread panicked"))
+    }
+}
+
+impl Drop for LoopThread {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.control.stopping.store(true, Ordering::SeqCst);
+            let _ = self.control.stop.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+/// `--threads one`: the one guest's loop.
+pub(super) struct LabLoop;
+
 impl LabLoop {
     /// Builds the device core for `guest` (features acked as the guest negotiated them) and
     /// starts the thread.
@@ -41,7 +133,7 @@ impl LabLoop {
         guest: SimGuest,
         tap: Arc<Tun>,
         tun: Tun,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<LoopThread> {
         tun.prepare().context("making the TUN non-blocking")?;
         // The TUN is polled level-triggered: a short batch means it is drained.
         let mut dp = dp.with_short_batch_drains(true);
@@ -59,75 +151,26 @@ impl LabLoop {
         dp.prepare_queue(&mut txq, TX_QUEUE)
             .context("the device refused the TX queue")?;
         let driver = guest.into_driver(tap)?;
-        let stop = EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stats_requested = Arc::new(AtomicBool::new(false));
-        let mut state = State {
-            stats_requested: Arc::clone(&stats_requested),
-            dp,
-            clock: Clock::new(),
-            driver,
-            mem,
-            rxq,
-            txq,
-            tun,
-            stop: stop.try_clone().context("cloning the stop eventfd")?,
-            stopping: Arc::clone(&stopping),
-            tx_more: false,
-            rx_more: false,
-        };
-        let thread = std::thread::Builder::new()
-            .name("lab-loop".into())
-            .spawn(move || {
-                let result = state.run();
-                Finished {
-                    result,
-                    guest: state.driver.stats().summary(),
-                    bridge: state.dp.bridge_stats(),
-                }
-            })
-            .context("spawning the lab-loop thread")?;
-        Ok(Self {
-            stop,
-            stopping,
-            stats_requested,
-            thread: Some(thread),
+        LoopThread::spawn("lab-loop", move |control| {
+            let mut state = State {
+                dp,
+                clock: Clock::new(),
+                driver,
+                mem,
+                rxq,
+                txq,
+                tun,
+                control,
+                tx_more: false,
+                rx_more: false,
+            };
+            let result = state.run();
+            Finished {
+                result,
+                guest: state.driver.stats().summary(),
+                bridge: state.dp.bridge_stats(),
+            }
         })
-    }
-
-    /// Asks the thread to print the bridge's stats line to stderr (within its tick, 1 s).
-    pub(super) fn request_stats(&self) {
-        self.stats_requested.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether the thread ended on its own (an error).
-    pub(super) fn has_failed(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
-    /// Stops the thread and returns how it ended with both sides' counters.
-    ///
-    /// # Errors
-    /// The thread panicked.
-    pub(super) fn stop(mut self) -> anyhow::Result<Finished> {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.stop.write(1);
-        let t = self
-            .thread
-            .take()
-            .context("the lab-loop thread was already joined")?;
-        t.join()
-            .map_err(|_| anyhow::anyhow!("the lab-loop thread panicked"))
-    }
-}
-
-impl Drop for LabLoop {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stopping.store(true, Ordering::SeqCst);
-            let _ = self.stop.write(1);
-            let _ = t.join();
-        }
     }
 }
 
@@ -139,9 +182,7 @@ struct State {
     rxq: Queue,
     txq: Queue,
     tun: Tun,
-    stop: EventFd,
-    stopping: Arc<AtomicBool>,
-    stats_requested: Arc<AtomicBool>,
+    control: Control,
     /// The last TX kick stopped on the device core's budget with chains left.
     tx_more: bool,
     /// The last delivery stopped on the device core's budget with frames left.
@@ -159,7 +200,7 @@ impl State {
         for (fd, token) in [
             (self.driver.fd().as_raw_fd(), TOKEN_TAP),
             (tun_fd, TOKEN_TUN),
-            (self.stop.as_raw_fd(), TOKEN_STOP),
+            (self.control.stop.as_raw_fd(), TOKEN_STOP),
         ] {
             epoll
                 .ctl(
@@ -174,7 +215,7 @@ impl State {
         self.rx(true)?;
         self.check_host_link()?;
         let mut next_tick = Instant::now() + TICK;
-        while !self.stopping.load(Ordering::Relaxed) {
+        while !self.control.stopping() {
             // NAT expiry when its deadline passes, at most once a TICK (a passed deadline with
             // nothing to expire must not make the loop spin).
             let now = Instant::now();
@@ -218,7 +259,7 @@ impl State {
                 self.rx(tun)?;
             }
             self.check_host_link()?;
-            if self.stats_requested.swap(false, Ordering::Relaxed) {
+            if self.control.take_stats_request() {
                 eprintln!(
                     "stats: {}",
                     super::lab_bridge::format_stats(&self.dp.bridge_stats())

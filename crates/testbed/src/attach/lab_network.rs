@@ -5,8 +5,6 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,18 +13,12 @@ use utun::Tun;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::lab_loop::Finished;
+use super::lab_loop::{Control, Finished, LoopThread};
 use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
 
-/// The running `lab-network` thread.
-pub(super) struct LabNetwork {
-    stop: EventFd,
-    stopping: Arc<AtomicBool>,
-    stats_requested: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Finished>>,
-}
+/// Several guests' loop (`lab-network`).
+pub(super) struct LabNetwork;
 
 /// One guest of the network as the loop drives it.
 struct Guest {
@@ -46,7 +38,7 @@ impl LabNetwork {
         net: Network,
         guests: Vec<(PortId, SimGuest, Arc<Tun>)>,
         tun: Tun,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<LoopThread> {
         tun.prepare().context("making the TUN non-blocking")?;
         let mut net = net.with_short_batch_drains(true);
         let mut driven = Vec::with_capacity(guests.len());
@@ -75,76 +67,27 @@ impl LabNetwork {
                 rx_more: false,
             });
         }
-        let stop = EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stats_requested = Arc::new(AtomicBool::new(false));
-        let mut state = State {
-            net,
-            guests: driven,
-            clock: Clock::new(),
-            tun,
-            stop: stop.try_clone().context("cloning the stop eventfd")?,
-            stopping: Arc::clone(&stopping),
-            stats_requested: Arc::clone(&stats_requested),
-        };
-        let thread = std::thread::Builder::new()
-            .name("lab-network".into())
-            .spawn(move || {
-                let result = state.run();
-                let guest = state
-                    .guests
-                    .iter()
-                    .map(|g| format!("port {}: {}", g.port.0, g.driver.stats().summary()))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Finished {
-                    result,
-                    guest,
-                    bridge: state.net.bridge_stats(),
-                }
-            })
-            .context("spawning the lab-network thread")?;
-        Ok(Self {
-            stop,
-            stopping,
-            stats_requested,
-            thread: Some(thread),
+        LoopThread::spawn("lab-network", move |control| {
+            let mut state = State {
+                net,
+                guests: driven,
+                clock: Clock::new(),
+                tun,
+                control,
+            };
+            let result = state.run();
+            let guest = state
+                .guests
+                .iter()
+                .map(|g| format!("port {}: {}", g.port.0, g.driver.stats().summary()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Finished {
+                result,
+                guest,
+                bridge: state.net.bridge_stats(),
+            }
         })
-    }
-
-    /// Asks the thread to print the bridge's stats line to stderr (within its tick, 1 s).
-    pub(super) fn request_stats(&self) {
-        self.stats_requested.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether the thread ended on its own (an error).
-    pub(super) fn has_failed(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
-    /// Stops the thread and returns how it ended with both sides' counters.
-    ///
-    /// # Errors
-    /// The thread panicked.
-    pub(super) fn stop(mut self) -> anyhow::Result<Finished> {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.stop.write(1);
-        let t = self
-            .thread
-            .take()
-            .context("the lab-network thread was already joined")?;
-        t.join()
-            .map_err(|_| anyhow::anyhow!("the lab-network thread panicked"))
-    }
-}
-
-impl Drop for LabNetwork {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stopping.store(true, Ordering::SeqCst);
-            let _ = self.stop.write(1);
-            let _ = t.join();
-        }
     }
 }
 
@@ -153,9 +96,7 @@ struct State {
     guests: Vec<Guest>,
     clock: Clock,
     tun: Tun,
-    stop: EventFd,
-    stopping: Arc<AtomicBool>,
-    stats_requested: Arc<AtomicBool>,
+    control: Control,
 }
 
 impl State {
@@ -166,7 +107,10 @@ impl State {
             .readiness_fd()
             .context("the TUN has no readiness fd")?
             .as_raw_fd();
-        let mut fds = vec![(tun_fd, TOKEN_TUN), (self.stop.as_raw_fd(), TOKEN_STOP)];
+        let mut fds = vec![
+            (tun_fd, TOKEN_TUN),
+            (self.control.stop.as_raw_fd(), TOKEN_STOP),
+        ];
         for (i, g) in self.guests.iter().enumerate() {
             fds.push((g.driver.fd().as_raw_fd(), TOKEN_GUESTS + i as u64));
         }
@@ -184,7 +128,7 @@ impl State {
         self.check_host_link()?;
         let mut next_tick = Instant::now() + TICK;
         let mut taps = vec![false; self.guests.len()];
-        while !self.stopping.load(Ordering::Relaxed) {
+        while !self.control.stopping() {
             let now = Instant::now();
             if now >= next_tick {
                 self.net.on_tick(self.clock.now());
@@ -239,7 +183,7 @@ impl State {
             }
             self.deliver_pending()?;
             self.check_host_link()?;
-            if self.stats_requested.swap(false, Ordering::Relaxed) {
+            if self.control.take_stats_request() {
                 eprintln!(
                     "stats: {}",
                     super::lab_bridge::format_stats(&self.net.bridge_stats())

@@ -14,7 +14,7 @@ use utun::linux::netns;
 use utun::{Ipv4Dest, Tun};
 
 use super::lab_bridge::{LabHandle, format_stats};
-use super::lab_loop::LabLoop;
+use super::lab_loop::{LabLoop, LoopThread};
 use super::lab_network::LabNetwork;
 use super::{AttachArgs, GATEWAY_ADDR, Threads};
 use crate::guest::{GuestConfig, Kick, SimGuest, features};
@@ -141,7 +141,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                 }
                 Threads::One => {
                     let dp = bridge.into_core();
-                    Mode::One(LabLoop::start(dp, guest, Arc::clone(&tap), tun)?)
+                    Mode::Loop(LabLoop::start(dp, guest, Arc::clone(&tap), tun)?)
                 }
             };
             (mode, vec![tap])
@@ -162,10 +162,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                 taps.push(Arc::clone(&tap));
                 guests.push((port, guest, tap));
             }
-            (
-                Mode::Network(LabNetwork::start(p.network, guests, tun)?),
-                taps,
-            )
+            (Mode::Loop(LabNetwork::start(p.network, guests, tun)?), taps)
         }
     };
 
@@ -207,21 +204,17 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                     break;
                 }
             }
-            Mode::One(lab) => {
+            Mode::Loop(lab) => {
                 if stats_now {
                     lab.request_stats();
                 }
                 if lab.has_failed() {
-                    failure = Some("the lab-loop thread stopped".to_owned());
-                    break;
-                }
-            }
-            Mode::Network(lab) => {
-                if stats_now {
-                    lab.request_stats();
-                }
-                if lab.has_failed() {
-                    failure = Some("the lab-network thread stopped".to_owned());
+                    let which = if args.more_guest_netns.is_empty() {
+                        "lab-loop"
+                    } else {
+                        "lab-network"
+                    };
+                    failure = Some(format!("the {which} thread stopped"));
                     break;
                 }
             }
@@ -238,8 +231,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
             eprintln!("stats: {guest_stats}");
             (guest_result, bridge_stats)
         }
-        Mode::One(lab) => finished(lab.stop()),
-        Mode::Network(lab) => finished(lab.stop()),
+        Mode::Loop(lab) => finished(lab.stop()),
     };
     drop(taps);
     match &bridge_stats {
@@ -260,8 +252,8 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
 /// The running attachment, per `--threads` and the number of guests.
 enum Mode {
     Pipeline(crate::guest::Running, LabHandle),
-    One(LabLoop),
-    Network(LabNetwork),
+    /// `lab-loop` (one guest, `--threads one`) or `lab-network` (several guests).
+    Loop(LoopThread),
 }
 
 /// What a loop thread handed back: how it ended, and the bridge's stats line.
