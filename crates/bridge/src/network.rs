@@ -246,29 +246,18 @@ impl Network {
         host: &impl HostLink,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
-        let i = usize::from(port.0);
-        let mut p = self
-            .ports
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| not_attached(port))?;
-        let mut others = Others {
-            switch: &self.switch,
-            me: port,
-            ports: &mut self.ports,
-            pending: &mut self.pending,
-            reader: &mut self.reader,
-        };
-        let r = p.on_tx_kick(&mut self.nat, mem, txq, rxq, host, now, Some(&mut others));
+        let r = self.with_port(port, |p, nat, others| {
+            p.on_tx_kick(nat, mem, txq, rxq, host, now, Some(others))
+        })?;
         // The IPv6 addresses the guest was seen to use (its own traffic, past the gateway's
         // anti-spoofing checks): the switch delivers to them from now on.
-        for &a in p.tx.engine.gateway().guest_ipv6_addrs() {
-            if let Claim::Conflict(holder) = self.switch.learn_ipv6(port, a) {
-                tracing::debug!(port = port.0, holder = holder.0, %a, "IPv6 address held by another port");
+        if let Some(Some(p)) = self.ports.get(usize::from(port.0)) {
+            for &a in p.tx.engine.gateway().guest_ipv6_addrs() {
+                if let Claim::Conflict(holder) = self.switch.learn_ipv6(port, a) {
+                    tracing::debug!(port = port.0, holder = holder.0, %a, "IPv6 address held by another port");
+                }
             }
         }
-        self.ports[i] = Some(p);
-        self.pending[i] = false;
         r
     }
 
@@ -288,24 +277,10 @@ impl Network {
         host_readable: bool,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
-        let i = usize::from(port.0);
-        let mut p = self
-            .ports
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| not_attached(port))?;
-        p.rx.host_pending |= host_readable;
-        let mut others = Others {
-            switch: &self.switch,
-            me: port,
-            ports: &mut self.ports,
-            pending: &mut self.pending,
-            reader: &mut self.reader,
-        };
-        let r = p.deliver(&mut self.nat, mem, rxq, host, now, Some(&mut others));
-        self.ports[i] = Some(p);
-        self.pending[i] = false;
-        r
+        self.with_port(port, |p, nat, others| {
+            p.rx.host_pending |= host_readable;
+            p.deliver(nat, mem, rxq, host, now, Some(others))
+        })?
     }
 
     /// Whether frames wait in `port`'s inbox (switched from another guest, moved from a host
@@ -374,6 +349,32 @@ impl Network {
     /// The network's configuration (as validated).
     pub fn config(&self) -> &BridgeConfig {
         &self.config
+    }
+
+    /// Runs one event of `port`: its slot is taken out of the network for it, so the event
+    /// has the port, the NAT and the rest of the network ([`Others`]) at once.
+    fn with_port<R>(
+        &mut self,
+        port: PortId,
+        event: impl FnOnce(&mut PortCore, &mut Nat, &mut Others<'_>) -> R,
+    ) -> Result<R, Error> {
+        let i = usize::from(port.0);
+        let mut p = self
+            .ports
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| not_attached(port))?;
+        let mut others = Others {
+            switch: &self.switch,
+            me: port,
+            ports: &mut self.ports,
+            pending: &mut self.pending,
+            reader: &mut self.reader,
+        };
+        let r = event(&mut p, &mut self.nat, &mut others);
+        self.ports[i] = Some(p);
+        self.pending[i] = false;
+        Ok(r)
     }
 
     fn port(&self, port: PortId) -> Option<&PortCore> {

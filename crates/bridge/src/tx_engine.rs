@@ -64,6 +64,15 @@ pub(crate) struct SwitchView<'a> {
     pub(crate) port: PortId,
 }
 
+impl SwitchView<'_> {
+    /// The MAC of `owner` if it is another port than the sender.
+    fn other_mac(&self, owner: Option<PortId>) -> Option<crate::wire::MacAddr> {
+        owner
+            .filter(|&q| q != self.port)
+            .and_then(|q| self.switch.mac_of(q))
+    }
+}
+
 impl TxEngine {
     /// An engine whose batches hold `batch_size` (at most [`MAX_BATCH`]) frames of at most
     /// `max_frame` bytes.
@@ -287,28 +296,19 @@ impl TxEngine {
                 }
                 (Decision::Gateway, Some(buf), view) => {
                     let a = self.gateway.handle_with(frame, buf, now, gso);
-                    match (a, view) {
-                        (TxAction::Drop(DropCause::ArpIgnored), Some(v)) => self
-                            .gateway
-                            .arp_for_neighbor(frame, buf, now, |ip| {
-                                v.switch
-                                    .port_by_ipv4(ip)
-                                    .filter(|&q| q != v.port)
-                                    .and_then(|q| v.switch.mac_of(q))
-                            })
-                            .map_or(a, |len| TxAction::Reply { len }),
-                        (TxAction::Drop(DropCause::Ipv6Ignored) | TxAction::Consumed, Some(v)) => {
-                            self.gateway
-                                .ns_for_neighbor(frame, buf, |ip| {
-                                    v.switch
-                                        .port_by_ipv6(ip)
-                                        .filter(|&q| q != v.port)
-                                        .and_then(|q| v.switch.mac_of(q))
-                                })
-                                .map_or(a, |len| TxAction::Reply { len })
+                    // ARP and Neighbor Solicitations for another guest: its MAC.
+                    let answer = match (a, view) {
+                        (TxAction::Drop(DropCause::ArpIgnored), Some(v)) => {
+                            let mac = |ip| v.other_mac(v.switch.port_by_ipv4(ip));
+                            self.gateway.arp_for_neighbor(frame, buf, now, mac)
                         }
-                        (a, _) => a,
-                    }
+                        (TxAction::Drop(DropCause::Ipv6Ignored) | TxAction::Consumed, Some(v)) => {
+                            let mac = |ip| v.other_mac(v.switch.port_by_ipv6(ip));
+                            self.gateway.ns_for_neighbor(frame, buf, mac)
+                        }
+                        _ => None,
+                    };
+                    answer.map_or(a, |len| TxAction::Reply { len })
                 }
                 (Decision::Gateway, None, _) => TxAction::Drop(DropCause::LocalQueueFull),
             };

@@ -15,7 +15,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -49,8 +49,8 @@ fn three_guests_with(tag: &str, extra: &[&str]) -> (Lab, Netns, Netns, [Lease; 3
     );
     lab.set_attach(attach);
     let l1 = lab.udhcpc();
-    let l2 = udhcpc(&lab, &g2);
-    let l3 = udhcpc(&lab, &g3);
+    let l2 = lab.udhcpc_in(&g2);
+    let l3 = lab.udhcpc_in(&g3);
     (lab, g2, g3, [l1, l2, l3])
 }
 
@@ -231,7 +231,7 @@ fn three_guests_reach_each_other_and_the_server_over_ipv6() {
     let addrs: Vec<Ipv6Addr> = spaces.iter().map(|ns| slaac(ns)).collect();
     // Each guest has used its address once (to the gateway): the switch has learned it.
     for (ns, a) in spaces.iter().zip(&addrs) {
-        let out = ping6(ns, "fd64::1".parse().expect("addr"), 1);
+        let out = ping(ns, "fd64::1".parse::<Ipv6Addr>().expect("addr"), 1);
         assert!(
             out.contains("1 received"),
             "{} ({a}) -> fd64::1: {out}",
@@ -241,11 +241,11 @@ fn three_guests_reach_each_other_and_the_server_over_ipv6() {
     for (i, from) in spaces.iter().enumerate() {
         for (j, to) in addrs.iter().enumerate() {
             if i != j {
-                let out = ping6(from, *to, 3);
+                let out = ping(from, *to, 3);
                 assert!(out.contains("3 received"), "{} -> {to}: {out}", from.name());
             }
         }
-        let out = ping6(from, SERVER6, 2);
+        let out = ping(from, SERVER6, 2);
         assert!(
             out.contains("2 received"),
             "{} -> {SERVER6}: {out}",
@@ -301,7 +301,7 @@ fn three_guests_reach_each_other_and_the_server_over_ipv6() {
             "spoofed {from} reached {to}: {text}"
         );
     }
-    let out = ping6(&g2, addrs[2], 2);
+    let out = ping(&g2, addrs[2], 2);
     assert!(out.contains("2 received"), "guest 2 lost its path: {out}");
 }
 
@@ -469,25 +469,6 @@ fn slaac(ns: &Netns) -> Ipv6Addr {
     }
 }
 
-fn ping6(ns: &Netns, to: Ipv6Addr, count: u32) -> String {
-    let out = ns
-        .command("ping")
-        .args([
-            "-6",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            &to.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("ping");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn port_forwards_name_their_guest_and_hairpin_between_guests() {
@@ -546,18 +527,14 @@ fn port_forwards_name_their_guest_and_hairpin_between_guests() {
     drop(lab.take_attach());
 }
 
-fn ping(ns: &Netns, to: Ipv4Addr, count: u32) -> String {
+/// `ping` (IPv4 or IPv6 by `to`) from `ns`: its output.
+fn ping(ns: &Netns, to: impl Into<IpAddr>, count: u32) -> String {
+    let to: IpAddr = to.into();
+    let family = if to.is_ipv6() { "-6" } else { "-4" };
     let out = ns
         .command("ping")
-        .args([
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            &to.to_string(),
-        ])
+        .args([family, "-c", &count.to_string(), "-i", "0.2", "-W", "1"])
+        .arg(to.to_string())
         .stdin(Stdio::null())
         .output()
         .expect("ping");
@@ -582,25 +559,6 @@ fn mac_of(ns: &Netns) -> String {
         .nth(1)
         .unwrap_or_default()
         .to_owned()
-}
-
-/// A lease in `ns` (its TAP `eth0`) with busybox udhcpc, as [`Lab::udhcpc`] does for G.
-fn udhcpc(lab: &Lab, ns: &Netns) -> Lease {
-    let out = lab.dir.join(format!("lease-{}", ns.name()));
-    let script = lab.dir.join(format!("udhcpc-{}.sh", ns.name()));
-    testbed::netns::lease::write_udhcpc_script(&script, &out).expect("udhcpc hook");
-    let o = ns
-        .command("timeout")
-        .args([
-            "-k", "2", "40", "busybox", "udhcpc", "-i", GUEST_DEV, "-f", "-q", "-n",
-        ])
-        .args(["-t", "6", "-T", "2", "-A", "1", "-O", "mtu", "-s"])
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .expect("udhcpc");
-    assert!(o.status.success(), "udhcpc in {}: {o:?}", ns.name());
-    Lease::read(&out).expect("the hook wrote the lease")
 }
 
 const HUNDRED_MB: u64 = 100 * 1024 * 1024;

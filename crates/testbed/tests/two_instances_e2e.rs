@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{EXTERNAL, GUEST_DEV, Lab, Lease, Ns, SERVER, helper, hostnet_lab, require};
+use common::{EXTERNAL, GUEST_DEV, Lab, Ns, SERVER, helper, hostnet_lab, require};
 use testbed::netns::Netns;
 
 #[test]
@@ -43,7 +43,7 @@ fn two_attach_in_one_host_namespace_take_different_pairs_and_both_work() {
     );
 
     let lease1 = lab.udhcpc();
-    let lease2 = udhcpc(&lab, &g2);
+    let lease2 = lab.udhcpc_in(&g2);
     eprintln!("leases: {lease1:?} {lease2:?}");
     lab.spawn(
         Ns::S,
@@ -132,23 +132,4 @@ fn an_explicit_external_address_in_use_exits_2() {
         !g2.has_link(GUEST_DEV).expect("ip link"),
         "a TAP was left in G2"
     );
-}
-
-/// A lease in `ns` (its TAP `eth0`) with busybox udhcpc, as [`Lab::udhcpc`] does for G.
-fn udhcpc(lab: &Lab, ns: &Netns) -> Lease {
-    let out = lab.dir.join(format!("lease-{}", ns.name()));
-    let script = lab.dir.join(format!("udhcpc-{}.sh", ns.name()));
-    testbed::netns::lease::write_udhcpc_script(&script, &out).expect("udhcpc hook");
-    let o = ns
-        .command("timeout")
-        .args([
-            "-k", "2", "40", "busybox", "udhcpc", "-i", GUEST_DEV, "-f", "-q", "-n",
-        ])
-        .args(["-t", "6", "-T", "2", "-A", "1", "-O", "mtu", "-s"])
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .expect("udhcpc");
-    assert!(o.status.success(), "udhcpc in {}: {o:?}", ns.name());
-    Lease::read(&out).expect("the hook wrote the lease")
 }

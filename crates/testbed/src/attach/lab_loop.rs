@@ -349,7 +349,7 @@ const TOKEN_TAP: u64 = 1;
 const TOKEN_TUN: u64 = 2;
 const TOKEN_STOP: u64 = 3;
 /// NAT expiry runs at most this often, and the stop flag is checked at least this often.
-const TICK: Duration = Duration::from_secs(1);
+pub(super) const TICK: Duration = Duration::from_secs(1);
 /// RX rounds per readiness event at most (the RX ring refilled in between); the level-
 /// triggered TUN brings the loop back for the rest.
-const MAX_RX_ROUNDS: usize = 64;
+pub(super) const MAX_RX_ROUNDS: usize = 64;

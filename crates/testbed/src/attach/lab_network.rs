@@ -5,7 +5,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use bridge::{Clock, HostLink, Network, PortId};
@@ -14,7 +14,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::lab_loop::{Control, Finished, LoopThread};
+use super::lab_loop::{Control, Finished, LoopThread, MAX_RX_ROUNDS, TICK};
 use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
 
 /// Several guests' loop (`lab-network`).
@@ -305,9 +305,5 @@ const TOKEN_TUN: u64 = 1;
 const TOKEN_STOP: u64 = 2;
 /// Guest `i`'s TAP is token `TOKEN_GUESTS + i`.
 const TOKEN_GUESTS: u64 = 16;
-/// NAT expiry runs at most this often, and the stop flag is checked at least this often.
-const TICK: Duration = Duration::from_secs(1);
-/// RX rounds per event at most (see `lab_loop`).
-const MAX_RX_ROUNDS: usize = 64;
 /// Inbox deliveries per pass at most.
 const MAX_PENDING_ROUNDS: usize = 64;

@@ -284,6 +284,27 @@ impl Lab {
         lease
     }
 
+    /// A lease in another guest namespace `ns` (its TAP `eth0`: a second attach's, or another
+    /// guest of the same attach) with busybox udhcpc, as [`Lab::udhcpc`] does for G.
+    #[allow(dead_code)] // the several-guest tests use it; not every test binary does
+    pub(crate) fn udhcpc_in(&self, ns: &Netns) -> Lease {
+        let out = self.dir.join(format!("lease-{}", ns.name()));
+        let script = self.dir.join(format!("udhcpc-{}.sh", ns.name()));
+        testbed::netns::lease::write_udhcpc_script(&script, &out).expect("udhcpc hook");
+        let o = ns
+            .command("timeout")
+            .args([
+                "-k", "2", "40", "busybox", "udhcpc", "-i", GUEST_DEV, "-f", "-q", "-n",
+            ])
+            .args(["-t", "6", "-T", "2", "-A", "1", "-O", "mtu", "-s"])
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("udhcpc");
+        assert!(o.status.success(), "udhcpc in {}: {o:?}", ns.name());
+        Lease::read(&out).expect("the hook wrote the lease")
+    }
+
     /// Gets a lease with ISC dhclient (`-d -1`, own config, lease file and hook script in the
     /// scratch folder); dhclient keeps running (as a lab process) until the lab drops.
     pub(crate) fn dhclient(&mut self) -> Lease {
