@@ -2,7 +2,7 @@
 //! ([`bridge::DeviceCore`]) on one thread, `lab-loop`, in one level-triggered epoll set over the
 //! TAP, the TUN and a stop eventfd. Kicks and interrupts are plain function calls.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -191,25 +191,11 @@ struct State {
 
 impl State {
     fn run(&mut self) -> anyhow::Result<()> {
-        let epoll = Epoll::new().context("creating epoll")?;
-        let tun_fd = self
-            .tun
-            .readiness_fd()
-            .context("the TUN has no readiness fd")?
-            .as_raw_fd();
-        for (fd, token) in [
+        let epoll = epoll_over([
             (self.driver.fd().as_raw_fd(), TOKEN_TAP),
-            (tun_fd, TOKEN_TUN),
+            (tun_fd(&self.tun)?, TOKEN_TUN),
             (self.control.stop.as_raw_fd(), TOKEN_STOP),
-        ] {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .context("epoll add")?;
-        }
+        ])?;
         let mut events = [EpollEvent::default(); 3];
         // Anything the TUN held before the loop started.
         self.rx(true)?;
@@ -227,18 +213,8 @@ impl State {
                     self.rx(false)?;
                 }
             }
-            let until_tick = next_tick.saturating_duration_since(now);
-            let timeout = self
-                .dp
-                .next_timeout(self.clock.now())
-                .unwrap_or(TICK)
-                .clamp(until_tick, TICK);
-            // Work left beyond a budget: look at the events without waiting, then go on.
-            let ms = if self.tx_more || self.rx_more {
-                0
-            } else {
-                i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
-            };
+            let timeout = self.dp.next_timeout(self.clock.now());
+            let ms = wait_ms(next_tick, now, timeout, self.tx_more || self.rx_more);
             let n = match epoll.wait(ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -349,6 +325,46 @@ const TOKEN_TAP: u64 = 1;
 const TOKEN_TUN: u64 = 2;
 const TOKEN_STOP: u64 = 3;
 /// NAT expiry runs at most this often, and the stop flag is checked at least this often.
+/// An epoll set watching `fds` for input, each with its token.
+pub(super) fn epoll_over(fds: impl IntoIterator<Item = (RawFd, u64)>) -> anyhow::Result<Epoll> {
+    let epoll = Epoll::new().context("creating epoll")?;
+    for (fd, token) in fds {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .context("epoll add")?;
+    }
+    Ok(epoll)
+}
+
+/// The TUN's readiness fd.
+pub(super) fn tun_fd(tun: &Tun) -> anyhow::Result<RawFd> {
+    Ok(tun
+        .readiness_fd()
+        .context("the TUN has no readiness fd")?
+        .as_raw_fd())
+}
+
+/// How long a loop waits for events at `now`: until the next tick or the NAT's `timeout`
+/// (at most [`TICK`]), not at all with work left beyond a budget (`more`: look at the events,
+/// then go on).
+pub(super) fn wait_ms(
+    next_tick: Instant,
+    now: Instant,
+    timeout: Option<Duration>,
+    more: bool,
+) -> i32 {
+    if more {
+        return 0;
+    }
+    let until_tick = next_tick.saturating_duration_since(now);
+    let timeout = timeout.unwrap_or(TICK).clamp(until_tick, TICK);
+    i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+}
+
 pub(super) const TICK: Duration = Duration::from_secs(1);
 /// RX rounds per readiness event at most (the RX ring refilled in between); the level-
 /// triggered TUN brings the loop back for the rest.

@@ -12,9 +12,11 @@ use bridge::{Clock, HostLink, Network, PortId};
 use utun::Tun;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EpollEvent;
 
-use super::lab_loop::{Control, Finished, LoopThread, MAX_RX_ROUNDS, TICK};
+use super::lab_loop::{
+    Control, Finished, LoopThread, MAX_RX_ROUNDS, TICK, epoll_over, tun_fd, wait_ms,
+};
 use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
 
 /// Several guests' loop (`lab-network`).
@@ -101,28 +103,14 @@ struct State {
 
 impl State {
     fn run(&mut self) -> anyhow::Result<()> {
-        let epoll = Epoll::new().context("creating epoll")?;
-        let tun_fd = self
-            .tun
-            .readiness_fd()
-            .context("the TUN has no readiness fd")?
-            .as_raw_fd();
         let mut fds = vec![
-            (tun_fd, TOKEN_TUN),
+            (tun_fd(&self.tun)?, TOKEN_TUN),
             (self.control.stop.as_raw_fd(), TOKEN_STOP),
         ];
         for (i, g) in self.guests.iter().enumerate() {
             fds.push((g.driver.fd().as_raw_fd(), TOKEN_GUESTS + i as u64));
         }
-        for (fd, token) in fds {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .context("epoll add")?;
-        }
+        let epoll = epoll_over(fds)?;
         let mut events = vec![EpollEvent::default(); self.guests.len() + 2];
         self.host_rx()?;
         self.check_host_link()?;
@@ -135,18 +123,9 @@ impl State {
                 next_tick = now + TICK;
                 self.deliver_pending()?;
             }
-            let until_tick = next_tick.saturating_duration_since(now);
-            let timeout = self
-                .net
-                .next_timeout(self.clock.now())
-                .unwrap_or(TICK)
-                .clamp(until_tick, TICK);
+            let timeout = self.net.next_timeout(self.clock.now());
             let more = self.guests.iter().any(|g| g.tx_more || g.rx_more);
-            let ms = if more {
-                0
-            } else {
-                i32::try_from(timeout.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
-            };
+            let ms = wait_ms(next_tick, now, timeout, more);
             let n = match epoll.wait(ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
