@@ -1042,6 +1042,90 @@ mod tests {
         assert!(r.table().contains("x passt-vhost-user"));
     }
 
+    /// A guest-to-guest run: kernel and hostnet, the second-guest samples in alternation order.
+    fn pair_run(alone: &[f64], second: &[f64]) -> Results {
+        let mut r = Results {
+            mtus: vec![1500],
+            backends: vec![Backend::Kernel, Backend::Hostnet],
+            ..Results::default()
+        };
+        for (key, kernel, hostnet) in [
+            ("g2g_tcp", 16.0, 8.0),
+            ("g2g_tcp_back", 16.0, 7.9),
+            ("g2g_tcp4", 20.0, 11.0),
+            ("g2g_tcp4_back", 20.0, 10.0),
+        ] {
+            r.push(1500, Backend::Kernel, key, kernel);
+            r.push(1500, Backend::Hostnet, key, hostnet);
+        }
+        for (&a, &s) in alone.iter().zip(second) {
+            r.push(1500, Backend::Hostnet, "tcp_up_alone", a);
+            r.push(1500, Backend::Hostnet, "tcp_up_second", s);
+        }
+        r
+    }
+
+    #[test]
+    fn guest_to_guest_targets_half_the_kernel_bridge_and_a_second_guest_within_the_spread() {
+        let r = pair_run(&[10.0, 12.0, 11.0], &[10.5, 9.5, 10.0]);
+        let t = r.targets();
+        let find = |what: &str| {
+            t.iter()
+                .find(|(w, _, _)| w.contains(what))
+                .unwrap_or_else(|| panic!("{what} in {t:?}"))
+        };
+        assert_eq!(find("guest1->guest2, 1 stream @1500").1, Some(true));
+        let back = find("guest2->guest1, 1 stream @1500");
+        assert_eq!(
+            (back.1, back.2.as_str()),
+            (Some(false), "measured 0.49x kernel")
+        );
+        assert_eq!(find("guest1->guest2, 4 streams").1, Some(true));
+        assert_eq!(find("guest2->guest1, 4 streams").1, Some(true));
+        // 10.0 against 11.0: the drop (1.0) is within the larger half-range (1.0).
+        let second = find("unchanged with a second idle guest");
+        assert_eq!(second.1, Some(true));
+        assert!(
+            second.2.contains("2 guests / 1 guest 0.909"),
+            "{}",
+            second.2
+        );
+        assert!(
+            second.2.contains("per alternation 0.79..1.05"),
+            "{}",
+            second.2
+        );
+        // A drop larger than either spread is a miss.
+        let r = pair_run(&[11.0, 11.2, 11.1], &[9.0, 9.1, 9.2]);
+        let t = r.targets();
+        let second = t
+            .iter()
+            .find(|(w, _, _)| w.contains("second idle guest"))
+            .unwrap();
+        assert_eq!(second.1, Some(false));
+        // Faster with the second guest is never a miss.
+        let r = pair_run(&[9.0, 9.1, 9.2], &[11.0, 11.2, 11.1]);
+        assert!(
+            r.targets()
+                .iter()
+                .any(|(w, ok, _)| w.contains("second idle") && *ok == Some(true))
+        );
+        // A run without the guest-to-guest world has none of these lines; the table shows
+        // the rows and the kernel's skip.
+        assert!(!run().targets().iter().any(|(w, _, _)| w.contains("guest1")));
+        let mut r = pair_run(&[10.0], &[10.0]);
+        r.fail(
+            1500,
+            Backend::Kernel,
+            "tcp_up_alone",
+            "skipped: hostnet's".into(),
+        );
+        let table = r.table();
+        assert!(table.contains("TCP guest1->guest2, 1 stream"), "{table}");
+        assert!(table.contains("TCP up, + idle second guest"), "{table}");
+        assert!(table.contains("skipped"), "{table}");
+    }
+
     #[test]
     fn outputs_carry_every_backend() {
         let r = run();
