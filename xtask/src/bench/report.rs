@@ -682,6 +682,12 @@ impl Results {
                         "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| if w.starts_with("skipped") { w.clone() } else { format!("failed: {w}") }),
                         "figures": figures,
                         "log_tail": self.logs.get(&(mtu, b)),
+                        // The guest-to-guest world (issue 14), when the run made one.
+                        "g2g_status": self.pair_failed.get(&(mtu, b)).map_or_else(
+                            || self.pair_logs.contains_key(&(mtu, b)).then(|| "ok".to_owned()),
+                            |w| Some(format!("failed: {w}")),
+                        ),
+                        "g2g_log_tail": self.pair_logs.get(&(mtu, b)),
                         "guest_tap": self.guest_tap.get(&(mtu, b)),
                         "negotiated": self.negotiated.get(&(mtu, b)),
                         "busy_threads": self
@@ -1110,6 +1116,22 @@ mod tests {
                 .iter()
                 .any(|(w, ok, _)| w.contains("second idle") && *ok == Some(true))
         );
+        let mut r = pair_run(&[10.0], &[10.0]);
+        r.pair_logs.insert((1500, Backend::Kernel), "bridge".into());
+        r.pair_failed
+            .insert((1500, Backend::Hostnet), "attach exited".into());
+        let json = r.json(Value::Null);
+        assert_eq!(json["e2e"]["1500"]["kernel"]["g2g_status"], "ok");
+        assert_eq!(json["e2e"]["1500"]["kernel"]["g2g_log_tail"], "bridge");
+        assert_eq!(
+            json["e2e"]["1500"]["hostnet"]["g2g_status"],
+            "failed: attach exited"
+        );
+        assert_eq!(
+            json["e2e"]["1500"]["hostnet"]["figures"]["g2g_tcp"]["x_kernel"],
+            0.5
+        );
+        assert!(run().json(Value::Null)["e2e"]["1500"]["kernel"]["g2g_status"].is_null());
         // A run without the guest-to-guest world has none of these lines; the table shows
         // the rows and the kernel's skip.
         assert!(!run().targets().iter().any(|(w, _, _)| w.contains("guest1")));
