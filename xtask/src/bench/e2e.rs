@@ -803,7 +803,14 @@ impl World {
             }
             Ok(gbps)
         };
-        let alone = run(self, false)?;
+        let alone = match run(self, false) {
+            Ok(v) => v,
+            Err(e) => {
+                // Leave the world as the later figures expect it: both guests attached.
+                let _ = self.reattach(env, true);
+                return Err(e);
+            }
+        };
         let pair = run(self, true)?;
         Ok((alone, pair, (!notes.is_empty()).then(|| notes.join("; "))))
     }
