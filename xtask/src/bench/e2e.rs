@@ -107,6 +107,16 @@ impl Backend {
         }
     }
 
+    /// Whether the bench builds a guest-to-guest world (two guests on one network) for it, or
+    /// why not (issue 14: a Linux bridge for `kernel`, one `hostnet-lab attach` with two
+    /// guest namespaces for `hostnet`).
+    pub(super) fn pairs(self) -> Result<(), &'static str> {
+        match self {
+            Self::Kernel | Self::Hostnet => Ok(()),
+            _ => Err("the bench builds guest-to-guest worlds for kernel and hostnet only"),
+        }
+    }
+
     /// Whether the guest side is a TAP device served by a userspace process (tuned alike).
     fn tap_based(self) -> bool {
         !matches!(self, Self::Kernel)
@@ -140,7 +150,12 @@ pub(super) struct World {
     backend_proc: Option<Proc>,
     iperf: Option<Proc>,
     echo: Option<Proc>,
+    /// The guest-to-guest world's servers in the second guest G2 (iperf3, echo server).
+    iperf2: Option<Proc>,
+    echo2: Option<Proc>,
     g: Netns,
+    /// The second guest namespace G2 of a guest-to-guest world (issue 14).
+    g2: Option<Netns>,
     h: Netns,
     s: Netns,
     pub(super) backend: Backend,
@@ -151,6 +166,8 @@ pub(super) struct World {
     socket: Option<PathBuf>,
     /// Whether the guest's IPv6 path to S works (a TCP round trip), or why not.
     v6: Result<(), String>,
+    /// G2's IPv4 address in a guest-to-guest world (its lease with hostnet).
+    g2_addr: Option<Ipv4Addr>,
 }
 
 impl Drop for World {
@@ -164,16 +181,26 @@ impl Drop for World {
 
 impl World {
     /// Builds the namespaces, starts the servers and the backend, and checks that a TCP round
-    /// trip from G to S works.
-    pub(super) fn up(backend: Backend, mtu: u32, env: &Env) -> Result<Self> {
-        let log = env.logs.join(format!("{}-{mtu}.log", backend.name()));
+    /// trip from G to S works. With `pair`, the guest-to-guest world (issue 14): a second guest
+    /// namespace G2 on the same network as G (`kernel`: a Linux bridge in H; `hostnet`: one
+    /// `hostnet-lab attach` with both guest namespaces), iperf3 and the echo server also in
+    /// G2, and the check is a TCP round trip from G to G2 (and to S with `hostnet`).
+    pub(super) fn up(backend: Backend, mtu: u32, env: &Env, pair: bool) -> Result<Self> {
+        let log = env.logs.join(log_name(backend, mtu, pair));
         let _ = std::fs::remove_file(&log);
         let mut w = Self {
             frontend: None,
             backend_proc: None,
             iperf: None,
             echo: None,
+            iperf2: None,
+            echo2: None,
             g: Netns::new("bench-g")?,
+            g2: if pair {
+                Some(Netns::new("bench-g2")?)
+            } else {
+                None
+            },
             h: Netns::new("bench-h")?,
             s: Netns::new("bench-s")?,
             backend,
@@ -182,6 +209,7 @@ impl World {
             pinned: false,
             socket: None,
             v6: Err("not set up".to_owned()),
+            g2_addr: None,
         };
         if let Err(e) = w.start(env) {
             // Stop the backend gracefully so that its statistics land in the log.
@@ -194,6 +222,9 @@ impl World {
     fn start(&mut self, env: &Env) -> Result<()> {
         self.common()?;
         self.start_servers(env)?;
+        if self.g2.is_some() {
+            return self.start_pair(env);
+        }
         match self.backend {
             Backend::Kernel => self.kernel()?,
             Backend::Pasta => self.pasta()?,
@@ -201,15 +232,7 @@ impl World {
             Backend::Hostnet => self.hostnet(env)?,
             Backend::Hostnetd | Backend::PasstVu => self.vhost_user(env)?,
         }
-        if self.backend.tap_based() {
-            self.g.ip(&[
-                "link",
-                "set",
-                "eth0",
-                "txqueuelen",
-                &TAP_TXQUEUELEN.to_string(),
-            ])?;
-        }
+        self.tune_taps()?;
         self.check(env)?;
         if self.v6.is_ok() {
             self.v6 = self.check6(env).map_err(|e| format!("{e:#}"));
@@ -331,6 +354,25 @@ impl World {
         v6: bool,
     ) -> Result<(f64, f64)> {
         let server: IpAddr = if v6 { SERVER6.into() } else { SERVER.into() };
+        self.tcp_to(server, reverse, streams, secs, false)
+    }
+
+    /// iperf3 TCP from G to G2 (`reverse`: G2 to G) in the guest-to-guest world:
+    /// (Gbit/s, bytes).
+    pub(super) fn g2g_tcp(&mut self, reverse: bool, streams: u32, secs: u32) -> Result<(f64, f64)> {
+        let peer = self.g2_addr.context("the second guest has no address")?;
+        self.tcp_to(peer.into(), reverse, streams, secs, true)
+    }
+
+    /// iperf3 TCP from G to `server`'s iperf3 (G2's with `in_g2`, else S's).
+    fn tcp_to(
+        &mut self,
+        server: IpAddr,
+        reverse: bool,
+        streams: u32,
+        secs: u32,
+        in_g2: bool,
+    ) -> Result<(f64, f64)> {
         let mut args = vec![
             "-c".to_owned(),
             server.to_string(),
@@ -342,7 +384,7 @@ impl World {
         if reverse {
             args.push("-R".to_owned());
         }
-        let v = self.iperf3(&args, secs)?;
+        let v = self.iperf3(&args, secs, in_g2)?;
         let sum = &v["end"]["sum_received"];
         let bps = sum["bits_per_second"]
             .as_f64()
@@ -368,7 +410,7 @@ impl World {
         ]
         .map(str::to_owned)
         .to_vec();
-        let v = self.iperf3(&args, secs)?;
+        let v = self.iperf3(&args, secs, false)?;
         let sum = &v["end"]["sum"];
         let packets = sum["packets"]
             .as_f64()
@@ -441,15 +483,20 @@ impl World {
         secs: f64,
         v6: bool,
     ) -> Result<f64> {
+        self.transactions_to(env, mode, secs, &echo_addr(v6))
+    }
+
+    /// The rr client in G against G2's echo server (guest-to-guest world): round trips per
+    /// second.
+    pub(super) fn g2g_transactions(&mut self, env: &Env, secs: f64) -> Result<f64> {
+        let peer = self.peer_echo()?;
+        self.transactions_to(env, "rr", secs, &peer)
+    }
+
+    fn transactions_to(&mut self, env: &Env, mode: &str, secs: f64, addr: &str) -> Result<f64> {
         let exe = env.exe.clone();
         let mut cmd = self.in_guest(env, &exe.to_string_lossy());
-        cmd.args([
-            "bench",
-            "--client",
-            mode,
-            &echo_addr(v6),
-            &format!("{secs}"),
-        ]);
+        cmd.args(["bench", "--client", mode, addr, &format!("{secs}")]);
         let out = run_ok(&mut cmd, Duration::from_secs_f64(secs + 15.0))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let field = |name: &str| -> Option<f64> {
@@ -476,13 +523,7 @@ impl World {
                 return false;
             }
             let mut cmd = self.g.command(&env.exe);
-            cmd.args([
-                "bench",
-                "--client",
-                "rr",
-                &format!("{SERVER}:{ECHO_PORT}"),
-                "0.05",
-            ]);
+            cmd.args(["bench", "--client", "rr", &self.probe(), "0.05"]);
             if run_ok(&mut cmd, Duration::from_secs(5)).is_ok() {
                 return true;
             }
@@ -513,10 +554,19 @@ impl World {
         Some(tail.join("\n"))
     }
 
-    /// Restarts the iperf3 server (after a failed client, which may leave it busy).
-    pub(super) fn restart_iperf(&mut self) -> Result<()> {
-        self.iperf = None;
-        self.start_iperf()
+    /// Restarts the iperf3 server in S, or in G2 with `in_g2` (after a failed client, which
+    /// may leave it busy).
+    fn restart_iperf_of(&mut self, in_g2: bool) -> Result<()> {
+        if !in_g2 {
+            self.iperf = None;
+            return self.start_iperf();
+        }
+        self.iperf2 = None;
+        let g2 = self.g2.as_ref().context("no second guest")?;
+        let mut cmd = g2.command("iperf3");
+        cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
+        self.iperf2 = Some(Proc::spawn("iperf3 server in G2", &mut cmd, &self.log)?);
+        wait_listening(g2, IPERF_PORT)
     }
 
     fn common(&mut self) -> Result<()> {
@@ -531,7 +581,11 @@ impl World {
         h.sysctl("net.ipv4.ip_forward", "1")?;
         // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
         h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
-        self.v6 = self.backend.ipv6().map_err(|why| format!("skipped: {why}"));
+        self.v6 = if self.g2.is_some() {
+            Err("skipped: the guest-to-guest world is IPv4 only".to_owned())
+        } else {
+            self.backend.ipv6().map_err(|why| format!("skipped: {why}"))
+        };
         self.step6("IPv6 between H and S", Self::common6);
         Ok(())
     }
@@ -588,35 +642,205 @@ impl World {
         };
         cmd.args(["bench", "--serve", &ECHO_PORT.to_string()]);
         self.echo = Some(Proc::spawn("echo server", &mut cmd, &self.log)?);
-        self.wait_listening(ECHO_PORT)?;
+        wait_listening(&self.s, ECHO_PORT)?;
         self.step6("the echo server's IPv6 listener", |w| {
-            w.wait_listening(ECHO_PORT6)
+            wait_listening(&w.s, ECHO_PORT6)
         });
         Ok(())
+    }
+
+    /// iperf3 and the echo server in G2 too (guest-to-guest world), the echo server pinned
+    /// like S's.
+    fn start_g2_servers(&mut self, env: &Env) -> Result<()> {
+        let g2 = self.g2.as_ref().context("no second guest")?;
+        let mut cmd = g2.command("iperf3");
+        cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
+        self.iperf2 = Some(Proc::spawn("iperf3 server in G2", &mut cmd, &self.log)?);
+        wait_listening(g2, IPERF_PORT)?;
+        let mut cmd = match env.pin_cpu {
+            Some(cpu) => {
+                let mut c = g2.command("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&env.exe);
+                c
+            }
+            None => g2.command(&env.exe),
+        };
+        cmd.args(["bench", "--serve", &ECHO_PORT.to_string()]);
+        self.echo2 = Some(Proc::spawn("echo server in G2", &mut cmd, &self.log)?);
+        wait_listening(g2, ECHO_PORT)
+    }
+
+    /// The guest-to-guest world's backend: `kernel` a Linux bridge in H, `hostnet` one
+    /// `hostnet-lab attach` with both guests (a lease in each); then a TCP round trip G → G2
+    /// (and G → S with hostnet, for the second-guest figure).
+    fn start_pair(&mut self, env: &Env) -> Result<()> {
+        self.start_g2_servers(env)?;
+        match self.backend {
+            Backend::Kernel => self.kernel_bridge()?,
+            Backend::Hostnet => {
+                self.attach(env, true)?;
+                self.lease()?;
+                self.lease_g2()?;
+            }
+            other => bail!(
+                "{}: the bench builds guest-to-guest worlds for kernel and hostnet only",
+                other.name()
+            ),
+        }
+        self.tune_taps()?;
+        if self.backend == Backend::Hostnet {
+            self.check(env)?;
+        }
+        let peer = self.peer_echo()?;
+        self.check_to(env, &peer)
+            .context("guest to guest (G to G2)")
+    }
+
+    /// `kernel` for the guest-to-guest world: G `eth0` ↔ H `g1p` and G2 `eth0` ↔ H `g2p`,
+    /// both enslaved to the bridge `br0` in H (made in the namespaces directly); G
+    /// 192.168.64.2/24, G2 192.168.64.3/24.
+    fn kernel_bridge(&mut self) -> Result<()> {
+        let g2 = self.g2.as_ref().context("no second guest")?;
+        let (g, h) = (&self.g, &self.h);
+        h.ip(&["link", "add", "br0", "type", "bridge"])?;
+        netns::veth_mtu(g, "eth0", h, "g1p", self.mtu)?;
+        netns::veth_mtu(g2, "eth0", h, "g2p", self.mtu)?;
+        for port in ["g1p", "g2p"] {
+            h.ip(&["link", "set", port, "master", "br0"])?;
+        }
+        h.link_up("br0")?;
+        g.add_addr("eth0", &format!("{GUEST}/{PREFIX_LEN}"))?;
+        g2.add_addr("eth0", &format!("{PEER}/{PREFIX_LEN}"))?;
+        self.g2_addr = Some(PEER);
+        Ok(())
+    }
+
+    /// The TAP tuning of every TAP-based backend, on each guest's `eth0` that exists.
+    fn tune_taps(&self) -> Result<()> {
+        if !self.backend.tap_based() {
+            return Ok(());
+        }
+        let qlen = TAP_TXQUEUELEN.to_string();
+        self.g.ip(&["link", "set", "eth0", "txqueuelen", &qlen])?;
+        if let Some(g2) = &self.g2
+            && g2.has_link("eth0")?
+        {
+            g2.ip(&["link", "set", "eth0", "txqueuelen", &qlen])?;
+        }
+        Ok(())
+    }
+
+    /// G2's echo server, as the rr client takes it.
+    fn peer_echo(&self) -> Result<String> {
+        let addr = self.g2_addr.context("the second guest has no address")?;
+        Ok(format!("{addr}:{ECHO_PORT}"))
+    }
+
+    /// Where [`Self::healthy`] checks a round trip: G2's echo server in the guest-to-guest
+    /// world, S's otherwise.
+    fn probe(&self) -> String {
+        match (&self.g2, self.peer_echo()) {
+            (Some(_), Ok(peer)) => peer,
+            _ => echo_addr(false),
+        }
+    }
+
+    /// A lease in G2 by DHCP (busybox udhcpc), its address read from the lease.
+    fn lease_g2(&mut self) -> Result<()> {
+        let g2 = self.g2.as_ref().context("no second guest")?;
+        g2.link_up("eth0")?;
+        let script = self.log.with_extension("g2.udhcpc.sh");
+        let lease = self.log.with_extension("g2.lease");
+        let _ = std::fs::remove_file(&lease);
+        netns::lease::write_udhcpc_script(&script, &lease).context("write the udhcpc script")?;
+        let mut cmd = g2.command("busybox");
+        cmd.args([
+            "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-A", "1", "-s",
+        ])
+        .arg(&script);
+        run_ok(&mut cmd, Duration::from_secs(20)).context("busybox udhcpc in G2")?;
+        let ip = netns::lease::Lease::read(&lease).context("G2's lease")?.ip;
+        self.g2_addr = Some(ip);
+        Ok(())
+    }
+
+    /// `hostnet` restarted with one guest (`both` false: G only, G2's TAP goes away with the
+    /// old process) or both, leased, tuned and checked (G → S).
+    fn reattach(&mut self, env: &Env, both: bool) -> Result<()> {
+        if let Some(mut p) = self.backend_proc.take() {
+            p.terminate(Duration::from_secs(3));
+        }
+        self.attach(env, both)?;
+        self.lease()?;
+        if both {
+            self.lease_g2()?;
+        }
+        self.tune_taps()?;
+        self.check(env)
+    }
+
+    /// The second-guest figure (hostnet): TCP G → S, 1 stream, first with G alone on a
+    /// fresh attach, then with G2 attached too (leased, idle): (alone, with G2) in Gbit/s,
+    /// and the busy threads of both runs.
+    pub(super) fn second_guest(
+        &mut self,
+        env: &Env,
+        secs: u32,
+    ) -> Result<(f64, f64, Option<String>)> {
+        if self.backend != Backend::Hostnet || self.g2.is_none() {
+            bail!("the second-guest figure is measured with hostnet's guest-to-guest world only");
+        }
+        let mut notes = Vec::new();
+        let mut run = |w: &mut Self, both: bool| -> Result<f64> {
+            let what = if both { "both guests" } else { "one guest" };
+            w.reattach(env, both)
+                .with_context(|| format!("attach with {what}"))?;
+            let before = w.backend_threads();
+            let t0 = Instant::now();
+            let gbps = w.tcp(false, 1, secs, false)?.0;
+            if let Some(busy) = w.busy_since(&before, t0.elapsed().as_secs_f64()) {
+                notes.push(format!("{what}: {busy}"));
+            }
+            Ok(gbps)
+        };
+        let alone = match run(self, false) {
+            Ok(v) => v,
+            Err(e) => {
+                // Leave the world as the later figures expect it: both guests attached.
+                let _ = self.reattach(env, true);
+                return Err(e);
+            }
+        };
+        let pair = run(self, true)?;
+        Ok((alone, pair, (!notes.is_empty()).then(|| notes.join("; "))))
+    }
+
+    /// The backend threads busy since `before` (CPU seconds per second over `wall` seconds,
+    /// at least 0.02), busiest first, as the table prints them.
+    pub(super) fn busy_since(&self, before: &[(u32, String, f64)], wall: f64) -> Option<String> {
+        let mut busy: Vec<(String, f64)> = self
+            .backend_threads()
+            .into_iter()
+            .filter_map(|(tid, name, after)| {
+                let was = before.iter().find(|t| t.0 == tid).map_or(0.0, |t| t.2);
+                let load = (after - was) / wall;
+                (load >= 0.02).then(|| (format!("{name}[{tid}]"), load))
+            })
+            .collect();
+        busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+        (!busy.is_empty()).then(|| {
+            busy.iter()
+                .map(|(n, l)| format!("{n} {l:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     fn start_iperf(&mut self) -> Result<()> {
         let mut cmd = self.s.command("iperf3");
         cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
         self.iperf = Some(Proc::spawn("iperf3 server", &mut cmd, &self.log)?);
-        self.wait_listening(IPERF_PORT)
-    }
-
-    fn wait_listening(&self, port: u16) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let out = run_limited(
-                self.s
-                    .command("ss")
-                    .args(["-H", "-l", "-t", "-n", &format!("sport = :{port}")]),
-                CMD_LIMIT,
-            )?;
-            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("nothing listens on port {port} in the server namespace after 10 s")
+        wait_listening(&self.s, IPERF_PORT)
     }
 
     fn kernel(&mut self) -> Result<()> {
@@ -727,12 +951,21 @@ impl World {
     }
 
     fn hostnet(&mut self, env: &Env) -> Result<()> {
+        self.attach(env, false)?;
+        self.lease()
+    }
+
+    /// `hostnet-lab attach` for G (and, with `both`, G2 as a second `--guest-netns`) with the
+    /// TUN in H, up to its ready line.
+    fn attach(&mut self, env: &Env, both: bool) -> Result<()> {
         let lab = env.lab.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut cmd = self.h.command(lab);
+        cmd.args(["attach", "--guest-netns", self.g.name()]);
+        if both {
+            let g2 = self.g2.as_ref().context("no second guest")?;
+            cmd.args(["--guest-netns", g2.name()]);
+        }
         cmd.args([
-            "attach",
-            "--guest-netns",
-            self.g.name(),
             "--host-netns",
             self.h.name(),
             "--mtu",
@@ -745,7 +978,7 @@ impl World {
         if !ready.contains("external=") {
             bail!("unexpected ready line {ready:?}");
         }
-        self.lease()
+        Ok(())
     }
 
     /// A vhost-user daemon in H (hostnetd, or passt's vhost-user mode) and
@@ -886,6 +1119,11 @@ impl World {
 
     /// A TCP round trip G → S must work within 10 s.
     fn check(&mut self, env: &Env) -> Result<()> {
+        self.check_to(env, &echo_addr(false))
+    }
+
+    /// A TCP round trip from G to the echo server at `addr` must work within 10 s.
+    fn check_to(&mut self, env: &Env, addr: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -897,20 +1135,14 @@ impl World {
                 );
             }
             let mut cmd = self.g.command(&env.exe);
-            cmd.args([
-                "bench",
-                "--client",
-                "rr",
-                &format!("{SERVER}:{ECHO_PORT}"),
-                "0.05",
-            ]);
+            cmd.args(["bench", "--client", "rr", addr, "0.05"]);
             match run_ok(&mut cmd, Duration::from_secs(8)) {
                 Ok(_) => return Ok(()),
                 Err(e) => last = format!("{e:#}"),
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        bail!("no TCP round trip from the guest to the server within 10 s: {last}")
+        bail!("no TCP round trip from the guest to {addr} within 10 s: {last}")
     }
 
     /// The guest's IPv6: a global address that is no longer tentative, then a TCP round trip
@@ -953,7 +1185,9 @@ impl World {
         bail!("no TCP round trip over IPv6 from the guest to the server within 15 s: {last}")
     }
 
-    fn iperf3(&mut self, args: &[String], secs: u32) -> Result<Value> {
+    /// Runs the iperf3 client in G; after a failure restarts the server it used (G2's with
+    /// `in_g2`, else S's), which a failed client may leave busy.
+    fn iperf3(&mut self, args: &[String], secs: u32, in_g2: bool) -> Result<Value> {
         let mut cmd = self.g.command("iperf3");
         cmd.args([
             "-J",
@@ -967,14 +1201,14 @@ impl World {
         let out = match run_limited(&mut cmd, limit) {
             Ok(out) => out,
             Err(e) => {
-                let _ = self.restart_iperf();
+                let _ = self.restart_iperf_of(in_g2);
                 return Err(e);
             }
         };
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let error = v["error"].as_str().map(str::to_owned);
         if !out.status.success() || error.is_some() {
-            let _ = self.restart_iperf();
+            let _ = self.restart_iperf_of(in_g2);
             bail!(
                 "iperf3 {}: {}",
                 args.join(" "),
@@ -994,6 +1228,33 @@ impl World {
             _ => self.g.command(program),
         }
     }
+}
+
+/// Waits up to 10 s for a TCP listener on `port` in `ns`.
+fn wait_listening(ns: &Netns, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let out = run_limited(
+            ns.command("ss")
+                .args(["-H", "-l", "-t", "-n", &format!("sport = :{port}")]),
+            CMD_LIMIT,
+        )?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on port {port} in {} after 10 s", ns.name())
+}
+
+/// A world's log file name: `BACKEND-MTU.log`, `BACKEND-MTU-g2g.log` for the guest-to-guest
+/// world.
+pub(super) fn log_name(backend: Backend, mtu: u32, pair: bool) -> String {
+    format!(
+        "{}-{mtu}{}.log",
+        backend.name(),
+        if pair { "-g2g" } else { "" }
+    )
 }
 
 /// The guest side of `kernel` and `hostnet`: 192.168.64.2/24 via 192.168.64.1 on eth0.
@@ -1037,6 +1298,9 @@ const HOST_SERVER6: Ipv6Addr = testbed::netns::HOST_SERVER_ADDR6;
 const GUEST6: Ipv6Addr = Ipv6Addr::from_bits(IPV6_PREFIX.to_bits() + 2);
 /// The guest's address with every backend that lets us choose it (slirp4netns takes .100).
 const GUEST: Ipv4Addr = DHCP_POOL_FIRST;
+/// The second guest's address in the kernel's guest-to-guest world (hostnet's G2 leases its
+/// own, .3 as well when G leased first).
+const PEER: Ipv4Addr = Ipv4Addr::from_bits(DHCP_POOL_FIRST.to_bits() + 1);
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7777;
 /// The echo server's IPv6 listener (`--serve PORT` also listens on `[::]:PORT+1`).

@@ -10,6 +10,11 @@
 //!    request/response figures also over IPv6 (issue 13), each right after its IPv4 twin in the
 //!    same world. Every figure is the median of `--reps` runs with its spread, and is shown as
 //!    a ratio to `kernel` and to `pasta` of the same run; IPv6 figures also to their IPv4 twin.
+//!    The guest-to-guest world (issue 14, `--only g2g`, not in `--quick`): two guest
+//!    namespaces on one network (`kernel`: a Linux bridge with two veths; `hostnet`: one
+//!    `hostnet-lab attach` with both), iperf3 TCP G → G2 and back with 1 and 4 streams, the
+//!    pinned round trip G → G2, and hostnet's TCP G → S with G alone against G with a second
+//!    idle guest attached, alternated.
 //! 3. Output: a table on the terminal (also `target/bench/bench.txt`), `target/bench/bench.json`
 //!    and `target/bench/bench.svg`. Backend logs are in `target/bench/logs/`.
 //!
@@ -178,6 +183,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if e2e && opts.backends.contains(&Backend::Kernel) && !kernel_failed.is_empty() {
         bail!("the kernel reference failed at MTU {kernel_failed:?}: the harness is broken");
     }
+    if let Some(((mtu, _), why)) = results
+        .pair_failed
+        .iter()
+        .find(|((_, b), _)| *b == Backend::Kernel)
+    {
+        bail!("the kernel's guest-to-guest reference failed at MTU {mtu}: {why}");
+    }
     Ok(())
 }
 
@@ -318,124 +330,169 @@ fn end_to_end(opts: &Options, env: &Env, results: &mut Results, started: Instant
             }
         }
     }
+    // Backends that cannot run at all (missing tools, not built) before any world is made.
+    let unusable: BTreeSet<(u32, Backend)> = results.failed.keys().copied().collect();
     for &mtu in &opts.mtus {
-        for &b in &opts.backends {
-            if results.failed.contains_key(&(mtu, b)) {
+        for pair in [false, true] {
+            let tests: Vec<Test> = tests.iter().copied().filter(|t| t.pair() == pair).collect();
+            if tests.is_empty() {
                 continue;
             }
-            let say = |what: &str| {
-                eprintln!(
-                    "[{:6.1} s] MTU {mtu:>5} {:<11} {what}",
-                    started.elapsed().as_secs_f64(),
-                    b.name()
-                );
-            };
-            say("setting up");
-            let mut world = match World::up(b, mtu, env) {
-                Ok(w) => w,
-                Err(e) => {
-                    let why = format!("{e:#}");
-                    say(&format!("FAILED: {why}"));
-                    results.failed.insert((mtu, b), why);
-                    let log = env.logs.join(format!("{}-{mtu}.log", b.name()));
-                    if let Ok(text) = std::fs::read_to_string(log) {
-                        results.logs.insert((mtu, b), tail(&text, 40));
+            for &b in &opts.backends {
+                if unusable.contains(&(mtu, b)) || (!pair && results.failed.contains_key(&(mtu, b)))
+                {
+                    continue;
+                }
+                if pair && let Err(why) = b.pairs() {
+                    for k in tests.iter().flat_map(|t| t.keys()) {
+                        results.fail(mtu, b, k, format!("skipped: {why}"));
                     }
                     continue;
                 }
-            };
-            if let Some(tap) = world.guest_tap() {
-                results.guest_tap.insert((mtu, b), tap);
+                run_world(opts, env, results, started, (mtu, b, pair), &tests);
             }
-            if let Some(n) = world.negotiated() {
-                say(&format!("negotiated {n}"));
-                results.negotiated.insert((mtu, b), n);
+        }
+    }
+}
+
+/// One world (`pair`: the guest-to-guest world) of backend `b` at `mtu`, and `tests` in it.
+fn run_world(
+    opts: &Options,
+    env: &Env,
+    results: &mut Results,
+    started: Instant,
+    (mtu, b, pair): (u32, Backend, bool),
+    tests: &[Test],
+) {
+    let say = |what: &str| {
+        eprintln!(
+            "[{:6.1} s] MTU {mtu:>5} {:<15} {what}",
+            started.elapsed().as_secs_f64(),
+            format!("{}{}", b.name(), if pair { " g2g" } else { "" })
+        );
+    };
+    say("setting up");
+    let mut world = match World::up(b, mtu, env, pair) {
+        Ok(w) => w,
+        Err(e) => {
+            let why = format!("{e:#}");
+            say(&format!("FAILED: {why}"));
+            let log = env.logs.join(e2e::log_name(b, mtu, pair));
+            if pair {
+                let why = format!("the guest-to-guest world failed: {why}");
+                for k in tests.iter().flat_map(|t| t.keys()) {
+                    results.fail(mtu, b, k, why.clone());
+                }
+                results.pair_failed.insert((mtu, b), why);
+            } else {
+                results.failed.insert((mtu, b), why);
+                if let Ok(text) = std::fs::read_to_string(log) {
+                    results.logs.insert((mtu, b), tail(&text, 40));
+                }
             }
-            match world.ipv6() {
-                Ok(()) => say("IPv6 path checked"),
-                Err(why) => say(&format!("IPv6 figures not measured: {why}")),
+            return;
+        }
+    };
+    if let (false, Some(tap)) = (pair, world.guest_tap()) {
+        results.guest_tap.insert((mtu, b), tap);
+    }
+    if let Some(n) = world.negotiated() {
+        say(&format!("negotiated {n}"));
+        results.negotiated.insert((mtu, b), n);
+    }
+    match world.ipv6() {
+        Ok(()) => say("IPv6 path checked"),
+        Err(why) => say(&format!("IPv6 figures not measured: {why}")),
+    }
+    let mut stalled: Option<String> = None;
+    for test in tests {
+        if let Some(why) = &stalled {
+            for k in test.keys() {
+                results.fail(mtu, b, k, why.clone());
             }
-            let mut stalled: Option<String> = None;
-            for test in &tests {
-                if let Some(why) = &stalled {
+            continue;
+        }
+        if let Err(why) = test.applies(b) {
+            for k in test.keys() {
+                results.fail(mtu, b, k, format!("skipped: {why}"));
+            }
+            continue;
+        }
+        if test.v6()
+            && let Err(why) = world.ipv6()
+        {
+            for k in test.keys() {
+                results.fail(mtu, b, k, why.to_owned());
+            }
+            continue;
+        }
+        if test.pinned()
+            && let Err(e) = world.pin(env)
+        {
+            say(&format!("pinning failed: {e:#}"));
+        }
+        for rep in 1..=opts.reps {
+            if !world.backend_alive() {
+                let why = format!("{} died during the run", b.name());
+                for k in test.keys() {
+                    results.fail(mtu, b, k, why.clone());
+                }
+                break;
+            }
+            match test.measure(&mut world, env, opts) {
+                Ok((values, note)) => {
+                    if let Some(note) = note {
+                        results.threads.insert((mtu, b, test.name()), note);
+                    }
+                    let shown: Vec<String> = values
+                        .iter()
+                        .map(|(k, v)| {
+                            results.push(mtu, b, k, *v);
+                            format!("{k} {v:.3}")
+                        })
+                        .collect();
+                    say(&format!(
+                        "{} {rep}/{}: {}",
+                        test.name(),
+                        opts.reps,
+                        shown.join(", ")
+                    ));
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    say(&format!(
+                        "{} {rep}/{}: FAILED: {why}",
+                        test.name(),
+                        opts.reps
+                    ));
                     for k in test.keys() {
                         results.fail(mtu, b, k, why.clone());
                     }
-                    continue;
-                }
-                if test.v6()
-                    && let Err(why) = world.ipv6()
-                {
-                    for k in test.keys() {
-                        results.fail(mtu, b, k, why.to_owned());
-                    }
-                    continue;
-                }
-                if test.pinned()
-                    && let Err(e) = world.pin(env)
-                {
-                    say(&format!("pinning failed: {e:#}"));
-                }
-                for rep in 1..=opts.reps {
-                    if !world.backend_alive() {
-                        let why = format!("{} died during the run", b.name());
-                        for k in test.keys() {
-                            results.fail(mtu, b, k, why.clone());
-                        }
+                    // A stalled backend would make every later run wait for its time
+                    // limit: check once and skip the rest when it no longer carries
+                    // a TCP round trip.
+                    if !world.healthy(env) {
+                        let why = format!(
+                            "skipped: {} stopped carrying traffic during {}",
+                            b.name(),
+                            test.name()
+                        );
+                        say(&why);
+                        stalled = Some(why);
                         break;
                     }
-                    match test.measure(&mut world, env, opts) {
-                        Ok((values, note)) => {
-                            if let Some(note) = note {
-                                results.threads.insert((mtu, b, test.name()), note);
-                            }
-                            let shown: Vec<String> = values
-                                .iter()
-                                .map(|(k, v)| {
-                                    results.push(mtu, b, k, *v);
-                                    format!("{k} {v:.3}")
-                                })
-                                .collect();
-                            say(&format!(
-                                "{} {rep}/{}: {}",
-                                test.name(),
-                                opts.reps,
-                                shown.join(", ")
-                            ));
-                        }
-                        Err(e) => {
-                            let why = format!("{e:#}");
-                            say(&format!(
-                                "{} {rep}/{}: FAILED: {why}",
-                                test.name(),
-                                opts.reps
-                            ));
-                            for k in test.keys() {
-                                results.fail(mtu, b, k, why.clone());
-                            }
-                            // A stalled backend would make every later run wait for its time
-                            // limit: check once and skip the rest when it no longer carries
-                            // a TCP round trip.
-                            if !world.healthy(env) {
-                                let why = format!(
-                                    "skipped: {} stopped carrying traffic during {}",
-                                    b.name(),
-                                    test.name()
-                                );
-                                say(&why);
-                                stalled = Some(why);
-                                break;
-                            }
-                        }
-                    }
                 }
             }
-            if let Some(tail) = world.stop() {
-                results.logs.insert((mtu, b), tail);
-            }
-            drop(world);
         }
     }
+    if let Some(tail) = world.stop() {
+        if pair {
+            results.pair_logs.insert((mtu, b), tail);
+        } else {
+            results.logs.insert((mtu, b), tail);
+        }
+    }
+    drop(world);
 }
 
 /// The last `n` lines of `text`.
@@ -448,6 +505,7 @@ fn tail(text: &str, n: usize) -> String {
 type Measured = (Vec<(&'static str, f64)>, Option<String>);
 
 /// One kind of measurement; each gives one or more figures. `v6`: over IPv6 (issue 13).
+/// The `G2g*` ones and `SecondGuest` run in the guest-to-guest world (issue 14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Test {
     Tcp {
@@ -461,6 +519,16 @@ enum Test {
         v6: bool,
     },
     Crr,
+    /// iperf3 TCP from G to G2 (`reverse`: G2 to G).
+    G2gTcp {
+        reverse: bool,
+        streams: u32,
+    },
+    /// TCP 1-byte round trip G to G2, pinned.
+    G2gRr,
+    /// hostnet: TCP G to S, 1 stream, on an attach with G alone and then with G2 attached
+    /// too (leased, idle), alternated.
+    SecondGuest,
 }
 
 impl Test {
@@ -486,18 +554,55 @@ impl Test {
             Self::Rr { v6: true },
             Self::Crr,
         ]);
+        // The guest-to-guest world: throughput first (unpinned), the second-guest figure
+        // (it restarts hostnet's attach, unpinned), the pinned round trip last.
+        for streams in [1, 4] {
+            for reverse in [false, true] {
+                v.push(Self::G2gTcp { reverse, streams });
+            }
+        }
+        v.extend([Self::SecondGuest, Self::G2gRr]);
         v
+    }
+
+    /// Whether it runs in the guest-to-guest world (two guests on one network).
+    fn pair(self) -> bool {
+        matches!(self, Self::G2gTcp { .. } | Self::G2gRr | Self::SecondGuest)
+    }
+
+    /// Whether it is measured with backend `b`, or why not.
+    fn applies(self, b: Backend) -> Result<(), &'static str> {
+        match self {
+            Self::SecondGuest if b != Backend::Hostnet => {
+                Err("the second-guest figure is hostnet's (a Linux bridge has no attach)")
+            }
+            _ if self.pair() => b.pairs(),
+            _ => Ok(()),
+        }
     }
 
     /// Whether this run measures it, or why not (printed): `--only ipv6` keeps the IPv6
     /// figures and their IPv4 twins; `--quick` keeps one IPv6 throughput and the IPv6 round
     /// trip.
     fn selected(self, opts: &Options) -> Result<(), &'static str> {
-        if opts.only_ipv6 {
-            return match self {
-                Self::Tcp { .. } | Self::Rr { .. } => Ok(()),
-                _ => Err("--only ipv6: only the IPv6 figures and their IPv4 twins"),
-            };
+        match opts.only {
+            Some(Only::Ipv6) => {
+                return match self {
+                    Self::Tcp { .. } | Self::Rr { .. } => Ok(()),
+                    _ => Err("--only ipv6: only the IPv6 figures and their IPv4 twins"),
+                };
+            }
+            Some(Only::G2g) => {
+                return if self.pair() {
+                    Ok(())
+                } else {
+                    Err("--only g2g: only the guest-to-guest figures")
+                };
+            }
+            None => {}
+        }
+        if self.pair() && opts.quick {
+            return Err("--quick: the guest-to-guest figures are left out (--only g2g runs them)");
         }
         match self {
             Self::Tcp {
@@ -540,11 +645,19 @@ impl Test {
             Self::Rr { v6: false } => "tcp rr",
             Self::Rr { v6: true } => "tcp6 rr",
             Self::Crr => "tcp crr",
+            Self::G2gTcp { reverse, streams } => match (reverse, streams) {
+                (false, 1) => "g2g tcp",
+                (true, 1) => "g2g tcp back",
+                (false, _) => "g2g tcp x4",
+                (true, _) => "g2g tcp back x4",
+            },
+            Self::G2gRr => "g2g rr",
+            Self::SecondGuest => "second guest",
         }
     }
 
     fn pinned(self) -> bool {
-        matches!(self, Self::Ping | Self::Rr { .. } | Self::Crr)
+        matches!(self, Self::Ping | Self::Rr { .. } | Self::Crr | Self::G2gRr)
     }
 
     fn keys(self) -> Vec<&'static str> {
@@ -568,6 +681,14 @@ impl Test {
             Self::Rr { v6: false } => vec!["rr_us"],
             Self::Rr { v6: true } => vec!["rr6_us"],
             Self::Crr => vec!["crr_per_s"],
+            Self::G2gTcp { reverse, streams } => match (reverse, streams) {
+                (false, 1) => vec!["g2g_tcp"],
+                (true, 1) => vec!["g2g_tcp_back"],
+                (false, _) => vec!["g2g_tcp4"],
+                (true, _) => vec!["g2g_tcp4_back"],
+            },
+            Self::G2gRr => vec!["g2g_rr_us"],
+            Self::SecondGuest => vec!["tcp_up_alone", "tcp_up_second"],
         }
     }
 
@@ -575,6 +696,21 @@ impl Test {
     fn measure(self, w: &mut World, env: &Env, opts: &Options) -> Result<Measured> {
         let keys = self.keys();
         match self {
+            Self::G2gTcp { reverse, streams } => {
+                let threads0 = w.backend_threads();
+                let t0 = Instant::now();
+                let (gbps, _) = w.g2g_tcp(reverse, streams, opts.secs)?;
+                let note = w.busy_since(&threads0, t0.elapsed().as_secs_f64());
+                Ok((vec![(keys[0], gbps)], note))
+            }
+            Self::G2gRr => {
+                let rate = w.g2g_transactions(env, opts.lat_secs)?;
+                Ok((vec![(keys[0], 1e6 / rate)], None))
+            }
+            Self::SecondGuest => {
+                let (alone, second, note) = w.second_guest(env, opts.secs)?;
+                Ok((vec![(keys[0], alone), (keys[1], second)], note))
+            }
             Self::Tcp {
                 reverse,
                 streams,
@@ -591,23 +727,7 @@ impl Test {
                 {
                     v.push((k, (b - a) / (bytes / 1e9)));
                 }
-                let mut busy: Vec<(String, f64)> = w
-                    .backend_threads()
-                    .into_iter()
-                    .filter_map(|(tid, name, after)| {
-                        let before = threads0.iter().find(|t| t.0 == tid).map_or(0.0, |t| t.2);
-                        let load = (after - before) / wall;
-                        (load >= 0.02).then(|| (format!("{name}[{tid}]"), load))
-                    })
-                    .collect();
-                busy.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let note = (!busy.is_empty()).then(|| {
-                    busy.iter()
-                        .map(|(n, l)| format!("{n} {l:.2}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                });
-                Ok((v, note))
+                Ok((v, w.busy_since(&threads0, wall)))
             }
             Self::Udp64 => {
                 let (kpps, loss) = w.udp64(opts.secs)?;
@@ -626,12 +746,21 @@ impl Test {
     }
 }
 
+/// A selection of figures (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// The IPv6 figures and their IPv4 twins (issue 13).
+    Ipv6,
+    /// The guest-to-guest world's figures (issue 14).
+    G2g,
+}
+
 #[derive(Debug)]
 struct Options {
     help: bool,
     quick: bool,
-    /// `--only ipv6`: the IPv6 figures and their IPv4 twins only.
-    only_ipv6: bool,
+    /// `--only ipv6|g2g`.
+    only: Option<Only>,
     reps: u32,
     secs: u32,
     lat_secs: f64,
@@ -650,7 +779,7 @@ impl Options {
         let mut o = Self {
             help: false,
             quick: false,
-            only_ipv6: false,
+            only: None,
             reps: 3,
             secs: 5,
             lat_secs: 2.0,
@@ -703,10 +832,13 @@ impl Options {
                     o.backends = set.into_iter().collect();
                     backends_given = true;
                 }
-                "--only" => match value("--only")?.as_str() {
-                    "ipv6" => o.only_ipv6 = true,
-                    other => bail!("--only {other:?}: the only selection is `ipv6`"),
-                },
+                "--only" => {
+                    o.only = Some(match value("--only")?.as_str() {
+                        "ipv6" => Only::Ipv6,
+                        "g2g" => Only::G2g,
+                        other => bail!("--only {other:?}: the selections are `ipv6` and `g2g`"),
+                    });
+                }
                 "--no-micro" => o.micro = false,
                 "--no-e2e" => o.e2e = false,
                 "--lab" => o.lab = Some(PathBuf::from(value("--lab")?)),
@@ -716,8 +848,14 @@ impl Options {
                 other => bail!("unknown bench option {other:?}\n{HELP}"),
             }
         }
+        if o.only == Some(Only::G2g) && !backends_given {
+            o.backends = Backend::ALL
+                .into_iter()
+                .filter(|b| b.pairs().is_ok())
+                .collect();
+        }
         if o.quick {
-            if !backends_given {
+            if !backends_given && o.only != Some(Only::G2g) {
                 o.backends = Backend::QUICK.to_vec();
             }
             o.reps = 1;
@@ -743,9 +881,15 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
 
   --quick              1 repeat of 1 s per figure, 0.5 s latency runs, short criterion runs (CI);
                        without --backends: kernel, pasta, slirp4netns, hostnet only; of the
-                       IPv6 figures only TCP guest->server (1 stream) and the round trip
+                       IPv6 figures only TCP guest->server (1 stream) and the round trip; no
+                       guest-to-guest figures
   --only ipv6          only the IPv6 figures (TCP up/down, 1 and 4 streams, round trip) and
                        their IPv4 twins, for the IPv6/IPv4 ratios
+  --only g2g           only the guest-to-guest figures (issue 14; left out of --quick): two
+                       guest namespaces on one network, kernel = a Linux bridge with two veths,
+                       hostnet = one attach with both; TCP guest->guest and back (1 and 4
+                       streams), round trip; hostnet's TCP guest->server with G alone against
+                       G plus a second idle guest, alternated (default backends kernel,hostnet)
   --reps N             repeats per figure (default 3)
   --secs N             seconds per throughput run (default 5)
   --latency-secs S     seconds per ping / rr / crr run (default 2)
@@ -816,17 +960,24 @@ mod tests {
         for gone in ["tcp6 down", "tcp6 up x4", "tcp6 down x4"] {
             assert!(!quick.contains(&gone), "{gone}");
         }
-        // Every IPv4 figure stays in --quick.
-        for t in Test::list().into_iter().filter(|t| !t.v6()) {
+        // Every IPv4 figure of the guest/host/server world stays in --quick.
+        for t in Test::list().into_iter().filter(|t| !t.v6() && !t.pair()) {
             assert!(quick.contains(&t.name()), "{}", t.name());
         }
+        // The guest-to-guest world is left out of --quick, with the way to get it.
+        for t in Test::list().into_iter().filter(|t| t.pair()) {
+            assert!(!quick.contains(&t.name()), "{}", t.name());
+            let why = t.selected(&opts(&["--quick"])).unwrap_err();
+            assert!(why.contains("--only g2g"), "{why}");
+        }
+        assert_eq!(opts(&["--quick"]).backends, Backend::QUICK);
     }
 
     #[test]
     fn only_ipv6_keeps_the_ipv6_figures_and_their_ipv4_twins() {
         for args in [&["--only", "ipv6"][..], &["--quick", "--only", "ipv6"]] {
             let o = opts(args);
-            assert!(o.only_ipv6);
+            assert_eq!(o.only, Some(Only::Ipv6));
             let only = selected(&o);
             assert_eq!(
                 only,
@@ -849,5 +1000,69 @@ mod tests {
         let args = ["--only".to_owned(), "udp".to_owned()];
         assert!(Options::parse(&args).is_err());
         assert!(Options::parse(&args[..1]).is_err());
+    }
+
+    #[test]
+    fn only_g2g_keeps_the_guest_to_guest_figures_with_kernel_and_hostnet() {
+        for args in [&["--only", "g2g"][..], &["--quick", "--only", "g2g"]] {
+            let o = opts(args);
+            assert_eq!(o.only, Some(Only::G2g));
+            assert_eq!(o.backends, [Backend::Kernel, Backend::Hostnet]);
+            assert_eq!(
+                selected(&o),
+                [
+                    "g2g tcp",
+                    "g2g tcp back",
+                    "g2g tcp x4",
+                    "g2g tcp back x4",
+                    "second guest",
+                    "g2g rr"
+                ]
+            );
+            let why = Test::Rr { v6: false }.selected(&o).unwrap_err();
+            assert!(why.contains("--only g2g"), "{why}");
+        }
+        let o = opts(&[
+            "--only",
+            "g2g",
+            "--backends",
+            "hostnet,pasta",
+            "--mtu",
+            "1500",
+        ]);
+        assert_eq!(o.backends, [Backend::Pasta, Backend::Hostnet]);
+        assert_eq!(o.mtus, [1500]);
+        // The full run has them too; --only ipv6 has none of them.
+        assert!(selected(&opts(&[])).contains(&"g2g tcp"));
+        assert!(!selected(&opts(&["--only", "ipv6"])).contains(&"g2g tcp"));
+    }
+
+    #[test]
+    fn guest_to_guest_tests_run_in_the_pair_world_with_the_backends_that_have_one() {
+        for t in Test::list() {
+            for b in Backend::ALL {
+                let applies = t.applies(b).is_ok();
+                match t {
+                    Test::SecondGuest => assert_eq!(applies, b == Backend::Hostnet, "{b:?}"),
+                    _ if t.pair() => assert_eq!(
+                        applies,
+                        matches!(b, Backend::Kernel | Backend::Hostnet),
+                        "{t:?} {b:?}"
+                    ),
+                    _ => assert!(applies, "{t:?} {b:?}"),
+                }
+            }
+        }
+        // Unpinned throughput first, the pinned round trip last: pinning is not undone
+        // within a world.
+        let pair: Vec<Test> = Test::list().into_iter().filter(|t| t.pair()).collect();
+        let first_pinned = pair.iter().position(|t| t.pinned()).unwrap();
+        assert!(pair[first_pinned..].iter().all(|t| t.pinned()));
+        // Names and keys are distinct over the whole list.
+        let list = Test::list();
+        let names: BTreeSet<&str> = list.iter().map(|t| t.name()).collect();
+        assert_eq!(names.len(), list.len());
+        let keys: Vec<&str> = list.iter().flat_map(|t| t.keys()).collect();
+        assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len());
     }
 }

@@ -42,7 +42,37 @@ pub(super) const FIGURES: &[Figure] = &[
     fig("crr_per_s", "TCP connect+rr+close, pinned", "1/s", true),
     fig("cpu_up", "backend CPU per GB, TCP up", "s/GB", false),
     fig("cpu_down", "backend CPU per GB, TCP down", "s/GB", false),
+    fig("g2g_tcp", "TCP guest1->guest2, 1 stream", "Gbit/s", true),
+    fig(
+        "g2g_tcp_back",
+        "TCP guest2->guest1, 1 stream",
+        "Gbit/s",
+        true,
+    ),
+    fig("g2g_tcp4", "TCP guest1->guest2, 4 streams", "Gbit/s", true),
+    fig(
+        "g2g_tcp4_back",
+        "TCP guest2->guest1, 4 streams",
+        "Gbit/s",
+        true,
+    ),
+    fig(
+        "g2g_rr_us",
+        "TCP 1-byte round trip g2g, pinned",
+        "us",
+        false,
+    ),
+    fig("tcp_up_alone", "TCP up, one guest attached", "Gbit/s", true),
+    fig(
+        "tcp_up_second",
+        "TCP up, + idle second guest",
+        "Gbit/s",
+        true,
+    ),
 ];
+
+/// The guest-to-guest throughput figures issue 14's target holds to ≥ 0.5× the kernel bridge.
+const G2G_TCP: [&str; 4] = ["g2g_tcp", "g2g_tcp_back", "g2g_tcp4", "g2g_tcp4_back"];
 
 /// The samples of one figure for one backend at one MTU, or why there are none.
 #[derive(Debug, Default, Clone)]
@@ -106,6 +136,10 @@ pub(super) struct Results {
     pub(super) micro_error: Option<String>,
     /// Figures this run does not measure at all (`--quick`, `--only`), and why.
     pub(super) not_run: BTreeMap<&'static str, String>,
+    /// Guest-to-guest worlds that did not come up, and why.
+    pub(super) pair_failed: BTreeMap<(u32, Backend), String>,
+    /// The end of each guest-to-guest world's backend log.
+    pub(super) pair_logs: BTreeMap<(u32, Backend), String>,
 }
 
 /// One criterion bench's median.
@@ -335,6 +369,9 @@ impl Results {
                          base: Backend,
                          min: Option<f64>,
                          max: Option<f64>| {
+            if self.not_run.contains_key(key) {
+                return;
+            }
             let r = self.ratio(mtu, h, key, base);
             let ok = r.map(|r| min.is_none_or(|m| r >= m) && max.is_none_or(|m| r <= m));
             let detail = r.map_or_else(
@@ -397,7 +434,31 @@ impl Results {
                 Some(1.0),
             );
         }
+        // The guest-to-guest targets only when the run tried that world (it has cells).
+        let tried = |keys: &[&str]| self.cells.keys().any(|(_, _, k)| keys.contains(k));
+        if self.mtus.contains(&1500) && tried(&G2G_TCP) {
+            for key in G2G_TCP {
+                let label = FIGURES
+                    .iter()
+                    .find(|f| f.key == key)
+                    .map_or(key, |f| f.label);
+                check(
+                    format!("{label} @1500 >= 0.5x kernel (bridge)"),
+                    1500,
+                    key,
+                    Backend::Kernel,
+                    Some(0.5),
+                    None,
+                );
+            }
+        }
         out.extend(self.ipv6_targets());
+        if self.backends.contains(&Backend::Hostnet)
+            && !self.not_run.contains_key("tcp_up_alone")
+            && tried(&["tcp_up_alone", "tcp_up_second"])
+        {
+            out.extend(self.mtus.iter().map(|&m| self.second_guest_target(m)));
+        }
         if self.backends.contains(&Backend::Hostnetd) {
             let (vu, lab) = (Backend::PasstVu, Backend::Hostnet);
             let mut issue17 = Vec::new();
@@ -511,6 +572,57 @@ impl Results {
         out
     }
 
+    /// Issue 14: hostnet's TCP guest->server (1 stream) with a second idle guest attached
+    /// unchanged within the run's spread: met when the two-guest median is at least the
+    /// one-guest median less the larger half-range of the two (faster is never a miss).
+    pub(super) fn second_guest_target(&self, mtu: u32) -> (String, Option<bool>, String) {
+        let what = format!("TCP guest->server @{mtu} unchanged with a second idle guest");
+        let h = Backend::Hostnet;
+        let (Some(a), Some(p)) = (
+            self.stats(mtu, h, "tcp_up_alone"),
+            self.stats(mtu, h, "tcp_up_second"),
+        ) else {
+            return (what, None, "not measured".to_owned());
+        };
+        let spread = ((a.max - a.min) / 2.0).max((p.max - p.min) / 2.0);
+        let ok = p.median >= a.median - spread;
+        let samples = |k| {
+            self.cells
+                .get(&(mtu, h, k))
+                .map(|c| c.samples.clone())
+                .unwrap_or_default()
+        };
+        let (alone, second) = (samples("tcp_up_alone"), samples("tcp_up_second"));
+        let pairs: Vec<f64> = alone
+            .iter()
+            .zip(&second)
+            .filter(|(a, _)| **a > 0.0)
+            .map(|(a, s)| s / a)
+            .collect();
+        let per_pair = match (
+            pairs.iter().copied().reduce(f64::min),
+            pairs.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) => format!("; per alternation {lo:.2}..{hi:.2}"),
+            _ => String::new(),
+        };
+        let detail = format!(
+            "measured 2 guests / 1 guest {:.3} ({} ±{} against {} ±{} Gbit/s; allowed drop {} \
+             = the larger half-range{per_pair})",
+            if a.median > 0.0 {
+                p.median / a.median
+            } else {
+                f64::NAN
+            },
+            num(p.median),
+            num((p.max - p.min) / 2.0),
+            num(a.median),
+            num((a.max - a.min) / 2.0),
+            num(spread),
+        );
+        (what, Some(ok), detail)
+    }
+
     /// hostnetd's ratio to `base` for `key` at `mtu` against the bounds (min, max).
     fn target(
         &self,
@@ -570,6 +682,12 @@ impl Results {
                         "status": self.failed.get(&(mtu, b)).map_or_else(|| "ok".to_owned(), |w| if w.starts_with("skipped") { w.clone() } else { format!("failed: {w}") }),
                         "figures": figures,
                         "log_tail": self.logs.get(&(mtu, b)),
+                        // The guest-to-guest world (issue 14), when the run made one.
+                        "g2g_status": self.pair_failed.get(&(mtu, b)).map_or_else(
+                            || self.pair_logs.contains_key(&(mtu, b)).then(|| "ok".to_owned()),
+                            |w| Some(format!("failed: {w}")),
+                        ),
+                        "g2g_log_tail": self.pair_logs.get(&(mtu, b)),
                         "guest_tap": self.guest_tap.get(&(mtu, b)),
                         "negotiated": self.negotiated.get(&(mtu, b)),
                         "busy_threads": self
@@ -928,6 +1046,106 @@ mod tests {
             Some(3.0)
         );
         assert!(r.table().contains("x passt-vhost-user"));
+    }
+
+    /// A guest-to-guest run: kernel and hostnet, the second-guest samples in alternation order.
+    fn pair_run(alone: &[f64], second: &[f64]) -> Results {
+        let mut r = Results {
+            mtus: vec![1500],
+            backends: vec![Backend::Kernel, Backend::Hostnet],
+            ..Results::default()
+        };
+        for (key, kernel, hostnet) in [
+            ("g2g_tcp", 16.0, 8.0),
+            ("g2g_tcp_back", 16.0, 7.9),
+            ("g2g_tcp4", 20.0, 11.0),
+            ("g2g_tcp4_back", 20.0, 10.0),
+        ] {
+            r.push(1500, Backend::Kernel, key, kernel);
+            r.push(1500, Backend::Hostnet, key, hostnet);
+        }
+        for (&a, &s) in alone.iter().zip(second) {
+            r.push(1500, Backend::Hostnet, "tcp_up_alone", a);
+            r.push(1500, Backend::Hostnet, "tcp_up_second", s);
+        }
+        r
+    }
+
+    #[test]
+    fn guest_to_guest_targets_half_the_kernel_bridge_and_a_second_guest_within_the_spread() {
+        let r = pair_run(&[10.0, 12.0, 11.0], &[10.5, 9.5, 10.0]);
+        let t = r.targets();
+        let find = |what: &str| {
+            t.iter()
+                .find(|(w, _, _)| w.contains(what))
+                .unwrap_or_else(|| panic!("{what} in {t:?}"))
+        };
+        assert_eq!(find("guest1->guest2, 1 stream @1500").1, Some(true));
+        let back = find("guest2->guest1, 1 stream @1500");
+        assert_eq!(
+            (back.1, back.2.as_str()),
+            (Some(false), "measured 0.49x kernel")
+        );
+        assert_eq!(find("guest1->guest2, 4 streams").1, Some(true));
+        assert_eq!(find("guest2->guest1, 4 streams").1, Some(true));
+        // 10.0 against 11.0: the drop (1.0) is within the larger half-range (1.0).
+        let second = find("unchanged with a second idle guest");
+        assert_eq!(second.1, Some(true));
+        assert!(
+            second.2.contains("2 guests / 1 guest 0.909"),
+            "{}",
+            second.2
+        );
+        assert!(
+            second.2.contains("per alternation 0.79..1.05"),
+            "{}",
+            second.2
+        );
+        // A drop larger than either spread is a miss.
+        let r = pair_run(&[11.0, 11.2, 11.1], &[9.0, 9.1, 9.2]);
+        let t = r.targets();
+        let second = t
+            .iter()
+            .find(|(w, _, _)| w.contains("second idle guest"))
+            .unwrap();
+        assert_eq!(second.1, Some(false));
+        // Faster with the second guest is never a miss.
+        let r = pair_run(&[9.0, 9.1, 9.2], &[11.0, 11.2, 11.1]);
+        assert!(
+            r.targets()
+                .iter()
+                .any(|(w, ok, _)| w.contains("second idle") && *ok == Some(true))
+        );
+        let mut r = pair_run(&[10.0], &[10.0]);
+        r.pair_logs.insert((1500, Backend::Kernel), "bridge".into());
+        r.pair_failed
+            .insert((1500, Backend::Hostnet), "attach exited".into());
+        let json = r.json(Value::Null);
+        assert_eq!(json["e2e"]["1500"]["kernel"]["g2g_status"], "ok");
+        assert_eq!(json["e2e"]["1500"]["kernel"]["g2g_log_tail"], "bridge");
+        assert_eq!(
+            json["e2e"]["1500"]["hostnet"]["g2g_status"],
+            "failed: attach exited"
+        );
+        assert_eq!(
+            json["e2e"]["1500"]["hostnet"]["figures"]["g2g_tcp"]["x_kernel"],
+            0.5
+        );
+        assert!(run().json(Value::Null)["e2e"]["1500"]["kernel"]["g2g_status"].is_null());
+        // A run without the guest-to-guest world has none of these lines; the table shows
+        // the rows and the kernel's skip.
+        assert!(!run().targets().iter().any(|(w, _, _)| w.contains("guest1")));
+        let mut r = pair_run(&[10.0], &[10.0]);
+        r.fail(
+            1500,
+            Backend::Kernel,
+            "tcp_up_alone",
+            "skipped: hostnet's".into(),
+        );
+        let table = r.table();
+        assert!(table.contains("TCP guest1->guest2, 1 stream"), "{table}");
+        assert!(table.contains("TCP up, + idle second guest"), "{table}");
+        assert!(table.contains("skipped"), "{table}");
     }
 
     #[test]
