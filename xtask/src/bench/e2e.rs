@@ -1269,8 +1269,7 @@ fn guest_static(g: &Netns) -> Result<()> {
 pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and the vhost-user \
      frontend: txqueuelen 20000 (the default 1000 overflows under pasta); offloads as each \
      backend sets up its TAP (measured per backend below: \"guest TAP\"; hostnet: virtio-net \
-     CSUM + TSO4 both ways (no TSO6 yet: IPv6 TCP is segmented in software by the guest's \
-     and H's kernels before the TAP and the TUN), its guest TAP and host TUN opened with \
+     CSUM + TSO4 + TSO6 both ways, its guest TAP and host TUN opened with \
      IFF_VNET_HDR, attach's default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
      plain veth with its default offloads; H<->S veth MTU 65520 for every backend; \
      vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
