@@ -122,7 +122,7 @@ pub struct Negotiated {
 /// passes, each with the current time, and interrupts the driver as the returned flags say.
 /// The batches are preallocated: no allocation per packet.
 ///
-/// A [`crate::Network`] of several guests holds one NAT and a [`PortCore`] per guest; a
+/// A [`crate::Network`] of several guests holds one NAT and a `PortCore` per guest; a
 /// `DeviceCore` is the one-port network (a port and its own NAT, nothing shared).
 ///
 /// ```
