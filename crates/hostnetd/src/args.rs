@@ -812,6 +812,34 @@ mod tests {
     }
 
     #[test]
+    fn max_guests_defaults_to_8_and_is_checked_from_both_sources() {
+        assert_eq!(serve(&["--socket", "s"]).unwrap().max_guests, 8);
+        assert_eq!(
+            serve(&["--socket", "s", "--max-guests", "3"])
+                .unwrap()
+                .max_guests,
+            3
+        );
+        for bad in ["0", "254", "x", "-1"] {
+            let e = serve(&["--socket", "s", "--max-guests", bad]).unwrap_err();
+            assert!(e.0.contains("--max-guests"), "{e}");
+        }
+        assert!(serve(&["--socket", "s", "--max-guests", "2", "--max-guests", "2"]).is_err());
+        assert_eq!(
+            from_file("socket = \"s\"\nmax-guests = 2\n")
+                .unwrap()
+                .max_guests,
+            2
+        );
+        assert!(from_file("socket = \"s\"\nmax-guests = 0\n").is_err());
+        let printed = parse_config("socket = \"s\"\n")
+            .unwrap()
+            .effective()
+            .unwrap();
+        assert!(printed.contains("max-guests = 8"), "{printed}");
+    }
+
+    #[test]
     fn parses_every_option() {
         let a = serve(&[
             "--socket",

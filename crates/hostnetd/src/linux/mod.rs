@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anyhow::{Context, Result, anyhow};
@@ -215,9 +215,14 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     notify_service_manager(&sd_notify::NotifyState::Ready);
 
     let mut n = 0u64;
+    // The connection threads (joined at the end) and how many of them still serve.
     let mut running: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let active = Arc::new(AtomicUsize::new(0));
     loop {
-        let wake = stop.wait_for_connection(&listener.listener, &tun)?;
+        running.retain(|t| !t.is_finished());
+        let served = active.load(Ordering::SeqCst);
+        let watch_tun = (served == 0).then_some(&*tun);
+        let wake = stop.wait_for_connection(&listener.listener, watch_tun)?;
         running.retain(|t| !t.is_finished());
         if stop.host_lost.load(Ordering::SeqCst) {
             break;
@@ -260,19 +265,21 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 None
             }
         };
-        if running.len() >= args.max_guests {
+        let served = active.load(Ordering::SeqCst);
+        if served >= args.max_guests {
             warn!(
                 connection = n,
                 pid,
                 max_guests = args.max_guests,
-                "frontend refused: {} guests are served already (--max-guests {})",
-                running.len(),
+                "frontend refused: {served} guests are served already (--max-guests {})",
                 args.max_guests
             );
             drop(frontend);
             continue;
         }
         let (tun, stop, control, net) = (tun.clone(), stop.clone(), control.clone(), net.clone());
+        active.fetch_add(1, Ordering::SeqCst);
+        let done = active.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{n}"))
             .spawn(move || {
@@ -286,11 +293,15 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                     ),
                     Err(e) => warn!(connection = n, "connection closed: {e:#}"),
                 }
+                done.fetch_sub(1, Ordering::SeqCst);
                 stop.connection_ended();
             });
         match spawned {
             Ok(t) => running.push(t),
-            Err(e) => warn!(connection = n, "starting a connection thread failed: {e}"),
+            Err(e) => {
+                active.fetch_sub(1, Ordering::SeqCst);
+                warn!(connection = n, "starting a connection thread failed: {e}");
+            }
         }
     }
     // Close every connection and wait for them.
@@ -504,7 +515,7 @@ impl Stop {
 
     /// Blocks until the listener has a connection, a stop was requested, or the TUN failed
     /// (deleted underneath: it polls as an error; its packets are not waited for here).
-    fn wait_for_connection(&self, listener: &UnixListener, tun: &Tun) -> io::Result<Wake> {
+    fn wait_for_connection(&self, listener: &UnixListener, tun: Option<&Tun>) -> io::Result<Wake> {
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
@@ -518,12 +529,16 @@ impl Stop {
         )?;
         // A deleted TUN wakes its pollers as readable (the kernel's data-ready callback) and then
         // polls as an error. Edge-triggered: packets that arrive while no frontend is connected
-        // cost one wake-up per burst and are left for the next connection.
-        epoll.ctl(
-            ControlOperation::Add,
-            tun.as_raw_fd(),
-            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TUN_EVENT),
-        )?;
+        // cost one wake-up per burst and are left for the next connection. While frontends are
+        // served (`tun` is `None`) its packets are the workers' and so is noticing its failure:
+        // this thread would otherwise wake for every burst.
+        if let Some(tun) = tun {
+            epoll.ctl(
+                ControlOperation::Add,
+                tun.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TUN_EVENT),
+            )?;
+        }
         let mut events = [EpollEvent::default(); 3];
         loop {
             if self.requested.load(Ordering::SeqCst) {
