@@ -20,14 +20,22 @@ use testbed::netns::{Netns, Process, veth};
 use testbed::vhost_user::Attached;
 
 /// Two frontends at once get distinct MACs and leases (.2, .3), reach each other both ways
-/// and fetch from the server; `ctl guests` lists both. Then one disconnects and a third
+/// and fetch from the server; a `--forward` naming the second guest's address brings S to
+/// its web server; `ctl guests` lists both. Then one disconnects and a third
 /// connects: it gets the free port (the first's MAC, so its address) and works, and so does
 /// the one that stayed (ports added and removed at runtime).
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
     let world = World::new(3)?;
-    let mut daemon = Daemon::start(&world.host, "sg");
+    let mut daemon = Daemon::start_with(
+        &world.host,
+        "sg",
+        &[
+            "--forward",
+            &format!("tcp:{FORWARD_PORT}:192.168.64.3:{GUEST_HTTP_PORT}"),
+        ],
+    );
     let a = Attached::start(&daemon.sock, world.guests[0].name(), GuestConfig::default())?;
     let b = Attached::start(&daemon.sock, world.guests[1].name(), GuestConfig::default())?;
     ensure!(
@@ -42,6 +50,30 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
     world.ping(1, "192.168.64.2")?;
     world.fetch(0)?;
     world.fetch(1)?;
+    // The forward names the second guest by its address: S reaches its web server.
+    let _web = world.guests[1].spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        &format!("0.0.0.0:{GUEST_HTTP_PORT}"),
+        "-h",
+        world.dir.to_str().context("temp dir is not UTF-8")?,
+    ])?;
+    let got = world.server.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "for i in 1 2 3 4 5; do curl -sS --max-time 20 \
+             http://{NAT_EXTERNAL}:{FORWARD_PORT}/{BLOB_NAME} && break; sleep 0.5; done \
+             | sha256sum"
+        ),
+    ])?;
+    ensure!(
+        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
+        "through the forward to 192.168.64.3: sha256 {got:?}, want {}",
+        world.blob_sha256
+    );
     let guests = ctl(&daemon, "guests")?;
     ensure!(
         guests.contains("52:54:00:12:34:56 ipv4=192.168.64.2")
@@ -127,7 +159,7 @@ struct World {
     _httpd: Process,
     guests: Vec<Netns>,
     host: Netns,
-    _server: Netns,
+    server: Netns,
     dir: PathBuf,
     blob_sha256: String,
 }
@@ -177,7 +209,7 @@ impl World {
             _httpd: httpd,
             guests,
             host,
-            _server: server,
+            server,
             dir,
             blob_sha256,
         })
@@ -223,3 +255,7 @@ const HOST_SERVER_ADDR: &str = "198.18.0.1";
 const SERVER_ADDR: &str = "198.18.0.2";
 const BLOB_NAME: &str = "blob";
 const BLOB_SIZE: usize = 4 << 20;
+/// The NAT's external address (the TUN's peer) in H.
+const NAT_EXTERNAL: &str = "100.64.0.2";
+const FORWARD_PORT: u16 = 8080;
+const GUEST_HTTP_PORT: u16 = 8000;
