@@ -74,6 +74,19 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
         "through the forward to 192.168.64.3: sha256 {got:?}, want {}",
         world.blob_sha256
     );
+    // Guest to guest over TCP: the first fetches the blob from the second's web server.
+    let got = world.guests[0].exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "curl -sS --max-time 60 http://192.168.64.3:{GUEST_HTTP_PORT}/{BLOB_NAME} | sha256sum"
+        ),
+    ])?;
+    ensure!(
+        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
+        "guest to guest: sha256 {got:?}, want {}",
+        world.blob_sha256
+    );
     let guests = ctl(&daemon, "guests")?;
     ensure!(
         guests.contains("52:54:00:12:34:56 ipv4=192.168.64.2")
