@@ -336,6 +336,105 @@ impl Network {
         self.port(port).is_some_and(|p| p.host_failed)
     }
 
+    /// `port`'s gateway services (its guest's MAC, lease, IPv6 addresses).
+    pub fn gateway(&self, port: PortId) -> Option<&crate::Gateway> {
+        Some(self.port(port)?.tx.engine.gateway())
+    }
+
+    /// What `port`'s [`Network::ack_features`] agreed on.
+    pub fn negotiated(&self, port: PortId) -> Option<crate::Negotiated> {
+        Some(self.port(port)?.negotiated)
+    }
+
+    /// As [`crate::DeviceCore::on_rx_unavailable`] for `port`.
+    pub fn on_rx_unavailable(&mut self, port: PortId) {
+        if let Some(p) = self.port_mut(port) {
+            p.rx.host_pending = true;
+        }
+    }
+
+    /// Adds a port forward at runtime (a control request). IPv4: to the spec's guest
+    /// address, else `default_guest`; it must be in the guest subnet. IPv6: as every port's
+    /// IPv6 forwards (NAT66 sends it to the guest whose global address the gateway learned
+    /// last), and ports attached later get it too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`]: the external port is forwarded already, IPv6 is off;
+    /// [`Error::NatRule`]: the NAT refused the rule.
+    pub fn add_forward(
+        &mut self,
+        spec: crate::ForwardSpec,
+        default_guest: Ipv4Addr,
+    ) -> Result<(), Error> {
+        if spec.ipv6 {
+            if self.config.ipv6.is_none() {
+                return Err(Error::Config(
+                    "an IPv6 port forward needs IPv6 (it is off)".into(),
+                ));
+            }
+            let f = spec.to_port_forward6();
+            if self
+                .config
+                .forwards6
+                .iter()
+                .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
+            {
+                return Err(Error::Config(format!(
+                    "{:?} port {} is already forwarded (IPv6)",
+                    f.protocol, f.external_port
+                )));
+            }
+            for p in self.ports.iter_mut().flatten() {
+                p.add_forward(spec, default_guest, &mut self.nat)?;
+            }
+            self.config.forwards6.push(f);
+            return Ok(());
+        }
+        let f = spec.to_port_forward(default_guest);
+        if self
+            .config
+            .forwards
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
+        {
+            return Err(Error::Config(format!(
+                "{:?} port {} is already forwarded",
+                f.protocol, f.external_port
+            )));
+        }
+        self.nat.add_forward(f).map_err(Error::NatRule)?;
+        self.config.forwards.push(f);
+        Ok(())
+    }
+
+    /// Removes the port forward on (`protocol`, `external_port`) of one family and ends the
+    /// sessions set up through it; `false` if there was none.
+    pub fn remove_forward(
+        &mut self,
+        protocol: nat::Protocol,
+        external_port: u16,
+        ipv6: bool,
+    ) -> bool {
+        let same = |p: nat::Protocol, port: u16| p == protocol && port == external_port;
+        if ipv6 {
+            let before = self.config.forwards6.len();
+            self.config
+                .forwards6
+                .retain(|g| !same(g.protocol, g.external_port));
+            for p in self.ports.iter_mut().flatten() {
+                p.remove_forward(protocol, external_port, true, &mut self.nat);
+            }
+            return self.config.forwards6.len() != before;
+        }
+        let before = self.config.forwards.len();
+        self.config
+            .forwards
+            .retain(|g| !same(g.protocol, g.external_port));
+        self.nat.close_forward(protocol, external_port);
+        self.config.forwards.len() != before
+    }
+
     /// The shared NAT.
     pub fn nat(&self) -> &Nat {
         &self.nat
@@ -821,5 +920,41 @@ mod tests {
         assert_eq!(net.host_reader(), Some(a));
         assert!(net.stats(a).is_some());
         assert_eq!(net.bridge_stats().bridge.tx_frames, 0);
+    }
+
+    #[test]
+    fn forwards_at_runtime_go_to_the_named_guest_once_and_ports_report_their_guest() {
+        let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
+        let a = net
+            .attach(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]))
+            .unwrap();
+        let b = net
+            .attach(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x57]))
+            .unwrap();
+        assert_eq!(
+            net.gateway(b).map(crate::Gateway::guest_mac),
+            Some(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x57]))
+        );
+        assert_eq!(net.negotiated(a).map(|n| n.features), Some(0));
+        let first = net.address_of(a).unwrap();
+        let spec: crate::ForwardSpec = "tcp:8080:192.168.64.3:80".parse().unwrap();
+        net.add_forward(spec, first).unwrap();
+        assert_eq!(
+            net.config().forwards[0].internal,
+            "192.168.64.3:80".parse().unwrap()
+        );
+        assert!(net.add_forward(spec, first).is_err(), "the port is taken");
+        let outside: crate::ForwardSpec = "tcp:8081:10.0.0.1:80".parse().unwrap();
+        assert!(
+            net.add_forward(outside, first).is_err(),
+            "not a guest address"
+        );
+        assert!(net.remove_forward(nat::Protocol::Tcp, 8080, false));
+        assert!(!net.remove_forward(nat::Protocol::Tcp, 8080, false));
+        net.add_forward("tcp:8080:80".parse().unwrap(), first)
+            .unwrap();
+        assert_eq!(net.config().forwards[0].internal.ip(), &first);
+        assert!(net.detach(a));
+        assert_eq!(net.gateway(a).map(crate::Gateway::guest_mac), None);
     }
 }

@@ -93,6 +93,9 @@ pub(crate) struct Args {
     pub(crate) metrics: Option<std::net::SocketAddr>,
     /// Logs as JSON lines (`--log-format json`) instead of text.
     pub(crate) log_json: bool,
+    /// Frontends served at once (`--max-guests`), each a port of the one network; more are
+    /// refused.
+    pub(crate) max_guests: usize,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -222,6 +225,8 @@ pub(crate) struct Settings {
     metrics: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_guests: Option<u32>,
 }
 
 /// `socket-mode` in a file: `"0660"` (as on the command line) or a TOML integer (`0o660`).
@@ -259,6 +264,7 @@ impl Settings {
             control: self.control.or(file.control),
             metrics: self.metrics.or(file.metrics),
             log_format: self.log_format.or(file.log_format),
+            max_guests: self.max_guests.or(file.max_guests),
         }
     }
 
@@ -384,6 +390,15 @@ impl Settings {
                 )));
             }
         };
+        let max_guests = match self.max_guests {
+            None => DEFAULT_MAX_GUESTS,
+            Some(n) if (1..=MAX_GUESTS_LIMIT).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ArgError(format!(
+                    "bad --max-guests {n}: expected 1 to {MAX_GUESTS_LIMIT}"
+                )));
+            }
+        };
         Ok(Args {
             socket,
             mtu,
@@ -408,6 +423,7 @@ impl Settings {
             control_default,
             metrics,
             log_json,
+            max_guests,
         })
     }
 
@@ -443,6 +459,7 @@ impl Settings {
             control: (!a.control_default).then_some(a.control),
             metrics: a.metrics.map(|m| m.to_string()),
             log_format: Some(if a.log_json { "json" } else { "text" }.to_owned()),
+            max_guests: u32::try_from(a.max_guests).ok(),
         };
         toml::to_string(&full).map_err(|e| ArgError(format!("printing the configuration: {e}")))
     }
@@ -509,6 +526,15 @@ fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgErro
             "--control" => set_once(&mut s.control, key, PathBuf::from(value()?))?,
             "--metrics" => set_once(&mut s.metrics, key, value()?)?,
             "--log-format" => set_once(&mut s.log_format, key, value()?)?,
+            "--max-guests" => {
+                let v = value()?;
+                let n = v.parse::<u32>().map_err(|_| {
+                    ArgError(format!(
+                        "bad --max-guests {v:?}: expected 1 to {MAX_GUESTS_LIMIT}"
+                    ))
+                })?;
+                set_once(&mut s.max_guests, key, n)?;
+            }
             other => return Err(ArgError(format!("unknown argument {other:?} (try --help)"))),
         }
     }
@@ -639,7 +665,7 @@ USAGE:
              [--tun-addr A] [--external-addr B] [--no-ipv6]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
              [--host-setup] [--control PATH] [--metrics ADDR] [--log-format text|json]
-             [--config FILE] [--print-config]
+             [--max-guests N] [--config FILE] [--print-config]
     hostnetd ctl [--control PATH | --socket PATH] [--json] COMMAND   (hostnetd ctl --help)
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
@@ -649,8 +675,12 @@ the namespace already uses either, the next free pair 100.64.0.3/.4, ... of 100.
 gives the TUN fd64:ffff::1/64 too (NAT66's external address fd64:ffff::2; if taken, the next
 free fd64:ffff::k:1/112 and ::k:2; none with --no-ipv6), and prints
 `ready socket=<path> tun=<name> gateway=192.168.64.1 external=<IPv4> external6=<IPv6> gateway6=fd64::1`
-(without the last two fields with --no-ipv6) on stdout once listening. When the
-frontend disconnects it serves the next one. SIGTERM or SIGINT stops it (exit status 0); SIGUSR1
+(without the last two fields with --no-ipv6) on stdout once listening. It serves up to --max-guests frontends
+at once, each a port of one network (one gateway, NAT and TUN; guest to guest switched
+directly): the first gets the MAC --mac and 192.168.64.2, the next free port --mac plus its
+index (52:54:00:12:34:57) and the next free address (a MAC seen before gets its address again);
+a frontend beyond the limit is refused (logged). When a frontend disconnects its port is free
+for the next one. SIGTERM or SIGINT stops it (exit status 0); SIGUSR1
 logs the connection's counters, drop causes and NAT drop reasons by name (also logged when a
 frontend disconnects). If its TUN fails (deleted underneath with `ip link del`), with or without
 a frontend, it logs an error naming the TUN, closes the connection and exits with status 1
@@ -673,7 +703,8 @@ OPTIONS:
     --mtu <N>                guest MTU, 68..=65520 (default 1500)
     --mac <M>                guest MAC address (default 52:54:00:12:34:56)
     --forward <P:E:G>        forward external port E (tcp|udp) on 100.64.0.2 to guest port G
-                             (P:E:IP:G for another guest address; repeatable). tcp6|udp6:E:G
+                             of the first guest, 192.168.64.2 (P:E:IP:G for another guest's
+                             address, tcp:8080:192.168.64.3:80; repeatable). tcp6|udp6:E:G
                              forwards port E on NAT66's external address (fd64:ffff::2) to the
                              guest's global IPv6 address the gateway learned (its EUI-64 SLAAC
                              address if it uses it, else its first); tcp/udp stay IPv4 only, so
@@ -732,6 +763,7 @@ OPTIONS:
     --metrics <ADDR>         also serve the Prometheus metrics over HTTP on this TCP address
                              (ip:port) in the network namespace hostnetd runs in
     --log-format <F>         text (default) or json: one JSON object per log line
+    --max-guests <N>         frontends served at once, 1..=253 (default 8); more are refused
     --config <FILE>          read settings from a TOML file: the long options' names are its keys
                              (socket = \"/run/hn.sock\", mtu = 1500, forward = [\"tcp:8022:22\"],
                              deny = [...], allow = [...], offload = false for --no-offload,
@@ -750,6 +782,10 @@ OPTIONS:
 pub(crate) const DEFAULT_MTU: u16 = bridge::defaults::MTU;
 const MIN_MTU: u16 = 68;
 const MAX_MTU: u16 = 65_520;
+/// Frontends served at once unless `--max-guests` says otherwise.
+pub(crate) const DEFAULT_MAX_GUESTS: usize = 8;
+/// The most `--max-guests` can be: the DHCP pool's addresses (.2 to .254).
+const MAX_GUESTS_LIMIT: u32 = 253;
 /// Default guest MAC (QEMU's customary first NIC address).
 pub(crate) const DEFAULT_MAC: MacAddr = bridge::defaults::GUEST_MAC;
 /// Default permission bits of the socket file: the owner only.
@@ -773,6 +809,34 @@ mod tests {
             Invocation::Serve(a) => Ok(*a),
             other => Err(ArgError(format!("not serve: {other:?}"))),
         }
+    }
+
+    #[test]
+    fn max_guests_defaults_to_8_and_is_checked_from_both_sources() {
+        assert_eq!(serve(&["--socket", "s"]).unwrap().max_guests, 8);
+        assert_eq!(
+            serve(&["--socket", "s", "--max-guests", "3"])
+                .unwrap()
+                .max_guests,
+            3
+        );
+        for bad in ["0", "254", "x", "-1"] {
+            let e = serve(&["--socket", "s", "--max-guests", bad]).unwrap_err();
+            assert!(e.0.contains("--max-guests"), "{e}");
+        }
+        assert!(serve(&["--socket", "s", "--max-guests", "2", "--max-guests", "2"]).is_err());
+        assert_eq!(
+            from_file("socket = \"s\"\nmax-guests = 2\n")
+                .unwrap()
+                .max_guests,
+            2
+        );
+        assert!(from_file("socket = \"s\"\nmax-guests = 0\n").is_err());
+        let printed = parse_config("socket = \"s\"\n")
+            .unwrap()
+            .effective()
+            .unwrap();
+        assert!(printed.contains("max-guests = 8"), "{printed}");
     }
 
     #[test]

@@ -83,8 +83,10 @@ pub(crate) struct Snapshot {
     pub(crate) held_fragments: u64,
     /// Bytes of the held fragments.
     pub(crate) held_bytes: u64,
-    /// The guest, if one is connected.
+    /// The first guest (the lowest port), if one is connected.
     pub(crate) guest: Option<Guest>,
+    /// Every connected guest, by port.
+    pub(crate) guests: Vec<Guest>,
 }
 
 /// The bridge's frame counters of a connection.
@@ -301,7 +303,6 @@ impl Snapshot {
             "Bytes of the held fragments",
             gauge(self.held_bytes),
         );
-        let guest = self.guest.as_ref();
         r.register(
             "guest_connected",
             "1 while a frontend is connected",
@@ -310,12 +311,12 @@ impl Snapshot {
         r.register(
             "leases",
             "IPv4 DHCP leases held",
-            gauge(u64::from(guest.is_some_and(|g| g.ipv4.is_some()))),
+            gauge(self.guests.iter().filter(|g| g.ipv4.is_some()).count() as u64),
         );
         r.register(
             "guest_ipv6_addresses",
-            "IPv6 addresses the guest was seen to use",
-            gauge(guest.map_or(0, |g| g.ipv6.len() as u64)),
+            "IPv6 addresses the guests were seen to use",
+            gauge(self.guests.iter().map(|g| g.ipv6.len() as u64).sum()),
         );
         let connections = Counter::<u64>::default();
         connections.inc_by(self.connections);

@@ -43,8 +43,11 @@ impl Default for ControlSocket {
             ipv6: true,
             external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         };
+        let net = crate::linux::network::Shared::new(&config, 1)
+            .expect("the default configuration makes a network");
         ControlSocket(crate::linux::control::Control::new(
             config,
+            std::sync::Arc::new(std::sync::Mutex::new(net)),
             crate::args::FIRST_GUEST_ADDR,
             None,
         ))
@@ -67,7 +70,7 @@ impl ControlSocket {
 /// handler and hostnetd's backend (the device core over a TUN), as the daemon serves a
 /// connection, without the sandbox.
 pub struct Backend {
-    config: crate::linux::device::DeviceConfig,
+    net: crate::linux::network::SharedNet,
     tun: std::sync::Arc<utun::Tun>,
     stop: crate::linux::Stop,
     control: crate::linux::control::Control,
@@ -121,13 +124,17 @@ impl Backend {
             ipv6: true,
             external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         };
+        let net = std::sync::Arc::new(std::sync::Mutex::new(crate::linux::network::Shared::new(
+            &config, 1,
+        )?));
         Ok(Self {
             control: crate::linux::control::Control::new(
-                config.clone(),
+                config,
+                net.clone(),
                 crate::args::FIRST_GUEST_ADDR,
                 None,
             ),
-            config,
+            net,
             tun: std::sync::Arc::new(tun),
             stop: crate::linux::Stop::new()?,
         })
@@ -139,6 +146,6 @@ impl Backend {
     ///
     /// What ended the connection, if it was not the frontend closing.
     pub fn serve(&self, frontend: UnixStream) -> anyhow::Result<()> {
-        crate::linux::serve_one(&self.config, &self.tun, frontend, &self.stop, &self.control)
+        crate::linux::serve_one(&self.tun, &self.net, frontend, &self.stop, &self.control)
     }
 }

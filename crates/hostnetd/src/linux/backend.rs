@@ -26,9 +26,10 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use bridge::{Clock, DeviceCore, Notify};
+use bridge::{MacAddr, Notify, PortId};
 
-use super::device::{self, DeviceConfig};
+use super::device;
+use super::network::{self, Shared, SharedNet};
 
 /// Worker event id of the TUN's readiness (ids 0..=2 are the two queues and the exit event).
 pub(crate) const HOST_EVENT: u64 = 3;
@@ -37,17 +38,24 @@ pub(crate) const TIMER_EVENT: u64 = 4;
 /// Worker event id of the resume eventfd: an earlier event stopped on its budget with work
 /// left.
 pub(crate) const RESUME_EVENT: u64 = 5;
+/// Worker event id of the port's wake-up eventfd: another port left frames in its inbox.
+pub(crate) const PENDING_EVENT: u64 = 6;
 
-/// One frontend connection's device: the device core plus the vhost-user bookkeeping.
+/// One frontend connection's device: a port of the shared network plus the vhost-user
+/// bookkeeping.
 pub(crate) struct NetBackend {
-    core: DeviceCore,
-    /// The time the device core is given with each event.
-    clock: Clock,
+    net: SharedNet,
+    /// This connection's port (another after a device reset).
+    port: PortId,
+    /// Its MAC (the config space's).
+    mac: MacAddr,
     tun: Arc<Tun>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     timer: TimerFd,
     /// Signalled when an event stopped on its budget; the worker comes back for the rest.
     resume: EventFd,
+    /// Signalled by other ports' workers when frames wait in this port's inbox.
+    wake: Arc<EventFd>,
     /// TX chains wait beyond the last call's budget.
     tx_more: bool,
     /// Frames or host packets wait beyond the last delivery's budget.
@@ -66,16 +74,18 @@ pub(crate) struct NetBackend {
 impl std::fmt::Debug for NetBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetBackend")
-            .field("core", &self.core)
+            .field("port", &self.port)
+            .field("mac", &self.mac)
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
 }
 
 impl NetBackend {
-    /// A fresh device for a new connection (new NAT table, new DHCP state).
+    /// A new port of `net` for a new connection (its DHCP state fresh; its address the one
+    /// its MAC had before, else the first free one).
     pub(crate) fn new(
-        config: &DeviceConfig,
+        net: SharedNet,
         tun: Arc<Tun>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
         stats_requested: Arc<AtomicBool>,
@@ -83,15 +93,26 @@ impl NetBackend {
     ) -> anyhow::Result<Self> {
         let mut timer = TimerFd::new()?;
         timer.reset(TICK, Some(TICK))?;
-        // The TUN outlives connections: no GSO towards this device until its driver accepts it.
-        clear_offloads(&tun);
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let (port, mac) = {
+            let mut n = network::lock(&net);
+            let (port, mac) = n.attach(wake.clone())?;
+            // The TUN outlives connections: no GSO towards this device until its driver
+            // accepts it (unless other guests use the TUN now).
+            if n.alone(port) {
+                clear_offloads(&tun);
+            }
+            (port, mac)
+        };
         Ok(Self {
-            core: config.device_core()?,
-            clock: Clock::new(),
+            net,
+            port,
+            mac,
             tun,
             mem,
             timer,
             resume: EventFd::new(EFD_NONBLOCK)?,
+            wake,
             tx_more: false,
             rx_more: false,
             stats_requested,
@@ -112,88 +133,51 @@ impl NetBackend {
         self.resume.as_raw_fd()
     }
 
+    /// The wake-up eventfd's descriptor, for the worker's epoll ([`PENDING_EVENT`]).
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// The port and its MAC.
+    pub(crate) fn port(&self) -> (PortId, MacAddr) {
+        (self.port, self.mac)
+    }
+
     /// Lets the backend close the connection when the driver breaks the virtio protocol.
     pub(crate) fn set_shutdown_handle(&mut self, handle: Option<ShutdownHandle>) {
         self.shutdown = handle;
     }
 
-    /// The device core (the control socket's view).
-    pub(crate) fn core(&self) -> &DeviceCore {
-        &self.core
+    /// Logs the port's counters and detaches it (the connection ended).
+    pub(crate) fn detach(&self) {
+        let mut n = network::lock(&self.net);
+        if let Some(s) = n.net.stats(self.port) {
+            device::log_stats(self.port, self.mac, s, &n.net);
+        }
+        n.detach(self.port);
     }
 
-    /// The device core, to change at runtime (the control socket's port forwards).
-    pub(crate) fn core_mut(&mut self) -> &mut DeviceCore {
-        &mut self.core
-    }
-
-    /// The device core's time now.
-    pub(crate) fn now(&self) -> nat::Instant {
-        self.clock.now()
-    }
-
-    /// Logs the connection's counters.
-    pub(crate) fn log_stats(&self) {
-        device::log_stats(&self.core);
-    }
-
-    /// Runs one event; a queue the driver broke closes the connection (the daemon keeps running).
-    /// Work left beyond the budget re-arms the resume eventfd.
+    /// Runs one event under the network's lock; a queue the driver broke closes the
+    /// connection (the daemon keeps running). Work left beyond the budget re-arms the resume
+    /// eventfd; other ports whose inboxes this event filled are woken.
     fn dispatch(&mut self, event: u64, vrings: &[VringRwLock]) -> Result<(), bridge::Error> {
         let [rx, tx] = vrings else {
             return Ok(());
         };
-        match event {
-            TX_EVENT => self.tx_kick(rx, tx)?,
-            RX_EVENT | HOST_EVENT => self.rx_ready(rx, event == HOST_EVENT)?,
-            RESUME_EVENT => {
-                let _ = self.resume.read();
-                if std::mem::take(&mut self.tx_more) {
-                    self.tx_kick(rx, tx)?;
-                }
-                if std::mem::take(&mut self.rx_more) {
-                    self.rx_ready(rx, false)?;
-                }
-            }
-            TIMER_EVENT => {
-                let _ = self.timer.wait();
-                self.core.on_tick(self.clock.now());
-                // Safety net, once a second while frames move: deliver what waits for the RX
-                // queue and signal both queues. One run saw a guest never answer DHCP offers
-                // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
-                // asks for the next one only when it has seen this one. The cause is not proven
-                // (suspected: the frontend wiring a queue's call fd or enabling it after the
-                // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
-                // look at its ring.
-                let s = self.core.stats();
-                let moved = s.rx_frames + s.tx_frames + s.local_replies;
-                // `local_replies` also moves when the tick queued a Router Advertisement.
-                if moved != self.moved_at_tick {
-                    self.moved_at_tick = moved;
-                    let mem = self.mem.memory();
-                    let mut rxg = rx.get_mut();
-                    if rxg.get_queue().ready() && rxg.is_enabled() {
-                        let n = self.core.on_rx_ready(
-                            &*mem,
-                            rxg.get_queue_mut(),
-                            &*self.tun,
-                            false,
-                            self.clock.now(),
-                        )?;
-                        self.more(n);
-                        signal(&rxg, "rx");
-                    }
-                    let txg = tx.get_mut();
-                    if txg.get_queue().ready() && txg.is_enabled() {
-                        signal(&txg, "tx");
-                    }
-                }
-                if self.stats_requested.swap(false, Ordering::Relaxed) {
-                    device::log_stats(&self.core);
-                }
-            }
-            other => debug!(event = other, "unknown worker event"),
+        let net = self.net.clone();
+        let mut guard = network::lock(&net);
+        let sh = &mut *guard;
+        if sh.net.stats(self.port).is_none() {
+            // Detached (the connection is closing).
+            return Ok(());
         }
+        let r = self.dispatch_locked(sh, event, rx, tx);
+        sh.wake_others(self.port);
+        if sh.net.host_failed(self.port) {
+            self.host_lost.store(true, Ordering::SeqCst);
+        }
+        drop(guard);
+        r?;
         if self.tx_more || self.rx_more {
             // Come back after the worker has looked at its other events (the queue locks are
             // free until then).
@@ -204,8 +188,83 @@ impl NetBackend {
         Ok(())
     }
 
+    fn dispatch_locked(
+        &mut self,
+        sh: &mut Shared,
+        event: u64,
+        rx: &VringRwLock,
+        tx: &VringRwLock,
+    ) -> Result<(), bridge::Error> {
+        match event {
+            TX_EVENT => self.tx_kick(sh, rx, tx)?,
+            RX_EVENT | HOST_EVENT => self.rx_ready(sh, rx, event == HOST_EVENT)?,
+            PENDING_EVENT => {
+                let _ = self.wake.read();
+                sh.took_wakeup(self.port);
+                self.rx_ready(sh, rx, false)?;
+            }
+            RESUME_EVENT => {
+                let _ = self.resume.read();
+                if std::mem::take(&mut self.tx_more) {
+                    self.tx_kick(sh, rx, tx)?;
+                }
+                if std::mem::take(&mut self.rx_more) {
+                    self.rx_ready(sh, rx, false)?;
+                }
+            }
+            TIMER_EVENT => {
+                let _ = self.timer.wait();
+                sh.tick();
+                // Safety net, once a second while frames move: deliver what waits for the RX
+                // queue and signal both queues. One run saw a guest never answer DHCP offers
+                // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
+                // asks for the next one only when it has seen this one. The cause is not proven
+                // (suspected: the frontend wiring a queue's call fd or enabling it after the
+                // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
+                // look at its ring.
+                let moved = sh
+                    .net
+                    .stats(self.port)
+                    .map_or(0, |s| s.rx_frames + s.tx_frames + s.local_replies);
+                // `local_replies` also moves when the tick queued a Router Advertisement.
+                if moved != self.moved_at_tick {
+                    self.moved_at_tick = moved;
+                    let mem = self.mem.memory();
+                    let mut rxg = rx.get_mut();
+                    if rxg.get_queue().ready() && rxg.is_enabled() {
+                        let now = sh.clock.now();
+                        let n = sh.net.on_rx_ready(
+                            self.port,
+                            &*mem,
+                            rxg.get_queue_mut(),
+                            &*self.tun,
+                            false,
+                            now,
+                        )?;
+                        self.more(n);
+                        signal(&rxg, "rx");
+                    }
+                    let txg = tx.get_mut();
+                    if txg.get_queue().ready() && txg.is_enabled() {
+                        signal(&txg, "tx");
+                    }
+                }
+                if self.stats_requested.swap(false, Ordering::Relaxed) {
+                    device::log_network_stats(&sh.net);
+                }
+            }
+            other => debug!(event = other, "unknown worker event"),
+        }
+        Ok(())
+    }
+
     /// The TX queue was kicked (or a TX budget ran out before): one budget of TX work.
-    fn tx_kick(&mut self, rx: &VringRwLock, tx: &VringRwLock) -> Result<(), bridge::Error> {
+    fn tx_kick(
+        &mut self,
+        sh: &mut Shared,
+        rx: &VringRwLock,
+        tx: &VringRwLock,
+    ) -> Result<(), bridge::Error> {
         let mem = self.mem.memory();
         let mut txg = tx.get_mut();
         // Checked under the lock the work is done under: the frontend's request handler
@@ -216,12 +275,14 @@ impl NetBackend {
         }
         let mut rxg = rx.get_mut();
         let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
-        let n = self.core.on_tx_kick(
+        let now = sh.clock.now();
+        let n = sh.net.on_tx_kick(
+            self.port,
             &*mem,
             txg.get_queue_mut(),
             rx_ok.then(|| rxg.get_queue_mut()),
             &*self.tun,
-            self.clock.now(),
+            now,
         )?;
         self.more(n);
         if n.tx {
@@ -235,23 +296,30 @@ impl NetBackend {
 
     /// RX buffers were added or (`host_readable`) the TUN became readable, or a delivery
     /// budget ran out before: one budget of delivery.
-    fn rx_ready(&mut self, rx: &VringRwLock, host_readable: bool) -> Result<(), bridge::Error> {
+    fn rx_ready(
+        &mut self,
+        sh: &mut Shared,
+        rx: &VringRwLock,
+        host_readable: bool,
+    ) -> Result<(), bridge::Error> {
         let mem = self.mem.memory();
         let mut rxg = rx.get_mut();
         if rxg.get_queue().ready() && rxg.is_enabled() {
-            let n = self.core.on_rx_ready(
+            let now = sh.clock.now();
+            let n = sh.net.on_rx_ready(
+                self.port,
                 &*mem,
                 rxg.get_queue_mut(),
                 &*self.tun,
                 host_readable,
-                self.clock.now(),
+                now,
             )?;
             self.more(n);
             if n.rx {
                 signal(&rxg, "rx");
             }
         } else {
-            self.core.on_rx_unavailable();
+            sh.net.on_rx_unavailable(self.port);
         }
         Ok(())
     }
@@ -278,13 +346,20 @@ impl VhostUserBackendMut for NetBackend {
     /// The device's virtio features plus `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU needs it to enable
     /// the rings; see [`super::proxy`] for the early `SET_VRING_ENABLE` it then sends).
     fn features(&self) -> u64 {
-        self.core.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        network::lock(&self.net)
+            .net
+            .device_features(self.port)
+            .unwrap_or(0)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&mut self, features: u64) {
-        let acked = self.core.ack_features(features, &*self.tun);
+        let acked = network::lock(&self.net)
+            .net
+            .ack_features(self.port, features, &*self.tun);
         // One line per connection (and per renegotiation, e.g. a guest reboot).
         info!(
+            port = self.port.0,
             features = %bridge::feature_names(acked),
             asked = format_args!("{features:#x}"),
             "guest negotiated"
@@ -296,11 +371,19 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn reset_device(&mut self) {
-        info!("device reset by the frontend");
-        self.core.reset();
+        info!(port = self.port.0, "device reset by the frontend");
+        {
+            let mut n = network::lock(&self.net);
+            match n.reattach(self.port, self.mac) {
+                Ok(p) => self.port = p,
+                Err(e) => warn!("re-attaching the port after a reset failed: {e:#}"),
+            }
+            if n.alone(self.port) {
+                clear_offloads(&self.tun);
+            }
+        }
         self.tx_more = false;
         self.rx_more = false;
-        clear_offloads(&self.tun);
         self.broken = false;
     }
 
@@ -310,7 +393,14 @@ impl VhostUserBackendMut for NetBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0).min(MAX_CONFIG_READ)];
-        self.core.read_config(u64::from(offset), &mut buf);
+        let space = network::lock(&self.net).net.config_space(self.port);
+        if let Some(space) = space {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(space.len());
+            let n = buf.len().min(space.len() - from);
+            buf[..n].copy_from_slice(&space[from..from + n]);
+        }
         buf
     }
 
@@ -345,7 +435,7 @@ impl VhostUserBackendMut for NetBackend {
             if let Some(h) = &self.shutdown {
                 h.shutdown();
             }
-        } else if self.core.host_failed() {
+        } else if self.host_lost.load(Ordering::SeqCst) {
             // Never serve the guest on a dead link: close the connection, and the daemon stops.
             error!(
                 tun = self.tun.name(),

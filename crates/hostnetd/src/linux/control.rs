@@ -1,23 +1,23 @@
 //! The control socket's server and the `--metrics` HTTP listener: threads started before the
 //! sandbox, serving [`crate::control`]'s protocol against the daemon's state ([`Control`]).
 //!
-//! The connection's device core is reached through the same `RwLock` the vhost-user worker takes
-//! once per event, so a request waits at most for one event's bounded work and adds no lock to
-//! the packet path. Port forwards added or removed here also change the configuration the next
-//! connections start from.
+//! The network (every connection's port, the NAT) is reached through the same mutex the
+//! vhost-user workers take once per event, so a request waits at most for one event's bounded
+//! work and adds no lock to the packet path. Port forwards added or removed here change the
+//! network's NAT and the configuration shown by `forwards`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bridge::ForwardSpec;
 use tracing::{info, warn};
 
-use super::backend::NetBackend;
 use super::device::DeviceConfig;
+use super::network::{self, SharedNet};
 use crate::control::{
     self, Counters, Flow, Guest, MAX_FLOWS, MAX_REQUEST, NatSnapshot, Request, Snapshot,
 };
@@ -30,10 +30,10 @@ const MAX_HTTP_HEAD: usize = 8192;
 /// Changes the log filter at runtime (`log-level`).
 pub(crate) type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-/// What the control socket sees and changes: the current connection's backend, the
-/// configuration the next connection starts from, counters of the daemon itself.
+/// What the control socket sees and changes: the network (its ports, its NAT), the
+/// configuration with the forwards changed at runtime, counters of the daemon itself.
 pub(crate) struct Control {
-    current: Mutex<Option<Arc<RwLock<NetBackend>>>>,
+    net: SharedNet,
     config: Mutex<DeviceConfig>,
     connections: AtomicU64,
     log: Option<LogReload>,
@@ -51,9 +51,14 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    pub(crate) fn new(config: DeviceConfig, first_guest: Ipv4Addr, log: Option<LogReload>) -> Self {
+    pub(crate) fn new(
+        config: DeviceConfig,
+        net: SharedNet,
+        first_guest: Ipv4Addr,
+        log: Option<LogReload>,
+    ) -> Self {
         Self {
-            current: Mutex::new(None),
+            net,
             config: Mutex::new(config),
             connections: AtomicU64::new(0),
             log,
@@ -62,41 +67,23 @@ impl Control {
         }
     }
 
-    /// The configuration a new connection starts from (with the forwards changed at runtime).
-    pub(crate) fn config(&self) -> DeviceConfig {
-        lock(&self.config).clone()
+    /// A connection starts.
+    pub(crate) fn connection_started(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A connection starts (`Some`) or ends (`None`).
-    pub(crate) fn set_current(&self, backend: Option<Arc<RwLock<NetBackend>>>) {
-        if backend.is_some() {
-            self.connections.fetch_add(1, Ordering::Relaxed);
-        }
-        *lock(&self.current) = backend;
-    }
-
-    fn current(&self) -> Option<Arc<RwLock<NetBackend>>> {
-        lock(&self.current).clone()
-    }
-
-    /// The daemon's state now.
+    /// The daemon's state now: every port's counters added up, the NAT, each guest.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
             connections: self.connections.load(Ordering::Relaxed),
             ..Snapshot::default()
         };
-        for cause in bridge::DropCause::ALL {
-            s.drops.insert(format!("{cause:?}"), 0);
-        }
-        let Some(b) = self.current() else {
-            s.nat.insert("ipv4".into(), NatSnapshot::default());
-            s.nat.insert("ipv6".into(), NatSnapshot::default());
-            return s;
-        };
-        let b = b.read().unwrap_or_else(PoisonError::into_inner);
-        let core = b.core();
-        s.connected = true;
-        let st = core.stats();
+        let sh = network::lock(&self.net);
+        let net = &sh.net;
+        let now = sh.clock.now();
+        let all = net.bridge_stats();
+        let st = &all.bridge;
+        s.connected = net.ports().next().is_some();
         s.counters = Counters {
             tx_frames: st.tx_frames,
             tx_bytes: st.tx_bytes,
@@ -111,7 +98,7 @@ impl Control {
         for cause in bridge::DropCause::ALL {
             s.drops.insert(format!("{cause:?}"), st.drops_of(cause));
         }
-        let nat = core.nat();
+        let nat = net.nat();
         for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
             let n = nat.stats_of(ipv6);
             let mut snap = NatSnapshot {
@@ -134,25 +121,30 @@ impl Control {
         let (held, bytes) = nat.held_fragments();
         s.held_fragments = held as u64;
         s.held_bytes = bytes as u64;
-        let gw = core.gateway();
-        // Every negotiated feature bit by name (none before the driver negotiated).
-        let features = match core.negotiated().features {
-            0 => Vec::new(),
-            f => bridge::feature_names(f)
-                .split(',')
-                .map(str::to_owned)
-                .collect(),
-        };
-        s.guest = Some(Guest {
-            mac: gw.guest_mac().to_string(),
-            ipv4: gw.lease(b.now()).map(|a| a.to_string()),
-            ipv6: gw
-                .guest_ipv6_addrs()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            features,
-        });
+        for (port, _) in net.ports() {
+            let (Some(gw), Some(neg)) = (net.gateway(port), net.negotiated(port)) else {
+                continue;
+            };
+            // Every negotiated feature bit by name (none before the driver negotiated).
+            let features = match neg.features {
+                0 => Vec::new(),
+                f => bridge::feature_names(f)
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect(),
+            };
+            s.guests.push(Guest {
+                mac: gw.guest_mac().to_string(),
+                ipv4: gw.lease(now).map(|a| a.to_string()),
+                ipv6: gw
+                    .guest_ipv6_addrs()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                features,
+            });
+        }
+        s.guest = s.guests.first().cloned();
         s
     }
 
@@ -174,7 +166,7 @@ impl Control {
             Request::Stats => Ok(json!({ "stats": self.snapshot() })),
             Request::Guests => {
                 let s = self.snapshot();
-                Ok(json!({ "guests": s.guest.into_iter().collect::<Vec<_>>() }))
+                Ok(json!({ "guests": s.guests }))
             }
             Request::Metrics => Ok(json!({ "metrics": self.snapshot().metrics() })),
             Request::Flows { top } => Ok(json!({ "flows": self.flows((*top).min(MAX_FLOWS)) })),
@@ -194,12 +186,9 @@ impl Control {
     }
 
     fn flows(&self, top: usize) -> Vec<Flow> {
-        let Some(b) = self.current() else {
-            return Vec::new();
-        };
-        let b = b.read().unwrap_or_else(PoisonError::into_inner);
-        let now = b.now();
-        let nat = b.core().nat();
+        let sh = network::lock(&self.net);
+        let now = sh.clock.now();
+        let nat = sh.net.nat();
         let name = |p: nat::Protocol| format!("{p:?}").to_lowercase();
         let mut flows: Vec<(nat::Instant, Flow)> = nat
             .mappings()
@@ -293,13 +282,10 @@ impl Control {
         if taken {
             return Err(format!("{text}: the external port is already forwarded"));
         }
-        if let Some(b) = self.current() {
-            b.write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .core_mut()
-                .add_forward(spec)
-                .map_err(|e| format!("{text}: {e}"))?;
-        }
+        network::lock(&self.net)
+            .net
+            .add_forward(spec, self.first_guest)
+            .map_err(|e| format!("{text}: {e}"))?;
         if spec.ipv6 {
             config.forwards6.push(spec.to_port_forward6());
         } else {
@@ -324,12 +310,9 @@ impl Control {
                 .retain(|f| !same(f.protocol, f.external_port));
         }
         let removed = before != config.forwards.len() + config.forwards6.len();
-        if let Some(b) = self.current() {
-            b.write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .core_mut()
-                .remove_forward(protocol, port, ipv6);
-        }
+        network::lock(&self.net)
+            .net
+            .remove_forward(protocol, port, ipv6);
         if !removed {
             return Err(format!("{text}: no such forward"));
         }

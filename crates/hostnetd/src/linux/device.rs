@@ -9,7 +9,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use bridge::{BridgeConfig, DeviceCore, EgressPolicy, Error, MacAddr};
+use bridge::{BridgeConfig, DeviceCore, EgressPolicy, Error, MacAddr, Network, PortId, Stats};
 use nat::PortForward;
 use tracing::info;
 
@@ -71,12 +71,15 @@ impl DeviceConfig {
     }
 }
 
-/// Logs a connection's counters: one `connection stats` line whose `drops` field names the
-/// bridge's drop causes and the NAT's drop reasons ([`bridge::BridgeStats::drops_by_name`]).
-pub(crate) fn log_stats(core: &DeviceCore) {
-    let all = core.bridge_stats();
-    let s = &all.bridge;
+/// Logs a port's counters when its connection ends: one `connection stats` line whose
+/// `drops` field names the bridge's drop causes, and the network's NAT counters with the NAT's
+/// drop reasons ([`bridge::BridgeStats::drops_by_name`]).
+pub(crate) fn log_stats(port: PortId, mac: MacAddr, s: &Stats, net: &Network) {
+    let mut all = net.bridge_stats();
+    all.bridge = s.clone();
     info!(
+        port = port.0,
+        %mac,
         tx_frames = s.tx_frames,
         rx_frames = s.rx_frames,
         to_host = s.to_host,
@@ -90,6 +93,33 @@ pub(crate) fn log_stats(core: &DeviceCore) {
         drops = %all.drops_by_name(),
         "connection stats"
     );
+}
+
+/// Logs the network's counters (every port's added up; SIGUSR1): one `network stats` line
+/// and a `connection stats` line per port.
+pub(crate) fn log_network_stats(net: &Network) {
+    let all = net.bridge_stats();
+    let s = &all.bridge;
+    info!(
+        ports = net.ports().count(),
+        tx_frames = s.tx_frames,
+        rx_frames = s.rx_frames,
+        to_host = s.to_host,
+        from_host = s.from_host,
+        local_replies = s.local_replies,
+        tx_gso = s.tx_gso,
+        rx_gso = s.rx_gso,
+        tx_gso6 = s.tx_gso6,
+        rx_gso6 = s.rx_gso6,
+        nat_flows = all.nat_flows,
+        drops = %all.drops_by_name(),
+        "network stats"
+    );
+    for (port, mac) in net.ports() {
+        if let Some(s) = net.stats(port) {
+            log_stats(port, mac, s, net);
+        }
+    }
 }
 
 const PREFIX_LEN: u8 = 24;

@@ -1,9 +1,11 @@
-//! The daemon on Linux: the TUN device, the listen loop (one frontend at a time), signals.
+//! The daemon on Linux: the TUN device, the listen loop (up to `--max-guests` frontends at
+//! once, each on a thread of its own and a port of the one network), signals.
 
 mod backend;
 pub(crate) mod control;
 pub(crate) mod device;
 pub(crate) mod host_setup;
+pub(crate) mod network;
 pub(crate) mod proxy;
 mod sandbox;
 
@@ -13,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anyhow::{Context, Result, anyhow};
@@ -135,8 +137,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 .with_context(|| format!("--metrics: listening on {addr}"))
         })
         .transpose()?;
+    // One network for every connection: its NAT and leases outlive them.
+    let net: network::SharedNet =
+        Arc::new(Mutex::new(network::Shared::new(&config, args.max_guests)?));
     let control = Arc::new(control::Control::new(
         config.clone(),
+        net.clone(),
         crate::args::FIRST_GUEST_ADDR,
         log_reload,
     ));
@@ -209,9 +215,21 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     notify_service_manager(&sd_notify::NotifyState::Ready);
 
     let mut n = 0u64;
+    // The connection threads (joined at the end) and how many of them still serve.
+    let mut running: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let active = Arc::new(AtomicUsize::new(0));
     loop {
-        match stop.wait_for_connection(&listener.listener, &tun)? {
+        running.retain(|t| !t.is_finished());
+        let served = active.load(Ordering::SeqCst);
+        let watch_tun = (served == 0).then_some(&*tun);
+        let wake = stop.wait_for_connection(&listener.listener, watch_tun)?;
+        running.retain(|t| !t.is_finished());
+        if stop.host_lost.load(Ordering::SeqCst) {
+            break;
+        }
+        match wake {
             Wake::Connection => {}
+            Wake::Ended => continue,
             Wake::Stop => break,
             Wake::TunGone => {
                 error!(
@@ -231,29 +249,65 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 continue;
             }
         };
-        match rustix::net::sockopt::socket_peercred(&frontend) {
-            Ok(c) => info!(
+        let pid = match rustix::net::sockopt::socket_peercred(&frontend) {
+            Ok(c) => {
+                info!(
+                    connection = n,
+                    pid = c.pid.as_raw_nonzero().get(),
+                    uid = c.uid.as_raw(),
+                    gid = c.gid.as_raw(),
+                    "frontend accepted"
+                );
+                Some(c.pid.as_raw_nonzero().get())
+            }
+            Err(e) => {
+                warn!(connection = n, "frontend accepted; SO_PEERCRED failed: {e}");
+                None
+            }
+        };
+        let served = active.load(Ordering::SeqCst);
+        if served >= args.max_guests {
+            warn!(
                 connection = n,
-                pid = c.pid.as_raw_nonzero().get(),
-                uid = c.uid.as_raw(),
-                gid = c.gid.as_raw(),
-                "frontend accepted"
-            ),
-            Err(e) => warn!(connection = n, "frontend accepted; SO_PEERCRED failed: {e}"),
+                pid,
+                max_guests = args.max_guests,
+                "frontend refused: {served} guests are served already (--max-guests {})",
+                args.max_guests
+            );
+            drop(frontend);
+            continue;
         }
-        let served = serve_one(&control.config(), &tun, frontend, &stop, &control);
-        let host_lost = stop.host_lost.load(Ordering::SeqCst);
-        match served {
-            Ok(()) if host_lost => info!(connection = n, "connection closed"),
-            Ok(()) => info!(
-                connection = n,
-                "frontend disconnected; waiting for the next one"
-            ),
-            Err(e) => warn!(connection = n, "connection closed: {e:#}"),
+        let (tun, stop, control, net) = (tun.clone(), stop.clone(), control.clone(), net.clone());
+        active.fetch_add(1, Ordering::SeqCst);
+        let done = active.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{n}"))
+            .spawn(move || {
+                let served = serve_one(&tun, &net, frontend, &stop, &control);
+                let host_lost = stop.host_lost.load(Ordering::SeqCst);
+                match served {
+                    Ok(()) if host_lost => info!(connection = n, "connection closed"),
+                    Ok(()) => info!(
+                        connection = n,
+                        "frontend disconnected; waiting for the next one"
+                    ),
+                    Err(e) => warn!(connection = n, "connection closed: {e:#}"),
+                }
+                done.fetch_sub(1, Ordering::SeqCst);
+                stop.connection_ended();
+            });
+        match spawned {
+            Ok(t) => running.push(t),
+            Err(e) => {
+                active.fetch_sub(1, Ordering::SeqCst);
+                warn!(connection = n, "starting a connection thread failed: {e}");
+            }
         }
-        if host_lost {
-            break;
-        }
+    }
+    // Close every connection and wait for them.
+    stop.close_all();
+    for t in running {
+        let _ = t.join();
     }
     info!("stopping");
     notify_service_manager(&sd_notify::NotifyState::Stopping);
@@ -276,8 +330,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 /// The frontend talks to a [`proxy::Relay`], which talks to the vhost-user-backend daemon over a
 /// private (abstract) unix socket.
 pub(crate) fn serve_one(
-    config: &DeviceConfig,
     tun: &Arc<Tun>,
+    net: &network::SharedNet,
     frontend: UnixStream,
     stop: &Stop,
     control: &control::Control,
@@ -294,7 +348,7 @@ pub(crate) fn serve_one(
     let to_daemon = UnixStream::connect_addr(&inner_addr).context("connecting the inner socket")?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Arc::new(RwLock::new(NetBackend::new(
-        config,
+        net.clone(),
         tun.clone(),
         mem.clone(),
         stop.stats_requested.clone(),
@@ -319,6 +373,9 @@ pub(crate) fn serve_one(
         worker
             .register_listener(b.resume_fd(), EventSet::IN, backend::RESUME_EVENT)
             .context("registering the resume event with the worker")?;
+        worker
+            .register_listener(b.wake_fd(), EventSet::IN, backend::PENDING_EVENT)
+            .context("registering the wake-up event with the worker")?;
     }
     daemon
         .start(&mut inner)
@@ -330,12 +387,15 @@ pub(crate) fn serve_one(
         .write()
         .unwrap_or_else(PoisonError::into_inner)
         .set_shutdown_handle(handle.clone());
-    stop.set_connection(handle);
-    control.set_current(Some(backend.clone()));
-    info!("frontend connected");
+    let slot = stop.add_connection(handle);
+    control.connection_started();
+    let (port, mac) = backend
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .port();
+    info!(port = port.0, %mac, "frontend connected");
     let result = daemon.wait();
-    control.set_current(None);
-    stop.set_connection(None);
+    stop.remove_connection(slot);
     relay.join();
     for worker in daemon.get_epoll_handlers() {
         worker.send_exit_event();
@@ -343,7 +403,7 @@ pub(crate) fn serve_one(
     backend
         .read()
         .unwrap_or_else(PoisonError::into_inner)
-        .log_stats();
+        .detach();
     match result {
         Ok(())
         | Err(DaemonError::HandleRequest(
@@ -385,8 +445,11 @@ pub(crate) struct Stop {
     requested: AtomicBool,
     stats_requested: Arc<AtomicBool>,
     host_lost: Arc<AtomicBool>,
+    /// Signalled on a stop request and when a connection ends.
     wake: EventFd,
-    connection: Mutex<Option<ShutdownHandle>>,
+    /// The connections being served, by slot.
+    connections: Mutex<Vec<(u64, ShutdownHandle)>>,
+    next_slot: AtomicU64,
 }
 
 impl std::fmt::Debug for Stop {
@@ -404,48 +467,55 @@ impl Stop {
             stats_requested: Arc::new(AtomicBool::new(false)),
             host_lost: Arc::new(AtomicBool::new(false)),
             wake: EventFd::new(EFD_NONBLOCK)?,
-            connection: Mutex::new(None),
+            connections: Mutex::new(Vec::new()),
+            next_slot: AtomicU64::new(0),
         })
     }
 
     fn trigger(&self) {
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
-        if let Some(h) = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
+        self.close_all();
+    }
+
+    /// Closes every connection being served.
+    fn close_all(&self) {
+        for (_, h) in lock(&self.connections).iter() {
             h.shutdown();
         }
     }
 
     /// Whether a frontend is being served.
     fn has_connection(&self) -> bool {
-        self.connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        !lock(&self.connections).is_empty()
     }
 
-    fn set_connection(&self, handle: Option<ShutdownHandle>) {
-        let mut slot = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *slot = handle;
+    /// A connection is served (its handle closes it on a stop); returns its slot.
+    fn add_connection(&self, handle: Option<ShutdownHandle>) -> u64 {
+        let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let Some(h) = handle else {
+            return id;
+        };
         // A stop requested while the connection was being set up.
-        if self.requested.load(Ordering::SeqCst)
-            && let Some(h) = slot.as_ref()
-        {
+        if self.requested.load(Ordering::SeqCst) {
             h.shutdown();
         }
+        lock(&self.connections).push((id, h));
+        id
+    }
+
+    fn remove_connection(&self, slot: u64) {
+        lock(&self.connections).retain(|(id, _)| *id != slot);
+    }
+
+    /// A connection's thread ends: the listen loop looks (a free slot; a TUN that failed).
+    fn connection_ended(&self) {
+        let _ = self.wake.write(1);
     }
 
     /// Blocks until the listener has a connection, a stop was requested, or the TUN failed
     /// (deleted underneath: it polls as an error; its packets are not waited for here).
-    fn wait_for_connection(&self, listener: &UnixListener, tun: &Tun) -> io::Result<Wake> {
+    fn wait_for_connection(&self, listener: &UnixListener, tun: Option<&Tun>) -> io::Result<Wake> {
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
@@ -459,12 +529,16 @@ impl Stop {
         )?;
         // A deleted TUN wakes its pollers as readable (the kernel's data-ready callback) and then
         // polls as an error. Edge-triggered: packets that arrive while no frontend is connected
-        // cost one wake-up per burst and are left for the next connection.
-        epoll.ctl(
-            ControlOperation::Add,
-            tun.as_raw_fd(),
-            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TUN_EVENT),
-        )?;
+        // cost one wake-up per burst and are left for the next connection. While frontends are
+        // served (`tun` is `None`) its packets are the workers' and so is noticing its failure:
+        // this thread would otherwise wake for every burst.
+        if let Some(tun) = tun {
+            epoll.ctl(
+                ControlOperation::Add,
+                tun.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TUN_EVENT),
+            )?;
+        }
         let mut events = [EpollEvent::default(); 3];
         loop {
             if self.requested.load(Ordering::SeqCst) {
@@ -488,6 +562,10 @@ impl Stop {
             if events.iter().take(n).any(|e| e.data() == LISTENER_EVENT) {
                 return Ok(Wake::Connection);
             }
+            if events.iter().take(n).any(|e| e.data() == WAKE_EVENT) {
+                let _ = self.wake.read();
+                return Ok(Wake::Ended);
+            }
         }
     }
 }
@@ -499,6 +577,8 @@ enum Wake {
     Connection,
     /// SIGTERM or SIGINT.
     Stop,
+    /// A connection ended.
+    Ended,
     /// The TUN polls as an error (deleted underneath).
     TunGone,
 }
@@ -595,6 +675,10 @@ pub(crate) fn init_tracing(json: bool) -> Option<control::LogReload> {
             .reload(f)
             .map_err(|e| format!("changing the log filter: {e}"))
     }))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The guest's gateway (ARP, DHCP, ping and DNS are answered here).

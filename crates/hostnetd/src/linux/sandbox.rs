@@ -18,7 +18,11 @@
 //! makes a call it never makes is either broken or taken over, and neither should go on serving a
 //! guest. The kernel's audit log (`dmesg`: `type=1326 … syscall=N`) names the call. A second
 //! filter answers `clone3` with `ENOSYS`, so the C library falls back to `clone`, whose flags the
-//! first filter can read: only threads (`CLONE_THREAD`) may be created, never processes.
+//! first filter can read: only threads (`CLONE_THREAD`) may be created, never processes. A
+//! third answers `openat` with `EACCES`: nothing is opened after set-up, but glibc's malloc
+//! opens a file of `/proc` lazily when a thread arena's heap first shrinks (threads of ended
+//! connections), and copes with the refusal; its other lazy read is done before the filter
+//! ([`warm_up_allocator`]).
 //! Everything here is safe code: nix, std and seccompiler's `apply_filter_all_threads`.
 
 use std::collections::BTreeMap;
@@ -33,6 +37,53 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use tracing::{info, warn};
+
+/// Makes glibc's malloc decide its arena limit now, while files may still be opened.
+///
+/// glibc gives each new thread an arena of its own until there are more than eight; the
+/// thread that then needs one counts the CPUs by opening `/sys/devices/system/cpu/online`
+/// (once; the limit is kept), and if that fails, `/proc/stat`, then `sched_getaffinity`,
+/// which the filter does not allow. Several frontends at once (each a connection thread,
+/// its request handler, its worker and relay threads) get there after the filter is in.
+/// So: [`WARM_UP_THREADS`] threads alive at once, each allocating, before the filter.
+/// Cheap (once, at start-up) and harmless with an allocator that never opens anything.
+fn warm_up_allocator() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, RwLock};
+    let hold = Arc::new(RwLock::new(()));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let held = hold
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let threads: Vec<_> = (0..WARM_UP_THREADS)
+        .filter_map(|_| {
+            let (hold, ready) = (hold.clone(), ready.clone());
+            std::thread::Builder::new()
+                .name("warm-up".to_owned())
+                .spawn(move || {
+                    std::hint::black_box(vec![1u8; 256]);
+                    ready.fetch_add(1, Ordering::SeqCst);
+                    // Alive until every other one has allocated too.
+                    drop(hold.read());
+                })
+                .ok()
+        })
+        .collect();
+    for _ in 0..1000 {
+        if ready.load(Ordering::SeqCst) >= threads.len() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(held);
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Threads alive at once in [`warm_up_allocator`]: more than glibc's default `arena_test` (8
+/// on 64-bit hosts) plus the main arena.
+const WARM_UP_THREADS: usize = 12;
 
 /// The user a daemon started as root runs as after set-up when no `--user` is given (as passt).
 pub(crate) const DEFAULT_USER: &str = "nobody";
@@ -159,6 +210,7 @@ pub(crate) fn switch_user(id: &Identity) -> Result<()> {
 /// # Errors
 /// prctl or seccomp refused, or the filter failing to compile for this architecture.
 pub(crate) fn lock_down(selftest: bool) -> Result<()> {
+    warm_up_allocator();
     nix::sys::prctl::set_no_new_privs().context("prctl(PR_SET_NO_NEW_PRIVS)")?;
     let arch = target_arch()?;
     let allow: BpfProgram = SeccompFilter::new(
@@ -177,10 +229,20 @@ pub(crate) fn lock_down(selftest: bool) -> Result<()> {
     )
     .and_then(TryInto::try_into)
     .map_err(|e| anyhow!("building the clone3 filter: {e}"))?;
-    // The clone3 filter first: installing a filter calls prctl(PR_SET_NO_NEW_PRIVS) and seccomp,
-    // which the allow list does not allow.
+    let no_open: BpfProgram = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_openat, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(u32::try_from(libc::EACCES).unwrap_or(13)),
+        arch,
+    )
+    .and_then(TryInto::try_into)
+    .map_err(|e| anyhow!("building the openat filter: {e}"))?;
+    // The clone3 and openat filters first: installing a filter calls prctl(PR_SET_NO_NEW_PRIVS)
+    // and seccomp, which the allow list does not allow.
     seccompiler::apply_filter_all_threads(&no_clone3)
         .map_err(|e| anyhow!("installing the clone3 filter: {e}"))?;
+    seccompiler::apply_filter_all_threads(&no_open)
+        .map_err(|e| anyhow!("installing the openat filter: {e}"))?;
     seccompiler::apply_filter_all_threads(&allow)
         .map_err(|e| anyhow!("installing the seccomp filter: {e}"))?;
     info!(
@@ -232,6 +294,10 @@ fn allowed_syscalls() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
             r.insert(c, Vec::new());
         }
     };
+    // Allowed here, answered EACCES by the openat filter ([`lock_down`]): nothing is ever
+    // opened, but glibc's malloc reads `/proc/sys/vm/overcommit_memory` the first time a
+    // thread arena's heap shrinks (threads of ended connections) and copes with a refusal.
+    any(&mut rules, &[SYS_openat]);
     // Memory: the allocator, thread stacks, guest memory (MAP_SHARED of the frontend's fds).
     any(&mut rules, &[SYS_brk, SYS_munmap, SYS_mremap, SYS_madvise]);
     // Never executable memory.
@@ -382,7 +448,8 @@ mod tests {
         let rules = allowed_syscalls().unwrap();
         assert!(rules.contains_key(&libc::SYS_recvmsg));
         assert!(!rules.contains_key(&libc::SYS_execve));
-        assert!(!rules.contains_key(&libc::SYS_openat));
+        // Allowed by this filter, refused (EACCES) by the openat filter.
+        assert!(rules.contains_key(&libc::SYS_openat));
         let prog: BpfProgram = SeccompFilter::new(
             rules,
             SeccompAction::KillProcess,

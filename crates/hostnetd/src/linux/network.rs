@@ -1,0 +1,178 @@
+//! The network every connection is a port of: one [`bridge::Network`] (one gateway, NAT and
+//! TUN; guest-to-guest frames switched by the bridge) behind one mutex, shared by the
+//! connections' vhost-user workers, the control socket and the metrics listener.
+//!
+//! Why one mutex: a worker takes it once per event (a budgeted batch of frames, never per
+//! frame), so with one guest it is never contended and costs one uncontended lock per batch;
+//! with several, the NAT, the switch and the inboxes stay single-owner (the bridge's network
+//! has no locking of its own) and a guest's batch is switched into another guest's inbox
+//! under the same lock. After each event the worker wakes every other port whose inbox
+//! filled (an eventfd per port, in that port's worker's epoll: [`super::backend::PENDING_EVENT`]).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bridge::{Clock, MacAddr, Network, PortId};
+use tracing::warn;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::DeviceConfig;
+
+/// The network and what its workers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The ports, the NAT, the switch.
+    pub(crate) net: Network,
+    /// The time every port's events are given (one clock for the one NAT).
+    pub(crate) clock: Clock,
+    /// Each attached port's wake-up eventfd (its worker's `PENDING_EVENT`), by port index.
+    wakers: Vec<Option<Arc<EventFd>>>,
+    /// The port was woken and its worker has not taken the wake-up yet.
+    woken: Vec<bool>,
+    /// When the network (NAT expiry, every port's gateway) was last ticked.
+    last_tick: Option<Instant>,
+    /// The first port's MAC; port `i` gets this plus `i`.
+    base_mac: MacAddr,
+    max_ports: usize,
+}
+
+/// The network as the connections share it.
+pub(crate) type SharedNet = Arc<Mutex<Shared>>;
+
+/// Locks the network (a worker that panicked left it as it was: go on).
+pub(crate) fn lock(net: &SharedNet) -> MutexGuard<'_, Shared> {
+    net.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The network for `config` with room for `max_ports` guests.
+    pub(crate) fn new(config: &DeviceConfig, max_ports: usize) -> Result<Self> {
+        let net = Network::new(config.to_bridge(), max_ports).context("creating the network")?;
+        Ok(Self {
+            net,
+            clock: Clock::new(),
+            wakers: vec![None; max_ports],
+            woken: vec![false; max_ports],
+            last_tick: None,
+            base_mac: config.mac,
+            max_ports,
+        })
+    }
+
+    /// Attaches a port for a new frontend: the lowest free index `i`, the MAC `--mac` plus
+    /// `i` (its IPv4 address: the one that MAC had before, else the first free one). `wake`
+    /// is signalled when other ports leave frames in its inbox.
+    ///
+    /// # Errors
+    /// Every port is in use.
+    pub(crate) fn attach(&mut self, wake: Arc<EventFd>) -> Result<(PortId, MacAddr)> {
+        let index = (0..self.max_ports)
+            .find(|&i| self.wakers[i].is_none())
+            .context("every guest port is in use")?;
+        let mac = mac_plus(self.base_mac, index);
+        let port = self.net.attach(mac)?;
+        self.set_waker(port, Some(wake));
+        Ok((port, mac))
+    }
+
+    /// Detaches `port` (its frontend is gone or reset the device).
+    pub(crate) fn detach(&mut self, port: PortId) {
+        self.net.detach(port);
+        self.set_waker(port, None);
+    }
+
+    /// A device reset: the port starts over (same MAC, so the same address; possibly
+    /// another index).
+    pub(crate) fn reattach(&mut self, port: PortId, mac: MacAddr) -> Result<PortId> {
+        let wake = self.wakers.get(usize::from(port.0)).cloned().flatten();
+        self.detach(port);
+        let new = self.net.attach(mac)?;
+        self.set_waker(new, wake);
+        Ok(new)
+    }
+
+    fn set_waker(&mut self, port: PortId, wake: Option<Arc<EventFd>>) {
+        let i = usize::from(port.0);
+        if let Some(w) = self.wakers.get_mut(i) {
+            *w = wake;
+        }
+        if let Some(w) = self.woken.get_mut(i) {
+            *w = false;
+        }
+    }
+
+    /// Whether no port but `port` is attached (the TUN's offloads are then its alone).
+    pub(crate) fn alone(&self, port: PortId) -> bool {
+        self.net.ports().all(|(p, _)| p == port)
+    }
+
+    /// `port`'s worker took its wake-up: the next frames for it wake it again.
+    pub(crate) fn took_wakeup(&mut self, port: PortId) {
+        if let Some(w) = self.woken.get_mut(usize::from(port.0)) {
+            *w = false;
+        }
+    }
+
+    /// After an event of `me`: wakes every other port whose inbox has frames (once, until
+    /// its worker takes the wake-up).
+    pub(crate) fn wake_others(&mut self, me: PortId) {
+        for (i, (waker, woken)) in self.wakers.iter().zip(self.woken.iter_mut()).enumerate() {
+            let Some(w) = waker else { continue };
+            let Ok(p) = u16::try_from(i).map(PortId) else {
+                continue;
+            };
+            if p == me || *woken || !self.net.pending(p) {
+                continue;
+            }
+            if let Err(e) = w.write(1) {
+                warn!(port = i, "waking a port's worker failed: {e}");
+            } else {
+                *woken = true;
+            }
+        }
+    }
+
+    /// Ticks the network (NAT expiry, each port's gateway) if a tick is due: every worker's
+    /// timer calls this, the network is ticked once per [`TICK`].
+    pub(crate) fn tick(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_tick
+            .is_some_and(|t| now.duration_since(t) < TICK - TICK_SLACK)
+        {
+            return;
+        }
+        self.last_tick = Some(now);
+        self.net.on_tick(self.clock.now());
+    }
+}
+
+/// `mac` plus `n` (as a 48-bit number).
+pub(crate) fn mac_plus(mac: MacAddr, n: usize) -> MacAddr {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(&mac.0);
+    let v = u64::from_be_bytes(b).wrapping_add(n as u64);
+    let mut out = [0u8; 6];
+    out.copy_from_slice(&v.to_be_bytes()[2..]);
+    MacAddr(out)
+}
+
+/// How often the network is ticked.
+pub(crate) const TICK: Duration = Duration::from_secs(1);
+/// Timers of several workers fire a little apart: a tick due within this is done now.
+const TICK_SLACK: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_macs_count_up_from_the_configured_one() {
+        let base = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(mac_plus(base, 0), base);
+        assert_eq!(mac_plus(base, 1).to_string(), "52:54:00:12:34:57");
+        let edge = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0xff]);
+        assert_eq!(mac_plus(edge, 1).to_string(), "52:54:00:12:35:00");
+    }
+}

@@ -1,0 +1,274 @@
+//! Several frontends on one hostnetd socket at once, each a port of one network: testbed's
+//! simulated guest as a vhost-user frontend (`testbed::vhost_user`, no QEMU), one per guest
+//! namespace. Real programs are the traffic: udhcpc, ping, curl (SHA-256 checked), and
+//! `hostnetd ctl guests`.
+//!
+//! Needs root (namespaces, TAPs, a TUN), busybox, curl.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::Daemon;
+use testbed::guest::GuestConfig;
+use testbed::netns::{Netns, Process, veth};
+use testbed::vhost_user::Attached;
+
+/// Two frontends at once get distinct MACs and leases (.2, .3), reach each other both ways
+/// and fetch from the server; a `--forward` naming the second guest's address brings S to
+/// its web server; `ctl guests` lists both. Then one disconnects and a third
+/// connects: it gets the free port (the first's MAC, so its address) and works, and so does
+/// the one that stayed (ports added and removed at runtime).
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
+    let world = World::new(3)?;
+    let mut daemon = Daemon::start_with(
+        &world.host,
+        "sg",
+        &[
+            "--forward",
+            &format!("tcp:{FORWARD_PORT}:192.168.64.3:{GUEST_HTTP_PORT}"),
+        ],
+    );
+    let a = Attached::start(&daemon.sock, world.guests[0].name(), GuestConfig::default())?;
+    let b = Attached::start(&daemon.sock, world.guests[1].name(), GuestConfig::default())?;
+    ensure!(
+        mac(&a) == "52:54:00:12:34:56" && mac(&b) == "52:54:00:12:34:57",
+        "config space MACs {} and {}",
+        mac(&a),
+        mac(&b)
+    );
+    ensure!(world.lease(0)? == "192.168.64.2", "first guest's lease");
+    ensure!(world.lease(1)? == "192.168.64.3", "second guest's lease");
+    world.ping(0, "192.168.64.3")?;
+    world.ping(1, "192.168.64.2")?;
+    world.fetch(0)?;
+    world.fetch(1)?;
+    // The forward names the second guest by its address: S reaches its web server.
+    let _web = world.guests[1].spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        &format!("0.0.0.0:{GUEST_HTTP_PORT}"),
+        "-h",
+        world.dir.to_str().context("temp dir is not UTF-8")?,
+    ])?;
+    let got = world.server.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "for i in 1 2 3 4 5; do curl -sS --max-time 20 \
+             http://{NAT_EXTERNAL}:{FORWARD_PORT}/{BLOB_NAME} && break; sleep 0.5; done \
+             | sha256sum"
+        ),
+    ])?;
+    ensure!(
+        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
+        "through the forward to 192.168.64.3: sha256 {got:?}, want {}",
+        world.blob_sha256
+    );
+    // Guest to guest over TCP: the first fetches the blob from the second's web server.
+    let got = world.guests[0].exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "curl -sS --max-time 60 http://192.168.64.3:{GUEST_HTTP_PORT}/{BLOB_NAME} | sha256sum"
+        ),
+    ])?;
+    ensure!(
+        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
+        "guest to guest: sha256 {got:?}, want {}",
+        world.blob_sha256
+    );
+    let guests = ctl(&daemon, "guests")?;
+    ensure!(
+        guests.contains("52:54:00:12:34:56 ipv4=192.168.64.2")
+            && guests.contains("52:54:00:12:34:57 ipv4=192.168.64.3"),
+        "ctl guests said {guests:?}"
+    );
+
+    // The first goes; the second keeps working; a third takes the free port.
+    ensure!(!a.has_failed(), "the first guest's driver stopped");
+    drop(a);
+    daemon
+        .wait_for_line("frontend disconnected", Duration::from_secs(10))
+        .context("hostnetd logged no disconnect")?;
+    world.fetch(1)?;
+    let c = Attached::start(&daemon.sock, world.guests[2].name(), GuestConfig::default())?;
+    ensure!(mac(&c) == "52:54:00:12:34:56", "third MAC {}", mac(&c));
+    ensure!(world.lease(2)? == "192.168.64.2", "third guest's lease");
+    world.ping(2, "192.168.64.3")?;
+    world.ping(1, "192.168.64.2")?;
+    world.fetch(2)?;
+    let guests = ctl(&daemon, "guests")?;
+    ensure!(guests.lines().count() == 2, "ctl guests said {guests:?}");
+
+    ensure!(
+        !b.has_failed() && !c.has_failed(),
+        "a driver thread stopped"
+    );
+    drop((b, c));
+    for _ in 0..2 {
+        daemon
+            .wait_for_line("frontend disconnected", Duration::from_secs(10))
+            .context("hostnetd logged no disconnect")?;
+    }
+    // Every port free again: the daemon still serves (its threads ended under the sandbox).
+    let d = Attached::start(&daemon.sock, world.guests[0].name(), GuestConfig::default())?;
+    ensure!(world.lease(0)? == "192.168.64.2", "a later guest's lease");
+    world.fetch(0)?;
+    drop(d);
+    ensure!(
+        daemon.process.child_mut().try_wait()?.is_none(),
+        "hostnetd exited"
+    );
+    Ok(())
+}
+
+/// `--max-guests 1`: a second frontend is refused (and logged) while the first keeps working.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn max_guests_refuses_a_frontend_beyond_the_limit() -> Result<()> {
+    let world = World::new(2)?;
+    let daemon = Daemon::start_with(&world.host, "sg1", &["--max-guests", "1"]);
+    let a = Attached::start(&daemon.sock, world.guests[0].name(), GuestConfig::default())?;
+    ensure!(world.lease(0)? == "192.168.64.2", "first guest's lease");
+    let refused = Attached::start(&daemon.sock, world.guests[1].name(), GuestConfig::default());
+    ensure!(refused.is_err(), "a second frontend was served");
+    daemon
+        .wait_for_line("frontend refused", Duration::from_secs(10))
+        .context("hostnetd logged no refusal")?;
+    world.ping(0, SERVER_ADDR)?;
+    world.fetch(0)?;
+    ensure!(!a.has_failed(), "the first guest's driver stopped");
+    Ok(())
+}
+
+fn mac(a: &Attached) -> String {
+    bridge::MacAddr(a.net_config().mac).to_string()
+}
+
+/// `hostnetd ctl` against the daemon's control socket.
+fn ctl(daemon: &Daemon, command: &str) -> Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_hostnetd"))
+        .args(["ctl", "--socket"])
+        .arg(&daemon.sock)
+        .arg(command)
+        .output()?;
+    ensure!(out.status.success(), "hostnetd ctl {command}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Gi (each simulated guest's TAP), H (hostnetd, its TUN), S (198.18.0.2: busybox httpd).
+struct World {
+    // Processes first: they are killed before their namespaces go.
+    _httpd: Process,
+    guests: Vec<Netns>,
+    host: Netns,
+    server: Netns,
+    dir: PathBuf,
+    blob_sha256: String,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl World {
+    fn new(guests: usize) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("hostnet-sg-www-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut blob = vec![0u8; BLOB_SIZE];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut blob)?;
+        std::fs::write(dir.join(BLOB_NAME), &blob)?;
+        let out = Command::new("sha256sum")
+            .arg(dir.join(BLOB_NAME))
+            .output()?;
+        let blob_sha256 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .context("sha256sum printed nothing")?
+            .to_owned();
+        let guests = (0..guests)
+            .map(|i| Netns::new(&format!("sg-g{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let host = Netns::new("sg-h")?;
+        let server = Netns::new("sg-s")?;
+        veth(&host, "srv0", &server, "eth0")?;
+        host.add_addr("srv0", &format!("{HOST_SERVER_ADDR}/15"))?;
+        server.add_addr("eth0", &format!("{SERVER_ADDR}/15"))?;
+        server.add_route("default", HOST_SERVER_ADDR.parse()?)?;
+        host.sysctl("net.ipv4.ip_forward", "1")?;
+        let dir_str = dir.to_str().context("temp dir is not UTF-8")?;
+        let httpd = server.spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &format!("{SERVER_ADDR}:80"),
+            "-h",
+            dir_str,
+        ])?;
+        Ok(Self {
+            _httpd: httpd,
+            guests,
+            host,
+            server,
+            dir,
+            blob_sha256,
+        })
+    }
+
+    /// udhcpc in guest `i`'s namespace; its address.
+    fn lease(&self, i: usize) -> Result<String> {
+        let script = self.dir.join(format!("udhcpc{i}.sh"));
+        let out = self.dir.join(format!("lease{i}"));
+        let _ = std::fs::remove_file(&out);
+        testbed::netns::lease::write_udhcpc_script(&script, &out)?;
+        let script = script.to_str().context("path is not UTF-8")?;
+        self.guests[i].exec(&[
+            "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s", script,
+        ])?;
+        Ok(testbed::netns::lease::Lease::read(&out)?.ip.to_string())
+    }
+
+    fn ping(&self, i: usize, target: &str) -> Result<()> {
+        self.guests[i]
+            .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "3", target])
+            .with_context(|| format!("guest {i}: ping {target}"))?;
+        Ok(())
+    }
+
+    /// curl of the blob from S in guest `i`, SHA-256 checked.
+    fn fetch(&self, i: usize) -> Result<()> {
+        let got = self.guests[i].exec(&[
+            "sh",
+            "-c",
+            &format!("curl -sS --max-time 60 http://{SERVER_ADDR}/{BLOB_NAME} | sha256sum"),
+        ])?;
+        ensure!(
+            got.split_whitespace().next() == Some(self.blob_sha256.as_str()),
+            "guest {i}: download sha256 {got:?}, want {}",
+            self.blob_sha256
+        );
+        Ok(())
+    }
+}
+
+const HOST_SERVER_ADDR: &str = "198.18.0.1";
+const SERVER_ADDR: &str = "198.18.0.2";
+const BLOB_NAME: &str = "blob";
+const BLOB_SIZE: usize = 4 << 20;
+/// The NAT's external address (the TUN's peer) in H.
+const NAT_EXTERNAL: &str = "100.64.0.2";
+const FORWARD_PORT: u16 = 8080;
+const GUEST_HTTP_PORT: u16 = 8000;
