@@ -20,8 +20,11 @@
 //! - `dns:NAME:IP`: resolves NAME through the leased DNS server, expects IP (`dns ok <name> <ip>`);
 //! - `listen:PORT`: prints `HOSTNET-READY listen <port>`, accepts one TCP connection, answers its first line
 //!   with `ack <line>` and prints what it received (`listen ok <first line>`);
+//! - `sink:PORT`: prints `HOSTNET-READY sink <port>`, accepts one TCP connection and keeps what comes until the
+//!   peer closes (`sink ok bytes=<n> sha256=<hex>`; `sink fail` when nothing came);
 //! - `upload:IP:PORT:BYTES`: sends (IPv4 or IPv6) BYTES random bytes (a multiple of 64 KiB) to IP:PORT with `nc`
-//!   (`upload ok rate_kbit=<n> bytes=<n> csecs=<n> sha256=<hex>`);
+//!   (`upload ok rate_kbit=<n> bytes=<n> csecs=<n> sha256=<hex>`); what the peer answers is discarded (written to
+//!   the serial console, random bytes echoed back by a `listen` peer reset the machine: measured, 2026-12-06);
 //! - `sleep:SECS`: waits (`sleep ok`), e.g. while a test restarts the daemon;
 //! - `reboot`: prints `reboot ok` and reboots; QEMU started without `-no-reboot` boots the same
 //!   kernel command line again, so the steps run again (and again) until the test stops QEMU.
@@ -73,7 +76,9 @@ pub(crate) fn ensure_image(force: bool) -> Result<GuestImage> {
         initramfs: dir.join("initramfs.cpio"),
     };
     let package = kernel_package()?;
-    let stamp = format!("{package}\n{BUSYBOX_PACKAGE}\n{INIT}\n{DHCP_SCRIPT}\n{LISTEN_HANDLER}\n");
+    let stamp = format!(
+        "{package}\n{BUSYBOX_PACKAGE}\n{INIT}\n{DHCP_SCRIPT}\n{LISTEN_HANDLER}\n{SINK_HANDLER}\n"
+    );
     let stamp_path = dir.join("stamp");
     if !force
         && image.kernel.is_file()
@@ -262,6 +267,7 @@ fn build_initramfs(pkg_root: &Path, busybox_root: &Path) -> Result<Vec<u8>> {
     cpio.file("init", 0o755, INIT.as_bytes());
     cpio.file("bin/dhcp-script", 0o755, DHCP_SCRIPT.as_bytes());
     cpio.file("bin/listen-handler", 0o755, LISTEN_HANDLER.as_bytes());
+    cpio.file("bin/sink-handler", 0o755, SINK_HANDLER.as_bytes());
     for name in MODULES {
         let bytes = module(&modules, name)?;
         cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &bytes);
@@ -498,6 +504,19 @@ for step in $(echo "$tests" | tr , ' '); do
         got=$(head -n 1 /tmp/listen 2>/dev/null | tr -cd 'A-Za-z0-9._-')
         if [ -n "$got" ]; then r listen ok "$got"; else r listen fail "$port"; fi
         ;;
+    sink:*)
+        port="${step#sink:}"
+        rm -f /tmp/sink
+        timeout 60 nc -l -p "$port" -e /bin/sink-handler &
+        pid=$!
+        sleep 0.3
+        echo "HOSTNET-READY sink $port"
+        wait $pid
+        size=$(wc -c < /tmp/sink 2>/dev/null || echo 0)
+        sum=$(sha256sum /tmp/sink 2>/dev/null | cut -d' ' -f1)
+        rm -f /tmp/sink
+        if [ "$size" -gt 0 ]; then r sink ok bytes=$size sha256=$sum; else r sink fail "$port"; fi
+        ;;
     upload:*)
         rest="${step#upload:}"
         n="${rest##*:}"
@@ -508,7 +527,7 @@ for step in $(echo "$tests" | tr , ' '); do
         size=$(wc -c < /tmp/up)
         sum=$(sha256sum /tmp/up | cut -d' ' -f1)
         t0=$(cs)
-        if timeout 120 nc "$ip" "$port" < /tmp/up; then
+        if timeout 120 nc "$ip" "$port" < /tmp/up > /dev/null; then
             t1=$(cs)
             dt=$((t1 - t0)); [ $dt -gt 0 ] || dt=1
             r upload ok rate_kbit=$((size * 8 * 100 / dt / 1000)) bytes=$size csecs=$dt sha256=$sum
@@ -558,6 +577,11 @@ const LISTEN_HANDLER: &str = r#"#!/bin/sh
 read -r line
 echo "$line" > /tmp/listen
 echo "ack $line"
+"#;
+
+/// `nc -l -e` runs this on the connection of a `sink` step: everything until the peer closes.
+const SINK_HANDLER: &str = r#"#!/bin/sh
+cat > /tmp/sink
 "#;
 
 #[cfg(test)]

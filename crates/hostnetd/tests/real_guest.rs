@@ -344,14 +344,16 @@ fn hostnetd_serves_a_second_guest_after_the_first_disconnects() -> Result<()> {
 /// Two real guests on one hostnetd at once (issue 14), each QEMU with the MAC of its port
 /// (QEMU's virtio-net takes its MAC from `-device ...,mac=`, not from the backend; hostnetd's
 /// ports have `--mac` plus their index, and the bridge switches between guests only frames
-/// from the port's MAC): the first (port 0) gets 192.168.64.2 and listens on a TCP port; the
+/// from the port's MAC): the first (port 0) gets 192.168.64.2 and waits for a TCP upload; the
 /// second (port 1) gets 192.168.64.3, pings the first, fetches the blob from S (SHA-256 checked
-/// in the guest), opens a TCP connection to the first and closes it (no data: sending 64 KiB
-/// this way made the second guest's machine reset, see docs/STATUS.md), and waits; the first
-/// then pings the second and fetches the blob too.
+/// in the guest) and sends the first 4 MiB (the SHA-256 each side computed must match), then
+/// waits for the first's; the first pings the second, fetches the blob too and sends the
+/// second 4 MiB.
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn two_guests_on_one_hostnetd_reach_each_other_and_the_server() -> Result<()> {
+    const PAIR_UPLOAD: usize = 4 << 20;
+    const BACK_PORT: u16 = GUEST_LISTEN_PORT + 1;
     let image = GuestImage::find()?;
     let blob = Blob::new(4 << 20)?;
     let world = World::new(&blob)?;
@@ -370,17 +372,21 @@ fn two_guests_on_one_hostnetd_reach_each_other_and_the_server() -> Result<()> {
         &world.host,
         &image,
         &with_mac("52:54:00:12:34:56"),
-        &format!("dhcp,listen:{GUEST_LISTEN_PORT},ping:192.168.64.3,{http}"),
+        &format!(
+            "dhcp,sink:{GUEST_LISTEN_PORT},ping:192.168.64.3,{http},upload:192.168.64.3:{BACK_PORT}:{PAIR_UPLOAD}"
+        ),
     )?;
     first.wait_for(
-        &format!("HOSTNET-READY listen {GUEST_LISTEN_PORT}"),
+        &format!("HOSTNET-READY sink {GUEST_LISTEN_PORT}"),
         GUEST_TIMEOUT,
     )?;
     let mut second = Guest::boot(
         &world.host,
         &image,
         &with_mac("52:54:00:12:34:57"),
-        &format!("dhcp,ping:192.168.64.2,{http},upload:192.168.64.2:{GUEST_LISTEN_PORT}:0,sleep:5"),
+        &format!(
+            "dhcp,ping:192.168.64.2,{http},upload:192.168.64.2:{GUEST_LISTEN_PORT}:{PAIR_UPLOAD},sink:{BACK_PORT}"
+        ),
     )?;
     let b = second.results(GUEST_TIMEOUT)?;
     let a = first.results(GUEST_TIMEOUT)?;
@@ -389,11 +395,27 @@ fn two_guests_on_one_hostnetd_reach_each_other_and_the_server() -> Result<()> {
     let lease = assert_ok(&b, "dhcp")?;
     assert!(lease.starts_with("192.168.64.3 "), "second lease {lease:?}");
     assert_ok(&b, "ping").context("second -> first")?;
-    assert_ok(&b, "upload").context("second -> first, a TCP connection")?;
-    // An empty connection: the first reports it as `listen fail <port>` (no line came).
-    assert!(
-        a.contains_key("listen"),
-        "the first saw no connection: {a:?}"
+    // 4 MiB from the second guest's kernel to the first's, switched by the bridge.
+    let sent = assert_ok(&b, "upload").context("second -> first, TCP")?;
+    let got = assert_ok(&a, "sink").context("first <- second, TCP")?;
+    let sha = |s: &str| {
+        s.split_whitespace()
+            .find_map(|w| w.strip_prefix("sha256="))
+            .map(str::to_owned)
+    };
+    let same = |got: &str, sent: &str| {
+        got.contains(&format!("bytes={PAIR_UPLOAD}")) && sha(got) == sha(sent) && sha(got).is_some()
+    };
+    ensure!(
+        same(got, sent),
+        "the first guest got {got:?}, the second sent {sent:?}"
+    );
+    // And 4 MiB back, from the first to the second.
+    let sent = assert_ok(&a, "upload").context("first -> second, TCP")?;
+    let got = assert_ok(&b, "sink").context("second <- first, TCP")?;
+    ensure!(
+        same(got, sent),
+        "the second guest got {got:?}, the first sent {sent:?}"
     );
     assert_ok(&a, "ping").context("first -> second")?;
     assert_ok(&a, "http").context("first's fetch")?;
