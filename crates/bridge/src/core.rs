@@ -562,21 +562,7 @@ impl PortCore {
             self.config.forwards6.push(f);
             return Ok(());
         }
-        let f = spec.to_port_forward(to);
-        if self
-            .config
-            .forwards
-            .iter()
-            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
-        {
-            return Err(Error::Config(format!(
-                "{:?} port {} is already forwarded",
-                f.protocol, f.external_port
-            )));
-        }
-        nat.add_forward(f).map_err(Error::NatRule)?;
-        self.config.forwards.push(f);
-        Ok(())
+        install_forward(&mut self.config.forwards, nat, spec.to_port_forward(to))
     }
 
     /// See [`DeviceCore::remove_forward`].
@@ -750,6 +736,27 @@ impl PortCore {
             self.host_failed = true;
         }
     }
+}
+
+/// Installs the IPv4 port forward `f` in `nat` and records it in `forwards`; a protocol and
+/// external port forwarded already is refused.
+pub(crate) fn install_forward(
+    forwards: &mut Vec<nat::PortForward>,
+    nat: &mut Nat,
+    f: nat::PortForward,
+) -> Result<(), Error> {
+    if forwards
+        .iter()
+        .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
+    {
+        return Err(Error::Config(format!(
+            "{:?} port {} is already forwarded",
+            f.protocol, f.external_port
+        )));
+    }
+    nat.add_forward(f).map_err(Error::NatRule)?;
+    forwards.push(f);
+    Ok(())
 }
 
 /// The NAT of a network for a validated `config`: its internal networks set from the

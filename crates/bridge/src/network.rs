@@ -26,7 +26,9 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
 
 use crate::config::BridgeConfig;
-use crate::core::{Expiry, Notify, PortCore, dns_relay, negotiate_offloads, network_nat};
+use crate::core::{
+    Expiry, Notify, PortCore, dns_relay, install_forward, negotiate_offloads, network_nat,
+};
 use crate::device::CONFIG_SPACE_SIZE;
 use crate::dns_relay::SharedRelay;
 use crate::rx_engine::RxEngine;
@@ -392,20 +394,7 @@ impl Network {
             return Ok(());
         }
         let f = spec.to_port_forward(default_guest);
-        if self
-            .config
-            .forwards
-            .iter()
-            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
-        {
-            return Err(Error::Config(format!(
-                "{:?} port {} is already forwarded",
-                f.protocol, f.external_port
-            )));
-        }
-        self.nat.add_forward(f).map_err(Error::NatRule)?;
-        self.config.forwards.push(f);
-        Ok(())
+        install_forward(&mut self.config.forwards, &mut self.nat, f)
     }
 
     /// Removes the port forward on (`protocol`, `external_port`) of one family and ends the
