@@ -121,6 +121,9 @@ pub(crate) trait Family:
 
     /// Validates the IP header at the start of `p`.
     fn parse(p: &[u8]) -> Result<IpHeader<Self::Addr>, DropReason>;
+    /// [`Family::parse`] calling `read_ahead` as soon as the version
+    /// nibble is this family's (a packet of the other family leaves first).
+    fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<IpHeader<Self::Addr>, DropReason>;
     /// Writes `src` and `dst` into the IP header of `p` (fixing an IPv4
     /// header checksum by `d`, the addresses' delta) and returns the
     /// bytes from offset `header_len` (the transport header), if present.
@@ -202,6 +205,11 @@ impl Family for V4 {
     #[inline(always)]
     fn parse(p: &[u8]) -> Result<IpHeader<u32>, DropReason> {
         crate::packet::parse(p)
+    }
+
+    #[inline(always)]
+    fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<IpHeader<u32>, DropReason> {
+        crate::packet::parse_then(p, read_ahead)
     }
 
     #[inline(always)]
@@ -339,6 +347,11 @@ impl Family for V6 {
     #[inline(always)]
     fn parse(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
         crate::packet::parse6(p)
+    }
+
+    #[inline(always)]
+    fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<IpHeader<u128>, DropReason> {
+        crate::packet::parse6_then(p, read_ahead)
     }
 
     #[inline(always)]

@@ -33,9 +33,14 @@ impl<F: Family> Engine<F> {
         outside: bool,
     ) -> Verdict {
         // Start reading the destination port's binding before validating
-        // the packet: its cache miss then overlaps the parse.
-        core::hint::black_box(crate::batch::peek_binding::<F>(&self.ports, p));
-        let h = match F::parse(p) {
+        // the rest of the packet: its cache miss then overlaps the parse.
+        // Not before the version check, so that a packet of the other
+        // family (given to NAT44 first by the per-packet calls) leaves at
+        // once.
+        let ports = &self.ports;
+        let h = match F::parse_then(p, || {
+            core::hint::black_box(crate::batch::peek_binding::<F>(ports, p));
+        }) {
             Ok(h) => h,
             Err(r) => return Verdict::Drop(r),
         };
