@@ -31,6 +31,16 @@ pub(crate) trait Addr:
 {
     /// The unspecified address.
     const ZERO: Self;
+    /// The address as a flow-table slot holds it: IPv4 as it is, IPv6 as
+    /// two `u64` (8-byte aligned, where a `u128` is 16: the slot packs
+    /// tighter).
+    type Stored: Copy + Eq + Debug + Send + Sync + 'static;
+    /// [`Addr::ZERO`] stored.
+    const STORED_ZERO: Self::Stored;
+    /// The address as a slot holds it.
+    fn store(self) -> Self::Stored;
+    /// An address a slot holds.
+    fn load(s: Self::Stored) -> Self;
     /// Whether the pairs (`a`, `b`) and (`c`, `d`) are equal (IPv4: one
     /// 64-bit compare).
     fn pair_eq(a: Self, b: Self, c: Self, d: Self) -> bool;
@@ -49,6 +59,16 @@ pub(crate) trait Addr:
 
 impl Addr for u32 {
     const ZERO: u32 = 0;
+    type Stored = u32;
+    const STORED_ZERO: u32 = 0;
+    #[inline(always)]
+    fn store(self) -> u32 {
+        self
+    }
+    #[inline(always)]
+    fn load(s: u32) -> u32 {
+        s
+    }
     #[inline(always)]
     fn pair_eq(a: u32, b: u32, c: u32, d: u32) -> bool {
         (u64::from(a) | (u64::from(b) << 32)) == (u64::from(c) | (u64::from(d) << 32))
@@ -76,6 +96,16 @@ impl Addr for u32 {
 
 impl Addr for u128 {
     const ZERO: u128 = 0;
+    type Stored = [u64; 2];
+    const STORED_ZERO: [u64; 2] = [0; 2];
+    #[inline(always)]
+    fn store(self) -> [u64; 2] {
+        [self as u64, (self >> 64) as u64]
+    }
+    #[inline(always)]
+    fn load(s: [u64; 2]) -> u128 {
+        u128::from(s[0]) | (u128::from(s[1]) << 64)
+    }
     #[inline(always)]
     fn pair_eq(a: u128, b: u128, c: u128, d: u128) -> bool {
         a == c && b == d

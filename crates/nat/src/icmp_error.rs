@@ -201,13 +201,13 @@ impl<F: Family> Engine<F> {
             return Verdict::Drop(DropReason::IcmpForgedQuote);
         };
         let new = FourTuple {
-            src_addr: f.remote_addr,
+            src_addr: f.remote_addr(),
             src_port: f.remote_port,
             dst_addr: external_addr,
             dst_port: f.external_port,
         };
         // `h.dst_addr` is the quoted source, the flow's original destination.
-        let outer_dst = f.remote_addr;
+        let outer_dst = f.remote_addr();
         if outer_dst != external_addr {
             rewrite_error::<F>(p, h, external_addr, outer_dst, &e, new);
             return Verdict::Forward;
@@ -264,17 +264,17 @@ impl<F: Family> Engine<F> {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         };
         let new = FourTuple {
-            src_addr: f.internal_addr,
+            src_addr: f.internal_addr(),
             src_port: f.internal_port,
-            dst_addr: f.original_addr,
+            dst_addr: f.original_addr(),
             dst_port: f.original_port,
         };
-        let outer_src = if f.state & state::REDIRECTED != 0 && h.src_addr == f.remote_addr {
-            f.original_addr
+        let outer_src = if f.state & state::REDIRECTED != 0 && h.src_addr == f.remote_addr() {
+            f.original_addr()
         } else {
             h.src_addr
         };
-        rewrite_error::<F>(p, h, outer_src, f.internal_addr, &e, new);
+        rewrite_error::<F>(p, h, outer_src, f.internal_addr(), &e, new);
         Verdict::Forward
     }
 }

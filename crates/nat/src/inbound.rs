@@ -8,7 +8,7 @@
 //! 8-byte binding (a 512 KiB array per protocol, which stays in the caches)
 //! and then one table slot.
 
-use crate::family::Family;
+use crate::family::{Addr, Family};
 use crate::packet::{self, FlowHeader, IpHeader, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_TCP, state};
@@ -141,9 +141,9 @@ impl<F: Family> Engine<F> {
         now: u64,
     ) {
         let new = FourTuple {
-            src_addr: f.original_addr,
+            src_addr: f.original_addr(),
             src_port: f.original_port,
-            dst_addr: f.internal_addr,
+            dst_addr: f.internal_addr(),
             dst_port: f.internal_port,
         };
         packet::rewrite::<F>(p, h, fh.transport, fh.tuple(h), new);
@@ -218,9 +218,9 @@ impl<F: Family> Engine<F> {
         })?;
         let f = Flow {
             expires: now,
-            internal_addr: b.internal_addr,
-            original_addr: remote.addr,
-            remote_addr: remote.addr,
+            internal: b.internal_addr.store(),
+            original: remote.addr.store(),
+            remote: remote.addr.store(),
             internal_port: b.internal_port,
             external_port,
             original_port: remote.port,
@@ -273,7 +273,7 @@ impl<F: Family> Engine<F> {
         let found = self.table.flows.lookup(hash, |f| {
             f.has_key(&key)
                 && f.external_port == external_port
-                && (!b.redirect || (f.remote_addr == remote.addr && f.remote_port == remote.port))
+                && (!b.redirect || (f.remote_addr() == remote.addr && f.remote_port == remote.port))
         });
         (b, found)
     }

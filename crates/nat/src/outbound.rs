@@ -2,7 +2,7 @@
 //! or creates its flow by its internal-side key and leaves from the
 //! external address and the flow's external port.
 
-use crate::family::Family;
+use crate::family::{Addr, Family};
 use crate::packet::{self, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_ICMP, PROTO_TCP, state};
@@ -78,7 +78,7 @@ impl<F: Family> Engine<F> {
         let new = FourTuple {
             src_addr: external_addr,
             src_port: f.external_port,
-            dst_addr: f.remote_addr,
+            dst_addr: f.remote_addr(),
             dst_port: f.remote_port,
         };
         let expires = f.expires;
@@ -181,9 +181,9 @@ impl<F: Family> Engine<F> {
         }
         let f = Flow {
             expires: now,
-            internal_addr: key.src_addr,
-            original_addr: key.dst_addr,
-            remote_addr: remote.addr,
+            internal: key.src_addr.store(),
+            original: key.dst_addr.store(),
+            remote: remote.addr.store(),
             internal_port: key.src_port,
             external_port,
             original_port: key.dst_port,

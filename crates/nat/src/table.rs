@@ -11,7 +11,8 @@ use crate::family::Addr;
 use crate::tuple::FiveTuple;
 
 /// One tracked session (a 5-tuple and its translation). 32 bytes for IPv4
-/// (`A = u32`), 96 for IPv6 (`u128` addresses, 16-byte aligned).
+/// (`A = u32`), 72 for IPv6 (addresses stored as two `u64`, see
+/// [`Addr::Stored`]; as `u128` they would be 16-byte aligned and the slot 96).
 ///
 /// `repr(C)`, the internal-side key first: its two addresses are one 8-byte
 /// word, its two ports the next 4 bytes and the protocol the byte after, so
@@ -19,14 +20,14 @@ use crate::tuple::FiveTuple;
 /// key then also stays in three registers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
-pub(crate) struct Flow<A> {
+pub(crate) struct Flow<A: Addr> {
     /// Deadline in milliseconds of the caller's clock.
     pub(crate) expires: u64,
-    /// Internal (guest) address.
-    pub(crate) internal_addr: A,
-    /// Destination address as the guest wrote it (differs from `remote_addr`
-    /// only for redirected flows).
-    pub(crate) original_addr: A,
+    /// Internal (guest) address ([`Flow::internal_addr`]).
+    pub(crate) internal: A::Stored,
+    /// Destination address as the guest wrote it (differs from the remote
+    /// address only for redirected flows; [`Flow::original_addr`]).
+    pub(crate) original: A::Stored,
     /// Internal port or ICMP identifier.
     pub(crate) internal_port: u16,
     /// Destination port as the guest wrote it.
@@ -37,8 +38,8 @@ pub(crate) struct Flow<A> {
     pub(crate) state: u8,
     /// External port or ICMP identifier.
     pub(crate) external_port: u16,
-    /// The real remote address.
-    pub(crate) remote_addr: A,
+    /// The real remote address ([`Flow::remote_addr`]).
+    pub(crate) remote: A::Stored,
     /// The real remote port (0 for ICMP).
     pub(crate) remote_port: u16,
 }
@@ -76,14 +77,29 @@ pub(crate) mod state {
 }
 
 impl<A: Addr> Flow<A> {
+    /// Internal (guest) address.
+    #[inline(always)]
+    pub(crate) fn internal_addr(&self) -> A {
+        A::load(self.internal)
+    }
+    /// Destination address as the guest wrote it.
+    #[inline(always)]
+    pub(crate) fn original_addr(&self) -> A {
+        A::load(self.original)
+    }
+    /// The real remote address.
+    #[inline(always)]
+    pub(crate) fn remote_addr(&self) -> A {
+        A::load(self.remote)
+    }
     /// The internal-side key.
     #[inline(always)]
     pub(crate) fn key(&self) -> FiveTuple<A> {
         FiveTuple {
             protocol: self.protocol,
-            src_addr: self.internal_addr,
+            src_addr: self.internal_addr(),
             src_port: self.internal_port,
-            dst_addr: self.original_addr,
+            dst_addr: self.original_addr(),
             dst_port: self.original_port,
         }
     }
@@ -109,9 +125,9 @@ impl<A: Addr> Flow<A> {
     /// An unused slot.
     pub(crate) const VACANT: Flow<A> = Flow {
         expires: 0,
-        internal_addr: A::ZERO,
-        original_addr: A::ZERO,
-        remote_addr: A::ZERO,
+        internal: A::STORED_ZERO,
+        original: A::STORED_ZERO,
+        remote: A::STORED_ZERO,
         internal_port: 0,
         external_port: 0,
         original_port: 0,
@@ -127,7 +143,7 @@ impl<A: Addr> Flow<A> {
 /// line. A flow's position is its handle; it changes only when a removal
 /// shifts it back (reported to the caller) or the table grows.
 #[derive(Clone, Debug)]
-pub(crate) struct FlowTable<A> {
+pub(crate) struct FlowTable<A: Addr> {
     slots: Vec<Flow<A>>,
     mask: usize,
     len: usize,
@@ -419,8 +435,8 @@ mod tests {
         use std::collections::HashMap;
         let keys = Keys::from_seed(3);
         let flow = |i: u32| Flow::<u32> {
-            internal_addr: i % 7,
-            original_addr: i / 7,
+            internal: i % 7,
+            original: i / 7,
             internal_port: (i % 5) as u16,
             protocol: 1,
             ..Flow::VACANT
@@ -466,7 +482,7 @@ mod tests {
     #[test]
     fn a_flow_is_32_bytes() {
         assert_eq!(core::mem::size_of::<Flow<u32>>(), 32);
-        assert_eq!(core::mem::size_of::<Flow<u128>>(), 96);
+        assert_eq!(core::mem::size_of::<Flow<u128>>(), 72);
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl<F: Family> Engine<F> {
         self.table.flows.iter().map(|f| {
             (
                 protocol_of(f.protocol),
-                f.internal_addr,
+                f.internal_addr(),
                 f.internal_port,
                 f.external_port,
                 Instant::from_millis(f.expires),
