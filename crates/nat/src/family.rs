@@ -13,7 +13,7 @@ use core::hash::Hash;
 use crate::DropReason;
 use crate::packet::{IpHeader, get8, get16, get32, put32};
 use crate::table::Keys;
-use crate::tuple::DatagramId;
+use crate::tuple::{DatagramId, Endpoint};
 use wire::checksum::{self, Delta};
 use wire::{icmpv4, icmpv6, ip_proto, ipv4, ipv6};
 
@@ -41,6 +41,17 @@ pub(crate) trait Addr:
     fn store(self) -> Self::Stored;
     /// An address a slot holds.
     fn load(s: Self::Stored) -> Self;
+    /// A flow's real remote endpoint as its slot holds it: IPv4 in the
+    /// slot (8 bytes that fit its 32), IPv6 not at all (`()`): it is the
+    /// destination the guest wrote but for redirected flows, whose remote
+    /// is kept in `Ports::redirected` (see [`crate::table::remote_of`]).
+    type Remote: Copy + Eq + Debug + Send + Sync + 'static;
+    /// [`Addr::Remote`] of an unused slot.
+    const NO_REMOTE: Self::Remote;
+    /// The remote endpoint `e` as a slot holds it.
+    fn remote_slot(e: Endpoint<Self>) -> Self::Remote;
+    /// The remote endpoint a slot holds, if the family keeps it there.
+    fn remote_in_slot(r: Self::Remote) -> Option<Endpoint<Self>>;
     /// Whether the pairs (`a`, `b`) and (`c`, `d`) are equal (IPv4: one
     /// 64-bit compare).
     fn pair_eq(a: Self, b: Self, c: Self, d: Self) -> bool;
@@ -68,6 +79,16 @@ impl Addr for u32 {
     #[inline(always)]
     fn load(s: u32) -> u32 {
         s
+    }
+    type Remote = Endpoint<u32>;
+    const NO_REMOTE: Endpoint<u32> = Endpoint { addr: 0, port: 0 };
+    #[inline(always)]
+    fn remote_slot(e: Endpoint<u32>) -> Endpoint<u32> {
+        e
+    }
+    #[inline(always)]
+    fn remote_in_slot(r: Endpoint<u32>) -> Option<Endpoint<u32>> {
+        Some(r)
     }
     #[inline(always)]
     fn pair_eq(a: u32, b: u32, c: u32, d: u32) -> bool {
@@ -105,6 +126,14 @@ impl Addr for u128 {
     #[inline(always)]
     fn load(s: [u64; 2]) -> u128 {
         u128::from(s[0]) | (u128::from(s[1]) << 64)
+    }
+    type Remote = ();
+    const NO_REMOTE: () = ();
+    #[inline(always)]
+    fn remote_slot(_: Endpoint<u128>) {}
+    #[inline(always)]
+    fn remote_in_slot((): ()) -> Option<Endpoint<u128>> {
+        None
     }
     #[inline(always)]
     fn pair_eq(a: u128, b: u128, c: u128, d: u128) -> bool {

@@ -220,11 +220,10 @@ impl<F: Family> Engine<F> {
             expires: now,
             internal: b.internal_addr.store(),
             original: remote.addr.store(),
-            remote: remote.addr.store(),
+            remote: F::Addr::remote_slot(remote),
             internal_port: b.internal_port,
             external_port,
             original_port: remote.port,
-            remote_port: remote.port,
             protocol,
             state: state::INBOUND | state::UNCONFIRMED,
         };
@@ -252,9 +251,10 @@ impl<F: Family> Engine<F> {
                 protocol,
                 port: external_port,
             };
+            // One flow per redirected port: its remote is the entry's.
             match self.ports.redirected.get(&port) {
-                Some(&d) => d,
-                None => return (b, None),
+                Some(r) if r.remote == remote => r.written,
+                _ => return (b, None),
             }
         } else {
             remote
@@ -269,11 +269,9 @@ impl<F: Family> Engine<F> {
         let hash = self.table.keys.hash(&key);
         // A flow on a port that is not a redirect's has its remote as its
         // internal-side destination, so the internal key and the external
-        // port identify it; a redirected flow's remote is checked apart.
+        // port identify it; a redirected flow's remote was checked above.
         let found = self.table.flows.lookup(hash, |f| {
-            f.has_key(&key)
-                && f.external_port == external_port
-                && (!b.redirect || (f.remote_addr() == remote.addr && f.remote_port == remote.port))
+            f.has_key(&key) && f.external_port == external_port
         });
         (b, found)
     }

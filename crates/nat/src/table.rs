@@ -8,11 +8,15 @@
 use core::hash::{BuildHasher, Hasher};
 
 use crate::family::Addr;
-use crate::tuple::FiveTuple;
+use std::collections::HashMap;
+
+use crate::ports::Redirected;
+use crate::tuple::{Endpoint, FiveTuple, PortKey};
 
 /// One tracked session (a 5-tuple and its translation). 32 bytes for IPv4
-/// (`A = u32`), 72 for IPv6 (addresses stored as two `u64`, see
-/// [`Addr::Stored`]; as `u128` they would be 16-byte aligned and the slot 96).
+/// (`A = u32`), 48 for IPv6: addresses stored as two `u64` (see
+/// [`Addr::Stored`]; as `u128` they would be 16-byte aligned), and no remote
+/// endpoint in the slot (see [`Addr::Remote`], [`remote_of`]).
 ///
 /// `repr(C)`, the internal-side key first: its two addresses are one 8-byte
 /// word, its two ports the next 4 bytes and the protocol the byte after, so
@@ -38,10 +42,44 @@ pub(crate) struct Flow<A: Addr> {
     pub(crate) state: u8,
     /// External port or ICMP identifier.
     pub(crate) external_port: u16,
-    /// The real remote address ([`Flow::remote_addr`]).
-    pub(crate) remote: A::Stored,
-    /// The real remote port (0 for ICMP).
-    pub(crate) remote_port: u16,
+    /// The real remote endpoint (port 0 for ICMP), if the family keeps it
+    /// in the slot (see [`remote_of`]).
+    pub(crate) remote: A::Remote,
+}
+
+/// The real remote endpoint of flow `f`, whose destination as the guest
+/// wrote it is `original` (the caller's copy, often still in registers):
+/// the slot's (IPv4); else `original`, unless `f` was redirected: then its
+/// entry in `redirected` (`Ports::redirected`, one per redirected flow,
+/// keyed by its own external port).
+#[inline(always)]
+pub(crate) fn remote_of<A: Addr>(
+    f: &Flow<A>,
+    original: Endpoint<A>,
+    redirected: &HashMap<PortKey, Redirected<A>, SeededState>,
+) -> Endpoint<A> {
+    if let Some(e) = A::remote_in_slot(f.remote) {
+        return e;
+    }
+    if f.state & state::REDIRECTED == 0 {
+        return original;
+    }
+    redirect_target(f, original, redirected)
+}
+
+/// [`remote_of`] of a redirected flow whose slot holds no remote.
+#[cold]
+#[inline(never)]
+fn redirect_target<A: Addr>(
+    f: &Flow<A>,
+    original: Endpoint<A>,
+    redirected: &HashMap<PortKey, Redirected<A>, SeededState>,
+) -> Endpoint<A> {
+    let port = PortKey {
+        protocol: f.protocol,
+        port: f.external_port,
+    };
+    redirected.get(&port).map_or(original, |r| r.remote)
 }
 
 /// Protocol index of TCP.
@@ -87,11 +125,6 @@ impl<A: Addr> Flow<A> {
     pub(crate) fn original_addr(&self) -> A {
         A::load(self.original)
     }
-    /// The real remote address.
-    #[inline(always)]
-    pub(crate) fn remote_addr(&self) -> A {
-        A::load(self.remote)
-    }
     /// The internal-side key.
     #[inline(always)]
     pub(crate) fn key(&self) -> FiveTuple<A> {
@@ -127,11 +160,10 @@ impl<A: Addr> Flow<A> {
         expires: 0,
         internal: A::STORED_ZERO,
         original: A::STORED_ZERO,
-        remote: A::STORED_ZERO,
+        remote: A::NO_REMOTE,
         internal_port: 0,
         external_port: 0,
         original_port: 0,
-        remote_port: 0,
         protocol: FREE_SLOT,
         state: 0,
     };
@@ -482,7 +514,7 @@ mod tests {
     #[test]
     fn a_flow_is_32_bytes() {
         assert_eq!(core::mem::size_of::<Flow<u32>>(), 32);
-        assert_eq!(core::mem::size_of::<Flow<u128>>(), 72);
+        assert_eq!(core::mem::size_of::<Flow<u128>>(), 48);
     }
 
     #[test]

@@ -1403,7 +1403,10 @@ fn memory_per_ipv6_flow_is_at_most_a_72_byte_slot_over_the_load_factor() {
     let w = testing::warmed6(64_000);
     assert_eq!(w.nat.len(), 64_000);
     let per_flow = w.nat.table_bytes_per_flow6();
-    assert!(per_flow <= 72 * 131_072 / 64_000, "{per_flow} bytes per flow");
+    assert!(
+        per_flow <= 48 * 131_072 / 64_000,
+        "{per_flow} bytes per flow"
+    );
 }
 
 #[test]
