@@ -270,9 +270,7 @@ impl<F: Family> Engine<F> {
         // A flow on a port that is not a redirect's has its remote as its
         // internal-side destination, so the internal key and the external
         // port identify it; a redirected flow's remote was checked above.
-        let found = self.table.flows.lookup(hash, |f| {
-            f.has_key(&key) && f.external_port == external_port
-        });
+        let found = self.table.flows.lookup_on_port(hash, &key, external_port);
         (b, found)
     }
 }

@@ -241,13 +241,16 @@ impl<A: Addr> FlowTable<A> {
         }
     }
 
-    /// Like [`FlowTable::find`], returning the position and a copy of the
-    /// flow.
+    /// The position and a copy of the flow with internal-side `key` (hashing
+    /// to `hash`) on `external_port`: the inbound path's test, written out
+    /// rather than a closure given to [`FlowTable::find`], which for IPv6
+    /// (two 128-bit compares) stayed a call per probe.
     #[inline(always)]
-    pub(crate) fn lookup(
+    pub(crate) fn lookup_on_port(
         &self,
         hash: u32,
-        mut eq: impl FnMut(&Flow<A>) -> bool,
+        key: &FiveTuple<A>,
+        external_port: u16,
     ) -> Option<(usize, Flow<A>)> {
         let mut pos = hash as usize & self.mask;
         loop {
@@ -255,7 +258,7 @@ impl<A: Addr> FlowTable<A> {
             if f.protocol == FREE_SLOT {
                 return None;
             }
-            if eq(f) {
+            if f.has_key(key) && f.external_port == external_port {
                 return Some((pos, *f));
             }
             pos = (pos + 1) & self.mask;
