@@ -135,26 +135,11 @@ impl Nat {
                 *v = match (direction, is_v6(p)) {
                     (Direction::Outbound, false) => self.outbound_and_count(p, now, partial),
                     (Direction::Inbound, false) => self.inbound_and_count(p, now, partial),
-                    (Direction::Outbound, true) => self.outbound6(p, now, partial),
-                    (Direction::Inbound, true) => self.inbound6(p, now, partial),
+                    (Direction::Outbound, true) => self.v6.outbound_and_count(p, now, partial),
+                    (Direction::Inbound, true) => self.v6.inbound_and_count(p, now, partial),
                 };
             }
         }
-    }
-}
-
-impl Nat {
-    /// NAT66's outbound path for the batch, out of line: inlined into the
-    /// batch loop beside NAT44's, it shared its registers with it.
-    #[inline(never)]
-    fn outbound6(&mut self, p: &mut [u8], now: Instant, partial: bool) -> Verdict {
-        self.v6.outbound_and_count(p, now, partial)
-    }
-
-    /// See [`Nat::outbound6`].
-    #[inline(never)]
-    fn inbound6(&mut self, p: &mut [u8], now: Instant, partial: bool) -> Verdict {
-        self.v6.inbound_and_count(p, now, partial)
     }
 }
 
