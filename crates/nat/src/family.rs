@@ -13,7 +13,7 @@ use core::hash::Hash;
 use crate::DropReason;
 use crate::packet::{IpHeader, get8, get16, get32, put32};
 use crate::table::Keys;
-use crate::tuple::DatagramId;
+use crate::tuple::{DatagramId, Endpoint};
 use wire::checksum::{self, Delta};
 use wire::{icmpv4, icmpv6, ip_proto, ipv4, ipv6};
 
@@ -31,6 +31,27 @@ pub(crate) trait Addr:
 {
     /// The unspecified address.
     const ZERO: Self;
+    /// The address as a flow-table slot holds it: IPv4 as it is, IPv6 as
+    /// two `u64` (8-byte aligned, where a `u128` is 16: the slot packs
+    /// tighter).
+    type Stored: Copy + Eq + Debug + Send + Sync + 'static;
+    /// [`Addr::ZERO`] stored.
+    const STORED_ZERO: Self::Stored;
+    /// The address as a slot holds it.
+    fn store(self) -> Self::Stored;
+    /// An address a slot holds.
+    fn load(s: Self::Stored) -> Self;
+    /// A flow's real remote endpoint as its slot holds it: IPv4 in the
+    /// slot (8 bytes that fit its 32), IPv6 not at all (`()`): it is the
+    /// destination the guest wrote but for redirected flows, whose remote
+    /// is kept in `Ports::redirected` (see [`crate::table::remote_of`]).
+    type Remote: Copy + Eq + Debug + Send + Sync + 'static;
+    /// [`Addr::Remote`] of an unused slot.
+    const NO_REMOTE: Self::Remote;
+    /// The remote endpoint `e` as a slot holds it.
+    fn remote_slot(e: Endpoint<Self>) -> Self::Remote;
+    /// The remote endpoint a slot holds, if the family keeps it there.
+    fn remote_in_slot(r: Self::Remote) -> Option<Endpoint<Self>>;
     /// Whether the pairs (`a`, `b`) and (`c`, `d`) are equal (IPv4: one
     /// 64-bit compare).
     fn pair_eq(a: Self, b: Self, c: Self, d: Self) -> bool;
@@ -49,6 +70,26 @@ pub(crate) trait Addr:
 
 impl Addr for u32 {
     const ZERO: u32 = 0;
+    type Stored = u32;
+    const STORED_ZERO: u32 = 0;
+    #[inline(always)]
+    fn store(self) -> u32 {
+        self
+    }
+    #[inline(always)]
+    fn load(s: u32) -> u32 {
+        s
+    }
+    type Remote = Endpoint<u32>;
+    const NO_REMOTE: Endpoint<u32> = Endpoint { addr: 0, port: 0 };
+    #[inline(always)]
+    fn remote_slot(e: Endpoint<u32>) -> Endpoint<u32> {
+        e
+    }
+    #[inline(always)]
+    fn remote_in_slot(r: Endpoint<u32>) -> Option<Endpoint<u32>> {
+        Some(r)
+    }
     #[inline(always)]
     fn pair_eq(a: u32, b: u32, c: u32, d: u32) -> bool {
         (u64::from(a) | (u64::from(b) << 32)) == (u64::from(c) | (u64::from(d) << 32))
@@ -76,6 +117,24 @@ impl Addr for u32 {
 
 impl Addr for u128 {
     const ZERO: u128 = 0;
+    type Stored = [u64; 2];
+    const STORED_ZERO: [u64; 2] = [0; 2];
+    #[inline(always)]
+    fn store(self) -> [u64; 2] {
+        [self as u64, (self >> 64) as u64]
+    }
+    #[inline(always)]
+    fn load(s: [u64; 2]) -> u128 {
+        u128::from(s[0]) | (u128::from(s[1]) << 64)
+    }
+    type Remote = ();
+    const NO_REMOTE: () = ();
+    #[inline(always)]
+    fn remote_slot(_: Endpoint<u128>) {}
+    #[inline(always)]
+    fn remote_in_slot((): ()) -> Option<Endpoint<u128>> {
+        None
+    }
     #[inline(always)]
     fn pair_eq(a: u128, b: u128, c: u128, d: u128) -> bool {
         a == c && b == d
@@ -121,6 +180,9 @@ pub(crate) trait Family:
 
     /// Validates the IP header at the start of `p`.
     fn parse(p: &[u8]) -> Result<IpHeader<Self::Addr>, DropReason>;
+    /// [`Family::parse`] calling `read_ahead` as soon as the version
+    /// nibble is this family's (a packet of the other family leaves first).
+    fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<IpHeader<Self::Addr>, DropReason>;
     /// Writes `src` and `dst` into the IP header of `p` (fixing an IPv4
     /// header checksum by `d`, the addresses' delta) and returns the
     /// bytes from offset `header_len` (the transport header), if present.
@@ -202,6 +264,11 @@ impl Family for V4 {
     #[inline(always)]
     fn parse(p: &[u8]) -> Result<IpHeader<u32>, DropReason> {
         crate::packet::parse(p)
+    }
+
+    #[inline(always)]
+    fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<IpHeader<u32>, DropReason> {
+        crate::packet::parse_then(p, read_ahead)
     }
 
     #[inline(always)]
@@ -339,6 +406,11 @@ impl Family for V6 {
     #[inline(always)]
     fn parse(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
         crate::packet::parse6(p)
+    }
+
+    #[inline(always)]
+    fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<IpHeader<u128>, DropReason> {
+        crate::packet::parse6_then(p, read_ahead)
     }
 
     #[inline(always)]

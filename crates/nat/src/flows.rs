@@ -29,7 +29,7 @@ use crate::tuple::{FiveTuple, PortKey};
 
 /// The flow table, its hash keys and the per-host flow counts.
 #[derive(Debug)]
-pub(crate) struct Table<A> {
+pub(crate) struct Table<A: Addr> {
     /// Hash keys of the table (and seed of the cold-path maps).
     pub(crate) keys: Keys,
     /// The flows.
@@ -173,7 +173,7 @@ impl<F: Family> Engine<F> {
             *r += 1;
         }
         if f.state & state::INBOUND == 0 {
-            *self.table.per_host.entry(f.internal_addr).or_insert(0) += 1;
+            *self.table.per_host.entry(f.internal_addr()).or_insert(0) += 1;
         } else {
             // A new flow's deadline is its creation time until the packet
             // path that created it sets it.
@@ -202,10 +202,10 @@ impl<F: Family> Engine<F> {
         self.ports.release(f.protocol, f.external_port);
         if f.state & state::INBOUND != 0 {
             self.uncount_inbound_flow(&f);
-        } else if let Some(n) = self.table.per_host.get_mut(&f.internal_addr) {
+        } else if let Some(n) = self.table.per_host.get_mut(&f.internal_addr()) {
             *n -= 1;
             if *n == 0 {
-                self.table.per_host.remove(&f.internal_addr);
+                self.table.per_host.remove(&f.internal_addr());
             }
         }
         self.table.flows.remove(idx, &self.table.keys, |_, _, _| {});

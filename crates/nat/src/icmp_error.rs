@@ -5,7 +5,7 @@
 
 use crate::family::{Addr, Family};
 use crate::packet::{IpHeader, Transport, get8, get16, put16};
-use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, state};
+use crate::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, remote_of, state};
 use crate::translator::Engine;
 use crate::tuple::{Endpoint, FiveTuple, FourTuple};
 use crate::{DropReason, Verdict};
@@ -200,14 +200,19 @@ impl<F: Family> Engine<F> {
         let Some(f) = found.and_then(|i| self.table.flows.get(i as usize)) else {
             return Verdict::Drop(DropReason::IcmpForgedQuote);
         };
+        let original = Endpoint {
+            addr: f.original_addr(),
+            port: f.original_port,
+        };
+        let remote = remote_of(f, original, &self.ports.redirected);
         let new = FourTuple {
-            src_addr: f.remote_addr,
-            src_port: f.remote_port,
+            src_addr: remote.addr,
+            src_port: remote.port,
             dst_addr: external_addr,
             dst_port: f.external_port,
         };
         // `h.dst_addr` is the quoted source, the flow's original destination.
-        let outer_dst = f.remote_addr;
+        let outer_dst = remote.addr;
         if outer_dst != external_addr {
             rewrite_error::<F>(p, h, external_addr, outer_dst, &e, new);
             return Verdict::Forward;
@@ -264,17 +269,28 @@ impl<F: Family> Engine<F> {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         };
         let new = FourTuple {
-            src_addr: f.internal_addr,
+            src_addr: f.internal_addr(),
             src_port: f.internal_port,
-            dst_addr: f.original_addr,
+            dst_addr: f.original_addr(),
             dst_port: f.original_port,
         };
-        let outer_src = if f.state & state::REDIRECTED != 0 && h.src_addr == f.remote_addr {
-            f.original_addr
+        let outer_src = if f.state & state::REDIRECTED != 0
+            && h.src_addr
+                == remote_of(
+                    &f,
+                    Endpoint {
+                        addr: new.dst_addr,
+                        port: new.dst_port,
+                    },
+                    &self.ports.redirected,
+                )
+                .addr
+        {
+            f.original_addr()
         } else {
             h.src_addr
         };
-        rewrite_error::<F>(p, h, outer_src, f.internal_addr, &e, new);
+        rewrite_error::<F>(p, h, outer_src, f.internal_addr(), &e, new);
         Verdict::Forward
     }
 }

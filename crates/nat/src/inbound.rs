@@ -8,7 +8,7 @@
 //! 8-byte binding (a 512 KiB array per protocol, which stays in the caches)
 //! and then one table slot.
 
-use crate::family::Family;
+use crate::family::{Addr, Family};
 use crate::packet::{self, FlowHeader, IpHeader, NotFlow};
 use crate::ports::{Binding, PortUse};
 use crate::table::{Flow, PROTO_TCP, state};
@@ -33,9 +33,14 @@ impl<F: Family> Engine<F> {
         outside: bool,
     ) -> Verdict {
         // Start reading the destination port's binding before validating
-        // the packet: its cache miss then overlaps the parse.
-        core::hint::black_box(crate::batch::peek_binding::<F>(&self.ports, p));
-        let h = match F::parse(p) {
+        // the rest of the packet: its cache miss then overlaps the parse.
+        // Not before the version check, so that a packet of the other
+        // family (given to NAT44 first by the per-packet calls) leaves at
+        // once.
+        let ports = &self.ports;
+        let h = match F::parse_then(p, || {
+            core::hint::black_box(crate::batch::peek_binding::<F>(ports, p));
+        }) {
             Ok(h) => h,
             Err(r) => return Verdict::Drop(r),
         };
@@ -136,9 +141,9 @@ impl<F: Family> Engine<F> {
         now: u64,
     ) {
         let new = FourTuple {
-            src_addr: f.original_addr,
+            src_addr: f.original_addr(),
             src_port: f.original_port,
-            dst_addr: f.internal_addr,
+            dst_addr: f.internal_addr(),
             dst_port: f.internal_port,
         };
         packet::rewrite::<F>(p, h, fh.transport, fh.tuple(h), new);
@@ -213,13 +218,12 @@ impl<F: Family> Engine<F> {
         })?;
         let f = Flow {
             expires: now,
-            internal_addr: b.internal_addr,
-            original_addr: remote.addr,
-            remote_addr: remote.addr,
+            internal: b.internal_addr.store(),
+            original: remote.addr.store(),
+            remote: F::Addr::remote_slot(remote),
             internal_port: b.internal_port,
             external_port,
             original_port: remote.port,
-            remote_port: remote.port,
             protocol,
             state: state::INBOUND | state::UNCONFIRMED,
         };
@@ -247,9 +251,10 @@ impl<F: Family> Engine<F> {
                 protocol,
                 port: external_port,
             };
+            // One flow per redirected port: its remote is the entry's.
             match self.ports.redirected.get(&port) {
-                Some(&d) => d,
-                None => return (b, None),
+                Some(r) if r.remote == remote => r.written,
+                _ => return (b, None),
             }
         } else {
             remote
@@ -264,12 +269,8 @@ impl<F: Family> Engine<F> {
         let hash = self.table.keys.hash(&key);
         // A flow on a port that is not a redirect's has its remote as its
         // internal-side destination, so the internal key and the external
-        // port identify it; a redirected flow's remote is checked apart.
-        let found = self.table.flows.lookup(hash, |f| {
-            f.has_key(&key)
-                && f.external_port == external_port
-                && (!b.redirect || (f.remote_addr == remote.addr && f.remote_port == remote.port))
-        });
+        // port identify it; a redirected flow's remote was checked above.
+        let found = self.table.flows.lookup_on_port(hash, &key, external_port);
         (b, found)
     }
 }

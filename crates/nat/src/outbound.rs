@@ -2,10 +2,10 @@
 //! or creates its flow by its internal-side key and leaves from the
 //! external address and the flow's external port.
 
-use crate::family::Family;
+use crate::family::{Addr, Family};
 use crate::packet::{self, NotFlow};
-use crate::ports::{Binding, PortUse};
-use crate::table::{Flow, PROTO_ICMP, PROTO_TCP, state};
+use crate::ports::{Binding, PortUse, Redirected};
+use crate::table::{Flow, PROTO_ICMP, PROTO_TCP, remote_of, state};
 use crate::translator::Engine;
 use crate::tuple::{Endpoint, EndpointKey, FiveTuple, FourTuple, PortKey};
 use crate::{Direction, DropReason, Verdict};
@@ -75,11 +75,18 @@ impl<F: Family> Engine<F> {
         } else {
             now.saturating_add(timeouts.of(fh.protocol, f.state))
         };
+        // The flow has the packet's key: its original destination is the
+        // packet's.
+        let written = Endpoint {
+            addr: old.dst_addr,
+            port: old.dst_port,
+        };
+        let remote = remote_of(f, written, &self.ports.redirected);
         let new = FourTuple {
             src_addr: external_addr,
             src_port: f.external_port,
-            dst_addr: f.remote_addr,
-            dst_port: f.remote_port,
+            dst_addr: remote.addr,
+            dst_port: remote.port,
         };
         let expires = f.expires;
         self.sweep.note_deadline(expires);
@@ -176,18 +183,19 @@ impl<F: Family> Engine<F> {
                     addr: key.dst_addr,
                     port: key.dst_port,
                 };
-                self.ports.redirected.insert(port, written);
+                self.ports
+                    .redirected
+                    .insert(port, Redirected { written, remote });
             }
         }
         let f = Flow {
             expires: now,
-            internal_addr: key.src_addr,
-            original_addr: key.dst_addr,
-            remote_addr: remote.addr,
+            internal: key.src_addr.store(),
+            original: key.dst_addr.store(),
+            remote: F::Addr::remote_slot(remote),
             internal_port: key.src_port,
             external_port,
             original_port: key.dst_port,
-            remote_port: remote.port,
             protocol,
             state: if redirect.is_some() {
                 state::REDIRECTED

@@ -201,6 +201,13 @@ pub(crate) fn classify<F: Family>(
 /// Validates the IPv4 header of `p`.
 #[inline(always)]
 pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
+    parse_then(p, || ())
+}
+
+/// [`parse`] calling `read_ahead` once the version is known to be 4 (a
+/// packet of the other family leaves before it).
+#[inline(always)]
+pub(crate) fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<Ipv4Header, DropReason> {
     use ipv4::field;
     let h: &[u8; ipv4::HEADER_LEN] = p
         .first_chunk::<{ ipv4::HEADER_LEN }>()
@@ -208,6 +215,7 @@ pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
     if h[field::VERSION_IHL] >> 4 != 4 {
         return Err(DropReason::Malformed);
     }
+    read_ahead();
     let header_len = ipv4_header_len(h[field::VERSION_IHL]);
     let total_len = usize::from(get16(h, field::LENGTH.start));
     if header_len < ipv4::HEADER_LEN || total_len < header_len || total_len > p.len() {
@@ -246,6 +254,15 @@ pub(crate) fn parse(p: &[u8]) -> Result<Ipv4Header, DropReason> {
 /// (classified as unsupported).
 #[inline(always)]
 pub(crate) fn parse6(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
+    parse6_then(p, || ())
+}
+
+/// [`parse6`] calling `read_ahead` once the version is known to be 6.
+#[inline(always)]
+pub(crate) fn parse6_then(
+    p: &[u8],
+    read_ahead: impl FnOnce(),
+) -> Result<IpHeader<u128>, DropReason> {
     use ipv6::field;
     let h: &[u8; ipv6::HEADER_LEN] = p
         .first_chunk::<{ ipv6::HEADER_LEN }>()
@@ -253,6 +270,7 @@ pub(crate) fn parse6(p: &[u8]) -> Result<IpHeader<u128>, DropReason> {
     if h[0] >> 4 != 6 {
         return Err(DropReason::Malformed);
     }
+    read_ahead();
     let total_len = ipv6::HEADER_LEN + usize::from(get16(h, field::PAYLOAD_LENGTH.start));
     if total_len > p.len() {
         return Err(DropReason::Malformed);

@@ -143,6 +143,15 @@ impl<A: Addr> PortTable<A> {
     }
 }
 
+/// A redirected flow's two destinations (see [`Ports::redirected`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Redirected<A> {
+    /// The destination the guest wrote.
+    pub(crate) written: Endpoint<A>,
+    /// The redirect's target, the flow's real remote.
+    pub(crate) remote: Endpoint<A>,
+}
+
 /// The external ports of all protocols and the indexes that lead to them.
 #[derive(Debug)]
 pub(crate) struct Ports<A> {
@@ -152,8 +161,10 @@ pub(crate) struct Ports<A> {
     /// mapping or forward.
     pub(crate) by_internal: HashMap<EndpointKey<A>, u16, SeededState>,
     /// External port of each redirected flow -> the destination the guest
-    /// wrote (the flow's internal-side key part).
-    pub(crate) redirected: HashMap<PortKey, Endpoint<A>, SeededState>,
+    /// wrote (the flow's internal-side key part) and the redirect's target
+    /// (its real remote, which an IPv6 slot does not hold). One entry per
+    /// redirected flow: bounded by the flow caps, counted in `memory`.
+    pub(crate) redirected: HashMap<PortKey, Redirected<A>, SeededState>,
     /// Port forwards by external port.
     forwards: HashMap<PortKey, Endpoint<A>, SeededState>,
 }
@@ -201,7 +212,8 @@ impl<A: Addr> Ports<A> {
 
     /// Bytes of the port tables.
     pub(crate) fn memory(&self) -> usize {
-        self.tables.iter().map(PortTable::memory).sum()
+        self.tables.iter().map(PortTable::memory).sum::<usize>()
+            + self.redirected.capacity() * core::mem::size_of::<(PortKey, Redirected<A>)>()
     }
 
     /// Picks an external port for a new mapping of (`protocol`, `addr`,

@@ -8,10 +8,15 @@
 use core::hash::{BuildHasher, Hasher};
 
 use crate::family::Addr;
-use crate::tuple::FiveTuple;
+use std::collections::HashMap;
+
+use crate::ports::Redirected;
+use crate::tuple::{Endpoint, FiveTuple, PortKey};
 
 /// One tracked session (a 5-tuple and its translation). 32 bytes for IPv4
-/// (`A = u32`), 96 for IPv6 (`u128` addresses, 16-byte aligned).
+/// (`A = u32`), 48 for IPv6: addresses stored as two `u64` (see
+/// [`Addr::Stored`]; as `u128` they would be 16-byte aligned), and no remote
+/// endpoint in the slot (see [`Addr::Remote`], [`remote_of`]).
 ///
 /// `repr(C)`, the internal-side key first: its two addresses are one 8-byte
 /// word, its two ports the next 4 bytes and the protocol the byte after, so
@@ -19,14 +24,14 @@ use crate::tuple::FiveTuple;
 /// key then also stays in three registers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
-pub(crate) struct Flow<A> {
+pub(crate) struct Flow<A: Addr> {
     /// Deadline in milliseconds of the caller's clock.
     pub(crate) expires: u64,
-    /// Internal (guest) address.
-    pub(crate) internal_addr: A,
-    /// Destination address as the guest wrote it (differs from `remote_addr`
-    /// only for redirected flows).
-    pub(crate) original_addr: A,
+    /// Internal (guest) address ([`Flow::internal_addr`]).
+    pub(crate) internal: A::Stored,
+    /// Destination address as the guest wrote it (differs from the remote
+    /// address only for redirected flows; [`Flow::original_addr`]).
+    pub(crate) original: A::Stored,
     /// Internal port or ICMP identifier.
     pub(crate) internal_port: u16,
     /// Destination port as the guest wrote it.
@@ -37,10 +42,44 @@ pub(crate) struct Flow<A> {
     pub(crate) state: u8,
     /// External port or ICMP identifier.
     pub(crate) external_port: u16,
-    /// The real remote address.
-    pub(crate) remote_addr: A,
-    /// The real remote port (0 for ICMP).
-    pub(crate) remote_port: u16,
+    /// The real remote endpoint (port 0 for ICMP), if the family keeps it
+    /// in the slot (see [`remote_of`]).
+    pub(crate) remote: A::Remote,
+}
+
+/// The real remote endpoint of flow `f`, whose destination as the guest
+/// wrote it is `original` (the caller's copy, often still in registers):
+/// the slot's (IPv4); else `original`, unless `f` was redirected: then its
+/// entry in `redirected` (`Ports::redirected`, one per redirected flow,
+/// keyed by its own external port).
+#[inline(always)]
+pub(crate) fn remote_of<A: Addr>(
+    f: &Flow<A>,
+    original: Endpoint<A>,
+    redirected: &HashMap<PortKey, Redirected<A>, SeededState>,
+) -> Endpoint<A> {
+    if let Some(e) = A::remote_in_slot(f.remote) {
+        return e;
+    }
+    if f.state & state::REDIRECTED == 0 {
+        return original;
+    }
+    redirect_target(f, original, redirected)
+}
+
+/// [`remote_of`] of a redirected flow whose slot holds no remote.
+#[cold]
+#[inline(never)]
+fn redirect_target<A: Addr>(
+    f: &Flow<A>,
+    original: Endpoint<A>,
+    redirected: &HashMap<PortKey, Redirected<A>, SeededState>,
+) -> Endpoint<A> {
+    let port = PortKey {
+        protocol: f.protocol,
+        port: f.external_port,
+    };
+    redirected.get(&port).map_or(original, |r| r.remote)
 }
 
 /// Protocol index of TCP.
@@ -76,14 +115,24 @@ pub(crate) mod state {
 }
 
 impl<A: Addr> Flow<A> {
+    /// Internal (guest) address.
+    #[inline(always)]
+    pub(crate) fn internal_addr(&self) -> A {
+        A::load(self.internal)
+    }
+    /// Destination address as the guest wrote it.
+    #[inline(always)]
+    pub(crate) fn original_addr(&self) -> A {
+        A::load(self.original)
+    }
     /// The internal-side key.
     #[inline(always)]
     pub(crate) fn key(&self) -> FiveTuple<A> {
         FiveTuple {
             protocol: self.protocol,
-            src_addr: self.internal_addr,
+            src_addr: self.internal_addr(),
             src_port: self.internal_port,
-            dst_addr: self.original_addr,
+            dst_addr: self.original_addr(),
             dst_port: self.original_port,
         }
     }
@@ -109,13 +158,12 @@ impl<A: Addr> Flow<A> {
     /// An unused slot.
     pub(crate) const VACANT: Flow<A> = Flow {
         expires: 0,
-        internal_addr: A::ZERO,
-        original_addr: A::ZERO,
-        remote_addr: A::ZERO,
+        internal: A::STORED_ZERO,
+        original: A::STORED_ZERO,
+        remote: A::NO_REMOTE,
         internal_port: 0,
         external_port: 0,
         original_port: 0,
-        remote_port: 0,
         protocol: FREE_SLOT,
         state: 0,
     };
@@ -127,7 +175,7 @@ impl<A: Addr> Flow<A> {
 /// line. A flow's position is its handle; it changes only when a removal
 /// shifts it back (reported to the caller) or the table grows.
 #[derive(Clone, Debug)]
-pub(crate) struct FlowTable<A> {
+pub(crate) struct FlowTable<A: Addr> {
     slots: Vec<Flow<A>>,
     mask: usize,
     len: usize,
@@ -193,13 +241,16 @@ impl<A: Addr> FlowTable<A> {
         }
     }
 
-    /// Like [`FlowTable::find`], returning the position and a copy of the
-    /// flow.
+    /// The position and a copy of the flow with internal-side `key` (hashing
+    /// to `hash`) on `external_port`: the inbound path's test, written out
+    /// rather than a closure given to [`FlowTable::find`], which for IPv6
+    /// (two 128-bit compares) stayed a call per probe.
     #[inline(always)]
-    pub(crate) fn lookup(
+    pub(crate) fn lookup_on_port(
         &self,
         hash: u32,
-        mut eq: impl FnMut(&Flow<A>) -> bool,
+        key: &FiveTuple<A>,
+        external_port: u16,
     ) -> Option<(usize, Flow<A>)> {
         let mut pos = hash as usize & self.mask;
         loop {
@@ -207,7 +258,7 @@ impl<A: Addr> FlowTable<A> {
             if f.protocol == FREE_SLOT {
                 return None;
             }
-            if eq(f) {
+            if f.has_key(key) && f.external_port == external_port {
                 return Some((pos, *f));
             }
             pos = (pos + 1) & self.mask;
@@ -419,8 +470,8 @@ mod tests {
         use std::collections::HashMap;
         let keys = Keys::from_seed(3);
         let flow = |i: u32| Flow::<u32> {
-            internal_addr: i % 7,
-            original_addr: i / 7,
+            internal: i % 7,
+            original: i / 7,
             internal_port: (i % 5) as u16,
             protocol: 1,
             ..Flow::VACANT
@@ -466,7 +517,7 @@ mod tests {
     #[test]
     fn a_flow_is_32_bytes() {
         assert_eq!(core::mem::size_of::<Flow<u32>>(), 32);
-        assert_eq!(core::mem::size_of::<Flow<u128>>(), 96);
+        assert_eq!(core::mem::size_of::<Flow<u128>>(), 48);
     }
 
     #[test]

@@ -154,8 +154,9 @@ impl<F: Family> Engine<F> {
         Ok(())
     }
 
-    /// Bytes of heap held by the flow table, its indexes, port tables and
-    /// the queues of unconfirmed flows from outside.
+    /// Bytes of heap held by the flow table, its indexes, port tables (with
+    /// the targets of redirected flows) and the queues of unconfirmed flows
+    /// from outside.
     fn memory_bytes(&self) -> usize {
         self.table.flows.memory() + self.ports.memory() + self.table.inbound.memory()
     }
@@ -179,7 +180,7 @@ impl<F: Family> Engine<F> {
         self.table.flows.iter().map(|f| {
             (
                 protocol_of(f.protocol),
-                f.internal_addr,
+                f.internal_addr(),
                 f.internal_port,
                 f.external_port,
                 Instant::from_millis(f.expires),
@@ -689,8 +690,9 @@ impl Nat {
         self.v4.fragments.len() + self.v6.fragments.len()
     }
 
-    /// Bytes of heap held by the flow tables, their indexes, port tables and
-    /// the queues of unconfirmed flows from outside (both families).
+    /// Bytes of heap held by the flow tables, their indexes, port tables
+    /// (with the targets of redirected flows) and the queues of unconfirmed
+    /// flows from outside (both families).
     pub fn memory_bytes(&self) -> usize {
         self.v4.memory_bytes() + self.v6.memory_bytes()
     }

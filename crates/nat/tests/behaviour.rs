@@ -1396,6 +1396,20 @@ fn memory_per_flow_is_at_most_96_bytes() {
 }
 
 #[test]
+fn memory_per_ipv6_flow_is_at_most_a_48_byte_slot_over_the_load_factor() {
+    // IPv6 addresses are stored as two u64 (not a 16-byte aligned u128) and
+    // the slot holds no remote endpoint: a 48-byte slot (96 before), so at
+    // 64 000 flows (131 072 slots, load 0.49) 98 bytes per flow (196 before).
+    let w = testing::warmed6(64_000);
+    assert_eq!(w.nat.len(), 64_000);
+    let per_flow = w.nat.table_bytes_per_flow6();
+    assert!(
+        per_flow <= 48 * 131_072 / 64_000,
+        "{per_flow} bytes per flow"
+    );
+}
+
+#[test]
 fn memory_per_flow_stays_under_86_bytes_through_whole_doubling_cycles() {
     // One 32-byte slot per flow at a load factor between 3/8 and 3/4, and no
     // second index: at most 32 / (3/8) = 85.3 bytes per flow from 48 flows

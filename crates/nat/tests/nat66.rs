@@ -535,6 +535,47 @@ fn nat66_redirect_sends_to_the_target_and_replies_look_like_the_original() {
 }
 
 #[test]
+fn nat66_redirected_flow_keeps_its_target_outside_the_slot() {
+    // An IPv6 slot holds no remote endpoint: a redirected flow's target
+    // comes from the redirect's entry, for every packet and for errors.
+    let mut nat = testing::nat();
+    let gateway: Ipv6Addr = "fd64::1".parse().unwrap();
+    let upstream = sa6(SERVER6, 53);
+    nat.add_redirect6(Protocol::Udp, sa6(gateway, 53), upstream)
+        .unwrap();
+    let g = sa6(GUEST6, 5353);
+    let mut q = testing::udp6(g, sa6(gateway, 53), b"q");
+    assert_eq!(nat.outbound(&mut q, Instant::ZERO), Verdict::Forward);
+    let ext = testing::src6(&q);
+    // The rule goes; the live flow keeps its target.
+    assert!(nat.remove_redirect6(Protocol::Udp, sa6(gateway, 53)));
+    let mut q2 = testing::udp6(g, sa6(gateway, 53), b"q2");
+    assert_eq!(nat.outbound(&mut q2, Instant::ZERO), Verdict::Forward);
+    assert_eq!(testing::dst6(&q2), upstream);
+    assert_eq!(testing::src6(&q2), ext);
+    // Only the target answers through the flow (another remote is not
+    // made to look like the gateway).
+    let mut other = testing::udp6(sa6(SERVER6, 54), ext, b"x");
+    let _ = nat.inbound(&mut other, Instant::ZERO);
+    assert_eq!(testing::src6(&other), sa6(SERVER6, 54));
+    let mut a = testing::udp6(upstream, ext, b"a");
+    assert_eq!(nat.inbound(&mut a, Instant::ZERO), Verdict::Forward);
+    assert_eq!(testing::src6(&a), sa6(gateway, 53));
+    // An error from the target about the query looks like the gateway's.
+    let mut e = testing::icmp_error6(*upstream.ip(), EXTERNAL6, 1, 4, [0; 4], &q2);
+    assert_eq!(nat.inbound(&mut e, Instant::ZERO), Verdict::Forward);
+    assert_eq!(*testing::src6(&e).ip(), gateway);
+    assert_eq!(*testing::dst6(&e).ip(), GUEST6);
+    assert!(testing::checksums6_ok(&e));
+    // The guest's error about the answer goes back to the target.
+    let mut ge = testing::icmp_error6(GUEST6, gateway, 1, 4, [0; 4], &a);
+    assert_eq!(nat.outbound(&mut ge, Instant::ZERO), Verdict::Forward);
+    assert_eq!(*testing::dst6(&ge).ip(), *upstream.ip());
+    assert_eq!(*testing::src6(&ge).ip(), EXTERNAL6);
+    assert!(testing::checksums6_ok(&ge));
+}
+
+#[test]
 fn nat66_echo_to_the_external_address_hairpins_through_a_live_echo_mapping() {
     let mut nat = testing::nat();
     let mut a = testing::echo_request6(GUEST6, SERVER6, 7, 1, b"");

@@ -224,10 +224,12 @@ const fn fold32(sum: u64) -> u64 {
 /// The sum of the four 32-bit words of `v`.
 #[inline(always)]
 const fn sum_u128(v: u128) -> u64 {
-    (v as u32) as u64
-        + ((v >> 32) as u32) as u64
-        + ((v >> 64) as u32) as u64
-        + ((v >> 96) as u32) as u64
+    // The halves added with an end-around carry (2⁶⁴ ≡ 1), then the
+    // 32-bit halves of that: at most 2³³ − 2, as the sum of four words'
+    // pairs would be at most 2³⁴.
+    let (s, carry) = (v as u64).overflowing_add((v >> 64) as u64);
+    let s = s + carry as u64;
+    (s & 0xffff_ffff) + (s >> 32)
 }
 
 /// Bytes summed per block: 2²⁸ words of at most 2³² − 1 each stay far below 2⁶⁴.
