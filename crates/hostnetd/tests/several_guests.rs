@@ -185,7 +185,10 @@ impl Drop for World {
 
 impl World {
     fn new(guests: usize) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("hostnet-sg-www-{}", std::process::id()));
+        // One folder per world: the tests of this binary run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hostnet-sg-www-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut blob = vec![0u8; BLOB_SIZE];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut blob)?;
