@@ -44,7 +44,10 @@ fn main() -> anyhow::Result<()> {
         }
         ["listen-count", port, secs] => listen_count(port.parse()?, secs.parse()?),
         ["udp-spray", addr, n] => udp_spray(parse_addr(addr)?, n.parse()?),
-        ["udp-flows", addr, secs] => udp_flows(parse_addr(addr)?, secs.parse()?),
+        ["udp-flows", addr, secs] => udp_flows(parse_addr(addr)?, secs.parse()?, None),
+        ["udp-flows", addr, secs, pps] => {
+            udp_flows(parse_addr(addr)?, secs.parse()?, Some(pps.parse()?))
+        }
         ["syn-flood", addr, n, rate, secs] => syn_flood(
             parse_addr(addr)?,
             n.parse()?,
@@ -360,16 +363,24 @@ fn udp_spray(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends small UDP datagrams to `addr`'s host as fast as it can for `secs` seconds (at most
-/// 60), each to the next destination port (1024..=65535, round and round) and every 256th
-/// from a new socket: a new NAT flow per datagram until the caps refuse them. Prints how many
-/// went out.
-fn udp_flows(addr: SocketAddr, secs: u64) -> anyhow::Result<()> {
+/// Sends small UDP datagrams to `addr`'s host for `secs` seconds (at most 60), as fast as it
+/// can or at `pps` datagrams a second, each to the next destination port (1024..=65535, round
+/// and round) and every 256th from a new socket: a new NAT flow per datagram until the caps
+/// refuse them. Prints how many went out.
+fn udp_flows(addr: SocketAddr, secs: u64, pps: Option<u64>) -> anyhow::Result<()> {
     let unspecified: SocketAddr = "0.0.0.0:0".parse()?;
-    let deadline = Instant::now() + Duration::from_secs(secs.min(60));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs.min(60));
     let mut s = UdpSocket::bind(unspecified)?;
     let (mut sent, mut port) = (0u64, 1024u16);
     while Instant::now() < deadline {
+        if let Some(pps) = pps.filter(|&p| p > 0) {
+            // Pace: datagram `sent` leaves no earlier than sent / pps seconds after the start.
+            let due = start + Duration::from_secs_f64(sent as f64 / pps as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         for _ in 0..256 {
             let mut to = addr;
             to.set_port(port);
