@@ -174,6 +174,15 @@ impl BridgeConfig {
             return Err(Error::Config("IPv6 port forwards without IPv6".to_owned()));
         }
         for (i, f) in self.forwards6.iter().enumerate() {
+            if let Some(g) = f.guest
+                && !self.dhcp_pool.contains(&g)
+                && self.static_guest_ip != Some(g)
+            {
+                return Err(Error::Config(format!(
+                    "IPv6 port forward {:?} {} names {g}, no guest's address",
+                    f.protocol, f.external_port
+                )));
+            }
             if self.forwards6[..i]
                 .iter()
                 .any(|o| o.protocol == f.protocol && o.external_port == f.external_port)

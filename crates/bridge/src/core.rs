@@ -153,6 +153,16 @@ impl DeviceCore {
     /// [`Error::Config`], [`Error::NatConfig`] or [`Error::NatRule`] (forwards, DNS redirect).
     pub fn new(mut config: BridgeConfig) -> Result<Self, Error> {
         config.validate()?;
+        let guest = config.static_guest_ip.unwrap_or(*config.dhcp_pool.start());
+        if let Some(g) = config
+            .forwards6
+            .iter()
+            .find_map(|f| f.guest.filter(|&g| g != guest))
+        {
+            return Err(Error::Config(format!(
+                "an IPv6 port forward names {g}, not this device's guest ({guest})"
+            )));
+        }
         let nat = network_nat(&mut config)?;
         let relay = dns_relay(&config);
         Ok(Self {
@@ -551,6 +561,11 @@ impl PortCore {
                 return Err(Error::Config(
                     "an IPv6 port forward needs IPv6 (it is off)".into(),
                 ));
+            }
+            if let Some(g) = spec.guest_addr.filter(|&g| g != to) {
+                return Err(Error::Config(format!(
+                    "the IPv6 port forward names {g}, not this device's guest ({to})"
+                )));
             }
             let f = spec.to_port_forward6();
             if !self.tx.engine.add_forward6(f, nat) {
@@ -1097,6 +1112,17 @@ fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
 }
 
 /// The TX and RX halves for the negotiated header and offloads.
+/// The IPv6 forwards for this device's guest: those naming no guest or its IPv4 address.
+fn forwards6_of_guest(config: &BridgeConfig) -> Vec<crate::PortForward6> {
+    let guest = config.static_guest_ip.unwrap_or(*config.dhcp_pool.start());
+    config
+        .forwards6
+        .iter()
+        .filter(|f| f.guest.is_none_or(|g| g == guest))
+        .copied()
+        .collect()
+}
+
 fn halves(
     config: &BridgeConfig,
     n: &Negotiated,
@@ -1113,7 +1139,7 @@ fn halves(
         max_frame,
     )
     .with_offloads(offloads, config.mtu)
-    .with_forwards6(config.forwards6.clone());
+    .with_forwards6(forwards6_of_guest(config));
     let tx = tx.with_dns_relay(relay.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
@@ -1844,6 +1870,7 @@ mod tests {
             protocol: Protocol::Tcp,
             external_port: 80,
             guest_port: 80,
+            guest: None,
         };
         let with6 = |ipv6, forwards6| BridgeConfig {
             ipv6,
@@ -1854,6 +1881,16 @@ mod tests {
         let on = Some(crate::Ipv6Config::default());
         assert!(DeviceCore::new(with6(on, vec![f6, f6])).is_err());
         assert!(DeviceCore::new(with6(on, vec![f6])).is_ok());
+        // Naming a guest: the device's own, else refused (another pool address, or none).
+        let named = |a: [u8; 4]| crate::PortForward6 {
+            guest: Some(Ipv4Addr::from(a)),
+            ..f6
+        };
+        let own = *config(Vec::new()).dhcp_pool.start();
+        assert!(DeviceCore::new(with6(on, vec![named(own.octets())])).is_ok());
+        let other = Ipv4Addr::from(u32::from(own) + 1);
+        assert!(DeviceCore::new(with6(on, vec![named(other.octets())])).is_err());
+        assert!(DeviceCore::new(with6(on, vec![named([10, 9, 9, 9])])).is_err());
     }
 
     /// A guest TCP super-frame asking for 1-byte segments (~65 000 packets on the host) is a

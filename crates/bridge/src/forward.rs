@@ -1,6 +1,6 @@
 //! [`ForwardSpec`]: a port forward as command lines write it
-//! (`tcp|udp:<external port>:[<guest IPv4>:]<guest port>` or
-//! `tcp6|udp6:<external port>:<guest port>`), shared by hostnetd and `hostnet-lab attach`.
+//! (`tcp|udp|tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>`), shared by hostnetd and
+//! `hostnet-lab attach`.
 
 use core::fmt;
 use core::net::{Ipv4Addr, SocketAddrV4};
@@ -10,16 +10,19 @@ use nat::{PortForward, Protocol};
 
 /// A port forward as written on a command line: `tcp|udp:<external port>:<guest port>` or
 /// `tcp|udp:<external port>:<guest IPv4>:<guest port>` for IPv4 (the NAT's external
-/// address), `tcp6|udp6:<external port>:<guest port>` for IPv6 (NAT66's external address);
-/// the protocol in any case, ports 1..=65535.
+/// address), `tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>` for IPv6 (NAT66's
+/// external address); the protocol in any case, ports 1..=65535.
 ///
 /// The family is explicit: `tcp:` stays IPv4 only, as it was before IPv6, so a forward never
 /// opens a guest port on a family its user did not name (a guest service reachable over IPv4
 /// is not silently exposed over IPv6 as well), and one spec names one NAT rule. A `tcp6:`
-/// forward names no guest address: the guest picks its IPv6 addresses itself (SLAAC, privacy
-/// addresses), so the bridge aims the rule at the address the gateway learned
+/// forward names no guest IPv6 address: the guest picks its IPv6 addresses itself (SLAAC,
+/// privacy addresses), so the bridge aims the rule at the address the gateway learned
 /// ([`crate::Gateway::guest_ipv6_forward_target`]: the EUI-64 SLAAC address if the guest
-/// uses it, else the first global one) and moves it when that changes.
+/// uses it, else the first global one) and moves it when that changes. With several guests
+/// on one [`crate::Network`] it names the guest by its IPv4 address
+/// (`tcp6:8080:192.168.64.3:80`: the guest holding 192.168.64.3's IPv6 address); without one
+/// every guest's port aims the rule at its own address and the one learned last has it.
 ///
 /// ```
 /// use bridge::ForwardSpec;
@@ -44,8 +47,8 @@ pub struct ForwardSpec {
     pub guest_addr: Option<Ipv4Addr>,
     /// Port in the guest.
     pub guest_port: u16,
-    /// `tcp6`/`udp6`: an IPv6 forward ([`ForwardSpec::to_port_forward6`]; `guest_addr` is
-    /// then `None`).
+    /// `tcp6`/`udp6`: an IPv6 forward ([`ForwardSpec::to_port_forward6`]; `guest_addr`
+    /// then names the guest by its IPv4 address).
     pub ipv6: bool,
 }
 
@@ -59,6 +62,9 @@ pub struct PortForward6 {
     pub external_port: u16,
     /// Port in the guest.
     pub guest_port: u16,
+    /// The guest, by its IPv4 address (several guests on one [`crate::Network`]); `None`:
+    /// the device's one guest, or on a network every port's guest (the one learned last).
+    pub guest: Option<Ipv4Addr>,
 }
 
 impl ForwardSpec {
@@ -79,6 +85,7 @@ impl ForwardSpec {
             protocol: self.protocol,
             external_port: self.external_port,
             guest_port: self.guest_port,
+            guest: self.guest_addr,
         }
     }
 }
@@ -96,19 +103,21 @@ pub enum ForwardSpecError {
     ExternalPort,
     /// The guest port is not 1..=65535.
     GuestPort,
-    /// The guest address is not an IPv4 address, or a `tcp6`/`udp6` forward names one.
+    /// The guest address is not an IPv4 address.
     GuestAddress,
 }
 
 impl fmt::Display for ForwardSpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            ForwardSpecError::Shape => "expected tcp|udp|tcp6|udp6:<external port>:<guest port>",
+            ForwardSpecError::Shape => {
+                "expected tcp|udp|tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>"
+            }
             ForwardSpecError::Protocol => "protocol must be tcp, udp, tcp6 or udp6",
             ForwardSpecError::ExternalPort => "external port must be 1..=65535",
             ForwardSpecError::GuestPort => "guest port must be 1..=65535",
             ForwardSpecError::GuestAddress => {
-                "guest address is not IPv4 (tcp6/udp6 forwards name none)"
+                "guest address is not IPv4 (tcp6/udp6 forwards name the guest by it too)"
             }
         })
     }
@@ -141,9 +150,6 @@ impl FromStr for ForwardSpec {
         } else {
             return Err(ForwardSpecError::Protocol);
         };
-        if ipv6 && addr.is_some() {
-            return Err(ForwardSpecError::GuestAddress);
-        }
         let port = |p: &str, err| match p.parse::<u16>() {
             Ok(0) | Err(_) => Err(err),
             Ok(n) => Ok(n),
@@ -189,8 +195,14 @@ mod tests {
             PortForward6 {
                 protocol: Protocol::Tcp,
                 external_port: 8080,
-                guest_port: 80
+                guest_port: 80,
+                guest: None,
             }
+        );
+        let named: ForwardSpec = "tcp6:8080:192.168.64.3:80".parse().unwrap();
+        assert_eq!(
+            named.to_port_forward6().guest,
+            Some(Ipv4Addr::new(192, 168, 64, 3))
         );
         assert!("udp6:53:5353".parse::<ForwardSpec>().unwrap().ipv6);
         assert!(!"tcp:1:2".parse::<ForwardSpec>().unwrap().ipv6);
@@ -213,7 +225,6 @@ mod tests {
             ("tcp:1:x", ForwardSpecError::GuestPort),
             ("tcp:1:notanip:2", ForwardSpecError::GuestAddress),
             ("tcp:1:fe80::1:2", ForwardSpecError::Shape),
-            ("tcp6:1:192.168.64.2:2", ForwardSpecError::GuestAddress),
             ("tcp6:1:fd64::2:2", ForwardSpecError::Shape),
             ("tcp6:0:2", ForwardSpecError::ExternalPort),
             ("tcp4:1:2", ForwardSpecError::Protocol),

@@ -256,6 +256,12 @@ impl Gateway {
         self.guest_mac
     }
 
+    /// Sets the guest's MAC (the network refused the one its last DHCP or ARP message came
+    /// from: another port's).
+    pub(crate) fn set_guest_mac(&mut self, mac: MacAddr) {
+        self.guest_mac = mac;
+    }
+
     /// The guest's DHCP lease, if bound and unexpired.
     pub fn lease(&self, now: Instant) -> Option<Ipv4Addr> {
         self.dhcp.lease_of(self.guest_mac, now)

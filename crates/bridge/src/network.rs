@@ -67,6 +67,8 @@ pub struct Network {
     /// The port to read the next host batch with (see [`Network::host_reader`]).
     reader: Option<PortId>,
     short_batch_drains: bool,
+    /// A negotiated port left: the host link's offloads are set again ([`Network::relink`]).
+    relink: bool,
 }
 
 impl Network {
@@ -97,6 +99,7 @@ impl Network {
             leases: Vec::new(),
             reader: None,
             short_batch_drains: false,
+            relink: false,
             config,
         })
     }
@@ -131,6 +134,9 @@ impl Network {
         let mut config = self.config.clone();
         config.guest_mac = mac;
         config.dhcp_pool = addr..=addr;
+        config
+            .forwards6
+            .retain(|f| f.guest.is_none_or(|g| g == addr));
         let port = match PortCore::new(config, self.relay.clone()) {
             Ok(p) => p,
             Err(e) => {
@@ -159,6 +165,7 @@ impl Network {
         };
         self.switch.detach(port);
         self.pending[i] = false;
+        self.relink |= p.negotiated.features != 0;
         if self.reader == Some(port) {
             self.reader = None;
         }
@@ -198,23 +205,41 @@ impl Network {
         let acked = p.device.ack_features(features);
         let offloads = negotiate_offloads(acked, host);
         p.use_features(acked, offloads);
-        let common = self
-            .ports
-            .iter()
-            .flatten()
-            .filter(|p| p.negotiated.features != 0)
-            .map(|p| p.negotiated.offloads.towards_guest())
-            .fold(offloads.towards_guest(), |a, b| LinkOffloads {
-                csum: a.csum && b.csum,
-                tso4: a.tso4 && b.tso4,
-                tso6: a.tso6 && b.tso6,
-            });
+        let common = self.common_offloads().unwrap_or(LinkOffloads::NONE);
         if common != offloads.towards_guest()
             && let Err(e) = host.set_offloads(common)
         {
             tracing::warn!("the host link refused the ports' common offloads: {e}");
         }
+        self.relink = false;
         acked
+    }
+
+    /// What every negotiated port takes from the host link (`None`: no port negotiated).
+    fn common_offloads(&self) -> Option<LinkOffloads> {
+        self.ports
+            .iter()
+            .flatten()
+            .filter(|p| p.negotiated.features != 0)
+            .map(|p| p.negotiated.offloads.towards_guest())
+            .reduce(|a, b| LinkOffloads {
+                csum: a.csum && b.csum,
+                tso4: a.tso4 && b.tso4,
+                tso6: a.tso6 && b.tso6,
+            })
+    }
+
+    /// After a port left, the host link gets what the remaining ports take (more, when the
+    /// one that took least is gone). Runs on the next event that has the link at hand.
+    fn relink(&mut self, host: &impl HostLink) {
+        if !core::mem::take(&mut self.relink) {
+            return;
+        }
+        if let Some(common) = self.common_offloads()
+            && let Err(e) = host.set_offloads(common)
+        {
+            tracing::warn!("the host link refused the ports' common offloads: {e}");
+        }
     }
 
     /// As [`crate::DeviceCore::prepare_queue`] for `port`.
@@ -248,9 +273,11 @@ impl Network {
         host: &impl HostLink,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
+        self.relink(host);
         let r = self.with_port(port, |p, nat, others| {
             p.on_tx_kick(nat, mem, txq, rxq, host, now, Some(others))
         })?;
+        self.follow_guest_mac(port);
         // The IPv6 addresses the guest was seen to use (its own traffic, past the gateway's
         // anti-spoofing checks): the switch delivers to them from now on.
         if let Some(Some(p)) = self.ports.get(usize::from(port.0)) {
@@ -279,6 +306,7 @@ impl Network {
         host_readable: bool,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
+        self.relink(host);
         self.with_port(port, |p, nat, others| {
             p.rx.host_pending |= host_readable;
             p.deliver(nat, mem, rxq, host, now, Some(others))
@@ -356,13 +384,15 @@ impl Network {
     }
 
     /// Adds a port forward at runtime (a control request). IPv4: to the spec's guest
-    /// address, else `default_guest`; it must be in the guest subnet. IPv6: as every port's
-    /// IPv6 forwards (NAT66 sends it to the guest whose global address the gateway learned
-    /// last), and ports attached later get it too.
+    /// address, else `default_guest`; it must be in the guest subnet. IPv6: to the global
+    /// address the gateway learned of the guest the spec names by its IPv4 address
+    /// (`tcp6:8080:192.168.64.3:80`), now or once a port with that address attaches; a spec
+    /// naming no guest is every port's (NAT66 sends to the guest learned last).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`]: the external port is forwarded already, IPv6 is off;
+    /// [`Error::Config`]: the external port is forwarded already, IPv6 is off, the named
+    /// guest address is not in the DHCP pool;
     /// [`Error::NatRule`]: the NAT refused the rule.
     pub fn add_forward(
         &mut self,
@@ -387,8 +417,23 @@ impl Network {
                     f.protocol, f.external_port
                 )));
             }
-            for p in self.ports.iter_mut().flatten() {
-                p.add_forward(spec, default_guest, &mut self.nat)?;
+            if let Some(g) = f.guest
+                && !self.config.dhcp_pool.contains(&g)
+            {
+                return Err(Error::Config(format!(
+                    "the IPv6 port forward names {g}, no guest's address"
+                )));
+            }
+            for (id, _) in self.switch.ports() {
+                let Some(to) = self.switch.ipv4_of(id) else {
+                    continue;
+                };
+                if f.guest.is_some_and(|g| g != to) {
+                    continue;
+                }
+                if let Some(Some(p)) = self.ports.get_mut(usize::from(id.0)) {
+                    p.add_forward(spec, to, &mut self.nat)?;
+                }
             }
             self.config.forwards6.push(f);
             return Ok(());
@@ -437,6 +482,39 @@ impl Network {
     /// The network's configuration (as validated).
     pub fn config(&self) -> &BridgeConfig {
         &self.config
+    }
+
+    /// A guest may use another MAC than its port's: QEMU's virtio-net takes its MAC from its
+    /// command line, not from the backend's config space. The port's gateway takes the MAC of
+    /// the guest's DHCP messages and ARP for the gateway (as one guest's does), and the port
+    /// follows: the switch delivers to that MAC and answers ARP and NS with it, and the MAC
+    /// keeps the port's address for the next time ([`Network::attach`]). Another port's MAC
+    /// is never taken: the gateway keeps the port's own, and the attempt is counted
+    /// `SpoofedMac`.
+    fn follow_guest_mac(&mut self, port: PortId) {
+        let Some(Some(p)) = self.ports.get_mut(usize::from(port.0)) else {
+            return;
+        };
+        let seen = p.tx.engine.gateway().guest_mac();
+        let old = p.config.guest_mac;
+        if seen == old {
+            return;
+        }
+        match self.switch.set_mac(port, seen) {
+            Ok(_) => {
+                p.config.guest_mac = seen;
+                if let Some(addr) = self.switch.ipv4_of(port) {
+                    self.leases.retain(|&(m, a)| m != seen && a != addr);
+                    self.leases.push((seen, addr));
+                }
+                tracing::info!(port = port.0, %old, mac = %seen, "the port follows its guest's MAC");
+            }
+            Err(e) => {
+                p.tx.engine.gateway_mut().set_guest_mac(old);
+                p.stats.drop(DropCause::SpoofedMac);
+                tracing::debug!(port = port.0, mac = %seen, "guest MAC refused: {e}");
+            }
+        }
     }
 
     /// Runs one event of `port`: its slot is taken out of the network for it, so the event
@@ -873,6 +951,94 @@ mod tests {
         );
     }
 
+    /// A guest using another MAC than its port's (a QEMU guest's own): the port follows it
+    /// once its DHCP comes from that MAC, the other guests reach it there (ARP, switched
+    /// frames), the MAC keeps the address; a guest taking another port's MAC is refused.
+    #[test]
+    fn a_port_follows_its_guests_mac_but_never_takes_another_ports() {
+        use crate::testing::{self, MockNet};
+        use ::wire::{ArpPacket, EthernetFrame};
+        let (host, _peer) = MemoryLink::pair(256).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
+        let own = mac(0x99);
+        let (a, b, c) = (
+            net.attach(mac(0x56)).unwrap(),
+            net.attach(mac(0x57)).unwrap(),
+            net.attach(mac(0x58)).unwrap(),
+        );
+        let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
+        let mems = [
+            testing::guest_memory(),
+            testing::guest_memory(),
+            testing::guest_memory(),
+        ];
+        let mut qs: Vec<MockNet<'_>> = mems.iter().map(|m| MockNet::new(m, 256)).collect();
+        let mut queues: Vec<_> = qs.iter_mut().map(|q| q.queues(false)).collect();
+        for (i, port) in [a, b, c].into_iter().enumerate() {
+            assert_eq!(net.ack_features(port, FEATURES, &host), FEATURES);
+            for _ in 0..8 {
+                qs[i].post_rx(&[2048]);
+            }
+        }
+        let kick =
+            |net: &mut Network, qs: &mut [MockNet<'_>], queues: &mut [_], i: usize, f: &[u8]| {
+                let port = [a, b, c][i];
+                qs[i].send_frame(HDR, f, &[]);
+                let (rx, tx) = &mut queues[i];
+                net.on_tx_kick(port, &mems[i], tx, Some(rx), &host, NOW)
+                    .unwrap();
+                net.on_rx_ready(port, &mems[i], rx, &host, false, NOW)
+                    .unwrap();
+            };
+        let mut scratch = Vec::new();
+        for f in dhcp(own, ia) {
+            kick(&mut net, &mut qs, &mut queues, 0, &f);
+        }
+        assert_eq!(net.switch().mac_of(a), Some(own));
+        assert_eq!(net.gateway(a).map(crate::Gateway::guest_mac), Some(own));
+        while qs[0].rx_frame(HDR, &mut scratch).is_some() {}
+        for f in dhcp(mac(0x57), ib) {
+            kick(&mut net, &mut qs, &mut queues, 1, &f);
+        }
+        while qs[1].rx_frame(HDR, &mut scratch).is_some() {}
+        // b asks for a: answered with the MAC a's guest uses; b's frame reaches a there.
+        kick(
+            &mut net,
+            &mut qs,
+            &mut queues,
+            1,
+            &testing::arp_request(mac(0x57), ib, ia),
+        );
+        let (_, reply) = qs[1].rx_frame(HDR, &mut scratch).expect("an ARP reply");
+        let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+        let arp = ArpPacket::new_checked(eth.payload()).unwrap();
+        assert_eq!(arp.sender_hardware_addr(), own);
+        let mut f = testing::udp_frame(mac(0x57), ib, 5000, ia, 6000, b"to a");
+        f[..6].copy_from_slice(&own.0);
+        kick(&mut net, &mut qs, &mut queues, 1, &f);
+        let (rx, _) = &mut queues[0];
+        net.on_rx_ready(a, &mems[0], rx, &host, false, NOW).unwrap();
+        let (_, got) = qs[0].rx_frame(HDR, &mut scratch).expect("b's frame at a");
+        assert_eq!(&got[..6], &own.0[..]);
+        assert_eq!(&got[got.len() - 4..], b"to a");
+        // c's guest claims b's MAC: refused, c keeps its own, counted.
+        let ic = net.address_of(c).unwrap();
+        for f in dhcp(mac(0x57), ic) {
+            kick(&mut net, &mut qs, &mut queues, 2, &f);
+        }
+        assert_eq!(net.switch().mac_of(c), Some(mac(0x58)));
+        assert_eq!(net.switch().mac_of(b), Some(mac(0x57)));
+        assert_eq!(
+            net.gateway(c).map(crate::Gateway::guest_mac),
+            Some(mac(0x58))
+        );
+        assert!(net.stats(c).unwrap().drops_of(DropCause::SpoofedMac) >= 1);
+        // The guest's MAC keeps its address: a port attached with it later gets a's.
+        assert!(net.detach(a));
+        let again = net.attach(own).unwrap();
+        assert_eq!(net.address_of(again), Some(ia));
+    }
+
     /// The host link carries what every port takes: a guest without offloads next to one
     /// with them turns the link's off; alone, the one with them gets them.
     #[test]
@@ -893,6 +1059,14 @@ mod tests {
         // a negotiates again (a driver reset): still what b takes.
         net.ack_features(a, OFFERED_FEATURES | OFFLOAD_FEATURES, &host);
         assert_eq!(host.offloads(), LinkOffloads::NONE);
+        // b leaves: with the next event the link carries what a takes again.
+        assert!(net.detach(b));
+        let mem = crate::testing::guest_memory();
+        let q = crate::testing::MockNet::new(&mem, 16);
+        let (mut rx, _) = q.queues(false);
+        net.on_rx_ready(a, &mem, &mut rx, &host, false, NOW)
+            .unwrap();
+        assert_eq!(host.offloads(), all);
     }
 
     #[test]

@@ -182,6 +182,35 @@ impl Switch {
         })
     }
 
+    /// Gives `port` the MAC `mac` (its guest uses another than the one it was attached
+    /// with); `Ok(false)` if `port` is not attached.
+    ///
+    /// # Errors
+    ///
+    /// [`SwitchError::MacInUse`]: another port has `mac`; [`SwitchError::MulticastMac`].
+    pub fn set_mac(&mut self, port: PortId, mac: MacAddr) -> Result<bool, SwitchError> {
+        if mac.is_multicast() {
+            return Err(SwitchError::MulticastMac);
+        }
+        match self.by_mac.get(&mac) {
+            Some(&p) if p == port => return Ok(true),
+            Some(&p) => return Err(SwitchError::MacInUse(p)),
+            None => {}
+        }
+        let Some(state) = self
+            .ports
+            .get_mut(usize::from(port.0))
+            .and_then(Option::as_mut)
+        else {
+            return Ok(false);
+        };
+        self.by_mac.remove(&state.mac);
+        state.mac = mac;
+        self.by_mac.insert(mac, port);
+        self.generation += 1;
+        Ok(true)
+    }
+
     /// Sets (`Some`) or clears `port`'s IPv4 address (its DHCP lease or static address).
     pub fn set_ipv4(&mut self, port: PortId, addr: Option<Ipv4Addr>) -> Claim {
         if let Some(a) = addr

@@ -590,8 +590,9 @@ fn add_rule(
 }
 
 /// Parses `tcp|udp:<external port>:<guest port>`, `tcp|udp:<external port>:<guest ip>:<guest port>`
-/// or `tcp6|udp6:<external port>:<guest port>` ([`bridge::ForwardSpec`]); without a guest address
-/// an IPv4 rule targets the first DHCP address.
+/// or `tcp6|udp6:<external port>:[<guest ip>:]<guest port>` ([`bridge::ForwardSpec`]); without
+/// a guest address an IPv4 rule targets the first DHCP address, an IPv6 one every guest's learned
+/// address (the last learned has it); with one, the guest holding that IPv4 address.
 fn parse_forward_spec(s: &str) -> Result<ForwardSpec, ArgError> {
     s.parse::<ForwardSpec>()
         .map_err(|e| ArgError(format!("bad --forward {s:?}: {e}")))
@@ -998,7 +999,8 @@ mod tests {
             [bridge::PortForward6 {
                 protocol: Protocol::Tcp,
                 external_port: 8080,
-                guest_port: 80
+                guest_port: 80,
+                guest: None,
             }]
         );
         for bad in [
@@ -1011,10 +1013,15 @@ mod tests {
                 "--forward",
                 "udp6:1:3",
             ],
-            &["--socket", "s", "--forward", "tcp6:1:192.168.64.2:3"],
+            &["--socket", "s", "--forward", "tcp6:1:fd64::2:3"],
         ] {
             assert!(serve(bad).is_err(), "{bad:?}");
         }
+        let named = serve(&["--socket", "s", "--forward", "tcp6:1:192.168.64.3:3"]).unwrap();
+        assert_eq!(
+            named.forwards6[0].guest,
+            Some(std::net::Ipv4Addr::new(192, 168, 64, 3))
+        );
     }
 
     #[test]

@@ -341,14 +341,15 @@ fn hostnetd_serves_a_second_guest_after_the_first_disconnects() -> Result<()> {
     Ok(())
 }
 
-/// Two real guests on one hostnetd at once (issue 14), each QEMU with the MAC of its port
-/// (QEMU's virtio-net takes its MAC from `-device ...,mac=`, not from the backend; hostnetd's
-/// ports have `--mac` plus their index, and the bridge switches between guests only frames
-/// from the port's MAC): the first (port 0) gets 192.168.64.2 and waits for a TCP upload; the
-/// second (port 1) gets 192.168.64.3, pings the first, fetches the blob from S (SHA-256 checked
-/// in the guest) and sends the first 4 MiB (the SHA-256 each side computed must match), then
-/// waits for the first's; the first pings the second, fetches the blob too and sends the
-/// second 4 MiB.
+/// Two real guests on one hostnetd at once (issue 14). QEMU's virtio-net takes its MAC from
+/// `-device ...,mac=`, not from the backend, and each is given the MAC of the other's port
+/// (hostnetd's ports have `--mac` plus their index): the first (port 0) uses :57, which the
+/// second port would have had, and the second uses :56, port 0's, which the first left. Each
+/// port follows its guest's MAC and the second port takes one nobody uses. The first gets
+/// 192.168.64.2 and waits for a TCP upload; the second gets 192.168.64.3, pings the first,
+/// fetches the blob from S (SHA-256 checked in the guest) and sends the first 4 MiB (the
+/// SHA-256 each side computed must match), then waits for the first's; the first pings the
+/// second, fetches the blob too and sends the second 4 MiB.
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn two_guests_on_one_hostnetd_reach_each_other_and_the_server() -> Result<()> {
@@ -371,7 +372,7 @@ fn two_guests_on_one_hostnetd_reach_each_other_and_the_server() -> Result<()> {
     let mut first = Guest::boot(
         &world.host,
         &image,
-        &with_mac("52:54:00:12:34:56"),
+        &with_mac("52:54:00:12:34:57"),
         &format!(
             "dhcp,sink:{GUEST_LISTEN_PORT},ping:192.168.64.3,{http},upload:192.168.64.3:{BACK_PORT}:{PAIR_UPLOAD}"
         ),
@@ -383,7 +384,7 @@ fn two_guests_on_one_hostnetd_reach_each_other_and_the_server() -> Result<()> {
     let mut second = Guest::boot(
         &world.host,
         &image,
-        &with_mac("52:54:00:12:34:57"),
+        &with_mac("52:54:00:12:34:56"),
         &format!(
             "dhcp,ping:192.168.64.2,{http},upload:192.168.64.2:{GUEST_LISTEN_PORT}:{PAIR_UPLOAD},sink:{BACK_PORT}"
         ),

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
-//!                    [--forward tcp|udp|tcp6|udp6:<external port>:<guest port>]... [--dns-upstream <addr[:port]|[v6]:port>]
+//!                    [--forward tcp|udp|tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>]... [--dns-upstream <addr[:port]|[v6]:port>]
 //!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
 //!                    [--no-ipv6] [--vhost-user SOCKET]
 //! ```
@@ -396,7 +396,7 @@ hostnet-lab: run hostnet's bridge for a simulated virtio-net guest between netwo
 
 USAGE:
     hostnet-lab attach --guest-netns <G> [--guest-netns <G2>]... [--host-netns <H>] [--mtu N]
-                       [--forward tcp|udp|tcp6|udp6:<external port>:<guest port>]...
+                       [--forward tcp|udp|tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>]...
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
                        [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
@@ -425,7 +425,9 @@ OPTIONS:
                              the guest is 192.168.64.2 (its first lease) unless P:E:<addr>:G;
                              tcp6|udp6:E:G forwards E on NAT66's external address to the
                              guest's global IPv6 address the gateway learned (its EUI-64 SLAAC
-                             address if it uses it, else its first); tcp/udp are IPv4 only
+                             address if it uses it, else its first; with several guests
+                             tcp6:E:<addr>:G names the guest by its IPv4 address); tcp/udp
+                             are IPv4 only
     --dns-upstream <A[:p]>   upstream of the gateway's DNS forwarder, IPv4 (A or A:port) or
                              IPv6 (V6 or [V6]:port), for queries to 192.168.64.1 and fd64::1
                              (default: the first non-loopback IPv4 nameserver of

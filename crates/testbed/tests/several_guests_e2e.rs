@@ -482,6 +482,8 @@ fn port_forwards_name_their_guest_and_hairpin_between_guests() {
             "tcp:8080:192.168.64.3:80",
             "--forward",
             "udp:8081:192.168.64.4:81",
+            "--forward",
+            "tcp6:8082:192.168.64.3:82",
         ],
     );
     let external = lab.attach().external;
@@ -500,11 +502,17 @@ fn port_forwards_name_their_guest_and_hairpin_between_guests() {
     let _s2 = peer_serve(&g2, format!("{}:80", leases[1].ip));
     let _s3 = peer_serve(&g3, format!("{}:81", leases[2].ip));
     // From the server: each forward reaches its own guest, which sees the real client.
+    // Port 0: the IPv6 forward, on NAT66's external address.
     let ask = |ns: &Netns, proto: &str, port: u16| {
+        let to = if port == 0 {
+            "[fd64:ffff::2]:8082".to_owned()
+        } else {
+            format!("{external}:{port}")
+        };
         let out = ns
             .command("timeout")
             .args(["-k", "2", "15", helper(), "peer-ask", proto])
-            .arg(format!("{external}:{port}"))
+            .arg(to)
             .arg("5")
             .stdin(Stdio::null())
             .output()
@@ -525,6 +533,16 @@ fn port_forwards_name_their_guest_and_hairpin_between_guests() {
     assert!(out.contains(&format!("peer={external}:")), "{out}");
     let out = ask(lab.ns(Ns::G), "udp", 8081);
     assert!(out.contains(&format!("peer={external}:")), "{out}");
+    // IPv6: the forward names guest 2 by its IPv4 address and goes to guest 2's IPv6
+    // address, although guest 1's was learned after it (unnamed, the last learned has it).
+    let _s6 = peer_serve(&g2, "[::]:82".to_owned());
+    for ns in [&g2, lab.ns(Ns::G)] {
+        let a = slaac(ns);
+        let out = ping(ns, "fd64::1".parse::<Ipv6Addr>().expect("addr"), 1);
+        assert!(out.contains("1 received"), "{} ({a}): {out}", ns.name());
+    }
+    let out = ask(lab.ns(Ns::S), "tcp", 0);
+    assert!(out.contains("peer=[2001:db8::"), "{out}");
     assert!(lab.attach_alive(), "attach died");
     drop(lab.take_attach());
 }

@@ -250,8 +250,9 @@ impl Control {
                 )
             })
             .chain(c.forwards6.iter().map(|f| {
+                let guest = f.guest.map(|g| format!("{g}:")).unwrap_or_default();
                 format!(
-                    "{}:{}:{}",
+                    "{}:{}:{guest}{}",
                     proto(f.protocol, true),
                     f.external_port,
                     f.guest_port

@@ -61,8 +61,10 @@ impl Shared {
     }
 
     /// Attaches a port for a new frontend: the lowest free index `i`, the MAC `--mac` plus
-    /// `i` (its IPv4 address: the one that MAC had before, else the first free one). `wake`
-    /// is signalled when other ports leave frames in its inbox.
+    /// `i` (its IPv4 address: the one that MAC had before, else the first free one), or when
+    /// another port's guest uses that MAC (a port follows its guest's MAC) the next one past
+    /// `--mac` plus `--max-guests` that none uses. `wake` is signalled when other ports leave
+    /// frames in its inbox.
     ///
     /// # Errors
     /// Every port is in use.
@@ -70,7 +72,11 @@ impl Shared {
         let index = (0..self.max_ports)
             .find(|&i| self.wakers[i].is_none())
             .context("every guest port is in use")?;
-        let mac = mac_plus(self.base_mac, index);
+        let mac = std::iter::once(index)
+            .chain(self.max_ports..self.max_ports * 2 + 1)
+            .map(|i| mac_plus(self.base_mac, i))
+            .find(|&m| self.net.switch().port_by_mac(m).is_none())
+            .context("no free MAC for a guest port")?;
         let port = self.net.attach(mac)?;
         self.set_waker(port, Some(wake));
         Ok((port, mac))
@@ -82,10 +88,11 @@ impl Shared {
         self.set_waker(port, None);
     }
 
-    /// A device reset: the port starts over (same MAC, so the same address; possibly
-    /// another index).
+    /// A device reset: the port starts over (the MAC its guest used, else `mac`, so the same
+    /// address; possibly another index).
     pub(crate) fn reattach(&mut self, port: PortId, mac: MacAddr) -> Result<PortId> {
         let wake = self.wakers.get(usize::from(port.0)).cloned().flatten();
+        let mac = self.net.switch().mac_of(port).unwrap_or(mac);
         self.detach(port);
         let new = self.net.attach(mac)?;
         self.set_waker(new, wake);
