@@ -69,6 +69,8 @@ pub struct Network {
     short_batch_drains: bool,
     /// A negotiated port left: the host link's offloads are set again ([`Network::relink`]).
     relink: bool,
+    /// See [`Network::set_guest_multicast`].
+    guest_multicast: bool,
 }
 
 impl Network {
@@ -100,6 +102,7 @@ impl Network {
             reader: None,
             short_batch_drains: false,
             relink: false,
+            guest_multicast: false,
             config,
         })
     }
@@ -112,6 +115,16 @@ impl Network {
             p.rx.short_batch_drains = on;
         }
         self
+    }
+
+    /// With `true`, IPv4 broadcast and multicast and IPv6 multicast from a guest that the
+    /// gateway does not serve (mDNS, SSDP, a subnet broadcast, an echo to a group) go to every
+    /// other guest, with their group MAC, after the sender's anti-spoofing checks; IGMP, MLD
+    /// and Neighbor Discovery stay the gateway's. Default `false`: dropped and counted
+    /// (`NotRoutable`, `Ipv6Ignored`), as a cloud network does. Takes effect with the next
+    /// event.
+    pub fn set_guest_multicast(&mut self, on: bool) {
+        self.guest_multicast = on;
     }
 
     /// Attaches a guest with `mac` as a new port (the lowest free index) and gives it its
@@ -532,6 +545,7 @@ impl Network {
             .ok_or_else(|| not_attached(port))?;
         let mut others = Others {
             switch: &self.switch,
+            flood: self.guest_multicast,
             me: port,
             ports: &mut self.ports,
             pending: &mut self.pending,
@@ -582,6 +596,8 @@ impl Network {
 #[derive(Debug)]
 pub(crate) struct Others<'a> {
     switch: &'a Switch,
+    /// Broadcast and multicast between guests ([`Network::set_guest_multicast`]).
+    flood: bool,
     me: PortId,
     ports: &'a mut [Option<PortCore>],
     pending: &'a mut [bool],
@@ -594,6 +610,7 @@ impl<'a> Others<'a> {
         SwitchView {
             switch: self.switch,
             port: self.me,
+            flood: self.flood,
         }
     }
 
@@ -689,7 +706,10 @@ impl<'a> Others<'a> {
         let buf = inbox.next_buf().ok_or(DropCause::LocalQueueFull)?;
         let copy = buf.get_mut(..frame.len()).ok_or(DropCause::TooBig)?;
         copy.copy_from_slice(frame);
-        copy[..6].copy_from_slice(&mac.0);
+        // A group destination (a flooded broadcast or multicast) stays as it is.
+        if copy[0] & 1 == 0 {
+            copy[..6].copy_from_slice(&mac.0);
+        }
         if let Some(s) = src {
             copy[6..12].copy_from_slice(&s.0);
         }
@@ -1037,6 +1057,93 @@ mod tests {
         assert!(net.detach(a));
         let again = net.attach(own).unwrap();
         assert_eq!(net.address_of(again), Some(ia));
+    }
+
+    /// Broadcast and multicast between guests: dropped and counted by default; with
+    /// `set_guest_multicast`, copied to every other guest with the group MAC, IGMP not.
+    #[test]
+    fn group_frames_reach_the_other_guests_only_when_the_network_floods() {
+        use crate::testing::{self, MockNet};
+        for flood in [false, true] {
+            let (host, peer) = MemoryLink::pair(256).unwrap();
+            let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
+            net.set_guest_multicast(flood);
+            let ports = [
+                net.attach(mac(0x56)).unwrap(),
+                net.attach(mac(0x57)).unwrap(),
+                net.attach(mac(0x58)).unwrap(),
+            ];
+            let ia = net.address_of(ports[0]).unwrap();
+            let mems = [
+                testing::guest_memory(),
+                testing::guest_memory(),
+                testing::guest_memory(),
+            ];
+            let mut qs: Vec<MockNet<'_>> = mems.iter().map(|m| MockNet::new(m, 256)).collect();
+            let mut queues: Vec<_> = qs.iter_mut().map(|q| q.queues(false)).collect();
+            for (i, &port) in ports.iter().enumerate() {
+                assert_eq!(net.ack_features(port, FEATURES, &host), FEATURES);
+                for _ in 0..8 {
+                    qs[i].post_rx(&[2048]);
+                }
+            }
+            let mut scratch = Vec::new();
+            for f in dhcp(mac(0x56), ia) {
+                qs[0].send_frame(HDR, &f, &[]);
+            }
+            let group = MacAddr([0x01, 0, 0x5e, 0, 0, 0xfb]);
+            let mut mdns =
+                testing::udp_frame(mac(0x56), ia, 5353, ip("224.0.0.251"), 5353, b"mdns");
+            mdns[..6].copy_from_slice(&group.0);
+            let mut bcast = testing::udp_frame(mac(0x56), ia, 9, ip("192.168.64.255"), 9, b"bcast");
+            bcast[..6].copy_from_slice(&[0xff; 6]);
+            // The same datagram as IGMP (protocol 2, header checksum fixed): never flooded.
+            let mut igmp = mdns.clone();
+            igmp[ETH_HLEN + 9] = 2;
+            let mut h = ::wire::Ipv4Packet::new_unchecked(&mut igmp[ETH_HLEN..]);
+            h.fill_checksum();
+            // mDNS over IPv6 from the guest's link-local address.
+            let ll: core::net::Ipv6Addr = "fe80::5054:ff:fe12:3456".parse().unwrap();
+            let group6 = MacAddr([0x33, 0x33, 0, 0, 0, 0xfb]);
+            let mdns6 = testing::udp6_frame(
+                (mac(0x56), group6),
+                (ll, 5353),
+                ("ff02::fb".parse().unwrap(), 5353),
+                b"mdn6",
+            );
+            for f in [&mdns, &bcast, &igmp, &mdns6] {
+                qs[0].send_frame(HDR, f, &[]);
+            }
+            let (rx, tx) = &mut queues[0];
+            net.on_tx_kick(ports[0], &mems[0], tx, Some(rx), &host, NOW)
+                .unwrap();
+            for (i, &port) in ports.iter().enumerate().skip(1) {
+                let (rx, _) = &mut queues[i];
+                net.on_rx_ready(port, &mems[i], rx, &host, false, NOW)
+                    .unwrap();
+                let mut got = Vec::new();
+                while let Some((_, f)) = qs[i].rx_frame(HDR, &mut scratch) {
+                    got.push(f);
+                }
+                if flood {
+                    assert_eq!(got.len(), 3, "port {i}");
+                    assert_eq!(&got[0][..6], &group.0[..]);
+                    assert_eq!(&got[0][got[0].len() - 4..], b"mdns");
+                    assert_eq!(&got[1][..6], &[0xff; 6][..]);
+                    assert_eq!(&got[2][..6], &group6.0[..]);
+                    assert_eq!(&got[2][got[2].len() - 4..], b"mdn6");
+                } else {
+                    assert!(got.is_empty(), "port {i}: {} frames", got.len());
+                }
+            }
+            let sa = net.stats(ports[0]).unwrap();
+            assert_eq!(sa.switched, if flood { 6 } else { 0 });
+            let dropped = sa.drops_of(DropCause::NotRoutable);
+            assert_eq!(dropped, if flood { 1 } else { 3 }, "flood {flood}");
+            let ignored = sa.drops_of(DropCause::Ipv6Ignored);
+            assert_eq!(ignored, if flood { 0 } else { 1 }, "flood {flood}");
+            assert!(peer.recv().is_none(), "nothing reached the host");
+        }
     }
 
     /// The host link carries what every port takes: a guest without offloads next to one

@@ -22,7 +22,7 @@ use crate::stats::{DropCause, Stats};
 use crate::switch::{Decision, PortId, Switch};
 use crate::tx_queue::{TxOutcome, TxQueue};
 use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, set_ethertype_for_ip};
-use ::wire::{EthernetFrame, Ipv4Packet, Ipv6Packet};
+use ::wire::{EthernetFrame, Ipv4Packet, Ipv6Packet, icmpv6, ip_proto};
 
 /// The TX side for one device: [`TxEngine::pull`], then [`TxEngine::translate`] (under the
 /// NAT lock), then [`TxEngine::push`].
@@ -62,6 +62,8 @@ pub(crate) struct SwitchView<'a> {
     pub(crate) switch: &'a Switch,
     /// The sending port.
     pub(crate) port: PortId,
+    /// Broadcast and multicast go to the other ports ([`crate::Network::set_guest_multicast`]).
+    pub(crate) flood: bool,
 }
 
 impl SwitchView<'_> {
@@ -308,7 +310,29 @@ impl TxEngine {
                         }
                         _ => None,
                     };
-                    answer.map_or(a, |len| TxAction::Reply { len })
+                    match (answer, view) {
+                        (Some(len), _) => TxAction::Reply { len },
+                        // Broadcast or multicast the gateway does not serve: to every other
+                        // guest, when the network floods (its source checks passed).
+                        (None, Some(v))
+                            if v.flood
+                                && matches!(
+                                    a,
+                                    TxAction::Drop(DropCause::NotRoutable | DropCause::Ipv6Ignored)
+                                )
+                                && floodable(frame) =>
+                        {
+                            let me = v.port;
+                            self.switched.extend(
+                                v.switch
+                                    .ports()
+                                    .filter(|&(q, _)| q != me)
+                                    .map(|(q, _)| (i, q)),
+                            );
+                            TxAction::Consumed
+                        }
+                        (None, _) => a,
+                    }
                 }
                 (Decision::Gateway, None, _) => TxAction::Drop(DropCause::LocalQueueFull),
             };
@@ -678,6 +702,34 @@ fn may_switch(
             }
         }
         _ => Err(DropCause::NotRoutable),
+    }
+}
+
+/// Whether a guest's `frame` to a group is one the switch may flood: its destination MAC
+/// is a group's, and it is IPv4 other than IGMP, or IPv6 UDP or an ICMPv6 echo (Neighbor
+/// Discovery and MLD are the gateway's; extension headers are not walked).
+fn floodable(frame: &[u8]) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if !eth.dst_addr().is_multicast() {
+        return false;
+    }
+    match eth.ethertype() {
+        ETHERTYPE_IPV4 => {
+            Ipv4Packet::new_checked(eth.payload()).is_ok_and(|ip| ip.protocol() != ip_proto::IGMP)
+        }
+        ETHERTYPE_IPV6 => {
+            Ipv6Packet::new_checked(eth.payload()).is_ok_and(|ip| match ip.next_header() {
+                ip_proto::UDP => true,
+                ip_proto::ICMPV6 => ip
+                    .payload()
+                    .first()
+                    .is_some_and(|&t| t == icmpv6::ECHO_REQUEST || t == icmpv6::ECHO_REPLY),
+                _ => false,
+            })
+        }
+        _ => false,
     }
 }
 

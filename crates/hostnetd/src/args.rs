@@ -83,6 +83,9 @@ pub(crate) struct Args {
     /// `--host-setup`: enable forwarding and masquerade the external address(es) in this
     /// namespace for the daemon's lifetime (IPv6 too unless `--no-ipv6`).
     pub(crate) host_setup: bool,
+    /// `--guest-multicast`: broadcast and multicast between guests
+    /// (`bridge::Network::set_guest_multicast`).
+    pub(crate) guest_multicast: bool,
     /// The control socket (`--control`; default: the socket's path plus `.ctl`).
     pub(crate) control: PathBuf,
     /// `control` was not given: a control socket that cannot be made is a warning, not an
@@ -227,6 +230,8 @@ pub(crate) struct Settings {
     log_format: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_guests: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guest_multicast: Option<bool>,
 }
 
 /// `socket-mode` in a file: `"0660"` (as on the command line) or a TOML integer (`0o660`).
@@ -265,6 +270,7 @@ impl Settings {
             metrics: self.metrics.or(file.metrics),
             log_format: self.log_format.or(file.log_format),
             max_guests: self.max_guests.or(file.max_guests),
+            guest_multicast: self.guest_multicast.or(file.guest_multicast),
         }
     }
 
@@ -424,6 +430,7 @@ impl Settings {
             metrics,
             log_json,
             max_guests,
+            guest_multicast: self.guest_multicast.unwrap_or(false),
         })
     }
 
@@ -460,6 +467,7 @@ impl Settings {
             metrics: a.metrics.map(|m| m.to_string()),
             log_format: Some(if a.log_json { "json" } else { "text" }.to_owned()),
             max_guests: u32::try_from(a.max_guests).ok(),
+            guest_multicast: Some(a.guest_multicast),
         };
         toml::to_string(&full).map_err(|e| ArgError(format!("printing the configuration: {e}")))
     }
@@ -488,7 +496,7 @@ fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgErro
         match key {
             "-h" | "--help" => return Ok(None),
             "--no-offload" | "--no-ipv6" | "--no-sandbox" | "--sandbox-selftest"
-            | "--host-setup" | "--print-config" => {
+            | "--host-setup" | "--guest-multicast" | "--print-config" => {
                 if inline.is_some() {
                     return Err(ArgError(format!("{key} takes no value")));
                 }
@@ -497,6 +505,7 @@ fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgErro
                     "--no-ipv6" => set_once(&mut s.ipv6, key, false)?,
                     "--no-sandbox" => set_once(&mut s.sandbox, key, false)?,
                     "--host-setup" => set_once(&mut s.host_setup, key, true)?,
+                    "--guest-multicast" => set_once(&mut s.guest_multicast, key, true)?,
                     "--sandbox-selftest" => set_once(&mut s.sandbox_selftest, key, true)?,
                     _ if cl.print_config => return Err(ArgError(format!("{key} given twice"))),
                     _ => cl.print_config = true,
@@ -666,7 +675,7 @@ USAGE:
              [--tun-addr A] [--external-addr B] [--no-ipv6]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
              [--host-setup] [--control PATH] [--metrics ADDR] [--log-format text|json]
-             [--max-guests N] [--config FILE] [--print-config]
+             [--max-guests N] [--guest-multicast] [--config FILE] [--print-config]
     hostnetd ctl [--control PATH | --socket PATH] [--json] COMMAND   (hostnetd ctl --help)
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
@@ -765,6 +774,9 @@ OPTIONS:
                              (ip:port) in the network namespace hostnetd runs in
     --log-format <F>         text (default) or json: one JSON object per log line
     --max-guests <N>         frontends served at once, 1..=253 (default 8); more are refused
+    --guest-multicast        guests' broadcast and multicast that the gateway does not serve
+                             (mDNS, SSDP, subnet broadcasts, IPv6 UDP to a group) go to every
+                             other guest (default: dropped and counted)
     --config <FILE>          read settings from a TOML file: the long options' names are its keys
                              (socket = \"/run/hn.sock\", mtu = 1500, forward = [\"tcp:8022:22\"],
                              deny = [...], allow = [...], offload = false for --no-offload,
@@ -1079,6 +1091,24 @@ mod tests {
     #[test]
     fn upstream_port_defaults_to_53() {
         assert_eq!(parse_upstream("1.2.3.4"), Ok("1.2.3.4:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn guest_multicast_is_off_by_default_and_set_by_flag_or_file() {
+        assert!(!serve(&["--socket", "/s"]).unwrap().guest_multicast);
+        assert!(
+            serve(&["--socket", "/s", "--guest-multicast"])
+                .unwrap()
+                .guest_multicast
+        );
+        assert!(serve(&["--socket", "/s", "--guest-multicast=1"]).is_err());
+        let dir = std::env::temp_dir().join(format!("hostnetd-gm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "socket = \"/s\"\nguest-multicast = true\n").unwrap();
+        let a = serve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert!(a.guest_multicast);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub mod ip_proto {
     pub const HOP_BY_HOP: u8 = 0;
     /// ICMP (IPv4).
     pub const ICMP: u8 = 1;
+    /// IGMP.
+    pub const IGMP: u8 = 2;
     /// TCP.
     pub const TCP: u8 = 6;
     /// UDP.

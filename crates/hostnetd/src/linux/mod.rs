@@ -138,8 +138,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         })
         .transpose()?;
     // One network for every connection: its NAT and leases outlive them.
-    let net: network::SharedNet =
-        Arc::new(Mutex::new(network::Shared::new(&config, args.max_guests)?));
+    let mut shared = network::Shared::new(&config, args.max_guests)?;
+    shared.net.set_guest_multicast(args.guest_multicast);
+    let net: network::SharedNet = Arc::new(Mutex::new(shared));
     let control = Arc::new(control::Control::new(
         config.clone(),
         net.clone(),
