@@ -21,17 +21,13 @@ use bridge::{
 };
 use libfuzzer_sys::fuzz_target;
 use nat::{Nat, NatConfig};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const QSIZE: u16 = 16;
+#[path = "common/rings.rs"]
+mod rings;
+use rings::{QSIZE, RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED, queue};
+
 const MEM: usize = 0x1_0000;
-const TX_DESC: u64 = 0x0;
-const TX_AVAIL: u64 = 0x1000;
-const TX_USED: u64 = 0x2000;
-const RX_DESC: u64 = 0x3000;
-const RX_AVAIL: u64 = 0x4000;
-const RX_USED: u64 = 0x5000;
 const DATA: u64 = 0x8000;
 const TABLE: usize = 16 * QSIZE as usize;
 const RING: usize = 2 + 2 * QSIZE as usize;
@@ -173,17 +169,6 @@ fn write_table(mem: &GuestMemoryMmap, at: u64, raw: &[u8]) {
 fn write_ring(mem: &GuestMemoryMmap, at: u64, raw: &[u8]) {
     let _ = mem.write_slice(&[0, 0], GuestAddress(at));
     let _ = mem.write_slice(raw, GuestAddress(at + 2));
-}
-
-fn queue(desc: u64, avail: u64, used: u64, event_idx: bool) -> Option<Queue> {
-    let mut q = Queue::new(QSIZE).ok()?;
-    q.set_size(QSIZE);
-    q.try_set_desc_table_address(GuestAddress(desc)).ok()?;
-    q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
-    q.try_set_used_ring_address(GuestAddress(used)).ok()?;
-    q.set_ready(true);
-    q.set_event_idx(event_idx);
-    Some(q)
 }
 
 fn gateway() -> Gateway {

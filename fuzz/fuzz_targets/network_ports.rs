@@ -3,7 +3,8 @@
 //! the gateway's or broadcast, IPv4 or IPv6 from the sender's own address or the other's, to
 //! the other's or elsewhere, ARP for the other guest, a Neighbor Solicitation for it), a
 //! packet from the host link, a delivery to both guests, or the second guest leaving and
-//! coming back. Both guests lease their address first (DHCP). Never a panic; every TX chain
+//! coming back. Both guests lease their address first (DHCP); with the first record's top bit
+//! the network floods broadcast and multicast between them. Never a panic; every TX chain
 //! is returned; no frame for one guest's MAC is ever delivered to the other.
 //!
 //! Input: a sequence of `[kind, len_hi, len_lo, bytes[len]...]` records.
@@ -13,17 +14,14 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 
 use bridge::{BridgeConfig, HostLink, MacAddr, MemoryLink, Network, OFFERED_FEATURES, PortId};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const QSIZE: u16 = 16;
+#[path = "common/rings.rs"]
+mod rings;
+use rings::{QSIZE, RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED};
+
 const MEM: usize = 0x10_0000;
-const TX_DESC: u64 = 0x0;
-const TX_AVAIL: u64 = 0x1000;
-const TX_USED: u64 = 0x2000;
-const RX_DESC: u64 = 0x3000;
-const RX_AVAIL: u64 = 0x4000;
-const RX_USED: u64 = 0x5000;
 const TX_DATA: u64 = 0x1_0000;
 const RX_DATA: u64 = 0x8_0000;
 const SLOT: u64 = 0x4000;
@@ -55,6 +53,8 @@ fuzz_target!(|input: &[u8]| {
     let Ok(mut net) = Network::new(BridgeConfig::default(), 2) else {
         return;
     };
+    // The first record's top bit: broadcast and multicast go to the other guest too.
+    net.set_guest_multicast(input.first().is_some_and(|k| k & 0x80 != 0));
     let mut guests = Vec::new();
     for mac in MACS {
         let Some(g) = attach(&mut net, mac, &host) else {
@@ -337,11 +337,5 @@ fn used_idx(mem: &GuestMemoryMmap, ring: u64) -> u16 {
 }
 
 fn queue(desc: u64, avail: u64, used: u64) -> Option<Queue> {
-    let mut q = Queue::new(QSIZE).ok()?;
-    q.set_size(QSIZE);
-    q.try_set_desc_table_address(GuestAddress(desc)).ok()?;
-    q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
-    q.try_set_used_ring_address(GuestAddress(used)).ok()?;
-    q.set_ready(true);
-    Some(q)
+    rings::queue(desc, avail, used, false)
 }
