@@ -25,7 +25,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 #[path = "common/rings.rs"]
 mod rings;
-use rings::{QSIZE, RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED, queue};
+use rings::{
+    QSIZE, RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED, queue, take, write_ring, write_table,
+};
 
 const MEM: usize = 0x1_0000;
 const DATA: u64 = 0x8000;
@@ -43,9 +45,9 @@ fuzz_target!(|input: &[u8]| {
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]) else {
         return;
     };
-    write_table(&mem, TX_DESC, &tx_table);
+    write_table(&mem, TX_DESC, &tx_table, 2 * MEM as u64);
     write_ring(&mem, TX_AVAIL, &tx_avail);
-    write_table(&mem, RX_DESC, &rx_table);
+    write_table(&mem, RX_DESC, &rx_table, 2 * MEM as u64);
     write_ring(&mem, RX_AVAIL, &rx_avail);
     let n = data.len().min(MEM - DATA as usize);
     let _ = mem.write_slice(&data[..n], GuestAddress(DATA));
@@ -147,29 +149,6 @@ fuzz_target!(|input: &[u8]| {
     }
     assert!(stats.drops_of(DropCause::ChainInvalid) <= 8 * 16 * 2 + 64);
 });
-
-fn take(b: &[u8], n: usize) -> (Vec<u8>, &[u8]) {
-    let k = n.min(b.len());
-    let mut v = b[..k].to_vec();
-    v.resize(n, 0);
-    (v, &b[k..])
-}
-
-/// Writes descriptors with addresses folded into `0..2 * MEM`.
-fn write_table(mem: &GuestMemoryMmap, at: u64, raw: &[u8]) {
-    for (i, d) in raw.chunks_exact(16).enumerate() {
-        let mut d = <[u8; 16]>::try_from(d).unwrap_or([0; 16]);
-        let addr = u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8])) % (2 * MEM as u64);
-        d[..8].copy_from_slice(&addr.to_le_bytes());
-        let _ = mem.write_slice(&d, GuestAddress(at + 16 * i as u64));
-    }
-}
-
-/// Writes an available ring: flags 0, idx and ring from the input.
-fn write_ring(mem: &GuestMemoryMmap, at: u64, raw: &[u8]) {
-    let _ = mem.write_slice(&[0, 0], GuestAddress(at));
-    let _ = mem.write_slice(raw, GuestAddress(at + 2));
-}
 
 fn gateway() -> Gateway {
     let cfg = GatewayConfig {

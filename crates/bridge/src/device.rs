@@ -24,6 +24,11 @@ pub const VIRTIO_NET_F_MAC: u32 = 5;
 pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 /// VIRTIO_NET_F_STATUS: the config space has a link status field.
 pub const VIRTIO_NET_F_STATUS: u32 = 16;
+/// VIRTIO_NET_F_CTRL_VQ: a control virtqueue ([`crate::ControlQueue`]) after the queue pairs.
+pub const VIRTIO_NET_F_CTRL_VQ: u32 = 17;
+/// VIRTIO_NET_F_MQ: several queue pairs, chosen by the driver on the control queue (needs
+/// CTRL_VQ).
+pub const VIRTIO_NET_F_MQ: u32 = 22;
 /// VIRTIO_F_ANY_LAYOUT: header and frame may be split across descriptors in any way.
 pub const VIRTIO_F_ANY_LAYOUT: u32 = 27;
 /// VIRTIO_RING_F_INDIRECT_DESC: indirect descriptor tables.
@@ -133,6 +138,7 @@ pub struct Device {
     mtu: u16,
     offered: u64,
     acked: u64,
+    max_pairs: u16,
 }
 
 impl Device {
@@ -143,18 +149,48 @@ impl Device {
             mtu,
             offered: OFFERED_FEATURES,
             acked: 0,
+            max_pairs: 1,
         }
+    }
+
+    /// A device of `pairs` queue pairs (1 to [`MAX_QUEUE_PAIRS`]; 1, the default, offers
+    /// neither MQ nor the control queue): with more, it also offers [`VIRTIO_NET_F_MQ`] and
+    /// [`VIRTIO_NET_F_CTRL_VQ`] and reports `max_virtqueue_pairs` in its config space. Queue
+    /// `2i` is pair `i`'s RX, `2i + 1` its TX, and the control queue is `2 * pairs`
+    /// ([`ctrl_queue_index`]).
+    #[must_use]
+    pub const fn with_queue_pairs(mut self, pairs: u16) -> Self {
+        let pairs = if pairs == 0 {
+            1
+        } else if pairs > MAX_QUEUE_PAIRS {
+            MAX_QUEUE_PAIRS
+        } else {
+            pairs
+        };
+        self.max_pairs = pairs;
+        if pairs > 1 {
+            self.offered |= MQ_FEATURES;
+        } else {
+            self.offered &= !MQ_FEATURES;
+        }
+        self
+    }
+
+    /// The most queue pairs the driver may use.
+    pub const fn max_queue_pairs(&self) -> u16 {
+        self.max_pairs
     }
 
     /// Also offers [`OFFLOAD_FEATURES`] (checksum and TCPv4/TCPv6 segmentation offloads both ways)
     /// when `on`. Only for a host link that carries virtio-net headers
     /// ([`crate::HostLink::vnet_hdr_len`] = 12).
     pub const fn with_offloads(mut self, on: bool) -> Self {
+        let mq = self.offered & MQ_FEATURES;
         self.offered = if on {
             OFFERED_FEATURES | OFFLOAD_FEATURES
         } else {
             OFFERED_FEATURES
-        };
+        } | mq;
         self
     }
 
@@ -207,13 +243,13 @@ impl Device {
         self.mtu
     }
 
-    /// The whole config space (little-endian): mac, status = LINK_UP, max_virtqueue_pairs = 1,
-    /// mtu.
+    /// The whole config space (little-endian): mac, status = LINK_UP, max_virtqueue_pairs
+    /// ([`Device::with_queue_pairs`], 1 by default), mtu.
     pub fn config_space(&self) -> [u8; CONFIG_SPACE_SIZE] {
         let mut c = [0u8; CONFIG_SPACE_SIZE];
         c[..6].copy_from_slice(&self.mac.0);
         c[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[8..10].copy_from_slice(&self.max_pairs.to_le_bytes());
         c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         c
     }
@@ -240,9 +276,29 @@ pub const fn header_len_for(features: u64) -> usize {
     }
 }
 
+/// Whether feature bit `bit` is set in `features`.
+pub const fn has_bit(features: u64, bit: u32) -> bool {
+    bit < 64 && features & (1 << bit) != 0
+}
+
+/// The index of the control queue of a device of `pairs` queue pairs (after every pair's RX
+/// and TX queue).
+pub const fn ctrl_queue_index(pairs: u16) -> u16 {
+    pairs.saturating_mul(2)
+}
+
+/// The most queue pairs a device offers (virtio allows 0x8000; a host link queue each).
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+/// The multiqueue bits: MQ and the control queue it needs.
+pub const MQ_FEATURES: u64 = 1 << VIRTIO_NET_F_MQ | 1 << VIRTIO_NET_F_CTRL_VQ;
+
 /// Drops feature bits whose prerequisites are missing: HOST_TSO4 and HOST_TSO6 need CSUM,
-/// GUEST_TSO4 and GUEST_TSO6 need GUEST_CSUM (virtio 1.x 5.1.3.1).
+/// GUEST_TSO4 and GUEST_TSO6 need GUEST_CSUM, MQ needs CTRL_VQ (virtio 1.x 5.1.3.1).
 pub const fn sanitize_features(mut f: u64) -> u64 {
+    if f & (1 << VIRTIO_NET_F_CTRL_VQ) == 0 {
+        f &= !(1 << VIRTIO_NET_F_MQ);
+    }
     if f & (1 << VIRTIO_NET_F_CSUM) == 0 {
         f &= !(1 << VIRTIO_NET_F_HOST_TSO4 | 1 << VIRTIO_NET_F_HOST_TSO6);
     }
@@ -320,6 +376,25 @@ pub fn feature_names(features: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_pairs_offer_mq_with_the_control_queue_and_report_the_maximum() {
+        let one = Device::new(MacAddr([0x52, 0x54, 0, 1, 2, 3]), 1500);
+        assert_eq!(one.device_features() & MQ_FEATURES, 0);
+        assert_eq!(one.config_space()[8..10], 1u16.to_le_bytes());
+        let mut four = one.clone().with_queue_pairs(4).with_offloads(true);
+        assert_eq!(four.device_features() & MQ_FEATURES, MQ_FEATURES);
+        assert_eq!(four.device_features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+        assert_eq!(four.config_space()[8..10], 4u16.to_le_bytes());
+        assert_eq!(four.max_queue_pairs(), 4);
+        // MQ without the control queue is not negotiated.
+        assert_eq!(four.ack_features(1 << VIRTIO_NET_F_MQ) & MQ_FEATURES, 0);
+        assert_eq!(four.ack_features(MQ_FEATURES), MQ_FEATURES);
+        assert_eq!(ctrl_queue_index(four.max_queue_pairs()), 8);
+        let big = one.clone().with_queue_pairs(u16::MAX);
+        assert_eq!(big.max_queue_pairs(), MAX_QUEUE_PAIRS);
+        assert_eq!(one.with_queue_pairs(0).device_features() & MQ_FEATURES, 0);
+    }
 
     #[test]
     fn features_and_config_space() {

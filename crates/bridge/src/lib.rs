@@ -125,6 +125,7 @@
 mod addr_pair;
 mod config;
 mod core;
+mod ctrl;
 pub mod defaults;
 mod device;
 mod dhcp;
@@ -167,16 +168,21 @@ pub use addr_pair::{
 };
 #[cfg(all(target_os = "linux", feature = "utun"))]
 pub use addr_pair::{PairLock, addresses_in_use, addresses_in_use6, reserve_pair, reserve_pair6};
+pub use ctrl::{
+    ControlCommand, ControlQueue, ControlStats, MAX_COMMAND, VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_ERR, VIRTIO_NET_OK,
+};
 pub use device::{
-    CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, OFFERED_FEATURES, OFFLOAD_FEATURES, RX_QUEUE,
-    TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1,
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    CONFIG_INTERRUPT, CONFIG_SPACE_SIZE, Device, MAX_QUEUE_PAIRS, MQ_FEATURES, OFFERED_FEATURES,
+    OFFLOAD_FEATURES, RX_QUEUE, TX_QUEUE, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_ANY_LAYOUT,
+    VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEGACY_LEN, VIRTIO_NET_HDR_LEN, VIRTIO_NET_S_LINK_UP,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioNetHdr, feature_names,
-    header_len_for, sanitize_features,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioNetHdr, ctrl_queue_index,
+    feature_names, has_bit, header_len_for, sanitize_features,
 };
 pub use dhcp::{DhcpConfig, DhcpReply, DhcpServer};
 pub use dns::{

@@ -1,8 +1,10 @@
 //! The split-virtqueue layout the queue-driving targets (`bridge_chains`, `network_ports`)
 //! share: two 16-entry queues at fixed guest addresses, and a ready `Queue` over one.
 
+#![allow(dead_code)] // each target uses part of it
+
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Entries per queue.
 pub const QSIZE: u16 = 16;
@@ -23,4 +25,29 @@ pub fn queue(desc: u64, avail: u64, used: u64, event_idx: bool) -> Option<Queue>
     q.set_ready(true);
     q.set_event_idx(event_idx);
     Some(q)
+}
+
+/// The first `n` bytes of `b` (zero-padded) and the rest.
+pub fn take(b: &[u8], n: usize) -> (Vec<u8>, &[u8]) {
+    let k = n.min(b.len());
+    let mut v = b[..k].to_vec();
+    v.resize(n, 0);
+    (v, &b[k..])
+}
+
+/// Writes descriptors from `raw` (16 bytes each) at `at`, their addresses folded into
+/// `0..fold` (so that a part of them point outside guest memory).
+pub fn write_table(mem: &GuestMemoryMmap, at: u64, raw: &[u8], fold: u64) {
+    for (i, d) in raw.chunks_exact(16).enumerate() {
+        let mut d = <[u8; 16]>::try_from(d).unwrap_or([0; 16]);
+        let addr = u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8])) % fold.max(1);
+        d[..8].copy_from_slice(&addr.to_le_bytes());
+        let _ = mem.write_slice(&d, GuestAddress(at + 16 * i as u64));
+    }
+}
+
+/// Writes an available ring: flags 0, idx and ring from `raw`.
+pub fn write_ring(mem: &GuestMemoryMmap, at: u64, raw: &[u8]) {
+    let _ = mem.write_slice(&[0, 0], GuestAddress(at));
+    let _ = mem.write_slice(raw, GuestAddress(at + 2));
 }
