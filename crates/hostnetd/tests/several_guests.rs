@@ -48,7 +48,41 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
     ensure!(world.lease(1)? == "192.168.64.3", "second guest's lease");
     world.ping(0, "192.168.64.3")?;
     world.ping(1, "192.168.64.2")?;
+    // Per-guest counters (`guests`, metrics) move with one guest's traffic, not the other's.
+    let before = guest_counters(&daemon)?;
     world.fetch(0)?;
+    let after = guest_counters(&daemon)?;
+    let grew = |i: usize, k: &str| after[i][k].saturating_sub(before[i][k]);
+    ensure!(
+        grew(0, "rx_bytes") >= BLOB_SIZE as u64 && grew(0, "tx_frames") > 0,
+        "the first guest's counters did not move with its download: {before:?} -> {after:?}"
+    );
+    ensure!(
+        grew(1, "rx_bytes") < (BLOB_SIZE as u64) / 16
+            && grew(1, "tx_bytes") < (BLOB_SIZE as u64) / 16,
+        "the idle guest's counters moved with the other's download: {before:?} -> {after:?}"
+    );
+    let metrics = ctl(&daemon, "metrics")?;
+    for (i, mac) in ["52:54:00:12:34:56", "52:54:00:12:34:57"]
+        .iter()
+        .enumerate()
+    {
+        let line = format!("hostnet_guest_bytes_total{{guest=\"{mac}\",direction=\"rx\"}}");
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {line} in the metrics:\n{metrics}"))?;
+        ensure!(
+            value >= after[i]["rx_bytes"],
+            "{line} {value} is behind `guests`' {}",
+            after[i]["rx_bytes"]
+        );
+        ensure!(
+            (i == 0) == (value >= BLOB_SIZE as u64),
+            "{line} {value}: only the first guest downloaded"
+        );
+    }
     world.fetch(1)?;
     // The forward names the second guest by its address: S reaches its web server.
     let _web = world.guests[1].spawn(&[
@@ -254,6 +288,27 @@ fn a_flooding_guest_leaves_another_a_third_of_its_tcp() -> Result<()> {
         "guest B kept less than a third of its TCP while A flooded: {rounds:?}"
     );
     Ok(())
+}
+
+/// `ctl --json guests`: each guest's (in port order) counters by name, `drops` among them.
+fn guest_counters(daemon: &Daemon) -> Result<Vec<std::collections::BTreeMap<String, u64>>> {
+    let reply: serde_json::Value = serde_json::from_str(&ctl(daemon, "--json guests")?)?;
+    let guests = reply["guests"]
+        .as_array()
+        .context("no guests in the reply")?;
+    guests
+        .iter()
+        .map(|g| {
+            let mut m: std::collections::BTreeMap<String, u64> = g["counters"]
+                .as_object()
+                .context("a guest without counters")?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect();
+            m.insert("drops".into(), g["drops"].as_u64().context("no drops")?);
+            Ok(m)
+        })
+        .collect()
 }
 
 /// iperf3 TCP from guest `ns` to S's server on `port` for 2 s: the receiver's Mbit/s.
