@@ -138,8 +138,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         })
         .transpose()?;
     // One network for every connection: its NAT and leases outlive them.
-    let net: network::SharedNet =
-        Arc::new(Mutex::new(network::Shared::new(&config, args.max_guests)?));
+    let net: network::SharedNet = Arc::new(parking_lot::Mutex::new(network::Shared::new(
+        &config,
+        args.max_guests,
+    )?));
     let control = Arc::new(control::Control::new(
         config.clone(),
         net.clone(),
