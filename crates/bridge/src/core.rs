@@ -315,8 +315,16 @@ impl DeviceCore {
         host: &impl HostLink,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
-        self.port
-            .on_tx_kick(&mut self.nat, mem, txq, rxq, host, now, None)
+        self.port.on_tx_kick(
+            &mut self.nat,
+            mem,
+            txq,
+            rxq,
+            host,
+            now,
+            None,
+            TX_BATCH_BUDGET,
+        )
     }
 
     /// The driver added RX buffers, or (`host_readable`) the host link became readable:
@@ -603,9 +611,10 @@ impl PortCore {
         self.config.forwards.len() != before
     }
 
-    /// See [`DeviceCore::on_tx_kick`]; on a network, `others` takes each batch's frames for
-    /// other ports (and the kick ends early, with [`Notify::tx_more`], while one of their
-    /// inboxes is half full: their driver delivers first).
+    /// See [`DeviceCore::on_tx_kick`], with at most `budget` batches; on a network, `others`
+    /// takes each batch's frames for other ports (and the kick ends early, with
+    /// [`Notify::tx_more`], while one of their inboxes is half full: their driver delivers
+    /// first).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_tx_kick<M: GuestMemory, Q: QueueT>(
         &mut self,
@@ -616,13 +625,14 @@ impl PortCore {
         host: &impl HostLink,
         now: nat::Instant,
         mut others: Option<&mut Others<'_>>,
+        budget: usize,
     ) -> Result<Notify, Error> {
         let mut n = Notify::default();
         let mut batches = 0;
         loop {
             txq.disable_notification(mem)?;
             loop {
-                if batches == TX_BATCH_BUDGET {
+                if batches >= budget {
                     // Chains wait and notifications are off: the driver calls again.
                     n.tx_more = true;
                     return Ok(n);

@@ -146,6 +146,12 @@ pub(crate) struct Guest {
     pub(crate) ipv6: Vec<String>,
     /// The negotiated virtio-net features, by name.
     pub(crate) features: Vec<String>,
+    /// This guest's port's counters (since its frontend connected).
+    pub(crate) counters: Counters,
+    /// Frames and packets of this port the bridge dropped, every cause added up.
+    pub(crate) drops: u64,
+    /// The same by cause: only the causes that occurred.
+    pub(crate) drops_by_cause: BTreeMap<String, u64>,
 }
 
 /// One NAT flow (`flows`).
@@ -185,6 +191,15 @@ impl Snapshot {
         struct FamilyReason {
             family: String,
             reason: String,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct GuestDirection {
+            guest: String,
+            direction: &'static str,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct GuestLabel {
+            guest: String,
         }
         let mut r = Registry::with_prefix("hostnet");
         let c = &self.counters;
@@ -317,6 +332,44 @@ impl Snapshot {
             "guest_ipv6_addresses",
             "IPv6 addresses the guests were seen to use",
             gauge(self.guests.iter().map(|g| g.ipv6.len() as u64).sum()),
+        );
+        // Per guest, labelled with its MAC (always known, unlike its lease).
+        let guest_frames = Family::<GuestDirection, Counter>::default();
+        let guest_bytes = Family::<GuestDirection, Counter>::default();
+        let guest_drops = Family::<GuestLabel, Counter>::default();
+        for g in &self.guests {
+            let c = &g.counters;
+            for (direction, frames, bytes) in [
+                ("tx", c.tx_frames, c.tx_bytes),
+                ("rx", c.rx_frames, c.rx_bytes),
+            ] {
+                let label = GuestDirection {
+                    guest: g.mac.clone(),
+                    direction,
+                };
+                guest_frames.get_or_create(&label).inc_by(frames);
+                guest_bytes.get_or_create(&label).inc_by(bytes);
+            }
+            guest_drops
+                .get_or_create(&GuestLabel {
+                    guest: g.mac.clone(),
+                })
+                .inc_by(g.drops);
+        }
+        r.register(
+            "guest_frames",
+            "Frames from (tx) and to (rx) each guest, by its MAC",
+            guest_frames,
+        );
+        r.register(
+            "guest_bytes",
+            "Bytes of the frames from (tx) and to (rx) each guest, by its MAC",
+            guest_bytes,
+        );
+        r.register(
+            "guest_drops",
+            "Frames and packets of each guest's port the bridge dropped, every cause",
+            guest_drops,
         );
         let connections = Counter::<u64>::default();
         connections.inc_by(self.connections);
@@ -588,13 +641,19 @@ fn human(request: &Request, reply: &serde_json::Value) -> String {
                             })
                             .unwrap_or_default()
                     };
+                    let c = &g["counters"];
                     let _ = writeln!(
                         out,
-                        "{} ipv4={} ipv6={} features={}",
+                        "{} ipv4={} ipv6={} features={} tx={}/{}B rx={}/{}B drops={}",
                         g["mac"].as_str().unwrap_or("-"),
                         g["ipv4"].as_str().unwrap_or("-"),
                         list("ipv6"),
-                        list("features")
+                        list("features"),
+                        num(c, "tx_frames"),
+                        num(c, "tx_bytes"),
+                        num(c, "rx_frames"),
+                        num(c, "rx_bytes"),
+                        num(g, "drops")
                     );
                 }
             }
@@ -783,6 +842,16 @@ mod tests {
         };
         n.drops.insert("NoMapping".into(), 9);
         s.nat.insert("ipv4".into(), n);
+        for (mac, tx) in [("52:54:00:12:34:56", 5), ("52:54:00:12:34:57", 2)] {
+            let mut g = Guest {
+                mac: mac.into(),
+                drops: 1,
+                ..Guest::default()
+            };
+            g.counters.tx_frames = tx;
+            g.counters.rx_bytes = 100 * tx;
+            s.guests.push(g);
+        }
         let text = s.metrics();
         for line in [
             "# TYPE hostnet_frames counter",
@@ -794,6 +863,11 @@ mod tests {
             "hostnet_nat_drops_total{family=\"ipv4\",reason=\"NoMapping\"} 9",
             "hostnet_guest_connected 1",
             "hostnet_connections_total 2",
+            "hostnet_guest_frames_total{guest=\"52:54:00:12:34:56\",direction=\"tx\"} 5",
+            "hostnet_guest_frames_total{guest=\"52:54:00:12:34:57\",direction=\"tx\"} 2",
+            "hostnet_guest_bytes_total{guest=\"52:54:00:12:34:57\",direction=\"rx\"} 200",
+            "hostnet_guest_frames_total{guest=\"52:54:00:12:34:57\",direction=\"rx\"} 0",
+            "hostnet_guest_drops_total{guest=\"52:54:00:12:34:56\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -47,7 +47,7 @@ impl Default for ControlSocket {
             .expect("the default configuration makes a network");
         ControlSocket(crate::linux::control::Control::new(
             config,
-            std::sync::Arc::new(std::sync::Mutex::new(net)),
+            std::sync::Arc::new(parking_lot::Mutex::new(net)),
             crate::args::FIRST_GUEST_ADDR,
             None,
         ))
@@ -124,7 +124,7 @@ impl Backend {
             ipv6: true,
             external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         };
-        let net = std::sync::Arc::new(std::sync::Mutex::new(crate::linux::network::Shared::new(
+        let net = std::sync::Arc::new(parking_lot::Mutex::new(crate::linux::network::Shared::new(
             &config, 1,
         )?));
         Ok(Self {

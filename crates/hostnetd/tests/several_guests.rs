@@ -48,7 +48,41 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
     ensure!(world.lease(1)? == "192.168.64.3", "second guest's lease");
     world.ping(0, "192.168.64.3")?;
     world.ping(1, "192.168.64.2")?;
+    // Per-guest counters (`guests`, metrics) move with one guest's traffic, not the other's.
+    let before = guest_counters(&daemon)?;
     world.fetch(0)?;
+    let after = guest_counters(&daemon)?;
+    let grew = |i: usize, k: &str| after[i][k].saturating_sub(before[i][k]);
+    ensure!(
+        grew(0, "rx_bytes") >= BLOB_SIZE as u64 && grew(0, "tx_frames") > 0,
+        "the first guest's counters did not move with its download: {before:?} -> {after:?}"
+    );
+    ensure!(
+        grew(1, "rx_bytes") < (BLOB_SIZE as u64) / 16
+            && grew(1, "tx_bytes") < (BLOB_SIZE as u64) / 16,
+        "the idle guest's counters moved with the other's download: {before:?} -> {after:?}"
+    );
+    let metrics = ctl(&daemon, "metrics")?;
+    for (i, mac) in ["52:54:00:12:34:56", "52:54:00:12:34:57"]
+        .iter()
+        .enumerate()
+    {
+        let line = format!("hostnet_guest_bytes_total{{guest=\"{mac}\",direction=\"rx\"}}");
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {line} in the metrics:\n{metrics}"))?;
+        ensure!(
+            value >= after[i]["rx_bytes"],
+            "{line} {value} is behind `guests`' {}",
+            after[i]["rx_bytes"]
+        );
+        ensure!(
+            (i == 0) == (value >= BLOB_SIZE as u64),
+            "{line} {value}: only the first guest downloaded"
+        );
+    }
     world.fetch(1)?;
     // The forward names the second guest by its address: S reaches its web server.
     let _web = world.guests[1].spawn(&[
@@ -151,6 +185,416 @@ fn max_guests_refuses_a_frontend_beyond_the_limit() -> Result<()> {
     Ok(())
 }
 
+/// Two busy guests on one hostnetd: guest A floods UDP (a new flow per datagram, as fast as
+/// it can, at nice 19) while guest B runs iperf3 TCP to S; B keeps at least a third of its
+/// figure alone in one of up to three rounds (the machine may be busy), and the NAT's
+/// per-guest cap (`HostLimit`) refused A's flows. Before that, both guests run iperf3 at
+/// once against one alone: printed (a measurement for docs/STATUS.md; asserted only > 0).
+/// What is tested is hostnetd's share: each worker's bounded work per hold of the network's
+/// lock and its hand-off to the other workers, and the NAT's per-guest cap. The flooder runs
+/// at nice 19 as in testbed's `several_guests_e2e`: a VM floods from its own vCPUs, here it
+/// shares two CPUs with B's iperf3 and both simulated guests' drivers.
+/// `--guest-multicast` (issue 14): a broadcast ping from one guest reaches the other, which
+/// answers (its kernel told to answer broadcasts); without the flag the broadcast is dropped
+/// and counted and nobody answers.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn guest_multicast_carries_a_broadcast_ping_between_guests_only_when_asked() -> Result<()> {
+    for on in [true, false] {
+        let world = World::new(2)?;
+        let extra: &[&str] = if on { &["--guest-multicast"] } else { &[] };
+        let tag = if on { "sgm1" } else { "sgm0" };
+        let daemon = Daemon::start_with(&world.host, tag, extra);
+        let _a = Attached::start(&daemon.sock, world.guests[0].name(), GuestConfig::default())?;
+        let _b = Attached::start(&daemon.sock, world.guests[1].name(), GuestConfig::default())?;
+        ensure!(world.lease(0)? == "192.168.64.2", "first guest's lease");
+        ensure!(world.lease(1)? == "192.168.64.3", "second guest's lease");
+        world.guests[1].sysctl("net.ipv4.icmp_echo_ignore_broadcasts", "0")?;
+        let out = world.guests[0]
+            .command("ping")
+            .args(["-b", "-c", "3", "-i", "0.3", "-W", "2", "192.168.64.255"])
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if on {
+            ensure!(
+                text.contains("from 192.168.64.3") && !text.contains(" 0 received"),
+                "with --guest-multicast: {text}"
+            );
+        } else {
+            ensure!(
+                text.contains(" 0 received") && !text.contains("from 192.168.64.3"),
+                "without --guest-multicast: {text}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The two flood tests measure throughput: they never overlap (this binary's tests run in
+/// parallel, and one's flood would be the other's load).
+static ONE_FLOOD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_flooding_guest_leaves_another_a_third_of_its_tcp() -> Result<()> {
+    let _alone = ONE_FLOOD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let flooder = hostnet_e2e();
+    let world = World::new(2)?;
+    let daemon = Daemon::start_with(&world.host, "sgf", &[]);
+    let a = Attached::start(&daemon.sock, world.guests[0].name(), GuestConfig::default())?;
+    let b = Attached::start(&daemon.sock, world.guests[1].name(), GuestConfig::default())?;
+    ensure!(world.lease(0)? == "192.168.64.2", "first guest's lease");
+    ensure!(world.lease(1)? == "192.168.64.3", "second guest's lease");
+    let _iperf_servers = [IPERF_PORT, IPERF_PORT + 1]
+        .map(|port| {
+            world.server.spawn(&[
+                "iperf3",
+                "-s",
+                "-B",
+                SERVER_ADDR,
+                "-p",
+                &port.to_string(),
+                "-f",
+                "m",
+            ])
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    wait_for_listening(&world, &[IPERF_PORT, IPERF_PORT + 1])?;
+
+    // Two busy guests, each against itself alone (a measurement).
+    let alone_a = iperf(&world.guests[0], IPERF_PORT)?;
+    let alone_b = iperf(&world.guests[1], IPERF_PORT + 1)?;
+    let (both_a, both_b) = std::thread::scope(|s| {
+        let ta = s.spawn(|| iperf(&world.guests[0], IPERF_PORT));
+        let tb = s.spawn(|| iperf(&world.guests[1], IPERF_PORT + 1));
+        (ta.join(), tb.join())
+    });
+    let both_a = both_a.map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+    let both_b = both_b.map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+    eprintln!(
+        "two busy guests: A {both_a:.0} Mbit/s ({:.2} of {alone_a:.0} alone), \
+         B {both_b:.0} Mbit/s ({:.2} of {alone_b:.0} alone)",
+        both_a / alone_a,
+        both_b / alone_b
+    );
+    ensure!(
+        both_a > 0.0 && both_b > 0.0,
+        "a busy guest moved nothing: {both_a} {both_b}"
+    );
+
+    // B alone, then while A floods.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let alone = iperf(&world.guests[1], IPERF_PORT)?;
+        let flood = world.guests[0]
+            .command("timeout")
+            .args(["-k", "2", "20", "nice", "-n", "19"])
+            .arg(&flooder)
+            .args(["udp-flows", &format!("{SERVER_ADDR}:9"), "6"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(1));
+        let flooded = iperf(&world.guests[1], IPERF_PORT);
+        let out = flood.wait_with_output()?;
+        let flooded = flooded?;
+        eprintln!(
+            "guest B alone {alone:.0} Mbit/s, while guest A floods ({}) {flooded:.0} Mbit/s \
+             ({:.2})",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            flooded / alone
+        );
+        rounds.push((alone, flooded));
+        if flooded * 3.0 >= alone {
+            break;
+        }
+    }
+    let stats: serde_json::Value = serde_json::from_str(&ctl(&daemon, "--json stats")?)?;
+    let host_limit = stats["stats"]["nat"]["ipv4"]["drops"]["HostLimit"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(
+        host_limit > 0,
+        "the flood never reached the per-guest cap: {stats}"
+    );
+    ensure!(
+        !a.has_failed() && !b.has_failed(),
+        "a driver thread stopped"
+    );
+    ensure!(
+        rounds
+            .iter()
+            .any(|&(alone, flooded)| flooded * 3.0 >= alone),
+        "guest B kept less than a third of its TCP while A flooded: {rounds:?}"
+    );
+    Ok(())
+}
+
+/// A frontend that keeps its TX ring full (a guest sending UDP at line rate from its own vCPU:
+/// the ring never runs empty, so its worker always has work and takes the network's lock again
+/// at once) next to a simulated guest running iperf3 TCP to S: the simulated guest keeps at
+/// least a third of its figure alone in one of up to five rounds (its margin is thin on a busy
+/// 2-core machine). The flood is 1024 UDP flows
+/// to S (the same frames each refill: after the first pass every frame is an established
+/// flow, translated and written to the TUN). What is tested is that a worker gives the lock up
+/// after its budget and the other port's worker gets it.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Result<()> {
+    use common::{GuestMem, connect, start_ring};
+    let _alone = ONE_FLOOD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    use dhcproto::v4::{DhcpOption, MessageType};
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use vmm_sys_util::eventfd::EventFd;
+
+    let world = World::new(1)?;
+    let daemon = Daemon::start_with(&world.host, "sgr", &[]);
+    // The flooder first: port 0 (MAC :56, 192.168.64.2), the simulated guest port 1.
+    let mem = GuestMem::new("ringflood", FLOOD_MEM);
+    for i in 0..FLOOD_RING.size {
+        let frame = bridge::testing::udp_frame(
+            bridge::testing::GUEST_MAC,
+            "192.168.64.2".parse()?,
+            20_000 + i,
+            SERVER_ADDR.parse()?,
+            9,
+            &[0x5a; 64],
+        );
+        let mut bytes = vec![0u8; common::VNET_HDR];
+        bytes.extend_from_slice(&frame);
+        let at = FLOOD_BUFS + u64::from(i) * FLOOD_SLOT;
+        mem.write(at, &bytes);
+        mem.desc(FLOOD_RING.desc, i, at, u32::try_from(bytes.len())?, 0);
+        mem.avail_entry(FLOOD_RING.avail, i, i);
+    }
+    // Its lease first (the bridge refuses a source address the port was not given): a DHCP
+    // REQUEST for 192.168.64.2 in slot 0, then slot 0 becomes a flood frame again.
+    let mut request = dhcproto::v4::Message::new_with_id(
+        7,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &bridge::testing::GUEST_MAC.0,
+    );
+    request
+        .opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Request));
+    request
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress("192.168.64.2".parse()?));
+    let flood_slot0 = mem.read(FLOOD_BUFS, FLOOD_SLOT as usize);
+    let flood_len0 = u32::from_le_bytes(
+        mem.read(FLOOD_RING.desc + 8, 4)
+            .try_into()
+            .unwrap_or_default(),
+    );
+    let mut bytes = vec![0u8; common::VNET_HDR];
+    bytes.extend_from_slice(&bridge::testing::dhcp_frame(
+        bridge::testing::GUEST_MAC,
+        &request,
+    ));
+    ensure!(bytes.len() <= 4096, "a DHCP frame of {} bytes", bytes.len());
+    mem.write(FLOOD_DHCP_BUF, &bytes);
+    mem.desc(
+        FLOOD_RING.desc,
+        0,
+        FLOOD_DHCP_BUF,
+        u32::try_from(bytes.len())?,
+        0,
+    );
+    mem.avail_idx(FLOOD_RING.avail, 1);
+    let frontend = connect(&daemon, &mem, FLOOD_MEM);
+    let (call, kick) = (EventFd::new(0)?, EventFd::new(0)?);
+    start_ring(&frontend, 1, FLOOD_RING, &call, &kick)?;
+    kick.write(1)?;
+    for _ in 0..100 {
+        if mem.used_idx(FLOOD_RING.used) == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(
+        mem.used_idx(FLOOD_RING.used) == 1,
+        "the DHCP request was not taken"
+    );
+    mem.write(FLOOD_BUFS, &flood_slot0);
+    mem.desc(FLOOD_RING.desc, 0, FLOOD_BUFS, flood_len0, 0);
+    let guests = ctl(&daemon, "guests")?;
+    ensure!(
+        guests.contains("52:54:00:12:34:56 ipv4=192.168.64.2"),
+        "the flooder has no lease: {guests}"
+    );
+    let b = Attached::start(&daemon.sock, world.guests[0].name(), GuestConfig::default())?;
+    ensure!(
+        world.lease(0)? == "192.168.64.3",
+        "the simulated guest's lease"
+    );
+    let _iperf_server = world.server.spawn(&[
+        "iperf3",
+        "-s",
+        "-B",
+        SERVER_ADDR,
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-f",
+        "m",
+    ])?;
+    wait_for_listening(&world, &[IPERF_PORT])?;
+
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let alone = iperf(&world.guests[0], IPERF_PORT)?;
+        // The flood: whenever the daemon took chains, publish the whole ring again and kick
+        // (the avail slot i names descriptor i and chains are taken in order).
+        let stop = Arc::new(AtomicBool::new(false));
+        let taken = Arc::new(AtomicU64::new(0));
+        let flood = {
+            let (stop, taken) = (Arc::clone(&stop), Arc::clone(&taken));
+            let file = mem.file.try_clone()?;
+            let kick = kick.try_clone()?;
+            std::thread::spawn(move || {
+                let mem = GuestMem { file };
+                let end = std::time::Instant::now() + Duration::from_secs(15);
+                let mut last = mem.used_idx(FLOOD_RING.used);
+                let (mut refills, mut ran_empty) = (0u64, 0u64);
+                let mut published = last.wrapping_add(FLOOD_RING.size);
+                mem.avail_idx(FLOOD_RING.avail, published);
+                let _ = kick.write(1);
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+                    let used = mem.used_idx(FLOOD_RING.used);
+                    if used == last {
+                        std::thread::sleep(Duration::from_micros(20));
+                        continue;
+                    }
+                    taken.fetch_add(u64::from(used.wrapping_sub(last)), Ordering::Relaxed);
+                    last = used;
+                    refills += 1;
+                    ran_empty += u64::from(used == published);
+                    published = used.wrapping_add(FLOOD_RING.size);
+                    mem.avail_idx(FLOOD_RING.avail, published);
+                    let _ = kick.write(1);
+                }
+                (refills, ran_empty)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let flooded = iperf(&world.guests[0], IPERF_PORT);
+        stop.store(true, Ordering::Relaxed);
+        let (refills, ran_empty) = flood
+            .join()
+            .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;
+        let flooded = flooded?;
+        eprintln!(
+            "simulated guest alone {alone:.0} Mbit/s, while the other keeps its TX ring full \
+             ({} frames taken, {refills} refills, empty before {ran_empty}) {flooded:.0} \
+             Mbit/s ({:.2})",
+            taken.load(Ordering::Relaxed),
+            flooded / alone
+        );
+        rounds.push((alone, flooded));
+        if flooded * 3.0 >= alone {
+            break;
+        }
+    }
+    let counters = guest_counters(&daemon)?;
+    eprintln!("per guest: {}", ctl(&daemon, "--json guests")?);
+    ensure!(
+        counters
+            .first()
+            .is_some_and(|c| c["to_host"] > u64::from(FLOOD_RING.size)),
+        "the flooder's frames did not reach the TUN: {counters:?}"
+    );
+    ensure!(!b.has_failed(), "the simulated guest's driver stopped");
+    ensure!(
+        rounds
+            .iter()
+            .any(|&(alone, flooded)| flooded * 3.0 >= alone),
+        "the simulated guest kept less than a third of its TCP: {rounds:?}"
+    );
+    drop(frontend);
+    Ok(())
+}
+
+/// `ctl --json guests`: each guest's (in port order) counters by name, `drops` among them.
+fn guest_counters(daemon: &Daemon) -> Result<Vec<std::collections::BTreeMap<String, u64>>> {
+    let reply: serde_json::Value = serde_json::from_str(&ctl(daemon, "--json guests")?)?;
+    let guests = reply["guests"]
+        .as_array()
+        .context("no guests in the reply")?;
+    guests
+        .iter()
+        .map(|g| {
+            let mut m: std::collections::BTreeMap<String, u64> = g["counters"]
+                .as_object()
+                .context("a guest without counters")?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect();
+            m.insert("drops".into(), g["drops"].as_u64().context("no drops")?);
+            Ok(m)
+        })
+        .collect()
+}
+
+/// iperf3 TCP from guest `ns` to S's server on `port` for 2 s: the receiver's Mbit/s.
+fn iperf(ns: &Netns, port: u16) -> Result<f64> {
+    let out = ns
+        .command("timeout")
+        .args(["-k", "2", "12", "iperf3", "-c", SERVER_ADDR, "-p"])
+        .arg(port.to_string())
+        .args(["-t", "2", "-f", "m"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .filter(|l| l.trim_end().ends_with("receiver"))
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "Mbits/sec")?;
+            words.get(at.checked_sub(1)?)?.parse().ok()
+        })
+        .with_context(|| format!("no receiver rate from iperf3 in {}: {out:?}", ns.name()))
+}
+
+/// Waits (bounded) until S's servers listen on `ports`.
+fn wait_for_listening(world: &World, ports: &[u16]) -> Result<()> {
+    for _ in 0..50 {
+        let listening = world.server.exec(&["ss", "-ltnH"])?;
+        if ports
+            .iter()
+            .all(|p| listening.contains(&format!("{SERVER_ADDR}:{p}")))
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("S's servers are not listening on {ports:?}")
+}
+
+/// testbed's helper program: `$HOSTNET_E2E`, else the one beside the `hostnetd` binary
+/// (`cargo test --workspace` builds both; else `cargo build -p testbed --bin hostnet-e2e`).
+fn hostnet_e2e() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOSTNET_E2E") {
+        return PathBuf::from(p);
+    }
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_hostnetd")).with_file_name("hostnet-e2e");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it (`cargo build -p testbed --bin hostnet-e2e`) or set HOSTNET_E2E",
+        p.display()
+    );
+    p
+}
+
 fn mac(a: &Attached) -> String {
     bridge::MacAddr(a.net_config().mac).to_string()
 }
@@ -160,7 +604,7 @@ fn ctl(daemon: &Daemon, command: &str) -> Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_hostnetd"))
         .args(["ctl", "--socket"])
         .arg(&daemon.sock)
-        .arg(command)
+        .args(command.split_whitespace())
         .output()?;
     ensure!(out.status.success(), "hostnetd ctl {command}: {out:?}");
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -275,3 +719,17 @@ const BLOB_SIZE: usize = 4 << 20;
 const NAT_EXTERNAL: &str = "100.64.0.2";
 const FORWARD_PORT: u16 = 8080;
 const GUEST_HTTP_PORT: u16 = 8000;
+/// S's iperf3 servers listen on this port and the next.
+const IPERF_PORT: u16 = 5201;
+/// The ring-full flooder's guest memory and TX ring (the largest ring the daemon accepts).
+const FLOOD_MEM: u64 = 1 << 20;
+const FLOOD_RING: common::Ring = common::Ring {
+    desc: 0x4_0000,
+    avail: 0x4_4000,
+    used: 0x4_5000,
+    size: 1024,
+};
+const FLOOD_BUFS: u64 = 0x8_0000;
+const FLOOD_SLOT: u64 = 128;
+/// Where the flooder's DHCP request is written (after the flood frames).
+const FLOOD_DHCP_BUF: u64 = 0xC_0000;

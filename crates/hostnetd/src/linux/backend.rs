@@ -176,7 +176,8 @@ impl NetBackend {
         if sh.net.host_failed(self.port) {
             self.host_lost.store(true, Ordering::SeqCst);
         }
-        drop(guard);
+        // Another port's worker waiting for the network gets it before this one's next event.
+        network::unlock_fair(guard);
         r?;
         if self.tx_more || self.rx_more {
             // Come back after the worker has looked at its other events (the queue locks are

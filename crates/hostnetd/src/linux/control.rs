@@ -84,17 +84,7 @@ impl Control {
         let all = net.bridge_stats();
         let st = &all.bridge;
         s.connected = net.ports().next().is_some();
-        s.counters = Counters {
-            tx_frames: st.tx_frames,
-            tx_bytes: st.tx_bytes,
-            rx_frames: st.rx_frames,
-            rx_bytes: st.rx_bytes,
-            to_host: st.to_host,
-            from_host: st.from_host,
-            local_replies: st.local_replies,
-            tx_gso: st.tx_gso,
-            rx_gso: st.rx_gso,
-        };
+        s.counters = counters(st);
         for cause in bridge::DropCause::ALL {
             s.drops.insert(format!("{cause:?}"), st.drops_of(cause));
         }
@@ -142,6 +132,18 @@ impl Control {
                     .map(ToString::to_string)
                     .collect(),
                 features,
+                counters: net.stats(port).map(counters).unwrap_or_default(),
+                drops: net.stats(port).map_or(0, bridge::Stats::total_drops),
+                drops_by_cause: net
+                    .stats(port)
+                    .map(|st| {
+                        bridge::DropCause::ALL
+                            .iter()
+                            .map(|&c| (format!("{c:?}"), st.drops_of(c)))
+                            .filter(|&(_, n)| n > 0)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         s.guest = s.guests.first().cloned();
@@ -319,6 +321,21 @@ impl Control {
         }
         info!(forward = %text, "port forward removed by the control socket");
         Ok(())
+    }
+}
+
+/// A port's (or the ports' sum of) bridge counters as the protocol reports them.
+fn counters(st: &bridge::Stats) -> Counters {
+    Counters {
+        tx_frames: st.tx_frames,
+        tx_bytes: st.tx_bytes,
+        rx_frames: st.rx_frames,
+        rx_bytes: st.rx_bytes,
+        to_host: st.to_host,
+        from_host: st.from_host,
+        local_replies: st.local_replies,
+        tx_gso: st.tx_gso,
+        rx_gso: st.rx_gso,
     }
 }
 

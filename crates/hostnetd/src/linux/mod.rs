@@ -140,7 +140,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     // One network for every connection: its NAT and leases outlive them.
     let mut shared = network::Shared::new(&config, args.max_guests)?;
     shared.net.set_guest_multicast(args.guest_multicast);
-    let net: network::SharedNet = Arc::new(Mutex::new(shared));
+    let net: network::SharedNet = Arc::new(parking_lot::Mutex::new(shared));
     let control = Arc::new(control::Control::new(
         config.clone(),
         net.clone(),
