@@ -21,36 +21,21 @@ use bridge::{
 };
 use libfuzzer_sys::fuzz_target;
 use nat::{Nat, NatConfig};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 #[path = "common/rings.rs"]
 mod rings;
 use rings::{
-    QSIZE, RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED, queue, take, write_ring, write_table,
+    RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED, hostile_memory, queue,
 };
-
-const MEM: usize = 0x1_0000;
-const DATA: u64 = 0x8000;
-const TABLE: usize = 16 * QSIZE as usize;
-const RING: usize = 2 + 2 * QSIZE as usize;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&flags, rest)) = input.split_first() else {
         return;
     };
-    let (tx_table, rest) = take(rest, TABLE);
-    let (tx_avail, rest) = take(rest, RING);
-    let (rx_table, rest) = take(rest, TABLE);
-    let (rx_avail, data) = take(rest, RING);
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]) else {
+    let Some((mem, data)) = hostile_memory(rest, &[(TX_DESC, TX_AVAIL), (RX_DESC, RX_AVAIL)])
+    else {
         return;
     };
-    write_table(&mem, TX_DESC, &tx_table, 2 * MEM as u64);
-    write_ring(&mem, TX_AVAIL, &tx_avail);
-    write_table(&mem, RX_DESC, &rx_table, 2 * MEM as u64);
-    write_ring(&mem, RX_AVAIL, &rx_avail);
-    let n = data.len().min(MEM - DATA as usize);
-    let _ = mem.write_slice(&data[..n], GuestAddress(DATA));
 
     let event_idx = flags & 1 != 0;
     let mrg = flags & 2 != 0;

@@ -11,30 +11,18 @@
 use bridge::{ControlCommand, ControlQueue, MQ_FEATURES, VIRTIO_NET_F_CTRL_VQ};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 #[path = "common/rings.rs"]
 mod rings;
-use rings::{QSIZE, TX_AVAIL, TX_DESC, TX_USED, queue, take, write_ring, write_table};
-
-const MEM: usize = 0x1_0000;
-const DATA: u64 = 0x8000;
-const TABLE: usize = 16 * QSIZE as usize;
-const RING: usize = 2 + 2 * QSIZE as usize;
+use rings::{TX_AVAIL, TX_DESC, TX_USED, hostile_memory, queue};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&flags, rest)) = input.split_first() else {
         return;
     };
-    let (table, rest) = take(rest, TABLE);
-    let (avail, data) = take(rest, RING);
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]) else {
+    let Some((mem, _)) = hostile_memory(rest, &[(TX_DESC, TX_AVAIL)]) else {
         return;
     };
-    write_table(&mem, TX_DESC, &table, 2 * MEM as u64);
-    write_ring(&mem, TX_AVAIL, &avail);
-    let n = data.len().min(MEM - DATA as usize);
-    let _ = mem.write_slice(&data[..n], GuestAddress(DATA));
     let Some(mut q) = queue(TX_DESC, TX_AVAIL, TX_USED, flags & 1 != 0) else {
         return;
     };

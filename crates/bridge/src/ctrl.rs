@@ -230,17 +230,27 @@ mod tests {
         ack
     }
 
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()
+    }
+
+    /// A control queue of `max` pairs with MQ negotiated.
+    fn with_mq(max: u16) -> ControlQueue {
+        let mut c = ControlQueue::new(max);
+        c.set_features(MQ);
+        c
+    }
+
     fn ack(mem: &GuestMemoryMmap, at: u64) -> u8 {
         mem.read_obj::<u8>(GuestAddress(at)).unwrap()
     }
 
     #[test]
     fn queue_pairs_are_set_within_the_maximum_and_everything_else_is_refused() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mem = memory();
         let mq = MockSplitQueue::new(&mem, 16);
         let mut q: Queue = mq.create_queue().unwrap();
-        let mut ctrl = ControlQueue::new(4);
-        ctrl.set_features(MQ);
+        let mut ctrl = with_mq(4);
         let set = |n: u16| {
             let b = n.to_le_bytes();
             [
@@ -303,11 +313,10 @@ mod tests {
 
     #[test]
     fn chains_with_nowhere_to_ack_or_readable_after_writable_are_returned_unanswered() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mem = memory();
         let mq = MockSplitQueue::new(&mem, 16);
         let mut q: Queue = mq.create_queue().unwrap();
-        let mut ctrl = ControlQueue::new(2);
-        ctrl.set_features(MQ);
+        let mut ctrl = with_mq(2);
         let cmd = [VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 2, 0];
         mem.write_slice(&cmd, GuestAddress(0x10_0000)).unwrap();
         mq.add_desc_chains(

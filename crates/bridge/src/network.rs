@@ -986,6 +986,26 @@ mod tests {
         );
     }
 
+    /// Ports for the MACs :56, :57, :58.
+    fn three_ports(net: &mut Network) -> [PortId; 3] {
+        [0x56, 0x57, 0x58].map(|m| net.attach(mac(m)).unwrap())
+    }
+
+    /// Negotiates `ports` (port i's guest on `qs[i]`) and posts 8 RX buffers each.
+    fn negotiate(
+        net: &mut Network,
+        host: &MemoryLink,
+        ports: &[PortId],
+        qs: &mut [crate::testing::MockNet<'_>],
+    ) {
+        for (&port, q) in ports.iter().zip(qs) {
+            assert_eq!(net.ack_features(port, FEATURES, host), FEATURES);
+            for _ in 0..8 {
+                q.post_rx(&[2048]);
+            }
+        }
+    }
+
     /// A guest using another MAC than its port's (a QEMU guest's own): the port follows it
     /// once its DHCP comes from that MAC, the other guests reach it there (ARP, switched
     /// frames), the MAC keeps the address; a guest taking another port's MAC is refused.
@@ -996,25 +1016,12 @@ mod tests {
         let (host, _peer) = MemoryLink::pair(256).unwrap();
         let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
         let own = mac(0x99);
-        let (a, b, c) = (
-            net.attach(mac(0x56)).unwrap(),
-            net.attach(mac(0x57)).unwrap(),
-            net.attach(mac(0x58)).unwrap(),
-        );
+        let [a, b, c] = three_ports(&mut net);
         let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
-        let mems = [
-            testing::guest_memory(),
-            testing::guest_memory(),
-            testing::guest_memory(),
-        ];
+        let mems = [(); 3].map(|()| testing::guest_memory());
         let mut qs: Vec<MockNet<'_>> = mems.iter().map(|m| MockNet::new(m, 256)).collect();
         let mut queues: Vec<_> = qs.iter_mut().map(|q| q.queues(false)).collect();
-        for (i, port) in [a, b, c].into_iter().enumerate() {
-            assert_eq!(net.ack_features(port, FEATURES, &host), FEATURES);
-            for _ in 0..8 {
-                qs[i].post_rx(&[2048]);
-            }
-        }
+        negotiate(&mut net, &host, &[a, b, c], &mut qs);
         let kick =
             |net: &mut Network, qs: &mut [MockNet<'_>], queues: &mut [_], i: usize, f: &[u8]| {
                 let port = [a, b, c][i];
@@ -1083,25 +1090,12 @@ mod tests {
             let (host, peer) = MemoryLink::pair(256).unwrap();
             let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
             net.set_guest_multicast(flood);
-            let ports = [
-                net.attach(mac(0x56)).unwrap(),
-                net.attach(mac(0x57)).unwrap(),
-                net.attach(mac(0x58)).unwrap(),
-            ];
+            let ports = three_ports(&mut net);
             let ia = net.address_of(ports[0]).unwrap();
-            let mems = [
-                testing::guest_memory(),
-                testing::guest_memory(),
-                testing::guest_memory(),
-            ];
+            let mems = [(); 3].map(|()| testing::guest_memory());
             let mut qs: Vec<MockNet<'_>> = mems.iter().map(|m| MockNet::new(m, 256)).collect();
             let mut queues: Vec<_> = qs.iter_mut().map(|q| q.queues(false)).collect();
-            for (i, &port) in ports.iter().enumerate() {
-                assert_eq!(net.ack_features(port, FEATURES, &host), FEATURES);
-                for _ in 0..8 {
-                    qs[i].post_rx(&[2048]);
-                }
-            }
+            negotiate(&mut net, &host, &ports, &mut qs);
             let mut scratch = Vec::new();
             for f in dhcp(mac(0x56), ia) {
                 qs[0].send_frame(HDR, &f, &[]);

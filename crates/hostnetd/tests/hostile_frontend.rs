@@ -32,12 +32,7 @@ const RX: Ring = Ring {
     size: 256,
 };
 /// The largest ring the daemon accepts: the longest a flood lasts between two refills.
-const TX: Ring = Ring {
-    desc: 0x4_0000,
-    avail: 0x4_4000,
-    used: 0x4_5000,
-    size: 1024,
-};
+const TX: Ring = common::BIG_TX_RING;
 const RX_BUFS: u64 = 0x1_0000;
 const RX_BUF_LEN: u32 = 2048;
 const RX_POSTED: u16 = 64;
@@ -204,26 +199,8 @@ fn a_control_message_is_answered_during_a_tx_flood() {
             eprintln!("flood thread {tid} SCHED_FIFO: {fifo:?}");
             let mem = GuestMem { file };
             let end = Instant::now() + FLOOD_FOR;
-            let mut last = 0u16;
-            let mut published = TX.size;
-            let (mut rounds, mut ran_empty) = (0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                let used = mem.used_idx(TX.used);
-                if used == last {
-                    // A short sleep, not a spin: a SCHED_FIFO thread that never sleeps is
-                    // throttled by the kernel (sched_rt_runtime_us) for 50 ms a second, and the
-                    // ring would run empty then.
-                    std::thread::sleep(Duration::from_micros(20));
-                    continue;
-                }
-                taken.fetch_add(u64::from(used.wrapping_sub(last)), Ordering::Relaxed);
-                last = used;
-                rounds += 1;
-                ran_empty += u64::from(used == published);
-                published = used.wrapping_add(TX.size);
-                mem.avail_idx(TX.avail, published);
-                let _ = kick.write(1);
-            }
+            let (rounds, ran_empty) =
+                common::keep_ring_full(&mem, TX, &kick, (0, TX.size), &stop, &taken, end);
             eprintln!("flood: {rounds} refills, the ring ran empty before {ran_empty} of them");
         })
     };

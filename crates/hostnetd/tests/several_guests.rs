@@ -464,26 +464,19 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
             std::thread::spawn(move || {
                 let mem = GuestMem { file };
                 let end = std::time::Instant::now() + Duration::from_secs(15);
-                let mut last = mem.used_idx(FLOOD_RING.used);
-                let (mut refills, mut ran_empty) = (0u64, 0u64);
-                let mut published = last.wrapping_add(FLOOD_RING.size);
+                let last = mem.used_idx(FLOOD_RING.used);
+                let published = last.wrapping_add(FLOOD_RING.size);
                 mem.avail_idx(FLOOD_RING.avail, published);
                 let _ = kick.write(1);
-                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
-                    let used = mem.used_idx(FLOOD_RING.used);
-                    if used == last {
-                        std::thread::sleep(Duration::from_micros(20));
-                        continue;
-                    }
-                    taken.fetch_add(u64::from(used.wrapping_sub(last)), Ordering::Relaxed);
-                    last = used;
-                    refills += 1;
-                    ran_empty += u64::from(used == published);
-                    published = used.wrapping_add(FLOOD_RING.size);
-                    mem.avail_idx(FLOOD_RING.avail, published);
-                    let _ = kick.write(1);
-                }
-                (refills, ran_empty)
+                common::keep_ring_full(
+                    &mem,
+                    FLOOD_RING,
+                    &kick,
+                    (last, published),
+                    &stop,
+                    &taken,
+                    end,
+                )
             })
         };
         std::thread::sleep(Duration::from_millis(500));
@@ -555,13 +548,7 @@ fn iperf(ns: &Netns, port: u16) -> Result<f64> {
         .stdin(std::process::Stdio::null())
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .filter(|l| l.trim_end().ends_with("receiver"))
-        .find_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "Mbits/sec")?;
-            words.get(at.checked_sub(1)?)?.parse().ok()
-        })
+    testbed::iperf3_receiver_mbits(&text)
         .with_context(|| format!("no receiver rate from iperf3 in {}: {out:?}", ns.name()))
 }
 
@@ -723,12 +710,7 @@ const GUEST_HTTP_PORT: u16 = 8000;
 const IPERF_PORT: u16 = 5201;
 /// The ring-full flooder's guest memory and TX ring (the largest ring the daemon accepts).
 const FLOOD_MEM: u64 = 1 << 20;
-const FLOOD_RING: common::Ring = common::Ring {
-    desc: 0x4_0000,
-    avail: 0x4_4000,
-    used: 0x4_5000,
-    size: 1024,
-};
+const FLOOD_RING: common::Ring = common::BIG_TX_RING;
 const FLOOD_BUFS: u64 = 0x8_0000;
 const FLOOD_SLOT: u64 = 128;
 /// Where the flooder's DHCP request is written (after the flood frames).

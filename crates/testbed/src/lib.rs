@@ -20,6 +20,19 @@ pub mod netns;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
 
+/// The receiver's rate in iperf3's text output with `-f m` (its `... Mbits/sec ... receiver`
+/// summary line), for tests and benches that run iperf3.
+#[must_use]
+pub fn iperf3_receiver_mbits(text: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.trim_end().ends_with("receiver"))
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "Mbits/sec")?;
+            words.get(at.checked_sub(1)?)?.parse().ok()
+        })
+}
+
 /// `line` without ANSI colour sequences (`ESC [ ... final-byte`), as tracing's coloured logs
 /// carry them: for tests and tools that read the log lines of the binaries they start.
 pub fn strip_ansi(line: &str) -> String {
@@ -38,4 +51,18 @@ pub fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iperf3_receiver_rate_is_read_from_the_summary_line() {
+        let text = "[  5]   0.00-2.00   sec  3.51 GBytes  15079 Mbits/sec  12             sender\n\
+                    [  5]   0.00-2.00   sec  3.51 GBytes  15071 Mbits/sec                  receiver\n";
+        assert_eq!(super::iperf3_receiver_mbits(text), Some(15071.0));
+        assert_eq!(
+            super::iperf3_receiver_mbits("iperf3: error - unable to connect"),
+            None
+        );
+    }
 }

@@ -820,13 +820,7 @@ fn iperf3_tcp_throughput_both_directions() {
             argv.push("-R");
         }
         let out = lab.ok(ns, 12, &argv);
-        out.lines()
-            .filter(|l| l.trim_end().ends_with("receiver"))
-            .find_map(|l| {
-                let words: Vec<&str> = l.split_whitespace().collect();
-                let at = words.iter().position(|w| *w == "Mbits/sec")?;
-                words.get(at.checked_sub(1)?)?.parse().ok()
-            })
+        testbed::iperf3_receiver_mbits(&out)
             .unwrap_or_else(|| panic!("no receiver rate in iperf3 output:\n{out}"))
     };
     let base = iperf(Ns::H, false);

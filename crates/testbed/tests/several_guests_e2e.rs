@@ -409,19 +409,12 @@ fn iperf(ns: &Netns, server: &str) -> f64 {
         .output()
         .expect("iperf3");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .filter(|l| l.trim_end().ends_with("receiver"))
-        .find_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "Mbits/sec")?;
-            words.get(at.checked_sub(1)?)?.parse().ok()
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no receiver rate in iperf3 output in {}:\n{text}",
-                ns.name()
-            )
-        })
+    testbed::iperf3_receiver_mbits(&text).unwrap_or_else(|| {
+        panic!(
+            "no receiver rate in iperf3 output in {}:\n{text}",
+            ns.name()
+        )
+    })
 }
 
 /// SLAAC in `ns` (as `Lab::slaac` does for G): its address in fd64::/64 once it is usable.

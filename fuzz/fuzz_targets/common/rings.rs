@@ -15,6 +15,37 @@ pub const RX_DESC: u64 = 0x3000;
 pub const RX_AVAIL: u64 = 0x4000;
 pub const RX_USED: u64 = 0x5000;
 
+/// Guest memory of the queue-chain targets (`bridge_chains`, `ctrl_queue`).
+pub const MEM: usize = 0x1_0000;
+/// Where the rest of their input goes in guest memory.
+pub const DATA: u64 = 0x8000;
+/// A descriptor table's bytes.
+pub const TABLE: usize = 16 * QSIZE as usize;
+/// An available ring's bytes (idx and entries).
+pub const RING: usize = 2 + 2 * QSIZE as usize;
+
+/// [`MEM`] bytes of guest memory holding, for each `(desc, avail)` of `queues` in turn, a
+/// descriptor table ([`TABLE`] bytes of `input`, addresses folded into `0..2 * MEM`, so that
+/// about half point outside) and an available ring ([`RING`] bytes), then the rest of `input`
+/// at [`DATA`]; the memory and that rest.
+pub fn hostile_memory<'a>(
+    input: &'a [u8],
+    queues: &[(u64, u64)],
+) -> Option<(GuestMemoryMmap, &'a [u8])> {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).ok()?;
+    let mut rest = input;
+    for &(desc, avail) in queues {
+        let (table, r) = take(rest, TABLE);
+        let (ring, r) = take(r, RING);
+        write_table(&mem, desc, &table, 2 * MEM as u64);
+        write_ring(&mem, avail, &ring);
+        rest = r;
+    }
+    let n = rest.len().min(MEM - DATA as usize);
+    let _ = mem.write_slice(&rest[..n], GuestAddress(DATA));
+    Some((mem, rest))
+}
+
 /// A ready queue of [`QSIZE`] entries with its three areas at `desc`, `avail`, `used`.
 pub fn queue(desc: u64, avail: u64, used: u64, event_idx: bool) -> Option<Queue> {
     let mut q = Queue::new(QSIZE).ok()?;

@@ -202,6 +202,41 @@ impl GuestMem {
     }
 }
 
+/// Keeps `ring` full until `stop` or `until`: whenever the daemon took chains (the used index
+/// moved past `last`), publishes the whole ring again (avail slot i names descriptor i, and
+/// chains are taken in order) and kicks; adds what was taken to `taken`. Starts with `last`
+/// used and `published` made available. Returns how many refills there were and before how
+/// many of them the ring had run empty. Polls with 20 µs sleeps, not a spin: a SCHED_FIFO
+/// thread that never sleeps is throttled by the kernel (sched_rt_runtime_us) for 50 ms a
+/// second, and the ring would run empty then.
+pub(crate) fn keep_ring_full(
+    mem: &GuestMem,
+    ring: Ring,
+    kick: &vmm_sys_util::eventfd::EventFd,
+    (mut last, mut published): (u16, u16),
+    stop: &std::sync::atomic::AtomicBool,
+    taken: &std::sync::atomic::AtomicU64,
+    until: Instant,
+) -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    let (mut refills, mut ran_empty) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        let used = mem.used_idx(ring.used);
+        if used == last {
+            std::thread::sleep(Duration::from_micros(20));
+            continue;
+        }
+        taken.fetch_add(u64::from(used.wrapping_sub(last)), Ordering::Relaxed);
+        last = used;
+        refills += 1;
+        ran_empty += u64::from(used == published);
+        published = used.wrapping_add(ring.size);
+        mem.avail_idx(ring.avail, published);
+        let _ = kick.write(1);
+    }
+    (refills, ran_empty)
+}
+
 /// Where a test ring lives in guest memory.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ring {
@@ -210,6 +245,15 @@ pub(crate) struct Ring {
     pub(crate) used: u64,
     pub(crate) size: u16,
 }
+
+/// A TX ring of the largest size the daemon accepts (1024), for floods: the longest a flood
+/// lasts between two refills.
+pub(crate) const BIG_TX_RING: Ring = Ring {
+    desc: 0x4_0000,
+    avail: 0x4_4000,
+    used: 0x4_5000,
+    size: 1024,
+};
 
 /// The virtio-net header (VERSION_1: 12 bytes) in front of each frame.
 pub(crate) const VNET_HDR: usize = 12;
