@@ -104,11 +104,10 @@ impl<F: Family> Engine<F> {
     pub(crate) fn translate_later_fragment(
         &mut self,
         p: &mut [u8],
-        h: IpHeader<F::Addr>,
+        h: &IpHeader<F::Addr>,
         direction: Direction,
         now: u64,
     ) -> Verdict {
-        let h = &h;
         let key = FragmentKey {
             direction,
             datagram: DatagramId {

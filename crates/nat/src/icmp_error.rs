@@ -230,7 +230,7 @@ impl<F: Family> Engine<F> {
         }
         rewrite_error::<F>(p, h, external_addr, outer_dst, &e, new);
         let v = match F::parse(p) {
-            Ok(h2) => self.inbound_icmp_error(p, h2, now),
+            Ok(h2) => self.inbound_icmp_error(p, &h2, now),
             Err(r) => Verdict::Drop(r),
         };
         match v {
@@ -248,10 +248,9 @@ impl<F: Family> Engine<F> {
     pub(crate) fn inbound_icmp_error(
         &mut self,
         p: &mut [u8],
-        h: IpHeader<F::Addr>,
+        h: &IpHeader<F::Addr>,
         now: u64,
     ) -> Verdict {
-        let h = &h;
         let Some(e) = Embedded::parse::<F>(p, h) else {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         };

@@ -51,11 +51,11 @@ impl<F: Family> Engine<F> {
             return Verdict::Drop(DropReason::InboundSpoofedSource);
         }
         if h.is_later_fragment() {
-            return self.translate_later_fragment(p, h, Direction::Inbound, now);
+            return self.translate_later_fragment(p, &h, Direction::Inbound, now);
         }
         let mut fh = match packet::classify::<F>(p, &h, false) {
             Ok(fh) => fh,
-            Err(NotFlow::IcmpError) => return self.inbound_icmp_error(p, h, now),
+            Err(NotFlow::IcmpError) => return self.inbound_icmp_error(p, &h, now),
             Err(NotFlow::EchoReplyFromInside(_)) => {
                 return Verdict::Drop(DropReason::UnsupportedProtocol);
             }

@@ -23,7 +23,7 @@ impl<F: Family> Engine<F> {
             return Verdict::Drop(DropReason::SpoofedSource);
         }
         if h.is_later_fragment() {
-            return self.translate_later_fragment(p, h, Direction::Outbound, now);
+            return self.translate_later_fragment(p, &h, Direction::Outbound, now);
         }
         let mut fh = match packet::classify::<F>(p, &h, true) {
             Ok(fh) => fh,
