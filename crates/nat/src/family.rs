@@ -478,7 +478,11 @@ impl Family for V6 {
             ident: 0,
         };
         if crate::packet::is_extension(h.protocol) {
-            crate::packet::walk_extensions(q, &mut h).ok()?;
+            let e = crate::packet::walk_extensions(q, h.protocol, h.total_len).ok()?;
+            h.header_len = e.header_len;
+            h.protocol = e.protocol;
+            h.flags_fragment = e.flags_fragment;
+            h.ident = e.ident;
         }
         if q.len() < h.header_len + Self::ERROR_QUOTED_DATA_LEN
             || h.flags_fragment & ipv4::FRAGMENT_OFFSET != 0

@@ -71,12 +71,13 @@ impl<F: Family> Engine<F> {
     pub(crate) fn hairpin(
         &mut self,
         p: &mut [u8],
-        h: &IpHeader<F::Addr>,
+        h: IpHeader<F::Addr>,
         fh: FlowHeader,
         new: FourTuple<F::Addr>,
         now: u64,
         partial: bool,
     ) -> Verdict {
+        let h = &h;
         // rewrite() touches at most the IPv4 header and the first 20
         // transport bytes (a TCP header without options).
         // (The longest IP header of either family, IPv4's 60 bytes.)
@@ -112,10 +113,11 @@ impl<F: Family> Engine<F> {
     pub(crate) fn echo_hairpin(
         &mut self,
         p: &mut [u8],
-        h: &IpHeader<F::Addr>,
+        h: IpHeader<F::Addr>,
         id: u16,
         now: u64,
     ) -> Verdict {
+        let h = &h;
         let b = self.ports.binding(PROTO_ICMP, id);
         let refs = self.ports.table(PROTO_ICMP).map_or(0, |t| t.refs(id));
         if b.used_by != PortUse::Mapping || refs == 0 {
@@ -161,10 +163,11 @@ impl<F: Family> Engine<F> {
     pub(crate) fn echo_reply_hairpin(
         &mut self,
         p: &mut [u8],
-        h: &IpHeader<F::Addr>,
+        h: IpHeader<F::Addr>,
         id: u16,
         now: u64,
     ) -> Verdict {
+        let h = &h;
         let external_addr = self.settings.external_addr;
         if h.dst_addr != external_addr {
             return Verdict::Drop(DropReason::UnsupportedProtocol);

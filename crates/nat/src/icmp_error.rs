@@ -166,9 +166,10 @@ impl<F: Family> Engine<F> {
     pub(crate) fn outbound_icmp_error(
         &mut self,
         p: &mut [u8],
-        h: &IpHeader<F::Addr>,
+        h: IpHeader<F::Addr>,
         now: u64,
     ) -> Verdict {
+        let h = &h;
         let Some(e) = Embedded::parse::<F>(p, h) else {
             return Verdict::Drop(DropReason::IcmpNoMapping);
         };

@@ -27,16 +27,16 @@ impl<F: Family> Engine<F> {
         }
         let mut fh = match packet::classify::<F>(p, &h, true) {
             Ok(fh) => fh,
-            Err(NotFlow::IcmpError) => return self.outbound_icmp_error(p, &h, now),
+            Err(NotFlow::IcmpError) => return self.outbound_icmp_error(p, h, now),
             Err(NotFlow::EchoReplyFromInside(id)) => {
-                return self.echo_reply_hairpin(p, &h, id, now);
+                return self.echo_reply_hairpin(p, h, id, now);
             }
             Err(NotFlow::Drop(r)) => return Verdict::Drop(r),
         };
         fh.transport = fh.transport.with_partial(partial);
         let external_addr = self.settings.external_addr;
         if h.dst_addr == external_addr && fh.protocol == PROTO_ICMP {
-            return self.echo_hairpin(p, &h, fh.src_port, now);
+            return self.echo_hairpin(p, h, fh.src_port, now);
         }
         let old = fh.tuple(&h);
         let key = FiveTuple::new(fh.protocol, old);
@@ -91,7 +91,7 @@ impl<F: Family> Engine<F> {
         let expires = f.expires;
         self.sweep.note_deadline(expires);
         if new.dst_addr == external_addr {
-            return self.hairpin(p, &h, fh, new, now, partial);
+            return self.hairpin(p, h, fh, new, now, partial);
         }
         packet::rewrite::<F>(p, &h, fh.transport, old, new);
         Verdict::Forward

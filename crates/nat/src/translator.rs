@@ -29,7 +29,7 @@ use crate::{
 /// byte's version nibble; anything else is [`DropReason::Malformed`].
 ///
 /// Memory: flows live inline in an open-addressing table keyed by the
-/// internal 5-tuple (32-byte slots for IPv4, 96 for IPv6) at a load factor
+/// internal 5-tuple (32-byte slots for IPv4, 48 for IPv6) at a load factor
 /// between 3/8 and 3/4: for IPv4 43–85.3 bytes per flow depending on where
 /// the table is in its doubling cycle (65–67 measured at 1 000, 64 000 and
 /// 1 000 000 flows). The external side needs no index of its own (see
