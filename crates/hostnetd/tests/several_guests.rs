@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use common::Daemon;
 use testbed::guest::GuestConfig;
-use testbed::netns::{Netns, Process, veth};
+use testbed::netns::{Netns, Process};
 use testbed::vhost_user::Attached;
 
 /// Two frontends at once get distinct MACs and leases (.2, .3), reach each other both ways
@@ -621,37 +620,11 @@ impl World {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("hostnet-sg-www-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut blob = vec![0u8; BLOB_SIZE];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut blob)?;
-        std::fs::write(dir.join(BLOB_NAME), &blob)?;
-        let out = Command::new("sha256sum")
-            .arg(dir.join(BLOB_NAME))
-            .output()?;
-        let blob_sha256 = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .context("sha256sum printed nothing")?
-            .to_owned();
+        let blob_sha256 = common::random_blob(&dir, BLOB_NAME, BLOB_SIZE)?;
         let guests = (0..guests)
             .map(|i| Netns::new(&format!("sg-g{i}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let host = Netns::new("sg-h")?;
-        let server = Netns::new("sg-s")?;
-        veth(&host, "srv0", &server, "eth0")?;
-        host.add_addr("srv0", &format!("{HOST_SERVER_ADDR}/15"))?;
-        server.add_addr("eth0", &format!("{SERVER_ADDR}/15"))?;
-        server.add_route("default", HOST_SERVER_ADDR.parse()?)?;
-        host.sysctl("net.ipv4.ip_forward", "1")?;
-        let dir_str = dir.to_str().context("temp dir is not UTF-8")?;
-        let httpd = server.spawn(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            &format!("{SERVER_ADDR}:80"),
-            "-h",
-            dir_str,
-        ])?;
+        let (host, server, httpd) = common::host_and_server("sg", &dir)?;
         Ok(Self {
             _httpd: httpd,
             guests,
@@ -698,8 +671,7 @@ impl World {
     }
 }
 
-const HOST_SERVER_ADDR: &str = "198.18.0.1";
-const SERVER_ADDR: &str = "198.18.0.2";
+use common::SERVER_ADDR;
 const BLOB_NAME: &str = "blob";
 const BLOB_SIZE: usize = 4 << 20;
 /// The NAT's external address (the TUN's peer) in H.

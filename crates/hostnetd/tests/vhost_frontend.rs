@@ -9,16 +9,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::Daemon;
 use testbed::guest::GuestConfig;
-use testbed::netns::{Netns, Process, veth};
+use testbed::netns::{Netns, Process};
 use testbed::vhost_user::Attached;
 
 #[test]
@@ -116,36 +116,9 @@ impl World {
     fn new() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("hostnet-vu-www-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut blob = vec![0u8; BLOB_SIZE];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut blob)?;
-        std::fs::write(dir.join(BLOB_NAME), &blob)?;
-        let out = Command::new("sha256sum")
-            .arg(dir.join(BLOB_NAME))
-            .output()?;
-        let blob_sha256 = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .context("sha256sum printed nothing")?
-            .to_owned();
-
+        let blob_sha256 = common::random_blob(&dir, BLOB_NAME, BLOB_SIZE)?;
         let guest = Netns::new("vu-g")?;
-        let host = Netns::new("vu-h")?;
-        let server = Netns::new("vu-s")?;
-        veth(&host, "srv0", &server, "eth0")?;
-        host.add_addr("srv0", &format!("{HOST_SERVER_ADDR}/15"))?;
-        server.add_addr("eth0", &format!("{SERVER_ADDR}/15"))?;
-        server.add_route("default", HOST_SERVER_ADDR.parse()?)?;
-        host.sysctl("net.ipv4.ip_forward", "1")?;
-        let dir_str = dir.to_str().context("temp dir is not UTF-8")?;
-        let httpd = server.spawn(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            &format!("{SERVER_ADDR}:80"),
-            "-h",
-            dir_str,
-        ])?;
+        let (host, server, httpd) = common::host_and_server("vu", &dir)?;
         let dnsmasq = server.spawn(&[
             "dnsmasq",
             "--keep-in-foreground",
@@ -236,8 +209,7 @@ impl Sink {
 }
 
 const GATEWAY: &str = "192.168.64.1";
-const HOST_SERVER_ADDR: &str = "198.18.0.1";
-const SERVER_ADDR: &str = "198.18.0.2";
+use common::SERVER_ADDR;
 const DNS_NAME: &str = "www.hostnet.test";
 const BLOB_NAME: &str = "blob";
 const BLOB_SIZE: usize = 16 << 20;

@@ -316,3 +316,60 @@ pub(crate) fn start_ring(
     frontend.set_vring_kick(index, kick)?;
     Ok(())
 }
+
+/// `size` random bytes written to `dir/name`; their SHA-256 in hex (as `sha256sum` prints it).
+pub(crate) fn random_blob(
+    dir: &std::path::Path,
+    name: &str,
+    size: usize,
+) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut blob = vec![0u8; size];
+    File::open("/dev/urandom")?.read_exact(&mut blob)?;
+    std::fs::write(dir.join(name), &blob)?;
+    let out = std::process::Command::new("sha256sum")
+        .arg(dir.join(name))
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| std::io::Error::other("sha256sum printed nothing"))
+}
+
+/// H's address on its veth to S (the simulated internet, 198.18.0.0/15).
+pub(crate) const HOST_SERVER_ADDR: &str = "198.18.0.1";
+/// S's address.
+pub(crate) const SERVER_ADDR: &str = "198.18.0.2";
+
+/// Namespaces `<tag>-h` (H) and `<tag>-s` (S) joined by a veth (H `srv0` HOST_SERVER_ADDR/15,
+/// S `eth0` SERVER_ADDR/15, S's default route via H), IPv4 forwarding in H, and busybox httpd
+/// serving `dir` on SERVER_ADDR:80 in S.
+pub(crate) fn host_and_server(
+    tag: &str,
+    dir: &std::path::Path,
+) -> std::io::Result<(Netns, Netns, Process)> {
+    let host = Netns::new(&format!("{tag}-h"))?;
+    let server = Netns::new(&format!("{tag}-s"))?;
+    testbed::netns::veth(&host, "srv0", &server, "eth0")?;
+    host.add_addr("srv0", &format!("{HOST_SERVER_ADDR}/15"))?;
+    server.add_addr("eth0", &format!("{SERVER_ADDR}/15"))?;
+    let via: std::net::Ipv4Addr = HOST_SERVER_ADDR
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{e}")))?;
+    server.add_route("default", via)?;
+    host.sysctl("net.ipv4.ip_forward", "1")?;
+    let dir = dir
+        .to_str()
+        .ok_or_else(|| std::io::Error::other("temp dir is not UTF-8"))?;
+    let httpd = server.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        &format!("{SERVER_ADDR}:80"),
+        "-h",
+        dir,
+    ])?;
+    Ok((host, server, httpd))
+}
