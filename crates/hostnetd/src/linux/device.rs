@@ -77,49 +77,51 @@ impl DeviceConfig {
 pub(crate) fn log_stats(port: PortId, mac: MacAddr, s: &Stats, net: &Network) {
     let mut all = net.bridge_stats();
     all.bridge = s.clone();
-    info!(
-        port = port.0,
-        %mac,
-        tx_frames = s.tx_frames,
-        rx_frames = s.rx_frames,
-        to_host = s.to_host,
-        from_host = s.from_host,
-        local_replies = s.local_replies,
-        tx_gso = s.tx_gso,
-        rx_gso = s.rx_gso,
-        tx_gso6 = s.tx_gso6,
-        rx_gso6 = s.rx_gso6,
-        nat_flows = all.nat_flows,
-        drops = %all.drops_by_name(),
-        "connection stats"
-    );
+    log_counters("connection stats", Some((port, mac)), None, &all);
 }
 
 /// Logs the network's counters (every port's added up; SIGUSR1): one `network stats` line
 /// and a `connection stats` line per port.
 pub(crate) fn log_network_stats(net: &Network) {
-    let all = net.bridge_stats();
-    let s = &all.bridge;
-    info!(
-        ports = net.ports().count(),
-        tx_frames = s.tx_frames,
-        rx_frames = s.rx_frames,
-        to_host = s.to_host,
-        from_host = s.from_host,
-        local_replies = s.local_replies,
-        tx_gso = s.tx_gso,
-        rx_gso = s.rx_gso,
-        tx_gso6 = s.tx_gso6,
-        rx_gso6 = s.rx_gso6,
-        nat_flows = all.nat_flows,
-        drops = %all.drops_by_name(),
-        "network stats"
+    log_counters(
+        "network stats",
+        None,
+        Some(net.ports().count()),
+        &net.bridge_stats(),
     );
     for (port, mac) in net.ports() {
         if let Some(s) = net.stats(port) {
             log_stats(port, mac, s, net);
         }
     }
+}
+
+/// One counters line: `all.bridge`'s frames and offloads, the NAT's flows and every drop by
+/// name, for one port (`who`) or the network of `ports` ports.
+fn log_counters(
+    what: &'static str,
+    who: Option<(PortId, MacAddr)>,
+    ports: Option<usize>,
+    all: &bridge::BridgeStats,
+) {
+    let s = &all.bridge;
+    info!(
+        port = who.map(|(p, _)| p.0),
+        mac = who.map(|(_, m)| tracing::field::display(m)),
+        ports,
+        tx_frames = s.tx_frames,
+        rx_frames = s.rx_frames,
+        to_host = s.to_host,
+        from_host = s.from_host,
+        local_replies = s.local_replies,
+        tx_gso = s.tx_gso,
+        rx_gso = s.rx_gso,
+        tx_gso6 = s.tx_gso6,
+        rx_gso6 = s.rx_gso6,
+        nat_flows = all.nat_flows,
+        drops = %all.drops_by_name(),
+        "{what}"
+    );
 }
 
 const PREFIX_LEN: u8 = 24;
