@@ -152,7 +152,9 @@ impl NetBackend {
     pub(crate) fn detach(&self) {
         let mut n = network::lock(&self.net);
         if let Some(s) = n.net.stats(self.port) {
-            device::log_stats(self.port, self.mac, s, &n.net);
+            // The MAC the port follows now (its guest's), else the one it was given.
+            let mac = n.net.switch().mac_of(self.port).unwrap_or(self.mac);
+            device::log_stats(self.port, mac, s, &n.net);
         }
         n.detach(self.port);
     }
