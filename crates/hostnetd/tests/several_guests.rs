@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -61,7 +60,7 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
             && grew(1, "tx_bytes") < (BLOB_SIZE as u64) / 16,
         "the idle guest's counters moved with the other's download: {before:?} -> {after:?}"
     );
-    let metrics = ctl(&daemon, "metrics")?;
+    let metrics = daemon.ctl("metrics")?;
     for (i, mac) in ["52:54:00:12:34:56", "52:54:00:12:34:57"]
         .iter()
         .enumerate()
@@ -120,7 +119,7 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
         "guest to guest: sha256 {got:?}, want {}",
         world.blob_sha256
     );
-    let guests = ctl(&daemon, "guests")?;
+    let guests = daemon.ctl("guests")?;
     ensure!(
         guests.contains("52:54:00:12:34:56 ipv4=192.168.64.2")
             && guests.contains("52:54:00:12:34:57 ipv4=192.168.64.3"),
@@ -140,7 +139,7 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
     world.ping(2, "192.168.64.3")?;
     world.ping(1, "192.168.64.2")?;
     world.fetch(2)?;
-    let guests = ctl(&daemon, "guests")?;
+    let guests = daemon.ctl("guests")?;
     ensure!(guests.lines().count() == 2, "ctl guests said {guests:?}");
 
     ensure!(
@@ -312,7 +311,7 @@ fn a_flooding_guest_leaves_another_a_third_of_its_tcp() -> Result<()> {
             break;
         }
     }
-    let stats: serde_json::Value = serde_json::from_str(&ctl(&daemon, "--json stats")?)?;
+    let stats: serde_json::Value = serde_json::from_str(&daemon.ctl("--json stats")?)?;
     let host_limit = stats["stats"]["nat"]["ipv4"]["drops"]["HostLimit"]
         .as_u64()
         .unwrap_or(0);
@@ -427,7 +426,7 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
     );
     mem.write(FLOOD_BUFS, &flood_slot0);
     mem.desc(FLOOD_RING.desc, 0, FLOOD_BUFS, flood_len0, 0);
-    let guests = ctl(&daemon, "guests")?;
+    let guests = daemon.ctl("guests")?;
     ensure!(
         guests.contains("52:54:00:12:34:56 ipv4=192.168.64.2"),
         "the flooder has no lease: {guests}"
@@ -498,7 +497,7 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
         }
     }
     let counters = guest_counters(&daemon)?;
-    eprintln!("per guest: {}", ctl(&daemon, "--json guests")?);
+    eprintln!("per guest: {}", daemon.ctl("--json guests")?);
     ensure!(
         counters
             .first()
@@ -518,7 +517,7 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
 
 /// `ctl --json guests`: each guest's (in port order) counters by name, `drops` among them.
 fn guest_counters(daemon: &Daemon) -> Result<Vec<std::collections::BTreeMap<String, u64>>> {
-    let reply: serde_json::Value = serde_json::from_str(&ctl(daemon, "--json guests")?)?;
+    let reply: serde_json::Value = serde_json::from_str(&daemon.ctl("--json guests")?)?;
     let guests = reply["guests"]
         .as_array()
         .context("no guests in the reply")?;
@@ -583,17 +582,6 @@ fn hostnet_e2e() -> PathBuf {
 
 fn mac(a: &Attached) -> String {
     bridge::MacAddr(a.net_config().mac).to_string()
-}
-
-/// `hostnetd ctl` against the daemon's control socket.
-fn ctl(daemon: &Daemon, command: &str) -> Result<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_hostnetd"))
-        .args(["ctl", "--socket"])
-        .arg(&daemon.sock)
-        .args(command.split_whitespace())
-        .output()?;
-    ensure!(out.status.success(), "hostnetd ctl {command}: {out:?}");
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Gi (each simulated guest's TAP), H (hostnetd, its TUN), S (198.18.0.2: busybox httpd).

@@ -67,6 +67,21 @@ impl Daemon {
         }
     }
 
+    /// `hostnetd ctl COMMAND...` against this daemon's control socket: its stdout.
+    pub(crate) fn ctl(&self, command: &str) -> std::io::Result<String> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostnetd"))
+            .args(["ctl", "--socket"])
+            .arg(&self.sock)
+            .args(command.split_whitespace())
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "hostnetd ctl {command}: {out:?}"
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The first log line containing `needle` within `within`.
     pub(crate) fn wait_for_line(&self, needle: &str, within: Duration) -> Option<String> {
         let deadline = Instant::now() + within;
