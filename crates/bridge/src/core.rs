@@ -153,7 +153,7 @@ impl DeviceCore {
     /// [`Error::Config`], [`Error::NatConfig`] or [`Error::NatRule`] (forwards, DNS redirect).
     pub fn new(mut config: BridgeConfig) -> Result<Self, Error> {
         config.validate()?;
-        let guest = config.static_guest_ip.unwrap_or(*config.dhcp_pool.start());
+        let guest = device_guest(&config);
         if let Some(g) = config
             .forwards6
             .iter()
@@ -1122,9 +1122,15 @@ fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
 }
 
 /// The TX and RX halves for the negotiated header and offloads.
+/// The IPv4 address of a device's guest: its static address, else the pool's first (a
+/// network's port has a pool of one).
+fn device_guest(config: &BridgeConfig) -> core::net::Ipv4Addr {
+    config.static_guest_ip.unwrap_or(*config.dhcp_pool.start())
+}
+
 /// The IPv6 forwards for this device's guest: those naming no guest or its IPv4 address.
 fn forwards6_of_guest(config: &BridgeConfig) -> Vec<crate::PortForward6> {
-    let guest = config.static_guest_ip.unwrap_or(*config.dhcp_pool.start());
+    let guest = device_guest(config);
     config
         .forwards6
         .iter()

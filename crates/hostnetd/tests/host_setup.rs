@@ -360,16 +360,7 @@ impl World {
             "nodad",
         ])?;
         host.exec(&["ip", "-6", "route", "add", "default", "via", SERVER6])?;
-        let dir_str = dir.to_str().context("temp dir is not UTF-8")?;
-        let httpd = server.spawn(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            &format!("{SERVER_ADDR}:80"),
-            "-h",
-            dir_str,
-        ])?;
+        let httpd = common::busybox_httpd(&server, &format!("{SERVER_ADDR}:80"), &dir)?;
         Ok(Self {
             _httpd: httpd,
             guest,

@@ -5,6 +5,8 @@
 //! built by `cargo xtask guest-image` (under `target/guest/`). Everything runs inside namespaces made here.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -826,24 +828,8 @@ impl World {
         server.ip(&["-6", "route", "add", "default", "via", HOST_SERVER_ADDR6])?;
         // All of S's addresses, IPv6 included, on its own port (the one above is bound to
         // SERVER_ADDR only).
-        let httpd6 = server.spawn(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            &HTTP6_PORT.to_string(),
-            "-h",
-            blob.dir_str()?,
-        ])?;
-        let httpd = server.spawn(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            &format!("{SERVER_ADDR}:80"),
-            "-h",
-            blob.dir_str()?,
-        ])?;
+        let httpd6 = common::busybox_httpd(&server, &HTTP6_PORT.to_string(), &blob.dir)?;
+        let httpd = common::busybox_httpd(&server, &format!("{SERVER_ADDR}:80"), &blob.dir)?;
         let pid_file =
             std::env::temp_dir().join(format!("hostnet-qemu-dnsmasq-{}.pid", std::process::id()));
         let dnsmasq = server.spawn(&[

@@ -83,15 +83,11 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
     }
     world.fetch(1)?;
     // The forward names the second guest by its address: S reaches its web server.
-    let _web = world.guests[1].spawn(&[
-        "busybox",
-        "httpd",
-        "-f",
-        "-p",
+    let _web = common::busybox_httpd(
+        &world.guests[1],
         &format!("0.0.0.0:{GUEST_HTTP_PORT}"),
-        "-h",
-        world.dir.to_str().context("temp dir is not UTF-8")?,
-    ])?;
+        &world.dir,
+    )?;
     let got = world.server.exec(&[
         "sh",
         "-c",
@@ -591,23 +587,13 @@ struct World {
     guests: Vec<Netns>,
     host: Netns,
     server: Netns,
-    dir: PathBuf,
+    dir: common::Folder,
     blob_sha256: String,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl World {
     fn new(guests: usize) -> Result<Self> {
-        // One folder per world: the tests of this binary run in parallel.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("hostnet-sg-www-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = common::Folder::new("hostnet-sg-www")?;
         let blob_sha256 = common::random_blob(&dir, BLOB_NAME, BLOB_SIZE)?;
         let guests = (0..guests)
             .map(|i| Netns::new(&format!("sg-g{i}")))

@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -167,23 +166,13 @@ struct World {
     guest: Netns,
     host: Netns,
     server: Netns,
-    dir: PathBuf,
+    dir: common::Folder,
     blob_sha256: String,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl World {
     fn new() -> Result<Self> {
-        // One folder per world: the tests of this binary run in parallel.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("hostnet-vu-www-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = common::Folder::new("hostnet-vu-www")?;
         let blob_sha256 = common::random_blob(&dir, BLOB_NAME, BLOB_SIZE)?;
         let guest = Netns::new("vu-g")?;
         let (host, server, httpd) = common::host_and_server("vu", &dir)?;

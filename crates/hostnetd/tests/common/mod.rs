@@ -374,17 +374,47 @@ pub(crate) fn host_and_server(
         .map_err(|e| std::io::Error::other(format!("{e}")))?;
     server.add_route("default", via)?;
     host.sysctl("net.ipv4.ip_forward", "1")?;
+    let httpd = busybox_httpd(&server, &format!("{SERVER_ADDR}:80"), dir)?;
+    Ok((host, server, httpd))
+}
+
+/// busybox httpd in `ns`, listening on `listen` (`ADDR:PORT` or a port), serving `dir`.
+pub(crate) fn busybox_httpd(
+    ns: &Netns,
+    listen: &str,
+    dir: &std::path::Path,
+) -> std::io::Result<Process> {
     let dir = dir
         .to_str()
         .ok_or_else(|| std::io::Error::other("temp dir is not UTF-8"))?;
-    let httpd = server.spawn(&[
-        "busybox",
-        "httpd",
-        "-f",
-        "-p",
-        &format!("{SERVER_ADDR}:80"),
-        "-h",
-        dir,
-    ])?;
-    Ok((host, server, httpd))
+    ns.spawn(&["busybox", "httpd", "-f", "-p", listen, "-h", dir])
+}
+
+/// A scratch folder of its own (the tests of one binary run in parallel: the PID and a
+/// counter name it), removed on drop.
+#[derive(Debug)]
+pub(crate) struct Folder(std::path::PathBuf);
+
+impl Folder {
+    /// `$TMPDIR/<prefix>-<pid>-<n>`, created.
+    pub(crate) fn new(prefix: &str) -> std::io::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl std::ops::Deref for Folder {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
