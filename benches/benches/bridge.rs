@@ -17,8 +17,8 @@ use bridge::testing::{
     udp_packet,
 };
 use bridge::{
-    FrameBatch, Gateway, GatewayConfig, HostLink, MemoryLink, RxEngine, RxQueue, Stats, TxEngine,
-    TxQueue, VIRTIO_NET_HDR_LEN,
+    FrameBatch, Gateway, GatewayConfig, GuestState, HostLink, MemoryLink, RxEngine, RxQueue, Stats,
+    TxEngine, TxQueue, VIRTIO_NET_HDR_LEN,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nat::{Instant, Nat, NatConfig, Verdict};
@@ -74,6 +74,7 @@ struct TxRig<'a> {
     net: MockNet<'a>,
     q: Queue,
     engine: TxEngine,
+    guest: GuestState,
     replies: FrameBatch,
     nat: Nat,
     inside: MemoryLink,
@@ -100,7 +101,8 @@ impl<'a> TxRig<'a> {
             mem,
             net,
             q,
-            engine: TxEngine::new(TxQueue::new(HDR, 1514), gateway(), batch, 1514),
+            engine: TxEngine::new(TxQueue::new(HDR, 1514), batch, 1514),
+            guest: GuestState::new(gateway()),
             replies: FrameBatch::new(batch, 2048),
             nat,
             inside,
@@ -124,12 +126,18 @@ impl<'a> TxRig<'a> {
                     self.mem,
                     &mut self.q,
                     &mut self.replies,
+                    &mut self.guest,
                     NOW,
                     &mut self.stats,
                 )
                 .expect("pull");
-            self.engine
-                .translate(&mut self.nat, &mut self.replies, NOW, &mut self.stats);
+            self.engine.translate(
+                &mut self.nat,
+                &mut self.replies,
+                &mut self.guest,
+                NOW,
+                &mut self.stats,
+            );
             self.engine
                 .push(&self.inside, &mut self.stats)
                 .expect("push");

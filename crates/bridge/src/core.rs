@@ -25,6 +25,7 @@ use crate::device::{
 use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::Gateway;
+use crate::guest_state::GuestState;
 use crate::network::Others;
 use crate::offload::{MAX_IP_PACKET, Offloads};
 use crate::rx_engine::RxEngine;
@@ -404,7 +405,7 @@ impl DeviceCore {
 
     /// The gateway services (the guest's MAC, its lease).
     pub fn gateway(&self) -> &Gateway {
-        self.port.tx.engine.gateway()
+        self.port.guest.gateway()
     }
 
     /// The offloads in force.
@@ -427,6 +428,7 @@ impl DeviceCore {
         Parts {
             reply_size: self.port.replies.buf_size(),
             config: self.port.config,
+            guest: self.port.guest,
             tx: self.port.tx,
             rx: self.port.rx,
             nat: self.nat,
@@ -442,6 +444,8 @@ impl DeviceCore {
 pub(crate) struct PortCore {
     pub(crate) config: BridgeConfig,
     pub(crate) device: Device,
+    /// The guest's gateway services and IPv6 forwards, whichever queue its frames come on.
+    pub(crate) guest: GuestState,
     pub(crate) tx: TxHalf,
     pub(crate) rx: RxHalf,
     /// Frames waiting for RX buffers: gateway replies, hairpinned packets, frames switched
@@ -475,8 +479,9 @@ impl PortCore {
             mrg_rxbuf: device.mrg_rxbuf(),
             ..Negotiated::default()
         };
-        let (tx, rx) = halves(&config, &negotiated, gateway, relay.clone());
+        let (tx, rx) = halves(&config, &negotiated, relay.clone());
         Ok(Self {
+            guest: guest_state(&config, gateway),
             replies: reply_batch(&config, &negotiated),
             config,
             device,
@@ -516,7 +521,8 @@ impl PortCore {
         match build_gateway(&self.config) {
             Ok(gateway) => {
                 let short = self.rx.short_batch_drains;
-                (self.tx, self.rx) = halves(&self.config, &negotiated, gateway, self.relay.clone());
+                self.guest = guest_state(&self.config, gateway);
+                (self.tx, self.rx) = halves(&self.config, &negotiated, self.relay.clone());
                 self.rx.short_batch_drains = short;
                 if reply_size(&self.config, &negotiated) != self.replies.buf_size() {
                     self.replies = reply_batch(&self.config, &negotiated);
@@ -576,7 +582,7 @@ impl PortCore {
                 )));
             }
             let f = spec.to_port_forward6();
-            if !self.tx.engine.add_forward6(f, nat) {
+            if !self.guest.add_forward6(f, nat) {
                 return Err(Error::Config(format!(
                     "{:?} port {} is already forwarded (IPv6)",
                     f.protocol, f.external_port
@@ -601,7 +607,7 @@ impl PortCore {
             self.config
                 .forwards6
                 .retain(|g| !same(g.protocol, g.external_port));
-            return self.tx.engine.remove_forward6(protocol, external_port, nat);
+            return self.guest.remove_forward6(protocol, external_port, nat);
         }
         let before = self.config.forwards.len();
         self.config
@@ -647,10 +653,15 @@ impl PortCore {
                     stats: &mut self.stats,
                 };
                 let view = others.as_ref().map(|o| o.view());
-                let out = match self
-                    .tx
-                    .batch(mem, txq, &mut self.replies, &mut *nat, step, view)
-                {
+                let out = match self.tx.batch(
+                    mem,
+                    txq,
+                    &mut self.replies,
+                    &mut self.guest,
+                    &mut *nat,
+                    step,
+                    view,
+                ) {
                     Ok(out) => out,
                     Err(Error::HostLink(e)) => {
                         self.host_failure(&e);
@@ -692,7 +703,7 @@ impl PortCore {
             self.replies.clear();
         }
         if let Some(buf) = self.replies.next_buf()
-            && let Some(len) = self.tx.engine.gateway_mut().unsolicited(buf, now)
+            && let Some(len) = self.guest.gateway_mut().unsolicited(buf, now)
         {
             self.replies.commit(0, len);
             self.stats.local_replies += 1;
@@ -715,7 +726,7 @@ impl PortCore {
         now: nat::Instant,
         mut others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
-        let guest_mac = self.tx.engine.gateway().guest_mac();
+        let guest_mac = self.guest.gateway().guest_mac();
         let mut notify = Notify::default();
         for _ in 0..RX_PASS_BUDGET {
             let step = Step {
@@ -818,6 +829,7 @@ pub(crate) fn dns_relay(config: &BridgeConfig) -> Option<SharedRelay> {
 #[derive(Debug)]
 pub(crate) struct Parts {
     pub(crate) config: BridgeConfig,
+    pub(crate) guest: GuestState,
     pub(crate) tx: TxHalf,
     pub(crate) rx: RxHalf,
     pub(crate) nat: Nat,
@@ -875,11 +887,13 @@ impl TxHalf {
     ///
     /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (the frames
     /// were taken and counted).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn batch<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &mut Q,
         replies: &mut FrameBatch,
+        guest: &mut GuestState,
         mut nat: impl NatAccess,
         step: Step<'_>,
         view: Option<SwitchView<'_>>,
@@ -887,11 +901,11 @@ impl TxHalf {
         let Step { host, now, stats } = step;
         let out = self
             .engine
-            .pull_switched(mem, queue, replies, now, stats, view)?;
+            .pull_switched(mem, queue, replies, guest, now, stats, view)?;
         if out.frames > 0 {
             nat.with(|nat| {
                 self.engine
-                    .translate_switched(nat, replies, now, stats, view)
+                    .translate_switched(nat, replies, guest, now, stats, view)
             });
             self.engine.push(host, stats)?;
         }
@@ -1139,23 +1153,21 @@ fn forwards6_of_guest(config: &BridgeConfig) -> Vec<crate::PortForward6> {
         .collect()
 }
 
-fn halves(
-    config: &BridgeConfig,
-    n: &Negotiated,
-    gateway: Gateway,
-    relay: Option<SharedRelay>,
-) -> (TxHalf, RxHalf) {
+/// The guest's state on its port: `gateway` and the IPv6 forwards for it.
+fn guest_state(config: &BridgeConfig, gateway: Gateway) -> GuestState {
+    GuestState::new(gateway).with_forwards6(forwards6_of_guest(config))
+}
+
+fn halves(config: &BridgeConfig, n: &Negotiated, relay: Option<SharedRelay>) -> (TxHalf, RxHalf) {
     let mtu = usize::from(config.mtu);
     let offloads = n.offloads;
     let max_frame = offloads.max_tx_frame(config.mtu);
     let tx = TxEngine::new(
         TxQueue::new(n.header_len, max_frame),
-        gateway,
         config.batch_size,
         max_frame,
     )
-    .with_offloads(offloads, config.mtu)
-    .with_forwards6(forwards6_of_guest(config));
+    .with_offloads(offloads, config.mtu);
     let tx = tx.with_dns_relay(relay.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).

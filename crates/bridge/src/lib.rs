@@ -138,6 +138,7 @@ mod forward;
 mod frame;
 mod gateway;
 mod gmem;
+mod guest_state;
 mod host;
 mod network;
 mod offload;
@@ -203,6 +204,7 @@ pub use gateway::{
     MAX_GUEST_IPV6_ADDRS, PREFIX_PREFERRED_S, PREFIX_VALID_S, RDNSS_LIFETIME_S, ROUTER_LIFETIME_S,
     TxAction, UNSOLICITED_RA_INTERVAL_MS,
 };
+pub use guest_state::GuestState;
 pub use host::{HostLink, LinkOffloads, MemoryLink};
 pub use network::Network;
 pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};

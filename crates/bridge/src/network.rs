@@ -309,7 +309,7 @@ impl Network {
         // The IPv6 addresses the guest was seen to use (its own traffic, past the gateway's
         // anti-spoofing checks): the switch delivers to them from now on.
         if let Some(Some(p)) = self.ports.get(usize::from(port.0)) {
-            for &a in p.tx.engine.gateway().guest_ipv6_addrs() {
+            for &a in p.guest.gateway().guest_ipv6_addrs() {
                 if let Claim::Conflict(holder) = self.switch.learn_ipv6(port, a) {
                     tracing::debug!(port = port.0, holder = holder.0, %a, "IPv6 address held by another port");
                 }
@@ -396,7 +396,7 @@ impl Network {
 
     /// `port`'s gateway services (its guest's MAC, lease, IPv6 addresses).
     pub fn gateway(&self, port: PortId) -> Option<&crate::Gateway> {
-        Some(self.port(port)?.tx.engine.gateway())
+        Some(self.port(port)?.guest.gateway())
     }
 
     /// What `port`'s [`Network::ack_features`] agreed on.
@@ -523,7 +523,7 @@ impl Network {
         let Some(Some(p)) = self.ports.get_mut(usize::from(port.0)) else {
             return;
         };
-        let seen = p.tx.engine.gateway().guest_mac();
+        let seen = p.guest.gateway().guest_mac();
         let old = p.config.guest_mac;
         if seen == old {
             return;
@@ -538,7 +538,7 @@ impl Network {
                 tracing::info!(port = port.0, %old, mac = %seen, "the port follows its guest's MAC");
             }
             Err(e) => {
-                p.tx.engine.gateway_mut().set_guest_mac(old);
+                p.guest.gateway_mut().set_guest_mac(old);
                 p.stats.drop(DropCause::SpoofedMac);
                 tracing::debug!(port = port.0, mac = %seen, "guest MAC refused: {e}");
             }

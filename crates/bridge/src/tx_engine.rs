@@ -16,6 +16,7 @@ use crate::device::{VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::{Gateway, TxAction};
+use crate::guest_state::GuestState;
 use crate::host::HostLink;
 use crate::offload::{self, FrameOffload, Offloads};
 use crate::stats::{DropCause, Stats};
@@ -29,7 +30,6 @@ use ::wire::{EthernetFrame, Ipv4Packet, Ipv6Packet, icmpv6, ip_proto};
 #[derive(Debug)]
 pub struct TxEngine {
     tx_queue: TxQueue,
-    gateway: Gateway,
     input: FrameBatch,
     actions: Vec<TxAction>,
     forward: Vec<bool>,
@@ -45,9 +45,6 @@ pub struct TxEngine {
     /// Fragments the NAT held (they came before their first fragment) and has now released,
     /// translated, for the host link; the IP packet at offset 14 of each buffer.
     released: FrameBatch,
-    /// IPv6 port forwards and the guest address they are installed for in NAT66.
-    forwards6: Vec<crate::PortForward6>,
-    forwards6_to: Option<core::net::Ipv6Addr>,
     /// The DNS relay (IPv6 queries to an IPv4 upstream), shared with the RX side.
     dns_relay: Option<SharedRelay>,
     /// On a network of several ports: the frames of the last [`TxEngine::pull`] the
@@ -78,11 +75,10 @@ impl SwitchView<'_> {
 impl TxEngine {
     /// An engine whose batches hold `batch_size` (at most [`MAX_BATCH`]) frames of at most
     /// `max_frame` bytes.
-    pub fn new(tx_queue: TxQueue, gateway: Gateway, batch_size: usize, max_frame: usize) -> Self {
+    pub fn new(tx_queue: TxQueue, batch_size: usize, max_frame: usize) -> Self {
         let batch_size = batch_size.clamp(1, MAX_BATCH);
         TxEngine {
             tx_queue,
-            gateway,
             input: FrameBatch::new(batch_size, max_frame + VIRTIO_NET_HDR_LEN),
             actions: Vec::with_capacity(batch_size),
             forward: vec![false; batch_size],
@@ -93,8 +89,6 @@ impl TxEngine {
             nat_l4: Vec::with_capacity(batch_size),
             verdicts: vec![Verdict::Forward; batch_size],
             released: FrameBatch::new(RELEASED_PER_BATCH, max_frame),
-            forwards6: Vec::new(),
-            forwards6_to: None,
             dns_relay: None,
             switched: Vec::with_capacity(batch_size),
         }
@@ -126,88 +120,6 @@ impl TxEngine {
         Ok(n)
     }
 
-    /// Installs `forwards6` in NAT66 once the gateway learned the guest's global IPv6
-    /// address, and moves them when it changes (checked at each [`TxEngine::translate`]).
-    pub fn with_forwards6(mut self, forwards6: Vec<crate::PortForward6>) -> Self {
-        self.forwards6 = forwards6;
-        self
-    }
-
-    /// Adds an IPv6 port forward at runtime: installed at once if the guest's address is
-    /// known, else once it is ([`TxEngine::with_forwards6`]). `false` if the external port is
-    /// taken for the protocol.
-    pub fn add_forward6(&mut self, f: crate::PortForward6, nat: &mut Nat) -> bool {
-        let taken = |g: &crate::PortForward6| {
-            g.protocol == f.protocol && g.external_port == f.external_port
-        };
-        if self.forwards6.iter().any(taken) {
-            return false;
-        }
-        if let Some(a) = self.forwards6_to {
-            let internal = core::net::SocketAddrV6::new(a, f.guest_port, 0, 0);
-            if nat
-                .add_forward6(f.protocol, f.external_port, internal)
-                .is_err()
-            {
-                return false;
-            }
-        }
-        self.forwards6.push(f);
-        true
-    }
-
-    /// Removes the IPv6 port forward on (`protocol`, `external_port`) and ends its sessions
-    /// ([`Nat::close_forward6`]); `false` if there was none.
-    pub fn remove_forward6(
-        &mut self,
-        protocol: nat::Protocol,
-        external_port: u16,
-        nat: &mut Nat,
-    ) -> bool {
-        let before = self.forwards6.len();
-        self.forwards6
-            .retain(|g| !(g.protocol == protocol && g.external_port == external_port));
-        if self.forwards6.len() == before {
-            return false;
-        }
-        nat.close_forward6(protocol, external_port);
-        true
-    }
-
-    /// The IPv6 port forwards.
-    pub fn forwards6(&self) -> &[crate::PortForward6] {
-        &self.forwards6
-    }
-
-    /// Aims the IPv6 port forwards at the gateway's current forward target (no allocation:
-    /// a scan of at most `MAX_GUEST_IPV6_ADDRS` addresses, and NAT rules only on a change).
-    fn refresh_forwards6(&mut self, nat: &mut Nat) {
-        if self.forwards6.is_empty() {
-            return;
-        }
-        let target = self.gateway.guest_ipv6_forward_target();
-        if target == self.forwards6_to {
-            return;
-        }
-        for f in &self.forwards6 {
-            nat.remove_forward6(f.protocol, f.external_port);
-            if let Some(a) = target {
-                let internal = core::net::SocketAddrV6::new(a, f.guest_port, 0, 0);
-                if let Err(e) = nat.add_forward6(f.protocol, f.external_port, internal) {
-                    tracing::warn!(
-                        "IPv6 port forward {:?} {} -> {internal}: {e:?}",
-                        f.protocol,
-                        f.external_port
-                    );
-                }
-            }
-        }
-        if let Some(a) = target {
-            tracing::info!("IPv6 port forwards go to {a}");
-        }
-        self.forwards6_to = target;
-    }
-
     /// Uses the negotiated `offloads` (see [`Offloads::negotiate`]); `mtu` is the guest MTU,
     /// the limit for frames that are not GSO super-frames. The engine's `max_frame` must be
     /// [`Offloads::max_tx_frame`] and the host link must carry virtio-net headers if any
@@ -218,18 +130,9 @@ impl TxEngine {
         self
     }
 
-    /// The gateway services (lease, learned MAC).
-    pub fn gateway(&self) -> &Gateway {
-        &self.gateway
-    }
-
-    /// The gateway services, to change (its timers: [`Gateway::unsolicited`]).
-    pub fn gateway_mut(&mut self) -> &mut Gateway {
-        &mut self.gateway
-    }
-
-    /// Drains up to a batch of TX chains and classifies the frames; gateway replies go to
-    /// `replies` (which must have room for a batch: every frame yields at most one reply).
+    /// Drains up to a batch of TX chains and classifies the frames; `guest`'s gateway answers
+    /// what it serves into `replies` (which must have room for a batch: every frame yields at
+    /// most one reply).
     ///
     /// # Errors
     ///
@@ -239,21 +142,24 @@ impl TxEngine {
         mem: &M,
         queue: &mut Q,
         replies: &mut FrameBatch,
+        guest: &mut GuestState,
         now: Instant,
         stats: &mut Stats,
     ) -> Result<TxOutcome, Error> {
-        self.pull_switched(mem, queue, replies, now, stats, None)
+        self.pull_switched(mem, queue, replies, guest, now, stats, None)
     }
 
     /// As [`TxEngine::pull`], on a network of several ports (`view`): frames for another
     /// guest are left in the batch for [`TxEngine::switched`] (after the gateway's
     /// anti-spoofing checks), ARP requests for another guest's address are answered with its
     /// MAC, and frames to a MAC that is no one's are dropped ([`Switch::decide`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn pull_switched<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &mut Q,
         replies: &mut FrameBatch,
+        guest: &mut GuestState,
         now: Instant,
         stats: &mut Stats,
         view: Option<SwitchView<'_>>,
@@ -264,8 +170,9 @@ impl TxEngine {
         self.switched.clear();
         let out = self.tx_queue.process(mem, queue, &mut self.input, stats)?;
         let hdr_len = self.tx_queue.header_len();
+        let gateway = guest.gateway_mut();
         for i in 0..self.input.len() {
-            let (kind, hdr) = match self.check(i, hdr_len) {
+            let (kind, hdr) = match self.check(i, hdr_len, gateway) {
                 Ok(k) => k,
                 Err(c) => {
                     stats.drop(c);
@@ -282,31 +189,29 @@ impl TxEngine {
             let frame = self.input.frame(i).unwrap_or(&[]);
             let decision = view.map_or(Decision::Gateway, |v| v.switch.decide(v.port, frame));
             let mut action = match (decision, replies.next_buf(), view) {
-                (Decision::Port(q), _, Some(v)) => {
-                    match may_switch(&mut self.gateway, frame, v, now) {
-                        Ok(()) => {
-                            self.switched.push((i, q));
-                            TxAction::Consumed
-                        }
-                        Err(c) => TxAction::Drop(c),
+                (Decision::Port(q), _, Some(v)) => match may_switch(gateway, frame, v, now) {
+                    Ok(()) => {
+                        self.switched.push((i, q));
+                        TxAction::Consumed
                     }
-                }
+                    Err(c) => TxAction::Drop(c),
+                },
                 (Decision::Port(_), _, None) => TxAction::Drop(DropCause::NotRoutable),
                 (Decision::Drop(c), _, _) => TxAction::Drop(c),
                 (Decision::Gateway, _, Some(v)) if ipv6_source_of_another(frame, v) => {
                     TxAction::Drop(DropCause::SpoofedIpv6)
                 }
                 (Decision::Gateway, Some(buf), view) => {
-                    let a = self.gateway.handle_with(frame, buf, now, gso);
+                    let a = gateway.handle_with(frame, buf, now, gso);
                     // ARP and Neighbor Solicitations for another guest: its MAC.
                     let answer = match (a, view) {
                         (TxAction::Drop(DropCause::ArpIgnored), Some(v)) => {
                             let mac = |ip| v.other_mac(v.switch.port_by_ipv4(ip));
-                            self.gateway.arp_for_neighbor(frame, buf, now, mac)
+                            gateway.arp_for_neighbor(frame, buf, now, mac)
                         }
                         (TxAction::Drop(DropCause::Ipv6Ignored) | TxAction::Consumed, Some(v)) => {
                             let mac = |ip| v.other_mac(v.switch.port_by_ipv6(ip));
-                            self.gateway.ns_for_neighbor(frame, buf, mac)
+                            gateway.ns_for_neighbor(frame, buf, mac)
                         }
                         _ => None,
                     };
@@ -363,7 +268,7 @@ impl TxEngine {
                     | TxAction::DropWithReply { .. }
                     | TxAction::Drop(DropCause::LocalQueueFull)
             ) && let Some(buf) = replies.next_buf()
-                && let Some(len) = self.gateway.unsolicited(buf, now)
+                && let Some(len) = gateway.unsolicited(buf, now)
             {
                 replies.commit(0, len);
                 stats.local_replies += 1;
@@ -392,6 +297,7 @@ impl TxEngine {
         &mut self,
         i: usize,
         hdr_len: usize,
+        gateway: &Gateway,
     ) -> Result<(FrameOffload, VirtioNetHdr), DropCause> {
         let max_plain = self.max_plain;
         let o = self.offloads;
@@ -407,7 +313,7 @@ impl TxEngine {
                 .unwrap_or_default();
             let mtu = u16::try_from(max_plain.saturating_sub(ETH_HLEN)).unwrap_or(u16::MAX);
             let kind = offload::check_tx(&o, &mut hdr, frame, mtu)?;
-            if kind == FrameOffload::Partial && self.gateway.ipv6_stays_on_link(frame) {
+            if kind == FrameOffload::Partial && gateway.ipv6_stays_on_link(frame) {
                 // For the gateway (DHCPv6 from a UDP socket): it verifies whole checksums.
                 offload::complete(frame, ETH_HLEN, hdr.csum_start, hdr.csum_offset)?;
                 (FrameOffload::Plain, VirtioNetHdr::default())
@@ -429,10 +335,11 @@ impl TxEngine {
         &mut self,
         nat: &mut Nat,
         replies: &mut FrameBatch,
+        guest: &mut GuestState,
         now: Instant,
         stats: &mut Stats,
     ) {
-        self.translate_switched(nat, replies, now, stats, None);
+        self.translate_switched(nat, replies, guest, now, stats, None);
     }
 
     /// As [`TxEngine::translate`], on a network of several ports (`view`): a packet the NAT
@@ -441,11 +348,13 @@ impl TxEngine {
         &mut self,
         nat: &mut Nat,
         replies: &mut FrameBatch,
+        guest: &mut GuestState,
         now: Instant,
         stats: &mut Stats,
         view: Option<SwitchView<'_>>,
     ) {
-        self.refresh_forwards6(nat);
+        guest.refresh_forwards6(nat);
+        let gateway = guest.gateway_mut();
         self.nat_idx.clear();
         self.nat_l4.clear();
         for (i, a) in self.actions.iter().enumerate() {
@@ -490,7 +399,7 @@ impl TxEngine {
             );
             done = end;
         }
-        let eth = self.gateway.eth_header_to_guest();
+        let eth = gateway.eth_header_to_guest();
         for (j, &i) in self.nat_idx.iter().enumerate() {
             let TxAction::Nat { len } = self.actions[i] else {
                 continue;
@@ -539,7 +448,7 @@ impl TxEngine {
                     let (Some(frame), Some(buf)) = (self.input.frame(i), replies.next_buf()) else {
                         continue;
                     };
-                    if let Some(n) = self.gateway.refused_by_nat(frame, buf, now) {
+                    if let Some(n) = gateway.refused_by_nat(frame, buf, now) {
                         replies.commit(0, n);
                         stats.local_replies += 1;
                     }

@@ -222,6 +222,7 @@ impl Bridge {
                 mem,
                 rx,
                 tx,
+                guest: parts.guest,
                 tx_half: parts.tx,
                 rx_half: parts.rx,
                 pool_batches: parts.config.pool_batches,

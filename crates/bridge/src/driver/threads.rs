@@ -20,6 +20,7 @@ use super::{BridgeHandle, Events, Interrupt, Shared, Threads};
 use crate::core::{Clock, Expiry, RxHalf, Step, TX_BATCH_BUDGET, TxHalf, lock};
 use crate::device::{CONFIG_INTERRUPT, RX_QUEUE, TX_QUEUE};
 use crate::frame::FrameBatch;
+use crate::guest_state::GuestState;
 use crate::stats::{DropCause, Stats};
 use crate::wire::MacAddr;
 use crate::{Error, HostLink};
@@ -29,6 +30,7 @@ pub(super) struct Start<A, Q> {
     pub(super) mem: A,
     pub(super) rx: Q,
     pub(super) tx: Q,
+    pub(super) guest: GuestState,
     pub(super) tx_half: TxHalf,
     pub(super) rx_half: RxHalf,
     pub(super) pool_batches: usize,
@@ -92,6 +94,7 @@ where
     let tx_state = Arc::new(Mutex::new(TxState {
         mem: s.mem.clone(),
         queue: s.tx,
+        guest: s.guest,
         half: s.tx_half,
         reply: None,
         free: free_rx,
@@ -220,6 +223,9 @@ struct TxThread<A, Q> {
 struct TxState<A, Q> {
     mem: A,
     queue: Q,
+    /// The guest's gateway services and IPv6 forwards (the TX thread's alone: the RX thread
+    /// reads the guest's MAC from `Shared`).
+    guest: GuestState,
     half: TxHalf,
     reply: Option<FrameBatch>,
     free: Receiver<FrameBatch>,
@@ -289,7 +295,7 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
         };
         let Some(len) = reply
             .next_buf()
-            .and_then(|buf| self.half.engine.gateway_mut().unsolicited(buf, now))
+            .and_then(|buf| self.guest.gateway_mut().unsolicited(buf, now))
         else {
             return;
         };
@@ -349,16 +355,22 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
             now,
             stats: &mut self.stats,
         };
-        let out = self
-            .half
-            .batch(mem, &mut self.queue, reply, &self.shared.nat, step, None)?;
+        let out = self.half.batch(
+            mem,
+            &mut self.queue,
+            reply,
+            &mut self.guest,
+            &self.shared.nat,
+            step,
+            None,
+        )?;
         if out.notify {
             (self.interrupt)(TX_QUEUE);
         }
         if !reply.is_empty() {
             self.send_reply();
         }
-        let gw = self.half.engine.gateway();
+        let gw = self.guest.gateway();
         let lease = gw.lease(now).map_or(0, u32::from);
         self.shared.lease.store(lease, Ordering::Relaxed);
         self.shared
