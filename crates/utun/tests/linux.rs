@@ -672,9 +672,9 @@ fn multi_queue_tcp_syn_ack_goes_by_hash_then_the_flow_follows_the_writer() -> io
     Ok(())
 }
 
-/// Opens `QUEUES` queues in a fresh namespace; flow (peer port) `51000 + g * FLOWS_PER_QUEUE
-/// + k` is written on queue `(g + shift) % QUEUES`: SYN, then the ACK of the SYN-ACK; the
-/// server sends data on each accepted connection. Asserts the data came back on each flow's
+/// Opens `QUEUES` queues in a fresh namespace; the flow from peer port
+/// `51000 + g * FLOWS_PER_QUEUE + k` is written on queue `(g + shift) % QUEUES`: SYN, then the
+/// ACK of the SYN-ACK; the server sends data on each accepted connection. Asserts the data came back on each flow's
 /// writing queue, exactly; returns the queue each flow's SYN-ACK arrived on.
 fn tcp_flows_on_queues(shift: usize) -> io::Result<BTreeMap<u16, usize>> {
     const SERVER: u16 = 40200;
@@ -872,5 +872,64 @@ fn multi_queue_ipv6_flows_follow_the_writer_whatever_the_flow_label() -> io::Res
             "after a write with label {label:#x}"
         );
     }
+    Ok(())
+}
+
+/// Closing a queue renumbers: the kernel moves the last queue into the closed one's index. A
+/// flow recorded on the closed queue now comes back on the (formerly) last queue; a flow
+/// recorded on the last queue's old index, now out of range, comes back on queue 0 (the kernel
+/// caps the index and logs "selects TX queue 3, but real number of TX queues is 3") until a
+/// write records it again or the entry ages out.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_closing_a_queue_moves_the_last_one_into_its_place() -> io::Result<()> {
+    const ECHO: u16 = 40500;
+    let ns = common::netns();
+    let mut queues = mq_tun(&ns);
+    let echo = utun::linux::netns::run_in(ns.fd(), || UdpSocket::bind((LOCAL, ECHO)))??;
+    echo.set_read_timeout(Some(WAIT))?;
+    // Flow (peer port) 53000 + q is written on queue q and echoed.
+    let peer_port = |q: usize| 53_000 + q as u16;
+    for (q, tun) in queues.iter().enumerate() {
+        tun.send(&udp_packet(
+            (PEER, peer_port(q)).into(),
+            (LOCAL, ECHO).into(),
+            b"written",
+        ))?;
+    }
+    let mut buf = [0u8; 64];
+    for _ in 0..QUEUES {
+        let (n, from) = echo.recv_from(&mut buf)?;
+        echo.send_to(&buf[..n], from)?;
+    }
+    let ports_per_queue = |got: Vec<Vec<Seen>>| -> Vec<Vec<u16>> {
+        got.into_iter()
+            .map(|l| {
+                let mut ports: Vec<u16> = l.iter().map(|s| s.dst_port).collect();
+                ports.sort_unstable();
+                ports
+            })
+            .collect()
+    };
+    let from_echo = |s: &Seen| s.proto == 17 && s.src_port == ECHO;
+    let got = ports_per_queue(collect(&queues, QUEUES, from_echo)?);
+    assert_eq!(
+        got,
+        (0..QUEUES).map(|q| vec![peer_port(q)]).collect::<Vec<_>>()
+    );
+    // Close queue 1; the Vec now holds the old queues 0, 2, 3.
+    drop(queues.remove(1));
+    for q in 0..QUEUES {
+        echo.send_to(b"again", (PEER, peer_port(q)))?;
+    }
+    let got = ports_per_queue(collect(&queues, QUEUES, from_echo)?);
+    assert_eq!(
+        got,
+        [
+            vec![peer_port(0), peer_port(3)],
+            vec![peer_port(2)],
+            vec![peer_port(1)],
+        ]
+    );
     Ok(())
 }
