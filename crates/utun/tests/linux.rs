@@ -487,7 +487,7 @@ fn mq_tun(ns: &Netns) -> Vec<Tun> {
     queues
 }
 
-/// A TCP segment from the peer: `flags` "S" (SYN) or "A" (ACK of `ack`).
+/// A TCP segment without payload: a SYN for `ack` `None`, else an ACK of `ack`.
 fn tcp_packet(src: SocketAddr, dst: SocketAddr, seq: u32, ack: Option<u32>) -> Vec<u8> {
     let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
         panic!("v4 only")
