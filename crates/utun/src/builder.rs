@@ -154,9 +154,20 @@ impl TunBuilder {
         self
     }
 
-    /// Opens `queues` descriptors of one multi-queue interface (`IFF_MULTI_QUEUE`): the kernel
-    /// spreads received packets over them by flow. The interface goes away when the last one
-    /// is dropped.
+    /// Opens `queues` descriptors of one multi-queue interface (`IFF_MULTI_QUEUE`). The
+    /// interface goes away when the last one is dropped.
+    ///
+    /// The `Vec` index is the kernel's queue index while all the descriptors are open.
+    /// Dropping one moves the kernel's last queue into its index (the kernel has no call that
+    /// reports a descriptor's index).
+    ///
+    /// Which queue the kernel sends a packet to (verified on Linux 6.18, see
+    /// `docs/PLATFORMS.md`): a flow written on queue i gets the kernel's packets of that flow
+    /// on queue i, until it is written on another queue or goes 3 s without a write. A flow
+    /// never written, or aged out, goes to a queue picked by its hash. An answer the kernel's
+    /// own stack sends *during* a write (a SYN-ACK, RST or ICMP echo reply) is steered as
+    /// before that write: for a new flow's first packet, by hash. ICMP between two addresses
+    /// is one flow whatever its id. So every queue's reader must take whatever flow arrives.
     ///
     /// # Errors
     /// As [`open`](Self::open); [`OpenError::InvalidConfig`] if `queues` is 0.

@@ -37,8 +37,11 @@
 //! - **Linux**: `/dev/net/tun` with `IFF_TUN|IFF_NO_PI`; addresses, MTU and flags set by
 //!   ioctls (no `ip` command). Extras in `utun::linux`: TAP mode, multi-queue, `IFF_VNET_HDR`
 //!   with `TUNSETOFFLOAD`, creating the device inside another network namespace, and
-//!   `utun::linux::netns` helpers. Needs `CAP_NET_ADMIN`. Tested for real (in namespaces).
-//! - **macOS**: the utun kernel control (`com.apple.net.utun_control`), one `SIOCAIFADDR`,
+//!   `utun::linux::netns` helpers. Needs `CAP_NET_ADMIN`. Tested for real (in namespaces),
+//!   including which queue of a multi-queue device the kernel puts a flow's packets on
+//!   (`TunBuilder::open_queues`).
+//! - **macOS**: no multi-queue (one descriptor per utun; `open_queues` is Linux-only). The
+//!   utun kernel control (`com.apple.net.utun_control`), one `SIOCAIFADDR`,
 //!   `SIOCAIFADDR_IN6`, `SIOCSIFMTU`, `IFF_UP`. Needs root. **This code has never run on a
 //!   Mac**: it is type-checked and linted for `aarch64-apple-darwin` and
 //!   `x86_64-apple-darwin` on Linux, and its platform-independent parts (framing, names) are
