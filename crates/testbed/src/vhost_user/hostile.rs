@@ -93,6 +93,16 @@ impl Answer {
     }
 }
 
+impl std::fmt::Display for Answer {
+    /// `refused: ERROR: CAUSE…` (the error with its causes on one line) or `accepted`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Refused(e) => write!(f, "refused: {e:#}"),
+            Answer::Accepted => f.write_str("accepted"),
+        }
+    }
+}
+
 impl VhostUserDevice {
     /// Sends the [`Hostile`] sequence `how` for `guest` (its memory and ring layout; it is
     /// never started) and tells whether the backend refused it. When the backend agreed to
