@@ -359,3 +359,171 @@ fn mem_table(
         .map(drop)
         .context("SET_MEM_TABLE")
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each case against a recording backend (a unix socket read here; it answers only
+    //! `GET_FEATURES` and `GET_PROTOCOL_FEATURES`): the messages go out in the order and
+    //! with the contents the case names.
+
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::{Answer, Hostile, PAGE};
+    use crate::guest::{GuestConfig, SimGuest, features};
+    use crate::vhost_user::{FRONTEND_VA, PROTOCOL_FEATURES, VhostUserDevice, shared_memory_file};
+
+    const GET_FEATURES: u32 = 1;
+    const SET_FEATURES: u32 = 2;
+    const SET_MEM_TABLE: u32 = 5;
+    const SET_VRING_ADDR: u32 = 9;
+    const SET_VRING_KICK: u32 = 12;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const SET_VRING_ENABLE: u32 = 18;
+
+    fn u64_at(body: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    /// Every request the frontend sent for `how` (code and body), and the guest's memory size.
+    fn recorded(how: Hostile) -> (Vec<(u32, Vec<u8>)>, u64, SimGuest) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hostnet-hostile-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let listener = UnixListener::bind(&path).expect("binding a unix socket");
+        let backend = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            let mut hdr = [0u8; 12];
+            // Reading without ancillary buffers drops the descriptors that come along.
+            while s.read_exact(&mut hdr).is_ok() {
+                let code = u32::from_le_bytes(hdr[0..4].try_into().expect("4 bytes"));
+                let size = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes"));
+                let mut body = vec![0u8; size as usize];
+                s.read_exact(&mut body).expect("a message body");
+                match code {
+                    GET_FEATURES => reply(&mut s, code, features::VERSION_1 | PROTOCOL_FEATURES),
+                    GET_PROTOCOL_FEATURES => reply(&mut s, code, 0),
+                    _ => {}
+                }
+                got.push((code, body));
+            }
+            got
+        });
+        let mut dev = VhostUserDevice::connect(&path).expect("connect");
+        let _ = std::fs::remove_file(&path);
+        let guest = SimGuest::new_in_file(
+            GuestConfig::default(),
+            dev.device_features(),
+            shared_memory_file().expect("a memory file"),
+        )
+        .expect("guest");
+        let answer = dev.activate_hostile(&guest, how).expect("sequence");
+        assert!(matches!(answer, Answer::Accepted), "{how:?}: {answer}");
+        drop(dev);
+        let len = GuestConfig::default().mem_size as u64;
+        (backend.join().expect("backend thread"), len, guest)
+    }
+
+    fn reply(s: &mut UnixStream, code: u32, value: u64) {
+        let mut msg = Vec::with_capacity(20);
+        msg.extend_from_slice(&code.to_le_bytes());
+        msg.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes()); // version 1, REPLY
+        msg.extend_from_slice(&8u32.to_le_bytes());
+        msg.extend_from_slice(&value.to_le_bytes());
+        s.write_all(&msg).expect("a reply");
+    }
+
+    fn first(got: &[(u32, Vec<u8>)], code: u32) -> usize {
+        got.iter().position(|(c, _)| *c == code).expect("sent")
+    }
+
+    fn all(got: &[(u32, Vec<u8>)], code: u32) -> Vec<usize> {
+        (0..got.len()).filter(|&i| got[i].0 == code).collect()
+    }
+
+    #[test]
+    fn every_case_sends_what_it_names_and_probes_last() {
+        for how in Hostile::ALL {
+            let (got, len, guest) = recorded(how);
+            let codes: Vec<u32> = got.iter().map(|(c, _)| *c).collect();
+            assert_eq!(codes.last(), Some(&GET_FEATURES), "{how:?}: {codes:?}");
+            let tables = all(&got, SET_MEM_TABLE);
+            let table = &got[tables[0]].1;
+            // VhostUserMemory: regions (u32), padding, then per region gpa, size, va, offset.
+            let regions = u32::from_le_bytes(table[0..4].try_into().expect("4 bytes"));
+            let addrs = all(&got, SET_VRING_ADDR);
+            match how {
+                Hostile::RegionPastItsFile => {
+                    assert_eq!((regions, u64_at(table, 16)), (1, len), "{how:?}");
+                }
+                Hostile::OverlappingRegions => {
+                    assert_eq!(regions, 2, "{how:?}");
+                    let (gpa0, size0, gpa1) =
+                        (u64_at(table, 8), u64_at(table, 16), u64_at(table, 40));
+                    assert!(gpa1 > gpa0 && gpa1 < gpa0 + size0, "{how:?}");
+                }
+                Hostile::RingsOutsideMemory => {
+                    for i in &addrs {
+                        // VhostUserVringAddr: index, flags, then desc, used, avail, log.
+                        for at in [8, 16, 24] {
+                            assert!(u64_at(&got[*i].1, at) >= FRONTEND_VA + len, "{how:?}");
+                        }
+                    }
+                }
+                Hostile::RingAcrossTheEnd => {
+                    for i in &addrs {
+                        assert_eq!(u64_at(&got[*i].1, 8), FRONTEND_VA + len - 16, "{how:?}");
+                    }
+                    for q in [crate::guest::RX_QUEUE, crate::guest::TX_QUEUE] {
+                        let avail = virtio_queue::QueueT::avail_ring(
+                            &guest.device_queue(q).expect("queue"),
+                        );
+                        let idx: u16 = vm_memory::Bytes::read_obj(
+                            guest.memory(),
+                            vm_memory::GuestAddress(avail + 2),
+                        )
+                        .expect("avail index");
+                        assert_eq!(idx, 1, "{how:?}");
+                    }
+                }
+                Hostile::RingAddressBeforeMemTable => {
+                    assert!(addrs[0] < tables[0], "{how:?}: {codes:?}");
+                }
+                Hostile::KickBeforeMemTable => {
+                    assert!(
+                        first(&got, SET_VRING_KICK) < tables[0],
+                        "{how:?}: {codes:?}"
+                    );
+                    assert!(
+                        first(&got, SET_VRING_ENABLE) < tables[0],
+                        "{how:?}: {codes:?}"
+                    );
+                    assert!(addrs[0] > tables[0], "{how:?}: {codes:?}");
+                }
+                Hostile::MemTableSwappedWhileRunning => {
+                    assert_eq!(tables.len(), 2, "{how:?}: {codes:?}");
+                    let enabled = all(&got, SET_VRING_ENABLE);
+                    assert!(enabled.len() == 2 && enabled[1] < tables[1], "{how:?}");
+                    assert_eq!(u64_at(&got[tables[1]].1, 16), PAGE, "{how:?}");
+                }
+                Hostile::FeaturesChangedWhileRunning => {
+                    let set = all(&got, SET_FEATURES);
+                    let enabled = all(&got, SET_VRING_ENABLE);
+                    assert!(set.len() == 2 && enabled[1] < set[1], "{how:?}: {codes:?}");
+                    assert_eq!(u64_at(&got[set[1]].1, 0), PROTOCOL_FEATURES, "{how:?}");
+                }
+            }
+            if !matches!(
+                how,
+                Hostile::MemTableSwappedWhileRunning | Hostile::FeaturesChangedWhileRunning
+            ) {
+                assert_eq!(tables.len(), 1, "{how:?}: {codes:?}");
+            }
+        }
+    }
+}
