@@ -207,6 +207,15 @@ fn hostnetd_survives(how: Hostile, tag: &str, want: Want) -> Result<()> {
                 !answer.is_refused(),
                 "{how:?}: hostnetd refused what it should take: {answer}"
             );
+            if let Some(reason) = counted {
+                // The worker handles the kicks on its own thread: wait until it counted the
+                // drop, while the hostile frontend is still connected.
+                let drops = counted_drops(&daemon, reason)?;
+                ensure!(
+                    drops.contains(reason),
+                    "{how:?}: `ctl stats` does not count {reason} within 5 s: {drops}"
+                );
+            }
             drop(device);
             let stats = daemon
                 .wait_for_line("connection stats", Duration::from_secs(5))
@@ -258,6 +267,24 @@ fn hostnetd_survives(how: Hostile, tag: &str, want: Want) -> Result<()> {
         "hostnetd exited"
     );
     Ok(())
+}
+
+/// The `drops` line of `hostnetd ctl stats` once it names `reason`, or the last one read
+/// within 5 s.
+fn counted_drops(daemon: &Daemon, reason: &str) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = daemon.ctl("stats")?;
+        let drops = stats
+            .lines()
+            .find(|l| l.starts_with("drops"))
+            .unwrap_or_default()
+            .to_owned();
+        if drops.contains(reason) || std::time::Instant::now() > deadline {
+            return Ok(drops);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// hostnetd's line about a connection's end (`connection closed: …` when it ended it,
