@@ -4,6 +4,11 @@
 //! no QEMU. Real programs in the guest namespace are the traffic: udhcpc, ping, dig, curl
 //! (16 MiB, SHA-256 checked) and a 16 MiB upload.
 //!
+//! The hostile-frontend cases of the hardening issue run here too, through testbed's frontend
+//! misbehaving on purpose (`testbed::vhost_user::Hostile`): each test connects one hostile
+//! frontend, checks what hostnetd answered, that it ended that connection and still runs,
+//! and that a well-behaved guest after it gets its lease, pings and downloads the blob whole.
+//!
 //! Needs root (namespaces, a TAP, a TUN), busybox, curl, dig, dnsmasq, python3.
 #![cfg(target_os = "linux")]
 
@@ -16,9 +21,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::Daemon;
-use testbed::guest::GuestConfig;
+use testbed::guest::{GuestConfig, SimGuest};
 use testbed::netns::{Netns, Process};
-use testbed::vhost_user::Attached;
+use testbed::vhost_user::{Attached, Hostile, VhostUserDevice, shared_memory_file};
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
@@ -156,6 +161,210 @@ fn a_frontend_gone_mid_download_leaves_hostnetd_serving_the_next() -> Result<()>
     ensure!(!second.has_failed(), "a driver thread stopped");
     second.stop()?;
     Ok(())
+}
+
+/// What hostnetd must do with a hostile sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// End the connection itself (a failure reply, or the connection closed while the hostile
+    /// frontend still holds it).
+    Refused,
+    /// Take every message and keep the connection (the sequence is odd but within what a
+    /// backend may take); when the frontend goes, its `connection stats` line holds `counted`
+    /// (a named drop) if given.
+    Taken { counted: Option<&'static str> },
+}
+
+/// One hostile frontend, then a well-behaved one. The hostile frontend (testbed's, breaking
+/// the protocol as `how`) must get `want`; hostnetd logs the end of that connection and is
+/// still running; the next frontend in the same namespace gets the lease 192.168.64.2, pings
+/// the gateway and S and downloads the blob whole (SHA-256).
+fn hostnetd_survives(how: Hostile, tag: &str, want: Want) -> Result<()> {
+    let world = World::new()?;
+    let mut daemon = Daemon::start(&world.host, tag);
+    let mut device = VhostUserDevice::connect(&daemon.sock)?;
+    let mut cfg = GuestConfig::default();
+    cfg.inline_rx_interrupt = false;
+    let guest = SimGuest::new_in_file(cfg, device.device_features(), shared_memory_file()?)?;
+    let answer = device.activate_hostile(&guest, how)?;
+    eprintln!("hostile frontend {how:?}: {answer}");
+    match want {
+        Want::Refused => {
+            // The hostile frontend holds its end: hostnetd must close the connection itself.
+            // Some refusals come from a worker after the reply to the last message, so the
+            // answer alone does not tell.
+            if connection_end(&daemon).is_none() {
+                let status = daemon.process.wait_timeout(Duration::from_secs(1))?;
+                anyhow::bail!(
+                    "{how:?}: hostnetd did not end the hostile connection within 5 s \
+                     ({answer}; hostnetd's exit status: {status:?})"
+                );
+            }
+            drop(device);
+        }
+        Want::Taken { counted } => {
+            ensure!(
+                !answer.is_refused(),
+                "{how:?}: hostnetd refused what it should take: {answer}"
+            );
+            if let Some(reason) = counted {
+                // The worker handles the kicks on its own thread: wait until it counted the
+                // drop, while the hostile frontend is still connected.
+                let drops = counted_drops(&daemon, reason)?;
+                ensure!(
+                    drops.contains(reason),
+                    "{how:?}: `ctl stats` does not count {reason} within 5 s: {drops}"
+                );
+            }
+            drop(device);
+            let stats = daemon
+                .wait_for_line("connection stats", Duration::from_secs(5))
+                .with_context(|| format!("{how:?}: no connection stats line within 5 s"))?;
+            if let Some(reason) = counted {
+                ensure!(
+                    stats.contains(reason),
+                    "{how:?}: the connection stats do not count {reason}: {stats}"
+                );
+            }
+            ensure!(
+                connection_end(&daemon).is_some(),
+                "{how:?}: hostnetd logged no end of the hostile connection within 5 s"
+            );
+        }
+    }
+    drop(guest);
+    ensure!(
+        daemon.process.child_mut().try_wait()?.is_none(),
+        "{how:?}: hostnetd exited"
+    );
+
+    let next = Attached::start(&daemon.sock, world.guest.name(), GuestConfig::default())?;
+    let lease = world.lease()?;
+    ensure!(
+        lease.ip == "192.168.64.2".parse::<std::net::Ipv4Addr>()?,
+        "{lease:?}"
+    );
+    for target in [GATEWAY, SERVER_ADDR] {
+        world
+            .guest
+            .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "3", target])
+            .with_context(|| format!("ping {target}"))?;
+    }
+    let got = world.guest.exec(&[
+        "sh",
+        "-c",
+        &format!("curl -sS --max-time 60 http://{SERVER_ADDR}/{BLOB_NAME} | sha256sum"),
+    ])?;
+    ensure!(
+        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
+        "download sha256 {got:?}, want {}",
+        world.blob_sha256
+    );
+    ensure!(!next.has_failed(), "a driver thread stopped");
+    next.stop()?;
+    ensure!(
+        daemon.process.child_mut().try_wait()?.is_none(),
+        "hostnetd exited"
+    );
+    Ok(())
+}
+
+/// The `drops` line of `hostnetd ctl stats` once it names `reason`, or the last one read
+/// within 5 s.
+fn counted_drops(daemon: &Daemon, reason: &str) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = daemon.ctl("stats")?;
+        let drops = stats
+            .lines()
+            .find(|l| l.starts_with("drops"))
+            .unwrap_or_default()
+            .to_owned();
+        if drops.contains(reason) || std::time::Instant::now() > deadline {
+            return Ok(drops);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// hostnetd's line about a connection's end (`connection closed: …` when it ended it,
+/// `frontend disconnected; …` when the frontend went), within 5 s; `None` also when hostnetd
+/// is gone (its stderr closed).
+fn connection_end(daemon: &Daemon) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        let line = daemon.stderr.recv_timeout(left).ok()?;
+        if line.contains("connection closed") || line.contains("frontend disconnected") {
+            return Some(line);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_memory_region_past_its_file_is_refused_and_the_next_guest_is_served() -> Result<()> {
+    hostnetd_survives(Hostile::RegionPastItsFile, "vu-past", Want::Refused)
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn overlapping_memory_regions_are_refused_and_the_next_guest_is_served() -> Result<()> {
+    hostnetd_survives(Hostile::OverlappingRegions, "vu-overlap", Want::Refused)
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn rings_outside_memory_are_refused_and_the_next_guest_is_served() -> Result<()> {
+    hostnetd_survives(Hostile::RingsOutsideMemory, "vu-outside", Want::Refused)
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_ring_across_the_end_of_memory_leaves_the_next_guest_served() -> Result<()> {
+    hostnetd_survives(
+        Hostile::RingAcrossTheEnd,
+        "vu-across",
+        Want::Taken {
+            counted: Some("ChainInvalid="),
+        },
+    )
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn ring_addresses_before_the_memory_table_leave_the_next_guest_served() -> Result<()> {
+    hostnetd_survives(
+        Hostile::RingAddressBeforeMemTable,
+        "vu-addr-first",
+        Want::Refused,
+    )
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_kick_before_the_memory_table_leaves_the_next_guest_served() -> Result<()> {
+    hostnetd_survives(Hostile::KickBeforeMemTable, "vu-kick-first", Want::Refused)
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_memory_table_swapped_under_running_rings_leaves_the_next_guest_served() -> Result<()> {
+    hostnetd_survives(
+        Hostile::MemTableSwappedWhileRunning,
+        "vu-swap",
+        Want::Refused,
+    )
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn features_changed_under_running_rings_leave_the_next_guest_served() -> Result<()> {
+    hostnetd_survives(
+        Hostile::FeaturesChangedWhileRunning,
+        "vu-features",
+        Want::Taken { counted: None },
+    )
 }
 
 /// G (the simulated guest's TAP), H (hostnetd, its TUN), S (198.18.0.2: busybox httpd, dnsmasq).

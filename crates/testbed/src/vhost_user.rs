@@ -9,6 +9,10 @@
 //! [`Interrupts::line`](crate::guest::Interrupts::line)), a kick eventfd and
 //! `SET_VRING_ENABLE`. Kicks are eventfd writes; interrupts wake the driver threads directly.
 //!
+//! [`VhostUserDevice::activate_hostile`] breaks the protocol on purpose instead (a [`Hostile`]
+//! case: bad memory tables, rings outside memory, messages out of order), to check that a
+//! backend refuses it and lives on.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use std::sync::Arc;
@@ -39,6 +43,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::guest::{GuestConfig, Kick, NetConfig, RX_QUEUE, Running, SimGuest, TX_QUEUE, features};
+
+mod hostile;
+pub use hostile::{Answer, Hostile};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol features (bit 30).
 pub const PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -144,32 +151,13 @@ impl VhostUserDevice {
     /// the backend refuses a step.
     pub fn activate(&mut self, guest: &SimGuest) -> anyhow::Result<Kick> {
         ensure!(self.kicks.is_none(), "the device is already active");
-        let acked = guest.acked_features() | (self.device_features & PROTOCOL_FEATURES);
-        self.frontend.set_features(acked).context("SET_FEATURES")?;
-        self.acked_features = acked;
-
-        let mem = guest.memory();
-        let mut regions = mem.iter();
-        let (Some(region), None) = (regions.next(), regions.next()) else {
-            bail!("guest memory must be one region");
-        };
-        let file = region
-            .file_offset()
-            .context("guest memory is not file-backed (use SimGuest::new_in_file)")?;
+        self.ack_features(guest)?;
+        let region = memory_region(guest)?;
         self.frontend
-            .set_mem_table(&[VhostUserMemoryRegionInfo {
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: FRONTEND_VA,
-                mmap_offset: file.start(),
-                mmap_handle: file.file().as_raw_fd(),
-            }])
+            .set_mem_table(&[region])
             .context("SET_MEM_TABLE")?;
 
-        let kicks = Arc::new([
-            EventFd::new(EFD_NONBLOCK).context("creating a kick eventfd")?,
-            EventFd::new(EFD_NONBLOCK).context("creating a kick eventfd")?,
-        ]);
+        let kicks = Arc::new(kick_eventfds()?);
         let irq = guest.interrupts();
         for index in [RX_QUEUE, TX_QUEUE] {
             let q = guest.device_queue(index)?;
@@ -179,18 +167,7 @@ impl VhostUserDevice {
                 .set_vring_num(i, q.size())
                 .with_context(|| step("SET_VRING_NUM"))?;
             self.frontend
-                .set_vring_addr(
-                    i,
-                    &VringConfigData {
-                        queue_max_size: q.size(),
-                        queue_size: q.size(),
-                        flags: 0,
-                        desc_table_addr: FRONTEND_VA + q.desc_table(),
-                        used_ring_addr: FRONTEND_VA + q.used_ring(),
-                        avail_ring_addr: FRONTEND_VA + q.avail_ring(),
-                        log_addr: None,
-                    },
-                )
+                .set_vring_addr(i, &vring_config(&q, FRONTEND_VA))
                 .with_context(|| step("SET_VRING_ADDR"))?;
             self.frontend
                 .set_vring_base(i, 0)
@@ -202,11 +179,7 @@ impl VhostUserDevice {
             self.frontend
                 .set_vring_kick(i, &kicks[i])
                 .with_context(|| step("SET_VRING_KICK"))?;
-            if self.device_features & PROTOCOL_FEATURES != 0 {
-                self.frontend
-                    .set_vring_enable(i, true)
-                    .with_context(|| step("SET_VRING_ENABLE"))?;
-            }
+            self.enable_ring(i)?;
         }
         self.kicks = Some(Arc::clone(&kicks));
         Ok(Arc::new(move |q: u16| {
@@ -216,6 +189,25 @@ impl VhostUserDevice {
                 tracing::warn!(queue = q, "kick eventfd write failed: {e}");
             }
         }))
+    }
+
+    /// `SET_FEATURES` with the guest's features (and `PROTOCOL_FEATURES` when offered).
+    fn ack_features(&mut self, guest: &SimGuest) -> anyhow::Result<()> {
+        let acked = guest.acked_features() | (self.device_features & PROTOCOL_FEATURES);
+        self.frontend.set_features(acked).context("SET_FEATURES")?;
+        self.acked_features = acked;
+        Ok(())
+    }
+
+    /// `SET_VRING_ENABLE` for ring `i` when protocol features were agreed (without them a
+    /// backend starts a ring once it has its kick eventfd).
+    fn enable_ring(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.device_features & PROTOCOL_FEATURES != 0 {
+            self.frontend
+                .set_vring_enable(i, true)
+                .with_context(|| format!("SET_VRING_ENABLE for queue {i}"))?;
+        }
+        Ok(())
     }
 
     /// Stops ring `index` as a VMM does before it tears the device down (`GET_VRING_BASE`),
@@ -257,6 +249,47 @@ pub fn shared_memory_file() -> anyhow::Result<File> {
         .with_context(|| format!("creating {}", path.display()))?;
     let _ = std::fs::remove_file(&path);
     Ok(file)
+}
+
+/// The guest's memory as the one region of a memory table (the frontend's address
+/// [`FRONTEND_VA`]).
+fn memory_region(guest: &SimGuest) -> anyhow::Result<VhostUserMemoryRegionInfo> {
+    let mem = guest.memory();
+    let mut regions = mem.iter();
+    let (Some(region), None) = (regions.next(), regions.next()) else {
+        bail!("guest memory must be one region");
+    };
+    let file = region
+        .file_offset()
+        .context("guest memory is not file-backed (use SimGuest::new_in_file)")?;
+    Ok(VhostUserMemoryRegionInfo {
+        guest_phys_addr: region.start_addr().0,
+        memory_size: region.len(),
+        userspace_addr: FRONTEND_VA,
+        mmap_offset: file.start(),
+        mmap_handle: file.file().as_raw_fd(),
+    })
+}
+
+/// Queue `q`'s ring addresses in the frontend's address space, guest memory at `va`.
+fn vring_config(q: &virtio_queue::Queue, va: u64) -> VringConfigData {
+    VringConfigData {
+        queue_max_size: q.size(),
+        queue_size: q.size(),
+        flags: 0,
+        desc_table_addr: va + q.desc_table(),
+        used_ring_addr: va + q.used_ring(),
+        avail_ring_addr: va + q.avail_ring(),
+        log_addr: None,
+    }
+}
+
+/// One kick eventfd per queue (RX, TX).
+fn kick_eventfds() -> anyhow::Result<[EventFd; 2]> {
+    Ok([
+        EventFd::new(EFD_NONBLOCK).context("creating a kick eventfd")?,
+        EventFd::new(EFD_NONBLOCK).context("creating a kick eventfd")?,
+    ])
 }
 
 /// Where the frontend says guest memory sits in its address space. The backend only uses it

@@ -23,7 +23,7 @@ pub(crate) struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // Politely (it removes its socket), then the Process guard kills it by PID.
+        // Politely (it removes its sockets), then the Process guard kills it by PID.
         if self
             .process
             .child_mut()
@@ -33,7 +33,11 @@ impl Drop for Daemon {
             let _ = self.process.signal("TERM");
             let _ = self.process.wait_timeout(Duration::from_secs(5));
         }
+        // A daemon that died (a failing test) left both sockets behind.
         let _ = std::fs::remove_file(&self.sock);
+        let mut ctl = self.sock.clone().into_os_string();
+        ctl.push(".ctl");
+        let _ = std::fs::remove_file(ctl);
     }
 }
 
