@@ -180,7 +180,7 @@ impl DeviceCore {
     /// read returns nothing.
     #[must_use]
     pub fn with_short_batch_drains(mut self, on: bool) -> Self {
-        self.port.rx.short_batch_drains = on;
+        self.port.set_short_batch_drains(on);
         self
     }
 
@@ -290,7 +290,7 @@ impl DeviceCore {
     pub fn reset(&mut self) {
         match Self::new(self.port.config.clone()) {
             Ok(fresh) => {
-                let short = self.port.rx.short_batch_drains;
+                let short = self.port.short_batch_drains();
                 *self = fresh.with_short_batch_drains(short);
             }
             // `new` accepted this configuration before; keep the old state if it ever refuses.
@@ -317,6 +317,7 @@ impl DeviceCore {
         now: nat::Instant,
     ) -> Result<Notify, Error> {
         self.port.on_tx_kick(
+            0,
             &mut self.nat,
             mem,
             txq,
@@ -343,13 +344,14 @@ impl DeviceCore {
         host_readable: bool,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
-        self.port.rx.host_pending |= host_readable;
-        self.port.deliver(&mut self.nat, mem, rxq, host, now, None)
+        self.port.host_readable(0, host_readable);
+        self.port
+            .deliver(0, &mut self.nat, mem, rxq, host, now, None)
     }
 
     /// The host link became readable while the RX queue is not usable yet: read it later.
     pub fn on_rx_unavailable(&mut self) {
-        self.port.rx.host_pending = true;
+        self.port.host_readable(0, true);
     }
 
     /// Housekeeping: expires idle NAT mappings (bounded work, [`Expiry`]) if a tick is due,
@@ -425,12 +427,16 @@ impl DeviceCore {
     /// the TX half, the RX half, the NAT they share, and what the pool of reply batches needs.
     #[cfg(feature = "driver")]
     pub(crate) fn into_parts(self) -> Parts {
+        let reply_size = self.port.replies.buf_size();
+        let mut pairs = self.port.pairs;
+        // `PortCore` always has pair 0 (and a `DeviceCore` no other).
+        let QueuePair { tx, rx } = pairs.swap_remove(0);
         Parts {
-            reply_size: self.port.replies.buf_size(),
+            reply_size,
             config: self.port.config,
             guest: self.port.guest,
-            tx: self.port.tx,
-            rx: self.port.rx,
+            tx,
+            rx,
             nat: self.nat,
         }
     }
@@ -446,8 +452,13 @@ pub(crate) struct PortCore {
     pub(crate) device: Device,
     /// The guest's gateway services and IPv6 forwards, whichever queue its frames come on.
     pub(crate) guest: GuestState,
-    pub(crate) tx: TxHalf,
-    pub(crate) rx: RxHalf,
+    /// The queue pairs' halves, pair 0 first (always there; more after
+    /// [`PortCore::set_queue_pairs`]). Each pair's TX and RX half work on its own virtqueues
+    /// (and, on a multi-queue host link, its own queue of it); the guest's state, the inbox
+    /// and the counters are the port's.
+    pub(crate) pairs: Vec<QueuePair>,
+    /// Pairs in use (`1..=pairs.len()`): the driver's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
+    active_pairs: usize,
     /// Frames waiting for RX buffers: gateway replies, hairpinned packets, frames switched
     /// from other ports.
     pub(crate) replies: FrameBatch,
@@ -482,11 +493,11 @@ impl PortCore {
         let (tx, rx) = halves(&config, &negotiated, relay.clone());
         Ok(Self {
             guest: guest_state(&config, gateway),
+            pairs: vec![QueuePair { tx, rx }],
+            active_pairs: 1,
             replies: reply_batch(&config, &negotiated),
             config,
             device,
-            tx,
-            rx,
             negotiated,
             stats: Stats::default(),
             relay,
@@ -520,10 +531,13 @@ impl PortCore {
         };
         match build_gateway(&self.config) {
             Ok(gateway) => {
-                let short = self.rx.short_batch_drains;
+                let short = self.short_batch_drains();
                 self.guest = guest_state(&self.config, gateway);
-                (self.tx, self.rx) = halves(&self.config, &negotiated, self.relay.clone());
-                self.rx.short_batch_drains = short;
+                for p in &mut self.pairs {
+                    let (tx, rx) = halves(&self.config, &negotiated, self.relay.clone());
+                    *p = QueuePair { tx, rx };
+                    p.rx.short_batch_drains = short;
+                }
                 if reply_size(&self.config, &negotiated) != self.replies.buf_size() {
                     self.replies = reply_batch(&self.config, &negotiated);
                 }
@@ -531,6 +545,68 @@ impl PortCore {
             }
             // `new` accepted this configuration before.
             Err(e) => warn!("rebuilding the gateway failed: {e}"),
+        }
+    }
+
+    /// Sets the queue pairs in use to `n` (the driver's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`):
+    /// pairs added are built for the negotiated features (their batches allocated here, once);
+    /// pairs taken out of use keep their halves (and any host packets read but not delivered,
+    /// delivered when they come back).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `n` outside `1..=`[`crate::MAX_QUEUE_PAIRS`].
+    pub(crate) fn set_queue_pairs(&mut self, n: usize) -> Result<(), Error> {
+        if !u16::try_from(n).is_ok_and(|n| (1..=crate::MAX_QUEUE_PAIRS).contains(&n)) {
+            return Err(Error::Config(format!(
+                "{n} queue pairs: 1 to {} are possible",
+                crate::MAX_QUEUE_PAIRS
+            )));
+        }
+        let short = self.short_batch_drains();
+        while self.pairs.len() < n {
+            let (tx, mut rx) = halves(&self.config, &self.negotiated, self.relay.clone());
+            rx.short_batch_drains = short;
+            self.pairs.push(QueuePair { tx, rx });
+        }
+        self.active_pairs = n;
+        Ok(())
+    }
+
+    /// The queue pairs in use.
+    pub(crate) fn queue_pairs(&self) -> usize {
+        self.active_pairs
+    }
+
+    /// Pair `pair` if it is in use.
+    fn check_pair(&self, pair: usize) -> Result<(), Error> {
+        if pair < self.active_pairs {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "queue pair {pair} is not in use ({} are)",
+                self.active_pairs
+            )))
+        }
+    }
+
+    /// See [`DeviceCore::with_short_batch_drains`] (every pair).
+    pub(crate) fn set_short_batch_drains(&mut self, on: bool) {
+        for p in &mut self.pairs {
+            p.rx.short_batch_drains = on;
+        }
+    }
+
+    /// Whether a short host batch counts as drained.
+    pub(crate) fn short_batch_drains(&self) -> bool {
+        self.pairs.first().is_some_and(|p| p.rx.short_batch_drains)
+    }
+
+    /// The host link (pair `pair`'s queue of it) became readable (`readable`) or may hold
+    /// packets not read yet.
+    pub(crate) fn host_readable(&mut self, pair: usize, readable: bool) {
+        if let Some(p) = self.pairs.get_mut(pair) {
+            p.rx.host_pending |= readable;
         }
     }
 
@@ -624,6 +700,7 @@ impl PortCore {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_tx_kick<M: GuestMemory, Q: QueueT>(
         &mut self,
+        pair: usize,
         nat: &mut Nat,
         mem: &M,
         txq: &mut Q,
@@ -633,6 +710,7 @@ impl PortCore {
         mut others: Option<&mut Others<'_>>,
         budget: usize,
     ) -> Result<Notify, Error> {
+        self.check_pair(pair)?;
         let mut n = Notify::default();
         let mut batches = 0;
         loop {
@@ -653,7 +731,7 @@ impl PortCore {
                     stats: &mut self.stats,
                 };
                 let view = others.as_ref().map(|o| o.view());
-                let out = match self.tx.batch(
+                let out = match self.pairs[pair].tx.batch(
                     mem,
                     txq,
                     &mut self.replies,
@@ -672,11 +750,11 @@ impl PortCore {
                 n.tx |= out.notify;
                 let mut busy = false;
                 if let Some(o) = others.as_deref_mut() {
-                    o.take_tx(&self.tx.engine, &mut self.stats);
+                    o.take_tx(&self.pairs[pair].tx.engine, &mut self.stats);
                     busy = o.inbox_busy();
                 }
                 if let Some(rxq) = rxq.as_deref_mut() {
-                    let d = self.deliver(nat, mem, rxq, host, now, others.as_deref_mut())?;
+                    let d = self.deliver(pair, nat, mem, rxq, host, now, others.as_deref_mut())?;
                     n.rx |= d.rx;
                     n.rx_more = d.rx_more;
                 }
@@ -717,8 +795,10 @@ impl PortCore {
 
     /// Fills the guest's RX buffers, at most [`RX_PASS_BUDGET`] passes; returns whether to
     /// interrupt the driver (`rx`) and whether work is left (`rx_more`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
+        pair: usize,
         nat: &mut Nat,
         mem: &M,
         rxq: &mut Q,
@@ -726,6 +806,7 @@ impl PortCore {
         now: nat::Instant,
         mut others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
+        self.check_pair(pair)?;
         let guest_mac = self.guest.gateway().guest_mac();
         let mut notify = Notify::default();
         for _ in 0..RX_PASS_BUDGET {
@@ -734,7 +815,7 @@ impl PortCore {
                 now,
                 stats: &mut self.stats,
             };
-            let p = self.rx.deliver(
+            let p = self.pairs[pair].rx.deliver(
                 mem,
                 rxq,
                 Some(&mut self.replies),
@@ -860,6 +941,13 @@ impl NatAccess for &Mutex<Nat> {
 /// panicking pipeline thread is reported through `ThreadPanicked`.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One queue pair's halves (see [`PortCore::pairs`]).
+#[derive(Debug)]
+pub(crate) struct QueuePair {
+    pub(crate) tx: TxHalf,
+    pub(crate) rx: RxHalf,
 }
 
 /// What a half's step works with besides the queue, the batches and the NAT.

@@ -126,7 +126,7 @@ impl Network {
     pub fn with_short_batch_drains(mut self, on: bool) -> Self {
         self.short_batch_drains = on;
         for p in self.ports.iter_mut().flatten() {
-            p.rx.short_batch_drains = on;
+            p.set_short_batch_drains(on);
         }
         self
     }
@@ -176,7 +176,7 @@ impl Network {
         self.leases.push((mac, addr));
         let i = usize::from(id.0);
         let mut port = port;
-        port.rx.short_batch_drains = self.short_batch_drains;
+        port.set_short_batch_drains(self.short_batch_drains);
         self.ports[i] = Some(port);
         self.pending[i] = false;
         tracing::info!(port = id.0, %mac, %addr, "guest port attached");
@@ -300,10 +300,32 @@ impl Network {
         host: &impl HostLink,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
+        self.on_pair_tx_kick(port, 0, mem, txq, rxq, host, now)
+    }
+
+    /// As [`Network::on_tx_kick`] for queue pair `pair` of `port` (its TX queue, its RX queue
+    /// and, on a multi-queue host link, its queue of it as `host`). Every pair shares the
+    /// port's guest state (lease, learned addresses), inbox and counters.
+    ///
+    /// # Errors
+    ///
+    /// As [`Network::on_tx_kick`]; [`Error::Config`] for a pair not in use
+    /// ([`Network::set_queue_pairs`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_pair_tx_kick<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        port: PortId,
+        pair: usize,
+        mem: &M,
+        txq: &mut Q,
+        rxq: Option<&mut Q>,
+        host: &impl HostLink,
+        now: nat::Instant,
+    ) -> Result<Notify, Error> {
         self.relink(host);
         let budget = self.tx_batch_budget;
         let r = self.with_port(port, |p, nat, others| {
-            p.on_tx_kick(nat, mem, txq, rxq, host, now, Some(others), budget)
+            p.on_tx_kick(pair, nat, mem, txq, rxq, host, now, Some(others), budget)
         })?;
         self.follow_guest_mac(port);
         // The IPv6 addresses the guest was seen to use (its own traffic, past the gateway's
@@ -334,11 +356,51 @@ impl Network {
         host_readable: bool,
         now: nat::Instant,
     ) -> Result<Notify, Error> {
+        self.on_pair_rx_ready(port, 0, mem, rxq, host, host_readable, now)
+    }
+
+    /// As [`Network::on_rx_ready`] for queue pair `pair` of `port`: the port's inbox goes to
+    /// whichever pair delivers first; `host` is the pair's queue of a multi-queue host link
+    /// (or the one link every pair reads).
+    ///
+    /// # Errors
+    ///
+    /// As [`Network::on_rx_ready`]; [`Error::Config`] for a pair not in use.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_pair_rx_ready<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        port: PortId,
+        pair: usize,
+        mem: &M,
+        rxq: &mut Q,
+        host: &impl HostLink,
+        host_readable: bool,
+        now: nat::Instant,
+    ) -> Result<Notify, Error> {
         self.relink(host);
         self.with_port(port, |p, nat, others| {
-            p.rx.host_pending |= host_readable;
-            p.deliver(nat, mem, rxq, host, now, Some(others))
+            p.host_readable(pair, host_readable);
+            p.deliver(pair, nat, mem, rxq, host, now, Some(others))
         })?
+    }
+
+    /// Sets the queue pairs `port` uses to `pairs` (the driver's
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`, see [`crate::ControlQueue`]); pair 0 is always in
+    /// use. The batches of a pair are allocated the first time it is used.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a port not attached or `pairs` outside
+    /// `1..=`[`crate::MAX_QUEUE_PAIRS`].
+    pub fn set_queue_pairs(&mut self, port: PortId, pairs: usize) -> Result<(), Error> {
+        self.port_mut(port)
+            .ok_or_else(|| not_attached(port))?
+            .set_queue_pairs(pairs)
+    }
+
+    /// The queue pairs `port` uses (1 unless [`Network::set_queue_pairs`] said otherwise).
+    pub fn queue_pairs(&self, port: PortId) -> Option<usize> {
+        self.port(port).map(PortCore::queue_pairs)
     }
 
     /// Whether frames wait in `port`'s inbox (switched from another guest, moved from a host
@@ -407,7 +469,7 @@ impl Network {
     /// As [`crate::DeviceCore::on_rx_unavailable`] for `port`.
     pub fn on_rx_unavailable(&mut self, port: PortId) {
         if let Some(p) = self.port_mut(port) {
-            p.rx.host_pending = true;
+            p.host_readable(0, true);
         }
     }
 
@@ -984,6 +1046,80 @@ mod tests {
             6 + capacity + 10,
             "every chain went back"
         );
+    }
+
+    /// A port with two queue pairs (each on queues of its own): the lease taken on pair 0
+    /// holds on pair 1 (one gateway per port, not per pair: pair 1's frame from the leased
+    /// address goes out through the NAT, not `SpoofedIp`), and the answer read from the host
+    /// link by pair 1 reaches pair 1's RX queue. Pairs not in use are errors.
+    #[test]
+    fn queue_pairs_share_the_guests_lease_and_each_reads_the_host_link() {
+        use crate::testing::{self, EXTERNAL, MockNet, SERVER};
+        use ::wire::{Ipv4Packet, UdpPacket};
+        let (host, peer) = MemoryLink::pair(256).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 2).unwrap();
+        let ma = mac(0x56);
+        let a = net.attach(ma).unwrap();
+        let ia = net.address_of(a).unwrap();
+        assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
+        assert_eq!(net.queue_pairs(a), Some(1));
+        assert!(net.set_queue_pairs(a, 0).is_err());
+        assert!(net.set_queue_pairs(a, 17).is_err());
+        net.set_queue_pairs(a, 2).unwrap();
+        assert_eq!(net.queue_pairs(a), Some(2));
+        // One guest memory per pair here: each MockNet lays its rings out from the start.
+        let (mem0, mem1) = (testing::guest_memory(), testing::guest_memory());
+        let (mut q0, mut q1) = (MockNet::new(&mem0, 256), MockNet::new(&mem1, 256));
+        let (mut rx0, mut tx0) = q0.queues(false);
+        let (mut rx1, mut tx1) = q1.queues(false);
+        for q in [&mut q0, &mut q1] {
+            for _ in 0..8 {
+                q.post_rx(&[2048]);
+            }
+        }
+        for f in dhcp(ma, ia) {
+            q0.send_frame(HDR, &f, &[]);
+        }
+        net.on_pair_tx_kick(a, 0, &mem0, &mut tx0, Some(&mut rx0), &host, NOW)
+            .unwrap();
+        let mut scratch = Vec::new();
+        let mut answers = 0;
+        while q0.rx_frame(HDR, &mut scratch).is_some() {
+            answers += 1;
+        }
+        assert_eq!(answers, 2, "offer and ack on pair 0");
+
+        q1.send_frame(
+            HDR,
+            &testing::udp_frame(ma, ia, 5000, SERVER, 7, b"pair 1"),
+            &[],
+        );
+        net.on_pair_tx_kick(a, 1, &mem1, &mut tx1, Some(&mut rx1), &host, NOW)
+            .unwrap();
+        let stats = net.stats(a).unwrap();
+        assert_eq!(stats.drops_of(DropCause::SpoofedIp), 0, "{stats:?}");
+        let out = peer.recv().expect("pair 1's datagram on the host link");
+        let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (EXTERNAL, SERVER));
+        let port = UdpPacket::new_checked(ip.payload()).unwrap().src_port();
+
+        assert!(peer.send(&testing::udp_packet(SERVER, 7, EXTERNAL, port, b"back")));
+        net.on_pair_rx_ready(a, 1, &mem1, &mut rx1, &host, true, NOW)
+            .unwrap();
+        let (_, got) = q1
+            .rx_frame(HDR, &mut scratch)
+            .expect("the answer on pair 1");
+        assert_eq!(&got[..6], &ma.0[..]);
+        assert_eq!(&got[got.len() - 4..], b"back");
+        assert!(
+            q0.rx_frame(HDR, &mut scratch).is_none(),
+            "nothing on pair 0"
+        );
+
+        // Back to one pair: pair 1 is not in use.
+        net.set_queue_pairs(a, 1).unwrap();
+        let e = net.on_pair_tx_kick(a, 1, &mem1, &mut tx1, Some(&mut rx1), &host, NOW);
+        assert!(matches!(e, Err(Error::Config(_))), "{e:?}");
     }
 
     /// Ports for the MACs :56, :57, :58.
