@@ -16,17 +16,15 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use bridge::{
-    DropCause, FrameBatch, Gateway, GatewayConfig, HostLink, MacAddr, MemoryLink, OFFERED_FEATURES,
-    OFFLOAD_FEATURES, Offloads, RxEngine, RxQueue, Stats, TxEngine, TxQueue,
+    DropCause, FrameBatch, Gateway, GatewayConfig, GuestState, HostLink, MacAddr, MemoryLink,
+    OFFERED_FEATURES, OFFLOAD_FEATURES, Offloads, RxEngine, RxQueue, Stats, TxEngine, TxQueue,
 };
 use libfuzzer_sys::fuzz_target;
 use nat::{Nat, NatConfig};
 
 #[path = "common/rings.rs"]
 mod rings;
-use rings::{
-    RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED, hostile_memory, queue,
-};
+use rings::{RX_AVAIL, RX_DESC, RX_USED, TX_AVAIL, TX_DESC, TX_USED, hostile_memory, queue};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&flags, rest)) = input.split_first() else {
@@ -72,16 +70,16 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let mut stats = Stats::default();
-    let mut tx =
-        TxEngine::new(TxQueue::new(hdr_len, max), gateway(), 8, max).with_offloads(o, 1500);
+    let mut tx = TxEngine::new(TxQueue::new(hdr_len, max), 8, max).with_offloads(o, 1500);
+    let mut guest = GuestState::new(gateway());
     let mut replies = FrameBatch::new(8, max.max(2048));
     for round in 0..4u64 {
         let now = nat::Instant::from_secs(round);
         replies.clear();
-        match tx.pull(&mem, &mut txq, &mut replies, now, &mut stats) {
+        match tx.pull(&mem, &mut txq, &mut replies, &mut guest, now, &mut stats) {
             Ok(out) => {
                 assert!(out.chains <= 8);
-                tx.translate(&mut nat, &mut replies, now, &mut stats);
+                tx.translate(&mut nat, &mut replies, &mut guest, now, &mut stats);
                 let _ = tx.push(&inside, &mut stats);
             }
             Err(_) => break, // needs reset
