@@ -3,9 +3,11 @@
 //! the gateway's or broadcast, IPv4 or IPv6 from the sender's own address or the other's, to
 //! the other's or elsewhere, ARP for the other guest, a Neighbor Solicitation for it), a
 //! packet from the host link, a delivery to both guests, or the second guest leaving and
-//! coming back. Both guests lease their address first (DHCP); with the first record's top bit
-//! the network floods broadcast and multicast between them. Never a panic; every TX chain
-//! is returned; no frame for one guest's MAC is ever delivered to the other.
+//! coming back. The first guest has a second queue pair (its own queues; records send on it
+//! and turn it off and on, as `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` 2 -> 1 -> 2 would). Both guests
+//! lease their address first (DHCP); with the first record's top bit the network floods
+//! broadcast and multicast between them. Never a panic; every TX chain is returned; no frame
+//! for one guest's MAC is ever delivered to the other (on any of its pairs).
 //!
 //! Input: a sequence of `[kind, len_hi, len_lo, bytes[len]...]` records.
 #![no_main]
@@ -34,9 +36,10 @@ const MACS: [MacAddr; 2] = [
 const GATEWAY_MAC: MacAddr = bridge::defaults::GATEWAY_MAC;
 const NOW: nat::Instant = nat::Instant::ZERO;
 
-/// One guest's side of its two queues.
+/// One guest's side of one queue pair's two queues.
 struct Guest {
     port: PortId,
+    pair: usize,
     mem: GuestMemoryMmap,
     txq: Queue,
     rxq: Queue,
@@ -70,6 +73,16 @@ fuzz_target!(|input: &[u8]| {
         send(&mut net, g, &dhcp_request(MACS[i], addrs[i]), &host);
         deliver(&mut net, g, i, &host);
     }
+    // The first guest's second pair: lane 2, guest 0.
+    let port0 = guests[0].port;
+    if net.set_queue_pairs(port0, 2).is_err() {
+        return;
+    }
+    let Some(g) = second_pair(&mut net, port0) else {
+        return;
+    };
+    guests.push(g);
+    let mut two_pairs = true;
     let mut rest = input;
     while let [kind, hi, lo, tail @ ..] = rest {
         let len = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len()).min(9000);
@@ -94,10 +107,28 @@ fuzz_target!(|input: &[u8]| {
                 guests[1] = g;
                 send(&mut net, &mut guests[1], &dhcp_request(MACS[1], addrs[1]), &host);
             }
+            6 if two_pairs => {
+                // The first guest on its second pair: raw bytes or a template.
+                let f = if kind & 1 == 0 {
+                    bytes.to_vec()
+                } else {
+                    let k = (bytes.first().copied().unwrap_or(0) % 3 + 1) << 1;
+                    template(k, 0, bytes, &addrs)
+                };
+                send(&mut net, &mut guests[2], &f, &host);
+            }
+            7 => {
+                two_pairs = !two_pairs;
+                let n = if two_pairs { 2 } else { 1 };
+                assert!(net.set_queue_pairs(port0, n).is_ok());
+                assert_eq!(net.queue_pairs(port0), Some(n));
+            }
             _ => {}
         }
         for (i, g) in guests.iter_mut().enumerate() {
-            deliver(&mut net, g, i, &host);
+            if i < 2 || two_pairs {
+                deliver(&mut net, g, i % 2, &host);
+            }
         }
         while peer.recv().is_some() {}
     }
@@ -117,6 +148,31 @@ fn attach(net: &mut Network, mac: MacAddr, host: &MemoryLink) -> Option<Guest> {
     net.prepare_queue(port, &mut rxq, 0).ok()?;
     let mut g = Guest {
         port,
+        pair: 0,
+        mem,
+        txq,
+        rxq,
+        tx_next: 0,
+        rx_next: 0,
+        rx_seen: 0,
+        tx_posted: 0,
+    };
+    for _ in 0..QSIZE {
+        post_rx(&mut g);
+    }
+    Some(g)
+}
+
+/// The second queue pair of `port` (in use), on a guest memory of its own.
+fn second_pair(net: &mut Network, port: PortId) -> Option<Guest> {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).ok()?;
+    let mut txq = queue(TX_DESC, TX_AVAIL, TX_USED)?;
+    let mut rxq = queue(RX_DESC, RX_AVAIL, RX_USED)?;
+    net.prepare_queue(port, &mut txq, 1).ok()?;
+    net.prepare_queue(port, &mut rxq, 0).ok()?;
+    let mut g = Guest {
+        port,
+        pair: 1,
         mem,
         txq,
         rxq,
@@ -143,7 +199,7 @@ fn send(net: &mut Network, g: &mut Guest, frame: &[u8], host: &MemoryLink) {
     g.tx_next = g.tx_next.wrapping_add(1);
     g.tx_posted += 1;
     for _ in 0..8 {
-        match net.on_tx_kick(g.port, &g.mem, &mut g.txq, Some(&mut g.rxq), host, NOW) {
+        match net.on_pair_tx_kick(g.port, g.pair, &g.mem, &mut g.txq, Some(&mut g.rxq), host, NOW) {
             Ok(n) if n.tx_more => continue,
             _ => break,
         }
@@ -153,7 +209,7 @@ fn send(net: &mut Network, g: &mut Guest, frame: &[u8], host: &MemoryLink) {
 /// Delivers what waits for guest `me` and checks each frame's destination MAC.
 fn deliver(net: &mut Network, g: &mut Guest, me: usize, host: &MemoryLink) {
     for _ in 0..8 {
-        let r = net.on_rx_ready(g.port, &g.mem, &mut g.rxq, host, true, NOW);
+        let r = net.on_pair_rx_ready(g.port, g.pair, &g.mem, &mut g.rxq, host, true, NOW);
         let used = used_idx(&g.mem, RX_USED);
         while g.rx_seen != used {
             let at = RX_USED + 4 + 8 * u64::from(g.rx_seen % QSIZE);
