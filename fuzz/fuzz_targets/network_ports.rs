@@ -140,31 +140,17 @@ fuzz_target!(|input: &[u8]| {
 
 fn attach(net: &mut Network, mac: MacAddr, host: &MemoryLink) -> Option<Guest> {
     let port = net.attach(mac).ok()?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).ok()?;
-    let mut txq = queue(TX_DESC, TX_AVAIL, TX_USED)?;
-    let mut rxq = queue(RX_DESC, RX_AVAIL, RX_USED)?;
     net.ack_features(port, OFFERED_FEATURES, host);
-    net.prepare_queue(port, &mut txq, 1).ok()?;
-    net.prepare_queue(port, &mut rxq, 0).ok()?;
-    let mut g = Guest {
-        port,
-        pair: 0,
-        mem,
-        txq,
-        rxq,
-        tx_next: 0,
-        rx_next: 0,
-        rx_seen: 0,
-        tx_posted: 0,
-    };
-    for _ in 0..QSIZE {
-        post_rx(&mut g);
-    }
-    Some(g)
+    lane(net, port, 0)
 }
 
-/// The second queue pair of `port` (in use), on a guest memory of its own.
+/// The second queue pair of `port` (in use).
 fn second_pair(net: &mut Network, port: PortId) -> Option<Guest> {
+    lane(net, port, 1)
+}
+
+/// Queue pair `pair` of `port` on a guest memory of its own, its RX ring filled.
+fn lane(net: &mut Network, port: PortId, pair: usize) -> Option<Guest> {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).ok()?;
     let mut txq = queue(TX_DESC, TX_AVAIL, TX_USED)?;
     let mut rxq = queue(RX_DESC, RX_AVAIL, RX_USED)?;
@@ -172,7 +158,7 @@ fn second_pair(net: &mut Network, port: PortId) -> Option<Guest> {
     net.prepare_queue(port, &mut rxq, 0).ok()?;
     let mut g = Guest {
         port,
-        pair: 1,
+        pair,
         mem,
         txq,
         rxq,

@@ -631,17 +631,9 @@ impl World {
 
     /// curl of the blob from S in guest `i`, SHA-256 checked.
     fn fetch(&self, i: usize) -> Result<()> {
-        let got = self.guests[i].exec(&[
-            "sh",
-            "-c",
-            &format!("curl -sS --max-time 60 http://{SERVER_ADDR}/{BLOB_NAME} | sha256sum"),
-        ])?;
-        ensure!(
-            got.split_whitespace().next() == Some(self.blob_sha256.as_str()),
-            "guest {i}: download sha256 {got:?}, want {}",
-            self.blob_sha256
-        );
-        Ok(())
+        let url = format!("http://{SERVER_ADDR}/{BLOB_NAME}");
+        common::fetch_whole(&self.guests[i], &url, &self.blob_sha256)
+            .map_err(|e| anyhow::anyhow!("guest {i}: {e}"))
     }
 }
 

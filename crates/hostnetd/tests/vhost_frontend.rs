@@ -34,17 +34,7 @@ fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<
     let net = attached.net_config();
     ensure!(net.mtu == 1500 && net.link_up(), "config space {net:?}");
 
-    let lease = world.lease()?;
-    ensure!(
-        lease.ip == "192.168.64.2".parse::<std::net::Ipv4Addr>()?,
-        "{lease:?}"
-    );
-    for target in [GATEWAY, SERVER_ADDR] {
-        world
-            .guest
-            .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "3", target])
-            .with_context(|| format!("ping {target}"))?;
-    }
+    world.leases_and_pings(3)?;
     let answer = world.guest.exec(&[
         "dig",
         "+short",
@@ -54,17 +44,7 @@ fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<
         DNS_NAME,
     ])?;
     ensure!(answer.trim() == SERVER_ADDR, "dig answered {answer:?}");
-
-    let got = world.guest.exec(&[
-        "sh",
-        "-c",
-        &format!("curl -sS --max-time 60 http://{SERVER_ADDR}/{BLOB_NAME} | sha256sum"),
-    ])?;
-    ensure!(
-        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
-        "download sha256 {got:?}, want {}",
-        world.blob_sha256
-    );
+    world.downloads_the_blob()?;
 
     let sink = world.upload_sink()?;
     let sent = world.guest.exec(&[
@@ -148,16 +128,7 @@ fn a_frontend_gone_mid_download_leaves_hostnetd_serving_the_next() -> Result<()>
     let second = Attached::start(&daemon.sock, world.guest.name(), GuestConfig::default())?;
     let again = world.lease()?;
     ensure!(again.ip == lease.ip, "lease {again:?} after {lease:?}");
-    let got = world.guest.exec(&[
-        "sh",
-        "-c",
-        &format!("curl -sS --max-time 60 {url} | sha256sum"),
-    ])?;
-    ensure!(
-        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
-        "download sha256 {got:?}, want {}",
-        world.blob_sha256
-    );
+    world.downloads_the_blob()?;
     ensure!(!second.has_failed(), "a driver thread stopped");
     second.stop()?;
     Ok(())
@@ -173,6 +144,9 @@ enum Want {
     /// backend may take); when the frontend goes, its `connection stats` line holds `counted`
     /// (a named drop) if given.
     Taken { counted: Option<&'static str> },
+    /// Either, by timing: the sequence is refused if a worker meets its kicks before the
+    /// memory table and ring addresses come, and is a valid one if it meets them after.
+    Either,
 }
 
 /// One hostile frontend, then a well-behaved one. The hostile frontend (testbed's, breaking
@@ -231,6 +205,14 @@ fn hostnetd_survives(how: Hostile, tag: &str, want: Want) -> Result<()> {
                 "{how:?}: hostnetd logged no end of the hostile connection within 5 s"
             );
         }
+        Want::Either => {
+            // Ended by hostnetd, or (taken) by the frontend going: either way, logged.
+            drop(device);
+            ensure!(
+                connection_end(&daemon).is_some(),
+                "{how:?}: hostnetd logged no end of the hostile connection within 5 s ({answer})"
+            );
+        }
     }
     drop(guest);
     ensure!(
@@ -239,27 +221,8 @@ fn hostnetd_survives(how: Hostile, tag: &str, want: Want) -> Result<()> {
     );
 
     let next = Attached::start(&daemon.sock, world.guest.name(), GuestConfig::default())?;
-    let lease = world.lease()?;
-    ensure!(
-        lease.ip == "192.168.64.2".parse::<std::net::Ipv4Addr>()?,
-        "{lease:?}"
-    );
-    for target in [GATEWAY, SERVER_ADDR] {
-        world
-            .guest
-            .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "3", target])
-            .with_context(|| format!("ping {target}"))?;
-    }
-    let got = world.guest.exec(&[
-        "sh",
-        "-c",
-        &format!("curl -sS --max-time 60 http://{SERVER_ADDR}/{BLOB_NAME} | sha256sum"),
-    ])?;
-    ensure!(
-        got.split_whitespace().next() == Some(world.blob_sha256.as_str()),
-        "download sha256 {got:?}, want {}",
-        world.blob_sha256
-    );
+    world.leases_and_pings(2)?;
+    world.downloads_the_blob()?;
     ensure!(!next.has_failed(), "a driver thread stopped");
     next.stop()?;
     ensure!(
@@ -344,7 +307,9 @@ fn ring_addresses_before_the_memory_table_leave_the_next_guest_served() -> Resul
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn a_kick_before_the_memory_table_leaves_the_next_guest_served() -> Result<()> {
-    hostnetd_survives(Hostile::KickBeforeMemTable, "vu-kick-first", Want::Refused)
+    // Refused in most runs; taken when the worker sees the kicks only after the memory table
+    // and the ring addresses came (seen with the machine loaded by a CI run).
+    hostnetd_survives(Hostile::KickBeforeMemTable, "vu-kick-first", Want::Either)
 }
 
 #[test]
@@ -418,6 +383,28 @@ impl World {
             "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s", script,
         ])?;
         Ok(testbed::netns::lease::Lease::read(&out)?)
+    }
+
+    /// The guest leases 192.168.64.2 and pings the gateway and S `count` times each.
+    fn leases_and_pings(&self, count: u32) -> Result<()> {
+        let lease = self.lease()?;
+        ensure!(
+            lease.ip == "192.168.64.2".parse::<std::net::Ipv4Addr>()?,
+            "{lease:?}"
+        );
+        let count = count.to_string();
+        for target in [GATEWAY, SERVER_ADDR] {
+            self.guest
+                .exec(&["ping", "-c", &count, "-i", "0.2", "-W", "3", target])
+                .with_context(|| format!("ping {target}"))?;
+        }
+        Ok(())
+    }
+
+    /// The guest downloads the blob from S whole (its SHA-256).
+    fn downloads_the_blob(&self) -> Result<()> {
+        let url = format!("http://{SERVER_ADDR}/{BLOB_NAME}");
+        common::fetch_whole(&self.guest, &url, &self.blob_sha256).map_err(anyhow::Error::msg)
     }
 
     /// A TCP sink in S that prints `<bytes> <sha256>` of what one connection sent.

@@ -356,6 +356,22 @@ pub(crate) fn random_blob(
         .ok_or_else(|| std::io::Error::other("sha256sum printed nothing"))
 }
 
+/// curl of `url` in `ns`; an error unless what came has the SHA-256 `want` (hex).
+pub(crate) fn fetch_whole(ns: &Netns, url: &str, want: &str) -> Result<(), String> {
+    let got = ns
+        .exec(&[
+            "sh",
+            "-c",
+            &format!("curl -sS --max-time 60 {url} | sha256sum"),
+        ])
+        .map_err(|e| format!("curl {url}: {e:#}"))?;
+    if got.split_whitespace().next() == Some(want) {
+        Ok(())
+    } else {
+        Err(format!("download sha256 {got:?}, want {want}"))
+    }
+}
+
 /// H's address on its veth to S (the simulated internet, 198.18.0.0/15).
 pub(crate) const HOST_SERVER_ADDR: &str = "198.18.0.1";
 /// S's address.
