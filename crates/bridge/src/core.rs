@@ -430,7 +430,7 @@ impl DeviceCore {
         let reply_size = self.port.replies.buf_size();
         let mut pairs = self.port.pairs;
         // `PortCore` always has pair 0 (and a `DeviceCore` no other).
-        let QueuePair { tx, rx } = pairs.swap_remove(0);
+        let QueuePair { tx, rx, .. } = pairs.swap_remove(0);
         Parts {
             reply_size,
             config: self.port.config,
@@ -493,7 +493,11 @@ impl PortCore {
         let (tx, rx) = halves(&config, &negotiated, relay.clone());
         Ok(Self {
             guest: guest_state(&config, gateway),
-            pairs: vec![QueuePair { tx, rx }],
+            pairs: vec![QueuePair {
+                tx,
+                rx,
+                moved: PairStats::default(),
+            }],
             active_pairs: 1,
             replies: reply_batch(&config, &negotiated),
             config,
@@ -535,7 +539,7 @@ impl PortCore {
                 self.guest = guest_state(&self.config, gateway);
                 for p in &mut self.pairs {
                     let (tx, rx) = halves(&self.config, &negotiated, self.relay.clone());
-                    *p = QueuePair { tx, rx };
+                    (p.tx, p.rx) = (tx, rx);
                     p.rx.short_batch_drains = short;
                 }
                 if reply_size(&self.config, &negotiated) != self.replies.buf_size() {
@@ -567,7 +571,11 @@ impl PortCore {
         while self.pairs.len() < n {
             let (tx, mut rx) = halves(&self.config, &self.negotiated, self.relay.clone());
             rx.short_batch_drains = short;
-            self.pairs.push(QueuePair { tx, rx });
+            self.pairs.push(QueuePair {
+                tx,
+                rx,
+                moved: PairStats::default(),
+            });
         }
         self.active_pairs = n;
         Ok(())
@@ -576,6 +584,11 @@ impl PortCore {
     /// The queue pairs in use.
     pub(crate) fn queue_pairs(&self) -> usize {
         self.active_pairs
+    }
+
+    /// What pair `pair` moved (also while out of use), if it was ever set up.
+    pub(crate) fn pair_stats(&self, pair: usize) -> Option<PairStats> {
+        self.pairs.get(pair).map(|p| p.moved)
     }
 
     /// Pair `pair` if it is in use.
@@ -731,6 +744,7 @@ impl PortCore {
                     stats: &mut self.stats,
                 };
                 let view = others.as_ref().map(|o| o.view());
+                let before = step.stats.tx_frames;
                 let out = match self.pairs[pair].tx.batch(
                     mem,
                     txq,
@@ -747,6 +761,7 @@ impl PortCore {
                     }
                     Err(e) => return Err(e),
                 };
+                self.pairs[pair].moved.tx_frames += self.stats.tx_frames - before;
                 n.tx |= out.notify;
                 let mut busy = false;
                 if let Some(o) = others.as_deref_mut() {
@@ -804,9 +819,27 @@ impl PortCore {
         rxq: &mut Q,
         host: &impl HostLink,
         now: nat::Instant,
-        mut others: Option<&mut Others<'_>>,
+        others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
         self.check_pair(pair)?;
+        let before = self.stats.rx_frames;
+        let r = self.deliver_passes(pair, nat, mem, rxq, host, now, others);
+        self.pairs[pair].moved.rx_frames += self.stats.rx_frames - before;
+        r
+    }
+
+    /// [`PortCore::deliver`]'s passes on a pair in use.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_passes<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        pair: usize,
+        nat: &mut Nat,
+        mem: &M,
+        rxq: &mut Q,
+        host: &impl HostLink,
+        now: nat::Instant,
+        mut others: Option<&mut Others<'_>>,
+    ) -> Result<Notify, Error> {
         let guest_mac = self.guest.gateway().guest_mac();
         let mut notify = Notify::default();
         for _ in 0..RX_PASS_BUDGET {
@@ -943,11 +976,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One queue pair's halves (see [`PortCore::pairs`]).
+/// One queue pair's halves (see [`PortCore::pairs`]) and what moved on it.
 #[derive(Debug)]
 pub(crate) struct QueuePair {
     pub(crate) tx: TxHalf,
     pub(crate) rx: RxHalf,
+    pub(crate) moved: PairStats,
+}
+
+/// Frames one queue pair moved (monotonic; the port's [`Stats`] count them all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PairStats {
+    /// Frames taken from the pair's TX queue.
+    pub tx_frames: u64,
+    /// Frames delivered into the pair's RX queue.
+    pub rx_frames: u64,
 }
 
 /// What a half's step works with besides the queue, the batches and the NAT.

@@ -160,7 +160,8 @@ pub mod testing;
 
 pub use crate::config::{BridgeConfig, MAX_BATCH};
 pub use crate::core::{
-    Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify, RX_PASS_BUDGET, TX_BATCH_BUDGET,
+    Clock, DeviceCore, EXPIRE_BUDGET, Expiry, Negotiated, Notify, PairStats, RX_PASS_BUDGET,
+    TX_BATCH_BUDGET,
 };
 pub use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, MacAddr, ParseMacError};
 pub use addr_pair::{

@@ -403,6 +403,12 @@ impl Network {
         self.port(port).map(PortCore::queue_pairs)
     }
 
+    /// The frames queue pair `pair` of `port` moved each way (counted also while the pair is
+    /// out of use; `None` for a pair never set up).
+    pub fn pair_stats(&self, port: PortId, pair: usize) -> Option<crate::PairStats> {
+        self.port(port)?.pair_stats(pair)
+    }
+
     /// Whether frames wait in `port`'s inbox (switched from another guest, moved from a host
     /// batch, a gateway reply or advertisement): call [`Network::on_rx_ready`] for it.
     pub fn pending(&self, port: PortId) -> bool {
@@ -1114,6 +1120,12 @@ mod tests {
         assert!(
             q0.rx_frame(HDR, &mut scratch).is_none(),
             "nothing on pair 0"
+        );
+        // DHCP's two frames in and two answers out on pair 0, one each way on pair 1.
+        let pair = |p| net.pair_stats(a, p).map(|s| (s.tx_frames, s.rx_frames));
+        assert_eq!(
+            (pair(0), pair(1), pair(2)),
+            (Some((2, 2)), Some((1, 1)), None)
         );
 
         // Back to one pair: pair 1 is not in use.
