@@ -17,6 +17,14 @@
 //! checks): a guest reaches another's IPv6 address once that guest has used it (to the
 //! gateway, the outside or another guest); Neighbor Solicitations for it are answered with
 //! its MAC, and an address one port holds is refused as another's source.
+//!
+//! Queue pairs (virtio-net MQ): a port has pair 0 and, after [`Network::set_queue_pairs`] (the
+//! driver's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`, see [`crate::ControlQueue`]), more; an event
+//! names its pair with [`Network::on_pair_tx_kick`] and [`Network::on_pair_rx_ready`]
+//! (pair i's virtqueues, and pair i's queue of a multi-queue host link or the one link all
+//! pairs read). The pairs of a port share its guest state ([`crate::GuestState`]: one lease,
+//! one set of learned addresses), its inbox and its counters; [`Network::pair_stats`] counts
+//! what each pair moved.
 
 use core::net::Ipv4Addr;
 use core::time::Duration;
