@@ -25,6 +25,10 @@ pub const HOST_TSO4: u64 = 1 << 11;
 pub const GUEST_TSO6: u64 = 1 << 8;
 /// `VIRTIO_NET_F_HOST_TSO6`: the device takes TCPv6 GSO super-frames (needs CSUM).
 pub const HOST_TSO6: u64 = 1 << 12;
+/// `VIRTIO_NET_F_CTRL_VQ`: the control virtqueue.
+pub const CTRL_VQ: u64 = 1 << 17;
+/// `VIRTIO_NET_F_MQ`: several queue pairs (needs CTRL_VQ).
+pub const MQ: u64 = 1 << 22;
 /// Everything the simulated guest asks for.
 pub const WANTED: u64 = VERSION_1 | MAC | MTU | STATUS | MRG_RXBUF | EVENT_IDX;
 /// The offloads the guest asks for on top of [`WANTED`] with
@@ -59,9 +63,13 @@ pub use bridge::feature_names as names;
 
 /// The negotiated features for `device` features: [`WANTED`], plus with `offloads`
 /// the offered [`OFFLOADS`] (a TSO bit only with its checksum bit, virtio 1.x
-/// 5.1.3.1).
-pub(super) fn negotiate(device: u64, offloads: bool) -> u64 {
+/// 5.1.3.1), plus [`MQ`] and [`CTRL_VQ`] for more than one of `queue_pairs` when both are
+/// offered.
+pub(super) fn negotiate(device: u64, offloads: bool, queue_pairs: u16) -> u64 {
     let mut f = WANTED & device;
+    if queue_pairs > 1 && device & (MQ | CTRL_VQ) == MQ | CTRL_VQ {
+        f |= MQ | CTRL_VQ;
+    }
     if offloads {
         let mut o = OFFLOADS & device;
         if o & CSUM == 0 {

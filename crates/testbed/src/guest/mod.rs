@@ -50,6 +50,7 @@ use vm_memory::{
     WriteVolatile,
 };
 
+pub use ring::MAX_QUEUE_PAIRS;
 use ring::{MAX_FRAME_BUF, MAX_QUEUE_SIZE, RingLayout, layout_end};
 use rx::RxDriver;
 pub use threads::{Interrupts, Running};
@@ -202,6 +203,10 @@ pub struct GuestConfig {
     /// (64 KiB super-frames then take a few buffers, not 33 of [`Self::rx_buffer_size`]). 64
     /// bytes to 64 KiB + 90.
     pub rx_gso_buffer_size: u32,
+    /// Queue pairs (1 to [`MAX_QUEUE_PAIRS`]): more than one asks for `VIRTIO_NET_F_MQ` and
+    /// `VIRTIO_NET_F_CTRL_VQ` when the device offers them, and lays out a pair of queues and
+    /// their buffers per pair ([`SimGuest::into_pair_drivers`]).
+    pub queue_pairs: u16,
     /// Put the TX header in its own descriptor, chained to the frame (exercises the device's
     /// ANY_LAYOUT handling); otherwise header and frame share one descriptor.
     pub split_tx_header: bool,
@@ -223,6 +228,7 @@ impl Default for GuestConfig {
             queue_size: 256,
             rx_buffer_size: 2048,
             rx_gso_buffer_size: 16 << 10,
+            queue_pairs: 1,
             split_tx_header: true,
             offloads: true,
             inline_rx_interrupt: true,
@@ -293,7 +299,12 @@ impl SimGuest {
                 "{what} {size} is outside 64..={MAX_FRAME_BUF}"
             );
         }
-        let features = features::negotiate(device_features, cfg.offloads);
+        ensure!(
+            (1..=MAX_QUEUE_PAIRS).contains(&cfg.queue_pairs),
+            "{} queue pairs is outside 1..={MAX_QUEUE_PAIRS}",
+            cfg.queue_pairs
+        );
+        let features = features::negotiate(device_features, cfg.offloads, cfg.queue_pairs);
         let needed = layout_end(&cfg, features);
         ensure!(
             cfg.mem_size as u64 >= needed && cfg.mem_size >= MIN_MEM_SIZE,
@@ -401,10 +412,55 @@ impl SimGuest {
 
     /// The driver both modes run: a filled RX ring, an empty TX ring, shared counters.
     fn driver<F: FrameIo>(&self, io: Arc<F>, kick: Kick) -> anyhow::Result<Driver<F>> {
+        self.pair_driver(0, io, kick)
+    }
+
+    /// Queue pair `pair`'s driver: its RX ring filled, its TX ring empty, counters of its own.
+    fn pair_driver<F: FrameIo>(
+        &self,
+        pair: u16,
+        io: Arc<F>,
+        kick: Kick,
+    ) -> anyhow::Result<Driver<F>> {
         let stats = Arc::new(GuestStats::default());
-        let rx = RxDriver::new(self, Arc::clone(&io), Arc::clone(&kick), &stats)?;
-        let tx = TxDriver::new(self, io, kick, &stats)?;
+        let rx = RxDriver::new(self, pair, Arc::clone(&io), Arc::clone(&kick), &stats)?;
+        let tx = TxDriver::new(self, pair, io, kick, &stats)?;
         Ok(Driver { tx, rx, stats })
+    }
+
+    /// The queue pairs laid out ([`GuestConfig::queue_pairs`]); more than one only with
+    /// `VIRTIO_NET_F_MQ` negotiated ([`features::MQ`]).
+    #[must_use]
+    pub fn queue_pairs(&self) -> u16 {
+        if self.features & features::MQ != 0 {
+            self.cfg.queue_pairs
+        } else {
+            1
+        }
+    }
+
+    /// As [`SimGuest::into_driver`] for every queue pair: pair `i` reads and writes `ios[i]`
+    /// (a multi-queue TAP's queue `i`) and works queues `2i` (RX) and `2i + 1` (TX), built
+    /// with [`SimGuest::device_queue`]. The device must use as many pairs (the driver's
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`; this guest does not send it: the embedder sets the
+    /// device's pairs, e.g. `bridge::Network::set_queue_pairs`).
+    ///
+    /// # Errors
+    /// `ios` is not one per [`SimGuest::queue_pairs`]; an RX ring can't be filled.
+    pub fn into_pair_drivers<F: FrameIo + 'static>(
+        self,
+        ios: Vec<Arc<F>>,
+    ) -> anyhow::Result<Vec<Driver<F>>> {
+        ensure!(
+            ios.len() == usize::from(self.queue_pairs()),
+            "{} frame I/Os for {} queue pairs",
+            ios.len(),
+            self.queue_pairs()
+        );
+        (0u16..)
+            .zip(ios)
+            .map(|(pair, io)| self.pair_driver(pair, io, Arc::new(|_| {})))
+            .collect()
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{Ordering, fence};
 use anyhow::{Context, bail};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{GuestConfig, GuestStats, Kick, RX_QUEUE, TX_QUEUE, features};
+use super::{GuestConfig, GuestStats, Kick, RX_QUEUE, features};
 
 /// Addresses of one split queue in guest memory.
 #[derive(Clone, Copy, Debug)]
@@ -21,29 +21,28 @@ pub(super) struct RingLayout {
 }
 
 impl RingLayout {
-    /// The layout of queue `index` ([`RX_QUEUE`] or [`TX_QUEUE`]).
+    /// The layout of queue `index`: queue pair `index / 2`'s RX ([`RX_QUEUE`] for pair 0) or
+    /// TX ([`super::TX_QUEUE`]) queue, each pair in a [`PAIR_SPAN`] of its own.
     pub(super) fn of(index: u16) -> anyhow::Result<Self> {
-        let base = match index {
-            RX_QUEUE => RX_RING_BASE,
-            TX_QUEUE => TX_RING_BASE,
-            _ => bail!("no queue {index} (rx = {RX_QUEUE}, tx = {TX_QUEUE})"),
-        };
+        let pair = index / 2;
+        if pair >= MAX_QUEUE_PAIRS {
+            bail!("no queue {index} (at most {MAX_QUEUE_PAIRS} queue pairs)");
+        }
+        let from = u64::from(pair) * PAIR_SPAN;
+        let rx = index % 2 == RX_QUEUE;
+        let base = from + if rx { RX_RING_BASE } else { TX_RING_BASE };
         Ok(Self {
             desc: GuestAddress(base),
             avail: GuestAddress(base + 0x1000),
             used: GuestAddress(base + 0x2000),
-            buffers: if index == RX_QUEUE {
-                RX_BUF_BASE
-            } else {
-                TX_BUF_BASE
-            },
+            buffers: from + if rx { RX_BUF_BASE } else { TX_BUF_BASE },
         })
     }
 }
 
 /// The driver's view of one split ring.
 pub(super) struct DriverRing {
-    /// The queue index ([`RX_QUEUE`] or [`TX_QUEUE`]), given to the kick.
+    /// The queue index ([`RX_QUEUE`] or [`super::TX_QUEUE`]), given to the kick.
     index: u16,
     pub(super) l: RingLayout,
     pub(super) size: u16,
@@ -223,12 +222,18 @@ pub(super) fn rx_buffer_size(cfg: &GuestConfig, features: u64) -> u32 {
     }
 }
 
-/// Memory end of the layout for `cfg` and `features`.
+/// Memory end of the layout for `cfg` and `features` (the last queue pair's buffers).
 pub(super) fn layout_end(cfg: &GuestConfig, features: u64) -> u64 {
     let rx_buf = u64::from(rx_buffer_size(cfg, features));
     let rx_end = RX_BUF_BASE + u64::from(cfg.queue_size) * rx_buf;
     let tx_end = TX_BUF_BASE + u64::from(cfg.queue_size) * TX_SLOT_SIZE;
-    rx_end.max(tx_end).max(TX_BUF_BASE)
+    let pairs = if features & features::MQ != 0 {
+        cfg.queue_pairs.max(1)
+    } else {
+        1
+    };
+    let last = u64::from(pairs - 1) * PAIR_SPAN;
+    last + rx_end.max(tx_end).max(TX_BUF_BASE)
 }
 
 /// Largest queue size the guest lays out room for.
@@ -243,6 +248,11 @@ const TX_RING_BASE: u64 = 0x4000;
 const TX_BUF_BASE: u64 = 0x1_0000;
 /// First byte of the RX buffers.
 pub(super) const RX_BUF_BASE: u64 = TX_BUF_BASE + MAX_QUEUE_SIZE as u64 * TX_SLOT_SIZE;
+/// Most queue pairs the guest lays out room for.
+pub const MAX_QUEUE_PAIRS: u16 = 4;
+/// Guest memory per queue pair: its rings, its TX slots and the largest RX buffers (32 MiB + ).
+pub(super) const PAIR_SPAN: u64 =
+    (RX_BUF_BASE + MAX_QUEUE_SIZE as u64 * MAX_FRAME_BUF as u64).next_multiple_of(1 << 20);
 pub(super) const VRING_DESC_F_NEXT: u16 = 1;
 pub(super) const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_USED_F_NO_NOTIFY: u16 = 1;

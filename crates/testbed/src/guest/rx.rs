@@ -49,13 +49,14 @@ impl<F: FrameIo> RxDriver<F> {
     /// Guest memory errors.
     pub(super) fn new(
         guest: &SimGuest,
+        pair: u16,
         io: Arc<F>,
         kick: Kick,
         stats: &Arc<GuestStats>,
     ) -> anyhow::Result<Self> {
         let size = guest.cfg.queue_size;
         let mut rx = Self {
-            ring: DriverRing::new(RX_QUEUE, size, guest.features)?,
+            ring: DriverRing::new(2 * pair + RX_QUEUE, size, guest.features)?,
             mem: guest.mem.clone(),
             buf_size: rx_buffer_size(&guest.cfg, guest.features),
             mrg: guest.features & features::MRG_RXBUF != 0,

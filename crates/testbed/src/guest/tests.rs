@@ -548,3 +548,98 @@ fn config_space_is_parsed_little_endian() {
     assert_eq!(c.mtu, 9000);
     assert_eq!(NetConfig::parse(&space[..11]), None);
 }
+
+/// Two queue pairs (MQ and CTRL_VQ offered): each pair's rings and buffers lie apart, and a
+/// frame written to pair i's frame I/O comes back through pair i's queues only (the echo
+/// device run on each pair's queues in turn).
+#[test]
+fn each_queue_pair_moves_its_own_frames() {
+    let cfg = GuestConfig {
+        queue_pairs: 2,
+        offloads: false,
+        ..GuestConfig::default()
+    };
+    let offered = features::WANTED | features::MQ | features::CTRL_VQ;
+    let guest = SimGuest::new(cfg.clone(), offered).unwrap();
+    assert_eq!(guest.queue_pairs(), 2);
+    assert_eq!(
+        guest.acked_features() & (features::MQ | features::CTRL_VQ),
+        features::MQ | features::CTRL_VQ
+    );
+    let mrg = guest.acked_features() & features::MRG_RXBUF != 0;
+    let mem = guest.memory().clone();
+    let layouts: Vec<RingLayout> = (0..4).map(|q| RingLayout::of(q).unwrap()).collect();
+    for (i, a) in layouts.iter().enumerate() {
+        for b in &layouts[i + 1..] {
+            assert_ne!(a.desc, b.desc);
+            assert_ne!(a.buffers, b.buffers);
+        }
+    }
+    assert!(RingLayout::of(2 * MAX_QUEUE_PAIRS).is_err());
+    let mut queues: Vec<(Queue, Queue)> = (0..2)
+        .map(|p| {
+            (
+                guest.device_queue(2 * p + RX_QUEUE).unwrap(),
+                guest.device_queue(2 * p + TX_QUEUE).unwrap(),
+            )
+        })
+        .collect();
+    let mut peers = Vec::new();
+    let mut taps = Vec::new();
+    for _ in 0..2 {
+        let (tap, peer) = UnixDatagram::pair().unwrap();
+        tap.set_nonblocking(true).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        taps.push(Arc::new(tap));
+        peers.push(peer);
+    }
+    assert!(
+        SimGuest::new(cfg, offered)
+            .unwrap()
+            .into_pair_drivers(vec![Arc::clone(&taps[0])])
+            .is_err(),
+        "one frame I/O for two pairs"
+    );
+    let mut drivers = guest.into_pair_drivers(taps).unwrap();
+    let frames: Vec<Vec<u8>> = (0..2u8).map(|p| vec![0xa0 + p; 600]).collect();
+    for (peer, f) in peers.iter().zip(&frames) {
+        peer.send(f).unwrap();
+    }
+    let mut got = vec![0u8; 2048];
+    for p in 0..2 {
+        let d = &mut drivers[p];
+        assert_eq!(d.pump_tx().unwrap().posted, 1, "pair {p}");
+        let (rxq, txq) = &mut queues[p];
+        assert_eq!(echo_pass(&mem, rxq, txq, mrg), 1, "pair {p}");
+        d.reclaim_tx().unwrap();
+        d.service_rx().unwrap();
+        let n = peers[p].recv(&mut got).unwrap();
+        assert_eq!(&got[..n], &frames[p][..], "pair {p}");
+    }
+    for (p, d) in drivers.iter().enumerate() {
+        let s = d.stats();
+        assert_eq!(s.tx_frames.load(Ordering::Relaxed), 1, "pair {p}");
+        assert_eq!(s.rx_frames.load(Ordering::Relaxed), 1, "pair {p}");
+    }
+}
+
+#[test]
+fn queue_pairs_need_mq_offered_and_stay_within_the_layout() {
+    let two = GuestConfig {
+        queue_pairs: 2,
+        ..GuestConfig::default()
+    };
+    let guest = SimGuest::new(two, features::WANTED).unwrap();
+    assert_eq!(guest.queue_pairs(), 1, "no MQ offered: one pair");
+    assert_eq!(guest.acked_features() & features::MQ, 0);
+    for pairs in [0, MAX_QUEUE_PAIRS + 1] {
+        let cfg = GuestConfig {
+            queue_pairs: pairs,
+            ..GuestConfig::default()
+        };
+        assert!(
+            SimGuest::new(cfg, features::WANTED).is_err(),
+            "{pairs} pairs"
+        );
+    }
+}

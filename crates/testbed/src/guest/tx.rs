@@ -48,6 +48,7 @@ impl<F: FrameIo> TxDriver<F> {
     /// Guest memory errors.
     pub(super) fn new(
         guest: &SimGuest,
+        pair: u16,
         io: Arc<F>,
         kick: Kick,
         stats: &Arc<GuestStats>,
@@ -56,7 +57,7 @@ impl<F: FrameIo> TxDriver<F> {
         let split = guest.cfg.split_tx_header;
         let slots = if split { size / 2 } else { size };
         let tx = Self {
-            ring: DriverRing::new(TX_QUEUE, size, guest.features)?,
+            ring: DriverRing::new(2 * pair + TX_QUEUE, size, guest.features)?,
             mem: guest.mem.clone(),
             split,
             vnet: guest.vnet_hdr(),
