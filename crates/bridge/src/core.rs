@@ -637,7 +637,7 @@ impl PortCore {
 
     /// See [`DeviceCore::prepare_queue`].
     pub(crate) fn prepare_queue<Q: QueueT>(&self, queue: &mut Q, index: u16) -> Result<(), Error> {
-        let name = if index == RX_QUEUE { "rx" } else { "tx" };
+        let name = if index % 2 == RX_QUEUE { "rx" } else { "tx" };
         if !queue.ready() {
             return Err(Error::Config(format!("{name} queue is not ready")));
         }

@@ -75,6 +75,8 @@ pub struct Network {
     /// The port to read the next host batch with (see [`Network::host_reader`]).
     reader: Option<PortId>,
     short_batch_drains: bool,
+    /// The queue pairs a port attached from now on offers (`VIRTIO_NET_F_MQ` above 1).
+    max_queue_pairs: u16,
     /// A negotiated port left: the host link's offloads are set again ([`Network::relink`]).
     relink: bool,
     /// See [`Network::set_guest_multicast`].
@@ -111,6 +113,7 @@ impl Network {
             leases: Vec::new(),
             reader: None,
             short_batch_drains: false,
+            max_queue_pairs: 1,
             relink: false,
             guest_multicast: false,
             tx_batch_budget: crate::TX_BATCH_BUDGET,
@@ -149,6 +152,15 @@ impl Network {
         self.guest_multicast = on;
     }
 
+    /// Ports attached from now on offer `pairs` queue pairs (1, the default, to
+    /// [`crate::MAX_QUEUE_PAIRS`]): with more than one their device offers `VIRTIO_NET_F_MQ`
+    /// and `VIRTIO_NET_F_CTRL_VQ` and reports `max_virtqueue_pairs`. The driver picks how many
+    /// it uses on the control queue: run [`crate::ControlQueue`] on it and hand its
+    /// `QueuePairs` to [`Network::set_queue_pairs`].
+    pub fn set_max_queue_pairs(&mut self, pairs: u16) {
+        self.max_queue_pairs = pairs.clamp(1, crate::MAX_QUEUE_PAIRS);
+    }
+
     /// Attaches a guest with `mac` as a new port (the lowest free index) and gives it its
     /// IPv4 address: the one this MAC had before, else the first pool address no attached
     /// port holds and no other MAC had (the longest-unused one when every address had an
@@ -185,6 +197,7 @@ impl Network {
         let i = usize::from(id.0);
         let mut port = port;
         port.set_short_batch_drains(self.short_batch_drains);
+        port.device = port.device.clone().with_queue_pairs(self.max_queue_pairs);
         self.ports[i] = Some(port);
         self.pending[i] = false;
         tracing::info!(port = id.0, %mac, %addr, "guest port attached");
@@ -1060,6 +1073,65 @@ mod tests {
             6 + capacity + 10,
             "every chain went back"
         );
+    }
+
+    /// Ports attached after `set_max_queue_pairs(2)` offer MQ and the control queue (and say
+    /// 2 in their config space), earlier ones not; the driver's `VQ_PAIRS_SET 2` through a
+    /// `ControlQueue` sets the port's pairs, `VQ_PAIRS_SET 3` is refused and changes nothing.
+    #[test]
+    fn ports_offer_queue_pairs_that_the_control_queue_sets() {
+        use crate::ctrl::{VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_OK};
+        use crate::{ControlCommand, ControlQueue, MQ_FEATURES};
+        use virtio_queue::Queue;
+        use virtio_queue::desc::RawDescriptor;
+        use virtio_queue::desc::split::Descriptor;
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+        let (host, _peer) = MemoryLink::pair(16).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 2).unwrap();
+        let before = net.attach(mac(0x56)).unwrap();
+        net.set_max_queue_pairs(2);
+        let a = net.attach(mac(0x57)).unwrap();
+        assert_eq!(net.device_features(before).unwrap() & MQ_FEATURES, 0);
+        assert_eq!(net.device_features(a).unwrap() & MQ_FEATURES, MQ_FEATURES);
+        let space = net.config_space(a).unwrap();
+        assert_eq!(
+            u16::from_le_bytes([space[8], space[9]]),
+            2,
+            "max_virtqueue_pairs"
+        );
+        let acked = net.ack_features(a, FEATURES | MQ_FEATURES, &host);
+        assert_eq!(acked & MQ_FEATURES, MQ_FEATURES);
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let mut q: Queue = mq.create_queue().unwrap();
+        let set = |at: u16, n: u16| {
+            let data = 0x10_0000 + u64::from(at) * 0x100;
+            let [lo, hi] = n.to_le_bytes();
+            let cmd = [VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, lo, hi];
+            mem.write_slice(&cmd, GuestAddress(data)).unwrap();
+            let desc = |addr, len, flags, next| {
+                RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+            };
+            mq.add_desc_chains(&[desc(data, 4, 1, at + 1), desc(data + 0x80, 1, 2, 0)], at)
+                .unwrap();
+            data + 0x80
+        };
+        let acks = [set(0, 2), set(2, 3)];
+        let mut ctrl = ControlQueue::new(2);
+        ctrl.set_features(acked);
+        ctrl.process(&mem, &mut q, |ControlCommand::QueuePairs(n)| {
+            net.set_queue_pairs(a, usize::from(n)).is_ok()
+        })
+        .unwrap();
+        let got: Vec<u8> = acks
+            .iter()
+            .map(|&at| mem.read_obj::<u8>(GuestAddress(at)).unwrap())
+            .collect();
+        assert_eq!(got, [VIRTIO_NET_OK, crate::ctrl::VIRTIO_NET_ERR]);
+        assert_eq!(net.queue_pairs(a), Some(2));
+        assert_eq!(net.queue_pairs(before), Some(1));
     }
 
     /// A port with two queue pairs (each on queues of its own): the lease taken on pair 0
