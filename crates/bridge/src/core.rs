@@ -490,14 +490,10 @@ impl PortCore {
             mrg_rxbuf: device.mrg_rxbuf(),
             ..Negotiated::default()
         };
-        let (tx, rx) = halves(&config, &negotiated, relay.clone());
+        let pair = queue_pair(&config, &negotiated, relay.clone(), false);
         Ok(Self {
             guest: guest_state(&config, gateway),
-            pairs: vec![QueuePair {
-                tx,
-                rx,
-                moved: PairStats::default(),
-            }],
+            pairs: vec![pair],
             active_pairs: 1,
             replies: reply_batch(&config, &negotiated),
             config,
@@ -538,9 +534,8 @@ impl PortCore {
                 let short = self.short_batch_drains();
                 self.guest = guest_state(&self.config, gateway);
                 for p in &mut self.pairs {
-                    let (tx, rx) = halves(&self.config, &negotiated, self.relay.clone());
-                    (p.tx, p.rx) = (tx, rx);
-                    p.rx.short_batch_drains = short;
+                    let fresh = queue_pair(&self.config, &negotiated, self.relay.clone(), short);
+                    (p.tx, p.rx) = (fresh.tx, fresh.rx);
                 }
                 if reply_size(&self.config, &negotiated) != self.replies.buf_size() {
                     self.replies = reply_batch(&self.config, &negotiated);
@@ -569,13 +564,8 @@ impl PortCore {
         }
         let short = self.short_batch_drains();
         while self.pairs.len() < n {
-            let (tx, mut rx) = halves(&self.config, &self.negotiated, self.relay.clone());
-            rx.short_batch_drains = short;
-            self.pairs.push(QueuePair {
-                tx,
-                rx,
-                moved: PairStats::default(),
-            });
+            let pair = queue_pair(&self.config, &self.negotiated, self.relay.clone(), short);
+            self.pairs.push(pair);
         }
         self.active_pairs = n;
         Ok(())
@@ -1267,7 +1257,6 @@ fn build_gateway(config: &BridgeConfig) -> Result<Gateway, Error> {
         .with_egress_exempt6(config.ipv6.map(|_| config.nat.external_addr6)))
 }
 
-/// The TX and RX halves for the negotiated header and offloads.
 /// The IPv4 address of a device's guest: its static address, else the pool's first (a
 /// network's port has a pool of one).
 fn device_guest(config: &BridgeConfig) -> core::net::Ipv4Addr {
@@ -1290,7 +1279,14 @@ fn guest_state(config: &BridgeConfig, gateway: Gateway) -> GuestState {
     GuestState::new(gateway).with_forwards6(forwards6_of_guest(config))
 }
 
-fn halves(config: &BridgeConfig, n: &Negotiated, relay: Option<SharedRelay>) -> (TxHalf, RxHalf) {
+/// A queue pair's TX and RX halves for the negotiated header and offloads, nothing moved yet
+/// (`short_batch_drains`: see [`DeviceCore::with_short_batch_drains`]).
+fn queue_pair(
+    config: &BridgeConfig,
+    n: &Negotiated,
+    relay: Option<SharedRelay>,
+    short_batch_drains: bool,
+) -> QueuePair {
     let mtu = usize::from(config.mtu);
     let offloads = n.offloads;
     let max_frame = offloads.max_tx_frame(config.mtu);
@@ -1318,14 +1314,15 @@ fn halves(config: &BridgeConfig, n: &Negotiated, relay: Option<SharedRelay>) -> 
     .with_offloads(offloads)
     .with_dns_relay(relay)
     .with_too_big_answers(config.gateway, config.ipv6.as_ref().map(|v| v.gateway));
-    (
-        TxHalf { engine: tx },
-        RxHalf {
+    QueuePair {
+        tx: TxHalf { engine: tx },
+        rx: RxHalf {
             engine: rx,
             host_pending: true,
-            short_batch_drains: false,
+            short_batch_drains,
         },
-    )
+        moved: PairStats::default(),
+    }
 }
 
 /// Room per frame in a batch of gateway replies and hairpinned frames: a hairpinned
