@@ -933,3 +933,174 @@ fn multi_queue_closing_a_queue_moves_the_last_one_into_its_place() -> io::Result
     );
     Ok(())
 }
+
+/// 64 UDP sockets in `ns` on `LOCAL`, ports 41100.., each the source of one flow to `PEER`.
+fn udp_flow_sockets(ns: &Netns) -> io::Result<Vec<UdpSocket>> {
+    utun::linux::netns::run_in(ns.fd(), || {
+        (0..64u16)
+            .map(|k| UdpSocket::bind((LOCAL, 41_100 + k)))
+            .collect::<io::Result<Vec<_>>>()
+    })?
+}
+
+/// Sends one packet from each socket to `PEER` port 9.
+fn send_each(socks: &[UdpSocket]) -> io::Result<()> {
+    for s in socks {
+        s.send_to(b"flow", (PEER, 9))?;
+    }
+    Ok(())
+}
+
+/// Detaching a queue (`set_queue_enabled(false)`) takes it out of the kernel's steering: the
+/// packets already queued on it are dropped, every packet the kernel sends goes to the
+/// remaining queue, and a packet written on the detached queue still enters the kernel. After
+/// re-attaching, the queue is index 1 again and 64 flows the kernel starts land on the same
+/// queues as before the detach, flow by flow.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_a_detached_queue_gets_nothing_until_attached_again() -> io::Result<()> {
+    const ECHO: u16 = 40600;
+    let ns = common::netns();
+    let queues = TunBuilder::new()
+        .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
+        .nonblocking(true)
+        .netns(ns.fd())
+        .open_queues(2)
+        .expect("open 2 queues");
+    let socks = udp_flow_sockets(&ns)?;
+    let flows = socks.len();
+    let out = |s: &Seen| s.proto == 17 && s.dst_port == 9;
+    let by_port = |got: &[Vec<Seen>]| queue_of(got, |s| s.src_port);
+
+    // Attached: the flows spread over both queues by hash.
+    send_each(&socks)?;
+    let before = collect(&queues, flows, out)?;
+    let before_counts = counts(&before);
+    assert_eq!(
+        before_counts.iter().sum::<usize>(),
+        flows,
+        "{before_counts:?}"
+    );
+    assert!(before_counts.iter().all(|&c| c > 0), "{before_counts:?}");
+    let before = by_port(&before);
+
+    // Packets waiting on queue 1 when it is detached are dropped.
+    send_each(&socks)?;
+    assert!(queues[1].wait_readable(Some(WAIT))?, "queue 1 has packets");
+    queues[1].set_queue_enabled(false)?;
+    let mut buf = [0u8; 2048];
+    let e = queues[1].recv(&mut buf).err().map(|e| e.kind());
+    assert_eq!(e, Some(io::ErrorKind::WouldBlock), "queue 1 was purged");
+    assert_eq!(
+        counts(&collect(&queues, before_counts[0], out)?),
+        [before_counts[0], 0]
+    );
+
+    // Detached: everything on queue 0.
+    send_each(&socks)?;
+    assert_eq!(counts(&collect(&queues, flows, out)?), [flows, 0]);
+
+    // A packet written on the detached queue still reaches the namespace's socket.
+    let echo = utun::linux::netns::run_in(ns.fd(), || UdpSocket::bind((LOCAL, ECHO)))??;
+    echo.set_read_timeout(Some(WAIT))?;
+    queues[1].send(&udp_packet(
+        (PEER, 53_100).into(),
+        (LOCAL, ECHO).into(),
+        b"written while detached",
+    ))?;
+    let (n, from) = echo.recv_from(&mut buf)?;
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"written while detached"[..], (PEER, 53_100).into())
+    );
+
+    // Attached again: index 1 again, every flow back on its queue of before.
+    queues[1].set_queue_enabled(true)?;
+    send_each(&socks)?;
+    let after = collect(&queues, flows, out)?;
+    assert_eq!(counts(&after), before_counts);
+    assert_eq!(by_port(&after), before);
+    Ok(())
+}
+
+/// Detaching the only attached queue: what the kernel answers, and what becomes of the
+/// kernel's packets while no queue is attached. A device opened without multi-queue refuses
+/// both calls.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_detaching_the_last_attached_queue() -> io::Result<()> {
+    let ns = common::netns();
+    let queues = TunBuilder::new()
+        .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
+        .nonblocking(true)
+        .netns(ns.fd())
+        .open_queues(2)
+        .expect("open 2 queues");
+    queues[1].set_queue_enabled(false)?;
+    let last = queues[0].set_queue_enabled(false);
+    eprintln!("detaching the last attached queue: {last:?}");
+    last?;
+    let socks = udp_flow_sockets(&ns)?;
+    let sent = socks
+        .iter()
+        .map(|s| s.send_to(b"flow", (PEER, 9)))
+        .collect::<Vec<_>>();
+    eprintln!("sending with no queue attached: {:?}", sent.first());
+    let out = |s: &Seen| s.proto == 17 && s.dst_port == 9;
+    assert_eq!(counts(&collect(&queues, 1, out)?), [0, 0], "nothing queued");
+    queues[0].set_queue_enabled(true)?;
+    assert_eq!(counts(&collect(&queues, 1, out)?), [0, 0], "nothing kept");
+    send_each(&socks)?;
+    assert_eq!(
+        counts(&collect(&queues, socks.len(), out)?),
+        [socks.len(), 0]
+    );
+
+    let single = TunBuilder::new()
+        .netns(ns.fd())
+        .open()
+        .expect("open a single-queue tun");
+    for enabled in [false, true] {
+        let e = single.set_queue_enabled(enabled).err();
+        assert_eq!(
+            e.and_then(|e| e.raw_os_error()),
+            Some(libc::EINVAL),
+            "{enabled}"
+        );
+    }
+    Ok(())
+}
+
+/// Attaching an attached queue and detaching a detached one are refused with `EINVAL`, and
+/// change nothing.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_attaching_an_attached_queue_is_einval() -> io::Result<()> {
+    let ns = common::netns();
+    let queues = TunBuilder::new()
+        .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
+        .nonblocking(true)
+        .netns(ns.fd())
+        .open_queues(2)
+        .expect("open 2 queues");
+    let einval = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    assert_eq!(
+        einval(queues[1].set_queue_enabled(true)),
+        Some(libc::EINVAL)
+    );
+    queues[1].set_queue_enabled(false)?;
+    assert_eq!(
+        einval(queues[1].set_queue_enabled(false)),
+        Some(libc::EINVAL)
+    );
+    queues[1].set_queue_enabled(true)?;
+    // Both attached still: the kernel's flows use both queues.
+    let socks = udp_flow_sockets(&ns)?;
+    send_each(&socks)?;
+    let got = counts(&collect(&queues, socks.len(), |s| {
+        s.proto == 17 && s.dst_port == 9
+    })?);
+    assert_eq!(got.iter().sum::<usize>(), socks.len(), "{got:?}");
+    assert!(got.iter().all(|&c| c > 0), "{got:?}");
+    Ok(())
+}
