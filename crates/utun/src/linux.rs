@@ -39,19 +39,23 @@ impl Tun {
     /// the guest lowers and raises its queue pairs (`VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`).
     ///
     /// What the kernel does (read in `drivers/net/tun.c`, `tun_set_queue` and
-    /// `__tun_detach`, and tested on Linux 6.18 in `tests/linux.rs`, `multi_queue_*`):
+    /// `__tun_detach`; tested on Linux 6.18 in `tests/linux.rs`, `multi_queue_*`, unless
+    /// marked "read"):
     /// - **Detaching drops the packets queued on this queue** (`tun_queue_purge`): they are
-    ///   lost, not moved to another queue. Read the queue empty first if they matter.
+    ///   lost, not moved to another queue. Read the queue empty first if they matter (what
+    ///   arrives between that read and the detach is still lost).
     /// - **Detaching renumbers as closing does**: the kernel's last queue moves into this
-    ///   queue's index (see [`TunBuilder::open_queues`](crate::TunBuilder::open_queues)), and
-    ///   the kernel sends nothing more to this queue. Attaching again appends it as the new
-    ///   last queue (index = the number of attached queues). Detaching and re-attaching the
-    ///   last queue therefore restores the indices, and the flows the kernel steers by hash
-    ///   land where they did before.
-    /// - A detached queue can still be written: the packet enters the kernel, but its flow is
-    ///   not recorded for steering. Reading it finds nothing (`WouldBlock` when non-blocking).
-    /// - Detaching the only attached queue is allowed: the interface then has no queue and
-    ///   the kernel drops what it sends to it until a queue is attached again.
+    ///   queue's index (see [`TunBuilder::open_queues`](crate::TunBuilder::open_queues)) and
+    ///   the kernel sends nothing more to this queue. Attaching appends it as the new last
+    ///   queue (index = the number of attached queues). So detaching and re-attaching the last
+    ///   queue restores every index: flows steered by hash land where they did before, and a
+    ///   flow written on this queue before the detach (its steering entry is kept, until it
+    ///   ages out 3 s after its last write) comes back here.
+    /// - A detached queue can still be written: the packet enters the kernel (tested); its
+    ///   flow is not recorded for steering (read). Reading it finds nothing (`WouldBlock` when
+    ///   non-blocking).
+    /// - Detaching the only attached queue is allowed: the interface stays, and the kernel
+    ///   drops (counted in `tx_dropped`) what it sends to it until a queue is attached again.
     /// - Detaching a detached queue, attaching an attached one, and either call on a device
     ///   opened without multi-queue fail with `EINVAL`.
     ///
