@@ -1046,6 +1046,55 @@ fn multi_queue_a_detached_queue_gets_nothing_until_attached_again() -> io::Resul
     Ok(())
 }
 
+/// Detaching a queue that is not the last renumbers as closing does: with 4 queues, detaching
+/// queue 1 moves queue 3 into index 1, and re-attaching appends the detached queue as index 3.
+/// 64 flows the kernel starts (steered by hash, so by index) show it: while queue 1 is
+/// detached none lands on it and all 3 others get some; after the re-attach every flow that
+/// was on queue 1 is on queue 3 and every flow that was on queue 3 is on queue 1, the others
+/// unchanged.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_detaching_a_middle_queue_renumbers_like_closing() -> io::Result<()> {
+    let ns = common::netns();
+    let queues = mq_tun(&ns);
+    let socks = udp_flow_sockets(&ns)?;
+    let flows = socks.len();
+    let out = |s: &Seen| s.proto == 17 && s.dst_port == 9;
+    send_each(&socks)?;
+    let before = collect(&queues, flows, out)?;
+    assert_eq!(counts(&before).iter().sum::<usize>(), flows);
+    assert!(
+        counts(&before)[1] > 0 && counts(&before)[3] > 0,
+        "{:?}",
+        counts(&before)
+    );
+    let before = queue_of(&before, |s| s.src_port);
+
+    queues[1].set_queue_enabled(false)?;
+    send_each(&socks)?;
+    let detached = counts(&collect(&queues, flows, out)?);
+    assert_eq!(detached.iter().sum::<usize>(), flows, "{detached:?}");
+    assert_eq!(detached[1], 0, "{detached:?}");
+    assert!([0, 2, 3].iter().all(|&q| detached[q] > 0), "{detached:?}");
+
+    queues[1].set_queue_enabled(true)?;
+    send_each(&socks)?;
+    let after = queue_of(&collect(&queues, flows, out)?, |s| s.src_port);
+    let swapped: BTreeMap<u16, usize> = before
+        .iter()
+        .map(|(&port, &q)| {
+            let q = match q {
+                1 => 3,
+                3 => 1,
+                q => q,
+            };
+            (port, q)
+        })
+        .collect();
+    assert_eq!(after, swapped);
+    Ok(())
+}
+
 /// The `tx_dropped` counter of interface `name` in `ns` (`/proc/net/dev` as seen from there).
 fn tx_dropped(ns: &Netns, name: &str) -> io::Result<u64> {
     let text = utun::linux::netns::run_in(ns.fd(), || {
