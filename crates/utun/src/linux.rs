@@ -47,8 +47,9 @@ impl Tun {
     /// - **Detaching renumbers as closing does**: the kernel's last queue moves into this
     ///   queue's index (see [`TunBuilder::open_queues`](crate::TunBuilder::open_queues)) and
     ///   the kernel sends nothing more to this queue. Attaching appends it as the new last
-    ///   queue (index = the number of attached queues). So detaching and re-attaching the last
-    ///   queue restores every index: flows steered by hash land where they did before, and a
+    ///   queue (index = the number of attached queues): detaching and re-attaching queue 1
+    ///   of 4 swaps the indices of queues 1 and 3. Detaching and re-attaching the last queue
+    ///   restores every index: flows steered by hash land where they did before, and a
     ///   flow written on this queue before the detach (its steering entry is kept, until it
     ///   ages out 3 s after its last write) comes back here.
     /// - A detached queue can still be written: the packet enters the kernel (tested); its
