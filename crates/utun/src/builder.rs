@@ -159,7 +159,8 @@ impl TunBuilder {
     ///
     /// The `Vec` index is the kernel's queue index while all the descriptors are open.
     /// Dropping one moves the kernel's last queue into its index (the kernel has no call that
-    /// reports a descriptor's index).
+    /// reports a descriptor's index). [`Tun::set_queue_enabled`] takes a queue out of the
+    /// kernel's steering and puts it back without closing it (it renumbers the same way).
     ///
     /// Which queue the kernel sends a packet to (verified on Linux 6.18, see
     /// `docs/PLATFORMS.md`): a flow written on queue i gets the kernel's packets of that flow

@@ -32,6 +32,39 @@ impl Tun {
     pub fn set_offload(&self, flags: u32) -> io::Result<()> {
         crate::sys::set_offload(std::os::fd::AsFd::as_fd(self), flags)
     }
+
+    /// Takes this queue of a multi-queue device out of the kernel's steering (`false`) or
+    /// puts it back (`true`), keeping the descriptor open: `TUNSETQUEUE` with
+    /// `IFF_DETACH_QUEUE` / `IFF_ATTACH_QUEUE`. This is what a virtio-net device needs when
+    /// the guest lowers and raises its queue pairs (`VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`).
+    ///
+    /// What the kernel does (read in `drivers/net/tun.c`, `tun_set_queue` and
+    /// `__tun_detach`; tested on Linux 6.18 in `tests/linux.rs`, `multi_queue_*`, unless
+    /// marked "read"):
+    /// - **Detaching drops the packets queued on this queue** (`tun_queue_purge`): they are
+    ///   lost, not moved to another queue. Read the queue empty first if they matter (what
+    ///   arrives between that read and the detach is still lost).
+    /// - **Detaching renumbers as closing does**: the kernel's last queue moves into this
+    ///   queue's index (see [`TunBuilder::open_queues`](crate::TunBuilder::open_queues)) and
+    ///   the kernel sends nothing more to this queue. Attaching appends it as the new last
+    ///   queue (index = the number of attached queues): detaching and re-attaching queue 1
+    ///   of 4 swaps the indices of queues 1 and 3. Detaching and re-attaching the last queue
+    ///   restores every index: flows steered by hash land where they did before, and a
+    ///   flow written on this queue before the detach (its steering entry is kept, until it
+    ///   ages out 3 s after its last write) comes back here.
+    /// - A detached queue can still be written: the packet enters the kernel (tested); its
+    ///   flow is not recorded for steering (read). Reading it finds nothing (`WouldBlock` when
+    ///   non-blocking).
+    /// - Detaching the only attached queue is allowed: the interface stays, and the kernel
+    ///   drops (counted in `tx_dropped`) what it sends to it until a queue is attached again.
+    /// - Detaching a detached queue, attaching an attached one, and either call on a device
+    ///   opened without multi-queue fail with `EINVAL`.
+    ///
+    /// # Errors
+    /// The ioctl's error, as an `io::Error` carrying the OS error (`EINVAL` as above).
+    pub fn set_queue_enabled(&self, enabled: bool) -> io::Result<()> {
+        crate::sys::set_queue(std::os::fd::AsFd::as_fd(self), enabled)
+    }
 }
 
 /// Network namespaces, so tests and tools can work inside one without `unsafe` of their own.

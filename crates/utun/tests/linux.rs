@@ -933,3 +933,267 @@ fn multi_queue_closing_a_queue_moves_the_last_one_into_its_place() -> io::Result
     );
     Ok(())
 }
+
+/// 64 UDP sockets in `ns` on `LOCAL`, ports 41100.., each the source of one flow to `PEER`.
+fn udp_flow_sockets(ns: &Netns) -> io::Result<Vec<UdpSocket>> {
+    utun::linux::netns::run_in(ns.fd(), || {
+        (0..64u16)
+            .map(|k| UdpSocket::bind((LOCAL, 41_100 + k)))
+            .collect::<io::Result<Vec<_>>>()
+    })?
+}
+
+/// Sends one packet from each socket to `PEER` port 9.
+fn send_each(socks: &[UdpSocket]) -> io::Result<()> {
+    for s in socks {
+        s.send_to(b"flow", (PEER, 9))?;
+    }
+    Ok(())
+}
+
+/// Detaching a queue (`set_queue_enabled(false)`) takes it out of the kernel's steering: the
+/// packets already queued on it are dropped, every packet the kernel sends goes to the
+/// remaining queue (64 flows the kernel starts, and the echoes of a flow written on the
+/// detached queue before: its entry still names queue 1, but with one queue attached the core
+/// picks queue 0 without asking the driver), and a
+/// packet written on the detached queue still enters the kernel. After re-attaching, the queue
+/// is index 1 again: the 64 flows land on the same queues as before the detach, flow by flow,
+/// and the written flow's echoes come back on queue 1 (its entry was kept).
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_a_detached_queue_gets_nothing_until_attached_again() -> io::Result<()> {
+    const ECHO: u16 = 40600;
+    const WRITTEN: u16 = 53_101;
+    let ns = common::netns();
+    let queues = TunBuilder::new()
+        .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
+        .nonblocking(true)
+        .netns(ns.fd())
+        .open_queues(2)
+        .expect("open 2 queues");
+    let echo = utun::linux::netns::run_in(ns.fd(), || UdpSocket::bind((LOCAL, ECHO)))??;
+    echo.set_read_timeout(Some(WAIT))?;
+    let socks = udp_flow_sockets(&ns)?;
+    let flows = socks.len();
+    let out = |s: &Seen| s.proto == 17 && s.dst_port == 9;
+    let echoed = |s: &Seen| s.proto == 17 && s.src_port == ECHO;
+    let echo_written = || -> io::Result<Vec<usize>> {
+        echo.send_to(b"echo", (PEER, WRITTEN))?;
+        Ok(counts(&collect(&queues, 1, echoed)?))
+    };
+    let by_port = |got: &[Vec<Seen>]| queue_of(got, |s| s.src_port);
+    let mut buf = [0u8; 2048];
+
+    // Attached: the flows spread over both queues by hash.
+    send_each(&socks)?;
+    let before = collect(&queues, flows, out)?;
+    let before_counts = counts(&before);
+    assert_eq!(
+        before_counts.iter().sum::<usize>(),
+        flows,
+        "{before_counts:?}"
+    );
+    assert!(before_counts.iter().all(|&c| c > 0), "{before_counts:?}");
+    let before = by_port(&before);
+    // A flow written on queue 1 is echoed there.
+    queues[1].send(&udp_packet(
+        (PEER, WRITTEN).into(),
+        (LOCAL, ECHO).into(),
+        b"written",
+    ))?;
+    echo.recv_from(&mut buf)?;
+    assert_eq!(
+        echo_written()?,
+        [0, 1],
+        "echo of the flow written on queue 1"
+    );
+
+    // Packets waiting on queue 1 when it is detached are dropped.
+    send_each(&socks)?;
+    assert!(queues[1].wait_readable(Some(WAIT))?, "queue 1 has packets");
+    queues[1].set_queue_enabled(false)?;
+    let e = queues[1].recv(&mut buf).err().map(|e| e.kind());
+    assert_eq!(e, Some(io::ErrorKind::WouldBlock), "queue 1 was purged");
+    assert_eq!(
+        counts(&collect(&queues, before_counts[0], out)?),
+        [before_counts[0], 0]
+    );
+
+    // Detached: everything on queue 0.
+    send_each(&socks)?;
+    assert_eq!(counts(&collect(&queues, flows, out)?), [flows, 0]);
+    assert_eq!(echo_written()?, [1, 0], "echo while queue 1 is detached");
+
+    // A packet written on the detached queue still reaches the namespace's socket.
+    queues[1].send(&udp_packet(
+        (PEER, 53_100).into(),
+        (LOCAL, ECHO).into(),
+        b"written while detached",
+    ))?;
+    let (n, from) = echo.recv_from(&mut buf)?;
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"written while detached"[..], (PEER, 53_100).into())
+    );
+
+    // Attached again: index 1 again, every flow back on its queue of before.
+    queues[1].set_queue_enabled(true)?;
+    send_each(&socks)?;
+    let after = collect(&queues, flows, out)?;
+    assert_eq!(counts(&after), before_counts);
+    assert_eq!(by_port(&after), before);
+    assert_eq!(echo_written()?, [0, 1], "echo after re-attaching");
+    Ok(())
+}
+
+/// Detaching a queue that is not the last renumbers as closing does: with 4 queues, detaching
+/// queue 1 moves queue 3 into index 1, and re-attaching appends the detached queue as index 3.
+/// 64 flows the kernel starts (steered by hash, so by index) show it: while queue 1 is
+/// detached none lands on it and all 3 others get some; after the re-attach every flow that
+/// was on queue 1 is on queue 3 and every flow that was on queue 3 is on queue 1, the others
+/// unchanged.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_detaching_a_middle_queue_renumbers_like_closing() -> io::Result<()> {
+    let ns = common::netns();
+    let queues = mq_tun(&ns);
+    let socks = udp_flow_sockets(&ns)?;
+    let flows = socks.len();
+    let out = |s: &Seen| s.proto == 17 && s.dst_port == 9;
+    send_each(&socks)?;
+    let before = collect(&queues, flows, out)?;
+    assert_eq!(counts(&before).iter().sum::<usize>(), flows);
+    assert!(
+        counts(&before)[1] > 0 && counts(&before)[3] > 0,
+        "{:?}",
+        counts(&before)
+    );
+    let before = queue_of(&before, |s| s.src_port);
+
+    queues[1].set_queue_enabled(false)?;
+    send_each(&socks)?;
+    let detached = counts(&collect(&queues, flows, out)?);
+    assert_eq!(detached.iter().sum::<usize>(), flows, "{detached:?}");
+    assert_eq!(detached[1], 0, "{detached:?}");
+    assert!([0, 2, 3].iter().all(|&q| detached[q] > 0), "{detached:?}");
+
+    queues[1].set_queue_enabled(true)?;
+    send_each(&socks)?;
+    let after = queue_of(&collect(&queues, flows, out)?, |s| s.src_port);
+    let swapped: BTreeMap<u16, usize> = before
+        .iter()
+        .map(|(&port, &q)| {
+            let q = match q {
+                1 => 3,
+                3 => 1,
+                q => q,
+            };
+            (port, q)
+        })
+        .collect();
+    assert_eq!(after, swapped);
+    Ok(())
+}
+
+/// The `tx_dropped` counter of interface `name` in `ns` (`/proc/net/dev` as seen from there).
+fn tx_dropped(ns: &Netns, name: &str) -> io::Result<u64> {
+    let text = utun::linux::netns::run_in(ns.fd(), || {
+        std::fs::read_to_string("/proc/thread-self/net/dev")
+    })??;
+    let fields = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(':'))
+        .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+        .ok_or_else(|| io::Error::other(format!("{name} not in /proc/net/dev")))?;
+    // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets errs drop
+    fields
+        .get(11)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("no tx drop field"))
+}
+
+/// Detaching the only attached queue is allowed (Linux 6.18 answers 0): the interface stays,
+/// the sockets' sends succeed, and the kernel drops every packet at the TUN (`tx_dropped`
+/// counts them); nothing of them is delivered when a queue is attached again, and the
+/// kernel's next packets go to it. A device opened without multi-queue refuses both calls
+/// with `EINVAL`.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_detaching_the_last_attached_queue() -> io::Result<()> {
+    let ns = common::netns();
+    let queues = TunBuilder::new()
+        .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
+        .nonblocking(true)
+        .netns(ns.fd())
+        .open_queues(2)
+        .expect("open 2 queues");
+    queues[1].set_queue_enabled(false)?;
+    queues[0].set_queue_enabled(false)?;
+    let socks = udp_flow_sockets(&ns)?;
+    let name = queues[0].name();
+    let dropped = tx_dropped(&ns, name)?;
+    // The sockets' sends succeed; the kernel drops the packets at the TUN.
+    send_each(&socks)?;
+    assert_eq!(
+        tx_dropped(&ns, name)? - dropped,
+        socks.len() as u64,
+        "tx_dropped"
+    );
+    let out = |s: &Seen| s.proto == 17 && s.dst_port == 9;
+    assert_eq!(counts(&collect(&queues, 1, out)?), [0, 0], "nothing queued");
+    queues[0].set_queue_enabled(true)?;
+    assert_eq!(counts(&collect(&queues, 1, out)?), [0, 0], "nothing kept");
+    send_each(&socks)?;
+    assert_eq!(
+        counts(&collect(&queues, socks.len(), out)?),
+        [socks.len(), 0]
+    );
+
+    let single = TunBuilder::new()
+        .netns(ns.fd())
+        .open()
+        .expect("open a single-queue tun");
+    for enabled in [false, true] {
+        let e = single.set_queue_enabled(enabled).err();
+        assert_eq!(
+            e.and_then(|e| e.raw_os_error()),
+            Some(libc::EINVAL),
+            "{enabled}"
+        );
+    }
+    Ok(())
+}
+
+/// Attaching an attached queue and detaching a detached one are refused with `EINVAL`, and
+/// change nothing.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn multi_queue_attaching_an_attached_queue_is_einval() -> io::Result<()> {
+    let ns = common::netns();
+    let queues = TunBuilder::new()
+        .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
+        .nonblocking(true)
+        .netns(ns.fd())
+        .open_queues(2)
+        .expect("open 2 queues");
+    let einval = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    assert_eq!(
+        einval(queues[1].set_queue_enabled(true)),
+        Some(libc::EINVAL)
+    );
+    queues[1].set_queue_enabled(false)?;
+    assert_eq!(
+        einval(queues[1].set_queue_enabled(false)),
+        Some(libc::EINVAL)
+    );
+    queues[1].set_queue_enabled(true)?;
+    // Both attached still: the kernel's flows use both queues.
+    let socks = udp_flow_sockets(&ns)?;
+    send_each(&socks)?;
+    let got = counts(&collect(&queues, socks.len(), |s| {
+        s.proto == 17 && s.dst_port == 9
+    })?);
+    assert_eq!(got.iter().sum::<usize>(), socks.len(), "{got:?}");
+    assert!(got.iter().all(|&c| c > 0), "{got:?}");
+    Ok(())
+}

@@ -100,6 +100,21 @@ pub(crate) fn set_offload(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `TUNSETQUEUE` on an open queue: `IFF_ATTACH_QUEUE` if `attach`, else `IFF_DETACH_QUEUE`.
+pub(crate) fn set_queue(fd: BorrowedFd<'_>, attach: bool) -> io::Result<()> {
+    let flag = if attach {
+        sys::IFF_ATTACH_QUEUE
+    } else {
+        sys::IFF_DETACH_QUEUE
+    };
+    let mut req = sys::ifreq_with_name([0; sys::IFNAMSIZ]);
+    req.ifr_ifru.ifru_flags = flag as c_short;
+    // SAFETY: TUNSETQUEUE reads one `ifreq` (only its flags matter); `req` is fully
+    // initialised and lives across the call. `fd` is an open tun descriptor.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), sys::TUNSETQUEUE, &req) })?;
+    Ok(())
+}
+
 impl Device {
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call; the fd

@@ -22,4 +22,4 @@ pub(crate) mod unix;
 
 pub(crate) use imp::{Device, open};
 #[cfg(target_os = "linux")]
-pub(crate) use imp::{enter_netns, set_offload};
+pub(crate) use imp::{enter_netns, set_offload, set_queue};
