@@ -767,13 +767,21 @@ fn a_control_command_returned_unanswered_is_an_error() {
     driver.post_queue_pairs(1).unwrap();
 }
 
-/// One pair, or two without MQ offered: no control queue.
+/// One pair, two against a one-pair device, or two with CTRL_VQ offered without MQ: no
+/// control queue.
 #[test]
 fn without_ctrl_vq_there_is_no_control_queue() {
     for guest in [
         guest_against_bridge(1, 2),
         guest_against_bridge(2, 1),
-        SimGuest::new(GuestConfig::default(), features::WANTED | features::CTRL_VQ).unwrap(),
+        SimGuest::new(
+            GuestConfig {
+                queue_pairs: 2,
+                ..GuestConfig::default()
+            },
+            features::WANTED | features::CTRL_VQ,
+        )
+        .unwrap(),
     ] {
         assert_eq!(guest.acked_features() & features::CTRL_VQ, 0);
         assert_eq!(guest.control_queue_index(), None);
