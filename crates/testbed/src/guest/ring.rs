@@ -55,7 +55,7 @@ impl RingLayout {
 /// The driver's view of one split ring.
 #[derive(Debug)]
 pub(super) struct DriverRing {
-    /// The queue index ([`RX_QUEUE`] or [`super::TX_QUEUE`]), given to the kick.
+    /// The queue index (a pair's RX or TX queue, or the control queue), given to the kick.
     index: u16,
     pub(super) l: RingLayout,
     pub(super) size: u16,
@@ -79,7 +79,8 @@ impl DriverRing {
         ))
     }
 
-    /// The ring of queue `index` at `l` (the control queue's is not [`RingLayout::of`] it).
+    /// The ring of queue `index` at `l` (the control queue does not sit at
+    /// [`RingLayout::of`] its index).
     pub(super) fn with_layout(index: u16, l: RingLayout, size: u16, features: u64) -> Self {
         Self {
             index,
