@@ -34,14 +34,22 @@
 //! Nothing the device returns can make the driver panic: bad used entries (unknown id, bad
 //! length) are counted in [`GuestStats`] and skipped.
 //!
+//! With several queue pairs ([`GuestConfig::queue_pairs`], `VIRTIO_NET_F_MQ` and
+//! `VIRTIO_NET_F_CTRL_VQ` negotiated) pair `i` works queues `2i` (RX) and `2i + 1` (TX)
+//! ([`SimGuest::into_pair_drivers`]), and the control queue at `2 ×` the pairs
+//! ([`SimGuest::control_queue_index`]) carries the driver's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`
+//! ([`SimGuest::control_driver`], [`ControlDriver`]): the device uses one pair until the
+//! driver sets more.
+//!
 //! Files: `features` (bits, negotiation), `ring` (memory layout, the driver's side of a split
-//! ring), `tx` and `rx` (the two steps), `threads` (the threaded mode).
+//! ring), `tx` and `rx` (the two steps), `ctrl` (the control queue), `threads` (the threaded
+//! mode).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, ensure};
 use virtio_queue::{Queue, QueueT};
@@ -50,13 +58,15 @@ use vm_memory::{
     WriteVolatile,
 };
 
-pub use ring::MAX_QUEUE_PAIRS;
+pub use ctrl::ControlDriver;
+pub use ring::{CONTROL_QUEUE_SIZE, MAX_QUEUE_PAIRS};
 use ring::{MAX_FRAME_BUF, MAX_QUEUE_SIZE, RingLayout, layout_end};
 use rx::RxDriver;
 pub use threads::{Interrupts, Running};
 use tx::TxDriver;
 pub use tx::TxPump;
 
+mod ctrl;
 pub mod features;
 mod ring;
 mod rx;
@@ -246,6 +256,8 @@ pub struct SimGuest {
     features: u64,
     cfg: GuestConfig,
     irq: Arc<Interrupts>,
+    /// Whether [`SimGuest::control_driver`] handed out the control queue's driver.
+    control_taken: AtomicBool,
 }
 
 impl SimGuest {
@@ -320,6 +332,7 @@ impl SimGuest {
             features,
             cfg,
             irq,
+            control_taken: AtomicBool::new(false),
         })
     }
 
@@ -367,16 +380,21 @@ impl SimGuest {
         Arc::clone(&self.irq)
     }
 
-    /// Builds the device-side queue `index` ([`RX_QUEUE`] or [`TX_QUEUE`]): addresses, size,
+    /// Builds the device-side queue `index` (queue pair `index / 2`'s RX for an even index,
+    /// its TX for an odd one, or the control queue at
+    /// [`SimGuest::control_queue_index`], [`CONTROL_QUEUE_SIZE`] entries): addresses, size,
     /// EVENT_IDX per the negotiated features, ready.
     ///
     /// # Errors
     /// Unknown queue index, or virtio-queue refuses the layout.
     pub fn device_queue(&self, index: u16) -> anyhow::Result<Queue> {
-        let l = RingLayout::of(index)?;
-        let mut q = Queue::new(self.cfg.queue_size).context("creating device queue")?;
-        q.try_set_size(self.cfg.queue_size)
-            .context("setting queue size")?;
+        let (l, size) = if self.control_queue_index() == Some(index) {
+            (RingLayout::control(), CONTROL_QUEUE_SIZE)
+        } else {
+            (RingLayout::of(index)?, self.cfg.queue_size)
+        };
+        let mut q = Queue::new(size).context("creating device queue")?;
+        q.try_set_size(size).context("setting queue size")?;
         q.try_set_desc_table_address(l.desc)
             .context("setting descriptor table address")?;
         q.try_set_avail_ring_address(l.avail)
@@ -439,11 +457,37 @@ impl SimGuest {
         }
     }
 
+    /// The control queue's index (virtio 1.x 5.1.6.5: `2 × max_virtqueue_pairs`, here
+    /// `2 ×` [`SimGuest::queue_pairs`]) when `VIRTIO_NET_F_CTRL_VQ` was negotiated
+    /// ([`features::CTRL_VQ`]), else `None`.
+    #[must_use]
+    pub fn control_queue_index(&self) -> Option<u16> {
+        (self.features & features::CTRL_VQ != 0).then(|| 2 * self.queue_pairs())
+    }
+
+    /// The driver of the control queue ([`SimGuest::control_queue_index`]; the device side is
+    /// [`SimGuest::device_queue`] of that index). It holds its own handle on the guest memory,
+    /// so it outlives [`SimGuest::into_pair_drivers`]. One per guest.
+    ///
+    /// # Errors
+    /// `VIRTIO_NET_F_CTRL_VQ` was not negotiated; the driver was already taken.
+    pub fn control_driver(&self) -> anyhow::Result<ControlDriver> {
+        let index = self
+            .control_queue_index()
+            .context("VIRTIO_NET_F_CTRL_VQ was not negotiated: no control queue")?;
+        ensure!(
+            !self.control_taken.swap(true, Ordering::Relaxed),
+            "the control queue's driver was already taken"
+        );
+        ControlDriver::new(self.mem.clone(), index, self.features)
+    }
+
     /// As [`SimGuest::into_driver`] for every queue pair: pair `i` reads and writes `ios[i]`
     /// (a multi-queue TAP's queue `i`) and works queues `2i` (RX) and `2i + 1` (TX), built
-    /// with [`SimGuest::device_queue`]. The device must use as many pairs (the driver's
-    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`; this guest does not send it: the embedder sets the
-    /// device's pairs, e.g. `bridge::Network::set_queue_pairs`).
+    /// with [`SimGuest::device_queue`]. The device must use as many pairs: the driver tells
+    /// it with `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` on the control queue
+    /// ([`SimGuest::control_driver`], [`ControlDriver::post_queue_pairs`]; the device starts
+    /// with one pair).
     ///
     /// # Errors
     /// `ios` is not one per [`SimGuest::queue_pairs`]; an RX ring can't be filled.

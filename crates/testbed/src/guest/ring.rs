@@ -38,11 +38,24 @@ impl RingLayout {
             buffers: from + if rx { RX_BUF_BASE } else { TX_BUF_BASE },
         })
     }
+
+    /// The layout of the control queue (virtio 1.x 5.1.6.5, [`CONTROL_QUEUE_SIZE`] entries):
+    /// in pair 0's span, between its TX ring and its TX buffers; `buffers` is where its
+    /// command buffers start ([`CTRL_BUF_SIZE`] bytes).
+    pub(super) const fn control() -> Self {
+        Self {
+            desc: GuestAddress(CTRL_RING_BASE),
+            avail: GuestAddress(CTRL_RING_BASE + 0x1000),
+            used: GuestAddress(CTRL_RING_BASE + 0x2000),
+            buffers: CTRL_BUF_BASE,
+        }
+    }
 }
 
 /// The driver's view of one split ring.
+#[derive(Debug)]
 pub(super) struct DriverRing {
-    /// The queue index ([`RX_QUEUE`] or [`super::TX_QUEUE`]), given to the kick.
+    /// The queue index (a pair's RX or TX queue, or the control queue), given to the kick.
     index: u16,
     pub(super) l: RingLayout,
     pub(super) size: u16,
@@ -58,15 +71,26 @@ pub(super) struct DriverRing {
 impl DriverRing {
     /// The ring of queue `index`, `size` entries, with EVENT_IDX as negotiated in `features`.
     pub(super) fn new(index: u16, size: u16, features: u64) -> anyhow::Result<Self> {
-        Ok(Self {
+        Ok(Self::with_layout(
             index,
-            l: RingLayout::of(index)?,
+            RingLayout::of(index)?,
+            size,
+            features,
+        ))
+    }
+
+    /// The ring of queue `index` at `l` (the control queue does not sit at
+    /// [`RingLayout::of`] its index).
+    pub(super) fn with_layout(index: u16, l: RingLayout, size: u16, features: u64) -> Self {
+        Self {
+            index,
+            l,
             size,
             event_idx: features & features::EVENT_IDX != 0,
             next_avail: Wrapping(0),
             published: Wrapping(0),
             last_used: Wrapping(0),
-        })
+        }
     }
 
     pub(super) fn write_desc(
@@ -115,7 +139,7 @@ impl DriverRing {
     }
 
     /// Publishes pushed heads; returns whether the device wants a notification.
-    fn publish(&mut self, mem: &GuestMemoryMmap) -> anyhow::Result<bool> {
+    pub(super) fn publish(&mut self, mem: &GuestMemoryMmap) -> anyhow::Result<bool> {
         let old = self.published;
         let new = self.next_avail;
         if old == new {
@@ -255,6 +279,25 @@ pub(super) const PAIR_SPAN: u64 =
     (RX_BUF_BASE + MAX_QUEUE_SIZE as u64 * MAX_FRAME_BUF as u64).next_multiple_of(1 << 20);
 pub(super) const VRING_DESC_F_NEXT: u16 = 1;
 pub(super) const VRING_DESC_F_WRITE: u16 = 2;
+/// Entries of the control queue (as QEMU's).
+pub const CONTROL_QUEUE_SIZE: u16 = 64;
+/// The control queue's descriptor table; its avail ring 4 KiB on, its used ring 8 KiB on.
+const CTRL_RING_BASE: u64 = 0x8000;
+/// The control queue's command buffers (in pair 0's span, before its TX buffers).
+const CTRL_BUF_BASE: u64 = 0xC000;
+/// Bytes of the control queue's command buffers.
+pub(super) const CTRL_BUF_SIZE: u64 = 0x1000;
+// The rings fit their 4 KiB pages (a used ring is the largest of the three) and the control
+// queue fits between pair 0's TX ring and its TX buffers.
+const _: () = {
+    assert!(16 * MAX_QUEUE_SIZE as u64 <= 0x1000);
+    assert!(6 + 8 * MAX_QUEUE_SIZE as u64 <= 0x1000);
+    assert!(RX_RING_BASE + 0x3000 <= TX_RING_BASE);
+    assert!(TX_RING_BASE + 0x3000 <= CTRL_RING_BASE);
+    assert!(16 * CONTROL_QUEUE_SIZE as u64 <= 0x1000);
+    assert!(CTRL_RING_BASE + 0x2000 + 6 + 8 * CONTROL_QUEUE_SIZE as u64 <= CTRL_BUF_BASE);
+    assert!(CTRL_BUF_BASE + CTRL_BUF_SIZE <= TX_BUF_BASE);
+};
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::ring::{MAX_FRAME_BUF, RX_BUF_BASE, RingLayout, layout_end, rx_buffer_size};
+use super::ring::{
+    CTRL_BUF_SIZE, MAX_FRAME_BUF, MAX_QUEUE_SIZE, RX_BUF_BASE, RingLayout, layout_end,
+    rx_buffer_size,
+};
 use super::*;
 
 /// A minimal device built on virtio-queue's own device side: echoes every TX frame back on
@@ -641,5 +644,182 @@ fn queue_pairs_need_mq_offered_and_stay_within_the_layout() {
             SimGuest::new(cfg, features::WANTED).is_err(),
             "{pairs} pairs"
         );
+    }
+}
+
+/// A guest of `pairs` queue pairs (no offloads) against `bridge::Device`'s offer for
+/// `device_pairs`.
+fn guest_against_bridge(pairs: u16, device_pairs: u16) -> SimGuest {
+    let mac: bridge::MacAddr = "52:54:00:12:34:56".parse().unwrap();
+    let offered = bridge::Device::new(mac, 1500)
+        .with_queue_pairs(device_pairs)
+        .device_features();
+    let cfg = GuestConfig {
+        queue_pairs: pairs,
+        offloads: false,
+        ..GuestConfig::default()
+    };
+    SimGuest::new(cfg, offered).unwrap()
+}
+
+/// Runs bridge's control queue on `q`, returning the commands it handed over.
+fn run_control(
+    ctrl: &mut bridge::ControlQueue,
+    mem: &GuestMemoryMmap,
+    q: &mut Queue,
+) -> Vec<bridge::ControlCommand> {
+    let mut seen = Vec::new();
+    ctrl.process(mem, q, |c| {
+        seen.push(c);
+        true
+    })
+    .unwrap();
+    seen
+}
+
+/// Two pairs against bridge's device: the control queue is queue 4, the driver's
+/// `VQ_PAIRS_SET 2` reaches `bridge::ControlQueue` and is acked OK, 3 (over the maximum)
+/// ERR; one command at a time; the driver outlives the `SimGuest`.
+#[test]
+fn the_control_queue_sets_queue_pairs_through_bridges_control_queue() {
+    let guest = guest_against_bridge(2, 2);
+    assert_eq!(guest.queue_pairs(), 2);
+    assert_eq!(guest.control_queue_index(), Some(4));
+    let mem = guest.memory().clone();
+    let mut q = guest.device_queue(4).unwrap();
+    assert_eq!(q.size(), CONTROL_QUEUE_SIZE);
+    assert_eq!(
+        q.event_idx_enabled(),
+        guest.acked_features() & features::EVENT_IDX != 0
+    );
+    let mut ctrl = bridge::ControlQueue::new(2);
+    ctrl.set_features(guest.acked_features());
+    let mut driver = guest.control_driver().unwrap();
+    assert_eq!(driver.queue_index(), 4);
+    assert!(guest.control_driver().is_err(), "one control driver");
+    // The pair drivers consume the guest; the control driver keeps working.
+    let (taps, _peers): (Vec<_>, Vec<_>) = (0..2)
+        .map(|_| {
+            let (tap, peer) = UnixDatagram::pair().unwrap();
+            (Arc::new(tap), peer)
+        })
+        .unzip();
+    let _drivers = guest.into_pair_drivers(taps).unwrap();
+
+    assert!(!driver.in_flight());
+    assert_eq!(driver.take_ack().unwrap(), None, "nothing posted");
+    driver.post_queue_pairs(2).unwrap();
+    assert!(driver.in_flight());
+    assert!(
+        driver.post_queue_pairs(1).is_err(),
+        "a command is in flight"
+    );
+    assert_eq!(driver.take_ack().unwrap(), None, "the device has not run");
+    assert_eq!(
+        run_control(&mut ctrl, &mem, &mut q),
+        [bridge::ControlCommand::QueuePairs(2)]
+    );
+    assert_eq!(driver.take_ack().unwrap(), Some(bridge::VIRTIO_NET_OK));
+    assert!(!driver.in_flight());
+    assert_eq!(ctrl.pairs(), 2);
+
+    driver.post_queue_pairs(3).unwrap();
+    assert_eq!(run_control(&mut ctrl, &mem, &mut q), []);
+    assert_eq!(driver.take_ack().unwrap(), Some(bridge::VIRTIO_NET_ERR));
+    assert_eq!(ctrl.pairs(), 2);
+
+    // Many more than the ring's size: the indexes wrap.
+    for i in 0..2 * CONTROL_QUEUE_SIZE {
+        let n = 1 + i % 2;
+        driver.post_queue_pairs(n).unwrap();
+        assert_eq!(
+            run_control(&mut ctrl, &mem, &mut q),
+            [bridge::ControlCommand::QueuePairs(n)]
+        );
+        assert_eq!(driver.take_ack().unwrap(), Some(bridge::VIRTIO_NET_OK));
+    }
+    let s = ctrl.stats();
+    assert_eq!((s.accepted, s.refused, s.malformed), (129, 1, 0));
+}
+
+/// A chain the device returns without an answer (used length 0) is an error, and frees the
+/// slot for the next command.
+#[test]
+fn a_control_command_returned_unanswered_is_an_error() {
+    let guest = guest_against_bridge(2, 2);
+    let mem = guest.memory().clone();
+    let index = guest.control_queue_index().unwrap();
+    let mut q = guest.device_queue(index).unwrap();
+    let mut driver = guest.control_driver().unwrap();
+    driver.post_queue_pairs(2).unwrap();
+    let chain = q.pop_descriptor_chain(&mem).unwrap();
+    let descs: Vec<_> = chain.clone().collect();
+    assert_eq!(descs.len(), 2);
+    assert!(!descs[0].is_write_only() && descs[1].is_write_only());
+    let mut cmd = [0u8; 4];
+    mem.read_slice(&mut cmd, descs[0].addr()).unwrap();
+    assert_eq!(cmd, [4, 0, 2, 0]);
+    assert_eq!(mem.read_obj::<u8>(descs[1].addr()).unwrap(), 0xFF);
+    q.add_used(&mem, chain.head_index(), 0).unwrap();
+    let err = driver.take_ack().unwrap_err().to_string();
+    assert!(err.contains("unanswered"), "{err}");
+    assert!(!driver.in_flight());
+    driver.post_queue_pairs(1).unwrap();
+}
+
+/// One pair, two against a one-pair device, or two with CTRL_VQ offered without MQ: no
+/// control queue.
+#[test]
+fn without_ctrl_vq_there_is_no_control_queue() {
+    for guest in [
+        guest_against_bridge(1, 2),
+        guest_against_bridge(2, 1),
+        SimGuest::new(
+            GuestConfig {
+                queue_pairs: 2,
+                ..GuestConfig::default()
+            },
+            features::WANTED | features::CTRL_VQ,
+        )
+        .unwrap(),
+    ] {
+        assert_eq!(guest.acked_features() & features::CTRL_VQ, 0);
+        assert_eq!(guest.control_queue_index(), None);
+        assert!(guest.control_driver().is_err());
+    }
+}
+
+/// The control queue's rings and command buffers lie in pair 0's span, apart from pair 0's
+/// rings and before its buffers.
+#[test]
+fn the_control_queue_lies_apart_from_pair_0() {
+    let ring = |l: RingLayout, size: u16| {
+        let n = u64::from(size);
+        [
+            (l.desc.0, l.desc.0 + 16 * n),
+            (l.avail.0, l.avail.0 + 6 + 2 * n),
+            (l.used.0, l.used.0 + 6 + 8 * n),
+        ]
+    };
+    let c = RingLayout::control();
+    let mut control = ring(c, CONTROL_QUEUE_SIZE).to_vec();
+    control.push((c.buffers, c.buffers + CTRL_BUF_SIZE));
+    let rx = RingLayout::of(RX_QUEUE).unwrap();
+    let tx = RingLayout::of(TX_QUEUE).unwrap();
+    let pair0: Vec<(u64, u64)> = ring(rx, MAX_QUEUE_SIZE)
+        .into_iter()
+        .chain(ring(tx, MAX_QUEUE_SIZE))
+        .collect();
+    let first_buffer = rx.buffers.min(tx.buffers);
+    for &(a, b) in &control {
+        assert!(b <= first_buffer, "{a:#x}..{b:#x} reaches pair 0's buffers");
+        for &(x, y) in &pair0 {
+            assert!(b <= x || y <= a, "{a:#x}..{b:#x} overlaps {x:#x}..{y:#x}");
+        }
+    }
+    for (i, &(a, b)) in control.iter().enumerate() {
+        for &(x, y) in &control[i + 1..] {
+            assert!(b <= x || y <= a, "{a:#x}..{b:#x} overlaps {x:#x}..{y:#x}");
+        }
     }
 }
