@@ -6,7 +6,7 @@
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp|tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>]... [--dns-upstream <addr[:port]|[v6]:port>]
 //!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
-//!                    [--no-ipv6] [--vhost-user SOCKET]
+//!                    [--no-ipv6] [--vhost-user SOCKET] [--queues N]
 //! ```
 //!
 //! [`parse_args`] turns the arguments into an [`Invocation`]; [`run`] (Linux) does the work.
@@ -85,6 +85,12 @@ pub struct AttachArgs {
     /// listening on SOCKET (hostnetd, passt's vhost-user mode) instead of running the bridge
     /// in this process; the NAT, TUN and gateway are then the backend's. `None`: the bridge.
     pub vhost_user: Option<PathBuf>,
+    /// `--queues N`: virtio-net queue pairs (multiqueue) per guest, 1 to [`MAX_QUEUES`]
+    /// (default 1). With more than one the simulated guest negotiates `VIRTIO_NET_F_MQ`
+    /// and the control queue and sets N pairs with `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`, its
+    /// TAP in G and the TUN in H have N queues (`IFF_MULTI_QUEUE`), and pair i reads and
+    /// writes queue i of each.
+    pub queues: u16,
 }
 
 /// `--threads`: how `attach` runs the simulated guest's driver and the device.
@@ -156,6 +162,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     let mut egress = bridge::EgressPolicy::default();
     let mut egress_given = None;
     let mut vhost_user = None;
+    let mut queues = None;
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
             Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
@@ -276,6 +283,18 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
                 }
                 vhost_user = Some(PathBuf::from(v));
             }
+            "--queues" => {
+                once(key, &queues)?;
+                let v = value()?;
+                queues = Some(
+                    v.parse::<u16>()
+                        .ok()
+                        .filter(|n| (1..=MAX_QUEUES).contains(n))
+                        .ok_or_else(|| {
+                            ArgError(format!("bad --queues {v:?}: must be 1..={MAX_QUEUES}"))
+                        })?,
+                );
+            }
             other => return Err(ArgError(format!("unknown option {other:?} (try --help)"))),
         }
     }
@@ -316,6 +335,20 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
             )));
         }
     }
+    if queues.is_some_and(|n| n > 1) {
+        // Queue pairs are driven by the network loop (`lab-network`), which has no pipeline
+        // threads; a vhost-user frontend with several pairs is not written yet.
+        let refused = [
+            ("--vhost-user", vhost_user.is_some()),
+            ("--threads pipeline", threads == Some(Threads::Pipeline)),
+            ("--static-guest-ip", static_ip.is_some()),
+        ];
+        if let Some((key, _)) = refused.iter().find(|(_, given)| *given) {
+            return Err(ArgError(format!(
+                "{key} cannot be used with --queues more than 1"
+            )));
+        }
+    }
     if !more_guests.is_empty() {
         // One network of several ports: one thread drives it, and there is one lease per
         // guest (no static address to share).
@@ -346,6 +379,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         threads: threads.unwrap_or(Threads::DEFAULT),
         egress,
         vhost_user,
+        queues: queues.unwrap_or(1),
     }))
 }
 
@@ -401,7 +435,7 @@ USAGE:
                        [--static-guest-ip <addr>] [--no-offload]
                        [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
                        [--tun-addr <addr>] [--external-addr <addr>] [--no-ipv6]
-                       [--vhost-user <SOCKET>]
+                       [--vhost-user <SOCKET>] [--queues N]
     hostnet-lab --help
 
 attach creates in G a TAP `eth0` (down, no address: run a DHCP client there) driven by a
@@ -467,6 +501,13 @@ OPTIONS:
                              --dns-upstream, --tun-name, --static-guest-ip, --tun-addr,
                              --external-addr, --threads, --no-ipv6, --deny, --allow) are
                              refused; --mtu must match the MTU the backend reports, if it does
+    --queues <N>             virtio-net queue pairs per guest, 1..=4 (default 1): with N > 1
+                             the simulated guest negotiates multiqueue and sets N pairs on the
+                             control queue, G's TAP eth0 and H's TUN get N queues
+                             (IFF_MULTI_QUEUE), and pair i reads and writes queue i of both
+                             (not with --threads pipeline, --static-guest-ip or --vhost-user);
+                             SIGUSR2 makes the guest switch between N pairs and 1 (a test
+                             of VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET at runtime)
 
 Guest subnet 192.168.64.0/24, gateway 192.168.64.1, DHCP pool .2-.254.
 Guest IPv6 prefix fd64::/64, router fe80::1, gateway and DNS fd64::1.
@@ -495,6 +536,10 @@ pub const MIN_MTU: u16 = 68;
 pub const MAX_MTU: u16 = 65_520;
 /// Default TUN name pattern.
 pub const DEFAULT_TUN_NAME: &str = "hostnet%d";
+/// Queue pairs per guest at most (`--queues`): what the simulated guest lays out.
+pub const MAX_QUEUES: u16 = 4;
+#[cfg(target_os = "linux")]
+const _: () = assert!(MAX_QUEUES == crate::guest::MAX_QUEUE_PAIRS);
 /// Guest namespaces one `attach` serves at most.
 pub const MAX_GUESTS: usize = 8;
 /// The address the first guest leases (start of the DHCP pool).
@@ -657,6 +702,58 @@ mod tests {
             &["--guest-netns", "g", "--threads", "two"][..],
             &["--guest-netns", "g", "--threads"],
             &["--guest-netns", "g", "--threads", "one", "--threads", "one"],
+        ] {
+            assert!(attach(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn queues_are_parsed_and_refused_where_no_loop_drives_pairs() {
+        assert_eq!(attach(&["--guest-netns", "g"]).unwrap().queues, 1);
+        let a = attach(&["--guest-netns", "g", "--queues", "2"]).unwrap();
+        assert_eq!(a.queues, 2);
+        let a = attach(&["--guest-netns", "g", "--queues=4", "--guest-netns", "g2"]).unwrap();
+        assert_eq!((a.queues, a.more_guest_netns.len()), (4, 1));
+        // One pair is what every mode runs.
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--queues",
+            "1",
+            "--threads",
+            "pipeline",
+        ]);
+        assert_eq!(a.unwrap().queues, 1);
+        for bad in [
+            &["--guest-netns", "g", "--queues", "0"][..],
+            &["--guest-netns", "g", "--queues", "5"],
+            &["--guest-netns", "g", "--queues", "two"],
+            &["--guest-netns", "g", "--queues"],
+            &["--guest-netns", "g", "--queues", "2", "--queues", "2"],
+            &[
+                "--guest-netns",
+                "g",
+                "--queues",
+                "2",
+                "--threads",
+                "pipeline",
+            ],
+            &[
+                "--guest-netns",
+                "g",
+                "--queues",
+                "2",
+                "--static-guest-ip",
+                "192.168.64.9",
+            ],
+            &[
+                "--guest-netns",
+                "g",
+                "--queues",
+                "2",
+                "--vhost-user",
+                "/tmp/s",
+            ],
         ] {
             assert!(attach(bad).is_err(), "{bad:?} accepted");
         }

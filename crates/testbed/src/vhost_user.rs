@@ -376,13 +376,10 @@ impl Attached {
             ..cfg
         };
         let guest = SimGuest::new_in_file(cfg, offered, shared_memory_file()?)?;
-        let tap = Arc::new(crate::attach::linux::open_guest_tap(
-            &ns,
-            guest_netns,
-            net.mtu,
-            &guest,
-            &net,
-        )?);
+        let tap = Arc::new(
+            crate::attach::linux::open_guest_tap(&ns, guest_netns, net.mtu, &guest, &net, 1)?
+                .remove(0),
+        );
         let kick = device.activate(&guest)?;
         let running = guest.start(tap, kick)?;
         Ok(Self {

@@ -32,12 +32,13 @@ pub(super) struct Finished {
     pub(super) bridge: BridgeStats,
 }
 
-/// What the loop thread watches: the stop eventfd (in its epoll set), the stop flag and the
-/// stats request (SIGUSR1).
+/// What the loop thread watches: the stop eventfd (in its epoll set), the stop flag, the
+/// stats request (SIGUSR1) and the queue-pair switch request (SIGUSR2, `lab-network`).
 pub(super) struct Control {
     pub(super) stop: EventFd,
     pub(super) stopping: Arc<AtomicBool>,
     pub(super) stats_requested: Arc<AtomicBool>,
+    pub(super) pairs_switch_requested: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -46,6 +47,7 @@ impl Control {
             stop: EventFd::new(EFD_NONBLOCK).context("creating the stop eventfd")?,
             stopping: Arc::new(AtomicBool::new(false)),
             stats_requested: Arc::new(AtomicBool::new(false)),
+            pairs_switch_requested: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -54,6 +56,7 @@ impl Control {
             stop: self.stop.try_clone().context("cloning the stop eventfd")?,
             stopping: Arc::clone(&self.stopping),
             stats_requested: Arc::clone(&self.stats_requested),
+            pairs_switch_requested: Arc::clone(&self.pairs_switch_requested),
         })
     }
 
@@ -65,6 +68,11 @@ impl Control {
     /// Whether a stats line was asked for (and forgets the request).
     pub(super) fn take_stats_request(&self) -> bool {
         self.stats_requested.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether a switch of the guests' queue pairs was asked for (and forgets the request).
+    pub(super) fn take_pairs_switch_request(&self) -> bool {
+        self.pairs_switch_requested.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -89,6 +97,14 @@ impl LoopThread {
     /// Asks the thread to print the bridge's stats line to stderr (within its tick, 1 s).
     pub(super) fn request_stats(&self) {
         self.control.stats_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the thread to switch each guest between its queue pairs and one
+    /// (`lab-network`; others ignore it).
+    pub(super) fn request_pairs_switch(&self) {
+        self.control
+            .pairs_switch_requested
+            .store(true, Ordering::Relaxed);
     }
 
     /// Whether the thread ended on its own (an error).

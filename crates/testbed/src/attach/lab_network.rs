@@ -1,23 +1,35 @@
-//! Several guest namespaces (`--guest-netns` given more than once): one simulated guest per
-//! namespace, each a port of one [`bridge::Network`] (one NAT, one TUN, guest-to-guest frames
-//! switched by the bridge), all on one thread, `lab-network`, in one level-triggered epoll set
-//! over the guests' TAPs, the TUN and a stop eventfd.
+//! Several guest namespaces (`--guest-netns` given more than once) or several queue pairs
+//! (`--queues N`): one simulated guest per namespace, each a port of one [`bridge::Network`]
+//! (one NAT, one TUN, guest-to-guest frames switched by the bridge), all on one thread,
+//! `lab-network`, in one level-triggered epoll set over the guests' TAP queues, the TUN's
+//! queues and a stop eventfd.
+//!
+//! Queue pairs: a guest with N pairs has a TAP in G with N queues and drives pair i from TAP
+//! queue i; the TUN in H has N queues and pair i writes queue i, so the kernel sends a flow's
+//! packets back on the queue that wrote it (docs/PLATFORMS.md "Multi-queue"), which pair i
+//! reads. A TUN queue no pair of the reading port uses (its guest went down to fewer pairs)
+//! is read by pair 0. The guest sets its pairs on the control queue
+//! (`VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`, answered by [`ControlQueue`] into
+//! [`Network::set_queue_pairs`]) at start, and switches between N and 1 on request (SIGUSR2):
+//! as a VMM does for a guest that lowers its pairs, the queues of the pairs out of use are
+//! detached from the TAP and the TUN (`TUNSETQUEUE`), so the kernels steer every flow to the
+//! queues still read.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bridge::{Clock, HostLink, Network, PortId};
+use bridge::{Clock, ControlCommand, ControlQueue, HostLink, Network, PortId};
 use utun::Tun;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::EpollEvent;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::lab_loop::{
     Control, Finished, LoopThread, MAX_RX_ROUNDS, TICK, epoll_over, tun_fd, wait_ms,
 };
-use crate::guest::{Driver, RX_QUEUE, SimGuest, TX_QUEUE};
+use crate::guest::{ControlDriver, Driver, SimGuest};
 
 /// Several guests' loop (`lab-network`).
 pub(super) struct LabNetwork;
@@ -25,71 +37,168 @@ pub(super) struct LabNetwork;
 /// One guest of the network as the loop drives it.
 struct Guest {
     port: PortId,
-    driver: Driver<Tun>,
     mem: GuestMemoryMmap,
+    /// Its queue pairs, pair 0 first; `active` of them in use.
+    pairs: Vec<Pair>,
+    active: usize,
+    /// The control queue (a guest with more than one pair).
+    ctrl: Option<Ctrl>,
+}
+
+/// One queue pair: the driver on its TAP queue and the device's two virtqueues.
+struct Pair {
+    driver: Driver<Tun>,
     rxq: Queue,
     txq: Queue,
+    /// The TAP queue the driver reads and writes (detached while the pair is out of use).
+    tap: Arc<Tun>,
     tx_more: bool,
     rx_more: bool,
 }
 
+/// A guest's control virtqueue: the driver's side, the device's queue and its handler.
+struct Ctrl {
+    driver: ControlDriver,
+    queue: Queue,
+    device: ControlQueue,
+}
+
 impl LabNetwork {
-    /// Negotiates each guest's port (features acked as the guest negotiated them) and starts
-    /// the thread.
+    /// Negotiates each guest's port (features acked as the guest negotiated them), sets each
+    /// guest's queue pairs through its control queue, and starts the thread. `guests` carry a
+    /// TAP queue per pair, `tuns` the TUN's queues (one, or as many as a guest has pairs).
     pub(super) fn start(
         net: Network,
-        guests: Vec<(PortId, SimGuest, Arc<Tun>)>,
-        tun: Tun,
+        guests: Vec<(PortId, SimGuest, Vec<Arc<Tun>>)>,
+        tuns: Vec<Tun>,
     ) -> anyhow::Result<LoopThread> {
-        tun.prepare().context("making the TUN non-blocking")?;
+        for tun in &tuns {
+            tun.prepare().context("making the TUN non-blocking")?;
+        }
+        let host = tuns.first().context("no TUN queue")?;
         let mut net = net.with_short_batch_drains(true);
         let mut driven = Vec::with_capacity(guests.len());
-        for (port, guest, tap) in guests {
-            let acked = net.ack_features(port, guest.acked_features(), &tun);
+        for (port, guest, taps) in guests {
+            let acked = net.ack_features(port, guest.acked_features(), host);
             anyhow::ensure!(
                 acked == guest.acked_features(),
                 "port {}: the bridge acknowledged {acked:#x}, the guest negotiated {:#x}",
                 port.0,
                 guest.acked_features()
             );
+            let n = usize::from(guest.queue_pairs());
+            anyhow::ensure!(
+                taps.len() == n && (n == 1 || tuns.len() >= n),
+                "port {}: {n} queue pairs with {} TAP and {} TUN queues",
+                port.0,
+                taps.len(),
+                tuns.len()
+            );
             let mem = guest.memory().clone();
-            let mut rxq = guest.device_queue(RX_QUEUE)?;
-            let mut txq = guest.device_queue(TX_QUEUE)?;
-            net.prepare_queue(port, &mut rxq, RX_QUEUE)
-                .context("the device refused the RX queue")?;
-            net.prepare_queue(port, &mut txq, TX_QUEUE)
-                .context("the device refused the TX queue")?;
-            driven.push(Guest {
+            let mut queues = Vec::with_capacity(n);
+            for pair in 0..n {
+                let (rx, tx) = (2 * pair as u16, 2 * pair as u16 + 1);
+                let mut rxq = guest.device_queue(rx)?;
+                let mut txq = guest.device_queue(tx)?;
+                net.prepare_queue(port, &mut rxq, rx)
+                    .context("the device refused an RX queue")?;
+                net.prepare_queue(port, &mut txq, tx)
+                    .context("the device refused a TX queue")?;
+                queues.push((rxq, txq));
+            }
+            let ctrl = match guest.control_queue_index() {
+                Some(index) if n > 1 => {
+                    let mut device = ControlQueue::new(guest.queue_pairs());
+                    device.set_features(acked);
+                    Some(Ctrl {
+                        driver: guest.control_driver()?,
+                        queue: guest.device_queue(index)?,
+                        device,
+                    })
+                }
+                _ => None,
+            };
+            let drivers = guest.into_pair_drivers(taps.clone())?;
+            let pairs = drivers
+                .into_iter()
+                .zip(queues)
+                .zip(taps)
+                .map(|((driver, (rxq, txq)), tap)| Pair {
+                    driver,
+                    rxq,
+                    txq,
+                    tap,
+                    tx_more: false,
+                    rx_more: false,
+                })
+                .collect();
+            let mut g = Guest {
                 port,
-                driver: guest.into_driver(tap)?,
                 mem,
-                rxq,
-                txq,
-                tx_more: false,
-                rx_more: false,
-            });
+                pairs,
+                active: 1,
+                ctrl,
+            };
+            // The driver's first command: every pair it laid out.
+            if g.ctrl.is_some() {
+                set_pairs(&mut net, &mut g, n)?;
+            }
+            driven.push(g);
         }
         LoopThread::spawn("lab-network", move |control| {
             let mut state = State {
                 net,
                 guests: driven,
                 clock: Clock::new(),
-                tun,
+                tun_attached: vec![true; tuns.len()],
+                tuns,
                 control,
             };
             let result = state.run();
             let guest = state
                 .guests
                 .iter()
-                .map(|g| format!("port {}: {}", g.port.0, g.driver.stats().summary()))
+                .map(|g| {
+                    let drivers = g
+                        .pairs
+                        .iter()
+                        .map(|p| p.driver.stats().summary())
+                        .collect::<Vec<_>>()
+                        .join(" | ");
+                    format!("port {}: {drivers}", g.port.0)
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
+            let pairs = state.pair_summary();
             Finished {
                 result,
-                guest,
+                guest: format!("{guest}\nstats: {pairs}"),
                 bridge: state.net.bridge_stats(),
             }
         })
+    }
+}
+
+/// The guest's driver sends `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET n`, the device answers it (the
+/// network then uses `n` pairs of the port) and the driver reads the ack.
+fn set_pairs(net: &mut Network, g: &mut Guest, n: usize) -> anyhow::Result<()> {
+    let port = g.port;
+    let ctrl = g.ctrl.as_mut().context("no control queue")?;
+    let pairs = u16::try_from(n).context("queue pairs")?;
+    ctrl.driver.post_queue_pairs(pairs)?;
+    ctrl.device
+        .process(&g.mem, &mut ctrl.queue, |cmd| match cmd {
+            ControlCommand::QueuePairs(n) => net.set_queue_pairs(port, usize::from(n)).is_ok(),
+            _ => false,
+        })
+        .context("the device's control queue")?;
+    match ctrl.driver.take_ack()? {
+        Some(bridge::VIRTIO_NET_OK) => {
+            g.active = n;
+            Ok(())
+        }
+        Some(ack) => anyhow::bail!("the device refused {n} queue pairs (ack {ack})"),
+        None => anyhow::bail!("the device left VQ_PAIRS_SET {n} unanswered"),
     }
 }
 
@@ -97,25 +206,34 @@ struct State {
     net: Network,
     guests: Vec<Guest>,
     clock: Clock,
-    tun: Tun,
+    /// The TUN's queues; pair i of every port writes queue i.
+    tuns: Vec<Tun>,
+    /// Which TUN queues are attached (in the kernel's steering and the epoll set).
+    tun_attached: Vec<bool>,
     control: Control,
 }
 
 impl State {
     fn run(&mut self) -> anyhow::Result<()> {
-        let mut fds = vec![
-            (tun_fd(&self.tun)?, TOKEN_TUN),
-            (self.control.stop.as_raw_fd(), TOKEN_STOP),
-        ];
+        let mut fds = vec![(self.control.stop.as_raw_fd(), TOKEN_STOP)];
+        for (q, tun) in self.tuns.iter().enumerate() {
+            fds.push((tun_fd(tun)?, TOKEN_TUNS + q as u64));
+        }
         for (i, g) in self.guests.iter().enumerate() {
-            fds.push((g.driver.fd().as_raw_fd(), TOKEN_GUESTS + i as u64));
+            for (p, pair) in g.pairs.iter().enumerate().take(g.active) {
+                fds.push((pair.driver.fd().as_raw_fd(), tap_token(i, p)));
+            }
         }
         let epoll = epoll_over(fds)?;
-        let mut events = vec![EpollEvent::default(); self.guests.len() + 2];
-        self.host_rx()?;
+        let pairs: usize = self.guests.iter().map(|g| g.pairs.len()).sum();
+        let mut events = vec![EpollEvent::default(); pairs + self.tuns.len() + 1];
+        for q in 0..self.tuns.len() {
+            self.host_rx(q)?;
+        }
         self.check_host_link()?;
         let mut next_tick = Instant::now() + TICK;
-        let mut taps = vec![false; self.guests.len()];
+        let mut taps = Vec::new();
+        let mut tuns = vec![false; self.tuns.len()];
         while !self.control.stopping() {
             let now = Instant::now();
             if now >= next_tick {
@@ -124,40 +242,57 @@ impl State {
                 self.deliver_pending()?;
             }
             let timeout = self.net.next_timeout(self.clock.now());
-            let more = self.guests.iter().any(|g| g.tx_more || g.rx_more);
+            let more = self.guests.iter().any(|g| {
+                g.pairs
+                    .iter()
+                    .take(g.active)
+                    .any(|p| p.tx_more || p.rx_more)
+            });
             let ms = wait_ms(next_tick, now, timeout, more);
             let n = match epoll.wait(ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("epoll wait"),
             };
-            taps.fill(false);
-            let mut tun = false;
+            taps.clear();
+            tuns.fill(false);
             for ev in events.iter().take(n) {
                 match ev.data() {
-                    TOKEN_TUN => tun = true,
                     TOKEN_STOP => {}
+                    t if t >= TOKEN_GUESTS => {
+                        let t = t - TOKEN_GUESTS;
+                        taps.push((
+                            usize::try_from(t / PAIR_TOKENS).unwrap_or(usize::MAX),
+                            (t % PAIR_TOKENS) as usize,
+                        ));
+                    }
                     t => {
-                        if let Some(s) = usize::try_from(t - TOKEN_GUESTS)
+                        if let Some(s) = usize::try_from(t - TOKEN_TUNS)
                             .ok()
-                            .and_then(|i| taps.get_mut(i))
+                            .and_then(|q| tuns.get_mut(q))
                         {
                             *s = true;
                         }
                     }
                 }
             }
-            for (i, &tap) in taps.iter().enumerate() {
-                if tap || self.guests[i].tx_more {
-                    self.tx(i)?;
+            for i in 0..self.guests.len() {
+                for p in 0..self.guests[i].active {
+                    if taps.contains(&(i, p)) || self.guests[i].pairs[p].tx_more {
+                        self.tx(i, p)?;
+                    }
                 }
             }
-            if tun {
-                self.host_rx()?;
+            for (q, &ready) in tuns.iter().enumerate() {
+                if ready {
+                    self.host_rx(q)?;
+                }
             }
             for i in 0..self.guests.len() {
-                if self.guests[i].rx_more {
-                    self.rx(i, false)?;
+                for p in 0..self.guests[i].active {
+                    if self.guests[i].pairs[p].rx_more {
+                        self.rx(i, p, None)?;
+                    }
                 }
             }
             self.deliver_pending()?;
@@ -167,7 +302,124 @@ impl State {
                     "stats: {}",
                     super::lab_bridge::format_stats(&self.net.bridge_stats())
                 );
+                eprintln!("stats: {}", self.pair_summary());
             }
+            if self.control.take_pairs_switch_request() {
+                self.switch_pairs(&epoll)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What each pair of each port moved: `queue pairs: port 0: 2 in use, pair 0 tx 10 rx 12,
+    /// pair 1 tx 9 rx 11; port 1: ...` (the device's counters, [`Network::pair_stats`]).
+    fn pair_summary(&self) -> String {
+        let ports = self
+            .guests
+            .iter()
+            .map(|g| {
+                let pairs = (0..g.pairs.len())
+                    .filter_map(|p| {
+                        self.net
+                            .pair_stats(g.port, p)
+                            .map(|s| format!("pair {p} tx {} rx {}", s.tx_frames, s.rx_frames))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("port {}: {} in use, {pairs}", g.port.0, g.active)
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!("queue pairs: {ports}")
+    }
+
+    /// SIGUSR2: every guest with a control queue goes from its N pairs to 1, or from 1 back
+    /// to N. Down: the driver detaches the TAP queues of the pairs it leaves (G's kernel then
+    /// sends every flow on the queues left), takes what they still held, and sends
+    /// `VQ_PAIRS_SET 1`; the device then detaches the TUN queues no port uses any more. Up:
+    /// the queues are attached again before the command, and the pairs' rings, kept as they
+    /// were, go on.
+    fn switch_pairs(&mut self, epoll: &Epoll) -> anyhow::Result<()> {
+        for i in 0..self.guests.len() {
+            let g = &self.guests[i];
+            if g.ctrl.is_none() {
+                continue;
+            }
+            let (from, to) = if g.active > 1 {
+                (g.active, 1)
+            } else {
+                (1, g.pairs.len())
+            };
+            // The kernel gives a detached queue's index to its last one and appends a queue
+            // attached again: detached from the top down and attached from the bottom up,
+            // the queues keep their indices (docs/PLATFORMS.md "Multi-queue").
+            if to < from {
+                for p in (to..from).rev() {
+                    // What the pair holds, each way, before its queue goes: a detached queue's
+                    // descriptor answers EBADFD.
+                    self.tx(i, p)?;
+                    self.rx(i, p, None)?;
+                    let pair = &self.guests[i].pairs[p];
+                    epoll_ctl(
+                        epoll,
+                        ControlOperation::Delete,
+                        fd_of(pair),
+                        tap_token(i, p),
+                    )?;
+                    pair.tap
+                        .set_queue_enabled(false)
+                        .context("detaching a TAP queue")?;
+                }
+                set_pairs(&mut self.net, &mut self.guests[i], to)?;
+            } else {
+                for p in from..to {
+                    let pair = &self.guests[i].pairs[p];
+                    pair.tap
+                        .set_queue_enabled(true)
+                        .context("attaching a TAP queue")?;
+                    epoll_ctl(epoll, ControlOperation::Add, fd_of(pair), tap_token(i, p))?;
+                }
+                set_pairs(&mut self.net, &mut self.guests[i], to)?;
+            }
+            tracing::info!(port = self.guests[i].port.0, from, to, "queue pairs set");
+        }
+        self.follow_tun_queues(epoll)?;
+        // Frames the pairs left behind in their inboxes or rings.
+        self.deliver_pending()
+    }
+
+    /// TUN queue q stays attached while some port uses pair q (queue 0 always). A queue
+    /// going is read first (by pair 0: no port uses pair q), then leaves the epoll set and is
+    /// detached (its descriptor answers EBADFD from then on, which the bridge would take for a
+    /// TUN deleted underneath).
+    fn follow_tun_queues(&mut self, epoll: &Epoll) -> anyhow::Result<()> {
+        let used = self.guests.iter().map(|g| g.active).max().unwrap_or(1);
+        // Detached from the top down, attached from the bottom up (see `switch_pairs`).
+        let attached = self.tun_attached.iter().filter(|a| **a).count();
+        let order: Vec<usize> = if used < attached {
+            (1..self.tuns.len()).rev().collect()
+        } else {
+            (1..self.tuns.len()).collect()
+        };
+        for q in order {
+            let want = q < used;
+            if want == self.tun_attached[q] {
+                continue;
+            }
+            let fd = tun_fd(&self.tuns[q])?;
+            if want {
+                self.tuns[q]
+                    .set_queue_enabled(true)
+                    .context("attaching a TUN queue")?;
+                epoll_ctl(epoll, ControlOperation::Add, fd, TOKEN_TUNS + q as u64)?;
+            } else {
+                self.host_rx(q)?;
+                epoll_ctl(epoll, ControlOperation::Delete, fd, TOKEN_TUNS + q as u64)?;
+                self.tuns[q]
+                    .set_queue_enabled(false)
+                    .context("detaching a TUN queue")?;
+            }
+            self.tun_attached[q] = want;
         }
         Ok(())
     }
@@ -177,26 +429,28 @@ impl State {
         if self.guests.iter().any(|g| self.net.host_failed(g.port)) {
             anyhow::bail!(
                 "the host link failed: TUN {} in the host namespace is gone or broken",
-                self.tun.name()
+                self.tuns.first().map_or("?", |t| t.name())
             );
         }
         Ok(())
     }
 
-    /// The TUN is readable: read it with the port that took most of the last batch (the
-    /// others' packets move to their inboxes), then deliver those.
-    fn host_rx(&mut self) -> anyhow::Result<()> {
+    /// TUN queue `q` is readable: read it with the port that took most of the last batch
+    /// (the others' packets move to their inboxes), on its pair `q` (pair 0 when the port
+    /// does not use pair `q`), then deliver those.
+    fn host_rx(&mut self, q: usize) -> anyhow::Result<()> {
         let Some(port) = self.net.host_reader() else {
             return Ok(());
         };
         if let Some(i) = self.guests.iter().position(|g| g.port == port) {
-            self.rx(i, true)?;
+            let pair = if q < self.guests[i].active { q } else { 0 };
+            self.rx(i, pair, Some(q))?;
         }
         self.deliver_pending()
     }
 
     /// Delivers every inbox that has frames (switched from another guest, moved from a host
-    /// batch, gateway replies).
+    /// batch, gateway replies), on pair 0.
     fn deliver_pending(&mut self) -> anyhow::Result<()> {
         for _ in 0..MAX_PENDING_ROUNDS {
             let mut moved = false;
@@ -206,7 +460,7 @@ impl State {
                     continue;
                 }
                 let before = self.net.stats(port).map(|s| s.rx_frames);
-                self.rx(i, false)?;
+                self.rx(i, 0, None)?;
                 // No RX buffers: its frames wait (or its inbox fills and drops); the others
                 // go on.
                 moved |= self.net.stats(port).map(|s| s.rx_frames) != before;
@@ -218,66 +472,77 @@ impl State {
         Ok(())
     }
 
-    /// Guest `i`'s TAP is readable (or its last kick left chains): one batch of its driver
-    /// (`MAX_TX_BATCHES`), then the other guests get their turn (the TAP's epoll registration
-    /// is level-triggered: a guest with more comes back at once). Until nothing was left, a
-    /// guest writing to its TAP as fast as it can kept the thread, and the other guests'
-    /// drivers, which share it, starved (a flooding guest left another's TCP 0.03-0.17 of its
-    /// figure alone; one batch per visit: 0.37-0.64, several_guests_e2e's flood test).
-    fn tx(&mut self, i: usize) -> anyhow::Result<()> {
+    /// Pair `p` of guest `i` has a readable TAP queue (or its last kick left chains): one
+    /// batch of its driver (`MAX_TX_BATCHES`), then the other pairs and guests get their turn
+    /// (the TAP's epoll registration is level-triggered: a pair with more comes back at
+    /// once). Until nothing was left, a guest writing to its TAP as fast as it can kept the
+    /// thread, and the other guests' drivers, which share it, starved (a flooding guest left
+    /// another's TCP 0.03-0.17 of its figure alone; one batch per visit: 0.37-0.64,
+    /// several_guests_e2e's flood test).
+    fn tx(&mut self, i: usize, p: usize) -> anyhow::Result<()> {
         for _ in 0..MAX_TX_BATCHES {
+            // Pair p writes TUN queue p (queue 0 on a one-queue TUN).
+            let tun = self.tuns.get(p).unwrap_or(&self.tuns[0]);
             let g = &mut self.guests[i];
-            let p = g.driver.pump_tx()?;
-            if p.posted > 0 || g.tx_more {
+            let pair = &mut g.pairs[p];
+            let pump = pair.driver.pump_tx()?;
+            if pump.posted > 0 || pair.tx_more {
                 let n = self
                     .net
-                    .on_tx_kick(
+                    .on_pair_tx_kick(
                         g.port,
+                        p,
                         &g.mem,
-                        &mut g.txq,
-                        Some(&mut g.rxq),
-                        &self.tun,
+                        &mut pair.txq,
+                        Some(&mut pair.rxq),
+                        tun,
                         self.clock.now(),
                     )
                     .context("the device's TX path")?;
-                g.tx_more = n.tx_more;
-                g.rx_more |= n.rx_more;
-                g.driver.reclaim_tx()?;
-                self.rx(i, false)?;
+                pair.tx_more = n.tx_more;
+                pair.rx_more |= n.rx_more;
+                pair.driver.reclaim_tx()?;
+                self.rx(i, p, None)?;
                 // Frames for the other guests: to them before more comes.
                 self.deliver_pending()?;
-                if self.guests[i].tx_more {
+                if self.guests[i].pairs[p].tx_more {
                     return Ok(());
                 }
             }
-            if p.drained || p.posted == 0 {
+            if pump.drained || pump.posted == 0 {
                 return Ok(());
             }
         }
         Ok(())
     }
 
-    /// Guest `i`'s RX path (its inbox, and the TUN with `readable`), then its driver writes
-    /// the frames to its TAP and refills; until nothing more moves.
-    fn rx(&mut self, i: usize, readable: bool) -> anyhow::Result<()> {
-        let mut readable = readable;
+    /// Pair `p` of guest `i`: its RX path (the port's inbox, and TUN queue `read` when
+    /// readable), then its driver writes the frames to its TAP queue and refills; until
+    /// nothing more moves.
+    fn rx(&mut self, i: usize, p: usize, read: Option<usize>) -> anyhow::Result<()> {
+        let mut read = read;
         for _ in 0..MAX_RX_ROUNDS {
+            // Pair p's TUN queue, or the queue it was asked to read (queue 0 on a one-queue
+            // TUN).
+            let tun = self.tuns.get(read.unwrap_or(p)).unwrap_or(&self.tuns[0]);
             let g = &mut self.guests[i];
+            let pair = &mut g.pairs[p];
             let before = self.net.stats(g.port).map_or(0, |s| s.rx_frames);
             let n = self
                 .net
-                .on_rx_ready(
+                .on_pair_rx_ready(
                     g.port,
+                    p,
                     &g.mem,
-                    &mut g.rxq,
-                    &self.tun,
-                    readable,
+                    &mut pair.rxq,
+                    tun,
+                    read.is_some(),
                     self.clock.now(),
                 )
                 .context("the device's RX path")?;
-            g.rx_more = n.rx_more;
-            readable = false;
-            g.driver.service_rx()?;
+            pair.rx_more = n.rx_more;
+            read = None;
+            pair.driver.service_rx()?;
             if self.net.stats(g.port).map_or(0, |s| s.rx_frames) == before {
                 return Ok(());
             }
@@ -286,10 +551,29 @@ impl State {
     }
 }
 
-const TOKEN_TUN: u64 = 1;
-const TOKEN_STOP: u64 = 2;
-/// Guest `i`'s TAP is token `TOKEN_GUESTS + i`.
-const TOKEN_GUESTS: u64 = 16;
+/// Adds or removes `fd` (a TAP or TUN queue) in the loop's epoll set.
+fn epoll_ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> anyhow::Result<()> {
+    epoll
+        .ctl(op, fd, EpollEvent::new(EventSet::IN, token))
+        .context("epoll ctl for a TAP or TUN queue")
+}
+
+/// `pair`'s TAP queue.
+fn fd_of(pair: &Pair) -> RawFd {
+    pair.driver.fd().as_raw_fd()
+}
+
+/// The epoll token of guest `i`'s pair `p`.
+fn tap_token(i: usize, p: usize) -> u64 {
+    TOKEN_GUESTS + i as u64 * PAIR_TOKENS + p as u64
+}
+
+const TOKEN_STOP: u64 = 1;
+/// TUN queue `q` is token `TOKEN_TUNS + q`.
+const TOKEN_TUNS: u64 = 16;
+/// Guest `i`'s pair `p` is token `TOKEN_GUESTS + i * PAIR_TOKENS + p`.
+const TOKEN_GUESTS: u64 = 64;
+const PAIR_TOKENS: u64 = 16;
 /// A guest driver's TX batches per visit (see `State::tx`; 4 left the other guest 0.25-0.40).
 const MAX_TX_BATCHES: usize = 1;
 /// Inbox deliveries per pass at most.

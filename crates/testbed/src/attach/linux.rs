@@ -30,6 +30,12 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     let stats_requested = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&stats_requested))
         .context("installing the handler for SIGUSR1")?;
+    // SIGUSR2 (with --queues N): the guests switch between N queue pairs and one.
+    let pairs_switch = Arc::new(AtomicBool::new(false));
+    if args.queues > 1 {
+        signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&pairs_switch))
+            .context("installing the handler for SIGUSR2")?;
+    }
     if let Some(socket) = &args.vhost_user {
         return super::vhost::run(args, socket, &stop, &stats_requested);
     }
@@ -82,11 +88,16 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
         pair.external,
         pair6.map(|p| p.external),
     );
-    let guest_cfg = GuestConfig {
+    let mut guest_cfg = GuestConfig {
         offloads: args.offloads,
+        queue_pairs: args.queues,
         ..GuestConfig::default()
     };
-    let prepared = if args.more_guest_netns.is_empty() {
+    // Room for every pair's rings and buffers (SimGuest::new says when it is short).
+    guest_cfg.mem_size = guest_cfg
+        .mem_size
+        .max(usize::from(args.queues) * PAIR_MEMORY);
+    let prepared = if args.more_guest_netns.is_empty() && args.queues == 1 {
         let bridge = super::lab_bridge::LabBridge::new(cfg)?;
         // What the driver reads from the device's config space (MAC, MTU, STATUS negotiated).
         let net = bridge.net_config()?;
@@ -113,10 +124,14 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
     if let Some(h) = &host_ns {
         tb = tb.netns(h);
     }
-    let tun = tb
-        .open()
-        .context("creating the TUN in the host namespace")?;
-    let tun_name = tun.name().to_owned();
+    // A queue per queue pair (IFF_MULTI_QUEUE); pair i reads and writes queue i.
+    let mut tuns = if args.queues > 1 {
+        tb.open_queues(usize::from(args.queues))
+    } else {
+        tb.open().map(|t| vec![t])
+    }
+    .context("creating the TUN in the host namespace")?;
+    let tun_name = tuns[0].name().to_owned();
     drop(pair_lock);
     enable_forwarding(host_ns.as_ref(), IP_FORWARD)?;
     if pair6.is_some() {
@@ -125,13 +140,10 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
 
     let (mode, taps) = match prepared {
         Prepared::One(bridge, net, guest) => {
-            let tap = Arc::new(open_guest_tap(
-                &guest_ns,
-                &args.guest_netns,
-                args.mtu,
-                &guest,
-                &net,
-            )?);
+            let tun = tuns.remove(0);
+            let tap = Arc::new(
+                open_guest_tap(&guest_ns, &args.guest_netns, args.mtu, &guest, &net, 1)?.remove(0),
+            );
             let mode = match args.threads {
                 Threads::Pipeline => {
                     let handle = bridge.activate(&guest, tun)?;
@@ -158,11 +170,18 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                 } else {
                     open_netns(name, "--guest-netns")?
                 };
-                let tap = Arc::new(open_guest_tap(&ns, name, args.mtu, &guest, &net)?);
-                taps.push(Arc::clone(&tap));
+                let queues = usize::from(guest.queue_pairs());
+                let tap: Vec<Arc<Tun>> = open_guest_tap(&ns, name, args.mtu, &guest, &net, queues)?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
+                taps.extend(tap.iter().map(Arc::clone));
                 guests.push((port, guest, tap));
             }
-            (Mode::Loop(LabNetwork::start(p.network, guests, tun)?), taps)
+            (
+                Mode::Loop(LabNetwork::start(p.network, guests, tuns)?),
+                taps,
+            )
         }
     };
 
@@ -208,8 +227,11 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                 if stats_now {
                     lab.request_stats();
                 }
+                if pairs_switch.swap(false, Ordering::Relaxed) {
+                    lab.request_pairs_switch();
+                }
                 if lab.has_failed() {
-                    let which = if args.more_guest_netns.is_empty() {
+                    let which = if args.more_guest_netns.is_empty() && args.queues == 1 {
                         "lab-loop"
                     } else {
                         "lab-network"
@@ -300,6 +322,8 @@ fn prepare_network(
     let first = cfg.guest_mac.to_u64();
     let mut network =
         bridge::Network::new(cfg, super::MAX_GUESTS).context("configuring the network")?;
+    // Ports offer multiqueue (MQ and the control queue) with --queues.
+    network.set_max_queue_pairs(args.queues);
     let mut guests = Vec::with_capacity(count);
     for i in 0..count {
         let mac = bridge::MacAddr::from_u64(first + i as u64);
@@ -316,6 +340,12 @@ fn prepare_network(
             .context("the port's features")?;
         let guest = SimGuest::new(guest_cfg.clone(), features)?;
         log_guest(&guest);
+        anyhow::ensure!(
+            guest.queue_pairs() == args.queues,
+            "the simulated guest laid out {} queue pairs, asked for {}",
+            guest.queue_pairs(),
+            args.queues
+        );
         guests.push((port, net, guest));
     }
     Ok(NetworkGuests { network, guests })
@@ -389,14 +419,18 @@ fn enable_forwarding(host_ns: Option<&OwnedFd>, path: &str) -> anyhow::Result<()
 }
 
 /// The guest side: TAP eth0 in G, down, no address, the device's MAC, the guest MTU; with
-/// offloads it carries the virtio-net header and may hand over TSO super-frames.
+/// offloads it carries the virtio-net header and may hand over TSO super-frames. With
+/// `queues` > 1 it has that many queues (`IFF_MULTI_QUEUE`, in queue order): G's kernel
+/// spreads its flows over them as a guest's multiqueue driver spreads them over its TX
+/// queues.
 pub(crate) fn open_guest_tap(
     guest_ns: &OwnedFd,
     guest_netns: &str,
     mtu: u16,
     guest: &SimGuest,
     net: &crate::guest::NetConfig,
-) -> anyhow::Result<Tun> {
+    queues: usize,
+) -> anyhow::Result<Vec<Tun>> {
     let mut tap_builder = Tun::builder()
         .tap(true)
         .name(TAP_NAME)
@@ -409,15 +443,20 @@ pub(crate) fn open_guest_tap(
             .vnet_hdr(true)
             .offload(guest.tap_offload_flags());
     }
-    let tap = tap_builder
-        .open()
-        .context("creating the TAP eth0 in the guest namespace")?;
+    let taps = if queues > 1 {
+        tap_builder.open_queues(queues)
+    } else {
+        tap_builder.open().map(|t| vec![t])
+    }
+    .context("creating the TAP eth0 in the guest namespace")?;
     // The driver's TX thread needs O_NONBLOCK on the TAP (say it again: cheap, and it does not
     // depend on how the builder applies its option).
-    tap.set_nonblocking(true)
-        .context("making the TAP non-blocking")?;
+    for tap in &taps {
+        tap.set_nonblocking(true)
+            .context("making the TAP non-blocking")?;
+    }
     set_tap_mac(guest_netns, &net.mac_string())?;
-    Ok(tap)
+    Ok(taps)
 }
 
 fn set_tap_mac(guest_netns: &str, mac: &str) -> anyhow::Result<()> {
@@ -444,6 +483,8 @@ fn set_tap_mac(guest_netns: &str, mac: &str) -> anyhow::Result<()> {
 }
 
 const TAP_NAME: &str = "eth0";
+/// Guest memory per queue pair (its rings, TX slots and the largest RX buffers take 33 MiB).
+const PAIR_MEMORY: usize = 34 << 20;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// `net.ipv6.conf.all.forwarding` (per namespace).
 const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";

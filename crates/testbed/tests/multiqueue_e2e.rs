@@ -1,0 +1,274 @@
+//! Multiqueue (issue 15): `hostnet-lab attach --queues 2`. The simulated guest negotiates
+//! `VIRTIO_NET_F_MQ` and the control queue and sets two queue pairs with
+//! `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`; G's TAP and H's TUN have two queues each and pair i
+//! reads and writes queue i of both. Four parallel TCP streams each way keep their bytes
+//! (sha256), flows land on both pairs (the device's per-pair counters, printed on SIGUSR1),
+//! and the pairs switched 2 → 1 → 2 at runtime (SIGUSR2) under four running downloads lose no
+//! connection; while one pair is in use the other moves nothing.
+//!
+//! Needs root: `cargo test -p testbed --test multiqueue_e2e -- --include-ignored`.
+//! Programs: iproute2 (ip, tc), busybox (udhcpc), curl.
+
+#![cfg(target_os = "linux")]
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Lab, Ns, SERVER, helper, require, sha256};
+use testbed::netns::SERVER_DEV;
+
+/// One pair's frames each way, as the stats line says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PairFrames {
+    tx: u64,
+    rx: u64,
+}
+
+/// Parses `stats: queue pairs: port 0: 2 in use, pair 0 tx A rx B, pair 1 tx C rx D`: the
+/// pairs in use and each pair's frames.
+fn parse_pairs(line: &str) -> (usize, Vec<PairFrames>) {
+    let rest = line
+        .split_once("port 0: ")
+        .unwrap_or_else(|| panic!("no port 0 in {line:?}"))
+        .1;
+    let rest = rest.split(';').next().unwrap_or(rest);
+    let (in_use, pairs) = rest
+        .split_once(" in use, ")
+        .unwrap_or_else(|| panic!("no pairs in {line:?}"));
+    let frames = pairs
+        .split(", ")
+        .map(|p| {
+            let w: Vec<&str> = p.split_whitespace().collect();
+            assert!(
+                w.len() == 6 && w[0] == "pair" && w[2] == "tx" && w[4] == "rx",
+                "bad pair field {p:?} in {line:?}"
+            );
+            PairFrames {
+                tx: w[3].parse().expect("tx frames"),
+                rx: w[5].parse().expect("rx frames"),
+            }
+        })
+        .collect();
+    (in_use.parse().expect("pairs in use"), frames)
+}
+
+/// Asks attach for its stats (SIGUSR1) and returns the pairs line it printed.
+fn pair_stats(lab: &Lab) -> (usize, Vec<PairFrames>) {
+    let seen = lab
+        .attach_stderr()
+        .lines()
+        .filter(|l| l.starts_with("stats: queue pairs:"))
+        .count();
+    lab.attach().signal("USR1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stderr = lab.attach_stderr();
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("stats: queue pairs:"))
+            .collect();
+        if lines.len() > seen {
+            return parse_pairs(lines[lines.len() - 1]);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no queue pairs stats line after SIGUSR1:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts curl in G with `args` (under a 180 s timeout).
+fn curl(lab: &Lab, args: &[String]) -> Child {
+    lab.ns(Ns::G)
+        .command("timeout")
+        .args(["-k", "2", "180", "curl", "-sS", "-f"])
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("curl")
+}
+
+fn wait_ok(mut child: Child, what: &str) {
+    let status = child.wait().expect("curl");
+    assert!(status.success(), "{what}: {status}");
+}
+
+/// A lab with `--queues 2`, a lease, an HTTP server in S serving (and taking uploads into)
+/// the scratch folder, and a random blob of `len` bytes there.
+fn two_pairs(tag: &str, len: u64) -> (Lab, PathBuf) {
+    require(&[("busybox", "busybox"), ("curl", "curl")]);
+    let (mut lab, lease) = Lab::with_lease(tag, &["--queues", "2"]);
+    assert_eq!(lease.ip.to_string(), "192.168.64.2");
+    let blob = lab.random_file("blob", len);
+    lab.random_file("small", 4096);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
+        Some("listening"),
+    );
+    (lab, blob)
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn four_streams_over_two_queue_pairs_keep_their_bytes_both_ways_and_use_both_pairs() {
+    let (mut lab, blob) = two_pairs("mq", 24 << 20);
+    let want = sha256(&blob);
+    let (in_use, _) = pair_stats(&lab);
+    assert_eq!(in_use, 2, "the guest set two queue pairs");
+
+    // Four downloads at once, then four uploads at once.
+    let url = format!("http://{SERVER}:8080");
+    let downs: Vec<(PathBuf, Child)> = (0..4)
+        .map(|i| {
+            let path = lab.dir.join(format!("down-{i}.bin"));
+            let child = curl(
+                &lab,
+                &[
+                    "-o".into(),
+                    path.to_str().expect("utf-8").into(),
+                    format!("{url}/blob"),
+                ],
+            );
+            (path, child)
+        })
+        .collect();
+    for (path, child) in downs {
+        wait_ok(child, &format!("download to {}", path.display()));
+        assert_eq!(sha256(&path), want, "{}: bytes differ", path.display());
+    }
+    let ups: Vec<Child> = (0..4)
+        .map(|i| {
+            curl(
+                &lab,
+                &[
+                    "-T".into(),
+                    blob.to_str().expect("utf-8").into(),
+                    format!("{url}/up-{i}.bin"),
+                ],
+            )
+        })
+        .collect();
+    for (i, child) in ups.into_iter().enumerate() {
+        wait_ok(child, &format!("upload {i}"));
+        let up = lab.dir.join(format!("up-{i}.bin"));
+        assert_eq!(sha256(&up), want, "upload {i}: bytes differ");
+    }
+
+    // Sixteen short connections more: each picks a queue by its hash, so (but with a chance
+    // of 2^-15 for a fair hash) both pairs carry some of them whatever the streams did.
+    for i in 0..16 {
+        wait_ok(
+            curl(
+                &lab,
+                &["-o".into(), "/dev/null".into(), format!("{url}/small")],
+            ),
+            &format!("short fetch {i}"),
+        );
+    }
+    let (in_use, pairs) = pair_stats(&lab);
+    eprintln!("pairs in use {in_use}: {pairs:?}");
+    assert_eq!(in_use, 2);
+    assert_eq!(pairs.len(), 2, "{pairs:?}");
+    for (p, f) in pairs.iter().enumerate() {
+        assert!(
+            f.tx >= 20 && f.rx >= 20,
+            "pair {p} carried almost nothing: {pairs:?}"
+        );
+    }
+    let (line, _) = lab.take_attach().stop_for_stats_line();
+    assert!(line.contains("stats: bridge"), "{line}");
+}
+
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn queue_pairs_switched_two_one_two_under_four_downloads_lose_no_connection() {
+    let (lab, blob) = two_pairs("mqsw", 24 << 20);
+    let want = sha256(&blob);
+    let url = format!("http://{SERVER}:8080/blob");
+    let small = format!("http://{SERVER}:8080/small");
+    // S sends at 96 Mbit/s at most (a token bucket on its link, in S only): four downloads
+    // of 24 MiB take about 8 s, across both switches.
+    lab.ok(
+        Ns::S,
+        5,
+        &[
+            "tc", "qdisc", "add", "dev", SERVER_DEV, "root", "tbf", "rate", "96mbit", "burst",
+            "128kb", "latency", "500ms",
+        ],
+    );
+    let downs: Vec<(PathBuf, Child)> = (0..4)
+        .map(|i| {
+            let path = lab.dir.join(format!("down-{i}.bin"));
+            let child = curl(
+                &lab,
+                &[
+                    "-o".into(),
+                    path.to_str().expect("utf-8").into(),
+                    url.clone(),
+                ],
+            );
+            (path, child)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.attach().signal("USR2");
+    wait_for_log(&lab, "to=1", 1);
+    // One pair in use: the other moves nothing while the downloads go on over pair 0.
+    std::thread::sleep(Duration::from_millis(500));
+    let (in_use, a) = pair_stats(&lab);
+    assert_eq!(in_use, 1, "after VQ_PAIRS_SET 1");
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, b) = pair_stats(&lab);
+    assert_eq!(a[1], b[1], "pair 1 moved frames while out of use");
+    assert!(b[0].rx > a[0].rx, "pair 0 carried nothing: {a:?} -> {b:?}");
+    lab.attach().signal("USR2");
+    wait_for_log(&lab, "to=2", 1);
+    let (in_use, _) = pair_stats(&lab);
+    assert_eq!(in_use, 2, "after VQ_PAIRS_SET 2");
+    for (path, child) in downs {
+        wait_ok(child, &format!("download to {}", path.display()));
+        assert_eq!(sha256(&path), want, "{}: bytes differ", path.display());
+    }
+    // New connections after the switches spread over both pairs again.
+    let (_, before) = pair_stats(&lab);
+    for i in 0..16 {
+        wait_ok(
+            curl(&lab, &["-o".into(), "/dev/null".into(), small.clone()]),
+            &format!("short fetch {i}"),
+        );
+    }
+    let (_, after) = pair_stats(&lab);
+    for p in 0..2 {
+        assert!(
+            after[p].rx > before[p].rx && after[p].tx > before[p].tx,
+            "pair {p} carried none of the new connections: {before:?} -> {after:?}"
+        );
+    }
+}
+
+/// Waits up to 10 s for the `count`th "queue pairs set" log line containing `needle`.
+fn wait_for_log(lab: &Lab, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stderr = lab.attach_stderr();
+        let n = stderr
+            .lines()
+            .filter(|l| l.contains("queue pairs set") && l.contains(needle))
+            .count();
+        if n >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no \"queue pairs set {needle}\" in attach's log:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
