@@ -44,6 +44,8 @@ pub(super) enum Backend {
     Pasta,
     Slirp,
     Hostnet,
+    /// `hostnet-lab attach --queues 2`: two virtio-net queue pairs on one thread (issue 15).
+    HostnetMq,
     /// hostnetd over vhost-user, driven by `hostnet-lab attach --vhost-user`.
     Hostnetd,
     /// passt's vhost-user mode (`passt --vhost-user`), driven by the same frontend.
@@ -52,16 +54,18 @@ pub(super) enum Backend {
 
 impl Backend {
     /// Every backend, in table order.
-    pub(super) const ALL: [Self; 6] = [
+    pub(super) const ALL: [Self; 7] = [
         Self::Kernel,
         Self::Pasta,
         Self::Slirp,
         Self::Hostnet,
+        Self::HostnetMq,
         Self::Hostnetd,
         Self::PasstVu,
     ];
-    /// The backends of `--quick` (CI) without `--backends`: the vhost-user pair is left out
-    /// (two more processes per world and a passt build).
+    /// The backends of `--quick` (CI) without `--backends`: the vhost-user pair and the
+    /// second queue pair are left out (two more processes per world and a passt build; one
+    /// more world).
     pub(super) const QUICK: [Self; 4] = [Self::Kernel, Self::Pasta, Self::Slirp, Self::Hostnet];
 
     /// Its name in tables, JSON and on the command line.
@@ -71,6 +75,7 @@ impl Backend {
             Self::Pasta => "pasta",
             Self::Slirp => "slirp4netns",
             Self::Hostnet => "hostnet",
+            Self::HostnetMq => "hostnet-mq2",
             Self::Hostnetd => "hostnetd",
             Self::PasstVu => "passt-vhost-user",
         }
@@ -89,7 +94,7 @@ impl Backend {
             Self::Kernel => &["nft"],
             Self::Pasta => &["pasta"],
             Self::Slirp => &["slirp4netns"],
-            Self::Hostnet | Self::Hostnetd | Self::PasstVu => &["busybox"],
+            Self::Hostnet | Self::HostnetMq | Self::Hostnetd | Self::PasstVu => &["busybox"],
         }
     }
 
@@ -229,7 +234,7 @@ impl World {
             Backend::Kernel => self.kernel()?,
             Backend::Pasta => self.pasta()?,
             Backend::Slirp => self.slirp()?,
-            Backend::Hostnet => self.hostnet(env)?,
+            Backend::Hostnet | Backend::HostnetMq => self.hostnet(env)?,
             Backend::Hostnetd | Backend::PasstVu => self.vhost_user(env)?,
         }
         self.tune_taps()?;
@@ -545,7 +550,12 @@ impl World {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let mut tail: Vec<&str> = tail.into_iter().rev().collect();
-        if !clean && matches!(self.backend, Backend::Hostnet | Backend::Hostnetd) {
+        if !clean
+            && matches!(
+                self.backend,
+                Backend::Hostnet | Backend::HostnetMq | Backend::Hostnetd
+            )
+        {
             tail.push("(the backend did not exit with status 0 within 3 s of SIGTERM)");
         }
         if !frontend_clean {
@@ -971,6 +981,9 @@ impl World {
             "--mtu",
             &self.mtu.to_string(),
         ]);
+        if self.backend == Backend::HostnetMq {
+            cmd.args(["--queues", "2"]);
+        }
         let mut p = Proc::spawn_lines("hostnet-lab attach", &mut cmd, &self.log)?;
         let ready = p.wait_line("ready", Duration::from_secs(30));
         self.backend_proc = Some(p);
