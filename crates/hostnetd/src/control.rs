@@ -35,11 +35,14 @@ pub(crate) enum Request {
     Stats,
     /// The guest connected now: MAC, IPv4 lease, IPv6 addresses, negotiated offloads.
     Guests,
-    /// The NAT's flows, the most recently active first (latest expiry), at most `top`.
+    /// The NAT's flows in the order `by` asks for, at most `top`.
     Flows {
         /// How many (default 20, at most [`MAX_FLOWS`]).
         #[serde(default = "default_top")]
         top: usize,
+        /// The order (default: the most recently active first).
+        #[serde(default)]
+        by: FlowOrder,
     },
     /// The port forwards in force (and for the next connections).
     Forwards,
@@ -64,6 +67,18 @@ pub(crate) enum Request {
 
 fn default_top() -> usize {
     20
+}
+
+/// The order of a `flows` answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FlowOrder {
+    /// The latest expiry first: the most recently active (a flow's deadline moves with
+    /// each packet).
+    #[default]
+    Expiry,
+    /// The oldest first (created longest ago; whole seconds).
+    Age,
 }
 
 /// A point-in-time view of the daemon (what `stats`, `guests` and `metrics` report).
@@ -165,6 +180,8 @@ pub(crate) struct Flow {
     pub(crate) external: String,
     /// Seconds until it expires if idle.
     pub(crate) expires_in_s: u64,
+    /// Seconds since it was created (whole seconds of the daemon's clock).
+    pub(crate) age_s: u64,
 }
 
 impl Snapshot {
@@ -408,7 +425,7 @@ pub(crate) fn parse_request(line: &str) -> Result<Request, String> {
         serde_json::from_value(value.clone()).map_err(|e| format!("bad request: {e}"))?;
     // serde's `deny_unknown_fields` does not reach the fields-less commands of a tagged enum.
     let known: &[&str] = match request {
-        Request::Flows { .. } => &["top"],
+        Request::Flows { .. } => &["top", "by"],
         Request::ForwardAdd { .. } | Request::ForwardRemove { .. } => &["spec"],
         Request::LogLevel { .. } => &["level"],
         _ => &[],
@@ -434,7 +451,8 @@ plus .ctl; docs/control.md has the protocol).
 commands:
     stats                    counters: frames, bytes, every drop reason, the NAT per family
     guests                   the connected guest: MAC, lease, IPv6 addresses, features
-    flows [N]                the NAT's N most recently active flows (default 20)
+    flows [N] [--by age]     the NAT's N most recently active flows (default 20); with
+                             --by age the N oldest
     forwards                 the port forwards in force
     forward add SPEC         adds a forward (as --forward: tcp:8080:80, udp6:5353:53)
     forward remove SPEC      removes the forward on tcp|udp|tcp6|udp6:<external port>
@@ -507,6 +525,11 @@ fn parse_ctl(args: &[String]) -> Result<Option<CtlArgs>, String> {
         match a {
             "-h" | "--help" => return Ok(None),
             "--json" => json = true,
+            // `flows`' option: kept with the command's words.
+            "--by" => {
+                let v = it.next().ok_or("--by needs a value")?;
+                rest.extend([a, v]);
+            }
             "--control" | "--socket" => {
                 let v = it.next().ok_or(format!("{a} needs a value"))?;
                 if path.is_some() {
@@ -526,10 +549,26 @@ fn parse_ctl(args: &[String]) -> Result<Option<CtlArgs>, String> {
     let request = match rest.as_slice() {
         ["stats"] => Request::Stats,
         ["guests"] => Request::Guests,
-        ["flows"] => Request::Flows { top: default_top() },
-        ["flows", n] => Request::Flows {
-            top: n.parse().map_err(|_| format!("bad flows count {n:?}"))?,
-        },
+        ["flows", more @ ..] => {
+            let mut top = default_top();
+            let mut by = FlowOrder::Expiry;
+            let mut it = more.iter();
+            while let Some(a) = it.next() {
+                match *a {
+                    "--by" => {
+                        by = match it.next().copied() {
+                            Some("age") => FlowOrder::Age,
+                            Some("expiry") => FlowOrder::Expiry,
+                            other => {
+                                return Err(format!("bad flows --by {other:?}: age or expiry"));
+                            }
+                        }
+                    }
+                    n => top = n.parse().map_err(|_| format!("bad flows count {n:?}"))?,
+                }
+            }
+            Request::Flows { top, by }
+        }
         ["forwards"] => Request::Forwards,
         ["forward", "add", spec] => Request::ForwardAdd {
             spec: (*spec).to_owned(),
@@ -663,10 +702,11 @@ fn human(request: &Request, reply: &serde_json::Value) -> String {
             for f in reply["flows"].as_array().into_iter().flatten() {
                 let _ = writeln!(
                     out,
-                    "{:<5} {} -> {} expires in {} s",
+                    "{:<5} {} -> {} age {} s, expires in {} s",
                     f["protocol"].as_str().unwrap_or("?"),
                     f["internal"].as_str().unwrap_or("?"),
                     f["external"].as_str().unwrap_or("?"),
+                    num(f, "age_s"),
                     num(f, "expires_in_s")
                 );
             }
@@ -740,8 +780,27 @@ mod tests {
     fn requests_round_trip_and_unknown_ones_are_named() {
         for (line, want) in [
             (r#"{"command":"stats"}"#, Request::Stats),
-            (r#"{"command":"flows"}"#, Request::Flows { top: 20 }),
-            (r#"{"command":"flows","top":3}"#, Request::Flows { top: 3 }),
+            (
+                r#"{"command":"flows"}"#,
+                Request::Flows {
+                    top: 20,
+                    by: FlowOrder::Expiry,
+                },
+            ),
+            (
+                r#"{"command":"flows","top":3}"#,
+                Request::Flows {
+                    top: 3,
+                    by: FlowOrder::Expiry,
+                },
+            ),
+            (
+                r#"{"command":"flows","top":3,"by":"age"}"#,
+                Request::Flows {
+                    top: 3,
+                    by: FlowOrder::Age,
+                },
+            ),
             (
                 r#"{"command":"forward-add","spec":"tcp:8080:80"}"#,
                 Request::ForwardAdd {
@@ -795,11 +854,29 @@ mod tests {
         assert!(p.json);
         assert_eq!(
             (p.path, p.request),
-            (PathBuf::from("/c"), Request::Flows { top: 5 })
+            (
+                PathBuf::from("/c"),
+                Request::Flows {
+                    top: 5,
+                    by: FlowOrder::Expiry
+                }
+            )
+        );
+        let p = parse_ctl(&strings(&["--control", "/c", "flows", "--by", "age", "3"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.request,
+            Request::Flows {
+                top: 3,
+                by: FlowOrder::Age
+            }
         );
         assert_eq!(parse_ctl(&strings(&["--help"])), Ok(None));
         for bad in [
-            &["stats"][..],
+            &["--control", "/c", "flows", "--by", "bytes"][..],
+            &["--control", "/c", "flows", "--by"],
+            &["stats"],
             &["--control", "/c"],
             &["--control", "/c", "frobnicate"],
             &["--control", "/c", "flows", "x"],

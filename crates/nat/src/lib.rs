@@ -577,6 +577,10 @@ pub struct MappingInfo {
     pub external: SocketAddrV4,
     /// When it expires if idle.
     pub expires: Instant,
+    /// When it was created, in whole seconds of the caller's clock (its age
+    /// is `now` less this; kept beside the flow table, never read or written
+    /// by the packet paths).
+    pub created: Instant,
 }
 
 impl Default for Timeouts {

@@ -174,9 +174,15 @@ impl<A: Addr> Flow<A> {
 /// factor ≤ 3/4): an outbound lookup touches one slot, usually one cache
 /// line. A flow's position is its handle; it changes only when a removal
 /// shifts it back (reported to the caller) or the table grows.
+///
+/// Beside the slots, each flow's creation time in whole seconds of the
+/// caller's clock (`born`, same index): read only to list flows by age,
+/// written only when a flow is inserted or moves, so the packet paths never
+/// touch it.
 #[derive(Clone, Debug)]
 pub(crate) struct FlowTable<A: Addr> {
     slots: Vec<Flow<A>>,
+    born: Vec<u32>,
     mask: usize,
     len: usize,
 }
@@ -187,6 +193,7 @@ impl<A: Addr> FlowTable<A> {
         let n = (cap.saturating_mul(4) / 3 + 1).next_power_of_two().max(16);
         FlowTable {
             slots: vec![Flow::VACANT; n],
+            born: vec![0; n],
             mask: n - 1,
             len: 0,
         }
@@ -219,9 +226,14 @@ impl<A: Addr> FlowTable<A> {
         self.slots.get_mut(pos).filter(|f| f.protocol != FREE_SLOT)
     }
 
-    /// The flows in use.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow<A>> {
-        self.slots.iter().filter(|f| f.protocol != FREE_SLOT)
+    /// The flows in use, each with its creation time in milliseconds
+    /// (whole seconds: see [`FlowTable::insert`]).
+    pub(crate) fn iter_born(&self) -> impl Iterator<Item = (&Flow<A>, u64)> {
+        self.slots
+            .iter()
+            .zip(&self.born)
+            .filter(|(f, _)| f.protocol != FREE_SLOT)
+            .map(|(f, &b)| (f, u64::from(b) * 1000))
     }
 
     /// Finds the position of the flow with internal-side `hash` for which
@@ -283,21 +295,35 @@ impl<A: Addr> FlowTable<A> {
     pub(crate) fn grow(&mut self, keys: &Keys) {
         let n = self.slots.len() * 2;
         let old = core::mem::replace(&mut self.slots, vec![Flow::VACANT; n]);
+        let born = core::mem::replace(&mut self.born, vec![0; n]);
         self.mask = n - 1;
         self.len = 0;
-        for f in old.into_iter().filter(|f| f.protocol != FREE_SLOT) {
-            self.insert(f.key_hash(keys), f);
+        for (f, b) in old.into_iter().zip(born) {
+            if f.protocol != FREE_SLOT {
+                self.place(f.key_hash(keys), f, b);
+            }
         }
     }
 
-    /// Inserts a flow (the caller checked its key is absent and the table is
-    /// not [`FlowTable::full`]); returns its position.
+    /// Inserts a new flow (the caller checked its key is absent and the
+    /// table is not [`FlowTable::full`]); returns its position. A new flow's
+    /// `expires` is its creation time (the packet path that creates it sets
+    /// the deadline after): kept, in whole seconds, as the flow's birth.
     pub(crate) fn insert(&mut self, hash: u32, f: Flow<A>) -> usize {
+        let born = u32::try_from(f.expires / 1000).unwrap_or(u32::MAX);
+        self.place(hash, f, born)
+    }
+
+    /// Puts `f`, born at `born`, in the first free slot of its probe run.
+    fn place(&mut self, hash: u32, f: Flow<A>, born: u32) -> usize {
         let mut pos = hash as usize & self.mask;
         for _ in 0..self.slots.len() {
             match self.slots.get_mut(pos) {
                 Some(s) if s.protocol == FREE_SLOT => {
                     *s = f;
+                    if let Some(b) = self.born.get_mut(pos) {
+                        *b = born;
+                    }
                     self.len += 1;
                     return pos;
                 }
@@ -336,6 +362,10 @@ impl<A: Addr> FlowTable<A> {
                 if let Some(s) = self.slots.get_mut(hole) {
                     *s = f;
                 }
+                let born = self.born.get(next).copied().unwrap_or(0);
+                if let Some(b) = self.born.get_mut(hole) {
+                    *b = born;
+                }
                 moved(next, hole, &f);
                 hole = next;
             }
@@ -348,6 +378,7 @@ impl<A: Addr> FlowTable<A> {
     /// Bytes held.
     pub(crate) fn memory(&self) -> usize {
         self.slots.capacity() * core::mem::size_of::<Flow<A>>()
+            + self.born.capacity() * core::mem::size_of::<u32>()
     }
 }
 
@@ -511,7 +542,7 @@ mod tests {
             let found = t.find(f.key_hash(&keys), |g| *g == f).map(|p| p as usize);
             assert_eq!(found, pos.get(&i).copied(), "flow {i}");
         }
-        assert_eq!(t.iter().count(), 2000);
+        assert_eq!(t.iter_born().count(), 2000);
     }
 
     #[test]

@@ -175,15 +175,16 @@ impl<F: Family> Engine<F> {
     }
 
     /// The flows as (protocol, internal address, internal port, external
-    /// port, expiry).
-    fn flows(&self) -> impl Iterator<Item = (Protocol, F::Addr, u16, u16, Instant)> + '_ {
-        self.table.flows.iter().map(|f| {
+    /// port, expiry, creation in whole seconds).
+    fn flows(&self) -> impl Iterator<Item = (Protocol, F::Addr, u16, u16, Instant, Instant)> + '_ {
+        self.table.flows.iter_born().map(|(f, born)| {
             (
                 protocol_of(f.protocol),
                 f.internal_addr(),
                 f.internal_port,
                 f.external_port,
                 Instant::from_millis(f.expires),
+                Instant::from_millis(born),
             )
         })
     }
@@ -633,28 +634,30 @@ impl Nat {
         self.v4
             .flows()
             .map(
-                |(protocol, addr, port, external_port, expires)| MappingInfo {
+                |(protocol, addr, port, external_port, expires, created)| MappingInfo {
                     protocol,
                     internal: SocketAddrV4::new(Ipv4Addr::from(addr), port),
                     external: SocketAddrV4::new(external, external_port),
                     expires,
+                    created,
                 },
             )
             .collect()
     }
 
     /// All IPv6 flows, for debugging (allocates): protocol, internal and
-    /// external address and port, expiry.
-    pub fn mappings6(&self) -> Vec<(Protocol, SocketAddrV6, SocketAddrV6, Instant)> {
+    /// external address and port, expiry, creation (whole seconds).
+    pub fn mappings6(&self) -> Vec<(Protocol, SocketAddrV6, SocketAddrV6, Instant, Instant)> {
         let external = Ipv6Addr::from(self.v6.settings.external_addr);
         self.v6
             .flows()
-            .map(|(protocol, addr, port, external_port, expires)| {
+            .map(|(protocol, addr, port, external_port, expires, created)| {
                 (
                     protocol,
                     SocketAddrV6::new(Ipv6Addr::from(addr), port, 0, 0),
                     SocketAddrV6::new(external, external_port, 0, 0),
                     expires,
+                    created,
                 )
             })
             .collect()

@@ -349,6 +349,84 @@ fn hostnetd_control_socket_forwards_at_runtime_and_metrics_move() {
     assert!(ctl(&socket, &["log-level", "debug"]).status.success());
 }
 
+/// `hostnetd ctl flows --by age` lists the oldest flow first with its age, `flows` (by
+/// expiry) the most recently active first (issue 16).
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn hostnetd_lists_flows_by_age_and_by_activity() {
+    require(&[
+        ("busybox", "busybox"),
+        ("curl", "curl"),
+        ("ping", "iputils-ping"),
+    ]);
+    let mut lab = Lab::start_without_attach("vu-age");
+    let (_daemon, socket) = start_hostnetd_with(&mut lab, &[]);
+    let _attach = start_attach(&mut lab, &socket, &[]);
+    let lease = lab.udhcpc();
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    std::fs::write(lab.dir.join("page.txt"), "page\n").expect("page");
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
+        Some("listening"),
+    );
+    // An ICMP flow (60 s timeout), then 3 s later a TCP one (closed: 240 s).
+    lab.ok(
+        Ns::G,
+        10,
+        &["ping", "-c", "1", "-W", "2", &SERVER.to_string()],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    lab.ok(
+        Ns::G,
+        15,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            &format!("http://{SERVER}:8080/page.txt"),
+        ],
+    );
+    let flows = |args: &[&str]| -> Vec<String> {
+        let out = ctl(&socket, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let guest = lease.ip.to_string();
+    let by_age = flows(&["flows", "--by", "age"]);
+    assert_eq!(by_age.len(), 2, "{by_age:?}");
+    assert!(
+        by_age[0].starts_with("icmp") && by_age[1].starts_with("tcp"),
+        "the oldest first: {by_age:?}"
+    );
+    let age = |line: &str| -> u64 {
+        line.split(" age ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no age in {line:?}"))
+    };
+    assert!(age(&by_age[0]) >= 3, "{by_age:?}");
+    assert!(age(&by_age[1]) < age(&by_age[0]), "{by_age:?}");
+    assert!(by_age.iter().all(|l| l.contains(&guest)), "{by_age:?}");
+    let by_expiry = flows(&["flows"]);
+    assert!(
+        by_expiry.len() == 2 && by_expiry[0].starts_with("tcp"),
+        "the latest expiry (TCP's 240 s after its close) first: {by_expiry:?}"
+    );
+    let json = ctl(&socket, &["--json", "flows", "1", "--by", "age"]);
+    let json = String::from_utf8_lossy(&json.stdout).into_owned();
+    assert!(
+        json.contains("\"age_s\":")
+            && json.contains("\"protocol\":\"icmp\"")
+            && !json.contains("tcp"),
+        "{json}"
+    );
+}
+
 /// Runs `hostnetd ctl --socket SOCKET ARGS` (the control socket beside the vhost-user one).
 fn ctl(socket: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(hostnetd())

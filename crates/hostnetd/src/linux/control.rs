@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::device::DeviceConfig;
 use super::network::{self, SharedNet};
 use crate::control::{
-    self, Counters, Flow, Guest, MAX_FLOWS, MAX_REQUEST, NatSnapshot, Request, Snapshot,
+    self, Counters, Flow, FlowOrder, Guest, MAX_FLOWS, MAX_REQUEST, NatSnapshot, Request, Snapshot,
 };
 
 /// Most control or metrics clients served at once (each has a thread; more are refused).
@@ -171,7 +171,9 @@ impl Control {
                 Ok(json!({ "guests": s.guests }))
             }
             Request::Metrics => Ok(json!({ "metrics": self.snapshot().metrics() })),
-            Request::Flows { top } => Ok(json!({ "flows": self.flows((*top).min(MAX_FLOWS)) })),
+            Request::Flows { top, by } => {
+                Ok(json!({ "flows": self.flows((*top).min(MAX_FLOWS), *by) }))
+            }
             Request::Forwards => Ok(json!({ "forwards": self.forwards() })),
             Request::ForwardAdd { spec } => self.forward_add(spec).map(|()| json!({})),
             Request::ForwardRemove { spec } => self.forward_remove(spec).map(|()| json!({})),
@@ -187,46 +189,53 @@ impl Control {
         }
     }
 
-    fn flows(&self, top: usize) -> Vec<Flow> {
+    /// The NAT's flows of both families in `by`'s order, at most `top`: the latest expiry (the
+    /// most recently active) first, or the oldest first.
+    fn flows(&self, top: usize, by: FlowOrder) -> Vec<Flow> {
         let sh = network::lock(&self.net);
-        let now = sh.clock.now();
+        let now = sh.clock.now().as_millis();
         let nat = sh.net.nat();
         let name = |p: nat::Protocol| format!("{p:?}").to_lowercase();
-        let mut flows: Vec<(nat::Instant, Flow)> = nat
+        let flow = |p,
+                    internal: String,
+                    external: String,
+                    expires: nat::Instant,
+                    created: nat::Instant| {
+            let f = Flow {
+                protocol: name(p),
+                internal,
+                external,
+                expires_in_s: expires.as_millis().saturating_sub(now) / 1000,
+                age_s: now.saturating_sub(created.as_millis()) / 1000,
+            };
+            (expires, created, f)
+        };
+        let mut flows: Vec<(nat::Instant, nat::Instant, Flow)> = nat
             .mappings()
             .into_iter()
             .map(|m| {
-                (
+                flow(
+                    m.protocol,
+                    m.internal.to_string(),
+                    m.external.to_string(),
                     m.expires,
-                    Flow {
-                        protocol: name(m.protocol),
-                        internal: m.internal.to_string(),
-                        external: m.external.to_string(),
-                        expires_in_s: 0,
-                    },
+                    m.created,
                 )
             })
-            .chain(nat.mappings6().into_iter().map(|(p, i, e, expires)| {
-                (
-                    expires,
-                    Flow {
-                        protocol: name(p),
-                        internal: i.to_string(),
-                        external: e.to_string(),
-                        expires_in_s: 0,
-                    },
-                )
-            }))
+            .chain(
+                nat.mappings6()
+                    .into_iter()
+                    .map(|(p, i, e, expires, created)| {
+                        flow(p, i.to_string(), e.to_string(), expires, created)
+                    }),
+            )
             .collect();
-        flows.sort_by_key(|f| std::cmp::Reverse(f.0));
+        match by {
+            FlowOrder::Expiry => flows.sort_by_key(|f| std::cmp::Reverse(f.0)),
+            FlowOrder::Age => flows.sort_by_key(|f| f.1),
+        }
         flows.truncate(top);
-        flows
-            .into_iter()
-            .map(|(expires, mut f)| {
-                f.expires_in_s = expires.as_millis().saturating_sub(now.as_millis()) / 1000;
-                f
-            })
-            .collect()
+        flows.into_iter().map(|(_, _, f)| f).collect()
     }
 
     /// The port forwards in the configuration now, as `--forward` spells them.
