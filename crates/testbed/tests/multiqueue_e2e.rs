@@ -272,3 +272,104 @@ fn wait_for_log(lab: &Lab, needle: &str, count: usize) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Two guest namespaces with two queue pairs each on one network: leases, pings both ways,
+/// fetches from S with integrity, and both pairs of each port used (S's answers come back on
+/// the TUN queue that wrote the flow, whichever guest it belongs to).
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn two_guests_with_two_queue_pairs_each_reach_each_other_and_the_server() {
+    require(&[
+        ("busybox", "busybox"),
+        ("curl", "curl"),
+        ("ping", "iputils-ping"),
+    ]);
+    let mut lab = Lab::start_without_attach("mq2g");
+    let g2 = testbed::netns::Netns::new("mq2g-g2").expect("second guest namespace");
+    let server = SERVER.to_string();
+    let attach = lab.spawn_attach(
+        &[],
+        &[
+            "--guest-netns",
+            g2.name(),
+            "--queues",
+            "2",
+            "--dns-upstream",
+            &server,
+        ],
+    );
+    lab.set_attach(attach);
+    let l1 = lab.udhcpc();
+    let l2 = lab.udhcpc_in(&g2);
+    assert_eq!(
+        (l1.ip.to_string(), l2.ip.to_string()),
+        ("192.168.64.2".into(), "192.168.64.3".into())
+    );
+    for (from, to) in [(lab.ns(Ns::G), l2.ip), (&g2, l1.ip)] {
+        let out = from
+            .command("ping")
+            .args(["-c", "3", "-i", "0.2", "-W", "2", &to.to_string()])
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("3 received"),
+            "{} -> {to}: {text}",
+            from.name()
+        );
+    }
+    let blob = lab.random_file("blob", 8 << 20);
+    lab.random_file("small", 4096);
+    let want = sha256(&blob);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
+        Some("listening"),
+    );
+    let url = format!("http://{SERVER}:8080");
+    for (i, ns) in [lab.ns(Ns::G), &g2].into_iter().enumerate() {
+        let path = lab.dir.join(format!("fetch-{i}.bin"));
+        let fetch = |args: &[&str]| {
+            let status = ns
+                .command("timeout")
+                .args(["-k", "2", "60", "curl", "-sS", "-f"])
+                .args(args)
+                .stdin(Stdio::null())
+                .status()
+                .expect("curl");
+            assert!(status.success(), "{}: curl {args:?}: {status}", ns.name());
+        };
+        fetch(&["-o", path.to_str().expect("utf-8"), &format!("{url}/blob")]);
+        assert_eq!(sha256(&path), want, "{}: bytes differ", ns.name());
+        for _ in 0..16 {
+            fetch(&["-o", "/dev/null", &format!("{url}/small")]);
+        }
+    }
+    lab.attach().signal("USR1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let stderr = lab.attach_stderr();
+        if let Some(l) = stderr
+            .lines()
+            .find(|l| l.starts_with("stats: queue pairs:"))
+        {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no queue pairs line:\n{stderr}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Both ports, two pairs in use each, every pair carried frames both ways.
+    for port in ["port 0: 2 in use", "port 1: 2 in use"] {
+        assert!(line.contains(port), "{port}: {line}");
+    }
+    for part in line.split("pair ").skip(1) {
+        let w: Vec<&str> = part.split_whitespace().collect();
+        let (tx, rx): (u64, u64) = (
+            w[2].parse().expect("tx"),
+            w[4].trim_end_matches([',', ';']).parse().expect("rx"),
+        );
+        assert!(tx >= 10 && rx >= 10, "pair {}: {line}", w[0]);
+    }
+    assert!(lab.attach_alive(), "attach died");
+}
