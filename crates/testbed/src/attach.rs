@@ -335,32 +335,20 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
             )));
         }
     }
-    if queues.is_some_and(|n| n > 1) {
-        // Queue pairs are driven by the network loop (`lab-network`), which has no pipeline
-        // threads; a vhost-user frontend with several pairs is not written yet.
+    // Several guests (one network of ports, one lease each: no static address to share) and
+    // several queue pairs are driven by the network loop (`lab-network`), which has no
+    // pipeline threads; a vhost-user frontend with several pairs is not written yet.
+    for (used, what) in [
+        (!more_guests.is_empty(), "more than one --guest-netns"),
+        (queues.is_some_and(|n| n > 1), "--queues more than 1"),
+    ] {
         let refused = [
             ("--vhost-user", vhost_user.is_some()),
             ("--threads pipeline", threads == Some(Threads::Pipeline)),
             ("--static-guest-ip", static_ip.is_some()),
         ];
-        if let Some((key, _)) = refused.iter().find(|(_, given)| *given) {
-            return Err(ArgError(format!(
-                "{key} cannot be used with --queues more than 1"
-            )));
-        }
-    }
-    if !more_guests.is_empty() {
-        // One network of several ports: one thread drives it, and there is one lease per
-        // guest (no static address to share).
-        let refused = [
-            ("--vhost-user", vhost_user.is_some()),
-            ("--threads pipeline", threads == Some(Threads::Pipeline)),
-            ("--static-guest-ip", static_ip.is_some()),
-        ];
-        if let Some((key, _)) = refused.iter().find(|(_, given)| *given) {
-            return Err(ArgError(format!(
-                "{key} cannot be used with more than one --guest-netns"
-            )));
+        if let Some((key, _)) = refused.iter().find(|(_, given)| used && *given) {
+            return Err(ArgError(format!("{key} cannot be used with {what}")));
         }
     }
     Ok(Invocation::Attach(AttachArgs {

@@ -93,6 +93,25 @@ fn curl(lab: &Lab, args: &[String]) -> Child {
         .expect("curl")
 }
 
+/// Four downloads of `url` at once into the scratch folder (`down-0.bin`, ...).
+fn four_downloads(lab: &Lab, url: &str) -> Vec<(PathBuf, Child)> {
+    (0..4)
+        .map(|i| {
+            let path = lab.dir.join(format!("down-{i}.bin"));
+            let out = path.to_str().expect("utf-8").to_owned();
+            (path, curl(lab, &["-o".into(), out, url.to_owned()]))
+        })
+        .collect()
+}
+
+/// Waits for [`four_downloads`]' curls and checks each file's sha256.
+fn wait_downloads(downs: Vec<(PathBuf, Child)>, want: &str) {
+    for (path, child) in downs {
+        wait_ok(child, &format!("download to {}", path.display()));
+        assert_eq!(sha256(&path), want, "{}: bytes differ", path.display());
+    }
+}
+
 fn wait_ok(mut child: Child, what: &str) {
     let status = child.wait().expect("curl");
     assert!(status.success(), "{what}: {status}");
@@ -125,24 +144,8 @@ fn four_streams_over_two_queue_pairs_keep_their_bytes_both_ways_and_use_both_pai
 
     // Four downloads at once, then four uploads at once.
     let url = format!("http://{SERVER}:8080");
-    let downs: Vec<(PathBuf, Child)> = (0..4)
-        .map(|i| {
-            let path = lab.dir.join(format!("down-{i}.bin"));
-            let child = curl(
-                &lab,
-                &[
-                    "-o".into(),
-                    path.to_str().expect("utf-8").into(),
-                    format!("{url}/blob"),
-                ],
-            );
-            (path, child)
-        })
-        .collect();
-    for (path, child) in downs {
-        wait_ok(child, &format!("download to {}", path.display()));
-        assert_eq!(sha256(&path), want, "{}: bytes differ", path.display());
-    }
+    let downs = four_downloads(&lab, &format!("{url}/blob"));
+    wait_downloads(downs, &want);
     let ups: Vec<Child> = (0..4)
         .map(|i| {
             curl(
@@ -203,20 +206,7 @@ fn queue_pairs_switched_two_one_two_under_four_downloads_lose_no_connection() {
             "128kb", "latency", "500ms",
         ],
     );
-    let downs: Vec<(PathBuf, Child)> = (0..4)
-        .map(|i| {
-            let path = lab.dir.join(format!("down-{i}.bin"));
-            let child = curl(
-                &lab,
-                &[
-                    "-o".into(),
-                    path.to_str().expect("utf-8").into(),
-                    url.clone(),
-                ],
-            );
-            (path, child)
-        })
-        .collect();
+    let downs = four_downloads(&lab, &url);
     std::thread::sleep(Duration::from_secs(2));
     lab.attach().signal("USR2");
     wait_for_log(&lab, "to=1", 1);
@@ -232,10 +222,7 @@ fn queue_pairs_switched_two_one_two_under_four_downloads_lose_no_connection() {
     wait_for_log(&lab, "to=2", 1);
     let (in_use, _) = pair_stats(&lab);
     assert_eq!(in_use, 2, "after VQ_PAIRS_SET 2");
-    for (path, child) in downs {
-        wait_ok(child, &format!("download to {}", path.display()));
-        assert_eq!(sha256(&path), want, "{}: bytes differ", path.display());
-    }
+    wait_downloads(downs, &want);
     // New connections after the switches spread over both pairs again.
     let (_, before) = pair_stats(&lab);
     for i in 0..16 {
