@@ -355,8 +355,8 @@ impl State {
             // the queues keep their indices (docs/PLATFORMS.md "Multi-queue").
             if to < from {
                 for p in (to..from).rev() {
-                    // What the pair holds, each way, before its queue goes: a detached queue's
-                    // descriptor answers EBADFD.
+                    // What the pair holds, each way, before its queue goes (detaching purges
+                    // the packets queued on it).
                     self.tx(i, p)?;
                     self.rx(i, p, None)?;
                     let pair = &self.guests[i].pairs[p];
@@ -389,9 +389,8 @@ impl State {
     }
 
     /// TUN queue q stays attached while some port uses pair q (queue 0 always). A queue
-    /// going is read first (by pair 0: no port uses pair q), then leaves the epoll set and is
-    /// detached (its descriptor answers EBADFD from then on, which the bridge would take for a
-    /// TUN deleted underneath).
+    /// going is read first (by pair 0: no port uses pair q; detaching purges what is queued),
+    /// then leaves the epoll set and is detached (the kernel sends nothing more to it).
     fn follow_tun_queues(&mut self, epoll: &Epoll) -> anyhow::Result<()> {
         let used = self.guests.iter().map(|g| g.active).max().unwrap_or(1);
         // Detached from the top down, attached from the bottom up (see `switch_pairs`).
