@@ -536,6 +536,40 @@ for step in $(echo "$tests" | tr , ' '); do
         fi
         rm -f /tmp/up
         ;;
+    queues)
+        # The queues the driver set up (virtio_net: min(max pairs, CPUs) pairs at probe).
+        r queues ok $(ls /sys/class/net/eth0/queues | tr '\n' ' ')
+        ;;
+    phttp:*)
+        # N downloads at once, the k-th pinned to CPU k mod CPUs (so a multiqueue driver sends
+        # them on different TX queues), each hash checked.
+        rest="${step#phttp:}"
+        n="${rest%%:*}"
+        rest="${rest#*:}"
+        sha="${rest##*:}"
+        url="${rest%:*}"
+        cpus=$(nproc 2>/dev/null || echo 1)
+        t0=$(cs)
+        k=0
+        pids=""
+        while [ $k -lt $n ]; do
+            taskset $((1 << (k % cpus))) timeout 120 wget -q -O /tmp/pdl$k "$url" &
+            pids="$pids $!"
+            k=$((k + 1))
+        done
+        for p in $pids; do wait $p; done
+        t1=$(cs)
+        dt=$((t1 - t0)); [ $dt -gt 0 ] || dt=1
+        ok=0
+        k=0
+        while [ $k -lt $n ]; do
+            s=$(sha256sum /tmp/pdl$k 2>/dev/null | cut -d' ' -f1)
+            [ "$s" = "$sha" ] && ok=$((ok + 1))
+            rm -f /tmp/pdl$k
+            k=$((k + 1))
+        done
+        if [ $ok -eq $n ]; then r phttp ok streams=$n cpus=$cpus csecs=$dt; else r phttp fail ok=$ok of=$n; fi
+        ;;
     sleep:*)
         sleep "${step#sleep:}"
         r sleep ok
