@@ -327,7 +327,11 @@ impl NetBackend {
         if self.workers.len() == 1 {
             return Ok(());
         }
-        self.workers[pair].rings_up = ring_up(rx) && ring_up(tx);
+        let up = ring_up(rx) && ring_up(tx);
+        if up != self.workers[pair].rings_up {
+            debug!(port = self.port.0, pair, up, "queue pair's rings");
+        }
+        self.workers[pair].rings_up = up;
         if pair == 0 {
             self.ctrl_up = ctrl.is_some_and(ring_up);
         }
