@@ -504,7 +504,12 @@ fn guest_switching_queue_pairs_under_four_downloads_keeps_them_whole() -> Result
     let world = World::new(&blob)?;
     world.host.sysctl("net.ipv4.ip_forward", "1")?;
     let sock = std::env::temp_dir().join(format!("hostnet-qemu-{}-mqs.sock", std::process::id()));
-    let daemon = Hostnetd::start(&world.host, &sock, &["--queues", "2"])?;
+    let daemon = Hostnetd::start_with_log(
+        &world.host,
+        &sock,
+        &["--queues", "2"],
+        "info,hostnetd::linux::backend=debug",
+    )?;
     let steps = format!(
         "dhcp,pswitch:4:http://{SERVER_ADDR}/{BLOB_NAME}:{},sleep:20",
         blob.sha256
@@ -531,10 +536,19 @@ fn guest_switching_queue_pairs_under_four_downloads_keeps_them_whole() -> Result
         g["queue_pairs"], g["pairs"]
     );
     ensure!(g["queue_pairs"] == 2, "queue pairs in use: {reply}");
-    let changes: Vec<String> = daemon
+    let log: Vec<String> = daemon
         .log
         .try_iter()
         .map(|l| testbed::strip_ansi(&l))
+        .collect();
+    // The TUN's second queue was detached and attached again without a failure.
+    let failed: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("a TUN queue failed") || l.contains("broke the virtio protocol"))
+        .collect();
+    ensure!(failed.is_empty(), "hostnetd: {failed:?}");
+    let changes: Vec<&String> = log
+        .iter()
         .filter(|l| l.contains("queue pairs in use"))
         .collect();
     let has = |from: u8, to: u8| {
@@ -545,6 +559,15 @@ fn guest_switching_queue_pairs_under_four_downloads_keeps_them_whole() -> Result
     ensure!(
         has(1, 2) && has(2, 1) && changes.len() >= 3,
         "hostnetd's queue pair changes: {changes:?}"
+    );
+    // TUN queue 1 left the kernel's steering while no pair used it, and came back (the
+    // start detaches it too: no pair used it before the guest's driver came).
+    let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+    ensure!(
+        count("TUN queue detached") >= 2 && count("TUN queue attached") >= 2,
+        "TUN queue 1 detached {} and attached {} times",
+        count("TUN queue detached"),
+        count("TUN queue attached")
     );
     Ok(())
 }
@@ -1033,15 +1056,18 @@ impl Drop for Hostnetd {
 
 impl Hostnetd {
     fn start(ns: &Netns, sock: &Path, extra: &[&str]) -> Result<Self> {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_with_log(ns, sock, extra, &filter)
+    }
+
+    /// As [`Hostnetd::start`] with `RUST_LOG` set to `filter`.
+    fn start_with_log(ns: &Netns, sock: &Path, extra: &[&str], filter: &str) -> Result<Self> {
         let sock_str = sock.to_str().context("socket path is not UTF-8")?;
         let mut argv = vec![env!("CARGO_BIN_EXE_hostnetd"), "--socket", sock_str];
         argv.extend_from_slice(extra);
         let mut cmd = ns.command(argv[0]);
         cmd.args(&argv[1..])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -672,7 +672,10 @@ pub(crate) fn follow_tun_queues(sh: &mut Shared, tuns: &[Tun]) {
     for q in (used..tuns.len()).rev() {
         if sh.tun_queue_attached(q) {
             match tuns[q].set_queue_enabled(false) {
-                Ok(()) => sh.set_tun_queue_attached(q, false),
+                Ok(()) => {
+                    sh.set_tun_queue_attached(q, false);
+                    debug!(queue = q, "TUN queue detached");
+                }
                 Err(e) => warn!(queue = q, "detaching a TUN queue failed: {e}"),
             }
         }
@@ -680,7 +683,10 @@ pub(crate) fn follow_tun_queues(sh: &mut Shared, tuns: &[Tun]) {
     for (q, tun) in tuns.iter().enumerate().take(used).skip(1) {
         if !sh.tun_queue_attached(q) {
             match tun.set_queue_enabled(true) {
-                Ok(()) => sh.set_tun_queue_attached(q, true),
+                Ok(()) => {
+                    sh.set_tun_queue_attached(q, true);
+                    debug!(queue = q, "TUN queue attached");
+                }
                 Err(e) => {
                     warn!(queue = q, "attaching a TUN queue failed: {e}");
                     break;
