@@ -4,7 +4,9 @@
 //! is one connection: the messages of `common/frontend.rs` (memory tables with memfds, ring
 //! set-up, kicks, calls, enables, features, config, resets, anything), then the frontend
 //! closes. Never a panic, a hang or a crash (a SIGBUS from a region past its file, say); the
-//! connection ends and the next one is served.
+//! connection ends and the next one is served. An input of odd length goes to a backend with two
+//! queue pairs (`hostnetd --queues 2`: multiqueue, the control queue at ring 4, a worker per
+//! pair, a TUN with two queues), an even one to the default single pair.
 //!
 //! Needs root (a network namespace and a TUN): otherwise it says so and exits with status 2.
 #![no_main]
@@ -18,17 +20,25 @@ use libfuzzer_sys::fuzz_target;
 #[path = "common/frontend.rs"]
 mod frontend;
 
-static BACKEND: LazyLock<hostnetd::fuzzing::Backend> =
-    LazyLock::new(|| match hostnetd::fuzzing::Backend::new() {
+static BACKEND: LazyLock<hostnetd::fuzzing::Backend> = LazyLock::new(|| backend(1));
+static MQ_BACKEND: LazyLock<hostnetd::fuzzing::Backend> = LazyLock::new(|| backend(2));
+
+fn backend(queues: u16) -> hostnetd::fuzzing::Backend {
+    match hostnetd::fuzzing::Backend::with_queues(queues) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("vhost_user_backend: {e:#}; this target needs root");
             std::process::exit(2);
         }
-    });
+    }
+}
 
 fuzz_target!(|input: &[u8]| {
-    let backend = &*BACKEND;
+    let backend = if input.len() % 2 == 1 {
+        &*MQ_BACKEND
+    } else {
+        &*BACKEND
+    };
     let Ok((ours, theirs)) = UnixStream::pair() else {
         return;
     };

@@ -77,7 +77,7 @@ pub(crate) fn ensure_image(force: bool) -> Result<GuestImage> {
     };
     let package = kernel_package()?;
     let stamp = format!(
-        "{package}\n{BUSYBOX_PACKAGE}\n{INIT}\n{DHCP_SCRIPT}\n{LISTEN_HANDLER}\n{SINK_HANDLER}\n"
+        "{package}\n{BUSYBOX_PACKAGE}\n{ETHTOOL_PACKAGES:?}\n{INIT}\n{DHCP_SCRIPT}\n{LISTEN_HANDLER}\n{SINK_HANDLER}\n"
     );
     let stamp_path = dir.join("stamp");
     if !force
@@ -97,6 +97,10 @@ pub(crate) fn ensure_image(force: bool) -> Result<GuestImage> {
 
     let root = download_and_unpack(&package, &work, "kernel")?;
     let busybox_root = download_and_unpack(BUSYBOX_PACKAGE, &work, "busybox")?;
+    let ethtool_roots = ETHTOOL_PACKAGES
+        .iter()
+        .map(|p| download_and_unpack(p, &work, p))
+        .collect::<Result<Vec<_>>>()?;
 
     let bzimage = find_file(&root.join("boot"), |n| n.starts_with("vmlinuz-"))?
         .context("no boot/vmlinuz-* in the kernel package")?;
@@ -106,7 +110,7 @@ pub(crate) fn ensure_image(force: bool) -> Result<GuestImage> {
         .with_context(|| format!("writing {}", image.kernel.display()))?;
 
     eprintln!("guest-image: building initramfs");
-    let cpio = build_initramfs(&root, &busybox_root)?;
+    let cpio = build_initramfs(&root, &busybox_root, &ethtool_roots)?;
     fs::write(&image.initramfs, cpio)
         .with_context(|| format!("writing {}", image.initramfs.display()))?;
     fs::write(&stamp_path, stamp)?;
@@ -236,7 +240,11 @@ fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> 
         .map(|(i, _)| i)
 }
 
-fn build_initramfs(pkg_root: &Path, busybox_root: &Path) -> Result<Vec<u8>> {
+fn build_initramfs(
+    pkg_root: &Path,
+    busybox_root: &Path,
+    ethtool_roots: &[PathBuf],
+) -> Result<Vec<u8>> {
     let path = busybox_root.join("bin").join("busybox");
     let busybox = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     ensure!(
@@ -255,6 +263,8 @@ fn build_initramfs(pkg_root: &Path, busybox_root: &Path) -> Result<Vec<u8>> {
         "etc",
         "lib",
         "lib/modules",
+        "lib/x86_64-linux-gnu",
+        "lib64",
         "var",
         "var/run",
     ] {
@@ -271,6 +281,34 @@ fn build_initramfs(pkg_root: &Path, busybox_root: &Path) -> Result<Vec<u8>> {
     for name in MODULES {
         let bytes = module(&modules, name)?;
         cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &bytes);
+    }
+    // ethtool (dynamically linked) and the libraries it loads: the guest sets its queue pairs
+    // with `ethtool -L`.
+    for (name, exact, to) in ETHTOOL_FILES {
+        let pred = |n: &str| {
+            if exact {
+                n == name
+            } else {
+                n.starts_with(name)
+            }
+        };
+        // The program itself, not its bash completion of the same name.
+        let program = ethtool_roots.iter().find_map(|r| {
+            ["sbin", "usr/sbin"]
+                .iter()
+                .map(|d| r.join(d).join(name))
+                .find(|p| fs::read(p).is_ok_and(|b| b.starts_with(ELF_MAGIC)))
+        });
+        let path = match program {
+            Some(p) => p,
+            None => ethtool_roots
+                .iter()
+                .find_map(|r| find_recursive(r, &pred).transpose())
+                .transpose()?
+                .with_context(|| format!("{name} not found in {ETHTOOL_PACKAGES:?}"))?,
+        };
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        cpio.file(to, 0o755, &bytes);
     }
     Ok(cpio.finish())
 }
@@ -403,6 +441,17 @@ const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
 const ELF_MAGIC: &[u8] = b"\x7fELF";
 const PT_INTERP: u32 = 3;
 const MAX_CANDIDATES: usize = 8;
+/// ethtool and the packages of the shared libraries it loads.
+const ETHTOOL_PACKAGES: [&str; 3] = ["ethtool", "libmnl0", "libc6"];
+/// What of them goes into the initramfs: a regular file named so (`true`) or starting so, and
+/// where it goes (the dynamic loader's default directories).
+const ETHTOOL_FILES: [(&str, bool, &str); 5] = [
+    ("ethtool", true, "bin/ethtool"),
+    ("libmnl.so.0.", false, "lib/x86_64-linux-gnu/libmnl.so.0"),
+    ("libc.so.6", true, "lib/x86_64-linux-gnu/libc.so.6"),
+    ("libm.so.6", true, "lib/x86_64-linux-gnu/libm.so.6"),
+    ("ld-linux-x86-64.so.2", true, "lib64/ld-linux-x86-64.so.2"),
+];
 /// The virtio-net stack of Debian's kernel, in insmod order.
 const MODULES: [&str; 8] = [
     "virtio_ring",
@@ -535,6 +584,93 @@ for step in $(echo "$tests" | tr , ' '); do
             r upload fail "$ip:$port"
         fi
         rm -f /tmp/up
+        ;;
+    queues)
+        # The queues the driver set up (virtio_net: min(max pairs, CPUs) pairs at probe).
+        r queues ok $(ls /sys/class/net/eth0/queues | tr '\n' ' ')
+        ;;
+    phttp:*)
+        # N downloads at once, the k-th pinned to CPU k mod CPUs (so a multiqueue driver sends
+        # them on different TX queues), each hash checked.
+        rest="${step#phttp:}"
+        n="${rest%%:*}"
+        rest="${rest#*:}"
+        sha="${rest##*:}"
+        url="${rest%:*}"
+        cpus=$(nproc 2>/dev/null || echo 1)
+        t0=$(cs)
+        k=0
+        pids=""
+        while [ $k -lt $n ]; do
+            taskset $((1 << (k % cpus))) timeout 120 wget -q -O /tmp/pdl$k "$url" &
+            pids="$pids $!"
+            k=$((k + 1))
+        done
+        for p in $pids; do wait $p; done
+        t1=$(cs)
+        dt=$((t1 - t0)); [ $dt -gt 0 ] || dt=1
+        ok=0
+        k=0
+        while [ $k -lt $n ]; do
+            s=$(sha256sum /tmp/pdl$k 2>/dev/null | cut -d' ' -f1)
+            [ "$s" = "$sha" ] && ok=$((ok + 1))
+            rm -f /tmp/pdl$k
+            k=$((k + 1))
+        done
+        if [ $ok -eq $n ]; then r phttp ok streams=$n cpus=$cpus csecs=$dt; else r phttp fail ok=$ok of=$n; fi
+        ;;
+    channels:*)
+        # The queue pairs the driver uses (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET).
+        n="${step#channels:}"
+        if ethtool -L eth0 combined "$n" >/tmp/err 2>&1; then
+            cat /tmp/err
+            r channels ok $(ethtool -l eth0 2>/dev/null | awk '/^Combined:/ { print $2 }' | tr '\n' ' ')
+        else
+            r channels fail $(head -c 200 /tmp/err)
+        fi
+        ;;
+    pswitch:*)
+        # N downloads at once (pinned as in phttp, hashed as they stream in) while the pairs
+        # go from 2 to 1 after 0.5 s and back to 2 after 3 s more; how many still ran at
+        # each switch.
+        rest="${step#pswitch:}"
+        n="${rest%%:*}"
+        rest="${rest#*:}"
+        sha="${rest##*:}"
+        url="${rest%:*}"
+        cpus=$(nproc 2>/dev/null || echo 1)
+        t0=$(cs)
+        k=0
+        pids=""
+        while [ $k -lt $n ]; do
+            rm -f /tmp/psum$k
+            taskset $((1 << (k % cpus))) sh -c "timeout 120 wget -q -O - '$url' | sha256sum > /tmp/psum$k" &
+            pids="$pids $!"
+            k=$((k + 1))
+        done
+        running() { c=0; for p in $pids; do kill -0 $p 2>/dev/null && c=$((c + 1)); done; echo $c; }
+        sleep 0.5
+        down_at=$(running)
+        ethtool -L eth0 combined 1 2>/dev/null && down=ok || down=fail
+        q_down=$(ls /sys/class/net/eth0/queues | tr '\n' ,)
+        sleep 3
+        up_at=$(running)
+        ethtool -L eth0 combined 2 2>/dev/null && up=ok || up=fail
+        for p in $pids; do wait $p; done
+        t1=$(cs)
+        dt=$((t1 - t0)); [ $dt -gt 0 ] || dt=1
+        ok=0
+        k=0
+        while [ $k -lt $n ]; do
+            s=$(cut -d' ' -f1 /tmp/psum$k 2>/dev/null)
+            [ "$s" = "$sha" ] && ok=$((ok + 1))
+            k=$((k + 1))
+        done
+        if [ $ok -eq $n ] && [ $down = ok ] && [ $up = ok ]; then
+            r pswitch ok streams=$n running_at_down=$down_at running_at_up=$up_at queues_down=$q_down csecs=$dt
+        else
+            r pswitch fail ok=$ok of=$n down=$down up=$up running_at_down=$down_at running_at_up=$up_at
+        fi
         ;;
     sleep:*)
         sleep "${step#sleep:}"

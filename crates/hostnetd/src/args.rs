@@ -99,6 +99,10 @@ pub(crate) struct Args {
     /// Frontends served at once (`--max-guests`), each a port of the one network; more are
     /// refused.
     pub(crate) max_guests: usize,
+    /// Queue pairs each guest's device offers (`--queues`, 1 to [`MAX_QUEUES`]): with more
+    /// than one, virtio-net multiqueue with its control queue, the vhost-user `MQ` protocol
+    /// feature and a TUN with as many queues.
+    pub(crate) queues: u16,
 }
 
 /// A bad command line (printed as one line; exit status 2).
@@ -232,6 +236,8 @@ pub(crate) struct Settings {
     max_guests: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     guest_multicast: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queues: Option<u32>,
 }
 
 /// `socket-mode` in a file: `"0660"` (as on the command line) or a TOML integer (`0o660`).
@@ -271,6 +277,7 @@ impl Settings {
             log_format: self.log_format.or(file.log_format),
             max_guests: self.max_guests.or(file.max_guests),
             guest_multicast: self.guest_multicast.or(file.guest_multicast),
+            queues: self.queues.or(file.queues),
         }
     }
 
@@ -405,6 +412,15 @@ impl Settings {
                 )));
             }
         };
+        let queues = match self.queues {
+            None => 1,
+            Some(n) if (1..=u32::from(MAX_QUEUES)).contains(&n) => n as u16,
+            Some(n) => {
+                return Err(ArgError(format!(
+                    "bad --queues {n}: expected 1 to {MAX_QUEUES}"
+                )));
+            }
+        };
         Ok(Args {
             socket,
             mtu,
@@ -431,6 +447,7 @@ impl Settings {
             log_json,
             max_guests,
             guest_multicast: self.guest_multicast.unwrap_or(false),
+            queues,
         })
     }
 
@@ -468,6 +485,7 @@ impl Settings {
             log_format: Some(if a.log_json { "json" } else { "text" }.to_owned()),
             max_guests: u32::try_from(a.max_guests).ok(),
             guest_multicast: Some(a.guest_multicast),
+            queues: Some(u32::from(a.queues)),
         };
         toml::to_string(&full).map_err(|e| ArgError(format!("printing the configuration: {e}")))
     }
@@ -543,6 +561,13 @@ fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Option<CommandLine>, ArgErro
                     ))
                 })?;
                 set_once(&mut s.max_guests, key, n)?;
+            }
+            "--queues" => {
+                let v = value()?;
+                let n = v.parse::<u32>().map_err(|_| {
+                    ArgError(format!("bad --queues {v:?}: expected 1 to {MAX_QUEUES}"))
+                })?;
+                set_once(&mut s.queues, key, n)?;
             }
             other => return Err(ArgError(format!("unknown argument {other:?} (try --help)"))),
         }
@@ -675,7 +700,7 @@ USAGE:
              [--tun-addr A] [--external-addr B] [--no-ipv6]
              [--user U [--group G]] [--socket-mode MODE] [--socket-group G] [--no-sandbox]
              [--host-setup] [--control PATH] [--metrics ADDR] [--log-format text|json]
-             [--max-guests N] [--guest-multicast] [--config FILE] [--print-config]
+             [--max-guests N] [--guest-multicast] [--queues N] [--config FILE] [--print-config]
     hostnetd ctl [--control PATH | --socket PATH] [--json] COMMAND   (hostnetd ctl --help)
 
 Listens on the unix socket <path> for a vhost-user frontend (QEMU: -chardev socket,path=<path>
@@ -777,6 +802,14 @@ OPTIONS:
     --guest-multicast        guests' broadcast and multicast that the gateway does not serve
                              (mDNS, SSDP, subnet broadcasts, IPv6 UDP to a group) go to every
                              other guest (default: dropped and counted)
+    --queues <N>             queue pairs each guest's device offers, 1..=4 (default 1). With
+                             more, virtio-net multiqueue (MQ and the control queue,
+                             max_virtqueue_pairs N) and the vhost-user MQ protocol feature
+                             (QEMU: -netdev vhost-user,...,queues=N and -device
+                             virtio-net-pci,mq=on,...); the TUN gets N queues, pair i writes
+                             and reads queue i (the kernel answers a flow on the queue that
+                             wrote it), each pair on a worker thread of its own (the pairs
+                             still take the one network lock in turn)
     --config <FILE>          read settings from a TOML file: the long options' names are its keys
                              (socket = \"/run/hn.sock\", mtu = 1500, forward = [\"tcp:8022:22\"],
                              deny = [...], allow = [...], offload = false for --no-offload,
@@ -799,6 +832,8 @@ const MAX_MTU: u16 = 65_520;
 pub(crate) const DEFAULT_MAX_GUESTS: usize = 8;
 /// The most `--max-guests` can be: the DHCP pool's addresses (.2 to .254).
 const MAX_GUESTS_LIMIT: u32 = 253;
+/// The most `--queues` can be.
+pub(crate) const MAX_QUEUES: u16 = 4;
 /// Default guest MAC (QEMU's customary first NIC address).
 pub(crate) const DEFAULT_MAC: MacAddr = bridge::defaults::GUEST_MAC;
 /// Default permission bits of the socket file: the owner only.
@@ -850,6 +885,27 @@ mod tests {
             .effective()
             .unwrap();
         assert!(printed.contains("max-guests = 8"), "{printed}");
+    }
+
+    #[test]
+    fn queues_default_to_1_and_are_checked_from_both_sources() {
+        assert_eq!(serve(&["--socket", "s"]).unwrap().queues, 1);
+        assert_eq!(
+            serve(&["--socket", "s", "--queues", "4"]).unwrap().queues,
+            4
+        );
+        for bad in ["0", "5", "x", "-1"] {
+            let e = serve(&["--socket", "s", "--queues", bad]).unwrap_err();
+            assert!(e.0.contains("--queues"), "{e}");
+        }
+        assert!(serve(&["--socket", "s", "--queues", "2", "--queues", "2"]).is_err());
+        assert_eq!(from_file("socket = \"s\"\nqueues = 2\n").unwrap().queues, 2);
+        assert!(from_file("socket = \"s\"\nqueues = 9\n").is_err());
+        let printed = parse_config("socket = \"s\"\n")
+            .unwrap()
+            .effective()
+            .unwrap();
+        assert!(printed.contains("queues = 1"), "{printed}");
     }
 
     #[test]

@@ -167,6 +167,20 @@ pub(crate) struct Guest {
     pub(crate) drops: u64,
     /// The same by cause: only the causes that occurred.
     pub(crate) drops_by_cause: BTreeMap<String, u64>,
+    /// The queue pairs the driver uses now (`--queues`; 1 without multiqueue).
+    pub(crate) queue_pairs: u64,
+    /// The frames each queue pair moved, pair 0 first (every pair set up, also one out of
+    /// use now).
+    pub(crate) pairs: Vec<PairCounters>,
+}
+
+/// The frames one queue pair of a guest moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct PairCounters {
+    /// Frames taken from the pair's TX queue.
+    pub(crate) tx_frames: u64,
+    /// Frames delivered into the pair's RX queue.
+    pub(crate) rx_frames: u64,
 }
 
 /// One NAT flow (`flows`).
@@ -694,6 +708,19 @@ fn human(request: &Request, reply: &serde_json::Value) -> String {
                         num(c, "rx_bytes"),
                         num(g, "drops")
                     );
+                    let pairs = g["pairs"].as_array().map_or(&[][..], Vec::as_slice);
+                    if pairs.len() > 1 {
+                        let each = pairs
+                            .iter()
+                            .map(|p| format!("{}/{}", num(p, "tx_frames"), num(p, "rx_frames")))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        let _ = writeln!(
+                            out,
+                            "  queue pairs {} in use, frames tx/rx per pair {each}",
+                            num(g, "queue_pairs")
+                        );
+                    }
                 }
             }
             _ => out.push_str("no guest connected\n"),

@@ -71,7 +71,7 @@ impl ControlSocket {
 /// connection, without the sandbox.
 pub struct Backend {
     net: crate::linux::network::SharedNet,
-    tun: std::sync::Arc<utun::Tun>,
+    tun: std::sync::Arc<[utun::Tun]>,
     stop: crate::linux::Stop,
     control: crate::linux::control::Control,
 }
@@ -79,7 +79,7 @@ pub struct Backend {
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend")
-            .field("tun", &self.tun.name())
+            .field("tun", &self.tun[0].name())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +93,22 @@ impl Backend {
     ///
     /// The namespace or the TUN could not be made.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_queues(1)
+    }
+
+    /// As [`Backend::new`] with `queues` queue pairs (`hostnetd --queues`, 1 to 4): with more
+    /// than one, multiqueue with the control queue, a worker per pair and a TUN with as many
+    /// queues.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::new`]; `queues` out of range.
+    pub fn with_queues(queues: u16) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=crate::args::MAX_QUEUES).contains(&queues),
+            "{queues} queue pairs: 1 to {} are possible",
+            crate::args::MAX_QUEUES
+        );
         use anyhow::Context;
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .context("a network namespace of its own (unshare: needs root)")?;
@@ -106,11 +122,18 @@ impl Backend {
                 .ipv4(pair.tun, utun::Ipv4Dest::Peer(pair.external))
                 .nonblocking(true)
         };
-        let tun = builder()
-            .vnet_hdr(true)
-            .open()
-            .or_else(|_| builder().open())
+        let n = usize::from(queues);
+        let open = |b: utun::TunBuilder| {
+            if n > 1 {
+                b.open_queues(n)
+            } else {
+                b.open().map(|t| vec![t])
+            }
+        };
+        let tuns = open(builder().vnet_hdr(true))
+            .or_else(|_| open(builder()))
             .context("creating the TUN")?;
+        let tun = &tuns[0];
         let config = crate::linux::device::DeviceConfig {
             mac: bridge::defaults::GUEST_MAC,
             mtu: 1500,
@@ -124,9 +147,11 @@ impl Backend {
             ipv6: true,
             external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
         };
-        let net = std::sync::Arc::new(parking_lot::Mutex::new(crate::linux::network::Shared::new(
-            &config, 1,
-        )?));
+        let mut shared = crate::linux::network::Shared::new(&config, 1)?;
+        shared.net.set_max_queue_pairs(queues);
+        shared.set_tun_queues(tuns.len());
+        crate::linux::follow_tun_queues(&mut shared, &tuns);
+        let net = std::sync::Arc::new(parking_lot::Mutex::new(shared));
         Ok(Self {
             control: crate::linux::control::Control::new(
                 config,
@@ -135,7 +160,7 @@ impl Backend {
                 None,
             ),
             net,
-            tun: std::sync::Arc::new(tun),
+            tun: std::sync::Arc::from(tuns),
             stop: crate::linux::Stop::new()?,
         })
     }

@@ -92,7 +92,8 @@ pub fn build(kind: u8, rest: &mut &[u8]) -> (Vec<u8>, Vec<OwnedFd>) {
             {
                 fds.push(fd);
             }
-            let mut body = u64::from(b % 4).to_le_bytes();
+            // Rings 0 to 7: a pair's, the control queue of two pairs (4), beyond.
+            let mut body = u64::from(b % 8).to_le_bytes();
             if b & 2 != 0 {
                 body[1] = 1; // VHOST_USER_VRING_NOFD_MASK
             }

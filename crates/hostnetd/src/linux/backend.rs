@@ -1,11 +1,29 @@
-//! The vhost-user side: [`NetBackend`] implements `vhost-user-backend`'s backend trait and drives the
-//! [`DeviceCore`] from the worker thread's events (queue kicks, the TUN, a timer).
+//! The vhost-user side: [`NetBackend`] implements `vhost-user-backend`'s backend trait and drives
+//! its port of the shared network from the worker threads' events (queue kicks, the TUN, a
+//! timer).
+//!
+//! Queue pairs (`--queues N`, N > 1): the device offers multiqueue (`VIRTIO_NET_F_MQ` with the
+//! control queue at index 2N) and the vhost-user `MQ` protocol feature; each pair runs on a
+//! worker thread of its own (vhost-user-backend's `queues_per_thread`: pair i's RX and TX
+//! queues on worker i, the control queue with pair 0) that watches TUN queue i. Pair i writes
+//! TUN queue i, so the kernel sends a flow's packets back on the queue that wrote it
+//! (docs/PLATFORMS.md "Multi-queue"), and reads it while its port uses pair i; a TUN queue the
+//! reading port's pair does not serve is handed to that port's pair 0. Which pairs a port
+//! uses: what its driver set on the control queue (`VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` through
+//! [`bridge::ControlQueue`]), or, when the frontend keeps the control queue (QEMU, Cloud
+//! Hypervisor: they answer it and enable or disable the pairs' rings with
+//! `SET_VRING_ENABLE`), the pairs whose rings are enabled, counted from pair 0. A TUN queue
+//! no port uses is read empty into pair 0 and detached (`TUNSETQUEUE`; from the top down, so
+//! the kernel's queue indices stay the pair indices) and attached again (from the bottom up)
+//! when a port uses its pair again. Every event still takes the network's one lock, and the
+//! workers of one connection this backend's lock: the pairs serialize on them (the
+//! lock-splitting of issue 15 is a later step).
 //!
 //! Each event does bounded work: the device core stops after its budget
 //! ([`bridge::TX_BATCH_BUDGET`], [`bridge::RX_PASS_BUDGET`]) and says what is left; the backend
-//! then signals its own resume eventfd ([`RESUME_EVENT`]) and returns, releasing the queue
-//! locks, so that the frontend's control messages (`GET_VRING_BASE` when the VM stops) and
-//! the other events get their turn before the worker goes on with the rest.
+//! then signals the pair's resume eventfd and returns, releasing the queue locks, so that the
+//! frontend's control messages (`GET_VRING_BASE` when the VM stops) and the other events get
+//! their turn before the worker goes on with the rest.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,20 +44,76 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use bridge::{MacAddr, Notify, PortId};
+use bridge::{ControlCommand, ControlQueue, MacAddr, Notify, PortId};
 
 use super::device;
 use super::network::{self, Shared, SharedNet};
 
-/// Worker event id of the TUN's readiness (ids 0..=2 are the two queues and the exit event).
-pub(crate) const HOST_EVENT: u64 = 3;
-/// Worker event id of the housekeeping timer (NAT expiry).
-pub(crate) const TIMER_EVENT: u64 = 4;
-/// Worker event id of the resume eventfd: an earlier event stopped on its budget with work
-/// left.
-pub(crate) const RESUME_EVENT: u64 = 5;
-/// Worker event id of the port's wake-up eventfd: another port left frames in its inbox.
-pub(crate) const PENDING_EVENT: u64 = 6;
+/// The worker event ids of the descriptors hostnetd adds to a worker's epoll (above the ids
+/// vhost-user-backend keeps for the queues and its exit event: `0..=num_queues`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Events {
+    /// The worker's TUN queue is readable.
+    pub(crate) host: u64,
+    /// The worker's housekeeping timer (NAT expiry, the interrupt safety net).
+    pub(crate) timer: u64,
+    /// The worker's resume eventfd: an earlier event stopped on its budget with work left
+    /// (or another worker handed pair 0 something).
+    pub(crate) resume: u64,
+    /// The port's wake-up eventfd (pair 0's worker): another port left frames in its inbox.
+    pub(crate) pending: u64,
+}
+
+impl Events {
+    /// The ids for a backend of `num_queues` queues (with one pair: 3, 4, 5 and 6).
+    pub(crate) const fn new(num_queues: usize) -> Self {
+        let base = num_queues as u64 + 1;
+        Events {
+            host: base,
+            timer: base + 1,
+            resume: base + 2,
+            pending: base + 3,
+        }
+    }
+}
+
+/// One queue pair's worker: its timer, its resume eventfd and what its last event left.
+#[derive(Debug)]
+struct PairWorker {
+    timer: TimerFd,
+    /// Signalled when an event stopped on its budget; the worker comes back for the rest.
+    resume: EventFd,
+    /// TX chains wait beyond the last call's budget.
+    tx_more: bool,
+    /// Frames or host packets wait beyond the last delivery's budget.
+    rx_more: bool,
+    /// Frames the pair moved (both ways) at the last tick: the tick re-signals the driver
+    /// while they change.
+    moved_at_tick: u64,
+    /// The pair's RX and TX rings were started and enabled at the worker's last event.
+    rings_up: bool,
+}
+
+impl PairWorker {
+    fn new() -> io::Result<Self> {
+        let mut timer = TimerFd::new()?;
+        timer.reset(TICK, Some(TICK))?;
+        Ok(Self {
+            timer,
+            resume: EventFd::new(EFD_NONBLOCK)?,
+            tx_more: false,
+            rx_more: false,
+            moved_at_tick: 0,
+            rings_up: false,
+        })
+    }
+
+    fn resume_later(&self) {
+        if let Err(e) = self.resume.write(1) {
+            warn!("signalling the worker to resume failed: {e}");
+        }
+    }
+}
 
 /// One frontend connection's device: a port of the shared network plus the vhost-user
 /// bookkeeping.
@@ -49,26 +123,28 @@ pub(crate) struct NetBackend {
     port: PortId,
     /// Its MAC (the config space's).
     mac: MacAddr,
-    tun: Arc<Tun>,
+    /// The TUN's queues, queue i for pair i (one without multiqueue).
+    tuns: Arc<[Tun]>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
-    timer: TimerFd,
-    /// Signalled when an event stopped on its budget; the worker comes back for the rest.
-    resume: EventFd,
+    /// A worker per queue pair.
+    workers: Vec<PairWorker>,
+    /// The device side of the control queue (used with more than one pair).
+    ctrl: ControlQueue,
+    /// The frontend runs the control queue through this backend (its ring was started and
+    /// enabled at pair 0's worker's last event): the driver's `VQ_PAIRS_SET` says which
+    /// pairs are in use, not the rings' enable state.
+    ctrl_up: bool,
+    /// TUN queues (a bit per index) that pair 0 reads for pairs out of use.
+    handoff: u32,
     /// Signalled by other ports' workers when frames wait in this port's inbox.
     wake: Arc<EventFd>,
-    /// TX chains wait beyond the last call's budget.
-    tx_more: bool,
-    /// Frames or host packets wait beyond the last delivery's budget.
-    rx_more: bool,
     /// Set by SIGUSR1: log the counters on the next tick.
     stats_requested: Arc<AtomicBool>,
     /// Set when the TUN failed (deleted underneath): the daemon stops with an error.
     host_lost: Arc<AtomicBool>,
     shutdown: Option<ShutdownHandle>,
     broken: bool,
-    /// Frames moved (both ways) at the last tick: the tick re-signals the driver while they
-    /// change.
-    moved_at_tick: u64,
+    events: Events,
 }
 
 impl std::fmt::Debug for NetBackend {
@@ -76,23 +152,32 @@ impl std::fmt::Debug for NetBackend {
         f.debug_struct("NetBackend")
             .field("port", &self.port)
             .field("mac", &self.mac)
+            .field("pairs", &self.workers.len())
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
 }
 
+/// Whether a vring was started and enabled by the frontend (work on it is allowed).
+fn ring_up(vring: &VringRwLock) -> bool {
+    let v = vring.get_ref();
+    v.get_queue().ready() && v.is_enabled()
+}
+
 impl NetBackend {
     /// A new port of `net` for a new connection (its DHCP state fresh; its address the one
-    /// its MAC had before, else the first free one).
+    /// its MAC had before, else the first free one), with a queue pair per TUN queue.
     pub(crate) fn new(
         net: SharedNet,
-        tun: Arc<Tun>,
+        tuns: Arc<[Tun]>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
         stats_requested: Arc<AtomicBool>,
         host_lost: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
-        let mut timer = TimerFd::new()?;
-        timer.reset(TICK, Some(TICK))?;
+        let pairs = tuns.len().max(1);
+        let workers = (0..pairs)
+            .map(|_| PairWorker::new())
+            .collect::<io::Result<Vec<_>>>()?;
         let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let (port, mac) = {
             let mut n = network::lock(&net);
@@ -100,40 +185,46 @@ impl NetBackend {
             // The TUN outlives connections: no GSO towards this device until its driver
             // accepts it (unless other guests use the TUN now).
             if n.alone(port) {
-                clear_offloads(&tun);
+                clear_offloads(&tuns[0]);
             }
             (port, mac)
         };
+        let num_queues = num_queues(pairs);
         Ok(Self {
             net,
             port,
             mac,
-            tun,
+            tuns,
             mem,
-            timer,
-            resume: EventFd::new(EFD_NONBLOCK)?,
+            workers,
+            ctrl: ControlQueue::new(u16::try_from(pairs).unwrap_or(1)),
+            ctrl_up: false,
+            handoff: 0,
             wake,
-            tx_more: false,
-            rx_more: false,
             stats_requested,
             host_lost,
             shutdown: None,
             broken: false,
-            moved_at_tick: 0,
+            events: Events::new(num_queues),
         })
     }
 
-    /// The timer's descriptor, for the worker's epoll.
-    pub(crate) fn timer_fd(&self) -> RawFd {
-        self.timer.as_raw_fd()
+    /// The ids of the events hostnetd adds to the workers' epolls.
+    pub(crate) fn events(&self) -> Events {
+        self.events
     }
 
-    /// The resume eventfd's descriptor, for the worker's epoll ([`RESUME_EVENT`]).
-    pub(crate) fn resume_fd(&self) -> RawFd {
-        self.resume.as_raw_fd()
+    /// Pair `pair`'s timer descriptor, for its worker's epoll.
+    pub(crate) fn timer_fd(&self, pair: usize) -> Option<RawFd> {
+        self.workers.get(pair).map(|w| w.timer.as_raw_fd())
     }
 
-    /// The wake-up eventfd's descriptor, for the worker's epoll ([`PENDING_EVENT`]).
+    /// Pair `pair`'s resume eventfd, for its worker's epoll.
+    pub(crate) fn resume_fd(&self, pair: usize) -> Option<RawFd> {
+        self.workers.get(pair).map(|w| w.resume.as_raw_fd())
+    }
+
+    /// The wake-up eventfd's descriptor, for pair 0's worker's epoll.
     pub(crate) fn wake_fd(&self) -> RawFd {
         self.wake.as_raw_fd()
     }
@@ -148,7 +239,8 @@ impl NetBackend {
         self.shutdown = handle;
     }
 
-    /// Logs the port's counters and detaches it (the connection ended).
+    /// Logs the port's counters and detaches it (the connection ended); TUN queues no port
+    /// uses any more are detached.
     pub(crate) fn detach(&self) {
         let mut n = network::lock(&self.net);
         if let Some(s) = n.net.stats(self.port) {
@@ -157,15 +249,27 @@ impl NetBackend {
             device::log_stats(self.port, mac, s, &n.net);
         }
         n.detach(self.port);
+        follow_tun_queues(&mut n, &self.tuns);
     }
 
-    /// Runs one event under the network's lock; a queue the driver broke closes the
-    /// connection (the daemon keeps running). Work left beyond the budget re-arms the resume
-    /// eventfd; other ports whose inboxes this event filled are woken.
-    fn dispatch(&mut self, event: u64, vrings: &[VringRwLock]) -> Result<(), bridge::Error> {
-        let [rx, tx] = vrings else {
-            return Ok(());
+    /// Runs one event of pair `pair`'s worker under the network's lock; a queue the driver
+    /// broke closes the connection (the daemon keeps running). Work left beyond the budget
+    /// re-arms the pair's resume eventfd; other ports whose inboxes this event filled are
+    /// woken.
+    fn dispatch(
+        &mut self,
+        pair: usize,
+        event: u64,
+        vrings: &[VringRwLock],
+    ) -> Result<(), bridge::Error> {
+        let (rx, tx, ctrl) = match vrings {
+            [rx, tx] => (rx, tx, None),
+            [rx, tx, ctrl] => (rx, tx, Some(ctrl)),
+            _ => return Ok(()),
         };
+        if pair >= self.workers.len() {
+            return Ok(());
+        }
         let net = self.net.clone();
         let mut guard = network::lock(&net);
         let sh = &mut *guard;
@@ -173,7 +277,9 @@ impl NetBackend {
             // Detached (the connection is closing).
             return Ok(());
         }
-        let r = self.dispatch_locked(sh, event, rx, tx);
+        let r = self
+            .sync_pairs(sh, pair, rx, tx, ctrl)
+            .and_then(|()| self.dispatch_locked(sh, pair, event, rx, tx, ctrl));
         sh.wake_others(self.port);
         if sh.net.host_failed(self.port) {
             self.host_lost.store(true, Ordering::SeqCst);
@@ -181,11 +287,101 @@ impl NetBackend {
         // Another port's worker waiting for the network gets it before this one's next event.
         network::unlock_fair(guard);
         r?;
-        if self.tx_more || self.rx_more {
+        let w = &self.workers[pair];
+        if w.tx_more || w.rx_more {
             // Come back after the worker has looked at its other events (the queue locks are
             // free until then).
-            if let Err(e) = self.resume.write(1) {
-                warn!("signalling the worker to resume failed: {e}");
+            w.resume_later();
+        }
+        Ok(())
+    }
+
+    /// The pairs the port's driver uses now: what it set on the control queue when the
+    /// frontend gives this backend the control queue, else the pairs whose rings are
+    /// enabled, counted from pair 0 (at least 1).
+    fn wanted_pairs(&self) -> usize {
+        if self.ctrl_up {
+            usize::from(self.ctrl.pairs()).clamp(1, self.workers.len())
+        } else {
+            1 + self
+                .workers
+                .iter()
+                .skip(1)
+                .take_while(|w| w.rings_up)
+                .count()
+        }
+    }
+
+    /// Notes the state of `pair`'s rings (and pair 0's of the control queue's) and makes the
+    /// network use the pairs the driver uses: more at once (their TUN queues attached), fewer
+    /// on pair 0's worker (the TUN queues going are read into pair 0 first; another pair's
+    /// worker hands it over).
+    fn sync_pairs(
+        &mut self,
+        sh: &mut Shared,
+        pair: usize,
+        rx: &VringRwLock,
+        tx: &VringRwLock,
+        ctrl: Option<&VringRwLock>,
+    ) -> Result<(), bridge::Error> {
+        if self.workers.len() == 1 {
+            return Ok(());
+        }
+        let up = ring_up(rx) && ring_up(tx);
+        if up != self.workers[pair].rings_up {
+            debug!(port = self.port.0, pair, up, "queue pair's rings");
+        }
+        self.workers[pair].rings_up = up;
+        if pair == 0 {
+            self.ctrl_up = ctrl.is_some_and(ring_up);
+        }
+        let want = self.wanted_pairs();
+        let have = sh.net.queue_pairs(self.port).unwrap_or(1);
+        if want == have {
+            return Ok(());
+        }
+        if want < have && pair != 0 {
+            self.workers[0].resume_later();
+            return Ok(());
+        }
+        sh.net.set_queue_pairs(self.port, want)?;
+        info!(
+            port = self.port.0,
+            from = have,
+            to = want,
+            "queue pairs in use"
+        );
+        // Pairs coming into use look at their rings once (a kick that came while the pair
+        // was out of use was left alone).
+        for w in self.workers.iter_mut().take(want).skip(have) {
+            w.tx_more = true;
+            w.rx_more = true;
+            w.resume_later();
+        }
+        let drain = (pair == 0).then_some(rx);
+        self.drain_unused_tun_queues(sh, drain)?;
+        follow_tun_queues(sh, &self.tuns);
+        Ok(())
+    }
+
+    /// Before TUN queues that no port uses any more are detached: what they hold goes to pair
+    /// 0 (`rx`, its RX ring) as far as it has room (a detached queue's packets are lost).
+    fn drain_unused_tun_queues(
+        &mut self,
+        sh: &mut Shared,
+        rx: Option<&VringRwLock>,
+    ) -> Result<(), bridge::Error> {
+        let Some(rx) = rx else { return Ok(()) };
+        let used = used_pairs(sh);
+        for q in (used..self.tuns.len()).rev() {
+            if !sh.tun_queue_attached(q) {
+                continue;
+            }
+            for _ in 0..DRAIN_ROUNDS {
+                let n = self.rx_ready(sh, 0, rx, q, true)?;
+                if !n.rx_more {
+                    break;
+                }
             }
         }
         Ok(())
@@ -194,80 +390,188 @@ impl NetBackend {
     fn dispatch_locked(
         &mut self,
         sh: &mut Shared,
+        pair: usize,
         event: u64,
         rx: &VringRwLock,
         tx: &VringRwLock,
+        ctrl: Option<&VringRwLock>,
     ) -> Result<(), bridge::Error> {
+        let ev = self.events;
         match event {
-            TX_EVENT => self.tx_kick(sh, rx, tx)?,
-            RX_EVENT | HOST_EVENT => self.rx_ready(sh, rx, event == HOST_EVENT)?,
-            PENDING_EVENT => {
+            TX_EVENT => self.tx_kick(sh, pair, rx, tx)?,
+            RX_EVENT => {
+                self.rx_ready(sh, pair, rx, pair, false)?;
+            }
+            CTRL_EVENT if pair == 0 => {
+                if let Some(c) = ctrl {
+                    self.ctrl_kick(sh, rx, tx, c)?;
+                }
+            }
+            e if e == ev.host => self.host_readable(sh, pair, rx)?,
+            e if e == ev.pending => {
                 let _ = self.wake.read();
                 sh.took_wakeup(self.port);
-                self.rx_ready(sh, rx, false)?;
+                self.rx_ready(sh, 0, rx, 0, false)?;
             }
-            RESUME_EVENT => {
-                let _ = self.resume.read();
-                if std::mem::take(&mut self.tx_more) {
-                    self.tx_kick(sh, rx, tx)?;
+            e if e == ev.resume => {
+                let _ = self.workers[pair].resume.read();
+                if std::mem::take(&mut self.workers[pair].tx_more) {
+                    self.tx_kick(sh, pair, rx, tx)?;
                 }
-                if std::mem::take(&mut self.rx_more) {
-                    self.rx_ready(sh, rx, false)?;
+                if std::mem::take(&mut self.workers[pair].rx_more) {
+                    self.rx_ready(sh, pair, rx, pair, false)?;
                 }
-            }
-            TIMER_EVENT => {
-                let _ = self.timer.wait();
-                sh.tick();
-                // Safety net, once a second while frames move: deliver what waits for the RX
-                // queue and signal both queues. One run saw a guest never answer DHCP offers
-                // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
-                // asks for the next one only when it has seen this one. The cause is not proven
-                // (suspected: the frontend wiring a queue's call fd or enabling it after the
-                // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
-                // look at its ring.
-                let moved = sh
-                    .net
-                    .stats(self.port)
-                    .map_or(0, |s| s.rx_frames + s.tx_frames + s.local_replies);
-                // `local_replies` also moves when the tick queued a Router Advertisement.
-                if moved != self.moved_at_tick {
-                    self.moved_at_tick = moved;
-                    let mem = self.mem.memory();
-                    let mut rxg = rx.get_mut();
-                    if rxg.get_queue().ready() && rxg.is_enabled() {
-                        let now = sh.clock.now();
-                        let n = sh.net.on_rx_ready(
-                            self.port,
-                            &*mem,
-                            rxg.get_queue_mut(),
-                            &*self.tun,
-                            false,
-                            now,
-                        )?;
-                        self.more(n);
-                        signal(&rxg, "rx");
-                    }
-                    let txg = tx.get_mut();
-                    if txg.get_queue().ready() && txg.is_enabled() {
-                        signal(&txg, "tx");
-                    }
-                }
-                if self.stats_requested.swap(false, Ordering::Relaxed) {
-                    device::log_network_stats(&sh.net);
+                if pair == 0 {
+                    self.read_handed_over(sh, rx)?;
                 }
             }
+            e if e == ev.timer => self.tick(sh, pair, rx, tx)?,
             other => debug!(event = other, "unknown worker event"),
         }
         Ok(())
     }
 
-    /// The TX queue was kicked (or a TX budget ran out before): one budget of TX work.
-    fn tx_kick(
+    /// Whether the port uses `pair` now (and its rings may be worked).
+    fn pair_in_use(&self, sh: &Shared, pair: usize) -> bool {
+        pair < sh.net.queue_pairs(self.port).unwrap_or(1)
+            && (self.workers.len() == 1 || self.workers[pair].rings_up)
+    }
+
+    /// TUN queue `pair` is readable: its pair reads it when the port uses the pair, else
+    /// pair 0 (on its worker); a detached queue is never read (its descriptor answers
+    /// `EBADFD`, which the bridge takes for a TUN deleted underneath).
+    fn host_readable(
+        &mut self,
+        sh: &mut Shared,
+        pair: usize,
+        rx: &VringRwLock,
+    ) -> Result<(), bridge::Error> {
+        if !sh.tun_queue_attached(pair) {
+            return Ok(());
+        }
+        if pair == 0 || self.pair_in_use(sh, pair) {
+            self.rx_ready(sh, pair, rx, pair, true)?;
+        } else {
+            self.handoff |= 1 << pair;
+            self.workers[0].resume_later();
+        }
+        Ok(())
+    }
+
+    /// Pair 0 reads the TUN queues handed to it (one budget each; a queue with more stays
+    /// handed over).
+    fn read_handed_over(&mut self, sh: &mut Shared, rx: &VringRwLock) -> Result<(), bridge::Error> {
+        let queues = std::mem::take(&mut self.handoff);
+        for q in 1..self.tuns.len() {
+            if queues & (1 << q) == 0 || !sh.tun_queue_attached(q) || self.pair_in_use(sh, q) {
+                continue;
+            }
+            let n = self.rx_ready(sh, 0, rx, q, true)?;
+            if n.rx_more {
+                self.handoff |= 1 << q;
+                self.workers[0].resume_later();
+            }
+        }
+        Ok(())
+    }
+
+    /// The driver kicked the control queue: its commands answered (`VQ_PAIRS_SET` within the
+    /// pairs offered), then the network follows the pairs it set.
+    fn ctrl_kick(
         &mut self,
         sh: &mut Shared,
         rx: &VringRwLock,
         tx: &VringRwLock,
+        ctrl: &VringRwLock,
     ) -> Result<(), bridge::Error> {
+        let mem = self.mem.memory();
+        {
+            let mut cg = ctrl.get_mut();
+            if !(cg.get_queue().ready() && cg.is_enabled()) {
+                return Ok(());
+            }
+            let max = self.workers.len();
+            let interrupt = self
+                .ctrl
+                .process(&*mem, cg.get_queue_mut(), |cmd| match cmd {
+                    ControlCommand::QueuePairs(n) => (1..=max).contains(&usize::from(n)),
+                    _ => false,
+                })?;
+            if interrupt {
+                signal(&cg, "ctrl");
+            }
+        }
+        // The pairs the driver set (Network::set_queue_pairs, TUN queues followed).
+        self.sync_pairs(sh, 0, rx, tx, Some(ctrl))
+    }
+
+    /// The pair's timer: the network's tick (once per [`TICK`] whichever worker comes
+    /// first) and the interrupt safety net.
+    fn tick(
+        &mut self,
+        sh: &mut Shared,
+        pair: usize,
+        rx: &VringRwLock,
+        tx: &VringRwLock,
+    ) -> Result<(), bridge::Error> {
+        let _ = self.workers[pair].timer.wait();
+        sh.tick();
+        // Safety net, once a second while frames move: deliver what waits for the RX
+        // queue and signal both queues. One run saw a guest never answer DHCP offers
+        // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
+        // asks for the next one only when it has seen this one. The cause is not proven
+        // (suspected: the frontend wiring a queue's call fd or enabling it after the
+        // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
+        // look at its ring.
+        let moved = if self.workers.len() == 1 {
+            sh.net
+                .stats(self.port)
+                .map_or(0, |s| s.rx_frames + s.tx_frames + s.local_replies)
+        } else {
+            // `local_replies` also moves when the tick queued a Router Advertisement.
+            let own = sh
+                .net
+                .pair_stats(self.port, pair)
+                .map_or(0, |s| s.rx_frames + s.tx_frames);
+            let local = if pair == 0 {
+                sh.net.stats(self.port).map_or(0, |s| s.local_replies)
+            } else {
+                0
+            };
+            own + local
+        };
+        if moved != self.workers[pair].moved_at_tick && self.pair_in_use(sh, pair) {
+            self.workers[pair].moved_at_tick = moved;
+            if ring_up(rx) {
+                let n = self.rx_ready(sh, pair, rx, pair, false)?;
+                if !n.rx {
+                    signal(&rx.get_ref(), "rx");
+                }
+            }
+            let txg = tx.get_ref();
+            if txg.get_queue().ready() && txg.is_enabled() {
+                signal(&txg, "tx");
+            }
+        }
+        if pair == 0 && self.stats_requested.swap(false, Ordering::Relaxed) {
+            device::log_network_stats(&sh.net);
+        }
+        Ok(())
+    }
+
+    /// Pair `pair`'s TX queue was kicked (or a TX budget ran out before): one budget of TX
+    /// work, written to TUN queue `pair`.
+    fn tx_kick(
+        &mut self,
+        sh: &mut Shared,
+        pair: usize,
+        rx: &VringRwLock,
+        tx: &VringRwLock,
+    ) -> Result<(), bridge::Error> {
+        // A pair the driver does not use (a kick before its VQ_PAIRS_SET): left alone.
+        if !self.pair_in_use(sh, pair) {
+            return Ok(());
+        }
         let mem = self.mem.memory();
         let mut txg = tx.get_mut();
         // Checked under the lock the work is done under: the frontend's request handler
@@ -279,15 +583,17 @@ impl NetBackend {
         let mut rxg = rx.get_mut();
         let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
         let now = sh.clock.now();
-        let n = sh.net.on_tx_kick(
+        let tun = self.tun(pair);
+        let n = sh.net.on_pair_tx_kick(
             self.port,
+            pair,
             &*mem,
             txg.get_queue_mut(),
             rx_ok.then(|| rxg.get_queue_mut()),
-            &*self.tun,
+            tun,
             now,
         )?;
-        self.more(n);
+        self.more(pair, n);
         if n.tx {
             signal(&txg, "tx");
         }
@@ -297,41 +603,103 @@ impl NetBackend {
         Ok(())
     }
 
-    /// RX buffers were added or (`host_readable`) the TUN became readable, or a delivery
-    /// budget ran out before: one budget of delivery.
+    /// RX buffers were added or (`host_readable`) TUN queue `queue` became readable, or a
+    /// delivery budget ran out before: one budget of delivery into pair `pair`'s RX queue.
     fn rx_ready(
         &mut self,
         sh: &mut Shared,
+        pair: usize,
         rx: &VringRwLock,
+        queue: usize,
         host_readable: bool,
-    ) -> Result<(), bridge::Error> {
+    ) -> Result<Notify, bridge::Error> {
         let mem = self.mem.memory();
         let mut rxg = rx.get_mut();
-        if rxg.get_queue().ready() && rxg.is_enabled() {
+        if rxg.get_queue().ready() && rxg.is_enabled() && self.pair_in_use(sh, pair) {
             let now = sh.clock.now();
-            let n = sh.net.on_rx_ready(
+            let tun = self.tun(queue);
+            let n = sh.net.on_pair_rx_ready(
                 self.port,
+                pair,
                 &*mem,
                 rxg.get_queue_mut(),
-                &*self.tun,
+                tun,
                 host_readable,
                 now,
             )?;
-            self.more(n);
+            self.more(pair, n);
             if n.rx {
                 signal(&rxg, "rx");
             }
+            Ok(n)
         } else {
-            sh.net.on_rx_unavailable(self.port);
+            if pair == 0 {
+                sh.net.on_rx_unavailable(self.port);
+            }
+            Ok(Notify::default())
         }
-        Ok(())
     }
 
-    /// Records what an event left for the resume eventfd.
-    fn more(&mut self, n: Notify) {
-        self.tx_more |= n.tx_more;
-        self.rx_more |= n.rx_more;
+    /// TUN queue `q` (queue 0 for an index beyond them).
+    fn tun(&self, q: usize) -> &Tun {
+        self.tuns.get(q).unwrap_or(&self.tuns[0])
     }
+
+    /// Records what an event left for the pair's resume eventfd.
+    fn more(&mut self, pair: usize, n: Notify) {
+        let w = &mut self.workers[pair];
+        w.tx_more |= n.tx_more;
+        w.rx_more |= n.rx_more;
+    }
+}
+
+/// The most pairs any port uses (at least 1).
+fn used_pairs(sh: &Shared) -> usize {
+    sh.net
+        .ports()
+        .filter_map(|(p, _)| sh.net.queue_pairs(p))
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// TUN queue q stays attached while some port uses pair q (queue 0 always): queues no port
+/// uses are detached from the top down, queues used again attached from the bottom up, so
+/// the kernel's indices stay the pairs' (docs/PLATFORMS.md "Multi-queue"). A queue whose
+/// call fails stays as it was (logged); the next change tries again.
+pub(crate) fn follow_tun_queues(sh: &mut Shared, tuns: &[Tun]) {
+    let used = used_pairs(sh);
+    for q in (used..tuns.len()).rev() {
+        if sh.tun_queue_attached(q) {
+            match tuns[q].set_queue_enabled(false) {
+                Ok(()) => {
+                    sh.set_tun_queue_attached(q, false);
+                    debug!(queue = q, "TUN queue detached");
+                }
+                Err(e) => warn!(queue = q, "detaching a TUN queue failed: {e}"),
+            }
+        }
+    }
+    for (q, tun) in tuns.iter().enumerate().take(used).skip(1) {
+        if !sh.tun_queue_attached(q) {
+            match tun.set_queue_enabled(true) {
+                Ok(()) => {
+                    sh.set_tun_queue_attached(q, true);
+                    debug!(queue = q, "TUN queue attached");
+                }
+                Err(e) => {
+                    warn!(queue = q, "attaching a TUN queue failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The queues a backend of `pairs` queue pairs has: RX and TX per pair, and the control queue
+/// (index 2 × `pairs`) with more than one.
+pub(crate) const fn num_queues(pairs: usize) -> usize {
+    if pairs > 1 { 2 * pairs + 1 } else { 2 }
 }
 
 impl VhostUserBackendMut for NetBackend {
@@ -339,7 +707,23 @@ impl VhostUserBackendMut for NetBackend {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        num_queues(self.workers.len())
+    }
+
+    /// A worker per queue pair: pair i's RX and TX queues (2i, 2i + 1), the control queue
+    /// with pair 0.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        let pairs = self.workers.len();
+        (0..pairs)
+            .map(|i| {
+                let mask = 0b11u64 << (2 * i);
+                if i == 0 && pairs > 1 {
+                    mask | 1 << (2 * pairs)
+                } else {
+                    mask
+                }
+            })
+            .collect()
     }
 
     fn max_queue_size(&self) -> usize {
@@ -359,7 +743,9 @@ impl VhostUserBackendMut for NetBackend {
     fn acked_features(&mut self, features: u64) {
         let acked = network::lock(&self.net)
             .net
-            .ack_features(self.port, features, &*self.tun);
+            .ack_features(self.port, features, &self.tuns[0]);
+        // A new negotiation starts again with one queue pair.
+        self.ctrl.set_features(acked);
         // One line per connection (and per renegotiation, e.g. a guest reboot).
         info!(
             port = self.port.0,
@@ -369,8 +755,15 @@ impl VhostUserBackendMut for NetBackend {
         );
     }
 
+    /// `CONFIG` and `REPLY_ACK`; with more than one queue pair also `MQ` (the frontend then
+    /// asks `GET_QUEUE_NUM`: [`Self::num_queues`]).
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+        let f = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK;
+        if self.workers.len() > 1 {
+            f | VhostUserProtocolFeatures::MQ
+        } else {
+            f
+        }
     }
 
     fn reset_device(&mut self) {
@@ -382,11 +775,18 @@ impl VhostUserBackendMut for NetBackend {
                 Err(e) => warn!("re-attaching the port after a reset failed: {e:#}"),
             }
             if n.alone(self.port) {
-                clear_offloads(&self.tun);
+                clear_offloads(&self.tuns[0]);
             }
+            follow_tun_queues(&mut n, &self.tuns);
         }
-        self.tx_more = false;
-        self.rx_more = false;
+        for w in &mut self.workers {
+            w.tx_more = false;
+            w.rx_more = false;
+            w.rings_up = false;
+        }
+        self.ctrl = ControlQueue::new(u16::try_from(self.workers.len()).unwrap_or(1));
+        self.ctrl_up = false;
+        self.handoff = 0;
         self.broken = false;
     }
 
@@ -421,18 +821,20 @@ impl VhostUserBackendMut for NetBackend {
         device_event: u16,
         _evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
-        tracing::trace!(event = device_event, "worker event");
+        tracing::trace!(event = device_event, pair = thread_id, "worker event");
         if self.broken {
             // The resume eventfd is level-triggered: empty it, or the worker spins on it.
-            if u64::from(device_event) == RESUME_EVENT {
-                let _ = self.resume.read();
+            if u64::from(device_event) == self.events.resume
+                && let Some(w) = self.workers.get(thread_id)
+            {
+                let _ = w.resume.read();
             }
             return Ok(());
         }
         // Errors never leave this function: an error would end the worker thread for good.
-        if let Err(e) = self.dispatch(u64::from(device_event), vrings) {
+        if let Err(e) = self.dispatch(thread_id, u64::from(device_event), vrings) {
             warn!("the driver broke the virtio protocol ({e}); closing the connection");
             self.broken = true;
             if let Some(h) = &self.shutdown {
@@ -441,9 +843,9 @@ impl VhostUserBackendMut for NetBackend {
         } else if self.host_lost.load(Ordering::SeqCst) {
             // Never serve the guest on a dead link: close the connection, and the daemon stops.
             error!(
-                tun = self.tun.name(),
+                tun = self.tuns[0].name(),
                 "the TUN {} failed (deleted underneath?); closing the connection and stopping",
-                self.tun.name()
+                self.tuns[0].name()
             );
             self.host_lost.store(true, Ordering::SeqCst);
             self.broken = true;
@@ -469,9 +871,13 @@ fn signal(vring: &vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMm
     }
 }
 
-const NUM_QUEUES: usize = 2;
 const MAX_QUEUE_SIZE: usize = 1024;
+/// A pair's worker's queue events: its RX and TX queues, and on pair 0's worker (with more
+/// than one pair) the control queue.
 const RX_EVENT: u64 = 0;
 const TX_EVENT: u64 = 1;
+const CTRL_EVENT: u64 = 2;
+/// Rounds of pair 0's delivery that read a TUN queue going out of use.
+const DRAIN_ROUNDS: usize = 8;
 const MAX_CONFIG_READ: usize = 256;
 const TICK: Duration = Duration::from_secs(1);

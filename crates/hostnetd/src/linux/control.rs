@@ -144,6 +144,14 @@ impl Control {
                             .collect()
                     })
                     .unwrap_or_default(),
+                queue_pairs: net.queue_pairs(port).unwrap_or(1) as u64,
+                pairs: (0..usize::from(bridge::MAX_QUEUE_PAIRS))
+                    .map_while(|i| net.pair_stats(port, i))
+                    .map(|p| control::PairCounters {
+                        tx_frames: p.tx_frames,
+                        rx_frames: p.rx_frames,
+                    })
+                    .collect(),
             });
         }
         s.guest = s.guests.first().cloned();

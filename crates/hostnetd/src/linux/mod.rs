@@ -29,6 +29,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::args::Args;
 use backend::NetBackend;
+pub(crate) use backend::follow_tun_queues;
 use device::DeviceConfig;
 
 /// Runs the daemon until SIGTERM/SIGINT (`Ok`), or until its TUN fails (deleted underneath:
@@ -86,7 +87,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         None => identity.as_ref().map(|id| id.gid),
     };
 
-    let tun = Arc::new(open_tun(args, pair, pair6)?);
+    let tuns: Arc<[Tun]> = Arc::from(open_tun(args, pair, pair6)?);
+    let tun = &tuns[0];
     // Under the pair lock, so a second instance starting at once sees this one's table.
     let host_setup = if args.host_setup {
         Some(host_setup::HostSetup::start(
@@ -103,7 +105,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     config.offload = tun.vnet_hdr_len() == bridge::VIRTIO_NET_HDR_LEN;
     // The TUN is opened non-blocking (`TunBuilder::nonblocking`); `prepare` is the host-link
     // contract's step and sets the same mode again. The worker must never block.
-    bridge::HostLink::prepare(&*tun).context("making the TUN non-blocking")?;
+    for q in tuns.iter() {
+        bridge::HostLink::prepare(q).context("making the TUN non-blocking")?;
+    }
     let listener = SocketGuard::bind(&args.socket)?;
     sandbox::secure_socket(
         &args.socket,
@@ -140,6 +144,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     // One network for every connection: its NAT and leases outlive them.
     let mut shared = network::Shared::new(&config, args.max_guests)?;
     shared.net.set_guest_multicast(args.guest_multicast);
+    shared.net.set_max_queue_pairs(args.queues);
+    shared.set_tun_queues(tuns.len());
+    // No port uses pairs beyond 0 yet: their TUN queues leave the kernel's steering.
+    backend::follow_tun_queues(&mut shared, &tuns);
     let net: network::SharedNet = Arc::new(parking_lot::Mutex::new(shared));
     let control = Arc::new(control::Control::new(
         config.clone(),
@@ -187,6 +195,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         socket = %args.socket.display(),
         tun = tun.name(),
         mtu = args.mtu,
+        queues = tuns.len(),
         dns_upstream = ?dns_upstream,
         forwards = args.forwards.len(),
         "listening"
@@ -222,7 +231,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     loop {
         running.retain(|t| !t.is_finished());
         let served = active.load(Ordering::SeqCst);
-        let watch_tun = (served == 0).then_some(&*tun);
+        let watch_tun = (served == 0).then_some(tun);
         let wake = stop.wait_for_connection(&listener.listener, watch_tun)?;
         running.retain(|t| !t.is_finished());
         if stop.host_lost.load(Ordering::SeqCst) {
@@ -278,13 +287,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             drop(frontend);
             continue;
         }
-        let (tun, stop, control, net) = (tun.clone(), stop.clone(), control.clone(), net.clone());
+        let (tuns, stop, control, net) = (tuns.clone(), stop.clone(), control.clone(), net.clone());
         active.fetch_add(1, Ordering::SeqCst);
         let done = active.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{n}"))
             .spawn(move || {
-                let served = serve_one(&tun, &net, frontend, &stop, &control);
+                let served = serve_one(&tuns, &net, frontend, &stop, &control);
                 let host_lost = stop.host_lost.load(Ordering::SeqCst);
                 match served {
                     Ok(()) if host_lost => info!(connection = n, "connection closed"),
@@ -331,7 +340,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 /// The frontend talks to a [`proxy::Relay`], which talks to the vhost-user-backend daemon over a
 /// private (abstract) unix socket.
 pub(crate) fn serve_one(
-    tun: &Arc<Tun>,
+    tuns: &Arc<[Tun]>,
     net: &network::SharedNet,
     frontend: UnixStream,
     stop: &Stop,
@@ -350,7 +359,7 @@ pub(crate) fn serve_one(
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Arc::new(RwLock::new(NetBackend::new(
         net.clone(),
-        tun.clone(),
+        tuns.clone(),
         mem.clone(),
         stop.stats_requested.clone(),
         stop.host_lost.clone(),
@@ -358,25 +367,40 @@ pub(crate) fn serve_one(
     let mut daemon = VhostUserDaemon::new("hostnetd".to_owned(), backend.clone(), mem)
         .map_err(|e| anyhow!("creating the vhost-user daemon: {e}"))?;
     {
+        // A worker per queue pair: pair i's watches TUN queue i, its timer and its resume
+        // eventfd; pair 0's also the port's wake-up eventfd.
         let handlers = daemon.get_epoll_handlers();
-        let worker = handlers.first().context("the daemon has no worker")?;
+        anyhow::ensure!(
+            handlers.len() == tuns.len(),
+            "the daemon has {} workers for {} queue pairs",
+            handlers.len(),
+            tuns.len()
+        );
         let b = backend.read().unwrap_or_else(PoisonError::into_inner);
-        worker
-            .register_listener(
-                tun.as_raw_fd(),
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-                backend::HOST_EVENT,
-            )
-            .context("registering the TUN with the worker")?;
-        worker
-            .register_listener(b.timer_fd(), EventSet::IN, backend::TIMER_EVENT)
-            .context("registering the timer with the worker")?;
-        worker
-            .register_listener(b.resume_fd(), EventSet::IN, backend::RESUME_EVENT)
-            .context("registering the resume event with the worker")?;
-        worker
-            .register_listener(b.wake_fd(), EventSet::IN, backend::PENDING_EVENT)
-            .context("registering the wake-up event with the worker")?;
+        let ev = b.events();
+        for (pair, (worker, tun)) in handlers.iter().zip(tuns.iter()).enumerate() {
+            let (Some(timer), Some(resume)) = (b.timer_fd(pair), b.resume_fd(pair)) else {
+                anyhow::bail!("no worker state for queue pair {pair}");
+            };
+            worker
+                .register_listener(
+                    tun.as_raw_fd(),
+                    EventSet::IN | EventSet::EDGE_TRIGGERED,
+                    ev.host,
+                )
+                .context("registering the TUN with the worker")?;
+            worker
+                .register_listener(timer, EventSet::IN, ev.timer)
+                .context("registering the timer with the worker")?;
+            worker
+                .register_listener(resume, EventSet::IN, ev.resume)
+                .context("registering the resume event with the worker")?;
+            if pair == 0 {
+                worker
+                    .register_listener(b.wake_fd(), EventSet::IN, ev.pending)
+                    .context("registering the wake-up event with the worker")?;
+            }
+        }
     }
     daemon
         .start(&mut inner)
@@ -414,9 +438,15 @@ pub(crate) fn serve_one(
     }
 }
 
-/// Opens the TUN: with virtio-net headers for offloads (unless `--no-offload`); a kernel that
-/// refuses them gets a plain TUN and no offloads.
-fn open_tun(args: &Args, pair: bridge::AddrPair, pair6: Option<bridge::AddrPair6>) -> Result<Tun> {
+/// Opens the TUN, with `--queues` queues (`IFF_MULTI_QUEUE` when more than one): with
+/// virtio-net headers for offloads (unless `--no-offload`); a kernel that refuses them gets a
+/// plain TUN and no offloads.
+fn open_tun(
+    args: &Args,
+    pair: bridge::AddrPair,
+    pair6: Option<bridge::AddrPair6>,
+) -> Result<Vec<Tun>> {
+    let queues = usize::from(args.queues.max(1));
     let builder = || {
         let b = TunBuilder::new()
             .name(args.tun_name.clone())
@@ -428,15 +458,22 @@ fn open_tun(args: &Args, pair: bridge::AddrPair, pair6: Option<bridge::AddrPair6
             None => b,
         }
     };
+    let open = |b: TunBuilder| {
+        if queues > 1 {
+            b.open_queues(queues)
+        } else {
+            b.open().map(|t| vec![t])
+        }
+    };
     if args.offload {
-        match builder().vnet_hdr(true).open() {
-            Ok(tun) => return Ok(tun),
+        match open(builder().vnet_hdr(true)) {
+            Ok(tuns) => return Ok(tuns),
             Err(e) => warn!(
                 "a TUN with virtio-net headers could not be created ({e}); running without offloads"
             ),
         }
     }
-    builder().open().context("creating the TUN device")
+    open(builder()).context("creating the TUN device")
 }
 
 /// The stop request (SIGTERM/SIGINT): wakes the listen loop and closes the current connection.

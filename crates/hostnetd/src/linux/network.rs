@@ -9,7 +9,7 @@
 //! with several, the NAT, the switch and the inboxes stay single-owner (the bridge's network
 //! has no locking of its own) and a guest's batch is switched into another guest's inbox
 //! under the same lock. After each event the worker wakes every other port whose inbox
-//! filled (an eventfd per port, in that port's worker's epoll: [`super::backend::PENDING_EVENT`]).
+//! filled (an eventfd per port, in that port's worker's epoll: `super::backend::Events::pending`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ pub(crate) struct Shared {
     pub(crate) net: Network,
     /// The time every port's events are given (one clock for the one NAT).
     pub(crate) clock: Clock,
-    /// Each attached port's wake-up eventfd (its worker's `PENDING_EVENT`), by port index.
+    /// Each attached port's wake-up eventfd (its pair 0 worker's `Events::pending`), by port index.
     wakers: Vec<Option<Arc<EventFd>>>,
     /// The port was woken and its worker has not taken the wake-up yet.
     woken: Vec<bool>,
@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     /// The first port's MAC; port `i` gets this plus `i`.
     base_mac: MacAddr,
     max_ports: usize,
+    /// Which of the TUN's queues are attached (in the kernel's steering), by index; queue 0
+    /// always is.
+    tun_attached: Vec<bool>,
 }
 
 /// The network as the connections share it.
@@ -71,6 +74,7 @@ impl Shared {
             last_tick: None,
             base_mac: config.mac,
             max_ports,
+            tun_attached: vec![true],
         })
     }
 
@@ -133,6 +137,23 @@ impl Shared {
             *w = false;
         }
         self.set_tx_budget();
+    }
+
+    /// The TUN has `queues` queues, all attached (as opened).
+    pub(crate) fn set_tun_queues(&mut self, queues: usize) {
+        self.tun_attached = vec![true; queues.max(1)];
+    }
+
+    /// Whether TUN queue `q` is attached (a detached queue is never read).
+    pub(crate) fn tun_queue_attached(&self, q: usize) -> bool {
+        self.tun_attached.get(q).copied().unwrap_or(false)
+    }
+
+    /// Records that TUN queue `q` was attached or detached.
+    pub(crate) fn set_tun_queue_attached(&mut self, q: usize, attached: bool) {
+        if let Some(a) = self.tun_attached.get_mut(q) {
+            *a = attached;
+        }
     }
 
     /// Whether no port but `port` is attached (the TUN's offloads are then its alone).

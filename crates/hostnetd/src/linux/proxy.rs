@@ -510,7 +510,8 @@ const MAX_PAYLOAD: usize = 0x1000 + 8 * 32 + 8;
 /// The most descriptors one message may carry (SET_MEM_TABLE: one per region, at most 8; we
 /// allow the vhost crate's limit of 32 so it can refuse them itself).
 const MAX_FDS: usize = 32;
-/// Rings whose early enable state is remembered (two per queue pair; one pair today).
+/// Rings whose early enable state is remembered (two per queue pair, up to `--queues 4`; the
+/// control queue's is never enabled by a frontend that answers it itself).
 const MAX_RINGS: usize = 8;
 const SET_FEATURES: u32 = 2;
 const SET_VRING_KICK: u32 = 12;

@@ -344,10 +344,15 @@ fn allowed_syscalls() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         .map(|cmd| arg_eq(1, cmd))
         .collect::<Result<_>>()?,
     );
-    // The TUN: offloads follow what the guest accepts; FIONBIO for std's set_nonblocking.
+    // The TUN: offloads follow what the guest accepts; FIONBIO for std's set_nonblocking;
+    // TUNSETQUEUE detaches and attaches the queues of pairs out of use (`--queues`).
     rules.insert(
         SYS_ioctl,
-        vec![arg_eq(1, TUNSETOFFLOAD as i64)?, arg_eq(1, FIONBIO as i64)?],
+        vec![
+            arg_eq(1, TUNSETOFFLOAD as i64)?,
+            arg_eq(1, FIONBIO as i64)?,
+            arg_eq(1, TUNSETQUEUE as i64)?,
+        ],
     );
     // Unix sockets only: the listener, each connection's private relay socket, signal-hook's pair.
     rules.insert(SYS_socket, vec![arg_eq(0, AF_UNIX)?]);
