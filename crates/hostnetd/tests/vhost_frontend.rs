@@ -98,7 +98,10 @@ fn a_one_pair_guest_of_a_two_queue_hostnetd_is_served_on_pair_0() -> Result<()> 
     let g = &reply["guests"][0];
     ensure!(g["queue_pairs"].as_u64() == Some(1), "{guests}");
     let rx0 = g["pairs"][0]["rx_frames"].as_u64().unwrap_or(0);
-    ensure!(rx0 > 1000, "pair 0 moved {rx0} frames to the guest: {guests}");
+    ensure!(
+        rx0 > 1000,
+        "pair 0 moved {rx0} frames to the guest: {guests}"
+    );
     ensure!(!attached.has_failed(), "a driver thread stopped");
     attached.stop()?;
     Ok(())
