@@ -31,7 +31,7 @@ use crate::offload::{MAX_IP_PACKET, Offloads};
 use crate::rx_engine::RxEngine;
 use crate::rx_queue::RxQueue;
 use crate::stats::{BridgeStats, Stats};
-use crate::tx_engine::{SwitchView, TxEngine};
+use crate::tx_engine::TxEngine;
 use crate::tx_queue::{TxOutcome, TxQueue};
 use crate::wire::{ETH_HLEN, MacAddr};
 use crate::{Error, HostLink, OFFLOAD_FEATURES};
@@ -430,7 +430,14 @@ impl DeviceCore {
         let reply_size = self.port.replies.buf_size();
         let mut pairs = self.port.pairs;
         // `PortCore` always has pair 0 (and a `DeviceCore` no other).
-        let QueuePair { tx, rx, .. } = pairs.swap_remove(0);
+        let QueuePair { tx, rx } = pairs.swap_remove(0).unwrap_or_else(|| {
+            queue_pair(
+                &self.port.config,
+                &self.port.negotiated,
+                self.port.relay.clone(),
+                self.port.short,
+            )
+        });
         Parts {
             reply_size,
             config: self.port.config,
@@ -456,7 +463,15 @@ pub(crate) struct PortCore {
     /// [`PortCore::set_queue_pairs`]). Each pair's TX and RX half work on its own virtqueues
     /// (and, on a multi-queue host link, its own queue of it); the guest's state, the inbox
     /// and the counters are the port's.
-    pub(crate) pairs: Vec<QueuePair>,
+    /// A pair's slot is empty while a [`crate::PairWorker`] holds its halves.
+    pub(crate) pairs: Vec<Option<QueuePair>>,
+    /// What each pair moved (as long as `pairs`).
+    pub(crate) moved: Vec<PairStats>,
+    /// Bumped whenever the halves are rebuilt (a negotiation): a worker holding halves of an
+    /// older generation builds new ones.
+    pub(crate) generation: u64,
+    /// A short host batch counts as drained ([`DeviceCore::with_short_batch_drains`]).
+    pub(crate) short: bool,
     /// Pairs in use (`1..=pairs.len()`): the driver's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
     active_pairs: usize,
     /// Frames waiting for RX buffers: gateway replies, hairpinned packets, frames switched
@@ -465,7 +480,7 @@ pub(crate) struct PortCore {
     pub(crate) negotiated: Negotiated,
     pub(crate) stats: Stats,
     /// The DNS relay the halves share (one per network).
-    relay: Option<SharedRelay>,
+    pub(crate) relay: Option<SharedRelay>,
     /// The host link failed once (logged once; the TUN was probably deleted).
     pub(crate) host_failed: bool,
     /// The negotiated offloads were logged (once, and on a change).
@@ -493,7 +508,10 @@ impl PortCore {
         let pair = queue_pair(&config, &negotiated, relay.clone(), false);
         Ok(Self {
             guest: guest_state(&config, gateway),
-            pairs: vec![pair],
+            pairs: vec![Some(pair)],
+            moved: vec![PairStats::default()],
+            generation: 0,
+            short: false,
             active_pairs: 1,
             replies: reply_batch(&config, &negotiated),
             config,
@@ -531,12 +549,12 @@ impl PortCore {
         };
         match build_gateway(&self.config) {
             Ok(gateway) => {
-                let short = self.short_batch_drains();
+                let short = self.short;
                 self.guest = guest_state(&self.config, gateway);
-                for p in &mut self.pairs {
-                    let fresh = queue_pair(&self.config, &negotiated, self.relay.clone(), short);
-                    (p.tx, p.rx) = (fresh.tx, fresh.rx);
+                for p in self.pairs.iter_mut().flatten() {
+                    *p = queue_pair(&self.config, &negotiated, self.relay.clone(), short);
                 }
+                self.generation += 1;
                 if reply_size(&self.config, &negotiated) != self.replies.buf_size() {
                     self.replies = reply_batch(&self.config, &negotiated);
                 }
@@ -562,10 +580,10 @@ impl PortCore {
                 crate::MAX_QUEUE_PAIRS
             )));
         }
-        let short = self.short_batch_drains();
         while self.pairs.len() < n {
-            let pair = queue_pair(&self.config, &self.negotiated, self.relay.clone(), short);
-            self.pairs.push(pair);
+            let pair = queue_pair(&self.config, &self.negotiated, self.relay.clone(), self.short);
+            self.pairs.push(Some(pair));
+            self.moved.push(PairStats::default());
         }
         self.active_pairs = n;
         Ok(())
@@ -578,11 +596,11 @@ impl PortCore {
 
     /// What pair `pair` moved (also while out of use), if it was ever set up.
     pub(crate) fn pair_stats(&self, pair: usize) -> Option<PairStats> {
-        self.pairs.get(pair).map(|p| p.moved)
+        self.moved.get(pair).copied()
     }
 
     /// Pair `pair` if it is in use.
-    fn check_pair(&self, pair: usize) -> Result<(), Error> {
+    pub(crate) fn check_pair(&self, pair: usize) -> Result<(), Error> {
         if pair < self.active_pairs {
             Ok(())
         } else {
@@ -595,20 +613,21 @@ impl PortCore {
 
     /// See [`DeviceCore::with_short_batch_drains`] (every pair).
     pub(crate) fn set_short_batch_drains(&mut self, on: bool) {
-        for p in &mut self.pairs {
+        self.short = on;
+        for p in self.pairs.iter_mut().flatten() {
             p.rx.short_batch_drains = on;
         }
     }
 
     /// Whether a short host batch counts as drained.
     pub(crate) fn short_batch_drains(&self) -> bool {
-        self.pairs.first().is_some_and(|p| p.rx.short_batch_drains)
+        self.short
     }
 
     /// The host link (pair `pair`'s queue of it) became readable (`readable`) or may hold
     /// packets not read yet.
     pub(crate) fn host_readable(&mut self, pair: usize, readable: bool) {
-        if let Some(p) = self.pairs.get_mut(pair) {
+        if let Some(Some(p)) = self.pairs.get_mut(pair) {
             p.rx.host_pending |= readable;
         }
     }
@@ -707,76 +726,37 @@ impl PortCore {
         nat: &mut Nat,
         mem: &M,
         txq: &mut Q,
-        mut rxq: Option<&mut Q>,
+        rxq: Option<&mut Q>,
         host: &impl HostLink,
         now: nat::Instant,
-        mut others: Option<&mut Others<'_>>,
+        others: Option<&mut Others<'_>>,
         budget: usize,
     ) -> Result<Notify, Error> {
         self.check_pair(pair)?;
-        let mut n = Notify::default();
-        let mut batches = 0;
-        loop {
-            txq.disable_notification(mem)?;
-            loop {
-                if batches >= budget {
-                    // Chains wait and notifications are off: the driver calls again.
-                    n.tx_more = true;
-                    return Ok(n);
-                }
-                batches += 1;
-                if self.replies.pending() == 0 {
-                    self.replies.clear();
-                }
-                let step = Step {
-                    host,
-                    now,
-                    stats: &mut self.stats,
-                };
-                let view = others.as_ref().map(|o| o.view());
-                let before = step.stats.tx_frames;
-                let out = match self.pairs[pair].tx.batch(
-                    mem,
-                    txq,
-                    &mut self.replies,
-                    &mut self.guest,
-                    &mut *nat,
-                    step,
-                    view,
-                ) {
-                    Ok(out) => out,
-                    Err(Error::HostLink(e)) => {
-                        self.host_failure(&e);
-                        TxOutcome::default()
-                    }
-                    Err(e) => return Err(e),
-                };
-                self.pairs[pair].moved.tx_frames += self.stats.tx_frames - before;
-                n.tx |= out.notify;
-                let mut busy = false;
-                if let Some(o) = others.as_deref_mut() {
-                    o.take_tx(&self.pairs[pair].tx.engine, &mut self.stats);
-                    busy = o.inbox_busy();
-                }
-                if let Some(rxq) = rxq.as_deref_mut() {
-                    let d = self.deliver(pair, nat, mem, rxq, host, now, others.as_deref_mut())?;
-                    n.rx |= d.rx;
-                    n.rx_more = d.rx_more;
-                }
-                if out.more && busy {
-                    // Another port's inbox fills: its driver delivers before more comes.
-                    n.tx_more = true;
-                    return Ok(n);
-                }
-                if !out.more {
-                    break;
-                }
-            }
-            if !txq.enable_notification(mem)? {
-                break;
-            }
-        }
-        Ok(n)
+        let PortCore {
+            pairs,
+            guest,
+            replies,
+            stats,
+            moved,
+            host_failed,
+            ..
+        } = self;
+        let (Some(Some(halves)), Some(moved)) = (pairs.get_mut(pair), moved.get_mut(pair)) else {
+            return Err(pair_held(pair));
+        };
+        let mut access = Direct {
+            nat,
+            guest,
+            replies,
+            others,
+        };
+        let counters = Counters {
+            stats,
+            moved,
+            failed: host_failed,
+        };
+        halves.on_tx_kick(&mut access, counters, mem, txq, rxq, host, now, budget)
     }
 
     /// Queues the gateway's unsolicited Router Advertisement when one is due (see
@@ -812,69 +792,169 @@ impl PortCore {
         others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
         self.check_pair(pair)?;
-        let before = self.stats.rx_frames;
-        let r = self.deliver_passes(pair, nat, mem, rxq, host, now, others);
-        self.pairs[pair].moved.rx_frames += self.stats.rx_frames - before;
-        r
+        let PortCore {
+            pairs,
+            guest,
+            replies,
+            stats,
+            moved,
+            host_failed,
+            ..
+        } = self;
+        let (Some(Some(halves)), Some(moved)) = (pairs.get_mut(pair), moved.get_mut(pair)) else {
+            return Err(pair_held(pair));
+        };
+        let mut access = Direct {
+            nat,
+            guest,
+            replies,
+            others,
+        };
+        let counters = Counters {
+            stats,
+            moved,
+            failed: host_failed,
+        };
+        halves.deliver(&mut access, counters, mem, rxq, host, now)
+    }
+}
+
+/// A pair whose halves a [`crate::PairWorker`] holds: its events go through the worker.
+fn pair_held(pair: usize) -> Error {
+    Error::Config(format!("queue pair {pair} is served by a pair worker"))
+}
+
+/// The counters an event adds to: the port's (or a [`crate::PairWorker`]'s, added to the
+/// port's after the event) and whether the host link failed.
+pub(crate) struct Counters<'a> {
+    pub(crate) stats: &'a mut Stats,
+    pub(crate) moved: &'a mut PairStats,
+    /// The host link failed once (logged once; the TUN was probably deleted).
+    pub(crate) failed: &'a mut bool,
+}
+
+impl Counters<'_> {
+    fn host_failure(&mut self, e: &std::io::Error) {
+        if !*self.failed {
+            warn!("the host link failed: {e}");
+            *self.failed = true;
+        }
+    }
+}
+
+impl QueuePair {
+    /// The TX kick on this pair (see [`DeviceCore::on_tx_kick`]) with at most `budget`
+    /// batches, each batch's shared part under one `access`; the kick ends early, with
+    /// [`Notify::tx_more`], while an inbox of another port it filled is half full.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_tx_kick<A: TxAccess + RxAccess, M: GuestMemory, Q: QueueT>(
+        &mut self,
+        access: &mut A,
+        mut c: Counters<'_>,
+        mem: &M,
+        txq: &mut Q,
+        mut rxq: Option<&mut Q>,
+        host: &impl HostLink,
+        now: nat::Instant,
+        budget: usize,
+    ) -> Result<Notify, Error> {
+        let mut n = Notify::default();
+        let mut batches = 0;
+        loop {
+            txq.disable_notification(mem)?;
+            loop {
+                if batches >= budget {
+                    // Chains wait and notifications are off: the driver calls again.
+                    n.tx_more = true;
+                    return Ok(n);
+                }
+                batches += 1;
+                let step = Step {
+                    host,
+                    now,
+                    stats: &mut *c.stats,
+                };
+                let before = step.stats.tx_frames;
+                let (out, busy) = match self.tx.batch(mem, txq, access, step) {
+                    Ok(out) => out,
+                    Err(Error::HostLink(e)) => {
+                        c.host_failure(&e);
+                        (TxOutcome::default(), false)
+                    }
+                    Err(e) => return Err(e),
+                };
+                c.moved.tx_frames += c.stats.tx_frames - before;
+                n.tx |= out.notify;
+                if let Some(rxq) = rxq.as_deref_mut() {
+                    let counters = Counters {
+                        stats: &mut *c.stats,
+                        moved: &mut *c.moved,
+                        failed: &mut *c.failed,
+                    };
+                    let d = self.deliver(access, counters, mem, rxq, host, now)?;
+                    n.rx |= d.rx;
+                    n.rx_more = d.rx_more;
+                }
+                if out.more && busy {
+                    // Another port's inbox fills: its driver delivers before more comes.
+                    n.tx_more = true;
+                    return Ok(n);
+                }
+                if !out.more {
+                    break;
+                }
+            }
+            if !txq.enable_notification(mem)? {
+                break;
+            }
+        }
+        Ok(n)
     }
 
-    /// [`PortCore::deliver`]'s passes on a pair in use.
-    #[allow(clippy::too_many_arguments)]
-    fn deliver_passes<M: GuestMemory, Q: QueueT>(
+    /// Fills the guest's RX buffers of this pair, at most [`RX_PASS_BUDGET`] passes; returns
+    /// whether to interrupt the driver (`rx`) and whether work is left (`rx_more`).
+    pub(crate) fn deliver<A: RxAccess, M: GuestMemory, Q: QueueT>(
         &mut self,
-        pair: usize,
-        nat: &mut Nat,
+        access: &mut A,
+        mut c: Counters<'_>,
         mem: &M,
         rxq: &mut Q,
         host: &impl HostLink,
         now: nat::Instant,
-        mut others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
-        let guest_mac = self.guest.gateway().guest_mac();
+        let before = c.stats.rx_frames;
         let mut notify = Notify::default();
+        let mut done = false;
         for _ in 0..RX_PASS_BUDGET {
             let step = Step {
                 host,
                 now,
-                stats: &mut self.stats,
+                stats: &mut *c.stats,
             };
-            let p = self.pairs[pair].rx.deliver(
-                mem,
-                rxq,
-                Some(&mut self.replies),
-                &mut *nat,
-                step,
-                guest_mac,
-                others.as_deref_mut(),
-            );
-            let p = match p {
+            let p = match self.rx.deliver(mem, rxq, access, step) {
                 Ok(p) => p,
                 Err(Error::HostLink(e)) => {
-                    self.host_failure(&e);
-                    return Ok(notify);
+                    c.host_failure(&e);
+                    done = true;
+                    break;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    c.moved.rx_frames += c.stats.rx_frames - before;
+                    return Err(e);
+                }
             };
             notify.rx |= p.notify;
-            if self.replies.pending() == 0 {
-                self.replies.clear();
-            }
             // Work is left (the round budget, or a batch whose interrupt the half handed back
             // first): an owner on one thread gets no second event for it from an edge-triggered
             // link, so go on here, up to the budget; the interrupt flags add up.
             if !p.more {
-                return Ok(notify);
+                done = true;
+                break;
             }
         }
-        notify.rx_more = true;
+        notify.rx_more = !done;
+        c.moved.rx_frames += c.stats.rx_frames - before;
         Ok(notify)
-    }
-
-    fn host_failure(&mut self, e: &std::io::Error) {
-        if !self.host_failed {
-            warn!("the host link failed: {e}");
-            self.host_failed = true;
-        }
     }
 }
 
@@ -941,22 +1021,85 @@ pub(crate) struct Parts {
     pub(crate) reply_size: usize,
 }
 
-/// How a half reaches the NAT for one batch: directly (one owner) or under a lock taken once
-/// per batch (the pipeline's two threads).
-pub(crate) trait NatAccess {
-    /// Runs `f` with the NAT.
-    fn with<R>(&mut self, f: impl FnOnce(&mut Nat) -> R) -> R;
+/// What a TX batch works with under the lock its caller shares it behind (taken once per
+/// batch): the NAT, the guest's state and the frames waiting for the guest, and on a network
+/// the rest of the network.
+pub(crate) struct TxLocked<'a, 'o> {
+    pub(crate) nat: &'a mut Nat,
+    pub(crate) guest: &'a mut GuestState,
+    /// Gateway replies and hairpinned frames (room for a batch when empty).
+    pub(crate) replies: &'a mut FrameBatch,
+    pub(crate) others: Option<&'a mut Others<'o>>,
 }
 
-impl NatAccess for &mut Nat {
-    fn with<R>(&mut self, f: impl FnOnce(&mut Nat) -> R) -> R {
-        f(self)
+/// What an RX step works with under its caller's lock: the NAT, the guest's MAC, the frames
+/// waiting for the guest (if the caller shares them) and on a network the rest of it.
+pub(crate) struct RxLocked<'a, 'o> {
+    pub(crate) nat: &'a mut Nat,
+    pub(crate) guest_mac: MacAddr,
+    pub(crate) replies: Option<&'a mut FrameBatch>,
+    pub(crate) others: Option<&'a mut Others<'o>>,
+}
+
+/// How a TX half reaches what it shares: directly (one owner), or under a lock taken once per
+/// batch (the pipeline's NAT, a network shared by pair workers).
+pub(crate) trait TxAccess {
+    /// Runs `f` with the shared state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the port is gone (a network's port detached meanwhile).
+    fn with_tx<R>(&mut self, f: impl FnOnce(TxLocked<'_, '_>) -> R) -> Result<R, Error>;
+}
+
+/// How an RX half reaches what it shares (see [`TxAccess`]).
+pub(crate) trait RxAccess {
+    /// Runs `f` with the shared state.
+    ///
+    /// # Errors
+    ///
+    /// As [`TxAccess::with_tx`].
+    fn with_rx<R>(&mut self, f: impl FnOnce(RxLocked<'_, '_>) -> R) -> Result<R, Error>;
+
+    /// Whether frames may wait for the guest besides the host link's (`false` lets the RX
+    /// half skip taking the lock to look).
+    fn replies_may_wait(&self) -> bool {
+        true
     }
 }
 
-impl NatAccess for &Mutex<Nat> {
-    fn with<R>(&mut self, f: impl FnOnce(&mut Nat) -> R) -> R {
-        f(&mut lock(self))
+/// The one owner's access: everything at hand (a [`DeviceCore`], a [`crate::Network`] driven
+/// by one thread).
+pub(crate) struct Direct<'a, 'o> {
+    pub(crate) nat: &'a mut Nat,
+    pub(crate) guest: &'a mut GuestState,
+    pub(crate) replies: &'a mut FrameBatch,
+    pub(crate) others: Option<&'a mut Others<'o>>,
+}
+
+impl TxAccess for Direct<'_, '_> {
+    fn with_tx<R>(&mut self, f: impl FnOnce(TxLocked<'_, '_>) -> R) -> Result<R, Error> {
+        Ok(f(TxLocked {
+            nat: self.nat,
+            guest: self.guest,
+            replies: self.replies,
+            others: self.others.as_deref_mut(),
+        }))
+    }
+}
+
+impl RxAccess for Direct<'_, '_> {
+    fn with_rx<R>(&mut self, f: impl FnOnce(RxLocked<'_, '_>) -> R) -> Result<R, Error> {
+        Ok(f(RxLocked {
+            nat: self.nat,
+            guest_mac: self.guest.gateway().guest_mac(),
+            replies: Some(self.replies),
+            others: self.others.as_deref_mut(),
+        }))
+    }
+
+    fn replies_may_wait(&self) -> bool {
+        self.replies.pending() > 0 || self.others.is_some()
     }
 }
 
@@ -971,7 +1114,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct QueuePair {
     pub(crate) tx: TxHalf,
     pub(crate) rx: RxHalf,
-    pub(crate) moved: PairStats,
 }
 
 /// Frames one queue pair moved (monotonic; the port's [`Stats`] count them all).
@@ -1001,37 +1143,49 @@ pub(crate) struct TxHalf {
 }
 
 impl TxHalf {
-    /// Takes up to a batch of TX chains, answers what the gateway answers (into `replies`,
-    /// which must have room for a batch), translates the rest under one NAT access and sends
-    /// it to the host link.
+    /// Takes up to a batch of TX chains (the copies out of guest memory, outside any lock),
+    /// then under one `access` answers what the gateway answers (into the replies), switches
+    /// what is for other ports and translates the rest, and sends that to the host link
+    /// (outside the lock). Returns the outcome and whether an inbox of another port the batch
+    /// filled is half full.
     ///
     /// # Errors
     ///
     /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (the frames
     /// were taken and counted).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn batch<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &mut Q,
-        replies: &mut FrameBatch,
-        guest: &mut GuestState,
-        mut nat: impl NatAccess,
+        access: &mut impl TxAccess,
         step: Step<'_>,
-        view: Option<SwitchView<'_>>,
-    ) -> Result<TxOutcome, Error> {
+    ) -> Result<(TxOutcome, bool), Error> {
         let Step { host, now, stats } = step;
-        let out = self
-            .engine
-            .pull_switched(mem, queue, replies, guest, now, stats, view)?;
+        let out = self.engine.fetch(mem, queue, stats)?;
+        let mut busy = false;
         if out.frames > 0 {
-            nat.with(|nat| {
-                self.engine
-                    .translate_switched(nat, replies, guest, now, stats, view)
-            });
+            let engine = &mut self.engine;
+            busy = access.with_tx(|l| {
+                let TxLocked {
+                    nat,
+                    guest,
+                    replies,
+                    others,
+                } = l;
+                if replies.pending() == 0 {
+                    replies.clear();
+                }
+                let view = others.as_ref().map(|o| o.view());
+                engine.classify(replies, guest, now, stats, view);
+                engine.translate_switched(nat, replies, guest, now, stats, view);
+                others.is_some_and(|o| {
+                    o.take_tx(engine, stats);
+                    o.inbox_busy()
+                })
+            })?;
             self.engine.push(host, stats)?;
         }
-        Ok(out)
+        Ok((out, busy))
     }
 }
 
@@ -1058,39 +1212,48 @@ pub(crate) struct RxHalf {
 }
 
 impl RxHalf {
-    /// Delivers `replies` (if any) first, then packets from the host link while it has some
-    /// and the guest has buffers, at most [`RX_ROUNDS`] host batches per call.
+    /// Delivers the frames waiting for the guest (gateway replies, a network port's inbox;
+    /// under `access`) first, then packets from the host link while it has some and the guest
+    /// has buffers, at most [`RX_ROUNDS`] host batches per call. The host link's reads and the
+    /// copies into guest memory run outside the lock; its translation under it.
     ///
     /// # Errors
     ///
     /// Queue and guest memory errors; [`Error::HostLink`] when the link failed (no more reads
     /// until it is readable again).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &mut Q,
-        mut replies: Option<&mut FrameBatch>,
-        mut nat: impl NatAccess,
+        access: &mut impl RxAccess,
         step: Step<'_>,
-        guest_mac: MacAddr,
-        mut others: Option<&mut Others<'_>>,
     ) -> Result<RxProgress, Error> {
         let Step { host, now, stats } = step;
         let mut p = RxProgress::default();
         let mut rounds = 0;
         loop {
-            if let Some(r) = replies.as_deref_mut()
-                && r.pending() > 0
-            {
-                let out = self.engine.rx_queue().fill(mem, queue, r, stats)?;
-                p.notify |= out.notify;
-                if out.starved {
-                    if self.engine.rx_queue().arm(mem, queue)? {
-                        continue;
+            if access.replies_may_wait() {
+                let rx_queue = self.engine.rx_queue();
+                let filled = access.with_rx(|l| match l.replies {
+                    Some(r) if r.pending() > 0 => {
+                        let out = rx_queue.fill(mem, queue, r, stats);
+                        if r.pending() == 0 {
+                            r.clear();
+                        }
+                        Some(out)
                     }
-                    p.starved = true;
-                    return Ok(p);
+                    _ => None,
+                })?;
+                if let Some(out) = filled {
+                    let out = out?;
+                    p.notify |= out.notify;
+                    if out.starved {
+                        if self.engine.rx_queue().arm(mem, queue)? {
+                            continue;
+                        }
+                        p.starved = true;
+                        return Ok(p);
+                    }
                 }
             }
             if self.engine.pending() > 0 {
@@ -1128,10 +1291,13 @@ impl RxHalf {
                     if self.short_batch_drains && n < self.engine.capacity() {
                         self.host_pending = false;
                     }
-                    nat.with(|nat| self.engine.translate(nat, now, guest_mac, stats));
-                    if let Some(o) = others.as_deref_mut() {
-                        o.take_rx(&mut self.engine, stats);
-                    }
+                    let engine = &mut self.engine;
+                    access.with_rx(|l| {
+                        engine.translate(l.nat, now, l.guest_mac, stats);
+                        if let Some(o) = l.others {
+                            o.take_rx(engine, stats);
+                        }
+                    })?;
                     if let Err(e) = self.engine.send_answers(host, stats) {
                         self.host_pending = false;
                         return Err(e);
@@ -1321,7 +1487,6 @@ fn queue_pair(
             host_pending: true,
             short_batch_drains,
         },
-        moved: PairStats::default(),
     }
 }
 

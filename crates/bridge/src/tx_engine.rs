@@ -164,11 +164,42 @@ impl TxEngine {
         stats: &mut Stats,
         view: Option<SwitchView<'_>>,
     ) -> Result<TxOutcome, Error> {
+        let out = self.fetch(mem, queue, stats)?;
+        self.classify(replies, guest, now, stats, view);
+        Ok(out)
+    }
+
+    /// The first part of [`TxEngine::pull`]: drains up to a batch of TX chains into the
+    /// engine's batch (the copies out of guest memory; no shared state, so a caller that
+    /// shares the network does this outside its lock).
+    ///
+    /// # Errors
+    ///
+    /// As [`TxQueue::process`].
+    pub(crate) fn fetch<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        stats: &mut Stats,
+    ) -> Result<TxOutcome, Error> {
         self.input.clear();
         self.actions.clear();
         self.kinds.clear();
         self.switched.clear();
-        let out = self.tx_queue.process(mem, queue, &mut self.input, stats)?;
+        self.tx_queue.process(mem, queue, &mut self.input, stats)
+    }
+
+    /// The second part of [`TxEngine::pull`]: checks and classifies the fetched frames (the
+    /// gateway's answers into `replies`, frames for other ports into
+    /// [`TxEngine::switched`]).
+    pub(crate) fn classify(
+        &mut self,
+        replies: &mut FrameBatch,
+        guest: &mut GuestState,
+        now: Instant,
+        stats: &mut Stats,
+        view: Option<SwitchView<'_>>,
+    ) {
         let hdr_len = self.tx_queue.header_len();
         let gateway = guest.gateway_mut();
         for i in 0..self.input.len() {
@@ -275,7 +306,6 @@ impl TxEngine {
             }
             self.actions.push(action);
         }
-        Ok(out)
     }
 
     /// The frames of the last pull that go to other ports: each one's index in the batch and

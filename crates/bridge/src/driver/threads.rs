@@ -13,11 +13,15 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events as MioEvents, Interest, Poll, Token};
+use nat::Nat;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::{BridgeHandle, Events, Interrupt, Shared, Threads};
-use crate::core::{Clock, Expiry, RxHalf, Step, TX_BATCH_BUDGET, TxHalf, lock};
+use crate::core::{
+    Clock, Expiry, RxAccess, RxHalf, RxLocked, Step, TX_BATCH_BUDGET, TxAccess, TxHalf, TxLocked,
+    lock,
+};
 use crate::device::{CONFIG_INTERRUPT, RX_QUEUE, TX_QUEUE};
 use crate::frame::FrameBatch;
 use crate::guest_state::GuestState;
@@ -355,15 +359,12 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
             now,
             stats: &mut self.stats,
         };
-        let out = self.half.batch(
-            mem,
-            &mut self.queue,
-            reply,
-            &mut self.guest,
-            &self.shared.nat,
-            step,
-            None,
-        )?;
+        let mut access = PipeTx {
+            nat: &self.shared.nat,
+            guest: &mut self.guest,
+            replies: reply,
+        };
+        let (out, _) = self.half.batch(mem, &mut self.queue, &mut access, step)?;
         if out.notify {
             (self.interrupt)(TX_QUEUE);
         }
@@ -539,15 +540,12 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
             now,
             stats: &mut self.stats,
         };
-        let p = self.half.deliver(
-            mem,
-            &mut self.queue,
-            self.local.as_mut(),
-            &self.shared.nat,
-            step,
+        let mut access = PipeRx {
+            nat: &self.shared.nat,
             mac,
-            None,
-        )?;
+            replies: self.local.as_mut(),
+        };
+        let p = self.half.deliver(mem, &mut self.queue, &mut access, step)?;
         if p.notify {
             (self.interrupt)(RX_QUEUE);
         }
@@ -562,6 +560,50 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
             more |= !self.local_rx.is_empty();
         }
         Ok((more, p.starved))
+    }
+}
+
+/// The TX thread's access: its guest state and reply batch at hand, the NAT under the lock it
+/// shares with the RX thread.
+struct PipeTx<'a> {
+    nat: &'a Mutex<Nat>,
+    guest: &'a mut GuestState,
+    replies: &'a mut FrameBatch,
+}
+
+impl TxAccess for PipeTx<'_> {
+    fn with_tx<R>(&mut self, f: impl FnOnce(TxLocked<'_, '_>) -> R) -> Result<R, Error> {
+        let mut nat = lock(self.nat);
+        Ok(f(TxLocked {
+            nat: &mut nat,
+            guest: self.guest,
+            replies: self.replies,
+            others: None,
+        }))
+    }
+}
+
+/// The RX thread's access: the reply batch it is delivering (if any) and the guest's MAC at
+/// hand, the NAT under the lock.
+struct PipeRx<'a> {
+    nat: &'a Mutex<Nat>,
+    mac: MacAddr,
+    replies: Option<&'a mut FrameBatch>,
+}
+
+impl RxAccess for PipeRx<'_> {
+    fn with_rx<R>(&mut self, f: impl FnOnce(RxLocked<'_, '_>) -> R) -> Result<R, Error> {
+        let mut nat = lock(self.nat);
+        Ok(f(RxLocked {
+            nat: &mut nat,
+            guest_mac: self.mac,
+            replies: self.replies.as_deref_mut(),
+            others: None,
+        }))
+    }
+
+    fn replies_may_wait(&self) -> bool {
+        self.replies.as_ref().is_some_and(|r| r.pending() > 0)
     }
 }
 
