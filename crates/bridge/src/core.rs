@@ -733,6 +733,7 @@ impl PortCore {
         budget: usize,
     ) -> Result<Notify, Error> {
         self.check_pair(pair)?;
+        self.ensure_halves(pair);
         let PortCore {
             pairs,
             guest,
@@ -792,6 +793,7 @@ impl PortCore {
         others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
         self.check_pair(pair)?;
+        self.ensure_halves(pair);
         let PortCore {
             pairs,
             guest,
@@ -819,9 +821,23 @@ impl PortCore {
     }
 }
 
-/// A pair whose halves a [`crate::PairWorker`] holds: its events go through the worker.
+impl PortCore {
+    /// Builds pair `pair`'s halves if a [`crate::PairWorker`] took them.
+    fn ensure_halves(&mut self, pair: usize) {
+        if matches!(self.pairs.get(pair), Some(None)) {
+            self.pairs[pair] = Some(queue_pair(
+                &self.config,
+                &self.negotiated,
+                self.relay.clone(),
+                self.short,
+            ));
+        }
+    }
+}
+
+/// A pair slot missing (cannot happen after [`PortCore::check_pair`]).
 fn pair_held(pair: usize) -> Error {
-    Error::Config(format!("queue pair {pair} is served by a pair worker"))
+    Error::Config(format!("queue pair {pair} has no halves"))
 }
 
 /// The counters an event adds to: the port's (or a [`crate::PairWorker`]'s, added to the
@@ -1447,7 +1463,7 @@ fn guest_state(config: &BridgeConfig, gateway: Gateway) -> GuestState {
 
 /// A queue pair's TX and RX halves for the negotiated header and offloads, nothing moved yet
 /// (`short_batch_drains`: see [`DeviceCore::with_short_batch_drains`]).
-fn queue_pair(
+pub(crate) fn queue_pair(
     config: &BridgeConfig,
     n: &Negotiated,
     relay: Option<SharedRelay>,

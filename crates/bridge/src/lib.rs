@@ -154,6 +154,7 @@ mod too_big;
 mod tx_engine;
 mod tx_queue;
 mod wire;
+mod worker;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
@@ -217,3 +218,4 @@ pub use switch::{Claim, Decision, MAX_PORT_IPV6_ADDRS, PortId, Switch, SwitchErr
 pub use too_big::{TOO_BIG_ANSWER_BURST, TOO_BIG_ANSWERS_PER_SEC};
 pub use tx_engine::TxEngine;
 pub use tx_queue::{TxOutcome, TxQueue};
+pub use worker::{NetworkLock, PairWorker};

@@ -348,9 +348,15 @@ impl Network {
         let r = self.with_port(port, |p, nat, others| {
             p.on_tx_kick(pair, nat, mem, txq, rxq, host, now, Some(others), budget)
         })?;
+        self.after_tx(port);
+        r
+    }
+
+    /// After a TX event of `port`: the port follows its guest's MAC, and the switch delivers
+    /// to the IPv6 addresses the guest was seen to use (its own traffic, past the gateway's
+    /// anti-spoofing checks) from now on.
+    fn after_tx(&mut self, port: PortId) {
         self.follow_guest_mac(port);
-        // The IPv6 addresses the guest was seen to use (its own traffic, past the gateway's
-        // anti-spoofing checks): the switch delivers to them from now on.
         if let Some(Some(p)) = self.ports.get(usize::from(port.0)) {
             for &a in p.guest.gateway().guest_ipv6_addrs() {
                 if let Claim::Conflict(holder) = self.switch.learn_ipv6(port, a) {
@@ -358,7 +364,48 @@ impl Network {
                 }
             }
         }
-        r
+    }
+
+    /// Before an event of a [`crate::PairWorker`]: the host link's offloads after a port
+    /// left, the worker's pair in use and its halves built; returns the TX batch budget.
+    pub(crate) fn worker_begin(
+        &mut self,
+        w: &mut crate::PairWorker,
+        host: &impl HostLink,
+    ) -> Result<usize, Error> {
+        self.relink(host);
+        let budget = self.tx_batch_budget;
+        let p = self
+            .port_mut(w.port())
+            .ok_or_else(|| not_attached(w.port()))?;
+        p.check_pair(w.pair())?;
+        let pair = w.pair();
+        let slot = p.pairs.get_mut(pair);
+        let (config, negotiated, relay, short) = (&p.config, &p.negotiated, &p.relay, p.short);
+        w.prepare(
+            p.generation,
+            || slot.and_then(Option::take),
+            || crate::core::queue_pair(config, negotiated, relay.clone(), short),
+        );
+        Ok(budget)
+    }
+
+    /// After an event of a [`crate::PairWorker`]: its counters go to the port's; after TX,
+    /// as [`Network::on_pair_tx_kick`] does.
+    pub(crate) fn worker_end(&mut self, w: &mut crate::PairWorker, tx: bool) {
+        let port = w.port();
+        let (stats, moved, failed) = w.take_counts();
+        if let Some(p) = self.port_mut(port) {
+            p.stats.add(&stats);
+            if let Some(m) = p.moved.get_mut(w.pair()) {
+                m.tx_frames += moved.tx_frames;
+                m.rx_frames += moved.rx_frames;
+            }
+            p.host_failed |= failed;
+        }
+        if tx {
+            self.after_tx(port);
+        }
     }
 
     /// As [`crate::DeviceCore::on_rx_ready`] for `port`: its inbox, then (`host_readable`, or
@@ -636,7 +683,7 @@ impl Network {
 
     /// Runs one event of `port`: its slot is taken out of the network for it, so the event
     /// has the port, the NAT and the rest of the network ([`Others`]) at once.
-    fn with_port<R>(
+    pub(crate) fn with_port<R>(
         &mut self,
         port: PortId,
         event: impl FnOnce(&mut PortCore, &mut Nat, &mut Others<'_>) -> R,
@@ -935,6 +982,92 @@ mod tests {
     const NOW: nat::Instant = nat::Instant::ZERO;
 
     /// A DHCP DISCOVER and a REQUEST for `ip` from `mac`.
+    #[test]
+    fn pair_workers_on_two_threads_share_the_lease_and_their_counts_reach_the_port() {
+        use crate::testing::{self, EXTERNAL, MockNet, SERVER};
+        use crate::{NetworkLock, PairWorker};
+        use ::wire::{Ipv4Packet, UdpPacket};
+        use std::sync::Mutex;
+        const N: u16 = 40;
+        let (host, peer) = MemoryLink::pair(1024).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 2).unwrap();
+        let ma = mac(0x56);
+        let a = net.attach(ma).unwrap();
+        let ia = net.address_of(a).unwrap();
+        assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
+        net.set_queue_pairs(a, 2).unwrap();
+        let net = Mutex::new(net);
+        let (mem0, mem1) = (testing::guest_memory(), testing::guest_memory());
+        let mut w0 = PairWorker::new(a, 0);
+        let mut w1 = PairWorker::new(a, 1);
+        {
+            // The lease, on pair 0.
+            let mut q0 = MockNet::new(&mem0, 256);
+            let (mut rx0, mut tx0) = q0.queues(false);
+            for _ in 0..4 {
+                q0.post_rx(&[2048]);
+            }
+            for f in dhcp(ma, ia) {
+                q0.send_frame(HDR, &f, &[]);
+            }
+            w0.on_tx_kick(&net, &mem0, &mut tx0, Some(&mut rx0), &host, NOW)
+                .unwrap();
+            let mut scratch = Vec::new();
+            assert!(q0.rx_frame(HDR, &mut scratch).is_some(), "offer");
+            assert!(q0.rx_frame(HDR, &mut scratch).is_some(), "ack");
+        }
+        // Both pairs send at once from their own threads, N datagrams each, a kick each.
+        std::thread::scope(|s| {
+            for (w, mem, base) in [(&mut w0, &mem0, 10_000u16), (&mut w1, &mem1, 20_000)] {
+                let (net, host) = (&net, &host);
+                s.spawn(move || {
+                    let mut q = MockNet::new(mem, 256);
+                    let (mut rx, mut tx) = q.queues(false);
+                    for k in 0..N {
+                        let f = testing::udp_frame(ma, ia, base + k, SERVER, 7, b"pair");
+                        q.send_frame(HDR, &f, &[]);
+                        w.on_tx_kick(net, mem, &mut tx, Some(&mut rx), host, NOW)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let mut seen = 0;
+        let mut port = 0;
+        while let Some(out) = peer.recv() {
+            let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (EXTERNAL, SERVER));
+            port = UdpPacket::new_checked(ip.payload()).unwrap().src_port();
+            seen += 1;
+        }
+        assert_eq!(seen, 2 * N, "every datagram of both pairs left, none spoofed");
+        // An answer read on pair 1's worker reaches pair 1's RX queue.
+        let mut q1 = MockNet::new(&mem1, 256);
+        let (mut rx1, _) = q1.queues(false);
+        q1.post_rx(&[2048]);
+        assert!(peer.send(&testing::udp_packet(SERVER, 7, EXTERNAL, port, b"back")));
+        w1.on_rx_ready(&net, &mem1, &mut rx1, &host, true, NOW)
+            .unwrap();
+        let mut scratch = Vec::new();
+        let (_, got) = q1.rx_frame(HDR, &mut scratch).expect("the answer");
+        assert_eq!(&got[..6], &ma.0[..]);
+        assert_eq!(&got[got.len() - 4..], b"back");
+        net.with_network(|n| {
+            let stats = n.stats(a).unwrap();
+            assert_eq!(stats.tx_frames, 2 + 2 * u64::from(N), "{stats:?}");
+            assert_eq!(stats.rx_frames, 3, "{stats:?}");
+            let pair = |p| n.pair_stats(a, p).map(|s| (s.tx_frames, s.rx_frames));
+            assert_eq!(
+                (pair(0), pair(1)),
+                (Some((2 + u64::from(N), 2)), Some((u64::from(N), 1)))
+            );
+        });
+        // Back to one pair: pair 1's worker is refused.
+        net.with_network(|n| n.set_queue_pairs(a, 1)).unwrap();
+        let e = w1.on_rx_ready(&net, &mem1, &mut rx1, &host, true, NOW);
+        assert!(matches!(e, Err(Error::Config(_))), "{e:?}");
+    }
+
     fn dhcp(mac: MacAddr, ip: Ipv4Addr) -> [Vec<u8>; 2] {
         use dhcproto::v4::{DhcpOption, Message, MessageType};
         let u = Ipv4Addr::UNSPECIFIED;
