@@ -102,6 +102,11 @@ pub enum Threads {
     /// `pipeline`: the guest's TX and RX driver threads and the bridge's threaded driver (two threads)
     /// (`bridge-tx`, `bridge-rx`; TX kicks and RX interrupts served inline when idle).
     Pipeline,
+    /// `pairs` (with `--queues N` above 1 and one `--guest-netns`): a thread per queue pair
+    /// (`lab-network` for pair 0, `lab-pair-i`), each running its pair's driver and device
+    /// side with a [`bridge::PairWorker`]; the network is shared behind a lock taken per batch
+    /// only around the gateway, the switch and the NAT. The pairs stay as set at start.
+    Pairs,
 }
 
 impl Threads {
@@ -261,7 +266,12 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
                 threads = Some(match v.as_str() {
                     "one" => Threads::One,
                     "pipeline" => Threads::Pipeline,
-                    _ => return Err(ArgError(format!("bad --threads {v:?}: one or pipeline"))),
+                    "pairs" => Threads::Pairs,
+                    _ => {
+                        return Err(ArgError(format!(
+                            "bad --threads {v:?}: one, pipeline or pairs"
+                        )));
+                    }
                 });
             }
             "--forward" => forwards.push(parse_forward(&value()?)?),
@@ -350,6 +360,12 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
         if let Some((key, _)) = refused.iter().find(|(_, given)| used && *given) {
             return Err(ArgError(format!("{key} cannot be used with {what}")));
         }
+    }
+    if threads == Some(Threads::Pairs) && (queues.is_none_or(|n| n < 2) || !more_guests.is_empty())
+    {
+        return Err(ArgError(
+            "--threads pairs needs --queues 2 or more and one --guest-netns".into(),
+        ));
     }
     Ok(Invocation::Attach(AttachArgs {
         guest_netns: guest.ok_or_else(|| ArgError("--guest-netns is required".into()))?,

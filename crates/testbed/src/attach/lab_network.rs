@@ -16,11 +16,14 @@
 //! queues still read.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::Context;
-use bridge::{Clock, ControlCommand, ControlQueue, HostLink, Network, PortId};
+use bridge::{
+    Clock, ControlCommand, ControlQueue, HostLink, Network, NetworkLock, PairWorker, PortId,
+};
 use utun::Tun;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -67,10 +70,16 @@ impl LabNetwork {
     /// Negotiates each guest's port (features acked as the guest negotiated them), sets each
     /// guest's queue pairs through its control queue, and starts the thread. `guests` carry a
     /// TAP queue per pair, `tuns` the TUN's queues (one, or as many as a guest has pairs).
+    ///
+    /// With `thread_per_pair` (`--threads pairs`, one guest): pair i runs on a thread of its
+    /// own (`lab-network` for pair 0, `lab-pair-i` for the others) with a
+    /// [`bridge::PairWorker`], the network behind a mutex taken per batch only around what
+    /// the pairs share (see [`run_pairs`]).
     pub(super) fn start(
         net: Network,
         guests: Vec<(PortId, SimGuest, Vec<Arc<Tun>>)>,
         tuns: Vec<Tun>,
+        thread_per_pair: bool,
     ) -> anyhow::Result<LoopThread> {
         for tun in &tuns {
             tun.prepare().context("making the TUN non-blocking")?;
@@ -144,6 +153,13 @@ impl LabNetwork {
                 set_pairs(&mut net, &mut g, n)?;
             }
             driven.push(g);
+        }
+        if thread_per_pair {
+            anyhow::ensure!(driven.len() == 1, "a thread per queue pair takes one guest");
+            let guest = driven.remove(0);
+            return LoopThread::spawn("lab-network", move |control| {
+                run_pairs(net, guest, tuns, &control)
+            });
         }
         LoopThread::spawn("lab-network", move |control| {
             let mut state = State {
@@ -549,6 +565,236 @@ impl State {
         Ok(())
     }
 }
+
+/// `--threads pairs`: each queue pair of the one guest on a thread of its own (pair 0 on the
+/// calling thread, which also ticks the network and prints the stats), each with a
+/// [`PairWorker`] and its TAP and TUN queue, the network behind one mutex that a worker takes
+/// per batch only for the gateway, the switch, the NAT and the inbox (the copies in and out of
+/// guest memory and the TAP and TUN system calls run outside it). The pairs stay as the
+/// guest set them (SIGUSR2 is not served here).
+fn run_pairs(net: Network, guest: Guest, tuns: Vec<Tun>, control: &Control) -> Finished {
+    let net = Mutex::new(net);
+    let clock = Clock::new();
+    let Guest {
+        port, mem, pairs, ..
+    } = guest;
+    let mut pairs: Vec<Pair> = pairs;
+    let result = std::thread::scope(|s| {
+        let mut rest = pairs.iter_mut().enumerate();
+        let first = rest.next();
+        let mut handles = Vec::new();
+        for (i, pair) in rest {
+            let (net, mem, tuns) = (&net, &mem, &tuns);
+            let h = std::thread::Builder::new()
+                .name(format!("lab-pair-{i}"))
+                .spawn_scoped(s, move || {
+                    let r = pair_loop(net, port, i, mem, pair, tuns, control, clock, false);
+                    if r.is_err() {
+                        control.stopping.store(true, Ordering::SeqCst);
+                        let _ = control.stop.write(1);
+                    }
+                    r
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    control.stopping.store(true, Ordering::SeqCst);
+                    return Err(anyhow::Error::from(e).context("spawning a pair's thread"));
+                }
+            }
+        }
+        let mut result = match first {
+            Some((0, pair)) => pair_loop(&net, port, 0, &mem, pair, &tuns, control, clock, true),
+            _ => Err(anyhow::anyhow!("no queue pair 0")),
+        };
+        control.stopping.store(true, Ordering::SeqCst);
+        let _ = control.stop.write(1);
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a pair's thread panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    });
+    let net = net.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let drivers = pairs
+        .iter()
+        .map(|p| p.driver.stats().summary())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let moved = (0..pairs.len())
+        .filter_map(|p| {
+            net.pair_stats(port, p)
+                .map(|s| format!("pair {p} tx {} rx {}", s.tx_frames, s.rx_frames))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Finished {
+        result,
+        guest: format!(
+            "port {}: {drivers}\nstats: queue pairs: port {}: {} in use, {moved}",
+            port.0,
+            port.0,
+            pairs.len()
+        ),
+        bridge: net.bridge_stats(),
+    }
+}
+
+/// One pair's thread (see [`run_pairs`]): its TAP queue, TUN queue `i` (queue 0 of a
+/// one-queue TUN) and, on pair 0's (`first`), the network's tick and the stats request.
+#[allow(clippy::too_many_arguments)]
+fn pair_loop(
+    net: &Mutex<Network>,
+    port: PortId,
+    i: usize,
+    mem: &GuestMemoryMmap,
+    pair: &mut Pair,
+    tuns: &[Tun],
+    control: &Control,
+    clock: Clock,
+    first: bool,
+) -> anyhow::Result<()> {
+    let tun = tuns.get(i).unwrap_or(&tuns[0]);
+    let epoll = epoll_over([
+        (control.stop.as_raw_fd(), TOKEN_STOP),
+        (tun_fd(tun)?, TOKEN_TUNS),
+        (pair.driver.fd().as_raw_fd(), TOKEN_GUESTS),
+    ])?;
+    let mut events = vec![EpollEvent::default(); 3];
+    let mut w = PairWorker::new(port, i);
+    let mut worker = PairThread {
+        net,
+        mem,
+        pair,
+        tun,
+        clock,
+        w: &mut w,
+    };
+    worker.rx(true)?;
+    let mut next_tick = Instant::now() + TICK;
+    while !control.stopping() {
+        let now = Instant::now();
+        if first && now >= next_tick {
+            net.with_network(|n| n.on_tick(clock.now()));
+            next_tick = now + TICK;
+        }
+        let more = worker.pair.tx_more || worker.pair.rx_more;
+        let ms = wait_ms(next_tick, now, None, more);
+        let n = match epoll.wait(ms, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("epoll wait"),
+        };
+        let (mut tap, mut host) = (false, false);
+        for ev in events.iter().take(n) {
+            match ev.data() {
+                TOKEN_GUESTS => tap = true,
+                TOKEN_TUNS => host = true,
+                _ => {}
+            }
+        }
+        if tap || worker.pair.tx_more {
+            worker.tx()?;
+        }
+        let pending = net.with_network(|n| n.pending(port));
+        if host || worker.pair.rx_more || pending {
+            worker.rx(host)?;
+        }
+        if net.with_network(|n| n.host_failed(port)) {
+            anyhow::bail!(
+                "the host link failed: TUN {} in the host namespace is gone or broken",
+                tun.name()
+            );
+        }
+        if first && control.take_stats_request() {
+            let (stats, pairs, in_use) = net.with_network(|n| {
+                let pairs = (0..MAX_PAIRS)
+                    .filter_map(|p| {
+                        n.pair_stats(port, p)
+                            .map(|s| format!("pair {p} tx {} rx {}", s.tx_frames, s.rx_frames))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (n.bridge_stats(), pairs, n.queue_pairs(port).unwrap_or(0))
+            });
+            eprintln!("stats: {}", super::lab_bridge::format_stats(&stats));
+            eprintln!("stats: queue pairs: port {}: {in_use} in use, {pairs}", port.0);
+        }
+        if first && control.take_pairs_switch_request() {
+            tracing::warn!("switching queue pairs is not served with a thread per pair");
+        }
+    }
+    Ok(())
+}
+
+/// What one pair's thread drives.
+struct PairThread<'a> {
+    net: &'a Mutex<Network>,
+    mem: &'a GuestMemoryMmap,
+    pair: &'a mut Pair,
+    tun: &'a Tun,
+    clock: Clock,
+    w: &'a mut PairWorker,
+}
+
+impl PairThread<'_> {
+    /// One batch of the driver's frames through the pair's worker (see `State::tx`).
+    fn tx(&mut self) -> anyhow::Result<()> {
+        let pump = self.pair.driver.pump_tx()?;
+        if pump.posted > 0 || self.pair.tx_more {
+            let n = self
+                .w
+                .on_tx_kick(
+                    self.net,
+                    self.mem,
+                    &mut self.pair.txq,
+                    Some(&mut self.pair.rxq),
+                    self.tun,
+                    self.clock.now(),
+                )
+                .context("the device's TX path")?;
+            self.pair.tx_more = n.tx_more;
+            self.pair.rx_more |= n.rx_more;
+            self.pair.driver.reclaim_tx()?;
+            self.rx(false)?;
+        }
+        Ok(())
+    }
+
+    /// The pair's RX path (the port's inbox, and its TUN queue when `read`), then the driver
+    /// writes the frames to its TAP queue and refills; until nothing more moves.
+    fn rx(&mut self, read: bool) -> anyhow::Result<()> {
+        let mut read = read;
+        for _ in 0..MAX_RX_ROUNDS {
+            let before = self.pair.driver.stats().rx_frames.load(Ordering::Relaxed);
+            let n = self
+                .w
+                .on_rx_ready(
+                    self.net,
+                    self.mem,
+                    &mut self.pair.rxq,
+                    self.tun,
+                    read,
+                    self.clock.now(),
+                )
+                .context("the device's RX path")?;
+            self.pair.rx_more = n.rx_more;
+            read = false;
+            self.pair.driver.service_rx()?;
+            if self.pair.driver.stats().rx_frames.load(Ordering::Relaxed) == before {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queue pairs a port may have (stats lines).
+const MAX_PAIRS: usize = 16;
 
 /// Adds or removes `fd` (a TAP or TUN queue) in the loop's epoll set.
 fn epoll_ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> anyhow::Result<()> {

@@ -151,7 +151,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                     let running = guest.start(Arc::clone(&tap), kick)?;
                     Mode::Pipeline(running, handle)
                 }
-                Threads::One => {
+                Threads::One | Threads::Pairs => {
                     let dp = bridge.into_core();
                     Mode::Loop(LabLoop::start(dp, guest, Arc::clone(&tap), tun)?)
                 }
@@ -179,7 +179,12 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
                 guests.push((port, guest, tap));
             }
             (
-                Mode::Loop(LabNetwork::start(p.network, guests, tuns)?),
+                Mode::Loop(LabNetwork::start(
+                    p.network,
+                    guests,
+                    tuns,
+                    args.threads == Threads::Pairs,
+                )?),
                 taps,
             )
         }
