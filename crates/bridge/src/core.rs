@@ -604,10 +604,7 @@ impl PortCore {
         if pair < self.active_pairs {
             Ok(())
         } else {
-            Err(Error::Config(format!(
-                "queue pair {pair} is not in use ({} are)",
-                self.active_pairs
-            )))
+            Err(Error::PairNotInUse(pair))
         }
     }
 

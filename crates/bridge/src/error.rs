@@ -40,6 +40,11 @@ pub enum Error {
         /// The queue index (0 = RX, 1 = TX).
         queue: u16,
     },
+    /// An event for a queue pair the port does not use (the driver's
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` left it out, or set fewer pairs meanwhile): nothing
+    /// was done.
+    #[error("queue pair {0} is not in use")]
+    PairNotInUse(usize),
     /// A queue index other than 0 (RX) or 1 (TX).
     #[error("no queue with index {0}")]
     NoSuchQueue(u16),

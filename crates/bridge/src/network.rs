@@ -1065,7 +1065,7 @@ mod tests {
         // Back to one pair: pair 1's worker is refused.
         net.with_network(|n| n.set_queue_pairs(a, 1)).unwrap();
         let e = w1.on_rx_ready(&net, &mem1, &mut rx1, &host, true, NOW);
-        assert!(matches!(e, Err(Error::Config(_))), "{e:?}");
+        assert!(matches!(e, Err(Error::PairNotInUse(1))), "{e:?}");
     }
 
     fn dhcp(mac: MacAddr, ip: Ipv4Addr) -> [Vec<u8>; 2] {
@@ -1344,7 +1344,7 @@ mod tests {
         // Back to one pair: pair 1 is not in use.
         net.set_queue_pairs(a, 1).unwrap();
         let e = net.on_pair_tx_kick(a, 1, &mem1, &mut tx1, Some(&mut rx1), &host, NOW);
-        assert!(matches!(e, Err(Error::Config(_))), "{e:?}");
+        assert!(matches!(e, Err(Error::PairNotInUse(1))), "{e:?}");
     }
 
     /// Ports for the MACs :56, :57, :58.

@@ -64,6 +64,8 @@ pub struct PairWorker {
     moved: PairStats,
     /// The host link failed (logged once by this worker).
     failed: bool,
+    /// The host link became readable while the RX queue was not usable.
+    readable: bool,
 }
 
 impl PairWorker {
@@ -80,6 +82,7 @@ impl PairWorker {
             stats: Stats::default(),
             moved: PairStats::default(),
             failed: false,
+            readable: false,
         }
     }
 
@@ -148,7 +151,7 @@ impl PairWorker {
         };
         let r = match self.halves.as_mut() {
             Some(h) => {
-                h.rx.host_pending |= host_readable;
+                h.rx.host_pending |= host_readable || core::mem::take(&mut self.readable);
                 let c = Counters {
                     stats: &mut self.stats,
                     moved: &mut self.moved,
@@ -165,9 +168,7 @@ impl PairWorker {
     /// The host link (this pair's queue of it) became readable while the RX queue is not
     /// usable: read it at the next [`PairWorker::on_rx_ready`].
     pub fn on_rx_unavailable(&mut self) {
-        if let Some(h) = self.halves.as_mut() {
-            h.rx.host_pending = true;
-        }
+        self.readable = true;
     }
 
     /// Before an event, under the lock: the pair must be in use, and the halves built for

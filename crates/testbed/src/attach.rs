@@ -5,7 +5,7 @@
 //! ```text
 //! hostnet-lab attach --guest-netns <G> --host-netns <H> [--mtu N]
 //!                    [--forward tcp|udp|tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>]... [--dns-upstream <addr[:port]|[v6]:port>]
-//!                    [--no-offload] [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
+//!                    [--no-offload] [--threads one|pipeline|pairs] [--deny CIDR]... [--allow CIDR]...
 //!                    [--no-ipv6] [--vhost-user SOCKET] [--queues N]
 //! ```
 //!
@@ -437,7 +437,7 @@ USAGE:
                        [--forward tcp|udp|tcp6|udp6:<external port>:[<guest IPv4>:]<guest port>]...
                        [--dns-upstream <addr[:port]>] [--tun-name NAME]
                        [--static-guest-ip <addr>] [--no-offload]
-                       [--threads one|pipeline] [--deny CIDR]... [--allow CIDR]...
+                       [--threads one|pipeline|pairs] [--deny CIDR]... [--allow CIDR]...
                        [--tun-addr <addr>] [--external-addr <addr>] [--no-ipv6]
                        [--vhost-user <SOCKET>] [--queues N]
     hostnet-lab --help
@@ -481,9 +481,11 @@ OPTIONS:
     --tun-addr <A>           the TUN's host address (default: chosen, see above)
     --external-addr <B>      the NAT's external address, the TUN's peer (default: chosen);
                              an explicit address H already uses is an error (exit 2)
-    --threads <one|pipeline> one (default): one thread runs the guest's driver and the device
+    --threads <one|pipeline|pairs>
+                             one (default): one thread runs the guest's driver and the device
                              (TAP and TUN in one epoll loop); pipeline: guest TX/RX driver
-                             threads and the bridge's threaded driver (two threads)
+                             threads and the bridge's threaded driver (two threads); pairs
+                             (with --queues 2 or more, one guest): a thread per queue pair
     --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n or x:y::/n) and answer
                              them with ICMP(v6) administratively prohibited (repeatable)
     --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching

@@ -982,7 +982,8 @@ impl World {
             &self.mtu.to_string(),
         ]);
         if self.backend == Backend::HostnetMq {
-            cmd.args(["--queues", "2"]);
+            // Each pair on a thread of its own (`bridge::PairWorker`).
+            cmd.args(["--queues", "2", "--threads", "pairs"]);
         }
         let mut p = Proc::spawn_lines("hostnet-lab attach", &mut cmd, &self.log)?;
         let ready = p.wait_line("ready", Duration::from_secs(30));

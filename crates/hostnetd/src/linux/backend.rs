@@ -15,9 +15,16 @@
 //! `SET_VRING_ENABLE`), the pairs whose rings are enabled, counted from pair 0. A TUN queue
 //! no port uses is read empty into pair 0 and detached (`TUNSETQUEUE`; from the top down, so
 //! the kernel's queue indices stay the pair indices) and attached again (from the bottom up)
-//! when a port uses its pair again. Every event still takes the network's one lock, and the
-//! workers of one connection this backend's lock: the pairs serialize on them (the
-//! lock-splitting of issue 15 is a later step).
+//! when a port uses its pair again.
+//!
+//! Locks: the backend is vhost-user-backend's `VhostUserBackend` (`&self`), so a connection's
+//! workers run at once. Each pair's worker holds its own state (its `bridge::PairWorker`: the
+//! pair's TX and RX halves and counters) and reaches the shared network through
+//! [`NetLock`], which the bridge takes once per batch, only for the gateway, the switch, the
+//! NAT and the port's inbox; the copies out of and into guest memory and the TUN's system
+//! calls run outside it. The connection's own state (port, memory, control queue) is behind
+//! a small mutex taken briefly. Lock order: a pair's state, then the connection's, then the
+//! network's (a device reset takes every pair's, in order).
 //!
 //! Each event does bounded work: the device core stops after its budget
 //! ([`bridge::TX_BATCH_BUDGET`], [`bridge::RX_PASS_BUDGET`]) and says what is left; the backend
@@ -34,7 +41,8 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 use utun::Tun;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{ShutdownHandle, VhostUserBackendMut, VringRwLock, VringT};
+use parking_lot::Mutex;
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -44,10 +52,10 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use bridge::{ControlCommand, ControlQueue, MacAddr, Notify, PortId};
+use bridge::{Clock, ControlCommand, ControlQueue, MacAddr, Notify, PortId};
 
 use super::device;
-use super::network::{self, Shared, SharedNet};
+use super::network::{self, NetLock, Shared, SharedNet};
 
 /// The worker event ids of the descriptors hostnetd adds to a worker's epoll (above the ids
 /// vhost-user-backend keeps for the queues and its exit event: `0..=num_queues`).
@@ -77,34 +85,48 @@ impl Events {
     }
 }
 
-/// One queue pair's worker: its timer, its resume eventfd and what its last event left.
+/// One queue pair's worker: its resume eventfd and what its last event left (other workers
+/// set these), and what only the worker's own thread touches.
 #[derive(Debug)]
-struct PairWorker {
-    timer: TimerFd,
+struct PairSlot {
     /// Signalled when an event stopped on its budget; the worker comes back for the rest.
     resume: EventFd,
     /// TX chains wait beyond the last call's budget.
-    tx_more: bool,
+    tx_more: AtomicBool,
     /// Frames or host packets wait beyond the last delivery's budget.
-    rx_more: bool,
+    rx_more: AtomicBool,
+    /// The pair's RX and TX rings were started and enabled at the worker's last event.
+    rings_up: AtomicBool,
+    /// The worker's own state, locked for each of its events (never by another worker while
+    /// it holds another pair's: only a device reset takes them all, in order).
+    own: Mutex<PairOwn>,
+}
+
+/// What only a pair's worker thread uses.
+#[derive(Debug)]
+struct PairOwn {
+    timer: TimerFd,
     /// Frames the pair moved (both ways) at the last tick: the tick re-signals the driver
     /// while they change.
     moved_at_tick: u64,
-    /// The pair's RX and TX rings were started and enabled at the worker's last event.
-    rings_up: bool,
+    /// The pair's side of the device (its halves and counters, outside the network's lock).
+    device: bridge::PairWorker,
 }
 
-impl PairWorker {
-    fn new() -> io::Result<Self> {
+impl PairSlot {
+    fn new(port: PortId, pair: usize) -> io::Result<Self> {
         let mut timer = TimerFd::new()?;
         timer.reset(TICK, Some(TICK))?;
         Ok(Self {
-            timer,
             resume: EventFd::new(EFD_NONBLOCK)?,
-            tx_more: false,
-            rx_more: false,
-            moved_at_tick: 0,
-            rings_up: false,
+            tx_more: AtomicBool::new(false),
+            rx_more: AtomicBool::new(false),
+            rings_up: AtomicBool::new(false),
+            own: Mutex::new(PairOwn {
+                timer,
+                moved_at_tick: 0,
+                device: bridge::PairWorker::new(port, pair),
+            }),
         })
     }
 
@@ -115,19 +137,13 @@ impl PairWorker {
     }
 }
 
-/// One frontend connection's device: a port of the shared network plus the vhost-user
-/// bookkeeping.
-pub(crate) struct NetBackend {
-    net: SharedNet,
+/// What the workers of one connection share besides the network (each takes it briefly).
+struct Conn {
     /// This connection's port (another after a device reset).
     port: PortId,
     /// Its MAC (the config space's).
     mac: MacAddr,
-    /// The TUN's queues, queue i for pair i (one without multiqueue).
-    tuns: Arc<[Tun]>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
-    /// A worker per queue pair.
-    workers: Vec<PairWorker>,
     /// The device side of the control queue (used with more than one pair).
     ctrl: ControlQueue,
     /// The frontend runs the control queue through this backend (its ring was started and
@@ -136,23 +152,40 @@ pub(crate) struct NetBackend {
     ctrl_up: bool,
     /// TUN queues (a bit per index) that pair 0 reads for pairs out of use.
     handoff: u32,
+    shutdown: Option<ShutdownHandle>,
+}
+
+/// One frontend connection's device: a port of the shared network plus the vhost-user
+/// bookkeeping. Its workers run at the same time: each pair's worker holds its own state
+/// ([`PairSlot`]) and reaches the network through a [`bridge::PairWorker`], which takes the
+/// network's lock per batch only around what the ports share (the copies in and out of guest
+/// memory and the TUN's system calls run outside it).
+pub(crate) struct NetBackend {
+    net: SharedNet,
+    /// The TUN's queues, queue i for pair i (one without multiqueue).
+    tuns: Arc<[Tun]>,
+    /// A worker per queue pair.
+    pairs: Vec<PairSlot>,
+    conn: Mutex<Conn>,
+    /// The network's clock (one for the one NAT).
+    clock: Clock,
     /// Signalled by other ports' workers when frames wait in this port's inbox.
     wake: Arc<EventFd>,
     /// Set by SIGUSR1: log the counters on the next tick.
     stats_requested: Arc<AtomicBool>,
     /// Set when the TUN failed (deleted underneath): the daemon stops with an error.
     host_lost: Arc<AtomicBool>,
-    shutdown: Option<ShutdownHandle>,
-    broken: bool,
+    broken: AtomicBool,
     events: Events,
 }
 
 impl std::fmt::Debug for NetBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (port, mac) = self.port();
         f.debug_struct("NetBackend")
-            .field("port", &self.port)
-            .field("mac", &self.mac)
-            .field("pairs", &self.workers.len())
+            .field("port", &port)
+            .field("mac", &mac)
+            .field("pairs", &self.pairs.len())
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
@@ -175,11 +208,8 @@ impl NetBackend {
         host_lost: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let pairs = tuns.len().max(1);
-        let workers = (0..pairs)
-            .map(|_| PairWorker::new())
-            .collect::<io::Result<Vec<_>>>()?;
         let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-        let (port, mac) = {
+        let (port, mac, clock) = {
             let mut n = network::lock(&net);
             let (port, mac) = n.attach(wake.clone())?;
             // The TUN outlives connections: no GSO towards this device until its driver
@@ -187,24 +217,30 @@ impl NetBackend {
             if n.alone(port) {
                 clear_offloads(&tuns[0]);
             }
-            (port, mac)
+            (port, mac, n.clock)
         };
+        let slots = (0..pairs)
+            .map(|i| PairSlot::new(port, i))
+            .collect::<io::Result<Vec<_>>>()?;
         let num_queues = num_queues(pairs);
         Ok(Self {
             net,
-            port,
-            mac,
             tuns,
-            mem,
-            workers,
-            ctrl: ControlQueue::new(u16::try_from(pairs).unwrap_or(1)),
-            ctrl_up: false,
-            handoff: 0,
+            pairs: slots,
+            conn: Mutex::new(Conn {
+                port,
+                mac,
+                mem,
+                ctrl: ControlQueue::new(u16::try_from(pairs).unwrap_or(1)),
+                ctrl_up: false,
+                handoff: 0,
+                shutdown: None,
+            }),
+            clock,
             wake,
             stats_requested,
             host_lost,
-            shutdown: None,
-            broken: false,
+            broken: AtomicBool::new(false),
             events: Events::new(num_queues),
         })
     }
@@ -216,12 +252,12 @@ impl NetBackend {
 
     /// Pair `pair`'s timer descriptor, for its worker's epoll.
     pub(crate) fn timer_fd(&self, pair: usize) -> Option<RawFd> {
-        self.workers.get(pair).map(|w| w.timer.as_raw_fd())
+        self.pairs.get(pair).map(|w| w.own.lock().timer.as_raw_fd())
     }
 
     /// Pair `pair`'s resume eventfd, for its worker's epoll.
     pub(crate) fn resume_fd(&self, pair: usize) -> Option<RawFd> {
-        self.workers.get(pair).map(|w| w.resume.as_raw_fd())
+        self.pairs.get(pair).map(|w| w.resume.as_raw_fd())
     }
 
     /// The wake-up eventfd's descriptor, for pair 0's worker's epoll.
@@ -231,67 +267,70 @@ impl NetBackend {
 
     /// The port and its MAC.
     pub(crate) fn port(&self) -> (PortId, MacAddr) {
-        (self.port, self.mac)
+        let c = self.conn.lock();
+        (c.port, c.mac)
     }
 
     /// Lets the backend close the connection when the driver breaks the virtio protocol.
-    pub(crate) fn set_shutdown_handle(&mut self, handle: Option<ShutdownHandle>) {
-        self.shutdown = handle;
+    pub(crate) fn set_shutdown_handle(&self, handle: Option<ShutdownHandle>) {
+        self.conn.lock().shutdown = handle;
     }
 
     /// Logs the port's counters and detaches it (the connection ended); TUN queues no port
     /// uses any more are detached.
     pub(crate) fn detach(&self) {
+        let (port, mac) = self.port();
         let mut n = network::lock(&self.net);
-        if let Some(s) = n.net.stats(self.port) {
+        if let Some(s) = n.net.stats(port) {
             // The MAC the port follows now (its guest's), else the one it was given.
-            let mac = n.net.switch().mac_of(self.port).unwrap_or(self.mac);
-            device::log_stats(self.port, mac, s, &n.net);
+            let mac = n.net.switch().mac_of(port).unwrap_or(mac);
+            device::log_stats(port, mac, s, &n.net);
         }
-        n.detach(self.port);
+        n.detach(port);
         follow_tun_queues(&mut n, &self.tuns);
     }
 
-    /// Runs one event of pair `pair`'s worker under the network's lock; a queue the driver
-    /// broke closes the connection (the daemon keeps running). Work left beyond the budget
-    /// re-arms the pair's resume eventfd; other ports whose inboxes this event filled are
-    /// woken.
-    fn dispatch(
-        &mut self,
-        pair: usize,
-        event: u64,
-        vrings: &[VringRwLock],
-    ) -> Result<(), bridge::Error> {
+    /// The guest's memory as it is now.
+    fn memory(&self) -> GuestMemoryAtomic<GuestMemoryMmap> {
+        self.conn.lock().mem.clone()
+    }
+
+    /// Runs one event of pair `pair`'s worker (the network locked per step, never for the
+    /// whole event); a queue the driver broke closes the connection (the daemon keeps
+    /// running). Work left beyond the budget re-arms the pair's resume eventfd; other ports
+    /// whose inboxes this event filled are woken.
+    fn dispatch(&self, pair: usize, event: u64, vrings: &[VringRwLock]) -> Result<(), bridge::Error> {
         let (rx, tx, ctrl) = match vrings {
             [rx, tx] => (rx, tx, None),
             [rx, tx, ctrl] => (rx, tx, Some(ctrl)),
             _ => return Ok(()),
         };
-        if pair >= self.workers.len() {
+        let Some(slot) = self.pairs.get(pair) else {
             return Ok(());
-        }
-        let net = self.net.clone();
-        let mut guard = network::lock(&net);
-        let sh = &mut *guard;
-        if sh.net.stats(self.port).is_none() {
+        };
+        let mut own = slot.own.lock();
+        let port = self.conn.lock().port;
+        if network::lock(&self.net).net.stats(port).is_none() {
             // Detached (the connection is closing).
             return Ok(());
         }
         let r = self
-            .sync_pairs(sh, pair, rx, tx, ctrl)
-            .and_then(|()| self.dispatch_locked(sh, pair, event, rx, tx, ctrl));
-        sh.wake_others(self.port);
-        if sh.net.host_failed(self.port) {
-            self.host_lost.store(true, Ordering::SeqCst);
+            .sync_pairs(&mut own, port, pair, rx, tx, ctrl)
+            .and_then(|()| self.dispatch_event(&mut own, port, pair, event, rx, tx, ctrl));
+        {
+            let mut guard = network::lock(&self.net);
+            guard.wake_others(port);
+            if guard.net.host_failed(port) {
+                self.host_lost.store(true, Ordering::SeqCst);
+            }
+            // Another port's worker waiting for the network gets it first.
+            network::unlock_fair(guard);
         }
-        // Another port's worker waiting for the network gets it before this one's next event.
-        network::unlock_fair(guard);
         r?;
-        let w = &self.workers[pair];
-        if w.tx_more || w.rx_more {
+        if slot.tx_more.load(Ordering::Relaxed) || slot.rx_more.load(Ordering::Relaxed) {
             // Come back after the worker has looked at its other events (the queue locks are
             // free until then).
-            w.resume_later();
+            slot.resume_later();
         }
         Ok(())
     }
@@ -299,15 +338,15 @@ impl NetBackend {
     /// The pairs the port's driver uses now: what it set on the control queue when the
     /// frontend gives this backend the control queue, else the pairs whose rings are
     /// enabled, counted from pair 0 (at least 1).
-    fn wanted_pairs(&self) -> usize {
-        if self.ctrl_up {
-            usize::from(self.ctrl.pairs()).clamp(1, self.workers.len())
+    fn wanted_pairs(&self, conn: &Conn) -> usize {
+        if conn.ctrl_up {
+            usize::from(conn.ctrl.pairs()).clamp(1, self.pairs.len())
         } else {
             1 + self
-                .workers
+                .pairs
                 .iter()
                 .skip(1)
-                .take_while(|w| w.rings_up)
+                .take_while(|w| w.rings_up.load(Ordering::Relaxed))
                 .count()
         }
     }
@@ -317,68 +356,76 @@ impl NetBackend {
     /// on pair 0's worker (the TUN queues going are read into pair 0 first; another pair's
     /// worker hands it over).
     fn sync_pairs(
-        &mut self,
-        sh: &mut Shared,
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
         pair: usize,
         rx: &VringRwLock,
         tx: &VringRwLock,
         ctrl: Option<&VringRwLock>,
     ) -> Result<(), bridge::Error> {
-        if self.workers.len() == 1 {
+        if self.pairs.len() == 1 {
             return Ok(());
         }
         let up = ring_up(rx) && ring_up(tx);
-        if up != self.workers[pair].rings_up {
-            debug!(port = self.port.0, pair, up, "queue pair's rings");
+        if up != self.pairs[pair].rings_up.swap(up, Ordering::Relaxed) {
+            debug!(port = port.0, pair, up, "queue pair's rings");
         }
-        self.workers[pair].rings_up = up;
-        if pair == 0 {
-            self.ctrl_up = ctrl.is_some_and(ring_up);
-        }
-        let want = self.wanted_pairs();
-        let have = sh.net.queue_pairs(self.port).unwrap_or(1);
-        if want == have {
-            return Ok(());
-        }
-        if want < have && pair != 0 {
-            self.workers[0].resume_later();
-            return Ok(());
-        }
-        sh.net.set_queue_pairs(self.port, want)?;
-        info!(
-            port = self.port.0,
-            from = have,
-            to = want,
-            "queue pairs in use"
-        );
+        // The control ring's state before the connection's lock (a ring's lock is never taken
+        // under it).
+        let ctrl_up = (pair == 0).then(|| ctrl.is_some_and(ring_up));
+        let (have, want) = {
+            let mut c = self.conn.lock();
+            if let Some(up) = ctrl_up {
+                c.ctrl_up = up;
+            }
+            let want = self.wanted_pairs(&c);
+            let mut n = network::lock(&self.net);
+            let have = n.net.queue_pairs(port).unwrap_or(1);
+            if want == have {
+                return Ok(());
+            }
+            if want < have && pair != 0 {
+                self.pairs[0].resume_later();
+                return Ok(());
+            }
+            n.net.set_queue_pairs(port, want)?;
+            if pair != 0 {
+                follow_tun_queues(&mut n, &self.tuns);
+            }
+            (have, want)
+        };
+        info!(port = port.0, from = have, to = want, "queue pairs in use");
         // Pairs coming into use look at their rings once (a kick that came while the pair
         // was out of use was left alone).
-        for w in self.workers.iter_mut().take(want).skip(have) {
-            w.tx_more = true;
-            w.rx_more = true;
+        for w in self.pairs.iter().take(want).skip(have) {
+            w.tx_more.store(true, Ordering::Relaxed);
+            w.rx_more.store(true, Ordering::Relaxed);
             w.resume_later();
         }
-        let drain = (pair == 0).then_some(rx);
-        self.drain_unused_tun_queues(sh, drain)?;
-        follow_tun_queues(sh, &self.tuns);
+        if pair == 0 {
+            self.drain_unused_tun_queues(own, port, rx)?;
+            follow_tun_queues(&mut network::lock(&self.net), &self.tuns);
+        }
         Ok(())
     }
 
     /// Before TUN queues that no port uses any more are detached: what they hold goes to pair
-    /// 0 (`rx`, its RX ring) as far as it has room (a detached queue's packets are lost).
+    /// 0 (`rx`, its RX ring; `own` is pair 0's) as far as it has room (a detached queue's
+    /// packets are lost).
     fn drain_unused_tun_queues(
-        &mut self,
-        sh: &mut Shared,
-        rx: Option<&VringRwLock>,
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
+        rx: &VringRwLock,
     ) -> Result<(), bridge::Error> {
-        let Some(rx) = rx else { return Ok(()) };
-        let used = used_pairs(sh);
+        let used = used_pairs(&network::lock(&self.net));
         for q in (used..self.tuns.len()).rev() {
-            if !sh.tun_queue_attached(q) {
+            if !network::lock(&self.net).tun_queue_attached(q) {
                 continue;
             }
             for _ in 0..DRAIN_ROUNDS {
-                let n = self.rx_ready(sh, 0, rx, q, true)?;
+                let n = self.rx_ready(own, port, rx, q, true)?;
                 if !n.rx_more {
                     break;
                 }
@@ -387,9 +434,11 @@ impl NetBackend {
         Ok(())
     }
 
-    fn dispatch_locked(
-        &mut self,
-        sh: &mut Shared,
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_event(
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
         pair: usize,
         event: u64,
         rx: &VringRwLock,
@@ -397,79 +446,105 @@ impl NetBackend {
         ctrl: Option<&VringRwLock>,
     ) -> Result<(), bridge::Error> {
         let ev = self.events;
+        let slot = &self.pairs[pair];
         match event {
-            TX_EVENT => self.tx_kick(sh, pair, rx, tx)?,
+            TX_EVENT => self.tx_kick(own, port, rx, tx)?,
             RX_EVENT => {
-                self.rx_ready(sh, pair, rx, pair, false)?;
+                self.rx_ready(own, port, rx, pair, false)?;
             }
             CTRL_EVENT if pair == 0 => {
                 if let Some(c) = ctrl {
-                    self.ctrl_kick(sh, rx, tx, c)?;
+                    self.ctrl_kick(own, port, rx, tx, c)?;
                 }
             }
-            e if e == ev.host => self.host_readable(sh, pair, rx)?,
+            e if e == ev.host => self.host_readable(own, port, pair, rx)?,
             e if e == ev.pending => {
                 let _ = self.wake.read();
-                sh.took_wakeup(self.port);
-                self.rx_ready(sh, 0, rx, 0, false)?;
+                network::lock(&self.net).took_wakeup(port);
+                self.rx_ready(own, port, rx, 0, false)?;
             }
             e if e == ev.resume => {
-                let _ = self.workers[pair].resume.read();
-                if std::mem::take(&mut self.workers[pair].tx_more) {
-                    self.tx_kick(sh, pair, rx, tx)?;
+                let _ = slot.resume.read();
+                if slot.tx_more.swap(false, Ordering::Relaxed) {
+                    self.tx_kick(own, port, rx, tx)?;
                 }
-                if std::mem::take(&mut self.workers[pair].rx_more) {
-                    self.rx_ready(sh, pair, rx, pair, false)?;
+                if slot.rx_more.swap(false, Ordering::Relaxed) {
+                    self.rx_ready(own, port, rx, pair, false)?;
                 }
                 if pair == 0 {
-                    self.read_handed_over(sh, rx)?;
+                    self.read_handed_over(own, port, rx)?;
                 }
             }
-            e if e == ev.timer => self.tick(sh, pair, rx, tx)?,
+            e if e == ev.timer => self.tick(own, port, pair, rx, tx)?,
             other => debug!(event = other, "unknown worker event"),
         }
         Ok(())
     }
 
-    /// Whether the port uses `pair` now (and its rings may be worked).
-    fn pair_in_use(&self, sh: &Shared, pair: usize) -> bool {
-        pair < sh.net.queue_pairs(self.port).unwrap_or(1)
-            && (self.workers.len() == 1 || self.workers[pair].rings_up)
+    /// Whether the port uses `pair` now (and its rings may be worked); `sh` locked.
+    fn pair_in_use_locked(&self, sh: &Shared, port: PortId, pair: usize) -> bool {
+        pair < sh.net.queue_pairs(port).unwrap_or(1)
+            && (self.pairs.len() == 1 || self.pairs[pair].rings_up.load(Ordering::Relaxed))
+    }
+
+    /// Whether the port uses `pair` now.
+    fn pair_in_use(&self, port: PortId, pair: usize) -> bool {
+        self.pair_in_use_locked(&network::lock(&self.net), port, pair)
     }
 
     /// TUN queue `pair` is readable: its pair reads it when the port uses the pair, else
     /// pair 0 (on its worker); a detached queue is never read (its descriptor answers
     /// `EBADFD`, which the bridge takes for a TUN deleted underneath).
     fn host_readable(
-        &mut self,
-        sh: &mut Shared,
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
         pair: usize,
         rx: &VringRwLock,
     ) -> Result<(), bridge::Error> {
-        if !sh.tun_queue_attached(pair) {
+        let (attached, in_use) = {
+            let n = network::lock(&self.net);
+            (
+                n.tun_queue_attached(pair),
+                pair == 0 || self.pair_in_use_locked(&n, port, pair),
+            )
+        };
+        if !attached {
             return Ok(());
         }
-        if pair == 0 || self.pair_in_use(sh, pair) {
-            self.rx_ready(sh, pair, rx, pair, true)?;
+        if in_use {
+            self.rx_ready(own, port, rx, pair, true)?;
         } else {
-            self.handoff |= 1 << pair;
-            self.workers[0].resume_later();
+            self.conn.lock().handoff |= 1 << pair;
+            self.pairs[0].resume_later();
         }
         Ok(())
     }
 
     /// Pair 0 reads the TUN queues handed to it (one budget each; a queue with more stays
     /// handed over).
-    fn read_handed_over(&mut self, sh: &mut Shared, rx: &VringRwLock) -> Result<(), bridge::Error> {
-        let queues = std::mem::take(&mut self.handoff);
+    fn read_handed_over(
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
+        rx: &VringRwLock,
+    ) -> Result<(), bridge::Error> {
+        let queues = std::mem::take(&mut self.conn.lock().handoff);
         for q in 1..self.tuns.len() {
-            if queues & (1 << q) == 0 || !sh.tun_queue_attached(q) || self.pair_in_use(sh, q) {
+            if queues & (1 << q) == 0 {
                 continue;
             }
-            let n = self.rx_ready(sh, 0, rx, q, true)?;
+            let readable = {
+                let n = network::lock(&self.net);
+                n.tun_queue_attached(q) && !self.pair_in_use_locked(&n, port, q)
+            };
+            if !readable {
+                continue;
+            }
+            let n = self.rx_ready(own, port, rx, q, true)?;
             if n.rx_more {
-                self.handoff |= 1 << q;
-                self.workers[0].resume_later();
+                self.conn.lock().handoff |= 1 << q;
+                self.pairs[0].resume_later();
             }
         }
         Ok(())
@@ -478,72 +553,84 @@ impl NetBackend {
     /// The driver kicked the control queue: its commands answered (`VQ_PAIRS_SET` within the
     /// pairs offered), then the network follows the pairs it set.
     fn ctrl_kick(
-        &mut self,
-        sh: &mut Shared,
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
         rx: &VringRwLock,
         tx: &VringRwLock,
         ctrl: &VringRwLock,
     ) -> Result<(), bridge::Error> {
-        let mem = self.mem.memory();
+        let mem = self.memory();
+        let mem = mem.memory();
         {
             let mut cg = ctrl.get_mut();
             if !(cg.get_queue().ready() && cg.is_enabled()) {
                 return Ok(());
             }
-            let max = self.workers.len();
-            let interrupt = self
-                .ctrl
-                .process(&*mem, cg.get_queue_mut(), |cmd| match cmd {
-                    ControlCommand::QueuePairs(n) => (1..=max).contains(&usize::from(n)),
-                    _ => false,
-                })?;
+            let max = self.pairs.len();
+            let interrupt =
+                self.conn
+                    .lock()
+                    .ctrl
+                    .process(&*mem, cg.get_queue_mut(), |cmd| match cmd {
+                        ControlCommand::QueuePairs(n) => (1..=max).contains(&usize::from(n)),
+                        _ => false,
+                    })?;
             if interrupt {
                 signal(&cg, "ctrl");
             }
         }
         // The pairs the driver set (Network::set_queue_pairs, TUN queues followed).
-        self.sync_pairs(sh, 0, rx, tx, Some(ctrl))
+        self.sync_pairs(own, port, 0, rx, tx, Some(ctrl))
     }
 
     /// The pair's timer: the network's tick (once per [`TICK`] whichever worker comes
     /// first) and the interrupt safety net.
     fn tick(
-        &mut self,
-        sh: &mut Shared,
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
         pair: usize,
         rx: &VringRwLock,
         tx: &VringRwLock,
     ) -> Result<(), bridge::Error> {
-        let _ = self.workers[pair].timer.wait();
-        sh.tick();
-        // Safety net, once a second while frames move: deliver what waits for the RX
-        // queue and signal both queues. One run saw a guest never answer DHCP offers
-        // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
-        // asks for the next one only when it has seen this one. The cause is not proven
-        // (suspected: the frontend wiring a queue's call fd or enabling it after the
-        // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
-        // look at its ring.
-        let moved = if self.workers.len() == 1 {
-            sh.net
-                .stats(self.port)
-                .map_or(0, |s| s.rx_frames + s.tx_frames + s.local_replies)
-        } else {
-            // `local_replies` also moves when the tick queued a Router Advertisement.
-            let own = sh
-                .net
-                .pair_stats(self.port, pair)
-                .map_or(0, |s| s.rx_frames + s.tx_frames);
-            let local = if pair == 0 {
-                sh.net.stats(self.port).map_or(0, |s| s.local_replies)
+        let _ = own.timer.wait();
+        let (moved, in_use) = {
+            let mut sh = network::lock(&self.net);
+            sh.tick();
+            // Safety net, once a second while frames move: deliver what waits for the RX
+            // queue and signal both queues. One run saw a guest never answer DHCP offers
+            // that were in its used ring: an interrupt was lost, and an EVENT_IDX driver
+            // asks for the next one only when it has seen this one. The cause is not proven
+            // (suspected: the frontend wiring a queue's call fd or enabling it after the
+            // used ring moved; docs/STATUS.md). A spurious interrupt costs the driver one
+            // look at its ring.
+            let moved = if self.pairs.len() == 1 {
+                sh.net
+                    .stats(port)
+                    .map_or(0, |s| s.rx_frames + s.tx_frames + s.local_replies)
             } else {
-                0
+                // `local_replies` also moves when the tick queued a Router Advertisement.
+                let mine = sh
+                    .net
+                    .pair_stats(port, pair)
+                    .map_or(0, |s| s.rx_frames + s.tx_frames);
+                let local = if pair == 0 {
+                    sh.net.stats(port).map_or(0, |s| s.local_replies)
+                } else {
+                    0
+                };
+                mine + local
             };
-            own + local
+            if pair == 0 && self.stats_requested.swap(false, Ordering::Relaxed) {
+                device::log_network_stats(&sh.net);
+            }
+            (moved, self.pair_in_use_locked(&sh, port, pair))
         };
-        if moved != self.workers[pair].moved_at_tick && self.pair_in_use(sh, pair) {
-            self.workers[pair].moved_at_tick = moved;
+        if moved != own.moved_at_tick && in_use {
+            own.moved_at_tick = moved;
             if ring_up(rx) {
-                let n = self.rx_ready(sh, pair, rx, pair, false)?;
+                let n = self.rx_ready(own, port, rx, pair, false)?;
                 if !n.rx {
                     signal(&rx.get_ref(), "rx");
                 }
@@ -553,46 +640,48 @@ impl NetBackend {
                 signal(&txg, "tx");
             }
         }
-        if pair == 0 && self.stats_requested.swap(false, Ordering::Relaxed) {
-            device::log_network_stats(&sh.net);
-        }
         Ok(())
     }
 
-    /// Pair `pair`'s TX queue was kicked (or a TX budget ran out before): one budget of TX
+    /// The pair's TX queue was kicked (or a TX budget ran out before): one budget of TX
     /// work, written to TUN queue `pair`.
     fn tx_kick(
-        &mut self,
-        sh: &mut Shared,
-        pair: usize,
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
         rx: &VringRwLock,
         tx: &VringRwLock,
     ) -> Result<(), bridge::Error> {
+        let pair = own.device.pair();
         // A pair the driver does not use (a kick before its VQ_PAIRS_SET): left alone.
-        if !self.pair_in_use(sh, pair) {
+        if !self.pair_in_use(port, pair) {
             return Ok(());
         }
-        let mem = self.mem.memory();
+        let mem = self.memory();
+        let mem = mem.memory();
         let mut txg = tx.get_mut();
-        // Checked under the lock the work is done under: the frontend's request handler
-        // (GET_VRING_BASE when the VM stops) may have stopped the queue since the event came,
-        // and working a stopped queue is an error that would close the connection.
+        // Checked under the queue's lock the work is done under: the frontend's request
+        // handler (GET_VRING_BASE when the VM stops) may have stopped the queue since the
+        // event came, and working a stopped queue is an error that would close the connection.
         if !(txg.get_queue().ready() && txg.is_enabled()) {
             return Ok(());
         }
         let mut rxg = rx.get_mut();
         let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
-        let now = sh.clock.now();
+        let now = self.clock.now();
         let tun = self.tun(pair);
-        let n = sh.net.on_pair_tx_kick(
-            self.port,
-            pair,
+        let n = match own.device.on_tx_kick(
+            &NetLock(&self.net),
             &*mem,
             txg.get_queue_mut(),
             rx_ok.then(|| rxg.get_queue_mut()),
             tun,
             now,
-        )?;
+        ) {
+            // The driver set fewer pairs meanwhile.
+            Err(bridge::Error::PairNotInUse(_)) => return Ok(()),
+            r => r?,
+        };
         self.more(pair, n);
         if n.tx {
             signal(&txg, "tx");
@@ -604,37 +693,42 @@ impl NetBackend {
     }
 
     /// RX buffers were added or (`host_readable`) TUN queue `queue` became readable, or a
-    /// delivery budget ran out before: one budget of delivery into pair `pair`'s RX queue.
+    /// delivery budget ran out before: one budget of delivery into the RX queue of `own`'s
+    /// pair.
     fn rx_ready(
-        &mut self,
-        sh: &mut Shared,
-        pair: usize,
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
         rx: &VringRwLock,
         queue: usize,
         host_readable: bool,
     ) -> Result<Notify, bridge::Error> {
-        let mem = self.mem.memory();
+        let pair = own.device.pair();
+        let mem = self.memory();
+        let mem = mem.memory();
         let mut rxg = rx.get_mut();
-        if rxg.get_queue().ready() && rxg.is_enabled() && self.pair_in_use(sh, pair) {
-            let now = sh.clock.now();
+        if rxg.get_queue().ready() && rxg.is_enabled() && self.pair_in_use(port, pair) {
+            let now = self.clock.now();
             let tun = self.tun(queue);
-            let n = sh.net.on_pair_rx_ready(
-                self.port,
-                pair,
+            let n = match own.device.on_rx_ready(
+                &NetLock(&self.net),
                 &*mem,
                 rxg.get_queue_mut(),
                 tun,
                 host_readable,
                 now,
-            )?;
+            ) {
+                Err(bridge::Error::PairNotInUse(_)) => return Ok(Notify::default()),
+                r => r?,
+            };
             self.more(pair, n);
             if n.rx {
                 signal(&rxg, "rx");
             }
             Ok(n)
         } else {
-            if pair == 0 {
-                sh.net.on_rx_unavailable(self.port);
+            if host_readable {
+                own.device.on_rx_unavailable();
             }
             Ok(Notify::default())
         }
@@ -646,10 +740,22 @@ impl NetBackend {
     }
 
     /// Records what an event left for the pair's resume eventfd.
-    fn more(&mut self, pair: usize, n: Notify) {
-        let w = &mut self.workers[pair];
-        w.tx_more |= n.tx_more;
-        w.rx_more |= n.rx_more;
+    fn more(&self, pair: usize, n: Notify) {
+        let w = &self.pairs[pair];
+        if n.tx_more {
+            w.tx_more.store(true, Ordering::Relaxed);
+        }
+        if n.rx_more {
+            w.rx_more.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the connection (the driver broke the protocol, or the TUN is gone).
+    fn close(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+        if let Some(h) = &self.conn.lock().shutdown {
+            h.shutdown();
+        }
     }
 }
 
@@ -702,18 +808,18 @@ pub(crate) const fn num_queues(pairs: usize) -> usize {
     if pairs > 1 { 2 * pairs + 1 } else { 2 }
 }
 
-impl VhostUserBackendMut for NetBackend {
+impl VhostUserBackend for NetBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        num_queues(self.workers.len())
+        num_queues(self.pairs.len())
     }
 
     /// A worker per queue pair: pair i's RX and TX queues (2i, 2i + 1), the control queue
     /// with pair 0.
     fn queues_per_thread(&self) -> Vec<u64> {
-        let pairs = self.workers.len();
+        let pairs = self.pairs.len();
         (0..pairs)
             .map(|i| {
                 let mask = 0b11u64 << (2 * i);
@@ -733,22 +839,24 @@ impl VhostUserBackendMut for NetBackend {
     /// The device's virtio features plus `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU needs it to enable
     /// the rings; see [`super::proxy`] for the early `SET_VRING_ENABLE` it then sends).
     fn features(&self) -> u64 {
+        let port = self.conn.lock().port;
         network::lock(&self.net)
             .net
-            .device_features(self.port)
+            .device_features(port)
             .unwrap_or(0)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
-    fn acked_features(&mut self, features: u64) {
+    fn acked_features(&self, features: u64) {
+        let mut c = self.conn.lock();
         let acked = network::lock(&self.net)
             .net
-            .ack_features(self.port, features, &self.tuns[0]);
+            .ack_features(c.port, features, &self.tuns[0]);
         // A new negotiation starts again with one queue pair.
-        self.ctrl.set_features(acked);
+        c.ctrl.set_features(acked);
         // One line per connection (and per renegotiation, e.g. a guest reboot).
         info!(
-            port = self.port.0,
+            port = c.port.0,
             features = %bridge::feature_names(acked),
             asked = format_args!("{features:#x}"),
             "guest negotiated"
@@ -759,44 +867,50 @@ impl VhostUserBackendMut for NetBackend {
     /// asks `GET_QUEUE_NUM`: [`Self::num_queues`]).
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         let f = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK;
-        if self.workers.len() > 1 {
+        if self.pairs.len() > 1 {
             f | VhostUserProtocolFeatures::MQ
         } else {
             f
         }
     }
 
-    fn reset_device(&mut self) {
-        info!(port = self.port.0, "device reset by the frontend");
+    fn reset_device(&self) {
+        // Every worker's state, in pair order, then the connection's, then the network's.
+        let mut owns: Vec<_> = self.pairs.iter().map(|w| w.own.lock()).collect();
+        let mut c = self.conn.lock();
+        info!(port = c.port.0, "device reset by the frontend");
         {
             let mut n = network::lock(&self.net);
-            match n.reattach(self.port, self.mac) {
-                Ok(p) => self.port = p,
+            match n.reattach(c.port, c.mac) {
+                Ok(p) => c.port = p,
                 Err(e) => warn!("re-attaching the port after a reset failed: {e:#}"),
             }
-            if n.alone(self.port) {
+            if n.alone(c.port) {
                 clear_offloads(&self.tuns[0]);
             }
             follow_tun_queues(&mut n, &self.tuns);
         }
-        for w in &mut self.workers {
-            w.tx_more = false;
-            w.rx_more = false;
-            w.rings_up = false;
+        for (i, (w, own)) in self.pairs.iter().zip(owns.iter_mut()).enumerate() {
+            w.tx_more.store(false, Ordering::Relaxed);
+            w.rx_more.store(false, Ordering::Relaxed);
+            w.rings_up.store(false, Ordering::Relaxed);
+            own.device = bridge::PairWorker::new(c.port, i);
+            own.moved_at_tick = 0;
         }
-        self.ctrl = ControlQueue::new(u16::try_from(self.workers.len()).unwrap_or(1));
-        self.ctrl_up = false;
-        self.handoff = 0;
-        self.broken = false;
+        c.ctrl = ControlQueue::new(u16::try_from(self.pairs.len()).unwrap_or(1));
+        c.ctrl_up = false;
+        c.handoff = 0;
+        self.broken.store(false, Ordering::SeqCst);
     }
 
-    fn set_event_idx(&mut self, enabled: bool) {
+    fn set_event_idx(&self, enabled: bool) {
         debug!(enabled, "event idx");
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0).min(MAX_CONFIG_READ)];
-        let space = network::lock(&self.net).net.config_space(self.port);
+        let port = self.conn.lock().port;
+        let space = network::lock(&self.net).net.config_space(port);
         if let Some(space) = space {
             let from = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
@@ -807,8 +921,8 @@ impl VhostUserBackendMut for NetBackend {
         buf
     }
 
-    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        self.mem = mem;
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.conn.lock().mem = mem;
         Ok(())
     }
 
@@ -817,17 +931,17 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn handle_event(
-        &mut self,
+        &self,
         device_event: u16,
         _evset: EventSet,
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
         tracing::trace!(event = device_event, pair = thread_id, "worker event");
-        if self.broken {
+        if self.broken.load(Ordering::SeqCst) {
             // The resume eventfd is level-triggered: empty it, or the worker spins on it.
             if u64::from(device_event) == self.events.resume
-                && let Some(w) = self.workers.get(thread_id)
+                && let Some(w) = self.pairs.get(thread_id)
             {
                 let _ = w.resume.read();
             }
@@ -836,10 +950,7 @@ impl VhostUserBackendMut for NetBackend {
         // Errors never leave this function: an error would end the worker thread for good.
         if let Err(e) = self.dispatch(thread_id, u64::from(device_event), vrings) {
             warn!("the driver broke the virtio protocol ({e}); closing the connection");
-            self.broken = true;
-            if let Some(h) = &self.shutdown {
-                h.shutdown();
-            }
+            self.close();
         } else if self.host_lost.load(Ordering::SeqCst) {
             // Never serve the guest on a dead link: close the connection, and the daemon stops.
             error!(
@@ -847,11 +958,7 @@ impl VhostUserBackendMut for NetBackend {
                 "the TUN {} failed (deleted underneath?); closing the connection and stopping",
                 self.tuns[0].name()
             );
-            self.host_lost.store(true, Ordering::SeqCst);
-            self.broken = true;
-            if let Some(h) = &self.shutdown {
-                h.shutdown();
-            }
+            self.close();
         }
         Ok(())
     }

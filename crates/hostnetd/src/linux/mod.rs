@@ -16,7 +16,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result, anyhow};
 use tracing::{error, info, warn};
@@ -357,13 +357,13 @@ pub(crate) fn serve_one(
         Listener::from(UnixListener::bind_addr(&inner_addr).context("binding the inner socket")?);
     let to_daemon = UnixStream::connect_addr(&inner_addr).context("connecting the inner socket")?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let backend = Arc::new(RwLock::new(NetBackend::new(
+    let backend = Arc::new(NetBackend::new(
         net.clone(),
         tuns.clone(),
         mem.clone(),
         stop.stats_requested.clone(),
         stop.host_lost.clone(),
-    )?));
+    )?);
     let mut daemon = VhostUserDaemon::new("hostnetd".to_owned(), backend.clone(), mem)
         .map_err(|e| anyhow!("creating the vhost-user daemon: {e}"))?;
     {
@@ -376,7 +376,7 @@ pub(crate) fn serve_one(
             handlers.len(),
             tuns.len()
         );
-        let b = backend.read().unwrap_or_else(PoisonError::into_inner);
+        let b = &backend;
         let ev = b.events();
         for (pair, (worker, tun)) in handlers.iter().zip(tuns.iter()).enumerate() {
             let (Some(timer), Some(resume)) = (b.timer_fd(pair), b.resume_fd(pair)) else {
@@ -408,16 +408,10 @@ pub(crate) fn serve_one(
     drop(inner);
     let relay = proxy::Relay::spawn(frontend, to_daemon).context("starting the relay")?;
     let handle = daemon.shutdown_handle();
-    backend
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .set_shutdown_handle(handle.clone());
+    backend.set_shutdown_handle(handle.clone());
     let slot = stop.add_connection(handle);
     control.connection_started();
-    let (port, mac) = backend
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .port();
+    let (port, mac) = backend.port();
     info!(port = port.0, %mac, "frontend connected");
     let result = daemon.wait();
     stop.remove_connection(slot);
@@ -425,10 +419,7 @@ pub(crate) fn serve_one(
     for worker in daemon.get_epoll_handlers() {
         worker.send_exit_event();
     }
-    backend
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .detach();
+    backend.detach();
     match result {
         Ok(())
         | Err(DaemonError::HandleRequest(

@@ -2,10 +2,12 @@
 //! TUN; guest-to-guest frames switched by the bridge) behind one mutex, shared by the
 //! connections' vhost-user workers, the control socket and the metrics listener.
 //!
-//! Why one mutex: a worker takes it once per event (a budgeted batch of frames, never per
-//! frame) and hands it over fairly at the event's end ([`unlock_fair`]: a waiting worker gets
-//! it before this one can take it again), so with one guest it is never contended and costs
-//! one uncontended lock per batch;
+//! Why one mutex: a worker takes it once per batch of frames (never per frame), through its
+//! `bridge::PairWorker` ([`NetLock`]), only for what the ports share (the gateway, the switch,
+//! the NAT, the inboxes: the copies in and out of guest memory and the TUN's system calls run
+//! outside it), plus briefly before and after each event, and hands it over fairly each time
+//! ([`unlock_fair`]: a waiting worker gets it before this one can take it again), so with one
+//! guest of one pair it is never contended;
 //! with several, the NAT, the switch and the inboxes stay single-owner (the bridge's network
 //! has no locking of its own) and a guest's batch is switched into another guest's inbox
 //! under the same lock. After each event the worker wakes every other port whose inbox
@@ -60,6 +62,19 @@ pub(crate) fn lock(net: &SharedNet) -> MutexGuard<'_, Shared> {
 /// The hand-off costs a wake-up only when another thread waits.
 pub(crate) fn unlock_fair(guard: MutexGuard<'_, Shared>) {
     MutexGuard::unlock_fair(guard);
+}
+
+/// The network as a connection's [`bridge::PairWorker`]s reach it: locked for each batch's
+/// shared part and handed over fairly at its end (see [`unlock_fair`]).
+pub(crate) struct NetLock<'a>(pub(crate) &'a SharedNet);
+
+impl bridge::NetworkLock for NetLock<'_> {
+    fn with_network<R>(&self, f: impl FnOnce(&mut Network) -> R) -> R {
+        let mut guard = self.0.lock();
+        let r = f(&mut guard.net);
+        unlock_fair(guard);
+        r
+    }
 }
 
 impl Shared {
