@@ -581,7 +581,12 @@ impl PortCore {
             )));
         }
         while self.pairs.len() < n {
-            let pair = queue_pair(&self.config, &self.negotiated, self.relay.clone(), self.short);
+            let pair = queue_pair(
+                &self.config,
+                &self.negotiated,
+                self.relay.clone(),
+                self.short,
+            );
             self.pairs.push(Some(pair));
             self.moved.push(PairStats::default());
         }

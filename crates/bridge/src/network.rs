@@ -1040,7 +1040,11 @@ mod tests {
             port = UdpPacket::new_checked(ip.payload()).unwrap().src_port();
             seen += 1;
         }
-        assert_eq!(seen, 2 * N, "every datagram of both pairs left, none spoofed");
+        assert_eq!(
+            seen,
+            2 * N,
+            "every datagram of both pairs left, none spoofed"
+        );
         // An answer read on pair 1's worker reaches pair 1's RX queue.
         let mut q1 = MockNet::new(&mem1, 256);
         let (mut rx1, _) = q1.queues(false);

@@ -38,10 +38,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tracing::{debug, error, info, warn};
 use utun::Tun;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use parking_lot::Mutex;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -299,7 +299,12 @@ impl NetBackend {
     /// whole event); a queue the driver broke closes the connection (the daemon keeps
     /// running). Work left beyond the budget re-arms the pair's resume eventfd; other ports
     /// whose inboxes this event filled are woken.
-    fn dispatch(&self, pair: usize, event: u64, vrings: &[VringRwLock]) -> Result<(), bridge::Error> {
+    fn dispatch(
+        &self,
+        pair: usize,
+        event: u64,
+        vrings: &[VringRwLock],
+    ) -> Result<(), bridge::Error> {
         let (rx, tx, ctrl) = match vrings {
             [rx, tx] => (rx, tx, None),
             [rx, tx, ctrl] => (rx, tx, Some(ctrl)),
@@ -568,14 +573,14 @@ impl NetBackend {
                 return Ok(());
             }
             let max = self.pairs.len();
-            let interrupt =
-                self.conn
-                    .lock()
-                    .ctrl
-                    .process(&*mem, cg.get_queue_mut(), |cmd| match cmd {
-                        ControlCommand::QueuePairs(n) => (1..=max).contains(&usize::from(n)),
-                        _ => false,
-                    })?;
+            let interrupt = self
+                .conn
+                .lock()
+                .ctrl
+                .process(&*mem, cg.get_queue_mut(), |cmd| match cmd {
+                    ControlCommand::QueuePairs(n) => (1..=max).contains(&usize::from(n)),
+                    _ => false,
+                })?;
             if interrupt {
                 signal(&cg, "ctrl");
             }

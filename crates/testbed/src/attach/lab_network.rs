@@ -722,7 +722,10 @@ fn pair_loop(
                 (n.bridge_stats(), pairs, n.queue_pairs(port).unwrap_or(0))
             });
             eprintln!("stats: {}", super::lab_bridge::format_stats(&stats));
-            eprintln!("stats: queue pairs: port {}: {in_use} in use, {pairs}", port.0);
+            eprintln!(
+                "stats: queue pairs: port {}: {in_use} in use, {pairs}",
+                port.0
+            );
         }
         if first && control.take_pairs_switch_request() {
             tracing::warn!("switching queue pairs is not served with a thread per pair");
