@@ -102,10 +102,11 @@ pub enum Threads {
     /// `pipeline`: the guest's TX and RX driver threads and the bridge's threaded driver (two threads)
     /// (`bridge-tx`, `bridge-rx`; TX kicks and RX interrupts served inline when idle).
     Pipeline,
-    /// `pairs` (with `--queues N` above 1 and one `--guest-netns`): a thread per queue pair
-    /// (`lab-network` for pair 0, `lab-pair-i`), each running its pair's driver and device
-    /// side with a [`bridge::PairWorker`]; the network is shared behind a lock taken per batch
-    /// only around the gateway, the switch and the NAT. The pairs stay as set at start.
+    /// `pairs` (with `--queues N` above 1 or several `--guest-netns`): a thread per queue pair
+    /// of each guest (`lab-network` for the first guest's pair 0, `lab-pair-<port>-<pair>`),
+    /// each running its pair's driver and device side with a [`bridge::PairWorker`]; the
+    /// network is shared behind a lock taken per batch only around the gateway, the switch,
+    /// the NAT and the inbox. The pairs stay as set at start.
     Pairs,
 }
 
@@ -361,10 +362,9 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
             return Err(ArgError(format!("{key} cannot be used with {what}")));
         }
     }
-    if threads == Some(Threads::Pairs) && (queues.is_none_or(|n| n < 2) || !more_guests.is_empty())
-    {
+    if threads == Some(Threads::Pairs) && queues.is_none_or(|n| n < 2) && more_guests.is_empty() {
         return Err(ArgError(
-            "--threads pairs needs --queues 2 or more and one --guest-netns".into(),
+            "--threads pairs needs --queues 2 or more, or more than one --guest-netns".into(),
         ));
     }
     Ok(Invocation::Attach(AttachArgs {
@@ -485,7 +485,8 @@ OPTIONS:
                              one (default): one thread runs the guest's driver and the device
                              (TAP and TUN in one epoll loop); pipeline: guest TX/RX driver
                              threads and the bridge's threaded driver (two threads); pairs
-                             (with --queues 2 or more, one guest): a thread per queue pair
+                             (with --queues 2 or more or several guests): a thread per queue
+                             pair of each guest
     --deny <CIDR>            drop the guest's packets to CIDR (a.b.c.d/n or x:y::/n) and answer
                              them with ICMP(v6) administratively prohibited (repeatable)
     --allow <CIDR>           let the guest reach CIDR (repeatable); the longest matching
@@ -704,8 +705,13 @@ mod tests {
             attach(&["--guest-netns", "g"]).unwrap().threads,
             Threads::DEFAULT
         );
+        let a = attach(&["--guest-netns", "g", "--queues", "2", "--threads", "pairs"]).unwrap();
+        assert_eq!(a.threads, Threads::Pairs);
+        let a = attach(&["--guest-netns", "g", "--guest-netns", "g2", "--threads=pairs"]).unwrap();
+        assert_eq!(a.threads, Threads::Pairs);
         for bad in [
-            &["--guest-netns", "g", "--threads", "two"][..],
+            &["--guest-netns", "g", "--threads", "pairs"][..],
+            &["--guest-netns", "g", "--threads", "two"],
             &["--guest-netns", "g", "--threads"],
             &["--guest-netns", "g", "--threads", "one", "--threads", "one"],
         ] {

@@ -16,7 +16,7 @@
 //! queues still read.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -28,6 +28,7 @@ use utun::Tun;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::lab_loop::{
     Control, Finished, LoopThread, MAX_RX_ROUNDS, TICK, epoll_over, tun_fd, wait_ms,
@@ -71,10 +72,10 @@ impl LabNetwork {
     /// guest's queue pairs through its control queue, and starts the thread. `guests` carry a
     /// TAP queue per pair, `tuns` the TUN's queues (one, or as many as a guest has pairs).
     ///
-    /// With `thread_per_pair` (`--threads pairs`, one guest): pair i runs on a thread of its
-    /// own (`lab-network` for pair 0, `lab-pair-i` for the others) with a
-    /// [`bridge::PairWorker`], the network behind a mutex taken per batch only around what
-    /// the pairs share (see [`run_pairs`]).
+    /// With `thread_per_pair` (`--threads pairs`): each pair of each guest runs on a thread of
+    /// its own (`lab-network` for guest 0's pair 0, `lab-pair-<port>-<pair>` for the others)
+    /// with a [`bridge::PairWorker`], the network behind a mutex taken per batch only around
+    /// what the pairs share (see [`run_pairs`]).
     pub(super) fn start(
         net: Network,
         guests: Vec<(PortId, SimGuest, Vec<Arc<Tun>>)>,
@@ -155,10 +156,8 @@ impl LabNetwork {
             driven.push(g);
         }
         if thread_per_pair {
-            anyhow::ensure!(driven.len() == 1, "a thread per queue pair takes one guest");
-            let guest = driven.remove(0);
             return LoopThread::spawn("lab-network", move |control| {
-                run_pairs(net, guest, tuns, &control)
+                run_pairs(net, driven, tuns, &control)
             });
         }
         LoopThread::spawn("lab-network", move |control| {
@@ -566,105 +565,187 @@ impl State {
     }
 }
 
-/// `--threads pairs`: each queue pair of the one guest on a thread of its own (pair 0 on the
-/// calling thread, which also ticks the network and prints the stats), each with a
-/// [`PairWorker`] and its TAP and TUN queue, the network behind one mutex that a worker takes
-/// per batch only for the gateway, the switch, the NAT and the inbox (the copies in and out of
-/// guest memory and the TAP and TUN system calls run outside it). The pairs stay as the
-/// guest set them (SIGUSR2 is not served here).
-fn run_pairs(net: Network, guest: Guest, tuns: Vec<Tun>, control: &Control) -> Finished {
+/// `--threads pairs`: each queue pair of each guest on a thread of its own (guest 0's pair 0
+/// on the calling thread, which also ticks the network and prints the stats), each with a
+/// [`PairWorker`] and its TAP queue, the network behind one mutex that a worker takes per
+/// batch only for the gateway, the switch, the NAT and the inbox (the copies in and out of
+/// guest memory and the TAP and TUN system calls run outside it). Pair i of every guest
+/// writes TUN queue i; guest 0's pair i reads it (packets for another guest go to that
+/// guest's inbox). A port's pair 0 thread is woken by an eventfd when another thread left
+/// frames in the port's inbox. The pairs stay as the guests set them (SIGUSR2 is not served
+/// here).
+fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control) -> Finished {
     let net = Mutex::new(net);
     let clock = Clock::new();
-    let Guest {
-        port, mem, pairs, ..
-    } = guest;
-    let mut pairs: Vec<Pair> = pairs;
-    let result = std::thread::scope(|s| {
-        let mut rest = pairs.iter_mut().enumerate();
-        let first = rest.next();
-        let mut handles = Vec::new();
-        for (i, pair) in rest {
-            let (net, mem, tuns) = (&net, &mem, &tuns);
-            let h = std::thread::Builder::new()
-                .name(format!("lab-pair-{i}"))
-                .spawn_scoped(s, move || {
-                    let r = pair_loop(net, port, i, mem, pair, tuns, control, clock, false);
-                    if r.is_err() {
-                        control.stopping.store(true, Ordering::SeqCst);
-                        let _ = control.stop.write(1);
-                    }
-                    r
-                });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    control.stopping.store(true, Ordering::SeqCst);
-                    return Err(anyhow::Error::from(e).context("spawning a pair's thread"));
+    let wakers: Vec<Waker> = guests
+        .iter()
+        .map(|g| {
+            Ok(Waker {
+                port: g.port,
+                fd: EventFd::new(EFD_NONBLOCK).context("creating a port's wake-up eventfd")?,
+                woken: AtomicBool::new(false),
+            })
+        })
+        .collect::<anyhow::Result<_>>()
+        .unwrap_or_default();
+    let mut guests = guests;
+    let result = if wakers.len() == guests.len() {
+        std::thread::scope(|s| {
+            let mut jobs = Vec::new();
+            for (g, guest) in guests.iter_mut().enumerate() {
+                let (port, mem) = (guest.port, &guest.mem);
+                for (p, pair) in guest.pairs.iter_mut().enumerate() {
+                    jobs.push(PairJob {
+                        port,
+                        pair: p,
+                        mem,
+                        driver: pair,
+                        // Guest 0's pairs read the TUN's queues.
+                        reads: g == 0,
+                        wake: (p == 0).then(|| &wakers[g]),
+                        first: g == 0 && p == 0,
+                    });
                 }
             }
-        }
-        let mut result = match first {
-            Some((0, pair)) => pair_loop(&net, port, 0, &mem, pair, &tuns, control, clock, true),
-            _ => Err(anyhow::anyhow!("no queue pair 0")),
-        };
-        control.stopping.store(true, Ordering::SeqCst);
-        let _ = control.stop.write(1);
-        for h in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a pair's thread panicked")));
-            if result.is_ok() {
-                result = r;
+            let mut jobs = jobs.into_iter();
+            let Some(first) = jobs.next() else {
+                return Err(anyhow::anyhow!("no guest"));
+            };
+            let mut handles = Vec::new();
+            for job in jobs {
+                let (net, tuns, wakers) = (&net, &tuns, &wakers[..]);
+                let name = format!("lab-pair-{}-{}", job.port.0, job.pair);
+                let h = std::thread::Builder::new()
+                    .name(name)
+                    .spawn_scoped(s, move || {
+                        let r = pair_loop(net, job, tuns, wakers, control, clock);
+                        if r.is_err() {
+                            control.stopping.store(true, Ordering::SeqCst);
+                            let _ = control.stop.write(1);
+                        }
+                        r
+                    });
+                match h {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        control.stopping.store(true, Ordering::SeqCst);
+                        let _ = control.stop.write(1);
+                        return Err(anyhow::Error::from(e).context("spawning a pair's thread"));
+                    }
+                }
             }
-        }
-        result
-    });
+            let mut result = pair_loop(&net, first, &tuns, &wakers, control, clock);
+            control.stopping.store(true, Ordering::SeqCst);
+            let _ = control.stop.write(1);
+            for h in handles {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a pair's thread panicked")));
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            result
+        })
+    } else {
+        Err(anyhow::anyhow!("creating the ports' wake-up eventfds failed"))
+    };
     let net = net.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let drivers = pairs
+    let guest = guests
         .iter()
-        .map(|p| p.driver.stats().summary())
+        .map(|g| {
+            let drivers = g
+                .pairs
+                .iter()
+                .map(|p| p.driver.stats().summary())
+                .collect::<Vec<_>>()
+                .join(" | ");
+            format!("port {}: {drivers}", g.port.0)
+        })
         .collect::<Vec<_>>()
-        .join(" | ");
-    let moved = (0..pairs.len())
+        .join("; ");
+    let pairs = guests
+        .iter()
+        .map(|g| pair_line(&net, g.port))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Finished {
+        result,
+        guest: format!("{guest}\nstats: queue pairs: {pairs}"),
+        bridge: net.bridge_stats(),
+    }
+}
+
+/// `port 0: 2 in use, pair 0 tx A rx B, pair 1 tx C rx D` (see `State::pair_summary`).
+fn pair_line(net: &Network, port: PortId) -> String {
+    let pairs = (0..MAX_PAIRS)
         .filter_map(|p| {
             net.pair_stats(port, p)
                 .map(|s| format!("pair {p} tx {} rx {}", s.tx_frames, s.rx_frames))
         })
         .collect::<Vec<_>>()
         .join(", ");
-    Finished {
-        result,
-        guest: format!(
-            "port {}: {drivers}\nstats: queue pairs: port {}: {} in use, {moved}",
-            port.0,
-            port.0,
-            pairs.len()
-        ),
-        bridge: net.bridge_stats(),
-    }
+    format!(
+        "port {}: {} in use, {pairs}",
+        port.0,
+        net.queue_pairs(port).unwrap_or(0)
+    )
 }
 
-/// One pair's thread (see [`run_pairs`]): its TAP queue, TUN queue `i` (queue 0 of a
-/// one-queue TUN) and, on pair 0's (`first`), the network's tick and the stats request.
-#[allow(clippy::too_many_arguments)]
+/// A port's wake-up: written when another thread left frames in the port's inbox, read by
+/// the port's pair 0 thread.
+struct Waker {
+    port: PortId,
+    fd: EventFd,
+    /// Written and not read yet (no second write until it is).
+    woken: AtomicBool,
+}
+
+/// What one pair's thread serves.
+struct PairJob<'a> {
+    port: PortId,
+    pair: usize,
+    mem: &'a GuestMemoryMmap,
+    driver: &'a mut Pair,
+    /// The thread reads TUN queue `pair` (guest 0's).
+    reads: bool,
+    /// The port's wake-up (its pair 0).
+    wake: Option<&'a Waker>,
+    /// Ticks the network and prints the stats (guest 0's pair 0).
+    first: bool,
+}
+
+/// One pair's thread (see [`run_pairs`]).
 fn pair_loop(
     net: &Mutex<Network>,
-    port: PortId,
-    i: usize,
-    mem: &GuestMemoryMmap,
-    pair: &mut Pair,
+    job: PairJob<'_>,
     tuns: &[Tun],
+    wakers: &[Waker],
     control: &Control,
     clock: Clock,
-    first: bool,
 ) -> anyhow::Result<()> {
+    let PairJob {
+        port,
+        pair: i,
+        mem,
+        driver: pair,
+        reads,
+        wake,
+        first,
+    } = job;
     let tun = tuns.get(i).unwrap_or(&tuns[0]);
-    let epoll = epoll_over([
+    let mut fds = vec![
         (control.stop.as_raw_fd(), TOKEN_STOP),
-        (tun_fd(tun)?, TOKEN_TUNS),
         (pair.driver.fd().as_raw_fd(), TOKEN_GUESTS),
-    ])?;
-    let mut events = vec![EpollEvent::default(); 3];
+    ];
+    if reads {
+        fds.push((tun_fd(tun)?, TOKEN_TUNS));
+    }
+    if let Some(w) = wake {
+        fds.push((w.fd.as_raw_fd(), TOKEN_WAKE));
+    }
+    let epoll = epoll_over(fds)?;
+    let mut events = vec![EpollEvent::default(); 4];
     let mut w = PairWorker::new(port, i);
     let mut worker = PairThread {
         net,
@@ -674,7 +755,7 @@ fn pair_loop(
         clock,
         w: &mut w,
     };
-    worker.rx(true)?;
+    worker.rx(reads)?;
     let mut next_tick = Instant::now() + TICK;
     while !control.stopping() {
         let now = Instant::now();
@@ -689,49 +770,66 @@ fn pair_loop(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("epoll wait"),
         };
-        let (mut tap, mut host) = (false, false);
+        let (mut tap, mut host, mut woken) = (false, false, false);
         for ev in events.iter().take(n) {
             match ev.data() {
                 TOKEN_GUESTS => tap = true,
                 TOKEN_TUNS => host = true,
+                TOKEN_WAKE => woken = true,
                 _ => {}
             }
+        }
+        if woken && let Some(w) = wake {
+            let _ = w.fd.read();
+            w.woken.store(false, Ordering::SeqCst);
         }
         if tap || worker.pair.tx_more {
             worker.tx()?;
         }
-        let pending = net.with_network(|n| n.pending(port));
-        if host || worker.pair.rx_more || pending {
+        let (pending, failed) = net.with_network(|n| (n.pending(port), n.host_failed(port)));
+        if host || worker.pair.rx_more || (wake.is_some() && (woken || pending)) {
             worker.rx(host)?;
         }
-        if net.with_network(|n| n.host_failed(port)) {
+        wake_others(net, wakers, port);
+        if failed {
             anyhow::bail!(
                 "the host link failed: TUN {} in the host namespace is gone or broken",
                 tun.name()
             );
         }
         if first && control.take_stats_request() {
-            let (stats, pairs, in_use) = net.with_network(|n| {
-                let pairs = (0..MAX_PAIRS)
-                    .filter_map(|p| {
-                        n.pair_stats(port, p)
-                            .map(|s| format!("pair {p} tx {} rx {}", s.tx_frames, s.rx_frames))
-                    })
+            let (stats, pairs) = net.with_network(|n| {
+                let pairs = wakers
+                    .iter()
+                    .map(|w| pair_line(n, w.port))
                     .collect::<Vec<_>>()
-                    .join(", ");
-                (n.bridge_stats(), pairs, n.queue_pairs(port).unwrap_or(0))
+                    .join("; ");
+                (n.bridge_stats(), pairs)
             });
             eprintln!("stats: {}", super::lab_bridge::format_stats(&stats));
-            eprintln!(
-                "stats: queue pairs: port {}: {in_use} in use, {pairs}",
-                port.0
-            );
+            eprintln!("stats: queue pairs: {pairs}");
         }
         if first && control.take_pairs_switch_request() {
             tracing::warn!("switching queue pairs is not served with a thread per pair");
         }
     }
     Ok(())
+}
+
+/// Wakes the pair 0 thread of every other port whose inbox has frames (once, until it reads
+/// its wake-up).
+fn wake_others(net: &Mutex<Network>, wakers: &[Waker], me: PortId) {
+    if wakers.len() < 2 {
+        return;
+    }
+    net.with_network(|n| {
+        for w in wakers {
+            if w.port != me && !w.woken.load(Ordering::SeqCst) && n.pending(w.port) {
+                w.woken.store(true, Ordering::SeqCst);
+                let _ = w.fd.write(1);
+            }
+        }
+    });
 }
 
 /// What one pair's thread drives.
@@ -817,6 +915,8 @@ fn tap_token(i: usize, p: usize) -> u64 {
 }
 
 const TOKEN_STOP: u64 = 1;
+/// A port's wake-up eventfd (`--threads pairs`).
+const TOKEN_WAKE: u64 = 2;
 /// TUN queue `q` is token `TOKEN_TUNS + q`.
 const TOKEN_TUNS: u64 = 16;
 /// Guest `i`'s pair `p` is token `TOKEN_GUESTS + i * PAIR_TOKENS + p`.
