@@ -973,7 +973,9 @@ impl World {
         cmd.args(["attach", "--guest-netns", self.g.name()]);
         if both {
             let g2 = self.g2.as_ref().context("no second guest")?;
-            cmd.args(["--guest-netns", g2.name()]);
+            // A thread per guest, as a VMM runs one per VM (`bridge::PairWorker`s sharing the
+            // network behind a lock taken per batch).
+            cmd.args(["--guest-netns", g2.name(), "--threads", "pairs"]);
         }
         cmd.args([
             "--host-netns",

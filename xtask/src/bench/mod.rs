@@ -12,7 +12,7 @@
 //!    a ratio to `kernel` and to `pasta` of the same run; IPv6 figures also to their IPv4 twin.
 //!    The guest-to-guest world (issue 14, `--only g2g`, not in `--quick`): two guest
 //!    namespaces on one network (`kernel`: a Linux bridge with two veths; `hostnet`: one
-//!    `hostnet-lab attach` with both), iperf3 TCP G → G2 and back with 1 and 4 streams, the
+//!    `hostnet-lab attach` with both, `--threads pairs`: a thread per guest), iperf3 TCP G → G2 and back with 1 and 4 streams, the
 //!    pinned round trip G → G2, and hostnet's TCP G → S with G alone against G with a second
 //!    idle guest attached, alternated.
 //! 3. Output: a table on the terminal (also `target/bench/bench.txt`), `target/bench/bench.json`
