@@ -322,8 +322,22 @@ fn three_guests_reach_each_other_and_the_server_over_ipv6() {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn a_flooding_guest_leaves_the_others_their_throughput_and_new_connections() {
+    flood_leaves_a_share("sevfld", &[]);
+}
+
+/// The same with a thread per guest (`--threads pairs`): the flooder's thread takes the
+/// network's lock once per batch, the others' threads in between.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_flooding_guest_on_its_own_thread_leaves_the_others_their_throughput() {
+    flood_leaves_a_share("sevfldt", &["--threads", "pairs"]);
+}
+
+/// Guest 1 floods UDP with a new flow per datagram; guest 2 keeps a third of its TCP alone
+/// and guest 3's new connections work.
+fn flood_leaves_a_share(tag: &str, extra: &[&str]) {
     require(&[("busybox", "busybox"), ("iperf3", "iperf3")]);
-    let (mut lab, g2, g3, _) = three_guests("sevfld");
+    let (mut lab, g2, g3, _) = three_guests_with(tag, extra);
     let server = SERVER.to_string();
     lab.spawn(
         Ns::S,
