@@ -3,8 +3,9 @@
 //! the gateway's or broadcast, IPv4 or IPv6 from the sender's own address or the other's, to
 //! the other's or elsewhere, ARP for the other guest, a Neighbor Solicitation for it), a
 //! packet from the host link, a delivery to both guests, or the second guest leaving and
-//! coming back. The first guest has a second queue pair (its own queues; records send on it
-//! and turn it off and on, as `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` 2 -> 1 -> 2 would). Both guests
+//! coming back. The first guest has a second queue pair (its own queues, served by a
+//! `bridge::PairWorker` as an embedder's thread would; records send on it and turn it off and
+//! on, as `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` 2 -> 1 -> 2 would). Both guests
 //! lease their address first (DHCP); with the first record's top bit the network floods
 //! broadcast and multicast between them. Never a panic; every TX chain is returned; no frame
 //! for one guest's MAC is ever delivered to the other (on any of its pairs).
@@ -14,7 +15,12 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use bridge::{BridgeConfig, HostLink, MacAddr, MemoryLink, Network, OFFERED_FEATURES, PortId};
+use core::cell::RefCell;
+
+use bridge::{
+    BridgeConfig, HostLink, MacAddr, MemoryLink, Network, NetworkLock, OFFERED_FEATURES,
+    PairWorker, PortId,
+};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -47,6 +53,17 @@ struct Guest {
     rx_next: u16,
     rx_seen: u16,
     tx_posted: u64,
+    /// Served through a pair worker (the network reached through [`Borrowed`]).
+    worker: Option<PairWorker>,
+}
+
+/// The network as a pair worker reaches it here: one thread, so a `RefCell` is the lock.
+struct Borrowed<'a>(RefCell<&'a mut Network>);
+
+impl NetworkLock for Borrowed<'_> {
+    fn with_network<R>(&self, f: impl FnOnce(&mut Network) -> R) -> R {
+        f(&mut self.0.borrow_mut())
+    }
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -85,7 +102,9 @@ fuzz_target!(|input: &[u8]| {
     let mut two_pairs = true;
     let mut rest = input;
     while let [kind, hi, lo, tail @ ..] = rest {
-        let len = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len()).min(9000);
+        let len = (usize::from(*hi) << 8 | usize::from(*lo))
+            .min(tail.len())
+            .min(9000);
         let (bytes, next) = tail.split_at(len);
         rest = next;
         let who = usize::from(kind & 1);
@@ -105,7 +124,12 @@ fuzz_target!(|input: &[u8]| {
                     return;
                 };
                 guests[1] = g;
-                send(&mut net, &mut guests[1], &dhcp_request(MACS[1], addrs[1]), &host);
+                send(
+                    &mut net,
+                    &mut guests[1],
+                    &dhcp_request(MACS[1], addrs[1]),
+                    &host,
+                );
             }
             6 if two_pairs => {
                 // The first guest on its second pair: raw bytes or a template.
@@ -134,7 +158,11 @@ fuzz_target!(|input: &[u8]| {
     }
     for g in &mut guests {
         let used = used_idx(&g.mem, TX_USED);
-        assert_eq!(u64::from(used), g.tx_posted % 65536, "a TX chain was not returned");
+        assert_eq!(
+            u64::from(used),
+            g.tx_posted % 65536,
+            "a TX chain was not returned"
+        );
     }
 });
 
@@ -146,7 +174,9 @@ fn attach(net: &mut Network, mac: MacAddr, host: &MemoryLink) -> Option<Guest> {
 
 /// The second queue pair of `port` (in use).
 fn second_pair(net: &mut Network, port: PortId) -> Option<Guest> {
-    lane(net, port, 1)
+    let mut g = lane(net, port, 1)?;
+    g.worker = Some(PairWorker::new(port, 1));
+    Some(g)
 }
 
 /// Queue pair `pair` of `port` on a guest memory of its own, its RX ring filled.
@@ -166,6 +196,7 @@ fn lane(net: &mut Network, port: PortId, pair: usize) -> Option<Guest> {
         rx_next: 0,
         rx_seen: 0,
         tx_posted: 0,
+        worker: None,
     };
     for _ in 0..QSIZE {
         post_rx(&mut g);
@@ -185,7 +216,26 @@ fn send(net: &mut Network, g: &mut Guest, frame: &[u8], host: &MemoryLink) {
     g.tx_next = g.tx_next.wrapping_add(1);
     g.tx_posted += 1;
     for _ in 0..8 {
-        match net.on_pair_tx_kick(g.port, g.pair, &g.mem, &mut g.txq, Some(&mut g.rxq), host, NOW) {
+        let r = match g.worker.as_mut() {
+            Some(w) => w.on_tx_kick(
+                &Borrowed(RefCell::new(&mut *net)),
+                &g.mem,
+                &mut g.txq,
+                Some(&mut g.rxq),
+                host,
+                NOW,
+            ),
+            None => net.on_pair_tx_kick(
+                g.port,
+                g.pair,
+                &g.mem,
+                &mut g.txq,
+                Some(&mut g.rxq),
+                host,
+                NOW,
+            ),
+        };
+        match r {
             Ok(n) if n.tx_more => continue,
             _ => break,
         }
@@ -195,7 +245,17 @@ fn send(net: &mut Network, g: &mut Guest, frame: &[u8], host: &MemoryLink) {
 /// Delivers what waits for guest `me` and checks each frame's destination MAC.
 fn deliver(net: &mut Network, g: &mut Guest, me: usize, host: &MemoryLink) {
     for _ in 0..8 {
-        let r = net.on_pair_rx_ready(g.port, g.pair, &g.mem, &mut g.rxq, host, true, NOW);
+        let r = match g.worker.as_mut() {
+            Some(w) => w.on_rx_ready(
+                &Borrowed(RefCell::new(&mut *net)),
+                &g.mem,
+                &mut g.rxq,
+                host,
+                true,
+                NOW,
+            ),
+            None => net.on_pair_rx_ready(g.port, g.pair, &g.mem, &mut g.rxq, host, true, NOW),
+        };
         let used = used_idx(&g.mem, RX_USED);
         while g.rx_seen != used {
             let at = RX_USED + 4 + 8 * u64::from(g.rx_seen % QSIZE);
@@ -232,8 +292,16 @@ fn template(kind: u8, who: usize, bytes: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
     let mut f = Vec::with_capacity(bytes.len() + 64);
     f.extend_from_slice(&dst_mac.0);
     f.extend_from_slice(&MACS[who].0);
-    let src4 = if b(1) & 1 == 0 { addrs[who] } else { addrs[other] };
-    let dst4 = if b(1) & 2 == 0 { addrs[other] } else { Ipv4Addr::new(198, 18, 0, 9) };
+    let src4 = if b(1) & 1 == 0 {
+        addrs[who]
+    } else {
+        addrs[other]
+    };
+    let dst4 = if b(1) & 2 == 0 {
+        addrs[other]
+    } else {
+        Ipv4Addr::new(198, 18, 0, 9)
+    };
     let eui = |m: MacAddr| {
         let m = m.0;
         Ipv6Addr::new(
@@ -247,7 +315,10 @@ fn template(kind: u8, who: usize, bytes: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
             u16::from_be_bytes([m[4], m[5]]),
         )
     };
-    let (src6, dst6) = (eui(MACS[if b(1) & 1 == 0 { who } else { other }]), eui(MACS[other]));
+    let (src6, dst6) = (
+        eui(MACS[if b(1) & 1 == 0 { who } else { other }]),
+        eui(MACS[other]),
+    );
     let payload = bytes.get(2..).unwrap_or(&[]);
     match kind >> 1 & 7 {
         1 => {
@@ -297,7 +368,11 @@ fn template(kind: u8, who: usize, bytes: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
                 m
             };
             let next = if ns { 58 } else { 17 };
-            let to = if ns { Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0) } else { dst6 };
+            let to = if ns {
+                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0)
+            } else {
+                dst6
+            };
             let sum = wire::checksum::pseudo_header_v6(src6, to, next, l4.len() as u32);
             let c = wire::checksum::finish(wire::checksum::sum(&l4, sum));
             let at = if ns { 2 } else { 6 };

@@ -707,7 +707,14 @@ mod tests {
         );
         let a = attach(&["--guest-netns", "g", "--queues", "2", "--threads", "pairs"]).unwrap();
         assert_eq!(a.threads, Threads::Pairs);
-        let a = attach(&["--guest-netns", "g", "--guest-netns", "g2", "--threads=pairs"]).unwrap();
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--guest-netns",
+            "g2",
+            "--threads=pairs",
+        ])
+        .unwrap();
         assert_eq!(a.threads, Threads::Pairs);
         for bad in [
             &["--guest-netns", "g", "--threads", "pairs"][..],

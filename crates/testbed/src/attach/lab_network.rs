@@ -648,7 +648,9 @@ fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control
             result
         })
     } else {
-        Err(anyhow::anyhow!("creating the ports' wake-up eventfds failed"))
+        Err(anyhow::anyhow!(
+            "creating the ports' wake-up eventfds failed"
+        ))
     };
     let net = net.into_inner().unwrap_or_else(PoisonError::into_inner);
     let guest = guests
