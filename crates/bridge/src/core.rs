@@ -734,31 +734,7 @@ impl PortCore {
         others: Option<&mut Others<'_>>,
         budget: usize,
     ) -> Result<Notify, Error> {
-        self.check_pair(pair)?;
-        self.ensure_halves(pair);
-        let PortCore {
-            pairs,
-            guest,
-            replies,
-            stats,
-            moved,
-            host_failed,
-            ..
-        } = self;
-        let (Some(Some(halves)), Some(moved)) = (pairs.get_mut(pair), moved.get_mut(pair)) else {
-            return Err(pair_held(pair));
-        };
-        let mut access = Direct {
-            nat,
-            guest,
-            replies,
-            others,
-        };
-        let counters = Counters {
-            stats,
-            moved,
-            failed: host_failed,
-        };
+        let (halves, mut access, counters) = self.pair_parts(pair, nat, others)?;
         halves.on_tx_kick(&mut access, counters, mem, txq, rxq, host, now, budget)
     }
 
@@ -794,6 +770,20 @@ impl PortCore {
         now: nat::Instant,
         others: Option<&mut Others<'_>>,
     ) -> Result<Notify, Error> {
+        let (halves, mut access, counters) = self.pair_parts(pair, nat, others)?;
+        halves.deliver(&mut access, counters, mem, rxq, host, now)
+    }
+}
+
+impl PortCore {
+    /// For one event of pair `pair` (in use): its halves, the one owner's access to what they
+    /// share (`nat`, the guest state, the inbox, `others`) and the port's counters.
+    fn pair_parts<'a, 'o>(
+        &'a mut self,
+        pair: usize,
+        nat: &'a mut Nat,
+        others: Option<&'a mut Others<'o>>,
+    ) -> Result<(&'a mut QueuePair, Direct<'a, 'o>, Counters<'a>), Error> {
         self.check_pair(pair)?;
         self.ensure_halves(pair);
         let PortCore {
@@ -808,7 +798,7 @@ impl PortCore {
         let (Some(Some(halves)), Some(moved)) = (pairs.get_mut(pair), moved.get_mut(pair)) else {
             return Err(pair_held(pair));
         };
-        let mut access = Direct {
+        let access = Direct {
             nat,
             guest,
             replies,
@@ -819,11 +809,9 @@ impl PortCore {
             moved,
             failed: host_failed,
         };
-        halves.deliver(&mut access, counters, mem, rxq, host, now)
+        Ok((halves, access, counters))
     }
-}
 
-impl PortCore {
     /// Builds pair `pair`'s halves if a [`crate::PairWorker`] took them.
     fn ensure_halves(&mut self, pair: usize) {
         if matches!(self.pairs.get(pair), Some(None)) {

@@ -170,20 +170,7 @@ impl LabNetwork {
                 control,
             };
             let result = state.run();
-            let guest = state
-                .guests
-                .iter()
-                .map(|g| {
-                    let drivers = g
-                        .pairs
-                        .iter()
-                        .map(|p| p.driver.stats().summary())
-                        .collect::<Vec<_>>()
-                        .join(" | ");
-                    format!("port {}: {drivers}", g.port.0)
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
+            let guest = driver_summary(&state.guests);
             let pairs = state.pair_summary();
             Finished {
                 result,
@@ -332,17 +319,7 @@ impl State {
         let ports = self
             .guests
             .iter()
-            .map(|g| {
-                let pairs = (0..g.pairs.len())
-                    .filter_map(|p| {
-                        self.net
-                            .pair_stats(g.port, p)
-                            .map(|s| format!("pair {p} tx {} rx {}", s.tx_frames, s.rx_frames))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("port {}: {} in use, {pairs}", g.port.0, g.active)
-            })
+            .map(|g| pair_line(&self.net, g.port))
             .collect::<Vec<_>>()
             .join("; ");
         format!("queue pairs: {ports}")
@@ -653,7 +630,22 @@ fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control
         ))
     };
     let net = net.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let guest = guests
+    let guest = driver_summary(&guests);
+    let pairs = guests
+        .iter()
+        .map(|g| pair_line(&net, g.port))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Finished {
+        result,
+        guest: format!("{guest}\nstats: queue pairs: {pairs}"),
+        bridge: net.bridge_stats(),
+    }
+}
+
+/// The simulated drivers' counters: `port 0: <pair 0> | <pair 1>; port 1: ...`.
+fn driver_summary(guests: &[Guest]) -> String {
+    guests
         .iter()
         .map(|g| {
             let drivers = g
@@ -665,17 +657,7 @@ fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control
             format!("port {}: {drivers}", g.port.0)
         })
         .collect::<Vec<_>>()
-        .join("; ");
-    let pairs = guests
-        .iter()
-        .map(|g| pair_line(&net, g.port))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Finished {
-        result,
-        guest: format!("{guest}\nstats: queue pairs: {pairs}"),
-        bridge: net.bridge_stats(),
-    }
+        .join("; ")
 }
 
 /// `port 0: 2 in use, pair 0 tx A rx B, pair 1 tx C rx D` (see `State::pair_summary`).
