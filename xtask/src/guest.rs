@@ -473,6 +473,15 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 r() { echo "HOSTNET-RESULT $*"; }
 cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
+# The parallel download steps' arguments N:URL:SHA into $n, $url, $sha; $cpus, $t0 set.
+pargs() {
+    n="${1%%:*}"
+    rest="${1#*:}"
+    sha="${rest##*:}"
+    url="${rest%:*}"
+    cpus=$(nproc 2>/dev/null || echo 1)
+    t0=$(cs)
+}
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
     insmod /lib/modules/$m.ko || r module fail $m
 done
@@ -592,13 +601,7 @@ for step in $(echo "$tests" | tr , ' '); do
     phttp:*)
         # N downloads at once, the k-th pinned to CPU k mod CPUs (so a multiqueue driver sends
         # them on different TX queues), each hash checked.
-        rest="${step#phttp:}"
-        n="${rest%%:*}"
-        rest="${rest#*:}"
-        sha="${rest##*:}"
-        url="${rest%:*}"
-        cpus=$(nproc 2>/dev/null || echo 1)
-        t0=$(cs)
+        pargs "${step#phttp:}"
         k=0
         pids=""
         while [ $k -lt $n ]; do
@@ -633,13 +636,7 @@ for step in $(echo "$tests" | tr , ' '); do
         # N downloads at once (pinned as in phttp, hashed as they stream in) while the pairs
         # go from 2 to 1 after 0.5 s and back to 2 after 3 s more; how many still ran at
         # each switch.
-        rest="${step#pswitch:}"
-        n="${rest%%:*}"
-        rest="${rest#*:}"
-        sha="${rest##*:}"
-        url="${rest%:*}"
-        cpus=$(nproc 2>/dev/null || echo 1)
-        t0=$(cs)
+        pargs "${step#pswitch:}"
         k=0
         pids=""
         while [ $k -lt $n ]; do
