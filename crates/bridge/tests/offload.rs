@@ -368,7 +368,7 @@ fn a_tso6_super_frame_goes_to_the_host_through_nat66_with_its_header() {
     );
     let s = h.shutdown().unwrap();
     assert_eq!((s.bridge.tx_gso, s.bridge.tx_gso6), (1, 1));
-    assert_eq!(s.bridge.total_drops(), 0);
+    assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 
 /// A TCPv6 GSO super-packet from the host (TUN_F_TSO6) goes through NAT66 inbound with its
@@ -426,7 +426,7 @@ fn a_tcpv6_gso_super_packet_from_the_host_reaches_the_guest() {
     assert!(complete6_and_verify(&mut pkt));
     let s = h.shutdown().unwrap();
     assert_eq!((s.bridge.rx_gso, s.bridge.rx_gso6), (1, 1));
-    assert_eq!(s.bridge.total_drops(), 0);
+    assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 
 /// A TCPv6 super-packet from the host to a guest without GUEST_TSO6 (the link was not asked
@@ -570,7 +570,7 @@ fn a_tso_super_frame_goes_to_the_host_translated_with_its_header() {
     assert_eq!(tcp_payload(&pkt), tcp_payload(&ip), "payload untouched");
     let s = h.shutdown().unwrap();
     assert_eq!(s.bridge.tx_gso, 1);
-    assert_eq!(s.bridge.total_drops(), 0);
+    assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 
 #[test]

@@ -389,7 +389,7 @@ fn host_packets_wait_for_rx_buffers_then_flow() {
     }
     let s = h.shutdown().unwrap();
     assert_eq!(s.bridge.rx_frames, 20);
-    assert_eq!(s.bridge.total_drops(), 0);
+    assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 
 #[test]
@@ -716,7 +716,7 @@ fn sustained_traffic_both_ways_loses_nothing() {
         (s.bridge.to_host, s.bridge.rx_frames),
         ((ROUNDS * PER) as u64, (ROUNDS * PER) as u64)
     );
-    assert_eq!(s.bridge.total_drops(), 0);
+    assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 
 #[test]
@@ -763,7 +763,7 @@ fn inline_kicks_send_on_the_calling_thread_in_order() {
     assert_eq!(net.tx_used().len(), ROUNDS * PER, "every chain returned");
     let s = h.shutdown().unwrap();
     assert_eq!(s.bridge.to_host, (ROUNDS * PER) as u64);
-    assert_eq!(s.bridge.total_drops(), 0);
+    assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 
 #[test]

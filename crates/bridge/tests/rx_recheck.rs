@@ -60,7 +60,7 @@ fn buffers_added_without_a_kick_are_found_by_the_recheck_timer() {
     );
     let s = h.shutdown().unwrap();
     assert_eq!(s.bridge.rx_frames, 5);
-    assert_eq!(s.bridge.total_drops(), 0);
+    assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 
 fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
