@@ -301,7 +301,9 @@ impl VhostUserDevice {
             .context("no control queue (one queue pair)")?;
         ctrl.driver.post_queue_pairs(pairs)?;
         let index = ctrl.driver.queue_index();
-        kicks[usize::from(index)]
+        kicks
+            .get(usize::from(index))
+            .context("no kick eventfd for the control queue")?
             .write(1)
             .context("kicking the control queue")?;
         let epoll = Epoll::new().context("creating an epoll set")?;
