@@ -348,13 +348,17 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ArgError> {
     }
     // Several guests (one network of ports, one lease each: no static address to share) and
     // several queue pairs are driven by the network loop (`lab-network`), which has no
-    // pipeline threads; a vhost-user frontend with several pairs is not written yet.
-    for (used, what) in [
-        (!more_guests.is_empty(), "more than one --guest-netns"),
-        (queues.is_some_and(|n| n > 1), "--queues more than 1"),
+    // pipeline threads; the vhost-user frontend drives several pairs of one guest.
+    for (used, what, vhost_user_too) in [
+        (
+            !more_guests.is_empty(),
+            "more than one --guest-netns",
+            false,
+        ),
+        (queues.is_some_and(|n| n > 1), "--queues more than 1", true),
     ] {
         let refused = [
-            ("--vhost-user", vhost_user.is_some()),
+            ("--vhost-user", vhost_user.is_some() && !vhost_user_too),
             ("--threads pipeline", threads == Some(Threads::Pipeline)),
             ("--static-guest-ip", static_ip.is_some()),
         ];
@@ -512,7 +516,10 @@ OPTIONS:
                              the simulated guest negotiates multiqueue and sets N pairs on the
                              control queue, G's TAP eth0 and H's TUN get N queues
                              (IFF_MULTI_QUEUE), and pair i reads and writes queue i of both
-                             (not with --threads pipeline, --static-guest-ip or --vhost-user);
+                             (not with --threads pipeline or --static-guest-ip); with
+                             --vhost-user the backend must serve N pairs (MQ protocol
+                             feature) and answer VQ_PAIRS_SET, which the guest sends on the
+                             control queue it hands over; G's TAP gets N queues;
                              SIGUSR2 makes the guest switch between N pairs and 1 (a test
                              of VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET at runtime)
 
@@ -727,7 +734,7 @@ mod tests {
     }
 
     #[test]
-    fn queues_are_parsed_and_refused_where_no_loop_drives_pairs() {
+    fn queues_are_parsed_and_refused_where_no_loop_drives_pairs_but_taken_over_vhost_user() {
         assert_eq!(attach(&["--guest-netns", "g"]).unwrap().queues, 1);
         let a = attach(&["--guest-netns", "g", "--queues", "2"]).unwrap();
         assert_eq!(a.queues, 2);
@@ -768,14 +775,25 @@ mod tests {
             &[
                 "--guest-netns",
                 "g",
-                "--queues",
-                "2",
+                "--guest-netns",
+                "g2",
                 "--vhost-user",
                 "/tmp/s",
             ],
         ] {
             assert!(attach(bad).is_err(), "{bad:?} accepted");
         }
+        // The vhost-user frontend drives several pairs of its one guest.
+        let a = attach(&[
+            "--guest-netns",
+            "g",
+            "--queues",
+            "2",
+            "--vhost-user",
+            "/tmp/s",
+        ])
+        .unwrap();
+        assert_eq!((a.queues, a.vhost_user.is_some()), (2, true));
     }
 
     #[test]

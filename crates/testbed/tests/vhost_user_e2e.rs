@@ -153,6 +153,77 @@ fn attach_vhost_user_to_hostnetd_gets_dhcp_ping_dns_and_moves_100mb_both_ways() 
     assert!(gso("tx ") > 0 && gso("rx ") > 0, "no super-frames: {stats}");
 }
 
+/// `attach --vhost-user --queues 2` against `hostnetd --queues 2`: the frontend agrees on the
+/// MQ protocol feature, starts five rings (two pairs and the control queue) and sets two
+/// pairs on the control queue before its ready line; the guest fetches whole over both pairs;
+/// SIGUSR2 sets one pair (hostnetd's `ctl guests` follows: only its answer to the control
+/// queue can say so, every ring stays enabled) and two again, the fetches still whole.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn attach_vhost_user_with_two_queue_pairs_sets_them_on_hostnetd_and_switches_on_sigusr2() {
+    require(&[("busybox", "busybox"), ("curl", "curl")]);
+    let mut lab = Lab::start_without_attach("vu-mq");
+    let (_daemon, socket) = start_hostnetd_with(&mut lab, &["--queues", "2"]);
+    let attach = start_attach(&mut lab, &socket, &["--queues", "2"]);
+    let err = attach_stderr(&lab);
+    let negotiated = err
+        .lines()
+        .find(|l| l.contains("vhost-user backend negotiated"))
+        .unwrap_or_else(|| panic!("no negotiation line:\n{err}"));
+    for want in ["MQ", "CTRL_VQ", "rings=5", "queue_pairs=2"] {
+        assert!(negotiated.contains(want), "no {want}: {negotiated}");
+    }
+    let _lease = lab.udhcpc();
+    let blob = lab.random_file("blob", 8 << 20);
+    let want = sha256(&blob);
+    let dir = lab.dir.to_str().expect("utf-8").to_owned();
+    lab.spawn(
+        Ns::S,
+        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
+        Some("listening"),
+    );
+    // `ctl guests`: `  queue pairs N in use, frames tx/rx per pair ...`.
+    let in_use = |socket: &Path| -> u64 {
+        let out = ctl(socket, &["guests"]);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("queue pairs ")?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no queue pairs line in {text}"))
+    };
+    let fetch_whole = |lab: &Lab, i: usize| {
+        let out = lab.dir.join(format!("down-{i}.bin"));
+        curl(
+            lab,
+            &[
+                "-o",
+                out.to_str().expect("utf-8"),
+                &format!("http://{SERVER}:8080/blob"),
+            ],
+        );
+        assert_eq!(sha256(&out), want, "download {i}: bytes differ");
+    };
+    assert_eq!(in_use(&socket), 2, "hostnetd after VQ_PAIRS_SET 2");
+    fetch_whole(&lab, 0);
+    for (i, to) in [(1, 1), (2, 2)] {
+        lab.proc(attach).signal("USR2").expect("SIGUSR2 to attach");
+        common::wait_file_contains(
+            &lab.dir.join("attach.err"),
+            &format!("from={} to={to}", 3 - to),
+            10,
+        );
+        assert_eq!(in_use(&socket), to, "hostnetd after VQ_PAIRS_SET {to}");
+        fetch_whole(&lab, i);
+    }
+}
+
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn attach_vhost_user_exits_2_when_the_backend_goes_away() {

@@ -48,19 +48,23 @@ pub(super) enum Backend {
     HostnetMq,
     /// hostnetd over vhost-user, driven by `hostnet-lab attach --vhost-user`.
     Hostnetd,
+    /// `hostnetd --queues 2` driven by `hostnet-lab attach --vhost-user --queues 2`: two
+    /// queue pairs, a worker each, the control queue answered by hostnetd (issue 15).
+    HostnetdMq,
     /// passt's vhost-user mode (`passt --vhost-user`), driven by the same frontend.
     PasstVu,
 }
 
 impl Backend {
     /// Every backend, in table order.
-    pub(super) const ALL: [Self; 7] = [
+    pub(super) const ALL: [Self; 8] = [
         Self::Kernel,
         Self::Pasta,
         Self::Slirp,
         Self::Hostnet,
         Self::HostnetMq,
         Self::Hostnetd,
+        Self::HostnetdMq,
         Self::PasstVu,
     ];
     /// The backends of `--quick` (CI) without `--backends`: the vhost-user pair and the
@@ -77,6 +81,7 @@ impl Backend {
             Self::Hostnet => "hostnet",
             Self::HostnetMq => "hostnet-mq2",
             Self::Hostnetd => "hostnetd",
+            Self::HostnetdMq => "hostnetd-mq2",
             Self::PasstVu => "passt-vhost-user",
         }
     }
@@ -94,13 +99,15 @@ impl Backend {
             Self::Kernel => &["nft"],
             Self::Pasta => &["pasta"],
             Self::Slirp => &["slirp4netns"],
-            Self::Hostnet | Self::HostnetMq | Self::Hostnetd | Self::PasstVu => &["busybox"],
+            Self::Hostnet | Self::HostnetMq | Self::Hostnetd | Self::HostnetdMq | Self::PasstVu => {
+                &["busybox"]
+            }
         }
     }
 
     /// Whether it is a vhost-user daemon driven by `hostnet-lab attach --vhost-user`.
     pub(super) fn vhost_user(self) -> bool {
-        matches!(self, Self::Hostnetd | Self::PasstVu)
+        matches!(self, Self::Hostnetd | Self::HostnetdMq | Self::PasstVu)
     }
 
     /// Whether the bench gives this backend's guest IPv6, or why not (printed as the reason
@@ -235,7 +242,7 @@ impl World {
             Backend::Pasta => self.pasta()?,
             Backend::Slirp => self.slirp()?,
             Backend::Hostnet | Backend::HostnetMq => self.hostnet(env)?,
-            Backend::Hostnetd | Backend::PasstVu => self.vhost_user(env)?,
+            Backend::Hostnetd | Backend::HostnetdMq | Backend::PasstVu => self.vhost_user(env)?,
         }
         self.tune_taps()?;
         self.check(env)?;
@@ -553,7 +560,7 @@ impl World {
         if !clean
             && matches!(
                 self.backend,
-                Backend::Hostnet | Backend::HostnetMq | Backend::Hostnetd
+                Backend::Hostnet | Backend::HostnetMq | Backend::Hostnetd | Backend::HostnetdMq
             )
         {
             tail.push("(the backend did not exit with status 0 within 3 s of SIGTERM)");
@@ -1011,7 +1018,7 @@ impl World {
         self.socket = Some(socket.clone());
         let mtu = self.mtu.to_string();
         let mut cmd = match self.backend {
-            Backend::Hostnetd => {
+            Backend::Hostnetd | Backend::HostnetdMq => {
                 let bin = env.hostnetd.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
                 let mut c = self.h.command(bin);
                 c.arg("--socket").arg(&socket).args([
@@ -1020,6 +1027,9 @@ impl World {
                     "--dns-upstream",
                     &SERVER.to_string(),
                 ]);
+                if self.backend == Backend::HostnetdMq {
+                    c.args(["--queues", "2"]);
+                }
                 c
             }
             _ => {
@@ -1072,6 +1082,9 @@ impl World {
         ])
         .arg(&socket)
         .env("RUST_LOG", "info");
+        if self.backend == Backend::HostnetdMq {
+            cmd.args(["--queues", "2"]);
+        }
         let mut p = Proc::spawn_lines("hostnet-lab attach --vhost-user", &mut cmd, &self.log)?;
         let ready = p.wait_line("ready", Duration::from_secs(30));
         self.frontend = Some(p);

@@ -3,7 +3,7 @@
 //! 1. Micro: `cargo bench -p hostnet-benches --bench nat` and `--bench bridge`, medians collected
 //!    from criterion's `target/criterion/**/new/estimates.json`.
 //! 2. End to end: for each guest MTU and each backend (`kernel`, `pasta`, `slirp4netns`,
-//!    `hostnet`, `hostnet-mq2` (hostnet with two queue pairs, issue 15), and the vhost-user daemons `hostnetd` and `passt-vhost-user` behind the same
+//!    `hostnet`, `hostnet-mq2` (hostnet with two queue pairs, issue 15), and the vhost-user daemons `hostnetd`, `hostnetd-mq2` (`hostnetd --queues 2`) and `passt-vhost-user` behind the same
 //!    simulated guest, `hostnet-lab attach --vhost-user`), a fresh guest/host/server namespace trio (see `e2e.rs`), then iperf3 TCP
 //!    (1 and 4 streams, both directions), iperf3 UDP 64-byte packets, and, pinned to one CPU,
 //!    ping, a TCP 1-byte request/response and connect/request/response/close. The TCP and
@@ -218,8 +218,10 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
     let need_lab = wants(Backend::Hostnet)
         || wants(Backend::HostnetMq)
         || wants(Backend::Hostnetd)
+        || wants(Backend::HostnetdMq)
         || wants(Backend::PasstVu);
-    let need_hostnetd = wants(Backend::Hostnetd) && opts.hostnetd.is_none();
+    let wants_hostnetd = wants(Backend::Hostnetd) || wants(Backend::HostnetdMq);
+    let need_hostnetd = wants_hostnetd && opts.hostnetd.is_none();
     let built = if (need_lab && opts.lab.is_none()) || need_hostnetd {
         build_ours(need_lab && opts.lab.is_none(), need_hostnetd)
     } else {
@@ -241,11 +243,11 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
         }
     };
     let lab = ours(&opts.lab, need_lab, "hostnet-lab");
-    let hostnetd = ours(&opts.hostnetd, wants(Backend::Hostnetd), "hostnetd");
+    let hostnetd = ours(&opts.hostnetd, wants_hostnetd, "hostnetd");
     if let (true, Err(e)) = (need_lab, &lab) {
         eprintln!("bench: hostnet-lab: {e}");
     }
-    if let (true, Err(e)) = (wants(Backend::Hostnetd), &hostnetd) {
+    if let (true, Err(e)) = (wants_hostnetd, &hostnetd) {
         eprintln!("bench: hostnetd: {e}");
     }
     let passt = if !wants(Backend::PasstVu) {
@@ -264,6 +266,8 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
         (Backend::HostnetMq, &lab),
         (Backend::Hostnetd, &lab),
         (Backend::Hostnetd, &hostnetd),
+        (Backend::HostnetdMq, &lab),
+        (Backend::HostnetdMq, &hostnetd),
         (Backend::PasstVu, &lab),
         (Backend::PasstVu, &passt),
     ] {
@@ -829,7 +833,7 @@ impl Options {
                         set.insert(Backend::parse(name).with_context(|| {
                             format!(
                                 "unknown backend {name:?} (kernel, pasta, slirp4netns, hostnet, \
-                                 hostnet-mq2, hostnetd, passt-vhost-user)"
+                                 hostnet-mq2, hostnetd, hostnetd-mq2, passt-vhost-user)"
                             )
                         })?);
                     }
@@ -877,7 +881,7 @@ const HELP: &str =
     "usage: cargo xtask bench [--quick] [options]   (needs root for the end-to-end part)
 
 Runs the criterion micro benches, then each backend (kernel, pasta, slirp4netns, hostnet,
-hostnet-mq2, hostnetd, passt-vhost-user) between a guest and a server namespace at each guest MTU, and prints
+hostnet-mq2, hostnetd, hostnetd-mq2, passt-vhost-user) between a guest and a server namespace at each guest MTU, and prints
 every figure as the median of the repeats with its spread and as ratios to kernel and pasta (and,
 with hostnetd, to passt-vhost-user and hostnet) from the same run; the IPv6 figures also as
 ratios to their IPv4 twins (IPv6/IPv4, same backend, same world). Writes
@@ -899,11 +903,12 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
   --latency-secs S     seconds per ping / rr / crr run (default 2)
   --mtu LIST           guest MTUs, comma-separated (default 1500,65520)
   --backends LIST      subset of kernel,pasta,slirp4netns,hostnet,hostnet-mq2,hostnetd,
-                       passt-vhost-user (default all); hostnet-mq2 is hostnet with two queue
-                       pairs (`attach --queues 2`; its 4-stream figures also as a ratio to
-                       hostnet's, the scaling); hostnetd and passt-vhost-user are vhost-user
-                       daemons driven by `hostnet-lab attach --vhost-user` (the same simulated
-                       guest)
+                       hostnetd-mq2,passt-vhost-user (default all); hostnet-mq2 is hostnet with
+                       two queue pairs (`attach --queues 2`; its 4-stream figures also as a
+                       ratio to hostnet's, the scaling); hostnetd and passt-vhost-user are
+                       vhost-user daemons driven by `hostnet-lab attach --vhost-user` (the same
+                       simulated guest); hostnetd-mq2 is `hostnetd --queues 2` driven by
+                       `attach --vhost-user --queues 2` (scaling against hostnetd)
   --no-micro           skip the criterion benches
   --no-e2e             skip the end-to-end part
   --lab PATH           use this hostnet-lab binary instead of building it (release)

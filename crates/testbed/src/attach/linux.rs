@@ -37,7 +37,7 @@ pub(super) fn run(args: &AttachArgs) -> anyhow::Result<()> {
             .context("installing the handler for SIGUSR2")?;
     }
     if let Some(socket) = &args.vhost_user {
-        return super::vhost::run(args, socket, &stop, &stats_requested);
+        return super::vhost::run(args, socket, &stop, &stats_requested, &pairs_switch);
     }
     let guest_ns = open_netns(&args.guest_netns, "--guest-netns")?;
     let host_ns = match &args.host_netns {
@@ -489,7 +489,7 @@ fn set_tap_mac(guest_netns: &str, mac: &str) -> anyhow::Result<()> {
 
 const TAP_NAME: &str = "eth0";
 /// Guest memory per queue pair (its rings, TX slots and the largest RX buffers take 33 MiB).
-const PAIR_MEMORY: usize = 34 << 20;
+pub(crate) const PAIR_MEMORY: usize = 34 << 20;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// `net.ipv6.conf.all.forwarding` (per namespace).
 const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";

@@ -1,6 +1,8 @@
 //! `hostnet-lab attach --vhost-user SOCKET`: the simulated guest as a vhost-user frontend
 //! ([`crate::vhost_user::Attached`]) of a backend in another process; no bridge, NAT or TUN
-//! here.
+//! here. With `--queues N` the guest drives N queue pairs from G's TAP with N queues (pair i
+//! from queue i), hands the control queue to the backend and sets N pairs on it before the
+//! ready line; SIGUSR2 switches between N pairs and 1.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,15 +14,17 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::AttachArgs;
 use super::linux::open_netns;
-use crate::guest::{GuestConfig, RX_QUEUE, TX_QUEUE, features};
+use crate::guest::{GuestConfig, features};
 use crate::vhost_user::Attached;
 
-/// Runs until `stop` is set; `stats_requested` (SIGUSR1) prints the guest's counters.
+/// Runs until `stop` is set; `stats_requested` (SIGUSR1) prints the guest's counters,
+/// `pairs_switch` (SIGUSR2, with several queue pairs) switches between N pairs and 1.
 pub(super) fn run(
     args: &AttachArgs,
     socket: &Path,
     stop: &AtomicBool,
     stats_requested: &AtomicBool,
+    pairs_switch: &AtomicBool,
 ) -> anyhow::Result<()> {
     // G must exist (Attached opens it again to create the TAP); H only has to exist: nothing
     // of ours lives there with a vhost-user backend.
@@ -30,6 +34,7 @@ pub(super) fn run(
     }
     let cfg = GuestConfig {
         offloads: args.offloads,
+        queue_pairs: args.queues,
         ..GuestConfig::default()
     };
     let mut attached = Attached::start_with_mtu(socket, &args.guest_netns, cfg, args.mtu)
@@ -42,7 +47,7 @@ pub(super) fn run(
     let device = attached.device();
     let (offered, acked) = (device.device_features(), device.acked_features());
     let protocol = device.protocol_features();
-    let fd = device.socket_fd();
+    let (fd, rings) = (device.socket_fd(), device.rings());
     tracing::info!(
         socket = %socket.display(),
         offered = format_args!("{offered:#x}"),
@@ -50,6 +55,8 @@ pub(super) fn run(
         names = %features::names(acked),
         offloads = %features::offload_names(acked),
         protocol = ?protocol,
+        rings,
+        queue_pairs = attached.queue_pairs(),
         "vhost-user backend negotiated"
     );
 
@@ -73,7 +80,9 @@ pub(super) fn run(
         guest_netns = %args.guest_netns,
         mac = %net.mac_string(),
         mtu = net.mtu,
-        "attached over vhost-user (driver threads guest-tx, guest-rx)"
+        queue_pairs = attached.max_queue_pairs(),
+        "attached over vhost-user (driver threads guest-tx, guest-rx, per further pair \
+         guest-tx<i>, guest-rx<i>)"
     );
 
     let mut failure = None;
@@ -81,6 +90,17 @@ pub(super) fn run(
     while !stop.load(Ordering::Relaxed) {
         if stats_requested.swap(false, Ordering::Relaxed) {
             eprintln!("stats: {}", attached.stats_line());
+        }
+        if pairs_switch.swap(false, Ordering::Relaxed) && attached.max_queue_pairs() > 1 {
+            let to = if attached.queue_pairs() > 1 {
+                1
+            } else {
+                attached.max_queue_pairs()
+            };
+            if let Err(e) = attached.set_queue_pairs(to) {
+                failure = Some(format!("switching to {to} queue pairs: {e:#}"));
+                break;
+            }
         }
         if attached.has_failed() {
             failure = Some("the simulated guest's driver stopped".to_owned());
@@ -103,7 +123,7 @@ pub(super) fn run(
     tracing::info!("shutting down");
     if failure.is_none() {
         // As a VMM stops the device: GET_VRING_BASE for each ring.
-        for q in [RX_QUEUE, TX_QUEUE] {
+        for q in 0..attached.device().rings() {
             match attached.device().stop_ring(q) {
                 Ok(base) => tracing::debug!(queue = q, base, "ring stopped"),
                 Err(e) => tracing::warn!("{e:#}"),

@@ -326,7 +326,12 @@ impl SimGuest {
         let file = file.map(|f| vm_memory::FileOffset::new(f, 0));
         let mem = GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), cfg.mem_size, file)])
             .context("mapping guest memory")?;
-        let irq = Arc::new(Interrupts::new()?);
+        let pairs = if features & features::MQ != 0 {
+            cfg.queue_pairs
+        } else {
+            1
+        };
+        let irq = Arc::new(Interrupts::new(pairs)?);
         Ok(Self {
             mem,
             features,
@@ -414,7 +419,29 @@ impl SimGuest {
     /// # Errors
     /// The epoll/eventfd set-up fails, or the RX ring can't be filled.
     pub fn start<F: FrameIo + 'static>(self, io: Arc<F>, kick: Kick) -> anyhow::Result<Running> {
-        threads::start(self, io, kick)
+        threads::start(self, vec![io], kick)
+    }
+
+    /// As [`SimGuest::start`] for every queue pair: pair `i` reads and writes `ios[i]` (a
+    /// multi-queue TAP's queue `i`), works queues `2i` and `2i + 1` with two threads of its
+    /// own, woken by those queues' interrupt lines, and notifies the device through `kick`
+    /// with the queue's index. The device must use as many pairs: tell it with
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` ([`SimGuest::control_driver`], taken before this).
+    ///
+    /// # Errors
+    /// `ios` is not one per [`SimGuest::queue_pairs`]; as [`SimGuest::start`].
+    pub fn start_pairs<F: FrameIo + 'static>(
+        self,
+        ios: Vec<Arc<F>>,
+        kick: Kick,
+    ) -> anyhow::Result<Running> {
+        ensure!(
+            ios.len() == usize::from(self.queue_pairs()),
+            "{} frame I/Os for {} queue pairs",
+            ios.len(),
+            self.queue_pairs()
+        );
+        threads::start(self, ios, kick)
     }
 
     /// Takes over the driver for an event loop the caller runs on one thread (see

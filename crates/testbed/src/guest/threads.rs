@@ -1,7 +1,8 @@
-//! The threaded mode ([`SimGuest::start`]): the interrupt lines from the device
-//! ([`Interrupts`]), and two threads that drive the [`Driver`]'s two halves, blocking in
-//! `epoll` between steps ([`Waiter`]). The threads hold no driver logic of their own: they
-//! call the same TX and RX steps an event loop calls through [`Driver`].
+//! The threaded mode ([`SimGuest::start`], [`SimGuest::start_pairs`]): the interrupt lines
+//! from the device ([`Interrupts`], one per queue), and two threads per queue pair that drive
+//! the pair [`Driver`]'s two halves, blocking in `epoll` between steps ([`Waiter`]). The
+//! threads hold no driver logic of their own: they call the same TX and RX steps an event
+//! loop calls through [`Driver`].
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -17,11 +18,12 @@ use super::rx::RxDriver;
 use super::tx::TxDriver;
 use super::{Driver, FrameIo, GuestStats, Kick, RX_QUEUE, SimGuest, TX_QUEUE};
 
-/// Interrupt lines from the device to the driver: one [`EventFd`] per queue. Hand
-/// [`Interrupts::signal`] to the device as its interrupt callback.
+/// Interrupt lines from the device to the driver: one [`EventFd`] per queue of the queue
+/// pairs laid out (queue `2i` is pair i's RX, `2i + 1` its TX). Hand [`Interrupts::signal`]
+/// to the device as its interrupt callback.
 pub struct Interrupts {
-    rx: EventFd,
-    tx: EventFd,
+    /// Indexed by queue.
+    lines: Vec<EventFd>,
     count: AtomicU64,
     /// Services the RX ring on the signalling thread (see
     /// [`GuestConfig::inline_rx_interrupt`](super::GuestConfig::inline_rx_interrupt)).
@@ -42,21 +44,27 @@ impl std::fmt::Debug for Interrupts {
 }
 
 impl Interrupts {
-    /// Two fresh lines, nothing raised.
+    /// Fresh lines for `pairs` queue pairs (two per pair), nothing raised.
     ///
     /// # Errors
     /// An eventfd can't be created.
-    pub(super) fn new() -> anyhow::Result<Self> {
+    pub(super) fn new(pairs: u16) -> anyhow::Result<Self> {
+        let lines = (0..2 * pairs.max(1))
+            .map(|q| {
+                EventFd::new(EFD_NONBLOCK)
+                    .with_context(|| format!("creating the interrupt eventfd of queue {q}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            rx: EventFd::new(EFD_NONBLOCK).context("creating rx interrupt eventfd")?,
-            tx: EventFd::new(EFD_NONBLOCK).context("creating tx interrupt eventfd")?,
+            lines,
             count: AtomicU64::new(0),
             inline_rx: OnceLock::new(),
         })
     }
 
-    /// Raises the interrupt for `queue` ([`RX_QUEUE`] or [`TX_QUEUE`]; anything else raises
-    /// both, like a shared config/legacy interrupt line).
+    /// Raises the interrupt for `queue` (a queue of a pair laid out, e.g. [`RX_QUEUE`] or
+    /// [`TX_QUEUE`]; anything else raises every line, like a shared config/legacy interrupt
+    /// line).
     pub fn signal(&self, queue: u16) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let fire = |fd: &EventFd| {
@@ -64,30 +72,24 @@ impl Interrupts {
                 tracing::warn!("interrupt eventfd write failed: {e}");
             }
         };
-        match queue {
-            RX_QUEUE => {
+        match self.lines.get(usize::from(queue)) {
+            Some(line) if queue == RX_QUEUE => {
                 if !self.inline_rx.get().is_some_and(|h| h()) {
-                    fire(&self.rx);
+                    fire(line);
                 }
             }
-            TX_QUEUE => fire(&self.tx),
-            _ => {
-                fire(&self.rx);
-                fire(&self.tx);
-            }
+            Some(line) => fire(line),
+            None => self.lines.iter().for_each(fire),
         }
     }
 
-    /// The eventfd of `queue`'s interrupt line ([`RX_QUEUE`] or [`TX_QUEUE`]), for a device
-    /// in another process that signals it directly (a vhost-user backend's "call" fd; such
-    /// interrupts are not counted by [`Interrupts::count`] and never run inline).
+    /// The eventfd of `queue`'s interrupt line (a queue of a pair laid out, e.g.
+    /// [`RX_QUEUE`] or [`TX_QUEUE`]), for a device in another process that signals it
+    /// directly (a vhost-user backend's "call" fd; such interrupts are not counted by
+    /// [`Interrupts::count`] and never run inline).
     #[must_use]
     pub fn line(&self, queue: u16) -> Option<&EventFd> {
-        match queue {
-            RX_QUEUE => Some(&self.rx),
-            TX_QUEUE => Some(&self.tx),
-            _ => None,
-        }
+        self.lines.get(usize::from(queue))
     }
 
     /// How many interrupts the device raised so far.
@@ -103,15 +105,38 @@ pub struct Running {
     stop: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
-    stats: Arc<GuestStats>,
+    /// Per queue pair, pair 0 first.
+    stats: Vec<Arc<GuestStats>>,
     irq: Arc<Interrupts>,
 }
 
 impl Running {
-    /// The driver's counters.
+    /// The driver's counters (pair 0's with several queue pairs, see
+    /// [`Running::pair_stats`]).
     #[must_use]
     pub fn stats(&self) -> &GuestStats {
+        &self.stats[0]
+    }
+
+    /// Each queue pair's counters, pair 0 first.
+    #[must_use]
+    pub fn pair_stats(&self) -> &[Arc<GuestStats>] {
         &self.stats
+    }
+
+    /// The counters as one line: [`GuestStats::summary`] with one queue pair, `pair 0: …;
+    /// pair 1: …` with several.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        match self.stats.as_slice() {
+            [one] => one.summary(),
+            pairs => pairs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("pair {i}: {}", s.summary()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
     }
 
     /// Interrupts received from the device so far.
@@ -159,49 +184,56 @@ impl Drop for Running {
     }
 }
 
-/// [`SimGuest::start`]: builds the [`Driver`], arms the RX interrupt and runs one thread per
-/// half.
+/// [`SimGuest::start_pairs`]: builds each pair's [`Driver`], arms its RX interrupt and runs
+/// one thread per half (pair 0's `guest-rx` and `guest-tx`, pair i's `guest-rx<i>` and
+/// `guest-tx<i>`).
 pub(super) fn start<F: FrameIo + 'static>(
     guest: SimGuest,
-    io: Arc<F>,
+    ios: Vec<Arc<F>>,
     kick: Kick,
 ) -> anyhow::Result<Running> {
-    let Driver { tx, rx, stats } = guest.driver(io, kick)?;
-    // Interrupts for the first buffers.
-    rx.arm_interrupt()?;
     let stop = Arc::new(EventFd::new(EFD_NONBLOCK).context("creating stop eventfd")?);
     let stopping = Arc::new(AtomicBool::new(false));
-    let rx = Arc::new(Mutex::new(rx));
-    let rx_waiter = Waiter::new(&guest.irq, RX_QUEUE, &stop)?;
-    let tx_waiter = Waiter::new(&guest.irq, TX_QUEUE, &stop)?;
-    if guest.cfg.inline_rx_interrupt {
-        let _ = guest.irq.inline_rx.set(inline_rx(&rx, &stopping));
-    }
-    let rx_stopping = Arc::clone(&stopping);
-    let rx_thread = std::thread::Builder::new()
-        .name("guest-rx".into())
-        .spawn(move || rx_thread(&rx, &rx_waiter, &rx_stopping))
-        .context("spawning guest rx thread")?;
-    let tx_stopping = Arc::clone(&stopping);
-    let tx_thread = match std::thread::Builder::new()
-        .name("guest-tx".into())
-        .spawn(move || tx_thread(tx, tx_waiter, &tx_stopping))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            stopping.store(true, Ordering::SeqCst);
-            let _ = stop.write(1);
-            let _ = rx_thread.join();
-            return Err(e).context("spawning guest tx thread");
-        }
+    let mut running = Running {
+        stop: Arc::clone(&stop),
+        stopping: Arc::clone(&stopping),
+        threads: Vec::with_capacity(2 * ios.len()),
+        stats: Vec::with_capacity(ios.len()),
+        irq: Arc::clone(&guest.irq),
     };
-    Ok(Running {
-        stop,
-        stopping,
-        threads: vec![rx_thread, tx_thread],
-        stats,
-        irq: guest.irq,
-    })
+    // On an error, dropping `running` stops the threads already started.
+    for (pair, io) in (0u16..).zip(ios) {
+        let Driver { tx, rx, stats } = guest.pair_driver(pair, io, Arc::clone(&kick))?;
+        running.stats.push(stats);
+        // Interrupts for the first buffers.
+        rx.arm_interrupt()?;
+        let rx = Arc::new(Mutex::new(rx));
+        let rx_waiter = Waiter::new(&guest.irq, 2 * pair + RX_QUEUE, &stop)?;
+        let tx_waiter = Waiter::new(&guest.irq, 2 * pair + TX_QUEUE, &stop)?;
+        if pair == 0 && guest.cfg.inline_rx_interrupt {
+            let _ = guest.irq.inline_rx.set(inline_rx(&rx, &stopping));
+        }
+        let suffix = if pair == 0 {
+            String::new()
+        } else {
+            pair.to_string()
+        };
+        let rx_stopping = Arc::clone(&stopping);
+        running.threads.push(
+            std::thread::Builder::new()
+                .name(format!("guest-rx{suffix}"))
+                .spawn(move || rx_thread(&rx, &rx_waiter, &rx_stopping))
+                .context("spawning guest rx thread")?,
+        );
+        let tx_stopping = Arc::clone(&stopping);
+        running.threads.push(
+            std::thread::Builder::new()
+                .name(format!("guest-tx{suffix}"))
+                .spawn(move || tx_thread(tx, tx_waiter, &tx_stopping))
+                .context("spawning guest tx thread")?,
+        );
+    }
+    Ok(running)
 }
 
 /// The TX thread: TX steps while the TAP has frames; waits for the TAP when it is drained,
@@ -284,11 +316,11 @@ struct Waiter {
 impl Waiter {
     fn new(irq: &Interrupts, queue: u16, stop: &EventFd) -> anyhow::Result<Self> {
         let epoll = Epoll::new().context("creating epoll")?;
-        let irq = match queue {
-            RX_QUEUE => irq.rx.try_clone(),
-            _ => irq.tx.try_clone(),
-        }
-        .context("cloning interrupt eventfd")?;
+        let irq = irq
+            .line(queue)
+            .with_context(|| format!("no interrupt line for queue {queue}"))?
+            .try_clone()
+            .context("cloning interrupt eventfd")?;
         let stop = stop.try_clone().context("cloning stop eventfd")?;
         epoll
             .ctl(

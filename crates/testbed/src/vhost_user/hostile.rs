@@ -117,7 +117,7 @@ impl VhostUserDevice {
         anyhow::ensure!(self.kicks.is_none(), "the device is already active");
         let region = memory_region(guest)?;
         let queues = [guest.device_queue(RX_QUEUE)?, guest.device_queue(TX_QUEUE)?];
-        let kicks = kick_eventfds()?;
+        let kicks = kick_eventfds(2)?;
         let page = shared_memory_file()?;
         page.set_len(PAGE).context("sizing a one-page file")?;
         let hostile = Sequence {
@@ -168,7 +168,7 @@ struct Sequence<'a> {
     guest: &'a SimGuest,
     region: vhost::VhostUserMemoryRegionInfo,
     queues: &'a [virtio_queue::Queue; 2],
-    kicks: &'a [vmm_sys_util::eventfd::EventFd; 2],
+    kicks: &'a [vmm_sys_util::eventfd::EventFd],
     page: &'a File,
 }
 
