@@ -230,14 +230,21 @@ pub(crate) fn parse_then(p: &[u8], read_ahead: impl FnOnce()) -> Result<Ipv4Head
     if !ok {
         return Err(DropReason::Malformed);
     }
+    // Read as `ipv4_header_ok` reads its words (one load each), so that the
+    // addresses are the words the checksum summed: `get32`'s byte pattern
+    // had them rebuilt from the bytes of those words, shift by shift.
+    let (w32, w16) = (
+        |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]),
+        |i: usize| u16::from_be_bytes([h[i], h[i + 1]]),
+    );
     Ok(Ipv4Header {
         header_len,
         total_len,
         protocol: h[field::PROTOCOL],
-        src_addr: get32(h, field::SRC_ADDR.start),
-        dst_addr: get32(h, field::DST_ADDR.start),
-        flags_fragment: get16(h, field::FLAGS_FRAGMENT.start),
-        ident: u32::from(get16(h, field::IDENT.start)),
+        src_addr: w32(field::SRC_ADDR.start),
+        dst_addr: w32(field::DST_ADDR.start),
+        flags_fragment: w16(field::FLAGS_FRAGMENT.start),
+        ident: u32::from(w16(field::IDENT.start)),
     })
 }
 

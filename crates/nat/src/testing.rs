@@ -250,9 +250,15 @@ pub fn embedded_dst(packet: &[u8]) -> SocketAddrV4 {
         .unwrap_or(&[]))
 }
 
-/// Whether `packet` parses as IPv4 with etherparse.
+/// Whether `packet` parses as IPv4 with etherparse: a valid header whose
+/// total length covers it and fits in `packet`. As `Ipv4Slice` checks, but
+/// for the authentication header (protocol 51) that `Ipv4Slice` also parses
+/// at the payload's start: a later fragment does not carry it there.
 pub fn parses(packet: &[u8]) -> bool {
-    etherparse::Ipv4Slice::from_slice(packet).is_ok()
+    etherparse::Ipv4HeaderSlice::from_slice(packet).is_ok_and(|h| {
+        let total = usize::from(h.total_len());
+        total >= h.slice().len() && total <= packet.len()
+    })
 }
 
 /// Whether every checksum in `packet` equals a full recompute (0x0000 and

@@ -49,11 +49,14 @@ pub fn sum(data: &[u8], initial: u64) -> u64 {
 /// Folds a wide one's-complement sum to 16 bits (end-around carry), not complemented.
 #[inline(always)]
 pub const fn fold(sum: u64) -> u16 {
-    let mut s = (sum & 0xffff_ffff) + (sum >> 32);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
+    // Halves added with an end-around carry (2³² ≡ 2¹⁶ ≡ 1): an add and an
+    // add-with-carry per step, where shifts and masks took three steps more.
+    // Adding the carry back cannot carry again (a sum that carried is at
+    // most 2ⁿ − 2), and the result is 0 only for a zero sum, as before.
+    let (s, c) = (sum as u32).overflowing_add((sum >> 32) as u32);
+    let s = s + c as u32;
+    let (t, c) = (s as u16).overflowing_add((s >> 16) as u16);
+    t + c as u16
 }
 
 /// The checksum field value for a wide sum: `!fold(sum)`.
@@ -312,7 +315,42 @@ mod tests {
         assert_eq!(fold(pseudo_header_v6(s6, d6, 58, 70_000)), fold(sum(&b, 0)));
     }
 
+    /// Folding by shifts and masks, one 16-bit step at a time: the reference
+    /// for [`fold`].
+    fn fold_by_masks(sum: u64) -> u16 {
+        let mut s = (sum & 0xffff_ffff) + (sum >> 32);
+        for _ in 0..3 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    #[test]
+    fn fold_equals_the_mask_fold_at_the_edges() {
+        for v in [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0xffff_fffe_ffff_ffff,
+            u64::MAX,
+            u64::MAX - 1,
+            0x8000_0000_8000_0000,
+            0x0001_0000_ffff_0000,
+        ] {
+            assert_eq!(fold(v), fold_by_masks(v), "{v:#x}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn fold_equals_the_mask_fold(v in any::<u64>(), small in any::<u32>()) {
+            prop_assert_eq!(fold(v), fold_by_masks(v));
+            prop_assert_eq!(fold(u64::from(small)), fold_by_masks(u64::from(small)));
+        }
+
         #[test]
         fn checksum_equals_naive(
             data in proptest::collection::vec(any::<u8>(), 0..3000),

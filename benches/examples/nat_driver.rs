@@ -1,0 +1,229 @@
+//! A standalone driver of the NAT's established-flow paths for valgrind
+//! (cachegrind/callgrind): warms N flows, then runs R rounds of 1 024
+//! packets of one path, as the criterion bench's `run` and `fill` do.
+//!
+//! `nat_driver PATH FLOWS ROUNDS [6]` with PATH one of `out`, `in`,
+//! `out_batch`, `in_batch`; instructions per packet are the difference of
+//! two runs (R and 0 rounds) divided by R × 1 024.
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use etherparse::{Ipv4Header, NetSlice, SlicedPacket, TransportSlice, UdpHeader};
+
+use nat::testing::{self, Packets};
+use nat::{Instant, Nat, Verdict};
+
+const BATCH: usize = 1024;
+
+fn run(
+    nat: &mut Nat,
+    set: &Packets,
+    cursor: &mut usize,
+    now: Instant,
+    f: fn(&mut Nat, &mut [u8], Instant) -> Verdict,
+) {
+    let n = set.count();
+    let len = set.packet_len();
+    let mut buf = [0u8; 128];
+    let mut ok = 0;
+    for _ in 0..BATCH {
+        let scratch = &mut buf[..len];
+        scratch.copy_from_slice(set.get(*cursor));
+        *cursor += 1;
+        if *cursor == n {
+            *cursor = 0;
+        }
+        ok += usize::from(f(nat, black_box(scratch), now) == Verdict::Forward);
+    }
+    assert_eq!(ok, BATCH);
+}
+
+fn fill(bufs: &mut [Vec<u8>], set: &Packets, cursor: &mut usize) {
+    let n = set.count();
+    for b in bufs {
+        b.copy_from_slice(set.get(*cursor));
+        *cursor += 1;
+        if *cursor == n {
+            *cursor = 0;
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args.get(1).map_or("out", String::as_str).to_owned();
+    let flows: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let v6 = args.get(4).is_some_and(|s| s == "6");
+    let mut w = if v6 {
+        testing::warmed6(flows)
+    } else {
+        testing::warmed(flows)
+    };
+    let now = w.now;
+    let mut cursor = 0;
+    let empty = Packets::default();
+    let mut bufs = vec![vec![0u8; w.outbound.packet_len()]; BATCH];
+    let mut verdicts = vec![Verdict::Forward; BATCH];
+    let vs = args.get(5).is_some_and(|s| s == "vs");
+    let mut naive = Naive::new(if path == "naive" || vs {
+        &w.outbound
+    } else {
+        &empty
+    });
+    if vs {
+        // One naive batch and one batch of `path` in turn; the ratio of
+        // the fastest tenth and of the medians.
+        let (mut tn, mut tp) = (Vec::new(), Vec::new());
+        let mut ncursor = 0;
+        for _ in 0..rounds {
+            let b = std::time::Instant::now();
+            let (n, len) = (w.outbound.count(), w.outbound.packet_len());
+            let mut buf = [0u8; 64];
+            let mut ok = 0;
+            for _ in 0..BATCH {
+                let scratch = &mut buf[..len];
+                scratch.copy_from_slice(w.outbound.get(ncursor));
+                ncursor = (ncursor + 1) % n;
+                ok += usize::from(naive.outbound(black_box(scratch)));
+            }
+            assert_eq!(ok, BATCH);
+            tn.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
+            let b = std::time::Instant::now();
+            match path.as_str() {
+                "out" => run(&mut w.nat, &w.outbound, &mut cursor, now, Nat::outbound),
+                "in" => run(&mut w.nat, &w.inbound, &mut cursor, now, Nat::inbound),
+                "out_batch" => {
+                    fill(&mut bufs, &w.outbound, &mut cursor);
+                    w.nat.outbound_batch(&mut bufs, now, &mut verdicts);
+                    assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+                }
+                "in_batch" => {
+                    fill(&mut bufs, &w.inbound, &mut cursor);
+                    w.nat.inbound_batch(&mut bufs, now, &mut verdicts);
+                    assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+                }
+                _ => panic!("unknown path {path}"),
+            }
+            tp.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
+        }
+        tn.sort_by(f64::total_cmp);
+        tp.sort_by(f64::total_cmp);
+        let (p10, med) = (rounds / 10, rounds / 2);
+        println!(
+            "{path} {flows}: naive/ours p10 {:.2} median {:.2} (ns/packet naive {:.1} {:.1}, ours {:.1} {:.1})",
+            tn[p10] / tp[p10],
+            tn[med] / tp[med],
+            tn[p10],
+            tn[med],
+            tp[p10],
+            tp[med]
+        );
+        return;
+    }
+    let t = std::time::Instant::now();
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let b = std::time::Instant::now();
+        match path.as_str() {
+            "out" => run(&mut w.nat, &w.outbound, &mut cursor, now, Nat::outbound),
+            "in" => run(&mut w.nat, &w.inbound, &mut cursor, now, Nat::inbound),
+            "out_batch" => {
+                fill(&mut bufs, &w.outbound, &mut cursor);
+                w.nat.outbound_batch(&mut bufs, now, &mut verdicts);
+                assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+            }
+            "in_batch" => {
+                fill(&mut bufs, &w.inbound, &mut cursor);
+                w.nat.inbound_batch(&mut bufs, now, &mut verdicts);
+                assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+            }
+            "naive" => {
+                let (n, len) = (w.outbound.count(), w.outbound.packet_len());
+                let mut buf = [0u8; 64];
+                let mut ok = 0;
+                for _ in 0..BATCH {
+                    let scratch = &mut buf[..len];
+                    scratch.copy_from_slice(w.outbound.get(cursor));
+                    cursor = (cursor + 1) % n;
+                    ok += usize::from(naive.outbound(black_box(scratch)));
+                }
+                assert_eq!(ok, BATCH);
+            }
+            _ => panic!("unknown path {path}"),
+        }
+        times.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let e = t.elapsed();
+    if rounds > 0 {
+        eprintln!(
+            "{path} {flows}: {:.1} ns/packet mean, {:.1} p10, {:.1} median",
+            e.as_nanos() as f64 / (rounds * BATCH) as f64,
+            times[rounds / 10],
+            times[rounds / 2]
+        );
+    }
+    black_box(&w.nat);
+}
+
+/// The bench's naive baseline (benches/nat.rs), copied.
+struct Naive {
+    map: HashMap<([u8; 4], u16, [u8; 4], u16), u16>,
+    ext: [u8; 4],
+}
+
+impl Naive {
+    fn new(set: &Packets) -> Naive {
+        let mut map = HashMap::new();
+        for i in 0..set.count() {
+            if let Some(k) = Naive::key(set.get(i)) {
+                let port = 1024 + (i % 60_000) as u16;
+                map.insert(k, port);
+            }
+        }
+        Naive {
+            map,
+            ext: testing::EXTERNAL.octets(),
+        }
+    }
+
+    fn key(p: &[u8]) -> Option<([u8; 4], u16, [u8; 4], u16)> {
+        let s = SlicedPacket::from_ip(p).ok()?;
+        match (s.net, s.transport) {
+            (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(u))) => {
+                let h = ip.header();
+                Some((
+                    h.source(),
+                    u.source_port(),
+                    h.destination(),
+                    u.destination_port(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn outbound(&mut self, p: &mut [u8]) -> bool {
+        let Some(port) = Naive::key(p).and_then(|k| self.map.get(&k).copied()) else {
+            return false;
+        };
+        p[12..16].copy_from_slice(&self.ext);
+        p[20..22].copy_from_slice(&port.to_be_bytes());
+        let Ok((ip, rest)) = Ipv4Header::from_slice(p) else {
+            return false;
+        };
+        let Ok((udp, payload)) = UdpHeader::from_slice(rest) else {
+            return false;
+        };
+        let (ic, uc) = (
+            ip.calc_header_checksum(),
+            udp.calc_checksum_ipv4(&ip, payload).unwrap_or(0),
+        );
+        p[10..12].copy_from_slice(&ic.to_be_bytes());
+        p[26..28].copy_from_slice(&uc.to_be_bytes());
+        true
+    }
+}
