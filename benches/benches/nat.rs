@@ -8,15 +8,17 @@
 // criterion 0.7's `criterion_group!` defines undocumented public functions.
 #![allow(missing_docs)]
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::{Ipv4Header, NetSlice, SlicedPacket, TransportSlice, UdpHeader};
 use nat::testing::{self, Packets, SERVER};
 use nat::{Instant, L4Checksum, Nat, Verdict};
+
+#[path = "../common/naive.rs"]
+mod naive;
+use naive::Naive;
 
 /// Packets translated per measured iteration.
 const BATCH: usize = 1024;
@@ -148,67 +150,6 @@ fn established6(c: &mut Criterion) {
             })
         });
         g.finish();
-    }
-}
-
-/// A straightforward engine, as a baseline measured in the same run: a full
-/// etherparse parse, a std `HashMap` (SipHash) keyed by the 5-tuple, a full
-/// checksum recompute. UDP only, outbound only.
-struct Naive {
-    map: HashMap<([u8; 4], u16, [u8; 4], u16), u16>,
-    ext: [u8; 4],
-}
-
-impl Naive {
-    fn new(set: &Packets) -> Naive {
-        let mut map = HashMap::new();
-        for i in 0..set.count() {
-            if let Some(k) = Naive::key(set.get(i)) {
-                let port = 1024 + (i % 60_000) as u16;
-                map.insert(k, port);
-            }
-        }
-        Naive {
-            map,
-            ext: testing::EXTERNAL.octets(),
-        }
-    }
-
-    fn key(p: &[u8]) -> Option<([u8; 4], u16, [u8; 4], u16)> {
-        let s = SlicedPacket::from_ip(p).ok()?;
-        match (s.net, s.transport) {
-            (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(u))) => {
-                let h = ip.header();
-                Some((
-                    h.source(),
-                    u.source_port(),
-                    h.destination(),
-                    u.destination_port(),
-                ))
-            }
-            _ => None,
-        }
-    }
-
-    fn outbound(&mut self, p: &mut [u8]) -> bool {
-        let Some(port) = Naive::key(p).and_then(|k| self.map.get(&k).copied()) else {
-            return false;
-        };
-        p[12..16].copy_from_slice(&self.ext);
-        p[20..22].copy_from_slice(&port.to_be_bytes());
-        let Ok((ip, rest)) = Ipv4Header::from_slice(p) else {
-            return false;
-        };
-        let Ok((udp, payload)) = UdpHeader::from_slice(rest) else {
-            return false;
-        };
-        let (ic, uc) = (
-            ip.calc_header_checksum(),
-            udp.calc_checksum_ipv4(&ip, payload).unwrap_or(0),
-        );
-        p[10..12].copy_from_slice(&ic.to_be_bytes());
-        p[26..28].copy_from_slice(&uc.to_be_bytes());
-        true
     }
 }
 

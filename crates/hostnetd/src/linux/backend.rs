@@ -520,10 +520,15 @@ impl NetBackend {
         if in_use {
             self.rx_ready(own, port, rx, pair, true)?;
         } else {
-            self.conn.lock().handoff |= 1 << pair;
-            self.pairs[0].resume_later();
+            self.hand_over(pair);
         }
         Ok(())
+    }
+
+    /// TUN queue `q` is to be read by pair 0 (its worker resumes for it).
+    fn hand_over(&self, q: usize) {
+        self.conn.lock().handoff |= 1 << q;
+        self.pairs[0].resume_later();
     }
 
     /// Pair 0 reads the TUN queues handed to it (one budget each; a queue with more stays
@@ -548,8 +553,7 @@ impl NetBackend {
             }
             let n = self.rx_ready(own, port, rx, q, true)?;
             if n.rx_more {
-                self.conn.lock().handoff |= 1 << q;
-                self.pairs[0].resume_later();
+                self.hand_over(q);
             }
         }
         Ok(())
