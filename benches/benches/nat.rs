@@ -13,16 +13,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use nat::testing::{self, Packets, SERVER};
+use nat::testing::{self, SERVER};
 use nat::{Instant, L4Checksum, Nat, Verdict};
 
 #[path = "../common/naive.rs"]
 mod naive;
-use naive::Naive;
+use naive::{BATCH, Naive, fill, run};
 
 /// Packets translated per measured iteration.
-const BATCH: usize = 1024;
-
 fn established(c: &mut Criterion) {
     for flows in [1_000usize, 64_000, 1_000_000] {
         let mut w = testing::warmed(flows);
@@ -153,44 +151,8 @@ fn established6(c: &mut Criterion) {
     }
 }
 
-/// Copies the next packets of `set` into `bufs`.
-fn fill(bufs: &mut [Vec<u8>], set: &Packets, cursor: &mut usize) {
-    let n = set.count();
-    for b in bufs {
-        b.copy_from_slice(set.get(*cursor));
-        *cursor += 1;
-        if *cursor == n {
-            *cursor = 0;
-        }
-    }
-}
-
 /// Translates the next `BATCH` packets (copied into a scratch buffer first,
 /// so every iteration sees the original bytes).
-fn run(
-    nat: &mut Nat,
-    set: &Packets,
-    cursor: &mut usize,
-    now: Instant,
-    f: fn(&mut Nat, &mut [u8], Instant) -> Verdict,
-) -> usize {
-    let n = set.count();
-    let len = set.packet_len();
-    let mut buf = [0u8; 128];
-    let mut ok = 0;
-    for _ in 0..BATCH {
-        let scratch = &mut buf[..len];
-        scratch.copy_from_slice(set.get(*cursor));
-        *cursor += 1;
-        if *cursor == n {
-            *cursor = 0;
-        }
-        ok += usize::from(f(nat, black_box(scratch), now) == Verdict::Forward);
-    }
-    assert_eq!(ok, BATCH, "every packet of an established flow translates");
-    ok
-}
-
 /// `n` packets of distinct internal endpoints (250 guests × n/250 ports).
 fn new_flow_packets(n: usize) -> Vec<Vec<u8>> {
     (0..n)

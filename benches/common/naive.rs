@@ -1,10 +1,55 @@
-//! The naive NAT baseline that `benches/nat.rs` and `examples/nat_driver.rs` measure ours
-//! against in the same run.
+//! What `benches/nat.rs` and `examples/nat_driver.rs` share: the batch of packets a round
+//! runs, its per-packet and batch loops, and the naive NAT baseline measured against ours in
+//! the same run.
 
 use std::collections::HashMap;
 
 use etherparse::{Ipv4Header, NetSlice, SlicedPacket, TransportSlice, UdpHeader};
+use std::hint::black_box;
+
 use nat::testing::{self, Packets};
+use nat::{Instant, Nat, Verdict};
+
+/// Packets per round.
+pub(crate) const BATCH: usize = 1024;
+
+/// Runs `f` on the next `BATCH` packets of `set` (each copied into a scratch buffer first);
+/// every one must translate.
+pub(crate) fn run(
+    nat: &mut Nat,
+    set: &Packets,
+    cursor: &mut usize,
+    now: Instant,
+    f: fn(&mut Nat, &mut [u8], Instant) -> Verdict,
+) -> usize {
+    let n = set.count();
+    let len = set.packet_len();
+    let mut buf = [0u8; 128];
+    let mut ok = 0;
+    for _ in 0..BATCH {
+        let scratch = &mut buf[..len];
+        scratch.copy_from_slice(set.get(*cursor));
+        *cursor += 1;
+        if *cursor == n {
+            *cursor = 0;
+        }
+        ok += usize::from(f(nat, black_box(scratch), now) == Verdict::Forward);
+    }
+    assert_eq!(ok, BATCH, "every packet of an established flow translates");
+    ok
+}
+
+/// Copies the next packets of `set` into `bufs`.
+pub(crate) fn fill(bufs: &mut [Vec<u8>], set: &Packets, cursor: &mut usize) {
+    let n = set.count();
+    for b in bufs {
+        b.copy_from_slice(set.get(*cursor));
+        *cursor += 1;
+        if *cursor == n {
+            *cursor = 0;
+        }
+    }
+}
 
 /// A straightforward engine, as a baseline measured in the same run: a full
 /// etherparse parse, a std `HashMap` (SipHash) keyed by the 5-tuple, a full

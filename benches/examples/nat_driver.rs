@@ -14,43 +14,7 @@ use nat::{Instant, Nat, Verdict};
 
 #[path = "../common/naive.rs"]
 mod naive;
-use naive::Naive;
-
-const BATCH: usize = 1024;
-
-fn run(
-    nat: &mut Nat,
-    set: &Packets,
-    cursor: &mut usize,
-    now: Instant,
-    f: fn(&mut Nat, &mut [u8], Instant) -> Verdict,
-) {
-    let n = set.count();
-    let len = set.packet_len();
-    let mut buf = [0u8; 128];
-    let mut ok = 0;
-    for _ in 0..BATCH {
-        let scratch = &mut buf[..len];
-        scratch.copy_from_slice(set.get(*cursor));
-        *cursor += 1;
-        if *cursor == n {
-            *cursor = 0;
-        }
-        ok += usize::from(f(nat, black_box(scratch), now) == Verdict::Forward);
-    }
-    assert_eq!(ok, BATCH);
-}
-
-fn fill(bufs: &mut [Vec<u8>], set: &Packets, cursor: &mut usize) {
-    let n = set.count();
-    for b in bufs {
-        b.copy_from_slice(set.get(*cursor));
-        *cursor += 1;
-        if *cursor == n {
-            *cursor = 0;
-        }
-    }
-}
+use naive::{BATCH, Naive, fill, run};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -93,21 +57,7 @@ fn main() {
             assert_eq!(ok, BATCH);
             tn.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
             let b = std::time::Instant::now();
-            match path.as_str() {
-                "out" => run(&mut w.nat, &w.outbound, &mut cursor, now, Nat::outbound),
-                "in" => run(&mut w.nat, &w.inbound, &mut cursor, now, Nat::inbound),
-                "out_batch" => {
-                    fill(&mut bufs, &w.outbound, &mut cursor);
-                    w.nat.outbound_batch(&mut bufs, now, &mut verdicts);
-                    assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
-                }
-                "in_batch" => {
-                    fill(&mut bufs, &w.inbound, &mut cursor);
-                    w.nat.inbound_batch(&mut bufs, now, &mut verdicts);
-                    assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
-                }
-                _ => panic!("unknown path {path}"),
-            }
+            ours(&path, &mut w, &mut cursor, &mut bufs, &mut verdicts, now);
             tp.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
         }
         tn.sort_by(f64::total_cmp);
@@ -129,17 +79,8 @@ fn main() {
     for _ in 0..rounds {
         let b = std::time::Instant::now();
         match path.as_str() {
-            "out" => run(&mut w.nat, &w.outbound, &mut cursor, now, Nat::outbound),
-            "in" => run(&mut w.nat, &w.inbound, &mut cursor, now, Nat::inbound),
-            "out_batch" => {
-                fill(&mut bufs, &w.outbound, &mut cursor);
-                w.nat.outbound_batch(&mut bufs, now, &mut verdicts);
-                assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
-            }
-            "in_batch" => {
-                fill(&mut bufs, &w.inbound, &mut cursor);
-                w.nat.inbound_batch(&mut bufs, now, &mut verdicts);
-                assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+            "out" | "in" | "out_batch" | "in_batch" => {
+                ours(&path, &mut w, &mut cursor, &mut bufs, &mut verdicts, now);
             }
             "naive" => {
                 let (n, len) = (w.outbound.count(), w.outbound.packet_len());
@@ -168,4 +109,34 @@ fn main() {
         );
     }
     black_box(&w.nat);
+}
+
+/// One round of our `path` (`out`, `in`, `out_batch`, `in_batch`) on `w`'s warmed flows.
+fn ours(
+    path: &str,
+    w: &mut testing::Warmed,
+    cursor: &mut usize,
+    bufs: &mut [Vec<u8>],
+    verdicts: &mut [Verdict],
+    now: Instant,
+) {
+    match path {
+        "out" => {
+            run(&mut w.nat, &w.outbound, cursor, now, Nat::outbound);
+        }
+        "in" => {
+            run(&mut w.nat, &w.inbound, cursor, now, Nat::inbound);
+        }
+        "out_batch" => {
+            fill(bufs, &w.outbound, cursor);
+            w.nat.outbound_batch(bufs, now, verdicts);
+            assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+        }
+        "in_batch" => {
+            fill(bufs, &w.inbound, cursor);
+            w.nat.inbound_batch(bufs, now, verdicts);
+            assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+        }
+        _ => panic!("unknown path {path}"),
+    }
 }
