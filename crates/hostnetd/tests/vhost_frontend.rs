@@ -619,6 +619,7 @@ impl World {
                  s.listen({n})\n\
                  print('listening',flush=True)\n\
                  s.settimeout(60)\n\
+                 out=threading.Lock()\n\
                  def take(c):\n\
                  \x20c.settimeout(60)\n\
                  \x20h=hashlib.sha256()\n\
@@ -628,7 +629,7 @@ impl World {
                  \x20\x20if not d: break\n\
                  \x20\x20h.update(d)\n\
                  \x20\x20n+=len(d)\n\
-                 \x20print(n,h.hexdigest(),flush=True)\n\
+                 \x20with out: print(n,h.hexdigest(),flush=True)\n\
                  ts=[]\n\
                  for _ in range({n}):\n\
                  \x20c,_=s.accept()\n\
