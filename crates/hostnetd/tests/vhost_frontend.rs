@@ -47,18 +47,7 @@ fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<
     world.downloads_the_blob()?;
 
     let sink = world.upload_sink()?;
-    let sent = world.guest.exec(&[
-        "python3",
-        "-c",
-        &format!(
-            "import hashlib,os,socket\n\
-             d=os.urandom({BLOB_SIZE})\n\
-             s=socket.create_connection(('{SERVER_ADDR}',{UPLOAD_PORT}),timeout=60)\n\
-             s.sendall(d)\n\
-             s.close()\n\
-             print(len(d),hashlib.sha256(d).hexdigest())"
-        ),
-    ])?;
+    let sent = world.guest.exec(&["python3", "-c", &upload_program()])?;
     let received = sink.result()?;
     ensure!(
         sent.trim() == received.trim(),
