@@ -1072,6 +1072,15 @@ pub(crate) trait RxAccess {
     fn replies_may_wait(&self) -> bool {
         true
     }
+
+    /// Whether the RX half takes the port's inbox out of the lock (the inbox exchanged, under
+    /// it, for an empty batch of the same shape) and copies it into the guest's buffers
+    /// outside it, rather than copying under the lock. A [`crate::PairWorker`] does: the lock
+    /// is shared with other ports' threads, and an inbox of 64 KiB super-frames is a long
+    /// copy.
+    fn takes_inbox(&self) -> bool {
+        false
+    }
 }
 
 /// The one owner's access: everything at hand (a [`DeviceCore`], a [`crate::Network`] driven
@@ -1215,6 +1224,10 @@ pub(crate) struct RxHalf {
     pub(crate) host_pending: bool,
     /// A batch shorter than asked means the host link is drained.
     pub(crate) short_batch_drains: bool,
+    /// The port's inbox as a [`crate::PairWorker`] took it out of the network's lock (by
+    /// exchanging batches, see [`RxAccess::takes_inbox`]) to copy it into the guest's buffers
+    /// outside the lock; what the guest had no room for waits here, ahead of newer frames.
+    pub(crate) held: Option<FrameBatch>,
 }
 
 impl RxHalf {
@@ -1237,10 +1250,26 @@ impl RxHalf {
         let Step { host, now, stats } = step;
         let mut p = RxProgress::default();
         let mut rounds = 0;
+        // A worker takes the port's inbox once per call (its held frames go first).
+        let mut took = false;
         loop {
-            if access.replies_may_wait() {
+            let filled = if access.takes_inbox() {
+                if !took && self.held.as_ref().is_none_or(|h| h.pending() == 0) {
+                    took = true;
+                    let held = &mut self.held;
+                    access.with_rx(|l| take_inbox(held, l.replies))?;
+                }
                 let rx_queue = self.engine.rx_queue();
-                let filled = access.with_rx(|l| match l.replies {
+                self.held.as_mut().filter(|h| h.pending() > 0).map(|h| {
+                    let out = rx_queue.fill(mem, queue, h, stats);
+                    if h.pending() == 0 {
+                        h.clear();
+                    }
+                    out
+                })
+            } else if access.replies_may_wait() {
+                let rx_queue = self.engine.rx_queue();
+                access.with_rx(|l| match l.replies {
                     Some(r) if r.pending() > 0 => {
                         let out = rx_queue.fill(mem, queue, r, stats);
                         if r.pending() == 0 {
@@ -1249,17 +1278,23 @@ impl RxHalf {
                         Some(out)
                     }
                     _ => None,
-                })?;
-                if let Some(out) = filled {
-                    let out = out?;
-                    p.notify |= out.notify;
-                    if out.starved {
-                        if self.engine.rx_queue().arm(mem, queue)? {
-                            continue;
-                        }
-                        p.starved = true;
-                        return Ok(p);
+                })?
+            } else {
+                None
+            };
+            if let Some(out) = filled {
+                let out = out?;
+                p.notify |= out.notify;
+                if out.starved {
+                    if self.engine.rx_queue().arm(mem, queue)? {
+                        continue;
                     }
+                    p.starved = true;
+                    return Ok(p);
+                }
+                if !took && access.takes_inbox() {
+                    // Held frames went first; now the inbox that filled meanwhile.
+                    continue;
                 }
             }
             if self.engine.pending() > 0 {
@@ -1316,6 +1351,20 @@ impl RxHalf {
             }
         }
     }
+}
+
+/// Under the lock: exchanges a waiting `inbox` for the empty batch in `held` (made once, of
+/// the inbox's shape, so that the port keeps an inbox of the same room).
+fn take_inbox(held: &mut Option<FrameBatch>, inbox: Option<&mut FrameBatch>) {
+    let Some(inbox) = inbox.filter(|r| r.pending() > 0) else {
+        return;
+    };
+    let spare = match held {
+        Some(h) if h.capacity() == inbox.capacity() && h.buf_size() == inbox.buf_size() => h,
+        _ => held.insert(FrameBatch::new(inbox.capacity(), inbox.buf_size())),
+    };
+    spare.clear();
+    core::mem::swap(spare, inbox);
 }
 
 /// The NAT expiry policy for every driver: at most [`EXPIRE_BUDGET`] mappings per tick, a
@@ -1492,6 +1541,7 @@ pub(crate) fn queue_pair(
             engine: rx,
             host_pending: true,
             short_batch_drains,
+            held: None,
         },
     }
 }

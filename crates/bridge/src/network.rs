@@ -1212,6 +1212,96 @@ mod tests {
         );
     }
 
+    /// Two guests served by `PairWorker`s: b's worker takes its inbox out of the lock; what
+    /// b's RX ring has no room for waits in the worker and reaches b first, in order, before
+    /// frames switched later; the port's inbox keeps its full room meanwhile (no drop).
+    #[test]
+    fn a_workers_inbox_taken_out_of_the_lock_keeps_its_order_when_the_guest_is_short_of_buffers()
+    {
+        use crate::testing::{self, MockNet};
+        use crate::{NetworkLock, PairWorker};
+        use std::sync::Mutex;
+        let (host, _peer) = MemoryLink::pair(256).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
+        let (ma, mb) = (mac(0x56), mac(0x57));
+        let (a, b) = (net.attach(ma).unwrap(), net.attach(mb).unwrap());
+        let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
+        assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
+        assert_eq!(net.ack_features(b, FEATURES, &host), FEATURES);
+        let capacity = net.config().batch_size;
+        let net = Mutex::new(net);
+        let (mem_a, mem_b) = (testing::guest_memory(), testing::guest_memory());
+        let (mut qa, mut qb) = (MockNet::new(&mem_a, 256), MockNet::new(&mem_b, 256));
+        let (mut rxa, mut txa) = qa.queues(false);
+        let (mut rxb, mut txb) = qb.queues(false);
+        let (mut wa, mut wb) = (PairWorker::new(a, 0), PairWorker::new(b, 0));
+        let mut scratch = Vec::new();
+        for (m, q, ip) in [(ma, &mut qa, ia), (mb, &mut qb, ib)] {
+            for _ in 0..2 {
+                q.post_rx(&[2048]);
+            }
+            for f in dhcp(m, ip) {
+                q.send_frame(HDR, &f, &[]);
+            }
+        }
+        wa.on_tx_kick(&net, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        wb.on_tx_kick(&net, &mem_b, &mut txb, Some(&mut rxb), &host, NOW)
+            .unwrap();
+        while qa.rx_frame(HDR, &mut scratch).is_some() {}
+        while qb.rx_frame(HDR, &mut scratch).is_some() {}
+
+        let frame = |k: usize| {
+            let mut f = testing::udp_frame(ma, ia, 5000, ib, 6000, format!("{k:04}").as_bytes());
+            f[..6].copy_from_slice(&mb.0);
+            f
+        };
+        let mut send = |range: std::ops::Range<usize>| {
+            for k in range {
+                qa.send_frame(HDR, &frame(k), &[]);
+            }
+            wa.on_tx_kick(&net, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+                .unwrap()
+        };
+        // 12 frames for b, which has room for 3: it takes 3, the worker holds 9.
+        send(0..12);
+        for _ in 0..3 {
+            qb.post_rx(&[2048]);
+        }
+        wb.on_rx_ready(&net, &mem_b, &mut rxb, &host, false, NOW)
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some((_, f)) = qb.rx_frame(HDR, &mut scratch) {
+            got.push(String::from_utf8_lossy(&f[f.len() - 4..]).into_owned());
+        }
+        assert_eq!(got, ["0000", "0001", "0002"]);
+        assert!(
+            !net.with_network(|n| n.pending(b)),
+            "the port's inbox went out with the worker"
+        );
+        // A whole batch more is switched into the port's inbox, room for all of it.
+        let n = send(12..12 + capacity);
+        assert!(n.tx_more, "the inbox a filled is full: a pauses");
+        for _ in 0..capacity + 9 {
+            qb.post_rx(&[2048]);
+        }
+        wb.on_rx_ready(&net, &mem_b, &mut rxb, &host, false, NOW)
+            .unwrap();
+        let want: Vec<String> = (3..12 + capacity).map(|k| format!("{k:04}")).collect();
+        let mut got = Vec::new();
+        while let Some((_, f)) = qb.rx_frame(HDR, &mut scratch) {
+            got.push(String::from_utf8_lossy(&f[f.len() - 4..]).into_owned());
+        }
+        assert_eq!(got, want, "held frames first, then the newer ones, in order");
+        net.with_network(|n| {
+            assert!(!n.pending(b));
+            let sa = n.stats(a).unwrap();
+            assert_eq!(sa.switched, 12 + capacity as u64);
+            assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 0, "{sa:?}");
+            assert_eq!(n.stats(b).unwrap().rx_frames, 2 + 12 + capacity as u64);
+        });
+    }
+
     /// Ports attached after `set_max_queue_pairs(2)` offer MQ and the control queue (and say
     /// 2 in their config space), earlier ones not; the driver's `VQ_PAIRS_SET 2` through a
     /// `ControlQueue` sets the port's pairs, `VQ_PAIRS_SET 3` is refused and changes nothing.

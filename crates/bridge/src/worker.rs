@@ -6,8 +6,11 @@
 //! and its counters outside the lock. Per batch it takes the lock once for the shared part —
 //! the gateway, the switch, the NAT and the port's inbox — and does the rest outside it: the
 //! chains copied out of guest memory, the writes to and reads from the host link (its queue
-//! of a multi-queue TUN) and the copies into the guest's RX buffers. So two pairs' workers
-//! overlap everything but the translation. Each event also takes the lock once before (the
+//! of a multi-queue TUN) and the copies into the guest's RX buffers. The port's inbox (frames
+//! switched from other guests, gateway replies) is exchanged under the lock for an empty
+//! batch of the same room and copied into the guest outside it; frames the guest has no
+//! buffers for wait in the worker and go first at its next event. So two pairs' workers, and
+//! two guests' workers, overlap everything but the translation and the switch's copy. Each event also takes the lock once before (the
 //! pair in use, the halves built for the negotiated features) and once after (the counters
 //! added to the port's, the guest's MAC and IPv6 addresses followed).
 //!
@@ -228,5 +231,9 @@ impl<L: NetworkLock + ?Sized> RxAccess for Shared<'_, L> {
                 })
             })
         })
+    }
+
+    fn takes_inbox(&self) -> bool {
+        true
     }
 }
