@@ -35,7 +35,7 @@ use bridge::defaults::{
 use netns::Netns;
 use serde_json::Value;
 
-use super::sys::{CMD_LIMIT, Proc, cpu_seconds, run_limited, run_ok, thread_cpu};
+use super::sys::{CMD_LIMIT, Proc, cpu_seconds, machine_cpu, run_limited, run_ok, thread_cpu};
 
 /// A network backend under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -336,6 +336,15 @@ impl World {
         self.backend_proc
             .as_ref()
             .and_then(|p| cpu_seconds(p.pid()))
+    }
+
+    /// What [`World::busy_since`] compares against: the backend threads' CPU seconds so far
+    /// and the machine's CPU time.
+    pub(super) fn busy_start(&self) -> Busy {
+        Busy {
+            threads: self.backend_threads(),
+            machine: machine_cpu(),
+        }
     }
 
     /// CPU seconds so far of each backend thread: (tid, name, seconds); the threads of a
@@ -812,7 +821,7 @@ impl World {
             let what = if both { "both guests" } else { "one guest" };
             w.reattach(env, both)
                 .with_context(|| format!("attach with {what}"))?;
-            let before = w.backend_threads();
+            let before = w.busy_start();
             let t0 = Instant::now();
             let gbps = w.tcp(false, 1, secs, false)?.0;
             if let Some(busy) = w.busy_since(&before, t0.elapsed().as_secs_f64()) {
@@ -833,24 +842,31 @@ impl World {
     }
 
     /// The backend threads busy since `before` (CPU seconds per second over `wall` seconds,
-    /// at least 0.02), busiest first, as the table prints them.
-    pub(super) fn busy_since(&self, before: &[(u32, String, f64)], wall: f64) -> Option<String> {
+    /// at least 0.02), busiest first, as the table prints them, and the share of the
+    /// machine's CPU time that was idle meanwhile (all CPUs: whether anything was left).
+    pub(super) fn busy_since(&self, before: &Busy, wall: f64) -> Option<String> {
         let mut busy: Vec<(String, f64)> = self
             .backend_threads()
             .into_iter()
             .filter_map(|(tid, name, after)| {
-                let was = before.iter().find(|t| t.0 == tid).map_or(0.0, |t| t.2);
+                let was = before
+                    .threads
+                    .iter()
+                    .find(|t| t.0 == tid)
+                    .map_or(0.0, |t| t.2);
                 let load = (after - was) / wall;
                 (load >= 0.02).then(|| (format!("{name}[{tid}]"), load))
             })
             .collect();
         busy.sort_by(|a, b| b.1.total_cmp(&a.1));
-        (!busy.is_empty()).then(|| {
-            busy.iter()
-                .map(|(n, l)| format!("{n} {l:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        let mut parts: Vec<String> = busy.iter().map(|(n, l)| format!("{n} {l:.2}")).collect();
+        if let (Some((idle0, total0)), Some((idle1, total1))) = (before.machine, machine_cpu())
+            && total1 > total0
+        {
+            let idle = idle1.saturating_sub(idle0) as f64 / (total1 - total0) as f64;
+            parts.push(format!("machine idle {idle:.2}"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 
     fn start_iperf(&mut self) -> Result<()> {
@@ -1381,6 +1397,12 @@ fn nft6_rules() -> String {
 }}
 "
     )
+}
+
+/// A snapshot for [`World::busy_since`].
+pub(super) struct Busy {
+    threads: Vec<(u32, String, f64)>,
+    machine: Option<(u64, u64)>,
 }
 
 #[cfg(test)]

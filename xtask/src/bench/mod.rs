@@ -705,7 +705,7 @@ impl Test {
         let keys = self.keys();
         match self {
             Self::G2gTcp { reverse, streams } => {
-                let threads0 = w.backend_threads();
+                let threads0 = w.busy_start();
                 let t0 = Instant::now();
                 let (gbps, _) = w.g2g_tcp(reverse, streams, opts.secs)?;
                 let note = w.busy_since(&threads0, t0.elapsed().as_secs_f64());
@@ -725,7 +725,7 @@ impl Test {
                 v6,
             } => {
                 let cpu0 = w.backend_cpu();
-                let threads0 = w.backend_threads();
+                let threads0 = w.busy_start();
                 let t0 = Instant::now();
                 let (gbps, bytes) = w.tcp(reverse, streams, opts.secs, v6)?;
                 let wall = t0.elapsed().as_secs_f64();

@@ -188,6 +188,27 @@ pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     parse_stat_cpu(&stat)
 }
 
+/// The machine's CPU time from `/proc/stat` (all CPUs, in clock ticks): (idle and iowait,
+/// total).
+pub(super) fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_cpu(stat.lines().next()?)
+}
+
+/// The `cpu` line of `/proc/stat`: (idle + iowait, the sum of its first eight fields).
+fn parse_machine_cpu(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (v.len() == 8).then(|| (v[3] + v[4], v.iter().sum()))
+}
+
 /// CPU seconds of each thread of process `pid`: (thread id, thread name, seconds).
 pub(super) fn thread_cpu(pid: u32) -> Vec<(u32, String, f64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -276,6 +297,14 @@ const POLL: Duration = Duration::from_millis(20);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn machine_cpu_sums_the_first_eight_fields_and_takes_idle_and_iowait() {
+        let line = "cpu  100 5 50 800 20 1 4 10 0 0";
+        assert_eq!(parse_machine_cpu(line), Some((820, 990)));
+        assert_eq!(parse_machine_cpu("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(parse_machine_cpu("cpu 1 2 3"), None);
+    }
+
     use super::*;
 
     #[test]
