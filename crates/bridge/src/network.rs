@@ -1216,8 +1216,7 @@ mod tests {
     /// b's RX ring has no room for waits in the worker and reaches b first, in order, before
     /// frames switched later; the port's inbox keeps its full room meanwhile (no drop).
     #[test]
-    fn a_workers_inbox_taken_out_of_the_lock_keeps_its_order_when_the_guest_is_short_of_buffers()
-    {
+    fn a_workers_inbox_taken_out_of_the_lock_keeps_its_order_when_the_guest_is_short_of_buffers() {
         use crate::testing::{self, MockNet};
         use crate::{NetworkLock, PairWorker};
         use std::sync::Mutex;
@@ -1292,7 +1291,10 @@ mod tests {
         while let Some((_, f)) = qb.rx_frame(HDR, &mut scratch) {
             got.push(String::from_utf8_lossy(&f[f.len() - 4..]).into_owned());
         }
-        assert_eq!(got, want, "held frames first, then the newer ones, in order");
+        assert_eq!(
+            got, want,
+            "held frames first, then the newer ones, in order"
+        );
         net.with_network(|n| {
             assert!(!n.pending(b));
             let sa = n.stats(a).unwrap();
