@@ -70,18 +70,7 @@ fn main() {
             ours(&path, &mut w, &mut cursor, &mut bufs, &mut verdicts, now);
             tp.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
         }
-        tn.sort_by(f64::total_cmp);
-        tp.sort_by(f64::total_cmp);
-        let (p10, med) = (rounds / 10, rounds / 2);
-        println!(
-            "{path} {flows}: naive/ours p10 {:.2} median {:.2} (ns/packet naive {:.1} {:.1}, ours {:.1} {:.1})",
-            tn[p10] / tp[p10],
-            tn[med] / tp[med],
-            tn[p10],
-            tn[med],
-            tp[p10],
-            tp[med]
-        );
+        compare(&format!("{path} {flows}"), ("naive", tn), ("ours", tp));
         return;
     }
     let t = std::time::Instant::now();
@@ -169,17 +158,26 @@ fn families(path: &str, flows: usize, rounds: usize) {
         ours(path, &mut w6, &mut c6, &mut bufs6, &mut verdicts, now6);
         t6.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
     }
-    t4.sort_by(f64::total_cmp);
-    t6.sort_by(f64::total_cmp);
-    let (p10, med) = (rounds / 10, rounds / 2);
-    println!(
-        "{path} {flows}: nat66/nat44 p10 {:.3} median {:.3} (ns/packet nat44 {:.1} {:.1}, nat66 {:.1} {:.1})",
-        t6[p10] / t4[p10],
-        t6[med] / t4[med],
-        t4[p10],
-        t4[med],
-        t6[p10],
-        t6[med]
-    );
+    compare(&format!("{path} {flows}"), ("nat66", t6), ("nat44", t4));
     black_box((&w4.nat, &w6.nat));
+}
+
+/// Prints `a`/`b` at the fastest tenth and at the median of two runs' ns per packet, and
+/// both runs' figures.
+fn compare(what: &str, (na, mut a): (&str, Vec<f64>), (nb, mut b): (&str, Vec<f64>)) {
+    if a.is_empty() || b.is_empty() {
+        return;
+    }
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (p10, med) = (a.len() / 10, a.len() / 2);
+    println!(
+        "{what}: {na}/{nb} p10 {:.3} median {:.3} (ns/packet {na} {:.1} {:.1}, {nb} {:.1} {:.1})",
+        a[p10] / b[p10],
+        a[med] / b[med],
+        a[p10],
+        a[med],
+        b[p10],
+        b[med]
+    );
 }
