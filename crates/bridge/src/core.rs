@@ -1226,7 +1226,8 @@ pub(crate) struct RxHalf {
     pub(crate) short_batch_drains: bool,
     /// The port's inbox as a [`crate::PairWorker`] took it out of the network's lock (by
     /// exchanging batches, see [`RxAccess::takes_inbox`]) to copy it into the guest's buffers
-    /// outside the lock; what the guest had no room for waits here, ahead of newer frames.
+    /// outside the lock. What the guest had no room for goes back to the port if nothing
+    /// newer waits there, else it waits here and goes first at the next event.
     pub(crate) held: Option<FrameBatch>,
 }
 
@@ -1260,13 +1261,23 @@ impl RxHalf {
                     access.with_rx(|l| take_inbox(held, l.replies))?;
                 }
                 let rx_queue = self.engine.rx_queue();
-                self.held.as_mut().filter(|h| h.pending() > 0).map(|h| {
+                let filled = self.held.as_mut().filter(|h| h.pending() > 0).map(|h| {
                     let out = rx_queue.fill(mem, queue, h, stats);
                     if h.pending() == 0 {
                         h.clear();
                     }
                     out
-                })
+                });
+                if self.held.as_ref().is_some_and(|h| h.pending() > 0) {
+                    // The guest is short of buffers: what is left goes back to the port while
+                    // nothing newer waits there, so that the port's other pairs (and the
+                    // wake-ups, which look at the inbox) see it first, in order.
+                    let held = &mut self.held;
+                    if access.with_rx(|l| give_back(held, l.replies))? {
+                        took = false;
+                    }
+                }
+                filled
             } else if access.replies_may_wait() {
                 let rx_queue = self.engine.rx_queue();
                 access.with_rx(|l| match l.replies {
@@ -1365,6 +1376,20 @@ fn take_inbox(held: &mut Option<FrameBatch>, inbox: Option<&mut FrameBatch>) {
     };
     spare.clear();
     core::mem::swap(spare, inbox);
+}
+
+/// Under the lock: frames `held` took out and the guest had no room for go back as the
+/// port's inbox if it is empty (else they stay: newer frames are there). Whether they went.
+fn give_back(held: &mut Option<FrameBatch>, inbox: Option<&mut FrameBatch>) -> bool {
+    let (Some(h), Some(inbox)) = (held.as_mut(), inbox) else {
+        return false;
+    };
+    if h.pending() == 0 || inbox.pending() > 0 {
+        return false;
+    }
+    core::mem::swap(h, inbox);
+    h.clear();
+    true
 }
 
 /// The NAT expiry policy for every driver: at most [`EXPIRE_BUDGET`] mappings per tick, a

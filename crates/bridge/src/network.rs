@@ -1212,9 +1212,9 @@ mod tests {
         );
     }
 
-    /// Two guests served by `PairWorker`s: b's worker takes its inbox out of the lock; what
-    /// b's RX ring has no room for waits in the worker and reaches b first, in order, before
-    /// frames switched later; the port's inbox keeps its full room meanwhile (no drop).
+    /// Two guests served by `PairWorker`s, b with two queue pairs: b's pair-0 worker takes the
+    /// inbox out of the lock; what b's ring has no room for goes back to the port, and b's
+    /// pair 1 then delivers it first, in order, before frames switched later; nothing dropped.
     #[test]
     fn a_workers_inbox_taken_out_of_the_lock_keeps_its_order_when_the_guest_is_short_of_buffers() {
         use crate::testing::{self, MockNet};
@@ -1227,13 +1227,20 @@ mod tests {
         let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
         assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
         assert_eq!(net.ack_features(b, FEATURES, &host), FEATURES);
-        let capacity = net.config().batch_size;
+        net.set_queue_pairs(b, 2).unwrap();
         let net = Mutex::new(net);
-        let (mem_a, mem_b) = (testing::guest_memory(), testing::guest_memory());
+        let (mem_a, mem_b, mem_b1) = (
+            testing::guest_memory(),
+            testing::guest_memory(),
+            testing::guest_memory(),
+        );
         let (mut qa, mut qb) = (MockNet::new(&mem_a, 256), MockNet::new(&mem_b, 256));
+        let mut qb1 = MockNet::new(&mem_b1, 256);
         let (mut rxa, mut txa) = qa.queues(false);
         let (mut rxb, mut txb) = qb.queues(false);
+        let (mut rxb1, _) = qb1.queues(false);
         let (mut wa, mut wb) = (PairWorker::new(a, 0), PairWorker::new(b, 0));
+        let mut wb1 = PairWorker::new(b, 1);
         let mut scratch = Vec::new();
         for (m, q, ip) in [(ma, &mut qa, ia), (mb, &mut qb, ib)] {
             for _ in 0..2 {
@@ -1262,45 +1269,56 @@ mod tests {
             wa.on_tx_kick(&net, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
                 .unwrap()
         };
-        // 12 frames for b, which has room for 3: it takes 3, the worker holds 9.
+        let mut received = |q: &mut MockNet| {
+            let mut got = Vec::new();
+            while let Some((_, f)) = q.rx_frame(HDR, &mut scratch) {
+                got.push(String::from_utf8_lossy(&f[f.len() - 4..]).into_owned());
+            }
+            got
+        };
+        let names = |r: std::ops::Range<usize>| r.map(|k| format!("{k:04}")).collect::<Vec<_>>();
+        // 12 frames for b; pair 0 has room for 3: it takes 3 and gives the rest back.
         send(0..12);
         for _ in 0..3 {
             qb.post_rx(&[2048]);
         }
         wb.on_rx_ready(&net, &mem_b, &mut rxb, &host, false, NOW)
             .unwrap();
-        let mut got = Vec::new();
-        while let Some((_, f)) = qb.rx_frame(HDR, &mut scratch) {
-            got.push(String::from_utf8_lossy(&f[f.len() - 4..]).into_owned());
-        }
-        assert_eq!(got, ["0000", "0001", "0002"]);
+        assert_eq!(received(&mut qb), names(0..3));
         assert!(
-            !net.with_network(|n| n.pending(b)),
-            "the port's inbox went out with the worker"
+            net.with_network(|n| n.pending(b)),
+            "the 9 left went back to the port's inbox"
         );
-        // A whole batch more is switched into the port's inbox, room for all of it.
-        let n = send(12..12 + capacity);
-        assert!(n.tx_more, "the inbox a filled is full: a pauses");
-        for _ in 0..capacity + 9 {
+        // 8 more; pair 1, with room, delivers the 9 first, then the 8, in order.
+        send(12..20);
+        for _ in 0..40 {
+            qb1.post_rx(&[2048]);
+        }
+        wb1.on_rx_ready(&net, &mem_b1, &mut rxb1, &host, false, NOW)
+            .unwrap();
+        assert_eq!(
+            received(&mut qb1),
+            names(3..20),
+            "in order across the pairs"
+        );
+        // Pair 0 short again while nothing newer waits: the rest goes back, pair 0 delivers it
+        // when it has room.
+        send(20..30);
+        qb.post_rx(&[2048]);
+        wb.on_rx_ready(&net, &mem_b, &mut rxb, &host, false, NOW)
+            .unwrap();
+        for _ in 0..20 {
             qb.post_rx(&[2048]);
         }
         wb.on_rx_ready(&net, &mem_b, &mut rxb, &host, false, NOW)
             .unwrap();
-        let want: Vec<String> = (3..12 + capacity).map(|k| format!("{k:04}")).collect();
-        let mut got = Vec::new();
-        while let Some((_, f)) = qb.rx_frame(HDR, &mut scratch) {
-            got.push(String::from_utf8_lossy(&f[f.len() - 4..]).into_owned());
-        }
-        assert_eq!(
-            got, want,
-            "held frames first, then the newer ones, in order"
-        );
+        assert_eq!(received(&mut qb), names(20..30));
         net.with_network(|n| {
             assert!(!n.pending(b));
             let sa = n.stats(a).unwrap();
-            assert_eq!(sa.switched, 12 + capacity as u64);
+            assert_eq!(sa.switched, 30);
             assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 0, "{sa:?}");
-            assert_eq!(n.stats(b).unwrap().rx_frames, 2 + 12 + capacity as u64);
+            assert_eq!(n.stats(b).unwrap().rx_frames, 2 + 30);
         });
     }
 
