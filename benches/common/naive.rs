@@ -90,6 +90,21 @@ impl Naive {
         }
     }
 
+    /// One round: the next [`BATCH`] packets of `set` (each copied into a scratch buffer
+    /// first) through [`Naive::outbound`]; every one must translate.
+    pub(crate) fn round(&mut self, set: &Packets, cursor: &mut usize) {
+        let (n, len) = (set.count(), set.packet_len());
+        let mut buf = [0u8; 64];
+        let mut ok = 0;
+        for _ in 0..BATCH {
+            let scratch = &mut buf[..len];
+            scratch.copy_from_slice(set.get(*cursor));
+            *cursor = (*cursor + 1) % n;
+            ok += usize::from(self.outbound(black_box(scratch)));
+        }
+        assert_eq!(ok, BATCH);
+    }
+
     pub(crate) fn outbound(&mut self, p: &mut [u8]) -> bool {
         let Some(port) = Naive::key(p).and_then(|k| self.map.get(&k).copied()) else {
             return false;

@@ -55,16 +55,7 @@ fn main() {
         let mut ncursor = 0;
         for _ in 0..rounds {
             let b = std::time::Instant::now();
-            let (n, len) = (w.outbound.count(), w.outbound.packet_len());
-            let mut buf = [0u8; 64];
-            let mut ok = 0;
-            for _ in 0..BATCH {
-                let scratch = &mut buf[..len];
-                scratch.copy_from_slice(w.outbound.get(ncursor));
-                ncursor = (ncursor + 1) % n;
-                ok += usize::from(naive.outbound(black_box(scratch)));
-            }
-            assert_eq!(ok, BATCH);
+            naive.round(&w.outbound, &mut ncursor);
             tn.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
             let b = std::time::Instant::now();
             ours(&path, &mut w, &mut cursor, &mut bufs, &mut verdicts, now);
@@ -81,18 +72,7 @@ fn main() {
             "out" | "in" | "out_batch" | "in_batch" => {
                 ours(&path, &mut w, &mut cursor, &mut bufs, &mut verdicts, now);
             }
-            "naive" => {
-                let (n, len) = (w.outbound.count(), w.outbound.packet_len());
-                let mut buf = [0u8; 64];
-                let mut ok = 0;
-                for _ in 0..BATCH {
-                    let scratch = &mut buf[..len];
-                    scratch.copy_from_slice(w.outbound.get(cursor));
-                    cursor = (cursor + 1) % n;
-                    ok += usize::from(naive.outbound(black_box(scratch)));
-                }
-                assert_eq!(ok, BATCH);
-            }
+            "naive" => naive.round(&w.outbound, &mut cursor),
             _ => panic!("unknown path {path}"),
         }
         times.push(b.elapsed().as_nanos() as f64 / BATCH as f64);
