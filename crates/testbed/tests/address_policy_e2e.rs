@@ -27,7 +27,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use common::{GATEWAY, Lab, Ns, SERVER, helper, require, wait_file_contains};
+use common::{GATEWAY, Lab, Ns, SERVER, require, wait_file_contains};
 
 /// Guest: `guest.py <server> <out>`: binds UDP 40000, sends `hi` to <server>:9999, collects
 /// every datagram until `control` (10 s at most), writes `got=<payload>@<src>,...` to
@@ -279,13 +279,8 @@ fn assert_curl_refused(lab: &Lab, addr: Ipv4Addr) {
 
 /// Starts the HTTP server on 0.0.0.0:8080 in the server namespace (serves `index.html`).
 fn serve_http(lab: &mut Lab) {
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
     std::fs::write(lab.dir.join("index.html"), "hello\n").expect("index");
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", "0.0.0.0:8080", &dir],
-        Some("listening"),
-    );
+    lab.serve_dir("0.0.0.0:8080");
 }
 
 #[test]

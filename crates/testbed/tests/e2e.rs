@@ -107,12 +107,7 @@ fn http_download_100mb_sha256() {
     require(&[("busybox", "busybox"), ("curl", "curl")]);
     let (mut lab, _lease) = Lab::with_lease("e2e-get", &[]);
     let src = lab.random_file("blob", HUNDRED_MB);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     let url = format!("http://{SERVER}:8080/blob");
     let want = sha256(&src);
     // Baseline: the same download straight from the host namespace (veth only).
@@ -143,12 +138,7 @@ fn http_upload_100mb_sha256() {
     require(&[("busybox", "busybox"), ("curl", "curl")]);
     let (mut lab, _lease) = Lab::with_lease("e2e-put", &[]);
     let src = lab.random_file("blob", HUNDRED_MB);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     let want = sha256(&src);
     let src_s = src.to_str().expect("utf-8");
     let base_s = curl(
@@ -694,12 +684,7 @@ fn guest_keeps_working_after_malformed_frames() {
 fn sigterm_during_transfer_exits_cleanly() {
     require(&[("busybox", "busybox"), ("curl", "curl")]);
     let (mut lab, _lease) = Lab::with_lease("e2e-term", &[]);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     let curl_idx = lab.spawn_logged(
         Ns::G,
         "curl",
@@ -940,12 +925,7 @@ fn transfer_100mb_both_ways(tag: &str, extra: &[&str]) -> (u64, u64, String) {
     require(&[("busybox", "busybox"), ("curl", "curl")]);
     let (mut lab, _lease) = Lab::with_lease(tag, extra);
     let src = lab.random_file("blob", HUNDRED_MB);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     let want = sha256(&src);
     let up = curl(
         &lab,

@@ -220,12 +220,7 @@ fn nat66_round(extra: &[&str]) -> (String, String) {
     );
 
     // TCP over IPv6 both ways, 100 MiB, sha256 checked.
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("[{SERVER6}]:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("[{SERVER6}]:8080"));
     let src = lab.random_file("blob6", 100 * 1024 * 1024);
     let want = sha256(&src);
     let down = lab.dir.join("down6.bin");

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, Ns, SERVER, helper, require, sha256};
+use common::{Lab, Ns, SERVER, require, sha256};
 use testbed::netns::SERVER_DEV;
 
 /// One pair's frames each way, as the stats line says.
@@ -131,12 +131,7 @@ fn two_pairs_with(tag: &str, len: u64, more: &[&str]) -> (Lab, PathBuf) {
     assert_eq!(lease.ip.to_string(), "192.168.64.2");
     let blob = lab.random_file("blob", len);
     lab.random_file("small", 4096);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     (lab, blob)
 }
 
@@ -328,12 +323,7 @@ fn two_guests_with_two_queue_pairs_each_reach_each_other_and_the_server() {
     let blob = lab.random_file("blob", 8 << 20);
     lab.random_file("small", 4096);
     let want = sha256(&blob);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     let url = format!("http://{SERVER}:8080");
     for (i, ns) in [lab.ns(Ns::G), &g2].into_iter().enumerate() {
         let path = lab.dir.join(format!("fetch-{i}.bin"));

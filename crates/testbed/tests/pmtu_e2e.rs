@@ -166,12 +166,7 @@ fn upload_round(tag: &str, extra: &[&str]) {
         ],
     );
     assert_guest_route_mtu(&lab, None);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("[{SERVER6}]:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("[{SERVER6}]:8080"));
     let src = lab.random_file("blob", 8 * 1024 * 1024);
     lab.ok(
         Ns::G,
@@ -260,13 +255,8 @@ fn a_download_with_segments_too_big_for_the_guest_completes_through_fragmentatio
     );
     let external = EXTERNAL.to_string();
     assert_server_route_mtu(&lab, &external, None);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
     let server = common::SERVER;
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{server}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{server}:8080"));
     let src = lab.random_file("blob4", 4 * 1024 * 1024);
     let down = lab.dir.join("down4.bin");
     lab.ok(

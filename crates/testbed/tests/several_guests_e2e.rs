@@ -158,11 +158,7 @@ fn three_guests_reach_each_other(tag: &str, extra: &[&str]) {
     );
 
     // All three fetch from the server at once.
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8081"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8081"));
     let url = format!("http://{SERVER}:8081/blob");
     let outs: Vec<_> = [lab.ns(Ns::G), &g2, &g3]
         .iter()

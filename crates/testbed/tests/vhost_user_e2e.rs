@@ -96,12 +96,7 @@ fn attach_vhost_user_to_hostnetd_gets_dhcp_ping_dns_and_moves_100mb_both_ways() 
 
     // 100 MiB each way with curl, sha256 compared.
     let src = lab.random_file("blob", HUNDRED_MB);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     let want = sha256(&src);
     let up = curl(
         &lab,
@@ -176,12 +171,7 @@ fn attach_vhost_user_with_two_queue_pairs_sets_them_on_hostnetd_and_switches_on_
     let _lease = lab.udhcpc();
     let blob = lab.random_file("blob", 8 << 20);
     let want = sha256(&blob);
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     // `ctl guests`: `  queue pairs N in use, frames tx/rx per pair ...`.
     let in_use = |socket: &Path| -> u64 {
         let out = ctl(socket, &["guests"]);
@@ -434,13 +424,8 @@ fn hostnetd_lists_flows_by_age_and_by_activity() {
     let (_daemon, socket) = start_hostnetd_with(&mut lab, &[]);
     let _attach = start_attach(&mut lab, &socket, &[]);
     let lease = lab.udhcpc();
-    let dir = lab.dir.to_str().expect("utf-8").to_owned();
     std::fs::write(lab.dir.join("page.txt"), "page\n").expect("page");
-    lab.spawn(
-        Ns::S,
-        &[helper(), "http-serve", &format!("{SERVER}:8080"), &dir],
-        Some("listening"),
-    );
+    lab.serve_dir(&format!("{SERVER}:8080"));
     // An ICMP flow (60 s timeout), then 3 s later a TCP one (closed: 240 s).
     lab.ok(
         Ns::G,

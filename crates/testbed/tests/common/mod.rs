@@ -238,6 +238,17 @@ impl Lab {
         self.procs.len() - 1
     }
 
+    /// Serves the lab's directory over HTTP from S at `addr` (`helper http-serve`), listening
+    /// when this returns.
+    pub(crate) fn serve_dir(&mut self, addr: &str) -> usize {
+        let dir = self.dir.to_str().expect("utf-8").to_owned();
+        self.spawn(
+            Ns::S,
+            &[helper(), "http-serve", addr, &dir],
+            Some("listening"),
+        )
+    }
+
     /// Starts `argv` in `ns` and keeps it as a guard; its stdout/stderr go to files in the
     /// scratch folder named `<name>.out` / `<name>.err`.
     pub(crate) fn spawn_logged(&mut self, which: Ns, name: &str, argv: &[&str]) -> usize {
