@@ -160,6 +160,150 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
     Ok(())
 }
 
+/// Two guests of two queue pairs each on one `hostnetd --queues 2` (several guests and
+/// several pairs at once): each sets two pairs on hostnetd's control queue, leases and pings
+/// the other; they download four blobs each at the same time (eight streams over four pairs),
+/// every one whole, then sixteen small files each, so that each pair of each guest carries
+/// frames both ways (`ctl guests`' per-pair counters); four parallel fetches from one guest's
+/// web server by the other cross between the ports' pairs whole. Then the TUN is deleted
+/// under them: hostnetd exits with status 1 and an error naming the TUN.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn two_guests_of_two_queue_pairs_share_the_network_until_the_tun_goes() -> Result<()> {
+    let world = World::new(2)?;
+    let mut daemon = Daemon::start_with(&world.host, "sg-mq", &["--queues", "2"]);
+    let mut cfg = GuestConfig::default();
+    cfg.queue_pairs = 2;
+    let a = Attached::start(&daemon.sock, world.guests[0].name(), cfg.clone())?;
+    let b = Attached::start(&daemon.sock, world.guests[1].name(), cfg)?;
+    ensure!(
+        a.queue_pairs() == 2 && b.queue_pairs() == 2,
+        "pairs set: {} and {}",
+        a.queue_pairs(),
+        b.queue_pairs()
+    );
+    ensure!(world.lease(0)? == "192.168.64.2", "first guest's lease");
+    ensure!(world.lease(1)? == "192.168.64.3", "second guest's lease");
+    world.ping(0, "192.168.64.3")?;
+    world.ping(1, "192.168.64.2")?;
+
+    // Four downloads per guest, all eight at once.
+    std::thread::scope(|scope| {
+        let downloads: Vec<_> = (0..8)
+            .map(|k| {
+                let world = &world;
+                scope.spawn(move || world.fetch(k % 2))
+            })
+            .collect();
+        downloads.into_iter().try_for_each(|d| {
+            d.join()
+                .map_err(|_| anyhow::anyhow!("a download thread panicked"))?
+        })
+    })?;
+    // Sixteen short fetches per guest: each connection picks a queue by its hash, so both
+    // pairs of a guest carry some (but with a chance of 2^-15 for a fair hash).
+    for g in &world.guests {
+        for _ in 0..16 {
+            g.exec(&[
+                "curl",
+                "-sS",
+                "-f",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                &format!("http://{SERVER_ADDR}/{SMALL_NAME}"),
+            ])?;
+        }
+    }
+    let pairs = pair_counters(&daemon)?;
+    eprintln!("per guest: pairs in use, frames (tx, rx) per pair: {pairs:?}");
+    ensure!(pairs.len() == 2, "ctl guests lists {} guests", pairs.len());
+    for (g, (in_use, frames)) in pairs.iter().enumerate() {
+        ensure!(
+            *in_use == 2 && frames.len() == 2,
+            "guest {g}: {in_use} pairs in use, counters {frames:?}"
+        );
+        for (p, (tx, rx)) in frames.iter().enumerate() {
+            ensure!(
+                *tx >= 20 && *rx >= 20,
+                "guest {g}'s pair {p} carried almost nothing: {pairs:?}"
+            );
+        }
+    }
+
+    // Guest to guest: four fetches at once from the second guest's web server.
+    let _web = common::busybox_httpd(
+        &world.guests[1],
+        &format!("0.0.0.0:{GUEST_HTTP_PORT}"),
+        &world.dir,
+    )?;
+    let url = format!("http://192.168.64.3:{GUEST_HTTP_PORT}/{BLOB_NAME}");
+    std::thread::scope(|scope| {
+        let fetches: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    common::fetch_whole(&world.guests[0], &url, &world.blob_sha256)
+                        .map_err(|e| anyhow::anyhow!("guest to guest: {e}"))
+                })
+            })
+            .collect();
+        fetches.into_iter().try_for_each(|f| {
+            f.join()
+                .map_err(|_| anyhow::anyhow!("a fetch thread panicked"))?
+        })
+    })?;
+    ensure!(
+        !a.has_failed() && !b.has_failed(),
+        "a driver thread stopped"
+    );
+
+    // The TUN goes from under both guests' four pairs.
+    let tun = daemon.tun.clone();
+    world.host.ip(&["link", "del", &tun])?;
+    let status = daemon
+        .process
+        .wait_timeout(Duration::from_secs(5))?
+        .with_context(|| format!("hostnetd still runs 5 s after its TUN {tun} was deleted"))?;
+    ensure!(status.code() == Some(1), "hostnetd exited {status}");
+    let mut last = String::new();
+    while let Ok(l) = daemon.stderr.recv_timeout(Duration::from_secs(1)) {
+        last = l;
+    }
+    ensure!(
+        last.starts_with("hostnetd: error: ") && last.contains(&format!("TUN {tun} ")),
+        "the last line is not the error naming the TUN: {last:?}"
+    );
+    Ok(())
+}
+
+/// `ctl --json guests`: per guest (in port order), the queue pairs in use and each pair's
+/// (tx, rx) frames.
+fn pair_counters(daemon: &Daemon) -> Result<Vec<(u64, Vec<(u64, u64)>)>> {
+    let reply: serde_json::Value = serde_json::from_str(daemon.ctl("--json guests")?.trim())?;
+    let guests = reply["guests"]
+        .as_array()
+        .context("no guests in the reply")?;
+    guests
+        .iter()
+        .map(|g| {
+            let in_use = g["queue_pairs"].as_u64().context("no queue_pairs")?;
+            let pairs = g["pairs"]
+                .as_array()
+                .context("no pairs")?
+                .iter()
+                .map(|p| {
+                    (
+                        p["tx_frames"].as_u64().unwrap_or(0),
+                        p["rx_frames"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            Ok((in_use, pairs))
+        })
+        .collect()
+}
+
 /// `--max-guests 1`: a second frontend is refused (and logged) while the first keeps working.
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
@@ -595,6 +739,7 @@ impl World {
     fn new(guests: usize) -> Result<Self> {
         let dir = common::Folder::new("hostnet-sg-www")?;
         let blob_sha256 = common::random_blob(&dir, BLOB_NAME, BLOB_SIZE)?;
+        common::random_blob(&dir, SMALL_NAME, 4096)?;
         let guests = (0..guests)
             .map(|i| Netns::new(&format!("sg-g{i}")))
             .collect::<Result<Vec<_>, _>>()?;
@@ -640,6 +785,8 @@ impl World {
 use common::SERVER_ADDR;
 const BLOB_NAME: &str = "blob";
 const BLOB_SIZE: usize = 4 << 20;
+/// A file of 4 KiB in S's web directory, for many short fetches.
+const SMALL_NAME: &str = "small";
 /// The NAT's external address (the TUN's peer) in H.
 const NAT_EXTERNAL: &str = "100.64.0.2";
 const FORWARD_PORT: u16 = 8080;
