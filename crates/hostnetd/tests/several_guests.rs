@@ -483,7 +483,6 @@ fn a_flooding_guest_leaves_another_a_third_of_its_tcp() -> Result<()> {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Result<()> {
-    use common::{GuestMem, connect, start_ring};
     let _alone = ONE_FLOOD_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -491,30 +490,35 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
     use std::net::Ipv4Addr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use vmm_sys_util::eventfd::EventFd;
+    use testbed::guest::{TX_QUEUE, features};
+    use testbed::vhost_user::{RawMemory, VhostUserDevice};
 
     let world = World::new(1)?;
     let daemon = Daemon::start_with(&world.host, "sgr", &[]);
-    // The flooder first: port 0 (MAC :56, 192.168.64.2), the simulated guest port 1.
-    let mem = GuestMem::new("ringflood", FLOOD_MEM);
-    for i in 0..FLOOD_RING.size {
-        let frame = bridge::testing::udp_frame(
+    // The flooder first: port 0 (MAC :56, 192.168.64.2), the simulated guest port 1. Its TX
+    // ring only, VERSION_1 (12-byte headers).
+    let mem = RawMemory::new(FLOOD_MEM)?;
+    let mut frontend = VhostUserDevice::connect(&daemon.sock)?;
+    let tx = frontend
+        .activate_raw(&mem, features::VERSION_1, &[(TX_QUEUE, FLOOD_RING)])?
+        .remove(0);
+    let flood_frame = |i: u16| -> Result<Vec<u8>> {
+        Ok(bridge::testing::udp_frame(
             bridge::testing::GUEST_MAC,
             "192.168.64.2".parse()?,
             20_000 + i,
             SERVER_ADDR.parse()?,
             9,
             &[0x5a; 64],
-        );
-        let mut bytes = vec![0u8; common::VNET_HDR];
-        bytes.extend_from_slice(&frame);
-        let at = FLOOD_BUFS + u64::from(i) * FLOOD_SLOT;
-        mem.write(at, &bytes);
-        mem.desc(FLOOD_RING.desc, i, at, u32::try_from(bytes.len())?, 0);
-        mem.avail_entry(FLOOD_RING.avail, i, i);
+        ))
+    };
+    for i in 0..FLOOD_RING.size {
+        let len = tx.put_frame(i, FLOOD_BUFS + u64::from(i) * FLOOD_SLOT, &flood_frame(i)?)?;
+        ensure!(u64::from(len) <= FLOOD_SLOT, "a flood frame of {len} bytes");
     }
+    tx.set_avail_in_order()?;
     // Its lease first (the bridge refuses a source address the port was not given): a DHCP
-    // REQUEST for 192.168.64.2 in slot 0, then slot 0 becomes a flood frame again.
+    // REQUEST for 192.168.64.2 in descriptor 0, then descriptor 0 is a flood frame again.
     let mut request = dhcproto::v4::Message::new_with_id(
         7,
         Ipv4Addr::UNSPECIFIED,
@@ -529,43 +533,16 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
     request
         .opts_mut()
         .insert(DhcpOption::RequestedIpAddress("192.168.64.2".parse()?));
-    let flood_slot0 = mem.read(FLOOD_BUFS, FLOOD_SLOT as usize);
-    let flood_len0 = u32::from_le_bytes(
-        mem.read(FLOOD_RING.desc + 8, 4)
-            .try_into()
-            .unwrap_or_default(),
-    );
-    let mut bytes = vec![0u8; common::VNET_HDR];
-    bytes.extend_from_slice(&bridge::testing::dhcp_frame(
-        bridge::testing::GUEST_MAC,
-        &request,
-    ));
-    ensure!(bytes.len() <= 4096, "a DHCP frame of {} bytes", bytes.len());
-    mem.write(FLOOD_DHCP_BUF, &bytes);
-    mem.desc(
-        FLOOD_RING.desc,
-        0,
-        FLOOD_DHCP_BUF,
-        u32::try_from(bytes.len())?,
-        0,
-    );
-    mem.avail_idx(FLOOD_RING.avail, 1);
-    let frontend = connect(&daemon, &mem, FLOOD_MEM);
-    let (call, kick) = (EventFd::new(0)?, EventFd::new(0)?);
-    start_ring(&frontend, 1, FLOOD_RING, &call, &kick)?;
-    kick.write(1)?;
-    for _ in 0..100 {
-        if mem.used_idx(FLOOD_RING.used) == 1 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let dhcp = bridge::testing::dhcp_frame(bridge::testing::GUEST_MAC, &request);
+    let len = tx.put_frame(0, FLOOD_DHCP_BUF, &dhcp)?;
+    ensure!(len <= 4096, "a DHCP frame of {len} bytes");
+    tx.publish(1)?;
+    tx.kick()?;
     ensure!(
-        mem.used_idx(FLOOD_RING.used) == 1,
+        tx.wait_for_used(1, Duration::from_secs(2))?,
         "the DHCP request was not taken"
     );
-    mem.write(FLOOD_BUFS, &flood_slot0);
-    mem.desc(FLOOD_RING.desc, 0, FLOOD_BUFS, flood_len0, 0);
+    tx.put_frame(0, FLOOD_BUFS, &flood_frame(0)?)?;
     let guests = daemon.ctl("guests")?;
     ensure!(
         guests.contains("52:54:00:12:34:56 ipv4=192.168.64.2"),
@@ -597,32 +574,19 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
         let taken = Arc::new(AtomicU64::new(0));
         let flood = {
             let (stop, taken) = (Arc::clone(&stop), Arc::clone(&taken));
-            let file = mem.file.try_clone()?;
-            let kick = kick.try_clone()?;
+            let tx = tx.clone();
             std::thread::spawn(move || {
-                let mem = GuestMem { file };
                 let end = std::time::Instant::now() + Duration::from_secs(15);
-                let last = mem.used_idx(FLOOD_RING.used);
-                let published = last.wrapping_add(FLOOD_RING.size);
-                mem.avail_idx(FLOOD_RING.avail, published);
-                let _ = kick.write(1);
-                common::keep_ring_full(
-                    &mem,
-                    FLOOD_RING,
-                    &kick,
-                    (last, published),
-                    &stop,
-                    &taken,
-                    end,
-                )
+                tx.keep_full(&stop, &taken, end)
             })
         };
         std::thread::sleep(Duration::from_millis(500));
         let flooded = iperf(&world.guests[0], IPERF_PORT);
         stop.store(true, Ordering::Relaxed);
-        let (refills, ran_empty) = flood
+        let kept = flood
             .join()
-            .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;
+            .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+        let (refills, ran_empty) = (kept.refills, kept.ran_empty);
         let flooded = flooded?;
         eprintln!(
             "simulated guest alone {alone:.0} Mbit/s, while the other keeps its TX ring full \
@@ -793,9 +757,11 @@ const FORWARD_PORT: u16 = 8080;
 const GUEST_HTTP_PORT: u16 = 8000;
 /// S's iperf3 servers listen on this port and the next.
 const IPERF_PORT: u16 = 5201;
-/// The ring-full flooder's guest memory and TX ring (the largest ring the daemon accepts).
+/// The ring-full flooder's guest memory and TX ring (the largest ring the daemon accepts: the
+/// longest a flood lasts between two refills).
 const FLOOD_MEM: u64 = 1 << 20;
-const FLOOD_RING: common::Ring = common::BIG_TX_RING;
+const FLOOD_RING: testbed::vhost_user::RawRingLayout =
+    testbed::vhost_user::RawRingLayout::at(0x4_0000, 1024);
 const FLOOD_BUFS: u64 = 0x8_0000;
 const FLOOD_SLOT: u64 = 128;
 /// Where the flooder's DHCP request is written (after the flood frames).

@@ -1,7 +1,8 @@
 //! hostnetd and its TUN deleted underneath (`ip link del`): it must not go on serving on a dead
 //! link. It logs an error naming the TUN and exits with status 1, both while no frontend is
-//! connected and while one is (a vhost-user frontend written here: memory table, an RX ring with
-//! buffers posted, enabled). On the way, the served case checks that SIGUSR1 logs the NAT's drop
+//! connected and while one is (testbed's raw vhost-user frontend,
+//! `testbed::vhost_user::RawQueuePair`: memory table, an RX ring with buffers posted and a TX
+//! ring, enabled). On the way, the served case checks that SIGUSR1 logs the NAT's drop
 //! reasons by name. No QEMU; needs root (a network namespace, a TUN, bash for `/dev/udp`).
 #![cfg(target_os = "linux")]
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Daemon;
 use testbed::netns::Netns;
+use testbed::vhost_user::RawQueuePair;
 
 impl Daemon {
     /// Deletes the TUN and expects hostnetd to exit within 5 s with status 1 and an error line
@@ -66,90 +68,15 @@ fn hostnetd_without_a_frontend_exits_when_its_tun_is_deleted() {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn hostnetd_serving_a_frontend_exits_when_its_tun_is_deleted() {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::FileExt;
-
-    use vhost::vhost_user::Frontend;
-    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-    use vmm_sys_util::eventfd::EventFd;
-
-    const MEM: u64 = 1 << 20;
-    const VA: u64 = 0x7000_0000;
-    const DESC: u64 = 0;
-    const AVAIL: u64 = 0x1000;
-    const USED: u64 = 0x2000;
-    const BUFS: u64 = 0x1_0000;
-    const BUF_LEN: u32 = 2048;
-    const SIZE: u16 = 256;
-    const POSTED: u16 = 64;
-
     let ns = Netns::new("hnd-tun2").expect("namespace");
     let daemon = Daemon::start(&ns, "served");
 
-    // Guest memory: a file the daemon maps; the RX ring (queue 0) with POSTED device-writable
-    // buffers in its avail ring.
-    let path = std::env::temp_dir().join(format!("hostnetd-tungone-{}.mem", std::process::id()));
-    let mem = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("memory file");
-    let _ = std::fs::remove_file(&path);
-    mem.set_len(MEM).expect("sizing the memory file");
-    for i in 0..u64::from(POSTED) {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&(BUFS + i * u64::from(BUF_LEN)).to_le_bytes());
-        d[8..12].copy_from_slice(&BUF_LEN.to_le_bytes());
-        d[12..14].copy_from_slice(&2u16.to_le_bytes()); // VIRTQ_DESC_F_WRITE
-        mem.write_at(&d, DESC + i * 16).expect("descriptor");
-        let head = u16::try_from(i).expect("small index");
-        mem.write_at(&head.to_le_bytes(), AVAIL + 4 + i * 2)
-            .expect("avail ring entry");
-    }
-    mem.write_at(&POSTED.to_le_bytes(), AVAIL + 2)
-        .expect("avail idx");
-
-    let frontend = Frontend::connect(&daemon.sock, 2).expect("connecting the frontend");
-    frontend.set_owner().expect("set_owner");
-    let features = frontend.get_features().expect("get_features");
-    // VERSION_1 only: without PROTOCOL_FEATURES a ring is enabled once it has its kick fd.
-    frontend
-        .set_features(features & (1 << 32))
-        .expect("set_features");
-    frontend
-        .set_mem_table(&[VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: MEM,
-            userspace_addr: VA,
-            mmap_offset: 0,
-            mmap_handle: mem.as_raw_fd(),
-        }])
-        .expect("set_mem_table");
-    let call = EventFd::new(0).expect("eventfd");
-    let kick = EventFd::new(0).expect("eventfd");
-    frontend.set_vring_num(0, SIZE).expect("set_vring_num");
-    frontend
-        .set_vring_addr(
-            0,
-            &VringConfigData {
-                queue_max_size: SIZE,
-                queue_size: SIZE,
-                flags: 0,
-                desc_table_addr: VA + DESC,
-                used_ring_addr: VA + USED,
-                avail_ring_addr: VA + AVAIL,
-                log_addr: None,
-            },
-        )
-        .expect("set_vring_addr");
-    frontend.set_vring_base(0, 0).expect("set_vring_base");
-    frontend.set_vring_call(0, &call).expect("set_vring_call");
-    frontend.set_vring_kick(0, &kick).expect("set_vring_kick");
-    kick.write(1).expect("kick");
+    // The frontend: guest memory the daemon maps, the RX ring with device-writable buffers
+    // posted (kicked) and the TX ring, enabled.
+    let mut frontend = RawQueuePair::attach(&daemon.sock).expect("connecting the frontend");
     // The connection is served: the daemon answers and is alive.
-    assert_eq!(frontend.get_features().expect("get_features"), features);
+    let offered = frontend.device().device_features();
+    assert_eq!(frontend.device().probe().expect("GET_FEATURES"), offered);
 
     // Item 6 on the way: 20 datagrams to the NAT's external address on a port nobody mapped are
     // NAT drops of reason NoMapping, and SIGUSR1 logs them by name.

@@ -20,6 +20,11 @@
 //! case: bad memory tables, rings outside memory, messages out of order), to check that a
 //! backend refuses it and lives on.
 //!
+//! [`VhostUserDevice::activate_raw`] starts rings the caller writes itself in a guest memory
+//! of its own ([`RawMemory`], [`RawRing`]): chains put straight into guest memory, a TX ring
+//! kept full as fast as the backend takes it ([`RawRing::keep_full`]), single frames sent and
+//! received by hand ([`RawQueuePair`]), with no driver threads.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use std::sync::Arc;
@@ -53,7 +58,11 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::guest::{ControlDriver, GuestConfig, Kick, NetConfig, Running, SimGuest, features};
 
 mod hostile;
+mod raw;
 pub use hostile::{Answer, Hostile};
+pub use raw::{
+    DESC_F_WRITE, KeptFull, MAX_RAW_RING_SIZE, RawMemory, RawQueuePair, RawRing, RawRingLayout,
+};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol features (bit 30).
 pub const PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -70,6 +79,8 @@ pub struct VhostUserDevice {
     kicks: Option<Arc<Vec<EventFd>>>,
     /// The control queue, handed to the backend (several queue pairs).
     control: Option<ControlRing>,
+    /// The rings [`Self::activate_raw`] started (0 before, or after [`Self::activate`]).
+    raw_rings: u16,
 }
 
 /// The control queue as the frontend drives it: the driver's side, the ring's interrupt line.
@@ -88,7 +99,7 @@ impl std::fmt::Debug for VhostUserDevice {
             )
             .field("protocol", &self.protocol)
             .field("queue_num", &self.queue_num)
-            .field("active", &self.kicks.is_some())
+            .field("active", &self.is_active())
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +170,7 @@ impl VhostUserDevice {
             queue_num,
             kicks: None,
             control: None,
+            raw_rings: 0,
         })
     }
 
@@ -220,7 +232,7 @@ impl VhostUserDevice {
     /// guest has several pairs without the `MQ` protocol feature agreed
     /// ([`VhostUserDevice::connect_with_queue_pairs`]), or the backend refuses a step.
     pub fn activate(&mut self, guest: &SimGuest) -> anyhow::Result<Kick> {
-        ensure!(self.kicks.is_none(), "the device is already active");
+        ensure!(!self.is_active(), "the device is already active");
         let pairs = guest.queue_pairs();
         let control = guest.control_queue_index().filter(|_| pairs > 1);
         if pairs > 1 {
@@ -233,8 +245,8 @@ impl VhostUserDevice {
                 "{pairs} queue pairs without a control queue"
             );
         }
-        self.ack_features(guest)?;
-        let region = memory_region(guest)?;
+        self.ack_features(guest.acked_features())?;
+        let region = memory_region(guest.memory())?;
         self.frontend
             .set_mem_table(&[region])
             .context("SET_MEM_TABLE")?;
@@ -333,17 +345,23 @@ impl VhostUserDevice {
         bail!("VQ_PAIRS_SET {pairs}: the backend did not answer within {ACK_WAIT_MS} ms")
     }
 
-    /// The queues [`Self::activate`] started (0 before): every pair's and the control queue.
+    /// The queues [`Self::activate`] started (0 before): every pair's and the control queue;
+    /// or the rings [`Self::activate_raw`] started.
     #[must_use]
     pub fn rings(&self) -> u16 {
-        self.kicks
-            .as_ref()
-            .map_or(0, |k| u16::try_from(k.len()).unwrap_or(u16::MAX))
+        self.kicks.as_ref().map_or(self.raw_rings, |k| {
+            u16::try_from(k.len()).unwrap_or(u16::MAX)
+        })
     }
 
-    /// `SET_FEATURES` with the guest's features (and `PROTOCOL_FEATURES` when offered).
-    fn ack_features(&mut self, guest: &SimGuest) -> anyhow::Result<()> {
-        let acked = guest.acked_features() | (self.device_features & PROTOCOL_FEATURES);
+    /// Whether [`Self::activate`] or [`Self::activate_raw`] ran.
+    fn is_active(&self) -> bool {
+        self.kicks.is_some() || self.raw_rings > 0
+    }
+
+    /// `SET_FEATURES` with `features` (the guest's) and `PROTOCOL_FEATURES` when offered.
+    fn ack_features(&mut self, features: u64) -> anyhow::Result<()> {
+        let acked = features | (self.device_features & PROTOCOL_FEATURES);
         self.frontend.set_features(acked).context("SET_FEATURES")?;
         self.acked_features = acked;
         Ok(())
@@ -401,10 +419,9 @@ pub fn shared_memory_file() -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// The guest's memory as the one region of a memory table (the frontend's address
+/// Guest memory `mem` as the one region of a memory table (the frontend's address
 /// [`FRONTEND_VA`]).
-fn memory_region(guest: &SimGuest) -> anyhow::Result<VhostUserMemoryRegionInfo> {
-    let mem = guest.memory();
+fn memory_region(mem: &vm_memory::GuestMemoryMmap) -> anyhow::Result<VhostUserMemoryRegionInfo> {
     let mut regions = mem.iter();
     let (Some(region), None) = (regions.next(), regions.next()) else {
         bail!("guest memory must be one region");

@@ -114,8 +114,8 @@ impl VhostUserDevice {
     /// Only local failures (the device is already active, an eventfd or a file can't be
     /// made); whatever the backend does is the [`Answer`].
     pub fn activate_hostile(&mut self, guest: &SimGuest, how: Hostile) -> anyhow::Result<Answer> {
-        anyhow::ensure!(self.kicks.is_none(), "the device is already active");
-        let region = memory_region(guest)?;
+        anyhow::ensure!(!self.is_active(), "the device is already active");
+        let region = memory_region(guest.memory())?;
         let queues = [guest.device_queue(RX_QUEUE)?, guest.device_queue(TX_QUEUE)?];
         let kicks = kick_eventfds(2)?;
         let page = shared_memory_file()?;
@@ -174,7 +174,7 @@ struct Sequence<'a> {
 
 impl Sequence<'_> {
     fn send(&self, dev: &mut VhostUserDevice, how: Hostile) -> anyhow::Result<()> {
-        dev.ack_features(self.guest)?;
+        dev.ack_features(self.guest.acked_features())?;
         let len = self.region.memory_size;
         match how {
             Hostile::RegionPastItsFile => {
