@@ -216,7 +216,7 @@ fn two_guests_of_two_queue_pairs_share_the_network_until_the_tun_goes() -> Resul
             ])?;
         }
     }
-    let pairs = pair_counters(&daemon)?;
+    let pairs = common::pair_counters(&daemon)?;
     eprintln!("per guest: pairs in use, frames (tx, rx) per pair: {pairs:?}");
     ensure!(pairs.len() == 2, "ctl guests lists {} guests", pairs.len());
     for (g, (in_use, frames)) in pairs.iter().enumerate() {
@@ -275,33 +275,6 @@ fn two_guests_of_two_queue_pairs_share_the_network_until_the_tun_goes() -> Resul
         "the last line is not the error naming the TUN: {last:?}"
     );
     Ok(())
-}
-
-/// `ctl --json guests`: per guest (in port order), the queue pairs in use and each pair's
-/// (tx, rx) frames.
-fn pair_counters(daemon: &Daemon) -> Result<Vec<(u64, Vec<(u64, u64)>)>> {
-    let reply: serde_json::Value = serde_json::from_str(daemon.ctl("--json guests")?.trim())?;
-    let guests = reply["guests"]
-        .as_array()
-        .context("no guests in the reply")?;
-    guests
-        .iter()
-        .map(|g| {
-            let in_use = g["queue_pairs"].as_u64().context("no queue_pairs")?;
-            let pairs = g["pairs"]
-                .as_array()
-                .context("no pairs")?
-                .iter()
-                .map(|p| {
-                    (
-                        p["tx_frames"].as_u64().unwrap_or(0),
-                        p["rx_frames"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect();
-            Ok((in_use, pairs))
-        })
-        .collect()
 }
 
 /// `--max-guests 1`: a second frontend is refused (and logged) while the first keeps working.
@@ -621,11 +594,7 @@ fn a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp() -> Re
 
 /// `ctl --json guests`: each guest's (in port order) counters by name, `drops` among them.
 fn guest_counters(daemon: &Daemon) -> Result<Vec<std::collections::BTreeMap<String, u64>>> {
-    let reply: serde_json::Value = serde_json::from_str(&daemon.ctl("--json guests")?)?;
-    let guests = reply["guests"]
-        .as_array()
-        .context("no guests in the reply")?;
-    guests
+    common::guests_json(daemon)?
         .iter()
         .map(|g| {
             let mut m: std::collections::BTreeMap<String, u64> = g["counters"]

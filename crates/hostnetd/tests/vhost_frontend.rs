@@ -198,22 +198,10 @@ fn two_queue_pairs_set_on_hostnetds_control_queue_carry_four_streams_each_way_wh
 
 /// `ctl guests`' first guest: the queue pairs in use and each pair's (tx, rx) frames.
 fn pair_counters(daemon: &Daemon) -> Result<(u64, Vec<(u64, u64)>)> {
-    let guests = daemon.ctl("--json guests")?;
-    let reply: serde_json::Value = serde_json::from_str(guests.trim())?;
-    let g = &reply["guests"][0];
-    let in_use = g["queue_pairs"].as_u64().context("no queue_pairs")?;
-    let pairs = g["pairs"]
-        .as_array()
-        .context("no pairs")?
-        .iter()
-        .map(|p| {
-            (
-                p["tx_frames"].as_u64().unwrap_or(0),
-                p["rx_frames"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    Ok((in_use, pairs))
+    common::pair_counters(daemon)?
+        .into_iter()
+        .next()
+        .context("ctl guests lists no guest")
 }
 
 /// A frontend gone in the middle of a download (a hostile-frontend case of the hardening

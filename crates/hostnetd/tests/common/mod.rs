@@ -260,3 +260,36 @@ impl Drop for Folder {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `ctl --json guests`: each guest's object, in port order.
+pub(crate) fn guests_json(daemon: &Daemon) -> anyhow::Result<Vec<serde_json::Value>> {
+    use anyhow::Context;
+    let mut reply: serde_json::Value = serde_json::from_str(daemon.ctl("--json guests")?.trim())?;
+    match reply["guests"].take() {
+        serde_json::Value::Array(guests) => Ok(guests),
+        other => Err(anyhow::anyhow!("no guests in the reply: {other}")).context("ctl guests"),
+    }
+}
+
+/// Per guest (in port order): the queue pairs in use and each pair's (tx, rx) frames.
+pub(crate) fn pair_counters(daemon: &Daemon) -> anyhow::Result<Vec<(u64, Vec<(u64, u64)>)>> {
+    use anyhow::Context;
+    guests_json(daemon)?
+        .iter()
+        .map(|g| {
+            let in_use = g["queue_pairs"].as_u64().context("no queue_pairs")?;
+            let pairs = g["pairs"]
+                .as_array()
+                .context("no pairs")?
+                .iter()
+                .map(|p| {
+                    (
+                        p["tx_frames"].as_u64().unwrap_or(0),
+                        p["rx_frames"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            Ok((in_use, pairs))
+        })
+        .collect()
+}
