@@ -203,18 +203,7 @@ fn two_guests_of_two_queue_pairs_share_the_network_until_the_tun_goes() -> Resul
     // Sixteen short fetches per guest: each connection picks a queue by its hash, so both
     // pairs of a guest carry some (but with a chance of 2^-15 for a fair hash).
     for g in &world.guests {
-        for _ in 0..16 {
-            g.exec(&[
-                "curl",
-                "-sS",
-                "-f",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                &format!("http://{SERVER_ADDR}/{SMALL_NAME}"),
-            ])?;
-        }
+        common::short_fetches(g, &format!("http://{SERVER_ADDR}/{SMALL_NAME}"), 16)?;
     }
     let pairs = common::pair_counters(&daemon)?;
     eprintln!("per guest: pairs in use, frames (tx, rx) per pair: {pairs:?}");

@@ -131,18 +131,7 @@ fn two_queue_pairs_set_on_hostnetds_control_queue_carry_four_streams_each_way_wh
     world.uploads_in_parallel(4)?;
     // Sixteen short fetches more: each picks a queue by its hash, so (but with a chance of
     // 2^-15 for a fair hash) both pairs carry some of them whatever the streams did.
-    for _ in 0..16 {
-        world.guest.exec(&[
-            "curl",
-            "-sS",
-            "-f",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            &format!("http://{SERVER_ADDR}/small"),
-        ])?;
-    }
+    common::short_fetches(&world.guest, &format!("http://{SERVER_ADDR}/small"), 16)?;
     let (in_use, pairs) = pair_counters(&daemon)?;
     eprintln!("pairs in use {in_use}, frames (tx, rx) per pair {pairs:?}");
     ensure!(in_use == 2 && pairs.len() == 2, "{pairs:?}");

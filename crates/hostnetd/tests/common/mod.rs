@@ -293,3 +293,22 @@ pub(crate) fn pair_counters(daemon: &Daemon) -> anyhow::Result<Vec<(u64, Vec<(u6
         })
         .collect()
 }
+
+/// `n` fetches of `url` one after another by curl in `ns`, each body thrown away: short
+/// connections, each with a fresh source port (over several queue pairs, each lands on a
+/// queue by its hash).
+pub(crate) fn short_fetches(ns: &Netns, url: &str, n: usize) -> anyhow::Result<()> {
+    for _ in 0..n {
+        ns.exec(&[
+            "curl",
+            "-sS",
+            "-f",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            url,
+        ])?;
+    }
+    Ok(())
+}
