@@ -186,7 +186,7 @@ fn two_queue_pairs_set_on_hostnetds_control_queue_carry_four_streams_each_way_wh
 }
 
 /// `ctl guests`' first guest: the queue pairs in use and each pair's (tx, rx) frames.
-fn pair_counters(daemon: &Daemon) -> Result<(u64, Vec<(u64, u64)>)> {
+fn pair_counters(daemon: &Daemon) -> Result<common::PairCounters> {
     common::pair_counters(daemon)?
         .into_iter()
         .next()

@@ -271,8 +271,11 @@ pub(crate) fn guests_json(daemon: &Daemon) -> anyhow::Result<Vec<serde_json::Val
     }
 }
 
-/// Per guest (in port order): the queue pairs in use and each pair's (tx, rx) frames.
-pub(crate) fn pair_counters(daemon: &Daemon) -> anyhow::Result<Vec<(u64, Vec<(u64, u64)>)>> {
+/// One guest's queue pairs in use and each pair's (tx, rx) frames.
+pub(crate) type PairCounters = (u64, Vec<(u64, u64)>);
+
+/// [`PairCounters`] per guest, in port order.
+pub(crate) fn pair_counters(daemon: &Daemon) -> anyhow::Result<Vec<PairCounters>> {
     use anyhow::Context;
     guests_json(daemon)?
         .iter()
