@@ -357,15 +357,7 @@ fn hostnetd_survives(how: Hostile, tag: &str, want: Want) -> Result<()> {
     );
 
     let next = Attached::start(&daemon.sock, world.guest.name(), GuestConfig::default())?;
-    world.leases_and_pings(2)?;
-    world.downloads_the_blob()?;
-    ensure!(!next.has_failed(), "a driver thread stopped");
-    next.stop()?;
-    ensure!(
-        daemon.process.child_mut().try_wait()?.is_none(),
-        "hostnetd exited"
-    );
-    Ok(())
+    world.next_guest_is_served(&mut daemon, next)
 }
 
 /// The `drops` line of `hostnetd ctl stats` once it names `reason`, or the last one read
@@ -530,15 +522,7 @@ fn garbage_on_the_socket_is_hung_up_on_and_the_next_guest_is_served() -> Result<
     }
     let protocol = next.device().protocol_features();
     ensure!(!protocol.is_empty(), "no vhost-user protocol features");
-    world.leases_and_pings(2)?;
-    world.downloads_the_blob()?;
-    ensure!(!next.has_failed(), "a driver thread stopped");
-    next.stop()?;
-    ensure!(
-        daemon.process.child_mut().try_wait()?.is_none(),
-        "hostnetd exited"
-    );
-    Ok(())
+    world.next_guest_is_served(&mut daemon, next)
 }
 
 /// G (the simulated guest's TAP), H (hostnetd, its TUN), S (198.18.0.2: busybox httpd, dnsmasq).
@@ -593,6 +577,20 @@ impl World {
             "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s", script,
         ])?;
         Ok(testbed::netns::lease::Lease::read(&out)?)
+    }
+
+    /// After a hostile frontend: `next` (connected) gets its lease, pings the gateway and S,
+    /// downloads the blob whole and stops cleanly, and hostnetd still runs.
+    fn next_guest_is_served(&self, daemon: &mut Daemon, next: Attached) -> Result<()> {
+        self.leases_and_pings(2)?;
+        self.downloads_the_blob()?;
+        ensure!(!next.has_failed(), "a driver thread stopped");
+        next.stop()?;
+        ensure!(
+            daemon.process.child_mut().try_wait()?.is_none(),
+            "hostnetd exited"
+        );
+        Ok(())
     }
 
     /// The guest leases 192.168.64.2 and pings the gateway and S `count` times each.
