@@ -163,8 +163,8 @@ fn two_frontends_share_one_network_and_ports_come_and_go() -> Result<()> {
 /// Two guests of two queue pairs each on one `hostnetd --queues 2` (several guests and
 /// several pairs at once): each sets two pairs on hostnetd's control queue, leases and pings
 /// the other; they download four blobs each at the same time (eight streams over four pairs),
-/// every one whole, then sixteen small files each, so that each pair of each guest carries
-/// frames both ways (`ctl guests`' per-pair counters); four parallel fetches from one guest's
+/// every one whole, then sixteen small files each, so that both TX rings of each guest carry
+/// frames (`ctl guests`' per-pair counters); four parallel fetches from one guest's
 /// web server by the other cross between the ports' pairs whole. Then the TUN is deleted
 /// under them: hostnetd exits with status 1 and an error naming the TUN.
 #[test]
@@ -208,17 +208,25 @@ fn two_guests_of_two_queue_pairs_share_the_network_until_the_tun_goes() -> Resul
     let pairs = common::pair_counters(&daemon)?;
     eprintln!("per guest: pairs in use, frames (tx, rx) per pair: {pairs:?}");
     ensure!(pairs.len() == 2, "ctl guests lists {} guests", pairs.len());
+    // Each guest's TX rings: both carry frames (a new connection's first frames take a TAP
+    // queue by hash). Its RX: not per pair. A TUN queue is read by that pair of whichever port
+    // gets to it first, a frame for another port goes to that port's inbox, and a port's inbox
+    // is delivered by whichever of its pairs comes first; G's TAP then sends a flow on the
+    // queue it last received it on. So with two guests one pair may deliver most of a guest's
+    // frames (seen: 535 and 12).
     for (g, (in_use, frames)) in pairs.iter().enumerate() {
         ensure!(
             *in_use == 2 && frames.len() == 2,
             "guest {g}: {in_use} pairs in use, counters {frames:?}"
         );
-        for (p, (tx, rx)) in frames.iter().enumerate() {
-            ensure!(
-                *tx >= 20 && *rx >= 20,
-                "guest {g}'s pair {p} carried almost nothing: {pairs:?}"
-            );
+        for (p, (tx, _)) in frames.iter().enumerate() {
+            ensure!(*tx > 0, "guest {g}'s pair {p} sent nothing: {pairs:?}");
         }
+        let rx: u64 = frames.iter().map(|(_, rx)| rx).sum();
+        ensure!(
+            rx >= 100,
+            "guest {g}'s pairs delivered {rx} frames for four downloads: {pairs:?}"
+        );
     }
 
     // Guest to guest: four fetches at once from the second guest's web server.
