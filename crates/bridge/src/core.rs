@@ -1573,14 +1573,16 @@ pub(crate) fn queue_pair(
 
 /// Room per frame in a batch of gateway replies and hairpinned frames: a hairpinned
 /// super-frame needs 64 KiB when the guest takes them (GUEST_TSO4, GUEST_TSO6), a DHCP reply
-/// [`MIN_REPLY`].
+/// [`MIN_REPLY`]. The virtio-net header's room on top makes it the size of a TX batch's
+/// buffers between guests that negotiated alike, so that a frame switched between them moves
+/// by buffer (see `FrameBatch::move_frame`).
 fn reply_size(config: &BridgeConfig, n: &Negotiated) -> usize {
     let frame = if n.offloads.rx_tso() {
         n.offloads.max_tx_frame(config.mtu)
     } else {
         ETH_HLEN + usize::from(config.mtu)
     };
-    frame.max(MIN_REPLY)
+    frame.max(MIN_REPLY) + VIRTIO_NET_HDR_LEN
 }
 
 fn reply_batch(config: &BridgeConfig, n: &Negotiated) -> FrameBatch {

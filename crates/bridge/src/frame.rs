@@ -187,6 +187,29 @@ impl FrameBatch {
         }
     }
 
+    /// Moves frame `i` to the back of `to` with the virtio-net header `hdr`, without a copy:
+    /// the two slots exchange buffers, and frame `i` becomes a hole. Returns `false` (nothing
+    /// moved) when frame `i` is a hole or not appended, `to` is full, or a buffer would be
+    /// smaller than the size of the batch it goes to (so each batch keeps buffers of at least
+    /// its [`FrameBatch::buf_size`]: then the caller copies).
+    pub fn move_frame(&mut self, i: usize, to: &mut FrameBatch, hdr: VirtioNetHdr) -> bool {
+        let (to_size, from_size) = (to.buf_size, self.buf_size);
+        let Some(s) = self.slots.get_mut(..self.len).and_then(|s| s.get_mut(i)) else {
+            return false;
+        };
+        let Some(t) = to.slots.get_mut(to.len) else {
+            return false;
+        };
+        if s.len == 0 || s.buf.len() < to_size || t.buf.len() < from_size {
+            return false;
+        }
+        core::mem::swap(&mut s.buf, &mut t.buf);
+        (t.start, t.len, t.hdr) = (s.start, s.len, hdr);
+        s.len = 0;
+        to.len += 1;
+        true
+    }
+
     /// The whole buffer of appended slot `i` and its frame bounds.
     pub fn slot_mut(&mut self, i: usize) -> Option<(&mut [u8], usize, usize)> {
         let s = self.slots.get_mut(..self.len)?.get_mut(i)?;
@@ -243,6 +266,45 @@ mod tests {
         assert_eq!(b.pending(), 0);
         b.clear();
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_frame_moves_by_buffer_only_between_batches_of_buffers_large_enough() {
+        let mut from = FrameBatch::new(2, 32);
+        let buf = from.next_buf().unwrap();
+        buf[12..15].copy_from_slice(b"abc");
+        from.commit(12, 3);
+        assert!(from.push(b"xyz"));
+        let mut to = FrameBatch::new(1, 32);
+        let hdr = VirtioNetHdr {
+            gso_size: 7,
+            ..VirtioNetHdr::default()
+        };
+        assert!(from.move_frame(0, &mut to, hdr));
+        assert_eq!(to.frame(0), Some(&b"abc"[..]));
+        assert_eq!(to.header(0).gso_size, 7);
+        assert_eq!(from.frame(0), Some(&b""[..]), "a hole where it was");
+        assert!(!from.move_frame(0, &mut to, hdr), "a hole does not move");
+        assert!(!from.move_frame(1, &mut to, hdr), "to is full");
+        assert!(!from.move_frame(2, &mut to, hdr), "not appended");
+        // The buffers went both ways: each batch still has buffers of its size.
+        assert_eq!(from.next_buf().map(|b| b.len()), None);
+        from.clear();
+        assert!(from.free_bufs(0).all(|b| b.len() == 32));
+        // A batch never takes a buffer smaller than its own size, either way.
+        let mut small = FrameBatch::new(1, 16);
+        let mut large = FrameBatch::new(1, 64);
+        assert!(from.push(b"xyz"));
+        assert!(
+            !from.move_frame(0, &mut small, hdr),
+            "small's buffer is too small for from"
+        );
+        assert!(
+            !from.move_frame(0, &mut large, hdr),
+            "from's buffer is too small for large"
+        );
+        assert!(small.is_empty() && large.is_empty());
+        assert_eq!(from.frame(0), Some(&b"xyz"[..]), "not moved: still there");
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::core::{
 };
 use crate::device::CONFIG_SPACE_SIZE;
 use crate::dns_relay::SharedRelay;
+use crate::frame::FrameBatch;
 use crate::rx_engine::RxEngine;
 use crate::stats::{BridgeStats, DropCause, Stats};
 use crate::switch::{Claim, PortId, Switch, SwitchError};
@@ -778,18 +779,28 @@ impl<'a> Others<'a> {
     }
 
     /// Moves the frames of the sender's last TX batch that the switch sent to other ports
-    /// into their inboxes (a copy each; the MACs as the receiver expects them).
-    pub(crate) fn take_tx(&mut self, engine: &TxEngine, stats: &mut Stats) {
+    /// into their inboxes (see [`Others::move_in`]; a flooded frame that goes to more ports
+    /// after this one is copied).
+    pub(crate) fn take_tx(&mut self, engine: &mut TxEngine, stats: &mut Stats) {
         let gateway_mac = self.switch.gateway_mac();
-        for &(i, q) in engine.switched() {
+        for k in 0..engine.switched().len() {
+            let Some(&(i, q)) = engine.switched().get(k) else {
+                break;
+            };
             let Some((frame, kind, hdr)) = engine.switched_frame(i) else {
                 continue;
             };
             let routed = frame.get(..6) == Some(&gateway_mac.0[..]);
             let src = routed.then_some(gateway_mac);
-            match self.push(q, frame, src, |o, f| {
-                offload::hairpin_header(o, kind, &hdr, f)
-            }) {
+            let header =
+                |o: &crate::Offloads, f: &mut [u8]| offload::hairpin_header(o, kind, &hdr, f);
+            // A flooded frame's ports follow each other in the list: it moves to the last.
+            let r = if engine.switched().get(k + 1).is_some_and(|&(j, _)| j == i) {
+                self.push(q, frame, src, header)
+            } else {
+                self.move_in(q, engine.batch_mut(), i, src, header)
+            };
+            match r {
                 Ok(()) => stats.switched += 1,
                 Err(c) => stats.drop(c),
             }
@@ -814,8 +825,7 @@ impl<'a> Others<'a> {
                 mine += 1;
                 continue;
             };
-            let r = self.push(q, frame, None, |_, _| Ok(hdr));
-            if let Err(c) = r {
+            if let Err(c) = self.move_in(q, batch, i, None, |_, _| Ok(hdr)) {
                 stats.drop(c);
             }
             batch.drop_frame(i);
@@ -828,6 +838,50 @@ impl<'a> Others<'a> {
             Some(q) if moved > mine => Some(q),
             _ => Some(self.me),
         };
+    }
+
+    /// Moves frame `i` of `batch` into port `q`'s inbox with `q`'s MAC as destination (and
+    /// `src` as source, if given; `header` gives the virtio-net header for `q`'s offloads and
+    /// may complete a checksum): rewritten in place, then moved by buffer (no copy: the
+    /// frame's buffer is exchanged for a free one of the inbox), or copied when the two
+    /// batches' buffers differ in size (`FrameBatch::move_frame`).
+    fn move_in(
+        &mut self,
+        q: PortId,
+        batch: &mut FrameBatch,
+        i: usize,
+        src: Option<MacAddr>,
+        header: impl FnOnce(
+            &crate::Offloads,
+            &mut [u8],
+        ) -> Result<crate::device::VirtioNetHdr, DropCause>,
+    ) -> Result<(), DropCause> {
+        let idx = usize::from(q.0);
+        let port = self
+            .ports
+            .get_mut(idx)
+            .and_then(Option::as_mut)
+            .ok_or(DropCause::NotRoutable)?;
+        let inbox = &mut port.replies;
+        if inbox.pending() == 0 {
+            inbox.clear();
+        }
+        if inbox.is_full() {
+            return Err(DropCause::LocalQueueFull);
+        }
+        let frame = batch.frame_mut(i).ok_or(DropCause::Runt)?;
+        readdress(frame, port.config.guest_mac, src)?;
+        let hdr = header(&port.negotiated.offloads, frame)?;
+        if !batch.move_frame(i, inbox, hdr) {
+            let frame = batch.frame(i).ok_or(DropCause::Runt)?;
+            if !inbox.push_with_header(frame, hdr) {
+                return Err(DropCause::TooBig);
+            }
+        }
+        if let Some(p) = self.pending.get_mut(idx) {
+            *p = true;
+        }
+        Ok(())
     }
 
     /// Copies `frame` into port `q`'s inbox with `q`'s MAC as destination (and `src` as
@@ -857,13 +911,7 @@ impl<'a> Others<'a> {
         let buf = inbox.next_buf().ok_or(DropCause::LocalQueueFull)?;
         let copy = buf.get_mut(..frame.len()).ok_or(DropCause::TooBig)?;
         copy.copy_from_slice(frame);
-        // A group destination (a flooded broadcast or multicast) stays as it is.
-        if copy[0] & 1 == 0 {
-            copy[..6].copy_from_slice(&mac.0);
-        }
-        if let Some(s) = src {
-            copy[6..12].copy_from_slice(&s.0);
-        }
+        readdress(copy, mac, src)?;
         let hdr = header(&port.negotiated.offloads, copy)?;
         inbox.commit(0, frame.len());
         let n = inbox.len();
@@ -873,6 +921,19 @@ impl<'a> Others<'a> {
         }
         Ok(())
     }
+}
+
+/// Gives Ethernet `frame` the destination `mac` (a group destination, a flooded broadcast or
+/// multicast, stays as it is) and the source `src`, if given.
+fn readdress(frame: &mut [u8], mac: MacAddr, src: Option<MacAddr>) -> Result<(), DropCause> {
+    let (dst, rest) = frame.get_mut(..12).ok_or(DropCause::Runt)?.split_at_mut(6);
+    if dst[0] & 1 == 0 {
+        dst.copy_from_slice(&mac.0);
+    }
+    if let Some(s) = src {
+        rest.copy_from_slice(&s.0);
+    }
+    Ok(())
 }
 
 /// The port holding the destination address of the IP packet in Ethernet `frame` (by its
@@ -1093,6 +1154,87 @@ mod tests {
                 ],
             ),
         ]
+    }
+
+    /// Switched frames move by buffer between ports whose batches have buffers of one size
+    /// and are copied between ports that negotiated differently (one takes 64 KiB
+    /// super-frames, the other not): every frame reaches its port intact either way, and
+    /// each port's batches keep buffers of their own size.
+    #[test]
+    fn frames_reach_ports_that_negotiated_differently_moved_or_copied() {
+        use crate::testing::{self, MockNet};
+        use crate::{OFFERED_FEATURES, OFFLOAD_FEATURES};
+        let (host, peer) = MemoryLink::pair_with_vnet_hdr(256).unwrap();
+        let config = BridgeConfig {
+            offloads: true,
+            ..BridgeConfig::default()
+        };
+        let mut net = Network::new(config, 4).unwrap();
+        let macs = [mac(0x56), mac(0x57), mac(0x58)];
+        let ports = macs.map(|m| net.attach(m).unwrap());
+        let ips = ports.map(|p| net.address_of(p).unwrap());
+        let mems = [(); 3].map(|()| testing::guest_memory());
+        let mut qs: Vec<_> = mems.iter().map(|m| MockNet::new(m, 256)).collect();
+        let mut queues: Vec<_> = qs.iter().map(|q| q.queues(false)).collect();
+        // Ports 0 and 2 take super-frames, port 1 nothing beyond the basics.
+        let features = [
+            OFFERED_FEATURES | OFFLOAD_FEATURES,
+            OFFERED_FEATURES,
+            OFFERED_FEATURES | OFFLOAD_FEATURES,
+        ];
+        for k in 0..3 {
+            net.ack_features(ports[k], features[k], &host);
+        }
+        let sizes = ports.map(|p| net.port(p).unwrap().replies.buf_size());
+        assert!(sizes[0] == sizes[2] && sizes[1] < sizes[0], "{sizes:?}");
+        let mut scratch = Vec::new();
+        for k in 0..3 {
+            for f in dhcp(macs[k], ips[k]) {
+                qs[k].send_frame(HDR, &f, &[]);
+            }
+            for _ in 0..4 {
+                qs[k].post_rx(&[65600]);
+            }
+            let (rx, tx) = &mut queues[k];
+            net.on_tx_kick(ports[k], &mems[k], tx, Some(rx), &host, NOW)
+                .unwrap();
+            while qs[k].rx_frame(HDR, &mut scratch).is_some() {}
+        }
+        // 0 → 2 (alike: moved), 0 → 1 and 1 → 0 (different: copied), 2 → 0, several
+        // rounds so that buffers that moved are used again.
+        for round in 0..3u8 {
+            for (from, to) in [(0usize, 2usize), (0, 1), (1, 0), (2, 0)] {
+                let payload = [b'a' + round, from as u8, to as u8, 0x5a];
+                let mut f =
+                    testing::udp_frame(macs[from], ips[from], 5000, ips[to], 6000, &payload);
+                f[..6].copy_from_slice(&macs[to].0);
+                qs[from].send_frame(HDR, &f, &[]);
+                let (rx, tx) = &mut queues[from];
+                net.on_tx_kick(ports[from], &mems[from], tx, Some(rx), &host, NOW)
+                    .unwrap();
+                assert!(net.pending(ports[to]), "{from} → {to}");
+                qs[to].post_rx(&[65600]);
+                let (rx, _) = &mut queues[to];
+                net.on_rx_ready(ports[to], &mems[to], rx, &host, false, NOW)
+                    .unwrap();
+                let (_, got) = qs[to].rx_frame(HDR, &mut scratch).expect("the frame");
+                assert_eq!(
+                    (&got[..6], &got[6..12]),
+                    (&macs[to].0[..], &macs[from].0[..])
+                );
+                assert_eq!(&got[got.len() - 4..], &payload, "{from} → {to}");
+            }
+        }
+        assert!(peer.recv().is_none(), "nothing reached the host");
+        assert_eq!(net.stats(ports[0]).unwrap().switched, 6);
+        for (k, &p) in ports.iter().enumerate() {
+            let inbox = &mut net.port_mut(p).unwrap().replies;
+            inbox.clear();
+            assert!(
+                inbox.free_bufs(0).all(|b| b.len() >= sizes[k]),
+                "port {k}'s inbox kept buffers of its size"
+            );
+        }
     }
 
     /// Two guests on mock queues, leased (.2 and .3), then: ARP for the other answered with

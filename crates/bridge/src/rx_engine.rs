@@ -12,7 +12,7 @@ use vm_memory::GuestMemory;
 use crate::Error;
 use crate::config::MAX_BATCH;
 use crate::core::lock;
-use crate::device::VirtioNetHdr;
+use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::host::HostLink;
@@ -56,7 +56,9 @@ impl RxEngine {
         let batch_size = batch_size.clamp(1, MAX_BATCH);
         RxEngine {
             rx_queue,
-            batch: FrameBatch::new(batch_size, max_packet + ETH_HLEN),
+            // The virtio-net header's room on top: the size of a port's inbox buffers, so
+            // that a packet for another guest on a network moves by buffer (no copy).
+            batch: FrameBatch::new(batch_size, max_packet + ETH_HLEN + VIRTIO_NET_HDR_LEN),
             mtu,
             gateway_mac,
             offloads: Offloads::default(),

@@ -320,6 +320,11 @@ impl TxEngine {
         Some((self.input.frame(i)?, kind, hdr))
     }
 
+    /// The fetched batch (a network's switch moves frames for other ports out of it).
+    pub(crate) fn batch_mut(&mut self) -> &mut FrameBatch {
+        &mut self.input
+    }
+
     /// Checks frame `i`'s virtio-net header against the offloads and the MTU (a partial
     /// checksum the NAT can't carry is completed here, a super-frame's header is fixed up)
     /// and its size.
