@@ -10,10 +10,11 @@
 //! switched from other guests, gateway replies) is exchanged under the lock for an empty
 //! batch of the same room and copied into the guest outside it; frames the guest has no
 //! buffers for go back to the port's inbox when nothing newer waits there (else they wait
-//! in the worker and go first at its next event). So two pairs' workers, and
-//! two guests' workers, overlap everything but the translation and the switch's copy. Each event also takes the lock once before (the
-//! pair in use, the halves built for the negotiated features) and once after (the counters
-//! added to the port's, the guest's MAC and IPv6 addresses followed).
+//! in the worker and go first at its next event). So two pairs' workers, and two guests'
+//! workers, overlap everything but the translation and the switch (which moves a frame to
+//! another port's inbox by buffer, without a copy). Each event also takes the lock once
+//! before (the pair in use, the halves built for the negotiated features) and once after
+//! (the counters added to the port's, the guest's MAC and IPv6 addresses followed).
 //!
 //! ```
 //! use std::sync::Mutex;
