@@ -222,7 +222,7 @@ fn features() -> Result<()> {
 const FEATURES: &[(&str, &[&str])] = &[
     ("wire", &[]),
     ("utun-sys", &[]),
-    ("utun", &[]),
+    ("utun", &["vm-memory"]),
     ("nat", &["tracing", "test-utils"]),
     ("bridge", &["utun", "driver", "test-utils"]),
 ];

@@ -50,7 +50,9 @@
 //! - Elsewhere: compiles; `open` returns [`OpenError::Unsupported`].
 //!
 //! # Features
-//! None.
+//! - `vm-memory` (off by default): `Tun::send_gather`, one packet written from a header
+//!   buffer and guest memory (`vm_memory::VolatileSlice`s) in one `writev`, for a
+//!   virtio-net backend that hands a chain's payload to the kernel without copying it first.
 //!
 //! # MSRV
 //! Rust 1.95.
@@ -71,3 +73,8 @@ pub mod linux;
 pub use builder::{Ipv4Dest, TunBuilder};
 pub use error::{InterfaceGone, NotIp, OpenError, Truncated};
 pub use tun::Tun;
+
+/// The most guest-memory slices one [`Tun::send_gather`] takes (a virtio chain's
+/// descriptors past the header).
+#[cfg(feature = "vm-memory")]
+pub const MAX_GATHER: usize = 64;

@@ -105,6 +105,24 @@ impl Tun {
         Ok(count)
     }
 
+    /// Sends one whole packet made of `head` followed by the bytes of `tail` (guest memory,
+    /// e.g. the payload of a virtio chain), in one `writev`: the kernel copies straight from
+    /// the slices, nothing is copied in userspace. `head` must hold at least the start of the
+    /// IP packet (TUN mode: its version is checked as for [`send`](Self::send); with
+    /// `vnet_hdr`, after the 12-byte header). Returns the bytes written.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); `InvalidInput` when `tail` has more than [`MAX_GATHER`](crate::MAX_GATHER)
+    /// slices.
+    #[cfg(feature = "vm-memory")]
+    pub fn send_gather<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        head: &[u8],
+        tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        self.inner.send_gather(head, tail)
+    }
+
     /// The interface's name (e.g. `tun0`, `utun3`).
     pub fn name(&self) -> &str {
         self.inner.name()

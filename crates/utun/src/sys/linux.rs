@@ -159,6 +159,18 @@ impl Device {
         cvt_size(ret).map_err(gone)
     }
 
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn send_gather<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        head: &[u8],
+        tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        if !self.tap {
+            framing::ip_version(head.get(self.vnet_hdr_len..).unwrap_or_default())?;
+        }
+        super::unix::writev_gather(self.fd.as_fd(), &[], head, tail).map_err(gone)
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }

@@ -122,6 +122,17 @@ impl Device {
         Ok(n.saturating_sub(AF_HEADER_LEN))
     }
 
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn send_gather<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        head: &[u8],
+        tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        let header = framing::af_header(framing::ip_version(head)?);
+        let n = super::unix::writev_gather(self.fd.as_fd(), &header, head, tail)?;
+        Ok(n.saturating_sub(AF_HEADER_LEN))
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }

@@ -20,6 +20,51 @@ pub(crate) fn cvt_size(ret: isize) -> io::Result<usize> {
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 
+/// Writes `prefix`, `head` and the guest-memory slices of `tail` as one packet: one `writev`
+/// (see [`crate::Tun::send_gather`]). Returns the bytes written, `prefix` included.
+#[cfg(feature = "vm-memory")]
+pub(crate) fn writev_gather<B: vm_memory::bitmap::BitmapSlice>(
+    fd: BorrowedFd<'_>,
+    prefix: &[u8],
+    head: &[u8],
+    tail: &[vm_memory::VolatileSlice<'_, B>],
+) -> io::Result<usize> {
+    if tail.len() > crate::MAX_GATHER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more guest-memory slices than MAX_GATHER",
+        ));
+    }
+    // The guards keep each slice's memory mapped (and readable) across the call.
+    let guards: [Option<vm_memory::volatile_memory::PtrGuard>; crate::MAX_GATHER] =
+        std::array::from_fn(|i| tail.get(i).map(|s| s.ptr_guard()));
+    let none = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [none; crate::MAX_GATHER + 2];
+    let mut n = 0;
+    let parts = [prefix, head]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| (p.as_ptr(), p.len()))
+        .chain(guards.iter().flatten().map(|g| (g.as_ptr(), g.len())));
+    for (slot, (base, len)) in iov.iter_mut().zip(parts) {
+        *slot = libc::iovec {
+            iov_base: base.cast_mut().cast(),
+            iov_len: len,
+        };
+        n += 1;
+    }
+    let count = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the first `n` iovecs describe `prefix`, `head` (borrowed for the whole call)
+    // and the guest-memory slices of `tail`, each valid for reads of its length while its
+    // guard in `guards` lives (the `VolatileSlice` invariant; the guards outlive the call);
+    // writev only reads through them. `fd` is an open descriptor the caller borrows to us.
+    let ret = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count) };
+    cvt_size(ret)
+}
+
 /// A new socket, close-on-exec, owned.
 pub(crate) fn socket(
     domain: libc::c_int,

@@ -23,6 +23,14 @@ impl Device {
     pub(crate) fn send(&self, _packet: &[u8]) -> io::Result<usize> {
         match *self {}
     }
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn send_gather<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        _head: &[u8],
+        _tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        match *self {}
+    }
     pub(crate) fn name(&self) -> &str {
         match *self {}
     }
