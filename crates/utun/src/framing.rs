@@ -146,8 +146,8 @@ pub(crate) fn ip_total_len(head: &[u8]) -> Option<usize> {
 
 const DARWIN_AF_INET: u32 = 2;
 const DARWIN_AF_INET6: u32 = 30;
-const IPV6_HEADER_LEN: usize = 40;
-const ETH_HEADER_LEN: usize = 14;
+pub(crate) const IPV6_HEADER_LEN: usize = 40;
+pub(crate) const ETH_HEADER_LEN: usize = 14;
 
 #[cfg(test)]
 mod tests {

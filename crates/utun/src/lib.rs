@@ -50,9 +50,10 @@
 //! - Elsewhere: compiles; `open` returns [`OpenError::Unsupported`].
 //!
 //! # Features
-//! - `vm-memory` (off by default): `Tun::send_gather`, one packet written from a header
-//!   buffer and guest memory (`vm_memory::VolatileSlice`s) in one `writev`, for a
-//!   virtio-net backend that hands a chain's payload to the kernel without copying it first.
+//! - `vm-memory` (off by default): `Tun::send_gather` and `Tun::recv_scatter`, one packet
+//!   written from, or read into, a header buffer and guest memory
+//!   (`vm_memory::VolatileSlice`s) in one `writev`/`readv`, for a virtio-net backend that
+//!   hands a chain's payload to the kernel, or takes it from there, without a copy of its own.
 //!
 //! # MSRV
 //! Rust 1.95.

@@ -123,6 +123,28 @@ impl Tun {
         self.inner.send_gather(head, tail)
     }
 
+    /// Receives one packet into `head`, then on into the guest-memory slices of `tail` in
+    /// order (one `readv`; macOS: one `recvmsg`), and returns its length: the kernel copies
+    /// straight into guest memory. The bytes stored in each slice are marked in its dirty
+    /// bitmap (all of them if the read failed), as vm-memory's own reads do. `head` must hold
+    /// at least the headers (with `vnet_hdr` 12 bytes, in TAP mode 14, then 40: the longest
+    /// fixed IP header), so that a cut can be told from a whole packet.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv) (a packet longer than `head` and `tail` together is
+    /// reported [`Truncated`](crate::Truncated), never silently cut); `InvalidInput` when
+    /// `head` is shorter than the headers or `tail` has more than
+    /// [`MAX_GATHER`](crate::MAX_GATHER) slices.
+    #[cfg(feature = "vm-memory")]
+    pub fn recv_scatter<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        head: &mut [u8],
+        tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        self.take_pending()?;
+        self.inner.recv_scatter(head, tail)
+    }
+
     /// The interface's name (e.g. `tun0`, `utun3`).
     pub fn name(&self) -> &str {
         self.inner.name()

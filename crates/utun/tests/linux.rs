@@ -1245,3 +1245,99 @@ fn a_packet_gathered_from_guest_memory_reaches_a_socket_whole() -> io::Result<()
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     Ok(())
 }
+
+/// `recv_scatter` reads one packet into a head buffer and on into slices of guest memory
+/// (with a dirty bitmap, as during a migration): the packet arrives whole across them, the
+/// slices it reached are marked dirty and the one it did not reach is not; a packet longer
+/// than head and slices together is reported `Truncated`, not cut; a head too short for the
+/// IP header is refused.
+#[test]
+#[ignore = "needs CAP_NET_ADMIN"]
+fn a_packet_scattered_into_guest_memory_arrives_whole_and_marks_it_dirty() -> io::Result<()> {
+    use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    let ns = common::netns();
+    let tun = TunBuilder::new()
+        .mtu(9000)
+        .ipv4(LOCAL, Ipv4Dest::Peer(PEER))
+        .netns(ns.fd())
+        .open()
+        .expect("open tun in the test namespace");
+    let sock = utun::linux::netns::run_in(ns.fd(), || UdpSocket::bind((LOCAL, 40003)))??;
+    let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x10000)])
+        .map_err(io::Error::other)?;
+    let slice = |addr: u64, len: usize| {
+        mem.get_slice(GuestAddress(addr), len)
+            .map_err(io::Error::other)
+    };
+    let (a, b, c) = (
+        slice(0x1000, 1000)?,
+        slice(0x4000, 4000)?,
+        slice(0xc000, 100)?,
+    );
+    assert!(!a.bitmap().dirty_at(0) && !b.bitmap().dirty_at(0));
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13 % 253) as u8).collect();
+    sock.send_to(&payload, (PEER, 7001))?;
+    let mut head = [0u8; 60];
+    // The first UDP packet to port 7001 (the kernel may send others first).
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let n = tun.recv_scatter(&mut head, &[a, b, c])?;
+        let udp_to = |h: &[u8]| h[0] >> 4 == 4 && h[9] == 17 && h[22..24] == 7001u16.to_be_bytes();
+        if udp_to(&head) {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UDP packet to port 7001 came out"
+        );
+    };
+    assert_eq!(got, 20 + 8 + payload.len());
+    let mut packet = head.to_vec();
+    let mut rest = vec![0u8; got - head.len()];
+    mem.read_slice(&mut rest[..1000], GuestAddress(0x1000))
+        .map_err(io::Error::other)?;
+    mem.read_slice(&mut rest[1000..], GuestAddress(0x4000))
+        .map_err(io::Error::other)?;
+    packet.extend_from_slice(&rest);
+    let s = SlicedPacket::from_ip(&packet).map_err(io::Error::other)?;
+    let Some(TransportSlice::Udp(udp)) = s.transport else {
+        panic!("not UDP: {s:?}")
+    };
+    assert!(
+        udp.payload() == &payload[..],
+        "the payload arrived whole and in order"
+    );
+    assert!(ipv4_checksums_ok(&packet));
+    let fresh = |addr, len| slice(addr, len).map(|s| s.bitmap().dirty_at(0));
+    assert_eq!(
+        (
+            fresh(0x1000, 1000)?,
+            fresh(0x4000, 4000)?,
+            fresh(0xc000, 100)?
+        ),
+        (true, true, false),
+        "the slices the packet reached are dirty, the one it did not reach is not"
+    );
+    // Longer than head and slices together: reported, not cut.
+    let big: Vec<u8> = vec![0x42; 6000];
+    sock.send_to(&big, (PEER, 7001))?;
+    let e = loop {
+        match tun.recv_scatter(&mut head, &[a, b]) {
+            Err(e) => break e,
+            Ok(_) => assert!(
+                Instant::now() < deadline + WAIT,
+                "the big packet never came"
+            ),
+        }
+    };
+    let t = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<Truncated>())
+        .unwrap_or_else(|| panic!("not Truncated: {e}"));
+    assert_eq!((t.packet_len, t.buf_len), (Some(6028), 5060));
+    // A head too short to tell a cut from a whole packet.
+    let e = tun.recv_scatter(&mut [0u8; 39], &[a]).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    Ok(())
+}

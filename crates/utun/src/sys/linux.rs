@@ -171,6 +171,32 @@ impl Device {
         super::unix::writev_gather(self.fd.as_fd(), &[], head, tail).map_err(gone)
     }
 
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn recv_scatter<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        head: &mut [u8],
+        tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        let link = if self.tap { framing::ETH_HEADER_LEN } else { 0 };
+        if head.len() < self.vnet_hdr_len + link + framing::IPV6_HEADER_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the head must hold the virtio-net, Ethernet and IP headers",
+            ));
+        }
+        let cap = head.len() + tail.iter().map(|s| s.len()).sum::<usize>();
+        let fd = self.fd.as_raw_fd();
+        let got = super::unix::readv_scatter(&mut [], head, tail, |iov| {
+            let count = c_int::try_from(iov.len()).unwrap_or(c_int::MAX);
+            // SAFETY: `readv_scatter` hands over iovecs valid for writes for the whole
+            // call (`head`, and the guest-memory slices under their guards); `fd` is an
+            // open tun descriptor we own.
+            unsafe { libc::readv(fd, iov.as_ptr(), count) }
+        })
+        .map_err(gone)?;
+        self.check_read(got, head, cap)
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
@@ -200,12 +226,18 @@ impl Device {
     /// Checks a read's result: errors, then truncation (the kernel cuts silently).
     fn finish_read(&self, ret: isize, buf: &[u8]) -> io::Result<usize> {
         let got = cvt_size(ret).map_err(gone)?;
+        self.check_read(got, buf, buf.len())
+    }
+
+    /// Truncation of a read of `got` bytes into `cap` bytes of room that start with `buf`
+    /// (the whole buffer, or the head of a scattered read).
+    fn check_read(&self, got: usize, buf: &[u8], cap: usize) -> io::Result<usize> {
         let head = buf.get(..got.min(buf.len())).unwrap_or_default();
         let skip = self.vnet_hdr_len;
         let (head, got_l3, buf_l3) = (
             head.get(skip..).unwrap_or_default(),
             got.saturating_sub(skip),
-            buf.len().saturating_sub(skip),
+            cap.saturating_sub(skip),
         );
         let checked = if self.tap {
             framing::check_frame_complete(head, got_l3, buf_l3)

@@ -133,6 +133,60 @@ impl Device {
         Ok(n.saturating_sub(AF_HEADER_LEN))
     }
 
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn recv_scatter<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        head: &mut [u8],
+        tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        if head.len() < framing::IPV6_HEADER_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the head must hold the IP header",
+            ));
+        }
+        let cap = head.len() + tail.iter().map(|s| s.len()).sum::<usize>();
+        let mut header = [0u8; AF_HEADER_LEN];
+        let mut flags = 0;
+        let fd = self.fd.as_raw_fd();
+        let n = super::unix::readv_scatter(&mut header, head, tail, |iov| {
+            let mut msg = libc::msghdr {
+                msg_name: std::ptr::null_mut(),
+                msg_namelen: 0,
+                msg_iov: iov.as_ptr().cast_mut(),
+                msg_iovlen: c_int::try_from(iov.len()).unwrap_or(c_int::MAX),
+                msg_control: std::ptr::null_mut(),
+                msg_controllen: 0,
+                msg_flags: 0,
+            };
+            // SAFETY: `msg` points at the iovecs `readv_scatter` hands over, valid for
+            // writes for the whole call (the AF header, `head`, the guest-memory slices
+            // under their guards); recvmsg only writes through them; no name or control
+            // buffer; `fd` is our utun socket.
+            let r = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+            flags = msg.msg_flags;
+            r
+        })?;
+        let got = n.saturating_sub(AF_HEADER_LEN);
+        let seen = head.get(..got.min(head.len())).unwrap_or_default();
+        if flags & libc::MSG_TRUNC != 0 {
+            return Err(Truncated {
+                packet_len: framing::ip_total_len(seen),
+                buf_len: cap,
+            }
+            .into());
+        }
+        if n < AF_HEADER_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "utun packet shorter than its header",
+            ));
+        }
+        framing::parse_af_header(header)?;
+        framing::check_ip_complete(seen, got, cap)?;
+        Ok(got)
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }

@@ -65,6 +65,60 @@ pub(crate) fn writev_gather<B: vm_memory::bitmap::BitmapSlice>(
     cvt_size(ret)
 }
 
+/// Runs `read` (one `readv`-like call, given iovecs describing `prefix`, `head` and the
+/// guest-memory slices of `tail`, in that order, each valid for writes for the whole call)
+/// and marks in each slice's dirty bitmap the bytes the call stored there (every byte if it
+/// failed: a partial read cannot be ruled out), as vm-memory's own reads do. Returns the
+/// bytes read, `prefix` included (see [`crate::Tun::recv_scatter`]).
+#[cfg(feature = "vm-memory")]
+pub(crate) fn readv_scatter<B: vm_memory::bitmap::BitmapSlice>(
+    prefix: &mut [u8],
+    head: &mut [u8],
+    tail: &[vm_memory::VolatileSlice<'_, B>],
+    read: impl FnOnce(&[libc::iovec]) -> isize,
+) -> io::Result<usize> {
+    if tail.len() > crate::MAX_GATHER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more guest-memory slices than MAX_GATHER",
+        ));
+    }
+    let before = prefix.len() + head.len();
+    let guards: [Option<vm_memory::volatile_memory::PtrGuardMut>; crate::MAX_GATHER] =
+        std::array::from_fn(|i| tail.get(i).map(|s| s.ptr_guard_mut()));
+    let none = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [none; crate::MAX_GATHER + 2];
+    let mut n = 0;
+    let parts = [prefix, head]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| (p.as_mut_ptr(), p.len()))
+        .chain(guards.iter().flatten().map(|g| (g.as_ptr(), g.len())));
+    for (slot, (base, len)) in iov.iter_mut().zip(parts) {
+        *slot = libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        };
+        n += 1;
+    }
+    let got = cvt_size(read(&iov[..n]));
+    let mut left = match &got {
+        Ok(got) => got.saturating_sub(before),
+        Err(_) => usize::MAX,
+    };
+    for s in tail {
+        let k = left.min(s.len());
+        if k > 0 {
+            s.bitmap().mark_dirty(0, k);
+        }
+        left -= k;
+    }
+    got
+}
+
 /// A new socket, close-on-exec, owned.
 pub(crate) fn socket(
     domain: libc::c_int,

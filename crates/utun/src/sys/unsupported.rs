@@ -31,6 +31,14 @@ impl Device {
     ) -> io::Result<usize> {
         match *self {}
     }
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn recv_scatter<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        _head: &mut [u8],
+        _tail: &[vm_memory::VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        match *self {}
+    }
     pub(crate) fn name(&self) -> &str {
         match *self {}
     }
