@@ -851,37 +851,23 @@ impl<'a> Others<'a> {
         batch: &mut FrameBatch,
         i: usize,
         src: Option<MacAddr>,
-        header: impl FnOnce(
-            &crate::Offloads,
-            &mut [u8],
-        ) -> Result<crate::device::VirtioNetHdr, DropCause>,
+        header: impl Header,
     ) -> Result<(), DropCause> {
-        let idx = usize::from(q.0);
-        let port = self
-            .ports
-            .get_mut(idx)
-            .and_then(Option::as_mut)
-            .ok_or(DropCause::NotRoutable)?;
-        let inbox = &mut port.replies;
-        if inbox.pending() == 0 {
-            inbox.clear();
-        }
-        if inbox.is_full() {
-            return Err(DropCause::LocalQueueFull);
-        }
-        let frame = batch.frame_mut(i).ok_or(DropCause::Runt)?;
-        readdress(frame, port.config.guest_mac, src)?;
-        let hdr = header(&port.negotiated.offloads, frame)?;
-        if !batch.move_frame(i, inbox, hdr) {
-            let frame = batch.frame(i).ok_or(DropCause::Runt)?;
-            if !inbox.push_with_header(frame, hdr) {
-                return Err(DropCause::TooBig);
+        self.put_in(q, |port| {
+            if port.replies.is_full() {
+                return Err(DropCause::LocalQueueFull);
             }
-        }
-        if let Some(p) = self.pending.get_mut(idx) {
-            *p = true;
-        }
-        Ok(())
+            let frame = batch.frame_mut(i).ok_or(DropCause::Runt)?;
+            readdress(frame, port.config.guest_mac, src)?;
+            let hdr = header(&port.negotiated.offloads, frame)?;
+            if !batch.move_frame(i, &mut port.replies, hdr) {
+                let frame = batch.frame(i).ok_or(DropCause::Runt)?;
+                if !port.replies.push_with_header(frame, hdr) {
+                    return Err(DropCause::TooBig);
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Copies `frame` into port `q`'s inbox with `q`'s MAC as destination (and `src` as
@@ -892,10 +878,28 @@ impl<'a> Others<'a> {
         q: PortId,
         frame: &[u8],
         src: Option<MacAddr>,
-        header: impl FnOnce(
-            &crate::Offloads,
-            &mut [u8],
-        ) -> Result<crate::device::VirtioNetHdr, DropCause>,
+        header: impl Header,
+    ) -> Result<(), DropCause> {
+        self.put_in(q, |port| {
+            let inbox = &mut port.replies;
+            let buf = inbox.next_buf().ok_or(DropCause::LocalQueueFull)?;
+            let copy = buf.get_mut(..frame.len()).ok_or(DropCause::TooBig)?;
+            copy.copy_from_slice(frame);
+            readdress(copy, port.config.guest_mac, src)?;
+            let hdr = header(&port.negotiated.offloads, copy)?;
+            inbox.commit(0, frame.len());
+            let n = inbox.len();
+            inbox.set_header(n - 1, hdr);
+            Ok(())
+        })
+    }
+
+    /// Runs `put` on port `q` (its inbox cleared first if everything in it was delivered)
+    /// and, when `put` put a frame in the inbox, flags the inbox as filled this event.
+    fn put_in(
+        &mut self,
+        q: PortId,
+        put: impl FnOnce(&mut PortCore) -> Result<(), DropCause>,
     ) -> Result<(), DropCause> {
         let i = usize::from(q.0);
         let port = self
@@ -903,24 +907,27 @@ impl<'a> Others<'a> {
             .get_mut(i)
             .and_then(Option::as_mut)
             .ok_or(DropCause::NotRoutable)?;
-        let mac = port.config.guest_mac;
-        let inbox = &mut port.replies;
-        if inbox.pending() == 0 {
-            inbox.clear();
+        if port.replies.pending() == 0 {
+            port.replies.clear();
         }
-        let buf = inbox.next_buf().ok_or(DropCause::LocalQueueFull)?;
-        let copy = buf.get_mut(..frame.len()).ok_or(DropCause::TooBig)?;
-        copy.copy_from_slice(frame);
-        readdress(copy, mac, src)?;
-        let hdr = header(&port.negotiated.offloads, copy)?;
-        inbox.commit(0, frame.len());
-        let n = inbox.len();
-        inbox.set_header(n - 1, hdr);
+        put(port)?;
         if let Some(p) = self.pending.get_mut(i) {
             *p = true;
         }
         Ok(())
     }
+}
+
+/// Gives a frame switched to a port the virtio-net header for that port's offloads (and may
+/// complete a partial checksum in the frame).
+trait Header:
+    FnOnce(&crate::Offloads, &mut [u8]) -> Result<crate::device::VirtioNetHdr, DropCause>
+{
+}
+
+impl<F> Header for F where
+    F: FnOnce(&crate::Offloads, &mut [u8]) -> Result<crate::device::VirtioNetHdr, DropCause>
+{
 }
 
 /// Gives Ethernet `frame` the destination `mac` (a group destination, a flooded broadcast or

@@ -167,24 +167,7 @@ impl Device {
             flags = msg.msg_flags;
             r
         })?;
-        let got = n.saturating_sub(AF_HEADER_LEN);
-        let seen = head.get(..got.min(head.len())).unwrap_or_default();
-        if flags & libc::MSG_TRUNC != 0 {
-            return Err(Truncated {
-                packet_len: framing::ip_total_len(seen),
-                buf_len: cap,
-            }
-            .into());
-        }
-        if n < AF_HEADER_LEN {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "utun packet shorter than its header",
-            ));
-        }
-        framing::parse_af_header(header)?;
-        framing::check_ip_complete(seen, got, cap)?;
-        Ok(got)
+        finish_recv(n, flags, header, head, cap)
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -228,26 +211,38 @@ impl Device {
         // SAFETY: `msg` points at two iovecs describing `header` and `buf`, both valid for
         // writes for the whole call; no name or control buffer; `fd` is our utun socket.
         let n = cvt_size(unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, flags) })?;
-        let got = n.saturating_sub(AF_HEADER_LEN);
-        if msg.msg_flags & libc::MSG_TRUNC != 0 {
-            let head = buf.get(..got.min(buf.len())).unwrap_or_default();
-            return Err(Truncated {
-                packet_len: framing::ip_total_len(head),
-                buf_len: buf.len(),
-            }
-            .into());
-        }
-        if n < AF_HEADER_LEN {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "utun packet shorter than its header",
-            ));
-        }
-        framing::parse_af_header(header)?;
-        let head = buf.get(..got).unwrap_or_default();
-        framing::check_ip_complete(head, got, buf.len())?;
-        Ok(got)
+        finish_recv(n, msg.msg_flags, header, buf, buf.len())
     }
+}
+
+/// Checks one `recvmsg` of `n` bytes (`flags`: its `msg_flags`) into the AF `header` and
+/// `cap` bytes of room that start with `buf`: `MSG_TRUNC` and the IP length detect
+/// truncation. Returns the packet's length.
+fn finish_recv(
+    n: usize,
+    flags: c_int,
+    header: [u8; AF_HEADER_LEN],
+    buf: &[u8],
+    cap: usize,
+) -> io::Result<usize> {
+    let got = n.saturating_sub(AF_HEADER_LEN);
+    let seen = buf.get(..got.min(buf.len())).unwrap_or_default();
+    if flags & libc::MSG_TRUNC != 0 {
+        return Err(Truncated {
+            packet_len: framing::ip_total_len(seen),
+            buf_len: cap,
+        }
+        .into());
+    }
+    if n < AF_HEADER_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "utun packet shorter than its header",
+        ));
+    }
+    framing::parse_af_header(header)?;
+    framing::check_ip_complete(seen, got, cap)?;
+    Ok(got)
 }
 
 impl AsFd for Device {

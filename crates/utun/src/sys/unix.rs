@@ -29,33 +29,20 @@ pub(crate) fn writev_gather<B: vm_memory::bitmap::BitmapSlice>(
     head: &[u8],
     tail: &[vm_memory::VolatileSlice<'_, B>],
 ) -> io::Result<usize> {
-    if tail.len() > crate::MAX_GATHER {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "more guest-memory slices than MAX_GATHER",
-        ));
-    }
+    check_gather(tail.len())?;
     // The guards keep each slice's memory mapped (and readable) across the call.
     let guards: [Option<vm_memory::volatile_memory::PtrGuard>; crate::MAX_GATHER] =
         std::array::from_fn(|i| tail.get(i).map(|s| s.ptr_guard()));
-    let none = libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    };
-    let mut iov = [none; crate::MAX_GATHER + 2];
-    let mut n = 0;
-    let parts = [prefix, head]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| (p.as_ptr(), p.len()))
-        .chain(guards.iter().flatten().map(|g| (g.as_ptr(), g.len())));
-    for (slot, (base, len)) in iov.iter_mut().zip(parts) {
-        *slot = libc::iovec {
-            iov_base: base.cast_mut().cast(),
-            iov_len: len,
-        };
-        n += 1;
-    }
+    let (iov, n) = iovecs(
+        [
+            (prefix.as_ptr().cast_mut(), prefix.len()),
+            (head.as_ptr().cast_mut(), head.len()),
+        ],
+        guards
+            .iter()
+            .flatten()
+            .map(|g| (g.as_ptr().cast_mut(), g.len())),
+    );
     let count = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
     // SAFETY: the first `n` iovecs describe `prefix`, `head` (borrowed for the whole call)
     // and the guest-memory slices of `tail`, each valid for reads of its length while its
@@ -77,33 +64,17 @@ pub(crate) fn readv_scatter<B: vm_memory::bitmap::BitmapSlice>(
     tail: &[vm_memory::VolatileSlice<'_, B>],
     read: impl FnOnce(&[libc::iovec]) -> isize,
 ) -> io::Result<usize> {
-    if tail.len() > crate::MAX_GATHER {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "more guest-memory slices than MAX_GATHER",
-        ));
-    }
+    check_gather(tail.len())?;
     let before = prefix.len() + head.len();
     let guards: [Option<vm_memory::volatile_memory::PtrGuardMut>; crate::MAX_GATHER] =
         std::array::from_fn(|i| tail.get(i).map(|s| s.ptr_guard_mut()));
-    let none = libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    };
-    let mut iov = [none; crate::MAX_GATHER + 2];
-    let mut n = 0;
-    let parts = [prefix, head]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| (p.as_mut_ptr(), p.len()))
-        .chain(guards.iter().flatten().map(|g| (g.as_ptr(), g.len())));
-    for (slot, (base, len)) in iov.iter_mut().zip(parts) {
-        *slot = libc::iovec {
-            iov_base: base.cast(),
-            iov_len: len,
-        };
-        n += 1;
-    }
+    let (iov, n) = iovecs(
+        [
+            (prefix.as_mut_ptr(), prefix.len()),
+            (head.as_mut_ptr(), head.len()),
+        ],
+        guards.iter().flatten().map(|g| (g.as_ptr(), g.len())),
+    );
     let got = cvt_size(read(&iov[..n]));
     let mut left = match &got {
         Ok(got) => got.saturating_sub(before),
@@ -117,6 +88,42 @@ pub(crate) fn readv_scatter<B: vm_memory::bitmap::BitmapSlice>(
         left -= k;
     }
     got
+}
+
+/// At most [`crate::MAX_GATHER`] guest-memory slices per packet.
+#[cfg(feature = "vm-memory")]
+fn check_gather(slices: usize) -> io::Result<()> {
+    if slices > crate::MAX_GATHER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more guest-memory slices than MAX_GATHER",
+        ));
+    }
+    Ok(())
+}
+
+/// The iovecs of one packet: the two buffers in `first` that are not empty, then `rest`
+/// (at most [`crate::MAX_GATHER`]); and how many there are.
+#[cfg(feature = "vm-memory")]
+fn iovecs(
+    first: [(*mut u8, usize); 2],
+    rest: impl Iterator<Item = (*mut u8, usize)>,
+) -> ([libc::iovec; crate::MAX_GATHER + 2], usize) {
+    let none = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [none; crate::MAX_GATHER + 2];
+    let mut n = 0;
+    let parts = first.into_iter().filter(|&(_, len)| len > 0).chain(rest);
+    for (slot, (base, len)) in iov.iter_mut().zip(parts) {
+        *slot = libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        };
+        n += 1;
+    }
+    (iov, n)
 }
 
 /// A new socket, close-on-exec, owned.
