@@ -209,6 +209,7 @@ mod family;
 mod flows;
 mod fragments;
 mod hairpin;
+mod head;
 mod held;
 mod icmp_error;
 mod inbound;

@@ -514,3 +514,46 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Header-split (`Nat::outbound_head_with`): a TCP packet translated from a head of its
+    /// first bytes, the rest left where it is, is byte for byte the packet the whole-packet
+    /// translation makes, with the same verdict; IPv4 and IPv6, complete and partial
+    /// checksums, the flow's first packet and a later one (the same external port).
+    #[test]
+    fn a_tcp_packet_translated_from_its_head_equals_the_whole_translation(
+        v6 in any::<bool>(), partial in any::<bool>(),
+        g in guest(), g6 in guest6(), sport in 1u16.., r in remote(), r6 in remote6(), dport in 1u16..,
+        payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..2000), 2),
+        cuts in proptest::collection::vec(any::<usize>(), 2),
+    ) {
+        let (mut whole_nat, mut head_nat) = (testing::nat(), testing::nat());
+        for (k, (payload, cut)) in payloads.iter().zip(&cuts).enumerate() {
+            let flags = if k == 0 { TcpFlags::SYN } else { TcpFlags::ACK };
+            let mut p = if v6 {
+                testing::tcp6(testing::sa6(g6, sport), testing::sa6(r6, dport), flags, payload)
+            } else {
+                testing::tcp(SocketAddrV4::new(g, sport), SocketAddrV4::new(r, dport), flags, payload)
+            };
+            if partial {
+                let made = if v6 { testing::make_partial6(&mut p) } else { testing::make_partial(&mut p) };
+                prop_assert!(made);
+            }
+            let l4 = if partial { L4Checksum::Partial } else { L4Checksum::Complete };
+            let headers = if v6 { 40 } else { 20 } + 20;
+            let head_len = headers + cut % (p.len() - headers);
+            let now = Instant::from_secs(k as u64);
+            let mut whole = p.clone();
+            let v = whole_nat.outbound_with(&mut whole, now, l4);
+            prop_assert_eq!(v, Verdict::Forward);
+            let mut split = p.clone();
+            let total = split.len();
+            let got = head_nat.outbound_head_with(&mut split[..head_len], total, now, l4);
+            prop_assert_eq!(got, Some(v));
+            prop_assert_eq!(&split, &whole, "head + rest equal the whole translation");
+            prop_assert_eq!(&split[head_len..], &p[head_len..], "the rest untouched");
+        }
+    }
+}
