@@ -14,7 +14,10 @@ impl Nat {
     /// options past the head, the payload) stays where it is. Outbound TCP translation
     /// changes only the IP header and the TCP ports and checksum, the checksums
     /// incrementally, so `head` followed by the rest is the packet [`Nat::outbound_with`]
-    /// would have made of the whole one, with the same verdict and the same flow.
+    /// would have made of the whole one, with the same verdict and the same flow; only an
+    /// IPv4 header checksum may come out as 0x0000 where that one has 0xffff, or the other
+    /// way round (one's complement's two zeros, the same checksum: the length's two
+    /// incremental updates may end on the other one).
     ///
     /// Returns `None`, having changed and counted nothing, for a packet it does not take:
     /// not TCP, an IPv4 fragment, IPv6 with extension headers, a `head` shorter than the

@@ -276,6 +276,24 @@ pub fn transport_checksum_ok(packet: &[u8]) -> bool {
     transport_ok(packet)
 }
 
+/// Whether two packets are the same, taking an IPv4 header checksum of 0x0000 and one of
+/// 0xffff as the same value (one's complement's two zeros; incremental updates in a
+/// different order may end on either, e.g. `Nat::outbound_head_with` against
+/// `Nat::outbound_with`). Every other byte must be equal.
+pub fn same_packet(a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    let zero = |c: &[u8]| c == [0, 0] || c == [0xff, 0xff];
+    a.len() == b.len()
+        && a.len() >= 20
+        && a[0] >> 4 == 4
+        && a[..10] == b[..10]
+        && a[12..] == b[12..]
+        && zero(&a[10..12])
+        && zero(&b[10..12])
+}
+
 /// Turns a whole TCP or UDP packet into a partial-checksum one
 /// ([`crate::L4Checksum::Partial`]): writes into its checksum field the
 /// folded pseudo-header sum, not complemented, as Linux does for
