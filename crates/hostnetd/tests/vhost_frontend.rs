@@ -510,6 +510,17 @@ fn garbage_on_the_socket_is_hung_up_on_and_the_next_guest_is_served() -> Result<
         daemon.process.child_mut().try_wait()?.is_none(),
         "hostnetd exited"
     );
+    // The relay hangs up before the daemon has let the connection's port go: a frontend
+    // that came now would get a second port (192.168.64.3; a CI run saw it). Wait for it.
+    ensure!(
+        daemon
+            .wait_for_line(
+                "frontend disconnected; waiting for the next one connection=1",
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "hostnetd did not let the garbage connection go"
+    );
 
     let mut next = Attached::start(&daemon.sock, world.guest.name(), GuestConfig::default())?;
     // The device's virtio features (PROTOCOL_FEATURES is vhost-user's: negotiated apart).
