@@ -159,10 +159,10 @@ impl Device {
                 msg_controllen: 0,
                 msg_flags: 0,
             };
-            // SAFETY: `msg` points at the iovecs `readv_scatter` hands over, valid for
-            // writes for the whole call (the AF header, `head`, the guest-memory slices
-            // under their guards); recvmsg only writes through them; no name or control
-            // buffer; `fd` is our utun socket.
+            // `msg` points at the iovecs `readv_scatter` hands over (the AF header, `head`,
+            // the guest-memory slices under their guards); no name or control buffer.
+            // SAFETY: those iovecs are valid for writes for the whole call and recvmsg only
+            // writes through them; `fd` is our utun socket.
             let r = unsafe { libc::recvmsg(fd, &mut msg, 0) };
             flags = msg.msg_flags;
             r

@@ -44,10 +44,10 @@ pub(crate) fn writev_gather<B: vm_memory::bitmap::BitmapSlice>(
             .map(|g| (g.as_ptr().cast_mut(), g.len())),
     );
     let count = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the first `n` iovecs describe `prefix`, `head` (borrowed for the whole call)
-    // and the guest-memory slices of `tail`, each valid for reads of its length while its
-    // guard in `guards` lives (the `VolatileSlice` invariant; the guards outlive the call);
-    // writev only reads through them. `fd` is an open descriptor the caller borrows to us.
+    // The first `n` iovecs describe `prefix`, `head` (borrowed for the whole call) and the
+    // guest-memory slices of `tail` (the `VolatileSlice` invariant, while `guards` lives).
+    // SAFETY: each is valid for reads of its length across the call, which only reads
+    // through them; `fd` is an open descriptor the caller borrows to us.
     let ret = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count) };
     cvt_size(ret)
 }
