@@ -220,7 +220,9 @@ pub(crate) fn host_and_server(
     Ok((host, server, httpd))
 }
 
-/// busybox httpd in `ns`, listening on `listen` (`ADDR:PORT` or a port), serving `dir`.
+/// busybox httpd in `ns`, listening on `listen` (`ADDR:PORT` or a port), serving `dir`;
+/// returns once the port listens (within 5 s), so that a fetch right after is not refused
+/// (a CI run's guest-to-guest fetch was, when it came first).
 pub(crate) fn busybox_httpd(
     ns: &Netns,
     listen: &str,
@@ -229,7 +231,22 @@ pub(crate) fn busybox_httpd(
     let dir = dir
         .to_str()
         .ok_or_else(|| std::io::Error::other("temp dir is not UTF-8"))?;
-    ns.spawn(&["busybox", "httpd", "-f", "-p", listen, "-h", dir])
+    let httpd = ns.spawn(&["busybox", "httpd", "-f", "-p", listen, "-h", dir])?;
+    let port = listen.rsplit(':').next().unwrap_or(listen);
+    let filter = format!("sport = :{port}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns
+        .exec(&["ss", "-Hltn", &filter])
+        .map_or(true, |out| out.trim().is_empty())
+    {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other(format!(
+                "busybox httpd does not listen on {listen} after 5 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(httpd)
 }
 
 /// A scratch folder of its own (the tests of one binary run in parallel: the PID and a
