@@ -26,6 +26,7 @@ use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::Gateway;
 use crate::guest_state::GuestState;
+use crate::host::{Gather, Gathering};
 use crate::network::Others;
 use crate::offload::{MAX_IP_PACKET, Offloads};
 use crate::rx_engine::RxEngine;
@@ -33,6 +34,7 @@ use crate::rx_queue::RxQueue;
 use crate::stats::{BridgeStats, Stats};
 use crate::tx_engine::TxEngine;
 use crate::tx_queue::{TxOutcome, TxQueue};
+use crate::tx_split::SplitRule;
 use crate::wire::{ETH_HLEN, MacAddr};
 use crate::{Error, HostLink, OFFLOAD_FEATURES};
 
@@ -881,7 +883,9 @@ impl QueuePair {
                     stats: &mut *c.stats,
                 };
                 let before = step.stats.tx_frames;
-                let (out, busy) = match self.tx.batch(mem, txq, access, step) {
+                let link = Gathering { mem, link: host };
+                let gather = host.gathers().then_some(&link as &dyn Gather);
+                let (out, busy) = match self.tx.batch(mem, txq, access, step, gather) {
                     Ok(out) => out,
                     Err(Error::HostLink(e)) => {
                         c.host_failure(&e);
@@ -1174,9 +1178,29 @@ impl TxHalf {
         queue: &mut Q,
         access: &mut impl TxAccess,
         step: Step<'_>,
+        gather: Option<&dyn Gather>,
     ) -> Result<(TxOutcome, bool), Error> {
         let Step { host, now, stats } = step;
-        let out = self.engine.fetch(mem, queue, stats)?;
+        let mut out = self
+            .engine
+            .fetch_split(mem, queue, stats, gather.is_some())?;
+        let r = self.translate_and_push(out, access, host, gather, now, stats);
+        // The head-only frames' chains go back whatever happened to their packets.
+        out.notify |= self.engine.release(mem, queue)?;
+        Ok((out, r?))
+    }
+
+    /// The part of [`TxHalf::batch`] between the fetch and the release; whether an inbox of
+    /// another port the batch filled is half full.
+    fn translate_and_push(
+        &mut self,
+        out: TxOutcome,
+        access: &mut impl TxAccess,
+        host: &dyn HostLink,
+        gather: Option<&dyn Gather>,
+        now: nat::Instant,
+        stats: &mut Stats,
+    ) -> Result<bool, Error> {
         let mut busy = false;
         if out.frames > 0 {
             let engine = &mut self.engine;
@@ -1198,9 +1222,9 @@ impl TxHalf {
                     o.inbox_busy()
                 })
             })?;
-            self.engine.push(host, stats)?;
+            self.engine.push_gathered(host, gather, stats)?;
         }
-        Ok((out, busy))
+        Ok(busy)
     }
 }
 
@@ -1541,7 +1565,8 @@ pub(crate) fn queue_pair(
         config.batch_size,
         max_frame,
     )
-    .with_offloads(offloads, config.mtu);
+    .with_offloads(offloads, config.mtu)
+    .with_split_rule(SplitRule::new(config));
     let tx = tx.with_dns_relay(relay.clone());
     // The host link hands over GSO super-packets of up to 64 KiB only if the guest takes them
     // (the header it may put in front fits in the Ethernet header's room).
@@ -2364,6 +2389,181 @@ mod tests {
         assert_eq!(out.len() - HDR, ip.len(), "one packet, whole");
         assert_eq!((dp.stats().to_host, dp.stats().tx_gso), (1, 1));
         assert_eq!(dp.stats().total_drops(), 2);
+    }
+
+    /// What the host link gets from a batch of [small UDP, 64 KiB TCP super-frame in 8
+    /// pieces, a 60 KiB one in 41 pieces, small UDP] through a core whose link gathers
+    /// (`gather`) or not, and the core's counters.
+    fn gathered_or_copied(gather: bool) -> (Vec<Vec<u8>>, Stats, usize) {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
+        let host = host.with_gather(gather);
+        let mut dp = DeviceCore::new(BridgeConfig {
+            static_guest_ip: Some(GUEST_IP),
+            ..offload_config()
+        })
+        .unwrap();
+        dp.ack_features(u64::MAX, &host);
+        let frame_of = |payload: usize| {
+            let ip = partial_tcp(GUEST_IP, 40000, testing::SERVER, 80, payload);
+            let mut frame = vec![0u8; ETH_HLEN];
+            let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+            eth.set_dst_addr(testing::GATEWAY_MAC);
+            eth.set_src_addr(GUEST_MAC);
+            eth.set_ethertype(::wire::ethertype::IPV4);
+            frame.extend_from_slice(&ip);
+            frame
+        };
+        let hdr = crate::VirtioNetHdr {
+            flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        let send = |net: &mut MockNet<'_>, frame: &[u8], pieces: &[usize]| {
+            let mut bytes = hdr.to_bytes().to_vec();
+            bytes.extend_from_slice(frame);
+            let a = net.alloc(bytes.len());
+            vm_memory::Bytes::write_slice(&mem, &bytes, vm_memory::GuestAddress(a)).unwrap();
+            let mut descs = vec![(a, HDR as u32, 0)];
+            let mut at = HDR;
+            for &n in pieces {
+                let n = n.min(bytes.len() - at);
+                descs.push((a + at as u64, n as u32, 0));
+                at += n;
+            }
+            descs.push((a + at as u64, (bytes.len() - at) as u32, 0));
+            net.post_tx(&descs);
+        };
+        let small =
+            |n: u8| testing::udp_frame(GUEST_MAC, GUEST_IP, 5000, testing::SERVER, 53, &[n; 40]);
+        let plain = |net: &mut MockNet<'_>, frame: &[u8]| net.send_frame(HDR, frame, &[]);
+        plain(&mut net, &small(1));
+        // The head ends inside the third piece.
+        send(
+            &mut net,
+            &frame_of(65_000),
+            &[100, 1000, 3000, 9000, 9000, 9000, 9000],
+        );
+        send(&mut net, &frame_of(60_000), &[1500; 40]);
+        plain(&mut net, &small(2));
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        let used = net.tx_used().len();
+        let mut got = Vec::new();
+        while let Some(p) = peer.recv() {
+            got.push(p);
+        }
+        (got, dp.stats().clone(), used)
+    }
+
+    /// A large TCP frame to beyond the guest's network leaves through a gathering link from
+    /// its copied head and guest memory (its payload never copied by the bridge), in its
+    /// place among the batch's other packets, byte for byte the packet the copy makes; a
+    /// frame of more pieces than a gather takes is copied; every chain goes back.
+    #[test]
+    fn a_large_tcp_frame_is_gathered_from_guest_memory_in_order_and_equals_the_copy() {
+        let (copied, cs, cu) = gathered_or_copied(false);
+        let (gathered, gs, gu) = gathered_or_copied(true);
+        assert_eq!((cu, gu), (4, 4), "every chain returned");
+        assert_eq!(copied.len(), 4);
+        assert_eq!(gathered.len(), 4);
+        let lens: Vec<usize> = gathered.iter().map(Vec::len).collect();
+        assert!(
+            lens[0] < 100 && lens[3] < 100,
+            "small ones first and last: {lens:?}"
+        );
+        assert_eq!(
+            lens[1],
+            HDR + ::wire::ipv4::HEADER_LEN + ::wire::tcp::HEADER_LEN + 65_000
+        );
+        for (i, (g, c)) in gathered.iter().zip(&copied).enumerate() {
+            assert!(g == c, "packet {i} differs from the copied one");
+        }
+        assert_eq!(
+            (cs.tx_gathered, gs.tx_gathered),
+            (0, 1),
+            "only the 8-piece frame"
+        );
+        assert_eq!((cs.to_host, gs.to_host), (4, 4));
+        assert_eq!((cs.total_drops(), gs.total_drops()), (0, 0));
+    }
+
+    /// A chain that would go head-only but whose tail lies outside guest memory, or has a
+    /// descriptor the driver wrote-protected the wrong way, is a counted drop and goes back
+    /// to the used ring like any bad chain; a good one after them is gathered.
+    #[test]
+    fn a_head_only_chain_with_a_bad_tail_is_a_counted_drop_and_goes_back() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
+        let mut dp = DeviceCore::new(BridgeConfig {
+            static_guest_ip: Some(GUEST_IP),
+            ..offload_config()
+        })
+        .unwrap();
+        dp.ack_features(u64::MAX, &host);
+        let ip = partial_tcp(GUEST_IP, 40000, testing::SERVER, 80, 20_000);
+        let mut bytes = crate::VirtioNetHdr {
+            flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        }
+        .to_bytes()
+        .to_vec();
+        let mut eth = [0u8; ETH_HLEN];
+        let mut e = EthernetFrame::new_unchecked(&mut eth[..]);
+        e.set_dst_addr(testing::GATEWAY_MAC);
+        e.set_src_addr(GUEST_MAC);
+        e.set_ethertype(::wire::ethertype::IPV4);
+        bytes.extend_from_slice(&eth);
+        bytes.extend_from_slice(&ip);
+        let a = net.alloc(bytes.len());
+        vm_memory::Bytes::write_slice(&mem, &bytes, vm_memory::GuestAddress(a)).unwrap();
+        let head = (HDR + 4000) as u32;
+        let rest = (bytes.len() - HDR - 4000) as u32;
+        let far = 1 << 40;
+        const WRITE: u16 = 2;
+        net.post_tx(&[
+            (a, HDR as u32, 0),
+            (a + HDR as u64, 4000, 0),
+            (far, rest, 0),
+        ]);
+        let tail = a + u64::from(head);
+        net.post_tx(&[
+            (a, HDR as u32, 0),
+            (a + HDR as u64, 4000, 0),
+            (tail, rest, WRITE),
+        ]);
+        net.post_tx(&[
+            (a, HDR as u32, 0),
+            (a + HDR as u64, 4000, 0),
+            (tail, rest, 0),
+        ]);
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        assert_eq!(net.tx_used().len(), 3, "every chain goes back");
+        let s = dp.stats();
+        assert_eq!(s.drops_of(crate::DropCause::ChainOutOfBounds), 1);
+        assert_eq!(s.drops_of(crate::DropCause::ChainWrongDirection), 1);
+        assert_eq!((s.to_host, s.tx_gathered, s.total_drops()), (1, 1, 2));
+        let out = peer.recv().expect("the good one");
+        assert_eq!(
+            out.len(),
+            bytes.len() - ETH_HLEN,
+            "whole, with the link's header"
+        );
+        assert!(peer.recv().is_none());
     }
 
     /// The egress policy lives in the config the core owns: a denied destination is a

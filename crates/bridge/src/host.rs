@@ -8,6 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vm_memory::{GuestAddress, GuestMemory};
+
 /// The host side of the bridge: whole IPv4 packets, in batches.
 ///
 /// Both pipeline threads use one link through `&self` (the RX thread receives, the TX thread
@@ -69,6 +71,129 @@ pub trait HostLink: Send + Sync {
             Ok(())
         }
     }
+
+    /// Whether [`HostLink::send_gather`] sends (`false`, the default: it returns
+    /// `Unsupported`). The bridge then leaves the payload of a large TCP frame in guest
+    /// memory and has the link gather it, instead of copying the frame out first.
+    fn gathers(&self) -> bool {
+        false
+    }
+
+    /// Sends one packet made of `head` (with the link's virtio-net header in front, as for
+    /// [`HostLink::send_batch`]) followed by the guest-memory bytes of `tail`, in order, and
+    /// returns the bytes sent. A TUN device does it in one `writev`: the kernel copies the
+    /// payload straight out of guest memory.
+    ///
+    /// Generic over the guest memory, so only callable on a sized link (`dyn HostLink` and
+    /// `Arc<T>` links do not gather: the bridge copies for them).
+    ///
+    /// # Errors
+    ///
+    /// As [`HostLink::send_batch`] for one packet; `Unsupported` (the default) when the link
+    /// does not gather; `InvalidInput` when the tail has more pieces than the link takes or
+    /// lies outside `mem` (the bridge then copies the packet and sends it whole).
+    fn send_gather<M: GuestMemory>(
+        &self,
+        mem: &M,
+        head: &[u8],
+        tail: &[GuestSegment],
+    ) -> io::Result<usize>
+    where
+        Self: Sized,
+    {
+        let _ = (mem, head, tail);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// A piece of a packet that lies in guest memory ([`HostLink::send_gather`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestSegment {
+    /// Where it starts.
+    pub addr: GuestAddress,
+    /// How many bytes.
+    pub len: u32,
+}
+
+/// [`HostLink::send_gather`] through a trait object: the engines hold the link as `&dyn
+/// HostLink`, whose generic methods cannot be called, so a driver with a sized link passes
+/// this beside it ([`Gathering`]: the link and the guest memory it works on).
+pub(crate) trait Gather {
+    /// [`HostLink::send_gather`].
+    fn gather(&self, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize>;
+
+    /// Copies the bytes of `tail` into `buf` (as long as they are); `false` if they are not
+    /// all in guest memory.
+    fn copy_tail(&self, tail: &[GuestSegment], buf: &mut [u8]) -> bool;
+}
+
+/// A sized host link and the guest memory its gathered packets come from ([`Gather`]).
+pub(crate) struct Gathering<'a, M, H> {
+    pub(crate) mem: &'a M,
+    pub(crate) link: &'a H,
+}
+
+impl<M: GuestMemory, H: HostLink> Gather for Gathering<'_, M, H> {
+    fn gather(&self, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize> {
+        self.link.send_gather(self.mem, head, tail)
+    }
+
+    fn copy_tail(&self, tail: &[GuestSegment], buf: &mut [u8]) -> bool {
+        let mut at = 0;
+        for seg in tail {
+            let end = at + seg.len as usize;
+            let Some(dst) = buf.get_mut(at..end) else {
+                return false;
+            };
+            if crate::gmem::read(self.mem, seg.addr, dst).is_err() {
+                return false;
+            }
+            at = end;
+        }
+        true
+    }
+}
+
+/// The guest-memory slices of `tail` in order (a segment across two regions gives two),
+/// handed to `f`; `InvalidInput` when they are more than `N` or outside `mem`.
+#[cfg(feature = "utun")]
+fn with_slices<M: GuestMemory, R, const N: usize>(
+    mem: &M,
+    tail: &[GuestSegment],
+    f: impl FnOnce(&[vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, M::Bitmap>>]) -> R,
+) -> io::Result<R> {
+    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+    let read = vm_memory::Permissions::Read;
+    let mut pieces = tail.iter().filter(|s| s.len > 0);
+    let Some(first) = pieces.next() else {
+        return Ok(f(&[]));
+    };
+    let mut slices = mem
+        .get_slices(first.addr, first.len as usize, read)
+        .map_err(|_| invalid())?;
+    let Some(Ok(s0)) = slices.next() else {
+        return Err(invalid());
+    };
+    let mut out: [_; N] = std::array::from_fn(|_| s0.clone());
+    let mut n = 1;
+    let mut put = |s| {
+        let slot = out.get_mut(n).ok_or_else(invalid)?;
+        *slot = s;
+        n += 1;
+        Ok::<(), io::Error>(())
+    };
+    for s in slices {
+        put(s.map_err(|_| invalid())?)?;
+    }
+    for seg in pieces {
+        for s in mem
+            .get_slices(seg.addr, seg.len as usize, read)
+            .map_err(|_| invalid())?
+        {
+            put(s.map_err(|_| invalid())?)?;
+        }
+    }
+    Ok(f(&out[..n]))
 }
 
 /// The offloads a host link may use towards the bridge ([`HostLink::set_offloads`]); a
@@ -174,6 +299,19 @@ impl HostLink for utun::Tun {
         }
         self.set_offload(flags)
     }
+    fn gathers(&self) -> bool {
+        true
+    }
+    fn send_gather<M: GuestMemory>(
+        &self,
+        mem: &M,
+        head: &[u8],
+        tail: &[GuestSegment],
+    ) -> io::Result<usize> {
+        with_slices::<M, _, { utun::MAX_GATHER }>(mem, tail, |s| {
+            utun::Tun::send_gather(self, head, s)
+        })?
+    }
 }
 
 /// One end of an in-memory host link pair. What one end sends, the other receives. Each
@@ -186,6 +324,7 @@ pub struct MemoryLink {
     tx: Arc<Pipe>,
     vnet_hdr: bool,
     offloads: AtomicU8,
+    gather: bool,
 }
 
 #[derive(Debug)]
@@ -236,14 +375,24 @@ impl MemoryLink {
                 tx: b.clone(),
                 vnet_hdr,
                 offloads: AtomicU8::new(0),
+                gather: true,
             },
             MemoryLink {
                 rx: b,
                 tx: a,
                 vnet_hdr,
                 offloads: AtomicU8::new(0),
+                gather: true,
             },
         ))
+    }
+
+    /// Whether this end takes packets gathered from guest memory ([`HostLink::send_gather`]:
+    /// on by default, like a TUN device; off makes the bridge copy every frame out first).
+    #[must_use]
+    pub fn with_gather(mut self, on: bool) -> Self {
+        self.gather = on;
+        self
     }
 
     /// The offloads last set with [`HostLink::set_offloads`].
@@ -371,6 +520,44 @@ impl HostLink for MemoryLink {
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.rx.ready_r.as_fd())
+    }
+
+    fn gathers(&self) -> bool {
+        self.gather
+    }
+
+    fn send_gather<M: GuestMemory>(
+        &self,
+        mem: &M,
+        head: &[u8],
+        tail: &[GuestSegment],
+    ) -> io::Result<usize> {
+        if !self.gather {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let mut g = self.tx.lock();
+        if g.closed {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        if g.queue.len() >= g.capacity {
+            g.refused += 1;
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        let mut buf = g.free.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(head);
+        for seg in tail {
+            let at = buf.len();
+            buf.resize(at + seg.len as usize, 0);
+            if crate::gmem::read(mem, seg.addr, &mut buf[at..]).is_err() {
+                g.free.push(buf);
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            }
+        }
+        let n = buf.len();
+        g.queue.push_back(buf);
+        self.tx.settle(&mut g);
+        Ok(n)
     }
 }
 

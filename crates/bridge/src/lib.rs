@@ -153,6 +153,7 @@ mod sys;
 mod too_big;
 mod tx_engine;
 mod tx_queue;
+mod tx_split;
 mod wire;
 mod worker;
 
@@ -207,7 +208,7 @@ pub use gateway::{
     TxAction, UNSOLICITED_RA_INTERVAL_MS,
 };
 pub use guest_state::GuestState;
-pub use host::{HostLink, LinkOffloads, MemoryLink};
+pub use host::{GuestSegment, HostLink, LinkOffloads, MemoryLink};
 pub use network::Network;
 pub use offload::{MAX_IP_PACKET, MIN_GSO_SIZE, Offloads};
 pub use policy::{Cidr, CidrError, EgressAction, EgressPolicy, EgressRule, PolicyError};

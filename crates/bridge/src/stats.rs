@@ -172,6 +172,10 @@ pub struct Stats {
     /// Frames switched from this port's guest to another guest of its network
     /// ([`crate::Network`]).
     pub switched: u64,
+    /// Of [`Stats::to_host`], the packets the host link gathered from their head and guest
+    /// memory (large TCP frames whose payload the bridge did not copy; see
+    /// [`crate::HostLink::send_gather`]).
+    pub tx_gathered: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -194,6 +198,7 @@ impl Stats {
             tx_gso6,
             rx_gso6,
             switched,
+            tx_gathered,
             drops,
         } = other;
         self.tx_frames += tx_frames;
@@ -210,6 +215,7 @@ impl Stats {
         self.tx_gso6 += tx_gso6;
         self.rx_gso6 += rx_gso6;
         self.switched += switched;
+        self.tx_gathered += tx_gathered;
         for (a, b) in self.drops.iter_mut().zip(drops) {
             *a += b;
         }
@@ -295,7 +301,7 @@ impl fmt::Display for DropsByName<'_> {
 }
 
 /// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, tx_gso6 0,
-/// rx_gso6 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops
+/// rx_gso6 0, tx_gathered 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops
 /// 476 NatInbound=476 nat.NoMapping=476` (the drop counters as
 /// [`BridgeStats::drops_by_name`] gives them; `needs reset` at the end when a queue is
 /// broken).
@@ -305,7 +311,7 @@ impl fmt::Display for BridgeStats {
         write!(
             f,
             "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, tx_gso6 {}, rx_gso6 {}, \
-             to host {}, from host {}, local replies {}, switched {}, nat flows {}, nat out {} in {}, \
+             tx_gathered {}, to host {}, from host {}, local replies {}, switched {}, nat flows {}, nat out {} in {}, \
              drops {}",
             b.tx_frames,
             b.tx_bytes,
@@ -315,6 +321,7 @@ impl fmt::Display for BridgeStats {
             b.rx_gso,
             b.tx_gso6,
             b.rx_gso6,
+            b.tx_gathered,
             b.to_host,
             b.from_host,
             b.local_replies,
@@ -353,6 +360,7 @@ pub struct AtomicStats {
     tx_gso6: AtomicU64,
     rx_gso6: AtomicU64,
     switched: AtomicU64,
+    tx_gathered: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -379,6 +387,7 @@ impl AtomicStats {
         add(&self.tx_gso6, &mut local.tx_gso6);
         add(&self.rx_gso6, &mut local.rx_gso6);
         add(&self.switched, &mut local.switched);
+        add(&self.tx_gathered, &mut local.tx_gathered);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -406,6 +415,7 @@ impl AtomicStats {
             tx_gso6: get(&self.tx_gso6),
             rx_gso6: get(&self.rx_gso6),
             switched: get(&self.switched),
+            tx_gathered: get(&self.tx_gathered),
             drops,
         }
     }

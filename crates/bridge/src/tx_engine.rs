@@ -9,7 +9,6 @@ use nat::{Direction, DropReason, Instant, L4Checksum, Nat, Verdict};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
 
-use crate::Error;
 use crate::config::MAX_BATCH;
 use crate::core::lock;
 use crate::device::{VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
@@ -17,12 +16,14 @@ use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
 use crate::gateway::{Gateway, TxAction};
 use crate::guest_state::GuestState;
-use crate::host::HostLink;
+use crate::host::{Gather, GuestSegment, HostLink};
 use crate::offload::{self, FrameOffload, Offloads};
 use crate::stats::{DropCause, Stats};
 use crate::switch::{Decision, PortId, Switch};
 use crate::tx_queue::{TxOutcome, TxQueue};
+use crate::tx_split::{MAX_TAIL, SplitRule, TxSplit};
 use crate::wire::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, set_ethertype_for_ip};
+use crate::{Error, ring};
 use ::wire::{EthernetFrame, Ipv4Packet, Ipv6Packet, icmpv6, ip_proto};
 
 /// The TX side for one device: [`TxEngine::pull`], then [`TxEngine::translate`] (under the
@@ -50,6 +51,8 @@ pub struct TxEngine {
     /// On a network of several ports: the frames of the last [`TxEngine::pull`] the
     /// [`Switch`] sends to another port (their index in the batch, the port).
     switched: Vec<(usize, PortId)>,
+    /// Head-only frames of the last fetch (their tails in guest memory, their chains held).
+    split: TxSplit,
 }
 
 /// A port's view of its network's [`Switch`] for one TX batch (see [`TxEngine::pull`]).
@@ -91,7 +94,15 @@ impl TxEngine {
             released: FrameBatch::new(RELEASED_PER_BATCH, max_frame),
             dns_relay: None,
             switched: Vec::with_capacity(batch_size),
+            split: TxSplit::new(batch_size),
         }
+    }
+
+    /// Lets large TCP frames bound beyond the guest's network go head-only by `rule` when
+    /// fetched with a host link that gathers ([`crate::tx_split`]).
+    pub(crate) fn with_split_rule(mut self, rule: SplitRule) -> Self {
+        self.split.set_rule(Some(rule));
+        self
     }
 
     /// Relays the gateway's [`TxAction::DnsRelay`] packets through `relay` (shared with the
@@ -182,11 +193,56 @@ impl TxEngine {
         queue: &mut Q,
         stats: &mut Stats,
     ) -> Result<TxOutcome, Error> {
+        self.fetch_split(mem, queue, stats, false)
+    }
+
+    /// As [`TxEngine::fetch`]; with `split`, frames the engine's rule lets go head-only keep
+    /// their payload in guest memory and their chains out of the used ring: the caller sends
+    /// them with [`TxEngine::push_gathered`] and then returns the chains with
+    /// [`TxEngine::release`], whatever happened in between.
+    ///
+    /// # Errors
+    ///
+    /// As [`TxQueue::process`] (nothing is held then).
+    pub(crate) fn fetch_split<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        stats: &mut Stats,
+        split: bool,
+    ) -> Result<TxOutcome, Error> {
         self.input.clear();
         self.actions.clear();
         self.kinds.clear();
         self.switched.clear();
-        self.tx_queue.process(mem, queue, &mut self.input, stats)
+        self.split.clear();
+        let sp = split.then_some(&mut self.split);
+        let r = self
+            .tx_queue
+            .process_split(mem, queue, &mut self.input, stats, sp);
+        if r.is_err() {
+            self.split.clear();
+        }
+        r
+    }
+
+    /// Returns the chains of the head-only frames of the last fetch to the used ring (their
+    /// packets sent or dropped); whether the driver must be notified.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Queue`] / [`Error::GuestMemory`] when the used ring cannot be written.
+    pub(crate) fn release<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+    ) -> Result<bool, Error> {
+        let used = self.split.deferred();
+        if used.len() == 0 {
+            return Ok(false);
+        }
+        let (old, new) = used.flush(mem, queue)?;
+        ring::needs_notification(mem, queue, old, new)
     }
 
     /// The second part of [`TxEngine::pull`]: checks and classifies the fetched frames (the
@@ -218,7 +274,13 @@ impl TxEngine {
             stats.tx_gso += u64::from(gso);
             stats.tx_gso6 += u64::from(gso && hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
             let frame = self.input.frame(i).unwrap_or(&[]);
-            let decision = view.map_or(Decision::Gateway, |v| v.switch.decide(v.port, frame));
+            let mut decision = view.map_or(Decision::Gateway, |v| v.switch.decide(v.port, frame));
+            let head_only = self.split.is_head_only(i);
+            if head_only && decision != Decision::Gateway {
+                // Cannot be (the rule takes frames to the gateway's MAC only): a head-only
+                // frame goes nowhere but to the host link.
+                decision = Decision::Drop(DropCause::NotRoutable);
+            }
             let mut action = match (decision, replies.next_buf(), view) {
                 (Decision::Port(q), _, Some(v)) => match may_switch(gateway, frame, v, now) {
                     Ok(()) => {
@@ -272,6 +334,15 @@ impl TxEngine {
                 }
                 (Decision::Gateway, None, _) => TxAction::Drop(DropCause::LocalQueueFull),
             };
+            if head_only
+                && !matches!(
+                    action,
+                    TxAction::Nat { .. } | TxAction::Drop(_) | TxAction::DropWithReply { .. }
+                )
+            {
+                // Cannot be (the rule takes frames beyond the gateway's services only).
+                action = TxAction::Drop(DropCause::NotRoutable);
+            }
             if let TxAction::DnsRelay { len } = action {
                 action = match self.relay_out(i, len, now) {
                     Ok(len) => TxAction::Nat { len },
@@ -445,6 +516,11 @@ impl TxEngine {
                         *f = true;
                     }
                 }
+                // Cannot be (the rule keeps the NAT's external address out): the payload is
+                // in the guest's buffers, not here.
+                Verdict::Hairpin if self.split.is_head_only(i) => {
+                    stats.drop(DropCause::NatOutbound);
+                }
                 Verdict::Hairpin => {
                     let (kind, hdr) = self.kinds.get(i).copied().unwrap_or_default();
                     let Some(frame) = self.input.frame_mut(i) else {
@@ -532,13 +608,28 @@ impl TxEngine {
     /// [`Error::HostLink`] when the link failed (not when it was merely full: that is
     /// counted as [`DropCause::HostFull`]).
     pub fn push(&mut self, host: &dyn HostLink, stats: &mut Stats) -> Result<(), Error> {
+        self.push_gathered(host, None, stats)
+    }
+
+    /// As [`TxEngine::push`]; the head-only frames of the last fetch (see
+    /// [`TxEngine::fetch_split`]) go through `gather`, in their place in the batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`TxEngine::push`].
+    pub(crate) fn push_gathered(
+        &mut self,
+        host: &dyn HostLink,
+        gather: Option<&dyn Gather>,
+        stats: &mut Stats,
+    ) -> Result<(), Error> {
         // Stack arrays sized to the batch: no allocation, and no 4 KiB array to fill for a
         // batch of one.
         let r = match self.forward.len() {
-            0..=1 => self.push_n::<1>(host, stats),
-            2..=8 => self.push_n::<8>(host, stats),
-            9..=64 => self.push_n::<64>(host, stats),
-            _ => self.push_n::<MAX_BATCH>(host, stats),
+            0..=1 => self.push_n::<1>(host, gather, stats),
+            2..=8 => self.push_n::<8>(host, gather, stats),
+            9..=64 => self.push_n::<64>(host, gather, stats),
+            _ => self.push_n::<MAX_BATCH>(host, gather, stats),
         };
         self.actions.clear();
         r
@@ -547,6 +638,7 @@ impl TxEngine {
     fn push_n<const N: usize>(
         &mut self,
         host: &dyn HostLink,
+        gather: Option<&dyn Gather>,
         stats: &mut Stats,
     ) -> Result<(), Error> {
         let host_hdr = self.offloads.host_hdr;
@@ -573,23 +665,33 @@ impl TxEngine {
         } else {
             ETH_HLEN
         };
-        let mut list: [&[u8]; N] = [&[]; N];
+        // A run of whole packets (frame index, end) goes in one batch; a head-only frame
+        // ends the run, so that packets leave in the guest's order.
+        let mut run: [(usize, usize); N] = [(0, 0); N];
         let mut k = 0;
-        for (i, a) in self.actions.iter().enumerate() {
-            let TxAction::Nat { len } = *a else { continue };
+        for i in 0..self.actions.len() {
+            let Some(&TxAction::Nat { len }) = self.actions.get(i) else {
+                continue;
+            };
             if !self.forward.get(i).copied().unwrap_or(false) {
                 continue;
             }
-            let pkt = self
-                .input
-                .frame(i)
-                .and_then(|f| f.get(from..ETH_HLEN + len));
-            if let (Some(slot), Some(pkt)) = (list.get_mut(k), pkt) {
-                *slot = pkt;
-                k += 1;
+            let end = ETH_HLEN + len;
+            match self.split.tail(i) {
+                Some((_, head)) if end > head => {
+                    send_run::<N>(host, &self.input, &run[..k], from, stats)?;
+                    k = 0;
+                    self.send_head_only(host, gather, i, from, end, stats)?;
+                }
+                _ => {
+                    if let Some(slot) = run.get_mut(k) {
+                        *slot = (i, end);
+                        k += 1;
+                    }
+                }
             }
         }
-        send_all(host, &list[..k], stats)?;
+        send_run::<N>(host, &self.input, &run[..k], from, stats)?;
         if self.released.is_empty() {
             return Ok(());
         }
@@ -608,6 +710,91 @@ impl TxEngine {
         let r = send_all(host, &rel[..k], stats);
         self.released.clear();
         r
+    }
+
+    /// Sends head-only frame `i` (its packet from `from` to `end` of the frame) gathered
+    /// from its head and guest memory; when the link cannot gather it, copies the tail in
+    /// and sends it whole.
+    fn send_head_only(
+        &mut self,
+        host: &dyn HostLink,
+        gather: Option<&dyn Gather>,
+        i: usize,
+        from: usize,
+        end: usize,
+        stats: &mut Stats,
+    ) -> Result<(), Error> {
+        let Some((tail, head)) = self.split.tail(i) else {
+            return Ok(());
+        };
+        // The tail as far as the packet goes (its IP length may end before the frame).
+        let mut segs = [GuestSegment::default(); MAX_TAIL];
+        let mut n = 0;
+        let mut need = end - head;
+        for (slot, s) in segs.iter_mut().zip(tail) {
+            if need == 0 {
+                break;
+            }
+            let len = (s.len as usize).min(need);
+            *slot = GuestSegment {
+                addr: s.addr,
+                len: len as u32,
+            };
+            need -= len;
+            n += 1;
+        }
+        let Some(frame) = self.input.frame_mut(i) else {
+            return Ok(());
+        };
+        if need > 0 {
+            stats.drop(DropCause::Malformed);
+            return Ok(());
+        }
+        let Some(g) = gather else {
+            stats.drop(DropCause::HostFull);
+            return Ok(());
+        };
+        let Some(pkt_head) = frame.get(from..head) else {
+            stats.drop(DropCause::Malformed);
+            return Ok(());
+        };
+        let mut interrupted = 0;
+        let e = loop {
+            match g.gather(pkt_head, &segs[..n]) {
+                Ok(_) => {
+                    stats.to_host += 1;
+                    stats.tx_gathered += 1;
+                    return Ok(());
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted && interrupted < MAX_INTERRUPTED =>
+                {
+                    interrupted += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {
+                stats.drop(DropCause::HostFull)
+            }
+            io::ErrorKind::InvalidData => stats.drop(DropCause::Malformed),
+            // More pieces than the link takes, or no gathering after all: copy and send.
+            io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported => {
+                let copied = frame
+                    .get_mut(head..end)
+                    .is_some_and(|dst| g.copy_tail(&segs[..n], dst));
+                if !copied {
+                    stats.drop(DropCause::ChainOutOfBounds);
+                    return Ok(());
+                }
+                if let Some(p) = frame.get(from..end) {
+                    send_all(host, &[p], stats)?;
+                }
+            }
+            _ => return Err(Error::HostLink(e)),
+        }
+        Ok(())
     }
 }
 
@@ -690,6 +877,29 @@ fn ipv6_source_of_another(frame: &[u8], v: SwitchView<'_>) -> bool {
         .ok()
         .and_then(|ip| v.switch.port_by_ipv6(ip.src_addr()))
         .is_some_and(|p| p != v.port)
+}
+
+/// Sends the packets of `run` (frame index in `input`, end), each from `from`.
+fn send_run<const N: usize>(
+    host: &dyn HostLink,
+    input: &FrameBatch,
+    run: &[(usize, usize)],
+    from: usize,
+    stats: &mut Stats,
+) -> Result<(), Error> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut list: [&[u8]; N] = [&[]; N];
+    let mut k = 0;
+    for &(i, end) in run {
+        let pkt = input.frame(i).and_then(|f| f.get(from..end));
+        if let (Some(slot), Some(pkt)) = (list.get_mut(k), pkt) {
+            *slot = pkt;
+            k += 1;
+        }
+    }
+    send_all(host, &list[..k], stats)
 }
 
 /// Sends `list`, counting what the link does not take.

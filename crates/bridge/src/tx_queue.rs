@@ -7,6 +7,7 @@ use crate::Error;
 use crate::device::VIRTIO_NET_HDR_LEN;
 use crate::frame::FrameBatch;
 use crate::stats::{DropCause, Stats};
+use crate::tx_split::{HEAD_BYTES, SplitState, TxSplit};
 use crate::wire::ETH_HLEN;
 use crate::{gmem, ring};
 
@@ -74,6 +75,20 @@ impl TxQueue {
         batch: &mut FrameBatch,
         stats: &mut Stats,
     ) -> Result<TxOutcome, Error> {
+        self.process_split(mem, queue, batch, stats, None)
+    }
+
+    /// As [`TxQueue::process`]; with `split`, a frame its rule lets go head-only is copied
+    /// only as far as its head, and its chain is held back (not in the used ring) in `split`
+    /// until the caller has sent it (see [`crate::tx_split`]).
+    pub(crate) fn process_split<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        batch: &mut FrameBatch,
+        stats: &mut Stats,
+        mut split: Option<&mut TxSplit>,
+    ) -> Result<TxOutcome, Error> {
         let mut out = TxOutcome::default();
         let room = batch.capacity() - batch.len();
         if room == 0 {
@@ -97,19 +112,40 @@ impl TxQueue {
             for &head in &heads[..m] {
                 let Some(buf) = batch.next_buf() else { break };
                 let limit = (self.max_frame + self.hdr_len).min(buf.len());
-                match read_chain(mem, queue, head, &mut buf[..limit]) {
+                let buf = &mut buf[..limit];
+                let (read, from) = match split.as_deref_mut() {
+                    None => (read_chain(mem, queue, head, buf), None),
+                    Some(sp) => {
+                        let from = sp.mark();
+                        (
+                            read_chain_split(mem, queue, head, buf, self.hdr_len, sp),
+                            Some(from),
+                        )
+                    }
+                };
+                let mut held = false;
+                match read {
                     Ok(total) if total < self.hdr_len => stats.drop(DropCause::ShortHeader),
                     Ok(total) if total - self.hdr_len < ETH_HLEN => stats.drop(DropCause::Runt),
                     Ok(total) => {
                         let len = total - self.hdr_len;
                         batch.commit(self.hdr_len, len);
+                        if let (Some(sp), Some(from)) = (split.as_deref_mut(), from) {
+                            held = sp.mark() > from && head < queue.size();
+                            sp.commit(from, len.min(HEAD_BYTES), held, head);
+                        }
                         stats.tx_frames += 1;
                         stats.tx_bytes += len as u64;
                         out.frames += 1;
                     }
                     Err(cause) => stats.drop(cause),
                 }
-                if head < queue.size() {
+                if let (Some(sp), Some(from), false) = (split.as_deref_mut(), from, held) {
+                    sp.forget_since(from);
+                }
+                if held {
+                    // Returned once its packet is sent (`TxSplit::deferred`).
+                } else if head < queue.size() {
                     self.used.push(head, 0);
                 } else {
                     // Cannot be returned: the used ring only holds heads inside the table.
@@ -125,6 +161,34 @@ impl TxQueue {
         out.more = n == room && n > 0;
         Ok(out)
     }
+}
+
+/// As [`read_chain`], the bytes past the head of a frame `split`'s rule lets go head-only
+/// left in guest memory and recorded in `split` (see [`TxSplit::read_desc`]).
+fn read_chain_split<M: GuestMemory, Q: QueueT>(
+    mem: &M,
+    queue: &Q,
+    head: u16,
+    buf: &mut [u8],
+    hdr_len: usize,
+    split: &mut TxSplit,
+) -> Result<usize, DropCause> {
+    let mut state = SplitState::Head { from: split.mark() };
+    let mut total = 0usize;
+    ring::walk(mem, queue, head, |desc| {
+        if desc.is_write_only() {
+            return Err(DropCause::ChainWrongDirection);
+        }
+        let len = desc.len as usize;
+        let end = total.checked_add(len).filter(|&e| e <= buf.len());
+        let Some(end) = end else {
+            return Err(DropCause::TooBig);
+        };
+        split.read_desc(mem, &mut state, (desc.addr, len), buf, total, hdr_len)?;
+        total = end;
+        Ok(true)
+    })?;
+    Ok(total)
 }
 
 /// Copies the bytes of a TX chain (virtio-net header, then frame) into `buf`, one guest

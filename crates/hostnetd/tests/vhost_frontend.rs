@@ -57,6 +57,17 @@ fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<
     ensure!(!attached.has_failed(), "a driver thread stopped");
     let summary = attached.stop()?;
     eprintln!("guest: {summary}");
+    // The upload's TCP super-frames left the TUN gathered from guest memory (head-only TX).
+    let stats = daemon
+        .wait_for_line("connection stats", Duration::from_secs(5))
+        .context("no connection stats line within 5 s")?;
+    let gathered = stats
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tx_gathered=")?.parse::<u64>().ok());
+    ensure!(
+        gathered.is_some_and(|n| n > 0),
+        "nothing gathered from guest memory: {stats}"
+    );
     ensure!(
         daemon.process.child_mut().try_wait()?.is_none(),
         "hostnetd exited"

@@ -50,18 +50,20 @@ fn peer_port(answer: &str, want_addr: &str) -> u16 {
     sa.port()
 }
 
+/// A counter of attach's shutdown stats line.
+fn field(line: &str, name: &str) -> u64 {
+    line.split(", ")
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
 /// The GSO counters of attach's shutdown stats line: (tx_gso, rx_gso, tx_gso6, rx_gso6).
 fn gso_counters(line: &str) -> (u64, u64, u64, u64) {
-    let field = |name: &str| -> u64 {
-        line.split(", ")
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-    };
     (
-        field("tx_gso"),
-        field("rx_gso"),
-        field("tx_gso6"),
-        field("rx_gso6"),
+        field(line, "tx_gso"),
+        field(line, "rx_gso"),
+        field(line, "tx_gso6"),
+        field(line, "rx_gso6"),
     )
 }
 
@@ -78,6 +80,8 @@ fn a_slaac_guest_pings_and_moves_tcp_through_nat66_with_eim_and_no_unsolicited_i
         tx6 > 0 && rx6 > 0,
         "no TCPv6 super-frames (tx_gso6 {tx6}, rx_gso6 {rx6}): {line}"
     );
+    // The upload's TCPv6 super-frames left the TUN gathered from guest memory.
+    assert!(field(&line, "tx_gathered") > 0, "nothing gathered: {line}");
 }
 
 /// The same without offloads: complete checksums all the way.

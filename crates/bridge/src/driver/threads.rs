@@ -364,7 +364,9 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
             guest: &mut self.guest,
             replies: reply,
         };
-        let (out, _) = self.half.batch(mem, &mut self.queue, &mut access, step)?;
+        let (out, _) = self
+            .half
+            .batch(mem, &mut self.queue, &mut access, step, None)?;
         if out.notify {
             (self.interrupt)(TX_QUEUE);
         }

@@ -118,6 +118,7 @@ fn log_counters(
         rx_gso = s.rx_gso,
         tx_gso6 = s.tx_gso6,
         rx_gso6 = s.rx_gso6,
+        tx_gathered = s.tx_gathered,
         nat_flows = all.nat_flows,
         drops = %all.drops_by_name(),
         "{what}"
