@@ -607,6 +607,12 @@ impl Test {
                     Err("--only g2g: only the guest-to-guest figures")
                 };
             }
+            Some(Only::Tcp) => {
+                return match self {
+                    Self::Tcp { v6: false, .. } => Ok(()),
+                    _ => Err("--only tcp: only the IPv4 TCP throughput figures"),
+                };
+            }
             None => {}
         }
         if self.pair() && opts.quick {
@@ -761,13 +767,16 @@ enum Only {
     Ipv6,
     /// The guest-to-guest world's figures (issue 14).
     G2g,
+    /// The IPv4 TCP throughput figures with CPU per GB (1 and 4 streams, both ways): quick
+    /// A/B rounds of a change to the data path.
+    Tcp,
 }
 
 #[derive(Debug)]
 struct Options {
     help: bool,
     quick: bool,
-    /// `--only ipv6|g2g`.
+    /// `--only ipv6|g2g|tcp`.
     only: Option<Only>,
     reps: u32,
     secs: u32,
@@ -844,7 +853,10 @@ impl Options {
                     o.only = Some(match value("--only")?.as_str() {
                         "ipv6" => Only::Ipv6,
                         "g2g" => Only::G2g,
-                        other => bail!("--only {other:?}: the selections are `ipv6` and `g2g`"),
+                        "tcp" => Only::Tcp,
+                        other => {
+                            bail!("--only {other:?}: the selections are `ipv6`, `g2g` and `tcp`")
+                        }
                     });
                 }
                 "--no-micro" => o.micro = false,
@@ -898,6 +910,8 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
                        hostnet = one attach with both; TCP guest->guest and back (1 and 4
                        streams), round trip; hostnet's TCP guest->server with G alone against
                        G plus a second idle guest, alternated (default backends kernel,hostnet)
+  --only tcp           only the IPv4 TCP throughput figures (1 and 4 streams, both ways) with
+                       the backends' CPU per GB: quick A/B rounds of a data-path change
   --reps N             repeats per figure (default 3)
   --secs N             seconds per throughput run (default 5)
   --latency-secs S     seconds per ping / rr / crr run (default 2)
@@ -1009,6 +1023,12 @@ mod tests {
             let why = Test::Udp64.selected(&o).unwrap_err();
             assert!(why.contains("--only ipv6"), "{why}");
         }
+        let o = opts(&["--only", "tcp"]);
+        assert_eq!(o.only, Some(Only::Tcp));
+        assert_eq!(
+            selected(&o),
+            ["tcp up", "tcp down", "tcp up x4", "tcp down x4"]
+        );
         let args = ["--only".to_owned(), "udp".to_owned()];
         assert!(Options::parse(&args).is_err());
         assert!(Options::parse(&args[..1]).is_err());
