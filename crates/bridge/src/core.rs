@@ -29,9 +29,11 @@ use crate::guest_state::GuestState;
 use crate::host::{Gather, Gathering};
 use crate::network::Others;
 use crate::offload::{MAX_IP_PACKET, Offloads};
+use crate::ring::{self, UsedBatch};
 use crate::rx_engine::RxEngine;
 use crate::rx_queue::RxQueue;
 use crate::stats::{BridgeStats, Stats};
+use crate::tx_engine::GatherSend;
 use crate::tx_engine::TxEngine;
 use crate::tx_queue::{TxOutcome, TxQueue};
 use crate::tx_split::SplitRule;
@@ -1159,9 +1161,19 @@ pub(crate) struct Step<'a> {
 #[derive(Debug)]
 pub(crate) struct TxHalf {
     pub(crate) engine: TxEngine,
+    /// Scratch for returning head-only frames' chains.
+    used: UsedBatch,
 }
 
 impl TxHalf {
+    /// A TX half around `engine`.
+    pub(crate) fn new(engine: TxEngine) -> Self {
+        TxHalf {
+            engine,
+            used: UsedBatch::default(),
+        }
+    }
+
     /// Takes up to a batch of TX chains (the copies out of guest memory, outside any lock),
     /// then under one `access` answers what the gateway answers (into the replies), switches
     /// what is for other ports and translates the rest, and sends that to the host link
@@ -1181,51 +1193,64 @@ impl TxHalf {
         gather: Option<&dyn Gather>,
     ) -> Result<(TxOutcome, bool), Error> {
         let Step { host, now, stats } = step;
-        let mut out = self
-            .engine
-            .fetch_split(mem, queue, stats, gather.is_some())?;
-        let r = self.translate_and_push(out, access, host, gather, now, stats);
-        // The head-only frames' chains go back whatever happened to their packets.
-        out.notify |= self.engine.release(mem, queue)?;
+        let TxHalf { engine, used } = self;
+        let mut out = engine.fetch_split(mem, queue, stats, gather.is_some())?;
+        let mut notify = false;
+        let r = {
+            // A head-only frame's chain goes back as soon as its packet is sent.
+            let mut release = |chain: u16| -> Result<(), Error> {
+                used.clear();
+                used.push(chain, 0);
+                let (old, new) = used.flush(mem, &mut *queue)?;
+                notify |= ring::needs_notification(mem, &*queue, old, new)?;
+                Ok(())
+            };
+            let mut send = gather.map(|link| GatherSend {
+                link,
+                release: &mut release,
+            });
+            translate_and_push(engine, out, access, host, send.as_mut(), now, stats)
+        };
+        // The rest of them (dropped, or the send stopped early) go back whatever happened.
+        out.notify |= notify | engine.release(mem, queue, used)?;
         Ok((out, r?))
     }
+}
 
-    /// The part of [`TxHalf::batch`] between the fetch and the release; whether an inbox of
-    /// another port the batch filled is half full.
-    fn translate_and_push(
-        &mut self,
-        out: TxOutcome,
-        access: &mut impl TxAccess,
-        host: &dyn HostLink,
-        gather: Option<&dyn Gather>,
-        now: nat::Instant,
-        stats: &mut Stats,
-    ) -> Result<bool, Error> {
-        let mut busy = false;
-        if out.frames > 0 {
-            let engine = &mut self.engine;
-            busy = access.with_tx(|l| {
-                let TxLocked {
-                    nat,
-                    guest,
-                    replies,
-                    others,
-                } = l;
-                if replies.pending() == 0 {
-                    replies.clear();
-                }
-                let view = others.as_ref().map(|o| o.view());
-                engine.classify(replies, guest, now, stats, view);
-                engine.translate_switched(nat, replies, guest, now, stats, view);
-                others.is_some_and(|o| {
-                    o.take_tx(engine, stats);
-                    o.inbox_busy()
-                })
-            })?;
-            self.engine.push_gathered(host, gather, stats)?;
-        }
-        Ok(busy)
+/// The part of [`TxHalf::batch`] between the fetch and the release; whether an inbox of
+/// another port the batch filled is half full.
+fn translate_and_push(
+    engine: &mut TxEngine,
+    out: TxOutcome,
+    access: &mut impl TxAccess,
+    host: &dyn HostLink,
+    gather: Option<&mut GatherSend<'_>>,
+    now: nat::Instant,
+    stats: &mut Stats,
+) -> Result<bool, Error> {
+    let mut busy = false;
+    if out.frames > 0 {
+        busy = access.with_tx(|l| {
+            let TxLocked {
+                nat,
+                guest,
+                replies,
+                others,
+            } = l;
+            if replies.pending() == 0 {
+                replies.clear();
+            }
+            let view = others.as_ref().map(|o| o.view());
+            engine.classify(replies, guest, now, stats, view);
+            engine.translate_switched(nat, replies, guest, now, stats, view);
+            others.is_some_and(|o| {
+                o.take_tx(engine, stats);
+                o.inbox_busy()
+            })
+        })?;
+        engine.push_gathered(host, gather, stats)?;
     }
+    Ok(busy)
 }
 
 /// What one [`RxHalf::deliver`] did.
@@ -1586,7 +1611,7 @@ pub(crate) fn queue_pair(
     .with_dns_relay(relay)
     .with_too_big_answers(config.gateway, config.ipv6.as_ref().map(|v| v.gateway));
     QueuePair {
-        tx: TxHalf { engine: tx },
+        tx: TxHalf::new(tx),
         rx: RxHalf {
             engine: rx,
             host_pending: true,

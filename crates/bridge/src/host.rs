@@ -82,7 +82,8 @@ pub trait HostLink: Send + Sync {
     /// Sends one packet made of `head` (with the link's virtio-net header in front, as for
     /// [`HostLink::send_batch`]) followed by the guest-memory bytes of `tail`, in order, and
     /// returns the bytes sent. A TUN device does it in one `writev`: the kernel copies the
-    /// payload straight out of guest memory.
+    /// payload straight out of guest memory. The link must be done with `tail` when the call
+    /// returns: the bridge gives the guest its buffers back right after.
     ///
     /// Generic over the guest memory, so only callable on a sized link (`dyn HostLink` and
     /// `Arc<T>` links do not gather: the bridge copies for them).

@@ -18,6 +18,7 @@ use crate::gateway::{Gateway, TxAction};
 use crate::guest_state::GuestState;
 use crate::host::{Gather, GuestSegment, HostLink};
 use crate::offload::{self, FrameOffload, Offloads};
+use crate::ring::UsedBatch;
 use crate::stats::{DropCause, Stats};
 use crate::switch::{Decision, PortId, Switch};
 use crate::tx_queue::{TxOutcome, TxQueue};
@@ -226,8 +227,9 @@ impl TxEngine {
         r
     }
 
-    /// Returns the chains of the head-only frames of the last fetch to the used ring (their
-    /// packets sent or dropped); whether the driver must be notified.
+    /// Returns the chains of the head-only frames of the last fetch that are still held
+    /// (their packets dropped, or the send stopped early) to the used ring, with `used` as the
+    /// scratch; whether the driver must be notified.
     ///
     /// # Errors
     ///
@@ -236,8 +238,10 @@ impl TxEngine {
         &mut self,
         mem: &M,
         queue: &mut Q,
+        used: &mut UsedBatch,
     ) -> Result<bool, Error> {
-        let used = self.split.deferred();
+        used.clear();
+        self.split.release_all(used);
         if used.len() == 0 {
             return Ok(false);
         }
@@ -620,7 +624,7 @@ impl TxEngine {
     pub(crate) fn push_gathered(
         &mut self,
         host: &dyn HostLink,
-        gather: Option<&dyn Gather>,
+        gather: Option<&mut GatherSend<'_>>,
         stats: &mut Stats,
     ) -> Result<(), Error> {
         // Stack arrays sized to the batch: no allocation, and no 4 KiB array to fill for a
@@ -638,7 +642,7 @@ impl TxEngine {
     fn push_n<const N: usize>(
         &mut self,
         host: &dyn HostLink,
-        gather: Option<&dyn Gather>,
+        mut gather: Option<&mut GatherSend<'_>>,
         stats: &mut Stats,
     ) -> Result<(), Error> {
         let host_hdr = self.offloads.host_hdr;
@@ -681,7 +685,13 @@ impl TxEngine {
                 Some((_, head)) if end > head => {
                     send_run::<N>(host, &self.input, &run[..k], from, stats)?;
                     k = 0;
-                    self.send_head_only(host, gather, i, from, end, stats)?;
+                    let link = gather.as_ref().map(|g| g.link);
+                    self.send_head_only(host, link, i, from, end, stats)?;
+                    // Its chain goes back at once: the guest refills its ring while the
+                    // batch's other packets are sent.
+                    if let (Some(g), Some(chain)) = (gather.as_mut(), self.split.release_one(i)) {
+                        (g.release)(chain)?;
+                    }
                 }
                 _ => {
                     if let Some(slot) = run.get_mut(k) {
@@ -796,6 +806,13 @@ impl TxEngine {
         }
         Ok(())
     }
+}
+
+/// What sending head-only frames needs ([`TxEngine::push_gathered`]): the link that gathers,
+/// and a way to return a frame's chain to the used ring as soon as its packet is sent.
+pub(crate) struct GatherSend<'a> {
+    pub(crate) link: &'a dyn Gather,
+    pub(crate) release: &'a mut dyn FnMut(u16) -> Result<(), Error>,
 }
 
 /// Whether a frame the switch sends to another port may leave this one: its Ethernet source

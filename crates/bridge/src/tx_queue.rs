@@ -144,7 +144,7 @@ impl TxQueue {
                     sp.forget_since(from);
                 }
                 if held {
-                    // Returned once its packet is sent (`TxSplit::deferred`).
+                    // Held in `split` until its packet is sent (`TxEngine::push_gathered`).
                 } else if head < queue.size() {
                     self.used.push(head, 0);
                 } else {

@@ -153,11 +153,21 @@ pub(crate) struct TxSplit {
     rule: Option<SplitRule>,
     /// The tails' pieces, frame after frame.
     segs: Vec<GuestSegment>,
-    /// Per frame of the batch (by index): its pieces in `segs` (none for a whole frame) and
-    /// how many bytes of the frame the buffer holds.
-    tails: Vec<(u32, u32, u32)>,
-    /// The chains of head-only frames, for the used ring once their packets are sent.
-    deferred: UsedBatch,
+    /// Per frame of the batch (by index).
+    tails: Vec<Tail>,
+}
+
+/// What [`TxSplit`] knows of one frame of the batch.
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    /// Its pieces in `segs` (none for a whole frame).
+    from: u32,
+    to: u32,
+    /// How many bytes of the frame the buffer holds.
+    head: u32,
+    /// Its chain, and whether that is still held back from the used ring.
+    chain: u16,
+    held: bool,
 }
 
 impl TxSplit {
@@ -167,7 +177,6 @@ impl TxSplit {
             rule: None,
             segs: Vec::with_capacity(batch_size * MAX_TAIL),
             tails: Vec::with_capacity(batch_size),
-            deferred: UsedBatch::default(),
         }
     }
 
@@ -179,16 +188,18 @@ impl TxSplit {
     pub(crate) fn clear(&mut self) {
         self.segs.clear();
         self.tails.clear();
-        self.deferred.clear();
     }
 
     /// Frame `i`'s guest-memory tail and the bytes of it the buffer holds, if it went
     /// head-only.
     pub(crate) fn tail(&self, i: usize) -> Option<(&[GuestSegment], usize)> {
-        let &(a, b, head) = self.tails.get(i)?;
-        (a < b).then(|| {
-            let segs = self.segs.get(a as usize..b as usize).unwrap_or_default();
-            (segs, head as usize)
+        let t = self.tails.get(i)?;
+        (t.from < t.to).then(|| {
+            let segs = self
+                .segs
+                .get(t.from as usize..t.to as usize)
+                .unwrap_or_default();
+            (segs, t.head as usize)
         })
     }
 
@@ -197,20 +208,36 @@ impl TxSplit {
         self.tail(i).is_some()
     }
 
-    /// The chains held back, for the used ring.
-    pub(crate) fn deferred(&mut self) -> &mut UsedBatch {
-        &mut self.deferred
+    /// Frame `i`'s chain if it is still held back; it is not any more.
+    pub(crate) fn release_one(&mut self, i: usize) -> Option<u16> {
+        let t = self.tails.get_mut(i)?;
+        let chain = t.held.then_some(t.chain);
+        t.held = false;
+        chain
+    }
+
+    /// Adds the chains still held back to `used`; none is any more.
+    pub(crate) fn release_all(&mut self, used: &mut UsedBatch) {
+        for t in &mut self.tails {
+            if t.held {
+                used.push(t.chain, 0);
+                t.held = false;
+            }
+        }
     }
 
     /// Records the frame just committed to the batch: whole (`head_only` false), or with the
     /// pieces [`TxSplit::read_desc`] recorded since `from` and `head` bytes copied; its chain
-    /// `head_idx` goes to the held-back chains.
-    pub(crate) fn commit(&mut self, from: usize, head: usize, head_only: bool, head_idx: u16) {
+    /// `chain` is then held back.
+    pub(crate) fn commit(&mut self, from: usize, head: usize, head_only: bool, chain: u16) {
         let to = if head_only { self.segs.len() } else { from };
-        self.tails.push((from as u32, to as u32, head as u32));
-        if head_only {
-            self.deferred.push(head_idx, 0);
-        }
+        self.tails.push(Tail {
+            from: from as u32,
+            to: to as u32,
+            head: head as u32,
+            chain,
+            held: head_only,
+        });
     }
 
     /// Forgets the pieces recorded since `from` (a chain refused, or copied whole).
