@@ -128,15 +128,28 @@ pub(crate) trait Gather {
     fn copy_tail(&self, tail: &[GuestSegment], buf: &mut [u8]) -> bool;
 }
 
-/// A sized host link and the guest memory its gathered packets come from ([`Gather`]).
-pub(crate) struct Gathering<'a, M, H> {
+/// [`HostLink::send_gather`] for guest memory of type `M`, callable through a trait object
+/// (the pipeline's TX thread keeps its link so, built where the link's type is known).
+pub(crate) trait GatherLink<M>: Send + Sync {
+    /// [`HostLink::send_gather`].
+    fn gather_from(&self, mem: &M, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize>;
+}
+
+impl<M: GuestMemory, H: HostLink> GatherLink<M> for H {
+    fn gather_from(&self, mem: &M, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize> {
+        self.send_gather(mem, head, tail)
+    }
+}
+
+/// A link that gathers and the guest memory its gathered packets come from ([`Gather`]).
+pub(crate) struct Gathering<'a, M, H: ?Sized> {
     pub(crate) mem: &'a M,
     pub(crate) link: &'a H,
 }
 
-impl<M: GuestMemory, H: HostLink> Gather for Gathering<'_, M, H> {
+impl<M: GuestMemory, H: GatherLink<M> + ?Sized> Gather for Gathering<'_, M, H> {
     fn gather(&self, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize> {
-        self.link.send_gather(self.mem, head, tail)
+        self.link.gather_from(self.mem, head, tail)
     }
 
     fn copy_tail(&self, tail: &[GuestSegment], buf: &mut [u8]) -> bool {
@@ -242,6 +255,9 @@ impl LinkOffloads {
     }
 }
 
+/// Forwards everything but gathering: `send_gather` is generic, and `T` may be unsized, so an
+/// `Arc` link answers `gathers() == false` and the bridge copies (the threaded driver asks the
+/// link inside the `Arc` itself).
 impl<T: HostLink + ?Sized> HostLink for Arc<T> {
     fn send_batch(&self, packets: &[&[u8]]) -> io::Result<usize> {
         (**self).send_batch(packets)

@@ -570,6 +570,10 @@ fn a_tso_super_frame_goes_to_the_host_translated_with_its_header() {
     assert_eq!(tcp_payload(&pkt), tcp_payload(&ip), "payload untouched");
     let s = h.shutdown().unwrap();
     assert_eq!(s.bridge.tx_gso, 1);
+    assert_eq!(
+        s.bridge.tx_gathered, 1,
+        "the pipeline's TX thread gathers it"
+    );
     assert_eq!(s.bridge.total_drops(), 0, "{}", s.drops_by_name());
 }
 

@@ -869,8 +869,8 @@ fn other_threads_mode_moves_100mb_both_ways_with_super_frames() {
         tx_gso > 0 && rx_gso > 0,
         "no TSO super-frames (tx_gso {tx_gso}, rx_gso {rx_gso}):\n{stderr}"
     );
-    // The pipeline's TX thread holds the link as `dyn HostLink`: it copies.
-    assert_eq!(gathered, 0, "{stderr}");
+    // The pipeline's TX thread gathers too (the link's gathering passed to it at activation).
+    assert!(gathered > 0, "nothing gathered:\n{stderr}");
 }
 
 #[test]

@@ -25,6 +25,7 @@ use crate::core::{
 use crate::device::{CONFIG_INTERRUPT, RX_QUEUE, TX_QUEUE};
 use crate::frame::FrameBatch;
 use crate::guest_state::GuestState;
+use crate::host::{Gather, GatherLink, Gathering};
 use crate::stats::{DropCause, Stats};
 use crate::wire::MacAddr;
 use crate::{Error, HostLink};
@@ -94,6 +95,10 @@ where
         let _ = free_tx.send(FrameBatch::new(s.batch_size, s.reply_size));
     }
     let clock = Clock::new();
+    // The link's type is known here only: its gathering (head-only TX) goes to the TX
+    // thread as a trait object for the guest memory's type.
+    // (`H`'s own answer: `Arc<H>`'s is `false`, since `Arc` cannot forward the generic call.)
+    let gather = H::gathers(&host).then(|| host.clone() as Arc<dyn GatherLink<A::M>>);
     let host: Arc<dyn HostLink> = host;
     let tx_state = Arc::new(Mutex::new(TxState {
         mem: s.mem.clone(),
@@ -105,6 +110,7 @@ where
         local: local_tx,
         events: events.clone(),
         host: host.clone(),
+        gather,
         shared: shared.clone(),
         interrupt: s.interrupt.clone(),
         clock,
@@ -215,7 +221,7 @@ impl<A: GuestAddressSpace + Send, Q: QueueT + Send> InlineTx for Mutex<TxState<A
     }
 }
 
-struct TxThread<A, Q> {
+struct TxThread<A: GuestAddressSpace, Q> {
     state: Arc<Mutex<TxState<A, Q>>>,
     events: Arc<Events>,
     shared: Arc<Shared>,
@@ -224,7 +230,7 @@ struct TxThread<A, Q> {
 
 /// What the TX side owns: taken by the TX thread, or by a kicker's thread
 /// ([`BridgeHandle::kick_inline`]), one batch loop at a time.
-struct TxState<A, Q> {
+struct TxState<A: GuestAddressSpace, Q> {
     mem: A,
     queue: Q,
     /// The guest's gateway services and IPv6 forwards (the TX thread's alone: the RX thread
@@ -236,6 +242,8 @@ struct TxState<A, Q> {
     local: Sender<FrameBatch>,
     events: Arc<Events>,
     host: Arc<dyn HostLink>,
+    /// The same link when it gathers from guest memory (head-only TX).
+    gather: Option<Arc<dyn GatherLink<A::M>>>,
     shared: Arc<Shared>,
     interrupt: Interrupt,
     clock: Clock,
@@ -364,9 +372,14 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
             guest: &mut self.guest,
             replies: reply,
         };
-        let (out, _) = self
-            .half
-            .batch(mem, &mut self.queue, &mut access, step, None)?;
+        let link = self.gather.as_deref().map(|link| Gathering { mem, link });
+        let (out, _) = self.half.batch(
+            mem,
+            &mut self.queue,
+            &mut access,
+            step,
+            link.as_ref().map(|l| l as &dyn Gather),
+        )?;
         if out.notify {
             (self.interrupt)(TX_QUEUE);
         }
