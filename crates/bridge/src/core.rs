@@ -2356,13 +2356,7 @@ mod tests {
         let mem = testing::guest_memory();
         let mut net = MockNet::new(&mem, 256);
         let (mut rxq, mut txq) = net.queues(false);
-        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
-        let mut dp = DeviceCore::new(BridgeConfig {
-            static_guest_ip: Some(GUEST_IP),
-            ..offload_config()
-        })
-        .unwrap();
-        dp.ack_features(u64::MAX, &host);
+        let (mut dp, host, peer) = offload_core(true);
         let ip = partial_tcp(
             GUEST_IP,
             40000,
@@ -2370,21 +2364,12 @@ mod tests {
             80,
             crate::MAX_IP_PACKET - 40,
         );
-        let mut frame = vec![0u8; ETH_HLEN];
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-        eth.set_dst_addr(testing::GATEWAY_MAC);
-        eth.set_src_addr(GUEST_MAC);
-        eth.set_ethertype(::wire::ethertype::IPV4);
-        frame.extend_from_slice(&ip);
+        let frame = eth_to_gateway(&ip);
         let send = |net: &mut MockNet<'_>, gso_size: u16| {
             let hdr = crate::VirtioNetHdr {
-                flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV4,
                 hdr_len: 1000,
                 gso_size,
-                csum_start: 34,
-                csum_offset: 16,
-                num_buffers: 0,
+                ..tso4_hdr()
             };
             let mut bytes = hdr.to_bytes().to_vec();
             bytes.extend_from_slice(&frame);
@@ -2416,13 +2401,9 @@ mod tests {
         assert_eq!(dp.stats().total_drops(), 2);
     }
 
-    /// What the host link gets from a batch of [small UDP, 64 KiB TCP super-frame in 8
-    /// pieces, a 60 KiB one in 41 pieces, small UDP] through a core whose link gathers
-    /// (`gather`) or not, and the core's counters.
-    fn gathered_or_copied(gather: bool) -> (Vec<Vec<u8>>, Stats, usize) {
-        let mem = testing::guest_memory();
-        let mut net = MockNet::new(&mem, 256);
-        let (mut rxq, mut txq) = net.queues(false);
+    /// A core with offloads whose guest is `GUEST_IP` without a lease, on a link with
+    /// virtio-net headers that gathers or not; the link and its other end.
+    fn offload_core(gather: bool) -> (DeviceCore, MemoryLink, MemoryLink) {
         let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
         let host = host.with_gather(gather);
         let mut dp = DeviceCore::new(BridgeConfig {
@@ -2431,17 +2412,12 @@ mod tests {
         })
         .unwrap();
         dp.ack_features(u64::MAX, &host);
-        let frame_of = |payload: usize| {
-            let ip = partial_tcp(GUEST_IP, 40000, testing::SERVER, 80, payload);
-            let mut frame = vec![0u8; ETH_HLEN];
-            let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-            eth.set_dst_addr(testing::GATEWAY_MAC);
-            eth.set_src_addr(GUEST_MAC);
-            eth.set_ethertype(::wire::ethertype::IPV4);
-            frame.extend_from_slice(&ip);
-            frame
-        };
-        let hdr = crate::VirtioNetHdr {
+        (dp, host, peer)
+    }
+
+    /// A TCPv4 super-frame's virtio-net header: MSS 1448, the partial checksum in place.
+    fn tso4_hdr() -> crate::VirtioNetHdr {
+        crate::VirtioNetHdr {
             flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
             gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV4,
             hdr_len: 54,
@@ -2449,7 +2425,32 @@ mod tests {
             csum_start: 34,
             csum_offset: 16,
             num_buffers: 0,
+        }
+    }
+
+    /// The guest's Ethernet frame to the gateway's MAC around IPv4 packet `ip`.
+    fn eth_to_gateway(ip: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0u8; ETH_HLEN];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.set_dst_addr(testing::GATEWAY_MAC);
+        eth.set_src_addr(GUEST_MAC);
+        eth.set_ethertype(::wire::ethertype::IPV4);
+        frame.extend_from_slice(ip);
+        frame
+    }
+
+    /// What the host link gets from a batch of [small UDP, 64 KiB TCP super-frame in 8
+    /// pieces, a 60 KiB one in 41 pieces, small UDP] through a core whose link gathers
+    /// (`gather`) or not, and the core's counters.
+    fn gathered_or_copied(gather: bool) -> (Vec<Vec<u8>>, Stats, usize) {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (mut dp, host, peer) = offload_core(gather);
+        let frame_of = |payload: usize| {
+            eth_to_gateway(&partial_tcp(GUEST_IP, 40000, testing::SERVER, 80, payload))
         };
+        let hdr = tso4_hdr();
         let send = |net: &mut MockNet<'_>, frame: &[u8], pieces: &[usize]| {
             let mut bytes = hdr.to_bytes().to_vec();
             bytes.extend_from_slice(frame);
@@ -2527,32 +2528,10 @@ mod tests {
         let mem = testing::guest_memory();
         let mut net = MockNet::new(&mem, 256);
         let (mut rxq, mut txq) = net.queues(false);
-        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
-        let mut dp = DeviceCore::new(BridgeConfig {
-            static_guest_ip: Some(GUEST_IP),
-            ..offload_config()
-        })
-        .unwrap();
-        dp.ack_features(u64::MAX, &host);
+        let (mut dp, host, peer) = offload_core(true);
         let ip = partial_tcp(GUEST_IP, 40000, testing::SERVER, 80, 20_000);
-        let mut bytes = crate::VirtioNetHdr {
-            flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-            num_buffers: 0,
-        }
-        .to_bytes()
-        .to_vec();
-        let mut eth = [0u8; ETH_HLEN];
-        let mut e = EthernetFrame::new_unchecked(&mut eth[..]);
-        e.set_dst_addr(testing::GATEWAY_MAC);
-        e.set_src_addr(GUEST_MAC);
-        e.set_ethertype(::wire::ethertype::IPV4);
-        bytes.extend_from_slice(&eth);
-        bytes.extend_from_slice(&ip);
+        let mut bytes = tso4_hdr().to_bytes().to_vec();
+        bytes.extend_from_slice(&eth_to_gateway(&ip));
         let a = net.alloc(bytes.len());
         vm_memory::Bytes::write_slice(&mem, &bytes, vm_memory::GuestAddress(a)).unwrap();
         let head = (HDR + 4000) as u32;

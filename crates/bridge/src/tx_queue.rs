@@ -174,21 +174,16 @@ fn read_chain_split<M: GuestMemory, Q: QueueT>(
     split: &mut TxSplit,
 ) -> Result<usize, DropCause> {
     let mut state = SplitState::Head { from: split.mark() };
-    let mut total = 0usize;
-    ring::walk(mem, queue, head, |desc| {
-        if desc.is_write_only() {
-            return Err(DropCause::ChainWrongDirection);
-        }
-        let len = desc.len as usize;
-        let end = total.checked_add(len).filter(|&e| e <= buf.len());
-        let Some(end) = end else {
-            return Err(DropCause::TooBig);
-        };
-        split.read_desc(mem, &mut state, (desc.addr, len), buf, total, hdr_len)?;
-        total = end;
-        Ok(true)
-    })?;
-    Ok(total)
+    walk_chain(mem, queue, head, buf.len(), |desc, total| {
+        split.read_desc(
+            mem,
+            &mut state,
+            (desc.addr, desc.len as usize),
+            buf,
+            total,
+            hdr_len,
+        )
+    })
 }
 
 /// Copies the bytes of a TX chain (virtio-net header, then frame) into `buf`, one guest
@@ -200,18 +195,31 @@ fn read_chain<M: GuestMemory, Q: QueueT>(
     head: u16,
     buf: &mut [u8],
 ) -> Result<usize, DropCause> {
+    walk_chain(mem, queue, head, buf.len(), |desc, total| {
+        let end = total + desc.len as usize;
+        gmem::read(mem, desc.addr, &mut buf[total..end]).map_err(|()| DropCause::ChainOutOfBounds)
+    })
+}
+
+/// Walks a TX chain of at most `limit` bytes, handing `read` each descriptor and the bytes
+/// before it (the descriptor's bytes end within `limit`); returns the chain's length.
+fn walk_chain<M: GuestMemory, Q: QueueT>(
+    mem: &M,
+    queue: &Q,
+    head: u16,
+    limit: usize,
+    mut read: impl FnMut(&ring::Desc, usize) -> Result<(), DropCause>,
+) -> Result<usize, DropCause> {
     let mut total = 0usize;
     ring::walk(mem, queue, head, |desc| {
         if desc.is_write_only() {
             return Err(DropCause::ChainWrongDirection);
         }
-        let len = desc.len as usize;
-        let end = total.checked_add(len).filter(|&e| e <= buf.len());
+        let end = total.checked_add(desc.len as usize).filter(|&e| e <= limit);
         let Some(end) = end else {
             return Err(DropCause::TooBig);
         };
-        gmem::read(mem, desc.addr, &mut buf[total..end])
-            .map_err(|()| DropCause::ChainOutOfBounds)?;
+        read(desc, total)?;
         total = end;
         Ok(true)
     })?;
