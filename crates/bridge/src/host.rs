@@ -105,9 +105,44 @@ pub trait HostLink: Send + Sync {
         let _ = (mem, head, tail);
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+
+    /// Whether [`HostLink::recv_scatter`] receives (`false`, the default: it returns
+    /// `Unsupported`). The bridge then has the link read a large packet's payload straight
+    /// into the guest's RX buffers, instead of into its own buffer and copying it on.
+    fn scatters(&self) -> bool {
+        false
+    }
+
+    /// Receives one packet (without blocking): its first `head.len()` bytes (the link's
+    /// virtio-net header in front, as for [`HostLink::recv_batch`]) into `head`, the rest on
+    /// into the guest memory of `tail`, in order; returns the packet's length. A TUN device
+    /// does it in one `readv`: the kernel copies the payload straight into guest memory.
+    ///
+    /// Generic over the guest memory, so only callable on a sized link (`dyn HostLink` and
+    /// `Arc<T>` links do not scatter: the bridge copies for them).
+    ///
+    /// # Errors
+    ///
+    /// As [`HostLink::recv_batch`] for one packet (`InvalidData`: it was longer than `head`
+    /// and `tail` together, and lost); `Unsupported` (the default) when the link does not
+    /// scatter; `InvalidInput` when the tail has more pieces than the link takes or lies
+    /// outside `mem` (nothing was read: the bridge then reads into its own buffer).
+    fn recv_scatter<M: GuestMemory>(
+        &self,
+        mem: &M,
+        head: &mut [u8],
+        tail: &[GuestSegment],
+    ) -> io::Result<usize>
+    where
+        Self: Sized,
+    {
+        let _ = (mem, head, tail);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }
 
-/// A piece of a packet that lies in guest memory ([`HostLink::send_gather`]).
+/// A piece of a packet that lies in guest memory ([`HostLink::send_gather`],
+/// [`HostLink::recv_scatter`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestSegment {
     /// Where it starts.
@@ -116,28 +151,44 @@ pub struct GuestSegment {
     pub len: u32,
 }
 
-/// [`HostLink::send_gather`] through a trait object: the engines hold the link as `&dyn
-/// HostLink`, whose generic methods cannot be called, so a driver with a sized link passes
-/// this beside it ([`Gathering`]: the link and the guest memory it works on).
+/// [`HostLink::send_gather`] and [`HostLink::recv_scatter`] through a trait object: the
+/// engines hold the link as `&dyn HostLink`, whose generic methods cannot be called, so a
+/// driver with a sized link passes this beside it ([`Gathering`]: the link and the guest
+/// memory it works on).
 pub(crate) trait Gather {
     /// [`HostLink::send_gather`].
     fn gather(&self, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize>;
 
+    /// [`HostLink::recv_scatter`].
+    fn scatter(&self, head: &mut [u8], tail: &[GuestSegment]) -> io::Result<usize>;
+
     /// Copies the bytes of `tail` into `buf` (as long as they are); `false` if they are not
     /// all in guest memory.
     fn copy_tail(&self, tail: &[GuestSegment], buf: &mut [u8]) -> bool;
+
+    /// Writes `bytes` into the guest memory of `segs`, in order (as far as either goes);
+    /// `false` if the segments are not all in guest memory.
+    fn write_segments(&self, segs: &[GuestSegment], bytes: &[u8]) -> bool;
 }
 
-/// [`HostLink::send_gather`] for guest memory of type `M`, callable through a trait object
-/// (the pipeline's TX thread keeps its link so, built where the link's type is known).
+/// [`HostLink::send_gather`] and [`HostLink::recv_scatter`] for guest memory of type `M`,
+/// callable through a trait object (the pipeline's threads keep their link so, built where
+/// the link's type is known).
 pub(crate) trait GatherLink<M>: Send + Sync {
     /// [`HostLink::send_gather`].
     fn gather_from(&self, mem: &M, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize>;
+
+    /// [`HostLink::recv_scatter`].
+    fn scatter_into(&self, mem: &M, head: &mut [u8], tail: &[GuestSegment]) -> io::Result<usize>;
 }
 
 impl<M: GuestMemory, H: HostLink> GatherLink<M> for H {
     fn gather_from(&self, mem: &M, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize> {
         self.send_gather(mem, head, tail)
+    }
+
+    fn scatter_into(&self, mem: &M, head: &mut [u8], tail: &[GuestSegment]) -> io::Result<usize> {
+        self.recv_scatter(mem, head, tail)
     }
 }
 
@@ -150,6 +201,10 @@ pub(crate) struct Gathering<'a, M, H: ?Sized> {
 impl<M: GuestMemory, H: GatherLink<M> + ?Sized> Gather for Gathering<'_, M, H> {
     fn gather(&self, head: &[u8], tail: &[GuestSegment]) -> io::Result<usize> {
         self.link.gather_from(self.mem, head, tail)
+    }
+
+    fn scatter(&self, head: &mut [u8], tail: &[GuestSegment]) -> io::Result<usize> {
+        self.link.scatter_into(self.mem, head, tail)
     }
 
     fn copy_tail(&self, tail: &[GuestSegment], buf: &mut [u8]) -> bool {
@@ -166,6 +221,21 @@ impl<M: GuestMemory, H: GatherLink<M> + ?Sized> Gather for Gathering<'_, M, H> {
         }
         true
     }
+
+    fn write_segments(&self, segs: &[GuestSegment], bytes: &[u8]) -> bool {
+        let mut at = 0;
+        for seg in segs {
+            if at == bytes.len() {
+                break;
+            }
+            let n = (seg.len as usize).min(bytes.len() - at);
+            if crate::gmem::write(self.mem, seg.addr, &bytes[at..at + n]).is_err() {
+                return false;
+            }
+            at += n;
+        }
+        true
+    }
 }
 
 /// The guest-memory slices of `tail` in order (a segment across two regions gives two),
@@ -174,10 +244,10 @@ impl<M: GuestMemory, H: GatherLink<M> + ?Sized> Gather for Gathering<'_, M, H> {
 fn with_slices<M: GuestMemory, R, const N: usize>(
     mem: &M,
     tail: &[GuestSegment],
+    read: vm_memory::Permissions,
     f: impl FnOnce(&[vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, M::Bitmap>>]) -> R,
 ) -> io::Result<R> {
     let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
-    let read = vm_memory::Permissions::Read;
     let mut pieces = tail.iter().filter(|s| s.len > 0);
     let Some(first) = pieces.next() else {
         return Ok(f(&[]));
@@ -325,8 +395,21 @@ impl HostLink for utun::Tun {
         head: &[u8],
         tail: &[GuestSegment],
     ) -> io::Result<usize> {
-        with_slices::<M, _, { utun::MAX_GATHER }>(mem, tail, |s| {
+        with_slices::<M, _, { utun::MAX_GATHER }>(mem, tail, vm_memory::Permissions::Read, |s| {
             utun::Tun::send_gather(self, head, s)
+        })?
+    }
+    fn scatters(&self) -> bool {
+        true
+    }
+    fn recv_scatter<M: GuestMemory>(
+        &self,
+        mem: &M,
+        head: &mut [u8],
+        tail: &[GuestSegment],
+    ) -> io::Result<usize> {
+        with_slices::<M, _, { utun::MAX_GATHER }>(mem, tail, vm_memory::Permissions::Write, |s| {
+            utun::Tun::recv_scatter(self, head, s)
         })?
     }
 }
@@ -404,8 +487,9 @@ impl MemoryLink {
         ))
     }
 
-    /// Whether this end takes packets gathered from guest memory ([`HostLink::send_gather`]:
-    /// on by default, like a TUN device; off makes the bridge copy every frame out first).
+    /// Whether this end takes packets gathered from guest memory ([`HostLink::send_gather`])
+    /// and hands packets scattered into it ([`HostLink::recv_scatter`]): on by default, like a
+    /// TUN device; off makes the bridge copy every frame out first and in after.
     #[must_use]
     pub fn with_gather(mut self, on: bool) -> Self {
         self.gather = on;
@@ -575,6 +659,59 @@ impl HostLink for MemoryLink {
         g.queue.push_back(buf);
         self.tx.settle(&mut g);
         Ok(n)
+    }
+
+    fn scatters(&self) -> bool {
+        self.gather
+    }
+
+    fn recv_scatter<M: GuestMemory>(
+        &self,
+        mem: &M,
+        head: &mut [u8],
+        tail: &[GuestSegment],
+    ) -> io::Result<usize> {
+        if !self.gather {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let mut g = self.rx.lock();
+        if g.closed {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        if !tail
+            .iter()
+            .all(|s| mem.check_range(s.addr, s.len as usize, vm_memory::Permissions::Write))
+        {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let room = head.len() + tail.iter().map(|s| s.len as usize).sum::<usize>();
+        let Some(p) = g.queue.pop_front() else {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        };
+        let res = if p.len() > room {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "packet larger than the buffers",
+            ))
+        } else {
+            let k = p.len().min(head.len());
+            head[..k].copy_from_slice(&p[..k]);
+            let mut at = k;
+            for seg in tail {
+                if at == p.len() {
+                    break;
+                }
+                let n = (seg.len as usize).min(p.len() - at);
+                if crate::gmem::write(mem, seg.addr, &p[at..at + n]).is_err() {
+                    break;
+                }
+                at += n;
+            }
+            Ok(p.len())
+        };
+        g.free.push(p);
+        self.rx.settle(&mut g);
+        res
     }
 }
 

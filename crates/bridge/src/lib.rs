@@ -146,6 +146,7 @@ mod policy;
 mod ring;
 mod rx_engine;
 mod rx_queue;
+mod rx_split;
 mod stats;
 mod switch;
 #[cfg(feature = "driver")]

@@ -40,6 +40,7 @@ use crate::core::{
 use crate::device::CONFIG_SPACE_SIZE;
 use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
+use crate::host::Gather;
 use crate::rx_engine::RxEngine;
 use crate::stats::{BridgeStats, DropCause, Stats};
 use crate::switch::{Claim, PortId, Switch, SwitchError};
@@ -809,11 +810,19 @@ impl<'a> Others<'a> {
 
     /// Moves the frames of the reader's host batch (translated, from the batch's cursor on)
     /// that are for other guests into their inboxes.
-    pub(crate) fn take_rx(&mut self, engine: &mut RxEngine, stats: &mut Stats) {
-        let batch = engine.batch_mut();
+    /// A frame read into this port's guest memory ([`crate::rx_split`]) is made whole
+    /// through `io` first.
+    pub(crate) fn take_rx(
+        &mut self,
+        engine: &mut RxEngine,
+        io: Option<&dyn Gather>,
+        stats: &mut Stats,
+    ) {
         let (mut mine, mut moved) = (0usize, 0usize);
         let mut last = None;
-        for i in batch.cursor()..batch.len() {
+        let (from, to) = (engine.batch_mut().cursor(), engine.batch_mut().len());
+        for i in from..to {
+            let batch = engine.batch_mut();
             let hdr = batch.header(i);
             let Some(frame) = batch.frame(i) else {
                 continue;
@@ -825,6 +834,12 @@ impl<'a> Others<'a> {
                 mine += 1;
                 continue;
             };
+            if !engine.make_whole(i, io) {
+                stats.drop(DropCause::ChainOutOfBounds);
+                engine.batch_mut().drop_frame(i);
+                continue;
+            }
+            let batch = engine.batch_mut();
             if let Err(c) = self.move_in(q, batch, i, None, |_, _| Ok(hdr)) {
                 stats.drop(c);
             }

@@ -162,7 +162,7 @@ impl Offloads {
     }
 
     /// Whether the guest takes super-frames of `gso_type` (GUEST_TSO4, GUEST_TSO6).
-    fn rx_takes(&self, gso_type: u8) -> bool {
+    pub(crate) fn rx_takes(&self, gso_type: u8) -> bool {
         match gso_type {
             VIRTIO_NET_HDR_GSO_TCPV4 => self.rx_tso4,
             VIRTIO_NET_HDR_GSO_TCPV6 => self.rx_tso6,
@@ -454,7 +454,7 @@ fn std_layout(frame: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8> {
 }
 
 /// As [`std_layout`] for a bare IP packet.
-fn std_layout_l3(packet: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8> {
+pub(crate) fn std_layout_l3(packet: &[u8], csum_start: u16, csum_offset: u16) -> Option<u8> {
     layout_at(packet, 0, csum_start, csum_offset)
 }
 

@@ -15,9 +15,11 @@ use crate::core::lock;
 use crate::device::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use crate::dns_relay::SharedRelay;
 use crate::frame::FrameBatch;
-use crate::host::HostLink;
+use crate::host::{Gather, HostLink};
 use crate::offload::{self, Offloads};
-use crate::rx_queue::{RxOutcome, RxQueue};
+use crate::ring;
+use crate::rx_queue::{RxOutcome, RxQueue, Scattered};
+use crate::rx_split::{self, RX_HEAD, RxSplit};
 use crate::stats::{DropCause, Stats};
 use crate::too_big::TooBigAnswers;
 use crate::tx_engine::NAT_CHUNK;
@@ -40,6 +42,10 @@ pub struct RxEngine {
     /// Packet Too Big / fragmentation needed for packets over `mtu` (see
     /// [`RxEngine::with_too_big_answers`]); `None`: counted only.
     too_big: Option<TooBigAnswers>,
+    /// The largest IP packet read from the host link.
+    max_packet: usize,
+    /// The batch's frames whose tail is in the guest's RX buffers (see [`crate::rx_split`]).
+    split: RxSplit,
 }
 
 impl RxEngine {
@@ -66,6 +72,8 @@ impl RxEngine {
             verdicts: vec![Verdict::Forward; batch_size],
             dns_relay: None,
             too_big: None,
+            max_packet,
+            split: RxSplit::default(),
         }
     }
 
@@ -185,6 +193,183 @@ impl RxEngine {
         Ok(n)
     }
 
+    /// Whether a read may put a packet's tail into the guest's RX buffers: packets longer
+    /// than the head arrive (a guest taking super-packets, or a large MTU).
+    pub(crate) fn scatters(&self) -> bool {
+        self.max_packet > RX_HEAD
+    }
+
+    /// Whether frames of the batch wait whose tail is in the guest's RX buffers: those
+    /// buffers must not take anything else first (deliver this batch before any other).
+    pub(crate) fn scattered_pending(&self) -> bool {
+        self.split.any() && self.batch.pending() > 0
+    }
+
+    /// As [`RxEngine::receive`], but a packet longer than [`RX_HEAD`] that follows one such
+    /// (a bulk transfer) is read with its tail straight into the guest's RX buffers through
+    /// `io` ([`crate::HostLink::recv_scatter`]): the chains its delivery will take are
+    /// reserved first (from the queue's next available position, after those the frames
+    /// read before it take). Anything but unfragmented TCP is made whole at once
+    /// ([`rx_split::splittable`]). One read per packet.
+    ///
+    /// # Errors
+    ///
+    /// As [`RxEngine::receive`].
+    pub(crate) fn receive_scattered<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        host: &dyn HostLink,
+        io: &dyn Gather,
+        mem: &M,
+        queue: &Q,
+        stats: &mut Stats,
+    ) -> Result<usize, Error> {
+        if self.batch.pending() > 0 {
+            return Ok(0);
+        }
+        self.batch.clear();
+        self.split.clear();
+        self.split.prepare(self.batch.capacity());
+        let hl = self.offloads.host_hdr_len();
+        let room = ETH_HLEN - hl;
+        let ghl = self.rx_queue.hdr_len();
+        let mrg = self.rx_queue.mrg();
+        let guest_len = |len: usize| ghl + ETH_HLEN + len.saturating_sub(hl);
+        let head_len = ghl + ETH_HLEN + RX_HEAD;
+        let need = guest_len(hl + self.max_packet);
+        let next = queue.next_avail();
+        // Chains available from `next` on (read once, when first needed).
+        let mut avail: Option<u16> = None;
+        // Chains the frames before `tracked` take when delivered; `None`: not known (no
+        // more reservations in this batch).
+        let mut taken: Option<u16> = Some(0);
+        let mut tracked = 0usize;
+        let mut got = 0usize;
+        for _ in 0..self.batch.capacity() {
+            let i = self.batch.len();
+            let mut reserved = false;
+            if self.split.hint
+                && let Some(mut t) = taken
+            {
+                let left = *avail
+                    .get_or_insert_with(|| ring::available_from(mem, queue, next).unwrap_or(0));
+                while tracked < i {
+                    let len = self.batch.frame(tracked).map_or(0, <[u8]>::len);
+                    let c = if len == 0 {
+                        Some(0)
+                    } else {
+                        rx_split::chains_for(
+                            mem,
+                            queue,
+                            next.wrapping_add(t),
+                            left.saturating_sub(t),
+                            guest_len(len),
+                            mrg,
+                        )
+                    };
+                    match c {
+                        Some(c) => t += c,
+                        None => break,
+                    }
+                    tracked += 1;
+                }
+                if tracked < i {
+                    taken = None;
+                } else {
+                    taken = Some(t);
+                    reserved = self.split.slot_mut(i).is_some_and(|r| {
+                        r.reserve(
+                            mem,
+                            queue,
+                            next.wrapping_add(t),
+                            left.saturating_sub(t),
+                            need,
+                            head_len,
+                            mrg,
+                        )
+                    });
+                }
+            }
+            let Some(buf) = self.batch.next_buf() else {
+                break;
+            };
+            let mut res = Err(io::Error::from(io::ErrorKind::InvalidInput));
+            if reserved
+                && let Some(t) = self.split.slot_mut(i)
+                && let Some(head) = buf.get_mut(room..room + hl + RX_HEAD)
+            {
+                res = io.scatter(head, t.tail());
+            }
+            if res
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput)
+            {
+                // Not reserved, or the reservation is not guest memory: read it here.
+                reserved = false;
+                let mut lens = [0usize];
+                res = match buf.get_mut(room..) {
+                    Some(b) => match host.recv_batch(&mut [b], &mut lens) {
+                        Ok(0) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+                        Ok(_) => Ok(lens[0]),
+                        Err(e) => Err(e),
+                    },
+                    None => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+                };
+            }
+            let len = match res {
+                Ok(len) => len,
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => break,
+                    io::ErrorKind::InvalidData => {
+                        stats.drop(DropCause::TooBig);
+                        continue;
+                    }
+                    _ if got == 0 => return Err(Error::HostLink(e)),
+                    // The next call reports it.
+                    _ => break,
+                },
+            };
+            got += 1;
+            stats.from_host += 1;
+            self.batch.commit(room, len);
+            let spilled = len > hl + RX_HEAD;
+            self.split.hint = spilled;
+            if !(reserved && spilled) {
+                continue;
+            }
+            let Some(t) = self.split.slot_mut(i) else {
+                continue;
+            };
+            let tail = len - hl - RX_HEAD;
+            t.trim(guest_len(len), tail);
+            (t.at, t.len) = (room + hl + RX_HEAD, tail);
+            let chains = t.chain_count() as u16;
+            self.split.set(i);
+            let Some((buf, start, flen)) = self.batch.slot_mut(i) else {
+                continue;
+            };
+            let hdr = if hl > 0 {
+                buf.get(start..start + hl).and_then(VirtioNetHdr::parse)
+            } else {
+                None
+            };
+            let ip = buf.get(start + hl..start + flen).unwrap_or_default();
+            let keep = (hl == 0 || hdr.is_some())
+                && rx_split::splittable(&self.offloads, hdr.as_ref(), ip);
+            if !keep && !self.split.make_whole(i, buf, io) {
+                // Its tail is not in guest memory after all: lost.
+                stats.drop(DropCause::ChainOutOfBounds);
+                self.batch.drop_frame(i);
+                continue;
+            }
+            // Whole or not, its delivery takes the chains it was read into.
+            if let Some(t) = taken.as_mut() {
+                *t = t.wrapping_add(chains);
+                tracked = i + 1;
+            }
+        }
+        Ok(got)
+    }
+
     /// Runs the received packets through the NAT (one batch call) and puts an Ethernet header
     /// (gateway → `guest_mac`, EtherType by the packet's IP version) in front of those that
     /// pass.
@@ -193,6 +378,19 @@ impl RxEngine {
         nat: &mut Nat,
         now: Instant,
         guest_mac: MacAddr,
+        stats: &mut Stats,
+    ) {
+        self.translate_with(nat, now, guest_mac, None, stats);
+    }
+
+    /// As [`RxEngine::translate`]; `io` makes a scattered frame whole where its payload is
+    /// read (an answer to the DNS relay).
+    pub(crate) fn translate_with(
+        &mut self,
+        nat: &mut Nat,
+        now: Instant,
+        guest_mac: MacAddr,
+        io: Option<&dyn Gather>,
         stats: &mut Stats,
     ) {
         let mut eth = [0u8; ETH_HLEN];
@@ -257,6 +455,15 @@ impl RxEngine {
                 && matches!(self.verdicts[j], Verdict::Forward)
                 && relay.is_for_relay(buf.get(start..start + len).unwrap_or(&[]))
             {
+                // The relay rewrites the whole packet (DNS over TCP may be scattered).
+                if self.split.get(i).is_some()
+                    && !io.is_some_and(|io| self.split.make_whole(i, buf, io))
+                {
+                    self.split.unset(i);
+                    stats.drop(DropCause::ChainOutOfBounds);
+                    self.batch.drop_frame(i);
+                    continue;
+                }
                 let r = if gso {
                     Err(DropCause::DnsRelay)
                 } else {
@@ -395,7 +602,51 @@ impl RxEngine {
         queue: &mut Q,
         stats: &mut Stats,
     ) -> Result<RxOutcome, Error> {
-        self.rx_queue.fill(mem, queue, &mut self.batch, stats)
+        self.deliver_with(mem, queue, None, stats)
+    }
+
+    /// As [`RxEngine::deliver`], for a batch [`RxEngine::receive_scattered`] read through
+    /// `io` (without it, scattered frames are dropped).
+    pub(crate) fn deliver_with<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        io: Option<&dyn Gather>,
+        stats: &mut Stats,
+    ) -> Result<RxOutcome, Error> {
+        if io.is_none() && self.split.any() {
+            // Cannot be: scattered frames come with their link's I/O.
+            for i in self.batch.cursor()..self.batch.len() {
+                if self.split.get(i).is_some() {
+                    self.split.unset(i);
+                    stats.drop(DropCause::ChainOutOfBounds);
+                    self.batch.drop_frame(i);
+                }
+            }
+        }
+        let split = match io {
+            Some(io) if self.split.any() => Some(Scattered {
+                split: &mut self.split,
+                io,
+            }),
+            _ => None,
+        };
+        self.rx_queue
+            .fill_with(mem, queue, &mut self.batch, split, stats)
+    }
+
+    /// Makes scattered frame `i` whole (before it moves to another port's inbox); `false`
+    /// (the caller drops it) if its tail is not in guest memory.
+    pub(crate) fn make_whole(&mut self, i: usize, io: Option<&dyn Gather>) -> bool {
+        if self.split.get(i).is_none() {
+            return true;
+        }
+        let ok = match (io, self.batch.slot_mut(i)) {
+            (Some(io), Some((buf, _, _))) => self.split.make_whole(i, buf, io),
+            _ => false,
+        };
+        self.split.unset(i);
+        ok
     }
 }
 

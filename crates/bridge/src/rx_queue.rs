@@ -8,7 +8,10 @@ use crate::device::{
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
 };
 use crate::frame::FrameBatch;
+use crate::host::Gather;
+use crate::rx_split::{RX_HEAD, RxSplit, RxTail};
 use crate::stats::{DropCause, Stats};
+use crate::wire::ETH_HLEN;
 use crate::{gmem, ring};
 
 /// What one [`RxQueue::fill`] call did.
@@ -57,6 +60,14 @@ enum Delivery {
     Delivered,
     Starved,
     Dropped(DropCause),
+    /// The frame would reach the first chain of a scattered frame after it: nothing taken.
+    Blocked,
+}
+
+/// A batch's scattered frames ([`crate::rx_split`]) and the link's guest-memory I/O.
+pub(crate) struct Scattered<'a> {
+    pub(crate) split: &'a mut RxSplit,
+    pub(crate) io: &'a dyn Gather,
 }
 
 /// The available-ring window one `fill` call works in.
@@ -104,6 +115,16 @@ impl RxQueue {
         }
     }
 
+    /// The virtio-net header's length in the guest's buffers.
+    pub(crate) fn hdr_len(&self) -> usize {
+        self.hdr_len
+    }
+
+    /// Whether a frame may take several chains (MRG_RXBUF).
+    pub(crate) fn mrg(&self) -> bool {
+        self.mrg
+    }
+
     /// Delivers the batch's pending frames (from its cursor on) until it is drained or the
     /// guest has no more RX buffers. Consumed frames are marked with
     /// [`FrameBatch::consume`]. The used index is published once, at the end.
@@ -119,6 +140,21 @@ impl RxQueue {
         frames: &mut FrameBatch,
         stats: &mut Stats,
     ) -> Result<RxOutcome, Error> {
+        self.fill_with(mem, queue, frames, None, stats)
+    }
+
+    /// As [`RxQueue::fill`], for a batch some of whose frames were read into the guest's
+    /// buffers ([`crate::rx_split`]): such a frame whose chains are next takes them (its
+    /// head written, nothing copied); one whose are not is made whole first, and so are
+    /// all when a frame before them would reach their chains.
+    pub(crate) fn fill_with<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        frames: &mut FrameBatch,
+        split: Option<Scattered<'_>>,
+        stats: &mut Stats,
+    ) -> Result<RxOutcome, Error> {
         let mut out = RxOutcome::default();
         let mut w = Window {
             next: queue.next_avail(),
@@ -130,7 +166,7 @@ impl RxQueue {
             walked: 0,
         };
         self.used.clear();
-        let result = self.fill_window(mem, queue, frames, &mut w, &mut out, stats);
+        let result = self.fill_window(mem, queue, frames, split, &mut w, &mut out, stats);
         out.walked = w.walked;
         // Whatever happened, publish what was written and keep the ring position.
         queue.set_next_avail(w.next);
@@ -139,11 +175,13 @@ impl RxQueue {
         result.map(|()| out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fill_window<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &Q,
         frames: &mut FrameBatch,
+        mut split: Option<Scattered<'_>>,
         w: &mut Window,
         out: &mut RxOutcome,
         stats: &mut Stats,
@@ -154,12 +192,68 @@ impl RxQueue {
             let i = frames.cursor();
             let Some(frame) = frames.frame(i) else { break };
             if frame.is_empty() {
+                if let Some(s) = split.as_mut() {
+                    s.split.unset(i);
+                }
                 frames.consume(1);
                 continue;
             }
             let len = frame.len();
             let hdr = frames.header(i);
-            match self.deliver(mem, queue, w, frame, hdr, stats)? {
+            let mut stop_at = None;
+            if let Some(s) = split.as_mut() {
+                if let Some(t) = s.split.get(i) {
+                    if w.next == t.pos
+                        && usize::from(w.left) >= t.chain_count()
+                        && len == ETH_HLEN + RX_HEAD + t.len
+                    {
+                        let d = self.deliver_split(
+                            queue,
+                            w,
+                            &frame[..len - t.len],
+                            hdr,
+                            t,
+                            s.io,
+                            stats,
+                        );
+                        s.split.unset(i);
+                        frames.consume(1);
+                        match d {
+                            Delivery::Delivered => {
+                                out.delivered += 1;
+                                stats.rx_frames += 1;
+                                stats.rx_bytes += len as u64;
+                                stats.rx_scattered += 1;
+                                stats.rx_gso += u64::from(hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE);
+                                stats.rx_gso6 +=
+                                    u64::from(hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
+                            }
+                            _ => {
+                                out.dropped += 1;
+                                stats.drop(DropCause::ChainOutOfBounds);
+                            }
+                        }
+                        continue;
+                    }
+                    // Not where it was read into (a frame before it was dropped, or the
+                    // guest changed its buffers): whole, then like any other.
+                    make_whole(s, frames, i, stats);
+                    continue;
+                }
+                stop_at = s.split.next_after(i).map(|(_, pos)| pos);
+            }
+            match self.deliver(mem, queue, w, frame, hdr, stop_at, stats)? {
+                Delivery::Blocked => {
+                    // It would write into a scattered frame's chains: make them all whole
+                    // first (their tails are still intact), then try it again.
+                    if let Some(s) = split.as_mut() {
+                        for k in i + 1..frames.len() {
+                            if s.split.get(k).is_some() {
+                                make_whole(s, frames, k, stats);
+                            }
+                        }
+                    }
+                }
                 Delivery::Delivered => {
                     out.delivered += 1;
                     stats.rx_frames += 1;
@@ -234,6 +328,53 @@ impl RxQueue {
         Ok(left)
     }
 
+    /// Delivers a scattered frame into the chains it was read into (at the window's next
+    /// position): its virtio-net header (`num_buffers` set) and `head` (the Ethernet header
+    /// and the IP packet's head) go into their place, the tail is there already.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_split<Q: QueueT>(
+        &mut self,
+        queue: &Q,
+        w: &mut Window,
+        head: &[u8],
+        hdr: VirtioNetHdr,
+        t: &RxTail,
+        io: &dyn Gather,
+        stats: &mut Stats,
+    ) -> Delivery {
+        let n = t.chain_count();
+        let hb = VirtioNetHdr {
+            num_buffers: u16::try_from(n).unwrap_or(u16::MAX),
+            ..hdr
+        }
+        .to_bytes();
+        let mut bytes = [0u8; VIRTIO_NET_HDR_LEN + ETH_HLEN + RX_HEAD];
+        let total = self.hdr_len + head.len();
+        let ok = match bytes.get_mut(..total) {
+            Some(b) => {
+                b[..self.hdr_len].copy_from_slice(&hb[..self.hdr_len]);
+                b[self.hdr_len..].copy_from_slice(head);
+                io.write_segments(t.head(), b)
+            }
+            None => false,
+        };
+        let k = u16::try_from(n).unwrap_or(u16::MAX);
+        w.next = w.next.wrapping_add(k);
+        w.left = w.left.saturating_sub(k);
+        w.walked += n;
+        for (h, l) in t.chains() {
+            // A head that could not be written: the chains go back empty (the guest drops
+            // short packets).
+            self.put(queue, h, if ok { l } else { 0 }, stats);
+        }
+        if ok {
+            Delivery::Delivered
+        } else {
+            Delivery::Dropped(DropCause::ChainOutOfBounds)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn deliver<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
@@ -241,6 +382,7 @@ impl RxQueue {
         w: &mut Window,
         frame: &[u8],
         hdr: VirtioNetHdr,
+        stop_at: Option<u16>,
         stats: &mut Stats,
     ) -> Result<Delivery, Error> {
         let start = w.next;
@@ -266,6 +408,13 @@ impl RxQueue {
                 w.left = start_left;
                 self.popped.clear();
                 return Ok(Delivery::Starved);
+            }
+            if stop_at == Some(w.next) {
+                // The first chain of a scattered frame after this one.
+                w.next = start;
+                w.left = start_left;
+                self.popped.clear();
+                return Ok(Delivery::Blocked);
             }
             let head = w.head(mem, queue)?;
             w.next = w.next.wrapping_add(1);
@@ -336,6 +485,19 @@ impl RxQueue {
         } else {
             self.used.push(head, len);
         }
+    }
+}
+
+/// Makes scattered frame `k` whole ([`RxSplit::make_whole`]); a frame whose tail is not in
+/// guest memory any more is dropped and counted.
+fn make_whole(s: &mut Scattered<'_>, frames: &mut FrameBatch, k: usize, stats: &mut Stats) {
+    let ok = frames
+        .slot_mut(k)
+        .is_some_and(|(buf, _, _)| s.split.make_whole(k, buf, s.io));
+    if !ok {
+        s.split.unset(k);
+        stats.drop(DropCause::ChainOutOfBounds);
+        frames.drop_frame(k);
     }
 }
 

@@ -176,6 +176,10 @@ pub struct Stats {
     /// memory (large TCP frames whose payload the bridge did not copy; see
     /// [`crate::HostLink::send_gather`]).
     pub tx_gathered: u64,
+    /// Of [`Stats::rx_frames`], the frames whose payload the host link read straight into
+    /// the guest's RX buffers (large TCP packets the bridge did not copy; see
+    /// [`crate::HostLink::recv_scatter`]).
+    pub rx_scattered: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -199,6 +203,7 @@ impl Stats {
             rx_gso6,
             switched,
             tx_gathered,
+            rx_scattered,
             drops,
         } = other;
         self.tx_frames += tx_frames;
@@ -216,6 +221,7 @@ impl Stats {
         self.rx_gso6 += rx_gso6;
         self.switched += switched;
         self.tx_gathered += tx_gathered;
+        self.rx_scattered += rx_scattered;
         for (a, b) in self.drops.iter_mut().zip(drops) {
             *a += b;
         }
@@ -301,7 +307,7 @@ impl fmt::Display for DropsByName<'_> {
 }
 
 /// One line: `tx 12 frames/1400 B, rx 10 frames/1200 B, tx_gso 0, rx_gso 0, tx_gso6 0,
-/// rx_gso6 0, tx_gathered 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops
+/// rx_gso6 0, tx_gathered 0, rx_scattered 0, to host 11, from host 9, local replies 3, nat flows 2, nat out 11 in 9, drops
 /// 476 NatInbound=476 nat.NoMapping=476` (the drop counters as
 /// [`BridgeStats::drops_by_name`] gives them; `needs reset` at the end when a queue is
 /// broken).
@@ -311,7 +317,7 @@ impl fmt::Display for BridgeStats {
         write!(
             f,
             "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, tx_gso6 {}, rx_gso6 {}, \
-             tx_gathered {}, to host {}, from host {}, local replies {}, switched {}, nat flows {}, nat out {} in {}, \
+             tx_gathered {}, rx_scattered {}, to host {}, from host {}, local replies {}, switched {}, nat flows {}, nat out {} in {}, \
              drops {}",
             b.tx_frames,
             b.tx_bytes,
@@ -322,6 +328,7 @@ impl fmt::Display for BridgeStats {
             b.tx_gso6,
             b.rx_gso6,
             b.tx_gathered,
+            b.rx_scattered,
             b.to_host,
             b.from_host,
             b.local_replies,
@@ -361,6 +368,7 @@ pub struct AtomicStats {
     rx_gso6: AtomicU64,
     switched: AtomicU64,
     tx_gathered: AtomicU64,
+    rx_scattered: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -388,6 +396,7 @@ impl AtomicStats {
         add(&self.rx_gso6, &mut local.rx_gso6);
         add(&self.switched, &mut local.switched);
         add(&self.tx_gathered, &mut local.tx_gathered);
+        add(&self.rx_scattered, &mut local.rx_scattered);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -416,6 +425,7 @@ impl AtomicStats {
             rx_gso6: get(&self.rx_gso6),
             switched: get(&self.switched),
             tx_gathered: get(&self.tx_gathered),
+            rx_scattered: get(&self.rx_scattered),
             drops,
         }
     }

@@ -68,6 +68,14 @@ fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<
         gathered.is_some_and(|n| n > 0),
         "nothing gathered from guest memory: {stats}"
     );
+    // The download's were read into the guest's buffers (scattered RX).
+    let scattered = stats
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rx_scattered=")?.parse::<u64>().ok());
+    ensure!(
+        scattered.is_some_and(|n| n > 0),
+        "nothing scattered into guest memory: {stats}"
+    );
     ensure!(
         daemon.process.child_mut().try_wait()?.is_none(),
         "hostnetd exited"

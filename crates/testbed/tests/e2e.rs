@@ -827,7 +827,7 @@ fn iperf3_tcp_throughput_both_directions() {
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn offloads_carry_tso_super_frames_both_ways_100mb_sha256() {
-    let (tx_gso, rx_gso, gathered, stderr) = transfer_100mb_both_ways("e2e-tso", &[]);
+    let (tx_gso, rx_gso, gathered, scattered, stderr) = transfer_100mb_both_ways("e2e-tso", &[]);
     assert!(
         stderr.contains("offloads=CSUM GUEST_CSUM HOST_TSO4 GUEST_TSO4"),
         "offloads not negotiated:\n{stderr}"
@@ -836,21 +836,27 @@ fn offloads_carry_tso_super_frames_both_ways_100mb_sha256() {
         tx_gso > 0 && rx_gso > 0,
         "no TSO super-frames (tx_gso {tx_gso}, rx_gso {rx_gso}):\n{stderr}"
     );
-    // The upload's super-frames left the TUN gathered from guest memory (head-only TX).
+    // The upload's super-frames left the TUN gathered from guest memory (head-only TX),
+    // the download's were read into it (scattered RX).
     assert!(gathered > 0, "nothing gathered:\n{stderr}");
+    assert!(scattered > 0, "nothing scattered:\n{stderr}");
 }
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn no_offload_moves_100mb_both_ways_without_super_frames() {
-    let (tx_gso, rx_gso, gathered, stderr) =
+    let (tx_gso, rx_gso, gathered, scattered, stderr) =
         transfer_100mb_both_ways("e2e-nooff", &["--no-offload"]);
     assert!(
         stderr.contains("offloads=none"),
         "offloads negotiated with --no-offload:\n{stderr}"
     );
     // Frames of MTU 1500 are all copied.
-    assert_eq!((tx_gso, rx_gso, gathered), (0, 0, 0), "{stderr}");
+    assert_eq!(
+        (tx_gso, rx_gso, gathered, scattered),
+        (0, 0, 0, 0),
+        "{stderr}"
+    );
 }
 
 /// The `--threads` mode that is not the default: every other test runs the default.
@@ -859,7 +865,7 @@ const OTHER_THREADS: &str = "pipeline";
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn other_threads_mode_moves_100mb_both_ways_with_super_frames() {
-    let (tx_gso, rx_gso, gathered, stderr) =
+    let (tx_gso, rx_gso, gathered, scattered, stderr) =
         transfer_100mb_both_ways("e2e-thr", &["--threads", OTHER_THREADS]);
     assert!(
         stderr.contains(&format!("threads={}", threads_debug(OTHER_THREADS))),
@@ -869,14 +875,16 @@ fn other_threads_mode_moves_100mb_both_ways_with_super_frames() {
         tx_gso > 0 && rx_gso > 0,
         "no TSO super-frames (tx_gso {tx_gso}, rx_gso {rx_gso}):\n{stderr}"
     );
-    // The pipeline's TX thread gathers too (the link's gathering passed to it at activation).
+    // The pipeline's threads gather and scatter too (the link's I/O passed to them at
+    // activation).
     assert!(gathered > 0, "nothing gathered:\n{stderr}");
+    assert!(scattered > 0, "nothing scattered:\n{stderr}");
 }
 
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn other_threads_mode_without_offloads_moves_100mb_both_ways() {
-    let (tx_gso, rx_gso, _, stderr) = transfer_100mb_both_ways(
+    let (tx_gso, rx_gso, _, _, stderr) = transfer_100mb_both_ways(
         "e2e-thrnooff",
         &["--threads", OTHER_THREADS, "--no-offload"],
     );
@@ -927,7 +935,7 @@ fn threads_debug(mode: &str) -> &'static str {
 /// Uploads and downloads 100 MiB between guest and server through attach (started with
 /// `extra`), checks both sha256, stops attach and returns the bridge's `tx_gso` and `rx_gso`
 /// from its shutdown stats line, and attach's whole stderr.
-fn transfer_100mb_both_ways(tag: &str, extra: &[&str]) -> (u64, u64, u64, String) {
+fn transfer_100mb_both_ways(tag: &str, extra: &[&str]) -> (u64, u64, u64, u64, String) {
     require(&[("busybox", "busybox"), ("curl", "curl")]);
     let (mut lab, _lease) = Lab::with_lease(tag, extra);
     let src = lab.random_file("blob", HUNDRED_MB);
@@ -973,6 +981,7 @@ fn transfer_100mb_both_ways(tag: &str, extra: &[&str]) -> (u64, u64, u64, String
         field("tx_gso"),
         field("rx_gso"),
         field("tx_gathered"),
+        field("rx_scattered"),
         stderr,
     )
 }

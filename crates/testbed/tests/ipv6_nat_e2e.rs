@@ -82,6 +82,11 @@ fn a_slaac_guest_pings_and_moves_tcp_through_nat66_with_eim_and_no_unsolicited_i
     );
     // The upload's TCPv6 super-frames left the TUN gathered from guest memory.
     assert!(field(&line, "tx_gathered") > 0, "nothing gathered: {line}");
+    // And the download's were read into the guest's buffers.
+    assert!(
+        field(&line, "rx_scattered") > 0,
+        "nothing scattered: {line}"
+    );
 }
 
 /// The same without offloads: complete checksums all the way.

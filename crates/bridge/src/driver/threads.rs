@@ -95,10 +95,11 @@ where
         let _ = free_tx.send(FrameBatch::new(s.batch_size, s.reply_size));
     }
     let clock = Clock::new();
-    // The link's type is known here only: its gathering (head-only TX) goes to the TX
-    // thread as a trait object for the guest memory's type.
+    // The link's type is known here only: its gathering (head-only TX) and scattering
+    // (scattered RX) go to the threads as trait objects for the guest memory's type.
     // (`H`'s own answer: `Arc<H>`'s is `false`, since `Arc` cannot forward the generic call.)
     let gather = H::gathers(&host).then(|| host.clone() as Arc<dyn GatherLink<A::M>>);
+    let scatter = H::scatters(&host).then(|| host.clone() as Arc<dyn GatherLink<A::M>>);
     let host: Arc<dyn HostLink> = host;
     let tx_state = Arc::new(Mutex::new(TxState {
         mem: s.mem.clone(),
@@ -131,6 +132,7 @@ where
         free: free_tx,
         events: events.clone(),
         host,
+        scatter,
         shared: shared.clone(),
         interrupt: s.interrupt,
         clock,
@@ -400,7 +402,7 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
     }
 }
 
-struct RxThread<A, Q> {
+struct RxThread<A: GuestAddressSpace, Q> {
     mem: A,
     queue: Q,
     half: RxHalf,
@@ -410,6 +412,8 @@ struct RxThread<A, Q> {
     free: Sender<FrameBatch>,
     events: Arc<Events>,
     host: Arc<dyn HostLink>,
+    /// The same link when it reads into guest memory (scattered RX).
+    scatter: Option<Arc<dyn GatherLink<A::M>>>,
     shared: Arc<Shared>,
     interrupt: Interrupt,
     clock: Clock,
@@ -560,7 +564,11 @@ impl<A: GuestAddressSpace, Q: QueueT> RxThread<A, Q> {
             mac,
             replies: self.local.as_mut(),
         };
-        let p = self.half.deliver(mem, &mut self.queue, &mut access, step)?;
+        let link = self.scatter.as_deref().map(|link| Gathering { mem, link });
+        let io = link.as_ref().map(|l| l as &dyn Gather);
+        let p = self
+            .half
+            .deliver(mem, &mut self.queue, &mut access, step, io)?;
         if p.notify {
             (self.interrupt)(RX_QUEUE);
         }

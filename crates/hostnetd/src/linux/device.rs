@@ -119,6 +119,7 @@ fn log_counters(
         tx_gso6 = s.tx_gso6,
         rx_gso6 = s.rx_gso6,
         tx_gathered = s.tx_gathered,
+        rx_scattered = s.rx_scattered,
         nat_flows = all.nat_flows,
         drops = %all.drops_by_name(),
         "{what}"
