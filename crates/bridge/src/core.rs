@@ -2589,14 +2589,20 @@ mod tests {
     /// A frame as the guest reads it: its virtio-net header and the Ethernet frame.
     type GuestFrame = (crate::VirtioNetHdr, Vec<u8>);
 
+    /// What a core did with packets from the host link: the guest's frames, its RX used
+    /// entries (id, length), what went back to the host link, the counters.
+    type Delivered = (Vec<GuestFrame>, Vec<(u32, u32)>, Vec<Vec<u8>>, Stats);
+
     /// The guest's frames (header, frame), the RX used entries (id, length) and the core's
     /// counters after one RX pass over a batch from the host link of: TCP super-packets
     /// of 30 000 B (read whole: the first large one), 60 000 (scattered), a 1 400-byte
-    /// segment, 20 000 (whole: after a small one), 40 000 (scattered), 30 000 to a port
+    /// segment (scattered too: after a large one), 20 000 (whole: after one no larger than
+    /// 2 KiB), 40 000 (scattered), 30 000 to a port
     /// nobody forwards (scattered, refused by the NAT), 25 000 and 10 000 (read scattered,
-    /// then made whole: their chains are not where the refused one left off), through a core whose link reads into guest memory (`scatter`) or not; the
+    /// then made whole: their chains are not where the refused one left off) and a plain
+    /// 12 000-byte one (over the MTU: answered from its copy made whole), through a core whose link reads into guest memory (`scatter`) or not; the
     /// guest's buffers are 4 KiB (MRG_RXBUF).
-    fn scattered_or_copied(scatter: bool) -> (Vec<GuestFrame>, Vec<(u32, u32)>, Stats) {
+    fn scattered_or_copied(scatter: bool) -> Delivered {
         let mem = testing::guest_memory();
         let mut net = MockNet::new(&mem, 256);
         let (mut rxq, _txq) = net.queues(false);
@@ -2644,6 +2650,7 @@ mod tests {
         send(30_000, 9999, true);
         send(25_000, 8080, true);
         send(10_000, 8080, true);
+        send(12_000, 8080, false);
         for _ in 0..8 {
             if !dp
                 .on_rx_ready(&mem, &mut rxq, &host, true, NOW)
@@ -2662,7 +2669,11 @@ mod tests {
         while let Some(f) = net.rx_frame(HDR, &mut pending) {
             frames.push(f);
         }
-        (frames, used, dp.stats().clone())
+        let mut answers = Vec::new();
+        while let Some(p) = peer.recv() {
+            answers.push(p);
+        }
+        (frames, used, answers, dp.stats().clone())
     }
 
     /// A large TCP packet from the host link is read with its payload straight into the
@@ -2671,8 +2682,8 @@ mod tests {
     /// leave off at (a packet the NAT refused) is made whole and delivered all the same.
     #[test]
     fn a_large_tcp_packet_is_scattered_into_the_guests_buffers_and_equals_the_copy() {
-        let (copied, cu, cs) = scattered_or_copied(false);
-        let (scattered, su, ss) = scattered_or_copied(true);
+        let (copied, cu, ca, cs) = scattered_or_copied(false);
+        let (scattered, su, sa, ss) = scattered_or_copied(true);
         assert_eq!(copied.len(), 7, "all but the refused one");
         let lens: Vec<usize> = copied
             .iter()
@@ -2687,11 +2698,14 @@ mod tests {
             assert!(c == s, "frame {i} differs from the copied one");
         }
         assert_eq!(scattered.len(), copied.len());
-        assert_eq!((cs.rx_scattered, ss.rx_scattered), (0, 2));
+        assert_eq!((cs.rx_scattered, ss.rx_scattered), (0, 3));
         assert_eq!((cs.rx_frames, ss.rx_frames), (7, 7));
         assert_eq!(cs.drops_of(crate::DropCause::NatInbound), 1);
         assert_eq!(ss.drops_of(crate::DropCause::NatInbound), 1);
-        assert_eq!((cs.total_drops(), ss.total_drops()), (1, 1));
+        assert_eq!((cs.total_drops(), ss.total_drops()), (2, 2));
+        assert_eq!((cs.too_big_answers, ss.too_big_answers), (1, 1));
+        assert_eq!(ca.len(), 1, "the answer to the 12 000-byte packet");
+        assert!(ca == sa, "the answer quotes the same bytes");
     }
 
     /// The egress policy lives in the config the core owns: a denied destination is a

@@ -811,7 +811,8 @@ impl<'a> Others<'a> {
     /// Moves the frames of the reader's host batch (translated, from the batch's cursor on)
     /// that are for other guests into their inboxes.
     /// A frame read into this port's guest memory ([`crate::rx_split`]) is made whole
-    /// through `io` first.
+    /// through `io` first (a copy: the engine does not read into guest memory again while
+    /// its batches carry frames for others, [`RxEngine::set_shared_reads`]).
     pub(crate) fn take_rx(
         &mut self,
         engine: &mut RxEngine,
@@ -853,6 +854,9 @@ impl<'a> Others<'a> {
             Some(q) if moved > mine => Some(q),
             _ => Some(self.me),
         };
+        // While packets for other guests come in this port's reads, read them into its own
+        // buffers (they move on without a copy) rather than into its guest's memory.
+        engine.set_shared_reads(moved > 0);
     }
 
     /// Moves frame `i` of `batch` into port `q`'s inbox with `q`'s MAC as destination (and

@@ -46,6 +46,8 @@ pub struct RxEngine {
     max_packet: usize,
     /// The batch's frames whose tail is in the guest's RX buffers (see [`crate::rx_split`]).
     split: RxSplit,
+    /// See [`RxEngine::set_shared_reads`].
+    shared_reads: bool,
 }
 
 impl RxEngine {
@@ -74,6 +76,7 @@ impl RxEngine {
             too_big: None,
             max_packet,
             split: RxSplit::default(),
+            shared_reads: false,
         }
     }
 
@@ -194,9 +197,17 @@ impl RxEngine {
     }
 
     /// Whether a read may put a packet's tail into the guest's RX buffers: packets longer
-    /// than the head arrive (a guest taking super-packets, or a large MTU).
+    /// than the head arrive (a guest taking super-packets, or a large MTU), and the last
+    /// batch carried none for other guests of a network.
     pub(crate) fn scatters(&self) -> bool {
-        self.max_packet > RX_HEAD
+        self.max_packet > rx_split::BULK && !self.shared_reads
+    }
+
+    /// Whether the last batch read carried packets for other guests of a network: then the
+    /// next ones are read into the engine's own buffers (a packet for another guest moves
+    /// on by buffer; read into this guest's memory it would be copied back out).
+    pub(crate) fn set_shared_reads(&mut self, on: bool) {
+        self.shared_reads = on;
     }
 
     /// Whether frames of the batch wait whose tail is in the guest's RX buffers: those
@@ -205,8 +216,8 @@ impl RxEngine {
         self.split.any() && self.batch.pending() > 0
     }
 
-    /// As [`RxEngine::receive`], but a packet longer than [`RX_HEAD`] that follows one such
-    /// (a bulk transfer) is read with its tail straight into the guest's RX buffers through
+    /// As [`RxEngine::receive`], but a packet longer than [`RX_HEAD`] that follows one longer
+    /// than [`rx_split::BULK`] (a bulk transfer) is read with its tail straight into the guest's RX buffers through
     /// `io` ([`crate::HostLink::recv_scatter`]): the chains its delivery will take are
     /// reserved first (from the queue's next available position, after those the frames
     /// read before it take). Anything but unfragmented TCP is made whole at once
@@ -332,7 +343,9 @@ impl RxEngine {
             stats.from_host += 1;
             self.batch.commit(room, len);
             let spilled = len > hl + RX_HEAD;
-            self.split.hint = spilled;
+            // Reserve for the next read after a bulk-sized packet only: a reservation walks
+            // the chains a largest packet would take.
+            self.split.hint = len > hl + rx_split::BULK;
             if !(reserved && spilled) {
                 continue;
             }
@@ -495,11 +508,16 @@ impl RxEngine {
                 }
                 Verdict::Forward | Verdict::Hairpin => {
                     stats.drop(DropCause::TooBig);
-                    if let Some(a) = self.too_big.as_mut()
+                    // The answer quotes more than the head holds: the tail first.
+                    let whole = self.split.get(i).is_none()
+                        || io.is_some_and(|io| self.split.make_whole(i, buf, io));
+                    if whole
+                        && let Some(a) = self.too_big.as_mut()
                         && let Some(p) = buf.get(start..start + len)
                     {
                         a.answer(p, nat, now, stats);
                     }
+                    self.split.unset(i);
                     self.batch.drop_frame(i);
                 }
                 // The NAT kept a copy (a fragment before its first fragment).

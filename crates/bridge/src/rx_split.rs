@@ -27,10 +27,14 @@ use crate::offload::{self, Offloads};
 use crate::ring;
 use ::wire::ip_proto;
 
-/// Bytes of the IP packet read into the bridge's own buffer (the part the NAT and the
-/// checks read, an ICMP error's quote included); the rest of a larger packet goes straight
-/// into guest memory. As on TX ([`crate::tx_split`]).
-pub(crate) const RX_HEAD: usize = 2048;
+/// Bytes of the IP packet read into the bridge's own buffer: the part the NAT and the
+/// checks read (IP and TCP headers with options: at most 120 bytes); the rest of a larger
+/// packet goes straight into guest memory. Where a frame's way reads more (a Packet Too Big
+/// answer's quote, the DNS relay, a frame for another guest), it is made whole first.
+pub(crate) const RX_HEAD: usize = 256;
+/// A packet longer than this makes the next read reserve guest buffers (a bulk transfer:
+/// the reservation's chain walk pays off).
+pub(crate) const BULK: usize = 2048;
 /// Chains one scattered packet takes at most (a 64 KiB packet in 4 KiB buffers takes 17).
 pub(crate) const MAX_CHAINS: usize = 64;
 /// Guest-memory pieces of a scattered packet's tail at most (a TUN read takes 64 slices
