@@ -1,11 +1,12 @@
 //! Scattered RX against the copy. Packets from the host link built from the input (IPv4 or
 //! IPv6; TCP or UDP; to a forwarded port or not, so that the NAT refuses some; a super-packet
-//! or not; a checksum request in TCP's place or none; an IPv4 fragment or not; up to 64 KiB)
-//! go to a guest whose RX chains the input lays out (buffer sizes, two descriptors or one,
+//! or not; a checksum request in TCP's place or none; an IPv4 fragment or not; up to 64 KiB,
+//! plain ones up to 16 000 B) go to a guest whose RX chains the input lays out (buffer sizes, two descriptors or one,
 //! some device-readable, some outside guest memory; MRG_RXBUF or not) through two device
 //! cores with offloads at MTU 9000: one whose host link reads into guest memory, one whose
 //! link does not. Never a panic; the guest gets the same used entries (chain, length) in the
-//! same order, and the same bytes in each; the counters agree but `rx_scattered`.
+//! same order, and the same bytes in each; the host link gets the same answers (to plain
+//! packets over the MTU); the counters agree but `rx_scattered`.
 //!
 //! Input: `[config, count, (flags, len_hi, len_lo) × count, chain × …]`. Config: 1 no
 //! MRG_RXBUF. Flags: 1 IPv6, 2 UDP, 4 to a port nobody forwards, 8 a super-packet, 16 a
@@ -31,7 +32,6 @@ const RX_AVAIL: u64 = 0x1000;
 const RX_USED: u64 = 0x2000;
 const DATA: u64 = 0x1_0000;
 const MEM: usize = 0x100_0000;
-const HDR: usize = 12;
 const MTU: u16 = 9000;
 const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
@@ -54,8 +54,9 @@ fuzz_target!(|input: &[u8]| {
         return;
     }
     let mrg = config & 1 == 0;
-    let (a, mut sa) = run(&packets, chains, mrg, true);
-    let (b, sb) = run(&packets, chains, mrg, false);
+    let (a, ha, mut sa) = run(&packets, chains, mrg, true);
+    let (b, hb, sb) = run(&packets, chains, mrg, false);
+    assert!(ha == hb, "the host link got different packets (answers)");
     assert_eq!(sb.rx_scattered, 0, "a link that does not scatter scattered");
     sa.rx_scattered = 0;
     assert_eq!(sa, sb, "the counters differ");
@@ -74,7 +75,8 @@ fn packet(flags: u8, len: usize) -> Vec<u8> {
     let gso = flags & 8 != 0 && !udp;
     let l3 = if v6 { 40 } else { 20 };
     let l4 = if udp { 8 } else { 20 };
-    let max = if gso { 65_535 - l3 } else { usize::from(MTU) - l3 };
+    // Plain ones beyond the MTU too: answered with Packet Too Big / fragmentation needed.
+    let max = if gso { 65_535 - l3 } else { 16_000 };
     let payload = (len % 65_536).min(max - l4);
     let mut p = vec![0u8; l3 + l4 + payload];
     let proto = if udp { 17 } else { 6 };
@@ -132,15 +134,10 @@ fn packet(flags: u8, len: usize) -> Vec<u8> {
     bytes
 }
 
-/// The used entries the guest got (chain, length, the bytes written) and the core's
-/// counters, for `packets` from a link that scatters or not into RX chains laid out by
-/// `chains`.
-fn run(
-    packets: &[Vec<u8>],
-    chains: &[u8],
-    mrg: bool,
-    scatter: bool,
-) -> (Vec<(u16, u32, Vec<u8>)>, Stats) {
+/// The used entries the guest got (chain, length, the bytes written), what the host link
+/// got back and the core's counters, for `packets` from a link that scatters or not into RX
+/// chains laid out by `chains`.
+fn run(packets: &[Vec<u8>], chains: &[u8], mrg: bool, scatter: bool) -> Outcome {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).expect("memory");
     let mut rxq = Queue::new(QSIZE).expect("queue");
     rxq.set_size(QSIZE);
@@ -223,8 +220,15 @@ fn run(
         let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
         out.push((id as u16, len, chain_bytes(&mem, id as u16, len)));
     }
-    (out, dp.stats().clone())
+    let mut back = Vec::new();
+    while let Some(p) = peer.recv() {
+        back.push(p);
+    }
+    (out, back, dp.stats().clone())
 }
+
+/// Used entries (chain, length, bytes), packets back to the host, counters.
+type Outcome = (Vec<(u16, u32, Vec<u8>)>, Vec<Vec<u8>>, Stats);
 
 /// The first `len` bytes of RX chain `head` (as far as its descriptors reach into memory).
 fn chain_bytes(mem: &GuestMemoryMmap<()>, head: u16, len: u32) -> Vec<u8> {
