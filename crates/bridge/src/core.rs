@@ -1295,8 +1295,27 @@ impl RxHalf {
     ///
     /// With `io` (the link reads into guest memory) a large packet's payload goes straight
     /// into the guest's RX buffers ([`crate::rx_split`]); while such frames wait, nothing
-    /// else is delivered first.
+    /// else is delivered first, and those still waiting when the call returns are made whole.
     pub(crate) fn deliver<M: GuestMemory, Q: QueueT>(
+        &mut self,
+        mem: &M,
+        queue: &mut Q,
+        access: &mut impl RxAccess,
+        step: Step<'_>,
+        io: Option<&dyn Gather>,
+    ) -> Result<RxProgress, Error> {
+        let Step { host, now, stats } = step;
+        let step = Step {
+            host,
+            now,
+            stats: &mut *stats,
+        };
+        let res = self.deliver_inner(mem, queue, access, step, io);
+        self.engine.make_all_whole(io, stats);
+        res
+    }
+
+    fn deliver_inner<M: GuestMemory, Q: QueueT>(
         &mut self,
         mem: &M,
         queue: &mut Q,

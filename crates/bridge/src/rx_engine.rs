@@ -653,6 +653,21 @@ impl RxEngine {
             .fill_with(mem, queue, &mut self.batch, split, stats)
     }
 
+    /// Makes every scattered frame still waiting whole: at the end of a driver's event,
+    /// since the reserved chains are only known to be the guest's while the driver holds the
+    /// queue (a frontend may stop and restart the ring between events).
+    pub(crate) fn make_all_whole(&mut self, io: Option<&dyn Gather>, stats: &mut Stats) {
+        if !self.split.any() {
+            return;
+        }
+        for i in self.batch.cursor()..self.batch.len() {
+            if !self.make_whole(i, io) {
+                stats.drop(DropCause::ChainOutOfBounds);
+                self.batch.drop_frame(i);
+            }
+        }
+    }
+
     /// Makes scattered frame `i` whole (before it moves to another port's inbox); `false`
     /// (the caller drops it) if its tail is not in guest memory.
     pub(crate) fn make_whole(&mut self, i: usize, io: Option<&dyn Gather>) -> bool {
