@@ -217,11 +217,11 @@ impl RxEngine {
     }
 
     /// As [`RxEngine::receive`], but a packet longer than [`RX_HEAD`] that follows one longer
-    /// than [`rx_split::BULK`] (a bulk transfer) is read with its tail straight into the guest's RX buffers through
-    /// `io` ([`crate::HostLink::recv_scatter`]): the chains its delivery will take are
-    /// reserved first (from the queue's next available position, after those the frames
-    /// read before it take). Anything but unfragmented TCP is made whole at once
-    /// ([`rx_split::splittable`]). One read per packet.
+    /// than [`rx_split::BULK`] (a bulk transfer) is read with its tail straight into the
+    /// guest's RX buffers through `io` ([`crate::HostLink::recv_scatter`]): the chains its
+    /// delivery will take are reserved first (from the queue's next available position,
+    /// after those the frames read before it take). Anything but unfragmented TCP is made
+    /// whole at once ([`rx_split::splittable`]). One read per packet.
     ///
     /// # Errors
     ///
