@@ -2204,13 +2204,30 @@ mod tests {
         p
     }
 
-    /// A GRO'd super-packet from the TUN reaches a guest that took GUEST_TSO4 as one GSO frame.
-    #[test]
-    fn a_gso_packet_from_the_host_reaches_a_guest_that_takes_them() {
-        let mem = testing::guest_memory();
-        let mut net = MockNet::new(&mem, 256);
-        let (mut rxq, _txq) = net.queues(false);
-        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
+    /// IPv4 TCP packet `ip` (its checksum partial) as a TUN device hands it over: behind a
+    /// virtio-net header asking for the checksum, and for segmentation (MSS 1448) if `gso`.
+    fn from_tun(ip: &[u8], gso: bool) -> Vec<u8> {
+        let hdr = crate::VirtioNetHdr {
+            flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: if gso {
+                crate::VIRTIO_NET_HDR_GSO_TCPV4
+            } else {
+                crate::VIRTIO_NET_HDR_GSO_NONE
+            },
+            hdr_len: if gso { 40 } else { 0 },
+            gso_size: if gso { 1448 } else { 0 },
+            csum_start: 20,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        let mut bytes = hdr.to_bytes().to_vec();
+        bytes.extend_from_slice(ip);
+        bytes
+    }
+
+    /// A core with offloads (every feature taken, through `host`) that forwards TCP port
+    /// 8080 of its external address to the guest's port 80.
+    fn forwarding_core(host: &MemoryLink) -> DeviceCore {
         let forward = PortForward {
             protocol: Protocol::Tcp,
             external_port: 8080,
@@ -2221,24 +2238,24 @@ mod tests {
             ..config(vec![forward])
         })
         .unwrap();
-        dp.ack_features(u64::MAX, &host);
+        dp.ack_features(u64::MAX, host);
+        dp
+    }
+
+    /// A GRO'd super-packet from the TUN reaches a guest that took GUEST_TSO4 as one GSO frame.
+    #[test]
+    fn a_gso_packet_from_the_host_reaches_a_guest_that_takes_them() {
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, _txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
+        let mut dp = forwarding_core(&host);
         for _ in 0..32 {
             net.post_rx(&[4096]);
         }
         let client = Ipv4Addr::new(198, 18, 0, 2);
         let ip = partial_tcp(client, 40000, EXTERNAL, 8080, 30_000);
-        let hdr = crate::VirtioNetHdr {
-            flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV4,
-            hdr_len: 40,
-            gso_size: 1448,
-            csum_start: 20,
-            csum_offset: 16,
-            num_buffers: 0,
-        };
-        let mut bytes = hdr.to_bytes().to_vec();
-        bytes.extend_from_slice(&ip);
-        assert!(peer.send(&bytes));
+        assert!(peer.send(&from_tun(&ip, true)));
         assert!(dp.on_rx_ready(&mem, &mut rxq, &host, true, NOW).unwrap().rx);
         let (g, frame) = net.rx_frame(HDR, &mut Vec::new()).expect("a frame");
         assert_eq!(
@@ -2619,47 +2636,23 @@ mod tests {
     /// 2 KiB), 40 000 (scattered), 30 000 to a port
     /// nobody forwards (scattered, refused by the NAT), 25 000 and 10 000 (read scattered,
     /// then made whole: their chains are not where the refused one left off) and a plain
-    /// 12 000-byte one (over the MTU: answered from its copy made whole), through a core whose link reads into guest memory (`scatter`) or not; the
-    /// guest's buffers are 4 KiB (MRG_RXBUF).
+    /// 12 000-byte one (over the MTU: answered from its copy made whole), through a core
+    /// whose link reads into guest memory (`scatter`) or not; the guest's buffers are 4 KiB
+    /// (MRG_RXBUF).
     fn scattered_or_copied(scatter: bool) -> Delivered {
         let mem = testing::guest_memory();
         let mut net = MockNet::new(&mem, 256);
         let (mut rxq, _txq) = net.queues(false);
         let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
         let host = host.with_gather(scatter);
-        let forward = PortForward {
-            protocol: Protocol::Tcp,
-            external_port: 8080,
-            internal: SocketAddrV4::new(GUEST_IP, 80),
-        };
-        let mut dp = DeviceCore::new(BridgeConfig {
-            offloads: true,
-            ..config(vec![forward])
-        })
-        .unwrap();
-        dp.ack_features(u64::MAX, &host);
+        let mut dp = forwarding_core(&host);
         for _ in 0..128 {
             net.post_rx(&[4096]);
         }
         let client = Ipv4Addr::new(198, 18, 0, 2);
         let send = |payload: usize, port: u16, gso: bool| {
             let ip = partial_tcp(client, 40000, EXTERNAL, port, payload);
-            let hdr = crate::VirtioNetHdr {
-                flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                gso_type: if gso {
-                    crate::VIRTIO_NET_HDR_GSO_TCPV4
-                } else {
-                    crate::VIRTIO_NET_HDR_GSO_NONE
-                },
-                hdr_len: if gso { 40 } else { 0 },
-                gso_size: if gso { 1448 } else { 0 },
-                csum_start: 20,
-                csum_offset: 16,
-                num_buffers: 0,
-            };
-            let mut bytes = hdr.to_bytes().to_vec();
-            bytes.extend_from_slice(&ip);
-            assert!(peer.send(&bytes));
+            assert!(peer.send(&from_tun(&ip, gso)));
         };
         send(30_000, 8080, true);
         send(60_000, 8080, true);

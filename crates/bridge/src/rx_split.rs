@@ -178,53 +178,25 @@ impl RxTail {
     }
 
     fn push_head(&mut self, s: GuestSegment) -> Result<(), crate::stats::DropCause> {
-        let slot = self
-            .head
-            .get_mut(self.n_head)
-            .ok_or(crate::stats::DropCause::ChainInvalid)?;
-        *slot = s;
-        self.n_head += 1;
-        Ok(())
+        push(&mut self.head, &mut self.n_head, s)
     }
 
     fn push_tail(&mut self, s: GuestSegment) -> Result<(), crate::stats::DropCause> {
-        let slot = self
-            .tail
-            .get_mut(self.n_tail)
-            .ok_or(crate::stats::DropCause::ChainInvalid)?;
-        *slot = s;
-        self.n_tail += 1;
-        Ok(())
+        push(&mut self.tail, &mut self.n_tail, s)
     }
 
     /// Cuts the reservation to a frame of `total` bytes in guest memory (virtio-net header
     /// included) whose tail is `tail_len` bytes: the chains it fills, the last one's length,
     /// the tail's pieces.
     pub(crate) fn trim(&mut self, total: usize, tail_len: usize) {
-        let mut sum = 0usize;
-        let mut n = 0;
-        for c in &mut self.chains[..self.n_chains] {
-            if sum >= total {
-                break;
-            }
-            let len = (c.len as usize).min(total - sum);
-            c.len = len as u32;
-            sum += len;
-            n += 1;
-        }
-        self.n_chains = n;
-        let mut sum = 0usize;
-        let mut n = 0;
-        for s in &mut self.tail[..self.n_tail] {
-            if sum >= tail_len {
-                break;
-            }
-            let len = (s.len as usize).min(tail_len - sum);
-            s.len = len as u32;
-            sum += len;
-            n += 1;
-        }
-        self.n_tail = n;
+        self.n_chains = cut(
+            self.chains[..self.n_chains].iter_mut().map(|c| &mut c.len),
+            total,
+        );
+        self.n_tail = cut(
+            self.tail[..self.n_tail].iter_mut().map(|s| &mut s.len),
+            tail_len,
+        );
     }
 
     /// Copies the tail out of guest memory into its place in `buf` (the frame's slot
@@ -233,6 +205,37 @@ impl RxTail {
         buf.get_mut(self.at..self.at + self.len)
             .is_some_and(|dst| io.copy_tail(self.tail(), dst))
     }
+}
+
+/// Cuts a run of lengths to `total` bytes: the last one kept shortened; returns how many
+/// are kept.
+fn cut<'a>(lens: impl Iterator<Item = &'a mut u32>, total: usize) -> usize {
+    let mut sum = 0usize;
+    let mut n = 0;
+    for len in lens {
+        if sum >= total {
+            break;
+        }
+        let l = (*len as usize).min(total - sum);
+        *len = l as u32;
+        sum += l;
+        n += 1;
+    }
+    n
+}
+
+/// Appends `s` to the first `n` of `segs`; a frame that needs more pieces is not reserved.
+fn push(
+    segs: &mut [GuestSegment],
+    n: &mut usize,
+    s: GuestSegment,
+) -> Result<(), crate::stats::DropCause> {
+    let slot = segs
+        .get_mut(*n)
+        .ok_or(crate::stats::DropCause::ChainInvalid)?;
+    *slot = s;
+    *n += 1;
+    Ok(())
 }
 
 /// The scattered frames of an RX batch: per slot, its reservation and whether it is

@@ -61,19 +61,18 @@ fn simulated_guest_over_vhost_user_gets_dhcp_ping_dns_and_transfers() -> Result<
     let stats = daemon
         .wait_for_line("connection stats", Duration::from_secs(5))
         .context("no connection stats line within 5 s")?;
-    let gathered = stats
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("tx_gathered=")?.parse::<u64>().ok());
+    let counter = |name: &str| {
+        stats
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
     ensure!(
-        gathered.is_some_and(|n| n > 0),
+        counter("tx_gathered").is_some_and(|n| n > 0),
         "nothing gathered from guest memory: {stats}"
     );
     // The download's were read into the guest's buffers (scattered RX).
-    let scattered = stats
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("rx_scattered=")?.parse::<u64>().ok());
     ensure!(
-        scattered.is_some_and(|n| n > 0),
+        counter("rx_scattered").is_some_and(|n| n > 0),
         "nothing scattered into guest memory: {stats}"
     );
     ensure!(
