@@ -2225,19 +2225,24 @@ mod tests {
         bytes
     }
 
-    /// A core with offloads (every feature taken, through `host`) that forwards TCP port
-    /// 8080 of its external address to the guest's port 80.
-    fn forwarding_core(host: &MemoryLink) -> DeviceCore {
+    /// A config with offloads that forwards TCP port 8080 of the external address to the
+    /// guest's port 80.
+    fn forwarding_config() -> BridgeConfig {
         let forward = PortForward {
             protocol: Protocol::Tcp,
             external_port: 8080,
             internal: SocketAddrV4::new(GUEST_IP, 80),
         };
-        let mut dp = DeviceCore::new(BridgeConfig {
+        BridgeConfig {
             offloads: true,
             ..config(vec![forward])
-        })
-        .unwrap();
+        }
+    }
+
+    /// A core with offloads (every feature taken, through `host`) that forwards TCP port
+    /// 8080 of its external address to the guest's port 80.
+    fn forwarding_core(host: &MemoryLink) -> DeviceCore {
+        let mut dp = DeviceCore::new(forwarding_config()).unwrap();
         dp.ack_features(u64::MAX, host);
         dp
     }
@@ -2718,6 +2723,76 @@ mod tests {
         assert_eq!((cs.too_big_answers, ss.too_big_answers), (1, 1));
         assert_eq!(ca.len(), 1, "the answer to the 12 000-byte packet");
         assert!(ca == sa, "the answer quotes the same bytes");
+    }
+
+    /// A guest that shrinks a buffer after a packet was scattered into the chains behind it
+    /// makes the frame before that packet need one chain more: before it is written into the
+    /// scattered packet's first chain, the scattered packet is made whole (its tail still
+    /// intact), and both arrive byte for byte.
+    #[test]
+    fn a_frame_that_would_reach_a_scattered_frames_chains_makes_it_whole_first() {
+        const WRITE: u16 = 2;
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, _txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
+        let mut nat = network_nat(&mut forwarding_config()).unwrap();
+        let mut rx = RxEngine::new(
+            RxQueue::new(HDR, true),
+            BATCH,
+            MAX_IP_PACKET,
+            1500,
+            testing::GATEWAY_MAC,
+        )
+        .with_offloads(Offloads::negotiate(u64::MAX, HDR).unwrap());
+        let bufs: Vec<u64> = (0..64)
+            .map(|_| {
+                let a = net.alloc(4096);
+                net.post_rx_raw(&[(a, 4096, WRITE)]);
+                a
+            })
+            .collect();
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        let sent = [
+            partial_tcp(client, 40000, EXTERNAL, 8080, 30_000),
+            partial_tcp(client, 40000, EXTERNAL, 8080, 20_000),
+        ];
+        for ip in &sent {
+            assert!(peer.send(&from_tun(ip, true)));
+        }
+        let io = Gathering {
+            mem: &mem,
+            link: &host,
+        };
+        let mut stats = Stats::default();
+        // The first is read whole (8 chains), the second into chains 8.. behind it.
+        let got = rx
+            .receive_scattered(&host, &io, &mem, &rxq, &mut stats)
+            .unwrap();
+        assert_eq!((got, rx.scattered_pending()), (2, true));
+        net.store_rx_desc(
+            0,
+            virtio_queue::desc::split::Descriptor::new(bufs[0], 100, WRITE, 0),
+        );
+        rx.translate_with(&mut nat, NOW, GUEST_MAC, Some(&io), &mut stats);
+        let out = rx
+            .deliver_with(&mem, &mut rxq, Some(&io), &mut stats)
+            .unwrap();
+        assert_eq!(out.delivered, 2);
+        let mut pending = Vec::new();
+        for ip in &sent {
+            let (_, frame) = net.rx_frame(HDR, &mut pending).expect("a frame");
+            let got = Ipv4Packet::new_checked(&frame[ETH_HLEN..]).unwrap();
+            let want = Ipv4Packet::new_checked(&ip[..]).unwrap();
+            assert_eq!(frame.len(), ETH_HLEN + ip.len());
+            assert!(
+                TcpPacket::new_checked(got.payload()).unwrap().payload()
+                    == TcpPacket::new_checked(want.payload()).unwrap().payload(),
+                "payload of the {}-byte packet differs",
+                ip.len()
+            );
+        }
+        assert_eq!((stats.rx_scattered, stats.total_drops()), (0, 0));
     }
 
     /// The egress policy lives in the config the core owns: a denied destination is a

@@ -220,13 +220,8 @@ impl RxQueue {
                         frames.consume(1);
                         match d {
                             Delivery::Delivered => {
-                                out.delivered += 1;
-                                stats.rx_frames += 1;
-                                stats.rx_bytes += len as u64;
+                                delivered(out, stats, len, hdr);
                                 stats.rx_scattered += 1;
-                                stats.rx_gso += u64::from(hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE);
-                                stats.rx_gso6 +=
-                                    u64::from(hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
                             }
                             _ => {
                                 out.dropped += 1;
@@ -255,11 +250,7 @@ impl RxQueue {
                     }
                 }
                 Delivery::Delivered => {
-                    out.delivered += 1;
-                    stats.rx_frames += 1;
-                    stats.rx_bytes += len as u64;
-                    stats.rx_gso += u64::from(hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE);
-                    stats.rx_gso6 += u64::from(hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
+                    delivered(out, stats, len, hdr);
                     frames.consume(1);
                 }
                 Delivery::Dropped(cause) => {
@@ -486,6 +477,15 @@ impl RxQueue {
             self.used.push(head, len);
         }
     }
+}
+
+/// Counts a frame of `len` bytes with virtio-net header `hdr` delivered.
+fn delivered(out: &mut RxOutcome, stats: &mut Stats, len: usize, hdr: VirtioNetHdr) {
+    out.delivered += 1;
+    stats.rx_frames += 1;
+    stats.rx_bytes += len as u64;
+    stats.rx_gso += u64::from(hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE);
+    stats.rx_gso6 += u64::from(hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6);
 }
 
 /// Makes scattered frame `k` whole ([`RxSplit::make_whole`]); a frame whose tail is not in
