@@ -2795,6 +2795,107 @@ mod tests {
         assert_eq!((stats.rx_scattered, stats.total_drops()), (0, 0));
     }
 
+    /// What the host link gets back when, after a TCPv6 super-packet, a plain 8 000-byte
+    /// TCPv6 packet over the guest's MTU comes for the guest's NAT66 flow, through a core
+    /// whose link reads into guest memory (`scatter`) or not; and the counters.
+    fn ipv6_too_big_answer(scatter: bool) -> (Vec<Vec<u8>>, Stats) {
+        use core::net::Ipv6Addr;
+        let mem = testing::guest_memory();
+        let mut net = MockNet::new(&mem, 256);
+        let (mut rxq, mut txq) = net.queues(false);
+        let (host, peer) = MemoryLink::pair_with_vnet_hdr(16).unwrap();
+        let host = host.with_gather(scatter);
+        let mut dp = DeviceCore::new(offload_config()).unwrap();
+        dp.ack_features(u64::MAX, &host);
+        for _ in 0..64 {
+            net.post_rx(&[4096]);
+        }
+        let guest: Ipv6Addr = "fd64::5054:ff:fe12:3456".parse().unwrap();
+        let server: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let segment = |sport: u16, dport: u16, flags: u8, data: usize| {
+            let mut t = vec![0u8; ::wire::tcp::HEADER_LEN + data];
+            t[..2].copy_from_slice(&sport.to_be_bytes());
+            t[2..4].copy_from_slice(&dport.to_be_bytes());
+            t[12] = 5 << 4;
+            t[13] = flags;
+            for (i, b) in t[::wire::tcp::HEADER_LEN..].iter_mut().enumerate() {
+                *b = i as u8;
+            }
+            t
+        };
+        let macs = (GUEST_MAC, testing::GATEWAY_MAC);
+        let syn = testing::ipv6_frame(macs, (guest, server), 6, 64, &segment(40000, 80, 2, 0));
+        net.send_frame(HDR, &syn, &[]);
+        dp.on_tx_kick(&mem, &mut txq, Some(&mut rxq), &host, NOW)
+            .unwrap();
+        let out = peer.recv().expect("the SYN");
+        let port = u16::from_be_bytes([out[HDR + 40], out[HDR + 41]]);
+        let ext6 = dp.nat().config().external_addr6;
+        let from_server = |data: usize, gso: bool| {
+            let tcp = segment(80, port, ::wire::tcp::ACK, data);
+            let f = testing::ipv6_frame(macs, (server, ext6), 6, 64, &tcp);
+            let hdr = crate::VirtioNetHdr {
+                flags: crate::VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                gso_type: crate::VIRTIO_NET_HDR_GSO_TCPV6,
+                hdr_len: 60,
+                gso_size: 1440,
+                csum_start: 40,
+                csum_offset: 16,
+                num_buffers: 0,
+            };
+            let hdr = if gso {
+                hdr
+            } else {
+                crate::VirtioNetHdr::default()
+            };
+            let mut bytes = hdr.to_bytes().to_vec();
+            bytes.extend_from_slice(&f[ETH_HLEN..]);
+            bytes
+        };
+        assert!(peer.send(&from_server(30_000, true)));
+        assert!(peer.send(&from_server(8_000, false)));
+        for _ in 0..8 {
+            if !dp
+                .on_rx_ready(&mem, &mut rxq, &host, true, NOW)
+                .unwrap()
+                .rx_more
+            {
+                break;
+            }
+        }
+        let mut back = Vec::new();
+        while let Some(p) = peer.recv() {
+            back.push(p);
+        }
+        (back, dp.stats().clone())
+    }
+
+    /// A TCPv6 packet over the MTU read into guest memory is made whole before its Packet
+    /// Too Big answer quotes it (1 232 bytes, far past the head): the answer is the copying
+    /// path's, byte for byte.
+    #[test]
+    fn a_scattered_ipv6_packet_over_the_mtu_is_answered_from_its_whole_copy() {
+        let (copied, cs) = ipv6_too_big_answer(false);
+        let (scattered, ss) = ipv6_too_big_answer(true);
+        assert_eq!(copied.len(), 1, "one answer");
+        assert_eq!(
+            copied[0].len(),
+            HDR + 1280,
+            "a full answer: 1 232 bytes quoted"
+        );
+        assert!(scattered == copied, "the answers differ");
+        assert_eq!((cs.too_big_answers, ss.too_big_answers), (1, 1));
+        assert_eq!(
+            cs.rx_frames, ss.rx_frames,
+            "the super-packet (and the gateway's RA)"
+        );
+        assert_eq!(
+            (cs.rx_scattered, ss.rx_scattered),
+            (0, 0),
+            "the first is read whole"
+        );
+    }
+
     /// The egress policy lives in the config the core owns: a denied destination is a
     /// counted drop named in the stats line, answered through the RX queue with ICMP 3/13,
     /// and nothing reaches the host; an allowed one goes out.
