@@ -2204,6 +2204,25 @@ mod tests {
         p
     }
 
+    /// Runs the core's RX event until it leaves no work (at most 8 times).
+    fn rx_until_done(
+        dp: &mut DeviceCore,
+        mem: &vm_memory::GuestMemoryMmap,
+        rxq: &mut virtio_queue::Queue,
+        host: &MemoryLink,
+    ) {
+        for _ in 0..8 {
+            if !dp.on_rx_ready(mem, rxq, host, true, NOW).unwrap().rx_more {
+                break;
+            }
+        }
+    }
+
+    /// Every packet waiting at this end of a link.
+    fn drain(link: &MemoryLink) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| link.recv()).collect()
+    }
+
     /// IPv4 TCP packet `ip` (its checksum partial) as a TUN device hands it over: behind a
     /// virtio-net header asking for the checksum, and for segmentation (MSS 1448) if `gso`.
     fn from_tun(ip: &[u8], gso: bool) -> Vec<u8> {
@@ -2668,15 +2687,7 @@ mod tests {
         send(25_000, 8080, true);
         send(10_000, 8080, true);
         send(12_000, 8080, false);
-        for _ in 0..8 {
-            if !dp
-                .on_rx_ready(&mem, &mut rxq, &host, true, NOW)
-                .unwrap()
-                .rx_more
-            {
-                break;
-            }
-        }
+        rx_until_done(&mut dp, &mem, &mut rxq, &host);
         let used: Vec<(u32, u32)> = net.rx_used().iter().map(|u| (u.id, u.len)).collect();
         let mut pending: Vec<_> = used
             .iter()
@@ -2686,11 +2697,7 @@ mod tests {
         while let Some(f) = net.rx_frame(HDR, &mut pending) {
             frames.push(f);
         }
-        let mut answers = Vec::new();
-        while let Some(p) = peer.recv() {
-            answers.push(p);
-        }
-        (frames, used, answers, dp.stats().clone())
+        (frames, used, drain(&peer), dp.stats().clone())
     }
 
     /// A large TCP packet from the host link is read with its payload straight into the
@@ -2854,20 +2861,8 @@ mod tests {
         };
         assert!(peer.send(&from_server(30_000, true)));
         assert!(peer.send(&from_server(8_000, false)));
-        for _ in 0..8 {
-            if !dp
-                .on_rx_ready(&mem, &mut rxq, &host, true, NOW)
-                .unwrap()
-                .rx_more
-            {
-                break;
-            }
-        }
-        let mut back = Vec::new();
-        while let Some(p) = peer.recv() {
-            back.push(p);
-        }
-        (back, dp.stats().clone())
+        rx_until_done(&mut dp, &mem, &mut rxq, &host);
+        (drain(&peer), dp.stats().clone())
     }
 
     /// A TCPv6 packet over the MTU read into guest memory is made whole before its Packet
