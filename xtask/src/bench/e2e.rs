@@ -375,23 +375,32 @@ impl World {
         v6: bool,
     ) -> Result<(f64, f64)> {
         let server: IpAddr = if v6 { SERVER6.into() } else { SERVER.into() };
-        self.tcp_to(server, reverse, streams, secs, false)
+        self.tcp_to(server, reverse, streams, secs, None, false)
+    }
+
+    /// iperf3 TCP from G to S, one stream, paced by iperf3 at `gbps` Gbit/s (`-b`): (Gbit/s,
+    /// bytes). Every backend carries the same bytes at the same rate, so their CPU per GB
+    /// compares like for like even where one of them cannot keep up an unpaced upload.
+    pub(super) fn tcp_paced(&mut self, gbps: f64, secs: u32) -> Result<(f64, f64)> {
+        self.tcp_to(SERVER.into(), false, 1, secs, Some(gbps), false)
     }
 
     /// iperf3 TCP from G to G2 (`reverse`: G2 to G) in the guest-to-guest world:
     /// (Gbit/s, bytes).
     pub(super) fn g2g_tcp(&mut self, reverse: bool, streams: u32, secs: u32) -> Result<(f64, f64)> {
         let peer = self.g2_addr.context("the second guest has no address")?;
-        self.tcp_to(peer.into(), reverse, streams, secs, true)
+        self.tcp_to(peer.into(), reverse, streams, secs, None, true)
     }
 
-    /// iperf3 TCP from G to `server`'s iperf3 (G2's with `in_g2`, else S's).
+    /// iperf3 TCP from G to `server`'s iperf3 (G2's with `in_g2`, else S's), paced at
+    /// `rate` Gbit/s if given.
     fn tcp_to(
         &mut self,
         server: IpAddr,
         reverse: bool,
         streams: u32,
         secs: u32,
+        rate: Option<f64>,
         in_g2: bool,
     ) -> Result<(f64, f64)> {
         let mut args = vec![
@@ -404,6 +413,10 @@ impl World {
         ];
         if reverse {
             args.push("-R".to_owned());
+        }
+        if let Some(gbps) = rate {
+            args.push("-b".to_owned());
+            args.push(format!("{:.0}", gbps * 1e9));
         }
         let v = self.iperf3(&args, secs, in_g2)?;
         let sum = &v["end"]["sum_received"];

@@ -35,7 +35,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use e2e::{Backend, Env, World};
+use e2e::{Backend, Busy, Env, World};
 use report::Results;
 
 /// Runs the bench (or one of its hidden helper roles).
@@ -521,6 +521,9 @@ enum Test {
         streams: u32,
         v6: bool,
     },
+    /// iperf3 TCP from G to S, 1 stream, paced at [`report::PACED_GBPS`]: the backends' CPU
+    /// per GB at the same offered rate (issue 17: passt's unpaced upload stalls).
+    TcpPaced,
     Udp64,
     Ping,
     Rr {
@@ -556,6 +559,7 @@ impl Test {
             }
         }
         v.extend([
+            Self::TcpPaced,
             Self::Udp64,
             Self::Ping,
             Self::Rr { v6: false },
@@ -597,6 +601,7 @@ impl Test {
             Some(Only::Ipv6) => {
                 return match self {
                     Self::Tcp { .. } | Self::Rr { .. } => Ok(()),
+                    Self::TcpPaced => Err("--only ipv6: the paced upload is IPv4's"),
                     _ => Err("--only ipv6: only the IPv6 figures and their IPv4 twins"),
                 };
             }
@@ -609,7 +614,7 @@ impl Test {
             }
             Some(Only::Tcp) => {
                 return match self {
-                    Self::Tcp { v6: false, .. } => Ok(()),
+                    Self::Tcp { v6: false, .. } | Self::TcpPaced => Ok(()),
                     _ => Err("--only tcp: only the IPv4 TCP throughput figures"),
                 };
             }
@@ -654,6 +659,7 @@ impl Test {
                 (true, false, _) => "tcp6 up x4",
                 (true, true, _) => "tcp6 down x4",
             },
+            Self::TcpPaced => "tcp up paced",
             Self::Udp64 => "udp 64 B",
             Self::Ping => "ping",
             Self::Rr { v6: false } => "tcp rr",
@@ -690,6 +696,7 @@ impl Test {
                 (true, false, _) => vec!["tcp6_up4"],
                 (true, true, _) => vec!["tcp6_down4"],
             },
+            Self::TcpPaced => vec!["tcp_up_paced", "cpu_up_paced"],
             Self::Udp64 => vec!["udp64_kpps", "udp64_loss"],
             Self::Ping => vec!["ping_us"],
             Self::Rr { v6: false } => vec!["rr_us"],
@@ -734,14 +741,14 @@ impl Test {
                 let threads0 = w.busy_start();
                 let t0 = Instant::now();
                 let (gbps, bytes) = w.tcp(reverse, streams, opts.secs, v6)?;
-                let wall = t0.elapsed().as_secs_f64();
-                let mut v = vec![(keys[0], gbps)];
-                if let (Some(a), Some(b), Some(&k)) = (cpu0, w.backend_cpu(), keys.get(1))
-                    && bytes > 0.0
-                {
-                    v.push((k, (b - a) / (bytes / 1e9)));
-                }
-                Ok((v, w.busy_since(&threads0, wall)))
+                Ok(with_cpu_per_gb(w, &keys, cpu0, gbps, bytes, &threads0, t0))
+            }
+            Self::TcpPaced => {
+                let cpu0 = w.backend_cpu();
+                let threads0 = w.busy_start();
+                let t0 = Instant::now();
+                let (gbps, bytes) = w.tcp_paced(report::PACED_GBPS, opts.secs)?;
+                Ok(with_cpu_per_gb(w, &keys, cpu0, gbps, bytes, &threads0, t0))
             }
             Self::Udp64 => {
                 let (kpps, loss) = w.udp64(opts.secs)?;
@@ -758,6 +765,28 @@ impl Test {
             )),
         }
     }
+}
+
+/// A TCP run's figures: its throughput under `keys[0]` and, if the backend's CPU time is
+/// known, its CPU seconds per GB carried under `keys[1]` (`cpu0`: the CPU time before the
+/// run), with the busy threads since `threads0` as the note.
+fn with_cpu_per_gb(
+    w: &mut World,
+    keys: &[&'static str],
+    cpu0: Option<f64>,
+    gbps: f64,
+    bytes: f64,
+    threads0: &Busy,
+    t0: Instant,
+) -> Measured {
+    let wall = t0.elapsed().as_secs_f64();
+    let mut v = vec![(keys[0], gbps)];
+    if let (Some(a), Some(b), Some(&k)) = (cpu0, w.backend_cpu(), keys.get(1))
+        && bytes > 0.0
+    {
+        v.push((k, (b - a) / (bytes / 1e9)));
+    }
+    (v, w.busy_since(threads0, wall))
 }
 
 /// A selection of figures (`--only`).
@@ -910,8 +939,10 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
                        hostnet = one attach with both; TCP guest->guest and back (1 and 4
                        streams), round trip; hostnet's TCP guest->server with G alone against
                        G plus a second idle guest, alternated (default backends kernel,hostnet)
-  --only tcp           only the IPv4 TCP throughput figures (1 and 4 streams, both ways) with
-                       the backends' CPU per GB: quick A/B rounds of a data-path change
+  --only tcp           only the IPv4 TCP throughput figures (1 and 4 streams, both ways, and
+                       one stream up paced at 2 Gbit/s) with the backends' CPU per GB: quick A/B
+                       rounds of a data-path change; the paced upload's CPU per GB compares
+                       the daemons at the same bytes and rate (passt's unpaced upload stalls)
   --reps N             repeats per figure (default 3)
   --secs N             seconds per throughput run (default 5)
   --latency-secs S     seconds per ping / rr / crr run (default 2)
@@ -1027,7 +1058,7 @@ mod tests {
         assert_eq!(o.only, Some(Only::Tcp));
         assert_eq!(
             selected(&o),
-            ["tcp up", "tcp down", "tcp up x4", "tcp down x4"]
+            ["tcp up", "tcp down", "tcp up x4", "tcp down x4", "tcp up paced"]
         );
         let args = ["--only".to_owned(), "udp".to_owned()];
         assert!(Options::parse(&args).is_err());
