@@ -620,6 +620,12 @@ impl World {
         h.sysctl("net.ipv4.ip_forward", "1")?;
         // ping through pasta and slirp4netns uses ICMP datagram sockets in H.
         h.sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
+        // The socket backends' TCP sockets (pasta, slirp4netns, passt in H) start with a
+        // 4 MiB send buffer instead of 16 KiB: a guest's first burst overran passt's, passt
+        // dropped what its socket did not take and the guest recovered by timeouts only
+        // (docs/PERFORMANCE.md "passt's upload stall"). hostnet, hostnetd and the kernel
+        // forward in H without a socket of their own.
+        h.sysctl("net.ipv4.tcp_wmem", "4096 4194304 4194304")?;
         self.v6 = if self.g2.is_some() {
             Err("skipped: the guest-to-guest world is IPv4 only".to_owned())
         } else {
@@ -1329,8 +1335,10 @@ pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and th
      backend sets up its TAP (measured per backend below: \"guest TAP\"; hostnet: virtio-net \
      CSUM + TSO4 + TSO6 both ways, its guest TAP and host TUN opened with \
      IFF_VNET_HDR, attach's default; hostnetd and passt-vhost-user: what the frontend negotiated, below); kernel: \
-     plain veth with its default offloads; H<->S veth MTU 65520 for every backend; \
-     vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
+     plain veth with its default offloads; H<->S veth MTU 65520 for every backend; H's \
+     net.ipv4.tcp_wmem 4096 4194304 4194304 (the socket backends' sockets in H start with a \
+     4 MiB send buffer: passt's upload stalled when a guest's burst overran the default \
+     16 KiB); vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
      (hostnet-lab attach --vhost-user, pinned with the daemon for the latency figures) is not \
      counted; its threads appear apart in busy threads (frontend:...)";
 
