@@ -19,9 +19,9 @@ pub(super) struct Figure {
     pub(super) ipv4: Option<&'static str>,
 }
 
-/// The rate (Gbit/s) iperf3 paces the `tcp_up_paced` upload at: one every backend here
-/// sustains (passt-vhost-user's unpaced upload stalls, docs/PERFORMANCE.md), so that the
-/// daemons' CPU per GB compares at the same bytes and rate.
+/// The rate (Gbit/s) iperf3 paces the `tcp_up_paced` upload at: one both vhost-user daemons
+/// sustain (passt-vhost-user's unpaced upload stalls, docs/PERFORMANCE.md; slirp4netns
+/// carries less), so that their CPU per GB compares at the same bytes and rate.
 pub(super) const PACED_GBPS: f64 = 2.0;
 
 /// Every end-to-end figure, in table order.
