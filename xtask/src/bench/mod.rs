@@ -1058,7 +1058,13 @@ mod tests {
         assert_eq!(o.only, Some(Only::Tcp));
         assert_eq!(
             selected(&o),
-            ["tcp up", "tcp down", "tcp up x4", "tcp down x4", "tcp up paced"]
+            [
+                "tcp up",
+                "tcp down",
+                "tcp up x4",
+                "tcp down x4",
+                "tcp up paced"
+            ]
         );
         let args = ["--only".to_owned(), "udp".to_owned()];
         assert!(Options::parse(&args).is_err());

@@ -48,8 +48,18 @@ pub(super) const FIGURES: &[Figure] = &[
     fig("cpu_up", "backend CPU per GB, TCP up", "s/GB", false),
     fig("cpu_down", "backend CPU per GB, TCP down", "s/GB", false),
     // The label names PACED_GBPS.
-    fig("tcp_up_paced", "TCP guest->server paced to 2, carried", "Gbit/s", true),
-    fig("cpu_up_paced", "backend CPU per GB, TCP up paced", "s/GB", false),
+    fig(
+        "tcp_up_paced",
+        "TCP guest->server paced to 2, carried",
+        "Gbit/s",
+        true,
+    ),
+    fig(
+        "cpu_up_paced",
+        "backend CPU per GB, TCP up paced",
+        "s/GB",
+        false,
+    ),
     fig("g2g_tcp", "TCP guest1->guest2, 1 stream", "Gbit/s", true),
     fig(
         "g2g_tcp_back",
@@ -1152,7 +1162,10 @@ mod tests {
                 .unwrap()
         };
         let (_, ok, detail) = find(&r);
-        assert_eq!((ok, detail.as_str()), (Some(true), "measured 0.80x passt-vhost-user"));
+        assert_eq!(
+            (ok, detail.as_str()),
+            (Some(true), "measured 0.80x passt-vhost-user")
+        );
         // passt falls behind in a second sample: the median is now below the pace.
         r.push(1500, Backend::PasstVu, "tcp_up_paced", 0.3);
         r.push(1500, Backend::PasstVu, "tcp_up_paced", 0.2);
