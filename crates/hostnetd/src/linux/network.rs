@@ -80,7 +80,11 @@ impl bridge::NetworkLock for NetLock<'_> {
 impl Shared {
     /// The network for `config` with room for `max_ports` guests.
     pub(crate) fn new(config: &DeviceConfig, max_ports: usize) -> Result<Self> {
-        let net = Network::new(config.to_bridge(), max_ports).context("creating the network")?;
+        // Each worker's TUN queue is registered edge-triggered: a read returning fewer packets
+        // than asked found the queue empty, and the next packet brings the next event.
+        let net = Network::new(config.to_bridge(), max_ports)
+            .context("creating the network")?
+            .with_short_batch_drains(true);
         Ok(Self {
             net,
             clock: Clock::new(),
