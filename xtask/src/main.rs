@@ -8,7 +8,7 @@
 //! - `cargo xtask bench [--quick]` — our stack against the kernel, pasta and slirp4netns, and hostnetd
 //!   against passt's vhost-user mode (the same simulated guest as their frontend).
 //! - `cargo xtask deps`  — the dependency-direction check of docs/ARCHITECTURE.md.
-//! - `cargo xtask fuzz [SECONDS]` — runs each fuzz target for SECONDS (default 30).
+//! - `cargo xtask fuzz [SECONDS]` — runs each fuzz target for SECONDS (default 30), one per core at a time.
 
 mod bench;
 mod demo;
@@ -51,7 +51,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench [--quick]  hostnet against the kernel, pasta and slirp4netns, hostnetd against passt --vhost-user (tables, JSON and SVG under target/bench/)
   deps           check the dependency direction of docs/ARCHITECTURE.md
   features       check each library crate alone with each of its features
-  fuzz [SECS]    run each fuzz target for SECS seconds (default 30; needs the nightly toolchain and cargo-fuzz)";
+  fuzz [SECS]    run each fuzz target for SECS seconds, one per core at a time (default 30; needs the nightly toolchain and cargo-fuzz)";
 
 /// The Apple targets the macOS code is type-checked for.
 const APPLE_TARGETS: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
@@ -323,6 +323,7 @@ fn fuzz(seconds: Option<&str>) -> Result<()> {
         .collect();
     // Targets that serve a connection over a real TUN need a network namespace of their own.
     let privileged = netns::available();
+    let mut runs = Vec::new();
     for t in &targets {
         if PRIVILEGED_FUZZ_TARGETS.contains(&t.as_str()) && !privileged {
             eprintln!(
@@ -350,7 +351,129 @@ fn fuzz(seconds: Option<&str>) -> Result<()> {
             // A hang is a failure too: one input taking 10 s is one.
             "-timeout=10",
         ]);
-        run(&format!("fuzz {t} ({seconds} s)"), &mut cmd)?;
+        runs.push((format!("fuzz {t} ({seconds} s)"), cmd));
     }
-    Ok(())
+    // Every target is built once, first (one `cargo fuzz build` for all of them); then a
+    // libFuzzer process per core runs at a time (each is single-threaded), each one's output
+    // printed whole when it ends.
+    run(
+        "fuzz build (all targets)",
+        Command::new("cargo")
+            .current_dir(&fuzz_dir)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args(["+nightly", "fuzz", "build", "--sanitizer", "none"]),
+    )?;
+    let jobs = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let logs = fuzz_dir.join("target").join("xtask-fuzz-logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    run_at_once(runs, jobs, &logs)
+}
+
+/// Runs `steps` with at most `jobs` at a time, each one's stdout and stderr into a file under
+/// `logs` that is printed when it ends; stops starting new ones after the first failure and
+/// fails once the running ones ended.
+fn run_at_once(steps: Vec<(String, Command)>, jobs: usize, logs: &Path) -> Result<()> {
+    struct Running {
+        step: String,
+        child: std::process::Child,
+        log: PathBuf,
+        started: Instant,
+    }
+    let mut pending = steps.into_iter().enumerate();
+    let mut running: Vec<Running> = Vec::new();
+    let mut failed: Option<String> = None;
+    loop {
+        while failed.is_none() && running.len() < jobs.max(1) {
+            let Some((i, (step, mut cmd))) = pending.next() else {
+                break;
+            };
+            let log = logs.join(format!("{i}.log"));
+            let out =
+                std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+            let err = out.try_clone().context("log file")?;
+            eprintln!("\n==> {step}: started (output below when it ends)");
+            let child = cmd
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .with_context(|| format!("{step}: could not start"))?;
+            running.push(Running {
+                step,
+                child,
+                log,
+                started: Instant::now(),
+            });
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut k = 0;
+        while k < running.len() {
+            let Some(status) = running[k].child.try_wait().context("waiting for a step")? else {
+                k += 1;
+                continue;
+            };
+            let r = running.swap_remove(k);
+            eprintln!("\n==> {}", r.step);
+            match std::fs::read(&r.log) {
+                Ok(text) => eprint!("{}", String::from_utf8_lossy(&text)),
+                Err(e) => eprintln!("(its output in {} is unreadable: {e})", r.log.display()),
+            }
+            if status.success() {
+                eprintln!(
+                    "==> {}: ok ({:.1} s)",
+                    r.step,
+                    r.started.elapsed().as_secs_f64()
+                );
+            } else {
+                eprintln!("==> {} failed ({status})", r.step);
+                failed.get_or_insert(format!("{} failed ({status})", r.step));
+            }
+        }
+    }
+    match failed {
+        Some(f) => bail!(f),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn steps_run_two_at_a_time_and_a_failure_fails_the_run_once_the_others_ended() {
+        let dir = std::env::temp_dir().join(format!("xtask-at-once-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("second-ran");
+        let steps = vec![
+            // Exits 3 once the second step has run (so both ran at once), else 4 after 5 s.
+            (
+                "fails".to_owned(),
+                sh(&format!(
+                    "for i in $(seq 100); do [ -e {m} ] && exit 3; sleep 0.05; done; exit 4",
+                    m = marker.display()
+                )),
+            ),
+            (
+                "runs beside it".to_owned(),
+                // Ends well after the first failed: its end starts nothing.
+                sh(&format!("sleep 0.3; touch {}; sleep 2", marker.display())),
+            ),
+            ("never starts".to_owned(), sh("exit 0")),
+        ];
+        let err = run_at_once(steps, 2, &dir).unwrap_err().to_string();
+        assert!(err.contains("fails failed (exit status: 3)"), "{err}");
+        // After the failure nothing new started: its log file was never made.
+        assert!(!dir.join("2.log").exists());
+        run_at_once(vec![("ok".to_owned(), sh("exit 0"))], 2, &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
