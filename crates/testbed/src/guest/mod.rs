@@ -68,6 +68,7 @@ pub use tx::TxPump;
 
 mod ctrl;
 pub mod features;
+mod gro;
 mod ring;
 mod rx;
 mod threads;
@@ -628,6 +629,9 @@ pub struct GuestStats {
     /// so with GUEST_CSUM) that the driver handed to the TAP as `NEEDS_CSUM` instead (the TAP
     /// honours only that flag; see the `rx` module).
     pub rx_data_valid: AtomicU64,
+    /// RX frames written to the TAP as part of an earlier one: TCP segments of one flow
+    /// coalesced into a GSO frame (the `gro` module, as a guest's GRO does).
+    pub rx_coalesced: AtomicU64,
     /// RX frames the TAP refused (write error).
     pub rx_tap_drops: AtomicU64,
     /// Notifications sent to the device.
@@ -647,7 +651,8 @@ impl GuestStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
             "guest tx {} frames/{} B (gso {}, completed {}, ring full {}), rx {} frames/{} B \
-             (gso {}, merged {}, direct {}, data_valid {}, tap drops {}), kicks {} (suppressed \
+             (gso {}, merged {}, direct {}, data_valid {}, coalesced {}, tap drops {}), kicks {} \
+             (suppressed \
              {}), device errors {}, tap read errors {}",
             g(&self.tx_frames),
             g(&self.tx_bytes),
@@ -660,6 +665,7 @@ impl GuestStats {
             g(&self.rx_merged),
             g(&self.rx_direct),
             g(&self.rx_data_valid),
+            g(&self.rx_coalesced),
             g(&self.rx_tap_drops),
             g(&self.kicks),
             g(&self.kicks_suppressed),

@@ -532,6 +532,80 @@ fn hostile_used_entries(device_features: u64) {
     running.stop().unwrap();
 }
 
+/// Hand-written used entries with offloads: three consecutive TCP segments of one flow with
+/// partial checksums (the third shorter) reach the TAP as one GSO frame, a fourth of another
+/// flow after them as it came, and the counters say so.
+#[test]
+fn tcp_segments_with_partial_checksums_reach_the_tap_coalesced() {
+    use super::gro::{TCP_ACK, TCP_PSH, test_segment};
+    let guest = SimGuest::new(
+        GuestConfig::default(),
+        features::WANTED | features::OFFLOADS,
+    )
+    .unwrap();
+    assert!(guest.vnet_hdr());
+    let size = rx_buffer_size(&GuestConfig::default(), guest.acked_features());
+    let mem = guest.memory().clone();
+    let irq = guest.interrupts();
+    let (tap, peer) = UnixDatagram::pair().unwrap();
+    tap.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let running = guest.start(Arc::new(tap), Arc::new(|_| {})).unwrap();
+    let used = RingLayout::of(RX_QUEUE).unwrap().used;
+    let buf = |i: u64| GuestAddress(RX_BUF_BASE + i * u64::from(size));
+    let mut frames = vec![
+        test_segment(false, 1000, &[1; 1400], TCP_ACK),
+        test_segment(false, 2400, &[2; 1400], TCP_ACK),
+        test_segment(false, 3800, &[3; 700], TCP_ACK | TCP_PSH),
+    ];
+    let mut other = test_segment(false, 9000, &[4; 100], TCP_ACK);
+    other[NET_HDR_LEN + 14 + 20 + 1] ^= 1; // another port
+    frames.push(other);
+    for (i, f) in (0u64..).zip(&frames) {
+        let mut f = f.clone();
+        f[10] = 1; // num_buffers
+        mem.write_slice(&f, buf(i)).unwrap();
+        mem.write_obj(i as u32, used.unchecked_add(4 + 8 * i))
+            .unwrap();
+        mem.write_obj(f.len() as u32, used.unchecked_add(8 + 8 * i))
+            .unwrap();
+    }
+    mem.store(4u16, used.unchecked_add(2), Ordering::Release)
+        .unwrap();
+    irq.signal(RX_QUEUE);
+    let mut got = vec![0u8; 70_000];
+    let n = peer.recv(&mut got).unwrap();
+    let headers = 14 + 20 + 32;
+    assert_eq!(n, NET_HDR_LEN + headers + 3500);
+    assert_eq!(got[1], 1, "gso_type TCPV4");
+    assert_eq!(u16::from_le_bytes([got[4], got[5]]), 1400, "gso_size");
+    let mut want = vec![1u8; 1400];
+    want.extend([2; 1400]);
+    want.extend([3; 700]);
+    assert_eq!(&got[NET_HDR_LEN + headers..n], &want[..]);
+    let n = peer.recv(&mut got).unwrap();
+    let mut want = frames[3].clone();
+    want[10] = 1;
+    assert_eq!(&got[..n], &want[..]);
+    let stats = running.stats();
+    let t = Instant::now();
+    while stats.rx_frames.load(Ordering::Relaxed) < 4 && t.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(stats.rx_frames.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.rx_coalesced.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        stats.rx_bytes.load(Ordering::Relaxed),
+        frames
+            .iter()
+            .map(|f| (f.len() - NET_HDR_LEN) as u64)
+            .sum::<u64>()
+    );
+    assert_eq!(stats.device_errors.load(Ordering::Relaxed), 0);
+    assert!(!running.has_failed());
+    running.stop().unwrap();
+}
+
 #[test]
 fn hostile_used_entries_are_counted_and_the_driver_keeps_going() {
     hostile_used_entries(features::WANTED);
