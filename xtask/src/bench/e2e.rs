@@ -1340,7 +1340,11 @@ pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and th
      4 MiB send buffer: passt's upload stalled when a guest's burst overran the default \
      16 KiB); vhost-user daemons: CPU per GB is the daemon's process only, the frontend \
      (hostnet-lab attach --vhost-user, pinned with the daemon for the latency figures) is not \
-     counted; its threads appear apart in busy threads (frontend:...)";
+     counted; its threads appear apart in busy threads (frontend:...); the simulated guest \
+     (hostnet's and the frontend's) coalesces received TCP segments that have partial \
+     checksums into GSO frames before its TAP (GRO, as a guest's stack does; passt's \
+     segments without GUEST_TSO are so: one TAP write per 1514-byte frame bounded its \
+     download before)";
 
 /// How the server gets its replies back (printed with the results).
 pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \
