@@ -15,6 +15,8 @@
 //! first segment's headers with the last one's window. A device that writes a full checksum
 //! is not coalesced: that checksum stays for the guest's stack to check.
 
+use wire::checksum::{checksum, fold, sum};
+
 /// Bytes of the virtio-net header in front of each frame (`virtio_net_hdr_v1`).
 const HDR: usize = 12;
 /// Ethernet header.
@@ -170,16 +172,16 @@ impl Gro {
         } else {
             self.buf[ip + 2..ip + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
             self.buf[ip + 10..ip + 12].fill(0);
-            let sum = !fold(sum16(&self.buf[ip..ip + 20]));
-            self.buf[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+            let c = checksum(&self.buf[ip..ip + 20]);
+            self.buf[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
         }
-        let tcp_len = (self.buf.len() - l4) as u32;
+        let tcp_len = (self.buf.len() - l4) as u64;
         let addrs = if h.seg.v6 {
             &self.buf[ip + 8..ip + 40]
         } else {
             &self.buf[ip + 12..ip + 20]
         };
-        let pseudo = fold(sum16(addrs) + 6 + tcp_len);
+        let pseudo = fold(sum(addrs, 0) + 6 + tcp_len);
         self.buf[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
     }
 }
@@ -231,20 +233,6 @@ fn segment(frame: &[u8]) -> Option<Segment> {
         payload,
         seq: u32::from_be_bytes(tcp.get(4..8)?.try_into().ok()?),
     })
-}
-
-/// The one's-complement sum of `b` as big-endian 16-bit words (not folded).
-fn sum16(b: &[u8]) -> u32 {
-    b.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 #[cfg(test)]
@@ -320,14 +308,14 @@ mod tests {
         let l4 = ip + if v6 { 40 } else { 20 };
         let mut f = frame.to_vec();
         // The field holds the pseudo-header sum: the segment's sum with it is the checksum.
-        let sum = !fold(sum16(&f[l4..]));
-        f[l4 + 16..l4 + 18].copy_from_slice(&sum.to_be_bytes());
+        let c = checksum(&f[l4..]);
+        f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
         let addrs = if v6 {
             &f[ip + 8..ip + 40]
         } else {
             &f[ip + 12..ip + 20]
         };
-        let whole = sum16(addrs) + 6 + (f.len() - l4) as u32 + sum16(&f[l4..]);
+        let whole = sum(addrs, 0) + 6 + (f.len() - l4) as u64 + sum(&f[l4..], 0);
         fold(whole) == 0xffff
     }
 
@@ -365,7 +353,11 @@ mod tests {
                     u16::from_be_bytes([m[ip + 2], m[ip + 3]]) as usize,
                     20 + 32 + 2400
                 );
-                assert_eq!(fold(sum16(&m[ip..ip + 20])), 0xffff, "IPv4 header checksum");
+                assert_eq!(
+                    fold(sum(&m[ip..ip + 20], 0)),
+                    0xffff,
+                    "IPv4 header checksum"
+                );
             }
             let t = ip + l3;
             // The first one's sequence number, the last one's window, PSH kept.

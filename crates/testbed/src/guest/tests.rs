@@ -445,20 +445,58 @@ fn the_stepped_driver_echoes_without_event_idx_or_mrg_rxbuf() {
     step_round_trip(features::VERSION_1 | features::MAC, false);
 }
 
+/// A started guest whose TAP is one end of a datagram pair (`peer`, the other end, gets what
+/// the driver writes), for tests that write the RX used ring by hand.
+struct HandRx {
+    running: Running,
+    peer: UnixDatagram,
+    mem: GuestMemoryMmap,
+    irq: Arc<Interrupts>,
+    /// The RX queue's used ring.
+    used: GuestAddress,
+    /// Bytes per RX buffer (buffer `i` is at `RX_BUF_BASE + i * size`).
+    size: u32,
+    /// Whether the TAP takes the virtio-net header.
+    vnet: bool,
+}
+
+impl HandRx {
+    fn start(device_features: u64) -> Self {
+        let guest = SimGuest::new(GuestConfig::default(), device_features).unwrap();
+        let vnet = guest.vnet_hdr();
+        let size = rx_buffer_size(&GuestConfig::default(), guest.acked_features());
+        let mem = guest.memory().clone();
+        let irq = guest.interrupts();
+        let (tap, peer) = UnixDatagram::pair().unwrap();
+        tap.set_nonblocking(true).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let running = guest.start(Arc::new(tap), Arc::new(|_| {})).unwrap();
+        let used = RingLayout::of(RX_QUEUE).unwrap().used;
+        Self {
+            running,
+            peer,
+            mem,
+            irq,
+            used,
+            size,
+            vnet,
+        }
+    }
+}
+
 /// Hand-written used entries: four bad ones (counted, skipped), a good one-buffer frame,
 /// a two-buffer frame in non-adjacent buffers (gathered) and one in adjacent full buffers
 /// (written straight from guest memory with offloads).
 fn hostile_used_entries(device_features: u64) {
-    let guest = SimGuest::new(GuestConfig::default(), device_features).unwrap();
-    let vnet = guest.vnet_hdr();
-    let size = rx_buffer_size(&GuestConfig::default(), guest.acked_features());
-    let mem = guest.memory().clone();
-    let irq = guest.interrupts();
-    let (tap, peer) = UnixDatagram::pair().unwrap();
-    tap.set_nonblocking(true).unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let running = guest.start(Arc::new(tap), Arc::new(|_| {})).unwrap();
-    let used = RingLayout::of(RX_QUEUE).unwrap().used;
+    let HandRx {
+        running,
+        peer,
+        mem,
+        irq,
+        used,
+        size,
+        vnet,
+    } = HandRx::start(device_features);
     let buf = |i: u64| GuestAddress(RX_BUF_BASE + i * u64::from(size));
     let put = |slot: u64, id: u32, len: u32| {
         mem.write_obj(id, used.unchecked_add(4 + 8 * slot)).unwrap();
@@ -538,20 +576,16 @@ fn hostile_used_entries(device_features: u64) {
 #[test]
 fn tcp_segments_with_partial_checksums_reach_the_tap_coalesced() {
     use super::gro::{TCP_ACK, TCP_PSH, test_segment};
-    let guest = SimGuest::new(
-        GuestConfig::default(),
-        features::WANTED | features::OFFLOADS,
-    )
-    .unwrap();
-    assert!(guest.vnet_hdr());
-    let size = rx_buffer_size(&GuestConfig::default(), guest.acked_features());
-    let mem = guest.memory().clone();
-    let irq = guest.interrupts();
-    let (tap, peer) = UnixDatagram::pair().unwrap();
-    tap.set_nonblocking(true).unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let running = guest.start(Arc::new(tap), Arc::new(|_| {})).unwrap();
-    let used = RingLayout::of(RX_QUEUE).unwrap().used;
+    let HandRx {
+        running,
+        peer,
+        mem,
+        irq,
+        used,
+        size,
+        vnet,
+    } = HandRx::start(features::WANTED | features::OFFLOADS);
+    assert!(vnet);
     let buf = |i: u64| GuestAddress(RX_BUF_BASE + i * u64::from(size));
     let mut frames = vec![
         test_segment(false, 1000, &[1; 1400], TCP_ACK),
