@@ -175,6 +175,10 @@ pub(crate) trait Family:
     /// Whether the ICMP checksum covers the pseudo-header (ICMPv6, RFC 4443
     /// section 2.3), so address changes feed it.
     const ICMP_PSEUDO: bool;
+    /// Whether a zero UDP checksum means "none" and stays zero (IPv4, RFC 768). IPv6 has no
+    /// such value (RFC 8200 section 8.1): its zero field is updated like any other, so a
+    /// checksum that was valid (one's complement's other zero) stays valid.
+    const UDP_ZERO_IS_NONE: bool;
     /// Bytes of the quoted packet's transport header an ICMP error must carry.
     const ERROR_QUOTED_DATA_LEN: usize = icmpv4::ERROR_QUOTED_DATA_LEN;
 
@@ -257,6 +261,7 @@ impl Family for V4 {
     const ECHO_REQUEST: u8 = icmpv4::ECHO_REQUEST;
     const ECHO_REPLY: u8 = icmpv4::ECHO_REPLY;
     const ICMP_PSEUDO: bool = false;
+    const UDP_ZERO_IS_NONE: bool = true;
     const SRC_AT: usize = ipv4::field::SRC_ADDR.start;
     const DST_AT: usize = ipv4::field::DST_ADDR.start;
     const PROTOCOL_AT: usize = ipv4::field::PROTOCOL;
@@ -399,6 +404,7 @@ impl Family for V6 {
     const ECHO_REQUEST: u8 = icmpv6::ECHO_REQUEST;
     const ECHO_REPLY: u8 = icmpv6::ECHO_REPLY;
     const ICMP_PSEUDO: bool = true;
+    const UDP_ZERO_IS_NONE: bool = false;
     const SRC_AT: usize = ipv6::field::SRC_ADDR.start;
     const DST_AT: usize = ipv6::field::DST_ADDR.start;
     const PROTOCOL_AT: usize = ipv6::field::NEXT_HEADER;

@@ -130,7 +130,7 @@ fn rewrite_error<F: Family>(
                 let c2 = if e.transport == Transport::Tcp {
                     ed.add(pd).apply(c)
                 } else {
-                    ed.add(pd).apply_udp(c)
+                    crate::packet::udp_checksum::<F>(ed.add(pd), c)
                 };
                 put16(p, at, c2);
                 icmp_delta.word(c, c2);

@@ -46,7 +46,8 @@
 //!   [`Nat::outbound`]/[`Nat::inbound`] returns a verdict. Forwarded packets
 //!   have a valid IPv4 header checksum (the input's is verified first);
 //!   transport checksums are updated incrementally (RFC 1624), so a valid
-//!   one stays valid and a zero UDP checksum stays zero. A dropped or held
+//!   one stays valid and a zero UDP checksum stays zero over IPv4 (over IPv6,
+//!   which has no "no checksum", it is updated like any other). A dropped or held
 //!   packet is left as it came. Proven by a cargo-fuzz target and proptest properties.
 //! - **Offloaded (partial) checksums**: [`Nat::outbound_with`],
 //!   [`Nat::inbound_with`] and the `_batch_with` calls take

@@ -380,6 +380,20 @@ pub(crate) struct Extensions {
     pub(crate) ident: u32,
 }
 
+/// A UDP checksum after the change `d`: IPv4's zero ("none") stays zero; else, as for any
+/// UDP checksum, a computed zero is written `0xffff` (see [`Family::UDP_ZERO_IS_NONE`]).
+#[inline(always)]
+pub(crate) fn udp_checksum<F: Family>(d: Delta, checksum: u16) -> u16 {
+    if F::UDP_ZERO_IS_NONE {
+        d.apply_udp(checksum)
+    } else {
+        match d.apply(checksum) {
+            0 => 0xffff,
+            c => c,
+        }
+    }
+}
+
 /// Rewrites addresses and ports from `old` to `new`, fixing the IPv4 header
 /// checksum and the transport checksum incrementally. The caller checked that
 /// the transport header is present. Works on fixed-size views of the
@@ -422,7 +436,7 @@ pub(crate) fn rewrite<F: Family>(
             pd.word(old.dst_port, new.dst_port);
             u[field::SRC_PORT].copy_from_slice(&new.src_port.to_be_bytes());
             u[field::DST_PORT].copy_from_slice(&new.dst_port.to_be_bytes());
-            let c = pd.apply_udp(get16(u, field::CHECKSUM.start));
+            let c = udp_checksum::<F>(pd, get16(u, field::CHECKSUM.start));
             u[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         }
         // Partial checksums: the ports are summed later by whoever completes

@@ -35,6 +35,35 @@ fn udp6_goes_out_from_the_external_address_and_its_reply_comes_back() {
     assert_eq!(nat.host_flows6(GUEST6), 1);
 }
 
+/// `p` (UDP over IPv6, valid) with its checksum field zero and the first payload word raised
+/// by the old checksum: it still sums right (one's complement's other zero).
+fn with_zero_udp_checksum(mut p: Vec<u8>) -> Vec<u8> {
+    let c = u32::from(u16::from_be_bytes([p[46], p[47]]));
+    p[46..48].fill(0);
+    let w = u32::from(u16::from_be_bytes([p[48], p[49]])) + c;
+    let w = (w & 0xffff) + (w >> 16);
+    p[48..50].copy_from_slice(&(w as u16).to_be_bytes());
+    assert!(testing::checksums6_ok(&p));
+    p
+}
+
+#[test]
+fn a_zero_udp6_checksum_is_updated_like_any_other_both_ways() {
+    // IPv6 has no "no checksum" for UDP (RFC 8200 section 8.1): a zero field that sums
+    // right must still sum right after the rewrite (found by the `nat_mixed` fuzz target).
+    let mut nat = testing::nat();
+    let (g, s) = (sa6(GUEST6, 5000), sa6(SERVER6, 53));
+    let mut p = with_zero_udp_checksum(testing::udp6(g, s, b"query!"));
+    assert_eq!(nat.outbound(&mut p, Instant::ZERO), Verdict::Forward);
+    assert!(testing::checksums6_ok(&p), "{p:02x?}");
+    assert_ne!(p[46..48], [0, 0]);
+    let mut r = with_zero_udp_checksum(testing::udp6(s, sa6(EXTERNAL6, 5000), b"answer"));
+    assert_eq!(nat.inbound(&mut r, Instant::from_secs(1)), Verdict::Forward);
+    assert_eq!(testing::dst6(&r), g);
+    assert!(testing::checksums6_ok(&r), "{r:02x?}");
+    assert_ne!(r[46..48], [0, 0]);
+}
+
 #[test]
 fn tcp6_flows_get_the_rfc_timeouts() {
     let mut nat = testing::nat();
