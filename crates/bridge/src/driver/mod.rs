@@ -209,6 +209,7 @@ impl Bridge {
             needs_reset: AtomicBool::new(false),
             error: Mutex::new(None),
             stop: AtomicBool::new(false),
+            tx_stop: AtomicBool::new(false),
         });
         let events = Arc::new(Events {
             rx_kick: Event::new()?,
@@ -380,10 +381,23 @@ impl BridgeHandle {
         }
     }
 
+    /// Stops and joins the TX thread first, then the rest: a TX batch in flight may still hand
+    /// gateway replies to the RX thread, which must be there to take them (with the RX thread
+    /// gone first, they were counted as [`crate::DropCause::LocalQueueFull`]).
     fn stop_and_join(&mut self) -> Result<(), Error> {
+        let mut res = Ok(());
+        self.shared.tx_stop.store(true, Ordering::SeqCst);
+        let _ = self.events.shutdown.notify();
+        for (name, t) in self
+            .threads
+            .extract_if(.., |(name, _)| *name == "bridge-tx")
+        {
+            if t.join().is_err() {
+                res = Err(Error::ThreadPanicked(name));
+            }
+        }
         self.shared.stop.store(true, Ordering::SeqCst);
         let _ = self.events.shutdown.notify();
-        let mut res = Ok(());
         for (name, t) in self.threads.drain(..) {
             if t.join().is_err() {
                 res = Err(Error::ThreadPanicked(name));
@@ -408,6 +422,9 @@ struct Shared {
     needs_reset: AtomicBool,
     error: Mutex<Option<Arc<Error>>>,
     stop: AtomicBool,
+    /// Stops the TX thread only: shutdown stops and joins it before the RX thread, which
+    /// takes the TX side's last reply batch ([`BridgeHandle::shutdown`]).
+    tx_stop: AtomicBool,
 }
 
 impl core::fmt::Debug for Shared {

@@ -268,7 +268,9 @@ impl<A: GuestAddressSpace, Q: QueueT> TxThread<A, Q> {
         let mut events = MioEvents::with_capacity(8);
         // The driver may have queued frames before activation.
         let mut work = true;
-        while !self.shared.stop.load(Ordering::Acquire) {
+        while !self.shared.stop.load(Ordering::Acquire)
+            && !self.shared.tx_stop.load(Ordering::Acquire)
+        {
             // One budget per pass; with chains left, look at the events (shutdown) without
             // waiting and go on.
             let more = work && lock(&self.state).drain()?;
@@ -329,7 +331,9 @@ impl<A: GuestAddressSpace, Q: QueueT> TxState<A, Q> {
                 let _ = self.events.local.notify();
             }
             Err(e) => {
-                // Cannot happen: the channel holds every batch there is. Keep the batch.
+                // Cannot happen: the channel holds every batch there is, and the RX thread
+                // stops after this one (unless it failed, which stops the device). Keep the
+                // batch.
                 let mut b = e.into_inner();
                 self.stats.drop(DropCause::LocalQueueFull);
                 b.clear();
