@@ -186,9 +186,26 @@ impl Gro {
     }
 }
 
+/// Whether a frame of `len` bytes (`[virtio-net header][Ethernet frame]`) that starts with
+/// `head` (at least its first [`HEAD_LEN`] bytes, or all of it) is one [`Gro::offer`] takes:
+/// the caller reads the rest of a frame only if so.
+pub(super) fn takes(head: &[u8], len: usize) -> bool {
+    segment_in(head, len).is_some()
+}
+
+/// The bytes of a frame [`takes`] looks at: the virtio-net, Ethernet and IPv6 headers and the
+/// TCP header up to its flags.
+pub(super) const HEAD_LEN: usize = HDR + ETH + 40 + 14;
+
 /// The layout of `frame` if it is a TCP segment GRO may take: a partial checksum, no GSO,
 /// flags ACK (and PSH) only, a payload, and lengths that agree with the frame's.
 fn segment(frame: &[u8]) -> Option<Segment> {
+    segment_in(frame, frame.len())
+}
+
+/// [`segment`] of a frame of `len` bytes from its first bytes, `head`.
+fn segment_in(head: &[u8], len: usize) -> Option<Segment> {
+    let frame = head;
     let (flags, gso_type) = (*frame.first()?, *frame.get(1)?);
     if flags != NEEDS_CSUM || gso_type != 0 {
         return None;
@@ -217,7 +234,7 @@ fn segment(frame: &[u8]) -> Option<Segment> {
         }
         _ => return None,
     };
-    if ip_len != ip.len() {
+    if Some(ip_len) != len.checked_sub(HDR + ETH) {
         return None;
     }
     let tcp = ip.get(l3..)?;
@@ -317,6 +334,23 @@ mod tests {
         };
         let whole = sum(addrs, 0) + 6 + (f.len() - l4) as u64 + sum(&f[l4..], 0);
         fold(whole) == 0xffff
+    }
+
+    #[test]
+    fn takes_judges_a_segment_by_its_head_and_its_length() {
+        for v6 in [false, true] {
+            let f = seg(v6, 7, &[9; 1400], TCP_ACK);
+            let head = &f[..HEAD_LEN];
+            assert!(takes(head, f.len()));
+            assert_eq!(takes(head, f.len()), segment(&f).is_some());
+            assert!(
+                !takes(head, f.len() - 1),
+                "a length the IP header disagrees with"
+            );
+            assert!(!takes(&f[..HDR + ETH + 10], f.len()), "headers cut");
+            let syn = seg(v6, 7, &[9; 1400], TCP_ACK | 0x02);
+            assert!(!takes(&syn[..HEAD_LEN], syn.len()));
+        }
     }
 
     #[test]

@@ -16,8 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use wire::{
+    EthernetFrame, Ipv4Packet, Ipv6Packet, checksum, ethernet, ethertype, ip_proto, ipv4, ipv6,
+};
 
-use super::gro::Gro;
+use super::gro::{self, Gro};
 use super::ring::{DriverRing, MAX_FRAME_BUF, VRING_DESC_F_WRITE, rx_buffer_size};
 use super::{FrameIo, GuestStats, Kick, NET_HDR_LEN, RX_QUEUE, SimGuest, features};
 
@@ -149,7 +152,15 @@ impl<F: FrameIo> RxDriver<F> {
                     let mut frame = std::mem::take(&mut self.frame);
                     let done = match self.pending[..] {
                         [(id, len)] if self.partial && !self.gso && self.gro.is_some() => {
-                            self.coalesce(id, len, &mut frame)
+                            match self.coalesce(id, len, &mut frame) {
+                                // Not a segment GRO takes (UDP, a pure ACK): what GRO holds
+                                // goes first, then the frame as any other, from guest memory.
+                                Ok(false) => {
+                                    self.flush_gro();
+                                    self.deliver(&self.pending, &mut frame, false)
+                                }
+                                done => done.map(|_| ()),
+                            }
                         }
                         _ => {
                             self.flush_gro();
@@ -182,9 +193,18 @@ impl<F: FrameIo> RxDriver<F> {
     }
 
     /// The one-buffer frame in buffer `id` (`len` bytes used, a partial checksum) through
-    /// GRO: merged into the frame it holds, held, or (not a segment it takes) written after
-    /// what it held.
-    fn coalesce(&mut self, id: u16, len: u32, frame: &mut Vec<u8>) -> anyhow::Result<()> {
+    /// GRO: merged into the frame it holds, or held. Returns `false`, having read only its
+    /// headers, when it is not a segment GRO takes.
+    fn coalesce(&mut self, id: u16, len: u32, frame: &mut Vec<u8>) -> anyhow::Result<bool> {
+        let mut head = [0u8; gro::HEAD_LEN];
+        let n = (len as usize).min(head.len());
+        let head = &mut head[..n];
+        self.mem
+            .read_slice(head, GuestAddress(self.buf_addr(id)))
+            .context("reading rx headers")?;
+        if !gro::takes(head, len as usize) {
+            return Ok(false);
+        }
         frame.clear();
         frame.resize(len as usize, 0);
         self.mem
@@ -192,13 +212,14 @@ impl<F: FrameIo> RxDriver<F> {
             .context("reading rx buffer")?;
         let (io, stats) = (&*self.io, &*self.stats);
         let Some(gro) = self.gro.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut write = |f: &[u8], segments: usize| write_coalesced(io, stats, f, segments);
         if !gro.offer(frame, &mut write) {
+            // Cannot be (`takes` said it does); written as it came all the same.
             write(frame, 1);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes what GRO holds.
@@ -369,50 +390,49 @@ struct Partial {
 /// The [`Partial`] of an Ethernet `frame`'s TCP or UDP segment over IPv4 (not a fragment) or
 /// IPv6 (no extension header); `None` for anything else or when the headers are cut.
 fn pseudo_header(frame: &[u8]) -> Option<Partial> {
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let ip = frame.get(14..)?;
-    let be = |b: &[u8], i: usize| -> Option<u32> {
-        Some(u32::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?])))
-    };
-    let (l3_len, proto, l4_len, addrs) = match ethertype {
-        0x0800 => {
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            let flags_frag = be(ip, 6)?;
-            if ip.first()? >> 4 != 4 || ihl < 20 || flags_frag & 0x3fff != 0 {
+    // Only the headers are at hand: the views are made unchecked, past a length check each.
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let ip = eth.payload();
+    let (l3_len, proto, sum) = match eth.ethertype() {
+        ethertype::IPV4 if ip.len() >= ipv4::HEADER_LEN => {
+            let p = Ipv4Packet::new_unchecked(ip);
+            let l3_len = p.header_len();
+            if p.version() != 4 || l3_len < ipv4::HEADER_LEN || p.is_fragment() {
                 return None;
             }
-            let total = be(ip, 2)?;
-            (
-                ihl,
-                *ip.get(9)?,
-                total.checked_sub(ihl as u32)?,
-                ip.get(12..20)?,
-            )
+            let l4_len = usize::from(p.total_len()).checked_sub(l3_len)?;
+            let sum = checksum::pseudo_header_v4(
+                p.src_addr(),
+                p.dst_addr(),
+                p.protocol(),
+                u16::try_from(l4_len).ok()?,
+            );
+            (l3_len, p.protocol(), sum)
         }
-        0x86dd => {
-            if ip.first()? >> 4 != 6 {
+        ethertype::IPV6 if ip.len() >= ipv6::HEADER_LEN => {
+            let p = Ipv6Packet::new_unchecked(ip);
+            if p.version() != 6 {
                 return None;
             }
-            (40, *ip.get(6)?, be(ip, 4)?, ip.get(8..40)?)
+            let sum = checksum::pseudo_header_v6(
+                p.src_addr(),
+                p.dst_addr(),
+                p.next_header(),
+                u32::from(p.payload_len()),
+            );
+            (ipv6::HEADER_LEN, p.next_header(), sum)
         }
         _ => return None,
     };
     let csum_offset = match proto {
-        6 => 16,
-        17 => 6,
+        ip_proto::TCP => 16,
+        ip_proto::UDP => 6,
         _ => return None,
     };
-    let mut sum = u32::from(proto) + l4_len;
-    for pair in addrs.chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
     Some(Partial {
-        csum_start: u16::try_from(14 + l3_len).ok()?,
+        csum_start: u16::try_from(ethernet::HEADER_LEN + l3_len).ok()?,
         csum_offset,
-        sum: u16::try_from(sum).ok()?,
+        sum: checksum::fold(sum),
     })
 }
 
