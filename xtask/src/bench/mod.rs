@@ -618,6 +618,12 @@ impl Test {
                     _ => Err("--only tcp: only the IPv4 TCP throughput figures"),
                 };
             }
+            Some(Only::Rr) => {
+                return match self {
+                    Self::Rr { v6: false } => Ok(()),
+                    _ => Err("--only rr: only the IPv4 TCP round trip"),
+                };
+            }
             None => {}
         }
         if self.pair() && opts.quick {
@@ -799,13 +805,15 @@ enum Only {
     /// The IPv4 TCP throughput figures with CPU per GB (1 and 4 streams, both ways): quick
     /// A/B rounds of a change to the data path.
     Tcp,
+    /// The IPv4 TCP round trip: quick A/B rounds of a change to latency.
+    Rr,
 }
 
 #[derive(Debug)]
 struct Options {
     help: bool,
     quick: bool,
-    /// `--only ipv6|g2g|tcp`.
+    /// `--only ipv6|g2g|tcp|rr`.
     only: Option<Only>,
     reps: u32,
     secs: u32,
@@ -883,9 +891,10 @@ impl Options {
                         "ipv6" => Only::Ipv6,
                         "g2g" => Only::G2g,
                         "tcp" => Only::Tcp,
-                        other => {
-                            bail!("--only {other:?}: the selections are `ipv6`, `g2g` and `tcp`")
-                        }
+                        "rr" => Only::Rr,
+                        other => bail!(
+                            "--only {other:?}: the selections are `ipv6`, `g2g`, `tcp` and `rr`"
+                        ),
                     });
                 }
                 "--no-micro" => o.micro = false,
@@ -943,6 +952,8 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
                        one stream up paced at 2 Gbit/s) with the backends' CPU per GB: quick A/B
                        rounds of a data-path change; the paced upload's CPU per GB compares
                        the daemons at the same bytes and rate (passt's unpaced upload stalls)
+  --only rr            only the IPv4 TCP 1-byte round trip (pinned): quick A/B rounds of a
+                       change to latency
   --reps N             repeats per figure (default 3)
   --secs N             seconds per throughput run (default 5)
   --latency-secs S     seconds per ping / rr / crr run (default 2)
@@ -1066,6 +1077,8 @@ mod tests {
                 "tcp up paced"
             ]
         );
+        let o = opts(&["--only", "rr"]);
+        assert_eq!(selected(&o), ["tcp rr"]);
         let args = ["--only".to_owned(), "udp".to_owned()];
         assert!(Options::parse(&args).is_err());
         assert!(Options::parse(&args[..1]).is_err());
