@@ -1344,7 +1344,10 @@ pub(super) const TUNING: &str = "guest TAP of pasta, slirp4netns, hostnet and th
      (hostnet's and the frontend's) coalesces received TCP segments that have partial \
      checksums into GSO frames before its TAP (GRO, as a guest's stack does; passt's \
      segments without GUEST_TSO are so: one TAP write per 1514-byte frame bounded its \
-     download before)";
+     download before), and with a virtio-net header on its TAP takes every TX offload from \
+     it, completing checksums and cutting TCP super-frames in software for a device that \
+     did not negotiate CSUM or HOST_TSO (as a guest's stack does; passt: one TAP read per \
+     1514-byte frame held its upload down before)";
 
 /// How the server gets its replies back (printed with the results).
 pub(super) const ROUTING: &str = "S routes everything (incl. 100.64.0.0/10) back via H; \

@@ -69,6 +69,7 @@ pub use tx::TxPump;
 mod ctrl;
 pub mod features;
 mod gro;
+mod gso;
 mod ring;
 mod rx;
 mod threads;
@@ -230,6 +231,13 @@ pub struct GuestConfig {
     /// the interrupt lands on): one thread wake-up less per received burst. The RX driver
     /// thread still handles whatever the callback could not.
     pub inline_rx_interrupt: bool,
+    /// With a virtio-net header on the TAP ([`SimGuest::vnet_hdr`]), take every TX offload
+    /// from it (partial checksums, TCPv4 and TCPv6 super-frames: one TAP read per
+    /// super-frame) and complete the checksums and cut the super-frames the device did not
+    /// negotiate in the driver, as a guest's stack does in software for a device without
+    /// CSUM or HOST_TSO (the `gso` module). Otherwise the TAP hands over only what the
+    /// device takes, and the guest namespace's kernel segments the rest before the TAP.
+    pub soft_offloads: bool,
 }
 
 impl Default for GuestConfig {
@@ -243,6 +251,7 @@ impl Default for GuestConfig {
             split_tx_header: true,
             offloads: true,
             inline_rx_interrupt: true,
+            soft_offloads: true,
         }
     }
 }
@@ -356,11 +365,15 @@ impl SimGuest {
         self.features & features::OFFLOADS != 0
     }
 
-    /// The `TUN_F_*` offloads the TAP may hand to this guest (`TUNSETOFFLOAD`): `TUN_F_CSUM`
+    /// The `TUN_F_*` offloads the TAP may hand to this guest (`TUNSETOFFLOAD`): all three
+    /// with a virtio-net header and [`GuestConfig::soft_offloads`]; otherwise `TUN_F_CSUM`
     /// with CSUM, `TUN_F_TSO4` with HOST_TSO4, `TUN_F_TSO6` with HOST_TSO6; 0 without
     /// offloads.
     #[must_use]
     pub fn tap_offload_flags(&self) -> u32 {
+        if self.vnet_hdr() && self.cfg.soft_offloads {
+            return utun::linux::TUN_F_CSUM | utun::linux::TUN_F_TSO4 | utun::linux::TUN_F_TSO6;
+        }
         let mut flags = 0;
         if self.features & features::CSUM != 0 {
             flags |= utun::linux::TUN_F_CSUM;
@@ -611,6 +624,12 @@ pub struct GuestStats {
     pub tx_bytes: AtomicU64,
     /// TX frames with a GSO type (TSO super-frames from the TAP; offloads only).
     pub tx_gso: AtomicU64,
+    /// TCP super-frames from the TAP the driver cut into segments itself (the device took
+    /// no TSO for them, [`GuestConfig::soft_offloads`]); their segments count as TX frames.
+    pub tx_segmented: AtomicU64,
+    /// TX frames whose partial checksum the driver completed itself (the device took no
+    /// CSUM; segments of a cut super-frame not counted).
+    pub tx_checksummed: AtomicU64,
     /// TX buffers the device returned.
     pub tx_completed: AtomicU64,
     /// TX steps that ended with every slot in flight (the device had to run first).
@@ -650,13 +669,16 @@ impl GuestStats {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "guest tx {} frames/{} B (gso {}, completed {}, ring full {}), rx {} frames/{} B \
+            "guest tx {} frames/{} B (gso {}, segmented {}, checksummed {}, completed {}, ring \
+             full {}), rx {} frames/{} B \
              (gso {}, merged {}, direct {}, data_valid {}, coalesced {}, tap drops {}), kicks {} \
              (suppressed \
              {}), device errors {}, tap read errors {}",
             g(&self.tx_frames),
             g(&self.tx_bytes),
             g(&self.tx_gso),
+            g(&self.tx_segmented),
+            g(&self.tx_checksummed),
             g(&self.tx_completed),
             g(&self.tx_ring_full),
             g(&self.rx_frames),

@@ -281,6 +281,97 @@ fn gso_frames_round_trip_with_one_descriptor_per_tx_frame() {
     gso_round_trip(false);
 }
 
+/// A device without CSUM or TSO (as passt's vhost-user mode): a TCP super-frame from the TAP
+/// reaches the TX ring as segments of its `gso_size` with full checksums and zeroed headers,
+/// across a ring that fills up mid-frame; a frame with a partial checksum reaches it
+/// completed.
+#[test]
+fn a_super_frame_for_a_device_without_tso_is_cut_into_checksummed_segments() {
+    use super::gso::testing::{gso_hdr, tcp_frame};
+    use core::net::Ipv4Addr;
+    use wire::{Ipv4Packet, TcpPacket, checksum, ip_proto, tcp};
+    let cfg = GuestConfig {
+        queue_size: 4,
+        ..GuestConfig::default()
+    };
+    let guest = SimGuest::new(cfg, features::WANTED | features::GUEST_CSUM).unwrap();
+    assert!(guest.vnet_hdr());
+    let mem = guest.memory().clone();
+    let mut txq = guest.device_queue(TX_QUEUE).unwrap();
+    let (tap, peer) = UnixDatagram::pair().unwrap();
+    tap.set_nonblocking(true).unwrap();
+    let mut driver = guest.into_driver(Arc::new(tap)).unwrap();
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    let mut sent = gso_hdr(false, 1400, 66, 34).to_vec();
+    sent.extend(tcp_frame(false, &payload, tcp::ACK | tcp::PSH));
+    peer.send(&sent).unwrap();
+    // One frame with a partial checksum: the field holds the pseudo-header sum.
+    let (src, dst) = (Ipv4Addr::new(192, 168, 64, 2), Ipv4Addr::new(198, 18, 0, 2));
+    let mut small = tcp_frame(false, &[7; 100], tcp::ACK);
+    let pseudo = checksum::pseudo_header_v4(src, dst, ip_proto::TCP, (small.len() - 34) as u16);
+    small[34 + 16..34 + 18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    let mut hdr = gso_hdr(false, 0, 0, 34);
+    hdr[1] = 0;
+    let mut sent = hdr.to_vec();
+    sent.extend(&small);
+    peer.send(&sent).unwrap();
+
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let take = |txq: &mut Queue, out: &mut Vec<Vec<u8>>| {
+        while let Some(chain) = txq.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let mut buf = Vec::new();
+            for d in chain {
+                let start = buf.len();
+                buf.resize(start + d.len() as usize, 0);
+                mem.read_slice(&mut buf[start..], d.addr()).unwrap();
+            }
+            txq.add_used(&mem, head, 0).unwrap();
+            out.push(buf);
+        }
+    };
+    // Two slots (queue of 4, header and frame apart): the cut stops at a full ring.
+    assert_eq!(driver.pump_tx().unwrap().posted, 2);
+    assert!(driver.tx_ring_full());
+    take(&mut txq, &mut out);
+    assert_eq!(driver.pump_tx().unwrap().posted, 2);
+    take(&mut txq, &mut out);
+    assert_eq!(driver.pump_tx().unwrap().posted, 0);
+    assert_eq!(out.len(), 4);
+    let mut got = Vec::new();
+    for (i, f) in out.iter().enumerate() {
+        assert_eq!(
+            f[..NET_HDR_LEN],
+            [0; NET_HDR_LEN],
+            "frame {i}: no offload asked"
+        );
+        let ip = Ipv4Packet::new_checked(&f[NET_HDR_LEN + 14..]).unwrap();
+        assert!(ip.verify_checksum(), "frame {i}");
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum_v4(src, dst), "frame {i}");
+        if i < 3 {
+            assert_eq!(t.payload().len(), if i < 2 { 1400 } else { 200 });
+            assert_eq!(t.psh(), i == 2);
+            got.extend_from_slice(t.payload());
+        } else {
+            assert_eq!(t.payload(), &[7; 100]);
+        }
+    }
+    assert_eq!(got, payload);
+    let s = driver.stats();
+    let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(
+        (
+            g(&s.tx_frames),
+            g(&s.tx_segmented),
+            g(&s.tx_checksummed),
+            g(&s.tx_gso)
+        ),
+        (4, 1, 1, 0)
+    );
+    assert_eq!(g(&s.tap_read_errors), 0);
+}
+
 #[test]
 fn offloads_are_negotiated_only_when_offered_and_wanted() {
     let all = features::WANTED | features::OFFLOADS;
@@ -315,14 +406,22 @@ fn offloads_are_negotiated_only_when_offered_and_wanted() {
         2048
     );
 
-    // A TSO bit without its checksum bit is not taken.
+    // A TSO bit without its checksum bit is not taken. The TAP hands over what the device
+    // took (software offloads off), or everything (on, the default: the driver does the rest).
+    let hard = GuestConfig {
+        soft_offloads: false,
+        ..GuestConfig::default()
+    };
+    let every = utun::linux::TUN_F_CSUM | utun::linux::TUN_F_TSO4 | utun::linux::TUN_F_TSO6;
     let partial = features::WANTED | features::HOST_TSO4 | features::GUEST_CSUM;
-    let g = SimGuest::new(GuestConfig::default(), partial).unwrap();
+    let g = SimGuest::new(hard.clone(), partial).unwrap();
     assert_eq!(g.acked_features(), features::WANTED | features::GUEST_CSUM);
     assert!(g.vnet_hdr());
     assert_eq!(g.tap_offload_flags(), 0);
+    let g = SimGuest::new(GuestConfig::default(), partial).unwrap();
+    assert_eq!(g.tap_offload_flags(), every);
     let g = SimGuest::new(
-        GuestConfig::default(),
+        hard.clone(),
         features::WANTED | features::GUEST_TSO4 | features::GUEST_TSO6 | features::CSUM,
     )
     .unwrap();
@@ -342,11 +441,13 @@ fn offloads_are_negotiated_only_when_offered_and_wanted() {
         | features::GUEST_CSUM
         | features::HOST_TSO4
         | features::GUEST_TSO4;
-    let g = SimGuest::new(GuestConfig::default(), tso4).unwrap();
+    let g = SimGuest::new(hard, tso4).unwrap();
     assert_eq!(
         g.tap_offload_flags(),
         utun::linux::TUN_F_CSUM | utun::linux::TUN_F_TSO4
     );
+    let g = SimGuest::new(GuestConfig::default(), tso4).unwrap();
+    assert_eq!(g.tap_offload_flags(), every);
     let tso6 = features::WANTED | features::GUEST_CSUM | features::GUEST_TSO6;
     assert_eq!(rx_buffer_size(&GuestConfig::default(), tso6), 16 << 10);
 }

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::gso::{self, DeviceOffloads, Split, Work};
 use super::ring::{DriverRing, TX_SLOT_SIZE, VRING_DESC_F_NEXT};
-use super::{FrameIo, GuestStats, Kick, NET_HDR_LEN, SimGuest, TX_QUEUE};
+use super::{FrameIo, GuestStats, Kick, NET_HDR_LEN, SimGuest, TX_QUEUE, features};
 
 /// What one [`Driver::pump_tx`](super::Driver::pump_tx) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,6 +39,34 @@ pub(super) struct TxDriver<F> {
     in_flight: Vec<bool>,
     /// Staging buffer for a frame read without offloads.
     frame: Vec<u8>,
+    /// Checksums and segmentation done here for a device that did not negotiate them
+    /// ([`GuestConfig::soft_offloads`](super::GuestConfig::soft_offloads)); `None` when the
+    /// device takes whatever the TAP hands over.
+    soft: Option<Soft>,
+}
+
+/// The TX driver's software offloads (the `gso` module): each TAP frame is read into
+/// `staged` and goes to the ring as it is, with its checksum completed, or cut into segments.
+struct Soft {
+    device: DeviceOffloads,
+    /// `[virtio-net header][frame]` as the TAP wrote it (its first `len` bytes).
+    staged: Vec<u8>,
+    len: usize,
+    /// The super-frame in `staged` being cut and its next segment: the ring filled up before
+    /// its last segment.
+    cutting: Option<(Split, usize)>,
+    /// One segment, built.
+    segment: Vec<u8>,
+}
+
+/// What one TX slot got.
+enum Fill {
+    /// A frame of this many bytes (without the virtio-net header).
+    Frame(usize),
+    /// Nothing this time (a bad read, counted): try again.
+    Skip,
+    /// Nothing: the TAP has no more frames.
+    Drained,
 }
 
 impl<F: FrameIo> TxDriver<F> {
@@ -56,6 +85,21 @@ impl<F: FrameIo> TxDriver<F> {
         let size = guest.cfg.queue_size;
         let split = guest.cfg.split_tx_header;
         let slots = if split { size / 2 } else { size };
+        let device = DeviceOffloads {
+            csum: guest.features & features::CSUM != 0,
+            tso4: guest.features & features::HOST_TSO4 != 0,
+            tso6: guest.features & features::HOST_TSO6 != 0,
+        };
+        let soft = (guest.vnet_hdr()
+            && guest.cfg.soft_offloads
+            && !(device.csum && device.tso4 && device.tso6))
+            .then(|| Soft {
+                device,
+                staged: vec![0u8; TX_SLOT_SIZE as usize],
+                len: 0,
+                cutting: None,
+                segment: Vec::with_capacity(TX_SLOT_SIZE as usize),
+            });
         let tx = Self {
             ring: DriverRing::new(2 * pair + TX_QUEUE, size, guest.features)?,
             mem: guest.mem.clone(),
@@ -67,6 +111,7 @@ impl<F: FrameIo> TxDriver<F> {
             free: (0..slots).rev().collect(),
             in_flight: vec![false; usize::from(slots)],
             frame: vec![0u8; TX_SLOT_SIZE as usize - NET_HDR_LEN],
+            soft,
         };
         tx.ring.disarm_interrupt(&tx.mem)?;
         Ok(tx)
@@ -153,51 +198,18 @@ impl<F: FrameIo> TxDriver<F> {
         let mut drained = false;
         while posted < TX_BATCH {
             let Some(&slot) = self.free.last() else { break };
-            let got = if self.vnet {
-                let base = self.slot_addr(slot);
-                self.io
-                    .recv_frame_into(&self.mem, GuestAddress(base), TX_SLOT_SIZE as usize)
+            let fill = if self.soft.is_some() {
+                self.fill_soft(slot)?
             } else {
-                self.io.recv_frame(&mut self.frame)
+                self.fill(slot)?
             };
-            let n = match got {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let len = match fill {
+                Fill::Frame(len) => len,
+                Fill::Skip => continue,
+                Fill::Drained => {
                     drained = true;
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    return Err(e).context("the TAP device is gone");
-                }
-                Err(e) => {
-                    self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("tap read: {e}");
-                    drained = true;
-                    break;
-                }
-            };
-            let len = if self.vnet {
-                if n >= TX_SLOT_SIZE as usize {
-                    // Cut by the read: never post part of a frame.
-                    self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("tap read of {n} bytes filled the tx slot");
-                    continue;
-                }
-                let Some(len) = n.checked_sub(NET_HDR_LEN).filter(|l| *l > 0) else {
-                    continue;
-                };
-                self.take_header(slot)?;
-                len
-            } else {
-                let Some(data) = self.frame.get(..n) else {
-                    continue;
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                write_tx_frame(&self.mem, self.slot_addr(slot), data)?;
-                n
             };
             self.free.pop();
             self.post(slot, len)?;
@@ -209,6 +221,128 @@ impl<F: FrameIo> TxDriver<F> {
             self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         }
         Ok(TxPump { posted, drained })
+    }
+
+    /// One TAP frame into `slot`: with offloads read straight into it, else staged and
+    /// written after a zeroed header.
+    fn fill(&mut self, slot: u16) -> anyhow::Result<Fill> {
+        let got = if self.vnet {
+            let base = self.slot_addr(slot);
+            self.io
+                .recv_frame_into(&self.mem, GuestAddress(base), TX_SLOT_SIZE as usize)
+        } else {
+            self.io.recv_frame(&mut self.frame)
+        };
+        let n = match self.read_result(got)? {
+            Ok(n) => n,
+            Err(fill) => return Ok(fill),
+        };
+        if self.vnet {
+            if n >= TX_SLOT_SIZE as usize {
+                // Cut by the read: never post part of a frame.
+                self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("tap read of {n} bytes filled the tx slot");
+                return Ok(Fill::Skip);
+            }
+            let Some(len) = n.checked_sub(NET_HDR_LEN).filter(|l| *l > 0) else {
+                return Ok(Fill::Skip);
+            };
+            self.take_header(slot)?;
+            Ok(Fill::Frame(len))
+        } else {
+            let Some(data) = self.frame.get(..n).filter(|d| !d.is_empty()) else {
+                return Ok(Fill::Skip);
+            };
+            write_tx_frame(&self.mem, self.slot_addr(slot), data)?;
+            Ok(Fill::Frame(n))
+        }
+    }
+
+    /// [`TxDriver::fill`] with software offloads: the next segment of the super-frame being
+    /// cut, or the next TAP frame as it is, with its checksum completed, or its first segment.
+    fn fill_soft(&mut self, slot: u16) -> anyhow::Result<Fill> {
+        let base = self.slot_addr(slot);
+        let cutting = self.soft.as_ref().is_some_and(|s| s.cutting.is_some());
+        if !cutting {
+            let Some(soft) = self.soft.as_mut() else {
+                return Ok(Fill::Skip);
+            };
+            let got = self.io.recv_frame(&mut soft.staged);
+            let n = match self.read_result(got)? {
+                Ok(n) => n,
+                Err(fill) => return Ok(fill),
+            };
+            let Some(soft) = self.soft.as_mut() else {
+                return Ok(Fill::Skip);
+            };
+            if n >= soft.staged.len() || n <= NET_HDR_LEN {
+                self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("tap read of {n} bytes: cut or empty");
+                return Ok(Fill::Skip);
+            }
+            soft.len = n;
+            let (hdr, frame) = soft.staged[..n].split_at_mut(NET_HDR_LEN);
+            match gso::work(hdr, frame, soft.device) {
+                None => {
+                    self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?hdr, "an offload request the driver cannot carry out");
+                    return Ok(Fill::Skip);
+                }
+                Some(Work::None) => {
+                    // num_buffers: the driver sends 0.
+                    hdr[10..12].fill(0);
+                    if hdr[1] != 0 {
+                        self.stats.tx_gso.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.mem
+                        .write_slice(&soft.staged[..n], GuestAddress(base))
+                        .context("writing tx frame")?;
+                    return Ok(Fill::Frame(n - NET_HDR_LEN));
+                }
+                Some(Work::Checksum { start, offset }) => {
+                    gso::complete_checksum(frame, start, offset);
+                    self.stats.tx_checksummed.fetch_add(1, Ordering::Relaxed);
+                    write_tx_frame(&self.mem, base, frame)?;
+                    return Ok(Fill::Frame(frame.len()));
+                }
+                Some(Work::Segment(split)) => {
+                    self.stats.tx_segmented.fetch_add(1, Ordering::Relaxed);
+                    soft.cutting = Some((split, 0));
+                }
+            }
+        }
+        let Some(soft) = self.soft.as_mut() else {
+            return Ok(Fill::Skip);
+        };
+        let Some((split, next)) = soft.cutting else {
+            return Ok(Fill::Skip);
+        };
+        let frame = &soft.staged[NET_HDR_LEN..soft.len];
+        gso::segment(frame, &split, next, &mut soft.segment);
+        soft.cutting = (next + 1 < split.count).then_some((split, next + 1));
+        write_tx_frame(&self.mem, base, &soft.segment)?;
+        Ok(Fill::Frame(soft.segment.len()))
+    }
+
+    /// A TAP read's result: its length, or what the slot gets instead (`WouldBlock`: the
+    /// TAP is drained; another error: counted, and treated as drained).
+    ///
+    /// # Errors
+    /// The TAP is gone.
+    fn read_result(&self, got: io::Result<usize>) -> anyhow::Result<Result<usize, Fill>> {
+        match got {
+            Ok(n) => Ok(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Err(Fill::Drained)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Err(Fill::Skip)),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                Err(e).context("the TAP device is gone")
+            }
+            Err(e) => {
+                self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("tap read: {e}");
+                Ok(Err(Fill::Drained))
+            }
+        }
     }
 
     fn slot_addr(&self, slot: u16) -> u64 {
