@@ -716,15 +716,17 @@ impl Results {
         base: Backend,
         (min, max): (Option<f64>, Option<f64>),
     ) -> (String, Option<bool>, String) {
-        if base == Backend::PasstVu && matches!(key, "tcp_up" | "tcp_down") {
-            return self.against_best(what, mtu, key, base, (min, max));
-        }
-        let r = self.ratio(mtu, Backend::Hostnetd, key, base);
+        let (r, detail) = if base == Backend::PasstVu && matches!(key, "tcp_up" | "tcp_down") {
+            self.against_best(mtu, key, base)
+        } else {
+            let r = self.ratio(mtu, Backend::Hostnetd, key, base);
+            let detail = r.map_or_else(
+                || "not measured".to_owned(),
+                |r| format!("measured {r:.2}x {}", base.name()),
+            );
+            (r, detail)
+        };
         let ok = r.map(|r| min.is_none_or(|m| r >= m) && max.is_none_or(|m| r <= m));
-        let detail = r.map_or_else(
-            || "not measured".to_owned(),
-            |r| format!("measured {r:.2}x {}", base.name()),
-        );
         if key == "cpu_up_paced"
             && let Some((b, gbps)) = [Backend::Hostnetd, base].into_iter().find_map(|b| {
                 let gbps = self.stats(mtu, b, "tcp_up_paced")?.median;
@@ -741,29 +743,21 @@ impl Results {
         (what, ok, detail)
     }
 
-    /// [`Results::target`] for a throughput against `base`'s best sample, not its median:
+    /// [`Results::target`]'s ratio for a throughput against `base`'s best sample, not its median:
     /// passt's unpaced transfers stall in some runs and not in others (docs/PERFORMANCE.md),
     /// and a stalled median would make any multiple of it "met". hostnetd's median over the
     /// peer's best is the ratio the peer would least like to lose.
-    fn against_best(
-        &self,
-        what: String,
-        mtu: u32,
-        key: &str,
-        base: Backend,
-        (min, max): (Option<f64>, Option<f64>),
-    ) -> (String, Option<bool>, String) {
+    fn against_best(&self, mtu: u32, key: &str, base: Backend) -> (Option<f64>, String) {
         let (Some(ours), Some(theirs)) = (
             self.stats(mtu, Backend::Hostnetd, key),
             self.stats(mtu, base, key),
         ) else {
-            return (what, None, "not measured".to_owned());
+            return (None, "not measured".to_owned());
         };
         if theirs.max <= 0.0 {
-            return (what, None, format!("{} carried nothing", base.name()));
+            return (None, format!("{} carried nothing", base.name()));
         }
         let r = ours.median / theirs.max;
-        let ok = min.is_none_or(|m| r >= m) && max.is_none_or(|m| r <= m);
         let detail = format!(
             "measured {r:.2}x {}'s best sample ({:.2}; its median {:.2}, {:.2}x)",
             base.name(),
@@ -771,7 +765,7 @@ impl Results {
             theirs.median,
             ours.median / theirs.median.max(f64::MIN_POSITIVE),
         );
-        (what, Some(ok), detail)
+        (Some(r), detail)
     }
 
     /// The JSON document.
