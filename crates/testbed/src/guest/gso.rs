@@ -9,8 +9,11 @@
 //! from the super-frame's, the sequence number advances by the segment size, FIN and PSH
 //! only on the last segment, CWR only on the first.
 
+use core::ops::Range;
+
 use wire::{
-    EthernetFrame, Ipv4Packet, Ipv6Packet, TcpPacket, ethernet, ethertype, ip_proto, ipv6, tcp,
+    EthernetFrame, Ipv4Packet, Ipv6Packet, TcpPacket, checksum, ethernet, ethertype, ip_proto,
+    ipv6, tcp,
 };
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
@@ -117,16 +120,23 @@ fn split(frame: &[u8], v6: bool, mss: usize) -> Option<Split> {
     })
 }
 
-/// Writes segment `i` (below [`Split::count`]) of the super-frame `frame` into `out`, a
-/// whole Ethernet frame with its IP lengths, IPv4 header checksum, sequence number, flags
-/// and TCP checksum its own.
-pub(super) fn segment(frame: &[u8], s: &Split, i: usize, out: &mut Vec<u8>) {
+/// Writes the headers of segment `i` (below [`Split::count`]) of the super-frame `frame`
+/// into `out`: its IP lengths, IPv4 identification and header checksum, sequence number,
+/// flags and a TCP checksum over these headers and its payload, which stays in `frame` at
+/// the range returned (the segment is `out` followed by that range).
+pub(super) fn segment_headers(
+    frame: &[u8],
+    s: &Split,
+    i: usize,
+    out: &mut Vec<u8>,
+) -> Range<usize> {
     let start = (s.headers + i * s.mss).min(frame.len());
     let end = (start + s.mss).min(frame.len());
+    let payload = &frame[start..end];
     out.clear();
     out.extend_from_slice(&frame[..s.headers]);
-    out.extend_from_slice(&frame[start..end]);
-    let ip_len = out.len() - ethernet::HEADER_LEN;
+    let ip_len = s.headers - ethernet::HEADER_LEN + payload.len();
+    let tcp_len = s.headers - s.l4 + payload.len();
     let (first, last) = (i == 0, i + 1 >= s.count);
     let (ip, l4) = out.split_at_mut(s.l4);
     let ip = &mut ip[ethernet::HEADER_LEN..];
@@ -141,24 +151,29 @@ pub(super) fn segment(frame: &[u8], s: &Split, i: usize, out: &mut Vec<u8>) {
         flags &= !tcp::CWR;
     }
     tcp.set_flags(flags);
-    if s.v6 {
+    tcp.set_checksum(0);
+    let pseudo = if s.v6 {
         let mut ip = Ipv6Packet::new_unchecked(ip);
         ip.set_payload_len((ip_len - ipv6::HEADER_LEN) as u16);
-        tcp.fill_checksum_v6(ip.src_addr(), ip.dst_addr());
+        checksum::pseudo_header_v6(ip.src_addr(), ip.dst_addr(), ip_proto::TCP, tcp_len as u32)
     } else {
         let mut ip = Ipv4Packet::new_unchecked(ip);
         ip.set_total_len(ip_len as u16);
         ip.set_ident(ip.ident().wrapping_add(i as u16));
         ip.fill_checksum();
-        tcp.fill_checksum_v4(ip.src_addr(), ip.dst_addr());
-    }
+        checksum::pseudo_header_v4(ip.src_addr(), ip.dst_addr(), ip_proto::TCP, tcp_len as u16)
+    };
+    // The header's length is a multiple of 4: the payload's sum chains on.
+    let sum = checksum::sum(payload, checksum::sum(tcp.into_inner(), pseudo));
+    out[s.l4 + 16..s.l4 + 18].copy_from_slice(&checksum::finish(sum).to_be_bytes());
+    start..end
 }
 
 /// Completes the partial checksum of `frame` (see [`Work::Checksum`]): the field holds the
 /// pseudo-header sum, so the checksum is the complemented sum from `start` to the end.
 pub(super) fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) {
     let at = start + offset;
-    let mut c = wire::checksum::checksum(&frame[start..]);
+    let mut c = checksum::checksum(&frame[start..]);
     if c == 0 && offset == UDP_CHECKSUM_OFFSET {
         c = 0xffff;
     }
@@ -239,7 +254,7 @@ mod tests {
     use super::testing::{gso_hdr, tcp_frame};
     use super::*;
     use core::net::Ipv4Addr;
-    use wire::{checksum, ipv4};
+    use wire::ipv4;
 
     /// The end of the IPv4 header in a frame without options.
     const IPV4_END: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
@@ -263,7 +278,8 @@ mod tests {
             let mut got = Vec::new();
             let mut out = Vec::new();
             for i in 0..s.count {
-                segment(&f, &s, i, &mut out);
+                let payload = segment_headers(&f, &s, i, &mut out);
+                out.extend_from_slice(&f[payload]);
                 let eth = EthernetFrame::new_checked(&out[..]).unwrap();
                 let (t, pseudo_ok) = if v6 {
                     let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();

@@ -311,17 +311,29 @@ impl<F: FrameIo> TxDriver<F> {
                 }
             }
         }
-        let Some(soft) = self.soft.as_mut() else {
+        let Some(Soft {
+            staged,
+            len,
+            cutting,
+            segment,
+            ..
+        }) = self.soft.as_mut()
+        else {
             return Ok(Fill::Skip);
         };
-        let Some((split, next)) = soft.cutting else {
+        let Some((split, next)) = *cutting else {
             return Ok(Fill::Skip);
         };
-        let frame = &soft.staged[NET_HDR_LEN..soft.len];
-        gso::segment(frame, &split, next, &mut soft.segment);
-        soft.cutting = (next + 1 < split.count).then_some((split, next + 1));
-        write_tx_frame(&self.mem, base, &soft.segment)?;
-        Ok(Fill::Frame(soft.segment.len()))
+        *cutting = (next + 1 < split.count).then_some((split, next + 1));
+        // [zeroed virtio-net header][the segment's headers][its payload, from the staged frame]
+        let frame = &staged[NET_HDR_LEN..*len];
+        let payload = &frame[gso::segment_headers(frame, &split, next, segment)];
+        write_tx_frame(&self.mem, base, segment)?;
+        let at = base + (NET_HDR_LEN + segment.len()) as u64;
+        self.mem
+            .write_slice(payload, GuestAddress(at))
+            .context("writing tx frame")?;
+        Ok(Fill::Frame(segment.len() + payload.len()))
     }
 
     /// A TAP read's result: its length, or what the slot gets instead (`WouldBlock`: the
