@@ -17,16 +17,13 @@
 
 use wire::checksum::{checksum, fold, sum};
 
-/// Bytes of the virtio-net header in front of each frame (`virtio_net_hdr_v1`).
-const HDR: usize = 12;
+/// Bytes of the virtio-net header in front of each frame.
+use super::NET_HDR_LEN as HDR;
+use super::net_hdr::{F_NEEDS_CSUM as NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 /// Ethernet header.
 const ETH: usize = 14;
 /// The largest IP packet a merged frame carries.
 const MAX_IP: usize = 65_535;
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-const NEEDS_CSUM: u8 = 1;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
 /// TCP flags a coalesced segment may carry (ACK, PSH).
 pub(super) const TCP_ACK: u8 = 0x10;
 pub(super) const TCP_PSH: u8 = 0x08;

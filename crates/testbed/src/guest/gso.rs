@@ -16,11 +16,8 @@ use wire::{
     ipv6, tcp,
 };
 
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-const NEEDS_CSUM: u8 = 1;
-const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
+use super::net_hdr::{F_NEEDS_CSUM as NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
+
 /// Offset of the UDP checksum in its header: a computed 0 is sent as `0xffff`.
 const UDP_CHECKSUM_OFFSET: usize = 6;
 

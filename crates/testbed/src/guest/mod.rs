@@ -81,6 +81,21 @@ pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
 /// Length of `virtio_net_hdr_v1` (VERSION_1 always uses it).
 pub const NET_HDR_LEN: usize = 12;
+
+/// `virtio_net_hdr_v1` flag and GSO type values the RX and TX paths read and write (one
+/// place for `gro`, `gso` and `rx`).
+mod net_hdr {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
+    pub(super) const F_NEEDS_CSUM: u8 = 1;
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`.
+    pub(super) const F_DATA_VALID: u8 = 2;
+    /// `VIRTIO_NET_HDR_GSO_NONE`.
+    pub(super) const GSO_NONE: u8 = 0;
+    /// `VIRTIO_NET_HDR_GSO_TCPV4`.
+    pub(super) const GSO_TCPV4: u8 = 1;
+    /// `VIRTIO_NET_HDR_GSO_TCPV6`.
+    pub(super) const GSO_TCPV6: u8 = 4;
+}
 /// Smallest guest memory accepted.
 pub const MIN_MEM_SIZE: usize = 1 << 20;
 

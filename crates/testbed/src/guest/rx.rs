@@ -21,6 +21,7 @@ use wire::{
 };
 
 use super::gro::{self, Gro};
+use super::net_hdr::{F_DATA_VALID as HDR_F_DATA_VALID, F_NEEDS_CSUM as HDR_F_NEEDS_CSUM};
 use super::ring::{DriverRing, MAX_FRAME_BUF, VRING_DESC_F_WRITE, rx_buffer_size};
 use super::{FrameIo, GuestStats, Kick, NET_HDR_LEN, RX_QUEUE, SimGuest, features};
 
@@ -435,11 +436,6 @@ fn pseudo_header(frame: &[u8]) -> Option<Partial> {
         sum: checksum::fold(sum),
     })
 }
-
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-const HDR_F_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_F_DATA_VALID`.
-const HDR_F_DATA_VALID: u8 = 2;
 
 /// Buffers recycled before the RX driver republishes mid-batch.
 const RX_REFILL_BATCH: usize = 32;
