@@ -150,6 +150,8 @@ pub(super) struct Env {
     pub(super) logs: PathBuf,
     /// The CPU the latency figures are pinned to (`None`: not pinned).
     pub(super) pin_cpu: Option<u32>,
+    /// TCP congestion control of every iperf3 TCP flow (`-C`; `None`: the namespaces').
+    pub(super) tcp_cc: Option<String>,
 }
 
 /// A running topology with one backend. Dropping it kills every process (by PID) and then
@@ -180,6 +182,8 @@ pub(super) struct World {
     v6: Result<(), String>,
     /// G2's IPv4 address in a guest-to-guest world (its lease with hostnet).
     g2_addr: Option<Ipv4Addr>,
+    /// [`Env::tcp_cc`].
+    tcp_cc: Option<String>,
 }
 
 impl Drop for World {
@@ -222,6 +226,7 @@ impl World {
             socket: None,
             v6: Err("not set up".to_owned()),
             g2_addr: None,
+            tcp_cc: env.tcp_cc.clone(),
         };
         if let Err(e) = w.start(env) {
             // Stop the backend gracefully so that its statistics land in the log.
@@ -417,6 +422,11 @@ impl World {
         if let Some(gbps) = rate {
             args.push("-b".to_owned());
             args.push(format!("{:.0}", gbps * 1e9));
+        }
+        if let Some(cc) = &self.tcp_cc {
+            // iperf3 sets it on the server's data sockets too.
+            args.push("-C".to_owned());
+            args.push(cc.clone());
         }
         let v = self.iperf3(&args, secs, in_g2)?;
         let sum = &v["end"]["sum_received"];
@@ -1292,6 +1302,20 @@ impl World {
             _ => self.g.command(program),
         }
     }
+}
+
+/// The TCP congestion control new namespaces start with (the root namespace's; read only).
+pub(super) fn default_cc() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
+}
+
+/// The TCP congestion controls the kernel has (a socket of a process with CAP_NET_ADMIN may
+/// choose any of them).
+pub(super) fn available_cc() -> Vec<String> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// Waits up to 10 s for a TCP listener on `port` in `ns`.

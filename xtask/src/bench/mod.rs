@@ -103,11 +103,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if e2e {
         let env = prepare(&opts, &out_dir, &mut results)?;
         tuning = format!(
-            "{}; {}; latency figures pinned to CPU {}",
+            "{}; {}; latency figures pinned to CPU {}; TCP congestion control of the iperf3 \
+             flows: {}",
             e2e::TUNING,
             e2e::ROUTING,
             env.pin_cpu
-                .map_or_else(|| "none (one CPU)".to_owned(), |c| c.to_string())
+                .map_or_else(|| "none (one CPU)".to_owned(), |c| c.to_string()),
+            env.tcp_cc.as_deref().map_or_else(
+                || format!("the namespaces' default ({})", e2e::default_cc()),
+                |c| format!("{c} (iperf3 -C, both ends)")
+            )
         );
         end_to_end(&opts, &env, &mut results, started);
     }
@@ -294,6 +299,18 @@ fn prepare(opts: &Options, out_dir: &std::path::Path, results: &mut Results) -> 
         passt,
         logs: out_dir.join("logs"),
         pin_cpu,
+        tcp_cc: opts.cc.clone().filter(|cc| {
+            let ok = e2e::available_cc().iter().any(|a| a == cc);
+            if !ok {
+                eprintln!(
+                    "bench: TCP congestion control {cc:?} is not available here ({}): the \
+                     iperf3 flows use the namespaces' default ({})",
+                    e2e::available_cc().join(" "),
+                    e2e::default_cc()
+                );
+            }
+            ok
+        }),
     })
 }
 
@@ -822,6 +839,8 @@ struct Options {
     backends: Vec<Backend>,
     micro: bool,
     e2e: bool,
+    /// TCP congestion control of every iperf3 TCP flow (`None`: the namespaces' default).
+    cc: Option<String>,
     lab: Option<PathBuf>,
     hostnetd: Option<PathBuf>,
     passt: Option<PathBuf>,
@@ -841,6 +860,7 @@ impl Options {
             backends: Backend::ALL.to_vec(),
             micro: true,
             e2e: true,
+            cc: None,
             lab: None,
             hostnetd: None,
             passt: None,
@@ -900,6 +920,16 @@ impl Options {
                 "--no-micro" => o.micro = false,
                 "--no-e2e" => o.e2e = false,
                 "--lab" => o.lab = Some(PathBuf::from(value("--lab")?)),
+                "--cc" => {
+                    let cc = value("--cc")?;
+                    if cc.is_empty() || !cc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        bail!(
+                            "--cc {cc:?}: a congestion control name (cubic, bbr, reno) or `default`"
+                        );
+                    }
+                    o.cc = (cc != "default").then_some(cc);
+                }
                 "--hostnetd" => o.hostnetd = Some(PathBuf::from(value("--hostnetd")?)),
                 "--passt" => o.passt = Some(PathBuf::from(value("--passt")?)),
                 "--out" => o.out = Some(PathBuf::from(value("--out")?)),
@@ -967,6 +997,12 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
                        `attach --vhost-user --queues 2` (scaling against hostnetd)
   --no-micro           skip the criterion benches
   --no-e2e             skip the end-to-end part
+  --cc NAME            TCP congestion control of every iperf3 TCP flow, both ends (iperf3 -C),
+                       e.g. cubic (Linux's own default, a Linux guest's); default: the
+                       namespaces' own, which they inherit from the machine's root namespace
+                       (bbr on these machines in 2026-12; the report names it). The choice
+                       moves every TCP figure and not alike for all backends
+                       (docs/PERFORMANCE.md \"Which TCP congestion control\")
   --lab PATH           use this hostnet-lab binary instead of building it (release)
   --hostnetd PATH      use this hostnetd binary instead of building it (release)
   --passt PATH         use this passt (with --vhost-user) instead of building the peer snapshot
@@ -1082,6 +1118,17 @@ mod tests {
         let args = ["--only".to_owned(), "udp".to_owned()];
         assert!(Options::parse(&args).is_err());
         assert!(Options::parse(&args[..1]).is_err());
+    }
+
+    #[test]
+    fn the_iperf3_flows_run_the_namespaces_congestion_control_unless_cc_names_one() {
+        assert_eq!(opts(&[]).cc, None);
+        assert_eq!(opts(&["--cc", "cubic"]).cc.as_deref(), Some("cubic"));
+        assert_eq!(opts(&["--cc", "default"]).cc, None);
+        for bad in ["", "cubic -R", "../x"] {
+            let args = ["--cc".to_owned(), bad.to_owned()];
+            assert!(Options::parse(&args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
