@@ -16,6 +16,7 @@
 //! is not coalesced: that checksum stays for the guest's stack to check.
 
 use wire::checksum::{checksum, fold, sum};
+use wire::tcp::{ACK as TCP_ACK, PSH as TCP_PSH};
 
 /// Bytes of the virtio-net header in front of each frame.
 use super::NET_HDR_LEN as HDR;
@@ -24,9 +25,6 @@ use super::net_hdr::{F_NEEDS_CSUM as NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 const ETH: usize = 14;
 /// The largest IP packet a merged frame carries.
 const MAX_IP: usize = 65_535;
-/// TCP flags a coalesced segment may carry (ACK, PSH).
-pub(super) const TCP_ACK: u8 = 0x10;
-pub(super) const TCP_PSH: u8 = 0x08;
 
 /// One TCP segment's layout, from its headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,7 +343,7 @@ mod tests {
                 "a length the IP header disagrees with"
             );
             assert!(!takes(&f[..HDR + ETH + 10], f.len()), "headers cut");
-            let syn = seg(v6, 7, &[9; 1400], TCP_ACK | 0x02);
+            let syn = seg(v6, 7, &[9; 1400], TCP_ACK | wire::tcp::SYN);
             assert!(!takes(&syn[..HEAD_LEN], syn.len()));
         }
     }

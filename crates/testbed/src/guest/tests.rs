@@ -677,7 +677,8 @@ fn hostile_used_entries(device_features: u64) {
 /// memory, and the counters say so.
 #[test]
 fn tcp_segments_with_partial_checksums_reach_the_tap_coalesced() {
-    use super::gro::{TCP_ACK, TCP_PSH, test_segment};
+    use super::gro::test_segment;
+    use wire::tcp::{ACK as TCP_ACK, PSH as TCP_PSH, SYN};
     let HandRx {
         running,
         peer,
@@ -697,7 +698,7 @@ fn tcp_segments_with_partial_checksums_reach_the_tap_coalesced() {
     let mut other = test_segment(false, 9000, &[4; 100], TCP_ACK);
     other[NET_HDR_LEN + 14 + 20 + 1] ^= 1; // another port
     frames.push(other);
-    frames.push(test_segment(false, 50_000, &[5; 10], TCP_ACK | 0x02));
+    frames.push(test_segment(false, 50_000, &[5; 10], TCP_ACK | SYN));
     for (i, f) in (0u64..).zip(&frames) {
         let mut f = f.clone();
         f[10] = 1; // num_buffers

@@ -233,7 +233,7 @@ impl<F: FrameIo> TxDriver<F> {
         } else {
             self.io.recv_frame(&mut self.frame)
         };
-        let n = match self.read_result(got)? {
+        let n = match read_result(&self.stats, got)? {
             Ok(n) => n,
             Err(fill) => return Ok(fill),
         };
@@ -268,12 +268,9 @@ impl<F: FrameIo> TxDriver<F> {
                 return Ok(Fill::Skip);
             };
             let got = self.io.recv_frame(&mut soft.staged);
-            let n = match self.read_result(got)? {
+            let n = match read_result(&self.stats, got)? {
                 Ok(n) => n,
                 Err(fill) => return Ok(fill),
-            };
-            let Some(soft) = self.soft.as_mut() else {
-                return Ok(Fill::Skip);
             };
             if n >= soft.staged.len() || n <= NET_HDR_LEN {
                 self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
@@ -336,27 +333,6 @@ impl<F: FrameIo> TxDriver<F> {
         Ok(Fill::Frame(segment.len() + payload.len()))
     }
 
-    /// A TAP read's result: its length, or what the slot gets instead (`WouldBlock`: the
-    /// TAP is drained; another error: counted, and treated as drained).
-    ///
-    /// # Errors
-    /// The TAP is gone.
-    fn read_result(&self, got: io::Result<usize>) -> anyhow::Result<Result<usize, Fill>> {
-        match got {
-            Ok(n) => Ok(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Err(Fill::Drained)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Err(Fill::Skip)),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                Err(e).context("the TAP device is gone")
-            }
-            Err(e) => {
-                self.stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("tap read: {e}");
-                Ok(Err(Fill::Drained))
-            }
-        }
-    }
-
     fn slot_addr(&self, slot: u16) -> u64 {
         self.ring.l.buffers + u64::from(slot) * TX_SLOT_SIZE
     }
@@ -400,6 +376,25 @@ impl<F: FrameIo> TxDriver<F> {
             slot
         };
         self.ring.push_avail(&self.mem, head)
+    }
+}
+
+/// A TAP read's result: its length, or what the slot gets instead (`WouldBlock`: the TAP is
+/// drained; another error: counted in `stats`, and treated as drained).
+///
+/// # Errors
+/// The TAP is gone.
+fn read_result(stats: &GuestStats, got: io::Result<usize>) -> anyhow::Result<Result<usize, Fill>> {
+    match got {
+        Ok(n) => Ok(Ok(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Err(Fill::Drained)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Err(Fill::Skip)),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(e).context("the TAP device is gone"),
+        Err(e) => {
+            stats.tap_read_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("tap read: {e}");
+            Ok(Err(Fill::Drained))
+        }
     }
 }
 
