@@ -63,6 +63,11 @@ pub struct Notify {
     /// [`DeviceCore::on_rx_ready`] again soon (with `host_readable` false: the core remembers
     /// that the link had more).
     pub rx_more: bool,
+    /// The TX kick stopped early (with `tx_more`) because an inbox of another port on the
+    /// network it filled is half full. A driver that another port's driver wakes once it has
+    /// delivered (a thread per port) calls again then, not at once: a call before would take
+    /// more chains than that inbox has room for. Any other driver treats it as `tx_more`.
+    pub tx_waits: bool,
 }
 
 impl Notify {
@@ -723,7 +728,7 @@ impl PortCore {
 
     /// See [`DeviceCore::on_tx_kick`], with at most `budget` batches; on a network, `others`
     /// takes each batch's frames for other ports (and the kick ends early, with
-    /// [`Notify::tx_more`], while one of their inboxes is half full: their driver delivers
+    /// [`Notify::tx_waits`], once one of their inboxes is half full: their driver delivers
     /// first).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_tx_kick<M: GuestMemory, Q: QueueT>(
@@ -855,7 +860,8 @@ impl Counters<'_> {
 impl QueuePair {
     /// The TX kick on this pair (see [`DeviceCore::on_tx_kick`]) with at most `budget`
     /// batches, each batch's shared part under one `access`; the kick ends early, with
-    /// [`Notify::tx_more`], while an inbox of another port it filled is half full.
+    /// [`Notify::tx_more`] and [`Notify::tx_waits`], once an inbox of another port it filled
+    /// is half full.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_tx_kick<A: TxAccess + RxAccess, M: GuestMemory, Q: QueueT>(
         &mut self,
@@ -907,9 +913,11 @@ impl QueuePair {
                     n.rx |= d.rx;
                     n.rx_more = d.rx_more;
                 }
-                if out.more && busy {
-                    // Another port's inbox fills: its driver delivers before more comes.
+                if busy {
+                    // Another port's inbox fills: its driver delivers before more comes (the
+                    // next call also turns the notifications back on when the ring is empty).
                     n.tx_more = true;
+                    n.tx_waits = true;
                     return Ok(n);
                 }
                 if !out.more {

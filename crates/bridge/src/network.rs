@@ -72,6 +72,10 @@ pub struct Network {
     ports: Vec<Option<PortCore>>,
     /// Frames wait in the port's inbox for [`Network::on_rx_ready`].
     pending: Vec<bool>,
+    /// The last port event that put a frame in the port's inbox (see `events`).
+    filled: Vec<u64>,
+    /// Port events so far (each [`Network::with_port`] call is one).
+    events: u64,
     /// The IPv4 address each MAC had, most recent last (bounded by the pool's size).
     leases: Vec<(MacAddr, Ipv4Addr)>,
     /// The port to read the next host batch with (see [`Network::host_reader`]).
@@ -112,6 +116,8 @@ impl Network {
             expiry: Expiry::default(),
             ports: (0..max_ports).map(|_| None).collect(),
             pending: vec![false; max_ports],
+            filled: vec![0; max_ports],
+            events: 0,
             leases: Vec::new(),
             reader: None,
             short_batch_drains: false,
@@ -702,6 +708,11 @@ impl Network {
             me: port,
             ports: &mut self.ports,
             pending: &mut self.pending,
+            filled: &mut self.filled,
+            event: {
+                self.events += 1;
+                self.events
+            },
             reader: &mut self.reader,
         };
         let r = event(&mut p, &mut self.nat, &mut others);
@@ -754,6 +765,10 @@ pub(crate) struct Others<'a> {
     me: PortId,
     ports: &'a mut [Option<PortCore>],
     pending: &'a mut [bool],
+    /// Per port, the last event that put a frame in its inbox.
+    filled: &'a mut [u64],
+    /// This event's number.
+    event: u64,
     reader: &'a mut Option<PortId>,
 }
 
@@ -767,16 +782,17 @@ impl<'a> Others<'a> {
         }
     }
 
-    /// Whether an inbox this event filled is half full or more (the sender pauses).
+    /// Whether an inbox this event put frames in is half full or more (the sender pauses).
+    /// An inbox that was full already and took nothing of this event does not count: a
+    /// guest that stopped taking its frames holds back no other guest's traffic (what is for
+    /// it is dropped and counted at the sender).
     pub(crate) fn inbox_busy(&self) -> bool {
-        self.pending
-            .iter()
-            .zip(self.ports.iter())
-            .any(|(&p, port)| {
-                p && port
+        self.filled.iter().zip(self.ports.iter()).any(|(&e, port)| {
+            e == self.event
+                && port
                     .as_ref()
                     .is_some_and(|q| q.replies.len() * 2 >= q.replies.capacity())
-            })
+        })
     }
 
     /// Moves the frames of the sender's last TX batch that the switch sent to other ports
@@ -932,6 +948,9 @@ impl<'a> Others<'a> {
         put(port)?;
         if let Some(p) = self.pending.get_mut(i) {
             *p = true;
+        }
+        if let Some(e) = self.filled.get_mut(i) {
+            *e = self.event;
         }
         Ok(())
     }
@@ -1363,14 +1382,14 @@ mod tests {
         let n = net
             .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
             .unwrap();
-        assert!(n.tx_more, "{n:?}");
+        assert!(n.tx_more && n.tx_waits, "{n:?}");
         let sa = net.stats(a).unwrap();
         assert_eq!(sa.switched, 2 + capacity as u64);
         assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 0);
         let n = net
             .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
             .unwrap();
-        assert!(!n.tx_more, "{n:?}");
+        assert!(!n.tx_more && !n.tx_waits, "{n:?}");
         let sa = net.stats(a).unwrap();
         assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 10);
         assert_eq!(
@@ -1378,6 +1397,17 @@ mod tests {
             6 + capacity + 10,
             "every chain went back"
         );
+        // b's full inbox holds back none of a's traffic to anyone else: a frame for the host
+        // goes out, and the kick does not say to wait.
+        let out = testing::udp_frame(ma, ia, 5000, crate::testing::SERVER, 9, b"out");
+        while peer.recv().is_some() {}
+        qa.send_frame(HDR, &out, &[]);
+        let n = net
+            .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        assert!(!n.tx_more && !n.tx_waits, "{n:?}");
+        assert!(peer.recv().is_some(), "a's frame reached the host");
+        assert!(net.pending(b));
     }
 
     /// Two guests served by `PairWorker`s, b with two queue pairs: b's pair-0 worker takes the
@@ -1821,7 +1851,7 @@ mod tests {
         let n = net
             .on_tx_kick(a, &mem, &mut txq, Some(&mut rxq), &host, NOW)
             .unwrap();
-        assert!(n.tx_more, "{n:?}");
+        assert!(n.tx_more && !n.tx_waits, "the budget, no inbox: {n:?}");
         assert_eq!(q.tx_used().len(), batch, "one batch");
         net.set_tx_batch_budget(0);
         assert_eq!(net.tx_batch_budget, 1);

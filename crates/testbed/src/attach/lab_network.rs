@@ -18,7 +18,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bridge::{
@@ -57,6 +57,8 @@ struct Pair {
     /// The TAP queue the driver reads and writes (detached while the pair is out of use).
     tap: Arc<Tun>,
     tx_more: bool,
+    /// The last TX kick stopped for another port's inbox (`Notify::tx_waits`).
+    tx_waits: bool,
     rx_more: bool,
 }
 
@@ -139,6 +141,7 @@ impl LabNetwork {
                     txq,
                     tap,
                     tx_more: false,
+                    tx_waits: false,
                     rx_more: false,
                 })
                 .collect();
@@ -561,6 +564,7 @@ fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control
                 port: g.port,
                 fd: EventFd::new(EFD_NONBLOCK).context("creating a port's wake-up eventfd")?,
                 woken: AtomicBool::new(false),
+                waiting: AtomicBool::new(false),
             })
         })
         .collect::<anyhow::Result<_>>()
@@ -683,6 +687,10 @@ struct Waker {
     fd: EventFd,
     /// Written and not read yet (no second write until it is).
     woken: AtomicBool,
+    /// The port's sender waits for another port's thread to deliver its inbox (see
+    /// [`pair_loop`]); the next thread that finishes an event with its own inbox delivered
+    /// clears it and wakes the port.
+    waiting: AtomicBool,
 }
 
 /// What one pair's thread serves.
@@ -728,7 +736,13 @@ fn pair_loop(
     if let Some(w) = wake {
         fds.push((w.fd.as_raw_fd(), TOKEN_WAKE));
     }
-    let epoll = epoll_over(fds)?;
+    let epoll = epoll_over(fds.iter().copied())?;
+    // While the sender waits for another port's thread (`Notify::tx_waits`), the loop leaves
+    // its TAP out: the guest's frames wait there (and in its TX ring) until that port has
+    // delivered, instead of being fetched into an inbox with no room (dropped) or waking the
+    // loop for nothing.
+    let waiting_set = epoll_over(fds.iter().copied().filter(|&(_, t)| t != TOKEN_GUESTS))?;
+    let mut waits: Option<Instant> = None;
     let mut events = vec![EpollEvent::default(); 4];
     let mut w = PairWorker::new(port, i);
     let mut worker = PairThread {
@@ -747,9 +761,15 @@ fn pair_loop(
             net.with_network(|n| n.on_tick(clock.now()));
             next_tick = now + TICK;
         }
-        let more = worker.pair.tx_more || worker.pair.rx_more;
-        let ms = wait_ms(next_tick, now, None, more);
-        let n = match epoll.wait(ms, &mut events) {
+        let more = (worker.pair.tx_more && waits.is_none()) || worker.pair.rx_more;
+        let mut ms = wait_ms(next_tick, now, None, more);
+        let set = if waits.is_some() {
+            ms = ms.min(WAIT_MS);
+            &waiting_set
+        } else {
+            &epoll
+        };
+        let n = match set.wait(ms, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("epoll wait"),
@@ -767,8 +787,24 @@ fn pair_loop(
             let _ = w.fd.read();
             w.woken.store(false, Ordering::SeqCst);
         }
-        if tap || worker.pair.tx_more {
+        if let (Some(since), Some(w)) = (waits, wake) {
+            // Released by a thread that delivered its inbox, or waited long enough (a
+            // release can be missed: the other thread may have finished just before this
+            // one said it waits).
+            let released = !w.waiting.load(Ordering::SeqCst);
+            if released || since.elapsed() >= WAIT {
+                w.waiting.store(false, Ordering::SeqCst);
+                waits = None;
+            }
+        }
+        if tap || (worker.pair.tx_more && waits.is_none()) {
             worker.tx()?;
+            if worker.pair.tx_waits
+                && let Some(w) = wake
+            {
+                w.waiting.store(true, Ordering::SeqCst);
+                waits = Some(Instant::now());
+            }
         }
         let (pending, failed) = net.with_network(|n| (n.pending(port), n.host_failed(port)));
         if host || worker.pair.rx_more || (wake.is_some() && (woken || pending)) {
@@ -801,20 +837,27 @@ fn pair_loop(
 }
 
 /// Wakes the pair 0 thread of every other port whose inbox has frames (once, until it reads
-/// its wake-up).
+/// its wake-up), and, when `me`'s inbox is delivered, every other port whose sender waits
+/// ([`Waker::waiting`], cleared here).
 fn wake_others(net: &Mutex<Network>, wakers: &[Waker], me: PortId) {
     if wakers.len() < 2 {
         return;
     }
     net.with_network(|n| {
-        for w in wakers {
-            if w.port != me && !w.woken.load(Ordering::SeqCst) && n.pending(w.port) {
-                w.woken.store(true, Ordering::SeqCst);
+        let delivered = !n.pending(me);
+        for w in wakers.iter().filter(|w| w.port != me) {
+            let released = delivered && w.waiting.swap(false, Ordering::SeqCst);
+            if (released || n.pending(w.port)) && !w.woken.swap(true, Ordering::SeqCst) {
                 let _ = w.fd.write(1);
             }
         }
     });
 }
+
+/// How long a sender waits for another port's thread at most (see [`pair_loop`]), and the
+/// same in epoll's milliseconds.
+const WAIT: Duration = Duration::from_millis(1);
+const WAIT_MS: i32 = 1;
 
 /// What one pair's thread drives.
 struct PairThread<'a> {
@@ -843,6 +886,7 @@ impl PairThread<'_> {
                 )
                 .context("the device's TX path")?;
             self.pair.tx_more = n.tx_more;
+            self.pair.tx_waits = n.tx_waits;
             self.pair.rx_more |= n.rx_more;
             self.pair.driver.reclaim_tx()?;
             self.rx(false)?;
