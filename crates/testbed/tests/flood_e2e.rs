@@ -88,7 +88,7 @@ fn a_spoofed_syn_flood_through_a_forward_leaves_the_guest_its_outbound_connectio
         );
         first += n;
         std::thread::sleep(std::time::Duration::from_secs(1));
-        reached = nat_in(&stats_now(&lab));
+        reached = nat_in(&lab.stats_line_now("stats: bridge"));
         eprintln!(
             "flood round {round}: {}, the NAT saw {reached} inbound",
             sent.trim()
@@ -127,33 +127,6 @@ fn a_spoofed_syn_flood_through_a_forward_leaves_the_guest_its_outbound_connectio
         "the stats line does not name the evictions: {line}"
     );
     assert_eq!(counter("nat.HostLimit="), 0, "{line}");
-}
-
-/// The stats line attach prints on SIGUSR1 (waits up to 3 s for a new one).
-fn stats_now(lab: &Lab) -> String {
-    let count = |text: &str| {
-        text.lines()
-            .filter(|l| l.starts_with("stats: bridge"))
-            .count()
-    };
-    let before = count(&lab.attach().stderr());
-    lab.attach().signal("USR1");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let err = lab.attach().stderr();
-        if count(&err) > before {
-            return err
-                .lines()
-                .rfind(|l| l.starts_with("stats: bridge"))
-                .unwrap_or_default()
-                .to_owned();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no stats line within 3 s of SIGUSR1"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 /// `N` of a stats line's `nat out M in N,`: packets the NAT translated inbound.

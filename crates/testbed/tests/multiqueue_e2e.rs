@@ -58,28 +58,7 @@ fn parse_pairs(line: &str) -> (usize, Vec<PairFrames>) {
 
 /// Asks attach for its stats (SIGUSR1) and returns the pairs line it printed.
 fn pair_stats(lab: &Lab) -> (usize, Vec<PairFrames>) {
-    let seen = lab
-        .attach_stderr()
-        .lines()
-        .filter(|l| l.starts_with("stats: queue pairs:"))
-        .count();
-    lab.attach().signal("USR1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stderr = lab.attach_stderr();
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("stats: queue pairs:"))
-            .collect();
-        if lines.len() > seen {
-            return parse_pairs(lines[lines.len() - 1]);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no queue pairs stats line after SIGUSR1:\n{stderr}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    parse_pairs(&lab.stats_line_now("stats: queue pairs:"))
 }
 
 /// Starts curl in G with `args` (under a 180 s timeout).

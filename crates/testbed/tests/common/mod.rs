@@ -284,10 +284,11 @@ impl Lab {
         );
         assert!(
             o.status.success(),
-            "udhcpc failed ({}): {}{}",
+            "udhcpc failed ({}): {}{}\n{}",
             o.status,
             String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
+            String::from_utf8_lossy(&o.stderr),
+            link_report(self.ns(Ns::G))
         );
         let lease = Lease::read(&out)
             .unwrap_or_else(|e| panic!("udhcpc got a lease but the hook wrote none: {e}"));
@@ -312,7 +313,12 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .expect("udhcpc");
-        assert!(o.status.success(), "udhcpc in {}: {o:?}", ns.name());
+        assert!(
+            o.status.success(),
+            "udhcpc in {}: {o:?}\n{}",
+            ns.name(),
+            link_report(ns)
+        );
         Lease::read(&out).expect("the hook wrote the lease")
     }
 
@@ -406,6 +412,34 @@ impl Lab {
             .as_ref()
             .map(|a| fs::read_to_string(&a.stderr_path).unwrap_or_default())
             .unwrap_or_default()
+    }
+
+    /// Asks the running attach for its stats (SIGUSR1; it goes on) and returns the newest
+    /// stderr line starting with `prefix` (`"stats: bridge"`, `"stats: queue pairs:"`) that
+    /// it printed for it; waits up to 10 s.
+    #[allow(dead_code)] // not every test binary asks
+    pub(crate) fn stats_line_now(&self, prefix: &str) -> String {
+        let lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        };
+        let seen = lines(&self.attach_stderr()).len();
+        self.attach().signal("USR1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stderr = self.attach_stderr();
+            let mut now = lines(&stderr);
+            if now.len() > seen {
+                return now.pop().unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {prefix:?} line within 10 s of SIGUSR1:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts `ip netns exec H <prefix...> hostnet-lab attach --guest-netns G --host-netns H
@@ -864,3 +898,19 @@ exit 0
 }
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// The guest device of `ns` as the kernel sees it (state, MAC, addresses, packet and drop
+/// counters), for a failed DHCP exchange: whether the gateway's answers reached the kernel.
+#[allow(dead_code)] // only the DHCP helpers use it
+fn link_report(ns: &Netns) -> String {
+    ["-s -d link", "addr"]
+        .iter()
+        .map(|what| {
+            let mut args: Vec<&str> = what.split(' ').collect();
+            args.extend(["show", "dev", GUEST_DEV]);
+            ns.ip(&args)
+                .unwrap_or_else(|e| format!("ip {what} show dev {GUEST_DEV}: {e}"))
+        })
+        .collect::<Vec<_>>()
+        .join("")
+}
