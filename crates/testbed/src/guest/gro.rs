@@ -16,7 +16,7 @@
 //! is not coalesced: that checksum stays for the guest's stack to check.
 
 use wire::checksum::{checksum, fold, sum};
-use wire::tcp::{ACK as TCP_ACK, PSH as TCP_PSH};
+use wire::tcp::{ACK as TCP_ACK, PSH as TCP_PSH, field as tcp};
 
 /// Bytes of the virtio-net header in front of each frame.
 use super::NET_HDR_LEN as HDR;
@@ -81,9 +81,11 @@ impl Gro {
                 .extend_from_slice(&frame[start..start + seg.payload]);
             // The newest window and PSH (the kernel ORs the flags it lets through).
             let l4 = HDR + h.seg.l4;
-            self.buf[l4 + 13] |= frame[HDR + seg.l4 + 13] & TCP_PSH;
-            self.buf[l4 + 14..l4 + 16]
-                .copy_from_slice(&frame[HDR + seg.l4 + 14..HDR + seg.l4 + 16]);
+            let new = HDR + seg.l4;
+            self.buf[l4 + tcp::FLAGS] |= frame[new + tcp::FLAGS] & TCP_PSH;
+            let window = tcp::WINDOW;
+            self.buf[l4 + window.start..l4 + window.end]
+                .copy_from_slice(&frame[new + window.start..new + window.end]);
             let next = Held {
                 next_seq: seg.seq.wrapping_add(seg.payload as u32),
                 segments: h.segments + 1,
@@ -144,9 +146,11 @@ impl Gro {
                     && held[ETH + 12..a] == new[ETH + 12..b]
             }
             // Ports; acknowledgment number and data offset; options.
-            && held[a..a + 4] == new[b..b + 4]
-            && held[a + 8..a + 13] == new[b + 8..b + 13]
-            && held[a + 20..seg.headers] == new[b + 20..seg.headers]
+            && held[a..a + tcp::DST_PORT.end] == new[b..b + tcp::DST_PORT.end]
+            && held[a + tcp::ACKNOWLEDGMENT_NUMBER.start..=a + tcp::DATA_OFFSET]
+                == new[b + tcp::ACKNOWLEDGMENT_NUMBER.start..=b + tcp::DATA_OFFSET]
+            && held[a + wire::tcp::HEADER_LEN..seg.headers]
+                == new[b + wire::tcp::HEADER_LEN..seg.headers]
     }
 
     /// Turns the held segments into one GSO frame (see [`Gro::flush`]).
@@ -232,9 +236,10 @@ fn segment_in(head: &[u8], len: usize) -> Option<Segment> {
     if Some(ip_len) != len.checked_sub(HDR + ETH) {
         return None;
     }
-    let tcp = ip.get(l3..)?;
-    let doff = usize::from(*tcp.get(12)? >> 4) * 4;
-    if doff < 20 || *tcp.get(12)? & 0x0f != 0 || *tcp.get(13)? & !TCP_PSH != TCP_ACK {
+    let th = ip.get(l3..)?;
+    let (offset, flags) = (*th.get(tcp::DATA_OFFSET)?, *th.get(tcp::FLAGS)?);
+    let doff = usize::from(offset >> 4) * 4;
+    if doff < wire::tcp::HEADER_LEN || offset & 0x0f != 0 || flags & !TCP_PSH != TCP_ACK {
         return None;
     }
     let payload = ip_len.checked_sub(l3 + doff).filter(|p| *p > 0)?;
@@ -243,7 +248,7 @@ fn segment_in(head: &[u8], len: usize) -> Option<Segment> {
         l4: ETH + l3,
         headers: ETH + l3 + doff,
         payload,
-        seq: u32::from_be_bytes(tcp.get(4..8)?.try_into().ok()?),
+        seq: u32::from_be_bytes(th.get(tcp::SEQUENCE_NUMBER)?.try_into().ok()?),
     })
 }
 
