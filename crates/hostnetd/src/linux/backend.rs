@@ -70,10 +70,12 @@ pub(crate) struct Events {
     pub(crate) resume: u64,
     /// The port's wake-up eventfd (pair 0's worker): another port left frames in its inbox.
     pub(crate) pending: u64,
+    /// The wait timer (pair 0's worker): a parked pair's wait ran out.
+    pub(crate) wait: u64,
 }
 
 impl Events {
-    /// The ids for a backend of `num_queues` queues (with one pair: 3, 4, 5 and 6).
+    /// The ids for a backend of `num_queues` queues (with one pair: 3, 4, 5, 6 and 7).
     pub(crate) const fn new(num_queues: usize) -> Self {
         let base = num_queues as u64 + 1;
         Events {
@@ -81,6 +83,7 @@ impl Events {
             timer: base + 1,
             resume: base + 2,
             pending: base + 3,
+            wait: base + 4,
         }
     }
 }
@@ -93,6 +96,12 @@ struct PairSlot {
     resume: EventFd,
     /// TX chains wait beyond the last call's budget.
     tx_more: AtomicBool,
+    /// The last TX kick stopped for another port's half-full inbox (`Notify::tx_waits`).
+    tx_waits: AtomicBool,
+    /// The pair (pair 0) waits to send until another port's worker has delivered its inbox
+    /// (`network::Shared::park`): its port's wake-up or its timer, [`WAIT`] at most, sends
+    /// again.
+    tx_parked: AtomicBool,
     /// Frames or host packets wait beyond the last delivery's budget.
     rx_more: AtomicBool,
     /// The pair's RX and TX rings were started and enabled at the worker's last event.
@@ -106,6 +115,9 @@ struct PairSlot {
 #[derive(Debug)]
 struct PairOwn {
     timer: TimerFd,
+    /// Armed for [`WAIT`] when the pair parks (`PairSlot::tx_parked`; pair 0's worker
+    /// watches it).
+    wait: TimerFd,
     /// Frames the pair moved (both ways) at the last tick: the tick re-signals the driver
     /// while they change.
     moved_at_tick: u64,
@@ -120,10 +132,13 @@ impl PairSlot {
         Ok(Self {
             resume: EventFd::new(EFD_NONBLOCK)?,
             tx_more: AtomicBool::new(false),
+            tx_waits: AtomicBool::new(false),
+            tx_parked: AtomicBool::new(false),
             rx_more: AtomicBool::new(false),
             rings_up: AtomicBool::new(false),
             own: Mutex::new(PairOwn {
                 timer,
+                wait: TimerFd::new()?,
                 moved_at_tick: 0,
                 device: bridge::PairWorker::new(port, pair),
             }),
@@ -255,6 +270,11 @@ impl NetBackend {
         self.pairs.get(pair).map(|w| w.own.lock().timer.as_raw_fd())
     }
 
+    /// Pair 0's wait timer, for its worker's epoll.
+    pub(crate) fn wait_fd(&self) -> Option<RawFd> {
+        self.pairs.first().map(|w| w.own.lock().wait.as_raw_fd())
+    }
+
     /// Pair `pair`'s resume eventfd, for its worker's epoll.
     pub(crate) fn resume_fd(&self, pair: usize) -> Option<RawFd> {
         self.pairs.get(pair).map(|w| w.resume.as_raw_fd())
@@ -322,15 +342,30 @@ impl NetBackend {
         let r = self
             .sync_pairs(&mut own, port, pair, rx, tx, ctrl)
             .and_then(|()| self.dispatch_event(&mut own, port, pair, event, rx, tx, ctrl));
-        {
+        let waits = slot.tx_waits.swap(false, Ordering::Relaxed) && pair == 0;
+        let parked = {
             let mut guard = network::lock(&self.net);
+            // The kick stopped for another port's inbox: while one still waits for its
+            // worker, send nothing more until a worker that delivered wakes this port (a
+            // call at once would fetch a batch that inbox has no room for).
+            let parked = waits && guard.park(port);
             guard.wake_others(port);
             if guard.net.host_failed(port) {
                 self.host_lost.store(true, Ordering::SeqCst);
             }
             // Another port's worker waiting for the network gets it first.
             network::unlock_fair(guard);
+            parked
+        };
+        if parked {
+            slot.tx_more.store(false, Ordering::Relaxed);
+            slot.tx_parked.store(true, Ordering::Relaxed);
+            // The wait's bound.
+            if let Err(e) = own.wait.reset(WAIT, None) {
+                warn!("arming the worker's wait timer failed: {e}");
+            }
         }
+        drop(own);
         r?;
         if slot.tx_more.load(Ordering::Relaxed) || slot.rx_more.load(Ordering::Relaxed) {
             // Come back after the worker has looked at its other events (the queue locks are
@@ -465,8 +500,15 @@ impl NetBackend {
             e if e == ev.host => self.host_readable(own, port, pair, rx)?,
             e if e == ev.pending => {
                 let _ = self.wake.read();
-                network::lock(&self.net).took_wakeup(port);
+                let released = {
+                    let mut sh = network::lock(&self.net);
+                    sh.took_wakeup(port);
+                    !sh.parked(port)
+                };
                 self.rx_ready(own, port, rx, 0, false)?;
+                if released && slot.tx_parked.swap(false, Ordering::Relaxed) {
+                    self.tx_kick(own, port, rx, tx)?;
+                }
             }
             e if e == ev.resume => {
                 let _ = slot.resume.read();
@@ -478,6 +520,15 @@ impl NetBackend {
                 }
                 if pair == 0 {
                     self.read_handed_over(own, port, rx)?;
+                }
+            }
+            e if e == ev.wait => {
+                // The wait ran out (a release can come too late or not at all: a guest that
+                // stops taking its frames holds another back by WAIT per inbox it filled).
+                let _ = own.wait.wait();
+                if slot.tx_parked.swap(false, Ordering::Relaxed) {
+                    network::lock(&self.net).unpark(port);
+                    self.tx_kick(own, port, rx, tx)?;
                 }
             }
             e if e == ev.timer => self.tick(own, port, pair, rx, tx)?,
@@ -754,6 +805,9 @@ impl NetBackend {
         if n.tx_more {
             w.tx_more.store(true, Ordering::Relaxed);
         }
+        if n.tx_waits {
+            w.tx_waits.store(true, Ordering::Relaxed);
+        }
         if n.rx_more {
             w.rx_more.store(true, Ordering::Relaxed);
         }
@@ -997,3 +1051,5 @@ const CTRL_EVENT: u64 = 2;
 const DRAIN_ROUNDS: usize = 8;
 const MAX_CONFIG_READ: usize = 256;
 const TICK: Duration = Duration::from_secs(1);
+/// How long a parked pair waits for another port's worker at most (see `PairSlot::tx_parked`).
+const WAIT: Duration = Duration::from_millis(1);

@@ -399,6 +399,10 @@ pub(crate) fn serve_one(
                 worker
                     .register_listener(b.wake_fd(), EventSet::IN, ev.pending)
                     .context("registering the wake-up event with the worker")?;
+                let wait = b.wait_fd().context("no worker state for queue pair 0")?;
+                worker
+                    .register_listener(wait, EventSet::IN, ev.wait)
+                    .context("registering the wait timer with the worker")?;
             }
         }
     }

@@ -11,7 +11,9 @@
 //! with several, the NAT, the switch and the inboxes stay single-owner (the bridge's network
 //! has no locking of its own) and a guest's batch is switched into another guest's inbox
 //! under the same lock. After each event the worker wakes every other port whose inbox
-//! filled (an eventfd per port, in that port's worker's epoll: `super::backend::Events::pending`).
+//! filled (an eventfd per port, in that port's worker's epoll: `super::backend::Events::pending`)
+//! and, once its own inbox is delivered, every port parked because its sending filled that
+//! inbox ([`Shared::park`]: it sends again at the wake-up).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +37,9 @@ pub(crate) struct Shared {
     wakers: Vec<Option<Arc<EventFd>>>,
     /// The port was woken and its worker has not taken the wake-up yet.
     woken: Vec<bool>,
+    /// The port's pair 0 waits to send until another port's worker has delivered its inbox
+    /// ([`Shared::park`]).
+    parked: Vec<bool>,
     /// When the network (NAT expiry, every port's gateway) was last ticked.
     last_tick: Option<Instant>,
     /// The first port's MAC; port `i` gets this plus `i`.
@@ -90,6 +95,7 @@ impl Shared {
             clock: Clock::new(),
             wakers: vec![None; max_ports],
             woken: vec![false; max_ports],
+            parked: vec![false; max_ports],
             last_tick: None,
             base_mac: config.mac,
             max_ports,
@@ -155,6 +161,9 @@ impl Shared {
         if let Some(w) = self.woken.get_mut(i) {
             *w = false;
         }
+        if let Some(p) = self.parked.get_mut(i) {
+            *p = false;
+        }
         self.set_tx_budget();
     }
 
@@ -187,15 +196,47 @@ impl Shared {
         }
     }
 
+    /// At the end of an event of `me` whose TX kick stopped for another port's inbox
+    /// (`Notify::tx_waits`): if another port's inbox still waits for its worker, `me`'s
+    /// sending waits too (parked) until a worker that delivered its inbox wakes `me`
+    /// ([`Shared::wake_others`]); `false` (not parked) if none waits.
+    pub(crate) fn park(&mut self, me: PortId) -> bool {
+        let others = self
+            .net
+            .ports()
+            .any(|(p, _)| p != me && self.net.pending(p));
+        if let Some(parked) = self.parked.get_mut(usize::from(me.0)).filter(|_| others) {
+            *parked = true;
+            return true;
+        }
+        false
+    }
+
+    /// `me` is no longer parked (its wait ran out).
+    pub(crate) fn unpark(&mut self, me: PortId) {
+        if let Some(p) = self.parked.get_mut(usize::from(me.0)) {
+            *p = false;
+        }
+    }
+
+    /// Whether `me` is parked (no worker has released it yet).
+    pub(crate) fn parked(&self, me: PortId) -> bool {
+        self.parked.get(usize::from(me.0)).copied().unwrap_or(false)
+    }
+
     /// After an event of `me`: wakes every other port whose inbox has frames (once, until
-    /// its worker takes the wake-up).
+    /// its worker takes the wake-up), and, when `me`'s inbox is delivered, every parked port
+    /// (no longer parked; its worker sends again at the wake-up).
     pub(crate) fn wake_others(&mut self, me: PortId) {
+        let delivered = !self.net.pending(me);
         for (i, (waker, woken)) in self.wakers.iter().zip(self.woken.iter_mut()).enumerate() {
             let Some(w) = waker else { continue };
             let Ok(p) = u16::try_from(i).map(PortId) else {
                 continue;
             };
-            if p == me || *woken || !self.net.pending(p) {
+            let released =
+                p != me && delivered && self.parked.get_mut(i).is_some_and(core::mem::take);
+            if p == me || *woken || !(released || self.net.pending(p)) {
                 continue;
             }
             if let Err(e) = w.write(1) {
@@ -244,6 +285,104 @@ const TICK_SLACK: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port whose kick stopped for another port's inbox parks only while that inbox waits,
+    /// and the other port's worker releases it (and writes its wake-up) once it delivered.
+    #[test]
+    fn a_parked_port_is_released_by_the_worker_that_delivered_its_inbox() {
+        use bridge::MemoryLink;
+        use bridge::testing::{self, EXTERNAL, GATEWAY, GUEST_MAC, MockNet};
+        const HDR: usize = 12;
+        let config = DeviceConfig {
+            mac: GUEST_MAC,
+            mtu: 1500,
+            gateway: GATEWAY,
+            external: EXTERNAL,
+            forwards: Vec::new(),
+            forwards6: Vec::new(),
+            dns_upstream: None,
+            offload: false,
+            egress: bridge::EgressPolicy::default(),
+            ipv6: false,
+            external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
+        };
+        let mut sh = Shared::new(&config, 2).unwrap();
+        let nonblock = vmm_sys_util::eventfd::EFD_NONBLOCK;
+        let wakes = [(); 2].map(|()| Arc::new(EventFd::new(nonblock).unwrap()));
+        let (a, ma) = sh.attach(Arc::clone(&wakes[0])).unwrap();
+        let (b, mb) = sh.attach(Arc::clone(&wakes[1])).unwrap();
+        let (host, _peer) = MemoryLink::pair(64).unwrap();
+        for p in [a, b] {
+            let all = sh.net.device_features(p).unwrap();
+            sh.net.ack_features(p, all & (1 << 32 | 1 << 15), &host);
+        }
+        let (ia, ib) = (sh.net.address_of(a).unwrap(), sh.net.address_of(b).unwrap());
+        let (mem_a, mem_b) = (testing::guest_memory(), testing::guest_memory());
+        let (mut qa, mut qb) = (MockNet::new(&mem_a, 256), MockNet::new(&mem_b, 256));
+        let (mut rxa, mut txa) = qa.queues(false);
+        let (mut rxb, _txb) = qb.queues(false);
+        let now = sh.clock.now();
+
+        // a takes its lease (it may send only from it).
+        {
+            use dhcproto::v4::{DhcpOption, Message, MessageType};
+            let u = std::net::Ipv4Addr::UNSPECIFIED;
+            for (kind, opts) in [
+                (MessageType::Discover, vec![]),
+                (
+                    MessageType::Request,
+                    vec![
+                        DhcpOption::ServerIdentifier(GATEWAY),
+                        DhcpOption::RequestedIpAddress(ia),
+                    ],
+                ),
+            ] {
+                let mut m = Message::new_with_id(7, u, u, u, u, &ma.0);
+                m.opts_mut().insert(DhcpOption::MessageType(kind));
+                for o in opts {
+                    m.opts_mut().insert(o);
+                }
+                qa.send_frame(HDR, &testing::dhcp_frame(ma, &m), &[]);
+            }
+            for _ in 0..2 {
+                qa.post_rx(&[2048]);
+            }
+        }
+        sh.net
+            .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, now)
+            .unwrap();
+        assert!(!sh.net.pending(a), "a's DHCP answers delivered");
+        assert!(!sh.park(a), "nothing waits: no wait");
+        let mut frame = testing::udp_frame(ma, ia, 5000, ib, 6000, b"to b");
+        frame[..6].copy_from_slice(&mb.0);
+        qa.send_frame(HDR, &frame, &[]);
+        sh.net
+            .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, now)
+            .unwrap();
+        assert!(sh.net.pending(b));
+        assert!(sh.park(a) && sh.parked(a), "b's inbox waits: a parks");
+        // a's own event ends: a is not released by itself.
+        sh.wake_others(a);
+        assert!(sh.parked(a));
+        let _ = wakes[1].read();
+        sh.took_wakeup(b);
+        // b's worker ends an event with the inbox still waiting (no RX buffers): a stays.
+        sh.net
+            .on_rx_ready(b, &mem_b, &mut rxb, &host, false, now)
+            .unwrap();
+        sh.wake_others(b);
+        assert!(sh.parked(a), "b has not delivered");
+        assert!(wakes[0].read().is_err(), "a not woken");
+        // b delivers: a is released and woken.
+        qb.post_rx(&[2048]);
+        sh.net
+            .on_rx_ready(b, &mem_b, &mut rxb, &host, false, now)
+            .unwrap();
+        assert!(!sh.net.pending(b));
+        sh.wake_others(b);
+        assert!(!sh.parked(a), "released");
+        assert_eq!(wakes[0].read().unwrap(), 1, "a woken");
+    }
 
     #[test]
     fn port_macs_count_up_from_the_configured_one() {
