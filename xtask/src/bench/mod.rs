@@ -1001,8 +1001,10 @@ target/bench/bench.{txt,json,svg}; backend logs go to target/bench/logs/.
                        e.g. cubic (Linux's own default, a Linux guest's); default: the
                        namespaces' own, which they inherit from the machine's root namespace
                        (bbr on these machines in 2026-12; the report names it). The choice
-                       moves every TCP figure and not alike for all backends
-                       (docs/PERFORMANCE.md \"Which TCP congestion control\")
+                       moves every TCP figure and not alike for all backends; a speed target
+                       counts as met only under both the default and cubic (docs/PERFORMANCE.md
+                       \"Which TCP congestion control\"). The round-trip and connection figures
+                       (rr, crr: the bench's own client and echo server) keep the namespaces' own
   --lab PATH           use this hostnet-lab binary instead of building it (release)
   --hostnetd PATH      use this hostnetd binary instead of building it (release)
   --passt PATH         use this passt (with --vhost-user) instead of building the peer snapshot
