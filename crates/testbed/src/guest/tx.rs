@@ -262,11 +262,10 @@ impl<F: FrameIo> TxDriver<F> {
     /// cut, or the next TAP frame as it is, with its checksum completed, or its first segment.
     fn fill_soft(&mut self, slot: u16) -> anyhow::Result<Fill> {
         let base = self.slot_addr(slot);
-        let cutting = self.soft.as_ref().is_some_and(|s| s.cutting.is_some());
-        if !cutting {
-            let Some(soft) = self.soft.as_mut() else {
-                return Ok(Fill::Skip);
-            };
+        let Some(soft) = self.soft.as_mut() else {
+            return Ok(Fill::Skip);
+        };
+        if soft.cutting.is_none() {
             let got = self.io.recv_frame(&mut soft.staged);
             let n = match read_result(&self.stats, got)? {
                 Ok(n) => n,
@@ -308,16 +307,13 @@ impl<F: FrameIo> TxDriver<F> {
                 }
             }
         }
-        let Some(Soft {
+        let Soft {
             staged,
             len,
             cutting,
             segment,
             ..
-        }) = self.soft.as_mut()
-        else {
-            return Ok(Fill::Skip);
-        };
+        } = soft;
         let Some((split, next)) = *cutting else {
             return Ok(Fill::Skip);
         };
