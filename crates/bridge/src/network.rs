@@ -76,6 +76,13 @@ pub struct Network {
     filled: Vec<u64>,
     /// Port events so far (each [`Network::with_port`] call is one).
     events: u64,
+    /// Per port, the port whose half-full inbox ended its last TX kick early
+    /// ([`crate::Notify::tx_waits`]), until [`Network::park`] takes it.
+    waits_on: Vec<Option<PortId>>,
+    /// Per port, the port whose delivery it is parked for ([`Network::park`]).
+    parked_on: Vec<Option<PortId>>,
+    /// Ports parked now (`parked_on`'s `Some`s): releasing costs nothing while none is.
+    parked: usize,
     /// The IPv4 address each MAC had, most recent last (bounded by the pool's size).
     leases: Vec<(MacAddr, Ipv4Addr)>,
     /// The port to read the next host batch with (see [`Network::host_reader`]).
@@ -118,6 +125,9 @@ impl Network {
             pending: vec![false; max_ports],
             filled: vec![0; max_ports],
             events: 0,
+            waits_on: vec![None; max_ports],
+            parked_on: vec![None; max_ports],
+            parked: 0,
             leases: Vec::new(),
             reader: None,
             short_batch_drains: false,
@@ -208,6 +218,7 @@ impl Network {
         port.device = port.device.clone().with_queue_pairs(self.max_queue_pairs);
         self.ports[i] = Some(port);
         self.pending[i] = false;
+        self.forget_waits(id);
         tracing::info!(port = id.0, %mac, %addr, "guest port attached");
         Ok(id)
     }
@@ -221,6 +232,7 @@ impl Network {
         };
         self.switch.detach(port);
         self.pending[i] = false;
+        self.forget_waits(port);
         self.relink |= p.negotiated.features != 0;
         if self.reader == Some(port) {
             self.reader = None;
@@ -491,6 +503,94 @@ impl Network {
         self.port(port).is_some_and(PortCore::replies_pending)
     }
 
+    /// Parks `port` after an event whose TX kick said [`crate::Notify::tx_waits`]: its driver
+    /// takes none of its guest's frames until the port whose half-full inbox ended that kick
+    /// has had it delivered ([`Network::release_parked`] names `port` then), or until the
+    /// driver's own bound on the wait runs out ([`Network::unpark`]; a guest that stopped
+    /// taking its frames must not hold another back for longer). `false`: not parked (no
+    /// kick ended so since the last call, or that inbox was delivered already): send again.
+    ///
+    /// For drivers with a thread per port, which wake each other; a driver that serves every
+    /// port from one thread treats `tx_waits` as `tx_more` and never parks.
+    pub fn park(&mut self, port: PortId) -> bool {
+        let i = usize::from(port.0);
+        let Some(on) = self.waits_on.get_mut(i).map(Option::take) else {
+            return false;
+        };
+        if self.parked(port) {
+            return true;
+        }
+        let Some(on) = on.filter(|&p| self.pending(p)) else {
+            return false;
+        };
+        self.parked_on[i] = Some(on);
+        self.parked += 1;
+        if let Some(p) = self.port_mut(port) {
+            p.stats.parked += 1;
+        }
+        true
+    }
+
+    /// `port` is no longer parked: its driver's bound on the wait ran out (counted,
+    /// [`Stats::park_timeouts`]).
+    pub fn unpark(&mut self, port: PortId) {
+        if self.forget_park(port)
+            && let Some(p) = self.port_mut(port)
+        {
+            p.stats.park_timeouts += 1;
+        }
+    }
+
+    /// `port` is not parked (now); whether it was.
+    fn forget_park(&mut self, port: PortId) -> bool {
+        let was = self
+            .parked_on
+            .get_mut(usize::from(port.0))
+            .and_then(Option::take)
+            .is_some();
+        self.parked -= usize::from(was);
+        was
+    }
+
+    /// Whether `port` is parked (see [`Network::park`]; no port's delivery released it yet).
+    pub fn parked(&self, port: PortId) -> bool {
+        self.parked_on
+            .get(usize::from(port.0))
+            .is_some_and(Option::is_some)
+    }
+
+    /// After an event of `port`: if its inbox is delivered (nothing pending), every port
+    /// parked for it is released and handed to `release` (its driver takes its guest's frames
+    /// again: wake it). Costs a comparison while no port is parked.
+    pub fn release_parked(&mut self, port: PortId, release: impl FnMut(PortId)) {
+        if self.parked == 0 || self.pending(port) {
+            return;
+        }
+        self.unpark_waiting_for(port, release);
+    }
+
+    /// Unparks every port parked for `port`, handing each to `release`.
+    fn unpark_waiting_for(&mut self, port: PortId, mut release: impl FnMut(PortId)) {
+        for (i, on) in self.parked_on.iter_mut().enumerate() {
+            if *on == Some(port) {
+                *on = None;
+                self.parked -= 1;
+                if let Ok(p) = u16::try_from(i) {
+                    release(PortId(p));
+                }
+            }
+        }
+    }
+
+    /// A port slot taken or freed: it waits for none, and none waits for it (a port parked
+    /// for it sends at its driver's bound, as if released).
+    fn forget_waits(&mut self, port: PortId) {
+        let i = usize::from(port.0);
+        self.waits_on[i] = None;
+        self.forget_park(port);
+        self.unpark_waiting_for(port, |_| {});
+    }
+
     /// The port to read the host link with ([`Network::on_rx_ready`] with `host_readable`):
     /// the one that read the last batch, or the one most of it was moved to (with one busy
     /// guest, that guest's port: nothing is copied), else the first.
@@ -714,8 +814,12 @@ impl Network {
                 self.events
             },
             reader: &mut self.reader,
+            busy: None,
         };
         let r = event(&mut p, &mut self.nat, &mut others);
+        if let Some(b) = others.busy {
+            self.waits_on[i] = Some(b);
+        }
         self.ports[i] = Some(p);
         self.pending[i] = false;
         Ok(r)
@@ -770,6 +874,8 @@ pub(crate) struct Others<'a> {
     /// This event's number.
     event: u64,
     reader: &'a mut Option<PortId>,
+    /// The port whose inbox [`Others::inbox_busy`] found half full.
+    busy: Option<PortId>,
 }
 
 impl<'a> Others<'a> {
@@ -786,13 +892,22 @@ impl<'a> Others<'a> {
     /// An inbox that was full already and took nothing of this event does not count: a
     /// guest that stopped taking its frames holds back no other guest's traffic (what is for
     /// it is dropped and counted at the sender).
-    pub(crate) fn inbox_busy(&self) -> bool {
-        self.filled.iter().zip(self.ports.iter()).any(|(&e, port)| {
-            e == self.event
-                && port
-                    .as_ref()
-                    .is_some_and(|q| q.replies.len() * 2 >= q.replies.capacity())
-        })
+    /// The first such port is remembered for [`Network::park`].
+    pub(crate) fn inbox_busy(&mut self) -> bool {
+        let busy = self
+            .filled
+            .iter()
+            .zip(self.ports.iter())
+            .position(|(&e, port)| {
+                e == self.event
+                    && port
+                        .as_ref()
+                        .is_some_and(|q| q.replies.len() * 2 >= q.replies.capacity())
+            })
+            .and_then(|i| u16::try_from(i).ok())
+            .map(PortId);
+        self.busy = busy.or(self.busy);
+        busy.is_some()
     }
 
     /// Moves the frames of the sender's last TX batch that the switch sent to other ports
@@ -1408,6 +1523,138 @@ mod tests {
         assert!(!n.tx_more && !n.tx_waits, "{n:?}");
         assert!(peer.recv().is_some(), "a's frame reached the host");
         assert!(net.pending(b));
+    }
+
+    /// A kick that ended for b's half-full inbox parks a on b (not on c, whose inbox waits
+    /// too): c's delivery and a's own events leave it parked, b's releases it once, and a
+    /// port that leaves releases whoever waits for it.
+    #[test]
+    fn a_parked_port_is_released_by_the_delivery_of_the_inbox_it_filled() {
+        use crate::testing::{self, MockNet};
+        let (host, _peer) = MemoryLink::pair(256).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
+        let (ma, mb, mc) = (mac(0x56), mac(0x57), mac(0x58));
+        let (a, b, c) = (
+            net.attach(ma).unwrap(),
+            net.attach(mb).unwrap(),
+            net.attach(mc).unwrap(),
+        );
+        let (ia, ib, ic) = (
+            net.address_of(a).unwrap(),
+            net.address_of(b).unwrap(),
+            net.address_of(c).unwrap(),
+        );
+        let mems = [(); 3].map(|()| testing::guest_memory());
+        let mut qa = MockNet::new(&mems[0], 256);
+        let mut qb = MockNet::new(&mems[1], 256);
+        let mut qc = MockNet::new(&mems[2], 256);
+        let (mut rxa, mut txa) = qa.queues(false);
+        let (mut rxb, mut txb) = qb.queues(false);
+        let (mut rxc, mut txc) = qc.queues(false);
+        for p in [a, b, c] {
+            assert_eq!(net.ack_features(p, FEATURES, &host), FEATURES);
+        }
+        for _ in 0..8 {
+            qa.post_rx(&[2048]);
+        }
+        for (m, q, ip) in [(ma, &mut qa, ia), (mb, &mut qb, ib), (mc, &mut qc, ic)] {
+            for f in dhcp(m, ip) {
+                q.send_frame(HDR, &f, &[]);
+            }
+        }
+        net.on_tx_kick(a, &mems[0], &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        net.on_tx_kick(b, &mems[1], &mut txb, Some(&mut rxb), &host, NOW)
+            .unwrap();
+        net.on_tx_kick(c, &mems[2], &mut txc, Some(&mut rxc), &host, NOW)
+            .unwrap();
+        assert!(!net.park(a), "no kick ended early: nothing to wait for");
+        for _ in 0..2 {
+            qb.post_rx(&[2048]);
+        }
+        net.on_rx_ready(b, &mems[1], &mut rxb, &host, false, NOW)
+            .unwrap();
+        assert!(!net.pending(b) && !net.pending(a) && net.pending(c));
+
+        // a fills b's inbox half: its kick ends early, and a parks on b.
+        let mut direct = testing::udp_frame(ma, ia, 5000, ib, 6000, b"to b");
+        direct[..6].copy_from_slice(&mb.0);
+        for _ in 0..net.config().batch_size {
+            qa.send_frame(HDR, &direct, &[]);
+        }
+        let n = net
+            .on_tx_kick(a, &mems[0], &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        assert!(n.tx_waits, "{n:?}");
+        let mut released = Vec::new();
+        net.release_parked(a, |p| released.push(p));
+        assert!(net.park(a) && net.parked(a), "b's inbox waits: a parks");
+        assert!(net.park(a) && net.parked(a), "a second call: still parked");
+        assert_eq!(net.stats(a).unwrap().parked, 1);
+        // a's own event, and c delivering its inbox, release nobody.
+        net.on_rx_ready(a, &mems[0], &mut rxa, &host, false, NOW)
+            .unwrap();
+        net.release_parked(a, |p| released.push(p));
+        for _ in 0..2 {
+            qc.post_rx(&[2048]);
+        }
+        net.on_rx_ready(c, &mems[2], &mut rxc, &host, false, NOW)
+            .unwrap();
+        assert!(!net.pending(c));
+        net.release_parked(c, |p| released.push(p));
+        // b's event that leaves its inbox waiting (no buffers) releases nobody either.
+        net.on_rx_ready(b, &mems[1], &mut rxb, &host, false, NOW)
+            .unwrap();
+        net.release_parked(b, |p| released.push(p));
+        assert!(released.is_empty() && net.parked(a), "{released:?}");
+        // b delivers: a is released, once.
+        for _ in 0..net.config().batch_size {
+            qb.post_rx(&[2048]);
+        }
+        net.on_rx_ready(b, &mems[1], &mut rxb, &host, false, NOW)
+            .unwrap();
+        assert!(!net.pending(b));
+        net.release_parked(b, |p| released.push(p));
+        net.release_parked(b, |p| released.push(p));
+        assert_eq!(released, [a]);
+        assert!(!net.parked(a));
+
+        // Parked again on b; the wait runs out (unpark); parked again, then b leaves.
+        for _ in 0..net.config().batch_size {
+            qa.send_frame(HDR, &direct, &[]);
+        }
+        let mut fill = |net: &mut Network| {
+            let n = net
+                .on_tx_kick(a, &mems[0], &mut txa, Some(&mut rxa), &host, NOW)
+                .unwrap();
+            assert!(n.tx_waits, "{n:?}");
+            assert!(net.park(a));
+        };
+        fill(&mut net);
+        net.unpark(a);
+        assert!(!net.parked(a));
+        let sa = net.stats(a).unwrap();
+        assert_eq!((sa.parked, sa.park_timeouts), (2, 1));
+        for _ in 0..net.config().batch_size {
+            qb.post_rx(&[2048]);
+        }
+        net.on_rx_ready(b, &mems[1], &mut rxb, &host, false, NOW)
+            .unwrap();
+        assert!(!net.pending(b));
+        for _ in 0..net.config().batch_size {
+            qa.send_frame(HDR, &direct, &[]);
+        }
+        fill(&mut net);
+        assert!(net.detach(b));
+        assert!(!net.parked(a), "b left: a waits for nobody");
+        net.release_parked(c, |p| released.push(p));
+        assert_eq!(released, [a]);
+        let sa = net.stats(a).unwrap();
+        assert_eq!(
+            (sa.parked, sa.park_timeouts),
+            (3, 1),
+            "a release is no time-out"
+        );
     }
 
     /// Two guests served by `PairWorker`s, b with two queue pairs: b's pair-0 worker takes the

@@ -180,6 +180,12 @@ pub struct Stats {
     /// the guest's RX buffers (large TCP packets the bridge did not copy; see
     /// [`crate::HostLink::recv_scatter`]).
     pub rx_scattered: u64,
+    /// Times this port's sending waited for another port's delivery
+    /// ([`crate::Network::park`]).
+    pub parked: u64,
+    /// Of [`Stats::parked`], the waits its driver ended before a delivery released them
+    /// ([`crate::Network::unpark`]).
+    pub park_timeouts: u64,
     /// Drops by cause, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -204,6 +210,8 @@ impl Stats {
             switched,
             tx_gathered,
             rx_scattered,
+            parked,
+            park_timeouts,
             drops,
         } = other;
         self.tx_frames += tx_frames;
@@ -222,6 +230,8 @@ impl Stats {
         self.switched += switched;
         self.tx_gathered += tx_gathered;
         self.rx_scattered += rx_scattered;
+        self.parked += parked;
+        self.park_timeouts += park_timeouts;
         for (a, b) in self.drops.iter_mut().zip(drops) {
             *a += b;
         }
@@ -317,7 +327,8 @@ impl fmt::Display for BridgeStats {
         write!(
             f,
             "tx {} frames/{} B, rx {} frames/{} B, tx_gso {}, rx_gso {}, tx_gso6 {}, rx_gso6 {}, \
-             tx_gathered {}, rx_scattered {}, to host {}, from host {}, local replies {}, switched {}, nat flows {}, nat out {} in {}, \
+             tx_gathered {}, rx_scattered {}, to host {}, from host {}, local replies {}, switched {}, parked {}, park timeouts {}, \
+             nat flows {}, nat out {} in {}, \
              drops {}",
             b.tx_frames,
             b.tx_bytes,
@@ -333,6 +344,8 @@ impl fmt::Display for BridgeStats {
             b.from_host,
             b.local_replies,
             b.switched,
+            b.parked,
+            b.park_timeouts,
             self.nat_flows,
             self.nat.outbound_forwarded,
             self.nat.inbound_forwarded,
@@ -369,6 +382,8 @@ pub struct AtomicStats {
     switched: AtomicU64,
     tx_gathered: AtomicU64,
     rx_scattered: AtomicU64,
+    parked: AtomicU64,
+    park_timeouts: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -397,6 +412,8 @@ impl AtomicStats {
         add(&self.switched, &mut local.switched);
         add(&self.tx_gathered, &mut local.tx_gathered);
         add(&self.rx_scattered, &mut local.rx_scattered);
+        add(&self.parked, &mut local.parked);
+        add(&self.park_timeouts, &mut local.park_timeouts);
         for (a, v) in self.drops.iter().zip(local.drops.iter_mut()) {
             add(a, v);
         }
@@ -426,6 +443,8 @@ impl AtomicStats {
             switched: get(&self.switched),
             tx_gathered: get(&self.tx_gathered),
             rx_scattered: get(&self.rx_scattered),
+            parked: get(&self.parked),
+            park_timeouts: get(&self.park_timeouts),
             drops,
         }
     }

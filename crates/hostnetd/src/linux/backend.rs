@@ -1052,4 +1052,4 @@ const DRAIN_ROUNDS: usize = 8;
 const MAX_CONFIG_READ: usize = 256;
 const TICK: Duration = Duration::from_secs(1);
 /// How long a parked pair waits for another port's worker at most (see `PairSlot::tx_parked`).
-const WAIT: Duration = Duration::from_millis(1);
+const WAIT: Duration = Duration::from_millis(5);

@@ -120,6 +120,8 @@ fn log_counters(
         rx_gso6 = s.rx_gso6,
         tx_gathered = s.tx_gathered,
         rx_scattered = s.rx_scattered,
+        parked = s.parked,
+        park_timeouts = s.park_timeouts,
         nat_flows = all.nat_flows,
         drops = %all.drops_by_name(),
         "{what}"

@@ -37,9 +37,6 @@ pub(crate) struct Shared {
     wakers: Vec<Option<Arc<EventFd>>>,
     /// The port was woken and its worker has not taken the wake-up yet.
     woken: Vec<bool>,
-    /// The port's pair 0 waits to send until another port's worker has delivered its inbox
-    /// ([`Shared::park`]).
-    parked: Vec<bool>,
     /// When the network (NAT expiry, every port's gateway) was last ticked.
     last_tick: Option<Instant>,
     /// The first port's MAC; port `i` gets this plus `i`.
@@ -95,7 +92,6 @@ impl Shared {
             clock: Clock::new(),
             wakers: vec![None; max_ports],
             woken: vec![false; max_ports],
-            parked: vec![false; max_ports],
             last_tick: None,
             base_mac: config.mac,
             max_ports,
@@ -161,9 +157,6 @@ impl Shared {
         if let Some(w) = self.woken.get_mut(i) {
             *w = false;
         }
-        if let Some(p) = self.parked.get_mut(i) {
-            *p = false;
-        }
         self.set_tx_budget();
     }
 
@@ -197,52 +190,36 @@ impl Shared {
     }
 
     /// At the end of an event of `me` whose TX kick stopped for another port's inbox
-    /// (`Notify::tx_waits`): if another port's inbox still waits for its worker, `me`'s
-    /// sending waits too (parked) until a worker that delivered its inbox wakes `me`
-    /// ([`Shared::wake_others`]); `false` (not parked) if none waits.
+    /// (`Notify::tx_waits`): while that inbox waits for its worker, `me`'s sending waits too
+    /// (`bridge::Network::park`) until the worker that delivers it wakes `me`
+    /// ([`Shared::wake_others`]); `false` (not parked) if it was delivered already.
     pub(crate) fn park(&mut self, me: PortId) -> bool {
-        let others = self
-            .net
-            .ports()
-            .any(|(p, _)| p != me && self.net.pending(p));
-        if let Some(parked) = self.parked.get_mut(usize::from(me.0)).filter(|_| others) {
-            *parked = true;
-            return true;
-        }
-        false
+        self.net.park(me)
     }
 
     /// `me` is no longer parked (its wait ran out).
     pub(crate) fn unpark(&mut self, me: PortId) {
-        if let Some(p) = self.parked.get_mut(usize::from(me.0)) {
-            *p = false;
-        }
+        self.net.unpark(me);
     }
 
     /// Whether `me` is parked (no worker has released it yet).
     pub(crate) fn parked(&self, me: PortId) -> bool {
-        self.parked.get(usize::from(me.0)).copied().unwrap_or(false)
+        self.net.parked(me)
     }
 
-    /// After an event of `me`: wakes every other port whose inbox has frames (once, until
-    /// its worker takes the wake-up), and, when `me`'s inbox is delivered, every parked port
-    /// (no longer parked; its worker sends again at the wake-up).
+    /// After an event of `me`: wakes every other port whose inbox has frames, and, when
+    /// `me`'s inbox is delivered, every port parked for it (`bridge::Network::release_parked`:
+    /// its worker sends again at the wake-up); each once, until its worker takes the wake-up.
     pub(crate) fn wake_others(&mut self, me: PortId) {
-        let delivered = !self.net.pending(me);
-        for (i, (waker, woken)) in self.wakers.iter().zip(self.woken.iter_mut()).enumerate() {
-            let Some(w) = waker else { continue };
+        let (wakers, woken) = (&self.wakers, &mut self.woken);
+        self.net
+            .release_parked(me, |p| wake(wakers, woken, usize::from(p.0)));
+        for i in 0..self.wakers.len() {
             let Ok(p) = u16::try_from(i).map(PortId) else {
                 continue;
             };
-            let released =
-                p != me && delivered && self.parked.get_mut(i).is_some_and(core::mem::take);
-            if p == me || *woken || !(released || self.net.pending(p)) {
-                continue;
-            }
-            if let Err(e) = w.write(1) {
-                warn!(port = i, "waking a port's worker failed: {e}");
-            } else {
-                *woken = true;
+            if p != me && self.net.pending(p) {
+                wake(&self.wakers, &mut self.woken, i);
             }
         }
     }
@@ -277,6 +254,21 @@ pub(crate) fn mac_plus(mac: MacAddr, n: usize) -> MacAddr {
 /// budget) and the fair hand-off left another guest's TCP 0.19-0.28 of its figure alone, one
 /// batch 0.17-1.03 per round, median 0.39 (`several_guests::a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp`).
 const SHARED_TX_BATCHES: usize = 1;
+/// Writes port `i`'s wake-up unless it was written and its worker has not taken it yet.
+fn wake(wakers: &[Option<Arc<EventFd>>], woken: &mut [bool], i: usize) {
+    let (Some(Some(w)), Some(woken)) = (wakers.get(i), woken.get_mut(i)) else {
+        return;
+    };
+    if *woken {
+        return;
+    }
+    if let Err(e) = w.write(1) {
+        warn!(port = i, "waking a port's worker failed: {e}");
+    } else {
+        *woken = true;
+    }
+}
+
 /// How often the network is ticked.
 pub(crate) const TICK: Duration = Duration::from_secs(1);
 /// Timers of several workers fire a little apart: a tick due within this is done now.
@@ -355,11 +347,15 @@ mod tests {
         assert!(!sh.park(a), "nothing waits: no wait");
         let mut frame = testing::udp_frame(ma, ia, 5000, ib, 6000, b"to b");
         frame[..6].copy_from_slice(&mb.0);
-        qa.send_frame(HDR, &frame, &[]);
-        sh.net
+        let batch = sh.net.config().batch_size;
+        for _ in 0..batch {
+            qa.send_frame(HDR, &frame, &[]);
+        }
+        let n = sh
+            .net
             .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, now)
             .unwrap();
-        assert!(sh.net.pending(b));
+        assert!(n.tx_waits && sh.net.pending(b), "{n:?}");
         assert!(sh.park(a) && sh.parked(a), "b's inbox waits: a parks");
         // a's own event ends: a is not released by itself.
         sh.wake_others(a);
@@ -374,7 +370,9 @@ mod tests {
         assert!(sh.parked(a), "b has not delivered");
         assert!(wakes[0].read().is_err(), "a not woken");
         // b delivers: a is released and woken.
-        qb.post_rx(&[2048]);
+        for _ in 0..batch {
+            qb.post_rx(&[2048]);
+        }
         sh.net
             .on_rx_ready(b, &mem_b, &mut rxb, &host, false, now)
             .unwrap();

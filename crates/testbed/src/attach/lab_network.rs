@@ -564,7 +564,6 @@ fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control
                 port: g.port,
                 fd: EventFd::new(EFD_NONBLOCK).context("creating a port's wake-up eventfd")?,
                 woken: AtomicBool::new(false),
-                waiting: AtomicBool::new(false),
             })
         })
         .collect::<anyhow::Result<_>>()
@@ -687,10 +686,15 @@ struct Waker {
     fd: EventFd,
     /// Written and not read yet (no second write until it is).
     woken: AtomicBool,
-    /// The port's sender waits for another port's thread to deliver its inbox (see
-    /// [`pair_loop`]); the next thread that finishes an event with its own inbox delivered
-    /// clears it and wakes the port.
-    waiting: AtomicBool,
+}
+
+impl Waker {
+    /// Writes the wake-up unless it was written and not read yet.
+    fn wake(&self) {
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            let _ = self.fd.write(1);
+        }
+    }
 }
 
 /// What one pair's thread serves.
@@ -787,22 +791,24 @@ fn pair_loop(
             let _ = w.fd.read();
             w.woken.store(false, Ordering::SeqCst);
         }
-        if let (Some(since), Some(w)) = (waits, wake) {
-            // Released by a thread that delivered its inbox, or waited long enough (a
-            // release can be missed: the other thread may have finished just before this
-            // one said it waits).
-            let released = !w.waiting.load(Ordering::SeqCst);
-            if released || since.elapsed() >= WAIT {
-                w.waiting.store(false, Ordering::SeqCst);
+        if let Some(since) = waits {
+            // Released by the thread that delivered the inbox this port's sending filled
+            // (`Network::release_parked`), or waited long enough: a guest that stopped taking
+            // its frames holds another back by WAIT per batch at most.
+            let out = since.elapsed() >= WAIT;
+            let parked = net.with_network(|n| {
+                if out {
+                    n.unpark(port);
+                }
+                n.parked(port)
+            });
+            if !parked {
                 waits = None;
             }
         }
         if tap || (worker.pair.tx_more && waits.is_none()) {
             worker.tx()?;
-            if worker.pair.tx_waits
-                && let Some(w) = wake
-            {
-                w.waiting.store(true, Ordering::SeqCst);
+            if worker.pair.tx_waits && wake.is_some() && net.with_network(|n| n.park(port)) {
                 waits = Some(Instant::now());
             }
         }
@@ -836,28 +842,29 @@ fn pair_loop(
     Ok(())
 }
 
-/// Wakes the pair 0 thread of every other port whose inbox has frames (once, until it reads
-/// its wake-up), and, when `me`'s inbox is delivered, every other port whose sender waits
-/// ([`Waker::waiting`], cleared here).
+/// Wakes the pair 0 thread of every other port whose inbox has frames, and, when `me`'s
+/// inbox is delivered, of every port parked for it (`Network::release_parked`); each once,
+/// until it reads its wake-up.
 fn wake_others(net: &Mutex<Network>, wakers: &[Waker], me: PortId) {
     if wakers.len() < 2 {
         return;
     }
     net.with_network(|n| {
-        let delivered = !n.pending(me);
-        for w in wakers.iter().filter(|w| w.port != me) {
-            let released = delivered && w.waiting.swap(false, Ordering::SeqCst);
-            if (released || n.pending(w.port)) && !w.woken.swap(true, Ordering::SeqCst) {
-                let _ = w.fd.write(1);
+        n.release_parked(me, |p| {
+            if let Some(w) = wakers.iter().find(|w| w.port == p) {
+                w.wake();
             }
+        });
+        for w in wakers.iter().filter(|w| w.port != me && n.pending(w.port)) {
+            w.wake();
         }
     });
 }
 
 /// How long a sender waits for another port's thread at most (see [`pair_loop`]), and the
 /// same in epoll's milliseconds.
-const WAIT: Duration = Duration::from_millis(1);
-const WAIT_MS: i32 = 1;
+const WAIT: Duration = Duration::from_millis(5);
+const WAIT_MS: i32 = 5;
 
 /// What one pair's thread drives.
 struct PairThread<'a> {
