@@ -1679,8 +1679,14 @@ fn reply_size(config: &BridgeConfig, n: &Negotiated) -> usize {
 }
 
 fn reply_batch(config: &BridgeConfig, n: &Negotiated) -> FrameBatch {
-    FrameBatch::new(config.batch_size, reply_size(config, n))
+    FrameBatch::new(INBOX_BATCHES * config.batch_size, reply_size(config, n))
 }
+
+/// A port's inbox holds this many batches. A sender's kick ends once an inbox it put frames
+/// in is half full (`Notify::tx_waits`), so a batch that starts with the inbox below half
+/// never overflows it: only a sender that goes on while the inbox is at half or more (its
+/// driver's wait ran out, or a driver that does not wait) can lose frames there.
+pub(crate) const INBOX_BATCHES: usize = 2;
 
 /// The DNS port (RFC 1035).
 const DNS_PORT: u16 = 53;

@@ -1487,20 +1487,23 @@ mod tests {
         assert!(!net.pending(b));
         assert_eq!(net.stats(a).unwrap().drops_of(DropCause::SpoofedIp), 1);
 
-        // b posts no buffers: its inbox takes one batch and a's kick stops there (tx_more:
-        // the driver delivers b's inbox first); b still takes nothing: the rest is counted at
-        // a, and a goes on.
-        let capacity = net.config().batch_size;
-        for _ in 0..capacity + 10 {
+        // b posts no buffers: its inbox (two batches) takes a batch, half full, and a's kick
+        // stops there (tx_more: the driver delivers b's inbox first); a's next kick, a batch
+        // more, fills it, still without a drop; b still takes nothing: the rest is counted
+        // at a, and a goes on.
+        let batch = net.config().batch_size;
+        for _ in 0..2 * batch + 10 {
             qa.send_frame(HDR, &direct, &[]);
         }
-        let n = net
-            .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
-            .unwrap();
-        assert!(n.tx_more && n.tx_waits, "{n:?}");
-        let sa = net.stats(a).unwrap();
-        assert_eq!(sa.switched, 2 + capacity as u64);
-        assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 0);
+        for kick in 1..=2 {
+            let n = net
+                .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+                .unwrap();
+            assert!(n.tx_more && n.tx_waits, "kick {kick}: {n:?}");
+            let sa = net.stats(a).unwrap();
+            assert_eq!(sa.switched, 2 + (kick * batch) as u64);
+            assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 0);
+        }
         let n = net
             .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
             .unwrap();
@@ -1509,7 +1512,7 @@ mod tests {
         assert_eq!(sa.drops_of(DropCause::LocalQueueFull), 10);
         assert_eq!(
             qa.tx_used().len(),
-            6 + capacity + 10,
+            6 + 2 * batch + 10,
             "every chain went back"
         );
         // b's full inbox holds back none of a's traffic to anyone else: a frame for the host
