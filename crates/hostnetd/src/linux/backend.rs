@@ -99,7 +99,7 @@ struct PairSlot {
     /// The last TX kick stopped for another port's half-full inbox (`Notify::tx_waits`).
     tx_waits: AtomicBool,
     /// The pair (pair 0) waits to send until another port's worker has delivered its inbox
-    /// (`network::Shared::park`): its port's wake-up or its timer, [`WAIT`] at most, sends
+    /// (`bridge::Network::park`): its port's wake-up or its timer, [`WAIT`] at most, sends
     /// again.
     tx_parked: AtomicBool,
     /// Frames or host packets wait beyond the last delivery's budget.
@@ -348,7 +348,7 @@ impl NetBackend {
             // The kick stopped for another port's inbox: while one still waits for its
             // worker, send nothing more until a worker that delivered wakes this port (a
             // call at once would fetch a batch that inbox has no room for).
-            let parked = waits && guard.park(port);
+            let parked = waits && guard.net.park(port);
             guard.wake_others(port);
             if guard.net.host_failed(port) {
                 self.host_lost.store(true, Ordering::SeqCst);
@@ -503,7 +503,7 @@ impl NetBackend {
                 let released = {
                     let mut sh = network::lock(&self.net);
                     sh.took_wakeup(port);
-                    !sh.parked(port)
+                    !sh.net.parked(port)
                 };
                 self.rx_ready(own, port, rx, 0, false)?;
                 if released && slot.tx_parked.swap(false, Ordering::Relaxed) {
@@ -524,10 +524,11 @@ impl NetBackend {
             }
             e if e == ev.wait => {
                 // The wait ran out (a release can come too late or not at all: a guest that
-                // stops taking its frames holds another back by WAIT per inbox it filled).
+                // stops taking its frames holds another back by WAIT once; its full inbox
+                // then takes nothing and makes no one wait).
                 let _ = own.wait.wait();
                 if slot.tx_parked.swap(false, Ordering::Relaxed) {
-                    network::lock(&self.net).unpark(port);
+                    network::lock(&self.net).net.unpark(port);
                     self.tx_kick(own, port, rx, tx)?;
                 }
             }

@@ -13,7 +13,7 @@
 //! under the same lock. After each event the worker wakes every other port whose inbox
 //! filled (an eventfd per port, in that port's worker's epoll: `super::backend::Events::pending`)
 //! and, once its own inbox is delivered, every port parked because its sending filled that
-//! inbox ([`Shared::park`]: it sends again at the wake-up).
+//! inbox (`bridge::Network::park`: it sends again at the wake-up).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -189,24 +189,6 @@ impl Shared {
         }
     }
 
-    /// At the end of an event of `me` whose TX kick stopped for another port's inbox
-    /// (`Notify::tx_waits`): while that inbox waits for its worker, `me`'s sending waits too
-    /// (`bridge::Network::park`) until the worker that delivers it wakes `me`
-    /// ([`Shared::wake_others`]); `false` (not parked) if it was delivered already.
-    pub(crate) fn park(&mut self, me: PortId) -> bool {
-        self.net.park(me)
-    }
-
-    /// `me` is no longer parked (its wait ran out).
-    pub(crate) fn unpark(&mut self, me: PortId) {
-        self.net.unpark(me);
-    }
-
-    /// Whether `me` is parked (no worker has released it yet).
-    pub(crate) fn parked(&self, me: PortId) -> bool {
-        self.net.parked(me)
-    }
-
     /// After an event of `me`: wakes every other port whose inbox has frames, and, when
     /// `me`'s inbox is delivered, every port parked for it (`bridge::Network::release_parked`:
     /// its worker sends again at the wake-up); each once, until its worker takes the wake-up.
@@ -344,7 +326,7 @@ mod tests {
             .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, now)
             .unwrap();
         assert!(!sh.net.pending(a), "a's DHCP answers delivered");
-        assert!(!sh.park(a), "nothing waits: no wait");
+        assert!(!sh.net.park(a), "nothing waits: no wait");
         let mut frame = testing::udp_frame(ma, ia, 5000, ib, 6000, b"to b");
         frame[..6].copy_from_slice(&mb.0);
         let batch = sh.net.config().batch_size;
@@ -356,10 +338,13 @@ mod tests {
             .on_tx_kick(a, &mem_a, &mut txa, Some(&mut rxa), &host, now)
             .unwrap();
         assert!(n.tx_waits && sh.net.pending(b), "{n:?}");
-        assert!(sh.park(a) && sh.parked(a), "b's inbox waits: a parks");
+        assert!(
+            sh.net.park(a) && sh.net.parked(a),
+            "b's inbox waits: a parks"
+        );
         // a's own event ends: a is not released by itself.
         sh.wake_others(a);
-        assert!(sh.parked(a));
+        assert!(sh.net.parked(a));
         let _ = wakes[1].read();
         sh.took_wakeup(b);
         // b's worker ends an event with the inbox still waiting (no RX buffers): a stays.
@@ -367,7 +352,7 @@ mod tests {
             .on_rx_ready(b, &mem_b, &mut rxb, &host, false, now)
             .unwrap();
         sh.wake_others(b);
-        assert!(sh.parked(a), "b has not delivered");
+        assert!(sh.net.parked(a), "b has not delivered");
         assert!(wakes[0].read().is_err(), "a not woken");
         // b delivers: a is released and woken.
         for _ in 0..batch {
@@ -378,7 +363,7 @@ mod tests {
             .unwrap();
         assert!(!sh.net.pending(b));
         sh.wake_others(b);
-        assert!(!sh.parked(a), "released");
+        assert!(!sh.net.parked(a), "released");
         assert_eq!(wakes[0].read().unwrap(), 1, "a woken");
     }
 
