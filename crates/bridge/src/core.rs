@@ -812,6 +812,7 @@ impl PortCore {
             guest,
             replies,
             others,
+            inbox: delivers_inbox(pair),
         };
         let counters = Counters {
             stats,
@@ -1106,6 +1107,9 @@ pub(crate) struct Direct<'a, 'o> {
     pub(crate) guest: &'a mut GuestState,
     pub(crate) replies: &'a mut FrameBatch,
     pub(crate) others: Option<&'a mut Others<'o>>,
+    /// The RX half delivers the frames waiting for the guest: pair 0's does, the port's other
+    /// pairs' deliver only host packets (see [`delivers_inbox`]).
+    pub(crate) inbox: bool,
 }
 
 impl TxAccess for Direct<'_, '_> {
@@ -1124,14 +1128,25 @@ impl RxAccess for Direct<'_, '_> {
         Ok(f(RxLocked {
             nat: self.nat,
             guest_mac: self.guest.gateway().guest_mac(),
-            replies: Some(self.replies),
+            replies: self.inbox.then_some(&mut *self.replies),
             others: self.others.as_deref_mut(),
         }))
     }
 
     fn replies_may_wait(&self) -> bool {
-        self.replies.pending() > 0 || self.others.is_some()
+        self.inbox && (self.replies.pending() > 0 || self.others.is_some())
     }
+}
+
+/// Whether queue pair `pair`'s RX half delivers its port's inbox (the gateway's replies,
+/// frames switched from other guests or moved from another port's host batch): only pair 0's.
+/// One RX queue for every frame that does not come from the pair's own host-link queue keeps
+/// a flow's frames in order: two pairs' threads delivering the one inbox by turns put the
+/// segments of one TCP flow on two RX queues, and the guest took them out of order (two
+/// simulated guests of two pairs on one hostnetd, 4 streams: every retransmission a spurious
+/// one, DSACKed).
+pub(crate) const fn delivers_inbox(pair: usize) -> bool {
+    pair == 0
 }
 
 /// Locks, ignoring poisoning: every critical section leaves the data consistent, and a
@@ -1356,8 +1371,8 @@ impl RxHalf {
                 });
                 if self.held.as_ref().is_some_and(|h| h.pending() > 0) {
                     // The guest is short of buffers: what is left goes back to the port while
-                    // nothing newer waits there, so that the port's other pairs (and the
-                    // wake-ups, which look at the inbox) see it first, in order.
+                    // nothing newer waits there, so that the wake-ups (which look at the
+                    // inbox) see it, in order.
                     let held = &mut self.held;
                     if access.with_rx(|l| give_back(held, l.replies))? {
                         took = false;

@@ -23,8 +23,14 @@
 //! names its pair with [`Network::on_pair_tx_kick`] and [`Network::on_pair_rx_ready`]
 //! (pair i's virtqueues, and pair i's queue of a multi-queue host link or the one link all
 //! pairs read). The pairs of a port share its guest state ([`crate::GuestState`]: one lease,
-//! one set of learned addresses), its inbox and its counters; [`Network::pair_stats`] counts
-//! what each pair moved.
+//! one set of learned addresses) and its counters; [`Network::pair_stats`] counts what each
+//! pair moved. Its inbox is pair 0's: the other pairs deliver what their host-link queue
+//! brings, so a flow switched from another guest (or moved from another port's host batch)
+//! reaches the guest on one RX queue, in order.
+//!
+//! Drivers with a thread per port or per pair call [`Network::wake_after`] after each event:
+//! it names the ports whose pair 0 has frames waiting (or is released from
+//! [`Network::park`]), each once until the driver calls [`Network::took_wakeup`].
 
 use core::net::Ipv4Addr;
 use core::time::Duration;
@@ -70,8 +76,9 @@ pub struct Network {
     switch: Switch,
     relay: Option<SharedRelay>,
     ports: Vec<Option<PortCore>>,
-    /// Frames wait in the port's inbox for [`Network::on_rx_ready`].
-    pending: Vec<bool>,
+    /// Per port, [`Network::wake_after`] handed it to its driver, which has not taken the
+    /// wake-up yet ([`Network::took_wakeup`]).
+    woken: Vec<bool>,
     /// The last port event that put a frame in the port's inbox (see `events`).
     filled: Vec<u64>,
     /// Port events so far (each [`Network::with_port`] call is one).
@@ -122,7 +129,7 @@ impl Network {
             relay,
             expiry: Expiry::default(),
             ports: (0..max_ports).map(|_| None).collect(),
-            pending: vec![false; max_ports],
+            woken: vec![false; max_ports],
             filled: vec![0; max_ports],
             events: 0,
             waits_on: vec![None; max_ports],
@@ -217,7 +224,6 @@ impl Network {
         port.set_short_batch_drains(self.short_batch_drains);
         port.device = port.device.clone().with_queue_pairs(self.max_queue_pairs);
         self.ports[i] = Some(port);
-        self.pending[i] = false;
         self.forget_waits(id);
         tracing::info!(port = id.0, %mac, %addr, "guest port attached");
         Ok(id)
@@ -231,7 +237,6 @@ impl Network {
             return false;
         };
         self.switch.detach(port);
-        self.pending[i] = false;
         self.forget_waits(port);
         self.relink |= p.negotiated.features != 0;
         if self.reader == Some(port) {
@@ -447,9 +452,10 @@ impl Network {
         self.on_pair_rx_ready(port, 0, mem, rxq, host, host_readable, now)
     }
 
-    /// As [`Network::on_rx_ready`] for queue pair `pair` of `port`: the port's inbox goes to
-    /// whichever pair delivers first; `host` is the pair's queue of a multi-queue host link
-    /// (or the one link every pair reads).
+    /// As [`Network::on_rx_ready`] for queue pair `pair` of `port`: the port's inbox is pair
+    /// 0's (the other pairs deliver their host-link queue's packets: a flow's frames reach the
+    /// guest on one RX queue; see [`Network::wake_after`]); `host` is the pair's queue of a
+    /// multi-queue host link (or the one link every pair reads).
     ///
     /// # Errors
     ///
@@ -505,7 +511,7 @@ impl Network {
 
     /// Parks `port` after an event whose TX kick said [`crate::Notify::tx_waits`]: its driver
     /// takes none of its guest's frames until the port whose half-full inbox ended that kick
-    /// has had it delivered ([`Network::release_parked`] names `port` then), or until the
+    /// has had it delivered ([`Network::wake_after`] releases `port` then), or until the
     /// driver's own bound on the wait runs out ([`Network::unpark`]; a guest that stopped
     /// taking its frames must not hold another back for longer). `false`: not parked (no
     /// kick ended so since the last call, or that inbox was delivered already): send again.
@@ -559,25 +565,49 @@ impl Network {
             .is_some_and(Option::is_some)
     }
 
-    /// After an event of `port`: if its inbox is delivered (nothing pending), every port
-    /// parked for it is released and handed to `release` (its driver takes its guest's frames
-    /// again: wake it). Costs a comparison while no port is parked.
-    pub fn release_parked(&mut self, port: PortId, release: impl FnMut(PortId)) {
-        if self.parked == 0 || self.pending(port) {
-            return;
+    /// After an event of queue pair `pair` of `port`, in the same hold of the network: hands
+    /// `wake` each port whose pair 0 has work from elsewhere that its driver was not told of
+    /// yet, each once until the driver calls [`Network::took_wakeup`]:
+    /// - every other port whose inbox has frames;
+    /// - `port` itself when `pair` is not 0 and its inbox has frames (a port's inbox is its
+    ///   pair 0's: the frames of a flow reach the guest on one RX queue, in order);
+    /// - once `port`'s inbox is delivered, every port parked for it ([`Network::park`]),
+    ///   released: its driver takes its guest's frames again.
+    ///
+    /// The drivers with a thread per port (or per pair) call this after each event and write
+    /// the eventfd of the pair 0 thread of each port handed over.
+    pub fn wake_after(&mut self, port: PortId, pair: usize, mut wake: impl FnMut(PortId)) {
+        if self.parked > 0 && !self.pending(port) {
+            for (i, on) in self.parked_on.iter_mut().enumerate() {
+                if *on == Some(port) {
+                    *on = None;
+                    self.parked -= 1;
+                    wake_once(&mut self.woken, i, &mut wake);
+                }
+            }
         }
-        self.unpark_waiting_for(port, release);
+        for i in 0..self.ports.len() {
+            let p = PortId(u16::try_from(i).unwrap_or(u16::MAX));
+            if (p != port || pair != 0) && self.pending(p) {
+                wake_once(&mut self.woken, i, &mut wake);
+            }
+        }
     }
 
-    /// Unparks every port parked for `port`, handing each to `release`.
-    fn unpark_waiting_for(&mut self, port: PortId, mut release: impl FnMut(PortId)) {
-        for (i, on) in self.parked_on.iter_mut().enumerate() {
+    /// `port`'s driver took its wake-up (read its eventfd): the next work for it wakes it
+    /// again. Call it before looking at the port's inbox and whether it is parked.
+    pub fn took_wakeup(&mut self, port: PortId) {
+        if let Some(w) = self.woken.get_mut(usize::from(port.0)) {
+            *w = false;
+        }
+    }
+
+    /// Unparks every port parked for `port` (which left; each sends at its driver's bound).
+    fn unpark_waiting_for(&mut self, port: PortId) {
+        for on in &mut self.parked_on {
             if *on == Some(port) {
                 *on = None;
                 self.parked -= 1;
-                if let Ok(p) = u16::try_from(i) {
-                    release(PortId(p));
-                }
             }
         }
     }
@@ -587,8 +617,9 @@ impl Network {
     fn forget_waits(&mut self, port: PortId) {
         let i = usize::from(port.0);
         self.waits_on[i] = None;
+        self.woken[i] = false;
         self.forget_park(port);
-        self.unpark_waiting_for(port, |_| {});
+        self.unpark_waiting_for(port);
     }
 
     /// The port to read the host link with ([`Network::on_rx_ready`] with `host_readable`):
@@ -807,7 +838,6 @@ impl Network {
             flood: self.guest_multicast,
             me: port,
             ports: &mut self.ports,
-            pending: &mut self.pending,
             filled: &mut self.filled,
             event: {
                 self.events += 1;
@@ -821,7 +851,6 @@ impl Network {
             self.waits_on[i] = Some(b);
         }
         self.ports[i] = Some(p);
-        self.pending[i] = false;
         Ok(r)
     }
 
@@ -860,7 +889,7 @@ impl Network {
 }
 
 /// What a port's event sees of the rest of its network: the switch, the other ports (its
-/// own slot is empty while it runs) and their inbox flags.
+/// own slot is empty while it runs) and when their inboxes were filled.
 #[derive(Debug)]
 pub(crate) struct Others<'a> {
     switch: &'a Switch,
@@ -868,7 +897,6 @@ pub(crate) struct Others<'a> {
     flood: bool,
     me: PortId,
     ports: &'a mut [Option<PortCore>],
-    pending: &'a mut [bool],
     /// Per port, the last event that put a frame in its inbox.
     filled: &'a mut [u64],
     /// This event's number.
@@ -1061,9 +1089,6 @@ impl<'a> Others<'a> {
             port.replies.clear();
         }
         put(port)?;
-        if let Some(p) = self.pending.get_mut(i) {
-            *p = true;
-        }
         if let Some(e) = self.filled.get_mut(i) {
             *e = self.event;
         }
@@ -1119,6 +1144,18 @@ fn pool_size(config: &BridgeConfig) -> usize {
         u32::from(*config.dhcp_pool.end()),
     );
     usize::try_from(b.saturating_sub(a)).map_or(usize::MAX, |n| n.saturating_add(1))
+}
+
+/// Hands port `i` to `wake` unless it was handed over and its driver has not taken the
+/// wake-up (`woken`, see [`Network::wake_after`]).
+fn wake_once(woken: &mut [bool], i: usize, wake: &mut impl FnMut(PortId)) {
+    let (Some(w), Ok(p)) = (woken.get_mut(i), u16::try_from(i)) else {
+        return;
+    };
+    if !*w {
+        *w = true;
+        wake(PortId(p));
+    }
 }
 
 fn switch_error(e: SwitchError) -> Error {
@@ -1528,9 +1565,21 @@ mod tests {
         assert!(net.pending(b));
     }
 
+    /// The ports [`Network::wake_after`] hands over after an event of `port`'s pair `pair`,
+    /// each driver taking its wake-up at once.
+    fn woke(net: &mut Network, port: PortId, pair: usize) -> Vec<PortId> {
+        let mut v = Vec::new();
+        net.wake_after(port, pair, |p| v.push(p));
+        for &p in &v {
+            net.took_wakeup(p);
+        }
+        v
+    }
+
     /// A kick that ended for b's half-full inbox parks a on b (not on c, whose inbox waits
     /// too): c's delivery and a's own events leave it parked, b's releases it once, and a
-    /// port that leaves releases whoever waits for it.
+    /// port that leaves releases whoever waits for it. The wake-ups: every other port whose
+    /// inbox waits, the port itself after another pair's event, each once until taken.
     #[test]
     fn a_parked_port_is_released_by_the_delivery_of_the_inbox_it_filled() {
         use crate::testing::{self, MockNet};
@@ -1589,27 +1638,36 @@ mod tests {
             .on_tx_kick(a, &mems[0], &mut txa, Some(&mut rxa), &host, NOW)
             .unwrap();
         assert!(n.tx_waits, "{n:?}");
-        let mut released = Vec::new();
-        net.release_parked(a, |p| released.push(p));
+        // b and c have frames waiting (c its DHCP answers); handed over once until taken.
+        let mut twice = Vec::new();
+        net.wake_after(a, 0, |p| twice.push(p));
+        net.wake_after(a, 0, |p| twice.push(p));
+        assert_eq!(twice, [b, c]);
+        net.took_wakeup(b);
+        assert_eq!(woke(&mut net, a, 0), [b]);
+        net.took_wakeup(c);
+        // An event of another pair of c: its own inbox is pair 0's, so c is handed over too.
+        assert_eq!(woke(&mut net, c, 1), [b, c]);
+        assert_eq!(woke(&mut net, c, 0), [b]);
         assert!(net.park(a) && net.parked(a), "b's inbox waits: a parks");
         assert!(net.park(a) && net.parked(a), "a second call: still parked");
         assert_eq!(net.stats(a).unwrap().parked, 1);
         // a's own event, and c delivering its inbox, release nobody.
         net.on_rx_ready(a, &mems[0], &mut rxa, &host, false, NOW)
             .unwrap();
-        net.release_parked(a, |p| released.push(p));
+        let mut released = woke(&mut net, a, 0);
         for _ in 0..2 {
             qc.post_rx(&[2048]);
         }
         net.on_rx_ready(c, &mems[2], &mut rxc, &host, false, NOW)
             .unwrap();
         assert!(!net.pending(c));
-        net.release_parked(c, |p| released.push(p));
+        released.extend(woke(&mut net, c, 0));
         // b's event that leaves its inbox waiting (no buffers) releases nobody either.
         net.on_rx_ready(b, &mems[1], &mut rxb, &host, false, NOW)
             .unwrap();
-        net.release_parked(b, |p| released.push(p));
-        assert!(released.is_empty() && net.parked(a), "{released:?}");
+        released.extend(woke(&mut net, b, 0));
+        assert!(!released.contains(&a) && net.parked(a), "{released:?}");
         // b delivers: a is released, once.
         for _ in 0..net.config().batch_size {
             qb.post_rx(&[2048]);
@@ -1617,8 +1675,8 @@ mod tests {
         net.on_rx_ready(b, &mems[1], &mut rxb, &host, false, NOW)
             .unwrap();
         assert!(!net.pending(b));
-        net.release_parked(b, |p| released.push(p));
-        net.release_parked(b, |p| released.push(p));
+        let mut released = woke(&mut net, b, 0);
+        released.extend(woke(&mut net, b, 0));
         assert_eq!(released, [a]);
         assert!(!net.parked(a));
 
@@ -1650,8 +1708,7 @@ mod tests {
         fill(&mut net);
         assert!(net.detach(b));
         assert!(!net.parked(a), "b left: a waits for nobody");
-        net.release_parked(c, |p| released.push(p));
-        assert_eq!(released, [a]);
+        assert_eq!(woke(&mut net, c, 0), []);
         let sa = net.stats(a).unwrap();
         assert_eq!(
             (sa.parked, sa.park_timeouts),
@@ -1661,8 +1718,9 @@ mod tests {
     }
 
     /// Two guests served by `PairWorker`s, b with two queue pairs: b's pair-0 worker takes the
-    /// inbox out of the lock; what b's ring has no room for goes back to the port, and b's
-    /// pair 1 then delivers it first, in order, before frames switched later; nothing dropped.
+    /// inbox out of the lock; what b's ring has no room for goes back to the port, and pair 0
+    /// then delivers it first, in order, before frames switched later; b's pair 1 delivers
+    /// none of them (the inbox is pair 0's: a flow's frames on one RX queue); nothing dropped.
     #[test]
     fn a_workers_inbox_taken_out_of_the_lock_keeps_its_order_when_the_guest_is_short_of_buffers() {
         use crate::testing::{self, MockNet};
@@ -1737,18 +1795,22 @@ mod tests {
             net.with_network(|n| n.pending(b)),
             "the 9 left went back to the port's inbox"
         );
-        // 8 more; pair 1, with room, delivers the 9 first, then the 8, in order.
+        // 8 more; pair 1, with room, delivers none: its event hands b's pair 0 the wake-up.
         send(12..20);
         for _ in 0..40 {
             qb1.post_rx(&[2048]);
         }
         wb1.on_rx_ready(&net, &mem_b1, &mut rxb1, &host, false, NOW)
             .unwrap();
-        assert_eq!(
-            received(&mut qb1),
-            names(3..20),
-            "in order across the pairs"
-        );
+        assert_eq!(received(&mut qb1), names(0..0), "the inbox is pair 0's");
+        net.with_network(|n| assert_eq!(woke(n, b, 1), [b]));
+        // Pair 0, with room, delivers the 9 first, then the 8, in order.
+        for _ in 0..17 {
+            qb.post_rx(&[2048]);
+        }
+        wb.on_rx_ready(&net, &mem_b, &mut rxb, &host, false, NOW)
+            .unwrap();
+        assert_eq!(received(&mut qb), names(3..20), "in order");
         // Pair 0 short again while nothing newer waits: the rest goes back, pair 0 delivers it
         // when it has room.
         send(20..30);

@@ -7,8 +7,10 @@
 //! the gateway, the switch, the NAT and the port's inbox — and does the rest outside it: the
 //! chains copied out of guest memory, the writes to and reads from the host link (its queue
 //! of a multi-queue TUN) and the copies into the guest's RX buffers. The port's inbox (frames
-//! switched from other guests, gateway replies) is exchanged under the lock for an empty
-//! batch of the same room and copied into the guest outside it; frames the guest has no
+//! switched from other guests, gateway replies) is pair 0's: its worker exchanges it under
+//! the lock for an empty batch of the same room and copies it into the guest outside it (the
+//! other pairs' workers deliver their host-link queue's packets only, and a driver wakes pair
+//! 0's when another pair's event left frames there: [`Network::wake_after`]); frames the guest has no
 //! buffers for go back to the port's inbox when nothing newer waits there (else they wait
 //! in the worker and go first at its next event). So two pairs' workers, and two guests'
 //! workers, overlap everything but the translation and the switch (which moves a frame to
@@ -37,7 +39,8 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
 
 use crate::core::{
-    Counters, Notify, PairStats, QueuePair, RxAccess, RxLocked, TxAccess, TxLocked, lock,
+    Counters, Notify, PairStats, QueuePair, RxAccess, RxLocked, TxAccess, TxLocked, delivers_inbox,
+    lock,
 };
 use crate::stats::Stats;
 use crate::switch::PortId;
@@ -119,6 +122,7 @@ impl PairWorker {
         let mut access = Shared {
             net,
             port: self.port,
+            inbox: delivers_inbox(self.pair),
         };
         let r = match self.halves.as_mut() {
             Some(h) => {
@@ -153,6 +157,7 @@ impl PairWorker {
         let mut access = Shared {
             net,
             port: self.port,
+            inbox: delivers_inbox(self.pair),
         };
         let r = match self.halves.as_mut() {
             Some(h) => {
@@ -204,6 +209,8 @@ impl PairWorker {
 struct Shared<'l, L: ?Sized> {
     net: &'l L,
     port: PortId,
+    /// The pair delivers the port's inbox (pair 0; see [`delivers_inbox`]).
+    inbox: bool,
 }
 
 impl<L: NetworkLock + ?Sized> TxAccess for Shared<'_, L> {
@@ -228,14 +235,18 @@ impl<L: NetworkLock + ?Sized> RxAccess for Shared<'_, L> {
                 f(RxLocked {
                     nat,
                     guest_mac: p.guest.gateway().guest_mac(),
-                    replies: Some(&mut p.replies),
+                    replies: self.inbox.then_some(&mut p.replies),
                     others: Some(others),
                 })
             })
         })
     }
 
+    fn replies_may_wait(&self) -> bool {
+        self.inbox
+    }
+
     fn takes_inbox(&self) -> bool {
-        true
+        self.inbox
     }
 }

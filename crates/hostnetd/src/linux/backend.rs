@@ -68,9 +68,10 @@ pub(crate) struct Events {
     /// The worker's resume eventfd: an earlier event stopped on its budget with work left
     /// (or another worker handed pair 0 something).
     pub(crate) resume: u64,
-    /// The port's wake-up eventfd (pair 0's worker): another port left frames in its inbox.
+    /// The port's wake-up eventfd (pair 0's worker): frames wait in its inbox (another port's
+    /// or another pair's event left them), or a port it parked for delivered its inbox.
     pub(crate) pending: u64,
-    /// The wait timer (pair 0's worker): a parked pair's wait ran out.
+    /// The worker's wait timer: its parked pair's wait ran out.
     pub(crate) wait: u64,
 }
 
@@ -98,9 +99,9 @@ struct PairSlot {
     tx_more: AtomicBool,
     /// The last TX kick stopped for another port's half-full inbox (`Notify::tx_waits`).
     tx_waits: AtomicBool,
-    /// The pair (pair 0) waits to send until another port's worker has delivered its inbox
-    /// (`bridge::Network::park`): its port's wake-up or its timer, [`WAIT`] at most, sends
-    /// again.
+    /// The pair waits to send until another port's worker has delivered its inbox
+    /// (`bridge::Network::park`, the port parked): the port's wake-up (pair 0's worker resumes
+    /// every parked pair of the port) or the pair's timer, [`WAIT`] at most, sends again.
     tx_parked: AtomicBool,
     /// Frames or host packets wait beyond the last delivery's budget.
     rx_more: AtomicBool,
@@ -115,8 +116,7 @@ struct PairSlot {
 #[derive(Debug)]
 struct PairOwn {
     timer: TimerFd,
-    /// Armed for [`WAIT`] when the pair parks (`PairSlot::tx_parked`; pair 0's worker
-    /// watches it).
+    /// Armed for [`WAIT`] when the pair parks (`PairSlot::tx_parked`).
     wait: TimerFd,
     /// Frames the pair moved (both ways) at the last tick: the tick re-signals the driver
     /// while they change.
@@ -270,9 +270,9 @@ impl NetBackend {
         self.pairs.get(pair).map(|w| w.own.lock().timer.as_raw_fd())
     }
 
-    /// Pair 0's wait timer, for its worker's epoll.
-    pub(crate) fn wait_fd(&self) -> Option<RawFd> {
-        self.pairs.first().map(|w| w.own.lock().wait.as_raw_fd())
+    /// Pair `pair`'s wait timer, for its worker's epoll.
+    pub(crate) fn wait_fd(&self, pair: usize) -> Option<RawFd> {
+        self.pairs.get(pair).map(|w| w.own.lock().wait.as_raw_fd())
     }
 
     /// Pair `pair`'s resume eventfd, for its worker's epoll.
@@ -342,14 +342,20 @@ impl NetBackend {
         let r = self
             .sync_pairs(&mut own, port, pair, rx, tx, ctrl)
             .and_then(|()| self.dispatch_event(&mut own, port, pair, event, rx, tx, ctrl));
-        let waits = slot.tx_waits.swap(false, Ordering::Relaxed) && pair == 0;
+        let waits = slot.tx_waits.swap(false, Ordering::Relaxed);
         let parked = {
             let mut guard = network::lock(&self.net);
             // The kick stopped for another port's inbox: while one still waits for its
             // worker, send nothing more until a worker that delivered wakes this port (a
             // call at once would fetch a batch that inbox has no room for).
             let parked = waits && guard.net.park(port);
-            guard.wake_others(port);
+            if parked {
+                // Under the lock: a worker that finds the port released after this sees it
+                // (and resumes the pair: `resume_parked`).
+                slot.tx_more.store(false, Ordering::Relaxed);
+                slot.tx_parked.store(true, Ordering::Relaxed);
+            }
+            guard.wake_after(port, pair);
             if guard.net.host_failed(port) {
                 self.host_lost.store(true, Ordering::SeqCst);
             }
@@ -358,8 +364,6 @@ impl NetBackend {
             parked
         };
         if parked {
-            slot.tx_more.store(false, Ordering::Relaxed);
-            slot.tx_parked.store(true, Ordering::Relaxed);
             // The wait's bound.
             if let Err(e) = own.wait.reset(WAIT, None) {
                 warn!("arming the worker's wait timer failed: {e}");
@@ -502,12 +506,16 @@ impl NetBackend {
                 let _ = self.wake.read();
                 let released = {
                     let mut sh = network::lock(&self.net);
-                    sh.took_wakeup(port);
+                    sh.net.took_wakeup(port);
                     !sh.net.parked(port)
                 };
                 self.rx_ready(own, port, rx, 0, false)?;
-                if released && slot.tx_parked.swap(false, Ordering::Relaxed) {
-                    self.tx_kick(own, port, rx, tx)?;
+                if released {
+                    // The port is released: each of its parked pairs sends again.
+                    self.resume_parked(pair);
+                    if slot.tx_parked.swap(false, Ordering::Relaxed) {
+                        self.tx_kick(own, port, rx, tx)?;
+                    }
                 }
             }
             e if e == ev.resume => {
@@ -529,6 +537,7 @@ impl NetBackend {
                 let _ = own.wait.wait();
                 if slot.tx_parked.swap(false, Ordering::Relaxed) {
                     network::lock(&self.net).net.unpark(port);
+                    self.resume_parked(pair);
                     self.tx_kick(own, port, rx, tx)?;
                 }
             }
@@ -536,6 +545,17 @@ impl NetBackend {
             other => debug!(event = other, "unknown worker event"),
         }
         Ok(())
+    }
+
+    /// The port is not parked any more: every parked pair but `me` sends again, on its own
+    /// worker (its resume eventfd).
+    fn resume_parked(&self, me: usize) {
+        for (p, w) in self.pairs.iter().enumerate() {
+            if p != me && w.tx_parked.swap(false, Ordering::Relaxed) {
+                w.tx_more.store(true, Ordering::Relaxed);
+                w.resume_later();
+            }
+        }
     }
 
     /// Whether the port uses `pair` now (and its rings may be worked); `sh` locked.

@@ -367,8 +367,8 @@ pub(crate) fn serve_one(
     let mut daemon = VhostUserDaemon::new("hostnetd".to_owned(), backend.clone(), mem)
         .map_err(|e| anyhow!("creating the vhost-user daemon: {e}"))?;
     {
-        // A worker per queue pair: pair i's watches TUN queue i, its timer and its resume
-        // eventfd; pair 0's also the port's wake-up eventfd.
+        // A worker per queue pair: pair i's watches TUN queue i, its timer, its resume eventfd
+        // and its wait timer; pair 0's also the port's wake-up eventfd.
         let handlers = daemon.get_epoll_handlers();
         anyhow::ensure!(
             handlers.len() == tuns.len(),
@@ -395,14 +395,16 @@ pub(crate) fn serve_one(
             worker
                 .register_listener(resume, EventSet::IN, ev.resume)
                 .context("registering the resume event with the worker")?;
+            let wait = b
+                .wait_fd(pair)
+                .context("no worker state for the queue pair")?;
+            worker
+                .register_listener(wait, EventSet::IN, ev.wait)
+                .context("registering the wait timer with the worker")?;
             if pair == 0 {
                 worker
                     .register_listener(b.wake_fd(), EventSet::IN, ev.pending)
                     .context("registering the wake-up event with the worker")?;
-                let wait = b.wait_fd().context("no worker state for queue pair 0")?;
-                worker
-                    .register_listener(wait, EventSet::IN, ev.wait)
-                    .context("registering the wait timer with the worker")?;
             }
         }
     }

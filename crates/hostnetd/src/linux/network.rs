@@ -10,10 +10,12 @@
 //! guest of one pair it is never contended;
 //! with several, the NAT, the switch and the inboxes stay single-owner (the bridge's network
 //! has no locking of its own) and a guest's batch is switched into another guest's inbox
-//! under the same lock. After each event the worker wakes every other port whose inbox
-//! filled (an eventfd per port, in that port's worker's epoll: `super::backend::Events::pending`)
-//! and, once its own inbox is delivered, every port parked because its sending filled that
-//! inbox (`bridge::Network::park`: it sends again at the wake-up).
+//! under the same lock. After each event the worker wakes the pair 0 worker of each port
+//! `bridge::Network::wake_after` names (an eventfd per port, in that worker's epoll:
+//! `super::backend::Events::pending`): every other port whose inbox filled, its own port
+//! after another pair's event (a port's inbox is its pair 0's), and, once its own inbox is
+//! delivered, every port parked because its sending filled that inbox
+//! (`bridge::Network::park`: it sends again at the wake-up).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,8 +37,6 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     /// Each attached port's wake-up eventfd (its pair 0 worker's `Events::pending`), by port index.
     wakers: Vec<Option<Arc<EventFd>>>,
-    /// The port was woken and its worker has not taken the wake-up yet.
-    woken: Vec<bool>,
     /// When the network (NAT expiry, every port's gateway) was last ticked.
     last_tick: Option<Instant>,
     /// The first port's MAC; port `i` gets this plus `i`.
@@ -91,7 +91,6 @@ impl Shared {
             net,
             clock: Clock::new(),
             wakers: vec![None; max_ports],
-            woken: vec![false; max_ports],
             last_tick: None,
             base_mac: config.mac,
             max_ports,
@@ -154,9 +153,6 @@ impl Shared {
         if let Some(w) = self.wakers.get_mut(i) {
             *w = wake;
         }
-        if let Some(w) = self.woken.get_mut(i) {
-            *w = false;
-        }
         self.set_tx_budget();
     }
 
@@ -182,28 +178,12 @@ impl Shared {
         self.net.ports().all(|(p, _)| p == port)
     }
 
-    /// `port`'s worker took its wake-up: the next frames for it wake it again.
-    pub(crate) fn took_wakeup(&mut self, port: PortId) {
-        if let Some(w) = self.woken.get_mut(usize::from(port.0)) {
-            *w = false;
-        }
-    }
-
-    /// After an event of `me`: wakes every other port whose inbox has frames, and, when
-    /// `me`'s inbox is delivered, every port parked for it (`bridge::Network::release_parked`:
-    /// its worker sends again at the wake-up); each once, until its worker takes the wake-up.
-    pub(crate) fn wake_others(&mut self, me: PortId) {
-        let (wakers, woken) = (&self.wakers, &mut self.woken);
-        self.net
-            .release_parked(me, |p| wake(wakers, woken, usize::from(p.0)));
-        for i in 0..self.wakers.len() {
-            let Ok(p) = u16::try_from(i).map(PortId) else {
-                continue;
-            };
-            if p != me && self.net.pending(p) {
-                wake(&self.wakers, &mut self.woken, i);
-            }
-        }
+    /// After an event of pair `pair` of `me`: writes the wake-up of each port
+    /// `bridge::Network::wake_after` names (its pair 0 worker takes it with
+    /// `bridge::Network::took_wakeup`).
+    pub(crate) fn wake_after(&mut self, me: PortId, pair: usize) {
+        let wakers = &self.wakers;
+        self.net.wake_after(me, pair, |p| wake(wakers, p));
     }
 
     /// Ticks the network (NAT expiry, each port's gateway) if a tick is due: every worker's
@@ -236,18 +216,12 @@ pub(crate) fn mac_plus(mac: MacAddr, n: usize) -> MacAddr {
 /// budget) and the fair hand-off left another guest's TCP 0.19-0.28 of its figure alone, one
 /// batch 0.17-1.03 per round, median 0.39 (`several_guests::a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp`).
 const SHARED_TX_BATCHES: usize = 1;
-/// Writes port `i`'s wake-up unless it was written and its worker has not taken it yet.
-fn wake(wakers: &[Option<Arc<EventFd>>], woken: &mut [bool], i: usize) {
-    let (Some(Some(w)), Some(woken)) = (wakers.get(i), woken.get_mut(i)) else {
-        return;
-    };
-    if *woken {
-        return;
-    }
-    if let Err(e) = w.write(1) {
-        warn!(port = i, "waking a port's worker failed: {e}");
-    } else {
-        *woken = true;
+/// Writes `port`'s wake-up.
+fn wake(wakers: &[Option<Arc<EventFd>>], port: PortId) {
+    if let Some(Some(w)) = wakers.get(usize::from(port.0))
+        && let Err(e) = w.write(1)
+    {
+        warn!(port = port.0, "waking a port's worker failed: {e}");
     }
 }
 
@@ -343,15 +317,15 @@ mod tests {
             "b's inbox waits: a parks"
         );
         // a's own event ends: a is not released by itself.
-        sh.wake_others(a);
+        sh.wake_after(a, 0);
         assert!(sh.net.parked(a));
         let _ = wakes[1].read();
-        sh.took_wakeup(b);
+        sh.net.took_wakeup(b);
         // b's worker ends an event with the inbox still waiting (no RX buffers): a stays.
         sh.net
             .on_rx_ready(b, &mem_b, &mut rxb, &host, false, now)
             .unwrap();
-        sh.wake_others(b);
+        sh.wake_after(b, 0);
         assert!(sh.net.parked(a), "b has not delivered");
         assert!(wakes[0].read().is_err(), "a not woken");
         // b delivers: a is released and woken.
@@ -362,7 +336,7 @@ mod tests {
             .on_rx_ready(b, &mem_b, &mut rxb, &host, false, now)
             .unwrap();
         assert!(!sh.net.pending(b));
-        sh.wake_others(b);
+        sh.wake_after(b, 0);
         assert!(!sh.net.parked(a), "released");
         assert_eq!(wakes[0].read().unwrap(), 1, "a woken");
     }

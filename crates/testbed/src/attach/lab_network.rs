@@ -552,18 +552,23 @@ impl State {
 /// guest memory and the TAP and TUN system calls run outside it). Pair i of every guest
 /// writes TUN queue i; guest 0's pair i reads it (packets for another guest go to that
 /// guest's inbox). A port's pair 0 thread is woken by an eventfd when another thread left
-/// frames in the port's inbox. The pairs stay as the guests set them (SIGUSR2 is not served
-/// here).
+/// frames in the port's inbox (a port's inbox is its pair 0's: `Network::wake_after`), a
+/// parked pair's thread by one of its own. The pairs stay as the guests set them (SIGUSR2 is
+/// not served here).
 fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control) -> Finished {
     let net = Mutex::new(net);
     let clock = Clock::new();
     let wakers: Vec<Waker> = guests
         .iter()
         .map(|g| {
+            let fd = || EventFd::new(EFD_NONBLOCK).context("creating a wake-up eventfd");
             Ok(Waker {
                 port: g.port,
-                fd: EventFd::new(EFD_NONBLOCK).context("creating a port's wake-up eventfd")?,
-                woken: AtomicBool::new(false),
+                fd: fd()?,
+                pairs: (1..g.pairs.len())
+                    .map(|_| fd())
+                    .collect::<anyhow::Result<_>>()?,
+                waiting: g.pairs.iter().map(|_| AtomicBool::new(false)).collect(),
             })
         })
         .collect::<anyhow::Result<_>>()
@@ -582,7 +587,7 @@ fn run_pairs(net: Network, guests: Vec<Guest>, tuns: Vec<Tun>, control: &Control
                         driver: pair,
                         // Guest 0's pairs read the TUN's queues.
                         reads: g == 0,
-                        wake: (p == 0).then(|| &wakers[g]),
+                        wake: &wakers[g],
                         first: g == 0 && p == 0,
                     });
                 }
@@ -679,20 +684,36 @@ fn pair_line(net: &Network, port: PortId) -> String {
     )
 }
 
-/// A port's wake-up: written when another thread left frames in the port's inbox, read by
-/// the port's pair 0 thread.
+/// A port's wake-ups: the port's, written when `Network::wake_after` names the port, read by
+/// its pair 0 thread; and each other pair's. A thread that finds the port released (pair 0's
+/// at its wake-up) or whose wait ran out wakes the port's other pairs that wait.
 struct Waker {
     port: PortId,
     fd: EventFd,
-    /// Written and not read yet (no second write until it is).
-    woken: AtomicBool,
+    /// Pairs 1 and up.
+    pairs: Vec<EventFd>,
+    /// Per pair, its thread waits for the port's release (see [`pair_loop`]).
+    waiting: Vec<AtomicBool>,
 }
 
 impl Waker {
-    /// Writes the wake-up unless it was written and not read yet.
-    fn wake(&self) {
-        if !self.woken.swap(true, Ordering::SeqCst) {
-            let _ = self.fd.write(1);
+    /// The eventfd pair `pair`'s thread waits on.
+    fn fd_of(&self, pair: usize) -> Option<&EventFd> {
+        match pair {
+            0 => Some(&self.fd),
+            p => self.pairs.get(p - 1),
+        }
+    }
+
+    /// The port is not parked any more: wakes each pair but `me` that waits.
+    fn released(&self, me: usize) {
+        for (p, w) in self.waiting.iter().enumerate() {
+            if p != me
+                && w.swap(false, Ordering::SeqCst)
+                && let Some(fd) = self.fd_of(p)
+            {
+                let _ = fd.write(1);
+            }
         }
     }
 }
@@ -705,8 +726,8 @@ struct PairJob<'a> {
     driver: &'a mut Pair,
     /// The thread reads TUN queue `pair` (guest 0's).
     reads: bool,
-    /// The port's wake-up (its pair 0).
-    wake: Option<&'a Waker>,
+    /// The port's wake-ups.
+    wake: &'a Waker,
     /// Ticks the network and prints the stats (guest 0's pair 0).
     first: bool,
 }
@@ -737,8 +758,8 @@ fn pair_loop(
     if reads {
         fds.push((tun_fd(tun)?, TOKEN_TUNS));
     }
-    if let Some(w) = wake {
-        fds.push((w.fd.as_raw_fd(), TOKEN_WAKE));
+    if let Some(fd) = wake.fd_of(i) {
+        fds.push((fd.as_raw_fd(), TOKEN_WAKE));
     }
     let epoll = epoll_over(fds.iter().copied())?;
     // While the sender waits for another port's thread (`Notify::tx_waits`), the loop leaves
@@ -787,14 +808,22 @@ fn pair_loop(
                 _ => {}
             }
         }
-        if woken && let Some(w) = wake {
-            let _ = w.fd.read();
-            w.woken.store(false, Ordering::SeqCst);
+        if woken && let Some(fd) = wake.fd_of(i) {
+            let _ = fd.read();
+            if i == 0
+                && !net.with_network(|n| {
+                    n.took_wakeup(port);
+                    n.parked(port)
+                })
+            {
+                wake.released(i);
+            }
         }
         if let Some(since) = waits {
             // Released by the thread that delivered the inbox this port's sending filled
-            // (`Network::release_parked`), or waited long enough: a guest that stopped taking
-            // its frames holds another back by WAIT per batch at most.
+            // (`Network::wake_after`: pair 0's thread is woken and wakes the port's other
+            // pairs), or waited long enough: a guest that stopped taking its frames holds
+            // another back by WAIT per batch at most.
             let out = since.elapsed() >= WAIT;
             let parked = net.with_network(|n| {
                 if out {
@@ -804,19 +833,31 @@ fn pair_loop(
             });
             if !parked {
                 waits = None;
+                if let Some(w) = wake.waiting.get(i) {
+                    w.store(false, Ordering::SeqCst);
+                }
+                // The port's other pairs that wait (their own bound may be later).
+                wake.released(i);
             }
         }
         if tap || (worker.pair.tx_more && waits.is_none()) {
             worker.tx()?;
-            if worker.pair.tx_waits && wake.is_some() && net.with_network(|n| n.park(port)) {
-                waits = Some(Instant::now());
+            if worker.pair.tx_waits {
+                // Flagged before parking: a release by another thread in between sees it.
+                let flag = wake.waiting.get(i);
+                flag.inspect(|w| w.store(true, Ordering::SeqCst));
+                if net.with_network(|n| n.park(port)) {
+                    waits = Some(Instant::now());
+                } else {
+                    flag.inspect(|w| w.store(false, Ordering::SeqCst));
+                }
             }
         }
         let (pending, failed) = net.with_network(|n| (n.pending(port), n.host_failed(port)));
-        if host || worker.pair.rx_more || (wake.is_some() && (woken || pending)) {
+        if host || worker.pair.rx_more || (i == 0 && (woken || pending)) {
             worker.rx(host)?;
         }
-        wake_others(net, wakers, port);
+        wake_after(net, wakers, port, i);
         if failed {
             anyhow::bail!(
                 "the host link failed: TUN {} in the host namespace is gone or broken",
@@ -842,22 +883,19 @@ fn pair_loop(
     Ok(())
 }
 
-/// Wakes the pair 0 thread of every other port whose inbox has frames, and, when `me`'s
-/// inbox is delivered, of every port parked for it (`Network::release_parked`); each once,
-/// until it reads its wake-up.
-fn wake_others(net: &Mutex<Network>, wakers: &[Waker], me: PortId) {
-    if wakers.len() < 2 {
+/// After an event of pair `pair` of `me`: wakes the pair 0 thread of each port
+/// `Network::wake_after` names (each once, until it reads its wake-up).
+fn wake_after(net: &Mutex<Network>, wakers: &[Waker], me: PortId, pair: usize) {
+    if wakers.len() < 2 && pair == 0 {
+        // One guest: its pair 0 delivers its own inbox after its own events.
         return;
     }
     net.with_network(|n| {
-        n.release_parked(me, |p| {
+        n.wake_after(me, pair, |p| {
             if let Some(w) = wakers.iter().find(|w| w.port == p) {
-                w.wake();
+                let _ = w.fd.write(1);
             }
         });
-        for w in wakers.iter().filter(|w| w.port != me && n.pending(w.port)) {
-            w.wake();
-        }
     });
 }
 
