@@ -1296,6 +1296,9 @@ pub(crate) struct RxHalf {
     pub(crate) engine: RxEngine,
     /// The host link may hold packets not read yet.
     pub(crate) host_pending: bool,
+    /// The half may read the host link now (`false`: it delivers what it has and leaves the
+    /// link to another port's reader, see [`crate::PairWorker::set_host_reads`]).
+    pub(crate) host_reads: bool,
     /// A batch shorter than asked means the host link is drained.
     pub(crate) short_batch_drains: bool,
     /// The port's inbox as a [`crate::PairWorker`] took it out of the network's lock (by
@@ -1352,8 +1355,12 @@ impl RxHalf {
         // A worker takes the port's inbox once per call (its held frames go first).
         let mut took = false;
         loop {
-            let filled = if self.engine.scattered_pending() {
-                // Their chains are reserved: they go first.
+            let filled = if self.engine.pending() > 0 {
+                // The host packets read before go first: frames that wait in the inbox are
+                // either switched from other guests (other flows) or host packets another
+                // port read later than these, while this port's reads were stopped (a
+                // starved reader lets another read: `PairWorker::set_host_reads`); and
+                // scattered frames' chains are reserved.
                 None
             } else if access.takes_inbox() {
                 if !took && self.held.as_ref().is_none_or(|h| h.pending() == 0) {
@@ -1419,7 +1426,7 @@ impl RxHalf {
                     p.starved = true;
                     return Ok(p);
                 }
-                if out.notify && self.host_pending {
+                if out.notify && self.host_pending && self.host_reads {
                     // The guest wants to hear of this batch now (it refills its ring when it
                     // does): hand the interrupt to the driver before reading on.
                     p.more = true;
@@ -1427,7 +1434,7 @@ impl RxHalf {
                 }
                 continue;
             }
-            if !self.host_pending {
+            if !self.host_pending || !self.host_reads {
                 return Ok(p);
             }
             if rounds == RX_ROUNDS {
@@ -1673,6 +1680,7 @@ pub(crate) fn queue_pair(
         rx: RxHalf {
             engine: rx,
             host_pending: true,
+            host_reads: true,
             short_batch_drains,
             held: None,
         },

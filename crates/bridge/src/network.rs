@@ -1971,6 +1971,96 @@ mod tests {
         assert!(matches!(e, Err(Error::PairNotInUse(1))), "{e:?}");
     }
 
+    /// Two ports served by `PairWorker`s read one host link. A worker with host reads off
+    /// leaves the link alone and remembers it is readable; a port's own reads waiting for RX
+    /// buffers go before what another port read for it later (through its inbox), so a flow
+    /// keeps its order when the link changes hands.
+    #[test]
+    fn a_ports_own_host_reads_go_before_what_another_port_read_for_it_later() {
+        use crate::testing::{self, EXTERNAL, MockNet, SERVER};
+        use crate::{NetworkLock, PairWorker};
+        use ::wire::{Ipv4Packet, UdpPacket};
+        use std::sync::Mutex;
+        let (host, peer) = MemoryLink::pair(256).unwrap();
+        let mut net = Network::new(BridgeConfig::default(), 2).unwrap();
+        let (ma, mb) = (mac(0x56), mac(0x57));
+        let (a, b) = (net.attach(ma).unwrap(), net.attach(mb).unwrap());
+        let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
+        assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
+        assert_eq!(net.ack_features(b, FEATURES, &host), FEATURES);
+        let net = Mutex::new(net);
+        let (mem_a, mem_b) = (testing::guest_memory(), testing::guest_memory());
+        let (mut qa, mut qb) = (MockNet::new(&mem_a, 256), MockNet::new(&mem_b, 256));
+        let (mut rxa, mut txa) = qa.queues(false);
+        let (mut rxb, mut txb) = qb.queues(false);
+        let (mut wa, mut wb) = (PairWorker::new(a, 0), PairWorker::new(b, 0));
+        let mut scratch = Vec::new();
+        for (m, q, ip) in [(ma, &mut qa, ia), (mb, &mut qb, ib)] {
+            for _ in 0..2 {
+                q.post_rx(&[2048]);
+            }
+            for f in dhcp(m, ip) {
+                q.send_frame(HDR, &f, &[]);
+            }
+        }
+        wa.on_tx_kick(&net, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        wb.on_tx_kick(&net, &mem_b, &mut txb, Some(&mut rxb), &host, NOW)
+            .unwrap();
+        while qa.rx_frame(HDR, &mut scratch).is_some() {}
+        while qb.rx_frame(HDR, &mut scratch).is_some() {}
+        // a's flow to the server, for the answers to come back through the NAT.
+        qa.send_frame(
+            HDR,
+            &testing::udp_frame(ma, ia, 5000, SERVER, 7, b"out"),
+            &[],
+        );
+        wa.on_tx_kick(&net, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
+            .unwrap();
+        let out = peer.recv().expect("a's datagram on the host link");
+        let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+        let port = UdpPacket::new_checked(ip.payload()).unwrap().src_port();
+        let answer = |k: u8| testing::udp_packet(SERVER, 7, EXTERNAL, port, &[b'k', b'0' + k]);
+        let got = |q: &mut MockNet, scratch: &mut Vec<_>| {
+            let mut v = Vec::new();
+            while let Some((_, f)) = q.rx_frame(HDR, scratch) {
+                v.push(f[f.len() - 2..].to_vec());
+            }
+            v
+        };
+
+        // Reads off: a leaves the link alone and remembers it is readable.
+        for k in 1..=3 {
+            assert!(peer.send(&answer(k)));
+        }
+        qa.post_rx(&[2048]);
+        wa.set_host_reads(false);
+        wa.on_rx_ready(&net, &mem_a, &mut rxa, &host, true, NOW)
+            .unwrap();
+        assert_eq!(host.pending(), 3, "not read");
+        assert!(wa.host_pending());
+        assert!(got(&mut qa, &mut scratch).is_empty());
+        // Reads on: a reads all three and has room for one.
+        wa.set_host_reads(true);
+        wa.on_rx_ready(&net, &mem_a, &mut rxa, &host, false, NOW)
+            .unwrap();
+        assert_eq!(host.pending(), 0);
+        assert_eq!(got(&mut qa, &mut scratch), [b"k1"]);
+        // b reads the fourth answer (a's): it waits in a's inbox.
+        assert!(peer.send(&answer(4)));
+        wb.on_rx_ready(&net, &mem_b, &mut rxb, &host, true, NOW)
+            .unwrap();
+        assert!(net.with_network(|n| n.pending(a)), "k4 in a's inbox");
+        // a has room: its own reads first, then its inbox.
+        for _ in 0..8 {
+            qa.post_rx(&[2048]);
+        }
+        wa.on_rx_ready(&net, &mem_a, &mut rxa, &host, false, NOW)
+            .unwrap();
+        assert_eq!(got(&mut qa, &mut scratch), [b"k2", b"k3", b"k4"]);
+        assert!(got(&mut qb, &mut scratch).is_empty());
+    }
+
     /// Ports for the MACs :56, :57, :58.
     fn three_ports(net: &mut Network) -> [PortId; 3] {
         [0x56, 0x57, 0x58].map(|m| net.attach(mac(m)).unwrap())

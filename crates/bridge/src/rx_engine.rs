@@ -212,6 +212,7 @@ impl RxEngine {
 
     /// Whether frames of the batch wait whose tail is in the guest's RX buffers: those
     /// buffers must not take anything else first (deliver this batch before any other).
+    #[cfg(test)]
     pub(crate) fn scattered_pending(&self) -> bool {
         self.split.any() && self.batch.pending() > 0
     }

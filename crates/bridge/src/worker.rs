@@ -74,6 +74,8 @@ pub struct PairWorker {
     failed: bool,
     /// The host link became readable while the RX queue was not usable.
     readable: bool,
+    /// The pair may read the host link (see [`PairWorker::set_host_reads`]).
+    host_reads: bool,
 }
 
 impl PairWorker {
@@ -91,7 +93,24 @@ impl PairWorker {
             moved: PairStats::default(),
             failed: false,
             readable: false,
+            host_reads: true,
         }
+    }
+
+    /// Whether the pair reads the host link at its events (default `true`). A driver whose
+    /// ports' workers share a host-link queue lets one of them read it at a time: two
+    /// workers reading one queue at once put a flow's packets on two paths (one port's own
+    /// reads straight into its ring, the other's through its inbox), and its guest got
+    /// them out of order. With reads off the pair delivers what it read before and its
+    /// inbox, and remembers that the link is readable ([`PairWorker::host_pending`]).
+    pub fn set_host_reads(&mut self, on: bool) {
+        self.host_reads = on;
+    }
+
+    /// Whether the host link may hold packets this pair has not read: it became readable and
+    /// was not read to the end (reads off, the guest short of buffers, or the budget).
+    pub fn host_pending(&self) -> bool {
+        self.readable || self.halves.as_ref().is_some_and(|h| h.rx.host_pending)
     }
 
     /// The port.
@@ -126,6 +145,7 @@ impl PairWorker {
         };
         let r = match self.halves.as_mut() {
             Some(h) => {
+                h.rx.host_reads = self.host_reads;
                 let c = Counters {
                     stats: &mut self.stats,
                     moved: &mut self.moved,
@@ -162,6 +182,7 @@ impl PairWorker {
         let r = match self.halves.as_mut() {
             Some(h) => {
                 h.rx.host_pending |= host_readable || core::mem::take(&mut self.readable);
+                h.rx.host_reads = self.host_reads;
                 let c = Counters {
                     stats: &mut self.stats,
                     moved: &mut self.moved,

@@ -55,7 +55,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use bridge::{Clock, ControlCommand, ControlQueue, MacAddr, Notify, PortId};
 
 use super::device;
-use super::network::{self, NetLock, Shared, SharedNet};
+use super::network::{self, NetLock, Shared, SharedNet, TunStop};
 
 /// The worker event ids of the descriptors hostnetd adds to a worker's epoll (above the ids
 /// vhost-user-backend keeps for the queues and its exit event: `0..=num_queues`).
@@ -121,6 +121,10 @@ struct PairOwn {
     /// Frames the pair moved (both ways) at the last tick: the tick re-signals the driver
     /// while they change.
     moved_at_tick: u64,
+    /// The pair's last read of its TUN queue stopped for its guest's RX buffers, and the
+    /// guest has not added any since: it does not take the queue to read (it could deliver
+    /// none of it; a frontend that never posts RX buffers would hold the queue).
+    rx_starved: bool,
     /// The pair's side of the device (its halves and counters, outside the network's lock).
     device: bridge::PairWorker,
 }
@@ -140,6 +144,7 @@ impl PairSlot {
                 timer,
                 wait: TimerFd::new()?,
                 moved_at_tick: 0,
+                rx_starved: false,
                 device: bridge::PairWorker::new(port, pair),
             }),
         })
@@ -494,6 +499,8 @@ impl NetBackend {
         match event {
             TX_EVENT => self.tx_kick(own, port, rx, tx)?,
             RX_EVENT => {
+                // The guest added RX buffers.
+                own.rx_starved = false;
                 self.rx_ready(own, port, rx, pair, false)?;
             }
             CTRL_EVENT if pair == 0 => {
@@ -711,6 +718,9 @@ impl NetBackend {
         if moved != own.moved_at_tick && in_use {
             own.moved_at_tick = moved;
             if ring_up(rx) {
+                // Also a look at the TUN for a pair that stopped for its guest's RX buffers
+                // (in case the guest's kick for new ones was lost).
+                own.rx_starved = false;
                 let n = self.rx_ready(own, port, rx, pair, false)?;
                 if !n.rx {
                     signal(&rx.get_ref(), "rx");
@@ -751,6 +761,8 @@ impl NetBackend {
         let rx_ok = rxg.get_queue().ready() && rxg.is_enabled();
         let now = self.clock.now();
         let tun = self.tun(pair);
+        let q = self.tun_index(pair);
+        let (reads, _) = self.begin_host_reads(own, port, q, false);
         let n = match own.device.on_tx_kick(
             &NetLock(&self.net),
             &*mem,
@@ -760,9 +772,10 @@ impl NetBackend {
             now,
         ) {
             // The driver set fewer pairs meanwhile.
-            Err(bridge::Error::PairNotInUse(_)) => return Ok(()),
+            Err(bridge::Error::PairNotInUse(_)) => Notify::default(),
             r => r?,
         };
+        self.end_host_reads(own, port, q, reads, n);
         self.more(pair, n);
         if n.tx {
             signal(&txg, "tx");
@@ -791,17 +804,20 @@ impl NetBackend {
         if rxg.get_queue().ready() && rxg.is_enabled() && self.pair_in_use(port, pair) {
             let now = self.clock.now();
             let tun = self.tun(queue);
+            let q = self.tun_index(queue);
+            let (reads, left) = self.begin_host_reads(own, port, q, host_readable);
             let n = match own.device.on_rx_ready(
                 &NetLock(&self.net),
                 &*mem,
                 rxg.get_queue_mut(),
                 tun,
-                host_readable,
+                host_readable || left,
                 now,
             ) {
-                Err(bridge::Error::PairNotInUse(_)) => return Ok(Notify::default()),
+                Err(bridge::Error::PairNotInUse(_)) => Notify::default(),
                 r => r?,
             };
+            self.end_host_reads(own, port, q, reads, n);
             self.more(pair, n);
             if n.rx {
                 signal(&rxg, "rx");
@@ -817,7 +833,51 @@ impl NetBackend {
 
     /// TUN queue `q` (queue 0 for an index beyond them).
     fn tun(&self, q: usize) -> &Tun {
-        self.tuns.get(q).unwrap_or(&self.tuns[0])
+        &self.tuns[self.tun_index(q)]
+    }
+
+    /// The index of [`NetBackend::tun`]`(q)`.
+    fn tun_index(&self, q: usize) -> usize {
+        if q < self.tuns.len() { q } else { 0 }
+    }
+
+    /// Before a bridge call of `own`'s pair that may read TUN queue `q` (`readable`: it became
+    /// readable; or the pair has packets left to read there; or that queue's reader
+    /// detached): whether the pair reads it in this call (the queue claimed for its port:
+    /// one port's worker reads a queue at a time, see `network::Shared::claim_tun`; the
+    /// others leave it alone), and whether it reads for a reader that detached.
+    fn begin_host_reads(
+        &self,
+        own: &mut PairOwn,
+        port: PortId,
+        q: usize,
+        readable: bool,
+    ) -> (bool, bool) {
+        let mut sh = network::lock(&self.net);
+        let left = sh.tun_left(q);
+        let wants = !own.rx_starved && (readable || left || own.device.host_pending());
+        let reads = wants && sh.claim_tun(q, port, std::time::Instant::now());
+        drop(sh);
+        own.device.set_host_reads(reads);
+        (reads, left && reads)
+    }
+
+    /// After a bridge call that read TUN queue `q` (`reads`, see
+    /// [`NetBackend::begin_host_reads`]): drained, the pair lets the queue go; stopped for
+    /// its budget, it comes back for the rest; stopped for its guest's RX buffers, it keeps
+    /// the queue for a while (`network::Shared::release_tun`) and takes it again only after
+    /// the guest added buffers.
+    fn end_host_reads(&self, own: &mut PairOwn, port: PortId, q: usize, reads: bool, n: Notify) {
+        if !reads {
+            return;
+        }
+        let stop = match (own.device.host_pending(), n.rx_more) {
+            (false, _) => TunStop::Drained,
+            (true, true) => TunStop::Budget,
+            (true, false) => TunStop::Starved,
+        };
+        own.rx_starved = stop == TunStop::Starved;
+        network::lock(&self.net).release_tun(q, port, stop, std::time::Instant::now());
     }
 
     /// Records what an event left for the pair's resume eventfd.

@@ -45,6 +45,11 @@ pub(crate) struct Shared {
     /// Which of the TUN's queues are attached (in the kernel's steering), by index; queue 0
     /// always is.
     tun_attached: Vec<bool>,
+    /// Per TUN queue, the port whose worker reads it now ([`Shared::claim_tun`]).
+    tun_readers: Vec<Option<TunReader>>,
+    /// Per TUN queue, its reader's port detached, perhaps with packets left in it: the next
+    /// worker that looks reads it ([`Shared::detach`]).
+    tun_left: Vec<bool>,
 }
 
 /// The network as the connections share it.
@@ -95,6 +100,8 @@ impl Shared {
             base_mac: config.mac,
             max_ports,
             tun_attached: vec![true],
+            tun_readers: vec![None],
+            tun_left: vec![false],
         })
     }
 
@@ -123,7 +130,26 @@ impl Shared {
     /// Detaches `port` (its frontend is gone or reset the device).
     pub(crate) fn detach(&mut self, port: PortId) {
         self.net.detach(port);
+        // A queue it was reading may hold packets: every other port's worker is woken, and
+        // the first that looks reads it.
+        let mut left = false;
+        for q in 0..self.tun_readers.len() {
+            if self.tun_readers[q].is_some_and(|r| r.port == port) {
+                self.tun_readers[q] = None;
+                self.tun_left[q] = true;
+                left = true;
+            }
+        }
         self.set_waker(port, None);
+        if left {
+            for (i, w) in self.wakers.iter().enumerate() {
+                if let Some(w) = w
+                    && let Err(e) = w.write(1)
+                {
+                    warn!(port = i, "waking a port's worker failed: {e}");
+                }
+            }
+        }
     }
 
     /// A device reset: the port starts over (the MAC its guest used, else `mac`, so the same
@@ -159,6 +185,97 @@ impl Shared {
     /// The TUN has `queues` queues, all attached (as opened).
     pub(crate) fn set_tun_queues(&mut self, queues: usize) {
         self.tun_attached = vec![true; queues.max(1)];
+        self.tun_readers = vec![None; queues.max(1)];
+        self.tun_left = vec![false; queues.max(1)];
+    }
+
+    /// Whether `port`'s worker may read TUN queue `q` now (then `port` reads it until
+    /// [`Shared::release_tun`]). One port's worker reads a queue at a time, and the port that
+    /// read it last (or the one most of its last batch was for) keeps it while it stops for
+    /// less than [`TUN_STEAL`]: another port's worker takes it only when it has not been
+    /// read for that long (the reader's guest has no RX buffers, its VM is stopped, or its
+    /// worker is busy). A guest that stops taking its frames holds the others' host packets
+    /// back by that much once; what another port reads for it then waits in its inbox,
+    /// behind what it read itself (the bridge delivers a port's own reads first). Every
+    /// port's worker watches the queue of its pair: two of them reading it at once put a
+    /// flow's packets on two ways to its guest (straight into its ring, and through its inbox
+    /// when the other port read them), and the guest got them out of order (a download with
+    /// a second guest attached had a quarter of its segments sent twice: docs/PERFORMANCE.md
+    /// "hostnetd: every port's worker reads the TUN").
+    pub(crate) fn claim_tun(&mut self, q: usize, port: PortId, now: Instant) -> bool {
+        let Some(reader) = self.tun_readers.get_mut(q) else {
+            return true;
+        };
+        match reader {
+            Some(r) if r.port == port => {
+                r.reading = true;
+                // A guest that adds a few RX buffers at a time keeps its first stop's time.
+                if !r.starved {
+                    r.stopped_since = None;
+                }
+                true
+            }
+            Some(r)
+                if self.net.stats(r.port).is_some()
+                    && (r.reading
+                        || r.stopped_since
+                            .is_none_or(|t| now.saturating_duration_since(t) < TUN_STEAL)) =>
+            {
+                false
+            }
+            _ => {
+                *reader = Some(TunReader {
+                    port,
+                    reading: true,
+                    starved: false,
+                    stopped_since: None,
+                });
+                if let Some(left) = self.tun_left.get_mut(q) {
+                    *left = false;
+                }
+                true
+            }
+        }
+    }
+
+    /// `port`'s worker read TUN queue `q` (if it is its reader) and stopped (see
+    /// [`TunStop`]). `Drained`: the port most of the last host batch was for
+    /// (`bridge::Network::host_reader`; with one busy guest, that guest's: its packets go
+    /// straight into its ring, none through its inbox, which another port's reads could
+    /// overflow) reads it next. `Budget`: it comes back for the rest. `Starved`: it keeps the
+    /// queue (the packets wait in the TUN, the kernel's queue absorbing a short stop).
+    pub(crate) fn release_tun(&mut self, q: usize, port: PortId, stop: TunStop, now: Instant) {
+        let next = self.net.host_reader().unwrap_or(port);
+        let Some(slot) = self.tun_readers.get_mut(q) else {
+            return;
+        };
+        let Some(r) = slot.as_mut().filter(|r| r.port == port) else {
+            return;
+        };
+        r.reading = false;
+        match stop {
+            TunStop::Drained => {
+                *r = TunReader {
+                    port: next,
+                    reading: false,
+                    starved: false,
+                    stopped_since: Some(now),
+                };
+            }
+            TunStop::Budget => {
+                r.starved = false;
+                r.stopped_since = Some(now);
+            }
+            TunStop::Starved => {
+                r.starved = true;
+                r.stopped_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Whether the reader of TUN queue `q` detached, perhaps with packets left in it.
+    pub(crate) fn tun_left(&self, q: usize) -> bool {
+        self.tun_left.get(q).copied().unwrap_or(false)
     }
 
     /// Whether TUN queue `q` is attached (a detached queue is never read).
@@ -216,6 +333,33 @@ pub(crate) fn mac_plus(mac: MacAddr, n: usize) -> MacAddr {
 /// budget) and the fair hand-off left another guest's TCP 0.19-0.28 of its figure alone, one
 /// batch 0.17-1.03 per round, median 0.39 (`several_guests::a_frontend_keeping_its_tx_ring_full_leaves_another_a_third_of_its_tcp`).
 const SHARED_TX_BATCHES: usize = 1;
+/// Why a TUN queue's reader stopped reading it ([`Shared::release_tun`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TunStop {
+    /// The queue is empty.
+    Drained,
+    /// Its delivery budget ran out (it comes back for the rest).
+    Budget,
+    /// Its guest has no RX buffers for what it read.
+    Starved,
+}
+
+/// The port reading a TUN queue ([`Shared::claim_tun`]).
+#[derive(Clone, Copy, Debug)]
+struct TunReader {
+    port: PortId,
+    /// Its worker is in a call that reads it (never taken from it then).
+    reading: bool,
+    /// It stopped last for its guest's RX buffers (with packets left).
+    starved: bool,
+    /// Since then it has not read the queue (for a starved reader: since its first stop).
+    stopped_since: Option<Instant>,
+}
+
+/// How long a TUN queue's reader keeps it without reading it before another port's worker
+/// reads it (see [`Shared::claim_tun`]).
+pub(crate) const TUN_STEAL: Duration = Duration::from_millis(5);
+
 /// Writes `port`'s wake-up.
 fn wake(wakers: &[Option<Arc<EventFd>>], port: PortId) {
     if let Some(Some(w)) = wakers.get(usize::from(port.0))
@@ -339,6 +483,80 @@ mod tests {
         sh.wake_after(b, 0);
         assert!(!sh.net.parked(a), "released");
         assert_eq!(wakes[0].read().unwrap(), 1, "a woken");
+    }
+
+    /// One port's worker reads a TUN queue at a time: another port's waits until the reader
+    /// drained it, or until the reader has been stopped for its guest's RX buffers for
+    /// `TUN_STEAL`; a reader that detaches leaves the queue to the next one, marked as left.
+    #[test]
+    fn one_port_reads_a_tun_queue_at_a_time() {
+        let config = DeviceConfig {
+            mac: MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            mtu: 1500,
+            gateway: bridge::testing::GATEWAY,
+            external: bridge::testing::EXTERNAL,
+            forwards: Vec::new(),
+            forwards6: Vec::new(),
+            dns_upstream: None,
+            offload: false,
+            egress: bridge::EgressPolicy::default(),
+            ipv6: false,
+            external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
+        };
+        let mut sh = Shared::new(&config, 2).unwrap();
+        sh.set_tun_queues(2);
+        let nonblock = vmm_sys_util::eventfd::EFD_NONBLOCK;
+        let wakes = [(); 2].map(|()| Arc::new(EventFd::new(nonblock).unwrap()));
+        let (a, _) = sh.attach(Arc::clone(&wakes[0])).unwrap();
+        let (b, _) = sh.attach(Arc::clone(&wakes[1])).unwrap();
+        let t0 = Instant::now();
+        assert!(
+            sh.claim_tun(0, a, t0) && sh.claim_tun(0, a, t0),
+            "a reads queue 0"
+        );
+        assert!(!sh.claim_tun(0, b, t0), "not while a reads it");
+        assert!(sh.claim_tun(1, b, t0), "queue 1 is another's");
+        // a drained it: the port the last host batch was for reads next (none yet: the
+        // first, a), b only once a stopped for too long.
+        sh.release_tun(0, a, TunStop::Drained, t0);
+        assert!(!sh.claim_tun(0, b, t0), "a reads next");
+        assert!(sh.claim_tun(0, a, t0));
+        sh.release_tun(0, a, TunStop::Starved, t0);
+        assert!(sh.claim_tun(0, b, t0 + TUN_STEAL));
+        // b stopped for its guest's buffers: it keeps the queue for TUN_STEAL.
+        sh.release_tun(0, b, TunStop::Starved, t0);
+        assert!(!sh.claim_tun(0, a, t0 + TUN_STEAL / 2));
+        // b takes it again (never taken from it while it reads) and stops again: its first
+        // stop counts.
+        assert!(sh.claim_tun(0, b, t0 + TUN_STEAL / 2));
+        assert!(!sh.claim_tun(0, a, t0 + TUN_STEAL * 2), "b is reading");
+        sh.release_tun(0, b, TunStop::Starved, t0 + TUN_STEAL / 2);
+        assert!(!sh.claim_tun(0, a, t0 + TUN_STEAL - Duration::from_micros(1)));
+        assert!(
+            sh.claim_tun(0, a, t0 + TUN_STEAL),
+            "b stopped for too long: a reads"
+        );
+        assert!(!sh.claim_tun(0, b, t0 + TUN_STEAL), "and b waits for a now");
+        // A full budget is progress: a's first stop is forgotten, and it comes back for the
+        // rest (b takes the queue only if it does not, for TUN_STEAL).
+        sh.release_tun(0, a, TunStop::Starved, t0);
+        assert!(sh.claim_tun(0, a, t0 + TUN_STEAL * 2));
+        sh.release_tun(0, a, TunStop::Budget, t0 + TUN_STEAL * 2);
+        assert!(!sh.claim_tun(0, b, t0 + TUN_STEAL * 2), "a comes back");
+        assert!(
+            sh.claim_tun(0, b, t0 + TUN_STEAL * 3),
+            "a did not come back"
+        );
+        sh.release_tun(0, b, TunStop::Budget, t0 + TUN_STEAL * 3);
+        // b comes back to its own stopped queue 1 at once; then it detaches.
+        sh.release_tun(1, b, TunStop::Starved, t0);
+        assert!(sh.claim_tun(1, b, t0 + TUN_STEAL * 2), "its own");
+        assert!(!sh.tun_left(1));
+        let _ = wakes[0].read();
+        sh.detach(b);
+        assert!(sh.tun_left(1), "b left queue 1 perhaps with packets");
+        assert_eq!(wakes[0].read().unwrap(), 1, "a woken to read it");
+        assert!(sh.claim_tun(1, a, t0) && !sh.tun_left(1));
     }
 
     #[test]
