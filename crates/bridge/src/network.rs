@@ -1727,12 +1727,7 @@ mod tests {
         use crate::{NetworkLock, PairWorker};
         use std::sync::Mutex;
         let (host, _peer) = MemoryLink::pair(256).unwrap();
-        let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
-        let (ma, mb) = (mac(0x56), mac(0x57));
-        let (a, b) = (net.attach(ma).unwrap(), net.attach(mb).unwrap());
-        let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
-        assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
-        assert_eq!(net.ack_features(b, FEATURES, &host), FEATURES);
+        let (mut net, [(a, ma, ia), (b, mb, ib)]) = two_negotiated_ports(&host);
         net.set_queue_pairs(b, 2).unwrap();
         let net = Mutex::new(net);
         let (mem_a, mem_b, mem_b1) = (
@@ -1748,20 +1743,14 @@ mod tests {
         let (mut wa, mut wb) = (PairWorker::new(a, 0), PairWorker::new(b, 0));
         let mut wb1 = PairWorker::new(b, 1);
         let mut scratch = Vec::new();
-        for (m, q, ip) in [(ma, &mut qa, ia), (mb, &mut qb, ib)] {
-            for _ in 0..2 {
-                q.post_rx(&[2048]);
-            }
-            for f in dhcp(m, ip) {
-                q.send_frame(HDR, &f, &[]);
-            }
-        }
-        wa.on_tx_kick(&net, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
-            .unwrap();
-        wb.on_tx_kick(&net, &mem_b, &mut txb, Some(&mut rxb), &host, NOW)
-            .unwrap();
-        while qa.rx_frame(HDR, &mut scratch).is_some() {}
-        while qb.rx_frame(HDR, &mut scratch).is_some() {}
+        lease_through_workers(
+            &net,
+            &host,
+            [
+                (&mut wa, &mem_a, &mut qa, &mut rxa, &mut txa, ma, ia),
+                (&mut wb, &mem_b, &mut qb, &mut rxb, &mut txb, mb, ib),
+            ],
+        );
 
         let frame = |k: usize| {
             let mut f = testing::udp_frame(ma, ia, 5000, ib, 6000, format!("{k:04}").as_bytes());
@@ -1982,12 +1971,7 @@ mod tests {
         use ::wire::{Ipv4Packet, UdpPacket};
         use std::sync::Mutex;
         let (host, peer) = MemoryLink::pair(256).unwrap();
-        let mut net = Network::new(BridgeConfig::default(), 2).unwrap();
-        let (ma, mb) = (mac(0x56), mac(0x57));
-        let (a, b) = (net.attach(ma).unwrap(), net.attach(mb).unwrap());
-        let (ia, ib) = (net.address_of(a).unwrap(), net.address_of(b).unwrap());
-        assert_eq!(net.ack_features(a, FEATURES, &host), FEATURES);
-        assert_eq!(net.ack_features(b, FEATURES, &host), FEATURES);
+        let (net, [(a, ma, ia), (b, mb, ib)]) = two_negotiated_ports(&host);
         let net = Mutex::new(net);
         let (mem_a, mem_b) = (testing::guest_memory(), testing::guest_memory());
         let (mut qa, mut qb) = (MockNet::new(&mem_a, 256), MockNet::new(&mem_b, 256));
@@ -1995,20 +1979,14 @@ mod tests {
         let (mut rxb, mut txb) = qb.queues(false);
         let (mut wa, mut wb) = (PairWorker::new(a, 0), PairWorker::new(b, 0));
         let mut scratch = Vec::new();
-        for (m, q, ip) in [(ma, &mut qa, ia), (mb, &mut qb, ib)] {
-            for _ in 0..2 {
-                q.post_rx(&[2048]);
-            }
-            for f in dhcp(m, ip) {
-                q.send_frame(HDR, &f, &[]);
-            }
-        }
-        wa.on_tx_kick(&net, &mem_a, &mut txa, Some(&mut rxa), &host, NOW)
-            .unwrap();
-        wb.on_tx_kick(&net, &mem_b, &mut txb, Some(&mut rxb), &host, NOW)
-            .unwrap();
-        while qa.rx_frame(HDR, &mut scratch).is_some() {}
-        while qb.rx_frame(HDR, &mut scratch).is_some() {}
+        lease_through_workers(
+            &net,
+            &host,
+            [
+                (&mut wa, &mem_a, &mut qa, &mut rxa, &mut txa, ma, ia),
+                (&mut wb, &mem_b, &mut qb, &mut rxb, &mut txb, mb, ib),
+            ],
+        );
         // a's flow to the server, for the answers to come back through the NAT.
         qa.send_frame(
             HDR,
@@ -2059,6 +2037,55 @@ mod tests {
             .unwrap();
         assert_eq!(got(&mut qa, &mut scratch), [b"k2", b"k3", b"k4"]);
         assert!(got(&mut qb, &mut scratch).is_empty());
+    }
+
+    /// A network with the ports of MACs :56 and :57 (port, MAC, address), both negotiated
+    /// with [`FEATURES`] on `host`.
+    fn two_negotiated_ports(host: &MemoryLink) -> (Network, [(PortId, MacAddr, Ipv4Addr); 2]) {
+        let mut net = Network::new(BridgeConfig::default(), 4).unwrap();
+        let ports = [0x56, 0x57].map(|m| {
+            let p = net.attach(mac(m)).unwrap();
+            assert_eq!(net.ack_features(p, FEATURES, host), FEATURES);
+            (p, mac(m), net.address_of(p).unwrap())
+        });
+        (net, ports)
+    }
+
+    /// A guest served by a `PairWorker` (pair 0) in a test: its worker, memory, mock driver,
+    /// RX and TX queues, MAC and address.
+    type WorkerGuest<'a, 'm> = (
+        &'a mut crate::PairWorker,
+        &'a vm_memory::GuestMemoryMmap,
+        &'a mut crate::testing::MockNet<'m>,
+        &'a mut virtio_queue::Queue,
+        &'a mut virtio_queue::Queue,
+        MacAddr,
+        Ipv4Addr,
+    );
+
+    /// Each guest posts two RX buffers and takes its lease through its worker; the answers
+    /// are read off its queue.
+    fn lease_through_workers(
+        net: &std::sync::Mutex<Network>,
+        host: &MemoryLink,
+        mut guests: [WorkerGuest<'_, '_>; 2],
+    ) {
+        let mut scratch = Vec::new();
+        for (_, _, q, _, _, m, ip) in &mut guests {
+            for _ in 0..2 {
+                q.post_rx(&[2048]);
+            }
+            for f in dhcp(*m, *ip) {
+                q.send_frame(HDR, &f, &[]);
+            }
+        }
+        for (w, mem, _, rx, tx, _, _) in &mut guests {
+            w.on_tx_kick(net, *mem, &mut **tx, Some(&mut **rx), host, NOW)
+                .unwrap();
+        }
+        for (_, _, q, _, _, _, _) in &mut guests {
+            while q.rx_frame(HDR, &mut scratch).is_some() {}
+        }
     }
 
     /// Ports for the MACs :56, :57, :58.

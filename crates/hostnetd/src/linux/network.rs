@@ -383,22 +383,9 @@ mod tests {
     #[test]
     fn a_parked_port_is_released_by_the_worker_that_delivered_its_inbox() {
         use bridge::MemoryLink;
-        use bridge::testing::{self, EXTERNAL, GATEWAY, GUEST_MAC, MockNet};
+        use bridge::testing::{self, GATEWAY, MockNet};
         const HDR: usize = 12;
-        let config = DeviceConfig {
-            mac: GUEST_MAC,
-            mtu: 1500,
-            gateway: GATEWAY,
-            external: EXTERNAL,
-            forwards: Vec::new(),
-            forwards6: Vec::new(),
-            dns_upstream: None,
-            offload: false,
-            egress: bridge::EgressPolicy::default(),
-            ipv6: false,
-            external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
-        };
-        let mut sh = Shared::new(&config, 2).unwrap();
+        let mut sh = Shared::new(&config(), 2).unwrap();
         let nonblock = vmm_sys_util::eventfd::EFD_NONBLOCK;
         let wakes = [(); 2].map(|()| Arc::new(EventFd::new(nonblock).unwrap()));
         let (a, ma) = sh.attach(Arc::clone(&wakes[0])).unwrap();
@@ -485,13 +472,10 @@ mod tests {
         assert_eq!(wakes[0].read().unwrap(), 1, "a woken");
     }
 
-    /// One port's worker reads a TUN queue at a time: another port's waits until the reader
-    /// drained it, or until the reader has been stopped for its guest's RX buffers for
-    /// `TUN_STEAL`; a reader that detaches leaves the queue to the next one, marked as left.
-    #[test]
-    fn one_port_reads_a_tun_queue_at_a_time() {
-        let config = DeviceConfig {
-            mac: MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+    /// A one-pair, IPv4-only configuration without offloads.
+    fn config() -> DeviceConfig {
+        DeviceConfig {
+            mac: bridge::testing::GUEST_MAC,
             mtu: 1500,
             gateway: bridge::testing::GATEWAY,
             external: bridge::testing::EXTERNAL,
@@ -502,8 +486,15 @@ mod tests {
             egress: bridge::EgressPolicy::default(),
             ipv6: false,
             external6: bridge::defaults::NAT_EXTERNAL_ADDR6,
-        };
-        let mut sh = Shared::new(&config, 2).unwrap();
+        }
+    }
+
+    /// One port's worker reads a TUN queue at a time: another port's waits until the reader
+    /// drained it, or until the reader has been stopped for its guest's RX buffers for
+    /// `TUN_STEAL`; a reader that detaches leaves the queue to the next one, marked as left.
+    #[test]
+    fn one_port_reads_a_tun_queue_at_a_time() {
+        let mut sh = Shared::new(&config(), 2).unwrap();
         sh.set_tun_queues(2);
         let nonblock = vmm_sys_util::eventfd::EFD_NONBLOCK;
         let wakes = [(); 2].map(|()| Arc::new(EventFd::new(nonblock).unwrap()));
