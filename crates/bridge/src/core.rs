@@ -1290,7 +1290,8 @@ pub(crate) struct RxProgress {
     pub(crate) more: bool,
 }
 
-/// The RX half: host link → NAT → RX queue, gateway replies first.
+/// The RX half: host link → NAT → RX queue; host packets read before first, then the frames
+/// waiting for the guest (gateway replies, a network port's inbox), then new reads.
 #[derive(Debug)]
 pub(crate) struct RxHalf {
     pub(crate) engine: RxEngine,
@@ -1309,9 +1310,11 @@ pub(crate) struct RxHalf {
 }
 
 impl RxHalf {
-    /// Delivers the frames waiting for the guest (gateway replies, a network port's inbox;
-    /// under `access`) first, then packets from the host link while it has some and the guest
-    /// has buffers, at most [`RX_ROUNDS`] host batches per call. The host link's reads and the
+    /// Delivers the host packets read before first (what another port read for this one
+    /// meanwhile waits in the inbox, behind them), then the frames waiting for the guest
+    /// (gateway replies, a network port's inbox; under `access`), then packets from the host
+    /// link while it has some, the half may read it and the guest has buffers, at most
+    /// [`RX_ROUNDS`] host batches per call. The host link's reads and the
     /// copies into guest memory run outside the lock; its translation under it.
     ///
     /// # Errors

@@ -772,10 +772,12 @@ impl NetBackend {
             now,
         ) {
             // The driver set fewer pairs meanwhile.
-            Err(bridge::Error::PairNotInUse(_)) => Notify::default(),
-            r => r?,
+            Err(bridge::Error::PairNotInUse(_)) => Ok(Notify::default()),
+            r => r,
         };
-        self.end_host_reads(own, port, q, reads, n);
+        // Also after an error (the connection closes): the queue is not held for good.
+        self.end_host_reads(own, port, q, reads, n.as_ref().copied().unwrap_or_default());
+        let n = n?;
         self.more(pair, n);
         if n.tx {
             signal(&txg, "tx");
@@ -814,10 +816,11 @@ impl NetBackend {
                 host_readable || left,
                 now,
             ) {
-                Err(bridge::Error::PairNotInUse(_)) => Notify::default(),
-                r => r?,
+                Err(bridge::Error::PairNotInUse(_)) => Ok(Notify::default()),
+                r => r,
             };
-            self.end_host_reads(own, port, q, reads, n);
+            self.end_host_reads(own, port, q, reads, n.as_ref().copied().unwrap_or_default());
+            let n = n?;
             self.more(pair, n);
             if n.rx {
                 signal(&rxg, "rx");
