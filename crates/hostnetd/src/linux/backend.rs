@@ -571,11 +571,6 @@ impl NetBackend {
             && (self.pairs.len() == 1 || self.pairs[pair].rings_up.load(Ordering::Relaxed))
     }
 
-    /// Whether the port uses `pair` now.
-    fn pair_in_use(&self, port: PortId, pair: usize) -> bool {
-        self.pair_in_use_locked(&network::lock(&self.net), port, pair)
-    }
-
     /// TUN queue `pair` is readable: its pair reads it when the port uses the pair, else
     /// pair 0 (on its worker); a detached queue is never read (its descriptor answers
     /// `EBADFD`, which the bridge takes for a TUN deleted underneath).
@@ -744,10 +739,6 @@ impl NetBackend {
         tx: &VringRwLock,
     ) -> Result<(), bridge::Error> {
         let pair = own.device.pair();
-        // A pair the driver does not use (a kick before its VQ_PAIRS_SET): left alone.
-        if !self.pair_in_use(port, pair) {
-            return Ok(());
-        }
         let mem = self.memory();
         let mem = mem.memory();
         let mut txg = tx.get_mut();
@@ -762,7 +753,10 @@ impl NetBackend {
         let now = self.clock.now();
         let tun = self.tun(pair);
         let q = self.tun_index(pair);
-        let (reads, _) = self.begin_host_reads(own, port, q, false);
+        // A pair the driver does not use (a kick before its VQ_PAIRS_SET): left alone.
+        let Some((reads, _)) = self.begin_host_reads(own, port, q, false) else {
+            return Ok(());
+        };
         let n = match own.device.on_tx_kick(
             &NetLock(&self.net),
             &*mem,
@@ -803,11 +797,13 @@ impl NetBackend {
         let mem = self.memory();
         let mem = mem.memory();
         let mut rxg = rx.get_mut();
-        if rxg.get_queue().ready() && rxg.is_enabled() && self.pair_in_use(port, pair) {
+        let q = self.tun_index(queue);
+        let begun = (rxg.get_queue().ready() && rxg.is_enabled())
+            .then(|| self.begin_host_reads(own, port, q, host_readable))
+            .flatten();
+        if let Some((reads, left)) = begun {
             let now = self.clock.now();
             let tun = self.tun(queue);
-            let q = self.tun_index(queue);
-            let (reads, left) = self.begin_host_reads(own, port, q, host_readable);
             let n = match own.device.on_rx_ready(
                 &NetLock(&self.net),
                 &*mem,
@@ -849,20 +845,24 @@ impl NetBackend {
     /// detached): whether the pair reads it in this call (the queue claimed for its port:
     /// one port's worker reads a queue at a time, see `network::Shared::claim_tun`; the
     /// others leave it alone), and whether it reads for a reader that detached.
+    /// `None`: the port does not use the pair now (checked under the same hold of the lock).
     fn begin_host_reads(
         &self,
         own: &mut PairOwn,
         port: PortId,
         q: usize,
         readable: bool,
-    ) -> (bool, bool) {
+    ) -> Option<(bool, bool)> {
         let mut sh = network::lock(&self.net);
+        if !self.pair_in_use_locked(&sh, port, own.device.pair()) {
+            return None;
+        }
         let left = sh.tun_left(q);
         let wants = !own.rx_starved && (readable || left || own.device.host_pending());
         let reads = wants && sh.claim_tun(q, port, std::time::Instant::now());
         drop(sh);
         own.device.set_host_reads(reads);
-        (reads, left && reads)
+        Some((reads, left && reads))
     }
 
     /// After a bridge call that read TUN queue `q` (`reads`, see

@@ -142,12 +142,8 @@ impl Shared {
         }
         self.set_waker(port, None);
         if left {
-            for (i, w) in self.wakers.iter().enumerate() {
-                if let Some(w) = w
-                    && let Err(e) = w.write(1)
-                {
-                    warn!(port = i, "waking a port's worker failed: {e}");
-                }
+            for (p, _) in self.net.ports() {
+                wake(&self.wakers, p);
             }
         }
     }
