@@ -314,8 +314,8 @@ fn two_guests_of_two_queue_pairs_share_the_network_until_the_tun_goes() -> Resul
 /// it at once, what the idle guest's worker read for the busy one reached it through its
 /// port's inbox while the busy one delivered its own reads straight away, and S saw 1 528 to
 /// 2 670 reorderings per 4 s download by hand (a quarter of the segments sent twice). Four
-/// iperf3 streams from S to the first guest for 3 s: S's `TcpExtTCPSACKReorder` must not
-/// move.
+/// iperf3 streams from S to the first guest for 3 s: S's `TcpExtTCPSACKReorder` may move by
+/// a handful at most.
 #[test]
 #[ignore = "needs CAP_NET_ADMIN"]
 fn a_download_with_a_second_guest_attached_keeps_its_order() -> Result<()> {
@@ -342,8 +342,11 @@ fn a_download_with_a_second_guest_attached_keeps_its_order() -> Result<()> {
         .with_context(|| format!("no receiver rate from the download's iperf3: {out:?}"))?;
     let reordered = reorderings(&world.server)? - before;
     eprintln!("download with a second guest attached: {mbits:.0} Mbit/s, {reordered} reorderings");
+    // Before, every run saw thousands (3 466-4 393 in this debug build); a CI run under load
+    // saw 2, with 47 frames lost to full inboxes (`LocalQueueFull`): TCP's count may move
+    // around losses too. A handful is tolerated, not thousands.
     ensure!(
-        reordered == 0,
+        reordered <= MAX_STRAY_REORDERINGS,
         "S saw {reordered} reorderings on the way to the first guest (ports: {:?})",
         common::guests_json(&daemon)?
     );
@@ -817,6 +820,9 @@ const FORWARD_PORT: u16 = 8080;
 const GUEST_HTTP_PORT: u16 = 8000;
 /// S's iperf3 servers listen on this port and the next.
 const IPERF_PORT: u16 = 5201;
+/// Reorderings a download may see and pass (see
+/// `a_download_with_a_second_guest_attached_keeps_its_order`).
+const MAX_STRAY_REORDERINGS: u64 = 20;
 /// The ring-full flooder's guest memory and TX ring (the largest ring the daemon accepts: the
 /// longest a flood lasts between two refills).
 const FLOOD_MEM: u64 = 1 << 20;
